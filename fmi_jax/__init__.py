@@ -1,0 +1,15 @@
+"""fmi_jax: train image classifiers in JAX/Flax and explain their decisions.
+
+Layers (a lower layer never imports a higher one):
+
+  fmi_jax.data         datasets as uint8 NHWC arrays + int32 labels, from original
+                       files, well-known local copies or tensorflow-datasets.
+  fmi_jax.models       Flax linen modules and a name registry.
+  fmi_jax.train        TrainState, jitted optax steps, the training loop,
+                       orbax checkpoints, classification metrics.
+  fmi_jax.attribution  attribution methods as pure functions of `fn(x) -> logits`.
+  fmi_jax.evaluation   metrics of attributions.
+  fmi_jax.plotting     numpy in, PNG out.
+"""
+
+__version__ = "0.1.0"
