@@ -1,0 +1,68 @@
+"""Optimizers and learning-rate schedules built from a config.
+
+Config fields read (all under the run config):
+  optimizer:      'adamw' | 'adam' | 'sgd' (sgd uses `momentum`, Nesterov when `nesterov`)
+  learning_rate:  peak learning rate
+  schedule:       'constant' | 'cosine' | 'onecycle'
+  warmup_epochs:  linear warm-up before 'constant' and 'cosine' (may be fractional)
+  weight_decay:   decoupled weight decay on kernels only (no decay of biases or
+                  batch-norm scales, the usual practice since Loshchilov & Hutter 2019)
+  grad_clip_norm: clip the global gradient norm when > 0
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+
+__all__ = ["make_optimizer", "make_schedule"]
+
+SCHEDULES = ("constant", "cosine", "onecycle")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+
+
+def make_schedule(config: Any, steps_per_epoch: int) -> optax.Schedule:
+  """The learning rate as a function of the optimizer step."""
+  total = int(config.num_epochs * steps_per_epoch)
+  warmup = int(round(config.get("warmup_epochs", 0.0) * steps_per_epoch))
+  lr = float(config.learning_rate)
+  name = config.get("schedule", "constant")
+  if name == "constant":
+    if warmup:
+      return optax.join_schedules(
+          [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
+    return optax.constant_schedule(lr)
+  if name == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total, warmup + 1))
+  if name == "onecycle":
+    return optax.cosine_onecycle_schedule(max(total, 1), lr)
+  raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+def _decay_mask(params: Any) -> Any:
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(config: Any, steps_per_epoch: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """(optax transform, schedule) for the config."""
+  schedule = make_schedule(config, steps_per_epoch)
+  name = config.get("optimizer", "adamw")
+  wd = float(config.get("weight_decay", 0.0))
+  parts = []
+  clip = float(config.get("grad_clip_norm", 0.0))
+  if clip > 0:
+    parts.append(optax.clip_by_global_norm(clip))
+  if name == "adamw":
+    parts.append(optax.adamw(schedule, weight_decay=wd, mask=_decay_mask))
+  elif name == "adam":
+    parts.append(optax.adam(schedule))
+  elif name == "sgd":
+    if wd:
+      parts.append(optax.add_decayed_weights(wd, mask=_decay_mask))
+    parts.append(optax.sgd(schedule, momentum=config.get("momentum", 0.9),
+                           nesterov=config.get("nesterov", True)))
+  else:
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+  return optax.chain(*parts), schedule
