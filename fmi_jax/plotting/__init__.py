@@ -1,0 +1,21 @@
+"""Figures: numpy in, PNG out. No jax here.
+
+Every function takes plain arrays / dicts and a path, writes one PNG (creating
+the parent folder) and returns the path.
+"""
+
+from fmi_jax.plotting.attribution import (SIGNS, blend, class_gallery, default_sign,
+                                          explanation_sheet, heatmap, sign_modes)
+from fmi_jax.plotting.training import confusion_matrix, training_curves
+
+__all__ = [
+    "SIGNS",
+    "blend",
+    "class_gallery",
+    "confusion_matrix",
+    "default_sign",
+    "explanation_sheet",
+    "heatmap",
+    "sign_modes",
+    "training_curves",
+]
