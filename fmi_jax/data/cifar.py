@@ -155,14 +155,20 @@ def write_cifar_batches(
         ``folder`` as a :class:`~pathlib.Path`.
     """
     folder = Path(folder)
+    train_images, train_labels = np.asarray(train_images), np.asarray(train_labels)
+    test_images, test_labels = np.asarray(test_images), np.asarray(test_labels)
+    for what, images, labels in (("train", train_images, train_labels), ("test", test_images, test_labels)):
+        if len(images) != len(labels):
+            raise DataError(f"Cannot write {folder}: {len(images)} {what} images but {len(labels)} labels.")
     folder.mkdir(parents=True, exist_ok=True)
     train_parts = zip(
-        np.array_split(np.asarray(train_images), num_train_batches),
-        np.array_split(np.asarray(train_labels), num_train_batches),
+        np.array_split(train_images, num_train_batches),
+        np.array_split(train_labels, num_train_batches),
+        strict=True,
     )
     for i, (images, labels) in enumerate(train_parts, start=1):
         _write_batch(folder / f"data_batch_{i}", images, labels, f"training batch {i} of {num_train_batches}")
-    _write_batch(folder / TEST_BATCHES[0], np.asarray(test_images), np.asarray(test_labels), "testing batch 1 of 1")
+    _write_batch(folder / TEST_BATCHES[0], test_images, test_labels, "testing batch 1 of 1")
     meta = {
         b"label_names": [name.encode("utf-8") for name in label_names],
         b"num_cases_per_batch": int(len(train_labels) // max(num_train_batches, 1)),
@@ -180,7 +186,7 @@ def _write_batch(path: Path, images: np.ndarray, labels: np.ndarray, batch_label
         b"batch_label": batch_label.encode("utf-8"),
         b"labels": [int(label) for label in labels],
         b"data": rows,
-        b"filenames": [f"image_{i:05d}.png".encode("utf-8") for i in range(len(images))],
+        b"filenames": [f"image_{i:05d}.png".encode() for i in range(len(images))],
     }
     path.write_bytes(pickle.dumps(batch, protocol=2))
 
@@ -236,8 +242,10 @@ def _parse_batch(where: str, blob: bytes) -> CifarBatch:
         described = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DataError(f"{where}: 'data' should be a uint8 array of shape (N, {_ROW_SIZE}), got {described}.")
     label_array = np.asarray(labels) if isinstance(labels, (list, np.ndarray)) else None
-    if label_array is None or label_array.ndim != 1 or not (
-        label_array.size == 0 or np.issubdtype(label_array.dtype, np.integer)
+    if (
+        label_array is None
+        or label_array.ndim != 1
+        or not (label_array.size == 0 or np.issubdtype(label_array.dtype, np.integer))
     ):
         raise DataError(f"{where}: 'labels' should be a list of ints, got {type(labels).__name__}.")
     images = data.reshape(-1, _CHANNELS, _SIDE, _SIDE).transpose(0, 2, 3, 1)
@@ -246,7 +254,9 @@ def _parse_batch(where: str, blob: bytes) -> CifarBatch:
 
 def _get(mapping: Any, key: str, where: str) -> Any:
     if not isinstance(mapping, dict):
-        raise DataError(f"{where}: expected a pickled dict, got {type(mapping).__name__}. Is this a CIFAR-10 python file?")
+        raise DataError(
+            f"{where}: expected a pickled dict, got {type(mapping).__name__}. Is this a CIFAR-10 python file?"
+        )
     for candidate in (key.encode("ascii"), key):
         if candidate in mapping:
             return mapping[candidate]
@@ -263,8 +273,17 @@ def _unpickle(blob: bytes, where: str) -> Any:
             "(unpickling can run arbitrary code). Use the original files from "
             "https://www.cs.toronto.edu/~kriz/cifar.html."
         ) from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            OverflowError, MemoryError) as error:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        OverflowError,
+        MemoryError,
+    ) as error:
         raise DataError(
             f"{where} is not a valid CIFAR-10 pickle ({type(error).__name__}: {error}); it is probably "
             "truncated or corrupt. Download the files again."

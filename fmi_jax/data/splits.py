@@ -36,7 +36,7 @@ def stratified_indices(labels: np.ndarray, size: int, rng: np.random.Generator) 
     classes, counts = np.unique(labels, return_counts=True)
     quotas = _largest_remainder(counts, size)
     permuted_labels = labels[order]
-    chosen = [order[permuted_labels == c][:q] for c, q in zip(classes, quotas)]
+    chosen = [order[permuted_labels == c][:q] for c, q in zip(classes, quotas, strict=True)]
     return np.sort(np.concatenate(chosen + [np.empty(0, np.int64)])).astype(np.int64)
 
 

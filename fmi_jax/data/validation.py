@@ -66,8 +66,7 @@ def validate_arrays(
         )
     if images.shape[0] == 0 and not allow_empty:
         raise DataError(
-            f"{images_from} holds no images; a dataset split must not be empty. "
-            "Replace the file with a complete copy."
+            f"{images_from} holds no images; a dataset split must not be empty. Replace the file with a complete copy."
         )
     return images, labels.astype(np.int32, copy=False)
 

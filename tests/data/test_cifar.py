@@ -114,7 +114,10 @@ def test_missing_batch_in_folder(tmp_path, write_cifar_dataset):
         ([1, 2], r"expected a pickled dict, got list"),
         ({b"labels": [0]}, r"has no 'data' key \(keys: \['labels'\]\)"),
         ({b"data": np.zeros((1, 3072), np.uint8)}, r"has no 'labels' key"),
-        ({b"data": np.zeros((1, 1024), np.uint8), b"labels": [0]}, r"'data' should be a uint8 array of shape \(N, 3072\), got uint8 \(1, 1024\)"),
+        (
+            {b"data": np.zeros((1, 1024), np.uint8), b"labels": [0]},
+            r"'data' should be a uint8 array of shape \(N, 3072\), got uint8 \(1, 1024\)",
+        ),
         ({b"data": np.zeros((1, 3072), np.float32), b"labels": [0]}, r"got float32"),
         ({b"data": np.zeros((1, 3072), np.uint8), b"labels": ["cat"]}, r"'labels' should be a list of ints"),
     ],
@@ -171,11 +174,23 @@ def _python2_batch(data: np.ndarray, labels: list[int]) -> bytes:
     """A batch pickled the way the originals were: Python 2, numpy 1.x names, str payloads."""
     rows, cols = data.shape
     array = (
-        b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + _binstring(b"b") + b"\x87R"
-        + b"(K\x01M" + struct.pack("<H", rows) + b"M" + struct.pack("<H", cols) + b"\x86"
-        + b"cnumpy\ndtype\n" + _binstring(b"u1") + b"K\x00K\x01\x87R"
-        + b"(K\x03" + _binstring(b"|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
-        + b"\x89" + _binstring(data.tobytes()) + b"tb"
+        b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85"
+        + _binstring(b"b")
+        + b"\x87R"
+        + b"(K\x01M"
+        + struct.pack("<H", rows)
+        + b"M"
+        + struct.pack("<H", cols)
+        + b"\x86"
+        + b"cnumpy\ndtype\n"
+        + _binstring(b"u1")
+        + b"K\x00K\x01\x87R"
+        + b"(K\x03"
+        + _binstring(b"|")
+        + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+        + b"\x89"
+        + _binstring(data.tobytes())
+        + b"tb"
     )
     label_list = b"](" + b"".join(b"K" + bytes([label]) for label in labels) + b"e"
     return b"\x80\x02}(" + _binstring(b"data") + array + _binstring(b"labels") + label_list + b"u."

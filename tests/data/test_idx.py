@@ -56,7 +56,10 @@ def test_gzip_file_written_with_gz_suffix(tmp_path):
 def test_bad_magic_names_file_and_numbers(tmp_path):
     path = tmp_path / "train-images-idx3-ubyte"
     path.write_bytes(_header(0x12345678, 1) + b"\0")
-    with pytest.raises(DataError, match=r"train-images-idx3-ubyte is not an IDX file: found magic number 305419896 \(0x12345678\) but expected 2051"):
+    with pytest.raises(
+        DataError,
+        match=r"train-images-idx3-ubyte is not an IDX file: found magic number 305419896 \(0x12345678\) but expected 2051",  # noqa: E501
+    ):
         idx.read_images(path)
 
 
@@ -75,7 +78,9 @@ def test_images_with_wrong_number_of_dims(tmp_path):
 def test_truncated_payload_names_expected_and_actual_bytes(tmp_path):
     path = tmp_path / "t10k-images-idx3-ubyte"
     path.write_bytes(_header(2051, 10, 28, 28) + bytes(7000))
-    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte is truncated.*\(10, 28, 28\).*7840 payload bytes.*7000"):
+    with pytest.raises(
+        DataError, match=r"t10k-images-idx3-ubyte is truncated.*\(10, 28, 28\).*7840 payload bytes.*7000"
+    ):
         idx.read_images(path)
 
 
@@ -89,7 +94,9 @@ def test_overlong_payload_is_rejected(tmp_path):
 def test_truncated_header(tmp_path):
     path = tmp_path / "short"
     path.write_bytes(bytes([0, 0, 8, 3, 0, 0]))
-    with pytest.raises(DataError, match=r"short is truncated: its header declares 3 dimensions \(16 header bytes\).*6 bytes"):
+    with pytest.raises(
+        DataError, match=r"short is truncated: its header declares 3 dimensions \(16 header bytes\).*6 bytes"
+    ):
         idx.read_idx(path)
 
 

@@ -66,8 +66,9 @@ def test_validation_size_zero_gives_empty_dataset_with_right_shapes():
     assert validation.labels.shape == (0,) and validation.labels.dtype == np.int32
 
 
-@pytest.mark.parametrize("size, pattern", [(10, r"in \[0, 10\).*got 10"), (11, r"got 11"), (-1, r"got -1"),
-                                           (2.0, r"must be an integer")])
+@pytest.mark.parametrize(
+    "size, pattern", [(10, r"in \[0, 10\).*got 10"), (11, r"got 11"), (-1, r"got -1"), (2.0, r"must be an integer")]
+)
 def test_bad_validation_size(size, pattern):
     with pytest.raises(DataError, match=rf"validation_size .*{pattern}|validation_size must be an integer"):
         splits.train_validation_split(_dataset(10), size, seed=0)
@@ -115,10 +116,10 @@ def test_synthetic_class_is_where_the_blob_is():
     """Known answer: the brightest smoothed spot sits at the class's angle on the circle."""
     ds = load_synthetic(DATASETS["synthetic"], "test", num_test=200, seed=0)
     hits = 0
-    for image, label in zip(ds.images[..., 0].astype(float), ds.labels):
+    for image, label in zip(ds.images[..., 0].astype(float), ds.labels, strict=True):
         # 5x5 box filter, so a thin distractor bar scores lower than the round blob.
         padded = np.pad(image, 2)
-        smooth = sum(padded[dy:dy + 28, dx:dx + 28] for dy in range(5) for dx in range(5))
+        smooth = sum(padded[dy : dy + 28, dx : dx + 28] for dy in range(5) for dx in range(5))
         y, x = np.unravel_index(np.argmax(smooth), smooth.shape)
         angle = np.arctan2(x - 13.5, -(y - 13.5)) % (2 * np.pi)
         hits += int(np.rint(angle / (2 * np.pi / 10))) % 10 == label

@@ -34,12 +34,32 @@ def test_valid_arrays_pass_and_labels_become_int32():
 @pytest.mark.parametrize(
     "images, labels, pattern",
     [
-        (np.zeros((3, 2, 2, 1), np.float32), np.zeros(3, int), r"images from imgs.bin have dtype float32; expected uint8"),
-        (np.zeros((3, 2, 3, 1), np.uint8), np.zeros(3, int), r"images from imgs.bin have shape \(3, 2, 3, 1\); expected \(N, 2, 2, 1\)"),
+        (
+            np.zeros((3, 2, 2, 1), np.float32),
+            np.zeros(3, int),
+            r"images from imgs.bin have dtype float32; expected uint8",
+        ),
+        (
+            np.zeros((3, 2, 3, 1), np.uint8),
+            np.zeros(3, int),
+            r"images from imgs.bin have shape \(3, 2, 3, 1\); expected \(N, 2, 2, 1\)",
+        ),
         (np.zeros((3, 2, 2), np.uint8), np.zeros(3, int), r"images from imgs.bin have shape \(3, 2, 2\)"),
-        (np.zeros((3, 2, 2, 1), np.uint8), np.zeros(3, float), r"labels from lbls.bin have dtype float64; expected integers"),
-        (np.zeros((3, 2, 2, 1), np.uint8), np.zeros((3, 1), int), r"labels from lbls.bin have shape \(3, 1\); expected \(N,\)"),
-        (np.zeros((3, 2, 2, 1), np.uint8), np.array([0, 5, 1]), r"labels from lbls.bin must lie in \[0, 5\) but range over \[0, 5\] \(first bad one: label 5 at index 1\)"),
+        (
+            np.zeros((3, 2, 2, 1), np.uint8),
+            np.zeros(3, float),
+            r"labels from lbls.bin have dtype float64; expected integers",
+        ),
+        (
+            np.zeros((3, 2, 2, 1), np.uint8),
+            np.zeros((3, 1), int),
+            r"labels from lbls.bin have shape \(3, 1\); expected \(N,\)",
+        ),
+        (
+            np.zeros((3, 2, 2, 1), np.uint8),
+            np.array([0, 5, 1]),
+            r"labels from lbls.bin must lie in \[0, 5\) but range over \[0, 5\] \(first bad one: label 5 at index 1\)",
+        ),
         (np.zeros((3, 2, 2, 1), np.uint8), np.array([0, -1, 1]), r"label -1 at index 1"),
         (np.zeros((3, 2, 2, 1), np.uint8), np.zeros(2, int), r"3 images in imgs.bin but 2 labels in lbls.bin"),
         (np.zeros((0, 2, 2, 1), np.uint8), np.zeros(0, int), r"imgs.bin holds no images"),
@@ -89,7 +109,12 @@ def test_take_and_subset_are_exact():
     picked = ds.subset([9, 0, 9])
     assert picked.labels.tolist() == [4, 0, 4]
     np.testing.assert_array_equal(picked.images[1], ds.images[0])
-    assert (picked.name, picked.split, picked.class_names, picked.source) == (ds.name, ds.split, ds.class_names, ds.source)
+    assert (picked.name, picked.split, picked.class_names, picked.source) == (
+        ds.name,
+        ds.split,
+        ds.class_names,
+        ds.source,
+    )
     empty = ds.subset([])
     assert empty.images.shape == (0, 2, 2, 1) and empty.labels.dtype == np.int32
 
