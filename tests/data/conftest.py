@@ -1,4 +1,8 @@
 """Fixtures for fmi_jax.data tests: small datasets written in the original formats.
+
+Nothing here touches the network: `isolated` replaces the tfds network probe
+and hides the machine's own data (``$FMI_DATA_DIR``, Debian's package), so a
+test sees exactly the files it wrote.
 """
 
 from __future__ import annotations
@@ -9,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fmi_jax.data import cifar, idx, registry
+from fmi_jax.data import cifar, idx, registry, sources, tfds_source
+from fmi_jax.data.errors import Unavailable
 
 IDX_NAMES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -73,3 +78,31 @@ def write_cifar_dataset() -> Callable[..., dict[str, tuple[np.ndarray, np.ndarra
         return {"train": train, "test": test}
 
     return write
+
+
+@pytest.fixture
+def probe_calls(monkeypatch) -> list[str]:
+    """Replaces the tfds network probe by an 'offline' answer; records the URLs probed."""
+    calls: list[str] = []
+
+    def offline(url: str, timeout: float = tfds_source.PROBE_TIMEOUT_S) -> tfds_source.ProbeResult:
+        calls.append(url)
+        return tfds_source.ProbeResult(False, "DNS lookup failed (patched in tests)")
+
+    monkeypatch.setattr(tfds_source, "probe_url", offline)
+    return calls
+
+
+@pytest.fixture
+def isolated(monkeypatch, tmp_path, probe_calls) -> Path:
+    """No $FMI_DATA_DIR, no Debian package, an empty tfds folder, offline probe.
+
+    Returns the empty tfds data folder to pass as ``tfds_data_dir``.
+    """
+    monkeypatch.delenv(sources.FMI_DATA_DIR_ENV, raising=False)
+    monkeypatch.setattr(
+        sources, "find_debian_folder", lambda package, names: Unavailable(f"package {package} hidden by the test")
+    )
+    tfds_dir = tmp_path / "tfds_empty"
+    tfds_dir.mkdir()
+    return tfds_dir
