@@ -1,0 +1,394 @@
+"""The front door: :func:`load` and :func:`load_splits`, and where data is looked for.
+
+Synthetic datasets are generated. For the file-based datasets (``mnist``,
+``fashion_mnist``, ``cifar10``) the sources are tried in this order, each
+attempt logged with ``absl.logging.info``:
+
+1. ``data_dir``, the folder given by the caller (``--config.data.data_dir``),
+   or its subfolder ``<name>/``, holding the original files. If it is given,
+   it is the only folder tried: missing or corrupt files there raise
+   :class:`~fmi_jax.data.errors.DataError` at once rather than silently
+   loading a different copy.
+2. Well-known local folders: ``$FMI_DATA_DIR/<name>/`` and, for Fashion-MNIST,
+   the folder of Debian's ``dataset-fashion-mnist`` package, found with
+   ``dpkg -L`` (never a hard-coded path). A folder without the files is
+   skipped; a folder with corrupt files is an error.
+3. tensorflow-datasets (:mod:`fmi_jax.data.tfds_source`): a prepared copy in
+   ``tfds_data_dir``, or a fresh download if ``download`` is true and
+   TensorFlow and the network are there.
+
+If none has the data, :class:`~fmi_jax.data.errors.DataNotFoundError` says what
+each attempt found and every way to get the data.
+
+Original file names: MNIST and Fashion-MNIST ``train-images-idx3-ubyte.gz``,
+``train-labels-idx1-ubyte.gz``, ``t10k-images-idx3-ubyte.gz``,
+``t10k-labels-idx1-ubyte.gz`` (also accepted without ``.gz``); CIFAR-10
+``cifar-10-python.tar.gz`` or its extracted ``cifar-10-batches-py/``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from absl import logging
+
+from fmi_jax.data import cifar, idx, splits, synthetic, tfds_source
+from fmi_jax.data.dataset import Dataset
+from fmi_jax.data.errors import DataError, DataNotFoundError, Unavailable
+from fmi_jax.data.registry import LOADABLE_SPLITS, DatasetSpec, get_spec
+from fmi_jax.data.validation import validate_arrays
+
+__all__ = [
+    "DPKG_TIMEOUT_S",
+    "FMI_DATA_DIR_ENV",
+    "find_debian_folder",
+    "folder_in_dpkg_listing",
+    "load",
+    "load_splits",
+]
+
+#: Environment variable naming a folder with one subfolder per dataset.
+FMI_DATA_DIR_ENV = "FMI_DATA_DIR"
+#: Seconds to wait for ``dpkg -L``.
+DPKG_TIMEOUT_S = 5.0
+
+_SYNTHETIC_KWARGS = ("num_train", "num_test", "seed")
+_Found = Path | tuple[Path, Path]  # what a format's finder hands to its reader
+
+
+def load(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    tfds_data_dir: str | None = None,
+    download: bool = True,
+    **synthetic_kwargs: int,
+) -> Dataset:
+    """Loads one split of a dataset as uint8 NHWC images and int32 labels.
+
+    Args:
+        name: A key of :data:`~fmi_jax.data.registry.DATASETS`, e.g.
+            ``'fashion_mnist'``, ``'mnist'``, ``'cifar10'``, ``'synthetic'``.
+        split: ``'train'`` or ``'test'`` (see :func:`load_splits` for
+            ``'validation'``).
+        data_dir: Folder (or its ``<name>/`` subfolder) with the original
+            files. If given, no other source is tried.
+        tfds_data_dir: tensorflow-datasets data folder; ``None`` for tfds's
+            default.
+        download: Whether tensorflow-datasets may download and prepare the
+            data when no local copy exists.
+        **synthetic_kwargs: For synthetic datasets only: ``num_train``,
+            ``num_test``, ``seed``.
+
+    Returns:
+        The split as a :class:`Dataset`.
+
+    Raises:
+        DataError: Unknown name or split, bad arguments, or corrupt data.
+        DataNotFoundError: No source has the data.
+    """
+    spec = get_spec(name)
+    if split not in LOADABLE_SPLITS:
+        raise DataError(
+            f"Unknown split {split!r} for load(); use one of {LOADABLE_SPLITS}. For a validation "
+            "split use load_splits(..., validation_size=N), which holds it out of 'train'."
+        )
+    if spec.file_format == "synthetic":
+        return _load_synthetic(spec, split, data_dir, tfds_data_dir, synthetic_kwargs)
+    if synthetic_kwargs:
+        raise DataError(
+            f"{sorted(synthetic_kwargs)} only apply to synthetic datasets, not {name!r}; "
+            "use train_limit/test_limit of load_splits() to shrink real datasets."
+        )
+    return _resolve(spec, split, data_dir, tfds_data_dir, download)
+
+
+def load_splits(
+    name: str,
+    *,
+    validation_size: int,
+    seed: int = 0,
+    data_dir: str | os.PathLike[str] | None = None,
+    tfds_data_dir: str | None = None,
+    download: bool = True,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    **synthetic_kwargs: int,
+) -> dict[str, Dataset]:
+    """Loads train, validation and test sets.
+
+    The validation set is a class-balanced holdout of ``validation_size``
+    training examples, deterministic in ``seed``
+    (:func:`~fmi_jax.data.splits.train_validation_split`). Afterwards
+    ``train_limit`` and ``test_limit`` shrink the train and test sets to
+    class-balanced subsets (for smoke runs), also deterministic in ``seed``.
+
+    Args:
+        name: Dataset name, as for :func:`load`.
+        validation_size: Examples held out of train; ``0`` for an empty
+            validation set.
+        seed: Seed of the holdout and the limits; for synthetic datasets also
+            the seed of the generator.
+        data_dir: As for :func:`load`.
+        tfds_data_dir: As for :func:`load`.
+        download: As for :func:`load`.
+        train_limit: At most this many training examples, or ``None``.
+        test_limit: At most this many test examples, or ``None``.
+        **synthetic_kwargs: ``num_train``, ``num_test`` for synthetic datasets.
+
+    Returns:
+        ``{'train': ..., 'validation': ..., 'test': ...}``.
+
+    Raises:
+        DataError: As :func:`load`, or if ``validation_size`` is negative or
+            not smaller than the training set, or a limit is not positive.
+        DataNotFoundError: As :func:`load`.
+    """
+    if get_spec(name).file_format == "synthetic":
+        synthetic_kwargs = {**synthetic_kwargs, "seed": seed}
+    options = dict(data_dir=data_dir, tfds_data_dir=tfds_data_dir, download=download, **synthetic_kwargs)
+    full_train = load(name, "train", **options)
+    test = load(name, "test", **options)
+    train, validation = splits.train_validation_split(full_train, validation_size, seed)
+    return {
+        "train": splits.limit(train, train_limit, seed),
+        "validation": validation,
+        "test": splits.limit(test, test_limit, seed),
+    }
+
+
+@functools.cache
+def find_debian_folder(package: str, file_names: tuple[str, ...]) -> Path | Unavailable:
+    """Finds the folder where Debian package ``package`` installed ``file_names``.
+
+    Runs ``dpkg -L package`` once per process (the answer is cached; call
+    ``find_debian_folder.cache_clear()`` to ask again).
+
+    Args:
+        package: Debian package name, e.g. ``'dataset-fashion-mnist'``.
+        file_names: File names to look for in the package's file list.
+
+    Returns:
+        The folder holding the first listed match, or :class:`Unavailable`
+        saying why not (no dpkg, package not installed, no such file).
+    """
+    command = ["dpkg", "-L", package]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=DPKG_TIMEOUT_S, check=False)
+    except FileNotFoundError:
+        return Unavailable("dpkg is not available (not a Debian-based system)")
+    except subprocess.TimeoutExpired:
+        return Unavailable(f"`{' '.join(command)}` did not answer within {DPKG_TIMEOUT_S:.0f} s")
+    except OSError as error:
+        return Unavailable(f"`{' '.join(command)}` could not run ({error})")
+    if result.returncode != 0:
+        detail = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[0]
+        return Unavailable(f"package {package} is not installed ({detail})")
+    folder = folder_in_dpkg_listing(result.stdout, file_names)
+    if folder is None:
+        return Unavailable(f"`{' '.join(command)}` lists none of {', '.join(file_names)}")
+    return folder
+
+
+def folder_in_dpkg_listing(listing: str, file_names: tuple[str, ...]) -> Path | None:
+    """Returns the folder of the first path in ``dpkg -L`` output named like ``file_names``.
+
+    Names are matched with and without a ``.gz`` suffix.
+    """
+    wanted = set(file_names) | {name.removesuffix(".gz") for name in file_names}
+    for line in listing.splitlines():
+        path = PurePosixPath(line.strip())
+        if path.name in wanted:
+            return Path(path.parent)
+    return None
+
+
+def _load_synthetic(
+    spec: DatasetSpec,
+    split: str,
+    data_dir: str | os.PathLike[str] | None,
+    tfds_data_dir: str | None,
+    kwargs: dict[str, int],
+) -> Dataset:
+    unknown = sorted(set(kwargs) - set(_SYNTHETIC_KWARGS))
+    if unknown:
+        raise DataError(f"Unknown argument(s) {unknown} for {spec.name!r}; it accepts {list(_SYNTHETIC_KWARGS)}.")
+    if data_dir is not None or tfds_data_dir is not None:
+        logging.warning(
+            "%s is generated; ignoring data_dir=%s and tfds_data_dir=%s.", spec.name, data_dir, tfds_data_dir
+        )
+    logging.info("Generating %s/%s with %s.", spec.name, split, kwargs or "default sizes")
+    return synthetic.load_synthetic(spec, split, **kwargs)
+
+
+def _resolve(
+    spec: DatasetSpec, split: str, data_dir: str | os.PathLike[str] | None, tfds_data_dir: str | None, download: bool
+) -> Dataset:
+    if data_dir is not None:
+        return _load_given_dir(spec, split, Path(data_dir).expanduser())
+    attempts = [("data_dir argument", "not given")]
+    for label, folder in _well_known_folders(spec):
+        found = folder if isinstance(folder, Unavailable) else _find(spec, split, folder)
+        if isinstance(found, Unavailable):
+            logging.info("%s/%s: %s: %s.", spec.name, split, label, found.reason)
+            attempts.append((label, found.reason))
+            continue
+        logging.info("%s/%s: loading from %s (%s).", spec.name, split, label, folder)
+        return _read(spec, split, found)
+    logging.info("%s/%s: trying tensorflow-datasets.", spec.name, split)
+    result = tfds_source.load_tfds(spec, split, tfds_data_dir=tfds_data_dir, download=download)
+    if isinstance(result, Dataset):
+        return result
+    logging.info("%s/%s: tensorflow-datasets: %s.", spec.name, split, result.reason)
+    attempts.append(("tensorflow-datasets", result.reason))
+    raise DataNotFoundError(_not_found_message(spec, split, attempts))
+
+
+def _load_given_dir(spec: DatasetSpec, split: str, data_dir: Path) -> Dataset:
+    logging.info("%s/%s: looking in data_dir=%s.", spec.name, split, data_dir)
+    if not data_dir.is_dir():
+        raise DataError(
+            f"data_dir={str(data_dir)!r} is not a folder. Pass the folder holding "
+            f"{_files_phrase(spec, split)} (or leave data_dir unset to search the usual places)."
+        )
+    reasons = []
+    for folder in (data_dir, data_dir / spec.name):
+        found = _find(spec, split, folder)
+        if not isinstance(found, Unavailable):
+            return _read(spec, split, found)
+        reasons.append(f"{folder}: {found.reason}")
+    raise DataError(
+        f"data_dir={str(data_dir)!r} does not hold the {split!r} files of {spec.name}. "
+        f"{'; '.join(reasons)}. It holds: {_listing(data_dir)}. "
+        f"Put {_files_phrase(spec, split)} there, or leave data_dir unset to search the usual places."
+    )
+
+
+def _well_known_folders(spec: DatasetSpec) -> list[tuple[str, Path | Unavailable]]:
+    label = f"${FMI_DATA_DIR_ENV}/{spec.name}"
+    root = os.environ.get(FMI_DATA_DIR_ENV)
+    folders: list[tuple[str, Path | Unavailable]] = [
+        (label, Path(root).expanduser() / spec.name if root else Unavailable(f"${FMI_DATA_DIR_ENV} is not set"))
+    ]
+    if spec.debian_package:
+        folders.append(
+            (f"Debian package {spec.debian_package}", find_debian_folder(spec.debian_package, spec.all_files()))
+        )
+    return folders
+
+
+# --- original files: one finder and one reader per format -----------------------------------
+
+
+def _find(spec: DatasetSpec, split: str, folder: Path) -> _Found | Unavailable:
+    if not folder.is_dir():
+        return Unavailable(f"{folder} is not a folder")
+    return _FORMATS[spec.file_format][0](spec, split, folder)
+
+
+def _read(spec: DatasetSpec, split: str, found: _Found) -> Dataset:
+    return _FORMATS[spec.file_format][1](spec, split, found)
+
+
+def _find_idx(spec: DatasetSpec, split: str, folder: Path) -> tuple[Path, Path] | Unavailable:
+    paths, missing = [], []
+    for name in spec.files[split]:
+        candidates = [folder / name, folder / name.removesuffix(".gz")]
+        existing = [path for path in candidates if path.is_file()]
+        paths.extend(existing[:1])
+        if not existing:
+            missing.append(name)
+    if missing:
+        return Unavailable(f"no {' or '.join(missing)} in {folder}")
+    return paths[0], paths[1]
+
+
+def _read_idx(spec: DatasetSpec, split: str, found: tuple[Path, Path]) -> Dataset:
+    images_path, labels_path = found
+    images, labels = validate_arrays(
+        idx.read_images(images_path),
+        idx.read_labels(labels_path),
+        image_shape=spec.image_shape,
+        num_classes=spec.num_classes,
+        images_from=str(images_path),
+        labels_from=str(labels_path),
+    )
+    return Dataset(images, labels, spec.name, split, spec.class_names, source=f"IDX files in {images_path.parent}")
+
+
+def _find_cifar(spec: DatasetSpec, split: str, folder: Path) -> Path | Unavailable:
+    location = cifar.find_cifar10(folder, spec.files[split])
+    if location is None:
+        return Unavailable(
+            f"no {cifar.FOLDER_NAME}/ with {', '.join(spec.files[split])} and no {cifar.ARCHIVE_NAME} in {folder}"
+        )
+    return location
+
+
+def _read_cifar(spec: DatasetSpec, split: str, location: Path) -> Dataset:
+    batches, label_names = cifar.read_cifar10(location, spec.files[split])
+    if label_names is not None and label_names != spec.class_names:
+        raise DataError(
+            f"{location}: {cifar.META_FILE} names the classes {list(label_names)}, not CIFAR-10's "
+            f"{list(spec.class_names)}. Is this another dataset (CIFAR-100 uses other file names)?"
+        )
+    checked = [
+        validate_arrays(
+            b.images, b.labels, image_shape=spec.image_shape, num_classes=spec.num_classes, images_from=b.where
+        )
+        for b in batches
+    ]
+    images = np.concatenate([images for images, _ in checked])
+    labels = np.concatenate([labels for _, labels in checked])
+    return Dataset(images, labels, spec.name, split, spec.class_names, source=f"CIFAR-10 python batches in {location}")
+
+
+_FORMATS = {
+    "idx": (_find_idx, _read_idx),
+    "cifar10_python": (_find_cifar, _read_cifar),
+}
+
+
+# --- messages ---------------------------------------------------------------------------------
+
+
+def _files_phrase(spec: DatasetSpec, split: str | None = None) -> str:
+    if spec.file_format == "cifar10_python":
+        return f"{cifar.ARCHIVE_NAME} or its extracted {cifar.FOLDER_NAME}/"
+    names = spec.files[split] if split else spec.all_files()
+    return ", ".join(names)
+
+
+def _listing(folder: Path, limit: int = 10) -> str:
+    try:
+        names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    except OSError as error:
+        return f"(cannot list: {error})"
+    if not names:
+        return "nothing"
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _not_found_message(spec: DatasetSpec, split: str, attempts: list[tuple[str, str]]) -> str:
+    tried = "\n".join(f"  - {label}: {reason}" for label, reason in attempts)
+    files = _files_phrase(spec)
+    ways = [
+        f"pass --config.data.data_dir=DIR (data_dir=DIR), where DIR holds the original files "
+        f"{files} from {spec.homepage}",
+        f"or put those files in ROOT/{spec.name}/ and set {FMI_DATA_DIR_ENV}=ROOT",
+    ]
+    if spec.debian_package:
+        ways.append(f"or `apt-get install {spec.debian_package}` (Debian/Ubuntu)")
+    ways.append(
+        f"or let tensorflow-datasets prepare {spec.tfds_name!r} with internet and TensorFlow "
+        "(`pip install tensorflow-cpu`, or the extra fmi_jax[tfds-prepare]), or pass "
+        "--config.data.tfds_data_dir=DIR holding an already prepared copy (array_record "
+        "copies read without TensorFlow)"
+    )
+    how = "\n".join(f"  {i}. {way}" for i, way in enumerate(ways, start=1))
+    return f"No source has the {split!r} split of {spec.name}. Tried, in order:\n{tried}\nTo get it:\n{how}"
