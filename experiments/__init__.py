@@ -1,0 +1,1 @@
+"""absl experiment scripts: flags + one library call + outputs under --workdir."""

@@ -1,0 +1,27 @@
+r"""Evaluate a trained workdir: loss, accuracy, precision, recall, F1 per split.
+
+    python -m experiments.evaluate --workdir=runs/cnn_fmnist
+
+Prints the table, writes metrics.json, metrics.md and confusion_matrix.png.
+"""
+
+from absl import app, flags
+
+from fmi_jax import train
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or an epoch number.")
+_SPLITS = flags.DEFINE_list("splits", ["train", "validation", "test"], "Splits to evaluate.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Recompute even if metrics.json has this checkpoint.")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  train.evaluate_workdir(_WORKDIR.value, checkpoint=_CHECKPOINT.value, splits=_SPLITS.value,
+                         overwrite=_OVERWRITE.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,27 @@
+r"""Train a classifier.
+
+    python -m experiments.train --config=configs/cnn_fmnist.py --workdir=runs/cnn_fmnist
+    python -m experiments.train --config=configs/cnn_fmnist.py:smoke --workdir=/tmp/smoke \
+        --config.num_epochs=2
+
+Re-running with the same --workdir resumes from its latest checkpoint.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from fmi_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and figures go.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
