@@ -7,7 +7,7 @@ Prints the table, writes metrics.json, metrics.md and confusion_matrix.png.
 
 from absl import app, flags
 
-from fmi_jax import train
+from fmi_jax import logs, train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or an epoch number.")
@@ -19,6 +19,7 @@ flags.mark_flag_as_required("workdir")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logs.quiet_libraries()
   train.evaluate_workdir(_WORKDIR.value, checkpoint=_CHECKPOINT.value, splits=_SPLITS.value,
                          overwrite=_OVERWRITE.value)
 

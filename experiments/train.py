@@ -10,7 +10,7 @@ Re-running with the same --workdir resumes from its latest checkpoint.
 from absl import app, flags
 from ml_collections import config_flags
 
-from fmi_jax import train
+from fmi_jax import logs, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and figures go.")
@@ -20,6 +20,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logs.quiet_libraries()
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

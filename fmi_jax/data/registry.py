@@ -42,6 +42,9 @@ class DatasetSpec:
         tfds_name: Name in tensorflow-datasets, if it has one.
         tfds_download_url: The URL tensorflow-datasets downloads from.
         debian_package: Debian package that installs the original files.
+        original_urls: Original file name -> URL, for fetching the original
+            files through tfds's download manager when TensorFlow (needed to
+            prepare a tfds dataset) is not installed.
     """
 
     name: str
@@ -53,6 +56,7 @@ class DatasetSpec:
     tfds_name: str | None = None
     tfds_download_url: str | None = None
     debian_package: str | None = None
+    original_urls: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -70,6 +74,12 @@ _IDX_FILES = types.MappingProxyType(
         "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
     }
 )
+
+
+
+def _urls(base: str, files: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
+    return {name: base + name for split in LOADABLE_SPLITS for name in files[split]}
+
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
@@ -108,6 +118,7 @@ _SPECS = (
         tfds_name="fashion_mnist",
         tfds_download_url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
         debian_package="dataset-fashion-mnist",
+        original_urls=_urls("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", _IDX_FILES),
     ),
     DatasetSpec(
         name="mnist",
@@ -118,6 +129,7 @@ _SPECS = (
         homepage="http://yann.lecun.com/exdb/mnist/",
         tfds_name="mnist",
         tfds_download_url="https://storage.googleapis.com/cvdf-datasets/mnist/",
+        original_urls=_urls("https://storage.googleapis.com/cvdf-datasets/mnist/", _IDX_FILES),
     ),
     DatasetSpec(
         name="cifar10",
@@ -128,6 +140,7 @@ _SPECS = (
         homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
         tfds_name="cifar10",
         tfds_download_url="https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
+        original_urls={"cifar-10-python.tar.gz": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"},
     ),
     DatasetSpec(
         name="synthetic",

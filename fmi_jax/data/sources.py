@@ -246,6 +246,14 @@ def _resolve(
         return result
     logging.info("%s/%s: tensorflow-datasets: %s.", spec.name, split, result.reason)
     attempts.append(("tensorflow-datasets", result.reason))
+    if download and spec.original_urls and not tfds_source.tensorflow_available():
+        folder = tfds_source.download_originals(spec, tfds_data_dir=tfds_data_dir)
+        found = folder if isinstance(folder, Unavailable) else _find(spec, split, folder)
+        if not isinstance(found, Unavailable):
+            logging.info("%s/%s: loading the original files downloaded to %s.", spec.name, split, folder)
+            return _read(spec, split, found)
+        logging.info("%s/%s: tfds download of the original files: %s.", spec.name, split, found.reason)
+        attempts.append(("tensorflow-datasets download of the original files", found.reason))
     raise DataNotFoundError(_not_found_message(spec, split, attempts))
 
 
@@ -385,8 +393,9 @@ def _not_found_message(spec: DatasetSpec, split: str, attempts: list[tuple[str, 
     if spec.debian_package:
         ways.append(f"or `apt-get install {spec.debian_package}` (Debian/Ubuntu)")
     ways.append(
-        f"or let tensorflow-datasets prepare {spec.tfds_name!r} with internet and TensorFlow "
-        "(`pip install tensorflow-cpu`, or the extra fmi_jax[tfds-prepare]), or pass "
+        f"or, with internet, let tensorflow-datasets fetch it: it downloads the original files "
+        "(no TensorFlow needed) or, with TensorFlow (`pip install tensorflow-cpu`, the extra "
+        f"fmi_jax[tfds-prepare]), prepares {spec.tfds_name!r}; or pass "
         "--config.data.tfds_data_dir=DIR holding an already prepared copy (array_record "
         "copies read without TensorFlow)"
     )

@@ -22,6 +22,13 @@ What tfds 4.9.10 can and cannot do without TensorFlow (measured, not assumed):
   took 205 s to give up on Fashion-MNIST. Where DNS times out instead, it is
   longer still.
 
+* Its download manager does NOT need TensorFlow for http(s) URLs (requests does
+  the work; only archive *extraction* goes through ``tf.io.gfile``). So without
+  TensorFlow, :func:`download_originals` fetches the original files (IDX
+  ``*.gz``, CIFAR-10's python tarball) through ``tfds.download.DownloadManager``,
+  verified against tfds's registered checksums where tfds has them, and the
+  original-file readers of this package parse them.
+
 So, for a dataset that is not prepared, this module checks that TensorFlow is
 importable, then probes the download host (DNS in a thread with a join timeout,
 since ``socket.getaddrinfo`` has no timeout of its own, then one TCP connect;
@@ -42,11 +49,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
+import shutil
 import socket
 import threading
 import time
 import urllib.parse
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,6 +71,7 @@ __all__ = [
     "PROBE_TIMEOUT_S",
     "PREPARE_HINT",
     "ProbeResult",
+    "download_originals",
     "load_tfds",
     "probe_host",
     "probe_url",
@@ -288,3 +299,60 @@ def _read_with_tensorflow(
 
     arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
     return np.asarray(arrays[image_key]), np.asarray(arrays[label_key])
+
+
+def download_originals(spec: DatasetSpec, *, tfds_data_dir: str | None) -> Path | Unavailable:
+    """Fetches the original files with tfds's download manager; no TensorFlow needed.
+
+    The files land in ``<tfds data_dir>/downloads`` under tfds's own names
+    (checksummed against tfds's registry where the URL is registered there) and
+    are then linked, or copied, under their original names into
+    ``<tfds data_dir>/downloads/fmi_jax_originals/<name>/``, the folder this
+    function returns. A folder that already holds every file is returned as is.
+
+    Returns:
+        The folder of original files, or :class:`Unavailable` saying why not.
+    """
+    if not spec.original_urls:
+        return Unavailable(f"no original-file URLs are known for {spec.name}")
+    root = Path(tfds_data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets").expanduser()
+    folder = root / "downloads" / "fmi_jax_originals" / spec.name
+    if all((folder / name).is_file() for name in spec.original_urls):
+        return folder
+    first_url = next(iter(spec.original_urls.values()))
+    probe = probe_url(first_url)
+    logging.info("Network probe for the original %s files: %s.", spec.name, probe.detail)
+    if not probe.online:
+        return Unavailable(f"download of the original files: offline: {probe.detail}")
+    import tensorflow_datasets as tfds
+
+    url_infos = {}
+    if spec.tfds_name:
+        known = tfds.builder(spec.tfds_name, data_dir=tfds_data_dir).url_infos or {}
+        url_infos = {url: info for url, info in known.items() if url in spec.original_urls.values()}
+    manager = tfds.download.DownloadManager(
+        download_dir=root / "downloads", url_infos=url_infos or None, dataset_name=spec.tfds_name
+    )
+    logging.info("Downloading the original %s files (%s) with tfds's download manager.", spec.name,
+                 ", ".join(spec.original_urls))
+    try:
+        paths = manager.download(dict(spec.original_urls))
+    except Exception as error:  # noqa: BLE001 -- tfds/requests raise many types; report whichever it was
+        return Unavailable(f"download of the original files failed ({type(error).__name__}: {error})")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, downloaded in paths.items():
+        _place(Path(os.fspath(downloaded)), folder / name)
+    return folder
+
+
+def _place(source: Path, target: Path) -> None:
+    """Hard-links (or copies) ``source`` to ``target`` atomically."""
+    if target.is_file():
+        return
+    tmp = target.with_name(f".{target.name}.partial")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    tmp.replace(target)

@@ -139,7 +139,10 @@ class Checkpoints:
     With `partial`, `target` may name a subset of the saved keys (e.g. params and
     batch_stats without the optimizer state).
     """
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", device)),
+        target)
     try:
       item = (ocp.args.PyTreeRestore(abstract, partial_restore=True) if partial
               else ocp.args.StandardRestore(abstract))

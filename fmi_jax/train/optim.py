@@ -35,6 +35,8 @@ def make_schedule(config: Any, steps_per_epoch: int) -> optax.Schedule:
           [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
     return optax.constant_schedule(lr)
   if name == "cosine":
+    if not warmup:
+      return optax.cosine_decay_schedule(lr, max(total, 1))
     return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total, warmup + 1))
   if name == "onecycle":
     return optax.cosine_onecycle_schedule(max(total, 1), lr)

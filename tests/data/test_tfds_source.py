@@ -53,12 +53,17 @@ def test_prepared_dataset_is_read_through_data_source(isolated, mock_tfds, name)
     assert "tensorflow" not in sys.modules
 
 
-def test_not_prepared_without_tensorflow_does_not_probe_or_download(isolated, mock_tfds, probe_calls):
-    with pytest.raises(DataNotFoundError) as info:
-        load("mnist", "train", tfds_data_dir=str(isolated))
+def test_not_prepared_without_tensorflow_never_prepares_and_probes_once_for_the_originals(
+    isolated, mock_tfds, probe_calls
+):
+    with mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare") as prepare:
+        with pytest.raises(DataNotFoundError) as info:
+            load("mnist", "train", tfds_data_dir=str(isolated))
+    prepare.assert_not_called()
     assert "not prepared, and TensorFlow is not installed" in str(info.value)
+    assert "download of the original files: offline" in str(info.value)
     assert "pip install tensorflow-cpu" in str(info.value)
-    assert probe_calls == []
+    assert probe_calls == [DATASETS["mnist"].original_urls["train-images-idx3-ubyte.gz"]]
 
 
 def test_not_prepared_offline_probes_once_and_gives_up(isolated, mock_tfds, probe_calls, monkeypatch):
