@@ -126,7 +126,7 @@ class Checkpoints:
             "metrics": {k: float(v) for k, v in metrics.items()}}
     saved = self._manager.save(
         epoch,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state_tree),
+        args=ocp.args.Composite(state=ocp.args.PyTreeSave(state_tree),
                                 meta=ocp.args.JsonSave(meta)),
         metrics=meta["metrics"] if self.best_metric in meta["metrics"] else None)
     if not saved:
@@ -144,8 +144,9 @@ class Checkpoints:
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", device)),
         target)
     try:
-      item = (ocp.args.PyTreeRestore(abstract, partial_restore=True) if partial
-              else ocp.args.StandardRestore(abstract))
+      item = ocp.args.PyTreeRestore(
+          abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+          partial_restore=partial)
       restored = self._manager.restore(epoch, args=ocp.args.Composite(state=item))
     except (ValueError, KeyError, TypeError) as e:
       raise CheckpointMismatchError(
