@@ -5,11 +5,21 @@ and a ``target`` (int array ``(N,)``, one int, or ``None`` for the predicted cla
 returns float32 attributions shaped like ``x``, takes its options as keywords, draws
 randomness only from an explicit ``key`` and bounds memory with ``batch_size``.
 
+=============================  ====================================  ========================
+method                         module                                Captum counterpart
+=============================  ====================================  ========================
+saliency                       :mod:`.gradients`                     Saliency
+input_x_gradient               :mod:`.gradients`                     InputXGradient
+=============================  ====================================  ========================
+
 Shared machinery (targets, checks, chunking, keys) lives in :mod:`.core`.
 """
 
 from fmi_jax.attribution.core import resolve_target
+from fmi_jax.attribution.gradients import input_x_gradient, saliency
 
 __all__ = [
+    "saliency",
+    "input_x_gradient",
     "resolve_target",
 ]
