@@ -10,6 +10,7 @@ method                         module                                Captum coun
 =============================  ====================================  ========================
 saliency                       :mod:`.gradients`                     Saliency
 input_x_gradient               :mod:`.gradients`                     InputXGradient
+integrated_gradients           :mod:`.integrated_gradients`          IntegratedGradients
 =============================  ====================================  ========================
 
 Shared machinery (targets, checks, chunking, keys) lives in :mod:`.core`.
@@ -17,9 +18,17 @@ Shared machinery (targets, checks, chunking, keys) lives in :mod:`.core`.
 
 from fmi_jax.attribution.core import resolve_target
 from fmi_jax.attribution.gradients import input_x_gradient, saliency
+from fmi_jax.attribution.integrated_gradients import (
+    QUADRATURE_METHODS,
+    integrated_gradients,
+    quadrature,
+)
 
 __all__ = [
     "saliency",
     "input_x_gradient",
+    "integrated_gradients",
+    "quadrature",
+    "QUADRATURE_METHODS",
     "resolve_target",
 ]
