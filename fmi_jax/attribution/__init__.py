@@ -11,6 +11,7 @@ method                         module                                Captum coun
 saliency                       :mod:`.gradients`                     Saliency
 input_x_gradient               :mod:`.gradients`                     InputXGradient
 integrated_gradients           :mod:`.integrated_gradients`          IntegratedGradients
+noise_tunnel, smoothgrad       :mod:`.noise_tunnel`                  NoiseTunnel
 =============================  ====================================  ========================
 
 Shared machinery (targets, checks, chunking, keys) lives in :mod:`.core`.
@@ -23,6 +24,7 @@ from fmi_jax.attribution.integrated_gradients import (
     integrated_gradients,
     quadrature,
 )
+from fmi_jax.attribution.noise_tunnel import NOISE_KINDS, noise_tunnel, smoothgrad
 
 __all__ = [
     "saliency",
@@ -30,5 +32,8 @@ __all__ = [
     "integrated_gradients",
     "quadrature",
     "QUADRATURE_METHODS",
+    "noise_tunnel",
+    "smoothgrad",
+    "NOISE_KINDS",
     "resolve_target",
 ]
