@@ -12,6 +12,7 @@ saliency                       :mod:`.gradients`                     Saliency
 input_x_gradient               :mod:`.gradients`                     InputXGradient
 integrated_gradients           :mod:`.integrated_gradients`          IntegratedGradients
 noise_tunnel, smoothgrad       :mod:`.noise_tunnel`                  NoiseTunnel
+gaussian_smoothed_saliency     :mod:`.smoothing`                     (none)
 =============================  ====================================  ========================
 
 Shared machinery (targets, checks, chunking, keys) lives in :mod:`.core`.
@@ -25,6 +26,7 @@ from fmi_jax.attribution.integrated_gradients import (
     quadrature,
 )
 from fmi_jax.attribution.noise_tunnel import NOISE_KINDS, noise_tunnel, smoothgrad
+from fmi_jax.attribution.smoothing import gaussian_smoothed_saliency
 
 __all__ = [
     "saliency",
@@ -35,5 +37,6 @@ __all__ = [
     "noise_tunnel",
     "smoothgrad",
     "NOISE_KINDS",
+    "gaussian_smoothed_saliency",
     "resolve_target",
 ]
