@@ -13,6 +13,7 @@ input_x_gradient               :mod:`.gradients`                     InputXGradi
 integrated_gradients           :mod:`.integrated_gradients`          IntegratedGradients
 noise_tunnel, smoothgrad       :mod:`.noise_tunnel`                  NoiseTunnel
 gaussian_smoothed_saliency     :mod:`.smoothing`                     (none)
+gradient_shap                  :mod:`.shap`                          GradientShap
 =============================  ====================================  ========================
 
 Shared machinery (targets, checks, chunking, keys) lives in :mod:`.core`.
@@ -26,6 +27,7 @@ from fmi_jax.attribution.integrated_gradients import (
     quadrature,
 )
 from fmi_jax.attribution.noise_tunnel import NOISE_KINDS, noise_tunnel, smoothgrad
+from fmi_jax.attribution.shap import gradient_shap
 from fmi_jax.attribution.smoothing import gaussian_smoothed_saliency
 
 __all__ = [
@@ -38,5 +40,6 @@ __all__ = [
     "smoothgrad",
     "NOISE_KINDS",
     "gaussian_smoothed_saliency",
+    "gradient_shap",
     "resolve_target",
 ]
