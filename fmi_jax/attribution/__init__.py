@@ -14,12 +14,14 @@ integrated_gradients           :mod:`.integrated_gradients`          IntegratedG
 noise_tunnel, smoothgrad       :mod:`.noise_tunnel`                  NoiseTunnel
 gaussian_smoothed_saliency     :mod:`.smoothing`                     (none)
 gradient_shap                  :mod:`.shap`                          GradientShap
+deeplift                       :mod:`.deeplift`                      DeepLift
 =============================  ====================================  ========================
 
 Shared machinery (targets, checks, chunking, keys) lives in :mod:`.core`.
 """
 
 from fmi_jax.attribution.core import resolve_target
+from fmi_jax.attribution.deeplift import deeplift
 from fmi_jax.attribution.gradients import input_x_gradient, saliency
 from fmi_jax.attribution.integrated_gradients import (
     QUADRATURE_METHODS,
@@ -41,5 +43,6 @@ __all__ = [
     "NOISE_KINDS",
     "gaussian_smoothed_saliency",
     "gradient_shap",
+    "deeplift",
     "resolve_target",
 ]
