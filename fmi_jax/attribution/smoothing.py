@@ -81,8 +81,9 @@ def gaussian_smoothed_saliency(
     ``G_sigma * saliency(x)`` per channel, with the separable Gaussian of the module
     docstring and half-sample symmetric borders, which preserve the total attribution.
     ``sigma=0`` returns the saliency map unchanged. Saliency is Simonyan et al. 2014;
-    Gaussian smoothing of gradient maps is common practice in their visualisation
-    (e.g. Smilkov et al. 2017 compare against it). No Captum counterpart.
+    blurring it in image space is a common visualisation step, distinct from
+    SmoothGrad (Smilkov et al. 2017), which smooths in input space. No Captum
+    counterpart.
 
     Args:
       fn: model function, batch ``(N, H, W, C)`` -> logits ``(N, classes)``.
