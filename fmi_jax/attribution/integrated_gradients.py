@@ -141,7 +141,8 @@ def _gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _legendre(n: int, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """P_n(t) and P_n'(t), n >= 1, by the recurrence (j + 1) P_{j+1} = (2j + 1) t P_j - j P_{j-1}."""
+    """P_n(t) and P_n'(t) for n >= 1, by the three-term recurrence
+    (j + 1) P_{j+1} = (2j + 1) t P_j - j P_{j-1}."""
     previous, current = np.ones_like(t), t
     for j in range(1, n):
         previous, current = current, ((2 * j + 1) * t * current - j * previous) / (j + 1)

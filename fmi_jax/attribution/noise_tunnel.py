@@ -135,7 +135,8 @@ def noise_tunnel(
       float32 array shaped like ``x``.
     """
     if kind not in NOISE_KINDS:
-        raise ValueError(f"unknown noise tunnel kind {kind!r}; choose one of {', '.join(NOISE_KINDS)}")
+        raise ValueError(
+            f"unknown noise tunnel kind {kind!r}; choose one of {', '.join(NOISE_KINDS)}")
     samples = as_count(samples, "samples")
     x = as_input(x)
     num_examples = x.shape[0]

@@ -28,7 +28,8 @@ def test_linear_model_equals_integrated_gradients():
     baseline = jax.random.normal(jax.random.key(2), (4, 6))
     fn = lambda x: x @ w + 2.0
     expected = (x - baseline) * w[:, 1]
-    np.testing.assert_allclose(deeplift(fn, x, 1, baseline=baseline), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(deeplift(fn, x, 1, baseline=baseline), expected,
+                               rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(integrated_gradients(fn, x, 1, baseline=baseline), expected,
                                rtol=1e-5, atol=1e-6)
 

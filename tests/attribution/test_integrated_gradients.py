@@ -104,7 +104,8 @@ def test_captum_trapezoid_weights_sum_to_n_minus_1_over_n():
 
 
 def test_quadrature_errors():
-    with pytest.raises(ValueError, match="unknown quadrature method 'simpson'; choose one of gausslegendre"):
+    with pytest.raises(ValueError,
+                       match="unknown quadrature method 'simpson'; choose one of gausslegendre"):
         quadrature("simpson", 4)
     with pytest.raises(ValueError, match=r"riemann_trapezoid needs steps >= 2"):
         quadrature("riemann_trapezoid", 1)

@@ -65,7 +65,8 @@ def test_per_example_keys_and_vmap():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match=r"baselines must be a non-empty batch .* \(B, 5\), got shape \(5,\)"):
+    message = r"baselines must be a non-empty batch .* \(B, 5\), got shape \(5,\)"
+    with pytest.raises(ValueError, match=message):
         gradient_shap(linear, X, 0, jnp.zeros(5), KEY)
     with pytest.raises(ValueError, match=r"got shape \(0, 5\)"):
         gradient_shap(linear, X, 0, jnp.zeros((0, 5)), KEY)
