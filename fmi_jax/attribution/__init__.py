@@ -1,0 +1,48 @@
+"""Attribution methods as pure functions of a model function ``fn(x) -> logits``.
+
+Every method takes ``fn`` (batch ``(N, ...)`` -> logits ``(N, classes)``), inputs ``x``
+and a ``target`` (int array ``(N,)``, one int, or ``None`` for the predicted class),
+returns float32 attributions shaped like ``x``, takes its options as keywords, draws
+randomness only from an explicit ``key`` and bounds memory with ``batch_size``.
+
+=============================  ====================================  ========================
+method                         module                                Captum counterpart
+=============================  ====================================  ========================
+saliency                       :mod:`.gradients`                     Saliency
+input_x_gradient               :mod:`.gradients`                     InputXGradient
+integrated_gradients           :mod:`.integrated_gradients`          IntegratedGradients
+noise_tunnel, smoothgrad       :mod:`.noise_tunnel`                  NoiseTunnel
+gaussian_smoothed_saliency     :mod:`.smoothing`                     (none)
+gradient_shap                  :mod:`.shap`                          GradientShap
+deeplift                       :mod:`.deeplift`                      DeepLift
+=============================  ====================================  ========================
+
+Shared machinery (targets, checks, chunking, keys) lives in :mod:`.core`.
+"""
+
+from fmi_jax.attribution.core import resolve_target
+from fmi_jax.attribution.deeplift import deeplift
+from fmi_jax.attribution.gradients import input_x_gradient, saliency
+from fmi_jax.attribution.integrated_gradients import (
+    QUADRATURE_METHODS,
+    integrated_gradients,
+    quadrature,
+)
+from fmi_jax.attribution.noise_tunnel import NOISE_KINDS, noise_tunnel, smoothgrad
+from fmi_jax.attribution.shap import gradient_shap
+from fmi_jax.attribution.smoothing import gaussian_smoothed_saliency
+
+__all__ = [
+    "saliency",
+    "input_x_gradient",
+    "integrated_gradients",
+    "quadrature",
+    "QUADRATURE_METHODS",
+    "noise_tunnel",
+    "smoothgrad",
+    "NOISE_KINDS",
+    "gaussian_smoothed_saliency",
+    "gradient_shap",
+    "deeplift",
+    "resolve_target",
+]

@@ -1,0 +1,291 @@
+"""What every attribution method shares: targets, input checks, chunked evaluation, keys.
+
+Conventions used by every method in :mod:`fmi_jax.attribution`:
+
+* ``fn`` maps a batch ``x`` of shape ``(N, ...)`` to logits of shape ``(N, classes)``,
+  e.g. ``lambda x: model.apply(variables, x)``. Methods never see parameters,
+  modules or hooks, only this function.
+* ``target`` is an int array of shape ``(N,)``, a Python int (the same class for
+  every example) or ``None`` (each example's predicted class, ``argmax fn(x)``).
+  :func:`resolve_target` turns all three into an ``int32`` array of shape ``(N,)``.
+* Attributions have the shape of ``x`` and dtype ``float32``.
+
+Checks on values (NaN/Inf in ``x``, a target out of range) need concrete arrays.
+They run whenever the value is concrete and are skipped for tracers, i.e. when the
+caller wraps a method in ``jax.jit``/``jax.vmap``; a target that cannot be checked
+and turns out to be out of range gives NaN attributions rather than a silently
+wrong answer (see :func:`select_target`).
+
+Memory and chunking: every method evaluates the model through
+:func:`sum_over_samples`, which walks over the ``N * samples`` (example, sample)
+evaluations in chunks of ``batch_size`` and accumulates per-example sums, so peak
+memory is set by ``batch_size`` (plus an accumulator the size of ``x``) however
+many samples or integration steps a method asks for.
+
+Randomness: example ``i`` draws from ``fold_in(key, i)`` (:func:`example_keys`) and its
+sample ``s`` from ``fold_in(fold_in(key, i), s)`` (:func:`sample_keys`). The noise an
+example receives therefore depends on neither ``batch_size`` nor on how a batch is
+split across calls or devices. (This needs random bits that do not change under
+``jax.vmap`` over keys, which JAX guarantees for its default threefry keys; keys made
+with ``impl='rbg'`` or ``'unsafe_rbg'`` do not promise it.)
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import Any, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "Array",
+    "ModelFn",
+    "Target",
+    "as_input",
+    "check_finite",
+    "as_baseline",
+    "as_count",
+    "as_target",
+    "resolve_target",
+    "select_target",
+    "target_logit_grad",
+    "sum_over_samples",
+    "example_keys",
+    "sample_keys",
+    "per_example",
+]
+
+Array = jax.Array
+ModelFn = Callable[[Array], Array]
+Target = Union[int, Array, np.ndarray, None]
+
+
+def _is_concrete(value: Any) -> bool:
+    return not isinstance(value, jax.core.Tracer)
+
+
+def check_finite(value: Array, name: str) -> None:
+    """ValueError if a concrete ``value`` holds NaN or Inf (checked on the host, so it
+    also works for concrete arrays met while tracing)."""
+    if _is_concrete(value) and not np.all(np.isfinite(np.asarray(value))):
+        raise ValueError(f"{name} contains NaN or Inf values")
+
+
+def as_input(x: Any, name: str = "x") -> Array:
+    """``x`` as a float32 array with a batch axis, checked for NaN/Inf when concrete."""
+    x = jnp.asarray(x, dtype=jnp.float32)
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise ValueError(f"{name} must have a non-empty batch axis first, got shape {x.shape}")
+    check_finite(x, name)
+    return x
+
+
+def as_baseline(baseline: Any, x: Array, name: str = "baseline") -> Array:
+    """``baseline`` broadcast to the shape of ``x``: None means zeros; a scalar, one
+    example's shape ``x.shape[1:]`` or the full ``x.shape`` are all accepted."""
+    if baseline is None:
+        return jnp.zeros_like(x)
+    baseline = jnp.asarray(baseline, dtype=jnp.float32)
+    try:
+        broadcast_shape = np.broadcast_shapes(baseline.shape, x.shape)
+    except ValueError:
+        broadcast_shape = None
+    if broadcast_shape != x.shape:
+        raise ValueError(
+            f"{name} of shape {baseline.shape} does not broadcast to the input shape {x.shape}"
+        )
+    check_finite(baseline, name)
+    return jnp.broadcast_to(baseline, x.shape)
+
+
+def as_count(value: Any, name: str, minimum: int = 1) -> int:
+    """A Python int >= ``minimum`` (steps, samples, batch sizes are static)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    try:
+        count = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}") from None
+    if count < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {count}")
+    return count
+
+
+def _num_classes(fn: ModelFn, x: Array) -> int:
+    out = jax.eval_shape(fn, x)
+    if not hasattr(out, "shape") or len(out.shape) != 2 or out.shape[0] != x.shape[0]:
+        shape = getattr(out, "shape", type(out).__name__)
+        raise ValueError(
+            f"fn must map a batch of shape {x.shape} to logits of shape "
+            f"({x.shape[0]}, classes), got {shape}"
+        )
+    return out.shape[1]
+
+
+def as_target(target: Any, num_examples: int, num_classes: int | None = None) -> Array:
+    """An int or integer array of targets as an int32 array of shape ``(N,)``.
+
+    Checks the range ``[0, num_classes)`` when the target is concrete and
+    ``num_classes`` is known (``>= 0`` otherwise).
+    """
+    target = jnp.asarray(target)
+    if not jnp.issubdtype(target.dtype, jnp.integer):
+        raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
+    if target.shape not in ((), (num_examples,)):
+        raise ValueError(
+            f"target must be an int or have shape ({num_examples},) (one class per example), "
+            f"got shape {target.shape}"
+        )
+    if _is_concrete(target):
+        values = np.broadcast_to(np.asarray(target), (num_examples,))
+        upper = np.inf if num_classes is None else num_classes
+        bad = np.flatnonzero((values < 0) | (values >= upper))
+        if bad.size:
+            valid = "must be >= 0" if num_classes is None else f"must be in [0, {num_classes})"
+            raise ValueError(
+                f"target out of range: example {int(bad[0])} asks for class "
+                f"{int(values[bad[0]])}, but classes {valid}"
+            )
+    return jnp.broadcast_to(target, (num_examples,)).astype(jnp.int32)
+
+
+def resolve_target(
+    fn: ModelFn, x: Array, target: Target, *, batch_size: int | None = None
+) -> Array:
+    """The class to explain for every example, as an int32 array of shape ``(N,)``.
+
+    Args:
+      fn: model function, batch -> logits ``(N, classes)``.
+      x: inputs ``(N, ...)``.
+      target: ``None`` (the predicted class ``argmax fn(x)[i]``, computed in chunks of
+        ``batch_size`` examples), a Python int (the same class for every example) or an
+        integer array of shape ``(N,)``.
+      batch_size: examples per forward pass when ``target`` is ``None``.
+
+    Raises:
+      ValueError: ``fn`` does not return ``(N, classes)`` logits, or the target has the
+        wrong shape, a non-integer dtype, or (when concrete) a class outside
+        ``[0, classes)``.
+    """
+    classes = _num_classes(fn, x)
+    if target is None:
+        logits = sum_over_samples(lambda example, _: fn(x[example]), x.shape[0],
+                                  batch_size=batch_size)
+        return jnp.argmax(logits, axis=1).astype(jnp.int32)
+    return as_target(target, x.shape[0], classes)
+
+
+def select_target(logits: Array, target: Array) -> Array:
+    """``logits[i, target[i]]`` for every row i.
+
+    A target outside ``[0, classes)`` (possible only when it was a tracer and could not be
+    checked) selects NaN, and NaN also flows into every gradient taken through it, so
+    a bad target shows up as NaN attributions instead of a plausible wrong map.
+    """
+    classes = logits.shape[1]
+    in_range = (target >= 0) & (target < classes)
+    picked = jnp.take_along_axis(logits, jnp.clip(target, 0, classes - 1)[:, None], axis=1)
+    return jnp.where(in_range, 1.0, jnp.nan) * picked[:, 0]
+
+
+def target_logit_grad(fn: ModelFn, x: Array, target: Array) -> Array:
+    """Row i holds the gradient of example i's target logit, d fn(x)[i, t_i] / d x_i.
+
+    Computed with one backward pass as the gradient of the batch sum
+    ``sum_i fn(x)[i, t_i]`` with respect to the whole batch. That is valid because in
+    inference mode examples do not interact: logit i depends on ``x_i`` only, so the
+    derivative of the sum with respect to ``x_i`` is the derivative of logit i. (A
+    model in training mode, e.g. BatchNorm using batch statistics, would break this;
+    evaluate models with ``train=False``.)
+    """
+    return jax.grad(lambda x: jnp.sum(select_target(fn(x), target)))(x)
+
+
+def per_example(values: Array, like: Array) -> Array:
+    """Reshape a per-example vector ``(N,)`` so it broadcasts against ``like`` ``(N, ...)``."""
+    return values.reshape(values.shape + (1,) * (like.ndim - 1))
+
+
+def sum_over_samples(
+    evaluate: Callable[[Array, Array], Any],
+    num_examples: int,
+    num_samples: int = 1,
+    *,
+    batch_size: int | None = None,
+) -> Any:
+    """``out[i] = sum_s evaluate(i, s)`` for every example i, in chunks of ``batch_size``.
+
+    The ``num_examples * num_samples`` (example, sample) pairs are laid out example
+    by example, ``k = i * num_samples + s``, and evaluated ``batch_size`` pairs at a
+    time inside a ``lax.scan`` whose carry is the running per-example sum. Peak memory
+    is therefore one chunk's evaluation plus the accumulator, independent of
+    ``num_samples``. The last chunk is padded with copies of the last pair and the
+    padding is masked out of the sum, so any ``batch_size`` gives the same result (up to
+    the order of float additions).
+
+    Args:
+      evaluate: ``evaluate(example_index, sample_index)`` gets two int32 vectors of
+        length B (the chunk) and returns a pytree of arrays with leading axis B: row j
+        is the contribution of pair ``(example_index[j], sample_index[j])``.
+      num_examples: N.
+      num_samples: samples (or integration steps) per example.
+      batch_size: pairs per chunk; ``None`` evaluates all pairs at once.
+
+    Returns:
+      The pytree of ``evaluate``, each leaf with leading axis N instead of B.
+    """
+    num_examples = as_count(num_examples, "num_examples")
+    num_samples = as_count(num_samples, "num_samples")
+    total = num_examples * num_samples
+    chunk = total if batch_size is None else min(as_count(batch_size, "batch_size"), total)
+    num_chunks = -(-total // chunk)
+
+    def accumulate(sums, chunk_index):
+        pair = chunk_index * chunk + jnp.arange(chunk, dtype=jnp.int32)
+        valid = pair < total
+        pair = jnp.minimum(pair, total - 1)
+        example, sample = pair // num_samples, pair % num_samples
+        values = evaluate(example, sample)
+        sums = jax.tree.map(
+            lambda s, v: s.at[example].add(jnp.where(per_example(valid, v), v, 0)),
+            sums,
+            values,
+        )
+        return sums, None
+
+    index_spec = jax.ShapeDtypeStruct((chunk,), jnp.int32)
+    shapes = jax.eval_shape(evaluate, index_spec, index_spec)
+    zeros = jax.tree.map(lambda s: jnp.zeros((num_examples,) + s.shape[1:], s.dtype), shapes)
+    sums, _ = jax.lax.scan(accumulate, zeros, jnp.arange(num_chunks, dtype=jnp.int32))
+    return sums
+
+
+def example_keys(key: Array, num_examples: int) -> Array:
+    """One PRNG key per example.
+
+    ``key`` is either a single key (new-style ``jax.random.key`` or legacy
+    ``PRNGKey``), in which case example i gets ``fold_in(key, i)``, or already a batch
+    of ``num_examples`` keys, used as given. The second form lets a caller that splits a
+    dataset into batches keep each example's noise tied to its dataset index:
+    ``jax.vmap(lambda i: jax.random.fold_in(key, i))(dataset_indices)``.
+    """
+    key = jnp.asarray(key)
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)
+    if key.shape == ():
+        return jax.vmap(lambda i: jax.random.fold_in(key, i))(
+            jnp.arange(num_examples, dtype=jnp.int32))
+    if key.shape == (num_examples,):
+        return key
+    raise ValueError(
+        f"key must be a single PRNG key or one key per example ({num_examples},), "
+        f"got key shape {key.shape}"
+    )
+
+
+def sample_keys(keys: Array, example: Array, sample: Array) -> Array:
+    """``fold_in(keys[example[j]], sample[j])`` for every pair j of a chunk."""
+    return jax.vmap(jax.random.fold_in)(keys[example], sample)

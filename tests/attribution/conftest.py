@@ -1,0 +1,98 @@
+"""Tiny models and the table of all methods shared by the attribution tests."""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+
+from fmi_jax.attribution import (
+    deeplift,
+    gaussian_smoothed_saliency,
+    gradient_shap,
+    input_x_gradient,
+    integrated_gradients,
+    saliency,
+    smoothgrad,
+)
+
+IMAGE_SHAPE = (4, 4, 2)  # H, W, C of the images used by the cross-method tests
+CLASSES = 3
+
+
+class SmallCNN(nn.Module):
+    """Conv -> ReLU -> max-pool -> Dense: the layers DeepLIFT needs rules for."""
+
+    classes: int = CLASSES
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(3, (3, 3), padding="SAME")(x)
+        x = nn.relu(x)
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = x.reshape(x.shape[0], -1)
+        return nn.Dense(self.classes)(x)
+
+
+KEY = jax.random.key(42)
+
+
+@pytest.fixture(scope="module")
+def images():
+    """Five images in [0, 1) of shape IMAGE_SHAPE."""
+    return jax.random.uniform(jax.random.key(7), (5, *IMAGE_SHAPE))
+
+
+@pytest.fixture(scope="module")
+def cnn_fn():
+    """A SmallCNN with fixed random weights, as a function batch -> logits."""
+    model = SmallCNN()
+    variables = model.init(jax.random.key(0), jnp.zeros((1, *IMAGE_SHAPE)))
+    return lambda x: model.apply(variables, x)
+
+
+# Features the `masked_cnn_fn` model ignores: all of channel 1 and pixel (1, 2) of channel 0.
+IGNORED = jnp.ones(IMAGE_SHAPE).at[..., 1].set(0.0).at[1, 2, 0].set(0.0)
+
+
+@pytest.fixture(scope="module")
+def masked_cnn_fn(cnn_fn):
+    """The SmallCNN applied to x * IGNORED: it ignores channel 1 and pixel (1, 2, 0)."""
+    return lambda x: cnn_fn(x * IGNORED)
+
+
+_SHAP_BASELINES = jax.random.uniform(jax.random.key(9), (3, *IMAGE_SHAPE))
+
+# Every public method as method(fn, x, target, batch_size=...), with small settings.
+METHODS = {
+    "saliency": saliency,
+    "input_x_gradient": input_x_gradient,
+    "integrated_gradients": functools.partial(integrated_gradients, steps=6, baseline=0.25),
+    "deeplift": functools.partial(deeplift, baseline=0.25),
+    "smoothgrad": lambda fn, x, t, **kw: smoothgrad(fn, x, t, KEY, samples=3, **kw),
+    "gradient_shap": lambda fn, x, t, **kw: gradient_shap(
+        fn, x, t, _SHAP_BASELINES, KEY, samples=3, stdev=0.1, **kw),
+    "gaussian_smoothed_saliency": functools.partial(gaussian_smoothed_saliency, sigma=0.8),
+}
+NOISY = {"smoothgrad", "gradient_shap"}
+
+
+@pytest.fixture(scope="module", params=sorted(METHODS))
+def method_name(request):
+    """The name of each public attribution method in turn (a key of METHODS)."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def method(method_name):
+    """That method as method(fn, x, target, batch_size=...)."""
+    return METHODS[method_name]
+
+
+@pytest.fixture(scope="module")
+def noisy(method_name):
+    """Whether the method draws random noise."""
+    return method_name in NOISY

@@ -1,0 +1,134 @@
+"""Target resolution, input checks, chunked accumulation and keys (fmi_jax.attribution.core)."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fmi_jax.attribution import core, resolve_target
+
+W = jnp.array([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]])  # 2 features, 3 classes
+
+
+def fn(x):
+    return x @ W
+
+
+X = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]])
+
+
+def test_resolve_target_none_is_the_predicted_class():
+    expected = np.argmax(np.asarray(fn(X)), axis=1)
+    np.testing.assert_array_equal(resolve_target(fn, X, None), expected)
+    np.testing.assert_array_equal(resolve_target(fn, X, None, batch_size=3), expected)
+
+
+def test_resolve_target_int_and_array():
+    np.testing.assert_array_equal(resolve_target(fn, X, 2), [2, 2, 2, 2])
+    np.testing.assert_array_equal(resolve_target(fn, X, np.int64(1)), [1, 1, 1, 1])
+    t = resolve_target(fn, X, np.array([0, 1, 2, 0]))
+    np.testing.assert_array_equal(t, [0, 1, 2, 0])
+    assert t.dtype == jnp.int32
+
+
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        (3, r"target out of range: example 0 asks for class 3, but classes must be in \[0, 3\)"),
+        (np.array([0, 1, -1, 0]), "example 2 asks for class -1"),
+        (np.array([0, 1, 2]), r"shape \(4,\) \(one class per example\), got shape \(3,\)"),
+        (np.array([[0, 1, 2, 0]]), r"got shape \(1, 4\)"),
+        (np.array([0.0, 1.0, 2.0, 0.0]), "integer class indices"),
+    ],
+)
+def test_bad_targets_raise_naming_the_problem(target, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_target(fn, X, target)
+
+
+def test_fn_must_return_logits_of_shape_n_by_classes():
+    with pytest.raises(ValueError, match=r"logits of shape \(4, classes\), got \(4,\)"):
+        resolve_target(lambda x: x.sum(axis=1), X, 0)
+
+
+def test_unchecked_target_out_of_range_gives_nan_not_a_wrong_map():
+    grads = jax.jit(lambda t: core.target_logit_grad(fn, X, t))(jnp.array([0, 5, 1, 2]))
+    assert np.all(np.isnan(grads[1])) and np.all(np.isfinite(np.asarray(grads)[[0, 2, 3]]))
+
+
+def test_target_logit_grad_rows_are_per_example_gradients():
+    grads = core.target_logit_grad(lambda x: jnp.tanh(x) @ W, X, jnp.array([0, 1, 2, 1]))
+    for i, t in enumerate([0, 1, 2, 1]):
+        expected = jax.grad(lambda v: (jnp.tanh(v) @ W)[t])(X[i])
+        np.testing.assert_allclose(grads[i], expected, rtol=1e-6)
+
+
+def test_as_input_rejects_nan_and_inf_but_not_under_jit():
+    with pytest.raises(ValueError, match="x contains NaN or Inf"):
+        core.as_input(X.at[1, 0].set(jnp.nan))
+    with pytest.raises(ValueError, match="x contains NaN or Inf"):
+        core.as_input(X.at[1, 0].set(jnp.inf))
+    with pytest.raises(ValueError, match="non-empty batch axis"):
+        core.as_input(jnp.zeros((0, 2)))
+    jax.jit(core.as_input)(X.at[1, 0].set(jnp.nan))  # values unknown while tracing: no check
+
+
+@pytest.mark.parametrize("baseline", [None, 0.5, jnp.array([1.0, 2.0]), X * 2, np.ones((1, 2))])
+def test_baselines_that_broadcast(baseline):
+    out = core.as_baseline(baseline, X)
+    assert out.shape == X.shape
+    expected = np.zeros(X.shape) if baseline is None else np.broadcast_to(baseline, X.shape)
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("shape", [(3,), (4, 3), (2, 4, 2), (3, 2)])
+def test_baselines_that_do_not_broadcast(shape):
+    message = re.escape(f"baseline of shape {shape} does not broadcast to the input shape (4, 2)")
+    with pytest.raises(ValueError, match=message):
+        core.as_baseline(np.zeros(shape), X)
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, True, "4", None])
+def test_counts_must_be_positive_integers(value):
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+        core.as_count(value, "steps")
+
+
+def test_sum_over_samples_any_batch_size():
+    """out[i] = sum_s (i + 1) * 10^s, for chunk sizes that divide N * S or not."""
+    def evaluate(example, sample):
+        value = (example + 1.0) * 10.0 ** sample
+        return value, jnp.stack([value, -value], axis=1)
+
+    expected = np.array([(i + 1) * 111.0 for i in range(5)])
+    for batch_size in [None, 1, 2, 4, 7, 15, 100]:
+        total, pair = core.sum_over_samples(evaluate, 5, 3, batch_size=batch_size)
+        np.testing.assert_array_equal(total, expected)
+        np.testing.assert_array_equal(pair, np.stack([expected, -expected], axis=1))
+
+
+def test_sum_over_samples_chunk_size_bounds_the_evaluated_batch():
+    seen = []
+
+    def evaluate(example, sample):
+        seen.append(example.shape[0])
+        return jnp.ones_like(example, dtype=jnp.float32)
+
+    core.sum_over_samples(evaluate, 10, 100, batch_size=64)
+    assert set(seen) == {64}
+
+
+def test_example_keys_single_legacy_and_per_example():
+    key = jax.random.key(3)
+    keys = core.example_keys(key, 4)
+    assert keys.shape == (4,)
+    np.testing.assert_array_equal(jax.random.key_data(keys[2]),
+                                  jax.random.key_data(jax.random.fold_in(key, 2)))
+    legacy = core.example_keys(jax.random.PRNGKey(3), 4)
+    np.testing.assert_array_equal(jax.random.key_data(legacy), jax.random.key_data(keys))
+    np.testing.assert_array_equal(jax.random.key_data(core.example_keys(keys, 4)),
+                                  jax.random.key_data(keys))
+    with pytest.raises(ValueError, match=r"one key per example \(4,\), got key shape \(3,\)"):
+        core.example_keys(keys[:3], 4)

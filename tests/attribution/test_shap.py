@@ -1,0 +1,78 @@
+"""GradientSHAP: exact answers for linear models, expectation = integrated gradients."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fmi_jax.attribution import gradient_shap, integrated_gradients
+
+W = jnp.array([[1.0, 0.5], [-2.0, 1.0], [0.5, 0.0], [3.0, -1.0], [-1.5, 2.0]])  # 5 features
+X = jnp.array([[1.0, 2.0, 3.0, 4.0, 5.0], [-1.0, 0.5, 2.0, 0.0, 1.0]])
+KEY = jax.random.key(0)
+
+
+def linear(x):
+    return x @ W + 1.0
+
+
+def test_linear_model_gives_w_times_x_minus_the_mean_drawn_baseline():
+    """For a linear model every sample is w * (x - b), whatever alpha is, so the result is
+    w * (x - mean of the drawn baselines). With one-hot baselines e_0, e_1, e_2 the mean
+    drawn baseline is (n_0, n_1, n_2, 0, 0) / samples: recovering it must give whole
+    draw counts that add up to the number of samples."""
+    baselines = jnp.eye(5)[:3]
+    samples = 16
+    attributions = gradient_shap(linear, X, 0, baselines, KEY, samples=samples)
+    mean_baseline = np.asarray(X - attributions / W[:, 0])
+    counts = mean_baseline * samples
+    np.testing.assert_allclose(counts, np.round(counts), atol=1e-3)
+    np.testing.assert_allclose(counts[:, 3:], 0, atol=1e-3)
+    np.testing.assert_allclose(counts.sum(axis=1), samples, atol=1e-3)
+    assert np.all(np.round(counts[:, :3]) >= 0) and len(np.unique(np.round(counts))) > 2
+    np.testing.assert_allclose(gradient_shap(linear, X, 0, baselines, KEY, samples=samples,
+                                             batch_size=5), attributions, rtol=1e-6)
+
+
+def test_a_single_baseline_gives_w_times_x_minus_baseline():
+    baseline = jnp.array([[0.5, -1.0, 0.0, 2.0, 1.0]])
+    np.testing.assert_allclose(gradient_shap(linear, X, 1, baseline, KEY, samples=3),
+                               (X - baseline) * W[:, 1], rtol=1e-5, atol=1e-6)
+
+
+def test_expectation_over_alpha_is_integrated_gradients():
+    """Averaged over alpha ~ U(0, 1), one baseline, no noise, each sample is an unbiased
+    one-point estimate of the IG integral."""
+    def fn(x):
+        return jnp.tanh(x @ W) ** 2
+
+    baseline = jnp.full((1, 5), 0.2)
+    ig = integrated_gradients(fn, X, 0, baseline=baseline, steps=64)
+    shap = gradient_shap(fn, X, 0, baseline, KEY, samples=20000, batch_size=20000)
+    np.testing.assert_allclose(shap, ig, atol=0.03 * float(jnp.max(jnp.abs(ig))))
+
+
+def test_per_example_keys_and_vmap():
+    baselines = jnp.eye(5)[:3]
+    run = functools.partial(gradient_shap, linear, baselines=baselines, samples=4)
+    full = run(x=X, target=0, key=KEY)
+    keys = jax.vmap(lambda i: jax.random.fold_in(KEY, i))(jnp.arange(2))
+    np.testing.assert_allclose(run(x=X[1:], target=0, key=keys[1:]), full[1:], rtol=1e-6)
+    one_by_one = jax.vmap(lambda x, k: run(x=x[None], target=0, key=k[None])[0])(X, keys)
+    np.testing.assert_allclose(one_by_one, full, rtol=1e-6)
+
+
+def test_bad_arguments():
+    message = r"baselines must be a non-empty batch .* \(B, 5\), got shape \(5,\)"
+    with pytest.raises(ValueError, match=message):
+        gradient_shap(linear, X, 0, jnp.zeros(5), KEY)
+    with pytest.raises(ValueError, match=r"got shape \(0, 5\)"):
+        gradient_shap(linear, X, 0, jnp.zeros((0, 5)), KEY)
+    with pytest.raises(ValueError, match="baselines contains NaN"):
+        gradient_shap(linear, X, 0, jnp.full((2, 5), jnp.nan), KEY)
+    with pytest.raises(ValueError, match="stdev must be >= 0"):
+        gradient_shap(linear, X, 0, jnp.zeros((1, 5)), KEY, stdev=-0.1)
+    with pytest.raises(ValueError, match="samples must be an integer >= 1"):
+        gradient_shap(linear, X, 0, jnp.zeros((1, 5)), KEY, samples=0)
