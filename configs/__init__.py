@@ -13,5 +13,5 @@ import ml_collections
 
 
 def load(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
-  """`configs/<name>.py:get_config(arg)`, for tests and notebooks."""
-  return importlib.import_module(f"configs.{name}").get_config(arg)
+    """`configs/<name>.py:get_config(arg)`, for tests and notebooks."""
+    return importlib.import_module(f"configs.{name}").get_config(arg)

@@ -12,17 +12,23 @@ from fmi_jax import logs, train
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or an epoch number.")
 _SPLITS = flags.DEFINE_list("splits", ["train", "validation", "test"], "Splits to evaluate.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Recompute even if metrics.json has this checkpoint.")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Recompute even if metrics.json has this checkpoint."
+)
 flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logs.quiet_libraries()
-  train.evaluate_workdir(_WORKDIR.value, checkpoint=_CHECKPOINT.value, splits=_SPLITS.value,
-                         overwrite=_OVERWRITE.value)
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logs.quiet_libraries()
+    train.evaluate_workdir(
+        _WORKDIR.value,
+        checkpoint=_CHECKPOINT.value,
+        splits=_SPLITS.value,
+        overwrite=_OVERWRITE.value,
+    )
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

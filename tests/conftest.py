@@ -15,23 +15,23 @@ import configs  # noqa: E402
 
 @pytest.fixture
 def synthetic_config():
-  """cnn_fmnist:smoke on the 'synthetic' dataset: 640 train / 64 val / 128 test images."""
+    """cnn_fmnist:smoke on the 'synthetic' dataset: 640 train / 64 val / 128 test images."""
 
-  def make(**overrides):
-    config = configs.load("cnn_fmnist", "smoke")
-    config.data.name = "synthetic"
-    config.data.options = {"num_train": 704, "num_test": 128}
-    config.data.train_limit = None
-    config.progress = False
-    # The synthetic classes differ by where their patterns sit: no flips or crops.
-    config.augment = {"flip": False, "crop_padding": 0, "erasing": 0.0}
-    config.learning_rate = 5e-3
-    for key, value in overrides.items():
-      target = config
-      *path, last = key.split(".")
-      for part in path:
-        target = target[part]
-      target[last] = value
-    return config
+    def make(**overrides):
+        config = configs.load("cnn_fmnist", "smoke")
+        config.data.name = "synthetic"
+        config.data.options = {"num_train": 704, "num_test": 128}
+        config.data.train_limit = None
+        config.progress = False
+        # The synthetic classes differ by where their patterns sit: no flips or crops.
+        config.augment = {"flip": False, "crop_padding": 0, "erasing": 0.0}
+        config.learning_rate = 5e-3
+        for key, value in overrides.items():
+            target = config
+            *path, last = key.split(".")
+            for part in path:
+                target = target[part]
+            target[last] = value
+        return config
 
-  return make
+    return make

@@ -9,91 +9,92 @@ from fmi_jax import evaluation
 
 
 def ranks_by_hand(x):
-  """Average ranks the slow, obvious way."""
-  out = np.empty(len(x))
-  for i, v in enumerate(x):
-    out[i] = (x < v).sum() + ((x == v).sum() - 1) / 2
-  return out
+    """Average ranks the slow, obvious way."""
+    out = np.empty(len(x))
+    for i, v in enumerate(x):
+        out[i] = (x < v).sum() + ((x == v).sum() - 1) / 2
+    return out
 
 
 def test_average_ranks_with_ties():
-  x = np.array([[3.0, 0.0, 0.0, 5.0, 0.0, 3.0]])
-  np.testing.assert_allclose(evaluation.average_ranks(jnp.asarray(x))[0], ranks_by_hand(x[0]))
-  np.testing.assert_allclose(evaluation.average_ranks(jnp.asarray(x))[0], [3.5, 1, 1, 5, 1, 3.5])
+    x = np.array([[3.0, 0.0, 0.0, 5.0, 0.0, 3.0]])
+    np.testing.assert_allclose(evaluation.average_ranks(jnp.asarray(x))[0], ranks_by_hand(x[0]))
+    np.testing.assert_allclose(evaluation.average_ranks(jnp.asarray(x))[0], [3.5, 1, 1, 5, 1, 3.5])
 
 
 def test_pearson_and_spearman_known_values():
-  a = jnp.array([[1.0, 2.0, 3.0, 4.0]])
-  np.testing.assert_allclose(evaluation.pearson(a, 2 * a + 1), [1.0], atol=1e-6)
-  np.testing.assert_allclose(evaluation.pearson(a, -a), [-1.0], atol=1e-6)
-  # A monotone but nonlinear map: Spearman 1, Pearson below 1.
-  b = a ** 3
-  np.testing.assert_allclose(evaluation.spearman(a, b), [1.0], atol=1e-6)
-  assert float(evaluation.pearson(a, b)[0]) < 0.99
+    a = jnp.array([[1.0, 2.0, 3.0, 4.0]])
+    np.testing.assert_allclose(evaluation.pearson(a, 2 * a + 1), [1.0], atol=1e-6)
+    np.testing.assert_allclose(evaluation.pearson(a, -a), [-1.0], atol=1e-6)
+    # A monotone but nonlinear map: Spearman 1, Pearson below 1.
+    b = a**3
+    np.testing.assert_allclose(evaluation.spearman(a, b), [1.0], atol=1e-6)
+    assert float(evaluation.pearson(a, b)[0]) < 0.99
 
 
 def test_spearman_matches_rank_formula_on_random_data_with_ties():
-  rng = np.random.default_rng(0)
-  a = rng.integers(0, 4, size=(5, 30)).astype(np.float32)   # many ties
-  b = rng.normal(size=(5, 30)).astype(np.float32)
-  got = np.asarray(evaluation.spearman(jnp.asarray(a), jnp.asarray(b)))
-  for i in range(5):
-    ra, rb = ranks_by_hand(a[i]), ranks_by_hand(b[i])
-    np.testing.assert_allclose(got[i], np.corrcoef(ra, rb)[0, 1], atol=1e-5)
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 4, size=(5, 30)).astype(np.float32)  # many ties
+    b = rng.normal(size=(5, 30)).astype(np.float32)
+    got = np.asarray(evaluation.spearman(jnp.asarray(a), jnp.asarray(b)))
+    for i in range(5):
+        ra, rb = ranks_by_hand(a[i]), ranks_by_hand(b[i])
+        np.testing.assert_allclose(got[i], np.corrcoef(ra, rb)[0, 1], atol=1e-5)
 
 
 def test_constant_map_gives_nan_not_a_crash():
-  a = jnp.ones((2, 5))
-  b = jnp.arange(10.0).reshape(2, 5)
-  assert np.isnan(np.asarray(evaluation.pearson(a, b))).all()
+    a = jnp.ones((2, 5))
+    b = jnp.arange(10.0).reshape(2, 5)
+    assert np.isnan(np.asarray(evaluation.pearson(a, b))).all()
 
 
 def test_topk_overlap_known_answer():
-  a = jnp.array([[9.0, 8.0, 7.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
-  b = jnp.array([[9.0, 0.0, 0.0, 8.0, 7.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
-  np.testing.assert_allclose(evaluation.topk_overlap(a, b, fraction=0.3), [1 / 3])
-  np.testing.assert_allclose(evaluation.topk_overlap(a, a, fraction=0.3), [1.0])
-  # absolute: -9 ranks first
-  c = jnp.array([[-9.0, 8.0, 7.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
-  np.testing.assert_allclose(evaluation.topk_overlap(a, c, fraction=0.1), [1.0])
-  np.testing.assert_allclose(evaluation.topk_overlap(a, c, fraction=0.1, absolute=False), [0.0])
+    a = jnp.array([[9.0, 8.0, 7.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    b = jnp.array([[9.0, 0.0, 0.0, 8.0, 7.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    np.testing.assert_allclose(evaluation.topk_overlap(a, b, fraction=0.3), [1 / 3])
+    np.testing.assert_allclose(evaluation.topk_overlap(a, a, fraction=0.3), [1.0])
+    # absolute: -9 ranks first
+    c = jnp.array([[-9.0, 8.0, 7.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    np.testing.assert_allclose(evaluation.topk_overlap(a, c, fraction=0.1), [1.0])
+    np.testing.assert_allclose(evaluation.topk_overlap(a, c, fraction=0.1, absolute=False), [0.0])
 
 
 def test_correlation_matrix_is_symmetric_with_unit_diagonal():
-  key = jax.random.key(0)
-  x = jax.random.normal(key, (4, 6, 6, 1))
-  maps = {"a": x, "b": 2 * x, "c": -x + 0.1 * jax.random.normal(jax.random.key(1), x.shape)}
-  mean, per = evaluation.correlation_matrix(maps, method="pearson")
-  assert per.shape == (4, 3, 3)
-  np.testing.assert_allclose(mean, mean.T)
-  np.testing.assert_allclose(np.diag(mean), 1.0)
-  assert mean[0, 1] == pytest.approx(1.0, abs=1e-5) and mean[0, 2] < -0.9
+    key = jax.random.key(0)
+    x = jax.random.normal(key, (4, 6, 6, 1))
+    maps = {"a": x, "b": 2 * x, "c": -x + 0.1 * jax.random.normal(jax.random.key(1), x.shape)}
+    mean, per = evaluation.correlation_matrix(maps, method="pearson")
+    assert per.shape == (4, 3, 3)
+    np.testing.assert_allclose(mean, mean.T)
+    np.testing.assert_allclose(np.diag(mean), 1.0)
+    assert mean[0, 1] == pytest.approx(1.0, abs=1e-5) and mean[0, 2] < -0.9
 
 
 def test_bad_inputs():
-  with pytest.raises(ValueError, match="same shape"):
-    evaluation.pearson(jnp.ones((2, 3)), jnp.ones((2, 4)))
-  with pytest.raises(ValueError, match="fraction"):
-    evaluation.topk_overlap(jnp.ones((1, 3)), jnp.ones((1, 3)), fraction=0.0)
-  with pytest.raises(ValueError, match="unknown correlation"):
-    evaluation.correlation_matrix({"a": jnp.ones((1, 3))}, method="kendall")
+    with pytest.raises(ValueError, match="same shape"):
+        evaluation.pearson(jnp.ones((2, 3)), jnp.ones((2, 4)))
+    with pytest.raises(ValueError, match="fraction"):
+        evaluation.topk_overlap(jnp.ones((1, 3)), jnp.ones((1, 3)), fraction=0.0)
+    with pytest.raises(ValueError, match="unknown correlation"):
+        evaluation.correlation_matrix({"a": jnp.ones((1, 3))}, method="kendall")
 
 
 def test_high_confidence_selection_is_balanced_correct_and_confident():
-  rng = np.random.default_rng(0)
-  labels = np.repeat(np.arange(3), 20)
-  logits = rng.normal(size=(60, 3))
-  logits[np.arange(60), labels] += 3.0
-  probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-  idx = evaluation.high_confidence_correct(probs, labels, per_class=4, threshold=0.8, seed=1)
-  assert len(idx) == 12
-  assert (np.bincount(labels[idx], minlength=3) == 4).all()
-  assert (probs[idx].argmax(-1) == labels[idx]).all() and (probs[idx].max(-1) > 0.8).all()
-  np.testing.assert_array_equal(
-      idx, evaluation.high_confidence_correct(probs, labels, per_class=4, threshold=0.8, seed=1))
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 20)
+    logits = rng.normal(size=(60, 3))
+    logits[np.arange(60), labels] += 3.0
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    idx = evaluation.high_confidence_correct(probs, labels, per_class=4, threshold=0.8, seed=1)
+    assert len(idx) == 12
+    assert (np.bincount(labels[idx], minlength=3) == 4).all()
+    assert (probs[idx].argmax(-1) == labels[idx]).all() and (probs[idx].max(-1) > 0.8).all()
+    np.testing.assert_array_equal(
+        idx, evaluation.high_confidence_correct(probs, labels, per_class=4, threshold=0.8, seed=1)
+    )
 
 
 def test_selection_with_too_few_confident_examples_returns_what_exists():
-  probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.1, 0.9]])
-  idx = evaluation.high_confidence_correct(probs, np.array([0, 0, 1]), per_class=2)
-  np.testing.assert_array_equal(idx, [0, 2])
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.1, 0.9]])
+    idx = evaluation.high_confidence_correct(probs, np.array([0, 0, 1]), per_class=2)
+    np.testing.assert_array_equal(idx, [0, 2])

@@ -1,69 +1,78 @@
 """Checkpoints: exact round trip, latest-N plus best kept, architecture checks."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from fmi_jax.train import checkpoint
 
-ARCH = {"model": {"name": "m", "features": [4]}, "dataset": "d", "image_shape": [2, 2, 1],
-        "num_classes": 3}
+ARCH = {
+    "model": {"name": "m", "features": [4]},
+    "dataset": "d",
+    "image_shape": [2, 2, 1],
+    "num_classes": 3,
+}
 
 
 def tree(value):
-  return {"params": {"w": jnp.full((2, 3), value, jnp.float32)}, "step": jnp.asarray(int(value), jnp.int32)}
+    return {
+        "params": {"w": jnp.full((2, 3), value, jnp.float32)},
+        "step": jnp.asarray(int(value), jnp.int32),
+    }
 
 
 def test_keeps_latest_n_and_the_best_and_restores_exactly(tmp_path):
-  ckpt = checkpoint.Checkpoints(tmp_path, keep=2)
-  for epoch, acc in zip(range(1, 6), [0.5, 0.9, 0.6, 0.7, 0.65]):
-    ckpt.save(epoch, tree(epoch), architecture=ARCH, metrics={"val_accuracy": acc})
-  assert ckpt.epochs() == [2, 4, 5]          # best (2) and the latest two
-  assert ckpt.best_epoch() == 2 and ckpt.latest_epoch() == 5
-  restored = ckpt.restore(2, tree(0))
-  np.testing.assert_array_equal(restored["params"]["w"], np.full((2, 3), 2.0))
-  assert restored["step"].dtype == jnp.int32 and int(restored["step"]) == 2
-  assert ckpt.meta(4)["metrics"]["val_accuracy"] == pytest.approx(0.7)
-  ckpt.close()
+    ckpt = checkpoint.Checkpoints(tmp_path, keep=2)
+    for epoch, acc in zip(range(1, 6), [0.5, 0.9, 0.6, 0.7, 0.65]):
+        ckpt.save(epoch, tree(epoch), architecture=ARCH, metrics={"val_accuracy": acc})
+    assert ckpt.epochs() == [2, 4, 5]  # best (2) and the latest two
+    assert ckpt.best_epoch() == 2 and ckpt.latest_epoch() == 5
+    restored = ckpt.restore(2, tree(0))
+    np.testing.assert_array_equal(restored["params"]["w"], np.full((2, 3), 2.0))
+    assert restored["step"].dtype == jnp.int32 and int(restored["step"]) == 2
+    assert ckpt.meta(4)["metrics"]["val_accuracy"] == pytest.approx(0.7)
+    ckpt.close()
 
 
 def test_without_validation_only_the_latest_are_kept(tmp_path):
-  ckpt = checkpoint.Checkpoints(tmp_path, keep=1, best_metric=None)
-  for epoch in range(1, 4):
-    ckpt.save(epoch, tree(epoch), architecture=ARCH, metrics={"train_loss": 1.0 / epoch})
-  assert ckpt.epochs() == [3] and ckpt.best_epoch() == 3
+    ckpt = checkpoint.Checkpoints(tmp_path, keep=1, best_metric=None)
+    for epoch in range(1, 4):
+        ckpt.save(epoch, tree(epoch), architecture=ARCH, metrics={"train_loss": 1.0 / epoch})
+    assert ckpt.epochs() == [3] and ckpt.best_epoch() == 3
 
 
 def test_partial_restore_skips_what_the_target_does_not_name(tmp_path):
-  ckpt = checkpoint.Checkpoints(tmp_path, keep=1)
-  ckpt.save(1, tree(7.0), architecture=ARCH, metrics={"val_accuracy": 1.0})
-  got = ckpt.restore(1, {"params": {"w": jnp.zeros((2, 3))}}, partial=True)
-  np.testing.assert_array_equal(got["params"]["w"], 7.0)
+    ckpt = checkpoint.Checkpoints(tmp_path, keep=1)
+    ckpt.save(1, tree(7.0), architecture=ARCH, metrics={"val_accuracy": 1.0})
+    got = ckpt.restore(1, {"params": {"w": jnp.zeros((2, 3))}}, partial=True)
+    np.testing.assert_array_equal(got["params"]["w"], 7.0)
 
 
 def test_architecture_mismatch_names_the_difference(tmp_path):
-  ckpt = checkpoint.Checkpoints(tmp_path, keep=1)
-  ckpt.save(1, tree(1.0), architecture=ARCH, metrics={"val_accuracy": 1.0})
-  ckpt.check_architecture(ARCH)               # same: fine
-  other = dict(ARCH, num_classes=10)
-  with pytest.raises(checkpoint.CheckpointMismatchError, match="num_classes: checkpoint has 3, config asks for 10"):
-    ckpt.check_architecture(other)
+    ckpt = checkpoint.Checkpoints(tmp_path, keep=1)
+    ckpt.save(1, tree(1.0), architecture=ARCH, metrics={"val_accuracy": 1.0})
+    ckpt.check_architecture(ARCH)  # same: fine
+    other = dict(ARCH, num_classes=10)
+    with pytest.raises(
+        checkpoint.CheckpointMismatchError,
+        match="num_classes: checkpoint has 3, config asks for 10",
+    ):
+        ckpt.check_architecture(other)
 
 
 def test_restoring_into_other_shapes_is_a_mismatch_error(tmp_path):
-  ckpt = checkpoint.Checkpoints(tmp_path, keep=1)
-  ckpt.save(1, tree(1.0), architecture=ARCH, metrics={"val_accuracy": 1.0})
-  wrong = {"params": {"w": jnp.zeros((5, 5))}, "step": jnp.zeros((), jnp.int32)}
-  with pytest.raises(checkpoint.CheckpointMismatchError, match="does not fit"):
-    ckpt.restore(1, wrong)
+    ckpt = checkpoint.Checkpoints(tmp_path, keep=1)
+    ckpt.save(1, tree(1.0), architecture=ARCH, metrics={"val_accuracy": 1.0})
+    wrong = {"params": {"w": jnp.zeros((5, 5))}, "step": jnp.zeros((), jnp.int32)}
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="does not fit"):
+        ckpt.restore(1, wrong)
 
 
 def test_reading_a_missing_directory_says_to_train_first(tmp_path):
-  with pytest.raises(FileNotFoundError, match="train first"):
-    checkpoint.Checkpoints(tmp_path / "nothing", read_only=True)
+    with pytest.raises(FileNotFoundError, match="train first"):
+        checkpoint.Checkpoints(tmp_path / "nothing", read_only=True)
 
 
 def test_keep_must_allow_resuming(tmp_path):
-  with pytest.raises(ValueError, match="keep must be >= 1"):
-    checkpoint.Checkpoints(tmp_path, keep=0)
+    with pytest.raises(ValueError, match="keep must be >= 1"):
+        checkpoint.Checkpoints(tmp_path, keep=0)

@@ -7,21 +7,24 @@ import pytest
 import configs
 from fmi_jax import models
 
-TRAINING_CONFIGS = sorted(p.stem for p in (Path(configs.__file__).parent).glob("*.py")
-                          if p.stem not in ("__init__", "common"))
+TRAINING_CONFIGS = sorted(
+    p.stem
+    for p in (Path(configs.__file__).parent).glob("*.py")
+    if p.stem not in ("__init__", "common")
+)
 
 
 @pytest.mark.parametrize("name", TRAINING_CONFIGS)
 @pytest.mark.parametrize("arg", [None, "smoke"])
 def test_config_loads_and_builds_its_model(name, arg):
-  config = configs.load(name, arg)
-  if "model" in config:
-    kwargs = {k: v for k, v in config.model.items() if k != "name"}
-    models.get_model(config.model.name, **kwargs)
-  if arg == "smoke" and "num_epochs" in config:
-    assert config.num_epochs <= 2
+    config = configs.load(name, arg)
+    if "model" in config:
+        kwargs = {k: v for k, v in config.model.items() if k != "name"}
+        models.get_model(config.model.name, **kwargs)
+    if arg == "smoke" and "num_epochs" in config:
+        assert config.num_epochs <= 2
 
 
 def test_unknown_variant_is_an_error():
-  with pytest.raises(ValueError, match="unknown config variant 'tiny'"):
-    configs.load("cnn_fmnist", "tiny")
+    with pytest.raises(ValueError, match="unknown config variant 'tiny'"):
+        configs.load("cnn_fmnist", "tiny")

@@ -17,22 +17,22 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def fashion_mnist_source():
-  try:
-    return data.load("fashion_mnist", "test", download=False).source
-  except data.DataNotFoundError as e:
-    pytest.skip(f"real Fashion-MNIST not available offline: {str(e).splitlines()[0]}")
+    try:
+        return data.load("fashion_mnist", "test", download=False).source
+    except data.DataNotFoundError as e:
+        pytest.skip(f"real Fashion-MNIST not available offline: {str(e).splitlines()[0]}")
 
 
 def test_one_epoch_on_real_fashion_mnist_beats_80_percent(tmp_path, fashion_mnist_source):
-  config = configs.load("cnn_fmnist")
-  config.data.download = False
-  config.num_epochs = 1
-  config.warmup_epochs = 0.1
-  config.model.features = (16, 32, 32)
-  config.model.dense = (64,)
-  config.progress = False
-  result = train.train_and_evaluate(config, tmp_path)
-  summary = json.loads((tmp_path / "train_summary.json").read_text())
-  assert summary["test_accuracy"] > 0.80, (summary, fashion_mnist_source)
-  assert result.history[0]["val_accuracy"] > 0.80
-  assert result.train_step_compiles == 1
+    config = configs.load("cnn_fmnist")
+    config.data.download = False
+    config.num_epochs = 1
+    config.warmup_epochs = 0.1
+    config.model.features = (16, 32, 32)
+    config.model.dense = (64,)
+    config.progress = False
+    result = train.train_and_evaluate(config, tmp_path)
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["test_accuracy"] > 0.80, (summary, fashion_mnist_source)
+    assert result.history[0]["val_accuracy"] > 0.80
+    assert result.train_step_compiles == 1

@@ -10,76 +10,81 @@ from fmi_jax import models
 
 
 def count(params):
-  return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
 
 
-@pytest.mark.parametrize("name,shape,expected", [
-    # conv 3x3: 1->32 (BN, no bias) 288+64; 32->64: 18432+128; 64->128: 73728+256;
-    # 28 -> 14 -> 7 -> 3 after three pools: 3*3*128 = 1152 -> 256: 295168; 256 -> 10: 2570.
-    ("cnn_fmnist", (28, 28, 1), 352 + 18560 + 73984 + 295168 + 2570),
-    # conv 5x5: 1->32: 800+32; 32->64: 51200+64; 28 -> 14 -> 7: 3136 -> 128: 401536; 128 -> 10: 1290.
-    ("cnn_mnist", (28, 28, 1), 832 + 51264 + 401536 + 1290),
-    # conv 3x3: 1->32: 320; 32->64: 18496; 7*7*64 = 3136 -> 128: 401536; -> 10: 1290.
-    ("cnn_tunable", (28, 28, 1), 320 + 18496 + 401536 + 1290),
-])
+@pytest.mark.parametrize(
+    "name,shape,expected",
+    [
+        # conv 3x3: 1->32 (BN, no bias) 288+64; 32->64: 18432+128; 64->128: 73728+256;
+        # 28 -> 14 -> 7 -> 3 after three pools: 3*3*128 = 1152 -> 256: 295168; 256 -> 10: 2570.
+        ("cnn_fmnist", (28, 28, 1), 352 + 18560 + 73984 + 295168 + 2570),
+        # conv 5x5: 1->32: 800+32; 32->64: 51200+64; 28 -> 14 -> 7: 3136 -> 128: 401536; 128 -> 10: 1290.
+        ("cnn_mnist", (28, 28, 1), 832 + 51264 + 401536 + 1290),
+        # conv 3x3: 1->32: 320; 32->64: 18496; 7*7*64 = 3136 -> 128: 401536; -> 10: 1290.
+        ("cnn_tunable", (28, 28, 1), 320 + 18496 + 401536 + 1290),
+    ],
+)
 def test_parameter_counts_and_logits_shape(name, shape, expected):
-  model = models.get_model(name)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, *shape)))
-  assert count(variables["params"]) == expected
-  logits = model.apply(variables, jnp.zeros((5, *shape)))
-  assert logits.shape == (5, 10) and logits.dtype == jnp.float32
+    model = models.get_model(name)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, *shape)))
+    assert count(variables["params"]) == expected
+    logits = model.apply(variables, jnp.zeros((5, *shape)))
+    assert logits.shape == (5, 10) and logits.dtype == jnp.float32
 
 
 def test_conv_blocks_are_captured_by_stable_names():
-  model = models.get_model("cnn_fmnist")
-  x = jnp.ones((2, 28, 28, 1))
-  variables = model.init(jax.random.key(0), x)
-  _, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
-  inter = state["intermediates"]
-  assert model.conv_layer_names == ("conv1", "conv2", "conv3")
-  assert inter["conv1"]["__call__"][0].shape == (2, 28, 28, 32)   # before pooling
-  assert inter["conv2"]["__call__"][0].shape == (2, 14, 14, 64)
-  assert inter["conv3"]["__call__"][0].shape == (2, 7, 7, 128)
-  assert float(inter["conv1"]["__call__"][0].min()) >= 0.0         # after the ReLU
+    model = models.get_model("cnn_fmnist")
+    x = jnp.ones((2, 28, 28, 1))
+    variables = model.init(jax.random.key(0), x)
+    _, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+    inter = state["intermediates"]
+    assert model.conv_layer_names == ("conv1", "conv2", "conv3")
+    assert inter["conv1"]["__call__"][0].shape == (2, 28, 28, 32)  # before pooling
+    assert inter["conv2"]["__call__"][0].shape == (2, 14, 14, 64)
+    assert inter["conv3"]["__call__"][0].shape == (2, 7, 7, 128)
+    assert float(inter["conv1"]["__call__"][0].min()) >= 0.0  # after the ReLU
 
 
 def test_dropout_only_in_training():
-  model = models.get_model("cnn_mnist", dropout=0.5)
-  x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
-  variables = model.init(jax.random.key(0), x)
-  np.testing.assert_array_equal(model.apply(variables, x), model.apply(variables, x))
-  a = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
-  b = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})
-  assert not np.allclose(a, b)
+    model = models.get_model("cnn_mnist", dropout=0.5)
+    x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
+    variables = model.init(jax.random.key(0), x)
+    np.testing.assert_array_equal(model.apply(variables, x), model.apply(variables, x))
+    a = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
+    b = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})
+    assert not np.allclose(a, b)
 
 
 def test_training_gradients_equal_with_and_without_the_cpu_conv_rule():
-  model = models.get_model("cnn_tunable", dropout=0.0)
-  x = jax.random.uniform(jax.random.key(1), (3, 28, 28, 1))
-  variables = model.init(jax.random.key(0), x)
-  loss = lambda p, train: model.apply({"params": p}, x, train=train).sum()
-  np.testing.assert_allclose(
-      jax.flatten_util.ravel_pytree(jax.grad(loss)(variables["params"], True))[0],
-      jax.flatten_util.ravel_pytree(jax.grad(loss)(variables["params"], False))[0],
-      rtol=1e-4, atol=1e-5)
+    model = models.get_model("cnn_tunable", dropout=0.0)
+    x = jax.random.uniform(jax.random.key(1), (3, 28, 28, 1))
+    variables = model.init(jax.random.key(0), x)
+    loss = lambda p, train: model.apply({"params": p}, x, train=train).sum()
+    np.testing.assert_allclose(
+        jax.flatten_util.ravel_pytree(jax.grad(loss)(variables["params"], True))[0],
+        jax.flatten_util.ravel_pytree(jax.grad(loss)(variables["params"], False))[0],
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 def test_unknown_model_lists_known_ones():
-  with pytest.raises(ValueError, match="unknown model 'resnet9000'.*cnn_fmnist"):
-    models.get_model("resnet9000")
+    with pytest.raises(ValueError, match="unknown model 'resnet9000'.*cnn_fmnist"):
+        models.get_model("resnet9000")
 
 
 def test_unknown_keyword_names_what_is_accepted():
-  with pytest.raises(ValueError, match="does not take widht.*dense_width"):
-    models.get_model("cnn_tunable", widht=3)
+    with pytest.raises(ValueError, match="does not take widht.*dense_width"):
+        models.get_model("cnn_tunable", widht=3)
 
 
 def test_pool_length_must_match_blocks():
-  model = models.SimpleCNN(features=(4, 8), pool=(True,))
-  with pytest.raises(ValueError, match="one True/False per block"):
-    model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+    model = models.SimpleCNN(features=(4, 8), pool=(True,))
+    with pytest.raises(ValueError, match="one True/False per block"):
+        model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
 
 
 def test_registering_a_name_twice_is_an_error():
-  with pytest.raises(ValueError, match="already registered"):
-    models.register_model("cnn_fmnist")(lambda: nn.Dense(1))
+    with pytest.raises(ValueError, match="already registered"):
+        models.register_model("cnn_fmnist")(lambda: nn.Dense(1))

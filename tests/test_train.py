@@ -16,117 +16,134 @@ from fmi_jax.train import steps
 
 
 def params_of(workdir, which="latest"):
-  _, variables, _, _ = train.restore_model(workdir, checkpoint=which)
-  return variables
+    _, variables, _, _ = train.restore_model(workdir, checkpoint=which)
+    return variables
 
 
 def test_train_step_lowers_the_loss():
-  ds = data.load("synthetic", "train", num_train=64, num_test=8)
-  model = models.get_model("cnn_fmnist", features=(8, 16, 16), dense=(32,), dropout=0.0)
-  tx = optax.adam(3e-3)
-  state = steps.create_train_state(model, jax.random.key(0), ds.image_shape, tx)
-  batch = {"image": jnp.asarray(ds.images[:64]), "label": jnp.asarray(ds.labels[:64])}
-  step = jax.jit(functools.partial(steps.train_step, schedule=optax.constant_schedule(3e-3)),
-                 donate_argnums=0)
-  losses = []
-  for i in range(30):
-    state, m = step(state, batch, jax.random.key(i))
-    losses.append(float(m["loss"]))
-  assert losses[-1] < 0.3 * losses[0]
-  assert int(state.step) == 30
-  assert np.isfinite(float(m["grad_norm"])) and float(m["param_norm"]) > 0
+    ds = data.load("synthetic", "train", num_train=64, num_test=8)
+    model = models.get_model("cnn_fmnist", features=(8, 16, 16), dense=(32,), dropout=0.0)
+    tx = optax.adam(3e-3)
+    state = steps.create_train_state(model, jax.random.key(0), ds.image_shape, tx)
+    batch = {"image": jnp.asarray(ds.images[:64]), "label": jnp.asarray(ds.labels[:64])}
+    step = jax.jit(
+        functools.partial(steps.train_step, schedule=optax.constant_schedule(3e-3)),
+        donate_argnums=0,
+    )
+    losses = []
+    for i in range(30):
+        state, m = step(state, batch, jax.random.key(i))
+        losses.append(float(m["loss"]))
+    assert losses[-1] < 0.3 * losses[0]
+    assert int(state.step) == 30
+    assert np.isfinite(float(m["grad_norm"])) and float(m["param_norm"]) > 0
 
 
 def test_end_to_end_writes_everything_and_compiles_once(tmp_path, synthetic_config):
-  config = synthetic_config(num_epochs=3)
-  result = train.train_and_evaluate(config, tmp_path)
-  assert result.train_step_compiles == 1
-  assert result.eval_step_compiles == 1
-  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-  assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3]
-  record = json.loads(lines[-1])
-  for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "grad_norm",
-              "param_norm", "learning_rate", "epoch_time_s"):
-    assert np.isfinite(record[key]), key
-  assert (tmp_path / "training_curves.png").stat().st_size > 10_000
-  assert (tmp_path / "config.json").exists()
-  summary = json.loads((tmp_path / "train_summary.json").read_text())
-  assert summary["best_epoch"] in (1, 2, 3)
-  # The synthetic classes are learnable: well above chance (10%) after three tiny epochs.
-  assert summary["test_accuracy"] > 0.5, summary
-  assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    config = synthetic_config(num_epochs=3)
+    result = train.train_and_evaluate(config, tmp_path)
+    assert result.train_step_compiles == 1
+    assert result.eval_step_compiles == 1
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    record = json.loads(lines[-1])
+    for key in (
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "grad_norm",
+        "param_norm",
+        "learning_rate",
+        "epoch_time_s",
+    ):
+        assert np.isfinite(record[key]), key
+    assert (tmp_path / "training_curves.png").stat().st_size > 10_000
+    assert (tmp_path / "config.json").exists()
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["best_epoch"] in (1, 2, 3)
+    # The synthetic classes are learnable: well above chance (10%) after three tiny epochs.
+    assert summary["test_accuracy"] > 0.5, summary
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path, synthetic_config):
-  config = synthetic_config(num_epochs=2)
-  train.train_and_evaluate(config, tmp_path / "straight")
+    config = synthetic_config(num_epochs=2)
+    train.train_and_evaluate(config, tmp_path / "straight")
 
-  real_append = loop_lib._append_jsonl
+    real_append = loop_lib._append_jsonl
 
-  def crash_after_first_epoch(path, record):
-    real_append(path, record)
-    raise KeyboardInterrupt("simulated interruption")
+    def crash_after_first_epoch(path, record):
+        real_append(path, record)
+        raise KeyboardInterrupt("simulated interruption")
 
-  with mock.patch.object(loop_lib, "_append_jsonl", crash_after_first_epoch):
-    with pytest.raises(KeyboardInterrupt):
-      train.train_and_evaluate(config, tmp_path / "resumed")
-  assert len((tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()) == 1
-  train.train_and_evaluate(config, tmp_path / "resumed")
+    with mock.patch.object(loop_lib, "_append_jsonl", crash_after_first_epoch):
+        with pytest.raises(KeyboardInterrupt):
+            train.train_and_evaluate(config, tmp_path / "resumed")
+    assert len((tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()) == 1
+    train.train_and_evaluate(config, tmp_path / "resumed")
 
-  a = params_of(tmp_path / "straight")
-  b = params_of(tmp_path / "resumed")
-  jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y), a, b)
-  assert len((tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()) == 2
+    a = params_of(tmp_path / "straight")
+    b = params_of(tmp_path / "resumed")
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y), a, b)
+    assert len((tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def test_finished_run_is_not_retrained_or_overwritten(tmp_path, synthetic_config):
-  config = synthetic_config(num_epochs=1)
-  train.train_and_evaluate(config, tmp_path)
-  before = {p.name: p.read_bytes() for p in tmp_path.glob("*.json*")}
-  result = train.train_and_evaluate(config, tmp_path)
-  after = {p.name: p.read_bytes() for p in tmp_path.glob("*.json*")}
-  assert before == after
-  assert result.train_step_compiles == 0      # nothing left to train
+    config = synthetic_config(num_epochs=1)
+    train.train_and_evaluate(config, tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("*.json*")}
+    result = train.train_and_evaluate(config, tmp_path)
+    after = {p.name: p.read_bytes() for p in tmp_path.glob("*.json*")}
+    assert before == after
+    assert result.train_step_compiles == 0  # nothing left to train
 
 
 def test_other_architecture_in_workdir_is_a_clear_error(tmp_path, synthetic_config):
-  train.train_and_evaluate(synthetic_config(num_epochs=1), tmp_path)
-  files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-  other = synthetic_config(num_epochs=2, **{"model.features": (4, 8, 8)})
-  with pytest.raises(train.CheckpointMismatchError,
-                     match=r"model.features: checkpoint has \[8, 16, 16\], config asks for \[4, 8, 8\].*new --workdir"):
-    train.train_and_evaluate(other, tmp_path)
-  assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
+    train.train_and_evaluate(synthetic_config(num_epochs=1), tmp_path)
+    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    other = synthetic_config(num_epochs=2, **{"model.features": (4, 8, 8)})
+    with pytest.raises(
+        train.CheckpointMismatchError,
+        match=r"model.features: checkpoint has \[8, 16, 16\], config asks for \[4, 8, 8\].*new --workdir",
+    ):
+        train.train_and_evaluate(other, tmp_path)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
 
 
 def test_nan_loss_fails_fast_naming_the_step(tmp_path, synthetic_config):
-  config = synthetic_config(learning_rate=float("nan"), schedule="constant")
-  with pytest.raises(train.NonFiniteLossError, match=r"optimizer step 1 \(epoch 1, batch 2 of"):
-    train.train_and_evaluate(config, tmp_path)
-  assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+    config = synthetic_config(learning_rate=float("nan"), schedule="constant")
+    with pytest.raises(train.NonFiniteLossError, match=r"optimizer step 1 \(epoch 1, batch 2 of"):
+        train.train_and_evaluate(config, tmp_path)
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
 
 
 def test_scan_loop_matches_step_loop(tmp_path, synthetic_config):
-  a = train.train_and_evaluate(synthetic_config(loop="step"), tmp_path / "step")
-  b = train.train_and_evaluate(synthetic_config(loop="scan", steps_per_dispatch=4), tmp_path / "scan")
-  assert b.train_step_compiles == 1
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5),
-               a.state.params, b.state.params)
+    a = train.train_and_evaluate(synthetic_config(loop="step"), tmp_path / "step")
+    b = train.train_and_evaluate(
+        synthetic_config(loop="scan", steps_per_dispatch=4), tmp_path / "scan"
+    )
+    assert b.train_step_compiles == 1
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5),
+        a.state.params,
+        b.state.params,
+    )
 
 
 def test_evaluate_workdir_table_and_files(tmp_path, synthetic_config, capsys):
-  result = train.train_and_evaluate(synthetic_config(num_epochs=2), tmp_path)
-  out = train.evaluate_workdir(tmp_path)
-  printed = capsys.readouterr().out
-  assert "| Split | Loss | Accuracy | Precision | Recall | F1 |" in printed
-  assert set(out["splits"]) == {"train", "validation", "test"}
-  assert out["checkpoint_epoch"] == result.best_epoch
-  assert out["splits"]["test"]["accuracy"] == pytest.approx(result.summary["test_accuracy"])
-  assert out["splits"]["test"]["count"] == 128
-  assert (tmp_path / "confusion_matrix.png").stat().st_size > 10_000
-  assert json.loads((tmp_path / "metrics.json").read_text())["splits"]["test"]["f1"] > 0
+    result = train.train_and_evaluate(synthetic_config(num_epochs=2), tmp_path)
+    out = train.evaluate_workdir(tmp_path)
+    printed = capsys.readouterr().out
+    assert "| Split | Loss | Accuracy | Precision | Recall | F1 |" in printed
+    assert set(out["splits"]) == {"train", "validation", "test"}
+    assert out["checkpoint_epoch"] == result.best_epoch
+    assert out["splits"]["test"]["accuracy"] == pytest.approx(result.summary["test_accuracy"])
+    assert out["splits"]["test"]["count"] == 128
+    assert (tmp_path / "confusion_matrix.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "metrics.json").read_text())["splits"]["test"]["f1"] > 0
 
 
 def test_evaluate_without_training_says_what_to_do(tmp_path):
-  with pytest.raises(FileNotFoundError, match="not a training workdir.*experiments.train"):
-    train.evaluate_workdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="not a training workdir.*experiments.train"):
+        train.evaluate_workdir(tmp_path)

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +60,7 @@ __all__ = [
 
 Array = jax.Array
 ModelFn = Callable[[Array], Array]
-Target = Union[int, Array, np.ndarray, None]
+Target = int | Array | np.ndarray | None
 
 
 def _is_concrete(value: Any) -> bool:
@@ -172,8 +172,9 @@ def resolve_target(
     """
     classes = _num_classes(fn, x)
     if target is None:
-        logits = sum_over_samples(lambda example, _: fn(x[example]), x.shape[0],
-                                  batch_size=batch_size)
+        logits = sum_over_samples(
+            lambda example, _: fn(x[example]), x.shape[0], batch_size=batch_size
+        )
         return jnp.argmax(logits, axis=1).astype(jnp.int32)
     return as_target(target, x.shape[0], classes)
 
@@ -277,7 +278,8 @@ def example_keys(key: Array, num_examples: int) -> Array:
         key = jax.random.wrap_key_data(key)
     if key.shape == ():
         return jax.vmap(lambda i: jax.random.fold_in(key, i))(
-            jnp.arange(num_examples, dtype=jnp.int32))
+            jnp.arange(num_examples, dtype=jnp.int32)
+        )
     if key.shape == (num_examples,):
         return key
     raise ValueError(

@@ -150,13 +150,40 @@ class _Pair:
 
 # Linear in their input-dependent operands, jointly: evaluated unchanged on both
 # branches, so the ordinary derivative is the exact multiplier.
-_LINEAR = frozenset({
-    "add", "add_any", "sub", "neg", "copy", "convert_element_type",
-    "reshape", "squeeze", "broadcast_in_dim", "transpose", "rev", "slice", "pad", "tile",
-    "concatenate", "stack", "split", "unstack", "reduce_sum", "cumsum", "reduce_window_sum",
-    "select_n", "dynamic_slice", "dynamic_update_slice", "gather", "scatter",
-    "scatter-add", "scatter-sub", "sharding_constraint", "optimization_barrier",
-})
+_LINEAR = frozenset(
+    {
+        "add",
+        "add_any",
+        "sub",
+        "neg",
+        "copy",
+        "convert_element_type",
+        "reshape",
+        "squeeze",
+        "broadcast_in_dim",
+        "transpose",
+        "rev",
+        "slice",
+        "pad",
+        "tile",
+        "concatenate",
+        "stack",
+        "split",
+        "unstack",
+        "reduce_sum",
+        "cumsum",
+        "reduce_window_sum",
+        "select_n",
+        "dynamic_slice",
+        "dynamic_update_slice",
+        "gather",
+        "scatter",
+        "scatter-add",
+        "scatter-sub",
+        "sharding_constraint",
+        "optimization_barrier",
+    }
+)
 
 # Operands that say where values go (predicates, indices). The ops above are linear
 # only while these do not depend on the input. Maps name -> positions, given the
@@ -176,12 +203,41 @@ _BILINEAR = frozenset({"mul", "dot_general", "conv_general_dilated"})
 
 # Smooth elementwise functions of one input-dependent operand (the others constant).
 # div appears here for a dependent denominator; a dependent numerator alone is linear.
-_SMOOTH = frozenset({
-    "exp", "exp2", "expm1", "log", "log1p", "tanh", "logistic", "erf", "erfc", "erf_inv",
-    "sqrt", "rsqrt", "cbrt", "square", "integer_pow", "pow", "div", "sin", "cos", "tan",
-    "asin", "acos", "atan", "atan2", "sinh", "cosh", "asinh", "acosh", "atanh", "lgamma",
-    "digamma",
-})
+_SMOOTH = frozenset(
+    {
+        "exp",
+        "exp2",
+        "expm1",
+        "log",
+        "log1p",
+        "tanh",
+        "logistic",
+        "erf",
+        "erfc",
+        "erf_inv",
+        "sqrt",
+        "rsqrt",
+        "cbrt",
+        "square",
+        "integer_pow",
+        "pow",
+        "div",
+        "sin",
+        "cos",
+        "tan",
+        "asin",
+        "acos",
+        "atan",
+        "atan2",
+        "sinh",
+        "cosh",
+        "asinh",
+        "acosh",
+        "atanh",
+        "lgamma",
+        "digamma",
+    }
+)
 
 # Piecewise linear elementwise functions.
 _PIECEWISE_LINEAR = frozenset({"max", "min", "clamp", "abs"})
@@ -189,22 +245,52 @@ _PIECEWISE_LINEAR = frozenset({"max", "min", "clamp", "abs"})
 # Piecewise constant elementwise ops (comparisons, rounding, logic). Their secant is
 # unbounded, so they have no rule of their own; they may appear inside an activation
 # function, which is rescaled as a whole.
-_STEP = frozenset({
-    "eq", "ne", "lt", "le", "gt", "ge", "and", "or", "not", "xor",
-    "sign", "floor", "ceil", "round", "is_finite",
-})
+_STEP = frozenset(
+    {
+        "eq",
+        "ne",
+        "lt",
+        "le",
+        "gt",
+        "ge",
+        "and",
+        "or",
+        "not",
+        "xor",
+        "sign",
+        "floor",
+        "ceil",
+        "round",
+        "is_finite",
+    }
+)
 
 # Elementwise ops an activation function may be built from.
 _ELEMENTWISE = (
-    frozenset({"add", "add_any", "sub", "neg", "copy", "convert_element_type", "select_n",
-               "mul", "stop_gradient"})
-    | _SMOOTH | _PIECEWISE_LINEAR | _STEP
+    frozenset(
+        {
+            "add",
+            "add_any",
+            "sub",
+            "neg",
+            "copy",
+            "convert_element_type",
+            "select_n",
+            "mul",
+            "stop_gradient",
+        }
+    )
+    | _SMOOTH
+    | _PIECEWISE_LINEAR
+    | _STEP
 )
 
 # Reductions that pick one element: name -> True for max-like, False for min-like.
 _CHOOSERS = {
-    "reduce_max": True, "reduce_window_max": True,
-    "reduce_min": False, "reduce_window_min": False,
+    "reduce_max": True,
+    "reduce_window_max": True,
+    "reduce_min": False,
+    "reduce_window_min": False,
 }
 
 # Primitives that call a nested jaxpr.
@@ -421,9 +507,7 @@ def _rescale_equation(eqn: jax_core.JaxprEqn, operands: list[Any], smooth: bool)
     return _rescale(g, z, constants, smooth)
 
 
-def _rescale(
-    g: Callable[[Array, Any], Array], z: _Pair, constants: Any, smooth: bool
-) -> _Pair:
+def _rescale(g: Callable[[Array, Any], Array], z: _Pair, constants: Any, smooth: bool) -> _Pair:
     """y = g(z) elementwise, with multiplier (g(z) - g(z0)) / (z - z0)."""
 
     @jax.custom_vjp
@@ -514,12 +598,16 @@ def _shapley(g: Callable[[Array, Array], Array], a: _Pair, b: _Pair) -> _Pair:
     def forward(a, a0, b, b0):
         y, y0 = g(a, b), g(a0, b0)
         a_moved, b_moved = g(a, b0), g(a0, b)
-        m_a = multiplier(((a_moved - y0) + (y - b_moved)) / 2, a - a0,
-                         [partial_derivative(lambda v: g(v, b0), a),
-                          partial_derivative(lambda v: g(v, b), a)])
-        m_b = multiplier(((b_moved - y0) + (y - a_moved)) / 2, b - b0,
-                         [partial_derivative(lambda v: g(a0, v), b),
-                          partial_derivative(lambda v: g(a, v), b)])
+        m_a = multiplier(
+            ((a_moved - y0) + (y - b_moved)) / 2,
+            a - a0,
+            [partial_derivative(lambda v: g(v, b0), a), partial_derivative(lambda v: g(v, b), a)],
+        )
+        m_b = multiplier(
+            ((b_moved - y0) + (y - a_moved)) / 2,
+            b - b0,
+            [partial_derivative(lambda v: g(a0, v), b), partial_derivative(lambda v: g(a, v), b)],
+        )
         return (y, y0), (m_a, m_b)
 
     def backward(multipliers, cotangents):

@@ -205,15 +205,17 @@ def integrated_gradients(
         point = start + per_example(alphas[step], start) * (end - start)
         return per_example(weights[step], point) * target_logit_grad(fn, point, target[example])
 
-    average_gradient = sum_over_samples(weighted_gradient, x.shape[0], len(alphas),
-                                        batch_size=batch_size)
+    average_gradient = sum_over_samples(
+        weighted_gradient, x.shape[0], len(alphas), batch_size=batch_size
+    )
     attributions = (x - baseline) * average_gradient
     if not return_delta:
         return attributions
 
     def logit_difference(example: Array, _: Array) -> Array:
-        return (select_target(fn(x[example]), target[example])
-                - select_target(fn(baseline[example]), target[example]))
+        return select_target(fn(x[example]), target[example]) - select_target(
+            fn(baseline[example]), target[example]
+        )
 
     difference = sum_over_samples(logit_difference, x.shape[0], batch_size=batch_size)
     delta = attributions.reshape(x.shape[0], -1).sum(axis=1) - difference

@@ -17,12 +17,11 @@ integrated gradients is
 ``noise_tunnel(functools.partial(integrated_gradients, fn, steps=50), x, target, key)``.
 Captum counterpart: ``captum.attr.NoiseTunnel``.
 
-Noise scale: ``stdev_spread`` (default 0.15) is a fraction of each example's value
+Noise scale: ``stdev_spread`` (0.15 unless ``stdev`` is given) is a fraction of each example's value
 range, ``sigma_i = stdev_spread * (max(x_i) - min(x_i))``, the SmoothGrad paper's
 "noise level" and PAIR saliency's ``stdev_spread``; it adapts to images in [0, 1],
 [0, 255] or standardised units alike. ``stdev`` is an absolute sigma, as Captum's
-``stdevs``. Exactly one of the two is used: pass ``stdev_spread=None`` together with
-``stdev``.
+``stdevs``. Giving both is an error.
 
 Keys: example i draws its noise from ``fold_in(key, i)`` and its sample s from
 ``fold_in(fold_in(key, i), s)``, so results do not depend on ``batch_size``, and the
@@ -60,18 +59,26 @@ NOISE_KINDS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 AttributionMethod = Callable[[Array, Array], Array]
 
 
+DEFAULT_STDEV_SPREAD = 0.15
+
+
 def _noise_scale(x: Array, stdev_spread: float | None, stdev: float | None) -> Array:
-    """Per-example noise standard deviation, shape ``(N,)``."""
-    if (stdev_spread is None) == (stdev is None):
+    """Per-example noise standard deviation, shape ``(N,)``.
+
+    Neither given: ``DEFAULT_STDEV_SPREAD`` of each example's range. One given: that one.
+    Both given: ambiguous, an error.
+    """
+    if stdev_spread is not None and stdev is not None:
         raise ValueError(
-            "give exactly one of stdev_spread (relative to each example's range; 0.15 by "
-            "default) and stdev (absolute); to use an absolute stdev pass "
-            f"stdev_spread=None, got stdev_spread={stdev_spread!r}, stdev={stdev!r}"
+            "give stdev_spread (relative to each example's range) or stdev (absolute), not "
+            f"both; got stdev_spread={stdev_spread!r}, stdev={stdev!r}"
         )
     if stdev is not None:
         if not stdev >= 0:
             raise ValueError(f"stdev must be >= 0, got {stdev!r}")
         return jnp.full(x.shape[0], stdev, dtype=jnp.float32)
+    if stdev_spread is None:
+        stdev_spread = DEFAULT_STDEV_SPREAD
     if not stdev_spread >= 0:
         raise ValueError(f"stdev_spread must be >= 0, got {stdev_spread!r}")
     flat = x.reshape(x.shape[0], -1)
@@ -95,7 +102,7 @@ def noise_tunnel(
     key: Array,
     *,
     samples: int = 25,
-    stdev_spread: float | None = 0.15,
+    stdev_spread: float | None = None,
     stdev: float | None = None,
     kind: str = "smoothgrad",
     batch_size: int | None = None,
@@ -124,9 +131,9 @@ def noise_tunnel(
         on the clean input (:func:`fmi_jax.attribution.resolve_target`).
       key: a PRNG key, or one key per example (shape ``(N,)``).
       samples: noisy copies per example.
-      stdev_spread: sigma as a fraction of each example's range ``max - min``
-        (default 0.15). Set to ``None`` when giving ``stdev``.
-      stdev: absolute sigma, used instead of ``stdev_spread``.
+      stdev_spread: sigma as a fraction of each example's range ``max - min``; when
+        neither this nor ``stdev`` is given, 0.15 (the SmoothGrad paper's 10-20%).
+      stdev: absolute sigma, instead of ``stdev_spread``.
       kind: ``'smoothgrad'``, ``'smoothgrad_sq'`` or ``'vargrad'``.
       batch_size: noisy inputs per call of ``method``; bounds memory (together with
         ``method``'s own ``batch_size``). ``None`` passes all ``N * samples`` at once.
@@ -136,7 +143,8 @@ def noise_tunnel(
     """
     if kind not in NOISE_KINDS:
         raise ValueError(
-            f"unknown noise tunnel kind {kind!r}; choose one of {', '.join(NOISE_KINDS)}")
+            f"unknown noise tunnel kind {kind!r}; choose one of {', '.join(NOISE_KINDS)}"
+        )
     samples = as_count(samples, "samples")
     x = as_input(x)
     num_examples = x.shape[0]
@@ -151,21 +159,32 @@ def noise_tunnel(
         return method(noisy, target[example])
 
     if kind == "smoothgrad":
-        return sum_over_samples(noisy_attribution, num_examples, samples,
-                                batch_size=batch_size) / samples
+        return (
+            sum_over_samples(noisy_attribution, num_examples, samples, batch_size=batch_size)
+            / samples
+        )
     if kind == "smoothgrad_sq":
-        return sum_over_samples(lambda e, s: noisy_attribution(e, s) ** 2, num_examples,
-                                samples, batch_size=batch_size) / samples
+        return (
+            sum_over_samples(
+                lambda e, s: noisy_attribution(e, s) ** 2,
+                num_examples,
+                samples,
+                batch_size=batch_size,
+            )
+            / samples
+        )
 
-    clean = sum_over_samples(lambda example, _: method(x[example], target[example]),
-                             num_examples, batch_size=batch_size)
+    clean = sum_over_samples(
+        lambda example, _: method(x[example], target[example]), num_examples, batch_size=batch_size
+    )
 
     def deviation_moments(example: Array, sample: Array) -> tuple[Array, Array]:
         deviation = noisy_attribution(example, sample) - clean[example]
         return deviation, deviation**2
 
-    first, second = sum_over_samples(deviation_moments, num_examples, samples,
-                                     batch_size=batch_size)
+    first, second = sum_over_samples(
+        deviation_moments, num_examples, samples, batch_size=batch_size
+    )
     return second / samples - (first / samples) ** 2
 
 
@@ -176,7 +195,7 @@ def smoothgrad(
     key: Array,
     *,
     samples: int = 25,
-    stdev_spread: float | None = 0.15,
+    stdev_spread: float | None = None,
     stdev: float | None = None,
     abs: bool = False,
     batch_size: int | None = None,
@@ -204,9 +223,9 @@ def smoothgrad(
         predicted class.
       key: a PRNG key, or one key per example (shape ``(N,)``).
       samples: noisy copies per example.
-      stdev_spread: sigma as a fraction of each example's range (default 0.15); set to
-        ``None`` when giving ``stdev``.
-      stdev: absolute sigma, used instead of ``stdev_spread``.
+      stdev_spread: sigma as a fraction of each example's range; 0.15 when neither
+        this nor ``stdev`` is given.
+      stdev: absolute sigma, instead of ``stdev_spread``.
       abs: average absolute gradients (Captum's default) instead of signed ones.
       batch_size: noisy inputs per backward pass; ``None`` processes all at once.
 

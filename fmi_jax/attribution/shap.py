@@ -112,5 +112,6 @@ def gradient_shap(
         point = baseline + per_example(alpha, noisy) * (noisy - baseline)
         return (noisy - baseline) * target_logit_grad(fn, point, target[example])
 
-    return sum_over_samples(sample_attribution, x.shape[0], samples,
-                            batch_size=batch_size) / samples
+    return (
+        sum_over_samples(sample_attribution, x.shape[0], samples, batch_size=batch_size) / samples
+    )

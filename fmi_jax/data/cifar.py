@@ -157,9 +157,14 @@ def write_cifar_batches(
     folder = Path(folder)
     train_images, train_labels = np.asarray(train_images), np.asarray(train_labels)
     test_images, test_labels = np.asarray(test_images), np.asarray(test_labels)
-    for what, images, labels in (("train", train_images, train_labels), ("test", test_images, test_labels)):
+    for what, images, labels in (
+        ("train", train_images, train_labels),
+        ("test", test_images, test_labels),
+    ):
         if len(images) != len(labels):
-            raise DataError(f"Cannot write {folder}: {len(images)} {what} images but {len(labels)} labels.")
+            raise DataError(
+                f"Cannot write {folder}: {len(images)} {what} images but {len(labels)} labels."
+            )
     folder.mkdir(parents=True, exist_ok=True)
     train_parts = zip(
         np.array_split(train_images, num_train_batches),
@@ -167,7 +172,9 @@ def write_cifar_batches(
         strict=True,
     )
     for i, (images, labels) in enumerate(train_parts, start=1):
-        _write_batch(folder / f"data_batch_{i}", images, labels, f"training batch {i} of {num_train_batches}")
+        _write_batch(
+            folder / f"data_batch_{i}", images, labels, f"training batch {i} of {num_train_batches}"
+        )
     _write_batch(folder / TEST_BATCHES[0], test_images, test_labels, "testing batch 1 of 1")
     meta = {
         b"label_names": [name.encode("utf-8") for name in label_names],
@@ -180,7 +187,9 @@ def write_cifar_batches(
 
 def _write_batch(path: Path, images: np.ndarray, labels: np.ndarray, batch_label: str) -> None:
     if images.dtype != np.uint8 or images.shape[1:] != (_SIDE, _SIDE, _CHANNELS):
-        raise DataError(f"Cannot write {path}: images must be uint8 (N, 32, 32, 3), got {images.dtype} {images.shape}.")
+        raise DataError(
+            f"Cannot write {path}: images must be uint8 (N, 32, 32, 3), got {images.dtype} {images.shape}."
+        )
     rows = np.ascontiguousarray(images.transpose(0, 3, 1, 2)).reshape(len(images), _ROW_SIZE)
     batch = {
         b"batch_label": batch_label.encode("utf-8"),
@@ -191,7 +200,9 @@ def _write_batch(path: Path, images: np.ndarray, labels: np.ndarray, batch_label
     path.write_bytes(pickle.dumps(batch, protocol=2))
 
 
-def _read_members(location: Path, names: Sequence[str], optional: str) -> dict[str, tuple[str, bytes]]:
+def _read_members(
+    location: Path, names: Sequence[str], optional: str
+) -> dict[str, tuple[str, bytes]]:
     """Returns ``{name: (where, bytes)}`` from a folder or the tar.gz archive.
 
     Every name must be present except ``optional``.
@@ -208,7 +219,10 @@ def _read_members(location: Path, names: Sequence[str], optional: str) -> dict[s
         with tarfile.open(location, mode="r:gz") as archive:
             for member in archive:  # one pass over the stream; no seeking back
                 if member.name in wanted and member.isfile():
-                    found[wanted[member.name]] = (f"{location}:{member.name}", archive.extractfile(member).read())
+                    found[wanted[member.name]] = (
+                        f"{location}:{member.name}",
+                        archive.extractfile(member).read(),
+                    )
     except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
         raise DataError(
             f"{location} is not a readable tar.gz archive ({type(error).__name__}: {error}). "
@@ -216,7 +230,9 @@ def _read_members(location: Path, names: Sequence[str], optional: str) -> dict[s
         ) from error
     missing = [f"{FOLDER_NAME}/{name}" for name in names if name not in found and name != optional]
     if missing:
-        raise DataError(f"{location} has no member {', '.join(missing)}; is it the original {ARCHIVE_NAME}?")
+        raise DataError(
+            f"{location} has no member {', '.join(missing)}; is it the original {ARCHIVE_NAME}?"
+        )
     return found
 
 
@@ -230,7 +246,9 @@ def _read_file(path: Path) -> bytes:
 def _parse_label_names(where: str, blob: bytes) -> tuple[str, ...]:
     names = _get(_unpickle(blob, where), "label_names", where)
     if not isinstance(names, list) or not all(isinstance(n, (bytes, str)) for n in names):
-        raise DataError(f"{where}: 'label_names' should be a list of strings, got {type(names).__name__}.")
+        raise DataError(
+            f"{where}: 'label_names' should be a list of strings, got {type(names).__name__}."
+        )
     return tuple(n.decode("utf-8") if isinstance(n, bytes) else n for n in names)
 
 
@@ -238,9 +256,18 @@ def _parse_batch(where: str, blob: bytes) -> CifarBatch:
     batch = _unpickle(blob, where)
     data = _get(batch, "data", where)
     labels = _get(batch, "labels", where)
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _ROW_SIZE:
-        described = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise DataError(f"{where}: 'data' should be a uint8 array of shape (N, {_ROW_SIZE}), got {described}.")
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != _ROW_SIZE
+    ):
+        described = (
+            f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        )
+        raise DataError(
+            f"{where}: 'data' should be a uint8 array of shape (N, {_ROW_SIZE}), got {described}."
+        )
     label_array = np.asarray(labels) if isinstance(labels, (list, np.ndarray)) else None
     if (
         label_array is None
@@ -261,7 +288,9 @@ def _get(mapping: Any, key: str, where: str) -> Any:
         if candidate in mapping:
             return mapping[candidate]
     keys = sorted(k.decode("ascii", "replace") if isinstance(k, bytes) else str(k) for k in mapping)
-    raise DataError(f"{where}: the pickled dict has no {key!r} key (keys: {keys}). Is this a CIFAR-10 python file?")
+    raise DataError(
+        f"{where}: the pickled dict has no {key!r} key (keys: {keys}). Is this a CIFAR-10 python file?"
+    )
 
 
 def _unpickle(blob: bytes, where: str) -> Any:

@@ -60,10 +60,14 @@ class Dataset:
             raise DataError(f"Unknown split {self.split!r} for a Dataset; use one of {SPLITS}.")
         class_names = tuple(self.class_names)
         if not class_names or not all(isinstance(c, str) for c in class_names):
-            raise DataError(f"class_names must be a non-empty sequence of str, got {self.class_names!r}.")
+            raise DataError(
+                f"class_names must be a non-empty sequence of str, got {self.class_names!r}."
+            )
         if not isinstance(self.images, np.ndarray) or self.images.ndim != 4:
             shape = getattr(self.images, "shape", None)
-            raise DataError(f"images of {self.name}/{self.split} must be (N, H, W, C), got shape {shape}.")
+            raise DataError(
+                f"images of {self.name}/{self.split} must be (N, H, W, C), got shape {shape}."
+            )
         images, labels = validate_arrays(
             self.images,
             self.labels,

@@ -122,7 +122,9 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray) -> Path:
     array = np.asarray(array)
     code = _type_code(array.dtype)
     if array.ndim > 255 or any(size >= 2**32 for size in array.shape):
-        raise DataError(f"Cannot write {path}: IDX allows at most 255 dims of size < 2**32, got shape {array.shape}.")
+        raise DataError(
+            f"Cannot write {path}: IDX allows at most 255 dims of size < 2**32, got shape {array.shape}."
+        )
     header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     payload = header + np.ascontiguousarray(array, dtype=_DTYPES[code]).tobytes()
     if path.name.endswith(".gz"):
@@ -166,9 +168,13 @@ def _parse(data: bytes, path: Path, expected_magic: int | None) -> np.ndarray:
     magic = int.from_bytes(data[:4], "big")
     zero_a, zero_b, code, ndim = data[:4]
     if zero_a or zero_b or code not in _DTYPES:
-        raise DataError(f"{path} is not an IDX file: {_describe_magic(magic, expected_magic)}{_gzip_hint(data, path)}")
+        raise DataError(
+            f"{path} is not an IDX file: {_describe_magic(magic, expected_magic)}{_gzip_hint(data, path)}"
+        )
     if expected_magic is not None and magic != expected_magic:
-        raise DataError(f"{path} has the wrong kind of IDX data: {_describe_magic(magic, expected_magic)}")
+        raise DataError(
+            f"{path} has the wrong kind of IDX data: {_describe_magic(magic, expected_magic)}"
+        )
     header_size = 4 + 4 * ndim
     if len(data) < header_size:
         raise DataError(

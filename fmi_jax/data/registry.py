@@ -76,7 +76,6 @@ _IDX_FILES = types.MappingProxyType(
 )
 
 
-
 def _urls(base: str, files: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
     return {name: base + name for split in LOADABLE_SPLITS for name in files[split]}
 
@@ -118,7 +117,9 @@ _SPECS = (
         tfds_name="fashion_mnist",
         tfds_download_url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
         debian_package="dataset-fashion-mnist",
-        original_urls=_urls("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", _IDX_FILES),
+        original_urls=_urls(
+            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", _IDX_FILES
+        ),
     ),
     DatasetSpec(
         name="mnist",
@@ -140,7 +141,9 @@ _SPECS = (
         homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
         tfds_name="cifar10",
         tfds_download_url="https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
-        original_urls={"cifar-10-python.tar.gz": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"},
+        original_urls={
+            "cifar-10-python.tar.gz": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+        },
     ),
     DatasetSpec(
         name="synthetic",
@@ -171,4 +174,6 @@ def get_spec(name: str) -> DatasetSpec:
     try:
         return DATASETS[name]
     except (KeyError, TypeError):
-        raise DataError(f"Unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}.") from None
+        raise DataError(
+            f"Unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}."
+        ) from None

@@ -151,7 +151,9 @@ def load_splits(
     """
     if get_spec(name).file_format == "synthetic":
         synthetic_kwargs = {**synthetic_kwargs, "seed": seed}
-    options = dict(data_dir=data_dir, tfds_data_dir=tfds_data_dir, download=download, **synthetic_kwargs)
+    options = dict(
+        data_dir=data_dir, tfds_data_dir=tfds_data_dir, download=download, **synthetic_kwargs
+    )
     full_train = load(name, "train", **options)
     test = load(name, "test", **options)
     train, validation = splits.train_validation_split(full_train, validation_size, seed)
@@ -179,7 +181,9 @@ def find_debian_folder(package: str, file_names: tuple[str, ...]) -> Path | Unav
     """
     command = ["dpkg", "-L", package]
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=DPKG_TIMEOUT_S, check=False)
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=DPKG_TIMEOUT_S, check=False
+        )
     except FileNotFoundError:
         return Unavailable("dpkg is not available (not a Debian-based system)")
     except subprocess.TimeoutExpired:
@@ -217,17 +221,26 @@ def _load_synthetic(
 ) -> Dataset:
     unknown = sorted(set(kwargs) - set(_SYNTHETIC_KWARGS))
     if unknown:
-        raise DataError(f"Unknown argument(s) {unknown} for {spec.name!r}; it accepts {list(_SYNTHETIC_KWARGS)}.")
+        raise DataError(
+            f"Unknown argument(s) {unknown} for {spec.name!r}; it accepts {list(_SYNTHETIC_KWARGS)}."
+        )
     if data_dir is not None or tfds_data_dir is not None:
         logging.warning(
-            "%s is generated; ignoring data_dir=%s and tfds_data_dir=%s.", spec.name, data_dir, tfds_data_dir
+            "%s is generated; ignoring data_dir=%s and tfds_data_dir=%s.",
+            spec.name,
+            data_dir,
+            tfds_data_dir,
         )
     logging.info("Generating %s/%s with %s.", spec.name, split, kwargs or "default sizes")
     return synthetic.load_synthetic(spec, split, **kwargs)
 
 
 def _resolve(
-    spec: DatasetSpec, split: str, data_dir: str | os.PathLike[str] | None, tfds_data_dir: str | None, download: bool
+    spec: DatasetSpec,
+    split: str,
+    data_dir: str | os.PathLike[str] | None,
+    tfds_data_dir: str | None,
+    download: bool,
 ) -> Dataset:
     if data_dir is not None:
         return _load_given_dir(spec, split, Path(data_dir).expanduser())
@@ -250,9 +263,13 @@ def _resolve(
         folder = tfds_source.download_originals(spec, tfds_data_dir=tfds_data_dir)
         found = folder if isinstance(folder, Unavailable) else _find(spec, split, folder)
         if not isinstance(found, Unavailable):
-            logging.info("%s/%s: loading the original files downloaded to %s.", spec.name, split, folder)
+            logging.info(
+                "%s/%s: loading the original files downloaded to %s.", spec.name, split, folder
+            )
             return _read(spec, split, found)
-        logging.info("%s/%s: tfds download of the original files: %s.", spec.name, split, found.reason)
+        logging.info(
+            "%s/%s: tfds download of the original files: %s.", spec.name, split, found.reason
+        )
         attempts.append(("tensorflow-datasets download of the original files", found.reason))
     raise DataNotFoundError(_not_found_message(spec, split, attempts))
 
@@ -281,11 +298,19 @@ def _well_known_folders(spec: DatasetSpec) -> list[tuple[str, Path | Unavailable
     label = f"${FMI_DATA_DIR_ENV}/{spec.name}"
     root = os.environ.get(FMI_DATA_DIR_ENV)
     folders: list[tuple[str, Path | Unavailable]] = [
-        (label, Path(root).expanduser() / spec.name if root else Unavailable(f"${FMI_DATA_DIR_ENV} is not set"))
+        (
+            label,
+            Path(root).expanduser() / spec.name
+            if root
+            else Unavailable(f"${FMI_DATA_DIR_ENV} is not set"),
+        )
     ]
     if spec.debian_package:
         folders.append(
-            (f"Debian package {spec.debian_package}", find_debian_folder(spec.debian_package, spec.all_files()))
+            (
+                f"Debian package {spec.debian_package}",
+                find_debian_folder(spec.debian_package, spec.all_files()),
+            )
         )
     return folders
 
@@ -326,7 +351,14 @@ def _read_idx(spec: DatasetSpec, split: str, found: tuple[Path, Path]) -> Datase
         images_from=str(images_path),
         labels_from=str(labels_path),
     )
-    return Dataset(images, labels, spec.name, split, spec.class_names, source=f"IDX files in {images_path.parent}")
+    return Dataset(
+        images,
+        labels,
+        spec.name,
+        split,
+        spec.class_names,
+        source=f"IDX files in {images_path.parent}",
+    )
 
 
 def _find_cifar(spec: DatasetSpec, split: str, folder: Path) -> Path | Unavailable:
@@ -347,13 +379,24 @@ def _read_cifar(spec: DatasetSpec, split: str, location: Path) -> Dataset:
         )
     checked = [
         validate_arrays(
-            b.images, b.labels, image_shape=spec.image_shape, num_classes=spec.num_classes, images_from=b.where
+            b.images,
+            b.labels,
+            image_shape=spec.image_shape,
+            num_classes=spec.num_classes,
+            images_from=b.where,
         )
         for b in batches
     ]
     images = np.concatenate([images for images, _ in checked])
     labels = np.concatenate([labels for _, labels in checked])
-    return Dataset(images, labels, spec.name, split, spec.class_names, source=f"CIFAR-10 python batches in {location}")
+    return Dataset(
+        images,
+        labels,
+        spec.name,
+        split,
+        spec.class_names,
+        source=f"CIFAR-10 python batches in {location}",
+    )
 
 
 _FORMATS = {
@@ -379,7 +422,9 @@ def _listing(folder: Path, limit: int = 10) -> str:
         return f"(cannot list: {error})"
     if not names:
         return "nothing"
-    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+    return ", ".join(names[:limit]) + (
+        f" and {len(names) - limit} more" if len(names) > limit else ""
+    )
 
 
 def _not_found_message(spec: DatasetSpec, split: str, attempts: list[tuple[str, str]]) -> str:

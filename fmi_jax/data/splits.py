@@ -96,7 +96,9 @@ def limit(ds: Dataset, max_size: int | None, seed: int) -> Dataset:
         logging.info("%s_limit=%d keeps all %d examples of %s.", ds.split, size, len(ds), ds.name)
         return ds
     subset = ds.subset(stratified_indices(ds.labels, size, np.random.default_rng(seed)))
-    return dataclasses.replace(subset, source=f"{ds.source}; class-balanced subset of {size} (seed {seed})")
+    return dataclasses.replace(
+        subset, source=f"{ds.source}; class-balanced subset of {size} (seed {seed})"
+    )
 
 
 def _largest_remainder(counts: np.ndarray, size: int) -> np.ndarray:

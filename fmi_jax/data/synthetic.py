@@ -68,10 +68,16 @@ def load_synthetic(
     num = {"train": num_train, "test": num_test}[split]
     if not isinstance(num, (int, np.integer)) or isinstance(num, bool) or num <= 0:
         raise DataError(f"num_{split} must be a positive integer, got {num!r}.")
-    images, labels = make_images(int(num), spec.image_shape, spec.num_classes, seed=seed, stream=_SPLIT_STREAM[split])
+    images, labels = make_images(
+        int(num), spec.image_shape, spec.num_classes, seed=seed, stream=_SPLIT_STREAM[split]
+    )
     where = f"synthetic generator ({spec.name}, seed={seed})"
     images, labels = validate_arrays(
-        images, labels, image_shape=spec.image_shape, num_classes=spec.num_classes, images_from=where
+        images,
+        labels,
+        image_shape=spec.image_shape,
+        num_classes=spec.num_classes,
+        images_from=where,
     )
     return Dataset(images, labels, spec.name, split, spec.class_names, source=where)
 
@@ -109,7 +115,12 @@ def make_images(
 
 
 def _draw_parameters(
-    rng: np.random.Generator, labels: np.ndarray, num_classes: int, height: int, width: int, channels: int
+    rng: np.random.Generator,
+    labels: np.ndarray,
+    num_classes: int,
+    height: int,
+    width: int,
+    channels: int,
 ) -> dict[str, np.ndarray]:
     num = labels.shape[0]
     angle = 2 * np.pi * labels / num_classes
@@ -129,7 +140,9 @@ def _draw_parameters(
     }
 
 
-def _render(p: dict[str, np.ndarray], rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+def _render(
+    p: dict[str, np.ndarray], rng: np.random.Generator, height: int, width: int
+) -> np.ndarray:
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     yy, xx = yy[None], xx[None]
 

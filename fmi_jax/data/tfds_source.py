@@ -83,9 +83,7 @@ __all__ = [
 PROBE_TIMEOUT_S = 3.0
 
 #: How to make tfds able to prepare a dataset.
-PREPARE_HINT = (
-    "preparing a tfds dataset needs TensorFlow: `pip install tensorflow-cpu` (or `pip install 'fmi_jax[tfds-prepare]'`)"
-)
+PREPARE_HINT = "preparing a tfds dataset needs TensorFlow: `pip install tensorflow-cpu` (or `pip install 'fmi_jax[tfds-prepare]'`)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,12 +224,23 @@ def read_prepared(builder: Any, spec: DatasetSpec, split: str, where: str) -> Da
         images, labels = _collect(source, spec.image_shape, image_key, label_key, where)
         fmt = "random access"
     images, labels = validate_arrays(
-        images, labels, image_shape=spec.image_shape, num_classes=spec.num_classes, images_from=where
+        images,
+        labels,
+        image_shape=spec.image_shape,
+        num_classes=spec.num_classes,
+        images_from=where,
     )
     logging.info(
-        "Read %d %s examples from %s (%s) in %.1f s.", len(labels), split, where, fmt, time.monotonic() - start
+        "Read %d %s examples from %s (%s) in %.1f s.",
+        len(labels),
+        split,
+        where,
+        fmt,
+        time.monotonic() - start,
     )
-    return Dataset(images, labels, spec.name, split, spec.class_names, source=f"{where}, split {split!r}")
+    return Dataset(
+        images, labels, spec.name, split, spec.class_names, source=f"{where}, split {split!r}"
+    )
 
 
 def _prepare(builder: Any, spec: DatasetSpec, where: str, download: bool) -> Unavailable | None:
@@ -252,7 +261,9 @@ def _prepare(builder: Any, spec: DatasetSpec, where: str, download: bool) -> Una
         builder.download_and_prepare(file_format="array_record")
     except Exception as error:  # noqa: BLE001 -- tfds raises many types; report whichever it was
         logging.warning("tfds download_and_prepare of %s failed: %r", where, error)
-        return Unavailable(f"{where}: download_and_prepare failed ({type(error).__name__}: {error})")
+        return Unavailable(
+            f"{where}: download_and_prepare failed ({type(error).__name__}: {error})"
+        )
     return None
 
 
@@ -266,7 +277,11 @@ def _supervised_keys(builder: Any, where: str) -> tuple[str, str]:
 
 
 def _collect(
-    source: Sequence[dict[str, Any]], image_shape: tuple[int, int, int], image_key: str, label_key: str, where: str
+    source: Sequence[dict[str, Any]],
+    image_shape: tuple[int, int, int],
+    image_key: str,
+    label_key: str,
+    where: str,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Copies a random-access tfds source into preallocated arrays, one ``source[i]`` at a time."""
     num = len(source)
@@ -315,7 +330,9 @@ def download_originals(spec: DatasetSpec, *, tfds_data_dir: str | None) -> Path 
     """
     if not spec.original_urls:
         return Unavailable(f"no original-file URLs are known for {spec.name}")
-    root = Path(tfds_data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets").expanduser()
+    root = Path(
+        tfds_data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+    ).expanduser()
     folder = root / "downloads" / "fmi_jax_originals" / spec.name
     if all((folder / name).is_file() for name in spec.original_urls):
         return folder
@@ -333,12 +350,17 @@ def download_originals(spec: DatasetSpec, *, tfds_data_dir: str | None) -> Path 
     manager = tfds.download.DownloadManager(
         download_dir=root / "downloads", url_infos=url_infos or None, dataset_name=spec.tfds_name
     )
-    logging.info("Downloading the original %s files (%s) with tfds's download manager.", spec.name,
-                 ", ".join(spec.original_urls))
+    logging.info(
+        "Downloading the original %s files (%s) with tfds's download manager.",
+        spec.name,
+        ", ".join(spec.original_urls),
+    )
     try:
         paths = manager.download(dict(spec.original_urls))
     except Exception as error:  # noqa: BLE001 -- tfds/requests raise many types; report whichever it was
-        return Unavailable(f"download of the original files failed ({type(error).__name__}: {error})")
+        return Unavailable(
+            f"download of the original files failed ({type(error).__name__}: {error})"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     for name, downloaded in paths.items():
         _place(Path(os.fspath(downloaded)), folder / name)

@@ -21,117 +21,127 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["average_ranks", "correlation_matrix", "pearson", "reduce_channels", "spearman",
-           "topk_overlap"]
+__all__ = [
+    "average_ranks",
+    "correlation_matrix",
+    "pearson",
+    "reduce_channels",
+    "spearman",
+    "topk_overlap",
+]
 
 
 def reduce_channels(maps: jax.Array, how: str = "sum") -> jax.Array:
-  """(N, H, W, C) -> (N, H, W): 'sum' (signed), 'abs_sum', or 'max_abs' over channels."""
-  if maps.ndim != 4:
-    raise ValueError(f"reduce_channels wants (N, H, W, C) maps, got shape {maps.shape}")
-  if how == "sum":
-    return maps.sum(-1)
-  if how == "abs_sum":
-    return jnp.abs(maps).sum(-1)
-  if how == "max_abs":
-    return jnp.abs(maps).max(-1)
-  raise ValueError(f"unknown channel reduction {how!r}; choose 'sum', 'abs_sum' or 'max_abs'")
+    """(N, H, W, C) -> (N, H, W): 'sum' (signed), 'abs_sum', or 'max_abs' over channels."""
+    if maps.ndim != 4:
+        raise ValueError(f"reduce_channels wants (N, H, W, C) maps, got shape {maps.shape}")
+    if how == "sum":
+        return maps.sum(-1)
+    if how == "abs_sum":
+        return jnp.abs(maps).sum(-1)
+    if how == "max_abs":
+        return jnp.abs(maps).max(-1)
+    raise ValueError(f"unknown channel reduction {how!r}; choose 'sum', 'abs_sum' or 'max_abs'")
 
 
 def _flat(a: jax.Array) -> jax.Array:
-  return jnp.reshape(a, (a.shape[0], -1)).astype(jnp.float32)
+    return jnp.reshape(a, (a.shape[0], -1)).astype(jnp.float32)
 
 
 def _check_pair(a, b) -> None:
-  if a.shape != b.shape:
-    raise ValueError(f"maps must have the same shape, got {a.shape} and {b.shape}")
-  if a.ndim < 2:
-    raise ValueError(f"maps must be (N, ...) with one map per example, got shape {a.shape}")
+    if a.shape != b.shape:
+        raise ValueError(f"maps must have the same shape, got {a.shape} and {b.shape}")
+    if a.ndim < 2:
+        raise ValueError(f"maps must be (N, ...) with one map per example, got shape {a.shape}")
 
 
 def _pearson_rows(x: jax.Array, y: jax.Array) -> jax.Array:
-  x = x - x.mean(-1, keepdims=True)
-  y = y - y.mean(-1, keepdims=True)
-  den = jnp.sqrt((x * x).sum(-1) * (y * y).sum(-1))
-  return jnp.where(den > 0, (x * y).sum(-1) / jnp.where(den > 0, den, 1.0), jnp.nan)
+    x = x - x.mean(-1, keepdims=True)
+    y = y - y.mean(-1, keepdims=True)
+    den = jnp.sqrt((x * x).sum(-1) * (y * y).sum(-1))
+    return jnp.where(den > 0, (x * y).sum(-1) / jnp.where(den > 0, den, 1.0), jnp.nan)
 
 
 def average_ranks(x: jax.Array) -> jax.Array:
-  """Ranks 0..D-1 along the last axis; tied values share their average rank."""
-  s = jnp.sort(x, axis=-1)
-  left = jax.vmap(lambda s_, x_: jnp.searchsorted(s_, x_, side="left"))(
-      s.reshape(-1, s.shape[-1]), x.reshape(-1, x.shape[-1]))
-  right = jax.vmap(lambda s_, x_: jnp.searchsorted(s_, x_, side="right"))(
-      s.reshape(-1, s.shape[-1]), x.reshape(-1, x.shape[-1]))
-  return ((left + right - 1) / 2.0).reshape(x.shape).astype(jnp.float32)
+    """Ranks 0..D-1 along the last axis; tied values share their average rank."""
+    s = jnp.sort(x, axis=-1)
+    left = jax.vmap(lambda s_, x_: jnp.searchsorted(s_, x_, side="left"))(
+        s.reshape(-1, s.shape[-1]), x.reshape(-1, x.shape[-1])
+    )
+    right = jax.vmap(lambda s_, x_: jnp.searchsorted(s_, x_, side="right"))(
+        s.reshape(-1, s.shape[-1]), x.reshape(-1, x.shape[-1])
+    )
+    return ((left + right - 1) / 2.0).reshape(x.shape).astype(jnp.float32)
 
 
 @jax.jit
 def pearson(a: jax.Array, b: jax.Array) -> jax.Array:
-  """Per-example Pearson correlation of two batches of maps, shape (N,)."""
-  _check_pair(a, b)
-  return _pearson_rows(_flat(a), _flat(b))
+    """Per-example Pearson correlation of two batches of maps, shape (N,)."""
+    _check_pair(a, b)
+    return _pearson_rows(_flat(a), _flat(b))
 
 
 @jax.jit
 def spearman(a: jax.Array, b: jax.Array) -> jax.Array:
-  """Per-example Spearman rank correlation (average ranks for ties), shape (N,)."""
-  _check_pair(a, b)
-  return _pearson_rows(average_ranks(_flat(a)), average_ranks(_flat(b)))
+    """Per-example Spearman rank correlation (average ranks for ties), shape (N,)."""
+    _check_pair(a, b)
+    return _pearson_rows(average_ranks(_flat(a)), average_ranks(_flat(b)))
 
 
-def topk_overlap(a: jax.Array, b: jax.Array, *, fraction: float = 0.01,
-                 absolute: bool = True) -> jax.Array:
-  """Per-example fraction of shared top-k features, shape (N,)."""
-  _check_pair(a, b)
-  if not 0 < fraction <= 1:
-    raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-  d = int(np.prod(a.shape[1:]))
-  k = max(1, math.ceil(fraction * d))
-  return _topk_overlap(a, b, k, absolute)
+def topk_overlap(
+    a: jax.Array, b: jax.Array, *, fraction: float = 0.01, absolute: bool = True
+) -> jax.Array:
+    """Per-example fraction of shared top-k features, shape (N,)."""
+    _check_pair(a, b)
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    d = int(np.prod(a.shape[1:]))
+    k = max(1, math.ceil(fraction * d))
+    return _topk_overlap(a, b, k, absolute)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
 def _topk_overlap(a, b, k, absolute):
-  fa, fb = _flat(a), _flat(b)
-  if absolute:
-    fa, fb = jnp.abs(fa), jnp.abs(fb)
-  d = fa.shape[-1]
+    fa, fb = _flat(a), _flat(b)
+    if absolute:
+        fa, fb = jnp.abs(fa), jnp.abs(fb)
+    d = fa.shape[-1]
 
-  def top_mask(f):
-    _, idx = jax.lax.top_k(f, k)     # ties: lower index first
-    return jnp.zeros((d,), bool).at[idx].set(True)
+    def top_mask(f):
+        _, idx = jax.lax.top_k(f, k)  # ties: lower index first
+        return jnp.zeros((d,), bool).at[idx].set(True)
 
-  ma, mb = jax.vmap(top_mask)(fa), jax.vmap(top_mask)(fb)
-  return (ma & mb).sum(-1) / k
+    ma, mb = jax.vmap(top_mask)(fa), jax.vmap(top_mask)(fb)
+    return (ma & mb).sum(-1) / k
 
 
-def correlation_matrix(maps: Mapping[str, jax.Array], *, method: str = "spearman"
-                       ) -> tuple[np.ndarray, np.ndarray]:
-  """(M, M) mean over examples of the per-example correlations, and the per-example values.
+def correlation_matrix(
+    maps: Mapping[str, jax.Array], *, method: str = "spearman"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(M, M) mean over examples of the per-example correlations, and the per-example values.
 
-  Returns (mean matrix, per-example array of shape (N, M, M)). Examples where a
-  correlation is undefined (a constant map) are NaN in the per-example array and
-  left out of that entry's mean.
-  """
-  fns = {"pearson": pearson, "spearman": spearman}
-  if method not in fns:
-    raise ValueError(f"unknown correlation {method!r}; choose 'pearson' or 'spearman'")
-  names = list(maps)
-  if not names:
-    raise ValueError("no maps given")
-  n = next(iter(maps.values())).shape[0]
-  per = np.ones((n, len(names), len(names)), np.float64)
-  for i, a in enumerate(names):
-    for j in range(i + 1, len(names)):
-      c = np.asarray(fns[method](maps[a], maps[names[j]]), np.float64)
-      per[:, i, j] = per[:, j, i] = c
-  with np.errstate(invalid="ignore"):
-    mean = np.nanmean(per, axis=0) if np.isfinite(per).any() else per.mean(0)
-  return mean, per
+    Returns (mean matrix, per-example array of shape (N, M, M)). Examples where a
+    correlation is undefined (a constant map) are NaN in the per-example array and
+    left out of that entry's mean.
+    """
+    fns = {"pearson": pearson, "spearman": spearman}
+    if method not in fns:
+        raise ValueError(f"unknown correlation {method!r}; choose 'pearson' or 'spearman'")
+    names = list(maps)
+    if not names:
+        raise ValueError("no maps given")
+    n = next(iter(maps.values())).shape[0]
+    per = np.ones((n, len(names), len(names)), np.float64)
+    for i, a in enumerate(names):
+        for j in range(i + 1, len(names)):
+            c = np.asarray(fns[method](maps[a], maps[names[j]]), np.float64)
+            per[:, i, j] = per[:, j, i] = c
+    with np.errstate(invalid="ignore"):
+        mean = np.nanmean(per, axis=0) if np.isfinite(per).any() else per.mean(0)
+    return mean, per

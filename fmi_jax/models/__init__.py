@@ -10,7 +10,8 @@ so attribution methods can capture their outputs by name.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 
@@ -28,69 +29,109 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-  """Decorator: registers a factory `(**kwargs) -> nn.Module` under `name`."""
+    """Decorator: registers a factory `(**kwargs) -> nn.Module` under `name`."""
 
-  def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    if name in _REGISTRY:
-      raise ValueError(f"model name {name!r} is already registered")
-    _REGISTRY[name] = factory
-    return factory
+    def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model name {name!r} is already registered")
+        _REGISTRY[name] = factory
+        return factory
 
-  return wrap
+    return wrap
 
 
 def available_models() -> tuple[str, ...]:
-  return tuple(sorted(_REGISTRY))
+    return tuple(sorted(_REGISTRY))
 
 
 def get_model(name: str, **kwargs: Any) -> nn.Module:
-  """Builds the model registered as `name`, with `kwargs` overriding its preset."""
-  if name not in _REGISTRY:
-    raise ValueError(
-        f"unknown model {name!r}; known models: {', '.join(available_models())}")
-  factory = _REGISTRY[name]
-  accepted = inspect.signature(factory).parameters
-  if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
-      raise ValueError(
-          f"model {name!r} does not take {', '.join(unknown)}; "
-          f"it takes: {', '.join(accepted)}")
-  return factory(**kwargs)
+    """Builds the model registered as `name`, with `kwargs` overriding its preset."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(available_models())}")
+    factory = _REGISTRY[name]
+    accepted = inspect.signature(factory).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        unknown = sorted(set(kwargs) - set(accepted))
+        if unknown:
+            raise ValueError(
+                f"model {name!r} does not take {', '.join(unknown)}; "
+                f"it takes: {', '.join(accepted)}"
+            )
+    return factory(**kwargs)
 
 
 @register_model("simple_cnn")
 def _simple_cnn(**kwargs: Any) -> nn.Module:
-  """Any SimpleCNN; every field is a keyword."""
-  fields = set(SimpleCNN.__dataclass_fields__) - {"parent", "name"}
-  unknown = sorted(set(kwargs) - fields)
-  if unknown:
-    raise ValueError(f"SimpleCNN has no field {', '.join(unknown)}; fields: {', '.join(sorted(fields))}")
-  return SimpleCNN(**kwargs)
+    """Any SimpleCNN; every field is a keyword."""
+    fields = set(SimpleCNN.__dataclass_fields__) - {"parent", "name"}
+    unknown = sorted(set(kwargs) - fields)
+    if unknown:
+        raise ValueError(
+            f"SimpleCNN has no field {', '.join(unknown)}; fields: {', '.join(sorted(fields))}"
+        )
+    return SimpleCNN(**kwargs)
 
 
 @register_model("cnn_fmnist")
-def _cnn_fmnist(features=(32, 64, 128), kernel_size=3, pool=(True, True, True), dense=(256,),
-                dropout=0.3, batch_norm=True, num_classes=10, dtype="float32") -> nn.Module:
-  """The Fashion-MNIST CNN: three conv blocks, each pooled, then fully connected layers."""
-  return SimpleCNN(features=tuple(features), kernel_size=kernel_size, pool=tuple(pool),
-                   dense=tuple(dense), dropout=dropout, batch_norm=batch_norm,
-                   num_classes=num_classes, dtype=dtype)
+def _cnn_fmnist(
+    features=(32, 64, 128),
+    kernel_size=3,
+    pool=(True, True, True),
+    dense=(256,),
+    dropout=0.3,
+    batch_norm=True,
+    num_classes=10,
+    dtype="float32",
+) -> nn.Module:
+    """The Fashion-MNIST CNN: three conv blocks, each pooled, then fully connected layers."""
+    return SimpleCNN(
+        features=tuple(features),
+        kernel_size=kernel_size,
+        pool=tuple(pool),
+        dense=tuple(dense),
+        dropout=dropout,
+        batch_norm=batch_norm,
+        num_classes=num_classes,
+        dtype=dtype,
+    )
 
 
 @register_model("cnn_mnist")
-def _cnn_mnist(features=(32, 64), kernel_size=5, dense=(128,), dropout=0.5, num_classes=10,
-               dtype="float32") -> nn.Module:
-  """The MNIST CNN: two conv layers, two max-pools, two fully connected layers."""
-  return SimpleCNN(features=tuple(features), kernel_size=kernel_size, pool=(True,) * len(features),
-                   dense=tuple(dense), dropout=dropout, batch_norm=False,
-                   num_classes=num_classes, dtype=dtype)
+def _cnn_mnist(
+    features=(32, 64), kernel_size=5, dense=(128,), dropout=0.5, num_classes=10, dtype="float32"
+) -> nn.Module:
+    """The MNIST CNN: two conv layers, two max-pools, two fully connected layers."""
+    return SimpleCNN(
+        features=tuple(features),
+        kernel_size=kernel_size,
+        pool=(True,) * len(features),
+        dense=tuple(dense),
+        dropout=dropout,
+        batch_norm=False,
+        num_classes=num_classes,
+        dtype=dtype,
+    )
 
 
 @register_model("cnn_tunable")
-def _cnn_tunable(conv1_filters=32, conv2_filters=64, filter_size=3, dense_width=128,
-                 dropout=0.5, batch_norm=False, num_classes=10, dtype="float32") -> nn.Module:
-  """The tuning study's CNN: conv(conv1_filters) -> pool -> conv(conv2_filters) -> pool -> dense."""
-  return SimpleCNN(features=(conv1_filters, conv2_filters), kernel_size=filter_size,
-                   pool=(True, True), dense=(dense_width,), dropout=dropout,
-                   batch_norm=batch_norm, num_classes=num_classes, dtype=dtype)
+def _cnn_tunable(
+    conv1_filters=32,
+    conv2_filters=64,
+    filter_size=3,
+    dense_width=128,
+    dropout=0.5,
+    batch_norm=False,
+    num_classes=10,
+    dtype="float32",
+) -> nn.Module:
+    """The tuning study's CNN: conv(conv1_filters) -> pool -> conv(conv2_filters) -> pool -> dense."""
+    return SimpleCNN(
+        features=(conv1_filters, conv2_filters),
+        kernel_size=filter_size,
+        pool=(True, True),
+        dense=(dense_width,),
+        dropout=dropout,
+        batch_norm=batch_norm,
+        num_classes=num_classes,
+        dtype=dtype,
+    )

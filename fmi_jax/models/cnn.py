@@ -10,7 +10,7 @@ classifier is `head`.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -22,72 +22,81 @@ __all__ = ["ConvBlock", "SimpleCNN"]
 
 
 class ConvBlock(nn.Module):
-  """Conv -> (BatchNorm) -> ReLU. Its output is the block's feature map."""
+    """Conv -> (BatchNorm) -> ReLU. Its output is the block's feature map."""
 
-  features: int
-  kernel_size: int = 3
-  batch_norm: bool = False
-  dtype: jnp.dtype = jnp.float32
+    features: int
+    kernel_size: int = 3
+    batch_norm: bool = False
+    dtype: jnp.dtype = jnp.float32
 
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    x = nn.Conv(
-        self.features, (self.kernel_size, self.kernel_size), padding="SAME",
-        use_bias=not self.batch_norm, dtype=self.dtype,
-        conv_general_dilated=layers.training_conv(train), name="conv")(x)
-    if self.batch_norm:
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
-                       name="bn")(x)
-    return nn.relu(x)
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        x = nn.Conv(
+            self.features,
+            (self.kernel_size, self.kernel_size),
+            padding="SAME",
+            use_bias=not self.batch_norm,
+            dtype=self.dtype,
+            conv_general_dilated=layers.training_conv(train),
+            name="conv",
+        )(x)
+        if self.batch_norm:
+            x = nn.BatchNorm(
+                use_running_average=not train, momentum=0.9, dtype=self.dtype, name="bn"
+            )(x)
+        return nn.relu(x)
 
 
 class SimpleCNN(nn.Module):
-  """conv blocks (each optionally followed by 2x2 max-pooling) -> dense layers -> head.
+    """conv blocks (each optionally followed by 2x2 max-pooling) -> dense layers -> head.
 
-  Attributes:
-    features: output channels of each conv block; the number of blocks.
-    kernel_size: square kernel size of every conv.
-    pool: for each block, whether a 2x2/2 max-pool follows it.
-    dense: widths of the hidden fully connected layers.
-    num_classes: logits.
-    dropout: dropout rate after each hidden dense layer (train only).
-    batch_norm: batch norm after each conv (statistics in `batch_stats`).
-    dtype: compute dtype (parameters stay float32).
-  """
+    Attributes:
+      features: output channels of each conv block; the number of blocks.
+      kernel_size: square kernel size of every conv.
+      pool: for each block, whether a 2x2/2 max-pool follows it.
+      dense: widths of the hidden fully connected layers.
+      num_classes: logits.
+      dropout: dropout rate after each hidden dense layer (train only).
+      batch_norm: batch norm after each conv (statistics in `batch_stats`).
+      dtype: compute dtype (parameters stay float32).
+    """
 
-  features: Sequence[int] = (32, 64, 128)
-  kernel_size: int = 3
-  pool: Sequence[bool] = (True, True, True)
-  dense: Sequence[int] = (256,)
-  num_classes: int = 10
-  dropout: float = 0.0
-  batch_norm: bool = False
-  dtype: jnp.dtype = jnp.float32
+    features: Sequence[int] = (32, 64, 128)
+    kernel_size: int = 3
+    pool: Sequence[bool] = (True, True, True)
+    dense: Sequence[int] = (256,)
+    num_classes: int = 10
+    dropout: float = 0.0
+    batch_norm: bool = False
+    dtype: jnp.dtype = jnp.float32
 
-  def setup_check(self) -> None:
-    if len(self.pool) != len(self.features):
-      raise ValueError(
-          f"SimpleCNN: `pool` has {len(self.pool)} entries but there are "
-          f"{len(self.features)} conv blocks (features={tuple(self.features)}); "
-          "give one True/False per block.")
+    def setup_check(self) -> None:
+        if len(self.pool) != len(self.features):
+            raise ValueError(
+                f"SimpleCNN: `pool` has {len(self.pool)} entries but there are "
+                f"{len(self.features)} conv blocks (features={tuple(self.features)}); "
+                "give one True/False per block."
+            )
 
-  @property
-  def conv_layer_names(self) -> tuple[str, ...]:
-    """Names of the conv blocks, first to last (what Grad-CAM can target)."""
-    return tuple(f"conv{i + 1}" for i in range(len(self.features)))
+    @property
+    def conv_layer_names(self) -> tuple[str, ...]:
+        """Names of the conv blocks, first to last (what Grad-CAM can target)."""
+        return tuple(f"conv{i + 1}" for i in range(len(self.features)))
 
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    self.setup_check()
-    x = x.astype(self.dtype)
-    for name, feats, pool in zip(self.conv_layer_names, self.features, self.pool):
-      x = ConvBlock(feats, self.kernel_size, self.batch_norm, self.dtype, name=name)(x, train=train)
-      if pool:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    x = x.reshape((x.shape[0], -1))
-    for i, width in enumerate(self.dense):
-      x = nn.relu(nn.Dense(width, dtype=self.dtype, name=f"fc{i + 1}")(x))
-      if self.dropout:
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
-    return x.astype(jnp.float32)
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        self.setup_check()
+        x = x.astype(self.dtype)
+        for name, feats, pool in zip(self.conv_layer_names, self.features, self.pool):
+            x = ConvBlock(feats, self.kernel_size, self.batch_norm, self.dtype, name=name)(
+                x, train=train
+            )
+            if pool:
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = x.reshape((x.shape[0], -1))
+        for i, width in enumerate(self.dense):
+            x = nn.relu(nn.Dense(width, dtype=self.dtype, name=f"fc{i + 1}")(x))
+            if self.dropout:
+                x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+        return x.astype(jnp.float32)

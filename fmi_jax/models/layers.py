@@ -29,7 +29,8 @@ Attribution methods evaluate models with `train=False` and see plain
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -41,56 +42,67 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def _plain_conv(lhs, rhs, strides, pads, rhs_dilation, precision):
-  return lax.conv_general_dilated(
-      lhs, rhs, strides, pads, rhs_dilation=rhs_dilation,
-      dimension_numbers=_NHWC, precision=precision)
+    return lax.conv_general_dilated(
+        lhs,
+        rhs,
+        strides,
+        pads,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=_NHWC,
+        precision=precision,
+    )
 
 
 def _weight_grad(lhs, g, kernel_shape, strides, pads, rhs_dilation, dtype):
-  """dW as one matmul per kernel tap (see the module docstring)."""
-  kh_size, kw_size, cin, cout = kernel_shape
-  batch, out_h, out_w, _ = g.shape
-  xp = lax.pad(lhs, jnp.zeros((), lhs.dtype),
-               [(0, 0, 0), (pads[0][0], pads[0][1], 0), (pads[1][0], pads[1][1], 0), (0, 0, 0)])
-  g2 = g.reshape(-1, cout)
-  taps = []
-  for kh in range(kh_size):
-    for kw in range(kw_size):
-      h0, w0 = kh * rhs_dilation[0], kw * rhs_dilation[1]
-      patch = lax.slice(
-          xp, (0, h0, w0, 0),
-          (batch, h0 + (out_h - 1) * strides[0] + 1, w0 + (out_w - 1) * strides[1] + 1, cin),
-          (1, strides[0], strides[1], 1))
-      taps.append(jnp.dot(patch.reshape(-1, cin).T, g2, preferred_element_type=jnp.float32))
-  return jnp.stack(taps).reshape(kernel_shape).astype(dtype)
+    """dW as one matmul per kernel tap (see the module docstring)."""
+    kh_size, kw_size, cin, cout = kernel_shape
+    batch, out_h, out_w, _ = g.shape
+    xp = lax.pad(
+        lhs,
+        jnp.zeros((), lhs.dtype),
+        [(0, 0, 0), (pads[0][0], pads[0][1], 0), (pads[1][0], pads[1][1], 0), (0, 0, 0)],
+    )
+    g2 = g.reshape(-1, cout)
+    taps = []
+    for kh in range(kh_size):
+        for kw in range(kw_size):
+            h0, w0 = kh * rhs_dilation[0], kw * rhs_dilation[1]
+            patch = lax.slice(
+                xp,
+                (0, h0, w0, 0),
+                (batch, h0 + (out_h - 1) * strides[0] + 1, w0 + (out_w - 1) * strides[1] + 1, cin),
+                (1, strides[0], strides[1], 1),
+            )
+            taps.append(jnp.dot(patch.reshape(-1, cin).T, g2, preferred_element_type=jnp.float32))
+    return jnp.stack(taps).reshape(kernel_shape).astype(dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _conv_matmul_wgrad(lhs, rhs, strides, pads, rhs_dilation, precision):
-  return _plain_conv(lhs, rhs, strides, pads, rhs_dilation, precision)
+    return _plain_conv(lhs, rhs, strides, pads, rhs_dilation, precision)
 
 
 def _fwd(lhs, rhs, strides, pads, rhs_dilation, precision):
-  return _plain_conv(lhs, rhs, strides, pads, rhs_dilation, precision), (lhs, rhs)
+    return _plain_conv(lhs, rhs, strides, pads, rhs_dilation, precision), (lhs, rhs)
 
 
 def _bwd(strides, pads, rhs_dilation, precision, residuals, g):
-  lhs, rhs = residuals
-  _, lhs_vjp = jax.vjp(lambda l: _plain_conv(l, rhs, strides, pads, rhs_dilation, precision), lhs)
-  (dlhs,) = lhs_vjp(g)
-  drhs = _weight_grad(lhs, g, rhs.shape, strides, pads, rhs_dilation, rhs.dtype)
-  return dlhs, drhs
+    lhs, rhs = residuals
+    _, lhs_vjp = jax.vjp(lambda x: _plain_conv(x, rhs, strides, pads, rhs_dilation, precision), lhs)
+    (dlhs,) = lhs_vjp(g)
+    drhs = _weight_grad(lhs, g, rhs.shape, strides, pads, rhs_dilation, rhs.dtype)
+    return dlhs, drhs
 
 
 _conv_matmul_wgrad.defvjp(_fwd, _bwd)
 
 
 def _is_nhwc(lhs_shape, rhs_shape, dimension_numbers) -> bool:
-  if dimension_numbers is None:
-    return False
-  want = lax.conv_dimension_numbers(lhs_shape, rhs_shape, _NHWC)
-  have = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
-  return tuple(want) == tuple(have)
+    if dimension_numbers is None:
+        return False
+    want = lax.conv_dimension_numbers(lhs_shape, rhs_shape, _NHWC)
+    have = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
+    return tuple(want) == tuple(have)
 
 
 def conv_general_dilated(
@@ -106,44 +118,52 @@ def conv_general_dilated(
     precision: Any = None,
     preferred_element_type: Any = None,
 ) -> jax.Array:
-  """`lax.conv_general_dilated` with a matmul weight-gradient rule.
+    """`lax.conv_general_dilated` with a matmul weight-gradient rule.
 
-  Cases the fast rule does not cover (not 2-D NHWC/HWIO, grouped or depthwise
-  convolutions, input dilation, a preferred element type) fall back to
-  `lax.conv_general_dilated` and its native gradient, so the function is always
-  a correct replacement.
-  """
-  strides = tuple(int(s) for s in window_strides)
-  rhs_dil = tuple(int(d) for d in (rhs_dilation or (1,) * (lhs.ndim - 2)))
-  plain = (
-      lhs.ndim != 4
-      or feature_group_count != 1
-      or batch_group_count != 1
-      or any(int(d) != 1 for d in (lhs_dilation or ()))
-      or preferred_element_type is not None
-      or not _is_nhwc(lhs.shape, rhs.shape, dimension_numbers)
-  )
-  if plain:
-    return lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count, batch_group_count=batch_group_count,
-        precision=precision, preferred_element_type=preferred_element_type)
-  if isinstance(padding, str):
-    dilated_kernel = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:2], rhs_dil)]
-    pads = lax.padtype_to_pads(lhs.shape[1:3], dilated_kernel, strides, padding)
-  else:
-    pads = padding
-  pads = tuple((int(lo), int(hi)) for lo, hi in pads)
-  return _conv_matmul_wgrad(lhs, rhs, strides, pads, rhs_dil, precision)
+    Cases the fast rule does not cover (not 2-D NHWC/HWIO, grouped or depthwise
+    convolutions, input dilation, a preferred element type) fall back to
+    `lax.conv_general_dilated` and its native gradient, so the function is always
+    a correct replacement.
+    """
+    strides = tuple(int(s) for s in window_strides)
+    rhs_dil = tuple(int(d) for d in (rhs_dilation or (1,) * (lhs.ndim - 2)))
+    plain = (
+        lhs.ndim != 4
+        or feature_group_count != 1
+        or batch_group_count != 1
+        or any(int(d) != 1 for d in (lhs_dilation or ()))
+        or preferred_element_type is not None
+        or not _is_nhwc(lhs.shape, rhs.shape, dimension_numbers)
+    )
+    if plain:
+        return lax.conv_general_dilated(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count,
+            batch_group_count=batch_group_count,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+        )
+    if isinstance(padding, str):
+        dilated_kernel = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:2], rhs_dil)]
+        pads = lax.padtype_to_pads(lhs.shape[1:3], dilated_kernel, strides, padding)
+    else:
+        pads = padding
+    pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+    return _conv_matmul_wgrad(lhs, rhs, strides, pads, rhs_dil, precision)
 
 
 def training_conv(train: bool) -> Callable[..., jax.Array] | None:
-  """The conv function a model's `nn.Conv(conv_general_dilated=...)` should use.
+    """The conv function a model's `nn.Conv(conv_general_dilated=...)` should use.
 
-  Returns the matmul-weight-gradient convolution when training on XLA:CPU and
-  None (flax's default, `lax.conv_general_dilated`) otherwise.
-  """
-  if train and jax.default_backend() == "cpu":
-    return conv_general_dilated
-  return None
+    Returns the matmul-weight-gradient convolution when training on XLA:CPU and
+    None (flax's default, `lax.conv_general_dilated`) otherwise.
+    """
+    if train and jax.default_backend() == "cpu":
+        return conv_general_dilated
+    return None

@@ -4,8 +4,15 @@ Every function takes plain arrays / dicts and a path, writes one PNG (creating
 the parent folder) and returns the path.
 """
 
-from fmi_jax.plotting.attribution import (SIGNS, blend, class_gallery, default_sign,
-                                          explanation_sheet, heatmap, sign_modes)
+from fmi_jax.plotting.attribution import (
+    SIGNS,
+    blend,
+    class_gallery,
+    default_sign,
+    explanation_sheet,
+    heatmap,
+    sign_modes,
+)
 from fmi_jax.plotting.training import confusion_matrix, training_curves
 
 __all__ = [

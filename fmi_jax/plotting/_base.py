@@ -13,8 +13,8 @@ __all__ = ["plt", "save"]
 
 
 def save(fig, path: str | Path, dpi: int = 120) -> Path:
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=dpi, bbox_inches="tight")
-  plt.close(fig)
-  return path
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return path

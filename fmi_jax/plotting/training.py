@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -13,42 +14,63 @@ __all__ = ["confusion_matrix", "training_curves"]
 
 
 def training_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-  """Loss, accuracy and learning rate per epoch (train and, if present, validation)."""
-  epochs = [r["epoch"] for r in history]
-  fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-  for ax, key, title in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
-    ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label="train")
-    if any(f"val_{key}" in r for r in history):
-      ax.plot(epochs, [r.get(f"val_{key}", np.nan) for r in history], "s-", label="validation")
+    """Loss, accuracy and learning rate per epoch (train and, if present, validation)."""
+    epochs = [r["epoch"] for r in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, key, title in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
+        ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label="train")
+        if any(f"val_{key}" in r for r in history):
+            ax.plot(
+                epochs, [r.get(f"val_{key}", np.nan) for r in history], "s-", label="validation"
+            )
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[2].plot(epochs, [r["learning_rate"] for r in history], "o-")
+    axes[2].set_title("learning rate (end of epoch)")
+    axes[2].set_xlabel("epoch")
+    axes[2].grid(alpha=0.3)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def confusion_matrix(
+    confusion: np.ndarray,
+    class_names: Sequence[str],
+    path: str | Path,
+    *,
+    title: str = "confusion matrix",
+    normalize: bool = True,
+) -> Path:
+    """Heat map of a confusion matrix (rows: true class, columns: predicted)."""
+    cm = np.asarray(confusion, dtype=np.float64)
+    shown = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1) if normalize else cm
+    n = len(cm)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.65 * n, 0.8 + 0.6 * n))
+    im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else None)
+    for i in range(n):
+        for j in range(n):
+            ax.text(
+                j,
+                i,
+                f"{int(cm[i, j])}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if shown[i, j] > 0.5 * shown.max() else "black",
+            )
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
     ax.set_title(title)
-    ax.set_xlabel("epoch")
-    ax.grid(alpha=0.3)
-    ax.legend()
-  axes[2].plot(epochs, [r["learning_rate"] for r in history], "o-")
-  axes[2].set_title("learning rate (end of epoch)")
-  axes[2].set_xlabel("epoch")
-  axes[2].grid(alpha=0.3)
-  fig.tight_layout()
-  return save(fig, path)
-
-
-def confusion_matrix(confusion: np.ndarray, class_names: Sequence[str], path: str | Path, *,
-                     title: str = "confusion matrix", normalize: bool = True) -> Path:
-  """Heat map of a confusion matrix (rows: true class, columns: predicted)."""
-  cm = np.asarray(confusion, dtype=np.float64)
-  shown = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1) if normalize else cm
-  n = len(cm)
-  fig, ax = plt.subplots(figsize=(1.0 + 0.65 * n, 0.8 + 0.6 * n))
-  im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else None)
-  for i in range(n):
-    for j in range(n):
-      ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7,
-              color="white" if shown[i, j] > 0.5 * shown.max() else "black")
-  ax.set_xticks(range(n), class_names, rotation=45, ha="right")
-  ax.set_yticks(range(n), class_names)
-  ax.set_xlabel("predicted")
-  ax.set_ylabel("true")
-  ax.set_title(title)
-  fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class" if normalize else "count")
-  fig.tight_layout()
-  return save(fig, path)
+    fig.colorbar(
+        im,
+        ax=ax,
+        fraction=0.046,
+        pad=0.04,
+        label="fraction of true class" if normalize else "count",
+    )
+    fig.tight_layout()
+    return save(fig, path)

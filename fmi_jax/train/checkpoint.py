@@ -15,8 +15,9 @@ dataset raises `CheckpointMismatchError`, and nothing is overwritten.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
@@ -27,141 +28,178 @@ __all__ = ["CheckpointMismatchError", "Checkpoints", "architecture_of"]
 
 
 class CheckpointMismatchError(ValueError):
-  """The workdir holds checkpoints of another model or dataset."""
+    """The workdir holds checkpoints of another model or dataset."""
 
 
-def architecture_of(model_config: Mapping[str, Any], image_shape, num_classes: int,
-                    dataset: str) -> dict[str, Any]:
-  """What must agree between a checkpoint and the run that restores it."""
-  return {
-      "model": json.loads(json.dumps(dict(model_config), default=list)),
-      "dataset": dataset,
-      "image_shape": [int(s) for s in image_shape],
-      "num_classes": int(num_classes),
-  }
+def architecture_of(
+    model_config: Mapping[str, Any], image_shape, num_classes: int, dataset: str
+) -> dict[str, Any]:
+    """What must agree between a checkpoint and the run that restores it."""
+    return {
+        "model": json.loads(json.dumps(dict(model_config), default=list)),
+        "dataset": dataset,
+        "image_shape": [int(s) for s in image_shape],
+        "num_classes": int(num_classes),
+    }
 
 
 def _describe_difference(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
-  diffs = []
-  for key in sorted(set(saved) | set(wanted)):
-    a, b = saved.get(key), wanted.get(key)
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-      for sub in sorted(set(a) | set(b)):
-        if a.get(sub) != b.get(sub):
-          diffs.append(f"{key}.{sub}: checkpoint has {a.get(sub)!r}, config asks for {b.get(sub)!r}")
-    elif a != b:
-      diffs.append(f"{key}: checkpoint has {a!r}, config asks for {b!r}")
-  return "; ".join(diffs)
+    diffs = []
+    for key in sorted(set(saved) | set(wanted)):
+        a, b = saved.get(key), wanted.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            for sub in sorted(set(a) | set(b)):
+                if a.get(sub) != b.get(sub):
+                    diffs.append(
+                        f"{key}.{sub}: checkpoint has {a.get(sub)!r}, config asks for {b.get(sub)!r}"
+                    )
+        elif a != b:
+            diffs.append(f"{key}: checkpoint has {a!r}, config asks for {b!r}")
+    return "; ".join(diffs)
 
 
 class Checkpoints:
-  """The checkpoints of one run directory.
+    """The checkpoints of one run directory.
 
-  Args:
-    directory: where the checkpoints live (created when saving).
-    keep: how many of the most recent epochs to keep.
-    best_metric: a key of the saved metrics to keep the best checkpoint by
-      (higher is better), or None to keep only the latest ones.
-  """
-
-  def __init__(self, directory: str | Path, *, keep: int = 2,
-               best_metric: str | None = "val_accuracy", read_only: bool = False):
-    if keep < 1:
-      raise ValueError(f"keep must be >= 1 to resume a run, got {keep}")
-    self.directory = Path(directory).absolute()
-    self.best_metric = best_metric
-    policies = [checkpoint_managers.LatestN(n=keep)]
-    if best_metric:
-      policies.append(checkpoint_managers.BestN(
-          get_metric_fn=lambda m: float(m[best_metric]), n=1,
-          keep_checkpoints_without_metrics=False))
-    options = ocp.CheckpointManagerOptions(
-        preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
-        create=not read_only, read_only=read_only, enable_async_checkpointing=False)
-    if read_only and not self.directory.exists():
-      raise FileNotFoundError(
-          f"no checkpoints in {self.directory}: train first with "
-          f"`python -m experiments.train --workdir={self.directory.parent} --config=...`")
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
-
-  # ---------------------------------------------------------------- queries
-  def epochs(self) -> list[int]:
-    return sorted(self._manager.all_steps())
-
-  def latest_epoch(self) -> int | None:
-    return self._manager.latest_step()
-
-  def meta(self, epoch: int) -> dict[str, Any]:
-    restored = self._manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    return dict(restored["meta"])
-
-  def best_epoch(self) -> int | None:
-    """The kept epoch with the highest `best_metric` (the latest among ties)."""
-    if not self.best_metric:
-      return self.latest_epoch()
-    scored = []
-    for epoch in self.epochs():
-      value = self.meta(epoch).get("metrics", {}).get(self.best_metric)
-      if value is not None:
-        scored.append((float(value), epoch))
-    return max(scored)[1] if scored else self.latest_epoch()
-
-  # ---------------------------------------------------------------- checks
-  def check_architecture(self, wanted: Mapping[str, Any]) -> None:
-    """Raises CheckpointMismatchError unless the latest checkpoint is of `wanted`."""
-    latest = self.latest_epoch()
-    if latest is None:
-      return
-    saved = self.meta(latest).get("architecture", {})
-    if saved != dict(wanted):
-      raise CheckpointMismatchError(
-          f"{self.directory} holds checkpoints of a different model or dataset "
-          f"({_describe_difference(saved, wanted)}). Use a new --workdir for this config, "
-          "or match the config to the checkpoint. Nothing was overwritten.")
-
-  # ---------------------------------------------------------------- save / restore
-  def save(self, epoch: int, state_tree: Any, *, architecture: Mapping[str, Any],
-           metrics: Mapping[str, float]) -> None:
-    meta = {"epoch": int(epoch), "architecture": dict(architecture),
-            "metrics": {k: float(v) for k, v in metrics.items()}}
-    saved = self._manager.save(
-        epoch,
-        args=ocp.args.Composite(state=ocp.args.PyTreeSave(state_tree),
-                                meta=ocp.args.JsonSave(meta)),
-        metrics=meta["metrics"] if self.best_metric in meta["metrics"] else None)
-    if not saved:
-      raise RuntimeError(f"orbax declined to save epoch {epoch} in {self.directory}")
-    self._manager.wait_until_finished()
-
-  def restore(self, epoch: int, target: Any, *, partial: bool = False) -> Any:
-    """Restores the `state` item of `epoch` into the structure and shapes of `target`.
-
-    With `partial`, `target` may name a subset of the saved keys (e.g. params and
-    batch_stats without the optimizer state).
+    Args:
+      directory: where the checkpoints live (created when saving).
+      keep: how many of the most recent epochs to keep.
+      best_metric: a key of the saved metrics to keep the best checkpoint by
+        (higher is better), or None to keep only the latest ones.
     """
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", device)),
-        target)
-    try:
-      item = ocp.args.PyTreeRestore(
-          abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-          partial_restore=partial)
-      restored = self._manager.restore(epoch, args=ocp.args.Composite(state=item))
-    except (ValueError, KeyError, TypeError) as e:
-      raise CheckpointMismatchError(
-          f"checkpoint {self.directory / str(epoch)} does not fit the model built from the "
-          f"config ({type(e).__name__}: {e}). Use a new --workdir or the config the checkpoint "
-          "was trained with.") from e
-    logging.info("restored epoch %d from %s", epoch, self.directory)
-    return restored["state"]
 
-  def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        keep: int = 2,
+        best_metric: str | None = "val_accuracy",
+        read_only: bool = False,
+    ):
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1 to resume a run, got {keep}")
+        self.directory = Path(directory).absolute()
+        self.best_metric = best_metric
+        policies = [checkpoint_managers.LatestN(n=keep)]
+        if best_metric:
+            policies.append(
+                checkpoint_managers.BestN(
+                    get_metric_fn=lambda m: float(m[best_metric]),
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+            create=not read_only,
+            read_only=read_only,
+            enable_async_checkpointing=False,
+        )
+        if read_only and not self.directory.exists():
+            raise FileNotFoundError(
+                f"no checkpoints in {self.directory}: train first with "
+                f"`python -m experiments.train --workdir={self.directory.parent} --config=...`"
+            )
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
 
-  def __enter__(self) -> "Checkpoints":
-    return self
+    # ---------------------------------------------------------------- queries
+    def epochs(self) -> list[int]:
+        return sorted(self._manager.all_steps())
 
-  def __exit__(self, *exc) -> None:
-    self.close()
+    def latest_epoch(self) -> int | None:
+        return self._manager.latest_step()
+
+    def meta(self, epoch: int) -> dict[str, Any]:
+        restored = self._manager.restore(
+            epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+        )
+        return dict(restored["meta"])
+
+    def best_epoch(self) -> int | None:
+        """The kept epoch with the highest `best_metric` (the latest among ties)."""
+        if not self.best_metric:
+            return self.latest_epoch()
+        scored = []
+        for epoch in self.epochs():
+            value = self.meta(epoch).get("metrics", {}).get(self.best_metric)
+            if value is not None:
+                scored.append((float(value), epoch))
+        return max(scored)[1] if scored else self.latest_epoch()
+
+    # ---------------------------------------------------------------- checks
+    def check_architecture(self, wanted: Mapping[str, Any]) -> None:
+        """Raises CheckpointMismatchError unless the latest checkpoint is of `wanted`."""
+        latest = self.latest_epoch()
+        if latest is None:
+            return
+        saved = self.meta(latest).get("architecture", {})
+        if saved != dict(wanted):
+            raise CheckpointMismatchError(
+                f"{self.directory} holds checkpoints of a different model or dataset "
+                f"({_describe_difference(saved, wanted)}). Use a new --workdir for this config, "
+                "or match the config to the checkpoint. Nothing was overwritten."
+            )
+
+    # ---------------------------------------------------------------- save / restore
+    def save(
+        self,
+        epoch: int,
+        state_tree: Any,
+        *,
+        architecture: Mapping[str, Any],
+        metrics: Mapping[str, float],
+    ) -> None:
+        meta = {
+            "epoch": int(epoch),
+            "architecture": dict(architecture),
+            "metrics": {k: float(v) for k, v in metrics.items()},
+        }
+        saved = self._manager.save(
+            epoch,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeSave(state_tree), meta=ocp.args.JsonSave(meta)
+            ),
+            metrics=meta["metrics"] if self.best_metric in meta["metrics"] else None,
+        )
+        if not saved:
+            raise RuntimeError(f"orbax declined to save epoch {epoch} in {self.directory}")
+        self._manager.wait_until_finished()
+
+    def restore(self, epoch: int, target: Any, *, partial: bool = False) -> Any:
+        """Restores the `state` item of `epoch` into the structure and shapes of `target`.
+
+        With `partial`, `target` may name a subset of the saved keys (e.g. params and
+        batch_stats without the optimizer state).
+        """
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(
+                x.shape, x.dtype, sharding=getattr(x, "sharding", device)
+            ),
+            target,
+        )
+        try:
+            item = ocp.args.PyTreeRestore(
+                abstract,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                partial_restore=partial,
+            )
+            restored = self._manager.restore(epoch, args=ocp.args.Composite(state=item))
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointMismatchError(
+                f"checkpoint {self.directory / str(epoch)} does not fit the model built from the "
+                f"config ({type(e).__name__}: {e}). Use a new --workdir or the config the checkpoint "
+                "was trained with."
+            ) from e
+        logging.info("restored epoch %d from %s", epoch, self.directory)
+        return restored["state"]
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def __enter__(self) -> Checkpoints:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -12,8 +12,9 @@ one of the same checkpoint is returned as it is unless `overwrite`.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,95 +32,125 @@ SPLITS = ("train", "validation", "test")
 
 
 def restore_model(workdir: str | Path, *, checkpoint: str = "best"):
-  """(model, variables, run config, epoch) of a trained workdir.
+    """(model, variables, run config, epoch) of a trained workdir.
 
-  `checkpoint` is 'best' (highest validation accuracy), 'latest', or an epoch number.
-  """
-  workdir = Path(workdir)
-  config = loop_lib.load_run_config(workdir)
-  ckpt = ckpt_lib.Checkpoints(workdir / "checkpoints", read_only=True)
-  if checkpoint == "best":
-    epoch = ckpt.best_epoch()
-  elif checkpoint == "latest":
-    epoch = ckpt.latest_epoch()
-  else:
-    try:
-      epoch = int(checkpoint)
-    except ValueError:
-      raise ValueError(f"checkpoint must be 'best', 'latest' or an epoch number, got {checkpoint!r}")
-    if epoch not in ckpt.epochs():
-      raise ValueError(f"epoch {epoch} is not among the kept checkpoints {ckpt.epochs()} in {workdir}")
-  if epoch is None:
-    raise FileNotFoundError(f"{workdir / 'checkpoints'} holds no checkpoint yet; train first")
-  meta = ckpt.meta(epoch)
-  arch = meta["architecture"]
-  model = loop_lib.model_from_config(config.model)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, *arch["image_shape"])), train=False)
-  target = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-  restored = ckpt.restore(epoch, target, partial=True)
-  ckpt.close()
-  variables = {"params": restored["params"]}
-  if restored["batch_stats"]:
-    variables["batch_stats"] = restored["batch_stats"]
-  return model, variables, config, epoch
+    `checkpoint` is 'best' (highest validation accuracy), 'latest', or an epoch number.
+    """
+    workdir = Path(workdir)
+    config = loop_lib.load_run_config(workdir)
+    ckpt = ckpt_lib.Checkpoints(workdir / "checkpoints", read_only=True)
+    if checkpoint == "best":
+        epoch = ckpt.best_epoch()
+    elif checkpoint == "latest":
+        epoch = ckpt.latest_epoch()
+    else:
+        try:
+            epoch = int(checkpoint)
+        except ValueError:
+            raise ValueError(
+                f"checkpoint must be 'best', 'latest' or an epoch number, got {checkpoint!r}"
+            ) from None
+        if epoch not in ckpt.epochs():
+            raise ValueError(
+                f"epoch {epoch} is not among the kept checkpoints {ckpt.epochs()} in {workdir}"
+            )
+    if epoch is None:
+        raise FileNotFoundError(f"{workdir / 'checkpoints'} holds no checkpoint yet; train first")
+    meta = ckpt.meta(epoch)
+    arch = meta["architecture"]
+    model = loop_lib.model_from_config(config.model)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, *arch["image_shape"])), train=False)
+    target = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+    restored = ckpt.restore(epoch, target, partial=True)
+    ckpt.close()
+    variables = {"params": restored["params"]}
+    if restored["batch_stats"]:
+        variables["batch_stats"] = restored["batch_stats"]
+    return model, variables, config, epoch
 
 
-def evaluate_workdir(workdir: str | Path, *, checkpoint: str = "best",
-                     splits: Sequence[str] = SPLITS, batch_size: int | None = None,
-                     overwrite: bool = False) -> dict[str, Any]:
-  """Loss, accuracy, precision, recall, F1 (macro and per class) on each split."""
-  workdir = Path(workdir)
-  unknown = sorted(set(splits) - set(SPLITS))
-  if unknown:
-    raise ValueError(f"unknown split(s) {unknown}; choose from {SPLITS}")
-  model, variables, config, epoch = restore_model(workdir, checkpoint=checkpoint)
-  out_path = workdir / "metrics.json"
-  if out_path.exists():
-    previous = json.loads(out_path.read_text())
-    if previous.get("checkpoint_epoch") == epoch and not overwrite and \
-        set(splits) <= set(previous.get("splits", {})):
-      logging.info("%s already holds the evaluation of epoch %d; pass overwrite to recompute",
-                   out_path, epoch)
-      print(metrics_lib.markdown_table({s: previous["splits"][s] for s in splits}))
-      return previous
-    if previous.get("checkpoint_epoch") != epoch:
-      out_path.rename(workdir / f"metrics.epoch{previous.get('checkpoint_epoch')}.json")
+def evaluate_workdir(
+    workdir: str | Path,
+    *,
+    checkpoint: str = "best",
+    splits: Sequence[str] = SPLITS,
+    batch_size: int | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Loss, accuracy, precision, recall, F1 (macro and per class) on each split."""
+    workdir = Path(workdir)
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"unknown split(s) {unknown}; choose from {SPLITS}")
+    model, variables, config, epoch = restore_model(workdir, checkpoint=checkpoint)
+    out_path = workdir / "metrics.json"
+    if out_path.exists():
+        previous = json.loads(out_path.read_text())
+        if (
+            previous.get("checkpoint_epoch") == epoch
+            and not overwrite
+            and set(splits) <= set(previous.get("splits", {}))
+        ):
+            logging.info(
+                "%s already holds the evaluation of epoch %d; pass overwrite to recompute",
+                out_path,
+                epoch,
+            )
+            print(metrics_lib.markdown_table({s: previous["splits"][s] for s in splits}))
+            return previous
+        if previous.get("checkpoint_epoch") != epoch:
+            out_path.rename(workdir / f"metrics.epoch{previous.get('checkpoint_epoch')}.json")
 
-  data = loop_lib.load_data(config.data)
-  state = _EvalState(apply_fn=model.apply, params=variables["params"],
-                     batch_stats=variables.get("batch_stats", {}))
-  eval_fn = loop_lib._eval_fn()
-  reports = {}
-  for split in splits:
-    ds = data[split]
-    if len(ds) == 0:
-      logging.info("split %s is empty; skipped", split)
-      continue
-    reports[split] = loop_lib.evaluate_dataset(
-        state, DeviceDataset.from_numpy(ds.images, ds.labels),
-        batch_size=batch_size or config.eval_batch_size, class_names=ds.class_names,
-        eval_fn=eval_fn)
-  result = {"checkpoint": checkpoint, "checkpoint_epoch": epoch, "model": config.model.name,
-            "dataset": config.data.name, "splits": reports}
-  out_path.write_text(json.dumps(result, indent=2))
-  table = metrics_lib.markdown_table(reports)
-  (workdir / "metrics.md").write_text(table + "\n")
-  if "test" in reports:
-    plotting.confusion_matrix(reports["test"]["confusion"], data["test"].class_names,
-                              workdir / "confusion_matrix.png",
-                              title=f"{config.model.name} on {config.data.name} test (epoch {epoch})")
-  print(table)
-  return result
+    data = loop_lib.load_data(config.data)
+    state = _EvalState(
+        apply_fn=model.apply,
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+    )
+    eval_fn = loop_lib._eval_fn()
+    reports = {}
+    for split in splits:
+        ds = data[split]
+        if len(ds) == 0:
+            logging.info("split %s is empty; skipped", split)
+            continue
+        reports[split] = loop_lib.evaluate_dataset(
+            state,
+            DeviceDataset.from_numpy(ds.images, ds.labels),
+            batch_size=batch_size or config.eval_batch_size,
+            class_names=ds.class_names,
+            eval_fn=eval_fn,
+        )
+    result = {
+        "checkpoint": checkpoint,
+        "checkpoint_epoch": epoch,
+        "model": config.model.name,
+        "dataset": config.data.name,
+        "splits": reports,
+    }
+    out_path.write_text(json.dumps(result, indent=2))
+    table = metrics_lib.markdown_table(reports)
+    (workdir / "metrics.md").write_text(table + "\n")
+    if "test" in reports:
+        plotting.confusion_matrix(
+            reports["test"]["confusion"],
+            data["test"].class_names,
+            workdir / "confusion_matrix.png",
+            title=f"{config.model.name} on {config.data.name} test (epoch {epoch})",
+        )
+    print(table)
+    return result
 
 
 class _EvalState:
-  """The fields of TrainState that `eval_step` reads, without an optimizer."""
+    """The fields of TrainState that `eval_step` reads, without an optimizer."""
 
-  def __init__(self, apply_fn, params, batch_stats):
-    self.apply_fn, self.params, self.batch_stats = apply_fn, params, batch_stats
+    def __init__(self, apply_fn, params, batch_stats):
+        self.apply_fn, self.params, self.batch_stats = apply_fn, params, batch_stats
 
 
 jax.tree_util.register_pytree_node(
     _EvalState,
     lambda s: ((s.params, s.batch_stats), s.apply_fn),
-    lambda apply_fn, children: _EvalState(apply_fn, *children))
+    lambda apply_fn, children: _EvalState(apply_fn, *children),
+)

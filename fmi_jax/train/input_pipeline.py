@@ -13,7 +13,7 @@ the batches an uninterrupted run would.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -23,55 +23,57 @@ __all__ = ["DeviceDataset", "eval_batches", "to_float"]
 
 
 def to_float(images: jax.Array) -> jax.Array:
-  """uint8 [0, 255] -> float32 [0, 1], the input range every model expects."""
-  return images.astype(jnp.float32) / 255.0
+    """uint8 [0, 255] -> float32 [0, 1], the input range every model expects."""
+    return images.astype(jnp.float32) / 255.0
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class DeviceDataset:
-  """uint8 images (N, H, W, C) and int32 labels (N,), resident on the device."""
+    """uint8 images (N, H, W, C) and int32 labels (N,), resident on the device."""
 
-  images: jax.Array
-  labels: jax.Array
+    images: jax.Array
+    labels: jax.Array
 
-  @classmethod
-  def from_numpy(cls, images: np.ndarray, labels: np.ndarray, device=None) -> "DeviceDataset":
-    if images.dtype != np.uint8:
-      raise ValueError(f"DeviceDataset wants uint8 images, got {images.dtype}")
-    if len(images) != len(labels):
-      raise ValueError(f"{len(images)} images but {len(labels)} labels")
-    return cls(jax.device_put(images, device), jax.device_put(labels.astype(np.int32), device))
+    @classmethod
+    def from_numpy(cls, images: np.ndarray, labels: np.ndarray, device=None) -> DeviceDataset:
+        if images.dtype != np.uint8:
+            raise ValueError(f"DeviceDataset wants uint8 images, got {images.dtype}")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        return cls(jax.device_put(images, device), jax.device_put(labels.astype(np.int32), device))
 
-  def __len__(self) -> int:
-    return int(self.images.shape[0])
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
 
-  def steps_per_epoch(self, batch_size: int) -> int:
-    """Full batches per epoch (the remainder is dropped so every step has one shape)."""
-    steps = len(self) // batch_size
-    if steps == 0:
-      raise ValueError(
-          f"batch_size {batch_size} is larger than the {len(self)} training examples; "
-          "lower --config.batch_size")
-    return steps
+    def steps_per_epoch(self, batch_size: int) -> int:
+        """Full batches per epoch (the remainder is dropped so every step has one shape)."""
+        steps = len(self) // batch_size
+        if steps == 0:
+            raise ValueError(
+                f"batch_size {batch_size} is larger than the {len(self)} training examples; "
+                "lower --config.batch_size"
+            )
+        return steps
 
-  def epoch_permutation(self, data_key: jax.Array, epoch: int) -> jax.Array:
-    return jax.random.permutation(jax.random.fold_in(data_key, epoch), len(self))
+    def epoch_permutation(self, data_key: jax.Array, epoch: int) -> jax.Array:
+        return jax.random.permutation(jax.random.fold_in(data_key, epoch), len(self))
 
 
-def gather_batch(data: DeviceDataset, perm: jax.Array, step_in_epoch: jax.Array,
-                 batch_size: int) -> dict[str, jax.Array]:
-  """The `step_in_epoch`-th batch of a permutation, gathered on the device."""
-  idx = jax.lax.dynamic_slice_in_dim(perm, step_in_epoch * batch_size, batch_size)
-  return {"image": data.images[idx], "label": data.labels[idx]}
+def gather_batch(
+    data: DeviceDataset, perm: jax.Array, step_in_epoch: jax.Array, batch_size: int
+) -> dict[str, jax.Array]:
+    """The `step_in_epoch`-th batch of a permutation, gathered on the device."""
+    idx = jax.lax.dynamic_slice_in_dim(perm, step_in_epoch * batch_size, batch_size)
+    return {"image": data.images[idx], "label": data.labels[idx]}
 
 
 def eval_batches(n: int, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """Index and mask arrays covering 0..n-1 in batches of one fixed shape.
+    """Index and mask arrays covering 0..n-1 in batches of one fixed shape.
 
-  The last batch is padded with index 0 and mask 0, so evaluation compiles once.
-  """
-  for start in range(0, n, batch_size):
-    idx = np.arange(start, start + batch_size)
-    mask = idx < n
-    yield np.where(mask, idx, 0).astype(np.int32), mask.astype(np.float32)
+    The last batch is padded with index 0 and mask 0, so evaluation compiles once.
+    """
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, start + batch_size)
+        mask = idx < n
+        yield np.where(mask, idx, 0).astype(np.int32), mask.astype(np.float32)

@@ -27,10 +27,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,339 +40,433 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from fmi_jax import data as data_lib
-from fmi_jax import models
-from fmi_jax import plotting
+from fmi_jax import models, plotting
 from fmi_jax.train import checkpoint as ckpt_lib
 from fmi_jax.train import metrics as metrics_lib
 from fmi_jax.train import optim
 from fmi_jax.train.input_pipeline import DeviceDataset, eval_batches, gather_batch
 from fmi_jax.train.steps import TrainState, create_train_state, eval_step, train_step
 
-__all__ = ["NonFiniteLossError", "TrainResult", "evaluate_dataset", "load_run_config",
-           "model_from_config", "train_and_evaluate"]
+__all__ = [
+    "NonFiniteLossError",
+    "TrainResult",
+    "evaluate_dataset",
+    "load_run_config",
+    "model_from_config",
+    "train_and_evaluate",
+]
 
 
 class NonFiniteLossError(FloatingPointError):
-  """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite."""
 
 
 @dataclasses.dataclass
 class TrainResult:
-  state: TrainState
-  history: list[dict[str, Any]]
-  best_epoch: int | None
-  summary: dict[str, Any]
-  train_step_compiles: int
-  eval_step_compiles: int
+    state: TrainState
+    history: list[dict[str, Any]]
+    best_epoch: int | None
+    summary: dict[str, Any]
+    train_step_compiles: int
+    eval_step_compiles: int
 
 
 # --------------------------------------------------------------------------- config helpers
 def model_from_config(model_config: Mapping[str, Any]):
-  kwargs = {k: (tuple(v) if isinstance(v, list) else v)
-            for k, v in dict(model_config).items() if k != "name"}
-  return models.get_model(model_config["name"], **kwargs)
+    kwargs = {
+        k: (tuple(v) if isinstance(v, list) else v)
+        for k, v in dict(model_config).items()
+        if k != "name"
+    }
+    return models.get_model(model_config["name"], **kwargs)
 
 
 def _plain(config: Any) -> Any:
-  if isinstance(config, ml_collections.ConfigDict):
-    return json.loads(config.to_json_best_effort())
-  return json.loads(json.dumps(config, default=list))
+    if isinstance(config, ml_collections.ConfigDict):
+        return json.loads(config.to_json_best_effort())
+    return json.loads(json.dumps(config, default=list))
 
 
 def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
-  """The config.json a training run wrote into its workdir."""
-  path = Path(workdir) / "config.json"
-  if not path.exists():
-    raise FileNotFoundError(
-        f"{path} does not exist: {workdir} is not a training workdir. Train first with "
-        f"`python -m experiments.train --config=configs/cnn_fmnist.py --workdir={workdir}`.")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+    """The config.json a training run wrote into its workdir."""
+    path = Path(workdir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} does not exist: {workdir} is not a training workdir. Train first with "
+            f"`python -m experiments.train --config=configs/cnn_fmnist.py --workdir={workdir}`."
+        )
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def _run_identity(config: Any, image_shape, num_classes: int) -> dict[str, Any]:
-  """What a checkpoint must share with the run restoring it."""
-  identity = ckpt_lib.architecture_of(config.model, image_shape, num_classes, config.data.name)
-  d = _plain(config.data)
-  identity["data_split"] = {k: d.get(k) for k in ("validation_size", "split_seed", "train_limit")}
-  return identity
+    """What a checkpoint must share with the run restoring it."""
+    identity = ckpt_lib.architecture_of(config.model, image_shape, num_classes, config.data.name)
+    d = _plain(config.data)
+    identity["data_split"] = {k: d.get(k) for k in ("validation_size", "split_seed", "train_limit")}
+    return identity
 
 
 def load_data(data_config: Any) -> dict[str, data_lib.Dataset]:
-  d = _plain(data_config)
-  extra = dict(d.get("options") or {})
-  return data_lib.load_splits(
-      d["name"], validation_size=int(d.get("validation_size") or 0),
-      seed=int(d.get("split_seed") or 0), data_dir=d.get("data_dir"),
-      tfds_data_dir=d.get("tfds_data_dir"), download=bool(d.get("download", True)),
-      train_limit=d.get("train_limit"), test_limit=d.get("test_limit"), **extra)
+    d = _plain(data_config)
+    extra = dict(d.get("options") or {})
+    return data_lib.load_splits(
+        d["name"],
+        validation_size=int(d.get("validation_size") or 0),
+        seed=int(d.get("split_seed") or 0),
+        data_dir=d.get("data_dir"),
+        tfds_data_dir=d.get("tfds_data_dir"),
+        download=bool(d.get("download", True)),
+        train_limit=d.get("train_limit"),
+        test_limit=d.get("test_limit"),
+        **extra,
+    )
 
 
 def _choose_loop(config: Any) -> str:
-  loop = config.get("loop", "auto")
-  if loop == "auto":
-    return "step" if jax.default_backend() == "cpu" else "scan"
-  if loop not in ("step", "scan"):
-    raise ValueError(f"config.loop must be 'auto', 'step' or 'scan', got {loop!r}")
-  return loop
+    loop = config.get("loop", "auto")
+    if loop == "auto":
+        return "step" if jax.default_backend() == "cpu" else "scan"
+    if loop not in ("step", "scan"):
+        raise ValueError(f"config.loop must be 'auto', 'step' or 'scan', got {loop!r}")
+    return loop
 
 
 def _largest_divisor_at_most(n: int, k: int) -> int:
-  return max(d for d in range(1, min(n, max(k, 1)) + 1) if n % d == 0)
+    return max(d for d in range(1, min(n, max(k, 1)) + 1) if n % d == 0)
 
 
 # --------------------------------------------------------------------------- evaluation
+class CountingJit:
+    """`jax.jit(fn, **kwargs)` that counts how often `fn` is traced.
+
+    Each trace of a new input signature is followed by a compile, so `traces` is
+    the number of programs this run compiled for `fn`.
+    """
+
+    def __init__(self, fn, **jit_kwargs):
+        self.traces = 0
+
+        def counted(*args):
+            self.traces += 1
+            return fn(*args)
+
+        self._jitted = jax.jit(counted, **jit_kwargs)
+
+    def __call__(self, *args):
+        return self._jitted(*args)
+
+
 def _eval_fn():
-  """Jitted eval_step. Batches have one fixed shape for every split (the last is
-  padded and masked), so this compiles once per run."""
-  return jax.jit(eval_step)
+    """Jitted eval_step. Batches have one fixed shape for every split (the last is
+    padded and masked), so this compiles once per run."""
+    return CountingJit(eval_step)
 
 
 @jax.jit
 def _take(data: DeviceDataset, idx: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
-  return {"image": data.images[idx], "label": data.labels[idx], "mask": mask}
+    return {"image": data.images[idx], "label": data.labels[idx], "mask": mask}
 
 
-def evaluate_dataset(state: TrainState, data: DeviceDataset, *, batch_size: int,
-                     class_names, eval_fn=None) -> dict[str, Any]:
-  """Loss, accuracy, precision, recall, F1 of `state` on a device dataset."""
-  if len(data) == 0:
-    raise ValueError("cannot evaluate on an empty dataset")
-  eval_fn = eval_fn or _eval_fn()
-  totals = None
-  for idx, mask in eval_batches(len(data), batch_size):
-    sums = eval_fn(state, _take(data, idx, mask))
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(totals)
-  return metrics_lib.classification_report(
-      totals["confusion"], loss=float(totals["loss_sum"] / totals["count"]),
-      class_names=class_names)
+def evaluate_dataset(
+    state: TrainState, data: DeviceDataset, *, batch_size: int, class_names, eval_fn=None
+) -> dict[str, Any]:
+    """Loss, accuracy, precision, recall, F1 of `state` on a device dataset."""
+    if len(data) == 0:
+        raise ValueError("cannot evaluate on an empty dataset")
+    eval_fn = eval_fn or _eval_fn()
+    totals = None
+    for idx, mask in eval_batches(len(data), batch_size):
+        sums = eval_fn(state, _take(data, idx, mask))
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = jax.device_get(totals)
+    return metrics_lib.classification_report(
+        totals["confusion"],
+        loss=float(totals["loss_sum"] / totals["count"]),
+        class_names=class_names,
+    )
 
 
 # --------------------------------------------------------------------------- history
 def _read_history(path: Path, up_to_epoch: int) -> list[dict[str, Any]]:
-  if not path.exists():
-    return []
-  by_epoch: dict[int, dict[str, Any]] = {}
-  for line_no, line in enumerate(path.read_text().splitlines(), 1):
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path}:{line_no} is not valid JSON ({e}); fix or move the file") from e
-    if record.get("epoch", 0) <= up_to_epoch:
-      by_epoch[record["epoch"]] = record
-  return [by_epoch[e] for e in sorted(by_epoch)]
+    if not path.exists():
+        return []
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"{path}:{line_no} is not valid JSON ({e}); fix or move the file"
+            ) from e
+        if record.get("epoch", 0) <= up_to_epoch:
+            by_epoch[record["epoch"]] = record
+    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 def _append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
-  with path.open("a") as f:
-    f.write(json.dumps(record) + "\n")
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
-def _check_finite(window: list[dict[str, np.ndarray]], first_step: int, epoch: int,
-                  steps_per_epoch: int) -> None:
-  for offset, m in enumerate(window):
-    if not np.isfinite(m["loss"]):
-      step = first_step + offset
-      prev = window[offset - 1] if offset else None
-      raise NonFiniteLossError(
-          f"training loss is {m['loss']} at optimizer step {step} (epoch {epoch}, batch "
-          f"{step - (epoch - 1) * steps_per_epoch + 1} of {steps_per_epoch}); gradient norm "
-          f"{m['grad_norm']:.4g}, parameter norm {m['param_norm']:.4g}, learning rate "
-          f"{m['learning_rate']:.4g}" + (f", previous loss {prev['loss']:.4g}" if prev else "")
-          + ". Lower --config.learning_rate, set --config.grad_clip_norm, or check the data. "
-          "The last finished epoch's checkpoint is untouched; the run resumes from it.")
+def _check_finite(
+    window: list[dict[str, np.ndarray]], first_step: int, epoch: int, steps_per_epoch: int
+) -> None:
+    for offset, m in enumerate(window):
+        if not np.isfinite(m["loss"]):
+            step = first_step + offset
+            prev = window[offset - 1] if offset else None
+            raise NonFiniteLossError(
+                f"training loss is {m['loss']} at optimizer step {step} (epoch {epoch}, batch "
+                f"{step - (epoch - 1) * steps_per_epoch + 1} of {steps_per_epoch}); gradient norm "
+                f"{m['grad_norm']:.4g}, parameter norm {m['param_norm']:.4g}, learning rate "
+                f"{m['learning_rate']:.4g}"
+                + (f", previous loss {prev['loss']:.4g}" if prev else "")
+                + ". Lower --config.learning_rate, set --config.grad_clip_norm, or check the data. "
+                "The last finished epoch's checkpoint is untouched; the run resumes from it."
+            )
 
 
 # --------------------------------------------------------------------------- the loop
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
-  """Trains `config.model` on `config.data`, resuming from `workdir` if it has checkpoints."""
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  logging.info("backend %s, devices %s", jax.default_backend(), jax.devices())
+    """Trains `config.model` on `config.data`, resuming from `workdir` if it has checkpoints."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    logging.info("backend %s, devices %s", jax.default_backend(), jax.devices())
 
-  splits = load_data(config.data)
-  train_ds, val_ds, test_ds = splits["train"], splits["validation"], splits["test"]
-  for name, ds in splits.items():
-    logging.info("%s: %d examples from %s", name, len(ds), ds.source)
-  class_names = train_ds.class_names
-  identity = _run_identity(config, train_ds.image_shape, train_ds.num_classes)
+    splits = load_data(config.data)
+    train_ds, val_ds, test_ds = splits["train"], splits["validation"], splits["test"]
+    for name, ds in splits.items():
+        logging.info("%s: %d examples from %s", name, len(ds), ds.source)
+    class_names = train_ds.class_names
+    identity = _run_identity(config, train_ds.image_shape, train_ds.num_classes)
 
-  ckpt = ckpt_lib.Checkpoints(workdir / "checkpoints", keep=config.get("checkpoint_keep", 2),
-                              best_metric="val_accuracy" if len(val_ds) else None)
-  ckpt.check_architecture(identity)          # before anything in workdir is written
-  config_path = workdir / "config.json"
-  if not config_path.exists():
-    config_path.write_text(json.dumps(_plain(config), indent=2, sort_keys=True))
+    ckpt = ckpt_lib.Checkpoints(
+        workdir / "checkpoints",
+        keep=config.get("checkpoint_keep", 2),
+        best_metric="val_accuracy" if len(val_ds) else None,
+    )
+    ckpt.check_architecture(identity)  # before anything in workdir is written
+    config_path = workdir / "config.json"
+    if not config_path.exists():
+        config_path.write_text(json.dumps(_plain(config), indent=2, sort_keys=True))
 
-  model = model_from_config(config.model)
-  device_train = DeviceDataset.from_numpy(train_ds.images, train_ds.labels)
-  device_val = DeviceDataset.from_numpy(val_ds.images, val_ds.labels) if len(val_ds) else None
-  device_test = DeviceDataset.from_numpy(test_ds.images, test_ds.labels)
+    model = model_from_config(config.model)
+    device_train = DeviceDataset.from_numpy(train_ds.images, train_ds.labels)
+    device_val = DeviceDataset.from_numpy(val_ds.images, val_ds.labels) if len(val_ds) else None
+    device_test = DeviceDataset.from_numpy(test_ds.images, test_ds.labels)
 
-  batch_size = int(config.batch_size)
-  steps_per_epoch = device_train.steps_per_epoch(batch_size)
-  tx, schedule = optim.make_optimizer(config, steps_per_epoch)
-  root = jax.random.key(config.seed)
-  init_key, data_key, train_key = jax.random.split(root, 3)
-  # Committed to the device like restored checkpoints are: committedness is part of
-  # the jit cache key, and a mix would compile the steps twice.
-  state = jax.device_put(create_train_state(model, init_key, train_ds.image_shape, tx),
-                         jax.devices()[0])
-  n_params = sum(x.size for x in jax.tree.leaves(state.params))
-  logging.info("model %s: %d parameters; %d steps per epoch", config.model.name, n_params,
-               steps_per_epoch)
+    batch_size = int(config.batch_size)
+    steps_per_epoch = device_train.steps_per_epoch(batch_size)
+    tx, schedule = optim.make_optimizer(config, steps_per_epoch)
+    root = jax.random.key(config.seed)
+    init_key, data_key, train_key = jax.random.split(root, 3)
+    # Committed to the device like restored checkpoints are: committedness is part of
+    # the jit cache key, and a mix would compile the steps twice.
+    state = jax.device_put(
+        create_train_state(model, init_key, train_ds.image_shape, tx), jax.devices()[0]
+    )
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    logging.info(
+        "model %s: %d parameters; %d steps per epoch", config.model.name, n_params, steps_per_epoch
+    )
 
-  start_epoch = ckpt.latest_epoch() or 0
-  if start_epoch:
-    restored = ckpt.restore(start_epoch, _state_tree(state))
-    state = state.replace(**restored)
-    logging.info("resuming after epoch %d (optimizer step %d)", start_epoch, int(state.step))
-  history = _read_history(workdir / "metrics.jsonl", start_epoch)
+    start_epoch = ckpt.latest_epoch() or 0
+    if start_epoch:
+        restored = ckpt.restore(start_epoch, _state_tree(state))
+        state = state.replace(**restored)
+        logging.info("resuming after epoch %d (optimizer step %d)", start_epoch, int(state.step))
+    history = _read_history(workdir / "metrics.jsonl", start_epoch)
 
-  augmentation = dict(_plain(config.get("augment", {})) or {})
-  step_fn = functools.partial(train_step, schedule=schedule,
-                              label_smoothing=float(config.get("label_smoothing", 0.0)),
-                              augmentation={k: v for k, v in augmentation.items() if v})
-  loop = _choose_loop(config)
-  chunk = 1 if loop == "step" else _largest_divisor_at_most(
-      steps_per_epoch, int(config.get("steps_per_dispatch", 50)))
-  run_chunk = _make_chunk_runner(step_fn, batch_size, chunk, loop)
-  eval_fn = _eval_fn()
-  log_every = max(1, int(config.get("log_every_steps", 50)) // chunk) * chunk
-  logging.info("loop: %s (%d step(s) per dispatch)", loop, chunk)
+    augmentation = dict(_plain(config.get("augment", {})) or {})
+    step_fn = functools.partial(
+        train_step,
+        schedule=schedule,
+        label_smoothing=float(config.get("label_smoothing", 0.0)),
+        augmentation={k: v for k, v in augmentation.items() if v},
+    )
+    loop = _choose_loop(config)
+    chunk = (
+        1
+        if loop == "step"
+        else _largest_divisor_at_most(steps_per_epoch, int(config.get("steps_per_dispatch", 50)))
+    )
+    run_chunk = _make_chunk_runner(step_fn, batch_size, chunk, loop)
+    eval_fn = _eval_fn()
+    log_every = max(1, int(config.get("log_every_steps", 50)) // chunk) * chunk
+    logging.info("loop: %s (%d step(s) per dispatch)", loop, chunk)
 
-  num_epochs = int(config.num_epochs)
-  run_start = time.perf_counter()
-  for epoch in range(start_epoch + 1, num_epochs + 1):
-    epoch_start = time.perf_counter()
-    perm = device_train.epoch_permutation(data_key, epoch)
-    sums: dict[str, float] = {}
-    window: list[Any] = []
-    window_first_step = (epoch - 1) * steps_per_epoch
-    last: dict[str, float] = {}
-    bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{num_epochs}", unit="step",
-               disable=not config.get("progress", True), leave=False, mininterval=1.0)
-    compile_s = None
-    for start in range(0, steps_per_epoch, chunk):
-      if epoch == start_epoch + 1 and start == 0:
-        # The run's first dispatch compiles; time it apart so throughput is honest.
-        t0 = time.perf_counter()
-        state, m = jax.block_until_ready(run_chunk(state, device_train, perm, start, train_key))
-        compile_s = time.perf_counter() - t0
-      else:
-        state, m = run_chunk(state, device_train, perm, start, train_key)
-      window.append(m)
-      done = start + chunk
-      if done % log_every == 0 or done == steps_per_epoch:
-        host = _unstack(jax.device_get(window), chunk)
-        _check_finite(host, window_first_step, epoch, steps_per_epoch)
-        for m_ in host:
-          for k, v in m_.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
-        last = host[-1]
-        n_seen = done
-        bar.update(done - bar.n)
-        bar.set_postfix(loss=f"{sums['loss'] / n_seen:.4f}", acc=f"{sums['accuracy'] / n_seen:.4f}")
-        window, window_first_step = [], (epoch - 1) * steps_per_epoch + done
-    bar.close()
-    train_time = time.perf_counter() - epoch_start
-    timed_steps, timed_time = steps_per_epoch, train_time
-    if compile_s is not None and steps_per_epoch > chunk:
-      timed_steps, timed_time = steps_per_epoch - chunk, train_time - compile_s
+    num_epochs = int(config.num_epochs)
+    run_start = time.perf_counter()
+    for epoch in range(start_epoch + 1, num_epochs + 1):
+        epoch_start = time.perf_counter()
+        perm = device_train.epoch_permutation(data_key, epoch)
+        sums: dict[str, float] = {}
+        window: list[Any] = []
+        window_first_step = (epoch - 1) * steps_per_epoch
+        last: dict[str, float] = {}
+        bar = tqdm(
+            total=steps_per_epoch,
+            desc=f"epoch {epoch}/{num_epochs}",
+            unit="step",
+            disable=not config.get("progress", True),
+            leave=False,
+            mininterval=1.0,
+        )
+        compile_s = None
+        for start in range(0, steps_per_epoch, chunk):
+            if epoch == start_epoch + 1 and start == 0:
+                # The run's first dispatch compiles; time it apart so throughput is honest.
+                t0 = time.perf_counter()
+                state, m = jax.block_until_ready(
+                    run_chunk(state, device_train, perm, start, train_key)
+                )
+                compile_s = time.perf_counter() - t0
+            else:
+                state, m = run_chunk(state, device_train, perm, start, train_key)
+            window.append(m)
+            done = start + chunk
+            if done % log_every == 0 or done == steps_per_epoch:
+                host = _unstack(jax.device_get(window), chunk)
+                _check_finite(host, window_first_step, epoch, steps_per_epoch)
+                for m_ in host:
+                    for k, v in m_.items():
+                        sums[k] = sums.get(k, 0.0) + float(v)
+                last = host[-1]
+                n_seen = done
+                bar.update(done - bar.n)
+                bar.set_postfix(
+                    loss=f"{sums['loss'] / n_seen:.4f}", acc=f"{sums['accuracy'] / n_seen:.4f}"
+                )
+                window, window_first_step = [], (epoch - 1) * steps_per_epoch + done
+        bar.close()
+        train_time = time.perf_counter() - epoch_start
+        timed_steps, timed_time = steps_per_epoch, train_time
+        if compile_s is not None and steps_per_epoch > chunk:
+            timed_steps, timed_time = steps_per_epoch - chunk, train_time - compile_s
 
-    record: dict[str, Any] = {
-        "epoch": epoch, "step": int(state.step),
-        "train_loss": sums["loss"] / steps_per_epoch,
-        "train_accuracy": sums["accuracy"] / steps_per_epoch,
-        "grad_norm": sums["grad_norm"] / steps_per_epoch,
-        "param_norm": float(last["param_norm"]),
-        "learning_rate": float(last["learning_rate"]),
-        "epoch_time_s": train_time,
-        "images_per_s": timed_steps * batch_size / timed_time,
-    }
-    if compile_s is not None:
-      record["compile_s"] = compile_s
-    if device_val is not None:
-      val = evaluate_dataset(state, device_val, batch_size=config.eval_batch_size,
-                             class_names=class_names, eval_fn=eval_fn)
-      record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-    ckpt.save(epoch, _state_tree(state), architecture=identity,
-              metrics={k: v for k, v in record.items() if isinstance(v, (int, float))})
-    _append_jsonl(workdir / "metrics.jsonl", record)
-    history.append(record)
-    plotting.training_curves(history, workdir / "training_curves.png")
-    logging.info("epoch %d: %s", epoch, ", ".join(
-        f"{k}={v:.4g}" for k, v in record.items() if k not in ("epoch", "step")))
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "step": int(state.step),
+            "train_loss": sums["loss"] / steps_per_epoch,
+            "train_accuracy": sums["accuracy"] / steps_per_epoch,
+            "grad_norm": sums["grad_norm"] / steps_per_epoch,
+            "param_norm": float(last["param_norm"]),
+            "learning_rate": float(last["learning_rate"]),
+            "epoch_time_s": train_time,
+            "images_per_s": timed_steps * batch_size / timed_time,
+        }
+        if compile_s is not None:
+            record["compile_s"] = compile_s
+        if device_val is not None:
+            val = evaluate_dataset(
+                state,
+                device_val,
+                batch_size=config.eval_batch_size,
+                class_names=class_names,
+                eval_fn=eval_fn,
+            )
+            record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+        ckpt.save(
+            epoch,
+            _state_tree(state),
+            architecture=identity,
+            metrics={k: v for k, v in record.items() if isinstance(v, (int, float))},
+        )
+        _append_jsonl(workdir / "metrics.jsonl", record)
+        history.append(record)
+        plotting.training_curves(history, workdir / "training_curves.png")
+        logging.info(
+            "epoch %d: %s",
+            epoch,
+            ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k not in ("epoch", "step")),
+        )
 
-  best_epoch = ckpt.best_epoch()
-  summary_path = workdir / "train_summary.json"
-  if summary_path.exists() and start_epoch >= num_epochs:
-    summary = json.loads(summary_path.read_text())
-    logging.info("workdir already holds a finished run; summary left as it is")
-  else:
-    best_state = state
-    if best_epoch is not None and best_epoch != ckpt.latest_epoch():
-      best_state = state.replace(**ckpt.restore(best_epoch, _state_tree(state)))
-    test = evaluate_dataset(best_state, device_test, batch_size=config.eval_batch_size,
-                            class_names=class_names, eval_fn=eval_fn)
-    summary = {
-        "best_epoch": best_epoch,
-        "epochs": num_epochs,
-        "best_val_accuracy": next((r.get("val_accuracy") for r in history
-                                   if r["epoch"] == best_epoch), None),
-        "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-        "test_f1": test["f1"],
-        "train_time_s": sum(r["epoch_time_s"] for r in history),
-        "this_run_wall_time_s": time.perf_counter() - run_start,
-        "parameters": int(n_params),
-        "backend": jax.default_backend(),
-        "device": str(jax.devices()[0].device_kind),
-        "loop": loop,
-    }
-    _write_new(summary_path, summary)
-    logging.info("best epoch %s: test accuracy %.4f", best_epoch, test["accuracy"])
-  ckpt.close()
-  return TrainResult(state=state, history=history, best_epoch=best_epoch, summary=summary,
-                     train_step_compiles=run_chunk._cache_size(),
-                     eval_step_compiles=eval_fn._cache_size())
+    best_epoch = ckpt.best_epoch()
+    summary_path = workdir / "train_summary.json"
+    if summary_path.exists() and start_epoch >= num_epochs:
+        summary = json.loads(summary_path.read_text())
+        logging.info("workdir already holds a finished run; summary left as it is")
+    else:
+        best_state = state
+        if best_epoch is not None and best_epoch != ckpt.latest_epoch():
+            best_state = state.replace(**ckpt.restore(best_epoch, _state_tree(state)))
+        test = evaluate_dataset(
+            best_state,
+            device_test,
+            batch_size=config.eval_batch_size,
+            class_names=class_names,
+            eval_fn=eval_fn,
+        )
+        summary = {
+            "best_epoch": best_epoch,
+            "epochs": num_epochs,
+            "best_val_accuracy": next(
+                (r.get("val_accuracy") for r in history if r["epoch"] == best_epoch), None
+            ),
+            "test_accuracy": test["accuracy"],
+            "test_loss": test["loss"],
+            "test_f1": test["f1"],
+            "train_time_s": sum(r["epoch_time_s"] for r in history),
+            "this_run_wall_time_s": time.perf_counter() - run_start,
+            "parameters": int(n_params),
+            "backend": jax.default_backend(),
+            "device": str(jax.devices()[0].device_kind),
+            "loop": loop,
+        }
+        _write_new(summary_path, summary)
+        logging.info("best epoch %s: test accuracy %.4f", best_epoch, test["accuracy"])
+    ckpt.close()
+    return TrainResult(
+        state=state,
+        history=history,
+        best_epoch=best_epoch,
+        summary=summary,
+        train_step_compiles=run_chunk.traces,
+        eval_step_compiles=eval_fn.traces,
+    )
 
 
 def _write_new(path: Path, payload: Mapping[str, Any]) -> None:
-  """Writes JSON; an existing file is kept as `<name>.<n>.json` rather than overwritten."""
-  if path.exists():
-    n = 1
-    while path.with_suffix(f".{n}.json").exists():
-      n += 1
-    path.rename(path.with_suffix(f".{n}.json"))
-  path.write_text(json.dumps(payload, indent=2))
+    """Writes JSON; an existing file is kept as `<name>.<n>.json` rather than overwritten."""
+    if path.exists():
+        n = 1
+        while path.with_suffix(f".{n}.json").exists():
+            n += 1
+        path.rename(path.with_suffix(f".{n}.json"))
+    path.write_text(json.dumps(payload, indent=2))
 
 
 def _state_tree(state: TrainState) -> dict[str, Any]:
-  return {"params": state.params, "batch_stats": state.batch_stats,
-          "opt_state": state.opt_state, "step": state.step}
+    return {
+        "params": state.params,
+        "batch_stats": state.batch_stats,
+        "opt_state": state.opt_state,
+        "step": state.step,
+    }
 
 
 def _unstack(window: list[dict[str, np.ndarray]], chunk: int) -> list[dict[str, np.ndarray]]:
-  if chunk == 1:
-    return window
-  return [{k: v[i] for k, v in m.items()} for m in window for i in range(chunk)]
+    if chunk == 1:
+        return window
+    return [{k: v[i] for k, v in m.items()} for m in window for i in range(chunk)]
 
 
 def _make_chunk_runner(step_fn, batch_size: int, chunk: int, loop: str):
-  """A jitted `(state, data, perm, start, key) -> (state, metrics)` running `chunk` steps."""
+    """A jitted `(state, data, perm, start, key) -> (state, metrics)` running `chunk` steps."""
 
-  def one(state, data, perm, i, key):
-    batch = gather_batch(data, perm, i, batch_size)
-    return step_fn(state, batch, jax.random.fold_in(key, state.step))
+    def one(state, data, perm, i, key):
+        batch = gather_batch(data, perm, i, batch_size)
+        return step_fn(state, batch, jax.random.fold_in(key, state.step))
 
-  if loop == "step":
-    return jax.jit(one, donate_argnums=0)
+    if loop == "step":
+        return CountingJit(one, donate_argnums=0)
 
-  def many(state, data, perm, start, key):
-    def body(s, i):
-      return one(s, data, perm, start + i, key)
-    return jax.lax.scan(body, state, jnp.arange(chunk))
+    def many(state, data, perm, start, key):
+        def body(s, i):
+            return one(s, data, perm, start + i, key)
 
-  return jax.jit(many, donate_argnums=0)
+        return jax.lax.scan(body, state, jnp.arange(chunk))
+
+    return CountingJit(many, donate_argnums=0)

@@ -14,7 +14,8 @@ zero_division=0 behaviour).
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -22,51 +23,54 @@ __all__ = ["classification_report", "markdown_table"]
 
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-  return np.divide(num, den, out=np.zeros_like(num, dtype=np.float64), where=den > 0)
+    return np.divide(num, den, out=np.zeros_like(num, dtype=np.float64), where=den > 0)
 
 
-def classification_report(confusion: np.ndarray, *, loss: float | None = None,
-                          class_names: Sequence[str] | None = None) -> dict[str, Any]:
-  """Loss, accuracy and macro / per-class precision, recall and F1."""
-  cm = np.asarray(confusion, dtype=np.float64)
-  if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
-    raise ValueError(f"confusion matrix must be square, got shape {cm.shape}")
-  if (cm < 0).any():
-    raise ValueError("confusion matrix has negative counts")
-  n = cm.sum()
-  if n == 0:
-    raise ValueError("confusion matrix is empty: no examples were evaluated")
-  names = list(class_names) if class_names is not None else [str(i) for i in range(len(cm))]
-  if len(names) != len(cm):
-    raise ValueError(f"{len(names)} class names for a {len(cm)}-class confusion matrix")
-  tp = np.diag(cm)
-  support = cm.sum(axis=1)
-  predicted = cm.sum(axis=0)
-  precision = _safe_div(tp, predicted)
-  recall = _safe_div(tp, support)
-  f1 = _safe_div(2 * precision * recall, precision + recall)
-  present = (support > 0) | (predicted > 0)
-  report = {
-      "loss": None if loss is None else float(loss),
-      "accuracy": float(tp.sum() / n),
-      "precision": float(precision[present].mean()),
-      "recall": float(recall[present].mean()),
-      "f1": float(f1[present].mean()),
-      "count": int(n),
-      "per_class": {
-          name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-          for name, p, r, f, s in zip(names, precision, recall, f1, support)
-      },
-      "confusion": cm.astype(np.int64).tolist(),
-  }
-  return report
+def classification_report(
+    confusion: np.ndarray, *, loss: float | None = None, class_names: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Loss, accuracy and macro / per-class precision, recall and F1."""
+    cm = np.asarray(confusion, dtype=np.float64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"confusion matrix must be square, got shape {cm.shape}")
+    if (cm < 0).any():
+        raise ValueError("confusion matrix has negative counts")
+    n = cm.sum()
+    if n == 0:
+        raise ValueError("confusion matrix is empty: no examples were evaluated")
+    names = list(class_names) if class_names is not None else [str(i) for i in range(len(cm))]
+    if len(names) != len(cm):
+        raise ValueError(f"{len(names)} class names for a {len(cm)}-class confusion matrix")
+    tp = np.diag(cm)
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    precision = _safe_div(tp, predicted)
+    recall = _safe_div(tp, support)
+    f1 = _safe_div(2 * precision * recall, precision + recall)
+    present = (support > 0) | (predicted > 0)
+    report = {
+        "loss": None if loss is None else float(loss),
+        "accuracy": float(tp.sum() / n),
+        "precision": float(precision[present].mean()),
+        "recall": float(recall[present].mean()),
+        "f1": float(f1[present].mean()),
+        "count": int(n),
+        "per_class": {
+            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for name, p, r, f, s in zip(names, precision, recall, f1, support)
+        },
+        "confusion": cm.astype(np.int64).tolist(),
+    }
+    return report
 
 
 def markdown_table(reports: Mapping[str, Mapping[str, Any]]) -> str:
-  """The evaluation table: one row per split, macro precision/recall/F1."""
-  lines = ["| Split | Loss | Accuracy | Precision | Recall | F1 |", "|---|---|---|---|---|---|"]
-  for split, r in reports.items():
-    loss = "-" if r.get("loss") is None else f"{r['loss']:.4f}"
-    lines.append(f"| {split} | {loss} | {100 * r['accuracy']:.2f}% | {100 * r['precision']:.2f}% "
-                 f"| {100 * r['recall']:.2f}% | {100 * r['f1']:.2f}% |")
-  return "\n".join(lines)
+    """The evaluation table: one row per split, macro precision/recall/F1."""
+    lines = ["| Split | Loss | Accuracy | Precision | Recall | F1 |", "|---|---|---|---|---|---|"]
+    for split, r in reports.items():
+        loss = "-" if r.get("loss") is None else f"{r['loss']:.4f}"
+        lines.append(
+            f"| {split} | {loss} | {100 * r['accuracy']:.2f}% | {100 * r['precision']:.2f}% "
+            f"| {100 * r['recall']:.2f}% | {100 * r['f1']:.2f}% |"
+        )
+    return "\n".join(lines)

@@ -24,47 +24,55 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 
 
 def make_schedule(config: Any, steps_per_epoch: int) -> optax.Schedule:
-  """The learning rate as a function of the optimizer step."""
-  total = int(config.num_epochs * steps_per_epoch)
-  warmup = int(round(config.get("warmup_epochs", 0.0) * steps_per_epoch))
-  lr = float(config.learning_rate)
-  name = config.get("schedule", "constant")
-  if name == "constant":
-    if warmup:
-      return optax.join_schedules(
-          [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
-    return optax.constant_schedule(lr)
-  if name == "cosine":
-    if not warmup:
-      return optax.cosine_decay_schedule(lr, max(total, 1))
-    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total, warmup + 1))
-  if name == "onecycle":
-    return optax.cosine_onecycle_schedule(max(total, 1), lr)
-  raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+    """The learning rate as a function of the optimizer step."""
+    total = int(config.num_epochs * steps_per_epoch)
+    warmup = int(round(config.get("warmup_epochs", 0.0) * steps_per_epoch))
+    lr = float(config.learning_rate)
+    name = config.get("schedule", "constant")
+    if name == "constant":
+        if warmup:
+            return optax.join_schedules(
+                [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]
+            )
+        return optax.constant_schedule(lr)
+    if name == "cosine":
+        if not warmup:
+            return optax.cosine_decay_schedule(lr, max(total, 1))
+        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total, warmup + 1))
+    if name == "onecycle":
+        return optax.cosine_onecycle_schedule(max(total, 1), lr)
+    raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
 
 
 def _decay_mask(params: Any) -> Any:
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+    return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(config: Any, steps_per_epoch: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """(optax transform, schedule) for the config."""
-  schedule = make_schedule(config, steps_per_epoch)
-  name = config.get("optimizer", "adamw")
-  wd = float(config.get("weight_decay", 0.0))
-  parts = []
-  clip = float(config.get("grad_clip_norm", 0.0))
-  if clip > 0:
-    parts.append(optax.clip_by_global_norm(clip))
-  if name == "adamw":
-    parts.append(optax.adamw(schedule, weight_decay=wd, mask=_decay_mask))
-  elif name == "adam":
-    parts.append(optax.adam(schedule))
-  elif name == "sgd":
-    if wd:
-      parts.append(optax.add_decayed_weights(wd, mask=_decay_mask))
-    parts.append(optax.sgd(schedule, momentum=config.get("momentum", 0.9),
-                           nesterov=config.get("nesterov", True)))
-  else:
-    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
-  return optax.chain(*parts), schedule
+def make_optimizer(
+    config: Any, steps_per_epoch: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(optax transform, schedule) for the config."""
+    schedule = make_schedule(config, steps_per_epoch)
+    name = config.get("optimizer", "adamw")
+    wd = float(config.get("weight_decay", 0.0))
+    parts = []
+    clip = float(config.get("grad_clip_norm", 0.0))
+    if clip > 0:
+        parts.append(optax.clip_by_global_norm(clip))
+    if name == "adamw":
+        parts.append(optax.adamw(schedule, weight_decay=wd, mask=_decay_mask))
+    elif name == "adam":
+        parts.append(optax.adam(schedule))
+    elif name == "sgd":
+        if wd:
+            parts.append(optax.add_decayed_weights(wd, mask=_decay_mask))
+        parts.append(
+            optax.sgd(
+                schedule,
+                momentum=config.get("momentum", 0.9),
+                nesterov=config.get("nesterov", True),
+            )
+        )
+    else:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    return optax.chain(*parts), schedule

@@ -74,7 +74,8 @@ METHODS = {
     "deeplift": functools.partial(deeplift, baseline=0.25),
     "smoothgrad": lambda fn, x, t, **kw: smoothgrad(fn, x, t, KEY, samples=3, **kw),
     "gradient_shap": lambda fn, x, t, **kw: gradient_shap(
-        fn, x, t, _SHAP_BASELINES, KEY, samples=3, stdev=0.1, **kw),
+        fn, x, t, _SHAP_BASELINES, KEY, samples=3, stdev=0.1, **kw
+    ),
     "gaussian_smoothed_saliency": functools.partial(gaussian_smoothed_saliency, sigma=0.8),
 }
 NOISY = {"smoothgrad", "gradient_shap"}

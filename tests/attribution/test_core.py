@@ -61,7 +61,7 @@ def test_unchecked_target_out_of_range_gives_nan_not_a_wrong_map():
 def test_target_logit_grad_rows_are_per_example_gradients():
     grads = core.target_logit_grad(lambda x: jnp.tanh(x) @ W, X, jnp.array([0, 1, 2, 1]))
     for i, t in enumerate([0, 1, 2, 1]):
-        expected = jax.grad(lambda v: (jnp.tanh(v) @ W)[t])(X[i])
+        expected = jax.grad(lambda v, t=t: (jnp.tanh(v) @ W)[t])(X[i])
         np.testing.assert_allclose(grads[i], expected, rtol=1e-6)
 
 
@@ -98,8 +98,9 @@ def test_counts_must_be_positive_integers(value):
 
 def test_sum_over_samples_any_batch_size():
     """out[i] = sum_s (i + 1) * 10^s, for chunk sizes that divide N * S or not."""
+
     def evaluate(example, sample):
-        value = (example + 1.0) * 10.0 ** sample
+        value = (example + 1.0) * 10.0**sample
         return value, jnp.stack([value, -value], axis=1)
 
     expected = np.array([(i + 1) * 111.0 for i in range(5)])
@@ -124,11 +125,13 @@ def test_example_keys_single_legacy_and_per_example():
     key = jax.random.key(3)
     keys = core.example_keys(key, 4)
     assert keys.shape == (4,)
-    np.testing.assert_array_equal(jax.random.key_data(keys[2]),
-                                  jax.random.key_data(jax.random.fold_in(key, 2)))
+    np.testing.assert_array_equal(
+        jax.random.key_data(keys[2]), jax.random.key_data(jax.random.fold_in(key, 2))
+    )
     legacy = core.example_keys(jax.random.PRNGKey(3), 4)
     np.testing.assert_array_equal(jax.random.key_data(legacy), jax.random.key_data(keys))
-    np.testing.assert_array_equal(jax.random.key_data(core.example_keys(keys, 4)),
-                                  jax.random.key_data(keys))
+    np.testing.assert_array_equal(
+        jax.random.key_data(core.example_keys(keys, 4)), jax.random.key_data(keys)
+    )
     with pytest.raises(ValueError, match=r"one key per example \(4,\), got key shape \(3,\)"):
         core.example_keys(keys[:3], 4)

@@ -28,10 +28,12 @@ def test_linear_model_equals_integrated_gradients():
     baseline = jax.random.normal(jax.random.key(2), (4, 6))
     fn = lambda x: x @ w + 2.0
     expected = (x - baseline) * w[:, 1]
-    np.testing.assert_allclose(deeplift(fn, x, 1, baseline=baseline), expected,
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(integrated_gradients(fn, x, 1, baseline=baseline), expected,
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        deeplift(fn, x, 1, baseline=baseline), expected, rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        integrated_gradients(fn, x, 1, baseline=baseline), expected, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_ig_paper_model_by_hand():
@@ -53,8 +55,11 @@ def test_where_rescale_and_integrated_gradients_differ_by_hand():
     fn = scalar(lambda x: relu(relu(x[:, 0]) + relu(x[:, 1] - 0.5) - 2))
     x = jnp.array([[3.0, 1.0]])
     np.testing.assert_allclose(deeplift(fn, x, 0), [[9 / 7, 3 / 14]], rtol=1e-6)
-    np.testing.assert_allclose(integrated_gradients(fn, x, 0, steps=4000, method="riemann_middle"),
-                               [[9 / 8, 3 / 8]], rtol=1e-3)
+    np.testing.assert_allclose(
+        integrated_gradients(fn, x, 0, steps=4000, method="riemann_middle"),
+        [[9 / 8, 3 / 8]],
+        rtol=1e-3,
+    )
 
 
 def test_product_of_two_input_dependent_values_is_the_shapley_split():
@@ -87,8 +92,11 @@ def test_max_of_two_input_dependent_values_is_the_shapley_split():
 def test_max_pooling_rule_by_hand(x, baseline, expected):
     """Captum's rule, for reduce_max and for flax's nn.max_pool (reduce_window_max)."""
     x, baseline = jnp.array([x]), jnp.array(baseline)
-    np.testing.assert_allclose(deeplift(scalar(lambda v: jnp.max(v, axis=1)), x, 0,
-                                        baseline=baseline), [expected], rtol=1e-6)
+    np.testing.assert_allclose(
+        deeplift(scalar(lambda v: jnp.max(v, axis=1)), x, 0, baseline=baseline),
+        [expected],
+        rtol=1e-6,
+    )
     pooled = lambda v: nn.max_pool(v.reshape(1, 1, 3, 1), (1, 3)).reshape(1, 1)
     np.testing.assert_allclose(deeplift(pooled, x, 0, baseline=baseline), [expected], rtol=1e-6)
 
@@ -137,8 +145,9 @@ def test_elementwise_function_gets_exactly_its_own_difference():
     attributions = deeplift(fn, batch, jnp.arange(len(names)), baseline=baseline)
     for row, name in enumerate(names):
         g = ACTIVATIONS[name]
-        np.testing.assert_allclose(attributions[row], g(x) - g(baseline), rtol=1e-5, atol=1e-6,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            attributions[row], g(x) - g(baseline), rtol=1e-5, atol=1e-6, err_msg=name
+        )
 
 
 @pytest.mark.parametrize("ulps", [1, 16, 4096, 2**20])
@@ -176,14 +185,19 @@ def test_summation_to_delta_on_a_relu_mlp():
     x = jax.random.uniform(jax.random.key(0), (6, 10))
     model = MLP()
     variables = model.init(jax.random.key(1), x)
-    np.testing.assert_allclose(_delta(lambda v: model.apply(variables, v), x, baseline=0.5), 0,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        _delta(lambda v: model.apply(variables, v), x, baseline=0.5), 0, atol=1e-5
+    )
     # Parameters passed to jit as traced arguments become traced constants of the jaxpr.
-    jitted = jax.jit(lambda variables, v: deeplift(lambda q: model.apply(variables, q), v, 2,
-                                                   baseline=0.5))
-    np.testing.assert_allclose(jitted(variables, x),
-                               deeplift(lambda v: model.apply(variables, v), x, 2, baseline=0.5),
-                               rtol=1e-5, atol=1e-6)
+    jitted = jax.jit(
+        lambda variables, v: deeplift(lambda q: model.apply(variables, q), v, 2, baseline=0.5)
+    )
+    np.testing.assert_allclose(
+        jitted(variables, x),
+        deeplift(lambda v: model.apply(variables, v), x, 2, baseline=0.5),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_summation_to_delta_on_a_flax_cnn_with_max_pooling(cnn_fn, images):
@@ -214,18 +228,25 @@ def test_reused_module_and_activation_sum_to_delta_and_equal_the_unshared_progra
     np.testing.assert_allclose(_delta(fn, x, baseline=0.3), 0, atol=1e-5)
 
     params = variables["params"]
+
     def written_out(v):  # the same function with each layer written separately
         d = params["dense"]
         h = jax.nn.relu(v @ d["kernel"] + d["bias"])
         h = jax.nn.relu(h @ d["kernel"] + d["bias"] - 0.2)
         return h @ params["head"]["kernel"] + params["head"]["bias"]
-    np.testing.assert_allclose(deeplift(fn, x, 1, baseline=0.3),
-                               deeplift(written_out, x, 1, baseline=0.3), rtol=1e-5, atol=1e-6)
+
+    np.testing.assert_allclose(
+        deeplift(fn, x, 1, baseline=0.3),
+        deeplift(written_out, x, 1, baseline=0.3),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_summation_to_delta_with_gates_and_normalisation():
     """x * sigmoid(x) written out, a squeeze-and-excitation gate (a product of two branches
     with different shapes), LayerNorm ((x - mean) * rsqrt(var)), softmax output."""
+
     class Gated(nn.Module):
         @nn.compact
         def __call__(self, x):
@@ -239,18 +260,21 @@ def test_summation_to_delta_with_gates_and_normalisation():
     baseline = jax.random.uniform(jax.random.key(6), (4, 5, 5, 2))
     model = Gated()
     variables = model.init(jax.random.key(6), x)
-    np.testing.assert_allclose(_delta(lambda v: model.apply(variables, v), x, baseline), 0,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        _delta(lambda v: model.apply(variables, v), x, baseline), 0, atol=1e-5
+    )
 
 
 @jax.custom_vjp
 def _custom_vjp_conv(x, w):
-    return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.lax.conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
 
 
-_custom_vjp_conv.defvjp(lambda x, w: (_custom_vjp_conv(x, w), None),
-                        lambda _, g: (None, None))  # never used: DeepLIFT reads the forward
+_custom_vjp_conv.defvjp(
+    lambda x, w: (_custom_vjp_conv(x, w), None), lambda _, g: (None, None)
+)  # never used: DeepLIFT reads the forward
 
 
 def test_nested_jit_checkpoint_and_custom_vjp_forward():
@@ -283,7 +307,7 @@ def test_baseline_equal_to_input_gives_zero():
         (lambda v: jnp.sort(v, axis=1), "sort"),
         (lambda v: jax.lax.cummax(v, axis=1), "cummax"),
         (lambda v: jnp.where(v > 0, v, 0.0), "gt"),  # comparison outside an activation
-        (lambda v: v ** v, "pow"),
+        (lambda v: v**v, "pow"),
     ],
 )
 def test_unknown_nonlinear_primitives_raise_naming_them(f, primitive):
@@ -297,5 +321,6 @@ def test_an_activation_wrapped_in_jit_is_rescaled_whole():
     elementwise function of one input-dependent array, i.e. an activation."""
     act = jax.jit(lambda v: jnp.where(v > 0, v, 0.0))
     x = jnp.array([[1.0, -2.0, 3.0]])
-    np.testing.assert_allclose(deeplift(scalar(lambda v: jnp.sum(act(v), axis=1)), x, 0,
-                                        baseline=-0.5), [[1.0, 0.0, 3.0]])
+    np.testing.assert_allclose(
+        deeplift(scalar(lambda v: jnp.sum(act(v), axis=1)), x, 0, baseline=-0.5), [[1.0, 0.0, 3.0]]
+    )

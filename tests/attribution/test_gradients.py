@@ -34,6 +34,7 @@ def test_input_x_gradient_of_a_linear_model_is_x_times_w():
 
 def test_saliency_of_a_quadratic_model():
     """f_c(x) = sum_j c * x_j^2 has gradient 2 c x."""
+
     def quadratic(x):
         flat = x.reshape(x.shape[0], -1)
         return jnp.sum(flat**2, axis=1, keepdims=True) * jnp.arange(1.0, 4.0)

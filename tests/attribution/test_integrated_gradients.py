@@ -96,7 +96,8 @@ def test_captum_trapezoid_weights_sum_to_n_minus_1_over_n():
         assert math.fsum(captum_steps) == pytest.approx((n - 1) / n, abs=1e-14)
         np.testing.assert_allclose(captum_steps, weights * (n - 1) / n, atol=1e-15)
         # IG of f(x) = x . w with Captum's weights: the gradient is w at every node.
-        w = np.array([2.0, -1.0]); x = np.array([1.0, 3.0])
+        w = np.array([2.0, -1.0])
+        x = np.array([1.0, 3.0])
         np.testing.assert_allclose(x * w * math.fsum(captum_steps), x * w * (n - 1) / n)
 
     attributions = integrated_gradients(linear, X, T, steps=10, method="riemann_trapezoid")
@@ -104,8 +105,9 @@ def test_captum_trapezoid_weights_sum_to_n_minus_1_over_n():
 
 
 def test_quadrature_errors():
-    with pytest.raises(ValueError,
-                       match="unknown quadrature method 'simpson'; choose one of gausslegendre"):
+    with pytest.raises(
+        ValueError, match="unknown quadrature method 'simpson'; choose one of gausslegendre"
+    ):
         quadrature("simpson", 4)
     with pytest.raises(ValueError, match=r"riemann_trapezoid needs steps >= 2"):
         quadrature("riemann_trapezoid", 1)
@@ -124,16 +126,21 @@ def test_linear_model_gives_x_minus_baseline_times_w_for_any_rule_and_steps(meth
     baseline = jax.random.normal(KEY_B, X.shape)
     expected = (X - baseline) * W[:, T].T
     for steps in [1, 7] if method != "riemann_trapezoid" else [2, 7]:
-        attributions = integrated_gradients(linear, X, T, baseline=baseline, steps=steps,
-                                            method=method, batch_size=5)
+        attributions = integrated_gradients(
+            linear, X, T, baseline=baseline, steps=steps, method=method, batch_size=5
+        )
         np.testing.assert_allclose(attributions, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("baseline", [None, 0.5, jnp.linspace(0, 1, 6)])
 def test_baseline_forms(baseline):
     b = np.broadcast_to(0.0 if baseline is None else np.asarray(baseline), X.shape)
-    np.testing.assert_allclose(integrated_gradients(linear, X, T, baseline=baseline, steps=3),
-                               (X - b) * W[:, T].T, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        integrated_gradients(linear, X, T, baseline=baseline, steps=3),
+        (X - b) * W[:, T].T,
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def ig_paper_model(x):
@@ -146,8 +153,9 @@ def ig_paper_model(x):
 def test_ig_paper_example(method):
     """At x = (3, 1), baseline 0: f = 1 and the path crosses f's kink at a = 1/2,
     where x1 - 1 - x2 = 3a - 1 - a becomes positive; IG = (3, -1) * 1/2 = (1.5, -0.5)."""
-    attributions = integrated_gradients(ig_paper_model, jnp.array([[3.0, 1.0]]), 0, steps=1000,
-                                        method=method)
+    attributions = integrated_gradients(
+        ig_paper_model, jnp.array([[3.0, 1.0]]), 0, steps=1000, method=method
+    )
     np.testing.assert_allclose(attributions, [[1.5, -0.5]], atol=1e-2)
 
 
@@ -156,8 +164,7 @@ def test_ig_paper_example(method):
 
 def _gaps(method, steps):
     """max_i |sum(IG_i) - (f_t(x_i) - f_t(x'_i))| for the smooth MLP, baseline -0.5."""
-    attributions = integrated_gradients(smooth_mlp, X, T, steps=steps, method=method,
-                                        baseline=-0.5)
+    attributions = integrated_gradients(smooth_mlp, X, T, steps=steps, method=method, baseline=-0.5)
     rows = np.arange(len(T))
     difference = smooth_mlp(X)[rows, T] - smooth_mlp(jnp.full_like(X, -0.5))[rows, T]
     return float(jnp.max(jnp.abs(attributions.sum(axis=1) - difference)))
@@ -179,8 +186,9 @@ def test_completeness_gap_shrinks_with_steps_and_gauss_legendre_wins():
 
 
 def test_delta_is_sum_of_attributions_minus_logit_difference():
-    attributions, delta = integrated_gradients(smooth_mlp, X, T, steps=5, baseline=0.3,
-                                               return_delta=True)
+    attributions, delta = integrated_gradients(
+        smooth_mlp, X, T, steps=5, baseline=0.3, return_delta=True
+    )
     logits, baseline_logits = smooth_mlp(X), smooth_mlp(jnp.full_like(X, 0.3))
     difference = logits[np.arange(4), T] - baseline_logits[np.arange(4), T]
     np.testing.assert_allclose(delta, attributions.sum(axis=1) - difference, atol=1e-6)
@@ -196,9 +204,15 @@ def test_thousand_steps_do_not_depend_on_the_chunk_size():
     for batch_size in [999, 1000]:  # 999 divides neither N nor steps
         np.testing.assert_allclose(
             integrated_gradients(smooth_mlp, x, t, steps=1000, batch_size=batch_size),
-            reference, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(reference, integrated_gradients(smooth_mlp, x, t, steps=1000,
-                                                               method="riemann_middle"), atol=1e-4)
+            reference,
+            rtol=1e-5,
+            atol=1e-6,
+        )
+    np.testing.assert_allclose(
+        reference,
+        integrated_gradients(smooth_mlp, x, t, steps=1000, method="riemann_middle"),
+        atol=1e-4,
+    )
 
 
 def _temp_bytes(steps, batch_size, images=256):
@@ -206,8 +220,11 @@ def _temp_bytes(steps, batch_size, images=256):
     w = jnp.ones((64, 10)) / 64
     fn = lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ w)
     x = jax.ShapeDtypeStruct((images, 8, 8, 1), jnp.float32)
-    compiled = jax.jit(lambda x: integrated_gradients(fn, x, 0, steps=steps, batch_size=batch_size)
-                       ).lower(x).compile()
+    compiled = (
+        jax.jit(lambda x: integrated_gradients(fn, x, 0, steps=steps, batch_size=batch_size))
+        .lower(x)
+        .compile()
+    )
     return compiled.memory_analysis().temp_size_in_bytes
 
 

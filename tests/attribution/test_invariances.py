@@ -40,8 +40,9 @@ def test_batch_size_does_not_change_the_result(method, reference, images, masked
     np.testing.assert_allclose(result, reference, **TOL)
 
 
-def test_a_prefix_of_the_batch_gives_the_first_rows(method, noisy, reference, images,
-                                                    masked_cnn_fn):
+def test_a_prefix_of_the_batch_gives_the_first_rows(
+    method, noisy, reference, images, masked_cnn_fn
+):
     """Per-example keys: the first two examples get the same noise alone as in the batch.
     (For deterministic methods the vmap test below is the stronger statement.)"""
     if not noisy:
@@ -65,8 +66,9 @@ def test_jit_equals_eager_and_compiles_once(method, reference, images, masked_cn
     assert jitted._cache_size() == 1
 
 
-def test_vmap_over_examples_equals_the_batched_call(method, noisy, reference, images,
-                                                    masked_cnn_fn):
+def test_vmap_over_examples_equals_the_batched_call(
+    method, noisy, reference, images, masked_cnn_fn
+):
     """Example i's attribution depends on example i only. (Noisy methods draw from
     fold_in(key, i), so a one-example call differs by design; vmap with per-example
     keys is tested in test_noise_tunnel.py and test_shap.py.)"""

@@ -33,18 +33,32 @@ def test_known_moments_of_the_noisy_gradient():
     smoothgrad -> 2 A x, smoothgrad_sq -> 4 A^2 (x^2 + sigma^2), vargrad -> 4 A^2 sigma^2,
     with sigma_i = 0.2 * (max x_i - min x_i) per example."""
     sigma = 0.2 * (X.max(axis=1) - X.min(axis=1))[:, None]
-    run = functools.partial(noise_tunnel, gradient, X, 0, KEY, samples=4000, stdev_spread=0.2,
-                            batch_size=5000)
+    run = functools.partial(
+        noise_tunnel, gradient, X, 0, KEY, samples=4000, stdev_spread=0.2, batch_size=5000
+    )
     standard_error = 2 * jnp.abs(A) * sigma / np.sqrt(4000)
     assert np.all(np.abs(run(kind="smoothgrad") - 2 * A * X) < 4 * standard_error)
     np.testing.assert_allclose(run(kind="vargrad"), 4 * A**2 * sigma**2, rtol=0.1)
-    np.testing.assert_allclose(run(kind="smoothgrad_sq"), 4 * A**2 * (X**2 + sigma**2),
-                               rtol=0.1, atol=0.2 * float(jnp.max(4 * A**2 * sigma**2)))
+    np.testing.assert_allclose(
+        run(kind="smoothgrad_sq"),
+        4 * A**2 * (X**2 + sigma**2),
+        rtol=0.1,
+        atol=0.2 * float(jnp.max(4 * A**2 * sigma**2)),
+    )
 
 
 def test_absolute_stdev_is_the_same_for_every_example():
-    spread = noise_tunnel(identity, X, 1, KEY, samples=4000, stdev_spread=None, stdev=0.5,
-                          kind="vargrad", batch_size=5000)
+    spread = noise_tunnel(
+        identity,
+        X,
+        1,
+        KEY,
+        samples=4000,
+        stdev_spread=None,
+        stdev=0.5,
+        kind="vargrad",
+        batch_size=5000,
+    )
     np.testing.assert_allclose(spread, 0.25, rtol=0.1)
 
 
@@ -94,20 +108,24 @@ def test_smoothgrad_is_the_tunnel_over_saliency_for_the_clean_prediction():
     that class; signed gradients by default, absolute ones (Captum's default) on request."""
     predicted = jnp.argmax(quadratic(X), axis=1)
     assert len(set(np.asarray(predicted).tolist())) == 2
-    np.testing.assert_allclose(smoothgrad(quadratic, X, None, KEY, samples=4),
-                               noise_tunnel(gradient, X, predicted, KEY, samples=4), rtol=1e-6)
+    np.testing.assert_allclose(
+        smoothgrad(quadratic, X, None, KEY, samples=4),
+        noise_tunnel(gradient, X, predicted, KEY, samples=4),
+        rtol=1e-6,
+    )
     absolute = noise_tunnel(functools.partial(saliency, quadratic), X, 0, KEY, samples=4)
-    np.testing.assert_allclose(smoothgrad(quadratic, X, 0, KEY, samples=4, abs=True), absolute,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        smoothgrad(quadratic, X, 0, KEY, samples=4, abs=True), absolute, rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
         (dict(kind="magnitude"), "unknown noise tunnel kind 'magnitude'; choose one of smoothgrad"),
-        (dict(stdev=0.1), "give exactly one of stdev_spread .* pass stdev_spread=None"),
-        (dict(stdev_spread=None), "give exactly one of stdev_spread .* stdev=None"),
+        (dict(stdev_spread=0.1, stdev=0.1), "give stdev_spread .* or stdev .*, not both"),
         (dict(stdev_spread=-0.1), "stdev_spread must be >= 0"),
+        (dict(stdev=-1.0), "stdev must be >= 0"),
         (dict(stdev_spread=None, stdev=-1.0), "stdev must be >= 0"),
         (dict(samples=0), "samples must be an integer >= 1"),
         (dict(key=jax.random.split(KEY, 2)), r"one key per example \(3,\), got key shape \(2,\)"),
@@ -120,3 +138,15 @@ def test_bad_arguments(kwargs, message):
     args.update({k: kwargs.pop(k) for k in ["key", "target"] if k in kwargs})
     with pytest.raises(ValueError, match=message):
         noise_tunnel(gradient, X, args["target"], args["key"], **kwargs)
+
+
+def test_absolute_stdev_alone_and_the_default_spread():
+    """`stdev=` needs no `stdev_spread=None`; giving neither means 15% of the range."""
+    identity = lambda x, target: x
+    x = jnp.stack([jnp.zeros((2000,)), jnp.linspace(0.0, 2.0, 2000)])
+    absolute = noise_tunnel(identity, x, 0, KEY, samples=8, stdev=0.5, kind="smoothgrad_sq")
+    np.testing.assert_allclose(absolute[0].mean(), 0.25, rtol=0.05)  # E[eps^2] = 0.5^2
+    default = noise_tunnel(identity, x, 0, KEY, samples=8, kind="smoothgrad_sq")
+    spread = noise_tunnel(identity, x, 0, KEY, samples=8, stdev_spread=0.15, kind="smoothgrad_sq")
+    np.testing.assert_array_equal(default, spread)
+    assert float(default[0].max()) == 0.0  # range 0: no noise

@@ -32,19 +32,27 @@ def test_linear_model_gives_w_times_x_minus_the_mean_drawn_baseline():
     np.testing.assert_allclose(counts[:, 3:], 0, atol=1e-3)
     np.testing.assert_allclose(counts.sum(axis=1), samples, atol=1e-3)
     assert np.all(np.round(counts[:, :3]) >= 0) and len(np.unique(np.round(counts))) > 2
-    np.testing.assert_allclose(gradient_shap(linear, X, 0, baselines, KEY, samples=samples,
-                                             batch_size=5), attributions, rtol=1e-6)
+    np.testing.assert_allclose(
+        gradient_shap(linear, X, 0, baselines, KEY, samples=samples, batch_size=5),
+        attributions,
+        rtol=1e-6,
+    )
 
 
 def test_a_single_baseline_gives_w_times_x_minus_baseline():
     baseline = jnp.array([[0.5, -1.0, 0.0, 2.0, 1.0]])
-    np.testing.assert_allclose(gradient_shap(linear, X, 1, baseline, KEY, samples=3),
-                               (X - baseline) * W[:, 1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        gradient_shap(linear, X, 1, baseline, KEY, samples=3),
+        (X - baseline) * W[:, 1],
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_expectation_over_alpha_is_integrated_gradients():
     """Averaged over alpha ~ U(0, 1), one baseline, no noise, each sample is an unbiased
     one-point estimate of the IG integral."""
+
     def fn(x):
         return jnp.tanh(x @ W) ** 2
 

@@ -51,8 +51,9 @@ def test_sigma_to_zero_gives_saliency():
     fn = lambda x: jnp.tanh(x.reshape(2, -1) @ jnp.linspace(-1, 1, 180 * 3).reshape(180, 3))
     raw = saliency(fn, X, 2)
     for sigma in [0.0, 1e-3, 0.1]:
-        np.testing.assert_allclose(gaussian_smoothed_saliency(fn, X, 2, sigma=sigma), raw,
-                                   rtol=1e-6)
+        np.testing.assert_allclose(
+            gaussian_smoothed_saliency(fn, X, 2, sigma=sigma), raw, rtol=1e-6
+        )
 
 
 def test_signed_smoothing_keeps_the_sign():

@@ -101,7 +101,9 @@ def isolated(monkeypatch, tmp_path, probe_calls) -> Path:
     """
     monkeypatch.delenv(sources.FMI_DATA_DIR_ENV, raising=False)
     monkeypatch.setattr(
-        sources, "find_debian_folder", lambda package, names: Unavailable(f"package {package} hidden by the test")
+        sources,
+        "find_debian_folder",
+        lambda package, names: Unavailable(f"package {package} hidden by the test"),
     )
     tfds_dir = tmp_path / "tfds_empty"
     tfds_dir.mkdir()

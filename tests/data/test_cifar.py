@@ -66,7 +66,10 @@ def test_find_prefers_extracted_folder_and_needs_all_batches(tmp_path, write_cif
     assert cifar.find_cifar10(tmp_path, cifar.TEST_BATCHES) == tmp_path / cifar.ARCHIVE_NAME
     write_cifar_dataset(tmp_path / cifar.FOLDER_NAME)
     assert cifar.find_cifar10(tmp_path, cifar.TEST_BATCHES) == tmp_path / cifar.FOLDER_NAME
-    assert cifar.find_cifar10(tmp_path / cifar.FOLDER_NAME, cifar.TRAIN_BATCHES) == tmp_path / cifar.FOLDER_NAME
+    assert (
+        cifar.find_cifar10(tmp_path / cifar.FOLDER_NAME, cifar.TRAIN_BATCHES)
+        == tmp_path / cifar.FOLDER_NAME
+    )
     (tmp_path / cifar.FOLDER_NAME / "data_batch_3").unlink()
     assert cifar.find_cifar10(tmp_path, cifar.TRAIN_BATCHES) == tmp_path / cifar.ARCHIVE_NAME
 
@@ -75,7 +78,9 @@ def test_truncated_pickle(tmp_path, write_cifar_dataset):
     folder = write_cifar_dataset(tmp_path / "b") and tmp_path / "b"
     blob = (folder / "test_batch").read_bytes()
     (folder / "test_batch").write_bytes(blob[: len(blob) // 2])
-    with pytest.raises(DataError, match=r"b/test_batch is not a valid CIFAR-10 pickle.*truncated or corrupt"):
+    with pytest.raises(
+        DataError, match=r"b/test_batch is not a valid CIFAR-10 pickle.*truncated or corrupt"
+    ):
         cifar.read_cifar10(folder, cifar.TEST_BATCHES)
 
 
@@ -89,7 +94,9 @@ def test_truncated_archive(tmp_path, write_cifar_dataset):
     write_cifar_dataset(tmp_path / "src")
     archive = _archive(tmp_path / "src", tmp_path / cifar.ARCHIVE_NAME)
     archive.write_bytes(archive.read_bytes()[:-200])
-    with pytest.raises(DataError, match=r"cifar-10-python.tar.gz is not a readable tar.gz archive.*download"):
+    with pytest.raises(
+        DataError, match=r"cifar-10-python.tar.gz is not a readable tar.gz archive.*download"
+    ):
         cifar.read_cifar10(archive, cifar.TEST_BATCHES)
 
 
@@ -119,7 +126,10 @@ def test_missing_batch_in_folder(tmp_path, write_cifar_dataset):
             r"'data' should be a uint8 array of shape \(N, 3072\), got uint8 \(1, 1024\)",
         ),
         ({b"data": np.zeros((1, 3072), np.float32), b"labels": [0]}, r"got float32"),
-        ({b"data": np.zeros((1, 3072), np.uint8), b"labels": ["cat"]}, r"'labels' should be a list of ints"),
+        (
+            {b"data": np.zeros((1, 3072), np.uint8), b"labels": ["cat"]},
+            r"'labels' should be a list of ints",
+        ),
     ],
 )
 def test_wrong_structure_names_the_file(tmp_path, batch, pattern):
@@ -142,7 +152,10 @@ def test_malicious_pickle_is_refused_and_not_run(tmp_path):
     target = tmp_path / "pwned"
     batch = {b"data": np.zeros((1, 3072), np.uint8), b"labels": [0], b"x": _Exploit(target)}
     (tmp_path / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
-    with pytest.raises(DataError, match=r"test_batch refers to the global (posix|os|nt)\.mkdir.*refusing to unpickle"):
+    with pytest.raises(
+        DataError,
+        match=r"test_batch refers to the global (posix|os|nt)\.mkdir.*refusing to unpickle",
+    ):
         cifar.read_cifar10(tmp_path, cifar.TEST_BATCHES)
     assert not target.exists()
 
@@ -167,7 +180,11 @@ def test_writer_rejects_wrong_images(tmp_path):
 
 
 def _binstring(data: bytes) -> bytes:
-    return b"U" + bytes([len(data)]) + data if len(data) < 256 else b"T" + struct.pack("<I", len(data)) + data
+    return (
+        b"U" + bytes([len(data)]) + data
+        if len(data) < 256
+        else b"T" + struct.pack("<I", len(data)) + data
+    )
 
 
 def _python2_batch(data: np.ndarray, labels: list[int]) -> bytes:

@@ -65,7 +65,9 @@ def test_bad_magic_names_file_and_numbers(tmp_path):
 
 def test_labels_file_read_as_images_says_which_is_which(tmp_path):
     path = idx.write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(3, np.uint8))
-    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte.gz.*2049 .*labels.*expected 2051.*swapped"):
+    with pytest.raises(
+        DataError, match=r"train-labels-idx1-ubyte.gz.*2049 .*labels.*expected 2051.*swapped"
+    ):
         idx.read_images(path)
 
 
@@ -79,7 +81,8 @@ def test_truncated_payload_names_expected_and_actual_bytes(tmp_path):
     path = tmp_path / "t10k-images-idx3-ubyte"
     path.write_bytes(_header(2051, 10, 28, 28) + bytes(7000))
     with pytest.raises(
-        DataError, match=r"t10k-images-idx3-ubyte is truncated.*\(10, 28, 28\).*7840 payload bytes.*7000"
+        DataError,
+        match=r"t10k-images-idx3-ubyte is truncated.*\(10, 28, 28\).*7840 payload bytes.*7000",
     ):
         idx.read_images(path)
 
@@ -95,7 +98,8 @@ def test_truncated_header(tmp_path):
     path = tmp_path / "short"
     path.write_bytes(bytes([0, 0, 8, 3, 0, 0]))
     with pytest.raises(
-        DataError, match=r"short is truncated: its header declares 3 dimensions \(16 header bytes\).*6 bytes"
+        DataError,
+        match=r"short is truncated: its header declares 3 dimensions \(16 header bytes\).*6 bytes",
     ):
         idx.read_idx(path)
 
@@ -108,7 +112,9 @@ def test_empty_file(tmp_path):
 
 
 def test_truncated_gzip_stream(tmp_path):
-    path = idx.write_idx(tmp_path / "train-images-idx3-ubyte.gz", np.arange(5000, dtype=np.uint8).reshape(5, 10, 100))
+    path = idx.write_idx(
+        tmp_path / "train-images-idx3-ubyte.gz", np.arange(5000, dtype=np.uint8).reshape(5, 10, 100)
+    )
     path.write_bytes(path.read_bytes()[:-30])
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz is a truncated gzip file"):
         idx.read_images(path)
@@ -117,7 +123,9 @@ def test_truncated_gzip_stream(tmp_path):
 def test_garbage_gzip(tmp_path):
     path = tmp_path / "train-labels-idx1-ubyte.gz"
     path.write_bytes(b"this is not gzip at all")
-    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte.gz is not a valid gzip file \(BadGzipFile"):
+    with pytest.raises(
+        DataError, match=r"train-labels-idx1-ubyte.gz is not a valid gzip file \(BadGzipFile"
+    ):
         idx.read_labels(path)
 
 

@@ -47,6 +47,10 @@ def test_real_train_and_test_sets(debian_only):
 
 def test_real_splits(debian_only):
     sets = load_splits("fashion_mnist", validation_size=5000, seed=0, test_limit=1000)
-    assert {k: len(v) for k, v in sets.items()} == {"train": 55000, "validation": 5000, "test": 1000}
+    assert {k: len(v) for k, v in sets.items()} == {
+        "train": 55000,
+        "validation": 5000,
+        "test": 1000,
+    }
     assert np.bincount(sets["validation"].labels).tolist() == [500] * 10
     assert np.bincount(sets["train"].labels).tolist() == [5500] * 10

@@ -82,14 +82,21 @@ def test_registry_known_facts():
         (32, 32, 3),
         (32, 32, 3),
     ]
-    assert specs["mnist"].files["test"] == ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+    assert specs["mnist"].files["test"] == (
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    )
     assert specs["cifar10"].tfds_name == "cifar10" and specs["fashion_mnist"].num_classes == 10
 
 
 def test_unknown_name_and_split_list_the_known_ones():
-    with pytest.raises(DataError, match=r"Unknown dataset 'fmnist'; known datasets: cifar10, fashion_mnist, mnist"):
+    with pytest.raises(
+        DataError, match=r"Unknown dataset 'fmnist'; known datasets: cifar10, fashion_mnist, mnist"
+    ):
         load("fmnist", "train")
-    with pytest.raises(DataError, match=r"Unknown split 'validation'.*\('train', 'test'\).*load_splits"):
+    with pytest.raises(
+        DataError, match=r"Unknown split 'validation'.*\('train', 'test'\).*load_splits"
+    ):
         load("mnist", "validation")
 
 
@@ -117,12 +124,21 @@ def three_copies(tmp_path, monkeypatch, isolated, write_idx_dataset):
 def test_data_dir_beats_fmi_data_dir_beats_debian(three_copies, monkeypatch):
     root = three_copies["root"]
     given = load("fashion_mnist", "train", data_dir=root / "given")
-    assert _same(given, three_copies["given"]["train"]) and given.source == f"IDX files in {root / 'given'}"
+    assert (
+        _same(given, three_copies["given"]["train"])
+        and given.source == f"IDX files in {root / 'given'}"
+    )
     from_env = load("fashion_mnist", "test")
-    assert _same(from_env, three_copies["env"]["test"]) and str(root / "env_root" / "fashion_mnist") in from_env.source
+    assert (
+        _same(from_env, three_copies["env"]["test"])
+        and str(root / "env_root" / "fashion_mnist") in from_env.source
+    )
     monkeypatch.delenv(sources.FMI_DATA_DIR_ENV)
     from_debian = load("fashion_mnist", "train")
-    assert _same(from_debian, three_copies["debian"]["train"]) and str(root / "debian") in from_debian.source
+    assert (
+        _same(from_debian, three_copies["debian"]["train"])
+        and str(root / "debian") in from_debian.source
+    )
 
 
 def test_empty_fmi_data_dir_folder_falls_through_to_debian(three_copies, monkeypatch):
@@ -151,19 +167,25 @@ def test_given_data_dir_without_files_errors_instead_of_falling_through(three_co
 def test_given_data_dir_with_a_corrupt_file_errors(three_copies):
     broken = three_copies["root"] / "given" / "train-labels-idx1-ubyte.gz"
     broken.write_bytes(broken.read_bytes()[:-5])
-    with pytest.raises(DataError, match=r"given/train-labels-idx1-ubyte.gz is a truncated gzip file"):
+    with pytest.raises(
+        DataError, match=r"given/train-labels-idx1-ubyte.gz is a truncated gzip file"
+    ):
         load("fashion_mnist", "train", data_dir=three_copies["root"] / "given")
 
 
 def test_corrupt_file_in_a_well_known_folder_is_an_error_too(three_copies):
     broken = three_copies["root"] / "env_root" / "fashion_mnist" / "t10k-images-idx3-ubyte.gz"
     broken.write_bytes(b"garbage")
-    with pytest.raises(DataError, match=r"fashion_mnist/t10k-images-idx3-ubyte.gz is not a valid gzip file"):
+    with pytest.raises(
+        DataError, match=r"fashion_mnist/t10k-images-idx3-ubyte.gz is not a valid gzip file"
+    ):
         load("fashion_mnist", "test")
 
 
 def test_data_dir_that_is_not_a_folder(tmp_path):
-    with pytest.raises(DataError, match=r"data_dir='.*nope' is not a folder.*train-images-idx3-ubyte.gz"):
+    with pytest.raises(
+        DataError, match=r"data_dir='.*nope' is not a folder.*train-images-idx3-ubyte.gz"
+    ):
         load("mnist", "train", data_dir=tmp_path / "nope")
 
 
@@ -175,7 +197,9 @@ def test_uncompressed_files_are_accepted(tmp_path, isolated, write_idx_split):
 def test_only_the_requested_split_is_needed(tmp_path, isolated, write_idx_split):
     write_idx_split(tmp_path, "test")
     assert len(load("mnist", "test", data_dir=tmp_path)) == 30
-    with pytest.raises(DataError, match=r"no train-images-idx3-ubyte.gz or train-labels-idx1-ubyte.gz"):
+    with pytest.raises(
+        DataError, match=r"no train-images-idx3-ubyte.gz or train-labels-idx1-ubyte.gz"
+    ):
         load("mnist", "train", data_dir=tmp_path)
 
 
@@ -228,7 +252,10 @@ def test_missing_cifar_names_its_files_and_no_apt(isolated):
 def test_folder_in_dpkg_listing():
     names = ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz")
     assert str(sources.folder_in_dpkg_listing(DPKG_LISTING, names)) == "/opt/pkgdata/fashion-mnist"
-    assert sources.folder_in_dpkg_listing("/usr/x/train-images-idx3-ubyte\n", names).as_posix() == "/usr/x"
+    assert (
+        sources.folder_in_dpkg_listing("/usr/x/train-images-idx3-ubyte\n", names).as_posix()
+        == "/usr/x"
+    )
     assert sources.folder_in_dpkg_listing("/usr/share/doc/x/README\n", names) is None
 
 
@@ -271,11 +298,17 @@ def test_debian_lookup_parses_dpkg_and_caches(fake_dpkg):
         (subprocess.TimeoutExpired(["dpkg"], 5), "did not answer within 5 s"),
         (
             subprocess.CompletedProcess(
-                [], 1, stdout="", stderr="dpkg-query: package 'dataset-fashion-mnist' is not installed\n"
+                [],
+                1,
+                stdout="",
+                stderr="dpkg-query: package 'dataset-fashion-mnist' is not installed\n",
             ),
             "package dataset-fashion-mnist is not installed (dpkg-query: package",
         ),
-        (subprocess.CompletedProcess([], 0, stdout="/usr/share/doc/x\n", stderr=""), "lists none of"),
+        (
+            subprocess.CompletedProcess([], 0, stdout="/usr/share/doc/x\n", stderr=""),
+            "lists none of",
+        ),
     ],
 )
 def test_debian_lookup_copes_with_absent_dpkg_or_package(fake_dpkg, outcome, reason):
@@ -291,7 +324,8 @@ def test_image_label_count_mismatch_names_both_files(tmp_path, isolated, write_i
     write_idx_split(tmp_path, "train", num=10)
     idx.write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(9, np.uint8))
     with pytest.raises(
-        DataError, match=r"10 images in .*train-images-idx3-ubyte.gz but 9 labels in .*train-labels-idx1-ubyte.gz"
+        DataError,
+        match=r"10 images in .*train-images-idx3-ubyte.gz but 9 labels in .*train-labels-idx1-ubyte.gz",
     ):
         load("mnist", "train", data_dir=tmp_path)
 
@@ -300,7 +334,8 @@ def test_label_out_of_range_names_the_labels_file(tmp_path, isolated, write_idx_
     write_idx_split(tmp_path, "test", num=4)
     idx.write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.array([0, 1, 10, 2], np.uint8))
     with pytest.raises(
-        DataError, match=r"labels from .*t10k-labels-idx1-ubyte.gz must lie in \[0, 10\).*label 10 at index 2"
+        DataError,
+        match=r"labels from .*t10k-labels-idx1-ubyte.gz must lie in \[0, 10\).*label 10 at index 2",
     ):
         load("mnist", "test", data_dir=tmp_path)
 
@@ -327,7 +362,9 @@ def test_cifar_from_folder_or_archive(tmp_path, isolated, write_cifar_dataset, p
     train = load("cifar10", "train", data_dir=data_dir)
     test = load("cifar10", "test", data_dir=data_dir)
     assert _same(train, arrays["train"]) and _same(test, arrays["test"])
-    assert train.image_shape == (32, 32, 3) and train.source.startswith("CIFAR-10 python batches in ")
+    assert train.image_shape == (32, 32, 3) and train.source.startswith(
+        "CIFAR-10 python batches in "
+    )
 
 
 def test_cifar_label_out_of_range_names_the_batch(tmp_path, isolated, write_cifar_dataset):
@@ -372,7 +409,11 @@ def test_load_splits_sizes_disjoint_deterministic(tmp_path, isolated, write_idx_
     again = load_splits("mnist", validation_size=20, seed=5, data_dir=tmp_path)
     other = load_splits("mnist", validation_size=20, seed=6, data_dir=tmp_path)
     assert {k: len(v) for k, v in first.items()} == {"train": 80, "validation": 20, "test": 40}
-    assert [first[k].split for k in ("train", "validation", "test")] == ["train", "validation", "test"]
+    assert [first[k].split for k in ("train", "validation", "test")] == [
+        "train",
+        "validation",
+        "test",
+    ]
     # Random images are unique, so image bytes identify examples.
     train_keys = {image.tobytes() for image in first["train"].images}
     validation_keys = {image.tobytes() for image in first["validation"].images}
@@ -387,12 +428,17 @@ def test_load_splits_with_limits_and_empty_validation(tmp_path, isolated, write_
     write_idx_dataset(tmp_path, num_train=100, num_test=40)
     sets = load_splits("mnist", validation_size=0, data_dir=tmp_path, train_limit=30, test_limit=10)
     assert {k: len(v) for k, v in sets.items()} == {"train": 30, "validation": 0, "test": 10}
-    assert sets["validation"].images.shape == (0, 28, 28, 1) and sets["validation"].labels.dtype == np.int32
+    assert (
+        sets["validation"].images.shape == (0, 28, 28, 1)
+        and sets["validation"].labels.dtype == np.int32
+    )
     assert np.bincount(sets["train"].labels).tolist() == [3] * 10
     assert np.bincount(sets["test"].labels).tolist() == [1] * 10
 
 
-def test_load_splits_rejects_a_validation_set_as_big_as_train(tmp_path, isolated, write_idx_dataset):
+def test_load_splits_rejects_a_validation_set_as_big_as_train(
+    tmp_path, isolated, write_idx_dataset
+):
     write_idx_dataset(tmp_path, num_train=10)
     with pytest.raises(DataError, match=r"validation_size must be in \[0, 10\).*got 10"):
         load_splits("mnist", validation_size=10, data_dir=tmp_path)

@@ -17,7 +17,9 @@ def _dataset(num: int = 100, num_classes: int = 10) -> Dataset:
     images = np.zeros((num, 2, 2, 1), np.uint8)
     images[:, 0, 0, 0], images[:, 0, 1, 0] = np.arange(num) // 256, np.arange(num) % 256
     labels = np.arange(num) % num_classes
-    return Dataset(images, labels, "toy", "train", tuple(map(str, range(num_classes))), source="toy")
+    return Dataset(
+        images, labels, "toy", "train", tuple(map(str, range(num_classes))), source="toy"
+    )
 
 
 def _origin(ds: Dataset) -> np.ndarray:
@@ -67,10 +69,13 @@ def test_validation_size_zero_gives_empty_dataset_with_right_shapes():
 
 
 @pytest.mark.parametrize(
-    "size, pattern", [(10, r"in \[0, 10\).*got 10"), (11, r"got 11"), (-1, r"got -1"), (2.0, r"must be an integer")]
+    "size, pattern",
+    [(10, r"in \[0, 10\).*got 10"), (11, r"got 11"), (-1, r"got -1"), (2.0, r"must be an integer")],
 )
 def test_bad_validation_size(size, pattern):
-    with pytest.raises(DataError, match=rf"validation_size .*{pattern}|validation_size must be an integer"):
+    with pytest.raises(
+        DataError, match=rf"validation_size .*{pattern}|validation_size must be an integer"
+    ):
         splits.train_validation_split(_dataset(10), size, seed=0)
 
 
@@ -139,7 +144,9 @@ def test_synthetic_is_learnable_by_position_not_by_brightness():
     assert (by_brightness == test.labels).mean() < 0.25  # chance is 0.1
 
 
-@pytest.mark.parametrize("kwargs", [{"num_train": 0}, {"num_train": -3}, {"num_train": 2.5}, {"num_train": True}])
+@pytest.mark.parametrize(
+    "kwargs", [{"num_train": 0}, {"num_train": -3}, {"num_train": 2.5}, {"num_train": True}]
+)
 def test_synthetic_rejects_bad_sizes(kwargs):
     with pytest.raises(DataError, match=r"num_train must be a positive integer"):
         load_synthetic(DATASETS["synthetic"], "train", **kwargs)

@@ -49,7 +49,10 @@ def test_prepared_dataset_is_read_through_data_source(isolated, mock_tfds, name)
     assert ds.image_shape == spec.image_shape and ds.class_names == spec.class_names
     np.testing.assert_array_equal(ds.images, np.stack([e["image"] for e in expected]))
     np.testing.assert_array_equal(ds.labels, [int(e["label"]) for e in expected])
-    assert ds.source.startswith(f"tensorflow-datasets {spec.tfds_name}:") and "split 'test'" in ds.source
+    assert (
+        ds.source.startswith(f"tensorflow-datasets {spec.tfds_name}:")
+        and "split 'test'" in ds.source
+    )
     assert "tensorflow" not in sys.modules
 
 
@@ -66,10 +69,14 @@ def test_not_prepared_without_tensorflow_never_prepares_and_probes_once_for_the_
     assert probe_calls == [DATASETS["mnist"].original_urls["train-images-idx3-ubyte.gz"]]
 
 
-def test_not_prepared_offline_probes_once_and_gives_up(isolated, mock_tfds, probe_calls, monkeypatch):
+def test_not_prepared_offline_probes_once_and_gives_up(
+    isolated, mock_tfds, probe_calls, monkeypatch
+):
     monkeypatch.setattr(tfds_source, "tensorflow_available", lambda: True)
     with mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare") as prepare:
-        with pytest.raises(DataNotFoundError, match=r"not prepared, and offline: DNS lookup failed"):
+        with pytest.raises(
+            DataNotFoundError, match=r"not prepared, and offline: DNS lookup failed"
+        ):
             load("fashion_mnist", "train", tfds_data_dir=str(isolated))
     assert probe_calls == [DATASETS["fashion_mnist"].tfds_download_url]
     prepare.assert_not_called()
@@ -77,7 +84,9 @@ def test_not_prepared_offline_probes_once_and_gives_up(isolated, mock_tfds, prob
 
 def test_not_prepared_online_prepares_array_record_then_reads(isolated, mock_tfds, monkeypatch):
     monkeypatch.setattr(tfds_source, "tensorflow_available", lambda: True)
-    monkeypatch.setattr(tfds_source, "probe_url", lambda url: tfds_source.ProbeResult(True, "patched online"))
+    monkeypatch.setattr(
+        tfds_source, "probe_url", lambda url: tfds_source.ProbeResult(True, "patched online")
+    )
     with mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare") as prepare:
         ds = load("mnist", "train", tfds_data_dir=str(isolated))
     prepare.assert_called_once_with(file_format="array_record")
@@ -86,13 +95,20 @@ def test_not_prepared_online_prepares_array_record_then_reads(isolated, mock_tfd
 
 def test_failed_download_is_reported(isolated, mock_tfds, monkeypatch):
     monkeypatch.setattr(tfds_source, "tensorflow_available", lambda: True)
-    monkeypatch.setattr(tfds_source, "probe_url", lambda url: tfds_source.ProbeResult(True, "patched online"))
+    monkeypatch.setattr(
+        tfds_source, "probe_url", lambda url: tfds_source.ProbeResult(True, "patched online")
+    )
     failing = mock.patch.object(
-        tfds.core.DatasetBuilder, "download_and_prepare", side_effect=ConnectionError("connection reset")
+        tfds.core.DatasetBuilder,
+        "download_and_prepare",
+        side_effect=ConnectionError("connection reset"),
     )
     with (
         failing,
-        pytest.raises(DataNotFoundError, match=r"download_and_prepare failed \(ConnectionError: connection reset\)"),
+        pytest.raises(
+            DataNotFoundError,
+            match=r"download_and_prepare failed \(ConnectionError: connection reset\)",
+        ),
     ):
         load("mnist", "train", tfds_data_dir=str(isolated))
 
@@ -110,13 +126,16 @@ class _TfrecordOnlyBuilder:
         supervised_keys = ("image", "label")
 
     def as_data_source(self, split):
-        raise NotImplementedError("Random access data source for file format tfrecord is not supported.")
+        raise NotImplementedError(
+            "Random access data source for file format tfrecord is not supported."
+        )
 
 
 def test_tfrecord_without_tensorflow_says_what_to_do(monkeypatch):
     monkeypatch.setattr(tfds_source, "tensorflow_available", lambda: False)
     with pytest.raises(
-        DataError, match=r"X is prepared in the tfrecord format.*pip install tensorflow-cpu.*array_record"
+        DataError,
+        match=r"X is prepared in the tfrecord format.*pip install tensorflow-cpu.*array_record",
     ):
         tfds_source.read_prepared(_TfrecordOnlyBuilder(), DATASETS["mnist"], "train", "X")
 
@@ -124,7 +143,8 @@ def test_tfrecord_without_tensorflow_says_what_to_do(monkeypatch):
 def test_examples_of_the_wrong_shape_are_a_data_error(mock_tfds):
     builder = tfds.builder("cifar10")  # 32x32x3 examples, read as if they were MNIST
     with pytest.raises(
-        DataError, match=r"W: example 0 has a uint8 image of shape \(32, 32, 3\); expected uint8 \(28, 28, 1\)"
+        DataError,
+        match=r"W: example 0 has a uint8 image of shape \(32, 32, 3\); expected uint8 \(28, 28, 1\)",
     ):
         tfds_source.read_prepared(builder, DATASETS["mnist"], "train", "W")
 
@@ -152,7 +172,9 @@ def test_gcs_access_is_disabled_in_installed_tfds():
 
 
 def test_whole_not_found_path_is_fast_with_a_failing_probe(isolated, monkeypatch):
-    monkeypatch.setattr(tfds_source, "tensorflow_available", lambda: True)  # so the probe is reached
+    monkeypatch.setattr(
+        tfds_source, "tensorflow_available", lambda: True
+    )  # so the probe is reached
     start = time.monotonic()
     for name in ("mnist", "fashion_mnist", "cifar10"):
         with pytest.raises(DataNotFoundError):
@@ -220,7 +242,9 @@ def test_probe_reports_a_failed_dns_lookup(monkeypatch):
 def test_probe_url_picks_host_and_port(monkeypatch, url, host, port):
     seen = []
     monkeypatch.setattr(
-        tfds_source, "probe_host", lambda h, p, t: seen.append((h, p)) or tfds_source.ProbeResult(False, "")
+        tfds_source,
+        "probe_host",
+        lambda h, p, t: seen.append((h, p)) or tfds_source.ProbeResult(False, ""),
     )
     tfds_source.probe_url(url)
     assert seen == [(host, port)]

@@ -20,7 +20,9 @@ def _dataset(num: int = 10, split: str = "train") -> Dataset:
 
 
 def _check(images, labels, **kwargs):
-    options = dict(image_shape=(2, 2, 1), num_classes=5, images_from="imgs.bin", labels_from="lbls.bin")
+    options = dict(
+        image_shape=(2, 2, 1), num_classes=5, images_from="imgs.bin", labels_from="lbls.bin"
+    )
     return validate_arrays(images, labels, **{**options, **kwargs})
 
 
@@ -44,7 +46,11 @@ def test_valid_arrays_pass_and_labels_become_int32():
             np.zeros(3, int),
             r"images from imgs.bin have shape \(3, 2, 3, 1\); expected \(N, 2, 2, 1\)",
         ),
-        (np.zeros((3, 2, 2), np.uint8), np.zeros(3, int), r"images from imgs.bin have shape \(3, 2, 2\)"),
+        (
+            np.zeros((3, 2, 2), np.uint8),
+            np.zeros(3, int),
+            r"images from imgs.bin have shape \(3, 2, 2\)",
+        ),
         (
             np.zeros((3, 2, 2, 1), np.uint8),
             np.zeros(3, float),
@@ -61,7 +67,11 @@ def test_valid_arrays_pass_and_labels_become_int32():
             r"labels from lbls.bin must lie in \[0, 5\) but range over \[0, 5\] \(first bad one: label 5 at index 1\)",
         ),
         (np.zeros((3, 2, 2, 1), np.uint8), np.array([0, -1, 1]), r"label -1 at index 1"),
-        (np.zeros((3, 2, 2, 1), np.uint8), np.zeros(2, int), r"3 images in imgs.bin but 2 labels in lbls.bin"),
+        (
+            np.zeros((3, 2, 2, 1), np.uint8),
+            np.zeros(2, int),
+            r"3 images in imgs.bin but 2 labels in lbls.bin",
+        ),
         (np.zeros((0, 2, 2, 1), np.uint8), np.zeros(0, int), r"imgs.bin holds no images"),
         ([[0]], np.zeros(1, int), r"images from imgs.bin are a list, not a numpy array"),
     ],
@@ -72,7 +82,9 @@ def test_each_broken_contract_is_named(images, labels, pattern):
 
 
 def test_empty_allowed_when_asked():
-    images, labels = _check(np.zeros((0, 2, 2, 1), np.uint8), np.zeros(0, np.int64), allow_empty=True)
+    images, labels = _check(
+        np.zeros((0, 2, 2, 1), np.uint8), np.zeros(0, np.int64), allow_empty=True
+    )
     assert images.shape == (0, 2, 2, 1) and labels.dtype == np.int32
 
 
@@ -93,7 +105,9 @@ def test_dataset_does_not_freeze_the_callers_array():
 
 def test_dataset_rejects_broken_arrays_and_unknown_split():
     with pytest.raises(DataError, match=r"toy/train \(x\) must lie in \[0, 5\)"):
-        Dataset(np.zeros((1, 2, 2, 1), np.uint8), np.array([7]), "toy", "train", CLASSES, source="x")
+        Dataset(
+            np.zeros((1, 2, 2, 1), np.uint8), np.array([7]), "toy", "train", CLASSES, source="x"
+        )
     with pytest.raises(DataError, match=r"Unknown split 'dev'"):
         Dataset(np.zeros((1, 2, 2, 1), np.uint8), np.array([0]), "toy", "dev", CLASSES, source="x")
     with pytest.raises(DataError, match=r"must be \(N, H, W, C\)"):
