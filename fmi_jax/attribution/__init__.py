@@ -17,10 +17,11 @@ gradient_shap                  :mod:`.shap`                          GradientSha
 deeplift                       :mod:`.deeplift`                      DeepLift
 =============================  ====================================  ========================
 
-Shared machinery (targets, checks, chunking, keys) lives in :mod:`.core`.
+Shared machinery (targets, checks, chunking, keys) lives in :mod:`.core`; methods by
+name, with one call signature for all, in :mod:`.registry` (``explainer``).
 """
 
-from fmi_jax.attribution.core import resolve_target
+from fmi_jax.attribution.core import completeness_delta, resolve_target
 from fmi_jax.attribution.deeplift import deeplift
 from fmi_jax.attribution.gradients import input_x_gradient, saliency
 from fmi_jax.attribution.integrated_gradients import (
@@ -29,6 +30,7 @@ from fmi_jax.attribution.integrated_gradients import (
     quadrature,
 )
 from fmi_jax.attribution.noise_tunnel import NOISE_KINDS, noise_tunnel, smoothgrad
+from fmi_jax.attribution.registry import METHODS, MethodSpec, available_methods, explainer
 from fmi_jax.attribution.shap import gradient_shap
 from fmi_jax.attribution.smoothing import gaussian_smoothed_saliency
 
@@ -45,4 +47,9 @@ __all__ = [
     "gradient_shap",
     "deeplift",
     "resolve_target",
+    "completeness_delta",
+    "METHODS",
+    "MethodSpec",
+    "available_methods",
+    "explainer",
 ]

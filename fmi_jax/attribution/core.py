@@ -53,6 +53,7 @@ __all__ = [
     "select_target",
     "target_logit_grad",
     "sum_over_samples",
+    "completeness_delta",
     "example_keys",
     "sample_keys",
     "per_example",
@@ -291,3 +292,31 @@ def example_keys(key: Array, num_examples: int) -> Array:
 def sample_keys(keys: Array, example: Array, sample: Array) -> Array:
     """``fold_in(keys[example[j]], sample[j])`` for every pair j of a chunk."""
     return jax.vmap(jax.random.fold_in)(keys[example], sample)
+
+
+def completeness_delta(
+    fn: ModelFn,
+    x: Array,
+    target: Array,
+    attributions: Array,
+    *,
+    baseline: Array | None = None,
+    batch_size: int | None = None,
+) -> Array:
+    """Completeness gap per example: ``sum_j A_ij - (f_t(x_i) - f_t(x'_i))``, shape ``(N,)``.
+
+    Zero for methods that satisfy completeness (IG up to quadrature error; DeepLift's
+    summation-to-delta), so it measures their numerical error; for other methods it
+    says how far their maps are from explaining the logit difference.
+    """
+    x = as_input(x)
+    baseline = as_baseline(baseline, x)
+    target = as_target(target, x.shape[0])
+
+    def logit_difference(example: Array, _: Array) -> Array:
+        return select_target(fn(x[example]), target[example]) - select_target(
+            fn(baseline[example]), target[example]
+        )
+
+    difference = sum_over_samples(logit_difference, x.shape[0], batch_size=batch_size)
+    return jnp.reshape(attributions, (x.shape[0], -1)).sum(axis=1) - difference

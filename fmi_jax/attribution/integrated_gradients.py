@@ -59,9 +59,9 @@ from fmi_jax.attribution.core import (
     as_baseline,
     as_count,
     as_input,
+    completeness_delta,
     per_example,
     resolve_target,
-    select_target,
     sum_over_samples,
     target_logit_grad,
 )
@@ -211,12 +211,7 @@ def integrated_gradients(
     attributions = (x - baseline) * average_gradient
     if not return_delta:
         return attributions
-
-    def logit_difference(example: Array, _: Array) -> Array:
-        return select_target(fn(x[example]), target[example]) - select_target(
-            fn(baseline[example]), target[example]
-        )
-
-    difference = sum_over_samples(logit_difference, x.shape[0], batch_size=batch_size)
-    delta = attributions.reshape(x.shape[0], -1).sum(axis=1) - difference
+    delta = completeness_delta(
+        fn, x, target, attributions, baseline=baseline, batch_size=batch_size
+    )
     return attributions, delta

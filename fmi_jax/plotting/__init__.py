@@ -6,6 +6,7 @@ the parent folder) and returns the path.
 
 from fmi_jax.plotting.attribution import (
     SIGNS,
+    agreement_matrices,
     blend,
     class_gallery,
     default_sign,
@@ -17,6 +18,7 @@ from fmi_jax.plotting.training import confusion_matrix, training_curves
 
 __all__ = [
     "SIGNS",
+    "agreement_matrices",
     "blend",
     "class_gallery",
     "confusion_matrix",

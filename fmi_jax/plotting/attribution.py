@@ -24,6 +24,7 @@ from fmi_jax.plotting._base import plt, save
 
 __all__ = [
     "SIGNS",
+    "agreement_matrices",
     "blend",
     "class_gallery",
     "explanation_sheet",
@@ -241,5 +242,30 @@ def class_gallery(
                 ax.axis("off")
         axes[r, 0].set_ylabel(class_names[c], fontsize=8)
     fig.suptitle(f"{method} ({sign})".strip(), fontsize=10)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def agreement_matrices(
+    matrices: Mapping[str, np.ndarray], names: Sequence[str], path: str | Path
+) -> Path:
+    """Side-by-side method-by-method matrices (correlations in [-1, 1], overlaps in [0, 1])."""
+    fig, axes = plt.subplots(
+        1,
+        len(matrices),
+        figsize=(1.2 + 3.6 * len(matrices), 1.4 + 0.45 * len(names)),
+        squeeze=False,
+    )
+    for ax, (title, m) in zip(axes[0], matrices.items()):
+        m = np.asarray(m, np.float64)
+        lo = -1 if (m < 0).any() else 0
+        im = ax.imshow(m, cmap="RdBu_r" if lo < 0 else "viridis", vmin=lo, vmax=1)
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        for i in range(len(names)):
+            for j in range(len(names)):
+                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6)
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     return save(fig, path)

@@ -1,0 +1,64 @@
+"""The explain study: attribution methods side by side on a trained classifier.
+
+    python -m experiments.explain --workdir=runs/cnn_fmnist --config=configs/explain.py
+
+Reads the run's checkpoint (best by validation accuracy) and writes under
+`<workdir>/<output>/`. `:smoke` shrinks it to seconds.
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg=None):
+    config = ml_collections.ConfigDict()
+    config.checkpoint = "best"
+    config.split = "test"
+    config.output = "explain"
+    config.seed = 0
+    # Explain the predicted class ('predicted') or the true label ('label').
+    config.target = "predicted"
+    config.selection = {
+        "kind": "high_confidence",  # or 'indices'
+        "indices": (),
+        "per_class": 2,
+        "threshold": 0.8,
+        "pool": 2000,  # confident samples are drawn from the first `pool` images
+        "seed": 0,
+    }
+    config.methods = (
+        "saliency",
+        "integrated_gradients",
+        "smoothgrad",
+        "gaussian_saliency",
+        "deeplift",
+        "ig_smoothgrad",
+    )
+    # Keyword options per method (see fmi_jax.attribution.METHODS[name].options).
+    config.options = {
+        "integrated_gradients": {"steps": 50, "method": "gausslegendre"},
+        "smoothgrad": {"samples": 25, "stdev_spread": 0.15},
+        "ig_smoothgrad": {"samples": 10, "steps": 20, "stdev_spread": 0.15},
+        "gaussian_saliency": {"sigma": 1.0},
+    }
+    # Model evaluations per chunk: bounds memory, never changes results.
+    config.batch_size = 256
+    config.topk_fraction = 0.01
+    config.figures = {"max_sheets": 10, "gallery_per_class": 2, "sign_modes": True}
+
+    arg = arg or ""
+    if arg not in common.VARIANTS:
+        raise ValueError(
+            f"unknown config variant {arg!r}; choose one of {common.VARIANTS[1:]} or none"
+        )
+    if arg == "smoke":
+        config.selection.per_class = 1
+        config.selection.pool = 200
+        config.selection.threshold = 0.0
+        config.options.integrated_gradients.steps = 8
+        config.options.smoothgrad.samples = 4
+        config.options.ig_smoothgrad = {"samples": 2, "steps": 4, "stdev_spread": 0.15}
+        config.batch_size = 64
+        config.figures.max_sheets = 2
+    return config

@@ -1,0 +1,30 @@
+r"""Explain a trained classifier with several attribution methods.
+
+    python -m experiments.explain --workdir=runs/cnn_fmnist --config=configs/explain.py
+    python -m experiments.explain --workdir=runs/cnn_fmnist --config=configs/explain.py \
+        --config.methods='("saliency","deeplift")' --config.output=explain_two
+
+Writes attributions.npz, stats.json and figures under <workdir>/<output>/.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from fmi_jax import logs, studies
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/explain.py", "Explain study config.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logs.quiet_libraries()
+    studies.run_explain(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,9 @@
+"""Studies: what the experiment scripts run. Each takes a config and a workdir.
+
+This layer sits above everything else (it may import train, attribution,
+evaluation and plotting); nothing below imports it.
+"""
+
+from fmi_jax.studies.explain import ExplainResult, run_explain
+
+__all__ = ["ExplainResult", "run_explain"]

@@ -1,0 +1,313 @@
+"""The explain study: attributions of a trained classifier, compared across methods.
+
+`run_explain(config, workdir)` loads a checkpoint of `workdir`, picks samples,
+runs every configured attribution method on them, and writes under
+`workdir/<config.output>/`:
+
+  attributions.npz   images, labels, predictions, probabilities, indices, one
+                     array of maps per method, and the completeness gaps
+  stats.json         per method: mean, max, min, std, mean |A|, seconds; the
+                     completeness gaps of IG and DeepLift; mean Pearson and
+                     Spearman matrices; mean top-k overlap matrix
+  config.json        the study config
+  sheets/            per sample: input + heat maps, overlays, stats + correlations
+  gallery_<m>.png    per method: rows of classes, blended maps
+  signs_<m>.png      signed methods: the sign modes of the first sample
+  agreement.png      the mean correlation and top-k overlap matrices
+
+Re-running with the same config reuses attributions.npz and only draws
+missing figures; a different config for the same output folder is an error
+(choose another `--config.output`), so finished results are never overwritten.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from fmi_jax import attribution, evaluation, plotting
+from fmi_jax.train import evaluate as evaluate_lib
+from fmi_jax.train import loop as loop_lib
+from fmi_jax.train.input_pipeline import to_float
+
+__all__ = ["ExplainResult", "run_explain", "select_samples"]
+
+# Methods whose maps should sum to f(x) - f(baseline); their gaps go into stats.json.
+COMPLETE_METHODS = ("integrated_gradients", "deeplift")
+
+
+@dataclasses.dataclass
+class ExplainResult:
+    out_dir: Path
+    stats: dict[str, Any]
+    maps: dict[str, np.ndarray]
+    indices: np.ndarray
+
+
+def _plain(config: Any) -> Any:
+    if isinstance(config, ml_collections.ConfigDict):
+        return json.loads(config.to_json_best_effort())
+    return config
+
+
+def _probabilities(fn, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Softmax outputs for uint8 images, in fixed-size batches (one compile)."""
+    probs = jax.jit(lambda x: jax.nn.softmax(fn(to_float(x)), axis=-1))
+    out = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        pad = batch_size - len(chunk)
+        padded = (
+            np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+            if pad
+            else chunk
+        )
+        out.append(np.asarray(probs(padded))[: len(chunk)])
+    return np.concatenate(out)
+
+
+def select_samples(
+    fn, images: np.ndarray, labels: np.ndarray, selection: Any, batch_size: int
+) -> np.ndarray:
+    """Indices to explain: given explicitly, or confident correct ones balanced by class."""
+    kind = selection.kind
+    if kind == "indices":
+        idx = np.asarray(list(selection.indices), dtype=np.int64)
+        if idx.size == 0:
+            raise ValueError(
+                "selection.kind='indices' needs --config.selection.indices=(i, j, ...)"
+            )
+        bad = idx[(idx < 0) | (idx >= len(images))]
+        if bad.size:
+            raise ValueError(f"selection indices {bad.tolist()} are outside [0, {len(images)})")
+        return idx
+    if kind == "high_confidence":
+        pool = min(int(selection.pool), len(images))
+        probs = _probabilities(fn, images[:pool], batch_size)
+        return evaluation.high_confidence_correct(
+            probs,
+            labels[:pool],
+            per_class=int(selection.per_class),
+            threshold=float(selection.threshold),
+            seed=int(selection.seed),
+        )
+    raise ValueError(f"unknown selection kind {kind!r}; choose 'high_confidence' or 'indices'")
+
+
+def _method_options(config: Any, name: str) -> dict[str, Any]:
+    options = dict(_plain(config.options).get(name, {}) or {})
+    spec = attribution.METHODS[name]
+    if "batch_size" in spec.options and "batch_size" not in options:
+        options["batch_size"] = int(config.batch_size)
+    for key, value in list(options.items()):
+        if isinstance(value, list):
+            options[key] = tuple(value)
+    return options
+
+
+def _stats(maps: np.ndarray, seconds: float) -> dict[str, float]:
+    return {
+        "mean": float(maps.mean()),
+        "mean_abs": float(np.abs(maps).mean()),
+        "max": float(maps.max()),
+        "min": float(maps.min()),
+        "std": float(maps.std()),
+        "seconds": float(seconds),
+    }
+
+
+def _agreement(maps: dict[str, np.ndarray], fraction: float) -> dict[str, Any]:
+    names = list(maps)
+    flat = {k: evaluation.reduce_channels(jnp.asarray(v), "sum") for k, v in maps.items()}
+    pearson, pearson_per = evaluation.correlation_matrix(flat, method="pearson")
+    spearman, spearman_per = evaluation.correlation_matrix(flat, method="spearman")
+    overlap = np.eye(len(names))
+    for i, a in enumerate(names):
+        for j in range(i + 1, len(names)):
+            value = float(
+                np.mean(evaluation.topk_overlap(flat[a], flat[names[j]], fraction=fraction))
+            )
+            overlap[i, j] = overlap[j, i] = value
+    return {
+        "methods": names,
+        "pearson": pearson.tolist(),
+        "spearman": spearman.tolist(),
+        "topk_fraction": fraction,
+        "topk_overlap": overlap.tolist(),
+        "_per_sample": {"pearson": pearson_per, "spearman": spearman_per},
+    }
+
+
+def run_explain(config: ml_collections.ConfigDict, workdir: str | Path) -> ExplainResult:
+    """Runs the explain study on the trained run in `workdir` (see the module docstring)."""
+    workdir = Path(workdir)
+    unknown = sorted(set(config.methods) - set(attribution.available_methods()))
+    if unknown:
+        raise ValueError(
+            f"unknown method(s) {unknown}; available: {attribution.available_methods()}"
+        )
+    out = workdir / config.output
+    out.mkdir(parents=True, exist_ok=True)
+    config_json = json.dumps(_plain(config), indent=2, sort_keys=True)
+    if (out / "config.json").exists() and (out / "config.json").read_text() != config_json:
+        raise ValueError(
+            f"{out} holds a study run with another config; pass --config.output=<new name> "
+            "(or move that folder away). Nothing was overwritten."
+        )
+    (out / "config.json").write_text(config_json)
+
+    model, variables, run_config, epoch = evaluate_lib.restore_model(
+        workdir, checkpoint=config.checkpoint
+    )
+    fn = jax.jit(lambda x: model.apply(variables, x))
+    split = loop_lib.load_data(run_config.data)[config.split]
+    logging.info(
+        "explaining %s (epoch %d) on %s/%s", run_config.model.name, epoch, split.name, config.split
+    )
+
+    npz_path = out / "attributions.npz"
+    if npz_path.exists():
+        logging.info("%s exists: reusing the attributions, drawing missing figures only", npz_path)
+        saved = np.load(npz_path)
+        indices = saved["indices"]
+        maps = {m: saved[f"map_{m}"] for m in config.methods}
+        stats = json.loads((out / "stats.json").read_text())
+        images = saved["images"]
+        labels, preds, probs = saved["labels"], saved["predictions"], saved["probabilities"]
+    else:
+        indices = select_samples(
+            fn, split.images, split.labels, config.selection, int(config.batch_size)
+        )
+        images = to_float(jnp.asarray(split.images[indices]))
+        labels = split.labels[indices]
+        probs = np.asarray(jax.nn.softmax(fn(images), axis=-1))
+        preds = probs.argmax(-1)
+        target = jnp.asarray(preds if config.target == "predicted" else labels, jnp.int32)
+        key = jax.random.key(int(config.seed))
+        maps, stats = {}, {"methods": {}, "completeness": {}}
+        for name in config.methods:
+            options = _method_options(config, name)
+            explain = jax.jit(attribution.explainer(name, fn, **options))
+            start = time.perf_counter()
+            result = np.asarray(jax.block_until_ready(explain(images, target, key)))
+            seconds = time.perf_counter() - start
+            if not np.isfinite(result).all():
+                raise FloatingPointError(
+                    f"{name} produced NaN or Inf attributions with options {options}"
+                )
+            maps[name] = result
+            stats["methods"][name] = _stats(result, seconds)
+            if name in COMPLETE_METHODS:
+                delta = np.asarray(
+                    attribution.completeness_delta(
+                        fn, images, target, result, baseline=options.get("baseline")
+                    )
+                )
+                stats["completeness"][name] = {
+                    "mean_abs_delta": float(np.abs(delta).mean()),
+                    "max_abs_delta": float(np.abs(delta).max()),
+                    "per_sample": delta.tolist(),
+                }
+            logging.info("%s: %.2f s for %d samples", name, seconds, len(indices))
+        agreement = _agreement(maps, float(config.topk_fraction))
+        per_sample = agreement.pop("_per_sample")
+        stats.update(
+            agreement=agreement,
+            samples=len(indices),
+            checkpoint_epoch=epoch,
+            model=run_config.model.name,
+            dataset=split.name,
+            split=config.split,
+        )
+        images = np.asarray(images)
+        np.savez_compressed(
+            npz_path,
+            indices=indices,
+            images=images,
+            labels=labels,
+            predictions=preds,
+            probabilities=probs,
+            pearson_per_sample=per_sample["pearson"],
+            spearman_per_sample=per_sample["spearman"],
+            **{f"map_{m}": v for m, v in maps.items()},
+        )
+        (out / "stats.json").write_text(json.dumps(stats, indent=2))
+
+    _figures(out, config, images, labels, preds, probs, maps, stats, split.class_names)
+    return ExplainResult(out_dir=out, stats=stats, maps=maps, indices=np.asarray(indices))
+
+
+def _figures(out: Path, config, images, labels, preds, probs, maps, stats, class_names) -> None:
+    names = list(maps)
+    signs = {m: ("all" if attribution.METHODS[m].signed else "absolute") for m in names}
+    per_sample = np.load(out / "attributions.npz")["spearman_per_sample"]
+    for i in range(min(int(config.figures.max_sheets), len(images))):
+        path = out / "sheets" / f"sample_{i:03d}.png"
+        if path.exists():
+            continue
+        sample_stats = {
+            m: {
+                "mean": float(maps[m][i].mean()),
+                "max": float(maps[m][i].max()),
+                "std": float(maps[m][i].std()),
+            }
+            for m in names
+        }
+        title = (
+            f"true {class_names[labels[i]]}, predicted {class_names[preds[i]]} "
+            f"({probs[i].max():.2f})"
+        )
+        plotting.explanation_sheet(
+            images[i],
+            {m: maps[m][i] for m in names},
+            path,
+            title=title,
+            stats=sample_stats,
+            correlation=per_sample[i],
+            signs=signs,
+        )
+    for m in names:
+        path = out / f"gallery_{m}.png"
+        if not path.exists():
+            plotting.class_gallery(
+                images,
+                maps[m],
+                labels,
+                class_names,
+                path,
+                method=m,
+                sign=signs[m],
+                per_class=int(config.figures.gallery_per_class),
+            )
+        if (
+            signs[m] == "all"
+            and config.figures.sign_modes
+            and not (out / f"signs_{m}.png").exists()
+        ):
+            plotting.sign_modes(
+                images[0],
+                maps[m][0],
+                out / f"signs_{m}.png",
+                method=m,
+                title=f"{m}: sign modes ({class_names[labels[0]]})",
+            )
+    if not (out / "agreement.png").exists():
+        a = stats["agreement"]
+        plotting.agreement_matrices(
+            {
+                "Pearson": np.array(a["pearson"]),
+                "Spearman": np.array(a["spearman"]),
+                f"top {100 * a['topk_fraction']:g}% overlap": np.array(a["topk_overlap"]),
+            },
+            a["methods"],
+            out / "agreement.png",
+        )
