@@ -84,13 +84,11 @@ def _images(config, n: int) -> np.ndarray:
     return np.asarray(to_float(jnp.asarray(images)))
 
 
-def _median_time(call, repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return times
+def _seconds(call, *args) -> float:
+    """Wall time of one call (the caller blocks on JAX results inside `call`)."""
+    start = time.perf_counter()
+    call(*args)
+    return time.perf_counter() - start
 
 
 def run_benchmark(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
@@ -178,10 +176,11 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | Path) -> dic
             jax.block_until_ready(ours(x, t))
             first = time.perf_counter() - start
             theirs(xt, tt)  # warm-up
+            run_ours = lambda *a, f=ours: jax.block_until_ready(f(*a))
             jax_times, torch_times = [], []
-            for _ in range(config.repeats):
-                jax_times += _median_time(lambda: jax.block_until_ready(ours(x, t)), 1)
-                torch_times += _median_time(lambda: theirs(xt, tt), 1)
+            for _ in range(config.repeats):  # alternate, so drift hits both sides alike
+                jax_times.append(_seconds(run_ours, x, t))
+                torch_times.append(_seconds(theirs, xt, tt))
             j, p = statistics.median(jax_times), statistics.median(torch_times)
             row = {
                 "method": name,
