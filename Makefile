@@ -5,13 +5,22 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/cnn_fmnist.py
 WORKDIR ?= runs/cnn_fmnist
 PYTEST_ARGS ?=
+# The benchmark's PyTorch side lives in its own venv, never in the test or demo one.
+BENCH_VENV ?= .venv-bench
+BENCH_PY := $(BENCH_VENV)/bin/python
+# e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu for the CPU-only wheel
+TORCH_INDEX ?=
+BENCH_CONFIG ?= configs/benchmark.py
+BENCH_WORKDIR ?= runs/benchmark/$(shell uname -m)-$(shell nproc)cores
 
-.PHONY: demo test install data clean-venv help
+.PHONY: demo test install data bench explain clean-venv help
 
 help:
 	@echo "make demo   - venv, install, find Fashion-MNIST, train $(CONFIG) into $(WORKDIR), evaluate"
 	@echo "make test   - venv, install test dependencies, run the test suite"
 	@echo "make data   - install Debian's dataset-fashion-mnist when running as root with apt"
+	@echo "make explain - the explain study on $(WORKDIR) (after make demo)"
+	@echo "make bench  - fmi_jax vs PyTorch + Captum on $(WORKDIR), in its own venv $(BENCH_VENV)"
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,5 +49,19 @@ demo: install data
 test: install data
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+explain: install
+	$(PY) -m experiments.explain --workdir=$(WORKDIR) --config=configs/explain.py
+
+$(BENCH_VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install --quiet --upgrade pip
+	$(BENCH_PY) -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BENCH_PY) -m pip install --quiet -e '.[bench]'
+	touch $@
+
+bench: $(BENCH_VENV)/.installed data
+	$(BENCH_PY) -m experiments.benchmark --config=$(BENCH_CONFIG) \
+	  --config.model_workdir=$(WORKDIR) --workdir=$(BENCH_WORKDIR)
+
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(BENCH_VENV)
