@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.flatten_util import ravel_pytree
 
 from fmi_jax import models
 
@@ -62,8 +63,8 @@ def test_training_gradients_equal_with_and_without_the_cpu_conv_rule():
     variables = model.init(jax.random.key(0), x)
     loss = lambda p, train: model.apply({"params": p}, x, train=train).sum()
     np.testing.assert_allclose(
-        jax.flatten_util.ravel_pytree(jax.grad(loss)(variables["params"], True))[0],
-        jax.flatten_util.ravel_pytree(jax.grad(loss)(variables["params"], False))[0],
+        ravel_pytree(jax.grad(loss)(variables["params"], True))[0],
+        ravel_pytree(jax.grad(loss)(variables["params"], False))[0],
         rtol=1e-4,
         atol=1e-5,
     )
