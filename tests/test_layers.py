@@ -1,6 +1,9 @@
-"""The matmul weight-gradient convolution equals lax's convolution and its gradients."""
+"""The CPU-friendly layers equal their lax/flax counterparts: the matmul weight-gradient
+convolution, and max pooling written as a reshape and a max."""
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
@@ -70,3 +73,31 @@ def test_vmap_and_jit():
         rtol=1e-4,
         atol=1e-4,
     )
+
+
+def test_max_pool_forward_equals_flax_including_odd_sizes():
+    x = jax.random.normal(jax.random.key(1), (3, 7, 9, 4))
+    for window in (2, 3):
+        want = nn.max_pool(x, (window, window), strides=(window, window))
+        np.testing.assert_array_equal(layers.max_pool(x, window), want)
+
+
+def test_max_pool_gradient_without_ties_equals_flax():
+    # Continuous random values: no ties, so both gradients route to the unique argmax.
+    x = jax.random.normal(jax.random.key(2), (2, 6, 6, 3))
+    g = jax.random.normal(jax.random.key(3), (2, 3, 3, 3))
+    ours = jax.vjp(lambda v: layers.max_pool(v, 2), x)[1](g)[0]
+    theirs = jax.vjp(lambda v: nn.max_pool(v, (2, 2), strides=(2, 2)), x)[1](g)[0]
+    np.testing.assert_array_equal(ours, theirs)
+    # Each window's gradient lands on exactly one position: its maximum.
+    assert int((ours != 0).sum()) == g.size
+
+
+def test_max_pool_gradient_splits_ties_equally():
+    x = jnp.array([[1.0, 5.0], [5.0, 2.0]]).reshape(1, 2, 2, 1)
+    grad = jax.grad(lambda v: layers.max_pool(v, 2).sum())(x)
+    np.testing.assert_allclose(grad.reshape(2, 2), [[0.0, 0.5], [0.5, 0.0]])
+    # A window beyond the last full one gets no gradient: VALID pooling drops it.
+    x = jnp.arange(9.0).reshape(1, 3, 3, 1)
+    grad = jax.grad(lambda v: layers.max_pool(v, 2).sum())(x)
+    np.testing.assert_array_equal(grad.reshape(3, 3), [[0, 0, 0], [0, 1, 0], [0, 0, 0]])

@@ -92,7 +92,7 @@ class SimpleCNN(nn.Module):
                 x, train=train
             )
             if pool:
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = layers.max_pool(x, 2)
         x = x.reshape((x.shape[0], -1))
         for i, width in enumerate(self.dense):
             x = nn.relu(nn.Dense(width, dtype=self.dtype, name=f"fc{i + 1}")(x))

