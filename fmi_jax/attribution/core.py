@@ -258,6 +258,14 @@ def sum_over_samples(
         )
         return sums, None
 
+    if num_chunks == 1:
+        # Everything in one evaluation: no loop, and the per-example sum is a reshape
+        # (pairs are laid out example-major) instead of a scatter-add into the carry.
+        pair = jnp.arange(total, dtype=jnp.int32)
+        values = evaluate(pair // num_samples, pair % num_samples)
+        return jax.tree.map(
+            lambda v: v.reshape((num_examples, num_samples) + v.shape[1:]).sum(axis=1), values
+        )
     index_spec = jax.ShapeDtypeStruct((chunk,), jnp.int32)
     shapes = jax.eval_shape(evaluate, index_spec, index_spec)
     zeros = jax.tree.map(lambda s: jnp.zeros((num_examples,) + s.shape[1:], s.dtype), shapes)
