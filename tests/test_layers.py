@@ -82,21 +82,24 @@ def test_max_pool_forward_equals_flax_including_odd_sizes():
         np.testing.assert_array_equal(layers.max_pool(x, window), want)
 
 
-def test_max_pool_gradient_without_ties_equals_flax():
-    # Continuous random values: no ties, so both gradients route to the unique argmax.
-    x = jax.random.normal(jax.random.key(2), (2, 6, 6, 3))
-    g = jax.random.normal(jax.random.key(3), (2, 3, 3, 3))
-    ours = jax.vjp(lambda v: layers.max_pool(v, 2), x)[1](g)[0]
-    theirs = jax.vjp(lambda v: nn.max_pool(v, (2, 2), strides=(2, 2)), x)[1](g)[0]
-    np.testing.assert_array_equal(ours, theirs)
-    # Each window's gradient lands on exactly one position: its maximum.
+@pytest.mark.parametrize("window", [2, 3])
+def test_max_pool_gradient_equals_flax_ties_included(window):
+    # Values from {0, 1, 2} on a 7x9 map: most windows hold ties, some of the maximum.
+    x = jax.random.randint(jax.random.key(2), (2, 7, 9, 3), 0, 3).astype(jnp.float32)
+    g = jax.random.normal(jax.random.key(3), (2, 7 // window, 9 // window, 3))
+    ours = jax.vjp(lambda v: layers.max_pool(v, window), x)[1](g)[0]
+    theirs = jax.vjp(lambda v: nn.max_pool(v, (window, window), strides=(window, window)), x)[1](g)
+    np.testing.assert_array_equal(ours, theirs[0])
+    # Each window's gradient lands on exactly one position.
     assert int((ours != 0).sum()) == g.size
 
 
-def test_max_pool_gradient_splits_ties_equally():
+def test_max_pool_ties_route_to_the_first_maximum_in_forward_and_reverse_mode():
     x = jnp.array([[1.0, 5.0], [5.0, 2.0]]).reshape(1, 2, 2, 1)
     grad = jax.grad(lambda v: layers.max_pool(v, 2).sum())(x)
-    np.testing.assert_allclose(grad.reshape(2, 2), [[0.0, 0.5], [0.5, 0.0]])
+    np.testing.assert_array_equal(grad.reshape(2, 2), [[0, 1], [0, 0]])
+    _, tangent = jax.jvp(lambda v: layers.max_pool(v, 2), (x,), (jnp.arange(4.0).reshape(x.shape),))
+    np.testing.assert_array_equal(tangent.reshape(()), 1.0)
     # A window beyond the last full one gets no gradient: VALID pooling drops it.
     x = jnp.arange(9.0).reshape(1, 3, 3, 1)
     grad = jax.grad(lambda v: layers.max_pool(v, 2).sum())(x)

@@ -9,11 +9,11 @@ Protocol (`run_benchmark`):
      cannot win: a failed check stops the run unless `config.allow_disagreement`.
      The criterion is the relative L2 error ||A_jax - A_captum|| / ||A_captum||,
      not the elementwise maximum: uniform image regions give exactly tied
-     activations inside a max-pool window, where PyTorch sends the gradient to the
-     first maximum and fmi_jax splits it equally (`fmi_jax.models.layers.max_pool`);
-     and XLA and PyTorch round the convolution differently, so a tie on one side can
-     be a strict maximum on the other. Both are valid subgradients; they differ at a
-     few pixels and the relative L2 error stays small (see benchmark.json).
+     activations inside a max-pool window, XLA and PyTorch round the convolution
+     differently, so a tie on one side is a strict maximum on the other and the
+     gradient goes to a different (equally valid) member of the window. Measured
+     on the Fashion-MNIST CNN: IG with 20 steps differs at 37 of 3136 pixels,
+     relative L2 error 2.5e-3, Pearson correlation 0.999997.
   3. Timing, per method and batch size: the jitted JAX call is timed first
      once (compile + run: `compile_s` is that minus a steady run), then both
      sides alternate `repeats` times; the median is reported. Captum gets one

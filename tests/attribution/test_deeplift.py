@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fmi_jax import models
 from fmi_jax.attribution import deeplift, integrated_gradients
 
 relu = jax.nn.relu
@@ -203,6 +204,22 @@ def test_summation_to_delta_on_a_relu_mlp():
 def test_summation_to_delta_on_a_flax_cnn_with_max_pooling(cnn_fn, images):
     delta = _delta(cnn_fn, images, baseline=images[::-1])
     np.testing.assert_allclose(delta, 0, atol=1e-5)
+
+
+def test_model_zoo_cnn_with_its_own_pooling_equals_the_flax_max_pool_program(monkeypatch):
+    """SimpleCNN pools with `layers.max_pool` (a custom_jvp around a max reduction). The
+    interpreter must see through it: the maps sum to delta and equal those of the same
+    network pooled with flax's reduce_window max_pool."""
+    model = models.get_model("cnn_fmnist", features=(4, 6, 8), dense=(12,), dropout=0.0)
+    x = jax.random.uniform(jax.random.key(5), (3, 28, 28, 1))
+    variables = model.init(jax.random.key(6), x)
+    fn = lambda v: model.apply(variables, v)
+    ours = deeplift(fn, x, 1)
+    np.testing.assert_allclose(_delta(fn, x), 0, atol=1e-5)
+    monkeypatch.setattr(
+        models.layers, "max_pool", lambda v, w: nn.max_pool(v, (w, w), strides=(w, w))
+    )
+    np.testing.assert_allclose(deeplift(fn, x, 1), ours, rtol=1e-5, atol=1e-6)
 
 
 class ReusedBlock(nn.Module):
