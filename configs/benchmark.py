@@ -37,6 +37,10 @@ def get_config(arg=None):
         "gradient_shap": {"samples": 25},
     }
     config.repeats = 5
+    # Each timed sample: back-to-back calls lasting at least this long (see runner.py).
+    config.min_sample_s = 0.2
+    # Pause before each sample, so the other side's spinning worker threads go idle.
+    config.settle_s = 0.5
     # Relative L2 error allowed between the frameworks' maps (see fmi_jax/benchmark/runner.py:
     # max-pool ties make elementwise agreement impossible, not wrong).
     config.tolerance = 1e-2
@@ -50,5 +54,7 @@ def get_config(arg=None):
     if arg == "smoke":
         config.batch_sizes = (4,)
         config.repeats = 1
+        config.min_sample_s = 0.0
+        config.settle_s = 0.0
         config.options.integrated_gradients.steps = 4
     return config

@@ -55,10 +55,45 @@ def test_depthwise_falls_back_to_lax():
     )
 
 
-def test_used_only_for_training_on_cpu():
-    assert layers.training_conv(False) is None
-    expected = layers.conv_general_dilated if jax.default_backend() == "cpu" else None
-    assert layers.training_conv(True) is expected
+def test_model_conv_is_chosen_per_backend_and_mode():
+    cpu = jax.default_backend() == "cpu"
+    assert layers.model_conv(True) is (layers.conv_general_dilated if cpu else None)
+    assert layers.model_conv(False) is (layers.im2col_conv if cpu else None)
+
+
+@pytest.mark.parametrize("hw,cin,cout,kernel,strides,padding,dilation", CASES)
+def test_im2col_forward_and_both_autodiff_modes_match_lax(
+    hw, cin, cout, kernel, strides, padding, dilation
+):
+    kx, kw, kt = jax.random.split(jax.random.key(5), 3)
+    x = jax.random.normal(kx, (2, *hw, cin))
+    w = jax.random.normal(kw, (*kernel, cin, cout))
+    conv = lambda impl: (
+        lambda x, w: impl(x, w, strides, padding, rhs_dilation=dilation, dimension_numbers=NHWC)
+    )
+    ours, ref = conv(layers.im2col_conv), conv(lax.conv_general_dilated)
+    np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
+    loss = lambda f: lambda x, w: (f(x, w) ** 2).sum()
+    for a, b in zip(jax.grad(loss(ours), (0, 1))(x, w), jax.grad(loss(ref), (0, 1))(x, w)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    tangent = jax.random.normal(kt, x.shape)  # forward mode works: no custom rule
+    np.testing.assert_allclose(
+        jax.jvp(lambda v: ours(v, w), (x,), (tangent,))[1],
+        jax.jvp(lambda v: ref(v, w), (x,), (tangent,))[1],
+        rtol=1e-4,
+        atol=1e-4,
+    )
+
+
+def test_im2col_falls_back_to_lax_for_grouped_convolutions():
+    x = jax.random.normal(jax.random.key(1), (2, 6, 6, 4))
+    w = jax.random.normal(jax.random.key(2), (3, 3, 1, 4))
+    kwargs = dict(dimension_numbers=NHWC, feature_group_count=4)
+    np.testing.assert_allclose(
+        layers.im2col_conv(x, w, (1, 1), "SAME", **kwargs),
+        lax.conv_general_dilated(x, w, (1, 1), "SAME", **kwargs),
+        rtol=1e-6,
+    )
 
 
 def test_vmap_and_jit():

@@ -17,8 +17,18 @@ Protocol (`run_benchmark`):
   3. Timing, per method and batch size: the jitted JAX call is timed first
      once (compile + run: `compile_s` is that minus a steady run), then both
      sides alternate `repeats` times; the median is reported. Captum gets one
-     warm-up call. Threads: torch uses every core (`torch.set_num_threads`),
-     as XLA:CPU does.
+     warm-up call. Each timed sample is a run of back-to-back calls lasting at
+     least `min_sample_s` (the per-call time is the run's time divided by its
+     calls), and starts after a pause of `settle_s`, so that neither side is timed
+     while the other's worker threads are still busy (on the 2-core CPU, timing
+     single calls right after the other side's made millisecond rows swing by a
+     factor of two between runs).
+     Known bias, against fmi_jax: both frameworks share one process. With torch
+     imported and used first, XLA:CPU ran saliency on the Fashion-MNIST CNN (64
+     images) in 32.9 ms instead of 26.5 ms in a process without torch, so rows
+     of a few milliseconds understate fmi_jax; one process per side would remove
+     this.
+     Threads: torch uses every core (`torch.set_num_threads`), as XLA:CPU does.
 Outputs under workdir: benchmark.json (everything, with the machine) and
 benchmark.md (the table).
 """
@@ -26,6 +36,7 @@ benchmark.md (the table).
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -84,11 +95,17 @@ def _images(config, n: int) -> np.ndarray:
     return np.asarray(to_float(jnp.asarray(images)))
 
 
-def _seconds(call, *args) -> float:
-    """Wall time of one call (the caller blocks on JAX results inside `call`)."""
+def _seconds(call, *args, calls: int = 1) -> float:
+    """Wall time per call of `calls` back-to-back calls (the caller blocks on JAX
+    results inside `call`)."""
     start = time.perf_counter()
-    call(*args)
-    return time.perf_counter() - start
+    for _ in range(calls):
+        call(*args)
+    return (time.perf_counter() - start) / calls
+
+
+def _calls_per_sample(seconds_per_call: float, min_sample_s: float) -> int:
+    return max(1, math.ceil(min_sample_s / max(seconds_per_call, 1e-9)))
 
 
 def run_benchmark(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
@@ -194,12 +211,17 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | Path) -> dic
             start = time.perf_counter()
             jax.block_until_ready(ours(x, t))
             first = time.perf_counter() - start
-            theirs(xt, tt)  # warm-up
             run_ours = lambda *a, f=ours: jax.block_until_ready(f(*a))
+            min_sample_s = float(config.get("min_sample_s", 0.0))
+            n_ours = _calls_per_sample(_seconds(run_ours, x, t), min_sample_s)
+            n_theirs = _calls_per_sample(_seconds(theirs, xt, tt), min_sample_s)  # + warm-up
             jax_times, torch_times = [], []
+            settle_s = float(config.get("settle_s", 0.0))
             for _ in range(config.repeats):  # alternate, so drift hits both sides alike
-                jax_times.append(_seconds(run_ours, x, t))
-                torch_times.append(_seconds(theirs, xt, tt))
+                time.sleep(settle_s)
+                jax_times.append(_seconds(run_ours, x, t, calls=n_ours))
+                time.sleep(settle_s)
+                torch_times.append(_seconds(theirs, xt, tt, calls=n_theirs))
             j, p = statistics.median(jax_times), statistics.median(torch_times)
             row = {
                 "method": name,
@@ -210,6 +232,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | Path) -> dic
                 "fmi_jax_images_per_s": bs / j,
                 "captum_images_per_s": bs / p,
                 "fmi_jax_compile_s": max(first - j, 0.0),
+                "calls_per_sample": {"fmi_jax": n_ours, "captum": n_theirs},
                 "options": opts,
             }
             results["rows"].append(row)

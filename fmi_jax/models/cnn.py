@@ -37,7 +37,7 @@ class ConvBlock(nn.Module):
             padding="SAME",
             use_bias=not self.batch_norm,
             dtype=self.dtype,
-            conv_general_dilated=layers.training_conv(train),
+            conv_general_dilated=layers.model_conv(train),
             name="conv",
         )(x)
         if self.batch_norm:

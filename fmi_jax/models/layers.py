@@ -17,13 +17,18 @@ For a KH x KW kernel with strides s and rhs dilation d, the weight gradient is
 
 i.e. one (Ci x B*OH*OW) @ (B*OH*OW x Co) matmul per kernel tap, over a strided
 slice of the padded input. The input gradient keeps XLA's own (transposed
-convolution) rule, which is fast. On GPUs and TPUs cuDNN/XLA's native rule is
-used unchanged (see `training_conv`).
+convolution) rule. On GPUs and TPUs cuDNN/XLA's native rule is used unchanged
+(see `model_conv`).
 
 The function is a `jax.custom_vjp`, so it supports reverse mode (what training
 needs) but not forward mode; models therefore use it only when `train=True`.
-Attribution methods evaluate models with `train=False` and see plain
-`lax.conv_general_dilated`.
+
+`im2col_conv` is the evaluation-mode convolution on XLA:CPU: the same function
+written as strided slices and one matmul, with no custom derivative, faster than
+XLA:CPU's convolution forward and input gradient (what attribution needs).
+
+`max_pool` is non-overlapping max pooling with flax's values and gradients, written
+so that its gradient avoids XLA:CPU's slow `select_and_scatter`.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["conv_general_dilated", "max_pool", "training_conv"]
+__all__ = ["conv_general_dilated", "im2col_conv", "max_pool", "model_conv"]
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -53,27 +58,43 @@ def _plain_conv(lhs, rhs, strides, pads, rhs_dilation, precision):
     )
 
 
-def _weight_grad(lhs, g, kernel_shape, strides, pads, rhs_dilation, dtype):
-    """dW as one matmul per kernel tap (see the module docstring)."""
-    kh_size, kw_size, cin, cout = kernel_shape
-    batch, out_h, out_w, _ = g.shape
-    xp = lax.pad(
+def _pad_spatial(lhs, pads):
+    return lax.pad(
         lhs,
         jnp.zeros((), lhs.dtype),
         [(0, 0, 0), (pads[0][0], pads[0][1], 0), (pads[1][0], pads[1][1], 0), (0, 0, 0)],
     )
-    g2 = g.reshape(-1, cout)
-    taps = []
-    for kh in range(kh_size):
-        for kw in range(kw_size):
+
+
+def _taps(xp, kernel_hw, out_hw, strides, rhs_dilation):
+    """For each kernel tap (kh, kw), row-major: the strided window of the padded input
+    ``xp`` that the tap multiplies, shape (B, OH, OW, Cin)."""
+    batch, cin = xp.shape[0], xp.shape[3]
+    for kh in range(kernel_hw[0]):
+        for kw in range(kernel_hw[1]):
             h0, w0 = kh * rhs_dilation[0], kw * rhs_dilation[1]
-            patch = lax.slice(
+            yield lax.slice(
                 xp,
                 (0, h0, w0, 0),
-                (batch, h0 + (out_h - 1) * strides[0] + 1, w0 + (out_w - 1) * strides[1] + 1, cin),
+                (
+                    batch,
+                    h0 + (out_hw[0] - 1) * strides[0] + 1,
+                    w0 + (out_hw[1] - 1) * strides[1] + 1,
+                    cin,
+                ),
                 (1, strides[0], strides[1], 1),
             )
-            taps.append(jnp.dot(patch.reshape(-1, cin).T, g2, preferred_element_type=jnp.float32))
+
+
+def _weight_grad(lhs, g, kernel_shape, strides, pads, rhs_dilation, dtype):
+    """dW as one matmul per kernel tap (see the module docstring)."""
+    cin, cout = kernel_shape[2], kernel_shape[3]
+    taps = [
+        jnp.dot(patch.reshape(-1, cin).T, g.reshape(-1, cout), preferred_element_type=jnp.float32)
+        for patch in _taps(
+            _pad_spatial(lhs, pads), kernel_shape[:2], g.shape[1:3], strides, rhs_dilation
+        )
+    ]
     return jnp.stack(taps).reshape(kernel_shape).astype(dtype)
 
 
@@ -105,68 +126,138 @@ def _is_nhwc(lhs_shape, rhs_shape, dimension_numbers) -> bool:
     return tuple(want) == tuple(have)
 
 
-def conv_general_dilated(
-    lhs: jax.Array,
-    rhs: jax.Array,
-    window_strides: Sequence[int],
-    padding: str | Sequence[tuple[int, int]],
-    lhs_dilation: Sequence[int] | None = None,
-    rhs_dilation: Sequence[int] | None = None,
-    dimension_numbers: Any = None,
-    feature_group_count: int = 1,
-    batch_group_count: int = 1,
-    precision: Any = None,
-    preferred_element_type: Any = None,
-) -> jax.Array:
-    """`lax.conv_general_dilated` with a matmul weight-gradient rule.
-
-    Cases the fast rule does not cover (not 2-D NHWC/HWIO, grouped or depthwise
-    convolutions, input dilation, a preferred element type) fall back to
-    `lax.conv_general_dilated` and its native gradient, so the function is always
-    a correct replacement.
-    """
-    strides = tuple(int(s) for s in window_strides)
-    rhs_dil = tuple(int(d) for d in (rhs_dilation or (1,) * (lhs.ndim - 2)))
-    plain = (
+def _fast_case(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation,
+    rhs_dilation,
+    dimension_numbers,
+    feature_group_count,
+    batch_group_count,
+    preferred_element_type,
+):
+    """(strides, pads, rhs_dilation) for a 2-D NHWC/HWIO convolution the fast rules cover,
+    or None for the rest (grouped or depthwise, input dilation, a preferred element type,
+    other layouts), which go to `lax.conv_general_dilated` unchanged."""
+    if (
         lhs.ndim != 4
         or feature_group_count != 1
         or batch_group_count != 1
         or any(int(d) != 1 for d in (lhs_dilation or ()))
         or preferred_element_type is not None
         or not _is_nhwc(lhs.shape, rhs.shape, dimension_numbers)
-    )
-    if plain:
-        return lax.conv_general_dilated(
-            lhs,
-            rhs,
-            window_strides,
-            padding,
-            lhs_dilation=lhs_dilation,
-            rhs_dilation=rhs_dilation,
-            dimension_numbers=dimension_numbers,
-            feature_group_count=feature_group_count,
-            batch_group_count=batch_group_count,
-            precision=precision,
-            preferred_element_type=preferred_element_type,
-        )
+    ):
+        return None
+    strides = tuple(int(s) for s in window_strides)
+    rhs_dil = tuple(int(d) for d in (rhs_dilation or (1,) * (lhs.ndim - 2)))
     if isinstance(padding, str):
         dilated_kernel = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:2], rhs_dil)]
         pads = lax.padtype_to_pads(lhs.shape[1:3], dilated_kernel, strides, padding)
     else:
         pads = padding
     pads = tuple((int(lo), int(hi)) for lo, hi in pads)
-    return _conv_matmul_wgrad(lhs, rhs, strides, pads, rhs_dil, precision)
+    return strides, pads, rhs_dil
 
 
-def training_conv(train: bool) -> Callable[..., jax.Array] | None:
+def _dispatch(fast):
+    """A function with `lax.conv_general_dilated`'s signature that runs
+    `fast(lhs, rhs, strides, pads, rhs_dilation, precision)` where `_fast_case` allows."""
+
+    @functools.wraps(fast)
+    def conv(
+        lhs: jax.Array,
+        rhs: jax.Array,
+        window_strides: Sequence[int],
+        padding: str | Sequence[tuple[int, int]],
+        lhs_dilation: Sequence[int] | None = None,
+        rhs_dilation: Sequence[int] | None = None,
+        dimension_numbers: Any = None,
+        feature_group_count: int = 1,
+        batch_group_count: int = 1,
+        precision: Any = None,
+        preferred_element_type: Any = None,
+    ) -> jax.Array:
+        case = _fast_case(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation,
+            rhs_dilation,
+            dimension_numbers,
+            feature_group_count,
+            batch_group_count,
+            preferred_element_type,
+        )
+        if case is None:
+            return lax.conv_general_dilated(
+                lhs,
+                rhs,
+                window_strides,
+                padding,
+                lhs_dilation=lhs_dilation,
+                rhs_dilation=rhs_dilation,
+                dimension_numbers=dimension_numbers,
+                feature_group_count=feature_group_count,
+                batch_group_count=batch_group_count,
+                precision=precision,
+                preferred_element_type=preferred_element_type,
+            )
+        return fast(lhs, rhs, *case, precision)
+
+    return conv
+
+
+@_dispatch
+def conv_general_dilated(lhs, rhs, strides, pads, rhs_dilation, precision):
+    """`lax.conv_general_dilated` with a matmul weight-gradient rule (for training).
+
+    Cases the fast rule does not cover (not 2-D NHWC/HWIO, grouped or depthwise
+    convolutions, input dilation, a preferred element type) fall back to
+    `lax.conv_general_dilated` and its native gradient, so the function is always
+    a correct replacement.
+    """
+    return _conv_matmul_wgrad(lhs, rhs, strides, pads, rhs_dilation, precision)
+
+
+@_dispatch
+def im2col_conv(lhs, rhs, strides, pads, rhs_dilation, precision):
+    """`lax.conv_general_dilated` as explicit patches and one matmul (for inference).
+
+    ``y = concat_taps(window_tap(pad(x))) @ reshape(W, (KH*KW*Cin, Cout))``. It needs no
+    custom derivative: autodiff transposes the slices into pads and adds and the matmul
+    into a matmul, so forward and reverse mode both work, and DeepLIFT's interpreter
+    sees only linear operations. On XLA:CPU it beats the native convolution forward and,
+    more so, its input gradient, which is what attribution methods compute. Measured
+    on a 2-core x86 CPU (jax 0.10.2), batch 64, the three conv layers of the
+    Fashion-MNIST CNN together: forward 13.1 -> 9.4 ms, input gradient 14.8 -> 7.9 ms.
+    The patches take KH*KW times the input's memory while the matmul runs, so bound
+    attribution memory with the methods' `batch_size`. Unsupported cases fall back
+    to `lax.conv_general_dilated`.
+    """
+    kh, kw, cin, cout = rhs.shape
+    xp = _pad_spatial(lhs, pads)
+    out_hw = tuple(
+        (xp.shape[1 + i] - (rhs.shape[i] - 1) * rhs_dilation[i] - 1) // strides[i] + 1
+        for i in range(2)
+    )
+    cols = jnp.concatenate(list(_taps(xp, (kh, kw), out_hw, strides, rhs_dilation)), axis=-1)
+    y = jnp.dot(cols.reshape(-1, kh * kw * cin), rhs.reshape(-1, cout), precision=precision)
+    return y.reshape(lhs.shape[0], *out_hw, cout)
+
+
+def model_conv(train: bool) -> Callable[..., jax.Array] | None:
     """The conv function a model's `nn.Conv(conv_general_dilated=...)` should use.
 
-    Returns the matmul-weight-gradient convolution when training on XLA:CPU and
-    None (flax's default, `lax.conv_general_dilated`) otherwise.
+    On XLA:CPU: the matmul-weight-gradient convolution when training, and the im2col
+    convolution in evaluation (what attribution methods differentiate). Elsewhere
+    None: flax's default, `lax.conv_general_dilated`, whose GPU/TPU kernels are fast.
     """
-    if train and jax.default_backend() == "cpu":
-        return conv_general_dilated
-    return None
+    if jax.default_backend() != "cpu":
+        return None
+    return conv_general_dilated if train else im2col_conv
 
 
 def _windows(x: jax.Array, window: int) -> jax.Array:
