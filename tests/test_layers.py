@@ -1,5 +1,6 @@
 """The CPU-friendly layers equal their lax/flax counterparts: the matmul weight-gradient
-convolution, and max pooling written as a reshape and a max."""
+convolution (training), the im2col convolution (evaluation), and max pooling written as
+a reshape and a max."""
 
 import flax.linen as nn
 import jax

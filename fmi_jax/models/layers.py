@@ -126,44 +126,12 @@ def _is_nhwc(lhs_shape, rhs_shape, dimension_numbers) -> bool:
     return tuple(want) == tuple(have)
 
 
-def _fast_case(
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    lhs_dilation,
-    rhs_dilation,
-    dimension_numbers,
-    feature_group_count,
-    batch_group_count,
-    preferred_element_type,
-):
-    """(strides, pads, rhs_dilation) for a 2-D NHWC/HWIO convolution the fast rules cover,
-    or None for the rest (grouped or depthwise, input dilation, a preferred element type,
-    other layouts), which go to `lax.conv_general_dilated` unchanged."""
-    if (
-        lhs.ndim != 4
-        or feature_group_count != 1
-        or batch_group_count != 1
-        or any(int(d) != 1 for d in (lhs_dilation or ()))
-        or preferred_element_type is not None
-        or not _is_nhwc(lhs.shape, rhs.shape, dimension_numbers)
-    ):
-        return None
-    strides = tuple(int(s) for s in window_strides)
-    rhs_dil = tuple(int(d) for d in (rhs_dilation or (1,) * (lhs.ndim - 2)))
-    if isinstance(padding, str):
-        dilated_kernel = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:2], rhs_dil)]
-        pads = lax.padtype_to_pads(lhs.shape[1:3], dilated_kernel, strides, padding)
-    else:
-        pads = padding
-    pads = tuple((int(lo), int(hi)) for lo, hi in pads)
-    return strides, pads, rhs_dil
-
-
 def _dispatch(fast):
     """A function with `lax.conv_general_dilated`'s signature that runs
-    `fast(lhs, rhs, strides, pads, rhs_dilation, precision)` where `_fast_case` allows."""
+    `fast(lhs, rhs, strides, pads, rhs_dilation, precision)` on the 2-D NHWC/HWIO
+    convolutions the fast rules cover, and `lax.conv_general_dilated` unchanged on the
+    rest (grouped or depthwise, input dilation, a preferred element type, other
+    layouts)."""
 
     @functools.wraps(fast)
     def conv(
@@ -179,19 +147,14 @@ def _dispatch(fast):
         precision: Any = None,
         preferred_element_type: Any = None,
     ) -> jax.Array:
-        case = _fast_case(
-            lhs,
-            rhs,
-            window_strides,
-            padding,
-            lhs_dilation,
-            rhs_dilation,
-            dimension_numbers,
-            feature_group_count,
-            batch_group_count,
-            preferred_element_type,
-        )
-        if case is None:
+        if (
+            lhs.ndim != 4
+            or feature_group_count != 1
+            or batch_group_count != 1
+            or any(int(d) != 1 for d in (lhs_dilation or ()))
+            or preferred_element_type is not None
+            or not _is_nhwc(lhs.shape, rhs.shape, dimension_numbers)
+        ):
             return lax.conv_general_dilated(
                 lhs,
                 rhs,
@@ -205,7 +168,13 @@ def _dispatch(fast):
                 precision=precision,
                 preferred_element_type=preferred_element_type,
             )
-        return fast(lhs, rhs, *case, precision)
+        strides = tuple(int(s) for s in window_strides)
+        rhs_dil = tuple(int(d) for d in (rhs_dilation or (1, 1)))
+        if isinstance(padding, str):
+            dilated_kernel = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:2], rhs_dil)]
+            padding = lax.padtype_to_pads(lhs.shape[1:3], dilated_kernel, strides, padding)
+        pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+        return fast(lhs, rhs, strides, pads, rhs_dil, precision)
 
     return conv
 

@@ -13,13 +13,13 @@ permutation is `fold_in(data_key, epoch)` and the step's dropout/augmentation
 key is `fold_in(train_key, step)`, so a resumed run ends with the same
 parameters as an uninterrupted one.
 
-Loop structure, chosen per backend by measurement (config.loop = 'auto'):
+Loop structure, chosen per backend (config.loop = 'auto'):
   'step'  one jitted call per optimizer step (gather + step fused, state donated);
   'scan'  `lax.scan` over `steps_per_dispatch` steps per call.
-On a 2-core x86 CPU the scan was much slower per step (XLA:CPU runs the scanned
-body without the per-op threading the unrolled step gets; see README), so
-'auto' picks 'step' on CPU and 'scan' on accelerators, where per-step dispatch
-overhead dominates small models.
+Measured on a 2-core x86 CPU (jax 0.10.2, the Fashion-MNIST CNN at batch 128, 200
+steps): 'step' 967 images/s after a 3.3 s compile, 'scan' 872 images/s after 10.7 s
+(see README), so 'auto' picks 'step' on CPU. On accelerators it picks 'scan', where
+per-step dispatch overhead dominates small models; that choice is not yet measured.
 """
 
 from __future__ import annotations
