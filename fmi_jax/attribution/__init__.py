@@ -15,12 +15,28 @@ noise_tunnel, smoothgrad       :mod:`.noise_tunnel`                  NoiseTunnel
 gaussian_smoothed_saliency     :mod:`.smoothing`                     (none)
 gradient_shap                  :mod:`.shap`                          GradientShap
 deeplift                       :mod:`.deeplift`                      DeepLift
+grad_cam                       :mod:`.cam`                           LayerGradCam
+grad_cam_plus_plus             :mod:`.cam`                           (pytorch-grad-cam)
+score_cam                      :mod:`.cam`                           (pytorch-grad-cam)
+occlusion                      :mod:`.perturbation`                  Occlusion
+feature_permutation            :mod:`.perturbation`                  FeaturePermutation
 =============================  ====================================  ========================
+
+The CAM family looks inside the model: it takes the Flax module, its variables and a
+layer name (``grad_cam(model, variables, x, target, layer='conv2')``) and returns one
+``(N, H, W)`` map per example.
 
 Shared machinery (targets, checks, chunking, keys) lives in :mod:`.core`; methods by
 name, with one call signature for all, in :mod:`.registry` (``explainer``).
 """
 
+from fmi_jax.attribution.cam import (
+    grad_cam,
+    grad_cam_plus_plus,
+    layer_names,
+    score_cam,
+    upsample_maps,
+)
 from fmi_jax.attribution.core import completeness_delta, resolve_target
 from fmi_jax.attribution.deeplift import deeplift
 from fmi_jax.attribution.gradients import input_x_gradient, saliency
@@ -30,6 +46,7 @@ from fmi_jax.attribution.integrated_gradients import (
     quadrature,
 )
 from fmi_jax.attribution.noise_tunnel import NOISE_KINDS, noise_tunnel, smoothgrad
+from fmi_jax.attribution.perturbation import feature_permutation, occlusion, square_patches
 from fmi_jax.attribution.registry import METHODS, MethodSpec, available_methods, explainer
 from fmi_jax.attribution.shap import gradient_shap
 from fmi_jax.attribution.smoothing import gaussian_smoothed_saliency
@@ -46,6 +63,14 @@ __all__ = [
     "gaussian_smoothed_saliency",
     "gradient_shap",
     "deeplift",
+    "grad_cam",
+    "grad_cam_plus_plus",
+    "score_cam",
+    "layer_names",
+    "upsample_maps",
+    "occlusion",
+    "feature_permutation",
+    "square_patches",
     "resolve_target",
     "completeness_delta",
     "METHODS",

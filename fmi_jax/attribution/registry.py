@@ -9,6 +9,11 @@ Options are the keyword arguments of the underlying function; a misspelt option
 is an error that lists the accepted ones, because a silently ignored
 `stpes=300` would be a wrong experiment.
 
+Methods that look inside the model (the CAM family) also need the Flax module and
+its variables: `explainer("grad_cam", fn, model=model, variables=variables,
+layer="conv2")`; their maps get a trailing channel axis, `(N, H, W, 1)`, so they
+line up with the input-shaped maps of the other methods.
+
 Composite names are compositions, not new code: `ig_smoothgrad` is
 `noise_tunnel(partial(integrated_gradients, fn, ...))`, `smoothgrad_sq` and
 `vargrad` are the other noise-tunnel kinds over signed saliency.
@@ -24,6 +29,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from fmi_jax.attribution import cam, perturbation
 from fmi_jax.attribution.core import Array, ModelFn, resolve_target
 from fmi_jax.attribution.deeplift import deeplift
 from fmi_jax.attribution.gradients import input_x_gradient, saliency
@@ -49,6 +55,7 @@ class MethodSpec:
       signed: whether maps carry sign (shown on a diverging colour map).
       captum: the Captum counterpart, for the README table.
       paper: the reference.
+      needs_model: `build` also takes `model=` (the Flax module) and `variables=`.
     """
 
     name: str
@@ -58,6 +65,7 @@ class MethodSpec:
     signed: bool
     captum: str
     paper: str
+    needs_model: bool = False
 
 
 def _keywords(fn: Callable[..., Any]) -> tuple[str, ...]:
@@ -108,6 +116,29 @@ def _gradient_shap(fn: ModelFn, baselines: Array | None = None, **options: Any) 
     return explain
 
 
+def _layer_method(method: Callable[..., Array]) -> Callable[..., Explain]:
+    """A CAM method on the module: maps `(N, H, W)` -> `(N, H, W, 1)`."""
+
+    def build(fn: ModelFn, *, model: Any, variables: Any, **options: Any) -> Explain:
+        return lambda x, target, key: method(model, variables, x, target, **options)[..., None]
+
+    return build
+
+
+def _feature_permutation(
+    fn: ModelFn, patch: int | None = None, feature_mask: Any = None, **options: Any
+) -> Explain:
+    """Feature permutation; `patch=s` groups the image into s x s patches."""
+    if patch is not None and feature_mask is not None:
+        raise ValueError("feature_permutation takes `patch` or `feature_mask`, not both")
+
+    def explain(x: Array, target: Array, key: Array) -> Array:
+        mask = feature_mask if patch is None else perturbation.square_patches(x.shape[1:], patch)
+        return perturbation.feature_permutation(fn, x, target, key, feature_mask=mask, **options)
+
+    return explain
+
+
 _TUNNEL = ("samples", "stdev_spread", "stdev", "batch_size")
 _SALIENCY_OPTS = ("abs",)
 # Under a noise tunnel, gradients are averaged signed (as `smoothgrad` does and the
@@ -116,8 +147,21 @@ _SIGNED = {"abs": False}
 _IG_OPTS = ("baseline", "steps", "method")
 
 
-def _spec(name, build, options, stochastic, signed, captum, paper) -> MethodSpec:
-    return MethodSpec(name, build, tuple(options), stochastic, signed, captum, paper)
+def _spec(name, build, options, stochastic, signed, captum, paper, needs_model=False) -> MethodSpec:
+    return MethodSpec(name, build, tuple(options), stochastic, signed, captum, paper, needs_model)
+
+
+def _cam_spec(method: Callable[..., Array], captum: str, paper: str) -> MethodSpec:
+    return _spec(
+        method.__name__,
+        _layer_method(method),
+        _keywords(method),
+        False,
+        False,
+        captum,
+        paper,
+        needs_model=True,
+    )
 
 
 METHODS: Mapping[str, MethodSpec] = {
@@ -213,6 +257,31 @@ METHODS: Mapping[str, MethodSpec] = {
             "GradientShap",
             "Lundberg & Lee 2017",
         ),
+        _cam_spec(cam.grad_cam, "LayerGradCam", "Selvaraju et al. 2017"),
+        _cam_spec(
+            cam.grad_cam_plus_plus,
+            "(none; pytorch-grad-cam GradCAMPlusPlus)",
+            "Chattopadhay et al. 2018",
+        ),
+        _cam_spec(cam.score_cam, "(none; pytorch-grad-cam ScoreCAM)", "Wang et al. 2020"),
+        _spec(
+            "occlusion",
+            _deterministic(perturbation.occlusion),
+            _keywords(perturbation.occlusion),
+            False,
+            True,
+            "Occlusion",
+            "Zeiler & Fergus 2014",
+        ),
+        _spec(
+            "feature_permutation",
+            _feature_permutation,
+            ("patch",) + _keywords(perturbation.feature_permutation),
+            True,
+            True,
+            "FeaturePermutation",
+            "Fisher et al. 2019",
+        ),
     )
 }
 
@@ -221,8 +290,14 @@ def available_methods() -> tuple[str, ...]:
     return tuple(METHODS)
 
 
-def explainer(name: str, fn: ModelFn, **options: Any) -> Explain:
-    """`explain(x, target, key) -> attributions` for the method called `name`."""
+def explainer(
+    name: str, fn: ModelFn, *, model: Any = None, variables: Any = None, **options: Any
+) -> Explain:
+    """`explain(x, target, key) -> attributions` for the method called `name`.
+
+    `model` and `variables` (the Flax module and its variables) are needed by the
+    methods with `METHODS[name].needs_model` (the CAM family) and ignored by the rest.
+    """
     if name not in METHODS:
         raise ValueError(
             f"unknown attribution method {name!r}; available: {', '.join(available_methods())}"
@@ -233,4 +308,16 @@ def explainer(name: str, fn: ModelFn, **options: Any) -> Explain:
         raise ValueError(
             f"{name} does not take {', '.join(unknown)}; it takes: {', '.join(spec.options)}"
         )
+    if spec.needs_model:
+        if model is None or variables is None:
+            raise ValueError(
+                f"{name} looks inside the model: pass the Flax module and its variables, "
+                f"explainer({name!r}, fn, model=model, variables=variables, layer='conv2')"
+            )
+        if "layer" not in options:
+            raise ValueError(
+                f"{name} needs layer=<module path of a conv layer>, e.g. layer='conv2'; "
+                "fmi_jax.attribution.layer_names(model, variables, x) lists them"
+            )
+        return spec.build(fn, model=model, variables=variables, **options)
     return spec.build(fn, **options)

@@ -1,0 +1,287 @@
+"""Perturbation attributions: feature permutation and occlusion.
+
+Both change part of the input, run the model again and attribute the drop of the
+target output to the changed part,
+
+    drop_i(P) = f_t(x_i) - f_t(x_i with the features in P perturbed),
+
+and differ in what ``P`` is and how it is perturbed:
+
+* Feature permutation (Fisher, Rudin & Dominici, JMLR 2019, arXiv:1801.01489; in
+  Molnar's "Interpretable Machine Learning" as permutation feature importance),
+  Captum's ``FeaturePermutation``: the features are partitioned into groups by
+  ``feature_mask``; for each group ``g`` the batch is shuffled by a random
+  permutation ``pi_g`` of its examples *inside the group only*, and every feature of
+  the group gets ``drop_i(g)`` with ``x_i[g]`` replaced by ``x_{pi_g(i)}[g]``. The
+  permutation is never the identity (drawn again until it is not, like Captum), so
+  every group is perturbed; a batch of one cannot be permuted and is an error. Unlike
+  the other methods, an example's attribution depends on the rest of its batch by
+  definition.
+* Occlusion (Zeiler & Fergus, ECCV 2014, arXiv:1311.2901), Captum's ``Occlusion``: a
+  window slides over the input with a stride, the window is replaced by
+  ``baseline``, and every feature gets the mean of ``drop_i(window)`` over the windows
+  that cover it (features no window covers get 0).
+
+All ``N * (groups or windows)`` perturbed forward passes are evaluated by the shared
+:func:`~fmi_jax.attribution.core.sum_over_samples`, ``batch_size`` at a time; no
+perturbed copy of the whole batch is ever materialised.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fmi_jax.attribution.core import (
+    Array,
+    ModelFn,
+    Target,
+    as_baseline,
+    as_count,
+    as_input,
+    per_example,
+    resolve_target,
+    select_target,
+    sum_over_samples,
+)
+
+__all__ = ["feature_permutation", "occlusion", "square_patches"]
+
+# perturb(example, index) -> (perturbed inputs (B, ...), float mask of the changed features (B, ...))
+Perturb = Callable[[Array, Array], tuple[Array, Array]]
+
+
+def _ablate(
+    fn: ModelFn,
+    x: Array,
+    target: Array,
+    count: int,
+    perturb: Perturb,
+    *,
+    average: bool,
+    batch_size: int | None,
+) -> Array:
+    """``sum_p drop_i(p) * mask_p`` over the ``count`` perturbations (divided by how many
+    perturbations cover each feature when ``average``)."""
+    reference = sum_over_samples(
+        lambda example, _: select_target(fn(x[example]), target[example]),
+        x.shape[0],
+        batch_size=batch_size,
+    )
+
+    def evaluate(example: Array, index: Array) -> tuple[Array, Array]:
+        perturbed, mask = perturb(example, index)
+        drop = reference[example] - select_target(fn(perturbed), target[example])
+        return per_example(drop, mask) * mask, mask
+
+    total, covered = sum_over_samples(evaluate, x.shape[0], count, batch_size=batch_size)
+    if not average:
+        return total
+    return jnp.where(covered > 0, total / jnp.maximum(covered, 1.0), 0.0)
+
+
+def square_patches(image_shape: Sequence[int], size: int | Sequence[int]) -> np.ndarray:
+    """A feature mask grouping an image into square (or ``(h, w)``) patches.
+
+    Args:
+      image_shape: ``(H, W)`` or ``(H, W, C)``.
+      size: patch side, or ``(h, w)``. Patches at the bottom and right edges are
+        smaller when the size does not divide the image.
+
+    Returns:
+      int32 group ids of shape ``(H, W, 1)``, numbered row-major over patches; the
+      trailing 1 makes a patch cover all of its channels.
+    """
+    if len(image_shape) not in (2, 3):
+        raise ValueError(f"image_shape must be (H, W) or (H, W, C), got {tuple(image_shape)}")
+    h, w = (size, size) if np.ndim(size) == 0 else tuple(size)
+    h, w = as_count(h, "patch height"), as_count(w, "patch width")
+    rows, cols = int(image_shape[0]), int(image_shape[1])
+    per_row = -(-cols // w)
+    ids = (np.arange(rows)[:, None] // h) * per_row + np.arange(cols)[None, :] // w
+    return ids.astype(np.int32)[..., None]
+
+
+def _groups(feature_mask, x: Array) -> tuple[Array, int]:
+    """Group index per feature, shaped ``x.shape[1:]``, numbered 0..G-1, and G."""
+    features = x.shape[1:]
+    if feature_mask is None:
+        return jnp.arange(math.prod(features), dtype=jnp.int32).reshape(features), math.prod(
+            features
+        )
+    if isinstance(feature_mask, jax.core.Tracer):
+        raise ValueError(
+            "feature_mask must be a concrete array (the number of groups sets the number "
+            "of forward passes); build it outside jax.jit"
+        )
+    mask = np.asarray(feature_mask)
+    if not np.issubdtype(mask.dtype, np.integer):
+        raise ValueError(f"feature_mask must hold integer group ids, got dtype {mask.dtype}")
+    if mask.ndim == x.ndim and mask.shape[0] == 1:
+        mask = mask[0]
+    try:
+        mask = np.broadcast_to(mask, features)
+    except ValueError:
+        raise ValueError(
+            f"feature_mask of shape {np.shape(feature_mask)} does not broadcast to one "
+            f"example's shape {features} (the mask is shared by the whole batch)"
+        ) from None
+    ids, inverse = np.unique(mask, return_inverse=True)
+    return jnp.asarray(inverse.reshape(features), jnp.int32), len(ids)
+
+
+def _non_identity_permutation(key: Array, n: int) -> Array:
+    """A uniform random permutation of ``range(n)`` other than the identity (n >= 2):
+    permutations are drawn from ``fold_in(key, attempt)`` until one moves an element."""
+    identity = jnp.arange(n)
+
+    def draw(attempt):
+        return jax.random.permutation(jax.random.fold_in(key, attempt), n)
+
+    def again(state):
+        return jnp.all(state[1] == identity)
+
+    def body(state):
+        attempt = state[0] + 1
+        return attempt, draw(attempt)
+
+    return jax.lax.while_loop(again, body, (0, draw(0)))[1]
+
+
+def _single_key(key: Array) -> Array:
+    key = jnp.asarray(key)
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)
+    if key.shape != ():
+        raise ValueError(
+            "feature_permutation takes one PRNG key (the permutations are across the "
+            f"batch, not per example), got key shape {key.shape}"
+        )
+    return key
+
+
+def feature_permutation(
+    fn: ModelFn,
+    x: Array,
+    target: Target,
+    key: Array,
+    *,
+    feature_mask: Array | np.ndarray | None = None,
+    batch_size: int | None = None,
+) -> Array:
+    """Permutation importance of each feature group, per example (module docstring).
+
+    Args:
+      fn: model function, batch -> logits.
+      x: inputs ``(N, ...)`` with ``N >= 2``.
+      target: class per example, one class, or ``None`` (predicted class).
+      key: PRNG key; group g is shuffled by a permutation drawn from ``fold_in(key, g)``,
+        so the result depends on neither ``batch_size`` nor on the order groups are run.
+      feature_mask: integer group ids broadcastable to one example's shape
+        (``x.shape[1:]``, or with a leading 1), e.g. :func:`square_patches`; ``None``
+        makes every scalar feature its own group.
+      batch_size: perturbed examples per forward pass.
+
+    Returns:
+      float32 attributions shaped like ``x``: every feature holds its group's drop.
+
+    Raises:
+      ValueError: a batch of one, a mask that does not fit, a non-integer mask.
+    """
+    x = as_input(x)
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError(
+            "feature_permutation permutes features across the batch, so it needs at "
+            f"least 2 examples, got a batch of {n}; explain more examples at once"
+        )
+    key = _single_key(key)
+    groups, count = _groups(feature_mask, x)
+    target = resolve_target(fn, x, target, batch_size=batch_size)
+    group_keys = jax.vmap(lambda g: jax.random.fold_in(key, g))(jnp.arange(count))
+    perms = jax.vmap(lambda k: _non_identity_permutation(k, n))(group_keys)  # (G, N)
+
+    def perturb(example: Array, group: Array) -> tuple[Array, Array]:
+        inside = groups[None] == per_example(group, groups[None])
+        source = perms[group, example]
+        return jnp.where(inside, x[source], x[example]), inside.astype(jnp.float32)
+
+    return _ablate(fn, x, target, count, perturb, average=False, batch_size=batch_size)
+
+
+def _window_geometry(
+    features: tuple[int, ...], window, stride
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    window = (window,) if np.ndim(window) == 0 else tuple(window)
+    if len(window) == len(features) - 1:  # images: the window spans all channels
+        window = window + (features[-1],)
+        stride = stride if np.ndim(stride) == 0 else tuple(stride) + (features[-1],)
+    if len(window) != len(features):
+        raise ValueError(
+            f"window {window} must give a size for every axis of one example {features} "
+            f"(or for all but the channel axis)"
+        )
+    stride = (stride,) * len(window) if np.ndim(stride) == 0 else tuple(stride)
+    if len(stride) != len(window):
+        raise ValueError(f"stride {stride} must be an int or match the window {window}")
+    window = tuple(as_count(w, "window size") for w in window)
+    stride = tuple(as_count(s, "stride") for s in stride)
+    too_big = [i for i, (w, f) in enumerate(zip(window, features)) if w > f]
+    if too_big:
+        raise ValueError(f"window {window} is larger than the input {features} on axis {too_big}")
+    positions = tuple((f - w) // s + 1 for f, w, s in zip(features, window, stride))
+    return window, stride, positions
+
+
+def occlusion(
+    fn: ModelFn,
+    x: Array,
+    target: Target = None,
+    *,
+    window: int | Sequence[int],
+    stride: int | Sequence[int] = 1,
+    baseline: float | Array = 0.0,
+    batch_size: int | None = None,
+) -> Array:
+    """Sliding-window occlusion (module docstring).
+
+    Args:
+      fn: model function, batch -> logits.
+      x: inputs ``(N, ...)``.
+      target: class per example, one class, or ``None`` (predicted class).
+      window: window size along every axis of one example (``x.shape[1:]``), or along
+        all but the last (channel) axis, which it then covers whole: ``(4, 4)`` on
+        ``(N, 28, 28, 1)`` images.
+      stride: step of the window, an int or one per window axis. Window positions
+        along an axis of size F: ``(F - window) // stride + 1`` (Captum's rule).
+      baseline: what fills the window: a scalar, or an array broadcastable to ``x``.
+      batch_size: occluded examples per forward pass.
+
+    Returns:
+      float32 attributions shaped like ``x``.
+    """
+    x = as_input(x)
+    features = x.shape[1:]
+    window, stride, positions = _window_geometry(features, window, stride)
+    baseline = as_baseline(baseline, x)
+    target = resolve_target(fn, x, target, batch_size=batch_size)
+    grids = [
+        jnp.arange(f).reshape((1,) + (1,) * d + (f,) + (1,) * (len(features) - d - 1))
+        for d, f in enumerate(features)
+    ]
+
+    def perturb(example: Array, position: Array) -> tuple[Array, Array]:
+        corner = jnp.unravel_index(position, positions)
+        inside = jnp.ones((position.shape[0],) + features, bool)
+        for d, grid in enumerate(grids):
+            start = per_example(corner[d] * stride[d], grid)
+            inside &= (grid >= start) & (grid < start + window[d])
+        return jnp.where(inside, baseline[example], x[example]), inside.astype(jnp.float32)
+
+    return _ablate(
+        fn, x, target, math.prod(positions), perturb, average=True, batch_size=batch_size
+    )
