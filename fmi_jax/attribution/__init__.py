@@ -31,6 +31,7 @@ name, with one call signature for all, in :mod:`.registry` (``explainer``).
 """
 
 from fmi_jax.attribution.cam import (
+    capture_layer,
     grad_cam,
     grad_cam_plus_plus,
     layer_names,
@@ -67,6 +68,7 @@ __all__ = [
     "grad_cam_plus_plus",
     "score_cam",
     "layer_names",
+    "capture_layer",
     "upsample_maps",
     "occlusion",
     "feature_permutation",

@@ -56,7 +56,14 @@ from fmi_jax.attribution.core import (
     sum_over_samples,
 )
 
-__all__ = ["layer_names", "grad_cam", "grad_cam_plus_plus", "score_cam", "upsample_maps"]
+__all__ = [
+    "layer_names",
+    "grad_cam",
+    "grad_cam_plus_plus",
+    "score_cam",
+    "upsample_maps",
+    "capture_layer",
+]
 
 
 def _path(module: nn.Module) -> str:
@@ -97,11 +104,16 @@ def _check_layer(model: nn.Module, variables: Any, x: Array, layer: str) -> tupl
     return shapes[layer]
 
 
-def _forward(
+def capture_layer(
     model: nn.Module, variables: Any, x: Array, layer: str, delta: Array | None = None
 ) -> tuple[Array, Array]:
-    """``(logits, A)``: the model's output and the named layer's output ``A`` (plus
-    ``delta`` when given, which then flows on through the rest of the model)."""
+    """``(logits, A)``: the model's output and the named layer's output ``A``.
+
+    With ``delta`` (shaped like ``A``), the layer's output is replaced by ``A + delta``
+    for the rest of the forward pass, so ``jax.grad`` with respect to ``delta`` at zero
+    is the gradient flowing into the layer. The model is not edited: the output is
+    caught with :func:`flax.linen.intercept_methods` as the module returns it.
+    """
     captured: list[Array] = []
 
     def intercept(next_fun, args, kwargs, context):
@@ -139,7 +151,7 @@ def _activation_and_gradient(
     target = resolve_target(_model_fn(model, variables), x, target)
 
     def target_sum(delta):
-        logits, activation = _forward(model, variables, x, layer, delta)
+        logits, activation = capture_layer(model, variables, x, layer, delta)
         return jnp.sum(select_target(logits, target)), activation
 
     gradient, activation = jax.grad(target_sum, has_aux=True)(jnp.zeros(shape, jnp.float32))
@@ -235,7 +247,7 @@ def score_cam(
         as_count(batch_size, "batch_size")
     fn = _model_fn(model, variables)
     target = resolve_target(fn, x, target)
-    _, activation = _forward(model, variables, x, layer)
+    _, activation = capture_layer(model, variables, x, layer)
     activation = activation.astype(jnp.float32)
     channels = activation.shape[-1]
 

@@ -67,18 +67,27 @@ def _ablate(
 ) -> Array:
     """``sum_p drop_i(p) * mask_p`` over the ``count`` perturbations (divided by how many
     perturbations cover each feature when ``average``)."""
-    reference = sum_over_samples(
-        lambda example, _: select_target(fn(x[example]), target[example]),
-        x.shape[0],
-        batch_size=batch_size,
-    )
+    n = x.shape[0]
+    chunk = n * count if batch_size is None else min(as_count(batch_size, "batch_size"), n * count)
+    # f_t(x) is evaluated in batches of the same size as the perturbed inputs: XLA's
+    # results for a row can depend on the batch size (not on the row's place in the
+    # batch), and a perturbation the model ignores must give a drop of exactly zero.
+    if chunk <= n:
+        reference = sum_over_samples(
+            lambda example, _: select_target(fn(x[example]), target[example]),
+            n,
+            batch_size=chunk,
+        )
+    else:
+        rows = jnp.arange(chunk) % n
+        reference = select_target(fn(x[rows]), target[rows])[:n]
 
     def evaluate(example: Array, index: Array) -> tuple[Array, Array]:
         perturbed, mask = perturb(example, index)
         drop = reference[example] - select_target(fn(perturbed), target[example])
         return per_example(drop, mask) * mask, mask
 
-    total, covered = sum_over_samples(evaluate, x.shape[0], count, batch_size=batch_size)
+    total, covered = sum_over_samples(evaluate, n, count, batch_size=chunk)
     if not average:
         return total
     return jnp.where(covered > 0, total / jnp.maximum(covered, 1.0), 0.0)

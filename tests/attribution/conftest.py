@@ -11,10 +11,12 @@ import pytest
 
 from fmi_jax.attribution import (
     deeplift,
+    feature_permutation,
     gaussian_smoothed_saliency,
     gradient_shap,
     input_x_gradient,
     integrated_gradients,
+    occlusion,
     saliency,
     smoothgrad,
 )
@@ -77,8 +79,16 @@ METHODS = {
         fn, x, t, _SHAP_BASELINES, KEY, samples=3, stdev=0.1, **kw
     ),
     "gaussian_smoothed_saliency": functools.partial(gaussian_smoothed_saliency, sigma=0.8),
+    # One-channel windows, so the channel the model ignores is never occluded with the other.
+    "occlusion": functools.partial(occlusion, window=(2, 2, 1), stride=1),
+    "feature_permutation": lambda fn, x, t, **kw: feature_permutation(fn, x, t, KEY, **kw),
 }
-NOISY = {"smoothgrad", "gradient_shap"}
+NOISY = {"smoothgrad", "gradient_shap", "feature_permutation"}
+# Methods that spread one perturbation's effect over every feature it touched, so a
+# single ignored pixel next to used ones is not zero (whole ignored channels still are).
+SPREADING = {"gaussian_smoothed_saliency", "occlusion"}
+# Methods whose answer for an example depends on the other examples of the batch.
+BATCH_COUPLED = {"feature_permutation"}
 
 
 @pytest.fixture(scope="module", params=sorted(METHODS))
@@ -97,3 +107,15 @@ def method(method_name):
 def noisy(method_name):
     """Whether the method draws random noise."""
     return method_name in NOISY
+
+
+@pytest.fixture(scope="module")
+def spreading(method_name):
+    """Whether the method spreads an effect over neighbouring features (SPREADING)."""
+    return method_name in SPREADING
+
+
+@pytest.fixture(scope="module")
+def batch_coupled(method_name):
+    """Whether an example's answer depends on the rest of the batch (BATCH_COUPLED)."""
+    return method_name in BATCH_COUPLED

@@ -1,0 +1,254 @@
+"""Grad-CAM, Grad-CAM++ and Score-CAM: known answers on hand-built models, the layer
+capture, and the edge cases (dead layers, constant channels, unknown names)."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fmi_jax import attribution as A
+from fmi_jax import models
+from fmi_jax.attribution import cam
+
+# ---------------------------------------------------------------------------------
+# A conv head whose Grad-CAM is computable by hand.
+#   A = conv1x1(x): A_0 = x, A_1 = 5 - x          (kernel [1, -1], bias [0, 5])
+#   y_c = sum_ij sum_k A_ijk W_kc                 (sum pooling, then a linear head)
+# so dy_c / dA_ijk = W_kc everywhere, alpha_k = W_kc, and with W = [[2, 0], [1, 1]]
+#   Grad-CAM(class 0) = ReLU(2 x + (5 - x)) = x + 5
+#   Grad-CAM(class 1) = ReLU(5 - x)
+# ---------------------------------------------------------------------------------
+W = np.array([[2.0, 0.0], [1.0, 1.0]], np.float32)
+
+
+class SumHead(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        a = nn.Conv(2, (1, 1), name="features")(x)
+        return a.sum(axis=(1, 2)) @ self.param("w", lambda *_: jnp.asarray(W))
+
+
+ARANGE = jnp.arange(16.0).reshape(1, 4, 4, 1)
+HEAD = SumHead()
+HEAD_VARS = {
+    "params": {
+        "features": {"kernel": jnp.array([[[[1.0, -1.0]]]]), "bias": jnp.array([0.0, 5.0])},
+        "w": jnp.asarray(W),
+    }
+}
+
+
+def test_grad_cam_of_a_hand_built_conv_head():
+    x = ARANGE[0, ..., 0]
+    for target, expected in ((0, x + 5), (1, jnp.maximum(5 - x, 0))):
+        got = A.grad_cam(HEAD, HEAD_VARS, ARANGE, target, layer="features", upsample=False)
+        np.testing.assert_array_equal(got[0], expected)
+    raw = A.grad_cam(HEAD, HEAD_VARS, ARANGE, 1, layer="features", relu=False, upsample=False)
+    np.testing.assert_array_equal(raw[0], 5 - x)
+
+
+def test_grad_cam_plus_plus_of_a_hand_built_conv_head():
+    """g = W_kc everywhere, so a_k = g^2 / (2 g^2 + S_k g^3) with S_k = sum A_k and
+    alpha_k = 16 a_k ReLU(W_kc)."""
+    a = np.stack([ARANGE[0, ..., 0], 5 - ARANGE[0, ..., 0]], -1)
+    for target in (0, 1):
+        g = W[:, target]
+        s = a.sum(axis=(0, 1))
+        denom = 2 * g**2 + s * g**3
+        pixel_weight = np.where(denom != 0, g**2 / np.where(denom != 0, denom, 1), 0)
+        alpha = 16 * pixel_weight * np.maximum(g, 0)
+        expected = np.maximum((a * alpha).sum(-1), 0)
+        got = A.grad_cam_plus_plus(
+            HEAD, HEAD_VARS, ARANGE, target, layer="features", upsample=False
+        )
+        np.testing.assert_allclose(got[0], expected, rtol=1e-6)
+
+
+def test_upsampling_is_bilinear_with_half_pixel_centres():
+    """The values PyTorch's interpolate(mode='bilinear', align_corners=False) gives."""
+    got = A.upsample_maps(jnp.arange(4.0).reshape(1, 2, 2), (4, 4))[0]
+    expected = [
+        [0.0, 0.25, 0.75, 1.0],
+        [0.5, 0.75, 1.25, 1.5],
+        [1.5, 1.75, 2.25, 2.5],
+        [2.0, 2.25, 2.75, 3.0],
+    ]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_upsample_resizes_the_layer_map_to_the_input():
+    model = models.get_model("cnn_mnist", features=(4, 6), dense=(8,))
+    x = jax.random.uniform(jax.random.key(0), (3, 12, 12, 1))
+    variables = model.init(jax.random.key(1), x)
+    small = A.grad_cam(model, variables, x, 2, layer="conv2", upsample=False)
+    big = A.grad_cam(model, variables, x, 2, layer="conv2")
+    assert small.shape == (3, 6, 6) and big.shape == (3, 12, 12)
+    np.testing.assert_allclose(big, A.upsample_maps(small, (12, 12)), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------
+# Score-CAM on a model whose layer is a set of known masks.
+#   layer 'masks' outputs the fixed channels M_k, whatever the image;
+#   logits = sum_ij x_ij V_ijc (a linear model of the image).
+# The normalised mask of a binary channel is the channel itself, a constant channel
+# gets the zero mask, so alpha_k = softmax(sum_ij x_ij H_kij V_ij)_t and the map is
+# ReLU(sum_k alpha_k M_k).
+# ---------------------------------------------------------------------------------
+SIDE, CLASSES = 4, 3
+MASKS = np.zeros((SIDE, SIDE, 4), np.float32)
+MASKS[:2, :, 0] = 1  # top half
+MASKS[:, :2, 1] = 1  # left half
+MASKS[..., 2] = 1  # constant: no spatial information
+MASKS[1:3, 1:3, 3] = 3  # a centre square at another height
+V = np.asarray(jax.random.normal(jax.random.key(3), (SIDE, SIDE, CLASSES)))
+
+
+class MaskLayer(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return jnp.asarray(MASKS)[None] + 0.0 * x[..., :1]
+
+
+class MaskModel(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        MaskLayer(name="masks")(x)
+        return jnp.einsum("nhwc,hwk->nk", x, jnp.asarray(V))
+
+
+def _expected_score_cam(x, target):
+    peak = MASKS.max(axis=(0, 1))
+    low = MASKS.min(axis=(0, 1))
+    normalised = np.where(peak > low, (MASKS - low) / np.where(peak > low, peak - low, 1), 0)
+    maps = []
+    for xi, t in zip(np.asarray(x), target):
+        logits = np.einsum("hw,hwk,hwc->kc", xi[..., 0], normalised, V)
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        maps.append(np.maximum((MASKS * probs[:, t]).sum(-1), 0))
+    return np.stack(maps)
+
+
+def test_score_cam_with_known_channel_masks():
+    x = jax.random.uniform(jax.random.key(4), (3, SIDE, SIDE, 1))
+    target = np.array([0, 2, 1])
+    got = A.score_cam(MaskModel(), {}, x, target, layer="masks")
+    np.testing.assert_allclose(got, _expected_score_cam(x, target), rtol=1e-5, atol=1e-6)
+    # batch_size splits the N * K = 12 masked passes; the answer stays the same.
+    chunked = A.score_cam(MaskModel(), {}, x, target, layer="masks", batch_size=5)
+    np.testing.assert_allclose(chunked, got, rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------
+# Layer capture, names and edge cases on the codebase's own models.
+# ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_cnn():
+    model = models.get_model("cnn_fmnist", features=(4, 6, 8), dense=(16,))
+    x = jax.random.uniform(jax.random.key(5), (4, 16, 16, 1))
+    variables = model.init(jax.random.key(6), x)
+    return model, variables, x
+
+
+def test_capture_leaves_the_outputs_unchanged(small_cnn):
+    model, variables, x = small_cnn
+    plain = model.apply(variables, x)
+    logits, activation = cam.capture_layer(model, variables, x, "conv2")
+    np.testing.assert_array_equal(logits, plain)
+    _, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+    np.testing.assert_array_equal(activation, state["intermediates"]["conv2"]["__call__"][0])
+    # Grad-CAM itself does not change what the model computes afterwards either.
+    A.grad_cam(model, variables, x, layer="conv2")
+    np.testing.assert_array_equal(model.apply(variables, x), plain)
+
+
+def test_grad_cam_gradient_is_the_gradient_into_the_layer(small_cnn):
+    """dy/dA by the zero-delta interception equals dy/dA by finite differences of the
+    rest of the network, evaluated through the same interception. (The direction is
+    zero where the ReLU is off: max-pooling over tied zeros is not differentiable, and
+    a central difference there measures (max + min) / 2, not a gradient.)"""
+    model, variables, x = small_cnn
+    target = 3
+    _, activation = cam.capture_layer(model, variables, x, "conv3")
+    direction = jax.random.normal(jax.random.key(7), activation.shape) * (activation > 0)
+
+    def target_logit(delta):
+        logits, _ = cam.capture_layer(model, variables, x, "conv3", delta=delta)
+        return logits[:, target].sum()
+
+    grad = jax.grad(target_logit)(jnp.zeros_like(activation))
+    eps = 1e-3
+    numeric = (target_logit(eps * direction) - target_logit(-eps * direction)) / (2 * eps)
+    np.testing.assert_allclose(jnp.vdot(grad, direction), numeric, rtol=2e-2)
+    weights = grad.mean(axis=(1, 2), keepdims=True)
+    expected = jax.nn.relu((weights * activation).sum(-1))
+    got = A.grad_cam(model, variables, x, target, layer="conv3", upsample=False)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["cnn_fmnist", "cnn_mnist", "cnn_tunable", "simple_cnn"])
+def test_every_conv_layer_of_every_model_can_be_named(name):
+    model = models.get_model(name)
+    x = jax.random.uniform(jax.random.key(8), (2, 8, 8, 1))
+    variables = model.init(jax.random.key(9), x)
+    names = A.layer_names(model, variables, x)
+    for layer in model.conv_layer_names:
+        assert layer in names
+        maps = A.grad_cam(model, variables, x, layer=layer)
+        assert maps.shape == (2, 8, 8) and bool(jnp.isfinite(maps).all()), layer
+
+
+def test_unknown_layer_lists_the_available_ones(small_cnn):
+    model, variables, x = small_cnn
+    for method in (A.grad_cam, A.grad_cam_plus_plus, A.score_cam):
+        with pytest.raises(ValueError, match=r"no layer 'conv9'.*available layers: conv1/conv"):
+            method(model, variables, x, layer="conv9")
+    with pytest.raises(ValueError, match="no layer 'fc1'"):  # exists, but is not a feature map
+        A.grad_cam(model, variables, x, layer="fc1")
+
+
+@pytest.mark.parametrize("bias", [0.0, -1e3], ids=["all-zero-input", "all-negative-pre-relu"])
+def test_dead_layers_give_zero_maps_not_nan(small_cnn, bias):
+    """All-zero activations (a zero image through a bias-free conv + BN-free block, or a
+    bias so negative that every ReLU is off): the gradients, the Grad-CAM++ denominators
+    and every Score-CAM channel's range are zero."""
+    model = models.get_model("cnn_mnist", features=(4, 6), dense=(8,))
+    x = jax.random.uniform(jax.random.key(10), (2, 8, 8, 1))
+    variables = model.init(jax.random.key(11), x)
+    params = jax.tree.map(lambda p: p, variables["params"])
+    params["conv2"]["conv"]["bias"] = jnp.full_like(params["conv2"]["conv"]["bias"], bias)
+    if bias == 0.0:
+        params["conv1"]["conv"]["bias"] = jnp.zeros_like(params["conv1"]["conv"]["bias"])
+        x = jnp.zeros_like(x)
+    variables = {"params": params}
+    _, activation = cam.capture_layer(model, variables, x, "conv2")
+    assert not bool(jnp.any(activation))
+    for method in (A.grad_cam, A.grad_cam_plus_plus, A.score_cam):
+        maps = method(model, variables, x, layer="conv2")
+        assert bool(jnp.isfinite(maps).all()), method.__name__
+        np.testing.assert_array_equal(maps, 0.0)
+
+
+def test_target_none_is_the_predicted_class_and_jit_matches(small_cnn):
+    model, variables, x = small_cnn
+    predicted = jnp.argmax(model.apply(variables, x), -1)
+    for method in (A.grad_cam, A.grad_cam_plus_plus, A.score_cam):
+        eager = method(model, variables, x, None, layer="conv2")
+        np.testing.assert_array_equal(eager, method(model, variables, x, predicted, layer="conv2"))
+        jitted = jax.jit(lambda x, t, m=method: m(model, variables, x, t, layer="conv2"))
+        np.testing.assert_allclose(jitted(x, predicted), eager, rtol=1e-5, atol=1e-7)
+
+
+def test_registry_needs_the_module_and_a_layer(small_cnn):
+    model, variables, x = small_cnn
+    fn = lambda x: model.apply(variables, x)
+    with pytest.raises(ValueError, match="pass the Flax module and its variables"):
+        A.explainer("grad_cam", fn, layer="conv2")
+    with pytest.raises(ValueError, match="needs layer="):
+        A.explainer("grad_cam", fn, model=model, variables=variables)
+    explain = A.explainer("score_cam", fn, model=model, variables=variables, layer="conv3")
+    maps = explain(x, jnp.array([0, 1, 2, 3]), jax.random.key(0))
+    np.testing.assert_array_equal(
+        maps[..., 0], A.score_cam(model, variables, x, jnp.array([0, 1, 2, 3]), layer="conv3")
+    )

@@ -1,0 +1,196 @@
+"""Occlusion and feature permutation: known answers on linear models, and the rules
+of the permutation (only the permuted group changes, never the identity, one key one
+answer)."""
+
+import itertools
+
+import jax
+import numpy as np
+import pytest
+
+from fmi_jax import attribution as A
+from fmi_jax.attribution import perturbation
+
+SHAPE = (5, 6, 2)  # H, W, C: 5 rows so that windows and patches do not tile exactly
+X = jax.random.uniform(jax.random.key(0), (4, *SHAPE))
+WEIGHTS = jax.random.normal(jax.random.key(1), (int(np.prod(SHAPE)), 3))
+TARGET = np.array([0, 2, 1, 2])
+
+
+def linear(x):
+    return x.reshape(x.shape[0], -1) @ WEIGHTS
+
+
+def _w(target):
+    """The weight of every feature for each example's target class, shaped like X."""
+    return np.asarray(WEIGHTS).T[target].reshape(len(target), *SHAPE)
+
+
+# --------------------------------- occlusion ---------------------------------------
+def _occlusion_by_hand(x, baseline, window, stride):
+    """Mean over the covering windows of sum_{j in window} w_j (x_j - b_j)."""
+    x, w = np.asarray(x), _w(TARGET)
+    contribution = w * (x - baseline)
+    total, count = np.zeros_like(x), np.zeros_like(x)
+    for r, c in itertools.product(
+        range(0, SHAPE[0] - window[0] + 1, stride[0]), range(0, SHAPE[1] - window[1] + 1, stride[1])
+    ):
+        part = (slice(None), slice(r, r + window[0]), slice(c, c + window[1]))
+        drop = contribution[part].sum(axis=(1, 2, 3))
+        total[part] += drop[:, None, None, None]
+        count[part] += 1
+    return np.where(count > 0, total / np.maximum(count, 1), 0.0)
+
+
+@pytest.mark.parametrize(
+    "window,stride", [((2, 3), (2, 3)), ((2, 2), (1, 1)), ((3, 2), (2, 1))], ids=str
+)
+@pytest.mark.parametrize("baseline", [0.0, 0.5, "image"])
+def test_occlusion_of_a_linear_model_is_the_window_sum_of_w_times_x_minus_baseline(
+    window, stride, baseline
+):
+    if baseline == "image":
+        baseline = np.asarray(jax.random.uniform(jax.random.key(2), SHAPE))
+    got = A.occlusion(linear, X, TARGET, window=window, stride=stride, baseline=baseline)
+    expected = _occlusion_by_hand(X, baseline, window, stride)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_occlusion_uncovered_features_get_zero_and_windows_can_split_channels():
+    # 5 rows, window 2, stride 2: row 4 is never covered.
+    got = A.occlusion(linear, X, TARGET, window=(2, 2), stride=2)
+    np.testing.assert_array_equal(got[:, 4], 0.0)
+    # A window of one channel: each channel's features get their own contributions.
+    per_channel = A.occlusion(linear, X, TARGET, window=(1, 1, 1))
+    np.testing.assert_allclose(per_channel, _w(TARGET) * np.asarray(X), rtol=1e-5, atol=1e-5)
+
+
+def test_occlusion_batch_size_and_jit_do_not_change_the_result():
+    ref = A.occlusion(linear, X, TARGET, window=(2, 2), stride=1)
+    np.testing.assert_allclose(
+        A.occlusion(linear, X, TARGET, window=(2, 2), stride=1, batch_size=7), ref, atol=1e-5
+    )
+    jitted = jax.jit(lambda x, t: A.occlusion(linear, x, t, window=(2, 2), stride=1))
+    np.testing.assert_allclose(jitted(X, TARGET), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"window": (6, 2)}, "larger than the input"),
+        ({"window": (2,)}, "must give a size for every axis"),
+        ({"window": (2, 2), "stride": (1, 1, 1, 1)}, "stride"),
+        ({"window": (2, 0)}, "window size must be an integer >= 1"),
+        ({"window": (2, 2), "baseline": np.zeros((3, 3))}, "does not broadcast"),
+    ],
+)
+def test_occlusion_bad_geometry_is_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        A.occlusion(linear, X, TARGET, **kwargs)
+
+
+# ----------------------------- feature permutation ---------------------------------
+MASK = A.square_patches(SHAPE, 2)  # 3 x 3 patches, the last row and column narrower
+
+
+def test_square_patches_numbers_patches_row_major():
+    expected = np.array(
+        [
+            [0, 0, 1, 1, 2, 2],
+            [0, 0, 1, 1, 2, 2],
+            [3, 3, 4, 4, 5, 5],
+            [3, 3, 4, 4, 5, 5],
+            [6, 6, 7, 7, 8, 8],
+        ]
+    )
+    np.testing.assert_array_equal(MASK[..., 0], expected)
+    assert MASK.shape == (5, 6, 1) and MASK.dtype == np.int32
+    np.testing.assert_array_equal(A.square_patches((4, 4), (4, 2))[..., 0], [[0, 0, 1, 1]] * 4)
+
+
+def test_feature_permutation_of_two_examples_swaps_them():
+    """With two examples the only permutation that is not the identity is the swap, so
+    for a linear model group g of example i gets sum_{j in g} w_j (x_ij - x_{1-i,j})."""
+    x, t = X[:2], TARGET[:2]
+    got = np.asarray(A.feature_permutation(linear, x, t, jax.random.key(3), feature_mask=MASK))
+    contribution = _w(t) * (np.asarray(x) - np.asarray(x)[::-1])
+    expected = np.zeros_like(got)
+    groups = np.broadcast_to(MASK, SHAPE)
+    for g in np.unique(groups):
+        inside = groups == g
+        expected[:, inside] = (contribution[:, inside]).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_feature_permutation_changes_only_the_permuted_group():
+    """Each group's drop is the linear model's change when exactly that group's features
+    take the values of the example the group's permutation points to."""
+    key = jax.random.key(4)
+    got = np.asarray(A.feature_permutation(linear, X, TARGET, key, feature_mask=MASK))
+    groups = np.broadcast_to(MASK, SHAPE)
+    x, contribution = np.asarray(X), _w(TARGET)
+    for g in np.unique(groups):
+        perm = np.asarray(
+            perturbation._non_identity_permutation(jax.random.fold_in(key, int(g)), len(x))
+        )
+        assert not np.array_equal(perm, np.arange(len(x)))
+        inside = groups == g
+        drop = (contribution * (x - x[perm]))[:, inside].sum(axis=1)
+        np.testing.assert_allclose(
+            got[:, inside], np.repeat(drop[:, None], inside.sum(), 1), atol=1e-5
+        )
+
+
+def test_feature_permutation_ignored_features_get_zero_and_key_rules():
+    ignore = np.ones(SHAPE, np.float32)
+    ignore[:, :, 1] = 0  # the model ignores channel 1
+    fn = lambda x: linear(x * ignore)
+    key = jax.random.key(5)
+    ref = A.feature_permutation(fn, X, TARGET, key)  # every scalar feature its own group
+    assert np.all(np.asarray(ref)[..., 1] == 0)
+    assert np.count_nonzero(np.asarray(ref)[..., 0]) > ref[..., 0].size // 2
+    for batch_size in (1, 3, 1000):
+        np.testing.assert_allclose(
+            A.feature_permutation(fn, X, TARGET, key, batch_size=batch_size), ref, atol=1e-5
+        )
+    np.testing.assert_array_equal(A.feature_permutation(fn, X, TARGET, key), ref)
+    assert not np.allclose(A.feature_permutation(fn, X, TARGET, jax.random.key(6)), ref)
+
+
+def test_non_identity_permutations_are_permutations_and_never_the_identity():
+    for n in (2, 3):
+        seen = set()
+        for k in range(40):
+            perm = np.asarray(perturbation._non_identity_permutation(jax.random.key(k), n))
+            assert sorted(perm) == list(range(n))
+            assert not np.array_equal(perm, np.arange(n))
+            seen.add(tuple(perm))
+        assert len(seen) == (1 if n == 2 else 5)  # every non-identity permutation occurs
+
+
+@pytest.mark.parametrize(
+    "x,kwargs,message",
+    [
+        (X[:1], {}, "at least 2 examples, got a batch of 1"),
+        (X, {"feature_mask": np.zeros((3, 3), np.int32)}, "does not broadcast"),
+        (X, {"feature_mask": np.zeros(SHAPE, np.float32)}, "integer group ids"),
+    ],
+)
+def test_feature_permutation_bad_input_is_named(x, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        A.feature_permutation(linear, x, None, jax.random.key(0), **kwargs)
+
+
+def test_feature_permutation_takes_one_key():
+    keys = jax.random.split(jax.random.key(0), len(X))
+    with pytest.raises(ValueError, match="one PRNG key"):
+        A.feature_permutation(linear, X, TARGET, keys)
+
+
+def test_registry_patch_option_is_square_patches():
+    key = jax.random.key(7)
+    by_name = A.explainer("feature_permutation", linear, patch=2)(X, TARGET, key)
+    direct = A.feature_permutation(linear, X, TARGET, key, feature_mask=MASK)
+    np.testing.assert_array_equal(by_name, direct)
+    with pytest.raises(ValueError, match="not both"):
+        A.explainer("feature_permutation", linear, patch=2, feature_mask=MASK)
