@@ -34,6 +34,8 @@ def get_config(arg=None):
         "gaussian_saliency",
         "deeplift",
         "ig_smoothgrad",
+        "grad_cam",
+        "feature_permutation",
     )
     # Keyword options per method (see fmi_jax.attribution.METHODS[name].options).
     config.options = {
@@ -41,7 +43,15 @@ def get_config(arg=None):
         "smoothgrad": {"samples": 25, "stdev_spread": 0.15},
         "ig_smoothgrad": {"samples": 10, "steps": 20, "stdev_spread": 0.15},
         "gaussian_saliency": {"sigma": 1.0},
+        # conv3, the last conv block (7 x 7 in cnn_fmnist); the per-layer figure
+        # (layer_cam below) shows every block.
+        "grad_cam": {"layer": "conv3"},
+        # Image regions: 4 x 4 patches (49 groups), permuted across the explained samples.
+        "feature_permutation": {"patch": 4},
     }
+    # Per-layer CAM figure: `method` of every layer in `layers` (empty: the model's
+    # conv layers, first to last) for the first `samples` explained images.
+    config.layer_cam = {"method": "grad_cam", "layers": (), "samples": 8}
     # Model evaluations per chunk: bounds memory, never changes results.
     config.batch_size = 256
     config.topk_fraction = 0.01
@@ -61,4 +71,6 @@ def get_config(arg=None):
         config.options.ig_smoothgrad = {"samples": 2, "steps": 4, "stdev_spread": 0.15}
         config.batch_size = 64
         config.figures.max_sheets = 2
+        config.options.feature_permutation.patch = 7
+        config.layer_cam.samples = 3
     return config

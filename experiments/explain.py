@@ -3,8 +3,12 @@ r"""Explain a trained classifier with several attribution methods.
     python -m experiments.explain --workdir=runs/cnn_fmnist --config=configs/explain.py
     python -m experiments.explain --workdir=runs/cnn_fmnist --config=configs/explain.py \
         --config.methods='("saliency","deeplift")' --config.output=explain_two
+    python -m experiments.explain --workdir=runs/cnn_mnist --config=configs/explain_mnist.py
 
-Writes attributions.npz, stats.json and figures under <workdir>/<output>/.
+Methods are named as in fmi_jax.attribution.METHODS (saliency, integrated_gradients,
+smoothgrad, deeplift, grad_cam, score_cam, occlusion, feature_permutation, ...).
+Writes attributions.npz, stats.json and figures (per-sample sheets, galleries, the
+per-layer Grad-CAM figure) under <workdir>/<output>/.
 """
 
 from absl import app, flags

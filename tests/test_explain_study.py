@@ -7,6 +7,7 @@ import pytest
 
 import configs
 from fmi_jax import studies, train
+from fmi_jax.data import idx, synthetic
 
 
 @pytest.fixture
@@ -44,6 +45,17 @@ def test_explain_writes_maps_stats_and_figures(trained_run):
     assert not (out / "signs_saliency.png").exists()  # unsigned: no sign modes
     assert (out / "agreement.png").stat().st_size > 10_000
     assert set(result.maps) == set(config.methods)
+    # The Fashion-MNIST study's additions: Grad-CAM and feature permutation on 7 x 7
+    # patches (every pixel of a patch holds the patch's drop), and the per-layer figure.
+    assert {"grad_cam", "feature_permutation"} <= set(config.methods)
+    fp = saved["map_feature_permutation"][..., 0]
+    patches = fp.reshape(n, 4, 7, 4, 7)
+    np.testing.assert_array_equal(patches, patches[:, :, :1, :, :1] * np.ones_like(patches))
+    assert np.all(saved["map_grad_cam"] >= 0)
+    assert stats["layer_cam"] == {"method": "grad_cam", "layers": ["conv1", "conv2", "conv3"]}
+    for layer in ("conv1", "conv2", "conv3"):
+        assert saved[f"layer_cam_{layer}"].shape == (3, 28, 28)
+    assert (out / "layer_grad_cam.png").stat().st_size > 10_000
 
 
 def test_rerun_reuses_results_and_other_config_is_refused(trained_run):
@@ -81,3 +93,35 @@ def test_unknown_method_is_refused_before_any_work(trained_run):
     with pytest.raises(ValueError, match="unknown method"):
         studies.run_explain(config, trained_run)
     assert not (trained_run / "explain").exists()
+
+
+def test_mnist_study_on_files_in_the_original_format(tmp_path):
+    """configs/explain_mnist.py on a cnn_mnist:smoke run whose data are MNIST IDX files
+    written here (MNIST cannot be downloaded on the test machines)."""
+    data_dir = tmp_path / "mnist"
+    data_dir.mkdir()
+    for split, stream, num in (("train", 0, 512), ("t10k", 1, 128)):
+        images, labels = synthetic.make_images(num, (28, 28, 1), 10, seed=0, stream=stream)
+        idx.write_idx(data_dir / f"{split}-images-idx3-ubyte.gz", images[..., 0])
+        idx.write_idx(data_dir / f"{split}-labels-idx1-ubyte.gz", labels.astype(np.uint8))
+    run_config = configs.load("cnn_mnist", "smoke")
+    run_config.data.data_dir = str(data_dir)
+    run_config.data.download = False
+    run_config.data.train_limit = None
+    run_config.progress = False
+    run_config.augment = {"flip": False, "crop_padding": 0, "erasing": 0.0}
+    run_config.num_epochs = 2
+    run_config.learning_rate = 5e-3
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(run_config, workdir)
+
+    config = configs.load("explain_mnist", "smoke")
+    result = studies.run_explain(config, workdir)
+    assert list(result.maps) == ["grad_cam", "score_cam", "smoothgrad", "saliency"]
+    for name, maps in result.maps.items():
+        assert maps.shape == (len(result.indices), 28, 28, 1) and np.isfinite(maps).all(), name
+    assert np.all(result.maps["score_cam"] >= 0) and np.any(result.maps["score_cam"] > 0)
+    assert result.stats["dataset"] == "mnist"
+    assert result.stats["layer_cam"]["layers"] == ["conv1", "conv2"]
+    assert (result.out_dir / "layer_grad_cam.png").exists()
+    assert (result.out_dir / "gallery_score_cam.png").exists()

@@ -12,6 +12,7 @@ from fmi_jax.plotting.attribution import (
     default_sign,
     explanation_sheet,
     heatmap,
+    layer_grid,
     sign_modes,
 )
 from fmi_jax.plotting.training import confusion_matrix, training_curves
@@ -25,6 +26,7 @@ __all__ = [
     "default_sign",
     "explanation_sheet",
     "heatmap",
+    "layer_grid",
     "sign_modes",
     "training_curves",
 ]

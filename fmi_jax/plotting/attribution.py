@@ -29,6 +29,7 @@ __all__ = [
     "class_gallery",
     "explanation_sheet",
     "heatmap",
+    "layer_grid",
     "sign_modes",
     "default_sign",
 ]
@@ -267,5 +268,47 @@ def agreement_matrices(
                 ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6)
         ax.set_title(title, fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def layer_grid(
+    images: np.ndarray,
+    maps: Mapping[str, np.ndarray],
+    path: str | Path,
+    *,
+    row_titles: Sequence[str] | None = None,
+    method: str = "Grad-CAM",
+    sign: str = "absolute",
+) -> Path:
+    """One row per sample: the input, then the map of each layer over it.
+
+    Args:
+      images: ``(N, H, W[, C])`` in [0, 1].
+      maps: layer name -> ``(N, H, W)`` maps (already resized to the input), in the
+        order the columns should appear (first layer first).
+      row_titles: a label per sample (e.g. true and predicted class).
+    """
+    layers = list(maps)
+    if not layers:
+        raise ValueError("layer_grid needs the maps of at least one layer")
+    n = len(images)
+    for layer in layers:
+        if len(maps[layer]) != n:
+            raise ValueError(f"{layer}: {len(maps[layer])} maps for {n} images")
+    cols = 1 + len(layers)
+    fig, axes = plt.subplots(n, cols, figsize=(1.9 * cols, 1.9 * n), squeeze=False)
+    for i in range(n):
+        _show_image(axes[i, 0], images[i], "input" if i == 0 else None)
+        if row_titles is not None:
+            axes[i, 0].set_ylabel(row_titles[i], fontsize=8)
+        for j, layer in enumerate(layers, start=1):
+            ax = axes[i, j]
+            ax.imshow(blend(images[i], maps[layer][i], sign=sign))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(layer, fontsize=9)
+    fig.suptitle(f"{method} of each layer", fontsize=11)
     fig.tight_layout()
     return save(fig, path)

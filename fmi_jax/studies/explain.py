@@ -14,6 +14,9 @@ runs every configured attribution method on them, and writes under
   gallery_<m>.png    per method: rows of classes, blended maps
   signs_<m>.png      signed methods: the sign modes of the first sample
   agreement.png      the mean correlation and top-k overlap matrices
+  layer_<method>.png per-layer CAM: the map of every conv layer (first to last)
+                     for the first `layer_cam.samples` samples (maps in the npz
+                     as `layer_cam_<layer>`)
 
 Re-running with the same config reuses attributions.npz and only draws
 missing figures; a different config for the same output folder is an error
@@ -183,6 +186,10 @@ def run_explain(config: ml_collections.ConfigDict, workdir: str | Path) -> Expla
         stats = json.loads((out / "stats.json").read_text())
         images = saved["images"]
         labels, preds, probs = saved["labels"], saved["predictions"], saved["probabilities"]
+        layer_maps = {
+            layer: saved[f"layer_cam_{_key(layer)}"]
+            for layer in stats.get("layer_cam", {}).get("layers", [])
+        }
     else:
         indices = select_samples(
             fn, split.images, split.labels, config.selection, int(config.batch_size)
@@ -196,7 +203,9 @@ def run_explain(config: ml_collections.ConfigDict, workdir: str | Path) -> Expla
         maps, stats = {}, {"methods": {}, "completeness": {}}
         for name in config.methods:
             options = _method_options(config, name)
-            explain = jax.jit(attribution.explainer(name, fn, **options))
+            explain = jax.jit(
+                attribution.explainer(name, fn, model=model, variables=variables, **options)
+            )
             start = time.perf_counter()
             result = np.asarray(jax.block_until_ready(explain(images, target, key)))
             seconds = time.perf_counter() - start
@@ -218,6 +227,7 @@ def run_explain(config: ml_collections.ConfigDict, workdir: str | Path) -> Expla
                     "per_sample": delta.tolist(),
                 }
             logging.info("%s: %.2f s for %d samples", name, seconds, len(indices))
+        layer_maps = _layer_cams(config, fn, model, variables, images, target)
         agreement = _agreement(maps, float(config.topk_fraction))
         per_sample = agreement.pop("_per_sample")
         stats.update(
@@ -239,11 +249,60 @@ def run_explain(config: ml_collections.ConfigDict, workdir: str | Path) -> Expla
             pearson_per_sample=per_sample["pearson"],
             spearman_per_sample=per_sample["spearman"],
             **{f"map_{m}": v for m, v in maps.items()},
+            **{f"layer_cam_{_key(layer)}": v for layer, v in layer_maps.items()},
         )
+        if layer_maps:
+            stats["layer_cam"] = {"method": config.layer_cam.method, "layers": list(layer_maps)}
         (out / "stats.json").write_text(json.dumps(stats, indent=2))
 
     _figures(out, config, images, labels, preds, probs, maps, stats, split.class_names)
+    if layer_maps:
+        path = out / f"layer_{config.layer_cam.method}.png"
+        if not path.exists():
+            n = len(next(iter(layer_maps.values())))
+            plotting.layer_grid(
+                images[:n],
+                layer_maps,
+                path,
+                row_titles=[
+                    f"{split.class_names[labels[i]]} -> {split.class_names[preds[i]]}"
+                    for i in range(n)
+                ],
+                method=config.layer_cam.method,
+            )
     return ExplainResult(out_dir=out, stats=stats, maps=maps, indices=np.asarray(indices))
+
+
+def _key(layer: str) -> str:
+    return layer.replace("/", "__")
+
+
+def _layer_cams(config, fn, model, variables, images, target) -> dict[str, np.ndarray]:
+    """The `layer_cam.method` map of every layer in `layer_cam.layers` (default: the
+    model's conv layers, first to last) for the first `layer_cam.samples` images."""
+    settings = config.get("layer_cam")
+    if not settings or not int(settings.samples):
+        return {}
+    layers = tuple(settings.layers) or tuple(getattr(model, "conv_layer_names", ()))
+    if not layers:
+        raise ValueError(
+            f"{type(model).__name__} does not list its conv layers; set "
+            "--config.layer_cam.layers=(...) to the module paths to compare"
+        )
+    method = settings.method
+    if method not in attribution.METHODS or not attribution.METHODS[method].needs_model:
+        cams = [m for m, s in attribution.METHODS.items() if s.needs_model]
+        raise ValueError(f"layer_cam.method must be one of {cams}, got {method!r}")
+    n = min(int(settings.samples), len(images))
+    out = {}
+    for layer in layers:
+        explain = attribution.explainer(method, fn, model=model, variables=variables, layer=layer)
+        maps = np.asarray(explain(images[:n], target[:n], None))[..., 0]
+        if not np.isfinite(maps).all():
+            raise FloatingPointError(f"{method} of layer {layer} produced NaN or Inf")
+        out[layer] = maps
+        logging.info("%s of %s: %d samples", method, layer, n)
+    return out
 
 
 def _figures(out: Path, config, images, labels, preds, probs, maps, stats, class_names) -> None:
