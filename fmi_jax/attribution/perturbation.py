@@ -20,7 +20,10 @@ and differ in what ``P`` is and how it is perturbed:
 * Occlusion (Zeiler & Fergus, ECCV 2014, arXiv:1311.2901), Captum's ``Occlusion``: a
   window slides over the input with a stride, the window is replaced by
   ``baseline``, and every feature gets the mean of ``drop_i(window)`` over the windows
-  that cover it (features no window covers get 0).
+  that cover it. Along an axis of size F the window starts at ``0, s, 2s, ...`` for
+  ``ceil((F - w) / s) + 1`` positions, the last one cut off at the edge when ``s``
+  does not divide ``F - w`` (Captum's rule), so with ``stride <= window`` every
+  feature is covered.
 
 All ``N * (groups or windows)`` perturbed forward passes are evaluated by the shared
 :func:`~fmi_jax.attribution.core.sum_over_samples`, ``batch_size`` at a time; no
@@ -242,7 +245,13 @@ def _window_geometry(
     too_big = [i for i, (w, f) in enumerate(zip(window, features)) if w > f]
     if too_big:
         raise ValueError(f"window {window} is larger than the input {features} on axis {too_big}")
-    positions = tuple((f - w) // s + 1 for f, w, s in zip(features, window, stride))
+    gaps = [i for i, (w, f, s) in enumerate(zip(window, features, stride)) if w < f and s > w]
+    if gaps:
+        raise ValueError(
+            f"stride {stride} is larger than the window {window} on axis {gaps}: features "
+            "between windows would never be occluded; use a stride <= the window"
+        )
+    positions = tuple(-(-(f - w) // s) + 1 for f, w, s in zip(features, window, stride))
     return window, stride, positions
 
 
@@ -265,8 +274,8 @@ def occlusion(
       window: window size along every axis of one example (``x.shape[1:]``), or along
         all but the last (channel) axis, which it then covers whole: ``(4, 4)`` on
         ``(N, 28, 28, 1)`` images.
-      stride: step of the window, an int or one per window axis. Window positions
-        along an axis of size F: ``(F - window) // stride + 1`` (Captum's rule).
+      stride: step of the window, an int or one per window axis, at most the window
+        (module docstring: the last window along an axis may be cut off at the edge).
       baseline: what fills the window: a scalar, or an array broadcastable to ``x``.
       batch_size: occluded examples per forward pass.
 

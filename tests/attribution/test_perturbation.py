@@ -32,9 +32,8 @@ def _occlusion_by_hand(x, baseline, window, stride):
     x, w = np.asarray(x), _w(TARGET)
     contribution = w * (x - baseline)
     total, count = np.zeros_like(x), np.zeros_like(x)
-    for r, c in itertools.product(
-        range(0, SHAPE[0] - window[0] + 1, stride[0]), range(0, SHAPE[1] - window[1] + 1, stride[1])
-    ):
+    starts = [range(0, f - w + s, s) for f, w, s in zip(SHAPE, window, stride)]  # last: cut off
+    for r, c in itertools.product(*starts):
         part = (slice(None), slice(r, r + window[0]), slice(c, c + window[1]))
         drop = contribution[part].sum(axis=(1, 2, 3))
         total[part] += drop[:, None, None, None]
@@ -56,10 +55,14 @@ def test_occlusion_of_a_linear_model_is_the_window_sum_of_w_times_x_minus_baseli
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_occlusion_uncovered_features_get_zero_and_windows_can_split_channels():
-    # 5 rows, window 2, stride 2: row 4 is never covered.
+def test_occlusion_edge_windows_are_cut_off_and_windows_can_split_channels():
+    # 5 rows, window 2, stride 2: windows start at rows 0, 2 and 4, the last one row high
+    # (Captum's rule), so row 4 holds the drop of occluding just its own 1 x 2 window.
     got = A.occlusion(linear, X, TARGET, window=(2, 2), stride=2)
-    np.testing.assert_array_equal(got[:, 4], 0.0)
+    contribution = _w(TARGET) * np.asarray(X)
+    for c in (0, 2, 4):
+        drop = contribution[:, 4, c : c + 2].sum(axis=(1, 2))
+        np.testing.assert_allclose(got[:, 4, c, 0], drop, atol=1e-5)
     # A window of one channel: each channel's features get their own contributions.
     per_channel = A.occlusion(linear, X, TARGET, window=(1, 1, 1))
     np.testing.assert_allclose(per_channel, _w(TARGET) * np.asarray(X), rtol=1e-5, atol=1e-5)
@@ -80,6 +83,7 @@ def test_occlusion_batch_size_and_jit_do_not_change_the_result():
         ({"window": (6, 2)}, "larger than the input"),
         ({"window": (2,)}, "must give a size for every axis"),
         ({"window": (2, 2), "stride": (1, 1, 1, 1)}, "stride"),
+        ({"window": (2, 2), "stride": 3}, "stride .* is larger than the window"),
         ({"window": (2, 0)}, "window size must be an integer >= 1"),
         ({"window": (2, 2), "baseline": np.zeros((3, 3))}, "does not broadcast"),
     ],
