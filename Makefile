@@ -20,7 +20,7 @@ help:
 	@echo "make test   - venv, install test dependencies, run the test suite"
 	@echo "make data   - install Debian's dataset-fashion-mnist when running as root with apt"
 	@echo "make explain - the explain study on $(WORKDIR) (after make demo)"
-	@echo "make bench  - fmi_jax vs PyTorch + Captum on $(WORKDIR), in its own venv $(BENCH_VENV)"
+	@echo "make bench  - fmi_jax vs PyTorch + Captum / grad-cam on $(WORKDIR), in its own venv $(BENCH_VENV)"
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,11 +52,18 @@ test: install data
 explain: install
 	$(PY) -m experiments.explain --workdir=$(WORKDIR) --config=configs/explain.py
 
+# grad-cam (Score-CAM's reference) goes in without its declared dependencies: they name
+# an unpinned torchvision, which would pull another torch (a CUDA build). What
+# `import pytorch_grad_cam` needs besides torch comes with '.[bench]' (ttach,
+# opencv-python-headless, scikit-learn) and with fmi_jax (numpy, scipy, matplotlib,
+# tqdm, pillow); without a torchvision that loads, fmi_jax/benchmark/torch_side.py
+# imports it against stubs (ScoreCAM never calls torchvision).
 $(BENCH_VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_PY) -m pip install --quiet --upgrade pip
 	$(BENCH_PY) -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BENCH_PY) -m pip install --quiet -e '.[bench]'
+	$(BENCH_PY) -m pip install --quiet --no-deps grad-cam==1.5.7
 	touch $@
 
 bench: $(BENCH_VENV)/.installed data

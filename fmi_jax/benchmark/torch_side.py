@@ -5,13 +5,22 @@
 compute the same function: conv kernels HWIO -> OIHW, dense kernels (in, out) ->
 (out, in), batch-norm statistics as running mean/var (eval mode), and the
 flatten done in NHWC order as Flax does. Every ReLU is its own module, which
-Captum's DeepLift needs (it hooks modules).
+Captum's DeepLift needs (it hooks modules); the last ReLU of conv block i is what
+fmi_jax calls layer `conv{i+1}` (the block output before pooling), the layer the
+CAM methods hook.
+
+`captum_method(name, net, options)` builds the PyTorch counterpart of a benchmark
+method: Captum for everything except `score_cam`, which Captum does not have and
+which comes from the `grad-cam` package (`pytorch_grad_cam.ScoreCAM`).
 
 Only this module imports torch; the rest of fmi_jax never does.
 """
 
 from __future__ import annotations
 
+import functools
+import sys
+import types
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,7 +28,15 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["CAPTUM_METHODS", "TorchCNN", "captum_method", "from_flax"]
+__all__ = [
+    "CAPTUM_METHODS",
+    "REFERENCES",
+    "TorchCNN",
+    "captum_method",
+    "conv_block_output",
+    "from_flax",
+    "square_patch_mask",
+]
 
 
 class TorchCNN(nn.Module):
@@ -104,8 +121,131 @@ def from_flax(model: Any, variables: Mapping[str, Any], image_shape) -> TorchCNN
     return net.eval()
 
 
+def conv_block_output(net: TorchCNN, layer: str) -> nn.Module:
+    """The module whose output is fmi_jax's layer `layer` ("conv1", "conv2", ...): the
+    block's ReLU, i.e. conv -> (BN) -> ReLU before the max-pool."""
+    if not (layer.startswith("conv") and layer[4:].isdigit()):
+        raise ValueError(f"layer must be 'conv1', 'conv2', ...; got {layer!r}")
+    i = int(layer[4:]) - 1
+    if not 0 <= i < len(net.blocks):
+        raise ValueError(f"layer {layer!r}: the model has conv1..conv{len(net.blocks)}")
+    relus = [m for m in net.blocks[i] if isinstance(m, nn.ReLU)]
+    return relus[-1]
+
+
+def square_patch_mask(height: int, width: int, size: int) -> torch.Tensor:
+    """Group ids (1, 1, H, W) of size x size patches, row-major over patches, the same
+    for every channel (fmi_jax's `square_patches`, NCHW)."""
+    rows = np.arange(height)[:, None] // size
+    cols = np.arange(width)[None, :] // size
+    ids = rows * (-(-width // size)) + cols
+    return torch.from_numpy(ids.astype(np.int64))[None, None]
+
+
+def _chunk_to_perturbations(batch_size: int | None, n: int, total: int) -> int:
+    """Captum's `perturbations_per_eval` for fmi_jax's `batch_size` (model inputs per
+    evaluation): the same number of images per forward pass on both sides; None means
+    every perturbation in one pass, as fmi_jax does without a batch_size."""
+    if batch_size is None:
+        return max(1, total)
+    return max(1, min(total, int(batch_size) // max(n, 1)))
+
+
+def _occlusion_shapes(c: int, window, stride) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """fmi_jax's window/stride (NHWC, over (H, W) or (H, W, C)) as Captum's NCHW ones."""
+    window = tuple(int(w) for w in window)
+    if len(window) == 2:
+        window = (*window, c)  # spatial only: every channel at once
+    if len(window) != 3:
+        raise ValueError(f"occlusion window must have 2 or 3 entries (H, W[, C]); got {window}")
+    if isinstance(stride, int):
+        stride = (stride, stride, stride)
+    stride = tuple(int(s) for s in stride)
+    if len(stride) == 2:
+        stride = (*stride, c)
+    if len(stride) != 3:
+        raise ValueError(f"occlusion stride must be an int or match the window; got {stride}")
+    return (window[2], window[0], window[1]), (stride[2], stride[0], stride[1])
+
+
+class _LogSoftmaxTarget:
+    """log p_t(output): pytorch_grad_cam's ScoreCAM takes softmax over channels of the
+    per-channel scores, so with this target its weights are
+    p_t(x * H_k) / sum_j p_t(x * H_j), the Score-CAM paper's weights (Wang et al. 2020)
+    up to a per-image factor that its min-max scaling removes. Its default
+    target (the raw logit) gives softmax_k(logit_t(x * H_k)), a different method."""
+
+    def __init__(self, category: int):
+        self.category = int(category)
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(model_output, dim=-1)[..., self.category]
+
+
+def _stub_torchvision() -> dict[str, types.ModuleType]:
+    """Modules standing in for torchvision while `pytorch_grad_cam` is imported.
+
+    The grad-cam package imports torchvision at module level for code the benchmark
+    never runs (image preprocessing, box IoU, SESS); ScoreCAM and the code it calls
+    use torch, numpy and cv2 only. PyPI's torchvision wheels for Linux are CUDA
+    builds that cannot load next to a CPU torch (`operator torchvision::nms does not
+    exist`), and the CPU build is not on PyPI, so without a working torchvision the
+    package is imported against these stubs, whose every attribute raises."""
+
+    def missing(name):
+        def call(*args, **kwargs):
+            raise RuntimeError(
+                f"torchvision.{name} is not available (the benchmark imported grad-cam "
+                "without torchvision); install a torchvision built for this torch"
+            )
+
+        return call
+
+    mods = {}
+    for name, attrs in (
+        ("torchvision", ()),
+        ("torchvision.transforms", ("Compose", "Normalize", "ToTensor")),
+        ("torchvision.transforms.functional", ("resize",)),
+        ("torchvision.ops", ("box_iou", "nms")),
+    ):
+        mod = types.ModuleType(name)
+        for attr in attrs:
+            setattr(mod, attr, missing(f"{name.split('.', 1)[-1]}.{attr}"))
+        mods[name] = mod
+    mods["torchvision"].transforms = mods["torchvision.transforms"]
+    mods["torchvision"].ops = mods["torchvision.ops"]
+    mods["torchvision.transforms"].functional = mods["torchvision.transforms.functional"]
+    return mods
+
+
+@functools.cache
+def _score_cam_class():
+    """`pytorch_grad_cam.ScoreCAM`, importing the package without torchvision if need be,
+    and with its per-image progress bars off (tqdm(disable=True); no other change)."""
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # ImportError, or the RuntimeError of a CUDA build beside CPU torch
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        stubs = _stub_torchvision()
+        sys.modules.update(stubs)
+        try:
+            import pytorch_grad_cam.score_cam as score_cam_module
+        finally:
+            for name in stubs:
+                sys.modules.pop(name, None)
+    else:
+        import pytorch_grad_cam.score_cam as score_cam_module
+    import tqdm
+
+    score_cam_module.tqdm = types.SimpleNamespace(tqdm=functools.partial(tqdm.tqdm, disable=True))
+    return score_cam_module.ScoreCAM
+
+
 def captum_method(name: str, net: nn.Module, options: Mapping[str, Any]):
-    """`run(x_nchw, target) -> attributions` with Captum, for the benchmark's method names."""
+    """`run(x_nchw, target) -> attributions` (a NCHW tensor) with the PyTorch library
+    that is the benchmark's reference for `name` (`REFERENCES`); CAM maps come back as
+    (N, 1, H, W)."""
     from captum import attr as ca
 
     steps = options.get("steps", 50)
@@ -147,15 +287,101 @@ def captum_method(name: str, net: nn.Module, options: Mapping[str, Any]):
         return lambda x, t: m.attribute(
             x, baselines=torch.zeros_like(x[:1]), target=t, n_samples=samples, stdevs=0.0
         )
-    raise ValueError(f"no Captum counterpart for {name!r}; have {CAPTUM_METHODS}")
+    if name == "grad_cam":
+        m = ca.LayerGradCam(net, conv_block_output(net, options["layer"]))
+        relu = bool(options.get("relu", True))
+        upsample = bool(options.get("upsample", True))
+
+        def grad_cam(x, t):
+            cam = m.attribute(x, target=t, relu_attributions=relu)
+            if upsample:  # align_corners=False, as jax.image.resize
+                cam = ca.LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), "bilinear")
+            return cam
+
+        return grad_cam
+    if name == "score_cam":
+        if not options.get("upsample", True):
+            raise ValueError("pytorch_grad_cam's ScoreCAM always upsamples to the input size")
+        score_cam = _score_cam_class()
+        layer = conv_block_output(net, options["layer"])
+        batch_size = options.get("batch_size")
+        package_target = options.get("target_kind", "log_softmax") == "logit"
+
+        def run_score_cam(x, t):
+            # One object per call: its forward hooks must not outlive the call.
+            with score_cam(net, [layer]) as cam:
+                if batch_size is not None:
+                    cam.batch_size = int(batch_size)  # masked images per forward pass
+                else:
+                    cam.batch_size = int(layer_channels(net, options["layer"]))
+                if package_target:
+                    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+                    targets = [ClassifierOutputTarget(int(c)) for c in t]
+                else:
+                    targets = [_LogSoftmaxTarget(int(c)) for c in t]
+                maps = cam(input_tensor=x, targets=targets)
+            return torch.from_numpy(maps)[:, None]
+
+        return run_score_cam
+    if name == "occlusion":
+        m = ca.Occlusion(net)
+        baseline = float(options.get("baseline", 0.0))
+
+        def occlusion(x, t):
+            window, stride = _occlusion_shapes(
+                x.shape[1], options["window"], options.get("stride", 1)
+            )
+            windows = 1
+            for size, w, s in zip(x.shape[1:], window, stride):
+                windows *= (size - w) // s + 1
+            ppe = _chunk_to_perturbations(options.get("batch_size"), x.shape[0], windows)
+            return m.attribute(
+                x,
+                sliding_window_shapes=window,
+                strides=stride,
+                baselines=baseline,
+                target=t,
+                perturbations_per_eval=ppe,
+            )
+
+        return occlusion
+    if name == "feature_permutation":
+        m = ca.FeaturePermutation(net)
+        mask = options.get("feature_mask")
+
+        def feature_permutation(x, t):
+            if mask is None:
+                fm = square_patch_mask(x.shape[2], x.shape[3], int(options["patch"]))
+            else:  # fmi_jax's (H, W, 1 or C) group ids, as NCHW
+                fm = torch.from_numpy(np.asarray(mask, np.int64).transpose(2, 0, 1))[None]
+            groups = int(fm.max()) + 1
+            ppe = _chunk_to_perturbations(options.get("batch_size"), x.shape[0], groups)
+            return m.attribute(x, target=t, feature_mask=fm, perturbations_per_eval=ppe)
+
+        return feature_permutation
+    raise ValueError(f"no PyTorch counterpart for {name!r}; have {CAPTUM_METHODS}")
 
 
-CAPTUM_METHODS = (
-    "saliency",
-    "input_x_gradient",
-    "integrated_gradients",
-    "smoothgrad",
-    "ig_smoothgrad",
-    "deeplift",
-    "gradient_shap",
-)
+def layer_channels(net: TorchCNN, layer: str) -> int:
+    i = int(layer[4:]) - 1
+    convs = [m for m in net.blocks[i] if isinstance(m, nn.Conv2d)]
+    return convs[0].out_channels
+
+
+# The PyTorch class each method is compared with (for the table).
+REFERENCES = {
+    "saliency": "Captum Saliency",
+    "input_x_gradient": "Captum InputXGradient",
+    "integrated_gradients": "Captum IntegratedGradients",
+    "smoothgrad": "Captum NoiseTunnel(Saliency)",
+    "ig_smoothgrad": "Captum NoiseTunnel(IntegratedGradients)",
+    "deeplift": "Captum DeepLift",
+    "gradient_shap": "Captum GradientShap",
+    "grad_cam": "Captum LayerGradCam",
+    "score_cam": "grad-cam ScoreCAM",
+    "occlusion": "Captum Occlusion",
+    "feature_permutation": "Captum FeaturePermutation",
+}
+
+CAPTUM_METHODS = tuple(REFERENCES)
