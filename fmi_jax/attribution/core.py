@@ -53,6 +53,7 @@ __all__ = [
     "select_target",
     "target_logit_grad",
     "sum_over_samples",
+    "map_over_samples",
     "completeness_delta",
     "example_keys",
     "sample_keys",
@@ -271,6 +272,51 @@ def sum_over_samples(
     zeros = jax.tree.map(lambda s: jnp.zeros((num_examples,) + s.shape[1:], s.dtype), shapes)
     sums, _ = jax.lax.scan(accumulate, zeros, jnp.arange(num_chunks, dtype=jnp.int32))
     return sums
+
+
+def map_over_samples(
+    evaluate: Callable[[Array, Array], Array],
+    num_examples: int,
+    num_samples: int,
+    *,
+    batch_size: int | None = None,
+) -> Array:
+    """``out[i, s] = evaluate(i, s)``, evaluated ``batch_size`` pairs at a time.
+
+    The counterpart of :func:`sum_over_samples` for methods that need every value, not
+    a sum (perturbation methods keep one model output per perturbation). Pairs are laid
+    out example by example and *every* chunk has exactly ``batch_size`` pairs (the last
+    one padded with copies of the last pair, then dropped): XLA can round a row of a
+    batched computation differently for different batch sizes (never differently for
+    different places in the batch), so values that must be comparable to the last bit,
+    like a reference output and a perturbed output that should equal it, have to come
+    from calls of the same shape.
+
+    Args:
+      evaluate: ``evaluate(example_index, sample_index)`` gets two int32 vectors of
+        length B and returns an array with leading axis B (one value per pair).
+      num_examples, num_samples: N and S.
+      batch_size: pairs per chunk; ``None`` evaluates all pairs at once.
+
+    Returns:
+      The values, shaped ``(N, S) + evaluate's trailing shape``.
+    """
+    num_examples = as_count(num_examples, "num_examples")
+    num_samples = as_count(num_samples, "num_samples")
+    total = num_examples * num_samples
+    chunk = total if batch_size is None else min(as_count(batch_size, "batch_size"), total)
+    num_chunks = -(-total // chunk)
+    pair = jnp.minimum(jnp.arange(num_chunks * chunk, dtype=jnp.int32), total - 1)
+    example, sample = pair // num_samples, pair % num_samples
+    if num_chunks == 1:
+        values = evaluate(example, sample)
+    else:
+        values = jax.lax.map(
+            lambda es: evaluate(*es),
+            (example.reshape(num_chunks, chunk), sample.reshape(num_chunks, chunk)),
+        )
+        values = values.reshape((num_chunks * chunk,) + values.shape[2:])
+    return values[:total].reshape((num_examples, num_samples) + values.shape[1:])
 
 
 def example_keys(key: Array, num_examples: int) -> Array:

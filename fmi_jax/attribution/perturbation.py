@@ -25,9 +25,12 @@ and differ in what ``P`` is and how it is perturbed:
   does not divide ``F - w`` (Captum's rule), so with ``stride <= window`` every
   feature is covered.
 
-All ``N * (groups or windows)`` perturbed forward passes are evaluated by the shared
-:func:`~fmi_jax.attribution.core.sum_over_samples`, ``batch_size`` at a time; no
-perturbed copy of the whole batch is ever materialised.
+All ``N * (groups or windows)`` perturbed forward passes (and the N unperturbed ones)
+are evaluated by the shared :func:`~fmi_jax.attribution.core.map_over_samples`,
+``batch_size`` at a time, keeping one number per (example, perturbation); no
+perturbed copy of the whole batch is ever materialised. The maps are then assembled
+from those drops: a gather for feature groups, an einsum with one 0/1 matrix per axis
+for the windows.
 """
 
 from __future__ import annotations
@@ -46,54 +49,41 @@ from fmi_jax.attribution.core import (
     as_baseline,
     as_count,
     as_input,
+    map_over_samples,
     per_example,
     resolve_target,
     select_target,
-    sum_over_samples,
 )
 
 __all__ = ["feature_permutation", "occlusion", "square_patches"]
 
-# perturb(example, index) -> (perturbed inputs (B, ...), float mask of the changed features (B, ...))
-Perturb = Callable[[Array, Array], tuple[Array, Array]]
+# perturb(example, index) -> the perturbed inputs (B, ...) of those (example, perturbation) pairs
+Perturb = Callable[[Array, Array], Array]
 
 
-def _ablate(
+def _drops(
     fn: ModelFn,
     x: Array,
     target: Array,
     count: int,
     perturb: Perturb,
-    *,
-    average: bool,
     batch_size: int | None,
 ) -> Array:
-    """``sum_p drop_i(p) * mask_p`` over the ``count`` perturbations (divided by how many
-    perturbations cover each feature when ``average``)."""
-    n = x.shape[0]
-    chunk = n * count if batch_size is None else min(as_count(batch_size, "batch_size"), n * count)
-    # f_t(x) is evaluated in batches of the same size as the perturbed inputs: XLA's
-    # results for a row can depend on the batch size (not on the row's place in the
-    # batch), and a perturbation the model ignores must give a drop of exactly zero.
-    if chunk <= n:
-        reference = sum_over_samples(
-            lambda example, _: select_target(fn(x[example]), target[example]),
-            n,
-            batch_size=chunk,
-        )
-    else:
-        rows = jnp.arange(chunk) % n
-        reference = select_target(fn(x[rows]), target[rows])[:n]
+    """``drop[i, p] = f_t(x_i) - f_t(perturbation p of x_i)``, shape ``(N, count)``.
 
-    def evaluate(example: Array, index: Array) -> tuple[Array, Array]:
-        perturbed, mask = perturb(example, index)
-        drop = reference[example] - select_target(fn(perturbed), target[example])
-        return per_example(drop, mask) * mask, mask
+    The unperturbed input is evaluated as one more perturbation (index ``count``) in the
+    same equally shaped chunks as the others (:func:`map_over_samples`), so that a
+    perturbation the model ignores gives a drop of exactly zero: XLA rounds a row
+    differently for different batch sizes. It costs N extra forward passes.
+    """
 
-    total, covered = sum_over_samples(evaluate, n, count, batch_size=chunk)
-    if not average:
-        return total
-    return jnp.where(covered > 0, total / jnp.maximum(covered, 1.0), 0.0)
+    def evaluate(example: Array, index: Array) -> Array:
+        perturbed = perturb(example, jnp.minimum(index, count - 1))
+        unchanged = per_example(index == count, perturbed)
+        return select_target(fn(jnp.where(unchanged, x[example], perturbed)), target[example])
+
+    outputs = map_over_samples(evaluate, x.shape[0], count + 1, batch_size=batch_size)
+    return outputs[:, -1:] - outputs[:, :-1]
 
 
 def square_patches(image_shape: Sequence[int], size: int | Sequence[int]) -> np.ndarray:
@@ -217,12 +207,12 @@ def feature_permutation(
     group_keys = jax.vmap(lambda g: jax.random.fold_in(key, g))(jnp.arange(count))
     perms = jax.vmap(lambda k: _non_identity_permutation(k, n))(group_keys)  # (G, N)
 
-    def perturb(example: Array, group: Array) -> tuple[Array, Array]:
+    def perturb(example: Array, group: Array) -> Array:
         inside = groups[None] == per_example(group, groups[None])
-        source = perms[group, example]
-        return jnp.where(inside, x[source], x[example]), inside.astype(jnp.float32)
+        return jnp.where(inside, x[perms[group, example]], x[example])
 
-    return _ablate(fn, x, target, count, perturb, average=False, batch_size=batch_size)
+    drops = _drops(fn, x, target, count, perturb, batch_size)
+    return jnp.take(drops, groups, axis=1)  # every feature gets its group's drop
 
 
 def _window_geometry(
@@ -292,14 +282,25 @@ def occlusion(
         for d, f in enumerate(features)
     ]
 
-    def perturb(example: Array, position: Array) -> tuple[Array, Array]:
+    def perturb(example: Array, position: Array) -> Array:
         corner = jnp.unravel_index(position, positions)
         inside = jnp.ones((position.shape[0],) + features, bool)
         for d, grid in enumerate(grids):
             start = per_example(corner[d] * stride[d], grid)
             inside &= (grid >= start) & (grid < start + window[d])
-        return jnp.where(inside, baseline[example], x[example]), inside.astype(jnp.float32)
+        return jnp.where(inside, baseline[example], x[example])
 
-    return _ablate(
-        fn, x, target, math.prod(positions), perturb, average=True, batch_size=batch_size
-    )
+    drops = _drops(fn, x, target, math.prod(positions), perturb, batch_size)
+    # Window p covers feature f along axis d iff start_d(p) <= f_d < start_d(p) + w_d, so
+    # the sum over windows factorises into one 0/1 matrix per axis: an einsum.
+    covers = [
+        (np.arange(f)[None] >= s * np.arange(p)[:, None])
+        & (np.arange(f)[None] < s * np.arange(p)[:, None] + w)
+        for f, w, s, p in zip(features, window, stride, positions)
+    ]
+    covers = [jnp.asarray(c, jnp.float32) for c in covers]
+    axes = "abcdefgh"[: len(features)]
+    spec = ",".join(f"{a}{a.upper()}" for a in axes)
+    total = jnp.einsum(f"n{axes},{spec}->n{axes.upper()}", drops.reshape((-1, *positions)), *covers)
+    covered = jnp.einsum(f"{axes},{spec}->{axes.upper()}", jnp.ones(positions), *covers)
+    return jnp.where(covered > 0, total / jnp.maximum(covered, 1.0), 0.0)

@@ -121,6 +121,23 @@ def test_sum_over_samples_chunk_size_bounds_the_evaluated_batch():
     assert set(seen) == {64}
 
 
+def test_map_over_samples_keeps_every_value_in_equal_chunks():
+    """out[i, s] = (i, s) pairs, for chunk sizes that divide N * S or not, and every
+    evaluation sees exactly batch_size pairs (the padding is dropped)."""
+    seen = []
+
+    def evaluate(example, sample):
+        seen.append(example.shape[0])
+        return jnp.stack([example, sample], axis=1).astype(jnp.float32)
+
+    expected = np.stack(np.meshgrid(np.arange(5), np.arange(3), indexing="ij"), -1)
+    for batch_size in [None, 1, 2, 4, 7, 15, 100]:
+        seen.clear()
+        out = core.map_over_samples(evaluate, 5, 3, batch_size=batch_size)
+        np.testing.assert_array_equal(out, expected)
+        assert set(seen) == {min(batch_size or 15, 15)}
+
+
 def test_example_keys_single_legacy_and_per_example():
     key = jax.random.key(3)
     keys = core.example_keys(key, 4)
