@@ -16,9 +16,12 @@ from typing import Any
 import flax.linen as nn
 
 from fmi_jax.models.cnn import ConvBlock, SimpleCNN
+from fmi_jax.models.resnet import ResidualBlock, ResNet
 
 __all__ = [
     "ConvBlock",
+    "ResNet",
+    "ResidualBlock",
     "SimpleCNN",
     "available_models",
     "get_model",
@@ -132,6 +135,27 @@ def _cnn_tunable(
         dense=(dense_width,),
         dropout=dropout,
         batch_norm=batch_norm,
+        num_classes=num_classes,
+        dtype=dtype,
+    )
+
+
+@register_model("resnet")
+def _resnet(
+    num_blocks=3,
+    filters=64,
+    pre_activation=False,
+    dropout=0.0,
+    num_classes=10,
+    dtype="float32",
+) -> nn.Module:
+    """The tuning study's ResNet: stem, `num_blocks` residual blocks in three stages,
+    global average pooling, dense head (see fmi_jax/models/resnet.py)."""
+    return ResNet(
+        num_blocks=num_blocks,
+        filters=filters,
+        pre_activation=pre_activation,
+        dropout=dropout,
         num_classes=num_classes,
         dtype=dtype,
     )

@@ -5,5 +5,6 @@ evaluation and plotting); nothing below imports it.
 """
 
 from fmi_jax.studies.explain import ExplainResult, run_explain
+from fmi_jax.studies.tune import TuneResult, run_tune
 
-__all__ = ["ExplainResult", "run_explain"]
+__all__ = ["ExplainResult", "TuneResult", "run_explain", "run_tune"]

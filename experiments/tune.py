@@ -1,0 +1,29 @@
+r"""Hyper-parameter tuning: a grid of trainings ranked on validation, the best retrained.
+
+    python -m experiments.tune --config=configs/tune_cnn.py --workdir=runs/tune_cnn
+    python -m experiments.tune --config=configs/tune_resnet.py --workdir=runs/tune_resnet
+    python -m experiments.tune --config=configs/tune_resnet.py:smoke --workdir=/tmp/tune
+
+Re-running with the same --workdir skips finished trials and resumes an interrupted
+one. Writes trials/<point>/, results.{md,csv,json} and best/ under --workdir.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from fmi_jax import logs, studies
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Tuning study config.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where the trials and tables go.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logs.quiet_libraries()
+    studies.run_tune(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,268 @@
+"""The tuning study: a grid of training configs, ranked on validation, best retrained.
+
+`run_tune(config, workdir)` takes a config with
+
+  trial      a full training config (what `experiments.train` takes)
+  grid       nested dict of value lists, paths into `trial`
+             (e.g. {'model': {'filters': (32, 64), 'num_blocks': (3, 4, 5)}})
+  final      overrides for the retrain of the best configuration (e.g. more epochs)
+  retrain    whether to retrain and evaluate the best configuration
+  layer_cam  {'method': 'grad_cam', 'samples': 8}: per-layer CAM figure of the best
+             model (samples 0 switches it off)
+
+and writes under `workdir`:
+
+  trials/<name>/     one training run per grid point (train_and_evaluate's files);
+                     the name spells the point, e.g. `filters-32_num_blocks-3`
+  results.json/.csv/.md
+                     the trials ranked by best validation accuracy: the grid values,
+                     validation accuracy and loss, best epoch, epochs, training time,
+                     parameters. Test accuracy is not in the table: selection sees
+                     validation only.
+  best/              the best point retrained with `final` (train_and_evaluate), its
+                     evaluation table on train, validation and test (metrics.json/.md,
+                     confusion_matrix.png) and layer_<method>.png
+
+Re-running resumes: finished trials are read, not retrained; an interrupted trial
+resumes from its checkpoint. A trial folder that holds a run of another config is
+an error (nothing is overwritten).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from fmi_jax import attribution, plotting
+from fmi_jax.train import evaluate as evaluate_lib
+from fmi_jax.train import loop as loop_lib
+from fmi_jax.train.input_pipeline import to_float
+
+__all__ = ["TuneResult", "grid_points", "run_tune", "trial_config", "trial_name"]
+
+
+@dataclasses.dataclass
+class TuneResult:
+    trials: list[dict[str, Any]]  # ranked, best first
+    best: dict[str, Any] | None  # the best trial's row
+    evaluation: dict[str, Any] | None  # the retrained best: evaluate_workdir's result
+    workdir: Path
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def _plain(config: Any) -> Any:
+    if isinstance(config, ml_collections.ConfigDict):
+        return json.loads(config.to_json_best_effort())
+    return config
+
+
+def grid_points(grid: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, as {'model.filters': 32, ...} dicts, in
+    the order of the grid's paths (the last path varies fastest)."""
+    flat = _flatten(_plain(grid))
+    for path, values in flat.items():
+        if not isinstance(values, (list, tuple)) or not values:
+            raise ValueError(f"grid.{path} must be a non-empty list of values, got {values!r}")
+    paths = list(flat)
+    return [dict(zip(paths, combo)) for combo in itertools.product(*(flat[p] for p in paths))]
+
+
+def trial_name(point: Mapping[str, Any]) -> str:
+    """A folder name that spells the grid point: `conv1_filters-32_filter_size-3`."""
+    parts = []
+    for path, value in point.items():
+        text = "x".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        parts.append(f"{path.rsplit('.', 1)[-1]}-{text}")
+    return "_".join(parts).replace("/", "-")
+
+
+def _set(config: ml_collections.ConfigDict, path: str, value: Any, what: str) -> None:
+    *parents, last = path.split(".")
+    node = config
+    for i, part in enumerate(parents):
+        if part not in node:
+            raise ValueError(
+                f"{what} path {path!r}: the trial config has no {'.'.join(parents[: i + 1])!r}"
+            )
+        node = node[part]
+    if last not in node:
+        raise ValueError(
+            f"{what} path {path!r}: the trial config has no {last!r} there; it has "
+            f"{', '.join(sorted(node.keys()))}"
+        )
+    node[last] = value
+
+
+def trial_config(
+    base: ml_collections.ConfigDict,
+    point: Mapping[str, Any],
+    overrides: Mapping[str, Any] | None = None,
+) -> ml_collections.ConfigDict:
+    """`base` with the grid point (and then `overrides`, flattened paths) applied."""
+    config = ml_collections.ConfigDict(_plain(base))
+    for path, value in point.items():
+        _set(config, path, value, "grid")
+    for path, value in _flatten(_plain(overrides or {})).items():
+        _set(config, path, value, "final")
+    return config
+
+
+def _check_trial_dir(path: Path, config: ml_collections.ConfigDict) -> None:
+    saved = path / "config.json"
+    if saved.exists():
+        wanted = json.dumps(_plain(config), indent=2, sort_keys=True)
+        if saved.read_text() != wanted:
+            raise ValueError(
+                f"{path} holds a run of another config (a changed `trial` or `final` "
+                "setting); use another --workdir or move that folder away. Nothing was "
+                "overwritten."
+            )
+
+
+def _row(point: Mapping[str, Any], summary: Mapping[str, Any], history) -> dict[str, Any]:
+    best = next((r for r in history if r["epoch"] == summary.get("best_epoch")), {})
+    return {
+        **{path.rsplit(".", 1)[-1]: value for path, value in point.items()},
+        "val_accuracy": summary.get("best_val_accuracy"),
+        "val_loss": best.get("val_loss"),
+        "best_epoch": summary.get("best_epoch"),
+        "epochs": summary.get("epochs"),
+        "train_time_s": summary.get("train_time_s"),
+        "parameters": summary.get("parameters"),
+    }
+
+
+def _history(path: Path) -> list[dict[str, Any]]:
+    lines = (path / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def _write_tables(out: Path, rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> None:
+    (out / "results.json").write_text(json.dumps({**meta, "trials": list(rows)}, indent=2))
+    if not rows:
+        return
+    columns = ["rank", *rows[0].keys()]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for rank, row in enumerate(rows, start=1):
+        writer.writerow({"rank": rank, **row})
+    (out / "results.csv").write_text(buffer.getvalue())
+    (out / "results.md").write_text(markdown(rows) + "\n")
+
+
+def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The ranked table: configuration columns, validation accuracy, training time."""
+
+    def cell(key: str, value: Any) -> str:
+        if value is None:
+            return "-"
+        if key == "val_accuracy":
+            return f"{100 * value:.2f}%"
+        if key == "val_loss":
+            return f"{value:.4f}"
+        if key == "train_time_s":
+            return f"{value:.0f}"
+        if isinstance(value, (list, tuple)):
+            return "x".join(map(str, value))
+        return str(value)
+
+    keys = [k for k in rows[0] if k != "trial"]  # the folder name repeats the values
+    columns = ["rank", *keys]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for rank, row in enumerate(rows, start=1):
+        lines.append("| " + " | ".join([str(rank)] + [cell(k, row[k]) for k in keys]) + " |")
+    return "\n".join(lines)
+
+
+def run_tune(config: ml_collections.ConfigDict, workdir: str | Path) -> TuneResult:
+    """Runs the study described in the module docstring."""
+    workdir = Path(workdir)
+    points = grid_points(config.grid)
+    configs = [trial_config(config.trial, p) for p in points]  # validates every path first
+    names = [trial_name(p) for p in points]
+    if len(set(names)) != len(names):
+        raise ValueError(f"grid points with the same folder name: {names}")
+    for name, trial in zip(names, configs):
+        _check_trial_dir(workdir / "trials" / name, trial)
+    workdir.mkdir(parents=True, exist_ok=True)
+    meta = {"grid": _plain(config.grid), "trial": _plain(config.trial)}
+
+    rows = []
+    for k, (point, name, trial) in enumerate(zip(points, names, configs), start=1):
+        path = workdir / "trials" / name
+        if (path / "train_summary.json").exists():
+            logging.info("trial %d/%d %s: finished earlier, read", k, len(points), name)
+        else:
+            logging.info("trial %d/%d %s: training", k, len(points), name)
+            loop_lib.train_and_evaluate(trial, path)
+        summary = json.loads((path / "train_summary.json").read_text())
+        rows.append({"trial": name, **_row(point, summary, _history(path))})
+        ranked = sorted(rows, key=lambda r: -(r["val_accuracy"] or 0.0))
+        _write_tables(workdir, ranked, meta)
+    print(markdown(ranked))
+
+    best = ranked[0]
+    evaluation = None
+    if config.get("retrain", True):
+        best_point = points[names.index(best["trial"])]
+        final = trial_config(config.trial, best_point, config.get("final"))
+        best_dir = workdir / "best"
+        _check_trial_dir(best_dir, final)
+        logging.info("retraining the best configuration %s in %s", best["trial"], best_dir)
+        loop_lib.train_and_evaluate(final, best_dir)
+        evaluation = evaluate_lib.evaluate_workdir(best_dir)
+        (best_dir / "grid_point.json").write_text(json.dumps(best_point, indent=2))
+        _layer_figure(config, best_dir)
+    return TuneResult(trials=ranked, best=best, evaluation=evaluation, workdir=workdir)
+
+
+def _layer_figure(config: ml_collections.ConfigDict, best_dir: Path) -> None:
+    """The per-layer CAM figure of the retrained best model, on the first test images."""
+    settings = config.get("layer_cam")
+    if not settings or not int(settings.samples):
+        return
+    path = best_dir / f"layer_{settings.method}.png"
+    if path.exists():
+        return
+    model, variables, run_config, _ = evaluate_lib.restore_model(best_dir)
+    test = loop_lib.load_data(run_config.data)["test"]
+    n = min(int(settings.samples), len(test))
+    images = to_float(jnp.asarray(test.images[:n]))
+    predicted = np.asarray(jnp.argmax(model.apply(variables, images), -1))
+    layers = tuple(getattr(model, "conv_layer_names", ()))
+    maps = {}
+    for layer in layers:
+        explain = attribution.explainer(
+            settings.method, None, model=model, variables=variables, layer=layer
+        )
+        maps[layer] = np.asarray(explain(images, jnp.asarray(predicted), None))[..., 0]
+    names = test.class_names
+    plotting.layer_grid(
+        np.asarray(images),
+        maps,
+        path,
+        row_titles=[f"{names[test.labels[i]]} -> {names[predicted[i]]}" for i in range(n)],
+        method=f"{settings.method}, {run_config.model.name}",
+    )

@@ -1,0 +1,113 @@
+"""The tuning study: grids, names, config paths, the ranked tables, skipping finished
+trials, and a two-trial smoke study end to end on synthetic data."""
+
+import csv
+import json
+
+import pytest
+
+import configs
+from fmi_jax import studies
+from fmi_jax.studies import tune
+
+
+def test_the_original_grids():
+    cnn = tune.grid_points(configs.load("tune_cnn").grid)
+    assert len(cnn) == 2 * 2 * 2 * 3
+    assert cnn[0] == {
+        "model.conv1_filters": 32,
+        "model.conv2_filters": 64,
+        "model.filter_size": 3,
+        "model.dense_width": 32,
+    }
+    assert {p["model.dense_width"] for p in cnn} == {32, 64, 128}
+    resnet = tune.grid_points(configs.load("tune_resnet").grid)
+    assert [(p["model.num_blocks"], p["model.filters"]) for p in resnet] == [
+        (3, 32), (3, 64), (4, 32), (4, 64), (5, 32), (5, 64)
+    ]  # fmt: skip
+
+
+def test_trial_names_and_configs():
+    point = {"model.num_blocks": 3, "model.filters": 64}
+    assert tune.trial_name(point) == "num_blocks-3_filters-64"
+    base = configs.load("tune_resnet").trial
+    config = tune.trial_config(base, point, {"num_epochs": 40})
+    assert config.model.num_blocks == 3 and config.model.filters == 64
+    assert config.num_epochs == 40 and base.num_epochs == 15  # the base is not modified
+    with pytest.raises(ValueError, match="grid path 'model.width'.*it has .*filters"):
+        tune.trial_config(base, {"model.width": 3})
+    with pytest.raises(ValueError, match="final path 'optim.lr'.*no 'optim'"):
+        tune.trial_config(base, {}, {"optim": {"lr": 0.1}})
+    with pytest.raises(ValueError, match="grid.model.filters must be a non-empty list"):
+        tune.grid_points({"model": {"filters": ()}})
+
+
+def test_markdown_table_format():
+    rows = [
+        {
+            "trial": "a",
+            "filters": 64,
+            "val_accuracy": 0.9312,
+            "val_loss": 0.2,
+            "train_time_s": 12.4,
+        },
+        {"trial": "b", "filters": 32, "val_accuracy": 0.9, "val_loss": None, "train_time_s": 9.0},
+    ]
+    assert tune.markdown(rows).splitlines() == [
+        "| rank | filters | val_accuracy | val_loss | train_time_s |",
+        "|---|---|---|---|---|",
+        "| 1 | 64 | 93.12% | 0.2000 | 12 |",
+        "| 2 | 32 | 90.00% | - | 9 |",
+    ]
+
+
+@pytest.fixture
+def smoke_study(synthetic_config):
+    def make():
+        config = configs.load("tune_resnet", "smoke")
+        base = synthetic_config()
+        config.trial.data = base.data
+        config.trial.augment = base.augment
+        config.trial.progress = False
+        return config
+
+    return make
+
+
+def test_two_trial_study_ranks_retrains_and_resumes(tmp_path, smoke_study):
+    config = smoke_study()
+    result = studies.run_tune(config, tmp_path)
+    names = ["num_blocks-1_filters-4", "num_blocks-2_filters-4"]
+    assert sorted(r["trial"] for r in result.trials) == names
+    accuracies = [r["val_accuracy"] for r in result.trials]
+    assert accuracies == sorted(accuracies, reverse=True)
+    assert result.best == result.trials[0]
+
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["trials"] == result.trials and saved["grid"]["model"]["filters"] == [4]
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert [r["rank"] for r in rows] == ["1", "2"]
+    assert {"num_blocks", "filters", "val_accuracy", "train_time_s"} <= set(rows[0])
+    assert (tmp_path / "results.md").read_text().startswith("| rank | num_blocks | filters |")
+
+    best = tmp_path / "best"
+    assert set(result.evaluation["splits"]) == {"train", "validation", "test"}
+    for split in result.evaluation["splits"].values():
+        assert {"loss", "accuracy", "precision", "recall", "f1"} <= set(split)
+    point = json.loads((best / "grid_point.json").read_text())
+    assert tune.trial_name(point) == result.best["trial"]
+    assert (best / "layer_grad_cam.png").stat().st_size > 5_000
+    assert (best / "confusion_matrix.png").exists()
+
+    # Re-running reads the finished trials instead of training them again.
+    stamps = {n: (tmp_path / "trials" / n / "metrics.jsonl").stat().st_mtime_ns for n in names}
+    again = studies.run_tune(smoke_study(), tmp_path)
+    assert again.trials == result.trials
+    for n in names:
+        assert (tmp_path / "trials" / n / "metrics.jsonl").stat().st_mtime_ns == stamps[n]
+
+    # A changed trial config for existing folders is refused before anything is trained.
+    changed = smoke_study()
+    changed.trial.learning_rate = 0.5
+    with pytest.raises(ValueError, match="holds a run of another config"):
+        studies.run_tune(changed, tmp_path)
