@@ -3,8 +3,8 @@
     python -m experiments.tune --config=configs/tune_resnet.py --workdir=runs/tune_resnet
 
 6 trials: residual blocks {3, 4, 5} x filters {32, 64}, with random crops, flips and
-random erasing, label smoothing and a one-cycle learning rate. On an accelerator set
-`--config.trial.model.dtype=bfloat16` (float32 parameters, bfloat16 compute).
+random erasing, label smoothing and a one-cycle learning rate; bfloat16 compute
+(float32 parameters) on accelerators, float32 on CPUs (`trial.model.dtype='auto'`).
 `:smoke` is a two-trial study of seconds.
 """
 
@@ -21,7 +21,8 @@ def get_config(arg=None):
         "filters": 32,
         "pre_activation": False,
         "dropout": 0.0,
-        "dtype": "float32",
+        # bfloat16 compute on GPUs and TPUs, float32 on CPUs (fmi_jax/train/loop.py).
+        "dtype": "auto",
     }
     trial.num_epochs = 15
     trial.optimizer = "sgd"

@@ -109,3 +109,14 @@ def test_bfloat16_compute_keeps_float32_parameters_and_logits():
 def test_zero_blocks_is_an_error():
     with pytest.raises(ValueError, match="at least one residual block"):
         _params(models.get_model("resnet", num_blocks=0))
+
+
+def test_auto_compute_dtype_is_float32_on_cpu_and_bfloat16_on_accelerators(monkeypatch):
+    from fmi_jax.train import loop
+
+    model = loop.model_from_config({"name": "resnet", "num_blocks": 1, "dtype": "auto"})
+    expected = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    assert model.dtype == expected
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert loop.compute_dtype("auto") == "bfloat16"
+    assert loop.compute_dtype("float32") == "float32"

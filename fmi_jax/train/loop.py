@@ -72,12 +72,23 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------- config helpers
+def compute_dtype(name: str) -> str:
+    """A model's compute dtype: 'auto' is bfloat16 on GPUs and TPUs (parameters stay
+    float32; logits are cast back to float32) and float32 on CPUs, where bfloat16
+    matmuls are emulated and slower."""
+    if name != "auto":
+        return name
+    return "bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32"
+
+
 def model_from_config(model_config: Mapping[str, Any]):
     kwargs = {
         k: (tuple(v) if isinstance(v, list) else v)
         for k, v in dict(model_config).items()
         if k != "name"
     }
+    if "dtype" in kwargs:
+        kwargs["dtype"] = compute_dtype(kwargs["dtype"])
     return models.get_model(model_config["name"], **kwargs)
 
 
