@@ -40,13 +40,16 @@ def get_config(arg=None):
         }
     }
     # The best configuration is retrained from scratch with these overrides.
-    config.final = {"num_epochs": 30}
+    # Trials may screen on a subset (--config.trial.data.train_limit=10000); the best is
+    # retrained on the whole training split.
+    config.final = {"num_epochs": 30, "data": {"train_limit": None}}
     config.retrain = True
     config.layer_cam = {"method": "grad_cam", "samples": 8}
     if arg == "smoke":
         trial.model.conv1_filters = 8
         trial.model.conv2_filters = 8
         config.grid = {"model": {"dense_width": (16, 32)}}
-        config.final = {"num_epochs": 1}
+        config.final.num_epochs = 1
+        config.final.data.train_limit = 256
         config.layer_cam.samples = 3
     return config

@@ -36,11 +36,14 @@ def get_config(arg=None):
     config = ml_collections.ConfigDict()
     config.trial = trial
     config.grid = {"model": {"num_blocks": (3, 4, 5), "filters": (32, 64)}}
-    config.final = {"num_epochs": 40}
+    # Trials may screen on a subset (--config.trial.data.train_limit=10000); the best is
+    # retrained on the whole training split.
+    config.final = {"num_epochs": 40, "data": {"train_limit": None}}
     config.retrain = True
     config.layer_cam = {"method": "grad_cam", "samples": 8}
     if arg == "smoke":
         config.grid = {"model": {"num_blocks": (1, 2), "filters": (4,)}}
-        config.final = {"num_epochs": 1}
+        config.final.num_epochs = 1
+        config.final.data.train_limit = 256
         config.layer_cam.samples = 3
     return config
