@@ -264,5 +264,5 @@ def _layer_figure(config: ml_collections.ConfigDict, best_dir: Path) -> None:
         maps,
         path,
         row_titles=[f"{names[test.labels[i]]} -> {names[predicted[i]]}" for i in range(n)],
-        method=f"{settings.method}, {run_config.model.name}",
+        method=f"{settings.method} ({run_config.model.name})",
     )
