@@ -255,7 +255,11 @@ def _layer_figure(config: ml_collections.ConfigDict, best_dir: Path) -> None:
     maps = {}
     for layer in layers:
         explain = attribution.explainer(
-            settings.method, None, model=model, variables=variables, layer=layer
+            settings.method,
+            lambda x: model.apply(variables, x),
+            model=model,
+            variables=variables,
+            layer=layer,
         )
         maps[layer] = np.asarray(explain(images, jnp.asarray(predicted), None))[..., 0]
     names = test.class_names
