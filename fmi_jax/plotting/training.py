@@ -13,11 +13,14 @@ from fmi_jax.plotting._base import plt, save
 __all__ = ["confusion_matrix", "training_curves"]
 
 
-def training_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Loss, accuracy and learning rate per epoch (train and, if present, validation)."""
+def training_curves(
+    history: Sequence[Mapping[str, Any]], path: str | Path, *, metric: str = "accuracy"
+) -> Path:
+    """Loss, `metric` (accuracy, or MSE for autoencoders) and learning rate per epoch
+    (train and, if present, validation)."""
     epochs = [r["epoch"] for r in history]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, key, title in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
+    for ax, key, title in ((axes[0], "loss", "loss"), (axes[1], metric, metric)):
         ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label="train")
         if any(f"val_{key}" in r for r in history):
             ax.plot(

@@ -64,8 +64,9 @@ class Checkpoints:
     Args:
       directory: where the checkpoints live (created when saving).
       keep: how many of the most recent epochs to keep.
-      best_metric: a key of the saved metrics to keep the best checkpoint by
-        (higher is better), or None to keep only the latest ones.
+      best_metric: a key of the saved metrics to keep the best checkpoint by, or
+        None to keep only the latest ones.
+      best_mode: 'max' (higher `best_metric` is better) or 'min'.
     """
 
     def __init__(
@@ -74,17 +75,22 @@ class Checkpoints:
         *,
         keep: int = 2,
         best_metric: str | None = "val_accuracy",
+        best_mode: str = "max",
         read_only: bool = False,
     ):
         if keep < 1:
             raise ValueError(f"keep must be >= 1 to resume a run, got {keep}")
+        if best_mode not in ("max", "min"):
+            raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
         self.directory = Path(directory).absolute()
         self.best_metric = best_metric
+        sign = 1.0 if best_mode == "max" else -1.0
+        self._score = lambda value: sign * float(value)
         policies = [checkpoint_managers.LatestN(n=keep)]
         if best_metric:
             policies.append(
                 checkpoint_managers.BestN(
-                    get_metric_fn=lambda m: float(m[best_metric]),
+                    get_metric_fn=lambda m: self._score(m[best_metric]),
                     n=1,
                     keep_checkpoints_without_metrics=False,
                 )
@@ -116,14 +122,14 @@ class Checkpoints:
         return dict(restored["meta"])
 
     def best_epoch(self) -> int | None:
-        """The kept epoch with the highest `best_metric` (the latest among ties)."""
+        """The kept epoch with the best `best_metric` (the latest among ties)."""
         if not self.best_metric:
             return self.latest_epoch()
         scored = []
         for epoch in self.epochs():
             value = self.meta(epoch).get("metrics", {}).get(self.best_metric)
             if value is not None:
-                scored.append((float(value), epoch))
+                scored.append((self._score(value), epoch))
         return max(scored)[1] if scored else self.latest_epoch()
 
     # ---------------------------------------------------------------- checks

@@ -21,7 +21,6 @@ import jax.numpy as jnp
 from absl import logging
 
 from fmi_jax import plotting
-from fmi_jax.train import checkpoint as ckpt_lib
 from fmi_jax.train import loop as loop_lib
 from fmi_jax.train import metrics as metrics_lib
 from fmi_jax.train.input_pipeline import DeviceDataset
@@ -38,7 +37,12 @@ def restore_model(workdir: str | Path, *, checkpoint: str = "best"):
     """
     workdir = Path(workdir)
     config = loop_lib.load_run_config(workdir)
-    ckpt = ckpt_lib.Checkpoints(workdir / "checkpoints", read_only=True)
+    if not (workdir / "checkpoints").exists():
+        raise FileNotFoundError(
+            f"no checkpoints in {workdir / 'checkpoints'}: train first with "
+            f"`python -m experiments.train --workdir={workdir} --config=...`"
+        )
+    ckpt = loop_lib.run_checkpoints(workdir, config)
     if checkpoint == "best":
         epoch = ckpt.best_epoch()
     elif checkpoint == "latest":

@@ -42,13 +42,14 @@ from tqdm.auto import tqdm
 from fmi_jax import data as data_lib
 from fmi_jax import models, plotting
 from fmi_jax.train import checkpoint as ckpt_lib
-from fmi_jax.train import metrics as metrics_lib
 from fmi_jax.train import optim
+from fmi_jax.train import tasks as tasks_lib
 from fmi_jax.train.input_pipeline import DeviceDataset, eval_batches, gather_batch
 from fmi_jax.train.steps import TrainState, create_train_state, eval_step, train_step
 
 __all__ = [
     "NonFiniteLossError",
+    "run_checkpoints",
     "TrainResult",
     "evaluate_dataset",
     "load_run_config",
@@ -114,7 +115,71 @@ def _run_identity(config: Any, image_shape, num_classes: int) -> dict[str, Any]:
     identity = ckpt_lib.architecture_of(config.model, image_shape, num_classes, config.data.name)
     d = _plain(config.data)
     identity["data_split"] = {k: d.get(k) for k in ("validation_size", "split_seed", "train_limit")}
+    task = config.get("task", "classification")
+    if task != "classification":  # classification runs predate tasks; their identity stays
+        identity["task"] = task
     return identity
+
+
+def run_checkpoints(workdir: str | Path, config: Any | None = None) -> ckpt_lib.Checkpoints:
+    """The checkpoints of a finished or running workdir, read-only, ranked by its task's
+    best metric (validation accuracy for classifiers, validation MSE for autoencoders)."""
+    config = config if config is not None else load_run_config(workdir)
+    task = tasks_lib.task_from_config(config)
+    return ckpt_lib.Checkpoints(
+        Path(workdir) / "checkpoints",
+        read_only=True,
+        best_metric=task.best_metric,
+        best_mode=task.best_mode,
+    )
+
+
+def _subtree(tree: Any, path: str) -> Any:
+    for part in [p for p in path.split("/") if p]:
+        if not isinstance(tree, Mapping) or part not in tree:
+            names = sorted(tree) if isinstance(tree, Mapping) else []
+            raise ValueError(f"init_from.into={path!r}: no {part!r} here; found {names}")
+        tree = tree[part]
+    return tree
+
+
+def _with_subtree(tree: Any, path: str, value: Any) -> Any:
+    parts = [p for p in path.split("/") if p]
+    if not parts:
+        return value
+    return {**tree, parts[0]: _with_subtree(tree[parts[0]], "/".join(parts[1:]), value)}
+
+
+def _init_from(state: TrainState, spec: Mapping[str, Any]) -> TrainState:
+    """Copies the params (and batch statistics) of another run's best checkpoint into
+    the submodule `spec['into']` ('' for the whole model) of a freshly built state.
+
+    This is how a later phase of a multi-phase study starts from an earlier one (the
+    sparse autoencoder's classifier starts from the trained autoencoder).
+    """
+    source = Path(spec["workdir"])
+    into = spec.get("into", "") or ""
+    ckpt = run_checkpoints(source)
+    epoch = ckpt.best_epoch() if spec.get("checkpoint", "best") == "best" else ckpt.latest_epoch()
+    if epoch is None:
+        raise FileNotFoundError(
+            f"init_from: {source / 'checkpoints'} holds no checkpoint; run that phase first"
+        )
+    target = {
+        "params": _subtree(state.params, into),
+        "batch_stats": _subtree(state.batch_stats, into) if state.batch_stats else {},
+    }
+    restored = ckpt.restore(epoch, target, partial=True)
+    ckpt.close()
+    logging.info("initialised %r from %s (epoch %d)", into or "the model", source, epoch)
+    state = state.replace(params=_with_subtree(state.params, into, restored["params"]))
+    if state.batch_stats:
+        state = state.replace(
+            batch_stats=_with_subtree(state.batch_stats, into, restored["batch_stats"])
+        )
+    # The optimizer state was built for the old params; its moments are zeros, so
+    # rebuilding it from the grafted params changes nothing but keeps it consistent.
+    return state.replace(opt_state=state.tx.init(state.params))
 
 
 def load_data(data_config: Any) -> dict[str, data_lib.Dataset]:
@@ -167,10 +232,10 @@ class CountingJit:
         return self._jitted(*args)
 
 
-def _eval_fn():
+def _eval_fn(task: tasks_lib.Task | None = None):
     """Jitted eval_step. Batches have one fixed shape for every split (the last is
     padded and masked), so this compiles once per run."""
-    return CountingJit(eval_step)
+    return CountingJit(functools.partial(eval_step, task=task or tasks_lib.classification()))
 
 
 @jax.jit
@@ -179,22 +244,25 @@ def _take(data: DeviceDataset, idx: jax.Array, mask: jax.Array) -> dict[str, jax
 
 
 def evaluate_dataset(
-    state: TrainState, data: DeviceDataset, *, batch_size: int, class_names, eval_fn=None
+    state: TrainState,
+    data: DeviceDataset,
+    *,
+    batch_size: int,
+    class_names,
+    eval_fn=None,
+    task: tasks_lib.Task | None = None,
 ) -> dict[str, Any]:
-    """Loss, accuracy, precision, recall, F1 of `state` on a device dataset."""
+    """The task's report of `state` on a device dataset (default, classification:
+    loss, accuracy, precision, recall, F1)."""
     if len(data) == 0:
         raise ValueError("cannot evaluate on an empty dataset")
-    eval_fn = eval_fn or _eval_fn()
+    task = task or tasks_lib.classification()
+    eval_fn = eval_fn or _eval_fn(task)
     totals = None
     for idx, mask in eval_batches(len(data), batch_size):
         sums = eval_fn(state, _take(data, idx, mask))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    totals = jax.device_get(totals)
-    return metrics_lib.classification_report(
-        totals["confusion"],
-        loss=float(totals["loss_sum"] / totals["count"]),
-        class_names=class_names,
-    )
+    return task.report(jax.device_get(totals), class_names)
 
 
 # --------------------------------------------------------------------------- history
@@ -252,11 +320,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         logging.info("%s: %d examples from %s", name, len(ds), ds.source)
     class_names = train_ds.class_names
     identity = _run_identity(config, train_ds.image_shape, train_ds.num_classes)
+    task = tasks_lib.task_from_config(config)
 
     ckpt = ckpt_lib.Checkpoints(
         workdir / "checkpoints",
         keep=config.get("checkpoint_keep", 2),
-        best_metric="val_accuracy" if len(val_ds) else None,
+        best_metric=task.best_metric if len(val_ds) else None,
+        best_mode=task.best_mode,
     )
     ckpt.check_architecture(identity)  # before anything in workdir is written
     config_path = workdir / "config.json"
@@ -288,14 +358,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         restored = ckpt.restore(start_epoch, _state_tree(state))
         state = state.replace(**restored)
         logging.info("resuming after epoch %d (optimizer step %d)", start_epoch, int(state.step))
+    elif config.get("init_from") and config.init_from.get("workdir"):
+        state = jax.device_put(_init_from(state, _plain(config.init_from)), jax.devices()[0])
     history = _read_history(workdir / "metrics.jsonl", start_epoch)
 
     augmentation = dict(_plain(config.get("augment", {})) or {})
     step_fn = functools.partial(
         train_step,
         schedule=schedule,
-        label_smoothing=float(config.get("label_smoothing", 0.0)),
         augmentation={k: v for k, v in augmentation.items() if v},
+        task=task,
     )
     loop = _choose_loop(config)
     chunk = (
@@ -304,7 +376,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         else _largest_divisor_at_most(steps_per_epoch, int(config.get("steps_per_dispatch", 50)))
     )
     run_chunk = _make_chunk_runner(step_fn, batch_size, chunk, loop)
-    eval_fn = _eval_fn()
+    eval_fn = _eval_fn(task)
     log_every = max(1, int(config.get("log_every_steps", 50)) // chunk) * chunk
     logging.info("loop: %s (%d step(s) per dispatch)", loop, chunk)
 
@@ -348,7 +420,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 n_seen = done
                 bar.update(done - bar.n)
                 bar.set_postfix(
-                    loss=f"{sums['loss'] / n_seen:.4f}", acc=f"{sums['accuracy'] / n_seen:.4f}"
+                    loss=f"{sums['loss'] / n_seen:.4f}",
+                    **{task.metric: f"{sums[task.metric] / n_seen:.4f}"},
                 )
                 window, window_first_step = [], (epoch - 1) * steps_per_epoch + done
         bar.close()
@@ -361,7 +434,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             "epoch": epoch,
             "step": int(state.step),
             "train_loss": sums["loss"] / steps_per_epoch,
-            "train_accuracy": sums["accuracy"] / steps_per_epoch,
+            **{f"train_{m}": sums[m] / steps_per_epoch for m in task.train_metrics if m in sums},
             "grad_norm": sums["grad_norm"] / steps_per_epoch,
             "param_norm": float(last["param_norm"]),
             "learning_rate": float(last["learning_rate"]),
@@ -377,8 +450,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 batch_size=config.eval_batch_size,
                 class_names=class_names,
                 eval_fn=eval_fn,
+                task=task,
             )
-            record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+            record.update({f"val_{m}": val[m] for m in task.record_metrics})
         ckpt.save(
             epoch,
             _state_tree(state),
@@ -387,7 +461,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         )
         _append_jsonl(workdir / "metrics.jsonl", record)
         history.append(record)
-        plotting.training_curves(history, workdir / "training_curves.png")
+        plotting.training_curves(history, workdir / "training_curves.png", metric=task.metric)
         logging.info(
             "epoch %d: %s",
             epoch,
@@ -409,16 +483,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             batch_size=config.eval_batch_size,
             class_names=class_names,
             eval_fn=eval_fn,
+            task=task,
         )
         summary = {
             "best_epoch": best_epoch,
             "epochs": num_epochs,
-            "best_val_accuracy": next(
-                (r.get("val_accuracy") for r in history if r["epoch"] == best_epoch), None
+            f"best_{task.best_metric}": next(
+                (r.get(task.best_metric) for r in history if r["epoch"] == best_epoch), None
             ),
-            "test_accuracy": test["accuracy"],
-            "test_loss": test["loss"],
-            "test_f1": test["f1"],
+            **{f"test_{m}": test[m] for m in task.record_metrics},
             "train_time_s": sum(r["epoch_time_s"] for r in history),
             "this_run_wall_time_s": time.perf_counter() - run_start,
             "parameters": int(n_params),
@@ -427,7 +500,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             "loop": loop,
         }
         _write_new(summary_path, summary)
-        logging.info("best epoch %s: test accuracy %.4f", best_epoch, test["accuracy"])
+        logging.info("best epoch %s: test %s %.4f", best_epoch, task.metric, test[task.metric])
     ckpt.close()
     return TrainResult(
         state=state,

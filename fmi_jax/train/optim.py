@@ -8,6 +8,8 @@ Config fields read (all under the run config):
   weight_decay:   decoupled weight decay on kernels only (no decay of biases or
                   batch-norm scales, the usual practice since Loshchilov & Hutter 2019)
   grad_clip_norm: clip the global gradient norm when > 0
+  frozen:         parameter paths ('autoencoder', 'autoencoder/encoder') that are
+                  not updated at all: no step, no weight decay
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import jax
 import optax
 
-__all__ = ["make_optimizer", "make_schedule"]
+__all__ = ["freeze", "make_optimizer", "make_schedule"]
 
 SCHEDULES = ("constant", "cosine", "onecycle")
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -48,6 +50,39 @@ def _decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def _path(keys) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in keys)
+
+
+def freeze(
+    tx: optax.GradientTransformation, frozen: tuple[str, ...]
+) -> optax.GradientTransformation:
+    """`tx` on every parameter except those under the paths in `frozen`, which get a
+    zero update (so neither the gradient nor weight decay moves them)."""
+    frozen = tuple(p.strip("/") for p in frozen if p.strip("/"))
+    if not frozen:
+        return tx
+
+    def labels(params):
+        paths = [_path(k) for k, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        missing = [f for f in frozen if not any(p == f or p.startswith(f + "/") for p in paths)]
+        if missing:
+            tops = sorted({p.split("/")[0] for p in paths})
+            raise ValueError(
+                f"frozen={list(missing)} names no parameters; top-level modules: {tops}"
+            )
+        return jax.tree_util.tree_map_with_path(
+            lambda k, _: (
+                "frozen"
+                if any(_path(k) == f or _path(k).startswith(f + "/") for f in frozen)
+                else "train"
+            ),
+            params,
+        )
+
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
 def make_optimizer(
     config: Any, steps_per_epoch: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -75,4 +110,4 @@ def make_optimizer(
         )
     else:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
-    return optax.chain(*parts), schedule
+    return freeze(optax.chain(*parts), tuple(config.get("frozen", ()) or ())), schedule

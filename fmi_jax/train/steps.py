@@ -19,10 +19,12 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
+from fmi_jax.train import tasks as tasks_lib
 from fmi_jax.train.augment import augment
 from fmi_jax.train.input_pipeline import to_float
+from fmi_jax.train.tasks import cross_entropy
 
-__all__ = ["TrainState", "create_train_state", "eval_step", "train_step"]
+__all__ = ["TrainState", "create_train_state", "cross_entropy", "eval_step", "train_step"]
 
 
 class TrainState(train_state.TrainState):
@@ -59,14 +61,6 @@ def variables_of(state: TrainState) -> dict[str, Any]:
     return variables
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-    """Per-example cross-entropy with optional label smoothing (Szegedy et al. 2016)."""
-    if label_smoothing:
-        targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
-        return optax.softmax_cross_entropy(logits, targets)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-
-
 def train_step(
     state: TrainState,
     batch: dict[str, jax.Array],
@@ -75,13 +69,16 @@ def train_step(
     schedule: optax.Schedule,
     label_smoothing: float = 0.0,
     augmentation: dict[str, Any] | None = None,
+    task: tasks_lib.Task | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on one batch.
 
-    Metrics: loss, accuracy (on the augmented batch, before the update),
-    learning_rate, grad_norm (global L2 norm of the gradient), param_norm (after
-    the update).
+    `task` (default: classification with `label_smoothing`) gives the loss and its
+    metrics (accuracy for classification, on the augmented batch before the
+    update). Always added: learning_rate, grad_norm (global L2 norm of the
+    gradient), param_norm (after the update).
     """
+    task = task or tasks_lib.classification(label_smoothing=label_smoothing)
     k_augment, k_dropout = jax.random.split(rng)
     images = to_float(batch["image"])
     if augmentation:
@@ -100,16 +97,17 @@ def train_step(
             rngs={"dropout": k_dropout},
             mutable=["batch_stats"] if has_bn else False,
         )
-        logits, updates = out if has_bn else (out, {})
-        return cross_entropy(logits, labels, label_smoothing).mean(), (logits, updates)
+        outputs, updates = out if has_bn else (out, {})
+        loss, task_metrics = task.loss(outputs, images, labels)
+        return loss, (task_metrics, updates)
 
-    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (task_metrics, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = state.apply_gradients(grads=grads)
     if has_bn:
         new_state = new_state.replace(batch_stats=updates["batch_stats"])
     metrics = {
         "loss": loss,
-        "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+        **task_metrics,
         "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
         "grad_norm": global_norm(grads),
         "param_norm": global_norm(new_state.params),
@@ -117,23 +115,13 @@ def train_step(
     return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """Sums over a (masked) batch: cross-entropy, confusion matrix, example count.
-
-    confusion[i, j] counts examples of true class i predicted as class j.
-    """
-    logits = state.apply_fn(variables_of(state), to_float(batch["image"]), train=False)
-    num_classes = logits.shape[-1]
-    mask = batch["mask"]
-    labels = batch["label"]
-    preds = jnp.argmax(logits, -1)
-    confusion = (
-        jnp.zeros((num_classes, num_classes), jnp.int32)
-        .at[labels, preds]
-        .add(mask.astype(jnp.int32))
-    )
-    return {
-        "loss_sum": jnp.sum(cross_entropy(logits, labels) * mask),
-        "confusion": confusion,
-        "count": jnp.sum(mask),
-    }
+def eval_step(
+    state: TrainState, batch: dict[str, jax.Array], task: tasks_lib.Task | None = None
+) -> dict[str, jax.Array]:
+    """The task's sums over a (masked) batch (default, classification: cross-entropy,
+    confusion matrix, example count; confusion[i, j] counts examples of true class i
+    predicted as class j)."""
+    task = task or tasks_lib.classification()
+    images = to_float(batch["image"])
+    outputs = state.apply_fn(variables_of(state), images, train=False)
+    return task.eval_sums(outputs, images, batch["label"], batch["mask"])
