@@ -15,18 +15,22 @@ from fmi_jax.plotting.attribution import (
     layer_grid,
     sign_modes,
 )
+from fmi_jax.plotting.dictionary import atom_grid, latent_usage, reconstructions
 from fmi_jax.plotting.training import confusion_matrix, training_curves
 
 __all__ = [
     "SIGNS",
     "agreement_matrices",
+    "atom_grid",
     "blend",
     "class_gallery",
     "confusion_matrix",
     "default_sign",
     "explanation_sheet",
     "heatmap",
+    "latent_usage",
     "layer_grid",
+    "reconstructions",
     "sign_modes",
     "training_curves",
 ]
