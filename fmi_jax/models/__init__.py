@@ -17,15 +17,25 @@ import flax.linen as nn
 
 from fmi_jax.models.cnn import ConvBlock, SimpleCNN
 from fmi_jax.models.resnet import ResidualBlock, ResNet
+from fmi_jax.models.sparse_autoencoder import (
+    KSparseAutoencoder,
+    SparseAutoencoderClassifier,
+    SparseCodeClassifier,
+    top_k_mask,
+)
 
 __all__ = [
     "ConvBlock",
+    "KSparseAutoencoder",
     "ResNet",
     "ResidualBlock",
     "SimpleCNN",
+    "SparseAutoencoderClassifier",
+    "SparseCodeClassifier",
     "available_models",
     "get_model",
     "register_model",
+    "top_k_mask",
 ]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -158,4 +168,40 @@ def _resnet(
         dropout=dropout,
         num_classes=num_classes,
         dtype=dtype,
+    )
+
+
+_SAE_FIELDS = set(KSparseAutoencoder.__dataclass_fields__) - {"parent", "name"}
+
+
+def _autoencoder(fields: dict[str, Any]) -> KSparseAutoencoder:
+    unknown = sorted(set(fields) - _SAE_FIELDS)
+    if unknown:
+        raise ValueError(
+            f"KSparseAutoencoder has no field {', '.join(unknown)}; "
+            f"fields: {', '.join(sorted(_SAE_FIELDS))}"
+        )
+    if "image_shape" in fields:
+        fields = {**fields, "image_shape": tuple(fields["image_shape"])}
+    return KSparseAutoencoder(**fields)
+
+
+@register_model("k_sparse_autoencoder")
+def _k_sparse_autoencoder(**fields: Any) -> nn.Module:
+    """The k-sparse autoencoder (784 -> 1024, top-50, linear decoder by default);
+    every KSparseAutoencoder field is a keyword."""
+    return _autoencoder(fields)
+
+
+@register_model("sae_classifier")
+def _sae_classifier(
+    hidden=(512, 256), dropout=0.3, num_classes=10, **autoencoder: Any
+) -> nn.Module:
+    """The MLP classifier on the k-sparse codes, composed with the encoder so it maps
+    images to logits; the remaining keywords are the autoencoder's fields."""
+    return SparseAutoencoderClassifier(
+        autoencoder=_autoencoder(autoencoder),
+        classifier=SparseCodeClassifier(
+            hidden=tuple(hidden), dropout=dropout, num_classes=num_classes
+        ),
     )

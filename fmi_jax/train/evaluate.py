@@ -23,6 +23,7 @@ from absl import logging
 from fmi_jax import plotting
 from fmi_jax.train import loop as loop_lib
 from fmi_jax.train import metrics as metrics_lib
+from fmi_jax.train import tasks as tasks_lib
 from fmi_jax.train.input_pipeline import DeviceDataset
 
 __all__ = ["evaluate_workdir", "restore_model"]
@@ -33,7 +34,8 @@ SPLITS = ("train", "validation", "test")
 def restore_model(workdir: str | Path, *, checkpoint: str = "best"):
     """(model, variables, run config, epoch) of a trained workdir.
 
-    `checkpoint` is 'best' (highest validation accuracy), 'latest', or an epoch number.
+    `checkpoint` is 'best' (by the run's task: highest validation accuracy, lowest
+    validation MSE), 'latest', or an epoch number.
     """
     workdir = Path(workdir)
     config = loop_lib.load_run_config(workdir)
@@ -81,7 +83,8 @@ def evaluate_workdir(
     batch_size: int | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Loss, accuracy, precision, recall, F1 (macro and per class) on each split."""
+    """The run task's report on each split: loss, accuracy, precision, recall, F1 (macro and
+    per class) for classifiers; MSE, dead latents, active units for autoencoders."""
     workdir = Path(workdir)
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown:
@@ -111,7 +114,8 @@ def evaluate_workdir(
         params=variables["params"],
         batch_stats=variables.get("batch_stats", {}),
     )
-    eval_fn = loop_lib._eval_fn()
+    task = tasks_lib.task_from_config(config)
+    eval_fn = loop_lib._eval_fn(task)
     reports = {}
     for split in splits:
         ds = data[split]
@@ -124,6 +128,7 @@ def evaluate_workdir(
             batch_size=batch_size or config.eval_batch_size,
             class_names=ds.class_names,
             eval_fn=eval_fn,
+            task=task,
         )
     result = {
         "checkpoint": checkpoint,
@@ -133,9 +138,12 @@ def evaluate_workdir(
         "splits": reports,
     }
     out_path.write_text(json.dumps(result, indent=2))
-    table = metrics_lib.markdown_table(reports)
+    if task.name == "classification":
+        table = metrics_lib.markdown_table(reports)
+    else:
+        table = metrics_lib.scalar_table(reports, task.record_metrics)
     (workdir / "metrics.md").write_text(table + "\n")
-    if "test" in reports:
+    if "test" in reports and task.name == "classification":
         plotting.confusion_matrix(
             reports["test"]["confusion"],
             data["test"].class_names,

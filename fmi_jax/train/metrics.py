@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["classification_report", "markdown_table"]
+__all__ = ["classification_report", "markdown_table", "scalar_table"]
 
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -73,4 +73,12 @@ def markdown_table(reports: Mapping[str, Mapping[str, Any]]) -> str:
             f"| {split} | {loss} | {100 * r['accuracy']:.2f}% | {100 * r['precision']:.2f}% "
             f"| {100 * r['recall']:.2f}% | {100 * r['f1']:.2f}% |"
         )
+    return "\n".join(lines)
+
+
+def scalar_table(reports: Mapping[str, Mapping[str, Any]], keys: Sequence[str]) -> str:
+    """One row per split, one column per scalar metric (e.g. an autoencoder's MSE)."""
+    lines = ["| Split | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for split, r in reports.items():
+        lines.append(f"| {split} | " + " | ".join(f"{r[k]:.4g}" for k in keys) + " |")
     return "\n".join(lines)
