@@ -20,6 +20,7 @@ grad_cam_plus_plus             :mod:`.cam`                           (pytorch-gr
 score_cam                      :mod:`.cam`                           (pytorch-grad-cam)
 occlusion                      :mod:`.perturbation`                  Occlusion
 feature_permutation            :mod:`.perturbation`                  FeaturePermutation
+decoder_weighted               :mod:`.sparse`                        (none)
 =============================  ====================================  ========================
 
 The CAM family looks inside the model: it takes the Flax module, its variables and a
@@ -51,6 +52,7 @@ from fmi_jax.attribution.perturbation import feature_permutation, occlusion, squ
 from fmi_jax.attribution.registry import METHODS, MethodSpec, available_methods, explainer
 from fmi_jax.attribution.shap import gradient_shap
 from fmi_jax.attribution.smoothing import gaussian_smoothed_saliency
+from fmi_jax.attribution.sparse import code_contributions, decoder_weighted
 
 __all__ = [
     "saliency",
@@ -73,6 +75,8 @@ __all__ = [
     "occlusion",
     "feature_permutation",
     "square_patches",
+    "decoder_weighted",
+    "code_contributions",
     "resolve_target",
     "completeness_delta",
     "METHODS",

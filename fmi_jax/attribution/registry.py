@@ -29,7 +29,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from fmi_jax.attribution import cam, perturbation
+from fmi_jax.attribution import cam, perturbation, sparse
 from fmi_jax.attribution.core import Array, ModelFn, resolve_target
 from fmi_jax.attribution.deeplift import deeplift
 from fmi_jax.attribution.gradients import input_x_gradient, saliency
@@ -121,6 +121,15 @@ def _layer_method(method: Callable[..., Array]) -> Callable[..., Explain]:
 
     def build(fn: ModelFn, *, model: Any, variables: Any, **options: Any) -> Explain:
         return lambda x, target, key: method(model, variables, x, target, **options)[..., None]
+
+    return build
+
+
+def _model_method(method: Callable[..., Array]) -> Callable[..., Explain]:
+    """A method on the module whose maps are already shaped like the input."""
+
+    def build(fn: ModelFn, *, model: Any, variables: Any, **options: Any) -> Explain:
+        return lambda x, target, key: method(model, variables, x, target, **options)
 
     return build
 
@@ -282,6 +291,16 @@ METHODS: Mapping[str, MethodSpec] = {
             "FeaturePermutation",
             "Fisher et al. 2019",
         ),
+        _spec(
+            "decoder_weighted",
+            _model_method(sparse.decoder_weighted),
+            _keywords(sparse.decoder_weighted),
+            False,
+            True,
+            "(none)",
+            "gradient x activation in code space (Shrikumar et al. 2016), through the decoder",
+            needs_model=True,
+        ),
     )
 }
 
@@ -312,9 +331,9 @@ def explainer(
         if model is None or variables is None:
             raise ValueError(
                 f"{name} looks inside the model: pass the Flax module and its variables, "
-                f"explainer({name!r}, fn, model=model, variables=variables, layer='conv2')"
+                f"explainer({name!r}, fn, model=model, variables=variables, ...)"
             )
-        if "layer" not in options:
+        if "layer" in spec.options and "layer" not in options:
             raise ValueError(
                 f"{name} needs layer=<module path of a conv layer>, e.g. layer='conv2'; "
                 "fmi_jax.attribution.layer_names(model, variables, x) lists them"

@@ -42,7 +42,7 @@ from fmi_jax.train import evaluate as evaluate_lib
 from fmi_jax.train import loop as loop_lib
 from fmi_jax.train.input_pipeline import to_float
 
-__all__ = ["ExplainResult", "run_explain", "select_samples"]
+__all__ = ["ExplainResult", "explain_model", "run_explain", "select_samples"]
 
 # Methods whose maps should sum to f(x) - f(baseline); their gaps go into stats.json.
 COMPLETE_METHODS = ("integrated_gradients", "deeplift")
@@ -150,15 +150,13 @@ def _agreement(maps: dict[str, np.ndarray], fraction: float) -> dict[str, Any]:
     }
 
 
-def run_explain(config: ml_collections.ConfigDict, workdir: str | Path) -> ExplainResult:
-    """Runs the explain study on the trained run in `workdir` (see the module docstring)."""
-    workdir = Path(workdir)
+def _open_output(config: Any, out: Path) -> None:
+    """Checks the method names and claims `out` for this config (never another's)."""
     unknown = sorted(set(config.methods) - set(attribution.available_methods()))
     if unknown:
         raise ValueError(
             f"unknown method(s) {unknown}; available: {attribution.available_methods()}"
         )
-    out = workdir / config.output
     out.mkdir(parents=True, exist_ok=True)
     config_json = json.dumps(_plain(config), indent=2, sort_keys=True)
     if (out / "config.json").exists() and (out / "config.json").read_text() != config_json:
@@ -168,14 +166,39 @@ def run_explain(config: ml_collections.ConfigDict, workdir: str | Path) -> Expla
         )
     (out / "config.json").write_text(config_json)
 
+
+def run_explain(config: ml_collections.ConfigDict, workdir: str | Path) -> ExplainResult:
+    """Runs the explain study on the trained run in `workdir` (see the module docstring)."""
+    workdir = Path(workdir)
+    out = workdir / config.output
     model, variables, run_config, epoch = evaluate_lib.restore_model(
         workdir, checkpoint=config.checkpoint
     )
-    fn = jax.jit(lambda x: model.apply(variables, x))
     split = loop_lib.load_data(run_config.data)[config.split]
-    logging.info(
-        "explaining %s (epoch %d) on %s/%s", run_config.model.name, epoch, split.name, config.split
+    return explain_model(
+        config, out, model, variables, split, epoch=epoch, model_name=run_config.model.name
     )
+
+
+def explain_model(
+    config: Any,
+    out: Path,
+    model: Any,
+    variables: Any,
+    split: Any,
+    *,
+    epoch: int,
+    model_name: str,
+) -> ExplainResult:
+    """The study on an already restored model (a Flax module mapping images to logits
+    and its variables) and a loaded split; writes under `out` (see the module docstring).
+
+    Studies whose model is not one training run (the sparse autoencoder's composed
+    classifier) call this directly.
+    """
+    _open_output(config, out)
+    fn = jax.jit(lambda x: model.apply(variables, x))
+    logging.info("explaining %s (epoch %d) on %s/%s", model_name, epoch, split.name, config.split)
 
     npz_path = out / "attributions.npz"
     if npz_path.exists():
@@ -234,7 +257,7 @@ def run_explain(config: ml_collections.ConfigDict, workdir: str | Path) -> Expla
             agreement=agreement,
             samples=len(indices),
             checkpoint_epoch=epoch,
-            model=run_config.model.name,
+            model=model_name,
             dataset=split.name,
             split=config.split,
         )

@@ -1,0 +1,32 @@
+r"""The k-sparse autoencoder study: train the autoencoder, the classifier on its codes,
+optionally fine-tune end to end, then explain pixels -> codes -> prediction.
+
+    python -m experiments.sae_study --config=configs/sae_fmnist.py --workdir=runs/sae_fmnist
+    python -m experiments.sae_study --config=configs/sae_fmnist.py:smoke --workdir=/tmp/sae
+
+Re-running with the same --workdir resumes each phase and skips finished ones.
+Writes autoencoder/, classifier/, (finetune/), explain/, sae_metrics.json and the
+dictionary figures under --workdir.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from fmi_jax import logs, studies
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Sparse autoencoder study config.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where the phases and results go.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logs.quiet_libraries()
+    studies.run_sae_study(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,334 @@
+"""The k-sparse autoencoder study: pixels -> sparse codes -> prediction.
+
+`run_sae_study(config, workdir)` runs, under `workdir`:
+
+  autoencoder/   phase 1: the KSparseAutoencoder, MSE reconstruction loss (+ AuxK),
+                 the `reconstruction` task of the one training loop
+  classifier/    phase 2: SparseCodeClassifier on the frozen codes, the composed
+                 model starting from autoencoder/'s best checkpoint
+  finetune/      optional: end to end (encoder + classifier; the decoder atoms stay
+                 frozen), from classifier/'s best checkpoint
+  explain/       attribution of the final classifier from pixels through the code
+                 (IG, gradients, SmoothGrad, decoder-weighted), on confident correct
+                 test samples balanced by class, with the explain study's sheets,
+                 correlations and top-1% pixel agreement
+  sae_metrics.json    reconstruction MSE, dead latents, mean active units,
+                      classifier accuracy (and the goals they meet), the
+                      attribution agreement
+  decoder_atoms.png   the dictionary, most used atoms first
+  reconstructions.png test images and their reconstructions
+  latent_usage.png    how often each latent fires on the test set
+
+Every phase resumes from its checkpoints; finished phases are skipped; figures
+and results that exist are kept (an older sae_metrics.json that differs is moved
+to sae_metrics.<n>.json). A changed config for a workdir whose phases already ran
+is refused, naming the section that changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from fmi_jax import plotting
+from fmi_jax.studies import explain as explain_lib
+from fmi_jax.train import evaluate as evaluate_lib
+from fmi_jax.train import loop as loop_lib
+from fmi_jax.train import tasks as tasks_lib
+from fmi_jax.train.input_pipeline import DeviceDataset, to_float
+
+__all__ = ["GOALS", "SaeResult", "phase_config", "run_sae_study"]
+
+# The issue's targets on the Fashion-MNIST test set.
+GOALS = {"max_mse": 0.01, "min_accuracy": 0.89, "max_dead_fraction": 0.05}
+# Sections whose change would make the finished phases a different experiment.
+_FIXED_SECTIONS = ("seed", "data", "sae", "autoencoder", "classifier")
+_TRAINING_KEYS = (
+    "num_epochs",
+    "batch_size",
+    "optimizer",
+    "learning_rate",
+    "schedule",
+    "warmup_epochs",
+    "weight_decay",
+    "grad_clip_norm",
+    "label_smoothing",
+    "momentum",
+    "nesterov",
+    "task_options",
+    "checkpoint_keep",
+    "log_every_steps",
+    "loop",
+    "steps_per_dispatch",
+)
+
+
+@dataclasses.dataclass
+class SaeResult:
+    metrics: dict[str, Any]
+    explain: explain_lib.ExplainResult | None
+
+
+def _plain(config: Any) -> Any:
+    if isinstance(config, ml_collections.ConfigDict):
+        return json.loads(config.to_json_best_effort())
+    return json.loads(json.dumps(config, default=list))
+
+
+def phase_config(config: Any, phase: str, workdir: str | Path) -> ml_collections.ConfigDict:
+    """The training config of one phase ('autoencoder', 'classifier', 'finetune'): the
+    phase's section, the shared data, seed and autoencoder fields, its model and task."""
+    if phase not in ("autoencoder", "classifier", "finetune"):
+        raise ValueError(f"unknown phase {phase!r}")
+    workdir = Path(workdir)
+    section = _plain(config[phase])
+    sae = _plain(config.sae)
+    unknown = sorted(set(section) - set(_TRAINING_KEYS) - {"hidden", "dropout"})
+    if unknown:
+        raise ValueError(f"config.{phase} does not take {unknown}; it takes {_TRAINING_KEYS}")
+    out = {k: v for k, v in section.items() if k not in ("hidden", "dropout")}
+    out.update(
+        seed=int(config.seed),
+        data=_plain(config.data),
+        eval_batch_size=int(config.eval_batch_size),
+        progress=bool(config.progress),
+        augment={},
+    )
+    classifier = _plain(config.classifier)
+    composed = {
+        "name": "sae_classifier",
+        "hidden": classifier.get("hidden", (512, 256)),
+        "dropout": classifier.get("dropout", 0.3),
+        **sae,
+    }
+    if phase == "autoencoder":
+        out.update(task="reconstruction", model={"name": "k_sparse_autoencoder", **sae})
+    elif phase == "classifier":
+        out.update(
+            task="classification",
+            model=composed,
+            frozen=("autoencoder",),
+            init_from={"workdir": str(workdir / "autoencoder"), "into": "autoencoder"},
+        )
+    else:
+        out.update(
+            task="classification",
+            model=composed,
+            # The atoms stay as phase 1 learned them: decoder-weighted attribution and
+            # the dictionary figure describe the dictionary the codes were trained on.
+            frozen=() if sae.get("tied") else ("autoencoder/w_dec",),
+            init_from={"workdir": str(workdir / "classifier"), "into": ""},
+        )
+    return ml_collections.ConfigDict(out)
+
+
+def _check_study_config(config: Any, workdir: Path) -> None:
+    path = workdir / "study_config.json"
+    plain = _plain(config)
+    if path.exists():
+        saved = json.loads(path.read_text())
+        changed = [s for s in _FIXED_SECTIONS if saved.get(s) != plain.get(s)]
+        if changed:
+            raise ValueError(
+                f"{workdir} holds a study run with different {', '.join(changed)} settings; "
+                "use a new --workdir (or the config it was run with). Nothing was overwritten."
+            )
+    path.write_text(json.dumps(plain, indent=2, sort_keys=True))
+
+
+def _write_if_changed(path: Path, payload: dict[str, Any]) -> None:
+    text = json.dumps(payload, indent=2)
+    if path.exists() and path.read_text() != text:
+        n = 1
+        while path.with_suffix(f".{n}.json").exists():
+            n += 1
+        path.rename(path.with_suffix(f".{n}.json"))
+        logging.info("kept the previous %s as %s", path.name, path.with_suffix(f".{n}.json"))
+    path.write_text(text)
+
+
+def _autoencoder_of(model: Any, variables: Any):
+    """The KSparseAutoencoder inside the composed classifier, with its variables."""
+    ae_vars = {"params": variables["params"]["autoencoder"]}
+    if "batch_stats" in variables:
+        ae_vars["batch_stats"] = variables["batch_stats"]["autoencoder"]
+    return model.autoencoder, ae_vars
+
+
+def _reconstruction_report(ae, ae_vars, split, batch_size: int) -> dict[str, Any]:
+    state = evaluate_lib._EvalState(
+        apply_fn=ae.apply, params=ae_vars["params"], batch_stats=ae_vars.get("batch_stats", {})
+    )
+    return loop_lib.evaluate_dataset(
+        state,
+        DeviceDataset.from_numpy(split.images, split.labels),
+        batch_size=batch_size,
+        class_names=split.class_names,
+        task=tasks_lib.reconstruction(),
+    )
+
+
+def _classification_report(model, variables, split, batch_size: int) -> dict[str, Any]:
+    state = evaluate_lib._EvalState(
+        apply_fn=model.apply,
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+    )
+    return loop_lib.evaluate_dataset(
+        state,
+        DeviceDataset.from_numpy(split.images, split.labels),
+        batch_size=batch_size,
+        class_names=split.class_names,
+    )
+
+
+def _summary(workdir: Path) -> dict[str, Any]:
+    path = workdir / "train_summary.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _figures(config, workdir: Path, ae, ae_vars, split, fired: np.ndarray) -> None:
+    atoms = np.asarray(ae.apply(ae_vars, method=ae.decoder_atoms))
+    order = np.argsort(-fired, kind="stable")
+    if not (workdir / "decoder_atoms.png").exists():
+        plotting.atom_grid(
+            atoms,
+            workdir / "decoder_atoms.png",
+            order=order,
+            max_atoms=int(config.figures.atoms),
+            title=f"decoder atoms, most used first (k={ae.k} of {ae.latents})",
+        )
+    if not (workdir / "reconstructions.png").exists():
+        n = min(int(config.figures.reconstructions), len(split))
+        images = to_float(jnp.asarray(split.images[:n]))
+        recon = np.clip(np.asarray(ae.apply(ae_vars, images)["reconstruction"]), 0.0, 1.0)
+        errors = np.mean((np.asarray(images) - recon) ** 2, axis=(1, 2, 3))
+        plotting.reconstructions(
+            np.asarray(images),
+            recon,
+            workdir / "reconstructions.png",
+            errors=errors,
+            title=f"test images and their reconstructions from {ae.k} active latents",
+        )
+    if not (workdir / "latent_usage.png").exists():
+        plotting.latent_usage(
+            fired,
+            workdir / "latent_usage.png",
+            num_samples=len(split),
+            k=ae.k,
+            title=f"latent usage on the {split.name} test split",
+        )
+
+
+def _attribution_summary(stats: dict[str, Any]) -> dict[str, Any]:
+    agreement = stats["agreement"]
+    return {
+        "samples": stats["samples"],
+        "methods": agreement["methods"],
+        "pearson": agreement["pearson"],
+        "spearman": agreement["spearman"],
+        "topk_fraction": agreement["topk_fraction"],
+        "topk_overlap": agreement["topk_overlap"],
+        "completeness": {
+            m: {k: v for k, v in c.items() if k != "per_sample"}
+            for m, c in stats.get("completeness", {}).items()
+        },
+        "per_method": stats["methods"],
+    }
+
+
+def run_sae_study(config: ml_collections.ConfigDict, workdir: str | Path) -> SaeResult:
+    """Runs the study's phases in `workdir` (see the module docstring)."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _check_study_config(config, workdir)
+
+    phases = ["autoencoder", "classifier"]
+    if int(config.finetune.num_epochs) > 0:
+        phases.append("finetune")
+    for phase in phases:
+        logging.info("phase %s", phase)
+        loop_lib.train_and_evaluate(phase_config(config, phase, workdir), workdir / phase)
+    final = phases[-1]
+
+    model, variables, run_config, epoch = evaluate_lib.restore_model(
+        workdir / final, checkpoint=config.explain.checkpoint
+    )
+    splits = loop_lib.load_data(run_config.data)
+    test = splits["test"]
+    batch = int(config.eval_batch_size)
+    ae, ae_vars = _autoencoder_of(model, variables)
+    recon = _reconstruction_report(ae, ae_vars, test, batch)
+    fired = np.asarray(recon.pop("fired"))
+    classification = _classification_report(model, variables, test, batch)
+    _figures(config, workdir, ae, ae_vars, test, fired)
+
+    result = explain_lib.explain_model(
+        config.explain,
+        workdir / config.explain.output,
+        model,
+        variables,
+        splits[config.explain.split],
+        epoch=epoch,
+        model_name=f"sae_classifier ({final})",
+    )
+
+    ae_summary = _summary(workdir / "autoencoder")
+    metrics = {
+        "dataset": test.name,
+        "split": "test",
+        "final_phase": final,
+        "reconstruction": {
+            "mse": recon["mse"],
+            "dead_fraction": recon["dead_fraction"],
+            "dead_latents": int(np.sum(fired == 0)),
+            "latents": int(ae.latents),
+            "k": int(ae.k),
+            "mean_active_units": recon["mean_active"],
+            "min_firing_count": int(fired.min()),
+            "mitigation": ae.mitigation,
+            "epochs": ae_summary.get("epochs"),
+            "train_time_s": ae_summary.get("train_time_s"),
+        },
+        "classifier": {
+            "accuracy": classification["accuracy"],
+            "precision": classification["precision"],
+            "recall": classification["recall"],
+            "f1": classification["f1"],
+            "loss": classification["loss"],
+            "checkpoint_epoch": epoch,
+        },
+        "phases": {
+            phase: {
+                k: _summary(workdir / phase).get(k)
+                for k in ("epochs", "best_epoch", "train_time_s", "test_accuracy", "test_mse")
+                if k in _summary(workdir / phase)
+            }
+            for phase in phases
+        },
+        "goals": {
+            "mse_at_most_0.01": recon["mse"] <= GOALS["max_mse"],
+            "accuracy_at_least_0.89": classification["accuracy"] >= GOALS["min_accuracy"],
+            "dead_at_most_5%": recon["dead_fraction"] <= GOALS["max_dead_fraction"],
+        },
+        "attribution": _attribution_summary(result.stats),
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0].device_kind),
+    }
+    _write_if_changed(workdir / "sae_metrics.json", metrics)
+    logging.info(
+        "test: reconstruction MSE %.5f, dead latents %.2f%%, %.1f active units, accuracy %.2f%%",
+        recon["mse"],
+        100 * recon["dead_fraction"],
+        recon["mean_active"],
+        100 * classification["accuracy"],
+    )
+    return SaeResult(metrics=metrics, explain=result)
