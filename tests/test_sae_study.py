@@ -1,0 +1,128 @@
+"""The sparse autoencoder study end to end on synthetic data (smoke config)."""
+
+import json
+
+import numpy as np
+import pytest
+
+import configs
+from fmi_jax import studies, train
+from fmi_jax.studies import sae as sae_lib
+
+
+def smoke_config(**overrides):
+    config = configs.load("sae_fmnist", "smoke")
+    config.data.name = "synthetic"
+    config.data.options = {"num_train": 704, "num_test": 128}
+    config.data.train_limit = None
+    config.progress = False
+    config.autoencoder.num_epochs = 3
+    config.classifier.num_epochs = 4
+    config.classifier.learning_rate = 3e-3
+    for key, value in overrides.items():
+        target = config
+        *path, last = key.split(".")
+        for part in path:
+            target = target[part]
+        target[last] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("sae")
+    config = smoke_config()
+    return workdir, config, studies.run_sae_study(config, workdir)
+
+
+def test_every_phase_and_output_is_written(study):
+    workdir, config, result = study
+    for phase in ("autoencoder", "classifier", "finetune"):
+        assert (workdir / phase / "train_summary.json").exists(), phase
+    for name in ("decoder_atoms.png", "reconstructions.png", "latent_usage.png"):
+        assert (workdir / name).stat().st_size > 5_000, name
+    out = workdir / "explain"
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["agreement"]["methods"] == list(config.explain.methods)
+    assert "integrated_gradients" in stats["completeness"]
+    assert stats["agreement"]["topk_fraction"] == 0.01
+    assert len(list((out / "sheets").glob("*.png"))) >= 1
+    saved = np.load(out / "attributions.npz")
+    for m in config.explain.methods:
+        assert saved[f"map_{m}"].shape == saved["images"].shape
+        assert np.isfinite(saved[f"map_{m}"]).all()
+    # Explained samples are correct predictions (smoke threshold 0).
+    np.testing.assert_array_equal(saved["predictions"], saved["labels"])
+    assert result.explain.out_dir == out
+
+
+def test_sae_metrics_agree_with_the_runs(study):
+    workdir, config, result = study
+    metrics = json.loads((workdir / "sae_metrics.json").read_text())
+    assert metrics == json.loads(json.dumps(result.metrics))
+    recon = metrics["reconstruction"]
+    assert recon["latents"] == config.sae.latents and recon["k"] == config.sae.k
+    assert 0 < recon["mean_active_units"] <= config.sae.k
+    assert recon["dead_latents"] == round(recon["dead_fraction"] * recon["latents"])
+    assert recon["epochs"] == 3
+    # Fine-tuning kept the decoder atoms, so the final model reconstructs like phase 1
+    # only if the encoder did not move; the reported MSE is the final model's.
+    assert np.isfinite(recon["mse"]) and recon["mse"] > 0
+    summary = json.loads((workdir / "finetune" / "train_summary.json").read_text())
+    assert metrics["final_phase"] == "finetune"
+    assert metrics["classifier"]["accuracy"] == pytest.approx(summary["test_accuracy"])
+    goals = metrics["goals"]
+    assert goals["mse_at_most_0.01"] == (recon["mse"] <= 0.01)
+    assert goals["accuracy_at_least_0.89"] == (metrics["classifier"]["accuracy"] >= 0.89)
+    assert goals["dead_at_most_5%"] == (recon["dead_fraction"] <= 0.05)
+    assert set(metrics["attribution"]["methods"]) == set(config.explain.methods)
+
+
+def test_fine_tuning_moves_the_encoder_but_not_the_atoms(study):
+    workdir, _, _ = study
+    _, ae, _, _ = train.restore_model(workdir / "autoencoder")
+    _, clf, _, _ = train.restore_model(workdir / "classifier")
+    _, fine, _, _ = train.restore_model(workdir / "finetune")
+    a, c, f = ae["params"], clf["params"]["autoencoder"], fine["params"]["autoencoder"]
+    for name in ("w_enc", "b_enc", "w_dec", "b_dec"):  # frozen in phase 2
+        np.testing.assert_array_equal(c[name], a[name])
+    np.testing.assert_array_equal(f["w_dec"], a["w_dec"])
+    assert not np.array_equal(f["w_enc"], a["w_enc"])
+
+
+def test_rerun_resumes_without_retraining_or_rewriting(study):
+    workdir, config, result = study
+    lines = {
+        p: (workdir / p / "metrics.jsonl").read_text()
+        for p in ("autoencoder", "classifier", "finetune")
+    }
+    mtimes = {p: p.stat().st_mtime_ns for p in workdir.glob("*.png")}
+    again = studies.run_sae_study(config, workdir)
+    for phase, text in lines.items():
+        assert (workdir / phase / "metrics.jsonl").read_text() == text, phase
+    assert {p: p.stat().st_mtime_ns for p in workdir.glob("*.png")} == mtimes
+    assert again.metrics == json.loads(json.dumps(result.metrics))
+    assert not list(workdir.glob("sae_metrics.*.json"))
+
+
+def test_a_changed_config_is_refused_and_nothing_is_touched(study):
+    workdir, _, _ = study
+    before = (workdir / "study_config.json").read_text()
+    with pytest.raises(ValueError, match="different sae settings.*new --workdir"):
+        studies.run_sae_study(smoke_config(**{"sae.k": 4}), workdir)
+    assert (workdir / "study_config.json").read_text() == before
+
+
+def test_phase_configs_chain_the_phases(tmp_path):
+    config = smoke_config()
+    ae = sae_lib.phase_config(config, "autoencoder", tmp_path)
+    assert (ae.task, ae.model.name, ae.model.k) == ("reconstruction", "k_sparse_autoencoder", 8)
+    clf = sae_lib.phase_config(config, "classifier", tmp_path)
+    assert clf.frozen == ("autoencoder",)
+    assert clf.init_from.workdir == str(tmp_path / "autoencoder")
+    assert tuple(clf.model.hidden) == (32, 16) and clf.model.latents == 64
+    fine = sae_lib.phase_config(config, "finetune", tmp_path)
+    assert fine.frozen == ("autoencoder/w_dec",)
+    assert fine.init_from.workdir == str(tmp_path / "classifier")
+    with pytest.raises(ValueError, match="unknown phase"):
+        sae_lib.phase_config(config, "pretrain", tmp_path)
