@@ -70,6 +70,8 @@ def get_config(arg=None):
         "weight_decay": 1e-4,
     }
     config.eval_batch_size = 1000
+    # '' runs every phase; 'autoencoder' or 'classifier' stops after that phase.
+    config.stop_after = ""
     config.progress = True
     # Phase 3 of the study: attributions of the final classifier, pixels -> prediction.
     config.explain = {

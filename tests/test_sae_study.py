@@ -126,3 +126,16 @@ def test_phase_configs_chain_the_phases(tmp_path):
     assert fine.init_from.workdir == str(tmp_path / "classifier")
     with pytest.raises(ValueError, match="unknown phase"):
         sae_lib.phase_config(config, "pretrain", tmp_path)
+
+
+def test_stop_after_the_autoencoder_reports_only_the_reconstruction(tmp_path):
+    result = studies.run_sae_study(smoke_config(stop_after="autoencoder"), tmp_path)
+    assert result.explain is None
+    assert not (tmp_path / "classifier").exists()
+    metrics = json.loads((tmp_path / "sae_metrics.json").read_text())
+    assert metrics["final_phase"] == "autoencoder" and "classifier" not in metrics
+    summary = json.loads((tmp_path / "autoencoder" / "train_summary.json").read_text())
+    assert metrics["reconstruction"]["mse"] == pytest.approx(summary["test_mse"], rel=1e-6)
+    assert set(metrics["goals"]) == {"mse_at_most_0.01", "dead_at_most_5%"}
+    with pytest.raises(ValueError, match="stop_after must be one of"):
+        studies.run_sae_study(smoke_config(stop_after="explain"), tmp_path)

@@ -22,7 +22,8 @@
 Every phase resumes from its checkpoints; finished phases are skipped; figures
 and results that exist are kept (an older sae_metrics.json that differs is moved
 to sae_metrics.<n>.json). A changed config for a workdir whose phases already ran
-is refused, naming the section that changed.
+is refused, naming the section that changed. `config.stop_after='autoencoder'`
+trains and reports only the autoencoder (e.g. to compare dead-latent mitigations).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ _TRAINING_KEYS = (
 @dataclasses.dataclass
 class SaeResult:
     metrics: dict[str, Any]
-    explain: explain_lib.ExplainResult | None
+    explain: explain_lib.ExplainResult | None  # None when stopped after the autoencoder
 
 
 def _plain(config: Any) -> Any:
@@ -254,6 +255,11 @@ def run_sae_study(config: ml_collections.ConfigDict, workdir: str | Path) -> Sae
     phases = ["autoencoder", "classifier"]
     if int(config.finetune.num_epochs) > 0:
         phases.append("finetune")
+    stop_after = config.get("stop_after", "") or ""
+    if stop_after:
+        if stop_after not in phases:
+            raise ValueError(f"stop_after must be one of {phases} (or empty), got {stop_after!r}")
+        phases = phases[: phases.index(stop_after) + 1]
     for phase in phases:
         logging.info("phase %s", phase)
         loop_lib.train_and_evaluate(phase_config(config, phase, workdir), workdir / phase)
@@ -265,21 +271,13 @@ def run_sae_study(config: ml_collections.ConfigDict, workdir: str | Path) -> Sae
     splits = loop_lib.load_data(run_config.data)
     test = splits["test"]
     batch = int(config.eval_batch_size)
-    ae, ae_vars = _autoencoder_of(model, variables)
+    if final == "autoencoder":
+        ae, ae_vars = model, variables
+    else:
+        ae, ae_vars = _autoencoder_of(model, variables)
     recon = _reconstruction_report(ae, ae_vars, test, batch)
     fired = np.asarray(recon.pop("fired"))
-    classification = _classification_report(model, variables, test, batch)
     _figures(config, workdir, ae, ae_vars, test, fired)
-
-    result = explain_lib.explain_model(
-        config.explain,
-        workdir / config.explain.output,
-        model,
-        variables,
-        splits[config.explain.split],
-        epoch=epoch,
-        model_name=f"sae_classifier ({final})",
-    )
 
     ae_summary = _summary(workdir / "autoencoder")
     metrics = {
@@ -298,14 +296,6 @@ def run_sae_study(config: ml_collections.ConfigDict, workdir: str | Path) -> Sae
             "epochs": ae_summary.get("epochs"),
             "train_time_s": ae_summary.get("train_time_s"),
         },
-        "classifier": {
-            "accuracy": classification["accuracy"],
-            "precision": classification["precision"],
-            "recall": classification["recall"],
-            "f1": classification["f1"],
-            "loss": classification["loss"],
-            "checkpoint_epoch": epoch,
-        },
         "phases": {
             phase: {
                 k: _summary(workdir / phase).get(k)
@@ -316,19 +306,42 @@ def run_sae_study(config: ml_collections.ConfigDict, workdir: str | Path) -> Sae
         },
         "goals": {
             "mse_at_most_0.01": recon["mse"] <= GOALS["max_mse"],
-            "accuracy_at_least_0.89": classification["accuracy"] >= GOALS["min_accuracy"],
             "dead_at_most_5%": recon["dead_fraction"] <= GOALS["max_dead_fraction"],
         },
-        "attribution": _attribution_summary(result.stats),
-        "backend": jax.default_backend(),
-        "device": str(jax.devices()[0].device_kind),
     }
+    result = None
+    if final != "autoencoder":
+        classification = _classification_report(model, variables, test, batch)
+        result = explain_lib.explain_model(
+            config.explain,
+            workdir / config.explain.output,
+            model,
+            variables,
+            splits[config.explain.split],
+            epoch=epoch,
+            model_name=f"sae_classifier ({final})",
+        )
+        metrics["classifier"] = {
+            "accuracy": classification["accuracy"],
+            "precision": classification["precision"],
+            "recall": classification["recall"],
+            "f1": classification["f1"],
+            "loss": classification["loss"],
+            "checkpoint_epoch": epoch,
+        }
+        metrics["goals"]["accuracy_at_least_0.89"] = (
+            classification["accuracy"] >= GOALS["min_accuracy"]
+        )
+        metrics["attribution"] = _attribution_summary(result.stats)
+    metrics.update(backend=jax.default_backend(), device=str(jax.devices()[0].device_kind))
     _write_if_changed(workdir / "sae_metrics.json", metrics)
     logging.info(
-        "test: reconstruction MSE %.5f, dead latents %.2f%%, %.1f active units, accuracy %.2f%%",
+        "test: reconstruction MSE %.5f, dead latents %.2f%% (%d of %d), %.1f active units%s",
         recon["mse"],
         100 * recon["dead_fraction"],
+        int(np.sum(fired == 0)),
+        int(ae.latents),
         recon["mean_active"],
-        100 * classification["accuracy"],
+        f", accuracy {100 * metrics['classifier']['accuracy']:.2f}%" if result else "",
     )
     return SaeResult(metrics=metrics, explain=result)
