@@ -13,13 +13,16 @@ TORCH_INDEX ?=
 BENCH_CONFIG ?= configs/benchmark.py
 BENCH_WORKDIR ?= runs/benchmark/$(shell uname -m)-$(shell nproc)cores
 
-.PHONY: demo test install data bench explain clean-venv help
+SAE_WORKDIR ?= runs/sae_fmnist
+
+.PHONY: demo test install data bench explain sae clean-venv help
 
 help:
 	@echo "make demo   - venv, install, find Fashion-MNIST, train $(CONFIG) into $(WORKDIR), evaluate"
 	@echo "make test   - venv, install test dependencies, run the test suite"
 	@echo "make data   - install Debian's dataset-fashion-mnist when running as root with apt"
 	@echo "make explain - the explain study on $(WORKDIR) (after make demo)"
+	@echo "make sae    - the k-sparse autoencoder study into $(SAE_WORKDIR)"
 	@echo "make bench  - fmi_jax vs PyTorch + Captum / grad-cam on $(WORKDIR), in its own venv $(BENCH_VENV)"
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -51,6 +54,9 @@ test: install data
 
 explain: install
 	$(PY) -m experiments.explain --workdir=$(WORKDIR) --config=configs/explain.py
+
+sae: install data
+	$(PY) -m experiments.sae_study --config=configs/sae_fmnist.py --workdir=$(SAE_WORKDIR)
 
 # grad-cam (Score-CAM's reference) goes in without its declared dependencies: they name
 # an unpinned torchvision, which would pull another torch (a CUDA build). What
