@@ -16,6 +16,7 @@ from typing import Any
 import flax.linen as nn
 
 from fmi_jax.models.cnn import ConvBlock, SimpleCNN
+from fmi_jax.models.mobilenet_v3 import MobileNetV3
 from fmi_jax.models.resnet import ResidualBlock, ResNet
 from fmi_jax.models.sparse_autoencoder import (
     KSparseAutoencoder,
@@ -27,6 +28,7 @@ from fmi_jax.models.sparse_autoencoder import (
 __all__ = [
     "ConvBlock",
     "KSparseAutoencoder",
+    "MobileNetV3",
     "ResNet",
     "ResidualBlock",
     "SimpleCNN",
@@ -150,6 +152,26 @@ def _cnn_tunable(
     )
 
 
+@register_model("cifarnet")
+def _cifarnet(
+    features=(6, 16), kernel_size=5, dense=(120, 84), num_classes=10, dtype="float32"
+) -> nn.Module:
+    """The PyTorch CIFAR-10 tutorial network ("Training a classifier"): conv 5x5 (6) ->
+    ReLU -> max-pool -> conv 5x5 (16) -> ReLU -> max-pool -> fc 120 -> fc 84 -> 10, with
+    unpadded convolutions (32x32 -> 28 -> 14 -> 10 -> 5, so fc1 sees 16 x 5 x 5 = 400)."""
+    return SimpleCNN(
+        features=tuple(features),
+        kernel_size=kernel_size,
+        pool=(True,) * len(features),
+        dense=tuple(dense),
+        dropout=0.0,
+        batch_norm=False,
+        num_classes=num_classes,
+        dtype=dtype,
+        padding="VALID",
+    )
+
+
 @register_model("resnet")
 def _resnet(
     num_blocks=3,
@@ -167,6 +189,36 @@ def _resnet(
         pre_activation=pre_activation,
         dropout=dropout,
         num_classes=num_classes,
+        dtype=dtype,
+    )
+
+
+@register_model("mobilenet_v3_large")
+def _mobilenet_v3_large(
+    width_mult=1.0, num_classes=1000, dropout=0.2, dtype="float32"
+) -> nn.Module:
+    """MobileNetV3-Large as torchvision builds it (ImageNet head by default); see
+    fmi_jax/models/mobilenet_v3.py, and fmi_jax/models/torchvision_import.py for its
+    weights."""
+    return MobileNetV3(
+        variant="large",
+        width_mult=width_mult,
+        num_classes=num_classes,
+        dropout=dropout,
+        dtype=dtype,
+    )
+
+
+@register_model("mobilenet_v3_small")
+def _mobilenet_v3_small(
+    width_mult=1.0, num_classes=1000, dropout=0.2, dtype="float32"
+) -> nn.Module:
+    """MobileNetV3-Small as torchvision builds it (ImageNet head by default)."""
+    return MobileNetV3(
+        variant="small",
+        width_mult=width_mult,
+        num_classes=num_classes,
+        dropout=dropout,
         dtype=dtype,
     )
 

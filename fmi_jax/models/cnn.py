@@ -28,13 +28,14 @@ class ConvBlock(nn.Module):
     kernel_size: int = 3
     batch_norm: bool = False
     dtype: jnp.dtype = jnp.float32
+    padding: str = "SAME"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         x = nn.Conv(
             self.features,
             (self.kernel_size, self.kernel_size),
-            padding="SAME",
+            padding=self.padding,
             use_bias=not self.batch_norm,
             dtype=self.dtype,
             conv_general_dilated=layers.model_conv(train),
@@ -59,6 +60,8 @@ class SimpleCNN(nn.Module):
       dropout: dropout rate after each hidden dense layer (train only).
       batch_norm: batch norm after each conv (statistics in `batch_stats`).
       dtype: compute dtype (parameters stay float32).
+      padding: 'SAME' (default) or 'VALID' (no padding: each conv shrinks the map by
+        kernel_size - 1, as in the PyTorch CIFAR-10 tutorial network).
     """
 
     features: Sequence[int] = (32, 64, 128)
@@ -69,6 +72,7 @@ class SimpleCNN(nn.Module):
     dropout: float = 0.0
     batch_norm: bool = False
     dtype: jnp.dtype = jnp.float32
+    padding: str = "SAME"
 
     def setup_check(self) -> None:
         if len(self.pool) != len(self.features):
@@ -88,9 +92,9 @@ class SimpleCNN(nn.Module):
         self.setup_check()
         x = x.astype(self.dtype)
         for name, feats, pool in zip(self.conv_layer_names, self.features, self.pool):
-            x = ConvBlock(feats, self.kernel_size, self.batch_norm, self.dtype, name=name)(
-                x, train=train
-            )
+            x = ConvBlock(
+                feats, self.kernel_size, self.batch_norm, self.dtype, self.padding, name=name
+            )(x, train=train)
             if pool:
                 x = layers.max_pool(x, 2)
         x = x.reshape((x.shape[0], -1))
