@@ -16,10 +16,13 @@ from fmi_jax.plotting.attribution import (
     sign_modes,
 )
 from fmi_jax.plotting.dictionary import atom_grid, latent_usage, reconstructions
+from fmi_jax.plotting.images import IMAGE_PANELS, SavedFigure, image_explanation, summary_sheet
 from fmi_jax.plotting.training import confusion_matrix, training_curves
 
 __all__ = [
+    "IMAGE_PANELS",
     "SIGNS",
+    "SavedFigure",
     "agreement_matrices",
     "atom_grid",
     "blend",
@@ -28,9 +31,11 @@ __all__ = [
     "default_sign",
     "explanation_sheet",
     "heatmap",
+    "image_explanation",
     "latent_usage",
     "layer_grid",
     "reconstructions",
     "sign_modes",
+    "summary_sheet",
     "training_curves",
 ]

@@ -5,7 +5,17 @@ evaluation and plotting); nothing below imports it.
 """
 
 from fmi_jax.studies.explain import ExplainResult, run_explain
+from fmi_jax.studies.explain_images import ExplainImagesResult, run_explain_images
 from fmi_jax.studies.sae import SaeResult, run_sae_study
 from fmi_jax.studies.tune import TuneResult, run_tune
 
-__all__ = ["ExplainResult", "SaeResult", "TuneResult", "run_explain", "run_sae_study", "run_tune"]
+__all__ = [
+    "ExplainImagesResult",
+    "ExplainResult",
+    "SaeResult",
+    "TuneResult",
+    "run_explain",
+    "run_explain_images",
+    "run_sae_study",
+    "run_tune",
+]

@@ -1,0 +1,36 @@
+r"""Explain every image of a folder: top-k predictions and integrated gradients.
+
+    python -m experiments.explain_images --images=photos/ --workdir=runs/photos \
+        --config=configs/explain_images.py --config.weights=mobilenet_v3_large.pth
+    python -m experiments.explain_images --images='photos/**/*.jpg' --workdir=runs/jpg \
+        --config=configs/explain_images.py --config.ig.steps=300
+    python -m experiments.explain_images --images=photos/ --workdir=/tmp/smoke \
+        --config=configs/explain_images.py:smoke
+
+--images is a folder (searched recursively), a glob (quote it) or one file. Writes
+predictions.json, attributions.npz, figures/<name>.png, summary.png and skipped.json
+under --workdir (see fmi_jax/studies/explain_images.py).
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from fmi_jax import logs, studies
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/explain_images.py", "Image explanation config.", lock_config=True
+)
+_IMAGES = flags.DEFINE_string("images", None, "A folder of images, a glob or one file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where the results go.")
+flags.mark_flags_as_required(["images", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logs.quiet_libraries()
+    studies.run_explain_images(_CONFIG.value, _IMAGES.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,270 @@
+"""Image files from a folder or a glob, decoded and preprocessed like torchvision's
+ImageNet evaluation preset. Numpy and Pillow only (no jax).
+
+    folder = load_image_folder("photos/", resize=256, crop=224)
+    folder.images   # (N, 224, 224, 3) float32, normalised with the ImageNet mean / std
+    folder.pixels   # (N, 224, 224, 3) uint8, the same crops before scaling
+    folder.files    # the N decoded files
+    folder.skipped  # (file, reason) for every file that is not a readable image
+
+Which files (:func:`list_image_files`):
+
+* a folder is searched **recursively**, sorted by relative path; names starting with
+  a dot (hidden files and folders, ``.DS_Store``) are ignored; every other file is a
+  candidate whatever its extension, and one Pillow cannot decode is skipped with the
+  reason (so a ``README.txt`` next to the photos is listed as skipped, not fatal);
+* a pattern containing ``*``, ``?`` or ``[`` is a glob (``**`` recurses); folders it
+  matches are searched like a folder;
+* a single file is itself;
+* a folder without files, or a glob matching nothing, raises FileNotFoundError
+  naming the path.
+
+Decoding (:func:`decode`, :func:`to_rgb`): Pillow opens the file and decodes it fully
+(truncated files fail here, ``ImageFile.LOAD_TRUNCATED_IMAGES`` is left alone); the
+first frame of animated or multi-page files is used; the EXIF orientation is applied
+(photos appear as a viewer shows them); then
+
+* grayscale ('L', '1', 16-bit 'I;16') becomes three equal channels;
+* palette ('P') is expanded through its palette;
+* **alpha** (RGBA, LA, palette with a transparent colour) is **composited over white**
+  by default (``alpha='white'``), so transparent regions look as they do in a viewer
+  rather than showing whatever colour the encoder left under them; ``alpha='drop'``
+  discards the alpha channel instead (``Image.convert('RGB')``, torchvision's
+  ``ImageFolder`` loader);
+* CMYK, YCbCr and other modes go through ``Image.convert('RGB')``.
+
+Preprocessing (:func:`resize_and_crop`, :func:`normalize`, :func:`preprocess`),
+torchvision's ``ImageClassification`` preset step by step: resize the shorter side to
+``resize`` with Pillow's antialiased bilinear filter (the longer side becomes
+``int(resize * long / short)``), center-crop ``crop`` x ``crop`` (offsets
+``int(round((size - crop) / 2))``), scale to [0, 1] by ``/ 255`` and normalise with
+``(x - mean) / std`` per channel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from absl import logging
+from PIL import Image, ImageOps
+
+from fmi_jax.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageFolder",
+    "decode",
+    "load_image_folder",
+    "load_images",
+    "list_image_files",
+    "normalize",
+    "preprocess",
+    "resize_and_crop",
+    "to_rgb",
+]
+
+ALPHA_MODES = ("white", "drop")
+_GLOB_CHARS = frozenset("*?[")
+
+
+@dataclasses.dataclass
+class ImageFolder:
+    """Decoded images: normalised crops, their uint8 pixels, files, skipped files."""
+
+    images: np.ndarray  # (N, crop, crop, 3) float32, normalised
+    pixels: np.ndarray  # (N, crop, crop, 3) uint8, before scaling
+    files: list[Path]
+    skipped: list[tuple[Path, str]]
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _walk(folder: Path) -> list[Path]:
+    return sorted(
+        (p for p in folder.rglob("*") if p.is_file() and not _hidden(p, folder)),
+        key=lambda p: p.relative_to(folder).as_posix(),
+    )
+
+
+def list_image_files(images: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Candidate files of a folder (recursive), a glob, one file, or a list of those.
+
+    Raises FileNotFoundError naming the path when nothing is found (see the module
+    docstring for the rules).
+    """
+    if not isinstance(images, (str, Path)):
+        files = [f for spec in images for f in list_image_files(spec)]
+        if not files:
+            raise FileNotFoundError(f"no files in {list(images)}")
+        return list(dict.fromkeys(files))
+    spec = str(images)
+    if _GLOB_CHARS & set(spec):
+        matches = sorted(Path(m) for m in glob.glob(spec, recursive=True))
+        files = []
+        for match in matches:
+            files.extend(_walk(match) if match.is_dir() else [match] if match.is_file() else [])
+        if not files:
+            raise FileNotFoundError(f"the glob {spec!r} matches no files")
+        return list(dict.fromkeys(files))
+    path = Path(spec)
+    if path.is_dir():
+        files = _walk(path)
+        if not files:
+            raise FileNotFoundError(f"the folder {str(path)!r} holds no (non-hidden) files")
+        return files
+    if path.is_file():
+        return [path]
+    raise FileNotFoundError(f"no such file or folder: {str(path)!r}")
+
+
+def to_rgb(image: Image.Image, *, alpha: str = "white") -> Image.Image:
+    """An 'RGB' copy of a Pillow image: grayscale repeated, palette expanded, alpha
+    composited over white (``alpha='white'``) or dropped (``alpha='drop'``)."""
+    if alpha not in ALPHA_MODES:
+        raise ValueError(f"alpha must be one of {ALPHA_MODES}, got {alpha!r}")
+    mode = image.mode
+    if mode == "RGB":
+        return image.copy()
+    if mode.startswith("I;16"):
+        # 16-bit grayscale: keep the top 8 bits (Pillow's convert would clip at 255).
+        high = (np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8)
+        return Image.fromarray(high, mode="L").convert("RGB")
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        mode in ("P", "L", "RGB") and "transparency" in image.info
+    )
+    if not has_alpha:
+        return image.convert("RGB")
+    rgba = image.convert("RGBA")
+    if alpha == "drop":
+        return rgba.convert("RGB")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def decode(path: str | Path, *, alpha: str = "white") -> Image.Image:
+    """The file's first frame, fully decoded, EXIF-oriented, as 'RGB' (see :func:`to_rgb`).
+
+    Raises whatever Pillow raises for files that are not (complete) images
+    (``PIL.UnidentifiedImageError``, ``OSError`` for truncated data, ...).
+    """
+    with Image.open(path) as image:
+        image.seek(0)
+        image.load()
+        oriented = ImageOps.exif_transpose(image)
+        return to_rgb(oriented, alpha=alpha)
+
+
+def _as_pil(image: Image.Image | np.ndarray, alpha: str) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return to_rgb(image, alpha=alpha)
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise ValueError(f"array images must be uint8, got {array.dtype}")
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image, got {array.shape}")
+    return to_rgb(Image.fromarray(array), alpha=alpha)
+
+
+def resize_and_crop(
+    image: Image.Image | np.ndarray, *, resize: int = 256, crop: int = 224, alpha: str = "white"
+) -> np.ndarray:
+    """Shorter side to ``resize`` (antialiased bilinear), center ``crop`` x ``crop``:
+    an (crop, crop, 3) uint8 array. Accepts a Pillow image (any mode) or a uint8 array."""
+    if not 0 < crop <= resize:
+        raise ValueError(f"need 0 < crop <= resize, got crop={crop}, resize={resize}")
+    rgb = _as_pil(image, alpha)
+    width, height = rgb.size
+    if width <= height:
+        size = (resize, int(resize * height / width))
+    else:
+        size = (int(resize * width / height), resize)
+    if size != rgb.size:
+        rgb = rgb.resize(size, Image.Resampling.BILINEAR)
+    array = np.asarray(rgb, dtype=np.uint8)
+    top = int(round((array.shape[0] - crop) / 2.0))
+    left = int(round((array.shape[1] - crop) / 2.0))
+    return np.ascontiguousarray(array[top : top + crop, left : left + crop])
+
+
+def normalize(
+    pixels: np.ndarray,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> np.ndarray:
+    """uint8 pixels (..., 3) -> float32 ``(pixels / 255 - mean) / std``."""
+    mean = np.asarray(mean, np.float32)
+    std = np.asarray(std, np.float32)
+    if mean.shape != (3,) or std.shape != (3,) or not np.all(std > 0):
+        raise ValueError(f"mean and std need three values (std > 0), got {mean}, {std}")
+    return (np.asarray(pixels, np.float32) / np.float32(255) - mean) / std
+
+
+def preprocess(
+    image: Image.Image | np.ndarray,
+    *,
+    resize: int = 256,
+    crop: int = 224,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    alpha: str = "white",
+) -> np.ndarray:
+    """One image -> the (crop, crop, 3) float32 model input (the whole preset)."""
+    return normalize(resize_and_crop(image, resize=resize, crop=crop, alpha=alpha), mean, std)
+
+
+def load_images(
+    files: Sequence[str | Path],
+    *,
+    resize: int = 256,
+    crop: int = 224,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    alpha: str = "white",
+) -> ImageFolder:
+    """Decodes and preprocesses ``files``; unreadable ones are skipped (not raised) and
+    listed in ``skipped`` with the reason."""
+    pixels, good, skipped = [], [], []
+    for file in map(Path, files):
+        try:
+            rgb = decode(file, alpha=alpha)
+        except Exception as error:  # noqa: BLE001  (any decoder failure: skip the file)
+            skipped.append((file, f"{type(error).__name__}: {error}"))
+            continue
+        pixels.append(resize_and_crop(rgb, resize=resize, crop=crop))
+        good.append(file)
+    stacked = np.stack(pixels) if pixels else np.zeros((0, crop, crop, 3), np.uint8)
+    return ImageFolder(normalize(stacked, mean, std), stacked, good, skipped)
+
+
+def load_image_folder(
+    images: str | Path | Sequence[str | Path],
+    *,
+    resize: int = 256,
+    crop: int = 224,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    alpha: str = "white",
+) -> ImageFolder:
+    """Every image of a folder (recursive), glob or file list, preprocessed.
+
+    Raises FileNotFoundError when there are no candidate files; files that are not
+    readable images are skipped with a warning listing them.
+    """
+    files = list_image_files(images)
+    folder = load_images(files, resize=resize, crop=crop, mean=mean, std=std, alpha=alpha)
+    if folder.skipped:
+        logging.warning(
+            "skipped %d file(s) that are not readable images:\n%s",
+            len(folder.skipped),
+            "\n".join(f"  {f}: {r}" for f, r in folder.skipped),
+        )
+    return folder

@@ -1,0 +1,458 @@
+"""Explain a folder of images: top-k predictions and integrated gradients per image.
+
+`run_explain_images(config, images, workdir)` decodes every image of a folder
+(recursively), a glob or a file (see :mod:`fmi_jax.data.images` for which files count,
+how grayscale / palette / alpha become RGB, and the torchvision ImageNet preprocessing),
+classifies them in batches of `config.batch_size` with `config.model` (torchvision
+weights from `config.weights`, or random ones with a warning when it is empty), and
+explains the top-1 class of each with integrated gradients. It writes under `workdir`:
+
+  predictions.json    per image: file, figure, top-k classes / labels / probabilities,
+                      IG target, completeness gap (`ig_delta` = sum of the map minus
+                      (f_t(x) - f_t(baseline)), in logits, and `ig_relative_delta`, its
+                      size relative to |f_t(x) - f_t(baseline)|), seconds; and the run's
+                      model, weights, IG settings and compile seconds
+  attributions.npz    files, pixels (N, crop, crop, 3) uint8 (the un-normalised crops),
+                      attributions (N, crop, crop, 3) float32 in normalised input space,
+                      top_k_classes, top_k_probs, ig_target, ig_delta
+  figures/<name>.png  per image: input, top-k bars, IG positive overlay, IG all-sign
+                      map (`<name>` is the path below the folder without its suffix,
+                      '/' replaced by '__'; '_<ext>' is appended where two files would
+                      share a name, e.g. cat.jpg and cat.png)
+  summary.png         all images (image, all-sign IG, top-1 label and probability);
+                      summary_001.png, summary_002.png, ... when there are more than
+                      `config.summary.per_page`
+  skipped.json        the files that are not readable images, with the reason
+  config.json, inputs.json   the config and the input files this folder belongs to
+
+Integrated gradients: `config.ig.steps` Gauss-Legendre nodes (by default) along the
+straight path from the baseline to the input, evaluated `config.ig.batch_size`
+(image, step) pairs at a time, so memory does not grow with the number of steps (300,
+1000, ... run in the memory of one chunk). Baseline: `config.ig.baseline = 'black'`
+(default) is the black image, pixel value 0 before normalisation, i.e. -mean/std in the
+model's input space, as in the IG paper; 'zeros' is zero in the normalised space, i.e.
+the mean colour. Attributions are in the normalised input space; figures sum them over
+the channels.
+
+Seconds per image are a batch's prediction + IG time (excluding compilation, which is
+done ahead of time per batch shape and reported as `compile_seconds`) divided by the
+images in the batch.
+
+Re-running with the same config and the same input files reuses the results and only
+draws missing figures; a different config or a different set of files for the same
+workdir is an error (choose another `--workdir`), so results are never overwritten.
+The model code is pure JAX under `jit`: the same run works on CPU, GPU and TPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from fmi_jax import attribution, models, plotting
+from fmi_jax.data import images as images_lib
+from fmi_jax.data.errors import DataError
+
+__all__ = ["ExplainImagesResult", "run_explain_images"]
+
+BASELINES = ("black", "zeros")
+
+
+@dataclasses.dataclass
+class ExplainImagesResult:
+    out_dir: Path
+    predictions: list[dict[str, Any]]
+    skipped: list[dict[str, str]]
+    # Figures drawn by this call (figures already on disk are not redrawn): per-image
+    # figures by file name in predictions.json, and the summary pages.
+    figures: dict[str, plotting.SavedFigure]
+    summary: list[plotting.SavedFigure]
+    reused: bool
+
+
+def _plain(config: Any) -> Any:
+    if isinstance(config, ml_collections.ConfigDict):
+        return json.loads(config.to_json_best_effort())
+    return config
+
+
+def _claim(config: Any, spec: Any, files: Sequence[Path], out: Path) -> None:
+    """Claims `out` for this config and these input files (never another run's)."""
+    out.mkdir(parents=True, exist_ok=True)
+    texts = {
+        "config.json": json.dumps(_plain(config), indent=2, sort_keys=True),
+        "inputs.json": json.dumps(
+            {
+                "images": [str(s) for s in spec] if isinstance(spec, (list, tuple)) else str(spec),
+                "files": [str(f) for f in files],
+            },
+            indent=2,
+        ),
+    }
+    for name, text in texts.items():
+        if (out / name).exists() and (out / name).read_text() != text:
+            what = "another config" if name == "config.json" else "other input files"
+            raise ValueError(
+                f"{out} holds explanations made with {what} ({out / name} differs); pass "
+                "another --workdir (or move that folder away). Nothing was overwritten."
+            )
+    for name, text in texts.items():
+        (out / name).write_text(text)
+
+
+def _root(spec: Any, files: Sequence[Path]) -> Path:
+    if isinstance(spec, (str, Path)) and Path(spec).is_dir():
+        return Path(spec)
+    if len(files) == 1:
+        return files[0].parent
+    return Path(os.path.commonpath([str(f.absolute()) for f in files]))
+
+
+def _relative(file: Path, root: Path) -> str:
+    try:
+        return file.relative_to(root).as_posix()
+    except ValueError:
+        return file.absolute().relative_to(root).as_posix()
+
+
+def figure_names(relative: Sequence[str]) -> list[str]:
+    """'sub/cat.jpg' -> 'sub__cat'; '_jpg' etc. appended where names would collide."""
+    stems = [r.rsplit(".", 1)[0] if "." in r.rsplit("/", 1)[-1] else r for r in relative]
+    stems = [s.replace("/", "__") for s in stems]
+    counts: dict[str, int] = {}
+    for s in stems:
+        counts[s] = counts.get(s, 0) + 1
+    names, used = [], set()
+    for r, s in zip(relative, stems):
+        name = s
+        if counts[s] > 1 and "." in r.rsplit("/", 1)[-1]:
+            name = f"{s}_{r.rsplit('.', 1)[1]}"
+        base, i = name, 1
+        while name in used:
+            i += 1
+            name = f"{base}_{i}"
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def _variables(config: Any, model: Any, image_shape: tuple[int, int, int]) -> Any:
+    weights = str(config.weights or "")
+    if weights:
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"config.weights: no such file {weights!r}")
+        from fmi_jax.models import torchvision_import  # noqa: PLC0415  (optional, heavy)
+
+        logging.info("loading %s", weights)
+        return torchvision_import.load_weights(weights, model, image_shape)
+    logging.warning(
+        "\n%s\nconfig.weights is empty: the model has RANDOM weights (seed %d). Its "
+        "predictions and attributions mean nothing; pass --config.weights=<file.pth>.\n%s",
+        "!" * 78,
+        int(config.seed),
+        "!" * 78,
+    )
+    return jax.jit(model.init)(jax.random.key(int(config.seed)), jnp.zeros((1, *image_shape)))
+
+
+def _class_names(setting: Any, num_classes: int) -> list[str]:
+    names: Sequence[str] | None
+    if isinstance(setting, str):
+        if setting != "imagenet":
+            raise ValueError(f"class_names must be 'imagenet' or a tuple, got {setting!r}")
+        try:
+            from fmi_jax.data.imagenet import IMAGENET_CLASSES  # noqa: PLC0415
+
+            names = list(IMAGENET_CLASSES)
+        except ImportError as error:
+            logging.warning("no ImageNet class names (%s)", error)
+            names = None
+    else:
+        names = [str(n) for n in setting]
+    if names is None or len(names) != num_classes:
+        if names is not None:
+            logging.warning(
+                "%d class names for a model with %d classes: using 'class <i>'",
+                len(names),
+                num_classes,
+            )
+        names = [f"class {i}" for i in range(num_classes)]
+    return list(names)
+
+
+def _baseline(ig: Any, mean: np.ndarray, std: np.ndarray) -> np.ndarray | None:
+    if ig.baseline == "black":
+        return (0.0 - mean) / std
+    if ig.baseline == "zeros":
+        return None
+    raise ValueError(f"ig.baseline must be one of {BASELINES}, got {ig.baseline!r}")
+
+
+class _Explainer:
+    """Top-k and IG for one batch, compiled ahead of time once per batch shape."""
+
+    def __init__(self, config: Any, model: Any, variables: Any, baseline: Any):
+        top_k, ig = int(config.top_k), config.ig
+
+        def predict(variables, x):
+            probs = jax.nn.softmax(model.apply(variables, x), axis=-1)
+            return jax.lax.top_k(probs, top_k)
+
+        def explain(variables, x, target):
+            return attribution.integrated_gradients(
+                lambda z: model.apply(variables, z),
+                x,
+                target,
+                baseline=baseline,
+                steps=int(ig.steps),
+                method=str(ig.method),
+                batch_size=int(ig.batch_size),
+                return_delta=True,
+            )
+
+        self._functions = {"predict": jax.jit(predict), "explain": jax.jit(explain)}
+        self._compiled: dict[tuple[str, tuple[int, ...]], Any] = {}
+        self.variables = variables
+        self.compile_seconds = 0.0
+
+    def _get(self, name: str, *args: Any) -> Any:
+        key = (name, args[1].shape)
+        if key not in self._compiled:
+            start = time.perf_counter()
+            self._compiled[key] = self._functions[name].lower(*args).compile()
+            self.compile_seconds += time.perf_counter() - start
+        return self._compiled[key]
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        x = jnp.asarray(x)
+        target_spec = jax.ShapeDtypeStruct((x.shape[0],), jnp.int32)
+        predict = self._get("predict", self.variables, x)
+        explain = self._get("explain", self.variables, x, target_spec)
+        start = time.perf_counter()
+        probs, classes = predict(self.variables, x)
+        maps, delta = explain(self.variables, x, classes[:, 0].astype(jnp.int32))
+        maps, delta = jax.block_until_ready((maps, delta))
+        seconds = time.perf_counter() - start
+        return np.asarray(probs), np.asarray(classes), np.asarray(maps), np.asarray(delta), seconds
+
+
+def _check(config: Any) -> None:
+    if config.ig.baseline not in BASELINES:
+        raise ValueError(f"ig.baseline must be one of {BASELINES}, got {config.ig.baseline!r}")
+    for key in ("batch_size", "top_k", "crop", "resize"):
+        if int(config[key]) < 1:
+            raise ValueError(f"config.{key} must be >= 1, got {config[key]}")
+    if int(config.ig.steps) < 1 or int(config.ig.batch_size) < 1:
+        raise ValueError("config.ig.steps and config.ig.batch_size must be >= 1")
+    if int(config.summary.per_page) < 1:
+        raise ValueError("config.summary.per_page must be >= 1")
+
+
+def run_explain_images(
+    config: ml_collections.ConfigDict,
+    images: str | Path | Sequence[str | Path],
+    workdir: str | Path,
+) -> ExplainImagesResult:
+    """Predictions, integrated gradients and figures for every image of `images` (a
+    folder, searched recursively; a glob; a file; or a list of those), written under
+    `workdir` (see the module docstring).
+
+    Raises:
+      FileNotFoundError: `images` names no files (the message names the path), or
+        `config.weights` does not exist.
+      DataError: none of the files is a readable image.
+      ValueError: `workdir` holds results of another config or other input files.
+    """
+    _check(config)
+    out = Path(workdir)
+    files = images_lib.list_image_files(images)
+    _claim(config, images, files, out)
+    root = _root(images, files)
+    npz_path, json_path = out / "attributions.npz", out / "predictions.json"
+    reused = npz_path.exists() and json_path.exists()
+    if reused:
+        logging.info("%s exists: reusing the results, drawing missing figures only", json_path)
+        saved = np.load(npz_path)
+        pixels, maps = saved["pixels"], saved["attributions"]
+        predictions = json.loads(json_path.read_text())["images"]
+        skipped = json.loads((out / "skipped.json").read_text())
+    else:
+        pixels, maps, predictions, skipped = _compute(config, files, root, out)
+    figures = _image_figures(out, pixels, maps, predictions)
+    summary = _summary(config, out, pixels, maps, predictions)
+    logging.info("explained %d image(s) (%d skipped) into %s", len(predictions), len(skipped), out)
+    return ExplainImagesResult(out, predictions, skipped, figures, summary, reused)
+
+
+def _compute(config: Any, files: Sequence[Path], root: Path, out: Path):
+    crop = int(config.crop)
+    image_shape = (crop, crop, 3)
+    mean = np.asarray(config.mean, np.float32)
+    std = np.asarray(config.std, np.float32)
+    model_kwargs = {k: v for k, v in _plain(config.model).items() if k != "name"}
+    model_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in model_kwargs.items()}
+    model = models.get_model(config.model.name, **model_kwargs)
+    variables = _variables(config, model, image_shape)
+    logits = jax.eval_shape(lambda v, x: model.apply(v, x), variables, jnp.zeros((1, *image_shape)))
+    num_classes = int(logits.shape[-1])
+    if int(config.top_k) > num_classes:
+        raise ValueError(f"top_k={config.top_k} exceeds the model's {num_classes} classes")
+    class_names = _class_names(config.class_names, num_classes)
+    explainer = _Explainer(config, model, variables, _baseline(config.ig, mean, std))
+    logging.info(
+        "explaining %d file(s) with %s, IG %d steps (%s, %s baseline), batches of %d",
+        len(files),
+        config.model.name,
+        int(config.ig.steps),
+        config.ig.method,
+        config.ig.baseline,
+        int(config.batch_size),
+    )
+
+    batch_size = int(config.batch_size)
+    good, skipped, pixels, maps, seconds = [], [], [], [], []
+    probs, classes, deltas = [], [], []
+    for start in range(0, len(files), batch_size):
+        batch = images_lib.load_images(
+            files[start : start + batch_size],
+            resize=int(config.resize),
+            crop=crop,
+            mean=mean,
+            std=std,
+            alpha=str(config.alpha),
+        )
+        skipped.extend(batch.skipped)
+        if not batch.files:
+            continue
+        p, c, m, d, s = explainer(batch.images)
+        if not np.isfinite(m).all():
+            bad = [str(f) for f, ok in zip(batch.files, np.isfinite(m).all((1, 2, 3))) if not ok]
+            raise FloatingPointError(f"integrated gradients gave NaN or Inf for {bad}")
+        good.extend(batch.files)
+        pixels.append(batch.pixels)
+        maps.append(m)
+        probs.append(p)
+        classes.append(c)
+        deltas.append(d)
+        seconds.extend([s / len(batch.files)] * len(batch.files))
+        logging.info("%d / %d files", min(start + batch_size, len(files)), len(files))
+
+    skipped_json = [{"file": str(f), "reason": r} for f, r in skipped]
+    (out / "skipped.json").write_text(json.dumps(skipped_json, indent=2))
+    if skipped:
+        logging.warning(
+            "skipped %d file(s) that are not readable images:\n%s",
+            len(skipped),
+            "\n".join(f"  {f}: {r}" for f, r in skipped),
+        )
+    if not good:
+        raise DataError(f"none of the {len(files)} file(s) is a readable image (see skipped.json)")
+
+    pixels, maps = np.concatenate(pixels), np.concatenate(maps).astype(np.float32)
+    probs, classes, deltas = np.concatenate(probs), np.concatenate(classes), np.concatenate(deltas)
+    relative = [_relative(f, root) for f in good]
+    names = figure_names(relative)
+    logit_difference = maps.reshape(len(maps), -1).sum(1) - deltas
+    predictions = []
+    for i, file in enumerate(good):
+        predictions.append(
+            {
+                "file": relative[i],
+                "path": str(file),
+                "figure": f"figures/{names[i]}.png",
+                "top_k": [
+                    {"class": int(c), "label": class_names[int(c)], "prob": float(p)}
+                    for c, p in zip(classes[i], probs[i])
+                ],
+                "ig_target": int(classes[i, 0]),
+                "ig_delta": float(deltas[i]),
+                "ig_relative_delta": float(
+                    abs(deltas[i]) / max(abs(float(logit_difference[i])), 1e-12)
+                ),
+                "seconds": float(seconds[i]),
+            }
+        )
+    np.savez_compressed(
+        out / "attributions.npz",
+        files=np.asarray([p["file"] for p in predictions]),
+        pixels=pixels,
+        attributions=maps,
+        top_k_classes=classes.astype(np.int32),
+        top_k_probs=probs.astype(np.float32),
+        ig_target=classes[:, 0].astype(np.int32),
+        ig_delta=deltas.astype(np.float32),
+    )
+    summary = {
+        "model": _plain(config.model),
+        "weights": str(config.weights) or None,
+        "ig": _plain(config.ig),
+        "backend": jax.default_backend(),
+        "compile_seconds": explainer.compile_seconds,
+        "images": predictions,
+    }
+    (out / "predictions.json").write_text(json.dumps(summary, indent=2))
+    logging.info(
+        "IG completeness gap: mean |delta| %.3g, max %.3g (logits)",
+        float(np.abs(deltas).mean()),
+        float(np.abs(deltas).max()),
+    )
+    return pixels, maps, predictions, skipped_json
+
+
+def _label(prediction: dict[str, Any]) -> str:
+    best = prediction["top_k"][0]
+    return f"{best['label']} ({best['prob']:.2f})"
+
+
+def _image_figures(out, pixels, maps, predictions) -> dict[str, plotting.SavedFigure]:
+    drawn = {}
+    for i, prediction in enumerate(predictions):
+        path = out / prediction["figure"]
+        if path.exists():
+            continue
+        drawn[prediction["file"]] = plotting.image_explanation(
+            pixels[i] / 255.0,
+            maps[i],
+            [t["label"] for t in prediction["top_k"]],
+            [t["prob"] for t in prediction["top_k"]],
+            path,
+            title=(
+                f"{prediction['file']}: {_label(prediction)}; IG of class "
+                f"{prediction['ig_target']}, completeness gap {prediction['ig_delta']:.3g}"
+            ),
+        )
+    return drawn
+
+
+def _summary(config, out, pixels, maps, predictions) -> list[plotting.SavedFigure]:
+    per_page = int(config.summary.per_page)
+    pages = math.ceil(len(predictions) / per_page)
+    drawn = []
+    for page in range(pages):
+        path = out / ("summary.png" if pages == 1 else f"summary_{page + 1:03d}.png")
+        if path.exists():
+            continue
+        part = slice(page * per_page, (page + 1) * per_page)
+        drawn.append(
+            plotting.summary_sheet(
+                pixels[part] / 255.0,
+                maps[part],
+                [f"{p['file']}: {_label(p)}" for p in predictions[part]],
+                path,
+                columns=int(config.summary.columns),
+                title=f"integrated gradients of the top-1 class (page {page + 1} of {pages})",
+            )
+        )
+    return drawn

@@ -1,0 +1,204 @@
+"""The image-folder explanation pipeline: decoding, preprocessing, and a run end to end."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import configs
+from fmi_jax import plotting, studies
+from fmi_jax.data import images as images_lib
+
+MEAN = np.asarray(images_lib.IMAGENET_MEAN, np.float32)
+STD = np.asarray(images_lib.IMAGENET_STD, np.float32)
+# The tiny model of configs/explain_images.py:smoke.
+MODEL = {"name": "mobilenet_v3_small", "width_mult": 0.25, "num_classes": 10}
+# A registry CNN that compiles in a second, for the two IG runs compared below.
+TINY_CNN = {
+    "name": "simple_cnn",
+    "features": (4, 8),
+    "pool": (True, True),
+    "dense": (16,),
+    "num_classes": 10,
+}
+GOOD = ("rgb.png", "gray.jpg", "rgba.png", "palette.png", "wide.bmp", "sub/nested.png")
+BAD = ("notes.jpg", "truncated.png")
+
+
+def _config(model=MODEL, **ig):
+    config = configs.load("explain_images", "smoke")
+    config.model = model
+    config.summary.per_page = 4  # 6 images: two summary pages
+    config.ig.update(ig)
+    return config
+
+
+def _gradient(h, w, seed):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), (xx + yy) % 256], -1)
+    return np.clip(base + rng.integers(-20, 20, base.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    Image.fromarray(_gradient(80, 100, 0)).save(root / "rgb.png")
+    Image.fromarray(_gradient(90, 70, 1)[..., 0]).save(root / "gray.jpg")  # mode 'L'
+    rgba = np.concatenate([_gradient(64, 64, 2), np.full((64, 64, 1), 128, np.uint8)], -1)
+    Image.fromarray(rgba, "RGBA").save(root / "rgba.png")
+    Image.fromarray(_gradient(75, 75, 3)).convert("P").save(root / "palette.png")
+    Image.fromarray(_gradient(40, 160, 4)).save(root / "wide.bmp")
+    (root / "sub").mkdir()
+    Image.fromarray(_gradient(100, 80, 5)).save(root / "sub" / "nested.png")
+    (root / "notes.jpg").write_text("not an image\n")
+    Image.fromarray(_gradient(64, 64, 6)).save(root / "full.png")
+    data = (root / "full.png").read_bytes()
+    (root / "truncated.png").write_bytes(data[: len(data) // 2])
+    (root / "full.png").unlink()
+    (root / ".hidden.png").write_text("ignored: hidden")
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(folder, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("out")
+    config = _config()
+    return config, workdir, studies.run_explain_images(config, folder, workdir)
+
+
+def test_constant_colour_normalises_to_known_values():
+    colour = np.array([200, 17, 90], np.uint8)
+    image = np.broadcast_to(colour, (50, 80, 3)).copy()
+    out = images_lib.preprocess(image, resize=40, crop=32)
+    assert out.shape == (32, 32, 3) and out.dtype == np.float32
+    expected = (colour.astype(np.float32) / np.float32(255) - MEAN) / STD
+    np.testing.assert_array_equal(out, np.broadcast_to(expected, out.shape))
+
+
+def test_grayscale_becomes_three_equal_channels():
+    gray = Image.fromarray(_gradient(30, 50, 0)[..., 1], "L")
+    pixels = images_lib.resize_and_crop(gray, resize=24, crop=20)
+    assert pixels.shape == (20, 20, 3)
+    np.testing.assert_array_equal(pixels[..., 0], pixels[..., 1])
+    np.testing.assert_array_equal(pixels[..., 0], pixels[..., 2])
+
+
+def test_alpha_is_composited_over_white_or_dropped():
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., 0] = 200  # red under the alpha
+    rgba[:2, ..., 3] = 0  # top half fully transparent
+    rgba[2:, ..., 3] = 255  # bottom half opaque
+    image = Image.fromarray(rgba, "RGBA")
+    white = np.asarray(images_lib.to_rgb(image))
+    np.testing.assert_array_equal(white[:2], 255)
+    np.testing.assert_array_equal(white[2:], np.broadcast_to([200, 0, 0], (2, 4, 3)))
+    dropped = np.asarray(images_lib.to_rgb(image, alpha="drop"))
+    np.testing.assert_array_equal(dropped, np.broadcast_to([200, 0, 0], (4, 4, 3)))
+    half = rgba.copy()
+    half[..., 3] = 128
+    composite = np.asarray(images_lib.to_rgb(Image.fromarray(half, "RGBA")))[0, 0]
+    np.testing.assert_allclose(composite, [228, 127, 127], atol=1)
+
+
+def test_resize_then_center_crop_shapes_and_offsets():
+    wide = np.zeros((50, 200, 3), np.uint8)
+    wide[:, 100:] = 255  # right half white: the crop is centred on the edge
+    pixels = images_lib.resize_and_crop(wide, resize=20, crop=16)
+    assert pixels.shape == (16, 16, 3)
+    assert pixels[:, 0].max() == 0 and pixels[:, -1].min() == 255
+    tall = Image.fromarray(np.zeros((300, 120, 3), np.uint8))
+    assert images_lib.resize_and_crop(tall, resize=72, crop=64).shape == (64, 64, 3)
+    with pytest.raises(ValueError, match="crop <= resize"):
+        images_lib.resize_and_crop(tall, resize=60, crop=64)
+
+
+def test_empty_folder_and_unmatched_glob_are_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty"):
+        images_lib.list_image_files(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="nothing_here"):
+        images_lib.list_image_files(str(tmp_path / "nothing_here*.png"))
+    with pytest.raises(FileNotFoundError, match="missing"):
+        studies.run_explain_images(_config(), tmp_path / "missing", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_folder_is_recursive_and_skips_bad_files(folder):
+    loaded = images_lib.load_image_folder(folder, resize=72, crop=64)
+    relative = sorted(f.relative_to(folder).as_posix() for f in loaded.files)
+    assert relative == sorted(GOOD)
+    assert sorted(f.name for f, _ in loaded.skipped) == sorted(BAD)
+    assert loaded.images.shape == (len(GOOD), 64, 64, 3)
+    assert loaded.pixels.dtype == np.uint8
+    globbed = images_lib.list_image_files(str(folder / "*.png"))
+    assert sorted(f.name for f in globbed) == [
+        "palette.png",
+        "rgb.png",
+        "rgba.png",
+        "truncated.png",
+    ]
+
+
+def test_pipeline_writes_every_output(run, folder):
+    config, workdir, result = run
+    predictions = json.loads((workdir / "predictions.json").read_text())["images"]
+    assert sorted(p["file"] for p in predictions) == sorted(GOOD)
+    assert predictions == result.predictions
+    for p in predictions:
+        probs = [t["prob"] for t in p["top_k"]]
+        assert len(probs) == config.top_k
+        assert probs == sorted(probs, reverse=True)
+        assert 0 < sum(probs) <= 1 + 1e-6
+        assert p["ig_target"] == p["top_k"][0]["class"]
+        assert np.isfinite(p["ig_delta"]) and p["seconds"] >= 0
+        assert (workdir / p["figure"]).stat().st_size > 5_000
+        assert p["top_k"][0]["label"].startswith("class ")  # 10 classes: not ImageNet's
+    assert {p["figure"] for p in predictions} >= {"figures/sub__nested.png", "figures/rgb.png"}
+    skipped = json.loads((workdir / "skipped.json").read_text())
+    assert sorted(s["file"].rsplit("/", 1)[-1] for s in skipped) == sorted(BAD)
+    assert all(s["reason"] for s in skipped)
+    assert result.skipped == skipped
+    saved = np.load(workdir / "attributions.npz")
+    assert saved["attributions"].shape == (len(GOOD), 64, 64, 3)
+    assert saved["pixels"].shape == (len(GOOD), 64, 64, 3)
+    assert saved["files"].tolist() == [p["file"] for p in predictions]
+    # Per-image figures: the four panels, drawn in this run.
+    assert set(result.figures) == set(GOOD)
+    for figure in result.figures.values():
+        assert figure.panels == plotting.IMAGE_PANELS
+    # Six images, four per page: two pages, each with an image and a map per image.
+    assert [f.path.name for f in result.summary] == ["summary_001.png", "summary_002.png"]
+    assert result.summary[0].panels == tuple(p for i in range(4) for p in (f"image_{i}", f"ig_{i}"))
+    assert len(result.summary[1].panels) == 4
+    assert not (workdir / "summary.png").exists()
+
+
+def test_rerun_reuses_and_a_different_config_is_refused(run, folder):
+    config, workdir, _ = run
+    again = studies.run_explain_images(config, folder, workdir)
+    assert again.reused and not again.figures and not again.summary
+    changed = _config(steps=9)
+    before = (workdir / "predictions.json").read_text()
+    with pytest.raises(ValueError, match="another config"):
+        studies.run_explain_images(changed, folder, workdir)
+    with pytest.raises(ValueError, match="other input files"):
+        studies.run_explain_images(config, folder / "sub", workdir)
+    assert (workdir / "predictions.json").read_text() == before
+
+
+def test_ig_beyond_300_steps_is_chunked_and_converges(folder, tmp_path):
+    # 320 steps in chunks of 64 (image, step) pairs: memory of one chunk, not of 320.
+    runs = {
+        steps: studies.run_explain_images(
+            _config(TINY_CNN, steps=steps, batch_size=64), folder / "sub", tmp_path / str(steps)
+        )
+        for steps in (8, 320)
+    }
+    (coarse,), (fine,) = runs[8].predictions, runs[320].predictions
+    assert fine["file"] == "nested.png" and fine["ig_target"] == coarse["ig_target"]
+    assert abs(fine["ig_delta"]) < 0.5 * abs(coarse["ig_delta"])
+    assert fine["ig_relative_delta"] < 0.05
+    maps = [np.load(tmp_path / str(s) / "attributions.npz")["attributions"] for s in (8, 320)]
+    assert np.isfinite(maps[1]).all() and maps[1].shape == maps[0].shape
