@@ -1,4 +1,7 @@
-"""Measuring attributions: agreement between methods, and which examples to explain."""
+"""Measuring attributions: agreement between methods, faithfulness (deletion and
+insertion curves, pixel flipping), robustness (infidelity, max-sensitivity), sanity
+checks (parameter randomisation, SSIM), complexity (sparseness), and which examples
+to explain."""
 
 from fmi_jax.evaluation.agreement import (
     average_ranks,
@@ -8,14 +11,56 @@ from fmi_jax.evaluation.agreement import (
     spearman,
     topk_overlap,
 )
+from fmi_jax.evaluation.faithfulness import (
+    aopc,
+    auc,
+    deletion_curve,
+    insertion_curve,
+    pixel_flipping,
+    sparseness,
+)
+from fmi_jax.evaluation.robustness import (
+    DEFAULT_INFIDELITY_STDEV,
+    DEFAULT_SENSITIVITY_RADIUS,
+    gaussian_perturbation,
+    infidelity,
+    max_sensitivity,
+    uniform_perturbation,
+)
+from fmi_jax.evaluation.sanity import (
+    cascading_randomization,
+    independent_randomization,
+    layer_order,
+    passes_sanity_check,
+    randomize_layers,
+    ssim,
+)
 from fmi_jax.evaluation.selection import high_confidence_correct
 
 __all__ = [
+    "DEFAULT_INFIDELITY_STDEV",
+    "DEFAULT_SENSITIVITY_RADIUS",
+    "aopc",
+    "auc",
     "average_ranks",
+    "cascading_randomization",
     "correlation_matrix",
+    "deletion_curve",
+    "gaussian_perturbation",
     "high_confidence_correct",
+    "independent_randomization",
+    "infidelity",
+    "insertion_curve",
+    "layer_order",
+    "max_sensitivity",
+    "passes_sanity_check",
     "pearson",
+    "pixel_flipping",
+    "randomize_layers",
     "reduce_channels",
+    "sparseness",
     "spearman",
+    "ssim",
     "topk_overlap",
+    "uniform_perturbation",
 ]

@@ -1,0 +1,371 @@
+"""Faithfulness and complexity of attribution maps: deletion, insertion, pixel flipping, Gini.
+
+Faithfulness metrics perturb the input in the order an attribution map ranks its
+pixels and watch the model's output for the explained class. Notation: example ``x``
+with ``P`` pixels, target class ``t``, model score ``f_t`` (the softmax probability by
+default, as RISE; the raw logit with ``probabilities=False``), a substrate ``b`` of the
+shape of ``x``, and ``m`` pixels per step.
+
+* Pixel relevance. For images ``(N, H, W, C)`` the relevance of a pixel is its
+  attribution summed over channels (signed), and removing a pixel replaces all of its
+  channels; maps may also be given per pixel, ``(N, H, W)``. Any other input ``(N, ...)``
+  treats every scalar feature as a pixel. Pixels are ranked by relevance, highest first
+  (``rank 0`` = most relevant); ties are broken by flat pixel index, lower first, so the
+  curves are deterministic (this matters for maps that are exactly 0 on a whole
+  background, like Integrated Gradients with a black baseline on Fashion-MNIST).
+* Steps. ``S = ceil(P / m)`` steps; after step ``k = 0..S`` the pixel set
+  ``R_k = {p : rank(p) < k m}`` has been changed (the last step may change fewer than
+  ``m`` pixels). The mask of every step is computed from the ranks, so no loop runs over
+  steps or images.
+* Deletion (Petsiuk, Das & Saenko, "RISE", BMVC 2018, arXiv:1806.07421):
+  ``del_k = f_t(x with the pixels of R_k replaced by b)``, from ``f_t(x)`` at ``k = 0`` to
+  ``f_t(b)`` at ``k = S``. A faithful map makes it fall fast: low AUC is good.
+* Insertion (RISE): ``ins_k = f_t(b with the pixels of R_k taken from x)``, from ``f_t(b)``
+  to ``f_t(x)``. A faithful map makes it rise fast: high AUC is good.
+* Substrates: ``'zero'`` (``b = 0``, RISE's deletion substrate), ``'blur'`` (``b = G_sigma * x``,
+  a Gaussian blur of the image, RISE's insertion substrate; separable kernel truncated at
+  4 sigma with half-sample symmetric borders, shared with
+  :mod:`fmi_jax.attribution.smoothing`, so a constant image is its own blur), or any
+  array broadcastable to ``x`` (a scalar, a dataset mean, a fixed noise image).
+* AUC (RISE): the trapezoid rule on ``S + 1`` points equally spaced in ``[0, 1]``,
+  ``AUC = (sum_k c_k - (c_0 + c_S) / 2) / S``. When ``m`` divides ``P`` the abscissa is
+  exactly the fraction of pixels changed; otherwise the last, shorter step gets the same
+  width as the others (RISE's convention).
+* Pixel flipping (Samek, Binder, Montavon, Lapuschkin & Müller, "Evaluating the
+  visualization of what a deep neural network has learned", IEEE TNNLS 2017,
+  arXiv:1509.06321): the deletion curve with pixels removed most relevant first (MoRF,
+  identical to :func:`deletion_curve`) or least relevant first (LeRF, ascending
+  relevance; ties again lower index first). MoRF should fall faster than LeRF. Samek et
+  al. summarise MoRF by the area over the perturbation curve,
+  ``AOPC = 1 / (S + 1) * sum_{k=0..S} (c_0 - c_k)`` (:func:`aopc`; high is good). They
+  replaced regions by uniform noise; pass a noise image as the substrate to do the same.
+* Sparseness (Chalasani, Chen, Chowdhury, Wu & Jha, "Concise explanations of neural
+  networks using adversarial training", ICML 2020, arXiv:1810.06583; Quantus'
+  ``Sparseness``): the Gini index (Hurley & Rickard 2009) of the absolute attributions
+  ``a_(1) <= ... <= a_(n)`` of one example, flattened over all features,
+  ``G = sum_i (2 i - n - 1) a_(i) / (n sum_i a_(i))``, ``i = 1..n``. ``G = 0`` for a uniform
+  map (and, by convention, an all-zero one), ``G = (n - 1) / n`` for a one-hot map (the
+  maximum for ``n`` features; it tends to 1 as ``n`` grows); it is invariant to scaling.
+  Apply :func:`~fmi_jax.evaluation.agreement.reduce_channels` first for a per-pixel value.
+
+Chunking: every model evaluation, the ``N (S + 1)`` (example, step) pairs of a curve, goes
+through :func:`~fmi_jax.attribution.core.map_over_samples`, ``batch_size`` pairs at a time
+in equally shaped chunks, so peak memory is one chunk of perturbed inputs (plus the ranks,
+``(N, P)`` int32, and the substrate, the size of ``x``), and results do not depend on
+``batch_size``. The unperturbed input (``k = 0`` of deletion, ``k = S`` of insertion) is
+evaluated in the same chunks as the perturbed ones. Every function is jit-compatible with
+the non-array arguments static.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from fmi_jax.attribution.core import (
+    Array,
+    ModelFn,
+    Target,
+    as_baseline,
+    as_count,
+    as_input,
+    check_finite,
+    map_over_samples,
+    resolve_target,
+    select_target,
+)
+from fmi_jax.attribution.smoothing import _gaussian_kernel, _smooth_axis
+
+__all__ = [
+    "aopc",
+    "auc",
+    "deletion_curve",
+    "insertion_curve",
+    "pixel_flipping",
+    "sparseness",
+]
+
+Substrate = str | float | Array
+
+_BLUR_TRUNCATE = 4.0
+
+
+def _pixel_relevance(x: Array, attributions: Any) -> tuple[Array, tuple[int, ...]]:
+    """Relevance per pixel ``(N, P)`` and the shape of a per-example removal mask, which
+    broadcasts against one example of ``x`` (a trailing 1 for the channels of images)."""
+    attributions = jnp.asarray(attributions, jnp.float32)
+    if x.ndim == 4:
+        if attributions.shape == x.shape:
+            attributions = attributions.sum(-1)
+        elif attributions.shape != x.shape[:-1]:
+            raise ValueError(
+                f"attributions of shape {attributions.shape} do not fit images of shape "
+                f"{x.shape}: give one map per image, {x.shape} or per pixel {x.shape[:-1]}"
+            )
+        mask_shape = x.shape[1:-1] + (1,)
+    else:
+        if attributions.shape != x.shape:
+            raise ValueError(
+                f"attributions of shape {attributions.shape} must have the shape of "
+                f"the input {x.shape}"
+            )
+        mask_shape = x.shape[1:]
+    check_finite(attributions, "attributions")
+    return attributions.reshape(x.shape[0], -1), mask_shape
+
+
+def _pixels_per_step(step: Any, num_pixels: int, row: int) -> int:
+    """``m``: ``None`` -> ``row``; an int -> itself; a float in (0, 1] -> that fraction
+    of the pixels, rounded up (after rounding away float noise: 1/28 of 784 is 28)."""
+    if step is None:
+        return row
+    if isinstance(step, bool):
+        raise ValueError(f"step must be an int >= 1 or a fraction in (0, 1], got {step!r}")
+    try:
+        return as_count(operator.index(step), "step")
+    except TypeError:
+        pass
+    try:
+        fraction = float(step)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"step must be an int >= 1 or a fraction in (0, 1], got {step!r}"
+        ) from None
+    if not 0 < fraction <= 1:
+        raise ValueError(f"a fractional step must be in (0, 1], got {step!r}")
+    return max(1, math.ceil(round(fraction * num_pixels, 9)))
+
+
+def _substrate(substrate: Substrate, x: Array, blur_sigma: float) -> Array:
+    if isinstance(substrate, str):
+        if substrate == "zero":
+            return jnp.zeros_like(x)
+        if substrate == "blur":
+            if x.ndim != 4:
+                raise ValueError(
+                    f"substrate='blur' needs images (N, H, W, C), got input shape {x.shape}"
+                )
+            if not (math.isfinite(blur_sigma) and blur_sigma >= 0):
+                raise ValueError(f"blur_sigma must be a finite number >= 0, got {blur_sigma!r}")
+            kernel = _gaussian_kernel(blur_sigma, _BLUR_TRUNCATE)
+            return _smooth_axis(_smooth_axis(x, kernel, axis=1), kernel, axis=2)
+        raise ValueError(
+            f"unknown substrate {substrate!r}; choose 'zero', 'blur' or pass an array "
+            "broadcastable to x"
+        )
+    return as_baseline(substrate, x, "substrate")
+
+
+def _curve(
+    fn: ModelFn,
+    x: Array,
+    target: Target,
+    attributions: Array,
+    *,
+    insert: bool,
+    most_relevant_first: bool,
+    substrate: Substrate,
+    step: int | float | None,
+    blur_sigma: float,
+    batch_size: int | None,
+    probabilities: bool,
+) -> Array:
+    x = as_input(x)
+    relevance, mask_shape = _pixel_relevance(x, attributions)
+    background = _substrate(substrate, x, blur_sigma)
+    target = resolve_target(fn, x, target, batch_size=batch_size)
+    n, num_pixels = relevance.shape
+    row = x.shape[2] if x.ndim == 4 else math.ceil(math.sqrt(num_pixels))
+    per_step = _pixels_per_step(step, num_pixels, row)
+    num_steps = -(-num_pixels // per_step)
+
+    # rank[i, p] = position of pixel p in example i's removal order; a stable sort keeps
+    # tied pixels in index order.
+    order = jnp.argsort(-relevance if most_relevant_first else relevance, axis=1, stable=True)
+    rank = (
+        jnp.zeros((n, num_pixels), jnp.int32)
+        .at[jnp.arange(n)[:, None], order]
+        .set(jnp.arange(num_pixels, dtype=jnp.int32)[None])
+    )
+
+    def evaluate(example: Array, k: Array) -> Array:
+        changed = rank[example] < (k * per_step)[:, None]
+        changed = changed.reshape((example.shape[0],) + mask_shape)
+        start, end = (background, x) if insert else (x, background)
+        out = fn(jnp.where(changed, end[example], start[example]))
+        if probabilities:
+            out = jax.nn.softmax(out, axis=-1)
+        return select_target(out, target[example])
+
+    return map_over_samples(evaluate, n, num_steps + 1, batch_size=batch_size)
+
+
+def deletion_curve(
+    fn: ModelFn,
+    x: Array,
+    target: Target,
+    attributions: Array,
+    *,
+    substrate: Substrate = "zero",
+    step: int | float | None = None,
+    blur_sigma: float = 5.0,
+    batch_size: int | None = None,
+    probabilities: bool = True,
+) -> Array:
+    """RISE deletion curve: the target score as pixels are replaced, most relevant first.
+
+    Args:
+      fn: model function, batch -> logits ``(N, classes)``.
+      x: inputs, images ``(N, H, W, C)`` or any ``(N, ...)`` (module docstring).
+      target: class per example ``(N,)``, one int for all, or ``None`` (predicted class).
+      attributions: maps shaped like ``x`` (summed over channels for images) or, for
+        images, per pixel ``(N, H, W)``.
+      substrate: what replaces removed pixels: ``'zero'`` (default, as RISE's deletion),
+        ``'blur'`` (``x`` blurred by a Gaussian of ``blur_sigma`` pixels) or an array
+        broadcastable to ``x``.
+      step: pixels changed per step: an int count, a float fraction of the pixels in
+        (0, 1] (rounded up), or ``None`` (default): one image row, ``W`` pixels, so ``H``
+        steps, which is RISE's 224 pixels per step on 224x224 images (28 on 28x28);
+        ``ceil(sqrt(P))`` for non-image inputs.
+      blur_sigma: standard deviation of the blur substrate in pixels; 5 as RISE.
+      batch_size: (example, step) pairs per forward pass; ``None`` runs all at once.
+      probabilities: score the softmax probability of the target (default, RISE) or
+        its logit (``False``).
+
+    Returns:
+      float32 ``(N, S + 1)``: column ``k`` is the score after ``min(k m, P)`` pixels were
+      removed; column 0 is ``f_t(x)``, column ``S`` is ``f_t(substrate)``.
+
+    Raises:
+      ValueError: attributions that do not fit ``x``, an unknown substrate, a bad step.
+    """
+    return _curve(
+        fn,
+        x,
+        target,
+        attributions,
+        insert=False,
+        most_relevant_first=True,
+        substrate=substrate,
+        step=step,
+        blur_sigma=blur_sigma,
+        batch_size=batch_size,
+        probabilities=probabilities,
+    )
+
+
+def insertion_curve(
+    fn: ModelFn,
+    x: Array,
+    target: Target,
+    attributions: Array,
+    *,
+    substrate: Substrate = "blur",
+    step: int | float | None = None,
+    blur_sigma: float = 5.0,
+    batch_size: int | None = None,
+    probabilities: bool = True,
+) -> Array:
+    """RISE insertion curve: the target score as pixels of ``x`` are put into the substrate,
+    most relevant first.
+
+    Arguments as :func:`deletion_curve`, except that the substrate defaults to
+    ``'blur'``, RISE's insertion substrate (a zero start would score every insertion
+    against an input the model has never seen).
+
+    Returns:
+      float32 ``(N, S + 1)``: column ``k`` is the score after ``min(k m, P)`` pixels were
+      inserted; column 0 is ``f_t(substrate)``, column ``S`` is ``f_t(x)``.
+    """
+    return _curve(
+        fn,
+        x,
+        target,
+        attributions,
+        insert=True,
+        most_relevant_first=True,
+        substrate=substrate,
+        step=step,
+        blur_sigma=blur_sigma,
+        batch_size=batch_size,
+        probabilities=probabilities,
+    )
+
+
+def pixel_flipping(
+    fn: ModelFn,
+    x: Array,
+    target: Target,
+    attributions: Array,
+    *,
+    order: str = "morf",
+    substrate: Substrate = "zero",
+    step: int | float | None = None,
+    blur_sigma: float = 5.0,
+    batch_size: int | None = None,
+    probabilities: bool = True,
+) -> Array:
+    """Pixel flipping (Samek et al. 2017): the deletion curve in MoRF or LeRF order.
+
+    ``order='morf'`` removes the most relevant pixels first (equal to
+    :func:`deletion_curve`), ``'lerf'`` the least relevant first. Other arguments and the
+    result as :func:`deletion_curve`.
+    """
+    if order not in ("morf", "lerf"):
+        raise ValueError(f"unknown order {order!r}; choose 'morf' or 'lerf'")
+    return _curve(
+        fn,
+        x,
+        target,
+        attributions,
+        insert=False,
+        most_relevant_first=order == "morf",
+        substrate=substrate,
+        step=step,
+        blur_sigma=blur_sigma,
+        batch_size=batch_size,
+        probabilities=probabilities,
+    )
+
+
+def _check_curve(curve: Any) -> Array:
+    curve = jnp.asarray(curve, jnp.float32)
+    if curve.ndim < 1 or curve.shape[-1] < 2:
+        raise ValueError(
+            f"a curve needs at least 2 points along its last axis, got shape {curve.shape}"
+        )
+    return curve
+
+
+def auc(curve: Array) -> Array:
+    """Trapezoid area under curves ``(..., S + 1)`` with x equally spaced in [0, 1] (RISE);
+    shape ``(...)``."""
+    curve = _check_curve(curve)
+    steps = curve.shape[-1] - 1
+    return (curve.sum(-1) - 0.5 * (curve[..., 0] + curve[..., -1])) / steps
+
+
+def aopc(curve: Array) -> Array:
+    """Area over the perturbation curve (Samek et al. 2017),
+    ``mean_k (c_0 - c_k)`` over the ``S + 1`` points of ``(..., S + 1)``; shape ``(...)``."""
+    curve = _check_curve(curve)
+    return (curve[..., :1] - curve).mean(-1)
+
+
+def sparseness(attributions: Array) -> Array:
+    """Gini index of each example's absolute attributions, shape ``(N,)`` (module docstring):
+    0 for uniform or all-zero maps, ``(n - 1) / n`` for a one-hot map of ``n`` features."""
+    a = jnp.asarray(attributions, jnp.float32)
+    if a.ndim < 2:
+        raise ValueError(f"attributions must be (N, ...) with one map per example, got {a.shape}")
+    check_finite(a, "attributions")
+    a = jnp.sort(jnp.abs(a.reshape(a.shape[0], -1)), axis=1)
+    n = a.shape[1]
+    weights = 2.0 * jnp.arange(1, n + 1, dtype=jnp.float32) - n - 1
+    total = a.sum(1)
+    gini = (a * weights).sum(1) / (n * jnp.where(total > 0, total, 1.0))
+    return jnp.where(total > 0, gini, 0.0)

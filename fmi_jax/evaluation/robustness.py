@@ -1,0 +1,357 @@
+"""Infidelity and max-sensitivity of explanations (Yeh et al. 2019).
+
+Both metrics come from Yeh, Hsieh, Suggala, Inouye & Ravikumar (2019), "On the
+(In)fidelity and Sensitivity of Explanations", NeurIPS, arXiv:1901.09392, and follow
+the definitions and defaults of Captum's ``captum.metrics.infidelity`` and
+``captum.metrics.sensitivity_max`` (Captum 0.9), so the numbers are comparable.
+
+Infidelity of attributions ``phi`` of example ``x`` for the target logit ``f``::
+
+    INFD(phi, f, x) = E_I[ (I^T phi - (f(x) - f(x - I)))^2 ]
+
+estimated by the mean over ``samples`` perturbations ``I_s``; ``I^T phi`` is the sum
+over all features of ``I * phi``. A perturbation is a pair ``(I, x - I)``, exactly as
+Captum's ``perturb_func`` returns ``(perturbations, perturbed_inputs)``. Captum has no
+default perturbation for infidelity; ``perturbation='gaussian'`` here draws
+``I ~ N(0, stdev^2)`` independently per feature, with ``stdev=0.003`` by default (the
+perturbation of Captum's ``infidelity`` docstring example,
+``noise = np.random.normal(0, 0.003, inputs.shape); return noise, inputs - noise``).
+Any other distribution is a callable ``perturb(key, x_i) -> (I, x_i - I)`` on one
+example. Since ``f(x) - f(x - I) = grad f(x)^T I + O(|I|^2)``, the gradient (saliency
+without ``abs``) is the attribution with the least infidelity under small real-valued
+noise, and for a linear model ``f(x) = w^T x + b`` it is exact: ``phi = w`` gives 0.
+
+With ``normalize=True`` the attribution is first rescaled by the least-squares factor
+(Captum's ``normalize``, from the paper's official code)::
+
+    beta = E[ I^T phi (f(x) - f(x - I)) ] / E[ (I^T phi)^2 ]
+    INFD = E[ (beta I^T phi - (f(x) - f(x - I)))^2 ]
+
+which Captum evaluates as ``(beta^2 sum a^2 - 2 beta sum ab + sum b^2) / samples`` with
+``a = I^T phi``, ``b = f(x) - f(x - I)`` and ``beta = sum ab / sum a^2`` (the
+denominator replaced by 1 when it is 0, Captum's ``safe_div``). This module computes
+the same expression, so the value does not change when ``phi`` is scaled. The
+expansion cancels when ``phi`` is nearly exact and rounding can then make it slightly
+negative; here it is clipped at 0 (Captum returns the tiny negative number).
+
+Max-sensitivity of an explanation function ``Phi`` at ``x``::
+
+    SENS_MAX(Phi, x) = max_s ||Phi(x + delta_s) - Phi(x)|| / ||Phi(x)||,
+    delta_s ~ U[-radius, radius]^d   (iid per feature)
+
+with ``radius=0.02``, ``samples=10`` and the Frobenius norm of the flattened map, as
+Captum's ``sensitivity_max`` with its ``default_perturb_func``. Like Captum (and
+unlike the paper, whose definition has no denominator) the norm of the change is
+divided by the norm of the explanation of the clean input, replaced by 1 when that norm
+is 0. Note the sign conventions: Captum's sensitivity perturbs to ``x + delta`` and
+its infidelity to ``x - I``; both are kept.
+
+Differences from Captum:
+
+* ``target=None`` means each example's predicted class ``argmax fn(x)``, resolved on
+  the clean input (Captum passes ``None`` through to the model's output). For
+  ``max_sensitivity`` every perturbed copy explains that same class.
+* Randomness comes from ``key`` only: example ``i`` uses ``fold_in(key, i)`` and its
+  perturbation ``s`` ``fold_in(., s)`` (:func:`fmi_jax.attribution.example_keys`,
+  :func:`~fmi_jax.attribution.sample_keys`), so no value depends on ``batch_size`` or
+  on how a dataset is split into batches. Captum draws from torch's global generator.
+* ``max_sensitivity`` calls a stochastic explainer (SmoothGrad, GradientSHAP, ...) with
+  the same key for the clean and every perturbed input by default (common random
+  numbers), so the score measures how the map moves with the input rather than the
+  explainer's own Monte Carlo noise. ``independent_explain_keys=True`` gives every
+  call its own key, which is what Captum's repeated calls on the global generator do.
+
+Memory: both metrics walk over the ``N * samples`` (example, perturbation) pairs in
+chunks of ``batch_size`` pairs (:func:`fmi_jax.attribution.sum_over_samples` and
+:func:`~fmi_jax.attribution.map_over_samples`); no Python loop over examples or
+samples, and peak memory is one chunk's model or explainer evaluation. When more than
+one chunk is needed the evaluation runs inside ``lax.scan``/``lax.map``, so ``fn`` and
+``explain`` must be traceable (every method of :mod:`fmi_jax.attribution` is); the
+metrics can also be wrapped in ``jax.jit`` whole (value checks are then skipped).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fmi_jax.attribution.core import (
+    Array,
+    ModelFn,
+    Target,
+    as_count,
+    as_input,
+    as_target,
+    check_finite,
+    example_keys,
+    map_over_samples,
+    resolve_target,
+    sample_keys,
+    select_target,
+    sum_over_samples,
+)
+
+__all__ = [
+    "DEFAULT_INFIDELITY_STDEV",
+    "DEFAULT_SENSITIVITY_RADIUS",
+    "gaussian_perturbation",
+    "infidelity",
+    "max_sensitivity",
+    "uniform_perturbation",
+]
+
+DEFAULT_INFIDELITY_STDEV = 0.003
+DEFAULT_SENSITIVITY_RADIUS = 0.02
+
+Perturb = Callable[[Array, Array], tuple[Array, Array]]
+Explain = Callable[[Array, Array, Array], Array]
+
+
+def gaussian_perturbation(key: Array, x: Array, stdev: float) -> tuple[Array, Array]:
+    """``I ~ N(0, stdev^2)`` per feature; returns ``(I, x - I)`` for one example ``x``."""
+    noise = stdev * jax.random.normal(key, x.shape, x.dtype)
+    return noise, x - noise
+
+
+def uniform_perturbation(key: Array, x: Array, radius: float) -> Array:
+    """``x + delta``, ``delta ~ U[-radius, radius]`` per feature (Captum's
+    ``sensitivity.default_perturb_func``), for one example ``x``."""
+    return x + jax.random.uniform(key, x.shape, x.dtype, minval=-radius, maxval=radius)
+
+
+def _as_scale(value: Any, name: str) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}") from None
+    if not value >= 0 or not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return value
+
+
+def _resolve_perturb(perturbation: str | Perturb, stdev: float) -> Perturb:
+    if callable(perturbation):
+        return perturbation
+    if perturbation == "gaussian":
+        return functools.partial(gaussian_perturbation, stdev=_as_scale(stdev, "stdev"))
+    raise ValueError(
+        f"unknown perturbation {perturbation!r}; use 'gaussian' or a callable "
+        "perturb(key, x_i) -> (I, x_i - I)"
+    )
+
+
+def _flat_norm(values: Array, norm_ord: str | float) -> Array:
+    """Per-row norm of ``values`` flattened to ``(B, -1)``, like ``torch.norm(p=ord, dim=1)``."""
+    flat = values.reshape(values.shape[0], -1)
+    if norm_ord in ("fro", 2, 2.0):
+        return jnp.sqrt(jnp.sum(flat * flat, axis=1))
+    if norm_ord in ("inf", np.inf):
+        return jnp.max(jnp.abs(flat), axis=1)
+    if norm_ord == 1:
+        return jnp.sum(jnp.abs(flat), axis=1)
+    return jnp.sum(jnp.abs(flat) ** norm_ord, axis=1) ** (1.0 / norm_ord)
+
+
+def _check_norm_ord(norm_ord: Any) -> str | float:
+    if norm_ord in ("fro", "inf"):
+        return norm_ord
+    if isinstance(norm_ord, bool) or not isinstance(norm_ord, (int, float)) or not norm_ord > 0:
+        raise ValueError(f"norm_ord must be 'fro', 'inf' or a number > 0, got {norm_ord!r}")
+    return float(norm_ord)
+
+
+def _target_logits(fn: ModelFn, x: Array, target: Array, batch_size: int | None) -> Array:
+    """``fn(x)[i, target[i]]`` for every example, ``batch_size`` examples per call."""
+    return map_over_samples(
+        lambda example, _: select_target(fn(x[example]), target[example]),
+        x.shape[0],
+        1,
+        batch_size=batch_size,
+    )[:, 0]
+
+
+def infidelity(
+    fn: ModelFn,
+    x: Array,
+    target: Target,
+    attributions: Array,
+    key: Array,
+    *,
+    perturbation: str | Perturb = "gaussian",
+    stdev: float = DEFAULT_INFIDELITY_STDEV,
+    samples: int = 10,
+    normalize: bool = False,
+    batch_size: int | None = None,
+) -> Array:
+    """Infidelity ``E_I[(I^T phi - (f(x) - f(x - I)))^2]`` of every example's attributions.
+
+    Captum: ``captum.metrics.infidelity(forward_func, perturb_func, inputs,
+    attributions, target=..., n_perturb_samples=samples, normalize=...)``; see the
+    module docstring for the definition, the normalisation and the differences.
+
+    Args:
+      fn: model function, batch ``(N, ...)`` -> logits ``(N, classes)``.
+      x: inputs ``(N, ...)``.
+      target: class per example ``(N,)``, one int for all, or ``None`` for the predicted
+        class; ``f`` is this class's logit.
+      attributions: ``phi``, shaped like ``x``.
+      key: a PRNG key, or one key per example (shape ``(N,)``).
+      perturbation: ``'gaussian'`` (``I ~ N(0, stdev^2)`` per feature) or a callable
+        ``perturb(key, x_i) -> (I, x_i - I)`` on one example ``x_i`` of shape
+        ``x.shape[1:]`` (e.g. a random binary mask ``I = m * (x_i - baseline)``, the
+        paper's perturbation for "global" attributions such as ``input_x_gradient``).
+      stdev: standard deviation of the Gaussian perturbation.
+      samples: perturbations per example (Captum's ``n_perturb_samples``).
+      normalize: rescale ``phi`` by the least-squares ``beta`` first (Captum's
+        ``normalize``), which makes the score invariant to scaling ``phi``.
+      batch_size: perturbed inputs per forward pass; ``None`` evaluates all
+        ``N * samples`` at once.
+
+    Returns:
+      float32 array ``(N,)``.
+
+    Raises:
+      ValueError: ``attributions`` not shaped like ``x``, a bad target, a bad
+        perturbation, or NaN/Inf in the inputs.
+    """
+    samples = as_count(samples, "samples")
+    x = as_input(x)
+    attributions = jnp.asarray(attributions, dtype=jnp.float32)
+    if attributions.shape != x.shape:
+        raise ValueError(
+            f"attributions of shape {attributions.shape} must have the shape of the input "
+            f"x {x.shape}"
+        )
+    check_finite(attributions, "attributions")
+    perturb = _resolve_perturb(perturbation, stdev)
+    target = resolve_target(fn, x, target, batch_size=batch_size)
+    num_examples = x.shape[0]
+    keys = example_keys(key, num_examples)
+    clean = _target_logits(fn, x, target, batch_size)
+
+    def terms(example: Array, sample: Array) -> tuple[Array, Array, Array]:
+        noise, perturbed = jax.vmap(perturb)(sample_keys(keys, example, sample), x[example])
+        if noise.shape != perturbed.shape or noise.shape[1:] != x.shape[1:]:
+            raise ValueError(
+                f"perturb must return (I, x_i - I) shaped like one example {x.shape[1:]}, "
+                f"got shapes {noise.shape[1:]} and {perturbed.shape[1:]}"
+            )
+        a = jnp.sum((noise * attributions[example]).reshape(noise.shape[0], -1), axis=1)
+        b = clean[example] - select_target(fn(perturbed), target[example])
+        if normalize:
+            return a * a, a * b, b * b
+        return ((a - b) ** 2,)
+
+    sums = sum_over_samples(terms, num_examples, samples, batch_size=batch_size)
+    if normalize:
+        aa, ab, bb = sums
+        beta = ab / jnp.where(aa == 0, 1.0, aa)
+        # A sum of squares, but the expansion cancels: rounding can leave it a hair
+        # below zero when phi is (nearly) exact, so clip at 0 (Captum does not).
+        value = jnp.maximum(beta * beta * aa - 2 * beta * ab + bb, 0.0)
+    else:
+        (value,) = sums
+    return value / samples
+
+
+def max_sensitivity(
+    explain: Explain,
+    x: Array,
+    target: Target,
+    key: Array,
+    *,
+    radius: float = DEFAULT_SENSITIVITY_RADIUS,
+    samples: int = 10,
+    norm_ord: str | float = "fro",
+    fn: ModelFn | None = None,
+    independent_explain_keys: bool = False,
+    batch_size: int | None = None,
+) -> Array:
+    """Max-sensitivity ``max_s ||Phi(x + delta_s) - Phi(x)|| / ||Phi(x)||`` per example.
+
+    Captum: ``captum.metrics.sensitivity_max(explanation_func, inputs,
+    perturb_radius=radius, n_perturb_samples=samples, norm_ord=norm_ord, target=...)``
+    with the default uniform perturbation; see the module docstring.
+
+    Args:
+      explain: ``explain(x, target, key) -> maps`` on a batch, the signature of
+        :func:`fmi_jax.attribution.explainer`; maps have leading axis ``N`` (any
+        trailing shape, e.g. CAM maps ``(N, H, W, 1)``). It receives one key per
+        example (shape ``(N,)``), which every method of :mod:`fmi_jax.attribution`
+        accepts.
+      x: inputs ``(N, ...)``.
+      target: class per example ``(N,)`` or one int for all; ``None`` (the predicted
+        class) needs ``fn`` and is resolved on the clean input, so that every perturbed
+        copy explains the same class.
+      key: a PRNG key, or one key per example (shape ``(N,)``).
+      radius: half-width of the uniform noise ``U[-radius, radius]`` per feature.
+      samples: perturbations per example (Captum's ``n_perturb_samples``).
+      norm_ord: ``'fro'`` (Captum's default; the 2-norm of the flattened map),
+        ``'inf'`` or a number ``p > 0``.
+      fn: the model, only needed for ``target=None``.
+      independent_explain_keys: give the explainer a fresh key for every perturbed
+        copy instead of the clean input's key (matters only for stochastic methods).
+      batch_size: inputs per call of ``explain``; ``None`` explains all ``N * samples``
+        perturbed copies at once.
+
+    Returns:
+      float32 array ``(N,)``.
+
+    Raises:
+      ValueError: a bad target, ``target=None`` without ``fn``, maps without leading
+        axis ``N``, or NaN/Inf in the inputs.
+    """
+    samples = as_count(samples, "samples")
+    radius = _as_scale(radius, "radius")
+    norm_ord = _check_norm_ord(norm_ord)
+    x = as_input(x)
+    num_examples = x.shape[0]
+    if target is None:
+        if fn is None:
+            raise ValueError(
+                "max_sensitivity needs explicit targets or fn= to resolve target=None to "
+                "the predicted class"
+            )
+        target = resolve_target(fn, x, None, batch_size=batch_size)
+    else:
+        target = as_target(target, num_examples)
+    # Two streams per example: the input noise and the explainer's own randomness.
+    split = jax.vmap(jax.random.split)(example_keys(key, num_examples))
+    noise_keys, explain_keys = split[:, 0], split[:, 1]
+
+    def explain_rows(inputs: Array, example: Array, row_keys: Array) -> Array:
+        maps = jnp.asarray(explain(inputs, target[example], row_keys), dtype=jnp.float32)
+        if maps.ndim < 1 or maps.shape[0] != inputs.shape[0]:
+            raise ValueError(
+                f"explain must return maps with leading axis {inputs.shape[0]} for inputs "
+                f"of shape {inputs.shape}, got shape {maps.shape}"
+            )
+        return maps
+
+    clean = map_over_samples(
+        lambda example, _: explain_rows(x[example], example, explain_keys[example]),
+        num_examples,
+        1,
+        batch_size=batch_size,
+    )[:, 0]
+    clean_norm = _flat_norm(clean, norm_ord)
+    clean_norm = jnp.where(clean_norm == 0, 1.0, clean_norm)
+
+    def ratio(example: Array, sample: Array) -> Array:
+        perturb = functools.partial(uniform_perturbation, radius=radius)
+        noisy = jax.vmap(perturb)(sample_keys(noise_keys, example, sample), x[example])
+        row_keys = (
+            sample_keys(explain_keys, example, sample)
+            if independent_explain_keys
+            else explain_keys[example]
+        )
+        change = explain_rows(noisy, example, row_keys) - clean[example]
+        return _flat_norm(change, norm_ord) / clean_norm[example]
+
+    ratios = map_over_samples(ratio, num_examples, samples, batch_size=batch_size)
+    return jnp.max(ratios, axis=1)

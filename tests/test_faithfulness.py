@@ -1,0 +1,190 @@
+"""Faithfulness curves and sparseness with known answers, on tiny hand-built models."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fmi_jax.evaluation import faithfulness as F
+
+
+def linear_model(w, bias=0.0):
+    """Two-class linear model: class 0 scores ``sum_j w_j x_j + bias``, class 1 zero."""
+    w = jnp.asarray(w, jnp.float32).reshape(-1)
+
+    def fn(x):
+        score = x.reshape(x.shape[0], -1) @ w + bias
+        return jnp.stack([score, jnp.zeros_like(score)], axis=1)
+
+    return fn
+
+
+def tiny_mlp(key, shape, classes=3):
+    k1, k2 = jax.random.split(key)
+    d = int(np.prod(shape))
+    w1 = jax.random.normal(k1, (d, 8)) / np.sqrt(d)
+    w2 = jax.random.normal(k2, (8, classes))
+    return lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ w1) @ w2
+
+
+def test_deletion_with_oracle_order_on_hand_example():
+    # One 2x2 image whose pixels contribute 2, 4, 1, 3 to the score (w * x).
+    w = np.array([1.0, 2.0, 1.0, 3.0])
+    x = np.array([2.0, 2.0, 1.0, 1.0]).reshape(1, 2, 2, 1)
+    fn = linear_model(w)
+    oracle = w.reshape(1, 2, 2, 1) * x
+    kw = dict(step=1, probabilities=False)
+    best = F.deletion_curve(fn, x, 0, oracle, **kw)
+    worst = F.deletion_curve(fn, x, 0, -oracle, **kw)
+    np.testing.assert_array_equal(best, [[10, 6, 3, 1, 0]])  # remove 4, 3, 2, 1
+    np.testing.assert_array_equal(worst, [[10, 9, 7, 4, 0]])  # remove 1, 2, 3, 4
+    # Trapezoids over 4 intervals of 1/4: (5 + 6 + 3 + 1 + 0) / 4 and (5 + 9 + 7 + 4 + 0) / 4.
+    np.testing.assert_allclose(F.auc(best), [3.75])
+    np.testing.assert_allclose(F.auc(worst), [6.25])
+    np.testing.assert_allclose(F.auc(worst) - F.auc(best), [2.5])
+    # AOPC: mean of 10 - c_k.
+    np.testing.assert_allclose(F.aopc(best), [(0 + 4 + 7 + 9 + 10) / 5])
+
+
+@pytest.mark.parametrize("step", [1, 3, 0.25])
+def test_deletion_curve_is_cumulative_sum_of_sorted_contributions(step):
+    rng = np.random.default_rng(0)
+    w = rng.uniform(0.1, 1.0, size=16)
+    x = rng.uniform(0.1, 1.0, size=(3, 4, 4, 1)).astype(np.float32)
+    fn = linear_model(w, bias=0.5)
+    contributions = (w.reshape(1, 4, 4, 1) * x).reshape(3, -1)
+    got = np.asarray(
+        F.deletion_curve(fn, x, 0, contributions.reshape(x.shape), step=step, probabilities=False)
+    )
+    m = step if isinstance(step, int) else 4
+    removed = np.minimum(np.arange(0, -(-16 // m) + 1) * m, 16)
+    assert got.shape == (3, len(removed))
+    for i in range(3):
+        cum = np.concatenate([[0.0], np.cumsum(np.sort(contributions[i])[::-1])])
+        np.testing.assert_allclose(got[i], contributions[i].sum() + 0.5 - cum[removed], atol=1e-5)
+
+
+def test_ties_are_broken_by_pixel_index_and_channels_are_summed():
+    w = np.arange(1.0, 7.0)  # 1x3 image with 2 channels
+    x = np.ones((1, 1, 3, 2), np.float32)
+    fn = linear_model(w)
+    # Channel sums 0, 0, 0: all tied, so pixels go in index order: pixel 0 (w 1 + 2), ...
+    flat = F.deletion_curve(
+        fn, x, 0, np.array([[[[1.0, -1.0], [2.0, -2.0], [0.0, 0.0]]]]), step=1, probabilities=False
+    )
+    np.testing.assert_array_equal(flat, [[21, 18, 11, 0]])
+    # Per-pixel maps (N, H, W) are accepted too: pixel 2 (5 + 6) first, then 1, then 0.
+    per_pixel = F.deletion_curve(
+        fn, x, 0, np.array([[[0.0, 1.0, 2.0]]]), step=1, probabilities=False
+    )
+    np.testing.assert_array_equal(per_pixel, [[21, 10, 3, 0]])
+    lerf = F.pixel_flipping(
+        fn, x, 0, np.array([[[0.0, 1.0, 2.0]]]), order="lerf", step=1, probabilities=False
+    )
+    np.testing.assert_array_equal(lerf, [[21, 18, 11, 0]])
+
+
+def test_insertion_and_deletion_endpoints_with_blur_and_probabilities():
+    fn = tiny_mlp(jax.random.key(0), (6, 5, 2))
+    x = jax.random.uniform(jax.random.key(1), (4, 6, 5, 2))
+    maps = jax.random.normal(jax.random.key(2), x.shape)
+    target = jnp.array([0, 1, 2, 1])
+    blurred = F._substrate("blur", x, 1.5)
+    prob = lambda z: np.asarray(jax.nn.softmax(fn(z)))[np.arange(4), np.asarray(target)]  # noqa: E731
+    ins = F.insertion_curve(fn, x, target, maps, substrate="blur", blur_sigma=1.5)
+    dele = F.deletion_curve(fn, x, target, maps, substrate="zero")
+    assert ins.shape == dele.shape == (4, 7)  # default step: one row of 5 pixels, 30 pixels
+    np.testing.assert_allclose(ins[:, 0], prob(blurred), atol=1e-6)
+    np.testing.assert_allclose(ins[:, -1], prob(x), atol=1e-6)
+    np.testing.assert_allclose(dele[:, 0], prob(x), atol=1e-6)
+    np.testing.assert_allclose(dele[:, -1], prob(jnp.zeros_like(x)), atol=1e-6)
+
+
+def test_blur_matches_scipy_and_keeps_a_constant_image():
+    ndimage = pytest.importorskip("scipy.ndimage")
+    x = np.random.default_rng(1).uniform(size=(2, 7, 9, 3)).astype(np.float32)
+    got = np.asarray(F._substrate("blur", jnp.asarray(x), 1.3))
+    want = ndimage.gaussian_filter(x, sigma=(0, 1.3, 1.3, 0), mode="reflect", truncate=4.0)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # A constant image is its own blur (even with the kernel wider than the image), so
+    # deleting pixels into the blur substrate changes nothing.
+    const = np.full((2, 4, 4, 1), 0.7, np.float32)
+    fn = tiny_mlp(jax.random.key(3), (4, 4, 1))
+    maps = np.random.default_rng(2).normal(size=const.shape)
+    curve = np.asarray(F.deletion_curve(fn, const, None, maps, substrate="blur", step=3))
+    np.testing.assert_allclose(curve, np.broadcast_to(curve[:, :1], curve.shape), atol=1e-6)
+
+
+@pytest.mark.parametrize("curve_fn", [F.deletion_curve, F.insertion_curve])
+def test_batch_size_does_not_change_results(curve_fn):
+    fn = tiny_mlp(jax.random.key(4), (5, 5, 1))
+    x = jax.random.uniform(jax.random.key(5), (3, 5, 5, 1))
+    maps = jax.random.normal(jax.random.key(6), x.shape)
+    kw = dict(substrate="blur", blur_sigma=1.0, step=4)
+    full = curve_fn(fn, x, None, maps, **kw)
+    for batch_size in (3, 7):
+        chunked = curve_fn(fn, x, None, maps, batch_size=batch_size, **kw)
+        np.testing.assert_allclose(chunked, full, atol=1e-6)
+
+
+def test_jit_matches_eager_and_works_on_flat_inputs():
+    fn = tiny_mlp(jax.random.key(7), (10,))
+    x = jax.random.uniform(jax.random.key(8), (3, 10))
+    maps = jax.random.normal(jax.random.key(9), x.shape)
+    curve = functools.partial(F.deletion_curve, fn, step=0.2, batch_size=4)
+    eager = curve(x, 1, maps)
+    jitted = jax.jit(curve, static_argnums=1)(x, 1, maps)
+    assert eager.shape == (3, 6)
+    np.testing.assert_allclose(jitted, eager, atol=1e-6)
+
+
+def test_morf_falls_faster_than_lerf_on_linear_model():
+    rng = np.random.default_rng(3)
+    w = rng.uniform(0.1, 1.0, size=36)
+    x = rng.uniform(0.1, 1.0, size=(4, 6, 6, 1)).astype(np.float32)
+    fn = linear_model(w)
+    oracle = w.reshape(1, 6, 6, 1) * x
+    kw = dict(step=2, probabilities=False)
+    morf = F.pixel_flipping(fn, x, 0, oracle, order="morf", **kw)
+    lerf = F.pixel_flipping(fn, x, 0, oracle, order="lerf", **kw)
+    np.testing.assert_array_equal(morf, F.deletion_curve(fn, x, 0, oracle, **kw))
+    assert np.all(F.auc(morf) < F.auc(lerf))
+    assert np.all(F.aopc(morf) > F.aopc(lerf))
+
+
+def test_sparseness_known_values():
+    n = 10
+    uniform = np.full((1, n), 3.0)
+    one_hot = np.zeros((1, 2, 5))
+    one_hot[0, 1, 2] = -4.0  # sign ignored
+    np.testing.assert_allclose(F.sparseness(uniform), [0.0], atol=1e-6)
+    np.testing.assert_allclose(F.sparseness(one_hot), [(n - 1) / n], atol=1e-6)
+    np.testing.assert_array_equal(F.sparseness(np.zeros((2, 3, 3))), [0.0, 0.0])
+    # By hand: sorted |a| = 0, 1, 1, 2; weights 2i - n - 1 = -3, -1, 1, 3 -> (0 - 1 + 1 + 6) / (4 * 4).
+    a = np.array([[1.0, -2.0, 0.0, 1.0]])
+    np.testing.assert_allclose(F.sparseness(a), [6 / 16], atol=1e-6)
+    b = np.random.default_rng(4).normal(size=(3, 4, 4, 2))
+    np.testing.assert_allclose(F.sparseness(b * 123.0), F.sparseness(b), atol=1e-6)
+    assert F.sparseness(b).shape == (3,)
+
+
+def test_bad_inputs_raise():
+    fn = linear_model(np.ones(4))
+    x = np.ones((2, 2, 2, 1), np.float32)
+    with pytest.raises(ValueError, match=r"\(2, 3, 2, 1\).*\(2, 2, 2, 1\)"):
+        F.deletion_curve(fn, x, 0, np.ones((2, 3, 2, 1)))
+    with pytest.raises(ValueError, match="substrate 'noise'"):
+        F.deletion_curve(fn, x, 0, np.ones_like(x), substrate="noise")
+    with pytest.raises(ValueError, match="order"):
+        F.pixel_flipping(fn, x, 0, np.ones_like(x), order="random")
+    for step in (0, 1.5, True, "a"):
+        with pytest.raises(ValueError, match="step"):
+            F.deletion_curve(fn, x, 0, np.ones_like(x), step=step)
+    with pytest.raises(ValueError, match="images"):
+        F.insertion_curve(linear_model(np.ones(3)), np.ones((2, 3)), 0, np.ones((2, 3)))
+    with pytest.raises(ValueError, match="NaN"):
+        F.deletion_curve(fn, x, 0, np.full_like(x, np.nan))
+    with pytest.raises(ValueError, match="2 points"):
+        F.auc(np.ones((3, 1)))

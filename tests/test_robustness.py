@@ -1,0 +1,238 @@
+"""Infidelity and max-sensitivity (Yeh et al. 2019) with known answers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fmi_jax.attribution.registry import explainer
+from fmi_jax.evaluation.robustness import infidelity, max_sensitivity
+
+N, SHAPE, CLASSES = 4, (2, 3), 3
+D = int(np.prod(SHAPE))
+
+
+@pytest.fixture(scope="module")
+def linear():
+    rng = np.random.default_rng(0)
+    w = jnp.asarray(rng.normal(size=(D, CLASSES)), jnp.float32)
+    b = jnp.asarray(rng.normal(size=(CLASSES,)), jnp.float32)
+    x = jnp.asarray(rng.uniform(0.5, 1.5, size=(N,) + SHAPE), jnp.float32)
+    target = jnp.array([0, 1, 2, 1], jnp.int32)
+
+    def fn(inputs):
+        return inputs.reshape(inputs.shape[0], -1) @ w + b
+
+    # The gradient of the target logit, w[:, t], per example, shaped like x.
+    grad = w.T[target].reshape(x.shape)
+    return fn, x, target, grad
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    rng = np.random.default_rng(1)
+    w1 = jnp.asarray(rng.normal(size=(D, 8)), jnp.float32)
+    w2 = jnp.asarray(rng.normal(size=(8, CLASSES)), jnp.float32)
+    x = jnp.asarray(rng.normal(size=(N,) + SHAPE), jnp.float32)
+
+    def fn(inputs):
+        return jnp.tanh(inputs.reshape(inputs.shape[0], -1) @ w1) @ w2
+
+    return fn, x, jnp.array([2, 0, 1, 0], jnp.int32)
+
+
+def pair_keys(key, samples):
+    """keys[i, s] = fold_in(fold_in(key, i), s), the library's per-(example, sample) key."""
+    return jax.vmap(
+        lambda i: jax.vmap(lambda s: jax.random.fold_in(jax.random.fold_in(key, i), s))(
+            jnp.arange(samples)
+        )
+    )(jnp.arange(N))
+
+
+def gaussian_noise(key, samples, stdev):
+    """I[i, s] exactly as infidelity draws it."""
+    normal = jax.vmap(jax.vmap(lambda k: jax.random.normal(k, SHAPE, jnp.float32)))
+    return stdev * np.asarray(normal(pair_keys(key, samples)))
+
+
+def uniform_noise(key, samples, radius):
+    """delta[i, s] as max_sensitivity draws it: noise keys are split(fold_in(key, i))[0]."""
+    noise_keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i))[0])(jnp.arange(N))
+    keys = jax.vmap(lambda k: jax.vmap(lambda s: jax.random.fold_in(k, s))(jnp.arange(samples)))(
+        noise_keys
+    )
+    uniform = jax.vmap(
+        jax.vmap(lambda k: jax.random.uniform(k, SHAPE, jnp.float32, -radius, radius))
+    )
+    return np.asarray(uniform(keys))
+
+
+def test_infidelity_of_the_gradient_of_a_linear_model_is_zero(linear):
+    fn, x, target, grad = linear
+    key = jax.random.key(0)
+    wrong = infidelity(fn, x, target, jnp.zeros_like(x), key, stdev=0.1)
+    exact = infidelity(fn, x, target, grad, key, stdev=0.1)
+    assert exact.shape == (N,)
+    assert np.all(np.asarray(wrong) > 1e-3)
+    np.testing.assert_allclose(exact, 0.0, atol=1e-6 * float(wrong.min()))
+    # normalize=True: beta = 1 for exact attributions, and any rescaling is undone.
+    for scale in (1.0, -2.5):
+        normed = infidelity(fn, x, target, scale * grad, key, stdev=0.1, normalize=True)
+        # (the expansion beta^2 sum a^2 - 2 beta sum ab + sum b^2 cancels to rounding)
+        np.testing.assert_allclose(normed, 0.0, atol=1e-5 * float(wrong.min()))
+
+
+def test_infidelity_of_zero_attributions_matches_direct_computation(linear):
+    fn, x, target, grad = linear
+    key, samples, stdev = jax.random.key(3), 6, 0.05
+    got = infidelity(fn, x, target, jnp.zeros_like(x), key, stdev=stdev, samples=samples)
+    noise = gaussian_noise(key, samples, stdev)
+    # phi = 0: (f(x) - f(x - I))^2 = (w . I)^2 for a linear model.
+    w_dot_i = np.einsum(
+        "nsd,nd->ns", noise.reshape(N, samples, -1), np.asarray(grad).reshape(N, -1)
+    )
+    np.testing.assert_allclose(got, (w_dot_i**2).mean(axis=1), rtol=1e-3)
+
+
+def test_infidelity_of_zero_attributions_expected_value(linear):
+    fn, x, target, grad = linear
+    stdev = 0.1
+    got = infidelity(fn, x, target, jnp.zeros_like(x), jax.random.key(4), stdev=stdev, samples=2000)
+    expected = stdev**2 * np.sum(np.asarray(grad).reshape(N, -1) ** 2, axis=1)
+    np.testing.assert_allclose(got, expected, rtol=0.1)  # MC error ~ sqrt(2 / 2000) = 3%
+
+
+def test_normalized_infidelity_matches_captum_formula_and_is_scale_invariant(mlp):
+    fn, x, target = mlp
+    key, samples, stdev = jax.random.key(5), 5, 0.2
+    phi = jnp.asarray(np.random.default_rng(2).normal(size=x.shape), jnp.float32)
+    plain = infidelity(fn, x, target, phi, key, stdev=stdev, samples=samples)
+    normed = infidelity(fn, x, target, phi, key, stdev=stdev, samples=samples, normalize=True)
+    noise = gaussian_noise(key, samples, stdev)
+    f = np.asarray(fn(x))[np.arange(N), target]
+    flat = (x[:, None] - noise).reshape(N * samples, *SHAPE)
+    f_pert = np.asarray(fn(jnp.asarray(flat))).reshape(N, samples, CLASSES)
+    bb = f[:, None] - f_pert[np.arange(N), :, np.asarray(target)]
+    aa = np.einsum("nsd,nd->ns", noise.reshape(N, samples, -1), np.asarray(phi).reshape(N, -1))
+    np.testing.assert_allclose(plain, ((aa - bb) ** 2).mean(axis=1), rtol=1e-4)
+    beta = (aa * bb).sum(1) / (aa * aa).sum(1)
+    captum = beta**2 * (aa * aa).sum(1) - 2 * beta * (aa * bb).sum(1) + (bb * bb).sum(1)
+    np.testing.assert_allclose(normed, captum / samples, rtol=1e-3)
+    assert np.all(np.asarray(normed) <= np.asarray(plain) * (1 + 1e-5))  # beta is optimal
+    rescaled = infidelity(
+        fn, x, target, 7.0 * phi, key, stdev=stdev, samples=samples, normalize=True
+    )
+    np.testing.assert_allclose(rescaled, normed, rtol=1e-4)
+
+
+def test_infidelity_with_a_custom_perturbation(linear):
+    fn, x, target, grad = linear
+
+    def to_zero(key, xi):
+        # Perturbed input: the all-zero baseline. I = (x - perturbed) / (x - baseline) = 1,
+        # as Captum's infidelity_perturb_func_decorator(multiply_by_inputs=True) makes
+        # it for "global" attributions such as input x gradient.
+        return jnp.ones_like(xi), jnp.zeros_like(xi)
+
+    # Input x gradient is complete for a linear model: sum(x * w) = f(x) - f(0).
+    value = infidelity(fn, x, target, x * grad, jax.random.key(0), perturbation=to_zero)
+    np.testing.assert_allclose(value, 0.0, atol=1e-9)
+    assert np.all(
+        np.asarray(infidelity(fn, x, target, grad, jax.random.key(0), perturbation=to_zero)) > 0
+    )
+
+
+def test_max_sensitivity_of_saliency_on_a_linear_model_is_zero(linear):
+    fn, x, target, _ = linear
+    got = max_sensitivity(explainer("saliency", fn), x, target, jax.random.key(0))
+    assert got.shape == (N,)
+    np.testing.assert_array_equal(got, 0.0)
+
+
+def test_max_sensitivity_of_input_x_gradient_on_a_linear_model(linear):
+    fn, x, target, grad = linear
+    key, samples, radius = jax.random.key(7), 5, 0.02
+    got = max_sensitivity(
+        explainer("input_x_gradient", fn), x, target, key, radius=radius, samples=samples
+    )
+    # (x + delta) * w - x * w = delta * w; divided by ||x * w|| (Captum's denominator).
+    delta = uniform_noise(key, samples, radius)
+    w = np.asarray(grad)[:, None]
+    ratios = np.linalg.norm((delta * w).reshape(N, samples, -1), axis=2) / np.linalg.norm(
+        (np.asarray(x) * np.asarray(grad)).reshape(N, -1), axis=1, keepdims=True
+    )
+    np.testing.assert_allclose(got, ratios.max(axis=1), rtol=1e-3)
+    assert np.all((np.asarray(got) > 0) & (np.asarray(got) < 0.1))  # radius-scale
+
+
+def test_batch_size_does_not_change_results(mlp):
+    fn, x, target = mlp
+    key = jax.random.key(11)
+    phi = explainer("saliency", fn, abs=False)(x, target, key)
+    ixg = explainer("input_x_gradient", fn)
+    results = {}
+    for batch_size in (None, 3, 5):
+        results[batch_size] = (
+            infidelity(fn, x, target, phi, key, samples=4, normalize=True, batch_size=batch_size),
+            max_sensitivity(ixg, x, target, key, samples=4, batch_size=batch_size),
+        )
+    for batch_size in (3, 5):
+        for got, want in zip(results[batch_size], results[None]):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_keys_decide_the_noise(mlp):
+    fn, x, target = mlp
+    phi = jnp.zeros_like(x)
+    ixg = explainer("input_x_gradient", fn)
+    a, b = jax.random.key(0), jax.random.key(1)
+    np.testing.assert_array_equal(
+        infidelity(fn, x, target, phi, a), infidelity(fn, x, target, phi, a)
+    )
+    assert not np.allclose(infidelity(fn, x, target, phi, a), infidelity(fn, x, target, phi, b))
+    np.testing.assert_array_equal(
+        max_sensitivity(ixg, x, target, a), max_sensitivity(ixg, x, target, a)
+    )
+    assert not np.allclose(max_sensitivity(ixg, x, target, a), max_sensitivity(ixg, x, target, b))
+    # A stochastic explainer: shared keys (default) vs a fresh key per perturbed copy.
+    smooth = explainer("smoothgrad", fn, samples=2, stdev=0.5)
+    shared = max_sensitivity(smooth, x, target, a, samples=2)
+    fresh = max_sensitivity(smooth, x, target, a, samples=2, independent_explain_keys=True)
+    assert not np.allclose(shared, fresh)
+    # ... and each example keeps its keys however the (example, sample) pairs are chunked.
+    chunked = max_sensitivity(smooth, x, target, a, samples=2, batch_size=5)
+    np.testing.assert_allclose(chunked, shared, rtol=1e-6, atol=1e-6)
+
+
+def test_target_none_is_the_predicted_class(mlp):
+    fn, x, _ = mlp
+    predicted = jnp.argmax(fn(x), axis=1)
+    phi = jnp.ones_like(x)
+    key = jax.random.key(2)
+    np.testing.assert_array_equal(
+        infidelity(fn, x, None, phi, key), infidelity(fn, x, predicted, phi, key)
+    )
+    ixg = explainer("input_x_gradient", fn)
+    np.testing.assert_array_equal(
+        max_sensitivity(ixg, x, None, key, fn=fn), max_sensitivity(ixg, x, predicted, key)
+    )
+    with pytest.raises(ValueError, match="fn="):
+        max_sensitivity(ixg, x, None, key)
+
+
+def test_bad_inputs_are_refused(linear):
+    fn, x, target, grad = linear
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match=r"\(4, 6\).*\(4, 2, 3\)"):
+        infidelity(fn, x, target, grad.reshape(N, -1), key)
+    with pytest.raises(ValueError, match="shape"):
+        infidelity(fn, x, jnp.zeros(3, jnp.int32), grad, key)
+    with pytest.raises(ValueError, match="perturbation"):
+        infidelity(fn, x, target, grad, key, perturbation="laplace")
+    with pytest.raises(ValueError, match=r"leading axis 4.*\(1, 6\)"):
+        max_sensitivity(lambda xs, t, k: jnp.ones((1, D)), x, target, key)
+    with pytest.raises(ValueError, match="norm_ord"):
+        max_sensitivity(explainer("saliency", fn), x, target, key, norm_ord="nuc")
+    with pytest.raises(ValueError, match="samples"):
+        max_sensitivity(explainer("saliency", fn), x, target, key, samples=0)

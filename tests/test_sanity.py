@@ -1,0 +1,244 @@
+"""Randomisation sanity checks (Adebayo et al. 2018) and SSIM, with known answers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fmi_jax.attribution import explainer
+from fmi_jax.evaluation.sanity import (
+    cascading_randomization,
+    independent_randomization,
+    layer_order,
+    passes_sanity_check,
+    randomize_layers,
+    ssim,
+)
+from fmi_jax.models import get_model
+
+
+def ssim_by_hand(a, b, window=7, data_range=None, k1=0.01, k2=0.03):
+    """Wang et al. 2004 SSIM over every window inside the map, the slow, obvious way
+    (float64, sample statistics with ddof=1 as skimage's default)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if data_range is None:
+        data_range = max(a.max(), b.max()) - min(a.min(), b.min())
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    values = []
+    for i in range(a.shape[0] - window + 1):
+        for j in range(a.shape[1] - window + 1):
+            wa = a[i : i + window, j : j + window].ravel()
+            wb = b[i : i + window, j : j + window].ravel()
+            ma, mb = wa.mean(), wb.mean()
+            va, vb = wa.var(ddof=1), wb.var(ddof=1)
+            cov = np.cov(wa, wb, ddof=1)[0, 1]
+            values.append(
+                (2 * ma * mb + c1) * (2 * cov + c2) / ((ma**2 + mb**2 + c1) * (va + vb + c2))
+            )
+    return float(np.mean(values))
+
+
+@pytest.fixture(scope="module")
+def maps():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(3, 11, 9)).astype(np.float32)
+    b = (a + 0.7 * rng.normal(size=a.shape)).astype(np.float32)
+    return jnp.asarray(a), jnp.asarray(b)
+
+
+def test_ssim_identical_is_exactly_one_and_symmetric(maps):
+    a, b = maps
+    assert np.all(np.asarray(ssim(a, a)) == 1.0)
+    assert np.all(np.asarray(ssim(a, a, data_range=0.3)) == 1.0)
+    # Symmetric up to float32 rounding (XLA may contract a*a + b*b into an FMA).
+    np.testing.assert_allclose(ssim(a, b), ssim(b, a), rtol=1e-6)
+    # Two identical constant maps (data range 0) are identical: 1, not NaN.
+    c = jnp.full((1, 7, 7), 2.0)
+    assert float(ssim(c, c)[0]) == 1.0
+
+
+def test_ssim_matches_direct_formula(maps):
+    a, b = maps
+    got = np.asarray(ssim(a, b))
+    want = [ssim_by_hand(a[i], b[i]) for i in range(a.shape[0])]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert np.all(got < 0.99)
+    got = np.asarray(ssim(a, b, window=3, data_range=2.0))
+    want = [ssim_by_hand(a[i], b[i], window=3, data_range=2.0) for i in range(a.shape[0])]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # data_range=None is max - min over both maps of the pair.
+    r = jnp.maximum(a.max((1, 2)), b.max((1, 2))) - jnp.minimum(a.min((1, 2)), b.min((1, 2)))
+    np.testing.assert_allclose(ssim(a, b), ssim(a, b, data_range=r), rtol=1e-6)
+
+
+def test_ssim_drops_under_offset_and_contrast_change(maps):
+    a, _ = maps
+    a = (a - a.min()) / (a.max() - a.min())  # in [0, 1]
+    offset = np.asarray(ssim(a, a + 0.3, data_range=1.0))
+    contrast = np.asarray(ssim(a, 0.5 * a + 0.25, data_range=1.0))
+    assert np.all(offset < 1.0) and np.all(contrast < 1.0)
+    np.testing.assert_allclose(
+        offset, [ssim_by_hand(a[i], a[i] + 0.3, data_range=1.0) for i in range(3)], atol=1e-5
+    )
+
+
+def test_ssim_rejects_bad_input(maps):
+    a, _ = maps
+    with pytest.raises(ValueError, match="reduce"):
+        ssim(a[..., None], a[..., None])
+    with pytest.raises(ValueError, match="odd"):
+        ssim(a, a, window=4)
+    with pytest.raises(ValueError, match="exceeds"):
+        ssim(a, a, window=11)
+
+
+# ---------------------------------------------------------------- randomisation
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    model = get_model("simple_cnn", features=(4, 4), pool=(True, True), dense=(8,), num_classes=3)
+    x = jax.random.uniform(jax.random.key(1), (6, 8, 8, 1))
+    variables = model.init(jax.random.key(0), x)
+    # Like a trained model: no leaf constant (zero biases would stay zero when re-drawn).
+    variables = jax.tree_util.tree_map(
+        lambda p: p + 0.05 * jax.random.normal(jax.random.key(9), p.shape), variables
+    )
+    target = jnp.arange(6) % 3
+    return model, variables, x, target
+
+
+def saliency_of(model):
+    return lambda v: explainer("saliency", lambda x: model.apply(v, x))
+
+
+def same_tree(a, b):
+    return jax.tree_util.tree_all(
+        jax.tree_util.tree_map(lambda p, q: bool(np.array_equal(p, q)), a, b)
+    )
+
+
+def all_differ(a, b):
+    return jax.tree_util.tree_all(
+        jax.tree_util.tree_map(lambda p, q: bool(np.all(np.asarray(p) != np.asarray(q))), a, b)
+    )
+
+
+def test_layer_order_is_output_first(cnn):
+    _, variables, _, _ = cnn
+    assert layer_order(variables) == ("head", "fc1", "conv2", "conv1")
+    assert layer_order(variables["params"]) == ("head", "fc1", "conv2", "conv1")
+
+
+def test_randomize_layers_touches_only_named_layers():
+    model = get_model(
+        "simple_cnn", features=(4,), pool=(True,), dense=(), num_classes=3, batch_norm=True
+    )
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+    variables = jax.tree_util.tree_map(
+        lambda p: p + 0.1 * jnp.arange(p.size).reshape(p.shape), variables
+    )
+    new = randomize_layers(variables, ["conv1"], jax.random.key(3))
+    assert same_tree(new["batch_stats"], variables["batch_stats"])
+    assert same_tree(new["params"]["head"], variables["params"]["head"])
+    assert all_differ(new["params"]["conv1"], variables["params"]["conv1"])
+    shapes = jax.tree_util.tree_map(lambda p: (p.shape, p.dtype), new)
+    assert shapes == jax.tree_util.tree_map(lambda p: (p.shape, p.dtype), variables)
+    # Same key, same draw; the draw keeps each leaf's scale.
+    again = randomize_layers(variables, ["conv1"], jax.random.key(3))
+    assert same_tree(new, again)
+    kernel, old = (
+        new["params"]["conv1"]["conv"]["kernel"],
+        variables["params"]["conv1"]["conv"]["kernel"],
+    )
+    assert 0.5 < float(kernel.std() / old.std()) < 2.0
+    with pytest.raises(ValueError, match="unknown layers"):
+        randomize_layers(variables, ["conv9"], jax.random.key(3))
+
+
+def recording(make_explain):
+    seen = []
+
+    def make(v):
+        seen.append(v)
+        return make_explain(v)
+
+    return make, seen
+
+
+def test_cascading_is_cumulative_and_independent_is_one_layer(cnn):
+    model, variables, x, target = cnn
+    order = layer_order(variables)
+    key = jax.random.key(5)
+    make, seen = recording(saliency_of(model))
+    cascading_randomization(make, variables, x, target, key)
+    assert same_tree(seen[0], variables)  # the original model first
+    for step, v in enumerate(seen[1:]):
+        for i, name in enumerate(order):
+            if i <= step:
+                assert all_differ(v["params"][name], variables["params"][name]), (step, name)
+            else:
+                assert same_tree(v["params"][name], variables["params"][name]), (step, name)
+
+    make, seen_ind = recording(saliency_of(model))
+    independent_randomization(make, variables, x, target, key)
+    for step, v in enumerate(seen_ind[1:]):
+        for i, name in enumerate(order):
+            if i == step:
+                assert all_differ(v["params"][name], variables["params"][name])
+                # The same random weights as in the cascade.
+                assert same_tree(v["params"][name], seen[-1]["params"][name])
+            else:
+                assert same_tree(v["params"][name], variables["params"][name])
+
+
+def test_randomising_changes_saliency_maps_and_method_passes(cnn):
+    model, variables, x, target = cnn
+    result = cascading_randomization(saliency_of(model), variables, x, target, jax.random.key(7))
+    assert result["layers"] == ("head", "fc1", "conv2", "conv1")
+    assert result["fully_randomized"]
+    for metric in ("spearman", "spearman_abs", "ssim"):
+        assert result[metric].shape == (4, 6)
+        assert result["mean"][metric].shape == (4,)
+    final = result["mean"]
+    assert final["spearman_abs"][-1] < 0.5
+    assert abs(float(final["spearman"][-1])) < 0.5
+    assert final["ssim"][-1] < 0.9
+    assert passes_sanity_check(result)
+
+
+def test_weight_independent_method_is_flagged(cnn):
+    _, variables, x, target = cnn
+
+    def make_explain(v):
+        return lambda x, t, k: x  # the input itself: blind to the weights
+
+    for run in (cascading_randomization, independent_randomization):
+        result = run(make_explain, variables, x, target, jax.random.key(0))
+        for metric in ("spearman", "spearman_abs", "ssim"):
+            np.testing.assert_allclose(result[metric], 1.0, rtol=0, atol=1e-6)
+        assert np.all(np.asarray(result["ssim"]) == 1.0)
+    assert not passes_sanity_check(
+        cascading_randomization(make_explain, variables, x, target, jax.random.key(0))
+    )
+    with pytest.raises(ValueError, match="cascading"):
+        passes_sanity_check(result)  # the independent one
+
+
+def test_same_key_same_result(cnn):
+    model, variables, x, target = cnn
+    layers = ("head", "conv1")
+    make = saliency_of(model)
+    r1 = independent_randomization(make, variables, x, target, jax.random.key(2), layers=layers)
+    r2 = independent_randomization(make, variables, x, target, jax.random.key(2), layers=layers)
+    r3 = independent_randomization(make, variables, x, target, jax.random.key(3), layers=layers)
+    assert r1["layers"] == layers and not r1["fully_randomized"]
+    for metric in ("spearman", "spearman_abs", "ssim"):
+        assert np.array_equal(np.asarray(r1[metric]), np.asarray(r2[metric]))
+    assert not np.array_equal(np.asarray(r1["spearman"]), np.asarray(r3["spearman"]))
+
+
+def test_target_must_be_explicit(cnn):
+    model, variables, x, _ = cnn
+    with pytest.raises(ValueError, match="target"):
+        cascading_randomization(saliency_of(model), variables, x, None, jax.random.key(0))
