@@ -32,6 +32,9 @@ def get_config(arg=None):
         "score_cam",
         "occlusion",
         "feature_permutation",
+        # Metric rows: fmi_jax.evaluation against captum.metrics (see runner.py).
+        "infidelity",
+        "max_sensitivity",
     )
     # Same semantics on both sides: absolute noise stdev (Captum's `stdevs`), signed
     # SmoothGrad, Gauss-Legendre IG from a zero baseline. CAMs on the last conv block
@@ -51,6 +54,19 @@ def get_config(arg=None):
         "score_cam": {"layer": "conv3", "batch_size": 64},
         "occlusion": {"window": (4, 4), "stride": 2, "baseline": 0.0, "batch_size": 64},
         "feature_permutation": {"patch": 4, "batch_size": 64},
+        # Infidelity of the signed gradient (the attributions are computed once by
+        # fmi_jax and given to both sides; only the metric is timed), Gaussian
+        # I ~ N(0, 0.003^2), 10 perturbations per image; max-sensitivity of saliency
+        # (|gradient|, re-run on every perturbed copy by each side), uniform noise of
+        # radius 0.02, 10 perturbations, Frobenius norm: both metrics' (and Captum's)
+        # defaults. All N x 10 perturbed copies in one pass on both sides.
+        "infidelity": {
+            "attribution": "saliency",
+            "attribution_options": {"abs": False},
+            "stdev": 0.003,
+            "samples": 10,
+        },
+        "max_sensitivity": {"explain": "saliency", "radius": 0.02, "samples": 10},
     }
     config.repeats = 5
     # Each timed sample: back-to-back calls lasting at least this long (see runner.py).

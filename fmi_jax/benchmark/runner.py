@@ -36,6 +36,17 @@ Protocol (`run_benchmark`):
        so it is compared on the first TWO images, where the only permutation other
        than the identity (which neither side uses) is the swap and both sides are
        deterministic; it is timed on the benchmark batch.
+     * infidelity and max_sensitivity (rows for fmi_jax.evaluation's metrics against
+       `captum.metrics.infidelity` / `captum.metrics.sensitivity_max`): the metric
+       values, one per image, are compared with Captum fed the very noise fmi_jax
+       drew (a `perturb_func` that replays it; both lay the N x samples perturbed
+       copies out example by example), so they must agree to float rounding (the
+       relative L2 error of the N values against `config.tolerance`). Captum with its
+       own noise is recorded beside it (`captum_mean_own_noise`, the same quantity
+       in expectation). Timing uses each side's own noise generator. Infidelity is
+       timed on fixed attributions (fmi_jax's `attribution` method, given to both
+       sides), so only the metric is timed; max_sensitivity times the explainer it
+       re-runs on every perturbed copy (fmi_jax's and Captum's own).
      Perturbation methods evaluate the same number of images per forward pass on
      both sides: fmi_jax's `batch_size`, Captum's `perturbations_per_eval` =
      batch_size // N, the package's ScoreCAM `batch_size` = min(batch_size, channels)
@@ -80,7 +91,10 @@ from fmi_jax import attribution, data, models
 from fmi_jax.train import evaluate as evaluate_lib
 from fmi_jax.train.input_pipeline import to_float
 
-__all__ = ["machine_description", "run_benchmark"]
+__all__ = ["METRICS", "machine_description", "run_benchmark"]
+
+# Rows that time an explanation metric (fmi_jax.evaluation) rather than a method.
+METRICS = ("infidelity", "max_sensitivity")
 
 
 def machine_description() -> dict[str, Any]:
@@ -190,6 +204,17 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | Path) -> dic
         if name == "gradient_shap":
             results["agreement"][name] = "stochastic (random path points); not compared"
             continue
+        if name in METRICS:
+            record = _metric_agreement(
+                name, fn, opts, model, variables, net, x_all[:n0], target_all[:n0], nchw
+            )
+            results["agreement"][name] = record
+            if not record["relative_l2_error"] <= config.tolerance:
+                failures.append(
+                    f"{name}: relative L2 error {record['relative_l2_error']:.2e} "
+                    f"> {config.tolerance}"
+                )
+            continue
         spec = attribution.METHODS[name]
         # Noise tunnels are checked through their noise-free limit (stdev 0).
         noise_free = "stdev" in spec.options and spec.stochastic
@@ -269,8 +294,13 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | Path) -> dic
         for bs in config.batch_sizes:
             x, t = jnp.asarray(x_all[:bs]), jnp.asarray(target_all[:bs])
             xt, tt = nchw(x_all[:bs]), torch.from_numpy(target_all[:bs])
-            ours = _jax_call(name, fn, opts, model, variables)
-            theirs = torch_side.captum_method(name, net, opts)
+            if name in METRICS:
+                ours, theirs = _metric_calls(
+                    name, fn, opts, model, variables, net, x_all[:bs], target_all[:bs], nchw
+                )
+            else:
+                ours = _jax_call(name, fn, opts, model, variables)
+                theirs = torch_side.captum_method(name, net, opts)
             start = time.perf_counter()
             jax.block_until_ready(ours(x, t))
             first = time.perf_counter() - start
@@ -297,7 +327,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | Path) -> dic
                 "pytorch_images_per_s": bs / p,
                 "fmi_jax_compile_s": max(first - j, 0.0),
                 "calls_per_sample": {"fmi_jax": n_ours, "pytorch": n_theirs},
-                "options": opts,
+                "options": {k: _plain(v) for k, v in opts.items()},
             }
             results["rows"].append(row)
             logging.info(
@@ -345,7 +375,11 @@ def _deeplift_completeness(fn, net, x, target, nchw, tolerance: float = 1e-4) ->
 
 def _jax_call(name: str, fn, options: dict[str, Any], model=None, variables=None):
     """The jitted `explain(x, target)` of fmi_jax; CAM methods also get the Flax module
-    and its variables (they look inside the model)."""
+    and its variables (they look inside the model). For the METRICS rows, the jitted
+    metric: `infidelity(x, target, attributions)`, `max_sensitivity(x, target)`, each
+    returning one value per image."""
+    if name in METRICS:
+        return _jax_metric(name, fn, options, model, variables)
     spec = attribution.METHODS[name]
     model_args = (
         {"model": model, "variables": variables} if getattr(spec, "needs_model", False) else {}
@@ -353,6 +387,142 @@ def _jax_call(name: str, fn, options: dict[str, Any], model=None, variables=None
     explain = attribution.explainer(name, fn, **model_args, **options)
     key = jax.random.key(0)
     return jax.jit(lambda x, t: explain(x, t, key))
+
+
+def _plain(value: Any) -> Any:
+    """ConfigDicts (nested options) as plain dicts."""
+    return value.to_dict() if hasattr(value, "to_dict") else value
+
+
+def _metric_explainer(options: dict[str, Any], key: str) -> tuple[str, dict[str, Any]]:
+    """The fmi_jax explainer a metric row uses (`options[key]`, default saliency)."""
+    name = options.get(key, "saliency")
+    return name, dict(_plain(options.get(f"{key}_options", {})) or {})
+
+
+def _jax_metric(name: str, fn, options: dict[str, Any], model=None, variables=None):
+    from fmi_jax.evaluation import robustness
+
+    key = jax.random.key(0)
+    samples = int(options.get("samples", 10))
+    batch_size = options.get("batch_size")
+    if name == "infidelity":
+        stdev = float(options.get("stdev", robustness.DEFAULT_INFIDELITY_STDEV))
+        normalize = bool(options.get("normalize", False))
+        return jax.jit(
+            lambda x, t, a: robustness.infidelity(
+                fn,
+                x,
+                t,
+                a,
+                key,
+                stdev=stdev,
+                samples=samples,
+                normalize=normalize,
+                batch_size=batch_size,
+            )
+        )
+    if name == "max_sensitivity":
+        method, method_opts = _metric_explainer(options, "explain")
+        spec = attribution.METHODS[method]
+        model_args = (
+            {"model": model, "variables": variables} if getattr(spec, "needs_model", False) else {}
+        )
+        explain = attribution.explainer(method, fn, **model_args, **method_opts)
+        radius = float(options.get("radius", robustness.DEFAULT_SENSITIVITY_RADIUS))
+        norm_ord = options.get("norm_ord", "fro")
+        return jax.jit(
+            lambda x, t: robustness.max_sensitivity(
+                explain,
+                x,
+                t,
+                key,
+                radius=radius,
+                samples=samples,
+                norm_ord=norm_ord,
+                batch_size=batch_size,
+            )
+        )
+    raise ValueError(f"unknown metric {name!r}; have {METRICS}")
+
+
+def _metric_noise(name: str, options: dict[str, Any], x: np.ndarray) -> np.ndarray:
+    """The perturbations fmi_jax's metric draws with key(0), as Captum's perturb_func
+    sees its batch: (N * samples, ...), example by example (row i * samples + s).
+    infidelity: the noise I (Captum's `perturbations`); max_sensitivity: the perturbed
+    inputs x + delta. Re-derived from the metrics' documented key scheme; if it drifted
+    from theirs, the agreement check would fail rather than pass."""
+    from fmi_jax.attribution.core import example_keys
+    from fmi_jax.evaluation import robustness
+
+    key = jax.random.key(0)
+    samples = int(options.get("samples", 10))
+    x = jnp.asarray(x, jnp.float32)
+    keys = example_keys(key, x.shape[0])
+    if name == "infidelity":
+        stdev = float(options.get("stdev", robustness.DEFAULT_INFIDELITY_STDEV))
+        draw = lambda k, xi: robustness.gaussian_perturbation(k, xi, stdev)[0]
+    else:
+        keys = jax.vmap(jax.random.split)(keys)[:, 0]
+        radius = float(options.get("radius", robustness.DEFAULT_SENSITIVITY_RADIUS))
+        draw = lambda k, xi: robustness.uniform_perturbation(k, xi, radius)
+    per_example = lambda k, xi: jax.vmap(lambda s: draw(jax.random.fold_in(k, s), xi))(
+        jnp.arange(samples, dtype=jnp.int32)
+    )
+    out = jax.vmap(per_example)(keys, x)
+    return np.asarray(out.reshape(-1, *x.shape[1:]))
+
+
+def _infidelity_attributions(fn, options, model, variables, x, t) -> np.ndarray:
+    method, method_opts = _metric_explainer(options, "attribution")
+    return np.asarray(_jax_call(method, fn, method_opts, model, variables)(x, t))
+
+
+def _metric_calls(name, fn, options, model, variables, net, x, t, nchw, replay=None):
+    """(fmi_jax call(x, t), Captum call(x_nchw, t)) for a METRICS row on the images x;
+    infidelity's attributions (fmi_jax's, the same for both) are bound in. `replay`:
+    Captum uses these perturbations (see `_metric_noise`) instead of drawing its own."""
+    from fmi_jax.benchmark import torch_side
+
+    metric = _jax_metric(name, fn, options, model, variables)
+    theirs = torch_side.captum_metric(name, net, options, replay=replay)
+    if name == "infidelity":
+        a = _infidelity_attributions(fn, options, model, variables, jnp.asarray(x), jnp.asarray(t))
+        a_jax, a_torch = jnp.asarray(a), nchw(a)
+        return (
+            lambda x, t: metric(x, t, a_jax),
+            lambda x, t: theirs(x, t, a_torch),
+        )
+    return metric, theirs
+
+
+def _metric_agreement(name, fn, options, model, variables, net, x, t, nchw) -> dict[str, Any]:
+    """fmi_jax's metric values against Captum's on the same noise (replayed), and
+    against Captum with its own noise (informational)."""
+    import torch
+
+    noise = _metric_noise(name, options, x)
+    replay = nchw(noise)
+    xj, tj = jnp.asarray(x), jnp.asarray(t)
+    xt, tt = nchw(x), torch.from_numpy(np.asarray(t))
+    ours_call, replayed_call = _metric_calls(
+        name, fn, options, model, variables, net, x, t, nchw, replay=replay
+    )
+    _, own_call = _metric_calls(name, fn, options, model, variables, net, x, t, nchw)
+    ours = np.asarray(ours_call(xj, tj), np.float64)
+    theirs = replayed_call(xt, tt).detach().numpy().astype(np.float64)
+    own = own_call(xt, tt).detach().numpy().astype(np.float64)
+    scale = max(float(np.linalg.norm(theirs)), 1e-30)
+    return {
+        "relative_l2_error": float(np.linalg.norm(ours - theirs)) / scale,
+        "relative_max_error": float(np.abs(ours - theirs).max() / max(np.abs(theirs).max(), 1e-30)),
+        "pearson": float(np.corrcoef(ours, theirs)[0, 1]) if len(ours) > 1 else 1.0,
+        "fmi_jax_mean": float(ours.mean()),
+        "captum_mean_replayed_noise": float(theirs.mean()),
+        "captum_mean_own_noise": float(own.mean()),
+        "checked_with": "Captum fed fmi_jax's noise (replaying perturb_func)",
+        "images": len(ours),
+    }
 
 
 def _minmax(maps: np.ndarray) -> np.ndarray:
@@ -416,7 +586,13 @@ def _agreement_text(agree: Any) -> str:
             f"(per image, {agree['images']} images)"
         )
     text = f"{agree['relative_l2_error']:.1e}"
-    if "verdict" in agree:
+    if "captum_mean_own_noise" in agree:
+        text += (
+            f" (same noise; means fmi_jax {agree['fmi_jax_mean']:.4g}, Captum "
+            f"{agree['captum_mean_replayed_noise']:.4g}, Captum own noise "
+            f"{agree['captum_mean_own_noise']:.4g})"
+        )
+    elif "verdict" in agree:
         text += f" (Captum misses summation-to-delta by {agree['captum_relative_delta']:.1e})"
     elif agree.get("images") == 2:
         text += " (2 images)"
@@ -424,6 +600,9 @@ def _agreement_text(agree: Any) -> str:
 
 
 def _option_text(value: Any) -> str:
+    value = _plain(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}={_option_text(v)}" for k, v in sorted(value.items())) + "}"
     if isinstance(value, (tuple, list)):
         return "x".join(str(v) for v in value)
     return str(value)

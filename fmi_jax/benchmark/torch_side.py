@@ -33,6 +33,7 @@ __all__ = [
     "REFERENCES",
     "TorchCNN",
     "captum_method",
+    "captum_metric",
     "conv_block_output",
     "from_flax",
     "square_patch_mask",
@@ -363,6 +364,93 @@ def captum_method(name: str, net: nn.Module, options: Mapping[str, Any]):
     raise ValueError(f"no PyTorch counterpart for {name!r}; have {CAPTUM_METHODS}")
 
 
+def captum_metric(
+    name: str, net: nn.Module, options: Mapping[str, Any], *, replay: torch.Tensor | None = None
+):
+    """Captum's counterpart of a benchmark metric row: `infidelity` ->
+    `run(x, t, attributions)`, `max_sensitivity` -> `run(x, t)`, each returning one value
+    per image (a tensor (N,)).
+
+    Same options as fmi_jax's side: `samples` (n_perturb_samples), infidelity's `stdev`
+    (Gaussian I ~ N(0, stdev^2) per feature, perturbed input x - I, as in Captum's
+    docstring example and fmi_jax's `perturbation='gaussian'`) and `normalize`,
+    max_sensitivity's `radius` (Captum's default uniform L-inf perturbation), `norm_ord`
+    and `explain` / `explain_options` (the explainer, via `captum_method`).
+    `batch_size` (perturbed inputs per forward pass on fmi_jax's side) becomes
+    `max_examples_per_batch`. `replay`: perturbations to use instead of drawing noise,
+    shaped (N * samples, C, H, W), row i * samples + s (the order Captum's
+    `repeat_interleave` expansion has): infidelity's noise I, or sensitivity's perturbed
+    inputs."""
+    from captum import metrics as cm
+
+    samples = int(options.get("samples", 10))
+    batch_size = options.get("batch_size")
+    batch_size = None if batch_size is None else int(batch_size)
+
+    def replayed(inputs):
+        if tuple(inputs.shape) != tuple(replay.shape):
+            raise ValueError(
+                f"replayed perturbations {tuple(replay.shape)} do not match Captum's "
+                f"expanded inputs {tuple(inputs.shape)} (max_examples_per_batch must be None)"
+            )
+        return replay
+
+    if name == "infidelity":
+        stdev = float(options.get("stdev", 0.003))
+        normalize = bool(options.get("normalize", False))
+
+        def perturb(inputs):
+            noise = replayed(inputs) if replay is not None else stdev * torch.randn_like(inputs)
+            return noise, inputs - noise
+
+        def run_infidelity(x, t, attributions):
+            return cm.infidelity(
+                net,
+                perturb,
+                x,
+                attributions,
+                target=t,
+                n_perturb_samples=samples,
+                max_examples_per_batch=batch_size,
+                normalize=normalize,
+            )
+
+        return run_infidelity
+    if name == "max_sensitivity":
+        explain_opts = options.get("explain_options", {}) or {}
+        if hasattr(explain_opts, "to_dict"):
+            explain_opts = explain_opts.to_dict()
+        explain = captum_method(options.get("explain", "saliency"), net, explain_opts)
+        radius = float(options.get("radius", 0.02))
+        norm_ord = options.get("norm_ord", "fro")
+
+        def explanation_func(inputs, target):
+            # Captum passes the clean inputs as a 1-tuple; it iterates over what comes
+            # back, so return a tuple too.
+            if isinstance(inputs, tuple):
+                (inputs,) = inputs
+            return (explain(inputs, target),)
+
+        extra = {}
+        if replay is not None:
+            extra["perturb_func"] = lambda inputs, perturb_radius: replayed(inputs)
+
+        def run_sensitivity(x, t):
+            return cm.sensitivity_max(
+                explanation_func,
+                x,
+                perturb_radius=radius,
+                n_perturb_samples=samples,
+                norm_ord=norm_ord,
+                max_examples_per_batch=batch_size,
+                target=t,
+                **extra,
+            )
+
+        return run_sensitivity
+    raise ValueError(f"no Captum metric for {name!r}; have {METRIC_REFERENCES}")
+
+
 def layer_channels(net: TorchCNN, layer: str) -> int:
     i = int(layer[4:]) - 1
     convs = [m for m in net.blocks[i] if isinstance(m, nn.Conv2d)]
@@ -384,4 +472,11 @@ REFERENCES = {
     "feature_permutation": "Captum FeaturePermutation",
 }
 
+# The benchmark's metric rows (fmi_jax.evaluation.robustness against captum.metrics).
+METRIC_REFERENCES = {
+    "infidelity": "Captum metrics.infidelity",
+    "max_sensitivity": "Captum metrics.sensitivity_max",
+}
+
 CAPTUM_METHODS = tuple(REFERENCES)
+REFERENCES = REFERENCES | METRIC_REFERENCES
