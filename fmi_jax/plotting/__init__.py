@@ -17,6 +17,7 @@ from fmi_jax.plotting.attribution import (
 )
 from fmi_jax.plotting.dictionary import atom_grid, latent_usage, reconstructions
 from fmi_jax.plotting.images import IMAGE_PANELS, SavedFigure, image_explanation, summary_sheet
+from fmi_jax.plotting.metrics import faithfulness_curves, randomization_curves
 from fmi_jax.plotting.training import confusion_matrix, training_curves
 
 __all__ = [
@@ -30,10 +31,12 @@ __all__ = [
     "confusion_matrix",
     "default_sign",
     "explanation_sheet",
+    "faithfulness_curves",
     "heatmap",
     "image_explanation",
     "latent_usage",
     "layer_grid",
+    "randomization_curves",
     "reconstructions",
     "sign_modes",
     "summary_sheet",

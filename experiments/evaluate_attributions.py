@@ -1,0 +1,37 @@
+r"""Score every attribution method by every metric and write a leaderboard.
+
+    python -m experiments.evaluate_attributions --workdir=runs/cnn_fmnist \
+        --config=configs/evaluate_attributions.py
+    python -m experiments.evaluate_attributions --workdir=runs/cnn_fmnist \
+        --config=configs/evaluate_attributions.py:smoke --config.output=metrics_smoke
+
+Metrics: deletion/insertion AUC, MoRF/LeRF AOPC, infidelity, max-sensitivity,
+sparseness, cascading-randomisation sanity check, seconds. Writes leaderboard.md/.csv/
+.json, curves.npz, deletion_insertion.png, randomization.png, agreement.json/.png and
+per-method caches (methods/) under <workdir>/<output>/; a rerun skips finished methods.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from fmi_jax import logs, studies
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    "configs/evaluate_attributions.py",
+    "Attribution-metrics study config.",
+    lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logs.quiet_libraries()
+    studies.run_evaluate_attributions(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,78 @@
+"""Attribution-metric figures: deletion/insertion curves and randomisation curves."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from fmi_jax.plotting._base import plt, save
+
+__all__ = ["faithfulness_curves", "randomization_curves"]
+
+
+def faithfulness_curves(
+    curves: Mapping[str, Mapping[str, np.ndarray]],
+    path: str | Path,
+    *,
+    panels: Sequence[str] = ("deletion", "insertion"),
+    ylabel: str = "target probability",
+) -> Path:
+    """One panel per curve kind (`panels`), one line per method: the mean curve over
+    images, x = fraction of pixels changed (points equally spaced in [0, 1]).
+
+    `curves[method][kind]` is a 1-D mean curve; the legend shows its trapezoid AUC.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
+    for ax, kind in zip(axes[0], panels, strict=True):
+        for method, by_kind in curves.items():
+            if kind not in by_kind:
+                continue
+            c = np.asarray(by_kind[kind], np.float64)
+            xs = np.linspace(0.0, 1.0, len(c))
+            area = (c.sum() - 0.5 * (c[0] + c[-1])) / (len(c) - 1)
+            ax.plot(xs, c, label=f"{method} ({area:.3f})")
+        ax.set_title(f"{kind} (AUC in legend)")
+        ax.set_xlabel("fraction of pixels changed")
+        ax.set_ylabel(ylabel)
+        ax.set_xlim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def randomization_curves(
+    layers: Sequence[str],
+    similarity: Mapping[str, Mapping[str, np.ndarray]],
+    path: str | Path,
+    *,
+    metrics: Sequence[str] = ("spearman_abs", "ssim"),
+    threshold: float | None = None,
+) -> Path:
+    """Cascading randomisation: mean similarity to the original maps after each step
+    (x: the layers randomised so far, output first), one line per method and one
+    panel per metric. `similarity[method][metric]` is a (len(layers),) array;
+    `threshold` draws the pass/fail line on the Spearman panels."""
+    steps = np.arange(len(layers))
+    labels = [f"+{name}" if i else name for i, name in enumerate(layers)]
+    fig, axes = plt.subplots(
+        1,
+        len(metrics),
+        figsize=(max(5.0, 0.9 * len(layers) + 2.5) * len(metrics), 4.0),
+        squeeze=False,
+    )
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for method, values in similarity.items():
+            ax.plot(steps, np.asarray(values[metric]), "o-", label=method)
+        if threshold is not None and metric.startswith("spearman"):
+            ax.axhline(threshold, color="k", ls="--", lw=0.8, label="pass/fail")
+        ax.set_xticks(steps, labels, rotation=30, ha="right")
+        ax.set_title(f"cascading randomisation: {metric}")
+        ax.set_xlabel("layers randomised (cumulative, output first)")
+        ax.set_ylim(-0.05 if metric == "ssim" else -1.05, 1.05)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save(fig, path)

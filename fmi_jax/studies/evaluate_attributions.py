@@ -1,0 +1,592 @@
+"""The attribution-metrics study: every method scored by every metric, as a leaderboard.
+
+`run_evaluate_attributions(config, workdir)` restores a trained run, takes
+`config.num_images` images of `config.split` (`selection='first'`: the first N in the
+split's order, the default, deterministic and free of selection bias; `'random'`: a
+subset drawn without replacement with `selection_seed`, kept in index order), explains
+the `target` class (`'predicted'` or `'label'`) with every method of `config.methods`
+and scores the maps with :mod:`fmi_jax.evaluation`:
+
+  faithfulness  deletion curve (substrate `deletion.substrate`, default zero) -> AUC,
+                lower is better; insertion curve (`insertion.substrate`, default blur)
+                -> AUC, higher is better; pixel flipping with the deletion substrate:
+                MoRF AOPC (higher is better) and LeRF AOPC (lower is better)
+  robustness    infidelity (Yeh et al., `infidelity.normalize` rescales each map by
+                its least-squares factor so that methods with different scales compare)
+                -> mean, lower is better; max-sensitivity -> mean, lower is better.
+                Max-sensitivity re-runs the method `sensitivity.samples` times per
+                image, so it is computed on the first `sensitivity.max_images` of the N
+                images, or fewer for a method listed in `sensitivity.images_per_method`
+                (the expensive ones); the leaderboard reports how many
+  complexity    sparseness (Gini of |map| per pixel) -> mean, higher is better
+  sanity        cascading model randomisation (Adebayo et al.) of `sanity.layers`
+                (empty: every layer, output first) on the first `sanity.max_images`
+                images: mean |Spearman| of |maps| and SSIM after the last step (lower
+                is better), and pass/fail by `evaluation.passes_sanity_check`
+                (`sanity.threshold`)
+  seconds       wall time of the method's maps for the N images (compile included),
+                and of all its metrics
+
+Besides the methods of `fmi_jax.attribution.METHODS`, `methods` may name two
+controls: `input` (the map is the image itself) and `random` (uniform noise drawn
+from the explanation key). Neither depends on the model, so both fail the sanity
+check by construction (the same key draws the same noise for the randomised model);
+`random` also marks chance level for faithfulness.
+
+Outputs under `workdir/<config.output>/`:
+
+  config.json         the study config (a different config here is refused)
+  methods/<m>.npz     per method: maps, per-image curves and metric values (cache)
+  methods/<m>.json    per method: the scalar results and timings (cache; written last,
+                      so its presence marks the method as finished)
+  leaderboard.md/.csv/.json
+                      one row per method, columns named with their direction
+  curves.npz          per method: deletion_/insertion_/lerf_<m> curves (N, S + 1),
+                      sanity_<metric>_<m> (L, n); `layers`, `indices`
+  deletion_insertion.png   mean deletion and insertion curves per method
+  randomization.png        mean Spearman (|maps|) and SSIM per cascade step per method
+  agreement.json/.png cross-method agreement of the maps (the explain study's
+                      `_agreement`: Pearson, Spearman, top-k overlap)
+
+Re-running with the same config reads the finished methods from `methods/` and only
+computes the missing ones, then rewrites the tables and figures.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from fmi_jax import attribution, evaluation, plotting
+from fmi_jax.attribution.core import example_keys
+from fmi_jax.studies.explain import _agreement, _method_options, _plain
+from fmi_jax.train import evaluate as evaluate_lib
+from fmi_jax.train import loop as loop_lib
+from fmi_jax.train.input_pipeline import to_float
+
+__all__ = [
+    "COLUMNS",
+    "CONTROLS",
+    "EvaluateAttributionsResult",
+    "evaluate_attributions",
+    "run_evaluate_attributions",
+    "select_images",
+]
+
+CONTROLS = ("input", "random")
+
+# Leaderboard columns: (row key, header with its direction).
+COLUMNS = (
+    ("deletion_auc", "deletion AUC (lower is better)"),
+    ("insertion_auc", "insertion AUC (higher is better)"),
+    ("morf_aopc", "MoRF AOPC (higher is better)"),
+    ("lerf_aopc", "LeRF AOPC (lower is better)"),
+    ("infidelity", "infidelity (lower is better)"),
+    ("max_sensitivity", "max-sensitivity (lower is better)"),
+    ("sparseness", "sparseness Gini (higher is better)"),
+    ("sanity_spearman_abs", "sanity Spearman of abs maps, fully randomised (lower is better)"),
+    ("sanity_ssim", "sanity SSIM, fully randomised (lower is better)"),
+    ("sanity_pass", "sanity check (pass is better)"),
+    ("seconds_maps", "maps seconds (lower is better)"),
+    ("seconds_metrics", "metrics seconds"),
+    ("sensitivity_images", "sensitivity images"),
+)
+
+Explain = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+@dataclasses.dataclass
+class EvaluateAttributionsResult:
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    indices: np.ndarray
+    computed: list[str]  # methods computed in this call (the others came from the cache)
+
+
+# ----------------------------------------------------------------------- config
+
+
+def _open_output(config: Any, out: Path) -> None:
+    known = set(attribution.available_methods()) | set(CONTROLS)
+    unknown = sorted(set(config.methods) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown method(s) {unknown}; available: {attribution.available_methods()} "
+            f"and the controls {CONTROLS}"
+        )
+    if len(set(config.methods)) != len(config.methods):
+        raise ValueError(f"methods repeat a name: {tuple(config.methods)}")
+    if config.target not in ("predicted", "label"):
+        raise ValueError(f"target must be 'predicted' or 'label', got {config.target!r}")
+    out.mkdir(parents=True, exist_ok=True)
+    config_json = json.dumps(_plain(config), indent=2, sort_keys=True)
+    path = out / "config.json"
+    if path.exists() and path.read_text() != config_json:
+        raise ValueError(
+            f"{out} holds a study run with another config; pass --config.output=<new name> "
+            "(or move that folder away). Nothing was overwritten."
+        )
+    path.write_text(config_json)
+
+
+def select_images(num_available: int, num_images: int, selection: str, seed: int) -> np.ndarray:
+    """Indices of the images to evaluate: the first `num_images` ('first') or a seeded
+    random subset without replacement, sorted ('random'); all if fewer are available."""
+    n = min(int(num_images), num_available)
+    if n < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    if selection == "first":
+        return np.arange(n, dtype=np.int64)
+    if selection == "random":
+        rng = np.random.default_rng(int(seed))
+        return np.sort(rng.choice(num_available, size=n, replace=False)).astype(np.int64)
+    raise ValueError(f"unknown selection {selection!r}; choose 'first' or 'random'")
+
+
+# --------------------------------------------------------------------- explaining
+
+
+def _control(name: str) -> Explain:
+    if name == "input":
+        return lambda x, target, key: x
+    if name == "random":
+
+        def random_map(x, target, key):
+            keys = example_keys(key, x.shape[0])
+            return jax.vmap(lambda k, xi: jax.random.uniform(k, xi.shape, xi.dtype))(keys, x)
+
+        return random_map
+    raise ValueError(f"unknown control {name!r}")
+
+
+def _builder(config: Any, name: str, model: Any) -> Callable[[Any], Explain]:
+    """variables -> explain(x, target, keys), one compile for any variables."""
+    if name in CONTROLS:
+        explain = jax.jit(_control(name))
+        return lambda variables: explain
+    options = _method_options(config, name)
+
+    def run(variables, x, target, keys):
+        fn = lambda inputs: model.apply(variables, inputs)  # noqa: E731
+        build = attribution.explainer(name, fn, model=model, variables=variables, **options)
+        return build(x, target, keys)
+
+    jitted = jax.jit(run)
+    return lambda variables: lambda x, target, keys: jitted(variables, x, target, keys)
+
+
+def _chunked(explain: Explain, batch_size: int) -> Explain:
+    """`explain` over `batch_size` images at a time (padded: one compile), with one key
+    per image (a single key is folded with the image's position), so the maps do not
+    depend on `batch_size`."""
+
+    def run(x, target, key):
+        x = jnp.asarray(x)
+        target = jnp.broadcast_to(jnp.asarray(target, jnp.int32), x.shape[:1])
+        keys = example_keys(key, x.shape[0])
+        n, out = x.shape[0], []
+        size = min(batch_size, n)
+        for start in range(0, n, size):
+            stop = min(start + size, n)
+            pad = size - (stop - start)
+            xs, ts, ks = x[start:stop], target[start:stop], keys[start:stop]
+            if pad:
+                xs = jnp.concatenate([xs, jnp.repeat(xs[:1], pad, axis=0)])
+                ts = jnp.concatenate([ts, jnp.repeat(ts[:1], pad, axis=0)])
+                ks = jnp.concatenate([ks, jnp.repeat(ks[:1], pad, axis=0)])
+            out.append(np.asarray(explain(xs, ts, ks))[: stop - start])
+        return np.concatenate(out)
+
+    return run
+
+
+def _full_shape(maps: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """CAM maps (N, H, W, 1) broadcast to the images' channels."""
+    if maps.shape != images.shape:
+        maps = np.broadcast_to(maps, images.shape)
+    return np.ascontiguousarray(maps, dtype=np.float32)
+
+
+def _limit(value: Any, n: int) -> int:
+    return n if value is None or int(value) <= 0 else min(int(value), n)
+
+
+# ----------------------------------------------------------------------- metrics
+
+
+def _evaluate_method(
+    config: Any,
+    name: str,
+    model: Any,
+    variables: Any,
+    images: jax.Array,
+    target: jax.Array,
+    key: jax.Array,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    bs = int(config.batch_size)
+    build = _builder(config, name, model)
+    explain = _chunked(build(variables), bs)
+    n = images.shape[0]
+    map_key, infd_key, sens_key, sanity_key = jax.random.split(jax.random.fold_in(key, 0), 4)
+    timings: dict[str, float] = {}
+
+    start = time.perf_counter()
+    maps = explain(images, target, map_key)
+    timings["maps"] = time.perf_counter() - start
+    if not np.isfinite(maps).all():
+        raise FloatingPointError(f"{name} produced NaN or Inf attributions")
+    full = _full_shape(maps, np.asarray(images))
+    arrays: dict[str, np.ndarray] = {"maps": maps}
+
+    def timed(label, compute):
+        t0 = time.perf_counter()
+        value = np.asarray(jax.block_until_ready(compute()))
+        timings[label] = time.perf_counter() - t0
+        return value
+
+    metrics = _shared_metrics(config, model)
+    for label in ("deletion", "insertion", "lerf", "sparseness"):
+        arrays[label] = timed(label, lambda f=metrics[label]: f(variables, images, target, full))
+    arrays["infidelity"] = timed(
+        "infidelity",
+        lambda: metrics["infidelity"](variables, images, target, full, infd_key),
+    )
+    sens = config.sensitivity
+    per_method = _plain(sens.images_per_method) or {}
+    n_sens = _limit(per_method.get(name, sens.max_images), n)
+    n_sens = min(n_sens, _limit(sens.max_images, n))
+    single = build(variables)
+    arrays["max_sensitivity"] = timed(
+        "max_sensitivity",
+        lambda: evaluation.max_sensitivity(
+            lambda x, t, k: _full_shape_jnp(single(x, t, k), x),
+            images[:n_sens],
+            target[:n_sens],
+            example_keys(sens_key, n)[:n_sens],
+            radius=float(sens.radius),
+            samples=int(sens.samples),
+            batch_size=bs,
+        ),
+    )
+    san = config.sanity
+    n_san = _limit(san.max_images, n)
+    layers = tuple(san.layers) or None
+    t0 = time.perf_counter()
+    cascade = evaluation.cascading_randomization(
+        lambda v: _chunked(build(v), bs),
+        variables,
+        images[:n_san],
+        target[:n_san],
+        sanity_key,
+        layers=layers,
+        window=int(san.window),
+    )
+    timings["sanity"] = time.perf_counter() - t0
+    for metric in ("spearman", "spearman_abs", "ssim"):
+        arrays[f"sanity_{metric}"] = np.asarray(cascade[metric])
+
+    passed = evaluation.passes_sanity_check(cascade, threshold=float(san.threshold))
+    summary = {
+        "method": name,
+        "deletion_auc": float(evaluation.auc(arrays["deletion"]).mean()),
+        "insertion_auc": float(evaluation.auc(arrays["insertion"]).mean()),
+        "morf_aopc": float(evaluation.aopc(arrays["deletion"]).mean()),
+        "lerf_aopc": float(evaluation.aopc(arrays["lerf"]).mean()),
+        "infidelity": float(arrays["infidelity"].mean()),
+        "max_sensitivity": float(arrays["max_sensitivity"].mean()),
+        "sparseness": float(arrays["sparseness"].mean()),
+        "sanity_spearman": float(np.nanmean(np.abs(arrays["sanity_spearman"][-1]))),
+        "sanity_spearman_abs": float(np.nanmean(np.abs(arrays["sanity_spearman_abs"][-1]))),
+        "sanity_ssim": float(np.nanmean(arrays["sanity_ssim"][-1])),
+        "sanity_pass": "pass" if passed else "fail",
+        "seconds_maps": timings["maps"],
+        "seconds_metrics": sum(v for k, v in timings.items() if k != "maps"),
+        "sensitivity_images": n_sens,
+        "sanity_images": n_san,
+        "sanity_layers": list(cascade["layers"]),
+        "sanity_fully_randomized": bool(cascade["fully_randomized"]),
+        "sanity_mean": {m: np.asarray(v).tolist() for m, v in cascade["mean"].items()},
+        "seconds": timings,
+    }
+    return arrays, summary
+
+
+_SHARED: dict[tuple[int, str], dict[str, Callable[..., jax.Array]]] = {}
+
+
+def _shared_metrics(config: Any, model: Any) -> dict[str, Callable[..., jax.Array]]:
+    """The metrics that only see the maps, jitted with the variables as an argument, so
+    they compile once for all methods (the cache key is the model and the config)."""
+    cache_key = (id(model), json.dumps(_plain(config), sort_keys=True))
+    if cache_key in _SHARED:
+        return _SHARED[cache_key]
+    bs = int(config.batch_size)
+    dele, ins, infd = config.deletion, config.insertion, config.infidelity
+
+    def model_fn(variables):
+        return lambda x: model.apply(variables, x)
+
+    def curve(kind, settings, **extra):
+        def run(variables, images, target, full):
+            return kind(
+                model_fn(variables),
+                images,
+                target,
+                full,
+                substrate=settings.substrate,
+                step=settings.step or None,
+                blur_sigma=float(settings.blur_sigma),
+                batch_size=bs,
+                **extra,
+            )
+
+        return jax.jit(run)
+
+    def infidelity(variables, images, target, full, key):
+        return evaluation.infidelity(
+            model_fn(variables),
+            images,
+            target,
+            full,
+            key,
+            stdev=float(infd.stdev),
+            samples=int(infd.samples),
+            normalize=bool(infd.normalize),
+            batch_size=bs,
+        )
+
+    fns = {
+        "deletion": curve(evaluation.deletion_curve, dele),
+        "insertion": curve(evaluation.insertion_curve, ins),
+        "lerf": curve(evaluation.pixel_flipping, dele, order="lerf"),
+        "infidelity": jax.jit(infidelity),
+        "sparseness": jax.jit(
+            lambda variables, images, target, full: evaluation.sparseness(
+                evaluation.reduce_channels(full, "sum")
+            )
+        ),
+    }
+    _SHARED.clear()  # one model at a time
+    _SHARED[cache_key] = fns
+    return fns
+
+
+def _full_shape_jnp(maps: jax.Array, x: jax.Array) -> jax.Array:
+    return jnp.broadcast_to(maps, x.shape) if maps.shape != x.shape else maps
+
+
+# ------------------------------------------------------------------------ tables
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if key.startswith("seconds"):
+            return f"{value:.1f}"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _write_tables(out: Path, rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> None:
+    headers = ["method", *(header for _, header in COLUMNS)]
+    table = [{"method": r["method"], **{header: r[key] for key, header in COLUMNS}} for r in rows]
+    (out / "leaderboard.json").write_text(
+        json.dumps({**meta, "columns": headers, "rows": table, "details": list(rows)}, indent=2)
+    )
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=headers, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(table)
+    (out / "leaderboard.csv").write_text(buffer.getvalue())
+    lines = [
+        f"# Attribution metrics: {meta['model']} on {meta['dataset']}/{meta['split']}",
+        "",
+        f"{meta['images']} images ({meta['selection']}), target: {meta['target']}, "
+        f"checkpoint epoch {meta['checkpoint_epoch']}. Sanity: cascading randomisation of "
+        f"{', '.join(meta['sanity_layers'])} on {meta['sanity_images']} images, "
+        f"threshold {meta['sanity_threshold']}.",
+        "",
+        "| " + " | ".join(headers) + " |",
+        "|" + "---|" * len(headers),
+    ]
+    for r in rows:
+        cells = [r["method"], *(_cell(key, r[key]) for key, _ in COLUMNS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    (out / "leaderboard.md").write_text("\n".join(lines) + "\n")
+
+
+# -------------------------------------------------------------------------- study
+
+
+def run_evaluate_attributions(
+    config: ml_collections.ConfigDict, workdir: str | Path
+) -> EvaluateAttributionsResult:
+    """Runs the study on the trained run in `workdir` (see the module docstring)."""
+    workdir = Path(workdir)
+    model, variables, run_config, epoch = evaluate_lib.restore_model(
+        workdir, checkpoint=config.checkpoint
+    )
+    split = loop_lib.load_data(run_config.data)[config.split]
+    return evaluate_attributions(
+        config,
+        workdir / config.output,
+        model,
+        variables,
+        split,
+        epoch=epoch,
+        model_name=run_config.model.name,
+    )
+
+
+def evaluate_attributions(
+    config: Any,
+    out: Path,
+    model: Any,
+    variables: Any,
+    split: Any,
+    *,
+    epoch: int,
+    model_name: str,
+) -> EvaluateAttributionsResult:
+    """The study on a restored model (Flax module -> logits, and its variables) and a
+    loaded split; writes under `out` (see the module docstring)."""
+    out = Path(out)
+    _open_output(config, out)
+    fn = jax.jit(lambda x: model.apply(variables, x))
+    indices = select_images(
+        len(split.images), int(config.num_images), config.selection, int(config.selection_seed)
+    )
+    images = to_float(jnp.asarray(split.images[indices]))
+    labels = np.asarray(split.labels[indices])
+    logits = np.concatenate(
+        [
+            np.asarray(fn(images[s : s + int(config.batch_size)]))
+            for s in range(0, len(indices), int(config.batch_size))
+        ]
+    )
+    preds = logits.argmax(-1)
+    target = jnp.asarray(preds if config.target == "predicted" else labels, jnp.int32)
+    key = jax.random.key(int(config.seed))
+    logging.info(
+        "evaluating %d methods on %d %s/%s images of %s (epoch %d), accuracy %.3f",
+        len(config.methods),
+        len(indices),
+        split.name,
+        config.split,
+        model_name,
+        epoch,
+        float((preds == labels).mean()),
+    )
+
+    cache = out / "methods"
+    cache.mkdir(exist_ok=True)
+    rows, arrays, computed = [], {}, []
+    for i, name in enumerate(config.methods):
+        json_path, npz_path = cache / f"{name}.json", cache / f"{name}.npz"
+        if json_path.exists() and npz_path.exists():
+            logging.info("[%d/%d] %s: cached in %s", i + 1, len(config.methods), name, cache)
+            rows.append(json.loads(json_path.read_text()))
+            with np.load(npz_path) as saved:
+                arrays[name] = dict(saved)
+            continue
+        logging.info("[%d/%d] %s: computing", i + 1, len(config.methods), name)
+        start = time.perf_counter()
+        method_key = jax.random.fold_in(key, i)
+        result, summary = _evaluate_method(
+            config, name, model, variables, images, target, method_key
+        )
+        np.savez_compressed(npz_path, **result)
+        json_path.write_text(json.dumps(summary, indent=2))  # written last: marks done
+        rows.append(summary)
+        arrays[name] = result
+        computed.append(name)
+        logging.info(
+            "[%d/%d] %s: %.1f s (maps %.1f s); deletion AUC %.4f, insertion AUC %.4f, sanity %s",
+            i + 1,
+            len(config.methods),
+            name,
+            time.perf_counter() - start,
+            summary["seconds_maps"],
+            summary["deletion_auc"],
+            summary["insertion_auc"],
+            summary["sanity_pass"],
+        )
+
+    layers = rows[0]["sanity_layers"]
+    meta = {
+        "model": model_name,
+        "dataset": split.name,
+        "split": config.split,
+        "checkpoint_epoch": epoch,
+        "images": len(indices),
+        "selection": config.selection,
+        "target": config.target,
+        "accuracy": float((preds == labels).mean()),
+        "sanity_layers": layers,
+        "sanity_images": rows[0]["sanity_images"],
+        "sanity_threshold": float(config.sanity.threshold),
+    }
+    _write_tables(out, rows, meta)
+    np.savez_compressed(
+        out / "curves.npz",
+        indices=indices,
+        layers=np.asarray(layers),
+        **{
+            f"{kind}_{m}": arrays[m][kind]
+            for m in config.methods
+            for kind in ("deletion", "insertion", "lerf")
+        },
+        **{
+            f"sanity_{metric}_{m}": arrays[m][f"sanity_{metric}"]
+            for m in config.methods
+            for metric in ("spearman", "spearman_abs", "ssim")
+        },
+    )
+    plotting.faithfulness_curves(
+        {m: {k: arrays[m][k].mean(0) for k in ("deletion", "insertion")} for m in config.methods},
+        out / "deletion_insertion.png",
+    )
+    plotting.randomization_curves(
+        layers,
+        {
+            m: {
+                metric: np.nanmean(arrays[m][f"sanity_{metric}"], axis=1)
+                for metric in ("spearman_abs", "ssim")
+            }
+            for m in config.methods
+        },
+        out / "randomization.png",
+        threshold=float(config.sanity.threshold),
+    )
+    if config.agreement and len(config.methods) > 1:
+        agreement = _agreement(
+            {m: arrays[m]["maps"] for m in config.methods}, float(config.topk_fraction)
+        )
+        agreement.pop("_per_sample")
+        (out / "agreement.json").write_text(json.dumps(agreement, indent=2))
+        plotting.agreement_matrices(
+            {
+                "Pearson": np.array(agreement["pearson"]),
+                "Spearman": np.array(agreement["spearman"]),
+                f"top {100 * agreement['topk_fraction']:g}% overlap": np.array(
+                    agreement["topk_overlap"]
+                ),
+            },
+            agreement["methods"],
+            out / "agreement.png",
+        )
+    logging.info("leaderboard: %s", out / "leaderboard.md")
+    return EvaluateAttributionsResult(out_dir=out, rows=rows, indices=indices, computed=computed)

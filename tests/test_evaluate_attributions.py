@@ -1,0 +1,131 @@
+"""The attribution-metrics study end to end on a synthetic smoke run."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+import configs
+from fmi_jax import studies, train
+from fmi_jax.studies import evaluate_attributions as study
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+
+    config = configs.load("cnn_fmnist", "smoke")
+    config.data.name = "synthetic"
+    config.data.options = {"num_train": 704, "num_test": 128}
+    config.data.train_limit = None
+    config.progress = False
+    config.augment = {"flip": False, "crop_padding": 0, "erasing": 0.0}
+    config.learning_rate = 5e-3
+    config.num_epochs = 2
+    workdir = tmp_path_factory.mktemp("run")
+    train.train_and_evaluate(config, workdir)
+    return workdir
+
+
+def test_config_variants():
+    full = configs.load("evaluate_attributions")
+    assert full.num_images == 500 and full.output == "attribution_metrics"
+    assert {"saliency", "integrated_gradients", "grad_cam", "occlusion", "input"} <= set(
+        full.methods
+    )
+    assert full.options.integrated_gradients.steps == 50  # the explain study's options
+    smoke = configs.load("evaluate_attributions", "smoke")
+    assert smoke.num_images == 8 and len(smoke.methods) == 3
+    with pytest.raises(ValueError, match="variant"):
+        configs.load("evaluate_attributions", "big")
+
+
+def test_select_images():
+    np.testing.assert_array_equal(study.select_images(100, 5, "first", 0), np.arange(5))
+    idx = study.select_images(100, 10, "random", 3)
+    assert len(set(idx.tolist())) == 10 and np.all(np.diff(idx) > 0)
+    np.testing.assert_array_equal(idx, study.select_images(100, 10, "random", 3))
+    assert len(study.select_images(4, 10, "first", 0)) == 4
+    with pytest.raises(ValueError, match="selection"):
+        study.select_images(10, 2, "best", 0)
+
+
+def _config():
+    # smoke without grad_cam (keeps the test under a minute on two shared cores)
+    config = configs.load("evaluate_attributions", "smoke")
+    config.methods = ("saliency", "input")
+    config.sensitivity.images_per_method = {"saliency": 4}
+    return config
+
+
+def test_study_writes_leaderboard_reuses_and_refuses(trained_run):
+    config = _config()
+    result = studies.run_evaluate_attributions(config, trained_run)
+    out = trained_run / "attribution_metrics"
+    assert result.computed == list(config.methods)
+    for name in (
+        "config.json",
+        "leaderboard.md",
+        "leaderboard.csv",
+        "leaderboard.json",
+        "curves.npz",
+        "deletion_insertion.png",
+        "randomization.png",
+        "agreement.json",
+        "agreement.png",
+    ):
+        assert (out / name).exists(), name
+    for m in config.methods:
+        assert (out / "methods" / f"{m}.npz").exists() and (out / "methods" / f"{m}.json").exists()
+
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert [r["method"] for r in board["rows"]] == list(config.methods)
+    assert board["images"] == 8
+    numeric = [h for h in board["columns"][1:] if "sanity check" not in h]
+    assert "deletion AUC (lower is better)" in numeric
+    assert "insertion AUC (higher is better)" in numeric
+    for row in board["rows"]:
+        for h in numeric:
+            assert np.isfinite(row[h]), (row["method"], h)
+        assert row["sanity check (pass is better)"] in ("pass", "fail")
+    with open(out / "leaderboard.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(config.methods)
+    md = (out / "leaderboard.md").read_text()
+    assert sum(line.startswith("| saliency") for line in md.splitlines()) == 1
+
+    # Known answers: the image as its own map ignores the model entirely -> fails the
+    # sanity check (Spearman 1 after full randomisation); saliency passes.
+    by_method = {r["method"]: r for r in result.rows}
+    assert by_method["input"]["sanity_pass"] == "fail"
+    assert by_method["input"]["sanity_spearman_abs"] == pytest.approx(1.0)
+    assert by_method["saliency"]["sanity_pass"] == "pass"
+    assert by_method["saliency"]["sanity_fully_randomized"]
+    assert by_method["saliency"]["sensitivity_images"] == 4  # per-method cap
+    assert by_method["input"]["sensitivity_images"] == 8
+
+    curves = np.load(out / "curves.npz")
+    layers = list(curves["layers"])
+    assert layers[0] == by_method["saliency"]["sanity_layers"][0]
+    assert curves["deletion_saliency"].shape == (8, 29)  # one row (28 px) per step
+    assert curves["sanity_ssim_input"].shape == (len(layers), 8)
+
+    # Rerun: every method comes from the cache, nothing is recomputed.
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "methods").iterdir()}
+    again = studies.run_evaluate_attributions(config, trained_run)
+    assert again.computed == []
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "methods").iterdir()} == before
+    assert [r["method"] for r in again.rows] == list(config.methods)
+
+    other = _config()
+    other.num_images = 4
+    with pytest.raises(ValueError, match="another config.*--config.output"):
+        studies.run_evaluate_attributions(other, trained_run)
+
+
+def test_unknown_method_is_refused_before_any_work(trained_run):
+    config = configs.load("evaluate_attributions", "smoke")
+    config.methods = ("saliency", "gradcam")
+    config.output = "metrics_unknown"
+    with pytest.raises(ValueError, match="unknown method"):
+        studies.run_evaluate_attributions(config, trained_run)
+    assert not (trained_run / "metrics_unknown").exists()
