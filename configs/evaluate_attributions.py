@@ -54,7 +54,7 @@ def get_config(arg=None):
     # feature_permutation whose maps depend on the other images of the batch) on
     # 4 x 4 patches.
     options = explain.options.to_dict()
-    options["occlusion"] = {"window": 4, "stride": 4}
+    options["occlusion"] = {"window": (4, 4), "stride": (4, 4)}
     config.options = options
     # Faithfulness. step: pixels per step, an int or a fraction in (0, 1]; 0 = one
     # image row (28 pixels on 28 x 28). The LeRF curve uses the deletion settings.
