@@ -32,7 +32,7 @@ def faithfulness_curves(
             c = np.asarray(by_kind[kind], np.float64)
             xs = np.linspace(0.0, 1.0, len(c))
             area = (c.sum() - 0.5 * (c[0] + c[-1])) / (len(c) - 1)
-            ax.plot(xs, c, label=f"{method} ({area:.3f})")
+            ax.plot(xs, c, label=f"{method} ({area:.3f})", **_style(list(curves).index(method)))
         ax.set_title(f"{kind} (AUC in legend)")
         ax.set_xlabel("fraction of pixels changed")
         ax.set_ylabel(ylabel)
@@ -41,6 +41,15 @@ def faithfulness_curves(
         ax.legend(fontsize=7)
     fig.tight_layout()
     return save(fig, path)
+
+
+def _style(i: int, marker: str | None = None) -> dict:
+    """A distinct colour and line style per method: more methods than the default
+    cycle's ten colours would otherwise share colours."""
+    style = {"color": plt.get_cmap("tab10")(i % 10), "ls": ("-", "--", ":")[(i // 10) % 3]}
+    if marker:
+        style["marker"] = marker
+    return style
 
 
 def randomization_curves(
@@ -65,7 +74,12 @@ def randomization_curves(
     )
     for ax, metric in zip(axes[0], metrics, strict=True):
         for method, values in similarity.items():
-            ax.plot(steps, np.asarray(values[metric]), "o-", label=method)
+            ax.plot(
+                steps,
+                np.asarray(values[metric]),
+                label=method,
+                **_style(list(similarity).index(method), marker="o"),
+            )
         if threshold is not None and metric.startswith("spearman"):
             ax.axhline(threshold, color="k", ls="--", lw=0.8, label="pass/fail")
         ax.set_xticks(steps, labels, rotation=30, ha="right")
