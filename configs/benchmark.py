@@ -84,11 +84,7 @@ def get_config(arg=None):
     config.median_pearson = 0.99
     config.allow_disagreement = False
 
-    arg = arg or ""
-    if arg not in common.VARIANTS:
-        raise ValueError(
-            f"unknown config variant {arg!r}; choose one of {common.VARIANTS[1:]} or none"
-        )
+    arg = common.variant(arg)
     if arg == "smoke":
         config.batch_sizes = (4,)
         config.repeats = 1

@@ -60,11 +60,17 @@ def training_config() -> ml_collections.ConfigDict:
     )
 
 
-def finalize(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-    """Applies the variant named by `arg` and returns the config."""
+def variant(arg: str | None) -> str:
+    """The variant named after the colon ('' for none); an unknown one is an error."""
     arg = arg or ""
     if arg not in VARIANTS:
         raise ValueError(f"unknown config variant {arg!r}; choose one of {VARIANTS[1:]} or none")
+    return arg
+
+
+def finalize(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+    """Applies the variant named by `arg` and returns the config."""
+    arg = variant(arg)
     if arg == "smoke":
         config.num_epochs = 1
         config.batch_size = 32

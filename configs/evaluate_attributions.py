@@ -16,11 +16,7 @@ from configs import explain as explain_config
 
 
 def get_config(arg=None):
-    arg = arg or ""
-    if arg not in common.VARIANTS:
-        raise ValueError(
-            f"unknown config variant {arg!r}; choose one of {common.VARIANTS[1:]} or none"
-        )
+    arg = common.variant(arg)
     explain = explain_config.get_config(arg or None)
 
     config = ml_collections.ConfigDict()

@@ -57,11 +57,7 @@ def get_config(arg=None):
     config.topk_fraction = 0.01
     config.figures = {"max_sheets": 10, "gallery_per_class": 2, "sign_modes": True}
 
-    arg = arg or ""
-    if arg not in common.VARIANTS:
-        raise ValueError(
-            f"unknown config variant {arg!r}; choose one of {common.VARIANTS[1:]} or none"
-        )
+    arg = common.variant(arg)
     if arg == "smoke":
         config.selection.per_class = 1
         config.selection.pool = 200

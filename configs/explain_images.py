@@ -43,11 +43,7 @@ def get_config(arg=None):
     }
     config.summary = {"per_page": 24, "columns": 4}
 
-    arg = arg or ""
-    if arg not in common.VARIANTS:
-        raise ValueError(
-            f"unknown config variant {arg!r}; choose one of {common.VARIANTS[1:]} or none"
-        )
+    arg = common.variant(arg)
     if arg == "smoke":
         config.model = {"name": "mobilenet_v3_small", "width_mult": 0.25, "num_classes": 10}
         config.crop = 64

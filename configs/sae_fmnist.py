@@ -108,11 +108,7 @@ def get_config(arg=None):
     }
     config.figures = {"atoms": 100, "reconstructions": 10}
 
-    arg = arg or ""
-    if arg not in common.VARIANTS:
-        raise ValueError(
-            f"unknown config variant {arg!r}; choose one of {common.VARIANTS[1:]} or none"
-        )
+    arg = common.variant(arg)
     if arg == "smoke":
         config.data.validation_size = 64
         config.data.train_limit = 256
