@@ -19,7 +19,15 @@ def get_config(arg=None):
     config.model_workdir = config_dict.placeholder(str)
     config.model_name = "cnn_fmnist"
     config.data_name = "fashion_mnist"
-    config.batch_sizes = (64,)
+    config.batch_sizes = (64, 256)
+    # The PyTorch side's device: 'auto' is CUDA when torch sees a GPU, else the CPU.
+    config.torch_device = "auto"
+    # Write a JAX profiler trace of one warm call per row under workdir/profile/
+    # (TensorBoard's profile plugin or Perfetto read it).
+    config.profile = False
+    # Peak memory of every method at the largest batch, each side in a fresh process
+    # (fmi_jax/benchmark/memory_probe.py): host RSS, and device memory on a GPU.
+    config.memory_probe = True
     config.methods = (
         "saliency",
         "input_x_gradient",
@@ -68,6 +76,16 @@ def get_config(arg=None):
         },
         "max_sensitivity": {"explain": "saliency", "radius": 0.02, "samples": 10},
     }
+    # Peak device memory of IG as integration steps and batch_size (model evaluations
+    # per chunk) vary, on 256 images: XLA's plan for every pair (compile only), then the
+    # most steps run once at the smallest batch_size. Empty `steps` skips it.
+    config.memory_scaling = {
+        "method": "integrated_gradients",
+        "images": 256,
+        "steps": (50, 1000),
+        "batch_sizes": (None, 256, 1024, 4096),
+        "run": True,
+    }
     config.repeats = 5
     # Each timed sample: back-to-back calls lasting at least this long (see runner.py).
     config.min_sample_s = 0.2
@@ -91,4 +109,7 @@ def get_config(arg=None):
         config.min_sample_s = 0.0
         config.settle_s = 0.0
         config.options.integrated_gradients.steps = 4
+        config.memory_scaling.images = 4
+        config.memory_scaling.steps = (4, 8)
+        config.memory_scaling.batch_sizes = (None, 8)
     return config

@@ -91,7 +91,16 @@ from fmi_jax import attribution, data, models
 from fmi_jax.train import evaluate as evaluate_lib
 from fmi_jax.train.input_pipeline import to_float
 
-__all__ = ["METRICS", "machine_description", "run_benchmark"]
+__all__ = [
+    "METRICS",
+    "PeakRSS",
+    "goal",
+    "machine_description",
+    "markdown",
+    "memory_scaling",
+    "run_benchmark",
+    "xla_memory",
+]
 
 # Rows that time an explanation metric (fmi_jax.evaluation) rather than a method.
 METRICS = ("infidelity", "max_sensitivity")
@@ -169,14 +178,17 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | Path) -> dic
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(os.cpu_count() or 1)
+    device = torch_device(config.get("torch_device", "auto"))
     model, variables, model_desc = _model(config)
     fn = jax.jit(lambda x: model.apply(variables, x))
     net = torch_side.from_flax(model, variables, data.DATASETS[config.data_name].image_shape)
+    net = net.to(device)
     largest = max(config.batch_sizes)
     x_all = _images(config, largest)
     target_all = np.asarray(jnp.argmax(fn(x_all), -1)).astype(np.int64)
-    nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
-    nhwc = lambda t: t.detach().numpy().transpose(0, 2, 3, 1)
+    nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).to(device)
+    nhwc = lambda t: t.detach().cpu().numpy().transpose(0, 2, 3, 1)
+    ttarget = lambda a: torch.from_numpy(np.asarray(a, np.int64)).to(device)
 
     results: dict[str, Any] = {
         "machine": machine_description()
@@ -184,6 +196,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | Path) -> dic
             "torch": torch.__version__,
             "captum": captum.__version__,
             "torch_threads": torch.get_num_threads(),
+            "torch_device": str(device),
         }
         | _package_versions(methods),
         "model": model_desc,
@@ -192,7 +205,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | Path) -> dic
         "rows": [],
     }
     with torch.no_grad():
-        logit_err = float(np.abs(np.asarray(fn(x_all)) - net(nchw(x_all)).numpy()).max())
+        logit_err = float(np.abs(np.asarray(fn(x_all)) - net(nchw(x_all)).cpu().numpy()).max())
     results["agreement"]["logits_max_abs_diff"] = logit_err
     logging.info("logits agree to %.2e", logit_err)
 
@@ -226,13 +239,11 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | Path) -> dic
         ours = np.asarray(
             _jax_call(name, fn, check_opts, model, variables)(jnp.asarray(x0), jnp.asarray(t0))
         )
-        theirs = nhwc(
-            torch_side.captum_method(name, net, check_opts)(nchw(x0), torch.from_numpy(t0))
-        )
+        theirs = nhwc(torch_side.captum_method(name, net, check_opts)(nchw(x0), ttarget(t0)))
         if name == "score_cam":
             package_default = nhwc(
                 torch_side.captum_method(name, net, dict(check_opts, target_kind="logit"))(
-                    nchw(x0), torch.from_numpy(t0)
+                    nchw(x0), ttarget(t0)
                 )
             )
             record = _pearson_agreement(ours, theirs, package_default)
@@ -265,7 +276,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | Path) -> dic
             "images": n_check,
         }
         if name == "deeplift":
-            completeness = _deeplift_completeness(fn, net, x0, t0, nchw)
+            completeness = _deeplift_completeness(fn, net, x0, t0, nchw, ttarget)
             results["agreement"][name].update(completeness)
             if rel > config.tolerance and completeness["captum_complete"] is False:
                 # Summation-to-delta is DeepLIFT's defining property; the side that
@@ -289,11 +300,12 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | Path) -> dic
         raise AssertionError("fmi_jax and its PyTorch reference disagree: " + "; ".join(failures))
 
     # 3. timing
+    sync = torch_side.synchronizer(device)
     for name in methods:
         opts = dict(config.options.get(name, {}))
         for bs in config.batch_sizes:
             x, t = jnp.asarray(x_all[:bs]), jnp.asarray(target_all[:bs])
-            xt, tt = nchw(x_all[:bs]), torch.from_numpy(target_all[:bs])
+            xt, tt = nchw(x_all[:bs]), ttarget(target_all[:bs])
             if name in METRICS:
                 ours, theirs = _metric_calls(
                     name, fn, opts, model, variables, net, x_all[:bs], target_all[:bs], nchw
@@ -301,55 +313,253 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | Path) -> dic
             else:
                 ours = _jax_call(name, fn, opts, model, variables)
                 theirs = torch_side.captum_method(name, net, opts)
-            start = time.perf_counter()
-            jax.block_until_ready(ours(x, t))
-            first = time.perf_counter() - start
-            run_ours = lambda *a, f=ours: jax.block_until_ready(f(*a))
-            min_sample_s = float(config.get("min_sample_s", 0.0))
-            n_ours = _calls_per_sample(_seconds(run_ours, x, t), min_sample_s)
-            n_theirs = _calls_per_sample(_seconds(theirs, xt, tt), min_sample_s)  # + warm-up
-            jax_times, torch_times = [], []
-            settle_s = float(config.get("settle_s", 0.0))
-            for _ in range(config.repeats):  # alternate, so drift hits both sides alike
-                time.sleep(settle_s)
-                jax_times.append(_seconds(run_ours, x, t, calls=n_ours))
-                time.sleep(settle_s)
-                torch_times.append(_seconds(theirs, xt, tt, calls=n_theirs))
-            j, p = statistics.median(jax_times), statistics.median(torch_times)
             row = {
                 "method": name,
                 "reference": torch_side.REFERENCES[name],
                 "batch": bs,
-                "fmi_jax_s": j,
-                "pytorch_s": p,
-                "speedup": p / j,
-                "fmi_jax_images_per_s": bs / j,
-                "pytorch_images_per_s": bs / p,
-                "fmi_jax_compile_s": max(first - j, 0.0),
-                "calls_per_sample": {"fmi_jax": n_ours, "pytorch": n_theirs},
+                **_time_pair(config, ours, (x, t), sync(theirs), (xt, tt)),
                 "options": {k: _plain(v) for k, v in opts.items()},
             }
+            if config.get("memory_probe") and bs == largest:
+                row["memory_probe"] = _probe_memory(config, name, opts, bs)
+            if config.get("profile"):
+                row["profile"] = _profile(ours, (x, t), workdir / "profile" / f"{name}_b{bs}")
+            row["goal"] = goal(row, results["machine"])
             results["rows"].append(row)
             logging.info(
                 "%s @%d: fmi_jax %.4f s, %s %.4f s, x%.2f",
                 name,
                 bs,
-                j,
+                row["fmi_jax_s"],
                 torch_side.REFERENCES[name],
-                p,
-                p / j,
+                row["pytorch_s"],
+                row["speedup"],
             )
+        _write(workdir, results)  # after every method: a long run keeps what it measured
 
-    (workdir / "benchmark.json").write_text(json.dumps(results, indent=2))
-    table = markdown(results)
-    (workdir / "benchmark.md").write_text(table + "\n")
-    print(table)
+    if config.get("memory_scaling") and config.memory_scaling.get("steps"):
+        results["memory_scaling"] = memory_scaling(
+            fn, x_all, target_all, config.memory_scaling, workdir=workdir
+        )
+    _write(workdir, results)
+    print(markdown(results))
     return results
 
 
-def _deeplift_completeness(fn, net, x, target, nchw, tolerance: float = 1e-4) -> dict[str, Any]:
-    """Both sides' summation-to-delta gaps, relative to the largest |f(x) - f(baseline)|."""
+def _write(workdir: Path, results: dict[str, Any]) -> None:
+    (workdir / "benchmark.json").write_text(json.dumps(results, indent=2))
+    (workdir / "benchmark.md").write_text(markdown(results) + "\n")
+
+
+def torch_device(name: str = "auto"):
+    """The torch device of the PyTorch side: 'auto' is CUDA when torch sees a GPU (the
+    comparison on a GPU machine is GPU against GPU), else the CPU."""
     import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"torch_device={name!r}, but this torch has no CUDA device "
+            f"(torch {torch.__version__}); use 'cpu' or 'auto'"
+        )
+    return torch.device(name)
+
+
+# --------------------------------------------------------------------------- timing, memory
+def _time_pair(config, ours, our_args, theirs, their_args) -> dict[str, Any]:
+    """Times the jitted fmi_jax call and its PyTorch counterpart as the module docstring
+    says (compile apart, warm-up excluded, `repeats` alternating samples, medians), and
+    adds XLA's memory plan for the fmi_jax call."""
+    start = time.perf_counter()
+    jax.block_until_ready(ours(*our_args))
+    first = time.perf_counter() - start
+    run_ours = lambda *a, f=ours: jax.block_until_ready(f(*a))
+    min_sample_s = float(config.get("min_sample_s", 0.0))
+    n_ours = _calls_per_sample(_seconds(run_ours, *our_args), min_sample_s)
+    n_theirs = _calls_per_sample(_seconds(theirs, *their_args), min_sample_s)  # + warm-up
+    jax_times, torch_times = [], []
+    settle_s = float(config.get("settle_s", 0.0))
+    for _ in range(config.repeats):  # alternate, so drift hits both sides alike
+        time.sleep(settle_s)
+        jax_times.append(_seconds(run_ours, *our_args, calls=n_ours))
+        time.sleep(settle_s)
+        torch_times.append(_seconds(theirs, *their_args, calls=n_theirs))
+    j, p = statistics.median(jax_times), statistics.median(torch_times)
+    batch = int(our_args[0].shape[0])
+    return {
+        "fmi_jax_s": j,
+        "pytorch_s": p,
+        "speedup": p / j,
+        "fmi_jax_images_per_s": batch / j,
+        "pytorch_images_per_s": batch / p,
+        "fmi_jax_compile_s": max(first - j, 0.0),
+        "calls_per_sample": {"fmi_jax": n_ours, "pytorch": n_theirs},
+        **_memory_columns(ours, our_args),
+    }
+
+
+class PeakRSS:
+    """Peak resident set size of this process while the block runs, sampled every
+    `interval_s` by a thread (Linux /proc/self/statm; None elsewhere), and its increase
+    over the RSS at entry (`increase`)."""
+
+    def __init__(self, interval_s: float = 0.002):
+        self.interval_s = interval_s
+        self.start = self.peak = None
+
+    @staticmethod
+    def current() -> int | None:
+        try:
+            pages = int(Path("/proc/self/statm").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            return None
+        return pages * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self) -> PeakRSS:
+        import threading
+
+        self.start = self.peak = self.current()
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.wait(self.interval_s):
+                now = self.current()
+                if now is not None and self.peak is not None:
+                    self.peak = max(self.peak, now)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        now = self.current()
+        if now is not None and self.peak is not None:
+            self.peak = max(self.peak, now)
+
+    @property
+    def increase(self) -> int | None:
+        return None if self.start is None else self.peak - self.start
+
+
+def xla_memory(call, *args) -> dict[str, int] | None:
+    """The device memory XLA plans for `call(*args)`: arguments, outputs and temporaries
+    of the compiled program (`Compiled.memory_analysis()`), on any backend. This is the
+    program's peak (what must fit on the device); None where the backend does not say."""
+    try:
+        analysis = jax.jit(call).lower(*args).compile().memory_analysis()
+    except Exception as e:  # noqa: BLE001 - some backends/plugins do not implement it
+        logging.warning("no XLA memory analysis: %s", e)
+        return None
+    if analysis is None:
+        return None
+    out = {
+        "argument_bytes": int(analysis.argument_size_in_bytes),
+        "output_bytes": int(analysis.output_size_in_bytes),
+        "temp_bytes": int(analysis.temp_size_in_bytes),
+    }
+    out["total_bytes"] = sum(out.values())
+    return out
+
+
+def _memory_columns(ours, our_args) -> dict[str, Any]:
+    """fmi_jax's device memory for one call as XLA plans it (any backend). Measured
+    peaks (host RSS, device) come from `memory_probe`, one fresh process per side."""
+    return {"fmi_jax_xla_memory": xla_memory(ours, *our_args)}
+
+
+def _probe_memory(config, name: str, options: dict[str, Any], batch: int) -> dict[str, Any]:
+    from fmi_jax.benchmark import memory_probe
+
+    base = {
+        "config": {
+            "model_workdir": config.get("model_workdir"),
+            "model_name": config.model_name,
+            "data_name": config.data_name,
+            "torch_device": config.get("torch_device", "auto"),
+        },
+        "method": name,
+        "options": {k: _plain(v) for k, v in options.items()},
+        "batch": batch,
+    }
+    return {
+        side: memory_probe.probe_in_subprocess(dict(base, side=side))
+        for side in ("fmi_jax", "pytorch")
+    }
+
+
+def _profile(call, args, directory: Path) -> str:
+    """A JAX profiler trace of one (compiled, warm) call, for TensorBoard / Perfetto."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with jax.profiler.trace(str(directory)):
+        jax.block_until_ready(call(*args))
+    return str(directory)
+
+
+def memory_scaling(fn, x_all, target_all, spec, *, workdir: Path | None = None) -> dict[str, Any]:
+    """Peak device memory of a many-step method as steps and `batch_size` vary.
+
+    For every (steps, batch_size) in `spec.steps` x `spec.batch_sizes`: XLA's planned
+    bytes for `spec.method` on `spec.images` images (compile only). Then the largest
+    step count runs once at the smallest batch_size, timed, with the process's RSS
+    increase measured, to show it runs in that memory. The claim under test: peak
+    memory is set by batch_size, not by steps.
+    """
+    method = spec.get("method", "integrated_gradients")
+    n = int(spec.get("images", 256))
+    if len(x_all) < n:
+        raise ValueError(f"memory_scaling needs {n} images; add {n} to batch_sizes")
+    x, t = jnp.asarray(x_all[:n]), jnp.asarray(target_all[:n])
+    rows = []
+    for steps in spec.steps:
+        for batch_size in spec.batch_sizes:
+            explain = attribution.explainer(method, fn, steps=int(steps), batch_size=batch_size)
+            call = jax.jit(lambda x, t, e=explain: e(x, t, jax.random.key(0)))
+            memory = xla_memory(call, x, t)
+            rows.append({"steps": int(steps), "batch_size": batch_size, **(memory or {})})
+            logging.info("memory %s steps=%s batch_size=%s: %s", method, steps, batch_size, memory)
+    out: dict[str, Any] = {"method": method, "images": n, "rows": rows}
+    if spec.get("run", True):
+        steps, batch_size = max(spec.steps), min(b for b in spec.batch_sizes if b)
+        explain = attribution.explainer(method, fn, steps=int(steps), batch_size=batch_size)
+        call = jax.jit(lambda x, t: explain(x, t, jax.random.key(0)))
+        start = time.perf_counter()
+        with PeakRSS() as rss:
+            maps = jax.block_until_ready(call(x, t))
+        seconds = time.perf_counter() - start
+        stats = getattr(jax.devices()[0], "memory_stats", lambda: None)()
+        out["run"] = {
+            "steps": int(steps),
+            "batch_size": batch_size,
+            "seconds_with_compile": seconds,
+            "rss_increase_bytes": rss.increase,
+            "finite": bool(jnp.isfinite(maps).all()),
+            "device_peak_so_far_bytes": (stats or {}).get("peak_bytes_in_use"),
+        }
+    return out
+
+
+# --------------------------------------------------------------------------- goals
+# The issue's targets, by machine: on an H100/H200 GPU, 5x PyTorch + Captum for IG and
+# SmoothGrad at batch 256 and 2x for everything else; on a CPU, parity.
+GPU_GOALS = {"integrated_gradients": 5.0, "smoothgrad": 5.0}
+
+
+def goal(row: dict[str, Any], machine: dict[str, Any]) -> dict[str, Any]:
+    """The speed-up a row must reach on this machine, and whether it did."""
+    if machine.get("jax_backend") == "gpu":
+        target = GPU_GOALS.get(row["method"], 2.0) if row["batch"] >= 256 else 2.0
+    else:
+        target = 1.0
+    return {"target": target, "met": bool(row["speedup"] >= target)}
+
+
+def _deeplift_completeness(
+    fn, net, x, target, nchw, ttarget, tolerance: float = 1e-4
+) -> dict[str, Any]:
+    """Both sides' summation-to-delta gaps, relative to the largest |f(x) - f(baseline)|."""
     from captum.attr import DeepLift
 
     x = jnp.asarray(x)
@@ -360,7 +570,7 @@ def _deeplift_completeness(fn, net, x, target, nchw, tolerance: float = 1e-4) ->
     _, theirs = DeepLift(net).attribute(
         nchw(np.asarray(x)),
         baselines=0.0,
-        target=torch.from_numpy(np.asarray(target)),
+        target=ttarget(target),
         return_convergence_delta=True,
     )
     ours = float(jnp.abs(ours).max()) / scale
@@ -504,14 +714,15 @@ def _metric_agreement(name, fn, options, model, variables, net, x, t, nchw) -> d
     noise = _metric_noise(name, options, x)
     replay = nchw(noise)
     xj, tj = jnp.asarray(x), jnp.asarray(t)
-    xt, tt = nchw(x), torch.from_numpy(np.asarray(t))
+    xt = nchw(x)
+    tt = torch.from_numpy(np.asarray(t, np.int64)).to(xt.device)
     ours_call, replayed_call = _metric_calls(
         name, fn, options, model, variables, net, x, t, nchw, replay=replay
     )
     _, own_call = _metric_calls(name, fn, options, model, variables, net, x, t, nchw)
     ours = np.asarray(ours_call(xj, tj), np.float64)
-    theirs = replayed_call(xt, tt).detach().numpy().astype(np.float64)
-    own = own_call(xt, tt).detach().numpy().astype(np.float64)
+    theirs = replayed_call(xt, tt).detach().cpu().numpy().astype(np.float64)
+    own = own_call(xt, tt).detach().cpu().numpy().astype(np.float64)
     scale = max(float(np.linalg.norm(theirs)), 1e-30)
     return {
         "relative_l2_error": float(np.linalg.norm(ours - theirs)) / scale,
@@ -608,26 +819,83 @@ def _option_text(value: Any) -> str:
     return str(value)
 
 
+def _mib(value: Any) -> str:
+    return "n/a" if value is None else f"{value / 2**20:,.1f}"
+
+
 def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     grad_cam_pkg = f", grad-cam {m['grad_cam']}" if "grad_cam" in m else ""
+    torch_device = m.get("torch_device", "cpu")
     lines = [
-        f"Machine: {m['cpu']}, {m['cores']} cores; jax {m['jax']} ({m['jax_backend']}), "
-        f"torch {m['torch']} ({m['torch_threads']} threads), captum {m['captum']}"
-        f"{grad_cam_pkg}. "
+        f"Machine: {m['cpu']}, {m['cores']} cores; jax {m['jax']} ({m['jax_backend']}, "
+        f"{m.get('jax_device', '')}), torch {m['torch']} ({torch_device}, "
+        f"{m['torch_threads']} threads), captum {m['captum']}{grad_cam_pkg}. "
         f"Model: {results['model']}. Images: {results['images']}.",
         "",
-        "| method | PyTorch reference | batch | fmi_jax (s) | PyTorch (s) "
-        "| fmi_jax / PyTorch speed | fmi_jax compile (s) | agreement (rel. L2 unless noted) |",
+        "| method | PyTorch reference | batch | fmi_jax (images/s) | PyTorch (images/s) "
+        "| fmi_jax / PyTorch speed (goal) | fmi_jax compile (s) "
+        "| agreement (rel. L2 unless noted) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
         agree = _agreement_text(results["agreement"].get(r["method"]))
+        speed = f"{r['speedup']:.2f}x"
+        if "goal" in r:
+            mark = "met" if r["goal"]["met"] else "**missed**"
+            speed += f" (>= {r['goal']['target']:g}x: {mark})"
         lines.append(
             f"| {r['method']} | {r.get('reference', 'Captum')} | {r['batch']} "
-            f"| {r['fmi_jax_s']:.4f} | {r.get('pytorch_s', r.get('captum_s')):.4f} "
-            f"| {r['speedup']:.2f}x | {r['fmi_jax_compile_s']:.2f} | {agree} |"
+            f"| {r['batch'] / r['fmi_jax_s']:,.0f} "
+            f"| {r['batch'] / r.get('pytorch_s', r.get('captum_s')):,.0f} "
+            f"| {speed} | {r['fmi_jax_compile_s']:.2f} | {agree} |"
         )
+    if any("fmi_jax_xla_memory" in r for r in results["rows"]):
+        lines += [
+            "",
+            "Memory of one call (MiB): fmi_jax's device memory as XLA plans it (arguments + "
+            "outputs + temporaries), and, at the largest batch, each side measured in a "
+            "fresh process (`memory_probe`): the peak increase of host RSS during its first "
+            "call (compilation included) and the device's peak (GPU only).",
+            "",
+            "| method | batch | fmi_jax XLA plan | fmi_jax RSS increase | PyTorch RSS increase "
+            "| fmi_jax device peak | PyTorch device peak |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in results["rows"]:
+            plan = (r.get("fmi_jax_xla_memory") or {}).get("total_bytes")
+            probe = r.get("memory_probe") or {}
+            ours, theirs = probe.get("fmi_jax", {}), probe.get("pytorch", {})
+            lines.append(
+                f"| {r['method']} | {r['batch']} | {_mib(plan)} "
+                f"| {_mib(ours.get('rss_increase_bytes'))} "
+                f"| {_mib(theirs.get('rss_increase_bytes'))} "
+                f"| {_mib(ours.get('device_peak_bytes'))} "
+                f"| {_mib(theirs.get('device_peak_bytes'))} |"
+            )
+    scaling = results.get("memory_scaling")
+    if scaling:
+        lines += [
+            "",
+            f"Peak device memory of {scaling['method']} on {scaling['images']} images "
+            "(XLA plan, MiB) by integration steps and batch_size (model evaluations per chunk):",
+            "",
+            "| steps | batch_size | XLA plan (MiB) | of which temporaries |",
+            "|---|---|---|---|",
+        ]
+        for r in scaling["rows"]:
+            lines.append(
+                f"| {r['steps']} | {r['batch_size'] or 'all at once'} "
+                f"| {_mib(r.get('total_bytes'))} | {_mib(r.get('temp_bytes'))} |"
+            )
+        run = scaling.get("run")
+        if run:
+            lines += [
+                "",
+                f"Run: {run['steps']} steps, batch_size {run['batch_size']}: "
+                f"{run['seconds_with_compile']:.1f} s with compilation, process RSS increase "
+                f"{_mib(run['rss_increase_bytes'])} MiB, finite: {run['finite']}.",
+            ]
     options = {}
     for r in results["rows"]:
         if r["options"] and r["method"] not in options:

@@ -37,6 +37,7 @@ __all__ = [
     "conv_block_output",
     "from_flax",
     "square_patch_mask",
+    "synchronizer",
 ]
 
 
@@ -356,6 +357,7 @@ def captum_method(name: str, net: nn.Module, options: Mapping[str, Any]):
                 fm = square_patch_mask(x.shape[2], x.shape[3], int(options["patch"]))
             else:  # fmi_jax's (H, W, 1 or C) group ids, as NCHW
                 fm = torch.from_numpy(np.asarray(mask, np.int64).transpose(2, 0, 1))[None]
+            fm = fm.to(x.device)
             groups = int(fm.max()) + 1
             ppe = _chunk_to_perturbations(options.get("batch_size"), x.shape[0], groups)
             return m.attribute(x, target=t, feature_mask=fm, perturbations_per_eval=ppe)
@@ -449,6 +451,24 @@ def captum_metric(
 
         return run_sensitivity
     raise ValueError(f"no Captum metric for {name!r}; have {METRIC_REFERENCES}")
+
+
+def synchronizer(device: torch.device):
+    """`wrap(call)`: the call, then waiting for the device (CUDA launches are
+    asynchronous, so a clock stopped without it times only the launch)."""
+
+    def wrap(call):
+        if device.type != "cuda":
+            return call
+
+        def synced(*args):
+            out = call(*args)
+            torch.cuda.synchronize(device)
+            return out
+
+        return synced
+
+    return wrap
 
 
 def layer_channels(net: TorchCNN, layer: str) -> int:
