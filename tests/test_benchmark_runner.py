@@ -265,3 +265,16 @@ def test_memory_probe_refuses_an_unknown_side():
     }
     with pytest.raises(ValueError, match="side must be 'fmi_jax' or 'pytorch'"):
         memory_probe.probe(spec)
+
+
+def test_profile_names_the_ops_that_take_the_time(tmp_path):
+    """--config.profile: a trace is written and its summary attributes XLA op time to
+    the JAX operations it came from (here a matmul dominates a cheap elementwise op)."""
+    a = jnp.ones((512, 512))
+    call = jax.jit(lambda a, b: jnp.tanh(a @ b @ a @ b))
+    call(a, a).block_until_ready()
+    out = runner._profile(call, (a, a), tmp_path / "trace")
+    assert list((tmp_path / "trace").rglob("*.trace.json.gz"))
+    ops = out["top_ops"]
+    assert ops and abs(sum(o["share"] for o in ops) - 1.0) < 0.05
+    assert "dot_general" in ops[0]["from"]

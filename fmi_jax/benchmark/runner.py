@@ -490,12 +490,54 @@ def _probe_memory(config, name: str, options: dict[str, Any], batch: int) -> dic
     }
 
 
-def _profile(call, args, directory: Path) -> str:
-    """A JAX profiler trace of one (compiled, warm) call, for TensorBoard / Perfetto."""
+def _profile(call, args, directory: Path, top: int = 8) -> dict[str, Any]:
+    """A JAX profiler trace of one (compiled, warm) call, for TensorBoard / Perfetto,
+    and its summary: the XLA ops that took the most time, each named by the JAX
+    operation it came from (the HLO's `op_name` metadata, e.g.
+    `transpose(jvp(SimpleCNN))/conv2/conv/dot_general`: the backward pass of conv2)."""
     directory.mkdir(parents=True, exist_ok=True)
     with jax.profiler.trace(str(directory)):
         jax.block_until_ready(call(*args))
-    return str(directory)
+    hlo = jax.jit(call).lower(*args).compile().as_text()
+    return {"trace": str(directory), "top_ops": profile_summary(directory, hlo, top=top)}
+
+
+def profile_summary(directory: Path, hlo_text: str = "", top: int = 8) -> list[dict[str, Any]]:
+    """The `top` XLA ops by total time in the newest trace under `directory`, with their
+    share of all XLA op time and the JAX operation each came from. Times are summed
+    over threads (`thread_ms`: an op split across XLA:CPU's worker threads counts each
+    thread's part)."""
+    import gzip
+    import re
+
+    traces = sorted(Path(directory).rglob("*.trace.json.gz"), key=lambda p: p.stat().st_mtime)
+    if not traces:
+        return []
+    events = json.loads(gzip.open(traces[-1]).read())["traceEvents"]
+    origin = dict(re.findall(r"%(\S+) = .*?metadata=\{op_name=\"([^\"]+)\"", hlo_text))
+    threads = {
+        (e["pid"], e["tid"]): e["args"]["name"]
+        for e in events
+        if e.get("ph") == "M" and e.get("name") == "thread_name"
+    }
+    totals: dict[str, float] = {}
+    for e in events:
+        if e.get("ph") != "X" or e["name"] not in origin:
+            continue  # python frames, executor bookkeeping: not XLA ops
+        if "XLA" not in threads.get((e["pid"], e["tid"]), "XLA"):
+            continue
+        totals[e["name"]] = totals.get(e["name"], 0.0) + float(e["dur"])
+    overall = sum(totals.values()) or 1.0
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
+    return [
+        {
+            "op": name,
+            "thread_ms": us / 1e3,
+            "share": us / overall,
+            "from": re.sub(r"^(jit\([^)]*\)/)+", "", origin.get(name, "")),
+        }
+        for name, us in ranked
+    ]
 
 
 def memory_scaling(fn, x_all, target_all, spec, *, workdir: Path | None = None) -> dict[str, Any]:
@@ -896,6 +938,14 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{run['seconds_with_compile']:.1f} s with compilation, process RSS increase "
                 f"{_mib(run['rss_increase_bytes'])} MiB, finite: {run['finite']}.",
             ]
+    profiled = [r for r in results["rows"] if (r.get("profile") or {}).get("top_ops")]
+    if profiled:
+        lines += ["", "Where fmi_jax's time goes (JAX profiler, share of XLA op time):", ""]
+        for r in profiled:
+            ops = "; ".join(
+                f"{o['share']:.0%} {o['from'] or o['op']}" for o in r["profile"]["top_ops"][:4]
+            )
+            lines.append(f"- {r['method']} @{r['batch']}: {ops}")
     options = {}
     for r in results["rows"]:
         if r["options"] and r["method"] not in options:
