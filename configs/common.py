@@ -53,6 +53,8 @@ def training_config() -> ml_collections.ConfigDict:
             # 'auto' picks per backend (see fmi_jax/train/loop.py), or 'step' / 'scan'.
             "loop": "auto",
             "steps_per_dispatch": 50,
+            # Data parallelism (fmi_jax/parallel.py): 1 one device; 0 all; n the first n.
+            "num_devices": 1,
             "log_every_steps": 50,
             "checkpoint_keep": 2,
             "progress": True,

@@ -10,6 +10,7 @@ Re-running with the same --workdir resumes from its latest checkpoint.
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import _distributed
 from fmi_jax import logs, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -20,6 +21,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _distributed.maybe_initialize()
     logs.quiet_libraries()
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

@@ -20,6 +20,16 @@ Measured on a 2-core x86 CPU (jax 0.10.2, the Fashion-MNIST CNN at batch 128, 20
 steps): 'step' 967 images/s after a 3.3 s compile, 'scan' 872 images/s after 10.7 s
 (see README), so 'auto' picks 'step' on CPU. On accelerators it picks 'scan', where
 per-step dispatch overhead dominates small models; that choice is not yet measured.
+
+Devices (config.num_devices; see fmi_jax/parallel.py): 1 (the default) runs on
+`jax.devices()[0]` alone; n > 1 (or 0, all devices) builds a mesh over the first n
+devices, replicates the dataset and the state on it and shards each batch along
+its first axis inside the jitted steps, so XLA all-reduces the gradients
+(data parallelism). batch_size and eval_batch_size must be multiples of n. The
+results equal a single-device run up to the order of float reductions. In a
+multi-process run (fmi_jax.parallel.initialize_distributed) the mesh must span all
+devices (num_devices 0) and only process 0 writes config.json, metrics.jsonl, the
+figures and train_summary.json; all processes take part in checkpointing.
 """
 
 from __future__ import annotations
@@ -40,7 +50,7 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from fmi_jax import data as data_lib
-from fmi_jax import models, plotting
+from fmi_jax import models, parallel, plotting
 from fmi_jax.train import checkpoint as ckpt_lib
 from fmi_jax.train import optim
 from fmi_jax.train import tasks as tasks_lib
@@ -207,6 +217,34 @@ def _choose_loop(config: Any) -> str:
     return loop
 
 
+def _mesh_from_config(config: Any) -> jax.sharding.Mesh | None:
+    """The data-parallel mesh of `config.num_devices` (1: none, the single-device
+    loop; 0: all devices; n: the first n), its batch sizes checked."""
+    n = int(config.get("num_devices", 1))
+    if n < 0:
+        raise ValueError(f"config.num_devices must be >= 0 (0 = all devices), got {n}")
+    if jax.process_count() > 1 and n not in (0, jax.device_count()):
+        raise ValueError(
+            f"this run has {jax.process_count()} processes; the mesh must span all "
+            f"{jax.device_count()} devices: set --config.num_devices=0"
+        )
+    if (n or jax.device_count()) == 1 and jax.process_count() == 1:
+        return None
+    mesh = parallel.make_mesh(n)
+    parallel.check_divisible(int(config.batch_size), mesh, "batch_size")
+    parallel.check_divisible(int(config.eval_batch_size), mesh, "eval_batch_size")
+    return mesh
+
+
+def _put(tree: Any, place: Any) -> Any:
+    """`jax.device_put(tree, place)`. Across processes jax only places host values (the
+    same on every process) onto a sharding with other processes' devices, so the
+    tree goes through the host there."""
+    if jax.process_count() > 1:
+        tree = jax.device_get(tree)
+    return jax.device_put(tree, place)
+
+
 def _largest_divisor_at_most(n: int, k: int) -> int:
     return max(d for d in range(1, min(n, max(k, 1)) + 1) if n % d == 0)
 
@@ -232,10 +270,19 @@ class CountingJit:
         return self._jitted(*args)
 
 
-def _eval_fn(task: tasks_lib.Task | None = None):
+def _eval_fn(task: tasks_lib.Task | None = None, mesh: jax.sharding.Mesh | None = None):
     """Jitted eval_step. Batches have one fixed shape for every split (the last is
-    padded and masked), so this compiles once per run."""
-    return CountingJit(functools.partial(eval_step, task=task or tasks_lib.classification()))
+    padded and masked), so this compiles once per run. With a mesh, each batch is
+    sharded over its devices and the sums come back replicated."""
+    step = functools.partial(eval_step, task=task or tasks_lib.classification())
+    if mesh is None:
+        return CountingJit(step)
+
+    def sharded_step(state, batch):
+        batch = jax.lax.with_sharding_constraint(batch, parallel.batch_sharded(mesh))
+        return step(state, batch)
+
+    return CountingJit(sharded_step, out_shardings=parallel.replicated(mesh))
 
 
 @jax.jit
@@ -310,9 +357,18 @@ def _check_finite(
 # --------------------------------------------------------------------------- the loop
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
     """Trains `config.model` on `config.data`, resuming from `workdir` if it has checkpoints."""
+    mesh = _mesh_from_config(config)  # before anything is written
+    num_devices = 1 if mesh is None else int(mesh.devices.size)
+    main_process = parallel.is_main_process()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    logging.info("backend %s, devices %s", jax.default_backend(), jax.devices())
+    logging.info(
+        "backend %s, devices %s; training on %d device(s)%s",
+        jax.default_backend(),
+        jax.devices(),
+        num_devices,
+        f" over {jax.process_count()} processes" if jax.process_count() > 1 else "",
+    )
 
     splits = load_data(config.data)
     train_ds, val_ds, test_ds = splits["train"], splits["validation"], splits["test"]
@@ -330,13 +386,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     )
     ckpt.check_architecture(identity)  # before anything in workdir is written
     config_path = workdir / "config.json"
-    if not config_path.exists():
+    if main_process and not config_path.exists():
         config_path.write_text(json.dumps(_plain(config), indent=2, sort_keys=True))
 
     model = model_from_config(config.model)
-    device_train = DeviceDataset.from_numpy(train_ds.images, train_ds.labels)
-    device_val = DeviceDataset.from_numpy(val_ds.images, val_ds.labels) if len(val_ds) else None
-    device_test = DeviceDataset.from_numpy(test_ds.images, test_ds.labels)
+    # One device: the state is committed to it, the data left uncommitted (as ever).
+    # A mesh: both replicated on it; batches are sharded inside the jitted steps.
+    place = jax.devices()[0] if mesh is None else parallel.replicated(mesh)
+    data_place = None if mesh is None else place
+    device_train = DeviceDataset.from_numpy(train_ds.images, train_ds.labels, data_place)
+    device_val = (
+        DeviceDataset.from_numpy(val_ds.images, val_ds.labels, data_place) if len(val_ds) else None
+    )
+    device_test = DeviceDataset.from_numpy(test_ds.images, test_ds.labels, data_place)
 
     batch_size = int(config.batch_size)
     steps_per_epoch = device_train.steps_per_epoch(batch_size)
@@ -345,9 +407,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     init_key, data_key, train_key = jax.random.split(root, 3)
     # Committed to the device like restored checkpoints are: committedness is part of
     # the jit cache key, and a mix would compile the steps twice.
-    state = jax.device_put(
-        create_train_state(model, init_key, train_ds.image_shape, tx), jax.devices()[0]
-    )
+    state = _put(create_train_state(model, init_key, train_ds.image_shape, tx), place)
+    if mesh is not None:
+        data_key, train_key = (
+            jax.random.wrap_key_data(_put(jax.random.key_data(k), place))
+            for k in (data_key, train_key)
+        )
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info(
         "model %s: %d parameters; %d steps per epoch", config.model.name, n_params, steps_per_epoch
@@ -356,10 +421,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     start_epoch = ckpt.latest_epoch() or 0
     if start_epoch:
         restored = ckpt.restore(start_epoch, _state_tree(state))
-        state = state.replace(**restored)
+        # orbax restores onto the target's shardings; put again to be sure of it.
+        state = _put(state.replace(**restored), place)
         logging.info("resuming after epoch %d (optimizer step %d)", start_epoch, int(state.step))
     elif config.get("init_from") and config.init_from.get("workdir"):
-        state = jax.device_put(_init_from(state, _plain(config.init_from)), jax.devices()[0])
+        state = _put(_init_from(state, _plain(config.init_from)), place)
     history = _read_history(workdir / "metrics.jsonl", start_epoch)
 
     augmentation = dict(_plain(config.get("augment", {})) or {})
@@ -375,8 +441,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         if loop == "step"
         else _largest_divisor_at_most(steps_per_epoch, int(config.get("steps_per_dispatch", 50)))
     )
-    run_chunk = _make_chunk_runner(step_fn, batch_size, chunk, loop)
-    eval_fn = _eval_fn(task)
+    run_chunk = _make_chunk_runner(step_fn, batch_size, chunk, loop, mesh)
+    eval_fn = _eval_fn(task, mesh)
     log_every = max(1, int(config.get("log_every_steps", 50)) // chunk) * chunk
     logging.info("loop: %s (%d step(s) per dispatch)", loop, chunk)
 
@@ -385,6 +451,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     for epoch in range(start_epoch + 1, num_epochs + 1):
         epoch_start = time.perf_counter()
         perm = device_train.epoch_permutation(data_key, epoch)
+        if mesh is not None:
+            perm = _put(perm, place)
         sums: dict[str, float] = {}
         window: list[Any] = []
         window_first_step = (epoch - 1) * steps_per_epoch
@@ -459,9 +527,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             architecture=identity,
             metrics={k: v for k, v in record.items() if isinstance(v, (int, float))},
         )
-        _append_jsonl(workdir / "metrics.jsonl", record)
         history.append(record)
-        plotting.training_curves(history, workdir / "training_curves.png", metric=task.metric)
+        if main_process:
+            _append_jsonl(workdir / "metrics.jsonl", record)
+            plotting.training_curves(history, workdir / "training_curves.png", metric=task.metric)
         logging.info(
             "epoch %d: %s",
             epoch,
@@ -476,7 +545,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     else:
         best_state = state
         if best_epoch is not None and best_epoch != ckpt.latest_epoch():
-            best_state = state.replace(**ckpt.restore(best_epoch, _state_tree(state)))
+            best_state = _put(state.replace(**ckpt.restore(best_epoch, _state_tree(state))), place)
         test = evaluate_dataset(
             best_state,
             device_test,
@@ -498,8 +567,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             "backend": jax.default_backend(),
             "device": str(jax.devices()[0].device_kind),
             "loop": loop,
+            "num_devices": num_devices,
         }
-        _write_new(summary_path, summary)
+        if jax.process_count() > 1:
+            summary["num_processes"] = jax.process_count()
+        if main_process:
+            _write_new(summary_path, summary)
         logging.info("best epoch %s: test %s %.4f", best_epoch, task.metric, test[task.metric])
     ckpt.close()
     return TrainResult(
@@ -537,15 +610,24 @@ def _unstack(window: list[dict[str, np.ndarray]], chunk: int) -> list[dict[str, 
     return [{k: v[i] for k, v in m.items()} for m in window for i in range(chunk)]
 
 
-def _make_chunk_runner(step_fn, batch_size: int, chunk: int, loop: str):
-    """A jitted `(state, data, perm, start, key) -> (state, metrics)` running `chunk` steps."""
+def _make_chunk_runner(step_fn, batch_size: int, chunk: int, loop: str, mesh=None):
+    """A jitted `(state, data, perm, start, key) -> (state, metrics)` running `chunk` steps.
+
+    With a mesh, each gathered batch is sharded over its devices and the new state
+    and the metrics come back replicated (the same shardings as the inputs, so the
+    step compiles once)."""
+    jit_kwargs: dict[str, Any] = {"donate_argnums": 0}
+    if mesh is not None:
+        jit_kwargs["out_shardings"] = parallel.replicated(mesh)
 
     def one(state, data, perm, i, key):
         batch = gather_batch(data, perm, i, batch_size)
+        if mesh is not None:
+            batch = jax.lax.with_sharding_constraint(batch, parallel.batch_sharded(mesh))
         return step_fn(state, batch, jax.random.fold_in(key, state.step))
 
     if loop == "step":
-        return CountingJit(one, donate_argnums=0)
+        return CountingJit(one, **jit_kwargs)
 
     def many(state, data, perm, start, key):
         def body(s, i):
@@ -553,4 +635,4 @@ def _make_chunk_runner(step_fn, batch_size: int, chunk: int, loop: str):
 
         return jax.lax.scan(body, state, jnp.arange(chunk))
 
-    return CountingJit(many, donate_argnums=0)
+    return CountingJit(many, **jit_kwargs)
