@@ -14,7 +14,6 @@ per-layer Grad-CAM figure) under <workdir>/<output>/.
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import _distributed
 from fmi_jax import logs, studies
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -27,7 +26,6 @@ flags.mark_flag_as_required("workdir")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    _distributed.maybe_initialize()
     logs.quiet_libraries()
     studies.run_explain(_CONFIG.value, _WORKDIR.value)
 
