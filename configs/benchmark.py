@@ -86,6 +86,17 @@ def get_config(arg=None):
         "batch_sizes": (None, 256, 1024, 4096),
         "run": True,
     }
+    # The training row: an epoch of `config` (a configs/ name, ':variant' allowed) on
+    # data_name's training split, fmi_jax's loop against the PyTorch loop
+    # (fmi_jax/benchmark/training.py); `steps` None times whole epochs, a number times
+    # that many steps and scales to an epoch. Empty `config` skips it.
+    config.train = {
+        "config": "cnn_fmnist",
+        "steps": config_dict.placeholder(int),
+        "repeats": 2,
+        "agreement_steps": 5,
+        "limit": config_dict.placeholder(int),
+    }
     config.repeats = 5
     # Each timed sample: back-to-back calls lasting at least this long (see runner.py).
     config.min_sample_s = 0.2
@@ -112,4 +123,9 @@ def get_config(arg=None):
         config.memory_scaling.images = 4
         config.memory_scaling.steps = (4, 8)
         config.memory_scaling.batch_sizes = (None, 8)
+        config.train.config = "cnn_fmnist:smoke"
+        config.train.steps = 2
+        config.train.repeats = 1
+        config.train.agreement_steps = 2
+        config.train.limit = 128
     return config

@@ -1,0 +1,440 @@
+"""The training-time row of the benchmark: fmi_jax's training loop against PyTorch's.
+
+Both sides train the same architecture (the config's model), from the same initial
+weights (fmi_jax's init with the config's seed, copied into the PyTorch twin), on
+the same uint8 images in the same order (fmi_jax's epoch permutation), with the
+same optimizer, schedule, label smoothing, augmentation and dropout. The PyTorch
+side is `fmi_jax.benchmark.torch_training` (the idiomatic loop of the original
+projects); the fmi_jax side is the library's own loop: `train_step` bound as
+`train_and_evaluate` binds it, jitted by `loop._make_chunk_runner` ('step' or
+'scan', as `loop._choose_loop` picks for the backend), over a `DeviceDataset`, with
+the metrics window read every `log_every_steps` steps, as the loop does. Nothing of
+the step is re-implemented here.
+
+Protocol (`training_benchmark`):
+  1. Agreement before any timing. Dropout and augmentation off on both sides (the
+     only randomness), the same `agreement_steps` batches, and a schedule that
+     exercises warm-up and cosine decay within those steps (the config's optimizer
+     and learning rate, num_epochs 1 over `agreement_steps` steps, 40% warm-up).
+     Compared: every step's training loss (largest relative difference) and the
+     parameters after the last step: the relative L2 error of the flattened
+     parameter *updates* (final - initial), a much stricter test than the relative
+     error of the parameters themselves (recorded too), which the initial weights
+     dominate after a few steps. Exact equality is impossible: XLA and PyTorch round
+     the convolutions differently, so tied activations in a max-pool window route the
+     gradient to different (equally valid) elements, and Adam's first steps
+     (update ~ lr * sign(g)) magnify every rounding difference of gradient entries
+     near zero. See `DEFAULT_TOLERANCE` for what was measured.
+  2. Timing. fmi_jax's first dispatch compiles: it is timed apart and
+     `fmi_jax_compile_s` = that call minus a steady call of the same size. PyTorch
+     gets `warmup_steps` steps first. Then `repeats` times, alternating and each
+     after a pause of `settle_s`: one epoch (or `steps` steps) of fmi_jax, then of
+     PyTorch; the median is reported. With `steps` smaller than an epoch the per-epoch
+     seconds are the measured seconds per step times `steps_per_epoch` (the row says
+     so in `options['per_epoch']`). Training continues across repeats (epochs 1, 2,
+     ...), as in a real run; PyTorch is given each epoch's permutation from fmi_jax's
+     (drawing it is not on PyTorch's clock; it is on fmi_jax's).
+     fmi_jax's step also computes the gradient and parameter norms it logs; the
+     PyTorch loop keeps only loss and accuracy sums (what such loops print), so the
+     comparison, if anything, favours PyTorch. Both frameworks share one process
+     (see runner.py on the bias that brings).
+What the check cannot see in 5 steps: a weight-decay mask difference (decay moves
+a parameter by lr * wd * p per step, ~1e-6 relative here, below float noise of the
+updates); optim.py's mask (ndim > 1) is mirrored by construction instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import statistics
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from fmi_jax.train import loop as loop_lib
+from fmi_jax.train import optim
+from fmi_jax.train import tasks as tasks_lib
+from fmi_jax.train.input_pipeline import DeviceDataset
+from fmi_jax.train.steps import create_train_state, train_step
+
+__all__ = [
+    "DEFAULT_TOLERANCE",
+    "JaxTrainer",
+    "agreement_config",
+    "epoch_row",
+    "training_benchmark",
+]
+
+# Largest relative difference allowed for the per-step losses and for the parameter
+# updates (all parameters together, and the worst single tensor) after
+# `agreement_steps` steps. Measured on a 2-core x86 CPU (jax 0.10.2, torch
+# 2.13.0+cpu), the Fashion-MNIST CNN at batch 128, 5 steps of real training images:
+# losses differ by at most 5.6e-6 (relative), the update by 3.7e-5 (relative L2;
+# worst tensor conv1/conv/kernel 9.6e-5); the :smoke CNN at batch 32: 4.8e-7, 7.5e-6,
+# 1.5e-5. 1e-3 leaves a factor of 10 over the worst tensor; a schedule off by one
+# step or a missing label smoothing is off by far more (the check runs at float32
+# 'highest' precision on both sides, so TF32 on GPUs does not loosen it).
+DEFAULT_TOLERANCE = 1e-3
+
+
+def agreement_config(config: Any, steps: int) -> ml_collections.ConfigDict:
+    """`config` for the agreement check: deterministic (no dropout, no augmentation)
+    and a schedule that warms up and decays within `steps` steps (one epoch of
+    `steps` steps, 40% warm-up)."""
+    c = ml_collections.ConfigDict(loop_lib._plain(config))
+    c.num_epochs = 1
+    if c.get("schedule", "constant") in ("constant", "cosine"):
+        c.warmup_epochs = 0.4 if steps >= 3 else 0.0
+    c.augment = {"flip": False, "crop_padding": 0, "erasing": 0.0}
+    model = dict(c.model)
+    if "dropout" in model:
+        model["dropout"] = 0.0
+    c.model = model
+    return c
+
+
+class JaxTrainer:
+    """fmi_jax's training loop for `config` on in-memory uint8 NHWC images, split into
+    calls the benchmark can time: `compile()` once, then `run(epoch, steps)`.
+
+    Built as `loop.train_and_evaluate` builds its run: the same keys from
+    `config.seed`, `create_train_state`, `optim.make_optimizer`, `train_step` bound
+    with the config's schedule, augmentation and task, `_make_chunk_runner` for the
+    loop `_choose_loop` picks, the epoch permutation of `DeviceDataset`.
+    """
+
+    def __init__(self, config: Any, images: np.ndarray, labels: np.ndarray):
+        _check_data(images, labels)
+        self.config = config
+        self.batch_size = int(config.batch_size)
+        self.data = DeviceDataset.from_numpy(images, np.asarray(labels))
+        self.steps_per_epoch = self.data.steps_per_epoch(self.batch_size)
+        self.model = loop_lib.model_from_config(config.model)
+        tx, schedule = optim.make_optimizer(config, self.steps_per_epoch)
+        init_key, self.data_key, self.train_key = jax.random.split(jax.random.key(config.seed), 3)
+        self.state = jax.device_put(
+            create_train_state(self.model, init_key, images.shape[1:], tx), jax.devices()[0]
+        )
+        # A host copy before the first (donating) call: what the PyTorch twin starts from.
+        self.initial_variables = jax.device_get(
+            {"params": self.state.params, "batch_stats": self.state.batch_stats}
+        )
+        augmentation = dict(loop_lib._plain(config.get("augment", {})) or {})
+        step_fn = functools.partial(
+            train_step,
+            schedule=schedule,
+            augmentation={k: v for k, v in augmentation.items() if v},
+            task=tasks_lib.task_from_config(config),
+        )
+        self.loop = loop_lib._choose_loop(config)
+        self.chunk = (
+            1
+            if self.loop == "step"
+            else loop_lib._largest_divisor_at_most(
+                self.steps_per_epoch, int(config.get("steps_per_dispatch", 50))
+            )
+        )
+        self.run_chunk = loop_lib._make_chunk_runner(
+            step_fn, self.batch_size, self.chunk, self.loop
+        )
+        self.log_every = max(1, int(config.get("log_every_steps", 50)) // self.chunk) * self.chunk
+
+    @property
+    def compiles(self) -> int:
+        """How many programs the step runner has compiled (1 in a healthy run)."""
+        return self.run_chunk.traces
+
+    def timed_steps(self, steps: int | None) -> int:
+        """`steps` (None: an epoch) rounded up to whole dispatches, at most an epoch."""
+        if steps is None:
+            return self.steps_per_epoch
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1 (or None for an epoch), got {steps}")
+        whole = -(-int(steps) // self.chunk) * self.chunk
+        return min(whole, self.steps_per_epoch)
+
+    def permutation(self, epoch: int) -> jax.Array:
+        return self.data.epoch_permutation(self.data_key, epoch)
+
+    def compile(self) -> float:
+        """Runs the first two dispatches (batches of epoch 0); returns the compile time:
+        the first call's time minus the second's."""
+        perm = self.permutation(0)
+        times = []
+        for start in (0, self.chunk if 2 * self.chunk <= self.steps_per_epoch else 0):
+            t0 = time.perf_counter()
+            self.state, _ = jax.block_until_ready(
+                self.run_chunk(self.state, self.data, perm, start, self.train_key)
+            )
+            times.append(time.perf_counter() - t0)
+        return max(times[0] - times[1], 0.0)
+
+    def run(self, epoch: int, steps: int | None = None) -> list[float]:
+        """`steps` optimizer steps (None: a whole epoch) on the batches of `epoch`, as the
+        loop runs them; returns the per-step losses, once the device is idle."""
+        n = self.timed_steps(steps)
+        perm = self.permutation(epoch)
+        window, losses = [], []
+        for start in range(0, n, self.chunk):
+            self.state, m = self.run_chunk(self.state, self.data, perm, start, self.train_key)
+            window.append(m)
+            done = start + self.chunk
+            if done % self.log_every == 0 or done == n:
+                for m_ in loop_lib._unstack(jax.device_get(window), self.chunk):
+                    losses.append(float(m_["loss"]))
+                window = []
+        jax.block_until_ready(self.state)
+        bad = [i for i, v in enumerate(losses) if not np.isfinite(v)]
+        if bad:
+            raise FloatingPointError(f"fmi_jax's training loss is not finite at step {bad[0]}")
+        return losses
+
+    def params(self) -> dict[str, np.ndarray]:
+        """The parameters, flat '<path>' -> array."""
+        flat = jax.tree_util.tree_flatten_with_path(jax.device_get(self.state.params))[0]
+        return {optim._path(k): np.asarray(v) for k, v in flat}
+
+
+def _check_data(images: np.ndarray, labels: np.ndarray) -> None:
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(
+            f"the training benchmark wants uint8 NHWC images, got {images.dtype} "
+            f"{images.shape} (pass Dataset.images, not floats)"
+        )
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+
+
+def _relative(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / max(float(np.linalg.norm(b)), 1e-30))
+
+
+def epoch_row(
+    *,
+    jax_times: list[float],
+    torch_times: list[float],
+    steps_timed: int,
+    steps_per_epoch: int,
+    batch: int,
+    compile_s: float,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """The benchmark row from the timed samples (each the seconds of `steps_timed`
+    steps): medians, scaled to an epoch of `steps_per_epoch` steps."""
+    j_run, p_run = statistics.median(jax_times), statistics.median(torch_times)
+    scale = steps_per_epoch / steps_timed
+    j, p = j_run * scale, p_run * scale
+    images = steps_timed * batch
+    return {
+        "method": "train_epoch",
+        "reference": "PyTorch training loop",
+        "batch": batch,
+        "fmi_jax_s": j,
+        "pytorch_s": p,
+        "speedup": p / j,
+        "fmi_jax_images_per_s": images / j_run,
+        "pytorch_images_per_s": images / p_run,
+        "fmi_jax_compile_s": compile_s,
+        "steps_timed": steps_timed,
+        "steps_per_epoch": steps_per_epoch,
+        "samples_s": {"fmi_jax": list(jax_times), "pytorch": list(torch_times)},
+        "options": dict(options)
+        | {
+            "per_epoch": (
+                "measured (a whole epoch)"
+                if steps_timed == steps_per_epoch
+                else f"seconds per step over {steps_timed} steps x {steps_per_epoch} steps"
+            )
+        },
+    }
+
+
+def _agreement(config, images, labels, steps: int, device, tolerance: float) -> dict[str, Any]:
+    batch = int(config.batch_size)
+    if len(images) < steps * batch:
+        raise ValueError(
+            f"the agreement check needs {steps} x {batch} images, got {len(images)}; "
+            "lower agreement_steps"
+        )
+    import torch
+
+    cfg = agreement_config(config, steps)
+    n = steps * batch
+    # Full float32 on both sides for the check (no TF32 convolutions on GPUs).
+    tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with jax.default_matmul_precision("highest"):
+            return _agreement_run(cfg, images[:n], labels[:n], steps, device, tolerance)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def _agreement_run(cfg, images, labels, steps, device, tolerance) -> dict[str, Any]:
+    import torch
+
+    from fmi_jax.benchmark import torch_training
+
+    batch = int(cfg.batch_size)
+    ours = JaxTrainer(cfg, images, labels)
+    theirs = torch_training.TorchTrainer(
+        cfg,
+        ours.model,
+        ours.initial_variables,
+        images,
+        labels,
+        steps_per_epoch=steps,
+        device=device,
+        stochastic=False,
+    )
+    initial = theirs.params()
+    jax_initial = ours.params()
+    missing = sorted(set(jax_initial) ^ set(initial))
+    if missing:
+        raise ValueError(f"the PyTorch twin's parameters do not match fmi_jax's: {missing}")
+    init_err = max(_relative(jax_initial[k], initial[k]) for k in initial)
+    perm = ours.permutation(1)
+    jax_losses = ours.run(1, steps)
+    torch_losses = theirs.run(
+        torch.from_numpy(np.asarray(perm).astype(np.int64)), 0, steps, losses=True
+    )
+    a, b = ours.params(), theirs.params()
+    keys = sorted(a)
+    flat = lambda d: np.concatenate([d[k].ravel() for k in keys])
+    p0 = flat(initial)
+    pa, pb = flat(a), flat(b)
+    loss_rel = [abs(x - y) / max(abs(y), 1e-12) for x, y in zip(jax_losses, torch_losses)]
+    per_param = {k: _relative(a[k] - initial[k], b[k] - initial[k]) for k in keys}
+    record = {
+        "steps": steps,
+        "batch": batch,
+        "schedule": {
+            "learning_rate": float(cfg.learning_rate),
+            "warmup_steps": int(round(cfg.get("warmup_epochs", 0.0) * steps)),
+            "name": cfg.get("schedule", "constant"),
+        },
+        "dropout_and_augmentation": "off on both sides",
+        "precision": "float32, jax 'highest' matmul precision, torch TF32 off",
+        "initial_params_relative_l2_error": init_err,
+        "fmi_jax_losses": jax_losses,
+        "pytorch_losses": torch_losses,
+        "loss_max_relative_diff": max(loss_rel),
+        "params_relative_l2_error": _relative(pa, pb),
+        "update_relative_l2_error": _relative(pa - p0, pb - p0),
+        "update_relative_l2_error_worst_tensor": max(per_param.values()),
+        "worst_tensor": max(per_param, key=per_param.get),
+        "tolerance": tolerance,
+    }
+    record["passed"] = bool(
+        record["loss_max_relative_diff"] <= tolerance
+        and record["update_relative_l2_error"] <= tolerance
+        and record["update_relative_l2_error_worst_tensor"] <= tolerance
+    )
+    return record
+
+
+def training_benchmark(
+    train_config: Any,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    repeats: int = 3,
+    settle_s: float = 0.5,
+    steps: int | None = None,
+    agreement_steps: int = 5,
+    tolerance: float = DEFAULT_TOLERANCE,
+    allow_disagreement: bool = False,
+    warmup_steps: int = 3,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Agreement check, then alternating timing of an epoch of training (module
+    docstring). `images`: uint8 (N, H, W, C), `labels`: (N,) ints, the training set.
+    `device`: the torch device ('cpu', 'cuda'; None: cuda when available).
+
+    Returns {"agreement": {...}, "rows": [row]} with the runner's row keys."""
+    _check_data(images, labels)
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    import torch
+
+    from fmi_jax.benchmark import torch_training
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    images = np.asarray(images)
+    labels = np.asarray(labels)
+
+    agreement = _agreement(train_config, images, labels, agreement_steps, device, tolerance)
+    if not agreement["passed"] and not allow_disagreement:
+        raise AssertionError(
+            "fmi_jax's and PyTorch's training steps disagree on the same weights and batches: "
+            f"loss max relative difference {agreement['loss_max_relative_diff']:.2e}, parameter "
+            f"update relative L2 error {agreement['update_relative_l2_error']:.2e} (worst "
+            f"tensor {agreement['worst_tensor']}: "
+            f"{agreement['update_relative_l2_error_worst_tensor']:.2e}); tolerance {tolerance}"
+        )
+
+    ours = JaxTrainer(train_config, images, labels)
+    theirs = torch_training.TorchTrainer(
+        train_config,
+        ours.model,
+        ours.initial_variables,
+        images,
+        labels,
+        steps_per_epoch=ours.steps_per_epoch,
+        device=device,
+        seed=int(train_config.seed),
+    )
+    n = ours.timed_steps(steps)
+    compile_s = ours.compile()
+    warm = torch.from_numpy(np.asarray(ours.permutation(0)).astype(np.int64))
+    theirs.run(warm, 0, min(max(warmup_steps, 1), ours.steps_per_epoch))
+
+    jax_times, torch_times = [], []
+    for r in range(1, repeats + 1):
+        perm = torch.from_numpy(np.asarray(ours.permutation(r)).astype(np.int64))
+        time.sleep(settle_s)
+        t0 = time.perf_counter()
+        ours.run(r, n)
+        jax_times.append(time.perf_counter() - t0)
+        time.sleep(settle_s)
+        t0 = time.perf_counter()
+        theirs.run(perm, 0, n)
+        torch_times.append(time.perf_counter() - t0)
+    if ours.compiles != 1:
+        raise AssertionError(f"fmi_jax's step compiled {ours.compiles} times, not once")
+    aug = dict(loop_lib._plain(train_config.get("augment", {})) or {})
+    options = {
+        "model": dict(loop_lib._plain(train_config.model)),
+        "optimizer": train_config.get("optimizer", "adamw"),
+        "learning_rate": float(train_config.learning_rate),
+        "schedule": train_config.get("schedule", "constant"),
+        "weight_decay": float(train_config.get("weight_decay", 0.0)),
+        "label_smoothing": float(train_config.get("label_smoothing", 0.0)),
+        "augment": {k: v for k, v in aug.items() if v},
+        "train_images": int(len(images)),
+        "fmi_jax_loop": f"{ours.loop} ({ours.chunk} step(s) per dispatch)",
+        "jax_backend": jax.default_backend(),
+        "torch_device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "repeats": repeats,
+        "settle_s": settle_s,
+        "pytorch_warmup_steps": warmup_steps,
+    }
+    row = epoch_row(
+        jax_times=jax_times,
+        torch_times=torch_times,
+        steps_timed=n,
+        steps_per_epoch=ours.steps_per_epoch,
+        batch=ours.batch_size,
+        compile_s=compile_s,
+        options=options,
+    )
+    return {"agreement": agreement, "rows": [row]}

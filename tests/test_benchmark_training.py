@@ -1,0 +1,147 @@
+"""The training-time row of the benchmark (fmi_jax/benchmark/training.py).
+
+The fmi_jax side runs without torch (CI); the cross-framework agreement test needs
+torch and is skipped where it is not installed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from configs import cnn_fmnist
+from fmi_jax.benchmark import training
+
+
+def _data(n: int = 256, seed: int = 0):
+    """Learnable uint8 images: each class is a brightness level plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.int32)
+    images = labels[:, None, None, None] * 22 + rng.integers(0, 30, (n, 28, 28, 1))
+    return images.astype(np.uint8), labels
+
+
+def _config(**overrides):
+    config = cnn_fmnist.get_config("smoke")  # features (8, 16, 16), batch 32
+    config.num_epochs = 4
+    for k, v in overrides.items():
+        setattr(config, k, v)
+    return config
+
+
+@pytest.fixture(scope="module")
+def trained():
+    images, labels = _data()
+    trainer = training.JaxTrainer(_config(), images, labels)
+    compile_s = trainer.compile()
+    losses = [trainer.run(epoch) for epoch in (1, 2, 3)]
+    return trainer, compile_s, losses
+
+
+def test_jax_trainer_runs_the_library_loop_and_learns(trained):
+    trainer, compile_s, losses = trained
+    assert trainer.loop == "step"  # what loop._choose_loop picks on CPU
+    assert trainer.steps_per_epoch == 256 // 32
+    assert all(len(epoch) == trainer.steps_per_epoch for epoch in losses)
+    assert np.mean(losses[-1]) < np.mean(losses[0])
+    assert compile_s > 0
+    assert trainer.compiles == 1  # one program for the warm-up and every epoch
+    assert int(trainer.state.step) == 2 + 3 * trainer.steps_per_epoch
+
+
+def test_jax_trainer_params_flat_and_moved(trained):
+    trainer, _, _ = trained
+    params = trainer.params()
+    assert "conv1/conv/kernel" in params and "head/bias" in params
+    assert params["conv1/conv/kernel"].shape == (3, 3, 1, 8)
+    initial = trainer.initial_variables["params"]["head"]["kernel"]
+    assert not np.allclose(params["head/kernel"], initial)
+
+
+def test_timed_steps_rounds_to_dispatches():
+    images, labels = _data(n=320)
+    trainer = training.JaxTrainer(
+        _config(loop="scan", steps_per_dispatch=4), images, labels
+    )  # 10 steps per epoch -> 2 steps per dispatch (largest divisor of 10 <= 4)
+    assert trainer.chunk == 2
+    assert trainer.timed_steps(None) == 10
+    assert trainer.timed_steps(3) == 4
+    assert trainer.timed_steps(50) == 10
+    with pytest.raises(ValueError, match="at least 1"):
+        trainer.timed_steps(0)
+
+
+def test_epoch_row_extrapolates_per_step_time():
+    row = training.epoch_row(
+        jax_times=[2.0, 1.0, 3.0],
+        torch_times=[4.0, 5.0, 6.0],
+        steps_timed=10,
+        steps_per_epoch=100,
+        batch=128,
+        compile_s=0.5,
+        options={"x": 1},
+    )
+    assert row["method"] == "train_epoch" and row["reference"] == "PyTorch training loop"
+    assert row["fmi_jax_s"] == pytest.approx(20.0)  # median 2 s per 10 steps x 10
+    assert row["pytorch_s"] == pytest.approx(50.0)
+    assert row["speedup"] == pytest.approx(2.5)
+    assert row["fmi_jax_images_per_s"] == pytest.approx(1280 / 2.0)
+    assert row["pytorch_images_per_s"] == pytest.approx(1280 / 5.0)
+    assert row["steps_timed"] == 10 and row["steps_per_epoch"] == 100
+    assert row["fmi_jax_compile_s"] == 0.5
+    assert row["options"]["x"] == 1
+    assert "10 steps x 100" in row["options"]["per_epoch"]
+    whole = training.epoch_row(
+        jax_times=[1.0],
+        torch_times=[1.0],
+        steps_timed=100,
+        steps_per_epoch=100,
+        batch=1,
+        compile_s=0.0,
+        options={},
+    )
+    assert whole["fmi_jax_s"] == 1.0 and whole["options"]["per_epoch"].startswith("measured")
+
+
+def test_agreement_config_is_deterministic():
+    config = cnn_fmnist.get_config()
+    c = training.agreement_config(config, 5)
+    assert c.model.dropout == 0.0 and not any(c.augment.values())
+    assert c.num_epochs == 1 and round(c.warmup_epochs * 5) == 2
+    assert config.model.dropout == 0.3 and config.augment.flip  # the original is untouched
+
+
+def test_bad_input_is_a_clear_error():
+    images, labels = _data(n=64)
+    with pytest.raises(ValueError, match="uint8 NHWC"):
+        training.JaxTrainer(_config(), images.astype(np.float32) / 255, labels)
+    with pytest.raises(ValueError, match="64 images but 63 labels"):
+        training.JaxTrainer(_config(), images, labels[:63])
+    with pytest.raises(ValueError, match="uint8 NHWC"):
+        training.training_benchmark(_config(), images[..., 0], labels, repeats=1)
+
+
+def test_agreement_with_pytorch_on_the_smoke_model():
+    pytest.importorskip("torch")
+    images, labels = _data(n=5 * 32)
+    record = training._agreement(_config(), images, labels, 5, "cpu", training.DEFAULT_TOLERANCE)
+    assert record["initial_params_relative_l2_error"] == 0.0
+    assert record["passed"], record
+    assert record["update_relative_l2_error"] < 1e-3
+
+
+def test_pytorch_augment_matches_the_transforms():
+    torch = pytest.importorskip("torch")
+    from fmi_jax.benchmark import torch_training
+
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4) + 1
+    g = torch.Generator().manual_seed(0)
+    y = torch_training.augment(x, flip=True, crop_padding=1, generator=g)
+    assert y.shape == x.shape
+    for i in range(2):
+        # every output row is a (possibly flipped) shifted window of the zero-padded image
+        padded = torch.nn.functional.pad(torch.stack([x[i], x[i].flip(-1)]), (1, 1, 1, 1))
+        windows = [
+            padded[f, :, r : r + 4, c : c + 4] for f in (0, 1) for r in range(3) for c in range(3)
+        ]
+        assert any(torch.equal(y[i], w) for w in windows)
