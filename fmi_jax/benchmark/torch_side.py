@@ -271,10 +271,15 @@ def captum_method(name: str, net: nn.Module, options: Mapping[str, Any]):
         )
     if name == "ig_smoothgrad":
         m = ca.NoiseTunnel(ca.IntegratedGradients(net))
+        # fmi_jax's batch_size: noisy inputs per IG call; Captum's nt_samples_batch_size
+        # counts noise samples per call, each over the whole batch.
         return lambda x, t: m.attribute(
             x,
             nt_type="smoothgrad",
             nt_samples=samples,
+            nt_samples_batch_size=_chunk_to_perturbations(
+                options.get("batch_size"), x.shape[0], samples
+            ),
             stdevs=stdev,
             target=t,
             baselines=0.0,
