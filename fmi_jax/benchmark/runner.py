@@ -66,8 +66,14 @@ Protocol (`run_benchmark`):
      of a few milliseconds understate fmi_jax; one process per side would remove
      this.
      Threads: torch uses every core (`torch.set_num_threads`), as XLA:CPU does.
+  4. Memory: XLA's planned device memory of every fmi_jax call (`xla_memory`), and at
+     the largest batch each side's measured peak in a fresh process
+     (`memory_probe`: two frameworks in one process reuse each other's pages, so an
+     in-process peak says little). `memory_scaling`: IG's planned memory by steps and
+     batch_size. `config.profile`: a JAX profiler trace per row and its top ops.
+  5. The training row (fmi_jax/benchmark/training.py), with its own agreement check.
 Outputs under workdir: benchmark.json (everything, with the machine) and
-benchmark.md (the table).
+benchmark.md (the tables), rewritten after every method.
 """
 
 from __future__ import annotations

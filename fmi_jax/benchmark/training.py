@@ -275,23 +275,24 @@ def _agreement(config, images, labels, steps: int, device, tolerance: float) -> 
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
+def _twins(cfg, images, labels, device, **torch_options) -> tuple[JaxTrainer, Any]:
+    """fmi_jax's trainer and its PyTorch twin, built from the same initial weights
+    (`torch_options` go to `TorchTrainer`; steps_per_epoch defaults to fmi_jax's)."""
+    from fmi_jax.benchmark import torch_training
+
+    ours = JaxTrainer(cfg, images, labels)
+    torch_options.setdefault("steps_per_epoch", ours.steps_per_epoch)
+    theirs = torch_training.TorchTrainer(
+        cfg, ours.model, ours.initial_variables, images, labels, device=device, **torch_options
+    )
+    return ours, theirs
+
+
 def _agreement_run(cfg, images, labels, steps, device, tolerance) -> dict[str, Any]:
     import torch
 
-    from fmi_jax.benchmark import torch_training
-
     batch = int(cfg.batch_size)
-    ours = JaxTrainer(cfg, images, labels)
-    theirs = torch_training.TorchTrainer(
-        cfg,
-        ours.model,
-        ours.initial_variables,
-        images,
-        labels,
-        steps_per_epoch=steps,
-        device=device,
-        stochastic=False,
-    )
+    ours, theirs = _twins(cfg, images, labels, device, steps_per_epoch=steps, stochastic=False)
     initial = theirs.params()
     jax_initial = ours.params()
     missing = sorted(set(jax_initial) ^ set(initial))
@@ -362,8 +363,6 @@ def training_benchmark(
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     import torch
 
-    from fmi_jax.benchmark import torch_training
-
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
@@ -381,17 +380,7 @@ def training_benchmark(
             f"{agreement['update_relative_l2_error_worst_tensor']:.2e}); tolerance {tolerance}"
         )
 
-    ours = JaxTrainer(train_config, images, labels)
-    theirs = torch_training.TorchTrainer(
-        train_config,
-        ours.model,
-        ours.initial_variables,
-        images,
-        labels,
-        steps_per_epoch=ours.steps_per_epoch,
-        device=device,
-        seed=int(train_config.seed),
-    )
+    ours, theirs = _twins(train_config, images, labels, device, seed=int(train_config.seed))
     n = ours.timed_steps(steps)
     compile_s = ours.compile()
     warm = torch.from_numpy(np.asarray(ours.permutation(0)).astype(np.int64))
