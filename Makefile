@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/cnn_fmnist.py
 WORKDIR ?= runs/cnn_fmnist
 PYTEST_ARGS ?=
+# Exact versions of everything installed (see constraints.txt); `CONSTRAINTS=` drops them.
+CONSTRAINTS ?= constraints.txt
+PIP_CONSTRAINTS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 # The benchmark's PyTorch side lives in its own venv, never in the test or demo one.
 BENCH_VENV ?= .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
@@ -25,10 +28,10 @@ help:
 	@echo "make sae    - the k-sparse autoencoder study into $(SAE_WORKDIR)"
 	@echo "make bench  - fmi_jax vs PyTorch + Captum / grad-cam on $(WORKDIR), in its own venv $(BENCH_VENV)"
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet $(PIP_CONSTRAINTS) -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -64,12 +67,12 @@ sae: install data
 # opencv-python-headless, scikit-learn) and with fmi_jax (numpy, scipy, matplotlib,
 # tqdm, pillow); without a torchvision that loads, fmi_jax/benchmark/torch_side.py
 # imports it against stubs (ScoreCAM never calls torchvision).
-$(BENCH_VENV)/.installed: setup.cfg pyproject.toml
+$(BENCH_VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_PY) -m pip install --quiet --upgrade pip
-	$(BENCH_PY) -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BENCH_PY) -m pip install --quiet -e '.[bench]'
-	$(BENCH_PY) -m pip install --quiet --no-deps grad-cam==1.5.7
+	$(BENCH_PY) -m pip install --quiet $(PIP_CONSTRAINTS) torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BENCH_PY) -m pip install --quiet $(PIP_CONSTRAINTS) -e '.[bench]'
+	$(BENCH_PY) -m pip install --quiet $(PIP_CONSTRAINTS) --no-deps grad-cam==1.5.7
 	touch $@
 
 bench: $(BENCH_VENV)/.installed data
