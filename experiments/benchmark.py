@@ -7,13 +7,20 @@ Checks that both sides agree first, then times them alternately; prints the tabl
 and writes benchmark.json and benchmark.md under --workdir.
 """
 
-from absl import app, flags
-from ml_collections import config_flags
+import sys
+from pathlib import Path
 
-from fmi_jax import benchmark, logs
+if not __package__:  # started as `python path/to/experiments/<script>.py`, from any folder
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+import configs  # noqa: E402
+from fmi_jax import benchmark, logs  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/benchmark.py", "Benchmark config.", lock_config=True
+    "config", configs.path("benchmark"), "Benchmark config.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", "runs/benchmark", "Where the results go.")
 
@@ -22,7 +29,12 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logs.quiet_libraries()
-    benchmark.run_benchmark(_CONFIG.value, _WORKDIR.value)
+    config = _CONFIG.value
+    # The training row's config is named like --config (`cnn_fmnist:smoke`) and found in
+    # this repository's configs/, wherever the script is started.
+    spec = config.train.get("config") if config.get("train") else None
+    train_config = configs.load(spec) if spec else None
+    benchmark.run_benchmark(config, _WORKDIR.value, train_config=train_config)
 
 
 if __name__ == "__main__":

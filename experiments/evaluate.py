@@ -5,9 +5,15 @@ r"""Evaluate a trained workdir: loss, accuracy, precision, recall, F1 per split.
 Prints the table, writes metrics.json, metrics.md and confusion_matrix.png.
 """
 
-from absl import app, flags
+import sys
+from pathlib import Path
 
-from fmi_jax import logs, train
+if not __package__:  # started as `python path/to/experiments/<script>.py`, from any folder
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from absl import app, flags  # noqa: E402
+
+from fmi_jax import logs, train  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or an epoch number.")

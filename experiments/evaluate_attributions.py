@@ -11,14 +11,21 @@ sparseness, cascading-randomisation sanity check, seconds. Writes leaderboard.md
 per-method caches (methods/) under <workdir>/<output>/; a rerun skips finished methods.
 """
 
-from absl import app, flags
-from ml_collections import config_flags
+import sys
+from pathlib import Path
 
-from fmi_jax import logs, studies
+if not __package__:  # started as `python path/to/experiments/<script>.py`, from any folder
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+import configs  # noqa: E402
+from fmi_jax import logs, studies  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
-    "configs/evaluate_attributions.py",
+    configs.path("evaluate_attributions"),
     "Attribution-metrics study config.",
     lock_config=True,
 )

@@ -11,13 +11,20 @@ Writes attributions.npz, stats.json and figures (per-sample sheets, galleries, t
 per-layer Grad-CAM figure) under <workdir>/<output>/.
 """
 
-from absl import app, flags
-from ml_collections import config_flags
+import sys
+from pathlib import Path
 
-from fmi_jax import logs, studies
+if not __package__:  # started as `python path/to/experiments/<script>.py`, from any folder
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+import configs  # noqa: E402
+from fmi_jax import logs, studies  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/explain.py", "Explain study config.", lock_config=True
+    "config", configs.path("explain"), "Explain study config.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
 flags.mark_flag_as_required("workdir")

@@ -12,13 +12,20 @@ predictions.json, attributions.npz, figures/<name>.png, summary.png and skipped.
 under --workdir (see fmi_jax/studies/explain_images.py).
 """
 
-from absl import app, flags
-from ml_collections import config_flags
+import sys
+from pathlib import Path
 
-from fmi_jax import logs, studies
+if not __package__:  # started as `python path/to/experiments/<script>.py`, from any folder
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+import configs  # noqa: E402
+from fmi_jax import logs, studies  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/explain_images.py", "Image explanation config.", lock_config=True
+    "config", configs.path("explain_images"), "Image explanation config.", lock_config=True
 )
 _IMAGES = flags.DEFINE_string("images", None, "A folder of images, a glob or one file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the results go.")

@@ -9,10 +9,16 @@ Writes autoencoder/, classifier/, (finetune/), explain/, sae_metrics.json and th
 dictionary figures under --workdir.
 """
 
-from absl import app, flags
-from ml_collections import config_flags
+import sys
+from pathlib import Path
 
-from fmi_jax import logs, studies
+if not __package__:  # started as `python path/to/experiments/<script>.py`, from any folder
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from fmi_jax import logs, studies  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Sparse autoencoder study config.", lock_config=True

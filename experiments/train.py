@@ -7,11 +7,17 @@ r"""Train a classifier.
 Re-running with the same --workdir resumes from its latest checkpoint.
 """
 
-from absl import app, flags
-from ml_collections import config_flags
+import sys
+from pathlib import Path
 
-from experiments import _distributed
-from fmi_jax import logs, train
+if not __package__:  # started as `python path/to/experiments/<script>.py`, from any folder
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from experiments import _distributed  # noqa: E402
+from fmi_jax import logs, train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and figures go.")

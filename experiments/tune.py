@@ -8,10 +8,16 @@ Re-running with the same --workdir skips finished trials and resumes an interrup
 one. Writes trials/<point>/, results.{md,csv,json} and best/ under --workdir.
 """
 
-from absl import app, flags
-from ml_collections import config_flags
+import sys
+from pathlib import Path
 
-from fmi_jax import logs, studies
+if not __package__:  # started as `python path/to/experiments/<script>.py`, from any folder
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from fmi_jax import logs, studies  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Tuning study config.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the trials and tables go.")

@@ -163,8 +163,24 @@ def _calls_per_sample(seconds_per_call: float, min_sample_s: float) -> int:
     return max(1, math.ceil(min_sample_s / max(seconds_per_call, 1e-9)))
 
 
-def run_benchmark(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
-    """Runs the protocol in the module docstring; returns and writes the results."""
+def run_benchmark(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    *,
+    train_config: ml_collections.ConfigDict | None = None,
+) -> dict[str, Any]:
+    """Runs the protocol in the module docstring; returns and writes the results.
+
+    `train_config` is the training config that `config.train.config` names, loaded by
+    the caller (`experiments/benchmark.py` resolves it in the repository's configs/);
+    the training row needs it whenever `config.train.config` is set.
+    """
+    if config.get("train") and config.train.get("config") and train_config is None:
+        raise ValueError(
+            f"config.train.config={config.train.config!r} asks for the training row; pass "
+            "its loaded config as train_config= (experiments.benchmark does), or set "
+            "config.train.config='' to skip the row"
+        )
     try:
         import torch
 
@@ -344,7 +360,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | Path) -> dic
         _write(workdir, results)  # after every method: a long run keeps what it measured
 
     if config.get("train") and config.train.get("config"):
-        results.update(_training_rows(config, results, device))
+        results.update(_training_rows(config, train_config, results, device))
         _write(workdir, results)
 
     if config.get("memory_scaling") and config.memory_scaling.get("steps"):
@@ -356,16 +372,12 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | Path) -> dic
     return results
 
 
-def _training_rows(config, results: dict[str, Any], device) -> dict[str, Any]:
-    """The training-epoch row (fmi_jax/benchmark/training.py): `config.train.config`
-    names a training config (`name` or `name:variant`), trained on `data_name`'s
-    training split (at most `config.train.limit` images)."""
-    import configs
+def _training_rows(config, train_config, results: dict[str, Any], device) -> dict[str, Any]:
+    """The training-epoch row (fmi_jax/benchmark/training.py): `train_config` trained on
+    `data_name`'s training split (at most `config.train.limit` images)."""
     from fmi_jax.benchmark import training
 
     spec = config.train
-    name, _, variant = str(spec.config).partition(":")
-    train_config = configs.load(name, variant or None)
     ds = data.load(config.data_name, "train", download=False)
     limit = spec.get("limit")
     images, labels = ds.images[:limit], ds.labels[:limit]

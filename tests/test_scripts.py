@@ -1,0 +1,72 @@
+"""The experiment scripts start from any working directory.
+
+Their `--config` defaults and the benchmark's training-row config are found in the
+repository's configs/, not in the current directory.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import configs
+from fmi_jax import benchmark
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_config_paths_are_absolute_and_name_their_variant():
+    path = configs.path("explain")
+    assert Path(path).is_absolute() and Path(path) == ROOT / "configs" / "explain.py"
+    assert configs.path("cnn_fmnist:smoke") == f"{ROOT / 'configs' / 'cnn_fmnist.py'}:smoke"
+    with pytest.raises(ValueError, match=r"unknown config 'nosuch'.*choose one of \[.*'explain'"):
+        configs.path("nosuch")
+
+
+def test_load_takes_the_variant_after_a_colon():
+    assert configs.load("cnn_fmnist:smoke") == configs.load("cnn_fmnist", "smoke")
+    assert configs.load("cnn_fmnist:") == configs.load("cnn_fmnist")
+    with pytest.raises(ValueError, match="names a variant"):
+        configs.load("cnn_fmnist:smoke", "smoke")
+
+
+def test_benchmark_asks_for_the_training_config_instead_of_importing_configs(tmp_path):
+    config = configs.load("benchmark", "smoke")
+    assert config.train.config == "cnn_fmnist:smoke"
+    with pytest.raises(ValueError, match=r"pass its loaded config as train_config="):
+        benchmark.run_benchmark(config, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_explain_script_runs_from_another_folder_with_its_default_config(tmp_path, synthetic_run):
+    """`python <repo>/experiments/explain.py` started in an empty folder, with nothing
+    on PYTHONPATH: the script finds the repository and its default configs/explain.py."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "experiments" / "explain.py"),
+            f"--workdir={synthetic_run}",
+            "--config.output=explain_from_elsewhere",
+            "--config.methods=('saliency',)",
+            "--config.layer_cam.samples=0",
+            "--config.selection.per_class=1",
+            "--config.selection.threshold=0.0",
+            "--config.figures.max_sheets=1",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    stats = json.loads((synthetic_run / "explain_from_elsewhere" / "stats.json").read_text())
+    assert list(stats["methods"]) == ["saliency"]
+    # The study ran the repository's default config: its IG options are recorded.
+    recorded = json.loads((synthetic_run / "explain_from_elsewhere" / "config.json").read_text())
+    assert recorded["options"]["integrated_gradients"]["steps"] == 50
+    assert not any(tmp_path.iterdir())  # nothing written where it was started
