@@ -35,6 +35,7 @@ for the windows.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -154,6 +155,15 @@ def _non_identity_permutation(key: Array, n: int) -> Array:
     return jax.lax.while_loop(again, body, (0, draw(0)))[1]
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _group_permutations(key: Array, count: int, n: int) -> Array:
+    """Group g's permutation of the batch, drawn from ``fold_in(key, g)``: (count, n).
+    Jitted here, once per (count, n): called eagerly, the draws' while_loop would be
+    traced and compiled again on every call (seconds on a CPU)."""
+    group_keys = jax.vmap(lambda g: jax.random.fold_in(key, g))(jnp.arange(count))
+    return jax.vmap(lambda k: _non_identity_permutation(k, n))(group_keys)
+
+
 def _single_key(key: Array) -> Array:
     key = jnp.asarray(key)
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
@@ -204,8 +214,7 @@ def feature_permutation(
     key = _single_key(key)
     groups, count = _groups(feature_mask, x)
     target = resolve_target(fn, x, target, batch_size=batch_size)
-    group_keys = jax.vmap(lambda g: jax.random.fold_in(key, g))(jnp.arange(count))
-    perms = jax.vmap(lambda k: _non_identity_permutation(k, n))(group_keys)  # (G, N)
+    perms = _group_permutations(key, count, n)  # (G, N)
 
     def perturb(example: Array, group: Array) -> Array:
         inside = groups[None] == per_example(group, groups[None])

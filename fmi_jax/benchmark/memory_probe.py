@@ -36,6 +36,8 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
 
     from fmi_jax.benchmark import runner
 
+    if spec["side"] not in ("fmi_jax", "pytorch"):  # before building anything
+        raise ValueError(f"side must be 'fmi_jax' or 'pytorch', got {spec['side']!r}")
     config = ml_collections.ConfigDict(spec["config"])
     name, options, batch = spec["method"], dict(spec.get("options") or {}), int(spec["batch"])
     model, variables, _ = runner._model(config)
@@ -56,7 +58,7 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
             explain = runner._jax_call(name, fn, options, model, variables)
             xj, tj = jnp.asarray(x), jnp.asarray(t)
             call = lambda: jax.block_until_ready(explain(xj, tj))
-    elif spec["side"] == "pytorch":
+    else:
         import torch
 
         from fmi_jax.benchmark import torch_side
@@ -74,8 +76,6 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
         call = lambda: sync(theirs)(xt, tt)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-    else:
-        raise ValueError(f"side must be 'fmi_jax' or 'pytorch', got {spec['side']!r}")
 
     with runner.PeakRSS() as rss:
         call()

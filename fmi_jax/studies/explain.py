@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ from fmi_jax.train import evaluate as evaluate_lib
 from fmi_jax.train import loop as loop_lib
 from fmi_jax.train.input_pipeline import to_float
 
-__all__ = ["ExplainResult", "explain_model", "run_explain", "select_samples"]
+__all__ = ["ExplainResult", "explain_model", "layer_cams", "run_explain", "select_samples"]
 
 # Methods whose maps should sum to f(x) - f(baseline); their gaps go into stats.json.
 COMPLETE_METHODS = ("integrated_gradients", "deeplift")
@@ -301,30 +302,49 @@ def _key(layer: str) -> str:
 
 
 def _layer_cams(config, fn, model, variables, images, target) -> dict[str, np.ndarray]:
-    """The `layer_cam.method` map of every layer in `layer_cam.layers` (default: the
-    model's conv layers, first to last) for the first `layer_cam.samples` images."""
+    """`config.layer_cam`'s maps (`layer_cams`) for its first `samples` images."""
     settings = config.get("layer_cam")
     if not settings or not int(settings.samples):
         return {}
-    layers = tuple(settings.layers) or tuple(getattr(model, "conv_layer_names", ()))
+    n = min(int(settings.samples), len(images))
+    return layer_cams(
+        settings.method, fn, model, variables, images[:n], target[:n], tuple(settings.layers)
+    )
+
+
+def layer_cams(
+    method: str,
+    fn: Any,
+    model: Any,
+    variables: Any,
+    images: Any,
+    target: Any,
+    layers: Sequence[str] = (),
+) -> dict[str, np.ndarray]:
+    """The CAM `method`'s map of every layer in `layers` (empty: the model's
+    `conv_layer_names`, first to last), one (N, H, W) array per layer: what the
+    per-layer figures of the explain and tuning studies show."""
+    layers = tuple(layers) or tuple(getattr(model, "conv_layer_names", ()))
     if not layers:
         raise ValueError(
             f"{type(model).__name__} does not list its conv layers; set "
             "--config.layer_cam.layers=(...) to the module paths to compare"
         )
-    method = settings.method
     if method not in attribution.METHODS or not attribution.METHODS[method].needs_model:
         cams = [m for m, s in attribution.METHODS.items() if s.needs_model]
         raise ValueError(f"layer_cam.method must be one of {cams}, got {method!r}")
-    n = min(int(settings.samples), len(images))
     out = {}
     for layer in layers:
-        explain = attribution.explainer(method, fn, model=model, variables=variables, layer=layer)
-        maps = np.asarray(explain(images[:n], target[:n], None))[..., 0]
+        # One compiled program per layer (eagerly, every operation of the capture and
+        # its gradient would compile on its own).
+        explain = jax.jit(
+            attribution.explainer(method, fn, model=model, variables=variables, layer=layer)
+        )
+        maps = np.asarray(explain(images, target, None))[..., 0]
         if not np.isfinite(maps).all():
             raise FloatingPointError(f"{method} of layer {layer} produced NaN or Inf")
         out[layer] = maps
-        logging.info("%s of %s: %d samples", method, layer, n)
+        logging.info("%s of %s: %d samples", method, layer, len(maps))
     return out
 
 

@@ -39,12 +39,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
-from fmi_jax import attribution, plotting
+from fmi_jax import plotting
+from fmi_jax.studies import explain as explain_lib
 from fmi_jax.train import evaluate as evaluate_lib
 from fmi_jax.train import loop as loop_lib
 from fmi_jax.train.input_pipeline import to_float
@@ -250,18 +252,11 @@ def _layer_figure(config: ml_collections.ConfigDict, best_dir: Path) -> None:
     test = loop_lib.load_data(run_config.data)["test"]
     n = min(int(settings.samples), len(test))
     images = to_float(jnp.asarray(test.images[:n]))
-    predicted = np.asarray(jnp.argmax(model.apply(variables, images), -1))
-    layers = tuple(getattr(model, "conv_layer_names", ()))
-    maps = {}
-    for layer in layers:
-        explain = attribution.explainer(
-            settings.method,
-            lambda x: model.apply(variables, x),
-            model=model,
-            variables=variables,
-            layer=layer,
-        )
-        maps[layer] = np.asarray(explain(images, jnp.asarray(predicted), None))[..., 0]
+    predicted = np.asarray(jnp.argmax(jax.jit(model.apply)(variables, images), -1))
+    fn = jax.jit(lambda x: model.apply(variables, x))
+    maps = explain_lib.layer_cams(
+        settings.method, fn, model, variables, images, jnp.asarray(predicted)
+    )
     names = test.class_names
     plotting.layer_grid(
         np.asarray(images),

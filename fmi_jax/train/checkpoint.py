@@ -178,9 +178,12 @@ class Checkpoints:
         batch_stats without the optimizer state).
         """
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        # `target` may hold arrays or jax.ShapeDtypeStructs (from jax.eval_shape, whose
+        # sharding is None): either way the restored arrays land on their sharding or
+        # on the first device.
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(
-                x.shape, x.dtype, sharding=getattr(x, "sharding", device)
+                x.shape, x.dtype, sharding=getattr(x, "sharding", None) or device
             ),
             target,
         )

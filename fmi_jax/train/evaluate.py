@@ -65,7 +65,11 @@ def restore_model(workdir: str | Path, *, checkpoint: str = "best"):
     meta = ckpt.meta(epoch)
     arch = meta["architecture"]
     model = loop_lib.model_from_config(config.model)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, *arch["image_shape"])), train=False)
+    # Only the structure, shapes and dtypes: every value comes from the checkpoint, so
+    # nothing is initialised or compiled (an eager init compiles each layer's ops).
+    variables = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, *arch["image_shape"])), train=False)
+    )
     target = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
     restored = ckpt.restore(epoch, target, partial=True)
     ckpt.close()
