@@ -5,6 +5,17 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/cnn_fmnist.py
 WORKDIR ?= runs/cnn_fmnist
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): XLA compiles on one thread, so two workers use both
+# cores of a 2-core machine; `TEST_WORKERS=0` runs in this process (for pdb).
+TEST_WORKERS ?= auto
+TEST_MAX_WORKERS ?= 4
+# JAX's persistent compilation cache: identical programs compiled by the two workers,
+# by subprocesses and by repeated runs of a study are compiled once, and a second
+# `make test` loads most of what the first compiled. `JAX_CACHE=` turns it off. Nothing is
+# evicted (JAX's size cap rescans the folder on every write): `rm -rf .cache` clears it.
+JAX_CACHE ?= .cache/jax
+TEST_ENV := $(if $(JAX_CACHE),JAX_COMPILATION_CACHE_DIR=$(abspath $(JAX_CACHE)) \
+  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0)
 # Exact versions of everything installed (see constraints.txt); `CONSTRAINTS=` drops them.
 CONSTRAINTS ?= constraints.txt
 PIP_CONSTRAINTS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
@@ -53,7 +64,7 @@ demo: install data
 	$(PY) -m experiments.evaluate --workdir=$(WORKDIR)
 
 test: install data
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --maxprocesses=$(TEST_MAX_WORKERS)) $(PYTEST_ARGS)
 
 explain: install
 	$(PY) -m experiments.explain --workdir=$(WORKDIR) --config=configs/explain.py

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fmi_jax import evaluation
+from tests import testdata
 
 
 def ranks_by_hand(x):
@@ -60,9 +61,10 @@ def test_topk_overlap_known_answer():
 
 
 def test_correlation_matrix_is_symmetric_with_unit_diagonal():
+    normal = testdata.normal
     key = jax.random.key(0)
-    x = jax.random.normal(key, (4, 6, 6, 1))
-    maps = {"a": x, "b": 2 * x, "c": -x + 0.1 * jax.random.normal(jax.random.key(1), x.shape)}
+    x = normal(key, (4, 6, 6, 1))
+    maps = {"a": x, "b": 2 * x, "c": -x + 0.1 * normal(jax.random.key(1), x.shape)}
     mean, per = evaluation.correlation_matrix(maps, method="pearson")
     assert per.shape == (4, 3, 3)
     np.testing.assert_allclose(mean, mean.T)

@@ -4,11 +4,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmi_jax.train.augment import augment
+from fmi_jax.train.augment import augment as eager_augment
+from tests import testdata
+
+# Training runs augment inside the jitted train step; so do these tests, one compiled
+# program per set of options instead of dozens of eagerly compiled operations.
+augment = jax.jit(eager_augment, static_argnames=("flip", "crop_padding", "erasing"))
 
 
 def images(n=16, h=12, w=10, c=1):
-    return jax.random.uniform(jax.random.key(0), (n, h, w, c))
+    return testdata.uniform(jax.random.key(0), (n, h, w, c))
 
 
 def test_shape_dtype_and_determinism():
@@ -24,6 +29,7 @@ def test_shape_dtype_and_determinism():
 
 def test_nothing_enabled_is_identity():
     x = images()
+    np.testing.assert_array_equal(eager_augment(x, jax.random.key(1)), x)
     np.testing.assert_array_equal(augment(x, jax.random.key(1)), x)
 
 

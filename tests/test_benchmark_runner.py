@@ -5,6 +5,7 @@ The PyTorch side (fmi_jax/benchmark/torch_side.py) is never imported here; it ru
 only in the bench venv (`make bench`).
 """
 
+import functools
 import sys
 
 import jax
@@ -15,9 +16,9 @@ import pytest
 import configs
 from fmi_jax import data, models
 from fmi_jax.benchmark import runner
+from tests import testdata
 
 
-@pytest.mark.slow
 def test_every_benchmark_method_builds_and_traces_with_its_options():
     """Option names, the CAM layer, the occlusion window and the patches all fit the
     benchmark's model: each method traces (jax.eval_shape, no compute) to maps shaped
@@ -26,18 +27,27 @@ def test_every_benchmark_method_builds_and_traces_with_its_options():
     config = configs.load("benchmark")
     model = models.get_model(config.model_name)
     shape = data.DATASETS[config.data_name].image_shape
-    variables = model.init(jax.random.key(0), jnp.zeros((1, *shape)))
-    fn = lambda x: model.apply(variables, x)
     x = jax.ShapeDtypeStruct((2, *shape), jnp.float32)
     t = jax.ShapeDtypeStruct((2,), jnp.int32)
+    # The variables are traced too (an argument of the traced function): nothing is
+    # initialised or compiled.
+    variables = jax.eval_shape(
+        model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, *shape), jnp.float32)
+    )
+
+    def traced(name, variables, *args):
+        fn = lambda x: model.apply(variables, x)
+        call = runner._jax_call(name, fn, dict(config.options.get(name, {})), model, variables)
+        return call(*args)
+
     assert set(runner.METRICS) <= set(config.methods)
     for name in config.methods:
-        call = runner._jax_call(name, fn, dict(config.options.get(name, {})), model, variables)
         if name in runner.METRICS:
             args = (x, t, x) if name == "infidelity" else (x, t)
-            assert jax.eval_shape(call, *args).shape == (2,), name
+            out = jax.eval_shape(functools.partial(traced, name), variables, *args)
+            assert out.shape == (2,), name
             continue
-        out = jax.eval_shape(call, x, t)
+        out = jax.eval_shape(functools.partial(traced, name), variables, x, t)
         assert out.shape == x.shape, name
     assert "torch" not in sys.modules
 
@@ -138,11 +148,16 @@ def test_metric_noise_replays_what_the_metrics_draw():
     opts = {"stdev": 0.01, "samples": 5}
     noise = runner._metric_noise("infidelity", opts, x).reshape(3, 5, 4, 4, 1)
     ours = runner._jax_metric("infidelity", fn, opts)(jnp.asarray(x), t, a)
-    diffs = fn(jnp.asarray(x))[jnp.arange(3), t][:, None] - jax.vmap(
-        lambda xi, ni, ti: fn(xi - ni)[:, ti]
-    )(jnp.asarray(x)[:, None], jnp.asarray(noise), t)
-    dots = jnp.sum(jnp.asarray(noise) * a[:, None], axis=(2, 3, 4))
-    np.testing.assert_allclose(ours, jnp.mean((dots - diffs) ** 2, axis=1), rtol=1e-4)
+
+    @jax.jit  # the replay, one compiled program
+    def replayed(x, noise, t, a):
+        diffs = fn(x)[jnp.arange(3), t][:, None] - jax.vmap(lambda xi, ni, ti: fn(xi - ni)[:, ti])(
+            x[:, None], noise, t
+        )
+        dots = jnp.sum(noise * a[:, None], axis=(2, 3, 4))
+        return jnp.mean((dots - diffs) ** 2, axis=1)
+
+    np.testing.assert_allclose(ours, replayed(jnp.asarray(x), jnp.asarray(noise), t, a), rtol=1e-4)
     noisy = runner._metric_noise("max_sensitivity", {"radius": 0.02, "samples": 5}, x)
     delta = noisy.reshape(3, 5, 4, 4, 1) - x[:, None]
     assert noisy.shape == (15, 4, 4, 1) and 0 < np.abs(delta).max() <= 0.02
@@ -217,12 +232,13 @@ def test_markdown_shows_goals_memory_and_the_memory_scaling_table():
     assert "1000 steps, batch_size 256: 12.0 s" in table
 
 
+@pytest.mark.slow
 def test_xla_memory_of_integrated_gradients_is_set_by_batch_size_not_steps():
     """The memory claim of the benchmark's memory_scaling, as a test: with `batch_size`
     fixed, XLA's planned device memory for IG does not grow from 100 to 1000 steps; it
     grows with batch_size, and without chunking it grows with steps (compile only)."""
     model = models.get_model("cnn_fmnist", features=(4, 8, 8), dense=(16,))
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    variables = testdata.init(model, jnp.zeros((1, 28, 28, 1)))
     fn = lambda x: model.apply(variables, x)
     x = jax.ShapeDtypeStruct((16, 28, 28, 1), jnp.float32)
     t = jax.ShapeDtypeStruct((16,), jnp.int32)

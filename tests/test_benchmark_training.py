@@ -38,6 +38,7 @@ def trained():
     return trainer, compile_s, losses
 
 
+@pytest.mark.slow
 def test_jax_trainer_runs_the_library_loop_and_learns(trained):
     trainer, compile_s, losses = trained
     assert trainer.loop == "step"  # what loop._choose_loop picks on CPU

@@ -12,6 +12,7 @@ from fmi_jax import attribution, models, studies, train
 from fmi_jax.data import cifar, registry
 
 
+@pytest.mark.slow
 def test_cifarnet_is_the_tutorial_network():
     model = models.get_model("cifarnet")
     x = jnp.zeros((2, 32, 32, 3))
@@ -50,6 +51,7 @@ def cifar_folder(tmp_path_factory):
     return folder.parent
 
 
+@pytest.mark.slow
 def test_train_and_explain_on_original_format_files(tmp_path, cifar_folder):
     config = configs.load("cifarnet_cifar10", "smoke")
     config.data.data_dir = str(cifar_folder)

@@ -7,24 +7,14 @@ import numpy as np
 import pytest
 
 import configs
-from fmi_jax import studies, train
+from fmi_jax import studies
 from fmi_jax.studies import evaluate_attributions as study
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-
-    config = configs.load("cnn_fmnist", "smoke")
-    config.data.name = "synthetic"
-    config.data.options = {"num_train": 704, "num_test": 128}
-    config.data.train_limit = None
-    config.progress = False
-    config.augment = {"flip": False, "crop_padding": 0, "erasing": 0.0}
-    config.learning_rate = 5e-3
-    config.num_epochs = 2
-    workdir = tmp_path_factory.mktemp("run")
-    train.train_and_evaluate(config, workdir)
-    return workdir
+def trained_run(synthetic_run):
+    """The shared synthetic run (tests/conftest.py); the study writes its own folders."""
+    return synthetic_run
 
 
 def test_config_variants():
@@ -58,6 +48,7 @@ def _config():
     return config
 
 
+@pytest.mark.slow
 def test_study_writes_leaderboard_reuses_and_refuses(trained_run):
     config = _config()
     result = studies.run_evaluate_attributions(config, trained_run)
@@ -131,6 +122,7 @@ def test_unknown_method_is_refused_before_any_work(trained_run):
     assert not (trained_run / "metrics_unknown").exists()
 
 
+@pytest.mark.slow
 def test_every_configured_method_runs_with_its_options():
     """The full config's methods and options build and run on a small CNN (the smoke
     study runs only a few of them): a misspelt or mis-shaped option fails here, not
@@ -150,5 +142,7 @@ def test_every_configured_method_runs_with_its_options():
             continue
         options = study._method_options(config, name)
         explain = attribution.explainer(name, fn, model=model, variables=variables, **options)
-        maps = np.asarray(explain(x, jnp.array([0, 1]), jax.random.key(2)))
+        # Jitted, as the study runs it: one compile per method instead of one per
+        # operation and shape.
+        maps = np.asarray(jax.jit(explain)(x, jnp.array([0, 1]), jax.random.key(2)))
         assert maps.shape[:3] == x.shape[:3] and np.isfinite(maps).all(), name

@@ -141,6 +141,7 @@ def test_folder_is_recursive_and_skips_bad_files(folder):
     ]
 
 
+@pytest.mark.slow
 def test_pipeline_writes_every_output(run, folder):
     config, workdir, result = run
     predictions = json.loads((workdir / "predictions.json").read_text())["images"]
@@ -188,6 +189,7 @@ def test_rerun_reuses_and_a_different_config_is_refused(run, folder):
     assert (workdir / "predictions.json").read_text() == before
 
 
+@pytest.mark.slow
 def test_ig_beyond_300_steps_is_chunked_and_converges(folder, tmp_path):
     # 320 steps in chunks of 64 (image, step) pairs: memory of one chunk, not of 320.
     runs = {

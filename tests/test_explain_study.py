@@ -10,13 +10,13 @@ from fmi_jax import studies, train
 from fmi_jax.data import idx, synthetic
 
 
-@pytest.fixture
-def trained_run(tmp_path, synthetic_config):
-    config = synthetic_config(num_epochs=2)
-    train.train_and_evaluate(config, tmp_path)
-    return tmp_path
+@pytest.fixture(scope="module")
+def trained_run(synthetic_run):
+    """The shared synthetic run; each test below writes its own output folder in it."""
+    return synthetic_run
 
 
+@pytest.mark.slow
 def test_explain_writes_maps_stats_and_figures(trained_run):
     config = configs.load("explain", "smoke")
     result = studies.run_explain(config, trained_run)
@@ -60,14 +60,20 @@ def test_explain_writes_maps_stats_and_figures(trained_run):
 
 def test_rerun_reuses_results_and_other_config_is_refused(trained_run):
     config = configs.load("explain", "smoke")
+    config.methods = ("saliency", "integrated_gradients")
+    config.layer_cam.samples = 0
+    config.output = "explain_rerun"
     studies.run_explain(config, trained_run)
-    npz = trained_run / "explain" / "attributions.npz"
+    npz = trained_run / "explain_rerun" / "attributions.npz"
     before = npz.stat().st_mtime_ns
-    (trained_run / "explain" / "agreement.png").unlink()
+    (trained_run / "explain_rerun" / "agreement.png").unlink()
     studies.run_explain(config, trained_run)
     assert npz.stat().st_mtime_ns == before  # not recomputed
-    assert (trained_run / "explain" / "agreement.png").exists()  # missing figure redrawn
+    assert (trained_run / "explain_rerun" / "agreement.png").exists()  # missing figure redrawn
     other = configs.load("explain", "smoke")
+    other.methods = config.methods
+    other.layer_cam.samples = 0
+    other.output = config.output
     other.options.integrated_gradients.steps = 16
     with pytest.raises(ValueError, match="another config.*--config.output"):
         studies.run_explain(other, trained_run)
@@ -90,11 +96,13 @@ def test_explicit_indices_and_bad_ones(trained_run):
 def test_unknown_method_is_refused_before_any_work(trained_run):
     config = configs.load("explain", "smoke")
     config.methods = ("saliency", "gradcam")
+    config.output = "explain_unknown"
     with pytest.raises(ValueError, match="unknown method"):
         studies.run_explain(config, trained_run)
-    assert not (trained_run / "explain").exists()
+    assert not (trained_run / "explain_unknown").exists()
 
 
+@pytest.mark.slow
 def test_mnist_study_on_files_in_the_original_format(tmp_path):
     """configs/explain_mnist.py on a cnn_mnist:smoke run whose data are MNIST IDX files
     written here (MNIST cannot be downloaded on the test machines)."""

@@ -8,6 +8,19 @@ import numpy as np
 import pytest
 
 from fmi_jax.evaluation import faithfulness as F
+from tests import testdata
+
+# Most known-answer tests run each curve as one jitted program ("every function is
+# jit-compatible with the non-array arguments static", the module docstring) instead of
+# dozens of eagerly compiled operations; the eager path keeps its own tests (ties,
+# batch sizes, sparseness, jit against eager, refused inputs). Random test inputs come
+# from tests/testdata.py.
+_STATIC = ("substrate", "step", "blur_sigma", "batch_size", "probabilities")
+jit_deletion_curve = jax.jit(F.deletion_curve, static_argnums=0, static_argnames=_STATIC)
+jit_insertion_curve = jax.jit(F.insertion_curve, static_argnums=0, static_argnames=_STATIC)
+jit_pixel_flipping = jax.jit(
+    F.pixel_flipping, static_argnums=0, static_argnames=_STATIC + ("order",)
+)
 
 
 def linear_model(w, bias=0.0):
@@ -21,11 +34,14 @@ def linear_model(w, bias=0.0):
     return fn
 
 
-def tiny_mlp(key, shape, classes=3):
+@testdata.jit(static_argnums=(1, 2))
+def _mlp_weights(key, d, classes):
     k1, k2 = jax.random.split(key)
-    d = int(np.prod(shape))
-    w1 = jax.random.normal(k1, (d, 8)) / np.sqrt(d)
-    w2 = jax.random.normal(k2, (8, classes))
+    return jax.random.normal(k1, (d, 8)) / np.sqrt(d), jax.random.normal(k2, (8, classes))
+
+
+def tiny_mlp(key, shape, classes=3):
+    w1, w2 = _mlp_weights(key, int(np.prod(shape)), classes)
     return lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ w1) @ w2
 
 
@@ -36,8 +52,8 @@ def test_deletion_with_oracle_order_on_hand_example():
     fn = linear_model(w)
     oracle = w.reshape(1, 2, 2, 1) * x
     kw = dict(step=1, probabilities=False)
-    best = F.deletion_curve(fn, x, 0, oracle, **kw)
-    worst = F.deletion_curve(fn, x, 0, -oracle, **kw)
+    best = jit_deletion_curve(fn, x, 0, oracle, **kw)
+    worst = jit_deletion_curve(fn, x, 0, -oracle, **kw)
     np.testing.assert_array_equal(best, [[10, 6, 3, 1, 0]])  # remove 4, 3, 2, 1
     np.testing.assert_array_equal(worst, [[10, 9, 7, 4, 0]])  # remove 1, 2, 3, 4
     # Trapezoids over 4 intervals of 1/4: (5 + 6 + 3 + 1 + 0) / 4 and (5 + 9 + 7 + 4 + 0) / 4.
@@ -56,7 +72,7 @@ def test_deletion_curve_is_cumulative_sum_of_sorted_contributions(step):
     fn = linear_model(w, bias=0.5)
     contributions = (w.reshape(1, 4, 4, 1) * x).reshape(3, -1)
     got = np.asarray(
-        F.deletion_curve(fn, x, 0, contributions.reshape(x.shape), step=step, probabilities=False)
+        jit_deletion_curve(fn, x, 0, contributions.reshape(x.shape), step=step, probabilities=False)
     )
     m = step if isinstance(step, int) else 4
     removed = np.minimum(np.arange(0, -(-16 // m) + 1) * m, 16)
@@ -88,13 +104,13 @@ def test_ties_are_broken_by_pixel_index_and_channels_are_summed():
 
 def test_insertion_and_deletion_endpoints_with_blur_and_probabilities():
     fn = tiny_mlp(jax.random.key(0), (6, 5, 2))
-    x = jax.random.uniform(jax.random.key(1), (4, 6, 5, 2))
-    maps = jax.random.normal(jax.random.key(2), x.shape)
+    x = testdata.uniform(jax.random.key(1), (4, 6, 5, 2))
+    maps = testdata.normal(jax.random.key(2), x.shape)
     target = jnp.array([0, 1, 2, 1])
     blurred = F._substrate("blur", x, 1.5)
     prob = lambda z: np.asarray(jax.nn.softmax(fn(z)))[np.arange(4), np.asarray(target)]  # noqa: E731
-    ins = F.insertion_curve(fn, x, target, maps, substrate="blur", blur_sigma=1.5)
-    dele = F.deletion_curve(fn, x, target, maps, substrate="zero")
+    ins = jit_insertion_curve(fn, x, target, maps, substrate="blur", blur_sigma=1.5)
+    dele = jit_deletion_curve(fn, x, target, maps, substrate="zero")
     assert ins.shape == dele.shape == (4, 7)  # default step: one row of 5 pixels, 30 pixels
     np.testing.assert_allclose(ins[:, 0], prob(blurred), atol=1e-6)
     np.testing.assert_allclose(ins[:, -1], prob(x), atol=1e-6)
@@ -113,15 +129,15 @@ def test_blur_matches_scipy_and_keeps_a_constant_image():
     const = np.full((2, 4, 4, 1), 0.7, np.float32)
     fn = tiny_mlp(jax.random.key(3), (4, 4, 1))
     maps = np.random.default_rng(2).normal(size=const.shape)
-    curve = np.asarray(F.deletion_curve(fn, const, None, maps, substrate="blur", step=3))
+    curve = np.asarray(jit_deletion_curve(fn, const, None, maps, substrate="blur", step=3))
     np.testing.assert_allclose(curve, np.broadcast_to(curve[:, :1], curve.shape), atol=1e-6)
 
 
 @pytest.mark.parametrize("curve_fn", [F.deletion_curve, F.insertion_curve])
 def test_batch_size_does_not_change_results(curve_fn):
     fn = tiny_mlp(jax.random.key(4), (5, 5, 1))
-    x = jax.random.uniform(jax.random.key(5), (3, 5, 5, 1))
-    maps = jax.random.normal(jax.random.key(6), x.shape)
+    x = testdata.uniform(jax.random.key(5), (3, 5, 5, 1))
+    maps = testdata.normal(jax.random.key(6), x.shape)
     kw = dict(substrate="blur", blur_sigma=1.0, step=4)
     full = curve_fn(fn, x, None, maps, **kw)
     for batch_size in (3, 7):
@@ -131,8 +147,8 @@ def test_batch_size_does_not_change_results(curve_fn):
 
 def test_jit_matches_eager_and_works_on_flat_inputs():
     fn = tiny_mlp(jax.random.key(7), (10,))
-    x = jax.random.uniform(jax.random.key(8), (3, 10))
-    maps = jax.random.normal(jax.random.key(9), x.shape)
+    x = testdata.uniform(jax.random.key(8), (3, 10))
+    maps = testdata.normal(jax.random.key(9), x.shape)
     curve = functools.partial(F.deletion_curve, fn, step=0.2, batch_size=4)
     eager = curve(x, 1, maps)
     jitted = jax.jit(curve, static_argnums=1)(x, 1, maps)
@@ -147,9 +163,9 @@ def test_morf_falls_faster_than_lerf_on_linear_model():
     fn = linear_model(w)
     oracle = w.reshape(1, 6, 6, 1) * x
     kw = dict(step=2, probabilities=False)
-    morf = F.pixel_flipping(fn, x, 0, oracle, order="morf", **kw)
-    lerf = F.pixel_flipping(fn, x, 0, oracle, order="lerf", **kw)
-    np.testing.assert_array_equal(morf, F.deletion_curve(fn, x, 0, oracle, **kw))
+    morf = jit_pixel_flipping(fn, x, 0, oracle, order="morf", **kw)
+    lerf = jit_pixel_flipping(fn, x, 0, oracle, order="lerf", **kw)
+    np.testing.assert_array_equal(morf, jit_deletion_curve(fn, x, 0, oracle, **kw))
     assert np.all(F.auc(morf) < F.auc(lerf))
     assert np.all(F.aopc(morf) > F.aopc(lerf))
 

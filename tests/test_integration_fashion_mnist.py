@@ -23,6 +23,7 @@ def fashion_mnist_source():
         pytest.skip(f"real Fashion-MNIST not available offline: {str(e).splitlines()[0]}")
 
 
+@pytest.mark.slow
 def test_one_epoch_on_real_fashion_mnist_beats_80_percent(tmp_path, fashion_mnist_source):
     config = configs.load("cnn_fmnist")
     config.data.download = False

@@ -10,8 +10,18 @@ import pytest
 from jax import lax
 
 from fmi_jax.models import layers
+from tests import testdata
 
 NHWC = ("NHWC", "HWIO", "NHWC")
+
+# Test inputs are drawn as in tests/testdata.py.
+
+
+@testdata.jit(static_argnums=1)
+def _normals(keys, shapes):
+    """[jax.random.normal(keys[i], shapes[i]), ...], drawn by one program."""
+    return [jax.random.normal(key, shape) for key, shape in zip(keys, shapes)]
+
 
 CASES = [
     # (input HxW, Cin, Cout, kernel, strides, padding, rhs_dilation)
@@ -26,17 +36,17 @@ CASES = [
 
 @pytest.mark.parametrize("hw,cin,cout,kernel,strides,padding,dilation", CASES)
 def test_forward_and_gradients_match_lax(hw, cin, cout, kernel, strides, padding, dilation):
-    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(kx, (3, *hw, cin))
-    w = jax.random.normal(kw, (*kernel, cin, cout))
     ref = lambda x, w: lax.conv_general_dilated(
         x, w, strides, padding, rhs_dilation=dilation, dimension_numbers=NHWC
     )
     ours = lambda x, w: layers.conv_general_dilated(
         x, w, strides, padding, rhs_dilation=dilation, dimension_numbers=NHWC
     )
+    x_shape, w_shape = (3, *hw, cin), (*kernel, cin, cout)
+    out = jax.eval_shape(ref, *(jax.ShapeDtypeStruct(s, jnp.float32) for s in (x_shape, w_shape)))
+    # x, w and the output cotangent g from keys kx, kw, kg = split(key(0), 3)
+    x, w, g = _normals(jax.random.split(jax.random.key(0), 3), (x_shape, w_shape, out.shape))
     np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
-    g = jax.random.normal(kg, ref(x, w).shape)
     _, ref_vjp = jax.vjp(ref, x, w)
     _, our_vjp = jax.vjp(jax.jit(ours), x, w)
     for a, b in zip(our_vjp(g), ref_vjp(g)):
@@ -44,8 +54,8 @@ def test_forward_and_gradients_match_lax(hw, cin, cout, kernel, strides, padding
 
 
 def test_depthwise_falls_back_to_lax():
-    x = jax.random.normal(jax.random.key(1), (2, 6, 6, 4))
-    w = jax.random.normal(jax.random.key(2), (3, 3, 1, 4))
+    x = testdata.normal(jax.random.key(1), (2, 6, 6, 4))
+    w = testdata.normal(jax.random.key(2), (3, 3, 1, 4))
     f = lambda w, impl: (
         impl(x, w, (1, 1), "SAME", dimension_numbers=NHWC, feature_group_count=4).sum() ** 2
     )
@@ -66,20 +76,31 @@ def test_model_conv_is_chosen_per_backend_and_mode():
 def test_im2col_forward_and_both_autodiff_modes_match_lax(
     hw, cin, cout, kernel, strides, padding, dilation
 ):
-    kx, kw, kt = jax.random.split(jax.random.key(5), 3)
-    x = jax.random.normal(kx, (2, *hw, cin))
-    w = jax.random.normal(kw, (*kernel, cin, cout))
+    # x, w and the tangent from keys kx, kw, kt = split(key(5), 3)
+    x_shape = (2, *hw, cin)
+    x, w, tangent = _normals(
+        jax.random.split(jax.random.key(5), 3), (x_shape, (*kernel, cin, cout), x_shape)
+    )
     conv = lambda impl: (
         lambda x, w: impl(x, w, strides, padding, rhs_dilation=dilation, dimension_numbers=NHWC)
     )
     ours, ref = conv(layers.im2col_conv), conv(lax.conv_general_dilated)
-    np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
     loss = lambda f: lambda x, w: (f(x, w) ** 2).sum()
-    for a, b in zip(jax.grad(loss(ours), (0, 1))(x, w), jax.grad(loss(ref), (0, 1))(x, w)):
+
+    @jax.jit  # forward, reverse and forward mode (it works: no custom rule), one program
+    def ours_all(x, w, tangent):
+        return (
+            ours(x, w),
+            jax.grad(loss(ours), (0, 1))(x, w),
+            jax.jvp(lambda v: ours(v, w), (x,), (tangent,))[1],
+        )
+
+    forward, grads, jvp = ours_all(x, w, tangent)
+    np.testing.assert_allclose(forward, ref(x, w), rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads, jax.grad(loss(ref), (0, 1))(x, w)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-    tangent = jax.random.normal(kt, x.shape)  # forward mode works: no custom rule
     np.testing.assert_allclose(
-        jax.jvp(lambda v: ours(v, w), (x,), (tangent,))[1],
+        jvp,
         jax.jvp(lambda v: ref(v, w), (x,), (tangent,))[1],
         rtol=1e-4,
         atol=1e-4,
@@ -87,8 +108,8 @@ def test_im2col_forward_and_both_autodiff_modes_match_lax(
 
 
 def test_im2col_falls_back_to_lax_for_grouped_convolutions():
-    x = jax.random.normal(jax.random.key(1), (2, 6, 6, 4))
-    w = jax.random.normal(jax.random.key(2), (3, 3, 1, 4))
+    x = testdata.normal(jax.random.key(1), (2, 6, 6, 4))
+    w = testdata.normal(jax.random.key(2), (3, 3, 1, 4))
     kwargs = dict(dimension_numbers=NHWC, feature_group_count=4)
     np.testing.assert_allclose(
         layers.im2col_conv(x, w, (1, 1), "SAME", **kwargs),
@@ -98,8 +119,8 @@ def test_im2col_falls_back_to_lax_for_grouped_convolutions():
 
 
 def test_vmap_and_jit():
-    x = jax.random.normal(jax.random.key(3), (4, 2, 7, 7, 3))
-    w = jax.random.normal(jax.random.key(4), (3, 3, 3, 2))
+    x = testdata.normal(jax.random.key(3), (4, 2, 7, 7, 3))
+    w = testdata.normal(jax.random.key(4), (3, 3, 3, 2))
     loss = lambda w, x, impl: (impl(x, w, (1, 1), "SAME", dimension_numbers=NHWC) ** 2).sum()
     ours = jax.jit(jax.vmap(jax.grad(loss), (None, 0, None)), static_argnums=2)
     ref = jax.vmap(jax.grad(loss), (None, 0, None))
@@ -112,7 +133,7 @@ def test_vmap_and_jit():
 
 
 def test_max_pool_forward_equals_flax_including_odd_sizes():
-    x = jax.random.normal(jax.random.key(1), (3, 7, 9, 4))
+    x = testdata.normal(jax.random.key(1), (3, 7, 9, 4))
     for window in (2, 3):
         want = nn.max_pool(x, (window, window), strides=(window, window))
         np.testing.assert_array_equal(layers.max_pool(x, window), want)
@@ -121,8 +142,8 @@ def test_max_pool_forward_equals_flax_including_odd_sizes():
 @pytest.mark.parametrize("window", [2, 3])
 def test_max_pool_gradient_equals_flax_ties_included(window):
     # Values from {0, 1, 2} on a 7x9 map: most windows hold ties, some of the maximum.
-    x = jax.random.randint(jax.random.key(2), (2, 7, 9, 3), 0, 3).astype(jnp.float32)
-    g = jax.random.normal(jax.random.key(3), (2, 7 // window, 9 // window, 3))
+    x = testdata.randint(jax.random.key(2), (2, 7, 9, 3), 0, 3).astype(jnp.float32)
+    g = testdata.normal(jax.random.key(3), (2, 7 // window, 9 // window, 3))
     ours = jax.vjp(lambda v: layers.max_pool(v, window), x)[1](g)[0]
     theirs = jax.vjp(lambda v: nn.max_pool(v, (window, window), strides=(window, window)), x)[1](g)
     np.testing.assert_array_equal(ours, theirs[0])

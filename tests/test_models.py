@@ -1,5 +1,7 @@
 """Model shapes, parameter counts, names, and the registry."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,10 +10,20 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from fmi_jax import models
+from tests import testdata
 
 
 def count(params):
     return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+
+
+# Shapes and parameter counts come from jax.eval_shape (traced, never compiled); tests
+# that need values run jitted programs, one compile each instead of one per operation.
+# Inputs and initial variables come from tests/testdata.py.
+
+
+def _init(model, x):
+    return testdata.init(model, x, 0)
 
 
 @pytest.mark.parametrize(
@@ -28,17 +40,20 @@ def count(params):
 )
 def test_parameter_counts_and_logits_shape(name, shape, expected):
     model = models.get_model(name)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, *shape)))
+    variables = jax.eval_shape(
+        model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, *shape), jnp.float32)
+    )
     assert count(variables["params"]) == expected
-    logits = model.apply(variables, jnp.zeros((5, *shape)))
+    logits = jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct((5, *shape), jnp.float32))
     assert logits.shape == (5, 10) and logits.dtype == jnp.float32
 
 
 def test_conv_blocks_are_captured_by_stable_names():
     model = models.get_model("cnn_fmnist")
     x = jnp.ones((2, 28, 28, 1))
-    variables = model.init(jax.random.key(0), x)
-    _, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+    apply = functools.partial(model.apply, capture_intermediates=True, mutable=["intermediates"])
+    apply = jax.jit(apply)
+    _, state = apply(_init(model, x), x)
     inter = state["intermediates"]
     assert model.conv_layer_names == ("conv1", "conv2", "conv3")
     assert inter["conv1"]["__call__"][0].shape == (2, 28, 28, 32)  # before pooling
@@ -49,22 +64,30 @@ def test_conv_blocks_are_captured_by_stable_names():
 
 def test_dropout_only_in_training():
     model = models.get_model("cnn_mnist", dropout=0.5)
-    x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
-    variables = model.init(jax.random.key(0), x)
-    np.testing.assert_array_equal(model.apply(variables, x), model.apply(variables, x))
-    a = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
-    b = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})
+    x = testdata.uniform(jax.random.key(1), (4, 28, 28, 1))
+    variables = _init(model, x)
+    evaluate = jax.jit(model.apply)
+    np.testing.assert_array_equal(evaluate(variables, x), evaluate(variables, x))
+    # (the dropout mask is drawn inside: a random-number program)
+    train = jax.jit(functools.partial(model.apply, train=True))
+    a = train(variables, x, rngs={"dropout": jax.random.key(1)})
+    b = train(variables, x, rngs={"dropout": jax.random.key(2)})
     assert not np.allclose(a, b)
 
 
 def test_training_gradients_equal_with_and_without_the_cpu_conv_rule():
     model = models.get_model("cnn_tunable", dropout=0.0)
-    x = jax.random.uniform(jax.random.key(1), (3, 28, 28, 1))
-    variables = model.init(jax.random.key(0), x)
+    x = testdata.uniform(jax.random.key(1), (3, 28, 28, 1))
+    variables = _init(model, x)
     loss = lambda p, train: model.apply({"params": p}, x, train=train).sum()
+    # Both gradients in one compiled program (train=True: the matmul weight-gradient
+    # convolution; train=False: the im2col one with autodiff's own rule).
+    with_rule, without = jax.jit(lambda p: (jax.grad(loss)(p, True), jax.grad(loss)(p, False)))(
+        variables["params"]
+    )
     np.testing.assert_allclose(
-        ravel_pytree(jax.grad(loss)(variables["params"], True))[0],
-        ravel_pytree(jax.grad(loss)(variables["params"], False))[0],
+        ravel_pytree(with_rule)[0],
+        ravel_pytree(without)[0],
         rtol=1e-4,
         atol=1e-5,
     )

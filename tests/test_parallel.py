@@ -141,6 +141,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
 def test_four_devices_train_like_one():
     out = run_devices(TRAIN_SCRIPT)
     errors = out["errors"]
@@ -218,6 +219,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_attribute_dataset_is_the_same_on_any_devices_and_chunks():
     out = run_devices(ATTRIBUTION_SCRIPT)
     for name, diffs in out.items():

@@ -7,9 +7,32 @@ import pytest
 
 from fmi_jax.attribution.registry import explainer
 from fmi_jax.evaluation.robustness import infidelity, max_sensitivity
+from tests import testdata
 
 N, SHAPE, CLASSES = 4, (2, 3), 3
 D = int(np.prod(SHAPE))
+
+# The known-answer tests run each metric as one jitted program (the module docstring of
+# fmi_jax.evaluation.robustness: "the metrics can also be wrapped in jax.jit whole")
+# instead of a few dozen eagerly compiled operations; the eager path keeps its own
+# tests below (target=None, custom perturbations, refused inputs).
+jit_infidelity = jax.jit(
+    infidelity,
+    static_argnums=0,
+    static_argnames=("perturbation", "stdev", "samples", "normalize", "batch_size"),
+)
+jit_max_sensitivity = jax.jit(
+    max_sensitivity,
+    static_argnums=0,
+    static_argnames=(
+        "radius",
+        "samples",
+        "norm_ord",
+        "fn",
+        "independent_explain_keys",
+        "batch_size",
+    ),
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +73,19 @@ def pair_keys(key, samples):
     )(jnp.arange(N))
 
 
+@testdata.jit(static_argnums=1)
+def _standard_normal_noise(key, samples):
+    normal = jax.vmap(jax.vmap(lambda k: jax.random.normal(k, SHAPE, jnp.float32)))
+    return normal(pair_keys(key, samples))
+
+
 def gaussian_noise(key, samples, stdev):
     """I[i, s] exactly as infidelity draws it."""
-    normal = jax.vmap(jax.vmap(lambda k: jax.random.normal(k, SHAPE, jnp.float32)))
-    return stdev * np.asarray(normal(pair_keys(key, samples)))
+    return stdev * np.asarray(_standard_normal_noise(key, samples))
 
 
-def uniform_noise(key, samples, radius):
-    """delta[i, s] as max_sensitivity draws it: noise keys are split(fold_in(key, i))[0]."""
+@testdata.jit(static_argnums=(1, 2))
+def _uniform_noise(key, samples, radius):
     noise_keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i))[0])(jnp.arange(N))
     keys = jax.vmap(lambda k: jax.vmap(lambda s: jax.random.fold_in(k, s))(jnp.arange(samples)))(
         noise_keys
@@ -65,20 +93,25 @@ def uniform_noise(key, samples, radius):
     uniform = jax.vmap(
         jax.vmap(lambda k: jax.random.uniform(k, SHAPE, jnp.float32, -radius, radius))
     )
-    return np.asarray(uniform(keys))
+    return uniform(keys)
+
+
+def uniform_noise(key, samples, radius):
+    """delta[i, s] as max_sensitivity draws it: noise keys are split(fold_in(key, i))[0]."""
+    return np.asarray(_uniform_noise(key, samples, radius))
 
 
 def test_infidelity_of_the_gradient_of_a_linear_model_is_zero(linear):
     fn, x, target, grad = linear
     key = jax.random.key(0)
-    wrong = infidelity(fn, x, target, jnp.zeros_like(x), key, stdev=0.1)
-    exact = infidelity(fn, x, target, grad, key, stdev=0.1)
+    wrong = jit_infidelity(fn, x, target, jnp.zeros_like(x), key, stdev=0.1)
+    exact = jit_infidelity(fn, x, target, grad, key, stdev=0.1)
     assert exact.shape == (N,)
     assert np.all(np.asarray(wrong) > 1e-3)
     np.testing.assert_allclose(exact, 0.0, atol=1e-6 * float(wrong.min()))
     # normalize=True: beta = 1 for exact attributions, and any rescaling is undone.
     for scale in (1.0, -2.5):
-        normed = infidelity(fn, x, target, scale * grad, key, stdev=0.1, normalize=True)
+        normed = jit_infidelity(fn, x, target, scale * grad, key, stdev=0.1, normalize=True)
         # (the expansion beta^2 sum a^2 - 2 beta sum ab + sum b^2 cancels to rounding)
         np.testing.assert_allclose(normed, 0.0, atol=1e-5 * float(wrong.min()))
 
@@ -86,7 +119,7 @@ def test_infidelity_of_the_gradient_of_a_linear_model_is_zero(linear):
 def test_infidelity_of_zero_attributions_matches_direct_computation(linear):
     fn, x, target, grad = linear
     key, samples, stdev = jax.random.key(3), 6, 0.05
-    got = infidelity(fn, x, target, jnp.zeros_like(x), key, stdev=stdev, samples=samples)
+    got = jit_infidelity(fn, x, target, jnp.zeros_like(x), key, stdev=stdev, samples=samples)
     noise = gaussian_noise(key, samples, stdev)
     # phi = 0: (f(x) - f(x - I))^2 = (w . I)^2 for a linear model.
     w_dot_i = np.einsum(
@@ -98,7 +131,9 @@ def test_infidelity_of_zero_attributions_matches_direct_computation(linear):
 def test_infidelity_of_zero_attributions_expected_value(linear):
     fn, x, target, grad = linear
     stdev = 0.1
-    got = infidelity(fn, x, target, jnp.zeros_like(x), jax.random.key(4), stdev=stdev, samples=2000)
+    got = jit_infidelity(
+        fn, x, target, jnp.zeros_like(x), jax.random.key(4), stdev=stdev, samples=2000
+    )
     expected = stdev**2 * np.sum(np.asarray(grad).reshape(N, -1) ** 2, axis=1)
     np.testing.assert_allclose(got, expected, rtol=0.1)  # MC error ~ sqrt(2 / 2000) = 3%
 
@@ -107,8 +142,8 @@ def test_normalized_infidelity_matches_captum_formula_and_is_scale_invariant(mlp
     fn, x, target = mlp
     key, samples, stdev = jax.random.key(5), 5, 0.2
     phi = jnp.asarray(np.random.default_rng(2).normal(size=x.shape), jnp.float32)
-    plain = infidelity(fn, x, target, phi, key, stdev=stdev, samples=samples)
-    normed = infidelity(fn, x, target, phi, key, stdev=stdev, samples=samples, normalize=True)
+    plain = jit_infidelity(fn, x, target, phi, key, stdev=stdev, samples=samples)
+    normed = jit_infidelity(fn, x, target, phi, key, stdev=stdev, samples=samples, normalize=True)
     noise = gaussian_noise(key, samples, stdev)
     f = np.asarray(fn(x))[np.arange(N), target]
     flat = (x[:, None] - noise).reshape(N * samples, *SHAPE)
@@ -120,7 +155,7 @@ def test_normalized_infidelity_matches_captum_formula_and_is_scale_invariant(mlp
     captum = beta**2 * (aa * aa).sum(1) - 2 * beta * (aa * bb).sum(1) + (bb * bb).sum(1)
     np.testing.assert_allclose(normed, captum / samples, rtol=1e-3)
     assert np.all(np.asarray(normed) <= np.asarray(plain) * (1 + 1e-5))  # beta is optimal
-    rescaled = infidelity(
+    rescaled = jit_infidelity(
         fn, x, target, 7.0 * phi, key, stdev=stdev, samples=samples, normalize=True
     )
     np.testing.assert_allclose(rescaled, normed, rtol=1e-4)
@@ -145,7 +180,7 @@ def test_infidelity_with_a_custom_perturbation(linear):
 
 def test_max_sensitivity_of_saliency_on_a_linear_model_is_zero(linear):
     fn, x, target, _ = linear
-    got = max_sensitivity(explainer("saliency", fn), x, target, jax.random.key(0))
+    got = jit_max_sensitivity(explainer("saliency", fn), x, target, jax.random.key(0))
     assert got.shape == (N,)
     np.testing.assert_array_equal(got, 0.0)
 
@@ -153,7 +188,7 @@ def test_max_sensitivity_of_saliency_on_a_linear_model_is_zero(linear):
 def test_max_sensitivity_of_input_x_gradient_on_a_linear_model(linear):
     fn, x, target, grad = linear
     key, samples, radius = jax.random.key(7), 5, 0.02
-    got = max_sensitivity(
+    got = jit_max_sensitivity(
         explainer("input_x_gradient", fn), x, target, key, radius=radius, samples=samples
     )
     # (x + delta) * w - x * w = delta * w; divided by ||x * w|| (Captum's denominator).
@@ -174,8 +209,10 @@ def test_batch_size_does_not_change_results(mlp):
     results = {}
     for batch_size in (None, 3, 5):
         results[batch_size] = (
-            infidelity(fn, x, target, phi, key, samples=4, normalize=True, batch_size=batch_size),
-            max_sensitivity(ixg, x, target, key, samples=4, batch_size=batch_size),
+            jit_infidelity(
+                fn, x, target, phi, key, samples=4, normalize=True, batch_size=batch_size
+            ),
+            jit_max_sensitivity(ixg, x, target, key, samples=4, batch_size=batch_size),
         )
     for batch_size in (3, 5):
         for got, want in zip(results[batch_size], results[None]):
@@ -188,20 +225,24 @@ def test_keys_decide_the_noise(mlp):
     ixg = explainer("input_x_gradient", fn)
     a, b = jax.random.key(0), jax.random.key(1)
     np.testing.assert_array_equal(
-        infidelity(fn, x, target, phi, a), infidelity(fn, x, target, phi, a)
+        jit_infidelity(fn, x, target, phi, a), jit_infidelity(fn, x, target, phi, a)
     )
-    assert not np.allclose(infidelity(fn, x, target, phi, a), infidelity(fn, x, target, phi, b))
+    assert not np.allclose(
+        jit_infidelity(fn, x, target, phi, a), jit_infidelity(fn, x, target, phi, b)
+    )
     np.testing.assert_array_equal(
-        max_sensitivity(ixg, x, target, a), max_sensitivity(ixg, x, target, a)
+        jit_max_sensitivity(ixg, x, target, a), jit_max_sensitivity(ixg, x, target, a)
     )
-    assert not np.allclose(max_sensitivity(ixg, x, target, a), max_sensitivity(ixg, x, target, b))
+    assert not np.allclose(
+        jit_max_sensitivity(ixg, x, target, a), jit_max_sensitivity(ixg, x, target, b)
+    )
     # A stochastic explainer: shared keys (default) vs a fresh key per perturbed copy.
     smooth = explainer("smoothgrad", fn, samples=2, stdev=0.5)
-    shared = max_sensitivity(smooth, x, target, a, samples=2)
-    fresh = max_sensitivity(smooth, x, target, a, samples=2, independent_explain_keys=True)
+    shared = jit_max_sensitivity(smooth, x, target, a, samples=2)
+    fresh = jit_max_sensitivity(smooth, x, target, a, samples=2, independent_explain_keys=True)
     assert not np.allclose(shared, fresh)
     # ... and each example keeps its keys however the (example, sample) pairs are chunked.
-    chunked = max_sensitivity(smooth, x, target, a, samples=2, batch_size=5)
+    chunked = jit_max_sensitivity(smooth, x, target, a, samples=2, batch_size=5)
     np.testing.assert_allclose(chunked, shared, rtol=1e-6, atol=1e-6)
 
 

@@ -35,6 +35,7 @@ def study(tmp_path_factory):
     return workdir, config, studies.run_sae_study(config, workdir)
 
 
+@pytest.mark.slow
 def test_every_phase_and_output_is_written(study):
     workdir, config, result = study
     for phase in ("autoencoder", "classifier", "finetune"):

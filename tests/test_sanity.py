@@ -1,5 +1,7 @@
 """Randomisation sanity checks (Adebayo et al. 2018) and SSIM, with known answers."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +17,7 @@ from fmi_jax.evaluation.sanity import (
     ssim,
 )
 from fmi_jax.models import get_model
+from tests import testdata
 
 
 def ssim_by_hand(a, b, window=7, data_range=None, k1=0.01, k2=0.03):
@@ -95,11 +98,15 @@ def test_ssim_rejects_bad_input(maps):
 # ---------------------------------------------------------------- randomisation
 
 
+def _init(model, x):
+    return testdata.init(model, x, 0)
+
+
 @pytest.fixture(scope="module")
 def cnn():
     model = get_model("simple_cnn", features=(4, 4), pool=(True, True), dense=(8,), num_classes=3)
-    x = jax.random.uniform(jax.random.key(1), (6, 8, 8, 1))
-    variables = model.init(jax.random.key(0), x)
+    x = testdata.uniform(jax.random.key(1), (6, 8, 8, 1))
+    variables = _init(model, x)
     # Like a trained model: no leaf constant (zero biases would stay zero when re-drawn).
     variables = jax.tree_util.tree_map(
         lambda p: p + 0.05 * jax.random.normal(jax.random.key(9), p.shape), variables
@@ -108,8 +115,16 @@ def cnn():
     return model, variables, x, target
 
 
+@functools.lru_cache
 def saliency_of(model):
-    return lambda v: explainer("saliency", lambda x: model.apply(v, x))
+    """make_explain for saliency maps of `model`: every variables' explainer runs one
+    compiled program (the variables are its argument), shared by the tests."""
+
+    @jax.jit
+    def saliency(v, x, target, key):
+        return explainer("saliency", lambda x: model.apply(v, x))(x, target, key)
+
+    return lambda v: functools.partial(saliency, v)
 
 
 def same_tree(a, b):
@@ -134,7 +149,7 @@ def test_randomize_layers_touches_only_named_layers():
     model = get_model(
         "simple_cnn", features=(4,), pool=(True,), dense=(), num_classes=3, batch_norm=True
     )
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+    variables = _init(model, jnp.zeros((1, 8, 8, 1)))
     variables = jax.tree_util.tree_map(
         lambda p: p + 0.1 * jnp.arange(p.size).reshape(p.shape), variables
     )

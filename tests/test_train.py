@@ -2,6 +2,7 @@
 
 import functools
 import json
+import shutil
 from unittest import mock
 
 import jax
@@ -67,9 +68,8 @@ def test_end_to_end_writes_everything_and_compiles_once(tmp_path, synthetic_conf
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path, synthetic_config):
-    config = synthetic_config(num_epochs=2)
-    train.train_and_evaluate(config, tmp_path / "straight")
+def test_resumed_run_equals_uninterrupted_run(tmp_path, synthetic_config, synthetic_run):
+    config = synthetic_config(num_epochs=2)  # the config of the uninterrupted synthetic_run
 
     real_append = loop_lib._append_jsonl
 
@@ -83,7 +83,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, synthetic_config):
     assert len((tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()) == 1
     train.train_and_evaluate(config, tmp_path / "resumed")
 
-    a = params_of(tmp_path / "straight")
+    a = params_of(synthetic_run)
     b = params_of(tmp_path / "resumed")
     jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y), a, b)
     assert len((tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()) == 2
@@ -131,14 +131,16 @@ def test_scan_loop_matches_step_loop(tmp_path, synthetic_config):
     )
 
 
-def test_evaluate_workdir_table_and_files(tmp_path, synthetic_config, capsys):
-    result = train.train_and_evaluate(synthetic_config(num_epochs=2), tmp_path)
+def test_evaluate_workdir_table_and_files(tmp_path, synthetic_run, capsys):
+    # A copy of the shared run: evaluation writes its files into the workdir.
+    shutil.copytree(synthetic_run, tmp_path, dirs_exist_ok=True)
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
     out = train.evaluate_workdir(tmp_path)
     printed = capsys.readouterr().out
     assert "| Split | Loss | Accuracy | Precision | Recall | F1 |" in printed
     assert set(out["splits"]) == {"train", "validation", "test"}
-    assert out["checkpoint_epoch"] == result.best_epoch
-    assert out["splits"]["test"]["accuracy"] == pytest.approx(result.summary["test_accuracy"])
+    assert out["checkpoint_epoch"] == summary["best_epoch"]
+    assert out["splits"]["test"]["accuracy"] == pytest.approx(summary["test_accuracy"])
     assert out["splits"]["test"]["count"] == 128
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "metrics.json").read_text())["splits"]["test"]["f1"] > 0

@@ -74,6 +74,7 @@ def smoke_study(synthetic_config):
     return make
 
 
+@pytest.mark.slow
 def test_two_trial_study_ranks_retrains_and_resumes(tmp_path, smoke_study):
     config = smoke_study()
     result = studies.run_tune(config, tmp_path)

@@ -42,17 +42,18 @@ class SmallCNN(nn.Module):
 KEY = jax.random.key(42)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def images():
     """Five images in [0, 1) of shape IMAGE_SHAPE."""
     return jax.random.uniform(jax.random.key(7), (5, *IMAGE_SHAPE))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cnn_fn():
-    """A SmallCNN with fixed random weights, as a function batch -> logits."""
+    """A SmallCNN with fixed random weights, as a function batch -> logits (un-jitted).
+    The weights come from one compiled model.init: the same values as an eager init."""
     model = SmallCNN()
-    variables = model.init(jax.random.key(0), jnp.zeros((1, *IMAGE_SHAPE)))
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, *IMAGE_SHAPE)))
     return lambda x: model.apply(variables, x)
 
 
@@ -60,7 +61,7 @@ def cnn_fn():
 IGNORED = jnp.ones(IMAGE_SHAPE).at[..., 1].set(0.0).at[1, 2, 0].set(0.0)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def masked_cnn_fn(cnn_fn):
     """The SmallCNN applied to x * IGNORED: it ignores channel 1 and pixel (1, 2, 0)."""
     return lambda x: cnn_fn(x * IGNORED)

@@ -11,6 +11,27 @@ from fmi_jax import attribution as A
 from fmi_jax import models
 from fmi_jax.attribution import cam
 
+
+def numpy_variables(model, x, seed):
+    """Variables shaped like ``model.init``'s for inputs like ``x`` (from ``jax.eval_shape``:
+    nothing runs), filled by NumPy: kernels ~ N(0, 1 / fan_in), batch-norm scales and
+    variances 1, everything else 0. For tests that need some weights but not flax's
+    draws, which would compile (threefry, seconds for a full-size model)."""
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = path[-1].key
+        if name == "kernel":
+            scale = 1 / np.sqrt(np.prod(leaf.shape[:-1]))
+            return jnp.asarray(rng.normal(0.0, scale, leaf.shape).astype(leaf.dtype))
+        return jnp.asarray(
+            np.full(leaf.shape, 1.0 if name in ("scale", "var") else 0.0, leaf.dtype)
+        )
+
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
 # ---------------------------------------------------------------------------------
 # A conv head whose Grad-CAM is computable by hand.
 #   A = conv1x1(x): A_0 = x, A_1 = 5 - x          (kernel [1, -1], bias [0, 5])
@@ -77,14 +98,12 @@ def test_upsampling_is_bilinear_with_half_pixel_centres():
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
-def test_upsample_resizes_the_layer_map_to_the_input():
-    model = models.get_model("cnn_mnist", features=(4, 6), dense=(8,))
-    x = jax.random.uniform(jax.random.key(0), (3, 12, 12, 1))
-    variables = model.init(jax.random.key(1), x)
+def test_upsample_resizes_the_layer_map_to_the_input(small_cnn):
+    model, variables, x = small_cnn  # 16 x 16 images; conv2 comes after one 2 x 2 pool
     small = A.grad_cam(model, variables, x, 2, layer="conv2", upsample=False)
     big = A.grad_cam(model, variables, x, 2, layer="conv2")
-    assert small.shape == (3, 6, 6) and big.shape == (3, 12, 12)
-    np.testing.assert_allclose(big, A.upsample_maps(small, (12, 12)), rtol=1e-6)
+    assert small.shape == (4, 8, 8) and big.shape == (4, 16, 16)
+    np.testing.assert_allclose(big, A.upsample_maps(small, (16, 16)), rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------------
@@ -133,20 +152,31 @@ def _expected_score_cam(x, target):
 def test_score_cam_with_known_channel_masks():
     x = jax.random.uniform(jax.random.key(4), (3, SIDE, SIDE, 1))
     target = np.array([0, 2, 1])
-    got = A.score_cam(MaskModel(), {}, x, target, layer="masks")
+    # Each call compiled as one program (un-jitted, every primitive compiles on its own).
+    run = jax.jit(
+        lambda x, target, batch_size=None: A.score_cam(
+            MaskModel(), {}, x, target, layer="masks", batch_size=batch_size
+        ),
+        static_argnames="batch_size",
+    )
+    got = run(x, target)
     np.testing.assert_allclose(got, _expected_score_cam(x, target), rtol=1e-5, atol=1e-6)
     # batch_size splits the N * K = 12 masked passes; the answer stays the same.
-    chunked = A.score_cam(MaskModel(), {}, x, target, layer="masks", batch_size=5)
+    chunked = run(x, target, batch_size=5)
     np.testing.assert_allclose(chunked, got, rtol=1e-6, atol=1e-7)
 
 
 # ---------------------------------------------------------------------------------
-# Layer capture, names and edge cases on the codebase's own models.
+# Layer capture, names and edge cases on the codebase's own models. The tests below run
+# un-jitted on one model and input shape (small_cnn), so the programs XLA compiles for
+# each primitive are shared between them; test_target_none_... needs them for its eager
+# calls anyway.
 # ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def small_cnn():
     model = models.get_model("cnn_fmnist", features=(4, 6, 8), dense=(16,))
     x = jax.random.uniform(jax.random.key(5), (4, 16, 16, 1))
+    # Un-jitted: the init's forward pass compiles the programs the eager tests reuse.
     variables = model.init(jax.random.key(6), x)
     return model, variables, x
 
@@ -191,11 +221,20 @@ def test_grad_cam_gradient_is_the_gradient_into_the_layer(small_cnn):
 def test_every_conv_layer_of_every_model_can_be_named(name):
     model = models.get_model(name)
     x = jax.random.uniform(jax.random.key(8), (2, 8, 8, 1))
-    variables = model.init(jax.random.key(9), x)
+    variables = numpy_variables(model, x, 9)
     names = A.layer_names(model, variables, x)
-    for layer in model.conv_layer_names:
+    layers = model.conv_layer_names
+    for layer in layers:
         assert layer in names
-        maps = A.grad_cam(model, variables, x, layer=layer)
+    # Every layer's map in one compiled program (un-jitted, each full-size model would
+    # compile every primitive of its forward and backward pass on its own).
+    every_map = jax.jit(
+        lambda variables, x: {
+            layer: A.grad_cam(model, variables, x, layer=layer) for layer in layers
+        }
+    )(variables, x)
+    for layer in layers:
+        maps = every_map[layer]
         assert maps.shape == (2, 8, 8) and bool(jnp.isfinite(maps).all()), layer
 
 
@@ -210,18 +249,18 @@ def test_unknown_layer_lists_the_available_ones(small_cnn):
 
 @pytest.mark.parametrize("bias", [0.0, -1e3], ids=["all-zero-input", "all-negative-pre-relu"])
 def test_dead_layers_give_zero_maps_not_nan(small_cnn, bias):
-    """All-zero activations (a zero image through a bias-free conv + BN-free block, or a
-    bias so negative that every ReLU is off): the gradients, the Grad-CAM++ denominators
-    and every Score-CAM channel's range are zero."""
-    model = models.get_model("cnn_mnist", features=(4, 6), dense=(8,))
-    x = jax.random.uniform(jax.random.key(10), (2, 8, 8, 1))
-    variables = model.init(jax.random.key(11), x)
+    """All-zero activations (a zero image through blocks whose conv and batch norm add
+    no bias, or a bias so negative that every ReLU is off): the gradients, the
+    Grad-CAM++ denominators and every Score-CAM channel's range are zero."""
+    # small_cnn's convs have no bias of their own: the batch norm after each adds it
+    # (its running statistics are flax's initial ones, mean 0 and variance 1).
+    model, variables, x = small_cnn
     params = jax.tree.map(lambda p: p, variables["params"])
-    params["conv2"]["conv"]["bias"] = jnp.full_like(params["conv2"]["conv"]["bias"], bias)
+    params["conv2"]["bn"]["bias"] = jnp.full_like(params["conv2"]["bn"]["bias"], bias)
     if bias == 0.0:
-        params["conv1"]["conv"]["bias"] = jnp.zeros_like(params["conv1"]["conv"]["bias"])
+        params["conv1"]["bn"]["bias"] = jnp.zeros_like(params["conv1"]["bn"]["bias"])
         x = jnp.zeros_like(x)
-    variables = {"params": params}
+    variables = {**variables, "params": params}
     _, activation = cam.capture_layer(model, variables, x, "conv2")
     assert not bool(jnp.any(activation))
     for method in (A.grad_cam, A.grad_cam_plus_plus, A.score_cam):
@@ -247,8 +286,8 @@ def test_registry_needs_the_module_and_a_layer(small_cnn):
         A.explainer("grad_cam", fn, layer="conv2")
     with pytest.raises(ValueError, match="needs layer="):
         A.explainer("grad_cam", fn, model=model, variables=variables)
-    explain = A.explainer("score_cam", fn, model=model, variables=variables, layer="conv3")
+    explain = A.explainer("score_cam", fn, model=model, variables=variables, layer="conv2")
     maps = explain(x, jnp.array([0, 1, 2, 3]), jax.random.key(0))
     np.testing.assert_array_equal(
-        maps[..., 0], A.score_cam(model, variables, x, jnp.array([0, 1, 2, 3]), layer="conv3")
+        maps[..., 0], A.score_cam(model, variables, x, jnp.array([0, 1, 2, 3]), layer="conv2")
     )

@@ -20,6 +20,20 @@ def scalar(f):
     return lambda x: f(x)[:, None]
 
 
+def compiled(fn, x, target, baseline=None, **kwargs):
+    """``deeplift(fn, x, target, **kwargs)`` traced and compiled as one XLA program, for
+    most tests below: un-jitted, each primitive of the paired program and of its gradient
+    compiles on its own. (Several small hand-computed cases stay un-jitted.)"""
+    run = lambda x, target, baseline: deeplift(fn, x, target, baseline=baseline, **kwargs)
+    return jax.jit(run)(x, target, baseline)
+
+
+def init(model, x, seed):
+    """The model's variables, from one compiled ``model.init`` with an RBG key (XLA's own
+    random-bit generator compiles far faster than threefry inlined per parameter)."""
+    return jax.jit(model.init)(jax.random.key(seed, impl="rbg"), x)
+
+
 # -------------------------------------------------------------- hand-computed answers
 
 
@@ -30,11 +44,10 @@ def test_linear_model_equals_integrated_gradients():
     fn = lambda x: x @ w + 2.0
     expected = (x - baseline) * w[:, 1]
     np.testing.assert_allclose(
-        deeplift(fn, x, 1, baseline=baseline), expected, rtol=1e-5, atol=1e-6
+        compiled(fn, x, 1, baseline=baseline), expected, rtol=1e-5, atol=1e-6
     )
-    np.testing.assert_allclose(
-        integrated_gradients(fn, x, 1, baseline=baseline), expected, rtol=1e-5, atol=1e-6
-    )
+    ig = jax.jit(lambda x: integrated_gradients(fn, x, 1, baseline=baseline))(x)
+    np.testing.assert_allclose(ig, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_ig_paper_model_by_hand():
@@ -42,7 +55,7 @@ def test_ig_paper_model_by_hand():
     multipliers 1. Their combination u = h1 - 1 - h2 goes from -1 to 1, the outer ReLU
     from 0 to 1: multiplier 1/2. Attributions (3 * 1/2, 1 * -1 * 1/2) = (1.5, -0.5)."""
     fn = scalar(lambda x: relu(relu(x[:, 0]) - 1 - relu(x[:, 1])))
-    attributions, delta = deeplift(fn, jnp.array([[3.0, 1.0]]), 0, return_delta=True)
+    attributions, delta = compiled(fn, jnp.array([[3.0, 1.0]]), 0, return_delta=True)
     np.testing.assert_allclose(attributions, [[1.5, -0.5]], rtol=1e-6)
     np.testing.assert_allclose(delta, [0.0], atol=1e-6)
 
@@ -55,12 +68,9 @@ def test_where_rescale_and_integrated_gradients_differ_by_hand():
     IG = (3 * 3/8, 1 * 3/8) = (9/8, 3/8). Both sum to f(x) - f(0) = 3/2."""
     fn = scalar(lambda x: relu(relu(x[:, 0]) + relu(x[:, 1] - 0.5) - 2))
     x = jnp.array([[3.0, 1.0]])
-    np.testing.assert_allclose(deeplift(fn, x, 0), [[9 / 7, 3 / 14]], rtol=1e-6)
-    np.testing.assert_allclose(
-        integrated_gradients(fn, x, 0, steps=4000, method="riemann_middle"),
-        [[9 / 8, 3 / 8]],
-        rtol=1e-3,
-    )
+    np.testing.assert_allclose(compiled(fn, x, 0), [[9 / 7, 3 / 14]], rtol=1e-6)
+    ig = jax.jit(lambda x: integrated_gradients(fn, x, 0, steps=4000, method="riemann_middle"))
+    np.testing.assert_allclose(ig(x), [[9 / 8, 3 / 8]], rtol=1e-3)
 
 
 def test_product_of_two_input_dependent_values_is_the_shapley_split():
@@ -94,12 +104,12 @@ def test_max_pooling_rule_by_hand(x, baseline, expected):
     """Captum's rule, for reduce_max and for flax's nn.max_pool (reduce_window_max)."""
     x, baseline = jnp.array([x]), jnp.array(baseline)
     np.testing.assert_allclose(
-        deeplift(scalar(lambda v: jnp.max(v, axis=1)), x, 0, baseline=baseline),
+        compiled(scalar(lambda v: jnp.max(v, axis=1)), x, 0, baseline=baseline),
         [expected],
         rtol=1e-6,
     )
     pooled = lambda v: nn.max_pool(v.reshape(1, 1, 3, 1), (1, 3)).reshape(1, 1)
-    np.testing.assert_allclose(deeplift(pooled, x, 0, baseline=baseline), [expected], rtol=1e-6)
+    np.testing.assert_allclose(compiled(pooled, x, 0, baseline=baseline), [expected], rtol=1e-6)
 
 
 ACTIVATIONS = {
@@ -143,7 +153,7 @@ def test_elementwise_function_gets_exactly_its_own_difference():
         return jnp.stack([jnp.sum(ACTIVATIONS[name](v), axis=1) for name in names], axis=1)
 
     batch = jnp.tile(x, (len(names), 1))
-    attributions = deeplift(fn, batch, jnp.arange(len(names)), baseline=baseline)
+    attributions = compiled(fn, batch, jnp.arange(len(names)), baseline=baseline)
     for row, name in enumerate(names):
         g = ACTIVATIONS[name]
         np.testing.assert_allclose(
@@ -170,7 +180,7 @@ def test_multipliers_stay_accurate_when_input_and_baseline_nearly_agree(ulps):
 
 
 def _delta(fn, x, baseline=0.0, target=None):
-    attributions, delta = deeplift(fn, x, target, baseline=baseline, return_delta=True)
+    attributions, delta = compiled(fn, x, target, baseline=baseline, return_delta=True)
     assert np.all(np.isfinite(attributions))
     return np.asarray(delta)
 
@@ -185,7 +195,7 @@ def test_summation_to_delta_on_a_relu_mlp():
 
     x = jax.random.uniform(jax.random.key(0), (6, 10))
     model = MLP()
-    variables = model.init(jax.random.key(1), x)
+    variables = init(model, x, 1)
     np.testing.assert_allclose(
         _delta(lambda v: model.apply(variables, v), x, baseline=0.5), 0, atol=1e-5
     )
@@ -212,14 +222,15 @@ def test_model_zoo_cnn_with_its_own_pooling_equals_the_flax_max_pool_program(mon
     network pooled with flax's reduce_window max_pool."""
     model = models.get_model("cnn_fmnist", features=(4, 6, 8), dense=(12,), dropout=0.0)
     x = jax.random.uniform(jax.random.key(5), (3, 28, 28, 1))
-    variables = model.init(jax.random.key(6), x)
+    variables = init(model, x, 6)
     fn = lambda v: model.apply(variables, v)
-    ours = deeplift(fn, x, 1)
-    np.testing.assert_allclose(_delta(fn, x), 0, atol=1e-5)
+    ours, delta = compiled(fn, x, 1, return_delta=True)  # one program for both
+    assert np.all(np.isfinite(ours))
+    np.testing.assert_allclose(delta, 0, atol=1e-5)
     monkeypatch.setattr(
         models.layers, "max_pool", lambda v, w: nn.max_pool(v, (w, w), strides=(w, w))
     )
-    np.testing.assert_allclose(deeplift(fn, x, 1), ours, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(compiled(fn, x, 1), ours, rtol=1e-5, atol=1e-6)
 
 
 class ReusedBlock(nn.Module):
@@ -240,7 +251,7 @@ class ReusedBlock(nn.Module):
 def test_reused_module_and_activation_sum_to_delta_and_equal_the_unshared_program():
     x = jax.random.normal(jax.random.key(3), (5, 8))
     model = ReusedBlock()
-    variables = model.init(jax.random.key(4), x)
+    variables = init(model, x, 4)
     fn = lambda v: model.apply(variables, v)
     np.testing.assert_allclose(_delta(fn, x, baseline=0.3), 0, atol=1e-5)
 
@@ -252,12 +263,10 @@ def test_reused_module_and_activation_sum_to_delta_and_equal_the_unshared_progra
         h = jax.nn.relu(h @ d["kernel"] + d["bias"] - 0.2)
         return h @ params["head"]["kernel"] + params["head"]["bias"]
 
-    np.testing.assert_allclose(
-        deeplift(fn, x, 1, baseline=0.3),
-        deeplift(written_out, x, 1, baseline=0.3),
-        rtol=1e-5,
-        atol=1e-6,
+    both = jax.jit(  # one compiled program for the two
+        lambda x: [deeplift(f, x, 1, baseline=0.3) for f in (fn, written_out)]
     )
+    np.testing.assert_allclose(*both(x), rtol=1e-5, atol=1e-6)
 
 
 def test_summation_to_delta_with_gates_and_normalisation():
@@ -276,7 +285,7 @@ def test_summation_to_delta_with_gates_and_normalisation():
     x = jax.random.uniform(jax.random.key(5), (4, 5, 5, 2))
     baseline = jax.random.uniform(jax.random.key(6), (4, 5, 5, 2))
     model = Gated()
-    variables = model.init(jax.random.key(6), x)
+    variables = init(model, x, 6)
     np.testing.assert_allclose(
         _delta(lambda v: model.apply(variables, v), x, baseline), 0, atol=1e-5
     )

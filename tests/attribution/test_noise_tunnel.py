@@ -33,14 +33,17 @@ def test_known_moments_of_the_noisy_gradient():
     smoothgrad -> 2 A x, smoothgrad_sq -> 4 A^2 (x^2 + sigma^2), vargrad -> 4 A^2 sigma^2,
     with sigma_i = 0.2 * (max x_i - min x_i) per example."""
     sigma = 0.2 * (X.max(axis=1) - X.min(axis=1))[:, None]
-    run = functools.partial(
-        noise_tunnel, gradient, X, 0, KEY, samples=4000, stdev_spread=0.2, batch_size=5000
+    run = functools.partial(noise_tunnel, gradient, samples=4000, stdev_spread=0.2, batch_size=5000)
+    # The three kinds as one compiled program (un-jitted, each compiles op by op).
+    kinds = ("smoothgrad", "vargrad", "smoothgrad_sq")
+    smooth, var, squared = jax.jit(lambda x, key: [run(x, 0, key, kind=kind) for kind in kinds])(
+        X, KEY
     )
     standard_error = 2 * jnp.abs(A) * sigma / np.sqrt(4000)
-    assert np.all(np.abs(run(kind="smoothgrad") - 2 * A * X) < 4 * standard_error)
-    np.testing.assert_allclose(run(kind="vargrad"), 4 * A**2 * sigma**2, rtol=0.1)
+    assert np.all(np.abs(smooth - 2 * A * X) < 4 * standard_error)
+    np.testing.assert_allclose(var, 4 * A**2 * sigma**2, rtol=0.1)
     np.testing.assert_allclose(
-        run(kind="smoothgrad_sq"),
+        squared,
         4 * A**2 * (X**2 + sigma**2),
         rtol=0.1,
         atol=0.2 * float(jnp.max(4 * A**2 * sigma**2)),
@@ -64,16 +67,26 @@ def test_absolute_stdev_is_the_same_for_every_example():
 
 def test_without_noise_the_tunnel_is_the_wrapped_method():
     clean = gradient(X, 0)
-    run = functools.partial(noise_tunnel, gradient, X, 0, KEY, samples=3)
-    np.testing.assert_allclose(run(stdev_spread=0.0), clean, rtol=1e-6)
-    np.testing.assert_allclose(run(stdev_spread=0.0, kind="smoothgrad_sq"), clean**2, rtol=1e-6)
-    np.testing.assert_allclose(run(stdev_spread=None, stdev=0.0, kind="vargrad"), 0, atol=1e-10)
+    run = functools.partial(noise_tunnel, gradient, target=0, samples=3)
+    smooth, squared, var = jax.jit(  # the three calls as one compiled program
+        lambda x, key: [
+            run(x, key=key, stdev_spread=0.0),
+            run(x, key=key, stdev_spread=0.0, kind="smoothgrad_sq"),
+            run(x, key=key, stdev_spread=None, stdev=0.0, kind="vargrad"),
+        ]
+    )(X, KEY)
+    np.testing.assert_allclose(smooth, clean, rtol=1e-6)
+    np.testing.assert_allclose(squared, clean**2, rtol=1e-6)
+    np.testing.assert_allclose(var, 0, atol=1e-10)
 
 
 def test_vargrad_does_not_depend_on_batch_size():
     """VarGrad also evaluates the clean input (its shift) in chunks of batch_size."""
-    run = functools.partial(noise_tunnel, gradient, X, 0, KEY, samples=5, kind="vargrad")
-    np.testing.assert_allclose(run(batch_size=4), run(), rtol=1e-5, atol=1e-6)
+    run = functools.partial(noise_tunnel, gradient, target=0, samples=5, kind="vargrad")
+    chunked, at_once = jax.jit(  # one compiled program for both
+        lambda x, key: [run(x, key=key, batch_size=4), run(x, key=key)]
+    )(X, KEY)
+    np.testing.assert_allclose(chunked, at_once, rtol=1e-5, atol=1e-6)
 
 
 def test_keys():
@@ -89,7 +102,8 @@ def test_keys():
     keys = jax.vmap(lambda i: jax.random.fold_in(KEY, i))(jnp.arange(3))
     np.testing.assert_array_equal(run(X, 0, keys), first)
     np.testing.assert_allclose(run(X[1:], 0, keys[1:]), first[1:], rtol=1e-6)
-    one_by_one = jax.vmap(lambda x, k: run(x[None], 0, k[None])[0])(X, keys)
+    # Compiled as one program (un-jitted, vmap runs every batched primitive on its own).
+    one_by_one = jax.jit(jax.vmap(lambda x, k: run(x[None], 0, k[None])[0]))(X, keys)
     np.testing.assert_allclose(one_by_one, first, rtol=1e-6)
 
 
@@ -98,8 +112,9 @@ def test_smoothgrad_over_integrated_gradients_is_one_call():
     the mean noisy input, which the identity 'method' returns with the same keys."""
     w = jnp.array([[1.0], [2.0], [-1.0], [0.5]])
     ig = functools.partial(integrated_gradients, lambda x: x @ w, steps=3)
-    smoothed = noise_tunnel(ig, X, 0, KEY, samples=5)
-    mean_noisy_input = noise_tunnel(identity, X, 0, KEY, samples=5)
+    smoothed, mean_noisy_input = jax.jit(  # one compiled program for both
+        lambda x, key: [noise_tunnel(method, x, 0, key, samples=5) for method in (ig, identity)]
+    )(X, KEY)
     np.testing.assert_allclose(smoothed, mean_noisy_input * w[:, 0], rtol=1e-5, atol=1e-6)
 
 
@@ -108,15 +123,19 @@ def test_smoothgrad_is_the_tunnel_over_saliency_for_the_clean_prediction():
     that class; signed gradients by default, absolute ones (Captum's default) on request."""
     predicted = jnp.argmax(quadratic(X), axis=1)
     assert len(set(np.asarray(predicted).tolist())) == 2
-    np.testing.assert_allclose(
-        smoothgrad(quadratic, X, None, KEY, samples=4),
-        noise_tunnel(gradient, X, predicted, KEY, samples=4),
-        rtol=1e-6,
-    )
-    absolute = noise_tunnel(functools.partial(saliency, quadratic), X, 0, KEY, samples=4)
-    np.testing.assert_allclose(
-        smoothgrad(quadratic, X, 0, KEY, samples=4, abs=True), absolute, rtol=1e-6
-    )
+
+    @jax.jit  # the four calls as one compiled program
+    def run(x, predicted, key):
+        return (
+            smoothgrad(quadratic, x, None, key, samples=4),
+            noise_tunnel(gradient, x, predicted, key, samples=4),
+            smoothgrad(quadratic, x, 0, key, samples=4, abs=True),
+            noise_tunnel(functools.partial(saliency, quadratic), x, 0, key, samples=4),
+        )
+
+    for_none, for_predicted, absolute_smoothgrad, absolute = run(X, predicted, KEY)
+    np.testing.assert_allclose(for_none, for_predicted, rtol=1e-6)
+    np.testing.assert_allclose(absolute_smoothgrad, absolute, rtol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -144,9 +163,14 @@ def test_absolute_stdev_alone_and_the_default_spread():
     """`stdev=` needs no `stdev_spread=None`; giving neither means 15% of the range."""
     identity = lambda x, target: x
     x = jnp.stack([jnp.zeros((2000,)), jnp.linspace(0.0, 2.0, 2000)])
-    absolute = noise_tunnel(identity, x, 0, KEY, samples=8, stdev=0.5, kind="smoothgrad_sq")
+    run = functools.partial(noise_tunnel, identity, target=0, samples=8, kind="smoothgrad_sq")
+    absolute, default, spread = jax.jit(  # the three calls as one compiled program
+        lambda x, key: [
+            run(x, key=key, stdev=0.5),
+            run(x, key=key),
+            run(x, key=key, stdev_spread=0.15),
+        ]
+    )(x, KEY)
     np.testing.assert_allclose(absolute[0].mean(), 0.25, rtol=0.05)  # E[eps^2] = 0.5^2
-    default = noise_tunnel(identity, x, 0, KEY, samples=8, kind="smoothgrad_sq")
-    spread = noise_tunnel(identity, x, 0, KEY, samples=8, stdev_spread=0.15, kind="smoothgrad_sq")
     np.testing.assert_array_equal(default, spread)
     assert float(default[0].max()) == 0.0  # range 0: no noise

@@ -15,10 +15,23 @@ SHAPE = (5, 6, 2)  # H, W, C: 5 rows so that windows and patches do not tile exa
 X = jax.random.uniform(jax.random.key(0), (4, *SHAPE))
 WEIGHTS = jax.random.normal(jax.random.key(1), (int(np.prod(SHAPE)), 3))
 TARGET = np.array([0, 2, 1, 2])
+# The library's permutation draw, compiled once per number of examples n (it is called
+# here once per key; un-jitted, every call would compile its while_loop again).
+non_identity_permutation = jax.jit(perturbation._non_identity_permutation, static_argnums=1)
 
 
 def linear(x):
     return x.reshape(x.shape[0], -1) @ WEIGHTS
+
+
+# Occlusion compiled as one program per geometry (un-jitted, every primitive compiles
+# on its own, again for every window shape).
+occlusion = jax.jit(
+    lambda x, target, baseline=0.0, **kwargs: A.occlusion(
+        linear, x, target, baseline=baseline, **kwargs
+    ),
+    static_argnames=("window", "stride"),
+)
 
 
 def _w(target):
@@ -50,7 +63,7 @@ def test_occlusion_of_a_linear_model_is_the_window_sum_of_w_times_x_minus_baseli
 ):
     if baseline == "image":
         baseline = np.asarray(jax.random.uniform(jax.random.key(2), SHAPE))
-    got = A.occlusion(linear, X, TARGET, window=window, stride=stride, baseline=baseline)
+    got = occlusion(X, TARGET, baseline, window=window, stride=stride)
     expected = _occlusion_by_hand(X, baseline, window, stride)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -58,13 +71,13 @@ def test_occlusion_of_a_linear_model_is_the_window_sum_of_w_times_x_minus_baseli
 def test_occlusion_edge_windows_are_cut_off_and_windows_can_split_channels():
     # 5 rows, window 2, stride 2: windows start at rows 0, 2 and 4, the last one row high
     # (Captum's rule), so row 4 holds the drop of occluding just its own 1 x 2 window.
-    got = A.occlusion(linear, X, TARGET, window=(2, 2), stride=2)
+    got = occlusion(X, TARGET, window=(2, 2), stride=2)
     contribution = _w(TARGET) * np.asarray(X)
     for c in (0, 2, 4):
         drop = contribution[:, 4, c : c + 2].sum(axis=(1, 2))
         np.testing.assert_allclose(got[:, 4, c, 0], drop, atol=1e-5)
     # A window of one channel: each channel's features get their own contributions.
-    per_channel = A.occlusion(linear, X, TARGET, window=(1, 1, 1))
+    per_channel = occlusion(X, TARGET, window=(1, 1, 1))
     np.testing.assert_allclose(per_channel, _w(TARGET) * np.asarray(X), rtol=1e-5, atol=1e-5)
 
 
@@ -134,9 +147,7 @@ def test_feature_permutation_changes_only_the_permuted_group():
     groups = np.broadcast_to(MASK, SHAPE)
     x, contribution = np.asarray(X), _w(TARGET)
     for g in np.unique(groups):
-        perm = np.asarray(
-            perturbation._non_identity_permutation(jax.random.fold_in(key, int(g)), len(x))
-        )
+        perm = np.asarray(non_identity_permutation(jax.random.fold_in(key, int(g)), len(x)))
         assert not np.array_equal(perm, np.arange(len(x)))
         inside = groups == g
         drop = (contribution * (x - x[perm]))[:, inside].sum(axis=1)
@@ -150,22 +161,33 @@ def test_feature_permutation_ignored_features_get_zero_and_key_rules():
     ignore[:, :, 1] = 0  # the model ignores channel 1
     fn = lambda x: linear(x * ignore)
     key = jax.random.key(5)
-    ref = A.feature_permutation(fn, X, TARGET, key)  # every scalar feature its own group
+
+    # Every call in one compiled program (un-jitted, or jitted one by one, each call
+    # compiles its own copy of the permutation draws' while_loop, seconds apiece).
+    @jax.jit
+    def run(x, target, key, other_key):
+        every_batch_size = [
+            A.feature_permutation(fn, x, target, key, batch_size=batch_size)
+            for batch_size in (None, 1, 3, 1000)
+        ]
+        return every_batch_size, A.feature_permutation(fn, x, target, other_key)
+
+    # No feature_mask: every scalar feature is its own group.
+    (ref, *chunked), other = run(X, TARGET, key, jax.random.key(6))
     assert np.all(np.asarray(ref)[..., 1] == 0)
     assert np.count_nonzero(np.asarray(ref)[..., 0]) > ref[..., 0].size // 2
-    for batch_size in (1, 3, 1000):
-        np.testing.assert_allclose(
-            A.feature_permutation(fn, X, TARGET, key, batch_size=batch_size), ref, atol=1e-5
-        )
-    np.testing.assert_array_equal(A.feature_permutation(fn, X, TARGET, key), ref)
-    assert not np.allclose(A.feature_permutation(fn, X, TARGET, jax.random.key(6)), ref)
+    for result in chunked:  # batch sizes 1, 3 and 1000
+        np.testing.assert_allclose(result, ref, atol=1e-5)
+    again = run(X, TARGET, jax.random.key(5), jax.random.key(6))[0][0]
+    np.testing.assert_array_equal(again, ref)
+    assert not np.allclose(other, ref)
 
 
 def test_non_identity_permutations_are_permutations_and_never_the_identity():
     for n in (2, 3):
         seen = set()
         for k in range(40):
-            perm = np.asarray(perturbation._non_identity_permutation(jax.random.key(k), n))
+            perm = np.asarray(non_identity_permutation(jax.random.key(k), n))
             assert sorted(perm) == list(range(n))
             assert not np.array_equal(perm, np.arange(n))
             seen.add(tuple(perm))

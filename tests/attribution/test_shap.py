@@ -18,6 +18,13 @@ def linear(x):
     return x @ W + 1.0
 
 
+def shap(fn, x, target, baselines, key, **options):
+    """``gradient_shap`` compiled as one program, the arrays traced (un-jitted, every
+    primitive, random draw included, compiles on its own for each shape)."""
+    run = lambda x, target, baselines, key: gradient_shap(fn, x, target, baselines, key, **options)
+    return jax.jit(run)(x, target, baselines, key)
+
+
 def test_linear_model_gives_w_times_x_minus_the_mean_drawn_baseline():
     """For a linear model every sample is w * (x - b), whatever alpha is, so the result is
     w * (x - mean of the drawn baselines). With one-hot baselines e_0, e_1, e_2 the mean
@@ -25,24 +32,26 @@ def test_linear_model_gives_w_times_x_minus_the_mean_drawn_baseline():
     draw counts that add up to the number of samples."""
     baselines = jnp.eye(5)[:3]
     samples = 16
-    attributions = gradient_shap(linear, X, 0, baselines, KEY, samples=samples)
+    # Both batch sizes in one compiled program.
+    attributions, chunked = jax.jit(
+        lambda x, baselines, key: [
+            gradient_shap(linear, x, 0, baselines, key, samples=samples, batch_size=batch_size)
+            for batch_size in (None, 5)
+        ]
+    )(X, baselines, KEY)
     mean_baseline = np.asarray(X - attributions / W[:, 0])
     counts = mean_baseline * samples
     np.testing.assert_allclose(counts, np.round(counts), atol=1e-3)
     np.testing.assert_allclose(counts[:, 3:], 0, atol=1e-3)
     np.testing.assert_allclose(counts.sum(axis=1), samples, atol=1e-3)
     assert np.all(np.round(counts[:, :3]) >= 0) and len(np.unique(np.round(counts))) > 2
-    np.testing.assert_allclose(
-        gradient_shap(linear, X, 0, baselines, KEY, samples=samples, batch_size=5),
-        attributions,
-        rtol=1e-6,
-    )
+    np.testing.assert_allclose(chunked, attributions, rtol=1e-6)
 
 
 def test_a_single_baseline_gives_w_times_x_minus_baseline():
     baseline = jnp.array([[0.5, -1.0, 0.0, 2.0, 1.0]])
     np.testing.assert_allclose(
-        gradient_shap(linear, X, 1, baseline, KEY, samples=3),
+        shap(linear, X, 1, baseline, KEY, samples=3),
         (X - baseline) * W[:, 1],
         rtol=1e-5,
         atol=1e-6,
@@ -57,18 +66,25 @@ def test_expectation_over_alpha_is_integrated_gradients():
         return jnp.tanh(x @ W) ** 2
 
     baseline = jnp.full((1, 5), 0.2)
-    ig = integrated_gradients(fn, X, 0, baseline=baseline, steps=64)
-    shap = gradient_shap(fn, X, 0, baseline, KEY, samples=20000, batch_size=20000)
-    np.testing.assert_allclose(shap, ig, atol=0.03 * float(jnp.max(jnp.abs(ig))))
+    ig = jax.jit(lambda x: integrated_gradients(fn, x, 0, baseline=baseline, steps=64))(X)
+    expectation = shap(fn, X, 0, baseline, KEY, samples=20000, batch_size=20000)
+    np.testing.assert_allclose(expectation, ig, atol=0.03 * float(jnp.max(jnp.abs(ig))))
 
 
 def test_per_example_keys_and_vmap():
     baselines = jnp.eye(5)[:3]
     run = functools.partial(gradient_shap, linear, baselines=baselines, samples=4)
-    full = run(x=X, target=0, key=KEY)
     keys = jax.vmap(lambda i: jax.random.fold_in(KEY, i))(jnp.arange(2))
-    np.testing.assert_allclose(run(x=X[1:], target=0, key=keys[1:]), full[1:], rtol=1e-6)
-    one_by_one = jax.vmap(lambda x, k: run(x=x[None], target=0, key=k[None])[0])(X, keys)
+
+    @jax.jit  # the three calls in one compiled program
+    def three_ways(x, key, keys):
+        full = run(x=x, target=0, key=key)
+        subset = run(x=x[1:], target=0, key=keys[1:])
+        one_by_one = jax.vmap(lambda x, k: run(x=x[None], target=0, key=k[None])[0])(x, keys)
+        return full, subset, one_by_one
+
+    full, subset, one_by_one = three_ways(X, KEY, keys)
+    np.testing.assert_allclose(subset, full[1:], rtol=1e-6)
     np.testing.assert_allclose(one_by_one, full, rtol=1e-6)
 
 
