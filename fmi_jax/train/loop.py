@@ -92,7 +92,9 @@ def compute_dtype(name: str) -> str:
     return "bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32"
 
 
-def model_from_config(model_config: Mapping[str, Any]):
+def model_from_config(model_config: Mapping[str, Any], *, dtype: str | None = None):
+    """The model `model_config` describes. `dtype`, when given, replaces its compute
+    dtype (models without one, like the sparse autoencoders, compute in float32)."""
     kwargs = {
         k: (tuple(v) if isinstance(v, list) else v)
         for k, v in dict(model_config).items()
@@ -100,7 +102,10 @@ def model_from_config(model_config: Mapping[str, Any]):
     }
     if "dtype" in kwargs:
         kwargs["dtype"] = compute_dtype(kwargs["dtype"])
-    return models.get_model(model_config["name"], **kwargs)
+    model = models.get_model(model_config["name"], **kwargs)
+    if dtype is not None and "dtype" in getattr(model, "__dataclass_fields__", {}):
+        model = model.clone(dtype=compute_dtype(dtype))
+    return model
 
 
 def _plain(config: Any) -> Any:
