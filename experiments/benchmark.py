@@ -7,8 +7,13 @@ Checks that both sides agree first, then times them alternately; prints the tabl
 and writes benchmark.json and benchmark.md under --workdir.
 """
 
+import os
 import sys
 from pathlib import Path
+
+# Before jax is imported: on a GPU, JAX's default preallocation of 75% of the device
+# would starve the PyTorch side (fmi_jax.benchmark refuses to run with it).
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 if not __package__:  # started as `python path/to/experiments/<script>.py`, from any folder
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -7,6 +7,7 @@ only in the bench venv (`make bench`).
 
 import functools
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -294,3 +295,32 @@ def test_profile_names_the_ops_that_take_the_time(tmp_path):
     ops = out["top_ops"]
     assert ops and abs(sum(o["share"] for o in ops) - 1.0) < 0.05
     assert "dot_general" in ops[0]["from"]
+
+
+@pytest.mark.parametrize(
+    "env, leaves_room",
+    [
+        ({}, False),
+        ({"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}, True),
+        ({"XLA_PYTHON_CLIENT_MEM_FRACTION": ".4"}, True),
+        ({"XLA_PYTHON_CLIENT_MEM_FRACTION": ".9"}, False),
+        ({"XLA_PYTHON_CLIENT_ALLOCATOR": "platform"}, True),
+    ],
+)
+def test_gpu_room_for_pytorch_reads_jax_allocator_settings(monkeypatch, env, leaves_room):
+    for name in (
+        "XLA_PYTHON_CLIENT_PREALLOCATE",
+        "XLA_PYTHON_CLIENT_MEM_FRACTION",
+        "XLA_PYTHON_CLIENT_ALLOCATOR",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert runner.jax_leaves_gpu_room() is leaves_room
+
+
+def test_benchmark_script_turns_preallocation_off_before_jax_starts():
+    source = (Path(__file__).resolve().parents[1] / "experiments" / "benchmark.py").read_text()
+    assert source.index('setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")') < source.index(
+        "from fmi_jax"
+    )

@@ -100,6 +100,10 @@ def probe_in_subprocess(spec: dict[str, Any], timeout_s: float = 1800) -> dict[s
     root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    # On a GPU, JAX would otherwise take 75% of the device at its first call: the
+    # PyTorch side's process builds its model with JAX too, and JAX's own peak would
+    # read as the pool's size.
+    env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     proc = subprocess.run(
         [sys.executable, "-m", "fmi_jax.benchmark.memory_probe", json.dumps(spec)],
         capture_output=True,

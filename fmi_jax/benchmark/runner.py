@@ -101,6 +101,7 @@ __all__ = [
     "METRICS",
     "PeakRSS",
     "goal",
+    "jax_leaves_gpu_room",
     "machine_description",
     "markdown",
     "memory_scaling",
@@ -197,10 +198,16 @@ def run_benchmark(
     missing = [m for m in methods if m not in torch_side.REFERENCES]
     if missing:
         raise ValueError(f"no PyTorch reference for {missing}; have {torch_side.CAPTUM_METHODS}")
+    device = torch_device(config.get("torch_device", "auto"))
+    if device.type == "cuda" and jax.default_backend() == "gpu" and not jax_leaves_gpu_room():
+        raise ValueError(
+            "JAX holds 75% of the GPU's memory from its first call (preallocation), which "
+            "starves the PyTorch side; set XLA_PYTHON_CLIENT_PREALLOCATE=false before jax "
+            "is imported (experiments/benchmark.py does)"
+        )
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(os.cpu_count() or 1)
-    device = torch_device(config.get("torch_device", "auto"))
     model, variables, model_desc = _model(config)
     fn = jax.jit(lambda x: model.apply(variables, x))
     net = torch_side.from_flax(model, variables, data.DATASETS[config.data_name].image_shape)
@@ -414,6 +421,20 @@ def _training_rows(config, train_config, results: dict[str, Any], device) -> dic
 def _write(workdir: Path, results: dict[str, Any]) -> None:
     (workdir / "benchmark.json").write_text(json.dumps(results, indent=2))
     (workdir / "benchmark.md").write_text(markdown(results) + "\n")
+
+
+def jax_leaves_gpu_room() -> bool:
+    """Whether this process's JAX leaves GPU memory to another framework: with
+    preallocation off (memory taken as needed, and the device peak is the program's
+    own) or capped at half the device by XLA_PYTHON_CLIENT_MEM_FRACTION."""
+    if os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "").lower() in ("false", "0"):
+        return True
+    if os.environ.get("XLA_PYTHON_CLIENT_ALLOCATOR", "").lower() == "platform":
+        return True
+    try:
+        return float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "1")) <= 0.5
+    except ValueError:
+        return False
 
 
 def torch_device(name: str = "auto"):
