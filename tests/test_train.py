@@ -118,6 +118,7 @@ def test_nan_loss_fails_fast_naming_the_step(tmp_path, synthetic_config):
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
 
 
+@pytest.mark.gpu
 def test_scan_loop_matches_step_loop(tmp_path, synthetic_config):
     a = train.train_and_evaluate(synthetic_config(loop="step"), tmp_path / "step")
     b = train.train_and_evaluate(
