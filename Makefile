@@ -29,7 +29,7 @@ BENCH_WORKDIR ?= runs/benchmark/$(shell uname -m)-$(shell nproc)cores
 
 SAE_WORKDIR ?= runs/sae_fmnist
 
-.PHONY: demo test install data bench explain sae clean-venv help
+.PHONY: demo test install data bench explain sae gpu-check clean-venv help
 
 help:
 	@echo "make demo   - venv, install, find Fashion-MNIST, train $(CONFIG) into $(WORKDIR), evaluate"
@@ -38,6 +38,7 @@ help:
 	@echo "make explain - the explain study on $(WORKDIR) (after make demo)"
 	@echo "make sae    - the k-sparse autoencoder study into $(SAE_WORKDIR)"
 	@echo "make bench  - fmi_jax vs PyTorch + Captum / grad-cam on $(WORKDIR), in its own venv $(BENCH_VENV)"
+	@echo "make gpu-check - on a GPU machine: tests, benchmark, tuning goals, studies (GPU_CHECK_SMOKE=1 rehearses)"
 
 $(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -89,6 +90,13 @@ $(BENCH_VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
 bench: $(BENCH_VENV)/.installed data
 	$(BENCH_PY) -m experiments.benchmark --config=$(BENCH_CONFIG) \
 	  --config.model_workdir=$(WORKDIR) --workdir=$(BENCH_WORKDIR)
+
+# On the GPU machine, with its preinstalled CUDA jax and PyTorch (no venv: the script
+# installs only what is missing). GPU_CHECK_ARGS passes more, e.g. --data_dir=.gpu_data.
+GPU_CHECK_SMOKE ?=
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(PYTHON) scripts/gpu_check.py $(if $(GPU_CHECK_SMOKE),--smoke) $(GPU_CHECK_ARGS)
 
 clean-venv:
 	rm -rf $(VENV) $(BENCH_VENV)

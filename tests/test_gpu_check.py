@@ -1,0 +1,103 @@
+"""`make gpu-check` cannot rot between GPU runs: its plan parses, and its rehearsal runs.
+
+GPU time is rare; a renamed config field or a broken step found on the GPU machine
+costs the whole run. The first test parses every command of both plans (the GPU one
+and the :smoke rehearsal) against its locked config, as the scripts would; the second
+runs steps of the rehearsal on this CPU and reads what they recorded.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import gpu_check  # noqa: E402
+
+# ml_collections loads config files with importlib's deprecated load_module().
+pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
+
+
+def _parse_config_flags(argv):
+    """The config that `argv`'s --config and --config.* flags give the script."""
+    args = ["script", *(a for a in argv if a.startswith("--config"))]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", None, "", flag_values=values, lock_config=True, sys_argv=args
+    )
+    values(args)
+    return values.config
+
+
+@pytest.mark.parametrize("smoke", [False, True], ids=["gpu", "smoke"])
+def test_every_planned_command_parses(smoke, tmp_path):
+    plan = gpu_check.steps(smoke, tmp_path / "runs", tmp_path / "out")
+    assert [s.name for s in plan] == [
+        "install",
+        "pytest",
+        "benchmark",
+        "goals",
+        "studies",
+        "grids",
+    ]
+    studies = 0
+    for step in plan:
+        for _, argv in step.commands:
+            script = Path(argv[1])
+            if script.parent.name != "experiments":
+                continue
+            assert script.is_file(), script
+            config = _parse_config_flags(argv)
+            studies += 1
+            if step.name == "benchmark":
+                assert tuple(config.methods) == gpu_check.BENCHMARK_METHODS
+                assert tuple(config.batch_sizes) == ((4,) if smoke else (256,))
+            if step.name == "goals" and not smoke and "resnet" in argv[2]:
+                assert dict(config.grid.model) == {"num_blocks": (3,), "filters": (64,)}
+                assert config.final.num_epochs == 40 and config.trial.model.dtype == "auto"
+    assert studies == 7
+
+
+def test_unknown_step_and_no_gpu_are_one_line_errors(capsys):
+    assert gpu_check.main(["--steps", "nosuch"]) == 2
+    assert "unknown step(s) ['nosuch']" in capsys.readouterr().err
+    if gpu_check.gpu_name() is None:
+        assert gpu_check.main([]) == 2
+        assert "GPU_CHECK_SMOKE=1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_rehearsal_records_every_command_and_copies_the_tables(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "gpu_check.py"),
+            "--smoke",
+            f"--runs={runs}",
+            f"--out={out}",
+            "--steps",
+            "install",
+            "benchmark",
+            "studies",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    record = json.loads((out / "gpu_check.json").read_text())
+    status = {entry["command"]: entry["status"] for entry in record["commands"]}
+    assert status["install"] == "ok" and status["sae"] == "ok" and status["cnn_fmnist"] == "ok"
+    benchmark = next(e for e in record["commands"] if e["command"] == "benchmark")
+    if benchmark["status"] == "skipped":
+        assert benchmark["reason"] == "torch is not installed"
+    summary = json.loads((out / "cnn_fmnist" / "train_summary.json").read_text())
+    assert 0.0 <= summary["test_accuracy"] <= 1.0
+    assert any((out / "sae").iterdir())
+    assert "[gpu-check 3/3 studies] cnn_fmnist: ok" in proc.stdout
