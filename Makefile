@@ -29,7 +29,7 @@ BENCH_WORKDIR ?= runs/benchmark/$(shell uname -m)-$(shell nproc)cores
 
 SAE_WORKDIR ?= runs/sae_fmnist
 
-.PHONY: demo test install data bench explain sae gpu-check clean-venv help
+.PHONY: demo test install data bench explain sae gpu-check gpu-data clean-venv help
 
 help:
 	@echo "make demo   - venv, install, find Fashion-MNIST, train $(CONFIG) into $(WORKDIR), evaluate"
@@ -97,6 +97,12 @@ GPU_CHECK_SMOKE ?=
 GPU_CHECK_ARGS ?=
 gpu-check:
 	$(PYTHON) scripts/gpu_check.py $(if $(GPU_CHECK_SMOKE),--smoke) $(GPU_CHECK_ARGS)
+
+# For a GPU machine without internet: Debian's Fashion-MNIST files in .gpu_data/ (ignored
+# by git) to carry there; then GPU_CHECK_ARGS=--data_dir=.gpu_data.
+gpu-data: data
+	mkdir -p .gpu_data/fashion_mnist
+	cp /usr/share/datasets/fashion-mnist/*-ubyte.gz .gpu_data/fashion_mnist/
 
 clean-venv:
 	rm -rf $(VENV) $(BENCH_VENV)
