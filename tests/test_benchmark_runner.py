@@ -305,6 +305,9 @@ def test_profile_names_the_ops_that_take_the_time(tmp_path):
         ({"XLA_PYTHON_CLIENT_MEM_FRACTION": ".4"}, True),
         ({"XLA_PYTHON_CLIENT_MEM_FRACTION": ".9"}, False),
         ({"XLA_PYTHON_CLIENT_ALLOCATOR": "platform"}, True),
+        ({"XLA_CLIENT_MEM_FRACTION": ".3"}, True),
+        ({"XLA_CLIENT_MEM_FRACTION": ".9", "XLA_PYTHON_CLIENT_MEM_FRACTION": ".3"}, False),
+        ({"XLA_PYTHON_CLIENT_PREALLOCATE": "FALSE"}, False),
     ],
 )
 def test_gpu_room_for_pytorch_reads_jax_allocator_settings(monkeypatch, env, leaves_room):
@@ -312,6 +315,7 @@ def test_gpu_room_for_pytorch_reads_jax_allocator_settings(monkeypatch, env, lea
         "XLA_PYTHON_CLIENT_PREALLOCATE",
         "XLA_PYTHON_CLIENT_MEM_FRACTION",
         "XLA_PYTHON_CLIENT_ALLOCATOR",
+        "XLA_CLIENT_MEM_FRACTION",
     ):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():

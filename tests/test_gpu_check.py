@@ -63,9 +63,13 @@ def test_every_planned_command_parses(smoke, tmp_path):
     assert studies == 7
 
 
-def test_unknown_step_and_no_gpu_are_one_line_errors(capsys):
+def test_unknown_step_no_gpu_and_no_data_are_one_line_errors(capsys, tmp_path):
     assert gpu_check.main(["--steps", "nosuch"]) == 2
     assert "unknown step(s) ['nosuch']" in capsys.readouterr().err
+    out = tmp_path / "out"
+    assert gpu_check.main(["--smoke", f"--data_dir={tmp_path}", f"--out={out}"]) == 2
+    assert "holds no fashion_mnist/*-ubyte.gz; `make gpu-data`" in capsys.readouterr().err
+    assert not out.exists()
     if gpu_check.gpu_name() is None:
         assert gpu_check.main([]) == 2
         assert "GPU_CHECK_SMOKE=1" in capsys.readouterr().err

@@ -427,12 +427,16 @@ def jax_leaves_gpu_room() -> bool:
     """Whether this process's JAX leaves GPU memory to another framework: with
     preallocation off (memory taken as needed, and the device peak is the program's
     own) or capped at half the device by XLA_PYTHON_CLIENT_MEM_FRACTION."""
-    if os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "").lower() in ("false", "0"):
+    if os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE") in ("false", "0"):  # as jaxlib reads it
         return True
-    if os.environ.get("XLA_PYTHON_CLIENT_ALLOCATOR", "").lower() == "platform":
+    if os.environ.get("XLA_PYTHON_CLIENT_ALLOCATOR") == "platform":
         return True
+    # XLA_CLIENT_MEM_FRACTION is the current name; jaxlib prefers it to the older one.
+    fraction = os.environ.get(
+        "XLA_CLIENT_MEM_FRACTION", os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "1")
+    )
     try:
-        return float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "1")) <= 0.5
+        return float(fraction) <= 0.5
     except ValueError:
         return False
 
