@@ -27,7 +27,7 @@ def get_config(arg=None):
         "image_shape": (28, 28, 1),
         "tied": False,
         "unit_norm_decoder": True,
-        # 'aux_k', 'k_schedule' or 'none' (README: measured on this dataset).
+        # 'aux_k', 'k_schedule' or 'none' (docs/results.md: measured on this dataset).
         "mitigation": "aux_k",
         "aux_k": 256,
         "dead_after_steps": 20,

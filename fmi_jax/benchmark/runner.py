@@ -311,7 +311,7 @@ def run_benchmark(
                 # Summation-to-delta is DeepLIFT's defining property; the side that
                 # breaks it is the wrong one, so this is not a disagreement of ours.
                 results["agreement"][name]["verdict"] = (
-                    "Captum violates summation-to-delta (see README, 'Where fmi_jax and "
+                    "Captum violates summation-to-delta (see docs/guide.md, 'Where fmi_jax and "
                     "Captum differ'); fmi_jax holds it"
                 )
                 logging.warning(
