@@ -1,9 +1,22 @@
-"""Figures are written, and the heat-map scaling does what the docstring says."""
+"""Figures come back as Figures and are written only when asked, the heat-map scaling
+does what the docstrings say (per map or shared across a figure), and importing fmi_jax
+leaves matplotlib's backend and pyplot alone."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 
 from fmi_jax import plotting
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_heatmap_sign_modes():
@@ -24,6 +37,25 @@ def test_heatmap_sign_modes():
         plotting.heatmap(np.array([[np.nan]]))
 
 
+def test_heatmap_with_a_given_scale_divides_by_it():
+    a = np.array([[2.0, -1.0], [0.0, 4.0]])
+    np.testing.assert_allclose(plotting.heatmap(a, sign="all", scale=8.0), a / 8.0)
+    np.testing.assert_allclose(plotting.heatmap(a, sign="absolute", scale=2.0), [[1, 0.5], [0, 1]])
+    with pytest.raises(ValueError, match="scale"):
+        plotting.heatmap(a, scale=-1.0)
+
+
+def test_map_scale_is_the_percentile_of_all_maps_together():
+    a, b = np.full((2, 2), 1.0), np.array([[-3.0, 0.0], [0.0, 0.0]])
+    assert plotting.map_scale([a, b], outlier_percentile=0) == 3.0
+    # channels are summed before the absolute value, as they are drawn
+    assert plotting.map_scale([np.ones((2, 2, 3))], outlier_percentile=0) == 3.0
+    np.testing.assert_allclose(
+        plotting.map_scale([a, b], outlier_percentile=50),
+        np.percentile([1, 1, 1, 1, 3, 0, 0, 0], 50),
+    )
+
+
 def test_outliers_are_clipped_not_allowed_to_wash_out_the_map():
     a = np.ones((10, 10))
     a[0, 0] = 1000.0
@@ -41,39 +73,286 @@ def test_blend_keeps_unattributed_pixels_grey():
     assert not np.allclose(out[0, 0], out[0, 0].mean())  # coloured
 
 
-def test_figures_are_written(tmp_path):
-    rng = np.random.default_rng(0)
-    image = rng.uniform(size=(28, 28, 1))
-    maps = {"saliency": np.abs(rng.normal(size=(28, 28, 1))), "ig": rng.normal(size=(28, 28, 1))}
-    stats = {
-        k: {"mean": float(v.mean()), "max": float(v.max()), "std": float(v.std())}
-        for k, v in maps.items()
+# ----------------------------------------------------------- every public figure function
+_RNG = np.random.default_rng(0)
+_IMAGE = _RNG.uniform(size=(12, 12, 1))
+_MAPS = {"saliency": np.abs(_RNG.normal(size=(12, 12, 1))), "ig": _RNG.normal(size=(12, 12, 1))}
+_HISTORY = [
+    {"epoch": 1, "train_loss": 1, "train_accuracy": 0.5, "learning_rate": 1e-3},
+    {"epoch": 2, "train_loss": 0.5, "train_accuracy": 0.7, "learning_rate": 5e-4},
+]
+# name -> (function, positional arguments before `path`, keyword arguments)
+FIGURES = {
+    "explanation_sheet": (
+        plotting.explanation_sheet,
+        (_IMAGE, _MAPS),
+        {
+            "title": "t",
+            "stats": {
+                k: {"mean": float(v.mean()), "max": float(v.max())} for k, v in _MAPS.items()
+            },
+            "correlation": np.array([[1.0, 0.3], [0.3, 1.0]]),
+        },
+    ),
+    "sign_modes": (plotting.sign_modes, (_IMAGE, _MAPS["ig"]), {"method": "ig"}),
+    "class_gallery": (
+        plotting.class_gallery,
+        (_RNG.uniform(size=(4, 12, 12, 1)), _RNG.normal(size=(4, 12, 12, 1)), [0, 0, 1, 2]),
+        {"class_names": ["a", "b", "c"]},
+    ),
+    "layer_grid": (
+        plotting.layer_grid,
+        (_RNG.uniform(size=(2, 12, 12, 3)), {"c1": _RNG.normal(size=(2, 12, 12))}),
+        {"row_titles": ["x", "y"]},
+    ),
+    "agreement_matrices": (
+        plotting.agreement_matrices,
+        ({"Pearson": np.eye(2)}, ["a", "b"]),
+        {},
+    ),
+    "training_curves": (plotting.training_curves, (_HISTORY,), {}),
+    "confusion_matrix": (plotting.confusion_matrix, (np.eye(3) * 5, ["a", "b", "c"]), {}),
+    "faithfulness_curves": (
+        plotting.faithfulness_curves,
+        ({"ig": {"deletion": np.linspace(1, 0, 5), "insertion": np.linspace(0, 1, 5)}},),
+        {},
+    ),
+    "randomization_curves": (
+        plotting.randomization_curves,
+        (["out", "c1"], {"ig": {"spearman_abs": np.array([1.0, 0.2]), "ssim": np.ones(2)}}),
+        {"threshold": 0.5},
+    ),
+    "atom_grid": (plotting.atom_grid, (_RNG.normal(size=(4, 5, 5)),), {}),
+    "reconstructions": (plotting.reconstructions, (_RNG.uniform(size=(2, 5, 5)),) * 2, {}),
+    "latent_usage": (plotting.latent_usage, (np.array([0, 3, 5]),), {"num_samples": 10}),
+    "image_explanation": (
+        plotting.image_explanation,
+        (_RNG.uniform(size=(12, 12, 3)), _RNG.normal(size=(12, 12, 3)), ["cat", "dog"], [0.9, 0.1]),
+        {},
+    ),
+    "summary_sheet": (
+        plotting.summary_sheet,
+        (_RNG.uniform(size=(2, 12, 12, 3)), _RNG.normal(size=(2, 12, 12, 3)), ["a", "b"]),
+        {},
+    ),
+}
+
+
+def test_every_public_figure_function_is_covered():
+    drawing = {
+        name
+        for name in plotting.__all__
+        if callable(getattr(plotting, name))
+        and getattr(plotting, name).__annotations__.get("return") == "Figure"
     }
-    paths = [
-        plotting.explanation_sheet(
-            image,
-            maps,
-            tmp_path / "sheet.png",
-            title="t",
-            stats=stats,
-            correlation=np.array([[1.0, 0.3], [0.3, 1.0]]),
-        ),
-        plotting.sign_modes(image, maps["ig"], tmp_path / "signs.png", method="ig"),
-        plotting.class_gallery(
-            rng.uniform(size=(6, 28, 28, 1)),
-            rng.normal(size=(6, 28, 28, 1)),
-            [0, 0, 1, 1, 2, 2],
-            ["a", "b", "c"],
-            tmp_path / "gallery.png",
-        ),
-        plotting.training_curves(
-            [
-                {"epoch": 1, "train_loss": 1, "train_accuracy": 0.5, "learning_rate": 1e-3},
-                {"epoch": 2, "train_loss": 0.5, "train_accuracy": 0.7, "learning_rate": 5e-4},
-            ],
-            tmp_path / "curves.png",
-        ),
-        plotting.confusion_matrix(np.eye(3) * 5, ["a", "b", "c"], tmp_path / "cm.png"),
-    ]
-    for p in paths:
-        assert p.exists() and p.stat().st_size > 5_000
+    assert drawing == set(FIGURES)
+
+
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_figure_is_returned_and_written_only_when_given_a_path(tmp_path, name):
+    fn, args, kwargs = FIGURES[name]
+    fig = fn(*args, **kwargs)
+    assert isinstance(fig, Figure) and fig.axes
+    assert fig._repr_png_().startswith(PNG_MAGIC)  # what a notebook shows
+    assert list(tmp_path.iterdir()) == []
+    path = tmp_path / "sub" / f"{name}.png"
+    assert isinstance(fn(*args, path=path, **kwargs), Figure)
+    assert path.read_bytes().startswith(PNG_MAGIC) and path.stat().st_size > 2_000
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == [path.name]  # no temp left
+
+
+def test_save_writes_other_formats_by_suffix(tmp_path):
+    fig = plotting.confusion_matrix(np.eye(2), ["a", "b"])
+    assert plotting.save(fig, tmp_path / "cm.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_panels_of_image_figures():
+    fn, args, kwargs = FIGURES["image_explanation"]
+    assert plotting.panels(fn(*args, **kwargs)) == plotting.IMAGE_PANELS
+    fn, args, kwargs = FIGURES["summary_sheet"]
+    assert plotting.panels(fn(*args, **kwargs)) == ("image_0", "ig_0", "image_1", "ig_1")
+
+
+# ------------------------------------------------------------------------ colour scales
+def _panel(fig, label):
+    (ax,) = [ax for ax in fig.axes if ax.get_label() == label]
+    return ax
+
+
+def _colorbars(fig):
+    return [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+
+
+def _half_and_full():
+    m = np.abs(np.random.default_rng(1).normal(size=(8, 8))) + 0.1
+    return m, 2 * m
+
+
+def test_shared_scale_shows_a_map_twice_as_large_twice_as_intense():
+    m, double = _half_and_full()
+    fig = plotting.explanation_sheet(
+        np.zeros((8, 8)), {"one": m, "two": double}, scale="shared", outlier_percentile=0
+    )
+    one = np.asarray(_panel(fig, "map:one").images[0].get_array())
+    two = np.asarray(_panel(fig, "map:two").images[0].get_array())
+    np.testing.assert_allclose(one, 0.5 * two)
+    np.testing.assert_allclose(two, double / double.max())  # the scale is the max of both maps
+
+
+def test_each_scale_saturates_every_map():
+    m, double = _half_and_full()
+    fig = plotting.explanation_sheet(
+        np.zeros((8, 8)), {"one": m, "two": double}, scale="each", outlier_percentile=0
+    )
+    one = np.asarray(_panel(fig, "map:one").images[0].get_array())
+    two = np.asarray(_panel(fig, "map:two").images[0].get_array())
+    np.testing.assert_allclose(one, two)
+    assert one.max() == 1.0
+
+
+def test_shared_colorbar_is_in_real_units():
+    m, double = _half_and_full()
+    maps = {"one": m, "two": double}
+    fig = plotting.explanation_sheet(np.zeros((8, 8)), maps, scale="shared", colorbar=True)
+    (bar,) = _colorbars(fig)
+    expected = np.percentile(np.abs(np.concatenate([m.ravel(), double.ravel()])), 99)
+    assert expected == plotting.map_scale(maps.values())
+    np.testing.assert_allclose(bar.get_ylim(), (0.0, expected))
+    # a signed map gets its own diverging bar on the same scale
+    signed = {"one": m, "two": -double}
+    fig = plotting.explanation_sheet(
+        np.zeros((8, 8)), signed, scale="shared", colorbar=True, outlier_percentile=0
+    )
+    limits = sorted(tuple(bar.get_ylim()) for bar in _colorbars(fig))
+    np.testing.assert_allclose(limits, [(-double.max(), double.max()), (0.0, double.max())])
+
+
+def test_each_colorbar_is_per_map_in_its_units():
+    m, double = _half_and_full()
+    fig = plotting.explanation_sheet(
+        np.zeros((8, 8)), {"one": m, "two": double}, colorbar=True, outlier_percentile=0
+    )
+    limits = sorted(bar.get_ylim()[1] for bar in _colorbars(fig))
+    np.testing.assert_allclose(limits, [m.max(), double.max()])
+
+
+def test_a_numeric_scale_is_used_as_given():
+    m, _ = _half_and_full()
+    fig = plotting.explanation_sheet(np.zeros((8, 8)), {"one": m}, scale=10.0, colorbar=True)
+    np.testing.assert_allclose(_panel(fig, "map:one").images[0].get_array(), m / 10.0)
+    np.testing.assert_allclose(_colorbars(fig)[0].get_ylim(), (0.0, 10.0))
+    with pytest.raises(ValueError, match="unknown scale"):
+        plotting.explanation_sheet(np.zeros((8, 8)), {"one": m}, scale="common")
+    with pytest.raises(ValueError, match="finite and > 0"):
+        plotting.explanation_sheet(np.zeros((8, 8)), {"one": m}, scale=0.0)
+
+
+def _check_blends(first, second, scale):
+    """Blended panels of a map and of twice that map, over a black image: the same
+    for 'each', the first expected exactly from half the heat for 'shared'."""
+    first = np.asarray(first.images[0].get_array(), np.float64)
+    second = np.asarray(second.images[0].get_array(), np.float64)
+    if scale == "each":
+        np.testing.assert_allclose(first, second)
+    else:
+        m, double = _half_and_full()
+        black = np.zeros((8, 8))
+        np.testing.assert_allclose(first, plotting.blend(black, m, scale=double.max()))
+        np.testing.assert_allclose(second, plotting.blend(black, double, scale=double.max()))
+        assert not np.allclose(first, second)
+
+
+def test_layer_grid_and_class_gallery_share_one_scale():
+    m, double = _half_and_full()
+    for scale in ("each", "shared"):
+        fig = plotting.layer_grid(
+            np.zeros((1, 8, 8)),
+            {"a": m[None], "b": double[None]},
+            scale=scale,
+            colorbar=True,
+            outlier_percentile=0,
+        )
+        first, second = fig.axes[1], fig.axes[2]
+        assert first.get_title() == "a" and second.get_title() == "b"
+        _check_blends(first, second, scale)
+        bars = _colorbars(fig)
+        assert len(bars) == (1 if scale == "shared" else 2)
+        assert bars[-1].get_ylim()[1] == pytest.approx(double.max())
+
+        fig = plotting.class_gallery(
+            np.zeros((2, 8, 8)),
+            np.stack([m, double]),
+            [0, 1],
+            ["a", "b"],
+            per_class=1,
+            sign="absolute",
+            scale=scale,
+            colorbar=True,
+            outlier_percentile=0,
+        )
+        _check_blends(*fig.axes[:2], scale)
+        assert len(_colorbars(fig)) == (1 if scale == "shared" else 2)
+
+
+def test_sign_modes_shared_scale_shows_the_balance_of_signs():
+    attr = np.ones((6, 6))
+    attr[:3] = -0.25  # weak negative evidence
+    each = plotting.sign_modes(np.zeros((6, 6)), attr, outlier_percentile=0)
+    shared = plotting.sign_modes(np.zeros((6, 6)), attr, scale="shared", outlier_percentile=0)
+    negative = 2  # axes: input, positive, negative, ...
+    assert each.axes[negative].get_title() == "negative"
+    assert np.asarray(each.axes[negative].images[0].get_array()).max() == 1.0
+    assert np.asarray(shared.axes[negative].images[0].get_array()).max() == 0.25
+    assert {bar.get_ylim()[1] for bar in _colorbars(shared)} == {1.0}
+    assert not _colorbars(plotting.sign_modes(np.zeros((6, 6)), attr, colorbar=False))
+
+
+# ------------------------------------------------------------- imports leave matplotlib be
+_IMPORT_CHECK = """
+import json, sys
+import matplotlib
+if {import_fmi_jax}:
+    import fmi_jax, fmi_jax.plotting, fmi_jax.studies, fmi_jax.train
+    import numpy as np
+    fig = fmi_jax.plotting.explanation_sheet(
+        np.zeros((4, 4)), {{"a": np.ones((4, 4))}}, sys.argv[1], colorbar=True
+    )
+backend = dict.__getitem__(matplotlib.rcParams, "backend")  # without resolving it
+pyplot = "matplotlib.pyplot" in sys.modules
+print(json.dumps({{
+    "backend": backend if isinstance(backend, str) else "<not chosen>",
+    "pyplot": pyplot,
+    "reported": matplotlib.get_backend() if isinstance(backend, str) else None,
+}}))
+"""
+
+
+def _import_check(import_fmi_jax: bool, mplbackend: str | None, tmp_path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    if mplbackend is not None:
+        env["MPLBACKEND"] = mplbackend
+    script = textwrap.dedent(_IMPORT_CHECK.format(import_fmi_jax=import_fmi_jax))
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "sheet.png")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("mplbackend", [None, "svg"])
+def test_importing_fmi_jax_leaves_the_backend_and_pyplot_alone(tmp_path, mplbackend):
+    reference = _import_check(False, mplbackend, tmp_path)
+    after = _import_check(True, mplbackend, tmp_path)
+    assert (tmp_path / "sheet.png").exists()  # a figure was drawn and saved, headless
+    assert after == reference
+    assert after["pyplot"] is False
+    if mplbackend is None:
+        assert after["backend"] == "<not chosen>"
+    else:
+        assert after["reported"] == mplbackend

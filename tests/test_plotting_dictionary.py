@@ -1,7 +1,8 @@
-"""The k-sparse autoencoder figures are written, and bad inputs are refused clearly."""
+"""The k-sparse autoencoder figures are drawn and written, and bad inputs are refused clearly."""
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 
 from fmi_jax import plotting
 
@@ -22,19 +23,20 @@ def rng():
 @pytest.mark.parametrize("shape", [(6, 5, 5), (6, 5, 5, 1), (6, 5, 5, 3)])
 def test_atom_grid_writes_a_png(tmp_path, rng, shape):
     path = tmp_path / "sub" / "atoms.png"
-    out = plotting.atom_grid(rng.normal(size=shape), path, title="atoms")
-    assert out == path
+    fig = plotting.atom_grid(rng.normal(size=shape), path, title="atoms")
+    assert isinstance(fig, Figure)
     assert _is_png(path)
 
 
 def test_atom_grid_honours_order_and_max_atoms(tmp_path, rng):
     atoms = rng.normal(size=(8, 4, 4))
     order = np.array([7, 3, 0, 5])
-    path = plotting.atom_grid(atoms, tmp_path / "a.png", order=order, max_atoms=3)
-    assert _is_png(path)
+    fig = plotting.atom_grid(atoms, order=order, max_atoms=3)
+    assert [ax.get_title() for ax in fig.axes if ax.images] == ["7", "3", "0"]
     # an all-zero atom (dead latent) must not break the symmetric colour scale
     atoms[2] = 0.0
-    assert _is_png(plotting.atom_grid(atoms, tmp_path / "b.png", order=np.array([2, 1])))
+    plotting.atom_grid(atoms, tmp_path / "b.png", order=np.array([2, 1]))
+    assert _is_png(tmp_path / "b.png")
 
 
 @pytest.mark.parametrize(
@@ -62,15 +64,14 @@ def test_reconstructions_writes_a_png(tmp_path, rng, shape):
     originals = rng.uniform(size=shape)
     recon = np.clip(originals + 0.05 * rng.normal(size=shape), 0, 1)
     errors = ((originals - recon) ** 2).reshape(len(originals), -1).mean(1)
-    path = plotting.reconstructions(
-        originals, recon, tmp_path / "r.png", errors=errors, max_images=2
-    )
-    assert _is_png(path)
+    plotting.reconstructions(originals, recon, tmp_path / "r.png", errors=errors, max_images=2)
+    assert _is_png(tmp_path / "r.png")
 
 
 def test_reconstructions_single_image_without_errors(tmp_path, rng):
     x = rng.uniform(size=(1, 6, 6))
-    assert _is_png(plotting.reconstructions(x, x, tmp_path / "r.png"))
+    plotting.reconstructions(x, x, tmp_path / "r.png")
+    assert _is_png(tmp_path / "r.png")
 
 
 def test_reconstructions_rejects_mismatched_shapes(tmp_path):
@@ -85,13 +86,13 @@ def test_reconstructions_rejects_mismatched_shapes(tmp_path):
 def test_latent_usage_writes_a_png(tmp_path, rng):
     counts = rng.integers(0, 200, size=64)
     counts[:5] = 0  # dead latents
-    path = plotting.latent_usage(counts, tmp_path / "u.png", num_samples=200, k=4)
-    assert _is_png(path)
+    plotting.latent_usage(counts, tmp_path / "u.png", num_samples=200, k=4)
+    assert _is_png(tmp_path / "u.png")
 
 
 def test_latent_usage_all_dead_and_no_k(tmp_path):
-    path = plotting.latent_usage(np.zeros(16, int), tmp_path / "u.png", num_samples=10)
-    assert _is_png(path)
+    plotting.latent_usage(np.zeros(16, int), tmp_path / "u.png", num_samples=10)
+    assert _is_png(tmp_path / "u.png")
 
 
 @pytest.mark.parametrize(

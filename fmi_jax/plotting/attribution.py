@@ -1,41 +1,59 @@
 """Attribution figures: heat maps, overlays, sign modes, per-sample sheets, galleries.
 
-Conventions (numpy in, PNG out):
+Conventions (numpy in, Figure out; a PNG only when given a path):
   * images are float arrays in [0, 1], (H, W) or (H, W, C) with C in {1, 3};
   * attribution maps are shaped like the image; channels are summed (signed);
   * sign modes: 'positive' (evidence for the class), 'negative' (against),
     'absolute' (magnitude) and 'all' (signed, on a diverging colour map centred
     at zero so that white means no attribution);
-  * scaling: a map is divided by the (100 - outlier_percentile)-th percentile of
-    its absolute values and clipped, so a few extreme pixels do not wash out the
-    rest (Captum's `visualize_image_attr` does the same with `outlier_perc`).
+  * scaling: a map is divided by a scale and clipped to [0, 1] ([-1, 1] for 'all').
+    By default (``scale='each'``) the scale is the (100 - outlier_percentile)-th
+    percentile of the map's own absolute values, so a few extreme pixels do not wash
+    out the rest (Captum's `visualize_image_attr` does the same with `outlier_perc`);
+    every map then saturates, whatever its magnitude. Figures with several maps take
+    ``scale='shared'`` to divide all of them by one value, the same percentile of all
+    their absolute values together, so that magnitudes can be compared across panels
+    (a map twice as large is drawn twice as intense), or a number, to share one scale
+    across several figures. ``colorbar=True`` draws the scale in the maps' own units.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.gridspec import GridSpec
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
 
-from fmi_jax.plotting._base import plt, save
+from fmi_jax.plotting._base import finish, new_figure
 
 __all__ = [
+    "SCALES",
     "SIGNS",
     "agreement_matrices",
     "blend",
     "class_gallery",
+    "default_sign",
     "explanation_sheet",
     "heatmap",
     "layer_grid",
+    "map_scale",
     "sign_modes",
-    "default_sign",
 ]
 
 SIGNS = ("positive", "negative", "absolute", "all")
+SCALES = ("each", "shared")
 CMAPS = {"positive": "Reds", "negative": "Blues", "absolute": "inferno", "all": "RdBu_r"}
+# What a colour bar's numbers are, per sign mode, in the maps' own units.
+UNITS = {
+    "positive": "positive part",
+    "negative": "|negative part|",
+    "absolute": "|attribution|",
+    "all": "attribution",
+}
 
 
 def _as_hw(a: np.ndarray) -> np.ndarray:
@@ -63,24 +81,65 @@ def default_sign(attr: np.ndarray) -> str:
     return "all" if np.min(attr) < 0 else "absolute"
 
 
-def heatmap(
-    attr: np.ndarray, *, sign: str = "absolute", outlier_percentile: float = 1.0
-) -> np.ndarray:
-    """(H, W) map scaled to [0, 1] ([-1, 1] for sign='all')."""
+def _signed(attr: np.ndarray, sign: str) -> np.ndarray:
+    """The (H, W) map in sign mode `sign`, before scaling."""
     if sign not in SIGNS:
         raise ValueError(f"unknown sign mode {sign!r}; choose one of {SIGNS}")
     a = _as_hw(attr)
     if not np.isfinite(a).all():
         raise ValueError("attribution map contains NaN or Inf")
     if sign == "positive":
-        a = np.maximum(a, 0)
-    elif sign == "negative":
-        a = np.maximum(-a, 0)
-    elif sign == "absolute":
-        a = np.abs(a)
-    scale = np.percentile(np.abs(a), 100 - outlier_percentile)
-    if scale <= 0:
-        scale = np.abs(a).max()
+        return np.maximum(a, 0)
+    if sign == "negative":
+        return np.maximum(-a, 0)
+    if sign == "absolute":
+        return np.abs(a)
+    return a
+
+
+def _percentile_scale(values: np.ndarray, outlier_percentile: float) -> float:
+    """The (100 - outlier_percentile)-th percentile of |values|; their maximum when
+    that is 0 (a sparse map); 0 only for an all-zero map."""
+    v = np.abs(np.asarray(values, np.float64)).ravel()
+    if not v.size:
+        return 0.0
+    scale = float(np.percentile(v, 100 - outlier_percentile))
+    return scale if scale > 0 else float(v.max())
+
+
+def map_scale(maps: Iterable[np.ndarray], *, outlier_percentile: float = 1.0) -> float:
+    """One scale for several maps: the (100 - outlier_percentile)-th percentile of the
+    absolute values of all of them together (channels summed, as drawn).
+
+    Pass it as ``scale=`` to several figures to draw them on one colour scale.
+    """
+    flat = [_as_hw(m).ravel() for m in maps]
+    if not flat:
+        raise ValueError("map_scale needs at least one map")
+    values = np.concatenate(flat)
+    if not np.isfinite(values).all():
+        raise ValueError("attribution map contains NaN or Inf")
+    return _percentile_scale(values, outlier_percentile)
+
+
+def heatmap(
+    attr: np.ndarray,
+    *,
+    sign: str = "absolute",
+    outlier_percentile: float = 1.0,
+    scale: float | None = None,
+) -> np.ndarray:
+    """(H, W) map divided by `scale` and clipped to [0, 1] ([-1, 1] for sign='all').
+
+    `scale` defaults to the map's own (100 - outlier_percentile)-th percentile of
+    absolute values (in sign mode `sign`); give one (e.g. from :func:`map_scale`) to
+    draw several maps on a common scale.
+    """
+    a = _signed(attr, sign)
+    if scale is None:
+        scale = _percentile_scale(a, outlier_percentile)
+    elif not np.isfinite(scale) or scale < 0:
+        raise ValueError(f"scale must be a finite number >= 0, got {scale}")
     if scale <= 0:
         return np.zeros_like(a)
     return np.clip(a / scale, -1 if sign == "all" else 0, 1)
@@ -93,12 +152,14 @@ def blend(
     sign: str = "absolute",
     alpha: float = 0.7,
     outlier_percentile: float = 1.0,
+    scale: float | None = None,
 ) -> np.ndarray:
     """The heat map alpha-composited over a greyed copy of the image, (H, W, 3) in [0, 1].
 
     Each pixel's opacity is alpha * |heat|, so unattributed pixels show the image.
+    `scale` is as in :func:`heatmap`.
     """
-    h = heatmap(attr, sign=sign, outlier_percentile=outlier_percentile)
+    h = heatmap(attr, sign=sign, outlier_percentile=outlier_percentile, scale=scale)
     cmap = colormaps[CMAPS[sign]]
     colours = cmap((h + 1) / 2 if sign == "all" else h)[..., :3]
     base = _rgb(image).mean(-1, keepdims=True) * np.ones(3)  # grey: colour belongs to the map
@@ -107,14 +168,53 @@ def blend(
     return np.clip((1 - opacity) * base + opacity * colours, 0, 1)
 
 
-def _show_map(ax, attr, sign, title=None):
-    h = heatmap(attr, sign=sign)
+def _scales(
+    items: Sequence[tuple[np.ndarray, str]], scale: str | float, outlier_percentile: float
+) -> list[float]:
+    """The value each (map, sign) of a figure is divided by, for a `scale` argument."""
+    if isinstance(scale, str):
+        if scale == "each":
+            return [_percentile_scale(_signed(a, s), outlier_percentile) for a, s in items]
+        if scale == "shared":
+            for a, s in items:
+                _signed(a, s)  # validate sign and values before combining
+            shared = map_scale([a for a, _ in items], outlier_percentile=outlier_percentile)
+            return [shared] * len(items)
+        raise ValueError(f"unknown scale {scale!r}; choose one of {SCALES} or a number > 0")
+    value = float(scale)
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"a numeric scale must be finite and > 0, got {scale}")
+    return [value] * len(items)
+
+
+def _colorbar(fig: Figure, sign: str, scale: float, *, ax=None, cax=None):
+    """A colour bar of sign mode `sign` from 0 (or -scale) to scale, in the maps' units."""
+    vmax = scale if scale > 0 else 1.0  # an all-zero map: any range shows its white
+    norm = Normalize(vmin=-vmax if sign == "all" else 0.0, vmax=vmax)
+    mappable = ScalarMappable(norm=norm, cmap=CMAPS[sign])
+    if cax is not None:
+        bar = fig.colorbar(mappable, cax=cax)
+        bar.set_label(UNITS[sign], fontsize=7)
+    else:  # beside one panel, whose title names the sign mode
+        bar = fig.colorbar(mappable, ax=ax, fraction=0.046, pad=0.04)
+    bar.ax.set_label("<colorbar>")
+    bar.ax.tick_params(labelsize=7)
+    bar.ax.yaxis.get_offset_text().set_fontsize(7)
+    return bar
+
+
+def _no_ticks(ax) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _show_map(ax, attr, sign, title=None, *, scale=None):
+    h = heatmap(attr, sign=sign, scale=scale)
     if sign == "all":
         im = ax.imshow(h, cmap=CMAPS[sign], vmin=-1, vmax=1)
     else:
         im = ax.imshow(h, cmap=CMAPS[sign], vmin=0, vmax=1)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    _no_ticks(ax)
     if title:
         ax.set_title(title, fontsize=9)
     return im
@@ -125,68 +225,127 @@ def _show_image(ax, image, title=None):
     if img.ndim == 3 and img.shape[-1] == 1:
         img = img[..., 0]
     ax.imshow(np.clip(img, 0, 1), cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    _no_ticks(ax)
     if title:
         ax.set_title(title, fontsize=9)
 
 
+def _grid(fig: Figure, rows: int, cols: int, *, bar_column: bool):
+    """A rows x cols array of axes and, with `bar_column`, a narrow axes to their
+    right spanning all rows for one shared colour bar (else None)."""
+    if not bar_column:
+        return fig.subplots(rows, cols, squeeze=False), None
+    gs = fig.add_gridspec(rows, cols + 1, width_ratios=[1.0] * cols + [0.07])
+    axes = np.array([[fig.add_subplot(gs[r, c]) for c in range(cols)] for r in range(rows)])
+    return axes, fig.add_subplot(gs[:, cols])
+
+
 def sign_modes(
-    image: np.ndarray, attr: np.ndarray, path: str | Path, *, method: str = "", title: str = ""
-) -> Path:
+    image: np.ndarray,
+    attr: np.ndarray,
+    path: str | Path | None = None,
+    *,
+    method: str = "",
+    title: str = "",
+    scale: str | float = "each",
+    colorbar: bool = True,
+    outlier_percentile: float = 1.0,
+) -> Figure:
     """Image, then the map as positive, negative, absolute and signed ('all') heat maps,
-    then the signed blend over the image."""
-    fig, axes = plt.subplots(1, 6, figsize=(15, 2.9))
+    then the signed blend over the image.
+
+    With ``scale='each'`` every panel saturates; with ``'shared'`` all four are divided
+    by one value, so the balance of positive and negative evidence shows. `colorbar`
+    puts a colour bar in the map's units beside each heat map. Saved when `path` is given.
+    """
+    scales = _scales([(attr, s) for s in SIGNS], scale, outlier_percentile)
+    fig = new_figure(figsize=(15, 2.9))
+    axes = fig.subplots(1, 6)
     _show_image(axes[0], image, "input")
-    for ax, sign in zip(axes[1:5], SIGNS):
-        im = _show_map(ax, attr, sign, f"{method} {sign}".strip())
-    fig.colorbar(im, ax=axes[4], fraction=0.046, pad=0.04)
-    axes[5].imshow(blend(image, attr, sign="all"))
+    for ax, sign, value in zip(axes[1:5], SIGNS, scales):
+        _show_map(ax, attr, sign, f"{method} {sign}".strip(), scale=value)
+        if colorbar:
+            _colorbar(fig, sign, value, ax=ax)
+    axes[5].imshow(blend(image, attr, sign="all", scale=scales[SIGNS.index("all")]))
     axes[5].set_title("blended (all)", fontsize=9)
-    axes[5].set_xticks([])
-    axes[5].set_yticks([])
+    _no_ticks(axes[5])
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return save(fig, path)
+    return finish(fig, path)
 
 
 def explanation_sheet(
     image: np.ndarray,
     maps: Mapping[str, np.ndarray],
-    path: str | Path,
+    path: str | Path | None = None,
     *,
     title: str = "",
     stats: Mapping[str, Mapping[str, float]] | None = None,
     correlation: np.ndarray | None = None,
     signs: Mapping[str, str] | None = None,
-) -> Path:
+    scale: str | float = "each",
+    colorbar: bool = False,
+    outlier_percentile: float = 1.0,
+) -> Figure:
     """The per-sample figure of the explain study.
 
     Row 1: the input and one heat map per method. Row 2: each map blended over the
     input. Row 3: per-method statistics (a table) and the cross-method correlation
     matrix of this sample.
+
+    `scale` (see the module docstring): 'each' scales every map to itself, 'shared'
+    divides all maps by one value so that methods' magnitudes can be compared (only
+    meaningful when the maps are in the same units). `colorbar` draws the scale in the
+    maps' units: one bar beside each map for 'each', one per colour map (sign mode)
+    at the right of the maps for a shared scale.
+
+    Panels carry ids as their matplotlib labels: 'input', 'map:<name>',
+    'overlay:<name>', 'statistics', 'correlation'. Saved when `path` is given.
     """
     names = list(maps)
     if not names:
         raise ValueError("explanation_sheet needs at least one map")
     signs = dict(signs or {})
+    sign_of = {name: signs.get(name) or default_sign(maps[name]) for name in names}
+    scales = dict(
+        zip(names, _scales([(maps[n], sign_of[n]) for n in names], scale, outlier_percentile))
+    )
+    # A shared scale gets one bar per colour map, in a column of its own.
+    bar_signs = list(dict.fromkeys(sign_of.values())) if colorbar and scale != "each" else []
+    bar_each = colorbar and not bar_signs
     cols = 1 + len(names)
-    fig = plt.figure(figsize=(2.3 * cols, 7.6))
-    gs = GridSpec(3, cols, figure=fig, height_ratios=[1, 1, 1.15], hspace=0.35)
-    _show_image(fig.add_subplot(gs[0, 0]), image, "input")
-    ax = fig.add_subplot(gs[1, 0])
-    _show_image(ax, image, "overlays ->")
+    bar_width = 0.32 * len(bar_signs)
+    fig = new_figure(figsize=(2.3 * (cols + bar_width) * (1.15 if bar_each else 1), 7.6))
+    gs = fig.add_gridspec(
+        3,
+        cols + bool(bar_signs),
+        width_ratios=[1.0] * cols + ([bar_width] if bar_signs else []),
+        height_ratios=[1, 1, 1.15],
+        hspace=0.35,
+        wspace=0.45 if bar_each else None,  # room for each bar's tick labels
+    )
+    ax = fig.add_subplot(gs[0, 0], label="input")
+    _show_image(ax, image, "input")
+    _show_image(fig.add_subplot(gs[1, 0]), image, "overlays ->")
     for j, name in enumerate(names, start=1):
-        sign = signs.get(name) or default_sign(maps[name])
-        _show_map(fig.add_subplot(gs[0, j]), maps[name], sign, f"{name}\n({sign})")
-        ax = fig.add_subplot(gs[1, j])
-        ax.imshow(blend(image, maps[name], sign=sign))
-        ax.set_xticks([])
-        ax.set_yticks([])
+        sign, value = sign_of[name], scales[name]
+        ax = fig.add_subplot(gs[0, j], label=f"map:{name}")
+        _show_map(ax, maps[name], sign, f"{name}\n({sign})", scale=value)
+        if bar_each:
+            _colorbar(fig, sign, value, ax=ax)
+        ax = fig.add_subplot(gs[1, j], label=f"overlay:{name}")
+        ax.imshow(blend(image, maps[name], sign=sign, scale=value))
+        _no_ticks(ax)
+    if bar_signs:
+        bars = gs[0, cols].subgridspec(
+            1, 2 * len(bar_signs), width_ratios=[1, 2.2] * len(bar_signs)
+        )
+        for k, sign in enumerate(bar_signs):
+            _colorbar(fig, sign, scales[names[0]], cax=fig.add_subplot(bars[0, 2 * k]))
     split = max(1, cols // 2)
     if stats:
-        ax = fig.add_subplot(gs[2, :split])
+        ax = fig.add_subplot(gs[2, :split], label="statistics")
         ax.axis("off")
         keys = list(next(iter(stats.values())).keys())
         cells = [[f"{stats[n][k]:.3g}" for k in keys] for n in stats]
@@ -196,7 +355,7 @@ def explanation_sheet(
         table.scale(1, 1.2)
         ax.set_title("statistics", fontsize=9)
     if correlation is not None:
-        ax = fig.add_subplot(gs[2, split:])
+        ax = fig.add_subplot(gs[2, split:cols], label="correlation")
         im = ax.imshow(correlation, cmap="RdBu_r", vmin=-1, vmax=1)
         ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=7)
         ax.set_yticks(range(len(names)), names, fontsize=7)
@@ -204,11 +363,11 @@ def explanation_sheet(
             for j in range(len(names)):
                 if np.isfinite(correlation[i, j]):
                     ax.text(j, i, f"{correlation[i, j]:.2f}", ha="center", va="center", fontsize=6)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.set_label("<colorbar>")
         ax.set_title("Spearman correlation", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=11)
-    return save(fig, path)
+    return finish(fig, path)
 
 
 def class_gallery(
@@ -216,47 +375,57 @@ def class_gallery(
     maps: np.ndarray,
     labels: Sequence[int],
     class_names: Sequence[str],
-    path: str | Path,
+    path: str | Path | None = None,
     *,
     method: str = "",
     sign: str | None = None,
     per_class: int = 3,
-) -> Path:
-    """Rows are classes; each row shows up to `per_class` examples blended with their maps."""
+    scale: str | float = "each",
+    colorbar: bool = False,
+    outlier_percentile: float = 1.0,
+) -> Figure:
+    """Rows are classes; each row shows up to `per_class` examples blended with their maps.
+
+    `scale` and `colorbar` are as in :func:`explanation_sheet`; 'shared' is over the
+    maps drawn. Saved when `path` is given.
+    """
     images, maps, labels = np.asarray(images), np.asarray(maps), np.asarray(labels)
     sign = sign or default_sign(maps)
     classes = [c for c in range(len(class_names)) if (labels == c).any()]
     if not classes:
         raise ValueError("class_gallery got no examples")
-    fig, axes = plt.subplots(
-        len(classes), per_class, figsize=(1.9 * per_class, 1.9 * len(classes)), squeeze=False
-    )
-    for r, c in enumerate(classes):
-        idx = np.flatnonzero(labels == c)[:per_class]
+    shown = [np.flatnonzero(labels == c)[:per_class] for c in classes]
+    drawn = [int(i) for idx in shown for i in idx]
+    values = dict(zip(drawn, _scales([(maps[i], sign) for i in drawn], scale, outlier_percentile)))
+    one_bar = colorbar and scale != "each"
+    fig = new_figure(figsize=(1.9 * per_class + 0.5 * one_bar, 1.9 * len(classes)))
+    axes, cax = _grid(fig, len(classes), per_class, bar_column=one_bar)
+    for r, (c, idx) in enumerate(zip(classes, shown)):
         for k in range(per_class):
             ax = axes[r, k]
-            ax.set_xticks([])
-            ax.set_yticks([])
+            _no_ticks(ax)
             if k < len(idx):
-                ax.imshow(blend(images[idx[k]], maps[idx[k]], sign=sign))
+                i = int(idx[k])
+                ax.imshow(blend(images[i], maps[i], sign=sign, scale=values[i]))
+                if colorbar and not one_bar:
+                    _colorbar(fig, sign, values[i], ax=ax)
             else:
                 ax.axis("off")
         axes[r, 0].set_ylabel(class_names[c], fontsize=8)
+    if one_bar:
+        _colorbar(fig, sign, values[drawn[0]], cax=cax)
     fig.suptitle(f"{method} ({sign})".strip(), fontsize=10)
     fig.tight_layout()
-    return save(fig, path)
+    return finish(fig, path)
 
 
 def agreement_matrices(
-    matrices: Mapping[str, np.ndarray], names: Sequence[str], path: str | Path
-) -> Path:
-    """Side-by-side method-by-method matrices (correlations in [-1, 1], overlaps in [0, 1])."""
-    fig, axes = plt.subplots(
-        1,
-        len(matrices),
-        figsize=(1.2 + 3.6 * len(matrices), 1.4 + 0.45 * len(names)),
-        squeeze=False,
-    )
+    matrices: Mapping[str, np.ndarray], names: Sequence[str], path: str | Path | None = None
+) -> Figure:
+    """Side-by-side method-by-method matrices (correlations in [-1, 1], overlaps in [0, 1]).
+    Saved when `path` is given."""
+    fig = new_figure(figsize=(1.2 + 3.6 * len(matrices), 1.4 + 0.45 * len(names)))
+    axes = fig.subplots(1, len(matrices), squeeze=False)
     for ax, (title, m) in zip(axes[0], matrices.items()):
         m = np.asarray(m, np.float64)
         lo = -1 if (m < 0).any() else 0
@@ -269,18 +438,21 @@ def agreement_matrices(
         ax.set_title(title, fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    return save(fig, path)
+    return finish(fig, path)
 
 
 def layer_grid(
     images: np.ndarray,
     maps: Mapping[str, np.ndarray],
-    path: str | Path,
+    path: str | Path | None = None,
     *,
     row_titles: Sequence[str] | None = None,
     method: str = "Grad-CAM",
     sign: str = "absolute",
-) -> Path:
+    scale: str | float = "each",
+    colorbar: bool = False,
+    outlier_percentile: float = 1.0,
+) -> Figure:
     """One row per sample: the input, then the map of each layer over it.
 
     Args:
@@ -288,6 +460,9 @@ def layer_grid(
       maps: layer name -> ``(N, H, W)`` maps (already resized to the input), in the
         order the columns should appear (first layer first).
       row_titles: a label per sample (e.g. true and predicted class).
+      scale, colorbar: as in :func:`explanation_sheet`; 'shared' is over every
+        layer and sample, so that layers' magnitudes can be compared.
+      path: saved there when given.
     """
     layers = list(maps)
     if not layers:
@@ -296,19 +471,32 @@ def layer_grid(
     for layer in layers:
         if len(maps[layer]) != n:
             raise ValueError(f"{layer}: {len(maps[layer])} maps for {n} images")
+    cells = [(layer, i) for i in range(n) for layer in layers]
+    values = dict(
+        zip(
+            cells,
+            _scales([(maps[layer][i], sign) for layer, i in cells], scale, outlier_percentile),
+        )
+    )
+    one_bar = colorbar and scale != "each"
     cols = 1 + len(layers)
-    fig, axes = plt.subplots(n, cols, figsize=(1.9 * cols, 1.9 * n), squeeze=False)
+    fig = new_figure(figsize=(1.9 * cols + 0.5 * one_bar, 1.9 * n))
+    axes, cax = _grid(fig, n, cols, bar_column=one_bar)
     for i in range(n):
         _show_image(axes[i, 0], images[i], "input" if i == 0 else None)
         if row_titles is not None:
             axes[i, 0].set_ylabel(row_titles[i], fontsize=8)
         for j, layer in enumerate(layers, start=1):
             ax = axes[i, j]
-            ax.imshow(blend(images[i], maps[layer][i], sign=sign))
-            ax.set_xticks([])
-            ax.set_yticks([])
+            value = values[layer, i]
+            ax.imshow(blend(images[i], maps[layer][i], sign=sign, scale=value))
+            _no_ticks(ax)
+            if colorbar and not one_bar:
+                _colorbar(fig, sign, value, ax=ax)
             if i == 0:
                 ax.set_title(layer, fontsize=9)
+    if one_bar:
+        _colorbar(fig, sign, values[cells[0]], cax=cax)
     fig.suptitle(f"{method} of each layer", fontsize=11)
     fig.tight_layout()
-    return save(fig, path)
+    return finish(fig, path)

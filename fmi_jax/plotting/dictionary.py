@@ -1,6 +1,6 @@
 """Figures for a k-sparse autoencoder (dictionary learning) study.
 
-Conventions (numpy in, PNG out):
+Conventions (numpy in, Figure out; a PNG only when given a path):
   * decoder atoms are ``(K, H, W)`` or ``(K, H, W, C)`` with C in {1, 3}; a
     single-channel atom is drawn on a diverging colour map centred at zero (white
     means zero weight, scaled per atom by its largest absolute value), an RGB atom
@@ -16,8 +16,9 @@ import math
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
-from fmi_jax.plotting._base import plt, save
+from fmi_jax.plotting._base import finish, new_figure
 
 __all__ = ["atom_grid", "latent_usage", "reconstructions"]
 
@@ -44,12 +45,12 @@ def _no_ticks(ax) -> None:
 
 def atom_grid(
     atoms: np.ndarray,
-    path: str | Path,
+    path: str | Path | None = None,
     *,
     order: np.ndarray | None = None,
     max_atoms: int = 100,
     title: str | None = None,
-) -> Path:
+) -> Figure:
     """Decoder atoms in a near-square grid, each panel titled with the atom's index.
 
     Args:
@@ -79,7 +80,8 @@ def atom_grid(
     n = len(idx)
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.2 * rows + 0.4), squeeze=False)
+    fig = new_figure(figsize=(1.1 * cols, 1.2 * rows + 0.4))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel()[n:]:
         ax.axis("off")
     for ax, i in zip(axes.ravel(), idx):
@@ -97,18 +99,18 @@ def atom_grid(
         ax.set_title(str(int(i)), fontsize=6, pad=2)
     fig.suptitle(title or "decoder atoms", fontsize=10)
     fig.tight_layout()
-    return save(fig, path)
+    return finish(fig, path)
 
 
 def reconstructions(
     originals: np.ndarray,
     reconstructed: np.ndarray,
-    path: str | Path,
+    path: str | Path | None = None,
     *,
     errors: np.ndarray | None = None,
     max_images: int = 10,
     title: str | None = None,
-) -> Path:
+) -> Figure:
     """Originals (top row) above their reconstructions (bottom row).
 
     Args:
@@ -134,7 +136,8 @@ def reconstructions(
     if max_images < 1:
         raise ValueError(f"max_images must be >= 1, got {max_images}")
     n = min(num, max_images)
-    fig, axes = plt.subplots(2, n, figsize=(1.5 * n + 0.6, 3.5), squeeze=False)
+    fig = new_figure(figsize=(1.5 * n + 0.6, 3.5))
+    axes = fig.subplots(2, n, squeeze=False)
     for j in range(n):
         for r, img in enumerate((orig[j], recon[j])):
             ax = axes[r, j]
@@ -146,17 +149,17 @@ def reconstructions(
     axes[1, 0].set_ylabel("reconstruction", fontsize=9)
     fig.suptitle(title or "reconstructions", fontsize=10)
     fig.tight_layout()
-    return save(fig, path)
+    return finish(fig, path)
 
 
 def latent_usage(
     counts: np.ndarray,
-    path: str | Path,
+    path: str | Path | None = None,
     *,
     num_samples: int,
     k: int | None = None,
     title: str | None = None,
-) -> Path:
+) -> Figure:
     """How often each latent fires: a histogram and a rank plot of firing frequencies.
 
     Left: histogram of ``counts / num_samples`` over the latents that fired at least
@@ -192,7 +195,8 @@ def latent_usage(
         lo = hi / 10
     uniform = None if k is None else k / num
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig = new_figure(figsize=(11, 3.8))
+    left, right = fig.subplots(1, 2)
     if alive.size:
         left.hist(alive, bins=np.geomspace(lo, hi, 41), color="tab:blue")
     left.set_xscale("log")
@@ -227,4 +231,4 @@ def latent_usage(
     right.grid(alpha=0.3)
     fig.suptitle(title or "latent usage", fontsize=10)
     fig.tight_layout()
-    return save(fig, path)
+    return finish(fig, path)

@@ -1,8 +1,8 @@
-"""Figures of the image-folder explanation pipeline (numpy in, PNG out, no jax).
+"""Figures of the image-folder explanation pipeline (numpy in, Figure out, no jax).
 
-Unlike the other plotting functions these return a :class:`SavedFigure`: the path and
-the ids of the panels actually drawn (read back from the figure's axes), so tests and
-callers can check a figure's layout without parsing the PNG.
+Panels carry an id as their matplotlib label, and :func:`panels` reads back the ids of
+the panels actually drawn, so tests and callers can check a figure's layout without
+parsing a PNG; :class:`SavedFigure` records a written figure's path and panels.
 
 Attribution maps are (H, W, 3) or (H, W); channels are summed (signed) for display,
 as everywhere in :mod:`fmi_jax.plotting`.
@@ -16,17 +16,27 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from matplotlib.figure import Figure
 
-from fmi_jax.plotting._base import plt, save
-from fmi_jax.plotting.attribution import _show_image, _show_map, blend
+from fmi_jax.plotting._base import finish, new_figure
+from fmi_jax.plotting.attribution import (
+    _colorbar,
+    _percentile_scale,
+    _show_image,
+    _show_map,
+    _signed,
+    blend,
+)
 
-__all__ = ["IMAGE_PANELS", "SavedFigure", "image_explanation", "summary_sheet"]
+__all__ = ["IMAGE_PANELS", "SavedFigure", "image_explanation", "panels", "summary_sheet"]
 
 # Panel ids of `image_explanation`, left to right.
 IMAGE_PANELS = ("image", "top_k", "ig_positive", "ig_all")
 
 
 class SavedFigure(NamedTuple):
+    """A figure written to disk: its file and the ids of its panels."""
+
     path: Path
     panels: tuple[str, ...]
 
@@ -35,8 +45,9 @@ def _short(label: str, width: int = 28) -> str:
     return label if len(label) <= width else label[: width - 1] + "\u2026"
 
 
-def _panels(fig) -> tuple[str, ...]:
-    # Panels carry an id as their matplotlib label; colour bars are labelled '<colorbar>'.
+def panels(fig: Figure) -> tuple[str, ...]:
+    """The ids of the panels of `fig`, in drawing order: the labels of its axes, less
+    unlabelled ones and colour bars (labelled '<colorbar>')."""
     return tuple(ax.get_label() for ax in fig.axes if ax.get_label() and ax.get_label()[0] != "<")
 
 
@@ -45,11 +56,11 @@ def image_explanation(
     attribution: np.ndarray,
     labels: Sequence[str],
     probabilities: Sequence[float],
-    path: str | Path,
+    path: str | Path | None = None,
     *,
     title: str = "",
     method: str = "IG",
-) -> SavedFigure:
+) -> Figure:
     """One image: the input, a top-k bar chart, the positive map blended over the
     image and the signed ('all') heat map with its colour bar.
 
@@ -57,12 +68,14 @@ def image_explanation(
       image: (H, W, 3) in [0, 1], un-normalised.
       attribution: (H, W, 3) or (H, W) map for the top-1 class.
       labels, probabilities: the top-k classes, most probable first.
+      path: saved there when given.
+
+    The colour bar of the signed map is in the attribution's units.
     """
     if len(labels) != len(probabilities) or not len(labels):
         raise ValueError(f"need as many labels as probabilities (>= 1), got {len(labels)}")
-    fig, axes = plt.subplots(
-        1, 4, figsize=(14.5, 3.5), gridspec_kw={"width_ratios": [1, 1.25, 1, 1]}
-    )
+    fig = new_figure(figsize=(14.5, 3.5))
+    axes = fig.subplots(1, 4, gridspec_kw={"width_ratios": [1, 1.25, 1, 1]})
     for ax, panel in zip(axes, IMAGE_PANELS):
         ax.set_label(panel)
     _show_image(axes[0], image, "input")
@@ -80,29 +93,29 @@ def image_explanation(
     axes[2].set_xticks([])
     axes[2].set_yticks([])
     axes[2].set_title(f"{method} positive (overlay)", fontsize=9)
-    im = _show_map(axes[3], attribution, "all", f"{method} all signs")
-    colorbar = fig.colorbar(im, ax=axes[3], fraction=0.046, pad=0.04)
-    colorbar.ax.set_label("<colorbar>")
+    scale = _percentile_scale(_signed(attribution, "all"), 1.0)
+    _show_map(axes[3], attribution, "all", f"{method} all signs", scale=scale)
+    _colorbar(fig, "all", scale, ax=axes[3])
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    panels = _panels(fig)
-    return SavedFigure(save(fig, path), panels)
+    return finish(fig, path)
 
 
 def summary_sheet(
     images: np.ndarray,
     attributions: np.ndarray,
     titles: Sequence[str],
-    path: str | Path,
+    path: str | Path | None = None,
     *,
     columns: int = 4,
     title: str = "",
-) -> SavedFigure:
+) -> Figure:
     """A grid of (image, signed map) pairs, `columns` pairs per row, each image titled
     (e.g. 'file: top-1 label (0.93)'). One page: the caller paginates.
 
-    Panels are 'image_<i>' and 'ig_<i>' for the i-th image of the page.
+    Panels are 'image_<i>' and 'ig_<i>' for the i-th image of the page. Saved when
+    `path` is given.
     """
     images, attributions = np.asarray(images), np.asarray(attributions)
     n = len(images)
@@ -112,9 +125,8 @@ def summary_sheet(
         )
     columns = max(1, min(int(columns), n))
     rows = math.ceil(n / columns)
-    fig, axes = plt.subplots(
-        rows, 2 * columns, figsize=(3.3 * columns, 1.95 * rows + 0.4), squeeze=False
-    )
+    fig = new_figure(figsize=(3.3 * columns, 1.95 * rows + 0.4))
+    axes = fig.subplots(rows, 2 * columns, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i in range(n):
@@ -130,5 +142,4 @@ def summary_sheet(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    panels = _panels(fig)
-    return SavedFigure(save(fig, path), panels)
+    return finish(fig, path)

@@ -1,4 +1,7 @@
-"""Attribution-metric figures: deletion/insertion curves and randomisation curves."""
+"""Attribution-metric figures: deletion/insertion curves and randomisation curves.
+
+Each returns its Figure and writes it only when given a path.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +9,28 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 
-from fmi_jax.plotting._base import plt, save
+from fmi_jax.plotting._base import finish, new_figure
 
 __all__ = ["faithfulness_curves", "randomization_curves"]
 
 
 def faithfulness_curves(
     curves: Mapping[str, Mapping[str, np.ndarray]],
-    path: str | Path,
+    path: str | Path | None = None,
     *,
     panels: Sequence[str] = ("deletion", "insertion"),
     ylabel: str = "target probability",
-) -> Path:
+) -> Figure:
     """One panel per curve kind (`panels`), one line per method: the mean curve over
     images, x = fraction of pixels changed (points equally spaced in [0, 1]).
 
     `curves[method][kind]` is a 1-D mean curve; the legend shows its trapezoid AUC.
     """
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
+    fig = new_figure(figsize=(5.2 * len(panels), 4.0))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, kind in zip(axes[0], panels, strict=True):
         for method, by_kind in curves.items():
             if kind not in by_kind:
@@ -40,13 +46,13 @@ def faithfulness_curves(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    return save(fig, path)
+    return finish(fig, path)
 
 
 def _style(i: int, marker: str | None = None) -> dict:
     """A distinct colour and line style per method: more methods than the default
     cycle's ten colours would otherwise share colours."""
-    style = {"color": plt.get_cmap("tab10")(i % 10), "ls": ("-", "--", ":")[(i // 10) % 3]}
+    style = {"color": colormaps["tab10"](i % 10), "ls": ("-", "--", ":")[(i // 10) % 3]}
     if marker:
         style["marker"] = marker
     return style
@@ -55,23 +61,19 @@ def _style(i: int, marker: str | None = None) -> dict:
 def randomization_curves(
     layers: Sequence[str],
     similarity: Mapping[str, Mapping[str, np.ndarray]],
-    path: str | Path,
+    path: str | Path | None = None,
     *,
     metrics: Sequence[str] = ("spearman_abs", "ssim"),
     threshold: float | None = None,
-) -> Path:
+) -> Figure:
     """Cascading randomisation: mean similarity to the original maps after each step
     (x: the layers randomised so far, output first), one line per method and one
     panel per metric. `similarity[method][metric]` is a (len(layers),) array;
     `threshold` draws the pass/fail line on the Spearman panels."""
     steps = np.arange(len(layers))
     labels = [f"+{name}" if i else name for i, name in enumerate(layers)]
-    fig, axes = plt.subplots(
-        1,
-        len(metrics),
-        figsize=(max(5.0, 0.9 * len(layers) + 2.5) * len(metrics), 4.0),
-        squeeze=False,
-    )
+    fig = new_figure(figsize=(max(5.0, 0.9 * len(layers) + 2.5) * len(metrics), 4.0))
+    axes = fig.subplots(1, len(metrics), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
         for method, values in similarity.items():
             ax.plot(
@@ -89,4 +91,4 @@ def randomization_curves(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    return save(fig, path)
+    return finish(fig, path)

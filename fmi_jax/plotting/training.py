@@ -1,4 +1,7 @@
-"""Training curves and confusion matrices."""
+"""Training curves and confusion matrices.
+
+Each returns its Figure and writes it only when given a path.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +10,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 
-from fmi_jax.plotting._base import plt, save
+from fmi_jax.plotting._base import finish, new_figure
 
 __all__ = ["confusion_matrix", "training_curves"]
 
 
 def training_curves(
-    history: Sequence[Mapping[str, Any]], path: str | Path, *, metric: str = "accuracy"
-) -> Path:
+    history: Sequence[Mapping[str, Any]],
+    path: str | Path | None = None,
+    *,
+    metric: str = "accuracy",
+) -> Figure:
     """Loss, `metric` (accuracy, or MSE for autoencoders) and learning rate per epoch
     (train and, if present, validation)."""
     epochs = [r["epoch"] for r in history]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = new_figure(figsize=(13, 3.6))
+    axes = fig.subplots(1, 3)
     for ax, key, title in ((axes[0], "loss", "loss"), (axes[1], metric, metric)):
         ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label="train")
         if any(f"val_{key}" in r for r in history):
@@ -35,22 +43,23 @@ def training_curves(
     axes[2].set_xlabel("epoch")
     axes[2].grid(alpha=0.3)
     fig.tight_layout()
-    return save(fig, path)
+    return finish(fig, path)
 
 
 def confusion_matrix(
     confusion: np.ndarray,
     class_names: Sequence[str],
-    path: str | Path,
+    path: str | Path | None = None,
     *,
     title: str = "confusion matrix",
     normalize: bool = True,
-) -> Path:
+) -> Figure:
     """Heat map of a confusion matrix (rows: true class, columns: predicted)."""
     cm = np.asarray(confusion, dtype=np.float64)
     shown = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1) if normalize else cm
     n = len(cm)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.65 * n, 0.8 + 0.6 * n))
+    fig = new_figure(figsize=(1.0 + 0.65 * n, 0.8 + 0.6 * n))
+    ax = fig.subplots()
     im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else None)
     for i in range(n):
         for j in range(n):
@@ -76,4 +85,4 @@ def confusion_matrix(
         label="fraction of true class" if normalize else "count",
     )
     fig.tight_layout()
-    return save(fig, path)
+    return finish(fig, path)
