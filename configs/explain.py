@@ -39,10 +39,12 @@ def get_config(arg=None):
     )
     # Keyword options per method (see fmi_jax.attribution.METHODS[name].options).
     config.options = {
-        "integrated_gradients": {"steps": 50, "method": "gausslegendre"},
+        # Saliency as Simonyan et al. draw it: |gradient| (methods are signed by default).
+        "saliency": {"abs": True},
+        "integrated_gradients": {"steps": 50, "rule": "gausslegendre"},
         "smoothgrad": {"samples": 25, "stdev_spread": 0.15},
         "ig_smoothgrad": {"samples": 10, "steps": 20, "stdev_spread": 0.15},
-        "gaussian_saliency": {"sigma": 1.0},
+        "gaussian_saliency": {"sigma": 1.0, "abs": True},
         # conv3, the last conv block (7 x 7 in cnn_fmnist); the per-layer figure
         # (layer_cam below) shows every block.
         "grad_cam": {"layer": "conv3"},

@@ -13,7 +13,8 @@ def get_config(arg=None):
     config = explain.get_config(arg)
     config.methods = ("saliency", "integrated_gradients", "ig_smoothgrad", "deeplift")
     config.options = {
-        "integrated_gradients": {"steps": 50, "method": "gausslegendre"},
+        "saliency": {"abs": True},
+        "integrated_gradients": {"steps": 50, "rule": "gausslegendre"},
         "ig_smoothgrad": {"samples": 10, "steps": 20, "stdev_spread": 0.15},
     }
     # The original CIFAR-10 study has no CAM; no per-layer figure.

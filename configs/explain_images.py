@@ -34,7 +34,7 @@ def get_config(arg=None):
     config.top_k = 5
     config.ig = {
         "steps": 50,
-        "method": "gausslegendre",
+        "rule": "gausslegendre",
         # (image, step) pairs per gradient evaluation: bounds memory for any `steps`.
         "batch_size": 32,
         # 'black': the black image (-mean / std after normalisation); 'zeros': zero in

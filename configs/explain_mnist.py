@@ -15,6 +15,7 @@ def get_config(arg=None):
     config = explain.get_config(arg)
     config.methods = ("grad_cam", "score_cam", "smoothgrad", "saliency")
     config.options = {
+        "saliency": {"abs": True},
         "grad_cam": {"layer": "conv2"},
         # 64 channels x the explained samples, in masked batches of `batch_size`.
         "score_cam": {"layer": "conv2"},

@@ -95,7 +95,7 @@ def get_config(arg=None):
             "decoder_weighted",
         ),
         "options": {
-            "integrated_gradients": {"steps": 50, "method": "gausslegendre"},
+            "integrated_gradients": {"steps": 50, "rule": "gausslegendre"},
             # Signed gradients: the code-space contributions they are compared with are signed.
             "saliency": {"abs": False},
             "smoothgrad": {"samples": 25, "stdev": 0.1, "abs": False},

@@ -21,9 +21,9 @@ def test_cifarnet_is_the_tutorial_network():
     assert sum(p.size for p in jax.tree.leaves(variables["params"])) == 62_006
     assert variables["params"]["fc1"]["kernel"].shape == (400, 120)
     assert model.apply(variables, x).shape == (2, 10)
-    assert {"conv1", "conv2"} <= set(attribution.layer_names(model, variables, x))
-    assert attribution.capture_layer(model, variables, x, "conv1")[1].shape == (2, 28, 28, 6)
-    assert attribution.capture_layer(model, variables, x, "conv2")[1].shape == (2, 10, 10, 16)
+    assert {"conv1", "conv2"} <= set(attribution.layer_names((model, variables), x))
+    assert attribution.flax_model(model, variables).capture(x, "conv1")[1].shape == (2, 28, 28, 6)
+    assert attribution.flax_model(model, variables).capture(x, "conv2")[1].shape == (2, 10, 10, 16)
 
 
 @pytest.fixture(scope="module")

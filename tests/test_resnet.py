@@ -128,13 +128,13 @@ def test_each_block_starts_as_the_identity_plus_shortcut(small_resnet):
 def test_grad_cam_can_name_every_block(small_resnet):
     model, variables = small_resnet
     x = testdata.uniform(jax.random.key(4), (2, 28, 28, 1))
-    names = attribution.layer_names(model, variables, x)
+    names = attribution.layer_names((model, variables), x)
     for layer in model.conv_layer_names:
         assert layer in names
     # Every block's map in one compiled program.
     all_maps = jax.jit(
         lambda v, x: {
-            layer: attribution.grad_cam(model, v, x, layer=layer)
+            layer: attribution.grad_cam((model, v), x, layer=layer)
             for layer in model.conv_layer_names
         }
     )(variables, x)

@@ -1,9 +1,31 @@
 """Attribution methods as pure functions of a model function ``fn(x) -> logits``.
 
-Every method takes ``fn`` (batch ``(N, ...)`` -> logits ``(N, classes)``), inputs ``x``
-and a ``target`` (int array ``(N,)``, one int, or ``None`` for the predicted class),
-returns float32 attributions shaped like ``x``, takes its options as keywords, draws
-randomness only from an explicit ``key`` and bounds memory with ``batch_size``.
+Every method has one signature::
+
+    method(fn, x, target=None, *, key=None, baseline=None, batch_size=None, **options)
+
+* ``fn`` maps a float batch ``(N, ...)`` to logits ``(N, classes)``. For your own Flax
+  model, ``flax_model(module, variables, train=False)`` (Linen) or
+  ``flax_model(nnx_module)`` (NNX) is such a function; it also lets the methods that
+  look inside the model (Grad-CAM, Grad-CAM++, Score-CAM) capture a named layer.
+* ``x`` is a batch of float inputs on the model's scale: one example without its batch
+  axis and integer images are refused with a message that says how to fix them.
+* ``target`` is an int array ``(N,)``, one int for every example, or ``None``: the
+  class the model predicts.
+* ``key`` is a PRNG key, required by the methods that draw random numbers (SmoothGrad
+  and the other noise tunnels, GradientSHAP, feature permutation), which then raise a
+  ValueError naming themselves without it; the other methods ignore it.
+* ``baseline`` is the reference input (``None``: zeros) of the methods that have one
+  (integrated gradients, DeepLIFT, occlusion; a distribution of references for
+  GradientSHAP); the others refuse a baseline rather than ignore it.
+* ``batch_size`` bounds memory (model evaluations per pass) and never changes a result.
+* Maps are float32, shaped like ``x`` (CAMs: one ``(N, H, W)`` map per image), and
+  **signed**: ``abs=True`` (saliency, Gaussian-smoothed saliency, SmoothGrad) gives
+  magnitudes, which is what Simonyan et al. draw and Captum's ``Saliency`` returns by
+  default.
+* Options are keyword-only and named alike across methods: ``steps`` and ``rule``
+  (the quadrature rule) for integrated gradients, ``samples``, ``stdev_spread`` and
+  ``stdev`` for everything that draws samples, ``layer`` for the CAMs.
 
 =============================  ====================================  ========================
 method                         module                                Captum counterpart
@@ -23,27 +45,25 @@ feature_permutation            :mod:`.perturbation`                  FeaturePerm
 decoder_weighted               :mod:`.sparse`                        (none)
 =============================  ====================================  ========================
 
-The CAM family looks inside the model: it takes the Flax module, its variables and a
-layer name (``grad_cam(model, variables, x, target, layer='conv2')``) and returns one
-``(N, H, W)`` map per example.
-
-Shared machinery (targets, checks, chunking, keys) lives in :mod:`.core`; methods by
-name, with one call signature for all, in :mod:`.registry` (``explainer``).
+``noise_tunnel(method, samples=..., kind=...)`` is a transform that returns a new
+method with the same signature (SmoothGrad over any method). Shared machinery
+(targets, checks, chunking, keys) lives in :mod:`.core`; the model handle in
+:mod:`.handle`; methods by name in :mod:`.registry` (``explainer``).
 """
 
 from fmi_jax.attribution.cam import (
-    capture_layer,
     grad_cam,
     grad_cam_plus_plus,
     layer_names,
     score_cam,
     upsample_maps,
 )
-from fmi_jax.attribution.core import completeness_delta, resolve_target
+from fmi_jax.attribution.core import Method, completeness_delta, resolve_target
 from fmi_jax.attribution.deeplift import deeplift
 from fmi_jax.attribution.gradients import input_x_gradient, saliency
+from fmi_jax.attribution.handle import FlaxModel, as_flax_model, flax_model
 from fmi_jax.attribution.integrated_gradients import (
-    QUADRATURE_METHODS,
+    QUADRATURE_RULES,
     integrated_gradients,
     quadrature,
 )
@@ -55,11 +75,15 @@ from fmi_jax.attribution.smoothing import gaussian_smoothed_saliency
 from fmi_jax.attribution.sparse import code_contributions, decoder_weighted
 
 __all__ = [
+    "Method",
+    "FlaxModel",
+    "flax_model",
+    "as_flax_model",
     "saliency",
     "input_x_gradient",
     "integrated_gradients",
     "quadrature",
-    "QUADRATURE_METHODS",
+    "QUADRATURE_RULES",
     "noise_tunnel",
     "smoothgrad",
     "NOISE_KINDS",
@@ -70,7 +94,6 @@ __all__ = [
     "grad_cam_plus_plus",
     "score_cam",
     "layer_names",
-    "capture_layer",
     "upsample_maps",
     "occlusion",
     "feature_permutation",

@@ -9,6 +9,10 @@ Conventions used by every method in :mod:`fmi_jax.attribution`:
   every example) or ``None`` (each example's predicted class, ``argmax fn(x)``).
   :func:`resolve_target` turns all three into an ``int32`` array of shape ``(N,)``.
 * Attributions have the shape of ``x`` and dtype ``float32``.
+* ``x`` is a float batch: one example without its batch axis, and integer images
+  (uint8 in [0, 255]), are refused with a message that says how to fix them
+  (:func:`as_input`, :func:`resolve_target`), because the model would silently see
+  something other than what it was trained on.
 
 Checks on values (NaN/Inf in ``x``, a target out of range) need concrete arrays.
 They run whenever the value is concrete and are skipped for tracers, i.e. when the
@@ -34,7 +38,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +48,10 @@ __all__ = [
     "Array",
     "ModelFn",
     "Target",
+    "Method",
     "as_input",
+    "require_key",
+    "refuse_baseline",
     "check_finite",
     "as_baseline",
     "as_count",
@@ -65,6 +72,41 @@ ModelFn = Callable[[Array], Array]
 Target = int | Array | np.ndarray | None
 
 
+class Method(Protocol):
+    """The one signature of every attribution method in :mod:`fmi_jax.attribution`."""
+
+    def __call__(
+        self,
+        fn: ModelFn,
+        x: Array,
+        target: Target = None,
+        *,
+        key: Array | None = None,
+        baseline: Any = None,
+        batch_size: int | None = None,
+        **options: Any,
+    ) -> Array: ...
+
+
+def require_key(key: Array | None, method: str) -> Array:
+    """``key`` itself; a ValueError naming ``method`` when it is None (the method draws
+    random numbers, and fmi_jax never draws them from a hidden global state)."""
+    if key is None:
+        raise ValueError(f"{method} draws random numbers: pass key=jax.random.key(seed) (keyword)")
+    return key
+
+
+def refuse_baseline(baseline: Any, method: str) -> None:
+    """A ValueError when ``baseline`` is given to a method without a reference input:
+    it would be silently ignored, and the caller clearly meant something by it."""
+    if baseline is not None:
+        raise ValueError(
+            f"{method} has no reference input, so baseline= would be ignored; leave it "
+            "None (methods with a baseline: integrated_gradients, deeplift, gradient_shap, "
+            "occlusion)"
+        )
+
+
 def _is_concrete(value: Any) -> bool:
     return not isinstance(value, jax.core.Tracer)
 
@@ -77,7 +119,21 @@ def check_finite(value: Array, name: str) -> None:
 
 
 def as_input(x: Any, name: str = "x") -> Array:
-    """``x`` as a float32 array with a batch axis, checked for NaN/Inf when concrete."""
+    """``x`` as a float32 array with a batch axis, checked for NaN/Inf when concrete.
+
+    Integer (and boolean) inputs are refused: uint8 images in [0, 255] would be fed to
+    a model trained on [0, 1] (or standardised) floats and change every prediction
+    without an error. The caller converts them the way the model was trained.
+    """
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        dtype = np.asarray(x).dtype
+    if jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.bool_):
+        raise ValueError(
+            f"{name} has dtype {dtype}; attribution needs float inputs on the model's "
+            f"scale: convert first, e.g. {name}.astype('float32') / 255 for uint8 images "
+            "of a model trained on [0, 1]"
+        )
     x = jnp.asarray(x, dtype=jnp.float32)
     if x.ndim < 1 or x.shape[0] == 0:
         raise ValueError(f"{name} must have a non-empty batch axis first, got shape {x.shape}")
@@ -116,9 +172,40 @@ def as_count(value: Any, name: str, minimum: int = 1) -> int:
     return count
 
 
+def _is_logits(out: Any, num_examples: int) -> bool:
+    return hasattr(out, "shape") and len(out.shape) == 2 and out.shape[0] == num_examples
+
+
+def _unbatched(fn: ModelFn, x: Array) -> bool:
+    """Whether ``fn`` maps ``x[None]`` to logits ``(1, classes)``, i.e. ``x`` is one example
+    that lost its batch axis."""
+    try:
+        return _is_logits(jax.eval_shape(fn, jax.ShapeDtypeStruct((1,) + x.shape, x.dtype)), 1)
+    except Exception:  # noqa: BLE001  (any failure means: not an unbatched example)
+        return False
+
+
 def _num_classes(fn: ModelFn, x: Array) -> int:
-    out = jax.eval_shape(fn, x)
-    if not hasattr(out, "shape") or len(out.shape) != 2 or out.shape[0] != x.shape[0]:
+    """The number of classes of ``fn``, checking that ``fn`` maps the batch ``x`` to
+    ``(N, classes)`` logits. A single example without its batch axis is recognised
+    (``fn`` accepts ``x[None]``) and refused with that diagnosis, instead of the shape
+    error from deep inside the model."""
+    unbatched = (
+        f"x of shape {x.shape} looks like one example without its batch axis: pass "
+        "x[None] (a batch of one)"
+    )
+    try:
+        out = jax.eval_shape(fn, x)
+    except Exception:
+        if _unbatched(fn, x):
+            raise ValueError(unbatched) from None
+        raise
+    if not _is_logits(out, x.shape[0]):
+        # Only an output whose first axis is not the batch suggests a lost batch axis: a
+        # model returning one score per example, (N,), is a wrong model, not a wrong x.
+        first = tuple(getattr(out, "shape", ())[:1])
+        if first != (x.shape[0],) and _unbatched(fn, x):
+            raise ValueError(unbatched)
         shape = getattr(out, "shape", type(out).__name__)
         raise ValueError(
             f"fn must map a batch of shape {x.shape} to logits of shape "
@@ -351,7 +438,7 @@ def sample_keys(keys: Array, example: Array, sample: Array) -> Array:
 def completeness_delta(
     fn: ModelFn,
     x: Array,
-    target: Array,
+    target: Target,
     attributions: Array,
     *,
     baseline: Array | None = None,
@@ -361,11 +448,12 @@ def completeness_delta(
 
     Zero for methods that satisfy completeness (IG up to quadrature error; DeepLift's
     summation-to-delta), so it measures their numerical error; for other methods it
-    says how far their maps are from explaining the logit difference.
+    says how far their maps are from explaining the logit difference. ``target`` as
+    in every method (``None``: the predicted class of ``x``).
     """
     x = as_input(x)
     baseline = as_baseline(baseline, x)
-    target = as_target(target, x.shape[0])
+    target = resolve_target(fn, x, target, batch_size=batch_size)
 
     def logit_difference(example: Array, _: Array) -> Array:
         return select_target(fn(x[example]), target[example]) - select_target(

@@ -677,11 +677,12 @@ def _deeplift_chunk(fn: ModelFn, x: Array, baseline: Array, target: Array) -> tu
 def deeplift(
     fn: ModelFn,
     x: Array,
-    target: Target,
+    target: Target = None,
     *,
+    key: Array | None = None,
     baseline: Array | float | None = None,
-    return_delta: bool = False,
     batch_size: int | None = None,
+    return_delta: bool = False,
 ) -> Array | tuple[Array, Array]:
     """DeepLIFT-Rescale attributions of the target logit relative to a baseline.
 
@@ -704,10 +705,11 @@ def deeplift(
       x: inputs ``(N, ...)``.
       target: class per example ``(N,)``, one int for all, or ``None`` for the
         predicted class.
+      key: unused (deterministic); accepted so every method has one signature.
       baseline: the reference input x0. ``None`` = zeros; a scalar, an array of one
         example's shape or of the full shape of ``x``.
-      return_delta: also return the summation-to-delta gap per example.
       batch_size: examples per paired evaluation; ``None`` processes all at once.
+      return_delta: also return the summation-to-delta gap per example.
 
     Returns:
       float32 attributions shaped like ``x``; with ``return_delta`` also ``delta``

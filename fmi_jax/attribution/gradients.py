@@ -14,6 +14,7 @@ from fmi_jax.attribution.core import (
     ModelFn,
     Target,
     as_input,
+    refuse_baseline,
     resolve_target,
     sum_over_samples,
     target_logit_grad,
@@ -32,28 +33,38 @@ def _gradients(fn: ModelFn, x: Array, target: Array, batch_size: int | None) -> 
 
 
 def saliency(
-    fn: ModelFn, x: Array, target: Target, *, abs: bool = True, batch_size: int | None = None
+    fn: ModelFn,
+    x: Array,
+    target: Target = None,
+    *,
+    key: Array | None = None,
+    baseline: None = None,
+    batch_size: int | None = None,
+    abs: bool = False,
 ) -> Array:
     """Saliency map: the gradient of the target logit with respect to the input.
 
-    ``saliency(x)_i = |d f_t(x) / d x_i|`` (Simonyan, Vedaldi & Zisserman 2014,
+    ``saliency(x)_i = d f_t(x) / d x_i`` (Simonyan, Vedaldi & Zisserman 2014,
     "Deep Inside Convolutional Networks: Visualising Image Classification Models and
-    Saliency Maps"). The paper visualises the absolute value (and then the maximum
-    over colour channels, which is left to plotting); ``abs=False`` returns the signed
-    gradient. Captum counterpart: ``captum.attr.Saliency`` (``abs=True`` by default, as
-    here).
+    Saliency Maps"). Signed, like every method here; ``abs=True`` gives the magnitude
+    ``|d f_t / d x_i|`` that the paper visualises (and then the maximum over colour
+    channels, which is left to plotting), which is also the default of Captum's
+    ``captum.attr.Saliency``.
 
     Args:
       fn: model function, batch ``(N, ...)`` -> logits ``(N, classes)``.
       x: inputs ``(N, ...)``.
       target: class per example ``(N,)``, one int for all, or ``None`` for the
         predicted class.
-      abs: return ``|gradient|`` (default) or the signed gradient.
+      key: unused (deterministic); accepted so every method has one signature.
+      baseline: must be None (saliency has no reference input).
       batch_size: examples per backward pass; ``None`` processes all at once.
+      abs: return ``|gradient|`` instead of the signed gradient.
 
     Returns:
       float32 array shaped like ``x``.
     """
+    refuse_baseline(baseline, "saliency")
     x = as_input(x)
     target = resolve_target(fn, x, target, batch_size=batch_size)
     grads = _gradients(fn, x, target, batch_size)
@@ -61,7 +72,13 @@ def saliency(
 
 
 def input_x_gradient(
-    fn: ModelFn, x: Array, target: Target, *, batch_size: int | None = None
+    fn: ModelFn,
+    x: Array,
+    target: Target = None,
+    *,
+    key: Array | None = None,
+    baseline: None = None,
+    batch_size: int | None = None,
 ) -> Array:
     """Input times gradient: ``x_i * d f_t(x) / d x_i``.
 
@@ -77,11 +94,15 @@ def input_x_gradient(
       x: inputs ``(N, ...)``.
       target: class per example ``(N,)``, one int for all, or ``None`` for the
         predicted class.
+      key: unused (deterministic); accepted so every method has one signature.
+      baseline: must be None (the implicit reference is zero; for another reference
+        use :func:`~fmi_jax.attribution.integrated_gradients`).
       batch_size: examples per backward pass; ``None`` processes all at once.
 
     Returns:
       float32 array shaped like ``x``.
     """
+    refuse_baseline(baseline, "input_x_gradient")
     x = as_input(x)
     target = resolve_target(fn, x, target, batch_size=batch_size)
     return x * _gradients(fn, x, target, batch_size)

@@ -66,9 +66,9 @@ from fmi_jax.attribution.core import (
     target_logit_grad,
 )
 
-__all__ = ["integrated_gradients", "quadrature", "QUADRATURE_METHODS"]
+__all__ = ["integrated_gradients", "quadrature", "QUADRATURE_RULES"]
 
-QUADRATURE_METHODS = (
+QUADRATURE_RULES = (
     "gausslegendre",
     "riemann_left",
     "riemann_right",
@@ -77,7 +77,7 @@ QUADRATURE_METHODS = (
 )
 
 
-def quadrature(method: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
+def quadrature(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """Nodes and weights of a quadrature rule for integrals over [0, 1].
 
     ``integral_0^1 g(a) da ~= sum_k weights[k] * g(alphas[k])``. The formulas of every
@@ -85,7 +85,7 @@ def quadrature(method: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
     to float64 rounding.
 
     Args:
-      method: one of ``QUADRATURE_METHODS``.
+      rule: one of ``QUADRATURE_RULES``.
       steps: number of nodes n >= 1 (>= 2 for ``riemann_trapezoid``).
 
     Returns:
@@ -93,27 +93,27 @@ def quadrature(method: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
       increasing.
 
     Raises:
-      ValueError: unknown method, steps < 1, or trapezoid with steps < 2.
+      ValueError: unknown rule, steps < 1, or trapezoid with steps < 2.
     """
     n = as_count(steps, "steps")
     k = np.arange(n, dtype=np.float64)
-    if method == "riemann_left":
+    if rule == "riemann_left":
         return k / n, np.full(n, 1.0 / n)
-    if method == "riemann_right":
+    if rule == "riemann_right":
         return (k + 1) / n, np.full(n, 1.0 / n)
-    if method == "riemann_middle":
+    if rule == "riemann_middle":
         return (k + 0.5) / n, np.full(n, 1.0 / n)
-    if method == "riemann_trapezoid":
+    if rule == "riemann_trapezoid":
         if n < 2:
             raise ValueError("riemann_trapezoid needs steps >= 2 (both end points), got 1")
         weights = np.full(n, 1.0 / (n - 1))
         weights[[0, -1]] /= 2
         return k / (n - 1), weights
-    if method == "gausslegendre":
+    if rule == "gausslegendre":
         alphas, weights = _gauss_legendre(n)
         return alphas.copy(), weights.copy()
     raise ValueError(
-        f"unknown quadrature method {method!r}; choose one of {', '.join(QUADRATURE_METHODS)}"
+        f"unknown quadrature rule {rule!r}; choose one of {', '.join(QUADRATURE_RULES)}"
     )
 
 
@@ -152,12 +152,13 @@ def _legendre(n: int, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def integrated_gradients(
     fn: ModelFn,
     x: Array,
-    target: Target,
+    target: Target = None,
     *,
+    key: Array | None = None,
     baseline: Array | float | None = None,
-    steps: int = 50,
-    method: str = "gausslegendre",
     batch_size: int | None = None,
+    steps: int = 50,
+    rule: str = "gausslegendre",
     return_delta: bool = False,
 ) -> Array | tuple[Array, Array]:
     """Integrated gradients of the target logit along the straight path baseline -> x.
@@ -165,8 +166,8 @@ def integrated_gradients(
     ``IG(x) = (x - x') * sum_k w_k * grad f_t(x' + a_k (x - x'))`` with the nodes
     ``a_k`` and weights ``w_k`` of :func:`quadrature` (Sundararajan et al. 2017; the
     module docstring derives every rule). Captum counterpart:
-    ``captum.attr.IntegratedGradients`` (same rule names; our ``riemann_trapezoid``
-    fixes Captum's weights, which sum to (n-1)/n).
+    ``captum.attr.IntegratedGradients`` (same rule names, there passed as ``method=``;
+    our ``riemann_trapezoid`` fixes Captum's weights, which sum to (n-1)/n).
 
     Default rule: ``gausslegendre``. Along the path the integrand
     ``a -> grad f_t(x' + a (x - x'))`` is as smooth as the model: analytic for
@@ -183,12 +184,13 @@ def integrated_gradients(
       x: inputs ``(N, ...)``.
       target: class per example ``(N,)``, one int for all, or ``None`` for the
         predicted class.
+      key: unused (deterministic); accepted so every method has one signature.
       baseline: the reference input x'. ``None`` = zeros; a scalar, an array of one
         example's shape or of the full shape of ``x`` (anything that broadcasts to it).
-      steps: number of quadrature nodes (model gradients per example).
-      method: quadrature rule, one of ``QUADRATURE_METHODS``.
       batch_size: (example, step) gradient evaluations per chunk; bounds memory.
         ``None`` evaluates all ``N * steps`` points at once.
+      steps: number of quadrature nodes (model gradients per example).
+      rule: quadrature rule, one of ``QUADRATURE_RULES``.
       return_delta: also return the completeness gap per example.
 
     Returns:
@@ -197,7 +199,7 @@ def integrated_gradients(
     """
     x = as_input(x)
     baseline = as_baseline(baseline, x)
-    alphas, weights = (jnp.asarray(a, dtype=jnp.float32) for a in quadrature(method, steps))
+    alphas, weights = (jnp.asarray(a, dtype=jnp.float32) for a in quadrature(rule, steps))
     target = resolve_target(fn, x, target, batch_size=batch_size)
 
     def weighted_gradient(example: Array, step: Array) -> Array:

@@ -52,6 +52,8 @@ from fmi_jax.attribution.core import (
     as_input,
     map_over_samples,
     per_example,
+    refuse_baseline,
+    require_key,
     resolve_target,
     select_target,
 )
@@ -179,11 +181,12 @@ def _single_key(key: Array) -> Array:
 def feature_permutation(
     fn: ModelFn,
     x: Array,
-    target: Target,
-    key: Array,
+    target: Target = None,
     *,
-    feature_mask: Array | np.ndarray | None = None,
+    key: Array | None = None,
+    baseline: None = None,
     batch_size: int | None = None,
+    feature_mask: Array | np.ndarray | None = None,
 ) -> Array:
     """Permutation importance of each feature group, per example (module docstring).
 
@@ -191,12 +194,14 @@ def feature_permutation(
       fn: model function, batch -> logits.
       x: inputs ``(N, ...)`` with ``N >= 2``.
       target: class per example, one class, or ``None`` (predicted class).
-      key: PRNG key; group g is shuffled by a permutation drawn from ``fold_in(key, g)``,
-        so the result depends on neither ``batch_size`` nor on the order groups are run.
+      key: PRNG key (required); group g is shuffled by a permutation drawn from
+        ``fold_in(key, g)``, so the result depends on neither ``batch_size`` nor on the
+        order groups are run.
+      baseline: must be None (the replacement values come from the other examples).
+      batch_size: perturbed examples per forward pass.
       feature_mask: integer group ids broadcastable to one example's shape
         (``x.shape[1:]``, or with a leading 1), e.g. :func:`square_patches`; ``None``
         makes every scalar feature its own group.
-      batch_size: perturbed examples per forward pass.
 
     Returns:
       float32 attributions shaped like ``x``: every feature holds its group's drop.
@@ -204,6 +209,8 @@ def feature_permutation(
     Raises:
       ValueError: a batch of one, a mask that does not fit, a non-integer mask.
     """
+    refuse_baseline(baseline, "feature_permutation")
+    require_key(key, "feature_permutation")
     x = as_input(x)
     n = x.shape[0]
     if n < 2:
@@ -227,7 +234,10 @@ def feature_permutation(
 def _window_geometry(
     features: tuple[int, ...], window, stride
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    window = (window,) if np.ndim(window) == 0 else tuple(window)
+    if np.ndim(window) == 0:
+        # An int: a square spatial window on images (H, W, C), else every axis.
+        window = (window,) * (2 if len(features) == 3 else len(features))
+    window = tuple(window)
     if len(window) == len(features) - 1:  # images: the window spans all channels
         window = window + (features[-1],)
         stride = stride if np.ndim(stride) == 0 else tuple(stride) + (features[-1],)
@@ -259,10 +269,11 @@ def occlusion(
     x: Array,
     target: Target = None,
     *,
+    key: Array | None = None,
+    baseline: float | Array | None = None,
+    batch_size: int | None = None,
     window: int | Sequence[int],
     stride: int | Sequence[int] = 1,
-    baseline: float | Array = 0.0,
-    batch_size: int | None = None,
 ) -> Array:
     """Sliding-window occlusion (module docstring).
 
@@ -270,13 +281,15 @@ def occlusion(
       fn: model function, batch -> logits.
       x: inputs ``(N, ...)``.
       target: class per example, one class, or ``None`` (predicted class).
+      key: unused (deterministic); accepted so every method has one signature.
+      baseline: what fills the window: ``None`` (zeros), a scalar, or an array
+        broadcastable to ``x``.
+      batch_size: occluded examples per forward pass.
       window: window size along every axis of one example (``x.shape[1:]``), or along
         all but the last (channel) axis, which it then covers whole: ``(4, 4)`` on
-        ``(N, 28, 28, 1)`` images.
-      stride: step of the window, an int or one per window axis, at most the window
-        (module docstring: the last window along an axis may be cut off at the edge).
-      baseline: what fills the window: a scalar, or an array broadcastable to ``x``.
-      batch_size: occluded examples per forward pass.
+        ``(N, 28, 28, 1)`` images. An int on images ``(N, H, W, C)`` is a square
+        spatial window over all channels (``4`` means ``(4, 4)``); on other inputs it
+        is the size along every axis.
 
     Returns:
       float32 attributions shaped like ``x``.

@@ -1,46 +1,48 @@
 """Attribution methods by name, for studies whose configs list methods as strings.
 
     explain = explainer("ig_smoothgrad", fn, steps=32, samples=10)
-    maps = explain(x, target, key)          # same call for every method
+    maps = explain(x, target, key)          # the same call for every method
 
-`explainer(name, fn, **options)` returns `explain(x, target, key)`, a function
-with one signature for every method (deterministic methods ignore `key`).
-Options are the keyword arguments of the underlying function; a misspelt option
-is an error that lists the accepted ones, because a silently ignored
+`explainer(name, fn, **options)` returns `explain(x, target=None, key=None)`, the
+method with its options bound (deterministic methods ignore `key`; the others refuse
+to run without one). Options are the keyword arguments of the underlying function; a
+misspelt option is an error that lists the accepted ones, because a silently ignored
 `stpes=300` would be a wrong experiment.
 
-Methods that look inside the model (the CAM family) also need the Flax module and
-its variables: `explainer("grad_cam", fn, model=model, variables=variables,
-layer="conv2")`; their maps get a trailing channel axis, `(N, H, W, 1)`, so they
-line up with the input-shaped maps of the other methods.
+Methods that look inside the model (the CAM family, decoder-weighted attribution)
+take a model handle as `fn` (`flax_model(module, variables, train=False)` or
+`flax_model(nnx_module)`); `explainer(name, fn, model=module, variables=variables)`
+builds the Linen handle for them. Their `(N, H, W)` maps get a trailing channel axis,
+`(N, H, W, 1)`, so they line up with the input-shaped maps of the other methods.
 
 Composite names are compositions, not new code: `ig_smoothgrad` is
-`noise_tunnel(partial(integrated_gradients, fn, ...))`, `smoothgrad_sq` and
-`vargrad` are the other noise-tunnel kinds over signed saliency.
+`noise_tunnel(integrated_gradients)`, `smoothgrad_sq` and `vargrad` are the other
+noise-tunnel kinds over signed saliency.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import jax.numpy as jnp
-
 from fmi_jax.attribution import cam, perturbation, sparse
-from fmi_jax.attribution.core import Array, ModelFn, resolve_target
+from fmi_jax.attribution.core import Array, Method, ModelFn
 from fmi_jax.attribution.deeplift import deeplift
 from fmi_jax.attribution.gradients import input_x_gradient, saliency
+from fmi_jax.attribution.handle import as_flax_model, flax_model
 from fmi_jax.attribution.integrated_gradients import integrated_gradients
-from fmi_jax.attribution.noise_tunnel import noise_tunnel
+from fmi_jax.attribution.noise_tunnel import noise_tunnel, smoothgrad
 from fmi_jax.attribution.shap import gradient_shap
 from fmi_jax.attribution.smoothing import gaussian_smoothed_saliency
 
 __all__ = ["METHODS", "MethodSpec", "available_methods", "explainer"]
 
-Explain = Callable[[Array, Array, Array], Array]
+Explain = Callable[..., Array]
+
+# Options of the noise tunnel itself; the rest go to the method inside it.
+_TUNNEL = ("samples", "stdev_spread", "stdev")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,127 +51,80 @@ class MethodSpec:
 
     Attributes:
       name: registry name.
-      build: `build(fn, **options) -> explain(x, target, key)`.
-      options: the option names `build` accepts.
-      stochastic: whether the result depends on `key`.
-      signed: whether maps carry sign (shown on a diverging colour map).
+      method: the function, with the common signature
+        `method(fn, x, target=None, *, key=None, baseline=None, batch_size=None, ...)`.
+      options: the option names the explainer accepts.
+      stochastic: whether the result depends on `key` (a key is then required).
+      signed: whether maps carry sign with the default options (see `is_signed`).
       captum: the Captum counterpart, for the README table.
       paper: the reference.
-      needs_model: `build` also takes `model=` (the Flax module) and `variables=`.
+      needs_model: `fn` must be a model handle (the method looks inside the model).
+      spatial: the method returns one `(N, H, W)` map per image (the CAMs), which the
+        explainer gives a trailing channel axis.
+      check: `check(options)` raises a ValueError for options that cannot go together,
+        when the explainer is built rather than when it first runs.
     """
 
     name: str
-    build: Callable[..., Explain]
+    method: Method
     options: tuple[str, ...]
     stochastic: bool
     signed: bool
     captum: str
     paper: str
     needs_model: bool = False
+    spatial: bool = False
+    check: Callable[[Mapping[str, Any]], None] | None = None
+
+    def is_signed(self, options: Mapping[str, Any] | None = None) -> bool:
+        """Whether maps carry sign under `options` (`abs=True` makes them magnitudes)."""
+        return self.signed and not (options or {}).get("abs", False)
 
 
-def _keywords(fn: Callable[..., Any]) -> tuple[str, ...]:
+def _keywords(fn: Callable[..., Any], leave_out: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The keyword-only options of a method, without `key` (given per call)."""
     return tuple(
         name
         for name, p in inspect.signature(fn).parameters.items()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("key",) + leave_out
     )
 
 
-def _deterministic(method: Callable[..., Array]) -> Callable[..., Explain]:
-    def build(fn: ModelFn, **options: Any) -> Explain:
-        return lambda x, target, key: method(fn, x, target, **options)
+def _tunnel(kind: str, inner: Method) -> Method:
+    """`noise_tunnel(inner, kind=kind)` as a method whose tunnel settings are options."""
 
-    return build
+    def method(fn, x, target=None, *, key=None, baseline=None, batch_size=None, **options):
+        settings = {k: options.pop(k) for k in _TUNNEL if k in options}
+        tunneled = noise_tunnel(inner, kind=kind, **settings)
+        return tunneled(fn, x, target, key=key, baseline=baseline, batch_size=batch_size, **options)
 
-
-def _tunnel_over(
-    method: Callable[..., Array],
-    kind: str,
-    inner: tuple[str, ...],
-    inner_defaults: Mapping[str, Any] | None = None,
-):
-    """noise_tunnel(partial(method, fn, **inner options), kind=kind, **tunnel options)."""
-
-    def build(fn: ModelFn, **options: Any) -> Explain:
-        inner_opts = dict(inner_defaults or {})
-        inner_opts.update({k: v for k, v in options.items() if k in inner})
-        tunnel_opts = {k: v for k, v in options.items() if k not in inner}
-        wrapped = functools.partial(method, fn, **inner_opts)
-
-        def explain(x: Array, target: Array, key: Array) -> Array:
-            target = resolve_target(fn, x, target)
-            return noise_tunnel(wrapped, x, target, key, kind=kind, **tunnel_opts)
-
-        return explain
-
-    return build
+    method.__name__ = f"{kind}_over_{inner.__name__}"
+    return method
 
 
-def _gradient_shap(fn: ModelFn, baselines: Array | None = None, **options: Any) -> Explain:
-    """GradientSHAP with a baseline distribution; None means the one all-zero image."""
-
-    def explain(x: Array, target: Array, key: Array) -> Array:
-        base = jnp.zeros((1,) + x.shape[1:], x.dtype) if baselines is None else baselines
-        return gradient_shap(fn, x, target, base, key, **options)
-
-    return explain
-
-
-def _layer_method(method: Callable[..., Array]) -> Callable[..., Explain]:
-    """A CAM method on the module: maps `(N, H, W)` -> `(N, H, W, 1)`."""
-
-    def build(fn: ModelFn, *, model: Any, variables: Any, **options: Any) -> Explain:
-        return lambda x, target, key: method(model, variables, x, target, **options)[..., None]
-
-    return build
-
-
-def _model_method(method: Callable[..., Array]) -> Callable[..., Explain]:
-    """A method on the module whose maps are already shaped like the input."""
-
-    def build(fn: ModelFn, *, model: Any, variables: Any, **options: Any) -> Explain:
-        return lambda x, target, key: method(model, variables, x, target, **options)
-
-    return build
-
-
-def _feature_permutation(
-    fn: ModelFn, patch: int | None = None, feature_mask: Any = None, **options: Any
-) -> Explain:
-    """Feature permutation; `patch=s` groups the image into s x s patches."""
-    if patch is not None and feature_mask is not None:
+def _patch_or_mask(options: Mapping[str, Any]) -> None:
+    if options.get("patch") is not None and options.get("feature_mask") is not None:
         raise ValueError("feature_permutation takes `patch` or `feature_mask`, not both")
 
-    def explain(x: Array, target: Array, key: Array) -> Array:
-        mask = feature_mask if patch is None else perturbation.square_patches(x.shape[1:], patch)
-        return perturbation.feature_permutation(fn, x, target, key, feature_mask=mask, **options)
 
-    return explain
-
-
-_TUNNEL = ("samples", "stdev_spread", "stdev", "batch_size")
-_SALIENCY_OPTS = ("abs",)
-# Under a noise tunnel, gradients are averaged signed (as `smoothgrad` does and the
-# SmoothGrad and VarGrad papers define them); abs=True gives Captum's default.
-_SIGNED = {"abs": False}
-_IG_OPTS = ("baseline", "steps", "method")
+def _feature_permutation(fn, x, target=None, *, patch=None, feature_mask=None, **common):
+    """Feature permutation; `patch=s` groups an image into s x s patches."""
+    _patch_or_mask({"patch": patch, "feature_mask": feature_mask})
+    if patch is not None:
+        feature_mask = perturbation.square_patches(x.shape[1:], patch)
+    return perturbation.feature_permutation(fn, x, target, feature_mask=feature_mask, **common)
 
 
-def _spec(name, build, options, stochastic, signed, captum, paper, needs_model=False) -> MethodSpec:
-    return MethodSpec(name, build, tuple(options), stochastic, signed, captum, paper, needs_model)
+_feature_permutation.__name__ = "feature_permutation"
 
 
-def _cam_spec(method: Callable[..., Array], captum: str, paper: str) -> MethodSpec:
-    return _spec(
-        method.__name__,
-        _layer_method(method),
-        _keywords(method),
-        False,
-        False,
-        captum,
-        paper,
-        needs_model=True,
+def _spec(name, method, options, stochastic, signed, captum, paper, needs_model=False):
+    return MethodSpec(name, method, tuple(options), stochastic, signed, captum, paper, needs_model)
+
+
+def _cam_spec(method: Method, captum: str, paper: str) -> MethodSpec:
+    return MethodSpec(
+        method.__name__, method, _keywords(method), False, False, captum, paper, True, True
     )
 
 
@@ -178,16 +133,16 @@ METHODS: Mapping[str, MethodSpec] = {
     for s in (
         _spec(
             "saliency",
-            _deterministic(saliency),
+            saliency,
             _keywords(saliency),
             False,
-            False,
-            "Saliency",
+            True,
+            "Saliency (abs=True there by default)",
             "Simonyan et al. 2014",
         ),
         _spec(
             "input_x_gradient",
-            _deterministic(input_x_gradient),
+            input_x_gradient,
             _keywords(input_x_gradient),
             False,
             True,
@@ -196,8 +151,8 @@ METHODS: Mapping[str, MethodSpec] = {
         ),
         _spec(
             "integrated_gradients",
-            _deterministic(integrated_gradients),
-            tuple(k for k in _keywords(integrated_gradients) if k != "return_delta"),
+            integrated_gradients,
+            _keywords(integrated_gradients, ("return_delta",)),
             False,
             True,
             "IntegratedGradients",
@@ -205,8 +160,8 @@ METHODS: Mapping[str, MethodSpec] = {
         ),
         _spec(
             "smoothgrad",
-            _tunnel_over(saliency, "smoothgrad", _SALIENCY_OPTS, _SIGNED),
-            _TUNNEL + _SALIENCY_OPTS,
+            smoothgrad,
+            _keywords(smoothgrad),
             True,
             True,
             "NoiseTunnel(Saliency)",
@@ -214,8 +169,8 @@ METHODS: Mapping[str, MethodSpec] = {
         ),
         _spec(
             "smoothgrad_sq",
-            _tunnel_over(saliency, "smoothgrad_sq", _SALIENCY_OPTS, _SIGNED),
-            _TUNNEL + _SALIENCY_OPTS,
+            _tunnel("smoothgrad_sq", saliency),
+            _TUNNEL + _keywords(saliency),
             True,
             False,
             "NoiseTunnel(Saliency, nt_type='smoothgrad_sq')",
@@ -223,8 +178,8 @@ METHODS: Mapping[str, MethodSpec] = {
         ),
         _spec(
             "vargrad",
-            _tunnel_over(saliency, "vargrad", _SALIENCY_OPTS, _SIGNED),
-            _TUNNEL + _SALIENCY_OPTS,
+            _tunnel("vargrad", saliency),
+            _TUNNEL + _keywords(saliency),
             True,
             False,
             "NoiseTunnel(Saliency, nt_type='vargrad')",
@@ -232,8 +187,8 @@ METHODS: Mapping[str, MethodSpec] = {
         ),
         _spec(
             "ig_smoothgrad",
-            _tunnel_over(integrated_gradients, "smoothgrad", _IG_OPTS),
-            _TUNNEL + _IG_OPTS,
+            _tunnel("smoothgrad", integrated_gradients),
+            _TUNNEL + _keywords(integrated_gradients, ("return_delta",)),
             True,
             True,
             "NoiseTunnel(IntegratedGradients)",
@@ -241,17 +196,17 @@ METHODS: Mapping[str, MethodSpec] = {
         ),
         _spec(
             "gaussian_saliency",
-            _deterministic(gaussian_smoothed_saliency),
+            gaussian_smoothed_saliency,
             _keywords(gaussian_smoothed_saliency),
             False,
-            False,
+            True,
             "(none)",
             "Simonyan et al. 2014, smoothed in image space",
         ),
         _spec(
             "deeplift",
-            _deterministic(deeplift),
-            tuple(k for k in _keywords(deeplift) if k != "return_delta"),
+            deeplift,
+            _keywords(deeplift, ("return_delta",)),
             False,
             True,
             "DeepLift",
@@ -259,8 +214,8 @@ METHODS: Mapping[str, MethodSpec] = {
         ),
         _spec(
             "gradient_shap",
-            _gradient_shap,
-            ("baselines",) + tuple(k for k in _keywords(gradient_shap)),
+            gradient_shap,
+            _keywords(gradient_shap),
             True,
             True,
             "GradientShap",
@@ -275,14 +230,14 @@ METHODS: Mapping[str, MethodSpec] = {
         _cam_spec(cam.score_cam, "(none; pytorch-grad-cam ScoreCAM)", "Wang et al. 2020"),
         _spec(
             "occlusion",
-            _deterministic(perturbation.occlusion),
+            perturbation.occlusion,
             _keywords(perturbation.occlusion),
             False,
             True,
             "Occlusion",
             "Zeiler & Fergus 2014",
         ),
-        _spec(
+        MethodSpec(
             "feature_permutation",
             _feature_permutation,
             ("patch",) + _keywords(perturbation.feature_permutation),
@@ -290,10 +245,11 @@ METHODS: Mapping[str, MethodSpec] = {
             True,
             "FeaturePermutation",
             "Fisher et al. 2019",
+            check=_patch_or_mask,
         ),
         _spec(
             "decoder_weighted",
-            _model_method(sparse.decoder_weighted),
+            sparse.decoder_weighted,
             _keywords(sparse.decoder_weighted),
             False,
             True,
@@ -310,12 +266,17 @@ def available_methods() -> tuple[str, ...]:
 
 
 def explainer(
-    name: str, fn: ModelFn, *, model: Any = None, variables: Any = None, **options: Any
+    name: str, fn: ModelFn | Any, *, model: Any = None, variables: Any = None, **options: Any
 ) -> Explain:
-    """`explain(x, target, key) -> attributions` for the method called `name`.
+    """`explain(x, target=None, key=None) -> attributions` for the method called `name`.
 
-    `model` and `variables` (the Flax module and its variables) are needed by the
-    methods with `METHODS[name].needs_model` (the CAM family) and ignored by the rest.
+    Args:
+      name: a key of `METHODS`.
+      fn: the model function; for the methods with `METHODS[name].needs_model`, a model
+        handle (`flax_model(...)`), unless `model` and `variables` are given.
+      model, variables: a Linen module and its variables, turned into
+        `flax_model(model, variables)` for the methods that look inside the model.
+      **options: the method's keyword options (`METHODS[name].options`).
     """
     if name not in METHODS:
         raise ValueError(
@@ -327,16 +288,24 @@ def explainer(
         raise ValueError(
             f"{name} does not take {', '.join(unknown)}; it takes: {', '.join(spec.options)}"
         )
+    if spec.check is not None:
+        spec.check(options)
     if spec.needs_model:
-        if model is None or variables is None:
-            raise ValueError(
-                f"{name} looks inside the model: pass the Flax module and its variables, "
-                f"explainer({name!r}, fn, model=model, variables=variables, ...)"
-            )
+        if model is not None:
+            if variables is None:
+                raise ValueError(f"{name}: give variables= with model= (or pass flax_model(...))")
+            fn = flax_model(model, variables)
+        fn = as_flax_model(fn, name)
         if "layer" in spec.options and "layer" not in options:
             raise ValueError(
                 f"{name} needs layer=<module path of a conv layer>, e.g. layer='conv2'; "
-                "fmi_jax.attribution.layer_names(model, variables, x) lists them"
+                "fmi_jax.attribution.layer_names(handle, x) lists them"
             )
-        return spec.build(fn, model=model, variables=variables, **options)
-    return spec.build(fn, **options)
+    method = spec.method
+    bound = dict(options)
+
+    def explain(x: Array, target: Any = None, key: Array | None = None) -> Array:
+        maps = method(fn, x, target, key=key, **bound)
+        return maps[..., None] if spec.spatial else maps
+
+    return explain

@@ -14,6 +14,8 @@ the expected gradients of Erion et al. 2021. Each sample costs one gradient.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -26,6 +28,7 @@ from fmi_jax.attribution.core import (
     check_finite,
     example_keys,
     per_example,
+    require_key,
     resolve_target,
     sample_keys,
     sum_over_samples,
@@ -35,32 +38,42 @@ from fmi_jax.attribution.core import (
 __all__ = ["gradient_shap"]
 
 
-def _as_baselines(baselines: Array, x: Array) -> Array:
-    baselines = jnp.asarray(baselines, dtype=jnp.float32)
-    if baselines.ndim != x.ndim or baselines.shape[1:] != x.shape[1:] or baselines.shape[0] < 1:
+def _as_references(baseline: Any, x: Array) -> Array:
+    """The reference distribution as a batch ``(B, ...)``: None is one all-zero example,
+    a scalar one constant example, one example's shape one reference, and a batch of
+    ``B`` examples is ``B`` references drawn from uniformly."""
+    if baseline is None:
+        return jnp.zeros((1,) + x.shape[1:], jnp.float32)
+    references = jnp.asarray(baseline, dtype=jnp.float32)
+    if references.ndim == 0:
+        references = jnp.full((1,) + x.shape[1:], references)
+    elif references.shape == x.shape[1:]:
+        references = references[None]
+    if references.shape[1:] != x.shape[1:] or references.shape[0] < 1:
         raise ValueError(
-            f"baselines must be a non-empty batch of reference inputs of shape (B, "
-            f"{', '.join(map(str, x.shape[1:]))}), got shape {baselines.shape}"
+            f"gradient_shap's baseline must be one reference of shape {x.shape[1:]} or a "
+            f"non-empty batch of references (B, {', '.join(map(str, x.shape[1:]))}), "
+            f"got shape {references.shape}"
         )
-    check_finite(baselines, "baselines")
-    return baselines
+    check_finite(references, "baseline")
+    return references
 
 
 def gradient_shap(
     fn: ModelFn,
     x: Array,
-    target: Target,
-    baselines: Array,
-    key: Array,
+    target: Target = None,
     *,
+    key: Array | None = None,
+    baseline: Any = None,
+    batch_size: int | None = None,
     samples: int = 25,
     stdev: float = 0.0,
-    batch_size: int | None = None,
 ) -> Array:
     """GradientSHAP attributions (Lundberg & Lee 2017), with Captum's sampling.
 
-    For every example and each of ``samples`` samples: draw a baseline ``b`` uniformly
-    from the rows of ``baselines``, noise ``eps ~ N(0, stdev^2 I)``, and
+    For every example and each of ``samples`` samples: draw a reference ``b`` uniformly
+    from the references in ``baseline``, noise ``eps ~ N(0, stdev^2 I)``, and
     ``a ~ U(0, 1)``; with ``x~ = x + eps`` the sample is
     ``(x~ - b) * grad f_t(b + a (x~ - b))``. The attribution is the mean over samples.
     As in Captum the multiplier ``x~ - b`` uses the noisy input. For a linear model
@@ -77,22 +90,26 @@ def gradient_shap(
       x: inputs ``(N, ...)``.
       target: class per example ``(N,)``, one int for all, or ``None`` for the
         predicted class.
-      baselines: reference inputs ``(B, ...)`` (same example shape as ``x``), e.g. a
-        sample of training images, or a single zero image ``(1, ...)``.
-      key: a PRNG key, or one key per example (shape ``(N,)``).
-      samples: samples per example.
-      stdev: standard deviation of the Gaussian noise added to the input (absolute).
+      key: a PRNG key, or one key per example (shape ``(N,)``); required.
+      baseline: the reference distribution (Captum's ``baselines``): a batch of
+        references ``(B, ...)`` with the example shape of ``x``, e.g. a sample of
+        training images, drawn from uniformly; one reference of one example's shape; a
+        scalar; or ``None``, the all-zero image. Unlike the other methods' baselines, a
+        batch is a distribution shared by every example, never one reference per example.
       batch_size: samples per backward pass; ``None`` processes all ``N * samples``
         at once.
+      samples: samples per example.
+      stdev: standard deviation of the Gaussian noise added to the input (absolute).
 
     Returns:
       float32 array shaped like ``x``.
     """
+    require_key(key, "gradient_shap")
     samples = as_count(samples, "samples")
     if not stdev >= 0:
         raise ValueError(f"stdev must be >= 0, got {stdev!r}")
     x = as_input(x)
-    baselines = _as_baselines(baselines, x)
+    baselines = _as_references(baseline, x)
     target = resolve_target(fn, x, target, batch_size=batch_size)
     keys = example_keys(key, x.shape[0])
 
@@ -115,3 +132,7 @@ def gradient_shap(
     return (
         sum_over_samples(sample_attribution, x.shape[0], samples, batch_size=batch_size) / samples
     )
+
+
+# A batch of references is one distribution for every example (noise_tunnel reads it).
+gradient_shap.baseline_is_distribution = True

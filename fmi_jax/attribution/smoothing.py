@@ -29,13 +29,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmi_jax.attribution.core import Array, ModelFn, Target, as_input
+from fmi_jax.attribution.core import Array, ModelFn, Target, as_input, refuse_baseline
 from fmi_jax.attribution.gradients import saliency
 
-__all__ = ["gaussian_smoothed_saliency"]
+__all__ = ["gaussian_kernel", "gaussian_smoothed_saliency"]
 
 
-def _gaussian_kernel(sigma: float, truncate: float) -> np.ndarray:
+def gaussian_kernel(sigma: float, truncate: float) -> np.ndarray:
     """Normalised 1-D Gaussian taps, float64, length ``2 * radius + 1``."""
     radius = int(truncate * sigma + 0.5)
     if sigma == 0 or radius == 0:
@@ -69,12 +69,14 @@ def _smooth_axis(maps: Array, kernel: np.ndarray, axis: int) -> Array:
 def gaussian_smoothed_saliency(
     fn: ModelFn,
     x: Array,
-    target: Target,
+    target: Target = None,
     *,
+    key: Array | None = None,
+    baseline: None = None,
+    batch_size: int | None = None,
     sigma: float = 1.0,
     truncate: float = 4.0,
-    abs: bool = True,
-    batch_size: int | None = None,
+    abs: bool = False,
 ) -> Array:
     """The saliency map convolved with a Gaussian over H and W.
 
@@ -90,15 +92,18 @@ def gaussian_smoothed_saliency(
       x: images ``(N, H, W, C)``.
       target: class per example ``(N,)``, one int for all, or ``None`` for the
         predicted class.
+      key: unused (deterministic); accepted so every method has one signature.
+      baseline: must be None (no reference input).
+      batch_size: examples per backward pass; ``None`` processes all at once.
       sigma: kernel standard deviation in pixels, >= 0.
       truncate: kernel radius in units of sigma (``round(truncate * sigma)`` pixels),
         as ``scipy.ndimage.gaussian_filter``.
-      abs: smooth ``|gradient|`` (default) or the signed gradient.
-      batch_size: examples per backward pass; ``None`` processes all at once.
+      abs: smooth ``|gradient|`` instead of the signed gradient.
 
     Returns:
       float32 array shaped like ``x``.
     """
+    refuse_baseline(baseline, "gaussian_smoothed_saliency")
     if not (math.isfinite(sigma) and sigma >= 0):
         raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
     if not (math.isfinite(truncate) and truncate > 0):
@@ -107,5 +112,5 @@ def gaussian_smoothed_saliency(
     if x.ndim != 4:
         raise ValueError(f"x must be a batch of images (N, H, W, C), got shape {x.shape}")
     maps = saliency(fn, x, target, abs=abs, batch_size=batch_size)
-    kernel = _gaussian_kernel(sigma, truncate)
+    kernel = gaussian_kernel(sigma, truncate)
     return _smooth_axis(_smooth_axis(maps, kernel, axis=1), kernel, axis=2)

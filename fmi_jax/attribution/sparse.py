@@ -25,8 +25,9 @@ class score in two steps:
    proportion to how strongly it draws them, so ``sum_p A(x)_p = sum_j c_j``; for a
    linear classifier that is ``s_t(x) - g_t(0)``, a completeness property like IG's).
 
-The method needs the model's inside: a Flax module with the methods ``encode(x)``,
-``classify_codes(z)`` and ``decoder_atoms()`` (as
+The method needs the model's inside: a Linen model handle
+(``flax_model(module, variables)``, or the ``(module, variables)`` tuple) whose module
+has the methods ``encode(x)``, ``classify_codes(z)`` and ``decoder_atoms()`` (as
 :class:`fmi_jax.models.SparseAutoencoderClassifier` has). It follows the idea of
 explaining a prediction through dictionary features (Bricken et al. 2023, "Towards
 Monosemanticity"), made a pixel map through the decoder.
@@ -39,11 +40,30 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from fmi_jax.attribution.core import Array, Target, as_input, resolve_target, select_target
+from fmi_jax.attribution.core import (
+    Array,
+    Target,
+    as_input,
+    refuse_baseline,
+    resolve_target,
+    select_target,
+)
+from fmi_jax.attribution.handle import as_flax_model
 
 __all__ = ["NORMALIZATIONS", "code_contributions", "decoder_weighted"]
 
 NORMALIZATIONS = ("l1", "none")
+
+
+def _module_and_variables(model: Any, name: str) -> tuple[Any, Any]:
+    """The Linen module and variables behind a handle, checked for the sparse-code
+    methods."""
+    handle = as_flax_model(model, name)
+    module, variables = getattr(handle, "module", None), getattr(handle, "variables", None)
+    if variables is None:
+        raise ValueError(f"{name} needs a Linen model handle: flax_model(module, variables)")
+    _check_model(module)
+    return module, variables
 
 
 def _check_model(model: Any) -> None:
@@ -56,9 +76,9 @@ def _check_model(model: Any) -> None:
         )
 
 
-def code_contributions(model: Any, variables: Any, x: Array, target: Target) -> Array:
+def code_contributions(model: Any, x: Array, target: Target = None) -> Array:
     """``c_j(x) = z_j * d g_t / d z_j``, shape ``(N, latents)`` (step 1 above)."""
-    _check_model(model)
+    model, variables = _module_and_variables(model, "code_contributions")
     x = as_input(x)
 
     def fn(inputs):
@@ -77,24 +97,37 @@ def code_contributions(model: Any, variables: Any, x: Array, target: Target) -> 
 
 
 def decoder_weighted(
-    model: Any, variables: Any, x: Array, target: Target, *, normalize: str = "l1"
+    model: Any,
+    x: Array,
+    target: Target = None,
+    *,
+    key: Array | None = None,
+    baseline: None = None,
+    batch_size: int | None = None,
+    normalize: str = "l1",
 ) -> Array:
     """Decoder-weighted attribution ``A(x)_p = sum_j c_j(x) a_j(p)`` (module docstring).
 
     Args:
-      model: a Flax module with ``encode``, ``classify_codes`` and ``decoder_atoms``.
-      variables: its variables.
+      model: ``flax_model(module, variables)`` (or ``(module, variables)``) of a Linen
+        module with ``encode``, ``classify_codes`` and ``decoder_atoms``.
       x: images ``(N, H, W, C)``.
       target: class per example ``(N,)``, one int, or ``None`` for the predicted class.
+      key: unused (deterministic); accepted so every method has one signature.
+      baseline: must be None (the reference is the empty code, implicitly).
+      batch_size: unused: one pass through the code layer is cheap; accepted so every
+        method has one signature.
       normalize: ``'l1'`` (atoms as ``|d_j| / ||d_j||_1``: the map sums to the
         code-space total) or ``'none'`` (signed atoms).
 
     Returns:
       float32 maps shaped like ``x``.
     """
+    refuse_baseline(baseline, "decoder_weighted")
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
-    contributions = code_contributions(model, variables, x, target)
+    contributions = code_contributions(model, x, target)
+    model, variables = _module_and_variables(model, "decoder_weighted")
     atoms = model.apply(variables, method=model.decoder_atoms)
     flat = atoms.reshape(atoms.shape[0], -1)
     if flat.shape[1] != x[0].size:

@@ -255,7 +255,9 @@ def captum_method(name: str, net: nn.Module, options: Mapping[str, Any]):
     stdev = options.get("stdev", 0.15)
     if name == "saliency":
         m = ca.Saliency(net)
-        return lambda x, t: m.attribute(x, target=t, abs=True)
+        # fmi_jax's saliency is signed unless abs=True; Captum's is |gradient| unless abs=False.
+        absolute = bool(options.get("abs", False))
+        return lambda x, t: m.attribute(x, target=t, abs=absolute)
     if name == "input_x_gradient":
         m = ca.InputXGradient(net)
         return lambda x, t: m.attribute(x, target=t)

@@ -217,7 +217,7 @@ class _Explainer:
                 target,
                 baseline=baseline,
                 steps=int(ig.steps),
-                method=str(ig.method),
+                rule=str(ig.rule),
                 batch_size=int(ig.batch_size),
                 return_delta=True,
             )
@@ -316,7 +316,7 @@ def _compute(config: Any, files: Sequence[Path], root: Path, out: Path):
         len(files),
         config.model.name,
         int(config.ig.steps),
-        config.ig.method,
+        config.ig.rule,
         config.ig.baseline,
         int(config.batch_size),
     )
@@ -422,7 +422,7 @@ def _image_figures(out, pixels, maps, predictions) -> dict[str, plotting.SavedFi
         path = out / prediction["figure"]
         if path.exists():
             continue
-        drawn[prediction["file"]] = plotting.image_explanation(
+        fig = plotting.image_explanation(
             pixels[i] / 255.0,
             maps[i],
             [t["label"] for t in prediction["top_k"]],
@@ -433,6 +433,7 @@ def _image_figures(out, pixels, maps, predictions) -> dict[str, plotting.SavedFi
                 f"{prediction['ig_target']}, completeness gap {prediction['ig_delta']:.3g}"
             ),
         )
+        drawn[prediction["file"]] = plotting.SavedFigure(path, plotting.panels(fig))
     return drawn
 
 
@@ -445,14 +446,13 @@ def _summary(config, out, pixels, maps, predictions) -> list[plotting.SavedFigur
         if path.exists():
             continue
         part = slice(page * per_page, (page + 1) * per_page)
-        drawn.append(
-            plotting.summary_sheet(
-                pixels[part] / 255.0,
-                maps[part],
-                [f"{p['file']}: {_label(p)}" for p in predictions[part]],
-                path,
-                columns=int(config.summary.columns),
-                title=f"integrated gradients of the top-1 class (page {page + 1} of {pages})",
-            )
+        fig = plotting.summary_sheet(
+            pixels[part] / 255.0,
+            maps[part],
+            [f"{p['file']}: {_label(p)}" for p in predictions[part]],
+            path,
+            columns=int(config.summary.columns),
+            title=f"integrated gradients of the top-1 class (page {page + 1} of {pages})",
         )
+        drawn.append(plotting.SavedFigure(path, plotting.panels(fig)))
     return drawn

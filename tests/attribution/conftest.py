@@ -16,6 +16,7 @@ from fmi_jax.attribution import (
     gradient_shap,
     input_x_gradient,
     integrated_gradients,
+    noise_tunnel,
     occlusion,
     saliency,
     smoothgrad,
@@ -69,22 +70,27 @@ def masked_cnn_fn(cnn_fn):
 
 _SHAP_BASELINES = jax.random.uniform(jax.random.key(9), (3, *IMAGE_SHAPE))
 
-# Every public method as method(fn, x, target, batch_size=...), with small settings.
+# Every public method as method(fn, x, target, batch_size=...), with small settings
+# (saliency and its Gaussian smoothing with their default, signed maps).
 METHODS = {
     "saliency": saliency,
     "input_x_gradient": input_x_gradient,
     "integrated_gradients": functools.partial(integrated_gradients, steps=6, baseline=0.25),
     "deeplift": functools.partial(deeplift, baseline=0.25),
-    "smoothgrad": lambda fn, x, t, **kw: smoothgrad(fn, x, t, KEY, samples=3, **kw),
-    "gradient_shap": lambda fn, x, t, **kw: gradient_shap(
-        fn, x, t, _SHAP_BASELINES, KEY, samples=3, stdev=0.1, **kw
+    "smoothgrad": functools.partial(smoothgrad, key=KEY, samples=3),
+    "gradient_shap": functools.partial(
+        gradient_shap, key=KEY, baseline=_SHAP_BASELINES, samples=3, stdev=0.1
     ),
     "gaussian_smoothed_saliency": functools.partial(gaussian_smoothed_saliency, sigma=0.8),
     # One-channel windows, so the channel the model ignores is never occluded with the other.
     "occlusion": functools.partial(occlusion, window=(2, 2, 1), stride=1),
-    "feature_permutation": lambda fn, x, t, **kw: feature_permutation(fn, x, t, KEY, **kw),
+    "feature_permutation": functools.partial(feature_permutation, key=KEY),
+    # The noise tunnel as a transform: SmoothGrad over integrated gradients.
+    "ig_smoothgrad": functools.partial(
+        noise_tunnel(integrated_gradients, samples=3, stdev=0.1), key=KEY, steps=4, baseline=0.25
+    ),
 }
-NOISY = {"smoothgrad", "gradient_shap", "feature_permutation"}
+NOISY = {"smoothgrad", "gradient_shap", "feature_permutation", "ig_smoothgrad"}
 # Methods that spread one perturbation's effect over every feature it touched, so a
 # single ignored pixel next to used ones is not zero (whole ignored channels still are).
 SPREADING = {"gaussian_smoothed_saliency", "occlusion"}

@@ -9,7 +9,6 @@ import pytest
 
 from fmi_jax import attribution as A
 from fmi_jax import models
-from fmi_jax.attribution import cam
 
 
 def numpy_variables(model, x, seed):
@@ -63,9 +62,9 @@ HEAD_VARS = {
 def test_grad_cam_of_a_hand_built_conv_head():
     x = ARANGE[0, ..., 0]
     for target, expected in ((0, x + 5), (1, jnp.maximum(5 - x, 0))):
-        got = A.grad_cam(HEAD, HEAD_VARS, ARANGE, target, layer="features", upsample=False)
+        got = A.grad_cam((HEAD, HEAD_VARS), ARANGE, target, layer="features", upsample=False)
         np.testing.assert_array_equal(got[0], expected)
-    raw = A.grad_cam(HEAD, HEAD_VARS, ARANGE, 1, layer="features", relu=False, upsample=False)
+    raw = A.grad_cam((HEAD, HEAD_VARS), ARANGE, 1, layer="features", relu=False, upsample=False)
     np.testing.assert_array_equal(raw[0], 5 - x)
 
 
@@ -81,7 +80,7 @@ def test_grad_cam_plus_plus_of_a_hand_built_conv_head():
         alpha = 16 * pixel_weight * np.maximum(g, 0)
         expected = np.maximum((a * alpha).sum(-1), 0)
         got = A.grad_cam_plus_plus(
-            HEAD, HEAD_VARS, ARANGE, target, layer="features", upsample=False
+            (HEAD, HEAD_VARS), ARANGE, target, layer="features", upsample=False
         )
         np.testing.assert_allclose(got[0], expected, rtol=1e-6)
 
@@ -100,8 +99,8 @@ def test_upsampling_is_bilinear_with_half_pixel_centres():
 
 def test_upsample_resizes_the_layer_map_to_the_input(small_cnn):
     model, variables, x = small_cnn  # 16 x 16 images; conv2 comes after one 2 x 2 pool
-    small = A.grad_cam(model, variables, x, 2, layer="conv2", upsample=False)
-    big = A.grad_cam(model, variables, x, 2, layer="conv2")
+    small = A.grad_cam((model, variables), x, 2, layer="conv2", upsample=False)
+    big = A.grad_cam((model, variables), x, 2, layer="conv2")
     assert small.shape == (4, 8, 8) and big.shape == (4, 16, 16)
     np.testing.assert_allclose(big, A.upsample_maps(small, (16, 16)), rtol=1e-6)
 
@@ -155,7 +154,7 @@ def test_score_cam_with_known_channel_masks():
     # Each call compiled as one program (un-jitted, every primitive compiles on its own).
     run = jax.jit(
         lambda x, target, batch_size=None: A.score_cam(
-            MaskModel(), {}, x, target, layer="masks", batch_size=batch_size
+            (MaskModel(), {}), x, target, layer="masks", batch_size=batch_size
         ),
         static_argnames="batch_size",
     )
@@ -184,12 +183,12 @@ def small_cnn():
 def test_capture_leaves_the_outputs_unchanged(small_cnn):
     model, variables, x = small_cnn
     plain = model.apply(variables, x)
-    logits, activation = cam.capture_layer(model, variables, x, "conv2")
+    logits, activation = A.flax_model(model, variables).capture(x, "conv2")
     np.testing.assert_array_equal(logits, plain)
     _, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
     np.testing.assert_array_equal(activation, state["intermediates"]["conv2"]["__call__"][0])
     # Grad-CAM itself does not change what the model computes afterwards either.
-    A.grad_cam(model, variables, x, layer="conv2")
+    A.grad_cam((model, variables), x, layer="conv2")
     np.testing.assert_array_equal(model.apply(variables, x), plain)
 
 
@@ -200,11 +199,11 @@ def test_grad_cam_gradient_is_the_gradient_into_the_layer(small_cnn):
     a central difference there measures (max + min) / 2, not a gradient.)"""
     model, variables, x = small_cnn
     target = 3
-    _, activation = cam.capture_layer(model, variables, x, "conv3")
+    _, activation = A.flax_model(model, variables).capture(x, "conv3")
     direction = jax.random.normal(jax.random.key(7), activation.shape) * (activation > 0)
 
     def target_logit(delta):
-        logits, _ = cam.capture_layer(model, variables, x, "conv3", delta=delta)
+        logits, _ = A.flax_model(model, variables).capture(x, "conv3", delta=delta)
         return logits[:, target].sum()
 
     grad = jax.grad(target_logit)(jnp.zeros_like(activation))
@@ -213,7 +212,7 @@ def test_grad_cam_gradient_is_the_gradient_into_the_layer(small_cnn):
     np.testing.assert_allclose(jnp.vdot(grad, direction), numeric, rtol=2e-2)
     weights = grad.mean(axis=(1, 2), keepdims=True)
     expected = jax.nn.relu((weights * activation).sum(-1))
-    got = A.grad_cam(model, variables, x, target, layer="conv3", upsample=False)
+    got = A.grad_cam((model, variables), x, target, layer="conv3", upsample=False)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
 
 
@@ -222,7 +221,7 @@ def test_every_conv_layer_of_every_model_can_be_named(name):
     model = models.get_model(name)
     x = jax.random.uniform(jax.random.key(8), (2, 8, 8, 1))
     variables = numpy_variables(model, x, 9)
-    names = A.layer_names(model, variables, x)
+    names = A.layer_names((model, variables), x)
     layers = model.conv_layer_names
     for layer in layers:
         assert layer in names
@@ -230,7 +229,7 @@ def test_every_conv_layer_of_every_model_can_be_named(name):
     # compile every primitive of its forward and backward pass on its own).
     every_map = jax.jit(
         lambda variables, x: {
-            layer: A.grad_cam(model, variables, x, layer=layer) for layer in layers
+            layer: A.grad_cam((model, variables), x, layer=layer) for layer in layers
         }
     )(variables, x)
     for layer in layers:
@@ -242,9 +241,9 @@ def test_unknown_layer_lists_the_available_ones(small_cnn):
     model, variables, x = small_cnn
     for method in (A.grad_cam, A.grad_cam_plus_plus, A.score_cam):
         with pytest.raises(ValueError, match=r"no layer 'conv9'.*available layers: conv1/conv"):
-            method(model, variables, x, layer="conv9")
+            method((model, variables), x, layer="conv9")
     with pytest.raises(ValueError, match="no layer 'fc1'"):  # exists, but is not a feature map
-        A.grad_cam(model, variables, x, layer="fc1")
+        A.grad_cam((model, variables), x, layer="fc1")
 
 
 @pytest.mark.parametrize("bias", [0.0, -1e3], ids=["all-zero-input", "all-negative-pre-relu"])
@@ -261,10 +260,10 @@ def test_dead_layers_give_zero_maps_not_nan(small_cnn, bias):
         params["conv1"]["bn"]["bias"] = jnp.zeros_like(params["conv1"]["bn"]["bias"])
         x = jnp.zeros_like(x)
     variables = {**variables, "params": params}
-    _, activation = cam.capture_layer(model, variables, x, "conv2")
+    _, activation = A.flax_model(model, variables).capture(x, "conv2")
     assert not bool(jnp.any(activation))
     for method in (A.grad_cam, A.grad_cam_plus_plus, A.score_cam):
-        maps = method(model, variables, x, layer="conv2")
+        maps = method((model, variables), x, layer="conv2")
         assert bool(jnp.isfinite(maps).all()), method.__name__
         np.testing.assert_array_equal(maps, 0.0)
 
@@ -273,21 +272,23 @@ def test_target_none_is_the_predicted_class_and_jit_matches(small_cnn):
     model, variables, x = small_cnn
     predicted = jnp.argmax(model.apply(variables, x), -1)
     for method in (A.grad_cam, A.grad_cam_plus_plus, A.score_cam):
-        eager = method(model, variables, x, None, layer="conv2")
-        np.testing.assert_array_equal(eager, method(model, variables, x, predicted, layer="conv2"))
-        jitted = jax.jit(lambda x, t, m=method: m(model, variables, x, t, layer="conv2"))
+        eager = method((model, variables), x, None, layer="conv2")
+        np.testing.assert_array_equal(
+            eager, method((model, variables), x, predicted, layer="conv2")
+        )
+        jitted = jax.jit(lambda x, t, m=method: m((model, variables), x, t, layer="conv2"))
         np.testing.assert_allclose(jitted(x, predicted), eager, rtol=1e-5, atol=1e-7)
 
 
 def test_registry_needs_the_module_and_a_layer(small_cnn):
     model, variables, x = small_cnn
     fn = lambda x: model.apply(variables, x)
-    with pytest.raises(ValueError, match="pass the Flax module and its variables"):
+    with pytest.raises(ValueError, match="grad_cam looks inside the model"):
         A.explainer("grad_cam", fn, layer="conv2")
     with pytest.raises(ValueError, match="needs layer="):
         A.explainer("grad_cam", fn, model=model, variables=variables)
     explain = A.explainer("score_cam", fn, model=model, variables=variables, layer="conv2")
     maps = explain(x, jnp.array([0, 1, 2, 3]), jax.random.key(0))
     np.testing.assert_array_equal(
-        maps[..., 0], A.score_cam(model, variables, x, jnp.array([0, 1, 2, 3]), layer="conv2")
+        maps[..., 0], A.score_cam((model, variables), x, jnp.array([0, 1, 2, 3]), layer="conv2")
     )

@@ -1,12 +1,15 @@
 """Target resolution, input checks, chunked accumulation and keys (fmi_jax.attribution.core)."""
 
+import functools
 import re
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fmi_jax import attribution as A
 from fmi_jax.attribution import core, resolve_target
 
 W = jnp.array([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]])  # 2 features, 3 classes
@@ -17,6 +20,7 @@ def fn(x):
 
 
 X = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]])
+KEY = jax.random.key(0)
 
 
 def test_resolve_target_none_is_the_predicted_class():
@@ -152,3 +156,167 @@ def test_example_keys_single_legacy_and_per_example():
     )
     with pytest.raises(ValueError, match=r"one key per example \(4,\), got key shape \(3,\)"):
         core.example_keys(keys[:3], 4)
+
+
+# ------------------------------------------------------ the one signature: refusals
+
+
+class TinyCNN(nn.Module):
+    """Conv -> ReLU -> Dense on (N, 8, 8, 1) images, 3 classes."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(2, (3, 3))(x))
+        return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+
+def _image_models():
+    """An MLP and a CNN, both ``fn`` maps of a batch (N, 8, 8, 1) to 3 logits."""
+    w = jax.random.normal(jax.random.key(0), (64, 3))
+    cnn = TinyCNN()
+    variables = jax.jit(cnn.init)(jax.random.key(1), jnp.zeros((1, 8, 8, 1)))
+    return {
+        "mlp": lambda x: jnp.tanh(x.reshape(x.shape[0], -1)) @ w,
+        "cnn": lambda x: cnn.apply(variables, x),
+    }
+
+
+IMAGE_MODELS = _image_models()
+IMAGES = jax.random.uniform(jax.random.key(2), (2, 8, 8, 1))
+
+
+@pytest.mark.parametrize("model", sorted(IMAGE_MODELS))
+def test_one_example_without_its_batch_axis_is_refused(model):
+    fn = IMAGE_MODELS[model]
+    one = IMAGES[0]  # (8, 8, 1): the model needs (1, 8, 8, 1)
+    message = (
+        r"x of shape \(8, 8, 1\) looks like one example without its batch axis: pass x\[None\]"
+    )
+    with pytest.raises(ValueError, match=message):
+        resolve_target(fn, one, None)
+    for method in (A.saliency, A.input_x_gradient, A.integrated_gradients, A.deeplift):
+        with pytest.raises(ValueError, match="batch axis"):
+            method(fn, one, 0)
+    with pytest.raises(ValueError, match="batch axis"):
+        A.smoothgrad(fn, one, 0, key=KEY, samples=2)
+    # ... and x[None] is accepted.
+    np.testing.assert_array_equal(resolve_target(fn, one[None], 1), [1])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.bool_])
+def test_integer_and_boolean_images_are_refused_with_the_conversion(dtype):
+    pixels = np.asarray(IMAGES * 255).astype(dtype)
+    with pytest.raises(ValueError, match=r"x has dtype .*: .*x\.astype\('float32'\) / 255"):
+        core.as_input(pixels)
+    with pytest.raises(ValueError, match="astype"):
+        core.as_input(jnp.asarray(pixels))
+    for method in (A.saliency, A.integrated_gradients):
+        with pytest.raises(ValueError, match="astype"):
+            method(IMAGE_MODELS["mlp"], pixels, 0)
+
+
+# The functions of the methods that draw random numbers, by the name they give.
+STOCHASTIC = {
+    "smoothgrad": A.smoothgrad,
+    "gradient_shap": A.gradient_shap,
+    "feature_permutation": A.feature_permutation,
+    r"noise_tunnel\(saliency\)": A.noise_tunnel(A.saliency),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STOCHASTIC))
+def test_stochastic_methods_need_a_key_and_say_so(name):
+    with pytest.raises(ValueError, match=rf"{name} draws random numbers: pass key="):
+        STOCHASTIC[name](IMAGE_MODELS["mlp"], IMAGES, 0)
+
+
+def test_smoothgrad_without_a_key_names_itself_and_the_key():
+    with pytest.raises(ValueError, match=r"smoothgrad.*key"):
+        A.smoothgrad(IMAGE_MODELS["mlp"], IMAGES, 0)
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        A.saliency,
+        A.input_x_gradient,
+        A.gaussian_smoothed_saliency,
+        functools.partial(A.smoothgrad, key=KEY),
+        functools.partial(A.feature_permutation, key=KEY),
+    ],
+    ids=["saliency", "input_x_gradient", "gaussian", "smoothgrad", "feature_permutation"],
+)
+def test_methods_without_a_reference_input_refuse_a_baseline(method):
+    with pytest.raises(ValueError, match="has no reference input, so baseline= would be ignored"):
+        method(IMAGE_MODELS["mlp"], IMAGES, 0, baseline=0.5)
+    with pytest.raises(ValueError, match="baseline"):
+        method(IMAGE_MODELS["mlp"], IMAGES, 0, baseline=jnp.zeros_like(IMAGES))
+
+
+def test_deterministic_methods_ignore_the_key():
+    fn = IMAGE_MODELS["cnn"]
+    methods = (A.saliency, A.input_x_gradient, A.deeplift, A.integrated_gradients)
+    # One compiled program for all the calls (un-jitted, each compiles op by op).
+    pairs = jax.jit(lambda x, key: [(m(fn, x, 2, key=key), m(fn, x, 2)) for m in methods])(
+        IMAGES, KEY
+    )
+    for with_key, without in pairs:
+        np.testing.assert_array_equal(with_key, without)
+
+
+def test_completeness_delta_target_none_is_the_predicted_class():
+    predicted = np.argmax(np.asarray(fn(X)), axis=1)
+    attributions = jnp.arange(8.0).reshape(X.shape)
+    delta = core.completeness_delta(fn, X, None, attributions, baseline=0.5)
+    expected = core.completeness_delta(fn, X, predicted, attributions, baseline=0.5)
+    np.testing.assert_array_equal(delta, expected)
+    # The known answer: sum of the attributions minus the logit difference.
+    rows = np.arange(len(X))
+    difference = fn(X)[rows, predicted] - fn(jnp.full_like(X, 0.5))[rows, predicted]
+    np.testing.assert_allclose(delta, attributions.sum(axis=1) - difference, rtol=1e-6)
+    np.testing.assert_array_equal(
+        core.completeness_delta(fn, X, None, attributions, baseline=0.5, batch_size=3), expected
+    )
+
+
+# -------------------------------------------- target=None in every registered method
+
+# Small settings for every method that takes a plain model function.
+_OPTIONS = {
+    "integrated_gradients": {"steps": 4},
+    "ig_smoothgrad": {"steps": 3, "samples": 2},
+    "smoothgrad": {"samples": 2},
+    "smoothgrad_sq": {"samples": 2},
+    "vargrad": {"samples": 2},
+    "gradient_shap": {"samples": 3},
+    "occlusion": {"window": 3, "stride": 2},
+    "feature_permutation": {"patch": 4},
+}
+PLAIN_METHODS = sorted(n for n in A.available_methods() if not A.METHODS[n].needs_model)
+
+
+@pytest.fixture(scope="module")
+def predicted_classes():
+    """Three images on which the MLP predicts at least two different classes."""
+    x = jax.random.uniform(jax.random.key(3), (3, 8, 8, 1)) * 2 - 1
+    predicted = np.argmax(np.asarray(IMAGE_MODELS["mlp"](x)), axis=1)
+    assert len(set(predicted.tolist())) >= 2, predicted
+    return x, predicted
+
+
+@pytest.mark.parametrize("name", PLAIN_METHODS)
+def test_target_none_is_exactly_the_predicted_class_in_every_method(name, predicted_classes):
+    x, predicted = predicted_classes
+    spec = A.METHODS[name]
+    options = _OPTIONS.get(name, {})
+    assert set(options) <= set(spec.options), name
+
+    def run(x, target, key):
+        return spec.method(IMAGE_MODELS["mlp"], x, target, key=key, **options)
+
+    # One compiled program per method for both calls.
+    for_none, for_predicted = jax.jit(lambda x, t, key: (run(x, None, key), run(x, t, key)))(
+        x, jnp.asarray(predicted), KEY
+    )
+    assert for_none.shape == x.shape and bool(jnp.isfinite(for_none).all()), name
+    np.testing.assert_array_equal(for_none, for_predicted)

@@ -69,7 +69,7 @@ def test_where_rescale_and_integrated_gradients_differ_by_hand():
     fn = scalar(lambda x: relu(relu(x[:, 0]) + relu(x[:, 1] - 0.5) - 2))
     x = jnp.array([[3.0, 1.0]])
     np.testing.assert_allclose(compiled(fn, x, 0), [[9 / 7, 3 / 14]], rtol=1e-6)
-    ig = jax.jit(lambda x: integrated_gradients(fn, x, 0, steps=4000, method="riemann_middle"))
+    ig = jax.jit(lambda x: integrated_gradients(fn, x, 0, steps=4000, rule="riemann_middle"))
     np.testing.assert_allclose(ig(x), [[9 / 8, 3 / 8]], rtol=1e-3)
 
 

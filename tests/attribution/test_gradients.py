@@ -24,8 +24,10 @@ def w_rows(target):
 
 
 def test_saliency_of_a_linear_model_is_abs_w():
-    np.testing.assert_allclose(saliency(linear, X, T), jnp.abs(w_rows(T)), rtol=1e-6)
+    np.testing.assert_allclose(saliency(linear, X, T, abs=True), jnp.abs(w_rows(T)), rtol=1e-6)
     np.testing.assert_allclose(saliency(linear, X, T, abs=False), w_rows(T), rtol=1e-6)
+    # Signed by default.
+    np.testing.assert_allclose(saliency(linear, X, T), w_rows(T), rtol=1e-6)
 
 
 def test_input_x_gradient_of_a_linear_model_is_x_times_w():
@@ -40,13 +42,19 @@ def test_saliency_of_a_quadratic_model():
         return jnp.sum(flat**2, axis=1, keepdims=True) * jnp.arange(1.0, 4.0)
 
     np.testing.assert_allclose(saliency(quadratic, X, 2, abs=False), 6 * X, rtol=1e-6)
-    np.testing.assert_allclose(saliency(quadratic, X, 0), 2 * jnp.abs(X), rtol=1e-6)
+    np.testing.assert_allclose(saliency(quadratic, X, 0, abs=True), 2 * jnp.abs(X), rtol=1e-6)
+    np.testing.assert_allclose(saliency(quadratic, X, 0), 2 * X, rtol=1e-6)
 
 
 def test_target_none_explains_the_predicted_class():
     predicted = np.argmax(np.asarray(linear(X)), axis=1)
-    np.testing.assert_allclose(saliency(linear, X, None), jnp.abs(w_rows(predicted)), rtol=1e-6)
-    np.testing.assert_allclose(saliency(linear, X, 1), jnp.abs(w_rows(np.ones(5, int))), rtol=1e-6)
+    np.testing.assert_allclose(
+        saliency(linear, X, None, abs=True), jnp.abs(w_rows(predicted)), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        saliency(linear, X, 1, abs=True), jnp.abs(w_rows(np.ones(5, int))), rtol=1e-6
+    )
+    np.testing.assert_allclose(input_x_gradient(linear, X), X * w_rows(predicted), rtol=1e-6)
 
 
 @pytest.mark.parametrize("method", [saliency, input_x_gradient])
@@ -57,3 +65,10 @@ def test_bad_inputs(method):
         method(linear, X, T[:4])
     with pytest.raises(ValueError, match="x contains NaN"):
         method(linear, X.at[0, 0, 0, 0].set(jnp.nan), T)
+    with pytest.raises(ValueError, match=f"{method.__name__} has no reference input"):
+        method(linear, X, T, baseline=0.0)
+
+
+@pytest.mark.parametrize("method", [saliency, input_x_gradient])
+def test_the_key_is_accepted_and_ignored(method):
+    np.testing.assert_array_equal(method(linear, X, T, key=jax.random.key(1)), method(linear, X, T))

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmi_jax.attribution import QUADRATURE_METHODS, integrated_gradients, quadrature
+from fmi_jax.attribution import QUADRATURE_RULES, integrated_gradients, quadrature
 
-RIEMANN = [m for m in QUADRATURE_METHODS if m.startswith("riemann")]
+RIEMANN = [r for r in QUADRATURE_RULES if r.startswith("riemann")]
 
 KEY_W, KEY_X, KEY_B = jax.random.split(jax.random.key(1), 3)
 W = jax.random.normal(KEY_W, (6, 3))
@@ -32,7 +32,7 @@ def smooth_mlp(x):
 
 
 @pytest.mark.parametrize(
-    "method, alphas, weights",
+    "rule, alphas, weights",
     [
         ("riemann_left", [0, 1 / 4, 2 / 4, 3 / 4], [1 / 4] * 4),
         ("riemann_right", [1 / 4, 2 / 4, 3 / 4, 1], [1 / 4] * 4),
@@ -40,8 +40,8 @@ def smooth_mlp(x):
         ("riemann_trapezoid", [0, 1 / 3, 2 / 3, 1], [1 / 6, 1 / 3, 1 / 3, 1 / 6]),
     ],
 )
-def test_riemann_nodes_and_weights_at_four_steps(method, alphas, weights):
-    a, w = quadrature(method, 4)
+def test_riemann_nodes_and_weights_at_four_steps(rule, alphas, weights):
+    a, w = quadrature(rule, 4)
     assert a.dtype == w.dtype == np.float64
     np.testing.assert_allclose(a, alphas, rtol=0, atol=1e-15)
     np.testing.assert_allclose(w, weights, rtol=0, atol=1e-15)
@@ -72,10 +72,10 @@ def test_gauss_legendre_integrates_degree_2n_minus_1_exactly(n):
         assert abs(np.sum(w * a ** (2 * n)) - 1 / (2 * n + 1)) > 1e-11
 
 
-@pytest.mark.parametrize("method", QUADRATURE_METHODS)
+@pytest.mark.parametrize("rule", QUADRATURE_RULES)
 @pytest.mark.parametrize("steps", [2, 3, 10, 1000])
-def test_weights_sum_to_one_and_nodes_lie_in_the_unit_interval(method, steps):
-    a, w = quadrature(method, steps)
+def test_weights_sum_to_one_and_nodes_lie_in_the_unit_interval(rule, steps):
+    a, w = quadrature(rule, steps)
     assert a.shape == w.shape == (steps,)
     assert math.fsum(w) == pytest.approx(1.0, abs=1e-14)
     assert np.all(w > 0) and np.all((a >= 0) & (a <= 1)) and np.all(np.diff(a) > 0)
@@ -100,13 +100,13 @@ def test_captum_trapezoid_weights_sum_to_n_minus_1_over_n():
         x = np.array([1.0, 3.0])
         np.testing.assert_allclose(x * w * math.fsum(captum_steps), x * w * (n - 1) / n)
 
-    attributions = integrated_gradients(linear, X, T, steps=10, method="riemann_trapezoid")
+    attributions = integrated_gradients(linear, X, T, steps=10, rule="riemann_trapezoid")
     np.testing.assert_allclose(attributions, X * W[:, T].T, rtol=1e-5, atol=1e-6)
 
 
 def test_quadrature_errors():
     with pytest.raises(
-        ValueError, match="unknown quadrature method 'simpson'; choose one of gausslegendre"
+        ValueError, match="unknown quadrature rule 'simpson'; choose one of gausslegendre"
     ):
         quadrature("simpson", 4)
     with pytest.raises(ValueError, match=r"riemann_trapezoid needs steps >= 2"):
@@ -119,15 +119,15 @@ def test_quadrature_errors():
 # ---------------------------------------------------------------------- known answers
 
 
-@pytest.mark.parametrize("method", QUADRATURE_METHODS)
-def test_linear_model_gives_x_minus_baseline_times_w_for_any_rule_and_steps(method):
+@pytest.mark.parametrize("rule", QUADRATURE_RULES)
+def test_linear_model_gives_x_minus_baseline_times_w_for_any_rule_and_steps(rule):
     """The gradient of a linear model is constant, so every rule whose weights sum to
     one is exact, for any number of steps and any baseline."""
     baseline = jax.random.normal(KEY_B, X.shape)
     expected = (X - baseline) * W[:, T].T
-    for steps in [1, 7] if method != "riemann_trapezoid" else [2, 7]:
+    for steps in [1, 7] if rule != "riemann_trapezoid" else [2, 7]:
         attributions = integrated_gradients(
-            linear, X, T, baseline=baseline, steps=steps, method=method, batch_size=5
+            linear, X, T, baseline=baseline, steps=steps, rule=rule, batch_size=5
         )
         np.testing.assert_allclose(attributions, expected, rtol=1e-5, atol=1e-5)
 
@@ -149,12 +149,12 @@ def ig_paper_model(x):
     return relu(relu(x[:, 0]) - 1 - relu(x[:, 1]))[:, None]
 
 
-@pytest.mark.parametrize("method", QUADRATURE_METHODS)
-def test_ig_paper_example(method):
+@pytest.mark.parametrize("rule", QUADRATURE_RULES)
+def test_ig_paper_example(rule):
     """At x = (3, 1), baseline 0: f = 1 and the path crosses f's kink at a = 1/2,
     where x1 - 1 - x2 = 3a - 1 - a becomes positive; IG = (3, -1) * 1/2 = (1.5, -0.5)."""
     attributions = integrated_gradients(
-        ig_paper_model, jnp.array([[3.0, 1.0]]), 0, steps=1000, method=method
+        ig_paper_model, jnp.array([[3.0, 1.0]]), 0, steps=1000, rule=rule
     )
     np.testing.assert_allclose(attributions, [[1.5, -0.5]], atol=1e-2)
 
@@ -170,13 +170,13 @@ def _completeness_gaps(x):
     rows = np.arange(len(T))
     difference = smooth_mlp(x)[rows, T] - smooth_mlp(jnp.full_like(x, -0.5))[rows, T]
     gaps = {}
-    for method in QUADRATURE_METHODS:
-        gaps[method] = []
+    for rule in QUADRATURE_RULES:
+        gaps[rule] = []
         for steps in (4, 32):
             attributions = integrated_gradients(
-                smooth_mlp, x, T, steps=steps, method=method, baseline=-0.5
+                smooth_mlp, x, T, steps=steps, rule=rule, baseline=-0.5
             )
-            gaps[method].append(jnp.max(jnp.abs(attributions.sum(axis=1) - difference)))
+            gaps[rule].append(jnp.max(jnp.abs(attributions.sum(axis=1) - difference)))
     return gaps
 
 
@@ -187,9 +187,9 @@ def test_completeness_gap_shrinks_with_steps_and_gauss_legendre_wins():
     is the most accurate rule."""
     gaps = jax.tree.map(float, _completeness_gaps(X))
     order = {"riemann_left": 1, "riemann_right": 1, "riemann_middle": 2, "riemann_trapezoid": 2}
-    for method in RIEMANN:
-        few, many = gaps[method]
-        assert few / many > 0.6 * 8 ** order[method], (method, gaps[method])
+    for rule in RIEMANN:
+        few, many = gaps[rule]
+        assert few / many > 0.6 * 8 ** order[rule], (rule, gaps[rule])
     for i in range(2):
         assert gaps["gausslegendre"][i] < min(gaps[m][i] for m in RIEMANN), gaps
     assert gaps["gausslegendre"][1] < 1e-5, gaps
@@ -218,7 +218,7 @@ def test_thousand_steps_do_not_depend_on_the_chunk_size():
             integrated_gradients(smooth_mlp, x, t, steps=1000, batch_size=batch_size)
             for batch_size in [4096, 999, 1000]
         ]
-        middle = integrated_gradients(smooth_mlp, x, t, steps=1000, method="riemann_middle")
+        middle = integrated_gradients(smooth_mlp, x, t, steps=1000, rule="riemann_middle")
         return chunked, middle
 
     (reference, *chunked), middle = run(x)
@@ -254,10 +254,12 @@ def test_memory_is_bounded_by_batch_size_not_steps():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="unknown quadrature method 'gauss'"):
-        integrated_gradients(linear, X, T, method="gauss")
+    with pytest.raises(ValueError, match="unknown quadrature rule 'gauss'"):
+        integrated_gradients(linear, X, T, rule="gauss")
     with pytest.raises(ValueError, match="riemann_trapezoid needs steps >= 2"):
-        integrated_gradients(linear, X, T, method="riemann_trapezoid", steps=1)
+        integrated_gradients(linear, X, T, rule="riemann_trapezoid", steps=1)
+    with pytest.raises(TypeError, match="method"):  # the old name of `rule` is not accepted
+        integrated_gradients(linear, X, T, method="riemann_middle")
     with pytest.raises(ValueError, match="steps must be an integer >= 1, got 0"):
         integrated_gradients(linear, X, T, steps=0)
     with pytest.raises(ValueError, match=r"baseline of shape \(5,\) does not broadcast"):

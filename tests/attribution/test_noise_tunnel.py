@@ -7,7 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmi_jax.attribution import integrated_gradients, noise_tunnel, saliency, smoothgrad
+from fmi_jax.attribution import (
+    gradient_shap,
+    integrated_gradients,
+    noise_tunnel,
+    saliency,
+    smoothgrad,
+)
 
 A = jnp.array([1.0, -2.0, 0.5, 3.0])  # f_0(x) = sum_j A_j x_j^2, f_1(x) = sum_j x_j
 X = jnp.array([[0.0, 1.0, 2.0, 4.0], [1.0, -1.0, 0.5, 0.0], [2.0, 2.0, 2.0, 3.0]])
@@ -18,14 +24,19 @@ def quadratic(x):
     return jnp.stack([jnp.sum(A * x**2, axis=1), jnp.sum(x, axis=1)], axis=1)
 
 
-def gradient(x, t):
-    """The signed gradient of `quadratic` (2 A x for class 0), as an attribution method."""
-    return saliency(quadratic, x, t, abs=False)
+def two_logits(x):
+    """A model of any number of features: the feature sum and its negative."""
+    return jnp.stack([jnp.sum(x, axis=1), -jnp.sum(x, axis=1)], axis=1)
 
 
-def identity(x, t):
+def identity(fn, x, target=None, *, key=None, baseline=None, batch_size=None):
     """A 'method' returning its (noisy) input: noise_tunnel(identity) is the mean noisy input."""
     return x
+
+
+def gradient(x, t):
+    """The signed gradient of `quadratic` (2 A x for class 0), without noise."""
+    return saliency(quadratic, x, t, abs=False)
 
 
 def test_known_moments_of_the_noisy_gradient():
@@ -33,12 +44,14 @@ def test_known_moments_of_the_noisy_gradient():
     smoothgrad -> 2 A x, smoothgrad_sq -> 4 A^2 (x^2 + sigma^2), vargrad -> 4 A^2 sigma^2,
     with sigma_i = 0.2 * (max x_i - min x_i) per example."""
     sigma = 0.2 * (X.max(axis=1) - X.min(axis=1))[:, None]
-    run = functools.partial(noise_tunnel, gradient, samples=4000, stdev_spread=0.2, batch_size=5000)
+
+    def run(x, key, kind):
+        tunneled = noise_tunnel(saliency, samples=4000, stdev_spread=0.2, kind=kind)
+        return tunneled(quadratic, x, 0, key=key, batch_size=5000)
+
     # The three kinds as one compiled program (un-jitted, each compiles op by op).
     kinds = ("smoothgrad", "vargrad", "smoothgrad_sq")
-    smooth, var, squared = jax.jit(lambda x, key: [run(x, 0, key, kind=kind) for kind in kinds])(
-        X, KEY
-    )
+    smooth, var, squared = jax.jit(lambda x, key: [run(x, key, kind) for kind in kinds])(X, KEY)
     standard_error = 2 * jnp.abs(A) * sigma / np.sqrt(4000)
     assert np.all(np.abs(smooth - 2 * A * X) < 4 * standard_error)
     np.testing.assert_allclose(var, 4 * A**2 * sigma**2, rtol=0.1)
@@ -51,28 +64,23 @@ def test_known_moments_of_the_noisy_gradient():
 
 
 def test_absolute_stdev_is_the_same_for_every_example():
-    spread = noise_tunnel(
-        identity,
-        X,
-        1,
-        KEY,
-        samples=4000,
-        stdev_spread=None,
-        stdev=0.5,
-        kind="vargrad",
-        batch_size=5000,
+    spread = noise_tunnel(identity, samples=4000, stdev_spread=None, stdev=0.5, kind="vargrad")(
+        quadratic, X, 1, key=KEY, batch_size=5000
     )
     np.testing.assert_allclose(spread, 0.25, rtol=0.1)
 
 
 def test_without_noise_the_tunnel_is_the_wrapped_method():
     clean = gradient(X, 0)
-    run = functools.partial(noise_tunnel, gradient, target=0, samples=3)
+
+    def run(x, key, **tunnel):
+        return noise_tunnel(saliency, samples=3, **tunnel)(quadratic, x, 0, key=key)
+
     smooth, squared, var = jax.jit(  # the three calls as one compiled program
         lambda x, key: [
-            run(x, key=key, stdev_spread=0.0),
-            run(x, key=key, stdev_spread=0.0, kind="smoothgrad_sq"),
-            run(x, key=key, stdev_spread=None, stdev=0.0, kind="vargrad"),
+            run(x, key, stdev_spread=0.0),
+            run(x, key, stdev_spread=0.0, kind="smoothgrad_sq"),
+            run(x, key, stdev_spread=None, stdev=0.0, kind="vargrad"),
         ]
     )(X, KEY)
     np.testing.assert_allclose(smooth, clean, rtol=1e-6)
@@ -82,7 +90,7 @@ def test_without_noise_the_tunnel_is_the_wrapped_method():
 
 def test_vargrad_does_not_depend_on_batch_size():
     """VarGrad also evaluates the clean input (its shift) in chunks of batch_size."""
-    run = functools.partial(noise_tunnel, gradient, target=0, samples=5, kind="vargrad")
+    run = functools.partial(noise_tunnel(saliency, samples=5, kind="vargrad"), quadratic, target=0)
     chunked, at_once = jax.jit(  # one compiled program for both
         lambda x, key: [run(x, key=key, batch_size=4), run(x, key=key)]
     )(X, KEY)
@@ -94,7 +102,11 @@ def test_keys():
     per-example keys fold_in(key, i); with one key per example (e.g. folded from dataset
     indices) any subset of the batch, or a vmap over single examples, reproduces the full
     batch's rows exactly."""
-    run = functools.partial(noise_tunnel, gradient, samples=3)
+    tunneled = noise_tunnel(saliency, samples=3)
+
+    def run(x, target, key):
+        return tunneled(quadratic, x, target, key=key)
+
     first = run(X, 0, KEY)
     np.testing.assert_array_equal(run(X, 0, KEY), first)
     assert np.all(np.asarray(run(X, 0, jax.random.key(1))) != np.asarray(first))
@@ -109,13 +121,57 @@ def test_keys():
 
 def test_smoothgrad_over_integrated_gradients_is_one_call():
     """IG of a linear model from a zero baseline is x * w, so SmoothGrad over IG is w times
-    the mean noisy input, which the identity 'method' returns with the same keys."""
+    the mean noisy input, which the identity 'method' returns with the same keys. A
+    baseline goes to the inner method, one of the full shape of x row by row: IG from b
+    is (x - b) * w. The tunnel's batch_size (noisy inputs per call) changes nothing."""
     w = jnp.array([[1.0], [2.0], [-1.0], [0.5]])
-    ig = functools.partial(integrated_gradients, lambda x: x @ w, steps=3)
-    smoothed, mean_noisy_input = jax.jit(  # one compiled program for both
-        lambda x, key: [noise_tunnel(method, x, 0, key, samples=5) for method in (ig, identity)]
-    )(X, KEY)
+    lin = lambda x: x @ w
+    baseline = jnp.linspace(-1.0, 1.0, X.size).reshape(X.shape)
+
+    def run(x, key):
+        ig = noise_tunnel(integrated_gradients, samples=5)
+        return (
+            ig(lin, x, 0, key=key, steps=3),
+            noise_tunnel(identity, samples=5)(lin, x, 0, key=key),
+            ig(lin, x, 0, key=key, steps=3, baseline=baseline),
+            ig(lin, x, 0, key=key, steps=3, baseline=baseline, batch_size=4),
+            ig(lin, x, 0, key=key, steps=3, baseline=baseline[1]),
+        )
+
+    # One compiled program for all of them.
+    smoothed, mean_noisy_input, from_rows, chunked, from_one = jax.jit(run)(X, KEY)
     np.testing.assert_allclose(smoothed, mean_noisy_input * w[:, 0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        from_rows, (mean_noisy_input - baseline) * w[:, 0], rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(chunked, from_rows, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        from_one, (mean_noisy_input - baseline[1]) * w[:, 0], rtol=1e-5, atol=1e-6
+    )
+
+
+def test_a_stochastic_inner_method_gets_keys():
+    """GradientSHAP inside the tunnel draws from keys the tunnel hands it: for a linear
+    model and one reference b, every sample is (x~ - b) * w, so without tunnel noise the
+    result is exactly (x - b) * w; with noise, the tunnel's batch_size changes nothing."""
+    w = jnp.array([[1.0], [2.0], [-1.0], [0.5]])
+    lin = lambda x: x @ w
+    b = jnp.array([0.5, -1.0, 0.0, 2.0])
+
+    def run(x, key):
+        tunneled = noise_tunnel(gradient_shap, samples=2)
+        return (
+            noise_tunnel(gradient_shap, samples=2, stdev=0.0)(
+                lin, x, 0, key=key, baseline=b, samples=3
+            ),
+            tunneled(lin, x, 0, key=key, baseline=b, samples=3),
+            tunneled(lin, x, 0, key=key, baseline=b, samples=3, batch_size=2),
+        )
+
+    exact, noisy, chunked = jax.jit(run)(X, KEY)
+    np.testing.assert_allclose(exact, (X - b) * w[:, 0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(chunked, noisy, rtol=1e-5, atol=1e-6)
+    assert bool(jnp.isfinite(noisy).all()) and not np.allclose(noisy, exact)
 
 
 def test_smoothgrad_is_the_tunnel_over_saliency_for_the_clean_prediction():
@@ -124,18 +180,36 @@ def test_smoothgrad_is_the_tunnel_over_saliency_for_the_clean_prediction():
     predicted = jnp.argmax(quadratic(X), axis=1)
     assert len(set(np.asarray(predicted).tolist())) == 2
 
+    tunneled = noise_tunnel(saliency, samples=4)
+
     @jax.jit  # the four calls as one compiled program
     def run(x, predicted, key):
         return (
-            smoothgrad(quadratic, x, None, key, samples=4),
-            noise_tunnel(gradient, x, predicted, key, samples=4),
-            smoothgrad(quadratic, x, 0, key, samples=4, abs=True),
-            noise_tunnel(functools.partial(saliency, quadratic), x, 0, key, samples=4),
+            smoothgrad(quadratic, x, None, key=key, samples=4),
+            tunneled(quadratic, x, predicted, key=key),
+            smoothgrad(quadratic, x, 0, key=key, samples=4, abs=True),
+            tunneled(quadratic, x, 0, key=key, abs=True),
         )
 
     for_none, for_predicted, absolute_smoothgrad, absolute = run(X, predicted, KEY)
     np.testing.assert_allclose(for_none, for_predicted, rtol=1e-6)
     np.testing.assert_allclose(absolute_smoothgrad, absolute, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["smoothgrad", "smoothgrad_sq", "vargrad"])
+def test_target_none_is_the_class_predicted_for_the_clean_input(kind):
+    """The tunnel resolves target=None once, on the clean input: exactly the same maps as
+    passing those classes (a noisy copy's own prediction may differ)."""
+    predicted = jnp.argmax(quadratic(X), axis=1)
+    assert len(set(np.asarray(predicted).tolist())) == 2
+    tunneled = noise_tunnel(saliency, samples=4, kind=kind)
+    for_none, for_predicted = jax.jit(  # one compiled program for both
+        lambda x, t, key: [
+            tunneled(quadratic, x, None, key=key),
+            tunneled(quadratic, x, t, key=key),
+        ]
+    )(X, predicted, KEY)
+    np.testing.assert_array_equal(for_none, for_predicted)
 
 
 @pytest.mark.parametrize(
@@ -148,7 +222,7 @@ def test_smoothgrad_is_the_tunnel_over_saliency_for_the_clean_prediction():
         (dict(stdev_spread=None, stdev=-1.0), "stdev must be >= 0"),
         (dict(samples=0), "samples must be an integer >= 1"),
         (dict(key=jax.random.split(KEY, 2)), r"one key per example \(3,\), got key shape \(2,\)"),
-        (dict(target=None), "noise_tunnel needs explicit targets"),
+        (dict(key=None), r"noise_tunnel\(saliency\) draws random numbers: pass key="),
         (dict(target=jnp.array([0, 1])), r"got shape \(2,\)"),
     ],
 )
@@ -156,21 +230,56 @@ def test_bad_arguments(kwargs, message):
     args = dict(key=KEY, target=0)
     args.update({k: kwargs.pop(k) for k in ["key", "target"] if k in kwargs})
     with pytest.raises(ValueError, match=message):
-        noise_tunnel(gradient, X, args["target"], args["key"], **kwargs)
+        noise_tunnel(saliency, **kwargs)(quadratic, X, args["target"], key=args["key"])
 
 
 def test_absolute_stdev_alone_and_the_default_spread():
     """`stdev=` needs no `stdev_spread=None`; giving neither means 15% of the range."""
-    identity = lambda x, target: x
     x = jnp.stack([jnp.zeros((2000,)), jnp.linspace(0.0, 2.0, 2000)])
-    run = functools.partial(noise_tunnel, identity, target=0, samples=8, kind="smoothgrad_sq")
+
+    def run(x, key, **scale):
+        tunneled = noise_tunnel(identity, samples=8, kind="smoothgrad_sq", **scale)
+        return tunneled(two_logits, x, 0, key=key)
+
     absolute, default, spread = jax.jit(  # the three calls as one compiled program
         lambda x, key: [
-            run(x, key=key, stdev=0.5),
-            run(x, key=key),
-            run(x, key=key, stdev_spread=0.15),
+            run(x, key, stdev=0.5),
+            run(x, key),
+            run(x, key, stdev_spread=0.15),
         ]
     )(x, KEY)
     np.testing.assert_allclose(absolute[0].mean(), 0.25, rtol=0.05)  # E[eps^2] = 0.5^2
     np.testing.assert_array_equal(default, spread)
     assert float(default[0].max()) == 0.0  # range 0: no noise
+
+
+def test_a_gradient_shap_distribution_as_long_as_the_batch_is_shared_not_indexed():
+    """GradientSHAP's baseline is one distribution for every example, even with exactly
+    N references: the tunnel must not split it per example, so the result does not
+    depend on batch_size and, without noise, equals plain GradientSHAP."""
+    from fmi_jax.attribution import gradient_shap
+
+    references = jnp.stack([X[0] * 0.5, -X[1]])  # as many references as examples
+    x = X[:2]
+    tunneled = noise_tunnel(gradient_shap, samples=2, stdev=0.0)
+    results = [
+        tunneled(two_logits, x, 0, key=KEY, baseline=references, batch_size=b, samples=4)
+        for b in (None, 1, 2)
+    ]
+    for result in results[1:]:
+        np.testing.assert_allclose(result, results[0], rtol=1e-6)
+    # f_1 is linear: every sample is (x - b) * 1, so the mean over drawn references is
+    # x minus a mixture of the two references, never a per-example pick only.
+    linear = tunneled(two_logits, x, 1, key=KEY, baseline=references, samples=64)
+    drawn = x - linear  # each row is a convex combination of the references
+    assert not np.allclose(drawn, references, atol=1e-3)
+
+
+def test_a_baseline_bound_into_the_method_is_not_overridden():
+    from fmi_jax.attribution import integrated_gradients
+
+    bound = functools.partial(integrated_gradients, baseline=1.0, steps=4)
+    bound.__name__ = "integrated_gradients"
+    tunneled = noise_tunnel(bound, samples=2, stdev=0.0)
+    expected = integrated_gradients(two_logits, X, 1, baseline=1.0, steps=4)
+    np.testing.assert_allclose(tunneled(two_logits, X, 1, key=KEY), expected, rtol=1e-6)

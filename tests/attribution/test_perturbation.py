@@ -81,6 +81,24 @@ def test_occlusion_edge_windows_are_cut_off_and_windows_can_split_channels():
     np.testing.assert_allclose(per_channel, _w(TARGET) * np.asarray(X), rtol=1e-5, atol=1e-5)
 
 
+def test_an_int_window_on_images_is_a_square_spatial_window_over_all_channels():
+    """window=w on (N, H, W, C) images means (w, w), i.e. (w, w, C); on inputs without a
+    channel axis an int is the size along every axis."""
+    for stride in (1, 2):
+        square = occlusion(X, TARGET, window=2, stride=stride)
+        np.testing.assert_array_equal(square, occlusion(X, TARGET, window=(2, 2), stride=stride))
+        np.testing.assert_array_equal(
+            square, occlusion(X, TARGET, window=(2, 2, 2), stride=(stride, stride, 2))
+        )
+        expected = _occlusion_by_hand(X, 0.0, (2, 2), (stride, stride))
+        np.testing.assert_allclose(square, expected, rtol=1e-5, atol=1e-5)
+    flat = np.asarray(X).reshape(len(X), -1)  # (4, 60): one axis, an int is its window
+    by_int = A.occlusion(linear, flat, TARGET, window=3, stride=3)
+    np.testing.assert_array_equal(by_int, A.occlusion(linear, flat, TARGET, window=(3,), stride=3))
+    contribution = (_w(TARGET) * np.asarray(X)).reshape(len(X), 20, 3).sum(axis=2)
+    np.testing.assert_allclose(by_int, np.repeat(contribution, 3, axis=1), rtol=1e-5, atol=1e-5)
+
+
 def test_occlusion_batch_size_and_jit_do_not_change_the_result():
     ref = A.occlusion(linear, X, TARGET, window=(2, 2), stride=1)
     np.testing.assert_allclose(
@@ -129,7 +147,7 @@ def test_feature_permutation_of_two_examples_swaps_them():
     """With two examples the only permutation that is not the identity is the swap, so
     for a linear model group g of example i gets sum_{j in g} w_j (x_ij - x_{1-i,j})."""
     x, t = X[:2], TARGET[:2]
-    got = np.asarray(A.feature_permutation(linear, x, t, jax.random.key(3), feature_mask=MASK))
+    got = np.asarray(A.feature_permutation(linear, x, t, key=jax.random.key(3), feature_mask=MASK))
     contribution = _w(t) * (np.asarray(x) - np.asarray(x)[::-1])
     expected = np.zeros_like(got)
     groups = np.broadcast_to(MASK, SHAPE)
@@ -143,7 +161,7 @@ def test_feature_permutation_changes_only_the_permuted_group():
     """Each group's drop is the linear model's change when exactly that group's features
     take the values of the example the group's permutation points to."""
     key = jax.random.key(4)
-    got = np.asarray(A.feature_permutation(linear, X, TARGET, key, feature_mask=MASK))
+    got = np.asarray(A.feature_permutation(linear, X, TARGET, key=key, feature_mask=MASK))
     groups = np.broadcast_to(MASK, SHAPE)
     x, contribution = np.asarray(X), _w(TARGET)
     for g in np.unique(groups):
@@ -167,10 +185,10 @@ def test_feature_permutation_ignored_features_get_zero_and_key_rules():
     @jax.jit
     def run(x, target, key, other_key):
         every_batch_size = [
-            A.feature_permutation(fn, x, target, key, batch_size=batch_size)
+            A.feature_permutation(fn, x, target, key=key, batch_size=batch_size)
             for batch_size in (None, 1, 3, 1000)
         ]
-        return every_batch_size, A.feature_permutation(fn, x, target, other_key)
+        return every_batch_size, A.feature_permutation(fn, x, target, key=other_key)
 
     # No feature_mask: every scalar feature is its own group.
     (ref, *chunked), other = run(X, TARGET, key, jax.random.key(6))
@@ -204,19 +222,23 @@ def test_non_identity_permutations_are_permutations_and_never_the_identity():
 )
 def test_feature_permutation_bad_input_is_named(x, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        A.feature_permutation(linear, x, None, jax.random.key(0), **kwargs)
+        A.feature_permutation(linear, x, None, key=jax.random.key(0), **kwargs)
 
 
 def test_feature_permutation_takes_one_key():
     keys = jax.random.split(jax.random.key(0), len(X))
     with pytest.raises(ValueError, match="one PRNG key"):
-        A.feature_permutation(linear, X, TARGET, keys)
+        A.feature_permutation(linear, X, TARGET, key=keys)
+    with pytest.raises(ValueError, match="feature_permutation draws random numbers: pass key="):
+        A.feature_permutation(linear, X, TARGET)
+    with pytest.raises(ValueError, match="feature_permutation has no reference input"):
+        A.feature_permutation(linear, X, TARGET, key=jax.random.key(0), baseline=0.0)
 
 
 def test_registry_patch_option_is_square_patches():
     key = jax.random.key(7)
     by_name = A.explainer("feature_permutation", linear, patch=2)(X, TARGET, key)
-    direct = A.feature_permutation(linear, X, TARGET, key, feature_mask=MASK)
+    direct = A.feature_permutation(linear, X, TARGET, key=key, feature_mask=MASK)
     np.testing.assert_array_equal(by_name, direct)
     with pytest.raises(ValueError, match="not both"):
         A.explainer("feature_permutation", linear, patch=2, feature_mask=MASK)

@@ -19,30 +19,40 @@ ig8 = functools.partial(A.integrated_gradients, fn, steps=8)
 
 # (name, options, the direct call on (x, target, key))
 CASES = [
-    ("saliency", {}, lambda x, t, key: A.saliency(fn, x, t)),
+    ("saliency", {}, lambda x, t, key: signed_saliency(x, t)),
+    ("saliency", {"abs": True}, lambda x, t, key: A.saliency(fn, x, t, abs=True)),
     ("input_x_gradient", {}, lambda x, t, key: A.input_x_gradient(fn, x, t)),
     ("integrated_gradients", {"steps": 8}, lambda x, t, key: ig8(x, t)),
+    (
+        "integrated_gradients",
+        {"steps": 8, "rule": "riemann_middle", "baseline": 0.5},
+        lambda x, t, key: ig8(x, t, rule="riemann_middle", baseline=0.5),
+    ),
     ("deeplift", {}, lambda x, t, key: A.deeplift(fn, x, t)),
-    ("smoothgrad", {"samples": 4}, lambda x, t, key: A.smoothgrad(fn, x, t, key, samples=4)),
+    ("smoothgrad", {"samples": 4}, lambda x, t, key: A.smoothgrad(fn, x, t, key=key, samples=4)),
     (
         "smoothgrad",
         {"samples": 4, "abs": True},
-        lambda x, t, key: A.smoothgrad(fn, x, t, key, samples=4, abs=True),
+        lambda x, t, key: A.smoothgrad(fn, x, t, key=key, samples=4, abs=True),
     ),
     (
         "vargrad",
         {"samples": 4},
-        lambda x, t, key: A.noise_tunnel(signed_saliency, x, t, key, samples=4, kind="vargrad"),
+        lambda x, t, key: A.noise_tunnel(A.saliency, samples=4, kind="vargrad")(
+            fn, x, t, key=key, abs=False
+        ),
     ),
     (
         "ig_smoothgrad",
         {"samples": 4, "steps": 8},
-        lambda x, t, key: A.noise_tunnel(ig8, x, t, key, samples=4),
+        lambda x, t, key: A.noise_tunnel(A.integrated_gradients, samples=4)(
+            fn, x, t, key=key, steps=8
+        ),
     ),
     (
         "gradient_shap",
-        {"samples": 4, "baselines": jnp.zeros((1, 3))},
-        lambda x, t, key: A.gradient_shap(fn, x, t, jnp.zeros((1, 3)), key, samples=4),
+        {"samples": 4, "baseline": jnp.zeros((1, 3))},
+        lambda x, t, key: A.gradient_shap(fn, x, t, key=key, baseline=jnp.zeros((1, 3)), samples=4),
     ),
 ]
 
@@ -100,3 +110,60 @@ def test_unknown_method_and_option_are_named():
         ValueError, match="integrated_gradients does not take stpes; it takes: .*steps"
     ):
         A.explainer("integrated_gradients", fn, stpes=300)
+    # The old names of renamed options are misspellings now.
+    with pytest.raises(ValueError, match="integrated_gradients does not take method; .*rule"):
+        A.explainer("integrated_gradients", fn, method="riemann_middle")
+    with pytest.raises(ValueError, match="gradient_shap does not take baselines; .*baseline"):
+        A.explainer("gradient_shap", fn, baselines=jnp.zeros((1, 3)))
+
+
+def test_option_names_are_shared():
+    assert set(A.METHODS["integrated_gradients"].options) == {
+        "baseline",
+        "batch_size",
+        "steps",
+        "rule",
+    }
+    assert "baseline" in A.METHODS["gradient_shap"].options
+    for name in ("saliency", "smoothgrad", "gaussian_saliency", "smoothgrad_sq", "vargrad"):
+        assert "abs" in A.METHODS[name].options, name
+    for name, spec in A.METHODS.items():
+        assert "key" not in spec.options, name  # given per call
+        if spec.stochastic and name != "feature_permutation":
+            assert "samples" in spec.options, name
+
+
+def test_explain_defaults_target_none_and_needs_a_key_only_when_stochastic():
+    predicted = jnp.argmax(fn(X), axis=1)
+    assert len(set(np.asarray(predicted).tolist())) == 2
+    explain = A.explainer("integrated_gradients", fn, steps=8)
+    np.testing.assert_array_equal(explain(X), explain(X, predicted))
+    np.testing.assert_allclose(explain(X), ig8(X, predicted), rtol=1e-6)
+    for name in ("smoothgrad", "vargrad", "ig_smoothgrad", "gradient_shap"):
+        with pytest.raises(ValueError, match="draws random numbers: pass key="):
+            A.explainer(name, fn, samples=2)(X, T)
+    with pytest.raises(ValueError, match="saliency has no reference input"):
+        A.explainer("saliency", fn, baseline=0.5)(X, T)
+
+
+def test_method_spec_fields():
+    assert A.METHODS["saliency"].method is A.saliency
+    assert A.METHODS["integrated_gradients"].method is A.integrated_gradients
+    assert A.METHODS["smoothgrad"].method is A.smoothgrad
+    assert A.METHODS["gradient_shap"].method is A.gradient_shap
+    assert A.METHODS["saliency"].is_signed() and A.METHODS["saliency"].is_signed({})
+    assert not A.METHODS["saliency"].is_signed({"abs": True})
+    assert A.METHODS["saliency"].is_signed({"abs": False})
+    assert A.METHODS["smoothgrad"].is_signed() and not A.METHODS["smoothgrad"].is_signed(
+        {"abs": True}
+    )
+    assert A.METHODS["gaussian_saliency"].is_signed()
+    assert not A.METHODS["gaussian_saliency"].is_signed({"abs": True})
+    assert A.METHODS["integrated_gradients"].is_signed({"steps": 8})
+    assert not A.METHODS["smoothgrad_sq"].is_signed() and not A.METHODS["vargrad"].is_signed()
+    for name in ("grad_cam", "grad_cam_plus_plus", "score_cam"):
+        spec = A.METHODS[name]
+        assert spec.needs_model and spec.spatial and not spec.is_signed(), name
+    for name, spec in A.METHODS.items():
+        if name not in ("grad_cam", "grad_cam_plus_plus", "score_cam"):
+            assert not spec.spatial, name

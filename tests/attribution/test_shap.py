@@ -18,11 +18,13 @@ def linear(x):
     return x @ W + 1.0
 
 
-def shap(fn, x, target, baselines, key, **options):
+def shap(fn, x, target, baseline, key, **options):
     """``gradient_shap`` compiled as one program, the arrays traced (un-jitted, every
     primitive, random draw included, compiles on its own for each shape)."""
-    run = lambda x, target, baselines, key: gradient_shap(fn, x, target, baselines, key, **options)
-    return jax.jit(run)(x, target, baselines, key)
+    run = lambda x, target, baseline, key: gradient_shap(
+        fn, x, target, key=key, baseline=baseline, **options
+    )
+    return jax.jit(run)(x, target, baseline, key)
 
 
 def test_linear_model_gives_w_times_x_minus_the_mean_drawn_baseline():
@@ -35,7 +37,9 @@ def test_linear_model_gives_w_times_x_minus_the_mean_drawn_baseline():
     # Both batch sizes in one compiled program.
     attributions, chunked = jax.jit(
         lambda x, baselines, key: [
-            gradient_shap(linear, x, 0, baselines, key, samples=samples, batch_size=batch_size)
+            gradient_shap(
+                linear, x, 0, key=key, baseline=baselines, samples=samples, batch_size=batch_size
+            )
             for batch_size in (None, 5)
         ]
     )(X, baselines, KEY)
@@ -56,6 +60,18 @@ def test_a_single_baseline_gives_w_times_x_minus_baseline():
         rtol=1e-5,
         atol=1e-6,
     )
+    # One example's shape is that one reference, a scalar a constant one, None zeros.
+    np.testing.assert_allclose(
+        shap(linear, X, 1, baseline[0], KEY, samples=3),
+        (X - baseline) * W[:, 1],
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        shap(linear, X, 1, 0.5, KEY, samples=3), (X - 0.5) * W[:, 1], rtol=1e-5, atol=1e-6
+    )
+    by_default = jax.jit(lambda x, key: gradient_shap(linear, x, 1, key=key, samples=3))(X, KEY)
+    np.testing.assert_allclose(by_default, X * W[:, 1], rtol=1e-5, atol=1e-6)
 
 
 def test_expectation_over_alpha_is_integrated_gradients():
@@ -73,7 +89,7 @@ def test_expectation_over_alpha_is_integrated_gradients():
 
 def test_per_example_keys_and_vmap():
     baselines = jnp.eye(5)[:3]
-    run = functools.partial(gradient_shap, linear, baselines=baselines, samples=4)
+    run = functools.partial(gradient_shap, linear, baseline=baselines, samples=4)
     keys = jax.vmap(lambda i: jax.random.fold_in(KEY, i))(jnp.arange(2))
 
     @jax.jit  # the three calls in one compiled program
@@ -89,14 +105,21 @@ def test_per_example_keys_and_vmap():
 
 
 def test_bad_arguments():
-    message = r"baselines must be a non-empty batch .* \(B, 5\), got shape \(5,\)"
+    message = (
+        r"gradient_shap's baseline must be one reference of shape \(5,\) or a non-empty "
+        r"batch of references \(B, 5\), got shape \(3,\)"
+    )
     with pytest.raises(ValueError, match=message):
-        gradient_shap(linear, X, 0, jnp.zeros(5), KEY)
+        gradient_shap(linear, X, 0, key=KEY, baseline=jnp.zeros(3))
+    with pytest.raises(ValueError, match=r"\(B, 5\), got shape \(2, 4\)"):
+        gradient_shap(linear, X, 0, key=KEY, baseline=jnp.zeros((2, 4)))
     with pytest.raises(ValueError, match=r"got shape \(0, 5\)"):
-        gradient_shap(linear, X, 0, jnp.zeros((0, 5)), KEY)
-    with pytest.raises(ValueError, match="baselines contains NaN"):
-        gradient_shap(linear, X, 0, jnp.full((2, 5), jnp.nan), KEY)
+        gradient_shap(linear, X, 0, key=KEY, baseline=jnp.zeros((0, 5)))
+    with pytest.raises(ValueError, match="baseline contains NaN"):
+        gradient_shap(linear, X, 0, key=KEY, baseline=jnp.full((2, 5), jnp.nan))
     with pytest.raises(ValueError, match="stdev must be >= 0"):
-        gradient_shap(linear, X, 0, jnp.zeros((1, 5)), KEY, stdev=-0.1)
+        gradient_shap(linear, X, 0, key=KEY, baseline=jnp.zeros((1, 5)), stdev=-0.1)
     with pytest.raises(ValueError, match="samples must be an integer >= 1"):
-        gradient_shap(linear, X, 0, jnp.zeros((1, 5)), KEY, samples=0)
+        gradient_shap(linear, X, 0, key=KEY, baseline=jnp.zeros((1, 5)), samples=0)
+    with pytest.raises(ValueError, match="gradient_shap draws random numbers: pass key="):
+        gradient_shap(linear, X, 0, baseline=jnp.zeros((1, 5)))

@@ -48,8 +48,8 @@ def test_decoder_weighted_is_the_exact_decomposition_of_a_linear_classifier():
         return (
             model.apply(variables, x, method=model.encode),
             model.apply(variables, method=model.decoder_atoms).reshape(40, -1),
-            A.decoder_weighted(model, variables, x, target, normalize="none"),
-            A.decoder_weighted(model, variables, x, target),
+            A.decoder_weighted((model, variables), x, target, normalize="none"),
+            A.decoder_weighted((model, variables), x, target),
             model.apply(variables, x),
         )
 
@@ -69,7 +69,7 @@ def test_contributions_are_zero_off_the_active_units():
     model, variables, x = _composed(hidden=(16,))
     c, codes = jax.jit(
         lambda variables, x: (
-            A.code_contributions(model, variables, x, None),
+            A.code_contributions((model, variables), x, None),
             model.apply(variables, x, method=model.encode),
         )
     )(variables, x)
@@ -85,19 +85,19 @@ def test_decoder_weighted_through_the_registry_and_its_errors():
     by_name, direct = jax.jit(
         lambda x: (
             explain(x, jnp.zeros(6, jnp.int32), None),
-            A.decoder_weighted(model, variables, x, 0),
+            A.decoder_weighted((model, variables), x, 0),
         )
     )(x)
     np.testing.assert_allclose(by_name, direct, rtol=1e-6)
-    with pytest.raises(ValueError, match="pass the Flax module"):
+    with pytest.raises(ValueError, match="decoder_weighted looks inside the model"):
         A.explainer("decoder_weighted", fn)
     with pytest.raises(ValueError, match="normalize must be one of"):
-        A.decoder_weighted(model, variables, x, 0, normalize="l2")
+        A.decoder_weighted((model, variables), x, 0, normalize="l2")
     cnn = models.get_model("cnn_mnist", features=(4, 4), dense=(8,))
     # Only the variables' structure is needed: the model is refused before it runs.
     cnn_vars = jax.eval_shape(cnn.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     with pytest.raises(ValueError, match="lacks encode, classify_codes, decoder_atoms"):
-        A.decoder_weighted(cnn, cnn_vars, jnp.zeros((1, 28, 28, 1)), 0)
+        A.decoder_weighted((cnn, cnn_vars), jnp.zeros((1, 28, 28, 1)), 0)
 
 
 def test_integrated_gradients_is_complete_on_the_composed_model():
@@ -111,7 +111,7 @@ def test_integrated_gradients_is_complete_on_the_composed_model():
 
     @jax.jit  # one compiled program (un-jitted, every primitive compiles on its own)
     def run(x):
-        maps = A.integrated_gradients(fn, x, target, steps=400, method="riemann_trapezoid")
+        maps = A.integrated_gradients(fn, x, target, steps=400, rule="riemann_trapezoid")
         delta = A.completeness_delta(fn, x, target, maps)
         scale = jnp.abs(fn(x)[jnp.arange(6), target] - fn(jnp.zeros_like(x))[0, target])
         return delta, scale
@@ -152,7 +152,7 @@ def test_ig_misses_exactly_the_jumps_of_the_top_k_set_along_the_path():
         smooth = 0.5 * (df[1:] + df[:-1]) * (alphas[1] - alphas[0])
         jumps = jnp.sum(jnp.where(changed, f[1:] - f[:-1] - smooth, 0.0), axis=0)
 
-        maps = A.integrated_gradients(fn, x, target, steps=400, method="riemann_trapezoid")
+        maps = A.integrated_gradients(fn, x, target, steps=400, rule="riemann_trapezoid")
         return changed, jumps, A.completeness_delta(fn, x, target, maps)
 
     changed, jumps, delta = jumps_and_ig_gap(jnp.linspace(0.0, 1.0, 2001), x)

@@ -1,0 +1,493 @@
+"""A model handle: a Flax classifier as a model function that can also capture a layer.
+
+Every attribution method takes a model function ``fn(x) -> logits``. The methods that
+look inside the model (Grad-CAM and friends) also need one layer's activation ``A`` and
+the gradient flowing into it. :func:`flax_model` turns a Flax classifier into a
+:class:`FlaxModel` that is both:
+
+    handle = flax_model(linen_module, variables, train=False)     # Linen
+    handle = flax_model(nnx_module)                                # NNX
+    logits = handle(x)                                             # a model function
+    logits, A = handle.capture(x, "conv2")                         # plus a layer
+    dy_dA = jax.grad(lambda d: handle.capture(x, "conv2", d)[0][:, c].sum())(zeros)
+
+``capture(x, layer, delta)`` replaces the layer's output ``A`` by ``A + delta`` for the
+rest of the forward pass, so the gradient with respect to ``delta`` at zero is exactly
+``dy/dA``. The user's model is never edited, and every call is a pure function of ``x``
+(and ``delta``), so a handle can be used inside ``jax.grad``, ``jax.vmap``,
+``jax.lax.scan`` and ``jax.jit``.
+
+Layers are named by their module path, ``'/'``-joined (``'conv2'``, ``'block/conv'``,
+``'blocks/0/conv'`` for the first entry of a list of NNX modules). The candidates,
+listed by :meth:`FlaxModel.layer_names` in call order, are the submodules whose
+``__call__`` returns an ``(N, h, w, K)`` array exactly once per forward pass and whose
+output :meth:`FlaxModel.capture` can hand back; asking for any other layer is a one-line
+``ValueError`` that says why (unknown, called several times, hidden inside a transform)
+raised before any array is built from the layer's shape. A pass with
+:func:`jax.eval_shape` finds the layers and counts their calls (cached per input shape).
+
+How a layer is captured:
+
+* Linen: :func:`flax.linen.intercept_methods` sees the named module return its output.
+  The interceptor does not smuggle values out through Python (a value produced inside a
+  lifted transform such as ``nn.remat`` would escape as a leaked tracer); it uses the
+  module's own variable collections, which Flax threads through its lifted transforms:
+  ``module.sow`` stores ``A`` in a private collection returned by ``apply``, and
+  ``module.perturb`` adds ``delta``, passed in as another private collection. So a layer
+  wrapped in ``nn.remat``, or inside a remat'd parent, is captured exactly as without
+  remat. A layer inside ``nn.scan`` or ``nn.vmap`` is refused: those transforms drop the
+  collection or return the layer's output stacked, not as one ``(N, h, w, K)`` array.
+* NNX: ``nnx.capture`` needs the model's own code to call ``self.perturb`` to inject a
+  ``delta`` (that would mean editing the model), and its ``method_outputs`` option
+  records outputs by patching every submodule's *class* for the whole process while it
+  runs. Instead, the module is snapshotted once with ``nnx.split`` (later training of
+  the user's module is not seen: make a new handle) and every call runs on a fresh
+  ``nnx.merge`` copy in eval mode (``.eval()``: BatchNorm uses its running averages and
+  Dropout is off). On that copy only, the instance to capture (every submodule, in
+  the pass that lists the layers) gets a class of its own: a cached subclass of its
+  class whose ``__call__`` hands the output to the hook registered for that instance
+  during that call. Values stay in the trace that computes the forward pass, so this is
+  sound under ``jax.grad``, ``jax.vmap``, ``lax.scan`` and ``jax.jit``; the user's
+  module, its classes and every other instance are untouched. A module that the model
+  calls inside an NNX transform (``nnx.remat``, ``nnx.scan``) runs there as a copy the
+  hook does not see; it is reported as not called and refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from fmi_jax.attribution.core import Array
+
+__all__ = ["FlaxModel", "flax_model", "as_flax_model"]
+
+# Private names for the Linen collections the capture goes through.
+_CAPTURE = "fmi_jax_capture"  # collection the layer's output is sown into
+_DELTA = "fmi_jax_delta"  # collection holding the delta added to that output
+_NAME = "fmi_jax_layer_output"  # variable name inside both collections
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layer:
+    """What one pass saw of a layer: how often it was called and what it returned."""
+
+    calls: int
+    shape: tuple[int, ...]
+    dtype: Any
+    problem: str | None = None  # why capture cannot hand back its output, if it cannot
+
+
+def _path(parts: tuple[Any, ...]) -> str:
+    return "/".join(str(part) for part in parts)
+
+
+class FlaxModel:
+    """A model function fn(x) -> logits on a batch that can also capture a named layer.
+
+    Build one with :func:`flax_model`. Calls are pure functions of their array
+    arguments, so a handle works inside ``jax.grad``, ``jax.vmap``, ``jax.lax.scan`` and
+    ``jax.jit``. The layer tables the checks use are found with :func:`jax.eval_shape`
+    and cached per input shape and dtype.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._tables: dict[tuple[tuple[int, ...], Any], dict[str, _Layer]] = {}
+
+    def __repr__(self) -> str:
+        return f"FlaxModel({self._name})"
+
+    def __call__(self, x: Array) -> Array:
+        """Logits ``(N, classes)`` for the batch ``x``."""
+        logits, _ = self._forward(jnp.asarray(x), None, None)
+        return logits
+
+    def layer_names(self, x: Array) -> tuple[str, ...]:
+        """The layers :meth:`capture` can take, for inputs like ``x``: every submodule
+        whose ``__call__`` returns an ``(N, h, w, K)`` array once per forward pass, as
+        its ``'/'``-joined module path, in the order the calls return (so a block comes
+        right after the layers inside it)."""
+        table = self._table(jnp.asarray(x))
+        return tuple(name for name, info in table.items() if _refusal(info) is None)
+
+    def layer_shape(self, x: Array, layer: str) -> tuple[int, ...]:
+        """The shape of ``layer``'s output for inputs like ``x``.
+
+        Raises:
+          ValueError: as :meth:`capture`, for a layer it cannot take.
+        """
+        return self._check(jnp.asarray(x), layer).shape
+
+    def capture(self, x: Array, layer: str, delta: Array | None = None) -> tuple[Array, Array]:
+        """``(logits, A)``: the model's output and ``layer``'s output ``A``.
+
+        With ``delta`` (shaped like ``A``), the layer's output is replaced by
+        ``A + delta`` for the rest of the forward pass (``A`` itself is returned), so
+        ``jax.grad`` with respect to ``delta`` at zero is ``dy/dA`` exactly. ``delta`` is
+        cast to ``A``'s dtype. The user's model is never edited.
+
+        Raises:
+          ValueError: the model has no such layer with an ``(N, h, w, K)`` output (the
+            message lists the ones it has), the layer is called more than once (or,
+            NNX, only inside a transform) per forward pass, it runs inside a transform
+            that does not hand its output back, or ``delta`` has the wrong shape.
+        """
+        x = jnp.asarray(x)
+        info = self._check(x, layer)
+        if delta is not None:
+            delta = jnp.asarray(delta)
+            if tuple(delta.shape) != info.shape:
+                raise ValueError(
+                    f"delta must have the shape of layer {layer!r}'s output {info.shape}, "
+                    f"got {tuple(delta.shape)}"
+                )
+            delta = delta.astype(info.dtype)
+        logits, activation = self._forward(x, layer, delta)
+        return logits, activation
+
+    # The two backends implement these.
+
+    def _forward(self, x: Array, layer: str | None, delta: Array | None) -> tuple[Any, Any]:
+        """The logits and, when ``layer`` is given, its output (``delta`` added)."""
+        raise NotImplementedError
+
+    def _find_layers(self, x: jax.ShapeDtypeStruct) -> dict[str, _Layer]:
+        """Every submodule whose call returns an ``(N, h, w, K)`` array, in call order."""
+        raise NotImplementedError
+
+    def _table(self, x: Array) -> dict[str, _Layer]:
+        key = (tuple(x.shape), jnp.dtype(x.dtype))
+        if key not in self._tables:
+            self._tables[key] = self._find_layers(jax.ShapeDtypeStruct(*key))
+        return self._tables[key]
+
+    def _check(self, x: Array, layer: str) -> _Layer:
+        table = self._table(x)
+        info = table.get(layer)
+        if info is None:
+            available = ", ".join(self.layer_names(x)) or "(none)"
+            raise ValueError(
+                f"{self._name} has no layer {layer!r} with an (N, h, w, channels) "
+                f"output; available layers: {available}"
+            )
+        refusal = _refusal(info)
+        if refusal is not None:
+            raise ValueError(f"layer {layer!r} of {self._name} {refusal}")
+        return info
+
+
+def _refusal(info: _Layer) -> str | None:
+    """Why :meth:`FlaxModel.capture` cannot take a layer (None when it can)."""
+    if info.problem is not None:
+        return info.problem
+    if info.calls == 0:
+        return (
+            "is not called by the model's own code in a forward pass (a module called "
+            "inside an NNX transform such as nnx.remat or nnx.scan runs as a copy that "
+            "cannot be captured); CAM methods need a layer that is called once, outside "
+            "such transforms"
+        )
+    if info.calls != 1:
+        return (
+            f"is called {info.calls} times in one forward pass; CAM methods need a layer "
+            "that is called once (give each use its own module, or pick another layer)"
+        )
+    return None
+
+
+# Linen.
+
+
+def _nested(path: tuple[str, ...], leaf: Any) -> dict[str, Any]:
+    tree: dict[str, Any] = {_NAME: leaf}
+    for part in reversed(path):
+        tree = {part: tree}
+    return tree
+
+
+def _lookup(tree: Any, path: tuple[str, ...]) -> Any:
+    for part in (*path, _NAME):
+        if not isinstance(tree, Mapping) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+class _LinenModel(FlaxModel):
+    """A Linen module with its variables, evaluated as ``module.apply(variables, x, **kw)``."""
+
+    def __init__(
+        self, module: nn.Module, variables: Mapping[str, Any], kwargs: dict[str, Any]
+    ) -> None:
+        super().__init__(type(module).__name__)
+        self._module = module
+        self._variables = variables
+        self._kwargs = kwargs
+
+    @property
+    def module(self) -> nn.Module:
+        """The Linen module (for methods that call its other methods, e.g. ``encode``)."""
+        return self._module
+
+    @property
+    def variables(self) -> Mapping[str, Any]:
+        """Its variables."""
+        return self._variables
+
+    def _forward(self, x: Array, layer: str | None, delta: Array | None) -> tuple[Any, Any]:
+        if layer is None:
+            return self._module.apply(self._variables, x, **self._kwargs), None
+        target = tuple(layer.split("/"))
+        variables = dict(self._variables)
+        if delta is not None:
+            variables[_DELTA] = _nested(target, delta)
+
+        def intercept(next_fun, args, kwargs, context):
+            out = next_fun(*args, **kwargs)
+            if context.method_name == "__call__" and tuple(context.module.path) == target:
+                context.module.sow(_CAPTURE, _NAME, out)
+                if delta is not None:
+                    out = context.module.perturb(_NAME, out, collection=_DELTA)
+            return out
+
+        with nn.intercept_methods(intercept):
+            logits, state = self._module.apply(variables, x, mutable=[_CAPTURE], **self._kwargs)
+        (activation,) = _lookup(state.get(_CAPTURE, {}), target)
+        return logits, activation
+
+    def _find_layers(self, x: jax.ShapeDtypeStruct) -> dict[str, _Layer]:
+        # The interceptor sees every call, even inside lifted transforms, but only the
+        # sown values (threaded out of the transforms by Flax) say what capture gets.
+        seen: dict[tuple[str, ...], list[tuple[int, ...]]] = {}
+
+        def record(next_fun, args, kwargs, context):
+            out = next_fun(*args, **kwargs)
+            path = tuple(context.module.path)
+            if context.method_name == "__call__" and path and getattr(out, "ndim", 0) == 4:
+                seen.setdefault(path, []).append(tuple(out.shape))
+                context.module.sow(_CAPTURE, _NAME, out)
+            return out
+
+        def forward(x):
+            with nn.intercept_methods(record):
+                _, state = self._module.apply(
+                    self._variables, x, mutable=[_CAPTURE], **self._kwargs
+                )
+            return state.get(_CAPTURE, {})
+
+        sown = jax.eval_shape(forward, x)
+        table: dict[str, _Layer] = {}
+        for path, shapes in seen.items():
+            values = _lookup(sown, path)
+            if not values or any(tuple(v.shape) not in shapes for v in values):
+                out = f" (it comes out as {tuple(values[0].shape)})" if values else ""
+                table[_path(path)] = _Layer(
+                    calls=len(shapes),
+                    shape=shapes[0],
+                    dtype=None,
+                    problem=(
+                        "runs inside a Flax transform (such as nn.scan or nn.vmap) that "
+                        "does not hand its output back as one (N, h, w, channels) array"
+                        f"{out}; capture a layer outside the transform"
+                    ),
+                )
+            else:
+                table[_path(path)] = _Layer(
+                    calls=len(values), shape=tuple(values[0].shape), dtype=values[0].dtype
+                )
+        return table
+
+
+# NNX.
+
+_TAPPED_CLASSES: dict[type, type] = {}
+_TAPPED_LOCK = threading.Lock()
+# id(module copy) -> hook, only while a forward pass on that copy runs.
+_HOOKS: dict[int, Callable[[Any], Any]] = {}
+
+
+def _tapped_class(cls: type) -> type:
+    """A subclass of ``cls`` whose ``__call__`` passes its output through the hook
+    registered for the instance (unchanged when none is). One per class, cached."""
+    with _TAPPED_LOCK:
+        if cls not in _TAPPED_CLASSES:
+
+            def __call__(self, *args, **kwargs):
+                out = cls.__call__(self, *args, **kwargs)
+                hook = _HOOKS.get(id(self))
+                return out if hook is None else hook(out)
+
+            namespace = {
+                "__call__": __call__,
+                "__module__": cls.__module__,
+                "__qualname__": cls.__qualname__,
+            }
+            _TAPPED_CLASSES[cls] = type(cls)(cls.__name__, (cls,), namespace)
+        return _TAPPED_CLASSES[cls]
+
+
+@contextlib.contextmanager
+def _tap(hooks: Mapping[int, tuple[nnx.Module, Callable[[Any], Any]]]) -> Iterator[None]:
+    """Route the outputs of the given module copies through their hooks while open."""
+    for module, hook in hooks.values():
+        object.__setattr__(module, "__class__", _tapped_class(type(module)))
+        _HOOKS[id(module)] = hook
+    try:
+        yield
+    finally:
+        for key in hooks:
+            _HOOKS.pop(key, None)
+
+
+def _submodules(model: nnx.Module) -> dict[str, nnx.Module]:
+    """Path -> callable submodule (the model itself left out)."""
+    return {_path(p): m for p, m in nnx.iter_modules(model) if p and callable(m)}
+
+
+class _NnxModel(FlaxModel):
+    """An NNX module, snapshotted, run as a fresh eval-mode copy per call."""
+
+    def __init__(self, module: nnx.Module, kwargs: dict[str, Any]) -> None:
+        super().__init__(type(module).__name__)
+        snapshot = nnx.clone(module)  # new Variables: the user's module is not touched
+        snapshot.eval()
+        self._graphdef, self._state = nnx.split(snapshot)
+        self._kwargs = kwargs
+
+    def _copy(self) -> nnx.Module:
+        # copy=True: anything the forward pass writes goes to fresh Variables.
+        return nnx.merge(self._graphdef, self._state, copy=True)
+
+    def _forward(self, x: Array, layer: str | None, delta: Array | None) -> tuple[Any, Any]:
+        model = self._copy()
+        if layer is None:
+            return model(x, **self._kwargs), None
+        captured: list[Any] = []
+
+        def hook(out):
+            captured.append(out)
+            return out if delta is None else out + delta
+
+        target = _submodules(model)[layer]
+        with _tap({id(target): (target, hook)}):
+            logits = model(x, **self._kwargs)
+        return logits, captured[0]
+
+    def _find_layers(self, x: jax.ShapeDtypeStruct) -> dict[str, _Layer]:
+        calls: dict[str, list[Any]] = {}  # every output of every call, in call order
+        names: list[str] = []
+
+        def forward(x):
+            model = self._copy()
+            modules = _submodules(model)
+            names.extend(modules)
+
+            def recorder(name):
+                def hook(out):
+                    calls.setdefault(name, []).append(
+                        jax.ShapeDtypeStruct(out.shape, out.dtype) if hasattr(out, "ndim") else None
+                    )
+                    return out
+
+                return hook
+
+            hooks = {id(m): (m, recorder(name)) for name, m in modules.items()}
+            with _tap(hooks):
+                return model(x, **self._kwargs)
+
+        jax.eval_shape(forward, x)
+        table = {}
+        for name, outs in calls.items():
+            maps = [out for out in outs if out is not None and out.ndim == 4]
+            if maps:
+                table[name] = _Layer(len(outs), tuple(maps[0].shape), maps[0].dtype)
+        # Modules the forward pass never called: the hooks see only calls made on the
+        # copy itself, not on the copies NNX transforms make of it.
+        for name in names:
+            if name not in calls:
+                table[name] = _Layer(calls=0, shape=(), dtype=None)
+        return table
+
+
+# Construction.
+
+
+def flax_model(model: Any, variables: Any = None, /, **apply_kwargs: Any) -> FlaxModel:
+    """A :class:`FlaxModel` for a Linen module with its variables, or an NNX module.
+
+    Linen: ``flax_model(module, variables, train=False)`` evaluates
+    ``module.apply(variables, x, **apply_kwargs)``; ``apply_kwargs`` may hold ``method=``
+    (a method name or function), ``mutable=False`` and the call's keywords, such as
+    ``train=False`` or ``deterministic=True`` (attribution needs inference mode).
+
+    NNX: ``flax_model(module, **call_kwargs)`` calls ``module(x, **call_kwargs)`` on an
+    eval-mode copy of a snapshot taken now (see the module docstring): later training
+    of ``module`` is not seen, so make a new handle after it.
+
+    Raises:
+      ValueError: ``model`` is neither; Linen without variables or NNX with them; a
+        truthy ``mutable`` or ``capture_intermediates``, which make Linen's ``apply``
+        return (logits, state) and, for ``mutable``, update batch statistics.
+    """
+    if isinstance(model, nn.Module):
+        if variables is None:
+            raise ValueError(
+                f"flax_model needs the variables of the Linen module {type(model).__name__}: "
+                "flax_model(module, variables, train=False)"
+            )
+        if not isinstance(variables, Mapping):
+            raise ValueError(
+                "flax_model takes the Linen variables as a mapping "
+                f"({{'params': ..., 'batch_stats': ...}}), got {type(variables).__name__}"
+            )
+        kwargs = dict(apply_kwargs)
+        for option in ("mutable", "capture_intermediates"):
+            if kwargs.get(option):
+                effect = " and update batch statistics" if option == "mutable" else ""
+                raise ValueError(
+                    f"flax_model does not take {option}={kwargs[option]!r}: it makes apply "
+                    f"return (logits, state){effect}; attribution needs inference mode: "
+                    "pass train=False (or the model's equivalent) and leave it unset"
+                )
+            kwargs.pop(option, None)
+        return _LinenModel(model, variables, kwargs)
+    if isinstance(model, nnx.Module):
+        if variables is not None:
+            raise ValueError(
+                "an NNX module carries its own variables: call flax_model(module, "
+                "**call_kwargs) without a variables argument"
+            )
+        return _NnxModel(model, dict(apply_kwargs))
+    raise ValueError(
+        "flax_model takes a Linen module with its variables or an nnx.Module, got "
+        f"{type(model).__name__}"
+    )
+
+
+def as_flax_model(obj: Any, method_name: str) -> FlaxModel:
+    """``obj`` as a :class:`FlaxModel`, for methods that look inside the model.
+
+    A handle is returned as is, a ``(linen_module, variables)`` pair and an
+    ``nnx.Module`` go through :func:`flax_model`; anything else (such as a plain model
+    function, which has no layers to capture) is a ValueError naming ``method_name``.
+    """
+    if isinstance(obj, FlaxModel):
+        return obj
+    if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], nn.Module):
+        return flax_model(*obj)
+    if isinstance(obj, nnx.Module):
+        return flax_model(obj)
+    raise ValueError(
+        f"{method_name} looks inside the model: pass "
+        "fmi_jax.attribution.flax_model(model, variables, train=False) (Linen) or "
+        "flax_model(nnx_module), not a plain function"
+    )

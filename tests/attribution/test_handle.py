@@ -1,0 +1,475 @@
+"""The model handle: a Linen or NNX classifier as fn(x) -> logits that also captures a
+layer. Checked against independent computations (Linen's own capture_intermediates, the
+model split by hand at the layer), Linen against NNX with the same weights, under
+jit / vmap / scan, and the errors for layers it cannot capture."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from fmi_jax.attribution.handle import FlaxModel, as_flax_model, flax_model
+
+CHANNELS, FEATURES, CLASSES = 2, 4, 3
+LAYERS = ("conv1", "bn", "drop", "conv2")  # every (N, h, w, K) output, in call order
+
+
+class LinenCNN(nn.Module):
+    """conv -> BatchNorm -> ReLU -> Dropout -> conv -> ReLU -> avg-pool -> dense, with
+    the flax examples' ``train`` convention."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        x = nn.Conv(FEATURES, (3, 3), name="conv1")(x)
+        x = nn.BatchNorm(use_running_average=not train, name="bn")(x)
+        x = nn.Dropout(0.5, deterministic=not train, name="drop")(nn.relu(x))
+        x = nn.Conv(FEATURES, (3, 3), name="conv2")(x)
+        return linen_tail(x)
+
+
+def linen_tail(a):
+    """Everything after conv2, as in LinenCNN (the head's parameters come separately)."""
+    a = nn.avg_pool(nn.relu(a), (2, 2), strides=(2, 2))
+    return nn.Dense(CLASSES, name="head")(a.reshape(a.shape[0], -1))
+
+
+class Tail(nn.Module):
+    @nn.compact
+    def __call__(self, a):
+        return linen_tail(a)
+
+
+class NnxCNN(nnx.Module):
+    """LinenCNN in NNX (built in training mode, as a user's module usually is)."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.conv1 = nnx.Conv(CHANNELS, FEATURES, (3, 3), rngs=rngs)
+        self.bn = nnx.BatchNorm(FEATURES, rngs=rngs)
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+        self.conv2 = nnx.Conv(FEATURES, FEATURES, (3, 3), rngs=rngs)
+        self.head = nnx.Linear(4 * 4 * FEATURES, CLASSES, rngs=rngs)
+
+    def __call__(self, x):
+        x = self.drop(nnx.relu(self.bn(self.conv1(x))))
+        x = nn.avg_pool(nnx.relu(self.conv2(x)), (2, 2), strides=(2, 2))
+        return self.head(x.reshape(x.shape[0], -1))
+
+
+def randomised(tree, seed):
+    """Random values for every leaf of a tree of shapes (variances positive, counters
+    zero, PRNG keys from the seed). NumPy draws them: flax's initialisers would compile
+    the threefry generator for every shape, seconds on a CPU."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        names = {getattr(entry, "key", None) for entry in path}
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            return jax.random.key(seed)
+        if jnp.issubdtype(leaf.dtype, jnp.integer):
+            return jnp.zeros(leaf.shape, leaf.dtype)
+        if "var" in names:
+            return jnp.asarray(rng.uniform(0.5, 2.0, leaf.shape), leaf.dtype)
+        return jnp.asarray(rng.normal(0.0, 0.5, leaf.shape), leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, tree)
+
+
+def linen_variables(model, x, seed=1, **kwargs):
+    """Random variables for a Linen model and inputs like ``x``."""
+    return randomised(jax.eval_shape(lambda x: model.init(jax.random.key(0), x, **kwargs), x), seed)
+
+
+def nnx_module_of(cls, seed=1):
+    """An NNX module of class ``cls`` with random state."""
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: cls(nnx.Rngs(0))))
+    return nnx.merge(graphdef, randomised(state, seed))
+
+
+@pytest.fixture(scope="module")
+def x():
+    return jnp.asarray(np.random.default_rng(0).uniform(0, 1, (4, 8, 8, CHANNELS)), jnp.float32)
+
+
+@pytest.fixture(scope="module")
+def linen(x):
+    """(module, variables) of LinenCNN, every parameter and batch statistic random."""
+    model = LinenCNN()
+    return model, linen_variables(model, x, train=False)
+
+
+@pytest.fixture(scope="module")
+def linen_handle(linen):
+    return flax_model(*linen, train=False)
+
+
+@pytest.fixture(scope="module")
+def nnx_module(linen):
+    """NnxCNN carrying LinenCNN's weights and batch statistics."""
+    model = nnx_module_of(NnxCNN, seed=2)
+    params, stats = linen[1]["params"], linen[1]["batch_stats"]
+    for name in ("conv1", "conv2", "head"):
+        getattr(model, name).kernel[...] = params[name]["kernel"]
+        getattr(model, name).bias[...] = params[name]["bias"]
+    model.bn.scale[...] = params["bn"]["scale"]
+    model.bn.bias[...] = params["bn"]["bias"]
+    model.bn.mean[...] = stats["bn"]["mean"]
+    model.bn.var[...] = stats["bn"]["var"]
+    return model
+
+
+@pytest.fixture(scope="module")
+def nnx_handle(nnx_module):
+    return flax_model(nnx_module)
+
+
+@pytest.fixture(scope="module", params=["linen", "nnx"])
+def handle(request, linen_handle, nnx_handle):
+    return linen_handle if request.param == "linen" else nnx_handle
+
+
+def host_copy(leaf):
+    """A NumPy copy of a state leaf (PRNG keys as their key data)."""
+    if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        leaf = jax.random.key_data(leaf)
+    return np.array(leaf)
+
+
+def close(a, b, tol=1e-6):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=tol, rtol=tol)
+
+
+def target_grad(handle, x, layer, target=0):
+    """(A, d logit_target / dA) through capture with a zero delta."""
+    shape = handle.layer_shape(x, layer)
+
+    def target_sum(delta):
+        logits, activation = handle.capture(x, layer, delta)
+        return logits[:, target].sum(), activation
+
+    gradient, activation = jax.grad(target_sum, has_aux=True)(jnp.zeros(shape))
+    return activation, gradient
+
+
+# --- Linen ---------------------------------------------------------------------
+
+
+def test_linen_logits_and_activations_match_flax(linen, linen_handle, x):
+    model, variables = linen
+    expected, state = model.apply(
+        variables, x, train=False, capture_intermediates=True, mutable=["intermediates"]
+    )
+    close(linen_handle(x), expected)
+    assert linen_handle.layer_names(x) == LAYERS
+    for layer in LAYERS:
+        logits, activation = linen_handle.capture(x, layer)
+        close(logits, expected)
+        close(activation, state["intermediates"][layer]["__call__"][0])
+        assert linen_handle.layer_shape(x, layer) == activation.shape
+
+
+def test_linen_capture_gradient_and_delta_match_the_model_split_at_the_layer(
+    linen, linen_handle, x
+):
+    """d logit / dA from capture equals the gradient of the model's tail after conv2,
+    and a nonzero delta replaces conv2's output by A + delta."""
+    head = {"params": {"head": linen[1]["params"]["head"]}}
+    tail = lambda a: Tail().apply(head, a)
+    activation, gradient = target_grad(linen_handle, x, "conv2", target=1)
+    close(gradient, jax.grad(lambda a: tail(a)[:, 1].sum())(activation))
+    delta = jnp.asarray(np.random.default_rng(3).normal(size=activation.shape), jnp.float32)
+    logits, same = linen_handle.capture(x, "conv2", delta)
+    close(logits, tail(activation + delta), 1e-5)
+    close(same, activation)
+
+
+def test_linen_method_and_falsy_mutable_are_passed_through(linen, linen_handle, x):
+    model, variables = linen
+    handle = flax_model(model, variables, method=lambda mdl, x: mdl(x, train=False), mutable=False)
+    close(handle(x), linen_handle(x))
+
+
+@pytest.mark.parametrize("option", ["mutable", "capture_intermediates"])
+def test_linen_state_returning_apply_is_refused(linen, option):
+    with pytest.raises(ValueError, match=f"{option}=.*inference mode: pass train=False"):
+        flax_model(*linen, **{option: ["batch_stats"]}, train=False)
+
+
+def test_linen_needs_variables_and_nnx_refuses_them(linen, nnx_module):
+    with pytest.raises(ValueError, match="needs the variables of the Linen module LinenCNN"):
+        flax_model(linen[0])
+    with pytest.raises(ValueError, match="NNX module carries its own variables"):
+        flax_model(nnx_module, linen[1])
+    with pytest.raises(ValueError, match="Linen module with its variables or an nnx.Module"):
+        flax_model(lambda x: x)
+
+
+# --- NNX against Linen ---------------------------------------------------------
+
+
+def test_nnx_matches_linen(linen_handle, nnx_handle, x):
+    """Same weights: same logits, layers, activations and d logit / dA."""
+    assert nnx_handle.layer_names(x) == LAYERS
+    close(nnx_handle(x), linen_handle(x))
+    for layer in LAYERS:
+        a_linen, g_linen = target_grad(linen_handle, x, layer, target=2)
+        a_nnx, g_nnx = target_grad(nnx_handle, x, layer, target=2)
+        close(a_nnx, a_linen)
+        close(g_nnx, g_linen)
+        assert float(jnp.abs(g_linen).max()) > 0
+
+
+def test_nnx_user_module_is_never_modified(nnx_module, x):
+    """Calls run on eval-mode copies of a snapshot: the user's module keeps its training
+    mode and its state, and later changes to it are not seen by the handle."""
+    before = jax.tree.map(host_copy, nnx.state(nnx_module))
+    handle = flax_model(nnx_module)
+    logits = handle(x)
+    target_grad(handle, x, "bn")
+    jax.jit(handle)(x)
+    assert not nnx_module.drop.deterministic and not nnx_module.bn.use_running_average
+    after = jax.tree.map(host_copy, nnx.state(nnx_module))
+    jax.tree.map(np.testing.assert_array_equal, after, before)
+    changed = nnx.clone(nnx_module)
+    changed.head.bias[...] = changed.head.bias[...] + 1.0
+    handle = flax_model(changed)
+    changed.head.bias[...] = changed.head.bias[...] + 1.0
+    close(handle(x), logits + 1.0, 1e-5)
+
+
+# --- transformations -----------------------------------------------------------
+
+
+def test_jit_vmap_and_scan_agree_with_the_eager_handle(handle, x):
+    activation, gradient = target_grad(handle, x, "conv2")
+    logits = handle(x)
+
+    jitted = jax.jit(lambda x: (handle(x), *target_grad(handle, x, "conv2")))(x)
+    for got, want in zip(jitted, (logits, activation, gradient), strict=True):
+        close(got, want)
+
+    # One example at a time: in inference mode examples do not interact.
+    per_example = jax.vmap(lambda xi: target_grad(handle, xi[None], "conv2"))(x)
+    close(per_example[0][:, 0], activation)
+    close(per_example[1][:, 0], gradient)
+
+    # A chunk loop, as the attribution methods run one.
+    def chunk(_, xc):
+        return None, target_grad(handle, xc, "conv2")
+
+    _, (a, g) = jax.lax.scan(chunk, None, x.reshape(2, 2, *x.shape[1:]))
+    close(a.reshape(activation.shape), activation)
+    close(g.reshape(gradient.shape), gradient)
+
+
+# --- layers capture cannot take --------------------------------------------------
+
+
+def test_unknown_layer_lists_the_available_ones(handle, x):
+    model = "LinenCNN" if "Linen" in repr(handle) else "NnxCNN"
+    message = f"{model} has no layer 'conv3'.*available layers: conv1, bn, drop, conv2$"
+    with pytest.raises(ValueError, match=message):
+        handle.capture(x, "conv3")
+    with pytest.raises(ValueError, match="has no layer 'head'"):  # not (N, h, w, K)
+        handle.layer_shape(x, "head")
+
+
+class LinenTwice(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        shared = nn.Conv(CHANNELS, (3, 3), name="shared")
+        x = nn.Conv(CHANNELS, (1, 1), name="first")(x)
+        x = shared(nn.max_pool(shared(x), (2, 2), strides=(2, 2)))
+        return x.mean(axis=(1, 2))
+
+
+class NnxTwice(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.first = nnx.Conv(CHANNELS, CHANNELS, (1, 1), rngs=rngs)
+        self.shared = nnx.Conv(CHANNELS, CHANNELS, (3, 3), rngs=rngs)
+
+    def __call__(self, x):
+        x = self.first(x)
+        x = self.shared(nn.max_pool(self.shared(x), (2, 2), strides=(2, 2)))
+        return x.mean(axis=(1, 2))
+
+
+@pytest.mark.parametrize("kind", ["linen", "nnx"])
+def test_a_layer_called_twice_is_refused_before_any_shape_arithmetic(kind, x):
+    if kind == "linen":
+        model = LinenTwice()
+        handle = flax_model(model, linen_variables(model, x))
+    else:
+        handle = flax_model(nnx_module_of(NnxTwice))
+    assert handle.layer_names(x) == ("first",)
+    message = (
+        "layer 'shared' of .* is called 2 times .*CAM methods need a layer that is called once"
+    )
+    with pytest.raises(ValueError, match=message):
+        handle.layer_shape(x, "shared")
+    with pytest.raises(ValueError, match=message):
+        handle.capture(x, "shared", jnp.zeros((4, 8, 8, CHANNELS)))
+
+
+class Block(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.relu(nn.Conv(FEATURES, (3, 3), name="conv")(x))
+
+
+class LinenRemat(nn.Module):
+    """A remat'd layer and a layer inside a remat'd parent (or neither)."""
+
+    remat: bool
+
+    @nn.compact
+    def __call__(self, x):
+        wrap = nn.remat if self.remat else (lambda cls: cls)
+        x = wrap(nn.Conv)(FEATURES, (3, 3), name="conv1")(x)
+        x = wrap(Block)(name="block")(x)
+        return nn.Dense(CLASSES, name="head")(x.mean(axis=(1, 2)))
+
+
+def test_remat_layers_are_captured_as_without_remat(x):
+    variables = linen_variables(LinenRemat(remat=False), x)
+    plain = flax_model(LinenRemat(remat=False), variables)
+    remat = flax_model(LinenRemat(remat=True), variables)
+    assert remat.layer_names(x) == plain.layer_names(x) == ("conv1", "block/conv", "block")
+    close(remat(x), plain(x))
+    for layer in plain.layer_names(x):
+        a_plain, g_plain = target_grad(plain, x, layer)
+        a_remat, g_remat = target_grad(remat, x, layer)
+        close(a_remat, a_plain)
+        close(g_remat, g_plain)
+
+
+class LinenScan(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(FEATURES, (3, 3), name="conv1")(x)
+        step = lambda module, carry, _: (module(carry), None)
+        stack = nn.scan(step, variable_axes={"params": 0}, split_rngs={"params": True}, length=2)
+        x, _ = stack(Block(name="stack"), x, None)
+        return x.mean(axis=(1, 2))
+
+
+def test_a_layer_inside_nn_scan_is_refused(x):
+    model = LinenScan()
+    handle = flax_model(model, linen_variables(model, x))
+    assert handle.layer_names(x) == ("conv1",)
+    with pytest.raises(ValueError, match="'stack/conv' .*inside a Flax transform"):
+        handle.layer_shape(x, "stack/conv")
+
+
+class NnxRemat(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.conv1 = nnx.Conv(CHANNELS, FEATURES, (3, 3), rngs=rngs)
+        self.conv2 = nnx.Conv(FEATURES, FEATURES, (3, 3), rngs=rngs)
+
+    def __call__(self, x):
+        x = nnx.remat(lambda conv, x: conv(x))(self.conv2, self.conv1(x))
+        return x.mean(axis=(1, 2))
+
+
+def test_nnx_layer_inside_an_nnx_transform_is_refused(x):
+    handle = flax_model(nnx_module_of(NnxRemat))
+    assert handle.layer_names(x) == ("conv1",)
+    with pytest.raises(ValueError, match="'conv2' of NnxRemat is not called .*nnx.remat"):
+        handle.capture(x, "conv2")
+
+
+def test_capture_checks_the_shape_of_delta(linen_handle, x):
+    with pytest.raises(ValueError, match=r"delta must have the shape .*\(4, 8, 8, 4\)"):
+        linen_handle.capture(x, "conv2", jnp.zeros((4, 8, 8, 3)))
+
+
+# --- as_flax_model -----------------------------------------------------------------
+
+
+def test_as_flax_model(linen, linen_handle, nnx_module):
+    assert as_flax_model(linen_handle, "grad_cam") is linen_handle
+    assert isinstance(as_flax_model(linen, "grad_cam"), FlaxModel)
+    assert isinstance(as_flax_model(nnx_module, "grad_cam"), FlaxModel)
+    message = (
+        r"^score_cam looks inside the model: pass fmi_jax.attribution.flax_model\(model, "
+        r"variables, train=False\) \(Linen\) or flax_model\(nnx_module\), not a plain function$"
+    )
+    with pytest.raises(ValueError, match=message):
+        as_flax_model(lambda x: x, "score_cam")
+
+
+# ------------------------------------------------------------------------------------
+# Every attribution method through the handle: the handle is a model function like a
+# hand-written one, and a Linen and an NNX model with the same weights explain alike.
+
+from fmi_jax import attribution as A  # noqa: E402
+
+# Options per method for 8x8 images (CAMs on conv2; perturbations on 2x2 regions).
+METHOD_OPTIONS = {
+    "integrated_gradients": {"steps": 4},
+    "smoothgrad": {"samples": 2},
+    "smoothgrad_sq": {"samples": 2},
+    "vargrad": {"samples": 2},
+    "ig_smoothgrad": {"samples": 2, "steps": 2},
+    "gradient_shap": {"samples": 2},
+    "grad_cam": {"layer": "conv2"},
+    "grad_cam_plus_plus": {"layer": "conv2"},
+    "score_cam": {"layer": "conv2"},
+    "occlusion": {"window": 2, "stride": 2},
+    "feature_permutation": {"patch": 4},
+}
+METHODS = [m for m in A.available_methods() if m != "decoder_weighted"]
+
+
+def explained(method, fn, x, target):
+    """One jitted call of the registry's `method` on `fn` (one compile per case)."""
+    explain = A.explainer(method, fn, **METHOD_OPTIONS.get(method, {}))
+    return jax.jit(lambda x, t: explain(x, t, jax.random.key(3)))(x, target)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_is_the_same_through_the_handle_and_through_nnx(
+    method, linen, linen_handle, nnx_handle, x
+):
+    model, variables = linen
+    target = jnp.argmax(linen_handle(x), axis=-1)
+    through_handle = explained(method, linen_handle, x, target)
+    assert bool(jnp.isfinite(through_handle).all())
+    if not A.METHODS[method].needs_model:
+        by_hand = explained(method, lambda x: model.apply(variables, x, train=False), x, target)
+        close(through_handle, by_hand)
+    close(explained(method, nnx_handle, x, target), through_handle)
+
+
+def test_target_none_is_the_predicted_class_through_the_handle(handle, x):
+    predicted = jnp.argmax(handle(x), axis=-1)
+    for method in (A.grad_cam, A.integrated_gradients):
+        options = {"layer": "conv2"} if method is A.grad_cam else {"steps": 4}
+        np.testing.assert_array_equal(
+            method(handle, x, **options), method(handle, x, predicted, **options)
+        )
+
+
+@pytest.mark.parametrize("kind", ["linen", "nnx"])
+def test_cams_refuse_a_layer_called_twice_with_the_clear_error(kind, x):
+    """The layer's two outputs differ in shape: the error names the count, it is not a
+    shape mismatch from adding delta."""
+    if kind == "linen":
+        model = LinenTwice()
+        handle = flax_model(model, linen_variables(model, x))
+    else:
+        handle = flax_model(nnx_module_of(NnxTwice))
+    for method in (A.grad_cam, A.grad_cam_plus_plus, A.score_cam):
+        with pytest.raises(ValueError, match="called 2 times"):
+            method(handle, x, 0, layer="shared")
+
+
+def test_grad_cam_of_a_remat_layer_equals_grad_cam_without_remat(x):
+    variables = linen_variables(LinenRemat(remat=False), x)
+    plain = flax_model(LinenRemat(remat=False), variables)
+    remat = flax_model(LinenRemat(remat=True), variables)
+    for layer in ("conv1", "block/conv"):
+        close(A.grad_cam(remat, x, 1, layer=layer), A.grad_cam(plain, x, 1, layer=layer))
