@@ -45,6 +45,47 @@ def tiny_mlp(key, shape, classes=3):
     return lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ w1) @ w2
 
 
+def rise_gkern(klen, nsig):
+    """RISE's ``gkern(klen, nsig)`` 2-D kernel: ``scipy.ndimage.gaussian_filter`` of a
+    centred delta; without scipy, the same from the formula: the 1-D Gaussian truncated at
+    ``r = round(4 nsig)``, normalised, summed over the mirror images of the centre under
+    half-sample reflection (period ``2 klen``)."""
+    delta = np.zeros((klen, klen))
+    delta[klen // 2, klen // 2] = 1.0
+    try:
+        from scipy import ndimage
+    except ImportError:
+        pass
+    else:
+        return ndimage.gaussian_filter(delta, nsig)
+    r = int(4.0 * nsig + 0.5)
+    d = np.arange(-r, r + 1)
+    g = np.exp(-0.5 * (d / nsig) ** 2) if nsig > 0 else (d == 0).astype(float)
+    g /= g.sum()
+    k1 = np.zeros(klen)
+    for i in range(klen):
+        for n in range(i - r, i + r + 1):
+            m = n % (2 * klen)
+            if min(m, 2 * klen - 1 - m) == klen // 2:
+                k1[i] += g[i - n + r]
+    return np.outer(k1, k1)
+
+
+def rise_blur_reference(x, nsig=5.0, klen=11):
+    """RISE's ``conv2d(x, kern, padding=klen // 2)`` with ``kern[c, c] = gkern``, in numpy,
+    float64, for NHWC ``x``."""
+    x = np.asarray(x, np.float64)
+    k = rise_gkern(klen, nsig)
+    p = klen // 2
+    h, w = x.shape[1:3]
+    padded = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))  # zeros
+    out = np.zeros_like(x)
+    for a in range(klen):
+        for b in range(klen):
+            out += k[a, b] * padded[:, a : a + h, b : b + w]
+    return out
+
+
 def test_deletion_with_oracle_order_on_hand_example():
     # One 2x2 image whose pixels contribute 2, 4, 1, 3 to the score (w * x).
     w = np.array([1.0, 2.0, 1.0, 3.0])
@@ -107,9 +148,9 @@ def test_insertion_and_deletion_endpoints_with_blur_and_probabilities():
     x = testdata.uniform(jax.random.key(1), (4, 6, 5, 2))
     maps = testdata.normal(jax.random.key(2), x.shape)
     target = jnp.array([0, 1, 2, 1])
-    blurred = F._substrate("blur", x, 1.5)
+    blurred = F._substrate("gaussian", x, 1.5)
     prob = lambda z: np.asarray(jax.nn.softmax(fn(z)))[np.arange(4), np.asarray(target)]  # noqa: E731
-    ins = jit_insertion_curve(fn, x, target, maps, substrate="blur", blur_sigma=1.5)
+    ins = jit_insertion_curve(fn, x, target, maps, substrate="gaussian", blur_sigma=1.5)
     dele = jit_deletion_curve(fn, x, target, maps, substrate="zero")
     assert ins.shape == dele.shape == (4, 7)  # default step: one row of 5 pixels, 30 pixels
     np.testing.assert_allclose(ins[:, 0], prob(blurred), atol=1e-6)
@@ -118,19 +159,67 @@ def test_insertion_and_deletion_endpoints_with_blur_and_probabilities():
     np.testing.assert_allclose(dele[:, -1], prob(jnp.zeros_like(x)), atol=1e-6)
 
 
-def test_blur_matches_scipy_and_keeps_a_constant_image():
+def test_gaussian_substrate_matches_scipy_and_keeps_a_constant_image():
     ndimage = pytest.importorskip("scipy.ndimage")
     x = np.random.default_rng(1).uniform(size=(2, 7, 9, 3)).astype(np.float32)
-    got = np.asarray(F._substrate("blur", jnp.asarray(x), 1.3))
+    got = np.asarray(F._substrate("gaussian", jnp.asarray(x), 1.3))
     want = ndimage.gaussian_filter(x, sigma=(0, 1.3, 1.3, 0), mode="reflect", truncate=4.0)
     np.testing.assert_allclose(got, want, atol=1e-5)
     # A constant image is its own blur (even with the kernel wider than the image), so
-    # deleting pixels into the blur substrate changes nothing.
+    # deleting pixels into the Gaussian substrate changes nothing.
     const = np.full((2, 4, 4, 1), 0.7, np.float32)
     fn = tiny_mlp(jax.random.key(3), (4, 4, 1))
     maps = np.random.default_rng(2).normal(size=const.shape)
-    curve = np.asarray(jit_deletion_curve(fn, const, None, maps, substrate="blur", step=3))
+    curve = np.asarray(jit_deletion_curve(fn, const, None, maps, substrate="gaussian", step=3))
     np.testing.assert_allclose(curve, np.broadcast_to(curve[:, :1], curve.shape), atol=1e-6)
+
+
+@pytest.mark.parametrize(("shape", "sigma"), [((2, 14, 17, 3), 5.0), ((1, 6, 9, 2), 1.5)])
+def test_rise_blur_is_rises_formula_borders_included(shape, sigma):
+    # A random image with several channels, larger and smaller than the 11 x 11 kernel;
+    # every pixel is compared, the 5-pixel frame that zero padding darkens included.
+    x = np.random.default_rng(5).uniform(size=shape).astype(np.float32)
+    got = np.asarray(F._substrate("rise_blur", jnp.asarray(x), sigma))
+    np.testing.assert_allclose(got, rise_blur_reference(x, sigma), atol=1e-5)
+    # RISE's kernel sums to 1: the Gaussian's mass outside the window is folded back in.
+    np.testing.assert_allclose(rise_gkern(11, sigma).sum(), 1.0, atol=1e-12)
+
+
+def test_rise_blur_darkens_the_borders_of_a_constant_image():
+    const = jnp.full((1, 20, 20, 2), 0.7, jnp.float32)
+    rise = np.asarray(F._substrate("rise_blur", const, 5.0))[0, :, :, 0]
+    gaussian = np.asarray(F._substrate("gaussian", const, 5.0))[0, :, :, 0]
+    np.testing.assert_allclose(gaussian, 0.7, atol=1e-6)
+    # 5 or more pixels from every border the whole kernel lies inside the image.
+    np.testing.assert_allclose(rise[5:-5, 5:-5], 0.7, atol=1e-6)
+    frame = np.ones((20, 20), bool)
+    frame[5:-5, 5:-5] = False
+    assert np.all(rise[frame] < 0.7 - 1e-3)
+    # At a corner only the kernel's inner quarter sees the image: 0.7 (sum k1[5:])^2.
+    # At sigma 5 the folded kernel is nearly a box, far from the Gaussian normalised
+    # over the 11 x 11 window (end taps 0.088 against 0.066 of k1).
+    k1 = rise_gkern(11, 5.0)[5] / np.sqrt(rise_gkern(11, 5.0)[5, 5])
+    window = np.exp(-0.5 * ((np.arange(11) - 5) / 5.0) ** 2)
+    np.testing.assert_allclose(k1[[0, 5]], [0.0880, 0.0940], atol=1e-4)
+    np.testing.assert_allclose((window / window.sum())[[0, 5]], [0.0663, 0.1094], atol=1e-4)
+    np.testing.assert_allclose(rise[0, 0], 0.7 * k1[5:].sum() ** 2, atol=1e-6)
+    np.testing.assert_allclose(rise, rise_blur_reference(const, 5.0)[0, :, :, 0], atol=1e-6)
+
+
+def test_insertion_starts_at_the_rise_blur_by_default():
+    fn = tiny_mlp(jax.random.key(10), (12, 12, 3))
+    x = testdata.uniform(jax.random.key(11), (3, 12, 12, 3))
+    maps = testdata.normal(jax.random.key(12), x.shape)
+    ins = jit_insertion_curve(fn, x, None, maps, step=0.25)
+    target = np.argmax(np.asarray(fn(x)), axis=1)
+    prob = lambda z: np.asarray(jax.nn.softmax(fn(jnp.asarray(z, jnp.float32))))[  # noqa: E731
+        np.arange(3), target
+    ]
+    assert ins.shape == (3, 5)
+    np.testing.assert_allclose(ins[:, 0], prob(rise_blur_reference(x)), atol=1e-5)
+    np.testing.assert_allclose(ins[:, -1], prob(x), atol=1e-6)
+    explicit = jit_insertion_curve(fn, x, None, maps, step=0.25, substrate="rise_blur")
+    np.testing.assert_array_equal(ins, explicit)
 
 
 @pytest.mark.parametrize("curve_fn", [F.deletion_curve, F.insertion_curve])
@@ -138,7 +227,7 @@ def test_batch_size_does_not_change_results(curve_fn):
     fn = tiny_mlp(jax.random.key(4), (5, 5, 1))
     x = testdata.uniform(jax.random.key(5), (3, 5, 5, 1))
     maps = testdata.normal(jax.random.key(6), x.shape)
-    kw = dict(substrate="blur", blur_sigma=1.0, step=4)
+    kw = dict(substrate="gaussian", blur_sigma=1.0, step=4)
     full = curve_fn(fn, x, None, maps, **kw)
     for batch_size in (3, 7):
         chunked = curve_fn(fn, x, None, maps, batch_size=batch_size, **kw)
@@ -191,8 +280,9 @@ def test_bad_inputs_raise():
     x = np.ones((2, 2, 2, 1), np.float32)
     with pytest.raises(ValueError, match=r"\(2, 3, 2, 1\).*\(2, 2, 2, 1\)"):
         F.deletion_curve(fn, x, 0, np.ones((2, 3, 2, 1)))
-    with pytest.raises(ValueError, match="substrate 'noise'"):
-        F.deletion_curve(fn, x, 0, np.ones_like(x), substrate="noise")
+    for name in ("noise", "blur"):
+        with pytest.raises(ValueError, match=f"substrate '{name}'.*'rise_blur'.*'gaussian'"):
+            F.deletion_curve(fn, x, 0, np.ones_like(x), substrate=name)
     with pytest.raises(ValueError, match="order"):
         F.pixel_flipping(fn, x, 0, np.ones_like(x), order="random")
     for step in (0, 1.5, True, "a"):

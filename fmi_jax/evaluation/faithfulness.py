@@ -22,11 +22,38 @@ shape of ``x``, and ``m`` pixels per step.
   ``f_t(b)`` at ``k = S``. A faithful map makes it fall fast: low AUC is good.
 * Insertion (RISE): ``ins_k = f_t(b with the pixels of R_k taken from x)``, from ``f_t(b)``
   to ``f_t(x)``. A faithful map makes it rise fast: high AUC is good.
-* Substrates: ``'zero'`` (``b = 0``, RISE's deletion substrate), ``'blur'`` (``b = G_sigma * x``,
-  a Gaussian blur of the image, RISE's insertion substrate; separable kernel truncated at
-  4 sigma with half-sample symmetric borders, shared with
-  :mod:`fmi_jax.attribution.smoothing`, so a constant image is its own blur), or any
-  array broadcastable to ``x`` (a scalar, a dataset mean, a fixed noise image).
+* Substrates: ``'zero'`` (``b = 0``, RISE's deletion substrate), ``'rise_blur'``
+  (RISE's insertion substrate), ``'gaussian'`` (a Gaussian blur with mass-preserving
+  borders), or any array broadcastable to ``x`` (a scalar, a dataset mean, a fixed noise
+  image). Both blurs act on every channel separately, keep the image size, and take
+  their standard deviation ``sigma`` from ``blur_sigma`` (5 pixels, as RISE).
+
+  - ``'rise_blur'`` is RISE's code (github.com/eclique/RISE, ``evaluation.py``): each
+    channel convolved with the 11 x 11 kernel of ``gkern(11, sigma)`` with zero padding
+    5. ``gkern`` filters a centred delta, ``scipy.ndimage.gaussian_filter(delta,
+    sigma)`` (truncated at ``r = round(4 sigma)``, ``'reflect'`` borders), so the kernel
+    is separable, ``k[i, j] = k1[i] k1[j]`` with ``k1[i] = sum_n g(i - n)`` over the
+    mirror images ``n`` of the centre sample under half-sample reflection of 11 samples
+    (``n mod 22`` is 5 or 16) with ``|i - n| <= r``, and ``g`` the Gaussian normalised
+    over its ``2 r + 1`` taps. The Gaussian's mass outside the window is folded back in,
+    so the kernel sums to 1 without being the Gaussian normalised over the window: at
+    sigma 5 it is nearly a box (``k1`` from 0.0880 at the ends to 0.0940 at the centre,
+    where the window-normalised Gaussian goes from 0.066 to 0.109). Zero padding darkens
+    a 5-pixel frame: a constant image keeps its value only 5 or more pixels from every
+    border, and at sigma 5 falls to 0.547 of it in the middle of an edge and 0.299 at a
+    corner. RISE normalised its images by the ImageNet mean and standard deviation, so
+    its zero is the mean colour; here it is 0 of whatever the model function takes.
+  - ``'gaussian'``: ``b = G_sigma * x``, the separable Gaussian truncated at 4 sigma of
+    :func:`fmi_jax.attribution.smoothing.gaussian_kernel` with half-sample symmetric
+    borders, as in :mod:`fmi_jax.attribution.smoothing`: every row of the blur is a
+    weighted average, so a constant image is its own blur, borders included.
+
+  :func:`insertion_curve` defaults to ``'rise_blur'``: it computes RISE's insertion
+  metric, whose other conventions (softmax probability, one row per step, trapezoid AUC,
+  ``'zero'`` for deletion) are the defaults here too, so its AUC should be RISE's. The
+  two blurs give different AUCs on the same maps (docs/guide.md), and studies that
+  reported insertion AUCs with the symmetric blur name ``'gaussian'`` in their configs,
+  which keeps their numbers.
 * AUC (RISE): the trapezoid rule on ``S + 1`` points equally spaced in ``[0, 1]``,
   ``AUC = (sum_k c_k - (c_0 + c_S) / 2) / S``. When ``m`` divides ``P`` the abscissa is
   exactly the fraction of pixels changed; otherwise the last, shorter step gets the same
@@ -65,6 +92,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fmi_jax.attribution.core import (
     Array,
@@ -78,7 +106,7 @@ from fmi_jax.attribution.core import (
     resolve_target,
     select_target,
 )
-from fmi_jax.attribution.smoothing import _gaussian_kernel, _smooth_axis
+from fmi_jax.attribution.smoothing import gaussian_kernel
 
 __all__ = [
     "aopc",
@@ -91,7 +119,8 @@ __all__ = [
 
 Substrate = str | float | Array
 
-_BLUR_TRUNCATE = 4.0
+_BLUR_TRUNCATE = 4.0  # radius of both blurs' Gaussian in sigmas (scipy.ndimage's default)
+_RISE_WINDOW = 11  # RISE's klen: an 11 x 11 kernel, zero padding 5
 
 
 def _pixel_relevance(x: Array, attributions: Any) -> tuple[Array, tuple[int, ...]]:
@@ -140,22 +169,59 @@ def _pixels_per_step(step: Any, num_pixels: int, row: int) -> int:
     return max(1, math.ceil(round(fraction * num_pixels, 9)))
 
 
+def _rise_kernel(sigma: float = 5.0) -> np.ndarray:
+    """The 1-D factor ``k1`` of RISE's ``gkern(11, sigma)`` (module docstring), float64,
+    length 11: a centred delta filtered by the Gaussian with half-sample symmetric
+    borders, as ``scipy.ndimage.gaussian_filter1d``; the 2-D kernel is its outer product."""
+    delta = np.zeros(_RISE_WINDOW)
+    delta[_RISE_WINDOW // 2] = 1.0
+    taps = gaussian_kernel(sigma, _BLUR_TRUNCATE)
+    radius = len(taps) // 2
+    # numpy reflects again and again when the radius exceeds the 11 samples, as scipy.
+    return np.convolve(np.pad(delta, radius, mode="symmetric"), taps, mode="valid")
+
+
+def _blur(x: Array, taps: np.ndarray, pad_mode: str) -> Array:
+    """Every channel of NHWC ``x`` convolved with ``taps`` along H, then along W, the
+    borders padded by ``pad_mode`` (``'symmetric'`` or ``'constant'``, zeros)."""
+    radius = len(taps) // 2
+    channels = x.shape[-1]
+    for axis in (1, 2):
+        pad = [(0, 0)] * x.ndim
+        pad[axis] = (radius, radius)
+        window = (len(taps), 1) if axis == 1 else (1, len(taps))
+        kernel = jnp.asarray(taps, x.dtype).reshape(window + (1, 1))
+        kernel = jnp.broadcast_to(kernel, window + (1, channels))  # HWIO, one per channel
+        x = jax.lax.conv_general_dilated(
+            jnp.pad(x, pad, mode=pad_mode),
+            kernel,
+            window_strides=(1, 1),
+            padding="VALID",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=channels,
+            precision=jax.lax.Precision.HIGHEST,
+        )
+    return x
+
+
 def _substrate(substrate: Substrate, x: Array, blur_sigma: float) -> Array:
     if isinstance(substrate, str):
         if substrate == "zero":
             return jnp.zeros_like(x)
-        if substrate == "blur":
+        if substrate in ("gaussian", "rise_blur"):
             if x.ndim != 4:
                 raise ValueError(
-                    f"substrate='blur' needs images (N, H, W, C), got input shape {x.shape}"
+                    f"substrate={substrate!r} needs images (N, H, W, C), got input shape {x.shape}"
                 )
             if not (math.isfinite(blur_sigma) and blur_sigma >= 0):
                 raise ValueError(f"blur_sigma must be a finite number >= 0, got {blur_sigma!r}")
-            kernel = _gaussian_kernel(blur_sigma, _BLUR_TRUNCATE)
-            return _smooth_axis(_smooth_axis(x, kernel, axis=1), kernel, axis=2)
+            if substrate == "gaussian":
+                return _blur(x, gaussian_kernel(blur_sigma, _BLUR_TRUNCATE), "symmetric")
+            return _blur(x, _rise_kernel(blur_sigma), "constant")
         raise ValueError(
-            f"unknown substrate {substrate!r}; choose 'zero', 'blur' or pass an array "
-            "broadcastable to x"
+            f"unknown substrate {substrate!r}; choose 'zero', 'rise_blur' (RISE's 11 x 11 "
+            "blur, zero borders), 'gaussian' (Gaussian blur, symmetric borders) or pass an "
+            "array broadcastable to x"
         )
     return as_baseline(substrate, x, "substrate")
 
@@ -225,13 +291,14 @@ def deletion_curve(
       attributions: maps shaped like ``x`` (summed over channels for images) or, for
         images, per pixel ``(N, H, W)``.
       substrate: what replaces removed pixels: ``'zero'`` (default, as RISE's deletion),
-        ``'blur'`` (``x`` blurred by a Gaussian of ``blur_sigma`` pixels) or an array
-        broadcastable to ``x``.
+        ``'rise_blur'`` (RISE's 11 x 11 blur of ``x`` with zero borders), ``'gaussian'``
+        (``x`` blurred by a Gaussian, symmetric borders) or an array broadcastable to
+        ``x`` (module docstring).
       step: pixels changed per step: an int count, a float fraction of the pixels in
         (0, 1] (rounded up), or ``None`` (default): one image row, ``W`` pixels, so ``H``
         steps, which is RISE's 224 pixels per step on 224x224 images (28 on 28x28);
         ``ceil(sqrt(P))`` for non-image inputs.
-      blur_sigma: standard deviation of the blur substrate in pixels; 5 as RISE.
+      blur_sigma: standard deviation of both blur substrates in pixels; 5 as RISE.
       batch_size: (example, step) pairs per forward pass; ``None`` runs all at once.
       probabilities: score the softmax probability of the target (default, RISE) or
         its logit (``False``).
@@ -264,7 +331,7 @@ def insertion_curve(
     target: Target,
     attributions: Array,
     *,
-    substrate: Substrate = "blur",
+    substrate: Substrate = "rise_blur",
     step: int | float | None = None,
     blur_sigma: float = 5.0,
     batch_size: int | None = None,
@@ -274,8 +341,9 @@ def insertion_curve(
     most relevant first.
 
     Arguments as :func:`deletion_curve`, except that the substrate defaults to
-    ``'blur'``, RISE's insertion substrate (a zero start would score every insertion
-    against an input the model has never seen).
+    ``'rise_blur'``, RISE's insertion substrate (a zero start would score every insertion
+    against an input the model has never seen); ``'gaussian'`` is the blur with
+    mass-preserving borders (module docstring).
 
     Returns:
       float32 ``(N, S + 1)``: column ``k`` is the score after ``min(k m, P)`` pixels were
