@@ -10,6 +10,9 @@ Layers (a lower layer never imports a higher one):
   fmi_jax.attribution  attribution methods as pure functions of `fn(x) -> logits`.
   fmi_jax.evaluation   metrics of attributions.
   fmi_jax.plotting     numpy in, PNG out.
+  fmi_jax.report       `report(fn, x, methods=..., out=...)`: maps, numbers and an
+                       offline HTML page for any model (above attribution,
+                       evaluation and plotting, like the studies).
 """
 
 __version__ = "0.1.0"

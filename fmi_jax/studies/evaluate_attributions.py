@@ -8,7 +8,7 @@ the `target` class (`'predicted'` or `'label'`) with every method of `config.met
 and scores the maps with :mod:`fmi_jax.evaluation`:
 
   faithfulness  deletion curve (substrate `deletion.substrate`, default zero) -> AUC,
-                lower is better; insertion curve (`insertion.substrate`, default blur)
+                lower is better; insertion curve (`insertion.substrate`)
                 -> AUC, higher is better; pixel flipping with the deletion substrate:
                 MoRF AOPC (higher is better) and LeRF AOPC (lower is better)
   robustness    infidelity (Yeh et al., `infidelity.normalize` rescales each map by
@@ -47,6 +47,7 @@ Outputs under `workdir/<config.output>/`:
   randomization.png        mean Spearman (|maps|) and SSIM per cascade step per method
   agreement.json/.png cross-method agreement of the maps (the explain study's
                       `_agreement`: Pearson, Spearman, top-k overlap)
+  index.html          the leaderboard and the figures on one offline page
 
 Re-running with the same config reads the finished methods from `methods/` and only
 computes the missing ones, then rewrites the tables and figures.
@@ -71,6 +72,7 @@ from absl import logging
 
 from fmi_jax import attribution, evaluation, plotting
 from fmi_jax.attribution.core import example_keys
+from fmi_jax.plotting.html import Image, Link, Section, Table
 from fmi_jax.studies.explain import _agreement, _method_options, _plain
 from fmi_jax.train import evaluate as evaluate_lib
 from fmi_jax.train import loop as loop_lib
@@ -588,5 +590,39 @@ def evaluate_attributions(
             agreement["methods"],
             out / "agreement.png",
         )
+    _write_index(out, rows, meta)
     logging.info("leaderboard: %s", out / "leaderboard.md")
     return EvaluateAttributionsResult(out_dir=out, rows=rows, indices=indices, computed=computed)
+
+
+def _write_index(out: Path, rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> None:
+    """`out/index.html`: the leaderboard as a table and the figures that exist."""
+    arrows = {" (lower is better)": " ↓", " (higher is better)": " ↑", " (pass is better)": ""}
+    header = ["method"]
+    for _, h in COLUMNS:
+        for words, arrow in arrows.items():
+            h = h.replace(words, arrow)
+        header.append(h)
+    table = Table(header, [[r["method"], *(r[k] for k, _ in COLUMNS)] for r in rows])
+    figures = [
+        Image(name, caption)
+        for name, caption in (
+            ("deletion_insertion.png", "mean deletion and insertion curves"),
+            ("randomization.png", "cascading model randomisation, per step"),
+            ("agreement.png", "agreement between the methods' maps"),
+        )
+        if (out / name).is_file()
+    ]
+    files = ["leaderboard.md", "leaderboard.csv", "leaderboard.json", "agreement.json"]
+    files += ["curves.npz", "config.json"]
+    plotting.write_page(
+        out / "index.html",
+        title=f"Attribution metrics: {meta['model']} on {meta['dataset']}/{meta['split']}",
+        intro=f"{meta['images']} images ({meta['selection']}), target: {meta['target']}, "
+        f"checkpoint epoch {meta['checkpoint_epoch']}, accuracy {meta['accuracy']:.3f}. "
+        f"Sanity: cascading randomisation of {', '.join(meta['sanity_layers'])} on "
+        f"{meta['sanity_images']} images, threshold {meta['sanity_threshold']}.",
+        sections=[Section("Leaderboard", ["↓ lower is better, ↑ higher is better."], table)]
+        + ([Section("Figures", images=figures)] if figures else [])
+        + [Section("Files", links=[Link(f) for f in files if (out / f).is_file()])],
+    )

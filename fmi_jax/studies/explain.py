@@ -17,6 +17,7 @@ runs every configured attribution method on them, and writes under
   layer_<method>.png per-layer CAM: the map of every conv layer (first to last)
                      for the first `layer_cam.samples` samples (maps in the npz
                      as `layer_cam_<layer>`)
+  index.html         all of the above on one offline page (tables and figures)
 
 Re-running with the same config reuses attributions.npz and only draws
 missing figures; a different config for the same output folder is an error
@@ -39,6 +40,7 @@ import numpy as np
 from absl import logging
 
 from fmi_jax import attribution, evaluation, plotting
+from fmi_jax.plotting.html import Image, Link, Section, Table
 from fmi_jax.train import evaluate as evaluate_lib
 from fmi_jax.train import loop as loop_lib
 from fmi_jax.train.input_pipeline import to_float
@@ -294,7 +296,47 @@ def explain_model(
                 ],
                 method=config.layer_cam.method,
             )
+    _write_index(out, stats, indices, labels, preds, split.class_names)
     return ExplainResult(out_dir=out, stats=stats, maps=maps, indices=np.asarray(indices))
+
+
+def _write_index(out: Path, stats, indices, labels, preds, class_names) -> None:
+    """`out/index.html`: the summary numbers and every figure of the run that exists."""
+    completeness = stats.get("completeness", {})
+    rows = [
+        [m, s["seconds"], s["mean_abs"], completeness.get(m, {}).get("mean_abs_delta")]
+        for m, s in stats["methods"].items()
+    ]
+    header = ["method", "seconds (incl. compile)", "mean |A|", "mean |completeness gap|"]
+
+    def images(paths, caption=lambda p: ""):
+        return [Image(p.relative_to(out).as_posix(), caption(p)) for p in paths if p.is_file()]
+
+    def sheet_caption(p):
+        i = int(p.stem.removeprefix("sample_"))
+        return (
+            f"sample {i} (index {indices[i]}): true {class_names[labels[i]]}, "
+            f"predicted {class_names[preds[i]]}"
+        )
+
+    figures = {
+        "Agreement between methods": images([out / "agreement.png"]),
+        "Galleries": images([out / f"gallery_{m}.png" for m in stats["methods"]]),
+        "Sign modes": images([out / f"signs_{m}.png" for m in stats["methods"]]),
+        "CAM of every layer": images(sorted(out.glob("layer_*.png"))),
+        "Samples": images(
+            [out / "sheets" / f"sample_{i:03d}.png" for i in range(len(indices))], sheet_caption
+        ),
+    }
+    files = ("stats.json", "attributions.npz", "config.json")
+    plotting.write_page(
+        out / "index.html",
+        title=f"Explain: {stats['model']} on {stats['dataset']}/{stats['split']}",
+        intro=f"{stats['samples']} samples, checkpoint epoch {stats['checkpoint_epoch']}.",
+        sections=[Section("Summary", table=Table(header, rows))]
+        + [Section(h, images=imgs) for h, imgs in figures.items() if imgs]
+        + [Section("Files", links=[Link(f) for f in files if (out / f).is_file()])],
+    )
 
 
 def _key(layer: str) -> str:
@@ -350,7 +392,10 @@ def layer_cams(
 
 def _figures(out: Path, config, images, labels, preds, probs, maps, stats, class_names) -> None:
     names = list(maps)
-    signs = {m: ("all" if attribution.METHODS[m].signed else "absolute") for m in names}
+    signs = {
+        m: ("all" if attribution.METHODS[m].is_signed(_method_options(config, m)) else "absolute")
+        for m in names
+    }
     per_sample = np.load(out / "attributions.npz")["spearman_per_sample"]
     for i in range(min(int(config.figures.max_sheets), len(images))):
         path = out / "sheets" / f"sample_{i:03d}.png"

@@ -1,0 +1,479 @@
+"""One call that explains a model's decisions on a few images and writes it all down.
+
+    from fmi_jax.report import report
+    page = report(fn, x, methods=("saliency", "integrated_gradients", "smoothgrad"),
+                  out="report/", key=jax.random.key(0), labels=y, class_names=names)
+    # open report/index.html in a browser
+
+`fn(x) -> logits` is any model function (for the CAM family, a model handle from
+`fmi_jax.attribution`); `x` is a batch of float images ``(N, H, W[, C])``. Every named
+method runs through the registry (:func:`fmi_jax.attribution.explainer`) and the report
+measures, per method:
+
+* **seconds** of one call after compilation (the first call compiles and is timed
+  separately), for all N images;
+* the **completeness gap** ``sum_j A_ij - (f_t(x_i) - f_t(x'_i))`` per example
+  (:func:`fmi_jax.attribution.completeness_delta`; ``x'`` is the method's ``baseline``
+  option, zeros by default): about zero for Integrated Gradients (its quadrature error;
+  Sundararajan et al. 2017) and DeepLift (summation-to-delta; Shrikumar et al. 2017),
+  and for other methods a measure of how far the maps are from accounting for the
+  logit difference ``f_t(x) - f_t(x')``, which is reported beside it for scale;
+* **agreement** with every other method: the mean over examples of the Spearman rank
+  correlation and of the top-k overlap of the channel-summed maps
+  (:mod:`fmi_jax.evaluation.agreement`).
+
+It writes under `out`:
+
+  index.html   the page: summary table, agreement figure, every sheet with its caption
+  stats.json   all the numbers above, per method and per example
+  agreement.png  the mean Spearman and top-k overlap matrices
+  sheets/<i>.png per image: the input, each method's map and overlay, the example's
+               statistics and cross-method correlations
+
+`out` must be new, empty, or a previous report (which is then replaced); a folder
+holding anything else is refused, so nothing of the researcher's is overwritten.
+Every file is written atomically (a temporary file, then a rename).
+
+This module sits above attribution, evaluation and plotting (beside the studies) and
+imports them; nothing in those layers imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fmi_jax import attribution, evaluation, plotting
+from fmi_jax.attribution import METHODS
+from fmi_jax.plotting.html import Image, Link, Section, Table, write_page
+
+__all__ = ["REPORT_KIND", "report"]
+
+# stats.json's "kind": how a later call recognises a folder as a report it may replace.
+REPORT_KIND = "fmi_jax.report"
+
+_OWN_FILES = ("index.html", "stats.json", "agreement.png")
+_SHEET = re.compile(r"\d+\.png")
+_TEMPORARY = re.compile(r"\..+\.tmp")  # left by an interrupted atomic write
+
+
+def report(
+    fn: Callable[[jax.Array], jax.Array],
+    x: Any,
+    target: Any = None,
+    *,
+    methods: Sequence[str],
+    out: str | Path,
+    key: jax.Array | int | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    labels: Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
+    batch_size: int | None = None,
+    topk_fraction: float = 0.1,
+    max_sheets: int | None = None,
+    title: str = "Attribution report",
+) -> Path:
+    """Explains `x` with every method in `methods` and writes the report under `out`.
+
+    Args:
+      fn: model function, batch ``(N, ...)`` -> logits ``(N, classes)``; for methods
+        with ``METHODS[name].needs_model`` (the CAM family), a model handle.
+      x: float images ``(N, H, W)`` or ``(N, H, W, C)``, as `fn` takes them.
+      target: the class to explain: ``None`` (each example's predicted class), one int
+        or an int array ``(N,)``; resolved once and passed to every method.
+      methods: registry names (``attribution.available_methods()``).
+      out: the report folder (new, empty, or a previous report).
+      key: a PRNG key (or an int seed) for the methods that draw randomness; required
+        when one of them is requested, ignored by the others.
+      options: per method, the keyword options of its explainer,
+        e.g. ``{"occlusion": {"window": (4, 4)}}``.
+      labels: the true class of each example, shown in the captions.
+      class_names: names for class indices, shown in the captions.
+      batch_size: examples per forward pass for the target, the completeness gaps and
+        every method that takes ``batch_size`` (unless its options set one).
+      topk_fraction: the fraction of pixels whose overlap the agreement counts.
+      max_sheets: draw sheets for the first `max_sheets` examples only (None: all).
+      title: the page title.
+
+    Returns:
+      The path of ``index.html``.
+
+    Raises:
+      ValueError: an unknown or repeated method, no methods, options for a method not
+        requested or that it does not take, no `key` for a stochastic method, bad
+        shapes of `x`, `target`, `labels` or `class_names`, or an `out` that exists and
+        holds something other than a previous report. Nothing is written then.
+    """
+    names = _check_methods(methods, options)
+    options = {m: dict((options or {}).get(m, {})) for m in names}
+    stochastic = [m for m in names if METHODS[m].stochastic]
+    if stochastic and key is None:
+        raise ValueError(
+            f"{', '.join(stochastic)} draw{'s' if len(stochastic) == 1 else ''} random "
+            "samples: pass key=jax.random.key(seed)"
+        )
+    if isinstance(key, int):
+        key = jax.random.key(key)
+    out = Path(out)
+    _check_out(out)
+    x = jnp.asarray(x, jnp.float32)
+    if x.ndim not in (3, 4) or x.shape[0] == 0:
+        raise ValueError(f"x must be images (N, H, W) or (N, H, W, C), got shape {x.shape}")
+    if not np.isfinite(np.asarray(x)).all():
+        raise ValueError("x contains NaN or Inf values")
+    n = x.shape[0]
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(
+                f"labels must be {n} integer classes, got {labels.dtype} {labels.shape}"
+            )
+    if not 0 < topk_fraction <= 1:
+        raise ValueError(f"topk_fraction must be in (0, 1], got {topk_fraction}")
+    logits = _logits(fn, x, batch_size)
+    target = attribution.resolve_target(fn, x, target, batch_size=batch_size)
+    used = [logits.argmax(-1), np.asarray(target)] + ([labels] if labels is not None else [])
+    if class_names is not None:
+        class_names = [str(c) for c in class_names]
+        top = max(int(np.max(u)) for u in used)
+        if top >= len(class_names):
+            raise ValueError(f"class_names has {len(class_names)} names, but class {top} occurs")
+    for m in names:
+        spec = METHODS[m]
+        if batch_size is not None and "batch_size" in spec.options:
+            options[m].setdefault("batch_size", batch_size)
+    explainers = {m: jax.jit(attribution.explainer(m, fn, **options[m])) for m in names}
+
+    maps, method_stats = {}, {}
+    for m in names:
+        maps[m], method_stats[m] = _run_method(
+            m, explainers[m], fn, x, target, key, options[m], batch_size
+        )
+    agreement, per_example = _agreement(maps, topk_fraction)
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))
+    preds = probs.argmax(-1)
+    stats = {
+        "kind": REPORT_KIND,
+        "examples": n,
+        "input_shape": list(x.shape[1:]),
+        "target": np.asarray(target).tolist(),
+        "predictions": preds.tolist(),
+        "probabilities": probs.max(-1).tolist(),
+        "labels": None if labels is None else labels.tolist(),
+        "class_names": class_names,
+        "methods": method_stats,
+        "agreement": agreement,
+    }
+
+    out.mkdir(parents=True, exist_ok=True)
+    x = np.asarray(x)
+    sheets = []
+    for i in range(n if max_sheets is None else min(int(max_sheets), n)):
+        sheets.append(f"sheets/{i}.png")
+        plotting.explanation_sheet(
+            _for_display(x[i]),
+            {m: maps[m][i] for m in names},
+            path=out / sheets[-1],
+            title=_caption(i, stats, short=True),
+            stats={
+                m: {
+                    "sum": float(maps[m][i].sum()),
+                    "gap": method_stats[m]["completeness"]["per_example"][i],
+                    "max |A|": float(np.abs(maps[m][i]).max()),
+                }
+                for m in names
+            },
+            correlation=per_example[i],
+            signs={m: "all" if METHODS[m].is_signed(options[m]) else "absolute" for m in names},
+        )
+    # a previous report's extra sheets, and temporaries of interrupted writes
+    for stale in (out / "sheets").glob("*"):
+        if stale.is_file() and f"sheets/{stale.name}" not in sheets:
+            stale.unlink()
+    for stale in out.iterdir():
+        if stale.is_file() and _TEMPORARY.fullmatch(stale.name):
+            stale.unlink()
+    plotting.agreement_matrices(
+        {
+            "Spearman": np.asarray(agreement["spearman"], np.float64),
+            f"top {100 * topk_fraction:g}% overlap": np.asarray(agreement["topk_overlap"]),
+        },
+        names,
+        path=out / "agreement.png",
+    )
+    _write_text(out / "stats.json", json.dumps(_json_safe(stats), indent=2))
+    return _write_page(out, stats, sheets, title)
+
+
+# --------------------------------------------------------------------- checks
+
+
+def _check_methods(methods: Any, options: Mapping[str, Any] | None) -> list[str]:
+    names = [methods] if isinstance(methods, str) else list(methods)
+    available = attribution.available_methods()
+    if not names:
+        raise ValueError(f"methods is empty; choose from: {', '.join(available)}")
+    unknown = [m for m in names if m not in available]
+    if unknown:
+        raise ValueError(
+            f"unknown method(s) {', '.join(map(repr, unknown))}; available: {', '.join(available)}"
+        )
+    repeated = sorted({m for m in names if names.count(m) > 1})
+    if repeated:
+        raise ValueError(f"methods repeat {', '.join(repeated)}")
+    extra = sorted(set(options or {}) - set(names))
+    if extra:
+        raise ValueError(
+            f"options given for {', '.join(extra)}, which is not among the methods {names}"
+        )
+    return names
+
+
+def _check_out(out: Path) -> None:
+    """`out` may be missing, empty, or hold a previous report and nothing else."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"out={str(out)!r} exists and is not a folder")
+    foreign = []
+    for entry in sorted(out.iterdir()):
+        if entry.name in _OWN_FILES and entry.is_file() or _TEMPORARY.fullmatch(entry.name):
+            continue
+        if entry.name == "sheets" and entry.is_dir():
+            foreign += [
+                f"sheets/{p.name}"
+                for p in sorted(entry.iterdir())
+                if not (p.is_file() and (_SHEET.fullmatch(p.name) or _TEMPORARY.fullmatch(p.name)))
+            ]
+            continue
+        foreign.append(entry.name)
+    if not foreign and (out / "stats.json").exists():
+        try:
+            kind = json.loads((out / "stats.json").read_text()).get("kind")
+        except (ValueError, AttributeError):
+            kind = None
+        if kind != REPORT_KIND:
+            foreign.append("stats.json (not a report's)")
+    if foreign:
+        shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+        raise ValueError(
+            f"out={str(out)!r} holds files that are not a previous report ({shown}); "
+            "choose a new or empty folder (nothing was written)"
+        )
+
+
+# ------------------------------------------------------------------- numbers
+
+
+def _logits(fn, x: jax.Array, batch_size: int | None) -> np.ndarray:
+    size = x.shape[0] if batch_size is None else int(batch_size)
+    return np.concatenate(
+        [np.asarray(fn(x[s : s + size]), np.float32) for s in range(0, x.shape[0], size)]
+    )
+
+
+def _run_method(name, explain, fn, x, target, key, options, batch_size):
+    """Maps (from the first, compiling call), the seconds of a second call, and the
+    completeness gap per example."""
+    start = time.perf_counter()
+    maps = np.asarray(jax.block_until_ready(explain(x, target, key)))
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    jax.block_until_ready(explain(x, target, key))
+    seconds = time.perf_counter() - start
+    if not np.isfinite(maps).all():
+        raise FloatingPointError(f"{name} produced NaN or Inf attributions with {options}")
+    extra = {} if batch_size is None else {"batch_size": batch_size}
+    gap = np.asarray(
+        attribution.completeness_delta(
+            fn, x, target, jnp.asarray(maps), baseline=options.get("baseline"), **extra
+        ),
+        np.float64,
+    )
+    total = maps.reshape(maps.shape[0], -1).sum(1).astype(np.float64)
+    spec = METHODS[name]
+    return maps, {
+        "seconds": seconds,
+        "first_call_seconds": first,
+        "stochastic": spec.stochastic,
+        "signed": spec.signed,
+        "paper": spec.paper,
+        "options": {k: _option_value(v) for k, v in options.items()},
+        "mean_abs": float(np.abs(maps).mean()),
+        "completeness": {
+            "mean_abs_gap": float(np.abs(gap).mean()),
+            "max_abs_gap": float(np.abs(gap).max()),
+            # sum(A) - gap = f_t(x) - f_t(x'): the scale the gap is measured against
+            "mean_abs_logit_difference": float(np.abs(total - gap).mean()),
+            "per_example": gap.tolist(),
+        },
+    }
+
+
+def _agreement(maps: Mapping[str, np.ndarray], fraction: float) -> tuple[dict, np.ndarray]:
+    """Mean Spearman and top-k overlap matrices of the channel-summed maps, and the
+    per-example Spearman matrices ``(N, M, M)``."""
+    names = list(maps)
+    flat = {
+        m: evaluation.reduce_channels(jnp.asarray(v), "sum") if v.ndim == 4 else jnp.asarray(v)
+        for m, v in maps.items()
+    }
+    spearman, per_example = evaluation.correlation_matrix(flat, method="spearman")
+    overlap = np.eye(len(names))
+    for i, a in enumerate(names):
+        for j in range(i + 1, len(names)):
+            value = evaluation.topk_overlap(flat[a], flat[names[j]], fraction=fraction)
+            overlap[i, j] = overlap[j, i] = float(np.mean(value))
+    return {
+        "methods": names,
+        "spearman": spearman.tolist(),
+        "topk_fraction": fraction,
+        "topk_overlap": overlap.tolist(),
+    }, per_example
+
+
+def _option_value(value: Any) -> Any:
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, (tuple, list)) and all(isinstance(v, (int, float, str)) for v in value):
+        return list(value)
+    shape = getattr(value, "shape", None)
+    return f"array{tuple(shape)}" if shape is not None else repr(value)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and Inf (an undefined correlation) become null: stats.json stays strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+# -------------------------------------------------------------------- files
+
+
+def _write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _for_display(image: np.ndarray) -> np.ndarray:
+    """The image min-max scaled to [0, 1] (plotting shows [0, 1]; the maps were
+    computed on the image as given)."""
+    lo, hi = float(image.min()), float(image.max())
+    return (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
+
+
+def _class(c: int, stats: Mapping[str, Any]) -> str:
+    names = stats["class_names"]
+    return str(c) if names is None else names[c]
+
+
+def _caption(i: int, stats: Mapping[str, Any], short: bool = False) -> str:
+    parts = [f"#{i}"]
+    if stats["labels"] is not None:
+        parts.append(f"label {_class(stats['labels'][i], stats)}")
+    parts.append(
+        f"predicted {_class(stats['predictions'][i], stats)} (p = {stats['probabilities'][i]:.2f})"
+    )
+    if stats["target"][i] != stats["predictions"][i] or not short:
+        parts.append(f"explained class {_class(stats['target'][i], stats)}")
+    return ", ".join(parts)
+
+
+def _write_page(out: Path, stats: Mapping[str, Any], sheets: Sequence[str], title: str) -> Path:
+    names = list(stats["methods"])
+    rows = [
+        [
+            m,
+            1e3 * s["seconds"],
+            1e3 * s["first_call_seconds"],
+            s["completeness"]["mean_abs_gap"],
+            s["completeness"]["max_abs_gap"],
+            s["completeness"]["mean_abs_logit_difference"],
+            s["paper"],
+        ]
+        for m, s in stats["methods"].items()
+    ]
+    n, shape = stats["examples"], " × ".join(map(str, stats["input_shape"]))
+    a = stats["agreement"]
+    sections = [
+        Section(
+            "Summary",
+            paragraphs=[
+                "Milliseconds of one call on all images after compilation (the first "
+                "call, which compiles, is timed separately). Completeness gap: sum of the "
+                "map minus f_t(x) − f_t(x′), with x′ the method's baseline (zeros unless "
+                "set); it is about 0 for Integrated Gradients and DeepLift, and shows for "
+                "other methods how much of the logit difference (last numeric column) the "
+                "map leaves unexplained.",
+            ],
+            table=Table(
+                [
+                    "method",
+                    "ms per call",
+                    "ms, first call (compiles)",
+                    "mean |completeness gap|",
+                    "max |completeness gap|",
+                    "mean |f_t(x) − f_t(x′)|",
+                    "reference",
+                ],
+                rows,
+            ),
+        ),
+        Section(
+            "Agreement between methods",
+            paragraphs=[
+                f"Mean over the {n} images of the Spearman rank correlation of the "
+                f"channel-summed maps, and of the fraction of the top "
+                f"{100 * a['topk_fraction']:g}% pixels (by |attribution|) two maps share.",
+            ],
+            images=[Image("agreement.png", f"Agreement of {', '.join(names)}")],
+        ),
+    ]
+    if sheets:
+        sections.append(
+            Section(
+                "Examples",
+                paragraphs=[
+                    "Per image: the input (min-max scaled for display), each method's map "
+                    "and its overlay, the map's sum, completeness gap and largest |value|, "
+                    "and the Spearman correlations between methods on this image.",
+                ],
+                images=[Image(src, _caption(i, stats)) for i, src in enumerate(sheets)],
+            )
+        )
+    sections.append(
+        Section(
+            "Files",
+            links=[Link("stats.json", "stats.json: every number on this page, per example")],
+        )
+    )
+    return write_page(
+        out / "index.html",
+        title=title,
+        intro=f"{n} images of shape {shape}, explained with {len(names)} "
+        f"method{'s' if len(names) != 1 else ''}: {', '.join(names)}.",
+        sections=sections,
+    )

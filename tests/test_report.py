@@ -1,0 +1,301 @@
+"""`fmi_jax.report.report` and the HTML page writer, on a linear model with known answers.
+
+For `f(x) = x.reshape(N, -1) @ W` and a zero baseline, input x gradient and Integrated
+Gradients are both `x * W[:, t]` and sum to `f_t(x) - f_t(0)` exactly, so their
+completeness gap is rounding only and they agree perfectly with each other.
+"""
+
+import html.parser
+import json
+import shutil
+import subprocess
+import urllib.parse
+from pathlib import Path
+
+import jax
+import matplotlib.image
+import numpy as np
+import pytest
+
+from fmi_jax.plotting import html as page
+from fmi_jax.report import report
+
+METHODS = ("saliency", "integrated_gradients", "input_x_gradient")
+CLASS_NAMES = ("left", "middle", "right")
+
+
+def _linear_model():
+    w = jax.random.normal(jax.random.key(1), (64, 3)) / 8.0
+    return lambda x: x.reshape(x.shape[0], -1) @ w
+
+
+def _images():
+    return jax.random.uniform(jax.random.key(2), (4, 8, 8, 1))
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report") / "report"
+    index = report(
+        _linear_model(),
+        _images(),
+        methods=METHODS,
+        out=out,
+        labels=[0, 1, 2, 0],
+        class_names=CLASS_NAMES,
+    )
+    return out, index
+
+
+class _Refs(html.parser.HTMLParser):
+    """Every src/href of a page, the <img> sources, and the text of its table cells."""
+
+    def __init__(self):
+        super().__init__()
+        self.refs, self.images, self.cells, self._cell = [], [], [], None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.refs += [attrs[k] for k in ("src", "href") if k in attrs]
+        if tag == "img":
+            self.images.append(attrs["src"])
+        if tag in ("td", "th"):
+            self._cell = ""
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.cells.append(self._cell)
+            self._cell = None
+
+
+def _parse(path: Path) -> _Refs:
+    refs = _Refs()
+    refs.feed(path.read_text(encoding="utf-8"))
+    return refs
+
+
+def _assert_references_exist(index: Path) -> _Refs:
+    refs = _parse(index)
+    for ref in refs.refs:
+        if ref.startswith("#"):
+            continue
+        assert not urllib.parse.urlsplit(ref).scheme, ref  # offline: nothing fetched
+        assert (index.parent / urllib.parse.unquote(ref)).is_file(), ref
+    return refs
+
+
+def test_report_writes_sheets_stats_and_page(written):
+    out, index = written
+    assert index == out / "index.html"
+    assert sorted(p.name for p in (out / "sheets").iterdir()) == [f"{i}.png" for i in range(4)]
+    assert (out / "agreement.png").stat().st_size > 5_000
+    assert not list(out.rglob(".*"))  # no temporary files left
+    stats = json.loads((out / "stats.json").read_text())
+    assert list(stats["methods"]) == list(METHODS)
+    for m in ("integrated_gradients", "input_x_gradient"):
+        gap = stats["methods"][m]["completeness"]
+        assert gap["max_abs_gap"] < 1e-5, m
+        assert gap["mean_abs_logit_difference"] > 0.1, m  # the gap is small against this
+    assert stats["methods"]["saliency"]["completeness"]["mean_abs_gap"] > 1e-2
+    for m in METHODS:
+        assert stats["methods"][m]["seconds"] > 0 and stats["methods"][m]["first_call_seconds"] > 0
+    agreement = stats["agreement"]
+    assert agreement["methods"] == list(METHODS)
+    spearman, overlap = np.array(agreement["spearman"]), np.array(agreement["topk_overlap"])
+    assert spearman[0, 0] == 1.0 and overlap[0, 0] == 1.0  # saliency with itself
+    ig, ixg = METHODS.index("integrated_gradients"), METHODS.index("input_x_gradient")
+    np.testing.assert_allclose(spearman[ig, ixg], 1.0, atol=1e-6)
+    np.testing.assert_allclose(overlap[ig, ixg], 1.0)
+    assert stats["predictions"] == stats["target"]  # target=None: the predicted class
+
+
+def test_page_references_only_files_that_exist(written):
+    out, index = written
+    refs = _assert_references_exist(index)
+    assert sorted(refs.images) == ["agreement.png"] + [f"sheets/{i}.png" for i in range(4)]
+    assert "stats.json" in refs.refs
+    assert set(METHODS) <= set(refs.cells)
+    text = index.read_text()
+    assert "#2, label right, predicted" in text
+
+
+def test_bad_input_is_refused_with_one_line(tmp_path):
+    fn, x = _linear_model(), _images()
+    cases = [
+        (dict(methods=("saliency", "gradcam")), r"unknown method\(s\) 'gradcam'; available:"),
+        (dict(methods=()), "methods is empty"),
+        (dict(methods=("saliency", "smoothgrad")), "smoothgrad draws random samples.*key="),
+        (dict(methods=("saliency",), options={"occlusion": {}}), "occlusion.*not among"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message) as error:
+            report(fn, x, out=tmp_path / "new", **kwargs)
+        assert "\n" not in str(error.value)
+    assert not (tmp_path / "new").exists()  # nothing written
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not a previous report.*notes.txt") as error:
+        report(fn, x, methods=("saliency",), out=foreign)
+    assert "\n" not in str(error.value)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+    assert (foreign / "notes.txt").read_text() == "mine"
+    (foreign / "notes.txt").unlink()
+    (foreign / "stats.json").write_text("{}")  # a report's name, but not a report
+    with pytest.raises(ValueError, match="stats.json"):
+        report(fn, x, methods=("saliency",), out=foreign)
+    assert (foreign / "stats.json").read_text() == "{}"
+
+
+def test_a_previous_report_is_replaced(tmp_path, written):
+    out = tmp_path / "again"
+    shutil.copytree(written[0], out)
+    report(
+        _linear_model(),
+        _images()[:2],
+        methods=("saliency", "occlusion"),
+        out=out,
+        options={"occlusion": {"window": (2, 2)}},
+    )
+    assert sorted(p.name for p in (out / "sheets").iterdir()) == ["0.png", "1.png"]
+    assert list(json.loads((out / "stats.json").read_text())["methods"]) == [
+        "saliency",
+        "occlusion",
+    ]
+    _assert_references_exist(out / "index.html")
+
+
+def test_page_writer_escapes_formats_and_refuses_missing_files(tmp_path):
+    (tmp_path / "a b.png").write_bytes(b"png")
+    path = page.write_page(
+        tmp_path / "index.html",
+        title="<script>alert(1)</script>",
+        intro="x & y",
+        sections=[
+            page.Section(
+                "Numbers",
+                table=page.Table(["name", "value"], [["<b>", 1234567.0], ["small", 1.5e-7]]),
+                images=[page.Image("a b.png", "a caption")],
+            )
+        ],
+    )
+    text = path.read_text()
+    assert "<script>" not in text and "&lt;script&gt;" in text and "x &amp; y" in text
+    assert "1.235e+06" in text and "1.500e-07" in text and 'src="a%20b.png"' in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a b.png", "index.html"]
+    assert page.format_number(0.5) == "0.5" and page.format_number(3) == "3"
+    assert page.format_number(float("nan")) == "nan" and page.format_number(None) == "–"
+    for src, message in [
+        ("missing.png", "does not exist"),
+        ("/etc/passwd", "relative"),
+        ("../a b.png", "relative"),
+        ("https://example.com/a.png", "relative"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            page.write_page(
+                tmp_path / "other.html",
+                title="t",
+                sections=[page.Section("s", images=[page.Image(src)])],
+            )
+    assert not (tmp_path / "other.html").exists()
+    with pytest.raises(ValueError, match="row 0 has 1 cells for 2 columns"):
+        page.render_page(
+            title="t", sections=[page.Section("s", table=page.Table(["a", "b"], [[1]]))]
+        )
+
+
+def test_study_pages_link_what_exists(tmp_path):
+    from fmi_jax.studies import evaluate_attributions, explain
+
+    (tmp_path / "sheets").mkdir()
+    for name in ("agreement.png", "gallery_saliency.png", "sheets/sample_000.png", "stats.json"):
+        (tmp_path / name).write_bytes(b"x")
+    stats = {
+        "methods": {"saliency": {"seconds": 0.5, "mean_abs": 0.1}},
+        "completeness": {},
+        "samples": 2,
+        "checkpoint_epoch": 3,
+        "model": "cnn",
+        "dataset": "synthetic",
+        "split": "test",
+    }
+    explain._write_index(tmp_path, stats, [7, 9], [0, 1], [0, 0], ["a", "b"])
+    refs = _assert_references_exist(tmp_path / "index.html")
+    assert refs.images == ["agreement.png", "gallery_saliency.png", "sheets/sample_000.png"]
+    assert "saliency" in refs.cells
+
+    row = {"method": "saliency", **{k: 0.25 for k, _ in evaluate_attributions.COLUMNS}}
+    meta = {
+        "model": "cnn",
+        "dataset": "synthetic",
+        "split": "test",
+        "checkpoint_epoch": 3,
+        "images": 4,
+        "selection": "first",
+        "target": "predicted",
+        "accuracy": 0.5,
+        "sanity_layers": ["dense"],
+        "sanity_images": 2,
+        "sanity_threshold": 0.5,
+    }
+    other = tmp_path / "eval"
+    other.mkdir()
+    (other / "leaderboard.md").write_text("|")
+    (other / "randomization.png").write_bytes(b"x")
+    evaluate_attributions._write_index(other, [row], meta)
+    refs = _assert_references_exist(other / "index.html")
+    assert refs.images == ["randomization.png"] and "leaderboard.md" in refs.refs
+    assert "deletion AUC ↓" in refs.cells  # directions as arrows keep the table narrow
+
+
+def test_lower_layers_do_not_import_the_report():
+    root = Path(__file__).resolve().parents[1] / "fmi_jax"
+    for layer in ("attribution", "evaluation", "plotting", "data", "models", "train"):
+        for source in (root / layer).rglob("*.py"):
+            text = source.read_text()
+            assert "fmi_jax.report" not in text and "import report" not in text, source
+    plotting_sources = "".join(p.read_text() for p in (root / "plotting").rglob("*.py"))
+    assert "import jax" not in plotting_sources and "fmi_jax.attribution" not in plotting_sources
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_page_renders_in_a_headless_browser(request, tmp_path):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no chromium or chromium-browser on PATH (apt-get install chromium)")
+    out, index = request.getfixturevalue("written")
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    flags += ["--virtual-time-budget=5000", f"--user-data-dir={tmp_path / 'profile'}"]
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [*flags, f"--screenshot={shot}", "--window-size=1200,2000", index.as_uri()],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    assert pixels.shape[:2] == (2000, 1200)
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50
+    assert (pixels < 0.9).any(-1).mean() > 0.05  # not blank
+    # The heat maps and agreement matrices are the only saturated colours on the page:
+    # missing images would leave just text, tables and a few blue links.
+    saturated = (pixels.max(-1) - pixels.min(-1)) > 0.35
+    assert saturated.mean() > 0.02, saturated.mean()
+    dom = subprocess.run(
+        [*flags, "--dump-dom", index.as_uri()],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    refs = _Refs()
+    refs.feed(dom)
+    assert sorted(refs.images) == ["agreement.png"] + [f"sheets/{i}.png" for i in range(4)]
+    assert "integrated_gradients" in refs.cells and "ms per call" in refs.cells
