@@ -1,0 +1,45 @@
+"""The README's "Explain your own model" code runs as written, so it cannot rot."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SECTION = "## Explain your own model"
+
+
+def _blocks() -> list[str]:
+    """The ```python blocks of the README's "Explain your own model" section, in order."""
+    text = README.read_text()
+    start = text.index(SECTION)
+    end = text.find("\n## ", start + len(SECTION))
+    section = text[start : end if end >= 0 else None]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+def test_the_section_has_a_linen_and_an_nnx_block():
+    blocks = _blocks()
+    assert len(blocks) >= 2
+    assert any("flax.linen" in b for b in blocks)
+    assert any("nnx" in b for b in blocks)
+    assert all(len(b.strip().splitlines()) <= 24 for b in blocks)
+
+
+@pytest.mark.slow
+def test_readme_explain_your_own_model_runs(tmp_path, monkeypatch):
+    """Every block, in order, in one namespace (later blocks reuse `x` and the imports),
+    with the working directory in a temporary folder for the report it writes."""
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "readme"}
+    for block in _blocks():
+        exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
+    x = np.asarray(namespace["x"])
+    for name in ("ig", "cam"):
+        value = np.asarray(namespace[name])
+        assert np.isfinite(value).all()
+        assert value.shape[0] == x.shape[0]
+    assert (tmp_path / "report" / "index.html").exists()
