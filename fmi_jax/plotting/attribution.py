@@ -362,7 +362,17 @@ def explanation_sheet(
         for i in range(len(names)):
             for j in range(len(names)):
                 if np.isfinite(correlation[i, j]):
-                    ax.text(j, i, f"{correlation[i, j]:.2f}", ha="center", va="center", fontsize=6)
+                    # White on the dark ends of the diverging map, black in between.
+                    ink = "white" if abs(correlation[i, j]) > 0.6 else "black"
+                    ax.text(
+                        j,
+                        i,
+                        f"{correlation[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color=ink,
+                    )
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.set_label("<colorbar>")
         ax.set_title("Spearman correlation", fontsize=9)
     if title:
@@ -415,7 +425,8 @@ def class_gallery(
     if one_bar:
         _colorbar(fig, sign, values[drawn[0]], cax=cax)
     fig.suptitle(f"{method} ({sign})".strip(), fontsize=10)
-    fig.tight_layout()
+    # Leave the title its own band: a narrow gallery (one column) is shorter than it.
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     return finish(fig, path)
 
 
