@@ -103,9 +103,12 @@ def test_keys():
     indices) any subset of the batch, or a vmap over single examples, reproduces the full
     batch's rows exactly."""
     tunneled = noise_tunnel(saliency, samples=3)
+    # One compiled program per input shape (un-jitted, every primitive compiles alone).
+    jitted = jax.jit(lambda x, key: tunneled(quadratic, x, 0, key=key))
 
     def run(x, target, key):
-        return tunneled(quadratic, x, target, key=key)
+        assert target == 0
+        return jitted(x, key)
 
     first = run(X, 0, KEY)
     np.testing.assert_array_equal(run(X, 0, KEY), first)
@@ -262,15 +265,25 @@ def test_a_gradient_shap_distribution_as_long_as_the_batch_is_shared_not_indexed
     references = jnp.stack([X[0] * 0.5, -X[1]])  # as many references as examples
     x = X[:2]
     tunneled = noise_tunnel(gradient_shap, samples=2, stdev=0.0)
-    results = [
-        tunneled(two_logits, x, 0, key=KEY, baseline=references, batch_size=b, samples=4)
-        for b in (None, 1, 2)
-    ]
+
+    @functools.partial(jax.jit, static_argnums=(0, 1))
+    def run(batch_size, samples, target):
+        return tunneled(
+            two_logits,
+            x,
+            target,
+            key=KEY,
+            baseline=references,
+            batch_size=batch_size,
+            samples=samples,
+        )
+
+    results = [run(b, 4, 0) for b in (None, 1, 2)]
     for result in results[1:]:
         np.testing.assert_allclose(result, results[0], rtol=1e-6)
     # f_1 is linear: every sample is (x - b) * 1, so the mean over drawn references is
     # x minus a mixture of the two references, never a per-example pick only.
-    linear = tunneled(two_logits, x, 1, key=KEY, baseline=references, samples=64)
+    linear = run(None, 64, 1)
     drawn = x - linear  # each row is a convex combination of the references
     assert not np.allclose(drawn, references, atol=1e-3)
 
@@ -281,5 +294,10 @@ def test_a_baseline_bound_into_the_method_is_not_overridden():
     bound = functools.partial(integrated_gradients, baseline=1.0, steps=4)
     bound.__name__ = "integrated_gradients"
     tunneled = noise_tunnel(bound, samples=2, stdev=0.0)
-    expected = integrated_gradients(two_logits, X, 1, baseline=1.0, steps=4)
-    np.testing.assert_allclose(tunneled(two_logits, X, 1, key=KEY), expected, rtol=1e-6)
+    got, expected = jax.jit(  # one compiled program for both
+        lambda x: (
+            tunneled(two_logits, x, 1, key=KEY),
+            integrated_gradients(two_logits, x, 1, baseline=1.0, steps=4),
+        )
+    )(X)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
