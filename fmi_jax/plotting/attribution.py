@@ -362,17 +362,7 @@ def explanation_sheet(
         for i in range(len(names)):
             for j in range(len(names)):
                 if np.isfinite(correlation[i, j]):
-                    # White on the dark ends of the diverging map, black in between.
-                    ink = "white" if abs(correlation[i, j]) > 0.6 else "black"
-                    ax.text(
-                        j,
-                        i,
-                        f"{correlation[i, j]:.2f}",
-                        ha="center",
-                        va="center",
-                        fontsize=6,
-                        color=ink,
-                    )
+                    _cell_label(ax, im, i, j, correlation[i, j])
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.set_label("<colorbar>")
         ax.set_title("Spearman correlation", fontsize=9)
     if title:
@@ -430,6 +420,14 @@ def class_gallery(
     return finish(fig, path)
 
 
+def _cell_label(ax, image, i: int, j: int, value: float) -> None:
+    """A matrix cell's value, in white on dark cells and black on light ones (by the
+    luminance of the cell's own colour), so it stays readable at both ends of a map."""
+    r, g, b, _ = image.cmap(image.norm(value))
+    ink = "white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black"
+    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6, color=ink)
+
+
 def agreement_matrices(
     matrices: Mapping[str, np.ndarray], names: Sequence[str], path: str | Path | None = None
 ) -> Figure:
@@ -445,7 +443,7 @@ def agreement_matrices(
         ax.set_yticks(range(len(names)), names, fontsize=7)
         for i in range(len(names)):
             for j in range(len(names)):
-                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6)
+                _cell_label(ax, im, i, j, m[i, j])
         ax.set_title(title, fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
