@@ -18,11 +18,12 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 if not __package__:  # started as `python path/to/experiments/<script>.py`, from any folder
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 import configs  # noqa: E402
-from fmi_jax import benchmark, logs  # noqa: E402
+from experiments import _cli  # noqa: E402
+from fmi_jax import benchmark  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", configs.path("benchmark"), "Benchmark config.", lock_config=True
@@ -30,10 +31,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", "runs/benchmark", "Where the results go.")
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logs.quiet_libraries()
+def main():
     config = _CONFIG.value
     # The training row's config is named like --config (`cnn_fmnist:smoke`) and found in
     # this repository's configs/, wherever the script is started.
@@ -43,4 +41,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _cli.run(main)

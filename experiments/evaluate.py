@@ -11,9 +11,10 @@ from pathlib import Path
 if not __package__:  # started as `python path/to/experiments/<script>.py`, from any folder
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
-from fmi_jax import logs, train  # noqa: E402
+from experiments import _cli  # noqa: E402
+from fmi_jax import train  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or an epoch number.")
@@ -24,10 +25,7 @@ _OVERWRITE = flags.DEFINE_bool(
 flags.mark_flag_as_required("workdir")
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logs.quiet_libraries()
+def main():
     train.evaluate_workdir(
         _WORKDIR.value,
         checkpoint=_CHECKPOINT.value,
@@ -37,4 +35,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _cli.run(main)

@@ -18,11 +18,12 @@ from pathlib import Path
 if not __package__:  # started as `python path/to/experiments/<script>.py`, from any folder
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 import configs  # noqa: E402
-from fmi_jax import logs, studies  # noqa: E402
+from experiments import _cli  # noqa: E402
+from fmi_jax import studies  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", configs.path("explain_images"), "Image explanation config.", lock_config=True
@@ -32,12 +33,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where the results go.")
 flags.mark_flags_as_required(["images", "workdir"])
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logs.quiet_libraries()
+def main():
     studies.run_explain_images(_CONFIG.value, _IMAGES.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _cli.run(main)

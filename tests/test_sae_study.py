@@ -109,7 +109,7 @@ def test_rerun_resumes_without_retraining_or_rewriting(study):
 def test_a_changed_config_is_refused_and_nothing_is_touched(study):
     workdir, _, _ = study
     before = (workdir / "study_config.json").read_text()
-    with pytest.raises(ValueError, match="different sae settings.*new --workdir"):
+    with pytest.raises(ValueError, match=r"another config \(sae\.k: \d+ -> 4\).*new --workdir"):
         studies.run_sae_study(smoke_config(**{"sae.k": 4}), workdir)
     assert (workdir / "study_config.json").read_text() == before
 

@@ -70,10 +70,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from fmi_jax import attribution, evaluation, plotting
+from fmi_jax import attribution, evaluation, plotting, runs
 from fmi_jax.attribution.core import example_keys
 from fmi_jax.plotting.html import Image, Link, Section, Table
-from fmi_jax.studies.explain import _agreement, _method_options, _plain
+from fmi_jax.studies.explain import OUTPUT_HINT, _agreement, _method_options
 from fmi_jax.train import evaluate as evaluate_lib
 from fmi_jax.train import loop as loop_lib
 from fmi_jax.train.input_pipeline import to_float
@@ -120,7 +120,9 @@ class EvaluateAttributionsResult:
 # ----------------------------------------------------------------------- config
 
 
-def _open_output(config: Any, out: Path) -> None:
+def _check(config: Any, model: Any, variables: Any, images: np.ndarray) -> None:
+    """Everything about `config` that can fail cheaply, before the output is claimed:
+    method names, their options, and the CAM layers they name."""
     known = set(attribution.available_methods()) | set(CONTROLS)
     unknown = sorted(set(config.methods) - known)
     if unknown:
@@ -132,15 +134,22 @@ def _open_output(config: Any, out: Path) -> None:
         raise ValueError(f"methods repeat a name: {tuple(config.methods)}")
     if config.target not in ("predicted", "label"):
         raise ValueError(f"target must be 'predicted' or 'label', got {config.target!r}")
-    out.mkdir(parents=True, exist_ok=True)
-    config_json = json.dumps(_plain(config), indent=2, sort_keys=True)
-    path = out / "config.json"
-    if path.exists() and path.read_text() != config_json:
-        raise ValueError(
-            f"{out} holds a study run with another config; pass --config.output=<new name> "
-            "(or move that folder away). Nothing was overwritten."
-        )
-    path.write_text(config_json)
+    x = to_float(jnp.asarray(images[:1]))
+    handle = attribution.flax_model(model, variables)
+    fn = lambda inputs: model.apply(variables, inputs)  # noqa: E731
+    for name in config.methods:
+        if name in CONTROLS:
+            continue
+        options = _method_options(config, name)
+        attribution.explainer(name, fn, model=model, variables=variables, **options)
+        if "layer" in options:
+            handle.layer_shape(x, options["layer"])
+
+
+def _claim(config: Any, out: Path) -> None:
+    """Claims `out` for this config (see fmi_jax/runs.py); results: any cached method."""
+    has_results = any((out / "methods").glob("*.json")) or (out / "leaderboard.json").exists()
+    runs.claim(out, config, has_results=has_results, hint=OUTPUT_HINT)
 
 
 def select_images(num_available: int, num_images: int, selection: str, seed: int) -> np.ndarray:
@@ -266,7 +275,7 @@ def _evaluate_method(
         lambda: metrics["infidelity"](variables, images, target, full, infd_key),
     )
     sens = config.sensitivity
-    per_method = _plain(sens.images_per_method) or {}
+    per_method = runs.plain(sens.images_per_method) or {}
     n_sens = _limit(per_method.get(name, sens.max_images), n)
     n_sens = min(n_sens, _limit(sens.max_images, n))
     single = build(variables)
@@ -331,7 +340,7 @@ _SHARED: dict[tuple[int, str], dict[str, Callable[..., jax.Array]]] = {}
 def _shared_metrics(config: Any, model: Any) -> dict[str, Callable[..., jax.Array]]:
     """The metrics that only see the maps, jitted with the variables as an argument, so
     they compile once for all methods (the cache key is the model and the config)."""
-    cache_key = (id(model), json.dumps(_plain(config), sort_keys=True))
+    cache_key = (id(model), json.dumps(runs.plain(config), sort_keys=True))
     if cache_key in _SHARED:
         return _SHARED[cache_key]
     bs = int(config.batch_size)
@@ -405,14 +414,16 @@ def _cell(key: str, value: Any) -> str:
 def _write_tables(out: Path, rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> None:
     headers = ["method", *(header for _, header in COLUMNS)]
     table = [{"method": r["method"], **{header: r[key] for key, header in COLUMNS}} for r in rows]
-    (out / "leaderboard.json").write_text(
-        json.dumps({**meta, "columns": headers, "rows": table, "details": list(rows)}, indent=2)
+    runs.write_json_atomic(
+        out / "leaderboard.json",
+        {**meta, "columns": headers, "rows": table, "details": list(rows)},
+        sort_keys=False,
     )
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=headers, lineterminator="\n")
     writer.writeheader()
     writer.writerows(table)
-    (out / "leaderboard.csv").write_text(buffer.getvalue())
+    runs.write_text_atomic(out / "leaderboard.csv", buffer.getvalue())
     lines = [
         f"# Attribution metrics: {meta['model']} on {meta['dataset']}/{meta['split']}",
         "",
@@ -427,7 +438,7 @@ def _write_tables(out: Path, rows: Sequence[Mapping[str, Any]], meta: Mapping[st
     for r in rows:
         cells = [r["method"], *(_cell(key, r[key]) for key, _ in COLUMNS)]
         lines.append("| " + " | ".join(cells) + " |")
-    (out / "leaderboard.md").write_text("\n".join(lines) + "\n")
+    runs.write_text_atomic(out / "leaderboard.md", "\n".join(lines) + "\n")
 
 
 # -------------------------------------------------------------------------- study
@@ -466,7 +477,8 @@ def evaluate_attributions(
     """The study on a restored model (Flax module -> logits, and its variables) and a
     loaded split; writes under `out` (see the module docstring)."""
     out = Path(out)
-    _open_output(config, out)
+    _check(config, model, variables, split.images)
+    _claim(config, out)
     fn = jax.jit(lambda x: model.apply(variables, x))
     indices = select_images(
         len(split.images), int(config.num_images), config.selection, int(config.selection_seed)
@@ -498,9 +510,10 @@ def evaluate_attributions(
     rows, arrays, computed = [], {}, []
     for i, name in enumerate(config.methods):
         json_path, npz_path = cache / f"{name}.json", cache / f"{name}.npz"
-        if json_path.exists() and npz_path.exists():
+        cached = runs.read_json(json_path, rewritable=True) if npz_path.exists() else None
+        if cached is not None:
             logging.info("[%d/%d] %s: cached in %s", i + 1, len(config.methods), name, cache)
-            rows.append(json.loads(json_path.read_text()))
+            rows.append(cached)
             with np.load(npz_path) as saved:
                 arrays[name] = dict(saved)
             continue
@@ -510,8 +523,8 @@ def evaluate_attributions(
         result, summary = _evaluate_method(
             config, name, model, variables, images, target, method_key
         )
-        np.savez_compressed(npz_path, **result)
-        json_path.write_text(json.dumps(summary, indent=2))  # written last: marks done
+        runs.save_npz_atomic(npz_path, **result)
+        runs.write_json_atomic(json_path, summary, sort_keys=False)  # written last: marks done
         rows.append(summary)
         arrays[name] = result
         computed.append(name)
@@ -542,7 +555,7 @@ def evaluate_attributions(
         "sanity_threshold": float(config.sanity.threshold),
     }
     _write_tables(out, rows, meta)
-    np.savez_compressed(
+    runs.save_npz_atomic(
         out / "curves.npz",
         indices=indices,
         layers=np.asarray(layers),
@@ -578,7 +591,7 @@ def evaluate_attributions(
             {m: arrays[m]["maps"] for m in config.methods}, float(config.topk_fraction)
         )
         agreement.pop("_per_sample")
-        (out / "agreement.json").write_text(json.dumps(agreement, indent=2))
+        runs.write_json_atomic(out / "agreement.json", agreement, sort_keys=False)
         plotting.agreement_matrices(
             {
                 "Pearson": np.array(agreement["pearson"]),

@@ -47,7 +47,6 @@ The model code is pure JAX under `jit`: the same run works on CPU, GPU and TPU.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -61,7 +60,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from fmi_jax import attribution, models, plotting
+from fmi_jax import attribution, models, plotting, runs
 from fmi_jax.data import images as images_lib
 from fmi_jax.data.errors import DataError
 
@@ -82,34 +81,24 @@ class ExplainImagesResult:
     reused: bool
 
 
-def _plain(config: Any) -> Any:
-    if isinstance(config, ml_collections.ConfigDict):
-        return json.loads(config.to_json_best_effort())
-    return config
-
-
 def _claim(config: Any, spec: Any, files: Sequence[Path], out: Path) -> None:
-    """Claims `out` for this config and these input files (never another run's)."""
-    out.mkdir(parents=True, exist_ok=True)
-    texts = {
-        "config.json": json.dumps(_plain(config), indent=2, sort_keys=True),
-        "inputs.json": json.dumps(
+    """Claims `out` for this config and these input files (never another run's; see
+    fmi_jax/runs.py): both are checked before either is recorded."""
+    records = {
+        "config.json": (config, "another config"),
+        "inputs.json": (
             {
                 "images": [str(s) for s in spec] if isinstance(spec, (list, tuple)) else str(spec),
                 "files": [str(f) for f in files],
             },
-            indent=2,
+            "other input files",
         ),
     }
-    for name, text in texts.items():
-        if (out / name).exists() and (out / name).read_text() != text:
-            what = "another config" if name == "config.json" else "other input files"
-            raise ValueError(
-                f"{out} holds explanations made with {what} ({out / name} differs); pass "
-                "another --workdir (or move that folder away). Nothing was overwritten."
-            )
-    for name, text in texts.items():
-        (out / name).write_text(text)
+    has_results = (out / "predictions.json").exists()
+    hint = "pass another --workdir (or move that folder away)"
+    for claim in (runs.check, runs.claim):
+        for name, (record, what) in records.items():
+            claim(out, record, has_results=has_results, name=name, what=what, hint=hint)
 
 
 def _root(spec: Any, files: Sequence[Path]) -> Path:
@@ -258,6 +247,9 @@ def _check(config: Any) -> None:
         raise ValueError("config.ig.steps and config.ig.batch_size must be >= 1")
     if int(config.summary.per_page) < 1:
         raise ValueError("config.summary.per_page must be >= 1")
+    weights = str(config.weights or "")
+    if weights and not Path(weights).is_file():
+        raise FileNotFoundError(f"config.weights: no such file {weights!r}")
 
 
 def run_explain_images(
@@ -281,13 +273,15 @@ def run_explain_images(
     _claim(config, images, files, out)
     root = _root(images, files)
     npz_path, json_path = out / "attributions.npz", out / "predictions.json"
-    reused = npz_path.exists() and json_path.exists()
+    # predictions.json is written last: with it, the results are complete.
+    saved_json = runs.read_json(json_path, rewritable=True) if npz_path.exists() else None
+    reused = saved_json is not None
     if reused:
         logging.info("%s exists: reusing the results, drawing missing figures only", json_path)
         saved = np.load(npz_path)
         pixels, maps = saved["pixels"], saved["attributions"]
-        predictions = json.loads(json_path.read_text())["images"]
-        skipped = json.loads((out / "skipped.json").read_text())
+        predictions = saved_json["images"]
+        skipped = runs.read_json(out / "skipped.json")
     else:
         pixels, maps, predictions, skipped = _compute(config, files, root, out)
     figures = _image_figures(out, pixels, maps, predictions)
@@ -301,7 +295,7 @@ def _compute(config: Any, files: Sequence[Path], root: Path, out: Path):
     image_shape = (crop, crop, 3)
     mean = np.asarray(config.mean, np.float32)
     std = np.asarray(config.std, np.float32)
-    model_kwargs = {k: v for k, v in _plain(config.model).items() if k != "name"}
+    model_kwargs = {k: v for k, v in runs.plain(config.model).items() if k != "name"}
     model_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in model_kwargs.items()}
     model = models.get_model(config.model.name, **model_kwargs)
     variables = _variables(config, model, image_shape)
@@ -350,7 +344,7 @@ def _compute(config: Any, files: Sequence[Path], root: Path, out: Path):
         logging.info("%d / %d files", min(start + batch_size, len(files)), len(files))
 
     skipped_json = [{"file": str(f), "reason": r} for f, r in skipped]
-    (out / "skipped.json").write_text(json.dumps(skipped_json, indent=2))
+    runs.write_json_atomic(out / "skipped.json", skipped_json, sort_keys=False)
     if skipped:
         logging.warning(
             "skipped %d file(s) that are not readable images:\n%s",
@@ -384,7 +378,7 @@ def _compute(config: Any, files: Sequence[Path], root: Path, out: Path):
                 "seconds": float(seconds[i]),
             }
         )
-    np.savez_compressed(
+    runs.save_npz_atomic(
         out / "attributions.npz",
         files=np.asarray([p["file"] for p in predictions]),
         pixels=pixels,
@@ -395,14 +389,14 @@ def _compute(config: Any, files: Sequence[Path], root: Path, out: Path):
         ig_delta=deltas.astype(np.float32),
     )
     summary = {
-        "model": _plain(config.model),
+        "model": runs.plain(config.model),
         "weights": str(config.weights) or None,
-        "ig": _plain(config.ig),
+        "ig": runs.plain(config.ig),
         "backend": jax.default_backend(),
         "compile_seconds": explainer.compile_seconds,
         "images": predictions,
     }
-    (out / "predictions.json").write_text(json.dumps(summary, indent=2))
+    runs.write_json_atomic(out / "predictions.json", summary, sort_keys=False)
     logging.info(
         "IG completeness gap: mean |delta| %.3g, max %.3g (logits)",
         float(np.abs(deltas).mean()),

@@ -39,7 +39,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from fmi_jax import plotting
+from fmi_jax import plotting, runs
 from fmi_jax.studies import explain as explain_lib
 from fmi_jax.train import evaluate as evaluate_lib
 from fmi_jax.train import loop as loop_lib
@@ -78,32 +78,26 @@ class SaeResult:
     explain: explain_lib.ExplainResult | None  # None when stopped after the autoencoder
 
 
-def _plain(config: Any) -> Any:
-    if isinstance(config, ml_collections.ConfigDict):
-        return json.loads(config.to_json_best_effort())
-    return json.loads(json.dumps(config, default=list))
-
-
 def phase_config(config: Any, phase: str, workdir: str | Path) -> ml_collections.ConfigDict:
     """The training config of one phase ('autoencoder', 'classifier', 'finetune'): the
     phase's section, the shared data, seed and autoencoder fields, its model and task."""
     if phase not in ("autoencoder", "classifier", "finetune"):
         raise ValueError(f"unknown phase {phase!r}")
     workdir = Path(workdir)
-    section = _plain(config[phase])
-    sae = _plain(config.sae)
+    section = runs.plain(config[phase])
+    sae = runs.plain(config.sae)
     unknown = sorted(set(section) - set(_TRAINING_KEYS) - {"hidden", "dropout"})
     if unknown:
         raise ValueError(f"config.{phase} does not take {unknown}; it takes {_TRAINING_KEYS}")
     out = {k: v for k, v in section.items() if k not in ("hidden", "dropout")}
     out.update(
         seed=int(config.seed),
-        data=_plain(config.data),
+        data=runs.plain(config.data),
         eval_batch_size=int(config.eval_batch_size),
         progress=bool(config.progress),
         augment={},
     )
-    classifier = _plain(config.classifier)
+    classifier = runs.plain(config.classifier)
     composed = {
         "name": "sae_classifier",
         "hidden": classifier.get("hidden", (512, 256)),
@@ -132,17 +126,24 @@ def phase_config(config: Any, phase: str, workdir: str | Path) -> ml_collections
 
 
 def _check_study_config(config: Any, workdir: Path) -> None:
-    path = workdir / "study_config.json"
-    plain = _plain(config)
-    if path.exists():
-        saved = json.loads(path.read_text())
-        changed = [s for s in _FIXED_SECTIONS if saved.get(s) != plain.get(s)]
-        if changed:
-            raise ValueError(
-                f"{workdir} holds a study run with different {', '.join(changed)} settings; "
-                "use a new --workdir (or the config it was run with). Nothing was overwritten."
-            )
-    path.write_text(json.dumps(plain, indent=2, sort_keys=True))
+    """Claims `workdir` (fmi_jax/runs.py, as study_config.json): once a phase has a
+    checkpoint, only the sections outside `_FIXED_SECTIONS` may change."""
+    name = "study_config.json"
+    saved = runs.read_json(workdir / name, rewritable=True) or {}
+    free = sorted((set(runs.plain(config)) | set(saved)) - set(_FIXED_SECTIONS))
+    has_results = any(
+        (workdir / phase / "checkpoints").is_dir()
+        and any((workdir / phase / "checkpoints").iterdir())
+        for phase in ("autoencoder", "classifier", "finetune")
+    )
+    runs.claim(
+        workdir,
+        config,
+        free=free,
+        has_results=has_results,
+        name=name,
+        hint="use a new --workdir (or the config it was run with)",
+    )
 
 
 def _write_if_changed(path: Path, payload: dict[str, Any]) -> None:
@@ -153,7 +154,7 @@ def _write_if_changed(path: Path, payload: dict[str, Any]) -> None:
             n += 1
         path.rename(path.with_suffix(f".{n}.json"))
         logging.info("kept the previous %s as %s", path.name, path.with_suffix(f".{n}.json"))
-    path.write_text(text)
+    runs.write_text_atomic(path, text)
 
 
 def _autoencoder_of(model: Any, variables: Any):
@@ -193,7 +194,7 @@ def _classification_report(model, variables, split, batch_size: int) -> dict[str
 
 def _summary(workdir: Path) -> dict[str, Any]:
     path = workdir / "train_summary.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    return runs.read_json(path, rewritable=True) or {}
 
 
 def _figures(config, workdir: Path, ae, ae_vars, split, fired: np.ndarray) -> None:
@@ -249,9 +250,6 @@ def _attribution_summary(stats: dict[str, Any]) -> dict[str, Any]:
 def run_sae_study(config: ml_collections.ConfigDict, workdir: str | Path) -> SaeResult:
     """Runs the study's phases in `workdir` (see the module docstring)."""
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    _check_study_config(config, workdir)
-
     phases = ["autoencoder", "classifier"]
     if int(config.finetune.num_epochs) > 0:
         phases.append("finetune")
@@ -260,6 +258,9 @@ def run_sae_study(config: ml_collections.ConfigDict, workdir: str | Path) -> Sae
         if stop_after not in phases:
             raise ValueError(f"stop_after must be one of {phases} (or empty), got {stop_after!r}")
         phases = phases[: phases.index(stop_after) + 1]
+    for phase in phases:
+        phase_config(config, phase, workdir)  # checks each section before anything is written
+    _check_study_config(config, workdir)
     for phase in phases:
         logging.info("phase %s", phase)
         loop_lib.train_and_evaluate(phase_config(config, phase, workdir), workdir / phase)

@@ -45,7 +45,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from fmi_jax import plotting
+from fmi_jax import plotting, runs
 from fmi_jax.studies import explain as explain_lib
 from fmi_jax.train import evaluate as evaluate_lib
 from fmi_jax.train import loop as loop_lib
@@ -73,16 +73,10 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _plain(config: Any) -> Any:
-    if isinstance(config, ml_collections.ConfigDict):
-        return json.loads(config.to_json_best_effort())
-    return config
-
-
 def grid_points(grid: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Every combination of the grid's values, as {'model.filters': 32, ...} dicts, in
     the order of the grid's paths (the last path varies fastest)."""
-    flat = _flatten(_plain(grid))
+    flat = _flatten(runs.plain(grid))
     for path, values in flat.items():
         if not isinstance(values, (list, tuple)) or not values:
             raise ValueError(f"grid.{path} must be a non-empty list of values, got {values!r}")
@@ -122,24 +116,25 @@ def trial_config(
     overrides: Mapping[str, Any] | None = None,
 ) -> ml_collections.ConfigDict:
     """`base` with the grid point (and then `overrides`, flattened paths) applied."""
-    config = ml_collections.ConfigDict(_plain(base))
+    config = ml_collections.ConfigDict(runs.plain(base))
     for path, value in point.items():
         _set(config, path, value, "grid")
-    for path, value in _flatten(_plain(overrides or {})).items():
+    for path, value in _flatten(runs.plain(overrides or {})).items():
         _set(config, path, value, "final")
     return config
 
 
 def _check_trial_dir(path: Path, config: ml_collections.ConfigDict) -> None:
-    saved = path / "config.json"
-    if saved.exists():
-        wanted = json.dumps(_plain(config), indent=2, sort_keys=True)
-        if saved.read_text() != wanted:
-            raise ValueError(
-                f"{path} holds a run of another config (a changed `trial` or `final` "
-                "setting); use another --workdir or move that folder away. Nothing was "
-                "overwritten."
-            )
+    """Refuses, before anything is trained, what `train_and_evaluate` would refuse in
+    `path` (a changed `trial` or `final` setting for a folder with checkpoints)."""
+    checkpoints = path / "checkpoints"
+    runs.check(
+        path,
+        config,
+        extendable=loop_lib.EXTENDABLE,
+        has_results=checkpoints.is_dir() and any(checkpoints.iterdir()),
+        hint="use another --workdir or move that folder away",
+    )
 
 
 def _row(point: Mapping[str, Any], summary: Mapping[str, Any], history) -> dict[str, Any]:
@@ -161,7 +156,7 @@ def _history(path: Path) -> list[dict[str, Any]]:
 
 
 def _write_tables(out: Path, rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> None:
-    (out / "results.json").write_text(json.dumps({**meta, "trials": list(rows)}, indent=2))
+    runs.write_json_atomic(out / "results.json", {**meta, "trials": list(rows)}, sort_keys=False)
     if not rows:
         return
     columns = ["rank", *rows[0].keys()]
@@ -170,8 +165,8 @@ def _write_tables(out: Path, rows: Sequence[Mapping[str, Any]], meta: Mapping[st
     writer.writeheader()
     for rank, row in enumerate(rows, start=1):
         writer.writerow({"rank": rank, **row})
-    (out / "results.csv").write_text(buffer.getvalue())
-    (out / "results.md").write_text(markdown(rows) + "\n")
+    runs.write_text_atomic(out / "results.csv", buffer.getvalue())
+    runs.write_text_atomic(out / "results.md", markdown(rows) + "\n")
 
 
 def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -209,17 +204,18 @@ def run_tune(config: ml_collections.ConfigDict, workdir: str | Path) -> TuneResu
     for name, trial in zip(names, configs):
         _check_trial_dir(workdir / "trials" / name, trial)
     workdir.mkdir(parents=True, exist_ok=True)
-    meta = {"grid": _plain(config.grid), "trial": _plain(config.trial)}
+    meta = {"grid": runs.plain(config.grid), "trial": runs.plain(config.trial)}
 
     rows = []
     for k, (point, name, trial) in enumerate(zip(points, names, configs), start=1):
         path = workdir / "trials" / name
-        if (path / "train_summary.json").exists():
+        summary = runs.read_json(path / "train_summary.json", rewritable=True)
+        if summary is not None:
             logging.info("trial %d/%d %s: finished earlier, read", k, len(points), name)
         else:
             logging.info("trial %d/%d %s: training", k, len(points), name)
             loop_lib.train_and_evaluate(trial, path)
-        summary = json.loads((path / "train_summary.json").read_text())
+            summary = runs.read_json(path / "train_summary.json")
         rows.append({"trial": name, **_row(point, summary, _history(path))})
         ranked = sorted(rows, key=lambda r: -(r["val_accuracy"] or 0.0))
         _write_tables(workdir, ranked, meta)
@@ -235,7 +231,7 @@ def run_tune(config: ml_collections.ConfigDict, workdir: str | Path) -> TuneResu
         logging.info("retraining the best configuration %s in %s", best["trial"], best_dir)
         loop_lib.train_and_evaluate(final, best_dir)
         evaluation = evaluate_lib.evaluate_workdir(best_dir)
-        (best_dir / "grid_point.json").write_text(json.dumps(best_point, indent=2))
+        runs.write_json_atomic(best_dir / "grid_point.json", best_point, sort_keys=False)
         _layer_figure(config, best_dir)
     return TuneResult(trials=ranked, best=best, evaluation=evaluation, workdir=workdir)
 

@@ -1,0 +1,324 @@
+"""Run folders: how training runs and studies record their config and write their files.
+
+A run folder (a training workdir, a study's output folder) belongs to one config. The
+protocol every writer follows:
+
+1. Validate everything that can be checked cheaply (the config, the data, the model,
+   layer names) before anything is written, so a mistyped command leaves no trace.
+2. `claim(folder, config, has_results=...)`: record the resolved config as
+   `config.json`. The same config resumes. A different config replaces the record
+   while the folder holds no results of the old one (an earlier attempt that failed
+   before producing anything); once it does, a different config is refused with a
+   `RunConfigError` naming every changed field, so results never mix configs. Fields
+   the caller declares extendable (`num_epochs`) may grow: the new value is recorded
+   and the extension is appended to `extensions.jsonl`.
+3. Write every file atomically (`write_text_atomic`, `write_json_atomic`,
+   `save_npz_atomic`: a temporary file in the same folder, fsync, rename), so a crash
+   leaves either the old file or the new one, never half of one. `read_json(...,
+   rewritable=True)` treats an empty or truncated file (left by a crash of code that
+   wrote in place) as absent, so the next run recomputes it instead of failing.
+
+`plain(config)` is the one conversion of configs to JSON-able Python that all of them
+use to record and compare configs. Standard library and numpy only, so the training
+loop and every study can import it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "RunConfigError",
+    "changes",
+    "check",
+    "claim",
+    "plain",
+    "read_json",
+    "save_npz_atomic",
+    "write_json_atomic",
+    "write_text_atomic",
+]
+
+_log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+EXTENSIONS_FILE = "extensions.jsonl"
+_MAX_LISTED = 5
+_ABSENT = "(absent)"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open(path, "w") would create
+
+
+# --------------------------------------------------------------------------- configs
+def _default(obj: Any) -> Any:
+    if hasattr(obj, "to_json_best_effort"):  # an ml_collections ConfigDict
+        return json.loads(obj.to_json_best_effort())
+    if isinstance(obj, (np.ndarray, np.generic)):
+        return obj.tolist()
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=repr)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, Iterable) and not isinstance(obj, (str, bytes)):
+        return list(obj)
+    return f"unserializable object: {obj}"  # as ConfigDict.to_json_best_effort records it
+
+
+def plain(config: Any) -> Any:
+    """`config` (an ml_collections ConfigDict or FrozenConfigDict, a mapping, a
+    sequence or a scalar, nested) as plain JSON-able Python: dicts, lists (tuples
+    become lists), str, int, float, bool and None; numpy arrays and scalars become
+    lists and numbers, anything else its string. A ConfigDict goes through its own
+    `to_json_best_effort`, so field references resolve and config.json stays what it
+    always was (that method records numpy values inside a ConfigDict as strings: give
+    configs Python numbers). A fresh copy: changing it leaves `config` alone."""
+    if hasattr(config, "to_json_best_effort"):
+        return json.loads(config.to_json_best_effort())
+    return json.loads(json.dumps(config, default=_default))
+
+
+def _short(value: Any) -> str:
+    if value is _ABSENT:
+        return _ABSENT
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def changes(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """`(path, old, new)` for every leaf where the plain configs `old` and `new` differ,
+    paths dotted ('optimizer.learning_rate'); a side without the key has `'(absent)'`.
+    Lists compare whole."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            path = f"{prefix}{key}"
+            if key not in old:
+                out.append((path, _ABSENT, new[key]))
+            elif key not in new:
+                out.append((path, old[key], _ABSENT))
+            else:
+                out.extend(changes(old[key], new[key], path + "."))
+        return out
+    if old != new or type(old) is not type(new) and not _same_number(old, new):
+        return [(prefix.rstrip(".") or "(config)", old, new)]
+    return []
+
+
+def _same_number(a: Any, b: Any) -> bool:
+    numbers = (int, float)
+    return (
+        isinstance(a, numbers)
+        and isinstance(b, numbers)
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+        and a == b
+    )
+
+
+class RunConfigError(ValueError):
+    """A run folder holds results of a config that differs from the one asked for."""
+
+
+def _describe(diff: list[tuple[str, Any, Any]]) -> str:
+    listed = [f"{p}: {_short(a)} -> {_short(b)}" for p, a, b in diff[:_MAX_LISTED]]
+    more = len(diff) - _MAX_LISTED
+    return ", ".join(listed) + (f" and {more} more" if more > 0 else "")
+
+
+def _under(path: str, prefixes: Iterable[str]) -> bool:
+    return any(path == p or path.startswith(p + ".") for p in prefixes)
+
+
+def check(
+    folder: str | Path,
+    config: Any,
+    *,
+    extendable: Iterable[str] = (),
+    free: Iterable[str] = (),
+    has_results: bool,
+    name: str = CONFIG_FILE,
+    what: str = "another config",
+    hint: str = "use another workdir (or the config it was run with)",
+) -> dict[str, tuple[Any, Any]]:
+    """What `claim` would do, without writing: raises `RunConfigError` where `claim`
+    would refuse; otherwise returns the extendable fields that would grow,
+    `{path: (old, new)}`."""
+    folder = Path(folder)
+    saved = read_json(folder / name, rewritable=True)
+    if saved is None or not has_results:
+        return {}
+    extendable, free = tuple(extendable), tuple(free)
+    refused, extended = [], {}
+    for path, old, new in changes(saved, plain(config)):
+        if _under(path, free):
+            continue
+        if (
+            path in extendable
+            and isinstance(old, int)
+            and isinstance(new, int)
+            and not isinstance(old, bool)
+            and new > old
+        ):
+            extended[path] = (old, new)
+        else:
+            refused.append((path, old, new))
+    if refused:
+        grow = [p for p in extendable if any(p == r[0] for r in refused)]
+        raise RunConfigError(
+            f"{folder} holds a run of {what} ({_describe(refused)}); {hint}"
+            + (f". Only {', '.join(grow)} may change, and only grow" if grow else "")
+            + ". Nothing was overwritten."
+        )
+    return extended
+
+
+def claim(
+    folder: str | Path,
+    config: Any,
+    *,
+    extendable: Iterable[str] = (),
+    free: Iterable[str] = (),
+    has_results: bool,
+    name: str = CONFIG_FILE,
+    what: str = "another config",
+    hint: str = "use another workdir (or the config it was run with)",
+) -> dict[str, tuple[Any, Any]]:
+    """Records `config` (made `plain`) as `folder/<name>` for this run; call it after
+    everything checkable is checked, before the first result is written.
+
+    No record (or an empty or truncated one): it is written. The same config: nothing
+    changes. A different one while `has_results` is False (nothing was produced from
+    the recorded config, e.g. no checkpoint yet): the record is replaced. A different
+    one with results: `RunConfigError` naming the changed fields (`a.b: old -> new`)
+    and how to proceed (`hint`, `what` names the record in the message), unless every
+    changed field is in `free` (changes accepted as they come: settings that do not
+    alter the folder's results) or in `extendable` and grows (an int that got
+    larger); then the record is rewritten and growth is appended to
+    `folder/extensions.jsonl` (`{"time", "file", "fields": {path: {"before",
+    "after"}}}`).
+
+    Returns the extended fields, `{path: (old, new)}` (empty when none grew).
+    """
+    folder = Path(folder)
+    extended = check(
+        folder,
+        config,
+        extendable=extendable,
+        free=free,
+        has_results=has_results,
+        name=name,
+        what=what,
+        hint=hint,
+    )
+    record = plain(config)
+    path = folder / name
+    saved = read_json(path, rewritable=True)
+    if saved == record and path.read_text() == _config_text(record):
+        return extended
+    if saved is not None and saved != record:
+        if has_results:
+            _log.info("%s: recording the changed settings of %s", path, ", ".join(extended) or "-")
+        else:
+            _log.warning("%s: replaced (the folder holds no results of the old config)", path)
+    if extended:
+        line = {
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "file": name,
+            "fields": {p: {"before": a, "after": b} for p, (a, b) in extended.items()},
+        }
+        _append_line(folder / EXTENSIONS_FILE, json.dumps(line, sort_keys=True))
+    write_text_atomic(path, _config_text(record))
+    return extended
+
+
+def _config_text(record: Any) -> str:
+    return json.dumps(record, indent=2, sort_keys=True)
+
+
+# --------------------------------------------------------------------------- files
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Writes `text` to `path` all at once: a temporary file in the same folder,
+    flushed to disk, then renamed over `path` (parents are created). A failure leaves
+    the old file, if any, as it was, and no temporary file behind."""
+    _write_atomic(Path(path), lambda f: f.write(text.encode()))
+
+
+def write_json_atomic(
+    path: str | Path, obj: Any, *, sort_keys: bool = True, indent: int | None = 2
+) -> None:
+    """`obj` as JSON (`indent` 2, keys sorted unless `sort_keys=False`), atomically."""
+    write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=sort_keys))
+
+
+def save_npz_atomic(path: str | Path, /, **arrays: Any) -> None:
+    """`np.savez_compressed(path, **arrays)`, atomically (`path` should end in .npz)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    _write_atomic(Path(path), lambda f: f.write(buffer.getvalue()))
+
+
+def _write_atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _append_line(path: Path, line: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_json(path: str | Path, *, rewritable: bool = False) -> Any:
+    """The JSON in `path`, or None when it does not exist.
+
+    `rewritable=True` is for files fmi_jax writes and can write again (configs,
+    summaries, caches): an empty or truncated one, as a crash of a non-atomic writer
+    leaves, also reads as None (with a warning), so the caller recomputes it. Otherwise
+    such a file raises ValueError naming it.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        if rewritable:
+            _log.warning("%s is empty or truncated (%s); treating it as absent", path, e)
+            return None
+        raise ValueError(f"{path} is not valid JSON ({e}); fix or move the file") from e

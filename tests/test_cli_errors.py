@@ -1,0 +1,193 @@
+"""Scripts fail cleanly: an expected error (bad input) is one line on stderr and exit
+status 2; --verbose shows its traceback; a bug keeps its traceback and status 1.
+
+The subprocess runs fail before any training (flag parsing or the config check at the
+top of train_and_evaluate), so each costs only the imports (a few seconds). What
+counts as "one line": stderr is exactly the `error: ...` line and the fixed
+`(run with --verbose for the traceback)` hint; nothing is logged before the error.
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments import _cli
+from fmi_jax.train import validation
+
+ROOT = Path(__file__).resolve().parents[1]
+HINT = "(run with --verbose for the traceback)"
+
+
+def _train(tmp_path, *overrides, as_file=False, verbose_env=False):
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "FMI_JAX_VERBOSE")}
+    if verbose_env:
+        env["FMI_JAX_VERBOSE"] = "1"
+    start = [str(ROOT / "experiments" / "train.py")] if as_file else ["-m", "experiments.train"]
+    return subprocess.run(
+        [
+            sys.executable,
+            *start,
+            f"--config={ROOT / 'configs' / 'cnn_fmnist.py'}:smoke",
+            f"--workdir={tmp_path / 'run'}",
+            *overrides,
+        ],
+        cwd=tmp_path if as_file else ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _one_error_line(proc) -> str:
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("error: ") and lines[1] == HINT, proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "override, as_file, expected",
+    [
+        # Refused by validate_train_config before the workdir is made (was: KeyError 'loss').
+        ("--config.batch_size=-32", False, r"config\.batch_size must be an integer >= 1, got -32"),
+        # Raised by ml_collections inside absl's flag parsing, before main runs.
+        ("--config.nonexistent=1", True, r"--config\.nonexistent=1: config has no field 'nonexistent'"),
+        ("--config.model.name=nosuch", False, r"config\.model\.name: unknown model 'nosuch'; choose one of .*cnn_fmnist"),
+    ],
+)  # fmt: skip
+def test_expected_errors_are_one_line_and_exit_2(tmp_path, override, as_file, expected):
+    line = _one_error_line(_train(tmp_path, override, as_file=as_file))
+    assert re.search(expected, line), line
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def test_verbose_shows_the_traceback(tmp_path):
+    proc = _train(tmp_path, "--config.batch_size=-32", "--verbose")
+    assert proc.returncode == 1
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .endswith("ConfigValueError: config.batch_size must be an integer >= 1, got -32")
+    )
+    assert HINT not in proc.stderr
+
+
+# --------------------------------------------------------------------------- in-process
+@pytest.fixture(autouse=True)
+def _quiet_env(monkeypatch):
+    monkeypatch.delenv("FMI_JAX_VERBOSE", raising=False)
+
+
+def _main_raising(error):
+    def main():
+        raise error
+
+    return _cli.guard(main)
+
+
+def test_a_bug_keeps_its_traceback():
+    with pytest.raises(RuntimeError, match="a bug"):
+        _main_raising(RuntimeError("a bug"))(["prog"])
+
+
+@pytest.mark.parametrize(
+    "error, line",
+    [
+        (ValueError("bad value"), "error: bad value"),
+        (FileNotFoundError("no run in /w"), "error: no run in /w"),
+        (PermissionError(13, "Permission denied", "/data/x"), "error: permission denied: /data/x"),
+        (FileExistsError(17, "File exists", "/w/out"), "error: file exists: /w/out"),
+    ],
+)
+def test_an_expected_error_is_one_line_and_exit_2(capsys, error, line):
+    with pytest.raises(SystemExit) as exit_info:
+        _main_raising(error)(["prog"])
+    assert exit_info.value.code == _cli.EXIT_EXPECTED == 2
+    assert capsys.readouterr().err == f"{line}\n{HINT}\n"
+
+
+def test_verbose_environment_re_raises(monkeypatch):
+    monkeypatch.setenv("FMI_JAX_VERBOSE", "1")
+    with pytest.raises(ValueError, match="bad value"):
+        _main_raising(ValueError("bad value"))(["prog"])
+
+
+def test_leftover_arguments_are_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _cli.guard(lambda: None)(["prog", "stray"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: unexpected arguments: stray\n")
+
+
+def test_unknown_override_names_the_field_and_a_suggestion():
+    argv = ["prog", "--workdir=w", "--config.model.nosuch=1"]
+    assert (
+        _cli._unknown_field(AttributeError(KeyError("'nosuch'")), argv)
+        == "--config.model.nosuch=1: config.model has no field 'nosuch'"
+    )
+    error = KeyError('\'batch_sise\'\nDid you mean "batch_size" instead of "batch_sise"?')
+    assert _cli._unknown_field(error, ["prog", "--config.batch_sise=3"]) == (
+        "--config.batch_sise=3: config has no field 'batch_sise' (did you mean 'batch_size'?)"
+    )
+    assert _cli._unknown_field(AttributeError("'x'"), ["prog", "--workdir=w"]) is None
+
+
+def test_verbose_is_read_from_the_command_line_while_parsing():
+    assert _cli._verbose(["prog", "--verbose"])
+    assert not _cli._verbose(["prog", "--verbose", "--noverbose"])
+    assert _cli._verbose(["prog", "--verbose=true"])
+    assert not _cli._verbose(["prog"])
+
+
+# --------------------------------------------------------------------------- validation
+@pytest.fixture
+def config(synthetic_config):
+    return synthetic_config()
+
+
+def test_the_shipped_training_configs_are_valid():
+    import configs
+
+    for name in ("cnn_fmnist", "cnn_mnist", "cifarnet_cifar10"):
+        for variant in ("", "smoke"):
+            validation.validate_train_config(configs.load(name, variant))
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("batch_size", -32, r"^config\.batch_size must be an integer >= 1, got -32$"),
+        ("batch_size", 0, r"config\.batch_size must be an integer >= 1, got 0"),
+        ("eval_batch_size", 0, r"config\.eval_batch_size must be an integer >= 1, got 0"),
+        ("num_epochs", 0, r"config\.num_epochs must be an integer >= 1, got 0"),
+        ("learning_rate", 0.0, r"config\.learning_rate must be a number > 0, got 0\.0"),
+        ("learning_rate", -1e-3, r"config\.learning_rate must be a number > 0"),
+        ("model.name", "nosuch", r"config\.model\.name: unknown model 'nosuch'; choose one of .*cnn_fmnist"),
+        ("data.name", "nosuch", r"config\.data\.name: unknown dataset 'nosuch'; choose one of .*fashion_mnist"),
+    ],
+)  # fmt: skip
+def test_each_rule_names_the_field_and_what_it_allows(synthetic_config, field, value, message):
+    config = synthetic_config(**{field: value})
+    with pytest.raises(ValueError, match=message) as info:
+        validation.validate_train_config(config)
+    assert "\n" not in str(info.value)
+
+
+def test_only_fields_that_exist_are_checked():
+    validation.validate_train_config({"batch_size": 8, "model": {"features": (8,)}})
+    with pytest.raises(ValueError, match="num_epochs"):
+        validation.validate_train_config({"num_epochs": 0})
+
+
+def test_train_and_evaluate_refuses_before_writing(synthetic_config, tmp_path):
+    from fmi_jax import train
+
+    with pytest.raises(ValueError, match="batch_size"):
+        train.train_and_evaluate(synthetic_config(batch_size=0), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,235 @@
+"""The run-folder protocol (fmi_jax/runs.py) and the training loop and studies using it."""
+
+import json
+import os
+import shutil
+
+import ml_collections
+import numpy as np
+import pytest
+
+import configs
+from fmi_jax import runs, studies, train
+
+# --------------------------------------------------------------------------- plain
+
+
+def test_plain_makes_configs_json_able_and_copies():
+    config = ml_collections.ConfigDict({"a": (1, 2), "b": {"c": 0.5}, "d": None})
+    assert runs.plain(config) == {"a": [1, 2], "b": {"c": 0.5}, "d": None}
+    assert runs.plain(ml_collections.FrozenConfigDict(config)) == runs.plain(config)
+    nested = {"x": config.b, "y": (np.int64(3), {"z"}), "p": np.arange(2), "f": np.float32(1)}
+    assert runs.plain(nested) == {"x": {"c": 0.5}, "y": [3, ["z"]], "p": [0, 1], "f": 1.0}
+    assert runs.plain(None) is None and runs.plain(3) == 3
+    mapping = {"k": [1]}
+    runs.plain(mapping)["k"].append(2)
+    assert mapping == {"k": [1]}
+
+
+# --------------------------------------------------------------------------- claim
+
+
+def _config(**overrides):
+    config = {"seed": 0, "num_epochs": 2, "model": {"name": "cnn", "features": [4, 8]}}
+    config.update(overrides)
+    return ml_collections.ConfigDict(config)
+
+
+def test_claim_writes_a_new_record_and_keeps_the_same(tmp_path):
+    folder = tmp_path / "run"
+    assert runs.claim(folder, _config(), has_results=False) == {}
+    path = folder / "config.json"
+    assert json.loads(path.read_text()) == runs.plain(_config())
+    # The same text config.json always had: sorted keys, indent 2, no newline.
+    assert path.read_text() == json.dumps(runs.plain(_config()), indent=2, sort_keys=True)
+    stamp = path.stat().st_mtime_ns
+    assert runs.claim(folder, _config(), has_results=True) == {}
+    assert path.stat().st_mtime_ns == stamp
+    assert not (folder / "extensions.jsonl").exists()
+
+
+def test_a_changed_config_with_results_is_refused_naming_every_field(tmp_path):
+    runs.claim(tmp_path, _config(), has_results=False)
+    before = (tmp_path / "config.json").read_text()
+    changed = _config(seed=1, model={"name": "cnn", "features": [4, 16]}, extra=True)
+    with pytest.raises(runs.RunConfigError) as error:
+        runs.claim(tmp_path, changed, has_results=True, hint="use another --workdir")
+    message = str(error.value)
+    assert "\n" not in message
+    for part in ("seed: 0 -> 1", "model.features: [4, 8] -> [4, 16]", "extra: (absent) -> true"):
+        assert part in message
+    assert "use another --workdir" in message and "Nothing was overwritten" in message
+    assert (tmp_path / "config.json").read_text() == before
+    many = _config(**{f"f{i}": i for i in range(8)})
+    with pytest.raises(runs.RunConfigError, match=r"f4: \(absent\) -> 4 and 3 more\);"):
+        runs.claim(tmp_path, many, has_results=True)
+    assert isinstance(runs.RunConfigError("x"), ValueError)
+
+
+def test_a_changed_config_without_results_replaces_the_record(tmp_path):
+    runs.claim(tmp_path, _config(model={"name": "nosuchnet"}), has_results=False)
+    runs.claim(tmp_path, _config(), has_results=False)
+    assert json.loads((tmp_path / "config.json").read_text()) == runs.plain(_config())
+    assert not (tmp_path / "extensions.jsonl").exists()
+
+
+def test_extendable_fields_may_grow_and_growth_is_recorded(tmp_path):
+    runs.claim(tmp_path, _config(), has_results=False)
+    grown = runs.claim(
+        tmp_path, _config(num_epochs=5), extendable=("num_epochs",), has_results=True
+    )
+    assert grown == {"num_epochs": (2, 5)}
+    assert json.loads((tmp_path / "config.json").read_text())["num_epochs"] == 5
+    (line,) = (tmp_path / "extensions.jsonl").read_text().splitlines()
+    record = json.loads(line)
+    assert record["fields"] == {"num_epochs": {"before": 2, "after": 5}} and record["time"]
+    with pytest.raises(runs.RunConfigError, match="num_epochs: 5 -> 3.*only grow"):
+        runs.claim(tmp_path, _config(num_epochs=3), extendable=("num_epochs",), has_results=True)
+    with pytest.raises(runs.RunConfigError, match="seed: 0 -> 1"):
+        runs.claim(
+            tmp_path, _config(num_epochs=9, seed=1), extendable=("num_epochs",), has_results=True
+        )
+    assert json.loads((tmp_path / "config.json").read_text())["num_epochs"] == 5
+    assert len((tmp_path / "extensions.jsonl").read_text().splitlines()) == 1
+
+
+def test_free_fields_change_without_refusal(tmp_path):
+    runs.claim(tmp_path, _config(), has_results=False, name="study.json")
+    runs.claim(tmp_path, _config(seed=3), free=("seed",), has_results=True, name="study.json")
+    assert json.loads((tmp_path / "study.json").read_text())["seed"] == 3
+
+
+def test_a_truncated_record_is_rewritten(tmp_path):
+    (tmp_path / "config.json").write_text('{"seed": ')
+    runs.claim(tmp_path, _config(), has_results=True)
+    assert json.loads((tmp_path / "config.json").read_text()) == runs.plain(_config())
+
+
+# --------------------------------------------------------------------------- files
+
+
+def test_atomic_writers_replace_whole_files_and_leave_no_temporary(tmp_path):
+    path = tmp_path / "a" / "b.json"
+    runs.write_json_atomic(path, {"b": 1, "a": [1, 2]})
+    assert path.read_text() == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": 1\n}'
+    runs.write_json_atomic(path, {"b": 1, "a": 2}, sort_keys=False)
+    assert list(json.loads(path.read_text())) == ["b", "a"]
+    runs.write_text_atomic(tmp_path / "t.md", "hello\n")
+    assert (tmp_path / "t.md").read_text() == "hello\n"
+    runs.save_npz_atomic(tmp_path / "x.npz", x=np.arange(3))
+    with np.load(tmp_path / "x.npz") as saved:
+        np.testing.assert_array_equal(saved["x"], [0, 1, 2])
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b.json", "t.md", "x.npz"]
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_a_failure_mid_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "summary.json"
+    runs.write_json_atomic(path, {"old": True})
+    runs.save_npz_atomic(tmp_path / "x.npz", x=np.zeros(2))
+
+    def fail(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        runs.write_json_atomic(path, {"new": True})
+    with pytest.raises(OSError, match="disk full"):
+        runs.save_npz_atomic(tmp_path / "x.npz", x=np.ones(2))
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"old": True}
+    with np.load(tmp_path / "x.npz") as saved:
+        np.testing.assert_array_equal(saved["x"], [0, 0])
+    with pytest.raises(TypeError):
+        runs.write_json_atomic(path, {"new": object()})
+    assert json.loads(path.read_text()) == {"old": True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json", "x.npz"]
+
+
+def test_read_json_of_missing_empty_and_truncated_files(tmp_path):
+    path = tmp_path / "f.json"
+    assert runs.read_json(path) is None
+    for text in ("", '{"a": [1, '):
+        path.write_text(text)
+        assert runs.read_json(path, rewritable=True) is None
+        with pytest.raises(ValueError, match="f.json is not valid JSON"):
+            runs.read_json(path)
+    path.write_text('{"a": 1}')
+    assert runs.read_json(path) == {"a": 1}
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_training_refuses_a_changed_config_and_extends_num_epochs(
+    tmp_path, synthetic_config, synthetic_run
+):
+    workdir = tmp_path / "run"
+    shutil.copytree(synthetic_run, workdir)
+    before = (workdir / "config.json").read_text()
+    with pytest.raises(runs.RunConfigError, match=r"learning_rate: 0\.005 -> 0\.01.*--workdir"):
+        train.train_and_evaluate(synthetic_config(num_epochs=2, learning_rate=0.01), workdir)
+    with pytest.raises(runs.RunConfigError, match=r"label_smoothing: 0\.1 -> 0\.2, seed: 0 -> 1"):
+        train.train_and_evaluate(
+            synthetic_config(num_epochs=2, seed=1, label_smoothing=0.2), workdir
+        )
+    assert (workdir / "config.json").read_text() == before
+    (workdir / "train_summary.json").write_text("")  # as a crash of an in-place writer left it
+    result = train.train_and_evaluate(synthetic_config(num_epochs=3), workdir)
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+    assert train.load_run_config(workdir).num_epochs == 3
+    (line,) = (workdir / "extensions.jsonl").read_text().splitlines()
+    assert json.loads(line)["fields"] == {"num_epochs": {"before": 2, "after": 3}}
+    assert json.loads((workdir / "train_summary.json").read_text())["epochs"] == 3
+
+
+def test_a_failed_first_run_does_not_claim_the_workdir(tmp_path, synthetic_config):
+    with pytest.raises(ValueError, match="nosuchnet"):
+        train.train_and_evaluate(synthetic_config(**{"model.name": "nosuchnet"}), tmp_path)
+    assert not (tmp_path / "config.json").exists()
+    # A config.json an earlier version wrote before failing is replaced, not kept.
+    stale = runs.plain(synthetic_config(**{"model.name": "nosuchnet"}))
+    runs.write_json_atomic(tmp_path / "config.json", stale)
+    train.train_and_evaluate(synthetic_config(num_epochs=1), tmp_path)
+    assert runs.plain(train.load_run_config(tmp_path)) == runs.plain(synthetic_config(num_epochs=1))
+    assert not list(tmp_path.glob(".*.tmp"))
+    # An empty summary, as a crash of an in-place writer left it, is written again.
+    (tmp_path / "train_summary.json").write_text("")
+    again = train.train_and_evaluate(synthetic_config(num_epochs=1), tmp_path)
+    assert runs.read_json(tmp_path / "train_summary.json") == json.loads(json.dumps(again.summary))
+
+
+# --------------------------------------------------------------------------- studies
+
+
+def test_explain_with_an_unknown_cam_layer_claims_nothing(synthetic_run):
+    config = configs.load("explain", "smoke")
+    config.methods = ("saliency", "grad_cam")
+    config.selection.kind = "indices"
+    config.selection.indices = (0, 1)
+    config.figures.max_sheets = 1
+    config.output = "runs_explain_layer"
+    config.options.grad_cam.layer = "nosuchlayer"
+    out = synthetic_run / config.output
+    with pytest.raises(ValueError, match="nosuchlayer"):
+        studies.run_explain(config, synthetic_run)
+    assert not out.exists()
+    config.options.grad_cam.layer = "conv3"
+    config.layer_cam.layers = ("conv1", "nosuchlayer")
+    config.layer_cam.samples = 1
+    with pytest.raises(ValueError, match="nosuchlayer"):
+        studies.run_explain(config, synthetic_run)
+    assert not out.exists()
+    config.layer_cam.layers = ("conv1",)
+    result = studies.run_explain(config, synthetic_run)
+    assert set(result.maps) == {"saliency", "grad_cam"}
+    assert runs.read_json(out / "config.json") == runs.plain(config)
+    config.seed = 1
+    with pytest.raises(runs.RunConfigError, match=r"seed: 0 -> 1.*--config.output"):
+        studies.run_explain(config, synthetic_run)
