@@ -39,6 +39,9 @@ def test_explain_writes_maps_stats_and_figures(trained_run):
     np.testing.assert_allclose(spearman, spearman.T)
     assert stats["agreement"]["methods"] == list(config.methods)
     assert len(list((out / "sheets").glob("*.png"))) == config.figures.max_sheets
+    # The sheets also go to the run's TensorBoard, as images tagged by the output.
+    events = b"".join(p.read_bytes() for p in (trained_run / "tensorboard").glob("events.*"))
+    assert events.count(b"explain/explain/sample_") == config.figures.max_sheets
     for m in config.methods:
         assert (out / f"gallery_{m}.png").exists()
     assert (out / "signs_integrated_gradients.png").exists()

@@ -21,13 +21,14 @@ runs every configured attribution method on them, and writes under
 
 Re-running with the same config reuses attributions.npz and only draws
 missing figures; a different config for the same output folder is an error
-(choose another `--config.output`), so finished results are never overwritten.
+(choose another `--config.output`), so finished results are never overwritten. The
+methods, their options and the CAM layers are checked against the model before the
+folder is claimed (fmi_jax/runs.py), so a mistyped layer leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,11 +40,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from fmi_jax import attribution, evaluation, plotting
+from fmi_jax import attribution, evaluation, plotting, runs
 from fmi_jax.plotting.html import Image, Link, Section, Table
 from fmi_jax.train import evaluate as evaluate_lib
 from fmi_jax.train import loop as loop_lib
 from fmi_jax.train.input_pipeline import to_float
+from fmi_jax.train.tensorboard import TENSORBOARD_DIR, EventLog
 
 __all__ = ["ExplainResult", "explain_model", "layer_cams", "run_explain", "select_samples"]
 
@@ -57,12 +59,6 @@ class ExplainResult:
     stats: dict[str, Any]
     maps: dict[str, np.ndarray]
     indices: np.ndarray
-
-
-def _plain(config: Any) -> Any:
-    if isinstance(config, ml_collections.ConfigDict):
-        return json.loads(config.to_json_best_effort())
-    return config
 
 
 def _probabilities(fn, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -110,7 +106,7 @@ def select_samples(
 
 
 def _method_options(config: Any, name: str) -> dict[str, Any]:
-    options = dict(_plain(config.options).get(name, {}) or {})
+    options = dict(runs.plain(config.options).get(name, {}) or {})
     spec = attribution.METHODS[name]
     if "batch_size" in spec.options and "batch_size" not in options:
         options["batch_size"] = int(config.batch_size)
@@ -153,21 +149,35 @@ def _agreement(maps: dict[str, np.ndarray], fraction: float) -> dict[str, Any]:
     }
 
 
-def _open_output(config: Any, out: Path) -> None:
-    """Checks the method names and claims `out` for this config (never another's)."""
+OUTPUT_HINT = "pass --config.output=<new name> (or move that folder away)"
+
+
+def _check(config: Any, fn: Any, model: Any, variables: Any, images: np.ndarray) -> None:
+    """Everything about `config` that can fail cheaply, before `out` is claimed: the
+    method names, their options and every CAM layer named (or implied) by `options`
+    and `layer_cam`, against the model's layers for inputs like `images`."""
     unknown = sorted(set(config.methods) - set(attribution.available_methods()))
     if unknown:
         raise ValueError(
             f"unknown method(s) {unknown}; available: {attribution.available_methods()}"
         )
-    out.mkdir(parents=True, exist_ok=True)
-    config_json = json.dumps(_plain(config), indent=2, sort_keys=True)
-    if (out / "config.json").exists() and (out / "config.json").read_text() != config_json:
-        raise ValueError(
-            f"{out} holds a study run with another config; pass --config.output=<new name> "
-            "(or move that folder away). Nothing was overwritten."
-        )
-    (out / "config.json").write_text(config_json)
+    x = to_float(jnp.asarray(images[:1]))
+    handle = attribution.flax_model(model, variables)
+    for name in config.methods:
+        options = _method_options(config, name)
+        attribution.explainer(name, fn, model=model, variables=variables, **options)
+        if "layer" in options:
+            handle.layer_shape(x, options["layer"])
+    settings = config.get("layer_cam")
+    if settings and int(settings.samples):
+        for layer in _cam_layers(settings.method, model, tuple(settings.layers)):
+            handle.layer_shape(x, layer)
+
+
+def _claim(config: Any, out: Path) -> None:
+    """Claims `out` for this config (never another's; see fmi_jax/runs.py)."""
+    has_results = (out / "stats.json").exists() or (out / "attributions.npz").exists()
+    runs.claim(out, config, has_results=has_results, hint=OUTPUT_HINT)
 
 
 def run_explain(config: ml_collections.ConfigDict, workdir: str | Path) -> ExplainResult:
@@ -178,9 +188,19 @@ def run_explain(config: ml_collections.ConfigDict, workdir: str | Path) -> Expla
         workdir, checkpoint=config.checkpoint
     )
     split = loop_lib.load_data(run_config.data)[config.split]
-    return explain_model(
+    result = explain_model(
         config, out, model, variables, split, epoch=epoch, model_name=run_config.model.name
     )
+    _sheets_to_tensorboard(workdir, config.output, out, epoch)
+    return result
+
+
+def _sheets_to_tensorboard(workdir: Path, output: str, out: Path, epoch: int) -> None:
+    """The run's TensorBoard gets the explained sheets as images (tag
+    `explain/<output>/<sheet>`, at the explained checkpoint's epoch)."""
+    with EventLog(workdir / TENSORBOARD_DIR) as events:
+        for sheet in sorted((out / "sheets").glob("*.png")):
+            events.image(f"explain/{output}/{sheet.stem}", sheet, step=int(epoch or 0))
 
 
 def explain_model(
@@ -199,17 +219,19 @@ def explain_model(
     Studies whose model is not one training run (the sparse autoencoder's composed
     classifier) call this directly.
     """
-    _open_output(config, out)
     fn = jax.jit(lambda x: model.apply(variables, x))
+    _check(config, fn, model, variables, split.images)
+    _claim(config, out)
     logging.info("explaining %s (epoch %d) on %s/%s", model_name, epoch, split.name, config.split)
 
     npz_path = out / "attributions.npz"
-    if npz_path.exists():
+    # stats.json is written last: with it, the attributions are complete.
+    stats = runs.read_json(out / "stats.json", rewritable=True) if npz_path.exists() else None
+    if stats is not None:
         logging.info("%s exists: reusing the attributions, drawing missing figures only", npz_path)
         saved = np.load(npz_path)
         indices = saved["indices"]
         maps = {m: saved[f"map_{m}"] for m in config.methods}
-        stats = json.loads((out / "stats.json").read_text())
         images = saved["images"]
         labels, preds, probs = saved["labels"], saved["predictions"], saved["probabilities"]
         layer_maps = {
@@ -265,7 +287,7 @@ def explain_model(
             split=config.split,
         )
         images = np.asarray(images)
-        np.savez_compressed(
+        runs.save_npz_atomic(
             npz_path,
             indices=indices,
             images=images,
@@ -279,7 +301,7 @@ def explain_model(
         )
         if layer_maps:
             stats["layer_cam"] = {"method": config.layer_cam.method, "layers": list(layer_maps)}
-        (out / "stats.json").write_text(json.dumps(stats, indent=2))
+        runs.write_json_atomic(out / "stats.json", stats, sort_keys=False)
 
     _figures(out, config, images, labels, preds, probs, maps, stats, split.class_names)
     if layer_maps:
@@ -366,15 +388,7 @@ def layer_cams(
     """The CAM `method`'s map of every layer in `layers` (empty: the model's
     `conv_layer_names`, first to last), one (N, H, W) array per layer: what the
     per-layer figures of the explain and tuning studies show."""
-    layers = tuple(layers) or tuple(getattr(model, "conv_layer_names", ()))
-    if not layers:
-        raise ValueError(
-            f"{type(model).__name__} does not list its conv layers; set "
-            "--config.layer_cam.layers=(...) to the module paths to compare"
-        )
-    if method not in attribution.METHODS or not attribution.METHODS[method].needs_model:
-        cams = [m for m, s in attribution.METHODS.items() if s.needs_model]
-        raise ValueError(f"layer_cam.method must be one of {cams}, got {method!r}")
+    layers = _cam_layers(method, model, layers)
     out = {}
     for layer in layers:
         # One compiled program per layer (eagerly, every operation of the capture and
@@ -388,6 +402,20 @@ def layer_cams(
         out[layer] = maps
         logging.info("%s of %s: %d samples", method, layer, len(maps))
     return out
+
+
+def _cam_layers(method: str, model: Any, layers: Sequence[str]) -> tuple[str, ...]:
+    """`layers`, or the model's `conv_layer_names` when empty; checks `method` is a CAM."""
+    layers = tuple(layers) or tuple(getattr(model, "conv_layer_names", ()))
+    if not layers:
+        raise ValueError(
+            f"{type(model).__name__} does not list its conv layers; set "
+            "--config.layer_cam.layers=(...) to the module paths to compare"
+        )
+    if method not in attribution.METHODS or not attribution.METHODS[method].needs_model:
+        cams = [m for m, s in attribution.METHODS.items() if s.needs_model]
+        raise ValueError(f"layer_cam.method must be one of {cams}, got {method!r}")
+    return layers
 
 
 def _figures(out: Path, config, images, labels, preds, probs, maps, stats, class_names) -> None:

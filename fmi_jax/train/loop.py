@@ -1,11 +1,20 @@
 """`train_and_evaluate(config, workdir)`: the training loop every study uses.
 
 What a run writes under `workdir`:
-  config.json            the config of the run that created the workdir
+  config.json            the run's resolved config (fmi_jax.runs.claim)
+  extensions.jsonl       when and how far num_epochs grew, if it did
   checkpoints/<epoch>/   orbax checkpoints (latest `checkpoint_keep` and the best)
   metrics.jsonl          one JSON line per epoch, appended (never rewritten)
   training_curves.png    loss / accuracy / learning rate per epoch
   train_summary.json     best epoch and its test metrics, written once at the end
+  tensorboard/           TensorBoard events: the config, every epoch's metrics and the
+                         test metrics (`config.tensorboard=False` turns them off)
+
+The workdir belongs to one config (see fmi_jax/runs.py): the config is checked, the
+data loaded and the model built before config.json is written; a workdir without
+checkpoints takes a changed config, one with checkpoints refuses it (naming the
+changed fields) except for a larger num_epochs, which continues the run. Every JSON
+file is written atomically.
 
 Re-running with the same workdir resumes from the latest checkpoint. All
 randomness is a function of (config.seed, epoch, optimizer step): the epoch's
@@ -50,12 +59,14 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from fmi_jax import data as data_lib
-from fmi_jax import models, parallel, plotting
+from fmi_jax import models, parallel, plotting, runs
 from fmi_jax.train import checkpoint as ckpt_lib
 from fmi_jax.train import optim
 from fmi_jax.train import tasks as tasks_lib
 from fmi_jax.train.input_pipeline import DeviceDataset, eval_batches, gather_batch
 from fmi_jax.train.steps import TrainState, create_train_state, eval_step, train_step
+from fmi_jax.train.tensorboard import TENSORBOARD_DIR, EventLog
+from fmi_jax.train.validation import validate_train_config
 
 __all__ = [
     "NonFiniteLossError",
@@ -66,6 +77,11 @@ __all__ = [
     "model_from_config",
     "train_and_evaluate",
 ]
+
+
+# Config fields a workdir with checkpoints may change: they may only grow (more epochs
+# continue the run), and each growth is recorded in extensions.jsonl.
+EXTENDABLE = ("num_epochs",)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -108,10 +124,7 @@ def model_from_config(model_config: Mapping[str, Any], *, dtype: str | None = No
     return model
 
 
-def _plain(config: Any) -> Any:
-    if isinstance(config, ml_collections.ConfigDict):
-        return json.loads(config.to_json_best_effort())
-    return json.loads(json.dumps(config, default=list))
+_plain = runs.plain  # the name fmi_jax.benchmark.training imports
 
 
 def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
@@ -122,13 +135,13 @@ def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
             f"{path} does not exist: {workdir} is not a training workdir. Train first with "
             f"`python -m experiments.train --config=configs/cnn_fmnist.py --workdir={workdir}`."
         )
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    return ml_collections.ConfigDict(runs.read_json(path))
 
 
 def _run_identity(config: Any, image_shape, num_classes: int) -> dict[str, Any]:
     """What a checkpoint must share with the run restoring it."""
     identity = ckpt_lib.architecture_of(config.model, image_shape, num_classes, config.data.name)
-    d = _plain(config.data)
+    d = runs.plain(config.data)
     identity["data_split"] = {k: d.get(k) for k in ("validation_size", "split_seed", "train_limit")}
     task = config.get("task", "classification")
     if task != "classification":  # classification runs predate tasks; their identity stays
@@ -198,7 +211,7 @@ def _init_from(state: TrainState, spec: Mapping[str, Any]) -> TrainState:
 
 
 def load_data(data_config: Any) -> dict[str, data_lib.Dataset]:
-    d = _plain(data_config)
+    d = runs.plain(data_config)
     extra = dict(d.get("options") or {})
     return data_lib.load_splits(
         d["name"],
@@ -362,6 +375,7 @@ def _check_finite(
 # --------------------------------------------------------------------------- the loop
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
     """Trains `config.model` on `config.data`, resuming from `workdir` if it has checkpoints."""
+    validate_train_config(config)  # before anything is read or written
     mesh = _mesh_from_config(config)  # before anything is written
     num_devices = 1 if mesh is None else int(mesh.devices.size)
     main_process = parallel.is_main_process()
@@ -390,11 +404,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         best_mode=task.best_mode,
     )
     ckpt.check_architecture(identity)  # before anything in workdir is written
-    config_path = workdir / "config.json"
-    if main_process and not config_path.exists():
-        config_path.write_text(json.dumps(_plain(config), indent=2, sort_keys=True))
-
     model = model_from_config(config.model)
+    # Checked all that is cheap to check: now the workdir is this config's.
+    (runs.claim if main_process else runs.check)(
+        workdir,
+        config,
+        extendable=EXTENDABLE,
+        has_results=ckpt.latest_epoch() is not None,
+        hint="use a new --workdir for this config (or the config it was run with)",
+    )
+
     # One device: the state is committed to it, the data left uncommitted (as ever).
     # A mesh: both replicated on it; batches are sharded inside the jitted steps.
     place = jax.devices()[0] if mesh is None else parallel.replicated(mesh)
@@ -430,10 +449,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         state = _put(state.replace(**restored), place)
         logging.info("resuming after epoch %d (optimizer step %d)", start_epoch, int(state.step))
     elif config.get("init_from") and config.init_from.get("workdir"):
-        state = _put(_init_from(state, _plain(config.init_from)), place)
+        state = _put(_init_from(state, runs.plain(config.init_from)), place)
     history = _read_history(workdir / "metrics.jsonl", start_epoch)
+    events = EventLog(
+        workdir / TENSORBOARD_DIR, enabled=main_process and bool(config.get("tensorboard", True))
+    )
+    if not start_epoch:
+        events.config(runs.plain(config))
 
-    augmentation = dict(_plain(config.get("augment", {})) or {})
+    augmentation = dict(runs.plain(config.get("augment", {})) or {})
     step_fn = functools.partial(
         train_step,
         schedule=schedule,
@@ -535,6 +559,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         history.append(record)
         if main_process:
             _append_jsonl(workdir / "metrics.jsonl", record)
+            events.record(epoch, record)
             plotting.training_curves(history, workdir / "training_curves.png", metric=task.metric)
         logging.info(
             "epoch %d: %s",
@@ -544,8 +569,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     best_epoch = ckpt.best_epoch()
     summary_path = workdir / "train_summary.json"
-    if summary_path.exists() and start_epoch >= num_epochs:
-        summary = json.loads(summary_path.read_text())
+    summary = runs.read_json(summary_path, rewritable=True) if start_epoch >= num_epochs else None
+    if summary is not None:
         logging.info("workdir already holds a finished run; summary left as it is")
     else:
         best_state = state
@@ -579,6 +604,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         if main_process:
             _write_new(summary_path, summary)
         logging.info("best epoch %s: test %s %.4f", best_epoch, task.metric, test[task.metric])
+        events.record(num_epochs, {k: v for k, v in summary.items() if k.startswith("test_")})
+    events.close()
     ckpt.close()
     return TrainResult(
         state=state,
@@ -591,13 +618,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
 
 def _write_new(path: Path, payload: Mapping[str, Any]) -> None:
-    """Writes JSON; an existing file is kept as `<name>.<n>.json` rather than overwritten."""
+    """Writes JSON atomically; an existing file is kept as `<name>.<n>.json` rather than
+    overwritten."""
     if path.exists():
         n = 1
         while path.with_suffix(f".{n}.json").exists():
             n += 1
         path.rename(path.with_suffix(f".{n}.json"))
-    path.write_text(json.dumps(payload, indent=2))
+    runs.write_json_atomic(path, payload, sort_keys=False)
 
 
 def _state_tree(state: TrainState) -> dict[str, Any]:
