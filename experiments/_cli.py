@@ -43,10 +43,11 @@ from absl import app, flags
 
 from fmi_jax import logs
 
-__all__ = ["EXIT_EXPECTED", "EXPECTED", "expected_errors", "guard", "run"]
+__all__ = ["EXIT_EXPECTED", "EXIT_INTERRUPTED", "EXPECTED", "expected_errors", "guard", "run"]
 
 #: The exit status of an expected error.
 EXIT_EXPECTED = 2
+EXIT_INTERRUPTED = 130
 #: What counts as an expected error (besides flag errors while parsing the command line).
 EXPECTED: tuple[type[BaseException], ...] = (
     ValueError,
@@ -99,6 +100,13 @@ def expected_errors(argv: Sequence[str] | None = None) -> Iterator[None]:
         sys.stderr.write(f"error: {describe(error, argv)}\n")
         sys.stderr.write("(run with --verbose for the traceback)\n")
         raise SystemExit(EXIT_EXPECTED) from None
+    except KeyboardInterrupt as interrupt:
+        # Ctrl-C: training stops at a step boundary and says how to resume (its
+        # message); no traceback unless verbose. 130 is the shell's 128 + SIGINT.
+        if _verbose(argv):
+            raise
+        sys.stderr.write(f"interrupted{': ' + str(interrupt) if str(interrupt) else ''}\n")
+        raise SystemExit(EXIT_INTERRUPTED) from None
 
 
 def _parse_flags(argv: Sequence[str]) -> list[str]:
@@ -133,10 +141,10 @@ def _load_configs_now() -> None:
 def _verbose(argv: Sequence[str] | None) -> bool:
     if os.environ.get(_ENV, "").strip().lower() in ("1", "true", "yes"):
         return True
-    if flags.FLAGS.is_parsed():
-        return bool(_VERBOSE.value)
-    verbose = False  # while parsing: read --verbose from the command line itself
-    for arg in argv or ():
+    if argv is None:  # no command line at hand: the parsed flag, if parsing happened
+        return flags.FLAGS.is_parsed() and bool(_VERBOSE.value)
+    verbose = False  # the command line itself (flags may be unparsed, or parsed for another)
+    for arg in argv:
         if arg in ("--verbose", "-verbose"):
             verbose = True
         elif arg in ("--noverbose", "-noverbose"):

@@ -15,6 +15,7 @@ from absl import flags  # noqa: E402
 
 from experiments import _cli  # noqa: E402
 from fmi_jax import train  # noqa: E402
+from fmi_jax.studies import figures  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or an epoch number.")
@@ -26,12 +27,13 @@ flags.mark_flag_as_required("workdir")
 
 
 def main():
-    train.evaluate_workdir(
+    result = train.evaluate_workdir(
         _WORKDIR.value,
         checkpoint=_CHECKPOINT.value,
         splits=_SPLITS.value,
         overwrite=_OVERWRITE.value,
     )
+    figures.confusion_matrix(result, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from experiments import _cli, _distributed  # noqa: E402
 from fmi_jax import train  # noqa: E402
+from fmi_jax.studies import figures  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and figures go.")
@@ -26,7 +27,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main():
     _distributed.maybe_initialize()
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    config = _CONFIG.value
+    train.train_and_evaluate(config, _WORKDIR.value, on_epoch_end=figures.training_curves(config))
 
 
 if __name__ == "__main__":

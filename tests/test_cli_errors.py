@@ -191,3 +191,11 @@ def test_train_and_evaluate_refuses_before_writing(synthetic_config, tmp_path):
     with pytest.raises(ValueError, match="batch_size"):
         train.train_and_evaluate(synthetic_config(batch_size=0), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_ends_in_its_one_line_and_status_130(capsys):
+    message = "interrupted after epoch 1, step 7; run the same command to resume from epoch 1"
+    with pytest.raises(SystemExit) as exit_info:
+        _main_raising(KeyboardInterrupt(message))(["prog"])
+    assert exit_info.value.code == _cli.EXIT_INTERRUPTED == 130
+    assert capsys.readouterr().err == f"interrupted: {message}\n"

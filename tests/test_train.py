@@ -12,6 +12,7 @@ import optax
 import pytest
 
 from fmi_jax import data, models, train
+from fmi_jax.studies import figures
 from fmi_jax.train import loop as loop_lib
 from fmi_jax.train import steps
 
@@ -42,7 +43,15 @@ def test_train_step_lowers_the_loss():
 
 def test_end_to_end_writes_everything_and_compiles_once(tmp_path, synthetic_config):
     config = synthetic_config(num_epochs=3)
-    result = train.train_and_evaluate(config, tmp_path)
+    drawn = []
+    draw = figures.training_curves(config)
+
+    def on_epoch_end(history, workdir):
+        drawn.append([r["epoch"] for r in history])
+        draw(history, workdir)
+
+    result = train.train_and_evaluate(config, tmp_path, on_epoch_end=on_epoch_end)
+    assert drawn == [[1], [1, 2], [1, 2, 3]]
     assert result.train_step_compiles == 1
     assert result.eval_step_compiles == 1
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
@@ -140,6 +149,8 @@ def test_evaluate_workdir_table_and_files(tmp_path, synthetic_run, capsys):
     shutil.copytree(synthetic_run, tmp_path, dirs_exist_ok=True)
     summary = json.loads((tmp_path / "train_summary.json").read_text())
     out = train.evaluate_workdir(tmp_path)
+    assert not (tmp_path / "confusion_matrix.png").exists()  # train/ draws no figures
+    assert figures.confusion_matrix(out, tmp_path) == tmp_path / "confusion_matrix.png"
     printed = capsys.readouterr().out
     assert "| Split | Loss | Accuracy | Precision | Recall | F1 |" in printed
     assert set(out["splits"]) == {"train", "validation", "test"}

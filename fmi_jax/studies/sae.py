@@ -41,6 +41,7 @@ from absl import logging
 
 from fmi_jax import plotting, runs
 from fmi_jax.studies import explain as explain_lib
+from fmi_jax.studies import figures
 from fmi_jax.train import evaluate as evaluate_lib
 from fmi_jax.train import loop as loop_lib
 from fmi_jax.train import tasks as tasks_lib
@@ -263,7 +264,10 @@ def run_sae_study(config: ml_collections.ConfigDict, workdir: str | Path) -> Sae
     _check_study_config(config, workdir)
     for phase in phases:
         logging.info("phase %s", phase)
-        loop_lib.train_and_evaluate(phase_config(config, phase, workdir), workdir / phase)
+        phase_run = phase_config(config, phase, workdir)
+        loop_lib.train_and_evaluate(
+            phase_run, workdir / phase, on_epoch_end=figures.training_curves(phase_run)
+        )
     final = phases[-1]
 
     model, variables, run_config, epoch = evaluate_lib.restore_model(

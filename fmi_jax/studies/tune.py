@@ -47,6 +47,7 @@ from absl import logging
 
 from fmi_jax import plotting, runs
 from fmi_jax.studies import explain as explain_lib
+from fmi_jax.studies import figures
 from fmi_jax.train import evaluate as evaluate_lib
 from fmi_jax.train import loop as loop_lib
 from fmi_jax.train.input_pipeline import to_float
@@ -214,7 +215,7 @@ def run_tune(config: ml_collections.ConfigDict, workdir: str | Path) -> TuneResu
             logging.info("trial %d/%d %s: finished earlier, read", k, len(points), name)
         else:
             logging.info("trial %d/%d %s: training", k, len(points), name)
-            loop_lib.train_and_evaluate(trial, path)
+            loop_lib.train_and_evaluate(trial, path, on_epoch_end=figures.training_curves(trial))
             summary = runs.read_json(path / "train_summary.json")
         rows.append({"trial": name, **_row(point, summary, _history(path))})
         ranked = sorted(rows, key=lambda r: -(r["val_accuracy"] or 0.0))
@@ -229,8 +230,9 @@ def run_tune(config: ml_collections.ConfigDict, workdir: str | Path) -> TuneResu
         best_dir = workdir / "best"
         _check_trial_dir(best_dir, final)
         logging.info("retraining the best configuration %s in %s", best["trial"], best_dir)
-        loop_lib.train_and_evaluate(final, best_dir)
+        loop_lib.train_and_evaluate(final, best_dir, on_epoch_end=figures.training_curves(final))
         evaluation = evaluate_lib.evaluate_workdir(best_dir)
+        figures.confusion_matrix(evaluation, best_dir)
         runs.write_json_atomic(best_dir / "grid_point.json", best_point, sort_keys=False)
         _layer_figure(config, best_dir)
     return TuneResult(trials=ranked, best=best, evaluation=evaluation, workdir=workdir)

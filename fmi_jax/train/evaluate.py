@@ -3,7 +3,10 @@
 Writes, under the workdir:
   metrics.json            {"checkpoint_epoch", "checkpoint", "splits": {split: report}}
   metrics.md              the evaluation table (Markdown)
-  confusion_matrix.png    on the test split
+
+The confusion matrix figure is drawn by the caller (fmi_jax.train does not import
+plotting): `fmi_jax.studies.figures.confusion_matrix(result, workdir)`, as
+experiments/evaluate.py and the tune study do.
 
 An existing metrics.json of another checkpoint is kept as metrics.epoch<E>.json;
 one of the same checkpoint is returned as it is unless `overwrite`.
@@ -20,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from fmi_jax import plotting
+from fmi_jax import runs
 from fmi_jax.train import loop as loop_lib
 from fmi_jax.train import metrics as metrics_lib
 from fmi_jax.train import tasks as tasks_lib
@@ -147,19 +150,12 @@ def evaluate_workdir(
         "dataset": config.data.name,
         "splits": reports,
     }
-    out_path.write_text(json.dumps(result, indent=2))
+    runs.write_json_atomic(out_path, result, sort_keys=False)
     if task.name == "classification":
         table = metrics_lib.markdown_table(reports)
     else:
         table = metrics_lib.scalar_table(reports, task.record_metrics)
-    (workdir / "metrics.md").write_text(table + "\n")
-    if "test" in reports and task.name == "classification":
-        plotting.confusion_matrix(
-            reports["test"]["confusion"],
-            data["test"].class_names,
-            workdir / "confusion_matrix.png",
-            title=f"{config.model.name} on {config.data.name} test (epoch {epoch})",
-        )
+    runs.write_text_atomic(workdir / "metrics.md", table + "\n")
     print(table)
     return result
 

@@ -4,8 +4,9 @@ What a run writes under `workdir`:
   config.json            the run's resolved config (fmi_jax.runs.claim)
   extensions.jsonl       when and how far num_epochs grew, if it did
   checkpoints/<epoch>/   orbax checkpoints (latest `checkpoint_keep` and the best)
-  metrics.jsonl          one JSON line per epoch, appended (never rewritten)
-  training_curves.png    loss / accuracy / learning rate per epoch
+  metrics.jsonl          one JSON line per epoch, appended; on resume it is reconciled
+                         with the checkpoints (see `_reconcile_history`) and, if that
+                         changed anything, rewritten atomically
   train_summary.json     best epoch and its test metrics, written once at the end
   tensorboard/           TensorBoard events: the config, every epoch's metrics and the
                          test metrics (`config.tensorboard=False` turns them off)
@@ -15,6 +16,11 @@ data loaded and the model built before config.json is written; a workdir without
 checkpoints takes a changed config, one with checkpoints refuses it (naming the
 changed fields) except for a larger num_epochs, which continues the run. Every JSON
 file is written atomically.
+
+Figures are not drawn here (fmi_jax.train does not import plotting): the caller
+passes `on_epoch_end(history, workdir)`, called on process 0 after each epoch's
+metrics line is written; experiments/train.py and the studies pass
+`fmi_jax.studies.figures.training_curves(config)`, which draws training_curves.png.
 
 Re-running with the same workdir resumes from the latest checkpoint. All
 randomness is a function of (config.seed, epoch, optimizer step): the epoch's
@@ -46,8 +52,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
+import signal
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +68,7 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from fmi_jax import data as data_lib
-from fmi_jax import models, parallel, plotting, runs
+from fmi_jax import models, parallel, runs
 from fmi_jax.train import checkpoint as ckpt_lib
 from fmi_jax.train import optim
 from fmi_jax.train import tasks as tasks_lib
@@ -331,27 +340,103 @@ def evaluate_dataset(
 
 
 # --------------------------------------------------------------------------- history
-def _read_history(path: Path, up_to_epoch: int) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    by_epoch: dict[int, dict[str, Any]] = {}
-    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+EpochHook = Callable[[list[dict[str, Any]], Path], None]
+
+
+def _parse_history(path: Path) -> tuple[str, list[dict[str, Any]]]:
+    """(the file's text, its records). A last line that does not parse and does not
+    end in a newline is a crash in the middle of an append (`_append_jsonl` writes the
+    newline last): it is dropped. Any other line that does not parse is an error."""
+    text = path.read_text() if path.exists() else ""
+    lines = text.split("\n")
+    records = []
+    for line_no, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            records.append(json.loads(line))
         except json.JSONDecodeError as e:
+            if line_no == len(lines):  # the text after the last newline: a torn append
+                logging.warning("%s:%d is a partly written line; dropped", path, line_no)
+                continue
             raise ValueError(
                 f"{path}:{line_no} is not valid JSON ({e}); fix or move the file"
             ) from e
+    return text, records
+
+
+def _record_from_checkpoint(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """An epoch's metrics line rebuilt from its checkpoint's meta, which holds every
+    numeric field of the line (as floats): epoch and step are integers again."""
+    record = dict(metrics)
+    for key in ("epoch", "step"):
+        if key in record:
+            record[key] = int(record[key])
+    return record
+
+
+def _reconcile_history(
+    path: Path, ckpt: ckpt_lib.Checkpoints, up_to_epoch: int, *, write: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Makes metrics.jsonl match the checkpoints before a run (re)starts from epoch
+    `up_to_epoch` (its latest checkpoint; 0 for none). Returns (history, the records
+    re-created from checkpoints).
+
+    The loop saves epoch E's checkpoint and then appends E's line, so a crash can
+    leave (a) a checkpoint without its line, (b) a torn last line, or, if
+    checkpoints were removed by hand, (c) lines of epochs after the latest
+    checkpoint. (b) and (c) are dropped; (a) is re-created from the checkpoint's
+    meta, which records the epoch's numeric metrics (all the line holds).
+
+    Only the latest checkpoint's line can be missing, so its checkpoint is always
+    there to re-create it from: lines are written in epoch order, each right after
+    its own checkpoint, and the run stops at the first failure. A run that dies
+    between E's checkpoint and E's line leaves E as the latest checkpoint; the next
+    run calls this before it trains epoch E+1, so E's line is written before E+1's
+    checkpoint can exist, hence before `checkpoint_keep` can delete E's. An older
+    gap (a workdir from before this reconciliation) has no checkpoint left to
+    re-create it from; it is logged and left as a gap.
+
+    With `write` (process 0), the file is rewritten atomically when its text differs
+    from the reconciled history; an unchanged file is not touched.
+    """
+    text, records = _parse_history(path)
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for record in records:
         if record.get("epoch", 0) <= up_to_epoch:
             by_epoch[record["epoch"]] = record
-    return [by_epoch[e] for e in sorted(by_epoch)]
+    missing = [e for e in range(1, up_to_epoch + 1) if e not in by_epoch]
+    recreated = []
+    if missing:
+        kept = set(ckpt.epochs())
+        for epoch in missing:
+            if epoch in kept:
+                metrics = ckpt.meta(epoch).get("metrics") or {}
+                if metrics:
+                    by_epoch[epoch] = _record_from_checkpoint(metrics)
+                    recreated.append(by_epoch[epoch])
+                    logging.info("%s: epoch %d's line re-created from its checkpoint", path, epoch)
+                    continue
+            logging.warning(
+                "%s has no line for epoch %d and no checkpoint is left to re-create it from",
+                path,
+                epoch,
+            )
+    history = [by_epoch[e] for e in sorted(by_epoch)]
+    if write:
+        new_text = "".join(json.dumps(r) + "\n" for r in history)
+        if new_text != text and (path.exists() or new_text):
+            runs.write_text_atomic(path, new_text)
+    return history, recreated
 
 
 def _append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
+    """Appends one line; the newline is written last, so a torn append is a last line
+    without one (see `_parse_history`)."""
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _check_finite(
@@ -372,9 +457,68 @@ def _check_finite(
             )
 
 
+# --------------------------------------------------------------------------- Ctrl-C
+class _Interrupt:
+    """Ctrl-C (SIGINT) during training stops at a step boundary: the dispatch under way
+    finishes, nothing of the unfinished epoch is saved (the latest checkpoint stays as
+    it is), one line is logged and KeyboardInterrupt raised; re-running resumes from
+    the latest checkpoint. A second Ctrl-C interrupts at once (Python's default).
+
+    Installed only in the main thread (where Python runs signal handlers) of a
+    single-process run: one process of a multi-process run stopping alone would
+    leave the others waiting in collectives, so those keep the default. `restore`
+    puts the previous handler back."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+        self._installed = False
+        if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
+            self._previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            self.restore()
+            raise KeyboardInterrupt
+        self.requested = True  # read by `check` between dispatches; nothing else here
+
+    def restore(self) -> None:
+        if self._installed:
+            previous = self._previous
+            signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+            self._installed = False
+
+    def check(self, epochs_done: int, state: TrainState, ckpt: Any, events: Any) -> None:
+        """Raises KeyboardInterrupt if Ctrl-C was pressed; `epochs_done` is the last
+        finished (checkpointed) epoch."""
+        if not self.requested:
+            return
+        step = int(state.step)  # waits for the dispatch under way
+        message = (
+            f"interrupted after epoch {epochs_done}, step {step}; run the same command to "
+            f"resume from epoch {epochs_done}"
+        )
+        logging.warning(message)
+        events.close()
+        ckpt.close()
+        raise KeyboardInterrupt(message)
+
+
 # --------------------------------------------------------------------------- the loop
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
-    """Trains `config.model` on `config.data`, resuming from `workdir` if it has checkpoints."""
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    *,
+    on_epoch_end: EpochHook | None = None,
+) -> TrainResult:
+    """Trains `config.model` on `config.data`, resuming from `workdir` if it has checkpoints.
+
+    `on_epoch_end(history, workdir)`, if given, is called on process 0 after each
+    epoch's line is written to metrics.jsonl, with the history so far (the figures:
+    see fmi_jax.studies.figures.training_curves).
+    """
     validate_train_config(config)  # before anything is read or written
     mesh = _mesh_from_config(config)  # before anything is written
     num_devices = 1 if mesh is None else int(mesh.devices.size)
@@ -450,12 +594,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         logging.info("resuming after epoch %d (optimizer step %d)", start_epoch, int(state.step))
     elif config.get("init_from") and config.init_from.get("workdir"):
         state = _put(_init_from(state, runs.plain(config.init_from)), place)
-    history = _read_history(workdir / "metrics.jsonl", start_epoch)
+    history, recreated = _reconcile_history(
+        workdir / "metrics.jsonl", ckpt, start_epoch, write=main_process
+    )
     events = EventLog(
         workdir / TENSORBOARD_DIR, enabled=main_process and bool(config.get("tensorboard", True))
     )
     if not start_epoch:
         events.config(runs.plain(config))
+    for record in recreated:  # their events were lost with their lines
+        events.record(record["epoch"], record)
 
     augmentation = dict(runs.plain(config.get("augment", {})) or {})
     step_fn = functools.partial(
@@ -477,95 +625,104 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     num_epochs = int(config.num_epochs)
     run_start = time.perf_counter()
-    for epoch in range(start_epoch + 1, num_epochs + 1):
-        epoch_start = time.perf_counter()
-        perm = device_train.epoch_permutation(data_key, epoch)
-        if mesh is not None:
-            perm = _put(perm, place)
-        sums: dict[str, float] = {}
-        window: list[Any] = []
-        window_first_step = (epoch - 1) * steps_per_epoch
-        last: dict[str, float] = {}
-        bar = tqdm(
-            total=steps_per_epoch,
-            desc=f"epoch {epoch}/{num_epochs}",
-            unit="step",
-            disable=not config.get("progress", True),
-            leave=False,
-            mininterval=1.0,
-        )
-        compile_s = None
-        for start in range(0, steps_per_epoch, chunk):
-            if epoch == start_epoch + 1 and start == 0:
-                # The run's first dispatch compiles; time it apart so throughput is honest.
-                t0 = time.perf_counter()
-                state, m = jax.block_until_ready(
-                    run_chunk(state, device_train, perm, start, train_key)
-                )
-                compile_s = time.perf_counter() - t0
-            else:
-                state, m = run_chunk(state, device_train, perm, start, train_key)
-            window.append(m)
-            done = start + chunk
-            if done % log_every == 0 or done == steps_per_epoch:
-                host = _unstack(jax.device_get(window), chunk)
-                _check_finite(host, window_first_step, epoch, steps_per_epoch)
-                for m_ in host:
-                    for k, v in m_.items():
-                        sums[k] = sums.get(k, 0.0) + float(v)
-                last = host[-1]
-                n_seen = done
-                bar.update(done - bar.n)
-                bar.set_postfix(
-                    loss=f"{sums['loss'] / n_seen:.4f}",
-                    **{task.metric: f"{sums[task.metric] / n_seen:.4f}"},
-                )
-                window, window_first_step = [], (epoch - 1) * steps_per_epoch + done
-        bar.close()
-        train_time = time.perf_counter() - epoch_start
-        timed_steps, timed_time = steps_per_epoch, train_time
-        if compile_s is not None and steps_per_epoch > chunk:
-            timed_steps, timed_time = steps_per_epoch - chunk, train_time - compile_s
-
-        record: dict[str, Any] = {
-            "epoch": epoch,
-            "step": int(state.step),
-            "train_loss": sums["loss"] / steps_per_epoch,
-            **{f"train_{m}": sums[m] / steps_per_epoch for m in task.train_metrics if m in sums},
-            "grad_norm": sums["grad_norm"] / steps_per_epoch,
-            "param_norm": float(last["param_norm"]),
-            "learning_rate": float(last["learning_rate"]),
-            "epoch_time_s": train_time,
-            "images_per_s": timed_steps * batch_size / timed_time,
-        }
-        if compile_s is not None:
-            record["compile_s"] = compile_s
-        if device_val is not None:
-            val = evaluate_dataset(
-                state,
-                device_val,
-                batch_size=config.eval_batch_size,
-                class_names=class_names,
-                eval_fn=eval_fn,
-                task=task,
+    interrupt = _Interrupt()  # Ctrl-C: stop at the next dispatch, see _Interrupt
+    try:
+        for epoch in range(start_epoch + 1, num_epochs + 1):
+            epoch_start = time.perf_counter()
+            perm = device_train.epoch_permutation(data_key, epoch)
+            if mesh is not None:
+                perm = _put(perm, place)
+            sums: dict[str, float] = {}
+            window: list[Any] = []
+            window_first_step = (epoch - 1) * steps_per_epoch
+            last: dict[str, float] = {}
+            bar = tqdm(
+                total=steps_per_epoch,
+                desc=f"epoch {epoch}/{num_epochs}",
+                unit="step",
+                disable=not config.get("progress", True),
+                leave=False,
+                mininterval=1.0,
             )
-            record.update({f"val_{m}": val[m] for m in task.record_metrics})
-        ckpt.save(
-            epoch,
-            _state_tree(state),
-            architecture=identity,
-            metrics={k: v for k, v in record.items() if isinstance(v, (int, float))},
-        )
-        history.append(record)
-        if main_process:
-            _append_jsonl(workdir / "metrics.jsonl", record)
-            events.record(epoch, record)
-            plotting.training_curves(history, workdir / "training_curves.png", metric=task.metric)
-        logging.info(
-            "epoch %d: %s",
-            epoch,
-            ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k not in ("epoch", "step")),
-        )
+            compile_s = None
+            for start in range(0, steps_per_epoch, chunk):
+                interrupt.check(epoch - 1, state, ckpt, events)
+                if epoch == start_epoch + 1 and start == 0:
+                    # The run's first dispatch compiles; time it apart so throughput is honest.
+                    t0 = time.perf_counter()
+                    state, m = jax.block_until_ready(
+                        run_chunk(state, device_train, perm, start, train_key)
+                    )
+                    compile_s = time.perf_counter() - t0
+                else:
+                    state, m = run_chunk(state, device_train, perm, start, train_key)
+                window.append(m)
+                done = start + chunk
+                if done % log_every == 0 or done == steps_per_epoch:
+                    host = _unstack(jax.device_get(window), chunk)
+                    _check_finite(host, window_first_step, epoch, steps_per_epoch)
+                    for m_ in host:
+                        for k, v in m_.items():
+                            sums[k] = sums.get(k, 0.0) + float(v)
+                    last = host[-1]
+                    n_seen = done
+                    bar.update(done - bar.n)
+                    bar.set_postfix(
+                        loss=f"{sums['loss'] / n_seen:.4f}",
+                        **{task.metric: f"{sums[task.metric] / n_seen:.4f}"},
+                    )
+                    window, window_first_step = [], (epoch - 1) * steps_per_epoch + done
+            bar.close()
+            train_time = time.perf_counter() - epoch_start
+            timed_steps, timed_time = steps_per_epoch, train_time
+            if compile_s is not None and steps_per_epoch > chunk:
+                timed_steps, timed_time = steps_per_epoch - chunk, train_time - compile_s
+
+            record: dict[str, Any] = {
+                "epoch": epoch,
+                "step": int(state.step),
+                "train_loss": sums["loss"] / steps_per_epoch,
+                **{
+                    f"train_{m}": sums[m] / steps_per_epoch for m in task.train_metrics if m in sums
+                },
+                "grad_norm": sums["grad_norm"] / steps_per_epoch,
+                "param_norm": float(last["param_norm"]),
+                "learning_rate": float(last["learning_rate"]),
+                "epoch_time_s": train_time,
+                "images_per_s": timed_steps * batch_size / timed_time,
+            }
+            if compile_s is not None:
+                record["compile_s"] = compile_s
+            if device_val is not None:
+                val = evaluate_dataset(
+                    state,
+                    device_val,
+                    batch_size=config.eval_batch_size,
+                    class_names=class_names,
+                    eval_fn=eval_fn,
+                    task=task,
+                )
+                record.update({f"val_{m}": val[m] for m in task.record_metrics})
+            ckpt.save(
+                epoch,
+                _state_tree(state),
+                architecture=identity,
+                metrics={k: v for k, v in record.items() if isinstance(v, (int, float))},
+            )
+            history.append(record)
+            if main_process:
+                _append_jsonl(workdir / "metrics.jsonl", record)
+                events.record(epoch, record)
+                if on_epoch_end is not None:
+                    on_epoch_end(history, workdir)
+            logging.info(
+                "epoch %d: %s",
+                epoch,
+                ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k not in ("epoch", "step")),
+            )
+    finally:
+        interrupt.restore()
+    interrupt.check(num_epochs, state, ckpt, events)
 
     best_epoch = ckpt.best_epoch()
     summary_path = workdir / "train_summary.json"
