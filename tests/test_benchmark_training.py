@@ -41,7 +41,7 @@ def trained():
 @pytest.mark.slow
 def test_jax_trainer_runs_the_library_loop_and_learns(trained):
     trainer, compile_s, losses = trained
-    assert trainer.loop == "step"  # what loop._choose_loop picks on CPU
+    assert trainer.loop == "step"  # what Trainer (choose_loop) picks on CPU
     assert trainer.steps_per_epoch == 256 // 32
     assert all(len(epoch) == trainer.steps_per_epoch for epoch in losses)
     assert np.mean(losses[-1]) < np.mean(losses[0])

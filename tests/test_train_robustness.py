@@ -18,6 +18,7 @@ import pytest
 
 from fmi_jax import train
 from fmi_jax.train import loop as loop_lib
+from fmi_jax.train import trainer as trainer_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = {"epoch_time_s", "images_per_s", "compile_s"}  # differ from run to run
@@ -150,7 +151,7 @@ def test_ctrl_c_stops_at_a_step_boundary_and_the_rerun_resumes(
         pytest.skip("signal handlers run in the main thread only")
     config = synthetic_config(num_epochs=2)  # the config of the uninterrupted synthetic_run
     steps_per_epoch = lines_of(synthetic_run)[0]["step"]
-    real_make = loop_lib._make_chunk_runner
+    real_make = trainer_lib._make_chunk_runner
 
     def make_runner(*args, **kwargs):
         runner = real_make(*args, **kwargs)
@@ -174,7 +175,7 @@ def test_ctrl_c_stops_at_a_step_boundary_and_the_rerun_resumes(
         f"interrupted after epoch 1, step {steps_per_epoch + 3}; run the same command to "
         "resume from epoch 1"
     )
-    with mock.patch.object(loop_lib, "_make_chunk_runner", make_runner):
+    with mock.patch.object(trainer_lib, "_make_chunk_runner", make_runner):
         with caplog.at_level("WARNING"), pytest.raises(KeyboardInterrupt) as raised:
             train.train_and_evaluate(config, workdir)
     assert str(raised.value) == message

@@ -5,11 +5,11 @@ weights (fmi_jax's init with the config's seed, copied into the PyTorch twin), o
 the same uint8 images in the same order (fmi_jax's epoch permutation), with the
 same optimizer, schedule, label smoothing, augmentation and dropout. The PyTorch
 side is `fmi_jax.benchmark.torch_training` (the idiomatic loop of the original
-projects); the fmi_jax side is the library's own loop: `train_step` bound as
-`train_and_evaluate` binds it, jitted by `loop._make_chunk_runner` ('step' or
-'scan', as `loop._choose_loop` picks for the backend), over a `DeviceDataset`, with
-the metrics window read every `log_every_steps` steps, as the loop does. Nothing of
-the step is re-implemented here.
+projects); the fmi_jax side is `fmi_jax.train.Trainer`, the object
+`train_and_evaluate` trains with: the same bound `train_step`, jitted dispatch
+('step' or 'scan', as it picks for the backend), `DeviceDataset` and metrics window
+(read, checked and summed every `log_every_steps` steps). Nothing of the step or the
+epoch is re-implemented here.
 
 Protocol (`training_benchmark`):
   1. Agreement before any timing. Dropout and augmentation off on both sides (the
@@ -45,7 +45,6 @@ updates); optim.py's mask (ndim > 1) is mirrored by construction instead.
 
 from __future__ import annotations
 
-import functools
 import os
 import statistics
 import time
@@ -55,11 +54,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from fmi_jax.train import loop as loop_lib
+from fmi_jax import runs
 from fmi_jax.train import optim
-from fmi_jax.train import tasks as tasks_lib
-from fmi_jax.train.input_pipeline import DeviceDataset
-from fmi_jax.train.steps import create_train_state, train_step
+from fmi_jax.train.trainer import Trainer
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -85,7 +82,7 @@ def agreement_config(config: Any, steps: int) -> ml_collections.ConfigDict:
     """`config` for the agreement check: deterministic (no dropout, no augmentation)
     and a schedule that warms up and decays within `steps` steps (one epoch of
     `steps` steps, 40% warm-up)."""
-    c = ml_collections.ConfigDict(loop_lib._plain(config))
+    c = ml_collections.ConfigDict(runs.plain(config))
     c.num_epochs = 1
     if c.get("schedule", "constant") in ("constant", "cosine"):
         c.warmup_epochs = 0.4 if steps >= 3 else 0.0
@@ -101,52 +98,33 @@ class JaxTrainer:
     """fmi_jax's training loop for `config` on in-memory uint8 NHWC images, split into
     calls the benchmark can time: `compile()` once, then `run(epoch, steps)`.
 
-    Built as `loop.train_and_evaluate` builds its run: the same keys from
-    `config.seed`, `create_train_state`, `optim.make_optimizer`, `train_step` bound
-    with the config's schedule, augmentation and task, `_make_chunk_runner` for the
-    loop `_choose_loop` picks, the epoch permutation of `DeviceDataset`.
+    A thin wrapper over `fmi_jax.train.Trainer` (one device), which holds the run
+    (`trainer`); it adds a host copy of the initial weights for the PyTorch twin.
     """
 
     def __init__(self, config: Any, images: np.ndarray, labels: np.ndarray):
         _check_data(images, labels)
         self.config = config
-        self.batch_size = int(config.batch_size)
-        self.data = DeviceDataset.from_numpy(images, np.asarray(labels))
-        self.steps_per_epoch = self.data.steps_per_epoch(self.batch_size)
-        self.model = loop_lib.model_from_config(config.model)
-        tx, schedule = optim.make_optimizer(config, self.steps_per_epoch)
-        init_key, self.data_key, self.train_key = jax.random.split(jax.random.key(config.seed), 3)
-        self.state = jax.device_put(
-            create_train_state(self.model, init_key, images.shape[1:], tx), jax.devices()[0]
-        )
+        self.trainer = Trainer(config, images, np.asarray(labels))
+        self.model = self.trainer.model
+        self.batch_size = self.trainer.batch_size
+        self.steps_per_epoch = self.trainer.steps_per_epoch
+        self.loop = self.trainer.loop
+        self.chunk = self.trainer.chunk
         # A host copy before the first (donating) call: what the PyTorch twin starts from.
+        state = self.trainer.state
         self.initial_variables = jax.device_get(
-            {"params": self.state.params, "batch_stats": self.state.batch_stats}
+            {"params": state.params, "batch_stats": state.batch_stats}
         )
-        augmentation = dict(loop_lib._plain(config.get("augment", {})) or {})
-        step_fn = functools.partial(
-            train_step,
-            schedule=schedule,
-            augmentation={k: v for k, v in augmentation.items() if v},
-            task=tasks_lib.task_from_config(config),
-        )
-        self.loop = loop_lib._choose_loop(config)
-        self.chunk = (
-            1
-            if self.loop == "step"
-            else loop_lib._largest_divisor_at_most(
-                self.steps_per_epoch, int(config.get("steps_per_dispatch", 50))
-            )
-        )
-        self.run_chunk = loop_lib._make_chunk_runner(
-            step_fn, self.batch_size, self.chunk, self.loop
-        )
-        self.log_every = max(1, int(config.get("log_every_steps", 50)) // self.chunk) * self.chunk
+
+    @property
+    def state(self):
+        return self.trainer.state
 
     @property
     def compiles(self) -> int:
         """How many programs the step runner has compiled (1 in a healthy run)."""
-        return self.run_chunk.traces
+        return self.trainer.compiles
 
     def timed_steps(self, steps: int | None) -> int:
         """`steps` (None: an epoch) rounded up to whole dispatches, at most an epoch."""
@@ -158,7 +136,7 @@ class JaxTrainer:
         return min(whole, self.steps_per_epoch)
 
     def permutation(self, epoch: int) -> jax.Array:
-        return self.data.epoch_permutation(self.data_key, epoch)
+        return self.trainer.permutation(epoch)
 
     def compile(self) -> float:
         """Runs the first two dispatches (batches of epoch 0); returns the compile time:
@@ -167,30 +145,22 @@ class JaxTrainer:
         times = []
         for start in (0, self.chunk if 2 * self.chunk <= self.steps_per_epoch else 0):
             t0 = time.perf_counter()
-            self.state, _ = jax.block_until_ready(
-                self.run_chunk(self.state, self.data, perm, start, self.train_key)
-            )
+            jax.block_until_ready(self.trainer.dispatch(perm, start))
+            jax.block_until_ready(self.trainer.state)
             times.append(time.perf_counter() - t0)
         return max(times[0] - times[1], 0.0)
 
     def run(self, epoch: int, steps: int | None = None) -> list[float]:
-        """`steps` optimizer steps (None: a whole epoch) on the batches of `epoch`, as the
-        loop runs them; returns the per-step losses, once the device is idle."""
-        n = self.timed_steps(steps)
-        perm = self.permutation(epoch)
-        window, losses = [], []
-        for start in range(0, n, self.chunk):
-            self.state, m = self.run_chunk(self.state, self.data, perm, start, self.train_key)
-            window.append(m)
-            done = start + self.chunk
-            if done % self.log_every == 0 or done == n:
-                for m_ in loop_lib._unstack(jax.device_get(window), self.chunk):
-                    losses.append(float(m_["loss"]))
-                window = []
-        jax.block_until_ready(self.state)
-        bad = [i for i, v in enumerate(losses) if not np.isfinite(v)]
-        if bad:
-            raise FloatingPointError(f"fmi_jax's training loss is not finite at step {bad[0]}")
+        """`steps` optimizer steps (None: a whole epoch) on the batches of `epoch`, as
+        `train_and_evaluate` runs them (`Trainer.run_epoch`); returns the per-step
+        losses, once the device is idle."""
+        losses: list[float] = []
+
+        def collect(window, stats):
+            losses.extend(float(m["loss"]) for m in window)
+
+        self.trainer.run_epoch(epoch, steps=self.timed_steps(steps), on_window=collect)
+        jax.block_until_ready(self.trainer.state)
         return losses
 
     def params(self) -> dict[str, np.ndarray]:
@@ -399,9 +369,9 @@ def training_benchmark(
         torch_times.append(time.perf_counter() - t0)
     if ours.compiles != 1:
         raise AssertionError(f"fmi_jax's step compiled {ours.compiles} times, not once")
-    aug = dict(loop_lib._plain(train_config.get("augment", {})) or {})
+    aug = dict(runs.plain(train_config.get("augment", {})) or {})
     options = {
-        "model": dict(loop_lib._plain(train_config.model)),
+        "model": dict(runs.plain(train_config.model)),
         "optimizer": train_config.get("optimizer", "adamw"),
         "learning_rate": float(train_config.learning_rate),
         "schedule": train_config.get("schedule", "constant"),

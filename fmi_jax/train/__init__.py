@@ -1,4 +1,4 @@
-"""Training: state, pure steps, the loop, checkpoints and classification metrics."""
+"""Training: state, pure steps, the Trainer, the loop, checkpoints and classification metrics."""
 
 from fmi_jax.train.checkpoint import CheckpointMismatchError, Checkpoints
 from fmi_jax.train.evaluate import evaluate_workdir, restore_model
@@ -12,13 +12,16 @@ from fmi_jax.train.loop import (
 )
 from fmi_jax.train.metrics import classification_report, markdown_table
 from fmi_jax.train.steps import TrainState, create_train_state, eval_step, train_step
+from fmi_jax.train.trainer import EpochStats, Trainer
 
 __all__ = [
     "CheckpointMismatchError",
     "Checkpoints",
+    "EpochStats",
     "NonFiniteLossError",
     "TrainResult",
     "TrainState",
+    "Trainer",
     "classification_report",
     "create_train_state",
     "eval_step",

@@ -27,6 +27,7 @@ from fmi_jax import runs
 from fmi_jax.train import loop as loop_lib
 from fmi_jax.train import metrics as metrics_lib
 from fmi_jax.train import tasks as tasks_lib
+from fmi_jax.train import trainer as trainer_lib
 from fmi_jax.train.input_pipeline import DeviceDataset
 
 __all__ = ["evaluate_workdir", "restore_model"]
@@ -128,7 +129,7 @@ def evaluate_workdir(
         batch_stats=variables.get("batch_stats", {}),
     )
     task = tasks_lib.task_from_config(config)
-    eval_fn = loop_lib._eval_fn(task)
+    eval_fn = trainer_lib.make_eval_fn(task)
     reports = {}
     for split in splits:
         ds = data[split]

@@ -22,6 +22,10 @@ passes `on_epoch_end(history, workdir)`, called on process 0 after each epoch's
 metrics line is written; experiments/train.py and the studies pass
 `fmi_jax.studies.figures.training_curves(config)`, which draws training_curves.png.
 
+The setup, the epochs, evaluation and the checkpointed state tree are a
+`fmi_jax.train.trainer.Trainer` (the training benchmark times the same object);
+this module adds the run folder around it.
+
 Re-running with the same workdir resumes from the latest checkpoint. All
 randomness is a function of (config.seed, epoch, optimizer step): the epoch's
 permutation is `fold_in(data_key, epoch)` and the step's dropout/augmentation
@@ -50,7 +54,6 @@ figures and train_summary.json; all processes take part in checkpointing.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import signal
@@ -61,26 +64,30 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
 from tqdm.auto import tqdm
 
 from fmi_jax import data as data_lib
-from fmi_jax import models, parallel, runs
+from fmi_jax import parallel, runs
 from fmi_jax.train import checkpoint as ckpt_lib
-from fmi_jax.train import optim
 from fmi_jax.train import tasks as tasks_lib
-from fmi_jax.train.input_pipeline import DeviceDataset, eval_batches, gather_batch
-from fmi_jax.train.steps import TrainState, create_train_state, eval_step, train_step
+from fmi_jax.train.steps import TrainState
 from fmi_jax.train.tensorboard import TENSORBOARD_DIR, EventLog
+from fmi_jax.train.trainer import (
+    NonFiniteLossError,
+    Trainer,
+    compute_dtype,
+    evaluate_dataset,
+    model_from_config,
+)
 from fmi_jax.train.validation import validate_train_config
 
 __all__ = [
     "NonFiniteLossError",
     "run_checkpoints",
     "TrainResult",
+    "compute_dtype",
     "evaluate_dataset",
     "load_run_config",
     "model_from_config",
@@ -91,10 +98,6 @@ __all__ = [
 # Config fields a workdir with checkpoints may change: they may only grow (more epochs
 # continue the run), and each growth is recorded in extensions.jsonl.
 EXTENDABLE = ("num_epochs",)
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite."""
 
 
 @dataclasses.dataclass
@@ -108,34 +111,6 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------- config helpers
-def compute_dtype(name: str) -> str:
-    """A model's compute dtype: 'auto' is bfloat16 on GPUs and TPUs (parameters stay
-    float32; logits are cast back to float32) and float32 on CPUs, where bfloat16
-    matmuls are emulated and slower."""
-    if name != "auto":
-        return name
-    return "bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32"
-
-
-def model_from_config(model_config: Mapping[str, Any], *, dtype: str | None = None):
-    """The model `model_config` describes. `dtype`, when given, replaces its compute
-    dtype (models without one, like the sparse autoencoders, compute in float32)."""
-    kwargs = {
-        k: (tuple(v) if isinstance(v, list) else v)
-        for k, v in dict(model_config).items()
-        if k != "name"
-    }
-    if "dtype" in kwargs:
-        kwargs["dtype"] = compute_dtype(kwargs["dtype"])
-    model = models.get_model(model_config["name"], **kwargs)
-    if dtype is not None and "dtype" in getattr(model, "__dataclass_fields__", {}):
-        model = model.clone(dtype=compute_dtype(dtype))
-    return model
-
-
-_plain = runs.plain  # the name fmi_jax.benchmark.training imports
-
-
 def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
     """The config.json a training run wrote into its workdir."""
     path = Path(workdir) / "config.json"
@@ -235,15 +210,6 @@ def load_data(data_config: Any) -> dict[str, data_lib.Dataset]:
     )
 
 
-def _choose_loop(config: Any) -> str:
-    loop = config.get("loop", "auto")
-    if loop == "auto":
-        return "step" if jax.default_backend() == "cpu" else "scan"
-    if loop not in ("step", "scan"):
-        raise ValueError(f"config.loop must be 'auto', 'step' or 'scan', got {loop!r}")
-    return loop
-
-
 def _mesh_from_config(config: Any) -> jax.sharding.Mesh | None:
     """The data-parallel mesh of `config.num_devices` (1: none, the single-device
     loop; 0: all devices; n: the first n), its batch sizes checked."""
@@ -261,82 +227,6 @@ def _mesh_from_config(config: Any) -> jax.sharding.Mesh | None:
     parallel.check_divisible(int(config.batch_size), mesh, "batch_size")
     parallel.check_divisible(int(config.eval_batch_size), mesh, "eval_batch_size")
     return mesh
-
-
-def _put(tree: Any, place: Any) -> Any:
-    """`jax.device_put(tree, place)`. Across processes jax only places host values (the
-    same on every process) onto a sharding with other processes' devices, so the
-    tree goes through the host there."""
-    if jax.process_count() > 1:
-        tree = jax.device_get(tree)
-    return jax.device_put(tree, place)
-
-
-def _largest_divisor_at_most(n: int, k: int) -> int:
-    return max(d for d in range(1, min(n, max(k, 1)) + 1) if n % d == 0)
-
-
-# --------------------------------------------------------------------------- evaluation
-class CountingJit:
-    """`jax.jit(fn, **kwargs)` that counts how often `fn` is traced.
-
-    Each trace of a new input signature is followed by a compile, so `traces` is
-    the number of programs this run compiled for `fn`.
-    """
-
-    def __init__(self, fn, **jit_kwargs):
-        self.traces = 0
-
-        def counted(*args):
-            self.traces += 1
-            return fn(*args)
-
-        self._jitted = jax.jit(counted, **jit_kwargs)
-
-    def __call__(self, *args):
-        return self._jitted(*args)
-
-
-def _eval_fn(task: tasks_lib.Task | None = None, mesh: jax.sharding.Mesh | None = None):
-    """Jitted eval_step. Batches have one fixed shape for every split (the last is
-    padded and masked), so this compiles once per run. With a mesh, each batch is
-    sharded over its devices and the sums come back replicated."""
-    step = functools.partial(eval_step, task=task or tasks_lib.classification())
-    if mesh is None:
-        return CountingJit(step)
-
-    def sharded_step(state, batch):
-        batch = jax.lax.with_sharding_constraint(batch, parallel.batch_sharded(mesh))
-        return step(state, batch)
-
-    return CountingJit(sharded_step, out_shardings=parallel.replicated(mesh))
-
-
-@jax.jit
-def _take(data: DeviceDataset, idx: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
-    return {"image": data.images[idx], "label": data.labels[idx], "mask": mask}
-
-
-def evaluate_dataset(
-    state: TrainState,
-    data: DeviceDataset,
-    *,
-    batch_size: int,
-    class_names,
-    eval_fn=None,
-    task: tasks_lib.Task | None = None,
-) -> dict[str, Any]:
-    """The task's report of `state` on a device dataset (default, classification:
-    loss, accuracy, precision, recall, F1)."""
-    if len(data) == 0:
-        raise ValueError("cannot evaluate on an empty dataset")
-    task = task or tasks_lib.classification()
-    eval_fn = eval_fn or _eval_fn(task)
-    totals = None
-    for idx, mask in eval_batches(len(data), batch_size):
-        sums = eval_fn(state, _take(data, idx, mask))
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    return task.report(jax.device_get(totals), class_names)
 
 
 # --------------------------------------------------------------------------- history
@@ -437,24 +327,6 @@ def _append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())
-
-
-def _check_finite(
-    window: list[dict[str, np.ndarray]], first_step: int, epoch: int, steps_per_epoch: int
-) -> None:
-    for offset, m in enumerate(window):
-        if not np.isfinite(m["loss"]):
-            step = first_step + offset
-            prev = window[offset - 1] if offset else None
-            raise NonFiniteLossError(
-                f"training loss is {m['loss']} at optimizer step {step} (epoch {epoch}, batch "
-                f"{step - (epoch - 1) * steps_per_epoch + 1} of {steps_per_epoch}); gradient norm "
-                f"{m['grad_norm']:.4g}, parameter norm {m['param_norm']:.4g}, learning rate "
-                f"{m['learning_rate']:.4g}"
-                + (f", previous loss {prev['loss']:.4g}" if prev else "")
-                + ". Lower --config.learning_rate, set --config.grad_clip_norm, or check the data. "
-                "The last finished epoch's checkpoint is untouched; the run resumes from it."
-            )
 
 
 # --------------------------------------------------------------------------- Ctrl-C
@@ -558,42 +430,25 @@ def train_and_evaluate(
         hint="use a new --workdir for this config (or the config it was run with)",
     )
 
-    # One device: the state is committed to it, the data left uncommitted (as ever).
-    # A mesh: both replicated on it; batches are sharded inside the jitted steps.
-    place = jax.devices()[0] if mesh is None else parallel.replicated(mesh)
-    data_place = None if mesh is None else place
-    device_train = DeviceDataset.from_numpy(train_ds.images, train_ds.labels, data_place)
-    device_val = (
-        DeviceDataset.from_numpy(val_ds.images, val_ds.labels, data_place) if len(val_ds) else None
-    )
-    device_test = DeviceDataset.from_numpy(test_ds.images, test_ds.labels, data_place)
-
-    batch_size = int(config.batch_size)
-    steps_per_epoch = device_train.steps_per_epoch(batch_size)
-    tx, schedule = optim.make_optimizer(config, steps_per_epoch)
-    root = jax.random.key(config.seed)
-    init_key, data_key, train_key = jax.random.split(root, 3)
-    # Committed to the device like restored checkpoints are: committedness is part of
-    # the jit cache key, and a mix would compile the steps twice.
-    state = _put(create_train_state(model, init_key, train_ds.image_shape, tx), place)
-    if mesh is not None:
-        data_key, train_key = (
-            jax.random.wrap_key_data(_put(jax.random.key_data(k), place))
-            for k in (data_key, train_key)
-        )
-    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    trainer = Trainer(config, train_ds.images, train_ds.labels, mesh=mesh, model=model)
+    device_val = trainer.device_dataset(val_ds.images, val_ds.labels) if len(val_ds) else None
+    device_test = trainer.device_dataset(test_ds.images, test_ds.labels)
+    batch_size, steps_per_epoch = trainer.batch_size, trainer.steps_per_epoch
     logging.info(
-        "model %s: %d parameters; %d steps per epoch", config.model.name, n_params, steps_per_epoch
+        "model %s: %d parameters; %d steps per epoch",
+        config.model.name,
+        trainer.num_params,
+        steps_per_epoch,
     )
 
     start_epoch = ckpt.latest_epoch() or 0
     if start_epoch:
-        restored = ckpt.restore(start_epoch, _state_tree(state))
-        # orbax restores onto the target's shardings; put again to be sure of it.
-        state = _put(state.replace(**restored), place)
-        logging.info("resuming after epoch %d (optimizer step %d)", start_epoch, int(state.step))
+        trainer.restore(ckpt, start_epoch)
+        logging.info(
+            "resuming after epoch %d (optimizer step %d)", start_epoch, int(trainer.state.step)
+        )
     elif config.get("init_from") and config.init_from.get("workdir"):
-        state = _put(_init_from(state, runs.plain(config.init_from)), place)
+        trainer.state = trainer.put(_init_from(trainer.state, runs.plain(config.init_from)))
     history, recreated = _reconcile_history(
         workdir / "metrics.jsonl", ckpt, start_epoch, write=main_process
     )
@@ -604,38 +459,13 @@ def train_and_evaluate(
         events.config(runs.plain(config))
     for record in recreated:  # their events were lost with their lines
         events.record(record["epoch"], record)
-
-    augmentation = dict(runs.plain(config.get("augment", {})) or {})
-    step_fn = functools.partial(
-        train_step,
-        schedule=schedule,
-        augmentation={k: v for k, v in augmentation.items() if v},
-        task=task,
-    )
-    loop = _choose_loop(config)
-    chunk = (
-        1
-        if loop == "step"
-        else _largest_divisor_at_most(steps_per_epoch, int(config.get("steps_per_dispatch", 50)))
-    )
-    run_chunk = _make_chunk_runner(step_fn, batch_size, chunk, loop, mesh)
-    eval_fn = _eval_fn(task, mesh)
-    log_every = max(1, int(config.get("log_every_steps", 50)) // chunk) * chunk
-    logging.info("loop: %s (%d step(s) per dispatch)", loop, chunk)
+    logging.info("loop: %s (%d step(s) per dispatch)", trainer.loop, trainer.chunk)
 
     num_epochs = int(config.num_epochs)
     run_start = time.perf_counter()
     interrupt = _Interrupt()  # Ctrl-C: stop at the next dispatch, see _Interrupt
     try:
         for epoch in range(start_epoch + 1, num_epochs + 1):
-            epoch_start = time.perf_counter()
-            perm = device_train.epoch_permutation(data_key, epoch)
-            if mesh is not None:
-                perm = _put(perm, place)
-            sums: dict[str, float] = {}
-            window: list[Any] = []
-            window_first_step = (epoch - 1) * steps_per_epoch
-            last: dict[str, float] = {}
             bar = tqdm(
                 total=steps_per_epoch,
                 desc=f"epoch {epoch}/{num_epochs}",
@@ -644,43 +474,26 @@ def train_and_evaluate(
                 leave=False,
                 mininterval=1.0,
             )
-            compile_s = None
-            for start in range(0, steps_per_epoch, chunk):
-                interrupt.check(epoch - 1, state, ckpt, events)
-                if epoch == start_epoch + 1 and start == 0:
-                    # The run's first dispatch compiles; time it apart so throughput is honest.
-                    t0 = time.perf_counter()
-                    state, m = jax.block_until_ready(
-                        run_chunk(state, device_train, perm, start, train_key)
-                    )
-                    compile_s = time.perf_counter() - t0
-                else:
-                    state, m = run_chunk(state, device_train, perm, start, train_key)
-                window.append(m)
-                done = start + chunk
-                if done % log_every == 0 or done == steps_per_epoch:
-                    host = _unstack(jax.device_get(window), chunk)
-                    _check_finite(host, window_first_step, epoch, steps_per_epoch)
-                    for m_ in host:
-                        for k, v in m_.items():
-                            sums[k] = sums.get(k, 0.0) + float(v)
-                    last = host[-1]
-                    n_seen = done
-                    bar.update(done - bar.n)
-                    bar.set_postfix(
-                        loss=f"{sums['loss'] / n_seen:.4f}",
-                        **{task.metric: f"{sums[task.metric] / n_seen:.4f}"},
-                    )
-                    window, window_first_step = [], (epoch - 1) * steps_per_epoch + done
-            bar.close()
-            train_time = time.perf_counter() - epoch_start
-            timed_steps, timed_time = steps_per_epoch, train_time
-            if compile_s is not None and steps_per_epoch > chunk:
-                timed_steps, timed_time = steps_per_epoch - chunk, train_time - compile_s
 
+            def show(window, stats, bar=bar):
+                bar.update(stats.steps - bar.n)
+                bar.set_postfix(
+                    loss=f"{stats.mean('loss'):.4f}",
+                    **{task.metric: f"{stats.mean(task.metric):.4f}"},
+                )
+
+            stats = trainer.run_epoch(
+                epoch,
+                on_window=show,
+                before_dispatch=lambda epoch=epoch: interrupt.check(
+                    epoch - 1, trainer.state, ckpt, events
+                ),
+            )
+            bar.close()
+            sums, last = stats.sums, stats.last
             record: dict[str, Any] = {
                 "epoch": epoch,
-                "step": int(state.step),
+                "step": int(trainer.state.step),
                 "train_loss": sums["loss"] / steps_per_epoch,
                 **{
                     f"train_{m}": sums[m] / steps_per_epoch for m in task.train_metrics if m in sums
@@ -688,24 +501,17 @@ def train_and_evaluate(
                 "grad_norm": sums["grad_norm"] / steps_per_epoch,
                 "param_norm": float(last["param_norm"]),
                 "learning_rate": float(last["learning_rate"]),
-                "epoch_time_s": train_time,
-                "images_per_s": timed_steps * batch_size / timed_time,
+                "epoch_time_s": stats.time_s,
+                "images_per_s": stats.images_per_s(batch_size),
             }
-            if compile_s is not None:
-                record["compile_s"] = compile_s
+            if stats.compile_s is not None:
+                record["compile_s"] = stats.compile_s
             if device_val is not None:
-                val = evaluate_dataset(
-                    state,
-                    device_val,
-                    batch_size=config.eval_batch_size,
-                    class_names=class_names,
-                    eval_fn=eval_fn,
-                    task=task,
-                )
+                val = trainer.evaluate(device_val, class_names=class_names)
                 record.update({f"val_{m}": val[m] for m in task.record_metrics})
-            ckpt.save(
+            trainer.save(
+                ckpt,
                 epoch,
-                _state_tree(state),
                 architecture=identity,
                 metrics={k: v for k, v in record.items() if isinstance(v, (int, float))},
             )
@@ -722,7 +528,7 @@ def train_and_evaluate(
             )
     finally:
         interrupt.restore()
-    interrupt.check(num_epochs, state, ckpt, events)
+    interrupt.check(num_epochs, trainer.state, ckpt, events)
 
     best_epoch = ckpt.best_epoch()
     summary_path = workdir / "train_summary.json"
@@ -730,17 +536,10 @@ def train_and_evaluate(
     if summary is not None:
         logging.info("workdir already holds a finished run; summary left as it is")
     else:
-        best_state = state
+        best_state = trainer.state
         if best_epoch is not None and best_epoch != ckpt.latest_epoch():
-            best_state = _put(state.replace(**ckpt.restore(best_epoch, _state_tree(state))), place)
-        test = evaluate_dataset(
-            best_state,
-            device_test,
-            batch_size=config.eval_batch_size,
-            class_names=class_names,
-            eval_fn=eval_fn,
-            task=task,
-        )
+            best_state = trainer.checkpoint_state(ckpt, best_epoch)
+        test = trainer.evaluate(device_test, class_names=class_names, state=best_state)
         summary = {
             "best_epoch": best_epoch,
             "epochs": num_epochs,
@@ -750,10 +549,10 @@ def train_and_evaluate(
             **{f"test_{m}": test[m] for m in task.record_metrics},
             "train_time_s": sum(r["epoch_time_s"] for r in history),
             "this_run_wall_time_s": time.perf_counter() - run_start,
-            "parameters": int(n_params),
+            "parameters": trainer.num_params,
             "backend": jax.default_backend(),
             "device": str(jax.devices()[0].device_kind),
-            "loop": loop,
+            "loop": trainer.loop,
             "num_devices": num_devices,
         }
         if jax.process_count() > 1:
@@ -765,12 +564,12 @@ def train_and_evaluate(
     events.close()
     ckpt.close()
     return TrainResult(
-        state=state,
+        state=trainer.state,
         history=history,
         best_epoch=best_epoch,
         summary=summary,
-        train_step_compiles=run_chunk.traces,
-        eval_step_compiles=eval_fn.traces,
+        train_step_compiles=trainer.compiles,
+        eval_step_compiles=trainer.eval_compiles,
     )
 
 
@@ -783,46 +582,3 @@ def _write_new(path: Path, payload: Mapping[str, Any]) -> None:
             n += 1
         path.rename(path.with_suffix(f".{n}.json"))
     runs.write_json_atomic(path, payload, sort_keys=False)
-
-
-def _state_tree(state: TrainState) -> dict[str, Any]:
-    return {
-        "params": state.params,
-        "batch_stats": state.batch_stats,
-        "opt_state": state.opt_state,
-        "step": state.step,
-    }
-
-
-def _unstack(window: list[dict[str, np.ndarray]], chunk: int) -> list[dict[str, np.ndarray]]:
-    if chunk == 1:
-        return window
-    return [{k: v[i] for k, v in m.items()} for m in window for i in range(chunk)]
-
-
-def _make_chunk_runner(step_fn, batch_size: int, chunk: int, loop: str, mesh=None):
-    """A jitted `(state, data, perm, start, key) -> (state, metrics)` running `chunk` steps.
-
-    With a mesh, each gathered batch is sharded over its devices and the new state
-    and the metrics come back replicated (the same shardings as the inputs, so the
-    step compiles once)."""
-    jit_kwargs: dict[str, Any] = {"donate_argnums": 0}
-    if mesh is not None:
-        jit_kwargs["out_shardings"] = parallel.replicated(mesh)
-
-    def one(state, data, perm, i, key):
-        batch = gather_batch(data, perm, i, batch_size)
-        if mesh is not None:
-            batch = jax.lax.with_sharding_constraint(batch, parallel.batch_sharded(mesh))
-        return step_fn(state, batch, jax.random.fold_in(key, state.step))
-
-    if loop == "step":
-        return CountingJit(one, **jit_kwargs)
-
-    def many(state, data, perm, start, key):
-        def body(s, i):
-            return one(s, data, perm, start + i, key)
-
-        return jax.lax.scan(body, state, jnp.arange(chunk))
-
-    return CountingJit(many, **jit_kwargs)
