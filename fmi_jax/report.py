@@ -42,9 +42,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -54,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmi_jax import attribution, evaluation, plotting
+from fmi_jax import attribution, evaluation, plotting, runs
 from fmi_jax.attribution import METHODS
 from fmi_jax.plotting.html import Image, Link, Section, Table, write_page
 
@@ -212,7 +210,7 @@ def report(
         names,
         path=out / "agreement.png",
     )
-    _write_text(out / "stats.json", json.dumps(_json_safe(stats), indent=2))
+    runs.write_text_atomic(out / "stats.json", json.dumps(_json_safe(stats), indent=2))
     return _write_page(out, stats, sheets, title)
 
 
@@ -364,18 +362,6 @@ def _json_safe(value: Any) -> Any:
 
 
 # -------------------------------------------------------------------- files
-
-
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _for_display(image: np.ndarray) -> np.ndarray:

@@ -23,11 +23,12 @@ import math
 import numbers
 import os
 import re
-import tempfile
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from fmi_jax import runs
 
 __all__ = ["Image", "Link", "Section", "Table", "format_number", "render_page", "write_page"]
 
@@ -253,13 +254,5 @@ def write_page(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = render_page(title=title, intro=intro, sections=sections, folder=path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    runs.write_text_atomic(path, text)
     return path
