@@ -328,3 +328,102 @@ def test_benchmark_script_turns_preallocation_off_before_jax_starts():
     assert source.index('setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")') < source.index(
         "from fmi_jax"
     )
+
+
+# --------------------------------------------------------------------------- run folder
+def _bench_config(**changes):
+    config = configs.load("benchmark", "smoke")
+    with config.unlocked():
+        for field, value in changes.items():
+            parent = config
+            *path, leaf = field.split(".")
+            for part in path:
+                parent = parent[part]
+            parent[leaf] = value
+    return config
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("methods", ("saliency", "lime"), r"config.methods: no PyTorch reference for \['lime'\]"),
+        ("methods", (), "config.methods: empty"),
+        ("batch_sizes", (64, 0), r"config.batch_sizes must be integers >= 1, got \(64, 0\)"),
+        ("repeats", 0, "config.repeats must be an integer >= 1, got 0"),
+        ("tolerance", 0.0, "config.tolerance must be a number > 0"),
+        ("data_name", "mnisst", "config.data_name: unknown dataset 'mnisst'"),
+        ("model_name", "nosuchnet", "config.model_name: unknown model 'nosuchnet'"),
+        ("model_workdir", "/nonexistent/run", "holds no checkpoints; train it first"),
+        ("train.repeats", 0, "config.train.repeats must be an integer >= 1"),
+        ("train.limit", -5, "config.train.limit must be an integer >= 1, got -5"),
+    ],
+)
+def test_a_bad_benchmark_config_is_refused_in_one_line_naming_the_field(
+    tmp_path, field, value, message
+):
+    config = _bench_config(**{field: value})
+    train_config = configs.load("cnn_fmnist", "smoke")
+    with pytest.raises(ValueError, match=message) as info:
+        runner.run_benchmark(config, tmp_path / "bench", train_config=train_config)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "bench").exists()  # refused before anything is written
+    assert "torch" not in sys.modules
+
+
+def test_a_bad_training_row_config_is_refused_before_the_folder_is_claimed(tmp_path):
+    train_config = configs.load("cnn_fmnist", "smoke")
+    with train_config.unlocked():
+        train_config.batch_size = -32
+    with pytest.raises(ValueError, match="config.batch_size must be an integer >= 1"):
+        runner.run_benchmark(_bench_config(), tmp_path / "bench", train_config=train_config)
+    assert not (tmp_path / "bench").exists()
+
+
+def test_the_benchmark_folder_is_claimed_and_never_loses_a_measurement(tmp_path):
+    from fmi_jax import runs
+
+    workdir = tmp_path / "bench"
+    config, train_config = _bench_config(), configs.load("cnn_fmnist", "smoke")
+    assert runner.claim_workdir(config, workdir, train_config) is None
+    assert runs.read_json(workdir / "config.json") == runs.plain(config)
+    assert runs.read_json(workdir / "train_config.json") == runs.plain(train_config)
+
+    first = {"started": "2026-01-02T03:04:05+00:00", "rows": [{"method": "saliency"}]}
+    runs.write_json_atomic(workdir / "benchmark.json", first)
+    (workdir / "benchmark.md").write_text("| the table |\n")
+    # The same config measures again; the earlier results move aside, unchanged.
+    kept = runner.claim_workdir(config, workdir, train_config)
+    assert kept == workdir / "previous" / "2026-01-02T030405+0000"
+    assert runs.read_json(kept / "benchmark.json") == first
+    assert (kept / "benchmark.md").read_text() == "| the table |\n"
+    assert not (workdir / "benchmark.json").exists()
+
+    # With results present, another config is refused, naming the field; nothing moves.
+    runs.write_json_atomic(workdir / "benchmark.json", first)
+    with pytest.raises(runs.RunConfigError, match=r"repeats: 1 -> 3.*another --workdir"):
+        runner.claim_workdir(_bench_config(repeats=3), workdir, train_config)
+    changed = configs.load("cnn_fmnist", "smoke")
+    with changed.unlocked():
+        changed.seed = 7
+    with pytest.raises(runs.RunConfigError, match="another training config.*seed: 0 -> 7"):
+        runner.claim_workdir(config, workdir, changed)
+    assert runs.read_json(workdir / "benchmark.json") == first
+    assert runs.read_json(workdir / "config.json") == runs.plain(config)
+    # Settings that change no measured number may differ.
+    runner.claim_workdir(_bench_config(profile=True, memory_probe=False), workdir, train_config)
+    assert runs.read_json(workdir / "config.json")["profile"] is True
+
+
+def test_dither_separates_every_tie_by_far_more_than_float32_rounding():
+    images = np.zeros((2, 28, 28, 1), np.float32)  # a uniform background: all ties
+    images[:, 10:20, 10:20] = 1.0
+    out = runner.dither(images, 1 / 768)
+    assert out.dtype == np.float32
+    assert np.array_equal(out, runner.dither(images, 1 / 768))  # fixed seed
+    noise = out - images
+    assert noise.min() >= 0.0 and noise.max() < 1 / 768
+    windows = out.reshape(2, 14, 2, 14, 2).transpose(0, 1, 3, 2, 4).reshape(2, 14, 14, 4)
+    top2 = np.sort(windows, axis=-1)[..., -2:]
+    # the largest two of each 2x2 max-pool window differ by far more than an ulp of 1
+    assert (top2[..., 1] - top2[..., 0]).min() > 1e-7
+    assert runner.dither(images, 0.0) is images

@@ -10,13 +10,13 @@ Protocol (`run_benchmark`):
      maps, must agree across frameworks; noisy methods are checked through their
      noise-free limit (stdev 0), where they are deterministic. A fast wrong answer
      cannot win: a failed check stops the run unless `config.allow_disagreement`.
-     The criterion is the relative L2 error ||A_jax - A_captum|| / ||A_captum||,
-     not the elementwise maximum: uniform image regions give exactly tied
+     The criterion is the relative L2 error ||A_jax - A_captum|| / ||A_captum||
+     on dithered images (`dither`): uniform image regions give exactly tied
      activations inside a max-pool window, XLA and PyTorch round the convolution
      differently, so a tie on one side is a strict maximum on the other and the
-     gradient goes to a different (equally valid) member of the window. Measured
-     on the Fashion-MNIST CNN: IG with 20 steps differs at 37 of 3136 pixels,
-     relative L2 error 2.5e-3, Pearson correlation 0.999997.
+     gradient goes to a different (equally valid) member of the window; the dither
+     removes the ties, so the maps compared are uniquely defined and agree to
+     float32 rounding.
      Two methods are checked differently:
      * score_cam: by the Pearson correlation of each image's map with the package's
        (`config.min_pearson` for the worst image, `config.median_pearson` for the
@@ -72,12 +72,15 @@ Protocol (`run_benchmark`):
      in-process peak says little). `memory_scaling`: IG's planned memory by steps and
      batch_size. `config.profile`: a JAX profiler trace per row and its top ops.
   5. The training row (fmi_jax/benchmark/training.py), with its own agreement check.
-Outputs under workdir: benchmark.json (everything, with the machine) and
-benchmark.md (the tables), rewritten after every method.
+Outputs under workdir, which is claimed for the config first (`claim_workdir`, after
+`validate_config`): benchmark.json (everything, with the machine) and benchmark.md
+(the tables), rewritten atomically after every method; a re-run of the same config
+keeps the earlier pair under previous/.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -93,24 +96,57 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from fmi_jax import attribution, data, models
+from fmi_jax import attribution, data, models, runs
 from fmi_jax.train import evaluate as evaluate_lib
 from fmi_jax.train.input_pipeline import to_float
+from fmi_jax.train.validation import validate_train_config
 
 __all__ = [
+    "FREE_FIELDS",
+    "METHOD_REFERENCES",
     "METRICS",
+    "METRIC_REFERENCES",
+    "REFERENCES",
     "PeakRSS",
+    "claim_workdir",
+    "dither",
     "goal",
     "jax_leaves_gpu_room",
     "machine_description",
     "markdown",
     "memory_scaling",
     "run_benchmark",
+    "validate_config",
     "xla_memory",
 ]
 
+# The PyTorch library each row is compared with (named in the table).
+METHOD_REFERENCES = {
+    "saliency": "Captum Saliency",
+    "input_x_gradient": "Captum InputXGradient",
+    "integrated_gradients": "Captum IntegratedGradients",
+    "smoothgrad": "Captum NoiseTunnel(Saliency)",
+    "ig_smoothgrad": "Captum NoiseTunnel(IntegratedGradients)",
+    "deeplift": "Captum DeepLift",
+    "gradient_shap": "Captum GradientShap",
+    "grad_cam": "Captum LayerGradCam",
+    "score_cam": "grad-cam ScoreCAM",
+    "occlusion": "Captum Occlusion",
+    "feature_permutation": "Captum FeaturePermutation",
+}
 # Rows that time an explanation metric (fmi_jax.evaluation) rather than a method.
-METRICS = ("infidelity", "max_sensitivity")
+METRIC_REFERENCES = {
+    "infidelity": "Captum metrics.infidelity",
+    "max_sensitivity": "Captum metrics.sensitivity_max",
+}
+METRICS = tuple(METRIC_REFERENCES)
+REFERENCES = METHOD_REFERENCES | METRIC_REFERENCES
+
+RESULTS = ("benchmark.json", "benchmark.md")
+TRAIN_CONFIG_FILE = "train_config.json"
+# Settings that add columns or decide whether a disagreement stops the run, but do not
+# change a measured number: a re-run may change them.
+FREE_FIELDS = ("profile", "memory_probe", "allow_disagreement")
 
 
 def machine_description() -> dict[str, Any]:
@@ -151,6 +187,24 @@ def _images(config, n: int) -> np.ndarray:
     return np.asarray(to_float(jnp.asarray(images)))
 
 
+def dither(images: np.ndarray, amount: float, seed: int = 0) -> np.ndarray:
+    """`images` plus uniform noise in [0, amount) per pixel (fixed seed), for the
+    agreement check.
+
+    Exactly tied maxima in a max-pool window (a uniform background gives them by the
+    hundred, above all in a freshly initialised model) leave the gradient undefined:
+    each framework picks a member of the window, and as the two round convolutions
+    differently they pick differently, so two correct implementations disagree. The
+    dither separates tied values by far more than float32 rounding, so every compared
+    map is uniquely defined. Non-negative noise keeps a zero background non-negative
+    (where a negative pre-activation gives 0 after the ReLU, a tie of zeros has a zero
+    gradient on every member and needs no dither)."""
+    if not amount:
+        return images
+    noise = np.random.default_rng(seed).uniform(0.0, amount, images.shape)
+    return (images + noise).astype(images.dtype)
+
+
 def _seconds(call, *args, calls: int = 1) -> float:
     """Wall time per call of `calls` back-to-back calls (the caller blocks on JAX
     results inside `call`)."""
@@ -176,12 +230,7 @@ def run_benchmark(
     the caller (`experiments/benchmark.py` resolves it in the repository's configs/);
     the training row needs it whenever `config.train.config` is set.
     """
-    if config.get("train") and config.train.get("config") and train_config is None:
-        raise ValueError(
-            f"config.train.config={config.train.config!r} asks for the training row; pass "
-            "its loaded config as train_config= (experiments.benchmark does), or set "
-            "config.train.config='' to skip the row"
-        )
+    validate_config(config, train_config)
     try:
         import torch
 
@@ -195,9 +244,6 @@ def run_benchmark(
     import captum
 
     methods = tuple(config.methods)
-    missing = [m for m in methods if m not in torch_side.REFERENCES]
-    if missing:
-        raise ValueError(f"no PyTorch reference for {missing}; have {torch_side.CAPTUM_METHODS}")
     device = torch_device(config.get("torch_device", "auto"))
     if device.type == "cuda" and jax.default_backend() == "gpu" and not jax_leaves_gpu_room():
         raise ValueError(
@@ -206,7 +252,7 @@ def run_benchmark(
             "is imported (experiments/benchmark.py does)"
         )
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    claim_workdir(config, workdir, train_config)
     torch.set_num_threads(os.cpu_count() or 1)
     model, variables, model_desc = _model(config)
     fn = jax.jit(lambda x: model.apply(variables, x))
@@ -220,6 +266,7 @@ def run_benchmark(
     ttarget = lambda a: torch.from_numpy(np.asarray(a, np.int64)).to(device)
 
     results: dict[str, Any] = {
+        "started": _now(),
         "machine": machine_description()
         | {
             "torch": torch.__version__,
@@ -238,8 +285,10 @@ def run_benchmark(
     results["agreement"]["logits_max_abs_diff"] = logit_err
     logging.info("logits agree to %.2e", logit_err)
 
-    # 2. agreement, on the first batch size's images
+    # 2. agreement, on the first batch size's images, dithered so that no max-pool
+    # window holds an exact tie (see `dither`)
     n0 = min(config.batch_sizes)
+    x_check = dither(x_all[: max(n0, 2)], config.get("dither", 0.0))
     failures = []
     for name in methods:
         opts = dict(config.options.get(name, {}))
@@ -248,7 +297,7 @@ def run_benchmark(
             continue
         if name in METRICS:
             record = _metric_agreement(
-                name, fn, opts, model, variables, net, x_all[:n0], target_all[:n0], nchw
+                name, fn, opts, model, variables, net, x_check[:n0], target_all[:n0], nchw
             )
             results["agreement"][name] = record
             if not record["relative_l2_error"] <= config.tolerance:
@@ -264,7 +313,7 @@ def run_benchmark(
         n_check = 2 if name == "feature_permutation" else n0
         if len(x_all) < n_check:
             raise ValueError(f"{name}: the agreement check needs {n_check} images")
-        x0, t0 = x_all[:n_check], target_all[:n_check]
+        x0, t0 = x_check[:n_check], target_all[:n_check]
         ours = np.asarray(
             _jax_call(name, fn, check_opts, model, variables)(jnp.asarray(x0), jnp.asarray(t0))
         )
@@ -344,10 +393,10 @@ def run_benchmark(
                 theirs = torch_side.captum_method(name, net, opts)
             row = {
                 "method": name,
-                "reference": torch_side.REFERENCES[name],
+                "reference": REFERENCES[name],
                 "batch": bs,
                 **_time_pair(config, ours, (x, t), sync(theirs), (xt, tt)),
-                "options": {k: _plain(v) for k, v in opts.items()},
+                "options": {k: runs.plain(v) for k, v in opts.items()},
             }
             if config.get("memory_probe") and bs == largest:
                 row["memory_probe"] = _probe_memory(config, name, opts, bs)
@@ -360,7 +409,7 @@ def run_benchmark(
                 name,
                 bs,
                 row["fmi_jax_s"],
-                torch_side.REFERENCES[name],
+                REFERENCES[name],
                 row["pytorch_s"],
                 row["speedup"],
             )
@@ -418,9 +467,123 @@ def _training_rows(config, train_config, results: dict[str, Any], device) -> dic
     }
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _at_least(config, field: str, minimum: float, *, integer: bool, where: str = "config"):
+    value = config.get(field)
+    ok = _is_int(value) if integer else isinstance(value, (int, float)) and value is not True
+    if not ok or value is False or value < minimum:
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"{where}.{field} must be {kind} >= {minimum}, got {value!r}")
+
+
+def validate_config(
+    config: ml_collections.ConfigDict, train_config: ml_collections.ConfigDict | None = None
+) -> None:
+    """Raises ValueError naming the first field of a benchmark config (and of the
+    training row's config) that cannot run, before anything is imported, loaded or
+    written: the methods have references, batch sizes and repeats are positive, the
+    model workdir holds checkpoints, the training row has its config."""
+    methods = tuple(config.get("methods") or ())
+    unknown = [m for m in methods if m not in REFERENCES]
+    if not methods or unknown:
+        raise ValueError(
+            f"config.methods: {'no PyTorch reference for ' + repr(unknown) if unknown else 'empty'}"
+            f"; choose from {', '.join(REFERENCES)}"
+        )
+    sizes = tuple(config.get("batch_sizes") or ())
+    if not sizes or not all(_is_int(b) and b >= 1 for b in sizes):
+        raise ValueError(f"config.batch_sizes must be integers >= 1, got {sizes!r}")
+    _at_least(config, "repeats", 1, integer=True)
+    _at_least(config, "min_sample_s", 0, integer=False)
+    _at_least(config, "settle_s", 0, integer=False)
+    tolerance = config.get("tolerance")
+    if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or tolerance <= 0:
+        raise ValueError(f"config.tolerance must be a number > 0, got {tolerance!r}")
+    if config.get("data_name") not in data.DATASETS:
+        raise ValueError(
+            f"config.data_name: unknown dataset {config.get('data_name')!r}; "
+            f"choose one of {', '.join(data.DATASETS)}"
+        )
+    workdir = config.get("model_workdir")
+    if workdir:
+        if not (Path(workdir) / "checkpoints").is_dir():
+            raise ValueError(
+                f"config.model_workdir={workdir!r} holds no checkpoints; train it first "
+                "(`make train`) or leave it unset to time a freshly initialised model"
+            )
+    elif config.get("model_name") not in models.available_models():
+        raise ValueError(
+            f"config.model_name: unknown model {config.get('model_name')!r}; "
+            f"choose one of {', '.join(models.available_models())}"
+        )
+    if config.get("train") and config.train.get("config"):
+        if train_config is None:
+            raise ValueError(
+                f"config.train.config={config.train.config!r} asks for the training row; pass "
+                "its loaded config as train_config= (experiments.benchmark does), or set "
+                "config.train.config='' to skip the row"
+            )
+        validate_train_config(train_config)
+        _at_least(config.train, "repeats", 1, integer=True, where="config.train")
+        _at_least(config.train, "agreement_steps", 1, integer=True, where="config.train")
+        for field in ("steps", "limit"):
+            if config.train.get(field) is not None:
+                _at_least(config.train, field, 1, integer=True, where="config.train")
+
+
+def claim_workdir(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    train_config: ml_collections.ConfigDict | None = None,
+) -> Path | None:
+    """Claims `workdir` for this benchmark config (fmi_jax/runs.py): `config.json`, and
+    `train_config.json` for the training row's config.
+
+    A folder that holds results of another config (any field but `FREE_FIELDS`) is
+    refused with a `runs.RunConfigError` naming the changed fields. The same config
+    measures again: the earlier benchmark.json and benchmark.md move to
+    `previous/<when they were measured>/` first, so no measurement is ever overwritten.
+    Returns that folder, or None when there was nothing to keep.
+    """
+    workdir = Path(workdir)
+    has_results = any((workdir / name).exists() for name in RESULTS)
+    common = dict(has_results=has_results, hint="use another --workdir")
+    runs.check(workdir, config, free=FREE_FIELDS, what="another benchmark config", **common)
+    if train_config is not None:
+        runs.check(
+            workdir, train_config, name=TRAIN_CONFIG_FILE, what="another training config", **common
+        )
+    runs.claim(workdir, config, free=FREE_FIELDS, **common)
+    if train_config is not None:
+        runs.claim(workdir, train_config, name=TRAIN_CONFIG_FILE, **common)
+    kept = None
+    if has_results:
+        earlier = runs.read_json(workdir / RESULTS[0], rewritable=True) or {}
+        stamp = earlier.get("started") or _now((workdir / RESULTS[0]).stat().st_mtime)
+        kept = workdir / "previous" / stamp.replace(":", "")
+        kept.mkdir(parents=True, exist_ok=True)
+        for name in RESULTS:
+            if (workdir / name).exists():
+                os.replace(workdir / name, kept / name)
+        logging.info("the earlier results are kept in %s", kept)
+    return kept
+
+
+def _now(timestamp: float | None = None) -> str:
+    when = (
+        datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
+        if timestamp is not None
+        else datetime.datetime.now(datetime.timezone.utc)
+    )
+    return when.isoformat(timespec="seconds")
+
+
 def _write(workdir: Path, results: dict[str, Any]) -> None:
-    (workdir / "benchmark.json").write_text(json.dumps(results, indent=2))
-    (workdir / "benchmark.md").write_text(markdown(results) + "\n")
+    runs.write_json_atomic(workdir / RESULTS[0], results, sort_keys=False)
+    runs.write_text_atomic(workdir / RESULTS[1], markdown(results) + "\n")
 
 
 def jax_leaves_gpu_room() -> bool:
@@ -571,7 +734,7 @@ def _probe_memory(config, name: str, options: dict[str, Any], batch: int) -> dic
             "torch_device": config.get("torch_device", "auto"),
         },
         "method": name,
-        "options": {k: _plain(v) for k, v in options.items()},
+        "options": {k: runs.plain(v) for k, v in options.items()},
         "batch": batch,
     }
     return {
@@ -735,15 +898,10 @@ def _jax_call(name: str, fn, options: dict[str, Any], model=None, variables=None
     return jax.jit(lambda x, t: explain(x, t, key))
 
 
-def _plain(value: Any) -> Any:
-    """ConfigDicts (nested options) as plain dicts."""
-    return value.to_dict() if hasattr(value, "to_dict") else value
-
-
 def _metric_explainer(options: dict[str, Any], key: str) -> tuple[str, dict[str, Any]]:
     """The fmi_jax explainer a metric row uses (`options[key]`, default saliency)."""
     name = options.get(key, "saliency")
-    return name, dict(_plain(options.get(f"{key}_options", {})) or {})
+    return name, dict(runs.plain(options.get(f"{key}_options", {})) or {})
 
 
 def _jax_metric(name: str, fn, options: dict[str, Any], model=None, variables=None):
@@ -953,7 +1111,7 @@ def _agreement_text(agree: Any) -> str:
 
 
 def _option_text(value: Any) -> str:
-    value = _plain(value)
+    value = runs.plain(value)
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k}={_option_text(v)}" for k, v in sorted(value.items())) + "}"
     if isinstance(value, (tuple, list)):

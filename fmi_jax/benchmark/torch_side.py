@@ -28,9 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from fmi_jax.benchmark.runner import METHOD_REFERENCES, METRIC_REFERENCES
+
 __all__ = [
     "CAPTUM_METHODS",
-    "REFERENCES",
     "TorchCNN",
     "captum_method",
     "captum_metric",
@@ -246,7 +247,7 @@ def _score_cam_class():
 
 def captum_method(name: str, net: nn.Module, options: Mapping[str, Any]):
     """`run(x_nchw, target) -> attributions` (a NCHW tensor) with the PyTorch library
-    that is the benchmark's reference for `name` (`REFERENCES`); CAM maps come back as
+    that is the benchmark's reference for `name` (`runner.REFERENCES`); CAM maps come back as
     (N, 1, H, W)."""
     from captum import attr as ca
 
@@ -484,26 +485,4 @@ def layer_channels(net: TorchCNN, layer: str) -> int:
     return convs[0].out_channels
 
 
-# The PyTorch class each method is compared with (for the table).
-REFERENCES = {
-    "saliency": "Captum Saliency",
-    "input_x_gradient": "Captum InputXGradient",
-    "integrated_gradients": "Captum IntegratedGradients",
-    "smoothgrad": "Captum NoiseTunnel(Saliency)",
-    "ig_smoothgrad": "Captum NoiseTunnel(IntegratedGradients)",
-    "deeplift": "Captum DeepLift",
-    "gradient_shap": "Captum GradientShap",
-    "grad_cam": "Captum LayerGradCam",
-    "score_cam": "grad-cam ScoreCAM",
-    "occlusion": "Captum Occlusion",
-    "feature_permutation": "Captum FeaturePermutation",
-}
-
-# The benchmark's metric rows (fmi_jax.evaluation.robustness against captum.metrics).
-METRIC_REFERENCES = {
-    "infidelity": "Captum metrics.infidelity",
-    "max_sensitivity": "Captum metrics.sensitivity_max",
-}
-
-CAPTUM_METHODS = tuple(REFERENCES)
-REFERENCES = REFERENCES | METRIC_REFERENCES
+CAPTUM_METHODS = tuple(METHOD_REFERENCES)
