@@ -122,13 +122,61 @@ def test_bad_input_is_a_clear_error():
         training.training_benchmark(_config(), images[..., 0], labels, repeats=1)
 
 
-def test_agreement_with_pytorch_on_the_smoke_model():
-    pytest.importorskip("torch")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_agreement_with_pytorch_on_the_smoke_model(threads):
+    torch = pytest.importorskip("torch")
     images, labels = _data(n=5 * 32)
-    record = training._agreement(_config(), images, labels, 5, "cpu", training.DEFAULT_TOLERANCE)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        record = training._agreement(
+            _config(), images, labels, 5, "cpu", training.DEFAULT_TOLERANCE
+        )
+    finally:
+        torch.set_num_threads(before)
     assert record["initial_params_relative_l2_error"] == 0.0
     assert record["passed"], record
     assert record["update_relative_l2_error"] < 1e-3
+    assert record["update_rounding_relative_l2"]["pytorch"] > 0  # float64 differs
+
+
+def _updates(rng, shapes, noise):
+    """initial, and final parameters of four runs: exact, two float32 runs of the same
+    code in different summation orders (spread `noise`), and one of other code."""
+    initial = {k: rng.standard_normal(s) for k, s in shapes.items()}
+    step = {k: 1e-2 * rng.standard_normal(s) for k, s in shapes.items()}
+    exact = {k: initial[k] + step[k] for k in shapes}
+    jitter = lambda: {
+        k: exact[k] + noise * 1e-2 * rng.standard_normal(s) for k, s in shapes.items()
+    }
+    return initial, exact, jitter(), jitter(), jitter()
+
+
+def test_update_agreement_allows_rounding_and_refuses_a_real_difference():
+    rng = np.random.default_rng(0)
+    shapes = {"conv/kernel": (3, 3, 8, 16), "bn/bias": (16,)}
+    initial, exact, ours, reordered, theirs = _updates(rng, shapes, noise=1e-4)
+    record = training.update_agreement(initial, ours, theirs, exact, reordered)
+    assert record["passed"], record
+    assert 1e-5 < record["update_relative_l2_error"] < 1e-3
+    # Rounding-free runs: identical sides pass, the floor keeps the allowance positive.
+    same = training.update_agreement(initial, exact, exact, exact, exact)
+    assert same["passed"] and same["update_error_over_allowed"] == 0.0
+    # A 1% change of one tensor's step on one side (a learning rate 1% off, say: in
+    # both of that side's runs) is refused, and named as the worst tensor.
+    off = lambda run: dict(run, **{"bn/bias": run["bn/bias"] + 0.01 * step["bn/bias"]})
+    step = {k: exact[k] - initial[k] for k in shapes}
+    record = training.update_agreement(initial, off(ours), theirs, exact, off(reordered))
+    assert not record["passed"]
+    assert record["worst_tensor"] == "bn/bias"
+    assert record["worst_tensor_error_over_allowed"] > 1.0
+    record = training.update_agreement(initial, ours, off(theirs), off(exact), reordered)
+    assert not record["passed"] and record["worst_tensor"] == "bn/bias"
+    # A tensor whose own spread happens to vanish is floored by the model-wide one.
+    lucky = dict(reordered, **{"bn/bias": ours["bn/bias"]})
+    assert training.update_agreement(initial, ours, theirs, exact, lucky)["passed"]
+    with pytest.raises(ValueError, match="parameter sets"):
+        training.update_agreement(initial, ours, {"x": 1}, exact, reordered)
 
 
 def test_pytorch_augment_matches_the_transforms():

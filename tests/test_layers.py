@@ -72,6 +72,36 @@ def test_model_conv_is_chosen_per_backend_and_mode():
     assert layers.model_conv(False) is (layers.im2col_conv if cpu else None)
 
 
+def test_use_conv_picks_the_implementation_a_model_traces_with():
+    from fmi_jax import models
+
+    model = models.get_model("cnn_fmnist", features=(4, 8), pool=(True, True), dense=(8,))
+    x = jax.random.uniform(jax.random.key(0), (2, 12, 12, 1))
+    variables = model.init(jax.random.key(1), x)
+    outs = {}
+    for name in layers.CONV_IMPLEMENTATIONS:
+        with layers.use_conv(name):
+            for train in (True, False):
+                want = {"xla": None, "matmul_grad": layers.conv_general_dilated}.get(
+                    name, layers.im2col_conv
+                )
+                if name == "auto":
+                    assert layers.model_conv(train) is (
+                        (layers.conv_general_dilated if train else layers.im2col_conv)
+                        if jax.default_backend() == "cpu"
+                        else None
+                    )
+                else:
+                    assert layers.model_conv(train) is want
+            outs[name] = model.apply(variables, x)
+    assert layers.model_conv(True) is not None or jax.default_backend() != "cpu"  # restored
+    for name, out in outs.items():  # the same function, rounding apart
+        np.testing.assert_allclose(out, outs["xla"], rtol=1e-5, atol=1e-6, err_msg=name)
+    with pytest.raises(ValueError, match="unknown conv implementation 'cudnn'; choose one of"):
+        with layers.use_conv("cudnn"):
+            pass
+
+
 @pytest.mark.parametrize("hw,cin,cout,kernel,strides,padding,dilation", CASES)
 def test_im2col_forward_and_both_autodiff_modes_match_lax(
     hw, cin, cout, kernel, strides, padding, dilation

@@ -1086,10 +1086,12 @@ def _agreement_text(agree: Any) -> str:
     if not isinstance(agree, dict):
         return "n/a (random path points)" if "random path" in str(agree) else "n/a"
     if "update_relative_l2_error" in agree:  # the training row
+        rounding = agree.get("update_rounding_relative_l2")
         return (
-            f"updates {agree['update_relative_l2_error']:.1e}, losses "
-            f"{agree['loss_max_relative_diff']:.1e} (after {agree.get('steps', '?')} steps "
-            "from the same weights)"
+            f"updates {agree['update_relative_l2_error']:.1e}"
+            + (f" (float32 rounding alone: {rounding:.1e})" if rounding is not None else "")
+            + f", losses {agree['loss_max_relative_diff']:.1e} (after "
+            f"{agree.get('steps', '?')} steps from the same weights)"
         )
     if "min_pearson" in agree:
         return (

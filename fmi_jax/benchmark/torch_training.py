@@ -191,6 +191,7 @@ class TorchTrainer:
         device: str | torch.device = "cpu",
         stochastic: bool = True,
         seed: int = 0,
+        dtype: torch.dtype = torch.float32,
     ):
         if images.dtype != np.uint8 or images.ndim != 4:
             raise ValueError(f"want uint8 NHWC images, got {images.dtype} {images.shape}")
@@ -198,7 +199,10 @@ class TorchTrainer:
         self.batch_size = int(config.batch_size)
         self.steps_per_epoch = int(steps_per_epoch)
         self.log_every = max(1, int(config.get("log_every_steps", 50)))
-        self.net = train_net(model, variables, images.shape[1:], dropout=stochastic).to(self.device)
+        self.dtype = dtype
+        self.net = train_net(model, variables, images.shape[1:], dropout=stochastic).to(
+            self.device, dtype
+        )
         aug = dict(config.get("augment", {}) or {})
         if stochastic and float(aug.get("erasing", 0.0) or 0.0):
             raise ValueError("random erasing is not mirrored on the PyTorch side")
@@ -227,7 +231,7 @@ class TorchTrainer:
         seen = []
         for i in range(start, start + steps):
             idx = perm[i * b : (i + 1) * b]
-            x = self.images[idx].float().div_(255.0)
+            x = self.images[idx].to(self.dtype).div_(255.0)
             y = self.labels[idx]
             if self.augmentation:
                 x = augment(x, generator=self.generator, **self.augmentation)

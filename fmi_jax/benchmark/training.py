@@ -16,15 +16,15 @@ Protocol (`training_benchmark`):
      only randomness), the same `agreement_steps` batches, and a schedule that
      exercises warm-up and cosine decay within those steps (the config's optimizer
      and learning rate, num_epochs 1 over `agreement_steps` steps, 40% warm-up).
-     Compared: every step's training loss (largest relative difference) and the
-     parameters after the last step: the relative L2 error of the flattened
-     parameter *updates* (final - initial), a much stricter test than the relative
-     error of the parameters themselves (recorded too), which the initial weights
-     dominate after a few steps. Exact equality is impossible: XLA and PyTorch round
-     the convolutions differently, so tied activations in a max-pool window route the
-     gradient to different (equally valid) elements, and Adam's first steps
-     (update ~ lr * sign(g)) magnify every rounding difference of gradient entries
-     near zero. See `DEFAULT_TOLERANCE` for what was measured.
+     Compared: every step's training loss (largest relative difference, at most
+     `DEFAULT_TOLERANCE`) and the parameter *updates* (final - initial) after the
+     last step, per tensor and all together, against float32 rounding measured in
+     the same run (`update_agreement`: fmi_jax's steps summed in another order,
+     PyTorch's float32 steps against float64). Exact equality is impossible, and a
+     fixed tolerance is machine-dependent: XLA and PyTorch round the convolutions
+     differently, tied activations in a max-pool window route the gradient to
+     different (equally valid) elements, and Adam's first steps (update ~ lr *
+     sign(g)) magnify every rounding difference of gradient entries near zero.
   2. Timing. fmi_jax's first dispatch compiles: it is timed apart and
      `fmi_jax_compile_s` = that call minus a steady call of the same size. PyTorch
      gets `warmup_steps` steps first. Then `repeats` times, alternating and each
@@ -55,27 +55,38 @@ import ml_collections
 import numpy as np
 
 from fmi_jax import runs
+from fmi_jax.models import layers
 from fmi_jax.train import optim
 from fmi_jax.train.trainer import Trainer
 
 __all__ = [
     "DEFAULT_TOLERANCE",
+    "NOISE_FACTOR",
+    "NOISE_FLOOR",
+    "update_agreement",
     "JaxTrainer",
     "agreement_config",
     "epoch_row",
     "training_benchmark",
 ]
 
-# Largest relative difference allowed for the per-step losses and for the parameter
-# updates (all parameters together, and the worst single tensor) after
-# `agreement_steps` steps. Measured on a 2-core x86 CPU (jax 0.10.2, torch
-# 2.13.0+cpu), the Fashion-MNIST CNN at batch 128, 5 steps of real training images:
-# losses differ by at most 5.6e-6 (relative), the update by 3.7e-5 (relative L2;
-# worst tensor conv1/conv/kernel 9.6e-5); the :smoke CNN at batch 32: 4.8e-7, 7.5e-6,
-# 1.5e-5. 1e-3 leaves a factor of 10 over the worst tensor; a schedule off by one
-# step or a missing label smoothing is off by far more (the check runs at float32
-# 'highest' precision on both sides, so TF32 on GPUs does not loosen it).
+# Largest relative difference allowed between the two sides' per-step losses (a
+# loss is a well-conditioned sum over the batch: float32 rounding moves it by ~1e-6;
+# a schedule off by one step or a missing label smoothing moves it by far more).
 DEFAULT_TOLERANCE = 1e-3
+# The parameter updates are compared against float32 rounding itself, measured in
+# the same run (`update_agreement`): fmi_jax's steps summed in another order, and
+# PyTorch's float32 steps against float64. Rounding differences are not small in
+# relative terms: Adam's first steps are lr * g / (|g| + eps), so a gradient entry
+# near zero turns a rounding difference into a different step, and a near-tie in a
+# max-pool window that rounds the other way sends a gradient elsewhere; on the
+# Fashion-MNIST CNN (5 steps at batch 128) merely switching fmi_jax's convolution
+# implementation moves the update by ~1e-4 and a batch-norm bias by ~5e-4 (relative
+# L2). A fixed per-tensor tolerance therefore passed on one machine and failed on the
+# next. A semantic difference (a schedule off by one step, a missing label smoothing)
+# moves the updates by far more than NOISE_FACTOR times rounding.
+NOISE_FACTOR = 20.0
+NOISE_FLOOR = 1e-6
 
 
 def agreement_config(config: Any, steps: int) -> ml_collections.ConfigDict:
@@ -180,6 +191,10 @@ def _check_data(images: np.ndarray, labels: np.ndarray) -> None:
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
 
 
+def _spread(spread: dict[str, float]) -> str:
+    return f"{spread['fmi_jax']:.2e} (fmi_jax) and {spread['pytorch']:.2e} (PyTorch)"
+
+
 def _relative(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / max(float(np.linalg.norm(b)), 1e-30))
 
@@ -261,6 +276,8 @@ def _twins(cfg, images, labels, device, **torch_options) -> tuple[JaxTrainer, An
 def _agreement_run(cfg, images, labels, steps, device, tolerance) -> dict[str, Any]:
     import torch
 
+    from fmi_jax.benchmark import torch_training
+
     batch = int(cfg.batch_size)
     ours, theirs = _twins(cfg, images, labels, device, steps_per_epoch=steps, stochastic=False)
     initial = theirs.params()
@@ -275,12 +292,26 @@ def _agreement_run(cfg, images, labels, steps, device, tolerance) -> dict[str, A
         torch.from_numpy(np.asarray(perm).astype(np.int64)), 0, steps, losses=True
     )
     a, b = ours.params(), theirs.params()
-    keys = sorted(a)
-    flat = lambda d: np.concatenate([d[k].ravel() for k in keys])
-    p0 = flat(initial)
-    pa, pb = flat(a), flat(b)
+    # The exact reference: PyTorch's same steps in float64.
+    exact = torch_training.TorchTrainer(
+        cfg,
+        ours.model,
+        ours.initial_variables,
+        images,
+        labels,
+        device=device,
+        steps_per_epoch=steps,
+        stochastic=False,
+        dtype=torch.float64,
+    )
+    exact.run(torch.from_numpy(np.asarray(perm).astype(np.int64)), 0, steps)
+    # fmi_jax's same steps with its other convolution: another summation order.
+    other_conv = "xla" if layers.model_conv(True) is not None else "matmul_grad"
+    with layers.use_conv(other_conv):
+        twin = JaxTrainer(cfg, images, labels)
+        twin.run(1, steps)
+    updates = update_agreement(initial, a, b, exact.params(), twin.params())
     loss_rel = [abs(x - y) / max(abs(y), 1e-12) for x, y in zip(jax_losses, torch_losses)]
-    per_param = {k: _relative(a[k] - initial[k], b[k] - initial[k]) for k in keys}
     record = {
         "steps": steps,
         "batch": batch,
@@ -291,22 +322,78 @@ def _agreement_run(cfg, images, labels, steps, device, tolerance) -> dict[str, A
         },
         "dropout_and_augmentation": "off on both sides",
         "precision": "float32, jax 'highest' matmul precision, torch TF32 off",
+        "rounding_references": {
+            "fmi_jax": f"the same steps with use_conv({other_conv!r})",
+            "pytorch": "the same steps in float64",
+        },
         "initial_params_relative_l2_error": init_err,
         "fmi_jax_losses": jax_losses,
         "pytorch_losses": torch_losses,
         "loss_max_relative_diff": max(loss_rel),
-        "params_relative_l2_error": _relative(pa, pb),
-        "update_relative_l2_error": _relative(pa - p0, pb - p0),
-        "update_relative_l2_error_worst_tensor": max(per_param.values()),
-        "worst_tensor": max(per_param, key=per_param.get),
         "tolerance": tolerance,
+        **updates,
     }
-    record["passed"] = bool(
-        record["loss_max_relative_diff"] <= tolerance
-        and record["update_relative_l2_error"] <= tolerance
-        and record["update_relative_l2_error_worst_tensor"] <= tolerance
-    )
+    record["passed"] = bool(record["loss_max_relative_diff"] <= tolerance and updates["passed"])
     return record
+
+
+def update_agreement(
+    initial: dict[str, np.ndarray],
+    ours: dict[str, np.ndarray],
+    theirs: dict[str, np.ndarray],
+    exact: dict[str, np.ndarray],
+    ours_reordered: dict[str, np.ndarray],
+    *,
+    factor: float = NOISE_FACTOR,
+    floor: float = NOISE_FLOOR,
+) -> dict[str, Any]:
+    """Compares the parameter updates (final - `initial`) of fmi_jax (`ours`) and
+    PyTorch (`theirs`) with what float32 rounding alone moves them by.
+
+    The rounding scale of tensor k is the largest of two measured spreads and a
+    floor: fmi_jax's steps against the same steps summed in another order
+    (`ours_reordered`: its other convolution implementation), PyTorch's float32 steps
+    against its float64 ones (`exact`), and the whole model's larger relative spread
+    (plus `floor`) times the tensor's update norm, because a spread measured once on a
+    tensor of 32 entries is a noisy sample of what rounding does to it. The two sides
+    may differ by at most `factor` times that scale, for every tensor and for all of
+    them flattened together:
+    ||ours_k - theirs_k|| <= factor x max(||ours_k - ours_reordered_k||,
+    ||theirs_k - exact_k||, (s + floor) x ||exact_k - initial_k||), s the model-wide
+    relative spread. All errors are recorded relative to the update's norm, with the
+    worst tensor by its error over its allowance."""
+    keys = sorted(initial)
+    for other in (ours, theirs, exact, ours_reordered):
+        if sorted(other) != keys:
+            raise ValueError("the parameter sets of the runs differ")
+    flat = lambda d: np.concatenate([np.asarray(d[k], np.float64).ravel() for k in keys])
+    norm = lambda v: float(np.linalg.norm(v))
+    tensors = {k: (initial[k], ours[k], theirs[k], exact[k], ours_reordered[k]) for k in keys}
+    tensors["(all)"] = tuple(flat(d) for d in (initial, ours, theirs, exact, ours_reordered))
+    ratio, between, spread = {}, {}, {}
+    for k in ["(all)", *keys]:  # the whole model's spread first: it floors each tensor's
+        i, a, b, e, r = (np.asarray(t, np.float64) for t in tensors[k])
+        scale = max(norm(e - i), 1e-30)
+        model_wide = max(spread["(all)"].values()) if k != "(all)" else 0.0
+        rounding = max(norm(a - r), norm(b - e), (model_wide + floor) * scale)
+        ratio[k] = norm(a - b) / (factor * rounding)
+        between[k] = norm(a - b) / scale
+        spread[k] = {"fmi_jax": norm(a - r) / scale, "pytorch": norm(b - e) / scale}
+    per_tensor = {k: v for k, v in ratio.items() if k != "(all)"}
+    worst = max(per_tensor, key=per_tensor.get)
+    return {
+        "params_relative_l2_error": norm(flat(ours) - flat(theirs)) / norm(flat(theirs)),
+        "update_relative_l2_error": between["(all)"],
+        "update_rounding_relative_l2": spread["(all)"],
+        "update_error_over_allowed": ratio["(all)"],
+        "worst_tensor": worst,
+        "update_relative_l2_error_worst_tensor": between[worst],
+        "worst_tensor_rounding_relative_l2": spread[worst],
+        "worst_tensor_error_over_allowed": per_tensor[worst],
+        "noise_factor": factor,
+        "noise_floor": floor,
+        "passed": bool(max(ratio.values()) <= 1.0),
+    }
 
 
 def training_benchmark(
@@ -344,10 +431,15 @@ def training_benchmark(
     if not agreement["passed"] and not allow_disagreement:
         raise AssertionError(
             "fmi_jax's and PyTorch's training steps disagree on the same weights and batches: "
-            f"loss max relative difference {agreement['loss_max_relative_diff']:.2e}, parameter "
-            f"update relative L2 error {agreement['update_relative_l2_error']:.2e} (worst "
-            f"tensor {agreement['worst_tensor']}: "
-            f"{agreement['update_relative_l2_error_worst_tensor']:.2e}); tolerance {tolerance}"
+            f"loss max relative difference {agreement['loss_max_relative_diff']:.2e} "
+            f"(tolerance {tolerance}); parameter updates differ by "
+            f"{agreement['update_relative_l2_error']:.2e} against float32 rounding spreads of "
+            f"{_spread(agreement['update_rounding_relative_l2'])}; worst tensor "
+            f"{agreement['worst_tensor']}: "
+            f"{agreement['update_relative_l2_error_worst_tensor']:.2e} against "
+            f"{_spread(agreement['worst_tensor_rounding_relative_l2'])} "
+            f"({agreement['worst_tensor_error_over_allowed']:.1f}x the allowed "
+            f"{agreement['noise_factor']:g}x)"
         )
 
     ours, theirs = _twins(train_config, images, labels, device, seed=int(train_config.seed))

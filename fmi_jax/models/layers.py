@@ -33,15 +33,24 @@ so that its gradient avoids XLA:CPU's slow `select_and_scatter`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["conv_general_dilated", "im2col_conv", "max_pool", "model_conv"]
+__all__ = [
+    "CONV_IMPLEMENTATIONS",
+    "conv_general_dilated",
+    "im2col_conv",
+    "max_pool",
+    "model_conv",
+    "use_conv",
+]
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -217,13 +226,46 @@ def im2col_conv(lhs, rhs, strides, pads, rhs_dilation, precision):
     return y.reshape(lhs.shape[0], *out_hw, cout)
 
 
+CONV_IMPLEMENTATIONS = ("auto", "xla", "matmul_grad", "im2col")
+_conv_choice = threading.local()
+
+
+@contextlib.contextmanager
+def use_conv(implementation: str) -> Iterator[None]:
+    """Within the block, models trace their convolutions with `implementation`:
+    'auto' (the default: `model_conv`'s rule), 'xla' (`lax.conv_general_dilated`
+    everywhere), 'matmul_grad' (`conv_general_dilated`) or 'im2col' (`im2col_conv`).
+    All compute the same function and differ in speed and in float32 rounding; a
+    jitted function keeps the choice it was traced with. Per thread."""
+    if implementation not in CONV_IMPLEMENTATIONS:
+        raise ValueError(
+            f"unknown conv implementation {implementation!r}; choose one of "
+            f"{', '.join(CONV_IMPLEMENTATIONS)}"
+        )
+    before = getattr(_conv_choice, "value", "auto")
+    _conv_choice.value = implementation
+    try:
+        yield
+    finally:
+        _conv_choice.value = before
+
+
 def model_conv(train: bool) -> Callable[..., jax.Array] | None:
     """The conv function a model's `nn.Conv(conv_general_dilated=...)` should use.
 
-    On XLA:CPU: the matmul-weight-gradient convolution when training, and the im2col
-    convolution in evaluation (what attribution methods differentiate). Elsewhere
-    None: flax's default, `lax.conv_general_dilated`, whose GPU/TPU kernels are fast.
+    By default (`use_conv('auto')`), on XLA:CPU: the matmul-weight-gradient
+    convolution when training, and the im2col convolution in evaluation (what
+    attribution methods differentiate). Elsewhere None: flax's default,
+    `lax.conv_general_dilated`, whose GPU/TPU kernels are fast. Inside `use_conv`,
+    the implementation it names.
     """
+    choice = getattr(_conv_choice, "value", "auto")
+    if choice == "xla":
+        return None
+    if choice == "matmul_grad":
+        return conv_general_dilated
+    if choice == "im2col":
+        return im2col_conv
     if jax.default_backend() != "cpu":
         return None
     return conv_general_dilated if train else im2col_conv
