@@ -428,3 +428,58 @@ def test_dither_separates_every_tie_by_far_more_than_float32_rounding():
     # the largest two of each 2x2 max-pool window differ by far more than an ulp of 1
     assert (top2[..., 1] - top2[..., 0]).min() > 1e-7
     assert runner.dither(images, 0.0) is images
+
+
+# --------------------------------------------------------------------------- FLOPs
+def test_flop_count_of_matmuls_convolutions_and_loops_is_exact():
+    from jax import lax
+
+    from fmi_jax.benchmark import flops
+
+    a, b = jnp.ones((10, 16, 32)), jnp.ones((32, 8))
+    assert flops.count(lambda a: a @ b, a) == flops.Count(2.0 * 10 * 16 * 32 * 8)
+    # a scan's body counts `length` times (XLA's cost analysis counts it once)
+    assert flops.count(lambda a: lax.map(lambda m: m @ b, a), a).flops == 2.0 * 10 * 16 * 32 * 8
+    x, w = jnp.ones((4, 9, 9, 3)), jnp.ones((3, 3, 3, 5))
+    nhwc = ("NHWC", "HWIO", "NHWC")
+    conv = lambda x: lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=nhwc)
+    forward = 2.0 * 4 * 9 * 9 * 5 * (3 * 3 * 3)
+    assert flops.count(conv, x).flops == forward
+    grouped = jnp.ones((3, 3, 1, 3))  # depthwise: one input feature per output
+    depthwise = lambda x: lax.conv_general_dilated(
+        x, grouped, (1, 1), "SAME", dimension_numbers=nhwc, feature_group_count=3
+    )
+    assert flops.count(depthwise, x).flops == 2.0 * 4 * 9 * 9 * 3 * 9
+    # the input gradient is the transposed convolution: as many FLOPs again; what
+    # the gradient does not use (a linear loss needs no forward pass) is not counted
+    assert flops.count(jax.grad(lambda x: jnp.sin(conv(x)).sum()), x).flops == 2 * forward
+    assert flops.count(jax.grad(lambda x: conv(x).sum()), x).flops == forward
+    # a while loop of unknown length: its body once, flagged
+    loop = flops.count(
+        lambda m: lax.while_loop(lambda c: c.sum() < 0, lambda c: c @ b @ b.T, m), a[0]
+    )
+    assert loop.flops == 2 * 2.0 * 16 * 32 * 8 and not loop.exact
+
+
+def test_peak_columns_and_the_table_show_the_fraction_of_the_matmul_rate():
+    from fmi_jax.benchmark import flops
+
+    cols = runner.peak_columns(flops.Count(4e9), 0.5, 100e9)
+    assert cols["fmi_jax_flops_per_s"] == 8e9 and cols["peak_fraction"] == pytest.approx(0.08)
+    assert runner._peak_text(cols) == "8 (8%)"
+    assert runner._peak_text(runner.peak_columns(flops.Count(4e9, False), 0.5, 100e9)).endswith("*")
+    assert flops.matmul_peak(size=64, repeats=2) > 0
+
+
+def test_a_training_step_costs_about_three_forward_passes():
+    from fmi_jax.benchmark import flops, training
+
+    config = configs.load("cnn_fmnist", "smoke")
+    images = np.zeros((4 * config.batch_size, 28, 28, 1), np.uint8)
+    trainer = training.JaxTrainer(config, images, np.zeros(len(images), np.int32))
+    step = trainer.step_flops()
+    x = jnp.zeros((config.batch_size, 28, 28, 1))
+    forward = flops.count(lambda x: trainer.model.apply(trainer.initial_variables, x), x).flops
+    # forward + weight gradient + input gradient (none for the first layer's input)
+    assert step.exact and 2.5 * forward < step.flops <= 3.0 * forward
+    assert trainer.compiles == 0  # counting traces, it compiles nothing

@@ -69,7 +69,7 @@ def test_depthwise_falls_back_to_lax():
 def test_model_conv_is_chosen_per_backend_and_mode():
     cpu = jax.default_backend() == "cpu"
     assert layers.model_conv(True) is (layers.conv_general_dilated if cpu else None)
-    assert layers.model_conv(False) is (layers.im2col_conv if cpu else None)
+    assert layers.model_conv(False) is (layers.hybrid_conv if cpu else None)
 
 
 def test_use_conv_picks_the_implementation_a_model_traces_with():
@@ -82,12 +82,15 @@ def test_use_conv_picks_the_implementation_a_model_traces_with():
     for name in layers.CONV_IMPLEMENTATIONS:
         with layers.use_conv(name):
             for train in (True, False):
-                want = {"xla": None, "matmul_grad": layers.conv_general_dilated}.get(
-                    name, layers.im2col_conv
-                )
+                want = {
+                    "xla": None,
+                    "matmul_grad": layers.conv_general_dilated,
+                    "im2col": layers.im2col_conv,
+                    "hybrid": layers.hybrid_conv,
+                }.get(name)
                 if name == "auto":
                     assert layers.model_conv(train) is (
-                        (layers.conv_general_dilated if train else layers.im2col_conv)
+                        (layers.conv_general_dilated if train else layers.hybrid_conv)
                         if jax.default_backend() == "cpu"
                         else None
                     )
@@ -102,9 +105,10 @@ def test_use_conv_picks_the_implementation_a_model_traces_with():
             pass
 
 
+@pytest.mark.parametrize("impl", ["im2col_conv", "hybrid_conv"])
 @pytest.mark.parametrize("hw,cin,cout,kernel,strides,padding,dilation", CASES)
-def test_im2col_forward_and_both_autodiff_modes_match_lax(
-    hw, cin, cout, kernel, strides, padding, dilation
+def test_eval_convs_forward_and_both_autodiff_modes_match_lax(
+    impl, hw, cin, cout, kernel, strides, padding, dilation
 ):
     # x, w and the tangent from keys kx, kw, kt = split(key(5), 3)
     x_shape = (2, *hw, cin)
@@ -114,10 +118,10 @@ def test_im2col_forward_and_both_autodiff_modes_match_lax(
     conv = lambda impl: (
         lambda x, w: impl(x, w, strides, padding, rhs_dilation=dilation, dimension_numbers=NHWC)
     )
-    ours, ref = conv(layers.im2col_conv), conv(lax.conv_general_dilated)
+    ours, ref = conv(getattr(layers, impl)), conv(lax.conv_general_dilated)
     loss = lambda f: lambda x, w: (f(x, w) ** 2).sum()
 
-    @jax.jit  # forward, reverse and forward mode (it works: no custom rule), one program
+    @jax.jit  # forward, reverse and forward mode (no custom_vjp), one program
     def ours_all(x, w, tangent):
         return (
             ours(x, w),
@@ -135,6 +139,20 @@ def test_im2col_forward_and_both_autodiff_modes_match_lax(
         rtol=1e-4,
         atol=1e-4,
     )
+
+
+def test_hybrid_conv_runs_xla_forward_and_im2col_input_gradient():
+    """Without derivatives the program holds XLA's convolution only; the input
+    gradient adds one matmul (im2col's transpose), not a transposed convolution, and
+    nothing for the weights' tangent, which is a symbolic zero."""
+    x = testdata.normal(jax.random.key(1), (2, 8, 8, 3))
+    w = testdata.normal(jax.random.key(2), (3, 3, 3, 4))
+    conv = lambda x: layers.hybrid_conv(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
+    forward = str(jax.make_jaxpr(conv)(x))
+    assert forward.count("conv_general_dilated") == 1 and "dot_general" not in forward
+    backward = str(jax.make_jaxpr(jax.grad(lambda x: (conv(x) ** 2).sum()))(x))
+    assert backward.count("conv_general_dilated") == 1
+    assert backward.count("dot_general") == 1
 
 
 def test_im2col_falls_back_to_lax_for_grouped_convolutions():

@@ -97,6 +97,7 @@ import numpy as np
 from absl import logging
 
 from fmi_jax import attribution, data, models, runs
+from fmi_jax.benchmark import flops
 from fmi_jax.train import evaluate as evaluate_lib
 from fmi_jax.train.input_pipeline import to_float
 from fmi_jax.train.validation import validate_train_config
@@ -115,6 +116,7 @@ __all__ = [
     "machine_description",
     "markdown",
     "memory_scaling",
+    "peak_columns",
     "run_benchmark",
     "validate_config",
     "xla_memory",
@@ -377,8 +379,10 @@ def run_benchmark(
     if failures and not config.allow_disagreement:
         raise AssertionError("fmi_jax and its PyTorch reference disagree: " + "; ".join(failures))
 
-    # 3. timing
+    # 3. timing, and how far each row is from the machine's matmul rate
     sync = torch_side.synchronizer(device)
+    peak = flops.matmul_peak()
+    results["machine"]["matmul_peak_flops"] = peak
     for name in methods:
         opts = dict(config.options.get(name, {}))
         for bs in config.batch_sizes:
@@ -398,6 +402,7 @@ def run_benchmark(
                 **_time_pair(config, ours, (x, t), sync(theirs), (xt, tt)),
                 "options": {k: runs.plain(v) for k, v in opts.items()},
             }
+            row.update(peak_columns(flops.count(ours, x, t), row["fmi_jax_s"], peak))
             if config.get("memory_probe") and bs == largest:
                 row["memory_probe"] = _probe_memory(config, name, opts, bs)
             if config.get("profile"):
@@ -449,6 +454,8 @@ def _training_rows(config, train_config, results: dict[str, Any], device) -> dic
         device=str(device),
     )
     for row in out["rows"]:
+        count = row.pop("epoch_flops")
+        row.update(peak_columns(count, row["fmi_jax_s"], results["machine"]["matmul_peak_flops"]))
         row["goal"] = goal(row, results["machine"])
         if row["goal"]["met"] and results["machine"].get("jax_backend") == "gpu":
             # and under a second per epoch on a GPU for the default CNN
@@ -620,6 +627,18 @@ def torch_device(name: str = "auto"):
 
 
 # --------------------------------------------------------------------------- timing, memory
+def peak_columns(count: flops.Count, seconds: float, peak: float) -> dict[str, Any]:
+    """A row's FLOPs per call (`flops.count`), its FLOP rate and that rate's fraction
+    of the machine's `flops.matmul_peak`."""
+    rate = count.flops / seconds
+    return {
+        "fmi_jax_flops": count.flops,
+        "flops_counted_exactly": count.exact,
+        "fmi_jax_flops_per_s": rate,
+        "peak_fraction": rate / peak,
+    }
+
+
 def _time_pair(config, ours, our_args, theirs, their_args) -> dict[str, Any]:
     """Times the jitted fmi_jax call and its PyTorch counterpart as the module docstring
     says (compile apart, warm-up excluded, `repeats` alternating samples, medians), and
@@ -1082,6 +1101,13 @@ def _package_versions(methods) -> dict[str, str]:
     return versions
 
 
+def _peak_text(row: dict[str, Any]) -> str:
+    if "peak_fraction" not in row:
+        return "n/a"
+    rate = row["fmi_jax_flops_per_s"] / 1e9
+    return f"{rate:,.0f} ({row['peak_fraction']:.0%}){'' if row['flops_counted_exactly'] else ' *'}"
+
+
 def _agreement_text(agree: Any) -> str:
     if not isinstance(agree, dict):
         return "n/a (random path points)" if "random path" in str(agree) else "n/a"
@@ -1136,9 +1162,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"Model: {results['model']}. Images: {results['images']}.",
         "",
         "| method | PyTorch reference | batch | fmi_jax (images/s) | PyTorch (images/s) "
-        "| fmi_jax / PyTorch speed (goal) | fmi_jax compile (s) "
-        "| agreement (rel. L2 unless noted) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| fmi_jax / PyTorch speed (goal) | fmi_jax GFLOP/s (of matmul peak) "
+        "| fmi_jax compile (s) | agreement (rel. L2 unless noted) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
         agree = _agreement_text(results["agreement"].get(r["method"]))
@@ -1150,8 +1176,16 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {r['method']} | {r.get('reference', 'Captum')} | {r['batch']} "
             f"| {r.get('fmi_jax_images_per_s', r['batch'] / r['fmi_jax_s']):,.0f} "
             f"| {r.get('pytorch_images_per_s', r['batch'] / r.get('pytorch_s', r.get('captum_s'))):,.0f} "
-            f"| {speed} | {r['fmi_jax_compile_s']:.2f} | {agree} |"
+            f"| {speed} | {_peak_text(r)} | {r['fmi_jax_compile_s']:.2f} | {agree} |"
         )
+    if "matmul_peak_flops" in m:
+        lines += [
+            "",
+            f"FLOPs: 2 x the multiply-adds of every matmul and convolution of one call "
+            f"(fmi_jax/benchmark/flops.py); matmul peak: the best float32 2048^3 matmul "
+            f"on this machine, {m['matmul_peak_flops'] / 1e9:,.0f} GFLOP/s (* a `while` "
+            "loop's body counted once: a lower bound).",
+        ]
     if any("fmi_jax_xla_memory" in r for r in results["rows"]):
         lines += [
             "",

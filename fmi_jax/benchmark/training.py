@@ -55,6 +55,7 @@ import ml_collections
 import numpy as np
 
 from fmi_jax import runs
+from fmi_jax.benchmark import flops
 from fmi_jax.models import layers
 from fmi_jax.train import optim
 from fmi_jax.train.trainer import Trainer
@@ -160,6 +161,12 @@ class JaxTrainer:
             jax.block_until_ready(self.trainer.state)
             times.append(time.perf_counter() - t0)
         return max(times[0] - times[1], 0.0)
+
+    def step_flops(self) -> flops.Count:
+        """FLOPs of one optimizer step, counted from the dispatch's jaxpr."""
+        t = self.trainer
+        count = flops.count(t.dispatch_fn, t.state, t.data, t.permutation(0), 0, t.train_key)
+        return flops.Count(count.flops / self.chunk, count.exact)
 
     def run(self, epoch: int, steps: int | None = None) -> list[float]:
         """`steps` optimizer steps (None: a whole epoch) on the batches of `epoch`, as
@@ -488,4 +495,6 @@ def training_benchmark(
         compile_s=compile_s,
         options=options,
     )
+    step = ours.step_flops()
+    row["epoch_flops"] = flops.Count(step.flops * ours.steps_per_epoch, step.exact)
     return {"agreement": agreement, "rows": [row]}

@@ -1,34 +1,32 @@
-"""Building blocks shared by the model families.
+"""Building blocks shared by the model families: convolutions and max pooling that
+compute what `lax.conv_general_dilated` and `flax.linen.max_pool` compute, with
+derivatives that XLA:CPU runs faster. Models pick a convolution with
+`model_conv(train)`; `use_conv` overrides the pick. What each one gains, with the
+machine and the command, is in docs/guide.md ("Performance on CPU").
 
-`conv_general_dilated` is a drop-in replacement for `jax.lax.conv_general_dilated`
-with the same forward pass and a different rule for the *weight* gradient, used
-when training on XLA:CPU.
-
-Why: on XLA:CPU the weight gradient of a convolution is lowered to a slow
-convolution. Measured on a 2-core x86 CPU (jax 0.10.2), NHWC batch 128, 3x3 SAME:
-
-    input 28x28x32 -> 64 channels:  XLA weight grad 784 ms, per-tap matmuls 114 ms
-    input 14x14x64 -> 128 channels: XLA weight grad  74 ms, per-tap matmuls  61 ms
-    input 28x28x1  -> 32 channels:  XLA weight grad  10 ms, per-tap matmuls   5 ms
-
-For a KH x KW kernel with strides s and rhs dilation d, the weight gradient is
+`conv_general_dilated` (training on XLA:CPU): the same forward pass, and a
+`jax.custom_vjp` whose *weight* gradient is one matmul per kernel tap instead of
+XLA:CPU's slow convolution. For a KH x KW kernel with strides s and rhs dilation d,
 
     dW[kh, kw, ci, co] = sum_{b, i, j} Xpad[b, i*s_h + kh*d_h, j*s_w + kw*d_w, ci] * G[b, i, j, co]
 
-i.e. one (Ci x B*OH*OW) @ (B*OH*OW x Co) matmul per kernel tap, over a strided
-slice of the padded input. The input gradient keeps XLA's own (transposed
-convolution) rule. On GPUs and TPUs cuDNN/XLA's native rule is used unchanged
-(see `model_conv`).
+i.e. one (Ci x B*OH*OW) @ (B*OH*OW x Co) matmul per tap over a strided slice of the
+padded input. The input gradient keeps XLA's own (transposed convolution) rule. A
+custom_vjp supports reverse mode (what training needs) but not forward mode, so
+models use it only when `train=True`.
 
-The function is a `jax.custom_vjp`, so it supports reverse mode (what training
-needs) but not forward mode; models therefore use it only when `train=True`.
+`hybrid_conv` (evaluation on XLA:CPU, what attribution methods run and
+differentiate): XLA's convolution forward, whose kernels fuse with the batch norm,
+ReLU and pooling around them, and, through a `jax.custom_jvp`, the derivative of
+`im2col_conv`, which XLA:CPU runs faster than the transposed convolution.
 
-`im2col_conv` is the evaluation-mode convolution on XLA:CPU: the same function
-written as strided slices and one matmul, with no custom derivative, faster than
-XLA:CPU's convolution forward and input gradient (what attribution needs).
+`im2col_conv`: the convolution as strided slices and one matmul, with autodiff's own
+rules (forward and reverse mode).
 
-`max_pool` is non-overlapping max pooling with flax's values and gradients, written
-so that its gradient avoids XLA:CPU's slow `select_and_scatter`.
+`max_pool`: non-overlapping max pooling with flax's values and gradients, written so
+that its gradient avoids XLA:CPU's slow `select_and_scatter`.
+
+On GPUs and TPUs the models use `lax.conv_general_dilated` unchanged.
 """
 
 from __future__ import annotations
@@ -42,10 +40,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 __all__ = [
     "CONV_IMPLEMENTATIONS",
     "conv_general_dilated",
+    "hybrid_conv",
     "im2col_conv",
     "max_pool",
     "model_conv",
@@ -200,21 +200,7 @@ def conv_general_dilated(lhs, rhs, strides, pads, rhs_dilation, precision):
     return _conv_matmul_wgrad(lhs, rhs, strides, pads, rhs_dilation, precision)
 
 
-@_dispatch
-def im2col_conv(lhs, rhs, strides, pads, rhs_dilation, precision):
-    """`lax.conv_general_dilated` as explicit patches and one matmul (for inference).
-
-    ``y = concat_taps(window_tap(pad(x))) @ reshape(W, (KH*KW*Cin, Cout))``. It needs no
-    custom derivative: autodiff transposes the slices into pads and adds and the matmul
-    into a matmul, so forward and reverse mode both work, and DeepLIFT's interpreter
-    sees only linear operations. On XLA:CPU it beats the native convolution forward and,
-    more so, its input gradient, which is what attribution methods compute. Measured
-    on a 2-core x86 CPU (jax 0.10.2), batch 64, the three conv layers of the
-    Fashion-MNIST CNN together: forward 13.1 -> 9.4 ms, input gradient 14.8 -> 7.9 ms.
-    The patches take KH*KW times the input's memory while the matmul runs, so bound
-    attribution memory with the methods' `batch_size`. Unsupported cases fall back
-    to `lax.conv_general_dilated`.
-    """
+def _im2col(lhs, rhs, strides, pads, rhs_dilation, precision):
     kh, kw, cin, cout = rhs.shape
     xp = _pad_spatial(lhs, pads)
     out_hw = tuple(
@@ -226,7 +212,65 @@ def im2col_conv(lhs, rhs, strides, pads, rhs_dilation, precision):
     return y.reshape(lhs.shape[0], *out_hw, cout)
 
 
-CONV_IMPLEMENTATIONS = ("auto", "xla", "matmul_grad", "im2col")
+@_dispatch
+def im2col_conv(lhs, rhs, strides, pads, rhs_dilation, precision):
+    """`lax.conv_general_dilated` as explicit patches and one matmul (for inference).
+
+    ``y = concat_taps(window_tap(pad(x))) @ reshape(W, (KH*KW*Cin, Cout))``. It needs no
+    custom derivative: autodiff transposes the slices into pads and adds and the matmul
+    into a matmul, so forward and reverse mode both work, and DeepLIFT's interpreter
+    sees only linear operations. Its derivative is what `hybrid_conv` uses.
+    The patches take KH*KW times the input's memory while the matmul runs, so bound
+    attribution memory with the methods' `batch_size`. Unsupported cases fall back
+    to `lax.conv_general_dilated`.
+    """
+    return _im2col(lhs, rhs, strides, pads, rhs_dilation, precision)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5))
+def _xla_forward_im2col_derivative(lhs, rhs, strides, pads, rhs_dilation, precision):
+    return _plain_conv(lhs, rhs, strides, pads, rhs_dilation, precision)
+
+
+def _hybrid_jvp(strides, pads, rhs_dilation, precision, primals, tangents):
+    lhs, rhs = primals
+    dlhs, drhs = tangents
+    out = _plain_conv(lhs, rhs, strides, pads, rhs_dilation, precision)
+    # The convolution is bilinear: d(x * w) = dx * w + x * dw, each term an im2col
+    # convolution (linear in its tangent, so reverse mode transposes it into im2col's
+    # derivative); a symbolic zero tangent (the weights, when differentiating with
+    # respect to the input) costs nothing.
+    terms = []
+    if not isinstance(dlhs, SymbolicZero):
+        terms.append(_im2col(dlhs, rhs, strides, pads, rhs_dilation, precision))
+    if not isinstance(drhs, SymbolicZero):
+        terms.append(_im2col(lhs, drhs, strides, pads, rhs_dilation, precision))
+    if not terms:
+        return out, SymbolicZero(jax.typeof(out).to_tangent_aval())
+    return out, functools.reduce(jnp.add, terms)
+
+
+_xla_forward_im2col_derivative.defjvp(_hybrid_jvp, symbolic_zeros=True)
+
+
+@_dispatch
+def hybrid_conv(lhs, rhs, strides, pads, rhs_dilation, precision):
+    """`lax.conv_general_dilated` forward, `im2col_conv` derivatives (for inference).
+
+    On XLA:CPU the native convolution runs the forward pass faster than im2col (its
+    kernels fuse with the batch norm, ReLU and pooling around them), while im2col's
+    derivative (pads, adds and one matmul) runs the input gradient faster at the
+    batch sizes attribution uses. A `custom_jvp` gets both: the primal is XLA's
+    convolution, the tangent the im2col convolution of the tangent, so forward mode
+    works, reverse mode transposes into im2col's rule, and a model evaluated without
+    derivatives (occlusion, Score-CAM, the faithfulness curves) runs XLA's kernel
+    only. DeepLIFT's interpreter reads the primal: a `conv_general_dilated`.
+    Unsupported cases fall back to `lax.conv_general_dilated`.
+    """
+    return _xla_forward_im2col_derivative(lhs, rhs, strides, pads, rhs_dilation, precision)
+
+
+CONV_IMPLEMENTATIONS = ("auto", "xla", "matmul_grad", "im2col", "hybrid")
 _conv_choice = threading.local()
 
 
@@ -234,7 +278,8 @@ _conv_choice = threading.local()
 def use_conv(implementation: str) -> Iterator[None]:
     """Within the block, models trace their convolutions with `implementation`:
     'auto' (the default: `model_conv`'s rule), 'xla' (`lax.conv_general_dilated`
-    everywhere), 'matmul_grad' (`conv_general_dilated`) or 'im2col' (`im2col_conv`).
+    everywhere), 'matmul_grad' (`conv_general_dilated`), 'im2col' (`im2col_conv`) or
+    'hybrid' (`hybrid_conv`).
     All compute the same function and differ in speed and in float32 rounding; a
     jitted function keeps the choice it was traced with. Per thread."""
     if implementation not in CONV_IMPLEMENTATIONS:
@@ -254,8 +299,8 @@ def model_conv(train: bool) -> Callable[..., jax.Array] | None:
     """The conv function a model's `nn.Conv(conv_general_dilated=...)` should use.
 
     By default (`use_conv('auto')`), on XLA:CPU: the matmul-weight-gradient
-    convolution when training, and the im2col convolution in evaluation (what
-    attribution methods differentiate). Elsewhere None: flax's default,
+    convolution when training, and in evaluation (what attribution methods run and
+    differentiate) XLA's convolution with im2col's derivative (`hybrid_conv`). Elsewhere None: flax's default,
     `lax.conv_general_dilated`, whose GPU/TPU kernels are fast. Inside `use_conv`,
     the implementation it names.
     """
@@ -266,9 +311,11 @@ def model_conv(train: bool) -> Callable[..., jax.Array] | None:
         return conv_general_dilated
     if choice == "im2col":
         return im2col_conv
+    if choice == "hybrid":
+        return hybrid_conv
     if jax.default_backend() != "cpu":
         return None
-    return conv_general_dilated if train else im2col_conv
+    return conv_general_dilated if train else hybrid_conv
 
 
 def _windows(x: jax.Array, window: int) -> jax.Array:
@@ -287,20 +334,13 @@ def max_pool(x: jax.Array, window: int = 2) -> jax.Array:
     Equals ``flax.linen.max_pool(x, (w, w), strides=(w, w))``, values and gradients, but
     is written as a reshape and a max over each window instead of a ``reduce_window``,
     because the ``reduce_window`` gradient (``select_and_scatter``) is slow on XLA:CPU.
-    Measured on a 2-core x86 CPU (jax 0.10.2), batch 64, gradient of the pooled map:
-
-        28x28x32: reduce_window 27.4 ms, this function 6.4 ms
-        14x14x64: reduce_window  6.1 ms, this function 3.1 ms
-         7x7x128: reduce_window  3.3 ms, this function 1.8 ms
-
-    which made saliency on the Fashion-MNIST CNN twice as fast (67 -> 32 ms, batch 64).
 
     Gradient at ties: the derivative of a plain max reduction splits the gradient
     equally among the positions that share a window's maximum. Ties are common in
     image models (a uniform background gives every position of a window the same
     activation), and PyTorch, Captum and ``select_and_scatter`` all send the whole
-    gradient to the *first* maximum in row-major order; on the Fashion-MNIST CNN the
-    equal split moved saliency maps by 22% (relative L2) away from Captum's. The JVP
+    gradient to the *first* maximum in row-major order (the equal split moves
+    saliency maps visibly away from Captum's). The JVP
     rule here therefore routes the tangent through the first maximum, as they do.
     It is a ``custom_jvp``, so forward and reverse mode both work, and DeepLIFT's
     jaxpr interpreter sees the primal ``reduce_max``.

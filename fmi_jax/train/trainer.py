@@ -121,6 +121,7 @@ class CountingJit:
 
     def __init__(self, fn, **jit_kwargs):
         self.traces = 0
+        self.fn = fn  # uncounted and unjitted, for analysis (jax.make_jaxpr)
 
         def counted(*args):
             self.traces += 1
@@ -350,6 +351,13 @@ class Trainer:
     def compiles(self) -> int:
         """Programs compiled for the training dispatch (1 in a healthy run)."""
         return self._run_chunk.traces
+
+    @property
+    def dispatch_fn(self):
+        """The pure function one `dispatch` runs jitted, `(state, data, perm, start,
+        key) -> (state, metrics)`, for analysis (tracing it compiles nothing and
+        leaves `compiles` alone)."""
+        return self._run_chunk.fn
 
     @property
     def eval_compiles(self) -> int:
