@@ -68,7 +68,7 @@ def test_depthwise_falls_back_to_lax():
 
 def test_model_conv_is_chosen_per_backend_and_mode():
     cpu = jax.default_backend() == "cpu"
-    assert layers.model_conv(True) is (layers.conv_general_dilated if cpu else None)
+    assert layers.model_conv(True) is (layers.im2col_conv if cpu else None)
     assert layers.model_conv(False) is (layers.hybrid_conv if cpu else None)
 
 
@@ -90,7 +90,7 @@ def test_use_conv_picks_the_implementation_a_model_traces_with():
                 }.get(name)
                 if name == "auto":
                     assert layers.model_conv(train) is (
-                        (layers.conv_general_dilated if train else layers.hybrid_conv)
+                        (layers.im2col_conv if train else layers.hybrid_conv)
                         if jax.default_backend() == "cpu"
                         else None
                     )

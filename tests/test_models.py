@@ -80,8 +80,8 @@ def test_training_gradients_equal_with_and_without_the_cpu_conv_rule():
     x = testdata.uniform(jax.random.key(1), (3, 28, 28, 1))
     variables = _init(model, x)
     loss = lambda p, train: model.apply({"params": p}, x, train=train).sum()
-    # Both gradients in one compiled program (train=True: the matmul weight-gradient
-    # convolution; train=False: XLA's forward with im2col's derivative, a custom_jvp).
+    # Both gradients in one compiled program (train=True: im2col's; train=False: XLA's
+    # forward with im2col's derivative, a custom_jvp).
     with_rule, without = jax.jit(lambda p: (jax.grad(loss)(p, True), jax.grad(loss)(p, False)))(
         variables["params"]
     )

@@ -313,7 +313,7 @@ def _agreement_run(cfg, images, labels, steps, device, tolerance) -> dict[str, A
     )
     exact.run(torch.from_numpy(np.asarray(perm).astype(np.int64)), 0, steps)
     # fmi_jax's same steps with its other convolution: another summation order.
-    other_conv = "xla" if layers.model_conv(True) is not None else "matmul_grad"
+    other_conv = "xla" if layers.model_conv(True) is not None else "im2col"
     with layers.use_conv(other_conv):
         twin = JaxTrainer(cfg, images, labels)
         twin.run(1, steps)

@@ -4,7 +4,12 @@ derivatives that XLA:CPU runs faster. Models pick a convolution with
 `model_conv(train)`; `use_conv` overrides the pick. What each one gains, with the
 machine and the command, is in docs/guide.md ("Performance on CPU").
 
-`conv_general_dilated` (training on XLA:CPU): the same forward pass, and a
+`im2col_conv` (training on XLA:CPU): the convolution as strided slices and one
+matmul, with autodiff's own rules (forward and reverse mode); its weight gradient is
+one matmul, `cols^T @ G`, where XLA:CPU lowers the weight gradient of its own
+convolution to a slow convolution.
+
+`conv_general_dilated` (`use_conv('matmul_grad')`): the same forward pass, and a
 `jax.custom_vjp` whose *weight* gradient is one matmul per kernel tap instead of
 XLA:CPU's slow convolution. For a KH x KW kernel with strides s and rhs dilation d,
 
@@ -12,16 +17,12 @@ XLA:CPU's slow convolution. For a KH x KW kernel with strides s and rhs dilation
 
 i.e. one (Ci x B*OH*OW) @ (B*OH*OW x Co) matmul per tap over a strided slice of the
 padded input. The input gradient keeps XLA's own (transposed convolution) rule. A
-custom_vjp supports reverse mode (what training needs) but not forward mode, so
-models use it only when `train=True`.
+custom_vjp supports reverse mode but not forward mode.
 
 `hybrid_conv` (evaluation on XLA:CPU, what attribution methods run and
 differentiate): XLA's convolution forward, whose kernels fuse with the batch norm,
 ReLU and pooling around them, and, through a `jax.custom_jvp`, the derivative of
 `im2col_conv`, which XLA:CPU runs faster than the transposed convolution.
-
-`im2col_conv`: the convolution as strided slices and one matmul, with autodiff's own
-rules (forward and reverse mode).
 
 `max_pool`: non-overlapping max pooling with flax's values and gradients, written so
 that its gradient avoids XLA:CPU's slow `select_and_scatter`.
@@ -190,7 +191,7 @@ def _dispatch(fast):
 
 @_dispatch
 def conv_general_dilated(lhs, rhs, strides, pads, rhs_dilation, precision):
-    """`lax.conv_general_dilated` with a matmul weight-gradient rule (for training).
+    """`lax.conv_general_dilated` with a matmul-per-tap weight-gradient rule.
 
     Cases the fast rule does not cover (not 2-D NHWC/HWIO, grouped or depthwise
     convolutions, input dilation, a preferred element type) fall back to
@@ -214,7 +215,7 @@ def _im2col(lhs, rhs, strides, pads, rhs_dilation, precision):
 
 @_dispatch
 def im2col_conv(lhs, rhs, strides, pads, rhs_dilation, precision):
-    """`lax.conv_general_dilated` as explicit patches and one matmul (for inference).
+    """`lax.conv_general_dilated` as explicit patches and one matmul.
 
     ``y = concat_taps(window_tap(pad(x))) @ reshape(W, (KH*KW*Cin, Cout))``. It needs no
     custom derivative: autodiff transposes the slices into pads and adds and the matmul
@@ -298,9 +299,10 @@ def use_conv(implementation: str) -> Iterator[None]:
 def model_conv(train: bool) -> Callable[..., jax.Array] | None:
     """The conv function a model's `nn.Conv(conv_general_dilated=...)` should use.
 
-    By default (`use_conv('auto')`), on XLA:CPU: the matmul-weight-gradient
-    convolution when training, and in evaluation (what attribution methods run and
-    differentiate) XLA's convolution with im2col's derivative (`hybrid_conv`). Elsewhere None: flax's default,
+    By default (`use_conv('auto')`), on XLA:CPU: `im2col_conv` when training (its
+    derivatives are matmuls, where XLA:CPU's weight gradient is a slow convolution),
+    and in evaluation (what attribution methods run and differentiate) XLA's
+    convolution with im2col's derivative (`hybrid_conv`). Elsewhere None: flax's default,
     `lax.conv_general_dilated`, whose GPU/TPU kernels are fast. Inside `use_conv`,
     the implementation it names.
     """
@@ -315,7 +317,7 @@ def model_conv(train: bool) -> Callable[..., jax.Array] | None:
         return hybrid_conv
     if jax.default_backend() != "cpu":
         return None
-    return conv_general_dilated if train else hybrid_conv
+    return im2col_conv if train else hybrid_conv
 
 
 def _windows(x: jax.Array, window: int) -> jax.Array:
