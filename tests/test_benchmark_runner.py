@@ -95,6 +95,12 @@ def test_markdown_names_references_agreement_kinds_and_options():
                 "captum_mean_own_noise": 0.0131,
                 "images": 64,
             },
+            "train_epoch": {
+                "steps": 5,
+                "update_relative_l2_error": 8.6e-4,
+                "update_rounding_relative_l2": {"fmi_jax": 1.1e-3, "pytorch": 2.1e-5},
+                "loss_max_relative_diff": 3.2e-4,
+            },
         },
         "rows": [
             {
@@ -118,16 +124,21 @@ def test_markdown_names_references_agreement_kinds_and_options():
                     "Captum metrics.infidelity",
                     {"attribution_options": {"abs": False}, "stdev": 0.003},
                 ),
+                ("train_epoch", "PyTorch training loop", {}),
             )
         ],
     }
     table = runner.markdown(results)
     assert "grad-cam 1.5.7" in table
     # images/s: 64 images in 1 s and in 2 s
-    assert "| saliency | Captum Saliency | 64 | 64 | 32 | 2.00x | 1.00 | 2.6e-07 |" in table
+    assert "| saliency | Captum Saliency | 64 | 64 | 32 | 2.00x | n/a | 1.00 | 2.6e-07 |" in table
     assert "n/a (random path points)" in table
     assert "Pearson min 0.9936, median 0.9993 (per image, 64 images)" in table
     assert "1.5e-06 (2 images)" in table
+    assert (
+        "updates 8.6e-04 (float32 rounding alone: 1.1e-03), losses 3.2e-04 "
+        "(after 5 steps from the same weights)" in table
+    )
     assert "occlusion: stride=2, window=4x4" in table
     assert (
         "3.0e-06 (same noise; means fmi_jax 0.0125, Captum 0.0125, Captum own noise 0.0131)"

@@ -102,3 +102,50 @@ def test_the_library_never_imports_configs_or_experiments():
             if any(name.split(".")[0] in ("configs", "experiments") for name in names):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert not offenders, offenders
+
+
+# A lower layer never imports a higher one (docs/architecture.md).
+FORBIDDEN_IMPORTS = {
+    "fmi_jax/attribution": (
+        "fmi_jax.train",
+        "fmi_jax.studies",
+        "fmi_jax.benchmark",
+        "fmi_jax.plotting",
+    ),
+    "fmi_jax/evaluation": (
+        "fmi_jax.train",
+        "fmi_jax.studies",
+        "fmi_jax.benchmark",
+        "fmi_jax.plotting",
+    ),
+    "fmi_jax/plotting": ("jax", "fmi_jax.attribution", "fmi_jax.train", "fmi_jax.studies"),
+    "fmi_jax/train": ("fmi_jax.plotting", "fmi_jax.studies", "fmi_jax.benchmark", "fmi_jax.report"),
+    "fmi_jax/models": ("fmi_jax.data", "fmi_jax.train", "fmi_jax.attribution"),
+    "fmi_jax/data": ("fmi_jax.models", "fmi_jax.train", "fmi_jax.attribution"),
+    "fmi_jax/studies": ("fmi_jax.benchmark",),
+    "fmi_jax/runs.py": ("jax", "fmi_jax"),
+}
+
+
+def _imports(path: Path) -> list[tuple[str, int]]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.module, node.lineno))
+            found += [(f"{node.module}.{alias.name}", node.lineno) for alias in node.names]
+    return found
+
+
+def test_layers_import_only_downwards():
+    offenders = []
+    for room, forbidden in FORBIDDEN_IMPORTS.items():
+        target = ROOT / room
+        paths = [target] if target.is_file() else sorted(target.rglob("*.py"))
+        assert paths, room
+        for path in paths:
+            for name, line in _imports(path):
+                if any(name == f or name.startswith(f + ".") for f in forbidden):
+                    offenders.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
+    assert not offenders, offenders

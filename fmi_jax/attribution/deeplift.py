@@ -103,9 +103,9 @@ Differences from Captum (``captum.attr.DeepLift``):
   Here every equation of the traced program is its own node, so functional
   activations, products of input-dependent tensors and reused modules are all handled,
   and unsupported ops raise instead of falling back to gradients.
-* The Captum API is ``DeepLift(model).attribute(inputs, baselines, target)``; the issue
-  proposed ``deeplift(model, variables, x, target)``. Tracing makes a plain function
-  ``fn`` enough (``lambda x: model.apply(variables, x)``), which also covers models that
+* The Captum API is ``DeepLift(model).attribute(inputs, baselines, target)``; a
+  ``deeplift(model, variables, x, target)`` signature would follow it. Tracing makes a
+  plain function ``fn`` enough (``lambda x: model.apply(variables, x)``), which also covers models that
   are not a single module (ensembles, preprocessing, a jitted apply), so ``fn`` it is.
 * Products and max/min of two input-dependent values use the Shapley split, and the
   multiplier where input and baseline nearly agree is chosen by a rounding-error

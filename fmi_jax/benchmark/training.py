@@ -71,9 +71,11 @@ __all__ = [
     "training_benchmark",
 ]
 
-# Largest relative difference allowed between the two sides' per-step losses (a
-# loss is a well-conditioned sum over the batch: float32 rounding moves it by ~1e-6;
-# a schedule off by one step or a missing label smoothing moves it by far more).
+# Relative difference always allowed between the two sides' per-step losses (more
+# when fmi_jax's reordered steps or PyTorch's float64 steps show that rounding alone
+# moves a loss by more than a NOISE_FACTOR-th of it: later steps inherit the updates'
+# rounding); a schedule off by one step or a missing label smoothing moves a loss by
+# far more.
 DEFAULT_TOLERANCE = 1e-3
 # The parameter updates are compared against float32 rounding itself, measured in
 # the same run (`update_agreement`): fmi_jax's steps summed in another order, and
@@ -311,14 +313,18 @@ def _agreement_run(cfg, images, labels, steps, device, tolerance) -> dict[str, A
         stochastic=False,
         dtype=torch.float64,
     )
-    exact.run(torch.from_numpy(np.asarray(perm).astype(np.int64)), 0, steps)
+    exact_losses = exact.run(
+        torch.from_numpy(np.asarray(perm).astype(np.int64)), 0, steps, losses=True
+    )
     # fmi_jax's same steps with its other convolution: another summation order.
     other_conv = "xla" if layers.model_conv(True) is not None else "im2col"
     with layers.use_conv(other_conv):
         twin = JaxTrainer(cfg, images, labels)
-        twin.run(1, steps)
+        twin_losses = twin.run(1, steps)
     updates = update_agreement(initial, a, b, exact.params(), twin.params())
-    loss_rel = [abs(x - y) / max(abs(y), 1e-12) for x, y in zip(jax_losses, torch_losses)]
+    rel = lambda a, b: max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b))
+    loss_rounding = max(rel(jax_losses, twin_losses), rel(torch_losses, exact_losses))
+    loss_allowed = max(tolerance, NOISE_FACTOR * loss_rounding)
     record = {
         "steps": steps,
         "batch": batch,
@@ -336,11 +342,13 @@ def _agreement_run(cfg, images, labels, steps, device, tolerance) -> dict[str, A
         "initial_params_relative_l2_error": init_err,
         "fmi_jax_losses": jax_losses,
         "pytorch_losses": torch_losses,
-        "loss_max_relative_diff": max(loss_rel),
+        "loss_max_relative_diff": rel(jax_losses, torch_losses),
+        "loss_rounding_relative": loss_rounding,
+        "loss_allowed": loss_allowed,
         "tolerance": tolerance,
         **updates,
     }
-    record["passed"] = bool(record["loss_max_relative_diff"] <= tolerance and updates["passed"])
+    record["passed"] = bool(record["loss_max_relative_diff"] <= loss_allowed and updates["passed"])
     return record
 
 
@@ -439,7 +447,7 @@ def training_benchmark(
         raise AssertionError(
             "fmi_jax's and PyTorch's training steps disagree on the same weights and batches: "
             f"loss max relative difference {agreement['loss_max_relative_diff']:.2e} "
-            f"(tolerance {tolerance}); parameter updates differ by "
+            f"(allowed {agreement['loss_allowed']:.1e}); parameter updates differ by "
             f"{agreement['update_relative_l2_error']:.2e} against float32 rounding spreads of "
             f"{_spread(agreement['update_rounding_relative_l2'])}; worst tensor "
             f"{agreement['worst_tensor']}: "

@@ -49,7 +49,7 @@ from fmi_jax.train.input_pipeline import DeviceDataset, to_float
 
 __all__ = ["GOALS", "SaeResult", "phase_config", "run_sae_study"]
 
-# The targets on the Fashion-MNIST test set.
+# The study's goals on the Fashion-MNIST test set.
 GOALS = {"max_mse": 0.01, "min_accuracy": 0.89, "max_dead_fraction": 0.05}
 # Sections whose change would make the finished phases a different experiment.
 _FIXED_SECTIONS = ("seed", "data", "sae", "autoencoder", "classifier")

@@ -1,8 +1,8 @@
 """`validate_train_config(config)`: the checks `train_and_evaluate` runs before it
 touches the workdir, so a bad value is refused up front with one line naming the
 field and what it allows, instead of failing after the data is loaded (a negative
-batch size used to give "-8 steps per epoch" and a KeyError, zero a
-ZeroDivisionError, zero epochs a summary of an untrained model).
+batch size would reach the loop as a negative step count, zero a division by zero,
+zero epochs a summary of an untrained model).
 
 Only the fields a config has are checked: the studies build training configs with
 different subsets (an autoencoder phase has no label smoothing, a hand-built test
