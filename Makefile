@@ -1,9 +1,14 @@
-# fmi_jax: `make demo` trains and evaluates the default CNN; `make test` runs the tests.
+# fmi_jax: `make demo` trains the default CNN briefly and explains its decisions;
+# `make test` runs the tests; `make train` is the full 20-epoch reproduction.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/cnn_fmnist.py
 WORKDIR ?= runs/cnn_fmnist
+# The demo: a short schedule of the same config in its own run folder (a cosine
+# schedule of another length is another run, so `make train` starts its own).
+DEMO_WORKDIR ?= runs/demo
+DEMO_EPOCHS ?= 3
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist): XLA compiles on one thread, so two workers use both
 # cores of a 2-core machine; `TEST_WORKERS=0` runs in this process (for pdb).
@@ -29,13 +34,14 @@ BENCH_WORKDIR ?= runs/benchmark/$(shell uname -m)-$(shell nproc)cores
 
 SAE_WORKDIR ?= runs/sae_fmnist
 
-.PHONY: demo test install data bench explain sae gpu-check gpu-data clean-venv help
+.PHONY: demo train test install data bench explain sae gpu-check gpu-data clean-venv help
 
 help:
-	@echo "make demo   - venv, install, find Fashion-MNIST, train $(CONFIG) into $(WORKDIR), evaluate"
+	@echo "make demo   - venv, install, find Fashion-MNIST, train $(CONFIG) for $(DEMO_EPOCHS) epochs into $(DEMO_WORKDIR), evaluate, explain (prints the report's path)"
+	@echo "make train  - the full run of $(CONFIG) into $(WORKDIR), then evaluate"
 	@echo "make test   - venv, install test dependencies, run the test suite"
 	@echo "make data   - install Debian's dataset-fashion-mnist when running as root with apt"
-	@echo "make explain - the explain study on $(WORKDIR) (after make demo)"
+	@echo "make explain - the explain study on $(WORKDIR) (after make train)"
 	@echo "make sae    - the k-sparse autoencoder study into $(SAE_WORKDIR)"
 	@echo "make bench  - fmi_jax vs PyTorch + Captum / grad-cam on $(WORKDIR), in its own venv $(BENCH_VENV)"
 	@echo "make gpu-check - on a GPU machine: tests, benchmark, tuning goals, studies (GPU_CHECK_SMOKE=1 rehearses)"
@@ -61,6 +67,12 @@ data:
 	fi
 
 demo: install data
+	$(PY) -m experiments.train --config=$(CONFIG) --workdir=$(DEMO_WORKDIR) \
+	  --config.num_epochs=$(DEMO_EPOCHS)
+	$(PY) -m experiments.evaluate --workdir=$(DEMO_WORKDIR)
+	$(PY) -m experiments.explain --workdir=$(DEMO_WORKDIR) --config=configs/explain.py
+
+train: install data
 	$(PY) -m experiments.train --config=$(CONFIG) --workdir=$(WORKDIR)
 	$(PY) -m experiments.evaluate --workdir=$(WORKDIR)
 

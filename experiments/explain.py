@@ -32,7 +32,8 @@ flags.mark_flag_as_required("workdir")
 
 
 def main():
-    studies.run_explain(_CONFIG.value, _WORKDIR.value)
+    result = studies.run_explain(_CONFIG.value, _WORKDIR.value)
+    print(f"explanations of {len(result.indices)} test images: {result.out_dir / 'index.html'}")
 
 
 if __name__ == "__main__":
