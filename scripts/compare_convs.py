@@ -9,8 +9,8 @@ the weights), the images Fashion-MNIST's test set, the options the benchmark's. 
 method is compiled once per implementation, then timed in `--rounds` rounds that
 visit every implementation in turn (so drift hits all alike); each sample is
 back-to-back calls lasting at least `--sample_s`. Prints one line per method: the
-median milliseconds per call of each implementation. docs/guide.md ("Performance on
-CPU") reports what it measured.
+median milliseconds per call of each implementation. docs/performance.md reports
+what it measured.
 """
 
 import statistics

@@ -39,7 +39,7 @@ Every function returns float32 maps of shape ``(N, H, W)`` for inputs
 defaults to ``relu_attributions=False``; here ``relu=True``, as in the paper.
 Grad-CAM++'s weights follow the paper's closed form; pytorch-grad-cam adds ``1e-6``
 to the denominator of ``a_kij``, which moves its maps slightly where gradients are
-small (measured in docs/guide.md).
+small (measured in docs/captum.md).
 """
 
 from __future__ import annotations

@@ -362,8 +362,7 @@ def run_benchmark(
                 # Summation-to-delta is DeepLIFT's defining property; the side that
                 # breaks it is the wrong one, so this is not a disagreement of ours.
                 results["agreement"][name]["verdict"] = (
-                    "Captum violates summation-to-delta (see docs/guide.md, 'Where fmi_jax and "
-                    "Captum differ'); fmi_jax holds it"
+                    "Captum violates summation-to-delta (see docs/captum.md); fmi_jax holds it"
                 )
                 logging.warning(
                     "deeplift: Captum's attributions miss summation-to-delta by up to "

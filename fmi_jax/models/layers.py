@@ -2,7 +2,7 @@
 compute what `lax.conv_general_dilated` and `flax.linen.max_pool` compute, with
 derivatives that XLA:CPU runs faster. Models pick a convolution with
 `model_conv(train)`; `use_conv` overrides the pick. What each one gains, with the
-machine and the command, is in docs/guide.md ("Performance on CPU").
+machine and the command, is in docs/performance.md.
 
 `im2col_conv` (training on XLA:CPU): the convolution as strided slices and one
 matmul, with autodiff's own rules (forward and reverse mode); its weight gradient is
