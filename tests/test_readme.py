@@ -43,3 +43,31 @@ def test_readme_explain_your_own_model_runs(tmp_path, monkeypatch):
         assert np.isfinite(value).all()
         assert value.shape[0] == x.shape[0]
     assert (tmp_path / "report" / "index.html").exists()
+
+
+def _anchors(md: Path) -> set[str]:
+    """GitHub's anchors of the headings of `md`."""
+    out = set()
+    for line in md.read_text().splitlines():
+        if line.startswith("#"):
+            title = re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower())
+            out.add(title.replace(" ", "-"))
+    return out
+
+
+def test_every_relative_link_of_the_readme_and_docs_resolves():
+    """Files and section anchors that README.md and docs/*.md link to exist, so moving
+    a section cannot leave a dead link behind."""
+    root = README.parent
+    dead = []
+    for md in [README, *sorted((root / "docs").glob("*.md"))]:
+        for link in re.findall(r"\]\(([^)\s]+)\)", md.read_text()):
+            if link.startswith(("http://", "https://", "mailto:")):
+                continue
+            path, _, anchor = link.partition("#")
+            target = (md.parent / path) if path else md
+            if not target.exists():
+                dead.append(f"{md.name}: {link} (no such file)")
+            elif anchor and target.suffix == ".md" and anchor not in _anchors(target):
+                dead.append(f"{md.name}: {link} (no such section)")
+    assert not dead, dead
