@@ -51,8 +51,8 @@ def get_config(arg=None):
     # zero baseline. Feature permutation: 4x4 patches (49 groups) shared by all channels.
     # `batch_size`: images per forward pass for the perturbation methods, the same on
     # both sides (Captum's perturbations_per_eval = batch_size // batch; see runner.py).
-    # 64 because on the 2-core CPU small chunks run fastest (they stay in cache): 64
-    # images, Score-CAM 2.61 s at 1024 per pass, 1.39 s at 64; occlusion 3.37 -> 1.77 s.
+    # 64 because on the 2-core CPU small chunks run fastest (they stay in cache; the
+    # measurement is in docs/benchmark.md).
     config.options = {
         # |gradient|, Captum's Saliency default (fmi_jax's maps are signed by default).
         "saliency": {"abs": True},
@@ -120,8 +120,7 @@ def get_config(arg=None):
     config.dither = 1 / 768
     # Score-CAM against pytorch_grad_cam: per-image Pearson correlation of the maps,
     # worst image and median (its masks are resized with align_corners=True, ours with
-    # half-pixel centres; measured on the trained CNN, 64 test images: min 0.9936,
-    # median 0.9993).
+    # half-pixel centres; the correlations measured are in docs/benchmark.md).
     config.min_pearson = 0.95
     config.median_pearson = 0.99
     config.allow_disagreement = False

@@ -23,14 +23,13 @@ Protocol (`run_benchmark`):
        median), not by equality. pytorch_grad_cam min-max scales every map to [0, 1]
        (Pearson is blind to that) and resizes the channel masks with
        align_corners=True where fmi_jax uses half-pixel centres, which changes the
-       masks and so the weights a little. Measured on the trained Fashion-MNIST CNN,
-       layer conv3, 64 test images: Pearson min 0.9936, median 0.9993 against fmi_jax;
-       a PyTorch re-implementation with align_corners=True masks reproduces the
-       package's maps (Pearson 1.000000 on 8 images). The package's weights are a
+       masks and so the weights a little (a PyTorch re-implementation with
+       align_corners=True masks reproduces the package's maps; the correlations
+       measured are in docs/benchmark.md and docs/captum.md). The package's weights are a
        softmax over channels of its target's scores; its target here is log p_c, so
        the weights are p_c(x * H_k) normalised to sum 1, the paper's weights up to
        the factor its min-max scaling removes. Its default target, the raw logit, is
-       a different weighting (there: min 0.906, median 0.997), recorded as
+       a different weighting, recorded as
        `*_pearson_package_default_target` but not required.
      * feature_permutation: random (a permutation of the batch per feature group),
        so it is compared on the first TWO images, where the only permutation other

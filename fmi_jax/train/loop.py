@@ -35,9 +35,8 @@ parameters as an uninterrupted one.
 Loop structure, chosen per backend (config.loop = 'auto'):
   'step'  one jitted call per optimizer step (gather + step fused, state donated);
   'scan'  `lax.scan` over `steps_per_dispatch` steps per call.
-Measured on a 2-core x86 CPU (jax 0.10.2, the Fashion-MNIST CNN at batch 128, 200
-steps): 'step' 967 images/s after a 3.3 s compile, 'scan' 872 images/s after 10.7 s
-(see docs/guide.md, Training), so 'auto' picks 'step' on CPU. On accelerators it picks 'scan', where
+On CPU 'step' ran faster and compiled sooner (docs/guide.md, "Training", has the
+measurement), so 'auto' picks it there. On accelerators it picks 'scan', where
 per-step dispatch overhead dominates small models; that choice is not yet measured.
 
 Devices (config.num_devices; see fmi_jax/parallel.py): 1 (the default) runs on
