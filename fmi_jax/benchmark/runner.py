@@ -59,10 +59,9 @@ Protocol (`run_benchmark`):
      while the other's worker threads are still busy (on the 2-core CPU, timing
      single calls right after the other side's made millisecond rows swing by a
      factor of two between runs).
-     Known bias, against fmi_jax: both frameworks share one process. With torch
-     imported and used first, XLA:CPU ran saliency on the Fashion-MNIST CNN (64
-     images) in 32.9 ms instead of 26.5 ms in a process without torch, so rows
-     of a few milliseconds understate fmi_jax; one process per side would remove
+     Known bias, against fmi_jax: both frameworks share one process, and XLA:CPU
+     runs slower once torch has run in it (docs/benchmark.md has the measurement),
+     so the rows understate fmi_jax somewhat; one process per side would remove
      this.
      Threads: torch uses every core (`torch.set_num_threads`), as XLA:CPU does.
   4. Memory: XLA's planned device memory of every fmi_jax call (`xla_memory`), and at
