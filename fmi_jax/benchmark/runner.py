@@ -98,7 +98,7 @@ from fmi_jax import attribution, data, models, runs
 from fmi_jax.benchmark import flops
 from fmi_jax.train import evaluate as evaluate_lib
 from fmi_jax.train.input_pipeline import to_float
-from fmi_jax.train.validation import validate_train_config
+from fmi_jax.train.validation import require_at_least, validate_train_config
 
 __all__ = [
     "FREE_FIELDS",
@@ -471,18 +471,6 @@ def _training_rows(config, train_config, results: dict[str, Any], device) -> dic
     }
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _at_least(config, field: str, minimum: float, *, integer: bool, where: str = "config"):
-    value = config.get(field)
-    ok = _is_int(value) if integer else isinstance(value, (int, float)) and value is not True
-    if not ok or value is False or value < minimum:
-        kind = "an integer" if integer else "a number"
-        raise ValueError(f"{where}.{field} must be {kind} >= {minimum}, got {value!r}")
-
-
 def validate_config(
     config: ml_collections.ConfigDict, train_config: ml_collections.ConfigDict | None = None
 ) -> None:
@@ -498,11 +486,13 @@ def validate_config(
             f"; choose from {', '.join(REFERENCES)}"
         )
     sizes = tuple(config.get("batch_sizes") or ())
-    if not sizes or not all(_is_int(b) and b >= 1 for b in sizes):
+    if not sizes or not all(
+        isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in sizes
+    ):
         raise ValueError(f"config.batch_sizes must be integers >= 1, got {sizes!r}")
-    _at_least(config, "repeats", 1, integer=True)
-    _at_least(config, "min_sample_s", 0, integer=False)
-    _at_least(config, "settle_s", 0, integer=False)
+    require_at_least(config, "repeats", 1)
+    require_at_least(config, "min_sample_s", 0, integer=False)
+    require_at_least(config, "settle_s", 0, integer=False)
     tolerance = config.get("tolerance")
     if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or tolerance <= 0:
         raise ValueError(f"config.tolerance must be a number > 0, got {tolerance!r}")
@@ -531,11 +521,10 @@ def validate_config(
                 "config.train.config='' to skip the row"
             )
         validate_train_config(train_config)
-        _at_least(config.train, "repeats", 1, integer=True, where="config.train")
-        _at_least(config.train, "agreement_steps", 1, integer=True, where="config.train")
+        require_at_least(config.train, "repeats", 1, where="config.train")
+        require_at_least(config.train, "agreement_steps", 1, where="config.train")
         for field in ("steps", "limit"):
-            if config.train.get(field) is not None:
-                _at_least(config.train, field, 1, integer=True, where="config.train")
+            require_at_least(config.train, field, 1, where="config.train", optional=True)
 
 
 def claim_workdir(

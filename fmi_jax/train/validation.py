@@ -17,7 +17,7 @@ from typing import Any
 from fmi_jax import data as data_lib
 from fmi_jax import models
 
-__all__ = ["ConfigValueError", "validate_train_config"]
+__all__ = ["ConfigValueError", "require_at_least", "validate_train_config"]
 
 
 class ConfigValueError(ValueError):
@@ -32,12 +32,29 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _positive_int(config: Any, field: str, *, minimum: int = 1) -> None:
-    if field not in config:
+def require_at_least(
+    config: Any,
+    field: str,
+    minimum: float,
+    *,
+    integer: bool = True,
+    where: str = "config",
+    optional: bool = False,
+) -> None:
+    """Raises ConfigValueError unless `config[field]` is an integer (or, with
+    `integer=False`, a real number; never a bool) >= `minimum`. A missing field, or
+    None with `optional=True`, passes when `optional`; otherwise it is an error."""
+    value = config[field] if field in config else None
+    if value is None and optional:
         return
-    value = config[field]
-    if not _is_int(value) or value < minimum:
-        raise ConfigValueError(f"config.{field} must be an integer >= {minimum}, got {value!r}")
+    ok = _is_int(value) if integer else _is_real(value)
+    if not ok or value < minimum:
+        kind = "an integer" if integer else "a number"
+        raise ConfigValueError(f"{where}.{field} must be {kind} >= {minimum:g}, got {value!r}")
+
+
+def _positive_int(config: Any, field: str, *, minimum: int = 1) -> None:
+    require_at_least(config, field, minimum, optional=True)
 
 
 def _name(config: Any, section: str, known: tuple[str, ...], what: str) -> None:
