@@ -45,9 +45,9 @@ def _call(name, options, model, variables, x, conv):
         fn = jax.jit(lambda x: model.apply(variables, x))
         target = jnp.argmax(fn(x), -1)
         if name in runner.METRICS:
-            call = runner._jax_metric(name, fn, options, model, variables)
+            call = runner.jax_metric_call(name, fn, options, model, variables)
         else:
-            call = runner._jax_call(name, fn, options, model, variables)
+            call = runner.jax_method_call(name, fn, options, model, variables)
         jax.block_until_ready(call(x, target))  # traced and compiled with `conv`
     return call, target
 

@@ -40,7 +40,9 @@ def test_every_benchmark_method_builds_and_traces_with_its_options(monkeypatch):
 
     def traced(name, variables, *args):
         fn = lambda x: model.apply(variables, x)
-        call = runner._jax_call(name, fn, dict(config.options.get(name, {})), model, variables)
+        call = runner.jax_method_call(
+            name, fn, dict(config.options.get(name, {})), model, variables
+        )
         return call(*args)
 
     assert set(runner.METRICS) <= set(config.methods)
@@ -160,7 +162,7 @@ def test_metric_noise_replays_what_the_metrics_draw():
     a = jnp.asarray(rng.standard_normal(x.shape).astype(np.float32))
     opts = {"stdev": 0.01, "samples": 5}
     noise = runner._metric_noise("infidelity", opts, x).reshape(3, 5, 4, 4, 1)
-    ours = runner._jax_metric("infidelity", fn, opts)(jnp.asarray(x), t, a)
+    ours = runner.jax_metric_call("infidelity", fn, opts)(jnp.asarray(x), t, a)
 
     @jax.jit  # the replay, one compiled program
     def replayed(x, noise, t, a):

@@ -47,7 +47,7 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
     device = None
     if spec["side"] == "fmi_jax":
         if name in runner.METRICS:
-            metric = runner._jax_metric(name, fn, options, model, variables)
+            metric = runner.jax_metric_call(name, fn, options, model, variables)
             xj, tj = jnp.asarray(x), jnp.asarray(t)
             if name == "infidelity":
                 a = runner._infidelity_attributions(fn, options, model, variables, xj, tj)
@@ -55,7 +55,7 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
             else:
                 call = lambda: jax.block_until_ready(metric(xj, tj))
         else:
-            explain = runner._jax_call(name, fn, options, model, variables)
+            explain = runner.jax_method_call(name, fn, options, model, variables)
             xj, tj = jnp.asarray(x), jnp.asarray(t)
             call = lambda: jax.block_until_ready(explain(xj, tj))
     else:

@@ -110,6 +110,8 @@ __all__ = [
     "claim_workdir",
     "dither",
     "goal",
+    "jax_method_call",
+    "jax_metric_call",
     "jax_leaves_gpu_room",
     "machine_description",
     "markdown",
@@ -315,7 +317,9 @@ def run_benchmark(
             raise ValueError(f"{name}: the agreement check needs {n_check} images")
         x0, t0 = x_check[:n_check], target_all[:n_check]
         ours = np.asarray(
-            _jax_call(name, fn, check_opts, model, variables)(jnp.asarray(x0), jnp.asarray(t0))
+            jax_method_call(name, fn, check_opts, model, variables)(
+                jnp.asarray(x0), jnp.asarray(t0)
+            )
         )
         theirs = nhwc(torch_side.captum_method(name, net, check_opts)(nchw(x0), ttarget(t0)))
         if name == "score_cam":
@@ -390,7 +394,7 @@ def run_benchmark(
                     name, fn, opts, model, variables, net, x_all[:bs], target_all[:bs], nchw
                 )
             else:
-                ours = _jax_call(name, fn, opts, model, variables)
+                ours = jax_method_call(name, fn, opts, model, variables)
                 theirs = torch_side.captum_method(name, net, opts)
             row = {
                 "method": name,
@@ -887,13 +891,13 @@ def _deeplift_completeness(
     }
 
 
-def _jax_call(name: str, fn, options: dict[str, Any], model=None, variables=None):
+def jax_method_call(name: str, fn, options: dict[str, Any], model=None, variables=None):
     """The jitted `explain(x, target)` of fmi_jax; CAM methods also get the Flax module
     and its variables (they look inside the model). For the METRICS rows, the jitted
     metric: `infidelity(x, target, attributions)`, `max_sensitivity(x, target)`, each
     returning one value per image."""
     if name in METRICS:
-        return _jax_metric(name, fn, options, model, variables)
+        return jax_metric_call(name, fn, options, model, variables)
     spec = attribution.METHODS[name]
     model_args = (
         {"model": model, "variables": variables} if getattr(spec, "needs_model", False) else {}
@@ -909,7 +913,9 @@ def _metric_explainer(options: dict[str, Any], key: str) -> tuple[str, dict[str,
     return name, dict(runs.plain(options.get(f"{key}_options", {})) or {})
 
 
-def _jax_metric(name: str, fn, options: dict[str, Any], model=None, variables=None):
+def jax_metric_call(name: str, fn, options: dict[str, Any], model=None, variables=None):
+    """The jitted fmi_jax metric of a METRICS row with the benchmark's options:
+    `infidelity(x, target, attributions)` or `max_sensitivity(x, target)`."""
     from fmi_jax.evaluation import robustness
 
     key = jax.random.key(0)
@@ -984,7 +990,7 @@ def _metric_noise(name: str, options: dict[str, Any], x: np.ndarray) -> np.ndarr
 
 def _infidelity_attributions(fn, options, model, variables, x, t) -> np.ndarray:
     method, method_opts = _metric_explainer(options, "attribution")
-    return np.asarray(_jax_call(method, fn, method_opts, model, variables)(x, t))
+    return np.asarray(jax_method_call(method, fn, method_opts, model, variables)(x, t))
 
 
 def _metric_calls(name, fn, options, model, variables, net, x, t, nchw, replay=None):
@@ -993,7 +999,7 @@ def _metric_calls(name, fn, options, model, variables, net, x, t, nchw, replay=N
     Captum uses these perturbations (see `_metric_noise`) instead of drawing its own."""
     from fmi_jax.benchmark import torch_side
 
-    metric = _jax_metric(name, fn, options, model, variables)
+    metric = jax_metric_call(name, fn, options, model, variables)
     theirs = torch_side.captum_metric(name, net, options, replay=replay)
     if name == "infidelity":
         a = _infidelity_attributions(fn, options, model, variables, jnp.asarray(x), jnp.asarray(t))
