@@ -50,7 +50,7 @@ def training_config() -> ml_collections.ConfigDict:
             "grad_clip_norm": 0.0,
             "label_smoothing": 0.0,
             "augment": {"flip": False, "crop_padding": 0, "erasing": 0.0},
-            # 'auto' picks per backend (see fmi_jax/train/loop.py), or 'step' / 'scan'.
+            # 'auto' ('scan'; see fmi_jax/train/loop.py on why), 'step' or 'scan'.
             "loop": "auto",
             "steps_per_dispatch": 50,
             # Data parallelism (fmi_jax/parallel.py): 1 one device; 0 all; n the first n.

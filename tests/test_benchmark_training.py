@@ -41,13 +41,13 @@ def trained():
 @pytest.mark.slow
 def test_jax_trainer_runs_the_library_loop_and_learns(trained):
     trainer, compile_s, losses = trained
-    assert trainer.loop == "step"  # what Trainer (choose_loop) picks on CPU
+    assert trainer.loop == "scan"  # what Trainer (choose_loop) picks for "auto"
     assert trainer.steps_per_epoch == 256 // 32
     assert all(len(epoch) == trainer.steps_per_epoch for epoch in losses)
     assert np.mean(losses[-1]) < np.mean(losses[0])
     assert compile_s > 0
     assert trainer.compiles == 1  # one program for the warm-up and every epoch
-    assert int(trainer.state.step) == 2 + 3 * trainer.steps_per_epoch
+    assert int(trainer.state.step) == 2 * trainer.chunk + 3 * trainer.steps_per_epoch
 
 
 def test_jax_trainer_params_flat_and_moved(trained):

@@ -144,26 +144,30 @@ def test_reconcile_history_refuses_a_broken_line_that_is_not_the_last(tmp_path):
         loop_lib._reconcile_history(path, _FakeCheckpoints({}), 1, write=True)
 
 
-def test_ctrl_c_stops_at_a_step_boundary_and_the_rerun_resumes(
+def test_ctrl_c_stops_at_a_dispatch_boundary_and_the_rerun_resumes(
     tmp_path, synthetic_config, synthetic_run, caplog
 ):
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signal handlers run in the main thread only")
-    config = synthetic_config(num_epochs=2)  # the config of the uninterrupted synthetic_run
+    # The uninterrupted synthetic_run's config, in dispatches of 4 steps (it ran whole
+    # epochs per dispatch): the interruption falls inside epoch 2.
+    chunk = 4
+    config = synthetic_config(num_epochs=2, steps_per_dispatch=chunk)
     steps_per_epoch = lines_of(synthetic_run)[0]["step"]
+    assert steps_per_epoch % chunk == 0 and steps_per_epoch > 2 * chunk
     real_make = trainer_lib._make_chunk_runner
 
     def make_runner(*args, **kwargs):
         runner = real_make(*args, **kwargs)
 
-        class PressCtrlC:  # after the 3rd step of epoch 2
+        class PressCtrlC:  # after the 3rd dispatch of epoch 2
             calls = 0
             traces = property(lambda self: runner.traces)
 
             def __call__(self, *a):
                 out = runner(*a)
                 PressCtrlC.calls += 1
-                if PressCtrlC.calls == steps_per_epoch + 3:
+                if PressCtrlC.calls == steps_per_epoch // chunk + 3:
                     os.kill(os.getpid(), signal.SIGINT)
                 return out
 
@@ -172,7 +176,7 @@ def test_ctrl_c_stops_at_a_step_boundary_and_the_rerun_resumes(
     before = signal.getsignal(signal.SIGINT)
     workdir = tmp_path / "run"
     message = (
-        f"interrupted after epoch 1, step {steps_per_epoch + 3}; run the same command to "
+        f"interrupted after epoch 1, step {steps_per_epoch + 3 * chunk}; run the same command to "
         "resume from epoch 1"
     )
     with mock.patch.object(trainer_lib, "_make_chunk_runner", make_runner):

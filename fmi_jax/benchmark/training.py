@@ -7,7 +7,7 @@ same optimizer, schedule, label smoothing, augmentation and dropout. The PyTorch
 side is `fmi_jax.benchmark.torch_training` (the idiomatic loop of the original
 projects); the fmi_jax side is `fmi_jax.train.Trainer`, the object
 `train_and_evaluate` trains with: the same bound `train_step`, jitted dispatch
-('step' or 'scan', as it picks for the backend), `DeviceDataset` and metrics window
+('scan' unless the config asks for 'step'), `DeviceDataset` and metrics window
 (read, checked and summed every `log_every_steps` steps). Nothing of the step or the
 epoch is re-implemented here.
 

@@ -87,12 +87,12 @@ def model_from_config(model_config: Mapping[str, Any], *, dtype: str | None = No
 
 
 def choose_loop(config: Any) -> str:
-    """`config.loop`, with 'auto' resolved for the backend: 'step' (one jitted call per
-    optimizer step) on CPUs, 'scan' (`lax.scan` over `steps_per_dispatch` steps per
-    call) on accelerators (see fmi_jax.train.loop on why)."""
+    """`config.loop`, with 'auto' resolved: 'scan' (`lax.scan` over
+    `steps_per_dispatch` steps per call) on every backend (see fmi_jax.train.loop on
+    why); 'step' (one jitted call per optimizer step) only when asked for."""
     loop = config.get("loop", "auto")
     if loop == "auto":
-        return "step" if jax.default_backend() == "cpu" else "scan"
+        return "scan"
     if loop not in ("step", "scan"):
         raise ValueError(f"config.loop must be 'auto', 'step' or 'scan', got {loop!r}")
     return loop
