@@ -1,0 +1,512 @@
+r"""Layer and neuron attribution: what a hidden layer, or one of its units, contributes.
+
+Layer methods explain the target logit ``y_t`` by the units of a named layer and return
+maps shaped like the layer's activation ``A`` (``(N, h, w, K)``); neuron methods explain
+one unit ``A_n`` of that layer (``neuron=``, an index tuple into ``A`` without the batch
+axis, Captum's ``neuron_selector`` tuple) by the input features and return maps shaped
+like ``x``. Below, ``x'`` is the baseline, ``x(a) = x' + a (x - x')`` the straight input
+path, ``g(.) = dy_t / dA`` the gradient flowing into the layer, and ``(a_k, w_k)`` the
+nodes and weights of a :func:`~fmi_jax.attribution.quadrature` rule on [0, 1].
+
+Layer attribution:
+
+* ``layer_gradient_x_activation``: ``A(x) * g(x)``. For a network that is linear after
+  the layer the map sums to ``y_t(x)`` minus the head's bias for class t.
+  Captum: ``LayerGradientXActivation``.
+* ``layer_integrated_gradients``: integrated gradients at the layer, with the layer's
+  output (not the input) moved along a straight line,
+  ``A(a) = A(x') + a (A(x) - A(x'))``, and the rest of the network run from ``A(a)``:
+
+      LIG_j = (A_j(x) - A_j(x')) * sum_k w_k g_j(A(a_k)).
+
+  Complete at the layer, ``sum_j LIG_j = y_t(x) - y_t(x')`` up to the quadrature error,
+  exactly for a network linear after the layer (Sundararajan et al. 2017 applied to the
+  layer; Captum: ``LayerIntegratedGradients``, layer output patched the same way). In a
+  network with a connection that bypasses the layer, everything outside the layer still
+  sees ``x``, as in Captum, and completeness holds only for the part through the layer.
+* ``internal_influence``: the path integral of the layer gradient along the *input* path,
+  ``II_j = sum_k w_k g_j(x(a_k))`` (Leino et al. 2018, "Influence-Directed Explanations
+  for Deep Convolutional Networks", arXiv:1802.03788; Captum: ``InternalInfluence``). No
+  difference factor: it is a gradient-like quantity, and for a layer that is affine in
+  the input ``II * (A(x) - A(x'))`` is layer integrated gradients with the same rule.
+* ``layer_conductance``: the flow of the input path through unit j (Dhamdhere, Sundararajan
+  & Yan 2018, "How Important is a Neuron?", arXiv:1805.12233),
+  ``Cond_j = int_0^1 g_j(x(a)) dA_j(x(a))/da da``, discretised as Captum's
+  ``LayerConductance`` does, as a left Riemann-Stieltjes sum over the uniform nodes
+  ``a_k = k / n`` (n = ``steps``):
+
+      Cond_j = sum_{k=0}^{n-1} g_j(x(a_k)) * (A_j(x(a_{k+1})) - A_j(x(a_k))).
+
+  Summed over the layer, ``sum_j g_j dA_j`` is the first-order change of ``y_t`` over each
+  step, so the map is complete up to an O(1/n) error; exactly complete for a network
+  linear after the layer (g constant: the sum telescopes). For a layer that is affine in
+  the input, ``dA = (A(x) - A(x')) / n`` and conductance is layer integrated gradients
+  with ``riemann_left``.
+
+  Difference from Captum: Captum takes the n + 1 nodes of the chosen rule
+  (``method=``, ``gausslegendre`` by default). Gauss-Legendre nodes do not include 0 and 1,
+  so there the differences telescope to ``A(x(a_n)) - A(x(a_0))`` instead of
+  ``A(x) - A(x')``: even a network that is linear in x loses part of its logit difference
+  (about the fraction ``1 - (a_n - a_0)``). Here the nodes are always ``k / n``, which
+  include both end points: it is Captum's ``method='riemann_trapezoid'``, whose nodes are
+  ``linspace(0, 1, n + 1)``, and there is no ``rule`` option.
+
+Neuron attribution (``A_n`` is the activation of the unit ``neuron`` of ``layer``):
+
+* ``neuron_gradient``: ``dA_n / dx``. Captum: ``NeuronGradient``.
+* ``neuron_integrated_gradients``: integrated gradients of ``A_n`` instead of a logit,
+  ``(x - x') * sum_k w_k dA_n(x(a_k))/dx``, complete: it sums to ``A_n(x) - A_n(x')`` up to
+  the quadrature error. Captum: ``NeuronIntegratedGradients``.
+* ``neuron_conductance``: the conductance of input feature i through unit j to the
+  target logit (Dhamdhere et al. 2018, eq. 3),
+
+      NCond_ij = (x_i - x'_i) * sum_k w_k g_j(x(a_k)) dA_j(x(a_k))/dx_i.
+
+  Summed over the inputs it is the total conductance of the unit, ``int g_j dA_j/da da``,
+  the quantity ``layer_conductance`` approximates by finite differences: with
+  ``rule='riemann_left'`` (the default) both use the same nodes and the same gradients
+  ``g_j``, and they agree exactly when the unit is affine in the input. Summed over every
+  unit of a layer that all paths go through, ``sum_j g_j dA_j/dx_i = dy_t/dx_i`` (the
+  chain rule), so it is integrated gradients with the same rule. Captum's
+  ``NeuronConductance`` defaults to ``method='riemann_trapezoid'`` with its weights that
+  sum to (n-1)/n (see :mod:`.integrated_gradients`); ours are the rule's.
+
+``neuron_gradient`` and ``neuron_integrated_gradients`` explain an activation, not a
+class, and refuse a ``target``; ``neuron_conductance`` explains the target logit.
+
+Like the CAMs, these methods take a model handle (``flax_model(module, variables,
+train=False)`` or ``flax_model(nnx_module)``; a ``(module, variables)`` tuple or an
+``nnx.Module`` also work), which is itself a model function. ``handle.capture(x, layer,
+delta)`` replaces ``A`` by ``A + delta`` for the rest of the forward pass, so the gradient
+with respect to ``delta`` is ``dy/dA`` at the patched activation
+(:mod:`fmi_jax.attribution.handle`). The layer must be one the handle can capture
+(``handle.layer_names(x)``: modules returning ``(N, h, w, K)`` arrays, called once).
+
+Memory: every (example, node) evaluation goes through
+:func:`fmi_jax.attribution.core.sum_over_samples` in chunks of ``batch_size``, so peak
+memory is one chunk plus accumulators the size of the result, whatever ``steps`` is;
+``batch_size`` never changes a result. ``layer_conductance`` runs one extra forward pass
+per (example, node) for the activation at the next node, rather than keeping all
+``steps + 1`` activations of an example.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from fmi_jax.attribution.core import (
+    Array,
+    Target,
+    as_baseline,
+    as_count,
+    as_input,
+    per_example,
+    refuse_baseline,
+    resolve_target,
+    select_target,
+    sum_over_samples,
+)
+from fmi_jax.attribution.handle import FlaxModel, as_flax_model
+from fmi_jax.attribution.integrated_gradients import quadrature
+
+__all__ = [
+    "layer_gradient_x_activation",
+    "layer_integrated_gradients",
+    "layer_conductance",
+    "internal_influence",
+    "neuron_gradient",
+    "neuron_integrated_gradients",
+    "neuron_conductance",
+]
+
+
+# Shared pieces.
+
+
+def _setup(
+    model: Any, x: Any, layer: str, method: str, batch_size: int | None
+) -> tuple[FlaxModel, Array, tuple[int, ...]]:
+    """The handle, the checked input and the layer's activation shape; a one-line
+    ValueError for a bad layer or batch size before anything is traced."""
+    handle = as_flax_model(model, method)
+    x = as_input(x)
+    shape = handle.layer_shape(x, layer)
+    if batch_size is not None:
+        as_count(batch_size, "batch_size")
+    return handle, x, shape
+
+
+def _rule(rule: str, steps: int) -> tuple[Array, Array]:
+    alphas, weights = quadrature(rule, steps)
+    return jnp.asarray(alphas, jnp.float32), jnp.asarray(weights, jnp.float32)
+
+
+def _path_point(x: Array, baseline: Array, example: Array, alpha: Array) -> Array:
+    """``x'_e + alpha (x_e - x'_e)`` for a chunk of examples and one alpha per row."""
+    start, end = baseline[example], x[example]
+    return start + per_example(alpha, start) * (end - start)
+
+
+def _activation(handle: FlaxModel, x: Array, layer: str) -> Array:
+    return handle.capture(x, layer)[1].astype(jnp.float32)
+
+
+def _layer_gradient(
+    handle: FlaxModel, x: Array, target: Array, layer: str, delta: Array | None = None
+) -> tuple[Array, Array]:
+    """``A(x)`` and ``dy_t/dA`` at ``A(x) + delta`` (``delta`` zero when None) for a chunk.
+
+    One backward pass for the batch sum of target logits, which is every example's own
+    gradient because examples do not interact in inference mode.
+    """
+    if delta is None:
+        delta = jnp.zeros(handle.layer_shape(x, layer), jnp.float32)
+
+    def target_sum(delta: Array) -> tuple[Array, Array]:
+        logits, activation = handle.capture(x, layer, delta)
+        return jnp.sum(select_target(logits, target)), activation
+
+    gradient, activation = jax.grad(target_sum, has_aux=True)(delta)
+    return activation.astype(jnp.float32), gradient.astype(jnp.float32)
+
+
+def _neuron_index(neuron: Any, layer: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``neuron`` as a tuple of non-negative ints indexing one unit of an activation of
+    shape ``shape`` (batch axis included); negative indices count from the end."""
+    unit_shape = shape[1:]
+    how = (
+        f"pass neuron= as a tuple of {len(unit_shape)} ints, one per axis of layer "
+        f"{layer!r}'s activation of shape {unit_shape} per example"
+    )
+    if isinstance(neuron, int | bool) or not isinstance(neuron, tuple | list):
+        raise ValueError(f"neuron={neuron!r} is not an index tuple: {how}")
+    try:
+        index = tuple(operator.index(i) for i in neuron if not isinstance(i, bool))
+    except TypeError:
+        index = ()
+    if len(index) != len(neuron) or len(index) != len(unit_shape):
+        raise ValueError(f"neuron={neuron!r} is not a valid index: {how}")
+    if not all(-size <= i < size for i, size in zip(index, unit_shape)):
+        raise ValueError(
+            f"neuron={tuple(neuron)!r} is out of range for layer {layer!r}, whose activation "
+            f"has shape {unit_shape} per example"
+        )
+    return tuple(i % size for i, size in zip(index, unit_shape))
+
+
+def _refuse_target(target: Target, method: str) -> None:
+    if target is not None:
+        raise ValueError(
+            f"{method} explains the activation of neuron=, not a class, so target= would be "
+            "ignored; leave it None (neuron_conductance attributes a class through a neuron)"
+        )
+
+
+def _neuron_sum(handle: FlaxModel, x: Array, layer: str, neuron: tuple[int, ...]) -> Array:
+    """The batch sum of the unit's activation: its gradient is every example's own."""
+    activation = handle.capture(x, layer)[1].astype(jnp.float32)
+    return jnp.sum(activation[(slice(None), *neuron)])
+
+
+# Layer attribution.
+
+
+def layer_gradient_x_activation(
+    model: Any,
+    x: Array,
+    target: Target = None,
+    *,
+    key: Array | None = None,
+    baseline: None = None,
+    batch_size: int | None = None,
+    layer: str,
+) -> Array:
+    """Layer activation times the gradient of the target logit, ``A * dy_t/dA``.
+
+    Args:
+      model: a model handle, ``flax_model(module, variables, train=False)`` or
+        ``flax_model(nnx_module)``; a ``(module, variables)`` tuple also works.
+      x: inputs ``(N, ...)``.
+      target: class per example, one class for all, or ``None`` (predicted class).
+      key: unused (deterministic); accepted so every method has one signature.
+      baseline: must be None (no reference input).
+      batch_size: examples per backward pass; ``None`` processes all at once.
+      layer: module path of the layer (``handle.layer_names(x)``).
+
+    Returns:
+      float32 attributions shaped like the layer's activation ``(N, h, w, K)``.
+    """
+    name = "layer_gradient_x_activation"
+    refuse_baseline(baseline, name)
+    handle, x, _ = _setup(model, x, layer, name, batch_size)
+    target = resolve_target(handle, x, target, batch_size=batch_size)
+
+    def product(example: Array, _: Array) -> Array:
+        activation, gradient = _layer_gradient(handle, x[example], target[example], layer)
+        return activation * gradient
+
+    return sum_over_samples(product, x.shape[0], batch_size=batch_size)
+
+
+def layer_integrated_gradients(
+    model: Any,
+    x: Array,
+    target: Target = None,
+    *,
+    key: Array | None = None,
+    baseline: Array | float | None = None,
+    batch_size: int | None = None,
+    layer: str,
+    steps: int = 50,
+    rule: str = "gausslegendre",
+) -> Array:
+    """Integrated gradients at a layer whose output moves from ``A(x')`` to ``A(x)``.
+
+    ``(A(x) - A(x')) * sum_k w_k dy_t/dA (A(x') + a_k (A(x) - A(x')))``, the rest of the
+    network run from the interpolated activation (module docstring). Computed with the
+    handle at input ``x`` and ``delta = (a_k - 1) (A(x) - A(x'))``. The completeness gap
+    is ``completeness_delta(model, x, target, attributions, baseline=baseline)``.
+
+    Args:
+      model, x, target, key, layer: as in :func:`layer_gradient_x_activation`.
+      baseline: the reference input x' (``None``: zeros; anything that broadcasts to x).
+      batch_size: (example, step) evaluations per chunk; bounds memory.
+      steps: quadrature nodes (backward passes per example).
+      rule: quadrature rule, one of ``QUADRATURE_RULES``.
+
+    Returns:
+      float32 attributions shaped like the layer's activation.
+    """
+    handle, x, _ = _setup(model, x, layer, "layer_integrated_gradients", batch_size)
+    baseline = as_baseline(baseline, x)
+    alphas, weights = _rule(rule, steps)
+    target = resolve_target(handle, x, target, batch_size=batch_size)
+
+    def end_points(example: Array, _: Array) -> tuple[Array, Array]:
+        return (
+            _activation(handle, x[example], layer),
+            _activation(handle, baseline[example], layer),
+        )
+
+    at_input, at_baseline = sum_over_samples(end_points, x.shape[0], batch_size=batch_size)
+    difference = at_input - at_baseline
+
+    def weighted_gradient(example: Array, step: Array) -> Array:
+        change = difference[example]
+        delta = per_example(alphas[step] - 1.0, change) * change
+        _, gradient = _layer_gradient(handle, x[example], target[example], layer, delta)
+        return per_example(weights[step], gradient) * gradient
+
+    average_gradient = sum_over_samples(
+        weighted_gradient, x.shape[0], len(alphas), batch_size=batch_size
+    )
+    return difference * average_gradient
+
+
+def internal_influence(
+    model: Any,
+    x: Array,
+    target: Target = None,
+    *,
+    key: Array | None = None,
+    baseline: Array | float | None = None,
+    batch_size: int | None = None,
+    layer: str,
+    steps: int = 50,
+    rule: str = "gausslegendre",
+) -> Array:
+    """Internal influence: the layer gradient averaged along the input path,
+    ``sum_k w_k dy_t/dA (x' + a_k (x - x'))`` (Leino et al. 2018; module docstring).
+
+    Arguments as in :func:`layer_integrated_gradients`. Returns float32 values shaped
+    like the layer's activation.
+    """
+    handle, x, _ = _setup(model, x, layer, "internal_influence", batch_size)
+    baseline = as_baseline(baseline, x)
+    alphas, weights = _rule(rule, steps)
+    target = resolve_target(handle, x, target, batch_size=batch_size)
+
+    def weighted_gradient(example: Array, step: Array) -> Array:
+        point = _path_point(x, baseline, example, alphas[step])
+        _, gradient = _layer_gradient(handle, point, target[example], layer)
+        return per_example(weights[step], gradient) * gradient
+
+    return sum_over_samples(weighted_gradient, x.shape[0], len(alphas), batch_size=batch_size)
+
+
+def layer_conductance(
+    model: Any,
+    x: Array,
+    target: Target = None,
+    *,
+    key: Array | None = None,
+    baseline: Array | float | None = None,
+    batch_size: int | None = None,
+    layer: str,
+    steps: int = 50,
+) -> Array:
+    """Conductance of every unit of a layer (Dhamdhere et al. 2018; module docstring):
+    ``sum_k dy_t/dA(x(a_k)) * (A(x(a_{k+1})) - A(x(a_k)))`` with ``a_k = k / steps``.
+
+    Args:
+      model, x, target, key, layer: as in :func:`layer_gradient_x_activation`.
+      baseline: the reference input x' (``None``: zeros; anything that broadcasts to x).
+      batch_size: (example, step) evaluations per chunk; bounds memory.
+      steps: path segments n (n backward and 2n forward passes per example).
+
+    Returns:
+      float32 attributions shaped like the layer's activation.
+    """
+    handle, x, _ = _setup(model, x, layer, "layer_conductance", batch_size)
+    baseline = as_baseline(baseline, x)
+    n = as_count(steps, "steps")
+    target = resolve_target(handle, x, target, batch_size=batch_size)
+
+    def segment(example: Array, step: Array) -> Array:
+        start = _path_point(x, baseline, example, step / n)
+        end = _path_point(x, baseline, example, (step + 1) / n)
+        activation, gradient = _layer_gradient(handle, start, target[example], layer)
+        return gradient * (_activation(handle, end, layer) - activation)
+
+    return sum_over_samples(segment, x.shape[0], n, batch_size=batch_size)
+
+
+# Neuron attribution.
+
+
+def neuron_gradient(
+    model: Any,
+    x: Array,
+    target: None = None,
+    *,
+    key: Array | None = None,
+    baseline: None = None,
+    batch_size: int | None = None,
+    layer: str,
+    neuron: tuple[int, ...],
+) -> Array:
+    """Gradient of one unit's activation with respect to the input, ``dA_n/dx``.
+
+    Args:
+      model, x, key, layer: as in :func:`layer_gradient_x_activation`.
+      target: must be None (the unit is explained, not a class).
+      baseline: must be None (no reference input).
+      batch_size: examples per backward pass.
+      neuron: index tuple into the layer's activation without the batch axis, e.g.
+        ``(i, j, k)`` for row i, column j, channel k of an ``(N, h, w, K)`` layer.
+
+    Returns:
+      float32 gradients shaped like ``x``.
+    """
+    name = "neuron_gradient"
+    _refuse_target(target, name)
+    refuse_baseline(baseline, name)
+    handle, x, shape = _setup(model, x, layer, name, batch_size)
+    index = _neuron_index(neuron, layer, shape)
+
+    def gradient(example: Array, _: Array) -> Array:
+        return jax.grad(lambda point: _neuron_sum(handle, point, layer, index))(x[example])
+
+    return sum_over_samples(gradient, x.shape[0], batch_size=batch_size)
+
+
+def neuron_integrated_gradients(
+    model: Any,
+    x: Array,
+    target: None = None,
+    *,
+    key: Array | None = None,
+    baseline: Array | float | None = None,
+    batch_size: int | None = None,
+    layer: str,
+    neuron: tuple[int, ...],
+    steps: int = 50,
+    rule: str = "gausslegendre",
+) -> Array:
+    """Integrated gradients of one unit's activation,
+    ``(x - x') * sum_k w_k dA_n(x' + a_k (x - x'))/dx``; sums to ``A_n(x) - A_n(x')`` up to
+    the quadrature error.
+
+    Args:
+      model, x, key, layer, neuron: as in :func:`neuron_gradient`.
+      target: must be None (the unit is explained, not a class).
+      baseline: the reference input x' (``None``: zeros; anything that broadcasts to x).
+      batch_size: (example, step) evaluations per chunk; bounds memory.
+      steps, rule: as in :func:`~fmi_jax.attribution.integrated_gradients`.
+
+    Returns:
+      float32 attributions shaped like ``x``.
+    """
+    name = "neuron_integrated_gradients"
+    _refuse_target(target, name)
+    handle, x, shape = _setup(model, x, layer, name, batch_size)
+    index = _neuron_index(neuron, layer, shape)
+    baseline = as_baseline(baseline, x)
+    alphas, weights = _rule(rule, steps)
+
+    def weighted_gradient(example: Array, step: Array) -> Array:
+        point = _path_point(x, baseline, example, alphas[step])
+        gradient = jax.grad(lambda p: _neuron_sum(handle, p, layer, index))(point)
+        return per_example(weights[step], gradient) * gradient
+
+    average_gradient = sum_over_samples(
+        weighted_gradient, x.shape[0], len(alphas), batch_size=batch_size
+    )
+    return (x - baseline) * average_gradient
+
+
+def neuron_conductance(
+    model: Any,
+    x: Array,
+    target: Target = None,
+    *,
+    key: Array | None = None,
+    baseline: Array | float | None = None,
+    batch_size: int | None = None,
+    layer: str,
+    neuron: tuple[int, ...],
+    steps: int = 50,
+    rule: str = "riemann_left",
+) -> Array:
+    """Conductance of every input feature through one unit to the target logit,
+    ``(x - x') * sum_k w_k dy_t/dA_n * dA_n/dx`` along the input path (module docstring).
+
+    Args:
+      model, x, key, layer, neuron: as in :func:`neuron_gradient`.
+      target: class per example, one class for all, or ``None`` (predicted class).
+      baseline: the reference input x' (``None``: zeros; anything that broadcasts to x).
+      batch_size: (example, step) evaluations per chunk; bounds memory.
+      steps: quadrature nodes.
+      rule: quadrature rule; the default ``riemann_left`` uses the nodes ``k / steps``
+        of :func:`layer_conductance`, so the two agree on the unit's total.
+
+    Returns:
+      float32 attributions shaped like ``x``.
+    """
+    handle, x, shape = _setup(model, x, layer, "neuron_conductance", batch_size)
+    index = _neuron_index(neuron, layer, shape)
+    baseline = as_baseline(baseline, x)
+    alphas, weights = _rule(rule, steps)
+    target = resolve_target(handle, x, target, batch_size=batch_size)
+    unit = (slice(None), *index)
+
+    def weighted_gradient(example: Array, step: Array) -> Array:
+        point = _path_point(x, baseline, example, alphas[step])
+        delta = jnp.zeros(handle.layer_shape(point, layer), jnp.float32)
+
+        def outputs(p: Array, d: Array) -> tuple[Array, Array]:
+            logits, activation = handle.capture(p, layer, d)
+            return select_target(logits, target[example]), activation[unit].astype(jnp.float32)
+
+        (logit, value), pullback = jax.vjp(outputs, point, delta)
+        _, layer_gradient = pullback((jnp.ones_like(logit), jnp.zeros_like(value)))
+        unit_gradient, _ = pullback((jnp.zeros_like(logit), jnp.ones_like(value)))
+        scale = weights[step] * layer_gradient[unit].astype(jnp.float32)
+        return per_example(scale, unit_gradient) * unit_gradient
+
+    average = sum_over_samples(weighted_gradient, x.shape[0], len(alphas), batch_size=batch_size)
+    return (x - baseline) * average

@@ -1,0 +1,324 @@
+"""Layer and neuron attribution against known answers.
+
+The model is conv1 (3 x 3, affine in x) -> softplus -> conv2 (1 x 1) -> softplus ->
+conv3 (1 x 1) -> spatial mean -> dense, so
+
+* after conv3 the network is linear: dy_t/dA_ijk = W[k, t] / (h w) everywhere, which
+  makes every layer method at conv3 a closed form;
+* conv1 is affine in the input: the input path maps onto the straight activation path,
+  so conductance and internal influence turn into layer integrated gradients there, and
+  a conv1 unit's input gradient is its kernel placed around the unit;
+* conv2 is nonlinear on both sides; softplus makes everything smooth, and away from
+  conv3 completeness holds only up to the quadrature error.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fmi_jax.attribution import completeness_delta, flax_model, integrated_gradients
+from fmi_jax.attribution.layer import (
+    internal_influence,
+    layer_conductance,
+    layer_gradient_x_activation,
+    layer_integrated_gradients,
+    neuron_conductance,
+    neuron_gradient,
+    neuron_integrated_gradients,
+)
+
+SIDE, CHANNELS, CLASSES = 4, 2, 3
+TARGET = np.array([0, 2, 1, 2], np.int32)
+UNIT = (1, 2, 0)  # a conv1 unit: row 1, column 2, channel 0
+STEPS = 8
+
+
+class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        a = nn.Conv(3, (3, 3), padding="SAME", name="conv1")(x)
+        a = nn.Conv(2, (1, 1), name="conv2")(nn.softplus(a))
+        a = nn.Conv(2, (1, 1), name="conv3")(nn.softplus(a))
+        return nn.Dense(CLASSES, name="head")(a.mean(axis=(1, 2)))
+
+
+class Tiny(nn.Module):
+    """One 2 x 2 conv with two units, so a test can sum over every unit of the layer."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        a = nn.softplus(nn.Conv(2, (2, 2), padding="VALID", name="hidden")(x))
+        return nn.Dense(CLASSES, name="head")(jnp.tanh(a.reshape(a.shape[0], -1)))
+
+
+def numpy_variables(model: nn.Module, shape: tuple[int, ...], seed: int):
+    """Variables drawn by NumPy (flax's initialisers would compile threefry per shape)."""
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))
+    return jax.tree.map(
+        lambda leaf: jnp.asarray(rng.normal(0.0, 0.7, leaf.shape), leaf.dtype), shapes
+    )
+
+
+@pytest.fixture(scope="module")
+def net():
+    """(handle, variables, x, baseline) for Net: four images and a nonzero baseline."""
+    variables = numpy_variables(Net(), (1, SIDE, SIDE, CHANNELS), 0)
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.uniform(0, 1, (4, SIDE, SIDE, CHANNELS)), jnp.float32)
+    baseline = jnp.asarray(rng.uniform(0, 0.3, (SIDE, SIDE, CHANNELS)), jnp.float32)
+    return flax_model(Net(), variables, train=False), variables, x, baseline
+
+
+def activation(handle, x, layer):
+    return handle.capture(x, layer)[1]
+
+
+def head_gradient(variables, target):
+    """dy_t/dA at conv3, (N, h, w, K): the dense weight of channel k, over h w pixels."""
+    w = np.asarray(variables["params"]["head"]["kernel"])  # (K, classes)
+    per_channel = w[:, target].T / (SIDE * SIDE)  # (N, K)
+    return np.broadcast_to(per_channel[:, None, None, :], (len(target), SIDE, SIDE, 2))
+
+
+def test_layer_gradient_x_activation_after_a_linear_head(net):
+    handle, variables, x, _ = net
+    got = layer_gradient_x_activation(handle, x, TARGET, layer="conv3")
+    expected = activation(handle, x, "conv3") * head_gradient(variables, TARGET)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+    # A linear head: the map sums to the logit minus its bias.
+    bias = np.asarray(variables["params"]["head"]["bias"])[TARGET]
+    logits = np.asarray(handle(x))[np.arange(4), TARGET]
+    np.testing.assert_allclose(got.sum(axis=(1, 2, 3)), logits - bias, rtol=1e-5, atol=1e-5)
+
+
+def test_layer_methods_at_a_layer_followed_by_a_linear_head(net):
+    """g is constant after conv3, so every path method is exact: layer IG and conductance
+    are (A(x) - A(x')) g, complete to float rounding; internal influence is g itself."""
+    handle, variables, x, baseline = net
+    g = head_gradient(variables, TARGET)
+    change = activation(handle, x, "conv3") - activation(
+        handle, jnp.broadcast_to(baseline, x.shape), "conv3"
+    )
+    common = dict(target=TARGET, layer="conv3", baseline=baseline, steps=3)
+    for attributions in (
+        layer_integrated_gradients(handle, x, **common),
+        layer_conductance(handle, x, **common),
+    ):
+        np.testing.assert_allclose(attributions, change * g, rtol=1e-4, atol=1e-6)
+        gap = completeness_delta(handle, x, TARGET, attributions, baseline=baseline)
+        np.testing.assert_allclose(gap, 0.0, atol=2e-5)
+    np.testing.assert_allclose(internal_influence(handle, x, **common), g, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def conv1_results(net):
+    """Every layer method at conv1, default and chunked (batch_size 3 of 4 * STEPS)."""
+    handle, _, x, baseline = net
+    common = dict(target=TARGET, layer="conv1", baseline=baseline, steps=STEPS)
+    results = {}
+    for batch_size in (None, 3):
+        results[batch_size] = {
+            "lig_gauss": layer_integrated_gradients(handle, x, **common, batch_size=batch_size),
+            "lig_left": layer_integrated_gradients(
+                handle, x, **common, rule="riemann_left", batch_size=batch_size
+            ),
+            "conductance": layer_conductance(handle, x, **common, batch_size=batch_size),
+            "influence": internal_influence(handle, x, **common, batch_size=batch_size),
+            "gxa": layer_gradient_x_activation(
+                handle, x, TARGET, layer="conv1", batch_size=batch_size
+            ),
+        }
+    return results
+
+
+def test_layer_integrated_gradients_is_complete_up_to_quadrature(net, conv1_results):
+    """Softplus after conv1: smooth, so Gauss-Legendre with 8 nodes is complete to float
+    precision, while the first-order left Riemann rule misses by far more."""
+    handle, _, x, baseline = net
+    gauss = completeness_delta(
+        handle, x, TARGET, conv1_results[None]["lig_gauss"], baseline=baseline
+    )
+    left = completeness_delta(handle, x, TARGET, conv1_results[None]["lig_left"], baseline=baseline)
+    np.testing.assert_allclose(gauss, 0.0, atol=2e-5)
+    assert np.all(np.abs(left) > 100 * np.abs(gauss).max())
+
+
+def test_conductance_of_an_affine_layer_is_layer_integrated_gradients(conv1_results):
+    """conv1 is affine in x: each input step moves A by (A(x) - A(x')) / n, so conductance
+    is layer IG with the left Riemann rule on the same nodes k / n."""
+    results = conv1_results[None]
+    np.testing.assert_allclose(results["conductance"], results["lig_left"], rtol=1e-4, atol=1e-6)
+
+
+def test_internal_influence_of_an_affine_layer_times_the_change_is_layer_ig(net, conv1_results):
+    handle, _, x, baseline = net
+    change = activation(handle, x, "conv1") - activation(
+        handle, jnp.broadcast_to(baseline, x.shape), "conv1"
+    )
+    results = conv1_results[None]
+    np.testing.assert_allclose(
+        results["influence"] * change, results["lig_gauss"], rtol=1e-4, atol=1e-6
+    )
+
+
+def test_layer_methods_do_not_depend_on_batch_size(conv1_results):
+    for name, value in conv1_results[None].items():
+        np.testing.assert_allclose(
+            conv1_results[3][name], value, rtol=1e-5, atol=1e-6, err_msg=name
+        )
+
+
+def split_at_conv2(variables):
+    """Net cut by hand at conv2's output, without the handle: (x -> A, A -> logits)."""
+    params = variables["params"]
+
+    def conv(name, size, a):
+        module = nn.Conv(params[name]["kernel"].shape[-1], size, padding="SAME")
+        return module.apply({"params": params[name]}, a)
+
+    def head(a):
+        a = conv("conv3", (1, 1), nn.softplus(a)).mean(axis=(1, 2))
+        return nn.Dense(CLASSES).apply({"params": params["head"]}, a)
+
+    return lambda x: conv("conv2", (1, 1), nn.softplus(conv("conv1", (3, 3), x))), head
+
+
+def test_layer_conductance_against_the_formula_on_a_hand_split_model(net):
+    """conv2 is nonlinear on both sides: sum_k g(x(k/n)) (A(x((k+1)/n)) - A(x(k/n))) from
+    the model cut by hand, and the completeness gap falls like 1/n."""
+    handle, variables, x, baseline = net
+    to_layer, head = split_at_conv2(variables)
+    n = 4
+    expected = 0.0
+    for k in range(n):
+        start = baseline + k / n * (x - baseline)
+        end = baseline + (k + 1) / n * (x - baseline)
+        a = to_layer(start)
+        g = jax.grad(lambda a: jnp.take_along_axis(head(a), TARGET[:, None], 1).sum())(a)
+        expected = expected + g * (to_layer(end) - a)
+    common = dict(layer="conv2", baseline=baseline)
+    coarse = layer_conductance(handle, x, TARGET, **common, steps=n)
+    np.testing.assert_allclose(coarse, expected, rtol=1e-4, atol=1e-6)
+    fine = layer_conductance(handle, x, TARGET, **common, steps=8 * n)
+    gaps = [
+        np.abs(completeness_delta(handle, x, TARGET, c, baseline=baseline)) for c in (coarse, fine)
+    ]
+    assert np.all(gaps[1] < gaps[0] / 4)
+
+
+def conv1_unit_gradient(variables, unit):
+    """dA_unit/dx for a 3 x 3 SAME conv: its kernel placed around the unit, cut at the edge."""
+    kernel = np.asarray(variables["params"]["conv1"]["kernel"])  # (3, 3, C, K)
+    i, j, k = unit
+    grad = np.zeros((SIDE, SIDE, CHANNELS), np.float32)
+    for di in range(3):
+        for dj in range(3):
+            r, c = i + di - 1, j + dj - 1
+            if 0 <= r < SIDE and 0 <= c < SIDE:
+                grad[r, c] = kernel[di, dj, :, k]
+    return grad
+
+
+def test_neuron_gradient_and_ig_of_an_affine_unit(net):
+    handle, variables, x, baseline = net
+    w = conv1_unit_gradient(variables, UNIT)
+    for batch_size in (None, 3):
+        got = neuron_gradient(handle, x, layer="conv1", neuron=UNIT, batch_size=batch_size)
+        np.testing.assert_allclose(got, np.broadcast_to(w, x.shape), rtol=1e-6, atol=1e-7)
+    # Negative indices count from the end, as in Python.
+    got = neuron_gradient(handle, x, layer="conv1", neuron=(1, -2, -3))
+    np.testing.assert_allclose(got, np.broadcast_to(w, x.shape), rtol=1e-6, atol=1e-7)
+    ig = neuron_integrated_gradients(
+        handle, x, layer="conv1", neuron=UNIT, baseline=baseline, steps=2, rule="riemann_right"
+    )
+    np.testing.assert_allclose(ig, w * (x - baseline), rtol=1e-5, atol=1e-7)
+
+
+def test_neuron_integrated_gradients_is_complete_for_a_nonlinear_unit(net):
+    """A conv2 unit is a softplus network of x: completeness up to quadrature error."""
+    handle, _, x, baseline = net
+    unit = (2, 1, 1)
+    results = [
+        neuron_integrated_gradients(
+            handle, x, layer="conv2", neuron=unit, baseline=baseline, steps=STEPS, batch_size=b
+        )
+        for b in (None, 3)
+    ]
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-5, atol=1e-7)
+    full = jnp.broadcast_to(baseline, x.shape)
+    expected = (
+        activation(handle, x, "conv2")[:, 2, 1, 1] - activation(handle, full, "conv2")[:, 2, 1, 1]
+    )
+    np.testing.assert_allclose(results[0].sum(axis=(1, 2, 3)), expected, atol=2e-5)
+
+
+def test_neuron_conductance_sums_to_the_layer_conductance_of_the_unit(net, conv1_results):
+    """Riemann-left nodes k / n in both; the unit is affine in x, so its finite differences
+    are its directional derivative and the totals agree exactly."""
+    handle, _, x, baseline = net
+    common = dict(layer="conv1", neuron=UNIT, baseline=baseline, steps=STEPS)
+    results = [neuron_conductance(handle, x, TARGET, **common, batch_size=b) for b in (None, 3)]
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-5, atol=1e-7)
+    layer_total = conv1_results[None]["conductance"][(slice(None), *UNIT)]
+    np.testing.assert_allclose(results[0].sum(axis=(1, 2, 3)), layer_total, rtol=1e-4, atol=1e-6)
+
+
+def test_neuron_conductance_over_every_unit_is_integrated_gradients():
+    """sum_j dy/dA_j dA_j/dx = dy/dx (every path goes through the layer), so the unit
+    conductances add up to integrated gradients with the same rule, for any rule."""
+    variables = numpy_variables(Tiny(), (1, 2, 2, 1), 2)
+    handle = flax_model(Tiny(), variables, train=False)
+    x = jnp.asarray(np.random.default_rng(3).uniform(-1, 1, (3, 2, 2, 1)), jnp.float32)
+    common = dict(baseline=0.2, steps=5, rule="gausslegendre")
+    total = sum(
+        neuron_conductance(handle, x, 1, layer="hidden", neuron=(0, 0, k), **common)
+        for k in range(2)
+    )
+    expected = integrated_gradients(handle, x, 1, **common)
+    np.testing.assert_allclose(total, expected, rtol=1e-5, atol=1e-7)
+
+
+def one_line_error(call, match):
+    with pytest.raises(ValueError, match=match) as error:
+        call()
+    assert "\n" not in str(error.value)
+
+
+def test_bad_arguments_are_one_line_value_errors(net):
+    handle, _, x, _ = net
+    one_line_error(lambda: layer_conductance(handle, x, layer="nope"), "no layer 'nope'")
+    one_line_error(
+        lambda: layer_integrated_gradients(handle, x, layer="conv1", rule="simpson"),
+        "unknown quadrature rule",
+    )
+    one_line_error(
+        lambda: neuron_gradient(handle, x, layer="conv1", neuron=(4, 0, 0)), "out of range"
+    )
+    one_line_error(
+        lambda: neuron_conductance(handle, x, layer="conv2", neuron=(0, 0, 2)), "out of range"
+    )
+    one_line_error(
+        lambda: neuron_integrated_gradients(handle, x, layer="conv1", neuron=(1, 2)),
+        "tuple of 3 ints",
+    )
+    one_line_error(
+        lambda: neuron_gradient(handle, x, layer="conv1", neuron=5), "not an index tuple"
+    )
+    for method in (neuron_gradient, neuron_integrated_gradients):
+        one_line_error(
+            lambda method=method: method(handle, x, 0, layer="conv1", neuron=UNIT),
+            "leave it None",
+        )
+    one_line_error(
+        lambda: layer_gradient_x_activation(handle, x, layer="conv1", baseline=0.5),
+        "no reference input",
+    )
+    one_line_error(lambda: internal_influence(handle, x, layer="conv1", batch_size=0), "batch_size")
+    one_line_error(
+        lambda: layer_conductance(handle.__call__, x, layer="conv1"), "looks inside the model"
+    )
