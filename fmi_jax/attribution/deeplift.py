@@ -55,6 +55,11 @@ How it works, for any ``fn`` (no model code to edit, no hooks):
    paired program: the gradient of the target difference, with every nonlinearity's
    derivative replaced by its multiplier, is the DeepLIFT multiplier M.
 
+The traversal (equation evaluation, dependence tracking, the linear allow-list, nested
+calls) is :class:`fmi_jax.attribution.propagation.Interpreter`, which guided backprop,
+deconvolution and LRP share; DeepLIFT is its strict table of pair-valued rules, with
+every input-dependent value a ``Tracked`` pair (input branch, baseline branch).
+
 Nested jaxprs (``jit``, ``custom_jvp_call`` -- ``jax.nn.relu`` is a custom_jvp around
 ``max`` --, ``custom_vjp_call`` through its forward jaxpr, ``remat``, ``closed_call``)
 are interpreted recursively, with one exception: a nested call whose only
@@ -114,7 +119,6 @@ Differences from Captum (``captum.attr.DeepLift``):
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -133,73 +137,24 @@ from fmi_jax.attribution.core import (
     select_target,
     sum_over_samples,
 )
+from fmi_jax.attribution.propagation import (
+    BILINEAR,
+    CALLS,
+    Interpreter,
+    Rule,
+    Tracked,
+    apply,
+    bind,
+    inner_jaxpr,
+)
 
 __all__ = ["deeplift"]
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class _Pair:
-    """An input-dependent value, on the input branch (x) and on the baseline branch (ref)."""
-
-    x: Array
-    ref: Array
-
-
 # ----------------------------------------------------------------------------------------
-# Primitive tables, by primitive name.
-
-# Linear in their input-dependent operands, jointly: evaluated unchanged on both
-# branches, so the ordinary derivative is the exact multiplier.
-_LINEAR = frozenset(
-    {
-        "add",
-        "add_any",
-        "sub",
-        "neg",
-        "copy",
-        "convert_element_type",
-        "reshape",
-        "squeeze",
-        "broadcast_in_dim",
-        "transpose",
-        "rev",
-        "slice",
-        "pad",
-        "tile",
-        "concatenate",
-        "stack",
-        "split",
-        "unstack",
-        "reduce_sum",
-        "cumsum",
-        "reduce_window_sum",
-        "select_n",
-        "dynamic_slice",
-        "dynamic_update_slice",
-        "gather",
-        "scatter",
-        "scatter-add",
-        "scatter-sub",
-        "sharding_constraint",
-        "optimization_barrier",
-    }
-)
-
-# Operands that say where values go (predicates, indices). The ops above are linear
-# only while these do not depend on the input. Maps name -> positions, given the
-# number of operands.
-_INDEX_OPERANDS: dict[str, Callable[[int], range]] = {
-    "select_n": lambda n: range(0, 1),
-    "dynamic_slice": lambda n: range(1, n),
-    "dynamic_update_slice": lambda n: range(2, n),
-    "gather": lambda n: range(1, 2),
-    "scatter": lambda n: range(1, 2),
-    "scatter-add": lambda n: range(1, 2),
-    "scatter-sub": lambda n: range(1, 2),
-}
-
-# Bilinear: linear when one operand is input-independent, Shapley split when both are not.
-_BILINEAR = frozenset({"mul", "dot_general", "conv_general_dilated"})
+# Primitive tables, by primitive name. The linear allow-list (LINEAR, INDEX_OPERANDS,
+# BILINEAR with one input-dependent operand, div by an input-independent value) and the
+# nested calls (CALLS) are the interpreter's, in fmi_jax.attribution.propagation.
 
 # Smooth elementwise functions of one input-dependent operand (the others constant).
 # div appears here for a dependent denominator; a dependent numerator alone is linear.
@@ -293,132 +248,104 @@ _CHOOSERS = {
     "reduce_window_min": False,
 }
 
-# Primitives that call a nested jaxpr.
-_CALLS = frozenset({"jit", "closed_call", "call", "remat2", "custom_jvp_call", "custom_vjp_call"})
-
 
 # ----------------------------------------------------------------------------------------
-# The interpreter.
+# The rule table. Every input-dependent value is a pair Tracked((x branch, baseline
+# branch)); each rule returns None where the equation is linear (one input-dependent
+# factor), and the interpreter then evaluates it on both branches.
 
 
-def _bind(eqn: jax_core.JaxprEqn, operands: Sequence[Any]) -> list[Any]:
-    """Apply an equation's primitive to new operands; always returns a list of outputs."""
-    out = eqn.primitive.bind(*operands, **eqn.primitive.get_bind_params(eqn.params))
-    return list(out) if eqn.primitive.multiple_results else [out]
+def _dependent(operands: Sequence[Any]) -> list[bool]:
+    return [isinstance(v, Tracked) for v in operands]
 
 
-def _evaluate(jaxpr: jax_core.Jaxpr, consts: Sequence[Any], args: Sequence[Any]) -> list[Any]:
-    """Evaluate ``jaxpr``; arguments that are ``_Pair`` are input-dependent."""
-    env: dict[Any, Any] = {}
-
-    def read(atom: Any) -> Any:
-        return atom.val if isinstance(atom, jax_core.Literal) else env[atom]
-
-    env.update(zip(jaxpr.constvars, consts))
-    env.update(zip(jaxpr.invars, args))
-    for eqn in jaxpr.eqns:
-        operands = [read(atom) for atom in eqn.invars]
-        if any(isinstance(v, _Pair) for v in operands):
-            outputs = _paired(eqn, operands)
-        else:
-            outputs = _bind(eqn, operands)  # input-independent: evaluated once
-        env.update(zip(eqn.outvars, outputs))
-    return [read(atom) for atom in jaxpr.outvars]
+def _identity(eqn: jax_core.JaxprEqn, operands: list[Any]) -> list[Any]:
+    """stop_gradient only matters for derivatives; JAX code uses it for value-preserving
+    tricks (softmax's max shift). Blocking the multiplier there would lose part of the
+    difference, so it is the identity here."""
+    return operands
 
 
-def _paired(eqn: jax_core.JaxprEqn, operands: list[Any]) -> list[Any]:
-    """Evaluate one equation with at least one input-dependent operand."""
-    name = eqn.primitive.name
-    dependent = [isinstance(v, _Pair) for v in operands]
-    if name in _CALLS:
-        return _call(eqn, operands)
-    if name == "stop_gradient":
-        # stop_gradient only matters for derivatives; JAX code uses it for value-preserving
-        # tricks (softmax's max shift). Blocking the multiplier there would lose part of
-        # the difference, so it is the identity here.
-        return operands
-    if _is_linear(eqn, dependent):
-        return _on_both_branches(eqn, operands)
-    if name in _BILINEAR and all(dependent):
-        out_shape = eqn.outvars[0].aval.shape
-        if name == "mul":
-            operands = [_broadcast(v, out_shape) for v in operands]
-        return [_bilinear(lambda a, b: _bind(eqn, [a, b])[0], *operands)]
-    if name == "div" and all(dependent):
+def _product_rule(eqn: jax_core.JaxprEqn, operands: list[Any]) -> list[Any] | None:
+    """mul, dot_general, conv of two input-dependent operands: the Shapley split."""
+    if not all(_dependent(operands)):
+        return None
+    if eqn.primitive.name == "mul":
+        operands = [_broadcast(v, eqn.outvars[0].aval.shape) for v in operands]
+    return [_bilinear(lambda a, b: bind(eqn, [a, b])[0], *operands)]
+
+
+def _div_rule(eqn: jax_core.JaxprEqn, operands: list[Any]) -> list[Any] | None:
+    dependent = _dependent(operands)
+    if all(dependent):
         return [_quotient(*(_broadcast(v, eqn.outvars[0].aval.shape) for v in operands))]
-    if name in _CHOOSERS:
-        return [_chooser(lambda z: _bind(eqn, [z])[0], operands[0], _CHOOSERS[name])]
-    if name in ("max", "min") and all(dependent):
+    if dependent[0]:
+        return None  # an input-dependent numerator alone: linear
+    return [_rescale_equation(eqn, operands, smooth=True)]
+
+
+def _max_min_rule(eqn: jax_core.JaxprEqn, operands: list[Any]) -> list[Any]:
+    if all(_dependent(operands)):
         shape = eqn.outvars[0].aval.shape
         a, b = (_broadcast(v, shape) for v in operands)
-        return [_shapley(lambda a, b: _bind(eqn, [a, b])[0], a, b)]
-    if (name in _SMOOTH or name in _PIECEWISE_LINEAR) and sum(dependent) == 1:
-        return [_rescale_equation(eqn, operands, smooth=name in _SMOOTH)]
-    shapes = ", ".join(str(v.aval) for v, d in zip(eqn.invars, dependent) if d)
-    raise NotImplementedError(
-        f"deeplift has no rule for primitive '{name}' applied to an input-dependent value "
-        f"({shapes}). Linear primitives are on an explicit "
-        f"allow-list and nonlinear ones need a DeepLIFT rule; treating '{name}' as linear "
-        "would silently break summation-to-delta. If it is part of an elementwise activation "
-        "function, wrap that function in jax.jit: a jitted elementwise function of one "
-        "input-dependent array is rescaled as a single nonlinearity."
-    )
+        return [_shapley(lambda a, b: bind(eqn, [a, b])[0], a, b)]
+    return [_rescale_equation(eqn, operands, smooth=False)]
 
 
-def _is_linear(eqn: jax_core.JaxprEqn, dependent: list[bool]) -> bool:
-    name = eqn.primitive.name
-    if name in _LINEAR:
-        index_operands = _INDEX_OPERANDS.get(name, lambda n: range(0))(len(dependent))
-        if any(dependent[i] for i in index_operands):
-            return False
-        if name == "convert_element_type":
-            dtypes = (eqn.invars[0].aval.dtype, eqn.outvars[0].aval.dtype)
-            return all(jnp.issubdtype(d, jnp.floating) for d in dtypes)
-        return True
-    if name in _BILINEAR:
-        return sum(dependent) == 1
-    if name == "div":
-        return dependent == [True, False]
-    return False
+def _elementwise_rule(smooth: bool) -> Rule:
+    def rule(eqn: jax_core.JaxprEqn, operands: list[Any]) -> list[Any] | None:
+        if sum(_dependent(operands)) != 1:
+            return None
+        return [_rescale_equation(eqn, operands, smooth=smooth)]
+
+    return rule
 
 
-def _apply(eqn: jax_core.JaxprEqn, operands: Sequence[Any]) -> list[Any]:
-    """Evaluate one equation on plain operands. A nested call runs through its jaxpr, so
-    forward-mode derivatives work even when it is a custom_vjp function."""
-    if eqn.primitive.name in _CALLS:
-        jaxpr, consts = _inner_jaxpr(eqn)
-        return jax.core.eval_jaxpr(jaxpr, consts, *operands)
-    return _bind(eqn, operands)
+def _chooser_rule(eqn: jax_core.JaxprEqn, operands: list[Any]) -> list[Any]:
+    largest = _CHOOSERS[eqn.primitive.name]
+    return [_chooser(lambda z: bind(eqn, [z])[0], operands[0], largest)]
 
 
-def _on_both_branches(eqn: jax_core.JaxprEqn, operands: list[Any]) -> list[_Pair]:
-    xs = _bind(eqn, [v.x if isinstance(v, _Pair) else v for v in operands])
-    refs = _bind(eqn, [v.ref if isinstance(v, _Pair) else v for v in operands])
-    return [_Pair(a, b) for a, b in zip(xs, refs)]
+def _activation_rule(eqn: jax_core.JaxprEqn, operands: list[Any]) -> list[Any] | None:
+    """A nested call that is an activation function is rescaled as a whole."""
+    kind = _activation_kind(eqn, inner_jaxpr(eqn)[0], _dependent(operands))
+    if kind is None:
+        return None
+    return [_rescale_equation(eqn, operands, smooth=kind == "smooth")]
 
 
-def _broadcast(value: _Pair, shape: tuple[int, ...]) -> _Pair:
-    return _Pair(jnp.broadcast_to(value.x, shape), jnp.broadcast_to(value.ref, shape))
+_RULES: dict[str, Rule] = {
+    "stop_gradient": _identity,
+    **{name: _product_rule for name in BILINEAR},
+    **{name: _elementwise_rule(smooth=True) for name in _SMOOTH},
+    **{name: _elementwise_rule(smooth=False) for name in _PIECEWISE_LINEAR},
+    "div": _div_rule,
+    "max": _max_min_rule,
+    "min": _max_min_rule,
+    **{name: _chooser_rule for name in _CHOOSERS},
+}
+
+_INTERPRETER = Interpreter(
+    "deeplift",
+    _RULES,
+    strict=True,
+    call_rule=_activation_rule,
+    hint=(
+        "Linear primitives are on an explicit allow-list and nonlinear ones need a DeepLIFT "
+        "rule; treating it as linear would silently break summation-to-delta. If it is "
+        "part of an elementwise activation function, wrap that function in jax.jit: a "
+        "jitted elementwise function of one input-dependent array is rescaled as a single "
+        "nonlinearity."
+    ),
+)
+
+
+def _broadcast(value: Tracked, shape: tuple[int, ...]) -> Tracked:
+    return Tracked(tuple(jnp.broadcast_to(v, shape) for v in value.branches))
 
 
 # ----------------------------------------------------------------------------------------
-# Nested jaxprs and activation functions.
-
-
-def _inner_jaxpr(eqn: jax_core.JaxprEqn) -> tuple[jax_core.Jaxpr, Sequence[Any]]:
-    inner = eqn.params["jaxpr"] if "jaxpr" in eqn.params else eqn.params["call_jaxpr"]
-    if isinstance(inner, jax_core.ClosedJaxpr):
-        return inner.jaxpr, inner.consts
-    return inner, ()
-
-
-def _call(eqn: jax_core.JaxprEqn, operands: list[Any]) -> list[Any]:
-    jaxpr, consts = _inner_jaxpr(eqn)
-    dependent = [isinstance(v, _Pair) for v in operands]
-    kind = _activation_kind(eqn, jaxpr, dependent)
-    if kind is not None:
-        return [_rescale_equation(eqn, operands, smooth=kind == "smooth")]
-    return _evaluate(jaxpr, consts, operands)
+# Activation functions.
 
 
 def _activation_kind(
@@ -453,8 +380,8 @@ def _elementwise_kinds(
         if any(s != shape for s in shapes):
             return None
         name = eqn.primitive.name
-        if name in _CALLS:
-            inner = _elementwise_kinds(_inner_jaxpr(eqn)[0], flags, shape)
+        if name in CALLS:
+            inner = _elementwise_kinds(inner_jaxpr(eqn)[0], flags, shape)
             if inner is None:
                 return None
             kinds |= inner
@@ -489,9 +416,9 @@ def _elementwise_kind(name: str, dependent: list[bool]) -> str | None:
 # cotangent (None).
 
 
-def _rescale_equation(eqn: jax_core.JaxprEqn, operands: list[Any], smooth: bool) -> _Pair:
+def _rescale_equation(eqn: jax_core.JaxprEqn, operands: list[Any], smooth: bool) -> Tracked:
     """Rescale rule for an elementwise equation with exactly one input-dependent operand."""
-    position = next(i for i, v in enumerate(operands) if isinstance(v, _Pair))
+    position = next(i for i, v in enumerate(operands) if isinstance(v, Tracked))
     z = _broadcast(operands[position], eqn.outvars[0].aval.shape)
     constants = tuple(
         jnp.asarray(v, atom.aval.dtype)
@@ -502,12 +429,12 @@ def _rescale_equation(eqn: jax_core.JaxprEqn, operands: list[Any], smooth: bool)
     def g(z: Array, constants: tuple[Array, ...]) -> Array:
         args = list(constants)
         args.insert(position, z)
-        return _apply(eqn, args)[0]
+        return apply(eqn, args)[0]
 
     return _rescale(g, z, constants, smooth)
 
 
-def _rescale(g: Callable[[Array, Any], Array], z: _Pair, constants: Any, smooth: bool) -> _Pair:
+def _rescale(g: Callable[[Array, Any], Array], z: Tracked, constants: Any, smooth: bool) -> Tracked:
     """y = g(z) elementwise, with multiplier (g(z) - g(z0)) / (z - z0)."""
 
     @jax.custom_vjp
@@ -522,7 +449,7 @@ def _rescale(g: Callable[[Array, Any], Array], z: _Pair, constants: Any, smooth:
         return cotangents[0] * multiplier, None, None
 
     rescaled.defvjp(forward, backward)
-    return _Pair(*rescaled(z.x, z.ref, constants))
+    return Tracked(tuple(rescaled(*z.branches, constants)))
 
 
 def _secant(
@@ -544,7 +471,7 @@ def _secant(
     return jnp.where(jnp.abs(quotient - midpoint_slope) > rounding, quotient, midpoint_slope)
 
 
-def _bilinear(product: Callable[[Array, Array], Array], a: _Pair, b: _Pair) -> _Pair:
+def _bilinear(product: Callable[[Array, Array], Array], a: Tracked, b: Tracked) -> Tracked:
     """Two-player Shapley split of a bilinear B(a, b) = product(a, b), both operands
     input-dependent.
 
@@ -566,16 +493,16 @@ def _bilinear(product: Callable[[Array, Array], Array], a: _Pair, b: _Pair) -> _
         return da, None, db, None
 
     split.defvjp(forward, backward)
-    return _Pair(*split(a.x, a.ref, b.x, b.ref))
+    return Tracked(tuple(split(*a.branches, *b.branches)))
 
 
-def _quotient(a: _Pair, b: _Pair) -> _Pair:
+def _quotient(a: Tracked, b: Tracked) -> Tracked:
     """a / b with both input-dependent, as a * (1 / b)."""
     reciprocal = _rescale(lambda z, _: 1 / z, b, (), smooth=True)
     return _bilinear(lax.mul, a, reciprocal)
 
 
-def _shapley(g: Callable[[Array, Array], Array], a: _Pair, b: _Pair) -> _Pair:
+def _shapley(g: Callable[[Array, Array], Array], a: Tracked, b: Tracked) -> Tracked:
     """Two-player Shapley split of an elementwise, piecewise linear g(a, b) (max, min).
 
     phi_a = [(g(a, b0) - g(a0, b0)) + (g(a, b) - g(a0, b))] / 2 is a's average
@@ -615,10 +542,10 @@ def _shapley(g: Callable[[Array, Array], Array], a: _Pair, b: _Pair) -> _Pair:
         return cotangents[0] * m_a, None, cotangents[0] * m_b, None
 
     split.defvjp(forward, backward)
-    return _Pair(*split(a.x, a.ref, b.x, b.ref))
+    return Tracked(tuple(split(*a.branches, *b.branches)))
 
 
-def _chooser(op: Callable[[Array], Array], z: _Pair, largest: bool) -> _Pair:
+def _chooser(op: Callable[[Array], Array], z: Tracked, largest: bool) -> Tracked:
     """Captum's max-pooling rule for reductions that pick one element per output.
 
     Each output's change dy is split into the part that moves towards the input
@@ -650,7 +577,7 @@ def _chooser(op: Callable[[Array], Array], z: _Pair, largest: bool) -> _Pair:
         return jnp.where(unchanged, route(ct)[0], routed / jnp.where(unchanged, 1, dz)), None
 
     chosen.defvjp(forward, backward)
-    return _Pair(*chosen(z.x, z.ref))
+    return Tracked(tuple(chosen(*z.branches)))
 
 
 # ----------------------------------------------------------------------------------------
@@ -662,10 +589,11 @@ def _deeplift_chunk(fn: ModelFn, x: Array, baseline: Array, target: Array) -> tu
     program = jax.make_jaxpr(fn)(x)
 
     def target_difference(x: Array) -> tuple[Array, Array]:
-        [logits] = _evaluate(program.jaxpr, program.consts, [_Pair(x, baseline)])
-        if not isinstance(logits, _Pair):  # the output does not depend on the input
-            logits = _Pair(logits, logits)
-        difference = select_target(logits.x, target) - select_target(logits.ref, target)
+        [logits] = _INTERPRETER.evaluate(program.jaxpr, program.consts, [Tracked((x, baseline))])
+        if not isinstance(logits, Tracked):  # the output does not depend on the input
+            logits = Tracked((logits, logits))
+        on_input, on_baseline = logits.branches
+        difference = select_target(on_input, target) - select_target(on_baseline, target)
         return jnp.sum(difference), difference
 
     multipliers, difference = jax.grad(target_difference, has_aux=True)(x)

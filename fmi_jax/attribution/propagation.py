@@ -1,0 +1,656 @@
+r"""Modified backpropagation: Guided Backprop, Deconvolution, LRP and Guided Grad-CAM,
+and the jaxpr interpreter they share with DeepLIFT.
+
+All of these methods are "the gradient, with the derivative of some nodes replaced".
+Instead of hooking layers, the model function is traced into a jaxpr
+(``jax.make_jaxpr(fn)(x)``) and re-evaluated by :class:`Interpreter`: values that depend
+on the input are wrapped in :class:`Tracked`, every equation with a tracked operand
+goes to the method's *rule* for its primitive if it has one, and each rule wraps its
+node in a ``jax.custom_vjp`` whose backward pass is the method's replacement derivative.
+``jax.grad`` through the re-evaluated program then gives the modified gradient. Nested
+jaxprs (``jit``, ``custom_jvp_call`` -- ``jax.nn.relu`` is a custom_jvp around
+``max(z, 0)`` --, ``custom_vjp_call`` through its forward jaxpr, ``remat``,
+``closed_call``) are interpreted recursively, so rules see through them. The same
+interpreter, with pairs (input branch, baseline branch) as tracked values and a strict
+table of rules, is :func:`~fmi_jax.attribution.deeplift`.
+
+Guided Backprop (Springenberg, Dosovitskiy, Brox & Riedmiller 2015, "Striving for
+Simplicity: The All Convolutional Net") and Deconvolution (Zeiler & Fergus 2014,
+"Visualizing and Understanding Convolutional Networks") change only the backward pass
+of ReLU, y = max(z, 0), whose ordinary derivative is g_in = g_out * [z > 0]:
+
+    guided backprop:  g_in = relu(g_out) * [z > 0]
+    deconvolution:    g_in = relu(g_out)            (the forward mask is ignored)
+
+A ReLU is any ``max(z, c)`` of one input-dependent operand z and an input-independent
+c (``jax.nn.relu``, ``flax.linen.relu``, ``jnp.maximum(z, 0)``); for c != 0 it is a
+shifted ReLU and the mask is [z > c]. Every other node keeps its ordinary derivative:
+other activations (leaky ReLU, GELU, SiLU, sigmoid, ...), ``max`` of two
+input-dependent values, ``min``/``clamp`` (the cap of ReLU6), and max pooling, whose
+gradient routes g_out to the argmax of each window. Captum's counterparts
+(``captum.attr.GuidedBackprop``, ``captum.attr.Deconvolution``) hook ``torch.nn.ReLU``
+modules only and likewise leave everything else, max pooling included, at its plain
+gradient; here functional ReLUs (``F.relu`` in torch terms) get the rule too.
+The attributions are the modified gradient itself (no multiplication by the input), as
+in Captum.
+
+Layer-wise relevance propagation (Bach, Binder, Montavon, Klauschen, Müller & Samek
+2015, "On Pixel-Wise Explanations for Non-Linear Classifier Decisions by Layer-Wise
+Relevance Propagation"; rules as in Montavon, Binder, Lapuschkin, Samek & Müller 2019,
+"Layer-Wise Relevance Propagation: An Overview") is written as a modified gradient
+times input. For a value a with modified gradient g, its relevance is R = a * g; the
+target logit starts with g = 1, i.e. relevance f_t(x), and the input's relevances
+(the attributions) are x * g_x. Every linear map z = W a of an input-dependent a with
+an input-independent weight operand W (``dot_general`` and ``conv_general_dilated``:
+dense and convolutional layers) gets the backward pass
+
+    g_a = W_rule^T (g_z * z / stabilise(z_rule)),    z_rule = W_rule a,
+
+i.e. the relevance R_k = z_k g_k arriving at output k is redistributed to the inputs
+in proportion to their contributions a_j w_jk under the rule's weights:
+R_j = a_j g_j = sum_k a_j w_rule,jk R_k / z_rule,k. The rules:
+
+* epsilon (LRP-0 for epsilon -> 0): W_rule = W, so R_j = sum_k a_j w_jk R_k / (z_k +
+  epsilon sign(z_k)). With epsilon -> 0 the backward pass is the ordinary gradient, and
+  LRP-epsilon of a ReLU network equals gradient x input (Ancona et al. 2018).
+* gamma: W_rule = W + gamma W^+ (W^+ = max(W, 0)), favouring positive contributions;
+  gamma = 0 is the epsilon rule.
+* alpha-beta: positive and negative contributions are redistributed separately,
+  R_j = sum_k [alpha (a_j w_jk)^+ / z_k^+ - beta (a_j w_jk)^- / z_k^-] R_k with
+  z_k^+ = sum_j (a_j w_jk)^+ and z_k^- = sum_j (a_j w_jk)^-. Since (a w)^+ = a^+ w^+
+  + a^- w^- and (a w)^- = a^+ w^- + a^- w^+, the backward pass is
+  g_a = [a > 0] (W^+ s^+ - W^- s^-) + [a < 0] (W^- s^+ - W^+ s^-) with
+  s^+ = alpha R / z^+ and s^- = beta R / z^-. Relevance is conserved for alpha - beta = 1
+  (where z^+ and z^- are nonzero). Montavon et al. state it for a >= 0 (after a ReLU);
+  the signed form above also covers signed inputs such as standardised pixels.
+
+``stabilise`` adds epsilon away from zero (z + epsilon for z >= 0, z - epsilon
+otherwise; z^+ + epsilon and z^- - epsilon), so a neuron with no contribution passes
+no relevance on instead of dividing by zero. Every other node keeps its ordinary
+gradient, which already redistributes relevance conservatively: ReLU (R_in = relu(z)
+g = R_out), max pooling (all relevance to the window's argmax), sums, average pooling
+and residual additions (R_a + R_b = (a + b) g). Biases and other additions of an
+input-independent value keep their ordinary gradient too, so a bias b_k absorbs the
+relevance share b_k R_k / z_k -- the standard treatment of a bias as an input of
+activation 1, and the reason relevance is conserved exactly only for bias-free
+networks. The stabiliser and the gamma/alpha-beta weights act on the bias-free output
+W a of the linear map (Montavon et al. include the bias in z_k; the two agree for
+epsilon -> 0 and bias-free layers). A batch-norm layer in inference mode is an
+elementwise affine map of constants, (a - mean) * scale + shift: the scale keeps its
+ordinary gradient, which conserves relevance, and the shifts absorb relevance like a
+bias. The layer is not folded into the preceding convolution, so the gamma and
+alpha-beta rules see that convolution's own weights. The same rule is used for every
+layer (Montavon et al. recommend mixing rules by depth; compose them in the model if
+needed). A ``dot_general`` or convolution of two input-dependent operands (attention)
+keeps its ordinary gradient. Captum's counterpart ``captum.attr.LRP`` hooks ``Linear``,
+``Conv2d``, pooling and batch-norm modules (default ``EpsilonRule`` with epsilon
+1e-9) and offers the gamma rule and only the alpha=1, beta=0 case of alpha-beta
+(``Alpha1_Beta0_Rule``, which assumes non-negative activations).
+
+Guided Grad-CAM (Selvaraju et al. 2017, "Grad-CAM: Visual Explanations from Deep
+Networks via Gradient-based Localization") is guided backprop times the Grad-CAM map
+of a layer, upsampled bilinearly to the input and broadcast over its channels.
+Captum counterpart: ``captum.attr.GuidedGradCam``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.extend import core as jax_core
+
+from fmi_jax.attribution.cam import grad_cam
+from fmi_jax.attribution.core import (
+    Array,
+    ModelFn,
+    Target,
+    as_input,
+    refuse_baseline,
+    resolve_target,
+    select_target,
+    sum_over_samples,
+)
+from fmi_jax.attribution.handle import as_flax_model
+
+__all__ = [
+    "Tracked",
+    "Rule",
+    "Interpreter",
+    "LINEAR",
+    "INDEX_OPERANDS",
+    "BILINEAR",
+    "CALLS",
+    "bind",
+    "apply",
+    "inner_jaxpr",
+    "is_linear",
+    "on_every_branch",
+    "modified_gradient",
+    "LRP_RULES",
+    "guided_backprop",
+    "deconvolution",
+    "lrp",
+    "guided_grad_cam",
+]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Tracked:
+    """An input-dependent value: one array per branch of the evaluation (one branch for
+    the modified gradients here; the input and the baseline branch for DeepLIFT)."""
+
+    branches: tuple[Array, ...]
+
+
+# A rule gets an equation and its operands (at least one ``Tracked``) and returns the
+# equation's outputs, or None to decline (the equation is then linear or unruled).
+Rule = Callable[[jax_core.JaxprEqn, list[Any]], "list[Any] | None"]
+
+
+# ----------------------------------------------------------------------------------------
+# Primitive tables, by primitive name.
+
+# Linear in their input-dependent operands, jointly: evaluated unchanged on every branch,
+# so the ordinary derivative is their exact derivative (and DeepLIFT multiplier).
+LINEAR = frozenset(
+    {
+        "add",
+        "add_any",
+        "sub",
+        "neg",
+        "copy",
+        "convert_element_type",
+        "reshape",
+        "squeeze",
+        "broadcast_in_dim",
+        "transpose",
+        "rev",
+        "slice",
+        "pad",
+        "tile",
+        "concatenate",
+        "stack",
+        "split",
+        "unstack",
+        "reduce_sum",
+        "cumsum",
+        "reduce_window_sum",
+        "select_n",
+        "dynamic_slice",
+        "dynamic_update_slice",
+        "gather",
+        "scatter",
+        "scatter-add",
+        "scatter-sub",
+        "sharding_constraint",
+        "optimization_barrier",
+    }
+)
+
+# Operands that say where values go (predicates, indices). The ops above are linear
+# only while these do not depend on the input. Maps name -> positions, given the
+# number of operands.
+INDEX_OPERANDS: dict[str, Callable[[int], range]] = {
+    "select_n": lambda n: range(0, 1),
+    "dynamic_slice": lambda n: range(1, n),
+    "dynamic_update_slice": lambda n: range(2, n),
+    "gather": lambda n: range(1, 2),
+    "scatter": lambda n: range(1, 2),
+    "scatter-add": lambda n: range(1, 2),
+    "scatter-sub": lambda n: range(1, 2),
+}
+
+# Bilinear: linear when one operand is input-independent.
+BILINEAR = frozenset({"mul", "dot_general", "conv_general_dilated"})
+
+# Primitives that call a nested jaxpr.
+CALLS = frozenset({"jit", "closed_call", "call", "remat2", "custom_jvp_call", "custom_vjp_call"})
+
+
+def bind(eqn: jax_core.JaxprEqn, operands: Sequence[Any]) -> list[Any]:
+    """Apply an equation's primitive to new operands; always returns a list of outputs."""
+    out = eqn.primitive.bind(*operands, **eqn.primitive.get_bind_params(eqn.params))
+    return list(out) if eqn.primitive.multiple_results else [out]
+
+
+def inner_jaxpr(eqn: jax_core.JaxprEqn) -> tuple[jax_core.Jaxpr, Sequence[Any]]:
+    """The jaxpr and constants a call equation (one of ``CALLS``) evaluates."""
+    inner = eqn.params["jaxpr"] if "jaxpr" in eqn.params else eqn.params["call_jaxpr"]
+    if isinstance(inner, jax_core.ClosedJaxpr):
+        return inner.jaxpr, inner.consts
+    return inner, ()
+
+
+def apply(eqn: jax_core.JaxprEqn, operands: Sequence[Any]) -> list[Any]:
+    """Evaluate one equation on plain operands. A nested call runs through its jaxpr, so
+    forward-mode derivatives work even when it is a custom_vjp function."""
+    if eqn.primitive.name in CALLS:
+        jaxpr, consts = inner_jaxpr(eqn)
+        return jax.core.eval_jaxpr(jaxpr, consts, *operands)
+    return bind(eqn, operands)
+
+
+def is_linear(eqn: jax_core.JaxprEqn, dependent: Sequence[bool]) -> bool:
+    """Whether the equation is linear in its operands flagged input-dependent."""
+    name = eqn.primitive.name
+    if name in LINEAR:
+        index_operands = INDEX_OPERANDS.get(name, lambda n: range(0))(len(dependent))
+        if any(dependent[i] for i in index_operands):
+            return False
+        if name == "convert_element_type":
+            dtypes = (eqn.invars[0].aval.dtype, eqn.outvars[0].aval.dtype)
+            return all(jnp.issubdtype(d, jnp.floating) for d in dtypes)
+        return True
+    if name in BILINEAR:
+        return sum(dependent) == 1
+    if name == "div":
+        return list(dependent) == [True, False]
+    return False
+
+
+def on_every_branch(eqn: jax_core.JaxprEqn, operands: Sequence[Any]) -> list[Tracked]:
+    """The equation evaluated unchanged on every branch of its tracked operands."""
+    count = next(len(v.branches) for v in operands if isinstance(v, Tracked))
+    per_branch = [
+        bind(eqn, [v.branches[i] if isinstance(v, Tracked) else v for v in operands])
+        for i in range(count)
+    ]
+    return [Tracked(tuple(outputs)) for outputs in zip(*per_branch)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Interpreter:
+    """Evaluates a jaxpr with ``Tracked`` input-dependent values and per-primitive rules.
+
+    An equation without tracked operands is evaluated once, unchanged. One with tracked
+    operands goes, in this order, to
+
+    1. ``call_rule`` if it is a nested call (``CALLS``) and the rule accepts it,
+       otherwise the nested jaxpr is interpreted recursively (when not ``strict``, a
+       nested call whose body needs no rule is bound as a whole, keeping its custom
+       derivatives);
+    2. ``rules[primitive name]``, unless that rule returns None;
+    3. evaluation on every branch, if the equation is linear in its tracked operands
+       (:func:`is_linear`) or the interpreter is not ``strict``;
+    4. a ``NotImplementedError`` naming the primitive and ``method``, ending in ``hint``.
+
+    Attributes:
+      method: the method's name, for error messages.
+      rules: primitive name -> rule.
+      strict: whether a nonlinear primitive without a rule raises (DeepLIFT: treating it
+        as linear would break summation-to-delta) or keeps its ordinary derivative.
+      call_rule: a rule offered every nested call first (DeepLIFT's activation
+        functions); None for none.
+      hint: the end of the NotImplementedError message.
+    """
+
+    method: str
+    rules: Mapping[str, Rule]
+    strict: bool = False
+    call_rule: Rule | None = None
+    hint: str = ""
+
+    def evaluate(
+        self, jaxpr: jax_core.Jaxpr, consts: Sequence[Any], args: Sequence[Any]
+    ) -> list[Any]:
+        """The outputs of ``jaxpr`` on ``args``; arguments that are ``Tracked`` are
+        input-dependent, and so are the outputs computed from them."""
+        env: dict[Any, Any] = {}
+
+        def read(atom: Any) -> Any:
+            return atom.val if isinstance(atom, jax_core.Literal) else env[atom]
+
+        env.update(zip(jaxpr.constvars, consts))
+        env.update(zip(jaxpr.invars, args))
+        for eqn in jaxpr.eqns:
+            operands = [read(atom) for atom in eqn.invars]
+            if any(isinstance(v, Tracked) for v in operands):
+                outputs = self._tracked(eqn, operands)
+            else:
+                outputs = bind(eqn, operands)  # input-independent: evaluated once
+            env.update(zip(eqn.outvars, outputs))
+        return [read(atom) for atom in jaxpr.outvars]
+
+    def _tracked(self, eqn: jax_core.JaxprEqn, operands: list[Any]) -> list[Any]:
+        name = eqn.primitive.name
+        if name in CALLS:
+            if self.call_rule is not None:
+                outputs = self.call_rule(eqn, operands)
+                if outputs is not None:
+                    return outputs
+            jaxpr, consts = inner_jaxpr(eqn)
+            if not self.strict and not self._needs_rules(jaxpr):
+                return on_every_branch(eqn, operands)
+            return self.evaluate(jaxpr, consts, operands)
+        rule = self.rules.get(name)
+        if rule is not None:
+            outputs = rule(eqn, operands)
+            if outputs is not None:
+                return outputs
+        dependent = [isinstance(v, Tracked) for v in operands]
+        if not self.strict or is_linear(eqn, dependent):
+            return on_every_branch(eqn, operands)
+        shapes = ", ".join(str(v.aval) for v, d in zip(eqn.invars, dependent) if d)
+        raise NotImplementedError(
+            f"{self.method} has no rule for primitive '{name}' applied to an "
+            f"input-dependent value ({shapes}). {self.hint}"
+        )
+
+    def _needs_rules(self, jaxpr: jax_core.Jaxpr) -> bool:
+        """Whether any equation of ``jaxpr``, nested calls included, has a rule."""
+        return any(
+            eqn.primitive.name in self.rules
+            or (eqn.primitive.name in CALLS and self._needs_rules(inner_jaxpr(eqn)[0]))
+            for eqn in jaxpr.eqns
+        )
+
+
+def modified_gradient(interpreter: Interpreter, fn: ModelFn, x: Array, target: Array) -> Array:
+    """The gradient of ``sum_i f_t(x_i)`` with respect to ``x``, with every node that has
+    a rule in ``interpreter`` (one branch) differentiated by that rule."""
+    program = jax.make_jaxpr(fn)(x)
+
+    def target_sum(x: Array) -> Array:
+        [logits] = interpreter.evaluate(program.jaxpr, program.consts, [Tracked((x,))])
+        if isinstance(logits, Tracked):
+            logits = logits.branches[0]
+        return jnp.sum(select_target(logits, target))
+
+    return jax.grad(target_sum)(x)
+
+
+# ----------------------------------------------------------------------------------------
+# Guided backprop and deconvolution: rules at ReLU.
+
+
+def _relu_rule(backward: Callable[[Array, Array, Array], Array]) -> Rule:
+    """A rule for ``max(z, c)`` with one input-dependent operand z (a ReLU, shifted by an
+    input-independent c): forward max(z, c), backward ``backward(g_out, z, c)``."""
+
+    def rule(eqn: jax_core.JaxprEqn, operands: list[Any]) -> list[Any] | None:
+        dependent = [isinstance(v, Tracked) for v in operands]
+        if sum(dependent) != 1:
+            return None  # max of two input-dependent values: ordinary derivative
+        shape = eqn.outvars[0].aval.shape
+        dtype = eqn.outvars[0].aval.dtype
+        z = jnp.broadcast_to(operands[dependent.index(True)].branches[0], shape)
+        c = jnp.broadcast_to(jnp.asarray(operands[dependent.index(False)], dtype), shape)
+
+        @jax.custom_vjp
+        def relu(z: Array, c: Array) -> Array:
+            return lax.max(z, c)
+
+        def forward(z: Array, c: Array) -> tuple[Array, tuple[Array, Array]]:
+            return lax.max(z, c), (z, c)
+
+        def backward_pass(residuals: tuple[Array, Array], g: Array) -> tuple[Array, None]:
+            return backward(g, *residuals), None
+
+        relu.defvjp(forward, backward_pass)
+        return [Tracked((relu(z, c),))]
+
+    return rule
+
+
+_GUIDED_BACKPROP = Interpreter(
+    "guided_backprop",
+    {"max": _relu_rule(lambda g, z, c: jnp.where(z > c, jnp.maximum(g, 0), 0))},
+)
+_DECONVOLUTION = Interpreter(
+    "deconvolution", {"max": _relu_rule(lambda g, z, c: jnp.maximum(g, 0))}
+)
+
+
+def _relu_backprop(
+    interpreter: Interpreter, fn: ModelFn, x: Any, target: Target, baseline: Any, batch_size: Any
+) -> Array:
+    refuse_baseline(baseline, interpreter.method)
+    x = as_input(x)
+    target = resolve_target(fn, x, target, batch_size=batch_size)
+    return sum_over_samples(
+        lambda example, _: modified_gradient(interpreter, fn, x[example], target[example]),
+        x.shape[0],
+        batch_size=batch_size,
+    )
+
+
+def guided_backprop(
+    fn: ModelFn,
+    x: Array,
+    target: Target = None,
+    *,
+    key: Array | None = None,
+    baseline: None = None,
+    batch_size: int | None = None,
+) -> Array:
+    """Guided backpropagation: the gradient of the target logit with every ReLU's
+    backward pass replaced by ``relu(g_out) * [z > 0]`` (Springenberg et al. 2015; the
+    module docstring says which nodes count as ReLU). Captum counterpart:
+    ``captum.attr.GuidedBackprop``.
+
+    Args:
+      fn: model function, batch ``(N, ...)`` -> logits ``(N, classes)``.
+      x: inputs ``(N, ...)``.
+      target: class per example ``(N,)``, one int for all, or ``None`` for the
+        predicted class.
+      key: unused (deterministic); accepted so every method has one signature.
+      baseline: must be None (no reference input).
+      batch_size: examples per backward pass; ``None`` processes all at once.
+
+    Returns:
+      float32 array shaped like ``x``.
+    """
+    return _relu_backprop(_GUIDED_BACKPROP, fn, x, target, baseline, batch_size)
+
+
+def deconvolution(
+    fn: ModelFn,
+    x: Array,
+    target: Target = None,
+    *,
+    key: Array | None = None,
+    baseline: None = None,
+    batch_size: int | None = None,
+) -> Array:
+    """Deconvolution: the gradient of the target logit with every ReLU's backward pass
+    replaced by ``relu(g_out)``, ignoring the forward mask (Zeiler & Fergus 2014; the
+    module docstring says which nodes count as ReLU). Captum counterpart:
+    ``captum.attr.Deconvolution``.
+
+    Args: as :func:`guided_backprop`.
+
+    Returns:
+      float32 array shaped like ``x``.
+    """
+    return _relu_backprop(_DECONVOLUTION, fn, x, target, baseline, batch_size)
+
+
+# ----------------------------------------------------------------------------------------
+# LRP: rules at linear maps with a constant weight operand.
+
+LRP_RULES = ("epsilon", "gamma", "alpha_beta")
+
+
+def _stabilise(z: Array, epsilon: float) -> Array:
+    """z moved epsilon away from zero (z + epsilon for z >= 0, z - epsilon otherwise)."""
+    return z + jnp.where(z >= 0, epsilon, -epsilon)
+
+
+def _divide(numerator: Array, denominator: Array) -> Array:
+    """numerator / denominator, and 0 where the denominator is 0 (epsilon = 0 and a
+    neuron without contributions: it has no relevance to pass on)."""
+    zero = denominator == 0
+    return jnp.where(zero, 0, numerator / jnp.where(zero, 1, denominator))
+
+
+def _lrp_rule(rule: str, epsilon: float, gamma: float, alpha: float, beta: float) -> Rule:
+    """The LRP rule for dot_general / conv_general_dilated with one input-dependent
+    operand a and an input-independent weight operand W (module docstring)."""
+
+    def lrp_linear(eqn: jax_core.JaxprEqn, operands: list[Any]) -> list[Any] | None:
+        dependent = [isinstance(v, Tracked) for v in operands]
+        if sum(dependent) != 1:
+            return None  # a product of two input-dependent values: ordinary derivative
+        position = dependent.index(True)
+        weight_position = 1 - position
+
+        def linear(a: Array, w: Array) -> Array:
+            args = [None, None]
+            args[position], args[weight_position] = a, w
+            return bind(eqn, args)[0]
+
+        def transpose(w: Array, a: Array, s: Array) -> Array:
+            """W^T s: the vjp of the linear map a -> linear(a, w) (independent of a)."""
+            return jax.vjp(lambda v: linear(v, w), a)[1](s)[0]
+
+        def backward(residuals: tuple[Array, Array, Array], g: Array) -> tuple[Array, None]:
+            a, w, z = residuals
+            relevance = g * z
+            if rule == "epsilon":
+                return transpose(w, a, _divide(relevance, _stabilise(z, epsilon))), None
+            if rule == "gamma":
+                w_rule = w + gamma * jnp.maximum(w, 0)
+                z_rule = linear(a, w_rule)
+                return transpose(w_rule, a, _divide(relevance, _stabilise(z_rule, epsilon))), None
+            w_pos, w_neg = jnp.maximum(w, 0), jnp.minimum(w, 0)
+            a_pos, a_neg = jnp.maximum(a, 0), jnp.minimum(a, 0)
+            z_pos = linear(a_pos, w_pos) + linear(a_neg, w_neg)
+            z_neg = linear(a_pos, w_neg) + linear(a_neg, w_pos)
+            s_pos = alpha * _divide(relevance, z_pos + epsilon)
+            s_neg = beta * _divide(relevance, z_neg - epsilon)
+            positive = transpose(w_pos, a, s_pos) - transpose(w_neg, a, s_neg)
+            negative = transpose(w_neg, a, s_pos) - transpose(w_pos, a, s_neg)
+            return jnp.where(a > 0, positive, jnp.where(a < 0, negative, 0)), None
+
+        @jax.custom_vjp
+        def layer(a: Array, w: Array) -> Array:
+            return linear(a, w)
+
+        def forward(a: Array, w: Array) -> tuple[Array, tuple[Array, Array, Array]]:
+            z = linear(a, w)
+            return z, (a, w, z)
+
+        layer.defvjp(forward, backward)
+        weight = jnp.asarray(operands[weight_position], eqn.invars[weight_position].aval.dtype)
+        return [Tracked((layer(operands[position].branches[0], weight),))]
+
+    return lrp_linear
+
+
+def _as_nonnegative(value: Any, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}") from None
+    if not number >= 0:  # also refuses NaN
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    return number
+
+
+def lrp(
+    fn: ModelFn,
+    x: Array,
+    target: Target = None,
+    *,
+    key: Array | None = None,
+    baseline: None = None,
+    batch_size: int | None = None,
+    rule: str = "epsilon",
+    epsilon: float = 1e-6,
+    gamma: float = 0.25,
+    alpha: float = 1.0,
+    beta: float = 0.0,
+) -> Array:
+    """Layer-wise relevance propagation of the target logit, ``x * g_x`` with the LRP
+    backward pass at every dense and convolutional layer (Bach et al. 2015; rules of
+    Montavon et al. 2019, derived in the module docstring). The relevances sum to
+    ``f_t(x)`` minus what biases absorb (exactly, for bias-free ReLU networks, up to
+    epsilon, and for alpha-beta with ``alpha - beta = 1``). Captum counterpart:
+    ``captum.attr.LRP``.
+
+    Args:
+      fn: model function, batch ``(N, ...)`` -> logits ``(N, classes)``.
+      x: inputs ``(N, ...)``.
+      target: class per example ``(N,)``, one int for all, or ``None`` for the
+        predicted class.
+      key: unused (deterministic); accepted so every method has one signature.
+      baseline: must be None (no reference input).
+      batch_size: examples per backward pass; ``None`` processes all at once.
+      rule: ``'epsilon'``, ``'gamma'`` or ``'alpha_beta'``, used at every layer.
+      epsilon: the stabiliser added to every denominator (all rules).
+      gamma: the weight of positive weights in the gamma rule (0: the epsilon rule).
+      alpha, beta: the weights of positive and negative contributions in the
+        alpha-beta rule; relevance is conserved for ``alpha - beta = 1``.
+
+    Returns:
+      float32 array shaped like ``x``: the input relevances.
+    """
+    refuse_baseline(baseline, "lrp")
+    if rule not in LRP_RULES:
+        raise ValueError(f"rule must be one of {', '.join(map(repr, LRP_RULES))}, got {rule!r}")
+    epsilon = _as_nonnegative(epsilon, "epsilon")
+    gamma = _as_nonnegative(gamma, "gamma")
+    alpha = _as_nonnegative(alpha, "alpha")
+    beta = _as_nonnegative(beta, "beta")
+    x = as_input(x)
+    target = resolve_target(fn, x, target, batch_size=batch_size)
+    linear_rule = _lrp_rule(rule, epsilon, gamma, alpha, beta)
+    interpreter = Interpreter(
+        "lrp", {"dot_general": linear_rule, "conv_general_dilated": linear_rule}
+    )
+    return sum_over_samples(
+        lambda example, _: (
+            x[example] * modified_gradient(interpreter, fn, x[example], target[example])
+        ),
+        x.shape[0],
+        batch_size=batch_size,
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Guided Grad-CAM.
+
+
+def guided_grad_cam(
+    model: Any,
+    x: Array,
+    target: Target = None,
+    *,
+    key: Array | None = None,
+    baseline: None = None,
+    batch_size: int | None = None,
+    layer: str,
+) -> Array:
+    """Guided Grad-CAM: guided backprop times the Grad-CAM map of ``layer`` (ReLU
+    applied, upsampled bilinearly to the input), broadcast over channels (Selvaraju et
+    al. 2017). Captum counterpart: ``captum.attr.GuidedGradCam``.
+
+    Args:
+      model: a model handle, ``flax_model(module, variables, train=False)`` or
+        ``flax_model(nnx_module)``; a ``(module, variables)`` tuple also works.
+      x: images ``(N, H, W, C)``.
+      target: class per example, one class for all, or ``None`` (predicted class).
+      key: unused (deterministic); accepted so every method has one signature.
+      baseline: must be None (no reference input).
+      batch_size: examples per backward pass; ``None`` processes all at once.
+      layer: module path of the Grad-CAM layer (see
+        :func:`~fmi_jax.attribution.layer_names`).
+
+    Returns:
+      float32 array shaped like ``x``.
+    """
+    refuse_baseline(baseline, "guided_grad_cam")
+    handle = as_flax_model(model, "guided_grad_cam")
+    x = as_input(x)
+    if x.ndim != 4:
+        raise ValueError(f"guided_grad_cam needs images (N, H, W, C), got shape {x.shape}")
+    handle.layer_shape(x, layer)  # a clear error for a bad layer, before any tracing
+    target = resolve_target(handle, x, target, batch_size=batch_size)
+    maps = grad_cam(handle, x, target, batch_size=batch_size, layer=layer)
+    guided = guided_backprop(handle, x, target, batch_size=batch_size)
+    return guided * maps[..., None]

@@ -1,0 +1,349 @@
+"""Guided backprop, deconvolution, LRP and Guided Grad-CAM: known answers from linear
+models and NumPy implementations of each rule, gradient x input and relevance
+conservation for LRP, batch-size invariance, and refusals."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fmi_jax import attribution as A
+from fmi_jax.attribution.propagation import deconvolution, guided_backprop, guided_grad_cam, lrp
+
+rng = np.random.default_rng(0)
+W1 = rng.normal(size=(6, 8)).astype(np.float32)
+W2 = rng.normal(size=(8, 5)).astype(np.float32)
+W3 = rng.normal(size=(5, 3)).astype(np.float32)
+B1 = rng.normal(size=8).astype(np.float32)
+B2 = rng.normal(size=5).astype(np.float32)
+X = rng.normal(size=(5, 6)).astype(np.float32)
+TARGET = np.array([0, 1, 2, 1, 0])
+
+
+def mlp(x):
+    """Two ReLU layers, written once with jax.nn.relu (a custom_jvp around max) and once
+    with jnp.maximum, so both spellings of ReLU are seen."""
+    h = jax.nn.relu(x @ W1 + B1)
+    h = jnp.maximum(h @ W2 + B2, 0.0)
+    return h @ W3
+
+
+def bias_free_mlp(x):
+    return jax.nn.relu(jax.nn.relu(x @ W1) @ W2) @ W3
+
+
+# A wider bias-free MLP: alpha-beta conserves relevance only where every neuron that
+# receives relevance has both positive and negative contributions (z^+ > 0 > z^-), which
+# many inputs per neuron make all but certain.
+WIDE = [rng.normal(size=shape).astype(np.float32) for shape in [(16, 32), (32, 32), (32, 3)]]
+X_WIDE = rng.normal(size=(5, 16)).astype(np.float32)
+
+
+def wide_mlp(x):
+    return jax.nn.relu(jax.nn.relu(x @ WIDE[0]) @ WIDE[1]) @ WIDE[2]
+
+
+def numpy_relu_backprop(x, target, guided):
+    """The guided-backprop / deconvolution rule on ``mlp``, by hand."""
+    z1 = x @ W1 + B1
+    z2 = np.maximum(z1, 0) @ W2 + B2
+    g = W3[:, target].T  # d logit / d h2, one row per example
+    g = np.maximum(g, 0) * (z2 > 0 if guided else 1)
+    g = g @ W2.T
+    g = np.maximum(g, 0) * (z1 > 0 if guided else 1)
+    return g @ W1.T
+
+
+def numpy_lrp(weights, x, target, rule, epsilon=1e-6, gamma=0.25, alpha=1.0, beta=0.0):
+    """Textbook LRP on the bias-free ReLU MLP with ``weights``, layer by layer (Montavon et al. 2019): forward
+    activations, then relevances R_j = sum_k c_jk R_k / stabilise(sum_j c_jk) from the
+    contributions c_jk = a_j w_jk under each rule."""
+    x = x.astype(np.float64)
+    activations = [x]
+    for w in weights[:-1]:
+        activations.append(np.maximum(activations[-1] @ w, 0))
+    logits = activations[-1] @ weights[-1]
+    relevance = np.zeros_like(logits)
+    rows = np.arange(len(x))
+    relevance[rows, target] = logits[rows, target]
+
+    def redistribute(c, r):  # c: (N, J, K) contributions, r: (N, K)
+        z = c.sum(axis=1, keepdims=True)
+        stabilised = z + np.where(z >= 0, epsilon, -epsilon)
+        return (c / stabilised * r[:, None, :]).sum(axis=2)
+
+    for a, w in zip(reversed(activations), reversed(weights)):
+        if rule == "epsilon":
+            relevance = redistribute(a[:, :, None] * w, relevance)
+        elif rule == "gamma":
+            relevance = redistribute(a[:, :, None] * (w + gamma * np.maximum(w, 0)), relevance)
+        else:
+            c = a[:, :, None] * w
+            positive, negative = np.maximum(c, 0), np.minimum(c, 0)
+            z_pos = positive.sum(axis=1, keepdims=True) + epsilon
+            z_neg = negative.sum(axis=1, keepdims=True) - epsilon
+            relevance = (
+                (alpha * positive / z_pos - beta * negative / z_neg) * relevance[:, None, :]
+            ).sum(axis=2)
+    return relevance
+
+
+def compiled(method, fn, x, target, **options):
+    return jax.jit(lambda x, t: method(fn, x, t, **options))(x, target)
+
+
+# -------------------------------------------------------------- guided backprop, deconv
+
+
+@pytest.mark.parametrize("method", [guided_backprop, deconvolution])
+def test_linear_model_gives_its_weights(method):
+    """No ReLU: both are the plain gradient, the target's weight column."""
+    fn = lambda x: x @ W1 + B1
+    np.testing.assert_allclose(compiled(method, fn, X, TARGET), W1[:, TARGET].T, rtol=1e-6)
+
+
+@pytest.mark.parametrize("method, guided", [(guided_backprop, True), (deconvolution, False)])
+def test_relu_rules_match_numpy(method, guided):
+    expected = numpy_relu_backprop(X, TARGET, guided)
+    np.testing.assert_allclose(compiled(method, mlp, X, TARGET), expected, rtol=1e-5, atol=1e-5)
+    # Batched, and with the last chunk padded: the same answer.
+    np.testing.assert_allclose(
+        compiled(method, mlp, X, TARGET, batch_size=2), expected, rtol=1e-5, atol=1e-5
+    )
+
+
+def test_other_nonlinearities_keep_their_gradient():
+    """Sigmoid, leaky ReLU and min (a ReLU6 cap) keep their ordinary derivative."""
+    fn = lambda x: jnp.minimum(jax.nn.leaky_relu(jax.nn.sigmoid(x @ W1) @ W2), 0.5) @ W3
+    gradient = jax.jit(lambda x: A.saliency(fn, x, TARGET))(X)
+    np.testing.assert_allclose(compiled(guided_backprop, fn, X, TARGET), gradient, rtol=1e-5)
+    np.testing.assert_allclose(compiled(deconvolution, fn, X, TARGET), gradient, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------- LRP
+
+
+class BiasFreeCNN(nn.Module):
+    """Conv -> ReLU -> max-pool -> Conv -> ReLU -> Dense, without biases."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(4, (3, 3), use_bias=False)(x))
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = nn.relu(nn.Conv(4, (2, 2), use_bias=False)(x))
+        return nn.Dense(3, use_bias=False)(x.reshape(x.shape[0], -1))
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    """(fn, images, targets) for a BiasFreeCNN with fixed weights."""
+    model = BiasFreeCNN()
+    images = jax.random.uniform(jax.random.key(1), (3, 6, 6, 2)) - 0.3
+    variables = jax.jit(model.init)(jax.random.key(0, impl="rbg"), images)
+    return (lambda x: model.apply(variables, x)), images, jnp.array([0, 2, 1])
+
+
+def test_lrp_epsilon_is_gradient_times_input():
+    """With epsilon -> 0 the LRP backward pass of a ReLU network is the gradient."""
+    expected = jax.jit(lambda x: A.input_x_gradient(bias_free_mlp, x, TARGET))(X)
+    attributions = compiled(lrp, bias_free_mlp, X, TARGET, epsilon=1e-9)
+    np.testing.assert_allclose(attributions, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_lrp_epsilon_is_gradient_times_input_through_conv_and_max_pool(cnn):
+    fn, images, target = cnn
+    expected = jax.jit(lambda x: A.input_x_gradient(fn, x, target))(images)
+    attributions = compiled(lrp, fn, images, target, epsilon=1e-9)
+    np.testing.assert_allclose(attributions, expected, rtol=1e-4, atol=1e-6)
+    # Conservation: the input relevances sum to the target logit.
+    logits = fn(images)[jnp.arange(3), target]
+    np.testing.assert_allclose(attributions.sum(axis=(1, 2, 3)), logits, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(rule="epsilon", epsilon=0.01),
+        dict(rule="gamma", gamma=0.5),
+        dict(rule="alpha_beta", alpha=1.0, beta=0.0),
+        dict(rule="alpha_beta", alpha=2.0, beta=1.0),
+    ],
+    ids=["epsilon", "gamma", "alpha1beta0", "alpha2beta1"],
+)
+def test_lrp_rules_match_numpy_and_conserve(options):
+    """Each rule against a layer-by-layer NumPy implementation; for gamma and alpha-beta
+    with alpha - beta = 1 the input relevances sum to f_t(x) (bias-free network)."""
+    attributions = compiled(lrp, wide_mlp, X_WIDE, TARGET, **options)
+    expected = numpy_lrp(WIDE, X_WIDE, TARGET, **options)
+    np.testing.assert_allclose(attributions, expected, rtol=1e-4, atol=1e-4)
+    if options["rule"] != "epsilon":  # epsilon = 0.01 absorbs some; conservation for
+        # epsilon -> 0 is checked on the CNN above
+        logits = np.asarray(wide_mlp(X_WIDE))[np.arange(5), TARGET]
+        np.testing.assert_allclose(attributions.sum(axis=1), logits, rtol=1e-4)
+
+
+def test_lrp_gamma_zero_is_epsilon():
+    gamma = compiled(lrp, mlp, X, TARGET, rule="gamma", gamma=0.0, epsilon=1e-3)
+    epsilon = compiled(lrp, mlp, X, TARGET, rule="epsilon", epsilon=1e-3)
+    np.testing.assert_allclose(gamma, epsilon, rtol=1e-6, atol=1e-7)
+
+
+def test_lrp_batch_size_does_not_change_results():
+    options = dict(rule="alpha_beta", alpha=2.0, beta=1.0)
+    whole = compiled(lrp, mlp, X, TARGET, **options)
+    np.testing.assert_allclose(
+        compiled(lrp, mlp, X, TARGET, batch_size=2, **options), whole, rtol=1e-6, atol=1e-7
+    )
+
+
+def test_biases_absorb_relevance():
+    """One dense layer with a bias, z = x w + b: the inputs get x_j w_j, which sums to
+    z - b; the bias keeps its share b."""
+    w, b = W1[:, :1], np.float32(2.0)
+    fn = lambda x: x @ w + b
+    attributions = compiled(lrp, fn, X, 0, epsilon=1e-9)
+    np.testing.assert_allclose(attributions, X * w[:, 0], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- Guided Grad-CAM
+
+
+class TinyCNN(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.relu(nn.Conv(3, (3, 3), name="features")(x))
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+
+def test_guided_grad_cam_is_guided_backprop_times_grad_cam():
+    model = TinyCNN()
+    images = jax.random.uniform(jax.random.key(3), (3, 6, 6, 2))
+    variables = jax.jit(model.init)(jax.random.key(2, impl="rbg"), images)
+    handle = A.flax_model(model, variables, train=False)
+    target = jnp.array([2, 0, 1])
+    result = jax.jit(lambda x: guided_grad_cam(handle, x, target, layer="features"))(images)
+    cam = A.grad_cam(handle, images, target, layer="features", upsample=False)
+    expected = guided_backprop(handle, images, target) * A.upsample_maps(cam, (6, 6))[..., None]
+    np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-7)
+    assert np.abs(np.asarray(result)).max() > 0
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize(
+    "method, options, message",
+    [
+        (guided_backprop, dict(baseline=0.0), "baseline"),
+        (deconvolution, dict(baseline=0.0), "baseline"),
+        (lrp, dict(baseline=0.0), "baseline"),
+        (lrp, dict(rule="z_plus"), "rule must be one of"),
+        (lrp, dict(epsilon=-1.0), "epsilon must be a number >= 0"),
+        (lrp, dict(beta="one"), "beta must be a number >= 0"),
+    ],
+)
+def test_refusals(method, options, message):
+    with pytest.raises(ValueError, match=message):
+        method(mlp, X, 0, **options)
+
+
+# ----------------------------------------------------------------- agreement with Captum
+
+
+def test_agreement_with_captum():
+    """Guided backprop, deconvolution and LRP-epsilon (biases included) against Captum on
+    a conv -> ReLU -> max-pool -> dense -> ReLU -> dense network with identical weights.
+    Needs torch and captum (the benchmark environment); skipped without them."""
+    torch = pytest.importorskip("torch")
+    captum_attr = pytest.importorskip("captum.attr")
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(2, 4, 3, padding=1)
+            self.relu1 = torch.nn.ReLU()
+            self.pool = torch.nn.MaxPool2d(2)
+            self.dense = torch.nn.Linear(4 * 3 * 3, 8)
+            self.relu2 = torch.nn.ReLU()
+            self.head = torch.nn.Linear(8, 3)
+
+        def forward(self, x):
+            x = self.pool(self.relu1(self.conv(x)))
+            return self.head(self.relu2(self.dense(x.flatten(1))))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    p = {name: jnp.asarray(v.detach().numpy()) for name, v in net.named_parameters()}
+
+    def fn(x):  # the same network on NCHW inputs
+        x = jax.lax.conv_general_dilated(
+            x, p["conv.weight"], (1, 1), "SAME", dimension_numbers=("NCHW", "OIHW", "NCHW")
+        )
+        x = jax.nn.relu(x + p["conv.bias"][:, None, None])
+        x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+        x = jax.nn.relu(x.reshape(x.shape[0], -1) @ p["dense.weight"].T + p["dense.bias"])
+        return x @ p["head.weight"].T + p["head.bias"]
+
+    images = np.random.default_rng(1).normal(size=(4, 2, 6, 6)).astype(np.float32)
+    target = [0, 1, 2, 1]
+    inputs = torch.from_numpy(images)
+    np.testing.assert_allclose(fn(images), net(inputs).detach().numpy(), rtol=1e-4, atol=1e-5)
+    cases = [
+        (guided_backprop, {}, captum_attr.GuidedBackprop),
+        (deconvolution, {}, captum_attr.Deconvolution),
+        (lrp, {"epsilon": 1e-9}, captum_attr.LRP),
+    ]
+    for method, options, counterpart in cases:
+        ours = compiled(method, fn, images, jnp.asarray(target), **options)
+        theirs = counterpart(net).attribute(inputs, target=target).detach().numpy()
+        np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-5, err_msg=method.__name__)
+
+
+@pytest.mark.parametrize("rule", ["epsilon", "gamma", "alpha_beta"])
+def test_lrp_rules_agree_with_captum(rule):
+    """Each LRP rule against Captum's (EpsilonRule(0.1), GammaRule(0.25),
+    Alpha1_Beta0_Rule) on a bias-free conv -> ReLU -> dense -> ReLU -> dense network and
+    non-negative images, where the two formulations coincide (Captum stabilises the output
+    with its bias, and its Alpha1_Beta0_Rule assumes non-negative activations)."""
+    torch = pytest.importorskip("torch")
+    captum_attr = pytest.importorskip("captum.attr")
+    from captum.attr._utils import lrp_rules
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(2, 4, 3, bias=False)
+            self.relu1 = torch.nn.ReLU()
+            self.dense = torch.nn.Linear(4 * 4 * 4, 8, bias=False)
+            self.relu2 = torch.nn.ReLU()
+            self.head = torch.nn.Linear(8, 3, bias=False)
+
+        def forward(self, x):
+            x = self.relu1(self.conv(x))
+            return self.head(self.relu2(self.dense(x.flatten(1))))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    p = {name: jnp.asarray(v.detach().numpy()) for name, v in net.named_parameters()}
+
+    def fn(x):
+        x = jax.lax.conv_general_dilated(
+            x, p["conv.weight"], (1, 1), "VALID", dimension_numbers=("NCHW", "OIHW", "NCHW")
+        )
+        x = jax.nn.relu(jax.nn.relu(x).reshape(x.shape[0], -1) @ p["dense.weight"].T)
+        return x @ p["head.weight"].T
+
+    images = np.random.default_rng(2).uniform(size=(4, 2, 6, 6)).astype(np.float32)
+    target = [0, 1, 2, 1]
+    options, make_rule = {
+        "epsilon": ({"epsilon": 0.1}, lambda: lrp_rules.EpsilonRule(epsilon=0.1)),
+        "gamma": ({"gamma": 0.25, "epsilon": 1e-9}, lambda: lrp_rules.GammaRule(gamma=0.25)),
+        "alpha_beta": ({"epsilon": 1e-9}, lrp_rules.Alpha1_Beta0_Rule),
+    }[rule]
+    for layer in (net.conv, net.dense, net.head):
+        layer.rule = make_rule()
+    theirs = captum_attr.LRP(net).attribute(torch.from_numpy(images), target=target)
+    ours = compiled(lrp, fn, images, jnp.asarray(target), rule=rule, **options)
+    np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-3, atol=1e-6)
