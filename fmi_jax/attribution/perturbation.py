@@ -38,6 +38,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +59,7 @@ from fmi_jax.attribution.core import (
     select_target,
 )
 
-__all__ = ["feature_permutation", "occlusion", "square_patches"]
+__all__ = ["feature_groups", "feature_permutation", "occlusion", "square_patches"]
 
 # perturb(example, index) -> the perturbed inputs (B, ...) of those (example, perturbation) pairs
 Perturb = Callable[[Array, Array], Array]
@@ -111,8 +112,11 @@ def square_patches(image_shape: Sequence[int], size: int | Sequence[int]) -> np.
     return ids.astype(np.int32)[..., None]
 
 
-def _groups(feature_mask, x: Array) -> tuple[Array, int]:
-    """Group index per feature, shaped ``x.shape[1:]``, numbered 0..G-1, and G."""
+def feature_groups(feature_mask: Any, x: Array) -> tuple[Array, int]:
+    """Group index per feature, shaped ``x.shape[1:]``, numbered 0..G-1, and G: the
+    ``feature_mask`` convention of every method over groups of features (``None``:
+    every element its own group; a mask broadcastable to one example, shared by the
+    batch)."""
     features = x.shape[1:]
     if feature_mask is None:
         return jnp.arange(math.prod(features), dtype=jnp.int32).reshape(features), math.prod(
@@ -219,7 +223,7 @@ def feature_permutation(
             f"least 2 examples, got a batch of {n}; explain more examples at once"
         )
     key = _single_key(key)
-    groups, count = _groups(feature_mask, x)
+    groups, count = feature_groups(feature_mask, x)
     target = resolve_target(fn, x, target, batch_size=batch_size)
     perms = _group_permutations(key, count, n)  # (G, N)
 
