@@ -151,7 +151,9 @@ def report(
         spec = METHODS[m]
         if batch_size is not None and "batch_size" in spec.options:
             options[m].setdefault("batch_size", batch_size)
-    explainers = {m: jax.jit(attribution.explainer(m, fn, **options[m])) for m in names}
+    explainers = {
+        m: attribution.jit_method(m, attribution.explainer(m, fn, **options[m])) for m in names
+    }
 
     maps, method_stats = {}, {}
     for m in names:
@@ -230,6 +232,7 @@ def _check_methods(methods: Any, options: Mapping[str, Any] | None) -> list[str]
     repeated = sorted({m for m in names if names.count(m) > 1})
     if repeated:
         raise ValueError(f"methods repeat {', '.join(repeated)}")
+    attribution.require_class_methods(names, "the report")
     extra = sorted(set(options or {}) - set(names))
     if extra:
         raise ValueError(

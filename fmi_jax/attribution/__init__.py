@@ -13,11 +13,14 @@ Every method has one signature::
 * ``target`` is an int array ``(N,)``, one int for every example, or ``None``: the
   class the model predicts.
 * ``key`` is a PRNG key, required by the methods that draw random numbers (SmoothGrad
-  and the other noise tunnels, GradientSHAP, feature permutation), which then raise a
-  ValueError naming themselves without it; the other methods ignore it.
+  and the other noise tunnels, GradientSHAP, feature permutation, Shapley value
+  sampling, KernelSHAP, LIME), which then raise a ValueError naming themselves without
+  it; the other methods ignore it.
 * ``baseline`` is the reference input (``None``: zeros) of the methods that have one
-  (integrated gradients, DeepLIFT, occlusion; a distribution of references for
-  GradientSHAP); the others refuse a baseline rather than ignore it.
+  (integrated gradients and the other path methods, DeepLIFT, occlusion, the feature
+  ablation and sampling family, the layer and neuron path methods; a distribution of
+  references for GradientSHAP and DeepLiftShap); the others refuse a baseline rather
+  than ignore it.
 * ``batch_size`` bounds memory (model evaluations per pass) and never changes a result.
 * Maps are float32, shaped like ``x`` (CAMs: one ``(N, H, W)`` map per image), and
   **signed**: ``abs=True`` (saliency, Gaussian-smoothed saliency, SmoothGrad) gives
@@ -42,7 +45,26 @@ grad_cam_plus_plus             :mod:`.cam`                           (pytorch-gr
 score_cam                      :mod:`.cam`                           (pytorch-grad-cam)
 occlusion                      :mod:`.perturbation`                  Occlusion
 feature_permutation            :mod:`.perturbation`                  FeaturePermutation
+feature_ablation               :mod:`.sampling`                      FeatureAblation
+shapley_value_sampling         :mod:`.sampling`                      ShapleyValueSampling
+kernel_shap                    :mod:`.sampling`                      KernelShap
+lime                           :mod:`.sampling`                      Lime
+deeplift_shap                  :mod:`.sampling`                      DeepLiftShap
+guided_backprop                :mod:`.propagation`                   GuidedBackprop
+deconvolution                  :mod:`.propagation`                   Deconvolution
+lrp                            :mod:`.propagation`                   LRP
+guided_grad_cam                :mod:`.propagation`                   GuidedGradCam
+blur_ig                        :mod:`.path_methods`                  (PAIR saliency BlurIG)
+guided_ig                      :mod:`.path_methods`                  (PAIR saliency GuidedIG)
+xrai                           :mod:`.xrai`                          (PAIR saliency XRAI)
 decoder_weighted               :mod:`.sparse`                        (none)
+layer_gradient_x_activation    :mod:`.layer`                         LayerGradientXActivation
+layer_integrated_gradients     :mod:`.layer`                         LayerIntegratedGradients
+layer_conductance              :mod:`.layer`                         LayerConductance
+internal_influence             :mod:`.layer`                         InternalInfluence
+neuron_gradient                :mod:`.layer`                         NeuronGradient
+neuron_integrated_gradients    :mod:`.layer`                         NeuronIntegratedGradients
+neuron_conductance             :mod:`.layer`                         NeuronConductance
 =============================  ====================================  ========================
 
 ``noise_tunnel(method, samples=..., kind=...)`` is a transform that returns a new
@@ -67,12 +89,44 @@ from fmi_jax.attribution.integrated_gradients import (
     integrated_gradients,
     quadrature,
 )
+from fmi_jax.attribution.layer import (
+    internal_influence,
+    layer_conductance,
+    layer_gradient_x_activation,
+    layer_integrated_gradients,
+    neuron_conductance,
+    neuron_gradient,
+    neuron_integrated_gradients,
+)
 from fmi_jax.attribution.noise_tunnel import NOISE_KINDS, noise_tunnel, smoothgrad
-from fmi_jax.attribution.perturbation import feature_permutation, occlusion, square_patches
-from fmi_jax.attribution.registry import METHODS, MethodSpec, available_methods, explainer
+from fmi_jax.attribution.path_methods import blur_ig, gaussian_blur, guided_ig
+from fmi_jax.attribution.perturbation import (
+    feature_groups,
+    feature_permutation,
+    occlusion,
+    square_patches,
+)
+from fmi_jax.attribution.propagation import deconvolution, guided_backprop, guided_grad_cam, lrp
+from fmi_jax.attribution.registry import (
+    METHODS,
+    MethodSpec,
+    available_methods,
+    explainer,
+    jit_method,
+    require_class_methods,
+)
+from fmi_jax.attribution.sampling import (
+    LIME_DISTANCES,
+    deeplift_shap,
+    feature_ablation,
+    kernel_shap,
+    lime,
+    shapley_value_sampling,
+)
 from fmi_jax.attribution.shap import gradient_shap
 from fmi_jax.attribution.smoothing import gaussian_smoothed_saliency
 from fmi_jax.attribution.sparse import code_contributions, decoder_weighted
+from fmi_jax.attribution.xrai import felzenszwalb, rank_regions, segment_masks, xrai
 
 __all__ = [
     "Method",
@@ -98,12 +152,39 @@ __all__ = [
     "occlusion",
     "feature_permutation",
     "square_patches",
+    "feature_groups",
+    "feature_ablation",
+    "shapley_value_sampling",
+    "kernel_shap",
+    "lime",
+    "LIME_DISTANCES",
+    "deeplift_shap",
+    "guided_backprop",
+    "deconvolution",
+    "lrp",
+    "guided_grad_cam",
+    "blur_ig",
+    "guided_ig",
+    "gaussian_blur",
+    "xrai",
+    "felzenszwalb",
+    "segment_masks",
+    "rank_regions",
     "decoder_weighted",
     "code_contributions",
+    "layer_gradient_x_activation",
+    "layer_integrated_gradients",
+    "layer_conductance",
+    "internal_influence",
+    "neuron_gradient",
+    "neuron_integrated_gradients",
+    "neuron_conductance",
     "resolve_target",
     "completeness_delta",
     "METHODS",
     "MethodSpec",
     "available_methods",
     "explainer",
+    "jit_method",
+    "require_class_methods",
 ]

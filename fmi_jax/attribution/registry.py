@@ -15,6 +15,12 @@ take a model handle as `fn` (`flax_model(module, variables, train=False)` or
 builds the Linen handle for them. Their `(N, H, W)` maps get a trailing channel axis,
 `(N, H, W, 1)`, so they line up with the input-shaped maps of the other methods.
 
+The layer methods (`layer_integrated_gradients`, `layer_conductance`,
+`layer_gradient_x_activation`, `internal_influence`) are registered as image maps like
+the CAMs: their `(N, h, w, K)` attributions summed over channels and upsampled (call
+the functions in `fmi_jax.attribution.layer` for the per-unit maps). The neuron methods
+explain one unit (`neuron=`) and take no target (`MethodSpec.explains`).
+
 Composite names are compositions, not new code: `ig_smoothgrad` is
 `noise_tunnel(integrated_gradients)`, `smoothgrad_sq` and `vargrad` are the other
 noise-tunnel kinds over signed saliency.
@@ -27,7 +33,18 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from fmi_jax.attribution import cam, perturbation, sparse
+import jax
+
+from fmi_jax.attribution import (
+    cam,
+    layer,
+    path_methods,
+    perturbation,
+    propagation,
+    sampling,
+    sparse,
+    xrai,
+)
 from fmi_jax.attribution.core import Array, Method, ModelFn
 from fmi_jax.attribution.deeplift import deeplift
 from fmi_jax.attribution.gradients import input_x_gradient, saliency
@@ -37,7 +54,14 @@ from fmi_jax.attribution.noise_tunnel import noise_tunnel, smoothgrad
 from fmi_jax.attribution.shap import gradient_shap
 from fmi_jax.attribution.smoothing import gaussian_smoothed_saliency
 
-__all__ = ["METHODS", "MethodSpec", "available_methods", "explainer"]
+__all__ = [
+    "METHODS",
+    "MethodSpec",
+    "available_methods",
+    "explainer",
+    "jit_method",
+    "require_class_methods",
+]
 
 Explain = Callable[..., Array]
 
@@ -63,6 +87,11 @@ class MethodSpec:
         explainer gives a trailing channel axis.
       check: `check(options)` raises a ValueError for options that cannot go together,
         when the explainer is built rather than when it first runs.
+      explains: what the maps explain: 'class' (the target logit) or 'neuron' (one
+        unit of a layer, `neuron=`; such a method takes no target, so the studies,
+        which explain classes, do not run it).
+      traceable: whether the method can run inside `jax.jit` (XRAI cannot: it
+        segments the concrete images on the host); see `jit_method`.
     """
 
     name: str
@@ -75,6 +104,8 @@ class MethodSpec:
     needs_model: bool = False
     spatial: bool = False
     check: Callable[[Mapping[str, Any]], None] | None = None
+    explains: str = "class"
+    traceable: bool = True
 
     def is_signed(self, options: Mapping[str, Any] | None = None) -> bool:
         """Whether maps carry sign under `options` (`abs=True` makes them magnitudes)."""
@@ -102,20 +133,75 @@ def _tunnel(kind: str, inner: Method) -> Method:
     return method
 
 
-def _patch_or_mask(options: Mapping[str, Any]) -> None:
-    if options.get("patch") is not None and options.get("feature_mask") is not None:
-        raise ValueError("feature_permutation takes `patch` or `feature_mask`, not both")
+def _patch_or_mask(name: str) -> Callable[[Mapping[str, Any]], None]:
+    def check(options: Mapping[str, Any]) -> None:
+        if options.get("patch") is not None and options.get("feature_mask") is not None:
+            raise ValueError(f"{name} takes `patch` or `feature_mask`, not both")
+
+    return check
 
 
-def _feature_permutation(fn, x, target=None, *, patch=None, feature_mask=None, **common):
-    """Feature permutation; `patch=s` groups an image into s x s patches."""
-    _patch_or_mask({"patch": patch, "feature_mask": feature_mask})
-    if patch is not None:
-        feature_mask = perturbation.square_patches(x.shape[1:], patch)
-    return perturbation.feature_permutation(fn, x, target, feature_mask=feature_mask, **common)
+def _over_patches(method: Method) -> Method:
+    """A method over groups of features (`feature_mask`) that also takes `patch=s`:
+    an image grouped into s x s patches shared by all channels (`square_patches`)."""
+
+    def grouped(fn, x, target=None, *, patch=None, feature_mask=None, **common):
+        _patch_or_mask(method.__name__)({"patch": patch, "feature_mask": feature_mask})
+        if patch is not None:
+            feature_mask = perturbation.square_patches(x.shape[1:], patch)
+        return method(fn, x, target, feature_mask=feature_mask, **common)
+
+    grouped.__name__ = method.__name__
+    grouped.__doc__ = f"`{method.__name__}`; `patch=s` groups an image into s x s patches."
+    return grouped
 
 
-_feature_permutation.__name__ = "feature_permutation"
+def _grouped_spec(method: Method, stochastic: bool, captum: str, paper: str) -> MethodSpec:
+    return MethodSpec(
+        method.__name__,
+        _over_patches(method),
+        ("patch",) + _keywords(method),
+        stochastic,
+        True,
+        captum,
+        paper,
+        check=_patch_or_mask(method.__name__),
+    )
+
+
+def _over_layer(method: Method) -> Method:
+    """A layer method as an image map, like the CAMs: its `(N, h, w, K)` attributions
+    summed over the layer's channels (each position's share of the explained logit
+    difference) and, with `upsample=True`, resized to the input bilinearly."""
+
+    def spatial(model, x, target=None, *, upsample=True, **options):
+        maps = method(model, x, target, **options).sum(axis=-1)
+        return cam.upsample_maps(maps, x.shape[1:3]) if upsample else maps
+
+    spatial.__name__ = method.__name__
+    spatial.__doc__ = f"`{method.__name__}` summed over channels: see `_over_layer`."
+    return spatial
+
+
+def _layer_spec(method: Method, captum: str, paper: str) -> MethodSpec:
+    options = _keywords(method) + ("upsample",)
+    return MethodSpec(
+        method.__name__, _over_layer(method), options, False, True, captum, paper, True, True
+    )
+
+
+def _neuron_spec(method: Method, captum: str, paper: str) -> MethodSpec:
+    return MethodSpec(
+        method.__name__,
+        method,
+        _keywords(method),
+        False,
+        True,
+        captum,
+        paper,
+        needs_model=True,
+        explains="neuron",
+    )
 
 
 def _spec(name, method, options, stochastic, signed, captum, paper, needs_model=False):
@@ -237,15 +323,92 @@ METHODS: Mapping[str, MethodSpec] = {
             "Occlusion",
             "Zeiler & Fergus 2014",
         ),
+        _grouped_spec(
+            perturbation.feature_permutation, True, "FeaturePermutation", "Fisher et al. 2019"
+        ),
+        _grouped_spec(sampling.feature_ablation, False, "FeatureAblation", "Zeiler & Fergus 2014"),
+        _grouped_spec(
+            sampling.shapley_value_sampling,
+            True,
+            "ShapleyValueSampling",
+            "Strumbelj & Kononenko 2010",
+        ),
+        _grouped_spec(sampling.kernel_shap, True, "KernelShap", "Lundberg & Lee 2017"),
+        _grouped_spec(sampling.lime, True, "Lime", "Ribeiro, Singh & Guestrin 2016"),
+        _spec(
+            "deeplift_shap",
+            sampling.deeplift_shap,
+            _keywords(sampling.deeplift_shap),
+            False,
+            True,
+            "DeepLiftShap",
+            "Lundberg & Lee 2017 (Deep SHAP) over Shrikumar et al. 2017",
+        ),
+        _spec(
+            "blur_ig",
+            path_methods.blur_ig,
+            _keywords(path_methods.blur_ig, ("return_delta",)),
+            False,
+            True,
+            "(none; PAIR saliency BlurIG)",
+            "Xu et al. 2020",
+        ),
+        _spec(
+            "guided_ig",
+            path_methods.guided_ig,
+            _keywords(path_methods.guided_ig, ("return_delta",)),
+            False,
+            True,
+            "(none; PAIR saliency GuidedIG)",
+            "Kapishnikov et al. 2021",
+        ),
         MethodSpec(
-            "feature_permutation",
-            _feature_permutation,
-            ("patch",) + _keywords(perturbation.feature_permutation),
+            "xrai",
+            xrai.xrai,
+            _keywords(xrai.xrai),
+            False,
             True,
+            "(none; PAIR saliency XRAI)",
+            "Kapishnikov et al. 2019",
+            spatial=True,
+            traceable=False,
+        ),
+        _spec(
+            "guided_backprop",
+            propagation.guided_backprop,
+            _keywords(propagation.guided_backprop),
+            False,
             True,
-            "FeaturePermutation",
-            "Fisher et al. 2019",
-            check=_patch_or_mask,
+            "GuidedBackprop",
+            "Springenberg et al. 2015",
+        ),
+        _spec(
+            "deconvolution",
+            propagation.deconvolution,
+            _keywords(propagation.deconvolution),
+            False,
+            True,
+            "Deconvolution",
+            "Zeiler & Fergus 2014",
+        ),
+        _spec(
+            "lrp",
+            propagation.lrp,
+            _keywords(propagation.lrp),
+            False,
+            True,
+            "LRP",
+            "Bach et al. 2015; rules of Montavon et al. 2019",
+        ),
+        _spec(
+            "guided_grad_cam",
+            propagation.guided_grad_cam,
+            _keywords(propagation.guided_grad_cam),
+            False,
+            True,
+            "GuidedGradCam",
+            "Selvaraju et al. 2017",
+            needs_model=True,
         ),
         _spec(
             "decoder_weighted",
@@ -257,8 +420,49 @@ METHODS: Mapping[str, MethodSpec] = {
             "gradient x activation in code space (Shrikumar et al. 2016), through the decoder",
             needs_model=True,
         ),
+        _layer_spec(
+            layer.layer_gradient_x_activation,
+            "LayerGradientXActivation",
+            "Shrikumar et al. 2016, at a layer",
+        ),
+        _layer_spec(
+            layer.layer_integrated_gradients,
+            "LayerIntegratedGradients",
+            "Sundararajan et al. 2017, at a layer",
+        ),
+        _layer_spec(
+            layer.layer_conductance,
+            "LayerConductance (method='riemann_trapezoid')",
+            "Dhamdhere et al. 2018",
+        ),
+        _layer_spec(layer.internal_influence, "InternalInfluence", "Leino et al. 2018"),
+        _neuron_spec(layer.neuron_gradient, "NeuronGradient", "Simonyan et al. 2014, of a unit"),
+        _neuron_spec(
+            layer.neuron_integrated_gradients,
+            "NeuronIntegratedGradients",
+            "Sundararajan et al. 2017, of a unit",
+        ),
+        _neuron_spec(layer.neuron_conductance, "NeuronConductance", "Dhamdhere et al. 2018"),
     )
 }
+
+
+def jit_method(name: str, explain: Callable[..., Array]) -> Callable[..., Array]:
+    """`jax.jit(explain)` for the method called `name`, or `explain` itself when the
+    method cannot be traced (`MethodSpec.traceable`): one call site for both kinds."""
+    return jax.jit(explain) if METHODS[name].traceable else explain
+
+
+def require_class_methods(names: Any, where: str) -> None:
+    """A one-line ValueError if any of `names` explains a neuron rather than a class:
+    `where` (a study, the report) attributes the target class of every image."""
+    neuron = [n for n in names if n in METHODS and METHODS[n].explains != "class"]
+    if neuron:
+        raise ValueError(
+            f"{where} explains classes; {', '.join(neuron)} explain(s) one neuron of a layer "
+            "(neuron=) and take no target: call fmi_jax.attribution."
+            f"{neuron[0]}(handle, x, layer=..., neuron=...) directly"
+        )
 
 
 def available_methods() -> tuple[str, ...]:
@@ -300,6 +504,11 @@ def explainer(
             raise ValueError(
                 f"{name} needs layer=<module path of a conv layer>, e.g. layer='conv2'; "
                 "fmi_jax.attribution.layer_names(handle, x) lists them"
+            )
+        if "neuron" in spec.options and "neuron" not in options:
+            raise ValueError(
+                f"{name} needs neuron=<index tuple into the layer's activation without the "
+                "batch axis>, e.g. neuron=(3, 4, 0)"
             )
     method = spec.method
     bound = dict(options)

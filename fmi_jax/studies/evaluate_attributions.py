@@ -132,6 +132,7 @@ def _check(config: Any, model: Any, variables: Any, images: np.ndarray) -> None:
         )
     if len(set(config.methods)) != len(config.methods):
         raise ValueError(f"methods repeat a name: {tuple(config.methods)}")
+    attribution.require_class_methods(config.methods, "the leaderboard")
     if config.target not in ("predicted", "label"):
         raise ValueError(f"target must be 'predicted' or 'label', got {config.target!r}")
     x = to_float(jnp.asarray(images[:1]))
@@ -194,7 +195,7 @@ def _builder(config: Any, name: str, model: Any) -> Callable[[Any], Explain]:
         build = attribution.explainer(name, fn, model=model, variables=variables, **options)
         return build(x, target, keys)
 
-    jitted = jax.jit(run)
+    jitted = attribution.jit_method(name, run)
     return lambda variables: lambda x, target, keys: jitted(variables, x, target, keys)
 
 

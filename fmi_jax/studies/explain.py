@@ -161,6 +161,7 @@ def _check(config: Any, fn: Any, model: Any, variables: Any, images: np.ndarray)
         raise ValueError(
             f"unknown method(s) {unknown}; available: {attribution.available_methods()}"
         )
+    attribution.require_class_methods(config.methods, "the explain study")
     x = to_float(jnp.asarray(images[:1]))
     handle = attribution.flax_model(model, variables)
     for name in config.methods:
@@ -251,8 +252,8 @@ def explain_model(
         maps, stats = {}, {"methods": {}, "completeness": {}}
         for name in config.methods:
             options = _method_options(config, name)
-            explain = jax.jit(
-                attribution.explainer(name, fn, model=model, variables=variables, **options)
+            explain = attribution.jit_method(
+                name, attribution.explainer(name, fn, model=model, variables=variables, **options)
             )
             start = time.perf_counter()
             result = np.asarray(jax.block_until_ready(explain(images, target, key)))

@@ -418,16 +418,31 @@ METHOD_OPTIONS = {
     "grad_cam": {"layer": "conv2"},
     "grad_cam_plus_plus": {"layer": "conv2"},
     "score_cam": {"layer": "conv2"},
+    "blur_ig": {"steps": 4},
+    "guided_ig": {"steps": 4},
+    "xrai": {"steps": 2},
+    "guided_grad_cam": {"layer": "conv2"},
+    "feature_ablation": {"patch": 4},
+    "shapley_value_sampling": {"patch": 4, "samples": 2},
+    "kernel_shap": {"patch": 4, "samples": 3},
+    "lime": {"patch": 4, "samples": 3},
+    "deeplift_shap": {"baseline": jnp.zeros((2, 8, 8, CHANNELS))},
+    "layer_gradient_x_activation": {"layer": "conv2"},
+    "layer_integrated_gradients": {"layer": "conv2", "steps": 2},
+    "layer_conductance": {"layer": "conv2", "steps": 2},
+    "internal_influence": {"layer": "conv2", "steps": 2},
     "occlusion": {"window": 2, "stride": 2},
     "feature_permutation": {"patch": 4},
 }
-METHODS = [m for m in A.available_methods() if m != "decoder_weighted"]
+METHODS = [
+    m for m in A.available_methods() if m != "decoder_weighted" and A.METHODS[m].explains == "class"
+]
 
 
 def explained(method, fn, x, target):
     """One jitted call of the registry's `method` on `fn` (one compile per case)."""
     explain = A.explainer(method, fn, **METHOD_OPTIONS.get(method, {}))
-    return jax.jit(lambda x, t: explain(x, t, jax.random.key(3)))(x, target)
+    return A.jit_method(method, lambda x, t: explain(x, t, jax.random.key(3)))(x, target)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -442,6 +457,29 @@ def test_every_method_is_the_same_through_the_handle_and_through_nnx(
         by_hand = explained(method, lambda x: model.apply(variables, x, train=False), x, target)
         close(through_handle, by_hand)
     close(explained(method, nnx_handle, x, target), through_handle)
+
+
+NEURON_METHODS = [m for m in A.available_methods() if A.METHODS[m].explains == "neuron"]
+
+
+@pytest.mark.parametrize("method", NEURON_METHODS)
+def test_neuron_methods_are_the_same_through_linen_and_nnx(method, linen_handle, nnx_handle, x):
+    # The unit most active on average, so no gradient through it is zero by a dead ReLU.
+    activation = linen_handle.capture(x, "conv2")[1].mean(axis=0)
+    neuron = tuple(int(i) for i in np.unravel_index(int(jnp.argmax(activation)), activation.shape))
+    options = {"layer": "conv2", "neuron": neuron}
+    if "steps" in A.METHODS[method].options:
+        options["steps"] = 2
+    # Neuron conductance explains a class through the neuron; the others the neuron alone.
+    target = jnp.argmax(linen_handle(x), axis=-1) if method == "neuron_conductance" else None
+
+    def run(handle):
+        explain = A.explainer(method, handle, **options)
+        return jax.jit(lambda x: explain(x, target))(x)
+
+    through_linen = run(linen_handle)
+    assert float(jnp.abs(through_linen).sum()) > 0
+    close(run(nnx_handle), through_linen)
 
 
 def test_target_none_is_the_predicted_class_through_the_handle(handle, x):

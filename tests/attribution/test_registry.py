@@ -2,6 +2,7 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,13 +87,17 @@ def test_every_method_runs_on_images_with_the_same_signature():
     explainers = {}
     for name in A.available_methods():
         spec = A.METHODS[name]
-        if spec.needs_model:
-            continue  # the CAM family: tests/attribution/test_cam.py
+        if spec.needs_model or not spec.traceable:
+            continue  # the CAM family: tests/attribution/test_cam.py; XRAI: test_xrai.py
         options = {"samples": 2} if spec.stochastic and "samples" in spec.options else {}
         if name in ("integrated_gradients", "ig_smoothgrad"):
             options["steps"] = 4
         if name == "occlusion":
             options["window"] = (3, 3)
+        if name == "deeplift_shap":
+            options["baseline"] = jnp.zeros((2, 6, 6, 1))
+        if "patch" in spec.options:
+            options["patch"] = 3
         explainers[name] = A.explainer(name, image_fn, **options)
     # Every method called the same way, all in one compiled program (un-jitted, each
     # compiles primitive by primitive; separately jitted, each random draw again).
@@ -164,6 +169,44 @@ def test_method_spec_fields():
     for name in ("grad_cam", "grad_cam_plus_plus", "score_cam"):
         spec = A.METHODS[name]
         assert spec.needs_model and spec.spatial and not spec.is_signed(), name
+    # One (N, H, W) map per image: the CAMs, the layer methods summed over channels, XRAI.
+    layer_methods = ("layer_gradient_x_activation", "layer_integrated_gradients")
+    layer_methods += ("layer_conductance", "internal_influence")
     for name, spec in A.METHODS.items():
-        if name not in ("grad_cam", "grad_cam_plus_plus", "score_cam"):
+        if name not in ("grad_cam", "grad_cam_plus_plus", "score_cam", "xrai") + layer_methods:
             assert not spec.spatial, name
+
+
+class _TwoConvs(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(3, (3, 3), name="conv1")(x))
+        x = nn.relu(nn.Conv(4, (3, 3), name="conv2")(x))
+        return nn.Dense(3)(x.mean(axis=(1, 2)))
+
+
+def test_layer_methods_are_registered_as_channel_sums_like_the_cams():
+    x = jax.random.uniform(jax.random.key(5), (2, 6, 6, 1))
+    model = _TwoConvs()
+    handle = A.flax_model(model, model.init(jax.random.key(1), x))
+    target = jnp.argmax(handle(x), axis=-1)
+    per_unit = A.layer_integrated_gradients(handle, x, target, layer="conv2", steps=3)
+    flat = A.explainer("layer_integrated_gradients", handle, layer="conv2", steps=3, upsample=False)
+    np.testing.assert_allclose(flat(x, target)[..., 0], per_unit.sum(-1), rtol=1e-6, atol=1e-7)
+    up = A.explainer("layer_integrated_gradients", handle, layer="conv2", steps=3)(x, target)
+    assert up.shape == x.shape[:3] + (1,)
+    np.testing.assert_allclose(
+        up[..., 0], A.upsample_maps(per_unit.sum(-1), x.shape[1:3]), rtol=1e-6, atol=1e-7
+    )
+
+
+def test_neuron_methods_need_a_neuron_and_are_kept_out_of_class_studies():
+    spec = A.METHODS["neuron_integrated_gradients"]
+    assert spec.explains == "neuron" and A.METHODS["saliency"].explains == "class"
+    with pytest.raises(ValueError, match=r"neuron_gradient needs neuron=<index tuple"):
+        A.explainer("neuron_gradient", A.flax_model(_TwoConvs(), {}), layer="conv1")
+    A.require_class_methods(["saliency", "layer_conductance"], "the report")
+    with pytest.raises(
+        ValueError, match=r"^the report explains classes; neuron_gradient explain\(s\) one neuron"
+    ):
+        A.require_class_methods(["saliency", "neuron_gradient"], "the report")
