@@ -66,6 +66,21 @@ def get_config(arg=None):
         "score_cam": {"layer": "conv3", "batch_size": 64},
         "occlusion": {"window": (4, 4), "stride": 2, "baseline": 0.0, "batch_size": 64},
         "feature_permutation": {"patch": 4, "batch_size": 64},
+        # The rows below are not in `methods` by default (name them to time them):
+        # modified-backward rules, the sampling family over 4x4 patches (49 groups),
+        # DeepLiftShap against 10 uniform reference images, and the layer methods on
+        # conv3, summed over channels and upsampled on both sides.
+        "guided_grad_cam": {"layer": "conv3"},
+        "lrp": {"rule": "epsilon", "epsilon": 1e-9},
+        "deeplift_shap": {"references": 10},
+        "feature_ablation": {"patch": 4, "batch_size": 64},
+        "shapley_value_sampling": {"patch": 4, "samples": 5, "batch_size": 64},
+        "kernel_shap": {"patch": 4, "samples": 100, "batch_size": 64},
+        "lime": {"patch": 4, "samples": 100, "batch_size": 64},
+        "layer_integrated_gradients": {"layer": "conv3", "steps": 50},
+        "layer_conductance": {"layer": "conv3", "steps": 50},
+        "layer_gradient_x_activation": {"layer": "conv3"},
+        "internal_influence": {"layer": "conv3", "steps": 50},
         # Infidelity of the signed gradient (the attributions are computed once by
         # fmi_jax and given to both sides; only the metric is timed), Gaussian
         # I ~ N(0, 0.003^2), 10 perturbations per image; max-sensitivity of saliency

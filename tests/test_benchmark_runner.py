@@ -360,7 +360,7 @@ def _bench_config(**changes):
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("methods", ("saliency", "lime"), r"config.methods: no PyTorch reference for \['lime'\]"),
+        ("methods", ("saliency", "xrai"), r"config.methods: no PyTorch reference for \['xrai'\]"),
         ("methods", (), "config.methods: empty"),
         ("batch_sizes", (64, 0), r"config.batch_sizes must be integers >= 1, got \(64, 0\)"),
         ("repeats", 0, "config.repeats must be an integer >= 1, got 0"),

@@ -111,6 +111,7 @@ __all__ = [
     "dither",
     "goal",
     "jax_method_call",
+    "reference_images",
     "jax_metric_call",
     "jax_leaves_gpu_room",
     "machine_description",
@@ -135,6 +136,19 @@ METHOD_REFERENCES = {
     "score_cam": "grad-cam ScoreCAM",
     "occlusion": "Captum Occlusion",
     "feature_permutation": "Captum FeaturePermutation",
+    "guided_backprop": "Captum GuidedBackprop",
+    "deconvolution": "Captum Deconvolution",
+    "guided_grad_cam": "Captum GuidedGradCam",
+    "lrp": "Captum LRP",
+    "deeplift_shap": "Captum DeepLiftShap",
+    "feature_ablation": "Captum FeatureAblation",
+    "shapley_value_sampling": "Captum ShapleyValueSampling",
+    "kernel_shap": "Captum KernelShap",
+    "lime": "Captum Lime",
+    "layer_integrated_gradients": "Captum LayerIntegratedGradients",
+    "layer_conductance": "Captum LayerConductance",
+    "layer_gradient_x_activation": "Captum LayerGradientXActivation",
+    "internal_influence": "Captum InternalInfluence",
 }
 # Rows that time an explanation metric (fmi_jax.evaluation) rather than a method.
 METRIC_REFERENCES = {
@@ -297,6 +311,9 @@ def run_benchmark(
         if name == "gradient_shap":
             results["agreement"][name] = "stochastic (random path points); not compared"
             continue
+        if name in ("shapley_value_sampling", "kernel_shap", "lime"):
+            results["agreement"][name] = "stochastic (random coalitions); not compared"
+            continue
         if name in METRICS:
             record = _metric_agreement(
                 name, fn, opts, model, variables, net, x_check[:n0], target_all[:n0], nchw
@@ -357,8 +374,13 @@ def run_benchmark(
             ),
             "images": n_check,
         }
-        if name == "deeplift":
-            completeness = _deeplift_completeness(fn, net, x0, t0, nchw, ttarget)
+        if name in ("deeplift", "deeplift_shap"):
+            references = (
+                reference_images(opts["references"], x0.shape[1:])
+                if name == "deeplift_shap"
+                else np.zeros((1, *x0.shape[1:]), np.float32)
+            )
+            completeness = _summation_gaps(fn, x0, t0, ours, theirs, references)
             results["agreement"][name].update(completeness)
             if rel > config.tolerance and completeness["captum_complete"] is False:
                 # Summation-to-delta is DeepLIFT's defining property; the side that
@@ -367,13 +389,14 @@ def run_benchmark(
                     "Captum violates summation-to-delta (see docs/captum.md); fmi_jax holds it"
                 )
                 logging.warning(
-                    "deeplift: Captum's attributions miss summation-to-delta by up to "
+                    "%s: Captum's attributions miss summation-to-delta by up to "
                     "%.1e of |f(x) - f(baseline)| (fmi_jax: %.1e); agreement not required",
+                    name,
                     completeness["captum_relative_delta"],
                     completeness["fmi_jax_relative_delta"],
                 )
                 if not completeness["fmi_jax_complete"]:
-                    failures.append("deeplift: fmi_jax misses summation-to-delta")
+                    failures.append(f"{name}: fmi_jax misses summation-to-delta")
                 continue
         if not rel <= config.tolerance:
             failures.append(f"{name}: relative L2 error {rel:.2e} > {config.tolerance}")
@@ -864,25 +887,19 @@ def goal(row: dict[str, Any], machine: dict[str, Any]) -> dict[str, Any]:
     return {"target": target, "met": bool(row["speedup"] >= target)}
 
 
-def _deeplift_completeness(
-    fn, net, x, target, nchw, ttarget, tolerance: float = 1e-4
+def _summation_gaps(
+    fn, x, target, ours, theirs, references, tolerance: float = 1e-4
 ) -> dict[str, Any]:
-    """Both sides' summation-to-delta gaps, relative to the largest |f(x) - f(baseline)|."""
-    from captum.attr import DeepLift
-
+    """Both sides' summation-to-delta gaps, |sum(A) - (f_t(x) - mean_m f_t(b_m))|, over
+    the references `b_m` (one all-zero image for DeepLIFT's black baseline), relative to
+    the largest |f_t(x) - mean f_t(b)|."""
     x = jnp.asarray(x)
     rows = jnp.arange(len(x))
-    change = fn(x)[rows, target] - fn(jnp.zeros_like(x))[rows, target]
-    scale = max(float(jnp.abs(change).max()), 1e-12)
-    _, ours = attribution.deeplift(fn, x, jnp.asarray(target), return_delta=True)
-    _, theirs = DeepLift(net).attribute(
-        nchw(np.asarray(x)),
-        baselines=0.0,
-        target=ttarget(target),
-        return_convergence_delta=True,
-    )
-    ours = float(jnp.abs(ours).max()) / scale
-    theirs = float(theirs.abs().max()) / scale
+    reference_logits = jnp.mean(fn(jnp.asarray(references)), axis=0)  # (classes,)
+    change = np.asarray(fn(x)[rows, target] - reference_logits[jnp.asarray(target)])
+    scale = max(float(np.abs(change).max()), 1e-12)
+    gap = lambda maps: float(np.abs(maps.reshape(len(x), -1).sum(1) - change).max()) / scale
+    ours, theirs = gap(np.asarray(ours)), gap(np.asarray(theirs))
     return {
         "fmi_jax_relative_delta": ours,
         "captum_relative_delta": theirs,
@@ -902,9 +919,25 @@ def jax_method_call(name: str, fn, options: dict[str, Any], model=None, variable
     model_args = (
         {"model": model, "variables": variables} if getattr(spec, "needs_model", False) else {}
     )
-    explain = attribution.explainer(name, fn, **model_args, **options)
     key = jax.random.key(0)
+    if "references" in options:  # deeplift_shap: the references depend on the image shape
+        count, rest = options["references"], {k: v for k, v in options.items() if k != "references"}
+
+        def with_references(x, t):
+            baseline = reference_images(count, x.shape[1:])
+            explain = attribution.explainer(name, fn, **model_args, baseline=baseline, **rest)
+            return explain(x, t, key)
+
+        return jax.jit(with_references)
+    explain = attribution.explainer(name, fn, **model_args, **options)
     return jax.jit(lambda x, t: explain(x, t, key))
+
+
+def reference_images(count: int, shape: tuple[int, ...]) -> np.ndarray:
+    """`count` reference inputs of one example's `shape` (NHWC), uniform in [0, 1) from
+    a fixed seed: the baseline distribution both sides of the DeepLiftShap row use."""
+    rng = np.random.default_rng(0)
+    return rng.uniform(0.0, 1.0, (int(count), *shape)).astype(np.float32)
 
 
 def _metric_explainer(options: dict[str, Any], key: str) -> tuple[str, dict[str, Any]]:

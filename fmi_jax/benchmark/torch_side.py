@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fmi_jax.benchmark.runner import METHOD_REFERENCES, METRIC_REFERENCES
+from fmi_jax.benchmark.runner import METHOD_REFERENCES, METRIC_REFERENCES, reference_images
 
 __all__ = [
     "CAPTUM_METHODS",
@@ -371,7 +371,91 @@ def captum_method(name: str, net: nn.Module, options: Mapping[str, Any]):
             return m.attribute(x, target=t, feature_mask=fm, perturbations_per_eval=ppe)
 
         return feature_permutation
+    if name in ("guided_backprop", "deconvolution"):
+        m = (ca.GuidedBackprop if name == "guided_backprop" else ca.Deconvolution)(net)
+        return lambda x, t: m.attribute(x, target=t)
+    if name == "guided_grad_cam":
+        m = ca.GuidedGradCam(net, conv_block_output(net, options["layer"]))
+        # fmi_jax upsamples the Grad-CAM map bilinearly (half-pixel centres).
+        return lambda x, t: m.attribute(x, target=t, interpolate_mode="bilinear")
+    if name == "lrp":
+        if options.get("rule", "epsilon") != "epsilon":
+            raise ValueError("the benchmark compares LRP's epsilon rule only")
+        m = ca.LRP(net)
+        return lambda x, t: m.attribute(x, target=t)
+    if name == "deeplift_shap":
+        m = ca.DeepLiftShap(net)
+
+        def deeplift_shap(x, t):
+            shape = (x.shape[2], x.shape[3], x.shape[1])  # one NHWC example
+            nhwc = reference_images(options["references"], shape)
+            references = torch.from_numpy(nhwc).permute(0, 3, 1, 2).to(x.device)
+            return m.attribute(x, baselines=references, target=t)
+
+        return deeplift_shap
+    if name in ("feature_ablation", "shapley_value_sampling", "kernel_shap", "lime"):
+        kind = {
+            "feature_ablation": ca.FeatureAblation,
+            "shapley_value_sampling": ca.ShapleyValueSampling,
+            "kernel_shap": ca.KernelShap,
+            "lime": ca.Lime,
+        }[name]
+        m = kind(net)
+
+        def grouped(x, t):
+            fm = square_patch_mask(x.shape[2], x.shape[3], int(options["patch"])).to(x.device)
+            extra = {} if name == "feature_ablation" else {"n_samples": samples}
+            if name in ("feature_ablation", "shapley_value_sampling"):
+                groups = int(fm.max()) + 1
+                per = groups if name == "feature_ablation" else groups + 1
+                extra["perturbations_per_eval"] = _chunk_to_perturbations(
+                    options.get("batch_size"), x.shape[0], per
+                )
+            else:  # one example per call in Captum's surrogate methods
+                extra["perturbations_per_eval"] = max(1, int(options.get("batch_size") or 1))
+                return torch.cat(
+                    [
+                        m.attribute(x[i : i + 1], target=t[i : i + 1], feature_mask=fm, **extra)
+                        for i in range(x.shape[0])
+                    ]
+                )
+            return m.attribute(x, target=t, feature_mask=fm, baselines=0.0, **extra)
+
+        return grouped
+    if name in LAYER_METHODS:
+        kind = {
+            "layer_integrated_gradients": ca.LayerIntegratedGradients,
+            "layer_conductance": ca.LayerConductance,
+            "layer_gradient_x_activation": ca.LayerGradientXActivation,
+            "internal_influence": ca.InternalInfluence,
+        }[name]
+        m = kind(net, conv_block_output(net, options["layer"]))
+        extra = {}
+        if name in ("layer_integrated_gradients", "internal_influence"):
+            extra = {"n_steps": steps, "method": options.get("rule", "gausslegendre")}
+        elif name == "layer_conductance":
+            # fmi_jax's conductance uses the nodes k / steps: Captum's riemann_trapezoid
+            # alphas, linspace(0, 1, steps + 1) (docs/captum.md).
+            extra = {"n_steps": steps, "method": "riemann_trapezoid"}
+
+        def layer_map(x, t):
+            attributions = m.attribute(x, target=t, **extra)  # (N, K, h, w)
+            maps = attributions.sum(dim=1, keepdim=True)
+            if options.get("upsample", True):
+                maps = ca.LayerAttribution.interpolate(maps, tuple(x.shape[-2:]), "bilinear")
+            return maps
+
+        return layer_map
     raise ValueError(f"no PyTorch counterpart for {name!r}; have {CAPTUM_METHODS}")
+
+
+# Layer methods: fmi_jax's registry sums their maps over channels and upsamples them.
+LAYER_METHODS = (
+    "layer_integrated_gradients",
+    "layer_conductance",
+    "layer_gradient_x_activation",
+    "internal_influence",
+)
 
 
 def captum_metric(
