@@ -105,6 +105,29 @@ def test_unknown_method_is_refused_before_any_work(trained_run):
     assert not (trained_run / "explain_unknown").exists()
 
 
+def test_methods_of_every_family_run_in_the_study_and_neuron_methods_are_refused(trained_run):
+    """A modified-backward rule, a layer method (a CAM-like map), XRAI (outside jit) and a
+    sampling method over patches, side by side; a neuron method is refused up front."""
+    config = configs.load("explain", "smoke")
+    config.methods = ("guided_backprop", "layer_integrated_gradients", "xrai", "kernel_shap")
+    with config.unlocked():
+        config.options.layer_integrated_gradients = {"layer": "conv2", "steps": 4}
+        config.options.xrai = {"steps": 4}
+        config.options.kernel_shap = {"patch": 7, "samples": 16}
+    config.layer_cam.samples = 0
+    config.output = "explain_families"
+    result = studies.run_explain(config, trained_run)
+    for name in config.methods:
+        maps = result.maps[name]
+        assert maps.shape[1:3] == (28, 28) and np.isfinite(maps).all(), name
+        assert np.abs(maps).max() > 0, name
+    config.methods = ("saliency", "neuron_gradient")
+    config.output = "explain_neuron"
+    with pytest.raises(ValueError, match="explain study explains classes; neuron_gradient"):
+        studies.run_explain(config, trained_run)
+    assert not (trained_run / "explain_neuron").exists()
+
+
 @pytest.mark.slow
 def test_mnist_study_on_files_in_the_original_format(tmp_path):
     """configs/explain_mnist.py on a cnn_mnist:smoke run whose data are MNIST IDX files
