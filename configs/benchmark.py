@@ -81,6 +81,10 @@ def get_config(arg=None):
         "layer_conductance": {"layer": "conv3", "steps": 50},
         "layer_gradient_x_activation": {"layer": "conv3"},
         "internal_influence": {"layer": "conv3", "steps": 50},
+        # Neuron rows: unit (3, 3, 0) (row, column, channel) of conv3.
+        "neuron_gradient": {"layer": "conv3", "neuron": (3, 3, 0)},
+        "neuron_integrated_gradients": {"layer": "conv3", "neuron": (3, 3, 0), "steps": 50},
+        "neuron_conductance": {"layer": "conv3", "neuron": (3, 3, 0), "steps": 50},
         # Infidelity of the signed gradient (the attributions are computed once by
         # fmi_jax and given to both sides; only the metric is timed), Gaussian
         # I ~ N(0, 0.003^2), 10 perturbations per image; max-sensitivity of saliency

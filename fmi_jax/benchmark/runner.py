@@ -149,6 +149,9 @@ METHOD_REFERENCES = {
     "layer_conductance": "Captum LayerConductance",
     "layer_gradient_x_activation": "Captum LayerGradientXActivation",
     "internal_influence": "Captum InternalInfluence",
+    "neuron_gradient": "Captum NeuronGradient",
+    "neuron_integrated_gradients": "Captum NeuronIntegratedGradients",
+    "neuron_conductance": "Captum NeuronConductance",
 }
 # Rows that time an explanation metric (fmi_jax.evaluation) rather than a method.
 METRIC_REFERENCES = {
@@ -930,6 +933,9 @@ def jax_method_call(name: str, fn, options: dict[str, Any], model=None, variable
 
         return jax.jit(with_references)
     explain = attribution.explainer(name, fn, **model_args, **options)
+    if spec.explains == "neuron" and name != "neuron_conductance":
+        # These explain the neuron alone and take no target (Captum's ignore none).
+        return jax.jit(lambda x, t: explain(x, None, key))
     return jax.jit(lambda x, t: explain(x, t, key))
 
 

@@ -446,7 +446,23 @@ def captum_method(name: str, net: nn.Module, options: Mapping[str, Any]):
             return maps
 
         return layer_map
-    raise ValueError(f"no PyTorch counterpart for {name!r}; have {CAPTUM_METHODS}")
+    if name in ("neuron_gradient", "neuron_integrated_gradients", "neuron_conductance"):
+        layer = conv_block_output(net, options["layer"])
+        h, w, k = options["neuron"]  # fmi_jax's NHWC unit as Captum's NCHW selector
+        selector = (int(k), int(h), int(w))
+        if name == "neuron_gradient":
+            m = ca.NeuronGradient(net, layer)
+            return lambda x, t: m.attribute(x, neuron_selector=selector)
+        if name == "neuron_integrated_gradients":
+            m = ca.NeuronIntegratedGradients(net, layer)
+            rule = options.get("rule", "gausslegendre")
+            return lambda x, t: m.attribute(x, neuron_selector=selector, n_steps=steps, method=rule)
+        # fmi_jax's default rule for conductance, riemann_left, passed to Captum too.
+        m = ca.NeuronConductance(net, layer)
+        rule = options.get("rule", "riemann_left")
+        return lambda x, t: m.attribute(
+            x, neuron_selector=selector, target=t, n_steps=steps, method=rule
+        )
 
 
 # Layer methods: fmi_jax's registry sums their maps over channels and upsamples them.
