@@ -332,6 +332,14 @@ class Interpreter:
             outputs = rule(eqn, operands)
             if outputs is not None:
                 return outputs
+        if any(self._needs_rules(inner) for inner in _control_flow_bodies(eqn)):
+            # Bound whole, the body would keep its ordinary derivatives: a silently
+            # different method.
+            raise NotImplementedError(
+                f"{self.method} cannot apply its rules inside '{name}' (control flow such "
+                "as lax.scan, lax.cond or nn.scan over layers); unroll those layers to "
+                f"explain this model. {self.hint}".rstrip()
+            )
         dependent = [isinstance(v, Tracked) for v in operands]
         if not self.strict or is_linear(eqn, dependent):
             return on_every_branch(eqn, operands)
@@ -342,12 +350,28 @@ class Interpreter:
         )
 
     def _needs_rules(self, jaxpr: jax_core.Jaxpr) -> bool:
-        """Whether any equation of ``jaxpr``, nested calls included, has a rule."""
+        """Whether any equation of ``jaxpr``, nested calls and control flow included,
+        has a rule."""
         return any(
             eqn.primitive.name in self.rules
             or (eqn.primitive.name in CALLS and self._needs_rules(inner_jaxpr(eqn)[0]))
+            or any(self._needs_rules(inner) for inner in _control_flow_bodies(eqn))
             for eqn in jaxpr.eqns
         )
+
+
+def _control_flow_bodies(eqn: jax_core.JaxprEqn) -> list[jax_core.Jaxpr]:
+    """The jaxprs a non-call equation runs (scan and while bodies, cond branches)."""
+    if eqn.primitive.name in CALLS:
+        return []
+    bodies: list[jax_core.Jaxpr] = []
+    for value in eqn.params.values():
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(item, jax_core.ClosedJaxpr):
+                bodies.append(item.jaxpr)
+            elif isinstance(item, jax_core.Jaxpr):
+                bodies.append(item)
+    return bodies
 
 
 def modified_gradient(interpreter: Interpreter, fn: ModelFn, x: Array, target: Array) -> Array:

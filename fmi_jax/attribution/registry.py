@@ -18,8 +18,9 @@ builds the Linen handle for them. Their `(N, H, W)` maps get a trailing channel 
 The layer methods (`layer_integrated_gradients`, `layer_conductance`,
 `layer_gradient_x_activation`, `internal_influence`) are registered as image maps like
 the CAMs: their `(N, h, w, K)` attributions summed over channels and upsampled (call
-the functions in `fmi_jax.attribution.layer` for the per-unit maps). The neuron methods
-explain one unit (`neuron=`) and take no target (`MethodSpec.explains`).
+the functions in `fmi_jax.attribution.layer` for the per-unit maps). Neuron gradient and
+neuron integrated gradients explain one unit (`neuron=`) and take no target
+(`MethodSpec.explains`); neuron conductance explains the target class through a unit.
 
 Composite names are compositions, not new code: `ig_smoothgrad` is
 `noise_tunnel(integrated_gradients)`, `smoothgrad_sq` and `vargrad` are the other
@@ -141,6 +142,14 @@ def _patch_or_mask(name: str) -> Callable[[Mapping[str, Any]], None]:
     return check
 
 
+def _needs_references(options: Mapping[str, Any]) -> None:
+    if options.get("baseline") is None:
+        raise ValueError(
+            "deeplift_shap needs baseline=: a batch of references (M, ...) shaped like "
+            "the inputs, e.g. a sample of training images"
+        )
+
+
 def _over_patches(method: Method) -> Method:
     """A method over groups of features (`feature_mask`) that also takes `patch=s`:
     an image grouped into s x s patches shared by all channels (`square_patches`)."""
@@ -171,8 +180,9 @@ def _grouped_spec(method: Method, stochastic: bool, captum: str, paper: str) -> 
 
 def _over_layer(method: Method) -> Method:
     """A layer method as an image map, like the CAMs: its `(N, h, w, K)` attributions
-    summed over the layer's channels (each position's share of the explained logit
-    difference) and, with `upsample=True`, resized to the input bilinearly."""
+    summed over the layer's channels (for the complete methods, layer IG and
+    conductance, each position's share of the explained logit difference) and, with
+    `upsample=True`, resized to the input bilinearly."""
 
     def spatial(model, x, target=None, *, upsample=True, **options):
         maps = method(model, x, target, **options).sum(axis=-1)
@@ -190,7 +200,7 @@ def _layer_spec(method: Method, captum: str, paper: str) -> MethodSpec:
     )
 
 
-def _neuron_spec(method: Method, captum: str, paper: str) -> MethodSpec:
+def _neuron_spec(method: Method, captum: str, paper: str, explains: str = "neuron") -> MethodSpec:
     return MethodSpec(
         method.__name__,
         method,
@@ -200,7 +210,7 @@ def _neuron_spec(method: Method, captum: str, paper: str) -> MethodSpec:
         captum,
         paper,
         needs_model=True,
-        explains="neuron",
+        explains=explains,
     )
 
 
@@ -335,7 +345,7 @@ METHODS: Mapping[str, MethodSpec] = {
         ),
         _grouped_spec(sampling.kernel_shap, True, "KernelShap", "Lundberg & Lee 2017"),
         _grouped_spec(sampling.lime, True, "Lime", "Ribeiro, Singh & Guestrin 2016"),
-        _spec(
+        MethodSpec(
             "deeplift_shap",
             sampling.deeplift_shap,
             _keywords(sampling.deeplift_shap),
@@ -343,6 +353,7 @@ METHODS: Mapping[str, MethodSpec] = {
             True,
             "DeepLiftShap",
             "Lundberg & Lee 2017 (Deep SHAP) over Shrikumar et al. 2017",
+            check=_needs_references,
         ),
         _spec(
             "blur_ig",
@@ -442,7 +453,10 @@ METHODS: Mapping[str, MethodSpec] = {
             "NeuronIntegratedGradients",
             "Sundararajan et al. 2017, of a unit",
         ),
-        _neuron_spec(layer.neuron_conductance, "NeuronConductance", "Dhamdhere et al. 2018"),
+        # Explains the target class, through one unit.
+        _neuron_spec(
+            layer.neuron_conductance, "NeuronConductance", "Dhamdhere et al. 2018", "class"
+        ),
     )
 }
 

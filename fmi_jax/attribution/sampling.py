@@ -503,7 +503,10 @@ def lime(
         fn, x, baseline, target, groups, coalition, samples, batch_size, distance=measure
     )
     values, d = out[..., 0], out[..., 1]
-    w = jnp.exp(-(d**2) / (2 * kernel_width**2))
+    # The ridge normalises the weights, so they are exponentiated relative to each
+    # example's largest: exp(-d^2 / 2w^2) underflows to 0 for every sample at large d.
+    log_w = -(d**2) / (2 * kernel_width**2)
+    w = jnp.exp(log_w - jnp.max(log_w, axis=-1, keepdims=True))
     z = z.astype(jnp.float32)
     beta = jax.vmap(lambda z, y, w: _ridge(z, y, w, alpha))(z, values, w)
     return _spread(beta, groups)

@@ -32,8 +32,9 @@ The pass is sequential and runs on the host; the rest (edge weights, sorting,
 dilation, the greedy selection's bookkeeping) is vectorised numpy. We follow
 scikit-image's ``felzenszwalb``: Gaussian pre-smoothing per channel (reflecting
 boundary), 8-connected grid, edge weight = Euclidean colour distance, edges in
-increasing weight merge components C1, C2 when w < min(Int(C_i) + scale / |C_i|)
-(Int = largest weight merged into the component so far), then a second pass over the
+increasing weight merge components C1, C2 when w < min(Int(C_i) + k / |C_i|)
+(Int = largest weight merged into the component so far; k = scale / 255,
+scikit-image's units, in which PAIR's scales are given), then a second pass over the
 same edges merges any component smaller than ``min_size`` into its neighbour.
 
 Resolution: PAIR resizes every image to 224 x 224 (bicubic), normalises it to
@@ -155,7 +156,9 @@ def felzenszwalb(
     Args:
       image: ``(H, W)`` or ``(H, W, C)`` array, any float scale (edge weights are
         colour distances in its units).
-      scale: k, the merge threshold's size term k / |C|; > 0.
+      scale: the merge threshold's size term, in scikit-image's units: two components
+        merge when their connecting edge is below ``scale / 255 / |C|`` plus their
+        internal difference; > 0.
       sigma: standard deviation of the Gaussian pre-smoothing, in pixels; 0 skips it.
       min_size: segments smaller than this are merged into a neighbour afterwards.
 
@@ -180,6 +183,8 @@ def felzenszwalb(
     parent = list(range(height * width))
     size = [1] * (height * width)
     internal = [0.0] * (height * width)
+    # scikit-image's (and so PAIR's) units: `scale` counts 8-bit steps, k = scale / 255.
+    k = float(scale) / 255.0
 
     def root(p: int) -> int:
         top = p
@@ -198,7 +203,7 @@ def felzenszwalb(
 
     for a, b, w in zip(first, second, cost):
         a, b = root(a), root(b)
-        if a != b and w < min(internal[a] + scale / size[a], internal[b] + scale / size[b]):
+        if a != b and w < min(internal[a] + k / size[a], internal[b] + k / size[b]):
             internal[join(a, b)] = w
     for a, b in zip(first, second):
         a, b = root(a), root(b)

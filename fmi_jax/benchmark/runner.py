@@ -933,7 +933,7 @@ def jax_method_call(name: str, fn, options: dict[str, Any], model=None, variable
 
         return jax.jit(with_references)
     explain = attribution.explainer(name, fn, **model_args, **options)
-    if spec.explains == "neuron" and name != "neuron_conductance":
+    if spec.explains == "neuron":
         # These explain the neuron alone and take no target (Captum's ignore none).
         return jax.jit(lambda x, t: explain(x, None, key))
     return jax.jit(lambda x, t: explain(x, t, key))

@@ -463,6 +463,7 @@ def captum_method(name: str, net: nn.Module, options: Mapping[str, Any]):
         return lambda x, t: m.attribute(
             x, neuron_selector=selector, target=t, n_steps=steps, method=rule
         )
+    raise ValueError(f"no PyTorch counterpart for {name!r}; have {CAPTUM_METHODS}")
 
 
 # Layer methods: fmi_jax's registry sums their maps over channels and upsamples them.

@@ -36,11 +36,10 @@ Loop structure (config.loop):
   'scan'  `lax.scan` over `steps_per_dispatch` steps per call ('auto' picks it);
   'step'  one jitted call per optimizer step (gather + step fused, state donated).
 Every call of a compiled XLA program allocates its temporary buffers afresh, and on
-CPU the operating system maps those pages in again on first touch each time: for the
-im2col training step that is about 100 MB of fresh pages per call. A scan reuses
-one allocation for all its steps, which is why it runs faster on CPU (docs/guide.md,
-"Training", has the measurement); on accelerators it also saves the per-step
-dispatch, which dominates small models there.
+CPU the operating system maps those pages in again on first touch each time (the
+im2col training step's temporaries are large). A scan reuses one allocation for all
+its steps, which is why it runs faster on CPU (docs/guide.md, "Training", has the
+measurement); on accelerators it also saves the per-step dispatch.
 
 Devices (config.num_devices; see fmi_jax/parallel.py): 1 (the default) runs on
 `jax.devices()[0]` alone; n > 1 (or 0, all devices) builds a mesh over the first n

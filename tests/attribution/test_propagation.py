@@ -347,3 +347,17 @@ def test_lrp_rules_agree_with_captum(rule):
     theirs = captum_attr.LRP(net).attribute(torch.from_numpy(images), target=target)
     ours = compiled(lrp, fn, images, jnp.asarray(target), rule=rule, **options)
     np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-3, atol=1e-6)
+
+
+def test_rules_inside_control_flow_are_refused_rather_than_silently_dropped():
+    w1 = jnp.array([[1.0, -2.0], [0.5, 1.0]])
+    w2 = jnp.array([[3.0], [-1.0]])
+
+    def scanned(x):  # the hidden layer inside lax.scan, as nn.scan layer stacks trace
+        h, _ = jax.lax.scan(lambda c, _: (jax.nn.relu(c @ w1), None), x, None, length=1)
+        return h @ w2
+
+    x = jnp.array([[1.0, 2.0]])
+    for method in (guided_backprop, deconvolution, lrp):
+        with pytest.raises(NotImplementedError, match=r"cannot apply its rules inside 'scan'"):
+            method(scanned, x, 0)

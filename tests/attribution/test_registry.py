@@ -200,6 +200,11 @@ def test_layer_methods_are_registered_as_channel_sums_like_the_cams():
     )
 
 
+def test_deeplift_shap_without_references_is_refused_when_the_explainer_is_built():
+    with pytest.raises(ValueError, match=r"^deeplift_shap needs baseline=: a batch"):
+        A.explainer("deeplift_shap", fn)
+
+
 def test_neuron_methods_need_a_neuron_and_are_kept_out_of_class_studies():
     spec = A.METHODS["neuron_integrated_gradients"]
     assert spec.explains == "neuron" and A.METHODS["saliency"].explains == "class"

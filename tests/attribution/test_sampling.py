@@ -269,3 +269,25 @@ def test_bad_arguments_are_one_line_errors():
         lime(linear, X, TARGET, key=KEY, kernel_width=0.0)
     with pytest.raises(ValueError, match="distance must be one of"):
         lime(linear, X, TARGET, key=KEY, distance="l1")
+
+
+def test_lime_weights_do_not_underflow_far_from_the_input():
+    """exp(-d^2 / 2) underflows for every sample once d > ~13; the ridge normalises the
+    weights, so they are taken relative to the largest and stay exact."""
+    w = jnp.arange(64, dtype=jnp.float32).reshape(64, 1) / 64.0
+    linear = lambda x: x.reshape(x.shape[0], -1) @ w  # noqa: E731
+    x = jax.random.uniform(jax.random.key(1), (2, 8, 8), minval=4.0, maxval=8.0)
+    run = lambda width: lime(  # noqa: E731
+        linear,
+        x,
+        0,
+        key=jax.random.key(2),
+        samples=400,
+        distance="euclidean",
+        alpha=0.0,
+        kernel_width=width,
+    )
+    # Distances of 10-40: every weight below 1e-20 in absolute terms, yet finite maps.
+    assert bool(jnp.isfinite(run(1.0)).all())
+    # Wide enough a kernel that the samples' weights are comparable: the linear model.
+    np.testing.assert_allclose(run(50.0), x * w.reshape(8, 8), rtol=1e-3, atol=1e-3)

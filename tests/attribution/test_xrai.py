@@ -43,14 +43,14 @@ def test_felzenszwalb_recovers_constant_rectangles(shape):
 
 def test_felzenszwalb_merges_exactly_when_the_edge_is_below_the_size_term():
     """Two constant 4 x 4 halves differ by d; inside each, edges weigh 0, so each half
-    is one component (size 16, internal weight 0) and they merge iff d < scale / 16."""
+    is one component (size 16, internal weight 0) and they merge iff d < scale / 255 / 16 (scikit-image's units)."""
     d = 0.3
     image = np.zeros((4, 8))
     image[:, 4:] = d
-    assert felzenszwalb(image, scale=16 * d * 1.01, sigma=0.0, min_size=1).max() == 0
-    assert felzenszwalb(image, scale=16 * d * 0.99, sigma=0.0, min_size=1).max() == 1
+    assert felzenszwalb(image, scale=255 * 16 * d * 1.01, sigma=0.0, min_size=1).max() == 0
+    assert felzenszwalb(image, scale=255 * 16 * d * 0.99, sigma=0.0, min_size=1).max() == 1
     # min_size merges what the threshold kept apart.
-    assert felzenszwalb(image, scale=16 * d * 0.99, sigma=0.0, min_size=17).max() == 0
+    assert felzenszwalb(image, scale=255 * 16 * d * 0.99, sigma=0.0, min_size=17).max() == 0
 
 
 def test_felzenszwalb_segments_respect_min_size_and_are_numbered_contiguously():
