@@ -189,7 +189,10 @@ def _over_layer(method: Method) -> Method:
         return cam.upsample_maps(maps, x.shape[1:3]) if upsample else maps
 
     spatial.__name__ = method.__name__
-    spatial.__doc__ = f"`{method.__name__}` summed over channels: see `_over_layer`."
+    spatial.__doc__ = (
+        f"`{method.__name__}` summed over the layer's channels, upsampled to the input "
+        "unless `upsample=False`."
+    )
     return spatial
 
 
