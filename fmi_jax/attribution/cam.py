@@ -59,7 +59,7 @@ from fmi_jax.attribution.core import (
     select_target,
     sum_over_samples,
 )
-from fmi_jax.attribution.handle import FlaxModel, as_flax_model
+from fmi_jax.attribution.handle import activation_and_gradient, as_flax_model
 
 __all__ = [
     "layer_names",
@@ -79,22 +79,6 @@ def layer_names(model: Any, x: Array) -> tuple[str, ...]:
     return as_flax_model(model, "layer_names").layer_names(as_input(x))
 
 
-def _activation_and_gradient(handle: FlaxModel, x: Array, target: Array, layer: str):
-    """``A`` and ``dy_t/dA`` at the named layer for a chunk, in one backward pass.
-
-    The gradient of the batch sum of target logits is every example's own gradient,
-    because in inference mode examples do not interact (see ``target_logit_grad``).
-    """
-    shape = handle.layer_shape(x, layer)
-
-    def target_sum(delta):
-        logits, activation = handle.capture(x, layer, delta)
-        return jnp.sum(select_target(logits, target)), activation
-
-    gradient, activation = jax.grad(target_sum, has_aux=True)(jnp.zeros(shape, jnp.float32))
-    return activation.astype(jnp.float32), gradient
-
-
 def _gradient_cam(name, channel_weights, model, x, target, key, baseline, batch_size, layer):
     """The (N, h, w) map ``sum_k alpha_k A_k`` of a gradient CAM, ``batch_size`` examples
     per backward pass."""
@@ -105,7 +89,7 @@ def _gradient_cam(name, channel_weights, model, x, target, key, baseline, batch_
     target = resolve_target(handle, x, target, batch_size=batch_size)
 
     def chunk_maps(example: Array, _: Array) -> Array:
-        activation, gradient = _activation_and_gradient(handle, x[example], target[example], layer)
+        activation, gradient = activation_and_gradient(handle, x[example], target[example], layer)
         return jnp.sum(channel_weights(activation, gradient) * activation, axis=-1)
 
     return sum_over_samples(chunk_maps, x.shape[0], batch_size=batch_size)

@@ -66,9 +66,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fmi_jax.attribution.core import Array
+from fmi_jax.attribution.core import Array, select_target
 
-__all__ = ["FlaxModel", "flax_model", "as_flax_model"]
+__all__ = ["FlaxModel", "flax_model", "as_flax_model", "activation_and_gradient"]
 
 # Private names for the Linen collections the capture goes through.
 _CAPTURE = "fmi_jax_capture"  # collection the layer's output is sown into
@@ -491,3 +491,22 @@ def as_flax_model(obj: Any, method_name: str) -> FlaxModel:
         "fmi_jax.attribution.flax_model(model, variables, train=False) (Linen) or "
         "flax_model(nnx_module), not a plain function"
     )
+
+
+def activation_and_gradient(
+    handle: FlaxModel, x: Array, target: Array, layer: str, delta: Array | None = None
+) -> tuple[Array, Array]:
+    """``A(x)`` at ``layer`` and ``dy_t/dA`` there, with the layer's output replaced by
+    ``A(x) + delta`` for the rest of the pass (``delta`` zero when None), for a chunk of
+    examples in one backward pass: the gradient of the batch sum of target logits is
+    every example's own, because in inference mode examples do not interact. What the
+    CAMs and the layer methods differentiate."""
+    if delta is None:
+        delta = jnp.zeros(handle.layer_shape(x, layer), jnp.float32)
+
+    def target_sum(delta: Array) -> tuple[Array, Array]:
+        logits, activation = handle.capture(x, layer, delta)
+        return jnp.sum(select_target(logits, target)), activation
+
+    gradient, activation = jax.grad(target_sum, has_aux=True)(delta)
+    return activation.astype(jnp.float32), gradient.astype(jnp.float32)

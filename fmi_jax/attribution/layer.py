@@ -110,7 +110,7 @@ from fmi_jax.attribution.core import (
     select_target,
     sum_over_samples,
 )
-from fmi_jax.attribution.handle import FlaxModel, as_flax_model
+from fmi_jax.attribution.handle import FlaxModel, activation_and_gradient, as_flax_model
 from fmi_jax.attribution.integrated_gradients import quadrature
 
 __all__ = [
@@ -153,25 +153,6 @@ def _path_point(x: Array, baseline: Array, example: Array, alpha: Array) -> Arra
 
 def _activation(handle: FlaxModel, x: Array, layer: str) -> Array:
     return handle.capture(x, layer)[1].astype(jnp.float32)
-
-
-def _layer_gradient(
-    handle: FlaxModel, x: Array, target: Array, layer: str, delta: Array | None = None
-) -> tuple[Array, Array]:
-    """``A(x)`` and ``dy_t/dA`` at ``A(x) + delta`` (``delta`` zero when None) for a chunk.
-
-    One backward pass for the batch sum of target logits, which is every example's own
-    gradient because examples do not interact in inference mode.
-    """
-    if delta is None:
-        delta = jnp.zeros(handle.layer_shape(x, layer), jnp.float32)
-
-    def target_sum(delta: Array) -> tuple[Array, Array]:
-        logits, activation = handle.capture(x, layer, delta)
-        return jnp.sum(select_target(logits, target)), activation
-
-    gradient, activation = jax.grad(target_sum, has_aux=True)(delta)
-    return activation.astype(jnp.float32), gradient.astype(jnp.float32)
 
 
 def _neuron_index(neuron: Any, layer: str, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -246,7 +227,7 @@ def layer_gradient_x_activation(
     target = resolve_target(handle, x, target, batch_size=batch_size)
 
     def product(example: Array, _: Array) -> Array:
-        activation, gradient = _layer_gradient(handle, x[example], target[example], layer)
+        activation, gradient = activation_and_gradient(handle, x[example], target[example], layer)
         return activation * gradient
 
     return sum_over_samples(product, x.shape[0], batch_size=batch_size)
@@ -298,7 +279,7 @@ def layer_integrated_gradients(
     def weighted_gradient(example: Array, step: Array) -> Array:
         change = difference[example]
         delta = per_example(alphas[step] - 1.0, change) * change
-        _, gradient = _layer_gradient(handle, x[example], target[example], layer, delta)
+        _, gradient = activation_and_gradient(handle, x[example], target[example], layer, delta)
         return per_example(weights[step], gradient) * gradient
 
     average_gradient = sum_over_samples(
@@ -332,7 +313,7 @@ def internal_influence(
 
     def weighted_gradient(example: Array, step: Array) -> Array:
         point = _path_point(x, baseline, example, alphas[step])
-        _, gradient = _layer_gradient(handle, point, target[example], layer)
+        _, gradient = activation_and_gradient(handle, point, target[example], layer)
         return per_example(weights[step], gradient) * gradient
 
     return sum_over_samples(weighted_gradient, x.shape[0], len(alphas), batch_size=batch_size)
@@ -369,7 +350,7 @@ def layer_conductance(
     def segment(example: Array, step: Array) -> Array:
         start = _path_point(x, baseline, example, step / n)
         end = _path_point(x, baseline, example, (step + 1) / n)
-        activation, gradient = _layer_gradient(handle, start, target[example], layer)
+        activation, gradient = activation_and_gradient(handle, start, target[example], layer)
         return gradient * (_activation(handle, end, layer) - activation)
 
     return sum_over_samples(segment, x.shape[0], n, batch_size=batch_size)
