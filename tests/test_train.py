@@ -7,6 +7,7 @@ from unittest import mock
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -75,6 +76,32 @@ def test_end_to_end_writes_everything_and_compiles_once(tmp_path, synthetic_conf
     # The synthetic classes are learnable: well above chance (10%) after three tiny epochs.
     assert summary["test_accuracy"] > 0.5, summary
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_training_curves_are_redrawn_at_most_a_set_share_of_the_time(monkeypatch, tmp_path):
+    """Epoch 1 and the last epoch are always drawn; in between, only once the time since
+    the last drawing is 1 / max_share times what it took."""
+    # The hook is made at 0 s. Epoch 1 at 1 s: drawn (nothing drawn yet), until 2 s.
+    # Epoch 2 at 3 s and epoch 3 at 5.9 s: under 1 s / 0.25 = 4 s since: skipped. Epoch 4
+    # at 6 s: drawn, until 6.5 s. Epoch 5 at 7 s: under 2 s since: skipped. Epoch 6 at
+    # 7.1 s, the last: drawn, until 7.2 s.
+    clock = iter([0.0, 1.0, 2.0, 3.0, 5.9, 6.0, 6.5, 7.0, 7.1, 7.2])
+    monkeypatch.setattr(figures.time, "perf_counter", lambda: next(clock))
+    drawn = []
+    monkeypatch.setattr(
+        figures.plotting,
+        "training_curves",
+        lambda history, path, metric: drawn.append(len(history)),
+    )
+    config = ml_collections.ConfigDict({"num_epochs": 6, "task": "classification"})
+    draw = figures.training_curves(config, max_share=0.25)
+    history = []
+    for epoch in range(1, 7):
+        history.append({"epoch": epoch})
+        draw(history, tmp_path)
+    assert drawn == [1, 4, 6]
+    with pytest.raises(ValueError, match="max_share"):
+        figures.training_curves(config, max_share=0)
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path, synthetic_config, synthetic_run):
