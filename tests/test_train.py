@@ -16,6 +16,7 @@ from fmi_jax import data, models, train
 from fmi_jax.studies import figures
 from fmi_jax.train import loop as loop_lib
 from fmi_jax.train import steps
+from fmi_jax.train import trainer as trainer_lib
 
 
 def params_of(workdir, which="latest"):
@@ -155,15 +156,39 @@ def test_nan_loss_fails_fast_naming_the_step(tmp_path, synthetic_config):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize(
+    "steps, per_dispatch, plan",
+    [
+        (429, 50, (39, 0)),  # a divisor at least half as long: every dispatch alike
+        (20, 4, (4, 0)),
+        (10, 4, (2, 0)),
+        (3, 50, (3, 0)),  # an epoch shorter than a dispatch: one dispatch
+        (859, 50, (50, 9)),  # a prime: 17 dispatches of 50 and one of 9
+        (214, 50, (50, 14)),  # 2 x 107: dispatches of 2 would be nearly the step loop
+        (13, 1, (1, 0)),
+    ],
+)
+def test_dispatch_plan(steps, per_dispatch, plan):
+    assert trainer_lib.dispatch_plan(steps, per_dispatch) == plan
+    chunk, tail = plan
+    assert (steps - tail) % chunk == 0 and tail < chunk
+
+
 def test_scan_loop_matches_step_loop(tmp_path, synthetic_config):
     # 'highest': on a GPU (`pytest -m gpu`), float32 convolutions may otherwise run in
     # TF32, whose rounding the two programs would accumulate differently.
     with jax.default_matmul_precision("highest"):
-        a = train.train_and_evaluate(synthetic_config(loop="step"), tmp_path / "step")
-        b = train.train_and_evaluate(
-            synthetic_config(loop="scan", steps_per_dispatch=4), tmp_path / "scan"
+        # 640 images in batches of 46: 13 steps per epoch, a prime, so 4-step dispatches
+        # and a last one of 1 step (a second program).
+        a = train.train_and_evaluate(
+            synthetic_config(loop="step", batch_size=46), tmp_path / "step"
         )
-    assert b.train_step_compiles == 1
+        b = train.train_and_evaluate(
+            synthetic_config(loop="scan", steps_per_dispatch=4, batch_size=46), tmp_path / "scan"
+        )
+    assert a.train_step_compiles == 1
+    assert b.train_step_compiles == 2
+    assert [r["step"] for r in b.history] == [r["step"] for r in a.history]
     jax.tree.map(
         lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5),
         a.state.params,

@@ -460,7 +460,12 @@ def train_and_evaluate(
         events.config(runs.plain(config))
     for record in recreated:  # their events were lost with their lines
         events.record(record["epoch"], record)
-    logging.info("loop: %s (%d step(s) per dispatch)", trainer.loop, trainer.chunk)
+    logging.info(
+        "loop: %s (%d step(s) per dispatch%s)",
+        trainer.loop,
+        trainer.chunk,
+        f", the last of each epoch {trainer.tail}" if trainer.tail else "",
+    )
 
     num_epochs = int(config.num_epochs)
     run_start = time.perf_counter()

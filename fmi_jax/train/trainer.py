@@ -50,6 +50,7 @@ __all__ = [
     "Trainer",
     "choose_loop",
     "compute_dtype",
+    "dispatch_plan",
     "evaluate_dataset",
     "make_eval_fn",
     "model_from_config",
@@ -109,6 +110,20 @@ def _put(tree: Any, place: Any) -> Any:
 
 def _largest_divisor_at_most(n: int, k: int) -> int:
     return max(d for d in range(1, min(n, max(k, 1)) + 1) if n % d == 0)
+
+
+def dispatch_plan(steps: int, per_dispatch: int) -> tuple[int, int]:
+    """`(chunk, tail)`: an epoch of `steps` optimizer steps runs as dispatches of `chunk`
+    steps, the last one `tail` steps long when `tail` > 0.
+
+    The largest divisor of `steps` up to `per_dispatch` when it is at least half of
+    `per_dispatch` (every dispatch alike: one program); otherwise `per_dispatch` steps
+    and a shorter last dispatch (a second program, compiled once). A prime number of
+    steps (859 at batch 64 on 55,000 images) would otherwise run one step per dispatch.
+    """
+    k = max(1, min(int(per_dispatch), int(steps)))
+    d = _largest_divisor_at_most(int(steps), k)
+    return (d, 0) if 2 * d >= k else (k, int(steps) % k)
 
 
 # --------------------------------------------------------------------------- jitted steps
@@ -205,10 +220,11 @@ def evaluate_dataset(
 
 
 # --------------------------------------------------------------------------- host metrics
-def _unstack(window: list[dict[str, np.ndarray]], chunk: int) -> list[dict[str, np.ndarray]]:
-    if chunk == 1:
+def _unstack(window: list[dict[str, np.ndarray]], stacked: bool) -> list[dict[str, np.ndarray]]:
+    """Per-step metrics of a window of dispatches (a scan's are stacked along axis 0)."""
+    if not stacked:
         return window
-    return [{k: v[i] for k, v in m.items()} for m in window for i in range(chunk)]
+    return [{k: v[i] for k, v in m.items()} for m in window for i in range(len(m["loss"]))]
 
 
 def _check_finite(
@@ -245,8 +261,9 @@ class EpochStats:
 
     `sums`: each step metric summed over the `steps` steps run so far; `last`: the
     latest step's metrics; `time_s`: wall seconds of the epoch (its permutation and
-    every dispatch); `compile_s`: seconds of the trainer's first dispatch, which
-    compiles, when this epoch held it (else None)."""
+    every dispatch); `compile_s`: seconds of the dispatches that compiled (the
+    trainer's first, and the first shorter last dispatch of an epoch, see
+    `dispatch_plan`) when this epoch held any (else None), `compile_steps` their steps."""
 
     epoch: int
     steps: int = 0
@@ -254,16 +271,16 @@ class EpochStats:
     last: dict[str, Any] = dataclasses.field(default_factory=dict)
     time_s: float = 0.0
     compile_s: float | None = None
-    dispatch_steps: int = 1
+    compile_steps: int = 0
 
     def mean(self, name: str) -> float:
         return self.sums[name] / self.steps
 
     def images_per_s(self, batch_size: int) -> float:
-        """Training throughput; the compiling dispatch is left out when there is more."""
+        """Training throughput; the compiling dispatches are left out when there is more."""
         steps, seconds = self.steps, self.time_s
-        if self.compile_s is not None and self.steps > self.dispatch_steps:
-            steps, seconds = self.steps - self.dispatch_steps, self.time_s - self.compile_s
+        if self.compile_s is not None and self.steps > self.compile_steps:
+            steps, seconds = self.steps - self.compile_steps, self.time_s - self.compile_s
         return steps * batch_size / seconds
 
 
@@ -277,8 +294,9 @@ class Trainer:
     Attributes: `config`, `model`, `task`, `state` (the current TrainState; assign a
     placed one, see `put`), `data` (the training DeviceDataset), `batch_size`,
     `steps_per_epoch`, `loop` ('step' or 'scan'), `chunk` (optimizer steps per
-    dispatch), `log_every` (steps between reads of the metrics window, a multiple of
-    `chunk`), `mesh`, `schedule`, `data_key`, `train_key`, `num_params`, `dispatches`
+    dispatch) and `tail` (the steps of a shorter last dispatch of each epoch, 0 when
+    there is none; see `dispatch_plan`), `log_every` (steps between reads of the
+    metrics window, a multiple of `chunk`), `mesh`, `schedule`, `data_key`, `train_key`, `num_params`, `dispatches`
     (how many dispatches this trainer ran).
 
     `model`, when given, is used instead of `model_from_config(config.model)`.
@@ -325,14 +343,16 @@ class Trainer:
             task=self.task,
         )
         self.loop = choose_loop(config)
-        self.chunk = (
-            1
+        self.chunk, self.tail = (
+            (1, 0)
             if self.loop == "step"
-            else _largest_divisor_at_most(
-                self.steps_per_epoch, int(config.get("steps_per_dispatch", 50))
-            )
+            else dispatch_plan(self.steps_per_epoch, int(config.get("steps_per_dispatch", 50)))
         )
-        self._run_chunk = _make_chunk_runner(step_fn, self.batch_size, self.chunk, self.loop, mesh)
+        self._runners: dict[int, CountingJit] = {}
+        self._make_runner = functools.partial(
+            _make_chunk_runner, step_fn, self.batch_size, loop=self.loop, mesh=mesh
+        )
+        self._run_chunk = self._runner(self.chunk)
         self._eval_fn = make_eval_fn(self.task, mesh)
         self.log_every = max(1, int(config.get("log_every_steps", 50)) // self.chunk) * self.chunk
         self.dispatches = 0  # dispatches run by this trainer
@@ -347,10 +367,21 @@ class Trainer:
         return DeviceDataset.from_numpy(images, np.asarray(labels), self._data_place)
 
     # ------------------------------------------------------------------ compiles
+    def _runner(self, steps: int) -> CountingJit:
+        """The jitted dispatch of `steps` steps (made on first use)."""
+        if steps not in self._runners:
+            self._runners[steps] = self._make_runner(steps)
+        return self._runners[steps]
+
+    @property
+    def programs(self) -> int:
+        """Dispatch programs a whole epoch needs: 1, or 2 with a shorter last dispatch."""
+        return 1 + (self.tail > 0)
+
     @property
     def compiles(self) -> int:
-        """Programs compiled for the training dispatch (1 in a healthy run)."""
-        return self._run_chunk.traces
+        """Programs compiled for the training dispatches (`programs` in a healthy run)."""
+        return sum(runner.traces for runner in self._runners.values())
 
     @property
     def dispatch_fn(self):
@@ -370,11 +401,16 @@ class Trainer:
         perm = self.data.epoch_permutation(self.data_key, epoch)
         return perm if self.mesh is None else self.put(perm)
 
-    def dispatch(self, perm: jax.Array, start: int) -> Any:
-        """Runs `chunk` optimizer steps on the batches `start, start + 1, ...` of `perm`;
-        updates `state` (the old one is donated) and returns the steps' metrics, still
-        on the device (stacked along a first axis of `chunk` for the 'scan' loop)."""
-        self.state, metrics = self._run_chunk(self.state, self.data, perm, start, self.train_key)
+    def dispatch(self, perm: jax.Array, start: int, steps: int | None = None) -> Any:
+        """Runs `steps` (default `chunk`) optimizer steps on the batches `start, start + 1,
+        ...` of `perm`; updates `state` (the old one is donated) and returns the steps'
+        metrics, still on the device (stacked along a first axis of `steps` for the
+        'scan' loop)."""
+        steps = self.chunk if steps is None else int(steps)
+        if self.loop == "step" and steps != 1:
+            raise ValueError(f"the 'step' loop dispatches one step at a time, not {steps}")
+        run = self._runner(steps)
+        self.state, metrics = run(self.state, self.data, perm, start, self.train_key)
         self.dispatches += 1
         return metrics
 
@@ -393,27 +429,29 @@ class Trainer:
         checked (`NonFiniteLossError` names the first non-finite step) and summed, and
         `on_window(window, stats)` is called with its per-step metrics and the running
         stats. `before_dispatch()` is called before each dispatch (the loop stops there
-        on Ctrl-C). The trainer's first dispatch, which compiles, is waited for and
-        timed apart (`EpochStats.compile_s`)."""
+        on Ctrl-C). A dispatch that compiles (the trainer's first, the first shorter
+        last one) is waited for and timed apart (`EpochStats.compile_s`)."""
         n = self.steps_per_epoch if steps is None else int(steps)
-        stats = EpochStats(epoch=epoch, dispatch_steps=self.chunk)
+        stats = EpochStats(epoch=epoch)
         epoch_start = time.perf_counter()
         perm = self.permutation(epoch)
         window: list[Any] = []
         window_first_step = (epoch - 1) * self.steps_per_epoch
         for start in range(0, n, self.chunk):
+            length = min(self.chunk, n - start)
             if before_dispatch is not None:
                 before_dispatch()
-            if self.dispatches == 0:
+            if self._runner(length).traces == 0:  # this dispatch compiles: timed apart
                 t0 = time.perf_counter()
-                m = jax.block_until_ready(self.dispatch(perm, start))
-                stats.compile_s = time.perf_counter() - t0
+                m = jax.block_until_ready(self.dispatch(perm, start, length))
+                stats.compile_s = (stats.compile_s or 0.0) + time.perf_counter() - t0
+                stats.compile_steps += length
             else:
-                m = self.dispatch(perm, start)
+                m = self.dispatch(perm, start, length)
             window.append(m)
-            done = start + self.chunk
+            done = start + length
             if done % self.log_every == 0 or done == n:
-                host = _unstack(jax.device_get(window), self.chunk)
+                host = _unstack(jax.device_get(window), stacked=self.loop == "scan")
                 _check_finite(host, window_first_step, epoch, self.steps_per_epoch)
                 for m_ in host:
                     for k, v in m_.items():
