@@ -277,15 +277,18 @@ def test_lime_weights_do_not_underflow_far_from_the_input():
     w = jnp.arange(64, dtype=jnp.float32).reshape(64, 1) / 64.0
     linear = lambda x: x.reshape(x.shape[0], -1) @ w  # noqa: E731
     x = jax.random.uniform(jax.random.key(1), (2, 8, 8), minval=4.0, maxval=8.0)
-    run = lambda width: lime(  # noqa: E731
-        linear,
-        x,
-        0,
-        key=jax.random.key(2),
-        samples=400,
-        distance="euclidean",
-        alpha=0.0,
-        kernel_width=width,
+    run = jax.jit(  # one program per width (a static option), not one per eager op
+        lambda width: lime(
+            linear,
+            x,
+            0,
+            key=jax.random.key(2),
+            samples=400,
+            distance="euclidean",
+            alpha=0.0,
+            kernel_width=width,
+        ),
+        static_argnums=0,
     )
     # Distances of 10-40: every weight below 1e-20 in absolute terms, yet finite maps.
     assert bool(jnp.isfinite(run(1.0)).all())
