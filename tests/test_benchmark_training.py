@@ -72,6 +72,16 @@ def test_timed_steps_rounds_to_dispatches():
         trainer.timed_steps(0)
 
 
+def test_compile_warms_the_shorter_last_dispatch_so_epochs_compile_nothing():
+    images, labels = _data(n=416)  # 13 steps per epoch: dispatches of 4, 4, 4 and 1
+    trainer = training.JaxTrainer(_config(loop="scan", steps_per_dispatch=4), images, labels)
+    assert (trainer.chunk, trainer.trainer.tail, trainer.programs) == (4, 1, 2)
+    assert trainer.compile() > 0
+    assert trainer.compiles == 2
+    assert len(trainer.run(1)) == 13
+    assert trainer.compiles == 2  # the timed epoch compiled nothing
+
+
 def test_epoch_row_extrapolates_per_step_time():
     row = training.epoch_row(
         jax_times=[2.0, 1.0, 3.0],
