@@ -85,9 +85,10 @@ with respect to ``delta`` is ``dy/dA`` at the patched activation
 Memory: every (example, node) evaluation goes through
 :func:`fmi_jax.attribution.core.sum_over_samples` in chunks of ``batch_size``, so peak
 memory is one chunk plus accumulators the size of the result, whatever ``steps`` is;
-``batch_size`` never changes a result. ``layer_conductance`` runs one extra forward pass
-per (example, node) for the activation at the next node, rather than keeping all
-``steps + 1`` activations of an example.
+``batch_size`` never changes a result. ``layer_conductance`` instead walks the path of a
+chunk of ``batch_size`` examples with a ``lax.scan`` that carries the previous node's
+activation and gradient (each segment's end is the next one's start), so each node costs
+one forward and one backward pass and memory stays one node's, whatever ``steps`` is.
 """
 
 from __future__ import annotations
@@ -336,8 +337,9 @@ def layer_conductance(
     Args:
       model, x, target, key, layer: as in :func:`layer_gradient_x_activation`.
       baseline: the reference input x' (``None``: zeros; anything that broadcasts to x).
-      batch_size: (example, step) evaluations per chunk; bounds memory.
-      steps: path segments n (n backward and 2n forward passes per example).
+      batch_size: examples per forward and backward pass (each pass is one point of
+        the path for each of them); bounds memory. ``None``: all at once.
+      steps: path segments n (n backward and n + 1 forward passes per example).
 
     Returns:
       float32 attributions shaped like the layer's activation.
@@ -347,13 +349,27 @@ def layer_conductance(
     n = as_count(steps, "steps")
     target = resolve_target(handle, x, target, batch_size=batch_size)
 
-    def segment(example: Array, step: Array) -> Array:
-        start = _path_point(x, baseline, example, step / n)
-        end = _path_point(x, baseline, example, (step + 1) / n)
-        activation, gradient = activation_and_gradient(handle, start, target[example], layer)
-        return gradient * (_activation(handle, end, layer) - activation)
+    def path(example: Array, _: Array) -> Array:
+        # Segment k needs A and dy/dA at its start and A at its end, which is the next
+        # segment's start: a scan along the path carries them, so each point costs one
+        # forward and one backward pass, and the last point a forward pass only.
+        def point(k: int | Array) -> Array:
+            alpha = jnp.full(example.shape, k, jnp.int32) / n
+            return _path_point(x, baseline, example, alpha)
 
-    return sum_over_samples(segment, x.shape[0], n, batch_size=batch_size)
+        def step(carry: tuple[Array, Array, Array], k: Array):
+            previous, gradient, total = carry
+            activation, next_gradient = activation_and_gradient(
+                handle, point(k), target[example], layer
+            )
+            return (activation, next_gradient, total + gradient * (activation - previous)), None
+
+        start, gradient = activation_and_gradient(handle, point(0), target[example], layer)
+        carry = (start, gradient, jnp.zeros_like(start))
+        previous, gradient, total = jax.lax.scan(step, carry, jnp.arange(1, n))[0]
+        return total + gradient * (_activation(handle, point(n), layer) - previous)
+
+    return sum_over_samples(path, x.shape[0], 1, batch_size=batch_size)
 
 
 # Neuron attribution.
