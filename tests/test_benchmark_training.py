@@ -74,12 +74,20 @@ def test_timed_steps_rounds_to_dispatches():
 
 def test_compile_warms_the_shorter_last_dispatch_so_epochs_compile_nothing():
     images, labels = _data(n=416)  # 13 steps per epoch: dispatches of 4, 4, 4 and 1
-    trainer = training.JaxTrainer(_config(loop="scan", steps_per_dispatch=4), images, labels)
+    config = _config(loop="scan", steps_per_dispatch=4, log_every_steps=8)
+    trainer = training.JaxTrainer(config, images, labels)
     assert (trainer.chunk, trainer.trainer.tail, trainer.programs) == (4, 1, 2)
     assert trainer.compile() > 0
     assert trainer.compiles == 2
     assert len(trainer.run(1)) == 13
     assert trainer.compiles == 2  # the timed epoch compiled nothing
+    # The metrics are read every 8 steps and at the end of the epoch: windows of 8 and 5.
+    windows = []
+    stats = trainer.trainer.run_epoch(
+        2, on_window=lambda window, stats: windows.append((len(window), stats.steps))
+    )
+    assert windows == [(8, 8), (5, 13)]
+    assert stats.compile_s is None and stats.steps == 13
 
 
 def test_epoch_row_extrapolates_per_step_time():

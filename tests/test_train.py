@@ -87,7 +87,6 @@ def test_training_curves_are_redrawn_at_most_a_set_share_of_the_time(monkeypatch
     # at 6 s: drawn, until 6.5 s. Epoch 5 at 7 s: under 2 s since: skipped. Epoch 6 at
     # 7.1 s, the last: drawn, until 7.2 s.
     clock = iter([0.0, 1.0, 2.0, 3.0, 5.9, 6.0, 6.5, 7.0, 7.1, 7.2])
-    monkeypatch.setattr(figures.time, "perf_counter", lambda: next(clock))
     drawn = []
     monkeypatch.setattr(
         figures.plotting,
@@ -95,7 +94,7 @@ def test_training_curves_are_redrawn_at_most_a_set_share_of_the_time(monkeypatch
         lambda history, path, metric: drawn.append(len(history)),
     )
     config = ml_collections.ConfigDict({"num_epochs": 6, "task": "classification"})
-    draw = figures.training_curves(config, max_share=0.25)
+    draw = figures.training_curves(config, max_share=0.25, clock=lambda: next(clock))
     history = []
     for epoch in range(1, 7):
         history.append({"epoch": epoch})
@@ -155,7 +154,6 @@ def test_nan_loss_fails_fast_naming_the_step(tmp_path, synthetic_config):
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize(
     "steps, per_dispatch, plan",
     [
@@ -174,6 +172,7 @@ def test_dispatch_plan(steps, per_dispatch, plan):
     assert (steps - tail) % chunk == 0 and tail < chunk
 
 
+@pytest.mark.gpu
 def test_scan_loop_matches_step_loop(tmp_path, synthetic_config):
     # 'highest': on a GPU (`pytest -m gpu`), float32 convolutions may otherwise run in
     # TF32, whose rounding the two programs would accumulate differently.

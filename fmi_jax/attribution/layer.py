@@ -369,7 +369,10 @@ def layer_conductance(
         previous, gradient, total = jax.lax.scan(step, carry, jnp.arange(1, n))[0]
         return total + gradient * (_activation(handle, point(n), layer) - previous)
 
-    return sum_over_samples(path, x.shape[0], 1, batch_size=batch_size)
+    # Chunks as even as batch_size allows: a padded example would walk the whole path.
+    examples = x.shape[0]
+    chunk = None if batch_size is None else -(-examples // -(-examples // int(batch_size)))
+    return sum_over_samples(path, examples, 1, batch_size=chunk)
 
 
 # Neuron attribution.

@@ -139,7 +139,8 @@ class JaxTrainer:
 
     @property
     def compiles(self) -> int:
-        """How many programs the step runner has compiled (`programs` in a healthy run)."""
+        """How many programs the step runner has compiled (`programs` after `compile()`
+        and whole epochs)."""
         return self.trainer.compiles
 
     @property
@@ -502,7 +503,8 @@ def training_benchmark(
         "label_smoothing": float(train_config.get("label_smoothing", 0.0)),
         "augment": {k: v for k, v in aug.items() if v},
         "train_images": int(len(images)),
-        "fmi_jax_loop": f"{ours.loop} ({ours.chunk} step(s) per dispatch)",
+        "fmi_jax_loop": f"{ours.loop} ({ours.chunk} step(s) per dispatch"
+        + (f", the last of each epoch {ours.trainer.tail})" if ours.trainer.tail else ")"),
         "jax_backend": jax.default_backend(),
         "torch_device": str(device),
         "torch_threads": torch.get_num_threads(),

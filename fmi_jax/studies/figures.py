@@ -9,7 +9,7 @@ matrix of an `evaluate_workdir` result.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,10 @@ __all__ = ["confusion_matrix", "training_curves"]
 
 
 def training_curves(
-    config: ml_collections.ConfigDict, *, max_share: float = 0.05
+    config: ml_collections.ConfigDict,
+    *,
+    max_share: float = 0.05,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> loop_lib.EpochHook:
     """`on_epoch_end` drawing workdir/training_curves.png (loss, the task's metric and the
     learning rate per epoch).
@@ -31,21 +34,24 @@ def training_curves(
     Drawing takes a few tenths of a second, which short epochs (an accelerator's, a
     smoke run's) would spend mostly on the figure, so the figure is redrawn only when
     the time since the last drawing is at least `1 / max_share` times what that drawing
-    took (at most `max_share` of the run goes to it), and always after the last epoch
-    (`config.num_epochs`). Epochs of more than a few seconds are drawn every time."""
+    took (at most `max_share` of the run goes to it), and always after the first epoch
+    this hook sees and the last epoch (`config.num_epochs`). Epochs of more than a few
+    seconds are drawn every time; a run stopped early (Ctrl-C, a non-finite loss) may
+    leave the figure a few epochs behind metrics.jsonl until it is resumed. `clock`
+    gives the time in seconds."""
     if not 0 < max_share <= 1:
         raise ValueError(f"max_share must be in (0, 1], got {max_share!r}")
-    last = {"end": time.perf_counter(), "took": 0.0}
+    last = {"end": clock(), "took": 0.0}
 
     def draw(history: list[dict[str, Any]], workdir: Path) -> None:
-        now = time.perf_counter()
+        now = clock()
         final = bool(history) and history[-1]["epoch"] >= int(config.num_epochs)
         if not final and now - last["end"] < last["took"] / max_share:
             return
         # The task is looked up here, after train_and_evaluate has validated the config.
         metric = tasks_lib.task_from_config(config).metric
         plotting.training_curves(history, Path(workdir) / "training_curves.png", metric=metric)
-        last["end"] = time.perf_counter()
+        last["end"] = clock()
         last["took"] = last["end"] - now
 
     return draw

@@ -296,8 +296,8 @@ class Trainer:
     `steps_per_epoch`, `loop` ('step' or 'scan'), `chunk` (optimizer steps per
     dispatch) and `tail` (the steps of a shorter last dispatch of each epoch, 0 when
     there is none; see `dispatch_plan`), `log_every` (steps between reads of the
-    metrics window, a multiple of `chunk`), `mesh`, `schedule`, `data_key`, `train_key`, `num_params`, `dispatches`
-    (how many dispatches this trainer ran).
+    metrics window, a multiple of `chunk`), `mesh`, `schedule`, `data_key`,
+    `train_key`, `num_params`, `dispatches` (how many dispatches this trainer ran).
 
     `model`, when given, is used instead of `model_from_config(config.model)`.
     """
@@ -380,7 +380,8 @@ class Trainer:
 
     @property
     def compiles(self) -> int:
-        """Programs compiled for the training dispatches (`programs` in a healthy run)."""
+        """Programs compiled for the training dispatches: `programs` once whole epochs
+        have run, one more for each other dispatch length (`run_epoch(steps=...)`)."""
         return sum(runner.traces for runner in self._runners.values())
 
     @property
@@ -407,6 +408,8 @@ class Trainer:
         metrics, still on the device (stacked along a first axis of `steps` for the
         'scan' loop)."""
         steps = self.chunk if steps is None else int(steps)
+        if steps < 1:
+            raise ValueError(f"a dispatch runs at least one step, not {steps}")
         if self.loop == "step" and steps != 1:
             raise ValueError(f"the 'step' loop dispatches one step at a time, not {steps}")
         run = self._runner(steps)
@@ -423,7 +426,9 @@ class Trainer:
         before_dispatch: Callable[[], None] | None = None,
     ) -> EpochStats:
         """Runs the first `steps` steps (None: all) of `epoch` (1-based, as the optimizer
-        step `(epoch - 1) * steps_per_epoch` starts it), dispatch by dispatch.
+        step `(epoch - 1) * steps_per_epoch` starts it), dispatch by dispatch: `chunk`
+        steps at a time, the last dispatch shorter where `steps` (or the epoch) ends
+        (a length not planned by `dispatch_plan` compiles once more).
 
         Every `log_every` steps and at the end, the metrics window is read to the host,
         checked (`NonFiniteLossError` names the first non-finite step) and summed, and
@@ -441,7 +446,8 @@ class Trainer:
             length = min(self.chunk, n - start)
             if before_dispatch is not None:
                 before_dispatch()
-            if self._runner(length).traces == 0:  # this dispatch compiles: timed apart
+            if self._runner(length).traces == 0:  # this dispatch compiles: timed apart,
+                jax.block_until_ready(self.state)  # after the dispatches queued before it
                 t0 = time.perf_counter()
                 m = jax.block_until_ready(self.dispatch(perm, start, length))
                 stats.compile_s = (stats.compile_s or 0.0) + time.perf_counter() - t0

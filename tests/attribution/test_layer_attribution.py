@@ -117,7 +117,8 @@ def test_layer_methods_at_a_layer_followed_by_a_linear_head(net):
 
 @pytest.fixture(scope="module")
 def conv1_results(net):
-    """Every layer method at conv1, default and chunked (batch_size 3 of 4 * STEPS)."""
+    """Every layer method at conv1, default and chunked (batch_size 3: of the 4 * STEPS
+    (example, node) evaluations, or of the 4 examples for conductance)."""
     handle, _, x, baseline = net
     common = dict(target=TARGET, layer="conv1", baseline=baseline, steps=STEPS)
     results = {}
@@ -190,20 +191,23 @@ def split_at_conv2(variables):
 
 def test_layer_conductance_against_the_formula_on_a_hand_split_model(net):
     """conv2 is nonlinear on both sides: sum_k g(x(k/n)) (A(x((k+1)/n)) - A(x(k/n))) from
-    the model cut by hand, and the completeness gap falls like 1/n."""
+    the model cut by hand, for one segment and for four, in any chunks of examples
+    (3 examples in chunks of 2 pad the last one); the completeness gap falls like 1/n."""
     handle, variables, x, baseline = net
     to_layer, head = split_at_conv2(variables)
-    n = 4
-    expected = 0.0
-    for k in range(n):
-        start = baseline + k / n * (x - baseline)
-        end = baseline + (k + 1) / n * (x - baseline)
-        a = to_layer(start)
-        g = jax.grad(lambda a: jnp.take_along_axis(head(a), TARGET[:, None], 1).sum())(a)
-        expected = expected + g * (to_layer(end) - a)
     common = dict(layer="conv2", baseline=baseline)
-    coarse = layer_conductance(handle, x, TARGET, **common, steps=n)
-    np.testing.assert_allclose(coarse, expected, rtol=1e-4, atol=1e-6)
+    for n in (1, 4):
+        expected = 0.0
+        for k in range(n):
+            start = baseline + k / n * (x - baseline)
+            end = baseline + (k + 1) / n * (x - baseline)
+            a = to_layer(start)
+            g = jax.grad(lambda a: jnp.take_along_axis(head(a), TARGET[:, None], 1).sum())(a)
+            expected = expected + g * (to_layer(end) - a)
+        coarse = layer_conductance(handle, x, TARGET, **common, steps=n)
+        np.testing.assert_allclose(coarse, expected, rtol=1e-4, atol=1e-6)
+        padded = layer_conductance(handle, x[:3], TARGET[:3], **common, steps=n, batch_size=2)
+        np.testing.assert_allclose(padded, expected[:3], rtol=1e-4, atol=1e-6)
     fine = layer_conductance(handle, x, TARGET, **common, steps=8 * n)
     gaps = [
         np.abs(completeness_delta(handle, x, TARGET, c, baseline=baseline)) for c in (coarse, fine)
