@@ -13,7 +13,8 @@ the gradient flowing into it. :func:`flax_model` turns a Flax classifier into a
 
 ``capture(x, layer, delta)`` replaces the layer's output ``A`` by ``A + delta`` for the
 rest of the forward pass, so the gradient with respect to ``delta`` at zero is exactly
-``dy/dA``. The user's model is never edited, and every call is a pure function of ``x``
+``dy/dA``; ``replace(x, layer, value)`` gives the logits with the output replaced by
+``value`` outright, which lets XLA skip the layers that only feed it. The user's model is never edited, and every call is a pure function of ``x``
 (and ``delta``), so a handle can be used inside ``jax.grad``, ``jax.vmap``,
 ``jax.lax.scan`` and ``jax.jit``.
 
@@ -154,10 +155,37 @@ class FlaxModel:
         logits, activation = self._forward(x, layer, delta)
         return logits, activation
 
+    def replace(self, x: Array, layer: str, value: Array) -> Array:
+        """The logits with ``layer``'s output replaced by ``value`` (shaped like it) for the
+        rest of the forward pass.
+
+        Nothing reads the layer's own output, so under ``jax.jit`` (or inside
+        ``lax.scan``) XLA drops the part of the network that only feeds the layer:
+        evaluating the network after a layer at many activations (ablated channels,
+        points of a path at the layer) costs the rest of the network alone. Whatever
+        bypasses the layer (a skip connection around it) still sees ``x``.
+
+        Raises:
+          ValueError: as :meth:`capture`.
+        """
+        x = jnp.asarray(x)
+        info = self._check(x, layer)
+        value = jnp.asarray(value)
+        if tuple(value.shape) != info.shape:
+            raise ValueError(
+                f"value must have the shape of layer {layer!r}'s output {info.shape}, "
+                f"got {tuple(value.shape)}"
+            )
+        logits, _ = self._forward(x, layer, value.astype(info.dtype), replace=True)
+        return logits
+
     # The two backends implement these.
 
-    def _forward(self, x: Array, layer: str | None, delta: Array | None) -> tuple[Any, Any]:
-        """The logits and, when ``layer`` is given, its output (``delta`` added)."""
+    def _forward(
+        self, x: Array, layer: str | None, delta: Array | None, replace: bool = False
+    ) -> tuple[Any, Any]:
+        """The logits and, when ``layer`` is given, its output; the rest of the pass sees
+        the output plus ``delta``, or ``delta`` alone with ``replace``."""
         raise NotImplementedError
 
     def _find_layers(self, x: jax.ShapeDtypeStruct) -> dict[str, _Layer]:
@@ -243,7 +271,9 @@ class _LinenModel(FlaxModel):
         """Its variables."""
         return self._variables
 
-    def _forward(self, x: Array, layer: str | None, delta: Array | None) -> tuple[Any, Any]:
+    def _forward(
+        self, x: Array, layer: str | None, delta: Array | None, replace: bool = False
+    ) -> tuple[Any, Any]:
         if layer is None:
             return self._module.apply(self._variables, x, **self._kwargs), None
         target = tuple(layer.split("/"))
@@ -256,7 +286,9 @@ class _LinenModel(FlaxModel):
             if context.method_name == "__call__" and tuple(context.module.path) == target:
                 context.module.sow(_CAPTURE, _NAME, out)
                 if delta is not None:
-                    out = context.module.perturb(_NAME, out, collection=_DELTA)
+                    # Replacing: zeros plus delta, so nothing downstream reads `out`.
+                    base = jnp.zeros_like(out) if replace else out
+                    out = context.module.perturb(_NAME, base, collection=_DELTA)
             return out
 
         with nn.intercept_methods(intercept):
@@ -367,7 +399,9 @@ class _NnxModel(FlaxModel):
         # copy=True: anything the forward pass writes goes to fresh Variables.
         return nnx.merge(self._graphdef, self._state, copy=True)
 
-    def _forward(self, x: Array, layer: str | None, delta: Array | None) -> tuple[Any, Any]:
+    def _forward(
+        self, x: Array, layer: str | None, delta: Array | None, replace: bool = False
+    ) -> tuple[Any, Any]:
         model = self._copy()
         if layer is None:
             return model(x, **self._kwargs), None
@@ -375,7 +409,7 @@ class _NnxModel(FlaxModel):
 
         def hook(out):
             captured.append(out)
-            return out if delta is None else out + delta
+            return out if delta is None else delta if replace else out + delta
 
         target = _submodules(model)[layer]
         with _tap({id(target): (target, hook)}):

@@ -156,6 +156,16 @@ def _activation(handle: FlaxModel, x: Array, layer: str) -> Array:
     return handle.capture(x, layer)[1].astype(jnp.float32)
 
 
+def _gradient_at(handle: FlaxModel, x: Array, target: Array, layer: str, value: Array) -> Array:
+    """``dy_t/dA`` with ``layer``'s output set to ``value``: only the layers after it run
+    (:meth:`FlaxModel.replace`), forward and backward."""
+
+    def target_sum(value: Array) -> Array:
+        return jnp.sum(select_target(handle.replace(x, layer, value), target))
+
+    return jax.grad(target_sum)(value).astype(jnp.float32)
+
+
 def _neuron_index(neuron: Any, layer: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     """``neuron`` as a tuple of non-negative ints indexing one unit of an activation of
     shape ``shape`` (batch axis included); negative indices count from the end."""
@@ -249,8 +259,9 @@ def layer_integrated_gradients(
     """Integrated gradients at a layer whose output moves from ``A(x')`` to ``A(x)``.
 
     ``(A(x) - A(x')) * sum_k w_k dy_t/dA (A(x') + a_k (A(x) - A(x')))``, the rest of the
-    network run from the interpolated activation (module docstring). Computed with the
-    handle at input ``x`` and ``delta = (a_k - 1) (A(x) - A(x'))``. The completeness gap
+    network run from the interpolated activation (module docstring): the layer's output
+    is replaced by each point of the path (:meth:`FlaxModel.replace`), so the layers
+    before it run only for the two end points. The completeness gap
     is ``completeness_delta(model, x, target, attributions, baseline=baseline)``.
 
     Args:
@@ -278,9 +289,9 @@ def layer_integrated_gradients(
     difference = at_input - at_baseline
 
     def weighted_gradient(example: Array, step: Array) -> Array:
-        change = difference[example]
-        delta = per_example(alphas[step] - 1.0, change) * change
-        _, gradient = activation_and_gradient(handle, x[example], target[example], layer, delta)
+        start, change = at_baseline[example], difference[example]
+        point = start + per_example(alphas[step], change) * change
+        gradient = _gradient_at(handle, x[example], target[example], layer, point)
         return per_example(weights[step], gradient) * gradient
 
     average_gradient = sum_over_samples(
