@@ -7,7 +7,8 @@ Every method has one signature::
 * ``fn`` maps a float batch ``(N, ...)`` to logits ``(N, classes)``. For your own Flax
   model, ``flax_model(module, variables, train=False)`` (Linen) or
   ``flax_model(nnx_module)`` (NNX) is such a function; it also lets the methods that
-  look inside the model (Grad-CAM, Grad-CAM++, Score-CAM) capture a named layer.
+  look inside the model (the CAM family, the layer and neuron methods) capture a named
+  layer.
 * ``x`` is a batch of float inputs on the model's scale: one example without its batch
   axis and integer images are refused with a message that says how to fix them.
 * ``target`` is an int array ``(N,)``, one int for every example, or ``None``: the
@@ -74,11 +75,16 @@ method with the same signature (SmoothGrad over any method). Shared machinery
 """
 
 from fmi_jax.attribution.cam import (
+    ablation_cam,
+    eigen_cam,
     grad_cam,
     grad_cam_plus_plus,
+    hires_cam,
+    layer_cam,
     layer_names,
     score_cam,
     upsample_maps,
+    xgrad_cam,
 )
 from fmi_jax.attribution.core import Method, completeness_delta, resolve_target
 from fmi_jax.attribution.deeplift import deeplift
@@ -146,7 +152,12 @@ __all__ = [
     "deeplift",
     "grad_cam",
     "grad_cam_plus_plus",
+    "xgrad_cam",
+    "hires_cam",
+    "layer_cam",
     "score_cam",
+    "ablation_cam",
+    "eigen_cam",
     "layer_names",
     "upsample_maps",
     "occlusion",

@@ -1,27 +1,62 @@
-"""Class activation maps: Grad-CAM, Grad-CAM++ and Score-CAM on a named layer.
+"""Class activation maps: maps of a named layer's activation, weighted for a class.
 
-All three weight the K channels of a layer's activation ``A`` (``(N, h, w, K)``) and
-sum them into one map per example,
+Every method here weights the K channels of a layer's activation ``A`` (``(N, h, w, K)``)
+and sums them into one map per example,
 
-    L_c = ReLU(sum_k alpha_k^c A_k)          (then resized to the input, bilinear)
+    L_c = ReLU(sum_k W_kij^c A_kij)          (then resized to the input, bilinear)
 
-and differ in the channel weights ``alpha_k^c`` for the target class c:
+and differs in the weights ``W^c`` for the target class c. With ``g = dy_c / dA``:
 
-* Grad-CAM (Selvaraju et al., ICCV 2017, arXiv:1610.02391): the spatial mean of the
-  gradient of the target logit, ``alpha_k = 1/(h w) sum_ij dy_c / dA_kij``.
+* Grad-CAM (Selvaraju et al., ICCV 2017, arXiv:1610.02391): one weight per channel,
+  the spatial mean of the gradient, ``W_k = 1/(h w) sum_ij g_kij``.
 * Grad-CAM++ (Chattopadhay et al., WACV 2018, arXiv:1710.11063): a pixel-weighted sum
-  of the positive gradient, ``alpha_k = sum_ij a_kij ReLU(g_kij)`` with
-  ``a_kij = g^2 / (2 g^2 + sum_ab A_kab g^3)`` (``g = dy_c/dA_kij``, the closed form
-  the paper derives for an exponential class score; ``a = 0`` where its denominator is
-  zero). The paper's common factor ``exp(y_c)`` is dropped: it scales every channel
-  alike, as pytorch-grad-cam also does.
+  of the positive gradient, ``W_k = sum_ij a_kij ReLU(g_kij)`` with
+  ``a_kij = g^2 / (2 g^2 + sum_ab A_kab g^3)`` (the closed form the paper derives for
+  an exponential class score; ``a = 0`` where its denominator is zero). The paper's
+  common factor ``exp(y_c)`` is dropped: it scales every channel alike, as
+  pytorch-grad-cam also does.
+* XGrad-CAM (Fu et al., BMVC 2020, arXiv:2008.02312): the activation-weighted mean of
+  the gradient, ``W_k = sum_ij g_kij A_kij / sum_ab A_kab`` (0 where the channel sums
+  to 0).
+* HiResCAM (Draelos & Carin, 2020, arXiv:2011.08891): no averaging, the element-wise
+  product, ``W_kij = g_kij``.
+
+  Both keep the gradient-times-activation total before the ReLU,
+  ``sum_ij L_c = sum_kij g_kij A_kij``, which is ``y_c`` itself when the rest of the
+  network is positively homogeneous of degree 1 in ``A`` (bias-free linear layers,
+  ReLU, max-pooling: Euler's theorem), and ``y_c - b_c`` for a flatten and one dense
+  layer with bias. XGrad-CAM's paper calls this conservation; HiResCAM's adds that
+  each position then gets exactly its own share, where Grad-CAM's spatial mean of
+  the gradient moves evidence to positions that had none.
+* LayerCAM (Jiang et al., IEEE TIP 2021, doi:10.1109/TIP.2021.3089943): the positive
+  gradient element-wise, ``W_kij = ReLU(g_kij)``; meant for shallow layers too, where
+  a channel's gradient changes sign across the image.
 * Score-CAM (Wang et al., CVPR-W 2020, arXiv:1910.01279): no gradients. Every
   channel, resized to the input and min-max normalised to [0, 1] (``H_k``), masks the
   input, and its weight is the softmax probability of the target class on the masked
-  input, ``alpha_k = softmax(f(x * H_k))_c``. A constant channel carries no spatial
+  input, ``W_k = softmax(f(x * H_k))_c``. A constant channel carries no spatial
   information and gets the all-zero mask (min-max normalisation would divide by
   zero), as in pytorch-grad-cam. All ``N * K`` masked forward passes run in batches
   of ``batch_size`` on the device.
+* Ablation-CAM (Desai & Ramaswamy, WACV 2020): no gradients. A channel's weight is
+  the relative drop of the target logit when that channel is set to zero for the
+  rest of the forward pass, ``W_k = (y_c - y_c^(k)) / y_c`` (0 for an example whose
+  ``y_c`` is 0). The paper's normalisation by ``y_c`` scales each example's map by
+  ``1 / y_c``, so for a negative logit it flips the map's sign before the ReLU; the
+  difference alone is ``normalize=False``. ``N * K`` passes through the layers after
+  the target layer (the layer's output is computed once and replaced, so XLA drops
+  the layers before it from those passes), in batches of ``batch_size``. pytorch-grad-cam ablates by zero only when the whole layer's
+  minimum is 0 and otherwise by a value 1e7 below it; here the channel is always
+  zeroed, as in the paper.
+* Eigen-CAM (Muhammad & Yeasin, IJCNN 2020, arXiv:2008.00299): no gradients and no
+  class. The ``(h w, K)`` activation matrix of each example is projected on its first
+  right singular vector ``v_1``, ``L = ReLU(A v_1)``. A singular vector's sign is
+  arbitrary; here it is fixed so that ``sum_k v_1k >= 0`` (for a post-ReLU layer, whose
+  activations are non-negative, ``v_1`` can be taken non-negative and the map is then
+  the activation's dominant pattern, not its negative). ``center=True`` subtracts
+  each channel's spatial mean first, as pytorch-grad-cam does (its sign is left to the
+  SVD routine there, so its maps can come out inverted). The target is accepted for
+  the common signature and ignored: every class gets the same map.
 
 The layer is named by its module path, ``'/'``-joined (``'conv2'``, ``'conv2/conv'``,
 ``'stage1/block0'``); :func:`layer_names` lists the candidates (every submodule whose
@@ -36,7 +71,9 @@ unchanged (the test suite checks it).
 
 Every function returns float32 maps of shape ``(N, H, W)`` for inputs
 ``(N, H, W, C)`` (``(N, h, w)`` with ``upsample=False``). Captum's ``LayerGradCam``
-defaults to ``relu_attributions=False``; here ``relu=True``, as in the paper.
+defaults to ``relu_attributions=False``; here ``relu=True``, as in the papers.
+pytorch-grad-cam min-max scales every map to [0, 1] after its ReLU; here maps keep
+their scale (scaling is the plot's business), so they can be summed and compared.
 Grad-CAM++'s weights follow the paper's closed form; pytorch-grad-cam adds ``1e-6``
 to the denominator of ``a_kij``, which moves its maps slightly where gradients are
 small (measured in docs/captum.md).
@@ -44,7 +81,8 @@ small (measured in docs/captum.md).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -65,7 +103,12 @@ __all__ = [
     "layer_names",
     "grad_cam",
     "grad_cam_plus_plus",
+    "xgrad_cam",
+    "hires_cam",
+    "layer_cam",
     "score_cam",
+    "ablation_cam",
+    "eigen_cam",
     "upsample_maps",
 ]
 
@@ -79,20 +122,25 @@ def layer_names(model: Any, x: Array) -> tuple[str, ...]:
     return as_flax_model(model, "layer_names").layer_names(as_input(x))
 
 
-def _gradient_cam(name, channel_weights, model, x, target, key, baseline, batch_size, layer):
-    """The (N, h, w) map ``sum_k alpha_k A_k`` of a gradient CAM, ``batch_size`` examples
-    per backward pass."""
-    refuse_baseline(baseline, name)
-    handle = as_flax_model(model, name)
-    x = as_input(x)
-    handle.layer_shape(x, layer)  # a clear error for a bad layer, before any tracing
-    target = resolve_target(handle, x, target, batch_size=batch_size)
+class _GradientCam(Protocol):
+    """The signature of the gradient CAMs (grad_cam, grad_cam_plus_plus, xgrad_cam,
+    hires_cam, layer_cam), which differ only in their channel weights."""
 
-    def chunk_maps(example: Array, _: Array) -> Array:
-        activation, gradient = activation_and_gradient(handle, x[example], target[example], layer)
-        return jnp.sum(channel_weights(activation, gradient) * activation, axis=-1)
+    __name__: str
 
-    return sum_over_samples(chunk_maps, x.shape[0], batch_size=batch_size)
+    def __call__(
+        self,
+        model: Any,
+        x: Array,
+        target: Target = None,
+        *,
+        key: Array | None = None,
+        baseline: None = None,
+        batch_size: int | None = None,
+        layer: str,
+        relu: bool = True,
+        upsample: bool = True,
+    ) -> Array: ...
 
 
 def upsample_maps(maps: Array, size: tuple[int, int]) -> Array:
@@ -109,19 +157,42 @@ def _finish(maps: Array, shape: tuple[int, ...], relu: bool, upsample: bool) -> 
     return maps.astype(jnp.float32)
 
 
-def grad_cam(
-    model: Any,
-    x: Array,
-    target: Target = None,
-    *,
-    key: Array | None = None,
-    baseline: None = None,
-    batch_size: int | None = None,
-    layer: str,
-    relu: bool = True,
-    upsample: bool = True,
-) -> Array:
-    """Grad-CAM map of ``layer`` for the ``target`` class (see the module docstring).
+def _gradient_cam_method(
+    name: str, weights: Callable[[Array, Array], Array], title: str
+) -> _GradientCam:
+    """The public gradient CAM ``name``: ``ReLU(sum_k W_k * A_k)``, resized to the input,
+    with ``W = weights(A, g)`` broadcastable to ``A`` (one weight per channel,
+    ``(B, 1, 1, K)``, or one per element)."""
+
+    def method(
+        model: Any,
+        x: Array,
+        target: Target = None,
+        *,
+        key: Array | None = None,
+        baseline: None = None,
+        batch_size: int | None = None,
+        layer: str,
+        relu: bool = True,
+        upsample: bool = True,
+    ) -> Array:
+        refuse_baseline(baseline, name)
+        handle = as_flax_model(model, name)
+        x = as_input(x)
+        handle.layer_shape(x, layer)  # a clear error for a bad layer, before any tracing
+        target = resolve_target(handle, x, target, batch_size=batch_size)
+
+        def chunk_maps(example: Array, _: Array) -> Array:
+            activation, gradient = activation_and_gradient(
+                handle, x[example], target[example], layer
+            )
+            return jnp.sum(weights(activation, gradient) * activation, axis=-1)
+
+        maps = sum_over_samples(chunk_maps, x.shape[0], batch_size=batch_size)
+        return _finish(maps, x.shape, relu, upsample)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"""{title} of ``layer`` for the ``target`` class (module docstring).
 
     Args:
       model: a model handle, ``flax_model(module, variables, train=False)`` or
@@ -132,45 +203,54 @@ def grad_cam(
       baseline: must be None (no reference input).
       batch_size: examples per backward pass; ``None`` processes all at once.
       layer: module path of the layer (see :func:`layer_names`).
-      relu: keep only the positive evidence, as the paper does.
+      relu: keep only the positive evidence, as the papers do.
       upsample: resize the ``(h, w)`` map to the input's ``(H, W)``, bilinearly.
 
     Returns:
       ``(N, H, W)`` float32 maps (``(N, h, w)`` when ``upsample=False``).
     """
-
-    def weights(activation: Array, gradient: Array) -> Array:
-        return gradient.mean(axis=(1, 2), keepdims=True)
-
-    maps = _gradient_cam("grad_cam", weights, model, x, target, key, baseline, batch_size, layer)
-    return _finish(maps, jnp.shape(x), relu, upsample)
+    return method
 
 
-def grad_cam_plus_plus(
-    model: Any,
-    x: Array,
-    target: Target = None,
-    *,
-    key: Array | None = None,
-    baseline: None = None,
-    batch_size: int | None = None,
-    layer: str,
-    relu: bool = True,
-    upsample: bool = True,
-) -> Array:
-    """Grad-CAM++ map of ``layer`` (module docstring); same arguments as :func:`grad_cam`."""
+def _mean_gradient(activation: Array, g: Array) -> Array:
+    """Grad-CAM: ``W_k = mean_ij g_kij``."""
+    return g.mean(axis=(1, 2), keepdims=True)
 
-    def weights(activation: Array, g: Array) -> Array:
-        g2 = g * g
-        denominator = 2.0 * g2 + activation.sum(axis=(1, 2), keepdims=True) * g2 * g
-        nonzero = denominator != 0
-        a = jnp.where(nonzero, g2 / jnp.where(nonzero, denominator, 1.0), 0.0)
-        return jnp.sum(a * jax.nn.relu(g), axis=(1, 2), keepdims=True)
 
-    maps = _gradient_cam(
-        "grad_cam_plus_plus", weights, model, x, target, key, baseline, batch_size, layer
-    )
-    return _finish(maps, jnp.shape(x), relu, upsample)
+def _plus_plus_weights(activation: Array, g: Array) -> Array:
+    """Grad-CAM++: ``W_k = sum_ij a_kij ReLU(g_kij)``, ``a = g^2 / (2 g^2 + sum A_k g^3)``."""
+    g2 = g * g
+    denominator = 2.0 * g2 + activation.sum(axis=(1, 2), keepdims=True) * g2 * g
+    nonzero = denominator != 0
+    a = jnp.where(nonzero, g2 / jnp.where(nonzero, denominator, 1.0), 0.0)
+    return jnp.sum(a * jax.nn.relu(g), axis=(1, 2), keepdims=True)
+
+
+def _activation_weighted_gradient(activation: Array, g: Array) -> Array:
+    """XGrad-CAM: ``W_k = sum_ij g_kij A_kij / sum_ij A_kij`` (0 where that sum is 0)."""
+    total = activation.sum(axis=(1, 2), keepdims=True)
+    nonzero = total != 0
+    weighted = jnp.sum(g * activation, axis=(1, 2), keepdims=True)
+    return jnp.where(nonzero, weighted / jnp.where(nonzero, total, 1.0), 0.0)
+
+
+def _elementwise_gradient(activation: Array, g: Array) -> Array:
+    """HiResCAM: ``W_kij = g_kij``."""
+    return g
+
+
+def _positive_gradient(activation: Array, g: Array) -> Array:
+    """LayerCAM: ``W_kij = ReLU(g_kij)``."""
+    return jax.nn.relu(g)
+
+
+grad_cam = _gradient_cam_method("grad_cam", _mean_gradient, "Grad-CAM map")
+grad_cam_plus_plus = _gradient_cam_method(
+    "grad_cam_plus_plus", _plus_plus_weights, "Grad-CAM++ map"
+)
+xgrad_cam = _gradient_cam_method("xgrad_cam", _activation_weighted_gradient, "XGrad-CAM map")
+hires_cam = _gradient_cam_method("hires_cam", _elementwise_gradient, "HiResCAM map")
+layer_cam = _gradient_cam_method("layer_cam", _positive_gradient, "LayerCAM map")
 
 
 def score_cam(
@@ -217,3 +297,100 @@ def score_cam(
 
     maps = sum_over_samples(weighted_channel, x.shape[0], channels, batch_size=batch_size)
     return _finish(maps, x.shape, True, upsample)
+
+
+def ablation_cam(
+    model: Any,
+    x: Array,
+    target: Target = None,
+    *,
+    key: Array | None = None,
+    baseline: None = None,
+    batch_size: int | None = None,
+    layer: str,
+    normalize: bool = True,
+    relu: bool = True,
+    upsample: bool = True,
+) -> Array:
+    """Ablation-CAM map of ``layer`` (module docstring).
+
+    Args:
+      model, x, target, key, baseline, layer, relu, upsample: as in :func:`grad_cam`.
+      batch_size: ablated forward passes per chunk (of the ``N * K`` in all); bounds
+        memory, never changes the result.
+      normalize: divide each channel's logit drop by the logit, as the paper does;
+        ``False`` keeps the drop ``y_c - y_c^(k)`` itself.
+
+    Returns:
+      ``(N, H, W)`` float32 maps (``(N, h, w)`` when ``upsample=False``).
+    """
+    refuse_baseline(baseline, "ablation_cam")
+    handle = as_flax_model(model, "ablation_cam")
+    x = as_input(x)
+    handle.layer_shape(x, layer)
+    if batch_size is not None:
+        as_count(batch_size, "batch_size")
+    target = resolve_target(handle, x, target)
+    logits, activation = handle.capture(x, layer)
+    score = select_target(logits, target).astype(jnp.float32)
+    channels = activation.shape[-1]
+
+    def ablated_channel(example: Array, channel: Array) -> Array:
+        a = activation[example]  # (B, h, w, K)
+        keep = 1 - jax.nn.one_hot(channel, channels, dtype=a.dtype)[:, None, None, :]
+        # Only the layers after `layer` run: nothing reads the replaced output.
+        ablated = handle.replace(x[example], layer, a * keep)
+        drop = score[example] - select_target(ablated, target[example]).astype(jnp.float32)
+        return drop[:, None, None] * activation[example, :, :, channel].astype(jnp.float32)
+
+    maps = sum_over_samples(ablated_channel, x.shape[0], channels, batch_size=batch_size)
+    if normalize:
+        nonzero = (score != 0)[:, None, None]
+        maps = jnp.where(nonzero, maps / jnp.where(nonzero, score[:, None, None], 1.0), 0.0)
+    return _finish(maps, x.shape, relu, upsample)
+
+
+def eigen_cam(
+    model: Any,
+    x: Array,
+    target: Target = None,
+    *,
+    key: Array | None = None,
+    baseline: None = None,
+    batch_size: int | None = None,
+    layer: str,
+    center: bool = False,
+    relu: bool = True,
+    upsample: bool = True,
+) -> Array:
+    """Eigen-CAM map of ``layer``: its activation projected on the first principal
+    direction (module docstring). Class-agnostic: ``target`` is ignored.
+
+    Args:
+      model, x, key, baseline, layer, relu, upsample: as in :func:`grad_cam`.
+      target: ignored (accepted so every method has one signature).
+      batch_size: examples per forward pass and batched SVD.
+      center: subtract each channel's spatial mean before the SVD (pytorch-grad-cam's
+        variant); the paper projects the activation as it is.
+
+    Returns:
+      ``(N, H, W)`` float32 maps (``(N, h, w)`` when ``upsample=False``).
+    """
+    del target, key
+    refuse_baseline(baseline, "eigen_cam")
+    handle = as_flax_model(model, "eigen_cam")
+    x = as_input(x)
+    n, h, w, k = handle.layer_shape(x, layer)
+
+    def projection(example: Array, _: Array) -> Array:
+        _, activation = handle.capture(x[example], layer)
+        matrix = activation.astype(jnp.float32).reshape(-1, h * w, k)
+        if center:
+            matrix = matrix - matrix.mean(axis=1, keepdims=True)
+        _, _, vt = jnp.linalg.svd(matrix, full_matrices=False)
+        first = vt[:, 0, :]  # (B, K), unit length
+        first = jnp.where(first.sum(axis=-1, keepdims=True) < 0, -first, first)
+        return jnp.einsum("bpk,bk->bp", matrix, first).reshape(-1, h, w)
+
+    maps = sum_over_samples(projection, n, batch_size=batch_size)
+    return _finish(maps, x.shape, relu, upsample)

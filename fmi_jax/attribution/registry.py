@@ -326,7 +326,14 @@ METHODS: Mapping[str, MethodSpec] = {
             "(none; pytorch-grad-cam GradCAMPlusPlus)",
             "Chattopadhay et al. 2018",
         ),
+        _cam_spec(cam.xgrad_cam, "(none; pytorch-grad-cam XGradCAM)", "Fu et al. 2020"),
+        _cam_spec(cam.hires_cam, "(none; pytorch-grad-cam HiResCAM)", "Draelos & Carin 2020"),
+        _cam_spec(cam.layer_cam, "(none; pytorch-grad-cam LayerCAM)", "Jiang et al. 2021"),
         _cam_spec(cam.score_cam, "(none; pytorch-grad-cam ScoreCAM)", "Wang et al. 2020"),
+        _cam_spec(
+            cam.ablation_cam, "(none; pytorch-grad-cam AblationCAM)", "Desai & Ramaswamy 2020"
+        ),
+        _cam_spec(cam.eigen_cam, "(none; pytorch-grad-cam EigenCAM)", "Muhammad & Yeasin 2020"),
         _spec(
             "occlusion",
             perturbation.occlusion,

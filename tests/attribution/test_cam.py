@@ -1,5 +1,5 @@
-"""Grad-CAM, Grad-CAM++ and Score-CAM: known answers on hand-built models, the layer
-capture, and the edge cases (dead layers, constant channels, unknown names)."""
+"""The CAM family: known answers on hand-built models, the layer capture, and the edge
+cases (dead layers, constant channels, unknown names)."""
 
 import flax.linen as nn
 import jax
@@ -83,6 +83,153 @@ def test_grad_cam_plus_plus_of_a_hand_built_conv_head():
             (HEAD, HEAD_VARS), ARANGE, target, layer="features", upsample=False
         )
         np.testing.assert_allclose(got[0], expected, rtol=1e-6)
+
+
+def test_cams_agree_where_the_gradient_is_spatially_constant():
+    """Under sum pooling ``g`` is the same at every position, so Grad-CAM's mean, XGrad-CAM's
+    activation-weighted mean and HiResCAM's element-wise product all weigh channel k
+    by W_kc, and LayerCAM by ReLU(W_kc)."""
+    a = np.stack([ARANGE[0, ..., 0], 5 - ARANGE[0, ..., 0]], -1)
+    for target in (0, 1):
+        options = dict(layer="features", relu=False, upsample=False)
+        expected = a @ W[:, target]
+        for method in (A.grad_cam, A.xgrad_cam, A.hires_cam):
+            got = method((HEAD, HEAD_VARS), ARANGE, target, **options)
+            np.testing.assert_allclose(got[0], expected, rtol=1e-6, err_msg=method.__name__)
+        got = A.layer_cam((HEAD, HEAD_VARS), ARANGE, target, **options)
+        np.testing.assert_allclose(got[0], a @ np.maximum(W[:, target], 0), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------
+# A flatten-and-dense head, where the gradient differs from position to position.
+#   A = conv1x1(x) as in SumHead;  y_c = sum_ijk A_ijk V_ijkc + b_c
+# so g_ijk = V_ijkc, and with P_ijk = V_ijkc A_ijk (the logit's share of each element):
+#   HiResCAM = sum_k P_k;  XGrad-CAM weights W_k = sum_ij P_k / sum_ij A_k;
+#   LayerCAM = sum_k ReLU(V_kc) A_k;  zeroing channel k lowers y_c by sum_ij P_k.
+# Channel 1 (5 - x) sums to -40: the cases with a negative channel total are covered.
+# ---------------------------------------------------------------------------------
+FLAT_V = np.asarray(jax.random.normal(jax.random.key(11), (4, 4, 2, 3)))
+FLAT_B = np.array([0.5, -2.0, 40.0], np.float32)
+
+
+class FlattenHead(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        a = nn.Conv(2, (1, 1), name="features")(x)
+        return jnp.einsum("nijk,ijkc->nc", a, jnp.asarray(FLAT_V)) + jnp.asarray(FLAT_B)
+
+
+FLAT_VARS = {"params": {"features": HEAD_VARS["params"]["features"]}}
+
+
+@pytest.fixture(scope="module")
+def flatten_head_maps():
+    """Every gradient CAM and Ablation-CAM of every class, before the ReLU, in one program."""
+    methods = (A.grad_cam, A.xgrad_cam, A.hires_cam, A.layer_cam, A.ablation_cam)
+
+    @jax.jit
+    def run(x):
+        options = dict(layer="features", relu=False, upsample=False)
+        return {
+            m.__name__: [m((FlattenHead(), FLAT_VARS), x, t, **options)[0] for t in range(3)]
+            for m in methods
+        }
+
+    return jax.tree.map(np.asarray, run(ARANGE))
+
+
+def test_hires_and_xgrad_cam_conserve_the_logit_and_grad_cam_moves_it(flatten_head_maps):
+    a = np.stack([ARANGE[0, ..., 0], 5 - ARANGE[0, ..., 0]], -1)
+    for t in range(3):
+        share = FLAT_V[..., t] * a  # (4, 4, 2)
+        logit = share.sum() + FLAT_B[t]
+        hires = flatten_head_maps["hires_cam"][t]
+        np.testing.assert_allclose(hires, share.sum(-1), rtol=1e-5, atol=1e-5)
+        xgrad_weights = share.sum(axis=(0, 1)) / a.sum(axis=(0, 1))
+        xgrad = flatten_head_maps["xgrad_cam"][t]
+        np.testing.assert_allclose(xgrad, a @ xgrad_weights, rtol=1e-5, atol=1e-5)
+        layer = flatten_head_maps["layer_cam"][t]
+        np.testing.assert_allclose(
+            layer, (np.maximum(FLAT_V[..., t], 0) * a).sum(-1), rtol=1e-5, atol=1e-5
+        )
+        # Conservation: both totals are the logit less its bias.
+        for name in ("hires_cam", "xgrad_cam"):
+            total = flatten_head_maps[name][t].sum()
+            scale = np.abs(share).sum()  # float32 sums of terms this large cancel
+            np.testing.assert_allclose(total, logit - FLAT_B[t], atol=1e-6 * scale, err_msg=name)
+        # Grad-CAM's total is (1/hw) sum_k (sum g_k)(sum A_k): not the logit here.
+        grad_cam = flatten_head_maps["grad_cam"][t]
+        expected = a @ FLAT_V[..., t].mean(axis=(0, 1))
+        np.testing.assert_allclose(grad_cam, expected, rtol=1e-5, atol=1e-5)
+        assert abs(grad_cam.sum() - (logit - FLAT_B[t])) > 1.0
+
+
+def test_ablation_cam_weighs_channels_by_the_relative_drop_of_the_logit(flatten_head_maps):
+    a = np.stack([ARANGE[0, ..., 0], 5 - ARANGE[0, ..., 0]], -1)
+    for t in range(3):
+        share = FLAT_V[..., t] * a
+        logit = share.sum() + FLAT_B[t]
+        weights = share.sum(axis=(0, 1)) / logit  # (y - y^(k)) / y
+        got = flatten_head_maps["ablation_cam"][t]
+        np.testing.assert_allclose(got, a @ weights, rtol=1e-4, atol=1e-5)
+    # normalize=False keeps the drop itself; batch_size splits the N * K passes.
+    run = jax.jit(
+        lambda x, batch_size=None: A.ablation_cam(
+            (FlattenHead(), FLAT_VARS),
+            x,
+            2,
+            layer="features",
+            normalize=False,
+            relu=False,
+            upsample=False,
+            batch_size=batch_size,
+        ),
+        static_argnames="batch_size",
+    )
+    x = jnp.concatenate([ARANGE, ARANGE[:, ::-1]])
+    whole = run(x)
+    for i, image in enumerate(np.asarray(x)[..., 0]):
+        a = np.stack([image, 5 - image], -1)
+        np.testing.assert_allclose(
+            whole[i], a @ (FLAT_V[..., 2] * a).sum(axis=(0, 1)), rtol=1e-4, atol=1e-4
+        )
+    np.testing.assert_allclose(run(x, batch_size=3), whole, rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------
+# Eigen-CAM of a rank-one layer: A_ijk = x_ij v_k has the single right singular vector
+# v / |v| (sign fixed by sum v > 0), so the map is x |v|, or (x - mean x) |v| centred.
+# ---------------------------------------------------------------------------------
+EIGEN_V = np.array([2.0, -1.0, 0.5], np.float32)
+
+
+class RankOne(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        a = Identity(name="features")(x[..., :1] * jnp.asarray(EIGEN_V))
+        return a.sum(axis=(1, 2)) @ jnp.eye(3)
+
+
+class Identity(nn.Module):
+    def __call__(self, a):
+        return a
+
+
+def test_eigen_cam_of_a_rank_one_layer():
+    x = jax.random.uniform(jax.random.key(12), (2, 5, 5, 1)) + 0.1
+    norm = np.linalg.norm(EIGEN_V)
+    run = jax.jit(
+        lambda x, target, center: A.eigen_cam(
+            (RankOne(), {}), x, target, layer="features", center=center, upsample=False
+        ),
+        static_argnames="center",
+    )
+    image = np.asarray(x)[..., 0]
+    np.testing.assert_allclose(run(x, 0, False), image * norm, rtol=1e-5)
+    centred = (image - image.mean(axis=(1, 2), keepdims=True)) * norm
+    np.testing.assert_allclose(run(x, 0, True), np.maximum(centred, 0), rtol=1e-4, atol=1e-5)
+    # Class-agnostic: another target, the same map.
+    np.testing.assert_array_equal(run(x, 2, False), run(x, 0, False))
 
 
 def test_upsampling_is_bilinear_with_half_pixel_centres():
@@ -171,6 +318,18 @@ def test_score_cam_with_known_channel_masks():
 # each primitive are shared between them; test_target_none_... needs them for its eager
 # calls anyway.
 # ---------------------------------------------------------------------------------
+ALL_CAMS = (
+    A.grad_cam,
+    A.grad_cam_plus_plus,
+    A.xgrad_cam,
+    A.hires_cam,
+    A.layer_cam,
+    A.score_cam,
+    A.ablation_cam,
+    A.eigen_cam,
+)
+
+
 @pytest.fixture(scope="module")
 def small_cnn():
     model = models.get_model("cnn_fmnist", features=(4, 6, 8), dense=(16,))
@@ -178,6 +337,18 @@ def small_cnn():
     # Un-jitted: the init's forward pass compiles the programs the eager tests reuse.
     variables = model.init(jax.random.key(6), x)
     return model, variables, x
+
+
+@pytest.fixture(scope="module")
+def every_cam(small_cnn):
+    """Every CAM of small_cnn's layer conv2, for given variables, images and targets, in
+    one compiled program."""
+    model = small_cnn[0]
+    return jax.jit(
+        lambda variables, x, target: {
+            m.__name__: m((model, variables), x, target, layer="conv2") for m in ALL_CAMS
+        }
+    )
 
 
 def test_capture_leaves_the_outputs_unchanged(small_cnn):
@@ -237,9 +408,31 @@ def test_every_conv_layer_of_every_model_can_be_named(name):
         assert maps.shape == (2, 8, 8) and bool(jnp.isfinite(maps).all()), layer
 
 
+def test_eigen_cam_equals_a_numpy_svd_of_the_activation(small_cnn):
+    """The first principal direction by NumPy's LAPACK SVD, with the same sign rule."""
+    model, variables, x = small_cnn
+    _, activation = A.flax_model(model, variables).capture(x, "conv2")
+    run = jax.jit(
+        lambda x, center: A.eigen_cam(
+            (model, variables), x, layer="conv2", center=center, relu=False, upsample=False
+        ),
+        static_argnames="center",
+    )
+    for center in (False, True):
+        expected = []
+        for a in np.asarray(activation, np.float64):
+            matrix = a.reshape(-1, a.shape[-1])
+            if center:
+                matrix = matrix - matrix.mean(axis=0)
+            first = np.linalg.svd(matrix)[2][0]
+            first = -first if first.sum() < 0 else first
+            expected.append((matrix @ first).reshape(a.shape[:2]))
+        np.testing.assert_allclose(run(x, center), np.stack(expected), rtol=1e-4, atol=1e-5)
+
+
 def test_unknown_layer_lists_the_available_ones(small_cnn):
     model, variables, x = small_cnn
-    for method in (A.grad_cam, A.grad_cam_plus_plus, A.score_cam):
+    for method in ALL_CAMS:
         with pytest.raises(ValueError, match=r"no layer 'conv9'.*available layers: conv1/conv"):
             method((model, variables), x, layer="conv9")
     with pytest.raises(ValueError, match="no layer 'fc1'"):  # exists, but is not a feature map
@@ -247,7 +440,7 @@ def test_unknown_layer_lists_the_available_ones(small_cnn):
 
 
 @pytest.mark.parametrize("bias", [0.0, -1e3], ids=["all-zero-input", "all-negative-pre-relu"])
-def test_dead_layers_give_zero_maps_not_nan(small_cnn, bias):
+def test_dead_layers_give_zero_maps_not_nan(small_cnn, every_cam, bias):
     """All-zero activations (a zero image through blocks whose conv and batch norm add
     no bias, or a bias so negative that every ReLU is off): the gradients, the
     Grad-CAM++ denominators and every Score-CAM channel's range are zero."""
@@ -262,22 +455,18 @@ def test_dead_layers_give_zero_maps_not_nan(small_cnn, bias):
     variables = {**variables, "params": params}
     _, activation = A.flax_model(model, variables).capture(x, "conv2")
     assert not bool(jnp.any(activation))
-    for method in (A.grad_cam, A.grad_cam_plus_plus, A.score_cam):
-        maps = method((model, variables), x, layer="conv2")
-        assert bool(jnp.isfinite(maps).all()), method.__name__
-        np.testing.assert_array_equal(maps, 0.0)
+    for name, maps in every_cam(variables, x, jnp.arange(4)).items():
+        assert bool(jnp.isfinite(maps).all()), name
+        np.testing.assert_array_equal(maps, 0.0, err_msg=name)
 
 
-def test_target_none_is_the_predicted_class_and_jit_matches(small_cnn):
+def test_target_none_is_the_predicted_class_and_jit_matches(small_cnn, every_cam):
     model, variables, x = small_cnn
     predicted = jnp.argmax(model.apply(variables, x), -1)
-    for method in (A.grad_cam, A.grad_cam_plus_plus, A.score_cam):
+    jitted = every_cam(variables, x, predicted)
+    for method in ALL_CAMS:
         eager = method((model, variables), x, None, layer="conv2")
-        np.testing.assert_array_equal(
-            eager, method((model, variables), x, predicted, layer="conv2")
-        )
-        jitted = jax.jit(lambda x, t, m=method: m((model, variables), x, t, layer="conv2"))
-        np.testing.assert_allclose(jitted(x, predicted), eager, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(jitted[method.__name__], eager, rtol=1e-5, atol=1e-7)
 
 
 def test_registry_needs_the_module_and_a_layer(small_cnn):

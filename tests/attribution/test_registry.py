@@ -166,14 +166,17 @@ def test_method_spec_fields():
     assert not A.METHODS["gaussian_saliency"].is_signed({"abs": True})
     assert A.METHODS["integrated_gradients"].is_signed({"steps": 8})
     assert not A.METHODS["smoothgrad_sq"].is_signed() and not A.METHODS["vargrad"].is_signed()
-    for name in ("grad_cam", "grad_cam_plus_plus", "score_cam"):
+    cams = ("grad_cam", "grad_cam_plus_plus", "xgrad_cam", "hires_cam", "layer_cam")
+    cams += ("score_cam", "ablation_cam", "eigen_cam")
+    for name in cams:
         spec = A.METHODS[name]
+        assert spec.method is getattr(A, name), name
         assert spec.needs_model and spec.spatial and not spec.is_signed(), name
     # One (N, H, W) map per image: the CAMs, the layer methods summed over channels, XRAI.
     layer_methods = ("layer_gradient_x_activation", "layer_integrated_gradients")
     layer_methods += ("layer_conductance", "internal_influence")
     for name, spec in A.METHODS.items():
-        if name not in ("grad_cam", "grad_cam_plus_plus", "score_cam", "xrai") + layer_methods:
+        if name not in cams + ("xrai",) + layer_methods:
             assert not spec.spatial, name
 
 
