@@ -67,10 +67,16 @@ def get_config(arg=None):
         "occlusion": {"window": (4, 4), "stride": 2, "baseline": 0.0, "batch_size": 64},
         "feature_permutation": {"patch": 4, "batch_size": 64},
         # The rows below are not in `methods` by default (name them to time them):
-        # modified-backward rules, the sampling family over 4x4 patches (49 groups),
+        # modified-backward rules, more CAMs, the sampling family over 4x4 patches (49 groups),
         # DeepLiftShap against 10 uniform reference images, and the layer methods on
         # conv3, summed over channels and upsampled on both sides.
         "guided_grad_cam": {"layer": "conv3"},
+        # The CAMs Captum lacks, against the grad-cam package, on conv3 like the others;
+        # Ablation-CAM's batch_size counts ablated forward passes, as Score-CAM's.
+        "xgrad_cam": {"layer": "conv3"},
+        "hires_cam": {"layer": "conv3"},
+        "layer_cam": {"layer": "conv3"},
+        "ablation_cam": {"layer": "conv3", "batch_size": 64},
         "lrp": {"rule": "epsilon", "epsilon": 1e-9},
         "deeplift_shap": {"references": 10},
         "feature_ablation": {"patch": 4, "batch_size": 64},

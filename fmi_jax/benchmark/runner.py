@@ -1,7 +1,8 @@
 """fmi_jax against PyTorch libraries: same model, same weights, same images, same machine.
 
-The reference for every method is Captum, except Score-CAM, which Captum does not
-have: its reference is the `grad-cam` package (`pytorch_grad_cam.ScoreCAM`).
+The reference for every method is Captum, except the CAMs Captum does not have
+(Score-CAM, XGrad-CAM, HiResCAM, LayerCAM, Ablation-CAM): their reference is the
+`grad-cam` package (pytorch-grad-cam).
 
 Protocol (`run_benchmark`):
   1. Build the model (a trained workdir's best checkpoint, or a fresh init) and
@@ -17,7 +18,14 @@ Protocol (`run_benchmark`):
      gradient goes to a different (equally valid) member of the window; the dither
      removes the ties, so the maps compared are uniquely defined and agree to
      float32 rounding.
-     Two methods are checked differently:
+     Some methods are checked differently:
+     * xgrad_cam, hires_cam, layer_cam, ablation_cam: the package returns each map
+       min-max scaled to [0, 1] (it scales at the layer's size, resizes, and scales
+       again; scaling is affine and bilinear resizing keeps constants, so that is the
+       resized map scaled once), so fmi_jax's maps get the same scaling before the
+       relative L2 error. Its Ablation-CAM sets a channel to 0 only when the layer's
+       minimum is 0 (true after the ReLU these rows hook) and its XGrad-CAM adds 1e-7
+       to each channel's sum.
      * score_cam: by the Pearson correlation of each image's map with the package's
        (`config.min_pearson` for the worst image, `config.median_pearson` for the
        median), not by equality. pytorch_grad_cam min-max scales every map to [0, 1]
@@ -105,6 +113,7 @@ __all__ = [
     "METHOD_REFERENCES",
     "METRICS",
     "METRIC_REFERENCES",
+    "PACKAGE_SCALED",
     "REFERENCES",
     "PeakRSS",
     "claim_workdir",
@@ -134,6 +143,10 @@ METHOD_REFERENCES = {
     "gradient_shap": "Captum GradientShap",
     "grad_cam": "Captum LayerGradCam",
     "score_cam": "grad-cam ScoreCAM",
+    "xgrad_cam": "grad-cam XGradCAM",
+    "hires_cam": "grad-cam HiResCAM",
+    "layer_cam": "grad-cam LayerCAM",
+    "ablation_cam": "grad-cam AblationCAM",
     "occlusion": "Captum Occlusion",
     "feature_permutation": "Captum FeaturePermutation",
     "guided_backprop": "Captum GuidedBackprop",
@@ -153,6 +166,9 @@ METHOD_REFERENCES = {
     "neuron_integrated_gradients": "Captum NeuronIntegratedGradients",
     "neuron_conductance": "Captum NeuronConductance",
 }
+# CAMs whose reference (the grad-cam package) returns each map min-max scaled to
+# [0, 1] at the input's size: fmi_jax's maps are compared after the same scaling.
+PACKAGE_SCALED = ("xgrad_cam", "hires_cam", "layer_cam", "ablation_cam")
 # Rows that time an explanation metric (fmi_jax.evaluation) rather than a method.
 METRIC_REFERENCES = {
     "infidelity": "Captum metrics.infidelity",
@@ -342,6 +358,8 @@ def run_benchmark(
             )
         )
         theirs = nhwc(torch_side.captum_method(name, net, check_opts)(nchw(x0), ttarget(t0)))
+        if name in PACKAGE_SCALED:
+            ours = _minmax(ours).reshape(ours.shape)
         if name == "score_cam":
             package_default = nhwc(
                 torch_side.captum_method(name, net, dict(check_opts, target_kind="logit"))(
@@ -371,6 +389,8 @@ def run_benchmark(
             "checked_with": (
                 "stdev=0"
                 if noise_free
+                else "each image's map min-max scaled to [0, 1], as the package returns it"
+                if name in PACKAGE_SCALED
                 else "2 images (the swap is the only non-identity permutation)"
                 if n_check == 2
                 else "as timed"
@@ -1124,7 +1144,7 @@ def _package_versions(methods) -> dict[str, str]:
     from importlib import metadata
 
     versions = {}
-    if "score_cam" in methods:
+    if any(m == "score_cam" or m in PACKAGE_SCALED for m in methods):
         try:
             versions["grad_cam"] = metadata.version("grad-cam")
         except metadata.PackageNotFoundError:

@@ -10,8 +10,9 @@ fmi_jax calls layer `conv{i+1}` (the block output before pooling), the layer the
 CAM methods hook.
 
 `captum_method(name, net, options)` builds the PyTorch counterpart of a benchmark
-method: Captum for everything except `score_cam`, which Captum does not have and
-which comes from the `grad-cam` package (`pytorch_grad_cam.ScoreCAM`).
+method: Captum for everything except the CAMs Captum does not have (Score-CAM,
+XGrad-CAM, HiResCAM, LayerCAM, Ablation-CAM), which come from the `grad-cam` package
+(`GRAD_CAM_PACKAGE`).
 
 Only this module imports torch; the rest of fmi_jax never does.
 """
@@ -19,6 +20,7 @@ Only this module imports torch; the rest of fmi_jax never does.
 from __future__ import annotations
 
 import functools
+import importlib
 import sys
 import types
 from collections.abc import Mapping
@@ -32,6 +34,7 @@ from fmi_jax.benchmark.runner import METHOD_REFERENCES, METRIC_REFERENCES, refer
 
 __all__ = [
     "CAPTUM_METHODS",
+    "GRAD_CAM_PACKAGE",
     "TorchCNN",
     "captum_method",
     "captum_metric",
@@ -221,28 +224,41 @@ def _stub_torchvision() -> dict[str, types.ModuleType]:
     return mods
 
 
+# fmi_jax's CAMs that Captum lacks, and their classes in the grad-cam package.
+GRAD_CAM_PACKAGE = {
+    "score_cam": ("score_cam", "ScoreCAM"),
+    "xgrad_cam": ("xgrad_cam", "XGradCAM"),
+    "hires_cam": ("hirescam", "HiResCAM"),
+    "layer_cam": ("layer_cam", "LayerCAM"),
+    "ablation_cam": ("ablation_cam", "AblationCAM"),
+}
+
+
 @functools.cache
-def _score_cam_class():
-    """`pytorch_grad_cam.ScoreCAM`, importing the package without torchvision if need be,
-    and with its per-image progress bars off (tqdm(disable=True); no other change)."""
+def _grad_cam_class(name: str):
+    """The grad-cam package's class for fmi_jax's method `name` (`GRAD_CAM_PACKAGE`),
+    importing the package without torchvision if need be, and with its per-image progress
+    bars off (tqdm(disable=True); no other change)."""
+    module_name, class_name = GRAD_CAM_PACKAGE[name]
     try:
         import torchvision  # noqa: F401
     except Exception:  # ImportError, or the RuntimeError of a CUDA build beside CPU torch
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
+        for mod in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[mod]
         stubs = _stub_torchvision()
         sys.modules.update(stubs)
         try:
-            import pytorch_grad_cam.score_cam as score_cam_module
+            module = importlib.import_module(f"pytorch_grad_cam.{module_name}")
         finally:
-            for name in stubs:
-                sys.modules.pop(name, None)
+            for mod in stubs:
+                sys.modules.pop(mod, None)
     else:
-        import pytorch_grad_cam.score_cam as score_cam_module
+        module = importlib.import_module(f"pytorch_grad_cam.{module_name}")
     import tqdm
 
-    score_cam_module.tqdm = types.SimpleNamespace(tqdm=functools.partial(tqdm.tqdm, disable=True))
-    return score_cam_module.ScoreCAM
+    if hasattr(module, "tqdm"):
+        module.tqdm = types.SimpleNamespace(tqdm=functools.partial(tqdm.tqdm, disable=True))
+    return getattr(module, class_name)
 
 
 def captum_method(name: str, net: nn.Module, options: Mapping[str, Any]):
@@ -309,21 +325,19 @@ def captum_method(name: str, net: nn.Module, options: Mapping[str, Any]):
             return cam
 
         return grad_cam
-    if name == "score_cam":
+    if name in GRAD_CAM_PACKAGE:
         if not options.get("upsample", True):
-            raise ValueError("pytorch_grad_cam's ScoreCAM always upsamples to the input size")
-        score_cam = _score_cam_class()
+            raise ValueError(f"pytorch_grad_cam's {name} always upsamples to the input size")
+        package_class = _grad_cam_class(name)
         layer = conv_block_output(net, options["layer"])
         batch_size = options.get("batch_size")
-        package_target = options.get("target_kind", "log_softmax") == "logit"
+        package_target = name != "score_cam" or options.get("target_kind") == "logit"
 
-        def run_score_cam(x, t):
+        def run_package_cam(x, t):
             # One object per call: its forward hooks must not outlive the call.
-            with score_cam(net, [layer]) as cam:
-                if batch_size is not None:
-                    cam.batch_size = int(batch_size)  # masked images per forward pass
-                else:
-                    cam.batch_size = int(layer_channels(net, options["layer"]))
+            with package_class(net, [layer]) as cam:
+                if name in ("score_cam", "ablation_cam"):  # channels per forward pass
+                    cam.batch_size = int(batch_size or layer_channels(net, options["layer"]))
                 if package_target:
                     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -333,7 +347,7 @@ def captum_method(name: str, net: nn.Module, options: Mapping[str, Any]):
                 maps = cam(input_tensor=x, targets=targets)
             return torch.from_numpy(maps)[:, None]
 
-        return run_score_cam
+        return run_package_cam
     if name == "occlusion":
         m = ca.Occlusion(net)
         baseline = float(options.get("baseline", 0.0))
