@@ -22,7 +22,9 @@ and differs in the weights ``W^c`` for the target class c. With ``g = dy_c / dA`
   product, ``W_kij = g_kij``.
 
   Both keep the gradient-times-activation total before the ReLU,
-  ``sum_ij L_c = sum_kij g_kij A_kij``, which is ``y_c`` itself when the rest of the
+  ``sum_ij L_c = sum_kij g_kij A_kij`` (XGrad-CAM only over channels whose activation
+  does not sum to 0; after a ReLU such a channel is all zero and has no share),
+  which is ``y_c`` itself when the rest of the
   network is positively homogeneous of degree 1 in ``A`` (bias-free linear layers,
   ReLU, max-pooling: Euler's theorem), and ``y_c - b_c`` for a flatten and one dense
   layer with bias. XGrad-CAM's paper calls this conservation; HiResCAM's adds that
@@ -40,20 +42,29 @@ and differs in the weights ``W^c`` for the target class c. With ``g = dy_c / dA`
   of ``batch_size`` on the device.
 * Ablation-CAM (Desai & Ramaswamy, WACV 2020): no gradients. A channel's weight is
   the relative drop of the target logit when that channel is set to zero for the
-  rest of the forward pass, ``W_k = (y_c - y_c^(k)) / y_c`` (0 for an example whose
-  ``y_c`` is 0). The paper's normalisation by ``y_c`` scales each example's map by
-  ``1 / y_c``, so for a negative logit it flips the map's sign before the ReLU; the
-  difference alone is ``normalize=False``. ``N * K`` passes through the layers after
-  the target layer (the layer's output is computed once and replaced, so XLA drops
-  the layers before it from those passes), in batches of ``batch_size``. pytorch-grad-cam ablates by zero only when the whole layer's
-  minimum is 0 and otherwise by a value 1e7 below it; here the channel is always
-  zeroed, as in the paper.
+  rest of the forward pass, ``W_k = (y_c - y_c^(k)) / |y_c|`` (0 for an example whose
+  ``y_c`` is 0). The paper divides by ``y_c``; for a negative logit that turns every
+  weight's sign (a channel whose removal lowers the logit, evidence for the class,
+  would get a negative weight and vanish under the ReLU), so here the drop is divided
+  by its magnitude, which is the paper's weight whenever ``y_c > 0``. A logit near 0
+  scales that example's map up; ``normalize=False`` keeps the drop itself.
+  ``N * K`` passes through the layers after the target layer, in batches of
+  ``batch_size``: the layer's output is computed once and replaced
+  (:meth:`~fmi_jax.attribution.FlaxModel.logits_with`), so under ``jax.jit``, or
+  inside the ``lax.scan`` that ``batch_size`` chunks run in, XLA drops the layers
+  before it from those passes. pytorch-grad-cam divides by ``y_c`` as the paper does,
+  and ablates by zero only when the minimum of that image's activation at the layer
+  is 0, otherwise by a value 1e7 below it; here the channel is always zeroed, as in
+  the paper (the same after a ReLU whenever some unit of the layer is off).
 * Eigen-CAM (Muhammad & Yeasin, IJCNN 2020, arXiv:2008.00299): no gradients and no
   class. The ``(h w, K)`` activation matrix of each example is projected on its first
   right singular vector ``v_1``, ``L = ReLU(A v_1)``. A singular vector's sign is
-  arbitrary; here it is fixed so that ``sum_k v_1k >= 0`` (for a post-ReLU layer, whose
-  activations are non-negative, ``v_1`` can be taken non-negative and the map is then
-  the activation's dominant pattern, not its negative). ``center=True`` subtracts
+  arbitrary; here it is fixed so that ``sum_k v_1k >= 0``, which is the same as the map
+  ``A v_1`` having a non-negative inner product with the channel sum ``A 1``
+  (``(A v_1) . (A 1) = sigma_1^2 (v_1 . 1)``). For a post-ReLU layer, whose activations
+  are non-negative, ``v_1`` can then be taken non-negative and the map is the
+  activation's dominant pattern, not its negative. The direction is ill-defined when
+  the two largest singular values tie. ``center=True`` subtracts
   each channel's spatial mean first, as pytorch-grad-cam does (its sign is left to the
   SVD routine there, so its maps can come out inverted). The target is accepted for
   the common signature and ignored: every class gets the same map.
@@ -318,8 +329,9 @@ def ablation_cam(
       model, x, target, key, baseline, layer, relu, upsample: as in :func:`grad_cam`.
       batch_size: ablated forward passes per chunk (of the ``N * K`` in all); bounds
         memory, never changes the result.
-      normalize: divide each channel's logit drop by the logit, as the paper does;
-        ``False`` keeps the drop ``y_c - y_c^(k)`` itself.
+      normalize: divide each channel's logit drop by ``|y_c|`` (the paper divides by
+        ``y_c``: the same for a positive logit); ``False`` keeps the drop
+        ``y_c - y_c^(k)`` itself.
 
     Returns:
       ``(N, H, W)`` float32 maps (``(N, h, w)`` when ``upsample=False``).
@@ -330,23 +342,29 @@ def ablation_cam(
     handle.layer_shape(x, layer)
     if batch_size is not None:
         as_count(batch_size, "batch_size")
-    target = resolve_target(handle, x, target)
     logits, activation = handle.capture(x, layer)
-    score = select_target(logits, target).astype(jnp.float32)
+    if target is None:
+        target = jnp.argmax(logits, axis=1).astype(jnp.int32)
+    else:
+        target = resolve_target(handle, x, target)
+    # The reference logit through the same path as the ablated ones (the layers after
+    # `layer` from its output), so that the drops are differences of like computations.
+    score = select_target(handle.logits_with(x, layer, activation), target)
+    score = score.astype(jnp.float32)
     channels = activation.shape[-1]
 
     def ablated_channel(example: Array, channel: Array) -> Array:
         a = activation[example]  # (B, h, w, K)
         keep = 1 - jax.nn.one_hot(channel, channels, dtype=a.dtype)[:, None, None, :]
         # Only the layers after `layer` run: nothing reads the replaced output.
-        ablated = handle.replace(x[example], layer, a * keep)
+        ablated = handle.logits_with(x[example], layer, a * keep)
         drop = score[example] - select_target(ablated, target[example]).astype(jnp.float32)
         return drop[:, None, None] * activation[example, :, :, channel].astype(jnp.float32)
 
     maps = sum_over_samples(ablated_channel, x.shape[0], channels, batch_size=batch_size)
     if normalize:
-        nonzero = (score != 0)[:, None, None]
-        maps = jnp.where(nonzero, maps / jnp.where(nonzero, score[:, None, None], 1.0), 0.0)
+        scale = jnp.abs(score)[:, None, None]
+        maps = jnp.where(scale > 0, maps / jnp.where(scale > 0, scale, 1.0), 0.0)
     return _finish(maps, x.shape, relu, upsample)
 
 
@@ -368,7 +386,7 @@ def eigen_cam(
 
     Args:
       model, x, key, baseline, layer, relu, upsample: as in :func:`grad_cam`.
-      target: ignored (accepted so every method has one signature).
+      target: checked like every method's, then ignored (every class gets this map).
       batch_size: examples per forward pass and batched SVD.
       center: subtract each channel's spatial mean before the SVD (pytorch-grad-cam's
         variant); the paper projects the activation as it is.
@@ -376,11 +394,13 @@ def eigen_cam(
     Returns:
       ``(N, H, W)`` float32 maps (``(N, h, w)`` when ``upsample=False``).
     """
-    del target, key
+    del key
     refuse_baseline(baseline, "eigen_cam")
     handle = as_flax_model(model, "eigen_cam")
     x = as_input(x)
     n, h, w, k = handle.layer_shape(x, layer)
+    if target is not None:
+        resolve_target(handle, x, target)  # a bad target is refused, as everywhere
 
     def projection(example: Array, _: Array) -> Array:
         _, activation = handle.capture(x[example], layer)

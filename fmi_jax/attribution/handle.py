@@ -13,7 +13,7 @@ the gradient flowing into it. :func:`flax_model` turns a Flax classifier into a
 
 ``capture(x, layer, delta)`` replaces the layer's output ``A`` by ``A + delta`` for the
 rest of the forward pass, so the gradient with respect to ``delta`` at zero is exactly
-``dy/dA``; ``replace(x, layer, value)`` gives the logits with the output replaced by
+``dy/dA``; ``logits_with(x, layer, value)`` gives the logits with the output replaced by
 ``value`` outright, which lets XLA skip the layers that only feed it. The user's model is never edited, and every call is a pure function of ``x``
 (and ``delta``), so a handle can be used inside ``jax.grad``, ``jax.vmap``,
 ``jax.lax.scan`` and ``jax.jit``.
@@ -155,15 +155,16 @@ class FlaxModel:
         logits, activation = self._forward(x, layer, delta)
         return logits, activation
 
-    def replace(self, x: Array, layer: str, value: Array) -> Array:
+    def logits_with(self, x: Array, layer: str, value: Array) -> Array:
         """The logits with ``layer``'s output replaced by ``value`` (shaped like it) for the
         rest of the forward pass.
 
-        Nothing reads the layer's own output, so under ``jax.jit`` (or inside
-        ``lax.scan``) XLA drops the part of the network that only feeds the layer:
-        evaluating the network after a layer at many activations (ablated channels,
-        points of a path at the layer) costs the rest of the network alone. Whatever
-        bypasses the layer (a skip connection around it) still sees ``x``.
+        Nothing reads the layer's own output, so when the call is compiled (under
+        ``jax.jit``, or inside ``lax.scan``) XLA drops the part of the network that
+        only feeds the layer: evaluating the network after a layer at many activations
+        (ablated channels, points of a path at the layer) costs the rest of the
+        network alone. Called eagerly, every layer still runs. Whatever bypasses the
+        layer (a skip connection around it) still sees ``x``.
 
         Raises:
           ValueError: as :meth:`capture`.

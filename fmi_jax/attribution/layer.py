@@ -158,10 +158,10 @@ def _activation(handle: FlaxModel, x: Array, layer: str) -> Array:
 
 def _gradient_at(handle: FlaxModel, x: Array, target: Array, layer: str, value: Array) -> Array:
     """``dy_t/dA`` with ``layer``'s output set to ``value``: only the layers after it run
-    (:meth:`FlaxModel.replace`), forward and backward."""
+    (:meth:`FlaxModel.logits_with`), forward and backward."""
 
     def target_sum(value: Array) -> Array:
-        return jnp.sum(select_target(handle.replace(x, layer, value), target))
+        return jnp.sum(select_target(handle.logits_with(x, layer, value), target))
 
     return jax.grad(target_sum)(value).astype(jnp.float32)
 
@@ -260,7 +260,8 @@ def layer_integrated_gradients(
 
     ``(A(x) - A(x')) * sum_k w_k dy_t/dA (A(x') + a_k (A(x) - A(x')))``, the rest of the
     network run from the interpolated activation (module docstring): the layer's output
-    is replaced by each point of the path (:meth:`FlaxModel.replace`), so the layers
+    is replaced by each point of the path (:meth:`FlaxModel.logits_with`), so, compiled
+    (under ``jax.jit``, or in the ``lax.scan`` of ``batch_size`` chunks), the layers
     before it run only for the two end points. The completeness gap
     is ``completeness_delta(model, x, target, attributions, baseline=baseline)``.
 

@@ -109,8 +109,12 @@ class MethodSpec:
     traceable: bool = True
 
     def is_signed(self, options: Mapping[str, Any] | None = None) -> bool:
-        """Whether maps carry sign under `options` (`abs=True` makes them magnitudes)."""
-        return self.signed and not (options or {}).get("abs", False)
+        """Whether maps carry sign under `options` (`abs=True` makes them magnitudes; a
+        CAM with `relu=False` keeps its negative part)."""
+        options = options or {}
+        if "relu" in self.options and options.get("relu", True) is False:
+            return True
+        return self.signed and not options.get("abs", False)
 
 
 def _keywords(fn: Callable[..., Any], leave_out: tuple[str, ...] = ()) -> tuple[str, ...]:

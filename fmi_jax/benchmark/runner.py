@@ -23,9 +23,11 @@ Protocol (`run_benchmark`):
        min-max scaled to [0, 1] (it scales at the layer's size, resizes, and scales
        again; scaling is affine and bilinear resizing keeps constants, so that is the
        resized map scaled once), so fmi_jax's maps get the same scaling before the
-       relative L2 error. Its Ablation-CAM sets a channel to 0 only when the layer's
-       minimum is 0 (true after the ReLU these rows hook) and its XGrad-CAM adds 1e-7
-       to each channel's sum.
+       relative L2 error. Its Ablation-CAM sets a channel to 0 only when the image's
+       activation at the layer has a 0 (true after the ReLU these rows hook unless
+       every unit is on), divides by the logit where fmi_jax divides by its magnitude
+       (the same for a positive logit), and its XGrad-CAM adds 1e-7 to each channel's
+       sum (docs/captum.md).
      * score_cam: by the Pearson correlation of each image's map with the package's
        (`config.min_pearson` for the worst image, `config.median_pearson` for the
        median), not by equality. pytorch_grad_cam min-max scales every map to [0, 1]

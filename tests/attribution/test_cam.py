@@ -113,10 +113,12 @@ FLAT_B = np.array([0.5, -2.0, 40.0], np.float32)
 
 
 class FlattenHead(nn.Module):
+    bias: tuple[float, ...] = tuple(FLAT_B.tolist())
+
     @nn.compact
     def __call__(self, x):
         a = nn.Conv(2, (1, 1), name="features")(x)
-        return jnp.einsum("nijk,ijkc->nc", a, jnp.asarray(FLAT_V)) + jnp.asarray(FLAT_B)
+        return jnp.einsum("nijk,ijkc->nc", a, jnp.asarray(FLAT_V)) + jnp.asarray(self.bias)
 
 
 FLAT_VARS = {"params": {"features": HEAD_VARS["params"]["features"]}}
@@ -196,6 +198,32 @@ def test_ablation_cam_weighs_channels_by_the_relative_drop_of_the_logit(flatten_
     np.testing.assert_allclose(run(x, batch_size=3), whole, rtol=1e-6, atol=1e-6)
 
 
+def test_ablation_cam_divides_by_the_magnitude_of_a_negative_logit():
+    """Class 2's bias lowered to -100 makes its logit negative. The drops are the same
+    (the bias cancels), and dividing them by |y_c| keeps the map's orientation, where
+    the paper's y_c would turn every weight's sign."""
+    a = np.stack([ARANGE[0, ..., 0], 5 - ARANGE[0, ..., 0]], -1)
+    share = FLAT_V[..., 2] * a
+    logit = share.sum() - 100.0
+    assert logit < 0
+    head = FlattenHead(bias=(0.5, -2.0, -100.0))
+    run = jax.jit(
+        lambda x, normalize: A.ablation_cam(
+            (head, FLAT_VARS),
+            x,
+            2,
+            layer="features",
+            normalize=normalize,
+            relu=False,
+            upsample=False,
+        ),
+        static_argnames="normalize",
+    )
+    drop = a @ share.sum(axis=(0, 1))
+    np.testing.assert_allclose(run(ARANGE, False)[0], drop, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(run(ARANGE, True)[0], drop / abs(logit), rtol=1e-4, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------
 # Eigen-CAM of a rank-one layer: A_ijk = x_ij v_k has the single right singular vector
 # v / |v| (sign fixed by sum v > 0), so the map is x |v|, or (x - mean x) |v| centred.
@@ -228,8 +256,10 @@ def test_eigen_cam_of_a_rank_one_layer():
     np.testing.assert_allclose(run(x, 0, False), image * norm, rtol=1e-5)
     centred = (image - image.mean(axis=(1, 2), keepdims=True)) * norm
     np.testing.assert_allclose(run(x, 0, True), np.maximum(centred, 0), rtol=1e-4, atol=1e-5)
-    # Class-agnostic: another target, the same map.
+    # Class-agnostic: another target, the same map; a target the model lacks is refused.
     np.testing.assert_array_equal(run(x, 2, False), run(x, 0, False))
+    with pytest.raises(ValueError, match=r"target out of range.*class 3"):
+        A.eigen_cam((RankOne(), {}), x, 3, layer="features")
 
 
 def test_upsampling_is_bilinear_with_half_pixel_centres():

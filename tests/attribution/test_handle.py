@@ -385,30 +385,30 @@ def test_capture_checks_the_shape_of_delta(linen_handle, x):
     with pytest.raises(ValueError, match=r"delta must have the shape .*\(4, 8, 8, 4\)"):
         linen_handle.capture(x, "conv2", jnp.zeros((4, 8, 8, 3)))
     with pytest.raises(ValueError, match=r"value must have the shape .*\(4, 8, 8, 4\)"):
-        linen_handle.replace(x, "conv2", jnp.zeros((4, 8, 8, 3)))
+        linen_handle.logits_with(x, "conv2", jnp.zeros((4, 8, 8, 3)))
 
 
-def test_replace_runs_only_the_layers_after_the_layer(handle, linen, x):
-    """replace(x, 'conv2', v) is the model's tail after conv2 applied to v, and under jit
+def test_logits_with_runs_only_the_layers_after_the_layer(handle, linen, x):
+    """logits_with(x, 'conv2', v) is the model's tail after conv2 applied to v, and under jit
     XLA drops both convolutions (nothing reads conv2's own output)."""
     head = {"params": {"head": linen[1]["params"]["head"]}}
     value = jnp.asarray(np.random.default_rng(4).normal(size=(4, 8, 8, FEATURES)), jnp.float32)
-    replaced = jax.jit(lambda x, v: handle.replace(x, "conv2", v))
+    replaced = jax.jit(lambda x, v: handle.logits_with(x, "conv2", v))
     close(replaced(x, value), Tail().apply(head, value), 1e-5)
     hlo = replaced.lower(x, value).compile().as_text()
     assert "convolution" not in hlo
     assert "convolution" in jax.jit(handle).lower(x).compile().as_text()
 
 
-def test_replace_reaches_a_layer_under_remat(x):
+def test_logits_with_reaches_a_layer_under_remat(x):
     variables = linen_variables(LinenRemat(remat=False), x)
     plain = flax_model(LinenRemat(remat=False), variables)
     remat = flax_model(LinenRemat(remat=True), variables)
     value = jnp.asarray(np.random.default_rng(5).normal(size=(4, 8, 8, FEATURES)), jnp.float32)
     for layer in ("block/conv", "block"):
         expected = plain.capture(x, layer, value - plain.capture(x, layer)[1])[0]
-        close(remat.replace(x, layer, value), expected, 1e-5)
-        close(plain.replace(x, layer, value), expected, 1e-5)
+        close(remat.logits_with(x, layer, value), expected, 1e-5)
+        close(plain.logits_with(x, layer, value), expected, 1e-5)
 
 
 # --- as_flax_model -----------------------------------------------------------------

@@ -172,6 +172,8 @@ def test_method_spec_fields():
         spec = A.METHODS[name]
         assert spec.method is getattr(A, name), name
         assert spec.needs_model and spec.spatial and not spec.is_signed(), name
+        if "relu" in spec.options:
+            assert spec.is_signed({"relu": False}) and not spec.is_signed({"relu": True}), name
     # One (N, H, W) map per image: the CAMs, the layer methods summed over channels, XRAI.
     layer_methods = ("layer_gradient_x_activation", "layer_integrated_gradients")
     layer_methods += ("layer_conductance", "internal_influence")
