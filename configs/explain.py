@@ -48,11 +48,21 @@ def get_config(arg=None):
         # conv3, the last conv block (7 x 7 in cnn_fmnist); the per-layer figure
         # (layer_cam below) shows every block.
         "grad_cam": {"layer": "conv3"},
+        # The rest of the CAM family, on the same layer, for when they are named in
+        # `methods` (options of methods not run do not alter the study's results).
+        "grad_cam_plus_plus": {"layer": "conv3"},
+        "xgrad_cam": {"layer": "conv3"},
+        "hires_cam": {"layer": "conv3"},
+        "layer_cam": {"layer": "conv3"},
+        "score_cam": {"layer": "conv3"},
+        "ablation_cam": {"layer": "conv3"},
+        "eigen_cam": {"layer": "conv3"},
         # Image regions: 4 x 4 patches (49 groups), permuted across the explained samples.
         "feature_permutation": {"patch": 4},
     }
-    # Per-layer CAM figure: `method` of every layer in `layers` (empty: the model's
-    # conv layers, first to last) for the first `samples` explained images.
+    # Per-layer CAM figure: `method` (any CAM, LayerCAM's 'layer_cam' included) of every
+    # layer in `layers` (empty: the model's conv layers, first to last) for the first
+    # `samples` explained images.
     config.layer_cam = {"method": "grad_cam", "layers": (), "samples": 8}
     # Model evaluations per chunk: bounds memory, never changes results.
     config.batch_size = 256

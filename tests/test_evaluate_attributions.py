@@ -140,7 +140,7 @@ def test_every_configured_method_runs_with_its_options():
     for name in config.methods:
         if name in study.CONTROLS:
             continue
-        options = study._method_options(config, name)
+        options = study.method_options(config, name)
         explain = attribution.explainer(name, fn, model=model, variables=variables, **options)
         # Jitted, as the study runs it: one compile per method instead of one per
         # operation and shape.

@@ -80,6 +80,11 @@ def test_rerun_reuses_results_and_other_config_is_refused(trained_run):
     other.options.integrated_gradients.steps = 16
     with pytest.raises(ValueError, match="another config.*--config.output"):
         studies.run_explain(other, trained_run)
+    # Options of a method the study does not run cannot alter its results.
+    other.options.integrated_gradients.steps = config.options.integrated_gradients.steps
+    other.options.grad_cam.layer = "conv1"
+    studies.run_explain(other, trained_run)
+    assert npz.stat().st_mtime_ns == before
 
 
 def test_explicit_indices_and_bad_ones(trained_run):

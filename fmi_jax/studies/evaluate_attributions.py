@@ -46,7 +46,7 @@ Outputs under `workdir/<config.output>/`:
   deletion_insertion.png   mean deletion and insertion curves per method
   randomization.png        mean Spearman (|maps|) and SSIM per cascade step per method
   agreement.json/.png cross-method agreement of the maps (the explain study's
-                      `_agreement`: Pearson, Spearman, top-k overlap)
+                      `map_agreement`: Pearson, Spearman, top-k overlap)
   index.html          the leaderboard and the figures on one offline page
 
 Re-running with the same config reads the finished methods from `methods/` and only
@@ -73,7 +73,7 @@ from absl import logging
 from fmi_jax import attribution, evaluation, plotting, runs
 from fmi_jax.attribution.core import example_keys
 from fmi_jax.plotting.html import Image, Link, Section, Table
-from fmi_jax.studies.explain import OUTPUT_HINT, _agreement, _method_options
+from fmi_jax.studies.explain import OUTPUT_HINT, map_agreement, method_options, unused_options
 from fmi_jax.train import evaluate as evaluate_lib
 from fmi_jax.train import loop as loop_lib
 from fmi_jax.train.input_pipeline import to_float
@@ -141,7 +141,7 @@ def _check(config: Any, model: Any, variables: Any, images: np.ndarray) -> None:
     for name in config.methods:
         if name in CONTROLS:
             continue
-        options = _method_options(config, name)
+        options = method_options(config, name)
         attribution.explainer(name, fn, model=model, variables=variables, **options)
         if "layer" in options:
             handle.layer_shape(x, options["layer"])
@@ -150,7 +150,7 @@ def _check(config: Any, model: Any, variables: Any, images: np.ndarray) -> None:
 def _claim(config: Any, out: Path) -> None:
     """Claims `out` for this config (see fmi_jax/runs.py); results: any cached method."""
     has_results = any((out / "methods").glob("*.json")) or (out / "leaderboard.json").exists()
-    runs.claim(out, config, has_results=has_results, hint=OUTPUT_HINT)
+    runs.claim(out, config, free=unused_options(config), has_results=has_results, hint=OUTPUT_HINT)
 
 
 def select_images(num_available: int, num_images: int, selection: str, seed: int) -> np.ndarray:
@@ -188,7 +188,7 @@ def _builder(config: Any, name: str, model: Any) -> Callable[[Any], Explain]:
     if name in CONTROLS:
         explain = jax.jit(_control(name))
         return lambda variables: explain
-    options = _method_options(config, name)
+    options = method_options(config, name)
 
     def run(variables, x, target, keys):
         fn = lambda inputs: model.apply(variables, inputs)  # noqa: E731
@@ -588,7 +588,7 @@ def evaluate_attributions(
         threshold=float(config.sanity.threshold),
     )
     if config.agreement and len(config.methods) > 1:
-        agreement = _agreement(
+        agreement = map_agreement(
             {m: arrays[m]["maps"] for m in config.methods}, float(config.topk_fraction)
         )
         agreement.pop("_per_sample")

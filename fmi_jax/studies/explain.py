@@ -47,7 +47,16 @@ from fmi_jax.train import loop as loop_lib
 from fmi_jax.train.input_pipeline import to_float
 from fmi_jax.train.tensorboard import TENSORBOARD_DIR, EventLog
 
-__all__ = ["ExplainResult", "explain_model", "layer_cams", "run_explain", "select_samples"]
+__all__ = [
+    "ExplainResult",
+    "explain_model",
+    "layer_cams",
+    "map_agreement",
+    "method_options",
+    "run_explain",
+    "select_samples",
+    "unused_options",
+]
 
 # Methods whose maps should sum to f(x) - f(baseline); their gaps go into stats.json.
 COMPLETE_METHODS = ("integrated_gradients", "deeplift")
@@ -105,7 +114,17 @@ def select_samples(
     raise ValueError(f"unknown selection kind {kind!r}; choose 'high_confidence' or 'indices'")
 
 
-def _method_options(config: Any, name: str) -> dict[str, Any]:
+def unused_options(config: Any) -> tuple[str, ...]:
+    """The config paths ``options.<name>`` of the methods the study does not run: they
+    cannot alter its results, so an output folder accepts them changed (new methods'
+    default options in a later version of the config included)."""
+    methods = set(config.methods)
+    return tuple(f"options.{name}" for name in config.options if name not in methods)
+
+
+def method_options(config: Any, name: str) -> dict[str, Any]:
+    """The keyword options the study passes to method ``name``: ``config.options[name]``
+    with lists as tuples and, where the method takes one, ``config.batch_size``."""
     options = dict(runs.plain(config.options).get(name, {}) or {})
     spec = attribution.METHODS[name]
     if "batch_size" in spec.options and "batch_size" not in options:
@@ -127,7 +146,9 @@ def _stats(maps: np.ndarray, seconds: float) -> dict[str, float]:
     }
 
 
-def _agreement(maps: dict[str, np.ndarray], fraction: float) -> dict[str, Any]:
+def map_agreement(maps: dict[str, np.ndarray], fraction: float) -> dict[str, Any]:
+    """Cross-method agreement of the maps (channels summed): Pearson and Spearman
+    matrices, mean over images and per image, and the top-``fraction`` overlap."""
     names = list(maps)
     flat = {k: evaluation.reduce_channels(jnp.asarray(v), "sum") for k, v in maps.items()}
     pearson, pearson_per = evaluation.correlation_matrix(flat, method="pearson")
@@ -165,7 +186,7 @@ def _check(config: Any, fn: Any, model: Any, variables: Any, images: np.ndarray)
     x = to_float(jnp.asarray(images[:1]))
     handle = attribution.flax_model(model, variables)
     for name in config.methods:
-        options = _method_options(config, name)
+        options = method_options(config, name)
         attribution.explainer(name, fn, model=model, variables=variables, **options)
         if "layer" in options:
             handle.layer_shape(x, options["layer"])
@@ -178,7 +199,7 @@ def _check(config: Any, fn: Any, model: Any, variables: Any, images: np.ndarray)
 def _claim(config: Any, out: Path) -> None:
     """Claims `out` for this config (never another's; see fmi_jax/runs.py)."""
     has_results = (out / "stats.json").exists() or (out / "attributions.npz").exists()
-    runs.claim(out, config, has_results=has_results, hint=OUTPUT_HINT)
+    runs.claim(out, config, free=unused_options(config), has_results=has_results, hint=OUTPUT_HINT)
 
 
 def run_explain(config: ml_collections.ConfigDict, workdir: str | Path) -> ExplainResult:
@@ -251,7 +272,7 @@ def explain_model(
         key = jax.random.key(int(config.seed))
         maps, stats = {}, {"methods": {}, "completeness": {}}
         for name in config.methods:
-            options = _method_options(config, name)
+            options = method_options(config, name)
             explain = attribution.jit_method(
                 name, attribution.explainer(name, fn, model=model, variables=variables, **options)
             )
@@ -277,7 +298,7 @@ def explain_model(
                 }
             logging.info("%s: %.2f s for %d samples", name, seconds, len(indices))
         layer_maps = _layer_cams(config, fn, model, variables, images, target)
-        agreement = _agreement(maps, float(config.topk_fraction))
+        agreement = map_agreement(maps, float(config.topk_fraction))
         per_sample = agreement.pop("_per_sample")
         stats.update(
             agreement=agreement,
@@ -422,7 +443,7 @@ def _cam_layers(method: str, model: Any, layers: Sequence[str]) -> tuple[str, ..
 def _figures(out: Path, config, images, labels, preds, probs, maps, stats, class_names) -> None:
     names = list(maps)
     signs = {
-        m: ("all" if attribution.METHODS[m].is_signed(_method_options(config, m)) else "absolute")
+        m: ("all" if attribution.METHODS[m].is_signed(method_options(config, m)) else "absolute")
         for m in names
     }
     per_sample = np.load(out / "attributions.npz")["spearman_per_sample"]
