@@ -460,6 +460,27 @@ def test_eigen_cam_equals_a_numpy_svd_of_the_activation(small_cnn):
         np.testing.assert_allclose(run(x, center), np.stack(expected), rtol=1e-4, atol=1e-5)
 
 
+def test_elementwise_cams_give_nothing_to_positions_the_model_never_reads():
+    """12 x 12 images: conv3 is 3 x 3 and the 2 x 2 max-pool after it keeps 1 x 1, so
+    conv3's last row and column never reach the head (their gradient is exactly 0).
+    HiResCAM and LayerCAM weigh each position by its own gradient and leave them at 0;
+    Grad-CAM's channel weights multiply the whole activation, those positions too."""
+    model = models.get_model("cnn_fmnist", features=(4, 6, 8), dense=(16,))
+    x = jax.random.uniform(jax.random.key(13), (3, 12, 12, 1))
+    variables = numpy_variables(model, x, 14)
+    maps = jax.jit(
+        lambda variables, x: {
+            m.__name__: m((model, variables), x, 0, layer="conv3", relu=False, upsample=False)
+            for m in (A.grad_cam, A.hires_cam, A.layer_cam)
+        }
+    )(variables, x)
+    for name in ("hires_cam", "layer_cam"):
+        np.testing.assert_array_equal(maps[name][:, 2, :], 0.0, err_msg=name)
+        np.testing.assert_array_equal(maps[name][:, :, 2], 0.0, err_msg=name)
+        assert np.abs(maps[name][:, :2, :2]).max() > 0, name  # the window the pool keeps
+    assert np.abs(maps["grad_cam"][:, 2, :]).max() > 0
+
+
 def test_unknown_layer_lists_the_available_ones(small_cnn):
     model, variables, x = small_cnn
     for method in ALL_CAMS:
