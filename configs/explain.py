@@ -60,9 +60,9 @@ def get_config(arg=None):
         # Image regions: 4 x 4 patches (49 groups), permuted across the explained samples.
         "feature_permutation": {"patch": 4},
     }
-    # Per-layer CAM figure: `method` (any CAM, LayerCAM's 'layer_cam' included) of every
-    # layer in `layers` (empty: the model's conv layers, first to last) for the first
-    # `samples` explained images.
+    # Per-layer CAM figure: `method` (any CAM, LayerCAM's 'layer_cam' included, with its
+    # default options) of every layer in `layers` (empty: the model's conv layers, first
+    # to last) for the first `samples` explained images.
     config.layer_cam = {"method": "grad_cam", "layers": (), "samples": 8}
     # Model evaluations per chunk: bounds memory, never changes results.
     config.batch_size = 256

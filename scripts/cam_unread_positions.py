@@ -6,7 +6,8 @@ faithfulness metrics say once those positions are left out.
 A position of the layer is *unread* on these images when the gradient of every class
 logit with respect to it is exactly 0 for every image (a max-pool that drops the
 layer's last row and column makes them so for any input). For every CAM the script
-prints the share of its layer-sized map (ReLU applied) on unread positions, then the
+prints the share of its layer-sized maps (ReLU applied; all images' maps summed) on
+unread positions, then the
 mean deletion AUC (zero substrate) and insertion AUC (Gaussian blur, sigma 5), one
 image row per step as configs/evaluate_attributions.py sets them, of the map as
 computed and of the map with the unread positions set to 0 before upsampling.
@@ -68,28 +69,28 @@ def main(argv):
     print(f"{layer}: {int((keep == 0).sum())} of {keep.size} positions unread")
     metric = dict(batch_size=8 * _BATCH.value)
     deletion = jax.jit(
-        lambda m: evaluation.auc(
-            evaluation.deletion_curve(handle, x, target, m, substrate="zero", **metric)
+        lambda x, t, m: evaluation.auc(
+            evaluation.deletion_curve(handle, x, t, m, substrate="zero", **metric)
         ).mean()
     )
     insertion = jax.jit(
-        lambda m: evaluation.auc(
-            evaluation.insertion_curve(handle, x, target, m, substrate="gaussian", **metric)
+        lambda x, t, m: evaluation.auc(
+            evaluation.insertion_curve(handle, x, t, m, substrate="gaussian", **metric)
         ).mean()
     )
-    print("method | share on unread | deletion AUC, as is / without | insertion AUC")
+    print("method | share on unread | deletion AUC, as is / without | insertion AUC, same")
     for name in _METHODS:
         explain = attribution.explainer(
             name, handle, layer=layer, upsample=False, batch_size=_BATCH.value
         )
         low = jax.jit(lambda x, t, explain=explain: explain(x, t)[..., 0])(x, target)
         share = float((low * (1 - keep)).sum() / jnp.maximum(low.sum(), 1e-12))
-        full = attribution.upsample_maps(low, size)
-        cut = attribution.upsample_maps(low * keep, size)
-        print(
-            f"{name} | {share:.1%} | {float(deletion(full)):.3f} / {float(deletion(cut)):.3f}"
-            f" | {float(insertion(full)):.3f} / {float(insertion(cut)):.3f}"
+        d0, d1, i0, i1 = (
+            float(score(x, target, attribution.upsample_maps(maps, size)))
+            for score in (deletion, insertion)
+            for maps in (low, low * keep)
         )
+        print(f"{name} | {share:.1%} | {d0:.3f} / {d1:.3f} | {i0:.3f} / {i1:.3f}")
 
 
 if __name__ == "__main__":

@@ -107,6 +107,10 @@ def test_study_writes_leaderboard_reuses_and_refuses(trained_run):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "methods").iterdir()} == before
     assert [r["method"] for r in again.rows] == list(config.methods)
 
+    # Options of a method the study does not run cannot alter its results.
+    unused = _config()
+    unused.options.grad_cam.layer = "conv1"
+    assert studies.run_evaluate_attributions(unused, trained_run).computed == []
     other = _config()
     other.num_images = 4
     with pytest.raises(ValueError, match="another config.*--config.output"):

@@ -117,9 +117,13 @@ def select_samples(
 def unused_options(config: Any) -> tuple[str, ...]:
     """The config paths ``options.<name>`` of the methods the study does not run: they
     cannot alter its results, so an output folder accepts them changed (new methods'
-    default options in a later version of the config included)."""
-    methods = set(config.methods)
-    return tuple(f"options.{name}" for name in config.options if name not in methods)
+    default options in a later version of the config included). The per-layer figure's
+    method counts as run (``config.layer_cam``, where the study has one)."""
+    used = set(config.methods)
+    settings = config.get("layer_cam")
+    if settings and int(settings.samples):
+        used.add(settings.method)
+    return tuple(f"options.{name}" for name in config.options if name not in used)
 
 
 def method_options(config: Any, name: str) -> dict[str, Any]:
