@@ -11,7 +11,8 @@ unread positions, then the
 mean deletion AUC (zero substrate) and insertion AUC (Gaussian blur, sigma 5), one
 image row per step as configs/evaluate_attributions.py sets them, of the map as
 computed and of the map with the unread positions set to 0 before upsampling.
-docs/results.md reports what it measured.
+docs/results.md reports what it measured. Bad input (no run in --workdir, a layer the
+model does not have) ends in one `error:` line and exit status 2.
 """
 
 import sys
@@ -23,8 +24,9 @@ if not __package__:
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
+from experiments import _cli  # noqa: E402
 from fmi_jax import attribution, evaluation  # noqa: E402
 from fmi_jax.train import evaluate as evaluate_lib  # noqa: E402
 from fmi_jax.train import loop as loop_lib  # noqa: E402
@@ -34,20 +36,9 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/cnn_fmnist", "A trained run.")
 _LAYER = flags.DEFINE_string("layer", "conv3", "The CAMs' layer.")
 _IMAGES = flags.DEFINE_integer("images", 500, "The first images of the test split.")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Model evaluations per chunk.")
-_METHODS = (
-    "grad_cam",
-    "grad_cam_plus_plus",
-    "xgrad_cam",
-    "hires_cam",
-    "layer_cam",
-    "score_cam",
-    "ablation_cam",
-    "eigen_cam",
-)
 
 
-def main(argv):
-    del argv
+def main():
     model, variables, config, _ = evaluate_lib.restore_model(_WORKDIR.value)
     images = loop_lib.load_data(config.data)["test"].images[: _IMAGES.value]
     x = jnp.asarray(to_float(images))
@@ -79,7 +70,7 @@ def main(argv):
         ).mean()
     )
     print("method | share on unread | deletion AUC, as is / without | insertion AUC, same")
-    for name in _METHODS:
+    for name in attribution.CAM_METHODS:
         explain = attribution.explainer(
             name, handle, layer=layer, upsample=False, batch_size=_BATCH.value
         )
@@ -94,4 +85,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _cli.run(main)

@@ -75,6 +75,7 @@ method with the same signature (SmoothGrad over any method). Shared machinery
 """
 
 from fmi_jax.attribution.cam import (
+    CAM_METHODS,
     ablation_cam,
     eigen_cam,
     grad_cam,
@@ -150,6 +151,7 @@ __all__ = [
     "gaussian_smoothed_saliency",
     "gradient_shap",
     "deeplift",
+    "CAM_METHODS",
     "grad_cam",
     "grad_cam_plus_plus",
     "xgrad_cam",

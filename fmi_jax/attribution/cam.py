@@ -110,8 +110,8 @@ from fmi_jax.attribution.core import (
 )
 from fmi_jax.attribution.handle import activation_and_gradient, as_flax_model
 
-__all__ = [
-    "layer_names",
+#: The registry names of the CAM methods in this module, gradient CAMs first.
+CAM_METHODS = (
     "grad_cam",
     "grad_cam_plus_plus",
     "xgrad_cam",
@@ -120,8 +120,9 @@ __all__ = [
     "score_cam",
     "ablation_cam",
     "eigen_cam",
-    "upsample_maps",
-]
+)
+
+__all__ = ["CAM_METHODS", "layer_names", *CAM_METHODS, "upsample_maps"]
 
 
 def layer_names(model: Any, x: Array) -> tuple[str, ...]:

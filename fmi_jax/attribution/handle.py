@@ -14,9 +14,9 @@ the gradient flowing into it. :func:`flax_model` turns a Flax classifier into a
 ``capture(x, layer, delta)`` replaces the layer's output ``A`` by ``A + delta`` for the
 rest of the forward pass, so the gradient with respect to ``delta`` at zero is exactly
 ``dy/dA``; ``logits_with(x, layer, value)`` gives the logits with the output replaced by
-``value`` outright, which lets XLA skip the layers that only feed it. The user's model is never edited, and every call is a pure function of ``x``
-(and ``delta``), so a handle can be used inside ``jax.grad``, ``jax.vmap``,
-``jax.lax.scan`` and ``jax.jit``.
+``value`` outright, which lets XLA skip the layers that only feed it. The user's model
+is never edited, and every call is a pure function of its array arguments, so a
+handle can be used inside ``jax.grad``, ``jax.vmap``, ``jax.lax.scan`` and ``jax.jit``.
 
 Layers are named by their module path, ``'/'``-joined (``'conv2'``, ``'block/conv'``,
 ``'blocks/0/conv'`` for the first entry of a list of NNX modules). The candidates,

@@ -168,6 +168,7 @@ def test_method_spec_fields():
     assert not A.METHODS["smoothgrad_sq"].is_signed() and not A.METHODS["vargrad"].is_signed()
     cams = ("grad_cam", "grad_cam_plus_plus", "xgrad_cam", "hires_cam", "layer_cam")
     cams += ("score_cam", "ablation_cam", "eigen_cam")
+    assert A.CAM_METHODS == cams
     for name in cams:
         spec = A.METHODS[name]
         assert spec.method is getattr(A, name), name
