@@ -9,6 +9,7 @@ import pytest
 import configs
 from fmi_jax import studies
 from fmi_jax.studies import evaluate_attributions as study
+from tests import testdata
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +139,7 @@ def test_every_configured_method_runs_with_its_options():
 
     config = configs.load("evaluate_attributions")
     model = models.get_model("cnn_fmnist", features=(4, 4, 4), dense=(8,), dropout=0.0)
-    x = jax.random.uniform(jax.random.key(0), (2, 28, 28, 1))
+    x = testdata.uniform(jax.random.key(0), (2, 28, 28, 1))
     variables = model.init(jax.random.key(1), x)
     fn = lambda v: model.apply(variables, v)  # noqa: E731
     for name in config.methods:

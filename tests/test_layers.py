@@ -76,7 +76,7 @@ def test_use_conv_picks_the_implementation_a_model_traces_with():
     from fmi_jax import models
 
     model = models.get_model("cnn_fmnist", features=(4, 8), pool=(True, True), dense=(8,))
-    x = jax.random.uniform(jax.random.key(0), (2, 12, 12, 1))
+    x = testdata.uniform(jax.random.key(0), (2, 12, 12, 1))
     variables = model.init(jax.random.key(1), x)
     outs = {}
     for name in layers.CONV_IMPLEMENTATIONS:

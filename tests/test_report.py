@@ -19,18 +19,19 @@ import pytest
 
 from fmi_jax.plotting import html as page
 from fmi_jax.report import report
+from tests import testdata
 
 METHODS = ("saliency", "integrated_gradients", "input_x_gradient")
 CLASS_NAMES = ("left", "middle", "right")
 
 
 def _linear_model():
-    w = jax.random.normal(jax.random.key(1), (64, 3)) / 8.0
+    w = testdata.normal(jax.random.key(1), (64, 3)) / 8.0
     return lambda x: x.reshape(x.shape[0], -1) @ w
 
 
 def _images():
-    return jax.random.uniform(jax.random.key(2), (4, 8, 8, 1))
+    return testdata.uniform(jax.random.key(2), (4, 8, 8, 1))
 
 
 @pytest.fixture(scope="module")

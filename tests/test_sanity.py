@@ -109,7 +109,7 @@ def cnn():
     variables = _init(model, x)
     # Like a trained model: no leaf constant (zero biases would stay zero when re-drawn).
     variables = jax.tree_util.tree_map(
-        lambda p: p + 0.05 * jax.random.normal(jax.random.key(9), p.shape), variables
+        lambda p: p + 0.05 * testdata.normal(jax.random.key(9), p.shape), variables
     )
     target = jnp.arange(6) % 3
     return model, variables, x, target

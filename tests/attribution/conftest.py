@@ -21,6 +21,7 @@ from fmi_jax.attribution import (
     saliency,
     smoothgrad,
 )
+from tests import testdata
 
 IMAGE_SHAPE = (4, 4, 2)  # H, W, C of the images used by the cross-method tests
 CLASSES = 3
@@ -46,7 +47,7 @@ KEY = jax.random.key(42)
 @pytest.fixture(scope="session")
 def images():
     """Five images in [0, 1) of shape IMAGE_SHAPE."""
-    return jax.random.uniform(jax.random.key(7), (5, *IMAGE_SHAPE))
+    return testdata.uniform(jax.random.key(7), (5, *IMAGE_SHAPE))
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +69,7 @@ def masked_cnn_fn(cnn_fn):
     return lambda x: cnn_fn(x * IGNORED)
 
 
-_SHAP_BASELINES = jax.random.uniform(jax.random.key(9), (3, *IMAGE_SHAPE))
+_SHAP_BASELINES = testdata.uniform(jax.random.key(9), (3, *IMAGE_SHAPE))
 
 # Every public method as method(fn, x, target, batch_size=...), with small settings
 # (saliency and its Gaussian smoothing with their default, signed maps).

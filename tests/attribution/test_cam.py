@@ -9,6 +9,7 @@ import pytest
 
 from fmi_jax import attribution as A
 from fmi_jax import models
+from tests import testdata
 
 
 def numpy_variables(model, x, seed):
@@ -108,7 +109,7 @@ def test_cams_agree_where_the_gradient_is_spatially_constant():
 #   LayerCAM = sum_k ReLU(V_kc) A_k;  zeroing channel k lowers y_c by sum_ij P_k.
 # Channel 1 (5 - x) sums to -40: the cases with a negative channel total are covered.
 # ---------------------------------------------------------------------------------
-FLAT_V = np.asarray(jax.random.normal(jax.random.key(11), (4, 4, 2, 3)))
+FLAT_V = np.asarray(testdata.normal(jax.random.key(11), (4, 4, 2, 3)))
 FLAT_B = np.array([0.5, -2.0, 40.0], np.float32)
 
 
@@ -244,7 +245,7 @@ class Identity(nn.Module):
 
 
 def test_eigen_cam_of_a_rank_one_layer():
-    x = jax.random.uniform(jax.random.key(12), (2, 5, 5, 1)) + 0.1
+    x = testdata.uniform(jax.random.key(12), (2, 5, 5, 1)) + 0.1
     norm = np.linalg.norm(EIGEN_V)
     run = jax.jit(
         lambda x, target, center: A.eigen_cam(
@@ -296,7 +297,7 @@ MASKS[:2, :, 0] = 1  # top half
 MASKS[:, :2, 1] = 1  # left half
 MASKS[..., 2] = 1  # constant: no spatial information
 MASKS[1:3, 1:3, 3] = 3  # a centre square at another height
-V = np.asarray(jax.random.normal(jax.random.key(3), (SIDE, SIDE, CLASSES)))
+V = np.asarray(testdata.normal(jax.random.key(3), (SIDE, SIDE, CLASSES)))
 
 
 class MaskLayer(nn.Module):
@@ -326,7 +327,7 @@ def _expected_score_cam(x, target):
 
 
 def test_score_cam_with_known_channel_masks():
-    x = jax.random.uniform(jax.random.key(4), (3, SIDE, SIDE, 1))
+    x = testdata.uniform(jax.random.key(4), (3, SIDE, SIDE, 1))
     target = np.array([0, 2, 1])
     # Each call compiled as one program (un-jitted, every primitive compiles on its own).
     run = jax.jit(
@@ -363,7 +364,7 @@ ALL_CAMS = (
 @pytest.fixture(scope="module")
 def small_cnn():
     model = models.get_model("cnn_fmnist", features=(4, 6, 8), dense=(16,))
-    x = jax.random.uniform(jax.random.key(5), (4, 16, 16, 1))
+    x = testdata.uniform(jax.random.key(5), (4, 16, 16, 1))
     # Un-jitted: the init's forward pass compiles the programs the eager tests reuse.
     variables = model.init(jax.random.key(6), x)
     return model, variables, x
@@ -401,7 +402,7 @@ def test_grad_cam_gradient_is_the_gradient_into_the_layer(small_cnn):
     model, variables, x = small_cnn
     target = 3
     _, activation = A.flax_model(model, variables).capture(x, "conv3")
-    direction = jax.random.normal(jax.random.key(7), activation.shape) * (activation > 0)
+    direction = testdata.normal(jax.random.key(7), activation.shape) * (activation > 0)
 
     def target_logit(delta):
         logits, _ = A.flax_model(model, variables).capture(x, "conv3", delta=delta)
@@ -420,7 +421,7 @@ def test_grad_cam_gradient_is_the_gradient_into_the_layer(small_cnn):
 @pytest.mark.parametrize("name", ["cnn_fmnist", "cnn_mnist", "cnn_tunable", "simple_cnn"])
 def test_every_conv_layer_of_every_model_can_be_named(name):
     model = models.get_model(name)
-    x = jax.random.uniform(jax.random.key(8), (2, 8, 8, 1))
+    x = testdata.uniform(jax.random.key(8), (2, 8, 8, 1))
     variables = numpy_variables(model, x, 9)
     names = A.layer_names((model, variables), x)
     layers = model.conv_layer_names
@@ -466,7 +467,7 @@ def test_elementwise_cams_give_nothing_to_positions_the_model_never_reads():
     HiResCAM and LayerCAM weigh each position by its own gradient and leave them at 0;
     Grad-CAM's channel weights multiply the whole activation, those positions too."""
     model = models.get_model("cnn_fmnist", features=(4, 6, 8), dense=(16,))
-    x = jax.random.uniform(jax.random.key(13), (3, 12, 12, 1))
+    x = testdata.uniform(jax.random.key(13), (3, 12, 12, 1))
     variables = numpy_variables(model, x, 14)
     maps = jax.jit(
         lambda variables, x: {

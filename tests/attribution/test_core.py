@@ -11,6 +11,7 @@ import pytest
 
 from fmi_jax import attribution as A
 from fmi_jax.attribution import core, resolve_target
+from tests import testdata
 
 W = jnp.array([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]])  # 2 features, 3 classes
 
@@ -172,7 +173,7 @@ class TinyCNN(nn.Module):
 
 def _image_models():
     """An MLP and a CNN, both ``fn`` maps of a batch (N, 8, 8, 1) to 3 logits."""
-    w = jax.random.normal(jax.random.key(0), (64, 3))
+    w = testdata.normal(jax.random.key(0), (64, 3))
     cnn = TinyCNN()
     variables = jax.jit(cnn.init)(jax.random.key(1), jnp.zeros((1, 8, 8, 1)))
     return {
@@ -182,7 +183,7 @@ def _image_models():
 
 
 IMAGE_MODELS = _image_models()
-IMAGES = jax.random.uniform(jax.random.key(2), (2, 8, 8, 1))
+IMAGES = testdata.uniform(jax.random.key(2), (2, 8, 8, 1))
 
 
 @pytest.mark.parametrize("model", sorted(IMAGE_MODELS))
@@ -308,7 +309,7 @@ PLAIN_METHODS = sorted(
 @pytest.fixture(scope="module")
 def predicted_classes():
     """Three images on which the MLP predicts at least two different classes."""
-    x = jax.random.uniform(jax.random.key(3), (3, 8, 8, 1)) * 2 - 1
+    x = testdata.uniform(jax.random.key(3), (3, 8, 8, 1)) * 2 - 1
     predicted = np.argmax(np.asarray(IMAGE_MODELS["mlp"](x)), axis=1)
     assert len(set(predicted.tolist())) >= 2, predicted
     return x, predicted

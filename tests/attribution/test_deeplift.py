@@ -11,6 +11,7 @@ import pytest
 
 from fmi_jax import models
 from fmi_jax.attribution import deeplift, integrated_gradients
+from tests import testdata
 
 relu = jax.nn.relu
 
@@ -38,9 +39,9 @@ def init(model, x, seed):
 
 
 def test_linear_model_equals_integrated_gradients():
-    w = jax.random.normal(jax.random.key(0), (6, 3))
-    x = jax.random.normal(jax.random.key(1), (4, 6))
-    baseline = jax.random.normal(jax.random.key(2), (4, 6))
+    w = testdata.normal(jax.random.key(0), (6, 3))
+    x = testdata.normal(jax.random.key(1), (4, 6))
+    baseline = testdata.normal(jax.random.key(2), (4, 6))
     fn = lambda x: x @ w + 2.0
     expected = (x - baseline) * w[:, 1]
     np.testing.assert_allclose(
@@ -193,7 +194,7 @@ def test_summation_to_delta_on_a_relu_mlp():
                 x = nn.relu(nn.Dense(width)(x))
             return nn.Dense(4)(x)
 
-    x = jax.random.uniform(jax.random.key(0), (6, 10))
+    x = testdata.uniform(jax.random.key(0), (6, 10))
     model = MLP()
     variables = init(model, x, 1)
     np.testing.assert_allclose(
@@ -221,7 +222,7 @@ def test_model_zoo_cnn_with_its_own_pooling_equals_the_flax_max_pool_program(mon
     interpreter must see through it: the maps sum to delta and equal those of the same
     network pooled with flax's reduce_window max_pool."""
     model = models.get_model("cnn_fmnist", features=(4, 6, 8), dense=(12,), dropout=0.0)
-    x = jax.random.uniform(jax.random.key(5), (3, 28, 28, 1))
+    x = testdata.uniform(jax.random.key(5), (3, 28, 28, 1))
     variables = init(model, x, 6)
     fn = lambda v: model.apply(variables, v)
     ours, delta = compiled(fn, x, 1, return_delta=True)  # one program for both
@@ -249,7 +250,7 @@ class ReusedBlock(nn.Module):
 
 
 def test_reused_module_and_activation_sum_to_delta_and_equal_the_unshared_program():
-    x = jax.random.normal(jax.random.key(3), (5, 8))
+    x = testdata.normal(jax.random.key(3), (5, 8))
     model = ReusedBlock()
     variables = init(model, x, 4)
     fn = lambda v: model.apply(variables, v)
@@ -282,8 +283,8 @@ def test_summation_to_delta_with_gates_and_normalisation():
             x = nn.LayerNorm()(x * gate)
             return jax.nn.softmax(nn.Dense(3)(x.reshape(x.shape[0], -1)))
 
-    x = jax.random.uniform(jax.random.key(5), (4, 5, 5, 2))
-    baseline = jax.random.uniform(jax.random.key(6), (4, 5, 5, 2))
+    x = testdata.uniform(jax.random.key(5), (4, 5, 5, 2))
+    baseline = testdata.uniform(jax.random.key(6), (4, 5, 5, 2))
     model = Gated()
     variables = init(model, x, 6)
     np.testing.assert_allclose(
@@ -304,20 +305,20 @@ _custom_vjp_conv.defvjp(
 
 
 def test_nested_jit_checkpoint_and_custom_vjp_forward():
-    w = jax.random.normal(jax.random.key(7), (3, 3, 2, 3)) / 3
-    head = jax.random.normal(jax.random.key(8), (5 * 5 * 3, 2))
+    w = testdata.normal(jax.random.key(7), (3, 3, 2, 3)) / 3
+    head = testdata.normal(jax.random.key(8), (5 * 5 * 3, 2))
 
     @jax.jit
     def fn(x):
         h = jax.checkpoint(lambda v: jax.nn.gelu(_custom_vjp_conv(v, w)))(x)
         return jnp.tanh(h.reshape(x.shape[0], -1)) @ head
 
-    x = jax.random.uniform(jax.random.key(9), (3, 5, 5, 2))
+    x = testdata.uniform(jax.random.key(9), (3, 5, 5, 2))
     np.testing.assert_allclose(_delta(fn, x, baseline=0.5), 0, atol=1e-5)
 
 
 def test_baseline_equal_to_input_gives_zero():
-    x = jax.random.normal(jax.random.key(0), (3, 4))
+    x = testdata.normal(jax.random.key(0), (3, 4))
     fn = lambda v: jnp.tanh(v) @ jnp.ones((4, 2))
     attributions, delta = deeplift(fn, x, 0, baseline=x, return_delta=True)
     np.testing.assert_array_equal(attributions, 0)

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from fmi_jax.attribution import input_x_gradient, saliency
+from tests import testdata
 
 KEY_W, KEY_X = jax.random.split(jax.random.key(0))
-W = jax.random.normal(KEY_W, (12, 4))
+W = testdata.normal(KEY_W, (12, 4))
 B = jnp.arange(4.0)
-X = jax.random.normal(KEY_X, (5, 2, 3, 2))  # flattened to 12 features
+X = testdata.normal(KEY_X, (5, 2, 3, 2))  # flattened to 12 features
 T = np.array([0, 3, 1, 2, 3])
 
 

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 from fmi_jax.attribution import QUADRATURE_RULES, integrated_gradients, quadrature
+from tests import testdata
 
 RIEMANN = [r for r in QUADRATURE_RULES if r.startswith("riemann")]
 
 KEY_W, KEY_X, KEY_B = jax.random.split(jax.random.key(1), 3)
-W = jax.random.normal(KEY_W, (6, 3))
-X = jax.random.normal(KEY_X, (4, 6))
+W = testdata.normal(KEY_W, (6, 3))
+X = testdata.normal(KEY_X, (4, 6))
 T = np.array([2, 0, 1, 2])
 
 
@@ -123,7 +124,7 @@ def test_quadrature_errors():
 def test_linear_model_gives_x_minus_baseline_times_w_for_any_rule_and_steps(rule):
     """The gradient of a linear model is constant, so every rule whose weights sum to
     one is exact, for any number of steps and any baseline."""
-    baseline = jax.random.normal(KEY_B, X.shape)
+    baseline = testdata.normal(KEY_B, X.shape)
     expected = (X - baseline) * W[:, T].T
     for steps in [1, 7] if rule != "riemann_trapezoid" else [2, 7]:
         attributions = integrated_gradients(

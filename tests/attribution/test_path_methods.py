@@ -15,11 +15,12 @@ from fmi_jax.attribution.path_methods import (
     gaussian_blur,
     guided_ig,
 )
+from tests import testdata
 
-X = jax.random.uniform(jax.random.key(0), (3, 8, 8, 2))
+X = testdata.uniform(jax.random.key(0), (3, 8, 8, 2))
 T = np.array([0, 2, 1])
-W1 = 0.3 * jax.random.normal(jax.random.key(1), (128, 6))
-W2 = jax.random.normal(jax.random.key(2), (6, 3))
+W1 = 0.3 * testdata.normal(jax.random.key(1), (128, 6))
+W2 = testdata.normal(jax.random.key(2), (6, 3))
 
 
 def smooth(x):

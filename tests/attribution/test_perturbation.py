@@ -10,10 +10,11 @@ import pytest
 
 from fmi_jax import attribution as A
 from fmi_jax.attribution import perturbation
+from tests import testdata
 
 SHAPE = (5, 6, 2)  # H, W, C: 5 rows so that windows and patches do not tile exactly
-X = jax.random.uniform(jax.random.key(0), (4, *SHAPE))
-WEIGHTS = jax.random.normal(jax.random.key(1), (int(np.prod(SHAPE)), 3))
+X = testdata.uniform(jax.random.key(0), (4, *SHAPE))
+WEIGHTS = testdata.normal(jax.random.key(1), (int(np.prod(SHAPE)), 3))
 TARGET = np.array([0, 2, 1, 2])
 # The library's permutation draw, compiled once per number of examples n (it is called
 # here once per key; un-jitted, every call would compile its while_loop again).
@@ -62,7 +63,7 @@ def test_occlusion_of_a_linear_model_is_the_window_sum_of_w_times_x_minus_baseli
     window, stride, baseline
 ):
     if baseline == "image":
-        baseline = np.asarray(jax.random.uniform(jax.random.key(2), SHAPE))
+        baseline = np.asarray(testdata.uniform(jax.random.key(2), SHAPE))
     got = occlusion(X, TARGET, baseline, window=window, stride=stride)
     expected = _occlusion_by_hand(X, baseline, window, stride)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

@@ -10,6 +10,7 @@ import pytest
 
 from fmi_jax import attribution as A
 from fmi_jax.attribution.propagation import deconvolution, guided_backprop, guided_grad_cam, lrp
+from tests import testdata
 
 rng = np.random.default_rng(0)
 W1 = rng.normal(size=(6, 8)).astype(np.float32)
@@ -139,7 +140,7 @@ class BiasFreeCNN(nn.Module):
 def cnn():
     """(fn, images, targets) for a BiasFreeCNN with fixed weights."""
     model = BiasFreeCNN()
-    images = jax.random.uniform(jax.random.key(1), (3, 6, 6, 2)) - 0.3
+    images = testdata.uniform(jax.random.key(1), (3, 6, 6, 2)) - 0.3
     variables = jax.jit(model.init)(jax.random.key(0, impl="rbg"), images)
     return (lambda x: model.apply(variables, x)), images, jnp.array([0, 2, 1])
 
@@ -219,7 +220,7 @@ class TinyCNN(nn.Module):
 
 def test_guided_grad_cam_is_guided_backprop_times_grad_cam():
     model = TinyCNN()
-    images = jax.random.uniform(jax.random.key(3), (3, 6, 6, 2))
+    images = testdata.uniform(jax.random.key(3), (3, 6, 6, 2))
     variables = jax.jit(model.init)(jax.random.key(2, impl="rbg"), images)
     handle = A.flax_model(model, variables, train=False)
     target = jnp.array([2, 0, 1])

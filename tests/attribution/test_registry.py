@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fmi_jax import attribution as A
+from tests import testdata
 
 W = jnp.array([[1.0, -2.0], [0.5, 0.0], [-1.0, 3.0]])
 fn = lambda x: jnp.tanh(x) @ W
@@ -81,8 +82,8 @@ def test_named_method_equals_the_direct_call(case, by_name_and_by_hand):
 
 
 def test_every_method_runs_on_images_with_the_same_signature():
-    images = jax.random.uniform(jax.random.key(1), (2, 6, 6, 1))
-    w = jax.random.normal(jax.random.key(2), (36, 3))
+    images = testdata.uniform(jax.random.key(1), (2, 6, 6, 1))
+    w = testdata.normal(jax.random.key(2), (36, 3))
     image_fn = lambda x: jnp.tanh(x.reshape(x.shape[0], -1)) @ w
     explainers = {}
     for name in A.available_methods():
@@ -192,7 +193,7 @@ class _TwoConvs(nn.Module):
 
 
 def test_layer_methods_are_registered_as_channel_sums_like_the_cams():
-    x = jax.random.uniform(jax.random.key(5), (2, 6, 6, 1))
+    x = testdata.uniform(jax.random.key(5), (2, 6, 6, 1))
     model = _TwoConvs()
     handle = A.flax_model(model, model.init(jax.random.key(1), x))
     target = jnp.argmax(handle(x), axis=-1)

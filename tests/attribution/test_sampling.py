@@ -19,14 +19,15 @@ from fmi_jax.attribution.sampling import (
     lime,
     shapley_value_sampling,
 )
+from tests import testdata
 
 FEATURES = 6
 MASK = np.array([0, 0, 1, 2, 3, 3])  # 4 groups, two of them of two elements
 GROUPS = 4
-X = jax.random.uniform(jax.random.key(0), (3, FEATURES), minval=-1.0, maxval=1.0)
+X = testdata.uniform(jax.random.key(0), (3, FEATURES), minval=-1.0, maxval=1.0)
 BASELINE = np.linspace(-0.3, 0.4, FEATURES).astype(np.float32)
 TARGET = np.array([0, 1, 1])
-WEIGHTS = jax.random.normal(jax.random.key(1), (FEATURES, 2))
+WEIGHTS = testdata.normal(jax.random.key(1), (FEATURES, 2))
 KEY = jax.random.key(3)
 
 
@@ -198,9 +199,9 @@ def test_lime_ridge_penalty_shrinks_the_coefficients_toward_zero():
 
 
 # ------------------------------------ DeepLiftShap ---------------------------------
-MLP_W1 = jax.random.normal(jax.random.key(4), (FEATURES, 5))
-MLP_W2 = jax.random.normal(jax.random.key(5), (5, 2))
-REFERENCES = jax.random.uniform(jax.random.key(6), (3, FEATURES))
+MLP_W1 = testdata.normal(jax.random.key(4), (FEATURES, 5))
+MLP_W2 = testdata.normal(jax.random.key(5), (5, 2))
+REFERENCES = testdata.uniform(jax.random.key(6), (3, FEATURES))
 
 
 def mlp(x):
@@ -276,7 +277,7 @@ def test_lime_weights_do_not_underflow_far_from_the_input():
     weights, so they are taken relative to the largest and stay exact."""
     w = jnp.arange(64, dtype=jnp.float32).reshape(64, 1) / 64.0
     linear = lambda x: x.reshape(x.shape[0], -1) @ w  # noqa: E731
-    x = jax.random.uniform(jax.random.key(1), (2, 8, 8), minval=4.0, maxval=8.0)
+    x = testdata.uniform(jax.random.key(1), (2, 8, 8), minval=4.0, maxval=8.0)
     run = jax.jit(  # one program per width (a static option), not one per eager op
         lambda width: lime(
             linear,

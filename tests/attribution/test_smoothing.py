@@ -7,6 +7,7 @@ import pytest
 
 from fmi_jax.attribution import gaussian_smoothed_saliency, saliency
 from fmi_jax.attribution.smoothing import gaussian_kernel
+from tests import testdata
 
 
 def linear_model(weights):
@@ -21,7 +22,7 @@ def gaussian_1d(sigma, truncate=4.0):
     return k / k.sum()
 
 
-X = jax.random.uniform(jax.random.key(0), (2, 10, 9, 2))
+X = testdata.uniform(jax.random.key(0), (2, 10, 9, 2))
 
 
 @pytest.mark.parametrize("sigma", [0.5, 0.8, 2.0])
@@ -44,7 +45,7 @@ def test_a_point_of_saliency_becomes_the_gaussian_kernel():
 
 @pytest.mark.parametrize("sigma", [0.7, 2.0, 6.0])  # radius 3, 8 and 24 > image size
 def test_total_attribution_is_preserved_everywhere_including_borders(sigma):
-    weights = jax.random.normal(jax.random.key(1), (10, 9, 2))
+    weights = testdata.normal(jax.random.key(1), (10, 9, 2))
     raw = saliency(linear_model(weights), X, 0, abs=True)
     smoothed = gaussian_smoothed_saliency(linear_model(weights), X, 0, sigma=sigma, abs=True)
     np.testing.assert_allclose(smoothed.sum(axis=(1, 2)), raw.sum(axis=(1, 2)), rtol=1e-5)

@@ -10,6 +10,7 @@ import pytest
 
 from fmi_jax import attribution as A
 from fmi_jax import models
+from tests import testdata
 
 SHAPE = (5, 5, 1)
 
@@ -19,13 +20,13 @@ def _composed(hidden, *, zero_biases=False, seed=0):
     model = models.get_model(
         "sae_classifier", latents=40, k=5, image_shape=SHAPE, hidden=hidden, dropout=0.0
     )
-    x = jax.random.uniform(jax.random.key(seed), (6, *SHAPE))
+    x = testdata.uniform(jax.random.key(seed), (6, *SHAPE))
     variables = model.init(jax.random.key(seed + 1), x)
     params = variables["params"]
     # Non-trivial biases everywhere (flax initialises them to zero).
     params = jax.tree_util.tree_map_with_path(
         lambda path, p: (
-            0.1 * jax.random.normal(jax.random.key(len(str(path))), p.shape)
+            0.1 * testdata.normal(jax.random.key(len(str(path))), p.shape)
             if path[-1].key in ("bias", "b_dec", "b_enc") and not zero_biases
             else (jnp.zeros_like(p) if path[-1].key in ("b_dec", "b_enc") else p)
         ),

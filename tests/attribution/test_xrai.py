@@ -13,6 +13,7 @@ from fmi_jax.attribution.xrai import (
     segmentation_defaults,
     xrai,
 )
+from tests import testdata
 
 RNG = np.random.default_rng(0)
 
@@ -163,10 +164,10 @@ def test_rank_regions_known_answer():
 
 # ------------------------------------------------------------------------- end to end
 
-X = jax.random.uniform(jax.random.key(3), (3, 12, 12, 3))
+X = testdata.uniform(jax.random.key(3), (3, 12, 12, 3))
 T = np.array([1, 0, 1])
-KERNEL = 0.3 * jax.random.normal(jax.random.key(4), (3, 3, 3, 4))
-DENSE = jax.random.normal(jax.random.key(5), (4, 2))
+KERNEL = 0.3 * testdata.normal(jax.random.key(4), (3, 3, 3, 4))
+DENSE = testdata.normal(jax.random.key(5), (4, 2))
 
 
 def cnn(x):
@@ -194,7 +195,7 @@ def test_xrai_base_attributions_are_ig_over_black_and_white(xrai_default):
 
 
 def test_xrai_with_attributions_is_ranking_of_the_channel_maximum_over_segments():
-    attributions = jax.random.normal(jax.random.key(6), X.shape)
+    attributions = testdata.normal(jax.random.key(6), X.shape)
     result = xrai(None, X, attributions=attributions)
     assert result.shape == (3, 12, 12) and result.dtype == jnp.float32
     for i in range(3):
