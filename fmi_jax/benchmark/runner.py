@@ -212,7 +212,7 @@ def _model(config) -> tuple[Any, dict[str, Any], str]:
         return model, variables, f"{config.model_workdir} (epoch {epoch})"
     model = models.get_model(config.model_name)
     shape = data.DATASETS[config.data_name].image_shape
-    variables = model.init(jax.random.key(0), jnp.zeros((1, *shape)))
+    variables = models.init_variables(model, jax.random.key(0), jnp.zeros((1, *shape)))
     return model, variables, f"{config.model_name}, random init (seed 0)"
 
 

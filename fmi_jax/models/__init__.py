@@ -9,11 +9,13 @@ so attribution methods can capture their outputs by name.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
+import jax
 
 from fmi_jax.models.cnn import ConvBlock, SimpleCNN
 from fmi_jax.models.mobilenet_v3 import MobileNetV3
@@ -36,6 +38,7 @@ __all__ = [
     "SparseCodeClassifier",
     "available_models",
     "get_model",
+    "init_variables",
     "register_model",
     "top_k_mask",
 ]
@@ -73,6 +76,32 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
                 f"it takes: {', '.join(accepted)}"
             )
     return factory(**kwargs)
+
+
+# XLA:CPU's default LLVM optimisation spends most of an initialisation's compile time on
+# the threefry code of its random draws. Level 1 compiles the same HLO several times
+# faster; the draws are integer arithmetic and exact conversions, so their values do
+# not depend on it (tests/test_models.py).
+_CPU_INIT_OPTIONS = {"xla_backend_optimization_level": 1}
+
+
+def init_variables(model: nn.Module, key: jax.Array, *inputs: Any, **kwargs: Any) -> Any:
+    """``model.init(key, *inputs, **kwargs)``, compiled as one program.
+
+    Called eagerly, ``model.init`` compiles every initialiser of every distinct shape
+    as a program of its own; one program (at LLVM level 1 on CPU) initialises the
+    default CNN several times faster (docs/performance.md). For models built from
+    Flax's initialisers the variables are the ones eager ``model.init`` returns, bit
+    for bit (tested). A custom initialiser can round differently once XLA fuses it:
+    the sparse autoencoder's unit-norm rows, ``w / ||w||``, become ``w * rsqrt(w.w)``,
+    within one float32 ulp of the eager values. Under an outer ``jax.jit`` this is
+    plain ``model.init``.
+    """
+    init = functools.partial(model.init, **kwargs)
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((key, inputs))):
+        return init(key, *inputs)
+    options = _CPU_INIT_OPTIONS if jax.default_backend() == "cpu" else None
+    return jax.jit(init, compiler_options=options)(key, *inputs)
 
 
 @register_model("simple_cnn")

@@ -137,9 +137,6 @@ def figure_names(relative: Sequence[str]) -> list[str]:
     return names
 
 
-_LLVM_LEVEL_1 = {"xla_backend_optimization_level": 1}
-
-
 def _variables(config: Any, model: Any, image_shape: tuple[int, int, int]) -> Any:
     weights = str(config.weights or "")
     if weights:
@@ -156,12 +153,8 @@ def _variables(config: Any, model: Any, image_shape: tuple[int, int, int]) -> An
         int(config.seed),
         "!" * 78,
     )
-    # Random weights only serve tests and smoke runs. XLA:CPU's default LLVM optimisation
-    # spends seconds on the threefry code of every initialiser; level 1 compiles the
-    # same program (and draws the same values) in half the time.
-    cpu = jax.default_backend() == "cpu"
-    init = jax.jit(model.init, compiler_options=_LLVM_LEVEL_1 if cpu else None)
-    return init(jax.random.key(int(config.seed)), jnp.zeros((1, *image_shape)))
+    x = jnp.zeros((1, *image_shape))
+    return models.init_variables(model, jax.random.key(int(config.seed)), x)
 
 
 def _class_names(setting: Any, num_classes: int) -> list[str]:

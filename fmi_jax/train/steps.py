@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
+from fmi_jax import models
 from fmi_jax.train import tasks as tasks_lib
 from fmi_jax.train.augment import augment
 from fmi_jax.train.input_pipeline import to_float
@@ -36,7 +37,8 @@ class TrainState(train_state.TrainState):
 def create_train_state(
     model: nn.Module, key: jax.Array, image_shape: tuple[int, ...], tx: optax.GradientTransformation
 ) -> TrainState:
-    variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    x = jnp.zeros((1, *image_shape), jnp.float32)
+    variables = models.init_variables(model, key, x, train=False)
     state = TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
