@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,8 +64,10 @@ def _run(spec, how, out):
         capture_output=True,
         text=True,
         env={**env, "PYTHONPATH": str(ROOT)},
-        check=True,
+        check=False,
     )
+    if proc.returncode:
+        sys.exit(f"error: initialising {spec[0]} ({how}) failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -73,13 +76,14 @@ def main():
 
     print("| model | eager `model.init` (s) | `init_variables` (s) | same variables |")
     print("|---|---|---|---|")
-    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
     for label, name, kwargs, shape in MODELS:
         spec = (name, kwargs, shape)
-        eager = _run(spec, "eager", tmp / "init_eager.npz")
-        compiled = _run(spec, "compiled", tmp / "init_compiled.npz")
-        a, b = np.load(tmp / "init_eager.npz"), np.load(tmp / "init_compiled.npz")
-        diffs = [abs(a[k].astype(np.float64) - b[k]).max() for k in a.files]
+        with tempfile.TemporaryDirectory() as tmp:
+            eager = _run(spec, "eager", Path(tmp) / "eager.npz")
+            compiled = _run(spec, "compiled", Path(tmp) / "compiled.npz")
+            with np.load(Path(tmp) / "eager.npz") as a, np.load(Path(tmp) / "compiled.npz") as b:
+                assert a.files == b.files, (a.files, b.files)
+                diffs = [abs(a[k].astype(np.float64) - b[k]).max() for k in a.files]
         same = "bit for bit" if max(diffs) == 0 else f"max difference {max(diffs):.1e}"
         print(f"| {label} | {eager:.1f} | {compiled:.1f} | {same} |", flush=True)
 

@@ -125,7 +125,10 @@ def test_init_variables_are_eager_init_bit_for_bit():
     assert jax.tree.structure(compiled) == jax.tree.structure(eager)
     for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(compiled)):
         np.testing.assert_array_equal(a, b)
-    # Inside a traced function it is plain `model.init` (jit options only apply on top).
+    # Inside a transformation it is plain `model.init` (jit refuses compiler options
+    # below the top level), whether the key is traced or closed over.
     traced = testdata.jit(lambda k: models.init_variables(model, k, x, train=False))(key)
     for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(traced)):
         np.testing.assert_array_equal(a, b)
+    shapes = jax.eval_shape(lambda: models.init_variables(model, key, x, train=False))
+    assert jax.tree.map(lambda s: s.shape, shapes) == jax.tree.map(np.shape, eager)

@@ -16,6 +16,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from fmi_jax.models.cnn import ConvBlock, SimpleCNN
 from fmi_jax.models.mobilenet_v3 import MobileNetV3
@@ -79,29 +80,52 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
 
 
 # XLA:CPU's default LLVM optimisation spends most of an initialisation's compile time on
-# the threefry code of its random draws. Level 1 compiles the same HLO several times
-# faster; the draws are integer arithmetic and exact conversions, so their values do
-# not depend on it (tests/test_models.py).
+# the threefry code of its random draws; level 1 compiles the same HLO several times
+# faster. For the library's models the variables come out bit for bit as eager
+# `model.init` draws them on XLA:CPU (observed: scripts/time_init.py; checked for a
+# CNN by tests/test_models.py).
 _CPU_INIT_OPTIONS = {"xla_backend_optimization_level": 1}
+
+
+def _init(model: nn.Module, kwargs: tuple[tuple[str, Any], ...], key: jax.Array, *inputs: Any):
+    return model.init(key, *inputs, **dict(kwargs))
+
+
+@functools.cache
+def _compiled_init(cpu: bool) -> Callable[..., Any]:
+    # `model` and the keyword arguments are static: equal models reuse one program.
+    options = _CPU_INIT_OPTIONS if cpu else None
+    return jax.jit(_init, static_argnums=(0, 1), compiler_options=options)
+
+
+def _tracing(*trees: Any) -> bool:
+    """True inside a transformation (jit, eval_shape, scan, vmap of the inputs, ...),
+    where jit options are refused and `model.init` is traced anyway."""
+    leaves = jax.tree.leaves(trees)
+    return any(isinstance(x, jax.core.Tracer) for x in [jnp.zeros(()), *leaves])
 
 
 def init_variables(model: nn.Module, key: jax.Array, *inputs: Any, **kwargs: Any) -> Any:
     """``model.init(key, *inputs, **kwargs)``, compiled as one program.
 
     Called eagerly, ``model.init`` compiles every initialiser of every distinct shape
-    as a program of its own; one program (at LLVM level 1 on CPU) initialises the
-    default CNN several times faster (docs/performance.md). For models built from
-    Flax's initialisers the variables are the ones eager ``model.init`` returns, bit
-    for bit (tested). A custom initialiser can round differently once XLA fuses it:
-    the sparse autoencoder's unit-norm rows, ``w / ||w||``, become ``w * rsqrt(w.w)``,
-    within one float32 ulp of the eager values. Under an outer ``jax.jit`` this is
-    plain ``model.init``.
+    as a program of its own; one program (at LLVM level 1 on CPU) makes the first
+    initialisation of the default CNN in a process several times faster
+    (docs/performance.md), and an equal model initialises again without compiling.
+    ``inputs`` are arrays (they are traced); options such as ``train=False`` go in
+    ``kwargs``. A custom initialiser can round differently once XLA fuses it: the
+    sparse autoencoder's unit-norm rows ``w / ||w||`` come out within a few float32
+    ulps (3e-8) of their eager values, and as accurate. Inside a transformation this
+    is plain ``model.init``.
     """
-    init = functools.partial(model.init, **kwargs)
-    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((key, inputs))):
-        return init(key, *inputs)
-    options = _CPU_INIT_OPTIONS if jax.default_backend() == "cpu" else None
-    return jax.jit(init, compiler_options=options)(key, *inputs)
+    if _tracing(key, inputs, kwargs):
+        return model.init(key, *inputs, **kwargs)
+    frozen = tuple(sorted(kwargs.items()))
+    try:
+        hash((model, frozen))
+    except TypeError:  # a field or option that cannot be a static argument
+        return jax.jit(functools.partial(model.init, **kwargs))(key, *inputs)
+    return _compiled_init(jax.default_backend() == "cpu")(model, frozen, key, *inputs)
 
 
 @register_model("simple_cnn")
