@@ -259,6 +259,115 @@ def test_morf_falls_faster_than_lerf_on_linear_model():
     assert np.all(F.aopc(morf) > F.aopc(lerf))
 
 
+jit_road = jax.jit(
+    F.road, static_argnums=0, static_argnames=("order", "fractions", "noise", "score", "batch_size")
+)
+jit_faithfulness_correlation = jax.jit(
+    F.faithfulness_correlation,
+    static_argnums=0,
+    static_argnames=("subset_size", "samples", "substrate", "probabilities", "batch_size"),
+)
+
+
+def test_faithfulness_correlation_of_the_exact_map_of_a_linear_model_is_one():
+    # f(x) = w.x + b with the zero substrate: removing a subset S lowers f by exactly
+    # sum_{S} w x, the relevance of S under the map w * x, for every subset.
+    w = testdata.normal(jax.random.key(10), (6, 6, 2))
+    x = testdata.uniform(jax.random.key(11), (3, 6, 6, 2))
+    fn = linear_model(w, bias=0.3)
+    exact = x * w
+    key = jax.random.key(12)
+    corr = jit_faithfulness_correlation(fn, x, 0, exact, key, samples=30)
+    np.testing.assert_allclose(corr, 1.0, atol=1e-6)
+    np.testing.assert_allclose(
+        jit_faithfulness_correlation(fn, x, 0, -exact, key, samples=30), -1.0, atol=1e-6
+    )
+    # Every subset has the same size, so shifting every pixel's relevance by a constant
+    # (or scaling it) shifts every subset's sum alike and leaves the correlation alone.
+    shifted = exact.sum(-1) * 2.5 + 7.0  # per-pixel maps are accepted too
+    np.testing.assert_allclose(
+        jit_faithfulness_correlation(fn, x, 0, shifted, key, samples=30), corr, atol=1e-5
+    )
+    unrelated = testdata.normal(jax.random.key(13), x.shape)
+    assert np.all(np.abs(jit_faithfulness_correlation(fn, x, 0, unrelated, key)) < 0.5)
+
+
+@testdata.jit
+def _permutation(key, example, sample):
+    return jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, example), sample), 16)
+
+
+def test_faithfulness_correlation_follows_its_documented_subsets():
+    # Recomputed by hand for one example of a nonlinear model: subset s is the first
+    # subset_size pixels of permutation(fold_in(fold_in(key, i), s)), replaced by the
+    # substrate; Pearson between the subsets' relevance and the drops of the logit.
+    fn = tiny_mlp(jax.random.key(14), (4, 4, 1))
+    x = testdata.uniform(jax.random.key(15), (2, 4, 4, 1))
+    maps = testdata.normal(jax.random.key(16), (2, 4, 4))
+    key = jax.random.key(17)
+    got = jit_faithfulness_correlation(fn, x, 1, maps, key, subset_size=5, samples=6)
+    logits = np.asarray(fn(x))
+    for i in range(2):
+        sums, drops = [], []
+        for s in range(6):
+            chosen = np.asarray(_permutation(key, i, s))[:5]
+            keep = np.ones(16, bool)
+            keep[chosen] = False
+            perturbed = np.asarray(x[i]).reshape(16) * keep
+            sums.append(np.asarray(maps[i]).reshape(16)[chosen].sum())
+            drops.append(logits[i, 1] - fn(perturbed.reshape(1, 4, 4, 1))[0, 1])
+        np.testing.assert_allclose(got[i], np.corrcoef(sums, drops)[0, 1], atol=1e-5)
+    np.testing.assert_allclose(
+        F.faithfulness_correlation(fn, x, 1, maps, key, subset_size=5, samples=6, batch_size=5),
+        got,
+        atol=1e-6,
+    )
+
+
+def test_road_removes_in_order_and_fills_from_the_neighbours():
+    # The model reads one pixel (its logit is 10 x[p]); x is 1 there and 0 elsewhere,
+    # and the map ranks p first. Removing p (MoRF) fills it from its zero neighbours, so
+    # the logit falls to 0 at once; LeRF keeps p until the very end.
+    p = (2, 3)
+    w = np.zeros((6, 6, 1))
+    w[p] = 10.0
+    fn = linear_model(w)
+    x = np.zeros((1, 6, 6, 1), np.float32)
+    x[0, p[0], p[1]] = 1.0
+    maps = jnp.asarray(x)
+    key = jax.random.key(0)
+    kw = dict(fractions=(0.0, 0.5, 0.95), noise=0.0, score="logit")
+    np.testing.assert_allclose(jit_road(fn, x, 0, maps, key, **kw), [[10.0, 0.0, 0.0]], atol=1e-5)
+    lerf = jit_road(fn, x, 0, maps, key, order="lerf", **kw)
+    np.testing.assert_allclose(lerf, [[10.0, 10.0, 10.0]], atol=1e-5)
+    # A constant image is its own imputation: no removal changes the output (noise 0).
+    flat = np.full((2, 6, 6, 1), 0.4, np.float32)
+    mlp = tiny_mlp(jax.random.key(1), (6, 6, 1))
+    curve = jit_road(mlp, flat, 2, testdata.normal(key, flat.shape), key, noise=0.0)
+    np.testing.assert_allclose(curve, jax.nn.softmax(mlp(flat))[:, 2:3] * np.ones(9), atol=1e-5)
+
+
+def test_road_scores_noise_and_batch_size():
+    fn = tiny_mlp(jax.random.key(18), (6, 6, 1))
+    x = testdata.uniform(jax.random.key(19), (3, 6, 6, 1))
+    maps = testdata.normal(jax.random.key(20), x.shape)
+    top = jnp.argmax(fn(x), axis=1)
+    key = jax.random.key(21)
+    kw = dict(fractions=(0.2, 0.6))
+    probability = jit_road(fn, x, top, maps, key, **kw)
+    correct = jit_road(fn, x, top, maps, key, score="correct", **kw)
+    assert probability.shape == correct.shape == (3, 2)
+    assert set(np.unique(correct)) <= {0.0, 1.0}
+    # Both scores come from the same imputed images (the same keys).
+    assert np.all(correct[probability > 0.5] == 1.0)
+    np.testing.assert_allclose(
+        jit_road(fn, x, top, maps, key, batch_size=4, **kw), probability, atol=1e-6
+    )
+    # Example i at fraction j draws from fold_in(fold_in(key, i), j): another key, other
+    # noise.
+    assert not np.allclose(jit_road(fn, x, top, maps, jax.random.key(22), **kw), probability)
+
+
 def test_sparseness_known_values():
     n = 10
     uniform = np.full((1, n), 3.0)
@@ -294,3 +403,16 @@ def test_bad_inputs_raise():
         F.deletion_curve(fn, x, 0, np.full_like(x, np.nan))
     with pytest.raises(ValueError, match="2 points"):
         F.auc(np.ones((3, 1)))
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="subset_size.*leave some pixels out"):
+        F.faithfulness_correlation(fn, x, 0, np.ones_like(x), key, subset_size=4)
+    with pytest.raises(ValueError, match="subset_size must be"):
+        F.faithfulness_correlation(fn, x, 0, np.ones_like(x), key, subset_size=0)
+    with pytest.raises(ValueError, match="fractions"):
+        F.road(fn, x, 0, np.ones_like(x), key, fractions=(0.5, 1.5))
+    with pytest.raises(ValueError, match="score"):
+        F.road(fn, x, 0, np.ones_like(x), key, score="accuracy")
+    with pytest.raises(ValueError, match="order"):
+        F.road(fn, x, 0, np.ones_like(x), key, order="random")
+    with pytest.raises(ValueError, match="images"):
+        F.road(linear_model(np.ones(3)), np.ones((2, 3)), 0, np.ones((2, 3)), key)

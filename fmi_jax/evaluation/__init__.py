@@ -1,5 +1,6 @@
 """Measuring attributions: agreement between methods, faithfulness (deletion and
-insertion curves, pixel flipping), robustness (infidelity, max-sensitivity), sanity
+insertion curves, pixel flipping, ROAD with noisy linear imputation, faithfulness
+correlation), robustness (infidelity, max-sensitivity), sanity
 checks (parameter randomisation, SSIM), complexity (sparseness), and which examples
 to explain."""
 
@@ -12,13 +13,17 @@ from fmi_jax.evaluation.agreement import (
     topk_overlap,
 )
 from fmi_jax.evaluation.faithfulness import (
+    ROAD_FRACTIONS,
     aopc,
     auc,
     deletion_curve,
+    faithfulness_correlation,
     insertion_curve,
     pixel_flipping,
+    road,
     sparseness,
 )
+from fmi_jax.evaluation.imputation import DEFAULT_IMPUTATION_NOISE, noisy_linear_imputation
 from fmi_jax.evaluation.robustness import (
     DEFAULT_INFIDELITY_STDEV,
     DEFAULT_SENSITIVITY_RADIUS,
@@ -38,14 +43,17 @@ from fmi_jax.evaluation.sanity import (
 from fmi_jax.evaluation.selection import high_confidence_correct
 
 __all__ = [
+    "DEFAULT_IMPUTATION_NOISE",
     "DEFAULT_INFIDELITY_STDEV",
     "DEFAULT_SENSITIVITY_RADIUS",
+    "ROAD_FRACTIONS",
     "aopc",
     "auc",
     "average_ranks",
     "cascading_randomization",
     "correlation_matrix",
     "deletion_curve",
+    "faithfulness_correlation",
     "gaussian_perturbation",
     "high_confidence_correct",
     "independent_randomization",
@@ -53,11 +61,13 @@ __all__ = [
     "insertion_curve",
     "layer_order",
     "max_sensitivity",
+    "noisy_linear_imputation",
     "passes_sanity_check",
     "pearson",
     "pixel_flipping",
     "randomize_layers",
     "reduce_channels",
+    "road",
     "sparseness",
     "spearman",
     "ssim",

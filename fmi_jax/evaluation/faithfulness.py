@@ -88,6 +88,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -102,18 +103,25 @@ from fmi_jax.attribution.core import (
     as_count,
     as_input,
     check_finite,
+    example_keys,
     map_over_samples,
     resolve_target,
+    sample_keys,
     select_target,
 )
 from fmi_jax.attribution.smoothing import gaussian_kernel
+from fmi_jax.evaluation.agreement import pearson
+from fmi_jax.evaluation.imputation import DEFAULT_IMPUTATION_NOISE, noisy_linear_imputation
 
 __all__ = [
+    "ROAD_FRACTIONS",
     "aopc",
     "auc",
     "deletion_curve",
+    "faithfulness_correlation",
     "insertion_curve",
     "pixel_flipping",
+    "road",
     "sparseness",
 ]
 
@@ -121,6 +129,8 @@ Substrate = str | float | Array
 
 _BLUR_TRUNCATE = 4.0  # radius of both blurs' Gaussian in sigmas (scipy.ndimage's default)
 _RISE_WINDOW = 11  # RISE's klen: an 11 x 11 kernel, zero padding 5
+ROAD_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+_SCORES = ("probability", "logit", "correct")
 
 
 def _pixel_relevance(x: Array, attributions: Any) -> tuple[Array, tuple[int, ...]]:
@@ -147,25 +157,25 @@ def _pixel_relevance(x: Array, attributions: Any) -> tuple[Array, tuple[int, ...
     return attributions.reshape(x.shape[0], -1), mask_shape
 
 
-def _pixels_per_step(step: Any, num_pixels: int, row: int) -> int:
+def _pixels_per_step(step: Any, num_pixels: int, row: int, name: str = "step") -> int:
     """``m``: ``None`` -> ``row``; an int -> itself; a float in (0, 1] -> that fraction
     of the pixels, rounded up (after rounding away float noise: 1/28 of 784 is 28)."""
     if step is None:
         return row
     if isinstance(step, bool):
-        raise ValueError(f"step must be an int >= 1 or a fraction in (0, 1], got {step!r}")
+        raise ValueError(f"{name} must be an int >= 1 or a fraction in (0, 1], got {step!r}")
     try:
-        return as_count(operator.index(step), "step")
+        return as_count(operator.index(step), name)
     except TypeError:
         pass
     try:
         fraction = float(step)
     except (TypeError, ValueError):
         raise ValueError(
-            f"step must be an int >= 1 or a fraction in (0, 1], got {step!r}"
+            f"{name} must be an int >= 1 or a fraction in (0, 1], got {step!r}"
         ) from None
     if not 0 < fraction <= 1:
-        raise ValueError(f"a fractional step must be in (0, 1], got {step!r}")
+        raise ValueError(f"a fractional {name} must be in (0, 1], got {step!r}")
     return max(1, math.ceil(round(fraction * num_pixels, 9)))
 
 
@@ -244,30 +254,60 @@ def _curve(
     relevance, mask_shape = _pixel_relevance(x, attributions)
     background = _substrate(substrate, x, blur_sigma)
     target = resolve_target(fn, x, target, batch_size=batch_size)
-    n, num_pixels = relevance.shape
+    num_pixels = relevance.shape[1]
     row = x.shape[2] if x.ndim == 4 else math.ceil(math.sqrt(num_pixels))
     per_step = _pixels_per_step(step, num_pixels, row)
     num_steps = -(-num_pixels // per_step)
 
-    # rank[i, p] = position of pixel p in example i's removal order; a stable sort keeps
-    # tied pixels in index order.
+    rank = _removal_ranks(relevance, most_relevant_first)
+    counts = jnp.arange(num_steps + 1, dtype=jnp.int32) * per_step
+    start, end = (background, x) if insert else (x, background)
+
+    def perturb(example: Array, k: Array, changed: Array) -> Array:
+        del k
+        return jnp.where(changed, end[example], start[example])
+
+    score = "probability" if probabilities else "logit"
+    return _scores_after_change(fn, x, target, rank, counts, mask_shape, perturb, score, batch_size)
+
+
+def _removal_ranks(relevance: Array, most_relevant_first: bool) -> Array:
+    """``rank[i, p]``: the position of pixel ``p`` in example ``i``'s removal order; a
+    stable sort keeps tied pixels in index order."""
+    n, num_pixels = relevance.shape
     order = jnp.argsort(-relevance if most_relevant_first else relevance, axis=1, stable=True)
-    rank = (
+    return (
         jnp.zeros((n, num_pixels), jnp.int32)
         .at[jnp.arange(n)[:, None], order]
         .set(jnp.arange(num_pixels, dtype=jnp.int32)[None])
     )
 
+
+def _scores_after_change(
+    fn: ModelFn,
+    x: Array,
+    target: Array,
+    rank: Array,
+    counts: Array,
+    mask_shape: tuple[int, ...],
+    perturb: Any,
+    score: str,
+    batch_size: int | None,
+) -> Array:
+    """``out[i, k]``: the target score of ``perturb(i, k, R)``, where ``R`` marks the pixels
+    of rank below ``counts[k]``, for every example and every count; ``(N, len(counts))``."""
+
     def evaluate(example: Array, k: Array) -> Array:
-        changed = rank[example] < (k * per_step)[:, None]
+        changed = rank[example] < counts[k][:, None]
         changed = changed.reshape((example.shape[0],) + mask_shape)
-        start, end = (background, x) if insert else (x, background)
-        out = fn(jnp.where(changed, end[example], start[example]))
-        if probabilities:
+        out = fn(perturb(example, k, changed))
+        if score == "correct":
+            return (jnp.argmax(out, axis=-1) == target[example]).astype(jnp.float32)
+        if score == "probability":
             out = jax.nn.softmax(out, axis=-1)
         return select_target(out, target[example])
 
-    return map_over_samples(evaluate, n, num_steps + 1, batch_size=batch_size)
+    return map_over_samples(evaluate, rank.shape[0], counts.shape[0], batch_size=batch_size)
 
 
 def deletion_curve(
@@ -398,6 +438,181 @@ def pixel_flipping(
         batch_size=batch_size,
         probabilities=probabilities,
     )
+
+
+def road(
+    fn: ModelFn,
+    x: Array,
+    target: Target,
+    attributions: Array,
+    key: Array,
+    *,
+    order: str = "morf",
+    fractions: Sequence[float] = ROAD_FRACTIONS,
+    noise: float = DEFAULT_IMPUTATION_NOISE,
+    score: str = "probability",
+    batch_size: int | None = None,
+) -> Array:
+    """ROAD (Rong et al. 2022): the target score after removing a fraction of the pixels
+    and filling them by noisy linear imputation, for every fraction.
+
+    Removing ``floor(f P)`` pixels, most relevant first (``order='morf'``: a faithful map
+    makes the score fall fast) or least relevant first (``'lerf'``: it should stay
+    high), each filled from its neighbours by
+    :func:`~fmi_jax.evaluation.imputation.noisy_linear_imputation` instead of a constant,
+    so that the shape of the removed set tells the model nothing (module docstring).
+
+    Args:
+      fn: model function, batch -> logits ``(N, classes)``.
+      x: images ``(N, H, W, C)``.
+      target: class per example ``(N,)``, one int for all, or ``None`` (predicted class).
+      attributions: maps shaped like ``x`` (summed over channels) or per pixel
+        ``(N, H, W)``.
+      key: a PRNG key, or one key per example ``(N,)``; the imputation noise of example
+        ``i`` at fraction ``j`` comes from ``fold_in(fold_in(key, i), j)``.
+      order: ``'morf'`` or ``'lerf'``.
+      fractions: fractions of the pixels to remove, each in ``[0, 1]`` (default
+        ``0.1, ..., 0.9``, the paper's).
+      noise: standard deviation of the imputation noise, in the units of ``x`` (0.01).
+      score: ``'probability'`` (softmax of the target, default), ``'logit'``, or
+        ``'correct'`` (1 where the target is the top class, else 0: the mean over a
+        dataset is the accuracy the paper plots).
+      batch_size: (example, fraction) pairs per forward pass; ``None`` runs all at once.
+
+    Returns:
+      float32 ``(N, len(fractions))``.
+
+    Raises:
+      ValueError: inputs that are not images, attributions that do not fit, an unknown
+        order or score, or a fraction outside ``[0, 1]``.
+    """
+    if order not in ("morf", "lerf"):
+        raise ValueError(f"unknown order {order!r}; choose 'morf' or 'lerf'")
+    if score not in _SCORES:
+        raise ValueError(f"unknown score {score!r}; choose one of {', '.join(_SCORES)}")
+    x = as_input(x)
+    if x.ndim != 4:
+        raise ValueError(f"road needs images (N, H, W, C), got input shape {x.shape}")
+    relevance, mask_shape = _pixel_relevance(x, attributions)
+    target = resolve_target(fn, x, target, batch_size=batch_size)
+    num_pixels = relevance.shape[1]
+    counts = jnp.asarray([_pixel_count(f, num_pixels) for f in _as_fractions(fractions)])
+    rank = _removal_ranks(relevance, order == "morf")
+    keys = example_keys(key, x.shape[0])
+
+    def perturb(example: Array, k: Array, changed: Array) -> Array:
+        return noisy_linear_imputation(
+            x[example], changed, sample_keys(keys, example, k), noise=noise
+        )
+
+    return _scores_after_change(fn, x, target, rank, counts, mask_shape, perturb, score, batch_size)
+
+
+def faithfulness_correlation(
+    fn: ModelFn,
+    x: Array,
+    target: Target,
+    attributions: Array,
+    key: Array,
+    *,
+    subset_size: int | float | None = None,
+    samples: int = 100,
+    substrate: Substrate = "zero",
+    blur_sigma: float = 5.0,
+    probabilities: bool = False,
+    batch_size: int | None = None,
+) -> Array:
+    """Faithfulness correlation (Bhatt et al. 2020) of every example's map, shape ``(N,)``.
+
+    The Pearson correlation, over ``samples`` random pixel subsets ``S`` of
+    ``subset_size`` pixels, between the relevance of the subset and the drop of the
+    target score when the subset is replaced by the substrate (module docstring). 1 for
+    a map whose subset sums predict every drop exactly (``x * w`` for a linear model and
+    a zero substrate), about 0 for a map unrelated to the model; NaN when either side
+    does not vary (an all-zero map, a model that ignores the pixels).
+
+    Args:
+      fn: model function, batch -> logits ``(N, classes)``.
+      x: inputs, images ``(N, H, W, C)`` or any ``(N, ...)`` (module docstring).
+      target: class per example ``(N,)``, one int for all, or ``None`` (predicted class).
+      attributions: maps shaped like ``x`` (summed over channels for images) or, for
+        images, per pixel ``(N, H, W)``.
+      key: a PRNG key, or one key per example ``(N,)``; subset ``s`` of example ``i`` is
+        the first ``subset_size`` pixels of the permutation drawn from
+        ``fold_in(fold_in(key, i), s)``.
+      subset_size: pixels per subset: an int, a fraction of the pixels in (0, 1)
+        (rounded up), or ``None`` (default): one image row, ``W`` pixels (Quantus' 224 on
+        224 x 224 images); smaller than the number of pixels.
+      samples: subsets per example (Quantus' ``nr_runs``, 100).
+      substrate, blur_sigma: what replaces a subset, as in :func:`deletion_curve`
+        (``'zero'``, Quantus' ``'black'``, by default).
+      probabilities: score the softmax probability of the target instead of its logit
+        (the default, as Quantus' ``softmax=False``).
+      batch_size: (example, subset) pairs per forward pass; ``None`` runs all at once.
+
+    Returns:
+      float32 ``(N,)`` in ``[-1, 1]`` (or NaN, above).
+
+    Raises:
+      ValueError: attributions that do not fit ``x``, a subset as large as the input, an
+        unknown substrate.
+    """
+    samples = as_count(samples, "samples")
+    x = as_input(x)
+    relevance, mask_shape = _pixel_relevance(x, attributions)
+    background = _substrate(substrate, x, blur_sigma)
+    target = resolve_target(fn, x, target, batch_size=batch_size)
+    n, num_pixels = relevance.shape
+    row = x.shape[2] if x.ndim == 4 else math.ceil(math.sqrt(num_pixels))
+    size = _pixels_per_step(subset_size, num_pixels, row, "subset_size")
+    if size >= num_pixels:
+        raise ValueError(
+            f"subset_size {subset_size!r} gives {size} of {num_pixels} pixels; a subset "
+            "must leave some pixels out (every subset would have the same relevance)"
+        )
+    keys = example_keys(key, n)
+    clean = map_over_samples(
+        lambda example, _: _target_score(fn(x[example]), target[example], probabilities),
+        n,
+        1,
+        batch_size=batch_size,
+    )[:, 0]
+
+    def pair(example: Array, sample: Array) -> Array:
+        def subset(k: Array) -> Array:
+            chosen = jax.random.permutation(k, num_pixels)[:size]
+            return jnp.zeros(num_pixels, bool).at[chosen].set(True)
+
+        inside = jax.vmap(subset)(sample_keys(keys, example, sample))
+        relevance_sum = jnp.sum(jnp.where(inside, relevance[example], 0.0), axis=1)
+        changed = inside.reshape((example.shape[0],) + mask_shape)
+        perturbed = jnp.where(changed, background[example], x[example])
+        drop = clean[example] - _target_score(fn(perturbed), target[example], probabilities)
+        return jnp.stack([relevance_sum, drop], axis=-1)
+
+    values = map_over_samples(pair, n, samples, batch_size=batch_size)
+    return pearson(values[..., 0], values[..., 1])
+
+
+def _target_score(logits: Array, target: Array, probabilities: bool) -> Array:
+    if probabilities:
+        logits = jax.nn.softmax(logits, axis=-1)
+    return select_target(logits, target)
+
+
+def _as_fractions(fractions: Any) -> tuple[float, ...]:
+    try:
+        values = tuple(float(f) for f in fractions)
+    except (TypeError, ValueError):
+        raise ValueError(f"fractions must be numbers in [0, 1], got {fractions!r}") from None
+    if not values or not all(0.0 <= f <= 1.0 for f in values):
+        raise ValueError(f"fractions must be one or more numbers in [0, 1], got {fractions!r}")
+    return values
+
+
+def _pixel_count(fraction: float, num_pixels: int) -> int:
+    """``floor(fraction P)`` after rounding away float noise (0.7 of 10 is 7, not 6)."""
+    return math.floor(round(fraction * num_pixels, 9))
 
 
 def _check_curve(curve: Any) -> Array:
