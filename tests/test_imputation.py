@@ -96,8 +96,12 @@ def test_noise_is_added_to_removed_pixels_only_and_follows_the_key():
 
 
 def test_everything_removed_gives_zero_plus_noise():
-    images = np.random.default_rng(4).uniform(size=(1, 6, 6, 1)).astype(np.float32)
-    np.testing.assert_array_equal(impute_exact(images, np.ones((1, 6, 6), bool)), 0.0)
+    # The system is then singular (any constant solves it): b = 0, so the solution is 0.
+    images = np.random.default_rng(4).uniform(size=(1, 24, 24, 1)).astype(np.float32)
+    everything = np.ones((1, 24, 24), bool)
+    np.testing.assert_array_equal(impute_exact(images, everything), 0.0)
+    noisy = I.noisy_linear_imputation(images, everything, jax.random.key(5), noise=0.5)
+    assert abs(float(np.mean(noisy))) < 0.1 and 0.45 < float(np.std(noisy)) < 0.55
 
 
 @pytest.mark.parametrize(
@@ -118,6 +122,13 @@ def test_bad_input_is_one_clear_error(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         I.noisy_linear_imputation(args.pop("x"), args.pop("removed"), args.pop("key"), **args)
+
+
+def test_traced_noise_is_refused_with_a_clear_error():
+    x, mask = np.zeros((1, 4, 4, 1), np.float32), np.zeros((1, 4, 4), bool)
+    impute = jax.jit(lambda n: I.noisy_linear_imputation(x, mask, jax.random.key(0), noise=n))
+    with pytest.raises(ValueError, match="static"):
+        impute(0.1)
 
 
 def test_mask_with_a_channel_axis_is_accepted():

@@ -1,4 +1,5 @@
-"""Faithfulness and complexity of attribution maps: deletion, insertion, pixel flipping, Gini.
+"""Faithfulness and complexity of attribution maps: deletion, insertion, pixel flipping,
+ROAD, faithfulness correlation, Gini.
 
 Faithfulness metrics perturb the input in the order an attribution map ranks its
 pixels and watch the model's output for the explained class. Notation: example ``x``
@@ -66,6 +67,39 @@ shape of ``x``, and ``m`` pixels per step.
   al. summarise MoRF by the area over the perturbation curve,
   ``AOPC = 1 / (S + 1) * sum_{k=0..S} (c_0 - c_k)`` (:func:`aopc`; high is good). They
   replaced regions by uniform noise; pass a noise image as the substrate to do the same.
+* ROAD (Rong, Leemann, Borisov, Kasneci & Kasneci, "A Consistent and Efficient
+  Evaluation Strategy for Attribution Methods", ICML 2022, arXiv:2202.00449): deletion
+  in MoRF or LeRF order where the removed pixels are not set to a constant but filled
+  by noisy linear imputation from the pixels around them
+  (:mod:`fmi_jax.evaluation.imputation`), so the model cannot read the class from the
+  shape of the holes. :func:`road` scores the model after removing
+  ``floor(f P)`` pixels for each fraction ``f`` (``0.1, ..., 0.9`` by default, the
+  paper's), each (example, fraction) pair with its own noise. The paper plots the
+  accuracy (``score='correct'``, averaged over a dataset); MoRF should fall fast and
+  LeRF stay high (the accuracy needs ``target`` to be the true label; with the
+  predicted class, ``'correct'`` says whether the prediction survived). Exactly
+  ``floor(f P)`` pixels are removed, ties in rank order as for the curves above.
+  pytorch-grad-cam's ``ROADMostRelevantFirst(percentile=q)`` instead removes every pixel
+  at or above the map's ``q``-th percentile, so all pixels tied at the threshold go
+  (a map that is 0 on most of the image can remove it whole), and it reports the change
+  of the score from the clean input; Quantus' ``ROAD`` uses fractions
+  ``0.01, 0.03, ..., 0.99`` and the accuracy.
+* Faithfulness correlation (Bhatt, Weller & Moura, "Evaluating and Aggregating
+  Feature-based Model Explanations", IJCAI 2020, arXiv:2005.00631; Quantus'
+  ``FaithfulnessCorrelation``): over ``samples`` random subsets ``S`` of ``|S|``
+  pixels, the Pearson correlation between ``sum_{p in S} relevance_p`` and
+  ``f_t(x) - f_t(x with S replaced by b)``. The score is the logit by default, as
+  Quantus (``softmax=False``); ``|S|`` defaults to one image row, Quantus' 224 on
+  224 x 224 images. Quantus' default baseline ``'black'`` is each input's minimum, which
+  is the substrate ``'zero'`` here for images in [0, 1] (pass ``x.min((1, 2, 3),
+  keepdims=True)`` as the substrate for standardised inputs). Quantus samples subsets of
+  the map's own features: for per-channel maps that is single channel values, here
+  always whole pixels (the map summed over channels), so the two agree on per-pixel
+  maps. Quantus rescales maps by default (``normalise=True``: positive values by the
+  largest, negative ones by the smallest, separately), which changes the correlation of
+  a signed map; it equals the value here with ``normalise=False``. Subsets all have the
+  same size, so adding a constant to every relevance or scaling the map by a positive
+  factor does not change the correlation (a negative factor flips its sign).
 * Sparseness (Chalasani, Chen, Chowdhury, Wu & Jha, "Concise explanations of neural
   networks using adversarial training", ICML 2020, arXiv:1810.06583; Quantus'
   ``Sparseness``): the Gini index (Hurley & Rickard 2009) of the absolute attributions
@@ -105,6 +139,7 @@ from fmi_jax.attribution.core import (
     check_finite,
     example_keys,
     map_over_samples,
+    require_key,
     resolve_target,
     sample_keys,
     select_target,
@@ -469,14 +504,15 @@ def road(
       attributions: maps shaped like ``x`` (summed over channels) or per pixel
         ``(N, H, W)``.
       key: a PRNG key, or one key per example ``(N,)``; the imputation noise of example
-        ``i`` at fraction ``j`` comes from ``fold_in(fold_in(key, i), j)``.
+        ``i`` at fraction ``j`` comes from ``fold_in(fold_in(key, i), j)``. May be
+        ``None`` when ``noise`` is 0.
       order: ``'morf'`` or ``'lerf'``.
       fractions: fractions of the pixels to remove, each in ``[0, 1]`` (default
         ``0.1, ..., 0.9``, the paper's).
       noise: standard deviation of the imputation noise, in the units of ``x`` (0.01).
       score: ``'probability'`` (softmax of the target, default), ``'logit'``, or
-        ``'correct'`` (1 where the target is the top class, else 0: the mean over a
-        dataset is the accuracy the paper plots).
+        ``'correct'`` (1 where the target is the top class, else 0: with the true labels
+        as targets, the mean over a dataset is the accuracy the paper plots).
       batch_size: (example, fraction) pairs per forward pass; ``None`` runs all at once.
 
     Returns:
@@ -484,7 +520,8 @@ def road(
 
     Raises:
       ValueError: inputs that are not images, attributions that do not fit, an unknown
-        order or score, or a fraction outside ``[0, 1]``.
+        order or score, a fraction outside ``[0, 1]``, a negative ``noise``, or no key
+        with ``noise > 0``; ``fractions`` and ``noise`` must be static under jit.
     """
     if order not in ("morf", "lerf"):
         raise ValueError(f"unknown order {order!r}; choose 'morf' or 'lerf'")
@@ -494,9 +531,14 @@ def road(
     if x.ndim != 4:
         raise ValueError(f"road needs images (N, H, W, C), got input shape {x.shape}")
     relevance, mask_shape = _pixel_relevance(x, attributions)
+    fractions = _as_fractions(fractions)
+    if key is None:
+        if noise != 0:
+            require_key(key, "road (the imputation noise)")
+        key = jax.random.key(0)  # unused: no noise is drawn
     target = resolve_target(fn, x, target, batch_size=batch_size)
     num_pixels = relevance.shape[1]
-    counts = jnp.asarray([_pixel_count(f, num_pixels) for f in _as_fractions(fractions)])
+    counts = jnp.asarray([_pixel_count(f, num_pixels) for f in fractions])
     rank = _removal_ranks(relevance, order == "morf")
     keys = example_keys(key, x.shape[0])
 
@@ -543,9 +585,9 @@ def faithfulness_correlation(
       subset_size: pixels per subset: an int, a fraction of the pixels in (0, 1)
         (rounded up), or ``None`` (default): one image row, ``W`` pixels (Quantus' 224 on
         224 x 224 images); smaller than the number of pixels.
-      samples: subsets per example (Quantus' ``nr_runs``, 100).
+      samples: subsets per example (Quantus' ``nr_runs``, 100), at least 2.
       substrate, blur_sigma: what replaces a subset, as in :func:`deletion_curve`
-        (``'zero'``, Quantus' ``'black'``, by default).
+        (``'zero'`` by default; the module docstring compares Quantus' ``'black'``).
       probabilities: score the softmax probability of the target instead of its logit
         (the default, as Quantus' ``softmax=False``).
       batch_size: (example, subset) pairs per forward pass; ``None`` runs all at once.
@@ -557,7 +599,8 @@ def faithfulness_correlation(
       ValueError: attributions that do not fit ``x``, a subset as large as the input, an
         unknown substrate.
     """
-    samples = as_count(samples, "samples")
+    samples = as_count(samples, "samples", minimum=2)
+    require_key(key, "faithfulness_correlation (its random subsets)")
     x = as_input(x)
     relevance, mask_shape = _pixel_relevance(x, attributions)
     background = _substrate(substrate, x, blur_sigma)
@@ -601,6 +644,9 @@ def _target_score(logits: Array, target: Array, probabilities: bool) -> Array:
 
 
 def _as_fractions(fractions: Any) -> tuple[float, ...]:
+    values = fractions if isinstance(fractions, (list, tuple)) else [fractions]
+    if any(isinstance(f, jax.core.Tracer) for f in values):
+        raise ValueError("fractions must be static Python numbers (mark them static under jax.jit)")
     try:
         values = tuple(float(f) for f in fractions)
     except (TypeError, ValueError):

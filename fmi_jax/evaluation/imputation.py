@@ -38,7 +38,10 @@ full-grid operator positive definite and its solution 0 there. When every pixel 
 removed the system is singular (any constant solves it; the reference's ``spsolve``
 fails); then ``b = 0`` and the imputation here is 0 plus noise. CG stops at
 ``||b - A v|| <= tol ||b||``; its iterations grow with the width of the largest hole
-(the condition number grows with its square). Each channel of each image is solved
+(the condition number grows with its square). In float32 the condition number, not
+``tol``, sets the accuracy for large holes: against a float64 sparse solve the error is
+a few 1e-6 on 28 x 28 images and about 1.5e-3 for a single hole of 90% of a 224 x 224
+image (at any ``tol`` from 1e-5 to 1e-8), below the default noise of 0.01. Each channel of each image is solved
 separately under ``vmap``, so a value never depends on the other images or channels
 of a batch, and the function is jit-, vmap- and scan-compatible.
 """
@@ -124,7 +127,8 @@ def noisy_linear_imputation(
         ``fold_in(key, i)``. Needed unless ``noise`` is 0.
       noise: standard deviation of the Gaussian noise added to every filled value, in
         the units of ``x`` (0.01, the paper's default).
-      tol: relative residual at which conjugate gradients stop.
+      tol: relative residual at which conjugate gradients stop (module docstring: on
+        large holes float32 rounding, not ``tol``, limits the accuracy).
       maxiter: conjugate-gradient iterations at most (``None``: JAX's default, 10 times
         the number of pixels; the solve converges long before).
 
@@ -157,6 +161,8 @@ def noisy_linear_imputation(
 
 
 def _as_noise(noise: Any) -> float:
+    if isinstance(noise, jax.core.Tracer):
+        raise ValueError("noise must be a static Python number (mark it static under jax.jit)")
     try:
         noise = float(noise)
     except (TypeError, ValueError):
