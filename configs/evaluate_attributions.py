@@ -59,6 +59,12 @@ def get_config(arg=None):
     # library's default, and gives other AUCs (docs/guide.md).
     config.deletion = {"substrate": "zero", "step": 0, "blur_sigma": 5.0}
     config.insertion = {"substrate": "gaussian", "step": 0, "blur_sigma": 5.0}
+    # ROAD: accuracy after removing each fraction of the pixels (most / least relevant
+    # first), filled by noisy linear imputation with this noise (the paper's 0.01).
+    config.road = {"fractions": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), "noise": 0.01}
+    # Faithfulness correlation: `samples` random subsets of `subset_size` pixels (0: one
+    # image row, 28 on 28 x 28), zero substrate, logits (Quantus' defaults).
+    config.faithfulness_correlation = {"samples": 100, "subset_size": 0}
     # Infidelity: Gaussian perturbations; normalize rescales each map by its
     # least-squares factor (scale-free, so methods of different scales compare).
     config.infidelity = {"stdev": 0.003, "samples": 10, "normalize": True}
@@ -88,6 +94,8 @@ def get_config(arg=None):
         config.num_images = 8
         config.methods = ("saliency", "grad_cam", "input")
         config.infidelity.samples = 4
+        config.road.fractions = (0.3, 0.7)
+        config.faithfulness_correlation.samples = 8
         config.sensitivity.samples = 3
         config.sensitivity.images_per_method = {"grad_cam": 4}
         config.sanity.max_images = 8

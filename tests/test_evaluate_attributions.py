@@ -62,6 +62,7 @@ def test_study_writes_leaderboard_reuses_and_refuses(trained_run):
         "leaderboard.json",
         "curves.npz",
         "deletion_insertion.png",
+        "road.png",
         "randomization.png",
         "agreement.json",
         "agreement.png",
@@ -100,6 +101,12 @@ def test_study_writes_leaderboard_reuses_and_refuses(trained_run):
     assert layers[0] == by_method["saliency"]["sanity_layers"][0]
     assert curves["deletion_saliency"].shape == (8, 29)  # one row (28 px) per step
     assert curves["sanity_ssim_input"].shape == (len(layers), 8)
+    # ROAD: one 0/1 (still correct) per image and removed fraction, averaged in the table.
+    np.testing.assert_array_equal(curves["road_fractions"], config.road.fractions)
+    road = curves["road_morf_saliency"]
+    assert road.shape == (8, 2) and set(np.unique(road)) <= {0.0, 1.0}
+    assert by_method["saliency"]["road_morf"] == pytest.approx(road.mean())
+    assert -1.0 <= by_method["saliency"]["faithfulness_correlation"] <= 1.0
 
     # Rerun: every method comes from the cache, nothing is recomputed.
     before = {p.name: p.stat().st_mtime_ns for p in (out / "methods").iterdir()}

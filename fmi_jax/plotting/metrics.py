@@ -23,23 +23,31 @@ def faithfulness_curves(
     *,
     panels: Sequence[str] = ("deletion", "insertion"),
     ylabel: str = "target probability",
+    fractions: Sequence[float] | None = None,
 ) -> Figure:
     """One panel per curve kind (`panels`), one line per method: the mean curve over
-    images, x = fraction of pixels changed (points equally spaced in [0, 1]).
+    images against the fraction of pixels changed.
 
-    `curves[method][kind]` is a 1-D mean curve; the legend shows its trapezoid AUC.
+    `curves[method][kind]` is a 1-D mean curve. Its points are equally spaced in
+    [0, 1] and the legend shows the trapezoid AUC, or, with `fractions` (the x of every
+    point, e.g. ROAD's 0.1, ..., 0.9), the mean over the points.
     """
     fig = new_figure(figsize=(5.2 * len(panels), 4.0))
     axes = fig.subplots(1, len(panels), squeeze=False)
+    summary = "AUC" if fractions is None else "mean"
     for ax, kind in zip(axes[0], panels, strict=True):
         for method, by_kind in curves.items():
             if kind not in by_kind:
                 continue
             c = np.asarray(by_kind[kind], np.float64)
-            xs = np.linspace(0.0, 1.0, len(c))
-            area = (c.sum() - 0.5 * (c[0] + c[-1])) / (len(c) - 1)
-            ax.plot(xs, c, label=f"{method} ({area:.3f})", **_style(list(curves).index(method)))
-        ax.set_title(f"{kind} (AUC in legend)")
+            if fractions is None:
+                xs = np.linspace(0.0, 1.0, len(c))
+                value = (c.sum() - 0.5 * (c[0] + c[-1])) / (len(c) - 1)
+            else:
+                xs, value = np.asarray(fractions, np.float64), c.mean()
+            style = _style(list(curves).index(method), None if fractions is None else ".")
+            ax.plot(xs, c, label=f"{method} ({value:.3f})", **style)
+        ax.set_title(f"{kind} ({summary} in legend)")
         ax.set_xlabel("fraction of pixels changed")
         ax.set_ylabel(ylabel)
         ax.set_xlim(0, 1)

@@ -10,7 +10,12 @@ and scores the maps with :mod:`fmi_jax.evaluation`:
   faithfulness  deletion curve (substrate `deletion.substrate`, default zero) -> AUC,
                 lower is better; insertion curve (`insertion.substrate`)
                 -> AUC, higher is better; pixel flipping with the deletion substrate:
-                MoRF AOPC (higher is better) and LeRF AOPC (lower is better)
+                MoRF AOPC (higher is better) and LeRF AOPC (lower is better);
+                faithfulness correlation (`faithfulness_correlation.samples` random
+                subsets of `subset_size` pixels) -> mean, higher is better; ROAD
+                (pixels filled by noisy linear imputation, `road.fractions` removed)
+                -> accuracy over images and fractions, MoRF lower is better, LeRF
+                higher is better
   robustness    infidelity (Yeh et al., `infidelity.normalize` rescales each map by
                 its least-squares factor so that methods with different scales compare)
                 -> mean, lower is better; max-sensitivity -> mean, lower is better.
@@ -42,8 +47,10 @@ Outputs under `workdir/<config.output>/`:
   leaderboard.md/.csv/.json
                       one row per method, columns named with their direction
   curves.npz          per method: deletion_/insertion_/lerf_<m> curves (N, S + 1),
-                      sanity_<metric>_<m> (L, n); `layers`, `indices`
+                      road_morf_/road_lerf_<m> (N, F) (1 where still correct),
+                      sanity_<metric>_<m> (L, n); `layers`, `indices`, `road_fractions`
   deletion_insertion.png   mean deletion and insertion curves per method
+  road.png            ROAD accuracy per removed fraction, MoRF and LeRF, per method
   randomization.png        mean Spearman (|maps|) and SSIM per cascade step per method
   agreement.json/.png cross-method agreement of the maps (the explain study's
                       `map_agreement`: Pearson, Spearman, top-k overlap)
@@ -95,6 +102,9 @@ COLUMNS = (
     ("insertion_auc", "insertion AUC (higher is better)"),
     ("morf_aopc", "MoRF AOPC (higher is better)"),
     ("lerf_aopc", "LeRF AOPC (lower is better)"),
+    ("faithfulness_correlation", "faithfulness correlation (higher is better)"),
+    ("road_morf", "ROAD MoRF accuracy (lower is better)"),
+    ("road_lerf", "ROAD LeRF accuracy (higher is better)"),
     ("infidelity", "infidelity (lower is better)"),
     ("max_sensitivity", "max-sensitivity (lower is better)"),
     ("sparseness", "sparseness Gini (higher is better)"),
@@ -135,6 +145,16 @@ def _check(config: Any, model: Any, variables: Any, images: np.ndarray) -> None:
     attribution.require_class_methods(config.methods, "the leaderboard")
     if config.target not in ("predicted", "label"):
         raise ValueError(f"target must be 'predicted' or 'label', got {config.target!r}")
+    fractions = tuple(config.road.fractions)
+    if not fractions or not all(0.0 <= float(f) <= 1.0 for f in fractions):
+        raise ValueError(f"road.fractions must be numbers in [0, 1], got {fractions}")
+    if not float(config.road.noise) >= 0:
+        raise ValueError(f"road.noise must be >= 0, got {config.road.noise}")
+    if int(config.faithfulness_correlation.samples) < 2:
+        raise ValueError(
+            "faithfulness_correlation.samples must be >= 2 (a correlation needs two subsets), "
+            f"got {config.faithfulness_correlation.samples}"
+        )
     x = to_float(jnp.asarray(images[:1]))
     handle = attribution.flax_model(model, variables)
     fn = lambda inputs: model.apply(variables, inputs)  # noqa: E731
@@ -252,6 +272,7 @@ def _evaluate_method(
     explain = _chunked(build(variables), bs)
     n = images.shape[0]
     map_key, infd_key, sens_key, sanity_key = jax.random.split(jax.random.fold_in(key, 0), 4)
+    road_key, correlation_key = jax.random.split(jax.random.fold_in(key, 1))
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
@@ -275,6 +296,17 @@ def _evaluate_method(
         "infidelity",
         lambda: metrics["infidelity"](variables, images, target, full, infd_key),
     )
+    arrays["faithfulness_correlation"] = timed(
+        "faithfulness_correlation",
+        lambda: metrics["faithfulness_correlation"](
+            variables, images, target, full, correlation_key
+        ),
+    )
+    for order in ("morf", "lerf"):
+        arrays[f"road_{order}"] = timed(
+            f"road_{order}",
+            lambda f=metrics[f"road_{order}"]: f(variables, images, target, full, road_key),
+        )
     sens = config.sensitivity
     per_method = runs.plain(sens.images_per_method) or {}
     n_sens = _limit(per_method.get(name, sens.max_images), n)
@@ -316,6 +348,10 @@ def _evaluate_method(
         "insertion_auc": float(evaluation.auc(arrays["insertion"]).mean()),
         "morf_aopc": float(evaluation.aopc(arrays["deletion"]).mean()),
         "lerf_aopc": float(evaluation.aopc(arrays["lerf"]).mean()),
+        # NaN for an image whose subsets all have the same relevance (a constant map).
+        "faithfulness_correlation": _nanmean(arrays["faithfulness_correlation"]),
+        "road_morf": float(arrays["road_morf"].mean()),
+        "road_lerf": float(arrays["road_lerf"].mean()),
         "infidelity": float(arrays["infidelity"].mean()),
         "max_sensitivity": float(arrays["max_sensitivity"].mean()),
         "sparseness": float(arrays["sparseness"].mean()),
@@ -379,8 +415,41 @@ def _shared_metrics(config: Any, model: Any) -> dict[str, Callable[..., jax.Arra
             batch_size=bs,
         )
 
+    def road(order):
+        def run(variables, images, target, full, key):
+            return evaluation.road(
+                model_fn(variables),
+                images,
+                target,
+                full,
+                key,
+                order=order,
+                fractions=tuple(float(f) for f in config.road.fractions),
+                noise=float(config.road.noise),
+                score="correct",
+                batch_size=bs,
+            )
+
+        return jax.jit(run)
+
+    def correlation(variables, images, target, full, key):
+        settings = config.faithfulness_correlation
+        return evaluation.faithfulness_correlation(
+            model_fn(variables),
+            images,
+            target,
+            full,
+            key,
+            subset_size=int(settings.subset_size) or None,
+            samples=int(settings.samples),
+            batch_size=bs,
+        )
+
     fns = {
         "deletion": curve(evaluation.deletion_curve, dele),
+        "road_morf": road("morf"),
+        "road_lerf": road("lerf"),
+        "faithfulness_correlation": jax.jit(correlation),
         "insertion": curve(evaluation.insertion_curve, ins),
         "lerf": curve(evaluation.pixel_flipping, dele, order="lerf"),
         "infidelity": jax.jit(infidelity),
@@ -393,6 +462,12 @@ def _shared_metrics(config: Any, model: Any) -> dict[str, Callable[..., jax.Arra
     _SHARED.clear()  # one model at a time
     _SHARED[cache_key] = fns
     return fns
+
+
+def _nanmean(values: np.ndarray) -> float | None:
+    """The mean of the finite values; None (a '-' in the table) when there are none."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else None
 
 
 def _full_shape_jnp(maps: jax.Array, x: jax.Array) -> jax.Array:
@@ -560,10 +635,11 @@ def evaluate_attributions(
         out / "curves.npz",
         indices=indices,
         layers=np.asarray(layers),
+        road_fractions=np.asarray(config.road.fractions, np.float64),
         **{
             f"{kind}_{m}": arrays[m][kind]
             for m in config.methods
-            for kind in ("deletion", "insertion", "lerf")
+            for kind in ("deletion", "insertion", "lerf", "road_morf", "road_lerf")
         },
         **{
             f"sanity_{metric}_{m}": arrays[m][f"sanity_{metric}"]
@@ -574,6 +650,16 @@ def evaluate_attributions(
     plotting.faithfulness_curves(
         {m: {k: arrays[m][k].mean(0) for k in ("deletion", "insertion")} for m in config.methods},
         out / "deletion_insertion.png",
+    )
+    plotting.faithfulness_curves(
+        {
+            m: {order: arrays[m][f"road_{order}"].mean(0) for order in ("morf", "lerf")}
+            for m in config.methods
+        },
+        out / "road.png",
+        panels=("morf", "lerf"),
+        ylabel="accuracy (ROAD)",
+        fractions=tuple(config.road.fractions),
     )
     plotting.randomization_curves(
         layers,
@@ -622,6 +708,7 @@ def _write_index(out: Path, rows: Sequence[Mapping[str, Any]], meta: Mapping[str
         Image(name, caption)
         for name, caption in (
             ("deletion_insertion.png", "mean deletion and insertion curves"),
+            ("road.png", "ROAD: accuracy as pixels are removed and imputed"),
             ("randomization.png", "cascading model randomisation, per step"),
             ("agreement.png", "agreement between the methods' maps"),
         )
