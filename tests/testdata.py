@@ -17,6 +17,8 @@ from typing import Any
 
 import jax
 
+from fmi_jax.models import init_variables
+
 __all__ = ["init", "jit", "normal", "randint", "uniform"]
 
 LEVEL_1 = {"xla_backend_optimization_level": 1}
@@ -35,5 +37,6 @@ randint = jit(jax.random.randint, static_argnums=(1,), static_argnames="dtype")
 
 
 def init(model: Any, x: Any, seed: int = 0, **kwargs: Any) -> Any:
-    """`model.init(jax.random.key(seed), x, **kwargs)` as one program."""
-    return jit(functools.partial(model.init, **kwargs))(jax.random.key(seed), x)
+    """`model.init(jax.random.key(seed), x, **kwargs)` as one program: the library's
+    `init_variables`, whose compiled programs the code under test shares."""
+    return init_variables(model, jax.random.key(seed), x, **kwargs)
