@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from fmi_jax.attribution.registry import explainer
-from fmi_jax.evaluation.robustness import infidelity, max_sensitivity
+from fmi_jax.evaluation.robustness import (
+    avg_sensitivity,
+    infidelity,
+    local_lipschitz,
+    max_sensitivity,
+)
 from tests import testdata
 
 N, SHAPE, CLASSES = 4, (2, 3), 3
@@ -199,6 +204,43 @@ def test_max_sensitivity_of_input_x_gradient_on_a_linear_model(linear):
     )
     np.testing.assert_allclose(got, ratios.max(axis=1), rtol=1e-3)
     assert np.all((np.asarray(got) > 0) & (np.asarray(got) < 0.1))  # radius-scale
+
+
+def test_avg_sensitivity_is_the_mean_of_the_same_ratios(linear):
+    fn, x, target, grad = linear
+    key, samples, radius = jax.random.key(7), 5, 0.02
+    got = avg_sensitivity(
+        explainer("input_x_gradient", fn), x, target, key, radius=radius, samples=samples
+    )
+    delta = uniform_noise(key, samples, radius)
+    w = np.asarray(grad)[:, None]
+    ratios = np.linalg.norm((delta * w).reshape(N, samples, -1), axis=2) / np.linalg.norm(
+        (np.asarray(x) * np.asarray(grad)).reshape(N, -1), axis=1, keepdims=True
+    )
+    np.testing.assert_allclose(got, ratios.mean(axis=1), rtol=1e-3)
+    maximum = jit_max_sensitivity(
+        explainer("input_x_gradient", fn), x, target, key, radius=radius, samples=samples
+    )
+    assert np.all(np.asarray(got) <= np.asarray(maximum))
+
+
+def test_local_lipschitz_of_a_linear_explainer_is_its_slope(linear):
+    fn, x, target, grad = linear
+    key = jax.random.key(8)
+
+    # Phi(x) = c x moves by exactly |c| times the input's move, whatever the noise.
+    def scaled(inputs, t, k):
+        return -2.5 * inputs
+
+    got = local_lipschitz(scaled, x, target, key, samples=7)
+    np.testing.assert_allclose(got, 2.5, rtol=1e-5)
+    # input x gradient of a linear model: ||delta * w|| / ||delta|| <= max |w|, and the
+    # saliency map (w, constant in x) does not move at all.
+    ixg = local_lipschitz(explainer("input_x_gradient", fn), x, target, key, samples=7)
+    assert np.all(np.asarray(ixg) <= np.abs(np.asarray(grad)).reshape(N, -1).max(1) + 1e-5)
+    np.testing.assert_array_equal(
+        local_lipschitz(explainer("saliency", fn), x, target, key, samples=7), 0.0
+    )
 
 
 def test_batch_size_does_not_change_results(mlp):

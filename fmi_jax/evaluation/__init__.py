@@ -1,8 +1,8 @@
 """Measuring attributions: agreement between methods, faithfulness (deletion and
 insertion curves, pixel flipping, ROAD with noisy linear imputation, faithfulness
-correlation), robustness (infidelity, max-sensitivity), sanity
-checks (parameter randomisation, SSIM), complexity (sparseness), and which examples
-to explain."""
+correlation), robustness (infidelity, max- and average sensitivity, local Lipschitz
+estimate), sanity checks (parameter randomisation, SSIM), complexity (sparseness), and
+which examples to explain."""
 
 from fmi_jax.evaluation.agreement import (
     average_ranks,
@@ -26,9 +26,12 @@ from fmi_jax.evaluation.faithfulness import (
 from fmi_jax.evaluation.imputation import DEFAULT_IMPUTATION_NOISE, noisy_linear_imputation
 from fmi_jax.evaluation.robustness import (
     DEFAULT_INFIDELITY_STDEV,
+    DEFAULT_LIPSCHITZ_STDEV,
     DEFAULT_SENSITIVITY_RADIUS,
+    avg_sensitivity,
     gaussian_perturbation,
     infidelity,
+    local_lipschitz,
     max_sensitivity,
     uniform_perturbation,
 )
@@ -45,10 +48,12 @@ from fmi_jax.evaluation.selection import high_confidence_correct
 __all__ = [
     "DEFAULT_IMPUTATION_NOISE",
     "DEFAULT_INFIDELITY_STDEV",
+    "DEFAULT_LIPSCHITZ_STDEV",
     "DEFAULT_SENSITIVITY_RADIUS",
     "ROAD_FRACTIONS",
     "aopc",
     "auc",
+    "avg_sensitivity",
     "average_ranks",
     "cascading_randomization",
     "correlation_matrix",
@@ -60,6 +65,7 @@ __all__ = [
     "infidelity",
     "insertion_curve",
     "layer_order",
+    "local_lipschitz",
     "max_sensitivity",
     "noisy_linear_imputation",
     "passes_sanity_check",

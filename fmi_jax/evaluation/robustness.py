@@ -1,4 +1,5 @@
-"""Infidelity and max-sensitivity of explanations (Yeh et al. 2019).
+"""Infidelity and sensitivity of explanations (Yeh et al. 2019), and the local Lipschitz
+estimate (Alvarez-Melis & Jaakkola 2018).
 
 Both metrics come from Yeh, Hsieh, Suggala, Inouye & Ravikumar (2019), "On the
 (In)fidelity and Sensitivity of Explanations", NeurIPS, arXiv:1901.09392, and follow
@@ -45,6 +46,16 @@ unlike the paper, whose definition has no denominator) the norm of the change is
 divided by the norm of the explanation of the clean input, replaced by 1 when that norm
 is 0. Note the sign conventions: Captum's sensitivity perturbs to ``x + delta`` and
 its infidelity to ``x - I``; both are kept.
+
+Average sensitivity (:func:`avg_sensitivity`, the paper's ``SENS_AVG``) is the mean of
+the same ratios over the same perturbations. The local Lipschitz estimate
+(:func:`local_lipschitz`; Alvarez-Melis & Jaakkola, "On the Robustness of
+Interpretability Methods", 2018, arXiv:1806.08049) divides the change of the map by the
+change of the input instead, ``max_s ||Phi(x'_s) - Phi(x)||_2 / ||x'_s - x||_2`` with
+``x'_s = x + N(0, 0.1^2)`` per feature and 200 samples, the sampling estimate and the
+defaults of Quantus' ``LocalLipschitzEstimate`` (the paper maximises over the
+neighbourhood by optimisation). Both share max-sensitivity's keys, targets and
+chunking.
 
 Differences from Captum:
 
@@ -98,15 +109,19 @@ from fmi_jax.attribution.core import (
 
 __all__ = [
     "DEFAULT_INFIDELITY_STDEV",
+    "DEFAULT_LIPSCHITZ_STDEV",
     "DEFAULT_SENSITIVITY_RADIUS",
+    "avg_sensitivity",
     "gaussian_perturbation",
     "infidelity",
+    "local_lipschitz",
     "max_sensitivity",
     "uniform_perturbation",
 ]
 
 DEFAULT_INFIDELITY_STDEV = 0.003
 DEFAULT_SENSITIVITY_RADIUS = 0.02
+DEFAULT_LIPSCHITZ_STDEV = 0.1
 
 Perturb = Callable[[Array, Array], tuple[Array, Array]]
 Explain = Callable[[Array, Array, Array], Array]
@@ -306,16 +321,123 @@ def max_sensitivity(
       ValueError: a bad target, ``target=None`` without ``fn``, maps without leading
         axis ``N``, or NaN/Inf in the inputs.
     """
-    samples = as_count(samples, "samples")
     radius = _as_scale(radius, "radius")
+    return _sensitivity(
+        "max_sensitivity",
+        explain,
+        x,
+        target,
+        key,
+        perturb=functools.partial(uniform_perturbation, radius=radius),
+        lipschitz=False,
+        samples=samples,
+        norm_ord=norm_ord,
+        fn=fn,
+        independent_explain_keys=independent_explain_keys,
+        batch_size=batch_size,
+    ).max(axis=1)
+
+
+def avg_sensitivity(
+    explain: Explain,
+    x: Array,
+    target: Target,
+    key: Array,
+    *,
+    radius: float = DEFAULT_SENSITIVITY_RADIUS,
+    samples: int = 10,
+    norm_ord: str | float = "fro",
+    fn: ModelFn | None = None,
+    independent_explain_keys: bool = False,
+    batch_size: int | None = None,
+) -> Array:
+    """Average sensitivity ``mean_s ||Phi(x + delta_s) - Phi(x)|| / ||Phi(x)||`` per
+    example: :func:`max_sensitivity` with the mean over the same perturbations instead
+    of the maximum (Yeh et al.'s ``SENS_AVG``; Quantus' ``AvgSensitivity``, whose
+    defaults are radius 0.2 and 200 samples). Arguments and result as
+    :func:`max_sensitivity`; with the same key it never exceeds it."""
+    radius = _as_scale(radius, "radius")
+    return _sensitivity(
+        "avg_sensitivity",
+        explain,
+        x,
+        target,
+        key,
+        perturb=functools.partial(uniform_perturbation, radius=radius),
+        lipschitz=False,
+        samples=samples,
+        norm_ord=norm_ord,
+        fn=fn,
+        independent_explain_keys=independent_explain_keys,
+        batch_size=batch_size,
+    ).mean(axis=1)
+
+
+def local_lipschitz(
+    explain: Explain,
+    x: Array,
+    target: Target,
+    key: Array,
+    *,
+    stdev: float = DEFAULT_LIPSCHITZ_STDEV,
+    samples: int = 200,
+    fn: ModelFn | None = None,
+    independent_explain_keys: bool = False,
+    batch_size: int | None = None,
+) -> Array:
+    """Local Lipschitz estimate ``max_s ||Phi(x'_s) - Phi(x)|| / ||x'_s - x||`` per example,
+    ``x'_s = x + N(0, stdev^2)`` per feature, both norms Euclidean over the flattened
+    arrays (Alvarez-Melis & Jaakkola, "On the Robustness of Interpretability Methods",
+    2018, arXiv:1806.08049, who maximise over a neighbourhood; Quantus'
+    ``LocalLipschitzEstimate`` samples it with these defaults: stdev 0.1, 200 samples).
+
+    Unlike the sensitivities it is not relative to the map's size: scaling ``Phi``
+    scales it. For ``Phi(x) = c x`` it is exactly ``|c|``. Other arguments and the
+    result as :func:`max_sensitivity` (``x'`` explains the same class as ``x``).
+    """
+    stdev = _as_scale(stdev, "stdev")
+    return _sensitivity(
+        "local_lipschitz",
+        explain,
+        x,
+        target,
+        key,
+        perturb=lambda k, xi: xi + stdev * jax.random.normal(k, xi.shape, xi.dtype),
+        lipschitz=True,
+        samples=samples,
+        norm_ord="fro",
+        fn=fn,
+        independent_explain_keys=independent_explain_keys,
+        batch_size=batch_size,
+    ).max(axis=1)
+
+
+def _sensitivity(
+    name: str,
+    explain: Explain,
+    x: Array,
+    target: Target,
+    key: Array,
+    *,
+    perturb: Callable[[Array, Array], Array],
+    lipschitz: bool,
+    samples: int,
+    norm_ord: str | float,
+    fn: ModelFn | None,
+    independent_explain_keys: bool,
+    batch_size: int | None,
+) -> Array:
+    """``(N, samples)``: ``||Phi(x'_s) - Phi(x)||`` over ``||Phi(x)||`` (1 where it is 0),
+    or over ``||x'_s - x||`` with ``lipschitz``, for ``x'_s = perturb(key_s, x)``."""
+    samples = as_count(samples, "samples")
     norm_ord = _check_norm_ord(norm_ord)
     x = as_input(x)
     num_examples = x.shape[0]
     if target is None:
         if fn is None:
             raise ValueError(
-                "max_sensitivity needs explicit targets or fn= to resolve target=None to "
-                "the predicted class"
+                f"{name} needs explicit targets or fn= to resolve target=None to the "
+                "predicted class"
             )
         target = resolve_target(fn, x, None, batch_size=batch_size)
     else:
@@ -343,15 +465,15 @@ def max_sensitivity(
     clean_norm = jnp.where(clean_norm == 0, 1.0, clean_norm)
 
     def ratio(example: Array, sample: Array) -> Array:
-        perturb = functools.partial(uniform_perturbation, radius=radius)
         noisy = jax.vmap(perturb)(sample_keys(noise_keys, example, sample), x[example])
         row_keys = (
             sample_keys(explain_keys, example, sample)
             if independent_explain_keys
             else explain_keys[example]
         )
-        change = explain_rows(noisy, example, row_keys) - clean[example]
-        return _flat_norm(change, norm_ord) / clean_norm[example]
+        change = _flat_norm(explain_rows(noisy, example, row_keys) - clean[example], norm_ord)
+        if lipschitz:
+            return change / _flat_norm(noisy - x[example], "fro")
+        return change / clean_norm[example]
 
-    ratios = map_over_samples(ratio, num_examples, samples, batch_size=batch_size)
-    return jnp.max(ratios, axis=1)
+    return map_over_samples(ratio, num_examples, samples, batch_size=batch_size)
