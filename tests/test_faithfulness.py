@@ -395,6 +395,24 @@ def test_sparseness_known_values():
     assert F.sparseness(b).shape == (3,)
 
 
+def test_complexity_known_values():
+    n = 12
+    one_hot = np.zeros((1, 3, 4))
+    one_hot[0, 2, 1] = -5.0
+    uniform = np.full((1, 3, 4), 0.25)
+    np.testing.assert_allclose(F.complexity(one_hot), [0.0], atol=1e-6)
+    np.testing.assert_allclose(F.complexity(uniform), [np.log(n)], rtol=1e-6)
+    np.testing.assert_allclose(F.complexity(np.zeros((1, 3, 4))), [np.log(n)], rtol=1e-6)
+    # By hand: |a| = 1, 1, 2 -> p = 1/4, 1/4, 1/2 -> entropy 1.5 ln 2; scale-free.
+    a = np.array([[1.0, -1.0, 2.0, 0.0]])
+    np.testing.assert_allclose(F.complexity(a), [1.5 * np.log(2)], rtol=1e-6)
+    np.testing.assert_allclose(F.complexity(7 * a), F.complexity(a), rtol=1e-6)
+    np.testing.assert_array_equal(F.effective_complexity(a), [3])
+    np.testing.assert_array_equal(F.effective_complexity(a, eps=1.5), [1])
+    with pytest.raises(ValueError, match="eps"):
+        F.effective_complexity(a, eps=-1.0)
+
+
 def test_bad_inputs_raise():
     fn = linear_model(np.ones(4))
     x = np.ones((2, 2, 2, 1), np.float32)

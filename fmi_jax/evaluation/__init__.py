@@ -1,7 +1,8 @@
 """Measuring attributions: agreement between methods, faithfulness (deletion and
 insertion curves, pixel flipping, ROAD with noisy linear imputation, faithfulness
 correlation), robustness (infidelity, max- and average sensitivity, local Lipschitz
-estimate), sanity checks (parameter randomisation, SSIM), complexity (sparseness), and
+estimate), sanity checks (parameter randomisation, SSIM), complexity (sparseness,
+entropy, effective complexity), and
 which examples to explain."""
 
 from fmi_jax.evaluation.agreement import (
@@ -16,7 +17,9 @@ from fmi_jax.evaluation.faithfulness import (
     ROAD_FRACTIONS,
     aopc,
     auc,
+    complexity,
     deletion_curve,
+    effective_complexity,
     faithfulness_correlation,
     insertion_curve,
     pixel_flipping,
@@ -56,8 +59,10 @@ __all__ = [
     "avg_sensitivity",
     "average_ranks",
     "cascading_randomization",
+    "complexity",
     "correlation_matrix",
     "deletion_curve",
+    "effective_complexity",
     "faithfulness_correlation",
     "gaussian_perturbation",
     "high_confidence_correct",

@@ -108,6 +108,13 @@ shape of ``x``, and ``m`` pixels per step.
   map (and, by convention, an all-zero one), ``G = (n - 1) / n`` for a one-hot map (the
   maximum for ``n`` features; it tends to 1 as ``n`` grows); it is invariant to scaling.
   Apply :func:`~fmi_jax.evaluation.agreement.reduce_channels` first for a per-pixel value.
+* Complexity (Bhatt, Weller & Moura 2020, above; Quantus' ``Complexity``): the entropy
+  of the fractional contributions ``p_i = |a_i| / sum_j |a_j|``,
+  ``C = -sum_i p_i ln p_i`` (natural log). ``C = 0`` for a one-hot map, ``ln n`` for a
+  uniform one (the maximum); an all-zero map counts as uniform, as for sparseness. Low
+  is concise. Effective complexity (Nguyen & Martínez, "On quantitative aspects of
+  model interpretability", 2020, arXiv:2007.07584; Quantus' ``EffectiveComplexity``)
+  counts the features with ``|a_i| > eps``.
 
 Chunking: every model evaluation, the ``N (S + 1)`` (example, step) pairs of a curve, goes
 through :func:`~fmi_jax.attribution.core.map_over_samples`, ``batch_size`` pairs at a time
@@ -152,7 +159,9 @@ __all__ = [
     "ROAD_FRACTIONS",
     "aopc",
     "auc",
+    "complexity",
     "deletion_curve",
+    "effective_complexity",
     "faithfulness_correlation",
     "insertion_curve",
     "pixel_flipping",
@@ -698,3 +707,28 @@ def sparseness(attributions: Array) -> Array:
     total = a.sum(1)
     gini = (a * weights).sum(1) / (n * jnp.where(total > 0, total, 1.0))
     return jnp.where(total > 0, gini, 0.0)
+
+
+def _absolute_rows(attributions: Any) -> Array:
+    a = jnp.asarray(attributions, jnp.float32)
+    if a.ndim < 2:
+        raise ValueError(f"attributions must be (N, ...) with one map per example, got {a.shape}")
+    check_finite(a, "attributions")
+    return jnp.abs(a.reshape(a.shape[0], -1))
+
+
+def complexity(attributions: Array) -> Array:
+    """Entropy of each example's fractional contributions ``|a_i| / sum |a|``, shape
+    ``(N,)`` (module docstring): 0 for a one-hot map, ``ln n`` for a uniform or all-zero
+    map of ``n`` features."""
+    a = _absolute_rows(attributions)
+    total = a.sum(1, keepdims=True)
+    p = jnp.where(total > 0, a / jnp.where(total > 0, total, 1.0), 1.0 / a.shape[1])
+    return -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=1)
+
+
+def effective_complexity(attributions: Array, *, eps: float = 1e-5) -> Array:
+    """How many features of each example have ``|a_i| > eps``, shape ``(N,)``, int32."""
+    if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps >= 0):
+        raise ValueError(f"eps must be a number >= 0, got {eps!r}")
+    return jnp.sum(_absolute_rows(attributions) > eps, axis=1, dtype=jnp.int32)
