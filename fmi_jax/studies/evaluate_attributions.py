@@ -14,8 +14,9 @@ and scores the maps with :mod:`fmi_jax.evaluation`:
                 faithfulness correlation (`faithfulness_correlation.samples` random
                 subsets of `subset_size` pixels) -> mean, higher is better; ROAD
                 (pixels filled by noisy linear imputation, `road.fractions` removed)
-                -> accuracy over images and fractions, MoRF lower is better, LeRF
-                higher is better
+                -> the share of (image, fraction) pairs whose top class is still the
+                target (the accuracy with `target='label'`), MoRF lower is better,
+                LeRF higher is better
   robustness    infidelity (Yeh et al., `infidelity.normalize` rescales each map by
                 its least-squares factor so that methods with different scales compare)
                 -> mean, lower is better; max-sensitivity -> mean, lower is better.
@@ -50,7 +51,8 @@ Outputs under `workdir/<config.output>/`:
                       road_morf_/road_lerf_<m> (N, F) (1 where still correct),
                       sanity_<metric>_<m> (L, n); `layers`, `indices`, `road_fractions`
   deletion_insertion.png   mean deletion and insertion curves per method
-  road.png            ROAD accuracy per removed fraction, MoRF and LeRF, per method
+  road.png            ROAD: share with the target still on top per removed fraction,
+                      MoRF and LeRF, per method
   randomization.png        mean Spearman (|maps|) and SSIM per cascade step per method
   agreement.json/.png cross-method agreement of the maps (the explain study's
                       `map_agreement`: Pearson, Spearman, top-k overlap)
@@ -103,8 +105,8 @@ COLUMNS = (
     ("morf_aopc", "MoRF AOPC (higher is better)"),
     ("lerf_aopc", "LeRF AOPC (lower is better)"),
     ("faithfulness_correlation", "faithfulness correlation (higher is better)"),
-    ("road_morf", "ROAD MoRF accuracy (lower is better)"),
-    ("road_lerf", "ROAD LeRF accuracy (higher is better)"),
+    ("road_morf", "ROAD MoRF, target still on top (lower is better)"),
+    ("road_lerf", "ROAD LeRF, target still on top (higher is better)"),
     ("infidelity", "infidelity (lower is better)"),
     ("max_sensitivity", "max-sensitivity (lower is better)"),
     ("sparseness", "sparseness Gini (higher is better)"),
@@ -658,7 +660,7 @@ def evaluate_attributions(
         },
         out / "road.png",
         panels=("morf", "lerf"),
-        ylabel="accuracy (ROAD)",
+        ylabel="target still the top class (ROAD)",
         fractions=tuple(config.road.fractions),
     )
     plotting.randomization_curves(
@@ -708,7 +710,7 @@ def _write_index(out: Path, rows: Sequence[Mapping[str, Any]], meta: Mapping[str
         Image(name, caption)
         for name, caption in (
             ("deletion_insertion.png", "mean deletion and insertion curves"),
-            ("road.png", "ROAD: accuracy as pixels are removed and imputed"),
+            ("road.png", "ROAD: target still on top as pixels are removed and imputed"),
             ("randomization.png", "cascading model randomisation, per step"),
             ("agreement.png", "agreement between the methods' maps"),
         )

@@ -1,0 +1,147 @@
+r"""fmi_jax's Quantus-style metrics against Quantus itself, on the same model and maps.
+
+    .venv-bench/bin/pip install quantus==0.6.0
+    .venv-bench/bin/python scripts/quantus_agreement.py --workdir=runs/cnn_fmnist
+
+The trained run's CNN (float32) and a PyTorch copy with the same weights
+(`fmi_jax.benchmark.torch_side.from_flax`) score the first `--images` Fashion-MNIST
+test images, explaining the true label with signed saliency computed once by fmi_jax
+and handed to Quantus as `a_batch`. Quantus' map rescaling (`normalise`) is off
+where it would change the value (the defaults of both sides otherwise; the docstrings
+of `fmi_jax.evaluation` say where they differ):
+
+* deterministic, compared per image: ROAD without noise (accuracy per removed
+  fraction), complexity, effective complexity (eps relative to each map's largest
+  value, as Quantus' default max-normalisation), sparseness;
+* random on both sides (Quantus draws from NumPy's global generator, fmi_jax from
+  keys), compared as means with their standard errors: faithfulness correlation
+  (100 subsets of one image row), average sensitivity and the local Lipschitz estimate
+  (the maps from the same saliency function on both sides, 10 samples).
+
+Prints a Markdown table; docs/captum.md reports what it measured. Bad input (no run
+in --workdir) ends in one `error:` line and exit status 2.
+"""
+
+import sys
+from pathlib import Path
+
+if not __package__:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import quantus  # noqa: E402
+import torch  # noqa: E402
+from absl import flags  # noqa: E402
+
+from experiments import _cli  # noqa: E402
+from fmi_jax import attribution, evaluation  # noqa: E402
+from fmi_jax.benchmark import torch_side  # noqa: E402
+from fmi_jax.train import evaluate as evaluate_lib  # noqa: E402
+from fmi_jax.train import loop as loop_lib  # noqa: E402
+from fmi_jax.train.input_pipeline import to_float  # noqa: E402
+
+_WORKDIR = flags.DEFINE_string("workdir", "runs/cnn_fmnist", "A trained SimpleCNN run.")
+_IMAGES = flags.DEFINE_integer("images", 64, "The first images of the test split.")
+_SAMPLES = flags.DEFINE_integer("samples", 10, "Perturbations of the sensitivity metrics.")
+
+FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+def main():
+    model, variables, config, _ = evaluate_lib.restore_model(_WORKDIR.value)
+    split = loop_lib.load_data(config.data)["test"]
+    n = _IMAGES.value
+    x = jnp.asarray(to_float(split.images[:n]))
+    labels = jnp.asarray(split.labels[:n], jnp.int32)
+    fn = jax.jit(lambda inputs: model.apply(variables, inputs))
+    saliency = jax.jit(attribution.explainer("saliency", fn))
+    maps = np.asarray(saliency(x, labels))  # (N, H, W, 1), signed
+    net = torch_side.from_flax(model, variables, x.shape[1:])
+    x_t = np.asarray(x).transpose(0, 3, 1, 2)  # NCHW for Quantus and torch
+    a_t = maps.transpose(0, 3, 1, 2)
+    y = np.asarray(labels)
+    common = dict(disable_warnings=True, display_progressbar=False)
+    call = dict(model=net, x_batch=x_t, y_batch=y, a_batch=a_t, device="cpu", channel_first=True)
+    rows = []
+
+    def exact(name, ours, theirs):
+        ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+        rows.append((name, f"{ours.mean():.6g}", f"{theirs.mean():.6g}", _max_diff(ours, theirs)))
+
+    def statistical(name, ours, theirs):
+        rows.append((name, _mean_se(ours), _mean_se(theirs), "(random on both sides)"))
+
+    # ROAD without noise: accuracy after removing each fraction, most relevant first.
+    road = quantus.ROAD(percentages=[100 * f for f in FRACTIONS], noise=0.0, **common)
+    theirs = road(**call, softmax=False)
+    ours = evaluation.road(
+        fn, x, labels, maps, None, fractions=FRACTIONS, noise=0.0, score="correct"
+    )
+    exact(
+        "ROAD accuracy at 10/30/50/70/90% (MoRF, noise 0)",
+        np.asarray(ours).mean(0),
+        [theirs[100 * f] for f in FRACTIONS],
+    )
+    exact(
+        "complexity (entropy)",
+        evaluation.complexity(maps),
+        quantus.Complexity(**common)(**call),
+    )
+    peak = np.abs(maps).reshape(n, -1).max(1).reshape(n, 1, 1, 1)
+    exact(
+        "effective complexity (eps 1e-5 of the peak)",
+        evaluation.effective_complexity(maps / peak),
+        quantus.EffectiveComplexity(**common)(**call),
+    )
+    exact("sparseness (Gini)", evaluation.sparseness(maps), quantus.Sparseness(**common)(**call))
+
+    key = jax.random.key(0)
+    row = x.shape[2]
+    ours = evaluation.faithfulness_correlation(fn, x, labels, maps, key, subset_size=row)
+    theirs = quantus.FaithfulnessCorrelation(
+        subset_size=row, normalise=False, return_aggregate=False, **common
+    )(**call, softmax=False)
+    statistical("faithfulness correlation (100 subsets of 28 pixels)", ours, theirs)
+
+    def explain(model, inputs, targets, **kwargs):
+        """Quantus' explain_func: fmi_jax's saliency of the NCHW batch, as NCHW."""
+        nhwc = jnp.asarray(np.asarray(inputs).transpose(0, 2, 3, 1))
+        return np.asarray(saliency(nhwc, jnp.asarray(targets))).transpose(0, 3, 1, 2)
+
+    samples = _SAMPLES.value
+    ours = evaluation.avg_sensitivity(
+        lambda inputs, t, k: saliency(inputs, t), x, labels, key, samples=samples
+    )
+    theirs = quantus.AvgSensitivity(
+        nr_samples=samples, lower_bound=evaluation.DEFAULT_SENSITIVITY_RADIUS, **common
+    )(**call, explain_func=explain)
+    statistical(f"average sensitivity (radius 0.02, {samples} samples)", ours, theirs)
+    ours = evaluation.local_lipschitz(
+        lambda inputs, t, k: saliency(inputs, t), x, labels, key, samples=samples
+    )
+    theirs = quantus.LocalLipschitzEstimate(nr_samples=samples, normalise=False, **common)(
+        **call, explain_func=explain
+    )
+    statistical(f"local Lipschitz estimate (stdev 0.1, {samples} samples)", ours, theirs)
+
+    print(f"{n} images, signed saliency of the true label, torch {torch.__version__}, ")
+    print(f"quantus {quantus.__version__}\n")
+    print("| metric | fmi_jax | Quantus | largest difference per image |")
+    print("|---|---|---|---|")
+    for cells in rows:
+        print("| " + " | ".join(cells) + " |")
+
+
+def _max_diff(ours: np.ndarray, theirs: np.ndarray) -> str:
+    return f"{np.abs(ours.reshape(-1) - theirs.reshape(-1)).max():.1e}"
+
+
+def _mean_se(values) -> str:
+    values = np.asarray(values, np.float64).reshape(-1)
+    return f"{values.mean():.4f} ± {values.std(ddof=1) / np.sqrt(len(values)):.4f}"
+
+
+if __name__ == "__main__":
+    _cli.run(main)
