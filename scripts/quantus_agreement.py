@@ -12,7 +12,8 @@ of `fmi_jax.evaluation` say where they differ):
 
 * deterministic, compared per image: ROAD without noise (accuracy per removed
   fraction), complexity, effective complexity (eps relative to each map's largest
-  value, as Quantus' default max-normalisation), sparseness;
+  value, and to the batch's: Quantus' default normalisation divides the whole batch
+  of maps by its one largest value), sparseness;
 * random on both sides (Quantus draws from NumPy's global generator, fmi_jax from
   keys), compared as means with their standard errors: faithfulness correlation
   (100 subsets of one image row), average sensitivity and the local Lipschitz estimate
@@ -89,11 +90,18 @@ def main():
         evaluation.complexity(maps),
         quantus.Complexity(**common)(**call),
     )
+    theirs = quantus.EffectiveComplexity(**common)(**call)
     peak = np.abs(maps).reshape(n, -1).max(1).reshape(n, 1, 1, 1)
     exact(
-        "effective complexity (eps 1e-5 of the peak)",
+        "effective complexity, eps 1e-5 of each map's peak",
         evaluation.effective_complexity(maps / peak),
-        quantus.EffectiveComplexity(**common)(**call),
+        theirs,
+    )
+    # Quantus' default normalisation divides the whole a_batch by its one largest value.
+    exact(
+        "effective complexity, eps 1e-5 of the batch's peak",
+        evaluation.effective_complexity(maps / np.abs(maps).max()),
+        theirs,
     )
     exact("sparseness (Gini)", evaluation.sparseness(maps), quantus.Sparseness(**common)(**call))
 
