@@ -209,7 +209,7 @@ def test_max_sensitivity_of_input_x_gradient_on_a_linear_model(linear):
 def test_avg_sensitivity_is_the_mean_of_the_same_ratios(linear):
     fn, x, target, grad = linear
     key, samples, radius = jax.random.key(7), 5, 0.02
-    got = avg_sensitivity(
+    got = jax.jit(avg_sensitivity, static_argnums=0, static_argnames=("radius", "samples"))(
         explainer("input_x_gradient", fn), x, target, key, radius=radius, samples=samples
     )
     delta = uniform_noise(key, samples, radius)
