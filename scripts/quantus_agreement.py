@@ -13,7 +13,9 @@ of `fmi_jax.evaluation` say where they differ):
 * deterministic, compared per image: ROAD without noise (accuracy per removed
   fraction), complexity, effective complexity (eps relative to each map's largest
   value, and to the batch's: Quantus' default normalisation divides the whole batch
-  of maps by its one largest value), sparseness;
+  of maps by its one largest value), sparseness; localisation of |saliency| against
+  the garment's silhouette (the pixels that are not 0): pointing game, relevance mass
+  and rank accuracy, top-100 intersection, ROC AUC;
 * random on both sides (Quantus draws from NumPy's global generator, fmi_jax from
   keys), compared as means with their standard errors: faithfulness correlation
   (100 subsets of one image row), average sensitivity and the local Lipschitz estimate
@@ -104,6 +106,36 @@ def main():
         theirs,
     )
     exact("sparseness (Gini)", evaluation.sparseness(maps), quantus.Sparseness(**common)(**call))
+
+    # Localisation against the garment's silhouette (the pixels that are not 0), with
+    # the magnitude of the saliency map.
+    silhouette = (x_t.sum(1, keepdims=True) > 0).astype(np.float32)
+    magnitude = dict(call, a_batch=np.abs(a_t), s_batch=silhouette)
+    masks, size = silhouette[:, 0], np.abs(maps)
+    for label, ours_fn, theirs_metric in (
+        ("pointing game", evaluation.pointing_game, quantus.PointingGame(**common)),
+        (
+            "relevance mass accuracy",
+            evaluation.relevance_mass_accuracy,
+            quantus.RelevanceMassAccuracy(**common),
+        ),
+        (
+            "relevance rank accuracy",
+            evaluation.relevance_rank_accuracy,
+            quantus.RelevanceRankAccuracy(**common),
+        ),
+        (
+            "top-100 intersection",
+            lambda a, s: evaluation.top_k_intersection(a, s, k=100),
+            quantus.TopKIntersection(k=100, **common),
+        ),
+        ("ROC AUC", evaluation.localisation_auc, quantus.AUC(**common)),
+    ):
+        exact(
+            f"{label} (|saliency|, the silhouette)",
+            ours_fn(size, masks),
+            theirs_metric(**magnitude),
+        )
 
     key = jax.random.key(0)
     row = x.shape[2]

@@ -2,7 +2,8 @@
 insertion curves, pixel flipping, ROAD with noisy linear imputation, faithfulness
 correlation), robustness (infidelity, max- and average sensitivity, local Lipschitz
 estimate), sanity checks (parameter randomisation, SSIM), complexity (sparseness,
-entropy, effective complexity), and
+entropy, effective complexity), localisation against ground-truth masks (pointing
+game, relevance mass and rank accuracy, top-k intersection, ROC AUC), and
 which examples to explain."""
 
 from fmi_jax.evaluation.agreement import (
@@ -27,6 +28,13 @@ from fmi_jax.evaluation.faithfulness import (
     sparseness,
 )
 from fmi_jax.evaluation.imputation import DEFAULT_IMPUTATION_NOISE, noisy_linear_imputation
+from fmi_jax.evaluation.localisation import (
+    localisation_auc,
+    pointing_game,
+    relevance_mass_accuracy,
+    relevance_rank_accuracy,
+    top_k_intersection,
+)
 from fmi_jax.evaluation.robustness import (
     DEFAULT_INFIDELITY_STDEV,
     DEFAULT_LIPSCHITZ_STDEV,
@@ -56,8 +64,8 @@ __all__ = [
     "ROAD_FRACTIONS",
     "aopc",
     "auc",
-    "avg_sensitivity",
     "average_ranks",
+    "avg_sensitivity",
     "cascading_randomization",
     "complexity",
     "correlation_matrix",
@@ -71,17 +79,22 @@ __all__ = [
     "insertion_curve",
     "layer_order",
     "local_lipschitz",
+    "localisation_auc",
     "max_sensitivity",
     "noisy_linear_imputation",
     "passes_sanity_check",
     "pearson",
     "pixel_flipping",
+    "pointing_game",
     "randomize_layers",
     "reduce_channels",
+    "relevance_mass_accuracy",
+    "relevance_rank_accuracy",
     "road",
     "sparseness",
     "spearman",
     "ssim",
+    "top_k_intersection",
     "topk_overlap",
     "uniform_perturbation",
 ]

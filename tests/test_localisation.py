@@ -1,0 +1,75 @@
+"""Localisation metrics against hand-computed values and a pairwise count."""
+
+import jax
+import numpy as np
+import pytest
+
+from fmi_jax.evaluation import localisation as L
+
+# One map per row, 6 features; the mask marks features 1 and 2 of each.
+MAPS = np.array(
+    [
+        [0.1, 0.9, 0.3, 0.0, 0.2, 0.4],  # maximum (0.9) inside
+        [0.5, 0.1, 0.2, 0.5, 0.0, 0.3],  # maximum (0.5, twice) outside
+        [0.2, 0.7, 0.1, 0.7, 0.3, 0.0],  # maximum tied inside and outside: a hit
+    ],
+    np.float32,
+)
+MASKS = np.zeros((3, 6), bool)
+MASKS[:, 1:3] = True
+
+
+def test_pointing_game_and_its_tie_rule():
+    np.testing.assert_array_equal(L.pointing_game(MAPS, MASKS), [1.0, 0.0, 1.0])
+
+
+def test_relevance_mass_accuracy_by_hand():
+    expected = [(0.9 + 0.3) / 1.9, (0.1 + 0.2) / 1.6, (0.7 + 0.1) / 2.0]
+    np.testing.assert_allclose(L.relevance_mass_accuracy(MAPS, MASKS), expected, rtol=1e-6)
+
+
+def test_rank_accuracy_and_top_k_break_ties_by_index():
+    # K = |s| = 2. Row 0: top two 0.9 (1), 0.4 (5) -> 1/2. Row 1: 0.5 (0), 0.5 (3) -> 0.
+    # Row 2: 0.7 (1), 0.7 (3) -> 1/2.
+    np.testing.assert_allclose(L.relevance_rank_accuracy(MAPS, MASKS), [0.5, 0.0, 0.5])
+    # k = 3: row 0 adds 0.3 (2) -> 2/3; row 1 adds 0.3 (5) -> 0; row 2 adds 0.3 (4) -> 1/3.
+    np.testing.assert_allclose(L.top_k_intersection(MAPS, MASKS, k=3), [2 / 3, 0.0, 1 / 3])
+
+
+def test_auc_is_the_share_of_inside_outside_pairs_won():
+    rng = np.random.default_rng(0)
+    maps = rng.integers(0, 4, size=(5, 30)).astype(np.float32)  # many ties
+    masks = rng.random((5, 30)) < 0.4
+    got = np.asarray(L.localisation_auc(maps, masks))
+    for a, s, value in zip(maps, masks, got):
+        inside, outside = a[s][:, None], a[~s][None, :]
+        pairs = (inside > outside) + 0.5 * (inside == outside)
+        np.testing.assert_allclose(value, pairs.mean(), rtol=1e-6)
+    perfect = np.where(MASKS, 1.0, 0.0) + 0.01 * np.arange(6)
+    np.testing.assert_allclose(L.localisation_auc(perfect, MASKS), 1.0)
+    np.testing.assert_allclose(L.localisation_auc(-perfect, MASKS), 0.0)
+
+
+def test_images_are_summed_over_channels_and_empty_masks_give_nan():
+    rng = np.random.default_rng(1)
+    maps = rng.normal(size=(2, 4, 4, 3)).astype(np.float32)
+    masks = rng.random((2, 4, 4)) < 0.5
+    masks[1] = False
+    for metric in (L.pointing_game, L.relevance_mass_accuracy, L.localisation_auc):
+        summed = metric(maps.sum(-1), masks)
+        np.testing.assert_allclose(metric(maps, masks), summed, rtol=1e-6)
+        assert np.isfinite(summed[0]) and np.isnan(summed[1])
+    assert np.isnan(L.top_k_intersection(maps, masks, k=2)[1])
+    full = np.ones((1, 4, 4), bool)
+    assert np.isnan(L.localisation_auc(maps[:1], full)[0])
+
+
+def test_jit_and_bad_input():
+    jitted = jax.jit(L.top_k_intersection, static_argnames="k")
+    np.testing.assert_allclose(jitted(MAPS, MASKS, k=3), L.top_k_intersection(MAPS, MASKS, k=3))
+    with pytest.raises(ValueError, match="masks of shape"):
+        L.pointing_game(MAPS, MASKS[:, :4])
+    with pytest.raises(ValueError, match="k must be in"):
+        L.top_k_intersection(MAPS, MASKS, k=7)
+    with pytest.raises(ValueError, match="NaN"):
+        L.relevance_mass_accuracy(np.full((1, 6), np.nan), MASKS[:1])
