@@ -348,6 +348,21 @@ def test_road_removes_in_order_and_fills_from_the_neighbours():
     np.testing.assert_allclose(curve, jax.nn.softmax(mlp(flat))[:, 2:3] * np.ones(9), atol=1e-5)
 
 
+def test_road_orders_tied_pixels_at_random():
+    # The top half of the image is 1, the bottom half 0, and the model sums the top
+    # half. A map that is 0 everywhere ties every pixel: in index order, removing half
+    # of them would take exactly the top half, filled from the zeros below (logit 0);
+    # in a random order the removed pixels are scattered, and the kept ones around
+    # them fill them with values near 1.
+    w = np.zeros((8, 8, 1))
+    w[:4] = 1.0
+    x = np.zeros((1, 8, 8, 1), np.float32)
+    x[0, :4] = 1.0
+    kw = dict(fractions=(0.5,), noise=0.0, score="logit")
+    logit = jit_road(linear_model(w), x, 0, np.zeros_like(x), jax.random.key(0), **kw)
+    assert 0.3 * 32 < float(logit[0, 0]) < 32
+
+
 def test_road_scores_noise_and_batch_size():
     fn = tiny_mlp(jax.random.key(18), (6, 6, 1))
     x = testdata.uniform(jax.random.key(19), (3, 6, 6, 1))
@@ -364,15 +379,16 @@ def test_road_scores_noise_and_batch_size():
     np.testing.assert_allclose(
         jit_road(fn, x, top, maps, key, batch_size=4, **kw), probability, atol=1e-6
     )
-    # Example i at fraction j: floor(f P) pixels of highest relevance (ties by index)
-    # filled with noise from fold_in(fold_in(key, i), j); another key, other noise.
+    # Example i at fraction j: floor(f P) pixels of highest relevance (no ties here)
+    # filled with noise from fold_in(split(fold_in(key, i))[1], j); another key, other
+    # noise.
     i, j = 1, 1
     removed = np.zeros(36, bool)
     removed[np.argsort(-np.asarray(maps[i]).reshape(36), kind="stable")[:21]] = True
     imputed = jax.jit(noisy_linear_imputation)(
         x[i : i + 1],
         removed.reshape(1, 6, 6),
-        jax.random.fold_in(jax.random.fold_in(key, i), j)[None],
+        jax.random.fold_in(jax.random.split(jax.random.fold_in(key, i))[1], j)[None],
     )
     expected = jax.nn.softmax(fn(imputed))[0, top[i]]
     np.testing.assert_allclose(probability[i, j], expected, atol=1e-5)

@@ -78,7 +78,10 @@ shape of ``x``, and ``m`` pixels per step.
   accuracy (``score='correct'``, averaged over a dataset); MoRF should fall fast and
   LeRF stay high (the accuracy needs ``target`` to be the true label; with the
   predicted class, ``'correct'`` says whether the prediction survived). Exactly
-  ``floor(f P)`` pixels are removed, ties in rank order as for the curves above.
+  ``floor(f P)`` pixels are removed. Unlike the curves above, tied pixels go in a
+  random order drawn from the key: a map that is 0 on a whole background would
+  otherwise remove it row by row from the top, and the band-shaped hole would tell
+  the model what ROAD is meant to hide.
   pytorch-grad-cam's ``ROADMostRelevantFirst(percentile=q)`` instead removes every pixel
   at or above the map's ``q``-th percentile, so all pixels tied at the threshold go
   (a map that is 0 on most of the image can remove it whole), and it reports the change
@@ -92,14 +95,14 @@ shape of ``x``, and ``m`` pixels per step.
   Quantus (``softmax=False``); ``|S|`` defaults to one image row, Quantus' 224 on
   224 x 224 images. Quantus' default baseline ``'black'`` is each input's minimum, which
   is the substrate ``'zero'`` here for images in [0, 1] (pass ``x.min((1, 2, 3),
-  keepdims=True)`` as the substrate for standardised inputs). Quantus samples subsets of
-  the map's own features: for per-channel maps that is single channel values, here
-  always whole pixels (the map summed over channels), so the two agree on per-pixel
-  maps. Quantus rescales maps by default (``normalise=True``: positive values by the
-  largest, negative ones by the smallest, separately), which changes the correlation of
-  a signed map; it equals the value here with ``normalise=False``. Subsets all have the
-  same size, so adding a constant to every relevance or scaling the map by a positive
-  factor does not change the correlation (a negative factor flips its sign).
+  keepdims=True)`` as the substrate for standardised inputs). Quantus 0.6 spreads a
+  per-pixel map over the input's channels and samples single channel values; here a
+  subset is always of whole pixels (the map summed over channels), so the two agree on
+  single-channel inputs. Quantus' default rescaling (``normalise=True``) divides the
+  batch of maps by its largest value, one positive factor, which the correlation
+  ignores. Subsets all have the same size, so adding a constant to every relevance or
+  scaling the map by a positive factor does not change the correlation (a negative
+  factor flips its sign).
 * Sparseness (Chalasani, Chen, Chowdhury, Wu & Jha, "Concise explanations of neural
   networks using adversarial training", ICML 2020, arXiv:1810.06583; Quantus'
   ``Sparseness``): the Gini index (Hurley & Rickard 2009) of the absolute attributions
@@ -315,11 +318,20 @@ def _curve(
     return _scores_after_change(fn, x, target, rank, counts, mask_shape, perturb, score, batch_size)
 
 
-def _removal_ranks(relevance: Array, most_relevant_first: bool) -> Array:
-    """``rank[i, p]``: the position of pixel ``p`` in example ``i``'s removal order; a
-    stable sort keeps tied pixels in index order."""
+def _removal_ranks(
+    relevance: Array, most_relevant_first: bool, tie_keys: Array | None = None
+) -> Array:
+    """``rank[i, p]``: the position of pixel ``p`` in example ``i``'s removal order. Tied
+    pixels keep their index order (a stable sort), or, with one key per example, the
+    order of a random permutation drawn from it."""
     n, num_pixels = relevance.shape
-    order = jnp.argsort(-relevance if most_relevant_first else relevance, axis=1, stable=True)
+    key_order = -relevance if most_relevant_first else relevance
+    if tie_keys is None:
+        order = jnp.argsort(key_order, axis=1, stable=True)
+    else:
+        shuffle = jax.vmap(lambda k: jax.random.permutation(k, num_pixels))(tie_keys)
+        shuffled = jnp.take_along_axis(key_order, shuffle, axis=1)
+        order = jnp.take_along_axis(shuffle, jnp.argsort(shuffled, axis=1, stable=True), axis=1)
     return (
         jnp.zeros((n, num_pixels), jnp.int32)
         .at[jnp.arange(n)[:, None], order]
@@ -512,9 +524,10 @@ def road(
       target: class per example ``(N,)``, one int for all, or ``None`` (predicted class).
       attributions: maps shaped like ``x`` (summed over channels) or per pixel
         ``(N, H, W)``.
-      key: a PRNG key, or one key per example ``(N,)``; the imputation noise of example
-        ``i`` at fraction ``j`` comes from ``fold_in(fold_in(key, i), j)``. May be
-        ``None`` when ``noise`` is 0.
+      key: a PRNG key, or one key per example ``(N,)``. Example ``i``'s key
+        ``fold_in(key, i)`` is split in two: the first orders its tied pixels (a random
+        permutation), the second, folded with ``j``, draws the imputation noise at
+        fraction ``j``.
       order: ``'morf'`` or ``'lerf'``.
       fractions: fractions of the pixels to remove, each in ``[0, 1]`` (default
         ``0.1, ..., 0.9``, the paper's).
@@ -529,8 +542,8 @@ def road(
 
     Raises:
       ValueError: inputs that are not images, attributions that do not fit, an unknown
-        order or score, a fraction outside ``[0, 1]``, a negative ``noise``, or no key
-        with ``noise > 0``; ``fractions`` and ``noise`` must be static under jit.
+        order or score, a fraction outside ``[0, 1]``, a negative ``noise``, or no key;
+        ``fractions`` and ``noise`` must be static under jit.
     """
     if order not in ("morf", "lerf"):
         raise ValueError(f"unknown order {order!r}; choose 'morf' or 'lerf'")
@@ -541,19 +554,17 @@ def road(
         raise ValueError(f"road needs images (N, H, W, C), got input shape {x.shape}")
     relevance, mask_shape = _pixel_relevance(x, attributions)
     fractions = _as_fractions(fractions)
-    if key is None:
-        if noise != 0:
-            require_key(key, "road (the imputation noise)")
-        key = jax.random.key(0)  # unused: no noise is drawn
+    require_key(key, "road (the order of tied pixels and the imputation noise)")
     target = resolve_target(fn, x, target, batch_size=batch_size)
     num_pixels = relevance.shape[1]
     counts = jnp.asarray([_pixel_count(f, num_pixels) for f in fractions])
-    rank = _removal_ranks(relevance, order == "morf")
-    keys = example_keys(key, x.shape[0])
+    split = jax.vmap(jax.random.split)(example_keys(key, x.shape[0]))
+    tie_keys, noise_keys = split[:, 0], split[:, 1]
+    rank = _removal_ranks(relevance, order == "morf", tie_keys)
 
     def perturb(example: Array, k: Array, changed: Array) -> Array:
         return noisy_linear_imputation(
-            x[example], changed, sample_keys(keys, example, k), noise=noise
+            x[example], changed, sample_keys(noise_keys, example, k), noise=noise
         )
 
     return _scores_after_change(fn, x, target, rank, counts, mask_shape, perturb, score, batch_size)
@@ -623,13 +634,10 @@ def faithfulness_correlation(
             "must leave some pixels out (every subset would have the same relevance)"
         )
     keys = example_keys(key, n)
-    clean = map_over_samples(
-        lambda example, _: _target_score(fn(x[example]), target[example], probabilities),
-        n,
-        1,
-        batch_size=batch_size,
-    )[:, 0]
 
+    # The drop is f_t(x) - f_t(perturbed); f_t(x) is the same for every subset of an
+    # example, and a correlation ignores a constant shift, so only -f_t(perturbed) is
+    # computed.
     def pair(example: Array, sample: Array) -> Array:
         def subset(k: Array) -> Array:
             chosen = jax.random.permutation(k, num_pixels)[:size]
@@ -639,7 +647,7 @@ def faithfulness_correlation(
         relevance_sum = jnp.sum(jnp.where(inside, relevance[example], 0.0), axis=1)
         changed = inside.reshape((example.shape[0],) + mask_shape)
         perturbed = jnp.where(changed, background[example], x[example])
-        drop = clean[example] - _target_score(fn(perturbed), target[example], probabilities)
+        drop = -_target_score(fn(perturbed), target[example], probabilities)
         return jnp.stack([relevance_sum, drop], axis=-1)
 
     values = map_over_samples(pair, n, samples, batch_size=batch_size)
@@ -653,11 +661,11 @@ def _target_score(logits: Array, target: Array, probabilities: bool) -> Array:
 
 
 def _as_fractions(fractions: Any) -> tuple[float, ...]:
-    values = fractions if isinstance(fractions, (list, tuple)) else [fractions]
-    if any(isinstance(f, jax.core.Tracer) for f in values):
+    listed = fractions if isinstance(fractions, (list, tuple)) else [fractions]
+    if any(isinstance(f, jax.core.Tracer) for f in listed):
         raise ValueError("fractions must be static Python numbers (mark them static under jax.jit)")
     try:
-        values = tuple(float(f) for f in fractions)
+        values = tuple(float(f) for f in np.asarray(fractions, np.float64).reshape(-1))
     except (TypeError, ValueError):
         raise ValueError(f"fractions must be numbers in [0, 1], got {fractions!r}") from None
     if not values or not all(0.0 <= f <= 1.0 for f in values):
@@ -729,6 +737,10 @@ def complexity(attributions: Array) -> Array:
 
 def effective_complexity(attributions: Array, *, eps: float = 1e-5) -> Array:
     """How many features of each example have ``|a_i| > eps``, shape ``(N,)``, int32."""
-    if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps >= 0):
-        raise ValueError(f"eps must be a number >= 0, got {eps!r}")
-    return jnp.sum(_absolute_rows(attributions) > eps, axis=1, dtype=jnp.int32)
+    try:
+        threshold = float(eps)
+    except (TypeError, ValueError):
+        threshold = float("nan")
+    if isinstance(eps, bool) or not 0 <= threshold < float("inf"):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    return jnp.sum(_absolute_rows(attributions) > threshold, axis=1, dtype=jnp.int32)

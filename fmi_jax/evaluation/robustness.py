@@ -396,6 +396,8 @@ def local_lipschitz(
     result as :func:`max_sensitivity` (``x'`` explains the same class as ``x``).
     """
     stdev = _as_scale(stdev, "stdev")
+    if stdev == 0:
+        raise ValueError("stdev must be > 0: the estimate divides by the input's change")
     return _sensitivity(
         "local_lipschitz",
         explain,

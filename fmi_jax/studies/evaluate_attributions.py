@@ -147,15 +147,22 @@ def _check(config: Any, model: Any, variables: Any, images: np.ndarray) -> None:
     attribution.require_class_methods(config.methods, "the leaderboard")
     if config.target not in ("predicted", "label"):
         raise ValueError(f"target must be 'predicted' or 'label', got {config.target!r}")
-    fractions = tuple(config.road.fractions)
+    fractions = tuple(np.atleast_1d(np.asarray(config.road.fractions, np.float64)))
     if not fractions or not all(0.0 <= float(f) <= 1.0 for f in fractions):
         raise ValueError(f"road.fractions must be numbers in [0, 1], got {fractions}")
-    if not float(config.road.noise) >= 0:
-        raise ValueError(f"road.noise must be >= 0, got {config.road.noise}")
-    if int(config.faithfulness_correlation.samples) < 2:
+    if not 0 <= float(config.road.noise) < float("inf"):
+        raise ValueError(f"road.noise must be a finite number >= 0, got {config.road.noise}")
+    correlation = config.faithfulness_correlation
+    if int(correlation.samples) < 2:
         raise ValueError(
             "faithfulness_correlation.samples must be >= 2 (a correlation needs two subsets), "
-            f"got {config.faithfulness_correlation.samples}"
+            f"got {correlation.samples}"
+        )
+    pixels = int(np.prod(images.shape[1:3]))
+    if not 0 <= int(correlation.subset_size) < pixels:
+        raise ValueError(
+            f"faithfulness_correlation.subset_size must be in [0, {pixels}) (0: one image "
+            f"row), got {correlation.subset_size}"
         )
     x = to_float(jnp.asarray(images[:1]))
     handle = attribution.flax_model(model, variables)
@@ -352,6 +359,9 @@ def _evaluate_method(
         "lerf_aopc": float(evaluation.aopc(arrays["lerf"]).mean()),
         # NaN for an image whose subsets all have the same relevance (a constant map).
         "faithfulness_correlation": _nanmean(arrays["faithfulness_correlation"]),
+        "faithfulness_correlation_undefined": int(
+            np.isnan(arrays["faithfulness_correlation"]).sum()
+        ),
         "road_morf": float(arrays["road_morf"].mean()),
         "road_lerf": float(arrays["road_lerf"].mean()),
         "infidelity": float(arrays["infidelity"].mean()),
