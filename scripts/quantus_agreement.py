@@ -23,8 +23,9 @@ of `fmi_jax.evaluation` say where they differ):
   correlation ignores), average sensitivity and the local Lipschitz estimate (the maps from the same
   saliency function on both sides, 10 samples).
 
-Prints a Markdown table (about a minute); docs/captum.md reports what it measured. Bad input (no run
-in --workdir) ends in one `error:` line and exit status 2.
+Prints a Markdown table (about a minute); docs/captum.md reports what it measured. Bad
+input (no run in --workdir, no torch or Quantus in this environment) ends in one
+`error:` line and exit status 2.
 """
 
 import sys
@@ -36,13 +37,10 @@ if not __package__:
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import quantus  # noqa: E402
-import torch  # noqa: E402
 from absl import flags  # noqa: E402
 
 from experiments import _cli  # noqa: E402
 from fmi_jax import attribution, evaluation  # noqa: E402
-from fmi_jax.benchmark import torch_side  # noqa: E402
 from fmi_jax.train import evaluate as evaluate_lib  # noqa: E402
 from fmi_jax.train import loop as loop_lib  # noqa: E402
 from fmi_jax.train.input_pipeline import to_float  # noqa: E402
@@ -54,7 +52,23 @@ _SAMPLES = flags.DEFINE_integer("samples", 10, "Perturbations of the sensitivity
 FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
+def _bench_modules():
+    """quantus, torch and fmi_jax's PyTorch side, or a ValueError saying how to get them."""
+    try:
+        import quantus
+        import torch
+
+        from fmi_jax.benchmark import torch_side
+    except ImportError as error:
+        raise ValueError(
+            f"{error}: run this in the benchmark venv (.venv-bench, which `make bench` "
+            "builds) with Quantus installed: .venv-bench/bin/pip install quantus==0.6.0"
+        ) from None
+    return quantus, torch, torch_side
+
+
 def main():
+    quantus, torch, torch_side = _bench_modules()
     np.random.seed(0)  # Quantus draws from NumPy's global generator
     model, variables, config, _ = evaluate_lib.restore_model(_WORKDIR.value)
     split = loop_lib.load_data(config.data)["test"]

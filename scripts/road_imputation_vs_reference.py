@@ -4,13 +4,14 @@ authors' sparse-LU code as pytorch-grad-cam ships it, on the same images and mas
     .venv-bench/bin/python scripts/road_imputation_vs_reference.py
 
 Needs the benchmark environment (torch, grad-cam); pytorch-grad-cam's package imports
-torchvision and OpenCV, which the imputer does not use, so its file is loaded alone. For each image size and removed fraction, the masks
-remove the most "relevant" pixels of a smooth random map (holes that touch the
-borders), the imputation runs without noise on both sides, and the script prints the
-largest difference and the milliseconds per image, the median of 5 timings: the
-reference one image at a time (`NoisyLinearImputer` assembles the system and calls
-scipy's `spsolve`), fmi_jax as one jitted call on the whole batch (compiled before
-timing). docs/captum.md (item 17) reports what it measured.
+torchvision and OpenCV, which the imputer does not use, so its file is loaded alone. For
+each image size and removed fraction, the masks remove the most "relevant" pixels of a
+smooth random map (holes that touch the borders), the imputation runs without noise on
+both sides, and the script prints the largest difference and the milliseconds per image,
+the median of 5 timings: the reference one image at a time (`NoisyLinearImputer`
+assembles the system and calls scipy's `spsolve`), fmi_jax as one jitted call on the
+whole batch (compiled before timing). docs/captum.md (item 17) reports what it measured.
+Without torch or grad-cam it ends in one `error:` line and exit status 2.
 """
 
 import importlib.util
@@ -19,11 +20,14 @@ import time
 import types
 from pathlib import Path
 
-import jax
-import numpy as np
-import torch
+if not __package__:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fmi_jax.evaluation import noisy_linear_imputation
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from experiments import _cli  # noqa: E402
+from fmi_jax.evaluation import noisy_linear_imputation  # noqa: E402
 
 CASES = [  # (images, height, width, channels, removed fraction)
     (64, 28, 28, 1, 0.1),
@@ -39,6 +43,11 @@ def reference_imputer():
     perturbation-confidence helpers that road.py imports need torchvision and OpenCV,
     so empty stand-ins take their place in `sys.modules` while the file is loaded."""
     spec = importlib.util.find_spec("pytorch_grad_cam")
+    if spec is None:
+        raise ValueError(
+            "pytorch-grad-cam is not installed: run this in the benchmark venv (.venv-bench, "
+            "which `make bench` builds)"
+        )
     path = Path(spec.submodule_search_locations[0]) / "metrics" / "road.py"
     helpers = types.ModuleType("pytorch_grad_cam.metrics.perturbation_confidence")
     for name in (
@@ -79,6 +88,12 @@ def masks(rng, n, h, w, fraction):
 
 
 def main():
+    try:
+        import torch
+    except ImportError as error:
+        raise ValueError(
+            f"{error}: run this in the benchmark venv (.venv-bench, which `make bench` builds)"
+        ) from None
     reference = reference_imputer()
     impute = jax.jit(lambda x, m: noisy_linear_imputation(x, m, noise=0.0))
     rng = np.random.default_rng(0)
@@ -125,4 +140,4 @@ def _timed(run, images, repeats=5):
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run(main)

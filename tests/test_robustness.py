@@ -190,18 +190,23 @@ def test_max_sensitivity_of_saliency_on_a_linear_model_is_zero(linear):
     np.testing.assert_array_equal(got, 0.0)
 
 
+def input_x_gradient_ratios(x, grad, key, samples, radius):
+    """Sensitivity ratios of input x gradient on a linear model, by hand, ``(N, samples)``:
+    (x + delta) * w - x * w = delta * w, over ||x * w|| (Captum's denominator)."""
+    delta = uniform_noise(key, samples, radius)
+    w = np.asarray(grad)[:, None]
+    return np.linalg.norm((delta * w).reshape(N, samples, -1), axis=2) / np.linalg.norm(
+        (np.asarray(x) * np.asarray(grad)).reshape(N, -1), axis=1, keepdims=True
+    )
+
+
 def test_max_sensitivity_of_input_x_gradient_on_a_linear_model(linear):
     fn, x, target, grad = linear
     key, samples, radius = jax.random.key(7), 5, 0.02
     got = jit_max_sensitivity(
         explainer("input_x_gradient", fn), x, target, key, radius=radius, samples=samples
     )
-    # (x + delta) * w - x * w = delta * w; divided by ||x * w|| (Captum's denominator).
-    delta = uniform_noise(key, samples, radius)
-    w = np.asarray(grad)[:, None]
-    ratios = np.linalg.norm((delta * w).reshape(N, samples, -1), axis=2) / np.linalg.norm(
-        (np.asarray(x) * np.asarray(grad)).reshape(N, -1), axis=1, keepdims=True
-    )
+    ratios = input_x_gradient_ratios(x, grad, key, samples, radius)
     np.testing.assert_allclose(got, ratios.max(axis=1), rtol=1e-3)
     assert np.all((np.asarray(got) > 0) & (np.asarray(got) < 0.1))  # radius-scale
 
@@ -212,11 +217,7 @@ def test_avg_sensitivity_is_the_mean_of_the_same_ratios(linear):
     got = jax.jit(avg_sensitivity, static_argnums=0, static_argnames=("radius", "samples"))(
         explainer("input_x_gradient", fn), x, target, key, radius=radius, samples=samples
     )
-    delta = uniform_noise(key, samples, radius)
-    w = np.asarray(grad)[:, None]
-    ratios = np.linalg.norm((delta * w).reshape(N, samples, -1), axis=2) / np.linalg.norm(
-        (np.asarray(x) * np.asarray(grad)).reshape(N, -1), axis=1, keepdims=True
-    )
+    ratios = input_x_gradient_ratios(x, grad, key, samples, radius)
     np.testing.assert_allclose(got, ratios.mean(axis=1), rtol=1e-3)
     maximum = jit_max_sensitivity(
         explainer("input_x_gradient", fn), x, target, key, radius=radius, samples=samples

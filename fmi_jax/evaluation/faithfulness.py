@@ -359,9 +359,7 @@ def _scores_after_change(
         out = fn(perturb(example, k, changed))
         if score == "correct":
             return (jnp.argmax(out, axis=-1) == target[example]).astype(jnp.float32)
-        if score == "probability":
-            out = jax.nn.softmax(out, axis=-1)
-        return select_target(out, target[example])
+        return _target_score(out, target[example], score == "probability")
 
     return map_over_samples(evaluate, rank.shape[0], counts.shape[0], batch_size=batch_size)
 
@@ -705,11 +703,7 @@ def aopc(curve: Array) -> Array:
 def sparseness(attributions: Array) -> Array:
     """Gini index of each example's absolute attributions, shape ``(N,)`` (module docstring):
     0 for uniform or all-zero maps, ``(n - 1) / n`` for a one-hot map of ``n`` features."""
-    a = jnp.asarray(attributions, jnp.float32)
-    if a.ndim < 2:
-        raise ValueError(f"attributions must be (N, ...) with one map per example, got {a.shape}")
-    check_finite(a, "attributions")
-    a = jnp.sort(jnp.abs(a.reshape(a.shape[0], -1)), axis=1)
+    a = jnp.sort(_absolute_rows(attributions), axis=1)
     n = a.shape[1]
     weights = 2.0 * jnp.arange(1, n + 1, dtype=jnp.float32) - n - 1
     total = a.sum(1)

@@ -321,21 +321,20 @@ def max_sensitivity(
       ValueError: a bad target, ``target=None`` without ``fn``, maps without leading
         axis ``N``, or NaN/Inf in the inputs.
     """
-    radius = _as_scale(radius, "radius")
-    return _sensitivity(
+    ratios = _uniform_sensitivity(
         "max_sensitivity",
         explain,
         x,
         target,
         key,
-        perturb=functools.partial(uniform_perturbation, radius=radius),
-        lipschitz=False,
-        samples=samples,
-        norm_ord=norm_ord,
-        fn=fn,
-        independent_explain_keys=independent_explain_keys,
-        batch_size=batch_size,
-    ).max(axis=1)
+        radius,
+        samples,
+        norm_ord,
+        fn,
+        independent_explain_keys,
+        batch_size,
+    )
+    return ratios.max(axis=1)
 
 
 def avg_sensitivity(
@@ -356,21 +355,20 @@ def avg_sensitivity(
     of the maximum (Yeh et al.'s ``SENS_AVG``; Quantus' ``AvgSensitivity``, whose
     defaults are radius 0.2 and 200 samples). Arguments and result as
     :func:`max_sensitivity`; with the same key it never exceeds it."""
-    radius = _as_scale(radius, "radius")
-    return _sensitivity(
+    ratios = _uniform_sensitivity(
         "avg_sensitivity",
         explain,
         x,
         target,
         key,
-        perturb=functools.partial(uniform_perturbation, radius=radius),
-        lipschitz=False,
-        samples=samples,
-        norm_ord=norm_ord,
-        fn=fn,
-        independent_explain_keys=independent_explain_keys,
-        batch_size=batch_size,
-    ).mean(axis=1)
+        radius,
+        samples,
+        norm_ord,
+        fn,
+        independent_explain_keys,
+        batch_size,
+    )
+    return ratios.mean(axis=1)
 
 
 def local_lipschitz(
@@ -412,6 +410,38 @@ def local_lipschitz(
         independent_explain_keys=independent_explain_keys,
         batch_size=batch_size,
     ).max(axis=1)
+
+
+def _uniform_sensitivity(
+    name: str,
+    explain: Explain,
+    x: Array,
+    target: Target,
+    key: Array,
+    radius: float,
+    samples: int,
+    norm_ord: str | float,
+    fn: ModelFn | None,
+    independent_explain_keys: bool,
+    batch_size: int | None,
+) -> Array:
+    """The ratios of max- and average sensitivity, ``(N, samples)``: uniform noise of
+    ``radius``, the change of the map relative to its norm."""
+    radius = _as_scale(radius, "radius")
+    return _sensitivity(
+        name,
+        explain,
+        x,
+        target,
+        key,
+        perturb=functools.partial(uniform_perturbation, radius=radius),
+        lipschitz=False,
+        samples=samples,
+        norm_ord=norm_ord,
+        fn=fn,
+        independent_explain_keys=independent_explain_keys,
+        batch_size=batch_size,
+    )
 
 
 def _sensitivity(
