@@ -2,9 +2,9 @@
 insertion curves, pixel flipping, ROAD with noisy linear imputation, faithfulness
 correlation), robustness (infidelity, max- and average sensitivity, local Lipschitz
 estimate), sanity checks (parameter randomisation, SSIM), complexity (sparseness,
-entropy, effective complexity), localisation against ground-truth masks (pointing
-game, relevance mass and rank accuracy, top-k intersection, ROC AUC), and
-which examples to explain."""
+entropy, effective complexity), performance information curves (SIC and AIC),
+localisation against ground-truth masks (pointing game, relevance mass and rank
+accuracy, top-k intersection, ROC AUC), and which examples to explain."""
 
 from fmi_jax.evaluation.agreement import (
     average_ranks,
@@ -28,6 +28,13 @@ from fmi_jax.evaluation.faithfulness import (
     sparseness,
 )
 from fmi_jax.evaluation.imputation import DEFAULT_IMPUTATION_NOISE, noisy_linear_imputation
+from fmi_jax.evaluation.information import (
+    PIC_THRESHOLDS,
+    PicResult,
+    aggregate_pic,
+    blurred_image,
+    performance_information_curve,
+)
 from fmi_jax.evaluation.localisation import (
     localisation_auc,
     pointing_game,
@@ -61,11 +68,15 @@ __all__ = [
     "DEFAULT_INFIDELITY_STDEV",
     "DEFAULT_LIPSCHITZ_STDEV",
     "DEFAULT_SENSITIVITY_RADIUS",
+    "PIC_THRESHOLDS",
+    "PicResult",
     "ROAD_FRACTIONS",
+    "aggregate_pic",
     "aopc",
     "auc",
     "average_ranks",
     "avg_sensitivity",
+    "blurred_image",
     "cascading_randomization",
     "complexity",
     "correlation_matrix",
@@ -84,6 +95,7 @@ __all__ = [
     "noisy_linear_imputation",
     "passes_sanity_check",
     "pearson",
+    "performance_information_curve",
     "pixel_flipping",
     "pointing_game",
     "randomize_layers",

@@ -1,0 +1,447 @@
+r"""Performance information curves (PIC): the model's score against the information a
+map's most salient pixels restore, the XRAI paper's faithfulness metric.
+
+Kapishnikov, Bolukbasi, Viégas & Terry, "XRAI: Better Attributions Through Regions",
+ICCV 2019, arXiv:1906.02825 (section 4), as implemented in PAIR saliency
+(``saliency.metrics.pic``). An insertion curve plots the score against the *fraction* of
+pixels restored; but a fraction of flat background costs less information than the same
+fraction of texture, so the axis says little about how much of the image a map really
+needed. PIC measures the restored image by its information instead, estimated by the
+size of its lossless WebP encoding, and draws the restored images as "bokeh" images:
+the restored pixels kept, everything else linearly interpolated from them, so that the
+unrestored part is smooth rather than a constant that leaks the shape of the mask.
+
+For one image ``x`` (uint8, see below), its map ``a`` (pixels of higher value first;
+pass ``abs`` maps to rank by magnitude, as PAIR leaves to the caller), a random set
+``r`` of ``floor(f P)`` of its ``P`` pixels (``f = random_fraction``, 1%) and the
+thresholds ``t_1 < ... < t_T``:
+
+* ``B(S)``: the pixels of ``S`` and the four corners kept, every other pixel the linear
+  interpolation of the kept ones over their Delaunay triangulation (scipy's ``griddata``
+  ``'linear'``), each channel separately, rounded to uint8; ``B(S) = x`` when ``S`` is
+  every pixel.
+* ``H(img)``: the size in bytes of ``img`` as lossless WebP (quality 100): an estimate
+  of its information.
+* ``S_t = {p : a_p >= quantile(a, 1 - t)} | r``: the top fraction ``t`` of the map (ties
+  at the quantile all restored, as PAIR's rule) plus the random pixels.
+* ``f(img)``: the target's softmax probability (``score='probability'``: the Softmax
+  Information Curve, SIC), or 1 where the target is the top class and 0 elsewhere
+  (``score='correct'``: the Accuracy Information Curve, AIC).
+* The points: ``e_t = clip((H(B(S_t)) - H(B(r))) / (H(x) - H(B(r))), 0, 1)`` and
+  ``s_t = clip((f(B(S_t)) - f(B(r))) / (f(x) - f(B(r))), 0, 1)``; with ``monotone``
+  (the paper's choice) ``s_t`` is the largest of ``s_1 ... s_t``.
+* The curve: the piecewise linear interpolation of ``(e_t, s_t)`` together with
+  ``(0, 0)`` and ``(1, 1)``, read at ``k / n`` for ``k = 0 ... n - 1`` and at 1
+  (``n = points``); its trapezoid area is the image's AUC (higher: fewer bits of the
+  image bring back the model's score).
+* Points that share an entropy (several ``e_t`` clipped to 0 or 1, mostly): the points
+  are ordered by entropy, ties in the order thresholds, ``(0, 0)``, ``(1, 1)``; the curve
+  at ``e`` is the value of the last point at ``e`` and leaves it towards the next
+  larger entropy, while the segment that arrives at ``e`` heads for the first point
+  there. This is what PAIR's ``scipy.interpolate.interp1d`` gives, written out: a
+  threshold whose image carries no more information than ``B(r)`` only counts through
+  the running maximum, and one clipped to 1 pulls the curve before it.
+* An image is skipped (NaN, with its reason) when ``f(x) < min_score`` (0.8: the paper
+  keeps images the model is sure of), when ``H(B(r)) >= H(x)``, or when
+  ``f(B(r)) >= f(x)``: PAIR's three ``ComputePicMetricError`` cases.
+* Over a dataset, :func:`aggregate_pic` takes the median (PAIR's default) or the mean of
+  the kept images' curves, point by point, and its trapezoid area.
+
+Inputs. ``x`` is on the model's scale; ``value_range = (lo, hi)`` maps it to uint8 by
+``round(255 (x - lo) / (hi - lo))`` (inputs outside the range are refused), every image
+of the curve (``x`` included) is built in uint8 like PAIR's, and the model sees
+``lo + q (hi - lo) / 255``. For data that came from uint8 pixels divided by 255 the
+quantisation is exact. Images are grayscale or RGB (WebP encodes nothing else).
+
+Differences from PAIR saliency 0.2.1 (docs/captum.md): the random pixels come from an
+explicit ``key`` (example ``i`` from ``fold_in(key, i)``), so every method compared with
+the same key sees the same blurred image, which PAIR asks its callers to arrange;
+skipped images are NaN and named instead of exceptions; one triangulation serves every
+channel (PAIR builds one per channel; the same values). PAIR's ``compute_pic_metric``
+calls ``np.trapz``, which NumPy 2.4 removed.
+
+Not jit-compatible: the information estimate is a compressor on the host, and so is
+the triangulation (both on a thread per core). The model runs on the device through
+:func:`~fmi_jax.attribution.core.map_over_samples`, ``batch_size`` images at a time:
+first on every image's two ends (``B(r)`` and ``x``), which decide whether it is
+skipped, then on the ``T`` threshold images of the kept ones, held as uint8 on the host
+and on the device.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fmi_jax.attribution.core import (
+    Array,
+    ModelFn,
+    Target,
+    as_count,
+    as_input,
+    check_finite,
+    example_keys,
+    map_over_samples,
+    require_key,
+    resolve_target,
+    select_target,
+)
+from fmi_jax.evaluation.agreement import reduce_channels
+
+__all__ = [
+    "PIC_THRESHOLDS",
+    "PicResult",
+    "aggregate_pic",
+    "blurred_image",
+    "performance_information_curve",
+]
+
+PIC_THRESHOLDS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.10, 0.13, 0.21, 0.34, 0.5, 0.75)
+"""The fractions of the most salient pixels restored (PAIR's example thresholds)."""
+
+_PIC_SCORES = ("probability", "correct")
+_SKIP_SCORE = "the model's score on the image is below min_score"
+_SKIP_ENTROPY = "the blurred image carries no less information than the image"
+_SKIP_BLURRED = "the model scores the blurred image no lower than the image"
+
+
+class PicResult(NamedTuple):
+    """Per-image performance information curves (NumPy arrays).
+
+    Attributes:
+      x: the normalised information the curves are read at, ``(points + 1,)``.
+      curves: the normalised score per image, ``(N, points + 1)``; NaN rows for skipped
+        images.
+      auc: the area under each curve, ``(N,)``; NaN for skipped images.
+      information: the normalised information ``e_t`` per threshold, ``(N, T)``.
+      scores: the raw model scores ``f`` of the blurred image, each threshold's image
+        and the image, ``(N, T + 2)``; a skipped image has only the first and last.
+      skipped: per image, ``''`` where kept, else why it was skipped.
+      random_pixels: each image's random pixels ``r``, ``(N, H, W)`` bool (what PAIR asks
+        its users to save with the results: here the key reproduces them).
+    """
+
+    x: np.ndarray
+    curves: np.ndarray
+    auc: np.ndarray
+    information: np.ndarray
+    scores: np.ndarray
+    skipped: tuple[str, ...]
+    random_pixels: np.ndarray
+
+
+def performance_information_curve(
+    fn: ModelFn,
+    x: Array,
+    target: Target,
+    attributions: Array,
+    key: Array,
+    *,
+    score: str = "probability",
+    thresholds: Sequence[float] = PIC_THRESHOLDS,
+    value_range: tuple[float, float] = (0.0, 1.0),
+    random_fraction: float = 0.01,
+    min_score: float = 0.8,
+    monotone: bool = True,
+    points: int = 1000,
+    batch_size: int | None = None,
+) -> PicResult:
+    """Softmax (SIC) or accuracy (AIC) information curves of maps (module docstring).
+
+    Args:
+      fn: model function, batch -> logits ``(N, classes)``.
+      x: images ``(N, H, W, C)``, ``C`` 1 or 3, within ``value_range``.
+      target: class per example ``(N,)``, one int for all, or ``None`` (predicted class).
+      attributions: maps shaped like ``x`` (summed over channels) or per pixel
+        ``(N, H, W)``; higher values are restored first.
+      key: a PRNG key, or one per example ``(N,)``: draws each image's random pixels.
+      score: ``'probability'`` (SIC, default) or ``'correct'`` (AIC).
+      thresholds: increasing fractions in ``(0, 1)`` of the map's top pixels.
+      value_range: ``(lo, hi)``, the input values that mean uint8 0 and 255.
+      random_fraction: the share of pixels in the blurred image's seed, in ``[0, 1]``.
+      min_score: images the model scores below this are skipped (PAIR's 0.8).
+      monotone: make each image's normalised scores non-decreasing over the thresholds.
+      points: the curve is read at ``points + 1`` places, ``k / points`` and 1.
+      batch_size: images per forward pass; ``None`` evaluates all at once.
+
+    Returns:
+      A :class:`PicResult`.
+
+    Raises:
+      ValueError: inputs that are not grayscale or RGB images or lie outside
+        ``value_range``, attributions that do not fit or are not finite, thresholds
+        that are not increasing fractions, an unknown score, no key.
+    """
+    if score not in _PIC_SCORES:
+        raise ValueError(f"unknown score {score!r}; choose one of {', '.join(_PIC_SCORES)}")
+    x = as_input(x)
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"performance_information_curve needs grayscale or RGB images (N, H, W, 1 or 3), "
+            f"got input shape {x.shape}"
+        )
+    relevance = _pixel_map(x, attributions)
+    thresholds = _as_thresholds(thresholds)
+    lo, hi = _as_range(value_range)
+    random_fraction = _as_fraction(random_fraction, "random_fraction")
+    try:
+        min_score = float(min_score)
+    except (TypeError, ValueError):
+        raise ValueError(f"min_score must be a number, got {min_score!r}") from None
+    points = as_count(points, "points")
+    require_key(key, "performance_information_curve (the blurred image's random pixels)")
+    target = resolve_target(fn, x, target, batch_size=batch_size)
+    pixels = np.asarray(_quantise(x, lo, hi))
+    n, height, width = relevance.shape
+    seeds = np.asarray(_random_pixels(example_keys(key, n), height * width, random_fraction))
+    seeds = seeds.reshape(n, height, width)
+
+    # The ends of every curve first: B(r) and the image decide whether it is skipped,
+    # and a skipped image needs no threshold images (PAIR stops there too).
+    ends = np.stack(_host_map(lambda i: _ends(pixels[i], seeds[i]), range(n)))
+    end_sizes = np.asarray(_host_map(_webp_size, list(ends.reshape((-1,) + ends.shape[2:]))))
+    end_sizes = end_sizes.reshape(n, 2)
+    end_scores = _scores(fn, ends, target, lo, hi, score, batch_size)
+    skipped = tuple(
+        _SKIP_SCORE
+        if original < min_score
+        else _SKIP_ENTROPY
+        if end_sizes[i, 0] >= end_sizes[i, 1]
+        else _SKIP_BLURRED
+        if blurred >= original
+        else ""
+        for i, (blurred, original) in enumerate(end_scores)
+    )
+    kept = np.flatnonzero([not reason for reason in skipped])
+    scores = np.full((n, len(thresholds) + 2), np.nan)
+    scores[:, [0, -1]] = end_scores
+    information = np.full((n, len(thresholds)), np.nan)
+    grid = np.append(np.linspace(0.0, 1.0, num=points, endpoint=False), 1.0)
+    curves = np.full((n, points + 1), np.nan)
+    if len(kept):
+        middle = np.stack(
+            _host_map(
+                lambda i: _threshold_images(pixels[i], relevance[i], seeds[i], thresholds), kept
+            )
+        )
+        sizes = _host_map(_webp_size, list(middle.reshape((-1,) + middle.shape[2:])))
+        sizes = np.asarray(sizes).reshape(len(kept), len(thresholds))
+        scores[kept, 1:-1] = _scores(fn, middle, target[kept], lo, hi, score, batch_size)
+        gain = (sizes - end_sizes[kept, :1]) / (end_sizes[kept, 1:] - end_sizes[kept, :1])
+        information[kept] = np.clip(gain, 0.0, 1.0)
+        blurred, original = scores[kept, :1], scores[kept, -1:]
+        restored = np.clip((scores[kept, 1:-1] - blurred) / (original - blurred), 0.0, 1.0)
+        if monotone:
+            restored = np.maximum.accumulate(restored, axis=1)
+        for row, i in enumerate(kept):
+            curves[i] = _interpolate_curve(information[i], restored[row], grid)
+    auc = _trapezoid(curves, grid)
+    return PicResult(grid, curves, auc, information, scores, skipped, seeds)
+
+
+def aggregate_pic(result: PicResult, *, method: str = "median") -> tuple[np.ndarray, float]:
+    """The median (PAIR's default) or mean of the kept images' curves and its area.
+
+    Returns:
+      ``(curve, auc)``: the aggregate curve read at ``result.x`` and its trapezoid area.
+
+    Raises:
+      ValueError: an unknown method, or every image skipped.
+    """
+    if method not in ("median", "mean"):
+        raise ValueError(f"unknown method {method!r}; choose 'median' or 'mean'")
+    kept = np.asarray(result.curves)[[not reason for reason in result.skipped]]
+    if not len(kept):
+        reasons = sorted(set(result.skipped))
+        raise ValueError(
+            f"every image was skipped ({'; '.join(reasons)}): explain images the model is "
+            "sure of, or lower min_score"
+        )
+    curve = np.median(kept, axis=0) if method == "median" else np.mean(kept, axis=0)
+    return curve, float(_trapezoid(curve, np.asarray(result.x)))
+
+
+def _interpolate_curve(information: np.ndarray, scores: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """The PIC through ``(e_t, s_t)``, ``(0, 0)`` and ``(1, 1)`` read at ``grid`` in [0, 1].
+
+    Points are ordered by entropy, stably, with ``(0, 0)`` and ``(1, 1)`` after the
+    thresholds'; at each ``g`` the curve runs from the last point at or left of ``g``
+    towards the next point right of it (module docstring)."""
+    xs = np.concatenate([np.asarray(information, np.float64), [0.0, 1.0]])
+    ys = np.concatenate([np.asarray(scores, np.float64), [0.0, 1.0]])
+    order = np.argsort(xs, kind="stable")
+    xs, ys = xs[order], ys[order]
+    left = np.searchsorted(xs, grid, side="right") - 1
+    right = np.minimum(left + 1, len(xs) - 1)
+    run = xs[right] - xs[left]
+    slope = np.divide(ys[right] - ys[left], run, out=np.zeros_like(run), where=run > 0)
+    return slope * (grid - xs[left]) + ys[left]
+
+
+def _trapezoid(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The trapezoid area along the last axis (NumPy's ``trapezoid``, which 1.26 lacks)."""
+    return (np.diff(x) * (y[..., 1:] + y[..., :-1]) / 2.0).sum(-1)
+
+
+def _pixel_map(x: Array, attributions: Any) -> np.ndarray:
+    attributions = jnp.asarray(attributions, jnp.float32)
+    if attributions.shape == x.shape:
+        attributions = reduce_channels(attributions)
+    elif attributions.shape != x.shape[:-1]:
+        raise ValueError(
+            f"attributions of shape {attributions.shape} do not fit images of shape "
+            f"{x.shape}: give one map per image, {x.shape} or per pixel {x.shape[:-1]}"
+        )
+    check_finite(attributions, "attributions")
+    return np.asarray(attributions)
+
+
+def _as_thresholds(thresholds: Any) -> tuple[float, ...]:
+    listed = thresholds if isinstance(thresholds, (list, tuple, np.ndarray)) else [thresholds]
+    try:
+        values = tuple(float(t) for t in listed)
+    except (TypeError, ValueError):
+        raise ValueError(f"thresholds must be numbers in (0, 1), got {thresholds!r}") from None
+    if (
+        not values
+        or any(not 0.0 < t < 1.0 for t in values)
+        or any(b <= a for a, b in zip(values, values[1:]))
+    ):
+        raise ValueError(
+            f"thresholds must be one or more increasing fractions in (0, 1), got {thresholds!r}"
+        )
+    return values
+
+
+def _as_range(value_range: Any) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"value_range must be (lo, hi), got {value_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"value_range must be finite with lo < hi, got {value_range!r}")
+    return lo, hi
+
+
+def _as_fraction(value: Any, name: str) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return value
+
+
+def _quantise(x: Array, lo: float, hi: float) -> Array:
+    """``x`` on ``[lo, hi]`` as uint8 pixels; inputs outside the range are refused."""
+    tolerance = 1e-6 * (hi - lo)
+    low, high = float(jnp.min(x)), float(jnp.max(x))
+    if low < lo - tolerance or high > hi + tolerance:
+        raise ValueError(
+            f"inputs span [{low:.4g}, {high:.4g}], outside value_range ({lo:g}, {hi:g}): pass "
+            "value_range=(lo, hi), the input values that stand for pixel values 0 and 255"
+        )
+    return jnp.round(jnp.clip((x - lo) / (hi - lo), 0.0, 1.0) * 255.0).astype(jnp.uint8)
+
+
+@jax.jit
+def _random_pixels_of(keys: Array, order: Array) -> Array:
+    return jax.vmap(lambda k: jax.random.permutation(k, order))(keys)
+
+
+def _random_pixels(keys: Array, num_pixels: int, fraction: float) -> Array:
+    """Per key, a boolean mask ``(P,)`` with ``floor(fraction P)`` random pixels set."""
+    count = int(num_pixels * fraction)
+    ranks = _random_pixels_of(keys, jnp.arange(num_pixels))
+    return jnp.argsort(ranks, axis=-1) < count
+
+
+def _ends(pixels: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """``(2, H, W, C)`` uint8: ``B(r)`` and the image."""
+    return np.stack([blurred_image(pixels, seed), pixels])
+
+
+def _threshold_images(
+    pixels: np.ndarray, relevance: np.ndarray, seed: np.ndarray, thresholds: Sequence[float]
+) -> np.ndarray:
+    """``(T, H, W, C)`` uint8: ``B(S_t)`` for each threshold."""
+    return np.stack(
+        [
+            blurred_image(pixels, (relevance >= np.quantile(relevance, 1.0 - t)) | seed)
+            for t in thresholds
+        ]
+    )
+
+
+def _host_map(function: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+    """``[function(item) for item in items]`` on a thread per core: the triangulation
+    and the WebP encoder release the GIL (about 2x on 2 cores)."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return list(pool.map(function, items))
+
+
+def blurred_image(pixels: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """``B(S)``: uint8 ``pixels`` ``(H, W, C)`` kept where ``keep`` ``(H, W)`` and at the
+    corners, linearly interpolated over the Delaunay triangulation of the kept pixels
+    elsewhere, rounded (PAIR's ``create_blurred_image``, float32 rounding included)."""
+    from scipy.interpolate import LinearNDInterpolator
+
+    keep = np.array(keep, bool)
+    keep[[0, 0, -1, -1], [0, -1, 0, -1]] = True
+    if keep.all():
+        return np.array(pixels, np.uint8)
+    known, unknown = np.argwhere(keep), np.argwhere(~keep)
+    filled = LinearNDInterpolator(known, pixels[keep].astype(np.float64))(unknown)
+    # The corners are kept, so the hull is the whole grid; PAIR fills with the mean.
+    filled = np.where(np.isnan(filled), pixels.mean(axis=(0, 1)), filled)
+    out = pixels.astype(np.float32)
+    out[~keep] = filled
+    return np.round(out).astype(np.uint8)
+
+
+def _webp_size(pixels: np.ndarray) -> int:
+    """``H``: bytes of the image as lossless WebP (grayscale as a 2-D array, as PAIR)."""
+    from PIL import Image, features
+
+    if not features.check("webp"):
+        raise RuntimeError(
+            "this Pillow build cannot write WebP, which the information estimate needs: "
+            "install Pillow from PyPI (pip install --force-reinstall pillow)"
+        )
+    buffer = io.BytesIO()
+    image = pixels[..., 0] if pixels.shape[-1] == 1 else pixels
+    Image.fromarray(image).save(buffer, format="webp", lossless=True, quality=100)
+    return buffer.tell()
+
+
+def _scores(
+    fn: ModelFn,
+    images: np.ndarray,
+    target: Array,
+    lo: float,
+    hi: float,
+    score: str,
+    batch_size: int | None,
+) -> Array:
+    """``f`` of every image ``(N, K, H, W, C)`` uint8, ``(N, K)`` float64 (normalised
+    afterwards in float64, as PAIR's NumPy arithmetic on the model's scores)."""
+    images = jnp.asarray(images)
+
+    def evaluate(example: Array, sample: Array) -> Array:
+        scaled = lo + images[example, sample].astype(jnp.float32) * ((hi - lo) / 255.0)
+        logits = fn(scaled)
+        if score == "correct":
+            return (jnp.argmax(logits, axis=-1) == target[example]).astype(jnp.float32)
+        return select_target(jax.nn.softmax(logits, axis=-1), target[example])
+
+    values = map_over_samples(evaluate, images.shape[0], images.shape[1], batch_size=batch_size)
+    return np.asarray(values, np.float64)
