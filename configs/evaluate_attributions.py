@@ -66,6 +66,17 @@ def get_config(arg=None):
     # Faithfulness correlation: `samples` random subsets of `subset_size` pixels (0: one
     # image row, 28 on 28 x 28), zero substrate, logits (Quantus' defaults).
     config.faithfulness_correlation = {"samples": 100, "subset_size": 0}
+    # Performance information curves (the XRAI paper's SIC and AIC, PAIR saliency's
+    # procedure) on the first max_images images (0: all): the model's score against the
+    # information (WebP size) of blurred images that restore each threshold's top pixels;
+    # images the model scores below min_score are left out. The thresholds are PAIR's
+    # (fmi_jax.evaluation.PIC_THRESHOLDS).
+    config.pic = {
+        "thresholds": (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.1, 0.13, 0.21, 0.34, 0.5, 0.75),
+        "random_fraction": 0.01,
+        "min_score": 0.8,
+        "max_images": 100,
+    }
     # Infidelity: Gaussian perturbations; normalize rescales each map by its
     # least-squares factor (scale-free, so methods of different scales compare).
     config.infidelity = {"stdev": 0.003, "samples": 10, "normalize": True}
@@ -97,6 +108,7 @@ def get_config(arg=None):
         config.infidelity.samples = 4
         config.road.fractions = (0.3, 0.7)
         config.faithfulness_correlation.samples = 8
+        config.pic.thresholds = (0.05, 0.2, 0.5)
         config.sensitivity.samples = 3
         config.sensitivity.images_per_method = {"grad_cam": 4}
         config.sanity.max_images = 8

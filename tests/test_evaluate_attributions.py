@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import configs
-from fmi_jax import studies
+from fmi_jax import evaluation, studies
 from fmi_jax.studies import evaluate_attributions as study
 from tests import testdata
 
@@ -25,6 +25,7 @@ def test_config_variants():
         full.methods
     )
     assert full.options.integrated_gradients.steps == 50  # the explain study's options
+    assert tuple(full.pic.thresholds) == evaluation.PIC_THRESHOLDS
     smoke = configs.load("evaluate_attributions", "smoke")
     assert smoke.num_images == 8 and len(smoke.methods) == 3
     with pytest.raises(ValueError, match="variant"):
@@ -63,6 +64,7 @@ def test_study_writes_leaderboard_reuses_and_refuses(trained_run):
         "curves.npz",
         "deletion_insertion.png",
         "road.png",
+        "pic.png",
         "randomization.png",
         "agreement.json",
         "agreement.png",
@@ -107,6 +109,15 @@ def test_study_writes_leaderboard_reuses_and_refuses(trained_run):
     assert road.shape == (8, 2) and set(np.unique(road)) <= {0.0, 1.0}
     assert by_method["saliency"]["road_morf"] == pytest.approx(road.mean())
     assert -1.0 <= by_method["saliency"]["faithfulness_correlation"] <= 1.0
+    # PIC: every method from the same random pixels, so the same images are kept, and
+    # the table's area is the median curve's.
+    assert curves["sic_saliency"].shape == curves["pic_x"].shape == (1001,)
+    saliency, image = by_method["saliency"], by_method["input"]
+    assert saliency["pic_images"] == 8
+    assert 0 < saliency["sic_images"] == image["sic_images"] <= 8
+    assert saliency["aic_images"] == image["aic_images"]
+    area = np.trapezoid(curves["sic_saliency"], curves["pic_x"])
+    assert saliency["sic_auc"] == pytest.approx(area, abs=1e-9)
 
     # Rerun: every method comes from the cache, nothing is recomputed.
     before = {p.name: p.stat().st_mtime_ns for p in (out / "methods").iterdir()}
@@ -130,6 +141,11 @@ def test_unknown_method_is_refused_before_any_work(trained_run):
     config.methods = ("saliency", "gradcam")
     config.output = "metrics_unknown"
     with pytest.raises(ValueError, match="unknown method"):
+        studies.run_evaluate_attributions(config, trained_run)
+    assert not (trained_run / "metrics_unknown").exists()
+    config.methods = ("saliency",)
+    config.pic.thresholds = (0.5, 0.2)
+    with pytest.raises(ValueError, match="pic.thresholds must be increasing"):
         studies.run_evaluate_attributions(config, trained_run)
     assert not (trained_run / "metrics_unknown").exists()
 

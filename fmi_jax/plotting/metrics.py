@@ -24,9 +24,10 @@ def faithfulness_curves(
     panels: Sequence[str] = ("deletion", "insertion"),
     ylabel: str = "target probability",
     fractions: Sequence[float] | None = None,
+    xlabel: str = "fraction of pixels changed",
 ) -> Figure:
     """One panel per curve kind (`panels`), one line per method: the mean curve over
-    images against the fraction of pixels changed.
+    images against the fraction of pixels changed (or what `xlabel` names).
 
     `curves[method][kind]` is a 1-D mean curve. Its points are equally spaced in
     [0, 1] and the legend shows the trapezoid AUC, or, with `fractions` (the x of every
@@ -48,7 +49,7 @@ def faithfulness_curves(
             style = _style(list(curves).index(method), None if fractions is None else ".")
             ax.plot(xs, c, label=f"{method} ({value:.3f})", **style)
         ax.set_title(f"{kind} ({summary} in legend)")
-        ax.set_xlabel("fraction of pixels changed")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_xlim(0, 1)
         ax.grid(alpha=0.3)

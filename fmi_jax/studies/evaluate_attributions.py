@@ -16,7 +16,10 @@ and scores the maps with :mod:`fmi_jax.evaluation`:
                 (pixels filled by noisy linear imputation, `road.fractions` removed)
                 -> the share of (image, fraction) pairs whose top class is still the
                 target (the accuracy with `target='label'`), MoRF lower is better,
-                LeRF higher is better
+                LeRF higher is better; performance information curves (the XRAI
+                paper's SIC and AIC, on the first `pic.max_images` images, every
+                method from the same random pixels) -> the area under the median
+                curve of the images the model is sure of, higher is better
   robustness    infidelity (Yeh et al., `infidelity.normalize` rescales each map by
                 its least-squares factor so that methods with different scales compare)
                 -> mean, lower is better; max-sensitivity -> mean, lower is better.
@@ -49,10 +52,12 @@ Outputs under `workdir/<config.output>/`:
                       one row per method, columns named with their direction
   curves.npz          per method: deletion_/insertion_/lerf_<m> curves (N, S + 1),
                       road_morf_/road_lerf_<m> (N, F) (1 where still correct),
-                      sanity_<metric>_<m> (L, n); `layers`, `indices`, `road_fractions`
+                      sanity_<metric>_<m> (L, n), sic_<m>/aic_<m> the median
+                      curves read at `pic_x`; `layers`, `indices`, `road_fractions`
   deletion_insertion.png   mean deletion and insertion curves per method
   road.png            ROAD: share with the target still on top per removed fraction,
                       MoRF and LeRF, per method
+  pic.png             the median SIC and AIC per method
   randomization.png        mean Spearman (|maps|) and SSIM per cascade step per method
   agreement.json/.png cross-method agreement of the maps (the explain study's
                       `map_agreement`: Pearson, Spearman, top-k overlap)
@@ -66,6 +71,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 import time
@@ -97,6 +103,8 @@ __all__ = [
 ]
 
 CONTROLS = ("input", "random")
+_PIC_STREAM = 2**31 - 1  # folded into the study's key, far from the method indices
+_PIC = ("sic", "aic")  # softmax and accuracy information curves
 
 # Leaderboard columns: (row key, header with its direction).
 COLUMNS = (
@@ -107,6 +115,8 @@ COLUMNS = (
     ("faithfulness_correlation", "faithfulness correlation (higher is better)"),
     ("road_morf", "ROAD MoRF, target still on top (lower is better)"),
     ("road_lerf", "ROAD LeRF, target still on top (higher is better)"),
+    ("sic_auc", "SIC AUC, median curve (higher is better)"),
+    ("aic_auc", "AIC AUC, median curve (higher is better)"),
     ("infidelity", "infidelity (lower is better)"),
     ("max_sensitivity", "max-sensitivity (lower is better)"),
     ("sparseness", "sparseness Gini (higher is better)"),
@@ -157,6 +167,22 @@ def _check(config: Any, model: Any, variables: Any, images: np.ndarray) -> None:
         raise ValueError(
             "faithfulness_correlation.samples must be >= 2 (a correlation needs two subsets), "
             f"got {correlation.samples}"
+        )
+    pic = config.pic
+    thresholds = [float(t) for t in np.atleast_1d(np.asarray(pic.thresholds, np.float64))]
+    increasing = all(b > a for a, b in zip(thresholds, thresholds[1:]))
+    if not thresholds or not increasing or not all(0.0 < t < 1.0 for t in thresholds):
+        raise ValueError(
+            f"pic.thresholds must be increasing fractions in (0, 1), got {tuple(thresholds)}"
+        )
+    if not 0.0 <= float(pic.random_fraction) <= 1.0:
+        raise ValueError(f"pic.random_fraction must be in [0, 1], got {pic.random_fraction}")
+    if int(pic.max_images) < 0:
+        raise ValueError(f"pic.max_images must be >= 0 (0: all), got {pic.max_images}")
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(
+            "performance information curves (WebP sizes) need grayscale or RGB images, "
+            f"got images of shape {images.shape[1:]}"
         )
     pixels = int(np.prod(images.shape[1:3]))
     if not 0 <= int(correlation.subset_size) < pixels:
@@ -275,6 +301,7 @@ def _evaluate_method(
     images: jax.Array,
     target: jax.Array,
     key: jax.Array,
+    pic_key: jax.Array,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     bs = int(config.batch_size)
     build = _builder(config, name, model)
@@ -315,6 +342,31 @@ def _evaluate_method(
         arrays[f"road_{order}"] = timed(
             f"road_{order}",
             lambda f=metrics[f"road_{order}"]: f(variables, images, target, full, road_key),
+        )
+    pic, areas = config.pic, {}
+    n_pic = _limit(pic.max_images, n)
+    for kind, score in zip(_PIC, ("probability", "correct"), strict=True):
+        t0 = time.perf_counter()
+        curves = evaluation.performance_information_curve(
+            functools.partial(metrics["model"], variables),
+            images[:n_pic],
+            target[:n_pic],
+            full[:n_pic],
+            pic_key,
+            score=score,
+            thresholds=tuple(float(t) for t in pic.thresholds),
+            random_fraction=float(pic.random_fraction),
+            min_score=float(pic.min_score),
+            batch_size=bs,
+        )
+        timings[kind] = time.perf_counter() - t0
+        arrays[f"{kind}_auc"] = curves.auc
+        arrays["pic_x"] = curves.x
+        arrays[f"{kind}_kept"] = np.asarray([not reason for reason in curves.skipped])
+        arrays[f"{kind}_curve"], areas[kind] = (
+            evaluation.aggregate_pic(curves)
+            if arrays[f"{kind}_kept"].any()
+            else (np.full(curves.x.shape, np.nan), None)
         )
     sens = config.sensitivity
     per_method = runs.plain(sens.images_per_method) or {}
@@ -364,6 +416,12 @@ def _evaluate_method(
         ),
         "road_morf": float(arrays["road_morf"].mean()),
         "road_lerf": float(arrays["road_lerf"].mean()),
+        # The area under the median curve of the kept images; None when none was kept.
+        "sic_auc": areas["sic"],
+        "aic_auc": areas["aic"],
+        "pic_images": n_pic,
+        "sic_images": int(arrays["sic_kept"].sum()),
+        "aic_images": int(arrays["aic_kept"].sum()),
         "infidelity": float(arrays["infidelity"].mean()),
         "max_sensitivity": float(arrays["max_sensitivity"].mean()),
         "sparseness": float(arrays["sparseness"].mean()),
@@ -458,6 +516,7 @@ def _shared_metrics(config: Any, model: Any) -> dict[str, Callable[..., jax.Arra
         )
 
     fns = {
+        "model": jax.jit(lambda variables, x: model.apply(variables, x)),
         "deletion": curve(evaluation.deletion_curve, dele),
         "road_morf": road("morf"),
         "road_lerf": road("lerf"),
@@ -582,6 +641,9 @@ def evaluate_attributions(
     preds = logits.argmax(-1)
     target = jnp.asarray(preds if config.target == "predicted" else labels, jnp.int32)
     key = jax.random.key(int(config.seed))
+    # One key for every method's performance information curves: the same random pixels,
+    # so every method's curves start from the same blurred images.
+    pic_key = jax.random.fold_in(key, _PIC_STREAM)
     logging.info(
         "evaluating %d methods on %d %s/%s images of %s (epoch %d), accuracy %.3f",
         len(config.methods),
@@ -609,7 +671,7 @@ def evaluate_attributions(
         start = time.perf_counter()
         method_key = jax.random.fold_in(key, i)
         result, summary = _evaluate_method(
-            config, name, model, variables, images, target, method_key
+            config, name, model, variables, images, target, method_key, pic_key
         )
         runs.save_npz_atomic(npz_path, **result)
         runs.write_json_atomic(json_path, summary, sort_keys=False)  # written last: marks done
@@ -648,6 +710,8 @@ def evaluate_attributions(
         indices=indices,
         layers=np.asarray(layers),
         road_fractions=np.asarray(config.road.fractions, np.float64),
+        pic_x=arrays[config.methods[0]]["pic_x"],
+        **{f"{kind}_{m}": arrays[m][f"{kind}_curve"] for m in config.methods for kind in _PIC},
         **{
             f"{kind}_{m}": arrays[m][kind]
             for m in config.methods
@@ -672,6 +736,13 @@ def evaluate_attributions(
         panels=("morf", "lerf"),
         ylabel="target still the top class (ROAD)",
         fractions=tuple(config.road.fractions),
+    )
+    plotting.faithfulness_curves(
+        {m: {kind.upper(): arrays[m][f"{kind}_curve"] for kind in _PIC} for m in config.methods},
+        out / "pic.png",
+        panels=("SIC", "AIC"),
+        ylabel="normalised score, median over images",
+        xlabel="normalised information (lossless WebP size)",
     )
     plotting.randomization_curves(
         layers,
@@ -721,6 +792,7 @@ def _write_index(out: Path, rows: Sequence[Mapping[str, Any]], meta: Mapping[str
         for name, caption in (
             ("deletion_insertion.png", "mean deletion and insertion curves"),
             ("road.png", "ROAD: target still on top as pixels are removed and imputed"),
+            ("pic.png", "median softmax and accuracy information curves (SIC, AIC)"),
             ("randomization.png", "cascading model randomisation, per step"),
             ("agreement.png", "agreement between the methods' maps"),
         )
