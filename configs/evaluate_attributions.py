@@ -69,8 +69,9 @@ def get_config(arg=None):
     # Performance information curves (the XRAI paper's SIC and AIC, PAIR saliency's
     # procedure) on the first max_images images (0: all): the model's score against the
     # information (WebP size) of blurred images that restore each threshold's top pixels;
-    # images the model scores below min_score are left out. The thresholds are PAIR's
-    # (fmi_jax.evaluation.PIC_THRESHOLDS).
+    # images the model scores below min_score are left out. The maps rank pixels as
+    # computed (signed maps: most positive first), as for deletion and insertion. The
+    # thresholds are PAIR's (fmi_jax.evaluation.PIC_THRESHOLDS).
     config.pic = {
         "thresholds": (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.1, 0.13, 0.21, 0.34, 0.5, 0.75),
         "random_fraction": 0.01,

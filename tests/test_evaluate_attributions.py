@@ -116,6 +116,12 @@ def test_study_writes_leaderboard_reuses_and_refuses(trained_run):
     assert saliency["pic_images"] == 8
     assert 0 < saliency["sic_images"] == image["sic_images"] <= 8
     assert saliency["aic_images"] == image["aic_images"]
+    with (
+        np.load(out / "methods" / "saliency.npz") as a,
+        np.load(out / "methods" / "input.npz") as b,
+    ):
+        np.testing.assert_array_equal(a["pic_random_pixels"], b["pic_random_pixels"])
+        assert a["pic_random_pixels"].shape == (8, 28, 28)
     area = np.trapezoid(curves["sic_saliency"], curves["pic_x"])
     assert saliency["sic_auc"] == pytest.approx(area, abs=1e-9)
 

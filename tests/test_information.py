@@ -2,6 +2,8 @@
 code path), bokeh images against affine images and per-channel griddata, and the whole
 metric's invariances on an analytic model that reads one region."""
 
+import io
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,13 +18,13 @@ REGION = (slice(2, 6), slice(9, 13))  # the 4 x 4 pixels the model reads
 THRESHOLDS = (0.05, 0.1, 0.2, 0.4, 0.7)
 
 
-def _images(n=3, seed=0):
+def _images(n=3, seed=0, channels=1):
     """Smooth backgrounds with fine texture and a bright square in REGION, in [0, 1]
     with values k / 255 (exact under the uint8 quantisation)."""
     rng = np.random.default_rng(seed)
     ramp = np.linspace(40, 90, SIZE)[None, :, None] + np.linspace(0, 30, SIZE)[:, None, None]
-    pixels = ramp[None] + rng.integers(-12, 13, size=(n, SIZE, SIZE, 1))
-    pixels[:, REGION[0], REGION[1]] = 230 + rng.integers(-10, 11, size=(n, 4, 4, 1))
+    pixels = ramp[None] + rng.integers(-12, 13, size=(n, SIZE, SIZE, channels))
+    pixels[:, REGION[0], REGION[1]] = 230 + rng.integers(-10, 11, size=(n, 4, 4, channels))
     return jnp.asarray(np.clip(pixels, 0, 255).round() / 255.0, jnp.float32)
 
 
@@ -53,6 +55,11 @@ def test_curve_through_one_point_by_hand():
     curve = I._interpolate_curve(np.array([0.5]), np.array([1.0]), grid)
     np.testing.assert_allclose(curve, np.minimum(2 * grid, 1.0), atol=1e-15)
     np.testing.assert_allclose(I._trapezoid(curve, grid), 0.75, atol=1e-15)
+    # Two points at 0.5: the segment from (0, 0) heads for the first (0.2), the curve
+    # at 0.5 and after it starts from the last (0.6).
+    grid = np.array([0.25, 0.5, 0.75, 1.0])
+    curve = I._interpolate_curve(np.array([0.5, 0.5]), np.array([0.2, 0.6]), grid)
+    np.testing.assert_allclose(curve, [0.1, 0.6, 0.8, 1.0], atol=1e-15)
 
 
 def test_curve_equals_pairs_interp1d_with_shared_entropies():
@@ -115,6 +122,50 @@ def test_the_models_evidence_first_beats_it_last():
     )
 
 
+def test_curves_are_the_normalised_points_of_the_measured_sizes_and_scores():
+    """Every kept curve rebuilt from the result's own sizes and scores: the information
+    from WebP sizes measured here, the scores normalised and (monotone) accumulated."""
+    from PIL import Image
+
+    def webp(pixels):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels[..., 0]).save(buffer, format="webp", lossless=True, quality=100)
+        return buffer.tell()
+
+    maps = jax.random.uniform(jax.random.key(3), (3, SIZE, SIZE))  # a map that stumbles
+    pixels = np.asarray(np.round(_images() * 255), np.uint8)
+    bent = False
+    for monotone in (True, False):
+        result = _pic(maps, monotone=monotone)
+        for i in np.flatnonzero([not reason for reason in result.skipped]):
+            seed = result.random_pixels[i]
+            blurred, original = webp(evaluation.blurred_image(pixels[i], seed)), webp(pixels[i])
+            sizes = [
+                webp(
+                    evaluation.blurred_image(
+                        pixels[i], (maps[i] >= np.quantile(maps[i], 1 - t)) | seed
+                    )
+                )
+                for t in THRESHOLDS
+            ]
+            information = np.clip((np.array(sizes) - blurred) / (original - blurred), 0, 1)
+            np.testing.assert_allclose(result.information[i], information, rtol=1e-12)
+            f = result.scores[i]
+            restored = np.clip((f[1:-1] - f[0]) / (f[-1] - f[0]), 0.0, 1.0)
+            bent |= bool(np.any(np.diff(restored) < 0))
+            if monotone:
+                restored = np.maximum.accumulate(restored)
+            expected = I._interpolate_curve(information, restored, result.x)
+            np.testing.assert_allclose(result.curves[i], expected, atol=1e-12)
+    assert bent  # some curve falls between thresholds, so `monotone` matters above
+
+
+def test_a_constant_map_restores_everything_at_once():
+    result = _pic(jnp.ones((3, SIZE, SIZE)))
+    np.testing.assert_allclose(result.auc, 0.5, atol=1e-12)
+    np.testing.assert_array_equal(result.information, 1.0)
+
+
 def test_accuracy_curve_reads_the_top_class():
     result = _pic(_region_map(3), score="correct")
     assert set(np.unique(result.scores)) <= {0.0, 1.0}
@@ -161,15 +212,23 @@ def test_the_value_range_maps_the_model_scale_to_pixels():
 def test_skipped_images_say_why():
     maps = _region_map(3)
     x = _images()
-    flat = x.at[1].set(0.5)  # no information to restore
+    flat = x.at[1].set(0.5)  # no information to restore, and a low score
+    assert _pic(maps, x=flat).skipped == ("", I._SKIP_SCORE, "")  # PAIR's order
     result = _pic(maps, x=flat, min_score=0.0)
-    assert result.skipped[1] == I._SKIP_ENTROPY and result.skipped[0] == ""
+    assert result.skipped == ("", I._SKIP_ENTROPY, "")
     assert np.isnan(result.auc[1]) and np.isnan(result.curves[1]).all()
+    assert np.isnan(result.scores[1, 1:-1]).all() and np.isfinite(result.scores[1, [0, -1]]).all()
+    curve, _ = evaluation.aggregate_pic(result)
+    np.testing.assert_allclose(curve, np.median(result.curves[[0, 2]], axis=0))
     unsure = _pic(maps, min_score=0.9999)
     assert set(unsure.skipped) == {I._SKIP_SCORE}
     constant = evaluation.performance_information_curve(
         lambda z: jnp.ones((z.shape[0], 2)) * jnp.array([3.0, 0.0]),
-        x, 0, maps, jax.random.key(0), thresholds=THRESHOLDS,
+        x,
+        0,
+        maps,
+        jax.random.key(0),
+        thresholds=THRESHOLDS,
     )
     assert set(constant.skipped) == {I._SKIP_BLURRED}
     with pytest.raises(ValueError, match="every image was skipped"):
@@ -189,6 +248,10 @@ def test_skipped_images_say_why():
         ({"key": None}, "key"),
         ({"attributions": jnp.zeros((3, 8, 8))}, "do not fit"),
         ({"x": jnp.zeros((3, SIZE, SIZE, 2))}, "grayscale or RGB"),
+        ({"x": jnp.zeros((3, 1, SIZE, 1)), "attributions": jnp.zeros((3, 1, SIZE))}, "2 x 2"),
+        ({"points": 1}, "points"),
+        ({"min_score": float("nan")}, "min_score"),
+        ({"thresholds": "0.5"}, "thresholds"),
     ],
 )
 def test_bad_input_is_one_value_error(change, message):
@@ -198,3 +261,66 @@ def test_bad_input_is_one_value_error(change, message):
         evaluation.performance_information_curve(
             _model, args["x"], 0, args["attributions"], args["key"], **change
         )
+
+
+def test_a_model_that_returns_nan_is_refused():
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        evaluation.performance_information_curve(
+            lambda z: _model(z) * jnp.nan, _images(), 0, _region_map(3), jax.random.key(0)
+        )
+
+
+def test_blurred_image_refuses_what_is_not_a_uint8_image():
+    with pytest.raises(ValueError, match="uint8"):
+        evaluation.blurred_image(np.zeros((4, 4), np.float32), np.ones((4, 4), bool))
+    with pytest.raises(ValueError, match="mask"):
+        evaluation.blurred_image(np.zeros((4, 4), np.uint8), np.ones((4, 5), bool))
+    gray = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    np.testing.assert_array_equal(evaluation.blurred_image(gray, np.zeros((4, 4))), gray)
+
+
+def test_thresholds_may_be_any_sequence_and_ranges_one_per_channel():
+    maps = _region_map(3)
+    base = _pic(maps, x=_images(channels=3))
+    as_array = _pic(maps, x=_images(channels=3), thresholds=jnp.asarray(THRESHOLDS))
+    np.testing.assert_array_equal(as_array.auc, base.auc)
+    mean, std = np.array([0.5, 0.4, 0.3]), np.array([0.2, 0.25, 0.3])
+    standardised = evaluation.performance_information_curve(
+        lambda z: _model(z * std + mean),
+        (_images(channels=3) - mean) / std,
+        0,
+        maps,
+        jax.random.key(0),
+        thresholds=THRESHOLDS,
+        points=200,
+        value_range=(-mean / std, (1 - mean) / std),
+    )
+    np.testing.assert_allclose(standardised.auc, base.auc, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_agrees_with_pair_saliency(channels, monkeypatch):
+    """PAIR's own code, where it is installed (scripts/pic_agreement.py runs it on a
+    trained model): the same curves, image by image, from the same random pixels."""
+    pair = pytest.importorskip("saliency.metrics.pic")
+    if not hasattr(np, "trapz"):  # PAIR 0.2.1 calls it; NumPy 2.4 has only trapezoid
+        monkeypatch.setattr(np, "trapz", np.trapezoid, raising=False)
+    x = _images(channels=channels)
+    maps = np.array(jax.random.uniform(jax.random.key(4), (3, SIZE, SIZE)))
+    maps[:, REGION[0], REGION[1]] += 0.5
+    ours = _pic(maps, x=x, points=1000, min_score=0.5)
+    pixels = np.asarray(np.round(x * 255), np.uint8)
+    if channels == 1:
+        pixels = pixels[..., 0]
+
+    def pred_func(batch):
+        z = jnp.asarray(batch, jnp.float32).reshape((-1, SIZE, SIZE, channels)) / 255.0
+        return np.asarray(jax.nn.softmax(_model(z))[:, 0], np.float64)
+
+    for i in range(3):
+        theirs = pair.compute_pic_metric(
+            pixels[i], maps[i], ours.random_pixels[i], pred_func, THRESHOLDS, min_pred_value=0.5
+        )
+        assert ours.skipped[i] == ""
+        np.testing.assert_allclose(ours.curves[i], theirs.curve_y, atol=1e-5)
+        np.testing.assert_allclose(ours.auc[i], theirs.auc, atol=1e-5)

@@ -166,6 +166,18 @@ def test_save_writes_other_formats_by_suffix(tmp_path):
     assert plotting.save(fig, tmp_path / "cm.svg").read_text().lstrip().startswith("<?xml")
 
 
+def test_curves_name_their_axis_and_a_method_without_data():
+    fig = plotting.faithfulness_curves(
+        {"ig": {"SIC": np.linspace(0, 1, 11)}, "cam": {"SIC": np.full(11, np.nan)}},
+        panels=("SIC",),
+        xlabel="normalised information",
+    )
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "normalised information"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["ig (0.500)", "cam (no data)"]
+    assert [len(line.get_xdata()) for line in ax.get_lines()] == [11, 0]
+
+
 def test_panels_of_image_figures():
     fn, args, kwargs = FIGURES["image_explanation"]
     assert plotting.panels(fn(*args, **kwargs)) == plotting.IMAGE_PANELS

@@ -23,7 +23,10 @@ thresholds ``t_1 < ... < t_T``:
 * ``H(img)``: the size in bytes of ``img`` as lossless WebP (quality 100): an estimate
   of its information.
 * ``S_t = {p : a_p >= quantile(a, 1 - t)} | r``: the top fraction ``t`` of the map (ties
-  at the quantile all restored, as PAIR's rule) plus the random pixels.
+  at the quantile all restored, as PAIR's rule) plus the random pixels. A map tied at
+  its minimum on more than ``1 - t`` of the image (Grad-CAM's zeros) restores the whole
+  image from threshold ``t`` on, and a constant map at every threshold: its curve is
+  the diagonal, AUC 0.5, whatever the model.
 * ``f(img)``: the target's softmax probability (``score='probability'``: the Softmax
   Information Curve, SIC), or 1 where the target is the top class and 0 elsewhere
   (``score='correct'``: the Accuracy Information Curve, AIC).
@@ -42,30 +45,37 @@ thresholds ``t_1 < ... < t_T``:
   threshold whose image carries no more information than ``B(r)`` only counts through
   the running maximum, and one clipped to 1 pulls the curve before it.
 * An image is skipped (NaN, with its reason) when ``f(x) < min_score`` (0.8: the paper
-  keeps images the model is sure of), when ``H(B(r)) >= H(x)``, or when
-  ``f(B(r)) >= f(x)``: PAIR's three ``ComputePicMetricError`` cases.
+  keeps images the model is sure of), else when ``H(B(r)) >= H(x)``, else when
+  ``f(B(r)) >= f(x)``: PAIR's three ``ComputePicMetricError`` cases, in its order. A
+  model that returns NaN or Inf on any of the images is refused.
 * Over a dataset, :func:`aggregate_pic` takes the median (PAIR's default) or the mean of
   the kept images' curves, point by point, and its trapezoid area.
 
-Inputs. ``x`` is on the model's scale; ``value_range = (lo, hi)`` maps it to uint8 by
+Inputs. ``x`` is on the model's scale; ``value_range = (lo, hi)``, numbers or one per
+channel (for inputs standardised per channel: ``lo = -mean / std``,
+``hi = (1 - mean) / std`` for pixels in [0, 1]), maps it to uint8 by
 ``round(255 (x - lo) / (hi - lo))`` (inputs outside the range are refused), every image
 of the curve (``x`` included) is built in uint8 like PAIR's, and the model sees
 ``lo + q (hi - lo) / 255``. For data that came from uint8 pixels divided by 255 the
-quantisation is exact. Images are grayscale or RGB (WebP encodes nothing else).
+quantisation is exact. Images are grayscale or RGB (WebP encodes nothing else), at
+least 2 x 2. Maps are ranked in float64.
 
 Differences from PAIR saliency 0.2.1 (docs/captum.md): the random pixels come from an
 explicit ``key`` (example ``i`` from ``fold_in(key, i)``), so every method compared with
 the same key sees the same blurred image, which PAIR asks its callers to arrange;
 skipped images are NaN and named instead of exceptions; one triangulation serves every
 channel (PAIR builds one per channel; the same values). PAIR's ``compute_pic_metric``
-calls ``np.trapz``, which NumPy 2.4 removed.
+calls ``np.trapz``, which NumPy 2.4 and later do not have, and fails on a grayscale
+image when a threshold restores every pixel; here the trapezoid rule is written out.
 
 Not jit-compatible: the information estimate is a compressor on the host, and so is
 the triangulation (both on a thread per core). The model runs on the device through
 :func:`~fmi_jax.attribution.core.map_over_samples`, ``batch_size`` images at a time:
 first on every image's two ends (``B(r)`` and ``x``), which decide whether it is
-skipped, then on the ``T`` threshold images of the kept ones, held as uint8 on the host
-and on the device.
+skipped, then on the ``T`` threshold images of the kept ones. Images are built, sized
+and scored a group of ``batch_size // T`` examples at a time (every example when
+``batch_size`` is None), so about ``batch_size`` uint8 images exist at once; results
+do not depend on ``batch_size`` beyond the model's float rounding.
 """
 
 from __future__ import annotations
@@ -73,7 +83,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
@@ -94,7 +104,6 @@ from fmi_jax.attribution.core import (
     resolve_target,
     select_target,
 )
-from fmi_jax.evaluation.agreement import reduce_channels
 
 __all__ = [
     "PIC_THRESHOLDS",
@@ -165,20 +174,23 @@ def performance_information_curve(
       key: a PRNG key, or one per example ``(N,)``: draws each image's random pixels.
       score: ``'probability'`` (SIC, default) or ``'correct'`` (AIC).
       thresholds: increasing fractions in ``(0, 1)`` of the map's top pixels.
-      value_range: ``(lo, hi)``, the input values that mean uint8 0 and 255.
+      value_range: ``(lo, hi)``, the input values that mean uint8 0 and 255, numbers or
+        one per channel.
       random_fraction: the share of pixels in the blurred image's seed, in ``[0, 1]``.
       min_score: images the model scores below this are skipped (PAIR's 0.8).
       monotone: make each image's normalised scores non-decreasing over the thresholds.
-      points: the curve is read at ``points + 1`` places, ``k / points`` and 1.
-      batch_size: images per forward pass; ``None`` evaluates all at once.
+      points: the curve is read at ``points + 1`` places, ``k / points`` and 1 (>= 2).
+      batch_size: images per forward pass, and about as many built at once; ``None``
+        builds and evaluates all at once.
 
     Returns:
       A :class:`PicResult`.
 
     Raises:
-      ValueError: inputs that are not grayscale or RGB images or lie outside
-        ``value_range``, attributions that do not fit or are not finite, thresholds
-        that are not increasing fractions, an unknown score, no key.
+      ValueError: inputs that are not grayscale or RGB images of at least 2 x 2 or lie
+        outside ``value_range``, attributions that do not fit or are not finite,
+        thresholds that are not increasing fractions, an unknown score, a min_score that
+        is not finite, no key, or a model that returns NaN or Inf.
     """
     if score not in _PIC_SCORES:
         raise ValueError(f"unknown score {score!r}; choose one of {', '.join(_PIC_SCORES)}")
@@ -188,53 +200,67 @@ def performance_information_curve(
             f"performance_information_curve needs grayscale or RGB images (N, H, W, 1 or 3), "
             f"got input shape {x.shape}"
         )
+    if min(x.shape[1:3]) < 2:
+        raise ValueError(f"images must be at least 2 x 2 pixels, got input shape {x.shape}")
     relevance = _pixel_map(x, attributions)
     thresholds = _as_thresholds(thresholds)
-    lo, hi = _as_range(value_range)
+    lo, hi = _as_range(value_range, x.shape[-1])
     random_fraction = _as_fraction(random_fraction, "random_fraction")
     try:
         min_score = float(min_score)
     except (TypeError, ValueError):
-        raise ValueError(f"min_score must be a number, got {min_score!r}") from None
-    points = as_count(points, "points")
+        min_score = math.nan
+    if not math.isfinite(min_score):
+        raise ValueError(f"min_score must be a finite number, got {min_score!r}")
+    points = as_count(points, "points", minimum=2)
     require_key(key, "performance_information_curve (the blurred image's random pixels)")
     target = resolve_target(fn, x, target, batch_size=batch_size)
-    pixels = np.asarray(_quantise(x, lo, hi))
+    pixels = np.asarray(_quantise(x, lo, hi, value_range))
     n, height, width = relevance.shape
     seeds = np.asarray(_random_pixels(example_keys(key, n), height * width, random_fraction))
     seeds = seeds.reshape(n, height, width)
 
-    # The ends of every curve first: B(r) and the image decide whether it is skipped,
-    # and a skipped image needs no threshold images (PAIR stops there too).
-    ends = np.stack(_host_map(lambda i: _ends(pixels[i], seeds[i]), range(n)))
-    end_sizes = np.asarray(_host_map(_webp_size, list(ends.reshape((-1,) + ends.shape[2:]))))
-    end_sizes = end_sizes.reshape(n, 2)
-    end_scores = _scores(fn, ends, target, lo, hi, score, batch_size)
-    skipped = tuple(
-        _SKIP_SCORE
-        if original < min_score
-        else _SKIP_ENTROPY
-        if end_sizes[i, 0] >= end_sizes[i, 1]
-        else _SKIP_BLURRED
-        if blurred >= original
-        else ""
-        for i, (blurred, original) in enumerate(end_scores)
-    )
-    kept = np.flatnonzero([not reason for reason in skipped])
+    def measure(pool, build, indices, count):
+        """WebP sizes and scores ``(len(indices), count)`` of the ``count`` images
+        ``build(i)`` makes for each index, a group of indices at a time so that about
+        ``batch_size`` images exist at once."""
+        group = len(indices) if batch_size is None else max(1, batch_size // count)
+        sizes, scores = [], []
+        for start in range(0, len(indices), group):
+            part = indices[start : start + group]
+            images = np.stack(list(pool.map(build, part)))
+            flat = images.reshape((-1,) + images.shape[2:])
+            sizes.append(np.reshape(list(pool.map(_webp_size, flat)), (len(part), count)))
+            scores.append(_scores(fn, images, target[part], lo, hi, score, batch_size))
+        return np.concatenate(sizes), np.concatenate(scores)
+
     scores = np.full((n, len(thresholds) + 2), np.nan)
-    scores[:, [0, -1]] = end_scores
     information = np.full((n, len(thresholds)), np.nan)
     grid = np.append(np.linspace(0.0, 1.0, num=points, endpoint=False), 1.0)
     curves = np.full((n, points + 1), np.nan)
-    if len(kept):
-        middle = np.stack(
-            _host_map(
-                lambda i: _threshold_images(pixels[i], relevance[i], seeds[i], thresholds), kept
-            )
+    with ThreadPoolExecutor(max_workers=_cores()) as pool:
+        # The ends of every curve first: B(r) and the image decide whether it is
+        # skipped, and a skipped image needs no threshold images (PAIR stops there too).
+        ends = lambda i: np.stack([blurred_image(pixels[i], seeds[i]), pixels[i]])  # noqa: E731
+        end_sizes, scores[:, [0, -1]] = measure(pool, ends, np.arange(n), 2)
+        skipped = tuple(
+            _SKIP_SCORE
+            if original < min_score
+            else _SKIP_ENTROPY
+            if end_sizes[i, 0] >= end_sizes[i, 1]
+            else _SKIP_BLURRED
+            if blurred >= original
+            else ""
+            for i, (blurred, original) in enumerate(scores[:, [0, -1]])
         )
-        sizes = _host_map(_webp_size, list(middle.reshape((-1,) + middle.shape[2:])))
-        sizes = np.asarray(sizes).reshape(len(kept), len(thresholds))
-        scores[kept, 1:-1] = _scores(fn, middle, target[kept], lo, hi, score, batch_size)
+        kept = np.flatnonzero([not reason for reason in skipped])
+        if len(kept):
+
+            def middle(i):
+                return _threshold_images(pixels[i], relevance[i], seeds[i], thresholds)
+
+            sizes, scores[kept, 1:-1] = measure(pool, middle, kept, len(thresholds))
+    if len(kept):
         gain = (sizes - end_sizes[kept, :1]) / (end_sizes[kept, 1:] - end_sizes[kept, :1])
         information[kept] = np.clip(gain, 0.0, 1.0)
         blurred, original = scores[kept, :1], scores[kept, -1:]
@@ -292,20 +318,24 @@ def _trapezoid(y: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def _pixel_map(x: Array, attributions: Any) -> np.ndarray:
-    attributions = jnp.asarray(attributions, jnp.float32)
+    """Per-pixel maps ``(N, H, W)`` in float64 (ranked on the host, as PAIR ranks the
+    map it is given; a float64 map keeps its near-ties apart)."""
+    attributions = np.asarray(attributions, np.float64)
     if attributions.shape == x.shape:
-        attributions = reduce_channels(attributions)
+        attributions = attributions.sum(-1)
     elif attributions.shape != x.shape[:-1]:
         raise ValueError(
             f"attributions of shape {attributions.shape} do not fit images of shape "
             f"{x.shape}: give one map per image, {x.shape} or per pixel {x.shape[:-1]}"
         )
     check_finite(attributions, "attributions")
-    return np.asarray(attributions)
+    return attributions
 
 
 def _as_thresholds(thresholds: Any) -> tuple[float, ...]:
-    listed = thresholds if isinstance(thresholds, (list, tuple, np.ndarray)) else [thresholds]
+    if isinstance(thresholds, (str, bytes)):
+        raise ValueError(f"thresholds must be numbers in (0, 1), got {thresholds!r}")
+    listed = list(thresholds) if isinstance(thresholds, Iterable) else [thresholds]
     try:
         values = tuple(float(t) for t in listed)
     except (TypeError, ValueError):
@@ -321,12 +351,16 @@ def _as_thresholds(thresholds: Any) -> tuple[float, ...]:
     return values
 
 
-def _as_range(value_range: Any) -> tuple[float, float]:
+def _as_range(value_range: Any, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(lo, hi)``, each a number or one per channel, as float64 arrays ``(C,)``."""
     try:
-        lo, hi = (float(v) for v in value_range)
+        lo, hi = (np.broadcast_to(np.asarray(v, np.float64), (channels,)) for v in value_range)
     except (TypeError, ValueError):
-        raise ValueError(f"value_range must be (lo, hi), got {value_range!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(
+            f"value_range must be (lo, hi), numbers or one per channel ({channels}), "
+            f"got {value_range!r}"
+        ) from None
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all() and (lo < hi).all()):
         raise ValueError(f"value_range must be finite with lo < hi, got {value_range!r}")
     return lo, hi
 
@@ -341,14 +375,15 @@ def _as_fraction(value: Any, name: str) -> float:
     return value
 
 
-def _quantise(x: Array, lo: float, hi: float) -> Array:
-    """``x`` on ``[lo, hi]`` as uint8 pixels; inputs outside the range are refused."""
+def _quantise(x: Array, lo: np.ndarray, hi: np.ndarray, value_range: Any) -> Array:
+    """``x`` on ``[lo, hi]`` (per channel) as uint8 pixels; values outside are refused."""
     tolerance = 1e-6 * (hi - lo)
-    low, high = float(jnp.min(x)), float(jnp.max(x))
-    if low < lo - tolerance or high > hi + tolerance:
+    below = bool(jnp.any(x < lo - tolerance))
+    if below or bool(jnp.any(x > hi + tolerance)):
         raise ValueError(
-            f"inputs span [{low:.4g}, {high:.4g}], outside value_range ({lo:g}, {hi:g}): pass "
-            "value_range=(lo, hi), the input values that stand for pixel values 0 and 255"
+            f"inputs span [{float(jnp.min(x)):.4g}, {float(jnp.max(x)):.4g}], outside "
+            f"value_range {value_range!r}: pass value_range=(lo, hi), the input values "
+            "that stand for pixel values 0 and 255 (numbers or one per channel)"
         )
     return jnp.round(jnp.clip((x - lo) / (hi - lo), 0.0, 1.0) * 255.0).astype(jnp.uint8)
 
@@ -365,11 +400,6 @@ def _random_pixels(keys: Array, num_pixels: int, fraction: float) -> Array:
     return jnp.argsort(ranks, axis=-1) < count
 
 
-def _ends(pixels: np.ndarray, seed: np.ndarray) -> np.ndarray:
-    """``(2, H, W, C)`` uint8: ``B(r)`` and the image."""
-    return np.stack([blurred_image(pixels, seed), pixels])
-
-
 def _threshold_images(
     pixels: np.ndarray, relevance: np.ndarray, seed: np.ndarray, thresholds: Sequence[float]
 ) -> np.ndarray:
@@ -382,20 +412,39 @@ def _threshold_images(
     )
 
 
-def _host_map(function: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
-    """``[function(item) for item in items]`` on a thread per core: the triangulation
-    and the WebP encoder release the GIL (about 2x on 2 cores)."""
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        return list(pool.map(function, items))
+def _cores() -> int:
+    """Threads for the host work: the triangulation and the WebP encoder release the
+    GIL, so the cores this process may use all help."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def blurred_image(pixels: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """``B(S)``: uint8 ``pixels`` ``(H, W, C)`` kept where ``keep`` ``(H, W)`` and at the
-    corners, linearly interpolated over the Delaunay triangulation of the kept pixels
-    elsewhere, rounded (PAIR's ``create_blurred_image``, float32 rounding included)."""
+    """``B(S)``: uint8 ``pixels`` ``(H, W)`` or ``(H, W, C)`` kept where ``keep``
+    ``(H, W)`` and at the corners, linearly interpolated over the Delaunay triangulation
+    of the kept pixels elsewhere, rounded (PAIR's ``create_blurred_image``, float32
+    rounding included).
+
+    Raises:
+      ValueError: pixels that are not a uint8 image, or a mask of another shape.
+    """
     from scipy.interpolate import LinearNDInterpolator
 
-    keep = np.array(keep, bool)
+    pixels, keep = np.asarray(pixels), np.array(keep, bool)
+    if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3):
+        raise ValueError(
+            f"pixels must be a uint8 image (H, W) or (H, W, C), got {pixels.dtype} of shape "
+            f"{pixels.shape}: quantise it first, e.g. round(255 * x) for x in [0, 1]"
+        )
+    if keep.shape != pixels.shape[:2] or min(keep.shape) < 2:
+        raise ValueError(
+            f"keep must be a mask (H, W) of at least 2 x 2 for pixels of shape "
+            f"{pixels.shape}, got shape {keep.shape}"
+        )
+    if pixels.ndim == 2:
+        return blurred_image(pixels[..., None], keep)[..., 0]
     keep[[0, 0, -1, -1], [0, -1, 0, -1]] = True
     if keep.all():
         return np.array(pixels, np.uint8)
@@ -427,8 +476,8 @@ def _scores(
     fn: ModelFn,
     images: np.ndarray,
     target: Array,
-    lo: float,
-    hi: float,
+    lo: np.ndarray,
+    hi: np.ndarray,
     score: str,
     batch_size: int | None,
 ) -> Array:
@@ -444,4 +493,10 @@ def _scores(
         return select_target(jax.nn.softmax(logits, axis=-1), target[example])
 
     values = map_over_samples(evaluate, images.shape[0], images.shape[1], batch_size=batch_size)
-    return np.asarray(values, np.float64)
+    values = np.asarray(values, np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError(
+            "the model returned NaN or Inf on the curve's images: check the model on inputs "
+            "in value_range"
+        )
+    return values

@@ -41,6 +41,9 @@ def faithfulness_curves(
             if kind not in by_kind:
                 continue
             c = np.asarray(by_kind[kind], np.float64)
+            if not np.isfinite(c).any():  # e.g. every image left out of the metric
+                ax.plot([], [], label=f"{method} (no data)", **_style(list(curves).index(method)))
+                continue
             if fractions is None:
                 xs = np.linspace(0.0, 1.0, len(c))
                 value = (c.sum() - 0.5 * (c[0] + c[-1])) / (len(c) - 1)

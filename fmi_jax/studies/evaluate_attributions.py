@@ -177,12 +177,14 @@ def _check(config: Any, model: Any, variables: Any, images: np.ndarray) -> None:
         )
     if not 0.0 <= float(pic.random_fraction) <= 1.0:
         raise ValueError(f"pic.random_fraction must be in [0, 1], got {pic.random_fraction}")
+    if not 0.0 <= float(pic.min_score) <= 1.0:
+        raise ValueError(f"pic.min_score must be in [0, 1] (a probability), got {pic.min_score}")
     if int(pic.max_images) < 0:
         raise ValueError(f"pic.max_images must be >= 0 (0: all), got {pic.max_images}")
-    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+    if images.ndim != 4 or images.shape[-1] not in (1, 3) or min(images.shape[1:3]) < 2:
         raise ValueError(
-            "performance information curves (WebP sizes) need grayscale or RGB images, "
-            f"got images of shape {images.shape[1:]}"
+            "performance information curves (WebP sizes) need grayscale or RGB images of at "
+            f"least 2 x 2, got images of shape {images.shape[1:]}"
         )
     pixels = int(np.prod(images.shape[1:3]))
     if not 0 <= int(correlation.subset_size) < pixels:
@@ -362,6 +364,7 @@ def _evaluate_method(
         timings[kind] = time.perf_counter() - t0
         arrays[f"{kind}_auc"] = curves.auc
         arrays["pic_x"] = curves.x
+        arrays["pic_random_pixels"] = curves.random_pixels
         arrays[f"{kind}_kept"] = np.asarray([not reason for reason in curves.skipped])
         arrays[f"{kind}_curve"], areas[kind] = (
             evaluation.aggregate_pic(curves)
