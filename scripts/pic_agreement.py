@@ -9,8 +9,9 @@ Grad-CAM, a random map), computes the Softmax and Accuracy Information Curves (S
 with :func:`fmi_jax.evaluation.performance_information_curve` and with PAIR's
 ``saliency.metrics.pic.compute_pic_metric`` on the same uint8 images, maps, random
 pixels (ours, from the key) and model, and prints per method: how many images each
-skipped (and whether the same ones), the largest per-image AUC difference, and both
-median-aggregated AUCs. Two patches let PAIR 0.2.1 run here: it calls ``np.trapz``,
+skipped (and whether the same ones), the largest per-image AUC difference, both
+median-aggregated AUCs, the seconds of each side, and on how many images PAIR alone
+would have failed (the second patch below). Two patches let PAIR 0.2.1 run here: it calls ``np.trapz``,
 which NumPy 2.4 removed (the script puts ``np.trapezoid``, the same rule, in its
 place), and for a grayscale image whose threshold keeps every pixel (a map whose
 quantile is its tied minimum, e.g. Grad-CAM's zeros) its ``create_blurred_image``
@@ -63,11 +64,15 @@ def main():
     if not hasattr(np, "trapz"):
         np.trapz = np.trapezoid
     pair_blur = pair.create_blurred_image
+    reshaped = set()  # (method, curve, image) that PAIR alone would have failed on
+    current = [None]
 
     def create_blurred_image(full_img, pixel_mask, method="linear"):
         # PAIR returns a grayscale image as (H, W, 1) when every pixel is kept, which
         # PIL then refuses: squeeze it back.
         out = pair_blur(full_img, pixel_mask, method)
+        if out.shape != full_img.shape:
+            reshaped.add(current[0])
         return out.reshape(full_img.shape)
 
     pair.create_blurred_image = create_blurred_image
@@ -90,9 +95,11 @@ def main():
 
         return pred_func
 
-    print("| method | curve | skipped (ours / PAIR / same) | max abs AUC difference | "
-          "median AUC ours | median AUC PAIR | ours s | PAIR s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| method | curve | skipped (ours / PAIR / same) | max abs AUC difference | "
+        "median AUC ours | median AUC PAIR | ours s | PAIR s | images PAIR fails on |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, maps in _methods(fn, handle, x, target).items():
         relevance = np.asarray(maps if maps.ndim == 3 else maps.sum(-1), np.float64)
         for kind, curve in (("probability", "SIC"), ("correct", "AIC")):
@@ -104,6 +111,7 @@ def main():
             start = time.perf_counter()
             theirs = []
             for i in range(x.shape[0]):
+                current[0] = (name, curve, i)
                 try:
                     result = pair.compute_pic_metric(
                         img=pixels[i],
@@ -131,7 +139,8 @@ def main():
             print(
                 f"| {name} | {curve} | {len(skipped_ours)} / {len(skipped_pair)} / "
                 f"{skipped_ours == skipped_pair} | {diff:.2g} | {ours_median:.4f} | "
-                f"{pair_median:.4f} | {ours_s:.1f} | {pair_s:.1f} |"
+                f"{pair_median:.4f} | {ours_s:.1f} | {pair_s:.1f} | "
+                f"{sum(key[:2] == (name, curve) for key in reshaped)} |"
             )
 
 
