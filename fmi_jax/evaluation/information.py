@@ -207,11 +207,12 @@ def performance_information_curve(
     lo, hi = _as_range(value_range, x.shape[-1])
     random_fraction = _as_fraction(random_fraction, "random_fraction")
     try:
-        min_score = float(min_score)
+        finite = math.isfinite(float(min_score))
     except (TypeError, ValueError):
-        min_score = math.nan
-    if not math.isfinite(min_score):
+        finite = False
+    if not finite:
         raise ValueError(f"min_score must be a finite number, got {min_score!r}")
+    min_score = float(min_score)
     points = as_count(points, "points", minimum=2)
     require_key(key, "performance_information_curve (the blurred image's random pixels)")
     target = resolve_target(fn, x, target, batch_size=batch_size)
@@ -241,7 +242,9 @@ def performance_information_curve(
     with ThreadPoolExecutor(max_workers=_cores()) as pool:
         # The ends of every curve first: B(r) and the image decide whether it is
         # skipped, and a skipped image needs no threshold images (PAIR stops there too).
-        ends = lambda i: np.stack([blurred_image(pixels[i], seeds[i]), pixels[i]])  # noqa: E731
+        def ends(i):
+            return np.stack([blurred_image(pixels[i], seeds[i]), pixels[i]])
+
         end_sizes, scores[:, [0, -1]] = measure(pool, ends, np.arange(n), 2)
         skipped = tuple(
             _SKIP_SCORE
