@@ -66,10 +66,17 @@ internal_influence             :mod:`.layer`                         InternalInf
 neuron_gradient                :mod:`.layer`                         NeuronGradient
 neuron_integrated_gradients    :mod:`.layer`                         NeuronIntegratedGradients
 neuron_conductance             :mod:`.layer`                         NeuronConductance
+at_layer(method)               :mod:`.layer`                         LayerDeepLift, LayerLRP,
+                                                                     LayerGradientShap, ...
+at_neuron(method)              :mod:`.layer`                         NeuronDeepLift,
+                                                                     NeuronGuidedBackprop, ...
 =============================  ====================================  ========================
 
 ``noise_tunnel(method, samples=..., kind=...)`` is a transform that returns a new
-method with the same signature (SmoothGrad over any method). Shared machinery
+method with the same signature (SmoothGrad over any method); ``at_layer(method)`` and
+``at_neuron(method)`` return the method at a layer's units or of one unit (Captum's
+``LayerDeepLift`` is ``at_layer(deeplift)``, its ``NeuronGuidedBackprop``
+``at_neuron(guided_backprop)``). Shared machinery
 (targets, checks, chunking, keys) lives in :mod:`.core`; the model handle in
 :mod:`.handle`; methods by name in :mod:`.registry` (``explainer``).
 """
@@ -97,6 +104,8 @@ from fmi_jax.attribution.integrated_gradients import (
     quadrature,
 )
 from fmi_jax.attribution.layer import (
+    at_layer,
+    at_neuron,
     internal_influence,
     layer_conductance,
     layer_gradient_x_activation,
@@ -192,6 +201,8 @@ __all__ = [
     "neuron_gradient",
     "neuron_integrated_gradients",
     "neuron_conductance",
+    "at_layer",
+    "at_neuron",
     "resolve_target",
     "completeness_delta",
     "METHODS",

@@ -74,6 +74,55 @@ Neuron attribution (``A_n`` is the activation of the unit ``neuron`` of ``layer`
 ``neuron_gradient`` and ``neuron_integrated_gradients`` explain an activation, not a
 class, and refuse a ``target``; ``neuron_conductance`` explains the target logit.
 
+Any method at a layer or a neuron. Two transforms, like
+:func:`~fmi_jax.attribution.noise_tunnel`, turn any method with the common signature
+into a layer or a neuron method, instead of a layer and a neuron variant of each:
+
+* ``at_layer(method)`` explains the target logit by the layer's units: it runs
+  ``method`` on the rest of the network, ``T(a)`` = the logits with the layer's output
+  set to ``a`` (:meth:`FlaxModel.logits_with`), at the input ``A(x)``. A reference input
+  ``x'`` (``baseline=``) becomes its activation ``A(x')``, and a batch of references
+  (one per example, or GradientSHAP's and DeepLiftShap's distributions) becomes theirs.
+  Without ``baseline`` the method's own default applies at the layer: the all-zero
+  activation, every unit switched off. Because ``T`` sees nothing but ``a``, the layer
+  must be one that every path from the input to the output goes through; a layer that
+  a skip connection bypasses is refused (the jaxpr of the network after the layer is
+  checked for a dependence on ``x``).
+* ``at_neuron(method)`` explains one unit ``A_n`` by the input features: it runs
+  ``method`` on the model function ``x -> A_n(x)`` (one output, so ``target`` must be
+  None), with the input, baseline and options unchanged.
+
+Captum's other layer and neuron classes are therefore compositions:
+
+    LayerDeepLift = at_layer(deeplift)        NeuronDeepLift = at_neuron(deeplift)
+    LayerDeepLiftShap = at_layer(deeplift_shap)
+    NeuronDeepLiftShap = at_neuron(deeplift_shap)
+    LayerGradientShap ~ at_layer(gradient_shap)
+    NeuronGradientShap = at_neuron(gradient_shap)
+    LayerLRP = at_layer(lrp)                  NeuronGuidedBackprop = at_neuron(guided_backprop)
+    LayerFeatureAblation = at_layer(feature_ablation)
+    NeuronDeconvolution = at_neuron(deconvolution)
+    LayerFeaturePermutation = at_layer(feature_permutation)
+    NeuronFeatureAblation = at_neuron(feature_ablation)
+
+and so are four of the functions above: ``at_layer(integrated_gradients)`` with
+``baseline=x'`` is ``layer_integrated_gradients``, ``at_layer(input_x_gradient)`` is
+``layer_gradient_x_activation``, ``at_neuron(saliency)`` is ``neuron_gradient`` and
+``at_neuron(integrated_gradients)`` is ``neuron_integrated_gradients`` (the tests check
+each pair). Those stay functions of their own because they also take a layer that a
+skip connection bypasses (everything outside the layer then still sees ``x``).
+
+DeepLIFT's multipliers from the output back to the layer depend only on ``A(x)``,
+``A(x')`` and the network after the layer, so ``at_layer(deeplift)`` is Captum's
+``LayerDeepLift`` and sums to ``y_t(x) - y_t(x')``. Captum's ``LayerGradientShap``
+differs: it moves the *input* from a reference towards a noisy input and multiplies
+the layer gradient there by the change of the layer's activation, which is not
+complete at the layer unless the layer is affine in the input; ``at_layer(gradient_shap)``
+moves the activation itself, as ``LayerIntegratedGradients`` does, so its expectation
+sums to ``y_t(x) - E_b y_t(b)`` (without noise). Captum's ``LayerFeatureAblation``
+ablates to 0 at the layer by default, as ``at_layer(feature_ablation)`` without
+``baseline`` does.
+
 Like the CAMs, these methods take a model handle (``flax_model(module, variables,
 train=False)`` or ``flax_model(nnx_module)``; a ``(module, variables)`` tuple or an
 ``nnx.Module`` also work), which is itself a model function. ``handle.capture(x, layer,
@@ -93,14 +142,18 @@ one forward and one backward pass and memory stays one node's, whatever ``steps`
 
 from __future__ import annotations
 
+import inspect
 import operator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.extend import core as jax_core
 
 from fmi_jax.attribution.core import (
     Array,
+    Method,
+    ModelFn,
     Target,
     as_baseline,
     as_count,
@@ -113,6 +166,7 @@ from fmi_jax.attribution.core import (
 )
 from fmi_jax.attribution.handle import FlaxModel, activation_and_gradient, as_flax_model
 from fmi_jax.attribution.integrated_gradients import quadrature
+from fmi_jax.attribution.propagation import CALLS, inner_jaxpr
 
 __all__ = [
     "layer_gradient_x_activation",
@@ -122,6 +176,8 @@ __all__ = [
     "neuron_gradient",
     "neuron_integrated_gradients",
     "neuron_conductance",
+    "at_layer",
+    "at_neuron",
 ]
 
 
@@ -522,3 +578,203 @@ def neuron_conductance(
 
     average = sum_over_samples(weighted_gradient, x.shape[0], len(alphas), batch_size=batch_size)
     return (x - baseline) * average
+
+
+# Any method at a layer or at a neuron.
+
+
+def _depends(jaxpr: jax_core.Jaxpr, dependent: list[bool]) -> list[bool]:
+    """Which outputs of ``jaxpr`` are computed from the inputs flagged ``dependent``: a
+    walk over its equations, into nested calls; any other equation with a dependent
+    operand (control flow included) makes all its outputs dependent."""
+    reached = {var for var, flag in zip(jaxpr.invars, dependent) if flag}
+
+    def reads(atom: Any) -> bool:
+        return not isinstance(atom, jax_core.Literal) and atom in reached
+
+    for eqn in jaxpr.eqns:
+        operands = [reads(atom) for atom in eqn.invars]
+        if not any(operands):
+            continue
+        outputs = [True] * len(eqn.outvars)
+        if eqn.primitive.name in CALLS:
+            inner, _ = inner_jaxpr(eqn)
+            if len(inner.invars) == len(operands):
+                outputs = _depends(inner, operands)
+        reached.update(var for var, flag in zip(eqn.outvars, outputs) if flag)
+    return [reads(atom) for atom in jaxpr.outvars]
+
+
+def _refuse_bypassed(handle: FlaxModel, x: Array, layer: str, method: str) -> None:
+    """A ValueError when the logits read the input other than through ``layer`` (a skip
+    connection around it): the network after the layer is then not a function of the
+    layer's output alone."""
+    program = jax.make_jaxpr(lambda x, value: handle.logits_with(x, layer, value))(
+        jax.ShapeDtypeStruct(x.shape, x.dtype),
+        jax.ShapeDtypeStruct(handle.layer_shape(x, layer), jnp.float32),
+    )
+    if any(_depends(program.jaxpr, [True, False])):
+        raise ValueError(
+            f"{method}: the output of {handle!r} also reads the input around layer {layer!r} "
+            "(a skip connection bypasses it), so the network after the layer is not a "
+            "function of the layer's output alone; choose a layer every path goes through "
+            "(such as a whole residual block), or use layer_integrated_gradients"
+        )
+
+
+def _rest_of_network(handle: FlaxModel, example_shape: tuple[int, ...], layer: str) -> ModelFn:
+    """``a -> logits`` with ``layer``'s output set to ``a``. The input before the layer is
+    zeros (nothing after the layer reads it: see :func:`_refuse_bypassed`), so compiled,
+    only the layers after ``layer`` run."""
+
+    def rest(value: Array) -> Array:
+        zeros = jnp.zeros((value.shape[0], *example_shape), jnp.float32)
+        return handle.logits_with(zeros, layer, value)
+
+    return rest
+
+
+def _activations(handle: FlaxModel, inputs: Array, layer: str, batch_size: int | None) -> Array:
+    """``A(inputs)`` for a batch, ``batch_size`` inputs per forward pass."""
+    return sum_over_samples(
+        lambda example, _: _activation(handle, inputs[example], layer),
+        inputs.shape[0],
+        batch_size=batch_size,
+    )
+
+
+def _layer_baseline(
+    handle: FlaxModel, baseline: Any, x: Array, layer: str, method: str, batch_size: int | None
+) -> Array:
+    """The activation of a reference input: a batch of inputs (one per example, or a
+    distribution of references) gives a batch of activations; one input, or anything
+    that broadcasts to one (a scalar), gives one activation."""
+    references = jnp.asarray(baseline, jnp.float32)
+    if references.ndim == x.ndim and references.shape[1:] == x.shape[1:]:
+        return _activations(handle, as_input(references, "baseline"), layer, batch_size)
+    try:
+        one = jnp.broadcast_to(references, x.shape[1:])
+    except ValueError:
+        raise ValueError(
+            f"{method}: baseline is a reference input, so it must broadcast to one input "
+            f"{x.shape[1:]} or be a batch of them (M, {', '.join(map(str, x.shape[1:]))}); "
+            f"got shape {references.shape}"
+        ) from None
+    return _activation(handle, as_input(one[None], "baseline"), layer)[0]
+
+
+def _refuse_handle_methods(method: Method, transform: str) -> str:
+    """The method's name; a ValueError for a method that takes a model handle (the CAMs,
+    the layer methods): what the transform hands it is a plain model function."""
+    name = getattr(method, "__name__", "method")
+    parameters = list(inspect.signature(method).parameters)
+    if parameters[:1] == ["model"]:
+        raise ValueError(
+            f"{transform}({name}): {name} looks inside a model handle, and {transform} "
+            "gives the method a plain model function; wrap a method of fn(x) -> logits, "
+            "such as deeplift, gradient_shap or feature_ablation"
+        )
+    return name
+
+
+def at_layer(method: Method) -> Method:
+    """``method`` applied at a layer: the layer's units are the features, the rest of the
+    network is the model (module docstring).
+
+    ``at_layer(deeplift)(handle, x, t, layer='conv2', baseline=x0)`` is Captum's
+    ``LayerDeepLift``: ``method(T, A(x), t, baseline=A(x0), ...)`` with ``T(a)`` the
+    logits when the layer outputs ``a``.
+
+    Args:
+      method: an attribution method with the common signature that takes a plain model
+        function (not one that looks inside a handle, such as a CAM).
+
+    Returns:
+      ``layer_method(model, x, target=None, *, key=None, baseline=None,
+      batch_size=None, layer, **options)``: ``model`` is a model handle
+      (``flax_model(...)``); ``baseline`` is a reference *input* (or a batch of them),
+      passed to ``method`` as its activation, and ``None`` leaves ``method`` its own
+      default at the layer (zero activations); ``key``, ``batch_size`` and ``options``
+      go to ``method`` unchanged. It returns what ``method`` returns, shaped like the
+      layer's activation ``(N, h, w, K)``.
+    """
+    inner = _refuse_handle_methods(method, "at_layer")
+    name = f"layer_{inner}"
+
+    def layer_method(
+        model: Any,
+        x: Array,
+        target: Target = None,
+        *,
+        key: Array | None = None,
+        baseline: Any = None,
+        batch_size: int | None = None,
+        layer: str,
+        **options: Any,
+    ) -> Any:
+        handle, x, _ = _setup(model, x, layer, name, batch_size)
+        _refuse_bypassed(handle, x, layer, name)
+        given = {}
+        if baseline is not None:
+            given["baseline"] = _layer_baseline(handle, baseline, x, layer, name, batch_size)
+        activation = _activations(handle, x, layer, batch_size)
+        rest = _rest_of_network(handle, x.shape[1:], layer)
+        return method(rest, activation, target, key=key, batch_size=batch_size, **given, **options)
+
+    layer_method.__name__ = name
+    layer_method.__doc__ = f"``at_layer({inner})``: {inner} with a layer's units as features."
+    return layer_method
+
+
+def _unit_activation(handle: FlaxModel, layer: str, neuron: tuple[int, ...]) -> ModelFn:
+    """The model function ``x -> A_n(x)``, one output per example, ``(N, 1)``."""
+    unit = (slice(None), *neuron)
+
+    def unit_activation(x: Array) -> Array:
+        return _activation(handle, x, layer)[unit][:, None]
+
+    return unit_activation
+
+
+def at_neuron(method: Method) -> Method:
+    """``method`` applied to one unit of a layer: the model is ``x -> A_n(x)`` (module
+    docstring).
+
+    ``at_neuron(guided_backprop)(handle, x, layer='conv2', neuron=(3, 4, 0))`` is Captum's
+    ``NeuronGuidedBackprop``.
+
+    Args:
+      method: an attribution method with the common signature that takes a plain model
+        function (not one that looks inside a handle, such as a CAM).
+
+    Returns:
+      ``neuron_method(model, x, target=None, *, key=None, baseline=None,
+      batch_size=None, layer, neuron, **options)``: ``model`` is a model handle;
+      ``target`` must be None (the unit is explained, not a class); ``neuron`` indexes
+      the layer's activation without the batch axis, e.g. ``(i, j, k)``; the rest goes to
+      ``method`` unchanged. It returns what ``method`` returns, shaped like ``x``.
+    """
+    inner = _refuse_handle_methods(method, "at_neuron")
+    name = f"neuron_{inner}"
+
+    def neuron_method(
+        model: Any,
+        x: Array,
+        target: None = None,
+        *,
+        key: Array | None = None,
+        baseline: Any = None,
+        batch_size: int | None = None,
+        layer: str,
+        neuron: tuple[int, ...],
+        **options: Any,
+    ) -> Any:
+        _refuse_target(target, name)
+        handle, x, shape = _setup(model, x, layer, name, batch_size)
+        unit = _unit_activation(handle, layer, _neuron_index(neuron, layer, shape))
+        given = {} if baseline is None else {"baseline": baseline}
+        return method(unit, x, 0, key=key, batch_size=batch_size, **given, **options)
+
+    neuron_method.__name__ = name
+    neuron_method.__doc__ = f"``at_neuron({inner})``: {inner} of one unit of a layer."
+    return neuron_method

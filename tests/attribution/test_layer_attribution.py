@@ -20,7 +20,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmi_jax.attribution import completeness_delta, flax_model, integrated_gradients
+from fmi_jax.attribution import (
+    at_layer,
+    at_neuron,
+    completeness_delta,
+    deconvolution,
+    deeplift,
+    deeplift_shap,
+    feature_ablation,
+    flax_model,
+    grad_cam,
+    gradient_shap,
+    guided_backprop,
+    input_x_gradient,
+    integrated_gradients,
+    lrp,
+    saliency,
+)
 from fmi_jax.attribution.layer import (
     internal_influence,
     layer_conductance,
@@ -325,4 +341,212 @@ def test_bad_arguments_are_one_line_value_errors(net):
     one_line_error(lambda: internal_influence(handle, x, layer="conv1", batch_size=0), "batch_size")
     one_line_error(
         lambda: layer_conductance(handle.__call__, x, layer="conv1"), "looks inside the model"
+    )
+
+
+# Any method at a layer (at_layer) or of one unit (at_neuron).
+
+
+def test_the_transforms_rebuild_the_layer_and_neuron_methods(net):
+    """Four methods written out above are compositions too: the two constructions agree."""
+    handle, _, x, baseline = net
+    common = dict(layer="conv2", steps=STEPS)
+    np.testing.assert_allclose(
+        at_layer(integrated_gradients)(handle, x, TARGET, baseline=baseline, **common),
+        layer_integrated_gradients(handle, x, TARGET, baseline=baseline, **common),
+        rtol=1e-5,
+        atol=1e-7,
+    )
+    np.testing.assert_allclose(
+        at_layer(input_x_gradient)(handle, x, TARGET, layer="conv2"),
+        layer_gradient_x_activation(handle, x, TARGET, layer="conv2"),
+        rtol=1e-5,
+        atol=1e-7,
+    )
+    unit = dict(layer="conv2", neuron=(2, 1, 1))
+    np.testing.assert_allclose(
+        at_neuron(saliency)(handle, x, **unit), neuron_gradient(handle, x, **unit), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        at_neuron(integrated_gradients)(handle, x, baseline=baseline, steps=STEPS, **unit),
+        neuron_integrated_gradients(handle, x, baseline=baseline, steps=STEPS, **unit),
+        rtol=1e-5,
+        atol=1e-7,
+    )
+
+
+def test_methods_at_a_layer_followed_by_a_linear_head(net):
+    """After conv3 the logit is linear in A with gradient g: ablating a unit to a value,
+    DeepLIFT, GradientSHAP without noise, DeepLiftShap and LRP-epsilon all reduce to
+    (A(x) - reference) * g, the reference being the baseline's activation, or zero (LRP:
+    the bias absorbs its share, as for gradient x activation)."""
+    handle, variables, x, baseline = net
+    g = head_gradient(variables, TARGET)
+    a = activation(handle, x, "conv3")
+    a0 = activation(handle, baseline[None], "conv3")
+    references = jnp.stack([baseline, 1 - baseline, 0.5 * baseline])
+    a_refs = activation(handle, references, "conv3")
+    common = dict(layer="conv3")
+    cases = {
+        "feature_ablation to zero": (at_layer(feature_ablation)(handle, x, TARGET, **common), a),
+        "feature_ablation to A(x')": (
+            at_layer(feature_ablation)(handle, x, TARGET, baseline=baseline, **common),
+            a - a0,
+        ),
+        "deeplift": (at_layer(deeplift)(handle, x, TARGET, baseline=baseline, **common), a - a0),
+        "gradient_shap": (
+            at_layer(gradient_shap)(
+                handle, x, TARGET, key=jax.random.key(0), baseline=baseline, samples=3, **common
+            ),
+            a - a0,
+        ),
+        "deeplift_shap": (
+            at_layer(deeplift_shap)(handle, x, TARGET, baseline=references, **common),
+            a - a_refs.mean(axis=0),
+        ),
+        "lrp": (at_layer(lrp)(handle, x, TARGET, epsilon=1e-9, **common), a),
+    }
+    for name, (got, change) in cases.items():
+        np.testing.assert_allclose(got, change * g, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_layer_deeplift_sums_to_the_logit_difference_behind_a_nonlinear_head(net):
+    """Summation-to-delta at the layer: sum_j C_j = y_t(x) - y_t(x'), for a per-example
+    baseline and in chunks; DeepLiftShap sums to y_t(x) minus the references' mean."""
+    handle, _, x, baseline = net
+    full = jnp.broadcast_to(baseline, x.shape) + jnp.linspace(0, 0.1, 4)[:, None, None, None]
+    rows = np.arange(4)
+    logit_change = handle(x)[rows, TARGET] - handle(full)[rows, TARGET]
+    for layer in ("conv1", "conv2"):
+        for batch_size in (None, 3):
+            got = at_layer(deeplift)(
+                handle, x, TARGET, baseline=full, layer=layer, batch_size=batch_size
+            )
+            np.testing.assert_allclose(got.sum(axis=(1, 2, 3)), logit_change, atol=2e-5)
+    references = full[:3]
+    shap = at_layer(deeplift_shap)(handle, x, TARGET, baseline=references, layer="conv2")
+    expected = handle(x)[rows, TARGET] - handle(references)[:, TARGET].mean(axis=0)
+    np.testing.assert_allclose(shap.sum(axis=(1, 2, 3)), expected, atol=2e-5)
+
+
+def test_neuron_methods_of_an_affine_unit_and_a_nonlinear_one(net):
+    """A conv1 unit is affine in x with gradient w (its kernel in place): ablating pixel p
+    changes it by w_p (x_p - x'_p), and GradientSHAP without noise is w (x - x'). A conv2
+    unit is not: neuron DeepLIFT sums to A_n(x) - A_n(x'), in any chunks."""
+    handle, variables, x, baseline = net
+    w = conv1_unit_gradient(variables, UNIT)
+    unit = dict(layer="conv1", neuron=UNIT)
+    np.testing.assert_allclose(
+        at_neuron(feature_ablation)(handle, x, baseline=baseline, **unit),
+        w * (x - baseline),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        at_neuron(gradient_shap)(
+            handle, x, key=jax.random.key(1), baseline=baseline, samples=2, **unit
+        ),
+        w * (x - baseline),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+    deep = dict(layer="conv2", neuron=(2, 1, 1), baseline=baseline)
+    results = [at_neuron(deeplift)(handle, x, batch_size=b, **deep) for b in (None, 3)]
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-5, atol=1e-7)
+    full = jnp.broadcast_to(baseline, x.shape)
+    change = (
+        activation(handle, x, "conv2")[:, 2, 1, 1] - activation(handle, full, "conv2")[:, 2, 1, 1]
+    )
+    np.testing.assert_allclose(results[0].sum(axis=(1, 2, 3)), change, atol=2e-5)
+
+
+class ReluNet(nn.Module):
+    """conv1 (3 x 3) -> ReLU -> conv2 (1 x 1) -> dense: a conv2 unit reads the ReLUs of
+    one conv1 position, so its modified gradients are closed forms."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        a = nn.Conv(3, (3, 3), padding="SAME", name="conv1")(x)
+        a = nn.Conv(2, (1, 1), name="conv2")(nn.relu(a))
+        return nn.Dense(CLASSES, name="head")(a.reshape(a.shape[0], -1))
+
+
+def test_neuron_guided_backprop_and_deconvolution_of_a_unit_after_one_relu(net):
+    """A_n = sum_k c_k relu(z_k) + b with z_k a conv1 pre-activation (affine, gradient
+    dz_k/dx) and c the 1 x 1 kernel: the gradient is sum_k c_k [z_k > 0] dz_k/dx, guided
+    backprop keeps relu(c_k) [z_k > 0], deconvolution relu(c_k) without the mask."""
+    _, _, x, _ = net
+    variables = numpy_variables(ReluNet(), (1, SIDE, SIDE, CHANNELS), 11)
+    handle = flax_model(ReluNet(), variables, train=False)
+    i, j, n = 1, 2, 0
+    c = np.asarray(variables["params"]["conv2"]["kernel"])[0, 0, :, n]  # (3,)
+    z = np.asarray(activation(handle, x, "conv1"))[:, i, j, :]  # (N, 3)
+    relu_c = np.maximum(c, 0)
+    # Every rule matters here: an active ReLU with a negative weight (guided backprop
+    # differs from the gradient), an inactive one with a positive weight (deconvolution
+    # differs from guided backprop).
+    assert np.any((z > 0) & (c < 0)) and np.any((z <= 0) & (c > 0))
+    dz = np.stack([conv1_unit_gradient(variables, (i, j, k)) for k in range(3)])  # (3, H, W, C)
+
+    def expected(weights):  # weights (N, 3) -> sum_k weights_k dz_k/dx
+        return np.einsum("nk,khwc->nhwc", weights, dz)
+
+    unit = dict(layer="conv2", neuron=(i, j, n))
+    for method, weights in (
+        (saliency, c * (z > 0)),
+        (guided_backprop, relu_c * (z > 0)),
+        (deconvolution, np.broadcast_to(relu_c, z.shape)),
+    ):
+        got = at_neuron(method)(handle, x, **unit)
+        np.testing.assert_allclose(got, expected(weights), rtol=1e-5, atol=1e-6)
+
+
+class Residual(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        a = nn.Conv(CHANNELS, (3, 3), padding="SAME", name="inner")(x)
+        a = nn.relu(a + x)
+        a = nn.Conv(2, (1, 1), name="after")(a)
+        return nn.Dense(CLASSES, name="head")(a.reshape(a.shape[0], -1))
+
+
+def test_a_layer_a_skip_connection_bypasses_is_refused():
+    model = Residual()
+    x = jnp.asarray(np.random.default_rng(5).uniform(0, 1, (2, SIDE, SIDE, CHANNELS)), jnp.float32)
+    handle = flax_model(model, numpy_variables(model, x.shape, 6), train=False)
+    one_line_error(lambda: at_layer(deeplift)(handle, x, layer="inner"), "skip connection")
+    # After the junction every path goes through the layer.
+    got = at_layer(deeplift)(handle, x, 0, layer="after")
+    np.testing.assert_allclose(
+        got.sum(axis=(1, 2, 3)),
+        handle(x)[:, 0] - handle.logits_with(x, "after", jnp.zeros((2, SIDE, SIDE, 2)))[:, 0],
+        atol=1e-5,
+    )
+
+
+def test_the_transforms_under_jit_and_their_errors(net):
+    handle, _, x, baseline = net
+    layer_shap = at_layer(gradient_shap)
+    jitted = jax.jit(
+        lambda x, key: layer_shap(
+            handle, x, TARGET, key=key, baseline=baseline, layer="conv2", samples=2
+        )
+    )
+    eager = layer_shap(
+        handle, x, TARGET, key=jax.random.key(2), baseline=baseline, layer="conv2", samples=2
+    )
+    np.testing.assert_allclose(jitted(x, jax.random.key(2)), eager, rtol=1e-5, atol=1e-6)
+    one_line_error(lambda: at_layer(grad_cam), "looks inside a model handle")
+    one_line_error(lambda: at_neuron(layer_conductance), "looks inside a model handle")
+    one_line_error(
+        lambda: at_neuron(saliency)(handle, x, 0, layer="conv1", neuron=UNIT), "leave it None"
+    )
+    one_line_error(
+        lambda: at_layer(deeplift)(handle, x, layer="conv1", baseline=jnp.zeros((3, 3))),
+        "must broadcast to one input",
+    )
+    one_line_error(lambda: at_layer(deeplift)(handle, x, layer="nope"), "no layer 'nope'")
+    one_line_error(lambda: at_layer(lrp)(handle, x, layer="conv1", baseline=0.0), "no reference")
+    one_line_error(
+        lambda: at_neuron(deeplift)(handle, x, layer="conv1", neuron=(9, 0, 0)), "out of range"
     )
