@@ -221,6 +221,62 @@ def _neuron_spec(method: Method, captum: str, paper: str, explains: str = "neuro
     )
 
 
+def _at_layer_spec(
+    inner: Method,
+    captum: str,
+    paper: str,
+    *,
+    stochastic: bool = False,
+    check: Callable[[Mapping[str, Any]], None] | None = None,
+    leave_out: tuple[str, ...] = (),
+) -> MethodSpec:
+    """`at_layer(inner)` as an image map, like the other layer methods."""
+    method = layer.at_layer(inner)
+    options = ("layer",) + _keywords(inner, leave_out) + ("upsample",)
+    return MethodSpec(
+        method.__name__,
+        _over_layer(method),
+        options,
+        stochastic,
+        True,
+        captum,
+        paper,
+        needs_model=True,
+        spatial=True,
+        check=check,
+    )
+
+
+def _at_neuron_spec(
+    inner: Method,
+    captum: str,
+    paper: str,
+    *,
+    stochastic: bool = False,
+    check: Callable[[Mapping[str, Any]], None] | None = None,
+    leave_out: tuple[str, ...] = (),
+    inner_options: tuple[str, ...] | None = None,
+) -> MethodSpec:
+    """`at_neuron(inner)`: one unit explained by the input features (with
+    `inner_options`, the options of `inner` unless given)."""
+    method = layer.at_neuron(inner)
+    if inner_options is None:
+        inner_options = _keywords(inner, leave_out)
+    options = ("layer", "neuron") + inner_options
+    return MethodSpec(
+        method.__name__,
+        method,
+        options,
+        stochastic,
+        True,
+        captum,
+        paper,
+        needs_model=True,
+        check=check,
+        explains="neuron",
+    )
+
+
 def _spec(name, method, options, stochastic, signed, captum, paper, needs_model=False):
     return MethodSpec(name, method, tuple(options), stochastic, signed, captum, paper, needs_model)
 
@@ -470,6 +526,70 @@ METHODS: Mapping[str, MethodSpec] = {
         # Explains the target class, through one unit.
         _neuron_spec(
             layer.neuron_conductance, "NeuronConductance", "Dhamdhere et al. 2018", "class"
+        ),
+        # Compositions: any method at a layer, or of one unit.
+        _at_layer_spec(
+            deeplift,
+            "LayerDeepLift",
+            "Shrikumar et al. 2017, at a layer",
+            leave_out=("return_delta",),
+        ),
+        _at_layer_spec(
+            sampling.deeplift_shap,
+            "LayerDeepLiftShap",
+            "Lundberg & Lee 2017 over Shrikumar et al. 2017, at a layer",
+            check=_needs_references,
+        ),
+        _at_layer_spec(
+            gradient_shap,
+            "LayerGradientShap (moves the input there; docs/captum.md)",
+            "Lundberg & Lee 2017, at a layer",
+            stochastic=True,
+        ),
+        _at_layer_spec(propagation.lrp, "LayerLRP", "Bach et al. 2015, at a layer"),
+        _at_layer_spec(
+            sampling.feature_ablation, "LayerFeatureAblation", "Zeiler & Fergus 2014, at a layer"
+        ),
+        _at_layer_spec(
+            perturbation.feature_permutation,
+            "LayerFeaturePermutation",
+            "Fisher et al. 2019, at a layer",
+            stochastic=True,
+        ),
+        _at_neuron_spec(
+            deeplift,
+            "NeuronDeepLift",
+            "Shrikumar et al. 2017, of a unit",
+            leave_out=("return_delta",),
+        ),
+        _at_neuron_spec(
+            sampling.deeplift_shap,
+            "NeuronDeepLiftShap",
+            "Lundberg & Lee 2017 over Shrikumar et al. 2017, of a unit",
+            check=_needs_references,
+        ),
+        _at_neuron_spec(
+            gradient_shap,
+            "NeuronGradientShap",
+            "Lundberg & Lee 2017, of a unit",
+            stochastic=True,
+        ),
+        _at_neuron_spec(
+            propagation.guided_backprop,
+            "NeuronGuidedBackprop",
+            "Springenberg et al. 2015, of a unit",
+        ),
+        _at_neuron_spec(
+            propagation.deconvolution,
+            "NeuronDeconvolution",
+            "Zeiler & Fergus 2014, of a unit",
+        ),
+        _at_neuron_spec(
+            _over_patches(sampling.feature_ablation),
+            "NeuronFeatureAblation",
+            "Zeiler & Fergus 2014, of a unit",
+            inner_options=("patch",) + _keywords(sampling.feature_ablation),
+            check=_patch_or_mask("neuron_feature_ablation"),
         ),
     )
 }

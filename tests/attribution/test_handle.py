@@ -464,6 +464,15 @@ METHOD_OPTIONS = {
     "neuron_conductance": {"layer": "conv2", "neuron": (1, 1, 0), "steps": 2},
     "occlusion": {"window": 2, "stride": 2},
     "feature_permutation": {"patch": 4},
+    "layer_deeplift": {"layer": "conv2"},
+    "layer_deeplift_shap": {"layer": "conv2", "baseline": jnp.zeros((2, 8, 8, CHANNELS))},
+    "layer_gradient_shap": {"layer": "conv2", "samples": 2},
+    "layer_lrp": {"layer": "conv2"},
+    "layer_feature_ablation": {"layer": "conv2"},
+    "layer_feature_permutation": {"layer": "conv2"},
+    "neuron_deeplift_shap": {"baseline": jnp.zeros((2, 8, 8, CHANNELS))},
+    "neuron_gradient_shap": {"samples": 2},
+    "neuron_feature_ablation": {"patch": 4},
 }
 METHODS = [
     m for m in A.available_methods() if m != "decoder_weighted" and A.METHODS[m].explains == "class"
@@ -498,14 +507,14 @@ def test_neuron_methods_are_the_same_through_linen_and_nnx(method, linen_handle,
     # The unit most active on average, so no gradient through it is zero by a dead ReLU.
     activation = linen_handle.capture(x, "conv2")[1].mean(axis=0)
     neuron = tuple(int(i) for i in np.unravel_index(int(jnp.argmax(activation)), activation.shape))
-    options = {"layer": "conv2", "neuron": neuron}
+    options = {"layer": "conv2", "neuron": neuron, **METHOD_OPTIONS.get(method, {})}
     if "steps" in A.METHODS[method].options:
         options["steps"] = 2
     target = None  # a neuron method explains the unit, not a class
 
     def run(handle):
         explain = A.explainer(method, handle, **options)
-        return jax.jit(lambda x: explain(x, target))(x)
+        return jax.jit(lambda x: explain(x, target, jax.random.key(3)))(x)
 
     through_linen = run(linen_handle)
     assert float(jnp.abs(through_linen).sum()) > 0

@@ -135,7 +135,7 @@ def test_option_names_are_shared():
         assert "abs" in A.METHODS[name].options, name
     for name, spec in A.METHODS.items():
         assert "key" not in spec.options, name  # given per call
-        if spec.stochastic and name != "feature_permutation":
+        if spec.stochastic and not name.endswith("feature_permutation"):
             assert "samples" in spec.options, name
 
 
@@ -179,6 +179,7 @@ def test_method_spec_fields():
     # One (N, H, W) map per image: the CAMs, the layer methods summed over channels, XRAI.
     layer_methods = ("layer_gradient_x_activation", "layer_integrated_gradients")
     layer_methods += ("layer_conductance", "internal_influence")
+    layer_methods += tuple(name for name in A.METHODS if name.startswith("layer_"))
     for name, spec in A.METHODS.items():
         if name not in cams + ("xrai",) + layer_methods:
             assert not spec.spatial, name
@@ -205,6 +206,15 @@ def test_layer_methods_are_registered_as_channel_sums_like_the_cams():
     np.testing.assert_allclose(
         up[..., 0], A.upsample_maps(per_unit.sum(-1), x.shape[1:3]), rtol=1e-6, atol=1e-7
     )
+    # The compositions by name: at_layer's maps summed the same way; at_neuron's as is.
+    per_unit = A.at_layer(A.deeplift)(handle, x, target, layer="conv2")
+    flat = A.explainer("layer_deeplift", handle, layer="conv2", upsample=False)(x, target)
+    np.testing.assert_allclose(flat[..., 0], per_unit.sum(-1), rtol=1e-6, atol=1e-7)
+    unit = {"layer": "conv1", "neuron": (1, 2, 0)}
+    by_patch = A.explainer("neuron_feature_ablation", handle, patch=2, **unit)(x)
+    mask = A.square_patches(x.shape[1:], 2)
+    by_hand = A.at_neuron(A.feature_ablation)(handle, x, feature_mask=mask, **unit)
+    np.testing.assert_allclose(by_patch, by_hand, rtol=1e-6, atol=1e-7)
 
 
 def test_deeplift_shap_without_references_is_refused_when_the_explainer_is_built():
