@@ -91,6 +91,23 @@ def get_config(arg=None):
         "neuron_gradient": {"layer": "conv3", "neuron": (3, 3, 0)},
         "neuron_integrated_gradients": {"layer": "conv3", "neuron": (3, 3, 0), "steps": 50},
         "neuron_conductance": {"layer": "conv3", "neuron": (3, 3, 0), "steps": 50},
+        # Compositions (at_layer, at_neuron) against Captum's layer and neuron classes:
+        # the reference input's activation A(0) on both sides (baseline 0.0 is an input).
+        "layer_deeplift": {"layer": "conv3", "baseline": 0.0},
+        "layer_deeplift_shap": {"layer": "conv3", "references": 10},
+        # LRP at conv3's convolution: Captum's LayerLRP has no rule for the ReLU module
+        # whose output is conv3 (docs/captum.md).
+        "layer_lrp": {"layer": "conv3/conv", "epsilon": 1e-9},
+        "neuron_deeplift": {"layer": "conv3", "neuron": (3, 3, 0), "baseline": 0.0},
+        "neuron_guided_backprop": {"layer": "conv3", "neuron": (3, 3, 0)},
+        "neuron_deconvolution": {"layer": "conv3", "neuron": (3, 3, 0)},
+        "neuron_feature_ablation": {
+            "layer": "conv3",
+            "neuron": (3, 3, 0),
+            "patch": 4,
+            "baseline": 0.0,
+            "batch_size": 64,
+        },
         # Infidelity of the signed gradient (the attributions are computed once by
         # fmi_jax and given to both sides; only the metric is timed), Gaussian
         # I ~ N(0, 0.003^2), 10 perturbations per image; max-sensitivity of saliency

@@ -167,6 +167,13 @@ METHOD_REFERENCES = {
     "neuron_gradient": "Captum NeuronGradient",
     "neuron_integrated_gradients": "Captum NeuronIntegratedGradients",
     "neuron_conductance": "Captum NeuronConductance",
+    "layer_deeplift": "Captum LayerDeepLift",
+    "layer_deeplift_shap": "Captum LayerDeepLiftShap",
+    "layer_lrp": "Captum LayerLRP",
+    "neuron_deeplift": "Captum NeuronDeepLift",
+    "neuron_guided_backprop": "Captum NeuronGuidedBackprop",
+    "neuron_deconvolution": "Captum NeuronDeconvolution",
+    "neuron_feature_ablation": "Captum NeuronFeatureAblation",
 }
 # CAMs whose reference (the grad-cam package) returns each map min-max scaled to
 # [0, 1] at the input's size: fmi_jax's maps are compared after the same scaling.

@@ -128,13 +128,17 @@ def from_flax(model: Any, variables: Mapping[str, Any], image_shape) -> TorchCNN
 
 
 def conv_block_output(net: TorchCNN, layer: str) -> nn.Module:
-    """The module whose output is fmi_jax's layer `layer` ("conv1", "conv2", ...): the
-    block's ReLU, i.e. conv -> (BN) -> ReLU before the max-pool."""
-    if not (layer.startswith("conv") and layer[4:].isdigit()):
-        raise ValueError(f"layer must be 'conv1', 'conv2', ...; got {layer!r}")
-    i = int(layer[4:]) - 1
+    """The module whose output is fmi_jax's layer `layer`: for "conv1", "conv2", ... the
+    block's ReLU, i.e. conv -> (BN) -> ReLU before the max-pool; for "conv1/conv", ...
+    the block's convolution itself."""
+    block, _, part = layer.partition("/")
+    if not (block.startswith("conv") and block[4:].isdigit()) or part not in ("", "conv"):
+        raise ValueError(f"layer must be 'conv1', 'conv2', ... or 'conv1/conv', ...; got {layer!r}")
+    i = int(block[4:]) - 1
     if not 0 <= i < len(net.blocks):
         raise ValueError(f"layer {layer!r}: the model has conv1..conv{len(net.blocks)}")
+    if part == "conv":
+        return net.blocks[i][0]
     relus = [m for m in net.blocks[i] if isinstance(m, nn.ReLU)]
     return relus[-1]
 
@@ -460,6 +464,54 @@ def captum_method(name: str, net: nn.Module, options: Mapping[str, Any]):
             return maps
 
         return layer_map
+    if name in COMPOSED_LAYER_METHODS:
+        kind = {
+            "layer_deeplift": ca.LayerDeepLift,
+            "layer_deeplift_shap": ca.LayerDeepLiftShap,
+            "layer_lrp": ca.LayerLRP,
+        }[name]
+        m = kind(net, conv_block_output(net, options["layer"]))
+
+        def composed_layer_map(x, t):
+            extra = {}
+            if name == "layer_deeplift":
+                extra["baselines"] = float(options.get("baseline", 0.0))
+            elif name == "layer_deeplift_shap":
+                shape = (x.shape[2], x.shape[3], x.shape[1])  # one NHWC example
+                nhwc = reference_images(options["references"], shape)
+                extra["baselines"] = torch.from_numpy(nhwc).permute(0, 3, 1, 2).to(x.device)
+            maps = m.attribute(x, target=t, **extra).sum(dim=1, keepdim=True)
+            if options.get("upsample", True):
+                maps = ca.LayerAttribution.interpolate(maps, tuple(x.shape[-2:]), "bilinear")
+            return maps
+
+        return composed_layer_map
+    if name in COMPOSED_NEURON_METHODS:
+        kind = {
+            "neuron_deeplift": ca.NeuronDeepLift,
+            "neuron_guided_backprop": ca.NeuronGuidedBackprop,
+            "neuron_deconvolution": ca.NeuronDeconvolution,
+            "neuron_feature_ablation": ca.NeuronFeatureAblation,
+        }[name]
+        m = kind(net, conv_block_output(net, options["layer"]))
+        h, w, k = options["neuron"]  # fmi_jax's NHWC unit as Captum's NCHW selector
+        selector = (int(k), int(h), int(w))
+
+        def composed_neuron_map(x, t):
+            extra = {}
+            if name == "neuron_deeplift":
+                extra["baselines"] = float(options.get("baseline", 0.0))
+            elif name == "neuron_feature_ablation":
+                fm = square_patch_mask(x.shape[2], x.shape[3], int(options["patch"]))
+                groups = int(fm.max()) + 1
+                extra["feature_mask"] = fm.to(x.device)
+                extra["baselines"] = float(options.get("baseline", 0.0))
+                extra["perturbations_per_eval"] = _chunk_to_perturbations(
+                    options.get("batch_size"), x.shape[0], groups
+                )
+            return m.attribute(x, neuron_selector=selector, **extra)
+
+        return composed_neuron_map
     if name in ("neuron_gradient", "neuron_integrated_gradients", "neuron_conductance"):
         layer = conv_block_output(net, options["layer"])
         h, w, k = options["neuron"]  # fmi_jax's NHWC unit as Captum's NCHW selector
@@ -479,6 +531,15 @@ def captum_method(name: str, net: nn.Module, options: Mapping[str, Any]):
         )
     raise ValueError(f"no PyTorch counterpart for {name!r}; have {CAPTUM_METHODS}")
 
+
+# fmi_jax's compositions at_layer(method) and at_neuron(method) with a Captum class.
+COMPOSED_LAYER_METHODS = ("layer_deeplift", "layer_deeplift_shap", "layer_lrp")
+COMPOSED_NEURON_METHODS = (
+    "neuron_deeplift",
+    "neuron_guided_backprop",
+    "neuron_deconvolution",
+    "neuron_feature_ablation",
+)
 
 # Layer methods: fmi_jax's registry sums their maps over channels and upsamples them.
 LAYER_METHODS = (
