@@ -70,3 +70,24 @@ def test_explain_script_runs_from_another_folder_with_its_default_config(tmp_pat
     recorded = json.loads((synthetic_run / "explain_from_elsewhere" / "config.json").read_text())
     assert recorded["options"]["integrated_gradients"]["steps"] == 50
     assert not any(tmp_path.iterdir())  # nothing written where it was started
+
+
+@pytest.mark.parametrize(
+    "script", ["composition_agreement.py", "pic_agreement.py", "quantus_agreement.py"]
+)
+def test_comparison_scripts_end_in_one_error_line_without_their_inputs(tmp_path, script):
+    """Started from another folder, without a trained run (or, where the reference
+    package is missing, as in CI, without it): one `error:` line and exit status 2."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "FMI_JAX_VERBOSE")}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / script), f"--workdir={tmp_path / 'no_run'}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    assert not (tmp_path / "no_run").exists()
