@@ -75,8 +75,8 @@ at_neuron(method)              :mod:`.layer`                         NeuronDeepL
 ``noise_tunnel(method, samples=..., kind=...)`` is a transform that returns a new
 method with the same signature (SmoothGrad over any method); ``at_layer(method)`` and
 ``at_neuron(method)`` return the method at a layer's units or of one unit (Captum's
-``LayerDeepLift`` is ``at_layer(deeplift)``, its ``NeuronGuidedBackprop``
-``at_neuron(guided_backprop)``). Shared machinery
+``LayerDeepLift`` is ``at_layer(deeplift)`` with ``baseline=0.0``, its
+``NeuronGuidedBackprop`` ``at_neuron(guided_backprop)``). Shared machinery
 (targets, checks, chunking, keys) lives in :mod:`.core`; the model handle in
 :mod:`.handle`; methods by name in :mod:`.registry` (``explainer``).
 """

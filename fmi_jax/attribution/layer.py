@@ -82,9 +82,10 @@ into a layer or a neuron method, instead of a layer and a neuron variant of each
   ``method`` on the rest of the network, ``T(a)`` = the logits with the layer's output
   set to ``a`` (:meth:`FlaxModel.logits_with`), at the input ``A(x)``. A reference input
   ``x'`` (``baseline=``) becomes its activation ``A(x')``, and a batch of references
-  (one per example, or GradientSHAP's and DeepLiftShap's distributions) becomes theirs.
-  Without ``baseline`` the method's own default applies at the layer: the all-zero
-  activation, every unit switched off. Because ``T`` sees nothing but ``a``, the layer
+  (one per example, or GradientSHAP's and DeepLiftShap's distributions) becomes theirs;
+  ``layer_baseline=`` gives a reference at the layer itself instead. With neither, the
+  method's own default applies at the layer: the all-zero activation, every unit
+  switched off. Because ``T`` sees nothing but ``a``, the layer
   must be one that every path from the input to the output goes through; a layer that
   a skip connection bypasses is refused (the jaxpr of the network after the layer is
   checked for a dependence on ``x``).
@@ -92,7 +93,10 @@ into a layer or a neuron method, instead of a layer and a neuron variant of each
   ``method`` on the model function ``x -> A_n(x)`` (one output, so ``target`` must be
   None), with the input, baseline and options unchanged.
 
-Captum's other layer and neuron classes are therefore compositions:
+Captum's other layer and neuron classes are therefore compositions (with Captum's
+reference: ``baseline=0.0``, the zero input, for ``LayerDeepLift``, whose default it
+is; ``layer_baseline=`` for ``LayerFeatureAblation``'s ``layer_baselines``; ``~``:
+another path, below):
 
     LayerDeepLift = at_layer(deeplift)        NeuronDeepLift = at_neuron(deeplift)
     LayerDeepLiftShap = at_layer(deeplift_shap)
@@ -109,8 +113,10 @@ and so are four of the functions above: ``at_layer(integrated_gradients)`` with
 ``baseline=x'`` is ``layer_integrated_gradients``, ``at_layer(input_x_gradient)`` is
 ``layer_gradient_x_activation``, ``at_neuron(saliency)`` is ``neuron_gradient`` and
 ``at_neuron(integrated_gradients)`` is ``neuron_integrated_gradients`` (the tests check
-each pair). Those stay functions of their own because they also take a layer that a
-skip connection bypasses (everything outside the layer then still sees ``x``).
+each pair). The layer pair stays a pair of functions because it also takes a layer
+that a skip connection bypasses (everything outside the layer then still sees ``x``);
+the neuron pair, because the two are the neuron methods most asked for by name, each
+with its formula in its docstring.
 
 DeepLIFT's multipliers from the output back to the layer depend only on ``A(x)``,
 ``A(x')`` and the network after the layer, so ``at_layer(deeplift)`` is Captum's
@@ -615,10 +621,11 @@ def _refuse_bypassed(handle: FlaxModel, x: Array, layer: str, method: str) -> No
     )
     if any(_depends(program.jaxpr, [True, False])):
         raise ValueError(
-            f"{method}: the output of {handle!r} also reads the input around layer {layer!r} "
-            "(a skip connection bypasses it), so the network after the layer is not a "
-            "function of the layer's output alone; choose a layer every path goes through "
-            "(such as a whole residual block), or use layer_integrated_gradients"
+            f"{method}: the output of {handle!r} also reads the input other than through "
+            f"layer {layer!r} (a skip connection around it, or control flow that carries "
+            "the input), so the network after the layer is not a function of the layer's "
+            "output alone; choose a layer every path goes through (such as a whole "
+            "residual block), or use layer_integrated_gradients"
         )
 
 
@@ -644,23 +651,45 @@ def _activations(handle: FlaxModel, inputs: Array, layer: str, batch_size: int |
 
 
 def _layer_baseline(
-    handle: FlaxModel, baseline: Any, x: Array, layer: str, method: str, batch_size: int | None
+    handle: FlaxModel,
+    baseline: Any,
+    x: Array,
+    layer: str,
+    method: str,
+    batch_size: int | None,
+    distribution: bool,
 ) -> Array:
-    """The activation of a reference input: a batch of inputs (one per example, or a
-    distribution of references) gives a batch of activations; one input, or anything
-    that broadcasts to one (a scalar), gives one activation."""
-    references = jnp.asarray(baseline, jnp.float32)
-    if references.ndim == x.ndim and references.shape[1:] == x.shape[1:]:
-        return _activations(handle, as_input(references, "baseline"), layer, batch_size)
+    """The activation of a reference input. A batch of inputs (anything with the batch
+    axis whose example axes broadcast to one input) gives a batch of activations: one
+    per example, or, for a method whose baseline is a distribution of references
+    (``distribution``), any number of them; one input, or anything that broadcasts to
+    one (a scalar), gives one activation."""
     try:
-        one = jnp.broadcast_to(references, x.shape[1:])
+        references = jnp.asarray(baseline, jnp.float32)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{method}: baseline must be a reference input (an array), got {baseline!r}"
+        ) from None
+    example = x.shape[1:]
+    how = (
+        f"one input {example}, a batch of {x.shape[0]} (one per example)"
+        + (" or of any number of references" if distribution else "")
+        + ", or anything that broadcasts to them"
+    )
+    batched = references.ndim == x.ndim
+    try:
+        if batched and not distribution and references.shape[0] not in (1, x.shape[0]):
+            raise ValueError
+        shape = (references.shape[0], *example) if batched else example
+        references = jnp.broadcast_to(references, shape)
     except ValueError:
         raise ValueError(
-            f"{method}: baseline is a reference input, so it must broadcast to one input "
-            f"{x.shape[1:]} or be a batch of them (M, {', '.join(map(str, x.shape[1:]))}); "
-            f"got shape {references.shape}"
+            f"{method}: baseline is a reference input, so it must be {how}; got shape "
+            f"{references.shape}"
         ) from None
-    return _activation(handle, as_input(one[None], "baseline"), layer)[0]
+    if batched:
+        return _activations(handle, as_input(references, "baseline"), layer, batch_size)
+    return _activation(handle, as_input(references[None], "baseline"), layer)[0]
 
 
 def _refuse_handle_methods(method: Method, transform: str) -> str:
@@ -691,15 +720,23 @@ def at_layer(method: Method) -> Method:
 
     Returns:
       ``layer_method(model, x, target=None, *, key=None, baseline=None,
-      batch_size=None, layer, **options)``: ``model`` is a model handle
-      (``flax_model(...)``); ``baseline`` is a reference *input* (or a batch of them),
-      passed to ``method`` as its activation, and ``None`` leaves ``method`` its own
-      default at the layer (zero activations); ``key``, ``batch_size`` and ``options``
-      go to ``method`` unchanged. It returns what ``method`` returns, shaped like the
-      layer's activation ``(N, h, w, K)``.
+      batch_size=None, layer, layer_baseline=None, **options)``: ``model`` is a model
+      handle (``flax_model(...)``); ``baseline`` is a reference *input* (or a batch of
+      them), passed to ``method`` as its activation; ``layer_baseline`` is a reference
+      at the layer itself, passed as is (Captum's ``layer_baselines``); with neither,
+      ``method`` keeps its own default at the layer (zero activations). ``key``,
+      ``batch_size`` and ``options`` go to ``method`` unchanged. It returns what
+      ``method`` returns, shaped like the layer's activation ``(N, h, w, K)``.
+
+    Raises:
+      ValueError: for a method that takes a model handle (its first parameter is
+        ``model``, the library's convention), and, when called, for a layer that a
+        connection bypasses, a baseline that is not a reference input, or both
+        ``baseline`` and ``layer_baseline``.
     """
     inner = _refuse_handle_methods(method, "at_layer")
     name = f"layer_{inner}"
+    distribution = getattr(method, "baseline_is_distribution", False)
 
     def layer_method(
         model: Any,
@@ -710,19 +747,31 @@ def at_layer(method: Method) -> Method:
         baseline: Any = None,
         batch_size: int | None = None,
         layer: str,
+        layer_baseline: Any = None,
         **options: Any,
     ) -> Any:
         handle, x, _ = _setup(model, x, layer, name, batch_size)
         _refuse_bypassed(handle, x, layer, name)
+        if baseline is not None and layer_baseline is not None:
+            raise ValueError(
+                f"{name}: give baseline (a reference input, whose activation is used) or "
+                "layer_baseline (a reference at the layer itself), not both"
+            )
         given = {}
         if baseline is not None:
-            given["baseline"] = _layer_baseline(handle, baseline, x, layer, name, batch_size)
+            given["baseline"] = _layer_baseline(
+                handle, baseline, x, layer, name, batch_size, distribution
+            )
+        elif layer_baseline is not None:
+            given["baseline"] = layer_baseline
         activation = _activations(handle, x, layer, batch_size)
         rest = _rest_of_network(handle, x.shape[1:], layer)
         return method(rest, activation, target, key=key, batch_size=batch_size, **given, **options)
 
     layer_method.__name__ = name
     layer_method.__doc__ = f"``at_layer({inner})``: {inner} with a layer's units as features."
+    # A batch of references stays one distribution (noise_tunnel reads this).
+    layer_method.baseline_is_distribution = distribution
     return layer_method
 
 
@@ -777,4 +826,5 @@ def at_neuron(method: Method) -> Method:
 
     neuron_method.__name__ = name
     neuron_method.__doc__ = f"``at_neuron({inner})``: {inner} of one unit of a layer."
+    neuron_method.baseline_is_distribution = getattr(method, "baseline_is_distribution", False)
     return neuron_method

@@ -93,6 +93,8 @@ class MethodSpec:
         which explain classes, do not run it).
       traceable: whether the method can run inside `jax.jit` (XRAI cannot: it
         segments the concrete images on the host); see `jit_method`.
+      composition: how the method is built from another by a transform, e.g.
+        `'at_layer(deeplift)'`; empty for a method of its own.
     """
 
     name: str
@@ -107,6 +109,7 @@ class MethodSpec:
     check: Callable[[Mapping[str, Any]], None] | None = None
     explains: str = "class"
     traceable: bool = True
+    composition: str = ""
 
     def is_signed(self, options: Mapping[str, Any] | None = None) -> bool:
         """Whether maps carry sign under `options` (`abs=True` makes them magnitudes; a
@@ -232,7 +235,7 @@ def _at_layer_spec(
 ) -> MethodSpec:
     """`at_layer(inner)` as an image map, like the other layer methods."""
     method = layer.at_layer(inner)
-    options = ("layer",) + _keywords(inner, leave_out) + ("upsample",)
+    options = ("layer",) + _keywords(inner, leave_out) + ("layer_baseline", "upsample")
     return MethodSpec(
         method.__name__,
         _over_layer(method),
@@ -244,6 +247,7 @@ def _at_layer_spec(
         needs_model=True,
         spatial=True,
         check=check,
+        composition=f"at_layer({inner.__name__})",
     )
 
 
@@ -274,6 +278,7 @@ def _at_neuron_spec(
         needs_model=True,
         check=check,
         explains="neuron",
+        composition=f"at_neuron({inner.__name__})",
     )
 
 

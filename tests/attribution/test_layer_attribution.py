@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from fmi_jax.attribution import (
     at_layer,
@@ -28,6 +29,7 @@ from fmi_jax.attribution import (
     deeplift,
     deeplift_shap,
     feature_ablation,
+    feature_permutation,
     flax_model,
     grad_cam,
     gradient_shap,
@@ -35,6 +37,7 @@ from fmi_jax.attribution import (
     input_x_gradient,
     integrated_gradients,
     lrp,
+    noise_tunnel,
     saliency,
 )
 from fmi_jax.attribution.layer import (
@@ -405,9 +408,43 @@ def test_methods_at_a_layer_followed_by_a_linear_head(net):
             a - a_refs.mean(axis=0),
         ),
         "lrp": (at_layer(lrp)(handle, x, TARGET, epsilon=1e-9, **common), a),
+        "feature_ablation to 0.5 at the layer": (
+            at_layer(feature_ablation)(handle, x, TARGET, layer_baseline=0.5, **common),
+            a - 0.5,
+        ),
+        # One reference per example, given with broadcasting axes.
+        "deeplift, (N, 1, 1, 1) baseline": (
+            at_layer(deeplift)(handle, x, TARGET, baseline=jnp.full((4, 1, 1, 1), 0.2), **common),
+            a - activation(handle, jnp.full(x.shape, 0.2), "conv3"),
+        ),
     }
     for name, (got, change) in cases.items():
         np.testing.assert_allclose(got, change * g, rtol=1e-4, atol=1e-6, err_msg=name)
+    # Permuting a unit across the batch moves its contribution g_j A_j from one example
+    # to another: whatever the permutation, each unit's maps sum to zero over the batch.
+    permuted = at_layer(feature_permutation)(handle, x, TARGET, key=jax.random.key(3), **common)
+    assert float(jnp.abs(permuted).max()) > 1e-3
+    target_g = jnp.asarray(g)
+    np.testing.assert_allclose((permuted / target_g).sum(axis=0), 0.0, atol=1e-4)
+
+
+def test_layer_gradient_shap_behind_a_nonlinear_head_integrates_along_the_activations(net):
+    """At conv2 the gradient changes along the path: GradientSHAP from one reference and
+    without noise averages it at random points between A(x') and A(x), so with many
+    samples it approaches layer IG from that reference, and not the gradient at A(x)
+    times the change (a method that ignored the point, or evaluated elsewhere)."""
+    handle, _, x, baseline = net
+    common = dict(layer="conv2", baseline=baseline)
+    shap = at_layer(gradient_shap)(
+        handle, x, TARGET, key=jax.random.key(4), samples=256, batch_size=512, **common
+    )
+    lig = layer_integrated_gradients(handle, x, TARGET, steps=16, **common)
+    at_end = at_layer(input_x_gradient)(handle, x, TARGET, layer="conv2") - activation(
+        handle, baseline[None], "conv2"
+    ) * at_layer(saliency)(handle, x, TARGET, layer="conv2")
+    error = float(jnp.linalg.norm(shap - lig))
+    assert error < float(jnp.linalg.norm(at_end - lig)) / 4, error
+    assert error < 0.1 * float(jnp.linalg.norm(lig)), error
 
 
 def test_layer_deeplift_sums_to_the_logit_difference_behind_a_nonlinear_head(net):
@@ -510,11 +547,37 @@ class Residual(nn.Module):
         return nn.Dense(CLASSES, name="head")(a.reshape(a.shape[0], -1))
 
 
+class JittedResidual(nn.Module):
+    """The same bypass, inside a jax.jit the model calls."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        a = nn.Conv(CHANNELS, (3, 3), padding="SAME", name="inner")(x)
+        a = jax.jit(lambda a, x: nn.relu(a + x))(a, x)
+        a = nn.Conv(2, (1, 1), name="after")(a)
+        return nn.Dense(CLASSES, name="head")(a.reshape(a.shape[0], -1))
+
+
+class NnxResidual(nnx.Module):
+    def __init__(self, rngs):
+        self.inner = nnx.Conv(CHANNELS, CHANNELS, (3, 3), rngs=rngs)
+        self.after = nnx.Conv(CHANNELS, 2, (1, 1), rngs=rngs)
+        self.head = nnx.Linear(SIDE * SIDE * 2, CLASSES, rngs=rngs)
+
+    def __call__(self, x):
+        a = self.after(nnx.relu(self.inner(x) + x))
+        return self.head(a.reshape(a.shape[0], -1))
+
+
 def test_a_layer_a_skip_connection_bypasses_is_refused():
     model = Residual()
     x = jnp.asarray(np.random.default_rng(5).uniform(0, 1, (2, SIDE, SIDE, CHANNELS)), jnp.float32)
     handle = flax_model(model, numpy_variables(model, x.shape, 6), train=False)
-    one_line_error(lambda: at_layer(deeplift)(handle, x, layer="inner"), "skip connection")
+    jitted = flax_model(JittedResidual(), numpy_variables(JittedResidual(), x.shape, 6))
+    for bypassed in (handle, jitted, flax_model(NnxResidual(nnx.Rngs(0)))):
+        one_line_error(
+            lambda h=bypassed: at_layer(deeplift)(h, x, layer="inner"), "skip connection"
+        )
     # After the junction every path goes through the layer.
     got = at_layer(deeplift)(handle, x, 0, layer="after")
     np.testing.assert_allclose(
@@ -522,6 +585,18 @@ def test_a_layer_a_skip_connection_bypasses_is_refused():
         handle(x)[:, 0] - handle.logits_with(x, "after", jnp.zeros((2, SIDE, SIDE, 2)))[:, 0],
         atol=1e-5,
     )
+
+
+def test_a_distribution_of_references_stays_one_under_the_noise_tunnel(net):
+    """A batch of as many references as examples is still a distribution for
+    DeepLiftShap at a layer: without noise the tunnel changes nothing, in any chunks."""
+    handle, _, x, baseline = net
+    x, target = x[:2], TARGET[:2]
+    common = dict(layer="conv1", baseline=jnp.stack([baseline, 1 - baseline]))
+    expected = at_layer(deeplift_shap)(handle, x, target, **common)
+    tunneled = noise_tunnel(at_layer(deeplift_shap), samples=1, stdev=0.0)
+    got = tunneled(handle, x, target, key=jax.random.key(0), batch_size=1, **common)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
 
 
 def test_the_transforms_under_jit_and_their_errors(net):
@@ -543,10 +618,22 @@ def test_the_transforms_under_jit_and_their_errors(net):
     )
     one_line_error(
         lambda: at_layer(deeplift)(handle, x, layer="conv1", baseline=jnp.zeros((3, 3))),
-        "must broadcast to one input",
+        "must be one input",
     )
     one_line_error(lambda: at_layer(deeplift)(handle, x, layer="nope"), "no layer 'nope'")
     one_line_error(lambda: at_layer(lrp)(handle, x, layer="conv1", baseline=0.0), "no reference")
+    one_line_error(
+        lambda: at_layer(deeplift)(handle, x, layer="conv1", baseline=jnp.zeros((3, 4, 4, 2))),
+        r"layer_deeplift: baseline is a reference input, so it must be one input",
+    )
+    one_line_error(
+        lambda: at_layer(deeplift)(handle, x, layer="conv1", baseline=0.0, layer_baseline=0.0),
+        "not both",
+    )
+    one_line_error(
+        lambda: at_layer(deeplift)(handle, x, layer="conv1", baseline="blur"),
+        "layer_deeplift: baseline must be a reference input",
+    )
     one_line_error(
         lambda: at_neuron(deeplift)(handle, x, layer="conv1", neuron=(9, 0, 0)), "out of range"
     )
