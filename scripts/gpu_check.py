@@ -10,8 +10,9 @@ step before the cut):
   install    imports what the steps need; installs only what is missing, at the
              versions of constraints.txt, never touching what is installed (the
              machine's CUDA jax stays). Offline, wheels come from --wheels.
-  pytest     `pytest -m gpu`: every attribution method on the accelerator against
-             the CPU on the same weights (tests/test_gpu.py), and one training run
+  pytest     `pytest -m gpu`: every attribution method (but the at_layer and at_neuron
+             compositions of them) on the accelerator against the CPU on the same
+             weights (tests/test_gpu.py), and one training run
              with the 'step' and the 'scan' loop giving the same parameters.
   benchmark  experiments/benchmark.py at batch 256 against PyTorch on CUDA: saliency,
              IG, SmoothGrad, IG + SmoothGrad, DeepLIFT, Grad-CAM, Score-CAM,
@@ -40,7 +41,8 @@ counts against the same ~15 minutes):
   * compilation: measured on the 2-core CPU, 5-25 s per trainer or attribution
     program; GPU compiles are of the same order. Every study compiles a trainer and an
     evaluator; the benchmark one program per method.
-  So: install 10 s; pytest 60 s (15 methods, two devices, two trainings); benchmark
+  So: install 10 s; pytest 90 s (39 methods on each of two devices, compiled in a
+  thread per core: the CPU side took 43 s on the 2-core CI machine; two trainings); benchmark
   150 s (8 methods x (compile + 5 timed repeats per side) + the training epoch + 16
   memory probes of ~5 s); goals: ResNet 55 epochs x ~2 s + compiles ~130 s, CNN 40
   x ~0.6 s + compiles ~45 s; studies ~60 s. The grids (6 ResNet trials of 15 epochs

@@ -105,3 +105,25 @@ def test_rehearsal_records_every_command_and_copies_the_tables(tmp_path):
     assert 0.0 <= summary["test_accuracy"] <= 1.0
     assert any((out / "sae").iterdir())
     assert "[gpu-check 3/3 studies] cnn_fmnist: ok" in proc.stdout
+
+
+def test_the_gpu_tests_give_every_method_what_it_needs():
+    """tests/test_gpu.py runs only on an accelerator: here, on the CPU, every method it
+    compares gets an explainer from its options (a missing neuron= or reference batch
+    would fail only on the GPU machine, whose time is scarce)."""
+    import jax
+
+    from fmi_jax import attribution, models
+    from tests import test_gpu
+
+    model = models.get_model("cnn_mnist", features=(8, 16), dense=(32,))
+    variables = jax.eval_shape(model.init, jax.random.key(0), jax.numpy.zeros((1, 28, 28, 1)))
+    assert len(test_gpu.METHODS) >= 35
+    for name in test_gpu.METHODS:
+        attribution.explainer(
+            name,
+            lambda x: model.apply(variables, x),
+            model=model,
+            variables=variables,
+            **test_gpu._options(name),
+        )
