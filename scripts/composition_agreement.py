@@ -40,13 +40,12 @@ def main():
     try:
         import torch
         from captum import attr as captum_attr
-
-        from fmi_jax.benchmark import runner, torch_side
     except ImportError:
         raise ValueError(
             "torch and captum are not installed here: run this script with the benchmark's "
             "venv, .venv-bench/bin/python (make .venv-bench/.installed)"
         ) from None
+    from fmi_jax.benchmark import runner, torch_side
     model, variables, run_config, _ = evaluate_lib.restore_model(_WORKDIR.value)
     test = loop_lib.load_data(run_config.data)["test"]
     shape = tuple(test.images.shape[1:])
