@@ -24,7 +24,11 @@ neuron integrated gradients explain one unit (`neuron=`) and take no target
 
 Composite names are compositions, not new code: `ig_smoothgrad` is
 `noise_tunnel(integrated_gradients)`, `smoothgrad_sq` and `vargrad` are the other
-noise-tunnel kinds over signed saliency.
+noise-tunnel kinds over signed saliency, and Captum's remaining layer and neuron
+classes are `at_layer` and `at_neuron` of a method, under Captum's names in snake case
+(`layer_deeplift` is `at_layer(deeplift)`, summed over channels like the other layer
+methods; `neuron_guided_backprop` is `at_neuron(guided_backprop)`;
+`MethodSpec.composition` names each).
 """
 
 from __future__ import annotations
