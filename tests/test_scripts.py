@@ -41,27 +41,33 @@ def test_benchmark_asks_for_the_training_config_instead_of_importing_configs(tmp
     assert not any(tmp_path.iterdir())
 
 
-def test_explain_script_runs_from_another_folder_with_its_default_config(tmp_path, synthetic_run):
-    """`python <repo>/experiments/explain.py` started in an empty folder, with nothing
-    on PYTHONPATH: the script finds the repository and its default configs/explain.py."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "experiments" / "explain.py"),
-            f"--workdir={synthetic_run}",
-            "--config.output=explain_from_elsewhere",
-            "--config.methods=('saliency',)",
-            "--config.layer_cam.samples=0",
-            "--config.selection.per_class=1",
-            "--config.selection.threshold=0.0",
-            "--config.figures.max_sheets=1",
-        ],
-        cwd=tmp_path,
+def _run_elsewhere(script: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python <script> args` started in `cwd`, with nothing on PYTHONPATH and the
+    default (one-line) error reporting."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "FMI_JAX_VERBOSE")}
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
+    )
+
+
+def test_explain_script_runs_from_another_folder_with_its_default_config(tmp_path, synthetic_run):
+    """`python <repo>/experiments/explain.py` started in an empty folder, with nothing
+    on PYTHONPATH: the script finds the repository and its default configs/explain.py."""
+    proc = _run_elsewhere(
+        ROOT / "experiments" / "explain.py",
+        f"--workdir={synthetic_run}",
+        "--config.output=explain_from_elsewhere",
+        "--config.methods=('saliency',)",
+        "--config.layer_cam.samples=0",
+        "--config.selection.per_class=1",
+        "--config.selection.threshold=0.0",
+        "--config.figures.max_sheets=1",
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     stats = json.loads((synthetic_run / "explain_from_elsewhere" / "stats.json").read_text())
@@ -78,14 +84,8 @@ def test_explain_script_runs_from_another_folder_with_its_default_config(tmp_pat
 def test_comparison_scripts_end_in_one_error_line_without_their_inputs(tmp_path, script):
     """Started from another folder, without a trained run (or, where the reference
     package is missing, as in CI, without it): one `error:` line and exit status 2."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "FMI_JAX_VERBOSE")}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / script), f"--workdir={tmp_path / 'no_run'}"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = _run_elsewhere(
+        ROOT / "scripts" / script, f"--workdir={tmp_path / 'no_run'}", cwd=tmp_path
     )
     assert proc.returncode == 2, proc.stderr[-4000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]

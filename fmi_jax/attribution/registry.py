@@ -153,12 +153,15 @@ def _patch_or_mask(name: str) -> Callable[[Mapping[str, Any]], None]:
     return check
 
 
-def _needs_references(options: Mapping[str, Any]) -> None:
-    if options.get("baseline") is None:
-        raise ValueError(
-            "deeplift_shap needs baseline=: a batch of references (M, ...) shaped like "
-            "the inputs, e.g. a sample of training images"
-        )
+def _needs_references(name: str) -> Callable[[Mapping[str, Any]], None]:
+    def check(options: Mapping[str, Any]) -> None:
+        if options.get("baseline") is None:
+            raise ValueError(
+                f"{name} needs baseline=: a batch of references (M, ...) shaped like "
+                "the inputs, e.g. a sample of training images"
+            )
+
+    return check
 
 
 def _over_patches(method: Method) -> Method:
@@ -228,61 +231,40 @@ def _neuron_spec(method: Method, captum: str, paper: str, explains: str = "neuro
     )
 
 
-def _at_layer_spec(
+def _composed_spec(
+    transform: str,
     inner: Method,
     captum: str,
     paper: str,
     *,
     stochastic: bool = False,
     check: Callable[[Mapping[str, Any]], None] | None = None,
-    leave_out: tuple[str, ...] = (),
-) -> MethodSpec:
-    """`at_layer(inner)` as an image map, like the other layer methods."""
-    method = layer.at_layer(inner)
-    options = ("layer",) + _keywords(inner, leave_out) + ("layer_baseline", "upsample")
-    return MethodSpec(
-        method.__name__,
-        _over_layer(method),
-        options,
-        stochastic,
-        True,
-        captum,
-        paper,
-        needs_model=True,
-        spatial=True,
-        check=check,
-        composition=f"at_layer({inner.__name__})",
-    )
-
-
-def _at_neuron_spec(
-    inner: Method,
-    captum: str,
-    paper: str,
-    *,
-    stochastic: bool = False,
-    check: Callable[[Mapping[str, Any]], None] | None = None,
-    leave_out: tuple[str, ...] = (),
     inner_options: tuple[str, ...] | None = None,
 ) -> MethodSpec:
-    """`at_neuron(inner)`: one unit explained by the input features (with
-    `inner_options`, the options of `inner` unless given)."""
-    method = layer.at_neuron(inner)
+    """`at_layer(inner)` (an image map, like the other layer methods) or
+    `at_neuron(inner)` (one unit explained by the input features), with
+    `inner_options`, the options of `inner` unless given."""
     if inner_options is None:
-        inner_options = _keywords(inner, leave_out)
-    options = ("layer", "neuron") + inner_options
+        inner_options = _keywords(inner, ("return_delta",))
+    at_layer = transform == "at_layer"
+    method = (layer.at_layer if at_layer else layer.at_neuron)(inner)
+    if at_layer:
+        options = ("layer",) + inner_options + ("layer_baseline", "upsample")
+    else:
+        options = ("layer", "neuron") + inner_options
     return MethodSpec(
         method.__name__,
-        method,
+        _over_layer(method) if at_layer else method,
         options,
         stochastic,
         True,
         captum,
         paper,
         needs_model=True,
+        spatial=at_layer,
         check=check,
-        explains="neuron",
-        composition=f"at_neuron({inner.__name__})",
+        explains="class" if at_layer else "neuron",
+        composition=f"{transform}({inner.__name__})",
     )
 
 
@@ -432,7 +414,7 @@ METHODS: Mapping[str, MethodSpec] = {
             True,
             "DeepLiftShap",
             "Lundberg & Lee 2017 (Deep SHAP) over Shrikumar et al. 2017",
-            check=_needs_references,
+            check=_needs_references("deeplift_shap"),
         ),
         _spec(
             "blur_ig",
@@ -537,63 +519,74 @@ METHODS: Mapping[str, MethodSpec] = {
             layer.neuron_conductance, "NeuronConductance", "Dhamdhere et al. 2018", "class"
         ),
         # Compositions: any method at a layer, or of one unit.
-        _at_layer_spec(
+        _composed_spec(
+            "at_layer",
             deeplift,
             "LayerDeepLift",
             "Shrikumar et al. 2017, at a layer",
-            leave_out=("return_delta",),
         ),
-        _at_layer_spec(
+        _composed_spec(
+            "at_layer",
             sampling.deeplift_shap,
             "LayerDeepLiftShap",
             "Lundberg & Lee 2017 over Shrikumar et al. 2017, at a layer",
-            check=_needs_references,
+            check=_needs_references("layer_deeplift_shap"),
         ),
-        _at_layer_spec(
+        _composed_spec(
+            "at_layer",
             gradient_shap,
             "LayerGradientShap (moves the input there; docs/captum.md)",
             "Lundberg & Lee 2017, at a layer",
             stochastic=True,
         ),
-        _at_layer_spec(propagation.lrp, "LayerLRP", "Bach et al. 2015, at a layer"),
-        _at_layer_spec(
-            sampling.feature_ablation, "LayerFeatureAblation", "Zeiler & Fergus 2014, at a layer"
+        _composed_spec("at_layer", propagation.lrp, "LayerLRP", "Bach et al. 2015, at a layer"),
+        _composed_spec(
+            "at_layer",
+            sampling.feature_ablation,
+            "LayerFeatureAblation",
+            "Zeiler & Fergus 2014, at a layer",
         ),
-        _at_layer_spec(
+        _composed_spec(
+            "at_layer",
             perturbation.feature_permutation,
             "LayerFeaturePermutation",
             "Fisher et al. 2019, at a layer",
             stochastic=True,
         ),
-        _at_neuron_spec(
+        _composed_spec(
+            "at_neuron",
             deeplift,
             "NeuronDeepLift",
             "Shrikumar et al. 2017, of a unit",
-            leave_out=("return_delta",),
         ),
-        _at_neuron_spec(
+        _composed_spec(
+            "at_neuron",
             sampling.deeplift_shap,
             "NeuronDeepLiftShap",
             "Lundberg & Lee 2017 over Shrikumar et al. 2017, of a unit",
-            check=_needs_references,
+            check=_needs_references("neuron_deeplift_shap"),
         ),
-        _at_neuron_spec(
+        _composed_spec(
+            "at_neuron",
             gradient_shap,
             "NeuronGradientShap",
             "Lundberg & Lee 2017, of a unit",
             stochastic=True,
         ),
-        _at_neuron_spec(
+        _composed_spec(
+            "at_neuron",
             propagation.guided_backprop,
             "NeuronGuidedBackprop",
             "Springenberg et al. 2015, of a unit",
         ),
-        _at_neuron_spec(
+        _composed_spec(
+            "at_neuron",
             propagation.deconvolution,
             "NeuronDeconvolution",
             "Zeiler & Fergus 2014, of a unit",
         ),
-        _at_neuron_spec(
+        _composed_spec(
+            "at_neuron",
             _over_patches(sampling.feature_ablation),
             "NeuronFeatureAblation",
             "Zeiler & Fergus 2014, of a unit",

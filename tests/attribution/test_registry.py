@@ -218,8 +218,9 @@ def test_layer_methods_are_registered_as_channel_sums_like_the_cams():
 
 
 def test_deeplift_shap_without_references_is_refused_when_the_explainer_is_built():
-    with pytest.raises(ValueError, match=r"^deeplift_shap needs baseline=: a batch"):
-        A.explainer("deeplift_shap", fn)
+    for name in ("deeplift_shap", "layer_deeplift_shap", "neuron_deeplift_shap"):
+        with pytest.raises(ValueError, match=rf"^{name} needs baseline=: a batch"):
+            A.explainer(name, fn)
 
 
 def test_neuron_methods_need_a_neuron_and_are_kept_out_of_class_studies():
