@@ -265,6 +265,25 @@ def _grad_cam_class(name: str):
     return getattr(module, class_name)
 
 
+def _references(options: Mapping[str, Any], x: torch.Tensor) -> torch.Tensor:
+    """The DeepLiftShap rows' `options["references"]` uniform reference images, NCHW on
+    `x`'s device: the same images fmi_jax's side draws (`reference_images`)."""
+    shape = (x.shape[2], x.shape[3], x.shape[1])  # one NHWC example
+    nhwc = reference_images(options["references"], shape)
+    return torch.from_numpy(nhwc).permute(0, 3, 1, 2).to(x.device)
+
+
+def _layer_image(attributions: torch.Tensor, x: torch.Tensor, options: Mapping[str, Any]):
+    """A layer method's (N, K, h, w) attributions as fmi_jax's registry gives them: summed
+    over channels and, unless `upsample=False`, resized bilinearly to the input."""
+    from captum import attr as ca
+
+    maps = attributions.sum(dim=1, keepdim=True)
+    if options.get("upsample", True):
+        maps = ca.LayerAttribution.interpolate(maps, tuple(x.shape[-2:]), "bilinear")
+    return maps
+
+
 def captum_method(name: str, net: nn.Module, options: Mapping[str, Any]):
     """`run(x_nchw, target) -> attributions` (a NCHW tensor) with the PyTorch library
     that is the benchmark's reference for `name` (`runner.REFERENCES`); CAM maps come back as
@@ -405,10 +424,7 @@ def captum_method(name: str, net: nn.Module, options: Mapping[str, Any]):
         m = ca.DeepLiftShap(net)
 
         def deeplift_shap(x, t):
-            shape = (x.shape[2], x.shape[3], x.shape[1])  # one NHWC example
-            nhwc = reference_images(options["references"], shape)
-            references = torch.from_numpy(nhwc).permute(0, 3, 1, 2).to(x.device)
-            return m.attribute(x, baselines=references, target=t)
+            return m.attribute(x, baselines=_references(options, x), target=t)
 
         return deeplift_shap
     if name in ("feature_ablation", "shapley_value_sampling", "kernel_shap", "lime"):
@@ -457,11 +473,7 @@ def captum_method(name: str, net: nn.Module, options: Mapping[str, Any]):
             extra = {"n_steps": steps, "method": "riemann_trapezoid"}
 
         def layer_map(x, t):
-            attributions = m.attribute(x, target=t, **extra)  # (N, K, h, w)
-            maps = attributions.sum(dim=1, keepdim=True)
-            if options.get("upsample", True):
-                maps = ca.LayerAttribution.interpolate(maps, tuple(x.shape[-2:]), "bilinear")
-            return maps
+            return _layer_image(m.attribute(x, target=t, **extra), x, options)
 
         return layer_map
     if name in COMPOSED_LAYER_METHODS:
@@ -477,13 +489,8 @@ def captum_method(name: str, net: nn.Module, options: Mapping[str, Any]):
             if name == "layer_deeplift":
                 extra["baselines"] = float(options.get("baseline", 0.0))
             elif name == "layer_deeplift_shap":
-                shape = (x.shape[2], x.shape[3], x.shape[1])  # one NHWC example
-                nhwc = reference_images(options["references"], shape)
-                extra["baselines"] = torch.from_numpy(nhwc).permute(0, 3, 1, 2).to(x.device)
-            maps = m.attribute(x, target=t, **extra).sum(dim=1, keepdim=True)
-            if options.get("upsample", True):
-                maps = ca.LayerAttribution.interpolate(maps, tuple(x.shape[-2:]), "bilinear")
-            return maps
+                extra["baselines"] = _references(options, x)
+            return _layer_image(m.attribute(x, target=t, **extra), x, options)
 
         return composed_layer_map
     if name in COMPOSED_NEURON_METHODS:
