@@ -325,6 +325,147 @@ def test_faithfulness_correlation_follows_its_documented_subsets():
     )
 
 
+jit_sensitivity_n = jax.jit(
+    F.sensitivity_n,
+    static_argnums=0,
+    static_argnames=("sizes", "samples", "substrate", "probabilities", "batch_size"),
+)
+
+
+def test_sensitivity_n_of_the_exact_map_of_a_linear_model_is_one_at_every_size():
+    # Ancona et al.: a linear model and the zero substrate make sum_S w x the exact drop
+    # for every subset, so the exact map satisfies sensitivity-n at every n.
+    w = testdata.normal(jax.random.key(20), (5, 5, 1))
+    x = testdata.uniform(jax.random.key(21), (2, 5, 5, 1))
+    fn = linear_model(w, bias=-0.2)
+    key = jax.random.key(22)
+    sizes = (1, 3, 0.5, 24)
+    got = jit_sensitivity_n(fn, x, 0, x * w, key, sizes=sizes, samples=12)
+    assert got.shape == (2, 4)
+    np.testing.assert_allclose(got, 1.0, atol=1e-5)
+    # A map that misplaces relevance is exact for no size but the trivial ones.
+    swapped = jnp.flip(x * w, axis=1)
+    assert np.all(jit_sensitivity_n(fn, x, 0, swapped, key, sizes=sizes[:3], samples=12) < 0.99)
+
+
+def test_sensitivity_n_columns_are_faithfulness_correlations_of_their_documented_subsets():
+    fn = tiny_mlp(jax.random.key(23), (4, 4, 1))
+    x = testdata.uniform(jax.random.key(24), (2, 4, 4, 1))
+    maps = testdata.normal(jax.random.key(25), (2, 4, 4))
+    key = jax.random.key(26)
+    got = F.sensitivity_n(fn, x, 1, maps, key, sizes=(5, 0.5), samples=6, batch_size=7)
+    np.testing.assert_allclose(
+        got[:, 0],
+        jit_faithfulness_correlation(fn, x, 1, maps, key, subset_size=5, samples=6),
+        atol=1e-6,
+    )
+    # Size j draws its subsets from samples j * samples + s: recomputed by hand for size 8.
+    logits = np.asarray(fn(x))
+    for i in range(2):
+        sums, drops = [], []
+        for s in range(6):
+            chosen = np.asarray(_permutation(key, i, 6 + s))[:8]
+            keep = np.ones(16, bool)
+            keep[chosen] = False
+            perturbed = np.asarray(x[i]).reshape(16) * keep
+            sums.append(np.asarray(maps[i]).reshape(16)[chosen].sum())
+            drops.append(logits[i, 1] - fn(perturbed.reshape(1, 4, 4, 1))[0, 1])
+        np.testing.assert_allclose(got[i, 1], np.corrcoef(sums, drops)[0, 1], atol=1e-5)
+
+
+def _aix360_monotonicity(fn, x, target, relevance, base):
+    """AIX360's ``monotonicity_metric``, one example, one pixel per step, in NumPy: put
+    the pixels of x into the base in ascending order of relevance and check that the
+    target's probability never falls."""
+    flat_x, current = np.asarray(x).reshape(-1), np.asarray(base).reshape(-1).copy()
+    probabilities = []
+    for pixel in np.argsort(np.asarray(relevance).reshape(-1), kind="stable"):
+        current[pixel] = flat_x[pixel]
+        logits = np.asarray(fn(current.reshape((1,) + x.shape)), np.float64)[0]
+        probabilities.append(
+            np.exp(logits[target] - logits.max()) / np.exp(logits - logits.max()).sum()
+        )
+    return bool(np.all(np.diff(probabilities) >= 0))
+
+
+def test_monotonicity_is_aix360s_check():
+    fn = tiny_mlp(jax.random.key(32), (2, 2))
+    x = testdata.uniform(jax.random.key(28), (6, 2, 2))
+    maps = testdata.normal(jax.random.key(29), (6, 2, 2))
+    got = jax.jit(F.monotonicity, static_argnums=0)(fn, x, 2, maps)
+    expected = [_aix360_monotonicity(fn, x[i], 2, maps[i], np.zeros((2, 2))) for i in range(6)]
+    np.testing.assert_array_equal(got, expected)
+    assert 0 < np.sum(expected) < 6  # both outcomes are checked
+    np.testing.assert_array_equal(F.monotonicity(fn, x, 2, maps, batch_size=4), got)
+
+
+def test_monotonicity_of_a_linear_model_depends_on_the_contributions_after_the_first():
+    # Logit sum_j w_j x_j against a zero class: every insertion after the first moves the
+    # logit by its pixel's contribution w_j x_j, whatever the order of the map.
+    x = np.ones((1, 2, 2, 1), np.float32)
+    positive = linear_model([1.0, 2.0, 3.0, 4.0])
+    one_negative = linear_model([-1.0, 2.0, 3.0, 4.0])
+    two_negative = linear_model([-1.0, -2.0, 3.0, 4.0])
+    contributions = np.asarray([[1.0, 2.0, 3.0, 4.0]]).reshape(x.shape)
+    assert F.monotonicity(positive, x, 0, -contributions, probabilities=False)[0]
+    # The only falling step is the first one, which the check leaves out...
+    assert F.monotonicity(one_negative, x, 0, contributions * [[1], [1]], probabilities=False)[0]
+    # ...unless the map ranks the negative pixel later.
+    assert not F.monotonicity(one_negative, x, 0, -contributions, probabilities=False)[0]
+    signed = np.asarray([-1.0, -2.0, 3.0, 4.0]).reshape(x.shape)
+    assert not F.monotonicity(two_negative, x, 0, signed, probabilities=False)[0]
+
+
+def test_monotonicity_correlation_of_a_linear_model_with_a_fixed_substrate():
+    # Replacing pixel j by 0 moves the logit by w_j x_j, so v_j = (w_j x_j)^2 and |w x|
+    # ranks the pixels exactly; -|w x| reverses the ranks.
+    w = testdata.normal(jax.random.key(30), (4, 4, 1))
+    x = testdata.uniform(jax.random.key(31), (2, 4, 4, 1))
+    fn = linear_model(w)
+    exact = x * w
+    got = F.monotonicity_correlation(fn, x, 0, exact, None, substrate="zero", probabilities=False)
+    np.testing.assert_allclose(got, 1.0, atol=1e-6)
+    reversed_ = F.monotonicity_correlation(
+        fn, x, 0, 1.0 / (np.abs(exact) + 1), None, substrate="zero", probabilities=False
+    )
+    np.testing.assert_allclose(reversed_, -1.0, atol=1e-6)
+
+
+def test_monotonicity_correlation_follows_its_documented_groups_and_draws():
+    fn = tiny_mlp(jax.random.key(32), (3, 3, 2))
+    x = testdata.uniform(jax.random.key(33), (2, 3, 3, 2))
+    maps = testdata.normal(jax.random.key(34), (2, 3, 3, 2))
+    key = jax.random.key(35)
+    got = F.monotonicity_correlation(fn, x, 1, maps, key, step=2, samples=3, batch_size=5)
+    # Replacement s of group g of example i draws U(0, 1) from fold_in(fold_in(key, i),
+    # g * samples + s); ceil(9 / 2) = 5 groups, the last of one pixel.
+    draws = _uniform_draws(key, 2, 15, (3, 3, 2))
+    probabilities = np.asarray(jax.nn.softmax(fn(x)))[:, 1]
+    for i in range(2):
+        relevance = np.abs(np.asarray(maps[i]).sum(-1).reshape(9))
+        order = np.argsort(relevance, kind="stable")
+        groups = [order[2 * g : 2 * g + 2] for g in range(5)]
+        perturbed = np.repeat(np.asarray(x[i]).reshape(1, 9, 2), 15, axis=0)
+        for g, pixels in enumerate(groups):
+            for s in range(3):
+                perturbed[g * 3 + s, pixels] = draws[i, g * 3 + s].reshape(9, 2)[pixels]
+        p = np.asarray(jax.nn.softmax(fn(perturbed.reshape(15, 3, 3, 2))))[:, 1]
+        moved = ((p - probabilities[i]) ** 2).reshape(5, 3).mean(1)
+        sums = [relevance[pixels].sum() for pixels in groups]
+        ranks = [np.argsort(np.argsort(v)) for v in (sums, moved)]
+        np.testing.assert_allclose(got[i], np.corrcoef(*ranks)[0, 1], atol=1e-5)
+
+
+@testdata.jit(static_argnums=(1, 2, 3))
+def _uniform_draws(key, examples, samples, shape):
+    def draw(i, s):
+        return jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, i), s), shape)
+
+    return jax.vmap(lambda i: jax.vmap(lambda s: draw(i, s))(jnp.arange(samples)))(
+        jnp.arange(examples)
+    )
+
+
 def test_road_removes_in_order_and_fills_from_the_neighbours():
     # The model reads one pixel (its logit is 10 x[p]); x is 1 there and 0 elsewhere,
     # and the map ranks p first. Removing p (MoRF) fills it from its zero neighbours, so
@@ -469,3 +610,13 @@ def test_bad_inputs_raise():
         F.faithfulness_correlation(fn, x, 0, np.ones_like(x), key, samples=1)
     with pytest.raises(ValueError, match="static"):
         jax.jit(lambda f: F.road(fn, x, 0, np.ones_like(x), key, fractions=(f,)))(0.5)
+    with pytest.raises(ValueError, match="sizes 4 gives 4 of 4 pixels"):
+        F.sensitivity_n(fn, x, 0, np.ones_like(x), key, sizes=(1, 4))
+    with pytest.raises(ValueError, match="at least one subset size"):
+        F.sensitivity_n(fn, x, 0, np.ones_like(x), key, sizes=())
+    with pytest.raises(ValueError, match="a fixed substrate is replaced once"):
+        F.monotonicity_correlation(fn, x, 0, np.ones_like(x), key, substrate="zero", samples=5)
+    with pytest.raises(ValueError, match="pass key="):
+        F.monotonicity_correlation(fn, x, 0, np.ones_like(x), None)
+    with pytest.raises(ValueError, match="uniform_range"):
+        F.monotonicity_correlation(fn, x, 0, np.ones_like(x), key, uniform_range=(1.0, 0.0))

@@ -1,5 +1,5 @@
 """Faithfulness and complexity of attribution maps: deletion, insertion, pixel flipping,
-ROAD, faithfulness correlation, Gini.
+ROAD, faithfulness correlation, sensitivity-n, monotonicity, Gini.
 
 Faithfulness metrics perturb the input in the order an attribution map ranks its
 pixels and watch the model's output for the explained class. Notation: example ``x``
@@ -103,6 +103,30 @@ shape of ``x``, and ``m`` pixels per step.
   ignores. Subsets all have the same size, so adding a constant to every relevance or
   scaling the map by a positive factor does not change the correlation (a negative
   factor flips its sign).
+* Sensitivity-n (Ancona, Ceolini, Öztireli & Gross, "Towards better understanding of
+  gradient-based attribution methods for deep neural networks", ICLR 2018,
+  arXiv:1711.06104): faithfulness correlation at several subset sizes ``n``, one column
+  each; a map "satisfies sensitivity-n" when every subset's relevance equals the drop,
+  so the correlation is 1. Quantus' ``SensitivityN`` computes something else under the
+  name: it removes pixels cumulatively, most relevant first, correlates each step's
+  relevance (of the pixels removed in that step alone) with the cumulative drop, and
+  takes the correlation across the images of a batch, so an image's score depends on
+  its batch; here, as in the paper, subsets are random and each example gets its own
+  correlation over ``samples`` subsets per size.
+* Monotonicity (Arya et al., "One Explanation Does Not Fit All: A Toolkit and Taxonomy
+  of AI Explainability Techniques", 2019, arXiv:1909.03012; AIX360's
+  ``monotonicity_metric``): start from the substrate, put the pixels of ``x`` back
+  least relevant first, and ask whether the target score never falls after the first
+  step (a bool per example). Quantus' ``Monotonicity`` (0.6) fills its start with the
+  baseline and then "perturbs" it by writing the baseline into the chosen features
+  again, so no value of ``x`` ever enters, every step scores the baseline, and every
+  map passes (with a fixed baseline; a random one makes the result random).
+  ``scripts/quantus_agreement.py`` shows it.
+* Monotonicity correlation (Nguyen & Martínez, "On quantitative aspects of model
+  interpretability", 2020, arXiv:2007.07584; Quantus' ``MonotonicityCorrelation``): the
+  Spearman correlation, over groups of pixels, between a group's relevance and the mean
+  squared change of the target score when the group is replaced by uniform noise; a
+  faithful map gives the pixels that move the score most the most relevance.
 * Sparseness (Chalasani, Chen, Chowdhury, Wu & Jha, "Concise explanations of neural
   networks using adversarial training", ICML 2020, arXiv:1810.06583; Quantus'
   ``Sparseness``): the Gini index (Hurley & Rickard 2009) of the absolute attributions
@@ -130,6 +154,7 @@ the non-array arguments static.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections.abc import Sequence
@@ -155,11 +180,12 @@ from fmi_jax.attribution.core import (
     select_target,
 )
 from fmi_jax.attribution.smoothing import gaussian_kernel
-from fmi_jax.evaluation.agreement import pearson
+from fmi_jax.evaluation.agreement import pearson, spearman
 from fmi_jax.evaluation.imputation import DEFAULT_IMPUTATION_NOISE, noisy_linear_imputation
 
 __all__ = [
     "ROAD_FRACTIONS",
+    "SENSITIVITY_N_FRACTIONS",
     "aopc",
     "auc",
     "complexity",
@@ -167,8 +193,11 @@ __all__ = [
     "effective_complexity",
     "faithfulness_correlation",
     "insertion_curve",
+    "monotonicity",
+    "monotonicity_correlation",
     "pixel_flipping",
     "road",
+    "sensitivity_n",
     "sparseness",
 ]
 
@@ -177,6 +206,7 @@ Substrate = str | float | Array
 _BLUR_TRUNCATE = 4.0  # radius of both blurs' Gaussian in sigmas (scipy.ndimage's default)
 _RISE_WINDOW = 11  # RISE's klen: an 11 x 11 kernel, zero padding 5
 ROAD_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+SENSITIVITY_N_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 0.8)
 _SCORES = ("probability", "logit", "correct")
 
 
@@ -589,7 +619,8 @@ def faithfulness_correlation(
     target score when the subset is replaced by the substrate (module docstring). 1 for
     a map whose subset sums predict every drop exactly (``x * w`` for a linear model and
     a zero substrate), about 0 for a map unrelated to the model; NaN when either side
-    does not vary (an all-zero map, a model that ignores the pixels).
+    does not vary (an all-zero map, a model that ignores the pixels). It is
+    :func:`sensitivity_n` at the one subset size.
 
     Args:
       fn: model function, batch -> logits ``(N, classes)``.
@@ -617,39 +648,309 @@ def faithfulness_correlation(
       ValueError: attributions that do not fit ``x``, a subset as large as the input, an
         unknown substrate.
     """
+    return _subset_correlations(
+        fn,
+        x,
+        target,
+        attributions,
+        key,
+        sizes=(subset_size,),
+        samples=samples,
+        substrate=substrate,
+        blur_sigma=blur_sigma,
+        probabilities=probabilities,
+        batch_size=batch_size,
+        name="faithfulness_correlation",
+        size_name="subset_size",
+    )[:, 0]
+
+
+def sensitivity_n(
+    fn: ModelFn,
+    x: Array,
+    target: Target,
+    attributions: Array,
+    key: Array,
+    *,
+    sizes: Sequence[int | float] = SENSITIVITY_N_FRACTIONS,
+    samples: int = 100,
+    substrate: Substrate = "zero",
+    blur_sigma: float = 5.0,
+    probabilities: bool = False,
+    batch_size: int | None = None,
+) -> Array:
+    """Sensitivity-n (Ancona et al. 2018) of every example's map at every subset size,
+    shape ``(N, len(sizes))``.
+
+    Column ``j`` is the Pearson correlation, over ``samples`` random subsets of ``n_j``
+    pixels, between the subset's relevance and the drop of the target score when the
+    subset is replaced by the substrate (module docstring). A map satisfies
+    sensitivity-n when the two are equal for every subset of ``n`` pixels; a method
+    with completeness does at ``n = P``, and at every ``n`` only for a model that is
+    linear in the pixels (Ancona et al.), so the curve over ``n`` says at which scales
+    the map still predicts what removing pixels does.
+
+    Args:
+      fn, x, target, attributions: as :func:`faithfulness_correlation`.
+      key: a PRNG key, or one key per example ``(N,)``; subset ``s`` of size ``n_j``
+        of example ``i`` is the first ``n_j`` pixels of the permutation drawn from
+        ``fold_in(fold_in(key, i), j * samples + s)`` (so the first column is
+        :func:`faithfulness_correlation` with the same key and ``samples``).
+      sizes: subset sizes: ints, or fractions of the pixels in (0, 1) (rounded up), each
+        smaller than the number of pixels; static. Default: 1, 2, 5, 10, 20, 50 and 80%
+        of the pixels, about evenly spaced on the log scale of the paper's plots, up to
+        Quantus' ``n_max_percentage`` of 0.8.
+      samples: subsets per example and size (the paper's 100), at least 2.
+      substrate, blur_sigma, probabilities, batch_size: as
+        :func:`faithfulness_correlation` (the logit by default; ``batch_size`` counts
+        (example, subset) pairs).
+
+    Returns:
+      float32 ``(N, len(sizes))`` in ``[-1, 1]`` (NaN where either side does not vary).
+
+    Raises:
+      ValueError: as :func:`faithfulness_correlation`, and no sizes.
+    """
+    listed = tuple(sizes) if isinstance(sizes, (list, tuple)) else (sizes,)
+    if not listed:
+        raise ValueError("sizes must name at least one subset size (an int or a fraction)")
+    return _subset_correlations(
+        fn,
+        x,
+        target,
+        attributions,
+        key,
+        sizes=listed,
+        samples=samples,
+        substrate=substrate,
+        blur_sigma=blur_sigma,
+        probabilities=probabilities,
+        batch_size=batch_size,
+        name="sensitivity_n",
+        size_name="sizes",
+    )
+
+
+def _subset_correlations(
+    fn: ModelFn,
+    x: Array,
+    target: Target,
+    attributions: Array,
+    key: Array,
+    *,
+    sizes: tuple[Any, ...],
+    samples: int,
+    substrate: Substrate,
+    blur_sigma: float,
+    probabilities: bool,
+    batch_size: int | None,
+    name: str,
+    size_name: str,
+) -> Array:
+    """``out[i, j]``: Pearson, over ``samples`` random subsets of ``sizes[j]`` pixels of
+    example ``i``, between the subsets' relevance and the drops of the target score."""
     samples = as_count(samples, "samples", minimum=2)
-    require_key(key, "faithfulness_correlation (its random subsets)")
+    require_key(key, f"{name} (its random subsets)")
     x = as_input(x)
     relevance, mask_shape = _pixel_relevance(x, attributions)
     background = _substrate(substrate, x, blur_sigma)
     target = resolve_target(fn, x, target, batch_size=batch_size)
     n, num_pixels = relevance.shape
     row = x.shape[2] if x.ndim == 4 else math.ceil(math.sqrt(num_pixels))
-    size = _pixels_per_step(subset_size, num_pixels, row, "subset_size")
-    if size >= num_pixels:
-        raise ValueError(
-            f"subset_size {subset_size!r} gives {size} of {num_pixels} pixels; a subset "
-            "must leave some pixels out (every subset would have the same relevance)"
-        )
+    counts = []
+    for size in sizes:
+        count = _pixels_per_step(size, num_pixels, row, size_name)
+        if count >= num_pixels:
+            raise ValueError(
+                f"{size_name} {size!r} gives {count} of {num_pixels} pixels; a subset "
+                "must leave some pixels out (every subset would have the same relevance)"
+            )
+        counts.append(count)
+    counts = jnp.asarray(counts, jnp.int32)
     keys = example_keys(key, n)
 
     # The drop is f_t(x) - f_t(perturbed); f_t(x) is the same for every subset of an
     # example, and a correlation ignores a constant shift, so only -f_t(perturbed) is
     # computed.
     def pair(example: Array, sample: Array) -> Array:
-        def subset(k: Array) -> Array:
-            chosen = jax.random.permutation(k, num_pixels)[:size]
-            return jnp.zeros(num_pixels, bool).at[chosen].set(True)
+        def subset(k: Array, count: Array) -> Array:
+            order = jax.random.permutation(k, num_pixels)
+            return jnp.zeros(num_pixels, bool).at[order].set(jnp.arange(num_pixels) < count)
 
-        inside = jax.vmap(subset)(sample_keys(keys, example, sample))
+        inside = jax.vmap(subset)(sample_keys(keys, example, sample), counts[sample // samples])
         relevance_sum = jnp.sum(jnp.where(inside, relevance[example], 0.0), axis=1)
         changed = inside.reshape((example.shape[0],) + mask_shape)
         perturbed = jnp.where(changed, background[example], x[example])
         drop = -_target_score(fn(perturbed), target[example], probabilities)
         return jnp.stack([relevance_sum, drop], axis=-1)
 
-    values = map_over_samples(pair, n, samples, batch_size=batch_size)
-    return pearson(values[..., 0], values[..., 1])
+    values = map_over_samples(pair, n, len(sizes) * samples, batch_size=batch_size)
+    values = values.reshape(n * len(sizes), samples, 2)
+    return pearson(values[..., 0], values[..., 1]).reshape(n, len(sizes))
+
+
+def monotonicity(
+    fn: ModelFn,
+    x: Array,
+    target: Target,
+    attributions: Array,
+    *,
+    substrate: Substrate = "zero",
+    step: int | float | None = 1,
+    blur_sigma: float = 5.0,
+    probabilities: bool = True,
+    batch_size: int | None = None,
+) -> Array:
+    """Monotonicity (Arya et al. 2019): whether the target score never falls as pixels
+    of ``x`` are put into the substrate, least relevant first; shape ``(N,)``, bool.
+
+    The insertion curve in ascending order of relevance (the reverse of
+    :func:`insertion_curve`'s; ties lower index first), ``c_1, ..., c_S`` after each of
+    the ``S`` steps; the map passes when ``c_{k+1} >= c_k`` for every ``k``. The score
+    of the substrate alone is not part of the check, as in AIX360's
+    ``monotonicity_metric``, which this follows: the relevance is signed (pass
+    ``jnp.abs(maps)`` for Quantus' ``abs=True``), one pixel per step, softmax
+    probability (module docstring, "Quantus' Monotonicity").
+
+    Args:
+      fn, x, target, attributions, substrate, blur_sigma, batch_size, probabilities:
+        as :func:`deletion_curve` (the substrate defaults to ``'zero'``, AIX360's and
+        Quantus' black baseline for inputs whose minimum is 0).
+      step: pixels inserted per step, as :func:`deletion_curve`'s ``step``; 1 by
+        default (AIX360 and Quantus), so ``P + 1`` model evaluations per example.
+
+    Returns:
+      bool ``(N,)``: True where the curve never falls.
+    """
+    curve = _curve(
+        fn,
+        x,
+        target,
+        attributions,
+        insert=True,
+        most_relevant_first=False,
+        substrate=substrate,
+        step=step,
+        blur_sigma=blur_sigma,
+        batch_size=batch_size,
+        probabilities=probabilities,
+    )
+    return jnp.all(jnp.diff(curve[:, 1:], axis=1) >= 0, axis=1)
+
+
+def monotonicity_correlation(
+    fn: ModelFn,
+    x: Array,
+    target: Target,
+    attributions: Array,
+    key: Array | None,
+    *,
+    substrate: Substrate = "uniform",
+    uniform_range: tuple[float, float] = (0.0, 1.0),
+    step: int | float | None = 1,
+    samples: int | None = None,
+    absolute: bool = True,
+    blur_sigma: float = 5.0,
+    probabilities: bool = True,
+    batch_size: int | None = None,
+) -> Array:
+    """Monotonicity correlation (Nguyen & Martínez 2020) of every example's map, shape
+    ``(N,)``: the Spearman correlation between the relevance of groups of pixels and how
+    much replacing each group moves the target score.
+
+    The pixels are sorted by ``|relevance|`` (signed relevance with ``absolute=False``),
+    ascending, ties lower index first, and cut into ``G = ceil(P / m)`` groups of ``m``
+    consecutive pixels. For group ``g`` with relevance ``a_g`` (the sum of its pixels')
+    and ``samples`` replacements of its pixels by the substrate,
+
+        ``v_g = mean_s (f_t(x with group g replaced, sample s) - f_t(x))^2``,
+
+    and the score is ``spearman(a, v)`` over the groups (average ranks for ties). A
+    faithful map gives the pixels that move the score most the largest relevance: 1.
+    Nguyen & Martínez and Quantus divide ``v`` by ``f_t(x)^2``, one factor per example,
+    which a rank correlation ignores; it is left out.
+
+    Args:
+      fn, x, target, attributions: as :func:`deletion_curve`.
+      key: a PRNG key, or one key per example ``(N,)``, for the ``'uniform'`` substrate:
+        replacement ``s`` of group ``g`` of example ``i`` draws from
+        ``fold_in(fold_in(key, i), g * samples + s)``; ``None`` for a fixed substrate.
+      substrate: ``'uniform'`` (default, as Quantus): every replaced value drawn from
+        ``U(uniform_range)`` independently; or any fixed substrate of
+        :func:`deletion_curve` (``'zero'``, a blur, an array), replaced once.
+      uniform_range: ``(low, high)`` of the uniform substrate; Quantus' ``(0, 1)``.
+      step: pixels per group, as :func:`deletion_curve`'s ``step``; 1 by default
+        (Quantus' ``features_in_step``).
+      samples: replacements per group: 100 for the uniform substrate by default
+        (Quantus' ``nr_samples``), 1 for a fixed one (more would repeat it).
+      absolute: order and sum ``|relevance|`` (default, Quantus' ``abs=True``) or the
+        signed relevance.
+      blur_sigma, probabilities, batch_size: as :func:`deletion_curve` (softmax
+        probability by default, as Quantus; ``batch_size`` counts (example, group,
+        sample) evaluations).
+
+    Returns:
+      float32 ``(N,)`` in ``[-1, 1]``; NaN where every group has the same relevance or
+      moves the score alike.
+
+    Raises:
+      ValueError: attributions that do not fit ``x``, an unknown substrate, a bad step
+        or range, more than one sample of a fixed substrate, no key for the uniform one.
+    """
+    x = as_input(x)
+    relevance, mask_shape = _pixel_relevance(x, attributions)
+    if absolute:
+        relevance = jnp.abs(relevance)
+    n, num_pixels = relevance.shape
+    row = x.shape[2] if x.ndim == 4 else math.ceil(math.sqrt(num_pixels))
+    per_group = _pixels_per_step(step, num_pixels, row)
+    groups = -(-num_pixels // per_group)
+    uniform = isinstance(substrate, str) and substrate == "uniform"
+    if uniform:
+        samples = as_count(100 if samples is None else samples, "samples")
+        low, high = _as_range(uniform_range)
+        require_key(key, "monotonicity_correlation (its uniform substrate)")
+        keys = example_keys(key, n)
+    else:
+        samples = as_count(1 if samples is None else samples, "samples")
+        if samples != 1:
+            raise ValueError(
+                f"samples={samples} repeats the same replacement: a fixed substrate is "
+                "replaced once; use substrate='uniform' for random replacements"
+            )
+        background = _substrate(substrate, x, blur_sigma)
+    target = resolve_target(fn, x, target, batch_size=batch_size)
+    group = _removal_ranks(relevance, most_relevant_first=False) // per_group
+    group_relevance = jnp.zeros((n, groups)).at[jnp.arange(n)[:, None], group].add(relevance)
+    perturbations = groups * samples
+
+    # The clean input is evaluation number `perturbations` of every example, in the same
+    # equally shaped chunks as the perturbed ones, so a group whose replacement leaves
+    # the input as it was moves the score by exactly 0.
+    def evaluate(example: Array, k: Array) -> Array:
+        changed = (group[example] == (k // samples)[:, None]) & (k < perturbations)[:, None]
+        changed = changed.reshape((example.shape[0],) + mask_shape)
+        if uniform:
+            draw = functools.partial(jax.random.uniform, shape=x.shape[1:], minval=low, maxval=high)
+            replacement = jax.vmap(draw)(sample_keys(keys, example, k))
+        else:
+            replacement = background[example]
+        perturbed = jnp.where(changed, replacement, x[example])
+        return _target_score(fn(perturbed), target[example], probabilities)
+
+    scores = map_over_samples(evaluate, n, perturbations + 1, batch_size=batch_size)
+    moved = (scores[:, :perturbations] - scores[:, perturbations:]) ** 2
+    return spearman(group_relevance, moved.reshape(n, groups, samples).mean(-1))
+
+
+def _as_range(value: Any) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"uniform_range must be two numbers (low, high), got {value!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"uniform_range must be finite with low < high, got {value!r}")
+    return low, high
 
 
 def _target_score(logits: Array, target: Array, probabilities: bool) -> Array:
