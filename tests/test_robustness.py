@@ -1,4 +1,5 @@
-"""Infidelity and max-sensitivity (Yeh et al. 2019) with known answers."""
+"""Infidelity and max-sensitivity (Yeh et al. 2019), the local Lipschitz estimate and
+relative stability (Agarwal et al. 2022) with known answers."""
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,9 @@ from fmi_jax.evaluation.robustness import (
     infidelity,
     local_lipschitz,
     max_sensitivity,
+    relative_input_stability,
+    relative_output_stability,
+    relative_representation_stability,
 )
 from tests import testdata
 
@@ -89,21 +93,21 @@ def gaussian_noise(key, samples, stdev):
     return stdev * np.asarray(_standard_normal_noise(key, samples))
 
 
-@testdata.jit(static_argnums=(1, 2))
-def _uniform_noise(key, samples, radius):
+@testdata.jit(static_argnums=(1, 2, 3))
+def _uniform_noise(key, samples, minval, maxval):
     noise_keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i))[0])(jnp.arange(N))
     keys = jax.vmap(lambda k: jax.vmap(lambda s: jax.random.fold_in(k, s))(jnp.arange(samples)))(
         noise_keys
     )
     uniform = jax.vmap(
-        jax.vmap(lambda k: jax.random.uniform(k, SHAPE, jnp.float32, -radius, radius))
+        jax.vmap(lambda k: jax.random.uniform(k, SHAPE, jnp.float32, minval, maxval))
     )
     return uniform(keys)
 
 
 def uniform_noise(key, samples, radius):
     """delta[i, s] as max_sensitivity draws it: noise keys are split(fold_in(key, i))[0]."""
-    return np.asarray(_uniform_noise(key, samples, radius))
+    return np.asarray(_uniform_noise(key, samples, -radius, radius))
 
 
 def test_infidelity_of_the_gradient_of_a_linear_model_is_zero(linear):
@@ -348,3 +352,166 @@ def test_bad_inputs_are_refused(linear):
         max_sensitivity(explainer("saliency", fn), x, target, key, norm_ord="nuc")
     with pytest.raises(ValueError, match="samples"):
         max_sensitivity(explainer("saliency", fn), x, target, key, samples=0)
+
+
+# Relative stability. Each test runs its metrics in one jitted program: the metrics
+# draw the same noise from the same key, which XLA then computes once, so a test
+# compiles a single program of about the size of one metric.
+
+
+def stability_noise(key, samples, minval=0.02, maxval=0.2):
+    """x'[i, s] - x[i] as the relative stabilities draw it (the sensitivities' noise keys,
+    Quantus' default U[0.02, 0.2])."""
+    return np.asarray(_uniform_noise(key, samples, minval, maxval), np.float32)
+
+
+def relative_scores(before, after, view_before, view_after, relative, eps=1e-6):
+    """The documented score of every (example, sample), in float64, by hand: before/view
+    ``(N, ...)``, after ``(N, S, ...)``; exact zeros divide as eps, the norm floor is eps."""
+
+    def norm(values):
+        return np.linalg.norm(values.reshape(values.shape[0], values.shape[1], -1), axis=2)
+
+    def nonzero(values):
+        return np.where(values == 0, eps, values)
+
+    before, after = np.float64(before)[:, None], np.float64(after)
+    view_before, view_after = np.float64(view_before)[:, None], np.float64(view_after)
+    change = view_before - view_after
+    if relative:
+        change = change / nonzero(view_before)
+    return norm((before - after) / nonzero(before)) / np.maximum(norm(change), eps)
+
+
+def squared(inputs, target, key):
+    return inputs * inputs
+
+
+def test_relative_stability_on_a_linear_model(linear):
+    fn, x, target, _ = linear
+    ixg = explainer("input_x_gradient", fn)
+    saliency = explainer("saliency", fn, abs=False)  # w_t, whatever the input
+
+    @jax.jit
+    def run(x, key):
+        def ris(explain):
+            return relative_input_stability(explain, x, target, key, fn=fn, samples=6)
+
+        scaled = ris(lambda xs, t, k: -3.0 * ixg(xs, t, k))
+        still = relative_output_stability(saliency, x, target, key, fn=fn, samples=6)
+        return ris(ixg), scaled, ris(saliency), still
+
+    got, scaled, *zeros = run(x, jax.random.key(12))
+    # Input x gradient: e = w_t * x, so (e(x) - e(x')) / e(x) = (x - x') / x element by
+    # element, for any perturbation; scaling the map changes neither.
+    assert got.shape == (N,) and got.dtype == jnp.float32
+    np.testing.assert_allclose(got, 1.0, rtol=1e-4)
+    np.testing.assert_allclose(scaled, got, rtol=1e-5)
+    # A map that does not move with the input is perfectly stable.
+    for value in zeros:
+        np.testing.assert_array_equal(value, 0.0)
+
+
+@pytest.fixture(scope="module")
+def hidden_mlp():
+    """A tanh network whose hidden layer is the representation, and an input with one
+    exact zero (divided as eps_min)."""
+    rng = np.random.default_rng(3)
+    w1 = rng.normal(size=(D, 5)).astype(np.float32)
+    w2 = rng.normal(size=(5, CLASSES)).astype(np.float32)
+    x = rng.normal(size=(N,) + SHAPE).astype(np.float32)
+    x[1, 0, 2] = 0.0
+
+    def hidden(inputs):
+        return jnp.tanh(inputs.reshape(inputs.shape[0], -1) @ w1)
+
+    def fn(inputs):
+        return hidden(inputs) @ w2
+
+    return fn, hidden, (w1, w2), x
+
+
+def test_relative_stabilities_match_the_formulas_by_hand(hidden_mlp):
+    fn, hidden, (w1, w2), x = hidden_mlp
+    key, samples = jax.random.key(14), 6
+    target = jnp.array([0, 2, 1, 1], jnp.int32)
+
+    @jax.jit
+    def run(x, key):
+        options = dict(fn=fn, samples=samples)
+        return (
+            relative_input_stability(squared, x, target, key, **options),
+            relative_output_stability(squared, x, target, key, **options),
+            relative_representation_stability(
+                squared, x, target, key, representation=hidden, **options
+            ),
+            # Chunks of 5 of the 24 (example, perturbation) pairs: the same numbers.
+            relative_representation_stability(
+                squared, x, target, key, representation=hidden, batch_size=5, **options
+            ),
+        )
+
+    ris, ros, rrs, rrs_chunked = run(x, key)
+    noisy = x[:, None] + stability_noise(key, samples)
+    h = np.tanh(np.float64(x).reshape(N, -1) @ w1)
+    h_noisy = np.tanh(np.float64(noisy).reshape(N, samples, -1) @ w1)
+    logits, logits_noisy = h @ w2, h_noisy @ w2
+    kept = logits_noisy.argmax(axis=2) == logits.argmax(axis=1)[:, None]
+    assert kept.any(axis=1).all()
+    e, e_noisy = x * x, noisy * noisy
+    for got, view, view_noisy, relative in (
+        (ris, x, noisy, True),
+        (ros, logits, logits_noisy, False),  # the logits' change is absolute
+        (rrs, h, h_noisy, True),
+    ):
+        scores = relative_scores(e, e_noisy, view, view_noisy, relative)
+        np.testing.assert_allclose(got, np.where(kept, scores, -np.inf).max(axis=1), rtol=1e-4)
+    np.testing.assert_allclose(rrs_chunked, rrs, rtol=1e-5)
+    # The zero of x[1] divides as eps_min in both norms of RIS, which then hold about
+    # x'^2 / eps_min and x' / eps_min: RIS of example 1 is about x' < 0.2 < 1.
+    assert float(ris[1]) < 1.0 < float(ris[np.array([0, 2, 3])].min())
+
+
+def test_perturbed_inputs_that_change_the_prediction_are_left_out():
+    # Class 0 while the features sum to less than 6. The noise adds between 0.12 and 1.2
+    # to the sum: example 0 never changes class, example 1 sometimes, example 3 always.
+    def fn(inputs):
+        total = inputs.reshape(inputs.shape[0], -1).sum(axis=1)
+        return jnp.stack([6.0 - total, jnp.zeros_like(total)], axis=1)
+
+    levels = np.array([0.5, 0.89, 0.7, 0.99], np.float32)
+    x = np.broadcast_to(levels[:, None, None], (N,) + SHAPE).copy()
+    key, samples = jax.random.key(15), 6
+    ris = jax.jit(relative_input_stability, static_argnums=0, static_argnames=("fn", "samples"))
+    got = np.asarray(ris(squared, x, 0, key, fn=fn, samples=samples))
+
+    noisy = x[:, None] + stability_noise(key, samples)
+    kept = noisy.reshape(N, samples, -1).sum(axis=2) < 6.0
+    assert kept[0].all() and 0 < kept[1].sum() < samples and not kept[3].any()
+    scores = relative_scores(x * x, noisy * noisy, x, noisy, relative=True)
+    want = np.where(kept, scores, -np.inf).max(axis=1)
+    np.testing.assert_allclose(got[:3], want[:3], rtol=1e-4)
+    assert got[1] < scores[1].max()  # the largest score came from a changed prediction
+    assert np.isnan(got[3])
+
+
+def test_relative_stability_refuses_bad_arguments(linear):
+    fn, x, target, _ = linear
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="relative_input_stability needs fn="):
+        relative_input_stability(squared, x, target, key)
+    with pytest.raises(ValueError, match="needs representation="):
+        relative_representation_stability(squared, x, target, key, fn=fn)
+    with pytest.raises(ValueError, match="minval must be <= maxval"):
+        relative_output_stability(squared, x, target, key, fn=fn, minval=0.2, maxval=0.1)
+    with pytest.raises(ValueError, match="eps_min must be > 0"):
+        relative_input_stability(squared, x, target, key, fn=fn, eps_min=0.0)
+    with pytest.raises(ValueError, match="norm_ord"):
+        relative_input_stability(squared, x, target, key, fn=fn, norm_ord="nuc")
+    # Found while tracing, so under jit nothing is compiled before the error.
+    with pytest.raises(ValueError, match=r"representation must return .*leading axis 4"):
+        jax.jit(
+            lambda x: relative_representation_stability(
+                squared, x, target, key, fn=fn, representation=lambda xs: xs[:1], samples=2
+            )
+        )(x)

@@ -1,5 +1,5 @@
-"""Infidelity and sensitivity of explanations (Yeh et al. 2019), and the local Lipschitz
-estimate (Alvarez-Melis & Jaakkola 2018).
+"""Infidelity and sensitivity of explanations (Yeh et al. 2019), the local Lipschitz
+estimate (Alvarez-Melis & Jaakkola 2018) and relative stability (Agarwal et al. 2022).
 
 Both metrics come from Yeh, Hsieh, Suggala, Inouye & Ravikumar (2019), "On the
 (In)fidelity and Sensitivity of Explanations", NeurIPS, arXiv:1901.09392, and follow
@@ -57,6 +57,54 @@ defaults of Quantus' ``LocalLipschitzEstimate`` (the paper maximises over the
 neighbourhood by optimisation). Both share max-sensitivity's keys, targets and
 chunking.
 
+Relative stability (Agarwal, Johnson, Pawelczyk, Krishna, Saxena, Zitnik & Lakkaraju,
+"Rethinking Stability for Attribution-based Explanations", 2022, arXiv:2203.06877)
+relates the relative change of the explanation ``e`` to the relative change of the
+input (:func:`relative_input_stability`), to the change of the logits ``h = fn``
+(:func:`relative_output_stability`) or to the relative change of an internal
+representation ``L`` (:func:`relative_representation_stability`)::
+
+    RIS(x) = max_s ||(e(x) - e(x'_s)) / e(x)|| / max(||(x - x'_s) / x||, eps_min)
+    ROS(x) = max_s ||(e(x) - e(x'_s)) / e(x)|| / max(||h(x) - h(x'_s)||, eps_min)
+    RRS(x) = max_s ||(e(x) - e(x'_s)) / e(x)|| / max(||(L(x) - L(x'_s)) / L(x)||, eps_min)
+
+The divisions inside the norms are elementwise, every norm is over the flattened
+example (``norm_ord``, the 2-norm by default), and the maximum runs over the perturbed
+inputs that keep the clean input's predicted class, ``argmax h(x'_s) = argmax h(x)``
+(the paper's condition ``y_x = y_x'``), which is why all three need ``fn``. Lower is
+more stable. Conventions and defaults are those of Quantus' ``RelativeInputStability``,
+``RelativeOutputStability`` and ``RelativeRepresentationStability`` (Quantus 0.6):
+
+* ``x'_s = x + U[0.02, 0.2]`` per feature, 200 samples. Quantus' default perturbation,
+  ``batch_uniform_noise`` with its ``lower_bound=0.02`` and the ``upper_bound=0.2`` these
+  metrics pass, draws from ``[lower_bound, upper_bound]``: it shifts every feature *up*.
+  ``minval`` and ``maxval`` set the interval (``-r`` and ``r`` for symmetric noise).
+* ``eps_min = 1e-6``. An element of ``e(x)``, ``x`` or ``L(x)`` that is exactly 0 is
+  replaced by ``eps_min`` where it divides, so an element that is 0 at ``x`` but not at
+  ``x'_s`` contributes ``|e(x'_s)| / eps_min``; on images with exact zeros (a black
+  background) such elements dominate both norms of RIS.
+* ROS's change of the logits is absolute; only RIS and RRS divide elementwise.
+
+Differences from Quantus:
+
+* The denominator is ``max(norm, eps_min)``, the paper's formula; Quantus replaces only
+  a norm that is exactly 0 by ``eps_min``, which differs for norms in ``(0, eps_min)``.
+* A perturbed input whose predicted class changed is left out of the maximum, and an
+  example is NaN only when none of its ``samples`` keeps the class. Quantus sets that
+  sample's score to NaN and takes ``np.max``, which propagates NaN, so a single changed
+  prediction among its 200 samples makes the example's score NaN.
+* Every norm is over the whole flattened example, whatever its rank; Quantus flattens
+  inputs and maps of 2 to 4 dimensions, but takes the norm of a representation over its
+  last axis only.
+* ``L`` is a function of the input batch (``lambda xs: handle.capture(xs, layer)[1]``
+  for a :func:`~fmi_jax.attribution.flax_model` handle) instead of Quantus'
+  ``layer_names``/``layer_indices``, and it is required: the paper's RRS is about a
+  hidden layer, and ``representation=fn`` (the logits' elementwise relative change) has
+  to be asked for.
+* Quantus' ``abs`` and ``normalise`` options (off by default) belong in ``explain``
+  here. Keys, ``target=None`` and ``independent_explain_keys`` work as for
+  ``max_sensitivity`` (below).
+
 Differences from Captum:
 
 * ``target=None`` means each example's predicted class ``argmax fn(x)``, resolved on
@@ -72,7 +120,7 @@ Differences from Captum:
   explainer's own Monte Carlo noise. ``independent_explain_keys=True`` gives every
   call its own key, which is what Captum's repeated calls on the global generator do.
 
-Memory: both metrics walk over the ``N * samples`` (example, perturbation) pairs in
+Memory: the metrics walk over the ``N * samples`` (example, perturbation) pairs in
 chunks of ``batch_size`` pairs (:func:`fmi_jax.attribution.sum_over_samples` and
 :func:`~fmi_jax.attribution.map_over_samples`); no Python loop over examples or
 samples, and peak memory is one chunk's model or explainer evaluation. When more than
@@ -108,20 +156,29 @@ from fmi_jax.attribution.core import (
 )
 
 __all__ = [
+    "DEFAULT_EPS_MIN",
     "DEFAULT_INFIDELITY_STDEV",
     "DEFAULT_LIPSCHITZ_STDEV",
     "DEFAULT_SENSITIVITY_RADIUS",
+    "DEFAULT_STABILITY_MAXVAL",
+    "DEFAULT_STABILITY_MINVAL",
     "avg_sensitivity",
     "gaussian_perturbation",
     "infidelity",
     "local_lipschitz",
     "max_sensitivity",
+    "relative_input_stability",
+    "relative_output_stability",
+    "relative_representation_stability",
     "uniform_perturbation",
 ]
 
 DEFAULT_INFIDELITY_STDEV = 0.003
 DEFAULT_SENSITIVITY_RADIUS = 0.02
 DEFAULT_LIPSCHITZ_STDEV = 0.1
+DEFAULT_STABILITY_MINVAL = 0.02
+DEFAULT_STABILITY_MAXVAL = 0.2
+DEFAULT_EPS_MIN = 1e-6
 
 Perturb = Callable[[Array, Array], tuple[Array, Array]]
 Explain = Callable[[Array, Array, Array], Array]
@@ -146,6 +203,16 @@ def _as_scale(value: Any, name: str) -> float:
         raise ValueError(f"{name} must be a number >= 0, got {value!r}") from None
     if not value >= 0 or not np.isfinite(value):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return value
+
+
+def _as_bound(value: Any, name: str) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a finite number, got {value!r}") from None
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
     return value
 
 
@@ -403,13 +470,184 @@ def local_lipschitz(
         target,
         key,
         perturb=lambda k, xi: xi + stdev * jax.random.normal(k, xi.shape, xi.dtype),
-        lipschitz=True,
+        score=_map_change("fro", over_input=True),
         samples=samples,
-        norm_ord="fro",
         fn=fn,
         independent_explain_keys=independent_explain_keys,
         batch_size=batch_size,
     ).max(axis=1)
+
+
+def relative_input_stability(
+    explain: Explain,
+    x: Array,
+    target: Target,
+    key: Array,
+    *,
+    minval: float = DEFAULT_STABILITY_MINVAL,
+    maxval: float = DEFAULT_STABILITY_MAXVAL,
+    samples: int = 200,
+    eps_min: float = DEFAULT_EPS_MIN,
+    norm_ord: str | float = "fro",
+    fn: ModelFn | None = None,
+    independent_explain_keys: bool = False,
+    batch_size: int | None = None,
+) -> Array:
+    """Relative input stability (RIS, Agarwal et al. 2022) per example::
+
+        max_s ||(e(x) - e(x'_s)) / e(x)|| / max(||(x - x'_s) / x||, eps_min)
+
+    over the perturbed inputs ``x'_s = x + U[minval, maxval]`` (per feature) whose
+    predicted class ``argmax fn(x'_s)`` is that of ``x``; lower is more stable. Quantus:
+    ``RelativeInputStability``; see the module docstring for the conventions (an
+    element of ``e(x)`` or ``x`` that is exactly 0 divides as ``eps_min``) and the
+    differences. For input x gradient of a linear model it is 1 (inputs and weights
+    without zeros), since then ``(e(x) - e(x')) / e(x) = (x - x') / x``; for an explanation that does not change
+    with the input (the gradient of a linear model) it is 0.
+
+    Args:
+      explain: ``explain(x, target, key) -> maps``, as for :func:`max_sensitivity`.
+      x: inputs ``(N, ...)``.
+      target: class per example ``(N,)``, one int for all, or ``None`` for the predicted
+        class of the clean input; every perturbed copy explains the same class.
+      key: a PRNG key, or one key per example (shape ``(N,)``).
+      minval, maxval: the uniform noise ``U[minval, maxval]`` added to every feature.
+        Quantus' default ``[0.02, 0.2]`` shifts every feature up; ``minval=-r,
+        maxval=r`` is symmetric noise.
+      samples: perturbations per example (Quantus' ``nr_samples``).
+      eps_min: the floor of the denominator's norm, and what an exact 0 of ``e(x)`` or
+        ``x`` is replaced by in the elementwise divisions.
+      norm_ord: the norm ``||.||_p`` over the flattened example, for both the map and
+        the input: ``'fro'`` (the 2-norm, Quantus), ``'inf'`` or a number ``p > 0``.
+      fn: the model, batch -> logits ``(N, classes)``: required, for the condition that
+        the perturbed input keeps the clean input's predicted class.
+      independent_explain_keys: a fresh explainer key for every perturbed copy, as for
+        :func:`max_sensitivity`.
+      batch_size: inputs per call of ``explain`` and ``fn``; ``None`` evaluates all
+        ``N * samples`` perturbed copies at once.
+
+    Returns:
+      float32 array ``(N,)``; NaN for an example none of whose perturbed copies keeps
+      its predicted class.
+
+    Raises:
+      ValueError: no ``fn``, ``minval > maxval``, ``eps_min <= 0``, a bad target or
+        norm, maps without leading axis ``N``, or NaN/Inf in the inputs.
+    """
+    return _relative_stability(
+        "relative_input_stability",
+        explain,
+        x,
+        target,
+        key,
+        view=None,
+        relative_view=True,
+        minval=minval,
+        maxval=maxval,
+        samples=samples,
+        eps_min=eps_min,
+        norm_ord=norm_ord,
+        fn=fn,
+        independent_explain_keys=independent_explain_keys,
+        batch_size=batch_size,
+    )
+
+
+def relative_output_stability(
+    explain: Explain,
+    x: Array,
+    target: Target,
+    key: Array,
+    *,
+    minval: float = DEFAULT_STABILITY_MINVAL,
+    maxval: float = DEFAULT_STABILITY_MAXVAL,
+    samples: int = 200,
+    eps_min: float = DEFAULT_EPS_MIN,
+    norm_ord: str | float = "fro",
+    fn: ModelFn | None = None,
+    independent_explain_keys: bool = False,
+    batch_size: int | None = None,
+) -> Array:
+    """Relative output stability (ROS, Agarwal et al. 2022) per example::
+
+        max_s ||(e(x) - e(x'_s)) / e(x)|| / max(||h(x) - h(x'_s)||, eps_min)
+
+    with ``h = fn`` the logits; the change of the logits is absolute, not relative to
+    ``h(x)``, as in Quantus' ``RelativeOutputStability``. Perturbations, the condition on
+    the predicted class and every argument as :func:`relative_input_stability` (``fn`` is
+    required)."""
+    return _relative_stability(
+        "relative_output_stability",
+        explain,
+        x,
+        target,
+        key,
+        view=fn,
+        relative_view=False,
+        minval=minval,
+        maxval=maxval,
+        samples=samples,
+        eps_min=eps_min,
+        norm_ord=norm_ord,
+        fn=fn,
+        independent_explain_keys=independent_explain_keys,
+        batch_size=batch_size,
+    )
+
+
+def relative_representation_stability(
+    explain: Explain,
+    x: Array,
+    target: Target,
+    key: Array,
+    *,
+    representation: Callable[[Array], Array] | None = None,
+    minval: float = DEFAULT_STABILITY_MINVAL,
+    maxval: float = DEFAULT_STABILITY_MAXVAL,
+    samples: int = 200,
+    eps_min: float = DEFAULT_EPS_MIN,
+    norm_ord: str | float = "fro",
+    fn: ModelFn | None = None,
+    independent_explain_keys: bool = False,
+    batch_size: int | None = None,
+) -> Array:
+    """Relative representation stability (RRS, Agarwal et al. 2022) per example::
+
+        max_s ||(e(x) - e(x'_s)) / e(x)|| / max(||(L(x) - L(x'_s)) / L(x)||, eps_min)
+
+    with ``L = representation``, required: a function from a batch of inputs to an
+    internal representation ``(N, ...)``, e.g. a hidden layer's activation
+    ``lambda xs: handle.capture(xs, 'conv2')[1]`` for a
+    :func:`~fmi_jax.attribution.flax_model` handle (Quantus' ``layer_names``). An
+    element of ``L(x)`` that is exactly 0 divides as ``eps_min``, as in Quantus'
+    ``RelativeRepresentationStability``. ``representation=fn`` gives the variant with the
+    logits' elementwise relative change, which differs from
+    :func:`relative_output_stability` (absolute change). Perturbations, the condition on
+    the predicted class and every other argument as :func:`relative_input_stability`
+    (``fn`` is required)."""
+    if representation is None or not callable(representation):
+        raise ValueError(
+            "relative_representation_stability needs representation=, a function from a "
+            "batch of inputs to an internal representation (N, ...), e.g. "
+            "lambda xs: handle.capture(xs, layer)[1]"
+        )
+    return _relative_stability(
+        "relative_representation_stability",
+        explain,
+        x,
+        target,
+        key,
+        view=representation,
+        relative_view=True,
+        minval=minval,
+        maxval=maxval,
+        samples=samples,
+        eps_min=eps_min,
+        norm_ord=norm_ord,
+        fn=fn,
+        independent_explain_keys=independent_explain_keys,
+        batch_size=batch_size,
+    )
 
 
 def _uniform_sensitivity(
@@ -435,13 +673,140 @@ def _uniform_sensitivity(
         target,
         key,
         perturb=functools.partial(uniform_perturbation, radius=radius),
-        lipschitz=False,
+        score=_map_change(_check_norm_ord(norm_ord), over_input=False),
         samples=samples,
-        norm_ord=norm_ord,
         fn=fn,
         independent_explain_keys=independent_explain_keys,
         batch_size=batch_size,
     )
+
+
+# score(example, x'_s, Phi(x'_s)) -> (B,) for a chunk of (example, perturbation) pairs,
+# built once by make_score(x, Phi(x)) from the checked inputs and the clean maps.
+Score = Callable[[Array, Array, Array], Array]
+MakeScore = Callable[[Array, Array], Score]
+
+
+def _map_change(norm_ord: str | float, *, over_input: bool) -> MakeScore:
+    """The sensitivities' score: ``||Phi(x') - Phi(x)||`` over ``||Phi(x)||`` (1 where it
+    is 0), or over ``||x' - x||_2`` with ``over_input`` (the Lipschitz estimate)."""
+
+    def make_score(x: Array, clean: Array) -> Score:
+        clean_norm = _flat_norm(clean, norm_ord)
+        clean_norm = jnp.where(clean_norm == 0, 1.0, clean_norm)
+
+        def score(example: Array, noisy: Array, maps: Array) -> Array:
+            change = _flat_norm(maps - clean[example], norm_ord)
+            if over_input:
+                return change / _flat_norm(noisy - x[example], "fro")
+            return change / clean_norm[example]
+
+        return score
+
+    return make_score
+
+
+def _nonzero(values: Array, eps: float) -> Array:
+    """``values`` with every exact 0 replaced by ``eps`` (Quantus' ``a + (a == 0) * eps``)."""
+    return jnp.where(values == 0, eps, values)
+
+
+def _leading_axis(values: Any, inputs: Array, what: str) -> Array:
+    """``values`` as float32, checked to have one row per input (``what``: who must
+    return what, for the error message)."""
+    values = jnp.asarray(values, dtype=jnp.float32)
+    if values.ndim < 1 or values.shape[0] != inputs.shape[0]:
+        raise ValueError(
+            f"{what} with leading axis {inputs.shape[0]} for inputs of shape "
+            f"{inputs.shape}, got shape {values.shape}"
+        )
+    return values
+
+
+_RETURN_REPRESENTATION = "representation must return an array"
+
+
+def _relative_stability(
+    name: str,
+    explain: Explain,
+    x: Array,
+    target: Target,
+    key: Array,
+    *,
+    view: Callable[[Array], Array] | None,
+    relative_view: bool,
+    minval: float,
+    maxval: float,
+    samples: int,
+    eps_min: float,
+    norm_ord: str | float,
+    fn: ModelFn | None,
+    independent_explain_keys: bool,
+    batch_size: int | None,
+) -> Array:
+    """RIS (``view=None``: the input itself), ROS (``view=fn``, absolute change) or RRS
+    (``view=representation``): the largest score over the perturbations that keep the
+    predicted class, NaN where none does."""
+    if fn is None:
+        raise ValueError(
+            f"{name} needs fn= (the model): only perturbed inputs that keep the clean "
+            "input's predicted class count"
+        )
+    minval, maxval = _as_bound(minval, "minval"), _as_bound(maxval, "maxval")
+    if minval > maxval:
+        raise ValueError(f"minval must be <= maxval, got minval={minval} > maxval={maxval}")
+    eps_min = _as_scale(eps_min, "eps_min")
+    if eps_min == 0:
+        raise ValueError("eps_min must be > 0: it keeps every denominator away from 0")
+    norm_ord = _check_norm_ord(norm_ord)
+
+    def make_score(x: Array, clean: Array) -> Score:
+        predicted = resolve_target(fn, x, None, batch_size=batch_size)
+        clean_view = x
+        if view is not None:
+            clean_view = map_over_samples(
+                lambda example, _: _leading_axis(
+                    view(x[example]), x[example], _RETURN_REPRESENTATION
+                ),
+                x.shape[0],
+                1,
+                batch_size=batch_size,
+            )[:, 0]
+
+        def score(example: Array, noisy: Array, maps: Array) -> Array:
+            before = clean[example]
+            map_change = _flat_norm((before - maps) / _nonzero(before, eps_min), norm_ord)
+            logits = fn(noisy)
+            if view is None:
+                after = noisy
+            elif view is fn:
+                after = jnp.asarray(logits, dtype=jnp.float32)
+            else:
+                after = _leading_axis(view(noisy), noisy, _RETURN_REPRESENTATION)
+            change = clean_view[example] - after
+            if relative_view:
+                change = change / _nonzero(clean_view[example], eps_min)
+            ratio = map_change / jnp.maximum(_flat_norm(change, norm_ord), eps_min)
+            kept = jnp.argmax(logits, axis=1) == predicted[example]
+            return jnp.where(kept, ratio, -jnp.inf)
+
+        return score
+
+    scores = _sensitivity(
+        name,
+        explain,
+        x,
+        target,
+        key,
+        perturb=lambda k, xi: xi + jax.random.uniform(k, xi.shape, xi.dtype, minval, maxval),
+        score=make_score,
+        samples=samples,
+        fn=fn,
+        independent_explain_keys=independent_explain_keys,
+        batch_size=batch_size,
+    )
+    best = scores.max(axis=1)
+    return jnp.where(best == -jnp.inf, jnp.nan, best)
 
 
 def _sensitivity(
@@ -452,17 +817,15 @@ def _sensitivity(
     key: Array,
     *,
     perturb: Callable[[Array, Array], Array],
-    lipschitz: bool,
+    score: MakeScore,
     samples: int,
-    norm_ord: str | float,
     fn: ModelFn | None,
     independent_explain_keys: bool,
     batch_size: int | None,
 ) -> Array:
-    """``(N, samples)``: ``||Phi(x'_s) - Phi(x)||`` over ``||Phi(x)||`` (1 where it is 0),
-    or over ``||x'_s - x||`` with ``lipschitz``, for ``x'_s = perturb(key_s, x)``."""
+    """``(N, samples)``: ``score(x, Phi(x))(i, x'_s, Phi(x'_s))`` for every example ``i``
+    and perturbation ``x'_s = perturb(key_s, x_i)``, in chunks of ``batch_size`` pairs."""
     samples = as_count(samples, "samples")
-    norm_ord = _check_norm_ord(norm_ord)
     x = as_input(x)
     num_examples = x.shape[0]
     if target is None:
@@ -479,13 +842,9 @@ def _sensitivity(
     noise_keys, explain_keys = split[:, 0], split[:, 1]
 
     def explain_rows(inputs: Array, example: Array, row_keys: Array) -> Array:
-        maps = jnp.asarray(explain(inputs, target[example], row_keys), dtype=jnp.float32)
-        if maps.ndim < 1 or maps.shape[0] != inputs.shape[0]:
-            raise ValueError(
-                f"explain must return maps with leading axis {inputs.shape[0]} for inputs "
-                f"of shape {inputs.shape}, got shape {maps.shape}"
-            )
-        return maps
+        return _leading_axis(
+            explain(inputs, target[example], row_keys), inputs, "explain must return maps"
+        )
 
     clean = map_over_samples(
         lambda example, _: explain_rows(x[example], example, explain_keys[example]),
@@ -493,19 +852,15 @@ def _sensitivity(
         1,
         batch_size=batch_size,
     )[:, 0]
-    clean_norm = _flat_norm(clean, norm_ord)
-    clean_norm = jnp.where(clean_norm == 0, 1.0, clean_norm)
+    pair_score = score(x, clean)
 
-    def ratio(example: Array, sample: Array) -> Array:
+    def evaluate(example: Array, sample: Array) -> Array:
         noisy = jax.vmap(perturb)(sample_keys(noise_keys, example, sample), x[example])
         row_keys = (
             sample_keys(explain_keys, example, sample)
             if independent_explain_keys
             else explain_keys[example]
         )
-        change = _flat_norm(explain_rows(noisy, example, row_keys) - clean[example], norm_ord)
-        if lipschitz:
-            return change / _flat_norm(noisy - x[example], "fro")
-        return change / clean_norm[example]
+        return pair_score(example, noisy, explain_rows(noisy, example, row_keys))
 
-    return map_over_samples(ratio, num_examples, samples, batch_size=batch_size)
+    return map_over_samples(evaluate, num_examples, samples, batch_size=batch_size)
