@@ -1,4 +1,5 @@
-"""Randomisation sanity checks (Adebayo et al. 2018) and SSIM, with known answers."""
+"""Randomisation sanity checks (Adebayo et al. 2018), SSIM and the random-logit test
+(Sixt et al. 2020), with known answers."""
 
 import functools
 
@@ -8,11 +9,14 @@ import numpy as np
 import pytest
 
 from fmi_jax.attribution import explainer
+from fmi_jax.evaluation.agreement import spearman
 from fmi_jax.evaluation.sanity import (
     cascading_randomization,
     independent_randomization,
     layer_order,
     passes_sanity_check,
+    random_logit,
+    random_other_classes,
     randomize_layers,
     ssim,
 )
@@ -257,3 +261,142 @@ def test_target_must_be_explicit(cnn):
     model, variables, x, _ = cnn
     with pytest.raises(ValueError, match="target"):
         cascading_randomization(saliency_of(model), variables, x, None, jax.random.key(0))
+
+
+# ----------------------------------------------------------------- random logit
+
+C, SIDE = 5, 8
+
+
+@pytest.fixture(scope="module")
+def linear():
+    """A linear model on 8 x 8 maps: the gradient of logit c is W[:, c] as a map."""
+    rng = np.random.default_rng(3)
+    w = jnp.asarray(rng.normal(size=(SIDE * SIDE, C)), jnp.float32)
+    x = jnp.asarray(rng.uniform(size=(6, SIDE, SIDE)), jnp.float32)
+    target = jnp.array([0, 1, 2, 3, 4, 1], jnp.int32)
+
+    def fn(inputs):
+        return inputs.reshape(inputs.shape[0], -1) @ w
+
+    def gradient(inputs, t, key):  # d logit_t / d x = W[:, t], whatever the input
+        return w.T[t].reshape(inputs.shape)
+
+    return fn, gradient, w, x, target
+
+
+def unit_abs(m):
+    """|m| rescaled to [0, 1] per map, as the module normalises maps for SSIM."""
+    m = np.abs(np.asarray(m, np.float64))
+    lo, hi = m.min((1, 2), keepdims=True), m.max((1, 2), keepdims=True)
+    return jnp.asarray((m - lo) / (hi - lo), jnp.float32)
+
+
+def test_random_logit_of_a_class_independent_map_is_one(linear):
+    _, _, _, x, target = linear
+    x = jnp.stack([x, x * x], axis=-1)  # (N, H, W, 2): channels summed first
+    key = jax.random.key(1)
+
+    def keyed(xs, t, keys):  # depends on the input and the key, not on the class
+        phase = (jax.random.key_data(keys)[:, -1] % 97).astype(jnp.float32)
+        return jnp.sin(5 * xs + phase[:, None, None, None])
+
+    for explain in (lambda xs, t, k: xs, keyed):
+        got = random_logit(explain, x, target, key, num_classes=C)
+        assert got.shape == (6,) and got.dtype == jnp.float32
+        assert np.all(np.asarray(got) == 1.0)
+        for similarity in ("spearman", "spearman_abs"):
+            got = random_logit(explain, x, target, key, num_classes=C, similarity=similarity)
+            np.testing.assert_allclose(got, 1.0, rtol=0, atol=1e-6)
+
+
+def test_random_logit_of_a_linear_gradient_is_ssim_of_the_weight_maps(linear):
+    fn, gradient, w, x, target = linear
+    key = jax.random.key(4)
+    seen = []
+
+    def recording(xs, t, k):
+        seen.append(np.asarray(t))
+        return gradient(xs, t, k)
+
+    got = np.asarray(random_logit(recording, x, target, key, fn=fn))
+    other = np.asarray(random_other_classes(key, target, C))
+    assert other.dtype == np.int32 and np.all(other != np.asarray(target))
+    # One call explaining every example for its target and for its other class.
+    (classes,) = seen
+    np.testing.assert_array_equal(classes.reshape(-1, 2), np.stack([target, other], 1))
+    maps = np.asarray(w.T).reshape(C, SIDE, SIDE)
+    want = ssim(unit_abs(maps[target]), unit_abs(maps[other]), data_range=1.0)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    assert np.all(got < 0.9)  # distinct weight maps: the gradient depends on the class
+    want = spearman(maps[target], maps[other])
+    got = random_logit(gradient, x, target, key, num_classes=C, similarity="spearman")
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    # target=None explains the predicted class.
+    predicted = jnp.argmax(fn(x), axis=1)
+    np.testing.assert_array_equal(
+        random_logit(gradient, x, None, key, fn=fn),
+        random_logit(gradient, x, predicted, key, num_classes=C),
+    )
+
+
+def test_random_logit_depends_only_on_the_key(linear):
+    _, gradient, _, x, target = linear
+    key = jax.random.key(5)
+    got = np.asarray(random_logit(gradient, x, target, key, num_classes=C))
+    # Example i's draws come from fold_in(key, i): the same with those keys given one per
+    # example, and they move with the example when the batch is reordered.
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(6))
+    order = np.array([3, 0, 5, 1, 4, 2])
+    np.testing.assert_array_equal(
+        got[order],
+        random_logit(gradient, x[order], target[order], keys[order], num_classes=C),
+    )
+    assert not np.array_equal(
+        random_other_classes(key, target, C), random_other_classes(jax.random.key(6), target, C)
+    )
+    # Chunks of 4 inputs (a lax.map), all inside one jitted program: the same values.
+    jitted = jax.jit(random_logit, static_argnums=0, static_argnames=("num_classes", "batch_size"))
+    np.testing.assert_allclose(
+        jitted(gradient, x, target, key, num_classes=C, batch_size=4), got, rtol=0, atol=1e-6
+    )
+
+
+def test_random_other_classes_are_uniform_over_the_other_classes():
+    n = 4000
+    target = jnp.arange(n, dtype=jnp.int32) % 4
+    other = np.asarray(random_other_classes(jax.random.key(7), target, 4))
+    assert np.all(other != np.asarray(target))
+    for t in range(4):
+        counts = np.bincount(other[t::4], minlength=4)
+        assert counts[t] == 0
+        # n / 4 examples per target, spread over 3 classes: 333 each, sd about 15.
+        assert np.all(np.abs(np.delete(counts, t) - n / 12) < 75), (t, counts)
+
+
+def test_random_logit_rejects_bad_input(linear):
+    fn, gradient, _, x, target = linear
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 2"):
+        random_logit(gradient, x, 0, key, num_classes=1)
+    with pytest.raises(ValueError, match="at least 2 classes, but fn returns 1"):
+        random_logit(gradient, x, 0, key, fn=lambda z: fn(z)[:, :1])
+    with pytest.raises(ValueError, match="num_classes= or fn="):
+        random_logit(gradient, x, target, key)
+    with pytest.raises(ValueError, match="num_classes=4 but fn returns 5"):
+        random_logit(gradient, x, target, key, fn=fn, num_classes=4)
+    with pytest.raises(ValueError, match=r"target out of range.*\[0, 5\)"):
+        random_logit(gradient, x, 5, key, num_classes=C)
+    with pytest.raises(ValueError, match="needs fn="):
+        random_logit(gradient, x, None, key, num_classes=C)
+    with pytest.raises(ValueError, match="unknown similarity"):
+        random_logit(gradient, x, target, key, num_classes=C, similarity="pearson")
+    with pytest.raises(ValueError, match="unknown channel reduction"):
+        random_logit(gradient, x, target, key, num_classes=C, channels="mean")
+    with pytest.raises(ValueError, match=r"leading axis 12"):
+        random_logit(lambda xs, t, k: xs[:1], x, target, key, num_classes=C)
+    flat = x.reshape(6, -1)
+    with pytest.raises(ValueError, match="similarity='spearman'"):
+        random_logit(lambda xs, t, k: xs, flat, target, key, num_classes=C)
+    with pytest.raises(ValueError, match="shape"):
+        random_other_classes(key, 1, C)

@@ -1,4 +1,5 @@
-"""Model-randomisation sanity checks for attribution maps (Adebayo et al. 2018).
+"""Sanity checks for attribution maps: model randomisation (Adebayo et al. 2018) and
+the random-logit test (Sixt et al. 2020).
 
 An attribution method that explains *the model* must change its maps when the
 model's learned weights are destroyed. Adebayo et al., "Sanity Checks for
@@ -83,9 +84,50 @@ paper's failing methods (Guided BackProp, Guided Grad-CAM) show, whereas gradien
 of a random network fall well below it (near 0 in the paper's Inception v3
 experiments).
 
+Random logit (:func:`random_logit`): Sixt, Granz & Landgraf, "When Explanations
+Lie: Why Many Modified BP Attributions Fail" (ICML 2020) show that many modified
+backpropagation rules ignore the parameters of the later layers, and with them the
+class being explained; Quantus implements their check as ``RandomLogit``. A map that
+explains the class must change when another class is explained. For example i with
+target t_i, a class r_i is drawn uniformly from the other C - 1 classes and
+
+    RL_i = sim( e(x_i, t_i), e(x_i, r_i) ),   r_i ~ U{ c in 0, ..., C - 1 : c != t_i },
+
+with ``sim`` one of the similarities above (``ssim`` by default, as Quantus; the maps
+reduced and, for SSIM, normalised exactly as for the randomisation checks). Low
+values mean the maps depend on the class; a map that ignores the target (the input
+itself, or a rule that propagates the same relevance whatever the class) gives
+exactly 1. Randomness: example i's key ``fold_in(key, i)``
+(:func:`fmi_jax.attribution.example_keys`; or the i-th of ``N`` given keys) is split
+into a class key, which draws ``r_i = (t_i + s_i) mod C`` with ``s_i`` uniform in
+``{1, ..., C - 1}`` (:func:`random_other_classes`), and an explanation key, passed to
+``explain`` for *both* maps, so a stochastic method's own noise does not count as a
+difference. Both maps come from ``explain`` in chunks of ``batch_size`` inputs
+(:func:`fmi_jax.attribution.map_over_samples`), so nothing depends on
+``batch_size`` or on how a dataset is split into batches.
+
+What differs from Quantus' ``RandomLogit``, and why:
+
+* the number of classes comes from ``fn``'s logits (or must be given): Quantus
+  defaults to ``num_classes=1000`` and then draws classes the model may not have, or
+  never draws some it has.
+* the off-class comes from ``key`` per example: Quantus reseeds numpy's global
+  generator with ``seed=42`` at every batch (at every example in older versions), so
+  an example's class depends on its place in the batch and on the batch size, and
+  every batch repeats the same sequence of draws.
+* SSIM compares 2-D maps (7 x 7 windows) after this module's ``|e|`` min-max
+  normalisation: Quantus divides each map by its largest ``|e|`` (keeping the sign)
+  and applies skimage's SSIM to the *flattened* maps, whose windows then run along
+  the flattened rows rather than over image neighbourhoods; the numbers are therefore
+  not comparable with Quantus'.
+* both maps are computed here with the same explanation key: Quantus compares the
+  given (or separately computed) target map with an off-class map from a new call.
+
 References:
   J. Adebayo, J. Gilmer, M. Muelly, I. Goodfellow, M. Hardt, B. Kim. Sanity Checks
   for Saliency Maps. NeurIPS 2018. arXiv:1810.03292.
+  L. Sixt, M. Granz, T. Landgraf. When Explanations Lie: Why Many Modified BP
+  Attributions Fail. ICML 2020. arXiv:1912.09818.
   Z. Wang, A. C. Bovik, H. R. Sheikh, E. P. Simoncelli. Image Quality Assessment:
   From Error Visibility to Structural Similarity. IEEE TIP 13(4), 2004.
 """
@@ -93,6 +135,7 @@ References:
 from __future__ import annotations
 
 import functools
+import operator
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -101,6 +144,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fmi_jax.attribution.core import (
+    ModelFn,
+    Target,
+    as_input,
+    as_target,
+    example_keys,
+    map_over_samples,
+    resolve_target,
+)
 from fmi_jax.evaluation.agreement import reduce_channels, spearman
 
 __all__ = [
@@ -108,6 +160,8 @@ __all__ = [
     "independent_randomization",
     "layer_order",
     "passes_sanity_check",
+    "random_logit",
+    "random_other_classes",
     "randomize_layers",
     "ssim",
 ]
@@ -116,6 +170,7 @@ Explain = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 MakeExplain = Callable[[Any], Explain]
 
 METRICS = ("spearman", "spearman_abs", "ssim")
+CHANNEL_REDUCTIONS = ("sum", "abs_sum", "max_abs")
 
 
 # --------------------------------------------------------------------------- SSIM
@@ -267,12 +322,17 @@ def _unit_abs(m: jax.Array) -> jax.Array:
     return jnp.where(span > 0, (m - lo) / jnp.where(span > 0, span, 1.0), 0.0)
 
 
+def _similarity_of(metric: str, a: jax.Array, b: jax.Array, window: int) -> jax.Array:
+    """One of ``METRICS`` between two batches of maps, shape (N,)."""
+    if metric == "spearman":
+        return spearman(a, b)
+    if metric == "spearman_abs":
+        return spearman(jnp.abs(a), jnp.abs(b))
+    return ssim(_unit_abs(a), _unit_abs(b), window=window, data_range=1.0)
+
+
 def _similarity(orig: jax.Array, rand: jax.Array, window: int) -> dict[str, jax.Array]:
-    return {
-        "spearman": spearman(orig, rand),
-        "spearman_abs": spearman(jnp.abs(orig), jnp.abs(rand)),
-        "ssim": ssim(_unit_abs(orig), _unit_abs(rand), window=window, data_range=1.0),
-    }
+    return {metric: _similarity_of(metric, orig, rand, window) for metric in METRICS}
 
 
 def _run(mode, make_explain, variables, x, target, key, layers, channels, window):
@@ -385,3 +445,163 @@ def passes_sanity_check(result: Mapping[str, Any], threshold: float = 0.5) -> bo
         if np.isfinite(last).any():
             scores.append(float(np.nanmean(last)))
     return not scores or max(scores) <= threshold
+
+
+# ------------------------------------------------------------------ random logit
+
+
+def _as_num_classes(value: Any) -> int:
+    try:
+        count = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        count = None
+    if count is None or count < 2:
+        raise ValueError(
+            f"num_classes must be an integer >= 2 (a class other than the target has to "
+            f"exist), got {value!r}"
+        )
+    return count
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _draw_other_classes(
+    key: jax.Array, target: jax.Array, num_classes: int
+) -> tuple[jax.Array, jax.Array]:
+    """(other classes, explanation keys): example i's key ``fold_in(key, i)`` (or the
+    i-th given key) is split into a key for its class and a key for its maps. One
+    compiled program: eagerly, each random-bits operation would be compiled alone."""
+    split = jax.vmap(jax.random.split)(example_keys(key, target.shape[0]))
+    # s uniform in {1, ..., C - 1}, so (t + s) mod C is uniform over the classes != t.
+    shift = jax.vmap(lambda k: jax.random.randint(k, (), 1, num_classes, jnp.int32))(split[:, 0])
+    return (target + shift) % num_classes, split[:, 1]
+
+
+def random_other_classes(key: jax.Array, target: Any, num_classes: int) -> jax.Array:
+    """The classes :func:`random_logit` explains besides ``target`` with this ``key``.
+
+    Example i gets ``(target[i] + s_i) mod num_classes`` with ``s_i`` uniform in
+    ``{1, ..., num_classes - 1}`` drawn from the first half of
+    ``split(fold_in(key, i))``: a class uniform over those other than ``target[i]``.
+    ``target``: integer array ``(N,)``; ``key``: a PRNG key or one key per example.
+    Returns int32 ``(N,)``.
+    """
+    num_classes = _as_num_classes(num_classes)
+    target = jnp.asarray(target)
+    if target.ndim != 1:
+        raise ValueError(
+            f"target must have shape (N,) (one class per example), got shape {target.shape}"
+        )
+    target = as_target(target, target.shape[0], num_classes)
+    return _draw_other_classes(key, target, num_classes)[0]
+
+
+def random_logit(
+    explain: Explain,
+    x: jax.Array,
+    target: Target,
+    key: jax.Array,
+    *,
+    num_classes: int | None = None,
+    fn: ModelFn | None = None,
+    similarity: str = "ssim",
+    channels: str = "sum",
+    window: int = 7,
+    batch_size: int | None = None,
+) -> jax.Array:
+    """Similarity of each example's map for its target and for a random other class.
+
+    The random-logit test of Sixt et al. (2020), Quantus' ``RandomLogit``; see the
+    module docstring for the definition and the differences from Quantus. Near 1: the
+    map ignores which class it explains.
+
+    Args:
+      explain: ``explain(x, target, key) -> maps`` on a batch (the signature of
+        :func:`fmi_jax.attribution.explainer`), maps with leading axis ``N``; it
+        receives one key per example (shape ``(N,)``), the same for both maps of an
+        example.
+      x: inputs ``(N, ...)``.
+      target: class per example ``(N,)`` or one int for all; ``None`` (the predicted
+        class) needs ``fn``.
+      key: a PRNG key, or one key per example (shape ``(N,)``).
+      num_classes: the number of classes C to draw from; taken from ``fn``'s logits
+        when ``fn`` is given (then it may be left out), required otherwise.
+      fn: the model, batch -> logits ``(N, C)``; needed for ``target=None``.
+      similarity: ``'ssim'`` (default; maps ``(N, H, W)`` or ``(N, H, W, C)``, H and W
+        at least ``window``), ``'spearman'`` or ``'spearman_abs'`` (maps of any shape
+        ``(N, ...)``; NaN for an example with a constant map).
+      channels: how ``(N, H, W, C)`` maps are reduced to ``(N, H, W)``
+        (:func:`~fmi_jax.evaluation.agreement.reduce_channels`): ``'sum'``,
+        ``'abs_sum'`` or ``'max_abs'``.
+      window: the SSIM window (odd, >= 3).
+      batch_size: inputs per call of ``explain``; ``None`` explains all ``2 N`` (each
+        example for both classes) at once. With more than one chunk ``explain`` runs
+        inside ``lax.map`` and must be traceable.
+
+    Returns:
+      float32 array ``(N,)``. The classes compared are ``target`` and
+      :func:`random_other_classes` ``(key, target, C)``.
+
+    Raises:
+      ValueError: fewer than 2 classes, ``num_classes`` missing or disagreeing with
+        ``fn``, a bad target (out of range, wrong shape, ``None`` without ``fn``), an
+        unknown ``similarity`` or ``channels``, maps without leading axis ``N``, maps
+        SSIM cannot compare, or NaN/Inf in ``x``.
+    """
+    if similarity not in METRICS:
+        raise ValueError(
+            f"unknown similarity {similarity!r}; choose 'ssim', 'spearman' or 'spearman_abs'"
+        )
+    if channels not in CHANNEL_REDUCTIONS:
+        raise ValueError(
+            f"unknown channel reduction {channels!r}; choose 'sum', 'abs_sum' or 'max_abs'"
+        )
+    x = as_input(x)
+    num_examples = x.shape[0]
+    if fn is not None:
+        target = resolve_target(fn, x, target, batch_size=batch_size)
+        fn_classes = int(jax.eval_shape(fn, x).shape[1])
+        if fn_classes < 2:
+            raise ValueError(
+                f"random_logit needs a model with at least 2 classes, but fn returns "
+                f"{fn_classes} logit(s) per example"
+            )
+        if num_classes is not None and _as_num_classes(num_classes) != fn_classes:
+            raise ValueError(
+                f"num_classes={num_classes} but fn returns {fn_classes} logits per example; "
+                "leave num_classes out when fn is given"
+            )
+        num_classes = _as_num_classes(fn_classes)
+    else:
+        if num_classes is None:
+            raise ValueError(
+                "random_logit needs the number of classes to draw from: pass num_classes= "
+                "or fn= (the model, whose logits give it)"
+            )
+        num_classes = _as_num_classes(num_classes)
+        if target is None:
+            raise ValueError("target=None (the predicted class) needs fn=; pass fn= or the targets")
+        target = as_target(target, num_examples, num_classes)
+    other, explain_keys = _draw_other_classes(key, target, num_classes)
+    classes = jnp.stack([target, other], 1)  # column 0: the target, 1: the other class
+
+    def explain_pairs(example: jax.Array, column: jax.Array) -> jax.Array:
+        inputs = x[example]
+        maps = explain(inputs, classes[example, column], explain_keys[example])
+        maps = jnp.asarray(maps, dtype=jnp.float32)
+        if maps.ndim < 2 or maps.shape[0] != inputs.shape[0]:
+            raise ValueError(
+                f"explain must return maps (B, ...) with leading axis {inputs.shape[0]} for "
+                f"inputs of shape {inputs.shape}, got shape {maps.shape}"
+            )
+        return maps
+
+    maps = map_over_samples(explain_pairs, num_examples, 2, batch_size=batch_size)
+    own, other = maps[:, 0], maps[:, 1]
+    if own.ndim == 4:
+        own, other = reduce_channels(own, channels), reduce_channels(other, channels)
+    if similarity == "ssim" and own.ndim != 3:
+        raise ValueError(
+            f"similarity='ssim' compares (N, H, W) or (N, H, W, C) maps, got maps of shape "
+            f"{(num_examples,) + maps.shape[2:]}; use similarity='spearman' for other maps"
+        )
+    return _similarity_of(similarity, own, other, window)
