@@ -46,6 +46,7 @@ def main():
             "venv, .venv-bench/bin/python (make .venv-bench/.installed)"
         ) from None
     from fmi_jax.benchmark import runner, torch_side
+
     model, variables, run_config, _ = evaluate_lib.restore_model(_WORKDIR.value)
     test = loop_lib.load_data(run_config.data)["test"]
     shape = tuple(test.images.shape[1:])

@@ -1,7 +1,9 @@
 """Measuring attributions: agreement between methods, faithfulness (deletion and
 insertion curves, pixel flipping, ROAD with noisy linear imputation, faithfulness
-correlation), robustness (infidelity, max- and average sensitivity, local Lipschitz
-estimate), sanity checks (parameter randomisation, SSIM), complexity (sparseness,
+correlation, sensitivity-n, monotonicity and its correlation), robustness (infidelity,
+max- and average sensitivity, local Lipschitz estimate, relative input, output and
+representation stability), sanity checks (parameter randomisation, random logit,
+SSIM), complexity (sparseness,
 entropy, effective complexity), performance information curves (SIC and AIC),
 localisation against ground-truth masks (pointing game, relevance mass and rank
 accuracy, top-k intersection, ROC AUC), and which examples to explain."""
@@ -16,6 +18,7 @@ from fmi_jax.evaluation.agreement import (
 )
 from fmi_jax.evaluation.faithfulness import (
     ROAD_FRACTIONS,
+    SENSITIVITY_N_FRACTIONS,
     aopc,
     auc,
     complexity,
@@ -23,8 +26,11 @@ from fmi_jax.evaluation.faithfulness import (
     effective_complexity,
     faithfulness_correlation,
     insertion_curve,
+    monotonicity,
+    monotonicity_correlation,
     pixel_flipping,
     road,
+    sensitivity_n,
     sparseness,
 )
 from fmi_jax.evaluation.imputation import DEFAULT_IMPUTATION_NOISE, noisy_linear_imputation
@@ -43,14 +49,20 @@ from fmi_jax.evaluation.localisation import (
     top_k_intersection,
 )
 from fmi_jax.evaluation.robustness import (
+    DEFAULT_EPS_MIN,
     DEFAULT_INFIDELITY_STDEV,
     DEFAULT_LIPSCHITZ_STDEV,
     DEFAULT_SENSITIVITY_RADIUS,
+    DEFAULT_STABILITY_MAXVAL,
+    DEFAULT_STABILITY_MINVAL,
     avg_sensitivity,
     gaussian_perturbation,
     infidelity,
     local_lipschitz,
     max_sensitivity,
+    relative_input_stability,
+    relative_output_stability,
+    relative_representation_stability,
     uniform_perturbation,
 )
 from fmi_jax.evaluation.sanity import (
@@ -58,19 +70,25 @@ from fmi_jax.evaluation.sanity import (
     independent_randomization,
     layer_order,
     passes_sanity_check,
+    random_logit,
+    random_other_classes,
     randomize_layers,
     ssim,
 )
 from fmi_jax.evaluation.selection import high_confidence_correct
 
 __all__ = [
+    "DEFAULT_EPS_MIN",
     "DEFAULT_IMPUTATION_NOISE",
     "DEFAULT_INFIDELITY_STDEV",
     "DEFAULT_LIPSCHITZ_STDEV",
     "DEFAULT_SENSITIVITY_RADIUS",
+    "DEFAULT_STABILITY_MAXVAL",
+    "DEFAULT_STABILITY_MINVAL",
     "PIC_THRESHOLDS",
     "PicResult",
     "ROAD_FRACTIONS",
+    "SENSITIVITY_N_FRACTIONS",
     "aggregate_pic",
     "aopc",
     "auc",
@@ -92,17 +110,25 @@ __all__ = [
     "local_lipschitz",
     "localisation_auc",
     "max_sensitivity",
+    "monotonicity",
+    "monotonicity_correlation",
     "noisy_linear_imputation",
     "passes_sanity_check",
     "pearson",
     "performance_information_curve",
     "pixel_flipping",
     "pointing_game",
+    "random_logit",
+    "random_other_classes",
     "randomize_layers",
     "reduce_channels",
+    "relative_input_stability",
+    "relative_output_stability",
+    "relative_representation_stability",
     "relevance_mass_accuracy",
     "relevance_rank_accuracy",
     "road",
+    "sensitivity_n",
     "sparseness",
     "spearman",
     "ssim",
