@@ -346,6 +346,9 @@ def test_sensitivity_n_of_the_exact_map_of_a_linear_model_is_one_at_every_size()
     # A map that misplaces relevance is exact for no size but the trivial ones.
     swapped = jnp.flip(x * w, axis=1)
     assert np.all(jit_sensitivity_n(fn, x, 0, swapped, key, sizes=sizes[:3], samples=12) < 0.99)
+    # Sizes as an array; a constant map gives every subset the same relevance: NaN.
+    constant = F.sensitivity_n(fn, x, 0, np.ones_like(x), key, sizes=np.array([2, 5]), samples=3)
+    assert constant.shape == (2, 2) and np.all(np.isnan(constant))
 
 
 def test_sensitivity_n_columns_are_faithfulness_correlations_of_their_documented_subsets():
@@ -409,7 +412,7 @@ def test_monotonicity_of_a_linear_model_depends_on_the_contributions_after_the_f
     contributions = np.asarray([[1.0, 2.0, 3.0, 4.0]]).reshape(x.shape)
     assert F.monotonicity(positive, x, 0, -contributions, probabilities=False)[0]
     # The only falling step is the first one, which the check leaves out...
-    assert F.monotonicity(one_negative, x, 0, contributions * [[1], [1]], probabilities=False)[0]
+    assert F.monotonicity(one_negative, x, 0, contributions, probabilities=False)[0]
     # ...unless the map ranks the negative pixel later.
     assert not F.monotonicity(one_negative, x, 0, -contributions, probabilities=False)[0]
     signed = np.asarray([-1.0, -2.0, 3.0, 4.0]).reshape(x.shape)
@@ -618,5 +621,11 @@ def test_bad_inputs_raise():
         F.monotonicity_correlation(fn, x, 0, np.ones_like(x), key, substrate="zero", samples=5)
     with pytest.raises(ValueError, match="pass key="):
         F.monotonicity_correlation(fn, x, 0, np.ones_like(x), None)
+    with pytest.raises(ValueError, match="inserts every pixel in one step"):
+        F.monotonicity(fn, x, 0, np.ones_like(x), step=1.0)
+    with pytest.raises(ValueError, match="into 2 group.*at least 3"):
+        F.monotonicity_correlation(fn, x, 0, np.ones_like(x), key, step=2)
+    with pytest.raises(ValueError, match="static"):
+        jax.jit(lambda n: F.sensitivity_n(fn, x, 0, np.ones_like(x), key, sizes=n))(np.array([1]))
     with pytest.raises(ValueError, match="uniform_range"):
         F.monotonicity_correlation(fn, x, 0, np.ones_like(x), key, uniform_range=(1.0, 0.0))

@@ -320,7 +320,7 @@ def test_random_logit_of_a_linear_gradient_is_ssim_of_the_weight_maps(linear):
         return gradient(xs, t, k)
 
     got = np.asarray(random_logit(recording, x, target, key, fn=fn))
-    other = np.asarray(random_other_classes(key, target, C))
+    other = np.asarray(random_other_classes(target, key, C))
     assert other.dtype == np.int32 and np.all(other != np.asarray(target))
     # One call explaining every example for its target and for its other class.
     (classes,) = seen
@@ -353,7 +353,7 @@ def test_random_logit_depends_only_on_the_key(linear):
         random_logit(gradient, x[order], target[order], keys[order], num_classes=C),
     )
     assert not np.array_equal(
-        random_other_classes(key, target, C), random_other_classes(jax.random.key(6), target, C)
+        random_other_classes(target, key, C), random_other_classes(target, jax.random.key(6), C)
     )
     # Chunks of 4 inputs (a lax.map), all inside one jitted program: the same values.
     jitted = jax.jit(random_logit, static_argnums=0, static_argnames=("num_classes", "batch_size"))
@@ -365,7 +365,7 @@ def test_random_logit_depends_only_on_the_key(linear):
 def test_random_other_classes_are_uniform_over_the_other_classes():
     n = 4000
     target = jnp.arange(n, dtype=jnp.int32) % 4
-    other = np.asarray(random_other_classes(jax.random.key(7), target, 4))
+    other = np.asarray(random_other_classes(target, jax.random.key(7), 4))
     assert np.all(other != np.asarray(target))
     for t in range(4):
         counts = np.bincount(other[t::4], minlength=4)
@@ -399,4 +399,4 @@ def test_random_logit_rejects_bad_input(linear):
     with pytest.raises(ValueError, match="similarity='spearman'"):
         random_logit(lambda xs, t, k: xs, flat, target, key, num_classes=C)
     with pytest.raises(ValueError, match="shape"):
-        random_other_classes(key, 1, C)
+        random_other_classes(1, key, C)

@@ -108,11 +108,12 @@ shape of ``x``, and ``m`` pixels per step.
   arXiv:1711.06104): faithfulness correlation at several subset sizes ``n``, one column
   each; a map "satisfies sensitivity-n" when every subset's relevance equals the drop,
   so the correlation is 1. Quantus' ``SensitivityN`` computes something else under the
-  name: it removes pixels cumulatively, most relevant first, correlates each step's
+  name: it removes pixels cumulatively, most relevant first, pairs each step's
   relevance (of the pixels removed in that step alone) with the cumulative drop, and
-  takes the correlation across the images of a batch, so an image's score depends on
-  its batch; here, as in the paper, subsets are random and each example gets its own
-  correlation over ``samples`` subsets per size.
+  correlates those pairs across the images of the batch, one value per step and none
+  per image (with the softmax probability by default); here, as in the paper, subsets
+  are random and each example gets its own correlation over ``samples`` subsets per
+  size.
 * Monotonicity (Arya et al., "One Explanation Does Not Fit All: A Toolkit and Taxonomy
   of AI Explainability Techniques", 2019, arXiv:1909.03012; AIX360's
   ``monotonicity_metric``): start from the substrate, put the pixels of ``x`` back
@@ -185,6 +186,7 @@ from fmi_jax.evaluation.imputation import DEFAULT_IMPUTATION_NOISE, noisy_linear
 
 __all__ = [
     "ROAD_FRACTIONS",
+    "DEFAULT_METRIC_BATCH",
     "SENSITIVITY_N_FRACTIONS",
     "aopc",
     "auc",
@@ -207,6 +209,10 @@ _BLUR_TRUNCATE = 4.0  # radius of both blurs' Gaussian in sigmas (scipy.ndimage'
 _RISE_WINDOW = 11  # RISE's klen: an 11 x 11 kernel, zero padding 5
 ROAD_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 SENSITIVITY_N_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 0.8)
+# Evaluations per chunk for the metrics whose default evaluation count grows with the
+# number of pixels (P + 1 for monotonicity, 100 P + 1 for monotonicity correlation):
+# all at once would hold every perturbed input in memory.
+DEFAULT_METRIC_BATCH = 1024
 _SCORES = ("probability", "logit", "correct")
 
 
@@ -677,7 +683,7 @@ def sensitivity_n(
     substrate: Substrate = "zero",
     blur_sigma: float = 5.0,
     probabilities: bool = False,
-    batch_size: int | None = None,
+    batch_size: int | None = DEFAULT_METRIC_BATCH,
 ) -> Array:
     """Sensitivity-n (Ancona et al. 2018) of every example's map at every subset size,
     shape ``(N, len(sizes))``.
@@ -696,14 +702,16 @@ def sensitivity_n(
         of example ``i`` is the first ``n_j`` pixels of the permutation drawn from
         ``fold_in(fold_in(key, i), j * samples + s)`` (so the first column is
         :func:`faithfulness_correlation` with the same key and ``samples``).
-      sizes: subset sizes: ints, or fractions of the pixels in (0, 1) (rounded up), each
-        smaller than the number of pixels; static. Default: 1, 2, 5, 10, 20, 50 and 80%
-        of the pixels, about evenly spaced on the log scale of the paper's plots, up to
-        Quantus' ``n_max_percentage`` of 0.8.
+      sizes: subset sizes: ints, or fractions of the pixels in (0, 1] (rounded up), each
+        smaller than the number of pixels; a sequence or array, static. Default: 1, 2,
+        5, 10, 20, 50 and 80% of the pixels, about evenly spaced on the log scale of the
+        paper's plots, up to Quantus' ``n_max_percentage`` of 0.8 (inputs of fewer than
+        5 pixels need their own sizes: 80% of 4 pixels rounds up to all of them).
       samples: subsets per example and size (the paper's 100), at least 2.
-      substrate, blur_sigma, probabilities, batch_size: as
-        :func:`faithfulness_correlation` (the logit by default; ``batch_size`` counts
-        (example, subset) pairs).
+      substrate, blur_sigma, probabilities: as :func:`faithfulness_correlation` (the
+        logit by default; Quantus' ``SensitivityN`` scores the softmax probability).
+      batch_size: (example, subset) pairs per forward pass, 1024 by default (all
+        ``N len(sizes) samples`` at once with ``None``).
 
     Returns:
       float32 ``(N, len(sizes))`` in ``[-1, 1]`` (NaN where either side does not vary).
@@ -711,7 +719,7 @@ def sensitivity_n(
     Raises:
       ValueError: as :func:`faithfulness_correlation`, and no sizes.
     """
-    listed = tuple(sizes) if isinstance(sizes, (list, tuple)) else (sizes,)
+    listed = _as_sizes(sizes)
     if not listed:
         raise ValueError("sizes must name at least one subset size (an int or a fraction)")
     return _subset_correlations(
@@ -729,6 +737,18 @@ def sensitivity_n(
         name="sensitivity_n",
         size_name="sizes",
     )
+
+
+def _as_sizes(sizes: Any) -> tuple[Any, ...]:
+    """``sizes`` as a tuple: one number, or the items of a sequence, range or array as
+    Python numbers (each checked later by :func:`_pixels_per_step`)."""
+    try:
+        values = [sizes] if isinstance(sizes, str) else list(sizes)
+    except TypeError:
+        values = [sizes]
+    if any(isinstance(v, jax.core.Tracer) for v in [sizes, *values]):
+        raise ValueError("sizes must be static Python numbers (mark them static under jax.jit)")
+    return tuple(v.item() if getattr(v, "shape", None) == () else v for v in values)
 
 
 def _subset_correlations(
@@ -799,7 +819,7 @@ def monotonicity(
     step: int | float | None = 1,
     blur_sigma: float = 5.0,
     probabilities: bool = True,
-    batch_size: int | None = None,
+    batch_size: int | None = DEFAULT_METRIC_BATCH,
 ) -> Array:
     """Monotonicity (Arya et al. 2019): whether the target score never falls as pixels
     of ``x`` are put into the substrate, least relevant first; shape ``(N,)``, bool.
@@ -817,10 +837,17 @@ def monotonicity(
         as :func:`deletion_curve` (the substrate defaults to ``'zero'``, AIX360's and
         Quantus' black baseline for inputs whose minimum is 0).
       step: pixels inserted per step, as :func:`deletion_curve`'s ``step``; 1 by
-        default (AIX360 and Quantus), so ``P + 1`` model evaluations per example.
+        default (AIX360 and Quantus), so ``P + 1`` model evaluations per example; at
+        least 2 steps, so that two are compared.
+      batch_size: (example, step) pairs per forward pass, 1024 by default (all at
+        once with ``None``).
 
     Returns:
-      bool ``(N,)``: True where the curve never falls.
+      bool ``(N,)``: True where the curve never falls. The comparison is exact: a
+      curve that is flat up to rounding can fall by the last bit.
+
+    Raises:
+      ValueError: as :func:`deletion_curve`, and a step that inserts every pixel at once.
     """
     curve = _curve(
         fn,
@@ -835,6 +862,11 @@ def monotonicity(
         batch_size=batch_size,
         probabilities=probabilities,
     )
+    if curve.shape[1] < 3:
+        raise ValueError(
+            f"step={step!r} inserts every pixel in one step, which leaves nothing to "
+            "compare after it; use a smaller step (at least 2 steps)"
+        )
     return jnp.all(jnp.diff(curve[:, 1:], axis=1) >= 0, axis=1)
 
 
@@ -843,7 +875,7 @@ def monotonicity_correlation(
     x: Array,
     target: Target,
     attributions: Array,
-    key: Array | None,
+    key: Array | None = None,
     *,
     substrate: Substrate = "uniform",
     uniform_range: tuple[float, float] = (0.0, 1.0),
@@ -852,7 +884,7 @@ def monotonicity_correlation(
     absolute: bool = True,
     blur_sigma: float = 5.0,
     probabilities: bool = True,
-    batch_size: int | None = None,
+    batch_size: int | None = DEFAULT_METRIC_BATCH,
 ) -> Array:
     """Monotonicity correlation (Nguyen & Martínez 2020) of every example's map, shape
     ``(N,)``: the Spearman correlation between the relevance of groups of pixels and how
@@ -875,19 +907,25 @@ def monotonicity_correlation(
       key: a PRNG key, or one key per example ``(N,)``, for the ``'uniform'`` substrate:
         replacement ``s`` of group ``g`` of example ``i`` draws from
         ``fold_in(fold_in(key, i), g * samples + s)``; ``None`` for a fixed substrate.
-      substrate: ``'uniform'`` (default, as Quantus): every replaced value drawn from
-        ``U(uniform_range)`` independently; or any fixed substrate of
-        :func:`deletion_curve` (``'zero'``, a blur, an array), replaced once.
+      substrate: ``'uniform'`` (default): every replaced value (each channel of each
+        pixel) drawn from ``U(uniform_range)`` independently; or any fixed substrate
+        of :func:`deletion_curve` (``'zero'``, a blur, an array), replaced once.
+        Quantus' ``'uniform'`` draws one value per draw and example and writes it into
+        every feature of the group, and its features are single channel values where
+        here a group is of whole pixels (and ``|relevance|`` is of the map summed over
+        channels, Quantus' the sum of absolute values): the two agree for one pixel
+        per group on single-channel inputs.
       uniform_range: ``(low, high)`` of the uniform substrate; Quantus' ``(0, 1)``.
       step: pixels per group, as :func:`deletion_curve`'s ``step``; 1 by default
-        (Quantus' ``features_in_step``).
+        (Quantus' ``features_in_step``); at least 3 groups.
       samples: replacements per group: 100 for the uniform substrate by default
         (Quantus' ``nr_samples``), 1 for a fixed one (more would repeat it).
       absolute: order and sum ``|relevance|`` (default, Quantus' ``abs=True``) or the
         signed relevance.
-      blur_sigma, probabilities, batch_size: as :func:`deletion_curve` (softmax
-        probability by default, as Quantus; ``batch_size`` counts (example, group,
-        sample) evaluations).
+      blur_sigma, probabilities: as :func:`deletion_curve` (softmax probability by
+        default, as Quantus).
+      batch_size: (example, group, sample) evaluations per forward pass, 1024 by
+        default; ``None`` holds all ``N (G samples + 1)`` perturbed inputs at once.
 
     Returns:
       float32 ``(N,)`` in ``[-1, 1]``; NaN where every group has the same relevance or
@@ -895,7 +933,8 @@ def monotonicity_correlation(
 
     Raises:
       ValueError: attributions that do not fit ``x``, an unknown substrate, a bad step
-        or range, more than one sample of a fixed substrate, no key for the uniform one.
+        or range, fewer than 3 groups, more than one sample of a fixed substrate, no
+        key for the uniform one.
     """
     x = as_input(x)
     relevance, mask_shape = _pixel_relevance(x, attributions)
@@ -905,6 +944,11 @@ def monotonicity_correlation(
     row = x.shape[2] if x.ndim == 4 else math.ceil(math.sqrt(num_pixels))
     per_group = _pixels_per_step(step, num_pixels, row)
     groups = -(-num_pixels // per_group)
+    if groups < 3:
+        raise ValueError(
+            f"step={step!r} cuts the {num_pixels} pixels into {groups} group(s); a rank "
+            "correlation needs at least 3 (use a smaller step)"
+        )
     uniform = isinstance(substrate, str) and substrate == "uniform"
     if uniform:
         samples = as_count(100 if samples is None else samples, "samples")

@@ -93,9 +93,6 @@ Differences from Quantus:
   example is NaN only when none of its ``samples`` keeps the class. Quantus sets that
   sample's score to NaN and takes ``np.max``, which propagates NaN, so a single changed
   prediction among its 200 samples makes the example's score NaN.
-* Every norm is over the whole flattened example, whatever its rank; Quantus flattens
-  inputs and maps of 2 to 4 dimensions, but takes the norm of a representation over its
-  last axis only.
 * ``L`` is a function of the input batch (``lambda xs: handle.capture(xs, layer)[1]``
   for a :func:`~fmi_jax.attribution.flax_model` handle) instead of Quantus'
   ``layer_names``/``layer_indices``, and it is required: the paper's RRS is about a

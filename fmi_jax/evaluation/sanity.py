@@ -476,11 +476,11 @@ def _draw_other_classes(
     return (target + shift) % num_classes, split[:, 1]
 
 
-def random_other_classes(key: jax.Array, target: Any, num_classes: int) -> jax.Array:
+def random_other_classes(target: Any, key: jax.Array, num_classes: int) -> jax.Array:
     """The classes :func:`random_logit` explains besides ``target`` with this ``key``.
 
     Example i gets ``(target[i] + s_i) mod num_classes`` with ``s_i`` uniform in
-    ``{1, ..., num_classes - 1}`` drawn from the first half of
+    ``{1, ..., num_classes - 1}`` drawn from the first of the two keys of
     ``split(fold_in(key, i))``: a class uniform over those other than ``target[i]``.
     ``target``: integer array ``(N,)``; ``key``: a PRNG key or one key per example.
     Returns int32 ``(N,)``.
@@ -539,7 +539,7 @@ def random_logit(
 
     Returns:
       float32 array ``(N,)``. The classes compared are ``target`` and
-      :func:`random_other_classes` ``(key, target, C)``.
+      :func:`random_other_classes` ``(target, key, C)``.
 
     Raises:
       ValueError: fewer than 2 classes, ``num_classes`` missing or disagreeing with
