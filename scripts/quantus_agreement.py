@@ -11,19 +11,24 @@ where it would change the value (the defaults of both sides otherwise; the docst
 of `fmi_jax.evaluation` say where they differ):
 
 * deterministic, compared per image: ROAD without noise (accuracy per removed
-  fraction), complexity, effective complexity (eps relative to each map's largest
-  value, and to the batch's: Quantus' default normalisation divides the whole batch
-  of maps by its one largest value), sparseness; localisation of |saliency| against
-  the garment's silhouette (the pixels that are not 0): pointing game, relevance mass
-  and rank accuracy, top-100 intersection, ROC AUC;
+  fraction), monotonicity of the saliency map and of a random one (where Quantus'
+  differs: its `Monotonicity` never inserts a pixel of the input), complexity,
+  effective complexity (eps relative to each map's largest value, and to the batch's:
+  Quantus' default normalisation divides the whole batch of maps by its one largest
+  value), sparseness; localisation of |saliency| against the garment's silhouette
+  (the pixels that are not 0): pointing game, relevance mass and rank accuracy,
+  top-100 intersection, ROC AUC;
 * random on both sides (Quantus draws from NumPy's global generator, seeded here,
   fmi_jax from keys), compared as means with their standard errors and by the mean
   of the per-image differences: faithfulness correlation (400 subsets of one image
   row; Quantus' default normalisation is one positive factor for the batch, which a
-  correlation ignores), average sensitivity and the local Lipschitz estimate (the maps from the same
-  saliency function on both sides, 10 samples).
+  correlation ignores), average sensitivity and the local Lipschitz estimate (the
+  maps from the same saliency function on both sides, 10 samples), the monotonicity
+  correlation (one pixel per group, 10 uniform draws each), relative input and
+  output stability (50 samples; only the images where Quantus' score is not NaN).
 
-Prints a Markdown table (about a minute); docs/captum.md reports what it measured. Bad
+Prints a Markdown table (about 8 minutes on 2 cores, most of it Quantus'
+monotonicity correlation); docs/captum.md reports what it measured. Bad
 input (no run in --workdir, no torch or Quantus in this environment) ends in one
 `error:` line and exit status 2.
 """
@@ -166,6 +171,27 @@ def main():
     )(**call, softmax=False)
     statistical(f"faithfulness correlation ({subsets} subsets of {row} pixels)", ours, theirs)
 
+    # Monotonicity, one image row per step. Quantus' Monotonicity writes its baseline
+    # into a copy of the baseline, so no pixel of x ever enters and every map passes:
+    # the random map's row shows it.
+    noise = np.asarray(jax.random.normal(jax.random.key(1), maps.shape))
+    for label, a in (("saliency", maps), ("a random map", noise)):
+        exact(
+            f"monotonicity of {label}, one row per step (1: the score never falls)",
+            evaluation.monotonicity(fn, x, labels, a, step=row),
+            quantus.Monotonicity(features_in_step=row, abs=False, normalise=False, **common)(
+                **dict(call, a_batch=a.transpose(0, 3, 1, 2))
+            ),
+        )
+    repeats = 10
+    ours = evaluation.monotonicity_correlation(
+        fn, x, labels, maps, key, samples=repeats, batch_size=4096
+    )
+    theirs = quantus.MonotonicityCorrelation(
+        nr_samples=repeats, features_in_step=1, normalise=False, **common
+    )(**call)
+    statistical(f"monotonicity correlation (one pixel per group, {repeats} draws)", ours, theirs)
+
     def explain(model, inputs, targets, **kwargs):
         """Quantus' explain_func: fmi_jax's saliency of the NCHW batch, as NCHW."""
         nhwc = jnp.asarray(np.asarray(inputs).transpose(0, 2, 3, 1))
@@ -186,6 +212,28 @@ def main():
         **call, explain_func=explain
     )
     statistical(f"local Lipschitz estimate (stdev 0.1, {samples} samples)", ours, theirs)
+
+    # Relative stability: Quantus makes an image NaN when any of its perturbed copies
+    # changes the prediction, fmi_jax leaves those copies out, so the images where
+    # Quantus has a value are compared.
+    stable = 50
+    for label, ours_fn, theirs_metric in (
+        ("input", evaluation.relative_input_stability, quantus.RelativeInputStability),
+        ("output", evaluation.relative_output_stability, quantus.RelativeOutputStability),
+    ):
+        ours = np.asarray(
+            ours_fn(lambda inputs, t, k: saliency(inputs, t), x, labels, key, samples=stable, fn=fn)
+        )
+        theirs = np.asarray(
+            theirs_metric(nr_samples=stable, **common)(**call, explain_func=explain), np.float64
+        )
+        kept = np.isfinite(theirs) & np.isfinite(ours)
+        statistical(
+            f"relative {label} stability ({stable} samples; the {kept.sum()} images Quantus "
+            "scores)",
+            ours[kept],
+            theirs[kept],
+        )
 
     print(f"{n} images, signed saliency of the true label, torch {torch.__version__}, ")
     print(f"quantus {quantus.__version__}\n")
