@@ -17,6 +17,7 @@ from fmi_jax.evaluation.agreement import (
     topk_overlap,
 )
 from fmi_jax.evaluation.faithfulness import (
+    DEFAULT_METRIC_BATCH,
     ROAD_FRACTIONS,
     SENSITIVITY_N_FRACTIONS,
     aopc,
@@ -82,6 +83,7 @@ __all__ = [
     "DEFAULT_IMPUTATION_NOISE",
     "DEFAULT_INFIDELITY_STDEV",
     "DEFAULT_LIPSCHITZ_STDEV",
+    "DEFAULT_METRIC_BATCH",
     "DEFAULT_SENSITIVITY_RADIUS",
     "DEFAULT_STABILITY_MAXVAL",
     "DEFAULT_STABILITY_MINVAL",

@@ -185,8 +185,8 @@ from fmi_jax.evaluation.agreement import pearson, spearman
 from fmi_jax.evaluation.imputation import DEFAULT_IMPUTATION_NOISE, noisy_linear_imputation
 
 __all__ = [
-    "ROAD_FRACTIONS",
     "DEFAULT_METRIC_BATCH",
+    "ROAD_FRACTIONS",
     "SENSITIVITY_N_FRACTIONS",
     "aopc",
     "auc",
