@@ -469,6 +469,82 @@ def _uniform_draws(key, examples, samples, shape):
     )
 
 
+jit_selectivity = jax.jit(
+    F.selectivity,
+    static_argnums=0,
+    static_argnames=("patch_size", "substrate", "probabilities", "batch_size"),
+)
+
+
+def test_selectivity_of_one_pixel_patches_is_the_deletion_curve():
+    fn = tiny_mlp(jax.random.key(36), (4, 4, 2))
+    x = testdata.uniform(jax.random.key(37), (2, 4, 4, 2))
+    maps = testdata.normal(jax.random.key(38), (2, 4, 4))
+    np.testing.assert_allclose(
+        jit_selectivity(fn, x, 1, maps, patch_size=1),
+        jit_deletion_curve(fn, x, 1, maps, step=1),
+        atol=1e-6,
+    )
+
+
+def test_selectivity_removes_whole_patches_by_their_summed_relevance():
+    # Logit w.x on a 5 x 5 image in 3 x 3 patches (the edge patches 3 x 2, 2 x 3, 2 x 2):
+    # each removal lowers the logit by its patch's contribution, in the order of the
+    # map's patch sums, whatever the map does inside a patch.
+    w = testdata.normal(jax.random.key(39), (5, 5, 1))
+    x = testdata.uniform(jax.random.key(40), (1, 5, 5, 1))
+    contribution = np.asarray(x * w)[0, ..., 0]
+    patches = [(slice(0, 3), slice(0, 3)), (slice(0, 3), slice(3, 5))]
+    patches += [(slice(3, 5), slice(0, 3)), (slice(3, 5), slice(3, 5))]
+    ranking = np.asarray([2.0, -1.0, 5.0, 0.5])  # remove patch 2, 0, 3, then 1
+    maps = np.zeros((5, 5), np.float32)
+    for value, (rows, cols) in zip(ranking, patches):
+        block = maps[rows, cols]
+        block[...] = np.linspace(-1, 1, block.size).reshape(block.shape)
+        block.flat[0] += value  # the patch sums to `value`
+    fn = linear_model(w, bias=1.0)
+    got = jit_selectivity(fn, x, 0, maps[None], patch_size=3, probabilities=False)
+    start = float(fn(x)[0, 0])
+    drops = np.cumsum([contribution[patches[p]].sum() for p in (2, 0, 3, 1)])
+    np.testing.assert_allclose(got[0], np.concatenate([[start], start - drops]), atol=1e-5)
+
+
+def _irof_reference(fn, x, target, relevance, segments):
+    """IROF recomputed in NumPy for one image: mean relevance per segment, segments
+    replaced by each channel's mean, descending (stable), 1 - trapezoid AUC of the
+    probability over the clean one."""
+    x = np.asarray(x)
+    labels = np.asarray(segments)
+    count = labels.max() + 1
+    means = [relevance[labels == s].mean() for s in range(count)]
+    fill = x.mean((0, 1))
+    current, scores = x.copy(), []
+    for s in [None, *np.argsort(-np.asarray(means), kind="stable")]:
+        if s is not None:
+            current[labels == s] = fill
+        scores.append(float(jax.nn.softmax(fn(current[None]))[0, target]))
+    q = np.asarray(scores) / scores[0]
+    return 1.0 - (q.sum() - 0.5 * (q[0] + q[-1])) / count
+
+
+def test_irof_is_the_area_over_the_normalised_segment_curve():
+    fn = tiny_mlp(jax.random.key(41), (4, 4, 3))
+    x = testdata.uniform(jax.random.key(42), (2, 4, 4, 3))
+    maps = testdata.normal(jax.random.key(43), (2, 4, 4, 3))
+    # Example 0 in 3 segments, example 1 in 5: each gets its own abscissa.
+    segments = np.zeros((2, 4, 4), np.int32)
+    segments[0, :, 2:] = 1
+    segments[0, 3] = 2
+    segments[1] = np.arange(16).reshape(4, 4) % 5
+    # Segments are concrete (their label counts set the curve's length): under jit they
+    # come from the closure.
+    got = jax.jit(lambda x, maps: F.irof(fn, x, 0, maps, segments, batch_size=7))(x, maps)
+    relevance = np.asarray(maps).sum(-1)
+    for i in range(2):
+        expected = _irof_reference(fn, x[i], 0, relevance[i], segments[i])
+        np.testing.assert_allclose(got[i], expected, atol=1e-5)
+
+
 def test_road_removes_in_order_and_fills_from_the_neighbours():
     # The model reads one pixel (its logit is 10 x[p]); x is 1 there and 0 elsewhere,
     # and the map ranks p first. Removing p (MoRF) fills it from its zero neighbours, so
@@ -627,5 +703,13 @@ def test_bad_inputs_raise():
         F.monotonicity_correlation(fn, x, 0, np.ones_like(x), key, step=2)
     with pytest.raises(ValueError, match="static"):
         jax.jit(lambda n: F.sensitivity_n(fn, x, 0, np.ones_like(x), key, sizes=n))(np.array([1]))
+    with pytest.raises(ValueError, match="every label 0 .. 2"):
+        F.irof(fn, x, 0, np.ones_like(x), np.array([[0, 0], [2, 2]]))
+    with pytest.raises(ValueError, match="one segment"):
+        F.irof(fn, x, 0, np.ones_like(x), np.zeros((2, 2), int))
+    with pytest.raises(ValueError, match="integer labels"):
+        F.irof(fn, x, 0, np.ones_like(x), np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="images"):
+        F.selectivity(linear_model(np.ones(3)), np.ones((2, 3)), 0, np.ones((2, 3)))
     with pytest.raises(ValueError, match="uniform_range"):
         F.monotonicity_correlation(fn, x, 0, np.ones_like(x), key, uniform_range=(1.0, 0.0))

@@ -1,12 +1,12 @@
 """Measuring attributions: agreement between methods, faithfulness (deletion and
 insertion curves, pixel flipping, ROAD with noisy linear imputation, faithfulness
-correlation, sensitivity-n, monotonicity and its correlation), robustness (infidelity,
-max- and average sensitivity, local Lipschitz estimate, relative input, output and
-representation stability), sanity checks (parameter randomisation, random logit,
-SSIM), complexity (sparseness,
-entropy, effective complexity), performance information curves (SIC and AIC),
-localisation against ground-truth masks (pointing game, relevance mass and rank
-accuracy, top-k intersection, ROC AUC), and which examples to explain."""
+correlation, sensitivity-n, monotonicity and its correlation, selectivity, IROF),
+robustness (infidelity, max- and average sensitivity, local Lipschitz estimate,
+relative input, output and representation stability), sanity checks (parameter
+randomisation, random logit, SSIM), complexity (sparseness, entropy, effective
+complexity), performance information curves (SIC and AIC), localisation against
+ground-truth masks (pointing game, relevance mass and rank accuracy, top-k
+intersection, ROC AUC), and which examples to explain."""
 
 from fmi_jax.evaluation.agreement import (
     average_ranks,
@@ -27,10 +27,12 @@ from fmi_jax.evaluation.faithfulness import (
     effective_complexity,
     faithfulness_correlation,
     insertion_curve,
+    irof,
     monotonicity,
     monotonicity_correlation,
     pixel_flipping,
     road,
+    selectivity,
     sensitivity_n,
     sparseness,
 )
@@ -108,6 +110,7 @@ __all__ = [
     "independent_randomization",
     "infidelity",
     "insertion_curve",
+    "irof",
     "layer_order",
     "local_lipschitz",
     "localisation_auc",
@@ -130,6 +133,7 @@ __all__ = [
     "relevance_mass_accuracy",
     "relevance_rank_accuracy",
     "road",
+    "selectivity",
     "sensitivity_n",
     "sparseness",
     "spearman",

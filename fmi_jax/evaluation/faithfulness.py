@@ -1,5 +1,5 @@
 """Faithfulness and complexity of attribution maps: deletion, insertion, pixel flipping,
-ROAD, faithfulness correlation, sensitivity-n, monotonicity, Gini.
+ROAD, faithfulness correlation, sensitivity-n, monotonicity, selectivity, IROF, Gini.
 
 Faithfulness metrics perturb the input in the order an attribution map ranks its
 pixels and watch the model's output for the explained class. Notation: example ``x``
@@ -128,6 +128,15 @@ shape of ``x``, and ``m`` pixels per step.
   Spearman correlation, over groups of pixels, between a group's relevance and the mean
   squared change of the target score when the group is replaced by uniform noise; a
   faithful map gives the pixels that move the score most the most relevance.
+* Regions. Selectivity (Montavon, Samek & Müller, "Methods for interpreting and
+  understanding deep neural networks", Digital Signal Processing 2018,
+  arXiv:1706.07979; Quantus' ``Selectivity``) is the deletion curve over the square
+  patches of a grid, ranked by their summed relevance; IROF (Rieger & Hansen, "IROF: a
+  low resource evaluation metric for explanation methods", 2020, arXiv:2003.08747;
+  Quantus' ``IROF``) deletes superpixels, ranked by their mean relevance, fills them
+  with the image's mean colour and reports the area over the curve of the score
+  relative to the clean one. Both rank regions as the curves rank pixels (ties: the
+  lower region first) and evaluate every (example, step) pair in the same chunks.
 * Sparseness (Chalasani, Chen, Chowdhury, Wu & Jha, "Concise explanations of neural
   networks using adversarial training", ICML 2020, arXiv:1810.06583; Quantus'
   ``Sparseness``): the Gini index (Hurley & Rickard 2009) of the absolute attributions
@@ -150,7 +159,8 @@ in equally shaped chunks, so peak memory is one chunk of perturbed inputs (plus 
 ``(N, P)`` int32, and the substrate, the size of ``x``), and results do not depend on
 ``batch_size``. The unperturbed input (``k = 0`` of deletion, ``k = S`` of insertion) is
 evaluated in the same chunks as the perturbed ones. Every function is jit-compatible with
-the non-array arguments static.
+the non-array arguments static; :func:`irof`'s segments must be concrete too (under jit,
+from the closure), since their numbers of labels set the length of its curves.
 """
 
 from __future__ import annotations
@@ -195,10 +205,12 @@ __all__ = [
     "effective_complexity",
     "faithfulness_correlation",
     "insertion_curve",
+    "irof",
     "monotonicity",
     "monotonicity_correlation",
     "pixel_flipping",
     "road",
+    "selectivity",
     "sensitivity_n",
     "sparseness",
 ]
@@ -985,6 +997,204 @@ def monotonicity_correlation(
     scores = map_over_samples(evaluate, n, perturbations + 1, batch_size=batch_size)
     moved = (scores[:, :perturbations] - scores[:, perturbations:]) ** 2
     return spearman(group_relevance, moved.reshape(n, groups, samples).mean(-1))
+
+
+def selectivity(
+    fn: ModelFn,
+    x: Array,
+    target: Target,
+    attributions: Array,
+    *,
+    patch_size: int = 8,
+    substrate: Substrate = "zero",
+    blur_sigma: float = 5.0,
+    probabilities: bool = True,
+    batch_size: int | None = None,
+) -> Array:
+    """Selectivity (Montavon, Samek & Müller 2018): the target score as square patches
+    are removed, most relevant patch first; shape ``(N, L + 1)`` for ``L`` patches.
+
+    The image is cut into a grid of ``patch_size x patch_size`` patches (those on the
+    right and bottom edges smaller when ``patch_size`` does not divide the image), a
+    patch's relevance is the sum of its pixels', and column ``k`` is the score after
+    the ``k`` most relevant patches were replaced by the substrate (ties: the patch
+    earlier in row-major order first). Summarise it with :func:`auc` (low is good),
+    as Montavon et al. and Quantus' ``Selectivity``. Quantus ranks every overlapping
+    ``patch_size`` window and keeps, greedily, those that do not overlap one already
+    kept; here patches are the grid's, the paper's "patches", so every pixel is removed
+    exactly once and the curve ends at the substrate's score.
+
+    Args:
+      fn, x, target, attributions, substrate, blur_sigma, probabilities: as
+        :func:`deletion_curve`; ``x`` images ``(N, H, W, C)``.
+      patch_size: the side of a patch in pixels (Quantus' default 8).
+      batch_size: (example, step) pairs per forward pass; ``None`` runs all at once.
+
+    Returns:
+      float32 ``(N, L + 1)``, ``L = ceil(H / patch_size) ceil(W / patch_size)``: column 0
+      is ``f_t(x)``, column ``L`` is ``f_t(substrate)``.
+    """
+    x = as_input(x)
+    if x.ndim != 4:
+        raise ValueError(f"selectivity needs images (N, H, W, C), got input shape {x.shape}")
+    size = as_count(patch_size, "patch_size")
+    height, width = x.shape[1:3]
+    columns = -(-width // size)
+    grid = (np.arange(height)[:, None] // size) * columns + np.arange(width)[None] // size
+    segments = jnp.broadcast_to(jnp.asarray(grid, jnp.int32), x.shape[:3])
+    curve, _ = _region_curves(
+        fn,
+        x,
+        target,
+        attributions,
+        segments,
+        int(grid.max()) + 1,
+        "sum",
+        _substrate(substrate, x, blur_sigma),
+        probabilities,
+        batch_size,
+    )
+    return curve
+
+
+def irof(
+    fn: ModelFn,
+    x: Array,
+    target: Target,
+    attributions: Array,
+    segments: Array,
+    *,
+    substrate: Substrate = "mean",
+    blur_sigma: float = 5.0,
+    probabilities: bool = True,
+    batch_size: int | None = None,
+) -> Array:
+    """IROF, iterative removal of features (Rieger & Hansen 2020): the area over the
+    normalised score curve as superpixels are removed, most relevant first; ``(N,)``.
+
+    Segment ``l`` of example ``i`` has the relevance of its pixels' mean (so a large
+    segment is not favoured for its size); segments are replaced by the substrate in
+    descending order of that mean (ties: lower label first), and after ``k`` of the
+    ``L_i`` segments of example ``i`` the score is ``q_k = f_t(x_k) / f_t(x)``. IROF is
+    ``1 - AUC`` of ``q_0 = 1, q_1, ..., q_{L_i}`` by the trapezoid rule on ``[0, 1]``
+    (:func:`auc`): high when removing the map's first segments destroys the score.
+    Examples may have different numbers of segments; each gets its own abscissa.
+
+    Quantus' ``IROF`` reports the unnormalised ``L - trapz(q_1, ..., q_L)`` over the
+    steps after the first removal, which grows with the number of segments, and its
+    ``'mean'`` baseline is the mean of the partly replaced image over all channels,
+    recomputed at every step. Here ``'mean'`` is each channel's mean over the clean
+    image, so every removed segment takes the same values.
+
+    Args:
+      fn, x, target, attributions, blur_sigma, probabilities: as
+        :func:`deletion_curve`; ``x`` images ``(N, H, W, C)``.
+      segments: int labels ``(N, H, W)`` (or ``(H, W)`` for every image), each
+        example's labels ``0 .. L_i - 1`` (a label without pixels is an error): e.g.
+        ``np.stack([fmi_jax.attribution.felzenszwalb(im, scale=s) for im in x])``, or
+        scikit-image's SLIC as Quantus' default. Concrete (not traced).
+      substrate: ``'mean'`` (default, the paper's and Quantus'), or any substrate of
+        :func:`deletion_curve`.
+      batch_size: (example, step) pairs per forward pass; ``None`` runs all at once.
+
+    Returns:
+      float32 ``(N,)``, at most 1 when no removal raises the score above ``f_t(x)``.
+
+    Raises:
+      ValueError: as :func:`deletion_curve`, segments that do not fit ``x`` or skip a
+        label, fewer than 2 segments in an example.
+    """
+    x = as_input(x)
+    if x.ndim != 4:
+        raise ValueError(f"irof needs images (N, H, W, C), got input shape {x.shape}")
+    segments, counts = _as_segments(segments, x.shape)
+    if isinstance(substrate, str) and substrate == "mean":
+        background = jnp.broadcast_to(x.mean((1, 2), keepdims=True), x.shape)
+    else:
+        background = _substrate(substrate, x, blur_sigma)
+    curve, _ = _region_curves(
+        fn,
+        x,
+        target,
+        attributions,
+        jnp.asarray(segments),
+        int(counts.max()),
+        "mean",
+        background,
+        probabilities,
+        batch_size,
+    )
+    # Per example: the trapezoid over its own L_i + 1 points, x spacing 1 / L_i.
+    q = curve / curve[:, :1]
+    steps = jnp.asarray(counts, jnp.float32)
+    inside = jnp.arange(curve.shape[1])[None] <= steps[:, None]
+    last = jnp.take_along_axis(q, jnp.asarray(counts)[:, None], axis=1)[:, 0]
+    area = (jnp.sum(jnp.where(inside, q, 0.0), 1) - 0.5 * (q[:, 0] + last)) / steps
+    return 1.0 - area
+
+
+def _as_segments(segments: Any, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Segments as int32 ``(N, H, W)`` on the host, and each example's number of labels."""
+    if isinstance(segments, jax.core.Tracer):
+        raise ValueError("segments must be concrete arrays (compute them outside jax.jit)")
+    labels = np.asarray(segments)
+    if labels.shape == shape[1:3]:
+        labels = np.broadcast_to(labels, shape[:3])
+    if labels.shape != shape[:3] or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"segments must be integer labels {shape[:3]} (or {shape[1:3]} for every "
+            f"image), got {labels.dtype} {labels.shape}"
+        )
+    flat = labels.reshape(shape[0], -1)
+    counts = flat.max(1) + 1
+    for i, row in enumerate(flat):
+        if row.min() < 0 or len(np.unique(row)) != counts[i]:
+            raise ValueError(
+                f"the segments of example {i} must use every label 0 .. {counts[i] - 1} "
+                "(relabel them, e.g. np.unique(s, return_inverse=True)[1])"
+            )
+        if counts[i] < 2:
+            raise ValueError(f"example {i} has one segment; removing it leaves no curve")
+    return labels.astype(np.int32), counts.astype(np.int32)
+
+
+def _region_curves(
+    fn: ModelFn,
+    x: Array,
+    target: Target,
+    attributions: Array,
+    segments: Array,
+    num_regions: int,
+    aggregate: str,
+    background: Array,
+    probabilities: bool,
+    batch_size: int | None,
+) -> tuple[Array, Array]:
+    """Scores after removing the ``k`` most relevant regions, ``k = 0 .. num_regions``,
+    ``(N, num_regions + 1)``, and the region relevances ``(N, num_regions)``. A
+    region's relevance is the ``'sum'`` or ``'mean'`` of its pixels'; regions an example
+    lacks rank last (removing them changes nothing)."""
+    relevance, mask_shape = _pixel_relevance(x, attributions)
+    target = resolve_target(fn, x, target, batch_size=batch_size)
+    n = relevance.shape[0]
+    labels = segments.reshape(n, -1)
+    rows = jnp.arange(n)[:, None]
+    total = jnp.zeros((n, num_regions)).at[rows, labels].add(relevance)
+    size = jnp.zeros((n, num_regions)).at[rows, labels].add(1.0)
+    region = total if aggregate == "sum" else total / jnp.maximum(size, 1.0)
+    region = jnp.where(size > 0, region, -jnp.inf)
+    rank = jnp.take_along_axis(_removal_ranks(region, most_relevant_first=True), labels, 1)
+    counts = jnp.arange(num_regions + 1, dtype=jnp.int32)
+
+    def perturb(example: Array, k: Array, changed: Array) -> Array:
+        del k
+        return jnp.where(changed, background[example], x[example])
+
+    score = "probability" if probabilities else "logit"
+    curve = _scores_after_change(
+        fn, x, target, rank, counts, mask_shape, perturb, score, batch_size
+    )
+    return curve, region
 
 
 def _as_range(value: Any) -> tuple[float, float]:
