@@ -96,7 +96,15 @@ def get_config(arg=None):
     }
     # Cascading randomisation of `layers` (empty: every layer, output first) on the
     # first max_images images (0: all); pass/fail at `threshold` (mean |Spearman|).
-    config.sanity = {"layers": (), "max_images": 100, "threshold": 0.5, "window": 7}
+    # random_logit: also the SSIM between the maps of the target and of a random other
+    # class on the same images (two more maps per image).
+    config.sanity = {
+        "layers": (),
+        "max_images": 100,
+        "threshold": 0.5,
+        "window": 7,
+        "random_logit": True,
+    }
     # Cross-method agreement of the maps (the explain study's Pearson/Spearman/top-k).
     config.agreement = True
     config.topk_fraction = 0.01

@@ -95,6 +95,10 @@ def test_study_writes_leaderboard_reuses_and_refuses(trained_run):
     assert by_method["input"]["sanity_spearman_abs"] == pytest.approx(1.0)
     assert by_method["saliency"]["sanity_pass"] == "pass"
     assert by_method["saliency"]["sanity_fully_randomized"]
+    # Random logit: the image ignores the class (SSIM 1); saliency of a trained model
+    # does not.
+    assert by_method["input"]["random_logit_ssim"] == pytest.approx(1.0)
+    assert by_method["saliency"]["random_logit_ssim"] < 0.9
     assert by_method["saliency"]["sensitivity_images"] == 4  # per-method cap
     assert by_method["input"]["sensitivity_images"] == 8
 

@@ -32,7 +32,10 @@ and scores the maps with :mod:`fmi_jax.evaluation`:
                 (empty: every layer, output first) on the first `sanity.max_images`
                 images: mean |Spearman| of |maps| and SSIM after the last step (lower
                 is better), and pass/fail by `evaluation.passes_sanity_check`
-                (`sanity.threshold`)
+                (`sanity.threshold`); with `sanity.random_logit`, the random-logit
+                test (Sixt et al.) on the same images: SSIM between the map of the
+                target and that of a random other class -> mean, lower is better (a
+                map that ignores the class scores 1)
   seconds       wall time of the method's maps for the N images (compile included),
                 and of all its metrics
 
@@ -123,6 +126,7 @@ COLUMNS = (
     ("sanity_spearman_abs", "sanity Spearman of abs maps, fully randomised (lower is better)"),
     ("sanity_ssim", "sanity SSIM, fully randomised (lower is better)"),
     ("sanity_pass", "sanity check (pass is better)"),
+    ("random_logit_ssim", "random logit SSIM, target vs another class (lower is better)"),
     ("seconds_maps", "maps seconds (lower is better)"),
     ("seconds_metrics", "metrics seconds"),
     ("sensitivity_images", "sensitivity images"),
@@ -404,6 +408,20 @@ def _evaluate_method(
     timings["sanity"] = time.perf_counter() - t0
     for metric in ("spearman", "spearman_abs", "ssim"):
         arrays[f"sanity_{metric}"] = np.asarray(cascade[metric])
+    if bool(san.random_logit):
+        logit_keys = example_keys(jax.random.fold_in(key, 2), n)[:n_san]
+        arrays["random_logit"] = timed(
+            "random_logit",
+            lambda: evaluation.random_logit(
+                lambda x, t, k: _full_shape_jnp(single(x, t, k), x),
+                images[:n_san],
+                target[:n_san],
+                logit_keys,
+                fn=functools.partial(metrics["model"], variables),
+                window=int(san.window),
+                batch_size=bs,
+            ),
+        )
 
     passed = evaluation.passes_sanity_check(cascade, threshold=float(san.threshold))
     summary = {
@@ -432,6 +450,9 @@ def _evaluate_method(
         "sanity_spearman_abs": float(np.nanmean(np.abs(arrays["sanity_spearman_abs"][-1]))),
         "sanity_ssim": float(np.nanmean(arrays["sanity_ssim"][-1])),
         "sanity_pass": "pass" if passed else "fail",
+        "random_logit_ssim": (
+            _nanmean(arrays["random_logit"]) if "random_logit" in arrays else None
+        ),
         "seconds_maps": timings["maps"],
         "seconds_metrics": sum(v for k, v in timings.items() if k != "maps"),
         "sensitivity_images": n_sens,
