@@ -496,7 +496,9 @@ def test_selectivity_removes_whole_patches_by_their_summed_relevance():
     contribution = np.asarray(x * w)[0, ..., 0]
     patches = [(slice(0, 3), slice(0, 3)), (slice(0, 3), slice(3, 5))]
     patches += [(slice(3, 5), slice(0, 3)), (slice(3, 5), slice(3, 5))]
-    ranking = np.asarray([2.0, -1.0, 5.0, 0.5])  # remove patch 2, 0, 3, then 1
+    # Sums remove patch 2, 0, 3, then 1; the means (sizes 9, 6, 6, 4) would put 3
+    # before 0.
+    ranking = np.asarray([2.0, -1.0, 5.0, 1.5])
     maps = np.zeros((5, 5), np.float32)
     for value, (rows, cols) in zip(ranking, patches):
         block = maps[rows, cols]
@@ -507,6 +509,20 @@ def test_selectivity_removes_whole_patches_by_their_summed_relevance():
     start = float(fn(x)[0, 0])
     drops = np.cumsum([contribution[patches[p]].sum() for p in (2, 0, 3, 1)])
     np.testing.assert_allclose(got[0], np.concatenate([[start], start - drops]), atol=1e-5)
+
+
+def test_irof_is_nan_where_the_clean_score_is_not_positive():
+    # The logit of a linear model with bias -30 is negative: q = f(x_k) / f(x) would
+    # flip the curve, so the example has no IROF.
+    w = np.ones((2, 2, 1), np.float32)
+    x = np.ones((1, 2, 2, 1), np.float32)
+    segments = np.asarray([[0, 1], [1, 1]])
+    logit = F.irof(linear_model(w, bias=-30.0), x, 0, x, segments, probabilities=False)
+    assert np.isnan(logit[0])
+    # With bias 0: both segments have mean 1, so the lower label, the one-pixel
+    # segment, goes first and leaves 3/4, then 0: 1 - (1 + 2 * 0.75 + 0) / 4.
+    got = F.irof(linear_model(w), x, 0, x, segments, substrate="zero", probabilities=False)
+    np.testing.assert_allclose(got[0], 1.0 - (1.0 + 2 * 0.75 + 0.0) / 4, atol=1e-6)
 
 
 def _irof_reference(fn, x, target, relevance, segments):
@@ -536,6 +552,12 @@ def test_irof_is_the_area_over_the_normalised_segment_curve():
     segments[0, :, 2:] = 1
     segments[0, 3] = 2
     segments[1] = np.arange(16).reshape(4, 4) % 5
+    segments[1, :, :2] = 0  # segment 0 covers 10 pixels, 1-4 two or fewer each
+    # Example 1's map is constant on each segment: segment 0's mean (0.3) is below
+    # segment 3's (0.5) while its sum (3.0) is the largest, so ranking by sums would
+    # remove it first and by means does not.
+    per_segment = np.asarray([0.3, -0.2, 0.1, 0.5, 0.2], np.float32)
+    maps = maps.at[1].set(jnp.broadcast_to(per_segment[segments[1]][..., None] / 3, (4, 4, 3)))
     # Segments are concrete (their label counts set the curve's length): under jit they
     # come from the closure.
     got = jax.jit(lambda x, maps: F.irof(fn, x, 0, maps, segments, batch_size=7))(x, maps)
@@ -708,7 +730,13 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="one segment"):
         F.irof(fn, x, 0, np.ones_like(x), np.zeros((2, 2), int))
     with pytest.raises(ValueError, match="integer labels"):
-        F.irof(fn, x, 0, np.ones_like(x), np.zeros((3, 2)))
+        F.irof(fn, x, 0, np.ones_like(x), np.asarray([[0.0, 1.0], [1.0, 0.0]]))
+    with pytest.raises(ValueError, match="integer labels"):
+        F.irof(fn, x, 0, np.ones_like(x), np.zeros((3, 2), int))
+    with pytest.raises(ValueError, match="labels >= 0"):
+        F.irof(fn, x, 0, np.ones_like(x), np.asarray([[0, -1], [1, 0]]))
+    with pytest.raises(ValueError, match="one patch"):
+        F.selectivity(fn, x, 0, np.ones_like(x), patch_size=2)
     with pytest.raises(ValueError, match="images"):
         F.selectivity(linear_model(np.ones(3)), np.ones((2, 3)), 0, np.ones((2, 3)))
     with pytest.raises(ValueError, match="uniform_range"):

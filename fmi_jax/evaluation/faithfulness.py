@@ -222,8 +222,8 @@ _RISE_WINDOW = 11  # RISE's klen: an 11 x 11 kernel, zero padding 5
 ROAD_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 SENSITIVITY_N_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 0.8)
 # Evaluations per chunk for the metrics whose default evaluation count grows with the
-# number of pixels (P + 1 for monotonicity, 100 P + 1 for monotonicity correlation):
-# all at once would hold every perturbed input in memory.
+# number of pixels or regions (P + 1 for monotonicity, 100 P + 1 for monotonicity
+# correlation): all at once would hold every perturbed input in memory.
 DEFAULT_METRIC_BATCH = 1024
 _SCORES = ("probability", "logit", "correct")
 
@@ -1009,7 +1009,7 @@ def selectivity(
     substrate: Substrate = "zero",
     blur_sigma: float = 5.0,
     probabilities: bool = True,
-    batch_size: int | None = None,
+    batch_size: int | None = DEFAULT_METRIC_BATCH,
 ) -> Array:
     """Selectivity (Montavon, Samek & Müller 2018): the target score as square patches
     are removed, most relevant patch first; shape ``(N, L + 1)`` for ``L`` patches.
@@ -1018,17 +1018,22 @@ def selectivity(
     right and bottom edges smaller when ``patch_size`` does not divide the image), a
     patch's relevance is the sum of its pixels', and column ``k`` is the score after
     the ``k`` most relevant patches were replaced by the substrate (ties: the patch
-    earlier in row-major order first). Summarise it with :func:`auc` (low is good),
-    as Montavon et al. and Quantus' ``Selectivity``. Quantus ranks every overlapping
-    ``patch_size`` window and keeps, greedily, those that do not overlap one already
-    kept; here patches are the grid's, the paper's "patches", so every pixel is removed
-    exactly once and the curve ends at the substrate's score.
+    earlier in row-major order first; ties are between the float32 sums, so patches
+    tied only in exact arithmetic go in the order rounding gives them). Summarise it
+    with :func:`auc` (low is good). Quantus 0.6's ``Selectivity`` also removes a grid of
+    patches, but of the image padded evenly on both sides (on 28 pixels with
+    ``patch_size`` 8 its patch edges fall at 6, 14 and 22, here at 8, 16 and 24),
+    leaves the clean score out of its curve and sums it with ``np.trapz(dx=1)``, an
+    area that grows with the number of patches; earlier Quantus versions ranked every
+    overlapping window and kept, greedily, those that did not overlap one kept before.
 
     Args:
       fn, x, target, attributions, substrate, blur_sigma, probabilities: as
         :func:`deletion_curve`; ``x`` images ``(N, H, W, C)``.
-      patch_size: the side of a patch in pixels (Quantus' default 8).
-      batch_size: (example, step) pairs per forward pass; ``None`` runs all at once.
+      patch_size: the side of a patch in pixels (Quantus' default 8); smaller than
+        the image, so that there are at least 2 patches.
+      batch_size: (example, step) pairs per forward pass, 1024 by default (all at
+        once with ``None``).
 
     Returns:
       float32 ``(N, L + 1)``, ``L = ceil(H / patch_size) ceil(W / patch_size)``: column 0
@@ -1041,6 +1046,11 @@ def selectivity(
     height, width = x.shape[1:3]
     columns = -(-width // size)
     grid = (np.arange(height)[:, None] // size) * columns + np.arange(width)[None] // size
+    if grid.max() < 1:
+        raise ValueError(
+            f"patch_size {size} covers the whole {height} x {width} image in one patch; "
+            "use a smaller patch_size (at least 2 patches)"
+        )
     segments = jnp.broadcast_to(jnp.asarray(grid, jnp.int32), x.shape[:3])
     curve, _ = _region_curves(
         fn,
@@ -1067,7 +1077,7 @@ def irof(
     substrate: Substrate = "mean",
     blur_sigma: float = 5.0,
     probabilities: bool = True,
-    batch_size: int | None = None,
+    batch_size: int | None = DEFAULT_METRIC_BATCH,
 ) -> Array:
     """IROF, iterative removal of features (Rieger & Hansen 2020): the area over the
     normalised score curve as superpixels are removed, most relevant first; ``(N,)``.
@@ -1078,7 +1088,11 @@ def irof(
     ``L_i`` segments of example ``i`` the score is ``q_k = f_t(x_k) / f_t(x)``. IROF is
     ``1 - AUC`` of ``q_0 = 1, q_1, ..., q_{L_i}`` by the trapezoid rule on ``[0, 1]``
     (:func:`auc`): high when removing the map's first segments destroys the score.
-    Examples may have different numbers of segments; each gets its own abscissa.
+    Examples may have different numbers of segments; each gets its own abscissa. The
+    ratio needs ``f_t(x) > 0``: an example whose clean score is not positive (a
+    negative logit with ``probabilities=False``) is NaN, and a small clean probability
+    makes ``q`` large (IROF far below 0), so explain classes the model assigns some
+    probability, such as the predicted one.
 
     Quantus' ``IROF`` reports the unnormalised ``L - trapz(q_1, ..., q_L)`` over the
     steps after the first removal, which grows with the number of segments, and its
@@ -1092,13 +1106,16 @@ def irof(
       segments: int labels ``(N, H, W)`` (or ``(H, W)`` for every image), each
         example's labels ``0 .. L_i - 1`` (a label without pixels is an error): e.g.
         ``np.stack([fmi_jax.attribution.felzenszwalb(im, scale=s) for im in x])``, or
-        scikit-image's SLIC as Quantus' default. Concrete (not traced).
+        scikit-image's ``slic(im, start_label=0)`` as Quantus' default. Concrete (not
+        traced).
       substrate: ``'mean'`` (default, the paper's and Quantus'), or any substrate of
         :func:`deletion_curve`.
-      batch_size: (example, step) pairs per forward pass; ``None`` runs all at once.
+      batch_size: (example, step) pairs per forward pass, 1024 by default (all at
+        once with ``None``).
 
     Returns:
-      float32 ``(N,)``, at most 1 when no removal raises the score above ``f_t(x)``.
+      float32 ``(N,)``: at most 1 with probabilities (``q >= 0``), at least 0 when no
+      removal raises the score above ``f_t(x)``; NaN where ``f_t(x) <= 0``.
 
     Raises:
       ValueError: as :func:`deletion_curve`, segments that do not fit ``x`` or skip a
@@ -1125,7 +1142,8 @@ def irof(
         batch_size,
     )
     # Per example: the trapezoid over its own L_i + 1 points, x spacing 1 / L_i.
-    q = curve / curve[:, :1]
+    clean = curve[:, :1]
+    q = jnp.where(clean > 0, curve / jnp.where(clean > 0, clean, 1.0), jnp.nan)
     steps = jnp.asarray(counts, jnp.float32)
     inside = jnp.arange(curve.shape[1])[None] <= steps[:, None]
     last = jnp.take_along_axis(q, jnp.asarray(counts)[:, None], axis=1)[:, 0]
@@ -1147,8 +1165,10 @@ def _as_segments(segments: Any, shape: tuple[int, ...]) -> tuple[np.ndarray, np.
         )
     flat = labels.reshape(shape[0], -1)
     counts = flat.max(1) + 1
+    if labels.min() < 0:
+        raise ValueError(f"segments must be labels >= 0, got a minimum of {labels.min()}")
     for i, row in enumerate(flat):
-        if row.min() < 0 or len(np.unique(row)) != counts[i]:
+        if len(np.unique(row)) != counts[i]:
             raise ValueError(
                 f"the segments of example {i} must use every label 0 .. {counts[i] - 1} "
                 "(relabel them, e.g. np.unique(s, return_inverse=True)[1])"

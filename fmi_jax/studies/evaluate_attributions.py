@@ -34,8 +34,9 @@ and scores the maps with :mod:`fmi_jax.evaluation`:
                 is better), and pass/fail by `evaluation.passes_sanity_check`
                 (`sanity.threshold`); with `sanity.random_logit`, the random-logit
                 test (Sixt et al.) on the same images: SSIM between the map of the
-                target and that of a random other class -> mean, lower is better (a
-                map that ignores the class scores 1)
+                target and that of another class, drawn per image and the same for
+                every method -> mean, lower is better (a map that ignores the class
+                scores 1)
   seconds       wall time of the method's maps for the N images (compile included),
                 and of all its metrics
 
@@ -107,6 +108,7 @@ __all__ = [
 
 CONTROLS = ("input", "random")
 _PIC_STREAM = 2**31 - 1  # folded into the study's key, far from the method indices
+_RANDOM_LOGIT_STREAM = 2**31 - 2
 _PIC = ("sic", "aic")  # softmax and accuracy information curves
 
 # Leaderboard columns: (row key, header with its direction).
@@ -308,6 +310,7 @@ def _evaluate_method(
     target: jax.Array,
     key: jax.Array,
     pic_key: jax.Array,
+    logit_key: jax.Array,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     bs = int(config.batch_size)
     build = _builder(config, name, model)
@@ -409,7 +412,7 @@ def _evaluate_method(
     for metric in ("spearman", "spearman_abs", "ssim"):
         arrays[f"sanity_{metric}"] = np.asarray(cascade[metric])
     if bool(san.random_logit):
-        logit_keys = example_keys(jax.random.fold_in(key, 2), n)[:n_san]
+        logit_keys = example_keys(logit_key, n)[:n_san]
         arrays["random_logit"] = timed(
             "random_logit",
             lambda: evaluation.random_logit(
@@ -668,6 +671,8 @@ def evaluate_attributions(
     # One key for every method's performance information curves: the same random pixels,
     # so every method's curves start from the same blurred images.
     pic_key = jax.random.fold_in(key, _PIC_STREAM)
+    # One for the random-logit test: every method compares the same pair of classes.
+    logit_key = jax.random.fold_in(key, _RANDOM_LOGIT_STREAM)
     logging.info(
         "evaluating %d methods on %d %s/%s images of %s (epoch %d), accuracy %.3f",
         len(config.methods),
@@ -695,7 +700,7 @@ def evaluate_attributions(
         start = time.perf_counter()
         method_key = jax.random.fold_in(key, i)
         result, summary = _evaluate_method(
-            config, name, model, variables, images, target, method_key, pic_key
+            config, name, model, variables, images, target, method_key, pic_key, logit_key
         )
         runs.save_npz_atomic(npz_path, **result)
         runs.write_json_atomic(json_path, summary, sort_keys=False)  # written last: marks done
