@@ -53,6 +53,7 @@ __all__ = [
     "require_key",
     "refuse_baseline",
     "check_finite",
+    "as_rows",
     "as_baseline",
     "as_count",
     "as_target",
@@ -116,6 +117,19 @@ def check_finite(value: Array, name: str) -> None:
     also works for concrete arrays met while tracing)."""
     if _is_concrete(value) and not np.all(np.isfinite(np.asarray(value))):
         raise ValueError(f"{name} contains NaN or Inf values")
+
+
+def as_rows(values: Any, inputs: Array, what: str, *, min_ndim: int = 1) -> Array:
+    """``values`` (what a user's function returned for ``inputs``) as float32, with a
+    ValueError unless it has one row per input and at least ``min_ndim`` axes; ``what``
+    says who must return what, e.g. ``"explain must return maps (B, ...)"``."""
+    values = jnp.asarray(values, dtype=jnp.float32)
+    if values.ndim < min_ndim or values.shape[0] != inputs.shape[0]:
+        raise ValueError(
+            f"{what} with leading axis {inputs.shape[0]} for inputs of shape "
+            f"{inputs.shape}, got shape {values.shape}"
+        )
+    return values
 
 
 def as_input(x: Any, name: str = "x") -> Array:

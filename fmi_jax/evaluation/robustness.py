@@ -142,6 +142,7 @@ from fmi_jax.attribution.core import (
     Target,
     as_count,
     as_input,
+    as_rows,
     as_target,
     check_finite,
     example_keys,
@@ -708,18 +709,6 @@ def _nonzero(values: Array, eps: float) -> Array:
     return jnp.where(values == 0, eps, values)
 
 
-def _leading_axis(values: Any, inputs: Array, what: str) -> Array:
-    """``values`` as float32, checked to have one row per input (``what``: who must
-    return what, for the error message)."""
-    values = jnp.asarray(values, dtype=jnp.float32)
-    if values.ndim < 1 or values.shape[0] != inputs.shape[0]:
-        raise ValueError(
-            f"{what} with leading axis {inputs.shape[0]} for inputs of shape "
-            f"{inputs.shape}, got shape {values.shape}"
-        )
-    return values
-
-
 _RETURN_REPRESENTATION = "representation must return an array"
 
 
@@ -762,9 +751,7 @@ def _relative_stability(
         clean_view = x
         if view is not None:
             clean_view = map_over_samples(
-                lambda example, _: _leading_axis(
-                    view(x[example]), x[example], _RETURN_REPRESENTATION
-                ),
+                lambda example, _: as_rows(view(x[example]), x[example], _RETURN_REPRESENTATION),
                 x.shape[0],
                 1,
                 batch_size=batch_size,
@@ -779,7 +766,7 @@ def _relative_stability(
             elif view is fn:
                 after = jnp.asarray(logits, dtype=jnp.float32)
             else:
-                after = _leading_axis(view(noisy), noisy, _RETURN_REPRESENTATION)
+                after = as_rows(view(noisy), noisy, _RETURN_REPRESENTATION)
             change = clean_view[example] - after
             if relative_view:
                 change = change / _nonzero(clean_view[example], eps_min)
@@ -839,7 +826,7 @@ def _sensitivity(
     noise_keys, explain_keys = split[:, 0], split[:, 1]
 
     def explain_rows(inputs: Array, example: Array, row_keys: Array) -> Array:
-        return _leading_axis(
+        return as_rows(
             explain(inputs, target[example], row_keys), inputs, "explain must return maps"
         )
 

@@ -148,6 +148,7 @@ from fmi_jax.attribution.core import (
     ModelFn,
     Target,
     as_input,
+    as_rows,
     as_target,
     example_keys,
     map_over_samples,
@@ -587,13 +588,7 @@ def random_logit(
     def explain_pairs(example: jax.Array, column: jax.Array) -> jax.Array:
         inputs = x[example]
         maps = explain(inputs, classes[example, column], explain_keys[example])
-        maps = jnp.asarray(maps, dtype=jnp.float32)
-        if maps.ndim < 2 or maps.shape[0] != inputs.shape[0]:
-            raise ValueError(
-                f"explain must return maps (B, ...) with leading axis {inputs.shape[0]} for "
-                f"inputs of shape {inputs.shape}, got shape {maps.shape}"
-            )
-        return maps
+        return as_rows(maps, inputs, "explain must return maps (B, ...)", min_ndim=2)
 
     maps = map_over_samples(explain_pairs, num_examples, 2, batch_size=batch_size)
     own, other = maps[:, 0], maps[:, 1]
