@@ -459,6 +459,112 @@ def test_monotonicity_correlation_follows_its_documented_groups_and_draws():
         np.testing.assert_allclose(got[i], np.corrcoef(*ranks)[0, 1], atol=1e-5)
 
 
+def test_faithfulness_estimate_of_a_linear_model_is_one_with_a_zero_substrate():
+    # Replacing a group by 0 drops the logit by the group's sum of w_j x_j: the groups'
+    # relevance is their drop, whatever the grouping; the negated map gives -1.
+    w = testdata.normal(jax.random.key(40), (4, 4, 2))
+    x = testdata.uniform(jax.random.key(41), (2, 4, 4, 2))
+    fn = linear_model(w)
+    for step in (1, 3):
+        got = F.faithfulness_estimate(fn, x, 0, x * w, step=step)
+        np.testing.assert_allclose(got, 1.0, atol=1e-6)
+        np.testing.assert_allclose(
+            F.faithfulness_estimate(fn, x, 0, -x * w, step=step), -1.0, atol=1e-6
+        )
+
+
+def test_faithfulness_estimate_follows_its_documented_groups():
+    fn = tiny_mlp(jax.random.key(42), (3, 3, 2))
+    x = testdata.uniform(jax.random.key(43), (2, 3, 3, 2))
+    maps = testdata.normal(jax.random.key(44), (2, 3, 3, 2))
+    got = F.faithfulness_estimate(fn, x, 2, maps, step=2, batch_size=4)
+    logits = np.asarray(fn(x))[:, 2]
+    for i in range(2):
+        relevance = np.asarray(maps[i]).sum(-1).reshape(9)
+        order = np.argsort(-relevance, kind="stable")  # highest first
+        groups = [order[2 * g : 2 * g + 2] for g in range(5)]  # the last of one pixel
+        perturbed = np.repeat(np.asarray(x[i]).reshape(1, 9, 2), 5, axis=0)
+        for g, pixels in enumerate(groups):
+            perturbed[g, pixels] = 0.0
+        drops = logits[i] - np.asarray(fn(perturbed.reshape(5, 3, 3, 2)))[:, 2]
+        sums = [relevance[pixels].sum() for pixels in groups]
+        np.testing.assert_allclose(got[i], np.corrcoef(sums, drops)[0, 1], atol=1e-5)
+
+
+def test_non_sensitivity_of_a_linear_model_counts_the_mismatched_pixels():
+    # A linear model depends on pixel j exactly when w_j x_j != 0 (replaced by 0, the
+    # logit moves by w_j x_j): x * w is zero on exactly those pixels, the gradient w
+    # is not zero where x is.
+    w = np.asarray(testdata.normal(jax.random.key(45), (4, 4, 1)))
+    w = np.sign(w) * (0.5 + np.abs(w))
+    w.reshape(-1)[::3] = 0.0  # 6 pixels the model ignores
+    x = np.asarray(testdata.uniform(jax.random.key(46), (2, 4, 4, 1))) + 0.5
+    x[1].reshape(-1)[[1, 2, 4]] = 0.0  # black pixels with a nonzero weight
+    fn = linear_model(w)
+    gradient = np.broadcast_to(w, x.shape)
+
+    def count(maps, **kwargs):
+        return np.asarray(F.non_sensitivity(fn, x, 0, maps, probabilities=False, **kwargs))
+
+    np.testing.assert_array_equal(count(x * w), [0, 0])
+    np.testing.assert_array_equal(count(gradient), [0, 3])
+    np.testing.assert_array_equal(count(np.ones_like(x)), [6, 9])
+    # Relevance below eps times the map's largest counts as zero.
+    np.testing.assert_array_equal(count(x * w + 1e-7), [0, 0])
+    np.testing.assert_array_equal(count(x * w + 1e-7, eps=0.0), [6, 9])
+    # Groups 0-4, 5-9, 10-14 and 15 in index order: zero when all their pixels are,
+    # insensitive when the model ignores all of them (group 3, w_15 = 0; and in the
+    # second image group 0 too, whose pixels have w = 0 or x = 0).
+    np.testing.assert_array_equal(count(np.ones_like(x), step=5), [1, 2])
+    np.testing.assert_array_equal(count(np.zeros_like(x), step=5), [3, 2])
+
+
+def test_non_sensitivity_follows_its_documented_groups():
+    fn = tiny_mlp(jax.random.key(47), (3, 3, 2))
+    x = np.array(testdata.uniform(jax.random.key(48), (2, 3, 3, 2)))
+    x[0, 0, :2] = 0.0  # two black pixels: the model cannot depend on them
+    maps = np.array(testdata.normal(jax.random.key(49), (2, 3, 3, 2)))
+    maps[:, 1] = 0.0  # a row of pixels without relevance
+    maps[1, 2, 2] = [1e-3, -1e-3]  # cancels over the channels, but |a| does not
+    got = np.asarray(F.non_sensitivity(fn, x, 1, maps, step=2, eps=1e-5, batch_size=3))
+    probabilities = np.asarray(jax.nn.softmax(fn(x)))[:, 1]
+    for i in range(2):
+        relevance = np.abs(maps[i]).sum(-1).reshape(9)
+        perturbed = np.repeat(x[i].reshape(1, 9, 2), 5, axis=0)
+        for g in range(5):
+            perturbed[g, 2 * g : 2 * g + 2] = 0.0
+        moved = np.asarray(jax.nn.softmax(fn(perturbed.reshape(5, 3, 3, 2))))[:, 1]
+        insensitive = np.abs(moved - probabilities[i]) <= 1e-5
+        zero = [np.all(relevance[2 * g : 2 * g + 2] <= 1e-5 * relevance.max()) for g in range(5)]
+        assert got[i] == np.sum(np.asarray(zero) != insensitive)
+    assert got[0] >= 1  # the black pixels are a group the model ignores
+
+
+def test_discrete_entropy_known_values():
+    np.testing.assert_allclose(F.discrete_entropy(np.full((1, 5, 5), 3.0)), [0.0], atol=0)
+    # 0..99 into 100 bins over [0, 99]: one value per bin.
+    ramp = np.arange(100.0).reshape(1, 10, 10)
+    np.testing.assert_allclose(F.discrete_entropy(ramp), [np.log(100)], rtol=1e-6)
+    # 0..39 into 8 bins: 5 values each, in any order and under any affine map.
+    values = np.random.default_rng(5).permutation(np.arange(40.0)).reshape(1, 40)
+    for a in (values, -2.5 * values + 7.0):
+        np.testing.assert_allclose(F.discrete_entropy(a, bins=8), [np.log(8)], rtol=1e-6)
+    # By hand: 0, 0, 0, 1 into 2 bins -> p = 3/4, 1/4.
+    np.testing.assert_allclose(
+        F.discrete_entropy(np.array([[0.0, 0.0, 0.0, 1.0]]), bins=2),
+        [-(0.75 * np.log(0.75) + 0.25 * np.log(0.25))],
+        rtol=1e-6,
+    )
+    from scipy import stats
+
+    maps = np.random.default_rng(6).normal(size=(3, 10, 10, 3)).astype(np.float32)
+    for bins in (10, 100):
+        want = [stats.entropy(np.histogram(m, bins=bins)[0]) for m in maps]
+        np.testing.assert_allclose(F.discrete_entropy(maps, bins=bins), want, rtol=1e-5)
+    with pytest.raises(ValueError, match="bins"):
+        F.discrete_entropy(maps, bins=0)
+
+
 @testdata.jit(static_argnums=(1, 2, 3))
 def _uniform_draws(key, examples, samples, shape):
     def draw(i, s):
@@ -741,3 +847,8 @@ def test_bad_inputs_raise():
         F.selectivity(linear_model(np.ones(3)), np.ones((2, 3)), 0, np.ones((2, 3)))
     with pytest.raises(ValueError, match="uniform_range"):
         F.monotonicity_correlation(fn, x, 0, np.ones_like(x), key, uniform_range=(1.0, 0.0))
+    with pytest.raises(ValueError, match="into 2 group.*at least 3"):
+        F.faithfulness_estimate(fn, x, 0, np.ones_like(x), step=2)
+    for eps in (-1.0, float("nan"), "small"):
+        with pytest.raises(ValueError, match="eps must be"):
+            F.non_sensitivity(fn, x, 0, np.ones_like(x), eps=eps)

@@ -8,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmi_jax.attribution import explainer
+from fmi_jax.attribution import explainer, noise_tunnel, saliency
 from fmi_jax.evaluation.agreement import spearman
 from fmi_jax.evaluation.sanity import (
     cascading_randomization,
+    efficient_mprt,
     independent_randomization,
     layer_order,
     passes_sanity_check,
@@ -261,6 +262,65 @@ def test_target_must_be_explicit(cnn):
     model, variables, x, _ = cnn
     with pytest.raises(ValueError, match="target"):
         cascading_randomization(saliency_of(model), variables, x, None, jax.random.key(0))
+
+
+def histogram_entropy(maps, bins=100):
+    """numpy.histogram + scipy.stats.entropy per map, as Quantus' discrete_entropy."""
+    from scipy import stats
+
+    maps = np.asarray(maps, np.float64)
+    return np.array([stats.entropy(np.histogram(m, bins=bins)[0]) for m in maps])
+
+
+def test_efficient_mprt_is_the_relative_rise_of_the_histogram_entropy(cnn):
+    model, variables, x, target = cnn
+    key = jax.random.key(11)
+    param_key, explain_key = jax.random.split(key)
+    make = saliency_of(model)
+    original = histogram_entropy(make(variables)(x, target, explain_key), bins=20)
+    for layers in (None, ("head", "conv1")):
+        chosen = layer_order(variables) if layers is None else layers
+        randomized = randomize_layers(variables, chosen, param_key)
+        after = histogram_entropy(make(randomized)(x, target, explain_key), bins=20)
+        got = efficient_mprt(make, variables, x, target, key, layers=layers, bins=20)
+        np.testing.assert_allclose(got, (after - original) / original, rtol=1e-4, atol=1e-6)
+
+
+def test_efficient_mprt_of_a_weight_independent_method_is_zero(cnn):
+    _, variables, x, target = cnn
+    got = efficient_mprt(lambda v: lambda x, t, k: x, variables, x, target, jax.random.key(0))
+    assert np.all(np.asarray(got) == 0.0)
+    constant = efficient_mprt(
+        lambda v: lambda x, t, k: jnp.ones_like(x), variables, x, target, jax.random.key(0)
+    )
+    assert np.all(np.isnan(np.asarray(constant)))
+    with pytest.raises(ValueError, match="target"):
+        efficient_mprt(lambda v: lambda x, t, k: x, variables, x, None, jax.random.key(0))
+
+
+def test_smooth_mprt_is_the_cascade_of_a_noise_tunnel(linear):
+    # sMPRT (Hedström et al. 2023) composes: the cascade over noise_tunnel-averaged
+    # maps. The gradient of a linear model is the same at every noisy copy, so its
+    # smoothed cascade is the plain one.
+    _, _, w, x, target = linear
+    variables = {"params": {"dense": {"kernel": w}}}
+
+    def logits(v):
+        return lambda inputs: inputs.reshape(inputs.shape[0], -1) @ v["params"]["dense"]["kernel"]
+
+    smooth = noise_tunnel(saliency, samples=4, stdev_spread=0.2)
+
+    def smoothed(v):
+        return lambda inputs, t, k: smooth(logits(v), inputs, t, key=k)
+
+    def plain(v):
+        return lambda inputs, t, k: saliency(logits(v), inputs, t)
+
+    key = jax.random.key(4)
+    got = cascading_randomization(smoothed, variables, x, target, key)
+    want = cascading_randomization(plain, variables, x, target, key)
+    for metric in ("spearman", "spearman_abs", "ssim"):
+        np.testing.assert_allclose(got[metric], want[metric], atol=1e-5)
 
 
 # ----------------------------------------------------------------- random logit

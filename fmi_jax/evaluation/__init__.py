@@ -1,10 +1,10 @@
 """Measuring attributions: agreement between methods, faithfulness (deletion and
 insertion curves, pixel flipping, ROAD with noisy linear imputation, faithfulness
-correlation, sensitivity-n, monotonicity and its correlation, selectivity, IROF),
-robustness (infidelity, max- and average sensitivity, local Lipschitz estimate,
-relative input, output and representation stability), sanity checks (parameter
-randomisation, random logit, SSIM), complexity (sparseness, entropy, effective
-complexity), performance information curves (SIC and AIC), localisation against
+correlation and estimate, sensitivity-n, monotonicity and its correlation,
+non-sensitivity, selectivity, IROF), robustness (infidelity, max- and average
+sensitivity, local Lipschitz estimate, relative input, output and representation
+stability), sanity checks (parameter randomisation, its efficient variant, random
+logit, SSIM), complexity (sparseness, entropy, effective complexity, discrete entropy), performance information curves (SIC and AIC), localisation against
 ground-truth masks (pointing game, relevance mass and rank accuracy, top-k
 intersection, ROC AUC), and which examples to explain."""
 
@@ -24,12 +24,15 @@ from fmi_jax.evaluation.faithfulness import (
     auc,
     complexity,
     deletion_curve,
+    discrete_entropy,
     effective_complexity,
     faithfulness_correlation,
+    faithfulness_estimate,
     insertion_curve,
     irof,
     monotonicity,
     monotonicity_correlation,
+    non_sensitivity,
     pixel_flipping,
     road,
     selectivity,
@@ -70,6 +73,7 @@ from fmi_jax.evaluation.robustness import (
 )
 from fmi_jax.evaluation.sanity import (
     cascading_randomization,
+    efficient_mprt,
     independent_randomization,
     layer_order,
     passes_sanity_check,
@@ -103,8 +107,11 @@ __all__ = [
     "complexity",
     "correlation_matrix",
     "deletion_curve",
+    "discrete_entropy",
     "effective_complexity",
+    "efficient_mprt",
     "faithfulness_correlation",
+    "faithfulness_estimate",
     "gaussian_perturbation",
     "high_confidence_correct",
     "independent_randomization",
@@ -118,6 +125,7 @@ __all__ = [
     "monotonicity",
     "monotonicity_correlation",
     "noisy_linear_imputation",
+    "non_sensitivity",
     "passes_sanity_check",
     "pearson",
     "performance_information_curve",

@@ -1,5 +1,6 @@
 """Faithfulness and complexity of attribution maps: deletion, insertion, pixel flipping,
-ROAD, faithfulness correlation, sensitivity-n, monotonicity, selectivity, IROF, Gini.
+ROAD, faithfulness correlation and estimate, sensitivity-n, monotonicity,
+non-sensitivity, selectivity, IROF, Gini, entropies.
 
 Faithfulness metrics perturb the input in the order an attribution map ranks its
 pixels and watch the model's output for the explained class. Notation: example ``x``
@@ -128,6 +129,15 @@ shape of ``x``, and ``m`` pixels per step.
   Spearman correlation, over groups of pixels, between a group's relevance and the mean
   squared change of the target score when the group is replaced by uniform noise; a
   faithful map gives the pixels that move the score most the most relevance.
+* Faithfulness estimate (Alvarez-Melis & Jaakkola, "Towards robust interpretability
+  with self-explaining neural networks", NeurIPS 2018, arXiv:1806.07538; Quantus'
+  ``FaithfulnessEstimate``): the Pearson correlation, over groups of pixels taken most
+  relevant first, between a group's relevance and the drop of the target score when
+  that group alone is replaced by the substrate.
+* Non-sensitivity (Nguyen & Martínez 2020, above; Quantus' ``NonSensitivity``): the
+  number of groups of pixels that the map calls irrelevant while replacing them moves
+  the score, or relevant while replacing them does not: the symmetric difference of
+  the two sets, 0 at best.
 * Regions. Selectivity (Montavon, Samek & Müller, "Methods for interpreting and
   understanding deep neural networks", Digital Signal Processing 2018,
   arXiv:1706.07979; Quantus' ``Selectivity``) is the deletion curve over the square
@@ -151,7 +161,11 @@ shape of ``x``, and ``m`` pixels per step.
   uniform one (the maximum); an all-zero map counts as uniform, as for sparseness. Low
   is concise. Effective complexity (Nguyen & Martínez, "On quantitative aspects of
   model interpretability", 2020, arXiv:2007.07584; Quantus' ``EffectiveComplexity``)
-  counts the features with ``|a_i| > eps``.
+  counts the features with ``|a_i| > eps``. The discrete entropy (Hedström et al.,
+  "Sanity checks revisited: an exploration to repair the model parameter randomisation
+  test", XAI in Action workshop, NeurIPS 2023, arXiv:2401.06465; Quantus'
+  ``discrete_entropy``) is the entropy of the histogram of a map's values, the
+  complexity the efficient MPRT (:mod:`fmi_jax.evaluation.sanity`) compares.
 
 Chunking: every model evaluation, the ``N (S + 1)`` (example, step) pairs of a curve, goes
 through :func:`~fmi_jax.attribution.core.map_over_samples`, ``batch_size`` pairs at a time
@@ -202,12 +216,15 @@ __all__ = [
     "auc",
     "complexity",
     "deletion_curve",
+    "discrete_entropy",
     "effective_complexity",
     "faithfulness_correlation",
+    "faithfulness_estimate",
     "insertion_curve",
     "irof",
     "monotonicity",
     "monotonicity_correlation",
+    "non_sensitivity",
     "pixel_flipping",
     "road",
     "selectivity",
@@ -953,14 +970,7 @@ def monotonicity_correlation(
     if absolute:
         relevance = jnp.abs(relevance)
     n, num_pixels = relevance.shape
-    row = x.shape[2] if x.ndim == 4 else math.ceil(math.sqrt(num_pixels))
-    per_group = _pixels_per_step(step, num_pixels, row)
-    groups = -(-num_pixels // per_group)
-    if groups < 3:
-        raise ValueError(
-            f"step={step!r} cuts the {num_pixels} pixels into {groups} group(s); a rank "
-            "correlation needs at least 3 (use a smaller step)"
-        )
+    per_group, groups = _group_count(step, x, num_pixels, 3, "a rank correlation")
     uniform = isinstance(substrate, str) and substrate == "uniform"
     if uniform:
         samples = as_count(100 if samples is None else samples, "samples")
@@ -978,25 +988,214 @@ def monotonicity_correlation(
     target = resolve_target(fn, x, target, batch_size=batch_size)
     group = _removal_ranks(relevance, most_relevant_first=False) // per_group
     group_relevance = jnp.zeros((n, groups)).at[jnp.arange(n)[:, None], group].add(relevance)
+
+    def replacement(example: Array, k: Array) -> Array:
+        if not uniform:
+            return background[example]
+        draw = functools.partial(jax.random.uniform, shape=x.shape[1:], minval=low, maxval=high)
+        return jax.vmap(draw)(sample_keys(keys, example, k))
+
+    scores, clean = _group_scores(
+        fn, x, target, group, groups, samples, mask_shape, replacement, probabilities, batch_size
+    )
+    moved = (scores - clean[:, None, None]) ** 2
+    return spearman(group_relevance, moved.mean(-1))
+
+
+def _group_scores(
+    fn: ModelFn,
+    x: Array,
+    target: Array,
+    group: Array,
+    groups: int,
+    samples: int,
+    mask_shape: tuple[int, ...],
+    replacement: Any,
+    probabilities: bool,
+    batch_size: int | None,
+) -> tuple[Array, Array]:
+    """Target scores of ``x`` with one group of pixels replaced, ``(N, groups,
+    samples)``, and of ``x`` itself, ``(N,)``. ``group[i, p]`` is pixel ``p``'s group;
+    evaluation ``k = g * samples + s`` of an example takes the pixels of group ``g`` from
+    ``replacement(examples, k)``. The clean input is evaluation ``groups * samples`` of
+    every example, in the same equally shaped chunks as the perturbed ones, so a group
+    whose replacement leaves the input as it was moves the score by exactly 0."""
+    n = x.shape[0]
     perturbations = groups * samples
 
-    # The clean input is evaluation number `perturbations` of every example, in the same
-    # equally shaped chunks as the perturbed ones, so a group whose replacement leaves
-    # the input as it was moves the score by exactly 0.
     def evaluate(example: Array, k: Array) -> Array:
         changed = (group[example] == (k // samples)[:, None]) & (k < perturbations)[:, None]
         changed = changed.reshape((example.shape[0],) + mask_shape)
-        if uniform:
-            draw = functools.partial(jax.random.uniform, shape=x.shape[1:], minval=low, maxval=high)
-            replacement = jax.vmap(draw)(sample_keys(keys, example, k))
-        else:
-            replacement = background[example]
-        perturbed = jnp.where(changed, replacement, x[example])
+        perturbed = jnp.where(changed, replacement(example, k), x[example])
         return _target_score(fn(perturbed), target[example], probabilities)
 
     scores = map_over_samples(evaluate, n, perturbations + 1, batch_size=batch_size)
-    moved = (scores[:, :perturbations] - scores[:, perturbations:]) ** 2
-    return spearman(group_relevance, moved.reshape(n, groups, samples).mean(-1))
+    return scores[:, :perturbations].reshape(n, groups, samples), scores[:, perturbations]
+
+
+def _fixed_group_scores(
+    fn: ModelFn,
+    x: Array,
+    target: Target,
+    group: Array,
+    groups: int,
+    mask_shape: tuple[int, ...],
+    substrate: Substrate,
+    blur_sigma: float,
+    probabilities: bool,
+    batch_size: int | None,
+) -> Array:
+    """``f_t(x) - f_t(x with group g replaced by the substrate)`` for every group,
+    ``(N, groups)``: each group replaced once, alone."""
+    background = _substrate(substrate, x, blur_sigma)
+    target = resolve_target(fn, x, target, batch_size=batch_size)
+    scores, clean = _group_scores(
+        fn,
+        x,
+        target,
+        group,
+        groups,
+        1,
+        mask_shape,
+        lambda example, k: background[example],
+        probabilities,
+        batch_size,
+    )
+    return clean[:, None] - scores[..., 0]
+
+
+def _group_count(step: Any, x: Array, num_pixels: int, minimum: int, what: str) -> tuple[int, int]:
+    """``(m, G)``: pixels per group and ``G = ceil(P / m)`` groups, at least ``minimum``."""
+    row = x.shape[2] if x.ndim == 4 else math.ceil(math.sqrt(num_pixels))
+    per_group = _pixels_per_step(step, num_pixels, row)
+    groups = -(-num_pixels // per_group)
+    if groups < minimum:
+        raise ValueError(
+            f"step={step!r} cuts the {num_pixels} pixels into {groups} group(s); {what} "
+            f"needs at least {minimum} (use a smaller step)"
+        )
+    return per_group, groups
+
+
+def faithfulness_estimate(
+    fn: ModelFn,
+    x: Array,
+    target: Target,
+    attributions: Array,
+    *,
+    substrate: Substrate = "zero",
+    step: int | float | None = 1,
+    blur_sigma: float = 5.0,
+    probabilities: bool = False,
+    batch_size: int | None = DEFAULT_METRIC_BATCH,
+) -> Array:
+    """Faithfulness estimate (Alvarez-Melis & Jaakkola 2018) of every example's map,
+    shape ``(N,)``: the Pearson correlation between the relevance of groups of pixels
+    and the drop of the target score when each group alone is replaced.
+
+    The pixels are sorted by signed relevance, highest first (ties lower index first),
+    and cut into ``G = ceil(P / m)`` groups of ``m`` consecutive pixels; group ``g`` has
+    relevance ``a_g`` (the sum of its pixels') and drop
+    ``d_g = f_t(x) - f_t(x with group g replaced by b)``, and the score is
+    ``pearson(a, d)`` over the groups. A map whose groups add up to the model's drops,
+    ``x * w`` for a linear model with a zero substrate, gives exactly 1. Quantus'
+    ``FaithfulnessEstimate`` computes the same (logits, signed map, black baseline);
+    its default rescaling of the maps is one positive factor, which the correlation
+    ignores.
+
+    Args:
+      fn, x, target, attributions, substrate, blur_sigma: as :func:`deletion_curve`
+        (the substrate defaults to ``'zero'``, Quantus' black baseline for inputs whose
+        minimum is 0).
+      step: pixels per group, as :func:`deletion_curve`'s ``step``; 1 by default
+        (Quantus' ``features_in_step``); at least 3 groups.
+      probabilities: the softmax probability instead of the logit (default, as Quantus).
+      batch_size: (example, group) evaluations per forward pass, 1024 by default;
+        ``None`` holds all ``N (G + 1)`` inputs at once.
+
+    Returns:
+      float32 ``(N,)`` in ``[-1, 1]``; NaN where every group has the same relevance or
+      the same drop.
+
+    Raises:
+      ValueError: attributions that do not fit ``x``, an unknown substrate, a bad step,
+        fewer than 3 groups.
+    """
+    x = as_input(x)
+    relevance, mask_shape = _pixel_relevance(x, attributions)
+    n, num_pixels = relevance.shape
+    per_group, groups = _group_count(step, x, num_pixels, 3, "a correlation")
+    group = _removal_ranks(relevance, most_relevant_first=True) // per_group
+    group_relevance = jnp.zeros((n, groups)).at[jnp.arange(n)[:, None], group].add(relevance)
+    drops = _fixed_group_scores(
+        fn, x, target, group, groups, mask_shape, substrate, blur_sigma, probabilities, batch_size
+    )
+    return pearson(group_relevance, drops)
+
+
+def non_sensitivity(
+    fn: ModelFn,
+    x: Array,
+    target: Target,
+    attributions: Array,
+    *,
+    eps: float = 1e-5,
+    substrate: Substrate = "zero",
+    step: int | float | None = 1,
+    blur_sigma: float = 5.0,
+    probabilities: bool = True,
+    batch_size: int | None = DEFAULT_METRIC_BATCH,
+) -> Array:
+    """Non-sensitivity (Nguyen & Martínez 2020) of every example's map, shape ``(N,)``:
+    how many groups of pixels the map calls irrelevant while the model depends on them,
+    or relevant while it does not.
+
+    The pixels, in index order, are cut into ``G = ceil(P / m)`` groups of ``m``
+    consecutive pixels (one pixel each by default). Group ``g`` has zero relevance when
+    every one of its pixels has ``|a_p| <= eps max_q |a_q|`` (``|a_p|`` summed over the
+    pixel's channels; relative to the map's largest value, as Quantus rescales maps by
+    their maximum before thresholding), and the model is insensitive to it when
+    ``|f_t(x) - f_t(x with group g replaced by b)| <= eps``. The score counts the groups
+    where exactly one of the two holds (the symmetric difference of the paper's two
+    sets): 0 is best. Replacing a pixel by a substrate that equals it never moves the
+    score, so such a pixel should get zero relevance: ``x * grad`` passes on black
+    pixels with a zero substrate where the gradient does not.
+
+    Quantus' ``NonSensitivity`` (0.6) takes single channel values as features and
+    compares with a strict ``<``; with ``features_in_step > 1`` it sets its
+    ``P``-feature mask against ``G`` groups' score changes, a shape mismatch
+    (docs/captum.md).
+
+    Args:
+      fn, x, target, attributions, substrate, blur_sigma: as :func:`deletion_curve`
+        (the substrate defaults to ``'zero'``, Quantus' black baseline).
+      eps: the threshold for both sets: of the relevance relative to the map's
+        largest, and of the score change (1e-5, Quantus'); >= 0.
+      step: pixels per group, as :func:`deletion_curve`'s ``step``; 1 by default.
+      probabilities: the softmax probability (default, as Quantus) or the logit.
+      batch_size: (example, group) evaluations per forward pass, 1024 by default;
+        ``None`` holds all ``N (G + 1)`` inputs at once.
+
+    Returns:
+      int32 ``(N,)`` in ``[0, G]``.
+
+    Raises:
+      ValueError: attributions that do not fit ``x``, an unknown substrate, a bad step,
+        a negative or non-finite ``eps``.
+    """
+    eps = _as_eps(eps)
+    x = as_input(x)
+    relevance, mask_shape = _pixel_relevance(x, jnp.abs(jnp.asarray(attributions, jnp.float32)))
+    n, num_pixels = relevance.shape
+    per_group, groups = _group_count(step, x, num_pixels, 1, "non-sensitivity")
+    group = jnp.broadcast_to(jnp.arange(num_pixels, dtype=jnp.int32) // per_group, (n, num_pixels))
+    zero = relevance <= eps * relevance.max(1, keepdims=True)
+    padded = jnp.pad(zero, ((0, 0), (0, groups * per_group - num_pixels)), constant_values=True)
+    zero_group = padded.reshape(n, groups, per_group).all(-1)
+    drops = _fixed_group_scores(
+        fn, x, target, group, groups, mask_shape, substrate, blur_sigma, probabilities, batch_size
+    )
+    return jnp.sum(zero_group != (jnp.abs(drops) <= eps), axis=1, dtype=jnp.int32)
 
 
 def selectivity(
@@ -1304,12 +1503,50 @@ def complexity(attributions: Array) -> Array:
     return -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=1)
 
 
-def effective_complexity(attributions: Array, *, eps: float = 1e-5) -> Array:
-    """How many features of each example have ``|a_i| > eps``, shape ``(N,)``, int32."""
+def _as_eps(eps: Any) -> float:
     try:
         threshold = float(eps)
     except (TypeError, ValueError):
         threshold = float("nan")
     if isinstance(eps, bool) or not 0 <= threshold < float("inf"):
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    return threshold
+
+
+def effective_complexity(attributions: Array, *, eps: float = 1e-5) -> Array:
+    """How many features of each example have ``|a_i| > eps``, shape ``(N,)``, int32."""
+    threshold = _as_eps(eps)
     return jnp.sum(_absolute_rows(attributions) > threshold, axis=1, dtype=jnp.int32)
+
+
+def discrete_entropy(attributions: Array, *, bins: int = 100) -> Array:
+    """Entropy of the histogram of each example's attribution values, shape ``(N,)``.
+
+    The ``F`` values of a map (signed, every feature and channel) go into ``bins``
+    equal bins spanning ``[min, max]`` of that map, the last bin closed, as
+    ``numpy.histogram(a, bins)``; with counts ``c_b``, ``H = -sum_b (c_b / F) ln(c_b /
+    F)`` (natural log, empty bins left out), ``scipy.stats.entropy`` of the counts.
+    ``H = 0`` for a constant map (NumPy puts it in one bin), ``ln bins`` when every
+    bin holds as many values; an affine rescaling ``c a + d`` (``c != 0``) leaves it
+    unchanged up to values on a bin edge. This is the complexity measure of the
+    efficient MPRT (Hedström et al. 2023; Quantus' ``discrete_entropy``), where a
+    map that explains a random model looks like noise, its values spread over more
+    bins than a structured map's.
+
+    Values are binned in float32 as ``floor((a - min) bins / (max - min))``: a value
+    within rounding of a bin edge may land in the neighbouring bin where NumPy's
+    float64 edges put it in the other.
+    """
+    bins = as_count(bins, "bins")
+    a = jnp.asarray(attributions, jnp.float32)
+    if a.ndim < 2:
+        raise ValueError(f"attributions must be (N, ...) with one map per example, got {a.shape}")
+    check_finite(a, "attributions")
+    a = a.reshape(a.shape[0], -1)
+    low = a.min(1, keepdims=True)
+    span = a.max(1, keepdims=True) - low
+    scaled = (a - low) * (bins / jnp.where(span > 0, span, 1.0))
+    index = jnp.clip(jnp.floor(scaled).astype(jnp.int32), 0, bins - 1)
+    rows = jnp.arange(a.shape[0])[:, None]
+    p = jnp.zeros((a.shape[0], bins)).at[rows, index].add(1.0) / a.shape[1]
+    return -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=1)

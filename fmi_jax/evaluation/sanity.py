@@ -1,5 +1,6 @@
-"""Sanity checks for attribution maps: model randomisation (Adebayo et al. 2018) and
-the random-logit test (Sixt et al. 2020).
+"""Sanity checks for attribution maps: model randomisation (Adebayo et al. 2018), its
+efficient and smooth variants (Hedström et al. 2023) and the random-logit test (Sixt
+et al. 2020).
 
 An attribution method that explains *the model* must change its maps when the
 model's learned weights are destroyed. Adebayo et al., "Sanity Checks for
@@ -84,6 +85,28 @@ paper's failing methods (Guided BackProp, Guided Grad-CAM) show, whereas gradien
 of a random network fall well below it (near 0 in the paper's Inception v3
 experiments).
 
+Efficient and smooth MPRT (Hedström, Weber, Lapuschkin & Höhne, "Sanity checks
+revisited: an exploration to repair the model parameter randomisation test", 2023):
+noisy maps are dissimilar to each other whether or not the method depends on the
+weights, so noise alone can pass the similarity test. The efficient MPRT
+(:func:`efficient_mprt`, Quantus' ``EfficientMPRT``) asks instead how much more
+complex a map becomes when the whole model is randomised,
+
+    eMPRT_i = (H(r_i) - H(e_i)) / H(e_i),
+
+with ``H`` the entropy of the histogram of the map's values over 100 equal bins
+(:func:`~fmi_jax.evaluation.faithfulness.discrete_entropy`), ``e_i`` the original
+map and ``r_i`` the map of the fully randomised model (the last step of the cascade,
+same keys); higher is better, a method blind to the weights scores exactly 0. The
+smooth MPRT denoises both maps by averaging them over noisy copies of the input
+before the cascade compares them; here that is a composition, not another function:
+``cascading_randomization`` with ``make_explain`` returning a
+:func:`~fmi_jax.attribution.noise_tunnel` of the method (the paper's 50 samples),
+e.g. ``smooth = noise_tunnel(saliency, samples=50)`` and
+``lambda v: lambda x, t, k: smooth(model_fn(v), x, t, key=k)``. Quantus' versions
+randomise layers with its own initialisers and seed; the numbers are not comparable
+with these draws, the definitions are the same.
+
 Random logit (:func:`random_logit`): Sixt, Granz & Landgraf, "When Explanations
 Lie: Why Many Modified BP Attributions Fail" (ICML 2020) show that many modified
 backpropagation rules ignore the parameters of the later layers, and with them the
@@ -126,6 +149,9 @@ What differs from Quantus' ``RandomLogit``, and why:
 References:
   J. Adebayo, J. Gilmer, M. Muelly, I. Goodfellow, M. Hardt, B. Kim. Sanity Checks
   for Saliency Maps. NeurIPS 2018. arXiv:1810.03292.
+  A. Hedström, L. Weber, S. Lapuschkin, M. M.-C. Höhne. Sanity Checks Revisited: An
+  Exploration to Repair the Model Parameter Randomisation Test. XAI in Action
+  workshop, NeurIPS 2023. arXiv:2401.06465.
   L. Sixt, M. Granz, T. Landgraf. When Explanations Lie: Why Many Modified BP
   Attributions Fail. ICML 2020. arXiv:1912.09818.
   Z. Wang, A. C. Bovik, H. R. Sheikh, E. P. Simoncelli. Image Quality Assessment:
@@ -155,9 +181,11 @@ from fmi_jax.attribution.core import (
     resolve_target,
 )
 from fmi_jax.evaluation.agreement import reduce_channels, spearman
+from fmi_jax.evaluation.faithfulness import discrete_entropy
 
 __all__ = [
     "cascading_randomization",
+    "efficient_mprt",
     "independent_randomization",
     "layer_order",
     "passes_sanity_check",
@@ -423,6 +451,56 @@ def independent_randomization(
     skipped); ``fully_randomized``: whether the last step randomised every layer.
     """
     return _run("independent", make_explain, variables, x, target, key, layers, channels, window)
+
+
+def efficient_mprt(
+    make_explain: MakeExplain,
+    variables: Mapping[str, Any],
+    x: jax.Array,
+    target: Any,
+    key: jax.Array,
+    *,
+    layers: Sequence[str] | None = None,
+    bins: int = 100,
+) -> jax.Array:
+    """Efficient MPRT (Hedström et al. 2023): the relative rise of each map's discrete
+    entropy when the model's parameters are randomised, shape ``(N,)``.
+
+    ``eMPRT_i = (H(r_i) - H(e_i)) / H(e_i)`` with ``e_i`` the map of the model with
+    ``variables``, ``r_i`` that of the model with every layer of ``layers`` re-drawn
+    (:func:`randomize_layers`; all of them by default, the last step of
+    :func:`cascading_randomization` with the same ``key``), and ``H``
+    :func:`~fmi_jax.evaluation.faithfulness.discrete_entropy` with ``bins`` bins over
+    each map's values as returned (every channel). Higher is better: a map of a random
+    model should look like noise. A method that ignores the parameters scores exactly
+    0. ``key`` is split as for the cascade, into the parameter key and the key both
+    models' explanations get.
+
+    Args:
+      make_explain, variables, x, target, key: as :func:`cascading_randomization`.
+      layers: the top-level parameter modules to randomise together; all by default.
+      bins: histogram bins (Quantus' default 100).
+
+    Returns:
+      float32 ``(N,)``; NaN where the original map is constant (``H(e_i) = 0``).
+    """
+    if target is None:
+        raise ValueError(
+            "pass the classes to explain explicitly (e.g. labels or the original model's "
+            "predictions): with target=None the randomised model would explain its own "
+            "predicted class"
+        )
+    layers = layer_order(_params(variables)) if layers is None else tuple(layers)
+    if not layers:
+        raise ValueError("no layers to randomise")
+    param_key, explain_key = jax.random.split(key)
+    original = make_explain(variables)(x, target, explain_key)
+    randomized = make_explain(randomize_layers(variables, layers, param_key))(
+        x, target, explain_key
+    )
+    before = discrete_entropy(original, bins=bins)
+    after = discrete_entropy(randomized, bins=bins)
+    return jnp.where(before > 0, (after - before) / jnp.where(before > 0, before, 1.0), jnp.nan)
 
 
 def passes_sanity_check(result: Mapping[str, Any], threshold: float = 0.5) -> bool:
