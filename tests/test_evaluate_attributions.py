@@ -99,6 +99,9 @@ def test_study_writes_leaderboard_reuses_and_refuses(trained_run):
     # does not.
     assert by_method["input"]["random_logit_ssim"] == pytest.approx(1.0)
     assert by_method["saliency"]["random_logit_ssim"] < 0.9
+    # Efficient MPRT: the image's histogram is the same for any weights (exactly 0).
+    assert by_method["input"]["efficient_mprt"] == 0.0
+    assert np.isfinite(by_method["saliency"]["efficient_mprt"])
     assert by_method["saliency"]["sensitivity_images"] == 4  # per-method cap
     assert by_method["input"]["sensitivity_images"] == 8
 

@@ -32,7 +32,11 @@ and scores the maps with :mod:`fmi_jax.evaluation`:
                 (empty: every layer, output first) on the first `sanity.max_images`
                 images: mean |Spearman| of |maps| and SSIM after the last step (lower
                 is better), and pass/fail by `evaluation.passes_sanity_check`
-                (`sanity.threshold`); with `sanity.random_logit`, the random-logit
+                (`sanity.threshold`); with `sanity.efficient_mprt`, the efficient
+                MPRT (Hedström et al.) of the cascade's fully randomised model on
+                the same images: the relative rise of the entropy of the maps' value
+                histograms -> mean, higher is better (a map that ignores the
+                weights scores 0); with `sanity.random_logit`, the random-logit
                 test (Sixt et al.) on the same images: SSIM between the map of the
                 target and that of another class, drawn per image and the same for
                 every method -> mean, lower is better (a map that ignores the class
@@ -128,6 +132,7 @@ COLUMNS = (
     ("sanity_spearman_abs", "sanity Spearman of abs maps, fully randomised (lower is better)"),
     ("sanity_ssim", "sanity SSIM, fully randomised (lower is better)"),
     ("sanity_pass", "sanity check (pass is better)"),
+    ("efficient_mprt", "efficient MPRT, entropy rise when fully randomised (higher is better)"),
     ("random_logit_ssim", "random logit SSIM, target vs another class (lower is better)"),
     ("seconds_maps", "maps seconds (lower is better)"),
     ("seconds_metrics", "metrics seconds"),
@@ -426,6 +431,20 @@ def _evaluate_method(
             ),
         )
 
+    if bool(san.efficient_mprt):
+        # The same parameter and explanation keys as the cascade: its last model.
+        arrays["efficient_mprt"] = timed(
+            "efficient_mprt",
+            lambda: evaluation.efficient_mprt(
+                lambda v: _chunked(build(v), bs),
+                variables,
+                images[:n_san],
+                target[:n_san],
+                sanity_key,
+                layers=layers,
+            ),
+        )
+
     passed = evaluation.passes_sanity_check(cascade, threshold=float(san.threshold))
     summary = {
         "method": name,
@@ -455,6 +474,9 @@ def _evaluate_method(
         "sanity_pass": "pass" if passed else "fail",
         "random_logit_ssim": (
             _nanmean(arrays["random_logit"]) if "random_logit" in arrays else None
+        ),
+        "efficient_mprt": (
+            _nanmean(arrays["efficient_mprt"]) if "efficient_mprt" in arrays else None
         ),
         "seconds_maps": timings["maps"],
         "seconds_metrics": sum(v for k, v in timings.items() if k != "maps"),
