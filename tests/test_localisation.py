@@ -73,3 +73,50 @@ def test_jit_and_bad_input():
         L.top_k_intersection(MAPS, MASKS, k=7)
     with pytest.raises(ValueError, match="NaN"):
         L.relevance_mass_accuracy(np.full((1, 6), np.nan), MASKS[:1])
+
+
+def test_focus_is_the_positive_share_on_the_marked_tiles():
+    quadrants = np.array([[True, False, False, True], [False, True, True, False]])
+    # Positive relevance only on the first mosaic's marked tiles (and negative
+    # elsewhere, which does not count): 1. Even relevance: 2 of 4 equal tiles.
+    exact = np.where(L._quadrant_masks(quadrants, 6, 4), 1.0, -3.0)
+    np.testing.assert_allclose(L.focus(exact[..., None], quadrants), [1.0, 1.0])
+    np.testing.assert_allclose(L.focus(np.ones((2, 6, 4)), quadrants), [0.5, 0.5])
+    # By hand on odd sizes: 5 x 3, the top tiles 2 rows, the left tiles 1 column.
+    a = np.arange(15.0).reshape(1, 5, 3) - 2.0  # -2..12; rows 0-1 top, column 0 left
+    top_left, bottom_right = a[0, :2, :1], a[0, 2:, 1:]
+    positive = np.maximum(a, 0).sum()
+    want = (np.maximum(top_left, 0).sum() + np.maximum(bottom_right, 0).sum()) / positive
+    np.testing.assert_allclose(L.focus(a, quadrants[:1]), [want], rtol=1e-6)
+    assert np.isnan(L.focus(-np.ones((1, 4, 4)), quadrants[:1])[0])
+    with pytest.raises(ValueError, match=r"quadrants must be \(N, 4\)"):
+        L.focus(np.ones((2, 4, 4)), np.ones((2, 3), bool))
+
+
+def test_mosaics_put_two_images_of_the_class_on_the_marked_tiles():
+    rng = np.random.default_rng(7)
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 3])
+    images = rng.uniform(size=(8, 4, 6, 2)).astype(np.float32)
+    key = jax.random.key(3)
+    x, target, quadrants = L.mosaics(images, labels, key, count=20, downsample=False)
+    assert x.shape == (20, 8, 12, 2) and target.shape == (20,) and quadrants.shape == (20, 4)
+    assert set(np.asarray(target).tolist()) <= {0, 1, 2}  # class 3 has one image
+    np.testing.assert_array_equal(np.asarray(quadrants).sum(1), 2)
+    for m in range(20):
+        tiles = [x[m, :4, :6], x[m, :4, 6:], x[m, 4:, :6], x[m, 4:, 6:]]
+        found = [
+            int(np.flatnonzero(np.all(images == np.asarray(t), axis=(1, 2, 3)))[0]) for t in tiles
+        ]
+        assert len(set(found)) == 4  # four different images
+        for t, index in enumerate(found):
+            assert (labels[index] == target[m]) == bool(quadrants[m, t])
+    # Halved tiles: the 2 x 2 block means of the same draws; the same key, the same mosaics.
+    small, target2, quadrants2 = L.mosaics(images, labels, key, count=20)
+    half = x.reshape(20, 4, 2, 6, 2, 2).mean((2, 4))
+    np.testing.assert_allclose(small, half, rtol=1e-6)
+    np.testing.assert_array_equal(target2, target)
+    np.testing.assert_array_equal(quadrants2, quadrants)
+    with pytest.raises(ValueError, match="a class with at least two images"):
+        L.mosaics(images[:3], labels[:3], key, count=2)
+    with pytest.raises(ValueError, match="even height and width"):
+        L.mosaics(images[:, :3], labels, key, count=2)

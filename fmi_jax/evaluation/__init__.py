@@ -6,7 +6,7 @@ sensitivity, local Lipschitz estimate, relative input, output and representation
 stability), sanity checks (parameter randomisation, its efficient variant, random
 logit, SSIM), complexity (sparseness, entropy, effective complexity, discrete entropy), performance information curves (SIC and AIC), localisation against
 ground-truth masks (pointing game, relevance mass and rank accuracy, top-k
-intersection, ROC AUC), and which examples to explain."""
+intersection, ROC AUC, Focus on mosaics), and which examples to explain."""
 
 from fmi_jax.evaluation.agreement import (
     average_ranks,
@@ -48,7 +48,9 @@ from fmi_jax.evaluation.information import (
     performance_information_curve,
 )
 from fmi_jax.evaluation.localisation import (
+    focus,
     localisation_auc,
+    mosaics,
     pointing_game,
     relevance_mass_accuracy,
     relevance_rank_accuracy,
@@ -112,6 +114,7 @@ __all__ = [
     "efficient_mprt",
     "faithfulness_correlation",
     "faithfulness_estimate",
+    "focus",
     "gaussian_perturbation",
     "high_confidence_correct",
     "independent_randomization",
@@ -124,6 +127,7 @@ __all__ = [
     "max_sensitivity",
     "monotonicity",
     "monotonicity_correlation",
+    "mosaics",
     "noisy_linear_imputation",
     "non_sensitivity",
     "passes_sanity_check",

@@ -28,6 +28,14 @@ the faithfulness metrics do; otherwise maps and masks have the same shape.
   ties counting one half (the Mann-Whitney statistic, equal to the trapezoid area
   under the ROC curve); 0.5 for a map unrelated to the mask.
 
+* Focus (Arias-Duart, Parés, Garcia-Gasulla & Giménez-Ábalos, "Focus! Rating XAI
+  methods and finding biases", FUZZ-IEEE 2022, arXiv:2109.15035; Quantus' ``Focus``):
+  on a mosaic of four images, two of the explained class and two of others
+  (:func:`mosaics`), the share of the map's positive relevance that lies on the two
+  tiles of the explained class, ``sum_{i in tiles} max(a_i, 0) / sum_i max(a_i, 0)``:
+  relevance mass accuracy of the positive map against the tiles. 0.5 for a map that
+  spreads its relevance evenly, 1 for one that finds only the class.
+
 Ranks break ties by feature index, lower first (as the faithfulness curves), except
 for the pointing game and the AUC, which treat ties symmetrically as above. All
 functions are jit-compatible (``k`` static).
@@ -35,16 +43,21 @@ functions are jit-compatible (``k`` static).
 
 from __future__ import annotations
 
+import functools
 import operator
 from typing import Any
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
-from fmi_jax.attribution.core import Array, check_finite
+from fmi_jax.attribution.core import Array, as_count, check_finite
 from fmi_jax.evaluation.agreement import average_ranks
 
 __all__ = [
+    "focus",
     "localisation_auc",
+    "mosaics",
     "pointing_game",
     "relevance_mass_accuracy",
     "relevance_rank_accuracy",
@@ -133,3 +146,118 @@ def localisation_auc(attributions: Array, masks: Array) -> Array:
     u = jnp.where(s, ranks, 0.0).sum(1) - positives * (positives + 1) / 2
     defined = (positives > 0) & (negatives > 0)
     return jnp.where(defined, u / jnp.where(defined, positives * negatives, 1.0), jnp.nan)
+
+
+def _quadrant_masks(quadrants: Any, height: int, width: int) -> Array:
+    """``(N, H, W)`` masks of the marked tiles, in the order top-left, top-right,
+    bottom-left, bottom-right; the top and left tiles are ``H // 2`` and ``W // 2``."""
+    q = jnp.asarray(quadrants)
+    if q.ndim != 2 or q.shape[1] != 4:
+        raise ValueError(
+            f"quadrants must be (N, 4) booleans (top-left, top-right, bottom-left, "
+            f"bottom-right: the tiles of the explained class), got shape {q.shape}"
+        )
+    bottom = jnp.arange(height)[:, None] >= height // 2
+    right = jnp.arange(width)[None, :] >= width // 2
+    tile = 2 * bottom.astype(jnp.int32) + right.astype(jnp.int32)  # (H, W) in 0..3
+    return q.astype(bool)[:, tile]
+
+
+def focus(attributions: Array, quadrants: Array) -> Array:
+    """Focus (Arias-Duart et al. 2022) of maps of 2 x 2 mosaics, shape ``(N,)``: the
+    share of each map's positive relevance on the tiles marked in ``quadrants``.
+
+    Args:
+      attributions: maps of the mosaics, ``(N, H, W)`` or ``(N, H, W, C)`` (the
+        positive part of every value counts).
+      quadrants: ``(N, 4)`` booleans, True for the tiles of the explained class, in the
+        order top-left, top-right, bottom-left, bottom-right (the third output of
+        :func:`mosaics`; Quantus' ``custom_batch``). The top and left tiles are
+        ``H // 2`` rows and ``W // 2`` columns.
+
+    Returns:
+      float32 ``(N,)`` in ``[0, 1]``; NaN where a map has no positive relevance (Quantus
+      gives 0 there) or no tile is marked.
+    """
+    a = jnp.asarray(attributions, jnp.float32)
+    if a.ndim not in (3, 4):
+        raise ValueError(f"focus needs maps of images, (N, H, W) or (N, H, W, C); got {a.shape}")
+    masks = _quadrant_masks(quadrants, a.shape[1], a.shape[2])
+    if masks.shape[0] != a.shape[0]:
+        raise ValueError(f"{masks.shape[0]} rows of quadrants for {a.shape[0]} maps")
+    return relevance_mass_accuracy(jnp.maximum(a, 0.0), masks)
+
+
+def mosaics(
+    images: Array, labels: Array, key: Array, *, count: int, downsample: bool = True
+) -> tuple[Array, Array, Array]:
+    """2 x 2 mosaics for :func:`focus`: two images of one class and two of others.
+
+    Mosaic ``m`` draws from ``fold_in(key, m)``: its class ``c`` uniformly among the
+    classes with at least two images and at least one image of another class, two
+    different images of ``c``, two different images of other classes (any of them),
+    and a random placement of the four tiles.
+
+    Args:
+      images: ``(N, H, W, C)``.
+      labels: int ``(N,)``.
+      key: a PRNG key.
+      count: how many mosaics.
+      downsample: halve every tile by averaging 2 x 2 blocks (H and W even), so that a
+        mosaic has the size of one image, for models that only take that size; with
+        ``False`` mosaics are ``(2H, 2W, C)``, as in the paper (models with global
+        pooling).
+
+    Returns:
+      ``(mosaics, target, quadrants)``: float32 ``(count, H', W', C)``, the class of
+      each mosaic ``(count,)`` int32, and ``(count, 4)`` booleans marking its tiles of
+      that class (top-left, top-right, bottom-left, bottom-right).
+
+    Raises:
+      ValueError: images that are not ``(N, H, W, C)``, labels that do not match, odd
+        sizes with ``downsample``, or no class with two images besides another class.
+    """
+    count = as_count(count, "count")
+    x = jnp.asarray(images, jnp.float32)
+    y = np.asarray(labels)
+    if x.ndim != 4:
+        raise ValueError(f"images must be (N, H, W, C), got shape {x.shape}")
+    if y.shape != x.shape[:1] or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"labels must be integers of shape ({x.shape[0]},), got {y.shape}")
+    if downsample and (x.shape[1] % 2 or x.shape[2] % 2):
+        raise ValueError(
+            f"downsample halves the tiles, which needs an even height and width, got "
+            f"{x.shape[1:3]}; pass downsample=False for mosaics of twice the size"
+        )
+    classes, sizes = np.unique(y, return_counts=True)
+    eligible = classes[(sizes >= 2) & (sizes < len(y))]
+    if eligible.size == 0:
+        raise ValueError(
+            "a mosaic needs a class with at least two images and two images of other "
+            f"classes; the labels have counts {dict(zip(classes.tolist(), sizes.tolist()))}"
+        )
+    if downsample:
+        n, h, w, c = x.shape
+        x = x.reshape(n, h // 2, 2, w // 2, 2, c).mean((2, 4))
+    return _draw_mosaics(x, jnp.asarray(y), jnp.asarray(eligible), key, count)
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def _draw_mosaics(x, y, eligible, key, count):
+    def one(m):
+        k_class, k_own, k_other, k_place = jax.random.split(jax.random.fold_in(key, m), 4)
+        cls = jax.random.choice(k_class, eligible)
+        own = y == cls
+        pick_own = jax.random.choice(k_own, y.shape[0], (2,), replace=False, p=own / own.sum())
+        other = ~own
+        pick_other = jax.random.choice(
+            k_other, y.shape[0], (2,), replace=False, p=other / other.sum()
+        )
+        place = jax.random.permutation(k_place, 4)  # tile t shows picks[place[t]]
+        picks = jnp.concatenate([pick_own, pick_other])[place]
+        tiles = x[picks]
+        top = jnp.concatenate([tiles[0], tiles[1]], axis=1)
+        bottom = jnp.concatenate([tiles[2], tiles[3]], axis=1)
+        return jnp.concatenate([top, bottom], axis=0), cls.astype(jnp.int32), place < 2
+
+    return jax.vmap(one)(jnp.arange(count))
