@@ -77,10 +77,17 @@ def test_jit_and_bad_input():
 
 def test_focus_is_the_positive_share_on_the_marked_tiles():
     quadrants = np.array([[True, False, False, True], [False, True, True, False]])
-    # Positive relevance only on the first mosaic's marked tiles (and negative
-    # elsewhere, which does not count): 1. Even relevance: 2 of 4 equal tiles.
-    exact = np.where(L._quadrant_masks(quadrants, 6, 4), 1.0, -3.0)
-    np.testing.assert_allclose(L.focus(exact[..., None], quadrants), [1.0, 1.0])
+    # Tiles top-left, top-right, bottom-left, bottom-right of a 6 x 4 map, one value
+    # each: the share of the positive part on the marked ones.
+    tiles = np.array([1.0, 2.0, 4.0, 8.0])
+    a = np.zeros((2, 6, 4))
+    a[:, :3, :2], a[:, :3, 2:], a[:, 3:, :2], a[:, 3:, 2:] = tiles
+    np.testing.assert_allclose(L.focus(a, quadrants), [9 / 15, 6 / 15], rtol=1e-6)
+    one_column = np.array([[True, False, True, False]])  # the left tiles, 1 + 4
+    np.testing.assert_allclose(L.focus(a[:1, ..., None], one_column), [5 / 15], rtol=1e-6)
+    # Positive only on the marked tiles, negative elsewhere (which does not count): 1.
+    marked = np.where(a[:1] < 2.0, 1.0, -3.0)  # positive on the top-left tile only
+    np.testing.assert_allclose(L.focus(marked, quadrants[:1]), [1.0])
     np.testing.assert_allclose(L.focus(np.ones((2, 6, 4)), quadrants), [0.5, 0.5])
     # By hand on odd sizes: 5 x 3, the top tiles 2 rows, the left tiles 1 column.
     a = np.arange(15.0).reshape(1, 5, 3) - 2.0  # -2..12; rows 0-1 top, column 0 left
@@ -89,8 +96,9 @@ def test_focus_is_the_positive_share_on_the_marked_tiles():
     want = (np.maximum(top_left, 0).sum() + np.maximum(bottom_right, 0).sum()) / positive
     np.testing.assert_allclose(L.focus(a, quadrants[:1]), [want], rtol=1e-6)
     assert np.isnan(L.focus(-np.ones((1, 4, 4)), quadrants[:1])[0])
-    with pytest.raises(ValueError, match=r"quadrants must be \(N, 4\)"):
-        L.focus(np.ones((2, 4, 4)), np.ones((2, 3), bool))
+    for bad in (np.ones((2, 3), bool), np.full((2, 4), 0.5)):
+        with pytest.raises(ValueError, match=r"quadrants must be \(N, 4\) booleans"):
+            L.focus(np.ones((2, 4, 4)), bad)
 
 
 def test_mosaics_put_two_images_of_the_class_on_the_marked_tiles():
@@ -118,5 +126,11 @@ def test_mosaics_put_two_images_of_the_class_on_the_marked_tiles():
     np.testing.assert_array_equal(quadrants2, quadrants)
     with pytest.raises(ValueError, match="a class with at least two images"):
         L.mosaics(images[:3], labels[:3], key, count=2)
+    # Class 0 has two images but only one image of another class exists.
+    with pytest.raises(ValueError, match="two images of other classes"):
+        L.mosaics(images[:3], np.array([0, 0, 1]), key, count=2)
+    few = np.array([0, 0, 0, 1, 2])  # only class 0 qualifies
+    _, only, _ = L.mosaics(images[:5], few, key, count=6)
+    np.testing.assert_array_equal(only, 0)
     with pytest.raises(ValueError, match="even height and width"):
         L.mosaics(images[:, :3], labels, key, count=2)

@@ -296,6 +296,25 @@ def test_efficient_mprt_of_a_weight_independent_method_is_zero(cnn):
     assert np.all(np.isnan(np.asarray(constant)))
     with pytest.raises(ValueError, match="target"):
         efficient_mprt(lambda v: lambda x, t, k: x, variables, x, None, jax.random.key(0))
+    with pytest.raises(ValueError, match="repeat"):
+        efficient_mprt(
+            lambda v: lambda x, t, k: x,
+            variables,
+            x,
+            target,
+            jax.random.key(0),
+            layers=("head",) * 2,
+        )
+    with pytest.raises(ValueError, match="changed shape"):
+        efficient_mprt(
+            lambda v: lambda x, t, k: x[:, :4] if v is not variables else x,
+            variables,
+            x,
+            target,
+            jax.random.key(0),
+        )
+    with pytest.raises(ValueError, match="must return maps"):
+        efficient_mprt(lambda v: lambda x, t, k: x[0], variables, x, target, jax.random.key(0))
 
 
 def test_smooth_mprt_is_the_cascade_of_a_noise_tunnel(linear):

@@ -4,7 +4,8 @@ correlation and estimate, sensitivity-n, monotonicity and its correlation,
 non-sensitivity, selectivity, IROF), robustness (infidelity, max- and average
 sensitivity, local Lipschitz estimate, relative input, output and representation
 stability), sanity checks (parameter randomisation, its efficient variant, random
-logit, SSIM), complexity (sparseness, entropy, effective complexity, discrete entropy), performance information curves (SIC and AIC), localisation against
+logit, SSIM), complexity (sparseness, entropy, effective complexity, discrete
+entropy), performance information curves (SIC and AIC), localisation against
 ground-truth masks (pointing game, relevance mass and rank accuracy, top-k
 intersection, ROC AUC, Focus on mosaics), and which examples to explain."""
 

@@ -1099,8 +1099,10 @@ def faithfulness_estimate(
     ``d_g = f_t(x) - f_t(x with group g replaced by b)``, and the score is
     ``pearson(a, d)`` over the groups. A map whose groups add up to the model's drops,
     ``x * w`` for a linear model with a zero substrate, gives exactly 1. Quantus'
-    ``FaithfulnessEstimate`` computes the same (logits, signed map, black baseline);
-    its default rescaling of the maps is one positive factor, which the correlation
+    ``FaithfulnessEstimate`` computes the same (logits, signed map, black baseline) on
+    single-channel inputs; on colour images it ranks and removes single channel
+    values where here a group is of whole pixels (the map summed over channels). Its
+    default rescaling of the maps is one positive factor, which the correlation
     ignores.
 
     Args:
@@ -1153,18 +1155,20 @@ def non_sensitivity(
     The pixels, in index order, are cut into ``G = ceil(P / m)`` groups of ``m``
     consecutive pixels (one pixel each by default). Group ``g`` has zero relevance when
     every one of its pixels has ``|a_p| <= eps max_q |a_q|`` (``|a_p|`` summed over the
-    pixel's channels; relative to the map's largest value, as Quantus rescales maps by
-    their maximum before thresholding), and the model is insensitive to it when
+    pixel's channels; relative to the map's own largest value, so that the threshold
+    does not depend on the map's scale), and the model is insensitive to it when
     ``|f_t(x) - f_t(x with group g replaced by b)| <= eps``. The score counts the groups
     where exactly one of the two holds (the symmetric difference of the paper's two
     sets): 0 is best. Replacing a pixel by a substrate that equals it never moves the
     score, so such a pixel should get zero relevance: ``x * grad`` passes on black
     pixels with a zero substrate where the gradient does not.
 
-    Quantus' ``NonSensitivity`` (0.6) takes single channel values as features and
-    compares with a strict ``<``; with ``features_in_step > 1`` it sets its
-    ``P``-feature mask against ``G`` groups' score changes, a shape mismatch
-    (docs/captum.md).
+    Quantus' ``NonSensitivity`` (0.6) takes single channel values as features,
+    compares with a strict ``<``, and by default divides the whole batch of maps by
+    its one largest value before thresholding (so its threshold is relative to the
+    batch's peak, not each map's); with ``features_in_step > 1`` it sets its
+    ``P``-feature mask against ``G`` groups' score changes and fails with a shape
+    mismatch (docs/captum.md, item 18).
 
     Args:
       fn, x, target, attributions, substrate, blur_sigma: as :func:`deletion_curve`
@@ -1533,7 +1537,7 @@ def discrete_entropy(attributions: Array, *, bins: int = 100) -> Array:
     map that explains a random model looks like noise, its values spread over more
     bins than a structured map's.
 
-    Values are binned in float32 as ``floor((a - min) bins / (max - min))``: a value
+    Values are binned in float32 as ``floor((a - min) / (max - min) bins)``: a value
     within rounding of a bin edge may land in the neighbouring bin where NumPy's
     float64 edges put it in the other.
     """
@@ -1545,8 +1549,8 @@ def discrete_entropy(attributions: Array, *, bins: int = 100) -> Array:
     a = a.reshape(a.shape[0], -1)
     low = a.min(1, keepdims=True)
     span = a.max(1, keepdims=True) - low
-    scaled = (a - low) * (bins / jnp.where(span > 0, span, 1.0))
+    scaled = (a - low) / jnp.where(span > 0, span, 1.0) * bins
     index = jnp.clip(jnp.floor(scaled).astype(jnp.int32), 0, bins - 1)
     rows = jnp.arange(a.shape[0])[:, None]
     p = jnp.zeros((a.shape[0], bins)).at[rows, index].add(1.0) / a.shape[1]
-    return -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=1)
+    return 0.0 - jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=1)

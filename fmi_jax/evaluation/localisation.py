@@ -38,7 +38,8 @@ the faithfulness metrics do; otherwise maps and masks have the same shape.
 
 Ranks break ties by feature index, lower first (as the faithfulness curves), except
 for the pointing game and the AUC, which treat ties symmetrically as above. All
-functions are jit-compatible (``k`` static).
+functions but :func:`mosaics` (which checks its labels on the host) are jit-compatible
+(``k`` static).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmi_jax.attribution.core import Array, as_count, check_finite
+from fmi_jax.attribution.core import Array, as_count, check_finite, require_key
 from fmi_jax.evaluation.agreement import average_ranks
 
 __all__ = [
@@ -152,10 +153,15 @@ def _quadrant_masks(quadrants: Any, height: int, width: int) -> Array:
     """``(N, H, W)`` masks of the marked tiles, in the order top-left, top-right,
     bottom-left, bottom-right; the top and left tiles are ``H // 2`` and ``W // 2``."""
     q = jnp.asarray(quadrants)
-    if q.ndim != 2 or q.shape[1] != 4:
+    if (
+        q.ndim != 2
+        or q.shape[1] != 4
+        or not (q.dtype == bool or jnp.issubdtype(q.dtype, jnp.integer))
+    ):
         raise ValueError(
-            f"quadrants must be (N, 4) booleans (top-left, top-right, bottom-left, "
-            f"bottom-right: the tiles of the explained class), got shape {q.shape}"
+            f"quadrants must be (N, 4) booleans or 0/1 integers (top-left, top-right, "
+            f"bottom-left, bottom-right: the tiles of the explained class), got "
+            f"{q.dtype} of shape {q.shape}"
         )
     bottom = jnp.arange(height)[:, None] >= height // 2
     right = jnp.arange(width)[None, :] >= width // 2
@@ -194,9 +200,10 @@ def mosaics(
     """2 x 2 mosaics for :func:`focus`: two images of one class and two of others.
 
     Mosaic ``m`` draws from ``fold_in(key, m)``: its class ``c`` uniformly among the
-    classes with at least two images and at least one image of another class, two
+    classes with at least two images and at least two images of other classes, two
     different images of ``c``, two different images of other classes (any of them),
-    and a random placement of the four tiles.
+    and a random placement of the four tiles. The labels are checked on the host, so
+    this function does not run under ``jax.jit``.
 
     Args:
       images: ``(N, H, W, C)``.
@@ -218,6 +225,7 @@ def mosaics(
         sizes with ``downsample``, or no class with two images besides another class.
     """
     count = as_count(count, "count")
+    require_key(key, "mosaics")
     x = jnp.asarray(images, jnp.float32)
     y = np.asarray(labels)
     if x.ndim != 4:
@@ -230,7 +238,7 @@ def mosaics(
             f"{x.shape[1:3]}; pass downsample=False for mosaics of twice the size"
         )
     classes, sizes = np.unique(y, return_counts=True)
-    eligible = classes[(sizes >= 2) & (sizes < len(y))]
+    eligible = classes[(sizes >= 2) & (len(y) - sizes >= 2)]
     if eligible.size == 0:
         raise ValueError(
             "a mosaic needs a class with at least two images and two images of other "

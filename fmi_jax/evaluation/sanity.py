@@ -98,14 +98,19 @@ with ``H`` the entropy of the histogram of the map's values over 100 equal bins
 (:func:`~fmi_jax.evaluation.faithfulness.discrete_entropy`), ``e_i`` the original
 map and ``r_i`` the map of the fully randomised model (the last step of the cascade,
 same keys); higher is better, a method blind to the weights scores exactly 0. The
-smooth MPRT denoises both maps by averaging them over noisy copies of the input
-before the cascade compares them; here that is a composition, not another function:
+layer order does not matter to it, only the fully randomised model. The smooth MPRT
+denoises both maps by averaging them over noisy copies of the input before the
+cascade compares them; here that is a composition, not another function:
 ``cascading_randomization`` with ``make_explain`` returning a
-:func:`~fmi_jax.attribution.noise_tunnel` of the method (the paper's 50 samples),
-e.g. ``smooth = noise_tunnel(saliency, samples=50)`` and
-``lambda v: lambda x, t, k: smooth(model_fn(v), x, t, key=k)``. Quantus' versions
-randomise layers with its own initialisers and seed; the numbers are not comparable
-with these draws, the definitions are the same.
+:func:`~fmi_jax.attribution.noise_tunnel` of the method,
+``smooth = noise_tunnel(saliency, samples=50, stdev_spread=0.1)`` and
+``lambda v: lambda x, t, k: smooth(model_fn(v), x, t, key=k)``, with the layers in
+the paper's bottom-up order, ``layers=tuple(reversed(layer_order(variables)))``, and
+its result read from ``spearman_abs`` (Quantus' ``SmoothMPRT`` compares ``|maps|``
+by Spearman after a rescaling that does not change ranks). Quantus averages 49 noisy
+copies and the clean input where the noise tunnel averages 50 noisy copies, and
+both Quantus checks randomise layers with its own initialisers and seed, so their
+numbers are not comparable with these draws.
 
 Random logit (:func:`random_logit`): Sixt, Granz & Landgraf, "When Explanations
 Lie: Why Many Modified BP Attributions Fail" (ICML 2020) show that many modified
@@ -493,11 +498,16 @@ def efficient_mprt(
     layers = layer_order(_params(variables)) if layers is None else tuple(layers)
     if not layers:
         raise ValueError("no layers to randomise")
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"layers repeat a name: {layers}")
+    x = as_input(x)
     param_key, explain_key = jax.random.split(key)
-    original = make_explain(variables)(x, target, explain_key)
-    randomized = make_explain(randomize_layers(variables, layers, param_key))(
-        x, target, explain_key
-    )
+    what = "make_explain(variables) must return maps (N, ...)"
+    original = as_rows(make_explain(variables)(x, target, explain_key), x, what, min_ndim=2)
+    randomized = make_explain(randomize_layers(variables, layers, param_key))
+    randomized = as_rows(randomized(x, target, explain_key), x, what, min_ndim=2)
+    if randomized.shape != original.shape:
+        raise ValueError(f"maps changed shape: {original.shape} -> {randomized.shape}")
     before = discrete_entropy(original, bins=bins)
     after = discrete_entropy(randomized, bins=bins)
     return jnp.where(before > 0, (after - before) / jnp.where(before > 0, before, 1.0), jnp.nan)
