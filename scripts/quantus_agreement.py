@@ -15,7 +15,9 @@ of `fmi_jax.evaluation` say where they differ):
   differs: its `Monotonicity` never inserts a pixel of the input), complexity,
   effective complexity (eps relative to each map's largest value, and to the batch's:
   Quantus' default normalisation divides the whole batch of maps by its one largest
-  value), sparseness; localisation of |saliency| against the garment's silhouette
+  value), sparseness, the discrete entropy of the efficient MPRT, the faithfulness
+  estimate and non-sensitivity (one pixel per group), Focus on 2 x 2 mosaics of the
+  same images; localisation of |saliency| against the garment's silhouette
   (the pixels that are not 0): pointing game, relevance mass and rank accuracy,
   top-100 intersection, ROC AUC;
 * random on both sides (Quantus draws from NumPy's global generator, seeded here,
@@ -130,6 +132,27 @@ def main():
         theirs,
     )
     exact("sparseness (Gini)", evaluation.sparseness(maps), quantus.Sparseness(**common)(**call))
+    exact(
+        "discrete entropy (100 bins; eMPRT's complexity)",
+        evaluation.discrete_entropy(maps),
+        [quantus.functions.complexity_func.discrete_entropy(a=a, x=None) for a in a_t],
+    )
+    exact(
+        "faithfulness estimate (one pixel per group, logits)",
+        evaluation.faithfulness_estimate(fn, x, labels, maps, batch_size=4096),
+        quantus.FaithfulnessEstimate(features_in_step=1, normalise=False, **common)(
+            **call, softmax=False
+        ),
+    )
+    # Quantus thresholds |a| after its rescaling; maps divided by their own peak make
+    # its threshold fmi_jax's (eps times each map's largest |a|).
+    exact(
+        "non-sensitivity (one pixel per group, eps 1e-5 of each map's peak)",
+        evaluation.non_sensitivity(fn, x, labels, maps, batch_size=4096),
+        quantus.NonSensitivity(features_in_step=1, normalise=False, **common)(
+            **dict(call, a_batch=a_t / peak)
+        ),
+    )
 
     # Localisation against the garment's silhouette (the pixels that are not 0), with
     # the magnitude of the saliency map.
@@ -160,6 +183,26 @@ def main():
             ours_fn(size, masks),
             theirs_metric(**magnitude),
         )
+
+    # Focus on 2 x 2 mosaics of the same images (tiles halved to 14 x 14), saliency of
+    # the mosaic's class.
+    tiles, tile_class, quadrants = evaluation.mosaics(
+        x, labels, jax.random.key(2), count=n, downsample=True
+    )
+    mosaic_maps = np.asarray(saliency(tiles, tile_class))
+    exact(
+        "Focus (saliency of 2 x 2 mosaics)",
+        evaluation.focus(mosaic_maps, quadrants),
+        quantus.Focus(**common)(
+            **dict(
+                call,
+                x_batch=np.asarray(tiles).transpose(0, 3, 1, 2),
+                y_batch=np.asarray(tile_class),
+                a_batch=mosaic_maps.transpose(0, 3, 1, 2),
+            ),
+            custom_batch=np.asarray(quadrants, np.int64),
+        ),
+    )
 
     row = x.shape[2]
     subsets = 400  # Quantus' 100, more here to tighten the comparison

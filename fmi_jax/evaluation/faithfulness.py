@@ -1533,9 +1533,8 @@ def discrete_entropy(attributions: Array, *, bins: int = 100) -> Array:
     ``H = 0`` for a constant map (NumPy puts it in one bin), ``ln bins`` when every
     bin holds as many values; an affine rescaling ``c a + d`` (``c != 0``) leaves it
     unchanged up to values on a bin edge. This is the complexity measure of the
-    efficient MPRT (Hedström et al. 2023; Quantus' ``discrete_entropy``), where a
-    map that explains a random model looks like noise, its values spread over more
-    bins than a structured map's.
+    efficient MPRT (Hedström et al. 2023; Quantus' ``discrete_entropy``), which
+    expects the map of a randomised model to spread its values over more bins.
 
     Values are binned in float32 as ``floor((a - min) / (max - min) bins)``: a value
     within rounding of a bin edge may land in the neighbouring bin where NumPy's
