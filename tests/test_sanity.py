@@ -14,6 +14,7 @@ from fmi_jax.evaluation.sanity import (
     cascading_randomization,
     efficient_mprt,
     independent_randomization,
+    input_invariance,
     layer_order,
     passes_sanity_check,
     random_logit,
@@ -479,3 +480,34 @@ def test_random_logit_rejects_bad_input(linear):
         random_logit(lambda xs, t, k: xs, flat, target, key, num_classes=C)
     with pytest.raises(ValueError, match="shape"):
         random_other_classes(1, key, C)
+
+
+# -------------------------------------------------------------- input invariance
+
+
+def test_input_invariance_separates_gradients_from_input_times_gradient(cnn):
+    model, variables, x, target = cnn
+    fn = functools.partial(model.apply, variables)
+
+    def make(name, **options):
+        return lambda f: jax.jit(explainer(name, f, **options))
+
+    key = jax.random.key(3)
+    # The gradient of z -> fn(z - s) at x + s is the gradient of fn at x; SmoothGrad
+    # too, its noise drawn from the same key and scaled by the shift-free value range.
+    assert np.all(np.asarray(input_invariance(make("saliency"), fn, x, target)))
+    smooth = make("smoothgrad", samples=4)
+    assert np.all(np.asarray(input_invariance(smooth, fn, x, None, key)))
+    # x * grad changes by s * grad; IG from the fixed zero baseline integrates another
+    # path; the input itself moves by s. A map that ignores the input cannot move.
+    for method in (make("input_x_gradient"), make("integrated_gradients", steps=8)):
+        assert not np.any(np.asarray(input_invariance(method, fn, x, target, shift=0.5)))
+    assert not np.any(np.asarray(input_invariance(lambda f: lambda x, t, k: x, fn, x, target)))
+    constant = input_invariance(lambda f: lambda x, t, k: jnp.ones_like(x), fn, x, target)
+    assert np.all(np.asarray(constant))
+    with pytest.raises(ValueError, match="shift must be a finite number"):
+        input_invariance(make("saliency"), fn, x, target, shift=float("inf"))
+    with pytest.raises(ValueError, match="rtol and atol"):
+        input_invariance(make("saliency"), fn, x, target, atol=-1.0)
+    with pytest.raises(ValueError, match="must return maps"):
+        input_invariance(lambda f: lambda x, t, k: x[0], fn, x, target)

@@ -4,7 +4,7 @@ correlation and estimate, sensitivity-n, monotonicity and its correlation,
 non-sensitivity, selectivity, IROF), robustness (infidelity, max- and average
 sensitivity, local Lipschitz estimate, relative input, output and representation
 stability), sanity checks (parameter randomisation, its efficient variant, random
-logit, SSIM), complexity (sparseness, entropy, effective complexity, discrete
+logit, input invariance, SSIM), complexity (sparseness, entropy, effective complexity, discrete
 entropy), performance information curves (SIC and AIC), localisation against
 ground-truth masks (pointing game, relevance mass and rank accuracy, top-k
 intersection, ROC AUC, Focus on mosaics), and which examples to explain."""
@@ -78,6 +78,7 @@ from fmi_jax.evaluation.sanity import (
     cascading_randomization,
     efficient_mprt,
     independent_randomization,
+    input_invariance,
     layer_order,
     passes_sanity_check,
     random_logit,
@@ -120,6 +121,7 @@ __all__ = [
     "high_confidence_correct",
     "independent_randomization",
     "infidelity",
+    "input_invariance",
     "insertion_curve",
     "irof",
     "layer_order",

@@ -1,6 +1,6 @@
 """Sanity checks for attribution maps: model randomisation (Adebayo et al. 2018), its
-efficient and smooth variants (Hedström et al. 2023) and the random-logit test (Sixt
-et al. 2020).
+efficient and smooth variants (Hedström et al. 2023), the random-logit test (Sixt et
+al. 2020) and input invariance (Kindermans et al. 2019).
 
 An attribution method that explains *the model* must change its maps when the
 model's learned weights are destroyed. Adebayo et al., "Sanity Checks for
@@ -151,12 +151,30 @@ What differs from Quantus' ``RandomLogit``, and why:
 * both maps are computed here with the same explanation key: Quantus compares the
   given (or separately computed) target map with an off-class map from a new call.
 
+Input invariance (:func:`input_invariance`): Kindermans, Hooker, Adebayo, Alber,
+Schütt, Dähne, Erhan & Kim, "The (un)reliability of saliency methods" (in Explainable
+AI, Springer LNCS 11700, 2019; arXiv:1711.00867) shift every input by a constant,
+``x + s``, and give the model a first layer whose bias absorbs the shift, so the new
+model computes exactly the old function of the old input; a method that explains the
+function should not notice. Here the shifted model is the composition
+``z -> fn(z - s)``, which is the same function, and a method passes on an example when
+its map of the shifted model at ``x + s`` equals its map of ``fn`` at ``x`` within
+``numpy.isclose``'s tolerance (``atol=1e-4`` and ``rtol=1e-5``, Quantus'
+``InputInvariance``). Gradients pass; ``x * grad`` does not (it changes by
+``s * grad``), nor do integrated gradients from a fixed baseline that does not move
+with the shift. Methods that differentiate the function see no difference between
+the composition and a changed bias; a rule that treats the first layer's bias
+specially could, on a model whose bias was changed.
+
 References:
   J. Adebayo, J. Gilmer, M. Muelly, I. Goodfellow, M. Hardt, B. Kim. Sanity Checks
   for Saliency Maps. NeurIPS 2018. arXiv:1810.03292.
   A. Hedström, L. Weber, S. Lapuschkin, M. M.-C. Höhne. Sanity Checks Revisited: An
   Exploration to Repair the Model Parameter Randomisation Test. XAI in Action
   workshop, NeurIPS 2023. arXiv:2401.06465.
+  P.-J. Kindermans, S. Hooker, J. Adebayo, M. Alber, K. T. Schütt, S. Dähne, D. Erhan,
+  B. Kim. The (Un)reliability of Saliency Methods. In Explainable AI: Interpreting,
+  Explaining and Visualizing Deep Learning, LNCS 11700, 2019. arXiv:1711.00867.
   L. Sixt, M. Granz, T. Landgraf. When Explanations Lie: Why Many Modified BP
   Attributions Fail. ICML 2020. arXiv:1912.09818.
   Z. Wang, A. C. Bovik, H. R. Sheikh, E. P. Simoncelli. Image Quality Assessment:
@@ -192,6 +210,7 @@ __all__ = [
     "cascading_randomization",
     "efficient_mprt",
     "independent_randomization",
+    "input_invariance",
     "layer_order",
     "passes_sanity_check",
     "random_logit",
@@ -688,3 +707,60 @@ def random_logit(
             f"{(num_examples,) + maps.shape[2:]}; use similarity='spearman' for other maps"
         )
     return _similarity_of(similarity, own, other, window)
+
+
+# --------------------------------------------------------------- input invariance
+
+
+def input_invariance(
+    make_explain: Callable[[ModelFn], Explain],
+    fn: ModelFn,
+    x: jax.Array,
+    target: Target,
+    key: jax.Array | None = None,
+    *,
+    shift: float = -1.0,
+    rtol: float = 1e-5,
+    atol: float = 1e-4,
+) -> jax.Array:
+    """Whether each example's map is unchanged when the input and the model are shifted
+    together (Kindermans et al. 2019; module docstring), shape ``(N,)``, bool.
+
+    Args:
+      make_explain: ``make_explain(model_fn) -> explain(x, target, key)``, e.g.
+        ``lambda f: explainer("saliency", f)``; called for ``fn`` and for
+        ``z -> fn(z - shift)``.
+      fn: the model, batch -> logits.
+      x: inputs ``(N, ...)``.
+      target: class per example, one int, or ``None`` for the class ``fn`` predicts
+        for ``x`` (the shifted model predicts the same function of the shifted input;
+        the classes are resolved once, on ``x``).
+      key: passed to both explanations, so a stochastic method's own noise does not
+        count as a difference.
+      shift: the constant ``s`` added to every input value (Quantus' ``input_shift``,
+        -1 by default).
+      rtol, atol: ``|e_s - e| <= atol + rtol |e|`` for every value of the map, as
+        ``numpy.isclose`` (Quantus' ``atol=1e-4``).
+
+    Returns:
+      bool ``(N,)``: True where the map did not change.
+
+    Raises:
+      ValueError: a non-finite shift or negative tolerances, maps without one row per
+        input or of different shapes, and the input errors of the model's inputs.
+    """
+    for name, value in (("shift", shift), ("rtol", rtol), ("atol", atol)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if rtol < 0 or atol < 0:
+        raise ValueError(f"rtol and atol must be >= 0, got rtol={rtol}, atol={atol}")
+    x = as_input(x)
+    target = resolve_target(fn, x, target)
+    what = "make_explain(model_fn) must return maps (N, ...)"
+    original = as_rows(make_explain(fn)(x, target, key), x, what)
+    moved = x + jnp.float32(shift)
+    shifted = as_rows(make_explain(lambda z: fn(z - shift))(moved, target, key), x, what)
+    if shifted.shape != original.shape:
+        raise ValueError(f"maps changed shape: {original.shape} -> {shifted.shape}")
+    close = jnp.abs(shifted - original) <= atol + rtol * jnp.abs(original)
+    return jnp.all(close.reshape(close.shape[0], -1), axis=1)
