@@ -7,7 +7,8 @@ stability), sanity checks (parameter randomisation, its efficient variant, rando
 logit, input invariance, SSIM), complexity (sparseness, entropy, effective complexity, discrete
 entropy), performance information curves (SIC and AIC), localisation against
 ground-truth masks (pointing game, relevance mass and rank accuracy, top-k
-intersection, ROC AUC, Focus on mosaics), and which examples to explain."""
+intersection, ROC AUC, Focus on mosaics), consistency and sufficiency over a set of
+explanations, and which examples to explain."""
 
 from fmi_jax.evaluation.agreement import (
     average_ranks,
@@ -40,6 +41,7 @@ from fmi_jax.evaluation.faithfulness import (
     sensitivity_n,
     sparseness,
 )
+from fmi_jax.evaluation.global_faithfulness import consistency, sufficiency
 from fmi_jax.evaluation.imputation import DEFAULT_IMPUTATION_NOISE, noisy_linear_imputation
 from fmi_jax.evaluation.information import (
     PIC_THRESHOLDS,
@@ -109,6 +111,7 @@ __all__ = [
     "blurred_image",
     "cascading_randomization",
     "complexity",
+    "consistency",
     "correlation_matrix",
     "deletion_curve",
     "discrete_entropy",
@@ -153,6 +156,7 @@ __all__ = [
     "sparseness",
     "spearman",
     "ssim",
+    "sufficiency",
     "top_k_intersection",
     "topk_overlap",
     "uniform_perturbation",
