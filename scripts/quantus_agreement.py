@@ -17,7 +17,8 @@ of `fmi_jax.evaluation` say where they differ):
   Quantus' default normalisation divides the whole batch of maps by its one largest
   value), sparseness, the discrete entropy of the efficient MPRT, the faithfulness
   estimate and non-sensitivity (one pixel per group), Focus on 2 x 2 mosaics of the
-  same images; localisation of |saliency| against the garment's silhouette
+  same images, consistency (given fmi_jax's discretisation, and with Quantus'
+  default) and sufficiency over the maps of all the images; localisation of |saliency| against the garment's silhouette
   (the pixels that are not 0): pointing game, relevance mass and rank accuracy,
   top-100 intersection, ROC AUC;
 * random on both sides (Quantus draws from NumPy's global generator, seeded here,
@@ -277,6 +278,38 @@ def main():
             ours[kept],
             theirs[kept],
         )
+
+    # Consistency and sufficiency compare the 64 maps with each other (predicted classes),
+    # signed on both sides (Quantus' default abs=True would compare |maps|).
+    predictions = np.asarray(fn(x)).argmax(-1)
+
+    def top_k_signs(a, **kwargs):
+        """fmi_jax's discretisation for Quantus: the largest |a| and its sign (k=1: no
+        two of these maps share their top 5)."""
+        top = np.sort(np.argsort(-np.abs(a), kind="stable")[:1])
+        return hash(bytes(np.concatenate([top, np.sign(a[top])]).astype(np.int64)))
+
+    consistent = np.asarray(evaluation.consistency(maps, predictions, k=1))
+    ours = np.nan_to_num(consistent, nan=0.0)  # no other example alike: Quantus' 0
+    theirs = quantus.Consistency(discretise_func=top_k_signs, abs=False, **common)(**call)
+    exact(
+        f"consistency, top-1 |a| with sign (Quantus given that discretisation; "
+        f"{np.isfinite(consistent).sum()} images share theirs with another)",
+        ours,
+        theirs,
+    )
+    theirs = quantus.Consistency(abs=False, **common)(**call)
+    rows.append(
+        (
+            "consistency, Quantus' default top_n_sign (the signs of the first 5 values)",
+            f"{np.nanmean(consistent):.6g} (top-1, where defined)",
+            f"{np.mean(theirs):.6g}",
+            "not the same discretisation",
+        )
+    )
+    ours = np.nan_to_num(np.asarray(evaluation.sufficiency(maps, predictions)), nan=0.0)
+    theirs = quantus.Sufficiency(abs=False, **common)(**call)
+    exact("sufficiency, threshold 0.6 (no neighbour: 0, as Quantus)", ours, theirs)
 
     print(f"{n} images, signed saliency of the true label, torch {torch.__version__}, ")
     print(f"quantus {quantus.__version__}\n")
