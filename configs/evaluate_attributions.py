@@ -97,8 +97,8 @@ def get_config(arg=None):
     # Cascading randomisation of `layers` (empty: every layer, output first) on the
     # first max_images images (0: all); pass/fail at `threshold` (mean |Spearman|).
     # efficient_mprt: also the relative rise of the maps' histogram entropy (100 bins)
-    # when the cascade's last, fully randomised model is explained (two more maps per
-    # image). random_logit: also the SSIM between the maps of the target and of a
+    # from the original to the cascade's last, fully randomised model (from the
+    # cascade's maps: no more explanations). random_logit: also the SSIM between the maps of the target and of a
     # random other class on the same images (two more maps per image).
     config.sanity = {
         "layers": (),

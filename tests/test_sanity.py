@@ -13,6 +13,7 @@ from fmi_jax.evaluation.agreement import spearman
 from fmi_jax.evaluation.sanity import (
     cascading_randomization,
     efficient_mprt,
+    entropy_rise,
     independent_randomization,
     input_invariance,
     layer_order,
@@ -285,6 +286,11 @@ def test_efficient_mprt_is_the_relative_rise_of_the_histogram_entropy(cnn):
         after = histogram_entropy(make(randomized)(x, target, explain_key), bins=20)
         got = efficient_mprt(make, variables, x, target, key, layers=layers, bins=20)
         np.testing.assert_allclose(got, (after - original) / original, rtol=1e-4, atol=1e-6)
+    # The cascade's last model is the fully randomised one: its maps give the same.
+    cascade = cascading_randomization(make, variables, x, target, key)
+    from_cascade = entropy_rise(cascade["original_maps"], cascade["last_maps"], bins=20)
+    full = efficient_mprt(make, variables, x, target, key, bins=20)
+    np.testing.assert_array_equal(np.asarray(from_cascade), np.asarray(full))
 
 
 def test_efficient_mprt_of_a_weight_independent_method_is_zero(cnn):

@@ -173,14 +173,17 @@ def as_baseline(baseline: Any, x: Array, name: str = "baseline") -> Array:
     return jnp.broadcast_to(baseline, x.shape)
 
 
-def as_count(value: Any, name: str, minimum: int = 1) -> int:
-    """A Python int >= ``minimum`` (steps, samples, batch sizes are static)."""
+def as_count(value: Any, name: str, minimum: int = 1, maximum: int | None = None) -> int:
+    """A Python int >= ``minimum`` (and <= ``maximum`` when given): steps, samples,
+    batch sizes and feature counts are static."""
     if isinstance(value, bool):
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     try:
         count = operator.index(value)
     except TypeError:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}") from None
+    if maximum is not None and not minimum <= count <= maximum:
+        raise ValueError(f"{name} must be in [{minimum}, {maximum}], got {count}")
     if count < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {count}")
     return count

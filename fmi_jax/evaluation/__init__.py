@@ -79,6 +79,7 @@ from fmi_jax.evaluation.robustness import (
 from fmi_jax.evaluation.sanity import (
     cascading_randomization,
     efficient_mprt,
+    entropy_rise,
     independent_randomization,
     input_invariance,
     layer_order,
@@ -117,6 +118,7 @@ __all__ = [
     "discrete_entropy",
     "effective_complexity",
     "efficient_mprt",
+    "entropy_rise",
     "faithfulness_correlation",
     "faithfulness_estimate",
     "focus",

@@ -36,13 +36,12 @@ Pairs are compared one row at a time (``lax.map`` over the examples), so memory 
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from fmi_jax.attribution.core import Array, check_finite
+from fmi_jax.attribution.core import Array, as_count, check_finite
 
 __all__ = ["consistency", "sufficiency"]
 
@@ -94,12 +93,7 @@ def consistency(attributions: Array, predictions: Array, *, k: int = 5) -> Array
       ValueError: fewer than 2 maps, predictions of the wrong shape or type, a bad ``k``.
     """
     a, p = _rows(attributions, predictions)
-    try:
-        k = operator.index(k)
-    except TypeError:
-        raise ValueError(f"k must be an integer, got {k!r}") from None
-    if not 1 <= k <= a.shape[1]:
-        raise ValueError(f"k must be in [1, {a.shape[1]}] (the features per map), got {k}")
+    k = as_count(k, "k", maximum=a.shape[1])
     top = jnp.sort(jnp.argsort(-jnp.abs(a), axis=1, stable=True)[:, :k], axis=1)
     signs = jnp.sign(jnp.take_along_axis(a, top, axis=1)).astype(top.dtype)
     label = jnp.concatenate([top, signs], axis=1)

@@ -45,7 +45,6 @@ functions but :func:`mosaics` (which checks its labels on the host) are jit-comp
 from __future__ import annotations
 
 import functools
-import operator
 from typing import Any
 
 import jax
@@ -126,12 +125,7 @@ def top_k_intersection(attributions: Array, masks: Array, *, k: int) -> Array:
     """Share of the ``k`` highest-ranked features that lie in the mask, per example,
     shape ``(N,)``; NaN for an empty mask (module docstring)."""
     a, s = _rows(attributions, masks)
-    try:
-        k = operator.index(k)
-    except TypeError:
-        raise ValueError(f"k must be an integer, got {k!r}") from None
-    if not 1 <= k <= a.shape[1]:
-        raise ValueError(f"k must be in [1, {a.shape[1]}] (the features per map), got {k}")
+    k = as_count(k, "k", maximum=a.shape[1])
     top = _top_ranked(a, jnp.full(a.shape[0], k, jnp.int32))
     return _nan_where_empty((top & s).sum(1) / k, s)
 

@@ -209,6 +209,7 @@ from fmi_jax.evaluation.faithfulness import discrete_entropy
 __all__ = [
     "cascading_randomization",
     "efficient_mprt",
+    "entropy_rise",
     "independent_randomization",
     "input_invariance",
     "layer_order",
@@ -413,6 +414,7 @@ def _run(mode, make_explain, variables, x, target, key, layers, channels, window
         for metric, value in _similarity(original, maps, window).items():
             per_layer[metric].append(value)
     result: dict[str, Any] = {"mode": mode, "layers": layers}
+    result["original_maps"], result["last_maps"] = original, maps
     result.update({m: jnp.stack(v) for m, v in per_layer.items()})
     result["mean"] = {m: jnp.nanmean(result[m], axis=1) for m in METRICS}
     result["fully_randomized"] = mode == "cascading" and set(layers) == set(all_layers)
@@ -443,7 +445,9 @@ def cascading_randomization(
     ``spearman``, ``spearman_abs``, ``ssim``: arrays (L, N), row l comparing the
     original maps with those after randomisation step l; ``mean``: dict of the same
     three names -> (L,) means over examples (NaN entries, from constant maps, are
-    skipped); ``fully_randomized``: whether the last step randomised every layer.
+    skipped); ``fully_randomized``: whether the last step randomised every layer;
+    ``original_maps``, ``last_maps``: the reduced maps (N, H, W) of the original model
+    and of the last step (for :func:`entropy_rise`).
     """
     return _run("cascading", make_explain, variables, x, target, key, layers, channels, window)
 
@@ -472,7 +476,9 @@ def independent_randomization(
     ``spearman``, ``spearman_abs``, ``ssim``: arrays (L, N), row l comparing the
     original maps with those after randomisation step l; ``mean``: dict of the same
     three names -> (L,) means over examples (NaN entries, from constant maps, are
-    skipped); ``fully_randomized``: whether the last step randomised every layer.
+    skipped); ``fully_randomized``: whether the last step randomised every layer;
+    ``original_maps``, ``last_maps``: the reduced maps (N, H, W) of the original model
+    and of the last step (for :func:`entropy_rise`).
     """
     return _run("independent", make_explain, variables, x, target, key, layers, channels, window)
 
@@ -527,6 +533,15 @@ def efficient_mprt(
     randomized = as_rows(randomized(x, target, explain_key), x, what, min_ndim=2)
     if randomized.shape != original.shape:
         raise ValueError(f"maps changed shape: {original.shape} -> {randomized.shape}")
+    return entropy_rise(original, randomized, bins=bins)
+
+
+def entropy_rise(original: jax.Array, randomized: jax.Array, *, bins: int = 100) -> jax.Array:
+    """``(H(r_i) - H(e_i)) / H(e_i)`` per example, shape ``(N,)``: the efficient MPRT of
+    maps already computed, e.g. a cascade's ``original_maps`` and ``last_maps`` (its
+    last model is :func:`efficient_mprt`'s with the same key and layers). ``H`` is
+    :func:`~fmi_jax.evaluation.faithfulness.discrete_entropy` with ``bins`` bins; NaN
+    where the original map is constant."""
     before = discrete_entropy(original, bins=bins)
     after = discrete_entropy(randomized, bins=bins)
     return jnp.where(before > 0, (after - before) / jnp.where(before > 0, before, 1.0), jnp.nan)

@@ -34,8 +34,8 @@ and scores the maps with :mod:`fmi_jax.evaluation`:
                 is better), and pass/fail by `evaluation.passes_sanity_check`
                 (`sanity.threshold`); with `sanity.efficient_mprt`, the efficient
                 MPRT (Hedström et al.) of the cascade's fully randomised model on
-                the same images: the relative rise of the entropy of the maps' value
-                histograms -> mean, higher is better (a map that ignores the
+                the same images, from the cascade's maps (summed over channels): the
+                relative rise of the entropy of their value histograms -> mean, higher is better (a map that ignores the
                 weights scores 0); with `sanity.random_logit`, the random-logit
                 test (Sixt et al.) on the same images: SSIM between the map of the
                 target and that of another class, drawn per image and the same for
@@ -432,17 +432,10 @@ def _evaluate_method(
         )
 
     if bool(san.efficient_mprt):
-        # The same parameter and explanation keys as the cascade: its last model.
+        # From the cascade's own maps: its last model is the fully randomised one.
         arrays["efficient_mprt"] = timed(
             "efficient_mprt",
-            lambda: evaluation.efficient_mprt(
-                lambda v: _chunked(build(v), bs),
-                variables,
-                images[:n_san],
-                target[:n_san],
-                sanity_key,
-                layers=layers,
-            ),
+            lambda: evaluation.entropy_rise(cascade["original_maps"], cascade["last_maps"]),
         )
 
     passed = evaluation.passes_sanity_check(cascade, threshold=float(san.threshold))
