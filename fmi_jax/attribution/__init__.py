@@ -70,6 +70,7 @@ at_layer(method)               :mod:`.layer`                         LayerDeepLi
                                                                      LayerGradientShap, ...
 at_neuron(method)              :mod:`.layer`                         NeuronDeepLift,
                                                                      NeuronGuidedBackprop, ...
+tcav, concept_sensitivity      :mod:`.concepts`                      TCAV (captum.concept)
 =============================  ====================================  ========================
 
 ``noise_tunnel(method, samples=..., kind=...)`` is a transform that returns a new
@@ -93,6 +94,17 @@ from fmi_jax.attribution.cam import (
     score_cam,
     upsample_maps,
     xgrad_cam,
+)
+from fmi_jax.attribution.concepts import (
+    CAV_CLASSIFIERS,
+    ConceptTest,
+    ConceptVector,
+    concept_activation_vector,
+    concept_sensitivity,
+    layer_activations,
+    t_test,
+    tcav,
+    tcav_score,
 )
 from fmi_jax.attribution.core import Method, completeness_delta, resolve_target
 from fmi_jax.attribution.deeplift import deeplift
@@ -203,6 +215,15 @@ __all__ = [
     "neuron_conductance",
     "at_layer",
     "at_neuron",
+    "layer_activations",
+    "concept_activation_vector",
+    "ConceptVector",
+    "CAV_CLASSIFIERS",
+    "concept_sensitivity",
+    "tcav_score",
+    "tcav",
+    "ConceptTest",
+    "t_test",
     "resolve_target",
     "completeness_delta",
     "METHODS",
