@@ -97,10 +97,12 @@ from fmi_jax.attribution.cam import (
 )
 from fmi_jax.attribution.concepts import (
     CAV_CLASSIFIERS,
+    ConceptBank,
     ConceptTest,
     ConceptVector,
     concept_activation_vector,
     concept_sensitivity,
+    fit_cavs,
     layer_activations,
     t_test,
     tcav,
@@ -221,6 +223,8 @@ __all__ = [
     "CAV_CLASSIFIERS",
     "concept_sensitivity",
     "tcav_score",
+    "fit_cavs",
+    "ConceptBank",
     "tcav",
     "ConceptTest",
     "t_test",

@@ -38,12 +38,17 @@ flattened to a vector, and ``y_k`` the logit of class k.
   along the concept, ``sign_count = |{x : S(x) > 0}| / |X|`` (eq. 2), and its
   magnitude-weighted companion ``magnitude = sum_x max(S, 0) / sum_x |S|``, both in
   [0, 1] (NaN for ``magnitude`` when every S is 0).
-* **Significance.** A CAV against one random set can be noise. :func:`tcav` fits the
-  concept against each of R random sets (R scores) and, as the null, random set
-  ``(i + 1) mod R`` against random set i (R scores), then compares the two samples of
-  sign counts with a two-sided Student t-test (equal variances, as Kim et al.'s code
+* **Significance.** A CAV against one random set can be noise. :func:`fit_cavs` fits
+  each concept against each of R random sets and, as the null, random set
+  ``(i + 1) mod R`` against random set i; :func:`tcav` scores a class along all of
+  them (R scores per concept, R null scores) and compares each concept's sign counts
+  with the null's by a two-sided Student t-test (equal variances, as Kim et al.'s code
   calls ``scipy.stats.ttest_ind``). A concept is significant when ``p < alpha / C``
-  for C concepts tested together (Bonferroni, as in the paper).
+  for C concepts tested together (Bonferroni, as in the paper). The CAVs do not
+  depend on the class, so one :class:`ConceptBank` serves every class::
+
+      cavs = fit_cavs(handle, layer="conv3", concepts={"stripes": s}, random_sets=r)
+      results = tcav(handle, x_zebra, zebra, cavs=cavs)   # {"stripes": ConceptTest}
 
 Differences from Captum's ``TCAV`` (``captum.concept``):
 
@@ -83,10 +88,12 @@ from fmi_jax.attribution.handle import activation_and_gradient, as_flax_model
 
 __all__ = [
     "CAV_CLASSIFIERS",
+    "ConceptBank",
     "ConceptTest",
     "ConceptVector",
     "concept_activation_vector",
     "concept_sensitivity",
+    "fit_cavs",
     "layer_activations",
     "tcav",
     "tcav_score",
@@ -404,10 +411,23 @@ def _as_sets(random_sets: Any) -> list[Array]:
     return [as_input(s, f"random_sets[{i}]") for i, s in enumerate(random_sets)]
 
 
-def tcav(
+class ConceptBank(NamedTuple):
+    """The CAVs :func:`tcav` tests, fitted once by :func:`fit_cavs` and reusable for any
+    class: ``concepts[name][i]`` separates the concept from random set i; ``null[i]``
+    separates random set ``(i + 1) mod R`` from random set i."""
+
+    layer: str
+    concepts: dict[str, tuple[ConceptVector, ...]]
+    null: tuple[ConceptVector, ...]
+
+
+# Compiled once per handle, layer, chunk size and input shape, and reused by every call.
+_activations = jax.jit(layer_activations, static_argnames=("model", "layer", "batch_size"))
+_sensitivities = jax.jit(concept_sensitivity, static_argnames=("model", "layer", "batch_size"))
+
+
+def fit_cavs(
     model: Any,
-    x: Array,
-    target: Target = None,
     *,
     layer: str,
     concepts: Mapping[str, Any],
@@ -416,80 +436,107 @@ def tcav(
     classifier: str = "logistic",
     l2: float = 0.01,
     test_fraction: float = 1 / 3,
+) -> ConceptBank:
+    """Every CAV :func:`tcav` needs at ``layer``: each concept against each of the R
+    random sets, and random set ``(i + 1) mod R`` against random set i (the null).
+
+    Args:
+      model: a model handle, as in :func:`concept_sensitivity`.
+      layer: module path of the layer (``handle.layer_names(x)``).
+      concepts: concept name -> images ``(M, ...)`` of that concept, on the model's
+        input scale.
+      random_sets: R >= 2 sets of random images, ``(R, M, ...)`` or a sequence.
+      batch_size: images per forward pass.
+      classifier, l2, test_fraction: as in :func:`concept_activation_vector`.
+
+    Returns:
+      A :class:`ConceptBank`.
+    """
+    if not isinstance(concepts, Mapping) or not concepts:
+        raise ValueError("concepts must be a non-empty mapping of name -> concept images")
+    sets = _as_sets(random_sets)
+    handle, first, _ = _handle_and_input(model, sets[0], layer, "fit_cavs", batch_size)
+
+    def activations(images: Any, name: str) -> np.ndarray:
+        images = as_input(images, name)
+        if images.shape[1:] != first.shape[1:]:
+            raise ValueError(
+                f"{name} has images {images.shape[1:]}, random_sets[0] has {first.shape[1:]}"
+            )
+        return np.asarray(_activations(handle, images, layer=layer, batch_size=batch_size))
+
+    random_acts = [activations(s, f"random_sets[{i}]") for i, s in enumerate(sets)]
+    concept_acts = {
+        name: activations(images, f"concepts[{name!r}]") for name, images in concepts.items()
+    }
+    fit = dict(classifier=classifier, l2=l2, test_fraction=test_fraction)
+    count = len(random_acts)
+    null = tuple(
+        concept_activation_vector(random_acts[(i + 1) % count], random_acts[i], **fit)
+        for i in range(count)
+    )
+    fitted = {
+        name: tuple(concept_activation_vector(acts, r, **fit) for r in random_acts)
+        for name, acts in concept_acts.items()
+    }
+    return ConceptBank(layer, fitted, null)
+
+
+def tcav(
+    model: Any,
+    x: Array,
+    target: Target = None,
+    *,
+    cavs: ConceptBank,
+    batch_size: int | None = None,
     alpha: float = 0.05,
 ) -> dict[str, ConceptTest]:
-    """Test each concept on the class ``target`` of the examples ``x`` (Kim et al.).
+    """Test each concept of ``cavs`` on the class ``target`` of the examples ``x``
+    (Kim et al.; module docstring).
 
-    For every concept and random set, a CAV at ``layer`` (:func:`concept_activation_vector`
-    with ``classifier``, ``l2``, ``test_fraction``) and the TCAV scores of ``x`` along it;
-    the null CAVs separate random set ``(i + 1) mod R`` from random set i; the t-test
-    compares the concept's sign counts with the null's (module docstring). The layer
-    gradients of ``x`` are computed once and projected on every CAV.
+    The TCAV scores of ``x`` along every CAV of :func:`fit_cavs`, and for each concept
+    the t-test of its R sign counts against the R of the null CAVs; the layer gradients
+    of ``x`` are computed once and projected on every CAV.
 
     Args:
       model: a model handle, as in :func:`concept_sensitivity`.
       x: the examples of the class under test, ``(N, ...)``.
       target: their class (an int, per-example ints, or ``None``: the predicted class).
-      layer: module path of the layer (``handle.layer_names(x)``).
-      concepts: concept name -> images ``(M, ...)`` of that concept, on x's scale.
-      random_sets: R >= 2 sets of random images, ``(R, M, ...)`` or a sequence.
-      batch_size: examples per forward/backward pass.
-      classifier, l2, test_fraction: as in :func:`concept_activation_vector`.
+      cavs: the :class:`ConceptBank` from :func:`fit_cavs` on the same model.
+      batch_size: examples per forward and backward pass.
       alpha: the significance level, Bonferroni-corrected for the number of concepts.
 
     Returns:
       concept name -> :class:`ConceptTest`.
     """
-    if not isinstance(concepts, Mapping) or not concepts:
-        raise ValueError("concepts must be a non-empty mapping of name -> concept images")
+    if not isinstance(cavs, ConceptBank):
+        raise ValueError(
+            "cavs must be the ConceptBank of fit_cavs(model, layer=..., concepts=..., "
+            f"random_sets=...), got {type(cavs).__name__}"
+        )
     if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
-    handle, x, shape = _handle_and_input(model, x, layer, "tcav", batch_size)
-    sets = _as_sets(random_sets)
-
-    def activations(images: Any, name: str) -> np.ndarray:
-        images = as_input(images, name)
-        if images.shape[1:] != x.shape[1:]:
-            raise ValueError(f"{name} has images {images.shape[1:]}, x has {x.shape[1:]}")
-        return np.asarray(capture(images))
-
-    # Compiled once per input shape; the handle and options are fixed for this call.
-    capture = jax.jit(
-        lambda images: layer_activations(handle, images, layer=layer, batch_size=batch_size)
+    handle, x, _ = _handle_and_input(model, x, cavs.layer, "tcav", batch_size)
+    target = resolve_target(handle, x, target, batch_size=batch_size)
+    count = len(cavs.null)
+    vectors = list(cavs.null) + [c for fitted in cavs.concepts.values() for c in fitted]
+    stack = np.stack([c.direction for c in vectors])
+    sensitivities = _sensitivities(
+        handle, x, target, batch_size=batch_size, layer=cavs.layer, cav=stack
     )
-    project = jax.jit(
-        lambda x, directions: concept_sensitivity(
-            handle, x, target, batch_size=batch_size, layer=layer, cav=directions
-        )
-    )
-
-    random_acts = [activations(s, f"random_sets[{i}]") for i, s in enumerate(sets)]
-    concept_acts = {name: activations(images, name) for name, images in concepts.items()}
-    fit = dict(classifier=classifier, l2=l2, test_fraction=test_fraction)
-    count = len(sets)
-    null = [
-        concept_activation_vector(random_acts[(i + 1) % count], random_acts[i], **fit)
-        for i in range(count)
-    ]
-    cavs = {
-        name: [concept_activation_vector(acts, r, **fit) for r in random_acts]
-        for name, acts in concept_acts.items()
-    }
-    stack = np.stack([c.direction for c in null] + [c.direction for v in cavs.values() for c in v])
-    sensitivities = project(x, stack)
     sign_count, magnitude = (np.asarray(v, np.float64) for v in tcav_score(sensitivities))
     null_sign = sign_count[:count]
     results = {}
-    for i, (name, vectors) in enumerate(cavs.items()):
+    for i, (name, fitted) in enumerate(cavs.concepts.items()):
         columns = slice(count * (i + 1), count * (i + 2))
         p_value = t_test(sign_count[columns], null_sign)
         results[name] = ConceptTest(
             sign_count=sign_count[columns],
             magnitude=magnitude[columns],
-            accuracy=np.array([c.accuracy for c in vectors]),
+            accuracy=np.array([c.accuracy for c in fitted]),
             null_sign_count=null_sign,
-            null_accuracy=np.array([c.accuracy for c in null]),
+            null_accuracy=np.array([c.accuracy for c in cavs.null]),
             p_value=p_value,
-            significant=bool(p_value < alpha / len(cavs)),
+            significant=bool(p_value < alpha / len(cavs.concepts)),
         )
     return results

@@ -24,6 +24,7 @@ from fmi_jax.attribution.concepts import (
     ConceptVector,
     concept_activation_vector,
     concept_sensitivity,
+    fit_cavs,
     layer_activations,
     t_test,
     tcav,
@@ -210,20 +211,19 @@ def tested(net):
     pattern = np.asarray(jax.grad(lambda z: handle(z)[:, 0].sum())(jnp.zeros((1, SIDE, SIDE, 1))))
     pattern = 3.0 * pattern / np.abs(pattern).max()
     images = rng.normal(size=(12, SIDE, SIDE, 1)).astype(np.float32) + pattern
-    results = tcav(
+    cavs = fit_cavs(
         handle,
-        x,
-        0,
         layer="top",
         concepts={"raises y_0": images},
         random_sets=random_sets,
-        batch_size=4,
+        batch_size=5,
     )
-    return results, handle, variables, x, images, random_sets
+    results = tcav(handle, x, 0, cavs=cavs, batch_size=4)
+    return results, handle, variables, x, images, random_sets, cavs
 
 
 def test_tcav_is_the_composition_of_its_parts(tested):
-    results, handle, variables, x, images, random_sets = tested
+    results, handle, variables, x, images, random_sets, _ = tested
     result = results["raises y_0"]
     acts = [np.asarray(layer_activations(handle, s, layer="top")) for s in random_sets]
     concept_acts = np.asarray(layer_activations(handle, images, layer="top"))
@@ -244,6 +244,21 @@ def test_tcav_is_the_composition_of_its_parts(tested):
     assert result.significant == (result.p_value < 0.05)
 
 
+def test_one_bank_of_cavs_serves_every_class(tested):
+    """The CAVs do not depend on the class: after the linear head, class t's sign count
+    along a CAV is whether the head's column t points along it."""
+    _, handle, variables, x, _, _, cavs = tested
+    for target in (1, 2):
+        result = tcav(handle, x, target, cavs=cavs)["raises y_0"]
+        column = head_column(variables, target).reshape(-1)
+        expected = [
+            float(column @ c.direction.reshape(-1) > 0) for c in cavs.concepts["raises y_0"]
+        ]
+        np.testing.assert_array_equal(result.sign_count, expected)
+        expected = [float(column @ c.direction.reshape(-1) > 0) for c in cavs.null]
+        np.testing.assert_array_equal(result.null_sign_count, expected)
+
+
 def test_a_concept_built_to_raise_the_logit_scores_one(tested):
     result = tested[0]["raises y_0"]
     np.testing.assert_array_equal(result.sign_count, 1.0)
@@ -251,8 +266,9 @@ def test_a_concept_built_to_raise_the_logit_scores_one(tested):
     assert np.all(result.accuracy == 1.0)
 
 
-def test_bad_arguments_are_one_line_value_errors(net):
+def test_bad_arguments_are_one_line_value_errors(net, tested):
     handle, _, x = net
+    bank = tested[-1]
     concept, random = fitted_problem()
     cases = [
         (lambda: concept_activation_vector(concept, random, classifier="svm"), "classifier"),
@@ -274,19 +290,19 @@ def test_bad_arguments_are_one_line_value_errors(net):
             lambda: concept_sensitivity(handle.__call__, x, layer="top", cav=np.ones(50)),
             "flax_model",
         ),
-        (lambda: tcav(handle, x, layer="top", concepts={}, random_sets=x[None]), "concepts"),
+        (lambda: fit_cavs(handle, layer="top", concepts={}, random_sets=[x, x]), "concepts"),
         (
-            lambda: tcav(handle, x, layer="top", concepts={"c": x}, random_sets=x[None]),
+            lambda: fit_cavs(handle, layer="top", concepts={"c": x}, random_sets=x[None]),
             "at least 2",
         ),
         (
-            lambda: tcav(handle, x, layer="top", concepts={"c": x[..., 0]}, random_sets=[x, x]),
+            lambda: fit_cavs(handle, layer="top", concepts={"c": x[..., 0]}, random_sets=[x, x]),
             "images",
         ),
-        (
-            lambda: tcav(handle, x, layer="top", concepts={"c": x}, random_sets=[x, x], alpha=1),
-            "alpha",
-        ),
+        (lambda: fit_cavs(handle, layer="nope", concepts={"c": x}, random_sets=[x, x]), "nope"),
+        (lambda: tcav(handle, x, cavs={"c": x}), "ConceptBank"),
+        (lambda: tcav(handle, x, cavs=bank, alpha=1), "alpha"),
+        (lambda: tcav(handle, x, cavs=bank._replace(layer="hidden")), "cav has shape"),
         (lambda: tcav_score(np.zeros((2, 2, 2))), "sensitivities"),
         (lambda: t_test([1.0], [1.0, 2.0]), "at least 2"),
     ]
