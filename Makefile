@@ -34,7 +34,7 @@ BENCH_WORKDIR ?= runs/benchmark/$(shell uname -m)-$(shell nproc)cores
 
 SAE_WORKDIR ?= runs/sae_fmnist
 
-.PHONY: demo train test install data bench explain sae gpu-check gpu-data clean-venv help
+.PHONY: demo train test install data bench explain tcav sae gpu-check gpu-data clean-venv help
 
 help:
 	@echo "make demo   - venv, install, find Fashion-MNIST, train $(CONFIG) for $(DEMO_EPOCHS) epochs into $(DEMO_WORKDIR), evaluate, explain (prints the report's path)"
@@ -42,6 +42,7 @@ help:
 	@echo "make test   - venv, install test dependencies, run the test suite"
 	@echo "make data   - install Debian's dataset-fashion-mnist when running as root with apt"
 	@echo "make explain - the explain study on $(WORKDIR) (after make train)"
+	@echo "make tcav   - the TCAV study (every class against every class as a concept) on $(WORKDIR) (after make train)"
 	@echo "make sae    - the k-sparse autoencoder study into $(SAE_WORKDIR)"
 	@echo "make bench  - fmi_jax vs PyTorch + Captum / grad-cam on $(WORKDIR), in its own venv $(BENCH_VENV)"
 	@echo "make gpu-check - on a GPU machine: tests, benchmark, tuning goals, studies (GPU_CHECK_SMOKE=1 rehearses)"
@@ -81,6 +82,9 @@ test: install data
 
 explain: install
 	$(PY) -m experiments.explain --workdir=$(WORKDIR) --config=configs/explain.py
+
+tcav: install data
+	$(PY) -m experiments.tcav --workdir=$(WORKDIR) --config=configs/tcav.py
 
 sae: install data
 	$(PY) -m experiments.sae_study --config=configs/sae_fmnist.py --workdir=$(SAE_WORKDIR)

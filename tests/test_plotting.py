@@ -110,6 +110,16 @@ FIGURES = {
         ({"Pearson": np.eye(2)}, ["a", "b"]),
         {},
     ),
+    "concept_scores": (
+        plotting.concept_scores,
+        (
+            {"conv2": _RNG.uniform(size=(3, 2)), "conv3": _RNG.uniform(size=(3, 2))},
+            {"conv2": np.eye(3, 2, dtype=bool), "conv3": np.ones((3, 2), bool)},
+            ["a", "b", "c"],
+            ["x", "y"],
+        ),
+        {},
+    ),
     "training_curves": (plotting.training_curves, (_HISTORY,), {}),
     "confusion_matrix": (plotting.confusion_matrix, (np.eye(3) * 5, ["a", "b", "c"]), {}),
     "faithfulness_curves": (
@@ -368,3 +378,12 @@ def test_importing_fmi_jax_leaves_the_backend_and_pyplot_alone(tmp_path, mplback
         assert after["backend"] == "<not chosen>"
     else:
         assert after["reported"] == mplbackend
+
+
+def test_concept_scores_checks_its_shapes():
+    with pytest.raises(ValueError, match=r"significant\['conv2'\] has shape \(2, 2\)"):
+        plotting.concept_scores(
+            {"conv2": np.zeros((3, 2))}, {"conv2": np.ones((2, 2), bool)}, "abc", "xy"
+        )
+    with pytest.raises(ValueError, match="at least one layer"):
+        plotting.concept_scores({}, {}, "abc", "xy")

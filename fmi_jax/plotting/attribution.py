@@ -36,6 +36,7 @@ __all__ = [
     "agreement_matrices",
     "blend",
     "class_gallery",
+    "concept_scores",
     "default_sign",
     "explanation_sheet",
     "heatmap",
@@ -446,6 +447,60 @@ def agreement_matrices(
                 _cell_label(ax, im, i, j, m[i, j])
         ax.set_title(title, fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    return finish(fig, path)
+
+
+def concept_scores(
+    scores: Mapping[str, np.ndarray],
+    significant: Mapping[str, np.ndarray],
+    classes: Sequence[str],
+    concepts: Sequence[str],
+    path: str | Path | None = None,
+) -> Figure:
+    """TCAV scores, one panel per layer (the keys of ``scores``): rows are the classes
+    under test, columns the concepts, cells the mean sign count in [0, 1] (above 0.5:
+    the concept raises the class's logit). Cells whose concept is not significant for
+    that class (``significant`` False) are grey, their value in parentheses. Saved
+    when ``path`` is given."""
+    layers = list(scores)
+    if not layers:
+        raise ValueError("concept_scores needs the scores of at least one layer")
+    shape = (len(classes), len(concepts))
+    for layer in layers:
+        for name, values in (("scores", scores[layer]), ("significant", significant[layer])):
+            if np.shape(values) != shape:
+                raise ValueError(
+                    f"{name}[{layer!r}] has shape {np.shape(values)}, expected {shape} "
+                    "(classes, concepts)"
+                )
+    fig = new_figure(figsize=(1.4 + (1.0 + 0.42 * shape[1]) * len(layers), 1.6 + 0.4 * shape[0]))
+    axes = fig.subplots(1, len(layers), squeeze=False)
+    cmap = colormaps["RdBu_r"].with_extremes(bad="#e4e4e4")
+    for ax, layer in zip(axes[0], layers):
+        values = np.asarray(scores[layer], np.float64)
+        keep = np.asarray(significant[layer], bool)
+        im = ax.imshow(np.ma.masked_where(~keep, values), cmap=cmap, vmin=0.0, vmax=1.0)
+        for i in range(shape[0]):
+            for j in range(shape[1]):
+                if keep[i, j]:
+                    _cell_label(ax, im, i, j, values[i, j])
+                else:
+                    ax.text(
+                        j,
+                        i,
+                        f"({values[i, j]:.2f})",
+                        ha="center",
+                        va="center",
+                        fontsize=5,
+                        color="#707070",
+                    )
+        ax.set_xticks(range(shape[1]), concepts, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(shape[0]), classes, fontsize=7)
+        ax.set_xlabel("concept", fontsize=8)
+        ax.set_ylabel("class under test", fontsize=8)
+        ax.set_title(layer, fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="TCAV score (sign count)")
     fig.tight_layout()
     return finish(fig, path)
 
