@@ -30,7 +30,7 @@ def get_config(arg=None):
     config.l2 = 0.01
     config.test_fraction = 1 / 3  # of each set, held out to measure the CAV's accuracy
     config.alpha = 0.05  # Bonferroni-corrected over the concepts tested on each class
-    # Images per forward/backward pass: bounds memory, never changes results.
+    # Images per forward/backward pass: bounds memory.
     config.batch_size = 256
 
     arg = common.variant(arg)

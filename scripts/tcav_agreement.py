@@ -18,13 +18,14 @@ fixed seed. At conv2 and conv3 it prints:
    derivative along the unnormalised weights) against fmi_jax's mean sensitivity
    times the weights' norm.
 3. **Captum's default classifier** (scikit-learn's ``SGDClassifier`` on a random split):
-   the spread of its sign counts over ``--captum_repeats`` runs on the same data,
-   and the cosine of its CAVs with fmi_jax's.
+   the spread of its sign counts over ``--captum_repeats`` runs on the same data
+   (seeded 0, 1, ...), and the cosine of its CAVs with fmi_jax's.
 
 docs/captum.md reports what it measured. Without torch, Captum and scikit-learn, or
 without a run in --workdir, it ends in one ``error:`` line and exit status 2.
 """
 
+import random
 import sys
 import tempfile
 from pathlib import Path
@@ -129,7 +130,7 @@ def main():
             random_acts = acts[f"random{i}"]
             cav = concepts.concept_activation_vector(acts["concept"], random_acts, l2=_L2)
             cavs[(0, i + 1)] = cav
-            keep_c = ~concepts._held_out(size, 1 / 3)
+            keep_c = ~concepts.held_out(size, 1 / 3)
             rows = np.concatenate([acts["concept"][keep_c], random_acts[keep_c]]).reshape(
                 2 * keep_c.sum(), -1
             )
@@ -166,10 +167,11 @@ def main():
 
         default_signs, default_cosines = [], []
         for repeat in range(_CAPTUM_REPEATS.value):
+            # Captum splits with Python's random, scikit-learn's SGD shuffles with NumPy's
+            # global generator: seeded per repeat, so the spread below is reproducible.
             torch.manual_seed(repeat)
-            import random
-
             random.seed(repeat)
+            np.random.seed(repeat)
             with tempfile.TemporaryDirectory() as save_path:
                 explainer = TCAV(
                     net, [torch_layer], classifier=DefaultClassifier(), save_path=save_path

@@ -159,6 +159,7 @@ def _images(workdir):
         ("concept_size", 40, "concept_size \\+ num_images = 43"),
         ("classifier", "svm", "classifier must be one of"),
         ("random_sets", 1, "random_sets must be at least 2"),
+        ("num_images", 0, "num_images must be at least 1"),
     ],
 )
 def test_bad_settings_are_refused_before_anything_is_written(synthetic_run, field, value, message):
@@ -193,3 +194,33 @@ def test_the_script_ends_a_bad_setting_in_one_line_and_status_2(synthetic_run):
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-4000:]
     assert "conv9" in errors[0]
     assert not (synthetic_run / "tcav_refused_by_script").exists()
+
+
+def test_the_summary_reads_layers_whose_names_hold_a_slash():
+    """Layers are module paths ('conv2/conv'); tcav.npz keys are '<layer>/<name>'."""
+    from fmi_jax.studies import tcav as tcav_study
+
+    rng = np.random.default_rng(0)
+    arrays = {"test_index": np.zeros((2, 3), int), "confusion": np.array([[5, 1], [2, 4]])}
+    for layer in ("conv2", "conv2/conv"):
+        arrays.update(
+            {
+                f"{layer}/sign_count": rng.uniform(size=(2, 2, 3)).round(1),
+                f"{layer}/magnitude": rng.uniform(size=(2, 2, 3)),
+                f"{layer}/p_value": rng.uniform(size=(2, 2)),
+                f"{layer}/significant": np.eye(2, dtype=bool),
+                f"{layer}/null_sign_count": rng.uniform(size=(2, 3)),
+                f"{layer}/cav_accuracy": rng.uniform(size=(2, 3)),
+                f"{layer}/null_accuracy": rng.uniform(size=3),
+            }
+        )
+
+    class Split:
+        class_names, name, split = ("a", "b"), "synthetic", "test"
+
+    summary = tcav_study._summary(arrays, ("conv2", "conv2/conv"), Split, "m", 1)
+    np.testing.assert_allclose(
+        summary["layers"]["conv2/conv"]["sign_count_mean"],
+        arrays["conv2/conv/sign_count"].mean(-1),
+    )
+    assert summary["layers"]["conv2"]["diagonal_significant"] == 2

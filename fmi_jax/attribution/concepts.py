@@ -67,7 +67,9 @@ Differences from Captum's ``TCAV`` (``captum.concept``):
 
 from __future__ import annotations
 
+import functools
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -94,6 +96,7 @@ __all__ = [
     "concept_activation_vector",
     "concept_sensitivity",
     "fit_cavs",
+    "held_out",
     "layer_activations",
     "tcav",
     "tcav_score",
@@ -172,9 +175,11 @@ def _flat(values: Any, name: str) -> np.ndarray:
     return values.reshape(values.shape[0], -1)
 
 
-def _held_out(count: int, fraction: float) -> np.ndarray:
-    """Evenly spaced positions, ``floor(count * fraction)`` of them: example i is held
-    out when ``floor((i + 1) f)`` exceeds ``floor(i f)``."""
+def held_out(count: int, fraction: float) -> np.ndarray:
+    """Which of ``count`` examples :func:`concept_activation_vector` holds out to measure
+    a CAV's accuracy: evenly spaced positions, ``floor(count * fraction)`` of them
+    (example i is held out when ``floor((i + 1) f)`` exceeds ``floor(i f)``), so the
+    split needs no key and is the same on every run."""
     index = np.arange(count)
     return np.floor((index + 1) * fraction) > np.floor(index * fraction)
 
@@ -186,18 +191,32 @@ def _logistic_loss(margins: np.ndarray) -> np.ndarray:
 def _fit_logistic(a: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, float]:
     """L2-regularised logistic regression solved in the span of the rows of ``a``.
 
-    With ``a = U S V^T`` (from the eigendecomposition of the Gram matrix ``a a^T``), the
-    minimiser is ``w = V beta``; ``|w| = |beta|``, so the problem in ``(beta, b)`` is the
-    same with features ``F = U S``. Newton steps with backtracking (Armijo) until the
-    Newton decrement is at float64 round-off.
+    The rows are centred first: the unpenalised bias absorbs the mean exactly, and an
+    offset shared by every row no longer degrades the conditioning. With the thin SVD
+    of the centred rows, ``U S V^T``, the minimiser is ``w = V beta`` and
+    ``|w| = |beta|``, so the problem in ``(beta, b)`` is the same with features
+    ``U S``: at most n + 1 unknowns. Newton steps with backtracking (Armijo). The
+    weights' curvature is at least ``l2``, but the bias's is the mean of
+    ``p (1 - p)``, which underflows to 0 when every margin saturates (separable
+    activations of a large scale); a ridge of ``1e-12 l2`` on that one entry keeps
+    the system invertible (the line search keeps every step a descent step, so the
+    ridge changes the path, not the minimiser). Stops when the Newton decrement is at
+    float64 round-off of the objective, or no step lowers it.
     """
-    gram = a @ a.T
-    eigenvalues, vectors = np.linalg.eigh(gram)
+    mean = a.mean(axis=0)
+    centred = a - mean
+    # U and S from the n x n Gram matrix (8x faster than an SVD of the n x D rows at
+    # D = 12,544); singular values under 1e-6 of the largest, the float32 resolution
+    # of the activations, are dropped.
+    eigenvalues, vectors = np.linalg.eigh(centred @ centred.T)
     keep = eigenvalues > eigenvalues.max() * 1e-12
-    scale = np.sqrt(eigenvalues[keep])
-    features = np.concatenate([vectors[:, keep] * scale, np.ones((a.shape[0], 1))], axis=1)
+    u, s = vectors[:, keep], np.sqrt(eigenvalues[keep])
+    features = np.concatenate([u * s, np.ones((a.shape[0], 1))], axis=1)
     penalty = np.full(features.shape[1], l2)
     penalty[-1] = 0.0  # the bias is not penalised
+    # The weights' curvature is at least l2; the bias's alone can underflow to 0.
+    ridge = np.zeros_like(penalty)
+    ridge[-1] = 1e-12 * l2
     n = a.shape[0]
 
     def objective(theta: np.ndarray) -> float:
@@ -205,29 +224,33 @@ def _fit_logistic(a: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, 
 
     theta = np.zeros(features.shape[1])
     value = objective(theta)
-    for _ in range(200):
+    for _ in range(500):
         margins = y * (features @ theta)
-        p = 0.5 * (1.0 - np.tanh(0.5 * margins))  # sigmoid(-margin), without overflow
+        p = np.exp(-np.logaddexp(0.0, margins))  # sigmoid(-margin), without overflow
         gradient = -(features.T @ (y * p)) / n + penalty * theta
-        curvature = p * (1.0 - p)
-        hessian = (features.T * curvature) @ features / n + np.diag(penalty)
+        hessian = (features.T * (p * (1.0 - p))) @ features / n + np.diag(penalty + ridge)
         step = -np.linalg.solve(hessian, gradient)
         decrement = -gradient @ step
-        if decrement <= 1e-20 * max(1.0, value):
-            break
+        if not decrement > 1e-16 * value:
+            break  # half the decrement estimates the gap to the minimum: float64 round-off
         t = 1.0
-        while t > 1e-12:
+        while t > 1e-16:
             candidate = objective(theta + t * step)
             if candidate <= value - 1e-4 * t * decrement:
                 break
             t *= 0.5
         else:
             break  # no step lowers the objective: converged to round-off
+        if not candidate < value:
+            break  # the step no longer changes the objective in float64
         theta, value = theta + t * step, candidate
-    beta, bias = theta[:-1], theta[-1]
-    # V = a^T U S^-1, so w = V beta = a^T (U (beta / S)).
-    weights = a.T @ (vectors[:, keep] @ (beta / scale))
-    return weights, float(bias)
+    else:
+        raise RuntimeError(
+            "the logistic CAV did not converge in 500 Newton steps; please report the "
+            "activations (classifier='mean_difference' needs no solver)"
+        )
+    weights = centred.T @ (u @ (theta[:-1] / s))  # V beta, with V = centred^T U S^-1
+    return weights, float(theta[-1] - weights @ mean)
 
 
 def concept_activation_vector(
@@ -262,9 +285,9 @@ def concept_activation_vector(
     """
     if classifier not in CAV_CLASSIFIERS:
         raise ValueError(f"classifier must be one of {CAV_CLASSIFIERS}, got {classifier!r}")
-    if not (isinstance(l2, (int, float)) and math.isfinite(l2) and l2 > 0):
+    if not (isinstance(l2, numbers.Real) and math.isfinite(l2) and l2 > 0):
         raise ValueError(f"l2 must be a positive number, got {l2!r}")
-    if not (isinstance(test_fraction, (int, float)) and 0 <= test_fraction < 1):
+    if not (isinstance(test_fraction, numbers.Real) and 0 <= test_fraction < 1):
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
     shape_c, shape_r = np.shape(concept)[1:], np.shape(random)[1:]
     if shape_c != shape_r:
@@ -273,8 +296,8 @@ def concept_activation_vector(
             "take both at the same layer"
         )
     concept_flat, random_flat = _flat(concept, "concept"), _flat(random, "random")
-    test_c = _held_out(concept_flat.shape[0], test_fraction)
-    test_r = _held_out(random_flat.shape[0], test_fraction)
+    test_c = held_out(concept_flat.shape[0], test_fraction)
+    test_r = held_out(random_flat.shape[0], test_fraction)
     if test_fraction > 0 and not (test_c.any() and test_r.any()):
         raise ValueError(
             f"test_fraction={test_fraction} holds out no example of a set of "
@@ -290,7 +313,15 @@ def concept_activation_vector(
         mean_c, mean_r = train_c.mean(axis=0), train_r.mean(axis=0)
         weights = mean_c - mean_r
         bias = float(-weights @ (mean_c + mean_r) / 2)
-    if not np.any(weights):
+    # A CAV is zero when it moves no logit (logistic: the margins of the training rows
+    # vary by under 1e-8) or when the two means differ by less than float32 resolves
+    # (the activations come from a float32 model): round-off, not a direction.
+    rows = np.concatenate([train_c, train_r])
+    if classifier == "logistic":
+        flat = np.ptp(rows @ weights) <= 1e-8
+    else:
+        flat = np.abs(weights).max() <= 1e-7 * np.abs(rows).max()
+    if flat:
         raise ValueError(
             "the concept and random activations cannot be told apart at this layer (the "
             "CAV is zero): use other examples or another layer"
@@ -393,11 +424,10 @@ def t_test(a: Any, b: Any) -> float:
     difference = a.mean() - b.mean()
     if pooled == 0:
         return 1.0 if difference == 0 else 0.0
+    from scipy import special  # a dependency of jax; float64, unlike jax.scipy's
+
     t = difference / math.sqrt(pooled * (1 / a.size + 1 / b.size))
-    # P(|T| > |t|) for df degrees of freedom is the regularised incomplete beta function
-    # I_{df / (df + t^2)}(df / 2, 1 / 2).
-    x = df / (df + t * t)
-    return float(jax.scipy.special.betainc(df / 2, 0.5, jnp.float32(x)))
+    return float(2 * special.stdtr(df, -abs(t)))  # P(|T| > |t|), df degrees of freedom
 
 
 def _as_sets(random_sets: Any) -> list[Array]:
@@ -421,9 +451,24 @@ class ConceptBank(NamedTuple):
     null: tuple[ConceptVector, ...]
 
 
-# Compiled once per handle, layer, chunk size and input shape, and reused by every call.
-_activations = jax.jit(layer_activations, static_argnames=("model", "layer", "batch_size"))
-_sensitivities = jax.jit(concept_sensitivity, static_argnames=("model", "layer", "batch_size"))
+@functools.lru_cache(maxsize=4)
+def _compiled(handle: Any, layer: str, batch_size: int | None) -> tuple[Any, Any]:
+    """The jitted activation and sensitivity passes of one handle at one layer.
+
+    Kept for the last four (handle, layer, batch_size), so that testing every class
+    against one :class:`ConceptBank` compiles once per input shape; the cache holds
+    those handles' weights, and no more. A handle made per call (from a
+    ``(module, variables)`` tuple) compiles each time: pass ``flax_model(...)``.
+    """
+    activations = jax.jit(
+        lambda x: layer_activations(handle, x, layer=layer, batch_size=batch_size)
+    )
+    sensitivities = jax.jit(
+        lambda x, target, directions: concept_sensitivity(
+            handle, x, target, batch_size=batch_size, layer=layer, cav=directions
+        )
+    )
+    return activations, sensitivities
 
 
 def fit_cavs(
@@ -463,7 +508,7 @@ def fit_cavs(
             raise ValueError(
                 f"{name} has images {images.shape[1:]}, random_sets[0] has {first.shape[1:]}"
             )
-        return np.asarray(_activations(handle, images, layer=layer, batch_size=batch_size))
+        return np.asarray(_compiled(handle, layer, batch_size)[0](images))
 
     random_acts = [activations(s, f"random_sets[{i}]") for i, s in enumerate(sets)]
     concept_acts = {
@@ -514,16 +559,22 @@ def tcav(
             "cavs must be the ConceptBank of fit_cavs(model, layer=..., concepts=..., "
             f"random_sets=...), got {type(cavs).__name__}"
         )
-    if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
+    if not (isinstance(alpha, numbers.Real) and 0 < alpha < 1):
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    count = len(cavs.null)
+    if count < 2 or any(len(fitted) != count for fitted in cavs.concepts.values()):
+        raise ValueError(
+            f"cavs has {count} null CAVs and {[len(f) for f in cavs.concepts.values()]} per "
+            "concept: each concept needs one CAV per random set (R >= 2); build it with fit_cavs"
+        )
+    vectors = list(cavs.null) + [c for fitted in cavs.concepts.values() for c in fitted]
+    weights = np.stack([np.asarray(c.weights, np.float64).ravel() for c in vectors])
+    if not (np.all(np.isfinite(weights)) and np.all(np.any(weights != 0, axis=1))):
+        raise ValueError("cavs holds a zero or non-finite CAV; build it with fit_cavs")
     handle, x, _ = _handle_and_input(model, x, cavs.layer, "tcav", batch_size)
     target = resolve_target(handle, x, target, batch_size=batch_size)
-    count = len(cavs.null)
-    vectors = list(cavs.null) + [c for fitted in cavs.concepts.values() for c in fitted]
     stack = np.stack([c.direction for c in vectors])
-    sensitivities = _sensitivities(
-        handle, x, target, batch_size=batch_size, layer=cavs.layer, cav=stack
-    )
+    sensitivities = _compiled(handle, cavs.layer, batch_size)[1](x, target, stack)
     sign_count, magnitude = (np.asarray(v, np.float64) for v in tcav_score(sensitivities))
     null_sign = sign_count[:count]
     results = {}

@@ -54,6 +54,17 @@ from fmi_jax.train.input_pipeline import to_float
 __all__ = ["TcavResult", "draw_sets", "run_tcav", "score_concepts"]
 
 OUTPUT_HINT = "pass --config.output=<new name> (or move that folder away)"
+# The arrays tcav.npz holds per layer, under "<layer>/<name>" (layers are module paths,
+# which may contain '/' themselves).
+_FIELDS = (
+    "sign_count",
+    "magnitude",
+    "p_value",
+    "significant",
+    "null_sign_count",
+    "cav_accuracy",
+    "null_accuracy",
+)
 
 
 @dataclasses.dataclass
@@ -155,8 +166,15 @@ def _check(config: Any, handle: Any, split: Any) -> tuple[np.ndarray, ...]:
         handle.layer_shape(x, layer)
     if not 0 < float(config.alpha) < 1:
         raise ValueError(f"alpha must be in (0, 1), got {config.alpha}")
-    if int(config.random_sets) < 2:
-        raise ValueError(f"random_sets must be at least 2 (the null), got {config.random_sets}")
+    for field, minimum in (
+        ("concept_size", 2),
+        ("num_images", 1),
+        ("random_sets", 2),  # the null needs two
+        ("random_size", 2),
+        ("batch_size", 1),
+    ):
+        if not int(config[field]) >= minimum:
+            raise ValueError(f"{field} must be at least {minimum}, got {config[field]}")
     rng = np.random.default_rng(0)
     attribution.concept_activation_vector(
         rng.normal(size=(int(config.concept_size), 2)) + 1.0,
@@ -202,7 +220,7 @@ def _confusion_spearman(sign_count: np.ndarray, count: int, confusion: np.ndarra
 def _summary(arrays: dict[str, np.ndarray], layers, split, model_name, epoch) -> dict[str, Any]:
     per_layer = {}
     for layer in layers:
-        a = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith(f"{layer}/")}
+        a = {name: arrays[f"{layer}/{name}"] for name in _FIELDS}
         per_layer[layer] = {
             "sign_count_mean": a["sign_count"].mean(axis=-1).tolist(),
             "sign_count_std": a["sign_count"].std(axis=-1, ddof=1).tolist(),

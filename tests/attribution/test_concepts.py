@@ -113,7 +113,7 @@ def fitted_problem(seed=3, count=(14, 19), dims=12):
 
 
 def training_rows(values, fraction):
-    return values[~concepts._held_out(len(values), fraction)]
+    return values[~concepts.held_out(len(values), fraction)]
 
 
 def test_logistic_cav_is_the_stationary_point_of_the_regularised_loss():
@@ -164,7 +164,7 @@ def test_swapping_concept_and_random_negates_the_cav():
 
 def test_held_out_accuracy_counts_the_evenly_spaced_examples():
     """With test_fraction 1/3, examples 2 and 5 of each set of six are held out."""
-    np.testing.assert_array_equal(np.flatnonzero(concepts._held_out(6, 1 / 3)), [2, 5])
+    np.testing.assert_array_equal(np.flatnonzero(concepts.held_out(6, 1 / 3)), [2, 5])
     concept = np.ones((6, 2)) * [1.0, 0.0]
     concept[2] = [-5.0, 0.0]  # held out, on the random side of the boundary
     random = -np.ones((6, 2)) * [1.0, 0.0]
@@ -173,6 +173,51 @@ def test_held_out_accuracy_counts_the_evenly_spaced_examples():
     assert cav.bias == 0.0
     assert cav.accuracy == 0.75  # 3 of the 4 held-out examples
     assert concept_activation_vector(concept, random).accuracy == 0.75
+
+
+def test_logistic_cav_survives_saturated_margins_and_shared_offsets():
+    """68 rows in 2,000 dimensions are separable; at scales of 3e5 and 3e6 every margin
+    saturates (the bias's curvature underflows to 0, which made an undamped Newton
+    system singular). The fit still ends at the stationary point. An offset shared by
+    every row only moves the bias: the weights stay the same."""
+    rng = np.random.default_rng(1)
+    y = np.r_[np.ones(34), -np.ones(34)]
+    for scale in (3e3, 3e4, 3e5, 3e6):
+        concept = np.abs(rng.normal(size=(34, 2000))) * scale + 0.5
+        random = np.abs(rng.normal(size=(34, 2000))) * scale
+        cav = concept_activation_vector(concept, random, test_fraction=0.0)
+        a = np.concatenate([concept, random])
+        w = cav.weights.astype(np.float64)
+        p = np.exp(-np.logaddexp(0.0, y * (a @ w + cav.bias)))
+        # Relative to the size of each term: float32 weights round both by ~1e-7.
+        grad_w = -(a.T @ (y * p)) / len(y) + 0.01 * w
+        assert np.abs(grad_w).max() <= 1e-5 * np.abs(0.01 * w).max(), scale
+        assert math.isnan(cav.accuracy)  # nothing held out
+    concept = rng.normal(size=(34, 300)) + 2.0
+    random = rng.normal(size=(34, 300))
+    plain = concept_activation_vector(concept, random)
+    shifted = concept_activation_vector(concept + 1e4, random + 1e4)
+    np.testing.assert_allclose(shifted.weights, plain.weights, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(
+        shifted.bias + 1e4 * shifted.weights.astype(np.float64).sum(), plain.bias, rtol=1e-4
+    )
+    # numpy scalars are numbers too.
+    concept_activation_vector(concept, random, l2=np.float32(0.01), test_fraction=np.float64(0.25))
+
+
+def test_round_off_is_not_a_concept():
+    """Sets the classifier cannot tell apart give a CAV of round-off size: refused, not
+    returned as a random direction."""
+    rng = np.random.default_rng(7)
+    same = np.tile(rng.normal(size=(1, 20)), (9, 1))
+    with pytest.raises(ValueError, match="cannot be told apart"):
+        concept_activation_vector(same[:6], same)
+    values = rng.normal(size=(12, 20)) * 1e3
+    for classifier in concepts.CAV_CLASSIFIERS:
+        with pytest.raises(ValueError, match="cannot be told apart"):
+            concept_activation_vector(
+                values, values[::-1], classifier=classifier, test_fraction=0.0
+            )
 
 
 def test_tcav_score_known_answers():
@@ -190,12 +235,16 @@ def test_t_test_matches_scipy_and_the_closed_form_for_two_degrees_of_freedom():
     for size_a, size_b in ((5, 5), (3, 8), (10, 4)):
         a, b = rng.normal(size=size_a), rng.normal(0.7, 2.0, size=size_b)
         expected = scipy.stats.ttest_ind(a, b).pvalue
-        np.testing.assert_allclose(t_test(a, b), expected, rtol=2e-5)
+        np.testing.assert_allclose(t_test(a, b), expected, rtol=1e-10)
+    # Far in the tail, in float64.
+    a, b = np.linspace(0.0, 1.0, 20), np.linspace(5.0, 6.0, 20)
+    np.testing.assert_allclose(t_test(a, b), scipy.stats.ttest_ind(a, b).pvalue, rtol=1e-9)
+    assert 0 < t_test(a, b) < 1e-30
     # df = 2: P(|T| > |t|) = 1 - |t| / sqrt(2 + t^2).
     a, b = np.array([0.0, 1.0]), np.array([2.0, 4.0])
     pooled = (0.5 + 2.0) / 2
     t = (0.5 - 3.0) / math.sqrt(pooled * (1 / 2 + 1 / 2))
-    np.testing.assert_allclose(t_test(a, b), 1 - abs(t) / math.sqrt(2 + t * t), rtol=2e-5)
+    np.testing.assert_allclose(t_test(a, b), 1 - abs(t) / math.sqrt(2 + t * t), rtol=1e-12)
     assert t_test([1.0, 1.0], [1.0, 1.0]) == 1.0
     assert t_test([1.0, 1.0], [0.0, 0.0]) == 0.0
 
@@ -303,6 +352,17 @@ def test_bad_arguments_are_one_line_value_errors(net, tested):
         (lambda: tcav(handle, x, cavs={"c": x}), "ConceptBank"),
         (lambda: tcav(handle, x, cavs=bank, alpha=1), "alpha"),
         (lambda: tcav(handle, x, cavs=bank._replace(layer="hidden")), "cav has shape"),
+        (lambda: tcav(handle, x, cavs=bank._replace(null=bank.null[:3])), "one CAV per random"),
+        (
+            lambda: tcav(
+                handle,
+                x,
+                cavs=bank._replace(
+                    null=(bank.null[0]._replace(weights=0 * bank.null[0].weights),) + bank.null[1:]
+                ),
+            ),
+            "zero or non-finite",
+        ),
         (lambda: tcav_score(np.zeros((2, 2, 2))), "sensitivities"),
         (lambda: t_test([1.0], [1.0, 2.0]), "at least 2"),
     ]
