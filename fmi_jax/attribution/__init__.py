@@ -71,6 +71,7 @@ at_layer(method)               :mod:`.layer`                         LayerDeepLi
 at_neuron(method)              :mod:`.layer`                         NeuronDeepLift,
                                                                      NeuronGuidedBackprop, ...
 tcav, concept_sensitivity      :mod:`.concepts`                      TCAV (captum.concept)
+tracin, self_influence         :mod:`.influence`                     TracInCP (captum.influence)
 =============================  ====================================  ========================
 
 ``noise_tunnel(method, samples=..., kind=...)`` is a transform that returns a new
@@ -112,6 +113,7 @@ from fmi_jax.attribution.core import Method, completeness_delta, resolve_target
 from fmi_jax.attribution.deeplift import deeplift
 from fmi_jax.attribution.gradients import input_x_gradient, saliency
 from fmi_jax.attribution.handle import FlaxModel, as_flax_model, flax_model
+from fmi_jax.attribution.influence import self_influence, tracin
 from fmi_jax.attribution.integrated_gradients import (
     QUADRATURE_RULES,
     integrated_gradients,
@@ -228,6 +230,8 @@ __all__ = [
     "tcav",
     "ConceptTest",
     "t_test",
+    "tracin",
+    "self_influence",
     "resolve_target",
     "completeness_delta",
     "METHODS",

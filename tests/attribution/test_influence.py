@@ -1,0 +1,227 @@
+"""TracIn against known answers: a closed form for linear regression, an independent
+per-example loop, symmetry, and the first-order change of a loss under one SGD step."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from fmi_jax.attribution import self_influence, tracin
+
+
+def squared_error(variables, example):
+    x, y = example
+    return 0.5 * (variables["w"] @ x + variables["b"] - y) ** 2
+
+
+def test_linear_regression_closed_form():
+    """grad = r (x, 1) with the residual r = w.x + b - y, so
+    TracIn(z, z') = sum_c eta_c r_c(z) r_c(z') (x.x' + 1)."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(7, 3)), rng.normal(size=7)
+    xt, yt = rng.normal(size=(4, 3)), rng.normal(size=4)
+    checkpoints = [
+        {"w": jnp.asarray(rng.normal(size=3), jnp.float32), "b": jnp.float32(rng.normal())}
+        for _ in range(3)
+    ]
+    rates = [0.1, 0.05, 0.01]
+    expected = np.zeros((4, 7))
+    for c, eta in zip(checkpoints, rates):
+        w, b = np.asarray(c["w"], np.float64), float(c["b"])
+        r_train, r_test = x @ w + b - y, xt @ w + b - yt
+        expected += eta * np.outer(r_test, r_train) * (xt @ x.T + 1)
+    data = (jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32))
+    test = (jnp.asarray(xt, jnp.float32), jnp.asarray(yt, jnp.float32))
+    for batch_size in (None, 3):
+        got = tracin(
+            squared_error, checkpoints, data, test, learning_rates=rates, batch_size=batch_size
+        )
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # Only the weights: the "+ 1" of the bias goes.
+    only_w = tracin(
+        squared_error,
+        checkpoints,
+        data,
+        test,
+        learning_rates=rates,
+        select=lambda path: path == "w",
+    )
+    expected_w = sum(
+        eta
+        * np.outer(
+            xt @ np.asarray(c["w"]) + float(c["b"]) - yt, x @ np.asarray(c["w"]) + float(c["b"]) - y
+        )
+        * (xt @ x.T)
+        for c, eta in zip(checkpoints, rates)
+    )
+    np.testing.assert_allclose(only_w, expected_w, rtol=1e-4, atol=1e-5)
+
+
+class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.tanh(nn.Dense(5, name="hidden")(x))
+        x = nn.BatchNorm(use_running_average=True, name="bn")(x)
+        return nn.Dense(3, name="head")(x)
+
+
+def cross_entropy(variables, example):
+    x, label = example
+    logits = MLP().apply(variables, x[None])[0]
+    return -jax.nn.log_softmax(logits)[label]
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    rng = np.random.default_rng(1)
+    shapes = jax.eval_shape(MLP().init, jax.random.key(0), jnp.zeros((1, 4)))
+    checkpoints = [
+        jax.tree.map(
+            lambda s: jnp.asarray(rng.normal(0, 0.6, s.shape), s.dtype),
+            shapes,
+        )
+        for _ in range(2)
+    ]
+    for c in checkpoints:  # running variances must be positive
+        c["batch_stats"]["bn"]["var"] = jnp.abs(c["batch_stats"]["bn"]["var"]) + 0.5
+    x = jnp.asarray(rng.normal(size=(9, 4)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 3, 9), jnp.int32)
+    return checkpoints, (x, labels)
+
+
+def params_only(path):
+    return path.startswith("params/")
+
+
+def test_tracin_is_the_sum_of_per_example_gradient_products(mlp):
+    """An independent loop: jax.grad of each example's loss with respect to the
+    parameters (batch-norm statistics held fixed), flattened with ravel_pytree."""
+    checkpoints, (x, labels) = mlp
+    rates = [0.3, 0.1]
+    test = (x[:4], labels[:4])
+    expected = np.zeros((4, 9))
+    for variables, eta in zip(checkpoints, rates):
+
+        def loss_of_params(params, example, stats=variables["batch_stats"]):
+            return cross_entropy({"params": params, "batch_stats": stats}, example)
+
+        def flat_grad(example, variables=variables, loss_of_params=loss_of_params):
+            return ravel_pytree(jax.grad(loss_of_params)(variables["params"], example))[0]
+
+        g_train = np.stack([flat_grad((x[j], labels[j])) for j in range(9)])
+        g_test = np.stack([flat_grad((x[i], labels[i])) for i in range(4)])
+        expected += eta * g_test @ g_train.T
+    for batch_size in (None, 4):
+        got = tracin(
+            cross_entropy,
+            checkpoints,
+            (x, labels),
+            test,
+            learning_rates=rates,
+            select=params_only,
+            batch_size=batch_size,
+        )
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    # Test examples drawn from the training set: a symmetric block whose diagonal is
+    # the self-influence.
+    own = np.asarray(got)[:, :4]
+    np.testing.assert_allclose(own, own.T, rtol=1e-5, atol=1e-6)
+    influence = self_influence(
+        cross_entropy,
+        checkpoints,
+        (x, labels),
+        learning_rates=rates,
+        select=params_only,
+        batch_size=2,
+    )
+    np.testing.assert_allclose(np.diag(own), influence[:4], rtol=1e-5)
+    assert np.all(np.asarray(influence) > 0)
+
+
+def test_the_last_layer_alone(mlp):
+    checkpoints, (x, labels) = mlp
+    head = tracin(
+        cross_entropy,
+        checkpoints,
+        (x, labels),
+        (x[:2], labels[:2]),
+        select=lambda path: path.startswith("params/head/"),
+    )
+    expected = np.zeros((2, 9))
+    for variables in checkpoints:
+
+        def loss_of_head(head, example, variables=variables):
+            params = dict(variables["params"], head=head)
+            return cross_entropy(dict(variables, params=params), example)
+
+        def flat_grad(example, variables=variables, loss_of_head=loss_of_head):
+            return ravel_pytree(jax.grad(loss_of_head)(variables["params"]["head"], example))[0]
+
+        g = np.stack([flat_grad((x[j], labels[j])) for j in range(9)])
+        expected += g[:2] @ g.T
+    np.testing.assert_allclose(head, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_one_sgd_step_changes_the_test_loss_by_minus_tracin(mlp):
+    """theta' = theta - eta grad l(theta, z): l(theta', z') - l(theta, z') =
+    -TracIn(z, z') + O(eta^2), so the ratio tends to -1 as eta shrinks."""
+    checkpoints, (x, labels) = mlp
+    variables = checkpoints[0]
+    z, test = (x[0], labels[0]), (x[5], labels[5])
+    score = float(
+        tracin(
+            cross_entropy,
+            [variables],
+            (x[:1], labels[:1]),
+            (x[5:6], labels[5:6]),
+            select=params_only,
+        )[0, 0]
+    )
+    gaps = []
+    for eta in (1e-2, 1e-3):
+        grad = jax.grad(lambda p: cross_entropy(dict(variables, params=p), z))(variables["params"])
+        stepped = jax.tree.map(lambda p, g, eta=eta: p - eta * g, variables["params"], grad)
+        before = float(cross_entropy(variables, test))
+        after = float(cross_entropy(dict(variables, params=stepped), test))
+        gaps.append(abs((after - before) / eta + score))
+    assert abs(score) > 1e-3
+    assert gaps[1] < 0.2 * gaps[0]  # the first-order error shrinks with eta
+    assert gaps[1] < 0.05 * abs(score)
+
+
+def test_bad_arguments_are_one_line_value_errors(mlp):
+    checkpoints, (x, labels) = mlp
+    data = (x, labels)
+    cases = [
+        (lambda: tracin(cross_entropy, [], data, data), "checkpoints is empty"),
+        (lambda: tracin(cross_entropy, checkpoints[0], data, data), "sequence of parameter"),
+        (
+            lambda: tracin(cross_entropy, checkpoints, data, data, learning_rates=[1.0]),
+            "2 checkpoints",
+        ),
+        (
+            lambda: tracin(cross_entropy, checkpoints, data, data, select=lambda p: False),
+            "chose none",
+        ),
+        (lambda: tracin(cross_entropy, checkpoints, (x, labels[:3]), data), "one common"),
+        (
+            lambda: tracin(cross_entropy, checkpoints, data, (x.at[0, 0].set(jnp.nan), labels)),
+            "NaN",
+        ),
+        (lambda: tracin(cross_entropy, [checkpoints[0], {"w": x}], data, data), "structure"),
+        (lambda: tracin(cross_entropy, checkpoints, data, data, batch_size=0), "batch_size"),
+        (
+            lambda: tracin(lambda v, e: MLP().apply(v, e[0][None]), checkpoints, data, data),
+            "scalar loss",
+        ),
+        (lambda: self_influence(cross_entropy, checkpoints, {}), "holds no arrays"),
+    ]
+    for call, match in cases:
+        with pytest.raises(ValueError, match=match) as error:
+            call()
+            pytest.fail(f"no error for {match!r}")
+        assert "\n" not in str(error.value), str(error.value)
