@@ -80,7 +80,13 @@ def test_explain_script_runs_from_another_folder_with_its_default_config(tmp_pat
 
 @pytest.mark.parametrize(
     "script",
-    ["composition_agreement.py", "pic_agreement.py", "quantus_agreement.py", "tcav_agreement.py"],
+    [
+        "composition_agreement.py",
+        "pic_agreement.py",
+        "quantus_agreement.py",
+        "tcav_agreement.py",
+        "tracin_agreement.py",
+    ],
 )
 def test_comparison_scripts_end_in_one_error_line_without_their_inputs(tmp_path, script):
     """Started from another folder, without a trained run (or, where the reference

@@ -39,6 +39,7 @@ Differences from Captum's ``TracInCP`` (``captum.influence``):
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -94,7 +95,7 @@ def _checkpoints(checkpoints: Any, learning_rates: Any) -> tuple[list[Any], list
     return list(checkpoints), learning_rates
 
 
-def _selection(variables: Any, select: Callable[[str], bool] | None) -> list[bool]:
+def _selection(variables: Any, select: Callable[[str], bool] | None) -> tuple[bool, ...]:
     paths = [_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(variables)[0]]
     chosen = [True] * len(paths) if select is None else [bool(select(p)) for p in paths]
     if not any(chosen):
@@ -102,7 +103,7 @@ def _selection(variables: Any, select: Callable[[str], bool] | None) -> list[boo
             f"select chose none of the {len(paths)} leaves (paths like {paths[:3]}): "
             "it gets each leaf's '/'-joined path and returns True to differentiate it"
         )
-    return chosen
+    return tuple(chosen)
 
 
 def _examples(data: Any, name: str) -> tuple[Any, int]:
@@ -123,10 +124,9 @@ def _examples(data: Any, name: str) -> tuple[Any, int]:
     return jax.tree.map(jnp.asarray, data), sizes.pop()
 
 
-def _gradient_fn(loss: Loss, variables: Any, chosen: list[bool]):
+def _gradient_fn(loss: Loss, treedef: Any, chosen: tuple[bool, ...]):
     """``(variables, chunk) -> (B, P)``: the flattened per-example gradients of the
     selected leaves, the others held fixed."""
-    treedef = jax.tree.structure(variables)
 
     def per_example(selected: list[Array], fixed: list[Array], example: Any) -> Array:
         def example_loss(selected):
@@ -153,6 +153,35 @@ def _gradient_fn(loss: Loss, variables: Any, chosen: list[bool]):
 
 def _take(data: Any, index: Array) -> Any:
     return jax.tree.map(lambda leaf: leaf[index], data)
+
+
+def _count(data: Any) -> int:
+    return jax.tree.leaves(data)[0].shape[0]
+
+
+# Compiled once per loss function, selection, chunk size and shapes: a loop over
+# checkpoints, or repeated calls with the same loss, reuse the program.
+@functools.partial(jax.jit, static_argnames=("loss", "chosen", "batch_size"))
+def _influence(variables, rate, train, test, *, loss, chosen, batch_size):
+    gradients = _gradient_fn(loss, jax.tree.structure(variables), chosen)
+    test_gradients = gradients(variables, test)  # (N_test, P)
+
+    def evaluate(example: Array, _: Array) -> Array:
+        return gradients(variables, _take(train, example)) @ test_gradients.T
+
+    scores = map_over_samples(evaluate, _count(train), 1, batch_size=batch_size)[:, 0]
+    return rate * scores.T
+
+
+@functools.partial(jax.jit, static_argnames=("loss", "chosen", "batch_size"))
+def _self_influence(variables, rate, data, *, loss, chosen, batch_size):
+    gradients = _gradient_fn(loss, jax.tree.structure(variables), chosen)
+
+    def evaluate(example: Array, _: Array) -> Array:
+        g = gradients(variables, _take(data, example))
+        return jnp.sum(g * g, axis=1)
+
+    return rate * map_over_samples(evaluate, _count(data), 1, batch_size=batch_size)[:, 0]
 
 
 def tracin(
@@ -189,21 +218,17 @@ def tracin(
     if batch_size is not None:
         as_count(batch_size, "batch_size")
     chosen = _selection(checkpoints[0], select)
-    gradients = _gradient_fn(loss, checkpoints[0], chosen)
-
-    @jax.jit
-    def contribution(variables: Any, rate: Array) -> Array:
-        test_gradients = gradients(variables, test)  # (N_test, P)
-
-        def evaluate(example: Array, _: Array) -> Array:
-            return gradients(variables, _take(train, example)) @ test_gradients.T
-
-        scores = map_over_samples(evaluate, num_train, 1, batch_size=batch_size)[:, 0]
-        return rate * scores.T
-
     total = jnp.zeros((num_test, num_train), jnp.float32)
     for variables, rate in zip(checkpoints, rates):
-        total = total + contribution(variables, jnp.float32(rate))
+        total = total + _influence(
+            variables,
+            jnp.float32(rate),
+            train,
+            test,
+            loss=loss,
+            chosen=chosen,
+            batch_size=batch_size,
+        )
     return total
 
 
@@ -224,17 +249,9 @@ def self_influence(
     if batch_size is not None:
         as_count(batch_size, "batch_size")
     chosen = _selection(checkpoints[0], select)
-    gradients = _gradient_fn(loss, checkpoints[0], chosen)
-
-    @jax.jit
-    def contribution(variables: Any, rate: Array) -> Array:
-        def evaluate(example: Array, _: Array) -> Array:
-            g = gradients(variables, _take(data, example))
-            return jnp.sum(g * g, axis=1)
-
-        return rate * map_over_samples(evaluate, count, 1, batch_size=batch_size)[:, 0]
-
     total = jnp.zeros((count,), jnp.float32)
     for variables, rate in zip(checkpoints, rates):
-        total = total + contribution(variables, jnp.float32(rate))
+        total = total + _self_influence(
+            variables, jnp.float32(rate), data, loss=loss, chosen=chosen, batch_size=batch_size
+        )
     return total
