@@ -22,9 +22,13 @@ the per-example gradients are ``jax.vmap(jax.grad(loss))`` over a chunk of examp
 ``select`` names the leaves that are differentiated by their ``'/'``-joined path in
 ``variables`` (``'params/head/kernel'``): ``lambda path: path.startswith('params/')``
 leaves batch-norm statistics out, ``lambda path: path.startswith('params/head/')`` is
-the last layer only (the cheap variant the paper and Captum's ``TracInCPFast`` use).
+the last layer only (the cheap variant the paper and Captum's ``TracInCPFast`` use);
+without it every floating leaf is differentiated. For NNX, pass the state of
+``nnx.split(model, nnx.Param, ...)``'s parameters as the variables (paths like
+``'head/kernel'``) and let ``loss`` merge them with the rest.
 Cost: one backward pass per example and checkpoint, and an ``(N_test, P)`` by
-``(P, batch_size)`` product per chunk for P selected parameters.
+``(P, batch_size)`` product per chunk for P selected parameters; the programs are
+compiled once per loss function (the same Python object), selection and shapes.
 
 Differences from Captum's ``TracInCP`` (``captum.influence``):
 
@@ -41,7 +45,6 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -57,6 +60,9 @@ Loss = Callable[[Any, Any], Array]
 
 
 def _path(key_path: tuple[Any, ...]) -> str:
+    """``'params/head/kernel'`` for a Linen variable, ``'layers/0/kernel'`` for a list
+    entry; the trailing ``value`` of an NNX variable's array is dropped, so an
+    ``nnx.State`` leaf reads ``'head/kernel'``."""
     parts = []
     for key in key_path:
         for attribute in ("key", "name", "idx"):
@@ -65,7 +71,13 @@ def _path(key_path: tuple[Any, ...]) -> str:
                 break
         else:
             parts.append(str(key))
+    if len(parts) > 1 and parts[-1] == "value" and hasattr(key_path[-1], "name"):
+        parts.pop()
     return "/".join(parts)
+
+
+def _leaves(variables: Any) -> list[tuple[str, Any]]:
+    return [(_path(p), leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]]
 
 
 def _checkpoints(checkpoints: Any, learning_rates: Any) -> tuple[list[Any], list[float]]:
@@ -75,30 +87,54 @@ def _checkpoints(checkpoints: Any, learning_rates: Any) -> tuple[list[Any], list
         )
     if not checkpoints:
         raise ValueError("checkpoints is empty: pass at least one set of parameters")
-    if isinstance(learning_rates, numbers.Real):
-        learning_rates = [float(learning_rates)] * len(checkpoints)
-    learning_rates = [float(r) for r in np.asarray(learning_rates, np.float64).ravel()]
-    if len(learning_rates) != len(checkpoints):
+    rates = np.asarray(learning_rates, np.float64)
+    if rates.ndim == 0:
+        rates = np.full(len(checkpoints), float(rates))
+    rates = [float(r) for r in rates.ravel()]
+    if len(rates) != len(checkpoints):
         raise ValueError(
-            f"{len(learning_rates)} learning rates for {len(checkpoints)} checkpoints: give "
-            "one per checkpoint, or one for all"
+            f"{len(rates)} learning rates for {len(checkpoints)} checkpoints: give one per "
+            "checkpoint, or one for all"
         )
-    if not all(math.isfinite(r) for r in learning_rates):
-        raise ValueError(f"learning_rates must be finite, got {learning_rates}")
-    structure = jax.tree.structure(checkpoints[0])
-    for i, params in enumerate(checkpoints[1:], start=1):
-        if jax.tree.structure(params) != structure:
+    if not all(math.isfinite(r) and r > 0 for r in rates):
+        raise ValueError(f"learning rates must be positive and finite, got {rates}")
+    first = _leaves(checkpoints[0])
+    for i, variables in enumerate(checkpoints[1:], start=1):
+        leaves = _leaves(variables)
+        if [p for p, _ in leaves] != [p for p, _ in first]:
             raise ValueError(
                 f"checkpoints[{i}] has another structure than checkpoints[0]: every "
                 "checkpoint must hold the same model's variables"
             )
-    return list(checkpoints), learning_rates
+        for (path, a), (_, b) in zip(first, leaves):
+            if np.shape(a) != np.shape(b) or jnp.result_type(a) != jnp.result_type(b):
+                raise ValueError(
+                    f"checkpoints[{i}] has {path} of shape {np.shape(b)} "
+                    f"{jnp.result_type(b)}, checkpoints[0] {np.shape(a)} {jnp.result_type(a)}"
+                )
+    return list(checkpoints), rates
 
 
 def _selection(variables: Any, select: Callable[[str], bool] | None) -> tuple[bool, ...]:
-    paths = [_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(variables)[0]]
-    chosen = [True] * len(paths) if select is None else [bool(select(p)) for p in paths]
+    """Which leaves are differentiated: ``select(path)``, or with None every leaf
+    whose dtype is floating (a step counter or any other integer leaf is fixed)."""
+    leaves = _leaves(variables)
+
+    def floating(leaf: Any) -> bool:
+        return jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
+
+    if select is None:
+        chosen = [floating(leaf) for _, leaf in leaves]
+    else:
+        chosen = [bool(select(path)) for path, _ in leaves]
+        for (path, leaf), c in zip(leaves, chosen):
+            if c and not floating(leaf):
+                raise ValueError(
+                    f"select chose {path}, of dtype {jnp.result_type(leaf)}: only floating "
+                    "leaves have gradients"
+                )
     if not any(chosen):
+        paths = [path for path, _ in leaves]
         raise ValueError(
             f"select chose none of the {len(paths)} leaves (paths like {paths[:3]}): "
             "it gets each leaf's '/'-joined path and returns True to differentiate it"
@@ -125,8 +161,8 @@ def _examples(data: Any, name: str) -> tuple[Any, int]:
 
 
 def _gradient_fn(loss: Loss, treedef: Any, chosen: tuple[bool, ...]):
-    """``(variables, chunk) -> (B, P)``: the flattened per-example gradients of the
-    selected leaves, the others held fixed."""
+    """``(variables, chunk) -> (B, P)``: the flattened float32 per-example gradients
+    of the selected leaves, the others held fixed."""
 
     def per_example(selected: list[Array], fixed: list[Array], example: Any) -> Array:
         def example_loss(selected):
@@ -134,13 +170,14 @@ def _gradient_fn(loss: Loss, treedef: Any, chosen: tuple[bool, ...]):
             leaves = [next(it_s) if c else next(it_f) for c in chosen]
             return jnp.asarray(loss(jax.tree.unflatten(treedef, leaves), example))
 
-        value = example_loss(selected)
-        if value.shape != ():
+        shape = jax.eval_shape(example_loss, selected).shape
+        if shape != ():
             raise ValueError(
-                f"loss returned shape {value.shape}; it must be the scalar loss of one "
-                "example (the batch axis is vmapped over)"
+                f"loss returned shape {shape}; it must be the scalar loss of one example "
+                "(the batch axis is vmapped over)"
             )
-        return jnp.concatenate([g.ravel() for g in jax.grad(example_loss)(selected)])
+        gradient = jax.grad(example_loss)(selected)
+        return jnp.concatenate([g.astype(jnp.float32).ravel() for g in gradient])
 
     def gradients(variables: Any, chunk: Any) -> Array:
         leaves = jax.tree.leaves(variables)
@@ -159,12 +196,18 @@ def _count(data: Any) -> int:
     return jax.tree.leaves(data)[0].shape[0]
 
 
-# Compiled once per loss function, selection, chunk size and shapes: a loop over
-# checkpoints, or repeated calls with the same loss, reuse the program.
-@functools.partial(jax.jit, static_argnames=("loss", "chosen", "batch_size"))
+def _chunked_gradients(gradients, variables: Any, data: Any, batch_size: int | None) -> Array:
+    """``(N, P)`` gradients of every example, ``batch_size`` examples per pass."""
+
+    def evaluate(example: Array, _: Array) -> Array:
+        return gradients(variables, _take(data, example))
+
+    return map_over_samples(evaluate, _count(data), 1, batch_size=batch_size)[:, 0]
+
+
 def _influence(variables, rate, train, test, *, loss, chosen, batch_size):
     gradients = _gradient_fn(loss, jax.tree.structure(variables), chosen)
-    test_gradients = gradients(variables, test)  # (N_test, P)
+    test_gradients = _chunked_gradients(gradients, variables, test, batch_size)  # (N_test, P)
 
     def evaluate(example: Array, _: Array) -> Array:
         return gradients(variables, _take(train, example)) @ test_gradients.T
@@ -173,7 +216,6 @@ def _influence(variables, rate, train, test, *, loss, chosen, batch_size):
     return rate * scores.T
 
 
-@functools.partial(jax.jit, static_argnames=("loss", "chosen", "batch_size"))
 def _self_influence(variables, rate, data, *, loss, chosen, batch_size):
     gradients = _gradient_fn(loss, jax.tree.structure(variables), chosen)
 
@@ -182,6 +224,23 @@ def _self_influence(variables, rate, data, *, loss, chosen, batch_size):
         return jnp.sum(g * g, axis=1)
 
     return rate * map_over_samples(evaluate, _count(data), 1, batch_size=batch_size)[:, 0]
+
+
+@functools.lru_cache(maxsize=4)
+def _cached(kind: Callable[..., Array], loss: Loss, chosen: tuple[bool, ...], batch_size):
+    return jax.jit(functools.partial(kind, loss=loss, chosen=chosen, batch_size=batch_size))
+
+
+def _compiled(kind: Callable[..., Array], loss: Loss, chosen: tuple[bool, ...], batch_size):
+    """``kind`` jitted for one loss, selection and chunk size. Kept for the last four,
+    so that repeated calls with the same loss function compile once per shape; the
+    cache holds those loss functions (and what they close over), and no more. A loss
+    defined anew for every call (a lambda) compiles every time, and one that cannot
+    be hashed is compiled for this call only."""
+    try:
+        return _cached(kind, loss, chosen, batch_size)
+    except TypeError:
+        return jax.jit(functools.partial(kind, loss=loss, chosen=chosen, batch_size=batch_size))
 
 
 def tracin(
@@ -205,9 +264,12 @@ def tracin(
         ``(images, labels)``).
       test: the examples to explain, a pytree like ``train`` with ``N_test`` rows.
       learning_rates: the learning rate after each checkpoint, or one for all.
-      select: which leaves to differentiate, by ``'/'``-joined path; None: all.
-      batch_size: training examples per chunk of per-example gradients; None: all
-        at once (memory ``batch_size x P`` floats).
+      select: which leaves to differentiate, by ``'/'``-joined path; None: every
+        floating leaf (batch-norm statistics too: pass
+        ``lambda path: path.startswith('params/')`` for a Linen model's parameters).
+      batch_size: examples per pass of per-example gradients, training and test;
+        None: all at once. Memory: the test gradients, ``N_test x P`` floats, plus
+        one chunk's ``batch_size x P`` gradients and its activations.
 
     Returns:
       float32 ``(N_test, N_train)``.
@@ -218,17 +280,10 @@ def tracin(
     if batch_size is not None:
         as_count(batch_size, "batch_size")
     chosen = _selection(checkpoints[0], select)
+    influence = _compiled(_influence, loss, chosen, batch_size)
     total = jnp.zeros((num_test, num_train), jnp.float32)
     for variables, rate in zip(checkpoints, rates):
-        total = total + _influence(
-            variables,
-            jnp.float32(rate),
-            train,
-            test,
-            loss=loss,
-            chosen=chosen,
-            batch_size=batch_size,
-        )
+        total = total + influence(variables, jnp.float32(rate), train, test)
     return total
 
 
@@ -249,9 +304,8 @@ def self_influence(
     if batch_size is not None:
         as_count(batch_size, "batch_size")
     chosen = _selection(checkpoints[0], select)
+    influence = _compiled(_self_influence, loss, chosen, batch_size)
     total = jnp.zeros((count,), jnp.float32)
     for variables, rate in zip(checkpoints, rates):
-        total = total + _self_influence(
-            variables, jnp.float32(rate), data, loss=loss, chosen=chosen, batch_size=batch_size
-        )
+        total = total + influence(variables, jnp.float32(rate), data)
     return total

@@ -193,6 +193,46 @@ def test_one_sgd_step_changes_the_test_loss_by_minus_tracin(mlp):
     assert gaps[1] < 0.05 * abs(score)
 
 
+def test_nnx_parameters_integer_leaves_and_scalar_rates():
+    """An NNX model's parameters (paths 'kernel', 'bias') give linear regression's
+    closed form; an integer leaf is held fixed without select; a 0-d learning rate
+    serves every checkpoint."""
+    from flax import nnx
+
+    rng = np.random.default_rng(3)
+    model = nnx.Linear(3, 1, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model, nnx.Param)
+    x, y = rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=5).astype(np.float32)
+
+    def loss(state, example):
+        xi, yi = example
+        return 0.5 * (nnx.merge(graphdef, state["params"])(xi[None])[0, 0] - yi) ** 2
+
+    variables = {"params": params, "step": jnp.int32(7)}
+    selected = []
+    got = tracin(
+        loss,
+        [variables, variables],
+        (x, y),
+        (x[:2], y[:2]),
+        learning_rates=np.float32(0.5),
+        select=lambda path: selected.append(path) or path.startswith("params/"),
+    )
+    assert sorted(selected) == ["params/bias", "params/kernel", "step"]
+    w, b = np.asarray(params["kernel"][...])[:, 0], float(params["bias"][...][0])
+    r = x @ w + b - y
+    expected = np.outer(r[:2], r) * (x[:2] @ x.T + 1)  # two checkpoints at rate 0.5
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # Without select, the integer step is simply not differentiated (one checkpoint,
+    # rate 1: the same total).
+    np.testing.assert_allclose(
+        tracin(loss, [variables], (x, y), (x[:2], y[:2])),
+        expected,
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
 def test_bad_arguments_are_one_line_value_errors(mlp):
     checkpoints, (x, labels) = mlp
     data = (x, labels)
@@ -219,6 +259,26 @@ def test_bad_arguments_are_one_line_value_errors(mlp):
             "scalar loss",
         ),
         (lambda: self_influence(cross_entropy, checkpoints, {}), "holds no arrays"),
+        (lambda: tracin(cross_entropy, checkpoints, data, data, learning_rates=-1.0), "positive"),
+        (
+            lambda: tracin(
+                cross_entropy,
+                [checkpoints[0], jax.tree.map(lambda a: a[..., :1], checkpoints[1])],
+                data,
+                data,
+            ),
+            "checkpoints\\[1\\] has .* of shape",
+        ),
+        (
+            lambda: tracin(
+                lambda v, e: cross_entropy(v["m"], e),
+                [{"m": checkpoints[0], "step": 1}],
+                data,
+                data,
+                select=lambda path: True,
+            ),
+            "select chose step, of dtype int",
+        ),
     ]
     for call, match in cases:
         with pytest.raises(ValueError, match=match) as error:
