@@ -96,8 +96,10 @@ def _checkpoints(checkpoints: Any, learning_rates: Any) -> tuple[list[Any], list
             f"{len(rates)} learning rates for {len(checkpoints)} checkpoints: give one per "
             "checkpoint, or one for all"
         )
-    if not all(math.isfinite(r) and r > 0 for r in rates):
-        raise ValueError(f"learning rates must be positive and finite, got {rates}")
+    if not (all(math.isfinite(r) and r >= 0 for r in rates) and any(r > 0 for r in rates)):
+        raise ValueError(
+            f"learning rates must be finite, non-negative and not all zero, got {rates}"
+        )
     first = _leaves(checkpoints[0])
     for i, variables in enumerate(checkpoints[1:], start=1):
         leaves = _leaves(variables)

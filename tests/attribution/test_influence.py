@@ -259,7 +259,10 @@ def test_bad_arguments_are_one_line_value_errors(mlp):
             "scalar loss",
         ),
         (lambda: self_influence(cross_entropy, checkpoints, {}), "holds no arrays"),
-        (lambda: tracin(cross_entropy, checkpoints, data, data, learning_rates=-1.0), "positive"),
+        (
+            lambda: tracin(cross_entropy, checkpoints, data, data, learning_rates=-1.0),
+            "non-negative",
+        ),
         (
             lambda: tracin(
                 cross_entropy,
