@@ -98,9 +98,9 @@ __all__ = [
     "fit_cavs",
     "held_out",
     "layer_activations",
+    "t_test",
     "tcav",
     "tcav_score",
-    "t_test",
 ]
 
 CAV_CLASSIFIERS = ("logistic", "mean_difference")
