@@ -34,16 +34,26 @@ nothing before they call the library, and the library validates its config first
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from types import ModuleType
 
 from absl import app, flags
 
 from fmi_jax import logs
 
-__all__ = ["EXIT_EXPECTED", "EXIT_INTERRUPTED", "EXPECTED", "expected_errors", "guard", "run"]
+__all__ = [
+    "EXIT_EXPECTED",
+    "EXIT_INTERRUPTED",
+    "EXPECTED",
+    "expected_errors",
+    "guard",
+    "reference_packages",
+    "run",
+]
 
 #: The exit status of an expected error.
 EXIT_EXPECTED = 2
@@ -65,6 +75,19 @@ _VERBOSE = flags.DEFINE_bool(
     f"Show the full traceback of an expected error (bad input) instead of one line; "
     f"also set by {_ENV}=1.",
 )
+
+
+def reference_packages(*names: str) -> list[ModuleType]:
+    """The modules ``names`` (``"torch"``, ``"captum.attr"``, ...) of the reference
+    implementations the comparison scripts run against, which only the benchmark's
+    venv has: a missing one is an expected error that says which venv to use."""
+    try:
+        return [importlib.import_module(name) for name in names]
+    except ImportError as error:
+        raise ValueError(
+            f"{error.name or 'a reference package'} is not installed here: run this script "
+            "with the benchmark's venv, .venv-bench/bin/python (make .venv-bench/.installed)"
+        ) from None
 
 
 def run(main: Callable[[], object]) -> None:

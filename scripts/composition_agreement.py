@@ -37,14 +37,7 @@ _NEURON = (3, 3, 0)  # row, column, channel of conv3, as in configs/benchmark.py
 
 
 def main():
-    try:
-        import torch
-        from captum import attr as captum_attr
-    except ImportError:
-        raise ValueError(
-            "torch and captum are not installed here: run this script with the benchmark's "
-            "venv, .venv-bench/bin/python (make .venv-bench/.installed)"
-        ) from None
+    torch, captum_attr = _cli.reference_packages("torch", "captum.attr")
     from fmi_jax.benchmark import runner, torch_side
 
     model, variables, run_config, _ = evaluate_lib.restore_model(_WORKDIR.value)

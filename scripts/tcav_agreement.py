@@ -55,16 +55,12 @@ _L2 = 0.01
 
 
 def main():
-    try:
-        import torch
-        from captum.concept import TCAV, Concept
-        from captum.concept._utils.classifier import Classifier, DefaultClassifier
-        from sklearn.linear_model import LogisticRegression
-    except ImportError:
-        raise ValueError(
-            "torch, captum and scikit-learn are not installed here: run this script with "
-            "the benchmark's venv, .venv-bench/bin/python (make .venv-bench/.installed)"
-        ) from None
+    torch, captum_concept, classifiers, linear_model = _cli.reference_packages(
+        "torch", "captum.concept", "captum.concept._utils.classifier", "sklearn.linear_model"
+    )
+    TCAV, Concept = captum_concept.TCAV, captum_concept.Concept
+    Classifier, DefaultClassifier = classifiers.Classifier, classifiers.DefaultClassifier
+    LogisticRegression = linear_model.LogisticRegression
     from fmi_jax.benchmark import torch_side
 
     model, variables, run_config, _ = evaluate_lib.restore_model(_WORKDIR.value)

@@ -43,15 +43,10 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 50, "Training examples per chun
 
 
 def main():
-    try:
-        import torch
-        from captum.influence import TracInCP
-        from torch.utils.data import TensorDataset
-    except ImportError:
-        raise ValueError(
-            "torch and captum are not installed here: run this script with the benchmark's "
-            "venv, .venv-bench/bin/python (make .venv-bench/.installed)"
-        ) from None
+    torch, influence, torch_data = _cli.reference_packages(
+        "torch", "captum.influence", "torch.utils.data"
+    )
+    TracInCP, TensorDataset = influence.TracInCP, torch_data.TensorDataset
     from fmi_jax.benchmark import torch_side
 
     workdir = Path(_WORKDIR.value)

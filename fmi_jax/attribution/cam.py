@@ -101,14 +101,13 @@ import jax.numpy as jnp
 from fmi_jax.attribution.core import (
     Array,
     Target,
-    as_count,
     as_input,
     refuse_baseline,
     resolve_target,
     select_target,
     sum_over_samples,
 )
-from fmi_jax.attribution.handle import activation_and_gradient, as_flax_model
+from fmi_jax.attribution.handle import activation_and_gradient, as_flax_model, layer_call
 
 #: The registry names of the CAM methods in this module, gradient CAMs first.
 CAM_METHODS = (
@@ -189,9 +188,7 @@ def _gradient_cam_method(
         upsample: bool = True,
     ) -> Array:
         refuse_baseline(baseline, name)
-        handle = as_flax_model(model, name)
-        x = as_input(x)
-        handle.layer_shape(x, layer)  # a clear error for a bad layer, before any tracing
+        handle, x, _ = layer_call(model, x, layer, name, batch_size)
         target = resolve_target(handle, x, target, batch_size=batch_size)
 
         def chunk_maps(example: Array, _: Array) -> Array:
@@ -287,11 +284,7 @@ def score_cam(
       ``(N, H, W)`` float32 maps (``(N, h, w)`` when ``upsample=False``), ReLU applied.
     """
     refuse_baseline(baseline, "score_cam")
-    handle = as_flax_model(model, "score_cam")
-    x = as_input(x)
-    handle.layer_shape(x, layer)
-    if batch_size is not None:
-        as_count(batch_size, "batch_size")
+    handle, x, _ = layer_call(model, x, layer, "score_cam", batch_size)
     target = resolve_target(handle, x, target)
     _, activation = handle.capture(x, layer)
     activation = activation.astype(jnp.float32)
@@ -338,11 +331,7 @@ def ablation_cam(
       ``(N, H, W)`` float32 maps (``(N, h, w)`` when ``upsample=False``).
     """
     refuse_baseline(baseline, "ablation_cam")
-    handle = as_flax_model(model, "ablation_cam")
-    x = as_input(x)
-    handle.layer_shape(x, layer)
-    if batch_size is not None:
-        as_count(batch_size, "batch_size")
+    handle, x, _ = layer_call(model, x, layer, "ablation_cam", batch_size)
     logits, activation = handle.capture(x, layer)
     if target is None:
         target = jnp.argmax(logits, axis=1).astype(jnp.int32)
@@ -397,9 +386,7 @@ def eigen_cam(
     """
     del key
     refuse_baseline(baseline, "eigen_cam")
-    handle = as_flax_model(model, "eigen_cam")
-    x = as_input(x)
-    n, h, w, k = handle.layer_shape(x, layer)
+    handle, x, (n, h, w, k) = layer_call(model, x, layer, "eigen_cam", batch_size)
     if target is not None:
         resolve_target(handle, x, target)  # a bad target is refused, as everywhere
 

@@ -80,13 +80,12 @@ import numpy as np
 from fmi_jax.attribution.core import (
     Array,
     Target,
-    as_count,
     as_input,
     map_over_samples,
     refuse_baseline,
     resolve_target,
 )
-from fmi_jax.attribution.handle import activation_and_gradient, as_flax_model
+from fmi_jax.attribution.handle import activation_and_gradient, layer_call
 
 __all__ = [
     "CAV_CLASSIFIERS",
@@ -142,19 +141,10 @@ class ConceptTest(NamedTuple):
     significant: bool
 
 
-def _handle_and_input(model: Any, x: Any, layer: str, name: str, batch_size: int | None):
-    handle = as_flax_model(model, name)
-    x = as_input(x)
-    shape = handle.layer_shape(x, layer)  # a clear error for a bad layer, before tracing
-    if batch_size is not None:
-        as_count(batch_size, "batch_size")
-    return handle, x, shape
-
-
 def layer_activations(model: Any, x: Array, *, layer: str, batch_size: int | None = None) -> Array:
     """The activation ``A(x)`` of ``layer``, float32 ``(N, h, w, K)``, ``batch_size``
     examples per forward pass (Captum: ``LayerActivation``)."""
-    handle, x, _ = _handle_and_input(model, x, layer, "layer_activations", batch_size)
+    handle, x, _ = layer_call(model, x, layer, "layer_activations", batch_size)
 
     def evaluate(example: Array, _: Array) -> Array:
         return handle.capture(x[example], layer)[1].astype(jnp.float32)
@@ -387,7 +377,7 @@ def concept_sensitivity(
     """
     name = "concept_sensitivity"
     refuse_baseline(baseline, name)
-    handle, x, shape = _handle_and_input(model, x, layer, name, batch_size)
+    handle, x, shape = layer_call(model, x, layer, name, batch_size)
     directions, single = _directions(cav, shape[1:])
     target = resolve_target(handle, x, target, batch_size=batch_size)
 
@@ -500,7 +490,7 @@ def fit_cavs(
     if not isinstance(concepts, Mapping) or not concepts:
         raise ValueError("concepts must be a non-empty mapping of name -> concept images")
     sets = _as_sets(random_sets)
-    handle, first, _ = _handle_and_input(model, sets[0], layer, "fit_cavs", batch_size)
+    handle, first, _ = layer_call(model, sets[0], layer, "fit_cavs", batch_size)
 
     def activations(images: Any, name: str) -> np.ndarray:
         images = as_input(images, name)
@@ -571,7 +561,7 @@ def tcav(
     weights = np.stack([np.asarray(c.weights, np.float64).ravel() for c in vectors])
     if not (np.all(np.isfinite(weights)) and np.all(np.any(weights != 0, axis=1))):
         raise ValueError("cavs holds a zero or non-finite CAV; build it with fit_cavs")
-    handle, x, _ = _handle_and_input(model, x, cavs.layer, "tcav", batch_size)
+    handle, x, _ = layer_call(model, x, cavs.layer, "tcav", batch_size)
     target = resolve_target(handle, x, target, batch_size=batch_size)
     stack = np.stack([c.direction for c in vectors])
     sensitivities = _compiled(handle, cavs.layer, batch_size)[1](x, target, stack)

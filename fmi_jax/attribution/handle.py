@@ -67,9 +67,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fmi_jax.attribution.core import Array, select_target
+from fmi_jax.attribution.core import Array, as_count, as_input, select_target
 
-__all__ = ["FlaxModel", "flax_model", "as_flax_model", "activation_and_gradient"]
+__all__ = [
+    "FlaxModel",
+    "flax_model",
+    "as_flax_model",
+    "activation_and_gradient",
+    "layer_call",
+]
 
 # Private names for the Linen collections the capture goes through.
 _CAPTURE = "fmi_jax_capture"  # collection the layer's output is sown into
@@ -526,6 +532,21 @@ def as_flax_model(obj: Any, method_name: str) -> FlaxModel:
         "fmi_jax.attribution.flax_model(model, variables, train=False) (Linen) or "
         "flax_model(nnx_module), not a plain function"
     )
+
+
+def layer_call(
+    model: Any, x: Any, layer: str, method: str, batch_size: int | None = None
+) -> tuple[FlaxModel, Array, tuple[int, ...]]:
+    """What every method that looks at a layer checks first: the handle (a one-line
+    error naming ``method`` for a plain function), ``x`` as a checked float input, and
+    ``layer``'s output shape for it (a one-line error for a layer the handle cannot
+    take), and ``batch_size``, all before anything is traced."""
+    handle = as_flax_model(model, method)
+    x = as_input(x)
+    shape = handle.layer_shape(x, layer)
+    if batch_size is not None:
+        as_count(batch_size, "batch_size")
+    return handle, x, shape
 
 
 def activation_and_gradient(

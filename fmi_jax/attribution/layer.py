@@ -170,7 +170,7 @@ from fmi_jax.attribution.core import (
     select_target,
     sum_over_samples,
 )
-from fmi_jax.attribution.handle import FlaxModel, activation_and_gradient, as_flax_model
+from fmi_jax.attribution.handle import FlaxModel, activation_and_gradient, layer_call
 from fmi_jax.attribution.integrated_gradients import quadrature
 from fmi_jax.attribution.propagation import CALLS, inner_jaxpr
 
@@ -188,19 +188,6 @@ __all__ = [
 
 
 # Shared pieces.
-
-
-def _setup(
-    model: Any, x: Any, layer: str, method: str, batch_size: int | None
-) -> tuple[FlaxModel, Array, tuple[int, ...]]:
-    """The handle, the checked input and the layer's activation shape; a one-line
-    ValueError for a bad layer or batch size before anything is traced."""
-    handle = as_flax_model(model, method)
-    x = as_input(x)
-    shape = handle.layer_shape(x, layer)
-    if batch_size is not None:
-        as_count(batch_size, "batch_size")
-    return handle, x, shape
 
 
 def _rule(rule: str, steps: int) -> tuple[Array, Array]:
@@ -296,7 +283,7 @@ def layer_gradient_x_activation(
     """
     name = "layer_gradient_x_activation"
     refuse_baseline(baseline, name)
-    handle, x, _ = _setup(model, x, layer, name, batch_size)
+    handle, x, _ = layer_call(model, x, layer, name, batch_size)
     target = resolve_target(handle, x, target, batch_size=batch_size)
 
     def product(example: Array, _: Array) -> Array:
@@ -337,7 +324,7 @@ def layer_integrated_gradients(
     Returns:
       float32 attributions shaped like the layer's activation.
     """
-    handle, x, _ = _setup(model, x, layer, "layer_integrated_gradients", batch_size)
+    handle, x, _ = layer_call(model, x, layer, "layer_integrated_gradients", batch_size)
     baseline = as_baseline(baseline, x)
     alphas, weights = _rule(rule, steps)
     target = resolve_target(handle, x, target, batch_size=batch_size)
@@ -381,7 +368,7 @@ def internal_influence(
     Arguments as in :func:`layer_integrated_gradients`. Returns float32 values shaped
     like the layer's activation.
     """
-    handle, x, _ = _setup(model, x, layer, "internal_influence", batch_size)
+    handle, x, _ = layer_call(model, x, layer, "internal_influence", batch_size)
     baseline = as_baseline(baseline, x)
     alphas, weights = _rule(rule, steps)
     target = resolve_target(handle, x, target, batch_size=batch_size)
@@ -418,7 +405,7 @@ def layer_conductance(
     Returns:
       float32 attributions shaped like the layer's activation.
     """
-    handle, x, _ = _setup(model, x, layer, "layer_conductance", batch_size)
+    handle, x, _ = layer_call(model, x, layer, "layer_conductance", batch_size)
     baseline = as_baseline(baseline, x)
     n = as_count(steps, "steps")
     target = resolve_target(handle, x, target, batch_size=batch_size)
@@ -479,7 +466,7 @@ def neuron_gradient(
     name = "neuron_gradient"
     _refuse_target(target, name)
     refuse_baseline(baseline, name)
-    handle, x, shape = _setup(model, x, layer, name, batch_size)
+    handle, x, shape = layer_call(model, x, layer, name, batch_size)
     index = _neuron_index(neuron, layer, shape)
 
     def gradient(example: Array, _: Array) -> Array:
@@ -517,7 +504,7 @@ def neuron_integrated_gradients(
     """
     name = "neuron_integrated_gradients"
     _refuse_target(target, name)
-    handle, x, shape = _setup(model, x, layer, name, batch_size)
+    handle, x, shape = layer_call(model, x, layer, name, batch_size)
     index = _neuron_index(neuron, layer, shape)
     baseline = as_baseline(baseline, x)
     alphas, weights = _rule(rule, steps)
@@ -561,7 +548,7 @@ def neuron_conductance(
     Returns:
       float32 attributions shaped like ``x``.
     """
-    handle, x, shape = _setup(model, x, layer, "neuron_conductance", batch_size)
+    handle, x, shape = layer_call(model, x, layer, "neuron_conductance", batch_size)
     index = _neuron_index(neuron, layer, shape)
     baseline = as_baseline(baseline, x)
     alphas, weights = _rule(rule, steps)
@@ -750,7 +737,7 @@ def at_layer(method: Method) -> Method:
         layer_baseline: Any = None,
         **options: Any,
     ) -> Any:
-        handle, x, _ = _setup(model, x, layer, name, batch_size)
+        handle, x, _ = layer_call(model, x, layer, name, batch_size)
         _refuse_bypassed(handle, x, layer, name)
         if baseline is not None and layer_baseline is not None:
             raise ValueError(
@@ -819,7 +806,7 @@ def at_neuron(method: Method) -> Method:
         **options: Any,
     ) -> Any:
         _refuse_target(target, name)
-        handle, x, shape = _setup(model, x, layer, name, batch_size)
+        handle, x, shape = layer_call(model, x, layer, name, batch_size)
         unit = _unit_activation(handle, layer, _neuron_index(neuron, layer, shape))
         given = {} if baseline is None else {"baseline": baseline}
         return method(unit, x, 0, key=key, batch_size=batch_size, **given, **options)
