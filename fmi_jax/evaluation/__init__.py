@@ -8,8 +8,19 @@ logit, input invariance, SSIM), complexity (sparseness, entropy, effective compl
 entropy), performance information curves (SIC and AIC), localisation against
 ground-truth masks (pointing game, relevance mass and rank accuracy, top-k
 intersection, ROC AUC, Focus on mosaics), consistency and sufficiency over a set of
-explanations, and which examples to explain."""
+explanations, which examples to explain, and the adversarial robustness of the model
+itself (FGSM, PGD, the smallest perturbation that changes a prediction)."""
 
+from fmi_jax.evaluation.adversarial import (
+    ATTACK_NORMS,
+    SEARCH_MODES,
+    MinPerturbation,
+    cross_entropy,
+    fgsm,
+    min_perturbation,
+    pgd,
+    top_k_removal,
+)
 from fmi_jax.evaluation.agreement import (
     average_ranks,
     correlation_matrix,
@@ -92,6 +103,9 @@ from fmi_jax.evaluation.sanity import (
 from fmi_jax.evaluation.selection import high_confidence_correct
 
 __all__ = [
+    "ATTACK_NORMS",
+    "MinPerturbation",
+    "SEARCH_MODES",
     "DEFAULT_EPS_MIN",
     "DEFAULT_IMPUTATION_NOISE",
     "DEFAULT_INFIDELITY_STDEV",
@@ -114,6 +128,7 @@ __all__ = [
     "complexity",
     "consistency",
     "correlation_matrix",
+    "cross_entropy",
     "deletion_curve",
     "discrete_entropy",
     "effective_complexity",
@@ -121,6 +136,7 @@ __all__ = [
     "entropy_rise",
     "faithfulness_correlation",
     "faithfulness_estimate",
+    "fgsm",
     "focus",
     "gaussian_perturbation",
     "high_confidence_correct",
@@ -133,6 +149,7 @@ __all__ = [
     "local_lipschitz",
     "localisation_auc",
     "max_sensitivity",
+    "min_perturbation",
     "monotonicity",
     "monotonicity_correlation",
     "mosaics",
@@ -140,6 +157,7 @@ __all__ = [
     "non_sensitivity",
     "passes_sanity_check",
     "pearson",
+    "pgd",
     "performance_information_curve",
     "pixel_flipping",
     "pointing_game",
@@ -160,6 +178,7 @@ __all__ = [
     "ssim",
     "sufficiency",
     "top_k_intersection",
+    "top_k_removal",
     "topk_overlap",
     "uniform_perturbation",
 ]
