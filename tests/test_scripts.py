@@ -81,6 +81,8 @@ def test_explain_script_runs_from_another_folder_with_its_default_config(tmp_pat
 @pytest.mark.parametrize(
     "script",
     [
+        "adversarial_agreement.py",
+        "adversarial_robustness.py",
         "composition_agreement.py",
         "pic_agreement.py",
         "quantus_agreement.py",

@@ -32,7 +32,8 @@ differences (docs/captum.md derives each):
 * The loss is of the *logits* ``fn`` returns: cross-entropy ``-log softmax(f(x))_y`` by
   default, or any ``loss(logits, target) -> (B,)``. Captum's default loss is
   ``-log(output)``, i.e. it assumes the model outputs probabilities; on a model that
-  outputs logits it is NaN wherever a logit is negative, so Captum users pass
+  outputs logits it is NaN for every example whose target logit is negative (and such
+  an example is left unchanged), so Captum users pass
   ``loss_func=CrossEntropyLoss(reduction='none')`` to get this default.
 * ``target=None`` attacks each example's predicted class (Captum requires the labels).
 * L2 PGD steps along ``g / ||g||_2``. Captum's ``PGD(norm='L2')`` steps along
@@ -40,10 +41,11 @@ differences (docs/captum.md derives each):
   L2: on a linear model it stays on the direction ``sign(w)`` and never reaches the
   ball's worst case ``x + radius * w / ||w||_2``.
 * A gradient element counts as zero only when it is exactly zero
-  (``zero_threshold=0.0``). Captum leaves features whose gradient is at most ``1e-6``
-  in magnitude unchanged; the cross-entropy gradient of a confidently classified
-  example is ``(1 - p_y)`` times the logit gradient and falls below that for whole
-  images, so Captum's FGSM cannot move them. ``zero_threshold=1e-6`` reproduces it.
+  (``zero_threshold=0.0``). Captum leaves a feature unchanged when its gradient is at
+  most ``1e-6`` in magnitude. The cross-entropy gradient is ``(1 - p_y)`` times a
+  logit gradient, so for a confidently classified example it can fall below any fixed
+  threshold everywhere, and the step then does nothing although the gradient has a
+  sign. ``zero_threshold=1e-6`` reproduces Captum.
 * :func:`min_perturbation` answers per example, not for a whole batch (Captum's default
   ``correct_fn`` asks whether *all* examples are still right, so its parameter is that
   of the first example to change), and it takes the parameter values as an array
