@@ -72,8 +72,8 @@ def main():
     torch, robust = _cli.reference_packages("torch", "captum.robust")
     from fmi_jax.benchmark import torch_side
 
-    model, variables, _, _ = evaluate_lib.restore_model(Path(_WORKDIR.value))
-    data = loop_lib.load_data(evaluate_lib.restore_model(Path(_WORKDIR.value))[2].data)
+    model, variables, run_config, _ = evaluate_lib.restore_model(Path(_WORKDIR.value))
+    data = loop_lib.load_data(run_config.data)
     x = np.asarray(to_float(jnp.asarray(data["test"].images[: _NUM_TEST.value])))
     labels = np.asarray(data["test"].labels[: _NUM_TEST.value], np.int32)
     d = int(np.prod(x.shape[1:]))
@@ -100,7 +100,6 @@ def main():
         return float(np.mean(np.argmax(np.asarray(apply(jnp.asarray(images))), 1) == labels))
 
     xt, yt = nchw(x), torch.from_numpy(labels).long()
-    pt = torch.from_numpy(np.argmax(np.asarray(apply(jnp.asarray(x))), 1)).long()
     rows = []
 
     def compare(name, ours, theirs):

@@ -76,6 +76,11 @@ def main():
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} is not empty: pass another --out (nothing is overwritten)")
     epsilons, radii = _floats(_EPSILONS.value, "epsilons"), _floats(_RADII.value, "radii")
+    if len(epsilons) < 2 or len(radii) < 2 or max(epsilons) < 0.0025:
+        raise ValueError(
+            "--epsilons and --radii need two values or more each, and --epsilons one of "
+            "0.0025 or more (the radius search's first step)"
+        )
     for name in _METHODS.value:
         if name not in attribution.METHODS:
             raise ValueError(

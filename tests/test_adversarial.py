@@ -83,7 +83,11 @@ def test_fgsm_clips_masks_and_defaults_to_the_predicted_class(linear):
     mask[0] = 1.0
     out = fgsm(fn, xj, epsilon=0.5, bounds=(0.0, 1.0), mask=mask)
     np.testing.assert_allclose(out, np.clip(x + step * mask, 0, 1), atol=1e-6)
-    assert np.array_equal(np.asarray(out)[:, 1], np.asarray(xj)[:, 1])
+    # A mask per example (the batch's shape) freezes each example's own features.
+    masks = np.zeros((N,) + SHAPE)
+    masks[np.arange(N), np.arange(N) % SHAPE[0]] = 1.0
+    out = fgsm(fn, xj, epsilon=0.5, bounds=(0.0, 1.0), mask=masks)
+    np.testing.assert_allclose(out, np.clip(x + step * masks, 0, 1), atol=1e-6)
 
 
 def test_fgsm_zero_threshold_leaves_confident_examples_unchanged():
@@ -132,8 +136,23 @@ def test_pgd_l2_is_not_a_projected_sign_step(two_class):
 
 def test_pgd_stays_in_the_ball_and_bounds_and_raises_the_loss(linear):
     fn, *_, x, labels = linear
-    xj = jnp.asarray(x, jnp.float32)
+    x = np.clip(x, 0.25, 0.75).astype(np.float32)
+    xj = jnp.asarray(x)
     key = jax.random.key(0)
+    l2 = pgd(
+        fn,
+        xj,
+        labels,
+        radius=0.3,
+        step_size=0.2,
+        steps=4,
+        norm="l2",
+        random_start=True,
+        key=key,
+        bounds=(0.25, 0.75),
+    )
+    distance = np.linalg.norm((np.asarray(l2) - x).reshape(N, -1), axis=1)
+    assert distance.max() <= 0.3 + 1e-6 and l2.min() >= 0.25 and l2.max() <= 0.75
     out = pgd(
         fn,
         xj,
@@ -225,7 +244,6 @@ def test_min_perturbation_finds_the_known_threshold():
     rng = np.random.default_rng(2)
     w = rng.normal(size=(D, 2))
     x = rng.uniform(0.2, 0.8, size=(6,) + SHAPE)
-    x = np.where((x.reshape(6, -1) @ w)[:, :1, None, None] > 0, x, x)  # fixed draw
     wj = jnp.asarray(w, jnp.float32)
     v = ((w[:, 1] - w[:, 0]) / np.linalg.norm(w[:, 1] - w[:, 0])).reshape(SHAPE)
 
@@ -289,7 +307,7 @@ def test_min_perturbation_attempts_take_any_success():
     def fn(inputs):
         return jnp.stack([inputs[:, 0], jnp.zeros(inputs.shape[0])], axis=1)
 
-    x = jnp.array([[0.3], [1.0], [2.0]])
+    x = jnp.array([[0.3], [1.0], [2.0], [0.8], [1.5], [0.6]])
     params = np.array([0.1, 0.5, 1.0, 2.0])
     key = jax.random.key(4)
 
@@ -297,19 +315,44 @@ def test_min_perturbation_attempts_take_any_success():
         return xi + s * jax.random.normal(k, xi.shape)
 
     # One jitted program: eagerly, every random draw compiles on its own.
-    found = jax.jit(
-        lambda x: min_perturbation(fn, x, 0, perturb=perturb, params=params, key=key, attempts=3)
-    )(x)
+    search = jax.jit(
+        lambda x, mode: min_perturbation(
+            fn, x, 0, perturb=perturb, params=params, key=key, attempts=3, mode=mode
+        ),
+        static_argnums=1,
+    )
+    found, bisected = search(x, "linear"), search(x, "binary")
     # noise[i, j, a] from fold_in(fold_in(fold_in(key, i), j), a), as documented.
     fold = jax.vmap(jax.random.fold_in, in_axes=(None, 0))
     keys = jax.vmap(lambda k: jax.vmap(lambda kj: fold(kj, jnp.arange(3)))(fold(k, jnp.arange(4))))(
-        fold(key, jnp.arange(3))
+        fold(key, jnp.arange(6))
     )
     noise = np.asarray(jax.vmap(jax.vmap(jax.vmap(lambda k: jax.random.normal(k, (1,))[0])))(keys))
     changed = (np.asarray(x)[:, :, None] + params[None, :, None] * noise < 0).any(2)
     expected = np.where(changed.any(1), changed.argmax(1), -1)
     assert len(set(expected)) > 1
     np.testing.assert_array_equal(found.index, expected)
+    # The input returned is the first attempt that changed the prediction at that level,
+    # and attempt 0 alone would have answered later for at least one example.
+    hit = expected >= 0
+    rows = np.arange(6)[hit]
+    levels = expected[hit]
+    first = (
+        np.asarray(x)[rows, :, None] + params[levels, None, None] * noise[rows, levels][:, None] < 0
+    )
+    attempt = first[:, 0].argmax(1)
+    np.testing.assert_allclose(
+        np.asarray(found.perturbed)[rows, 0],
+        np.asarray(x)[rows, 0] + params[levels] * noise[rows, levels, attempt],
+        rtol=1e-6,
+    )
+    alone = np.asarray(x) + params[None, :] * noise[:, :, 0] < 0
+    assert np.any(np.where(alone.any(1), alone.argmax(1), 99) > np.where(hit, expected, 99))
+    # Bisection with attempts ends on a level that changed it after one that did not.
+    ends = np.asarray(bisected.index)
+    for i, j in enumerate(ends):
+        if j >= 0:
+            assert changed[i, j] and (j == 0 or not changed[i, j - 1])
 
 
 def test_top_k_removal_removes_the_largest_first_with_ties_by_position():
@@ -356,6 +399,7 @@ def test_top_k_removal_on_a_linear_model_matches_numpy(linear):
         mode="binary",
     )
     index = np.asarray(bisected.index)
+    assert np.all(index >= 1)  # every prediction changes, none at k = 0 (no removal)
     assert np.all(changed[np.arange(N), index]) and np.all(~changed[np.arange(N), index - 1])
     assert not np.array_equal(index, found.index)  # this draw is not monotone
 
@@ -393,6 +437,23 @@ def test_top_k_removal_on_a_linear_model_matches_numpy(linear):
         (
             lambda fn, x: min_perturbation(fn, x, perturb=top_k_removal(), params=[1], mode="x"),
             "mode must be",
+        ),
+        (lambda fn, x: fgsm(fn, x + 5.0, epsilon=0.1, bounds=(0, 1)), "outside bounds"),
+        (
+            lambda fn, x: min_perturbation(
+                fn, x, perturb=top_k_removal(), params=[1], aux=x, correct=lambda z, t: True
+            ),
+            "one bool per example",
+        ),
+        (
+            lambda fn, x: min_perturbation(
+                fn, x, perturb=top_k_removal(), params=[1], aux=x[:, 0, :, 0]
+            ),
+            "maps\\[..., None\\]",
+        ),
+        (
+            lambda fn, x: jax.jit(lambda b: fgsm(fn, x, epsilon=0.1, bounds=(0.0, b)))(1.0),
+            "must be concrete",
         ),
     ],
 )

@@ -31,10 +31,11 @@ differences (docs/captum.md derives each):
 
 * The loss is of the *logits* ``fn`` returns: cross-entropy ``-log softmax(f(x))_y`` by
   default, or any ``loss(logits, target) -> (B,)``. Captum's default loss is
-  ``-log(output)``, i.e. it assumes the model outputs probabilities; on a model that
-  outputs logits it is NaN for every example whose target logit is negative (and such
-  an example is left unchanged), so Captum users pass
-  ``loss_func=CrossEntropyLoss(reduction='none')`` to get this default.
+  ``-log(output)``, i.e. it assumes the model outputs probabilities. On logits its
+  gradient is ``-grad z_y / z_y``: it lowers the target logit ``z_y`` where it is
+  positive and *raises* it where it is negative (the loss itself is NaN there), so
+  Captum users pass ``loss_func=CrossEntropyLoss(reduction='none')`` to get this
+  default.
 * ``target=None`` attacks each example's predicted class (Captum requires the labels).
 * L2 PGD steps along ``g / ||g||_2``. Captum's ``PGD(norm='L2')`` steps along
   ``sign(g)`` (FGSM's step) and only projects onto the L2 ball, which is not ascent in
@@ -42,10 +43,10 @@ differences (docs/captum.md derives each):
   ball's worst case ``x + radius * w / ||w||_2``.
 * A gradient element counts as zero only when it is exactly zero
   (``zero_threshold=0.0``). Captum leaves a feature unchanged when its gradient is at
-  most ``1e-6`` in magnitude. The cross-entropy gradient is ``(1 - p_y)`` times a
-  logit gradient, so for a confidently classified example it can fall below any fixed
-  threshold everywhere, and the step then does nothing although the gradient has a
-  sign. ``zero_threshold=1e-6`` reproduces Captum.
+  most ``1e-6`` in magnitude. The cross-entropy gradient is
+  ``sum_{k != y} p_k (grad z_k - grad z_y)``, which shrinks with ``1 - p_y``, so for a
+  confidently classified example it can fall below any fixed threshold everywhere,
+  and the step then does nothing although the gradient has a sign. ``zero_threshold=1e-6`` reproduces Captum.
 * :func:`min_perturbation` answers per example, not for a whole batch (Captum's default
   ``correct_fn`` asks whether *all* examples are still right, so its parameter is that
   of the first example to change), and it takes the parameter values as an array
@@ -54,9 +55,14 @@ differences (docs/captum.md derives each):
 
 Memory: the attacks run ``batch_size`` examples at a time (one forward and backward pass
 of the chunk per step), and :func:`min_perturbation` evaluates ``batch_size`` perturbed
-inputs at a time, through :func:`fmi_jax.attribution.map_over_samples`. Everything is
-traceable, so the functions can be wrapped in ``jax.jit`` whole; the checks on values
-then are skipped.
+inputs at a time, through :func:`fmi_jax.attribution.map_over_samples`. The inputs, the
+targets, ``epsilon``, ``radius``, ``step_size``, ``mask``, ``aux`` and ``key`` can be
+traced, so the functions can be wrapped in ``jax.jit`` whole (the checks on values are
+then skipped); ``bounds``, ``steps``, ``norm``, ``params``, ``attempts`` and ``mode``
+shape the computation and must be concrete (close over them). A perturbation that runs
+the model (PGD inside ``perturb``) can round differently in chunks of another size; like
+any computation on floats, its result may then move by a rounding error and, at a
+boundary, change which parameter is the first to succeed.
 """
 
 from __future__ import annotations
@@ -130,7 +136,16 @@ def _as_size(value: Any, name: str) -> Any:
     return number
 
 
+def _concrete(value: Any, name: str) -> None:
+    if any(_is_tracer(leaf) for leaf in jax.tree.leaves(value)):
+        raise ValueError(
+            f"{name} must be concrete (it shapes the computation): close over it instead "
+            "of passing it through jax.jit as an argument"
+        )
+
+
 def _as_bounds(bounds: Any) -> tuple[float, float]:
+    _concrete(bounds, "bounds")
     try:
         low, high = (float(b) for b in bounds)
     except (TypeError, ValueError):
@@ -243,6 +258,13 @@ def _gradient_attack(
     """What FGSM and PGD share: ``steps`` projected steps, ``batch_size`` examples at a time."""
     x = as_input(x)
     low, high = _as_bounds(bounds)
+    if not _is_tracer(x):
+        span = float(np.min(np.asarray(x))), float(np.max(np.asarray(x)))
+        if span[0] < low or span[1] > high:
+            raise ValueError(
+                f"x lies outside bounds=({low}, {high}) (its values span [{span[0]}, "
+                f"{span[1]}]): pass the bounds of the model's input scale"
+            )
     zero_threshold = _as_size(zero_threshold, "zero_threshold")
     loss = cross_entropy if loss is None else loss
     if not callable(loss):
@@ -372,7 +394,8 @@ def pgd(
       steps: the number of steps (static).
       norm: ``'linf'`` or ``'l2'`` (Captum's ``'Linf'`` and ``'L2'`` are accepted too).
       random_start: start at a uniform random point of the ball (clipped to
-        ``bounds``), drawn from ``fold_in(key, i)`` for example ``i``.
+        ``bounds``; a ``mask`` multiplies it, as in Captum, so masked features start
+        at ``x``), drawn from ``fold_in(key, i)`` for example ``i``.
       key: a PRNG key, or one per example; needed only with ``random_start``.
 
     Returns:
@@ -419,6 +442,7 @@ def _default_correct(logits: Array, target: Array) -> Array:
 
 
 def _as_params(params: Any) -> Array:
+    _concrete(params, "params")
     values = np.asarray(params, dtype=np.float64)
     if values.ndim != 1 or values.size == 0:
         raise ValueError(f"params must be a non-empty 1-D array, got shape {values.shape}")
@@ -469,7 +493,10 @@ def min_perturbation(
     ``ceil(log2(len(params) + 1))`` rounds, which finds the same value when the
     prediction, once changed, stays changed for larger parameters (true of most
     perturbations that grow with their parameter). The keys are the same in both
-    modes: ``fold_in(fold_in(fold_in(key, i), j), a)``.
+    modes: ``fold_in(fold_in(fold_in(key, i), j), a)``, with ``j`` the position in
+    ``params`` (a refined or extended grid draws new noise). An answer whose replay
+    does not change the prediction again (possible only when ``perturb`` rounds
+    differently between calls) counts as none.
 
     Args:
       fn: model function, batch ``(N, ...)`` -> logits ``(N, classes)``.
@@ -483,15 +510,16 @@ def min_perturbation(
         ``aux=labels``; removing the most-attributed pixels, :func:`top_k_removal`
         with ``aux=attributions``.
       params: the parameter values to try, a strictly increasing 1-D array.
-      aux: a pytree of per-example arrays (leading axis ``N``); ``perturb`` receives
-        example ``i``'s rows.
+      aux: an array or a pytree (a dict, a tuple) of per-example arrays (leading axis
+        ``N``); ``perturb`` receives example ``i``'s rows.
       key: a PRNG key (or one per example) for perturbations that sample; ``None``
         passes ``key=None`` to a deterministic ``perturb``.
       attempts: perturbations drawn per parameter value (>1 needs ``key``).
       mode: ``'linear'`` or ``'binary'``.
       correct: ``correct(logits (B, classes), target (B,)) -> bool (B,)``; by default
         whether the predicted class is ``target``.
-      batch_size: perturbed inputs per forward pass; ``None`` evaluates all at once.
+      batch_size: perturbed inputs per forward pass; ``None`` evaluates all at once,
+        ``N * len(params) * attempts`` inputs in linear mode: set it for large grids.
 
     Returns:
       A :class:`MinPerturbation`.
@@ -500,6 +528,7 @@ def min_perturbation(
     num_examples = x.shape[0]
     values = _as_params(params)
     attempts = as_count(attempts, "attempts")
+    mode = mode.lower() if isinstance(mode, str) else mode
     if mode not in SEARCH_MODES:
         raise ValueError(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
     if not callable(perturb):
@@ -532,7 +561,14 @@ def min_perturbation(
             raise ValueError(
                 f"perturb must return one example of shape {x.shape[1:]}, got {inputs.shape[1:]}"
             )
-        return ~jnp.asarray(correct(fn(inputs), target[example]), bool)
+        verdict = jnp.asarray(correct(fn(inputs), target[example]))
+        if verdict.shape != (example.shape[0],):
+            raise ValueError(
+                f"correct must return one bool per example, shape ({example.shape[0]},), got "
+                f"{verdict.shape} (Captum's correct_fn answers for the whole batch; here "
+                "correct(logits, target) answers per row)"
+            )
+        return ~verdict.astype(bool)
 
     if mode == "linear":
         flips = map_over_samples(
@@ -559,22 +595,28 @@ def min_perturbation(
             index = jnp.where(open_ & flips, middle, index)
             low = jnp.where(open_ & ~flips, middle, low)
 
-    found = index < num_params
     position = jnp.minimum(index, num_params - 1)
-    # Replay the attempts at the answer to return the first one that changed it.
-    replay = map_over_samples(
-        lambda example, attempt: changed(example, position[example], attempt),
+    # Replay the attempts at the answer, keep their inputs, and check those very inputs:
+    # the perturbed input returned is one the model was seen to change on (a
+    # perturbation that runs the model, like PGD, can round differently in another
+    # chunk shape, so an answer that this check does not confirm counts as none).
+    inputs = map_over_samples(
+        lambda example, attempt: perturbed(example, position[example], attempt),
         num_examples,
         attempts,
         batch_size=batch_size,
     )
-    attempt = jnp.argmax(replay, axis=1).astype(jnp.int32)
-    winner = map_over_samples(
-        lambda example, _: perturbed(example, position[example], attempt[example]),
+    flips = map_over_samples(
+        lambda example, attempt: (
+            ~jnp.asarray(correct(fn(inputs[example, attempt]), target[example])).astype(bool)
+        ),
         num_examples,
-        1,
+        attempts,
         batch_size=batch_size,
-    )[:, 0]
+    )
+    found = (index < num_params) & flips.any(axis=1)
+    attempt = jnp.argmax(flips, axis=1)
+    winner = inputs[jnp.arange(num_examples), attempt]
     return MinPerturbation(
         param=jnp.where(found, values[position], jnp.nan),
         index=jnp.where(found, index, -1).astype(jnp.int32),
@@ -599,6 +641,14 @@ def top_k_removal(fill: float = 0.0) -> Perturbation:
     def perturb(x: Array, param: Array, key: Any, attribution: Array) -> Array:
         del key
         attribution = jnp.asarray(attribution, jnp.float32)
+        try:
+            np.broadcast_shapes(attribution.shape, x.shape)
+        except ValueError:
+            raise ValueError(
+                f"top_k_removal: an attribution of shape {attribution.shape} does not "
+                f"broadcast to an example of shape {x.shape} (for (H, W) maps of (H, W, C) "
+                "images pass maps[..., None])"
+            ) from None
         order = jnp.argsort(-attribution.reshape(-1), stable=True)
         rank = jnp.zeros(order.shape, jnp.int32).at[order].set(jnp.arange(order.size))
         keep = rank.reshape(attribution.shape) >= jnp.floor(param).astype(jnp.int32)
