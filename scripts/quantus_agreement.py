@@ -28,7 +28,8 @@ of `fmi_jax.evaluation` say where they differ):
   correlation ignores), average sensitivity and the local Lipschitz estimate (the
   maps from the same saliency function on both sides, 10 samples), the monotonicity
   correlation (one pixel per group, 10 uniform draws each), relative input and
-  output stability (50 samples; only the images where Quantus' score is not NaN).
+  output stability (50 samples; only the images where Quantus' score is not NaN);
+* continuity of |saliency| under Quantus' 28 horizontal translations, per image.
 
 Prints a Markdown table (about 8 minutes on 2 cores, most of it Quantus'
 monotonicity correlation); docs/captum.md reports what it measured. Bad
@@ -310,6 +311,17 @@ def main():
     ours = np.nan_to_num(np.asarray(evaluation.sufficiency(maps, predictions)), nan=0.0)
     theirs = quantus.Sufficiency(abs=False, **common)(**call)
     exact("sufficiency, threshold 0.6 (no neighbour: 0, as Quantus)", ours, theirs)
+
+    # Continuity: |saliency| on both sides (Quantus' abs=True), Quantus' normalisation
+    # (by the batch's largest value, before and after each translation) off; its
+    # translation by 0 scores 0 for a deterministic map, which fmi_jax leaves out.
+    ours = evaluation.continuity(
+        lambda inputs, t, k: jnp.abs(saliency(inputs, t)), x, labels, key, batch_size=n
+    )
+    theirs = quantus.Continuity(nr_steps=28, normalise=False, **common)(
+        **call, explain_func=explain
+    )
+    exact("continuity (|saliency|, 28 horizontal translations)", ours, theirs)
 
     print(f"{n} images, signed saliency of the true label, torch {torch.__version__}, ")
     print(f"quantus {quantus.__version__}\n")

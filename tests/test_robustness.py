@@ -515,3 +515,93 @@ def test_relative_stability_refuses_bad_arguments(linear):
                 squared, x, target, key, fn=fn, representation=lambda xs: xs[:1], samples=2
             )
         )(x)
+
+
+def np_translate(example, shift, fill):
+    """Quantus' batched_translation along the width of one (H, W, C) example, in numpy."""
+    width = example.shape[1]
+    pad = np.full((example.shape[0], abs(shift), example.shape[2]), fill)
+    if shift < 0:
+        return np.concatenate([example, pad], axis=1)[:, -width:]
+    return np.concatenate([pad, example], axis=1)[:, :width]
+
+
+def test_translate_moves_along_the_axis_and_fills_what_it_uncovers():
+    from fmi_jax.evaluation import translate
+
+    x = jnp.arange(1.0, 7.0).reshape(1, 3, 2) + 0.5  # (H, W, C) = (1, 3, 2)
+    for shift in (-4, -3, -1, 0, 1, 2, 3):
+        for fill in ("min", -2.0):
+            value = float(x.min()) if fill == "min" else fill
+            np.testing.assert_array_equal(
+                translate(x, shift, fill=fill), np_translate(np.asarray(x), shift, value)
+            )
+    np.testing.assert_array_equal(translate(x[0], 1, axis=0, fill=0.0)[1], x[0, 0])
+
+
+def test_continuity_of_the_identity_map_is_a_ratio_of_norms():
+    """Phi(x) = x: each translation scores ||x' - x||_1 / ||x' - x||_2, recomputed in
+    numpy on Quantus' grid (shifts -W + 2k for W = 6, steps 6, the shift 0 left out),
+    and Phi = -3 x scores 3 times as much."""
+    from fmi_jax.evaluation import continuity
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.2, 1.0, size=(3, 4, 6, 2)).astype(np.float32)
+    x[1, :, 2:] = 0.0
+    expected = []
+    for example in x:
+        ratios = []
+        for shift in (-4, -2, 2, 4, 6):  # dx = 13 // 6 = 2; -6 + 2k, k = 1..6, no 0
+            change = np_translate(example, shift, example.min()) - example
+            ratios.append(np.abs(change).sum() / np.sqrt((change**2).sum()))
+        expected.append(max(ratios))
+    key = jax.random.key(0)
+    got = continuity(lambda z, t, k: z, jnp.asarray(x), 0, key, steps=6)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    scaled = continuity(lambda z, t, k: -3.0 * z, jnp.asarray(x), 0, key, steps=6, batch_size=4)
+    np.testing.assert_allclose(scaled, 3 * np.asarray(expected), rtol=1e-5)
+
+
+def test_continuity_leaves_out_unchanged_inputs_and_changed_predictions():
+    from fmi_jax.evaluation import continuity
+
+    # A model whose class is whether the left half holds more mass than the right.
+    def fn(z):
+        half = z.shape[2] // 2
+        left, right = z[:, :, :half].sum((1, 2, 3)), z[:, :, half:].sum((1, 2, 3))
+        return jnp.stack([left - right, right - left], axis=1)
+
+    x = np.zeros((2, 2, 4, 1), np.float32)
+    x[0, :, 0] = 1.0  # all mass at the left edge: class 0
+    x[1] = 0.5  # constant: every translation with fill 'min' is the image itself
+    explain = lambda z, t, k: z  # noqa: E731
+    key = jax.random.key(1)
+    plain = continuity(explain, jnp.asarray(x), 0, key, shifts=[1, 3])
+    kept = continuity(explain, jnp.asarray(x), 0, key, shifts=[1, 3], fn=fn, keep_prediction=True)
+    # Shift 1 keeps class 0 (mass in column 1); shift 3 moves it to column 3 (class 1).
+    # Either translation moves 2 pixels of 1 away and 2 in: ratio 4 / 2 = 2.
+    np.testing.assert_allclose(plain[0], 2.0, rtol=1e-6)
+    np.testing.assert_allclose(kept[0], 2.0, rtol=1e-6)
+    kept_none = continuity(
+        explain, jnp.asarray(x[:1]), 0, key, shifts=[3], fn=fn, keep_prediction=True
+    )
+    assert np.isnan(kept_none[0])
+    assert np.isnan(plain[1]) and np.isnan(kept[1])
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"shifts": [0]}, "no shift other than 0"),
+        ({"shifts": [0.5]}, "sequence of ints"),
+        ({"steps": 100}, "steps must be at most"),
+        ({"axis": 3}, "not an axis of one example"),
+        ({"fill": "black", "steps": 4}, "fill must be 'min' or a number"),
+        ({"keep_prediction": True, "steps": 4}, "needs fn="),
+    ],
+)
+def test_continuity_refuses_bad_options_in_one_line(options, message):
+    from fmi_jax.evaluation import continuity
+
+    with pytest.raises(ValueError, match=message):
+        continuity(lambda z, t, k: z, jnp.ones((1, 2, 4, 1)), 0, jax.random.key(0), **options)

@@ -2,8 +2,8 @@
 insertion curves, pixel flipping, ROAD with noisy linear imputation, faithfulness
 correlation and estimate, sensitivity-n, monotonicity and its correlation,
 non-sensitivity, selectivity, IROF), robustness (infidelity, max- and average
-sensitivity, local Lipschitz estimate, relative input, output and representation
-stability), sanity checks (parameter randomisation, its efficient variant, random
+sensitivity, local Lipschitz estimate, continuity under translation, relative input,
+output and representation stability), sanity checks (parameter randomisation, its efficient variant, random
 logit, input invariance, SSIM), complexity (sparseness, entropy, effective complexity, discrete
 entropy), performance information curves (SIC and AIC), localisation against
 ground-truth masks (pointing game, relevance mass and rank accuracy, top-k
@@ -78,6 +78,7 @@ from fmi_jax.evaluation.robustness import (
     DEFAULT_STABILITY_MAXVAL,
     DEFAULT_STABILITY_MINVAL,
     avg_sensitivity,
+    continuity,
     gaussian_perturbation,
     infidelity,
     local_lipschitz,
@@ -85,6 +86,7 @@ from fmi_jax.evaluation.robustness import (
     relative_input_stability,
     relative_output_stability,
     relative_representation_stability,
+    translate,
     uniform_perturbation,
 )
 from fmi_jax.evaluation.sanity import (
@@ -127,6 +129,7 @@ __all__ = [
     "cascading_randomization",
     "complexity",
     "consistency",
+    "continuity",
     "correlation_matrix",
     "cross_entropy",
     "deletion_curve",
@@ -180,5 +183,6 @@ __all__ = [
     "top_k_intersection",
     "top_k_removal",
     "topk_overlap",
+    "translate",
     "uniform_perturbation",
 ]

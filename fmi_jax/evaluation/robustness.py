@@ -1,5 +1,6 @@
 """Infidelity and sensitivity of explanations (Yeh et al. 2019), the local Lipschitz
-estimate (Alvarez-Melis & Jaakkola 2018) and relative stability (Agarwal et al. 2022).
+estimate (Alvarez-Melis & Jaakkola 2018), continuity under translation (Montavon et al.
+2018) and relative stability (Agarwal et al. 2022).
 
 Both metrics come from Yeh, Hsieh, Suggala, Inouye & Ravikumar (2019), "On the
 (In)fidelity and Sensitivity of Explanations", NeurIPS, arXiv:1901.09392, and follow
@@ -56,6 +57,11 @@ change of the input instead, ``max_s ||Phi(x'_s) - Phi(x)||_2 / ||x'_s - x||_2``
 defaults of Quantus' ``LocalLipschitzEstimate`` (the paper maximises over the
 neighbourhood by optimisation). Both share max-sensitivity's keys, targets and
 chunking.
+
+Continuity (:func:`continuity`; Montavon, Samek & Müller, "Methods for interpreting and
+understanding deep neural networks", 2018) replaces the noise by translations of the
+input along one axis, ``max_s ||Phi(x'_s) - Phi(x)||_1 / ||x'_s - x||_2``, on the grid and
+with the fill of Quantus' ``Continuity`` (its function documents the differences).
 
 Relative stability (Agarwal, Johnson, Pawelczyk, Krishna, Saxena, Zitnik & Lakkaraju,
 "Rethinking Stability for Attribution-based Explanations", 2022, arXiv:2203.06877)
@@ -129,6 +135,7 @@ metrics can also be wrapped in ``jax.jit`` whole (value checks are then skipped)
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -161,7 +168,9 @@ __all__ = [
     "DEFAULT_STABILITY_MAXVAL",
     "DEFAULT_STABILITY_MINVAL",
     "avg_sensitivity",
+    "continuity",
     "gaussian_perturbation",
+    "translate",
     "infidelity",
     "local_lipschitz",
     "max_sensitivity",
@@ -467,13 +476,148 @@ def local_lipschitz(
         x,
         target,
         key,
-        perturb=lambda k, xi: xi + stdev * jax.random.normal(k, xi.shape, xi.dtype),
+        perturb=lambda k, xi, _: xi + stdev * jax.random.normal(k, xi.shape, xi.dtype),
         score=_map_change("fro", over_input=True),
         samples=samples,
         fn=fn,
         independent_explain_keys=independent_explain_keys,
         batch_size=batch_size,
     ).max(axis=1)
+
+
+def translate(x: Array, shift: Array, *, axis: int = -2, fill: Any = "min") -> Array:
+    """One example ``x`` moved by ``shift`` positions along ``axis`` (positive: towards
+    higher indices; ``axis=-2`` is the width of an ``(H, W, C)`` image), the positions
+    it uncovers set to ``fill``: a number, or ``'min'``, the example's smallest value
+    (Quantus' ``'black'``). A shift of the axis' length or more leaves only ``fill``."""
+    axis = axis % x.ndim
+    size = x.shape[axis]
+    source = jnp.arange(size) - shift
+    inside = (source >= 0) & (source < size)
+    moved = jnp.take(x, jnp.clip(source, 0, size - 1), axis=axis)
+    shape = [1] * x.ndim
+    shape[axis] = size
+    value = jnp.min(x) if isinstance(fill, str) and fill == "min" else fill
+    return jnp.where(inside.reshape(shape), moved, value)
+
+
+def continuity(
+    explain: Explain,
+    x: Array,
+    target: Target,
+    key: Array,
+    *,
+    steps: int = 28,
+    shifts: Any = None,
+    axis: int = -2,
+    fill: float | str = "min",
+    fn: ModelFn | None = None,
+    keep_prediction: bool = False,
+    independent_explain_keys: bool = False,
+    batch_size: int | None = None,
+) -> Array:
+    """Continuity ``max_s ||Phi(x'_s) - Phi(x)||_1 / ||x'_s - x||_2`` over translations
+    ``x'_s`` of the input (lower is more continuous).
+
+    Montavon, Samek & Müller, "Methods for interpreting and understanding deep neural
+    networks", Digital Signal Processing 73, 2018, sec. 5.1, define an explanation's
+    continuity by the largest ratio of this kind over nearby inputs; Quantus'
+    ``Continuity`` (0.6) estimates it with horizontal translations, and the defaults
+    here are its: the shifts ``-W + k * dx`` for ``k = 1, ..., steps`` with
+    ``dx = (2W + 1) // steps`` along an axis of size ``W``, uncovered positions filled
+    with the example's minimum. Every translated copy explains the clean input's
+    target. The L1 change of the map over the L2 change of the input makes the score
+    scale with the map: ``Phi(x) = c x`` scores ``|c|`` times that of ``Phi(x) = x``.
+
+    Differences from Quantus:
+
+    * A shift of 0 is left out (Quantus' grid contains it for even ``W``): the input
+      does not change, and Quantus' ratio ``|Phi(x) - Phi(x)|_1 / (0 + 1e-9)`` is 0 for
+      a deterministic map but ``1e9`` times any difference between two calls of a
+      stochastic one. Likewise any translation that leaves the input unchanged (an
+      image constant along the axis) is left out, and an example none of whose
+      translations counts is NaN.
+    * Quantus' ``abs=True`` and ``normalise=True`` (its defaults) belong in ``explain``
+      here; Quantus normalises by the batch's largest value, not each map's (see
+      docs/captum.md).
+    * ``keep_prediction=True`` (Quantus' ``return_nan_when_prediction_changes``) leaves
+      out the translations that change the predicted class and needs ``fn``; Quantus
+      instead makes the example NaN as soon as one translation changes it.
+
+    Args:
+      explain: ``explain(x, target, key) -> maps`` on a batch, as for
+        :func:`max_sensitivity`.
+      x: inputs ``(N, ...)``.
+      target: class per example or one int; ``None`` needs ``fn``.
+      key: a PRNG key (or one per example) for the explainer.
+      steps: the number of translations of Quantus' grid (``nr_steps``).
+      shifts: explicit shifts (ints) instead of the grid.
+      axis: the axis of one example to translate along (``-2``: the width of
+        ``(H, W, C)`` images).
+      fill: ``'min'`` (each example's minimum) or a number.
+      fn: the model, for ``target=None`` and ``keep_prediction``.
+      keep_prediction: count only translations that keep the predicted class.
+      independent_explain_keys, batch_size: as for :func:`max_sensitivity`.
+
+    Returns:
+      float32 array ``(N,)``.
+    """
+    x = as_input(x)
+    if x.ndim < 2:
+        raise ValueError(f"continuity translates examples along an axis: x has shape {x.shape}")
+    axis = operator.index(axis)
+    if not -(x.ndim - 1) <= axis < x.ndim - 1:
+        raise ValueError(f"axis {axis} is not an axis of one example of shape {x.shape[1:]}")
+    size = x.shape[1:][axis]
+    if shifts is None:
+        steps = as_count(steps, "steps")
+        step = (2 * size + 1) // steps
+        if step == 0:
+            raise ValueError(f"steps must be at most 2 * {size} + 1 (the axis' size), got {steps}")
+        grid = -size + step * np.arange(1, steps + 1)
+    else:
+        grid = np.asarray(shifts)
+        if grid.ndim != 1 or grid.size == 0 or not np.issubdtype(grid.dtype, np.integer):
+            raise ValueError(f"shifts must be a non-empty 1-D sequence of ints, got {shifts!r}")
+    grid = grid[grid != 0]
+    if grid.size == 0:
+        raise ValueError("shifts has no shift other than 0, which leaves the input unchanged")
+    if not (isinstance(fill, str) and fill == "min"):
+        if isinstance(fill, str):
+            raise ValueError(f"fill must be 'min' or a number, got {fill!r}")
+        fill = _as_bound(fill, "fill")
+    if keep_prediction and fn is None:
+        raise ValueError("keep_prediction=True needs fn= (the model) to tell the prediction")
+    shift_of = jnp.asarray(grid, jnp.int32)
+
+    def make_score(x: Array, clean: Array) -> Score:
+        predicted = resolve_target(fn, x, None, batch_size=batch_size) if keep_prediction else None
+
+        def score(example: Array, moved: Array, maps: Array) -> Array:
+            change = jnp.sum(jnp.abs((maps - clean[example]).reshape(maps.shape[0], -1)), 1)
+            distance = _flat_norm(moved - x[example], "fro")
+            counts = distance > 0
+            if keep_prediction:
+                counts &= jnp.argmax(fn(moved), axis=1) == predicted[example]
+            return jnp.where(counts, change / jnp.where(distance > 0, distance, 1.0), -jnp.inf)
+
+        return score
+
+    scores = _sensitivity(
+        "continuity",
+        explain,
+        x,
+        target,
+        key,
+        perturb=lambda _, xi, s: translate(xi, shift_of[s], axis=axis, fill=fill),
+        score=make_score,
+        samples=int(grid.size),
+        fn=fn,
+        independent_explain_keys=independent_explain_keys,
+        batch_size=batch_size,
+    )
+    best = scores.max(axis=1)
+    return jnp.where(best == -jnp.inf, jnp.nan, best)
 
 
 def relative_input_stability(
@@ -670,7 +814,7 @@ def _uniform_sensitivity(
         x,
         target,
         key,
-        perturb=functools.partial(uniform_perturbation, radius=radius),
+        perturb=lambda k, xi, _: uniform_perturbation(k, xi, radius),
         score=_map_change(_check_norm_ord(norm_ord), over_input=False),
         samples=samples,
         fn=fn,
@@ -782,7 +926,7 @@ def _relative_stability(
         x,
         target,
         key,
-        perturb=lambda k, xi: xi + jax.random.uniform(k, xi.shape, xi.dtype, minval, maxval),
+        perturb=lambda k, xi, _: xi + jax.random.uniform(k, xi.shape, xi.dtype, minval, maxval),
         score=make_score,
         samples=samples,
         fn=fn,
@@ -800,7 +944,7 @@ def _sensitivity(
     target: Target,
     key: Array,
     *,
-    perturb: Callable[[Array, Array], Array],
+    perturb: Callable[[Array, Array, Array], Array],
     score: MakeScore,
     samples: int,
     fn: ModelFn | None,
@@ -808,7 +952,7 @@ def _sensitivity(
     batch_size: int | None,
 ) -> Array:
     """``(N, samples)``: ``score(x, Phi(x))(i, x'_s, Phi(x'_s))`` for every example ``i``
-    and perturbation ``x'_s = perturb(key_s, x_i)``, in chunks of ``batch_size`` pairs."""
+    and perturbation ``x'_s = perturb(key_s, x_i, s)``, in chunks of ``batch_size`` pairs."""
     samples = as_count(samples, "samples")
     x = as_input(x)
     num_examples = x.shape[0]
@@ -839,7 +983,7 @@ def _sensitivity(
     pair_score = score(x, clean)
 
     def evaluate(example: Array, sample: Array) -> Array:
-        noisy = jax.vmap(perturb)(sample_keys(noise_keys, example, sample), x[example])
+        noisy = jax.vmap(perturb)(sample_keys(noise_keys, example, sample), x[example], sample)
         row_keys = (
             sample_keys(explain_keys, example, sample)
             if independent_explain_keys
