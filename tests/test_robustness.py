@@ -537,28 +537,46 @@ def test_translate_moves_along_the_axis_and_fills_what_it_uncovers():
                 translate(x, shift, fill=fill), np_translate(np.asarray(x), shift, value)
             )
     np.testing.assert_array_equal(translate(x[0], 1, axis=0, fill=0.0)[1], x[0, 0])
+    for bad, message in (
+        ({"shift": 1.5}, "integer number of positions"),
+        ({"shift": 1, "axis": 3}, "is not an axis"),
+        ({"shift": 1, "fill": "black"}, "fill must be"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            translate(x, **bad)
 
 
-def test_continuity_of_the_identity_map_is_a_ratio_of_norms():
-    """Phi(x) = x: each translation scores ||x' - x||_1 / ||x' - x||_2, recomputed in
-    numpy on Quantus' grid (shifts -W + 2k for W = 6, steps 6, the shift 0 left out),
-    and Phi = -3 x scores 3 times as much."""
+def test_continuity_is_quantus_loop_recomputed_in_numpy():
+    """Quantus' grid for W = 7 and 4 steps, dx = 15 // 4 = 3: shifts -4, -1, 2, 5 (not
+    symmetric, so a wrong sign or an off-by-one grid changes the answer), each scored by
+    ||Phi(x') - Phi(x)||_1 / ||x' - x||_2 for a map that is not symmetric either; the
+    map scaled by -3 scores 3 times as much."""
     from fmi_jax.evaluation import continuity
 
     rng = np.random.default_rng(0)
-    x = rng.uniform(0.2, 1.0, size=(3, 4, 6, 2)).astype(np.float32)
+    x = rng.uniform(0.2, 1.0, size=(3, 4, 7, 2)).astype(np.float32)
     x[1, :, 2:] = 0.0
+    w = rng.normal(size=(4, 7, 2)).astype(np.float32)
+
+    def phi(z):
+        return z * w + 0.3 * z**2
+
     expected = []
     for example in x:
         ratios = []
-        for shift in (-4, -2, 2, 4, 6):  # dx = 13 // 6 = 2; -6 + 2k, k = 1..6, no 0
-            change = np_translate(example, shift, example.min()) - example
-            ratios.append(np.abs(change).sum() / np.sqrt((change**2).sum()))
+        for shift in (-4, -1, 2, 5):
+            moved = np_translate(example, shift, example.min())
+            change = np.abs(phi(moved) - phi(example)).sum()
+            ratios.append(change / np.sqrt(((moved - example) ** 2).sum()))
         expected.append(max(ratios))
     key = jax.random.key(0)
-    got = continuity(lambda z, t, k: z, jnp.asarray(x), 0, key, steps=6)
+    got = continuity(lambda z, t, k: phi(z), jnp.asarray(x), 0, key, steps=4)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
-    scaled = continuity(lambda z, t, k: -3.0 * z, jnp.asarray(x), 0, key, steps=6, batch_size=4)
+    flipped = continuity(lambda z, t, k: phi(z), jnp.asarray(x), 0, key, shifts=[4, 1, -2, -5])
+    assert not np.allclose(flipped, expected, rtol=1e-3)
+    scaled = continuity(
+        lambda z, t, k: -3.0 * phi(z), jnp.asarray(x), 0, key, steps=4, batch_size=5
+    )
     np.testing.assert_allclose(scaled, 3 * np.asarray(expected), rtol=1e-5)
 
 
@@ -574,19 +592,32 @@ def test_continuity_leaves_out_unchanged_inputs_and_changed_predictions():
     x = np.zeros((2, 2, 4, 1), np.float32)
     x[0, :, 0] = 1.0  # all mass at the left edge: class 0
     x[1] = 0.5  # constant: every translation with fill 'min' is the image itself
-    explain = lambda z, t, k: z  # noqa: E731
+    weights = np.array([1.0, 2.0, 3.0, 5.0], np.float32)[None, None, :, None]
+
+    def explain(z, t, k):
+        return z * weights
+
+    def ratio(example, shift):
+        moved = np_translate(example, shift, example.min())
+        return np.abs((moved - example) * weights[0]).sum() / np.linalg.norm(moved - example)
+
     key = jax.random.key(1)
-    plain = continuity(explain, jnp.asarray(x), 0, key, shifts=[1, 3])
-    kept = continuity(explain, jnp.asarray(x), 0, key, shifts=[1, 3], fn=fn, keep_prediction=True)
-    # Shift 1 keeps class 0 (mass in column 1); shift 3 moves it to column 3 (class 1).
-    # Either translation moves 2 pixels of 1 away and 2 in: ratio 4 / 2 = 2.
-    np.testing.assert_allclose(plain[0], 2.0, rtol=1e-6)
-    np.testing.assert_allclose(kept[0], 2.0, rtol=1e-6)
+    # Shift 1 keeps class 0 (mass in column 1); shift 3 moves it to column 3 (class 1)
+    # and scores more. The target (1) is not the prediction: the kept translations are
+    # those that keep the prediction (Quantus would keep the ones that reach the target).
+    plain = continuity(explain, jnp.asarray(x), 1, key, shifts=[1, 3])
+    kept = continuity(explain, jnp.asarray(x), 1, key, shifts=[1, 3], fn=fn, keep_prediction=True)
+    assert ratio(x[0], 3) > ratio(x[0], 1)
+    np.testing.assert_allclose(plain[0], ratio(x[0], 3), rtol=1e-6)
+    np.testing.assert_allclose(kept[0], ratio(x[0], 1), rtol=1e-6)
     kept_none = continuity(
-        explain, jnp.asarray(x[:1]), 0, key, shifts=[3], fn=fn, keep_prediction=True
+        explain, jnp.asarray(x[:1]), 1, key, shifts=[3], fn=fn, keep_prediction=True
     )
     assert np.isnan(kept_none[0])
     assert np.isnan(plain[1]) and np.isnan(kept[1])
+    # A shift of the axis' size or more leaves only the fill, however large.
+    huge = continuity(explain, jnp.asarray(x[:1]), 1, key, shifts=[2**40])
+    np.testing.assert_allclose(huge[0], ratio(x[0], 4), rtol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -598,6 +629,8 @@ def test_continuity_leaves_out_unchanged_inputs_and_changed_predictions():
         ({"axis": 3}, "not an axis of one example"),
         ({"fill": "black", "steps": 4}, "fill must be 'min' or a number"),
         ({"keep_prediction": True, "steps": 4}, "needs fn="),
+        ({"axis": 1.5}, "axis must be an int"),
+        ({"shifts": [[1, 2], [3]]}, "sequence of ints"),
     ],
 )
 def test_continuity_refuses_bad_options_in_one_line(options, message):

@@ -490,7 +490,13 @@ def translate(x: Array, shift: Array, *, axis: int = -2, fill: Any = "min") -> A
     higher indices; ``axis=-2`` is the width of an ``(H, W, C)`` image), the positions
     it uncovers set to ``fill``: a number, or ``'min'``, the example's smallest value
     (Quantus' ``'black'``). A shift of the axis' length or more leaves only ``fill``."""
-    axis = axis % x.ndim
+    x = jnp.asarray(x)
+    axis = _as_axis(axis, x.ndim, f"an axis of an example of shape {x.shape}")
+    fill = _as_fill(fill)
+    if not isinstance(shift, jax.core.Tracer) and not jnp.issubdtype(
+        jnp.asarray(shift).dtype, jnp.integer
+    ):
+        raise ValueError(f"shift must be an integer number of positions, got {shift!r}")
     size = x.shape[axis]
     source = jnp.arange(size) - shift
     inside = (source >= 0) & (source < size)
@@ -499,6 +505,25 @@ def translate(x: Array, shift: Array, *, axis: int = -2, fill: Any = "min") -> A
     shape[axis] = size
     value = jnp.min(x) if isinstance(fill, str) and fill == "min" else fill
     return jnp.where(inside.reshape(shape), moved, value)
+
+
+def _as_axis(axis: Any, ndim: int, what: str) -> int:
+    """``axis`` as an index in ``[0, ndim)`` (negative counts from the end)."""
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise ValueError(f"axis must be an int, got {axis!r}") from None
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is not {what}")
+    return axis % ndim
+
+
+def _as_fill(fill: Any) -> float | str:
+    if isinstance(fill, str):
+        if fill != "min":
+            raise ValueError(f"fill must be 'min' or a number, got {fill!r}")
+        return fill
+    return _as_bound(fill, "fill")
 
 
 def continuity(
@@ -531,8 +556,8 @@ def continuity(
 
     Differences from Quantus:
 
-    * A shift of 0 is left out (Quantus' grid contains it for even ``W``): the input
-      does not change, and Quantus' ratio ``|Phi(x) - Phi(x)|_1 / (0 + 1e-9)`` is 0 for
+    * A shift of 0 is left out (Quantus' grid contains it when ``dx`` divides ``W``, as
+      for 28 pixels and 28 steps): the input does not change, and Quantus' ratio ``|Phi(x) - Phi(x)|_1 / (0 + 1e-9)`` is 0 for
       a deterministic map but ``1e9`` times any difference between two calls of a
       stochastic one. Likewise any translation that leaves the input unchanged (an
       image constant along the axis) is left out, and an example none of whose
@@ -541,8 +566,12 @@ def continuity(
       here; Quantus normalises by the batch's largest value, not each map's (see
       docs/captum.md).
     * ``keep_prediction=True`` (Quantus' ``return_nan_when_prediction_changes``) leaves
-      out the translations that change the predicted class and needs ``fn``; Quantus
-      instead makes the example NaN as soon as one translation changes it.
+      out the translations that change the clean input's predicted class and needs
+      ``fn``; Quantus instead makes the example NaN as soon as one translation's
+      prediction differs from the *target* (for a misclassified image with its label as
+      the target, every translation that keeps the model's mistake).
+    * When ``steps`` divides ``2W + 1`` the grid's last shift is ``W + 1``, a copy that
+      is all ``fill`` (Quantus raises an IndexError there).
 
     Args:
       explain: ``explain(x, target, key) -> maps`` on a batch, as for
@@ -565,30 +594,32 @@ def continuity(
     x = as_input(x)
     if x.ndim < 2:
         raise ValueError(f"continuity translates examples along an axis: x has shape {x.shape}")
-    axis = operator.index(axis)
-    if not -(x.ndim - 1) <= axis < x.ndim - 1:
-        raise ValueError(f"axis {axis} is not an axis of one example of shape {x.shape[1:]}")
+    axis = _as_axis(axis, x.ndim - 1, f"an axis of one example of shape {x.shape[1:]}")
     size = x.shape[1:][axis]
     if shifts is None:
         steps = as_count(steps, "steps")
         step = (2 * size + 1) // steps
         if step == 0:
-            raise ValueError(f"steps must be at most 2 * {size} + 1 (the axis' size), got {steps}")
+            raise ValueError(
+                f"steps must be at most 2 * {size} + 1 (twice the axis' size plus 1), got {steps}"
+            )
         grid = -size + step * np.arange(1, steps + 1)
     else:
-        grid = np.asarray(shifts)
+        try:
+            grid = np.asarray(shifts)
+        except ValueError:
+            grid = np.asarray([])
         if grid.ndim != 1 or grid.size == 0 or not np.issubdtype(grid.dtype, np.integer):
             raise ValueError(f"shifts must be a non-empty 1-D sequence of ints, got {shifts!r}")
     grid = grid[grid != 0]
     if grid.size == 0:
         raise ValueError("shifts has no shift other than 0, which leaves the input unchanged")
-    if not (isinstance(fill, str) and fill == "min"):
-        if isinstance(fill, str):
-            raise ValueError(f"fill must be 'min' or a number, got {fill!r}")
-        fill = _as_bound(fill, "fill")
-    if keep_prediction and fn is None:
+    fill = _as_fill(fill)
+    if keep_prediction and not callable(fn):
         raise ValueError("keep_prediction=True needs fn= (the model) to tell the prediction")
-    shift_of = jnp.asarray(grid, jnp.int32)
+    # A shift of the axis' size or more leaves only the fill: clipping changes no value
+    # and keeps every shift inside int32.
+    shift_of = jnp.asarray(np.clip(grid, -size, size), jnp.int32)
 
     def make_score(x: Array, clean: Array) -> Score:
         predicted = resolve_target(fn, x, None, batch_size=batch_size) if keep_prediction else None
