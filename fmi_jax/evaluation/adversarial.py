@@ -46,7 +46,8 @@ differences (docs/captum.md derives each):
   most ``1e-6`` in magnitude. The cross-entropy gradient is
   ``sum_{k != y} p_k (grad z_k - grad z_y)``, which shrinks with ``1 - p_y``, so for a
   confidently classified example it can fall below any fixed threshold everywhere,
-  and the step then does nothing although the gradient has a sign. ``zero_threshold=1e-6`` reproduces Captum.
+  and the step then does nothing although the gradient has a sign.
+  ``zero_threshold=1e-6`` reproduces Captum.
 * :func:`min_perturbation` answers per example, not for a whole batch (Captum's default
   ``correct_fn`` asks whether *all* examples are still right, so its parameter is that
   of the first example to change), and it takes the parameter values as an array

@@ -557,9 +557,9 @@ def continuity(
     Differences from Quantus:
 
     * A shift of 0 is left out (Quantus' grid contains it when ``dx`` divides ``W``, as
-      for 28 pixels and 28 steps): the input does not change, and Quantus' ratio ``|Phi(x) - Phi(x)|_1 / (0 + 1e-9)`` is 0 for
-      a deterministic map but ``1e9`` times any difference between two calls of a
-      stochastic one. Likewise any translation that leaves the input unchanged (an
+      for 28 pixels and 28 steps): the input does not change, and Quantus' ratio
+      ``|Phi(x) - Phi(x)|_1 / (0 + 1e-9)`` is 0 for a deterministic map but ``1e9``
+      times any difference between two calls of a stochastic one. Likewise any translation that leaves the input unchanged (an
       image constant along the axis) is left out, and an example none of whose
       translations counts is NaN.
     * Quantus' ``abs=True`` and ``normalise=True`` (its defaults) belong in ``explain``
