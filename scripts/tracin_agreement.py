@@ -12,8 +12,11 @@ checkpoint, ``--batch_size`` training examples per chunk. It prints the relative
 difference of the score matrices and of the self-influences, how many of each test
 image's top-5 proponents agree, and each side's wall time (fmi_jax's first call
 includes compiling, which later calls with the same loss function reuse; the second
-call is timed too). docs/captum.md reports what it
-measured. Without torch and Captum, or without a run in --workdir, it ends in one
+call is timed too). Then Captum's ``SimilarityInfluence`` against
+``similarity_influence``: the top 5 training images per test image at each of ``--layers``
+(the last checkpoint), by cosine similarity and by Euclidean distance, with the share
+of indices that agree in order and the largest score difference. docs/captum.md
+reports what it measured. Without torch and Captum, or without a run in --workdir, it ends in one
 ``error:`` line and exit status 2.
 """
 
@@ -40,12 +43,19 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/cnn_fmnist", "A trained run of a
 _NUM_TRAIN = flags.DEFINE_integer("num_train", 200, "First training images to score.")
 _NUM_TEST = flags.DEFINE_integer("num_test", 10, "First test images to explain.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 50, "Training examples per chunk.")
+_LAYERS = flags.DEFINE_list(
+    "layers", ["conv2", "conv3"], "The layers SimilarityInfluence compares at (two or more)."
+)
 
 
 def main():
-    torch, influence, torch_data = _cli.reference_packages(
-        "torch", "captum.influence", "torch.utils.data"
+    torch, influence, torch_data, similarity = _cli.reference_packages(
+        "torch",
+        "captum.influence",
+        "torch.utils.data",
+        "captum.influence._core.similarity_influence",
     )
+    top = 5
     TracInCP, TensorDataset = influence.TracInCP, torch_data.TensorDataset
     from fmi_jax.benchmark import torch_side
 
@@ -120,10 +130,68 @@ def main():
         theirs_self = explainer.self_influence(show_progress=False).numpy()
         captum_self_seconds = time.perf_counter() - start
 
+        # SimilarityInfluence at two conv blocks (the last checkpoint's weights). Captum
+        # 0.9 fails on a single layer (its LayerActivation returns a list that it wraps
+        # in another), so both layers go into one Captum call.
+        handle = attribution.flax_model(model, checkpoints[-1])
+        last = torch_side.from_flax(model, checkpoints[-1], shape).eval()
+        names = {
+            layer: next(
+                n for n, m in last.named_modules() if m is torch_side.conv_block_output(last, layer)
+            )
+            for layer in _LAYERS.value
+        }
+        similar = []
+
+        # Captum's metrics call .view on the activations, which fails on the
+        # non-contiguous ReLU outputs of this model: they get contiguous copies.
+        def contiguous(captum_metric):
+            return lambda a, b, **kw: captum_metric(a.contiguous(), b.contiguous(), **kw)
+
+        for metric, captum_metric, direction in (
+            ("cosine", contiguous(similarity.cosine_similarity), "max"),
+            ("euclidean", contiguous(similarity.euclidean_distance), "min"),
+        ):
+            search = similarity.SimilarityInfluence(
+                last,
+                list(names.values()),
+                nchw(train_images),
+                str(Path(folder) / f"activations_{metric}"),
+                similarity_metric=captum_metric,
+                similarity_direction=direction,
+                batch_size=_BATCH_SIZE.value,
+            )
+            start = time.perf_counter()
+            theirs_k = search.influence(nchw(test_images), top_k=top)
+            theirs_seconds = time.perf_counter() - start
+            for layer, name in names.items():
+                start = time.perf_counter()
+                ours_k = jax.block_until_ready(
+                    attribution.similarity_influence(
+                        handle,
+                        test_images,
+                        train_images,
+                        layer=layer,
+                        metric=metric,
+                        top_k=top,
+                        batch_size=_BATCH_SIZE.value,
+                    )
+                )
+                similar.append(
+                    (
+                        f"{metric}, {layer}",
+                        np.asarray(ours_k.indices),
+                        np.asarray(ours_k.scores),
+                        theirs_k[name][0].numpy(),
+                        theirs_k[name][1].numpy(),
+                        time.perf_counter() - start,
+                        theirs_seconds,
+                    )
+                )
+
     def relative(a, b):
         return np.linalg.norm(a - b) / np.linalg.norm(b)
 
-    top = 5
     agree = np.mean(
         [
             len(set(np.argsort(-o)[:top]) & set(np.argsort(-t)[:top])) / top
@@ -146,6 +214,19 @@ def main():
         f"{self_seconds[0]:.1f} / {self_seconds[1]:.1f} "
         f"| {captum_self_seconds:.1f} |"
     )
+    print(
+        f"\nsimilarity_influence (last checkpoint), top {top} per test image; Captum's time "
+        "is one call for all layers, fmi_jax's one call per layer (compiling included):"
+    )
+    print(
+        "| metric, layer | same indices, in order | largest score difference | fmi_jax s | Captum s |"
+    )
+    print("|---|---|---|---|---|")
+    for metric, oi, os_, ti, ts, o_s, t_s in similar:
+        print(
+            f"| {metric} | {np.mean(oi == ti):.0%} | {np.abs(os_ - ts).max():.2g} | {o_s:.1f} "
+            f"| {t_s:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -72,6 +72,7 @@ at_neuron(method)              :mod:`.layer`                         NeuronDeepL
                                                                      NeuronGuidedBackprop, ...
 tcav, concept_sensitivity      :mod:`.concepts`                      TCAV (captum.concept)
 tracin, self_influence         :mod:`.influence`                     TracInCP (captum.influence)
+similarity_influence           :mod:`.influence`                     SimilarityInfluence
 =============================  ====================================  ========================
 
 ``noise_tunnel(method, samples=..., kind=...)`` is a transform that returns a new
@@ -113,7 +114,13 @@ from fmi_jax.attribution.core import Method, completeness_delta, resolve_target
 from fmi_jax.attribution.deeplift import deeplift
 from fmi_jax.attribution.gradients import input_x_gradient, saliency
 from fmi_jax.attribution.handle import FlaxModel, as_flax_model, flax_model
-from fmi_jax.attribution.influence import self_influence, tracin
+from fmi_jax.attribution.influence import (
+    SIMILARITY_METRICS,
+    SimilarExamples,
+    self_influence,
+    similarity_influence,
+    tracin,
+)
 from fmi_jax.attribution.integrated_gradients import (
     QUADRATURE_RULES,
     integrated_gradients,
@@ -232,6 +239,9 @@ __all__ = [
     "t_test",
     "tracin",
     "self_influence",
+    "similarity_influence",
+    "SimilarExamples",
+    "SIMILARITY_METRICS",
     "resolve_target",
     "completeness_delta",
     "METHODS",

@@ -39,6 +39,13 @@ Differences from Captum's ``TracInCP`` (``captum.influence``):
 * Captum's ``layers=`` chooses modules; ``select`` chooses parameters, so a layer's
   bias can be left out, and non-trainable state (batch-norm statistics) is excluded by
   path rather than by being a buffer.
+
+Similarity (:func:`similarity_influence`, Captum's ``SimilarityInfluence``) is the
+gradient-free neighbour: the training examples whose activation at a layer is closest
+to the test example's, by cosine similarity (largest first) or Euclidean distance
+(smallest first): which training images the model sees this one as. Captum writes every training activation to disk and reads it
+back; here the training set streams through the model ``batch_size`` examples at a
+time and only the ``(N_test, N_train)`` scores are kept.
 """
 
 from __future__ import annotations
@@ -46,15 +53,24 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmi_jax.attribution.core import Array, as_count, map_over_samples
+from fmi_jax.attribution.core import Array, as_count, as_input, map_over_samples
+from fmi_jax.attribution.handle import layer_call
 
-__all__ = ["self_influence", "tracin"]
+__all__ = [
+    "SIMILARITY_METRICS",
+    "SimilarExamples",
+    "self_influence",
+    "similarity_influence",
+    "tracin",
+]
+
+SIMILARITY_METRICS = ("cosine", "euclidean")
 
 Loss = Callable[[Any, Any], Array]
 
@@ -311,3 +327,101 @@ def self_influence(
     for variables, rate in zip(checkpoints, rates):
         total = total + influence(variables, jnp.float32(rate), data)
     return total
+
+
+class SimilarExamples(NamedTuple):
+    """The ``top_k`` training examples closest to each test example, closest first.
+
+    Attributes:
+      indices: int32 ``(N_test, top_k)``, positions in the training set.
+      scores: float32 ``(N_test, top_k)``: cosine similarities (descending) or
+        Euclidean distances (ascending).
+    """
+
+    indices: Array
+    scores: Array
+
+
+def _rows(values: Array) -> Array:
+    return values.reshape(values.shape[0], -1).astype(jnp.float32)
+
+
+def _unit_rows(rows: Array) -> Array:
+    """Rows divided by their L2 norm; a zero row stays zero (its cosine similarity with
+    anything is then 0, Captum's ``replace_nan=0``)."""
+    norms = jnp.sqrt(jnp.sum(rows * rows, axis=1, keepdims=True))
+    return jnp.where(norms > 0, rows / jnp.where(norms > 0, norms, 1.0), 0.0)
+
+
+def similarity_influence(
+    model: Any,
+    test: Array,
+    train: Array,
+    *,
+    layer: str | None = None,
+    metric: str = "cosine",
+    top_k: int = 1,
+    batch_size: int | None = None,
+) -> SimilarExamples:
+    """The training examples whose activations at ``layer`` are most similar to each
+    test example's (Captum's ``SimilarityInfluence``).
+
+    Cosine similarity ``a . b / (|a| |b|)`` of the flattened activations, largest
+    first, or Euclidean distance ``|a - b|``, smallest first (computed from the
+    differences, so an identical activation is at distance exactly 0). Ties keep the
+    training set's order.
+
+    Args:
+      model: a model handle (:func:`~fmi_jax.attribution.flax_model`); unused, and may
+        be None, when ``layer`` is None.
+      test: the inputs to explain, ``(N_test, ...)``.
+      train: the training inputs, ``(N_train, ...)``, examples shaped like ``test``'s.
+      layer: the module path of the layer to compare at (``'conv3'``); None compares
+        the inputs themselves.
+      metric: ``'cosine'`` or ``'euclidean'``.
+      top_k: how many training examples to return per test example.
+      batch_size: training (and test) examples per forward pass; None: all at once.
+
+    Returns:
+      :class:`SimilarExamples`.
+    """
+    if metric not in SIMILARITY_METRICS:
+        raise ValueError(f"metric must be one of {SIMILARITY_METRICS}, got {metric!r}")
+    test, train = as_input(test, "test"), as_input(train, "train")
+    if test.shape[1:] != train.shape[1:]:
+        raise ValueError(
+            f"test examples of shape {test.shape[1:]} and training examples of shape "
+            f"{train.shape[1:]} differ: both go through the same model"
+        )
+    top_k = as_count(top_k, "top_k", 1, train.shape[0])
+    if layer is None:
+        if batch_size is not None:
+            as_count(batch_size, "batch_size")
+
+        def activations(x: Array) -> Array:
+            return _rows(x)
+    else:
+        handle, _, _ = layer_call(model, test, layer, "similarity_influence", batch_size)
+
+        def activations(x: Array) -> Array:
+            return _rows(handle.capture(x, layer)[1])
+
+    reference = map_over_samples(
+        lambda example, _: activations(test[example]), test.shape[0], 1, batch_size=batch_size
+    )[:, 0]
+    if metric == "cosine":
+        reference = _unit_rows(reference)
+
+    def scores(example: Array, _: Array) -> Array:
+        rows = activations(train[example])
+        if metric == "cosine":
+            return _unit_rows(rows) @ reference.T
+        # One test row at a time: the differences of a chunk, never (chunk, N_test, D).
+        return jax.lax.map(lambda r: jnp.sqrt(jnp.sum(jnp.square(rows - r), axis=1)), reference).T
+
+    table = map_over_samples(scores, train.shape[0], 1, batch_size=batch_size)[:, 0].T
+    ranked = table if metric == "cosine" else -table
+    values, indices = jax.lax.top_k(ranked, top_k)
+    return SimilarExamples(
+        indices=indices.astype(jnp.int32), scores=values if metric == "cosine" else -values
+    )

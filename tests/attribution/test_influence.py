@@ -288,3 +288,75 @@ def test_bad_arguments_are_one_line_value_errors(mlp):
             call()
             pytest.fail(f"no error for {match!r}")
         assert "\n" not in str(error.value), str(error.value)
+
+
+class TwoConv(nn.Module):
+    """A conv layer named 'features' and a dense head: a layer to compare at."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(3, (3, 3), padding="SAME", name="features")(x))
+        return nn.Dense(4)(x.reshape(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_similarity_influence_is_a_numpy_nearest_neighbour_search(metric):
+    """On the inputs (layer=None) and at a conv layer: numpy's ranking of the flattened
+    activations, any chunking; a test example that is also a training example finds
+    itself first (similarity 1, distance exactly 0)."""
+    from fmi_jax.attribution import flax_model, layer_activations, similarity_influence
+
+    rng = np.random.default_rng(4)
+    train = rng.uniform(size=(9, 4, 4, 2)).astype(np.float32)
+    test = np.concatenate([train[[6]], rng.uniform(size=(2, 4, 4, 2))]).astype(np.float32)
+    model = TwoConv()
+    handle = flax_model(model, model.init(jax.random.key(0), jnp.zeros((1, 4, 4, 2))))
+
+    def expected(a, b):
+        a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1)
+        if metric == "cosine":
+            table = (a / np.linalg.norm(a, axis=1, keepdims=True)) @ (
+                b / np.linalg.norm(b, axis=1, keepdims=True)
+            ).T
+            return np.argsort(-table, axis=1, kind="stable"), -np.sort(-table, axis=1)
+        table = np.linalg.norm(a[:, None] - b[None], axis=2)
+        return np.argsort(table, axis=1, kind="stable"), np.sort(table, axis=1)
+
+    for layer in (None, "features"):
+        if layer is None:
+            want = expected(test, train)
+        else:
+            acts = np.asarray(
+                layer_activations(handle, jnp.concatenate([test, train]), layer=layer)
+            )
+            want = expected(acts[:3], acts[3:])
+        for batch_size in (None, 4):
+            got = similarity_influence(
+                handle, test, train, layer=layer, metric=metric, top_k=3, batch_size=batch_size
+            )
+            np.testing.assert_array_equal(got.indices, want[0][:, :3])
+            np.testing.assert_allclose(got.scores, want[1][:, :3], rtol=2e-5, atol=2e-6)
+        assert got.indices[0, 0] == 6
+        assert got.scores[0, 0] == (0.0 if metric == "euclidean" else pytest.approx(1.0, abs=1e-6))
+
+
+def test_similarity_influence_ties_zero_rows_and_errors():
+    from fmi_jax.attribution import similarity_influence
+
+    train = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 0.0], [0.0, 1.0]], np.float32)
+    test = np.array([[3.0, 0.0], [0.0, 0.0]], np.float32)
+    got = similarity_influence(None, test, train, top_k=4)
+    # Cosine ignores the scale: rows 0 and 1 tie at 1, in the training set's order; a
+    # zero row has similarity 0 with everything (Captum's replace_nan=0).
+    np.testing.assert_array_equal(got.indices[0], [0, 1, 2, 3])
+    np.testing.assert_allclose(got.scores[0], [1, 1, 0, 0], atol=1e-7)
+    np.testing.assert_allclose(got.scores[1], [0, 0, 0, 0])
+    for kwargs, message in (
+        ({"metric": "dot"}, "metric must be one of"),
+        ({"top_k": 5}, "top_k must be in"),
+        ({"layer": "features"}, "flax_model"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            similarity_influence(lambda x: x, test, train, **kwargs)
+    with pytest.raises(ValueError, match="differ"):
+        similarity_influence(None, test, train[:, :1])
