@@ -139,61 +139,18 @@ def test_pgd_stays_in_the_ball_and_bounds_and_raises_the_loss(linear):
     x = np.clip(x, 0.25, 0.75).astype(np.float32)
     xj = jnp.asarray(x)
     key = jax.random.key(0)
-    l2 = pgd(
-        fn,
-        xj,
-        labels,
-        radius=0.3,
-        step_size=0.2,
-        steps=4,
-        norm="l2",
-        random_start=True,
-        key=key,
-        bounds=(0.25, 0.75),
-    )
+    ball = dict(random_start=True, key=key, bounds=(0.25, 0.75))
+    l2 = pgd(fn, xj, labels, radius=0.3, step_size=0.2, steps=4, norm="l2", **ball)
     distance = np.linalg.norm((np.asarray(l2) - x).reshape(N, -1), axis=1)
     assert distance.max() <= 0.3 + 1e-6 and l2.min() >= 0.25 and l2.max() <= 0.75
-    out = pgd(
-        fn,
-        xj,
-        labels,
-        radius=0.1,
-        step_size=0.04,
-        steps=5,
-        random_start=True,
-        key=key,
-        bounds=(0.25, 0.75),
-    )
+    linf = dict(radius=0.1, step_size=0.04, steps=5, **ball)
+    out = pgd(fn, xj, labels, **linf)
     assert np.abs(np.asarray(out) - x).max() <= 0.1 + 1e-6
     assert out.min() >= 0.25 and out.max() <= 0.75
     assert np.all(cross_entropy(fn(out), labels) > cross_entropy(fn(xj), labels))
     # Chunking and jit change nothing; keys are per example.
-    chunked = pgd(
-        fn,
-        xj,
-        labels,
-        radius=0.1,
-        step_size=0.04,
-        steps=5,
-        random_start=True,
-        key=key,
-        bounds=(0.25, 0.75),
-        batch_size=2,
-    )
-    np.testing.assert_allclose(chunked, out, atol=1e-6)
-    jitted = jax.jit(
-        lambda z: pgd(
-            fn,
-            z,
-            labels,
-            radius=0.1,
-            step_size=0.04,
-            steps=5,
-            random_start=True,
-            key=key,
-            bounds=(0.25, 0.75),
-        )
-    )(xj)
+    np.testing.assert_allclose(pgd(fn, xj, labels, batch_size=2, **linf), out, atol=1e-6)
+    jitted = jax.jit(lambda z: pgd(fn, z, labels, **linf))(xj)
     np.testing.assert_allclose(jitted, out, atol=1e-6)
 
 

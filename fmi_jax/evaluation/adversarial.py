@@ -80,9 +80,9 @@ from fmi_jax.attribution.core import (
     Array,
     ModelFn,
     Target,
+    as_baseline,
     as_count,
     as_input,
-    check_finite,
     example_keys,
     map_over_samples,
     per_example,
@@ -167,21 +167,9 @@ def _as_norm(norm: Any) -> str:
 
 
 def _as_mask(mask: Any, x: Array) -> Array:
-    """``mask`` broadcast to ``x.shape``: one example's shape or the batch's; ones when None."""
-    if mask is None:
-        return jnp.ones_like(x)
-    mask = jnp.asarray(mask, dtype=jnp.float32)
-    try:
-        shape = np.broadcast_shapes(mask.shape, x.shape)
-    except ValueError:
-        shape = None
-    if shape != x.shape:
-        raise ValueError(
-            f"mask of shape {mask.shape} does not broadcast to the input shape {x.shape}: "
-            "pass one example's shape or the batch's"
-        )
-    check_finite(mask, "mask")
-    return jnp.broadcast_to(mask, x.shape)
+    """``mask`` broadcast to ``x.shape`` (one example's shape or the batch's); ones when
+    None."""
+    return jnp.ones_like(x) if mask is None else as_baseline(mask, x, "mask")
 
 
 def _check_loss(loss: Loss, fn: ModelFn, x: Array, target: Array) -> None:
