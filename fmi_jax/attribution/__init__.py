@@ -44,6 +44,7 @@ deeplift                       :mod:`.deeplift`                      DeepLift
 grad_cam                       :mod:`.cam`                           LayerGradCam
 grad_cam_plus_plus             :mod:`.cam`                           (pytorch-grad-cam)
 score_cam                      :mod:`.cam`                           (pytorch-grad-cam)
+the other ``CAM_METHODS``      :mod:`.cam`                           (pytorch-grad-cam)
 occlusion                      :mod:`.perturbation`                  Occlusion
 feature_permutation            :mod:`.perturbation`                  FeaturePermutation
 feature_ablation               :mod:`.sampling`                      FeatureAblation
@@ -86,14 +87,20 @@ method with the same signature (SmoothGrad over any method); ``at_layer(method)`
 
 from fmi_jax.attribution.cam import (
     CAM_METHODS,
+    KPCA_KERNELS,
+    SHAPLEY_SCORES,
     ablation_cam,
     eigen_cam,
+    eigen_grad_cam,
     grad_cam,
+    grad_cam_elementwise,
     grad_cam_plus_plus,
     hires_cam,
+    kpca_cam,
     layer_cam,
     layer_names,
     score_cam,
+    shapley_cam,
     upsample_maps,
     xgrad_cam,
 )
@@ -189,9 +196,15 @@ __all__ = [
     "xgrad_cam",
     "hires_cam",
     "layer_cam",
+    "grad_cam_elementwise",
+    "shapley_cam",
+    "eigen_grad_cam",
     "score_cam",
     "ablation_cam",
     "eigen_cam",
+    "kpca_cam",
+    "KPCA_KERNELS",
+    "SHAPLEY_SCORES",
     "layer_names",
     "upsample_maps",
     "occlusion",

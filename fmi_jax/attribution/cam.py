@@ -33,6 +33,23 @@ and differs in the weights ``W^c`` for the target class c. With ``g = dy_c / dA`
 * LayerCAM (Jiang et al., IEEE TIP 2021, doi:10.1109/TIP.2021.3089943): the positive
   gradient element-wise, ``W_kij = ReLU(g_kij)``; meant for shallow layers too, where
   a channel's gradient changes sign across the image.
+* Grad-CAM element-wise (pytorch-grad-cam's ``GradCAMElementWise``; no paper):
+  HiResCAM's products with the ReLU taken per element before the channel sum,
+  ``L_c = sum_k ReLU(g_kij A_kij)``, so a channel's negative evidence at a position
+  cannot cancel another channel's positive evidence there.
+* ShapleyCAM (Cai et al., 2025, arXiv:2501.06261): Grad-CAM's spatial mean taken of
+  ``g - H A / 2`` instead of ``g``, ``W_k = 1/(h w) sum_ij (g - H A / 2)_kij``, with
+  ``H`` the Hessian of the class utility ``u`` in ``A`` (a Hessian-vector product,
+  forward-over-reverse). Per element, ``A_i (g - H A / 2)_i`` is unit ``i``'s exact
+  Shapley value in the game whose players are the units and an absent unit is 0,
+  whenever ``u`` is quadratic in ``A``: then ``grad u(0) = g - H A`` and the value is
+  ``A_i grad u(0)_i + A_i (H A)_i / 2``, and the values sum to ``u(A) - u(0)``. The
+  utility is the paper's residual softmax target (ReST), ``u = y_c + log p_c``, by
+  default, or the logit ``y_c``; a network that is piecewise linear after the layer
+  (ReLU, max-pooling, dense) has no curvature in its logits, so with the logit the map
+  is Grad-CAM's (the test suite checks both).
+* Eigen-Grad-CAM (pytorch-grad-cam's ``EigenGradCAM``; no paper): Eigen-CAM's
+  projection (below) of ``g * A`` instead of ``A``, so that the map depends on the class.
 * Score-CAM (Wang et al., CVPR-W 2020, arXiv:1910.01279): no gradients. Every
   channel, resized to the input and min-max normalised to [0, 1] (``H_k``), masks the
   input, and its weight is the softmax probability of the target class on the masked
@@ -68,6 +85,15 @@ and differs in the weights ``W^c`` for the target class c. With ``g = dy_c / dA`
   each channel's spatial mean first, as pytorch-grad-cam does (its sign is left to the
   SVD routine there, so its maps can come out inverted). The target is accepted for
   the common signature and ignored: every class gets the same map.
+* KPCA-CAM (Karmani, Sinha & Lal, 2024, arXiv:2410.00267): Eigen-CAM with kernel PCA.
+  The ``h w`` positions' channel vectors, centred, are compared by a kernel
+  ``k(a, b)`` (``'sigmoid'``, ``tanh(gamma a.b + 1)``, the default as in
+  pytorch-grad-cam; ``'rbf'``; ``'linear'``), the ``(h w, h w)`` kernel matrix is
+  centred in feature space, and the map is its first eigenvector scaled by the root of
+  its eigenvalue (scikit-learn's ``KernelPCA.fit_transform``). With the linear kernel
+  this is the centred Eigen-CAM exactly. The sign follows Eigen-CAM's rule: the map has
+  a non-negative inner product with the centred channel sum (pytorch-grad-cam keeps
+  scikit-learn's sign, which makes the largest entry of the eigenvector positive).
 
 The layer is named by its module path, ``'/'``-joined (``'conv2'``, ``'conv2/conv'``,
 ``'stage1/block0'``); :func:`layer_names` lists the candidates (every submodule whose
@@ -97,6 +123,7 @@ from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fmi_jax.attribution.core import (
     Array,
@@ -116,12 +143,23 @@ CAM_METHODS = (
     "xgrad_cam",
     "hires_cam",
     "layer_cam",
+    "grad_cam_elementwise",
+    "shapley_cam",
+    "eigen_grad_cam",
     "score_cam",
     "ablation_cam",
     "eigen_cam",
+    "kpca_cam",
 )
 
-__all__ = ["CAM_METHODS", "layer_names", *CAM_METHODS, "upsample_maps"]
+__all__ = [
+    "CAM_METHODS",
+    "KPCA_KERNELS",
+    "SHAPLEY_SCORES",
+    "layer_names",
+    *CAM_METHODS,
+    "upsample_maps",
+]
 
 
 def layer_names(model: Any, x: Array) -> tuple[str, ...]:
@@ -169,11 +207,11 @@ def _finish(maps: Array, shape: tuple[int, ...], relu: bool, upsample: bool) -> 
 
 
 def _gradient_cam_method(
-    name: str, weights: Callable[[Array, Array], Array], title: str
+    name: str, contribution: Callable[[Array, Array], Array], title: str
 ) -> _GradientCam:
-    """The public gradient CAM ``name``: ``ReLU(sum_k W_k * A_k)``, resized to the input,
-    with ``W = weights(A, g)`` broadcastable to ``A`` (one weight per channel,
-    ``(B, 1, 1, K)``, or one per element)."""
+    """The public gradient CAM ``name``: ``ReLU(sum_k C_k)``, resized to the input, with
+    the per-element contributions ``C = contribution(A, g)`` shaped like ``A``
+    (``W * A`` for the methods that weight the activation, :func:`_weighted`)."""
 
     def method(
         model: Any,
@@ -195,7 +233,7 @@ def _gradient_cam_method(
             activation, gradient = activation_and_gradient(
                 handle, x[example], target[example], layer
             )
-            return jnp.sum(weights(activation, gradient) * activation, axis=-1)
+            return jnp.sum(contribution(activation, gradient), axis=-1)
 
         maps = sum_over_samples(chunk_maps, x.shape[0], batch_size=batch_size)
         return _finish(maps, x.shape, relu, upsample)
@@ -219,6 +257,17 @@ def _gradient_cam_method(
       ``(N, H, W)`` float32 maps (``(N, h, w)`` when ``upsample=False``).
     """
     return method
+
+
+def _weighted(weights: Callable[[Array, Array], Array]) -> Callable[[Array, Array], Array]:
+    """The contributions ``W * A`` of a method whose weights ``W = weights(A, g)``
+    broadcast to ``A`` (one per channel, ``(B, 1, 1, K)``, or one per element)."""
+    return lambda activation, g: weights(activation, g) * activation
+
+
+def _positive_product(activation: Array, g: Array) -> Array:
+    """Grad-CAM element-wise: ``C_kij = ReLU(g_kij A_kij)``."""
+    return jax.nn.relu(g * activation)
 
 
 def _mean_gradient(activation: Array, g: Array) -> Array:
@@ -253,13 +302,75 @@ def _positive_gradient(activation: Array, g: Array) -> Array:
     return jax.nn.relu(g)
 
 
-grad_cam = _gradient_cam_method("grad_cam", _mean_gradient, "Grad-CAM map")
+grad_cam = _gradient_cam_method("grad_cam", _weighted(_mean_gradient), "Grad-CAM map")
 grad_cam_plus_plus = _gradient_cam_method(
-    "grad_cam_plus_plus", _plus_plus_weights, "Grad-CAM++ map"
+    "grad_cam_plus_plus", _weighted(_plus_plus_weights), "Grad-CAM++ map"
 )
-xgrad_cam = _gradient_cam_method("xgrad_cam", _activation_weighted_gradient, "XGrad-CAM map")
-hires_cam = _gradient_cam_method("hires_cam", _elementwise_gradient, "HiResCAM map")
-layer_cam = _gradient_cam_method("layer_cam", _positive_gradient, "LayerCAM map")
+xgrad_cam = _gradient_cam_method(
+    "xgrad_cam", _weighted(_activation_weighted_gradient), "XGrad-CAM map"
+)
+hires_cam = _gradient_cam_method("hires_cam", _weighted(_elementwise_gradient), "HiResCAM map")
+layer_cam = _gradient_cam_method("layer_cam", _weighted(_positive_gradient), "LayerCAM map")
+grad_cam_elementwise = _gradient_cam_method(
+    "grad_cam_elementwise", _positive_product, "Grad-CAM element-wise map"
+)
+
+
+#: The utilities :func:`shapley_cam` can explain: the target logit, or ReST.
+SHAPLEY_SCORES = ("rest", "logit")
+
+
+def shapley_cam(
+    model: Any,
+    x: Array,
+    target: Target = None,
+    *,
+    key: Array | None = None,
+    baseline: None = None,
+    batch_size: int | None = None,
+    layer: str,
+    score: str = "rest",
+    relu: bool = True,
+    upsample: bool = True,
+) -> Array:
+    """ShapleyCAM map of ``layer``: channel weights from the gradient and the
+    Hessian-vector product of the class score (module docstring).
+
+    Args:
+      model, x, target, key, baseline, layer, relu, upsample: as in :func:`grad_cam`.
+      batch_size: examples per forward-over-reverse pass; ``None`` processes all at once.
+      score: the utility differentiated, ``'rest'`` (the paper's residual softmax
+        target, ``y_c + log softmax(y)_c``) or ``'logit'`` (``y_c``, where a piecewise
+        linear network has no curvature and the map is Grad-CAM's).
+
+    Returns:
+      ``(N, H, W)`` float32 maps (``(N, h, w)`` when ``upsample=False``).
+    """
+    refuse_baseline(baseline, "shapley_cam")
+    if score not in SHAPLEY_SCORES:
+        raise ValueError(f"shapley_cam: score must be one of {SHAPLEY_SCORES}; got {score!r}")
+    handle, x, _ = layer_call(model, x, layer, "shapley_cam", batch_size)
+    target = resolve_target(handle, x, target, batch_size=batch_size)
+
+    def chunk_maps(example: Array, _: Array) -> Array:
+        images, classes = x[example], target[example]
+
+        def utility(delta: Array) -> Array:
+            logits = handle.capture(images, layer, delta)[0].astype(jnp.float32)
+            value = select_target(logits, classes)
+            if score == "rest":
+                value = value + select_target(jax.nn.log_softmax(logits), classes)
+            return jnp.sum(value)
+
+        activation = handle.capture(images, layer)[1].astype(jnp.float32)
+        # Forward over reverse: g = du/dA and H A = d/dt du/dA(t A), in one pass. The
+        # batch sum's Hessian is block diagonal (examples do not interact in inference).
+        g, hvp = jax.jvp(jax.grad(utility), (jnp.zeros_like(activation),), (activation,))
+        weights = jnp.mean(g - 0.5 * hvp, axis=(1, 2), keepdims=True)
+        return jnp.sum(weights * activation, axis=-1)
+
+    maps = sum_over_samples(chunk_maps, x.shape[0], batch_size=batch_size)
+    return _finish(maps, x.shape, relu, upsample)
 
 
 def score_cam(
@@ -392,13 +503,138 @@ def eigen_cam(
 
     def projection(example: Array, _: Array) -> Array:
         _, activation = handle.capture(x[example], layer)
+        return _principal_projection(activation.astype(jnp.float32), center)
+
+    maps = sum_over_samples(projection, n, batch_size=batch_size)
+    return _finish(maps, x.shape, relu, upsample)
+
+
+def _principal_projection(activation: Array, center: bool) -> Array:
+    """``(B, h, w)``: each example's ``(h w, K)`` matrix (channels centred over positions
+    when ``center``) projected on its first right singular vector, signed so that the
+    vector sums to at least 0."""
+    b, h, w, k = activation.shape
+    matrix = activation.reshape(b, h * w, k)
+    if center:
+        matrix = matrix - matrix.mean(axis=1, keepdims=True)
+    _, _, vt = jnp.linalg.svd(matrix, full_matrices=False)
+    first = vt[:, 0, :]  # (B, K), unit length
+    first = jnp.where(first.sum(axis=-1, keepdims=True) < 0, -first, first)
+    return jnp.einsum("bpk,bk->bp", matrix, first).reshape(b, h, w)
+
+
+def eigen_grad_cam(
+    model: Any,
+    x: Array,
+    target: Target = None,
+    *,
+    key: Array | None = None,
+    baseline: None = None,
+    batch_size: int | None = None,
+    layer: str,
+    center: bool = False,
+    relu: bool = True,
+    upsample: bool = True,
+) -> Array:
+    """Eigen-Grad-CAM map of ``layer``: Eigen-CAM's projection of the gradient-weighted
+    activation ``g * A`` (module docstring), so the map depends on the class.
+
+    Args:
+      model, x, target, key, baseline, layer, relu, upsample: as in :func:`grad_cam`.
+      batch_size: examples per backward pass and batched SVD.
+      center: subtract each channel's spatial mean first (pytorch-grad-cam always does).
+
+    Returns:
+      ``(N, H, W)`` float32 maps (``(N, h, w)`` when ``upsample=False``).
+    """
+    refuse_baseline(baseline, "eigen_grad_cam")
+    handle, x, _ = layer_call(model, x, layer, "eigen_grad_cam", batch_size)
+    target = resolve_target(handle, x, target, batch_size=batch_size)
+
+    def projection(example: Array, _: Array) -> Array:
+        activation, gradient = activation_and_gradient(handle, x[example], target[example], layer)
+        return _principal_projection(gradient * activation, center)
+
+    maps = sum_over_samples(projection, x.shape[0], batch_size=batch_size)
+    return _finish(maps, x.shape, relu, upsample)
+
+
+#: The kernels of :func:`kpca_cam`.
+KPCA_KERNELS = ("sigmoid", "rbf", "linear")
+
+
+def kpca_cam(
+    model: Any,
+    x: Array,
+    target: Target = None,
+    *,
+    key: Array | None = None,
+    baseline: None = None,
+    batch_size: int | None = None,
+    layer: str,
+    kernel: str = "sigmoid",
+    gamma: float | None = None,
+    relu: bool = True,
+    upsample: bool = True,
+) -> Array:
+    """KPCA-CAM map of ``layer``: the first kernel principal component of its positions
+    (module docstring). Class-agnostic: ``target`` is ignored.
+
+    Args:
+      model, x, key, baseline, layer, relu, upsample: as in :func:`grad_cam`.
+      target: checked like every method's, then ignored (every class gets this map).
+      batch_size: examples per forward pass and batched eigendecomposition (each
+        builds an ``(h w, h w)`` kernel matrix).
+      kernel: ``'sigmoid'`` (``tanh(gamma a.b + 1)``), ``'rbf'``
+        (``exp(-gamma |a - b|^2)``) or ``'linear'`` (``a.b``: Eigen-CAM with
+        ``center=True``), between the centred channel vectors of two positions.
+      gamma: the kernel's scale; ``None`` is ``1 / K`` (scikit-learn's default).
+
+    Returns:
+      ``(N, H, W)`` float32 maps (``(N, h, w)`` when ``upsample=False``).
+    """
+    del key
+    refuse_baseline(baseline, "kpca_cam")
+    if kernel not in KPCA_KERNELS:
+        raise ValueError(f"kpca_cam: kernel must be one of {KPCA_KERNELS}; got {kernel!r}")
+    handle, x, (n, h, w, k) = layer_call(model, x, layer, "kpca_cam", batch_size)
+    if gamma is None:
+        gamma = 1.0 / k
+    elif isinstance(gamma, bool) or not isinstance(gamma, (int, float, np.floating)):
+        raise ValueError(f"kpca_cam: gamma must be a positive number or None; got {gamma!r}")
+    elif not 0 < gamma < np.inf:
+        raise ValueError(f"kpca_cam: gamma must be a positive number or None; got {gamma!r}")
+    if target is not None:
+        resolve_target(handle, x, target)  # a bad target is refused, as everywhere
+
+    def projection(example: Array, _: Array) -> Array:
+        _, activation = handle.capture(x[example], layer)
         matrix = activation.astype(jnp.float32).reshape(-1, h * w, k)
-        if center:
-            matrix = matrix - matrix.mean(axis=1, keepdims=True)
-        _, _, vt = jnp.linalg.svd(matrix, full_matrices=False)
-        first = vt[:, 0, :]  # (B, K), unit length
-        first = jnp.where(first.sum(axis=-1, keepdims=True) < 0, -first, first)
-        return jnp.einsum("bpk,bk->bp", matrix, first).reshape(-1, h, w)
+        matrix = matrix - matrix.mean(axis=1, keepdims=True)
+        dots = jnp.einsum("bpk,bqk->bpq", matrix, matrix)
+        # Centring removes any constant added to every entry, so the nonlinear kernels
+        # are computed minus their value at a.b = 0 (or |a - b| = 0): small activations
+        # put every entry near that constant, and subtracting it after rounding would
+        # lose the digits the eigenvector is made of. tanh(1 + z) - tanh(1) is
+        # sinh(z) / (cosh(1) cosh(1 + z)); exp(-z) - 1 is expm1(-z).
+        if kernel == "sigmoid":
+            z = gamma * dots
+            gram = jnp.sinh(z) / (np.cosh(1.0) * jnp.cosh(z + 1.0))
+        elif kernel == "rbf":
+            norms = jnp.diagonal(dots, axis1=1, axis2=2)
+            distances = norms[:, :, None] + norms[:, None, :] - 2.0 * dots
+            gram = jnp.expm1(-gamma * jnp.maximum(distances, 0.0))
+        else:
+            gram = dots
+        # Centre in feature space: K - 1K - K1 + 1K1 with 1 the averaging matrix.
+        gram = gram - gram.mean(axis=1, keepdims=True)
+        gram = gram - gram.mean(axis=2, keepdims=True)
+        values, vectors = jnp.linalg.eigh(gram)
+        first = vectors[:, :, -1] * jnp.sqrt(jnp.maximum(values[:, -1:], 0.0))
+        # The sign that correlates with the centred channel sum (Eigen-CAM's rule).
+        total = jnp.sum(first * matrix.sum(axis=-1), axis=-1, keepdims=True)
+        first = jnp.where(total < 0, -first, first)
+        return first.reshape(-1, h, w)
 
     maps = sum_over_samples(projection, n, batch_size=batch_size)
     return _finish(maps, x.shape, relu, upsample)

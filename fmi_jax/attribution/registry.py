@@ -380,11 +380,23 @@ METHODS: Mapping[str, MethodSpec] = {
         _cam_spec(cam.xgrad_cam, "(none; pytorch-grad-cam XGradCAM)", "Fu et al. 2020"),
         _cam_spec(cam.hires_cam, "(none; pytorch-grad-cam HiResCAM)", "Draelos & Carin 2020"),
         _cam_spec(cam.layer_cam, "(none; pytorch-grad-cam LayerCAM)", "Jiang et al. 2021"),
+        _cam_spec(
+            cam.grad_cam_elementwise,
+            "(none; pytorch-grad-cam GradCAMElementWise)",
+            "pytorch-grad-cam (no paper)",
+        ),
+        _cam_spec(cam.shapley_cam, "(none; pytorch-grad-cam ShapleyCAM)", "Cai et al. 2025"),
+        _cam_spec(
+            cam.eigen_grad_cam,
+            "(none; pytorch-grad-cam EigenGradCAM)",
+            "pytorch-grad-cam (no paper)",
+        ),
         _cam_spec(cam.score_cam, "(none; pytorch-grad-cam ScoreCAM)", "Wang et al. 2020"),
         _cam_spec(
             cam.ablation_cam, "(none; pytorch-grad-cam AblationCAM)", "Desai & Ramaswamy 2020"
         ),
         _cam_spec(cam.eigen_cam, "(none; pytorch-grad-cam EigenCAM)", "Muhammad & Yeasin 2020"),
+        _cam_spec(cam.kpca_cam, "(none; pytorch-grad-cam KPCA_CAM)", "Karmani et al. 2024"),
         _spec(
             "occlusion",
             perturbation.occlusion,

@@ -9,6 +9,7 @@ import pytest
 
 from fmi_jax import attribution as A
 from fmi_jax import models
+from fmi_jax.attribution.handle import activation_and_gradient
 from tests import testdata
 
 
@@ -84,6 +85,89 @@ def test_grad_cam_plus_plus_of_a_hand_built_conv_head():
             (HEAD, HEAD_VARS), ARANGE, target, layer="features", upsample=False
         )
         np.testing.assert_allclose(got[0], expected, rtol=1e-6)
+
+
+def test_grad_cam_elementwise_of_a_hand_built_conv_head():
+    """g = W_kc everywhere: the element-wise map is ReLU(W_0c x) + ReLU(W_1c (5 - x)),
+    where HiResCAM sums before its ReLU, ReLU(W_0c x + W_1c (5 - x)): for class 0 the two
+    differ wherever 5 - x < 0 (2 x against x + 5)."""
+    x = ARANGE[0, ..., 0]
+    expected = {0: 2 * x + jnp.maximum(5 - x, 0), 1: jnp.maximum(5 - x, 0)}
+    for target in (0, 1):
+        got = A.grad_cam_elementwise(
+            (HEAD, HEAD_VARS), ARANGE, target, layer="features", upsample=False
+        )
+        np.testing.assert_array_equal(got[0], expected[target])
+    hires = A.hires_cam((HEAD, HEAD_VARS), ARANGE, 0, layer="features", upsample=False)
+    np.testing.assert_array_equal(hires[0], x + 5)
+
+
+# ---------------------------------------------------------------------------------
+# ShapleyCAM on a head that is quadratic in its 1 x 1 layer v = A[:, 0, 0, :]:
+#   y_c = v . w_c + (v . q_c)^2 / 2 + b_c
+# g = w_c + (v . q_c) q_c and H v = (v . q_c) q_c, so the ShapleyCAM map (one position)
+# is (g - H v / 2) . v = v . w_c + (v . q_c)^2 / 2 = y_c(v) - y_c(0): each unit's exact
+# Shapley value, summed. Grad-CAM's g . v counts the interaction twice.
+# ---------------------------------------------------------------------------------
+QW = np.asarray(testdata.normal(jax.random.key(21), (3, 2)))
+QQ = np.asarray(testdata.normal(jax.random.key(22), (3, 2)))
+
+
+class QuadraticHead(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        v = nn.Conv(3, (1, 1), name="features")(x)
+        v = v.reshape(v.shape[0], -1)
+        w, q = self.param("w", lambda *_: QW), self.param("q", lambda *_: QQ)
+        return v @ w + 0.5 * (v @ q) ** 2 + jnp.array([0.5, -2.0])
+
+
+def test_shapley_cam_of_a_quadratic_head_is_the_exact_shapley_total():
+    x = testdata.normal(jax.random.key(23), (5, 1, 1, 2))
+    model = QuadraticHead()
+    variables = model.init(jax.random.key(24), x)
+    handle = A.flax_model(model, variables)
+    _, a = handle.capture(x, "features")
+    v = np.asarray(a, np.float64).reshape(5, 3)
+    for target in (0, 1):
+        w, q = QW[:, target].astype(np.float64), QQ[:, target].astype(np.float64)
+        shapley_total = v @ w + 0.5 * (v @ q) ** 2  # y_c(v) - y_c(0)
+        options = dict(layer="features", relu=False, upsample=False)
+        got = A.shapley_cam(handle, x, target, score="logit", **options)[:, 0, 0]
+        np.testing.assert_allclose(got, shapley_total, rtol=1e-5, atol=1e-6)
+        grad_cam = A.grad_cam(handle, x, target, **options)[:, 0, 0]
+        np.testing.assert_allclose(grad_cam, shapley_total + 0.5 * (v @ q) ** 2, rtol=1e-5)
+
+
+def test_shapley_cam_is_grad_cam_for_logits_and_a_full_hessian_for_rest(small_cnn):
+    """After conv2 the small CNN is piecewise linear (ReLU, max-pool, dense): its logits
+    have no curvature there, so with score='logit' ShapleyCAM is Grad-CAM. ReST's
+    log-softmax has curvature; its weights are checked against the full Hessian of the
+    utility in the layer, built by jax.hessian, one example at a time."""
+    model, variables, x = small_cnn
+    handle = A.flax_model(model, variables)
+    target = jnp.array([0, 1, 2, 3])
+    options = dict(layer="conv2", relu=False, upsample=False)
+    logit = A.shapley_cam(handle, x, target, score="logit", **options)
+    np.testing.assert_allclose(logit, A.grad_cam(handle, x, target, **options), atol=1e-7)
+    _, activation = handle.capture(x, "conv2")
+    expected = []
+    for i in range(x.shape[0]):
+        c = int(target[i])
+
+        def utility(a, i=i, c=c):
+            logits = handle.logits_with(x[i : i + 1], "conv2", a[None])[0]
+            return logits[c] + jax.nn.log_softmax(logits)[c]
+
+        a = activation[i]
+        g = jax.grad(utility)(a)
+        hessian = jax.hessian(utility)(a).reshape(a.size, a.size)
+        hvp = (hessian @ a.reshape(-1)).reshape(a.shape)
+        weights = jnp.mean(g - 0.5 * hvp, axis=(0, 1))
+        expected.append(jnp.sum(weights * a, axis=-1))
+    rest = A.shapley_cam(handle, x, target, **options)
+    np.testing.assert_allclose(rest, np.stack(expected), rtol=1e-4, atol=1e-6)
+    assert float(jnp.abs(rest - logit).max()) > 1e-3 * float(jnp.abs(logit).max())
 
 
 def test_cams_agree_where_the_gradient_is_spatially_constant():
@@ -355,9 +439,13 @@ ALL_CAMS = (
     A.xgrad_cam,
     A.hires_cam,
     A.layer_cam,
+    A.grad_cam_elementwise,
+    A.shapley_cam,
+    A.eigen_grad_cam,
     A.score_cam,
     A.ablation_cam,
     A.eigen_cam,
+    A.kpca_cam,
 )
 
 
@@ -461,6 +549,77 @@ def test_eigen_cam_equals_a_numpy_svd_of_the_activation(small_cnn):
         np.testing.assert_allclose(run(x, center), np.stack(expected), rtol=1e-4, atol=1e-5)
 
 
+def test_eigen_grad_cam_equals_a_numpy_svd_of_the_gradient_times_activation(small_cnn):
+    """pytorch-grad-cam's get_2d_projection (centred) of g * A, with Eigen-CAM's sign."""
+    model, variables, x = small_cnn
+    handle = A.flax_model(model, variables)
+    target = jnp.array([3, 2, 1, 0])
+    activation, gradient = activation_and_gradient(handle, x, target, "conv2")
+    product = np.asarray(activation * gradient, np.float64)
+    for center in (False, True):
+        expected = []
+        for p in product:
+            matrix = p.reshape(-1, p.shape[-1])
+            if center:
+                matrix = matrix - matrix.mean(axis=0)
+            first = np.linalg.svd(matrix)[2][0]
+            first = -first if first.sum() < 0 else first
+            expected.append((matrix @ first).reshape(p.shape[:2]))
+        got = A.eigen_grad_cam(
+            handle, x, target, layer="conv2", center=center, relu=False, upsample=False
+        )
+        np.testing.assert_allclose(got, np.stack(expected), rtol=1e-4, atol=1e-7)
+
+
+def _numpy_kernel_pca(a, kernel, gamma):
+    """scikit-learn's KernelPCA(n_components=1).fit_transform of the centred positions,
+    in NumPy: the centred kernel matrix's top eigenvector times the root of its
+    eigenvalue, signed by the centred channel sum."""
+    matrix = a.reshape(-1, a.shape[-1])
+    matrix = matrix - matrix.mean(axis=0)
+    dots = matrix @ matrix.T
+    if kernel == "sigmoid":
+        gram = np.tanh(gamma * dots + 1)
+    elif kernel == "rbf":
+        squared = ((matrix[:, None, :] - matrix[None, :, :]) ** 2).sum(-1)
+        gram = np.exp(-gamma * squared)
+    else:
+        gram = dots
+    n = len(gram)
+    centring = np.eye(n) - np.full((n, n), 1 / n)
+    values, vectors = np.linalg.eigh(centring @ gram @ centring)
+    first = vectors[:, -1] * np.sqrt(max(values[-1], 0))
+    first = -first if first @ matrix.sum(axis=1) < 0 else first
+    return first.reshape(a.shape[:2])
+
+
+def test_kpca_cam_is_kernel_pca_and_linear_kernel_pca_is_the_centred_eigen_cam(small_cnn):
+    model, variables, x = small_cnn
+    handle = A.flax_model(model, variables)
+    _, activation = handle.capture(x, "conv2")
+    options = dict(layer="conv2", relu=False, upsample=False)
+    for kernel, gamma in (("sigmoid", None), ("rbf", 0.5), ("linear", None)):
+        got = A.kpca_cam(handle, x, kernel=kernel, gamma=gamma, **options)
+        gamma = 1 / activation.shape[-1] if gamma is None else gamma
+        expected = [_numpy_kernel_pca(a, kernel, gamma) for a in np.asarray(activation, "f8")]
+        np.testing.assert_allclose(got, np.stack(expected), rtol=1e-3, atol=1e-5)
+        if kernel == "linear":
+            eigen = A.eigen_cam(handle, x, center=True, **options)
+            np.testing.assert_allclose(got, eigen, rtol=1e-3, atol=1e-5)
+
+
+def test_bad_cam_options_are_one_line_errors(small_cnn):
+    model, variables, x = small_cnn
+    handle = A.flax_model(model, variables)
+    with pytest.raises(ValueError, match=r"score must be one of \('rest', 'logit'\)"):
+        A.shapley_cam(handle, x, layer="conv2", score="softmax")
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        A.kpca_cam(handle, x, layer="conv2", kernel="cosine")
+    for gamma in (0.0, -1.0, float("nan"), True, "1"):
+        with pytest.raises(ValueError, match="gamma must be a positive number"):
+            A.kpca_cam(handle, x, layer="conv2", gamma=gamma)
+
+
 def test_elementwise_cams_give_nothing_to_positions_the_model_never_reads():
     """12 x 12 images: conv3 is 3 x 3 and the 2 x 2 max-pool after it keeps 1 x 1, so
     conv3's last row and column never reach the head (their gradient is exactly 0).
@@ -518,7 +677,9 @@ def test_target_none_is_the_predicted_class_and_jit_matches(small_cnn, every_cam
     jitted = every_cam(variables, x, predicted)
     for method in ALL_CAMS:
         eager = method((model, variables), x, None, layer="conv2")
-        np.testing.assert_allclose(jitted[method.__name__], eager, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(
+            jitted[method.__name__], eager, rtol=1e-5, atol=1e-7, err_msg=method.__name__
+        )
 
 
 def test_registry_needs_the_module_and_a_layer(small_cnn):
