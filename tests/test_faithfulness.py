@@ -852,3 +852,61 @@ def test_bad_inputs_raise():
     for eps in (-1.0, float("nan"), "small"):
         with pytest.raises(ValueError, match="eps must be"):
             F.non_sensitivity(fn, x, 0, np.ones_like(x), eps=eps)
+
+
+def _sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def test_confidence_on_the_explanation_masked_input_of_a_linear_model():
+    """Class 0 of the linear model has p_0 = sigmoid(x . w + b): with E the min-max scaled
+    map, Y = sigmoid(x . w + b) and O = sigmoid((x * E) . w + b), computed in float64."""
+    x = testdata.uniform(jax.random.key(40), (4, 3, 3, 2))
+    w = testdata.normal(jax.random.key(41), (3, 3, 2))
+    relevance = testdata.normal(jax.random.key(42), (4, 3, 3))
+    fn = linear_model(w, bias=0.3)
+    x64, w64, r64 = (np.asarray(a, np.float64) for a in (x, w, relevance))
+    flat = r64.reshape(4, -1)
+    low, high = flat.min(1, keepdims=True), flat.max(1, keepdims=True)
+    mask = ((flat - low) / (high - low)).reshape(4, 3, 3, 1)
+    y = _sigmoid((x64 * w64).reshape(4, -1).sum(1) + 0.3)
+    o = _sigmoid((x64 * mask * w64).reshape(4, -1).sum(1) + 0.3)
+    expected = {
+        "average_drop": np.maximum(y - o, 0) / y,
+        "increase_in_confidence": (o > y).astype(float),
+        "average_gain": np.maximum(o - y, 0) / (1 - y),
+    }
+    assert 0 < expected["increase_in_confidence"].sum() < 4  # both branches are exercised
+    for name, want in expected.items():
+        metric = getattr(F, name)
+        got = metric(fn, x, 0, relevance)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7, err_msg=name)
+        # Min-max scaling: a positive affine change of the map changes nothing, a map
+        # per feature is summed over channels, and chunking changes nothing.
+        per_feature = jnp.repeat(relevance[..., None], 2, axis=-1) * 1.5 + 7.0
+        np.testing.assert_allclose(metric(fn, x, 0, per_feature, batch_size=3), got, rtol=1e-5)
+
+
+def test_confidence_metrics_at_their_ends():
+    """A map of ones keeps the input (no drop, no gain, no increase); a constant map is
+    scaled to 0 and leaves sigmoid(b); a target already at probability 1 has no room to
+    gain, and one at 0 nothing to drop."""
+    x = testdata.uniform(jax.random.key(43), (2, 2, 2, 1))
+    fn = linear_model(jnp.ones((2, 2, 1)), bias=-1.0)
+    ones = jnp.ones((2, 2, 2))
+    for name in ("average_drop", "increase_in_confidence", "average_gain"):
+        np.testing.assert_array_equal(getattr(F, name)(fn, x, 0, ones, scale="none"), 0.0)
+    y = _sigmoid(np.asarray(x, np.float64).reshape(2, -1).sum(1) - 1.0)
+    np.testing.assert_allclose(
+        F.average_drop(fn, x, 0, ones), np.maximum(y - _sigmoid(-1.0), 0) / y, rtol=1e-5
+    )
+    saturated = linear_model(jnp.ones((2, 2, 1)), bias=200.0)  # p_0 = 1, p_1 = 0 in float32
+    zeros = jnp.zeros((2, 2, 2))
+    np.testing.assert_array_equal(F.average_gain(saturated, x, 0, zeros, scale="none"), 0.0)
+    np.testing.assert_array_equal(F.average_drop(saturated, x, 1, zeros, scale="none"), 0.0)
+    with pytest.raises(
+        ValueError, match=r"average_drop: scale must be one of \('minmax', 'none'\)"
+    ):
+        F.average_drop(fn, x, 0, ones, scale="max")
+    with pytest.raises(ValueError, match="do not fit images"):
+        F.average_gain(fn, x, 0, jnp.ones((2, 3, 3)))

@@ -1,7 +1,8 @@
 """Measuring attributions: agreement between methods, faithfulness (deletion and
 insertion curves, pixel flipping, ROAD with noisy linear imputation, faithfulness
 correlation and estimate, sensitivity-n, monotonicity and its correlation,
-non-sensitivity, selectivity, IROF), robustness (infidelity, max- and average
+non-sensitivity, selectivity, IROF, the confidence on the explanation-masked input:
+Average Drop, Increase in Confidence, Average Gain), robustness (infidelity, max- and average
 sensitivity, local Lipschitz estimate, continuity under translation, relative input,
 output and representation stability), sanity checks (parameter randomisation, its efficient variant, random
 logit, input invariance, SSIM), complexity (sparseness, entropy, effective complexity, discrete
@@ -35,12 +36,15 @@ from fmi_jax.evaluation.faithfulness import (
     SENSITIVITY_N_FRACTIONS,
     aopc,
     auc,
+    average_drop,
+    average_gain,
     complexity,
     deletion_curve,
     discrete_entropy,
     effective_complexity,
     faithfulness_correlation,
     faithfulness_estimate,
+    increase_in_confidence,
     insertion_curve,
     irof,
     monotonicity,
@@ -122,6 +126,8 @@ __all__ = [
     "SENSITIVITY_N_FRACTIONS",
     "aggregate_pic",
     "aopc",
+    "average_drop",
+    "average_gain",
     "auc",
     "average_ranks",
     "avg_sensitivity",
@@ -139,6 +145,7 @@ __all__ = [
     "entropy_rise",
     "faithfulness_correlation",
     "faithfulness_estimate",
+    "increase_in_confidence",
     "fgsm",
     "focus",
     "gaussian_perturbation",

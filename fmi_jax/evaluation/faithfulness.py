@@ -147,6 +147,20 @@ shape of ``x``, and ``m`` pixels per step.
   with the image's mean colour and reports the area over the curve of the score
   relative to the clean one. Both rank regions as the curves rank pixels (ties: the
   lower region first) and evaluate every (example, step) pair in the same chunks.
+* The confidence on the explanation-masked input (Chattopadhay, Sarkar, Howlader &
+  Balasubramanian, "Grad-CAM++", WACV 2018, arXiv:1710.11063): the input multiplied
+  by its own map, ``x~ = x * E`` with ``E`` the pixel relevance min-max scaled to
+  ``[0, 1]`` per example (as pytorch-grad-cam scales its CAMs; ``scale='none'`` takes
+  a map already in ``[0, 1]`` as it is), every channel alike. With ``Y = p_t(x)`` and
+  ``O = p_t(x~)`` the softmax probabilities of the target, per example,
+  ``drop = max(0, Y - O) / Y`` (Average Drop, the mean over examples: low is good),
+  ``increase = [O > Y]`` (Increase in Confidence, the mean: high is good), and
+  ``gain = max(0, O - Y) / (1 - Y)`` (Average Gain, Zhang et al., "Opti-CAM:
+  optimizing saliency maps for interpretability", CVIU 2024, arXiv:2301.07002, which
+  pairs it with the drop because a blank map has zero drop only if it keeps everything,
+  while gain rewards a map that keeps only what raises the class). A drop with
+  ``Y = 0`` and a gain with ``Y = 1`` are 0. pytorch-grad-cam's ``DropInConfidence`` is
+  the absolute ``max(0, Y - O)``, not divided by ``Y``.
 * Sparseness (Chalasani, Chen, Chowdhury, Wu & Jha, "Concise explanations of neural
   networks using adversarial training", ICML 2020, arXiv:1810.06583; Quantus'
   ``Sparseness``): the Gini index (Hurley & Rickard 2009) of the absolute attributions
@@ -214,12 +228,15 @@ __all__ = [
     "SENSITIVITY_N_FRACTIONS",
     "aopc",
     "auc",
+    "average_drop",
+    "average_gain",
     "complexity",
     "deletion_curve",
     "discrete_entropy",
     "effective_complexity",
     "faithfulness_correlation",
     "faithfulness_estimate",
+    "increase_in_confidence",
     "insertion_curve",
     "irof",
     "monotonicity",
@@ -1469,6 +1486,103 @@ def auc(curve: Array) -> Array:
     curve = _check_curve(curve)
     steps = curve.shape[-1] - 1
     return (curve.sum(-1) - 0.5 * (curve[..., 0] + curve[..., -1])) / steps
+
+
+_MASK_SCALES = ("minmax", "none")
+
+
+def _masked_confidence(
+    fn: ModelFn,
+    x: Array,
+    target: Target,
+    attributions: Array,
+    scale: str,
+    batch_size: int | None,
+    name: str,
+) -> tuple[Array, Array]:
+    """``(Y, O)``, ``(N,)`` each: the target's softmax probability on ``x`` and on
+    ``x * E`` (module docstring), computed in the same chunks."""
+    if scale not in _MASK_SCALES:
+        raise ValueError(f"{name}: scale must be one of {_MASK_SCALES}; got {scale!r}")
+    x = as_input(x)
+    relevance, mask_shape = _pixel_relevance(x, attributions)
+    if scale == "minmax":
+        low = relevance.min(axis=1, keepdims=True)
+        span = relevance.max(axis=1, keepdims=True) - low
+        relevance = jnp.where(span > 0, (relevance - low) / jnp.where(span > 0, span, 1.0), 0.0)
+    mask = relevance.reshape((x.shape[0],) + mask_shape)
+    target = resolve_target(fn, x, target, batch_size=batch_size)
+
+    def evaluate(example: Array, k: Array) -> Array:
+        masked = (k == 1).reshape((-1,) + (1,) * len(mask_shape))
+        inputs = jnp.where(masked, x[example] * mask[example], x[example])
+        return _target_score(fn(inputs), target[example], True)
+
+    scores = map_over_samples(evaluate, x.shape[0], 2, batch_size=batch_size)
+    return scores[:, 0], scores[:, 1]
+
+
+def _confidence_metric(kind: str, title: str, formula: str, good: str):
+    def metric(
+        fn: ModelFn,
+        x: Array,
+        target: Target,
+        attributions: Array,
+        *,
+        scale: str = "minmax",
+        batch_size: int | None = None,
+    ) -> Array:
+        before, after = _masked_confidence(fn, x, target, attributions, scale, batch_size, kind)
+        if kind == "increase_in_confidence":
+            return (after > before).astype(jnp.float32)
+        if kind == "average_drop":
+            change, room = jax.nn.relu(before - after), before
+        else:
+            change, room = jax.nn.relu(after - before), 1.0 - before
+        return jnp.where(room > 0, change / jnp.where(room > 0, room, 1.0), 0.0)
+
+    metric.__name__ = metric.__qualname__ = kind
+    metric.__doc__ = f"""{title} of every example's map, shape ``(N,)``: {formula} (module
+    docstring); average it over the examples ({good}).
+
+    Args:
+      fn: model function, batch -> logits ``(N, classes)``.
+      x: inputs, images ``(N, H, W, C)`` or any ``(N, ...)``.
+      target: class per example ``(N,)``, one int for all, or ``None`` (predicted class).
+      attributions: maps shaped like ``x`` (summed over channels for images) or, for
+        images, per pixel ``(N, H, W)`` (a CAM).
+      scale: ``'minmax'`` scales each map to ``[0, 1]`` (a constant map becomes 0);
+        ``'none'`` multiplies by the map as it is.
+      batch_size: inputs per forward pass (the ``2 N`` of the original and the masked
+        inputs); ``None`` runs all at once.
+
+    Returns:
+      float32 ``(N,)``.
+
+    Raises:
+      ValueError: attributions that do not fit ``x``, an unknown ``scale``.
+    """
+    return metric
+
+
+average_drop = _confidence_metric(
+    "average_drop",
+    "Average Drop",
+    "``max(0, Y - O) / Y``",
+    "x 100 for the percentage the papers report; low is good",
+)
+increase_in_confidence = _confidence_metric(
+    "increase_in_confidence",
+    "Increase in Confidence",
+    "1 where ``O > Y``, else 0",
+    "x 100 for the percentage the papers report; high is good",
+)
+average_gain = _confidence_metric(
+    "average_gain",
+    "Average Gain",
+    "``max(0, O - Y) / (1 - Y)``",
+    "x 100 for the percentage the papers report; high is good",
+)
 
 
 def aopc(curve: Array) -> Array:
