@@ -83,6 +83,7 @@ def test_explain_script_runs_from_another_folder_with_its_default_config(tmp_pat
     [
         "adversarial_agreement.py",
         "adversarial_robustness.py",
+        "cam_agreement.py",
         "composition_agreement.py",
         "pic_agreement.py",
         "quantus_agreement.py",

@@ -45,6 +45,7 @@ grad_cam                       :mod:`.cam`                           LayerGradCa
 grad_cam_plus_plus             :mod:`.cam`                           (pytorch-grad-cam)
 score_cam                      :mod:`.cam`                           (pytorch-grad-cam)
 the other ``CAM_METHODS``      :mod:`.cam`                           (pytorch-grad-cam)
+full_grad, full_gradients      :mod:`.full_gradient`                  (pytorch-grad-cam)
 occlusion                      :mod:`.perturbation`                  Occlusion
 feature_permutation            :mod:`.perturbation`                  FeaturePermutation
 feature_ablation               :mod:`.sampling`                      FeatureAblation
@@ -119,6 +120,13 @@ from fmi_jax.attribution.concepts import (
 )
 from fmi_jax.attribution.core import Method, completeness_delta, resolve_target
 from fmi_jax.attribution.deeplift import deeplift
+from fmi_jax.attribution.full_gradient import (
+    FULL_GRAD_NORMALIZATIONS,
+    FullGradients,
+    bias_layers,
+    full_grad,
+    full_gradients,
+)
 from fmi_jax.attribution.gradients import input_x_gradient, saliency
 from fmi_jax.attribution.handle import FlaxModel, as_flax_model, flax_model
 from fmi_jax.attribution.influence import (
@@ -205,6 +213,11 @@ __all__ = [
     "kpca_cam",
     "KPCA_KERNELS",
     "SHAPLEY_SCORES",
+    "full_grad",
+    "full_gradients",
+    "FullGradients",
+    "bias_layers",
+    "FULL_GRAD_NORMALIZATIONS",
     "layer_names",
     "upsample_maps",
     "occlusion",

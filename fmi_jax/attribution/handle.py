@@ -10,13 +10,17 @@ the gradient flowing into it. :func:`flax_model` turns a Flax classifier into a
     logits = handle(x)                                             # a model function
     logits, A = handle.capture(x, "conv2")                         # plus a layer
     dy_dA = jax.grad(lambda d: handle.capture(x, "conv2", d)[0][:, c].sum())(zeros)
+    handle.layer_type(x, "conv2/bn")                               # flax.linen.BatchNorm
+    b = handle.output_at_zero(x, "conv2/bn")                       # its constant term
 
 ``capture(x, layer, delta)`` replaces the layer's output ``A`` by ``A + delta`` for the
 rest of the forward pass, so the gradient with respect to ``delta`` at zero is exactly
 ``dy/dA``; ``logits_with(x, layer, value)`` gives the logits with the output replaced by
-``value`` outright, which lets XLA skip the layers that only feed it. The user's model
-is never edited, and every call is a pure function of its array arguments, so a
-handle can be used inside ``jax.grad``, ``jax.vmap``, ``jax.lax.scan`` and ``jax.jit``.
+``value`` outright, which lets XLA skip the layers that only feed it; and
+``output_at_zero(x, layer)`` is the layer's output on a zero input, an affine layer's
+bias at every position (FullGrad's bias terms). The user's model is never edited, and
+every call is a pure function of its array arguments, so a handle can be used inside
+``jax.grad``, ``jax.vmap``, ``jax.lax.scan`` and ``jax.jit``.
 
 Layers are named by their module path, ``'/'``-joined (``'conv2'``, ``'block/conv'``,
 ``'blocks/0/conv'`` for the first entry of a list of NNX modules). The candidates,
@@ -91,6 +95,7 @@ class _Layer:
     shape: tuple[int, ...]
     dtype: Any
     problem: str | None = None  # why capture cannot hand back its output, if it cannot
+    module_type: type | None = None  # the class of the module that returns it
 
 
 def _path(parts: tuple[Any, ...]) -> str:
@@ -161,6 +166,28 @@ class FlaxModel:
         logits, activation = self._forward(x, layer, delta)
         return logits, activation
 
+    def layer_type(self, x: Array, layer: str) -> type:
+        """The class of the module whose output is ``layer`` (``flax.linen.Conv``,
+        ``flax.nnx.BatchNorm``, a block of the user's, ...).
+
+        Raises:
+          ValueError: as :meth:`capture`, for a layer it cannot take.
+        """
+        return self._check(jnp.asarray(x), layer).module_type
+
+    def output_at_zero(self, x: Array, layer: str) -> Array:
+        """``layer``'s output when its first input is replaced by zeros (its other
+        arguments and the rest of the pass unchanged): for an affine layer, a convolution
+        or a batch norm in inference mode, its constant term, the bias at every position
+        (a batch norm's ``beta - gamma mean / sqrt(var + eps)``).
+
+        Raises:
+          ValueError: as :meth:`capture`, for a layer it cannot take.
+        """
+        x = jnp.asarray(x)
+        self._check(x, layer)
+        return self._zero_input_output(x, layer)
+
     def logits_with(self, x: Array, layer: str, value: Array) -> Array:
         """The logits with ``layer``'s output replaced by ``value`` (shaped like it) for the
         rest of the forward pass.
@@ -193,6 +220,10 @@ class FlaxModel:
     ) -> tuple[Any, Any]:
         """The logits and, when ``layer`` is given, its output; the rest of the pass sees
         the output plus ``delta``, or ``delta`` alone with ``replace``."""
+        raise NotImplementedError
+
+    def _zero_input_output(self, x: Array, layer: str) -> Array:
+        """``layer``'s output with its first input replaced by zeros."""
         raise NotImplementedError
 
     def _find_layers(self, x: jax.ShapeDtypeStruct) -> dict[str, _Layer]:
@@ -303,16 +334,39 @@ class _LinenModel(FlaxModel):
         (activation,) = _lookup(state.get(_CAPTURE, {}), target)
         return logits, activation
 
+    def _zero_input_output(self, x: Array, layer: str) -> Array:
+        target = tuple(layer.split("/"))
+
+        def intercept(next_fun, args, kwargs, context):
+            out = next_fun(*args, **kwargs)
+            if context.method_name == "__call__" and tuple(context.module.path) == target:
+                # The module alone, unbound, on its own variables: calling the bound one
+                # again would re-enter this interceptor and count as a second call.
+                alone = context.module.clone(parent=None)
+                variables = {
+                    k: v for k, v in context.module.variables.items() if k not in (_CAPTURE, _DELTA)
+                }
+                zero = alone.apply(variables, jnp.zeros_like(args[0]), *args[1:], **kwargs)
+                context.module.sow(_CAPTURE, _NAME, zero)
+            return out
+
+        with nn.intercept_methods(intercept):
+            _, state = self._module.apply(self._variables, x, mutable=[_CAPTURE], **self._kwargs)
+        (zero,) = _lookup(state.get(_CAPTURE, {}), target)
+        return zero
+
     def _find_layers(self, x: jax.ShapeDtypeStruct) -> dict[str, _Layer]:
         # The interceptor sees every call, even inside lifted transforms, but only the
         # sown values (threaded out of the transforms by Flax) say what capture gets.
         seen: dict[tuple[str, ...], list[tuple[int, ...]]] = {}
+        types: dict[tuple[str, ...], type] = {}
 
         def record(next_fun, args, kwargs, context):
             out = next_fun(*args, **kwargs)
             path = tuple(context.module.path)
             if context.method_name == "__call__" and path and getattr(out, "ndim", 0) == 4:
                 seen.setdefault(path, []).append(tuple(out.shape))
+                types[path] = type(context.module)
                 context.module.sow(_CAPTURE, _NAME, out)
             return out
 
@@ -338,10 +392,14 @@ class _LinenModel(FlaxModel):
                         "does not hand its output back as one (N, h, w, channels) array"
                         f"{out}; capture a layer outside the transform"
                     ),
+                    module_type=types[path],
                 )
             else:
                 table[_path(path)] = _Layer(
-                    calls=len(values), shape=tuple(values[0].shape), dtype=values[0].dtype
+                    calls=len(values),
+                    shape=tuple(values[0].shape),
+                    dtype=values[0].dtype,
+                    module_type=types[path],
                 )
         return table
 
@@ -351,7 +409,9 @@ class _LinenModel(FlaxModel):
 _TAPPED_CLASSES: dict[type, type] = {}
 _TAPPED_LOCK = threading.Lock()
 # id(module copy) -> hook, only while a forward pass on that copy runs.
-_HOOKS: dict[int, Callable[[Any], Any]] = {}
+# hook(output, at_zero) returns what the rest of the pass sees; at_zero() is the
+# module's output on a zero first input.
+_HOOKS: dict[int, Callable[[Any, Callable[[], Any]], Any]] = {}
 
 
 def _tapped_class(cls: type) -> type:
@@ -363,7 +423,11 @@ def _tapped_class(cls: type) -> type:
             def __call__(self, *args, **kwargs):
                 out = cls.__call__(self, *args, **kwargs)
                 hook = _HOOKS.get(id(self))
-                return out if hook is None else hook(out)
+                if hook is None:
+                    return out
+                # The hook may also ask for the output on a zero first input.
+                at_zero = lambda: cls.__call__(self, jnp.zeros_like(args[0]), *args[1:], **kwargs)
+                return hook(out, at_zero)
 
             namespace = {
                 "__call__": __call__,
@@ -375,7 +439,9 @@ def _tapped_class(cls: type) -> type:
 
 
 @contextlib.contextmanager
-def _tap(hooks: Mapping[int, tuple[nnx.Module, Callable[[Any], Any]]]) -> Iterator[None]:
+def _tap(
+    hooks: Mapping[int, tuple[nnx.Module, Callable[[Any, Callable[[], Any]], Any]]],
+) -> Iterator[None]:
     """Route the outputs of the given module copies through their hooks while open."""
     for module, hook in hooks.values():
         object.__setattr__(module, "__class__", _tapped_class(type(module)))
@@ -414,7 +480,7 @@ class _NnxModel(FlaxModel):
             return model(x, **self._kwargs), None
         captured: list[Any] = []
 
-        def hook(out):
+        def hook(out, at_zero):
             captured.append(out)
             return out if delta is None else delta if replace else out + delta
 
@@ -423,17 +489,33 @@ class _NnxModel(FlaxModel):
             logits = model(x, **self._kwargs)
         return logits, captured[0]
 
+    def _zero_input_output(self, x: Array, layer: str) -> Array:
+        model = self._copy()
+        captured: list[Any] = []
+
+        def hook(out, at_zero):
+            captured.append(at_zero())
+            return out
+
+        target = _submodules(model)[layer]
+        with _tap({id(target): (target, hook)}):
+            model(x, **self._kwargs)
+        return captured[0]
+
     def _find_layers(self, x: jax.ShapeDtypeStruct) -> dict[str, _Layer]:
         calls: dict[str, list[Any]] = {}  # every output of every call, in call order
         names: list[str] = []
+
+        types: dict[str, type] = {}
 
         def forward(x):
             model = self._copy()
             modules = _submodules(model)
             names.extend(modules)
+            types.update({name: type(m) for name, m in modules.items()})
 
             def recorder(name):
-                def hook(out):
+                def hook(out, at_zero):
                     calls.setdefault(name, []).append(
                         jax.ShapeDtypeStruct(out.shape, out.dtype) if hasattr(out, "ndim") else None
                     )
@@ -450,12 +532,14 @@ class _NnxModel(FlaxModel):
         for name, outs in calls.items():
             maps = [out for out in outs if out is not None and out.ndim == 4]
             if maps:
-                table[name] = _Layer(len(outs), tuple(maps[0].shape), maps[0].dtype)
+                table[name] = _Layer(
+                    len(outs), tuple(maps[0].shape), maps[0].dtype, module_type=types[name]
+                )
         # Modules the forward pass never called: the hooks see only calls made on the
         # copy itself, not on the copies NNX transforms make of it.
         for name in names:
             if name not in calls:
-                table[name] = _Layer(calls=0, shape=(), dtype=None)
+                table[name] = _Layer(calls=0, shape=(), dtype=None, module_type=types[name])
         return table
 
 

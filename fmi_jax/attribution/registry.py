@@ -42,6 +42,7 @@ import jax
 
 from fmi_jax.attribution import (
     cam,
+    full_gradient,
     layer,
     path_methods,
     perturbation,
@@ -397,6 +398,9 @@ METHODS: Mapping[str, MethodSpec] = {
         ),
         _cam_spec(cam.eigen_cam, "(none; pytorch-grad-cam EigenCAM)", "Muhammad & Yeasin 2020"),
         _cam_spec(cam.kpca_cam, "(none; pytorch-grad-cam KPCA_CAM)", "Karmani et al. 2024"),
+        _cam_spec(
+            full_gradient.full_grad, "(none; pytorch-grad-cam FullGrad)", "Srinivas & Fleuret 2019"
+        ),
         _spec(
             "occlusion",
             perturbation.occlusion,

@@ -11,8 +11,8 @@ CAM methods hook.
 
 `captum_method(name, net, options)` builds the PyTorch counterpart of a benchmark
 method: Captum for everything except the CAMs Captum does not have (Score-CAM,
-XGrad-CAM, HiResCAM, LayerCAM, Ablation-CAM), which come from the `grad-cam` package
-(`GRAD_CAM_PACKAGE`).
+XGrad-CAM, HiResCAM, LayerCAM, Ablation-CAM, and those only the comparison scripts
+run), which come from the `grad-cam` package (`GRAD_CAM_PACKAGE`).
 
 Only this module imports torch; the rest of fmi_jax never does.
 """
@@ -40,6 +40,7 @@ __all__ = [
     "captum_metric",
     "conv_block_output",
     "from_flax",
+    "import_grad_cam",
     "square_patch_mask",
     "synchronizer",
 ]
@@ -235,15 +236,16 @@ GRAD_CAM_PACKAGE = {
     "hires_cam": ("hirescam", "HiResCAM"),
     "layer_cam": ("layer_cam", "LayerCAM"),
     "ablation_cam": ("ablation_cam", "AblationCAM"),
+    "grad_cam_elementwise": ("grad_cam_elementwise", "GradCAMElementWise"),
+    "shapley_cam": ("shapley_cam", "ShapleyCAM"),
+    "eigen_grad_cam": ("eigen_grad_cam", "EigenGradCAM"),
+    "kpca_cam": ("kpca_cam", "KPCA_CAM"),
 }
 
 
-@functools.cache
-def _grad_cam_class(name: str):
-    """The grad-cam package's class for fmi_jax's method `name` (`GRAD_CAM_PACKAGE`),
-    importing the package without torchvision if need be, and with its per-image progress
-    bars off (tqdm(disable=True); no other change)."""
-    module_name, class_name = GRAD_CAM_PACKAGE[name]
+def import_grad_cam(module_name: str) -> types.ModuleType:
+    """The grad-cam package's module `pytorch_grad_cam.<module_name>`, imported without
+    torchvision if need be (`_stub_torchvision`)."""
     try:
         import torchvision  # noqa: F401
     except Exception:  # ImportError, or the RuntimeError of a CUDA build beside CPU torch
@@ -252,12 +254,19 @@ def _grad_cam_class(name: str):
         stubs = _stub_torchvision()
         sys.modules.update(stubs)
         try:
-            module = importlib.import_module(f"pytorch_grad_cam.{module_name}")
+            return importlib.import_module(f"pytorch_grad_cam.{module_name}")
         finally:
             for mod in stubs:
                 sys.modules.pop(mod, None)
-    else:
-        module = importlib.import_module(f"pytorch_grad_cam.{module_name}")
+    return importlib.import_module(f"pytorch_grad_cam.{module_name}")
+
+
+@functools.cache
+def _grad_cam_class(name: str):
+    """The grad-cam package's class for fmi_jax's method `name` (`GRAD_CAM_PACKAGE`),
+    with its per-image progress bars off (tqdm(disable=True); no other change)."""
+    module_name, class_name = GRAD_CAM_PACKAGE[name]
+    module = import_grad_cam(module_name)
     import tqdm
 
     if hasattr(module, "tqdm"):
@@ -354,20 +363,24 @@ def captum_method(name: str, net: nn.Module, options: Mapping[str, Any]):
         package_class = _grad_cam_class(name)
         layer = conv_block_output(net, options["layer"])
         batch_size = options.get("batch_size")
-        package_target = name != "score_cam" or options.get("target_kind") == "logit"
+        from pytorch_grad_cam.utils import model_targets
+
+        if name == "score_cam" and options.get("target_kind") != "logit":
+            target_class = _LogSoftmaxTarget
+        elif name == "shapley_cam" and options.get("score", "rest") == "rest":
+            target_class = model_targets.ClassifierOutputReST  # fmi_jax's default utility
+        else:
+            target_class = model_targets.ClassifierOutputTarget
+        # KPCA-CAM's kernel options go to the package's constructor; fmi_jax's default
+        # gamma (None: 1 / K) is scikit-learn's.
+        extra = {k: options[k] for k in ("kernel", "gamma") if name == "kpca_cam" and k in options}
 
         def run_package_cam(x, t):
             # One object per call: its forward hooks must not outlive the call.
-            with package_class(net, [layer]) as cam:
+            with package_class(net, [layer], **extra) as cam:
                 if name in ("score_cam", "ablation_cam"):  # channels per forward pass
                     cam.batch_size = int(batch_size or layer_channels(net, options["layer"]))
-                if package_target:
-                    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-                    targets = [ClassifierOutputTarget(int(c)) for c in t]
-                else:
-                    targets = [_LogSoftmaxTarget(int(c)) for c in t]
-                maps = cam(input_tensor=x, targets=targets)
+                maps = cam(input_tensor=x, targets=[target_class(int(c)) for c in t])
             return torch.from_numpy(maps)[:, None]
 
         return run_package_cam

@@ -102,6 +102,15 @@ def test_grad_cam_elementwise_of_a_hand_built_conv_head():
     np.testing.assert_array_equal(hires[0], x + 5)
 
 
+def test_grad_cam_elementwise_is_layer_cam_on_a_non_negative_layer(small_cnn, every_cam):
+    """ReLU(g A) = ReLU(g) A wherever A >= 0: after a ReLU the two methods are one."""
+    model, variables, x = small_cnn
+    assert float(A.flax_model(model, variables).capture(x, "conv2")[1].min()) >= 0
+    maps = every_cam(variables, x, jnp.arange(4))
+    np.testing.assert_allclose(maps["grad_cam_elementwise"], maps["layer_cam"], atol=1e-7)
+    assert float(jnp.abs(maps["layer_cam"]).max()) > 0
+
+
 # ---------------------------------------------------------------------------------
 # ShapleyCAM on a head that is quadratic in its 1 x 1 layer v = A[:, 0, 0, :]:
 #   y_c = v . w_c + (v . q_c)^2 / 2 + b_c

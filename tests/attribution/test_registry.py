@@ -182,7 +182,7 @@ def test_method_spec_fields():
     layer_methods += ("layer_conductance", "internal_influence")
     layer_methods += tuple(name for name in A.METHODS if name.startswith("layer_"))
     for name, spec in A.METHODS.items():
-        if name not in cams + ("xrai",) + layer_methods:
+        if name not in cams + ("xrai", "full_grad") + layer_methods:
             assert not spec.spatial, name
 
 

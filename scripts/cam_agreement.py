@@ -1,0 +1,267 @@
+r"""Grad-CAM element-wise, ShapleyCAM, Eigen-Grad-CAM and KPCA-CAM, and the confidence
+metrics, against pytorch-grad-cam, and every CAM's Average Drop, Increase in Confidence
+and Average Gain on a trained CNN.
+
+    make .venv-bench/.installed           # torch, Captum, grad-cam, scikit-learn
+    .venv-bench/bin/python scripts/cam_agreement.py --workdir=runs/cnn_fmnist
+
+The run's weights are copied into PyTorch (the benchmark's ``TorchCNN``); both sides
+explain the first ``--num_test`` test images (dithered as the benchmark's agreement
+check, so no max-pool window holds a tie) for their labels at ``--layer``:
+
+* Grad-CAM element-wise and ShapleyCAM (ReST and logit utilities) through the package's
+  whole pipeline, and FullGrad (every convolution and batch norm; the package scales
+  each channel of each term separately, fmi_jax's ``normalize='channel'``), with
+  fmi_jax's maps min-max scaled per image as the package returns them: the largest
+  absolute difference and the relative L2 error.
+* Eigen-Grad-CAM and KPCA-CAM (sigmoid and RBF kernels): the package's projection
+  functions (``get_2d_projection``, ``get_2d_projection_kernel``, scikit-learn's
+  ``KernelPCA``) on fmi_jax's own activations and gradients, against fmi_jax's
+  projections before the ReLU, so that the sign each side picks can be counted: the
+  number of images where the package's map is fmi_jax's, where it is its negative, and
+  the largest difference after aligning the sign.
+* ``average_drop`` and ``increase_in_confidence`` against the package's
+  ``DropInConfidence`` and ``IncreaseInConfidence`` (with ``ClassifierOutputSoftmaxTarget``)
+  on the same min-max scaled Grad-CAM maps; the package's drop is absolute, so it is
+  divided by the probability before the comparison.
+
+Then every CAM of ``fmi_jax.attribution.CAM_METHODS``, and FullGrad, is scored by the three confidence
+metrics on the first ``--num_metric`` test images (Grad-CAM++'s table, with Average
+Gain). It prints markdown tables and, with ``--out``, writes them and a JSON file there.
+docs/captum.md and docs/results.md report what it measured. Without torch and the
+package, or without a run in --workdir, it ends in one ``error:`` line and exit status 2.
+"""
+
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+if not __package__:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import flags  # noqa: E402
+
+from experiments import _cli  # noqa: E402
+from fmi_jax import attribution, evaluation  # noqa: E402
+from fmi_jax.attribution.handle import activation_and_gradient  # noqa: E402
+from fmi_jax.benchmark import runner  # noqa: E402
+from fmi_jax.train import evaluate as evaluate_lib  # noqa: E402
+from fmi_jax.train import loop as loop_lib  # noqa: E402
+from fmi_jax.train.input_pipeline import to_float  # noqa: E402
+
+_WORKDIR = flags.DEFINE_string("workdir", "runs/cnn_fmnist", "A trained run of a SimpleCNN.")
+_LAYER = flags.DEFINE_string("layer", "conv3", "The layer every CAM explains.")
+_NUM_TEST = flags.DEFINE_integer("num_test", 64, "Test images compared with the package.")
+_NUM_METRIC = flags.DEFINE_integer("num_metric", 1000, "Test images for the metric table.")
+_DITHER = flags.DEFINE_float("dither", 1 / 768, "Uniform noise in [0, dither) per pixel.")
+_OUT = flags.DEFINE_string("out", None, "Folder for cam_agreement.{md,json} (new files only).")
+
+
+def _minmax(maps: np.ndarray) -> np.ndarray:
+    flat = maps.reshape(len(maps), -1).astype(np.float64)
+    low = flat.min(axis=1, keepdims=True)
+    span = flat.max(axis=1, keepdims=True) - low
+    return np.where(span > 0, (flat - low) / np.where(span > 0, span, 1.0), 0.0).reshape(maps.shape)
+
+
+def _pipeline_row(ours: np.ndarray, theirs: np.ndarray) -> dict:
+    """fmi_jax's maps, min-max scaled per image, against the package's: the largest
+    difference, the relative L2 error, and the images that agree to 1e-5."""
+    a, b = _minmax(ours), theirs.astype(np.float64)
+    per_image = np.abs(a - b).reshape(len(a), -1).max(axis=1)
+    return {
+        "max_abs": float(per_image.max()),
+        "relative_l2": float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)),
+        "images_within_1e-5": int(np.sum(per_image <= 1e-5)),
+    }
+
+
+def _row_line(label: str, row: dict, images: int) -> str:
+    return (
+        f"| {label} | {row['max_abs']:.2g} | {row['relative_l2']:.2g} "
+        f"| {row['images_within_1e-5']} of {images} |"
+    )
+
+
+def _signed_match(ours: np.ndarray, theirs: np.ndarray, tolerance: float) -> dict:
+    """How many images' package maps are fmi_jax's, or its negative, within
+    ``tolerance`` of the map's largest magnitude, and the largest difference after
+    aligning each image's sign."""
+    same = negated = 0
+    worst = 0.0
+    for a, b in zip(ours.astype(np.float64), theirs.astype(np.float64)):
+        scale = max(np.abs(b).max(), 1e-30)
+        plus, minus = np.abs(a - b).max() / scale, np.abs(a + b).max() / scale
+        same += plus <= tolerance
+        negated += minus <= tolerance
+        worst = max(worst, min(plus, minus))
+    return {"same_sign": int(same), "opposite_sign": int(negated), "worst_aligned": worst}
+
+
+def main():
+    if _OUT.value and (Path(_OUT.value) / "cam_agreement.json").exists():
+        raise ValueError(f"{_OUT.value}/cam_agreement.json exists: choose a new --out")
+    torch, _ = _cli.reference_packages("torch", "sklearn")
+    if importlib.util.find_spec("pytorch_grad_cam") is None:
+        raise ValueError(
+            "pytorch_grad_cam is not installed here: run this script with the benchmark's "
+            "venv, .venv-bench/bin/python (make .venv-bench/.installed)"
+        )
+    from fmi_jax.benchmark import torch_side
+
+    svd = torch_side.import_grad_cam("utils.svd_on_activations")
+    confidence = torch_side.import_grad_cam("metrics.cam_mult_image")
+    softmax_target = torch_side.import_grad_cam("utils.model_targets").ClassifierOutputSoftmaxTarget
+
+    model, variables, run_config, _ = evaluate_lib.restore_model(Path(_WORKDIR.value))
+    data = loop_lib.load_data(run_config.data)
+    count = max(_NUM_TEST.value, _NUM_METRIC.value)
+    images = np.asarray(to_float(jnp.asarray(data["test"].images[:count])))
+    labels = np.asarray(data["test"].labels[:count], np.int32)
+    x = runner.dither(images[: _NUM_TEST.value], _DITHER.value)
+    t = labels[: _NUM_TEST.value]
+    layer = _LAYER.value
+    handle = attribution.flax_model(model, variables)
+    net = torch_side.from_flax(model, variables, tuple(x.shape[1:])).eval()
+    xt = torch.from_numpy(np.array(x, np.float32)).permute(0, 3, 1, 2).contiguous()
+    report = {"layer": layer, "images": len(x), "workdir": _WORKDIR.value}
+    lines = [
+        f"Against pytorch-grad-cam 1.5.7, {len(x)} test images, layer {layer}.",
+        "",
+        "| method | max abs difference | relative L2 error | images equal to 1e-5 |",
+        "|---|---|---|---|",
+    ]
+
+    # Whole pipelines: the package's maps are min-max scaled; so are fmi_jax's here.
+    for name, options in (
+        ("grad_cam_elementwise", {}),
+        ("shapley_cam", {"score": "rest"}),
+        ("shapley_cam", {"score": "logit"}),
+    ):
+        method = getattr(attribution, name)
+        ours = np.asarray(
+            jax.jit(lambda x, m=method, o=options: m(handle, x, t, layer=layer, **o))(x)
+        )
+        theirs = torch_side.captum_method(name, net, {"layer": layer, **options})(xt, t)
+        row = _pipeline_row(ours, theirs[:, 0].numpy())
+        label = name + (f" ({options['score']})" if options else "")
+        report[label] = row
+        lines.append(_row_line(label, row, len(x)))
+
+    # FullGrad over every convolution and batch norm, each channel scaled on its own as
+    # the package does; its final map is min-max scaled, so fmi_jax's is too.
+    full_grad_class = torch_side.import_grad_cam("fullgrad_cam").FullGrad
+    logit_target = torch_side.import_grad_cam("utils.model_targets").ClassifierOutputTarget
+    ours = np.asarray(
+        jax.jit(lambda x: attribution.full_grad(handle, x, t, normalize="channel"))(x)
+    )
+    with full_grad_class(net, []) as package_full_grad:
+        theirs = package_full_grad(input_tensor=xt, targets=[logit_target(int(c)) for c in t])
+    row = _pipeline_row(ours, theirs)
+    report["full_grad (channel)"] = row
+    lines.append(_row_line("full_grad (normalize='channel')", row, len(x)))
+
+    # Projections: the package's functions on fmi_jax's own activations and gradients.
+    activation, gradient = jax.jit(
+        lambda x: activation_and_gradient(handle, x, jnp.asarray(t), layer)
+    )(x)
+    nchw = lambda a: np.ascontiguousarray(np.asarray(a).transpose(0, 3, 1, 2))
+    raw = dict(layer=layer, relu=False, upsample=False)
+    projections = (
+        (
+            "eigen_grad_cam (centred)",
+            attribution.eigen_grad_cam(handle, x, t, center=True, **raw),
+            svd.get_2d_projection(nchw(activation * gradient)),
+        ),
+        (
+            "kpca_cam (sigmoid)",
+            attribution.kpca_cam(handle, x, **raw),
+            svd.get_2d_projection_kernel(nchw(activation), "sigmoid"),
+        ),
+        (
+            "kpca_cam (rbf)",
+            attribution.kpca_cam(handle, x, kernel="rbf", **raw),
+            svd.get_2d_projection_kernel(nchw(activation), "rbf"),
+        ),
+    )
+    lines += [
+        "",
+        "| projection | package's sign = fmi_jax's | opposite | worst difference, sign aligned |",
+        "|---|---|---|---|",
+    ]
+    for label, ours, theirs in projections:
+        row = _signed_match(np.asarray(ours), theirs, 1e-3)
+        report[label] = row
+        lines.append(
+            f"| {label} | {row['same_sign']} | {row['opposite_sign']} "
+            f"| {row['worst_aligned']:.2g} |"
+        )
+
+    # The confidence metrics on the same min-max scaled Grad-CAM maps.
+    maps = _minmax(np.asarray(attribution.grad_cam(handle, x, t, layer=layer))).astype(np.float32)
+    fn = lambda z: model.apply(variables, z, train=False)
+    before = np.asarray(jax.nn.softmax(fn(jnp.asarray(x))))[np.arange(len(x)), t]
+    targets = [softmax_target(int(c)) for c in t]
+    package_drop = confidence.DropInConfidence()(xt, maps, targets, net) / before
+    package_increase = confidence.IncreaseInConfidence()(xt, maps, targets, net)
+    ours_drop = np.asarray(evaluation.average_drop(fn, x, t, maps, scale="none"))
+    ours_increase = np.asarray(evaluation.increase_in_confidence(fn, x, t, maps, scale="none"))
+    report["average_drop"] = {"max_abs": float(np.abs(ours_drop - package_drop).max())}
+    report["increase_in_confidence"] = {
+        "disagreements": int(np.sum(ours_increase != package_increase))
+    }
+    lines += [
+        "",
+        f"Average Drop against DropInConfidence / p: max difference "
+        f"{report['average_drop']['max_abs']:.2g}; Increase in Confidence against "
+        f"IncreaseInConfidence: {report['increase_in_confidence']['disagreements']} of "
+        f"{len(x)} images differ.",
+    ]
+
+    # Every CAM, scored: Average Drop, Increase in Confidence, Average Gain (percent).
+    xm, tm = images[: _NUM_METRIC.value], labels[: _NUM_METRIC.value]
+    lines += [
+        "",
+        f"Confidence on the explanation-masked input, {len(xm)} test images, layer {layer} "
+        "(percent; Average Drop low is good, the others high):",
+        "",
+        "| method | Average Drop | Increase in Confidence | Average Gain | seconds |",
+        "|---|---|---|---|---|",
+    ]
+    metrics = {}
+    methods = [(name, {"layer": layer}) for name in attribution.CAM_METHODS]
+    methods.append(("full_grad", {}))
+    for name, options in methods:
+        method = getattr(attribution, name)
+        start = time.perf_counter()
+        cams = jax.block_until_ready(
+            jax.jit(lambda x, m=method, o=options: m(handle, x, tm, batch_size=100, **o))(xm)
+        )
+        seconds = time.perf_counter() - start
+        scores = {
+            metric: 100
+            * float(getattr(evaluation, metric)(fn, xm, tm, cams, batch_size=500).mean())
+            for metric in ("average_drop", "increase_in_confidence", "average_gain")
+        }
+        metrics[name] = {**scores, "seconds_with_compile": seconds}
+        lines.append(
+            f"| {name} | {scores['average_drop']:.1f} | {scores['increase_in_confidence']:.1f} "
+            f"| {scores['average_gain']:.1f} | {seconds:.1f} |"
+        )
+    report["confidence"] = metrics
+    text = "\n".join(lines)
+    print(text)
+    if _OUT.value:
+        out = Path(_OUT.value)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "cam_agreement.md").write_text(text + "\n")
+        (out / "cam_agreement.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    _cli.run(main)
