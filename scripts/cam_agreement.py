@@ -27,7 +27,8 @@ check, so no max-pool window holds a tie) for their labels at ``--layer``:
 
 Then every CAM of ``fmi_jax.attribution.CAM_METHODS``, and FullGrad, is scored by the three confidence
 metrics on the first ``--num_metric`` test images (Grad-CAM++'s table, with Average
-Gain). It prints markdown tables and, with ``--out``, writes them and a JSON file there.
+Gain, and the mean of the min-max scaled maps: the share of the image the masks keep).
+It prints markdown tables and, with ``--out``, writes them and a JSON file there.
 docs/captum.md and docs/results.md report what it measured. Without torch and the
 package, or without a run in --workdir, it ends in one ``error:`` line and exit status 2.
 """
@@ -162,9 +163,40 @@ def main():
     )
     with full_grad_class(net, []) as package_full_grad:
         theirs = package_full_grad(input_tensor=xt, targets=[logit_target(int(c)) for c in t])
+        # The package's bias-gradient terms (forward order), against fmi_jax's.
+        package_terms = [
+            np.transpose(g.numpy() * b[None, :, None, None], (0, 2, 3, 1))
+            for g, b in zip(
+                package_full_grad.activations_and_grads.gradients, package_full_grad.bias_data
+            )
+        ]
     row = _pipeline_row(ours, theirs)
     report["full_grad (channel)"] = row
     lines.append(_row_line("full_grad (normalize='channel')", row, len(x)))
+    terms = attribution.full_gradients(handle, x, t)
+    names = [n for n in handle.layer_names(x) if n in terms.biases]
+    biased = [n for n in names if float(np.abs(terms.biases[n]).max()) > 0]
+    differing = np.zeros(len(x), int)  # entries off by more than 1e-5 of the term's largest
+    for name, package_term in zip(biased, package_terms):
+        ours_term = np.asarray(terms.biases[name])
+        scale = np.abs(package_term).reshape(len(x), -1).max(axis=1)[:, None]
+        off = np.abs(ours_term - package_term).reshape(len(x), -1) > 1e-5 * scale
+        differing += off.sum(axis=1)
+    # fmi_jax's own terms post-processed as the package does: each channel divided by
+    # (its range + 1e-7), bilinear resizing, the sum min-max scaled with 1e-7.
+    emulated = np.zeros(x.shape[:3])
+    for term in [terms.input, *(terms.biases[n] for n in names)]:
+        a = np.abs(np.asarray(term, np.float64))
+        a = a - a.min(axis=(1, 2), keepdims=True)
+        a = a / (1e-7 + a.max(axis=(1, 2), keepdims=True))
+        emulated += np.asarray(attribution.upsample_maps(jnp.asarray(a.sum(-1)), x.shape[1:3]))
+    emulated = emulated - emulated.min(axis=(1, 2), keepdims=True)
+    emulated = emulated / (1e-7 + emulated.max(axis=(1, 2), keepdims=True))
+    row = _pipeline_row(emulated, theirs)
+    row["images_with_equal_terms"] = int(np.sum(differing == 0))
+    row["differing_entries_per_image"] = [int(d) for d in differing]
+    report["full_grad (terms, the package's 1e-7)"] = row
+    lines.append(_row_line("full_grad's terms, scaled with the package's 1e-7", row, len(x)))
 
     # Projections: the package's functions on fmi_jax's own activations and gradients.
     activation, gradient = jax.jit(
@@ -190,6 +222,10 @@ def main():
         ),
     )
     lines += [
+        "",
+        f"FullGrad's bias-gradient terms equal the package's on {row['images_with_equal_terms']} "
+        f"of {len(x)} images (the others differ at "
+        f"{sorted(int(d) for d in differing if d)} entries).",
         "",
         "| projection | package's sign = fmi_jax's | opposite | worst difference, sign aligned |",
         "|---|---|---|---|",
@@ -230,8 +266,9 @@ def main():
         f"Confidence on the explanation-masked input, {len(xm)} test images, layer {layer} "
         "(percent; Average Drop low is good, the others high):",
         "",
-        "| method | Average Drop | Increase in Confidence | Average Gain | seconds |",
-        "|---|---|---|---|---|",
+        "| method | Average Drop | Increase in Confidence | Average Gain | mean of the mask "
+        "| seconds |",
+        "|---|---|---|---|---|---|",
     ]
     metrics = {}
     methods = [(name, {"layer": layer}) for name in attribution.CAM_METHODS]
@@ -248,10 +285,13 @@ def main():
             * float(getattr(evaluation, metric)(fn, xm, tm, cams, batch_size=500).mean())
             for metric in ("average_drop", "increase_in_confidence", "average_gain")
         }
+        # The mean of the scaled maps: how much of the image the mask keeps (a map of
+        # ones keeps it all and has no drop).
+        scores["mean_mask"] = 100 * float(_minmax(np.asarray(cams)).mean())
         metrics[name] = {**scores, "seconds_with_compile": seconds}
         lines.append(
             f"| {name} | {scores['average_drop']:.1f} | {scores['increase_in_confidence']:.1f} "
-            f"| {scores['average_gain']:.1f} | {seconds:.1f} |"
+            f"| {scores['average_gain']:.1f} | {scores['mean_mask']:.1f} | {seconds:.1f} |"
         )
     report["confidence"] = metrics
     text = "\n".join(lines)
