@@ -703,3 +703,19 @@ def test_registry_needs_the_module_and_a_layer(small_cnn):
     np.testing.assert_array_equal(
         maps[..., 0], A.score_cam((model, variables), x, jnp.array([0, 1, 2, 3]), layer="conv2")
     )
+
+
+def test_batch_size_never_changes_the_new_cams(small_cnn, every_cam):
+    """Chunks of 3 of the 4 examples (the last one padded) give the unchunked maps."""
+    model, variables, x = small_cnn
+    target = jnp.arange(4)
+    whole = every_cam(variables, x, target)
+    methods = (A.grad_cam_elementwise, A.shapley_cam, A.eigen_grad_cam, A.kpca_cam)
+    chunked = jax.jit(
+        lambda x: {
+            m.__name__: m((model, variables), x, target, layer="conv2", batch_size=3)
+            for m in methods
+        }
+    )(x)
+    for name, maps in chunked.items():
+        np.testing.assert_allclose(maps, whole[name], rtol=1e-5, atol=1e-6, err_msg=name)
