@@ -49,6 +49,7 @@ from absl import flags  # noqa: E402
 
 from experiments import _cli  # noqa: E402
 from fmi_jax import attribution, evaluation  # noqa: E402
+from fmi_jax.attribution.core import minmax_scale  # noqa: E402
 from fmi_jax.attribution.handle import activation_and_gradient  # noqa: E402
 from fmi_jax.benchmark import runner  # noqa: E402
 from fmi_jax.train import evaluate as evaluate_lib  # noqa: E402
@@ -63,11 +64,10 @@ _DITHER = flags.DEFINE_float("dither", 1 / 768, "Uniform noise in [0, dither) pe
 _OUT = flags.DEFINE_string("out", None, "Folder for cam_agreement.{md,json} (new files only).")
 
 
-def _minmax(maps: np.ndarray) -> np.ndarray:
-    flat = maps.reshape(len(maps), -1).astype(np.float64)
-    low = flat.min(axis=1, keepdims=True)
-    span = flat.max(axis=1, keepdims=True) - low
-    return np.where(span > 0, (flat - low) / np.where(span > 0, span, 1.0), 0.0).reshape(maps.shape)
+def _minmax(maps) -> np.ndarray:
+    """Each image's map scaled to [0, 1], as pytorch-grad-cam returns them."""
+    maps = jnp.asarray(maps, jnp.float32)
+    return np.asarray(minmax_scale(maps, tuple(range(1, maps.ndim))), np.float64)
 
 
 def _pipeline_row(ours: np.ndarray, theirs: np.ndarray) -> dict:

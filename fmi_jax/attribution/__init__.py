@@ -121,6 +121,7 @@ from fmi_jax.attribution.concepts import (
 from fmi_jax.attribution.core import Method, completeness_delta, resolve_target
 from fmi_jax.attribution.deeplift import deeplift
 from fmi_jax.attribution.full_gradient import (
+    AFFINE_LAYER_TYPES,
     FULL_GRAD_NORMALIZATIONS,
     FullGradients,
     bias_layers,
@@ -218,6 +219,7 @@ __all__ = [
     "FullGradients",
     "bias_layers",
     "FULL_GRAD_NORMALIZATIONS",
+    "AFFINE_LAYER_TYPES",
     "layer_names",
     "upsample_maps",
     "occlusion",

@@ -37,7 +37,7 @@ and differs in the weights ``W^c`` for the target class c. With ``g = dy_c / dA`
   HiResCAM's products with the ReLU taken per element before the channel sum,
   ``L_c = sum_k ReLU(g_kij A_kij)``, so a channel's negative evidence at a position
   cannot cancel another channel's positive evidence there.
-* ShapleyCAM (Cai et al., 2025, arXiv:2501.06261): Grad-CAM's spatial mean taken of
+* ShapleyCAM (Cai, 2025, arXiv:2501.06261): Grad-CAM's spatial mean taken of
   ``g - H A / 2`` instead of ``g``, ``W_k = 1/(h w) sum_ij (g - H A / 2)_kij``, with
   ``H`` the Hessian of the class utility ``u`` in ``A`` (a Hessian-vector product,
   forward-over-reverse). Per element, ``A_i (g - H A / 2)_i`` is unit ``i``'s exact
@@ -85,7 +85,7 @@ and differs in the weights ``W^c`` for the target class c. With ``g = dy_c / dA`
   each channel's spatial mean first, as pytorch-grad-cam does (its sign is left to the
   SVD routine there, so its maps can come out inverted). The target is accepted for
   the common signature and ignored: every class gets the same map.
-* KPCA-CAM (Karmani, Sinha & Lal, 2024, arXiv:2410.00267): Eigen-CAM with kernel PCA.
+* KPCA-CAM (Karmani et al., 2024, arXiv:2410.00267): Eigen-CAM with kernel PCA.
   The ``h w`` positions' channel vectors, centred, are compared by a kernel
   ``k(a, b)`` (``'sigmoid'``, ``tanh(gamma a.b + 1)``, the default as in
   pytorch-grad-cam; ``'rbf'``; ``'linear'``), the ``(h w, h w)`` kernel matrix is
@@ -93,7 +93,7 @@ and differs in the weights ``W^c`` for the target class c. With ``g = dy_c / dA`
   its eigenvalue (scikit-learn's ``KernelPCA.fit_transform``). With the linear kernel
   this is the centred Eigen-CAM exactly. The sign follows Eigen-CAM's rule: the map has
   a non-negative inner product with the centred channel sum (pytorch-grad-cam keeps
-  scikit-learn's sign, which makes the largest entry of the eigenvector positive).
+  scikit-learn's sign, which makes the entry of largest magnitude positive).
 
 The layer is named by its module path, ``'/'``-joined (``'conv2'``, ``'conv2/conv'``,
 ``'stage1/block0'``); :func:`layer_names` lists the candidates (every submodule whose
@@ -118,6 +118,7 @@ small (measured in docs/captum.md).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -129,6 +130,7 @@ from fmi_jax.attribution.core import (
     Array,
     Target,
     as_input,
+    minmax_scale,
     refuse_baseline,
     resolve_target,
     select_target,
@@ -363,8 +365,9 @@ def shapley_cam(
             return jnp.sum(value)
 
         activation = handle.capture(images, layer)[1].astype(jnp.float32)
-        # Forward over reverse: g = du/dA and H A = d/dt du/dA(t A), in one pass. The
-        # batch sum's Hessian is block diagonal (examples do not interact in inference).
+        # Forward over reverse: g = du/dA and H A = d/dt du/dA(A + t A) at t = 0, in one
+        # pass (the delta is added to A). The batch sum's Hessian is block diagonal
+        # (examples do not interact in inference).
         g, hvp = jax.jvp(jax.grad(utility), (jnp.zeros_like(activation),), (activation,))
         weights = jnp.mean(g - 0.5 * hvp, axis=(1, 2), keepdims=True)
         return jnp.sum(weights * activation, axis=-1)
@@ -404,9 +407,7 @@ def score_cam(
     def weighted_channel(example: Array, channel: Array) -> Array:
         a = activation[example, :, :, channel]  # (B, h, w)
         up = upsample_maps(a, x.shape[1:3])
-        low = up.min(axis=(1, 2), keepdims=True)
-        span = up.max(axis=(1, 2), keepdims=True) - low
-        mask = jnp.where(span > 0, (up - low) / jnp.where(span > 0, span, 1.0), 0.0)
+        mask = minmax_scale(up, (1, 2))
         probs = jax.nn.softmax(handle(x[example] * mask[..., None]), axis=-1)
         score = select_target(probs, target[example])
         return score[:, None, None] * a
@@ -600,7 +601,7 @@ def kpca_cam(
     handle, x, (n, h, w, k) = layer_call(model, x, layer, "kpca_cam", batch_size)
     if gamma is None:
         gamma = 1.0 / k
-    elif isinstance(gamma, bool) or not isinstance(gamma, (int, float, np.floating)):
+    elif isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
         raise ValueError(f"kpca_cam: gamma must be a positive number or None; got {gamma!r}")
     elif not 0 < gamma < np.inf:
         raise ValueError(f"kpca_cam: gamma must be a positive number or None; got {gamma!r}")

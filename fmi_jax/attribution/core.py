@@ -63,6 +63,7 @@ __all__ = [
     "sum_over_samples",
     "map_over_samples",
     "completeness_delta",
+    "minmax_scale",
     "example_keys",
     "sample_keys",
     "per_example",
@@ -450,6 +451,15 @@ def example_keys(key: Array, num_examples: int) -> Array:
 def sample_keys(keys: Array, example: Array, sample: Array) -> Array:
     """``fold_in(keys[example[j]], sample[j])`` for every pair j of a chunk."""
     return jax.vmap(jax.random.fold_in)(keys[example], sample)
+
+
+def minmax_scale(values: Array, axis: int | tuple[int, ...]) -> Array:
+    """``values`` shifted and scaled to [0, 1] over ``axis`` (each slice on its own): the
+    smallest entry becomes 0 and the largest 1; a constant slice becomes all 0, not a
+    0/0."""
+    low = values.min(axis=axis, keepdims=True)
+    span = values.max(axis=axis, keepdims=True) - low
+    return jnp.where(span > 0, (values - low) / jnp.where(span > 0, span, 1.0), 0.0)
 
 
 def completeness_delta(

@@ -16,9 +16,12 @@ contribute, which input x gradient alone misses. :func:`full_gradients` returns 
 terms: the input's and those of the layers named in ``layers``. A layer's constant term
 is its output on a zero input (:meth:`~fmi_jax.attribution.FlaxModel.output_at_zero`):
 a convolution's bias at every position, a batch norm's
-``beta - gamma mean / sqrt(var + eps)``, so no layer type needs special code. The terms
-of the layers left out (a dense layer's bias has no spatial map) make up the rest of
-``f_c(x)``; the test suite checks the sum on Linen and NNX networks.
+``beta - gamma mean / sqrt(var + eps)``, so no layer type needs code of its own; it does
+not depend on the input, so it is computed once, on one example. Only layers with an
+``(N, h, w, K)`` output have a map: the bias of a dense layer on flattened features (a
+classifier's head) is a term without one, and the terms of the layers left out make up
+the rest of ``f_c(x)``. The test suite checks the sum, with the head's bias, on Linen
+and NNX networks.
 
 The saliency map (:func:`full_grad`) adds every term's post-processed map,
 
@@ -29,11 +32,13 @@ tensor and then summed over channels (the authors' code), and ``resize`` bilinea
 half-pixel centres (as every CAM here; the authors' code aligns corners).
 ``normalize='channel'`` scales every channel separately instead, as pytorch-grad-cam
 1.5.7's ``FullGrad`` does (which also min-max scales the final map; here maps keep their
-scale). By default ``layers`` are every convolution and batch norm the handle can
-capture, in call order, as in both reference implementations.
+scale). By default ``layers`` are every affine layer with a map (:func:`bias_layers`):
+the reference implementations take the convolutions and batch norms, and leave out a
+convolution without a bias, whose term here is 0 and adds nothing to the map.
 
 Both functions take a model handle (:func:`~fmi_jax.attribution.flax_model`), as the
-CAMs do; every term costs one backward pass per chunk of ``batch_size`` examples.
+CAMs do. The input's gradient and every layer's come from one backward pass per chunk
+of ``batch_size`` examples (:meth:`~fmi_jax.attribution.FlaxModel.perturb_layers`).
 """
 
 from __future__ import annotations
@@ -52,14 +57,16 @@ from fmi_jax.attribution.core import (
     Target,
     as_count,
     as_input,
+    minmax_scale,
     refuse_baseline,
     resolve_target,
     select_target,
     sum_over_samples,
 )
-from fmi_jax.attribution.handle import FlaxModel, activation_and_gradient, as_flax_model
+from fmi_jax.attribution.handle import FlaxModel, as_flax_model
 
 __all__ = [
+    "AFFINE_LAYER_TYPES",
     "FULL_GRAD_NORMALIZATIONS",
     "FullGradients",
     "bias_layers",
@@ -70,15 +77,22 @@ __all__ = [
 #: How :func:`full_grad` scales each term: over the whole tensor, or per channel.
 FULL_GRAD_NORMALIZATIONS = ("layer", "channel")
 
-# The module classes whose outputs are affine in their inputs and carry a bias.
-_BIASED = (
+#: The module classes whose outputs are affine in their inputs and may carry a bias
+#: (dense layers too: applied to an ``(N, h, w, C)`` array they are 1 x 1 convolutions).
+AFFINE_LAYER_TYPES = (
     nn.Conv,
     nn.ConvTranspose,
     nn.ConvLocal,
     nn.BatchNorm,
+    nn.Dense,
+    nn.DenseGeneral,
+    nn.Einsum,
     nnx.Conv,
     nnx.ConvTranspose,
     nnx.BatchNorm,
+    nnx.Linear,
+    nnx.LinearGeneral,
+    nnx.Einsum,
 )
 
 
@@ -95,26 +109,53 @@ class FullGradients(NamedTuple):
     biases: dict[str, Array]
 
 
+def _affine(module_type: type | None) -> bool:
+    return module_type is not None and issubclass(module_type, AFFINE_LAYER_TYPES)
+
+
 def bias_layers(model: Any, x: Array) -> tuple[str, ...]:
-    """The convolutions and batch norms of ``model`` a handle can capture, for inputs
-    like ``x``, in call order: :func:`full_gradients`' default ``layers``."""
+    """The affine layers of ``model`` (:data:`AFFINE_LAYER_TYPES`: convolutions, batch
+    norms, dense layers) with an ``(N, h, w, K)`` output, for inputs like ``x``, in call
+    order: :func:`full_gradients`' default ``layers``.
+
+    Raises:
+      ValueError: an affine layer the handle cannot capture (called twice, inside a
+        transform): without its term the decomposition would not sum to the logit, so
+        name the layers to use with ``layers=`` instead.
+    """
     handle = as_flax_model(model, "bias_layers")
     x = as_input(x)
-    return tuple(
-        name for name in handle.layer_names(x) if issubclass(handle.layer_type(x, name), _BIASED)
-    )
+    for name, (module_type, reason) in handle.refused_layers(x).items():
+        if _affine(module_type):
+            raise ValueError(
+                f"bias_layers: layer {name!r} ({module_type.__name__}) {reason}; without its "
+                "bias term the full gradients would not sum to the logit: name the layers "
+                "to use with layers="
+            )
+    return tuple(name for name in handle.layer_names(x) if _affine(handle.layer_type(x, name)))
 
 
-def _layers(
-    handle: FlaxModel, x: Array, layers: Sequence[str] | None, name: str
-) -> tuple[str, ...]:
+def _layers(handle: FlaxModel, x: Array, layers: Any, name: str) -> tuple[str, ...]:
+    """``layers`` as a checked tuple of affine layers (:func:`bias_layers` for None)."""
     if layers is None:
         return bias_layers(handle, x)
-    if isinstance(layers, str) or not all(isinstance(layer, str) for layer in layers):
+    listed = None
+    if not isinstance(layers, str):
+        try:
+            listed = tuple(layers)
+        except TypeError:
+            pass
+    if listed is None or not all(isinstance(layer, str) for layer in listed):
         raise ValueError(f"{name}: layers must be a sequence of layer names; got {layers!r}")
-    for layer in layers:
-        handle.layer_shape(x, layer)  # an unknown layer is refused before anything runs
-    return tuple(layers)
+    for layer in listed:
+        module_type = handle.layer_type(x, layer)  # an unknown layer is refused here
+        if not _affine(module_type):
+            raise ValueError(
+                f"{name}: layer {layer!r} is a {module_type.__name__}, not an affine layer "
+                "(a convolution, batch norm or dense layer), so its output on a zero input "
+                "is not a bias: name the affine layers inside it"
+            )
+    return listed
 
 
 def full_gradients(
@@ -138,6 +179,10 @@ def full_gradients(
 
     Returns:
       :class:`FullGradients`, float32.
+
+    Raises:
+      ValueError: a plain function for ``model``, an unknown layer, one that is not
+        affine, or (``layers=None``) an affine layer the handle cannot capture.
     """
     handle = as_flax_model(model, "full_gradients")
     x = as_input(x)
@@ -145,15 +190,20 @@ def full_gradients(
         as_count(batch_size, "batch_size")
     layers = _layers(handle, x, layers, "full_gradients")
     target = resolve_target(handle, x, target, batch_size=batch_size)
+    constants = {layer: handle.output_at_zero(x[:1], layer).astype(jnp.float32) for layer in layers}
 
     def chunk_terms(example: Array, _: Array) -> tuple[Array, dict[str, Array]]:
         images, classes = x[example], target[example]
-        gradient = jax.grad(lambda z: jnp.sum(select_target(handle(z), classes)))(images)
-        biases = {}
-        for layer in layers:
-            _, g = activation_and_gradient(handle, images, classes, layer)
-            constant = handle.output_at_zero(images, layer).astype(jnp.float32)
-            biases[layer] = g * constant
+        deltas = {
+            layer: jnp.zeros((images.shape[0], *constant.shape[1:]), jnp.float32)
+            for layer, constant in constants.items()
+        }
+
+        def score(images: Array, deltas: dict[str, Array]) -> Array:
+            return jnp.sum(select_target(handle.perturb_layers(images, deltas), classes))
+
+        gradient, at_layers = jax.grad(score, argnums=(0, 1))(images, deltas)
+        biases = {layer: at_layers[layer] * constants[layer] for layer in layers}
         return (gradient * images).astype(jnp.float32), biases
 
     inputs, biases = sum_over_samples(chunk_terms, x.shape[0], batch_size=batch_size)
@@ -163,12 +213,7 @@ def full_gradients(
 def _post_process(term: Array, per_channel: bool) -> Array:
     """``psi``: ``|term|`` min-max scaled to [0, 1] per example (or per example and
     channel), summed over channels; ``(N, h, w)``."""
-    term = jnp.abs(term)
-    axes = (1, 2) if per_channel else (1, 2, 3)
-    low = term.min(axis=axes, keepdims=True)
-    span = term.max(axis=axes, keepdims=True) - low
-    scaled = jnp.where(span > 0, (term - low) / jnp.where(span > 0, span, 1.0), 0.0)
-    return scaled.sum(axis=-1)
+    return minmax_scale(jnp.abs(term), (1, 2) if per_channel else (1, 2, 3)).sum(axis=-1)
 
 
 def full_grad(

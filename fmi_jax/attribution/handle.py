@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -175,6 +176,39 @@ class FlaxModel:
         """
         return self._check(jnp.asarray(x), layer).module_type
 
+    def refused_layers(self, x: Array) -> dict[str, tuple[type | None, str]]:
+        """The submodules with an ``(N, h, w, K)`` output (or, NNX, never called by the
+        model's own code) that :meth:`capture` cannot take, for inputs like ``x``: name ->
+        (module class, why)."""
+        table = self._table(jnp.asarray(x))
+        return {
+            name: (info.module_type, reason)
+            for name, info in table.items()
+            if (reason := _refusal(info)) is not None
+        }
+
+    def perturb_layers(self, x: Array, deltas: Mapping[str, Array]) -> Array:
+        """The logits with every named layer's output ``A_l`` replaced by ``A_l + delta_l``
+        for the rest of the pass: ``jax.grad`` with respect to the deltas at zero gives
+        the gradient at every one of those layers in one backward pass.
+
+        Raises:
+          ValueError: as :meth:`capture`, for a layer it cannot take or a delta of the
+            wrong shape.
+        """
+        x = jnp.asarray(x)
+        checked = {}
+        for layer, delta in deltas.items():
+            info = self._check(x, layer)
+            delta = jnp.asarray(delta)
+            if tuple(delta.shape) != info.shape:
+                raise ValueError(
+                    f"delta must have the shape of layer {layer!r}'s output {info.shape}, "
+                    f"got {tuple(delta.shape)}"
+                )
+            checked[layer] = delta.astype(info.dtype)
+        return self._perturbed(x, checked)
+
     def output_at_zero(self, x: Array, layer: str) -> Array:
         """``layer``'s output when its first input is replaced by zeros (its other
         arguments and the rest of the pass unchanged): for an affine layer, a convolution
@@ -226,6 +260,10 @@ class FlaxModel:
         """``layer``'s output with its first input replaced by zeros."""
         raise NotImplementedError
 
+    def _perturbed(self, x: Array, deltas: Mapping[str, Array]) -> Array:
+        """The logits with ``deltas[l]`` added to every named layer's output."""
+        raise NotImplementedError
+
     def _find_layers(self, x: jax.ShapeDtypeStruct) -> dict[str, _Layer]:
         """Every submodule whose call returns an ``(N, h, w, K)`` array, in call order."""
         raise NotImplementedError
@@ -268,6 +306,19 @@ def _refusal(info: _Layer) -> str | None:
             "that is called once (give each use its own module, or pick another layer)"
         )
     return None
+
+
+def _zero_first_input(
+    call: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], layer: str
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``(args, kwargs)`` of a call to ``call`` with its first input, positional or
+    named, replaced by zeros."""
+    if args:
+        return (jnp.zeros_like(args[0]), *args[1:]), kwargs
+    names = [n for n in inspect.signature(call).parameters if n != "self"]
+    if not names or names[0] not in kwargs:
+        raise ValueError(f"layer {layer!r} was called without an input to replace by zeros")
+    return args, {**kwargs, names[0]: jnp.zeros_like(kwargs[names[0]])}
 
 
 # Linen.
@@ -346,7 +397,10 @@ class _LinenModel(FlaxModel):
                 variables = {
                     k: v for k, v in context.module.variables.items() if k not in (_CAPTURE, _DELTA)
                 }
-                zero = alone.apply(variables, jnp.zeros_like(args[0]), *args[1:], **kwargs)
+                zero_args, zero_kwargs = _zero_first_input(
+                    type(context.module).__call__, args, kwargs, layer
+                )
+                zero = alone.apply(variables, *zero_args, **zero_kwargs)
                 context.module.sow(_CAPTURE, _NAME, zero)
             return out
 
@@ -354,6 +408,25 @@ class _LinenModel(FlaxModel):
             _, state = self._module.apply(self._variables, x, mutable=[_CAPTURE], **self._kwargs)
         (zero,) = _lookup(state.get(_CAPTURE, {}), target)
         return zero
+
+    def _perturbed(self, x: Array, deltas: Mapping[str, Array]) -> Array:
+        targets = {tuple(layer.split("/")) for layer in deltas}
+        tree: dict[str, Any] = {}
+        for layer, delta in deltas.items():
+            node = tree
+            for part in layer.split("/"):
+                node = node.setdefault(part, {})
+            node[_NAME] = delta
+        variables = {**self._variables, _DELTA: tree}
+
+        def intercept(next_fun, args, kwargs, context):
+            out = next_fun(*args, **kwargs)
+            if context.method_name == "__call__" and tuple(context.module.path) in targets:
+                out = context.module.perturb(_NAME, out, collection=_DELTA)
+            return out
+
+        with nn.intercept_methods(intercept):
+            return self._module.apply(variables, x, **self._kwargs)
 
     def _find_layers(self, x: jax.ShapeDtypeStruct) -> dict[str, _Layer]:
         # The interceptor sees every call, even inside lifted transforms, but only the
@@ -409,8 +482,8 @@ class _LinenModel(FlaxModel):
 _TAPPED_CLASSES: dict[type, type] = {}
 _TAPPED_LOCK = threading.Lock()
 # id(module copy) -> hook, only while a forward pass on that copy runs.
-# hook(output, at_zero) returns what the rest of the pass sees; at_zero() is the
-# module's output on a zero first input.
+# hook(output, at_zero) returns what the rest of the pass sees; at_zero(layer) is the
+# module's output on a zero first input (layer names it in errors).
 _HOOKS: dict[int, Callable[[Any, Callable[[], Any]], Any]] = {}
 
 
@@ -425,8 +498,12 @@ def _tapped_class(cls: type) -> type:
                 hook = _HOOKS.get(id(self))
                 if hook is None:
                     return out
+
                 # The hook may also ask for the output on a zero first input.
-                at_zero = lambda: cls.__call__(self, jnp.zeros_like(args[0]), *args[1:], **kwargs)
+                def at_zero(layer):
+                    zero_args, zero_kwargs = _zero_first_input(cls.__call__, args, kwargs, layer)
+                    return cls.__call__(self, *zero_args, **zero_kwargs)
+
                 return hook(out, at_zero)
 
             namespace = {
@@ -494,13 +571,24 @@ class _NnxModel(FlaxModel):
         captured: list[Any] = []
 
         def hook(out, at_zero):
-            captured.append(at_zero())
+            captured.append(at_zero(layer))
             return out
 
         target = _submodules(model)[layer]
         with _tap({id(target): (target, hook)}):
             model(x, **self._kwargs)
         return captured[0]
+
+    def _perturbed(self, x: Array, deltas: Mapping[str, Array]) -> Array:
+        model = self._copy()
+        modules = _submodules(model)
+
+        def adder(delta):
+            return lambda out, at_zero: out + delta
+
+        hooks = {id(modules[layer]): (modules[layer], adder(d)) for layer, d in deltas.items()}
+        with _tap(hooks):
+            return model(x, **self._kwargs)
 
     def _find_layers(self, x: jax.ShapeDtypeStruct) -> dict[str, _Layer]:
         calls: dict[str, list[Any]] = {}  # every output of every call, in call order

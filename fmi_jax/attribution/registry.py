@@ -386,7 +386,7 @@ METHODS: Mapping[str, MethodSpec] = {
             "(none; pytorch-grad-cam GradCAMElementWise)",
             "pytorch-grad-cam (no paper)",
         ),
-        _cam_spec(cam.shapley_cam, "(none; pytorch-grad-cam ShapleyCAM)", "Cai et al. 2025"),
+        _cam_spec(cam.shapley_cam, "(none; pytorch-grad-cam ShapleyCAM)", "Cai 2025"),
         _cam_spec(
             cam.eigen_grad_cam,
             "(none; pytorch-grad-cam EigenGradCAM)",

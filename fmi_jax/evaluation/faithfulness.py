@@ -157,8 +157,8 @@ shape of ``x``, and ``m`` pixels per step.
   ``increase = [O > Y]`` (Increase in Confidence, the mean: high is good), and
   ``gain = max(0, O - Y) / (1 - Y)`` (Average Gain, Zhang et al., "Opti-CAM:
   optimizing saliency maps for interpretability", CVIU 2024, arXiv:2301.07002, which
-  pairs it with the drop because a blank map has zero drop only if it keeps everything,
-  while gain rewards a map that keeps only what raises the class). A drop with
+  pairs it with the drop because a map of ones keeps the whole image and has no drop,
+  while a gain is earned only by a mask whose image raises the class). A drop with
   ``Y = 0`` and a gain with ``Y = 1`` are 0. pytorch-grad-cam's ``DropInConfidence`` is
   the absolute ``max(0, Y - O)``, not divided by ``Y``.
 * Sparseness (Chalasani, Chen, Chowdhury, Wu & Jha, "Concise explanations of neural
@@ -213,6 +213,7 @@ from fmi_jax.attribution.core import (
     check_finite,
     example_keys,
     map_over_samples,
+    minmax_scale,
     require_key,
     resolve_target,
     sample_keys,
@@ -1507,9 +1508,7 @@ def _masked_confidence(
     x = as_input(x)
     relevance, mask_shape = _pixel_relevance(x, attributions)
     if scale == "minmax":
-        low = relevance.min(axis=1, keepdims=True)
-        span = relevance.max(axis=1, keepdims=True) - low
-        relevance = jnp.where(span > 0, (relevance - low) / jnp.where(span > 0, span, 1.0), 0.0)
+        relevance = minmax_scale(relevance, 1)
     mask = relevance.reshape((x.shape[0],) + mask_shape)
     target = resolve_target(fn, x, target, batch_size=batch_size)
 

@@ -201,6 +201,7 @@ from fmi_jax.attribution.core import (
     as_target,
     example_keys,
     map_over_samples,
+    minmax_scale,
     resolve_target,
 )
 from fmi_jax.evaluation.agreement import reduce_channels, spearman
@@ -370,10 +371,7 @@ def _as_2d(maps: jax.Array, channels: str) -> jax.Array:
 @jax.jit
 def _unit_abs(m: jax.Array) -> jax.Array:
     """|m| rescaled per example to [0, 1]; a constant |m| becomes zeros."""
-    m = jnp.abs(m)
-    lo = m.min((1, 2), keepdims=True)
-    span = m.max((1, 2), keepdims=True) - lo
-    return jnp.where(span > 0, (m - lo) / jnp.where(span > 0, span, 1.0), 0.0)
+    return minmax_scale(jnp.abs(m), (1, 2))
 
 
 def _similarity_of(metric: str, a: jax.Array, b: jax.Array, window: int) -> jax.Array:

@@ -617,6 +617,27 @@ def test_kpca_cam_is_kernel_pca_and_linear_kernel_pca_is_the_centred_eigen_cam(s
             np.testing.assert_allclose(got, eigen, rtol=1e-3, atol=1e-5)
 
 
+def test_kpca_cam_keeps_its_digits_on_small_activations(small_cnn):
+    """conv2 scaled down 1000-fold puts every sigmoid-kernel entry within 1e-6 of
+    tanh(1); the kernel is computed minus that constant, so the jitted and the eager
+    maps (differently fused) agree, as does a NumPy kernel PCA, up to the scale."""
+    model, variables, x = small_cnn
+    params = jax.tree.map(lambda p: p, variables["params"])
+    for name in ("scale", "bias"):
+        params["conv2"]["bn"][name] = params["conv2"]["bn"][name] * 1e-3
+    small = A.flax_model(model, {**variables, "params": params})
+    options = dict(layer="conv2", relu=False, upsample=False)
+    eager = A.kpca_cam(small, x, **options)
+    jitted = jax.jit(lambda x: A.kpca_cam(small, x, **options))(x)
+    np.testing.assert_allclose(jitted, eager, rtol=1e-4, atol=1e-4 * float(jnp.abs(eager).max()))
+    _, activation = small.capture(x, "conv2")
+    gamma = 1 / activation.shape[-1]
+    expected = [_numpy_kernel_pca(a, "sigmoid", gamma) for a in np.asarray(activation, "f8")]
+    scale = np.abs(np.stack(expected)).max()
+    np.testing.assert_allclose(eager, np.stack(expected), rtol=1e-3, atol=1e-3 * scale)
+    assert A.kpca_cam(small, x, gamma=np.int64(2), **options).shape == (4, 8, 8)
+
+
 def test_bad_cam_options_are_one_line_errors(small_cnn):
     model, variables, x = small_cnn
     handle = A.flax_model(model, variables)

@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from fmi_jax import attribution as A
+from fmi_jax import models
 from tests import testdata
 
 X = testdata.uniform(jax.random.key(30), (3, 8, 8, 2))
@@ -121,3 +122,103 @@ def test_full_grad_options_are_checked_before_anything_runs():
         A.full_grad(handle, X, normalize="image")
     with pytest.raises(ValueError, match="full_gradients looks inside the model"):
         A.full_gradients(lambda x: x, X)
+
+
+class KeywordNet(nn.Module):
+    """A convolution called with its input by keyword, a batch norm told its mode in the
+    call, and a dense layer on the (N, h, w, C) map (a 1 x 1 convolution)."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(4, (3, 3), name="conv")(inputs=x)
+        x = nn.relu(nn.BatchNorm(name="bn")(x, use_running_average=not train))
+        x = nn.relu(nn.Dense(5, name="mix")(x))
+        return nn.Dense(3, name="head")(x.mean(axis=(1, 2)))
+
+
+def test_keyword_inputs_call_time_modes_and_dense_layers_on_maps():
+    model = KeywordNet()
+    variables = model.init(jax.random.key(35), X)
+    keys = iter(jax.random.split(jax.random.key(36), 16))
+    variables = jax.tree.map(lambda v: v + 0.3 * jax.random.normal(next(keys), v.shape), variables)
+    variables["batch_stats"]["bn"]["var"] = jnp.abs(variables["batch_stats"]["bn"]["var"])
+    handle = A.flax_model(model, variables, train=False)
+    assert A.bias_layers(handle, X) == ("conv", "bn", "mix")
+    params, stats = variables["params"], variables["batch_stats"]
+    np.testing.assert_allclose(
+        handle.output_at_zero(X, "bn")[0, 0, 0],
+        params["bn"]["bias"]
+        - params["bn"]["scale"] * stats["bn"]["mean"] / jnp.sqrt(stats["bn"]["var"] + 1e-5),
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(handle.output_at_zero(X, "conv")[1, 2, 3], params["conv"]["bias"])
+    terms = A.full_gradients(handle, X, 2)
+    total = terms.input.sum(axis=(1, 2, 3)) + params["head"]["bias"][2]
+    total = total + sum(term.sum(axis=(1, 2, 3)) for term in terms.biases.values())
+    np.testing.assert_allclose(total, handle(X)[:, 2], rtol=1e-4, atol=1e-5)
+
+
+def test_one_backward_pass_gives_every_layers_gradient():
+    """perturb_layers' gradients equal capture's, one layer at a time, on Linen and NNX."""
+    layers = ("conv1", "bn1", "conv2")
+    for handle in (_linen_handle()[0], _nnx_handle()[0]):
+        deltas = {layer: jnp.zeros(handle.layer_shape(X, layer)) for layer in layers}
+        together = jax.grad(lambda d, h=handle: h.perturb_layers(X, d)[:, 1].sum())(deltas)
+        for layer in layers:
+
+            def alone(d, h=handle, layer=layer):
+                return h.capture(X, layer, d)[0][:, 1].sum()
+
+            np.testing.assert_allclose(
+                together[layer], jax.grad(alone)(deltas[layer]), rtol=1e-5, atol=1e-7
+            )
+
+
+class SharedConv(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        conv = nn.Conv(2, (3, 3), name="shared")
+        x = nn.relu(conv(nn.relu(conv(x))))
+        return nn.Dense(3, name="head")(x.mean(axis=(1, 2)))
+
+
+def test_layers_fullgrad_cannot_use_are_refused_in_one_line():
+    handle, _ = _linen_handle()
+    model = SharedConv()
+    shared = A.flax_model(model, model.init(jax.random.key(37), X))
+    with pytest.raises(ValueError, match=r"layer 'shared' \(Conv\) is called 2 times.*layers="):
+        A.full_grad(shared, X)
+    cnn = models.get_model("cnn_fmnist", features=(2, 3, 2), dense=(4,))
+    blocks = A.flax_model(cnn, cnn.init(jax.random.key(38), X[..., :1]), train=False)
+    with pytest.raises(ValueError, match="layer 'conv1' is a ConvBlock, not an affine layer"):
+        A.full_gradients(blocks, X[..., :1], layers=("conv1",))
+    assert A.bias_layers(blocks, X[..., :1])[:4] == (
+        "conv1/conv",
+        "conv1/bn",
+        "conv2/conv",
+        "conv2/bn",
+    )
+    for bad in (5, (1, 2)):
+        with pytest.raises(ValueError, match="layers must be a sequence of layer names"):
+            A.full_grad(handle, X, layers=bad)
+    # A generator is read once, as the tuple of its names.
+    np.testing.assert_array_equal(
+        A.full_grad(handle, X, 0, layers=(n for n in ("conv2",))),
+        A.full_grad(handle, X, 0, layers=("conv2",)),
+    )
+
+
+class KeywordNnx(nnx.Module):
+    def __init__(self, rngs):
+        self.conv = nnx.Conv(2, 3, (3, 3), rngs=rngs)
+        self.head = nnx.Linear(3, 2, rngs=rngs)
+
+    def __call__(self, x):
+        return self.head(nnx.relu(self.conv(inputs=x)).mean(axis=(1, 2)))
+
+
+def test_nnx_layer_called_with_a_keyword_input():
+    net = KeywordNnx(nnx.Rngs(39))
+    net.conv.bias[...] = jnp.array([0.5, -1.0, 2.0])
+    zero = A.flax_model(net).output_at_zero(X, "conv")
+    np.testing.assert_array_equal(zero, jnp.broadcast_to(jnp.array([0.5, -1.0, 2.0]), zero.shape))
