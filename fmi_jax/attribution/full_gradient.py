@@ -17,7 +17,7 @@ terms: the input's and those of the layers named in ``layers``. A layer's consta
 is its output on a zero input (:meth:`~fmi_jax.attribution.FlaxModel.output_at_zero`):
 a convolution's bias at every position, a batch norm's
 ``beta - gamma mean / sqrt(var + eps)``, so no layer type needs code of its own; it does
-not depend on the input, so it is computed once, on one example. Only layers with an
+not depend on the input, so it is computed once, from the first example. Only layers with an
 ``(N, h, w, K)`` output have a map: the bias of a dense layer on flattened features (a
 classifier's head) is a term without one, and the terms of the layers left out make up
 the rest of ``f_c(x)``. The test suite checks the sum, with the head's bias, on Linen
@@ -96,6 +96,9 @@ AFFINE_LAYER_TYPES = (
 )
 
 
+_DENSE = (nn.Dense, nn.DenseGeneral, nn.Einsum, nnx.Linear, nnx.LinearGeneral, nnx.Einsum)
+
+
 class FullGradients(NamedTuple):
     """The full-gradient terms of every example (module docstring).
 
@@ -125,12 +128,14 @@ def bias_layers(model: Any, x: Array) -> tuple[str, ...]:
     """
     handle = as_flax_model(model, "bias_layers")
     x = as_input(x)
-    for name, (module_type, reason) in handle.refused_layers(x).items():
-        if _affine(module_type):
+    for name, (module_type, calls, reason) in handle.refused_layers(x).items():
+        # A dense layer never seen (NNX: unused, or run inside a transform) may well be
+        # a head on flattened features, whose bias has no map anyway.
+        if _affine(module_type) and (calls > 0 or not issubclass(module_type, _DENSE)):
             raise ValueError(
-                f"bias_layers: layer {name!r} ({module_type.__name__}) {reason}; without its "
-                "bias term the full gradients would not sum to the logit: name the layers "
-                "to use with layers="
+                f"bias_layers: layer {name!r} ({module_type.__name__}) "
+                f"{reason.split(';')[0]}; without its bias term the full gradients would "
+                "not sum to the logit: name the layers to use with layers="
             )
     return tuple(name for name in handle.layer_names(x) if _affine(handle.layer_type(x, name)))
 
@@ -186,11 +191,18 @@ def full_gradients(
     """
     handle = as_flax_model(model, "full_gradients")
     x = as_input(x)
+    if x.ndim != 4:
+        raise ValueError(f"full_gradients takes images (N, H, W, C); got shape {x.shape}")
     if batch_size is not None:
         as_count(batch_size, "batch_size")
     layers = _layers(handle, x, layers, "full_gradients")
     target = resolve_target(handle, x, target, batch_size=batch_size)
-    constants = {layer: handle.output_at_zero(x[:1], layer).astype(jnp.float32) for layer in layers}
+    # The constant terms do not depend on the input: the first example's, from a pass
+    # over the first chunk (a shape the chunks' own passes use anyway).
+    first = x[: min(batch_size or x.shape[0], x.shape[0])]
+    constants = {
+        layer: handle.output_at_zero(first, layer)[:1].astype(jnp.float32) for layer in layers
+    }
 
     def chunk_terms(example: Array, _: Array) -> tuple[Array, dict[str, Array]]:
         images, classes = x[example], target[example]

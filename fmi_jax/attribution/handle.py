@@ -176,13 +176,13 @@ class FlaxModel:
         """
         return self._check(jnp.asarray(x), layer).module_type
 
-    def refused_layers(self, x: Array) -> dict[str, tuple[type | None, str]]:
+    def refused_layers(self, x: Array) -> dict[str, tuple[type | None, int, str]]:
         """The submodules with an ``(N, h, w, K)`` output (or, NNX, never called by the
         model's own code) that :meth:`capture` cannot take, for inputs like ``x``: name ->
-        (module class, why)."""
+        (module class, calls seen in one forward pass, why)."""
         table = self._table(jnp.asarray(x))
         return {
-            name: (info.module_type, reason)
+            name: (info.module_type, info.calls, reason)
             for name, info in table.items()
             if (reason := _refusal(info)) is not None
         }
@@ -314,11 +314,11 @@ def _zero_first_input(
     """``(args, kwargs)`` of a call to ``call`` with its first input, positional or
     named, replaced by zeros."""
     if args:
-        return (jnp.zeros_like(args[0]), *args[1:]), kwargs
-    names = [n for n in inspect.signature(call).parameters if n != "self"]
+        return (jax.tree.map(jnp.zeros_like, args[0]), *args[1:]), kwargs
+    names = list(inspect.signature(call).parameters)[1:]  # after the instance
     if not names or names[0] not in kwargs:
         raise ValueError(f"layer {layer!r} was called without an input to replace by zeros")
-    return args, {**kwargs, names[0]: jnp.zeros_like(kwargs[names[0]])}
+    return args, {**kwargs, names[0]: jax.tree.map(jnp.zeros_like, kwargs[names[0]])}
 
 
 # Linen.

@@ -222,3 +222,19 @@ def test_nnx_layer_called_with_a_keyword_input():
     net.conv.bias[...] = jnp.array([0.5, -1.0, 2.0])
     zero = A.flax_model(net).output_at_zero(X, "conv")
     np.testing.assert_array_equal(zero, jnp.broadcast_to(jnp.array([0.5, -1.0, 2.0]), zero.shape))
+
+
+class UnusedHeadNnx(BiasedNnx):
+    """BiasedNnx with a second head it never calls (an auxiliary head, say)."""
+
+    def __init__(self, rngs):
+        super().__init__(rngs)
+        self.spare = nnx.Linear(5, 3, rngs=rngs)
+
+
+def test_an_unused_dense_head_is_no_reason_to_refuse():
+    handle = A.flax_model(UnusedHeadNnx(nnx.Rngs(40)))
+    assert "spare" in handle.refused_layers(X)
+    assert A.bias_layers(handle, X) == ("conv1", "bn1", "conv2")
+    with pytest.raises(ValueError, match=r"takes images \(N, H, W, C\); got shape \(8, 8, 2\)"):
+        A.full_gradients(handle, X[0])
