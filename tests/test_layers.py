@@ -199,6 +199,24 @@ def test_max_pool_gradient_equals_flax_ties_included(window):
     assert int((ours != 0).sum()) == g.size
 
 
+@pytest.mark.parametrize("window", [2, 3])
+def test_max_pool_second_derivatives_equal_flax_ties_included(window):
+    """Forward over reverse (a Hessian, as ShapleyCAM's Hessian-vector product takes) goes
+    through the JVP rule's own derivative: its primal must route ties to the first
+    maximum too, or the Hessian splits them where the gradient does not."""
+    x = testdata.randint(jax.random.key(4), (2, 7, 9, 3), 0, 3).astype(jnp.float32)
+    w = testdata.normal(jax.random.key(5), (2, 7 // window, 9 // window, 3))
+
+    def curved(pool):
+        return lambda v: jax.nn.logsumexp(pool(v) * w)
+
+    ours = jax.hessian(curved(lambda v: layers.max_pool(v, window)))(x)
+    theirs = jax.hessian(
+        curved(lambda v: nn.max_pool(v, (window, window), strides=(window, window)))
+    )(x)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-7)
+
+
 def test_max_pool_ties_route_to_the_first_maximum_in_forward_and_reverse_mode():
     x = jnp.array([[1.0, 5.0], [5.0, 2.0]]).reshape(1, 2, 2, 1)
     grad = jax.grad(lambda v: layers.max_pool(v, 2).sum())(x)

@@ -355,4 +355,8 @@ def _max_pool_jvp(window, primals, tangents):
     (x,), (t,) = primals, tangents
     xw = _windows(x, window)
     first = jax.nn.one_hot(jnp.argmax(xw, axis=-1), xw.shape[-1], dtype=bool)
-    return xw.max(axis=-1), jnp.where(first, _windows(t, window), 0).sum(axis=-1)
+    # The primal as the first maximum too (the same value as xw.max): a derivative of
+    # this rule (forward over reverse, for Hessian-vector products) then follows the
+    # same routing instead of max's equal split among ties.
+    out = jnp.where(first, xw, 0).sum(axis=-1)
+    return out, jnp.where(first, _windows(t, window), 0).sum(axis=-1)
