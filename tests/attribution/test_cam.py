@@ -160,22 +160,25 @@ def test_shapley_cam_is_grad_cam_for_logits_and_a_full_hessian_for_rest(small_cn
     logit = A.shapley_cam(handle, x, target, score="logit", **options)
     np.testing.assert_allclose(logit, A.grad_cam(handle, x, target, **options), atol=1e-7)
     _, activation = handle.capture(x, "conv2")
-    expected = []
-    for i in range(x.shape[0]):
-        c = int(target[i])
 
-        def utility(a, i=i, c=c):
-            logits = handle.logits_with(x[i : i + 1], "conv2", a[None])[0]
-            return logits[c] + jax.nn.log_softmax(logits)[c]
+    def utility(a, image, c):
+        logits = handle.logits_with(image[None], "conv2", a[None])[0]
+        return logits[c] + jax.nn.log_softmax(logits)[c]
 
-        a = activation[i]
-        g = jax.grad(utility)(a)
-        hessian = jax.hessian(utility)(a).reshape(a.size, a.size)
-        hvp = (hessian @ a.reshape(-1)).reshape(a.shape)
-        weights = jnp.mean(g - 0.5 * hvp, axis=(0, 1))
-        expected.append(jnp.sum(weights * a, axis=-1))
+    @jax.jit
+    def expected_maps(activation, x, target):
+        def one(a, image, c):
+            g = jax.grad(utility)(a, image, c)
+            hessian = jax.hessian(utility)(a, image, c).reshape(a.size, a.size)
+            hvp = (hessian @ a.reshape(-1)).reshape(a.shape)
+            weights = jnp.mean(g - 0.5 * hvp, axis=(0, 1))
+            return jnp.sum(weights * a, axis=-1)
+
+        return jax.vmap(one)(activation, x, target)
+
+    expected = expected_maps(activation, x, target)
     rest = A.shapley_cam(handle, x, target, **options)
-    np.testing.assert_allclose(rest, np.stack(expected), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(rest, expected, rtol=1e-4, atol=1e-6)
     assert float(jnp.abs(rest - logit).max()) > 1e-3 * float(jnp.abs(logit).max())
 
 
