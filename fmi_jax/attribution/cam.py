@@ -601,9 +601,7 @@ def kpca_cam(
     handle, x, (n, h, w, k) = layer_call(model, x, layer, "kpca_cam", batch_size)
     if gamma is None:
         gamma = 1.0 / k
-    elif isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
-        raise ValueError(f"kpca_cam: gamma must be a positive number or None; got {gamma!r}")
-    elif not 0 < gamma < np.inf:
+    elif isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not 0 < gamma < np.inf:
         raise ValueError(f"kpca_cam: gamma must be a positive number or None; got {gamma!r}")
     if target is not None:
         resolve_target(handle, x, target)  # a bad target is refused, as everywhere
