@@ -484,7 +484,7 @@ _TAPPED_LOCK = threading.Lock()
 # id(module copy) -> hook, only while a forward pass on that copy runs.
 # hook(output, at_zero) returns what the rest of the pass sees; at_zero(layer) is the
 # module's output on a zero first input (layer names it in errors).
-_HOOKS: dict[int, Callable[[Any, Callable[[], Any]], Any]] = {}
+_HOOKS: dict[int, Callable[[Any, Callable[[str], Any]], Any]] = {}
 
 
 def _tapped_class(cls: type) -> type:
@@ -517,7 +517,7 @@ def _tapped_class(cls: type) -> type:
 
 @contextlib.contextmanager
 def _tap(
-    hooks: Mapping[int, tuple[nnx.Module, Callable[[Any, Callable[[], Any]], Any]]],
+    hooks: Mapping[int, tuple[nnx.Module, Callable[[Any, Callable[[str], Any]], Any]]],
 ) -> Iterator[None]:
     """Route the outputs of the given module copies through their hooks while open."""
     for module, hook in hooks.values():
