@@ -41,7 +41,7 @@ counts against the same ~15 minutes):
   * compilation: measured on the 2-core CPU, 5-25 s per trainer or attribution
     program; GPU compiles are of the same order. Every study compiles a trainer and an
     evaluator; the benchmark one program per method.
-  So: install 10 s; pytest 90 s (39 methods on each of two devices, compiled in a
+  So: install 10 s; pytest 90 s (43 methods on each of two devices, compiled in a
   thread per core: the CPU side took 43 s on the 2-core CI machine; two trainings); benchmark
   150 s (8 methods x (compile + 5 timed repeats per side) + the training epoch + 16
   memory probes of ~5 s); goals: ResNet 55 epochs x ~2 s + compiles ~130 s, CNN 40
