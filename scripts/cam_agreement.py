@@ -21,13 +21,14 @@ check, so no max-pool window holds a tie) for their labels at ``--layer``:
   number of images where the package's map is fmi_jax's, where it is its negative, and
   the largest difference after aligning the sign.
 * ``average_drop`` and ``increase_in_confidence`` against the package's
-  ``DropInConfidence`` and ``IncreaseInConfidence`` (with ``ClassifierOutputSoftmaxTarget``)
-  on the same min-max scaled Grad-CAM maps; the package's drop is absolute, so it is
+  ``DropInConfidence`` and ``IncreaseInConfidence`` (with
+  ``ClassifierOutputSoftmaxTarget``) on the same min-max scaled Grad-CAM maps; the package's drop is absolute, so it is
   divided by the probability before the comparison.
 
-Then every CAM of ``fmi_jax.attribution.CAM_METHODS``, and FullGrad, is scored by the three confidence
-metrics on the first ``--num_metric`` test images (Grad-CAM++'s table, with Average
-Gain, and the mean of the min-max scaled maps: the share of the image the masks keep).
+Then every CAM of ``fmi_jax.attribution.CAM_METHODS``, and FullGrad, is scored by the
+three confidence metrics on the first ``--num_metric`` test images (Grad-CAM++'s table,
+with Average Gain, and the mean of the min-max scaled maps: the share of the image the
+masks keep).
 It prints markdown tables and, with ``--out``, writes them and a JSON file there.
 docs/captum.md and docs/results.md report what it measured. Without torch and the
 package, or without a run in --workdir, it ends in one ``error:`` line and exit status 2.

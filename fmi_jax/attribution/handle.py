@@ -155,15 +155,9 @@ class FlaxModel:
             that does not hand its output back, or ``delta`` has the wrong shape.
         """
         x = jnp.asarray(x)
-        info = self._check(x, layer)
+        self._check(x, layer)
         if delta is not None:
-            delta = jnp.asarray(delta)
-            if tuple(delta.shape) != info.shape:
-                raise ValueError(
-                    f"delta must have the shape of layer {layer!r}'s output {info.shape}, "
-                    f"got {tuple(delta.shape)}"
-                )
-            delta = delta.astype(info.dtype)
+            delta = self._like_output(x, layer, delta, "delta")
         logits, activation = self._forward(x, layer, delta)
         return logits, activation
 
@@ -197,16 +191,9 @@ class FlaxModel:
             wrong shape.
         """
         x = jnp.asarray(x)
-        checked = {}
-        for layer, delta in deltas.items():
-            info = self._check(x, layer)
-            delta = jnp.asarray(delta)
-            if tuple(delta.shape) != info.shape:
-                raise ValueError(
-                    f"delta must have the shape of layer {layer!r}'s output {info.shape}, "
-                    f"got {tuple(delta.shape)}"
-                )
-            checked[layer] = delta.astype(info.dtype)
+        checked = {
+            layer: self._like_output(x, layer, delta, "delta") for layer, delta in deltas.items()
+        }
         return self._perturbed(x, checked)
 
     def output_at_zero(self, x: Array, layer: str) -> Array:
@@ -237,15 +224,21 @@ class FlaxModel:
           ValueError: as :meth:`capture`.
         """
         x = jnp.asarray(x)
+        value = self._like_output(x, layer, value, "value")
+        logits, _ = self._forward(x, layer, value, replace=True)
+        return logits
+
+    def _like_output(self, x: Array, layer: str, value: Any, name: str) -> Array:
+        """``value`` checked to have ``layer``'s output shape, in its dtype; a
+        ValueError naming ``name`` otherwise (and for a layer :meth:`capture` refuses)."""
         info = self._check(x, layer)
         value = jnp.asarray(value)
         if tuple(value.shape) != info.shape:
             raise ValueError(
-                f"value must have the shape of layer {layer!r}'s output {info.shape}, "
+                f"{name} must have the shape of layer {layer!r}'s output {info.shape}, "
                 f"got {tuple(value.shape)}"
             )
-        logits, _ = self._forward(x, layer, value.astype(info.dtype), replace=True)
-        return logits
+        return value.astype(info.dtype)
 
     # The two backends implement these.
 

@@ -2,15 +2,16 @@
 insertion curves, pixel flipping, ROAD with noisy linear imputation, faithfulness
 correlation and estimate, sensitivity-n, monotonicity and its correlation,
 non-sensitivity, selectivity, IROF, the confidence on the explanation-masked input:
-Average Drop, Increase in Confidence, Average Gain), robustness (infidelity, max- and average
-sensitivity, local Lipschitz estimate, continuity under translation, relative input,
-output and representation stability), sanity checks (parameter randomisation, its efficient variant, random
-logit, input invariance, SSIM), complexity (sparseness, entropy, effective complexity, discrete
-entropy), performance information curves (SIC and AIC), localisation against
-ground-truth masks (pointing game, relevance mass and rank accuracy, top-k
-intersection, ROC AUC, Focus on mosaics), consistency and sufficiency over a set of
-explanations, which examples to explain, and the adversarial robustness of the model
-itself (FGSM, PGD, the smallest perturbation that changes a prediction)."""
+Average Drop, Increase in Confidence, Average Gain), robustness (infidelity, max- and
+average sensitivity, local Lipschitz estimate, continuity under translation, relative
+input, output and representation stability), sanity checks (parameter randomisation,
+its efficient variant, random logit, input invariance, SSIM), complexity (sparseness,
+entropy, effective complexity, discrete entropy), performance information curves (SIC
+and AIC), localisation against ground-truth masks (pointing game, relevance mass and
+rank accuracy, top-k intersection, ROC AUC, Focus on mosaics), consistency and
+sufficiency over a set of explanations, which examples to explain, and the adversarial
+robustness of the model itself (FGSM, PGD, the smallest perturbation that changes a
+prediction)."""
 
 from fmi_jax.evaluation.adversarial import (
     ATTACK_NORMS,

@@ -539,6 +539,21 @@ def test_every_conv_layer_of_every_model_can_be_named(name):
         assert maps.shape == (2, 8, 8) and bool(jnp.isfinite(maps).all()), layer
 
 
+def _numpy_projections(maps, center):
+    """Each ``(h, w, K)`` map's positions projected on their first principal direction by
+    NumPy's LAPACK SVD (channels centred over positions when ``center``), signed so that
+    the direction sums to at least 0: Eigen-CAM's rule, in float64."""
+    projections = []
+    for a in np.asarray(maps, np.float64):
+        matrix = a.reshape(-1, a.shape[-1])
+        if center:
+            matrix = matrix - matrix.mean(axis=0)
+        first = np.linalg.svd(matrix)[2][0]
+        first = -first if first.sum() < 0 else first
+        projections.append((matrix @ first).reshape(a.shape[:2]))
+    return np.stack(projections)
+
+
 def test_eigen_cam_equals_a_numpy_svd_of_the_activation(small_cnn):
     """The first principal direction by NumPy's LAPACK SVD, with the same sign rule."""
     model, variables, x = small_cnn
@@ -550,15 +565,8 @@ def test_eigen_cam_equals_a_numpy_svd_of_the_activation(small_cnn):
         static_argnames="center",
     )
     for center in (False, True):
-        expected = []
-        for a in np.asarray(activation, np.float64):
-            matrix = a.reshape(-1, a.shape[-1])
-            if center:
-                matrix = matrix - matrix.mean(axis=0)
-            first = np.linalg.svd(matrix)[2][0]
-            first = -first if first.sum() < 0 else first
-            expected.append((matrix @ first).reshape(a.shape[:2]))
-        np.testing.assert_allclose(run(x, center), np.stack(expected), rtol=1e-4, atol=1e-5)
+        expected = _numpy_projections(activation, center)
+        np.testing.assert_allclose(run(x, center), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_eigen_grad_cam_equals_a_numpy_svd_of_the_gradient_times_activation(small_cnn):
@@ -567,20 +575,12 @@ def test_eigen_grad_cam_equals_a_numpy_svd_of_the_gradient_times_activation(smal
     handle = A.flax_model(model, variables)
     target = jnp.array([3, 2, 1, 0])
     activation, gradient = activation_and_gradient(handle, x, target, "conv2")
-    product = np.asarray(activation * gradient, np.float64)
     for center in (False, True):
-        expected = []
-        for p in product:
-            matrix = p.reshape(-1, p.shape[-1])
-            if center:
-                matrix = matrix - matrix.mean(axis=0)
-            first = np.linalg.svd(matrix)[2][0]
-            first = -first if first.sum() < 0 else first
-            expected.append((matrix @ first).reshape(p.shape[:2]))
+        expected = _numpy_projections(activation * gradient, center)
         got = A.eigen_grad_cam(
             handle, x, target, layer="conv2", center=center, relu=False, upsample=False
         )
-        np.testing.assert_allclose(got, np.stack(expected), rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7)
 
 
 def _numpy_kernel_pca(a, kernel, gamma):

@@ -28,14 +28,21 @@ class BiasedNet(nn.Module):
         return nn.Dense(3, name="head")(x.mean(axis=(1, 2)))
 
 
+def _initialised(model, seed, norm):
+    """``model``'s variables for X with every leaf moved by N(0, 0.3^2) noise: batch
+    statistics and biases away from flax's initial 0 and 1, so every bias term (a batch
+    norm's beta - gamma mean / sqrt(var + eps) included) is non-zero; the batch norm
+    ``norm``'s variances kept positive."""
+    variables = model.init(jax.random.key(seed), X)
+    keys = iter(jax.random.split(jax.random.key(seed + 1), 16))
+    variables = jax.tree.map(lambda v: v + 0.3 * jax.random.normal(next(keys), v.shape), variables)
+    variables["batch_stats"][norm]["var"] = jnp.abs(variables["batch_stats"][norm]["var"])
+    return variables
+
+
 def _linen_handle():
     model = BiasedNet()
-    variables = model.init(jax.random.key(31), X)
-    # Batch statistics and biases away from flax's initial 0 and 1, so every bias term
-    # (a batch norm's beta - gamma mean / sqrt(var + eps) included) is non-zero.
-    keys = iter(jax.random.split(jax.random.key(32), 16))
-    variables = jax.tree.map(lambda v: v + 0.3 * jax.random.normal(next(keys), v.shape), variables)
-    variables["batch_stats"]["bn1"]["var"] = jnp.abs(variables["batch_stats"]["bn1"]["var"])
+    variables = _initialised(model, 31, "bn1")
     return A.flax_model(model, variables, train=False), variables
 
 
@@ -138,10 +145,7 @@ class KeywordNet(nn.Module):
 
 def test_keyword_inputs_call_time_modes_and_dense_layers_on_maps():
     model = KeywordNet()
-    variables = model.init(jax.random.key(35), X)
-    keys = iter(jax.random.split(jax.random.key(36), 16))
-    variables = jax.tree.map(lambda v: v + 0.3 * jax.random.normal(next(keys), v.shape), variables)
-    variables["batch_stats"]["bn"]["var"] = jnp.abs(variables["batch_stats"]["bn"]["var"])
+    variables = _initialised(model, 35, "bn")
     handle = A.flax_model(model, variables, train=False)
     assert A.bias_layers(handle, X) == ("conv", "bn", "mix")
     params, stats = variables["params"], variables["batch_stats"]
