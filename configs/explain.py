@@ -60,6 +60,7 @@ def get_config(arg=None):
         "grad_cam_elementwise": {"layer": "conv3"},
         "shapley_cam": {"layer": "conv3"},
         "eigen_grad_cam": {"layer": "conv3"},
+        "finer_cam": {"layer": "conv3"},
         "kpca_cam": {"layer": "conv3"},
         # Image regions: 4 x 4 patches (49 groups), permuted across the explained samples.
         "feature_permutation": {"patch": 4},

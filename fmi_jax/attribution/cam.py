@@ -50,6 +50,25 @@ and differs in the weights ``W^c`` for the target class c. With ``g = dy_c / dA`
   is Grad-CAM's (the test suite checks both).
 * Eigen-Grad-CAM (pytorch-grad-cam's ``EigenGradCAM``; no paper): Eigen-CAM's
   projection (below) of ``g * A`` instead of ``A``, so that the map depends on the class.
+* Finer-CAM (Zhang, Gu, Chowdhury, Mai, Carlyn, Berger-Wolf, Su & Chao, CVPR 2025,
+  arXiv:2501.11309): a gradient CAM (``base``, Grad-CAM by default) of a contrast
+  instead of the target logit: how the example's class ``n`` differs from the classes
+  the model finds most like it. The references ``r_1..r_R`` are the classes whose
+  logits lie nearest ``y_n`` on the example itself (``reference_ranks``: the 1st, 2nd
+  and 3rd nearest by default; :func:`finer_references`), and the score is
+
+      u = sum_i w_i (y_n - alpha y_(r_i)),   w = softmax(y_(r_1), ..., y_(r_R)),
+
+  each reference weighted by its probability ``p_(r_i) / sum_j p_(r_j)`` (the softmax
+  over all classes has a normaliser that cancels in the ratio, so the weights come out
+  of a softmax over the references alone, which cannot underflow to 0 / 0). The
+  weights are differentiated too, as in the authors' code (pytorch-grad-cam's
+  ``FinerCAM``), so ``du/dy_(r_k) = -alpha w_k (1 + y_(r_k) - sum_i w_i y_(r_i))``.
+  With one reference ``u = y_n - alpha y_r``, and a gradient CAM, linear in the score
+  before its ReLU, gives the target's map minus ``alpha`` times the reference's; with
+  ``alpha = 0``, ``u = y_n`` and the map is the base method's. The package adds
+  ``1e-9`` to the weights' sum and picks the main class as the nearest to the target
+  logit, which is the target itself unless another class ties with it exactly.
 * Score-CAM (Wang et al., CVPR-W 2020, arXiv:1910.01279): no gradients. Every
   channel, resized to the input and min-max normalised to [0, 1] (``H_k``), masks the
   input, and its weight is the softmax probability of the target class on the masked
@@ -119,7 +138,7 @@ small (measured in docs/captum.md).
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import jax
@@ -129,6 +148,7 @@ import numpy as np
 from fmi_jax.attribution.core import (
     Array,
     Target,
+    as_count,
     as_input,
     minmax_scale,
     refuse_baseline,
@@ -148,6 +168,7 @@ CAM_METHODS = (
     "grad_cam_elementwise",
     "shapley_cam",
     "eigen_grad_cam",
+    "finer_cam",
     "score_cam",
     "ablation_cam",
     "eigen_cam",
@@ -156,10 +177,12 @@ CAM_METHODS = (
 
 __all__ = [
     "CAM_METHODS",
+    "FINER_BASES",
     "KPCA_KERNELS",
     "SHAPLEY_SCORES",
     "layer_names",
     *CAM_METHODS,
+    "finer_references",
     "upsample_maps",
 ]
 
@@ -208,6 +231,29 @@ def _finish(maps: Array, shape: tuple[int, ...], relu: bool, upsample: bool) -> 
     return maps.astype(jnp.float32)
 
 
+#: The per-element contributions of every gradient CAM made by the factory, by name.
+_CONTRIBUTIONS: dict[str, Callable[[Array, Array], Array]] = {}
+
+
+def _contribution_maps(
+    handle: Any,
+    x: Array,
+    layer: str,
+    batch_size: int | None,
+    contribution: Callable[[Array, Array], Array],
+    score: Callable[[Array], Any],
+) -> Array:
+    """``(N, h, w)``: ``sum_k contribution(A, g)_k`` per example, before the ReLU, with
+    ``g`` the gradient at ``layer`` of ``score(example)``, a class per example of the
+    chunk or a function of its logits (:func:`activation_and_gradient`)."""
+
+    def chunk_maps(example: Array, _: Array) -> Array:
+        activation, gradient = activation_and_gradient(handle, x[example], score(example), layer)
+        return jnp.sum(contribution(activation, gradient), axis=-1)
+
+    return sum_over_samples(chunk_maps, x.shape[0], batch_size=batch_size)
+
+
 def _gradient_cam_method(
     name: str, contribution: Callable[[Array, Array], Array], title: str
 ) -> _GradientCam:
@@ -230,16 +276,10 @@ def _gradient_cam_method(
         refuse_baseline(baseline, name)
         handle, x, _ = layer_call(model, x, layer, name, batch_size)
         target = resolve_target(handle, x, target, batch_size=batch_size)
-
-        def chunk_maps(example: Array, _: Array) -> Array:
-            activation, gradient = activation_and_gradient(
-                handle, x[example], target[example], layer
-            )
-            return jnp.sum(contribution(activation, gradient), axis=-1)
-
-        maps = sum_over_samples(chunk_maps, x.shape[0], batch_size=batch_size)
+        maps = _contribution_maps(handle, x, layer, batch_size, contribution, lambda e: target[e])
         return _finish(maps, x.shape, relu, upsample)
 
+    _CONTRIBUTIONS[name] = contribution
     method.__name__ = method.__qualname__ = name
     method.__doc__ = f"""{title} of ``layer`` for the ``target`` class (module docstring).
 
@@ -557,6 +597,126 @@ def eigen_grad_cam(
         return _principal_projection(gradient * activation, center)
 
     maps = sum_over_samples(projection, x.shape[0], batch_size=batch_size)
+    return _finish(maps, x.shape, relu, upsample)
+
+
+#: The gradient CAMs :func:`finer_cam` can take as its ``base``.
+FINER_BASES = (
+    "grad_cam",
+    "grad_cam_plus_plus",
+    "xgrad_cam",
+    "hires_cam",
+    "layer_cam",
+    "grad_cam_elementwise",
+)
+
+
+def finer_references(
+    logits: Array, target: Array, reference_ranks: Sequence[int] = (1, 2, 3)
+) -> Array:
+    """The reference classes of :func:`finer_cam`, ``(N, R)`` int32: for each example,
+    the classes whose logits lie nearest its target's (the target itself is rank 0, then
+    by ``|y_c - y_target|``, ties to the lower class), at ``reference_ranks``. Ranks
+    past the last class are dropped (a 3-class model compares with 2 classes at most,
+    as pytorch-grad-cam does); ``R`` may then be 0.
+
+    Args:
+      logits: ``(N, classes)``.
+      target: the class per example, ``(N,)``.
+      reference_ranks: positive distinct integers, nearest first.
+    """
+    logits = jnp.asarray(logits, jnp.float32)
+    if logits.ndim != 2:
+        raise ValueError(f"finer_references: logits must be (N, classes); got {logits.shape}")
+    ranks = _as_ranks(reference_ranks, logits.shape[1])
+    target = jnp.asarray(target, jnp.int32).reshape(-1)
+    own = select_target(logits, target)
+    distance = jnp.abs(logits - own[:, None])
+    is_target = jnp.arange(logits.shape[1]) == target[:, None]
+    order = jnp.argsort(jnp.where(is_target, -1.0, distance), axis=1, stable=True)
+    return order[:, list(ranks)].astype(jnp.int32)
+
+
+def _as_ranks(reference_ranks: Any, classes: int) -> tuple[int, ...]:
+    """Positive distinct Python ints, those below ``classes`` kept in order."""
+    try:
+        ranks = tuple(reference_ranks)
+    except TypeError:
+        raise ValueError(
+            f"reference_ranks must be a sequence of positive integers; got {reference_ranks!r}"
+        ) from None
+    for rank in ranks:
+        as_count(rank, "each of reference_ranks")
+    if not ranks or len(set(ranks)) != len(ranks):
+        raise ValueError(
+            f"reference_ranks must be one or more distinct positive integers; got {ranks!r}"
+        )
+    return tuple(int(rank) for rank in ranks if rank < classes)
+
+
+def _finer_score(logits: Array, main: Array, references: Array, alpha: float) -> Array:
+    """Finer-CAM's contrast ``sum_i w_i (y_n - alpha y_(r_i))``, ``w`` the softmax over
+    the references' logits, per example (module docstring); ``y_n`` without references."""
+    own = select_target(logits, main)
+    if references.shape[1] == 0:
+        return own
+    others = jnp.take_along_axis(logits, references, axis=1)
+    weights = jax.nn.softmax(others, axis=1)
+    return jnp.sum(weights * (own[:, None] - alpha * others), axis=1)
+
+
+def finer_cam(
+    model: Any,
+    x: Array,
+    target: Target = None,
+    *,
+    key: Array | None = None,
+    baseline: None = None,
+    batch_size: int | None = None,
+    layer: str,
+    base: str = "grad_cam",
+    alpha: float = 1.0,
+    reference_ranks: Sequence[int] = (1, 2, 3),
+    relu: bool = True,
+    upsample: bool = True,
+) -> Array:
+    """Finer-CAM map of ``layer``: the ``base`` gradient CAM of the target's contrast with
+    the classes the model finds most like it (module docstring).
+
+    Args:
+      model, x, target, key, baseline, layer, relu, upsample: as in :func:`grad_cam`; the
+        references are chosen around ``target`` (the predicted class when ``None``).
+      batch_size: examples per forward and backward pass; ``None`` processes all at once.
+      base: the gradient CAM whose weights are used, one of :data:`FINER_BASES`.
+      alpha: the comparison strength; 0 gives the base method's map, larger values
+        remove more of what the target shares with its references.
+      reference_ranks: which nearest classes to compare with (:func:`finer_references`).
+
+    Returns:
+      ``(N, H, W)`` float32 maps (``(N, h, w)`` when ``upsample=False``).
+    """
+    refuse_baseline(baseline, "finer_cam")
+    if base not in FINER_BASES:
+        raise ValueError(f"finer_cam: base must be one of {FINER_BASES}; got {base!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not np.isfinite(alpha):
+        raise ValueError(f"finer_cam: alpha must be a finite number; got {alpha!r}")
+    handle, x, _ = layer_call(model, x, layer, "finer_cam", batch_size)
+    logits = sum_over_samples(
+        lambda example, _: handle(x[example]).astype(jnp.float32),
+        x.shape[0],
+        batch_size=batch_size,
+    )
+    if target is None:
+        target = jnp.argmax(logits, axis=1).astype(jnp.int32)
+    else:
+        target = resolve_target(handle, x, target)
+    references = finer_references(logits, target, reference_ranks)
+    alpha = float(alpha)
+
+    def score(example: Array) -> Callable[[Array], Array]:
+        return lambda chunk: _finer_score(chunk, target[example], references[example], alpha)
+
+    maps = _contribution_maps(handle, x, layer, batch_size, _CONTRIBUTIONS[base], score)
     return _finish(maps, x.shape, relu, upsample)
 
 

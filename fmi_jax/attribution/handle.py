@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import inspect
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -715,19 +716,26 @@ def layer_call(
 
 
 def activation_and_gradient(
-    handle: FlaxModel, x: Array, target: Array, layer: str, delta: Array | None = None
+    handle: FlaxModel,
+    x: Array,
+    target: Array | Callable[[Array], Array],
+    layer: str,
+    delta: Array | None = None,
 ) -> tuple[Array, Array]:
     """``A(x)`` at ``layer`` and ``dy_t/dA`` there, with the layer's output replaced by
     ``A(x) + delta`` for the rest of the pass (``delta`` zero when None), for a chunk of
     examples in one backward pass: the gradient of the batch sum of target logits is
     every example's own, because in inference mode examples do not interact. What the
-    CAMs and the layer methods differentiate."""
+    CAMs and the layer methods differentiate. ``target`` is a class per example, or a
+    function from the chunk's float32 logits ``(B, classes)`` to one score per example
+    ``(B,)`` (a contrast of classes, for instance)."""
     if delta is None:
         delta = jnp.zeros(handle.layer_shape(x, layer), jnp.float32)
+    score = target if callable(target) else functools.partial(select_target, target=target)
 
     def target_sum(delta: Array) -> tuple[Array, Array]:
         logits, activation = handle.capture(x, layer, delta)
-        return jnp.sum(select_target(logits, target)), activation
+        return jnp.sum(score(logits.astype(jnp.float32))), activation
 
     gradient, activation = jax.grad(target_sum, has_aux=True)(delta)
     return activation.astype(jnp.float32), gradient.astype(jnp.float32)

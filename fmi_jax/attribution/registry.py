@@ -392,6 +392,7 @@ METHODS: Mapping[str, MethodSpec] = {
             "(none; pytorch-grad-cam EigenGradCAM)",
             "pytorch-grad-cam (no paper)",
         ),
+        _cam_spec(cam.finer_cam, "(none; pytorch-grad-cam FinerCAM)", "Zhang et al. 2025"),
         _cam_spec(cam.score_cam, "(none; pytorch-grad-cam ScoreCAM)", "Wang et al. 2020"),
         _cam_spec(
             cam.ablation_cam, "(none; pytorch-grad-cam AblationCAM)", "Desai & Ramaswamy 2020"

@@ -454,6 +454,7 @@ ALL_CAMS = (
     A.grad_cam_elementwise,
     A.shapley_cam,
     A.eigen_grad_cam,
+    A.finer_cam,
     A.score_cam,
     A.ablation_cam,
     A.eigen_cam,
@@ -734,7 +735,7 @@ def test_batch_size_never_changes_the_new_cams(small_cnn, every_cam):
     model, variables, x = small_cnn
     target = jnp.arange(4)
     whole = every_cam(variables, x, target)
-    methods = (A.grad_cam_elementwise, A.shapley_cam, A.eigen_grad_cam, A.kpca_cam)
+    methods = (A.grad_cam_elementwise, A.shapley_cam, A.eigen_grad_cam, A.finer_cam, A.kpca_cam)
     chunked = jax.jit(
         lambda x: {
             m.__name__: m((model, variables), x, target, layer="conv2", batch_size=3)
@@ -743,3 +744,92 @@ def test_batch_size_never_changes_the_new_cams(small_cnn, every_cam):
     )(x)
     for name, maps in chunked.items():
         np.testing.assert_allclose(maps, whole[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def _numpy_finer_coefficients(logits, target, ranks, alpha):
+    """d u / d y for Finer-CAM's contrast, derived by hand: 1 for the target, and
+    ``-alpha w_k (1 + y_k - sum_i w_i y_i)`` for reference k, ``w`` the softmax of the
+    references' logits (float64), which are the classes nearest the target's logit."""
+    logits = np.asarray(logits, np.float64)
+    coefficients = np.zeros_like(logits)
+    for i, (row, t) in enumerate(zip(logits, np.asarray(target))):
+        others = sorted((c for c in range(len(row)) if c != t), key=lambda c: abs(row[c] - row[t]))
+        refs = [others[r - 1] for r in ranks]
+        y = row[refs]
+        w = np.exp(y - y.max()) / np.exp(y - y.max()).sum()
+        coefficients[i, t] = 1.0
+        coefficients[i, refs] = -alpha * w * (1.0 + y - (w * y).sum())
+    return coefficients
+
+
+@pytest.mark.parametrize("base", ["grad_cam", "hires_cam"])
+def test_finer_cam_is_the_base_cam_of_the_contrast(small_cnn, base):
+    """Grad-CAM and HiResCAM are linear in the gradient before their ReLU, and the
+    gradient of the contrast is ``sum_c (du/dy_c) dy_c/dA`` at the example, so the
+    Finer-CAM map is the same sum of the base method's per-class maps, with the
+    coefficients of the hand derivation (references, weights and the weights' own
+    derivative included)."""
+    model, variables, x = small_cnn
+    handle = A.flax_model(model, variables)
+    method = getattr(A, base)
+    logits = np.asarray(handle(x))
+    target = jnp.array([1, 7, 3, 3])
+    coefficients = _numpy_finer_coefficients(logits, target, (1, 2, 3), 0.7)
+    options = dict(layer="conv2", relu=False, upsample=False)
+    per_class = jax.jit(
+        lambda x: jnp.stack([method(handle, x, c, **options) for c in range(10)], axis=1)
+    )(x)
+    expected = np.einsum("nc,nchw->nhw", coefficients, np.asarray(per_class, np.float64))
+    got = A.finer_cam(handle, x, target, base=base, alpha=0.7, **options)
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * scale)
+    # One reference: the target's map minus alpha times the reference's.
+    refs = np.asarray(A.finer_references(logits, target, (2,)))[:, 0]
+    got = A.finer_cam(handle, x, target, base=base, alpha=0.7, reference_ranks=(2,), **options)
+    rows = np.arange(4)
+    expected = per_class[rows, np.asarray(target)] - 0.7 * per_class[rows, refs]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_finer_cam_without_contrast_is_its_base(small_cnn):
+    """alpha = 0 leaves ``u = y_n`` (the weights sum to 1): every base's own map, the
+    nonlinear ones (Grad-CAM++, LayerCAM, element-wise) too."""
+    model, variables, x = small_cnn
+    handle = A.flax_model(model, variables)
+    maps = jax.jit(
+        lambda x: {
+            base: (
+                A.finer_cam(handle, x, layer="conv2", base=base, alpha=0.0),
+                getattr(A, base)(handle, x, layer="conv2"),
+            )
+            for base in ("grad_cam_plus_plus", "layer_cam", "grad_cam_elementwise")
+        }
+    )(x)
+    for base, (finer, own) in maps.items():
+        np.testing.assert_allclose(finer, own, rtol=1e-5, atol=1e-6 * own.max(), err_msg=base)
+
+
+def test_finer_references_are_the_nearest_logits():
+    logits = np.array([[3.0, 1.0, 2.5, 0.0, 2.9], [0.0, 5.0, 1.0, 4.0, 4.0]], np.float32)
+    np.testing.assert_array_equal(A.finer_references(logits, [0, 1]), [[4, 2, 1], [3, 4, 2]])
+    # Above, a tie went to the lower class (3 before 4); ranks past the last class drop.
+    np.testing.assert_array_equal(A.finer_references(logits, [1, 3], (4, 2, 9)), [[0, 2], [0, 1]])
+    assert A.finer_references(logits, [0, 0], (5, 6)).shape == (2, 0)
+    # No reference left: the contrast is the target logit, the base map.
+    three = np.array([[2.0, 1.0, 0.0]], np.float32)
+    assert A.finer_references(three, [0]).shape == (1, 2)
+
+
+def test_bad_finer_cam_options_are_one_line_errors(small_cnn):
+    model, variables, x = small_cnn
+    handle = A.flax_model(model, variables)
+    with pytest.raises(ValueError, match="base must be one of"):
+        A.finer_cam(handle, x, layer="conv2", base="score_cam")
+    for alpha in (float("nan"), float("inf"), True, "1"):
+        with pytest.raises(ValueError, match="alpha must be a finite number"):
+            A.finer_cam(handle, x, layer="conv2", alpha=alpha)
+    for ranks in ((), (1, 1), (0,), (1.5,), 3):
+        with pytest.raises(ValueError, match="reference_ranks|each of reference_ranks"):
+            A.finer_cam(handle, x, layer="conv2", reference_ranks=ranks)
+    with pytest.raises(ValueError, match="logits must be"):
+        A.finer_references(np.zeros(3), [0])

@@ -451,6 +451,7 @@ METHOD_OPTIONS = {
     "grad_cam_elementwise": {"layer": "conv2"},
     "shapley_cam": {"layer": "conv2"},
     "eigen_grad_cam": {"layer": "conv2"},
+    "finer_cam": {"layer": "conv2"},
     "kpca_cam": {"layer": "conv2"},
     "blur_ig": {"steps": 4},
     "guided_ig": {"steps": 4},
