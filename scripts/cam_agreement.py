@@ -29,8 +29,8 @@ check, so no max-pool window holds a tie) for their labels at ``--layer``:
 
 Then every CAM of ``fmi_jax.attribution.CAM_METHODS``, and FullGrad, is scored by the
 three confidence metrics on the first ``--num_metric`` test images (Grad-CAM++'s table,
-with Average Gain, and the mean of the min-max scaled maps: the share of the image the
-masks keep).
+with Average Gain) and by ADCC with its coherency and complexity (the mean of the
+min-max scaled maps: the share of the image the masks keep).
 It prints markdown tables and, with ``--out``, writes them and a JSON file there.
 docs/captum.md and docs/results.md report what it measured. Without torch and the
 package, or without a run in --workdir, it ends in one ``error:`` line and exit status 2.
@@ -305,9 +305,9 @@ def main():
         f"Confidence on the explanation-masked input, {len(xm)} test images, layer {layer} "
         "(percent; Average Drop low is good, the others high):",
         "",
-        "| method | Average Drop | Increase in Confidence | Average Gain | mean of the mask "
-        "| seconds |",
-        "|---|---|---|---|---|---|",
+        "| method | Average Drop | Increase in Confidence | Average Gain | coherency "
+        "| complexity (mean of the mask) | ADCC | seconds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     metrics = {}
     methods = [(name, {"layer": layer}) for name in attribution.CAM_METHODS]
@@ -324,13 +324,20 @@ def main():
             * float(getattr(evaluation, metric)(fn, xm, tm, cams, batch_size=500).mean())
             for metric in ("average_drop", "increase_in_confidence", "average_gain")
         }
-        # The mean of the scaled maps: how much of the image the mask keeps (a map of
-        # ones keeps it all and has no drop).
-        scores["mean_mask"] = 100 * float(_minmax(np.asarray(cams)).mean())
+        # ADCC: the same drop, the coherency of the map with the map of x * E, and the
+        # complexity, the mean of the scaled map (how much of the image the mask keeps:
+        # a map of ones keeps it all and has no drop).
+        explain = jax.jit(lambda x, t, k, m=method, o=options: m(handle, x, t, batch_size=100, **o))
+        parts = evaluation.adcc(
+            fn, explain, xm, tm, jax.random.key(0), attributions=cams, batch_size=500
+        )
+        for part in ("coherency", "complexity", "adcc"):
+            scores[part] = 100 * float(getattr(parts, part).mean())
         metrics[name] = {**scores, "seconds_with_compile": seconds}
         lines.append(
             f"| {name} | {scores['average_drop']:.1f} | {scores['increase_in_confidence']:.1f} "
-            f"| {scores['average_gain']:.1f} | {scores['mean_mask']:.1f} | {seconds:.1f} |"
+            f"| {scores['average_gain']:.1f} | {scores['coherency']:.1f} "
+            f"| {scores['complexity']:.1f} | {scores['adcc']:.1f} | {seconds:.1f} |"
         )
     report["confidence"] = metrics
     text = "\n".join(lines)

@@ -887,6 +887,76 @@ def test_confidence_on_the_explanation_masked_input_of_a_linear_model():
         np.testing.assert_allclose(metric(fn, x, 0, per_feature, batch_size=3), got, rtol=1e-5)
 
 
+def test_adcc_of_input_times_gradient_on_a_linear_model():
+    """Input x gradient of class 0 of the linear model is ``x * w``, so the map of the
+    masked input ``x * E`` is ``E`` times the map of ``x``, pixel by pixel: coherency is
+    ``(corr(A, E A) + 1) / 2``, complexity the mean of ``E``, the drop the float64
+    sigmoids', and ADCC their harmonic mean, all in NumPy."""
+    x = testdata.uniform(jax.random.key(44), (5, 4, 4, 2)) - 0.3
+    w = testdata.normal(jax.random.key(45), (4, 4, 2))
+    fn = linear_model(w, bias=0.2)
+    calls = []
+
+    def explain(inputs, target, keys):
+        calls.append(keys.shape)
+        return inputs * w
+
+    x64, w64 = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    a = (x64 * w64).sum(-1).reshape(5, -1)
+    e = (a - a.min(1, keepdims=True)) / (a.max(1, keepdims=True) - a.min(1, keepdims=True))
+    r = np.array([np.corrcoef(a_i, e_i * a_i)[0, 1] for a_i, e_i in zip(a, e)])
+    y = _sigmoid((x64 * w64).reshape(5, -1).sum(1) + 0.2)
+    o = _sigmoid((x64 * e.reshape(5, 4, 4, 1) * w64).reshape(5, -1).sum(1) + 0.2)
+    drop = np.maximum(y - o, 0) / y
+    parts = np.stack([(r + 1) / 2, 1 - e.mean(1), 1 - drop])
+    expected = 3 / (1 / parts).sum(0)
+    key = jax.random.key(0)
+    got = F.adcc(fn, explain, x, 0, key, batch_size=2)
+    np.testing.assert_allclose(got.coherency, (r + 1) / 2, rtol=1e-5)
+    np.testing.assert_allclose(got.complexity, e.mean(1), rtol=1e-5)
+    np.testing.assert_allclose(got.average_drop, drop, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got.adcc, expected, rtol=1e-5)
+    assert calls and all(shape == (2,) for shape in calls)  # one key per example, chunked
+    # Given maps skip the first explanation; target None is the predicted class (0 here
+    # wherever the score is positive) and needs the model.
+    maps = x * w
+    again = F.coherency(explain, x, 0, key, attributions=maps)
+    np.testing.assert_allclose(again, got.coherency, rtol=1e-6)
+    predicted = np.where((x64 * w64).reshape(5, -1).sum(1) + 0.2 > 0, 0, 1)
+    np.testing.assert_allclose(
+        F.coherency(explain, x, None, key, fn=fn), F.coherency(explain, x, predicted, key)
+    )
+    with pytest.raises(ValueError, match="coherency needs explicit targets or fn="):
+        F.coherency(explain, x, None, key)
+
+
+def test_adcc_at_its_ends():
+    """A map that stays itself under its own mask is fully coherent; one that turns into
+    its negative has coherency 0, and so has a constant map; either gives ADCC 0."""
+    x = testdata.uniform(jax.random.key(46), (3, 4, 4, 1))
+    fn = linear_model(jnp.ones((4, 4, 1)))
+    pattern = testdata.normal(jax.random.key(47), (3, 4, 4, 1))
+    key = jax.random.key(1)
+
+    def fixed(inputs, target, keys):
+        return jnp.broadcast_to(pattern[: inputs.shape[0]], inputs.shape)
+
+    def flipped(inputs, target, keys):  # the pattern on x, its negative on x * E
+        return jnp.where(jnp.allclose(inputs, x), 1.0, -1.0) * pattern
+
+    np.testing.assert_allclose(F.coherency(fixed, x, 0, key), 1.0, rtol=1e-6)
+    result = F.adcc(fn, flipped, x, 0, key)
+    np.testing.assert_allclose(result.coherency, 0.0, atol=1e-6)
+    np.testing.assert_allclose(result.adcc, 0.0, atol=1e-5)
+    constant = F.adcc(fn, lambda inputs, t, k: jnp.ones_like(inputs), x, 0, key)
+    np.testing.assert_array_equal(constant.coherency, 0.0)
+    np.testing.assert_array_equal(constant.adcc, 0.0)
+    with pytest.raises(ValueError, match="adcc: scale must be one of"):
+        F.adcc(fn, fixed, x, 0, key, scale="max")
+    with pytest.raises(ValueError, match="explain must return maps"):
+        F.coherency(lambda inputs, t, k: inputs[:1], x, 0, key)
+
+
 def test_confidence_metrics_at_their_ends():
     """A map of ones keeps the input (no drop, no gain, no increase); a constant map is
     scaled to 0 and leaves sigmoid(b); a target already at probability 1 has no room to

@@ -2,7 +2,8 @@
 insertion curves, pixel flipping, ROAD with noisy linear imputation, faithfulness
 correlation and estimate, sensitivity-n, monotonicity and its correlation,
 non-sensitivity, selectivity, IROF, the confidence on the explanation-masked input:
-Average Drop, Increase in Confidence, Average Gain), robustness (infidelity, max- and
+Average Drop, Increase in Confidence, Average Gain, and ADCC with its coherency),
+robustness (infidelity, max- and
 average sensitivity, local Lipschitz estimate, continuity under translation, relative
 input, output and representation stability), sanity checks (parameter randomisation,
 its efficient variant, random logit, input invariance, SSIM), complexity (sparseness,
@@ -35,10 +36,13 @@ from fmi_jax.evaluation.faithfulness import (
     DEFAULT_METRIC_BATCH,
     ROAD_FRACTIONS,
     SENSITIVITY_N_FRACTIONS,
+    Adcc,
+    adcc,
     aopc,
     auc,
     average_drop,
     average_gain,
+    coherency,
     complexity,
     deletion_curve,
     discrete_entropy,
@@ -125,6 +129,8 @@ __all__ = [
     "PicResult",
     "ROAD_FRACTIONS",
     "SENSITIVITY_N_FRACTIONS",
+    "Adcc",
+    "adcc",
     "aggregate_pic",
     "aopc",
     "average_drop",
@@ -134,6 +140,7 @@ __all__ = [
     "avg_sensitivity",
     "blurred_image",
     "cascading_randomization",
+    "coherency",
     "complexity",
     "consistency",
     "continuity",

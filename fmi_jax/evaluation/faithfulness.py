@@ -161,6 +161,21 @@ shape of ``x``, and ``m`` pixels per step.
   while a gain is earned only by a mask whose image raises the class). A drop with
   ``Y = 0`` and a gain with ``Y = 1`` are 0. pytorch-grad-cam's ``DropInConfidence`` is
   the absolute ``max(0, Y - O)``, not divided by ``Y``.
+* ADCC (Poppi, Cornia, Baraldi & Cucchiara, "Revisiting the evaluation of class
+  activation mapping for explainability: a novel metric and experimental analysis",
+  CVPR-W 2021, arXiv:2104.10252): the harmonic mean of three scores in ``[0, 1]``,
+  ``ADCC = 3 / (1 / coherency + 1 / (1 - complexity) + 1 / (1 - drop))`` (0 when any
+  of them is 0), per example; high is good. ``drop`` is the Average Drop above;
+  ``complexity`` is the mean of ``E`` over the pixels (the L1 norm of the scaled map
+  per pixel: how much of the image the explanation keeps); ``coherency`` is
+  ``(r + 1) / 2`` with ``r`` the Pearson correlation, over pixels, of the map of ``x``
+  and the map the same method gives for ``x~ = x * E`` and the same class: a map that
+  explains the class keeps showing the same evidence once the rest is dimmed. The
+  authors' code (``aimagelab/ADCC``) computes the same three numbers for one image and
+  the predicted class; here ``target`` may be any class, the explainer gets the same
+  key for ``x~`` as for ``x`` (so a stochastic method is compared under the same
+  noise), and a constant map, whose correlation is undefined (NaN there), has
+  coherency 0, and so an ADCC of 0.
 * Sparseness (Chalasani, Chen, Chowdhury, Wu & Jha, "Concise explanations of neural
   networks using adversarial training", ICML 2020, arXiv:1810.06583; Quantus'
   ``Sparseness``): the Gini index (Hurley & Rickard 2009) of the absolute attributions
@@ -196,8 +211,8 @@ from __future__ import annotations
 import functools
 import math
 import operator
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -210,6 +225,8 @@ from fmi_jax.attribution.core import (
     as_baseline,
     as_count,
     as_input,
+    as_rows,
+    as_target,
     check_finite,
     example_keys,
     map_over_samples,
@@ -226,11 +243,14 @@ from fmi_jax.evaluation.imputation import DEFAULT_IMPUTATION_NOISE, noisy_linear
 __all__ = [
     "DEFAULT_METRIC_BATCH",
     "ROAD_FRACTIONS",
+    "Adcc",
     "SENSITIVITY_N_FRACTIONS",
+    "adcc",
     "aopc",
     "auc",
     "average_drop",
     "average_gain",
+    "coherency",
     "complexity",
     "deletion_curve",
     "discrete_entropy",
@@ -1582,6 +1602,144 @@ average_gain = _confidence_metric(
     "``max(0, O - Y) / (1 - Y)``",
     "x 100 for the percentage the papers report; high is good",
 )
+
+
+class Adcc(NamedTuple):
+    """ADCC and its three parts, ``(N,)`` float32 each (module docstring)."""
+
+    adcc: Array
+    average_drop: Array
+    coherency: Array
+    complexity: Array
+
+
+def _scaled_pixels(x: Array, maps: Any, scale: str, name: str) -> Array:
+    """``E``: each example's pixel relevance ``(N, P)``, min-max scaled with
+    ``scale='minmax'``. Maps with one channel fit images with any number (a CAM
+    explainer's ``(N, H, W, 1)``)."""
+    if scale not in _MASK_SCALES:
+        raise ValueError(f"{name}: scale must be one of {_MASK_SCALES}; got {scale!r}")
+    maps = jnp.asarray(maps, jnp.float32)
+    if x.ndim == 4 and maps.shape == x.shape[:-1] + (1,):
+        maps = maps[..., 0]
+    relevance, _ = _pixel_relevance(x, maps)
+    return minmax_scale(relevance, 1) if scale == "minmax" else relevance
+
+
+def _coherency_parts(
+    explain: Callable[[Array, Array, Array], Array],
+    x: Array,
+    target: Target,
+    key: Array,
+    attributions: Any,
+    fn: ModelFn | None,
+    scale: str,
+    batch_size: int | None,
+    name: str,
+) -> tuple[Array, Array, Array]:
+    """``(target, E, coherency)`` for :func:`coherency` and :func:`adcc`."""
+    x = as_input(x)
+    num_examples = x.shape[0]
+    if target is None:
+        if fn is None:
+            raise ValueError(
+                f"{name} needs explicit targets or fn= to resolve target=None to the "
+                "predicted class"
+            )
+        target = resolve_target(fn, x, None, batch_size=batch_size)
+    else:
+        target = as_target(target, num_examples)
+    keys = example_keys(require_key(key, name), num_examples)
+
+    def explained(inputs: Array) -> Array:
+        def chunk(example: Array, _: Array) -> Array:
+            maps = explain(inputs[example], target[example], keys[example])
+            return as_rows(maps, inputs[example], "explain must return maps")
+
+        return map_over_samples(chunk, num_examples, 1, batch_size=batch_size)[:, 0]
+
+    if attributions is None:
+        attributions = explained(x)
+    scaled = _scaled_pixels(x, attributions, scale, name)
+    mask_shape = x.shape[1:-1] + (1,) if x.ndim == 4 else x.shape[1:]
+    masked = x * scaled.reshape((num_examples,) + mask_shape)
+    again = _scaled_pixels(x, explained(masked), "none", name)
+    r = pearson(_scaled_pixels(x, attributions, "none", name), again)
+    return target, scaled, jnp.where(jnp.isnan(r), 0.0, (r + 1.0) / 2.0)
+
+
+def coherency(
+    explain: Callable[[Array, Array, Array], Array],
+    x: Array,
+    target: Target,
+    key: Array,
+    *,
+    attributions: Array | None = None,
+    fn: ModelFn | None = None,
+    scale: str = "minmax",
+    batch_size: int | None = None,
+) -> Array:
+    """ADCC's coherency of every example's map, ``(r + 1) / 2`` with ``r`` the Pearson
+    correlation of the map of ``x`` and the map of ``x * E`` (module docstring), shape
+    ``(N,)``; high is good.
+
+    Args:
+      explain: ``explain(x, target, key) -> maps`` on a batch, the signature of
+        :func:`fmi_jax.attribution.explainer` (maps shaped like ``x``, per pixel, or
+        ``(N, H, W, 1)``); it receives one key per example.
+      x: inputs, images ``(N, H, W, C)`` or any ``(N, ...)``.
+      target: class per example ``(N,)``, one int for all, or ``None`` (the predicted
+        class, which needs ``fn``); both maps explain this class.
+      key: a PRNG key, or one per example; ``x * E`` is explained with the same keys.
+      attributions: the maps of ``x`` when already computed; ``None`` runs ``explain``.
+      fn: the model, only needed for ``target=None``.
+      scale: ``'minmax'`` scales each map to ``[0, 1]`` before masking; ``'none'``
+        multiplies by the map as it is.
+      batch_size: examples per call of ``explain``; ``None`` explains all at once.
+
+    Returns:
+      float32 ``(N,)`` in ``[0, 1]``; 0 where a map is constant.
+    """
+    return _coherency_parts(
+        explain, x, target, key, attributions, fn, scale, batch_size, "coherency"
+    )[2]
+
+
+def adcc(
+    fn: ModelFn,
+    explain: Callable[[Array, Array, Array], Array],
+    x: Array,
+    target: Target,
+    key: Array,
+    *,
+    attributions: Array | None = None,
+    scale: str = "minmax",
+    batch_size: int | None = None,
+) -> Adcc:
+    """ADCC of every example's map, the harmonic mean of its coherency, ``1 -`` its
+    complexity and ``1 -`` its Average Drop (module docstring); high is good.
+
+    Args:
+      fn: model function, batch -> logits ``(N, classes)``.
+      explain, x, target, key, attributions, scale: as in :func:`coherency`.
+      batch_size: examples per call of ``explain``, and inputs per forward pass.
+
+    Returns:
+      :class:`Adcc` of float32 ``(N,)`` arrays: ``adcc`` and its three parts.
+    """
+    target, scaled, coherent = _coherency_parts(
+        explain, x, target, key, attributions, fn, scale, batch_size, "adcc"
+    )
+    x = as_input(x)
+    per_pixel = x.shape[:-1] if x.ndim == 4 else x.shape
+    drop = average_drop(
+        fn, x, target, scaled.reshape(per_pixel), scale="none", batch_size=batch_size
+    )
+    kept = scaled.mean(axis=1)
+    parts = jnp.stack([coherent, 1.0 - kept, 1.0 - drop])
+    positive = jnp.all(parts > 0, axis=0)
+    mean = 3.0 / jnp.sum(1.0 / jnp.where(positive, parts, 1.0), axis=0)
+    return Adcc(jnp.where(positive, mean, 0.0), drop, coherent, kept)
 
 
 def aopc(curve: Array) -> Array:
