@@ -62,6 +62,7 @@ def get_config(arg=None):
         "eigen_grad_cam": {"layer": "conv3"},
         "finer_cam": {"layer": "conv3"},
         "kpca_cam": {"layer": "conv3"},
+        "fem": {"layer": "conv3"},
         # Image regions: 4 x 4 patches (49 groups), permuted across the explained samples.
         "feature_permutation": {"patch": 4},
     }

@@ -1,5 +1,5 @@
-r"""Grad-CAM element-wise, ShapleyCAM, Finer-CAM, Eigen-Grad-CAM and KPCA-CAM, and the
-confidence metrics, against pytorch-grad-cam, and every CAM's Average Drop, Increase in Confidence
+r"""Grad-CAM element-wise, ShapleyCAM, Finer-CAM, FEM, Eigen-Grad-CAM and KPCA-CAM, and
+the confidence metrics, against pytorch-grad-cam, and every CAM's Average Drop, Increase in Confidence
 and Average Gain on a trained CNN.
 
     make .venv-bench/.installed           # torch, Captum, grad-cam, scikit-learn
@@ -9,7 +9,7 @@ The run's weights are copied into PyTorch (the benchmark's ``TorchCNN``); both s
 explain the first ``--num_test`` test images (dithered as the benchmark's agreement
 check, so no max-pool window holds a tie) for their labels at ``--layer``:
 
-* Grad-CAM element-wise, ShapleyCAM (ReST and logit utilities) and Finer-CAM (the
+* Grad-CAM element-wise, ShapleyCAM (ReST and logit utilities), FEM and Finer-CAM (the
   package's own references around the predicted class; and, for the labels, its
   ``FinerWeightedTarget`` with ``finer_references``' classes, over LayerCAM with
   alpha 0.5) through the package's whole pipeline, and FullGrad (every convolution and batch norm; the package scales
@@ -146,6 +146,7 @@ def main():
         ("grad_cam_elementwise", {}),
         ("shapley_cam", {"score": "rest"}),
         ("shapley_cam", {"score": "logit"}),
+        ("fem", {}),
     ):
         method = getattr(attribution, name)
         ours = np.asarray(

@@ -104,6 +104,14 @@ and differs in the weights ``W^c`` for the target class c. With ``g = dy_c / dA`
   each channel's spatial mean first, as pytorch-grad-cam does (its sign is left to the
   SVD routine there, so its maps can come out inverted). The target is accepted for
   the common signature and ignored: every class gets the same map.
+* FEM, the feature explanation method (Fuad, Martin, Giot, Bourqui, Benois-Pineau &
+  Zemmari, IPTA 2020, hal-02963298): no gradients and no class. A channel's weight is
+  the share of its positions that stand out by the k-sigma rule,
+  ``W_k = 1/(h w) #{ij : A_kij > mu_k + k sigma_k}``, with ``mu_k`` and ``sigma_k`` the
+  channel's spatial mean and (population) standard deviation, ``k = 2`` by default: a
+  channel that fires everywhere or nowhere counts for nothing, one with a few strong
+  peaks for more. As in pytorch-grad-cam's ``FEM``; the target is accepted for the
+  common signature and ignored.
 * KPCA-CAM (Karmani et al., 2024, arXiv:2410.00267): Eigen-CAM with kernel PCA.
   The ``h w`` positions' channel vectors, centred, are compared by a kernel
   ``k(a, b)`` (``'sigmoid'``, ``tanh(gamma a.b + 1)``, the default as in
@@ -173,6 +181,7 @@ CAM_METHODS = (
     "ablation_cam",
     "eigen_cam",
     "kpca_cam",
+    "fem",
 )
 
 __all__ = [
@@ -796,4 +805,49 @@ def kpca_cam(
         return first.reshape(-1, h, w)
 
     maps = sum_over_samples(projection, n, batch_size=batch_size)
+    return _finish(maps, x.shape, relu, upsample)
+
+
+def fem(
+    model: Any,
+    x: Array,
+    target: Target = None,
+    *,
+    key: Array | None = None,
+    baseline: None = None,
+    batch_size: int | None = None,
+    layer: str,
+    k: float = 2.0,
+    relu: bool = True,
+    upsample: bool = True,
+) -> Array:
+    """FEM map of ``layer``: its channels weighted by the share of their positions above
+    the k-sigma threshold (module docstring). Class-agnostic: ``target`` is ignored.
+
+    Args:
+      model, x, key, baseline, layer, relu, upsample: as in :func:`grad_cam`.
+      target: checked like every method's, then ignored (every class gets this map).
+      batch_size: examples per forward pass.
+      k: the threshold in standard deviations above each channel's mean.
+
+    Returns:
+      ``(N, H, W)`` float32 maps (``(N, h, w)`` when ``upsample=False``).
+    """
+    del key
+    refuse_baseline(baseline, "fem")
+    if isinstance(k, bool) or not isinstance(k, numbers.Real) or not np.isfinite(k):
+        raise ValueError(f"fem: k must be a finite number; got {k!r}")
+    handle, x, (n, _, _, _) = layer_call(model, x, layer, "fem", batch_size)
+    if target is not None:
+        resolve_target(handle, x, target)  # a bad target is refused, as everywhere
+
+    def weighted(example: Array, _: Array) -> Array:
+        _, activation = handle.capture(x[example], layer)
+        activation = activation.astype(jnp.float32)
+        mean = activation.mean(axis=(1, 2), keepdims=True)
+        threshold = mean + float(k) * activation.std(axis=(1, 2), keepdims=True)
+        weights = jnp.mean(activation > threshold, axis=(1, 2), keepdims=True)
+        return jnp.sum(weights * activation, axis=-1)
+
+    maps = sum_over_samples(weighted, n, batch_size=batch_size)
     return _finish(maps, x.shape, relu, upsample)

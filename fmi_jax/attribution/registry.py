@@ -399,6 +399,7 @@ METHODS: Mapping[str, MethodSpec] = {
         ),
         _cam_spec(cam.eigen_cam, "(none; pytorch-grad-cam EigenCAM)", "Muhammad & Yeasin 2020"),
         _cam_spec(cam.kpca_cam, "(none; pytorch-grad-cam KPCA_CAM)", "Karmani et al. 2024"),
+        _cam_spec(cam.fem, "(none; pytorch-grad-cam FEM)", "Fuad et al. 2020"),
         _cam_spec(
             full_gradient.full_grad, "(none; pytorch-grad-cam FullGrad)", "Srinivas & Fleuret 2019"
         ),

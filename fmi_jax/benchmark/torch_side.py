@@ -240,6 +240,7 @@ GRAD_CAM_PACKAGE = {
     "shapley_cam": ("shapley_cam", "ShapleyCAM"),
     "eigen_grad_cam": ("eigen_grad_cam", "EigenGradCAM"),
     "kpca_cam": ("kpca_cam", "KPCA_CAM"),
+    "fem": ("fem", "FEM"),
 }
 
 
@@ -371,9 +372,10 @@ def captum_method(name: str, net: nn.Module, options: Mapping[str, Any]):
             target_class = model_targets.ClassifierOutputReST  # fmi_jax's default utility
         else:
             target_class = model_targets.ClassifierOutputTarget
-        # KPCA-CAM's kernel options go to the package's constructor; fmi_jax's default
-        # gamma (None: 1 / K) is scikit-learn's.
-        extra = {k: options[k] for k in ("kernel", "gamma") if name == "kpca_cam" and k in options}
+        # KPCA-CAM's kernel options and FEM's k go to the package's constructor;
+        # fmi_jax's default gamma (None: 1 / K) is scikit-learn's.
+        constructor = {"kpca_cam": ("kernel", "gamma"), "fem": ("k",)}.get(name, ())
+        extra = {k: options[k] for k in constructor if k in options}
 
         def run_package_cam(x, t):
             # One object per call: its forward hooks must not outlive the call.

@@ -359,6 +359,31 @@ def test_eigen_cam_of_a_rank_one_layer():
         A.eigen_cam((RankOne(), {}), x, 3, layer="features")
 
 
+class ThreeChannels(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        a = Identity(name="features")(x)
+        return a.sum(axis=(1, 2))
+
+
+def test_fem_weighs_channels_by_their_share_of_outliers():
+    """The layer is the input: a channel with one peak in 16 positions has one position
+    above mean + 2 sd (weight 1/16), a constant channel none, and a channel with 4
+    peaks none at k = 2 (its peaks sit 1.73 sd above the mean) but 4 at k = 1."""
+    peaks = np.zeros((1, 4, 4, 3), np.float32)
+    peaks[0, 1, 2, 0] = 8.0
+    peaks[0, :, :, 1] = 3.0
+    peaks[0, ::2, ::2, 2] = 1.0
+    x = jnp.asarray(peaks)
+    run = lambda k: A.fem((ThreeChannels(), {}), x, layer="features", k=k, upsample=False)
+    np.testing.assert_allclose(run(2.0)[0], peaks[0, :, :, 0] / 16, rtol=1e-6)
+    np.testing.assert_allclose(
+        run(1.0)[0], peaks[0, :, :, 0] / 16 + peaks[0, :, :, 2] * 4 / 16, rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="k must be a finite number"):
+        A.fem((ThreeChannels(), {}), x, layer="features", k=float("nan"))
+
+
 def test_upsampling_is_bilinear_with_half_pixel_centres():
     """The values PyTorch's interpolate(mode='bilinear', align_corners=False) gives."""
     got = A.upsample_maps(jnp.arange(4.0).reshape(1, 2, 2), (4, 4))[0]
@@ -459,6 +484,7 @@ ALL_CAMS = (
     A.ablation_cam,
     A.eigen_cam,
     A.kpca_cam,
+    A.fem,
 )
 
 

@@ -453,6 +453,7 @@ METHOD_OPTIONS = {
     "eigen_grad_cam": {"layer": "conv2"},
     "finer_cam": {"layer": "conv2"},
     "kpca_cam": {"layer": "conv2"},
+    "fem": {"layer": "conv2"},
     "blur_ig": {"steps": 4},
     "guided_ig": {"steps": 4},
     "xrai": {"steps": 2},

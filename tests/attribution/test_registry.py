@@ -169,7 +169,7 @@ def test_method_spec_fields():
     assert not A.METHODS["smoothgrad_sq"].is_signed() and not A.METHODS["vargrad"].is_signed()
     cams = ("grad_cam", "grad_cam_plus_plus", "xgrad_cam", "hires_cam", "layer_cam")
     cams += ("grad_cam_elementwise", "shapley_cam", "eigen_grad_cam", "finer_cam")
-    cams += ("score_cam", "ablation_cam", "eigen_cam", "kpca_cam")
+    cams += ("score_cam", "ablation_cam", "eigen_cam", "kpca_cam", "fem")
     assert A.CAM_METHODS == cams
     for name in cams:
         spec = A.METHODS[name]
