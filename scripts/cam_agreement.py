@@ -73,10 +73,20 @@ def _minmax(maps) -> np.ndarray:
     return np.asarray(minmax_scale(maps, tuple(range(1, maps.ndim))), np.float64)
 
 
-def _pipeline_row(ours: np.ndarray, theirs: np.ndarray) -> dict:
-    """fmi_jax's maps, min-max scaled per image, against the package's: the largest
-    difference, the relative L2 error, and the images that agree to 1e-5."""
-    a, b = _minmax(ours), theirs.astype(np.float64)
+def _package_scaled(maps) -> np.ndarray:
+    """pytorch-grad-cam's ``scale_cam_image``: ``(m - min) / (1e-7 + max(m - min))``."""
+    maps = np.asarray(maps, np.float64)
+    axes = tuple(range(1, maps.ndim))
+    maps = maps - maps.min(axis=axes, keepdims=True)
+    return maps / (1e-7 + maps.max(axis=axes, keepdims=True))
+
+
+def _pipeline_row(ours: np.ndarray, theirs: np.ndarray, rescale: bool = True) -> dict:
+    """fmi_jax's maps, min-max scaled per image (unless already scaled as the package
+    scales them, ``rescale=False``), against the package's: the largest difference, the
+    relative L2 error, and the images that agree to 1e-5."""
+    a = _minmax(ours) if rescale else np.asarray(ours, np.float64)
+    b = theirs.astype(np.float64)
     per_image = np.abs(a - b).reshape(len(a), -1).max(axis=1)
     return {
         "max_abs": float(per_image.max()),
@@ -163,6 +173,7 @@ def main():
     # not Grad-CAM++, whose 1e-6 in the package moves its maps on its own).
     finer_package = torch_side.import_grad_cam("finer_cam").FinerCAM
     finer_target = torch_side.import_grad_cam("utils.model_targets").FinerWeightedTarget
+    logit_target = torch_side.import_grad_cam("utils.model_targets").ClassifierOutputTarget
     base_classes = {
         "grad_cam": torch_side.import_grad_cam("grad_cam").GradCAM,
         "layer_cam": torch_side.import_grad_cam("layer_cam").LayerCAM,
@@ -194,10 +205,58 @@ def main():
         report[label] = row
         lines.append(_row_line(label, row, len(x)))
 
+    # Several layers: the package's GradCAM with two target layers (it scales each map
+    # at the layer's resolution, fmi_jax after resizing: also emulated), and RefineCAM
+    # (the product) with Grad-CAM as its base.
+    grad_cam_class = base_classes["grad_cam"]
+    pair, trio = ("conv2", "conv3"), ("conv1", "conv2", "conv3")
+    ours = np.asarray(
+        jax.jit(lambda x: attribution.across_layers(attribution.grad_cam, pair)(handle, x, t))(x)
+    )
+    with grad_cam_class(net, [torch_side.conv_block_output(net, n) for n in pair]) as package_cam:
+        theirs = package_cam(input_tensor=xt, targets=[logit_target(int(c)) for c in t])
+    row = _pipeline_row(ours, theirs)
+    report["across_layers (mean of conv2, conv3)"] = row
+    lines.append(_row_line("across_layers(grad_cam), mean of conv2 and conv3", row, len(x)))
+    at_layers = [
+        _package_scaled(np.maximum(attribution.grad_cam(handle, x, t, layer=n, upsample=False), 0))
+        for n in pair
+    ]
+    emulated = np.mean(
+        [np.asarray(attribution.upsample_maps(jnp.asarray(m), x.shape[1:3])) for m in at_layers],
+        axis=0,
+    )
+    row = _pipeline_row(emulated, theirs)
+    report["across_layers (mean, scaled at the layers)"] = row
+    lines.append(
+        _row_line("the same, each map scaled before resizing, as the package", row, len(x))
+    )
+    refine_class = torch_side.import_grad_cam("refine_cam").RefineCAM
+    ours = np.asarray(
+        jax.jit(
+            lambda x: attribution.across_layers(attribution.grad_cam, trio, combine="product")(
+                handle, x, t
+            )
+        )(x)
+    )
+    package_cam = refine_class(
+        net, [torch_side.conv_block_output(net, n) for n in trio], base_method=grad_cam_class
+    )
+    theirs = package_cam(input_tensor=xt, targets=[logit_target(int(c)) for c in t])
+    for base_cam in package_cam.base_cam_per_layer:
+        base_cam.activations_and_grads.release()
+    row = _pipeline_row(ours, theirs)
+    report["across_layers (product of conv1-3; RefineCAM)"] = row
+    lines.append(_row_line("across_layers(grad_cam), product of conv1-3 (RefineCAM)", row, len(x)))
+    # The product's largest value can be small, where the package's 1e-7 shows.
+    row = _pipeline_row(_package_scaled(ours), theirs, rescale=False)
+    row["smallest_product_max"] = float(ours.reshape(len(x), -1).max(axis=1).min())
+    report["across_layers (product, scaled as the package)"] = row
+    lines.append(_row_line("the same, the product scaled as the package", row, len(x)))
+
     # FullGrad over every convolution and batch norm, each channel scaled on its own as
     # the package does; its final map is min-max scaled, so fmi_jax's is too.
     full_grad_class = torch_side.import_grad_cam("fullgrad_cam").FullGrad
-    logit_target = torch_side.import_grad_cam("utils.model_targets").ClassifierOutputTarget
     ours = np.asarray(
         jax.jit(lambda x: attribution.full_grad(handle, x, t, normalize="channel"))(x)
     )

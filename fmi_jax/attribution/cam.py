@@ -122,6 +122,18 @@ and differs in the weights ``W^c`` for the target class c. With ``g = dy_c / dA`
   a non-negative inner product with the centred channel sum (pytorch-grad-cam keeps
   scikit-learn's sign, which makes the entry of largest magnitude positive).
 
+Maps of several layers (:func:`across_layers`, a transform of any CAM): each layer's map,
+after its ReLU and resized to the input, is min-max scaled to ``[0, 1]`` per example,
+and the maps are averaged (pytorch-grad-cam's ``target_layers`` with more than one
+layer) or multiplied (RefineCAM: Domeniconi, Stramiglio, Lombardi & Salti, "How to
+evaluate and refine your CAM", 2026, arXiv:2605.14641, which multiplies Grad-CAM++'s
+maps of several layers, so that a deep layer's coarse map selects the object and a
+shallow layer's fine map draws it). The product is in ``[0, 1]`` but rarely reaches 1;
+the package min-max scales it, and its average, once more. For the average, the
+package scales each layer's map at the layer's own resolution before resizing; here
+each is scaled after it, so that every layer's map spans ``[0, 1]`` on the image grid
+(measured in docs/captum.md).
+
 The layer is named by its module path, ``'/'``-joined (``'conv2'``, ``'conv2/conv'``,
 ``'stage1/block0'``); :func:`layer_names` lists the candidates (every submodule whose
 call returns an ``(N, h, w, K)`` array). The CAMs look inside the model, so they take a
@@ -145,6 +157,7 @@ small (measured in docs/captum.md).
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -155,6 +168,7 @@ import numpy as np
 
 from fmi_jax.attribution.core import (
     Array,
+    Method,
     Target,
     as_count,
     as_input,
@@ -191,6 +205,8 @@ __all__ = [
     "SHAPLEY_SCORES",
     "layer_names",
     *CAM_METHODS,
+    "LAYER_COMBINATIONS",
+    "across_layers",
     "finer_references",
     "upsample_maps",
 ]
@@ -851,3 +867,97 @@ def fem(
 
     maps = sum_over_samples(weighted, n, batch_size=batch_size)
     return _finish(maps, x.shape, relu, upsample)
+
+
+#: How :func:`across_layers` combines the layers' maps.
+LAYER_COMBINATIONS = ("mean", "product")
+
+
+def across_layers(method: Method, layers: Sequence[str], *, combine: str = "mean") -> Method:
+    """A CAM method of several layers at once: ``method``'s map of every layer in
+    ``layers``, each after a ReLU and min-max scaled to ``[0, 1]`` per example at the
+    input's size, averaged (``combine='mean'``, pytorch-grad-cam's several
+    ``target_layers``) or multiplied (``'product'``, RefineCAM; module docstring).
+
+    The result has the one signature of the CAMs, with ``layer`` taken by the
+    transform: ``across_layers(grad_cam_plus_plus, ["conv1", "conv2", "conv3"],
+    combine="product")(model, x, target)`` is RefineCAM. ``target=None`` is resolved
+    once, so every layer explains the same class; the other options (``key``,
+    ``batch_size``, and the method's own, such as ``alpha`` for Finer-CAM) go to every
+    call of ``method``.
+
+    Args:
+      method: a CAM, any function of :data:`CAM_METHODS` (it takes ``layer`` and
+        ``upsample``).
+      layers: one or more distinct layer names (see :func:`layer_names`).
+      combine: one of :data:`LAYER_COMBINATIONS`.
+
+    Returns:
+      The method; its maps are ``(N, H, W)`` float32 in ``[0, 1]``.
+    """
+    name = getattr(method, "__name__", repr(method))
+    parameters = inspect.signature(method).parameters
+    if "layer" not in parameters or "upsample" not in parameters:
+        raise ValueError(
+            f"across_layers: {name} takes no layer= and upsample=; pass a CAM method "
+            f"({', '.join(CAM_METHODS)})"
+        )
+    if isinstance(layers, str):
+        layers = (layers,)
+    layers = tuple(layers)
+    if not layers or not all(isinstance(layer, str) for layer in layers):
+        raise ValueError(f"across_layers: layers must be one or more layer names; got {layers!r}")
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"across_layers: layers must be distinct; got {layers!r}")
+    if combine not in LAYER_COMBINATIONS:
+        raise ValueError(
+            f"across_layers: combine must be one of {LAYER_COMBINATIONS}; got {combine!r}"
+        )
+
+    def combined(
+        model: Any,
+        x: Array,
+        target: Target = None,
+        *,
+        key: Array | None = None,
+        baseline: None = None,
+        batch_size: int | None = None,
+        **options: Any,
+    ) -> Array:
+        for taken in ("layer", "upsample"):
+            if taken in options:
+                raise ValueError(f"across_layers({name}) sets {taken}= itself; leave it out")
+        handle = as_flax_model(model, name)
+        x = as_input(x)
+        for layer in layers:
+            handle.layer_shape(x, layer)  # an unknown layer is refused before any work
+        target = resolve_target(handle, x, target, batch_size=batch_size)
+        maps = [
+            minmax_scale(
+                jax.nn.relu(
+                    method(
+                        handle,
+                        x,
+                        target,
+                        key=key,
+                        baseline=baseline,
+                        batch_size=batch_size,
+                        layer=layer,
+                        **options,
+                    )
+                ),
+                (1, 2),
+            )
+            for layer in layers
+        ]
+        stacked = jnp.stack(maps)
+        return (stacked.mean(axis=0) if combine == "mean" else stacked.prod(axis=0)).astype(
+            jnp.float32
+        )
+
+    combined.__name__ = combined.__qualname__ = f"across_layers({name})"
+    combined.__doc__ = (
+        f"{name} of layers {', '.join(layers)}, each scaled to [0, 1], {combine} "
+        "(fmi_jax.attribution.across_layers)."
+    )
+    return combined

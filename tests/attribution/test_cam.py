@@ -859,3 +859,50 @@ def test_bad_finer_cam_options_are_one_line_errors(small_cnn):
             A.finer_cam(handle, x, layer="conv2", reference_ranks=ranks)
     with pytest.raises(ValueError, match="logits must be"):
         A.finer_references(np.zeros(3), [0])
+
+
+def test_across_layers_scales_each_layer_and_averages_or_multiplies(small_cnn):
+    """Each layer's map (after its ReLU, at the input's size) scaled to [0, 1] per image
+    in NumPy, then their mean and their product; one layer is its own scaled map."""
+    model, variables, x = small_cnn
+    handle = A.flax_model(model, variables)
+    layers = ("conv1", "conv2", "conv3")
+    run = jax.jit(
+        lambda x: {
+            "per_layer": [A.layer_cam(handle, x, layer=name) for name in layers],
+            "mean": A.across_layers(A.layer_cam, layers)(handle, x),
+            "product": A.across_layers(A.layer_cam, layers, combine="product")(handle, x),
+            "one": A.across_layers(A.layer_cam, ["conv2"])(handle, x),
+        }
+    )(x)
+    scaled = []
+    for maps in run["per_layer"]:
+        m = np.asarray(maps, np.float64)
+        low, high = m.min(axis=(1, 2), keepdims=True), m.max(axis=(1, 2), keepdims=True)
+        assert (high > low).all()
+        scaled.append((m - low) / (high - low))
+    np.testing.assert_allclose(run["mean"], np.mean(scaled, axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run["product"], np.prod(scaled, axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run["one"], scaled[1], rtol=1e-5, atol=1e-6)
+    # target=None is the predicted class for every layer; options reach the method.
+    predicted = jnp.argmax(handle(x), axis=1)
+    finer = A.across_layers(A.finer_cam, ("conv2", "conv3"))
+    np.testing.assert_allclose(
+        finer(handle, x, alpha=0.5), finer(handle, x, predicted, alpha=0.5), rtol=1e-6
+    )
+
+
+def test_bad_across_layers_arguments_are_one_line_errors(small_cnn):
+    model, variables, x = small_cnn
+    handle = A.flax_model(model, variables)
+    with pytest.raises(ValueError, match="saliency takes no layer= and upsample="):
+        A.across_layers(A.saliency, ["conv2"])
+    for layers in ((), ("conv2", "conv2"), (2,)):
+        with pytest.raises(ValueError, match="layers must be"):
+            A.across_layers(A.grad_cam, layers)
+    with pytest.raises(ValueError, match=r"combine must be one of \('mean', 'product'\)"):
+        A.across_layers(A.grad_cam, ["conv2"], combine="max")
+    with pytest.raises(ValueError, match="sets layer= itself"):
+        A.across_layers(A.grad_cam, ["conv2"])(handle, x, layer="conv3")
+    with pytest.raises(ValueError, match="no layer 'conv9'"):
+        A.across_layers(A.grad_cam, ["conv2", "conv9"])(handle, x)
