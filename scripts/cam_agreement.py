@@ -1,21 +1,28 @@
-r"""Grad-CAM element-wise, ShapleyCAM, Finer-CAM, FEM, Eigen-Grad-CAM and KPCA-CAM, and
-the confidence metrics, against pytorch-grad-cam, and every CAM's Average Drop, Increase in Confidence
-and Average Gain on a trained CNN.
+r"""Grad-CAM element-wise, ShapleyCAM, Finer-CAM, FEM, Eigen-Grad-CAM and KPCA-CAM, CAMs
+of several layers and augmentation smoothing, and the confidence metrics, against
+pytorch-grad-cam, and every CAM's Average Drop, Increase in Confidence, Average Gain
+and ADCC on a trained CNN.
 
     make .venv-bench/.installed           # torch, Captum, grad-cam, scikit-learn
     .venv-bench/bin/python scripts/cam_agreement.py --workdir=runs/cnn_fmnist
 
 The run's weights are copied into PyTorch (the benchmark's ``TorchCNN``); both sides
 explain the first ``--num_test`` test images (dithered as the benchmark's agreement
-check, so no max-pool window holds a tie) for their labels at ``--layer``:
+check, so no max-pool window holds a tie) for their labels at ``--layer``, through the
+package's whole pipeline, with fmi_jax's maps min-max scaled per image as the package
+returns them (the largest absolute difference and the relative L2 error):
 
-* Grad-CAM element-wise, ShapleyCAM (ReST and logit utilities), FEM and Finer-CAM (the
-  package's own references around the predicted class; and, for the labels, its
+* Grad-CAM element-wise, ShapleyCAM (ReST and logit utilities), FEM, and Finer-CAM
+  (the package's own references around the predicted class; and, for the labels, its
   ``FinerWeightedTarget`` with ``finer_references``' classes, over LayerCAM with
-  alpha 0.5) through the package's whole pipeline, and FullGrad (every convolution and batch norm; the package scales
-  each channel of each term separately, fmi_jax's ``normalize='channel'``), with
-  fmi_jax's maps min-max scaled per image as the package returns them: the largest
-  absolute difference and the relative L2 error.
+  alpha 0.5).
+* Grad-CAM of conv2 and conv3 averaged (the package's several ``target_layers``) and
+  of conv1-3 multiplied (``RefineCAM``), each beside fmi_jax's maps scaled in the
+  package's order, which shows what the difference is made of; and Grad-CAM with the
+  package's ``aug_smooth=True`` against ``augmentation_smoothing(grad_cam,
+  scale='minmax')``.
+* FullGrad (every convolution and batch norm; the package scales each channel of each
+  term separately, fmi_jax's ``normalize='channel'``).
 * Eigen-Grad-CAM and KPCA-CAM (sigmoid and RBF kernels): the package's projection
   functions (``get_2d_projection``, ``get_2d_projection_kernel``, scikit-learn's
   ``KernelPCA``) on fmi_jax's own activations and gradients, against fmi_jax's
@@ -24,8 +31,9 @@ check, so no max-pool window holds a tie) for their labels at ``--layer``:
   the largest difference after aligning the sign.
 * ``average_drop`` and ``increase_in_confidence`` against the package's
   ``DropInConfidence`` and ``IncreaseInConfidence`` (with
-  ``ClassifierOutputSoftmaxTarget``) on the same min-max scaled Grad-CAM maps; the package's drop is absolute, so it is
-  divided by the probability before the comparison.
+  ``ClassifierOutputSoftmaxTarget``) on the same min-max scaled Grad-CAM maps; the
+  package's drop is absolute, so it is divided by the probability before the
+  comparison.
 
 Then every CAM of ``fmi_jax.attribution.CAM_METHODS``, and FullGrad, is scored by the
 three confidence metrics on the first ``--num_metric`` test images (Grad-CAM++'s table,
@@ -253,6 +261,23 @@ def main():
     row["smallest_product_max"] = float(ours.reshape(len(x), -1).max(axis=1).min())
     report["across_layers (product, scaled as the package)"] = row
     lines.append(_row_line("the same, the product scaled as the package", row, len(x)))
+
+    # Augmentation smoothing: the package's aug_smooth=True (mirror and factors 0.9, 1,
+    # 1.1 through ttach), each copy's map scaled to [0, 1], the average not rescaled.
+    ours = np.asarray(
+        jax.jit(
+            lambda x: attribution.augmentation_smoothing(attribution.grad_cam, scale="minmax")(
+                handle, x, t, layer=layer
+            )
+        )(x)
+    )
+    with grad_cam_class(net, [conv]) as package_cam:
+        theirs = package_cam(
+            input_tensor=xt, targets=[logit_target(int(c)) for c in t], aug_smooth=True
+        )
+    row = _pipeline_row(ours, theirs, rescale=False)
+    report["augmentation_smoothing (grad_cam)"] = row
+    lines.append(_row_line("augmentation_smoothing(grad_cam), scale='minmax'", row, len(x)))
 
     # FullGrad over every convolution and batch norm, each channel scaled on its own as
     # the package does; its final map is min-max scaled, so fmi_jax's is too.

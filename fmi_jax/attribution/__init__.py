@@ -38,6 +38,7 @@ saliency                       :mod:`.gradients`                     Saliency
 input_x_gradient               :mod:`.gradients`                     InputXGradient
 integrated_gradients           :mod:`.integrated_gradients`          IntegratedGradients
 noise_tunnel, smoothgrad       :mod:`.noise_tunnel`                  NoiseTunnel
+augmentation_smoothing         :mod:`.augmentation`                  (pytorch-grad-cam)
 gaussian_smoothed_saliency     :mod:`.smoothing`                     (none)
 gradient_shap                  :mod:`.shap`                          GradientShap
 deeplift                       :mod:`.deeplift`                      DeepLift
@@ -45,6 +46,7 @@ grad_cam                       :mod:`.cam`                           LayerGradCa
 grad_cam_plus_plus             :mod:`.cam`                           (pytorch-grad-cam)
 score_cam                      :mod:`.cam`                           (pytorch-grad-cam)
 the other ``CAM_METHODS``      :mod:`.cam`                           (pytorch-grad-cam)
+across_layers(cam)             :mod:`.cam`                           (pytorch-grad-cam)
 full_grad, full_gradients      :mod:`.full_gradient`                  (pytorch-grad-cam)
 occlusion                      :mod:`.perturbation`                  Occlusion
 feature_permutation            :mod:`.perturbation`                  FeaturePermutation
@@ -86,6 +88,7 @@ method with the same signature (SmoothGrad over any method); ``at_layer(method)`
 :mod:`.handle`; methods by name in :mod:`.registry` (``explainer``).
 """
 
+from fmi_jax.attribution.augmentation import AUGMENTATION_SCALES, augmentation_smoothing
 from fmi_jax.attribution.cam import (
     CAM_METHODS,
     FINER_BASES,
@@ -200,6 +203,8 @@ __all__ = [
     "quadrature",
     "QUADRATURE_RULES",
     "noise_tunnel",
+    "augmentation_smoothing",
+    "AUGMENTATION_SCALES",
     "smoothgrad",
     "NOISE_KINDS",
     "gaussian_smoothed_saliency",

@@ -1,0 +1,136 @@
+"""Augmentation smoothing (test-time augmentation): average any attribution method over
+mirrored and rescaled copies of the input, each map mapped back onto the original.
+
+``augmentation_smoothing(method, flip=True, factors=(0.9, 1.0, 1.1))`` is a transform,
+like :func:`~fmi_jax.attribution.noise_tunnel`: it takes a method with the one
+signature of :mod:`fmi_jax.attribution` and returns another, which explains every
+augmented copy ``x_a = c * F(x)`` (``F`` the identity or the left-right mirror, ``c``
+a brightness factor) for the same class and averages the maps brought back,
+
+    A(x) = 1 / |augmentations| * sum_a F(method(x_a)),
+
+since mirroring is its own inverse. This is pytorch-grad-cam's ``aug_smooth=True``
+(its default augmentations, through the ``ttach`` package: the mirror and the factors
+0.9, 1 and 1.1, six copies), which "centres" a CAM on the object: evidence the model
+finds only on one side of it, or only at one brightness, is averaged down. A model
+that is itself mirror-symmetric gives the same map with or without the mirror.
+
+Scaling: the package min-max scales every copy's map to ``[0, 1]`` (its CAMs come out
+so) and averages those. ``scale='minmax'`` does the same (after a ReLU, as the
+package's CAMs have); ``scale='none'``, the default, averages the maps as they come,
+which keeps a signed method's signs and a map's units (a copy at factor 1.1 then
+weighs in with whatever its own scale is).
+
+Targets: ``target=None`` is resolved once, on the clean input, so every copy explains
+the class the model predicts for ``x``. Keys: copy ``a`` of example ``i`` gets
+``fold_in(key_i, a)``, so a stochastic method draws fresh noise per copy; a
+deterministic one may be given no key.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fmi_jax.attribution.core import (
+    Array,
+    Method,
+    Target,
+    as_input,
+    example_keys,
+    minmax_scale,
+    resolve_target,
+)
+from fmi_jax.attribution.handle import as_flax_model
+
+__all__ = ["AUGMENTATION_SCALES", "augmentation_smoothing"]
+
+#: How :func:`augmentation_smoothing` treats each copy's map before averaging.
+AUGMENTATION_SCALES = ("none", "minmax")
+
+
+def augmentation_smoothing(
+    method: Method,
+    *,
+    flip: bool = True,
+    factors: Sequence[float] = (0.9, 1.0, 1.1),
+    scale: str = "none",
+) -> Method:
+    """``method`` averaged over mirrored and brightness-scaled copies of each image
+    (module docstring).
+
+    Args:
+      method: an attribution method with the common signature (a CAM, saliency,
+        integrated gradients, ...) whose maps are images, ``(N, H, W)`` or
+        ``(N, H, W, C)``.
+      flip: also explain each image mirrored left to right.
+      factors: the brightness factors, positive numbers; ``(1.0,)`` for none.
+      scale: ``'none'`` averages the maps as they are; ``'minmax'`` scales each copy's
+        map, after a ReLU, to ``[0, 1]`` per image first, as pytorch-grad-cam does.
+
+    Returns:
+      ``augmented(model, x, target=None, *, key=None, **options)``; ``model``, ``key``
+      and every other option go to ``method`` for each copy. Maps are float32, shaped
+      as ``method``'s.
+    """
+    if not isinstance(flip, (bool, np.bool_)):
+        raise ValueError(f"augmentation_smoothing: flip must be True or False; got {flip!r}")
+    try:
+        factors = tuple(factors)
+    except TypeError:
+        raise ValueError(
+            f"augmentation_smoothing: factors must be a sequence of positive numbers; got "
+            f"{factors!r}"
+        ) from None
+    if not factors or not all(
+        isinstance(f, numbers.Real) and not isinstance(f, bool) and 0 < f < np.inf for f in factors
+    ):
+        raise ValueError(
+            f"augmentation_smoothing: factors must be one or more positive numbers; got {factors!r}"
+        )
+    if scale not in AUGMENTATION_SCALES:
+        raise ValueError(
+            f"augmentation_smoothing: scale must be one of {AUGMENTATION_SCALES}; got {scale!r}"
+        )
+    name = getattr(method, "__name__", "method")
+    copies = [
+        (mirror, float(f)) for mirror in ((False, True) if flip else (False,)) for f in factors
+    ]
+
+    def augmented(
+        model: Any, x: Array, target: Target = None, *, key: Array | None = None, **options: Any
+    ) -> Array:
+        x = as_input(x)
+        if x.ndim != 4:
+            raise ValueError(
+                f"augmentation_smoothing({name}) mirrors images: x must be (N, H, W, C); "
+                f"got shape {x.shape}"
+            )
+        # A (module, variables) pair is a CAM's shorthand for its handle, which the
+        # predicted class needs; every other model is called as it is.
+        predict = as_flax_model(model, name) if isinstance(model, tuple) else model
+        target = resolve_target(predict, x, target, batch_size=options.get("batch_size"))
+        keys = None if key is None else example_keys(key, x.shape[0])
+        total = None
+        for index, (mirror, factor) in enumerate(copies):
+            inputs = factor * (x[:, :, ::-1] if mirror else x)
+            copy_keys = (
+                None
+                if keys is None
+                else jax.vmap(lambda k, a=index: jax.random.fold_in(k, a))(keys)
+            )
+            maps = jnp.asarray(method(model, inputs, target, key=copy_keys, **options), jnp.float32)
+            if mirror:
+                maps = maps[:, :, ::-1]
+            if scale == "minmax":
+                maps = minmax_scale(jax.nn.relu(maps), tuple(range(1, maps.ndim)))
+            total = maps if total is None else total + maps
+        return total / len(copies)
+
+    augmented.__name__ = augmented.__qualname__ = f"augmentation_smoothing({name})"
+    return augmented
