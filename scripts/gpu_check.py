@@ -43,9 +43,9 @@ counts against the same ~15 minutes):
     evaluator; the benchmark one program per method.
   So: install 10 s; pytest 90 s (45 methods on each of two devices, compiled in a
   thread per core: the CPU side of 43 of them took 43 s on the 2-core CI machine; two
-  trainings); benchmark 150 s (8 methods x (compile + 5 timed repeats per side) + the training epoch + 16
-  memory probes of ~5 s); goals: ResNet 55 epochs x ~2 s + compiles ~130 s, CNN 40
-  x ~0.6 s + compiles ~45 s; studies ~60 s. The grids (6 ResNet trials of 15 epochs
+  trainings); benchmark 150 s (8 methods x (compile + 5 timed repeats per side) + the
+  training epoch + 16 memory probes of ~5 s); goals: ResNet 55 epochs x ~2 s +
+  compiles ~130 s, CNN 40 x ~0.6 s + compiles ~45 s; studies ~60 s. The grids (6 ResNet trials of 15 epochs
   and 24 CNN trials of 10, ~270 + ~200 s) get what remains.
 """
 
