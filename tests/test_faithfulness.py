@@ -957,6 +957,55 @@ def test_adcc_at_its_ends():
         F.coherency(lambda inputs, t, k: inputs[:1], x, 0, key)
 
 
+def test_arcc_is_the_harmonic_mean_of_coherency_complexity_and_the_road_gap():
+    """ARCC's parts from the library's own coherency and ROAD (keys ``fold_in(key_i,
+    1)``), combined in NumPy; a map that ranks the pixels backwards has a negative gap,
+    clipped to 0, and an ARCC of 0."""
+    x = testdata.uniform(jax.random.key(48), (4, 6, 6, 1))
+    w = testdata.normal(jax.random.key(49), (6, 6, 1))
+    fn = linear_model(w, bias=0.1)
+    key = jax.random.key(3)
+    fractions = (0.25, 0.5)
+    road_keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(key, i), 1) for i in range(4)])
+
+    def parts(x, sign):
+        explain = lambda inputs, t, k: sign * inputs * w
+        scaled = minmax_per_example((sign * x * w)[..., 0])
+        curves = [
+            F.road(fn, x, 0, scaled, road_keys, order=o, fractions=fractions)
+            for o in ("lerf", "morf")
+        ]
+        got = F.arcc(fn, explain, x, 0, key, fractions=fractions, batch_size=3)
+        return got, F.coherency(explain, x, 0, key), scaled, curves
+
+    run = jax.jit(parts)  # one program for both signs
+    for sign in (1.0, -1.0):
+        got, coherent, scaled, (lerf, morf) = run(x, jnp.float32(sign))
+        e = np.asarray(scaled, np.float64).reshape(4, -1)
+        gap = np.clip(np.asarray(lerf - morf, np.float64).mean(1), 0, 1)
+        np.testing.assert_allclose(got.road, gap, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got.coherency, coherent, rtol=1e-6)
+        np.testing.assert_allclose(got.complexity, e.mean(1), rtol=1e-5)
+        combined = np.stack([np.asarray(coherent), 1 - e.mean(1), gap])
+        safe = np.maximum(combined, 1e-30)
+        expected = np.where((combined > 0).all(0), 3 / (1 / safe).sum(0), 0)
+        np.testing.assert_allclose(got.arcc, expected, rtol=1e-5, atol=1e-7)
+        if sign > 0:
+            assert (gap > 0).all()
+        else:  # backwards: the least relevant by the map are the most by the model
+            assert (np.asarray(lerf - morf).mean(1) < 0).all()
+            np.testing.assert_array_equal(got.arcc, 0.0)
+    with pytest.raises(ValueError, match=r"arcc needs images \(N, H, W, C\)"):
+        F.arcc(fn, lambda i, t, k: i, jnp.ones((2, 36)), 0, key)
+
+
+def minmax_per_example(maps):
+    """Each map scaled to [0, 1] over its pixels (in float32, as the library does)."""
+    flat = maps.reshape(maps.shape[0], -1)
+    low, high = flat.min(1, keepdims=True), flat.max(1, keepdims=True)
+    return ((flat - low) / (high - low)).reshape(maps.shape)
+
+
 def test_confidence_metrics_at_their_ends():
     """A map of ones keeps the input (no drop, no gain, no increase); a constant map is
     scaled to 0 and leaves sigmoid(b); a target already at probability 1 has no room to

@@ -2,17 +2,16 @@
 insertion curves, pixel flipping, ROAD with noisy linear imputation, faithfulness
 correlation and estimate, sensitivity-n, monotonicity and its correlation,
 non-sensitivity, selectivity, IROF, the confidence on the explanation-masked input:
-Average Drop, Increase in Confidence, Average Gain, and ADCC with its coherency),
-robustness (infidelity, max- and
-average sensitivity, local Lipschitz estimate, continuity under translation, relative
-input, output and representation stability), sanity checks (parameter randomisation,
-its efficient variant, random logit, input invariance, SSIM), complexity (sparseness,
-entropy, effective complexity, discrete entropy), performance information curves (SIC
-and AIC), localisation against ground-truth masks (pointing game, relevance mass and
-rank accuracy, top-k intersection, ROC AUC, Focus on mosaics), consistency and
-sufficiency over a set of explanations, which examples to explain, and the adversarial
-robustness of the model itself (FGSM, PGD, the smallest perturbation that changes a
-prediction)."""
+Average Drop, Increase in Confidence, Average Gain; ADCC with its coherency, and
+ARCC), robustness (infidelity, max- and average sensitivity, local Lipschitz estimate,
+continuity under translation, relative input, output and representation stability),
+sanity checks (parameter randomisation, its efficient variant, random logit, input
+invariance, SSIM), complexity (sparseness, entropy, effective complexity, discrete
+entropy), performance information curves (SIC and AIC), localisation against
+ground-truth masks (pointing game, relevance mass and rank accuracy, top-k
+intersection, ROC AUC, Focus on mosaics), consistency and sufficiency over a set of
+explanations, which examples to explain, and the adversarial robustness of the model
+itself (FGSM, PGD, the smallest perturbation that changes a prediction)."""
 
 from fmi_jax.evaluation.adversarial import (
     ATTACK_NORMS,
@@ -33,12 +32,15 @@ from fmi_jax.evaluation.agreement import (
     topk_overlap,
 )
 from fmi_jax.evaluation.faithfulness import (
+    ARCC_FRACTIONS,
     DEFAULT_METRIC_BATCH,
     ROAD_FRACTIONS,
     SENSITIVITY_N_FRACTIONS,
     Adcc,
+    Arcc,
     adcc,
     aopc,
+    arcc,
     auc,
     average_drop,
     average_gain,
@@ -131,6 +133,9 @@ __all__ = [
     "SENSITIVITY_N_FRACTIONS",
     "Adcc",
     "adcc",
+    "ARCC_FRACTIONS",
+    "Arcc",
+    "arcc",
     "aggregate_pic",
     "aopc",
     "average_drop",

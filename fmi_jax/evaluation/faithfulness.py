@@ -176,6 +176,15 @@ shape of ``x``, and ``m`` pixels per step.
   key for ``x~`` as for ``x`` (so a stochastic method is compared under the same
   noise), and a constant map, whose correlation is undefined (NaN there), has
   coherency 0, and so an ADCC of 0.
+* ARCC (Domeniconi, Stramiglio, Lombardi & Salti, "How to evaluate and refine your
+  CAM", 2026, arXiv:2605.14641; pytorch-grad-cam's ``ARCC``): ADCC with ROAD in place
+  of the Average Drop, ``ARCC = 3 / (1 / coherency + 1 / (1 - complexity) + 1 / R)``
+  with ``R = clip(mean_f (p_LeRF(f) - p_MoRF(f)), 0, 1)``, the target's probability
+  after removing the least relevant fraction ``f`` of the pixels minus after removing
+  the most relevant, averaged over ``f`` in 0.2, 0.4, 0.6, 0.8 (:func:`road`, whose
+  noisy linear imputation fills the holes). The package writes ``R`` as twice its
+  ``ROADCombined`` (half that difference) and adds 1e-8 to each of the three
+  denominators; here, as for ADCC, a part at 0 gives 0.
 * Sparseness (Chalasani, Chen, Chowdhury, Wu & Jha, "Concise explanations of neural
   networks using adversarial training", ICML 2020, arXiv:1810.06583; Quantus'
   ``Sparseness``): the Gini index (Hurley & Rickard 2009) of the absolute attributions
@@ -244,9 +253,12 @@ __all__ = [
     "DEFAULT_METRIC_BATCH",
     "ROAD_FRACTIONS",
     "Adcc",
+    "Arcc",
+    "ARCC_FRACTIONS",
     "SENSITIVITY_N_FRACTIONS",
     "adcc",
     "aopc",
+    "arcc",
     "auc",
     "average_drop",
     "average_gain",
@@ -1736,10 +1748,86 @@ def adcc(
         fn, x, target, scaled.reshape(per_pixel), scale="none", batch_size=batch_size
     )
     kept = scaled.mean(axis=1)
-    parts = jnp.stack([coherent, 1.0 - kept, 1.0 - drop])
-    positive = jnp.all(parts > 0, axis=0)
-    mean = 3.0 / jnp.sum(1.0 / jnp.where(positive, parts, 1.0), axis=0)
-    return Adcc(jnp.where(positive, mean, 0.0), drop, coherent, kept)
+    return Adcc(_harmonic_mean([coherent, 1.0 - kept, 1.0 - drop]), drop, coherent, kept)
+
+
+#: The fractions of the pixels :func:`arcc` removes, by ROAD, in each order.
+ARCC_FRACTIONS = (0.2, 0.4, 0.6, 0.8)
+
+
+class Arcc(NamedTuple):
+    """ARCC and its three parts, ``(N,)`` float32 each (module docstring)."""
+
+    arcc: Array
+    road: Array
+    coherency: Array
+    complexity: Array
+
+
+def _harmonic_mean(parts: Sequence[Array]) -> Array:
+    """The harmonic mean of per-example scores in ``[0, 1]``, 0 where any is 0 or below."""
+    stacked = jnp.stack(parts)
+    positive = jnp.all(stacked > 0, axis=0)
+    mean = len(parts) / jnp.sum(1.0 / jnp.where(positive, stacked, 1.0), axis=0)
+    return jnp.where(positive, mean, 0.0)
+
+
+def arcc(
+    fn: ModelFn,
+    explain: Callable[[Array, Array, Array], Array],
+    x: Array,
+    target: Target,
+    key: Array,
+    *,
+    attributions: Array | None = None,
+    fractions: Sequence[float] = ARCC_FRACTIONS,
+    noise: float = DEFAULT_IMPUTATION_NOISE,
+    scale: str = "minmax",
+    batch_size: int | None = None,
+) -> Arcc:
+    """ARCC of every example's map, the harmonic mean of its coherency, ``1 -`` its
+    complexity and its ROAD gap between least- and most-relevant-first removal (module
+    docstring); high is good.
+
+    Args:
+      fn: model function, batch -> logits ``(N, classes)``.
+      explain, x, target, attributions, scale: as in :func:`coherency`; ``x`` images.
+      key: a PRNG key, or one per example: the explainer gets it as in
+        :func:`coherency`, ROAD ``fold_in(key_i, 1)`` (its tied pixels' order and its
+        imputation noise).
+      fractions: the fractions of the pixels removed in each order.
+      noise: the imputation noise, as in :func:`road`.
+      batch_size: examples per call of ``explain``, and (example, fraction) pairs per
+        forward pass.
+
+    Returns:
+      :class:`Arcc` of float32 ``(N,)`` arrays: ``arcc`` and its three parts.
+    """
+    target, scaled, coherent = _coherency_parts(
+        explain, x, target, key, attributions, fn, scale, batch_size, "arcc"
+    )
+    x = as_input(x)
+    if x.ndim != 4:
+        raise ValueError(f"arcc needs images (N, H, W, C), got input shape {x.shape}")
+    road_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(example_keys(key, x.shape[0]))
+    maps = scaled.reshape(x.shape[:-1])
+    curves = {
+        order: road(
+            fn,
+            x,
+            target,
+            maps,
+            road_keys,
+            order=order,
+            fractions=fractions,
+            noise=noise,
+            batch_size=batch_size,
+        )
+        for order in ("lerf", "morf")
+    }
+    gap = jnp.clip(jnp.mean(curves["lerf"] - curves["morf"], axis=1), 0.0, 1.0)
+    kept = scaled.mean(axis=1)
+    return Arcc(_harmonic_mean([coherent, 1.0 - kept, gap]), gap, coherent, kept)
 
 
 def aopc(curve: Array) -> Array:
