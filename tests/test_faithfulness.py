@@ -922,10 +922,18 @@ def test_adcc_of_input_times_gradient_on_a_linear_model():
     maps = x * w
     again = F.coherency(explain, x, 0, key, attributions=maps)
     np.testing.assert_allclose(again, got.coherency, rtol=1e-6)
-    predicted = np.where((x64 * w64).reshape(5, -1).sum(1) + 0.2 > 0, 0, 1)
-    np.testing.assert_allclose(
-        F.coherency(explain, x, None, key, fn=fn), F.coherency(explain, x, predicted, key)
-    )
+    # target=None is the predicted class: an explainer whose map depends on the class
+    # (class 1 scores the negative sum here) shows which one it got.
+    # A bias between two of the scores makes both classes predicted.
+    scores = (x64 * w64).reshape(5, -1).sum(1)
+    bias = -np.sort(scores)[1:3].mean()
+    split = linear_model(w, bias=float(bias))
+    predicted = np.where(scores + bias > 0, 0, 1)
+    assert 0 < predicted.sum() < 5
+    by_class = lambda inputs, t, k: jnp.where(t == 0, 1.0, -1.0)[:, None, None, None] * inputs * w
+    got = F.coherency(by_class, x, None, key, fn=split)
+    np.testing.assert_allclose(got, F.coherency(by_class, x, predicted, key), rtol=1e-6)
+    assert not np.allclose(got, F.coherency(by_class, x, 0, key))
     with pytest.raises(ValueError, match="coherency needs explicit targets or fn="):
         F.coherency(explain, x, None, key)
 
@@ -953,6 +961,28 @@ def test_adcc_at_its_ends():
     np.testing.assert_array_equal(constant.adcc, 0.0)
     with pytest.raises(ValueError, match="adcc: scale must be one of"):
         F.adcc(fn, fixed, x, 0, key, scale="max")
+
+    # Refused before anything is explained: a class the model lacks, a map that is not
+    # a mask under scale='none'.
+    def never(inputs, t, k):
+        raise AssertionError("explained")
+
+    with pytest.raises(ValueError, match="target out of range"):
+        F.adcc(fn, never, x, 5, key)
+    with pytest.raises(ValueError, match=r"scale='none' the maps must lie in \[0, 1\]"):
+        F.adcc(fn, fixed, x, 0, key, scale="none")
+    np.testing.assert_array_equal(
+        F.adcc(fn, fixed, x, 0, key, scale="none", attributions=jnp.full(x.shape, 0.5)).complexity,
+        0.5,
+    )
+    # A CAM explainer's one-channel maps fit colour images, here and in the drop.
+    rgb = jnp.repeat(x, 3, axis=-1)
+    rgb_fn = linear_model(jnp.ones((4, 4, 3)))
+    one_channel = pattern[..., :1]
+    np.testing.assert_allclose(
+        F.average_drop(rgb_fn, rgb, 0, one_channel),
+        F.average_drop(rgb_fn, rgb, 0, one_channel[..., 0]),
+    )
     with pytest.raises(ValueError, match="explain must return maps"):
         F.coherency(lambda inputs, t, k: inputs[:1], x, 0, key)
 

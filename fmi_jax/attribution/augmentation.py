@@ -21,10 +21,17 @@ package's CAMs have); ``scale='none'``, the default, averages the maps as they c
 which keeps a signed method's signs and a map's units (a copy at factor 1.1 then
 weighs in with whatever its own scale is).
 
+Options tied to the input are transformed with it: a ``baseline`` (a number or an
+array of images) becomes ``c * F(baseline)``, and a ``feature_mask`` of pixel groups
+is mirrored with the image, so integrated gradients of a copy runs from the copy of
+its baseline and a group of pixels stays the same pixels. Every other option is passed
+on unchanged.
+
 Targets: ``target=None`` is resolved once, on the clean input, so every copy explains
-the class the model predicts for ``x``. Keys: copy ``a`` of example ``i`` gets
-``fold_in(key_i, a)``, so a stochastic method draws fresh noise per copy; a
-deterministic one may be given no key.
+the class the model predicts for ``x``. Keys: with one key, copy ``a`` gets
+``fold_in(key, a)`` (and the method splits it per example as it always does); with one
+key per example, copy ``a`` of example ``i`` gets ``fold_in(key_i, a)``. A stochastic
+method thus draws fresh noise per copy; a deterministic one may be given no key.
 """
 
 from __future__ import annotations
@@ -36,13 +43,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from fmi_jax.attribution.core import (
     Array,
     Method,
     Target,
     as_input,
-    example_keys,
     minmax_scale,
     resolve_target,
 )
@@ -52,6 +59,15 @@ __all__ = ["AUGMENTATION_SCALES", "augmentation_smoothing"]
 
 #: How :func:`augmentation_smoothing` treats each copy's map before averaging.
 AUGMENTATION_SCALES = ("none", "minmax")
+
+
+def _mirrored(value: Any, mirror: bool) -> Any:
+    """An image-shaped option mirrored left to right (its width is its second-to-last
+    axis: ``(N, H, W, C)`` or ``(H, W, C)``); numbers and anything smaller as given."""
+    array = jnp.asarray(value)
+    if not mirror or array.ndim < 3:
+        return array
+    return jnp.flip(array, axis=array.ndim - 2)
 
 
 def augmentation_smoothing(
@@ -111,20 +127,24 @@ def augmentation_smoothing(
                 f"augmentation_smoothing({name}) mirrors images: x must be (N, H, W, C); "
                 f"got shape {x.shape}"
             )
-        # A (module, variables) pair is a CAM's shorthand for its handle, which the
-        # predicted class needs; every other model is called as it is.
-        predict = as_flax_model(model, name) if isinstance(model, tuple) else model
-        target = resolve_target(predict, x, target, batch_size=options.get("batch_size"))
-        keys = None if key is None else example_keys(key, x.shape[0])
+        # A Flax model (a (module, variables) pair or an NNX module) becomes its handle
+        # once: the predicted class and every copy's method share it.
+        if isinstance(model, (tuple, nnx.Module)):
+            model = as_flax_model(model, name)
+        target = resolve_target(model, x, target, batch_size=options.get("batch_size"))
+        keys = None if key is None else jnp.asarray(key)
         total = None
         for index, (mirror, factor) in enumerate(copies):
             inputs = factor * (x[:, :, ::-1] if mirror else x)
-            copy_keys = (
-                None
-                if keys is None
-                else jax.vmap(lambda k, a=index: jax.random.fold_in(k, a))(keys)
-            )
-            maps = jnp.asarray(method(model, inputs, target, key=copy_keys, **options), jnp.float32)
+            copy_options = dict(options)
+            if "baseline" in options and options["baseline"] is not None:
+                copy_options["baseline"] = factor * _mirrored(options["baseline"], mirror)
+            if "feature_mask" in options and options["feature_mask"] is not None:
+                copy_options["feature_mask"] = _mirrored(options["feature_mask"], mirror)
+            if keys is not None:
+                fold = lambda k, a=index: jax.random.fold_in(k, a)
+                copy_options["key"] = fold(keys) if keys.ndim == 0 else jax.vmap(fold)(keys)
+            maps = jnp.asarray(method(model, inputs, target, **copy_options), jnp.float32)
             if mirror:
                 maps = maps[:, :, ::-1]
             if scale == "minmax":

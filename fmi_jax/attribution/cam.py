@@ -172,6 +172,7 @@ from fmi_jax.attribution.core import (
     Target,
     as_count,
     as_input,
+    as_target,
     minmax_scale,
     refuse_baseline,
     resolve_target,
@@ -654,12 +655,18 @@ def finer_references(
     if logits.ndim != 2:
         raise ValueError(f"finer_references: logits must be (N, classes); got {logits.shape}")
     ranks = _as_ranks(reference_ranks, logits.shape[1])
-    target = jnp.asarray(target, jnp.int32).reshape(-1)
+    target = as_target(target, logits.shape[0], logits.shape[1])
     own = select_target(logits, target)
     distance = jnp.abs(logits - own[:, None])
     is_target = jnp.arange(logits.shape[1]) == target[:, None]
     order = jnp.argsort(jnp.where(is_target, -1.0, distance), axis=1, stable=True)
     return order[:, list(ranks)].astype(jnp.int32)
+
+
+def _check_finite_number(value: Any, name: str, method: str) -> None:
+    """A one-line ValueError unless ``value`` is a real, finite, non-bool number."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+        raise ValueError(f"{method}: {name} must be a finite number; got {value!r}")
 
 
 def _as_ranks(reference_ranks: Any, classes: int) -> tuple[int, ...]:
@@ -723,8 +730,7 @@ def finer_cam(
     refuse_baseline(baseline, "finer_cam")
     if base not in FINER_BASES:
         raise ValueError(f"finer_cam: base must be one of {FINER_BASES}; got {base!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not np.isfinite(alpha):
-        raise ValueError(f"finer_cam: alpha must be a finite number; got {alpha!r}")
+    _check_finite_number(alpha, "alpha", "finer_cam")
     handle, x, _ = layer_call(model, x, layer, "finer_cam", batch_size)
     logits = sum_over_samples(
         lambda example, _: handle(x[example]).astype(jnp.float32),
@@ -851,8 +857,7 @@ def fem(
     """
     del key
     refuse_baseline(baseline, "fem")
-    if isinstance(k, bool) or not isinstance(k, numbers.Real) or not np.isfinite(k):
-        raise ValueError(f"fem: k must be a finite number; got {k!r}")
+    _check_finite_number(k, "k", "fem")
     handle, x, (n, _, _, _) = layer_call(model, x, layer, "fem", batch_size)
     if target is not None:
         resolve_target(handle, x, target)  # a bad target is refused, as everywhere
@@ -887,8 +892,8 @@ def across_layers(method: Method, layers: Sequence[str], *, combine: str = "mean
     call of ``method``.
 
     Args:
-      method: a CAM, any function of :data:`CAM_METHODS` (it takes ``layer`` and
-        ``upsample``).
+      method: a CAM, any function of :data:`CAM_METHODS`, or a transform of one such
+        as ``augmentation_smoothing(grad_cam)`` (it is called with ``layer=``).
       layers: one or more distinct layer names (see :func:`layer_names`).
       combine: one of :data:`LAYER_COMBINATIONS`.
 
@@ -896,11 +901,14 @@ def across_layers(method: Method, layers: Sequence[str], *, combine: str = "mean
       The method; its maps are ``(N, H, W)`` float32 in ``[0, 1]``.
     """
     name = getattr(method, "__name__", repr(method))
+    if not callable(method):
+        raise ValueError(f"across_layers: method must be a CAM method; got {method!r}")
     parameters = inspect.signature(method).parameters
-    if "layer" not in parameters or "upsample" not in parameters:
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    if "layer" not in parameters and not takes_any:
         raise ValueError(
-            f"across_layers: {name} takes no layer= and upsample=; pass a CAM method "
-            f"({', '.join(CAM_METHODS)})"
+            f"across_layers: {name} takes no layer=; pass a CAM method "
+            f"({', '.join(CAM_METHODS)}) or a transform of one"
         )
     if isinstance(layers, str):
         layers = (layers,)
@@ -924,9 +932,12 @@ def across_layers(method: Method, layers: Sequence[str], *, combine: str = "mean
         batch_size: int | None = None,
         **options: Any,
     ) -> Array:
-        for taken in ("layer", "upsample"):
-            if taken in options:
-                raise ValueError(f"across_layers({name}) sets {taken}= itself; leave it out")
+        if "layer" in options:
+            raise ValueError(f"across_layers({name}) sets layer= itself; leave it out")
+        if options.get("upsample") is False:
+            raise ValueError(
+                f"across_layers({name}) combines maps at the input's size; leave out upsample=False"
+            )
         handle = as_flax_model(model, name)
         x = as_input(x)
         for layer in layers:

@@ -184,7 +184,10 @@ shape of ``x``, and ``m`` pixels per step.
   the most relevant, averaged over ``f`` in 0.2, 0.4, 0.6, 0.8 (:func:`road`, whose
   noisy linear imputation fills the holes). The package writes ``R`` as twice its
   ``ROADCombined`` (half that difference) and adds 1e-8 to each of the three
-  denominators; here, as for ADCC, a part at 0 gives 0.
+  denominators, and to the Pearson correlation's (so a constant map has coherency 0.5
+  there); here, as for ADCC, a constant map has coherency 0 and a part at 0 gives 0.
+  The complexity of ADCC and ARCC is the mean of ``E``, not the entropy
+  :func:`complexity` computes.
 * Sparseness (Chalasani, Chen, Chowdhury, Wu & Jha, "Concise explanations of neural
   networks using adversarial training", ICML 2020, arXiv:1810.06583; Quantus'
   ``Sparseness``): the Gini index (Hurley & Rickard 2009) of the absolute attributions
@@ -219,6 +222,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import operator
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -300,12 +304,15 @@ def _pixel_relevance(x: Array, attributions: Any) -> tuple[Array, tuple[int, ...
     broadcasts against one example of ``x`` (a trailing 1 for the channels of images)."""
     attributions = jnp.asarray(attributions, jnp.float32)
     if x.ndim == 4:
-        if attributions.shape == x.shape:
+        if attributions.shape == x.shape[:-1] + (1,):  # one channel: a CAM explainer's
+            attributions = attributions[..., 0]
+        elif attributions.shape == x.shape:
             attributions = attributions.sum(-1)
         elif attributions.shape != x.shape[:-1]:
             raise ValueError(
                 f"attributions of shape {attributions.shape} do not fit images of shape "
-                f"{x.shape}: give one map per image, {x.shape} or per pixel {x.shape[:-1]}"
+                f"{x.shape}: give one map per image, {x.shape}, {x.shape[:-1] + (1,)} or "
+                f"per pixel {x.shape[:-1]}"
             )
         mask_shape = x.shape[1:-1] + (1,)
     else:
@@ -1617,7 +1624,8 @@ average_gain = _confidence_metric(
 
 
 class Adcc(NamedTuple):
-    """ADCC and its three parts, ``(N,)`` float32 each (module docstring)."""
+    """ADCC and its three parts, ``(N,)`` float32 each (module docstring); its
+    ``complexity`` is the mean of the scaled map, not :func:`complexity`'s entropy."""
 
     adcc: Array
     average_drop: Array
@@ -1625,17 +1633,20 @@ class Adcc(NamedTuple):
     complexity: Array
 
 
-def _scaled_pixels(x: Array, maps: Any, scale: str, name: str) -> Array:
-    """``E``: each example's pixel relevance ``(N, P)``, min-max scaled with
-    ``scale='minmax'``. Maps with one channel fit images with any number (a CAM
-    explainer's ``(N, H, W, 1)``)."""
-    if scale not in _MASK_SCALES:
-        raise ValueError(f"{name}: scale must be one of {_MASK_SCALES}; got {scale!r}")
-    maps = jnp.asarray(maps, jnp.float32)
-    if x.ndim == 4 and maps.shape == x.shape[:-1] + (1,):
-        maps = maps[..., 0]
+def _scaled_pixels(x: Array, maps: Any, scale: str, name: str) -> tuple[Array, Array]:
+    """``(relevance, E)``: each example's pixel relevance ``(N, P)``, and ``E``, that
+    relevance min-max scaled with ``scale='minmax'`` or, with ``'none'``, as it is (a
+    concrete map outside ``[0, 1]`` is refused: it would not be a mask)."""
     relevance, _ = _pixel_relevance(x, maps)
-    return minmax_scale(relevance, 1) if scale == "minmax" else relevance
+    if scale == "minmax":
+        return relevance, minmax_scale(relevance, 1)
+    concrete = not isinstance(relevance, jax.core.Tracer)
+    if concrete and not bool(jnp.all((relevance >= 0) & (relevance <= 1))):
+        raise ValueError(
+            f"{name}: with scale='none' the maps must lie in [0, 1] (they are the masks); "
+            "got values outside it: use scale='minmax'"
+        )
+    return relevance, relevance
 
 
 def _coherency_parts(
@@ -1649,16 +1660,18 @@ def _coherency_parts(
     batch_size: int | None,
     name: str,
 ) -> tuple[Array, Array, Array]:
-    """``(target, E, coherency)`` for :func:`coherency` and :func:`adcc`."""
+    """``(target, E, coherency)`` for :func:`coherency`, :func:`adcc` and :func:`arcc`,
+    with every argument checked before ``explain`` runs."""
+    if scale not in _MASK_SCALES:
+        raise ValueError(f"{name}: scale must be one of {_MASK_SCALES}; got {scale!r}")
     x = as_input(x)
     num_examples = x.shape[0]
-    if target is None:
-        if fn is None:
-            raise ValueError(
-                f"{name} needs explicit targets or fn= to resolve target=None to the "
-                "predicted class"
-            )
-        target = resolve_target(fn, x, None, batch_size=batch_size)
+    if target is None and fn is None:
+        raise ValueError(
+            f"{name} needs explicit targets or fn= to resolve target=None to the predicted class"
+        )
+    if fn is not None:  # the predicted class, or the given ones checked against fn's
+        target = resolve_target(fn, x, target, batch_size=batch_size)
     else:
         target = as_target(target, num_examples)
     keys = example_keys(require_key(key, name), num_examples)
@@ -1672,11 +1685,11 @@ def _coherency_parts(
 
     if attributions is None:
         attributions = explained(x)
-    scaled = _scaled_pixels(x, attributions, scale, name)
+    relevance, scaled = _scaled_pixels(x, attributions, scale, name)
     mask_shape = x.shape[1:-1] + (1,) if x.ndim == 4 else x.shape[1:]
     masked = x * scaled.reshape((num_examples,) + mask_shape)
-    again = _scaled_pixels(x, explained(masked), "none", name)
-    r = pearson(_scaled_pixels(x, attributions, "none", name), again)
+    again, _ = _pixel_relevance(x, explained(masked))
+    r = pearson(relevance, again)
     return target, scaled, jnp.where(jnp.isnan(r), 0.0, (r + 1.0) / 2.0)
 
 
@@ -1706,7 +1719,7 @@ def coherency(
       attributions: the maps of ``x`` when already computed; ``None`` runs ``explain``.
       fn: the model, only needed for ``target=None``.
       scale: ``'minmax'`` scales each map to ``[0, 1]`` before masking; ``'none'``
-        multiplies by the map as it is.
+        multiplies by the map as it is, which must then lie in ``[0, 1]``.
       batch_size: examples per call of ``explain``; ``None`` explains all at once.
 
     Returns:
@@ -1756,7 +1769,8 @@ ARCC_FRACTIONS = (0.2, 0.4, 0.6, 0.8)
 
 
 class Arcc(NamedTuple):
-    """ARCC and its three parts, ``(N,)`` float32 each (module docstring)."""
+    """ARCC and its three parts, ``(N,)`` float32 each (module docstring); its
+    ``complexity`` is the mean of the scaled map, as ADCC's."""
 
     arcc: Array
     road: Array
@@ -1803,12 +1817,15 @@ def arcc(
     Returns:
       :class:`Arcc` of float32 ``(N,)`` arrays: ``arcc`` and its three parts.
     """
-    target, scaled, coherent = _coherency_parts(
-        explain, x, target, key, attributions, fn, scale, batch_size, "arcc"
-    )
     x = as_input(x)
     if x.ndim != 4:
         raise ValueError(f"arcc needs images (N, H, W, C), got input shape {x.shape}")
+    fractions = _as_fractions(fractions)
+    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not 0 <= noise < np.inf:
+        raise ValueError(f"arcc: noise must be a finite number >= 0, got {noise!r}")
+    target, scaled, coherent = _coherency_parts(
+        explain, x, target, key, attributions, fn, scale, batch_size, "arcc"
+    )
     road_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(example_keys(key, x.shape[0]))
     maps = scaled.reshape(x.shape[:-1])
     curves = {

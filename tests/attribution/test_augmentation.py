@@ -53,22 +53,63 @@ def test_minmax_scales_every_copy_and_target_none_is_the_clean_prediction():
 
 
 def test_a_stochastic_method_gets_a_key_per_copy():
-    """Copy ``a`` of example ``i`` draws with ``fold_in(key_i, a)``: a method that returns
-    its own noise shows the keys (mirrored back where the copy was mirrored)."""
+    """One key: copy ``a`` gets ``fold_in(key, a)`` and the method folds in the example;
+    one key per example: copy ``a`` of example ``i`` gets ``fold_in(key_i, a)``. A
+    method that returns its own noise shows the keys (mirrored back where the copy was
+    mirrored)."""
     x = testdata.uniform(jax.random.key(63), (2, 5, 6, 2))
 
     def noise(fn, x, target=None, *, key=None):
-        return jax.vmap(lambda k: jax.random.normal(k, x.shape[1:]))(key)
+        keys = key if key.ndim else jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(2))
+        return jax.vmap(lambda k: jax.random.normal(k, x.shape[1:]))(keys)
 
-    key = jax.random.key(7)
-    got = A.augmentation_smoothing(noise, factors=(1.0, 2.0))(linear, x, 0, key=key)
-    keys = [jax.random.fold_in(key, i) for i in range(2)]  # example i: fold_in(key, i)
-    expected = []
-    for k in keys:
-        draws = [jax.random.normal(jax.random.fold_in(k, a), x.shape[1:]) for a in range(4)]
+    def expected(copy_key):
+        draws = [jax.random.normal(copy_key(a), x.shape[1:]) for a in range(4)]
         draws[2], draws[3] = draws[2][:, ::-1], draws[3][:, ::-1]
-        expected.append(np.mean(draws, axis=0))
-    np.testing.assert_allclose(got, np.stack(expected), rtol=1e-6)
+        return np.mean(draws, axis=0)
+
+    smoothed = A.augmentation_smoothing(noise, factors=(1.0, 2.0))
+    key = jax.random.key(7)
+    single = smoothed(linear, x, 0, key=key)
+    fold = jax.random.fold_in
+    want = [expected(lambda a, i=i: fold(fold(key, a), i)) for i in range(2)]
+    np.testing.assert_allclose(single, np.stack(want), rtol=1e-6)
+    keys = jax.random.split(key, 2)
+    batched = smoothed(linear, x, 0, key=keys)
+    want = [expected(lambda a, i=i: fold(keys[i], a)) for i in range(2)]
+    np.testing.assert_allclose(batched, np.stack(want), rtol=1e-6)
+    # A method that takes one key only gets one.
+    permuted = A.augmentation_smoothing(A.feature_permutation, flip=False, factors=(1.0,))
+    mask = np.arange(30).reshape(5, 6, 1) // 2
+    np.testing.assert_allclose(
+        permuted(linear, x, 0, key=key, feature_mask=mask),
+        A.feature_permutation(linear, x, 0, key=fold(key, 0), feature_mask=mask),
+        rtol=1e-6,
+    )
+
+
+def test_baselines_and_feature_masks_follow_the_copies():
+    """Integrated gradients of a linear model is ``(x - b) W``: copy ``c F(x)`` with
+    baseline ``c F(b)`` gives ``c F(x - b) W``, mirrored back ``c (x - b) F(W)``; the
+    average is ``(x - b) (W + F(W)) / 2``. A feature mask mirrored with the image keeps
+    each group on the same pixels: ablating groups of a linear model, the
+    map is the group's contribution wherever the mask puts it."""
+    x = testdata.uniform(jax.random.key(64), (3, 5, 6, 2))
+    b = testdata.uniform(jax.random.key(65), (3, 5, 6, 2)) * 0.3
+    smoothed = A.augmentation_smoothing(A.integrated_gradients)
+    got = smoothed(linear, x, 0, baseline=b, steps=4)
+    expected = np.asarray(x - b) * (W + W[:, ::-1]) / 2
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    rows, cols = np.mgrid[:5, :6]
+    mask = ((rows + cols) // 2)[..., None]  # diagonal bands: mirroring moves them
+    assert not all(len(set(mask[:, ::-1][mask == g])) == 1 for g in np.unique(mask))
+    ablated = A.augmentation_smoothing(A.feature_ablation, factors=(1.0,))
+    got = ablated(linear, x, 0, feature_mask=mask)
+    # The mirrored copy's groups, mirrored back, are the same pixels, scored with F(W):
+    # every pixel gets its group's total of x (W + F(W)) / 2.
+    share = (np.asarray(x, np.float64) * (W + W[:, ::-1]) / 2).sum(-1)  # (3, 5, 6)
+    totals = np.stack([np.bincount(mask.ravel(), s.ravel()) for s in share])
+    np.testing.assert_allclose(got[..., 0], totals[:, mask[..., 0]], rtol=1e-4, atol=1e-5)
 
 
 def test_bad_augmentations_are_one_line_errors():

@@ -859,6 +859,10 @@ def test_bad_finer_cam_options_are_one_line_errors(small_cnn):
             A.finer_cam(handle, x, layer="conv2", reference_ranks=ranks)
     with pytest.raises(ValueError, match="logits must be"):
         A.finer_references(np.zeros(3), [0])
+    logits = np.zeros((2, 10), np.float32)
+    for target in ([0.9, 1.7], [7, 10], [0, 1, 2]):
+        with pytest.raises(ValueError, match="target"):
+            A.finer_references(logits, target)
 
 
 def test_across_layers_scales_each_layer_and_averages_or_multiplies(small_cnn):
@@ -884,19 +888,45 @@ def test_across_layers_scales_each_layer_and_averages_or_multiplies(small_cnn):
     np.testing.assert_allclose(run["mean"], np.mean(scaled, axis=0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(run["product"], np.prod(scaled, axis=0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(run["one"], scaled[1], rtol=1e-5, atol=1e-6)
-    # target=None is the predicted class for every layer; options reach the method.
+    # target=None is the predicted class for every layer, and options reach the method:
+    # Finer-CAM's alpha, against its per-layer maps built here (the tuple shorthand).
     predicted = jnp.argmax(handle(x), axis=1)
     finer = A.across_layers(A.finer_cam, ("conv2", "conv3"))
+    per_layer = [
+        np.asarray(A.finer_cam(handle, x, predicted, layer=name, alpha=0.5))
+        for name in ("conv2", "conv3")
+    ]
+    by_hand = np.mean(
+        [(m - m.min((1, 2), keepdims=True)) / np.ptp(m, (1, 2), keepdims=True) for m in per_layer],
+        axis=0,
+    )
+    got = finer((model, variables), x, alpha=0.5)
+    np.testing.assert_allclose(got, by_hand, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(finer(handle, x, alpha=1.0), got, atol=1e-3)
+
+
+def test_across_layers_composes_with_augmentation_smoothing(small_cnn):
+    """A transform of a CAM (keyword options) is a CAM to across_layers: with one
+    brightness and no mirror, augmentation smoothing is the CAM itself."""
+    model, variables, x = small_cnn
+    handle = A.flax_model(model, variables)
+    plain = A.augmentation_smoothing(A.grad_cam, flip=False, factors=(1.0,))
     np.testing.assert_allclose(
-        finer(handle, x, alpha=0.5), finer(handle, x, predicted, alpha=0.5), rtol=1e-6
+        A.across_layers(plain, ("conv2", "conv3"))(handle, x),
+        A.across_layers(A.grad_cam, ("conv2", "conv3"))(handle, x),
+        rtol=1e-6,
     )
 
 
 def test_bad_across_layers_arguments_are_one_line_errors(small_cnn):
     model, variables, x = small_cnn
     handle = A.flax_model(model, variables)
-    with pytest.raises(ValueError, match="saliency takes no layer= and upsample="):
+    with pytest.raises(ValueError, match="saliency takes no layer="):
         A.across_layers(A.saliency, ["conv2"])
+    with pytest.raises(ValueError, match="method must be a CAM method"):
+        A.across_layers("grad_cam", ["conv2"])
+    with pytest.raises(ValueError, match="leave out upsample=False"):
+        A.across_layers(A.grad_cam, ["conv2"])(handle, x, upsample=False)
     for layers in ((), ("conv2", "conv2"), (2,)):
         with pytest.raises(ValueError, match="layers must be"):
             A.across_layers(A.grad_cam, layers)

@@ -556,3 +556,22 @@ def test_grad_cam_of_a_remat_layer_equals_grad_cam_without_remat(x):
     remat = flax_model(LinenRemat(remat=True), variables)
     for layer in ("conv1", "block/conv"):
         close(A.grad_cam(remat, x, 1, layer=layer), A.grad_cam(plain, x, 1, layer=layer))
+
+
+def test_the_cam_transforms_take_an_nnx_module(nnx_module, linen_handle, x):
+    """across_layers and augmentation_smoothing over a CAM accept an NNX module built
+    in training mode, as the CAMs do, and give its Linen twin's maps."""
+    transforms = {
+        "across_layers": A.across_layers(A.grad_cam, ("conv1", "conv2")),
+        "augmentation_smoothing": lambda model, x, t: A.augmentation_smoothing(
+            A.grad_cam, factors=(1.0,)
+        )(model, x, t, layer="conv2"),
+    }
+    for name, transform in transforms.items():
+        np.testing.assert_allclose(
+            transform(nnx_module, x, None),
+            transform(linen_handle, x, None),
+            rtol=1e-5,
+            atol=1e-6,
+            err_msg=name,
+        )
