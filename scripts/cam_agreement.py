@@ -23,12 +23,13 @@ returns them (the largest absolute difference and the relative L2 error):
   scale='minmax')``.
 * FullGrad (every convolution and batch norm; the package scales each channel of each
   term separately, fmi_jax's ``normalize='channel'``).
-* Eigen-Grad-CAM and KPCA-CAM (sigmoid and RBF kernels): the package's projection
-  functions (``get_2d_projection``, ``get_2d_projection_kernel``, scikit-learn's
-  ``KernelPCA``) on fmi_jax's own activations and gradients, against fmi_jax's
-  projections before the ReLU, so that the sign each side picks can be counted: the
-  number of images where the package's map is fmi_jax's, where it is its negative, and
-  the largest difference after aligning the sign.
+* Eigen-Grad-CAM, Grad-CAM's ``eigen_smooth`` and KPCA-CAM (sigmoid and RBF kernels):
+  the package's projection functions (``get_2d_projection``,
+  ``get_2d_projection_kernel``, scikit-learn's ``KernelPCA``) on fmi_jax's own
+  activations and gradients, against fmi_jax's projections before the ReLU, so that
+  the sign each side picks can be counted: the number of images where the package's
+  map is fmi_jax's, where it is its negative, and the largest difference after
+  aligning the sign.
 * ``average_drop`` and ``increase_in_confidence`` against the package's
   ``DropInConfidence`` and ``IncreaseInConfidence`` (with
   ``ClassifierOutputSoftmaxTarget``) on the same min-max scaled Grad-CAM maps; the
@@ -336,6 +337,11 @@ def main():
             svd.get_2d_projection(nchw(activation * gradient)),
         ),
         (
+            "grad_cam (eigen_smooth)",
+            attribution.grad_cam(handle, x, t, eigen_smooth=True, **raw),
+            svd.get_2d_projection(nchw(activation * gradient.mean(axis=(1, 2), keepdims=True))),
+        ),
+        (
             "kpca_cam (sigmoid)",
             attribution.kpca_cam(handle, x, **raw),
             svd.get_2d_projection_kernel(nchw(activation), "sigmoid"),
@@ -362,6 +368,23 @@ def main():
             f"| {label} | {row['same_sign']} | {row['opposite_sign']} "
             f"| {row['worst_aligned']:.2g} |"
         )
+    # Which sign is the smoothing of Grad-CAM: its correlation with Grad-CAM's own map
+    # (the channel sum of the same contributions), per image, before the ReLU.
+    plain = np.asarray(attribution.grad_cam(handle, x, t, **raw))
+    correlations = {}
+    for side, maps in (("fmi_jax", projections[1][1]), ("package", projections[1][2])):
+        r = np.array([np.corrcoef(m.ravel(), p.ravel())[0, 1] for m, p in zip(maps, plain)])
+        correlations[side] = {"negative": int(np.sum(r < 0)), "median": float(np.median(r))}
+    report["eigen_smooth_vs_grad_cam"] = correlations
+    lines += [
+        "",
+        "Grad-CAM's eigen_smooth map against Grad-CAM's own map, before the ReLU: "
+        + "; ".join(
+            f"{side} median r = {c['median']:.2f}, negative on {c['negative']} of {len(x)}"
+            for side, c in correlations.items()
+        )
+        + ".",
+    ]
 
     # The confidence metrics on the same min-max scaled Grad-CAM maps.
     maps = _minmax(np.asarray(attribution.grad_cam(handle, x, t, layer=layer))).astype(np.float32)

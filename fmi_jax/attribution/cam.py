@@ -122,6 +122,12 @@ and differs in the weights ``W^c`` for the target class c. With ``g = dy_c / dA`
   a non-negative inner product with the centred channel sum (pytorch-grad-cam keeps
   scikit-learn's sign, which makes the entry of largest magnitude positive).
 
+``eigen_smooth=True`` (every gradient CAM and Finer-CAM): the map is the first principal
+component of the per-position contributions ``W * A`` (their ``(h w, K)`` matrix, centred
+over positions) instead of their channel sum, pytorch-grad-cam's option of the same name
+(which keeps LAPACK's sign; here Eigen-CAM's rule fixes it). Eigen-Grad-CAM with
+``center=True`` is HiResCAM with it.
+
 Maps of several layers (:func:`across_layers`, a transform of any CAM): each layer's map,
 after its ReLU and resized to the input, is min-max scaled to ``[0, 1]`` per example,
 and the maps are averaged (pytorch-grad-cam's ``target_layers`` with more than one
@@ -240,6 +246,7 @@ class _GradientCam(Protocol):
         layer: str,
         relu: bool = True,
         upsample: bool = True,
+        eigen_smooth: bool = False,
     ) -> Array: ...
 
 
@@ -268,14 +275,20 @@ def _contribution_maps(
     batch_size: int | None,
     contribution: Callable[[Array, Array], Array],
     score: Callable[[Array], Any],
+    eigen_smooth: bool = False,
 ) -> Array:
     """``(N, h, w)``: ``sum_k contribution(A, g)_k`` per example, before the ReLU, with
     ``g`` the gradient at ``layer`` of ``score(example)``, a class per example of the
-    chunk or a function of its logits (:func:`activation_and_gradient`)."""
+    chunk or a function of its logits (:func:`activation_and_gradient`); with
+    ``eigen_smooth``, the contributions' first principal component instead of their sum
+    (centred over positions, signed as Eigen-CAM)."""
 
     def chunk_maps(example: Array, _: Array) -> Array:
         activation, gradient = activation_and_gradient(handle, x[example], score(example), layer)
-        return jnp.sum(contribution(activation, gradient), axis=-1)
+        contributions = contribution(activation, gradient)
+        if eigen_smooth:
+            return _principal_projection(contributions, center=True)
+        return jnp.sum(contributions, axis=-1)
 
     return sum_over_samples(chunk_maps, x.shape[0], batch_size=batch_size)
 
@@ -298,11 +311,14 @@ def _gradient_cam_method(
         layer: str,
         relu: bool = True,
         upsample: bool = True,
+        eigen_smooth: bool = False,
     ) -> Array:
         refuse_baseline(baseline, name)
         handle, x, _ = layer_call(model, x, layer, name, batch_size)
         target = resolve_target(handle, x, target, batch_size=batch_size)
-        maps = _contribution_maps(handle, x, layer, batch_size, contribution, lambda e: target[e])
+        maps = _contribution_maps(
+            handle, x, layer, batch_size, contribution, lambda e: target[e], eigen_smooth
+        )
         return _finish(maps, x.shape, relu, upsample)
 
     _CONTRIBUTIONS[name] = contribution
@@ -320,6 +336,9 @@ def _gradient_cam_method(
       layer: module path of the layer (see :func:`layer_names`).
       relu: keep only the positive evidence, as the papers do.
       upsample: resize the ``(h, w)`` map to the input's ``(H, W)``, bilinearly.
+      eigen_smooth: the first principal component of the per-position contributions
+        (centred over positions, Eigen-CAM's sign) instead of their channel sum, as
+        pytorch-grad-cam's ``eigen_smooth=True``.
 
     Returns:
       ``(N, H, W)`` float32 maps (``(N, h, w)`` when ``upsample=False``).
@@ -711,13 +730,15 @@ def finer_cam(
     reference_ranks: Sequence[int] = (1, 2, 3),
     relu: bool = True,
     upsample: bool = True,
+    eigen_smooth: bool = False,
 ) -> Array:
     """Finer-CAM map of ``layer``: the ``base`` gradient CAM of the target's contrast with
     the classes the model finds most like it (module docstring).
 
     Args:
-      model, x, target, key, baseline, layer, relu, upsample: as in :func:`grad_cam`; the
-        references are chosen around ``target`` (the predicted class when ``None``).
+      model, x, target, key, baseline, layer, relu, upsample, eigen_smooth: as in
+        :func:`grad_cam`; the references are chosen around ``target`` (the predicted
+        class when ``None``).
       batch_size: examples per forward and backward pass; ``None`` processes all at once.
       base: the gradient CAM whose weights are used, one of :data:`FINER_BASES`.
       alpha: the comparison strength; 0 gives the base method's map, larger values
@@ -747,7 +768,9 @@ def finer_cam(
     def score(example: Array) -> Callable[[Array], Array]:
         return lambda chunk: _finer_score(chunk, target[example], references[example], alpha)
 
-    maps = _contribution_maps(handle, x, layer, batch_size, _CONTRIBUTIONS[base], score)
+    maps = _contribution_maps(
+        handle, x, layer, batch_size, _CONTRIBUTIONS[base], score, eigen_smooth
+    )
     return _finish(maps, x.shape, relu, upsample)
 
 

@@ -610,6 +610,29 @@ def test_eigen_grad_cam_equals_a_numpy_svd_of_the_gradient_times_activation(smal
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7)
 
 
+def test_eigen_smooth_projects_the_contributions(small_cnn):
+    """Grad-CAM with eigen_smooth is the centred projection of ``mean(g) A`` (NumPy's
+    SVD), HiResCAM with it is Eigen-Grad-CAM centred, and Finer-CAM passes it on."""
+    model, variables, x = small_cnn
+    handle = A.flax_model(model, variables)
+    target = jnp.array([3, 2, 1, 0])
+    activation, gradient = activation_and_gradient(handle, x, target, "conv2")
+    raw = dict(layer="conv2", relu=False, upsample=False)
+    maps = jax.jit(
+        lambda x: {
+            "grad_cam": A.grad_cam(handle, x, target, eigen_smooth=True, **raw),
+            "hires_cam": A.hires_cam(handle, x, target, eigen_smooth=True, **raw),
+            "eigen_grad_cam": A.eigen_grad_cam(handle, x, target, center=True, **raw),
+            "finer": A.finer_cam(handle, x, target, alpha=0.0, eigen_smooth=True, **raw),
+        }
+    )(x)
+    weighted = np.asarray(gradient).mean(axis=(1, 2), keepdims=True) * np.asarray(activation)
+    expected = _numpy_projections(weighted, center=True)
+    np.testing.assert_allclose(maps["grad_cam"], expected, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(maps["hires_cam"], maps["eigen_grad_cam"], rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(maps["finer"], maps["grad_cam"], rtol=1e-4, atol=1e-7)
+
+
 def _numpy_kernel_pca(a, kernel, gamma):
     """scikit-learn's KernelPCA(n_components=1).fit_transform of the centred positions,
     in NumPy: the centred kernel matrix's top eigenvector times the root of its
