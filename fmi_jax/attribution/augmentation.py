@@ -133,6 +133,8 @@ def augmentation_smoothing(
             model = as_flax_model(model, name)
         target = resolve_target(model, x, target, batch_size=options.get("batch_size"))
         keys = None if key is None else jnp.asarray(key)
+        if keys is not None and not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+            keys = jax.random.wrap_key_data(keys)  # a legacy uint32 key, or a batch
         total = None
         for index, (mirror, factor) in enumerate(copies):
             inputs = factor * (x[:, :, ::-1] if mirror else x)

@@ -78,6 +78,13 @@ def test_a_stochastic_method_gets_a_key_per_copy():
     batched = smoothed(linear, x, 0, key=keys)
     want = [expected(lambda a, i=i: fold(keys[i], a)) for i in range(2)]
     np.testing.assert_allclose(batched, np.stack(want), rtol=1e-6)
+    # A legacy uint32 key is one key too.
+    legacy = smoothed(linear, x, 0, key=jax.random.PRNGKey(7))
+    np.testing.assert_allclose(
+        legacy,
+        smoothed(linear, x, 0, key=jax.random.wrap_key_data(jax.random.PRNGKey(7))),
+        rtol=1e-6,
+    )
     # A method that takes one key only gets one.
     permuted = A.augmentation_smoothing(A.feature_permutation, flip=False, factors=(1.0,))
     mask = np.arange(30).reshape(5, 6, 1) // 2
