@@ -962,8 +962,8 @@ def test_adcc_at_its_ends():
     with pytest.raises(ValueError, match="adcc: scale must be one of"):
         F.adcc(fn, fixed, x, 0, key, scale="max")
 
-    # Refused before anything is explained: a class the model lacks, a map that is not
-    # a mask under scale='none'.
+    # A class the model lacks is refused before anything is explained; a map that is
+    # not a mask under scale='none' once it is known.
     def never(inputs, t, k):
         raise AssertionError("explained")
 

@@ -62,12 +62,14 @@ AUGMENTATION_SCALES = ("none", "minmax")
 
 
 def _mirrored(value: Any, mirror: bool) -> Any:
-    """An image-shaped option mirrored left to right (its width is its second-to-last
-    axis: ``(N, H, W, C)`` or ``(H, W, C)``); numbers and anything smaller as given."""
+    """An option that broadcasts to the images, mirrored left to right: its width is its
+    second-to-last axis whenever it has two or more (``(W, C)``, ``(H, W, C)``,
+    ``(N, H, W, C)``, a batch of references ``(K, H, W, C)``); numbers and vectors over
+    the channels as given."""
     array = jnp.asarray(value)
-    if not mirror or array.ndim < 3:
+    if not mirror or array.ndim < 2:
         return array
-    return jnp.flip(array, axis=array.ndim - 2)
+    return jnp.flip(array, axis=-2)
 
 
 def augmentation_smoothing(

@@ -122,9 +122,9 @@ and differs in the weights ``W^c`` for the target class c. With ``g = dy_c / dA`
   a non-negative inner product with the centred channel sum (pytorch-grad-cam keeps
   scikit-learn's sign, which makes the entry of largest magnitude positive).
 
-``eigen_smooth=True`` (every gradient CAM and Finer-CAM): the map is the first principal
-component of the per-position contributions ``W * A`` (their ``(h w, K)`` matrix, centred
-over positions) instead of their channel sum, pytorch-grad-cam's option of the same name
+``eigen_smooth=True`` (every gradient CAM, ShapleyCAM and Finer-CAM): the map is the
+first principal component of the per-position contributions ``W * A`` (their
+``(h w, K)`` matrix, centred over positions) instead of their channel sum, pytorch-grad-cam's option of the same name
 (which keeps LAPACK's sign; here Eigen-CAM's rule fixes it). Eigen-Grad-CAM with
 ``center=True`` is HiResCAM with it.
 
@@ -283,6 +283,9 @@ def _contribution_maps(
     ``eigen_smooth``, the contributions' first principal component instead of their sum
     (centred over positions, signed as Eigen-CAM)."""
 
+    if not isinstance(eigen_smooth, (bool, np.bool_)):
+        raise ValueError(f"eigen_smooth must be True or False; got {eigen_smooth!r}")
+
     def chunk_maps(example: Array, _: Array) -> Array:
         activation, gradient = activation_and_gradient(handle, x[example], score(example), layer)
         contributions = contribution(activation, gradient)
@@ -419,12 +422,14 @@ def shapley_cam(
     score: str = "rest",
     relu: bool = True,
     upsample: bool = True,
+    eigen_smooth: bool = False,
 ) -> Array:
     """ShapleyCAM map of ``layer``: channel weights from the gradient and the
     Hessian-vector product of the class score (module docstring).
 
     Args:
-      model, x, target, key, baseline, layer, relu, upsample: as in :func:`grad_cam`.
+      model, x, target, key, baseline, layer, relu, upsample, eigen_smooth: as in
+        :func:`grad_cam`.
       batch_size: examples per forward-over-reverse pass; ``None`` processes all at once.
       score: the utility differentiated, ``'rest'`` (the paper's residual softmax
         target, ``y_c + log softmax(y)_c``) or ``'logit'`` (``y_c``, where a piecewise
@@ -436,6 +441,8 @@ def shapley_cam(
     refuse_baseline(baseline, "shapley_cam")
     if score not in SHAPLEY_SCORES:
         raise ValueError(f"shapley_cam: score must be one of {SHAPLEY_SCORES}; got {score!r}")
+    if not isinstance(eigen_smooth, (bool, np.bool_)):
+        raise ValueError(f"eigen_smooth must be True or False; got {eigen_smooth!r}")
     handle, x, _ = layer_call(model, x, layer, "shapley_cam", batch_size)
     target = resolve_target(handle, x, target, batch_size=batch_size)
 
@@ -455,6 +462,8 @@ def shapley_cam(
         # (examples do not interact in inference).
         g, hvp = jax.jvp(jax.grad(utility), (jnp.zeros_like(activation),), (activation,))
         weights = jnp.mean(g - 0.5 * hvp, axis=(1, 2), keepdims=True)
+        if eigen_smooth:
+            return _principal_projection(weights * activation, center=True)
         return jnp.sum(weights * activation, axis=-1)
 
     maps = sum_over_samples(chunk_maps, x.shape[0], batch_size=batch_size)
@@ -674,6 +683,11 @@ def finer_references(
     if logits.ndim != 2:
         raise ValueError(f"finer_references: logits must be (N, classes); got {logits.shape}")
     ranks = _as_ranks(reference_ranks, logits.shape[1])
+    if target is None:
+        raise ValueError(
+            "finer_references: give the target class per example (for the predicted "
+            "class, jnp.argmax(logits, axis=1))"
+        )
     target = as_target(target, logits.shape[0], logits.shape[1])
     own = select_target(logits, target)
     distance = jnp.abs(logits - own[:, None])
@@ -957,7 +971,7 @@ def across_layers(method: Method, layers: Sequence[str], *, combine: str = "mean
     ) -> Array:
         if "layer" in options:
             raise ValueError(f"across_layers({name}) sets layer= itself; leave it out")
-        if options.get("upsample") is False:
+        if "upsample" in options and not options["upsample"]:
             raise ValueError(
                 f"across_layers({name}) combines maps at the input's size; leave out upsample=False"
             )
@@ -966,24 +980,27 @@ def across_layers(method: Method, layers: Sequence[str], *, combine: str = "mean
         for layer in layers:
             handle.layer_shape(x, layer)  # an unknown layer is refused before any work
         target = resolve_target(handle, x, target, batch_size=batch_size)
-        maps = [
-            minmax_scale(
-                jax.nn.relu(
-                    method(
-                        handle,
-                        x,
-                        target,
-                        key=key,
-                        baseline=baseline,
-                        batch_size=batch_size,
-                        layer=layer,
-                        **options,
-                    )
-                ),
-                (1, 2),
-            )
-            for layer in layers
-        ]
+        maps = []
+        for layer in layers:
+            try:
+                cam = method(
+                    handle,
+                    x,
+                    target,
+                    key=key,
+                    baseline=baseline,
+                    batch_size=batch_size,
+                    layer=layer,
+                    **options,
+                )
+            except TypeError as error:  # a transform of a method that takes no layer
+                if "'layer'" not in str(error):
+                    raise
+                raise ValueError(
+                    f"across_layers: {name} is not a CAM method (it passes layer= to a "
+                    "method that takes none)"
+                ) from None
+            maps.append(minmax_scale(jax.nn.relu(cam), (1, 2)))
         stacked = jnp.stack(maps)
         return (stacked.mean(axis=0) if combine == "mean" else stacked.prod(axis=0)).astype(
             jnp.float32

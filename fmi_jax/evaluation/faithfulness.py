@@ -309,9 +309,10 @@ def _pixel_relevance(x: Array, attributions: Any) -> tuple[Array, tuple[int, ...
         elif attributions.shape == x.shape:
             attributions = attributions.sum(-1)
         elif attributions.shape != x.shape[:-1]:
+            shapes = [x.shape, x.shape[:-1] + (1,)] if x.shape[-1] > 1 else [x.shape]
             raise ValueError(
                 f"attributions of shape {attributions.shape} do not fit images of shape "
-                f"{x.shape}: give one map per image, {x.shape}, {x.shape[:-1] + (1,)} or "
+                f"{x.shape}: give one map per image, {' or '.join(map(str, shapes))}, or "
                 f"per pixel {x.shape[:-1]}"
             )
         mask_shape = x.shape[1:-1] + (1,)

@@ -107,6 +107,11 @@ def test_baselines_and_feature_masks_follow_the_copies():
     got = smoothed(linear, x, 0, baseline=b, steps=4)
     expected = np.asarray(x - b) * (W + W[:, ::-1]) / 2
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    # A baseline that only broadcasts, (W, C), is mirrored along its width too.
+    row = b[0, 0]  # (6, 2)
+    got = smoothed(linear, x, 0, baseline=row, steps=4)
+    expected = (np.asarray(x) - np.asarray(row)) * (W + W[:, ::-1]) / 2
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
     rows, cols = np.mgrid[:5, :6]
     mask = ((rows + cols) // 2)[..., None]  # diagonal bands: mirroring moves them
     assert not all(len(set(mask[:, ::-1][mask == g])) == 1 for g in np.unique(mask))

@@ -612,7 +612,8 @@ def test_eigen_grad_cam_equals_a_numpy_svd_of_the_gradient_times_activation(smal
 
 def test_eigen_smooth_projects_the_contributions(small_cnn):
     """Grad-CAM with eigen_smooth is the centred projection of ``mean(g) A`` (NumPy's
-    SVD), HiResCAM with it is Eigen-Grad-CAM centred, and Finer-CAM passes it on."""
+    SVD), HiResCAM with it is Eigen-Grad-CAM centred, and Finer-CAM and ShapleyCAM
+    take it too."""
     model, variables, x = small_cnn
     handle = A.flax_model(model, variables)
     target = jnp.array([3, 2, 1, 0])
@@ -624,6 +625,7 @@ def test_eigen_smooth_projects_the_contributions(small_cnn):
             "hires_cam": A.hires_cam(handle, x, target, eigen_smooth=True, **raw),
             "eigen_grad_cam": A.eigen_grad_cam(handle, x, target, center=True, **raw),
             "finer": A.finer_cam(handle, x, target, alpha=0.0, eigen_smooth=True, **raw),
+            "shapley": A.shapley_cam(handle, x, target, score="logit", eigen_smooth=True, **raw),
         }
     )(x)
     weighted = np.asarray(gradient).mean(axis=(1, 2), keepdims=True) * np.asarray(activation)
@@ -631,6 +633,10 @@ def test_eigen_smooth_projects_the_contributions(small_cnn):
     np.testing.assert_allclose(maps["grad_cam"], expected, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(maps["hires_cam"], maps["eigen_grad_cam"], rtol=1e-5, atol=1e-8)
     np.testing.assert_allclose(maps["finer"], maps["grad_cam"], rtol=1e-4, atol=1e-7)
+    # ShapleyCAM with the logit is Grad-CAM on this piecewise linear tail, smoothed too.
+    np.testing.assert_allclose(maps["shapley"], maps["grad_cam"], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="eigen_smooth must be True or False"):
+        A.grad_cam(handle, x, target, eigen_smooth="no", **raw)
 
 
 def _numpy_kernel_pca(a, kernel, gamma):
@@ -883,7 +889,7 @@ def test_bad_finer_cam_options_are_one_line_errors(small_cnn):
     with pytest.raises(ValueError, match="logits must be"):
         A.finer_references(np.zeros(3), [0])
     logits = np.zeros((2, 10), np.float32)
-    for target in ([0.9, 1.7], [7, 10], [0, 1, 2]):
+    for target in ([0.9, 1.7], [7, 10], [0, 1, 2], None):
         with pytest.raises(ValueError, match="target"):
             A.finer_references(logits, target)
 
@@ -949,7 +955,10 @@ def test_bad_across_layers_arguments_are_one_line_errors(small_cnn):
     with pytest.raises(ValueError, match="method must be a CAM method"):
         A.across_layers("grad_cam", ["conv2"])
     with pytest.raises(ValueError, match="leave out upsample=False"):
-        A.across_layers(A.grad_cam, ["conv2"])(handle, x, upsample=False)
+        A.across_layers(A.grad_cam, ["conv2"])(handle, x, upsample=0)
+    not_a_cam = A.across_layers(A.augmentation_smoothing(A.saliency), ["conv2"])
+    with pytest.raises(ValueError, match="is not a CAM method"):
+        not_a_cam(handle, x)
     for layers in ((), ("conv2", "conv2"), (2,)):
         with pytest.raises(ValueError, match="layers must be"):
             A.across_layers(A.grad_cam, layers)
