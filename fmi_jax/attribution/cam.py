@@ -654,15 +654,9 @@ def eigen_grad_cam(
     return _finish(maps, x.shape, relu, upsample)
 
 
-#: The gradient CAMs :func:`finer_cam` can take as its ``base``.
-FINER_BASES = (
-    "grad_cam",
-    "grad_cam_plus_plus",
-    "xgrad_cam",
-    "hires_cam",
-    "layer_cam",
-    "grad_cam_elementwise",
-)
+#: The gradient CAMs :func:`finer_cam` can take as its ``base``: every one the factory
+#: made (``grad_cam`` ... ``grad_cam_elementwise``), whose weights come from one gradient.
+FINER_BASES = tuple(_CONTRIBUTIONS)
 
 
 def finer_references(
