@@ -178,6 +178,7 @@ from fmi_jax.attribution.core import (
     Target,
     as_count,
     as_input,
+    as_number,
     as_target,
     minmax_scale,
     refuse_baseline,
@@ -690,12 +691,6 @@ def finer_references(
     return order[:, list(ranks)].astype(jnp.int32)
 
 
-def _check_finite_number(value: Any, name: str, method: str) -> None:
-    """A one-line ValueError unless ``value`` is a real, finite, non-bool number."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-        raise ValueError(f"{method}: {name} must be a finite number; got {value!r}")
-
-
 def _as_ranks(reference_ranks: Any, classes: int) -> tuple[int, ...]:
     """Positive distinct Python ints, those below ``classes`` kept in order."""
     try:
@@ -759,7 +754,7 @@ def finer_cam(
     refuse_baseline(baseline, "finer_cam")
     if base not in FINER_BASES:
         raise ValueError(f"finer_cam: base must be one of {FINER_BASES}; got {base!r}")
-    _check_finite_number(alpha, "alpha", "finer_cam")
+    as_number(alpha, "finer_cam: alpha")
     handle, x, _ = layer_call(model, x, layer, "finer_cam", batch_size)
     logits = sum_over_samples(
         lambda example, _: handle(x[example]).astype(jnp.float32),
@@ -888,7 +883,7 @@ def fem(
     """
     del key
     refuse_baseline(baseline, "fem")
-    _check_finite_number(k, "k", "fem")
+    as_number(k, "fem: k")
     handle, x, (n, _, _, _) = layer_call(model, x, layer, "fem", batch_size)
     if target is not None:
         resolve_target(handle, x, target)  # a bad target is refused, as everywhere

@@ -36,6 +36,8 @@ with ``impl='rbg'`` or ``'unsafe_rbg'`` do not promise it.)
 
 from __future__ import annotations
 
+import math
+import numbers
 import operator
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -56,6 +58,7 @@ __all__ = [
     "as_rows",
     "as_baseline",
     "as_count",
+    "as_number",
     "as_target",
     "resolve_target",
     "select_target",
@@ -172,6 +175,21 @@ def as_baseline(baseline: Any, x: Array, name: str = "baseline") -> Array:
         )
     check_finite(baseline, name)
     return jnp.broadcast_to(baseline, x.shape)
+
+
+def as_number(
+    value: Any, name: str, *, minimum: float | None = None, inclusive: bool = True
+) -> float:
+    """A finite real ``value`` (not a bool) as a Python float, ``>= minimum`` (``>``
+    with ``inclusive=False``) when a minimum is given; otherwise a one-line ValueError
+    that names ``name``."""
+    bound = "" if minimum is None else f" {'>=' if inclusive else '>'} {minimum:g}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
+    number = float(value)
+    if minimum is not None and (number < minimum if inclusive else number <= minimum):
+        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
+    return number
 
 
 def as_count(value: Any, name: str, minimum: int = 1, maximum: int | None = None) -> int:

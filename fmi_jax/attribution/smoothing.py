@@ -23,13 +23,11 @@ pixels unevenly.
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmi_jax.attribution.core import Array, ModelFn, Target, as_input, refuse_baseline
+from fmi_jax.attribution.core import Array, ModelFn, Target, as_input, as_number, refuse_baseline
 from fmi_jax.attribution.gradients import saliency
 
 __all__ = ["gaussian_kernel", "gaussian_smoothed_saliency"]
@@ -104,10 +102,8 @@ def gaussian_smoothed_saliency(
       float32 array shaped like ``x``.
     """
     refuse_baseline(baseline, "gaussian_smoothed_saliency")
-    if not (math.isfinite(sigma) and sigma >= 0):
-        raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
-    if not (math.isfinite(truncate) and truncate > 0):
-        raise ValueError(f"truncate must be a finite number > 0, got {truncate!r}")
+    sigma = as_number(sigma, "sigma", minimum=0)
+    truncate = as_number(truncate, "truncate", minimum=0, inclusive=False)
     x = as_input(x)
     if x.ndim != 4:
         raise ValueError(f"x must be a batch of images (N, H, W, C), got shape {x.shape}")

@@ -101,6 +101,28 @@ def test_counts_must_be_positive_integers(value):
         core.as_count(value, "steps")
 
 
+@pytest.mark.parametrize(
+    "value, minimum, inclusive, message",
+    [
+        (True, None, True, "alpha must be a finite number, got True"),
+        ("1", None, True, "alpha must be a finite number, got '1'"),
+        (float("nan"), None, True, "alpha must be a finite number, got nan"),
+        (-1e-9, 0, True, "alpha must be a finite number >= 0, got -1e-09"),
+        (0.0, 0, False, "alpha must be a finite number > 0, got 0.0"),
+    ],
+)
+def test_numbers_must_be_finite_and_above_their_minimum(value, minimum, inclusive, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        core.as_number(value, "alpha", minimum=minimum, inclusive=inclusive)
+
+
+def test_numbers_are_python_floats():
+    for value in (0, 2, np.float32(0.5), np.int64(3), -4.0):
+        number = core.as_number(value, "alpha")
+        assert type(number) is float and number == float(value)
+    assert core.as_number(0, "alpha", minimum=0) == 0.0
+
+
 def test_sum_over_samples_any_batch_size():
     """out[i] = sum_s (i + 1) * 10^s, for chunk sizes that divide N * S or not."""
 
