@@ -76,6 +76,8 @@ at_neuron(method)              :mod:`.layer`                         NeuronDeepL
                                                                      NeuronGuidedBackprop, ...
 tcav, concept_sensitivity      :mod:`.concepts`                      TCAV (captum.concept)
 tracin, self_influence         :mod:`.influence`                     TracInCP (captum.influence)
+influence_function(_self)      :mod:`.influence`                     NaiveInfluenceFunction,
+hessian_eigen                                                        ArnoldiInfluenceFunction
 similarity_influence           :mod:`.influence`                     SimilarityInfluence
 =============================  ====================================  ========================
 
@@ -140,8 +142,15 @@ from fmi_jax.attribution.full_gradient import (
 from fmi_jax.attribution.gradients import input_x_gradient, saliency
 from fmi_jax.attribution.handle import FlaxModel, as_flax_model, flax_model
 from fmi_jax.attribution.influence import (
+    DEFAULT_ARNOLDI_ITERATIONS,
+    EXACT_HESSIAN_LIMIT,
+    HESSIAN_SOLVERS,
     SIMILARITY_METRICS,
+    HessianEigen,
     SimilarExamples,
+    hessian_eigen,
+    influence_function,
+    influence_function_self,
     self_influence,
     similarity_influence,
     tracin,
@@ -284,6 +293,13 @@ __all__ = [
     "t_test",
     "tracin",
     "self_influence",
+    "hessian_eigen",
+    "HessianEigen",
+    "HESSIAN_SOLVERS",
+    "DEFAULT_ARNOLDI_ITERATIONS",
+    "EXACT_HESSIAN_LIMIT",
+    "influence_function",
+    "influence_function_self",
     "similarity_influence",
     "SimilarExamples",
     "SIMILARITY_METRICS",

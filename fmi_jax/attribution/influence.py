@@ -40,6 +40,50 @@ Differences from Captum's ``TracInCP`` (``captum.influence``):
   bias can be left out, and non-trainable state (batch-norm statistics) is excluded by
   path rather than by being a buffer.
 
+Influence functions (Koh & Liang 2017, "Understanding Black-box Predictions via
+Influence Functions", ICML, arXiv:1703.04730) ask the question of a model at one set of
+parameters ``theta``, the minimum of the training objective ``sum_i l(theta, z_i)``:
+how would the loss on z' change if z weighed a little more in that objective? With
+``H = sum_i grad^2 l(theta, z_i)`` (over ``hessian_data``, by default the training
+set) and the objective's minimum moving by ``d theta / d eps = -H^-1 grad l(theta, z)``
+when z's weight grows by eps,
+
+    IF(z, z') = grad l(theta, z') . (H + lambda I)^-1 grad l(theta, z)
+              = -d l(theta_eps, z') / d eps,
+
+positive for proponents as in TracIn; removing z (eps = -1) raises the loss on z' by
+about ``IF(z, z')``. ``lambda`` (``damping``) is the objective's L2 penalty
+``lambda / 2 |theta|^2`` (tests check both against retraining a ridge and a logistic
+regression). A network's ``H`` is not invertible and has negative eigenvalues, so
+``H^-1`` is taken over its top eigenpairs ``(mu_k, u_k)`` (:func:`hessian_eigen`),
+
+    IF(z, z') = sum_k (u_k . grad l(z')) (u_k . grad l(z)) / (mu_k + lambda),
+
+over the pairs with ``mu_k + lambda > min_eigenvalue``: an "influence embedding"
+``e(z)_k = u_k . grad l(z) / sqrt(mu_k + lambda)`` per example, and a score that is the
+dot product of two embeddings. The eigenpairs come from the Hessian itself
+(``solver='exact'``: ``P`` Hessian-vector products and an eigendecomposition, for up to
+16,384 parameters, the last layer of most classifiers) or from the Arnoldi iteration
+of Schioppa, Zablotskaia, Vilar & Sokolov (2022, "Scaling Up Influence Functions",
+AAAI, arXiv:2112.03052; ``solver='arnoldi'``): ``iterations`` Hessian-vector products
+``jax.jvp`` of ``jax.grad``, never the matrix, from a random start, each new direction
+orthogonalised twice against all earlier ones, then the eigenpairs of the small
+projected matrix (Ritz pairs), whose extremes converge first. Memory:
+``(iterations + 1) x P`` floats for the basis.
+
+Differences from Captum's ``NaiveInfluenceFunction`` and ``ArnoldiInfluenceFunction``:
+
+* The same score, with Captum's ``hessian_reg`` as ``damping`` and its
+  ``hessian_inverse_tol`` as ``min_eigenvalue``; the Hessian is computed once
+  (:func:`hessian_eigen`) and passed to any number of calls, for any training and test
+  examples.
+* Captum's Arnoldi orthogonalises each new direction once and stops when its norm falls
+  below ``arnoldi_tol`` (absolute, 0.1 by default); here it is orthogonalised twice (in
+  float32 once is not enough after a few dozen steps) and the iteration stops only
+  when the Krylov space is the whole parameter space or a direction is exactly 0.
+  Captum takes the eigenpairs of the unsymmetric projected matrix with
+  ``torch.linalg.eig``; here of its symmetric part.
+
 Similarity (:func:`similarity_influence`, Captum's ``SimilarityInfluence``) is the
 gradient-free neighbour: the training examples whose activation at a layer is closest
 to the test example's, by cosine similarity (largest first) or Euclidean distance
@@ -58,19 +102,37 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
-from fmi_jax.attribution.core import Array, as_count, as_input, map_over_samples
+from fmi_jax.attribution.core import (
+    Array,
+    as_count,
+    as_input,
+    as_number,
+    map_over_samples,
+    require_key,
+)
 from fmi_jax.attribution.handle import layer_call
 
 __all__ = [
+    "DEFAULT_ARNOLDI_ITERATIONS",
+    "EXACT_HESSIAN_LIMIT",
+    "HESSIAN_SOLVERS",
     "SIMILARITY_METRICS",
+    "HessianEigen",
     "SimilarExamples",
+    "hessian_eigen",
+    "influence_function",
+    "influence_function_self",
     "self_influence",
     "similarity_influence",
     "tracin",
 ]
 
 SIMILARITY_METRICS = ("cosine", "euclidean")
+HESSIAN_SOLVERS = ("exact", "arnoldi")
+DEFAULT_ARNOLDI_ITERATIONS = 200
+EXACT_HESSIAN_LIMIT = 16384
 
 Loss = Callable[[Any, Any], Array]
 
@@ -244,13 +306,13 @@ def _self_influence(variables, rate, data, *, loss, chosen, batch_size):
     return rate * map_over_samples(evaluate, _count(data), 1, batch_size=batch_size)[:, 0]
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=8)
 def _cached(kind: Callable[..., Array], loss: Loss, chosen: tuple[bool, ...], batch_size):
     return jax.jit(functools.partial(kind, loss=loss, chosen=chosen, batch_size=batch_size))
 
 
 def _compiled(kind: Callable[..., Array], loss: Loss, chosen: tuple[bool, ...], batch_size):
-    """``kind`` jitted for one loss, selection and chunk size. Kept for the last four,
+    """``kind`` jitted for one loss, selection and chunk size. Kept for the last eight,
     so that repeated calls with the same loss function compile once per shape; the
     cache holds those loss functions (and what they close over), and no more. A loss
     defined anew for every call (a lambda) compiles every time, and one that cannot
@@ -327,6 +389,341 @@ def self_influence(
     for variables, rate in zip(checkpoints, rates):
         total = total + influence(variables, jnp.float32(rate), data)
     return total
+
+
+class HessianEigen(NamedTuple):
+    """Top eigenpairs of the training Hessian ``H = sum_i grad^2 l(theta, z_i)`` of the
+    selected parameters (:func:`hessian_eigen`), largest eigenvalue first.
+
+    Attributes:
+      values: float32 ``(K,)``, descending.
+      vectors: float32 ``(P, K)``, orthonormal columns over the ``P`` selected
+        parameters, flattened leaf by leaf in the order of ``paths``.
+      paths: the ``'/'``-joined paths of the differentiated leaves.
+    """
+
+    values: Array
+    vectors: Array
+    paths: tuple[str, ...]
+
+
+def _flat_loss(loss: Loss, variables: Any, chosen: tuple[bool, ...]):
+    """``(theta, example_loss)``: the selected leaves as one float32 vector and the
+    loss of one example as a function of that vector, the other leaves held fixed."""
+    treedef = jax.tree.structure(variables)
+    leaves = jax.tree.leaves(variables)
+    selected = [leaf for leaf, c in zip(leaves, chosen) if c]
+    fixed = [leaf for leaf, c in zip(leaves, chosen) if not c]
+    theta, unravel = ravel_pytree(selected)
+
+    def example_loss(flat: Array, example: Any) -> Array:
+        it_s, it_f = iter(unravel(flat)), iter(fixed)
+        merged = [next(it_s) if c else next(it_f) for c in chosen]
+        return jnp.asarray(loss(jax.tree.unflatten(treedef, merged), example), jnp.float32)
+
+    return theta.astype(jnp.float32), example_loss
+
+
+def _sum_over_chunks(evaluate: Callable[[Array, Array], Array], count: int, batch_size):
+    """``sum`` of ``evaluate(index, weight)`` over chunks of ``batch_size`` examples;
+    the last chunk is padded with copies of the last example, weighted 0."""
+    chunk = count if batch_size is None else min(batch_size, count)
+    num_chunks = -(-count // chunk)
+
+    def chunk_value(c: Array) -> Array:
+        index = c * chunk + jnp.arange(chunk, dtype=jnp.int32)
+        weight = (index < count).astype(jnp.float32)
+        return evaluate(jnp.minimum(index, count - 1), weight)
+
+    if num_chunks == 1:
+        return chunk_value(jnp.int32(0))
+    zeros = jnp.zeros(jax.eval_shape(chunk_value, jnp.int32(0)).shape, jnp.float32)
+    total, _ = jax.lax.scan(
+        lambda t, c: (t + chunk_value(c), None), zeros, jnp.arange(num_chunks, dtype=jnp.int32)
+    )
+    return total
+
+
+def _hessian_products(variables, data, vectors, *, loss, chosen, batch_size):
+    """``H v`` for every row ``v`` of ``vectors`` ``(K, P)``: forward-over-reverse
+    products of the summed loss over ``data``, ``batch_size`` examples at a time."""
+    theta, example_loss = _flat_loss(loss, variables, chosen)
+
+    def evaluate(index: Array, weight: Array) -> Array:
+        chunk = _take(data, index)
+
+        def total(flat: Array) -> Array:
+            return jnp.sum(weight * jax.vmap(example_loss, (None, 0))(flat, chunk))
+
+        gradient = jax.grad(total)
+        return jax.vmap(lambda v: jax.jvp(gradient, (theta,), (v,))[1])(vectors)
+
+    return _sum_over_chunks(evaluate, _count(data), batch_size)
+
+
+_EXACT_COLUMNS = 32  # Hessian columns per pass of the exact solver
+
+
+def _exact_hessian(variables, data, *, loss, chosen, batch_size):
+    """The ``(P, P)`` Hessian, ``_EXACT_COLUMNS`` basis vectors per pass, symmetrised."""
+    size = int(_flat_loss(loss, variables, chosen)[0].shape[0])
+    blocks = -(-size // _EXACT_COLUMNS)
+    basis = jnp.eye(blocks * _EXACT_COLUMNS, size, dtype=jnp.float32)
+    columns = jax.lax.map(
+        lambda block: _hessian_products(
+            variables, data, block, loss=loss, chosen=chosen, batch_size=batch_size
+        ),
+        basis.reshape(blocks, _EXACT_COLUMNS, size),
+    ).reshape(-1, size)[:size]
+    return 0.5 * (columns + columns.T)
+
+
+def _arnoldi_step(variables, data, basis, k, *, loss, chosen, batch_size):
+    """One Arnoldi step: ``w = H q_k`` orthogonalised twice against the rows of
+    ``basis`` (rows after ``k`` are zero). Returns the projections ``(n + 1,)``, the
+    norm of what is left and ``basis`` with that direction, normalised, as row k + 1."""
+    products = _hessian_products(
+        variables, data, basis[k][None], loss=loss, chosen=chosen, batch_size=batch_size
+    )[0]
+    highest = jax.lax.Precision.HIGHEST
+    first = jnp.matmul(basis, products, precision=highest)
+    left = products - jnp.matmul(first, basis, precision=highest)
+    second = jnp.matmul(basis, left, precision=highest)
+    left = left - jnp.matmul(second, basis, precision=highest)
+    norm = jnp.sqrt(jnp.sum(left * left))
+    row = jnp.where(norm > 0, left / jnp.where(norm > 0, norm, 1.0), 0.0)
+    return first + second, norm, basis.at[k + 1].set(row)
+
+
+def _selected(variables: Any, chosen: tuple[bool, ...]) -> tuple[tuple[str, ...], int]:
+    """The paths of the chosen leaves and their number of parameters."""
+    picked = [(path, leaf) for (path, leaf), c in zip(_leaves(variables), chosen) if c]
+    return tuple(path for path, _ in picked), sum(int(np.size(leaf)) for _, leaf in picked)
+
+
+def hessian_eigen(
+    loss: Loss,
+    variables: Any,
+    data: Any,
+    *,
+    rank: int | None = None,
+    solver: str = "exact",
+    iterations: int | None = None,
+    key: Array | None = None,
+    select: Callable[[str], bool] | None = None,
+    batch_size: int | None = None,
+) -> HessianEigen:
+    """The top ``rank`` eigenpairs of ``H = sum_i grad^2 l(theta, z_i)`` over ``data``,
+    the inverse that :func:`influence_function` applies (module docstring).
+
+    Args:
+      loss: ``loss(variables, example) -> scalar``, the loss of one example.
+      variables: the parameters ``theta`` to explain (one checkpoint).
+      data: the examples the Hessian sums over, a pytree of arrays ``(N, ...)``:
+        the training set, or a sample of it.
+      rank: how many eigenpairs to keep, largest eigenvalue first; None: all that the
+        solver finds (``P`` for ``'exact'``, ``iterations`` for ``'arnoldi'``).
+      solver: ``'exact'`` forms the ``P x P`` Hessian (``P`` Hessian-vector products,
+        ``EXACT_HESSIAN_LIMIT`` parameters at most) and decomposes it; ``'arnoldi'``
+        runs ``iterations`` Hessian-vector products and keeps the Ritz pairs.
+      iterations: Arnoldi steps (``'arnoldi'`` only); None:
+        ``min(DEFAULT_ARNOLDI_ITERATIONS, P)``. At ``P`` the result is exact.
+      key: PRNG key of Arnoldi's start vector (required by ``'arnoldi'``).
+      select: which leaves to differentiate, by ``'/'``-joined path, as in
+        :func:`tracin`; None: every floating leaf.
+      batch_size: examples per pass over ``data``; None: all at once.
+
+    Returns:
+      :class:`HessianEigen`.
+    """
+    if solver not in HESSIAN_SOLVERS:
+        raise ValueError(f"solver must be one of {HESSIAN_SOLVERS}, got {solver!r}")
+    data, _ = _examples(data, "data")
+    if batch_size is not None:
+        as_count(batch_size, "batch_size")
+    chosen = _selection(variables, select)
+    paths, size = _selected(variables, chosen)
+    if rank is not None:
+        rank = as_count(rank, "rank", 1, size)
+    if solver == "exact":
+        if iterations is not None:
+            raise ValueError(
+                "iterations is the Arnoldi solver's: drop it, or pass solver='arnoldi'"
+            )
+        if size > EXACT_HESSIAN_LIMIT:
+            raise ValueError(
+                f"solver='exact' forms the {size} x {size} Hessian of the selected "
+                f"parameters (at most {EXACT_HESSIAN_LIMIT} parameters): pass "
+                "solver='arnoldi', or select fewer leaves (the last layer's, say)"
+            )
+        hessian = _compiled(_exact_hessian, loss, chosen, batch_size)(variables, data)
+        values, vectors = jnp.linalg.eigh(hessian)
+        values, vectors = values[::-1], vectors[:, ::-1]
+    else:
+        key = require_key(key, "hessian_eigen(solver='arnoldi')")
+        steps = min(DEFAULT_ARNOLDI_ITERATIONS, size) if iterations is None else iterations
+        steps = as_count(steps, "iterations", 1, size)
+        start = jax.random.normal(key, (size,), jnp.float32)
+        basis = jnp.zeros((steps + 1, size), jnp.float32).at[0].set(start / jnp.linalg.norm(start))
+        step = _compiled(_arnoldi_step, loss, chosen, batch_size)
+        projected = np.zeros((steps + 1, steps), np.float64)
+        found = steps
+        for k in range(steps):
+            column, norm, basis = step(variables, data, basis, jnp.int32(k))
+            projected[: k + 1, k] = np.asarray(column, np.float64)[: k + 1]
+            projected[k + 1, k] = float(norm)
+            if not float(norm) > 0:
+                found = k + 1
+                break
+        small = projected[:found, :found]
+        ritz_values, ritz_vectors = np.linalg.eigh(0.5 * (small + small.T))
+        order = np.argsort(ritz_values)[::-1]
+        values = jnp.asarray(ritz_values[order], jnp.float32)
+        vectors = jnp.matmul(
+            basis[:found].T,
+            jnp.asarray(ritz_vectors[:, order], jnp.float32),
+            precision=jax.lax.Precision.HIGHEST,
+        )
+    if rank is not None:
+        values, vectors = values[:rank], vectors[:, :rank]
+    return HessianEigen(values=values, vectors=vectors, paths=paths)
+
+
+def _embedding_scale(hessian: HessianEigen, damping: float, min_eigenvalue: float) -> Array:
+    """``1 / sqrt(mu_k + lambda)`` for the kept eigenpairs, 0 for the others."""
+    damping = as_number(damping, "damping", minimum=0)
+    min_eigenvalue = as_number(min_eigenvalue, "min_eigenvalue", minimum=0)
+    shifted = hessian.values + jnp.float32(damping)
+    keep = shifted > min_eigenvalue
+    if not bool(jnp.any(keep)):
+        raise ValueError(
+            f"no eigenvalue of the Hessian plus damping={damping} is above "
+            f"min_eigenvalue={min_eigenvalue} (largest: {float(jnp.max(shifted)):.3g}): "
+            "raise damping"
+        )
+    return jnp.where(keep, jax.lax.rsqrt(jnp.where(keep, shifted, 1.0)), 0.0)
+
+
+def _influence_setup(variables, hessian, damping, min_eigenvalue, batch_size):
+    if not isinstance(hessian, HessianEigen):
+        raise ValueError(
+            f"hessian must be a HessianEigen (from hessian_eigen), got {type(hessian).__name__}"
+        )
+    leaves = _leaves(variables)
+    known = {path for path, _ in leaves}
+    missing = [path for path in hessian.paths if path not in known]
+    if missing:
+        raise ValueError(
+            f"variables have no leaf {missing[0]!r} of the Hessian's parameters: pass the "
+            "variables (and leaf selection) that hessian_eigen was given"
+        )
+    chosen = tuple(path in hessian.paths for path, _ in leaves)
+    _, size = _selected(variables, chosen)
+    if size != hessian.vectors.shape[0]:
+        raise ValueError(
+            f"the Hessian's eigenvectors have {hessian.vectors.shape[0]} entries, the "
+            f"variables' selected leaves {size} parameters: pass the variables that "
+            "hessian_eigen was given"
+        )
+    if batch_size is not None:
+        as_count(batch_size, "batch_size")
+    scale = _embedding_scale(hessian, damping, min_eigenvalue)
+    return chosen, scale
+
+
+def _embeddings(gradients, variables, vectors, scale, data):
+    return (
+        jnp.matmul(gradients(variables, data), vectors, precision=jax.lax.Precision.HIGHEST) * scale
+    )
+
+
+def _function_influence(variables, vectors, scale, train, test, *, loss, chosen, batch_size):
+    gradients = _gradient_fn(loss, jax.tree.structure(variables), chosen)
+
+    def embed(data: Any) -> Callable[[Array, Array], Array]:
+        return lambda example, _: _embeddings(
+            gradients, variables, vectors, scale, _take(data, example)
+        )
+
+    reference = map_over_samples(embed(test), _count(test), 1, batch_size=batch_size)[:, 0]
+
+    def evaluate(example: Array, sample: Array) -> Array:
+        return jnp.matmul(
+            embed(train)(example, sample), reference.T, precision=jax.lax.Precision.HIGHEST
+        )
+
+    return map_over_samples(evaluate, _count(train), 1, batch_size=batch_size)[:, 0].T
+
+
+def _function_self_influence(variables, vectors, scale, data, *, loss, chosen, batch_size):
+    gradients = _gradient_fn(loss, jax.tree.structure(variables), chosen)
+
+    def evaluate(example: Array, _: Array) -> Array:
+        e = _embeddings(gradients, variables, vectors, scale, _take(data, example))
+        return jnp.sum(e * e, axis=1)
+
+    return map_over_samples(evaluate, _count(data), 1, batch_size=batch_size)[:, 0]
+
+
+def influence_function(
+    loss: Loss,
+    variables: Any,
+    train: Any,
+    test: Any,
+    hessian: HessianEigen,
+    *,
+    damping: float = 0.0,
+    min_eigenvalue: float = 0.0,
+    batch_size: int | None = None,
+) -> Array:
+    """Influence-function scores of every training example on every test example
+    (module docstring): ``scores[i, j] = grad l(test_i) . (H + damping I)^-1
+    grad l(train_j)``, the inverse taken over ``hessian``'s eigenpairs with
+    ``mu_k + damping > min_eigenvalue``. About how much the loss on ``test_i`` would
+    rise if ``train_j`` were left out of training.
+
+    Args:
+      loss: ``loss(variables, example) -> scalar``, the loss of one example.
+      variables: the parameters the Hessian was computed at.
+      train: the training examples to score, a pytree of arrays ``(N_train, ...)``.
+      test: the examples to explain, a pytree like ``train`` with ``N_test`` rows.
+      hessian: :func:`hessian_eigen` of ``loss`` at ``variables``; its leaves are the
+        ones differentiated here.
+      damping: ``lambda``, added to every eigenvalue (an L2 penalty
+        ``lambda / 2 |theta|^2`` on the training objective); Captum's ``hessian_reg``.
+      min_eigenvalue: eigenpairs with ``mu_k + damping`` at or below it are left out
+        (negative curvature, and directions too flat to invert); Captum's
+        ``hessian_inverse_tol``.
+      batch_size: examples per pass of per-example gradients; None: all at once.
+
+    Returns:
+      float32 ``(N_test, N_train)``.
+    """
+    chosen, scale = _influence_setup(variables, hessian, damping, min_eigenvalue, batch_size)
+    train, _ = _examples(train, "train")
+    test, _ = _examples(test, "test")
+    influence = _compiled(_function_influence, loss, chosen, batch_size)
+    return influence(variables, hessian.vectors, scale, train, test)
+
+
+def influence_function_self(
+    loss: Loss,
+    variables: Any,
+    data: Any,
+    hessian: HessianEigen,
+    *,
+    damping: float = 0.0,
+    min_eigenvalue: float = 0.0,
+    batch_size: int | None = None,
+) -> Array:
+    """``IF(z, z) = grad l(z) . (H + damping I)^-1 grad l(z)`` for every example of
+    ``data`` (arguments as in :func:`influence_function`): float32 ``(N,)``, the
+    examples whose removal would most change their own loss first, mislabelled ones
+    among them."""
+    chosen, scale = _influence_setup(variables, hessian, damping, min_eigenvalue, batch_size)
+    data, _ = _examples(data, "data")
+    influence = _compiled(_function_self_influence, loss, chosen, batch_size)
+    return influence(variables, hessian.vectors, scale, data)
 
 
 class SimilarExamples(NamedTuple):
