@@ -180,14 +180,24 @@ def as_baseline(baseline: Any, x: Array, name: str = "baseline") -> Array:
 def as_number(
     value: Any, name: str, *, minimum: float | None = None, inclusive: bool = True
 ) -> float:
-    """A finite real ``value`` (not a bool) as a Python float, ``>= minimum`` (``>``
-    with ``inclusive=False``) when a minimum is given; otherwise a one-line ValueError
-    that names ``name``."""
+    """A finite real ``value`` (a Python or NumPy number, or a concrete 0-d integer or
+    float array; not a bool) as a Python float, ``>= minimum`` (``>`` with
+    ``inclusive=False``) when a minimum is given; otherwise a one-line ValueError that
+    names ``name``."""
     bound = "" if minimum is None else f" {'>=' if inclusive else '>'} {minimum:g}"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
-    number = float(value)
-    if minimum is not None and (number < minimum if inclusive else number <= minimum):
+    dtype = getattr(value, "dtype", None)
+    real = isinstance(value, numbers.Real) or (
+        dtype is not None
+        and np.ndim(value) == 0
+        and (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating))
+    )
+    try:
+        number = float(value) if real and not isinstance(value, (bool, np.bool_)) else math.nan
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        number = math.nan
+    if not math.isfinite(number) or (
+        minimum is not None and (number < minimum if inclusive else number <= minimum)
+    ):
         raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
     return number
 

@@ -109,6 +109,9 @@ def test_counts_must_be_positive_integers(value):
         (float("nan"), None, True, "alpha must be a finite number, got nan"),
         (-1e-9, 0, True, "alpha must be a finite number >= 0, got -1e-09"),
         (0.0, 0, False, "alpha must be a finite number > 0, got 0.0"),
+        (np.bool_(True), None, True, "alpha must be a finite number, got "),
+        (np.array([1.0]), None, True, "alpha must be a finite number, got array([1.])"),
+        (jnp.complex64(1), None, True, "alpha must be a finite number"),
     ],
 )
 def test_numbers_must_be_finite_and_above_their_minimum(value, minimum, inclusive, message):
@@ -117,7 +120,7 @@ def test_numbers_must_be_finite_and_above_their_minimum(value, minimum, inclusiv
 
 
 def test_numbers_are_python_floats():
-    for value in (0, 2, np.float32(0.5), np.int64(3), -4.0):
+    for value in (0, 2, np.float32(0.5), np.int64(3), -4.0, jnp.float32(1.5), np.array(2.0)):
         number = core.as_number(value, "alpha")
         assert type(number) is float and number == float(value)
     assert core.as_number(0, "alpha", minimum=0) == 0.0
