@@ -143,6 +143,7 @@ from fmi_jax.attribution.gradients import input_x_gradient, saliency
 from fmi_jax.attribution.handle import FlaxModel, as_flax_model, flax_model
 from fmi_jax.attribution.influence import (
     DEFAULT_ARNOLDI_ITERATIONS,
+    DEFAULT_ARNOLDI_RANK,
     EXACT_HESSIAN_LIMIT,
     HESSIAN_SOLVERS,
     SIMILARITY_METRICS,
@@ -297,6 +298,7 @@ __all__ = [
     "HessianEigen",
     "HESSIAN_SOLVERS",
     "DEFAULT_ARNOLDI_ITERATIONS",
+    "DEFAULT_ARNOLDI_RANK",
     "EXACT_HESSIAN_LIMIT",
     "influence_function",
     "influence_function_self",

@@ -42,47 +42,59 @@ Differences from Captum's ``TracInCP`` (``captum.influence``):
 
 Influence functions (Koh & Liang 2017, "Understanding Black-box Predictions via
 Influence Functions", ICML, arXiv:1703.04730) ask the question of a model at one set of
-parameters ``theta``, the minimum of the training objective ``sum_i l(theta, z_i)``:
-how would the loss on z' change if z weighed a little more in that objective? With
-``H = sum_i grad^2 l(theta, z_i)`` (over ``hessian_data``, by default the training
-set) and the objective's minimum moving by ``d theta / d eps = -H^-1 grad l(theta, z)``
-when z's weight grows by eps,
+parameters ``theta``, the minimum of the training objective
+``sum_i l(theta, z_i) + lambda / 2 |theta|^2``: how would the loss on z' change if z
+weighed a little more in that objective? With ``H = sum_i grad^2 l(theta, z_i)`` (over
+the ``data`` given to :func:`hessian_eigen`: the training set, or a sample of it, which
+scales ``H`` by its share) the minimum moves by
+``d theta / d eps = -(H + lambda I)^-1 grad l(theta, z)`` when z's weight grows by eps,
+so
 
     IF(z, z') = grad l(theta, z') . (H + lambda I)^-1 grad l(theta, z)
               = -d l(theta_eps, z') / d eps,
 
-positive for proponents as in TracIn; removing z (eps = -1) raises the loss on z' by
-about ``IF(z, z')``. ``lambda`` (``damping``) is the objective's L2 penalty
-``lambda / 2 |theta|^2`` (tests check both against retraining a ridge and a logistic
-regression). A network's ``H`` is not invertible and has negative eigenvalues, so
-``H^-1`` is taken over its top eigenpairs ``(mu_k, u_k)`` (:func:`hessian_eigen`),
+positive for proponents as in TracIn (Koh & Liang's ``I_up,loss`` is its negative);
+removing z (eps = -1) raises the loss on z' by about ``IF(z, z')``. Tests check both
+against refitting a ridge and a logistic regression. ``lambda`` (``damping``) is that
+L2 penalty; a model trained on the *mean* loss with weight decay ``wd`` has
+``lambda = N wd``. A network's ``H`` is not invertible and has negative eigenvalues,
+so the inverse is taken over its top eigenpairs ``(mu_k, u_k)``
+(:func:`hessian_eigen`),
 
     IF(z, z') = sum_k (u_k . grad l(z')) (u_k . grad l(z)) / (mu_k + lambda),
 
-over the pairs with ``mu_k + lambda > min_eigenvalue``: an "influence embedding"
-``e(z)_k = u_k . grad l(z) / sqrt(mu_k + lambda)`` per example, and a score that is the
-dot product of two embeddings. The eigenpairs come from the Hessian itself
+over the pairs with ``mu_k + lambda > min_eigenvalue`` (the directions left out count
+0, not ``1 / lambda``): an "influence embedding"
+``e(z)_k = u_k . grad l(z) / sqrt(mu_k + lambda)`` per example, and a score that is
+the dot product of two embeddings. The eigenpairs come from the Hessian itself
 (``solver='exact'``: ``P`` Hessian-vector products and an eigendecomposition, for up to
-16,384 parameters, the last layer of most classifiers) or from the Arnoldi iteration
-of Schioppa, Zablotskaia, Vilar & Sokolov (2022, "Scaling Up Influence Functions",
-AAAI, arXiv:2112.03052; ``solver='arnoldi'``): ``iterations`` Hessian-vector products
-``jax.jvp`` of ``jax.grad``, never the matrix, from a random start, each new direction
-orthogonalised twice against all earlier ones, then the eigenpairs of the small
-projected matrix (Ritz pairs), whose extremes converge first. Memory:
-``(iterations + 1) x P`` floats for the basis.
+16,384 parameters, the last layer of a small classifier: the Fashion-MNIST CNN's has
+2,570) or from the Arnoldi iteration of Schioppa, Zablotskaia, Vilar & Sokolov (2022,
+"Scaling Up Influence Functions", AAAI, arXiv:2112.03052; ``solver='arnoldi'``):
+``iterations`` Hessian-vector products (``jax.jvp`` of ``jax.grad``, never the matrix)
+from a random start, each new direction orthogonalised twice against all earlier
+ones, then the eigenpairs of the small projected matrix (Ritz pairs), whose extremes
+converge first. Memory: ``(iterations + 1) x P`` floats for the basis.
 
 Differences from Captum's ``NaiveInfluenceFunction`` and ``ArnoldiInfluenceFunction``:
 
 * The same score, with Captum's ``hessian_reg`` as ``damping`` and its
-  ``hessian_inverse_tol`` as ``min_eigenvalue``; the Hessian is computed once
-  (:func:`hessian_eigen`) and passed to any number of calls, for any training and test
-  examples.
-* Captum's Arnoldi orthogonalises each new direction once and stops when its norm falls
-  below ``arnoldi_tol`` (absolute, 0.1 by default); here it is orthogonalised twice (in
-  float32 once is not enough after a few dozen steps) and the iteration stops only
-  when the Krylov space is the whole parameter space or a direction is exactly 0.
-  Captum takes the eigenpairs of the unsymmetric projected matrix with
-  ``torch.linalg.eig``; here of its symmetric part.
+  ``hessian_inverse_tol`` as ``min_eigenvalue`` (Captum's defaults: 1e-6 and 1e-5 for
+  the naive solver, 1e-3 and 1e-4 for Arnoldi; here 0 and 0), and its
+  ``projection_dim`` as ``rank``. The Hessian is computed once
+  (:func:`hessian_eigen`) and passed to any number of calls, for any training and
+  test examples.
+* Captum's Arnoldi orthogonalises each new direction once, uses ``arnoldi_dim - 1``
+  of its steps, and stops when a new direction's norm falls below ``arnoldi_tol``,
+  an absolute 0.1 by default, in the units of a Hessian that grows with the number of
+  examples. Here a direction is orthogonalised twice (in float32 once is not enough
+  after a few dozen steps); one whose norm is below 1e-4 of the largest
+  ``|H q|`` so far is rounding error (the basis spans an invariant subspace: a
+  Hessian of low rank, a parameter the loss never reads, repeated eigenvalues) and
+  is replaced by a random direction orthogonal to the basis, so every one of the
+  ``iterations`` steps adds a direction and ``iterations = P`` is exact. Captum takes
+  the eigenpairs of the unsymmetric projected matrix with ``torch.linalg.eig``; here
+  of its symmetric part.
 
 Similarity (:func:`similarity_influence`, Captum's ``SimilarityInfluence``) is the
 gradient-free neighbour: the training examples whose activation at a layer is closest
@@ -94,6 +106,7 @@ time and only the ``(N_test, N_train)`` scores are kept.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -116,6 +129,7 @@ from fmi_jax.attribution.handle import layer_call
 
 __all__ = [
     "DEFAULT_ARNOLDI_ITERATIONS",
+    "DEFAULT_ARNOLDI_RANK",
     "EXACT_HESSIAN_LIMIT",
     "HESSIAN_SOLVERS",
     "SIMILARITY_METRICS",
@@ -132,6 +146,7 @@ __all__ = [
 SIMILARITY_METRICS = ("cosine", "euclidean")
 HESSIAN_SOLVERS = ("exact", "arnoldi")
 DEFAULT_ARNOLDI_ITERATIONS = 200
+DEFAULT_ARNOLDI_RANK = 50
 EXACT_HESSIAN_LIMIT = 16384
 
 Loss = Callable[[Any, Any], Array]
@@ -306,21 +321,32 @@ def _self_influence(variables, rate, data, *, loss, chosen, batch_size):
     return rate * map_over_samples(evaluate, _count(data), 1, batch_size=batch_size)[:, 0]
 
 
-@functools.lru_cache(maxsize=8)
-def _cached(kind: Callable[..., Array], loss: Loss, chosen: tuple[bool, ...], batch_size):
-    return jax.jit(functools.partial(kind, loss=loss, chosen=chosen, batch_size=batch_size))
+def _jit(kind: Callable[..., Array], loss: Loss, chosen: tuple[bool, ...], batch_size, donate):
+    return jax.jit(
+        functools.partial(kind, loss=loss, chosen=chosen, batch_size=batch_size),
+        donate_argnums=donate,
+    )
 
 
-def _compiled(kind: Callable[..., Array], loss: Loss, chosen: tuple[bool, ...], batch_size):
-    """``kind`` jitted for one loss, selection and chunk size. Kept for the last eight,
-    so that repeated calls with the same loss function compile once per shape; the
-    cache holds those loss functions (and what they close over), and no more. A loss
-    defined anew for every call (a lambda) compiles every time, and one that cannot
-    be hashed is compiled for this call only."""
+_cached = functools.lru_cache(maxsize=8)(_jit)
+
+
+def _compiled(
+    kind: Callable[..., Array],
+    loss: Loss,
+    chosen: tuple[bool, ...],
+    batch_size,
+    donate: tuple[int, ...] = (),
+):
+    """``kind`` jitted for one loss, selection and chunk size (its ``donate``
+    arguments donated). Kept for the last eight, so that repeated calls with the same
+    loss function compile once per shape; the cache holds those loss functions (and
+    what they close over), and no more. A loss defined anew for every call (a lambda)
+    compiles every time, and one that cannot be hashed is compiled for this call only."""
     try:
-        return _cached(kind, loss, chosen, batch_size)
+        return _cached(kind, loss, chosen, batch_size, donate)
     except TypeError:
-        return jax.jit(functools.partial(kind, loss=loss, chosen=chosen, batch_size=batch_size))
+        return _jit(kind, loss, chosen, batch_size, donate)
 
 
 def tracin(
@@ -391,9 +417,14 @@ def self_influence(
     return total
 
 
-class HessianEigen(NamedTuple):
+@functools.partial(
+    jax.tree_util.register_dataclass, data_fields=["values", "vectors"], meta_fields=["paths"]
+)
+@dataclasses.dataclass(frozen=True)
+class HessianEigen:
     """Top eigenpairs of the training Hessian ``H = sum_i grad^2 l(theta, z_i)`` of the
-    selected parameters (:func:`hessian_eigen`), largest eigenvalue first.
+    selected parameters (:func:`hessian_eigen`), largest eigenvalue first. A pytree
+    (``paths`` is static), so it can be jitted over, moved and saved.
 
     Attributes:
       values: float32 ``(K,)``, descending.
@@ -408,8 +439,9 @@ class HessianEigen(NamedTuple):
 
 
 def _flat_loss(loss: Loss, variables: Any, chosen: tuple[bool, ...]):
-    """``(theta, example_loss)``: the selected leaves as one float32 vector and the
-    loss of one example as a function of that vector, the other leaves held fixed."""
+    """``(theta, example_loss)``: the selected leaves as one vector (their common
+    dtype) and the loss of one example as a function of that vector, the other leaves
+    held fixed."""
     treedef = jax.tree.structure(variables)
     leaves = jax.tree.leaves(variables)
     selected = [leaf for leaf, c in zip(leaves, chosen) if c]
@@ -421,7 +453,7 @@ def _flat_loss(loss: Loss, variables: Any, chosen: tuple[bool, ...]):
         merged = [next(it_s) if c else next(it_f) for c in chosen]
         return jnp.asarray(loss(jax.tree.unflatten(treedef, merged), example), jnp.float32)
 
-    return theta.astype(jnp.float32), example_loss
+    return theta, example_loss
 
 
 def _sum_over_chunks(evaluate: Callable[[Array, Array], Array], count: int, batch_size):
@@ -456,7 +488,9 @@ def _hessian_products(variables, data, vectors, *, loss, chosen, batch_size):
             return jnp.sum(weight * jax.vmap(example_loss, (None, 0))(flat, chunk))
 
         gradient = jax.grad(total)
-        return jax.vmap(lambda v: jax.jvp(gradient, (theta,), (v,))[1])(vectors)
+        tangents = vectors.astype(theta.dtype)
+        products = jax.vmap(lambda v: jax.jvp(gradient, (theta,), (v,))[1])(tangents)
+        return products.astype(jnp.float32)
 
     return _sum_over_chunks(evaluate, _count(data), batch_size)
 
@@ -465,40 +499,110 @@ _EXACT_COLUMNS = 32  # Hessian columns per pass of the exact solver
 
 
 def _exact_hessian(variables, data, *, loss, chosen, batch_size):
-    """The ``(P, P)`` Hessian, ``_EXACT_COLUMNS`` basis vectors per pass, symmetrised."""
+    """The ``(P, P)`` Hessian, ``_EXACT_COLUMNS`` unit vectors per pass, symmetrised."""
     size = int(_flat_loss(loss, variables, chosen)[0].shape[0])
     blocks = -(-size // _EXACT_COLUMNS)
-    basis = jnp.eye(blocks * _EXACT_COLUMNS, size, dtype=jnp.float32)
-    columns = jax.lax.map(
-        lambda block: _hessian_products(
-            variables, data, block, loss=loss, chosen=chosen, batch_size=batch_size
-        ),
-        basis.reshape(blocks, _EXACT_COLUMNS, size),
-    ).reshape(-1, size)[:size]
-    return 0.5 * (columns + columns.T)
+
+    def columns(block: Array) -> Array:
+        rows = block * _EXACT_COLUMNS + jnp.arange(_EXACT_COLUMNS)
+        units = (rows[:, None] == jnp.arange(size)[None, :]).astype(jnp.float32)
+        return _hessian_products(
+            variables, data, units, loss=loss, chosen=chosen, batch_size=batch_size
+        )
+
+    matrix = jax.lax.map(columns, jnp.arange(blocks)).reshape(-1, size)[:size]
+    return 0.5 * (matrix + matrix.T)
+
+
+def _orthogonalise(basis: Array, vector: Array) -> tuple[Array, Array]:
+    """``vector`` minus its projection on the rows of ``basis``, taken twice (once is
+    not enough in float32 after a few dozen rows); returns the coefficients too."""
+    highest = jax.lax.Precision.HIGHEST
+    first = jnp.matmul(basis, vector, precision=highest)
+    left = vector - jnp.matmul(first, basis, precision=highest)
+    second = jnp.matmul(basis, left, precision=highest)
+    return first + second, left - jnp.matmul(second, basis, precision=highest)
+
+
+def _set_row(basis: Array, k: Array, left: Array) -> tuple[Array, Array]:
+    """``basis`` with ``left / |left|`` as row ``k + 1``, and ``|left|``."""
+    norm = jnp.sqrt(jnp.sum(left * left))
+    row = jnp.where(norm > 0, left / jnp.where(norm > 0, norm, 1.0), 0.0)
+    return basis.at[k + 1].set(row), norm
 
 
 def _arnoldi_step(variables, data, basis, k, *, loss, chosen, batch_size):
-    """One Arnoldi step: ``w = H q_k`` orthogonalised twice against the rows of
-    ``basis`` (rows after ``k`` are zero). Returns the projections ``(n + 1,)``, the
-    norm of what is left and ``basis`` with that direction, normalised, as row k + 1."""
+    """One Arnoldi step: ``w = H q_k`` orthogonalised against the rows of ``basis``
+    (rows after ``k`` are zero). Returns the coefficients ``(n + 1,)``, ``|H q_k|``,
+    the norm of what is left and ``basis`` with that direction, normalised, as row
+    ``k + 1``."""
     products = _hessian_products(
         variables, data, basis[k][None], loss=loss, chosen=chosen, batch_size=batch_size
     )[0]
-    highest = jax.lax.Precision.HIGHEST
-    first = jnp.matmul(basis, products, precision=highest)
-    left = products - jnp.matmul(first, basis, precision=highest)
-    second = jnp.matmul(basis, left, precision=highest)
-    left = left - jnp.matmul(second, basis, precision=highest)
-    norm = jnp.sqrt(jnp.sum(left * left))
-    row = jnp.where(norm > 0, left / jnp.where(norm > 0, norm, 1.0), 0.0)
-    return first + second, norm, basis.at[k + 1].set(row)
+    column, left = _orthogonalise(basis, products)
+    basis, norm = _set_row(basis, k, left)
+    return column, jnp.sqrt(jnp.sum(products * products)), norm, basis
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _restart_row(basis: Array, k: Array, key: Array) -> Array:
+    """``basis`` with a random unit direction orthogonal to its rows as row ``k + 1``."""
+    vector = jax.random.normal(jax.random.fold_in(key, k), basis.shape[1:], jnp.float32)
+    basis = basis.at[k + 1].set(0.0)  # the rounding error the step normalised
+    return _set_row(basis, k, _orthogonalise(basis, vector)[1])[0]
+
+
+_BREAKDOWN = 1e-4  # relative size of a new Arnoldi direction taken for rounding error
+
+
+def _arnoldi(variables, data, key, steps, loss, chosen, batch_size):
+    """The Ritz values (descending) and the orthonormal basis of ``steps`` Arnoldi
+    steps. When ``H q_k`` lies in the span of the basis up to ``_BREAKDOWN`` of the
+    largest ``|H q|`` (an invariant subspace: a Hessian of low rank, a parameter the
+    loss never reads, repeated eigenvalues), what is left is rounding error: it is
+    dropped, and the iteration goes on from a random direction orthogonal to the
+    basis, so that ``steps = P`` spans the whole space."""
+    size = int(_flat_loss(loss, variables, chosen)[0].shape[0])
+    start_key, restart_key = jax.random.split(key)
+    start = jax.random.normal(start_key, (size,), jnp.float32)
+    basis = jnp.zeros((steps + 1, size), jnp.float32).at[0].set(start / jnp.linalg.norm(start))
+    step = _compiled(_arnoldi_step, loss, chosen, batch_size, donate=(2,))
+    projected = np.zeros((steps, steps), np.float64)
+    scale = 0.0
+    for k in range(steps):
+        column, length, norm, basis = step(variables, data, basis, jnp.int32(k))
+        column, length, norm = np.asarray(column, np.float64), float(length), float(norm)
+        if not (np.all(np.isfinite(column)) and math.isfinite(norm)):
+            raise ValueError(
+                "the Hessian-vector products are not finite: the loss or its second "
+                "derivatives are NaN or Inf at these variables"
+            )
+        projected[: k + 1, k] = column[: k + 1]
+        scale = max(scale, length)
+        if k + 1 == steps:
+            break
+        if norm > _BREAKDOWN * scale:
+            projected[k + 1, k] = norm
+        else:
+            basis = _restart_row(basis, jnp.int32(k), restart_key)
+    values, vectors = np.linalg.eigh(0.5 * (projected + projected.T))
+    order = np.argsort(values)[::-1]
+    return values[order], vectors[:, order], basis[:steps]
 
 
 def _selected(variables: Any, chosen: tuple[bool, ...]) -> tuple[tuple[str, ...], int]:
     """The paths of the chosen leaves and their number of parameters."""
     picked = [(path, leaf) for (path, leaf), c in zip(_leaves(variables), chosen) if c]
     return tuple(path for path, _ in picked), sum(int(np.size(leaf)) for _, leaf in picked)
+
+
+def _check_scalar_loss(loss: Loss, variables: Any, data: Any) -> None:
+    shape = jax.eval_shape(loss, variables, _take(data, 0)).shape
+    if shape != ():
+        raise ValueError(
+            f"loss returned shape {shape}; it must be the scalar loss of one example "
+            "(the batch axis is vmapped over)"
+        )
 
 
 def hessian_eigen(
@@ -520,9 +624,11 @@ def hessian_eigen(
       loss: ``loss(variables, example) -> scalar``, the loss of one example.
       variables: the parameters ``theta`` to explain (one checkpoint).
       data: the examples the Hessian sums over, a pytree of arrays ``(N, ...)``:
-        the training set, or a sample of it.
-      rank: how many eigenpairs to keep, largest eigenvalue first; None: all that the
-        solver finds (``P`` for ``'exact'``, ``iterations`` for ``'arnoldi'``).
+        the training set, or a sample of it (which scales ``H`` by its share).
+      rank: how many eigenpairs to keep, largest eigenvalue first; None: all ``P``
+        for ``'exact'``, ``min(DEFAULT_ARNOLDI_RANK, iterations)`` for ``'arnoldi'``
+        (the Ritz pairs from the middle of the spectrum have not converged: keep
+        ``rank`` well below ``iterations``, unless ``iterations = P``).
       solver: ``'exact'`` forms the ``P x P`` Hessian (``P`` Hessian-vector products,
         ``EXACT_HESSIAN_LIMIT`` parameters at most) and decomposes it; ``'arnoldi'``
         runs ``iterations`` Hessian-vector products and keeps the Ritz pairs.
@@ -530,8 +636,10 @@ def hessian_eigen(
         ``min(DEFAULT_ARNOLDI_ITERATIONS, P)``. At ``P`` the result is exact.
       key: PRNG key of Arnoldi's start vector (required by ``'arnoldi'``).
       select: which leaves to differentiate, by ``'/'``-joined path, as in
-        :func:`tracin`; None: every floating leaf.
-      batch_size: examples per pass over ``data``; None: all at once.
+        :func:`tracin`; None: every floating leaf (batch-norm statistics too: pass
+        ``lambda path: path.startswith('params/')`` for a Linen model's parameters).
+      batch_size: examples per pass over ``data``; None: all at once. The exact
+        solver pushes 32 tangents through each chunk, Arnoldi one.
 
     Returns:
       :class:`HessianEigen`.
@@ -543,8 +651,7 @@ def hessian_eigen(
         as_count(batch_size, "batch_size")
     chosen = _selection(variables, select)
     paths, size = _selected(variables, chosen)
-    if rank is not None:
-        rank = as_count(rank, "rank", 1, size)
+    _check_scalar_loss(loss, variables, data)
     if solver == "exact":
         if iterations is not None:
             raise ValueError(
@@ -556,36 +663,31 @@ def hessian_eigen(
                 f"parameters (at most {EXACT_HESSIAN_LIMIT} parameters): pass "
                 "solver='arnoldi', or select fewer leaves (the last layer's, say)"
             )
+        rank = size if rank is None else as_count(rank, "rank", 1, size)
         hessian = _compiled(_exact_hessian, loss, chosen, batch_size)(variables, data)
+        if not bool(jnp.all(jnp.isfinite(hessian))):
+            raise ValueError(
+                "the Hessian is not finite: the loss or its second derivatives are NaN "
+                "or Inf at these variables"
+            )
         values, vectors = jnp.linalg.eigh(hessian)
-        values, vectors = values[::-1], vectors[:, ::-1]
+        values, vectors = values[::-1][:rank], vectors[:, ::-1][:, :rank]
     else:
         key = require_key(key, "hessian_eigen(solver='arnoldi')")
         steps = min(DEFAULT_ARNOLDI_ITERATIONS, size) if iterations is None else iterations
         steps = as_count(steps, "iterations", 1, size)
-        start = jax.random.normal(key, (size,), jnp.float32)
-        basis = jnp.zeros((steps + 1, size), jnp.float32).at[0].set(start / jnp.linalg.norm(start))
-        step = _compiled(_arnoldi_step, loss, chosen, batch_size)
-        projected = np.zeros((steps + 1, steps), np.float64)
-        found = steps
-        for k in range(steps):
-            column, norm, basis = step(variables, data, basis, jnp.int32(k))
-            projected[: k + 1, k] = np.asarray(column, np.float64)[: k + 1]
-            projected[k + 1, k] = float(norm)
-            if not float(norm) > 0:
-                found = k + 1
-                break
-        small = projected[:found, :found]
-        ritz_values, ritz_vectors = np.linalg.eigh(0.5 * (small + small.T))
-        order = np.argsort(ritz_values)[::-1]
-        values = jnp.asarray(ritz_values[order], jnp.float32)
+        if rank is None:
+            rank = min(DEFAULT_ARNOLDI_RANK, steps)
+        rank = as_count(rank, "rank (at most iterations)", 1, steps)
+        ritz_values, ritz_vectors, basis = _arnoldi(
+            variables, data, key, steps, loss, chosen, batch_size
+        )
+        values = jnp.asarray(ritz_values[:rank], jnp.float32)
         vectors = jnp.matmul(
-            basis[:found].T,
-            jnp.asarray(ritz_vectors[:, order], jnp.float32),
+            basis.T,
+            jnp.asarray(ritz_vectors[:, :rank], jnp.float32),
             precision=jax.lax.Precision.HIGHEST,
         )
-    if rank is not None:
-        values, vectors = values[:rank], vectors[:, :rank]
     return HessianEigen(values=values, vectors=vectors, paths=paths)
 
 
@@ -608,6 +710,11 @@ def _influence_setup(variables, hessian, damping, min_eigenvalue, batch_size):
     if not isinstance(hessian, HessianEigen):
         raise ValueError(
             f"hessian must be a HessianEigen (from hessian_eigen), got {type(hessian).__name__}"
+        )
+    if np.shape(hessian.values) != np.shape(hessian.vectors)[1:]:
+        raise ValueError(
+            f"hessian has {np.shape(hessian.values)} eigenvalues for eigenvectors of shape "
+            f"{np.shape(hessian.vectors)}: one eigenvalue per column"
         )
     leaves = _leaves(variables)
     known = {path for path, _ in leaves}

@@ -6,6 +6,8 @@ Arnoldi solver, and self-influence as the diagonal of the score matrix."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -180,7 +182,9 @@ def test_an_indefinite_hessian_truncated_by_rank_and_curvature(mlp):
         truncated = (
             eigen
             if rank is None
-            else eigen._replace(values=eigen.values[:rank], vectors=eigen.vectors[:, :rank])
+            else dataclasses.replace(
+                eigen, values=eigen.values[:rank], vectors=eigen.vectors[:, :rank]
+            )
         )
         expected = numpy_influence(hessian, grads[:5], grads, damping, rank, cut)
         for batch_size in (None, 5):
@@ -238,6 +242,130 @@ def test_arnoldi_finds_the_top_of_a_known_spectrum():
             assert abs(float(eigen.vectors[expected[k], k])) > 1 - 1e-4
 
 
+def low_rank_problem(size=50, examples=10):
+    """``l(w, (a, b)) = (w . a - b)^2 / 2`` over ``examples`` < ``size`` rows: H = A^T A
+    has rank ``examples``, the rest of the space is its null space."""
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(examples, size))
+    data = (jnp.asarray(a, jnp.float32), jnp.asarray(rng.normal(size=examples), jnp.float32))
+
+    def loss(variables, example):
+        row, target = example
+        return 0.5 * (variables["w"] @ row - target) ** 2
+
+    return loss, {"w": jnp.zeros(size, jnp.float32)}, data, a.T @ a
+
+
+@pytest.mark.parametrize("iterations", [12, 30, 50])
+def test_arnoldi_past_an_invariant_subspace(iterations):
+    """Once the Krylov space holds H's range (10 directions here), every new direction
+    is rounding error; Arnoldi must not normalise it into the basis. The top
+    eigenvalues stay NumPy's, the vectors orthonormal, at any number of steps (50 = P
+    spans the whole space)."""
+    loss, variables, data, hessian = low_rank_problem()
+    eigen = hessian_eigen(
+        loss,
+        variables,
+        data,
+        solver="arnoldi",
+        iterations=iterations,
+        rank=10,
+        key=jax.random.key(0),
+    )
+    reference = np.linalg.eigvalsh(hessian)[::-1][:10]
+    np.testing.assert_allclose(eigen.values, reference, rtol=1e-4, atol=1e-4 * reference[0])
+    np.testing.assert_allclose(eigen.vectors.T @ eigen.vectors, np.eye(10), atol=1e-4)
+    np.testing.assert_allclose(
+        hessian @ np.asarray(eigen.vectors, np.float64),
+        np.asarray(eigen.vectors) * reference,
+        atol=1e-3 * reference[0],
+    )
+
+
+def test_arnoldi_with_an_unused_parameter_and_a_repeated_eigenvalue():
+    """A selected leaf the loss never reads (a zero block of H) and an eigenvalue of
+    multiplicity three: a Krylov space from one start holds one vector of each
+    eigenspace, so only directions drawn afresh reach the rest. With iterations = P
+    the eigenvalues are all of H's."""
+    mu = np.array([5.0, 5.0, 5.0, 2.0, 1.0, 1.0], np.float32)
+
+    def loss(variables, example):
+        weight, index = example
+        return 0.5 * weight * variables["theta"][index] ** 2 + 0.0 * jnp.sum(variables["aux"])
+
+    variables = {"aux": jnp.zeros(4, jnp.float32), "theta": jnp.zeros(6, jnp.float32)}
+    data = (jnp.asarray(mu), jnp.arange(6, dtype=jnp.int32))
+    eigen = hessian_eigen(
+        loss, variables, data, solver="arnoldi", iterations=10, rank=10, key=jax.random.key(3)
+    )
+    np.testing.assert_allclose(
+        eigen.values, np.concatenate([np.sort(mu)[::-1], np.zeros(4)]), atol=1e-5
+    )
+    np.testing.assert_allclose(eigen.vectors.T @ eigen.vectors, np.eye(10), atol=1e-5)
+
+
+def test_arnoldi_scores_with_a_rank_below_its_steps_equal_the_exact_ones(mlp):
+    """The top 8 of 30 Ritz pairs have converged on the MLP's 39 parameters: the
+    scores equal the exact solver's top-8 scores. Duplicating the data doubles every
+    eigenvalue (H is a sum, not a mean), halving the scores."""
+    variables, (x, labels), _, _ = mlp
+    data = (x, labels)
+    exact = hessian_eigen(cross_entropy, variables, data, rank=8, select=params_only)
+    arnoldi = hessian_eigen(
+        cross_entropy,
+        variables,
+        data,
+        rank=8,
+        solver="arnoldi",
+        iterations=30,
+        key=jax.random.key(2),
+        select=params_only,
+    )
+    np.testing.assert_allclose(arnoldi.values, exact.values, rtol=1e-4)
+    test = (x[:4], labels[:4])
+    expected = influence_function(cross_entropy, variables, data, test, exact)
+    got = influence_function(cross_entropy, variables, data, test, arnoldi)
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
+    doubled = hessian_eigen(
+        cross_entropy,
+        variables,
+        (jnp.concatenate([x, x]), jnp.concatenate([labels, labels])),
+        rank=8,
+        select=params_only,
+    )
+    np.testing.assert_allclose(doubled.values, 2 * exact.values, rtol=1e-5)
+    np.testing.assert_allclose(
+        influence_function(cross_entropy, variables, data, test, doubled),
+        expected / 2,
+        rtol=1e-4,
+        atol=1e-5 * np.abs(expected).max(),
+    )
+
+
+def test_nnx_state_and_a_jitted_hessian():
+    """An NNX model's parameters (paths 'kernel', 'bias') give the ridge answer of the
+    linear model; the HessianEigen passes through jax.jit (its paths are static)."""
+    from flax import nnx
+
+    rng = np.random.default_rng(6)
+    model = nnx.Linear(3, 1, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model, nnx.Param)
+    x, y = rng.normal(size=(8, 3)).astype(np.float32), rng.normal(size=8).astype(np.float32)
+
+    def loss(state, example):
+        xi, yi = example
+        return 0.5 * (nnx.merge(graphdef, state)(xi[None])[0, 0] - yi) ** 2
+
+    eigen = jax.jit(lambda h: h)(hessian_eigen(loss, params, (x, y)))
+    assert eigen.paths == ("bias", "kernel")
+    got = influence_function(loss, params, (x, y), (x[:2], y[:2]), eigen, damping=0.5)
+    w, b = np.asarray(params["kernel"][...])[:, 0], float(params["bias"][...][0])
+    phi = features(x)
+    g = phi * (phi @ np.concatenate([w, [b]]) - y)[:, None]  # (bias last, as features())
+    expected = g[:2] @ np.linalg.solve(phi.T @ phi + 0.5 * np.eye(4), g.T)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+
+
 def test_bad_arguments_are_one_line_value_errors(mlp):
     variables, (x, labels), _, _ = mlp
     data = (x, labels)
@@ -249,9 +377,39 @@ def test_bad_arguments_are_one_line_value_errors(mlp):
         (lambda: hessian_eigen(cross_entropy, variables, data, solver="lissa"), "solver must"),
         (
             lambda: hessian_eigen(cross_entropy, variables, data, solver="arnoldi"),
-            "needs a PRNG key|key",
+            "hessian_eigen\\(solver='arnoldi'\\)",
         ),
         (lambda: hessian_eigen(cross_entropy, variables, data, rank=0), "rank"),
+        (
+            lambda: hessian_eigen(
+                cross_entropy,
+                variables,
+                data,
+                solver="arnoldi",
+                iterations=5,
+                rank=6,
+                key=jax.random.key(0),
+            ),
+            "rank \\(at most iterations\\)",
+        ),
+        (
+            lambda: hessian_eigen(lambda v, e: cross_entropy(v, e)[None], variables, data),
+            "scalar loss",
+        ),
+        (
+            lambda: hessian_eigen(lambda v, e: jnp.sqrt(-cross_entropy(v, e)), variables, data),
+            "not finite",
+        ),
+        (
+            lambda: hessian_eigen(
+                lambda v, e: jnp.sqrt(-cross_entropy(v, e)),
+                variables,
+                data,
+                solver="arnoldi",
+                key=jax.random.key(0),
+            ),
+            "not finite",
+        ),
         (lambda: hessian_eigen(cross_entropy, variables, data, iterations=5), "Arnoldi"),
         (
             lambda: hessian_eigen(
@@ -292,6 +450,12 @@ def test_bad_arguments_are_one_line_value_errors(mlp):
                 HessianEigen(head.values, head.vectors[:-1], head.paths),
             ),
             "entries",
+        ),
+        (
+            lambda: influence_function_self(
+                cross_entropy, variables, data, dataclasses.replace(head, values=head.values[:3])
+            ),
+            "one eigenvalue per column",
         ),
         (
             lambda: influence_function(cross_entropy, variables, data, (x[:2], labels), eigen),
