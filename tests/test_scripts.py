@@ -89,6 +89,7 @@ def test_explain_script_runs_from_another_folder_with_its_default_config(tmp_pat
         "quantus_agreement.py",
         "tcav_agreement.py",
         "tracin_agreement.py",
+        "influence_agreement.py",
     ],
 )
 def test_comparison_scripts_end_in_one_error_line_without_their_inputs(tmp_path, script):
