@@ -149,6 +149,7 @@ from fmi_jax.attribution.core import (
     Target,
     as_count,
     as_input,
+    as_number,
     as_rows,
     as_target,
     check_finite,
@@ -204,23 +205,11 @@ def uniform_perturbation(key: Array, x: Array, radius: float) -> Array:
 
 
 def _as_scale(value: Any, name: str) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}") from None
-    if not value >= 0 or not np.isfinite(value):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return value
+    return as_number(value, name, minimum=0)
 
 
 def _as_bound(value: Any, name: str) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a finite number, got {value!r}") from None
-    if not np.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return value
+    return as_number(value, name)
 
 
 def _resolve_perturb(perturbation: str | Perturb, stdev: float) -> Perturb:

@@ -197,6 +197,7 @@ from fmi_jax.attribution.core import (
     ModelFn,
     Target,
     as_input,
+    as_number,
     as_rows,
     as_target,
     example_keys,
@@ -762,9 +763,9 @@ def input_invariance(
       ValueError: a non-finite shift or negative tolerances, maps without one row per
         input or of different shapes, and the input errors of the model's inputs.
     """
-    for name, value in (("shift", shift), ("rtol", rtol), ("atol", atol)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    shift, rtol, atol = (
+        as_number(v, n) for v, n in ((shift, "shift"), (rtol, "rtol"), (atol, "atol"))
+    )
     if rtol < 0 or atol < 0:
         raise ValueError(f"rtol and atol must be >= 0, got rtol={rtol}, atol={atol}")
     x = as_input(x)

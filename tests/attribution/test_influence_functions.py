@@ -144,13 +144,10 @@ def mlp():
     def example_loss(theta, example):
         return cross_entropy(dict(variables, params=unravel(theta)), example)
 
-    hessian = sum(
-        np.asarray(jax.hessian(example_loss)(flat, (x[i], labels[i])), np.float64)
-        for i in range(12)
-    )
-    grads = np.stack(
-        [np.asarray(jax.grad(example_loss)(flat, (x[i], labels[i])), np.float64) for i in range(12)]
-    )
+    hessian = np.asarray(
+        jax.vmap(jax.hessian(example_loss), (None, 0))(flat, (x, labels)), np.float64
+    ).sum(axis=0)
+    grads = np.asarray(jax.vmap(jax.grad(example_loss), (None, 0))(flat, (x, labels)), np.float64)
     return variables, (x, labels), hessian, grads
 
 
@@ -187,7 +184,7 @@ def test_an_indefinite_hessian_truncated_by_rank_and_curvature(mlp):
             )
         )
         expected = numpy_influence(hessian, grads[:5], grads, damping, rank, cut)
-        for batch_size in (None, 5):
+        for batch_size in (None, 5) if rank is None else (5,):
             got = influence_function(
                 cross_entropy,
                 variables,
