@@ -11,6 +11,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from fmi_jax.attribution import self_influence, tracin
+from tests.tiny_models import MLP, cross_entropy, params_only
 
 
 def squared_error(variables, example):
@@ -61,20 +62,6 @@ def test_linear_regression_closed_form():
     np.testing.assert_allclose(only_w, expected_w, rtol=1e-4, atol=1e-5)
 
 
-class MLP(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        x = nn.tanh(nn.Dense(5, name="hidden")(x))
-        x = nn.BatchNorm(use_running_average=True, name="bn")(x)
-        return nn.Dense(3, name="head")(x)
-
-
-def cross_entropy(variables, example):
-    x, label = example
-    logits = MLP().apply(variables, x[None])[0]
-    return -jax.nn.log_softmax(logits)[label]
-
-
 @pytest.fixture(scope="module")
 def mlp():
     rng = np.random.default_rng(1)
@@ -91,10 +78,6 @@ def mlp():
     x = jnp.asarray(rng.normal(size=(9, 4)), jnp.float32)
     labels = jnp.asarray(rng.integers(0, 3, 9), jnp.int32)
     return checkpoints, (x, labels)
-
-
-def params_only(path):
-    return path.startswith("params/")
 
 
 def test_tracin_is_the_sum_of_per_example_gradient_products(mlp):
