@@ -10,13 +10,14 @@ import pytest
 import configs
 from fmi_jax import attribution, models, studies, train
 from fmi_jax.data import cifar, registry
+from tests import testdata
 
 
 @pytest.mark.slow
 def test_cifarnet_is_the_tutorial_network():
     model = models.get_model("cifarnet")
     x = jnp.zeros((2, 32, 32, 3))
-    variables = model.init(jax.random.key(0), x)
+    variables = testdata.init(model, x, 0)
     # conv1 456 + conv2 2,416 + fc1 48,120 + fc2 10,164 + fc3 850 (PyTorch's tutorial).
     assert sum(p.size for p in jax.tree.leaves(variables["params"])) == 62_006
     assert variables["params"]["fc1"]["kernel"].shape == (400, 120)

@@ -176,7 +176,7 @@ def test_every_configured_method_runs_with_its_options():
     config = configs.load("evaluate_attributions")
     model = models.get_model("cnn_fmnist", features=(4, 4, 4), dense=(8,), dropout=0.0)
     x = testdata.uniform(jax.random.key(0), (2, 28, 28, 1))
-    variables = model.init(jax.random.key(1), x)
+    variables = testdata.init(model, x, 1)
     fn = lambda v: model.apply(variables, v)  # noqa: E731
     for name in config.methods:
         if name in study.CONTROLS:

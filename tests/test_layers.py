@@ -77,7 +77,7 @@ def test_use_conv_picks_the_implementation_a_model_traces_with():
 
     model = models.get_model("cnn_fmnist", features=(4, 8), pool=(True, True), dense=(8,))
     x = testdata.uniform(jax.random.key(0), (2, 12, 12, 1))
-    variables = model.init(jax.random.key(1), x)
+    variables = testdata.init(model, x, 1)
     outs = {}
     for name in layers.CONV_IMPLEMENTATIONS:
         with layers.use_conv(name):

@@ -134,7 +134,7 @@ class QuadraticHead(nn.Module):
 def test_shapley_cam_of_a_quadratic_head_is_the_exact_shapley_total():
     x = testdata.normal(jax.random.key(23), (5, 1, 1, 2))
     model = QuadraticHead()
-    variables = model.init(jax.random.key(24), x)
+    variables = testdata.init(model, x, 24)
     handle = A.flax_model(model, variables)
     _, a = handle.capture(x, "features")
     v = np.asarray(a, np.float64).reshape(5, 3)

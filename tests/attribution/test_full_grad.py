@@ -28,14 +28,19 @@ class BiasedNet(nn.Module):
         return nn.Dense(3, name="head")(x.mean(axis=(1, 2)))
 
 
+@testdata.jit
+def _jittered(variables, key):
+    """Every leaf plus N(0, 0.3^2) noise, drawn by one program."""
+    keys = iter(jax.random.split(key, 16))
+    return jax.tree.map(lambda v: v + 0.3 * jax.random.normal(next(keys), v.shape), variables)
+
+
 def _initialised(model, seed, norm):
     """``model``'s variables for X with every leaf moved by N(0, 0.3^2) noise: batch
     statistics and biases away from flax's initial 0 and 1, so every bias term (a batch
     norm's beta - gamma mean / sqrt(var + eps) included) is non-zero; the batch norm
     ``norm``'s variances kept positive."""
-    variables = model.init(jax.random.key(seed), X)
-    keys = iter(jax.random.split(jax.random.key(seed + 1), 16))
-    variables = jax.tree.map(lambda v: v + 0.3 * jax.random.normal(next(keys), v.shape), variables)
+    variables = _jittered(testdata.init(model, X, seed), jax.random.key(seed + 1))
     variables["batch_stats"][norm]["var"] = jnp.abs(variables["batch_stats"][norm]["var"])
     return variables
 
@@ -189,11 +194,11 @@ class SharedConv(nn.Module):
 def test_layers_fullgrad_cannot_use_are_refused_in_one_line():
     handle, _ = _linen_handle()
     model = SharedConv()
-    shared = A.flax_model(model, model.init(jax.random.key(37), X))
+    shared = A.flax_model(model, testdata.init(model, X, 37))
     with pytest.raises(ValueError, match=r"layer 'shared' \(Conv\) is called 2 times.*layers="):
         A.full_grad(shared, X)
     cnn = models.get_model("cnn_fmnist", features=(2, 3, 2), dense=(4,))
-    blocks = A.flax_model(cnn, cnn.init(jax.random.key(38), X[..., :1]), train=False)
+    blocks = A.flax_model(cnn, testdata.init(cnn, X[..., :1], 38), train=False)
     with pytest.raises(ValueError, match="layer 'conv1' is a ConvBlock, not an affine layer"):
         A.full_gradients(blocks, X[..., :1], layers=("conv1",))
     assert A.bias_layers(blocks, X[..., :1])[:4] == (

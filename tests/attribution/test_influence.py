@@ -11,6 +11,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from fmi_jax.attribution import self_influence, tracin
+from tests import testdata
 from tests.tiny_models import MLP, cross_entropy, params_only
 
 
@@ -293,7 +294,7 @@ def test_similarity_influence_is_a_numpy_nearest_neighbour_search(metric):
     train = rng.uniform(size=(9, 4, 4, 2)).astype(np.float32)
     test = np.concatenate([train[[6]], rng.uniform(size=(2, 4, 4, 2))]).astype(np.float32)
     model = TwoConv()
-    handle = flax_model(model, model.init(jax.random.key(0), jnp.zeros((1, 4, 4, 2))))
+    handle = flax_model(model, testdata.init(model, jnp.zeros((1, 4, 4, 2))))
 
     def expected(a, b):
         a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1)

@@ -197,7 +197,7 @@ class _TwoConvs(nn.Module):
 def test_layer_methods_are_registered_as_channel_sums_like_the_cams():
     x = testdata.uniform(jax.random.key(5), (2, 6, 6, 1))
     model = _TwoConvs()
-    handle = A.flax_model(model, model.init(jax.random.key(1), x))
+    handle = A.flax_model(model, testdata.init(model, x, 1))
     target = jnp.argmax(handle(x), axis=-1)
     per_unit = A.layer_integrated_gradients(handle, x, target, layer="conv2", steps=3)
     flat = A.explainer("layer_integrated_gradients", handle, layer="conv2", steps=3, upsample=False)

@@ -21,7 +21,7 @@ def _composed(hidden, *, zero_biases=False, seed=0):
         "sae_classifier", latents=40, k=5, image_shape=SHAPE, hidden=hidden, dropout=0.0
     )
     x = testdata.uniform(jax.random.key(seed), (6, *SHAPE))
-    variables = model.init(jax.random.key(seed + 1), x)
+    variables = testdata.init(model, x, seed + 1)
     params = variables["params"]
     # Non-trivial biases everywhere (flax initialises them to zero).
     params = jax.tree_util.tree_map_with_path(
