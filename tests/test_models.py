@@ -132,3 +132,21 @@ def test_init_variables_are_eager_init_bit_for_bit():
         np.testing.assert_array_equal(a, b)
     shapes = jax.eval_shape(lambda: models.init_variables(model, key, x, train=False))
     assert jax.tree.map(lambda s: s.shape, shapes) == jax.tree.map(np.shape, eager)
+
+
+def test_jit_draws_draws_the_eager_bits_at_top_level_and_inside_jit():
+    def draws(key, shape):
+        k1, k2 = jax.random.split(key)
+        return jax.random.normal(k1, shape), jax.random.uniform(k2, shape)
+
+    key = jax.random.key(8)
+    eager = draws(key, (3, 5))
+    compiled = models.jit_draws(draws, static_argnums=1)
+    for a, b in zip(eager, compiled(key, (3, 5)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Nested in a jit or vmap, where compiler options are refused, it is plain jit.
+    nested = jax.jit(lambda k: compiled(k, (3, 5))[0] * 2)(key)
+    np.testing.assert_array_equal(nested, eager[0] * 2)
+    keys = jax.random.split(key, 2)
+    mapped = jax.vmap(lambda k: compiled(k, (4,))[1])(keys)
+    np.testing.assert_array_equal(mapped[1], draws(keys[1], (4,))[1])

@@ -207,6 +207,7 @@ from fmi_jax.attribution.core import (
 )
 from fmi_jax.evaluation.agreement import reduce_channels, spearman
 from fmi_jax.evaluation.faithfulness import discrete_entropy
+from fmi_jax.models import jit_draws
 
 __all__ = [
     "cascading_randomization",
@@ -325,10 +326,21 @@ def _layer_key(key: jax.Array, name: str) -> jax.Array:
     return jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
-def _redraw(leaf: jax.Array, key: jax.Array) -> jax.Array:
+def _leaf_noise(leaves: list[jax.Array], key: jax.Array) -> list[jax.Array]:
+    return [
+        jax.random.normal(jax.random.fold_in(key, j), jnp.shape(leaf), jnp.float32)
+        for j, leaf in enumerate(leaves)
+    ]
+
+
+# A layer's draws in one program (eagerly, each leaf's threefry program compiles on its
+# own); the affine map stays eager, so the redrawn weights are the same bits as before.
+_layer_noise = jit_draws(_leaf_noise)
+
+
+def _redraw(leaf: jax.Array, noise: jax.Array) -> jax.Array:
     x = jnp.asarray(leaf)
     xf = x.astype(jnp.float32)
-    noise = jax.random.normal(key, x.shape, jnp.float32)
     return (xf.mean() + xf.std() * noise).astype(x.dtype)
 
 
@@ -350,7 +362,7 @@ def randomize_layers(variables: Mapping[str, Any], layers: Sequence[str], key: j
     for name in layers:
         leaves, treedef = jax.tree_util.tree_flatten(params[name])
         lkey = _layer_key(key, name)
-        new = [_redraw(leaf, jax.random.fold_in(lkey, j)) for j, leaf in enumerate(leaves)]
+        new = [_redraw(*pair) for pair in zip(leaves, _layer_noise(leaves, lkey), strict=True)]
         new_params[name] = jax.tree_util.tree_unflatten(treedef, new)
     out = dict(variables)
     out["params"] = type(params)(new_params) if not isinstance(params, dict) else new_params

@@ -40,6 +40,7 @@ __all__ = [
     "available_models",
     "get_model",
     "init_variables",
+    "jit_draws",
     "register_model",
     "top_k_mask",
 ]
@@ -126,6 +127,27 @@ def init_variables(model: nn.Module, key: jax.Array, *inputs: Any, **kwargs: Any
     except TypeError:  # a field or option that cannot be a static argument
         return jax.jit(functools.partial(model.init, **kwargs))(key, *inputs)
     return _compiled_init(jax.default_backend() == "cpu")(model, frozen, key, *inputs)
+
+
+def jit_draws(fn: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
+    """``jax.jit(fn, **jit_kwargs)`` for a program that draws random numbers.
+
+    On XLA:CPU the program compiles at LLVM level 1, as :func:`init_variables` does:
+    the default level spends about a second on each threefry program of a new shape,
+    level 1 a fraction of it, and the draws come out the same. Elsewhere, and when
+    called inside a transformation (where jit options are refused), it is plain
+    ``jax.jit``.
+    """
+    plain = jax.jit(fn, **jit_kwargs)
+    cpu = jax.jit(fn, compiler_options=_CPU_INIT_OPTIONS, **jit_kwargs)
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if jax.default_backend() != "cpu" or _tracing(args, kwargs):
+            return plain(*args, **kwargs)
+        return cpu(*args, **kwargs)
+
+    return call
 
 
 @register_model("simple_cnn")
