@@ -14,6 +14,7 @@ from fmi_jax.evaluation import (
     pgd,
     top_k_removal,
 )
+from tests import testdata
 
 N, SHAPE, CLASSES = 5, (2, 3, 2), 4
 D = int(np.prod(SHAPE))
@@ -257,6 +258,17 @@ def test_min_perturbation_of_fgsm_matches_a_loop_over_epsilon(linear):
     np.testing.assert_array_equal(found.index, expected)
 
 
+@testdata.jit
+def _attempt_noise(key):
+    """noise[i, j, a] from fold_in(fold_in(fold_in(key, i), j), a), as documented: 6
+    images, 4 scales, 3 attempts, one standard normal each."""
+    fold = jax.vmap(jax.random.fold_in, in_axes=(None, 0))
+    keys = jax.vmap(lambda k: jax.vmap(lambda kj: fold(kj, jnp.arange(3)))(fold(k, jnp.arange(4))))(
+        fold(key, jnp.arange(6))
+    )
+    return jax.vmap(jax.vmap(jax.vmap(lambda k: jax.random.normal(k, (1,))[0])))(keys)
+
+
 def test_min_perturbation_attempts_take_any_success():
     """With Gaussian noise and several attempts, an example counts as changed at the
     first level where any attempt changes it; the keys are the documented ones."""
@@ -280,11 +292,7 @@ def test_min_perturbation_attempts_take_any_success():
     )
     found, bisected = search(x, "linear"), search(x, "binary")
     # noise[i, j, a] from fold_in(fold_in(fold_in(key, i), j), a), as documented.
-    fold = jax.vmap(jax.random.fold_in, in_axes=(None, 0))
-    keys = jax.vmap(lambda k: jax.vmap(lambda kj: fold(kj, jnp.arange(3)))(fold(k, jnp.arange(4))))(
-        fold(key, jnp.arange(6))
-    )
-    noise = np.asarray(jax.vmap(jax.vmap(jax.vmap(lambda k: jax.random.normal(k, (1,))[0])))(keys))
+    noise = np.asarray(_attempt_noise(key))
     changed = (np.asarray(x)[:, :, None] + params[None, :, None] * noise < 0).any(2)
     expected = np.where(changed.any(1), changed.argmax(1), -1)
     assert len(set(expected)) > 1

@@ -12,6 +12,7 @@ from scipy import interpolate
 
 from fmi_jax import evaluation
 from fmi_jax.evaluation import information as I
+from tests import testdata
 
 SIZE = 16
 REGION = (slice(2, 6), slice(9, 13))  # the 4 x 4 pixels the model reads
@@ -132,7 +133,7 @@ def test_curves_are_the_normalised_points_of_the_measured_sizes_and_scores():
         Image.fromarray(pixels[..., 0]).save(buffer, format="webp", lossless=True, quality=100)
         return buffer.tell()
 
-    maps = jax.random.uniform(jax.random.key(3), (3, SIZE, SIZE))  # a map that stumbles
+    maps = testdata.uniform(jax.random.key(3), (3, SIZE, SIZE))  # a map that stumbles
     pixels = np.asarray(np.round(_images() * 255), np.uint8)
     bent = False
     for monotone in (True, False):
@@ -306,7 +307,7 @@ def test_agrees_with_pair_saliency(channels, monkeypatch):
     if not hasattr(np, "trapz"):  # PAIR 0.2.1 calls it; NumPy 2.4 has only trapezoid
         monkeypatch.setattr(np, "trapz", np.trapezoid, raising=False)
     x = _images(channels=channels)
-    maps = np.array(jax.random.uniform(jax.random.key(4), (3, SIZE, SIZE)))
+    maps = np.array(testdata.uniform(jax.random.key(4), (3, SIZE, SIZE)))
     maps[:, REGION[0], REGION[1]] += 0.5
     ours = _pic(maps, x=x, points=1000, min_score=0.5)
     pixels = np.asarray(np.round(x * 255), np.uint8)
