@@ -334,7 +334,8 @@ def _leaf_noise(leaves: list[jax.Array], key: jax.Array) -> list[jax.Array]:
 
 
 # A layer's draws in one program (eagerly, each leaf's threefry program compiles on its
-# own); the affine map stays eager, so the redrawn weights are the same bits as before.
+# own). The affine map stays eager: fused with the draw, mean + std * noise would round
+# differently, and the weights would no longer be those of one eager draw per leaf.
 _layer_noise = jit_draws(_leaf_noise)
 
 

@@ -134,9 +134,10 @@ def jit_draws(fn: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
 
     On XLA:CPU the program compiles at LLVM level 1, as :func:`init_variables` does:
     the default level spends about a second on each threefry program of a new shape,
-    level 1 a fraction of it, and the draws come out the same. Elsewhere, and when
-    called inside a transformation (where jit options are refused), it is plain
-    ``jax.jit``.
+    level 1 a fraction of it, and ``jax.random``'s draws come out bit for bit as
+    eagerly. Other arithmetic in ``fn`` is fused as in any jit and can round
+    differently from eager operations. Elsewhere, and when called inside a
+    transformation (where jit options are refused), it is plain ``jax.jit``.
     """
     plain = jax.jit(fn, **jit_kwargs)
     cpu = jax.jit(fn, compiler_options=_CPU_INIT_OPTIONS, **jit_kwargs)
