@@ -2,6 +2,7 @@
 (Sixt et al. 2020), with known answers."""
 
 import functools
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -176,6 +177,13 @@ def test_randomize_layers_touches_only_named_layers():
     assert 0.5 < float(kernel.std() / old.std()) < 2.0
     with pytest.raises(ValueError, match="unknown layers"):
         randomize_layers(variables, ["conv9"], jax.random.key(3))
+    # As documented: leaf j of layer L is mean + std * N(0, 1) drawn eagerly from
+    # fold_in(fold_in(key, crc32(L)), j), bit for bit.
+    layer_key = jax.random.fold_in(jax.random.key(3), zlib.crc32(b"conv1") & 0x7FFFFFFF)
+    leaves = jax.tree_util.tree_leaves(variables["params"]["conv1"])
+    for j, (leaf, got) in enumerate(zip(leaves, jax.tree_util.tree_leaves(new["params"]["conv1"]))):
+        noise = jax.random.normal(jax.random.fold_in(layer_key, j), leaf.shape, jnp.float32)
+        np.testing.assert_array_equal(got, leaf.mean() + leaf.std() * noise)
 
 
 def recording(make_explain):
