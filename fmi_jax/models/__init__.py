@@ -92,13 +92,6 @@ def _init(model: nn.Module, kwargs: tuple[tuple[str, Any], ...], key: jax.Array,
     return model.init(key, *inputs, **dict(kwargs))
 
 
-@functools.cache
-def _compiled_init(cpu: bool) -> Callable[..., Any]:
-    # `model` and the keyword arguments are static: equal models reuse one program.
-    options = _CPU_INIT_OPTIONS if cpu else None
-    return jax.jit(_init, static_argnums=(0, 1), compiler_options=options)
-
-
 def _tracing(*trees: Any) -> bool:
     """True inside a transformation (jit, eval_shape, scan, vmap of the inputs, ...),
     where jit options are refused and `model.init` is traced anyway."""
@@ -125,8 +118,8 @@ def init_variables(model: nn.Module, key: jax.Array, *inputs: Any, **kwargs: Any
     try:
         hash((model, frozen))
     except TypeError:  # a field or option that cannot be a static argument
-        return jax.jit(functools.partial(model.init, **kwargs))(key, *inputs)
-    return _compiled_init(jax.default_backend() == "cpu")(model, frozen, key, *inputs)
+        return jit_draws(functools.partial(model.init, **kwargs))(key, *inputs)
+    return _compiled_init(model, frozen, key, *inputs)
 
 
 def jit_draws(fn: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
@@ -149,6 +142,10 @@ def jit_draws(fn: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
         return cpu(*args, **kwargs)
 
     return call
+
+
+# `model` and the keyword arguments are static: equal models reuse one program.
+_compiled_init = jit_draws(_init, static_argnums=(0, 1))
 
 
 @register_model("simple_cnn")
