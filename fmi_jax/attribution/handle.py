@@ -109,7 +109,10 @@ class FlaxModel:
 
     Build one with :func:`flax_model`. Calls are pure functions of their array
     arguments, so a handle works inside ``jax.grad``, ``jax.vmap``, ``jax.lax.scan`` and
-    ``jax.jit``. The layer tables the checks use are found with :func:`jax.eval_shape`
+    ``jax.jit``. Each pass through the model is a jitted function of the weights, so a
+    method called eagerly compiles the forward pass once (and its gradient once) rather
+    than once per primitive, and handles of the same model and call keywords share those
+    programs. The layer tables the checks use are found with :func:`jax.eval_shape`
     and cached per input shape and dtype.
     """
 
@@ -333,6 +336,120 @@ def _lookup(tree: Any, path: tuple[str, ...]) -> Any:
     return tree
 
 
+class _Static:
+    """What a handle's compiled calls treat as static: the module (Linen) or graph
+    definition (NNX) and the call's keyword arguments.
+
+    Equal by value when they can be hashed, so handles of the same model share one
+    compiled program per input shape (a new handle with new weights compiles nothing);
+    by identity otherwise (an array among the keywords), so such a handle compiles its
+    own programs once.
+    """
+
+    __slots__ = ("model", "kwargs", "_key")
+
+    def __init__(self, model: Any, kwargs: dict[str, Any]) -> None:
+        self.model = model
+        self.kwargs = kwargs
+        key: Any = (type(model), model, tuple(kwargs.items()))
+        try:
+            hash(key)
+        except TypeError:
+            key = object()
+        self._key = key
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Static) and self._key == other._key
+
+
+# Every pass a handle makes through the model is one compiled program: called eagerly,
+# a forward pass is one XLA executable (and its gradient one more) rather than one per
+# primitive, which is most of a method's first-call time; under a caller's jax.jit or
+# inside a method's own trace, the nested jit is inlined.
+def _compiled(*static_names: str) -> Callable[[Callable[..., Any]], Any]:
+    return functools.partial(jax.jit, static_argnums=0, static_argnames=static_names)
+
+
+@_compiled("layer", "replace")
+def _linen_forward(
+    static: _Static, variables: Any, x: Array, delta: Any, *, layer: str | None, replace: bool
+) -> tuple[Any, Any]:
+    module, kwargs = static.model, static.kwargs
+    if layer is None:
+        return module.apply(variables, x, **kwargs), None
+    target = tuple(layer.split("/"))
+    variables = dict(variables)
+    if delta is not None:
+        variables[_DELTA] = _nested(target, delta)
+
+    def intercept(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name == "__call__" and tuple(context.module.path) == target:
+            context.module.sow(_CAPTURE, _NAME, out)
+            if delta is not None:
+                # Replacing: zeros plus delta, so nothing downstream reads `out`.
+                base = jnp.zeros_like(out) if replace else out
+                out = context.module.perturb(_NAME, base, collection=_DELTA)
+        return out
+
+    with nn.intercept_methods(intercept):
+        logits, state = module.apply(variables, x, mutable=[_CAPTURE], **kwargs)
+    (activation,) = _lookup(state.get(_CAPTURE, {}), target)
+    return logits, activation
+
+
+@_compiled("layer")
+def _linen_zero_input_output(static: _Static, variables: Any, x: Array, *, layer: str) -> Array:
+    target = tuple(layer.split("/"))
+
+    def intercept(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name == "__call__" and tuple(context.module.path) == target:
+            # The module alone, unbound, on its own variables: calling the bound one
+            # again would re-enter this interceptor and count as a second call.
+            alone = context.module.clone(parent=None)
+            variables = {
+                k: v for k, v in context.module.variables.items() if k not in (_CAPTURE, _DELTA)
+            }
+            zero_args, zero_kwargs = _zero_first_input(
+                type(context.module).__call__, args, kwargs, layer
+            )
+            zero = alone.apply(variables, *zero_args, **zero_kwargs)
+            context.module.sow(_CAPTURE, _NAME, zero)
+        return out
+
+    with nn.intercept_methods(intercept):
+        _, state = static.model.apply(variables, x, mutable=[_CAPTURE], **static.kwargs)
+    (zero,) = _lookup(state.get(_CAPTURE, {}), target)
+    return zero
+
+
+@_compiled()
+def _linen_perturbed(
+    static: _Static, variables: Any, x: Array, deltas: Mapping[str, Array]
+) -> Array:
+    targets = {tuple(layer.split("/")) for layer in deltas}
+    tree: dict[str, Any] = {}
+    for layer, delta in deltas.items():
+        node = tree
+        for part in layer.split("/"):
+            node = node.setdefault(part, {})
+        node[_NAME] = delta
+    variables = {**variables, _DELTA: tree}
+
+    def intercept(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name == "__call__" and tuple(context.module.path) in targets:
+            out = context.module.perturb(_NAME, out, collection=_DELTA)
+        return out
+
+    with nn.intercept_methods(intercept):
+        return static.model.apply(variables, x, **static.kwargs)
+
+
 class _LinenModel(FlaxModel):
     """A Linen module with its variables, evaluated as ``module.apply(variables, x, **kw)``."""
 
@@ -342,7 +459,7 @@ class _LinenModel(FlaxModel):
         super().__init__(type(module).__name__)
         self._module = module
         self._variables = variables
-        self._kwargs = kwargs
+        self._static = _Static(module, kwargs)
 
     @property
     def module(self) -> nn.Module:
@@ -357,70 +474,13 @@ class _LinenModel(FlaxModel):
     def _forward(
         self, x: Array, layer: str | None, delta: Array | None, replace: bool = False
     ) -> tuple[Any, Any]:
-        if layer is None:
-            return self._module.apply(self._variables, x, **self._kwargs), None
-        target = tuple(layer.split("/"))
-        variables = dict(self._variables)
-        if delta is not None:
-            variables[_DELTA] = _nested(target, delta)
-
-        def intercept(next_fun, args, kwargs, context):
-            out = next_fun(*args, **kwargs)
-            if context.method_name == "__call__" and tuple(context.module.path) == target:
-                context.module.sow(_CAPTURE, _NAME, out)
-                if delta is not None:
-                    # Replacing: zeros plus delta, so nothing downstream reads `out`.
-                    base = jnp.zeros_like(out) if replace else out
-                    out = context.module.perturb(_NAME, base, collection=_DELTA)
-            return out
-
-        with nn.intercept_methods(intercept):
-            logits, state = self._module.apply(variables, x, mutable=[_CAPTURE], **self._kwargs)
-        (activation,) = _lookup(state.get(_CAPTURE, {}), target)
-        return logits, activation
+        return _linen_forward(self._static, self._variables, x, delta, layer=layer, replace=replace)
 
     def _zero_input_output(self, x: Array, layer: str) -> Array:
-        target = tuple(layer.split("/"))
-
-        def intercept(next_fun, args, kwargs, context):
-            out = next_fun(*args, **kwargs)
-            if context.method_name == "__call__" and tuple(context.module.path) == target:
-                # The module alone, unbound, on its own variables: calling the bound one
-                # again would re-enter this interceptor and count as a second call.
-                alone = context.module.clone(parent=None)
-                variables = {
-                    k: v for k, v in context.module.variables.items() if k not in (_CAPTURE, _DELTA)
-                }
-                zero_args, zero_kwargs = _zero_first_input(
-                    type(context.module).__call__, args, kwargs, layer
-                )
-                zero = alone.apply(variables, *zero_args, **zero_kwargs)
-                context.module.sow(_CAPTURE, _NAME, zero)
-            return out
-
-        with nn.intercept_methods(intercept):
-            _, state = self._module.apply(self._variables, x, mutable=[_CAPTURE], **self._kwargs)
-        (zero,) = _lookup(state.get(_CAPTURE, {}), target)
-        return zero
+        return _linen_zero_input_output(self._static, self._variables, x, layer=layer)
 
     def _perturbed(self, x: Array, deltas: Mapping[str, Array]) -> Array:
-        targets = {tuple(layer.split("/")) for layer in deltas}
-        tree: dict[str, Any] = {}
-        for layer, delta in deltas.items():
-            node = tree
-            for part in layer.split("/"):
-                node = node.setdefault(part, {})
-            node[_NAME] = delta
-        variables = {**self._variables, _DELTA: tree}
-
-        def intercept(next_fun, args, kwargs, context):
-            out = next_fun(*args, **kwargs)
-            if context.method_name == "__call__" and tuple(context.module.path) in targets:
-                out = context.module.perturb(_NAME, out, collection=_DELTA)
-            return out
-
-        with nn.intercept_methods(intercept):
-            return self._module.apply(variables, x, **self._kwargs)
+        return _linen_perturbed(self._static, self._variables, x, dict(deltas))
 
     def _find_layers(self, x: jax.ShapeDtypeStruct) -> dict[str, _Layer]:
         # The interceptor sees every call, even inside lifted transforms, but only the
@@ -440,7 +500,7 @@ class _LinenModel(FlaxModel):
         def forward(x):
             with nn.intercept_methods(record):
                 _, state = self._module.apply(
-                    self._variables, x, mutable=[_CAPTURE], **self._kwargs
+                    self._variables, x, mutable=[_CAPTURE], **self._static.kwargs
                 )
             return state.get(_CAPTURE, {})
 
@@ -529,6 +589,58 @@ def _submodules(model: nnx.Module) -> dict[str, nnx.Module]:
     return {_path(p): m for p, m in nnx.iter_modules(model) if p and callable(m)}
 
 
+def _nnx_copy(static: _Static, state: Any) -> nnx.Module:
+    # copy=True: anything the forward pass writes goes to fresh Variables.
+    return nnx.merge(static.model, state, copy=True)
+
+
+@_compiled("layer", "replace")
+def _nnx_forward(
+    static: _Static, state: Any, x: Array, delta: Any, *, layer: str | None, replace: bool
+) -> tuple[Any, Any]:
+    model = _nnx_copy(static, state)
+    if layer is None:
+        return model(x, **static.kwargs), None
+    captured: list[Any] = []
+
+    def hook(out, at_zero):
+        captured.append(out)
+        return out if delta is None else delta if replace else out + delta
+
+    target = _submodules(model)[layer]
+    with _tap({id(target): (target, hook)}):
+        logits = model(x, **static.kwargs)
+    return logits, captured[0]
+
+
+@_compiled("layer")
+def _nnx_zero_input_output(static: _Static, state: Any, x: Array, *, layer: str) -> Array:
+    model = _nnx_copy(static, state)
+    captured: list[Any] = []
+
+    def hook(out, at_zero):
+        captured.append(at_zero(layer))
+        return out
+
+    target = _submodules(model)[layer]
+    with _tap({id(target): (target, hook)}):
+        model(x, **static.kwargs)
+    return captured[0]
+
+
+@_compiled()
+def _nnx_perturbed(static: _Static, state: Any, x: Array, deltas: Mapping[str, Array]) -> Array:
+    model = _nnx_copy(static, state)
+    modules = _submodules(model)
+
+    def adder(delta):
+        return lambda out, at_zero: out + delta
+
+    hooks = {id(modules[layer]): (modules[layer], adder(d)) for layer, d in deltas.items()}
+    with _tap(hooks):
+        return model(x, **static.kwargs)
+
+
 class _NnxModel(FlaxModel):
     """An NNX module, snapshotted, run as a fresh eval-mode copy per call."""
 
@@ -536,53 +648,19 @@ class _NnxModel(FlaxModel):
         super().__init__(type(module).__name__)
         snapshot = nnx.clone(module)  # new Variables: the user's module is not touched
         snapshot.eval()
-        self._graphdef, self._state = nnx.split(snapshot)
-        self._kwargs = kwargs
-
-    def _copy(self) -> nnx.Module:
-        # copy=True: anything the forward pass writes goes to fresh Variables.
-        return nnx.merge(self._graphdef, self._state, copy=True)
+        graphdef, self._state = nnx.split(snapshot)
+        self._static = _Static(graphdef, kwargs)
 
     def _forward(
         self, x: Array, layer: str | None, delta: Array | None, replace: bool = False
     ) -> tuple[Any, Any]:
-        model = self._copy()
-        if layer is None:
-            return model(x, **self._kwargs), None
-        captured: list[Any] = []
-
-        def hook(out, at_zero):
-            captured.append(out)
-            return out if delta is None else delta if replace else out + delta
-
-        target = _submodules(model)[layer]
-        with _tap({id(target): (target, hook)}):
-            logits = model(x, **self._kwargs)
-        return logits, captured[0]
+        return _nnx_forward(self._static, self._state, x, delta, layer=layer, replace=replace)
 
     def _zero_input_output(self, x: Array, layer: str) -> Array:
-        model = self._copy()
-        captured: list[Any] = []
-
-        def hook(out, at_zero):
-            captured.append(at_zero(layer))
-            return out
-
-        target = _submodules(model)[layer]
-        with _tap({id(target): (target, hook)}):
-            model(x, **self._kwargs)
-        return captured[0]
+        return _nnx_zero_input_output(self._static, self._state, x, layer=layer)
 
     def _perturbed(self, x: Array, deltas: Mapping[str, Array]) -> Array:
-        model = self._copy()
-        modules = _submodules(model)
-
-        def adder(delta):
-            return lambda out, at_zero: out + delta
-
-        hooks = {id(modules[layer]): (modules[layer], adder(d)) for layer, d in deltas.items()}
-        with _tap(hooks):
-            return model(x, **self._kwargs)
+        return _nnx_perturbed(self._static, self._state, x, dict(deltas))
 
     def _find_layers(self, x: jax.ShapeDtypeStruct) -> dict[str, _Layer]:
         calls: dict[str, list[Any]] = {}  # every output of every call, in call order
@@ -591,7 +669,7 @@ class _NnxModel(FlaxModel):
         types: dict[str, type] = {}
 
         def forward(x):
-            model = self._copy()
+            model = _nnx_copy(self._static, self._state)
             modules = _submodules(model)
             names.extend(modules)
             types.update({name: type(m) for name, m in modules.items()})
@@ -607,7 +685,7 @@ class _NnxModel(FlaxModel):
 
             hooks = {id(m): (m, recorder(name)) for name, m in modules.items()}
             with _tap(hooks):
-                return model(x, **self._kwargs)
+                return model(x, **self._static.kwargs)
 
         jax.eval_shape(forward, x)
         table = {}

@@ -265,6 +265,58 @@ def test_jit_vmap_and_scan_agree_with_the_eager_handle(handle, x):
     close(g.reshape(gradient.shape), gradient)
 
 
+@pytest.mark.parametrize("kind", ["linen", "nnx"])
+def test_a_pass_is_one_program_shared_by_handles_of_one_model(kind, linen, x):
+    """Eagerly, a forward pass is one jitted call (not one program per primitive), and a
+    second handle of the same model with other weights reuses its compiled programs
+    while computing with its own weights, not the first handle's."""
+    from fmi_jax.attribution import handle as module
+
+    if kind == "linen":
+        model, variables = linen
+        other = jax.tree.map(lambda v: v * 1.5 if v.dtype == jnp.float32 else v, variables)
+        first, second = (
+            flax_model(model, variables, train=False),
+            flax_model(model, other, train=False),
+        )
+        want = model.apply(other, x, train=False)
+        passes = module._linen_forward
+    else:
+        first = flax_model(nnx_module_of(NnxCNN, seed=3))
+        other = nnx_module_of(NnxCNN, seed=4)
+        second = flax_model(other)
+        other.eval()
+        want = other(x)
+        passes = module._nnx_forward
+
+    program = jax.make_jaxpr(first)(x)
+    assert [eqn.primitive.name for eqn in program.jaxpr.eqns] == ["jit"]
+
+    first(x), first.capture(x, "conv2")
+    compiled = passes._cache_size()
+    close(second(x), want, tol=1e-5)
+    logits, _ = second.capture(x, "conv2")
+    close(logits, want, tol=1e-5)
+    assert passes._cache_size() == compiled
+
+
+def test_a_handle_with_an_array_keyword_compiles_its_own_passes(x):
+    """Keywords that cannot be hashed (an array) make a handle's passes its own: two such
+    handles never share a program, each computes with its own keyword."""
+
+    class Scaled(nn.Module):
+        @nn.compact
+        def __call__(self, x, scale):
+            return nn.Dense(CLASSES, name="head")(x.reshape(x.shape[0], -1)) * scale
+
+    model = Scaled()
+    scale = jnp.ones((CLASSES,))
+    variables = linen_variables(model, x, seed=5, scale=scale)
+    for factor in (1.0, 2.0):
+        handle = flax_model(model, variables, scale=scale * factor)
+        close(handle(x), model.apply(variables, x, scale * factor))
+
+
 # --- layers capture cannot take --------------------------------------------------
 
 
