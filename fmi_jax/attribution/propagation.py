@@ -96,6 +96,7 @@ Captum counterpart: ``captum.attr.GuidedGradCam``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -139,10 +140,12 @@ __all__ = [
 ]
 
 
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["branches"], meta_fields=[])
 @dataclasses.dataclass(frozen=True, eq=False)
 class Tracked:
     """An input-dependent value: one array per branch of the evaluation (one branch for
-    the modified gradients here; the input and the baseline branch for DeepLIFT)."""
+    the modified gradients here; the input and the baseline branch for DeepLIFT). A
+    pytree of its branches, so tracked values can be arguments of a jitted function."""
 
     branches: tuple[Array, ...]
 
@@ -263,7 +266,7 @@ def on_every_branch(eqn: jax_core.JaxprEqn, operands: Sequence[Any]) -> list[Tra
     return [Tracked(tuple(outputs)) for outputs in zip(*per_branch)]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Interpreter:
     """Evaluates a jaxpr with ``Tracked`` input-dependent values and per-primitive rules.
 
@@ -271,9 +274,9 @@ class Interpreter:
     operands goes, in this order, to
 
     1. ``call_rule`` if it is a nested call (``CALLS``) and the rule accepts it,
-       otherwise the nested jaxpr is interpreted recursively (when not ``strict``, a
-       nested call whose body needs no rule is bound as a whole, keeping its custom
-       derivatives);
+       otherwise the nested jaxpr is interpreted recursively, as one jitted program
+       (when not ``strict``, a nested call whose body needs no rule is bound as a
+       whole, keeping its custom derivatives);
     2. ``rules[primitive name]``, unless that rule returns None;
     3. evaluation on every branch, if the equation is linear in its tracked operands
        (:func:`is_linear`) or the interpreter is not ``strict``;
@@ -287,6 +290,9 @@ class Interpreter:
       call_rule: a rule offered every nested call first (DeepLIFT's activation
         functions); None for none.
       hint: the end of the NotImplementedError message.
+
+    Interpreters compare and hash by identity: an interpreter is part of the key of the
+    programs compiled for its nested calls, so build one per method and options once.
     """
 
     method: str
@@ -326,7 +332,7 @@ class Interpreter:
             jaxpr, consts = inner_jaxpr(eqn)
             if not self.strict and not self._needs_rules(jaxpr):
                 return on_every_branch(eqn, operands)
-            return self.evaluate(jaxpr, consts, operands)
+            return _evaluate_call(self, jaxpr, consts, operands)
         rule = self.rules.get(name)
         if rule is not None:
             outputs = rule(eqn, operands)
@@ -358,6 +364,21 @@ class Interpreter:
             or any(self._needs_rules(inner) for inner in _control_flow_bodies(eqn))
             for eqn in jaxpr.eqns
         )
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _evaluate_call(
+    interpreter: Interpreter, jaxpr: jax_core.Jaxpr, consts: Sequence[Any], args: Sequence[Any]
+) -> list[Any]:
+    """``interpreter.evaluate`` of a nested call's body, as one compiled program.
+
+    Called eagerly, interpreting equation by equation compiles every primitive (and its
+    rule) on its own; jitted, a model whose forward pass is one jitted function (a
+    model handle, a ``jax.jit`` of ``model.apply``) is interpreted in one program per
+    method, model and input shape, reused by later calls: JAX keeps one traced body per
+    jitted function and argument shapes, and that body is the static key here. Under an
+    outer trace the nested jit is inlined."""
+    return interpreter.evaluate(jaxpr, consts, args)
 
 
 def _control_flow_bodies(eqn: jax_core.JaxprEqn) -> list[jax_core.Jaxpr]:
@@ -566,6 +587,16 @@ def _lrp_rule(rule: str, epsilon: float, gamma: float, alpha: float, beta: float
     return lrp_linear
 
 
+@functools.lru_cache(maxsize=64)
+def _lrp_interpreter(
+    rule: str, epsilon: float, gamma: float, alpha: float, beta: float
+) -> Interpreter:
+    """One interpreter per choice of rule and constants: its identity keys the compiled
+    programs of :func:`_evaluate_call`, so repeated calls reuse them."""
+    linear_rule = _lrp_rule(rule, epsilon, gamma, alpha, beta)
+    return Interpreter("lrp", {"dot_general": linear_rule, "conv_general_dilated": linear_rule})
+
+
 def _as_nonnegative(value: Any, name: str) -> float:
     try:
         number = float(value)
@@ -623,10 +654,7 @@ def lrp(
     beta = _as_nonnegative(beta, "beta")
     x = as_input(x)
     target = resolve_target(fn, x, target, batch_size=batch_size)
-    linear_rule = _lrp_rule(rule, epsilon, gamma, alpha, beta)
-    interpreter = Interpreter(
-        "lrp", {"dot_general": linear_rule, "conv_general_dilated": linear_rule}
-    )
+    interpreter = _lrp_interpreter(rule, epsilon, gamma, alpha, beta)
     return sum_over_samples(
         lambda example, _: (
             x[example] * modified_gradient(interpreter, fn, x[example], target[example])

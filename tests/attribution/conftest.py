@@ -43,6 +43,23 @@ class SmallCNN(nn.Module):
 
 KEY = jax.random.key(42)
 
+_LOWERINGS = [0]
+
+
+def _count_lowering(event: str, duration: float, **kwargs) -> None:
+    if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+        _LOWERINGS[0] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_lowering)
+
+
+@pytest.fixture
+def lowerings():
+    """``lowerings()``: how many programs this process has lowered for compilation so
+    far (counted whether or not the persistent compilation cache then serves them)."""
+    return lambda: _LOWERINGS[0]
+
 
 @pytest.fixture(scope="session")
 def images():

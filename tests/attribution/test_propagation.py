@@ -122,6 +122,36 @@ def test_other_nonlinearities_keep_their_gradient():
     np.testing.assert_allclose(compiled(deconvolution, fn, X, TARGET), gradient, rtol=1e-5)
 
 
+def test_a_jitted_model_is_interpreted_as_one_program_that_later_calls_reuse(lowerings):
+    """A model function that is one jitted call (a model handle, ``jax.jit(apply)``) is
+    interpreted in one compiled program per method and options: called eagerly it gives
+    the by-hand answer, and calling again, even through a second jitted wrapper of the
+    same function, compiles nothing. Other options of LRP are programs of their own."""
+    jitted = jax.jit(mlp)
+    expected = numpy_relu_backprop(X, TARGET, guided=True)
+    np.testing.assert_allclose(guided_backprop(jitted, X, TARGET), expected, rtol=1e-5, atol=1e-5)
+    before = lowerings()
+    again = guided_backprop(jax.jit(mlp), X, TARGET)
+    np.testing.assert_allclose(again, expected, rtol=1e-5, atol=1e-5)
+    assert lowerings() == before
+
+    want = lrp(bias_free_mlp, X, TARGET, epsilon=0.5)
+    np.testing.assert_allclose(
+        lrp(jax.jit(bias_free_mlp), X, TARGET, epsilon=0.5), want, rtol=1e-5, atol=1e-6
+    )
+    before = lowerings()
+    lrp(jax.jit(bias_free_mlp), X, TARGET, epsilon=0.5)
+    assert lowerings() == before
+    lrp(jax.jit(bias_free_mlp), X, TARGET, epsilon=0.25)
+    assert lowerings() > before
+
+    # DeepLIFT shares the interpreter: the same attributions as equation by equation.
+    ours = A.deeplift(jitted, X, TARGET, return_delta=True)
+    plain = A.deeplift(mlp, X, TARGET, return_delta=True)
+    for got, want in zip(ours, plain, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------- LRP
 
 
