@@ -307,13 +307,24 @@ def resolve_target(
     """
     classes = _num_classes(fn, x)
     if target is None:
-        logits = sum_over_samples(
-            lambda example, _: fn(x[example]), x.shape[0], batch_size=batch_size
-        )
-        return jnp.argmax(logits, axis=1).astype(jnp.int32)
+        if batch_size is None or as_count(batch_size, "batch_size") >= x.shape[0]:
+            logits = fn(x)  # one chunk: the model on the batch as given
+        else:
+            logits = sum_over_samples(
+                lambda example, _: fn(x[example]), x.shape[0], batch_size=batch_size
+            )
+        return _predicted_class(logits)
     return as_target(target, x.shape[0], classes)
 
 
+@jax.jit
+def _predicted_class(logits: Array) -> Array:
+    return jnp.argmax(logits, axis=1).astype(jnp.int32)
+
+
+# Jitted, like the other small helpers every method calls: eagerly, each primitive
+# would be a program of its own, compiled on a method's first call.
+@jax.jit
 def select_target(logits: Array, target: Array) -> Array:
     """``logits[i, target[i]]`` for every row i.
 
@@ -396,6 +407,8 @@ def sum_over_samples(
         # Everything in one evaluation: no loop, and the per-example sum is a reshape
         # (pairs are laid out example-major) instead of a scatter-add into the carry.
         pair = jnp.arange(total, dtype=jnp.int32)
+        if num_samples == 1:  # one sample per example: nothing to divide or sum
+            return evaluate(pair, jnp.zeros_like(pair))
         values = evaluate(pair // num_samples, pair % num_samples)
         return jax.tree.map(
             lambda v: v.reshape((num_examples, num_samples) + v.shape[1:]).sum(axis=1), values
