@@ -407,9 +407,12 @@ def sum_over_samples(
         # Everything in one evaluation: no loop, and the per-example sum is a reshape
         # (pairs are laid out example-major) instead of a scatter-add into the carry.
         pair = jnp.arange(total, dtype=jnp.int32)
-        if num_samples == 1:  # one sample per example: nothing to divide or sum
-            return evaluate(pair, jnp.zeros_like(pair))
-        values = evaluate(pair // num_samples, pair % num_samples)
+        if num_samples == 1:
+            values = evaluate(pair, jnp.zeros_like(pair))
+            if all(jnp.issubdtype(v.dtype, jnp.inexact) for v in jax.tree.leaves(values)):
+                return values  # one sample per example: the sum is the value itself
+        else:
+            values = evaluate(pair // num_samples, pair % num_samples)
         return jax.tree.map(
             lambda v: v.reshape((num_examples, num_samples) + v.shape[1:]).sum(axis=1), values
         )

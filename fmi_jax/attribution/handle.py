@@ -65,12 +65,14 @@ import dataclasses
 import functools
 import inspect
 import threading
+import types
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from fmi_jax.attribution.core import Array, as_count, as_input, select_target
@@ -112,13 +114,19 @@ class FlaxModel:
     ``jax.jit``. Each pass through the model is a jitted function of the weights, so a
     method called eagerly compiles the forward pass once (and its gradient once) rather
     than once per primitive, and handles of the same model and call keywords share those
-    programs. The layer tables the checks use are found with :func:`jax.eval_shape`
-    and cached per input shape and dtype.
+    programs. That needs call keywords that are plain values (bools, numbers, strings,
+    None) or functions, and weights whose every leaf is an array; otherwise (an array or
+    NNX ``Rngs`` among the keywords, a string in a collection) the passes run
+    uncompiled (eagerly, one program per primitive). The layer tables the checks use
+    are found with :func:`jax.eval_shape` and cached per input shape and dtype.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, static: _Static, weights: Any, passes: _Passes) -> None:
         self._name = name
         self._tables: dict[tuple[tuple[int, ...], Any], dict[str, _Layer]] = {}
+        self._static = static
+        self._weights = weights
+        self._passes = _COMPILED[passes] if static.compilable(weights) else passes
 
     def __repr__(self) -> str:
         return f"FlaxModel({self._name})"
@@ -244,22 +252,24 @@ class FlaxModel:
             )
         return value.astype(info.dtype)
 
-    # The two backends implement these.
-
     def _forward(
         self, x: Array, layer: str | None, delta: Array | None, replace: bool = False
     ) -> tuple[Any, Any]:
         """The logits and, when ``layer`` is given, its output; the rest of the pass sees
         the output plus ``delta``, or ``delta`` alone with ``replace``."""
-        raise NotImplementedError
+        return self._passes.forward(
+            self._static, self._weights, x, delta, layer=layer, replace=replace
+        )
 
     def _zero_input_output(self, x: Array, layer: str) -> Array:
         """``layer``'s output with its first input replaced by zeros."""
-        raise NotImplementedError
+        return self._passes.zero_input_output(self._static, self._weights, x, layer=layer)
 
     def _perturbed(self, x: Array, deltas: Mapping[str, Array]) -> Array:
         """The logits with ``deltas[l]`` added to every named layer's output."""
-        raise NotImplementedError
+        return self._passes.perturbed(self._static, self._weights, x, dict(deltas))
+
+    # Each backend implements this.
 
     def _find_layers(self, x: jax.ShapeDtypeStruct) -> dict[str, _Layer]:
         """Every submodule whose call returns an ``(N, h, w, K)`` array, in call order."""
@@ -336,27 +346,39 @@ def _lookup(tree: Any, path: tuple[str, ...]) -> Any:
     return tree
 
 
-class _Static:
-    """What a handle's compiled calls treat as static: the module (Linen) or graph
-    definition (NNX) and the call's keyword arguments.
+# Keyword values a compiled pass can take as part of its static key: immutable and
+# compared by value. Anything else (arrays, NNX ``Rngs``, other objects) runs uncompiled.
+_STATIC_VALUES = (bool, int, float, complex, str, bytes, type(None))
+_STATIC_CALLABLES = (types.FunctionType, types.BuiltinFunctionType, types.MethodType)
 
-    Equal by value when they can be hashed, so handles of the same model share one
-    compiled program per input shape (a new handle with new weights compiles nothing);
-    by identity otherwise (an array among the keywords), so such a handle compiles its
-    own programs once.
-    """
+
+class _Static:
+    """The static part of a handle's passes: the module (Linen) or graph definition
+    (NNX) and the call's keyword arguments. Compared by value, with each keyword's type
+    (``train=0`` is not ``train=False``), so handles of the same model and keywords share
+    compiled programs."""
 
     __slots__ = ("model", "kwargs", "_key")
 
     def __init__(self, model: Any, kwargs: dict[str, Any]) -> None:
         self.model = model
         self.kwargs = kwargs
-        key: Any = (type(model), model, tuple(kwargs.items()))
+        leaves, treedef = jax.tree.flatten(kwargs)
+        self._key = (type(model), model, treedef, tuple((type(v), v) for v in leaves))
+
+    def compilable(self, weights: Any) -> bool:
+        """Whether the passes can be jitted with this as their static key and ``weights``
+        as arguments: the model and keywords hash, every keyword is a plain value or a
+        function, and every leaf of the weights is an array (a string in a collection, or
+        a Python int an NNX module reads as one, would not survive tracing)."""
         try:
-            hash(key)
+            hash(self._key)
         except TypeError:
-            key = object()
-        self._key = key
+            return False
+        keywords = jax.tree.leaves(self.kwargs)
+        return all(
+            isinstance(v, _STATIC_VALUES) or isinstance(v, _STATIC_CALLABLES) for v in keywords
+        ) and all(isinstance(v, (jax.Array, np.ndarray)) for v in jax.tree.leaves(weights))
 
     def __hash__(self) -> int:
         return hash(self._key)
@@ -365,15 +387,29 @@ class _Static:
         return isinstance(other, _Static) and self._key == other._key
 
 
-# Every pass a handle makes through the model is one compiled program: called eagerly,
-# a forward pass is one XLA executable (and its gradient one more) rather than one per
-# primitive, which is most of a method's first-call time; under a caller's jax.jit or
-# inside a method's own trace, the nested jit is inlined.
-def _compiled(*static_names: str) -> Callable[[Callable[..., Any]], Any]:
-    return functools.partial(jax.jit, static_argnums=0, static_argnames=static_names)
+class _Passes(NamedTuple):
+    """A backend's three passes through the model, each ``pass(static, weights, x, ...)``."""
+
+    forward: Callable[..., tuple[Any, Any]]
+    zero_input_output: Callable[..., Array]
+    perturbed: Callable[..., Array]
 
 
-@_compiled("layer", "replace")
+def _jitted(passes: _Passes) -> _Passes:
+    """The passes as jitted functions of the weights and inputs, keyed on ``static``.
+
+    Called eagerly, a jitted forward pass is one XLA program (and its gradient one more)
+    instead of one per primitive, which is most of a method's first-call time. Under a
+    caller's ``jax.jit``, or inside a method's own trace, a pass stays one ``jit``
+    equation of the caller's program, which XLA inlines when it compiles.
+    """
+    return _Passes(
+        jax.jit(passes.forward, static_argnums=0, static_argnames=("layer", "replace")),
+        jax.jit(passes.zero_input_output, static_argnums=0, static_argnames=("layer",)),
+        jax.jit(passes.perturbed, static_argnums=0),
+    )
+
+
 def _linen_forward(
     static: _Static, variables: Any, x: Array, delta: Any, *, layer: str | None, replace: bool
 ) -> tuple[Any, Any]:
@@ -401,7 +437,6 @@ def _linen_forward(
     return logits, activation
 
 
-@_compiled("layer")
 def _linen_zero_input_output(static: _Static, variables: Any, x: Array, *, layer: str) -> Array:
     target = tuple(layer.split("/"))
 
@@ -427,7 +462,6 @@ def _linen_zero_input_output(static: _Static, variables: Any, x: Array, *, layer
     return zero
 
 
-@_compiled()
 def _linen_perturbed(
     static: _Static, variables: Any, x: Array, deltas: Mapping[str, Array]
 ) -> Array:
@@ -450,16 +484,17 @@ def _linen_perturbed(
         return static.model.apply(variables, x, **static.kwargs)
 
 
+_LINEN = _Passes(_linen_forward, _linen_zero_input_output, _linen_perturbed)
+
+
 class _LinenModel(FlaxModel):
     """A Linen module with its variables, evaluated as ``module.apply(variables, x, **kw)``."""
 
     def __init__(
         self, module: nn.Module, variables: Mapping[str, Any], kwargs: dict[str, Any]
     ) -> None:
-        super().__init__(type(module).__name__)
+        super().__init__(type(module).__name__, _Static(module, kwargs), variables, _LINEN)
         self._module = module
-        self._variables = variables
-        self._static = _Static(module, kwargs)
 
     @property
     def module(self) -> nn.Module:
@@ -469,18 +504,7 @@ class _LinenModel(FlaxModel):
     @property
     def variables(self) -> Mapping[str, Any]:
         """Its variables."""
-        return self._variables
-
-    def _forward(
-        self, x: Array, layer: str | None, delta: Array | None, replace: bool = False
-    ) -> tuple[Any, Any]:
-        return _linen_forward(self._static, self._variables, x, delta, layer=layer, replace=replace)
-
-    def _zero_input_output(self, x: Array, layer: str) -> Array:
-        return _linen_zero_input_output(self._static, self._variables, x, layer=layer)
-
-    def _perturbed(self, x: Array, deltas: Mapping[str, Array]) -> Array:
-        return _linen_perturbed(self._static, self._variables, x, dict(deltas))
+        return self._weights
 
     def _find_layers(self, x: jax.ShapeDtypeStruct) -> dict[str, _Layer]:
         # The interceptor sees every call, even inside lifted transforms, but only the
@@ -500,7 +524,7 @@ class _LinenModel(FlaxModel):
         def forward(x):
             with nn.intercept_methods(record):
                 _, state = self._module.apply(
-                    self._variables, x, mutable=[_CAPTURE], **self._static.kwargs
+                    self._weights, x, mutable=[_CAPTURE], **self._static.kwargs
                 )
             return state.get(_CAPTURE, {})
 
@@ -594,7 +618,6 @@ def _nnx_copy(static: _Static, state: Any) -> nnx.Module:
     return nnx.merge(static.model, state, copy=True)
 
 
-@_compiled("layer", "replace")
 def _nnx_forward(
     static: _Static, state: Any, x: Array, delta: Any, *, layer: str | None, replace: bool
 ) -> tuple[Any, Any]:
@@ -613,7 +636,6 @@ def _nnx_forward(
     return logits, captured[0]
 
 
-@_compiled("layer")
 def _nnx_zero_input_output(static: _Static, state: Any, x: Array, *, layer: str) -> Array:
     model = _nnx_copy(static, state)
     captured: list[Any] = []
@@ -628,7 +650,6 @@ def _nnx_zero_input_output(static: _Static, state: Any, x: Array, *, layer: str)
     return captured[0]
 
 
-@_compiled()
 def _nnx_perturbed(static: _Static, state: Any, x: Array, deltas: Mapping[str, Array]) -> Array:
     model = _nnx_copy(static, state)
     modules = _submodules(model)
@@ -641,26 +662,17 @@ def _nnx_perturbed(static: _Static, state: Any, x: Array, deltas: Mapping[str, A
         return model(x, **static.kwargs)
 
 
+_NNX = _Passes(_nnx_forward, _nnx_zero_input_output, _nnx_perturbed)
+
+
 class _NnxModel(FlaxModel):
     """An NNX module, snapshotted, run as a fresh eval-mode copy per call."""
 
     def __init__(self, module: nnx.Module, kwargs: dict[str, Any]) -> None:
-        super().__init__(type(module).__name__)
         snapshot = nnx.clone(module)  # new Variables: the user's module is not touched
         snapshot.eval()
-        graphdef, self._state = nnx.split(snapshot)
-        self._static = _Static(graphdef, kwargs)
-
-    def _forward(
-        self, x: Array, layer: str | None, delta: Array | None, replace: bool = False
-    ) -> tuple[Any, Any]:
-        return _nnx_forward(self._static, self._state, x, delta, layer=layer, replace=replace)
-
-    def _zero_input_output(self, x: Array, layer: str) -> Array:
-        return _nnx_zero_input_output(self._static, self._state, x, layer=layer)
-
-    def _perturbed(self, x: Array, deltas: Mapping[str, Array]) -> Array:
-        return _nnx_perturbed(self._static, self._state, x, dict(deltas))
+        graphdef, state = nnx.split(snapshot)
+        super().__init__(type(module).__name__, _Static(graphdef, kwargs), state, _NNX)
 
     def _find_layers(self, x: jax.ShapeDtypeStruct) -> dict[str, _Layer]:
         calls: dict[str, list[Any]] = {}  # every output of every call, in call order
@@ -669,7 +681,7 @@ class _NnxModel(FlaxModel):
         types: dict[str, type] = {}
 
         def forward(x):
-            model = _nnx_copy(self._static, self._state)
+            model = _nnx_copy(self._static, self._weights)
             modules = _submodules(model)
             names.extend(modules)
             types.update({name: type(m) for name, m in modules.items()})
@@ -701,6 +713,10 @@ class _NnxModel(FlaxModel):
             if name not in calls:
                 table[name] = _Layer(calls=0, shape=(), dtype=None, module_type=types[name])
         return table
+
+
+# Each backend's passes, jitted once for every handle whose static part allows it.
+_COMPILED = {passes: _jitted(passes) for passes in (_LINEN, _NNX)}
 
 
 # Construction.

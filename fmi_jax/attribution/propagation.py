@@ -97,6 +97,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -366,7 +367,12 @@ class Interpreter:
         )
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
+# interpreter -> {nested call's body: its evaluation, jitted}. Both levels are weak, so
+# a program lives as long as its interpreter and the traced body it interprets (which
+# JAX keeps in its cache of the jitted function the body came from) and holds neither.
+_CALL_PROGRAMS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
 def _evaluate_call(
     interpreter: Interpreter, jaxpr: jax_core.Jaxpr, consts: Sequence[Any], args: Sequence[Any]
 ) -> list[Any]:
@@ -376,9 +382,25 @@ def _evaluate_call(
     rule) on its own; jitted, a model whose forward pass is one jitted function (a
     model handle, a ``jax.jit`` of ``model.apply``) is interpreted in one program per
     method, model and input shape, reused by later calls: JAX keeps one traced body per
-    jitted function and argument shapes, and that body is the static key here. Under an
-    outer trace the nested jit is inlined."""
-    return interpreter.evaluate(jaxpr, consts, args)
+    jitted function and argument shapes, and that body keys the program here. Under an
+    outer trace the call stays one ``jit`` equation, which XLA inlines when it compiles.
+    """
+    programs = _CALL_PROGRAMS.setdefault(interpreter, weakref.WeakKeyDictionary())
+    program = programs.get(jaxpr)
+    if program is None:
+        program = jax.jit(_evaluation(weakref.ref(interpreter), weakref.ref(jaxpr)))
+        programs[jaxpr] = program
+    return program(consts, args)
+
+
+def _evaluation(interpreter: weakref.ref, jaxpr: weakref.ref) -> Callable[..., list[Any]]:
+    """``evaluate(consts, args)`` of the body, holding it and the interpreter weakly (the
+    caller holds both while it runs)."""
+
+    def evaluate(consts: Sequence[Any], args: Sequence[Any]) -> list[Any]:
+        return interpreter().evaluate(jaxpr(), consts, args)
+
+    return evaluate
 
 
 def _control_flow_bodies(eqn: jax_core.JaxprEqn) -> list[jax_core.Jaxpr]:

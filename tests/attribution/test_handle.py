@@ -266,55 +266,80 @@ def test_jit_vmap_and_scan_agree_with_the_eager_handle(handle, x):
 
 
 @pytest.mark.parametrize("kind", ["linen", "nnx"])
-def test_a_pass_is_one_program_shared_by_handles_of_one_model(kind, linen, x):
+def test_a_pass_is_one_program_shared_by_handles_of_one_model(kind, linen, x, lowerings):
     """Eagerly, a forward pass is one jitted call (not one program per primitive), and a
     second handle of the same model with other weights reuses its compiled programs
     while computing with its own weights, not the first handle's."""
-    from fmi_jax.attribution import handle as module
-
     if kind == "linen":
         model, variables = linen
         other = jax.tree.map(lambda v: v * 1.5 if v.dtype == jnp.float32 else v, variables)
-        first, second = (
-            flax_model(model, variables, train=False),
-            flax_model(model, other, train=False),
-        )
+        first = flax_model(model, variables, train=False)
+        second = flax_model(model, other, train=False)
         want = model.apply(other, x, train=False)
-        passes = module._linen_forward
     else:
         first = flax_model(nnx_module_of(NnxCNN, seed=3))
         other = nnx_module_of(NnxCNN, seed=4)
         second = flax_model(other)
         other.eval()
         want = other(x)
-        passes = module._nnx_forward
 
     program = jax.make_jaxpr(first)(x)
     assert [eqn.primitive.name for eqn in program.jaxpr.eqns] == ["jit"]
 
     first(x), first.capture(x, "conv2")
-    compiled = passes._cache_size()
+    before = lowerings()
     close(second(x), want, tol=1e-5)
     logits, _ = second.capture(x, "conv2")
     close(logits, want, tol=1e-5)
-    assert passes._cache_size() == compiled
+    assert lowerings() == before
 
 
-def test_a_handle_with_an_array_keyword_compiles_its_own_passes(x):
-    """Keywords that cannot be hashed (an array) make a handle's passes its own: two such
-    handles never share a program, each computes with its own keyword."""
+class Keyed(nn.Module):
+    """A dense head whose output depends on two call keywords, one compared with `is`."""
 
-    class Scaled(nn.Module):
-        @nn.compact
-        def __call__(self, x, scale):
-            return nn.Dense(CLASSES, name="head")(x.reshape(x.shape[0], -1)) * scale
+    @nn.compact
+    def __call__(self, x, scale, train: bool = False):
+        logits = nn.Dense(CLASSES, name="head")(x.reshape(x.shape[0], -1)) * scale
+        return logits + (0.0 if train is False else 100.0)
 
-    model = Scaled()
+
+def test_handles_a_program_cannot_key_run_uncompiled_and_right(x):
+    """An array among the call keywords, or a string among the variables, cannot be part
+    of a compiled pass's key or arguments: such handles run uncompiled, each with its own
+    keywords. Keywords are compared with their types: train=0 is not train=False."""
+    model = Keyed()
     scale = jnp.ones((CLASSES,))
     variables = linen_variables(model, x, seed=5, scale=scale)
     for factor in (1.0, 2.0):
         handle = flax_model(model, variables, scale=scale * factor)
+        assert "jit" not in {eqn.primitive.name for eqn in jax.make_jaxpr(handle)(x).jaxpr.eqns}
         close(handle(x), model.apply(variables, x, scale * factor))
+
+    tagged = {**variables, "meta": {"tag": "run-1"}}
+    close(flax_model(model, tagged, scale=2.0)(x), model.apply(variables, x, 2.0))
+
+    for train in (False, 0):
+        close(
+            flax_model(model, variables, scale=1.0, train=train)(x),
+            model.apply(variables, x, 1.0, train=train),
+        )
+
+
+def test_an_nnx_handle_whose_keywords_carry_rngs_runs(x):
+    """NNX call keywords that hold state (an `nnx.Rngs` the model draws from) cannot be
+    traced into a shared program; the handle runs them uncompiled."""
+
+    class Noisy(nnx.Module):
+        def __init__(self, rngs):
+            self.head = nnx.Linear(8 * 8 * CHANNELS, CLASSES, rngs=rngs)
+
+        def __call__(self, x, rngs):
+            noise = jax.random.normal(rngs.noise(), (CLASSES,))
+            return self.head(x.reshape(x.shape[0], -1)) + 0.0 * noise
+
+    model = nnx_module_of(lambda rngs: Noisy(rngs), seed=6)
+    handle = flax_model(model, rngs=nnx.Rngs(noise=0))
+    close(handle(x), model.head(x.reshape(x.shape[0], -1)))
 
 
 # --- layers capture cannot take --------------------------------------------------

@@ -2,6 +2,9 @@
 models and NumPy implementations of each rule, gradient x input and relevance
 conservation for LRP, batch-size invariance, and refusals."""
 
+import gc
+import weakref
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -150,6 +153,24 @@ def test_a_jitted_model_is_interpreted_as_one_program_that_later_calls_reuse(low
     plain = A.deeplift(mlp, X, TARGET, return_delta=True)
     for got, want in zip(ours, plain, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_the_programs_for_nested_calls_do_not_keep_a_models_weights():
+    """The compiled interpretation of a nested call holds neither the traced body nor
+    its constants: once the user's functions are gone, so are the weights they closed
+    over."""
+
+    def model():
+        weights = jnp.asarray(rng.normal(size=(6, 8)), jnp.float32)
+        inner = jax.jit(lambda y: jax.nn.relu(y @ weights))
+        return jax.jit(lambda x: inner(x) @ W2), weakref.ref(weights)
+
+    fn, alive = model()
+    for method in (guided_backprop, A.deeplift):
+        jax.block_until_ready(method(fn, X, TARGET))
+    del fn
+    gc.collect()
+    assert alive() is None
 
 
 # ------------------------------------------------------------------------------- LRP
