@@ -13,12 +13,9 @@ beforehand.
 """
 
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from fresh_process import run_fresh
 
 # name -> keyword options (a key is added for the methods that draw noise)
 METHODS = {
@@ -77,25 +74,19 @@ print(json.dumps([first, second, programs]))
 
 
 def _run(name, how):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
     spec = [name, METHODS[name], name in STOCHASTIC, how]
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        env={**env, "PYTHONPATH": str(ROOT)},
-        check=False,
-    )
-    if proc.returncode:
-        sys.exit(f"error: {name} ({how}) failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_fresh(CHILD, json.dumps(spec), what=f"{name} ({how})")
 
 
 def main():
     names = sys.argv[1:] or list(METHODS)
     unknown = sorted(set(names) - set(METHODS))
     if unknown:
-        sys.exit(f"error: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        print(
+            f"error: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     print(
         "| method | handle, eager: first call (s) | programs compiled | second call (s) "
         "| plain function, eager: first call (s) | handle under `jax.jit`: first call (s) |"

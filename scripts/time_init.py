@@ -9,13 +9,10 @@ persistent compilation cache is off in the child processes.
 """
 
 import json
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from fresh_process import run_fresh
 
 # (label, registry name, keyword arguments, image shape)
 MODELS = [
@@ -58,17 +55,9 @@ print(json.dumps(seconds))
 
 
 def _run(spec, how, out):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps([*spec, how]), str(out)],
-        capture_output=True,
-        text=True,
-        env={**env, "PYTHONPATH": str(ROOT)},
-        check=False,
+    return run_fresh(
+        CHILD, json.dumps([*spec, how]), str(out), what=f"initialising {spec[0]} ({how})"
     )
-    if proc.returncode:
-        sys.exit(f"error: initialising {spec[0]} ({how}) failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main():

@@ -494,12 +494,11 @@ class _LinenModel(FlaxModel):
         self, module: nn.Module, variables: Mapping[str, Any], kwargs: dict[str, Any]
     ) -> None:
         super().__init__(type(module).__name__, _Static(module, kwargs), variables, _LINEN)
-        self._module = module
 
     @property
     def module(self) -> nn.Module:
         """The Linen module (for methods that call its other methods, e.g. ``encode``)."""
-        return self._module
+        return self._static.model
 
     @property
     def variables(self) -> Mapping[str, Any]:
@@ -523,7 +522,7 @@ class _LinenModel(FlaxModel):
 
         def forward(x):
             with nn.intercept_methods(record):
-                _, state = self._module.apply(
+                _, state = self.module.apply(
                     self._weights, x, mutable=[_CAPTURE], **self._static.kwargs
                 )
             return state.get(_CAPTURE, {})
