@@ -129,7 +129,7 @@ from fmi_jax.attribution.concepts import (
     tcav,
     tcav_score,
 )
-from fmi_jax.attribution.core import Method, completeness_delta, resolve_target
+from fmi_jax.attribution.core import Explain, Method, completeness_delta, resolve_target
 from fmi_jax.attribution.deeplift import deeplift
 from fmi_jax.attribution.full_gradient import (
     AFFINE_LAYER_TYPES,
@@ -204,6 +204,7 @@ from fmi_jax.attribution.xrai import felzenszwalb, rank_regions, segment_masks, 
 
 __all__ = [
     "Method",
+    "Explain",
     "FlaxModel",
     "flax_model",
     "as_flax_model",

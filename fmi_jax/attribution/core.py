@@ -51,6 +51,7 @@ __all__ = [
     "ModelFn",
     "Target",
     "Method",
+    "Explain",
     "as_input",
     "require_key",
     "refuse_baseline",
@@ -91,6 +92,16 @@ class Method(Protocol):
         batch_size: int | None = None,
         **options: Any,
     ) -> Array: ...
+
+
+class Explain(Protocol):
+    """A method bound to a model and its options: ``explain(x, target, key) -> maps``.
+
+    :func:`fmi_jax.attribution.explainer` returns one; the evaluation metrics
+    (sanity checks, robustness) call one on perturbed inputs and randomised models.
+    """
+
+    def __call__(self, x: Array, target: Target = None, key: Array | None = None) -> Array: ...
 
 
 def require_key(key: Array | None, method: str) -> Array:

@@ -51,7 +51,7 @@ from fmi_jax.attribution import (
     sparse,
     xrai,
 )
-from fmi_jax.attribution.core import Array, Method, ModelFn
+from fmi_jax.attribution.core import Array, Explain, Method, ModelFn
 from fmi_jax.attribution.deeplift import deeplift
 from fmi_jax.attribution.gradients import input_x_gradient, saliency
 from fmi_jax.attribution.handle import as_flax_model, flax_model
@@ -68,8 +68,6 @@ __all__ = [
     "jit_method",
     "require_class_methods",
 ]
-
-Explain = Callable[..., Array]
 
 # Options of the noise tunnel itself; the rest go to the method inside it.
 _TUNNEL = ("samples", "stdev_spread", "stdev")

@@ -145,6 +145,7 @@ import numpy as np
 
 from fmi_jax.attribution.core import (
     Array,
+    Explain,
     ModelFn,
     Target,
     as_count,
@@ -189,7 +190,6 @@ DEFAULT_STABILITY_MAXVAL = 0.2
 DEFAULT_EPS_MIN = 1e-6
 
 Perturb = Callable[[Array, Array], tuple[Array, Array]]
-Explain = Callable[[Array, Array, Array], Array]
 
 
 def gaussian_perturbation(key: Array, x: Array, stdev: float) -> tuple[Array, Array]:

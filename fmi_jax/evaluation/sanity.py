@@ -194,6 +194,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fmi_jax.attribution.core import (
+    Explain,
     ModelFn,
     Target,
     as_input,
@@ -223,7 +224,6 @@ __all__ = [
     "ssim",
 ]
 
-Explain = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 MakeExplain = Callable[[Any], Explain]
 
 METRICS = ("spearman", "spearman_abs", "ssim")

@@ -94,7 +94,7 @@ import numpy as np
 from absl import logging
 
 from fmi_jax import attribution, evaluation, plotting, runs
-from fmi_jax.attribution.core import example_keys
+from fmi_jax.attribution.core import Explain, example_keys
 from fmi_jax.plotting.html import Image, Link, Section, Table
 from fmi_jax.studies.explain import OUTPUT_HINT, map_agreement, method_options, unused_options
 from fmi_jax.train import evaluate as evaluate_lib
@@ -138,8 +138,6 @@ COLUMNS = (
     ("seconds_metrics", "metrics seconds"),
     ("sensitivity_images", "sensitivity images"),
 )
-
-Explain = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 @dataclasses.dataclass
