@@ -555,14 +555,14 @@ def _restart_row(basis: Array, k: Array, key: Array) -> Array:
 _BREAKDOWN = 1e-4  # relative size of a new Arnoldi direction taken for rounding error
 
 
-def _arnoldi(variables, data, key, steps, loss, chosen, batch_size):
+def _arnoldi(variables, data, key, *, steps, size, loss, chosen, batch_size):
     """The Ritz values (descending) and the orthonormal basis of ``steps`` Arnoldi
     steps. When ``H q_k`` lies in the span of the basis up to ``_BREAKDOWN`` of the
     largest ``|H q|`` (an invariant subspace: a Hessian of low rank, a parameter the
     loss never reads, repeated eigenvalues), what is left is rounding error: it is
     dropped, and the iteration goes on from a random direction orthogonal to the
-    basis, so that ``steps = P`` spans the whole space."""
-    size = int(_flat_loss(loss, variables, chosen)[0].shape[0])
+    basis, so that ``steps = P`` spans the whole space. ``size`` is ``P``, the number
+    of chosen parameters."""
     start_key, restart_key = jax.random.split(key)
     start = jax.random.normal(start_key, (size,), jnp.float32)
     basis = jnp.zeros((steps + 1, size), jnp.float32).at[0].set(start / jnp.linalg.norm(start))
@@ -680,7 +680,14 @@ def hessian_eigen(
             rank = min(DEFAULT_ARNOLDI_RANK, steps)
         rank = as_count(rank, "rank (at most iterations)", 1, steps)
         ritz_values, ritz_vectors, basis = _arnoldi(
-            variables, data, key, steps, loss, chosen, batch_size
+            variables,
+            data,
+            key,
+            steps=steps,
+            size=size,
+            loss=loss,
+            chosen=chosen,
+            batch_size=batch_size,
         )
         values = jnp.asarray(ritz_values[:rank], jnp.float32)
         vectors = jnp.matmul(
