@@ -9,12 +9,14 @@ ImageNet evaluation preset. Numpy and Pillow only (no jax).
 
 Which files (:func:`list_image_files`):
 
-* a folder is searched **recursively**, sorted by relative path; names starting with
+* a folder is searched **recursively** (through symbolic links too, each folder
+  once), sorted by relative path; names starting with
   a dot (hidden files and folders, ``.DS_Store``) are ignored; every other file is a
   candidate whatever its extension, and one Pillow cannot decode is skipped with the
   reason (so a ``README.txt`` next to the photos is listed as skipped, not fatal);
 * a pattern containing ``*``, ``?`` or ``[`` is a glob (``**`` recurses); folders it
-  matches are searched like a folder;
+  matches are searched like a folder; a path that exists is itself, whatever its
+  name holds (``trip [2023]/``);
 * a single file is itself;
 * a folder without files, or a glob matching nothing, raises FileNotFoundError
   naming the path.
@@ -26,11 +28,11 @@ first frame of animated or multi-page files is used; the EXIF orientation is app
 
 * grayscale ('L', '1', 16-bit 'I;16') becomes three equal channels;
 * palette ('P') is expanded through its palette;
-* **alpha** (RGBA, LA, palette with a transparent colour) is **composited over white**
-  by default (``alpha='white'``), so transparent regions look as they do in a viewer
-  rather than showing whatever colour the encoder left under them; ``alpha='drop'``
-  discards the alpha channel instead (``Image.convert('RGB')``, torchvision's
-  ``ImageFolder`` loader);
+* **alpha** (RGBA, LA, a palette, grayscale or RGB image with a transparent colour)
+  is **composited over white** by default (``alpha='white'``), so transparent regions
+  look as they do in a viewer rather than showing whatever colour the encoder left
+  under them; ``alpha='drop'`` discards the alpha channel instead
+  (``Image.convert('RGB')``, torchvision's ``ImageFolder`` loader);
 * CMYK, YCbCr and other modes go through ``Image.convert('RGB')``.
 
 Preprocessing (:func:`resize_and_crop`, :func:`normalize`, :func:`preprocess`),
@@ -45,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -82,15 +85,19 @@ class ImageFolder:
     skipped: list[tuple[Path, str]]
 
 
-def _hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
 def _walk(folder: Path) -> list[Path]:
-    return sorted(
-        (p for p in folder.rglob("*") if p.is_file() and not _hidden(p, folder)),
-        key=lambda p: p.relative_to(folder).as_posix(),
-    )
+    """The non-hidden files below ``folder``, sorted by relative path. Symbolic links to
+    folders are followed, each real folder once (a link back up is not a loop)."""
+    files, seen = [], set()
+    for where, folders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(where)
+        if real in seen:
+            folders[:] = []
+            continue
+        seen.add(real)
+        folders[:] = [f for f in folders if not f.startswith(".")]
+        files.extend(Path(where, name) for name in names if not name.startswith("."))
+    return sorted((f for f in files if f.is_file()), key=lambda f: f.relative_to(folder).as_posix())
 
 
 def list_image_files(images: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -105,7 +112,8 @@ def list_image_files(images: str | Path | Sequence[str | Path]) -> list[Path]:
             raise FileNotFoundError(f"no files in {list(images)}")
         return list(dict.fromkeys(files))
     spec = str(images)
-    if _GLOB_CHARS & set(spec):
+    # A path that exists is that path, even when its name holds '[' or '?'.
+    if _GLOB_CHARS & set(spec) and not Path(spec).exists():
         matches = sorted(Path(m) for m in glob.glob(spec, recursive=True))
         files = []
         for match in matches:
@@ -124,13 +132,20 @@ def list_image_files(images: str | Path | Sequence[str | Path]) -> list[Path]:
     raise FileNotFoundError(f"no such file or folder: {str(path)!r}")
 
 
+def _check_options(*, resize: int, crop: int, alpha: str) -> None:
+    if alpha not in ALPHA_MODES:
+        raise ValueError(f"alpha must be one of {ALPHA_MODES}, got {alpha!r}")
+    if not 0 < crop <= resize:
+        raise ValueError(f"need 0 < crop <= resize, got crop={crop}, resize={resize}")
+
+
 def to_rgb(image: Image.Image, *, alpha: str = "white") -> Image.Image:
     """An 'RGB' copy of a Pillow image: grayscale repeated, palette expanded, alpha
     composited over white (``alpha='white'``) or dropped (``alpha='drop'``)."""
     if alpha not in ALPHA_MODES:
         raise ValueError(f"alpha must be one of {ALPHA_MODES}, got {alpha!r}")
     mode = image.mode
-    if mode == "RGB":
+    if mode == "RGB" and "transparency" not in image.info:
         return image.copy()
     if mode.startswith("I;16"):
         # 16-bit grayscale: keep the top 8 bits (Pillow's convert would clip at 255).
@@ -179,8 +194,7 @@ def resize_and_crop(
 ) -> np.ndarray:
     """Shorter side to ``resize`` (antialiased bilinear), center ``crop`` x ``crop``:
     an (crop, crop, 3) uint8 array. Accepts a Pillow image (any mode) or a uint8 array."""
-    if not 0 < crop <= resize:
-        raise ValueError(f"need 0 < crop <= resize, got crop={crop}, resize={resize}")
+    _check_options(resize=resize, crop=crop, alpha=alpha)
     rgb = _as_pil(image, alpha)
     width, height = rgb.size
     if width <= height:
@@ -231,7 +245,9 @@ def load_images(
     alpha: str = "white",
 ) -> ImageFolder:
     """Decodes and preprocesses ``files``; unreadable ones are skipped (not raised) and
-    listed in ``skipped`` with the reason."""
+    listed in ``skipped`` with the reason. Bad options are a ValueError before any file
+    is read (not a reason to skip every file)."""
+    _check_options(resize=resize, crop=crop, alpha=alpha)
     pixels, good, skipped = [], [], []
     for file in map(Path, files):
         try:
