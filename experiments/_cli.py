@@ -14,8 +14,9 @@ Expected errors -- bad input, not bugs -- end the script with ONE line on stderr
 and exit status 2. Expected are:
   * ValueError (fmi_jax raises ValueError subclasses for bad input: DataError,
     ConfigValueError, CheckpointMismatchError, the run folder's config errors, ...);
-  * FileNotFoundError (DataNotFoundError too), FileExistsError, PermissionError
-    (the line names the path);
+  * FileNotFoundError (DataNotFoundError too), FileExistsError, PermissionError,
+    NotADirectoryError, IsADirectoryError (a file where a folder goes, e.g. a
+    --workdir that is a file, and the reverse; the line names the path);
   * bad command lines: an unknown flag or a missing required one, a `--config.<field>`
     override that names no field of the config, a value that does not parse, a config
     file that does not load, a config variant that does not exist, leftover
@@ -64,6 +65,8 @@ EXPECTED: tuple[type[BaseException], ...] = (
     FileNotFoundError,
     FileExistsError,
     PermissionError,
+    NotADirectoryError,
+    IsADirectoryError,
     flags.Error,
     app.UsageError,
 )

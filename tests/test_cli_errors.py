@@ -103,6 +103,11 @@ def test_a_bug_keeps_its_traceback():
         (FileNotFoundError("no run in /w"), "error: no run in /w"),
         (PermissionError(13, "Permission denied", "/data/x"), "error: permission denied: /data/x"),
         (FileExistsError(17, "File exists", "/w/out"), "error: file exists: /w/out"),
+        # A --workdir that is a file, met when the run writes into it.
+        (
+            NotADirectoryError(20, "Not a directory", "/w/afile/config.json"),
+            "error: not a directory: /w/afile/config.json",
+        ),
     ],
 )
 def test_an_expected_error_is_one_line_and_exit_2(capsys, error, line):

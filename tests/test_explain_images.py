@@ -1,6 +1,7 @@
 """The image-folder explanation pipeline: decoding, preprocessing, and a run end to end."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -139,6 +140,89 @@ def test_folder_is_recursive_and_skips_bad_files(folder):
         "rgba.png",
         "truncated.png",
     ]
+
+
+def test_an_rgb_image_with_a_transparent_colour_is_composited(tmp_path):
+    pixels = np.zeros((4, 4, 3), np.uint8)
+    pixels[:2] = (10, 0, 0)  # the colour marked transparent
+    pixels[2:] = (0, 200, 0)
+    Image.fromarray(pixels).save(tmp_path / "trns.png", transparency=(10, 0, 0))
+    rgb = np.asarray(images_lib.decode(tmp_path / "trns.png"))
+    np.testing.assert_array_equal(rgb[:2], 255)
+    np.testing.assert_array_equal(rgb[2:], np.broadcast_to([0, 200, 0], (2, 4, 3)))
+    kept = np.asarray(images_lib.decode(tmp_path / "trns.png", alpha="drop"))
+    np.testing.assert_array_equal(kept, pixels)
+
+
+def test_folders_named_like_globs_and_linked_folders_are_listed(tmp_path):
+    trip = tmp_path / "photos" / "trip [2023]"
+    trip.mkdir(parents=True)
+    Image.fromarray(_gradient(8, 8, 0)).save(trip / "a.png")
+    assert images_lib.list_image_files(trip) == [trip / "a.png"]
+    assert images_lib.list_image_files(str(trip / "a.png")) == [trip / "a.png"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    Image.fromarray(_gradient(8, 8, 1)).save(elsewhere / "b.png")
+    (tmp_path / "photos" / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "back").symlink_to(tmp_path / "photos", target_is_directory=True)  # a loop
+    listed = images_lib.list_image_files(tmp_path / "photos")
+    assert [f.relative_to(tmp_path / "photos").as_posix() for f in listed] == [
+        "linked/b.png",
+        "trip [2023]/a.png",
+    ]
+
+
+def test_bad_options_are_one_error_not_a_skip_of_every_file(folder):
+    files = images_lib.list_image_files(folder)
+    with pytest.raises(ValueError, match="alpha must be one of"):
+        images_lib.load_images(files, alpha="White")
+    with pytest.raises(ValueError, match="crop <= resize"):
+        images_lib.load_images(files, resize=16, crop=20)
+
+
+def test_long_names_are_cut_to_fit_a_file_system_and_stay_distinct():
+    deep = ["x" * 100 + "/" + "y" * 100 + f"/{c}" * 3 + ".jpg" for c in "ab"]
+    names = studies.explain_images.figure_names([*deep, "short.png"])
+    assert names[2] == "short"
+    assert len(set(names)) == 3
+    for name in names[:2]:
+        assert len(name.encode()) <= 180 and name.startswith("x" * 100 + "__" + "y" * 60)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("alpha", "White", r"config\.alpha must be one of"),
+        ("crop", 300, r"config\.crop \(300\) must be <= config\.resize \(72\)"),
+    ],
+)
+def test_bad_config_is_refused_before_anything_is_written(folder, tmp_path, field, value, message):
+    config = _config()
+    config[field] = value
+    with pytest.raises(ValueError, match=message):
+        studies.run_explain_images(config, folder, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_workdir_inside_the_folder_and_another_spelling_of_it_reuse_the_run(
+    tmp_path, monkeypatch
+):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    # A Latin-1 name, not UTF-8: Python keeps the byte as a surrogate escape.
+    names = [os.fsdecode(b"caf\xe9.png"), "cat.png"]
+    for seed, name in enumerate(names):
+        Image.fromarray(_gradient(40, 40, seed)).save(photos / name)
+    config = _config(TINY_CNN)
+    first = studies.run_explain_images(config, photos, photos / "explained")
+    assert [p["file"] for p in first.predictions] == names and not first.reused
+    assert len(first.figures) == 2 and len(first.summary) == 1  # titles drawn
+    monkeypatch.chdir(tmp_path)
+    for spelling in ("photos/", "./photos", str(photos)):
+        again = studies.run_explain_images(config, spelling, "photos/explained")
+        assert again.reused and [p["file"] for p in again.predictions] == names
+    elsewhere = studies.run_explain_images(config, photos, tmp_path / "other")
+    assert [p["file"] for p in elsewhere.predictions] == names  # not the run's figures
 
 
 @pytest.mark.slow

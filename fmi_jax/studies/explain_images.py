@@ -18,12 +18,17 @@ explains the top-1 class of each with integrated gradients. It writes under `wor
   figures/<name>.png  per image: input, top-k bars, IG positive overlay, IG all-sign
                       map (`<name>` is the path below the folder without its suffix,
                       '/' replaced by '__'; '_<ext>' is appended where two files would
-                      share a name, e.g. cat.jpg and cat.png)
+                      share a name, e.g. cat.jpg and cat.png; a name over 180 bytes
+                      is cut and ends in a hash of the path)
   summary.png         all images (image, all-sign IG, top-1 label and probability);
                       summary_001.png, summary_002.png, ... when there are more than
                       `config.summary.per_page`
   skipped.json        the files that are not readable images, with the reason
   config.json, inputs.json   the config and the input files this folder belongs to
+                      (absolute paths, so 'photos/' and './photos' are one input)
+
+The outputs of this study are never inputs: a workdir inside the photo folder (or an
+earlier run's, found by its inputs.json and config.json) does not explain its figures.
 
 Integrated gradients: `config.ig.steps` Gauss-Legendre nodes (by default) along the
 straight path from the baseline to the input, evaluated `config.ig.batch_size`
@@ -47,6 +52,7 @@ The model code is pure JAX under `jit`: the same run works on CPU, GPU and TPU.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import time
@@ -81,6 +87,12 @@ class ExplainImagesResult:
     reused: bool
 
 
+def _absolute(path: str | Path) -> str:
+    """``path`` absolute and normalised ('photos/', './photos' and '/home/me/photos' are
+    one folder), without resolving symbolic links; a glob stays a glob."""
+    return os.path.abspath(path)
+
+
 def _claim(config: Any, spec: Any, files: Sequence[Path], out: Path) -> None:
     """Claims `out` for this config and these input files (never another run's; see
     fmi_jax/runs.py): both are checked before either is recorded."""
@@ -88,8 +100,10 @@ def _claim(config: Any, spec: Any, files: Sequence[Path], out: Path) -> None:
         "config.json": (config, "another config"),
         "inputs.json": (
             {
-                "images": [str(s) for s in spec] if isinstance(spec, (list, tuple)) else str(spec),
-                "files": [str(f) for f in files],
+                "images": [_absolute(s) for s in spec]
+                if isinstance(spec, (list, tuple))
+                else _absolute(spec),
+                "files": [_absolute(f) for f in files],
             },
             "other input files",
         ),
@@ -117,7 +131,8 @@ def _relative(file: Path, root: Path) -> str:
 
 
 def figure_names(relative: Sequence[str]) -> list[str]:
-    """'sub/cat.jpg' -> 'sub__cat'; '_jpg' etc. appended where names would collide."""
+    """'sub/cat.jpg' -> 'sub__cat'; '_jpg' etc. appended where names would collide; a
+    name too long for a file system is cut and ends in a hash of the relative path."""
     stems = [r.rsplit(".", 1)[0] if "." in r.rsplit("/", 1)[-1] else r for r in relative]
     stems = [s.replace("/", "__") for s in stems]
     counts: dict[str, int] = {}
@@ -132,9 +147,24 @@ def figure_names(relative: Sequence[str]) -> list[str]:
         while name in used:
             i += 1
             name = f"{base}_{i}"
+        if len(name.encode("utf-8", "surrogateescape")) > _MAX_NAME_BYTES:
+            digest = hashlib.sha1(r.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+            name = f"{_shorten(name, _MAX_NAME_BYTES - 11)}_{digest}"
         used.add(name)
         names.append(name)
     return names
+
+
+# File systems allow 255 bytes per name; '.png' and the temporary suffix of an atomic
+# write need some of them.
+_MAX_NAME_BYTES = 180
+
+
+def _shorten(name: str, size: int) -> str:
+    """The longest prefix of ``name`` that fits in ``size`` bytes."""
+    while len(name.encode("utf-8", "surrogateescape")) > size:
+        name = name[:-1]
+    return name
 
 
 def _variables(config: Any, model: Any, image_shape: tuple[int, int, int]) -> Any:
@@ -246,6 +276,15 @@ def _check(config: Any) -> None:
             raise ValueError(f"config.{key} must be >= 1, got {config[key]}")
     if int(config.ig.steps) < 1 or int(config.ig.batch_size) < 1:
         raise ValueError("config.ig.steps and config.ig.batch_size must be >= 1")
+    if int(config.crop) > int(config.resize):
+        raise ValueError(
+            f"config.crop ({config.crop}) must be <= config.resize ({config.resize}): the "
+            "crop is cut from the image resized to config.resize on its shorter side"
+        )
+    if config.alpha not in images_lib.ALPHA_MODES:
+        raise ValueError(
+            f"config.alpha must be one of {images_lib.ALPHA_MODES}, got {config.alpha!r}"
+        )
     if int(config.summary.per_page) < 1:
         raise ValueError("config.summary.per_page must be >= 1")
     weights = str(config.weights or "")
@@ -270,7 +309,7 @@ def run_explain_images(
     """
     _check(config)
     out = Path(workdir)
-    files = images_lib.list_image_files(images)
+    files = _inputs(images, out)
     _claim(config, images, files, out)
     root = _root(images, files)
     npz_path, json_path = out / "attributions.npz", out / "predictions.json"
@@ -282,13 +321,48 @@ def run_explain_images(
         saved = np.load(npz_path)
         pixels, maps = saved["pixels"], saved["attributions"]
         predictions = saved_json["images"]
-        skipped = runs.read_json(out / "skipped.json")
+        skipped = runs.read_json(out / "skipped.json") or []
     else:
         pixels, maps, predictions, skipped = _compute(config, files, root, out)
     figures = _image_figures(out, pixels, maps, predictions)
     summary = _summary(config, out, pixels, maps, predictions)
     logging.info("explained %d image(s) (%d skipped) into %s", len(predictions), len(skipped), out)
     return ExplainImagesResult(out, predictions, skipped, figures, summary, reused)
+
+
+def _is_run(folder: Path) -> bool:
+    return (folder / "inputs.json").is_file() and (folder / "config.json").is_file()
+
+
+def _inputs(images: Any, out: Path) -> list[Path]:
+    """The files of ``images``, less the outputs of this study: those under ``out`` and
+    under any run folder of it below the folder searched (a workdir inside the photo
+    folder holds figures, which are not photos to explain)."""
+    files = images_lib.list_image_files(images)
+    root = os.path.abspath(_root(images, files))
+    inside = os.path.abspath(out) + os.sep
+    runs_below: dict[Path, bool] = {}
+
+    def output(file: Path) -> bool:
+        if os.path.abspath(file).startswith(inside):
+            return True
+        for folder in Path(os.path.abspath(file)).parents:
+            if str(folder) == root or not str(folder).startswith(root):
+                return False
+            if folder not in runs_below:
+                runs_below[folder] = _is_run(folder)
+            if runs_below[folder]:
+                return True
+        return False
+
+    kept = [f for f in files if not output(f)]
+    if not kept:
+        raise FileNotFoundError(
+            f"{images!r} holds no files besides the outputs of explain_images runs"
+        )
+    if len(kept) < len(files):
+        logging.info("left out %d file(s) written by explain_images runs", len(files) - len(kept))
+    return kept
 
 
 def _compute(config: Any, files: Sequence[Path], root: Path, out: Path):
@@ -406,6 +480,12 @@ def _compute(config: Any, files: Sequence[Path], root: Path, out: Path):
     return pixels, maps, predictions, skipped_json
 
 
+def _shown(name: str) -> str:
+    """A file name as text a figure can draw: bytes that are not UTF-8 (kept by Python
+    as surrogate escapes) become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _label(prediction: dict[str, Any]) -> str:
     best = prediction["top_k"][0]
     return f"{best['label']} ({best['prob']:.2f})"
@@ -424,7 +504,7 @@ def _image_figures(out, pixels, maps, predictions) -> dict[str, plotting.SavedFi
             [t["prob"] for t in prediction["top_k"]],
             path,
             title=(
-                f"{prediction['file']}: {_label(prediction)}; IG of class "
+                f"{_shown(prediction['file'])}: {_label(prediction)}; IG of class "
                 f"{prediction['ig_target']}, completeness gap {prediction['ig_delta']:.3g}"
             ),
         )
@@ -444,7 +524,7 @@ def _summary(config, out, pixels, maps, predictions) -> list[plotting.SavedFigur
         fig = plotting.summary_sheet(
             pixels[part] / 255.0,
             maps[part],
-            [f"{p['file']}: {_label(p)}" for p in predictions[part]],
+            [f"{_shown(p['file'])}: {_label(p)}" for p in predictions[part]],
             path,
             columns=int(config.summary.columns),
             title=f"integrated gradients of the top-1 class (page {page + 1} of {pages})",
