@@ -225,6 +225,40 @@ def test_a_workdir_inside_the_folder_and_another_spelling_of_it_reuse_the_run(
     assert [p["file"] for p in elsewhere.predictions] == names  # not the run's figures
 
 
+def test_an_interrupted_run_goes_on_from_the_batch_it_was_in(folder, tmp_path, monkeypatch):
+    config = _config(TINY_CNN)
+    config.batch_size = 2
+    whole = studies.run_explain_images(config, folder, tmp_path / "whole")
+    calls = []
+    explain = studies.explain_images._Explainer.__call__
+
+    def interrupted(self, x):
+        calls.append(len(x))
+        if len(calls) == 2 and interrupt:
+            raise KeyboardInterrupt
+        return explain(self, x)
+
+    interrupt = True
+
+    monkeypatch.setattr(studies.explain_images._Explainer, "__call__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        studies.run_explain_images(config, folder, tmp_path / "cut")
+    assert len(list((tmp_path / "cut" / "batches").iterdir())) == 1
+    assert not (tmp_path / "cut" / "predictions.json").exists()
+    calls.clear()
+    interrupt = False
+    resumed = studies.run_explain_images(config, folder, tmp_path / "cut")
+    assert len(calls) == 3  # four batches of two files, each with a readable image
+    assert not (tmp_path / "cut" / "batches").exists()
+    assert [p["file"] for p in resumed.predictions] == [p["file"] for p in whole.predictions]
+    assert resumed.skipped == whole.skipped
+    for name in ("attributions", "pixels", "top_k_probs", "ig_delta"):
+        np.testing.assert_array_equal(
+            np.load(tmp_path / "cut" / "attributions.npz")[name],
+            np.load(tmp_path / "whole" / "attributions.npz")[name],
+        )
+
+
 @pytest.mark.slow
 def test_pipeline_writes_every_output(run, folder):
     config, workdir, result = run

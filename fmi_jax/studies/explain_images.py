@@ -46,6 +46,8 @@ images in the batch.
 Re-running with the same config and the same input files reuses the results and only
 draws missing figures; a different config or a different set of files for the same
 workdir is an error (choose another `--workdir`), so results are never overwritten.
+An interrupted run goes on from the batch it was in: each finished batch is saved
+under `batches/` until attributions.npz and predictions.json hold them all.
 The model code is pure JAX under `jit`: the same run works on CPU, GPU and TPU.
 """
 
@@ -55,6 +57,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -365,6 +368,63 @@ def _inputs(images: Any, out: Path) -> list[Path]:
     return kept
 
 
+# Each batch's results, saved as it finishes, so that an interrupted run goes on from
+# the batch it was in; removed once attributions.npz and predictions.json hold them all.
+_BATCHES = "batches"
+
+
+@dataclasses.dataclass
+class _Batch:
+    files: list[Path]
+    skipped: list[tuple[Path, str]]
+    pixels: np.ndarray
+    probs: np.ndarray | None = None
+    classes: np.ndarray | None = None
+    maps: np.ndarray | None = None
+    deltas: np.ndarray | None = None
+    seconds: list[float] = dataclasses.field(default_factory=list)
+
+
+def _save_batch(path: Path, batch: _Batch) -> None:
+    arrays = {
+        "files": np.asarray([_absolute(f) for f in batch.files], dtype=str),
+        "skipped_files": np.asarray([_absolute(f) for f, _ in batch.skipped], dtype=str),
+        "skipped_reasons": np.asarray([r for _, r in batch.skipped], dtype=str),
+        "pixels": batch.pixels,
+        "seconds": np.asarray(batch.seconds, np.float64),
+    }
+    if batch.files:
+        arrays.update(
+            probs=batch.probs, classes=batch.classes, maps=batch.maps, deltas=batch.deltas
+        )
+    runs.save_npz_atomic(path, **arrays)
+
+
+def _load_batch(path: Path, files: Sequence[Path]) -> _Batch | None:
+    """The saved results of the batch of ``files``, or None when there are none (or
+    they belong to other files)."""
+    if not path.is_file():
+        return None
+    by_name = {_absolute(f): f for f in files}
+    with np.load(path) as saved:
+        names = list(saved["files"]) + list(saved["skipped_files"])
+        if sorted(names) != sorted(by_name):
+            return None
+        batch = _Batch(
+            [by_name[f] for f in saved["files"]],
+            [
+                (by_name[f], str(r))
+                for f, r in zip(saved["skipped_files"], saved["skipped_reasons"])
+            ],
+            saved["pixels"],
+            seconds=[float(s) for s in saved["seconds"]],
+        )
+        if batch.files:
+            batch.probs, batch.classes = saved["probs"], saved["classes"]
+            batch.maps, batch.deltas = saved["maps"], saved["deltas"]
+    return batch
+
+
 def _compute(config: Any, files: Sequence[Path], root: Path, out: Path):
     crop = int(config.crop)
     image_shape = (crop, crop, 3)
@@ -393,30 +453,43 @@ def _compute(config: Any, files: Sequence[Path], root: Path, out: Path):
     batch_size = int(config.batch_size)
     good, skipped, pixels, maps, seconds = [], [], [], [], []
     probs, classes, deltas = [], [], []
+    resumed = 0
     for start in range(0, len(files), batch_size):
-        batch = images_lib.load_images(
-            files[start : start + batch_size],
-            resize=int(config.resize),
-            crop=crop,
-            mean=mean,
-            std=std,
-            alpha=str(config.alpha),
-        )
-        skipped.extend(batch.skipped)
-        if not batch.files:
-            continue
-        p, c, m, d, s = explainer(batch.images)
-        if not np.isfinite(m).all():
-            bad = [str(f) for f, ok in zip(batch.files, np.isfinite(m).all((1, 2, 3))) if not ok]
-            raise FloatingPointError(f"integrated gradients gave NaN or Inf for {bad}")
-        good.extend(batch.files)
-        pixels.append(batch.pixels)
-        maps.append(m)
-        probs.append(p)
-        classes.append(c)
-        deltas.append(d)
-        seconds.extend([s / len(batch.files)] * len(batch.files))
+        part = files[start : start + batch_size]
+        saved_batch = out / _BATCHES / f"{start // batch_size:06d}.npz"
+        done = _load_batch(saved_batch, part)
+        if done is None:
+            batch = images_lib.load_images(
+                part,
+                resize=int(config.resize),
+                crop=crop,
+                mean=mean,
+                std=std,
+                alpha=str(config.alpha),
+            )
+            done = _Batch(batch.files, batch.skipped, batch.pixels)
+            if batch.files:
+                done.probs, done.classes, m, done.deltas, s = explainer(batch.images)
+                if not np.isfinite(m).all():
+                    finite = np.isfinite(m).all((1, 2, 3))
+                    bad = [str(f) for f, ok in zip(batch.files, finite) if not ok]
+                    raise FloatingPointError(f"integrated gradients gave NaN or Inf for {bad}")
+                done.maps, done.seconds = m, [s / len(batch.files)] * len(batch.files)
+            _save_batch(saved_batch, done)
+        else:
+            resumed += len(part)
+        skipped.extend(done.skipped)
+        if done.files:
+            good.extend(done.files)
+            pixels.append(done.pixels)
+            maps.append(done.maps)
+            probs.append(done.probs)
+            classes.append(done.classes)
+            deltas.append(done.deltas)
+            seconds.extend(done.seconds)
         logging.info("%d / %d files", min(start + batch_size, len(files)), len(files))
+    if resumed:
+        logging.info("%d file(s) came from batches an interrupted run had finished", resumed)
 
     skipped_json = [{"file": str(f), "reason": r} for f, r in skipped]
     runs.write_json_atomic(out / "skipped.json", skipped_json, sort_keys=False)
@@ -472,6 +545,7 @@ def _compute(config: Any, files: Sequence[Path], root: Path, out: Path):
         "images": predictions,
     }
     runs.write_json_atomic(out / "predictions.json", summary, sort_keys=False)
+    shutil.rmtree(out / _BATCHES, ignore_errors=True)  # all of it is in attributions.npz
     logging.info(
         "IG completeness gap: mean |delta| %.3g, max %.3g (logits)",
         float(np.abs(deltas).mean()),
