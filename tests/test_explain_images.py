@@ -10,6 +10,7 @@ from PIL import Image
 import configs
 from fmi_jax import plotting, studies
 from fmi_jax.data import images as images_lib
+from fmi_jax.data.errors import DataError
 
 MEAN = np.asarray(images_lib.IMAGENET_MEAN, np.float32)
 STD = np.asarray(images_lib.IMAGENET_STD, np.float32)
@@ -223,6 +224,16 @@ def test_a_workdir_inside_the_folder_and_another_spelling_of_it_reuse_the_run(
         assert again.reused and [p["file"] for p in again.predictions] == names
     elsewhere = studies.run_explain_images(config, photos, tmp_path / "other")
     assert [p["file"] for p in elsewhere.predictions] == names  # not the run's figures
+
+
+def test_a_folder_without_a_readable_image_is_one_error_naming_the_reasons(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "notes.jpg").write_text("not an image\n")
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=f"none of the 1 file.*{out / 'skipped.json'}"):
+        studies.run_explain_images(_config(TINY_CNN), tmp_path / "photos", out)
+    (skipped,) = json.loads((out / "skipped.json").read_text())
+    assert skipped["file"].endswith("notes.jpg") and "cannot identify" in skipped["reason"]
 
 
 def test_an_interrupted_run_goes_on_from_the_batch_it_was_in(folder, tmp_path, monkeypatch):

@@ -500,7 +500,10 @@ def _compute(config: Any, files: Sequence[Path], root: Path, out: Path):
             "\n".join(f"  {f}: {r}" for f, r in skipped),
         )
     if not good:
-        raise DataError(f"none of the {len(files)} file(s) is a readable image (see skipped.json)")
+        raise DataError(
+            f"none of the {len(files)} file(s) is a readable image: "
+            f"{out / 'skipped.json'} lists each with the decoder's reason"
+        )
 
     pixels, maps = np.concatenate(pixels), np.concatenate(maps).astype(np.float32)
     probs, classes, deltas = np.concatenate(probs), np.concatenate(classes), np.concatenate(deltas)
