@@ -2,6 +2,8 @@
 
 import json
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,6 +173,13 @@ def test_folders_named_like_globs_and_linked_folders_are_listed(tmp_path):
         "linked/b.png",
         "trip [2023]/a.png",
     ]
+    # A folder reached as itself and through a link is listed under its real name.
+    (tmp_path / "photos" / "a_link").symlink_to(trip, target_is_directory=True)
+    listed = images_lib.list_image_files(tmp_path / "photos")
+    assert [f.relative_to(tmp_path / "photos").as_posix() for f in listed] == [
+        "linked/b.png",
+        "trip [2023]/a.png",
+    ]
 
 
 def test_bad_options_are_one_error_not_a_skip_of_every_file(folder):
@@ -224,6 +233,36 @@ def test_a_workdir_inside_the_folder_and_another_spelling_of_it_reuse_the_run(
         assert again.reused and [p["file"] for p in again.predictions] == names
     elsewhere = studies.run_explain_images(config, photos, tmp_path / "other")
     assert [p["file"] for p in elsewhere.predictions] == names  # not the run's figures
+    # A record of the same files with relative paths is the same run, recorded again.
+    record = tmp_path / "other" / "inputs.json"
+    record.write_text(json.dumps({"images": "photos", "files": [f"photos/{n}" for n in names]}))
+    assert studies.run_explain_images(config, "photos", "other").reused
+    assert json.loads(record.read_text())["files"] == [str(photos / n) for n in names]
+    # The photo folder itself as the workdir: its photos stay inputs.
+    for _ in range(2):
+        itself = studies.run_explain_images(config, "photos", "photos")
+        assert [p["file"] for p in itself.predictions] == names
+    assert itself.reused
+
+
+def test_only_what_the_study_writes_is_left_out_of_its_inputs(tmp_path, monkeypatch):
+    run = tmp_path / "photos" / "run"
+    (run / "figures").mkdir(parents=True)
+    for name in ("a.png", "run/keep.png", "run/figures/a.png", "run/summary.png"):
+        Image.fromarray(_gradient(8, 8, 0)).save(tmp_path / "photos" / name)
+    for name in ("config.json", "inputs.json"):
+        (run / name).write_text("{}")
+    monkeypatch.chdir(tmp_path)
+
+    def inputs(images, workdir):
+        files = studies.explain_images._inputs(images, Path(workdir))
+        return [os.path.relpath(f, images) for f in files]
+
+    for workdir in ("photos", ".", "elsewhere", "photos/run"):
+        assert inputs("photos", workdir) == ["a.png", "run/keep.png"]
+    assert inputs("photos/run", "elsewhere") == ["keep.png"]  # the folder is a run
+    (tmp_path / "photos" / "link.png").symlink_to(tmp_path / "photos" / "a.png")
+    assert inputs("photos", "elsewhere") == ["a.png", "run/keep.png"]  # a file once
 
 
 def test_a_folder_without_a_readable_image_is_one_error_naming_the_reasons(tmp_path):
@@ -237,11 +276,14 @@ def test_a_folder_without_a_readable_image_is_one_error_naming_the_reasons(tmp_p
 
 
 def test_an_interrupted_run_goes_on_from_the_batch_it_was_in(folder, tmp_path, monkeypatch):
+    photos = tmp_path / "photos"
+    shutil.copytree(folder, photos)
     config = _config(TINY_CNN)
-    config.batch_size = 2
-    whole = studies.run_explain_images(config, folder, tmp_path / "whole")
+    config.batch_size = 2  # four batches of two files, each with a readable image
+    whole = studies.run_explain_images(config, photos, tmp_path / "whole")
     calls = []
     explain = studies.explain_images._Explainer.__call__
+    interrupt = True
 
     def interrupted(self, x):
         calls.append(len(x))
@@ -249,17 +291,25 @@ def test_an_interrupted_run_goes_on_from_the_batch_it_was_in(folder, tmp_path, m
             raise KeyboardInterrupt
         return explain(self, x)
 
-    interrupt = True
-
     monkeypatch.setattr(studies.explain_images._Explainer, "__call__", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        studies.run_explain_images(config, folder, tmp_path / "cut")
-    assert len(list((tmp_path / "cut" / "batches").iterdir())) == 1
-    assert not (tmp_path / "cut" / "predictions.json").exists()
-    calls.clear()
-    interrupt = False
-    resumed = studies.run_explain_images(config, folder, tmp_path / "cut")
-    assert len(calls) == 3  # four batches of two files, each with a readable image
+
+    def cut(workdir):
+        nonlocal interrupt
+        calls.clear()
+        interrupt = True
+        with pytest.raises(KeyboardInterrupt):
+            studies.run_explain_images(config, photos, workdir)
+        assert len(list((workdir / "batches").iterdir())) == 1
+        assert not (workdir / "predictions.json").exists()
+        calls.clear()
+        interrupt = False
+
+    cut(tmp_path / "cut")
+    # The finished batch is a result of the recorded config: another is refused.
+    with pytest.raises(ValueError, match="another config"):
+        studies.run_explain_images(_config(TINY_CNN, steps=7), photos, tmp_path / "cut")
+    resumed = studies.run_explain_images(config, photos, tmp_path / "cut")
+    assert len(calls) == 3
     assert not (tmp_path / "cut" / "batches").exists()
     assert [p["file"] for p in resumed.predictions] == [p["file"] for p in whole.predictions]
     assert resumed.skipped == whole.skipped
@@ -268,6 +318,14 @@ def test_an_interrupted_run_goes_on_from_the_batch_it_was_in(folder, tmp_path, m
             np.load(tmp_path / "cut" / "attributions.npz")[name],
             np.load(tmp_path / "whole" / "attributions.npz")[name],
         )
+
+    # A file of the finished batch changed since: that batch is computed again.
+    cut(tmp_path / "changed")
+    Image.fromarray(_gradient(30, 30, 7)).save(photos / "notes.jpg", format="JPEG")
+    changed = studies.run_explain_images(config, photos, tmp_path / "changed")
+    assert len(calls) == 4
+    assert "notes.jpg" in [p["file"] for p in changed.predictions]
+    assert "notes.jpg" not in [s["file"].rsplit("/", 1)[-1] for s in changed.skipped]
 
 
 @pytest.mark.slow

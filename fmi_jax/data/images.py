@@ -9,8 +9,8 @@ ImageNet evaluation preset. Numpy and Pillow only (no jax).
 
 Which files (:func:`list_image_files`):
 
-* a folder is searched **recursively** (through symbolic links too, each folder
-  once), sorted by relative path; names starting with
+* a folder is searched **recursively** (through symbolic links too; a file reached
+  twice is listed once), sorted by relative path; names starting with
   a dot (hidden files and folders, ``.DS_Store``) are ignored; every other file is a
   candidate whatever its extension, and one Pillow cannot decode is skipped with the
   reason (so a ``README.txt`` next to the photos is listed as skipped, not fatal);
@@ -95,9 +95,23 @@ def _walk(folder: Path) -> list[Path]:
             folders[:] = []
             continue
         seen.add(real)
-        folders[:] = [f for f in folders if not f.startswith(".")]
+        # Real folders before links to them, each in name order: a folder reached both
+        # ways is listed under the same path wherever the tree is copied.
+        folders[:] = sorted(
+            (f for f in folders if not f.startswith(".")),
+            key=lambda f: (os.path.islink(os.path.join(where, f)), f),
+        )
         files.extend(Path(where, name) for name in names if not name.startswith("."))
     return sorted((f for f in files if f.is_file()), key=lambda f: f.relative_to(folder).as_posix())
+
+
+def _unique(files: list[Path]) -> list[Path]:
+    """``files`` without repeats of one file (the same real path, reached through a
+    link or two patterns), the first kept."""
+    first: dict[str, Path] = {}
+    for file in files:
+        first.setdefault(os.path.realpath(file), file)
+    return list(first.values())
 
 
 def list_image_files(images: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -110,7 +124,7 @@ def list_image_files(images: str | Path | Sequence[str | Path]) -> list[Path]:
         files = [f for spec in images for f in list_image_files(spec)]
         if not files:
             raise FileNotFoundError(f"no files in {list(images)}")
-        return list(dict.fromkeys(files))
+        return _unique(files)
     spec = str(images)
     # A path that exists is that path, even when its name holds '[' or '?'.
     if _GLOB_CHARS & set(spec) and not Path(spec).exists():
@@ -120,13 +134,13 @@ def list_image_files(images: str | Path | Sequence[str | Path]) -> list[Path]:
             files.extend(_walk(match) if match.is_dir() else [match] if match.is_file() else [])
         if not files:
             raise FileNotFoundError(f"the glob {spec!r} matches no files")
-        return list(dict.fromkeys(files))
+        return _unique(files)
     path = Path(spec)
     if path.is_dir():
         files = _walk(path)
         if not files:
             raise FileNotFoundError(f"the folder {str(path)!r} holds no (non-hidden) files")
-        return files
+        return _unique(files)
     if path.is_file():
         return [path]
     raise FileNotFoundError(f"no such file or folder: {str(path)!r}")

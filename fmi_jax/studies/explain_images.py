@@ -27,8 +27,9 @@ explains the top-1 class of each with integrated gradients. It writes under `wor
   config.json, inputs.json   the config and the input files this folder belongs to
                       (absolute paths, so 'photos/' and './photos' are one input)
 
-The outputs of this study are never inputs: a workdir inside the photo folder (or an
-earlier run's, found by its inputs.json and config.json) does not explain its figures.
+What this study writes is never an input: a workdir inside the photo folder (or an
+earlier run's, found by its inputs.json and config.json) does not explain its
+figures; other files in it still count.
 
 Integrated gradients: `config.ig.steps` Gauss-Legendre nodes (by default) along the
 straight path from the baseline to the input, evaluated `config.ig.batch_size`
@@ -57,7 +58,6 @@ import dataclasses
 import hashlib
 import math
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -96,22 +96,31 @@ def _absolute(path: str | Path) -> str:
     return os.path.abspath(path)
 
 
+def _absolute_inputs(record: dict[str, Any]) -> dict[str, Any]:
+    """``{"images": spec, "files": files}`` with every path :func:`_absolute`."""
+    spec = record.get("images")
+    return {
+        "images": [_absolute(s) for s in spec]
+        if isinstance(spec, (list, tuple))
+        else _absolute(spec),
+        "files": [_absolute(f) for f in record.get("files") or []],
+    }
+
+
 def _claim(config: Any, spec: Any, files: Sequence[Path], out: Path) -> None:
     """Claims `out` for this config and these input files (never another run's; see
     fmi_jax/runs.py): both are checked before either is recorded."""
+    inputs = _absolute_inputs({"images": spec, "files": files})
     records = {
         "config.json": (config, "another config"),
-        "inputs.json": (
-            {
-                "images": [_absolute(s) for s in spec]
-                if isinstance(spec, (list, tuple))
-                else _absolute(spec),
-                "files": [_absolute(f) for f in files],
-            },
-            "other input files",
-        ),
+        "inputs.json": (inputs, "other input files"),
     }
-    has_results = (out / "predictions.json").exists()
+    saved = runs.read_json(out / "inputs.json", rewritable=True)
+    if isinstance(saved, dict) and saved != inputs and _absolute_inputs(saved) == inputs:
+        # The same inputs, recorded relative to this folder: recorded again, absolute.
+        runs.write_json_atomic(out / "inputs.json", inputs, sort_keys=False)
+    # Finished batches of an interrupted run are results of the recorded config too.
+    has_results = (out / "predictions.json").exists() or any((out / _BATCHES).glob("*.npz"))
     hint = "pass another --workdir (or move that folder away)"
     for claim in (runs.check, runs.claim):
         for name, (record, what) in records.items():
@@ -305,10 +314,11 @@ def run_explain_images(
     `workdir` (see the module docstring).
 
     Raises:
-      FileNotFoundError: `images` names no files (the message names the path), or
-        `config.weights` does not exist.
+      FileNotFoundError: `images` names no files (the message names the path), or only
+        this study's outputs, or `config.weights` does not exist.
       DataError: none of the files is a readable image.
-      ValueError: `workdir` holds results of another config or other input files.
+      ValueError: a bad config value (named), or `workdir` holds results of another
+        config or other input files.
     """
     _check(config)
     out = Path(workdir)
@@ -333,28 +343,46 @@ def run_explain_images(
     return ExplainImagesResult(out, predictions, skipped, figures, summary, reused)
 
 
+_OUTPUT_FILES = frozenset(
+    ("predictions.json", "attributions.npz", "skipped.json", "config.json", "inputs.json")
+)
+
+
+def _is_output(relative: tuple[str, ...]) -> bool:
+    """Whether a path relative to a run folder is one this study writes there."""
+    if len(relative) == 1:
+        name = relative[0]
+        return name in _OUTPUT_FILES or (name.startswith("summary") and name.endswith(".png"))
+    return relative[0] in ("figures", _BATCHES)
+
+
 def _is_run(folder: Path) -> bool:
     return (folder / "inputs.json").is_file() and (folder / "config.json").is_file()
 
 
 def _inputs(images: Any, out: Path) -> list[Path]:
-    """The files of ``images``, less the outputs of this study: those under ``out`` and
-    under any run folder of it below the folder searched (a workdir inside the photo
-    folder holds figures, which are not photos to explain)."""
+    """The files of ``images``, less the outputs of this study: the figures, summaries
+    and records it writes into ``out`` and into any earlier run folder of it at or
+    below the folder searched (a workdir inside the photo folder holds figures, which
+    are not photos to explain). Other files in those folders stay inputs."""
     files = images_lib.list_image_files(images)
-    root = os.path.abspath(_root(images, files))
-    inside = os.path.abspath(out) + os.sep
-    runs_below: dict[Path, bool] = {}
+    root = Path(os.path.abspath(_root(images, files)))
+    out = Path(os.path.abspath(out))
+    run_folders: dict[Path, bool] = {}
+
+    def is_run(folder: Path) -> bool:
+        if folder not in run_folders:
+            run_folders[folder] = folder == out or _is_run(folder)
+        return run_folders[folder]
 
     def output(file: Path) -> bool:
-        if os.path.abspath(file).startswith(inside):
+        path = Path(os.path.abspath(file))
+        if path.is_relative_to(out) and _is_output(path.relative_to(out).parts):
             return True
-        for folder in Path(os.path.abspath(file)).parents:
-            if str(folder) == root or not str(folder).startswith(root):
+        for folder in path.parents:
+            if not folder.is_relative_to(root):
                 return False
-            if folder not in runs_below:
-                runs_below[folder] = _is_run(folder)
-            if runs_below[folder]:
+            if is_run(folder) and _is_output(path.relative_to(folder).parts):
                 return True
         return False
 
@@ -385,11 +413,26 @@ class _Batch:
     seconds: list[float] = dataclasses.field(default_factory=list)
 
 
+def _stamps(files: Sequence[Path]) -> np.ndarray:
+    """Size and modification time (ns) of each file, ``(len(files), 2)`` int64; -1 for
+    a file that is gone. A saved batch is reused only for files with the same stamps."""
+    stamps = np.full((len(files), 2), -1, np.int64)
+    for i, file in enumerate(files):
+        try:
+            status = os.stat(file)
+        except OSError:
+            continue
+        stamps[i] = status.st_size, status.st_mtime_ns
+    return stamps
+
+
 def _save_batch(path: Path, batch: _Batch) -> None:
+    skipped = [f for f, _ in batch.skipped]
     arrays = {
         "files": np.asarray([_absolute(f) for f in batch.files], dtype=str),
-        "skipped_files": np.asarray([_absolute(f) for f, _ in batch.skipped], dtype=str),
+        "skipped_files": np.asarray([_absolute(f) for f in skipped], dtype=str),
         "skipped_reasons": np.asarray([r for _, r in batch.skipped], dtype=str),
+        "stamps": _stamps([*batch.files, *skipped]),
         "pixels": batch.pixels,
         "seconds": np.asarray(batch.seconds, np.float64),
     }
@@ -401,14 +444,16 @@ def _save_batch(path: Path, batch: _Batch) -> None:
 
 
 def _load_batch(path: Path, files: Sequence[Path]) -> _Batch | None:
-    """The saved results of the batch of ``files``, or None when there are none (or
-    they belong to other files)."""
+    """The saved results of the batch of ``files``, or None when there are none, or
+    they belong to other files, or a file changed since (size or modification time)."""
     if not path.is_file():
         return None
     by_name = {_absolute(f): f for f in files}
     with np.load(path) as saved:
         names = list(saved["files"]) + list(saved["skipped_files"])
         if sorted(names) != sorted(by_name):
+            return None
+        if not np.array_equal(saved["stamps"], _stamps([by_name[n] for n in names])):
             return None
         batch = _Batch(
             [by_name[f] for f in saved["files"]],
@@ -423,6 +468,18 @@ def _load_batch(path: Path, files: Sequence[Path]) -> _Batch | None:
             batch.probs, batch.classes = saved["probs"], saved["classes"]
             batch.maps, batch.deltas = saved["maps"], saved["deltas"]
     return batch
+
+
+def _remove(saved_batches: Sequence[Path]) -> None:
+    """Deletes the batch files this study wrote, and their folder when that leaves it
+    empty (nothing else in it is touched)."""
+    for path in saved_batches:
+        path.unlink(missing_ok=True)
+    if saved_batches:
+        try:
+            saved_batches[0].parent.rmdir()
+        except OSError:  # not empty, or never made
+            pass
 
 
 def _compute(config: Any, files: Sequence[Path], root: Path, out: Path):
@@ -454,9 +511,11 @@ def _compute(config: Any, files: Sequence[Path], root: Path, out: Path):
     good, skipped, pixels, maps, seconds = [], [], [], [], []
     probs, classes, deltas = [], [], []
     resumed = 0
-    for start in range(0, len(files), batch_size):
+    saved_batches = [
+        out / _BATCHES / f"{i:06d}.npz" for i in range(math.ceil(len(files) / batch_size))
+    ]
+    for start, saved_batch in zip(range(0, len(files), batch_size), saved_batches):
         part = files[start : start + batch_size]
-        saved_batch = out / _BATCHES / f"{start // batch_size:06d}.npz"
         done = _load_batch(saved_batch, part)
         if done is None:
             batch = images_lib.load_images(
@@ -500,6 +559,7 @@ def _compute(config: Any, files: Sequence[Path], root: Path, out: Path):
             "\n".join(f"  {f}: {r}" for f, r in skipped),
         )
     if not good:
+        _remove(saved_batches)  # nothing to resume: a rerun reads the files again
         raise DataError(
             f"none of the {len(files)} file(s) is a readable image: "
             f"{out / 'skipped.json'} lists each with the decoder's reason"
@@ -548,7 +608,7 @@ def _compute(config: Any, files: Sequence[Path], root: Path, out: Path):
         "images": predictions,
     }
     runs.write_json_atomic(out / "predictions.json", summary, sort_keys=False)
-    shutil.rmtree(out / _BATCHES, ignore_errors=True)  # all of it is in attributions.npz
+    _remove(saved_batches)  # all of it is in attributions.npz and predictions.json
     logging.info(
         "IG completeness gap: mean |delta| %.3g, max %.3g (logits)",
         float(np.abs(deltas).mean()),
