@@ -146,9 +146,13 @@ def list_image_files(images: str | Path | Sequence[str | Path]) -> list[Path]:
     raise FileNotFoundError(f"no such file or folder: {str(path)!r}")
 
 
-def _check_options(*, resize: int, crop: int, alpha: str) -> None:
+def _check_alpha(alpha: str) -> None:
     if alpha not in ALPHA_MODES:
         raise ValueError(f"alpha must be one of {ALPHA_MODES}, got {alpha!r}")
+
+
+def _check_options(*, resize: int, crop: int, alpha: str) -> None:
+    _check_alpha(alpha)
     if not 0 < crop <= resize:
         raise ValueError(f"need 0 < crop <= resize, got crop={crop}, resize={resize}")
 
@@ -156,8 +160,7 @@ def _check_options(*, resize: int, crop: int, alpha: str) -> None:
 def to_rgb(image: Image.Image, *, alpha: str = "white") -> Image.Image:
     """An 'RGB' copy of a Pillow image: grayscale repeated, palette expanded, alpha
     composited over white (``alpha='white'``) or dropped (``alpha='drop'``)."""
-    if alpha not in ALPHA_MODES:
-        raise ValueError(f"alpha must be one of {ALPHA_MODES}, got {alpha!r}")
+    _check_alpha(alpha)
     mode = image.mode
     if mode == "RGB" and "transparency" not in image.info:
         return image.copy()
