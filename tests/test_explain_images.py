@@ -3,11 +3,13 @@
 import json
 import os
 import shutil
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 import configs
 from fmi_jax import plotting, studies
@@ -155,6 +157,45 @@ def test_an_rgb_image_with_a_transparent_colour_is_composited(tmp_path):
     np.testing.assert_array_equal(rgb[2:], np.broadcast_to([0, 200, 0], (2, 4, 3)))
     kept = np.asarray(images_lib.decode(tmp_path / "trns.png", alpha="drop"))
     np.testing.assert_array_equal(kept, pixels)
+
+
+def test_32_bit_images_are_skipped_with_the_reason_not_clipped(tmp_path):
+    ramp = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    Image.fromarray(ramp).save(tmp_path / "float.tif")  # convert('RGB') makes it black
+    Image.fromarray((ramp * 1e6).astype(np.int32)).save(tmp_path / "int.tif")
+    loaded = images_lib.load_images(sorted(tmp_path.iterdir()), resize=8, crop=8)
+    assert loaded.files == []
+    assert [(f.name, "8 or 16 bits" in reason) for f, reason in loaded.skipped] == [
+        ("float.tif", True),
+        ("int.tif", True),
+    ]
+
+
+_HEIC = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic"
+
+
+def test_heic_photos_say_how_to_read_them_and_use_pillow_heif_when_installed(tmp_path, monkeypatch):
+    (tmp_path / "photo.HEIC").write_bytes(_HEIC)
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # not installed
+    [(_, reason)] = images_lib.load_images([tmp_path / "photo.HEIC"]).skipped
+    assert "pip install pillow-heif" in reason
+
+    # Installed: the plugin registers an opener on the first HEIF file, then it decodes.
+    monkeypatch.setattr(Image, "ID", list(Image.ID))
+    monkeypatch.setattr(Image, "OPEN", dict(Image.OPEN))
+    plugin = types.ModuleType("pillow_heif")
+    plugin.register_heif_opener = lambda: Image.register_open(
+        "FAKE_HEIF",
+        lambda fp, filename: Image.new("RGB", (2, 2), (1, 2, 3)),
+        lambda head: head[4:12] == b"ftypheic",
+    )
+    monkeypatch.setitem(sys.modules, "pillow_heif", plugin)
+    rgb = np.asarray(images_lib.decode(tmp_path / "photo.HEIC"))
+    np.testing.assert_array_equal(rgb, np.broadcast_to([1, 2, 3], (2, 2, 3)))
+    # A file that is not HEIF is not retried through the plugin.
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(UnidentifiedImageError, match="cannot identify"):
+        images_lib.decode(tmp_path / "notes.txt")
 
 
 def test_folders_named_like_globs_and_linked_folders_are_listed(tmp_path):

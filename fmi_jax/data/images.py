@@ -33,7 +33,13 @@ first frame of animated or multi-page files is used; the EXIF orientation is app
   look as they do in a viewer rather than showing whatever colour the encoder left
   under them; ``alpha='drop'`` discards the alpha channel instead
   (``Image.convert('RGB')``, torchvision's ``ImageFolder`` loader);
-* CMYK, YCbCr and other modes go through ``Image.convert('RGB')``.
+* CMYK, YCbCr and other modes go through ``Image.convert('RGB')``;
+* 32-bit integer and floating-point images ('I', 'F': scientific TIFFs) are refused
+  with the reason: their value range is the writer's choice, and Pillow's conversion
+  would clip them to black or white;
+* HEIC/HEIF photos (the iPhone's default) need the ``pillow-heif`` plugin: when it is
+  installed it is registered on the first such file, otherwise the file is skipped
+  with a reason that says to install it.
 
 Preprocessing (:func:`resize_and_crop`, :func:`normalize`, :func:`preprocess`),
 torchvision's ``ImageClassification`` preset step by step: resize the shorter side to
@@ -53,7 +59,7 @@ from pathlib import Path
 
 import numpy as np
 from absl import logging
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fmi_jax.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
@@ -164,6 +170,11 @@ def to_rgb(image: Image.Image, *, alpha: str = "white") -> Image.Image:
     mode = image.mode
     if mode == "RGB" and "transparency" not in image.info:
         return image.copy()
+    if mode in ("I", "F"):
+        raise ValueError(
+            f"a 32-bit {'integer' if mode == 'I' else 'floating-point'} image (mode "
+            f"{mode!r}) has no fixed value range: save it with 8 or 16 bits per channel"
+        )
     if mode.startswith("I;16"):
         # 16-bit grayscale: keep the top 8 bits (Pillow's convert would clip at 255).
         high = (np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8)
@@ -186,11 +197,41 @@ def decode(path: str | Path, *, alpha: str = "white") -> Image.Image:
     Raises whatever Pillow raises for files that are not (complete) images
     (``PIL.UnidentifiedImageError``, ``OSError`` for truncated data, ...).
     """
-    with Image.open(path) as image:
+    try:
+        image = Image.open(path)
+    except UnidentifiedImageError:
+        if not _is_heif(path):
+            raise
+        _register_heif(path)
+        image = Image.open(path)
+    with image:
         image.seek(0)
         image.load()
         oriented = ImageOps.exif_transpose(image)
         return to_rgb(oriented, alpha=alpha)
+
+
+# ISO base media file brands of HEIF stills and sequences (not AVIF, which Pillow reads).
+_HEIF_BRANDS = frozenset((b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"))
+
+
+def _is_heif(path: str | Path) -> bool:
+    with open(path, "rb") as file:
+        head = file.read(12)
+    return head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
+
+
+def _register_heif(path: str | Path) -> None:
+    """Registers the ``pillow-heif`` opener with Pillow; without the plugin, raises
+    UnidentifiedImageError saying how to install it."""
+    try:
+        import pillow_heif  # noqa: PLC0415  (optional plugin, only for HEIF files)
+    except ImportError:
+        raise UnidentifiedImageError(
+            f"{str(path)!r} is a HEIC/HEIF image, which Pillow reads only with the "
+            "pillow-heif plugin: pip install pillow-heif"
+        ) from None
+    pillow_heif.register_heif_opener()
 
 
 def _as_pil(image: Image.Image | np.ndarray, alpha: str) -> Image.Image:
