@@ -240,6 +240,13 @@ def test_long_names_are_cut_to_fit_a_file_system_and_stay_distinct():
         assert len(name.encode()) <= 180 and name.startswith("x" * 100 + "__" + "y" * 60)
 
 
+def test_figure_names_differ_ignoring_case_for_macos_and_windows_disks():
+    names = studies.explain_images.figure_names(
+        ["Cat.jpg", "cat.jpg", "CAT.png", "dog.jpg", "sub/Dog.jpg", "Sub/dog.jpg"]
+    )
+    assert names == ["Cat_jpg", "cat_jpg_2", "CAT_png", "dog", "sub__Dog_jpg", "Sub__dog_jpg_2"]
+
+
 @pytest.mark.parametrize(
     "field, value, message",
     [

@@ -18,7 +18,7 @@ explains the top-1 class of each with integrated gradients. It writes under `wor
   figures/<name>.png  per image: input, top-k bars, IG positive overlay, IG all-sign
                       map (`<name>` is the path below the folder without its suffix,
                       '/' replaced by '__'; '_<ext>' is appended where two files would
-                      share a name, e.g. cat.jpg and cat.png; a name over 180 bytes
+                      share a name, ignoring case, e.g. cat.jpg and Cat.png; a name over 180 bytes
                       is cut and ends in a hash of the path)
   summary.png         all images (image, all-sign IG, top-1 label and probability);
                       summary_001.png, summary_002.png, ... when there are more than
@@ -144,25 +144,27 @@ def _relative(file: Path, root: Path) -> str:
 
 def figure_names(relative: Sequence[str]) -> list[str]:
     """'sub/cat.jpg' -> 'sub__cat'; '_jpg' etc. appended where names would collide; a
-    name too long for a file system is cut and ends in a hash of the relative path."""
+    name too long for a file system is cut and ends in a hash of the relative path.
+    Names are distinct ignoring case ('Cat.jpg' and 'cat.jpg' get two figures on the
+    case-insensitive disks of macOS and Windows too)."""
     stems = [r.rsplit(".", 1)[0] if "." in r.rsplit("/", 1)[-1] else r for r in relative]
     stems = [s.replace("/", "__") for s in stems]
     counts: dict[str, int] = {}
     for s in stems:
-        counts[s] = counts.get(s, 0) + 1
+        counts[s.casefold()] = counts.get(s.casefold(), 0) + 1
     names, used = [], set()
     for r, s in zip(relative, stems):
         name = s
-        if counts[s] > 1 and "." in r.rsplit("/", 1)[-1]:
+        if counts[s.casefold()] > 1 and "." in r.rsplit("/", 1)[-1]:
             name = f"{s}_{r.rsplit('.', 1)[1]}"
         base, i = name, 1
-        while name in used:
+        while name.casefold() in used:
             i += 1
             name = f"{base}_{i}"
         if len(name.encode("utf-8", "surrogateescape")) > _MAX_NAME_BYTES:
             digest = hashlib.sha1(r.encode("utf-8", "surrogateescape")).hexdigest()[:10]
             name = f"{_shorten(name, _MAX_NAME_BYTES - 11)}_{digest}"
-        used.add(name)
+        used.add(name.casefold())
         names.append(name)
     return names
 
