@@ -51,9 +51,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from fmi_jax import attribution, evaluation, plotting, runs
 from fmi_jax.attribution import METHODS
+from fmi_jax.attribution.core import as_input
 from fmi_jax.plotting.html import Image, Link, Section, Table, write_page
 
 __all__ = ["REPORT_KIND", "report"]
@@ -125,11 +127,9 @@ def report(
         key = jax.random.key(key)
     out = Path(out)
     _check_out(out)
-    x = jnp.asarray(x, jnp.float32)
+    x = as_input(x)  # float32; integer images (uint8 in [0, 255]) and NaN are refused
     if x.ndim not in (3, 4) or x.shape[0] == 0:
         raise ValueError(f"x must be images (N, H, W) or (N, H, W, C), got shape {x.shape}")
-    if not np.isfinite(np.asarray(x)).all():
-        raise ValueError("x contains NaN or Inf values")
     n = x.shape[0]
     if labels is not None:
         labels = np.asarray(labels)
@@ -139,8 +139,16 @@ def report(
             )
     if not 0 < topk_fraction <= 1:
         raise ValueError(f"topk_fraction must be in (0, 1], got {topk_fraction}")
-    logits = _logits(fn, x, batch_size)
+    # The target first: it checks that fn maps x to (N, classes) logits, with a clear
+    # error for one image without its batch axis.
     target = attribution.resolve_target(fn, x, target, batch_size=batch_size)
+    logits = _logits(fn, x, batch_size)
+    if np.all(logits >= 0) and np.allclose(logits.sum(-1), 1, atol=1e-4):
+        logging.warning(
+            "fn's outputs are non-negative and sum to 1: they look like probabilities, "
+            "not logits; the captions' probabilities apply a softmax to them (pass the "
+            "model without its final softmax)"
+        )
     used = [logits.argmax(-1), np.asarray(target)] + ([labels] if labels is not None else [])
     if class_names is not None:
         class_names = [str(c) for c in class_names]

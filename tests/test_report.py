@@ -7,12 +7,14 @@ completeness gap is rounding only and they agree perfectly with each other.
 
 import html.parser
 import json
+import logging
 import shutil
 import subprocess
 import urllib.parse
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import matplotlib.image
 import numpy as np
 import pytest
@@ -131,10 +133,12 @@ def test_bad_input_is_refused_with_one_line(tmp_path):
         (dict(methods=()), "methods is empty"),
         (dict(methods=("saliency", "smoothgrad")), "smoothgrad draws random samples.*key="),
         (dict(methods=("saliency",), options={"occlusion": {}}), "occlusion.*not among"),
+        (dict(methods=("saliency",), x=(x * 255).astype(jnp.uint8)), "dtype uint8.*astype"),
+        (dict(methods=("saliency",), x=x[0]), r"without its batch axis: pass x\[None\]"),
     ]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message) as error:
-            report(fn, x, out=tmp_path / "new", **kwargs)
+            report(fn, kwargs.pop("x", x), out=tmp_path / "new", **kwargs)
         assert "\n" not in str(error.value)
     assert not (tmp_path / "new").exists()  # nothing written
     foreign = tmp_path / "notes"
@@ -150,6 +154,15 @@ def test_bad_input_is_refused_with_one_line(tmp_path):
     with pytest.raises(ValueError, match="stats.json"):
         report(fn, x, methods=("saliency",), out=foreign)
     assert (foreign / "stats.json").read_text() == "{}"
+
+
+def test_probabilities_instead_of_logits_are_flagged(tmp_path, caplog):
+    linear, x = _linear_model(), _images()
+    for fn, flagged in ((linear, False), (lambda x: jax.nn.softmax(linear(x)), True)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            report(fn, x, methods=("saliency",), out=tmp_path / str(flagged), max_sheets=0)
+        assert ("they look like probabilities" in caplog.text) is flagged
 
 
 def test_a_previous_report_is_replaced(tmp_path, written):

@@ -28,8 +28,10 @@ many samples or integration steps a method asks for.
 
 Randomness: example ``i`` draws from ``fold_in(key, i)`` (:func:`example_keys`) and its
 sample ``s`` from ``fold_in(fold_in(key, i), s)`` (:func:`sample_keys`). The noise an
-example receives therefore depends on neither ``batch_size`` nor on how a batch is
-split across calls or devices. (This needs random bits that do not change under
+example receives therefore depends on neither ``batch_size`` nor on how the work is
+chunked or spread over devices. It does depend on the example's index ``i`` in the call:
+to give an example the same noise in any batch, pass one key per example (see
+:func:`example_keys`). (This needs random bits that do not change under
 ``jax.vmap`` over keys, which JAX guarantees for its default threefry keys; keys made
 with ``impl='rbg'`` or ``'unsafe_rbg'`` do not promise it.)
 """
@@ -42,9 +44,11 @@ import operator
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 __all__ = [
     "Array",
@@ -106,10 +110,25 @@ class Explain(Protocol):
 
 def require_key(key: Array | None, method: str) -> Array:
     """``key`` itself; a ValueError naming ``method`` when it is None (the method draws
-    random numbers, and fmi_jax never draws them from a hidden global state)."""
+    random numbers, and fmi_jax never draws them from a hidden global state) or not a
+    PRNG key (an int seed, say)."""
     if key is None:
         raise ValueError(f"{method} draws random numbers: pass key=jax.random.key(seed) (keyword)")
+    _check_key(key, method)
     return key
+
+
+def _check_key(key: Any, where: str) -> None:
+    """A ValueError unless ``key`` is a typed PRNG key or legacy raw key data (uint32,
+    last axis the key's words), one or a batch."""
+    dtype = getattr(key, "dtype", None)
+    typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
+    raw = dtype == np.uint32 and getattr(key, "ndim", 0) >= 1
+    if not (typed or raw):
+        shown = f"{type(key).__name__} {key!r}" if np.ndim(key) == 0 else type(key).__name__
+        raise ValueError(
+            f"{where}: key must be a PRNG key, got {shown}: pass key=jax.random.key(seed)"
+        )
 
 
 def refuse_baseline(baseline: Any, method: str) -> None:
@@ -118,8 +137,8 @@ def refuse_baseline(baseline: Any, method: str) -> None:
     if baseline is not None:
         raise ValueError(
             f"{method} has no reference input, so baseline= would be ignored; leave it "
-            "None (methods with a baseline: integrated_gradients, deeplift, gradient_shap, "
-            "occlusion)"
+            "None (the path, DeepLIFT, SHAP and perturbation methods take one, such as "
+            "integrated_gradients, deeplift, gradient_shap and occlusion)"
         )
 
 
@@ -242,11 +261,29 @@ def _unbatched(fn: ModelFn, x: Array) -> bool:
         return False
 
 
+def _refuse_module(fn: Any) -> None:
+    """A ValueError for a Flax module given where a model function goes: a Linen module
+    has no variables, and an NNX module called inside ``jax.grad`` runs in whatever
+    mode it is in (and fails if that mode updates batch statistics)."""
+    if isinstance(fn, nnx.Module):
+        raise ValueError(
+            f"fn is the NNX module {type(fn).__name__}: pass "
+            "fmi_jax.attribution.flax_model(module), which runs an eval-mode copy of it"
+        )
+    if isinstance(fn, nn.Module):
+        raise ValueError(
+            f"fn is the Linen module {type(fn).__name__} without its variables: pass "
+            "fmi_jax.attribution.flax_model(module, variables, train=False)"
+        )
+
+
 def _num_classes(fn: ModelFn, x: Array) -> int:
     """The number of classes of ``fn``, checking that ``fn`` maps the batch ``x`` to
     ``(N, classes)`` logits. A single example without its batch axis is recognised
     (``fn`` accepts ``x[None]``) and refused with that diagnosis, instead of the shape
-    error from deep inside the model."""
+    error from deep inside the model. A Flax module given as ``fn`` is refused with the
+    handle to pass instead."""
+    _refuse_module(fn)
     unbatched = (
         f"x of shape {x.shape} looks like one example without its batch axis: pass "
         "x[None] (a batch of one)"
@@ -488,6 +525,7 @@ def example_keys(key: Array, num_examples: int) -> Array:
     dataset into batches keep each example's noise tied to its dataset index:
     ``jax.vmap(lambda i: jax.random.fold_in(key, i))(dataset_indices)``.
     """
+    _check_key(key, "example_keys")
     key = jnp.asarray(key)
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.wrap_key_data(key)

@@ -69,6 +69,7 @@ import types
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
+import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -410,12 +411,33 @@ def _jitted(passes: _Passes) -> _Passes:
     )
 
 
+_INFERENCE_HINT = (
+    "attribution needs the model in inference mode: pass its mode flag to the handle, "
+    "e.g. flax_model({}, train=False) (or deterministic=True)"
+)
+
+
+@contextlib.contextmanager
+def _linen_inference(module: nn.Module) -> Iterator[None]:
+    """Flax's errors for a Linen model in training mode (batch statistics it may not
+    update, dropout without an rng) as one ValueError that says how to fix it."""
+    try:
+        yield
+    except (flax.errors.ModifyScopeVariableError, flax.errors.InvalidRngError) as error:
+        reason = str(error).split(" (https://", 1)[0].strip().rstrip(".")
+        hint = _INFERENCE_HINT.format("module, variables")
+        raise ValueError(
+            f"{type(module).__name__}'s forward pass failed: {reason}; {hint}"
+        ) from None
+
+
 def _linen_forward(
     static: _Static, variables: Any, x: Array, delta: Any, *, layer: str | None, replace: bool
 ) -> tuple[Any, Any]:
     module, kwargs = static.model, static.kwargs
     if layer is None:
-        return module.apply(variables, x, **kwargs), None
+        with _linen_inference(module):
+            return module.apply(variables, x, **kwargs), None
     target = tuple(layer.split("/"))
     variables = dict(variables)
     if delta is not None:
@@ -431,7 +453,7 @@ def _linen_forward(
                 out = context.module.perturb(_NAME, base, collection=_DELTA)
         return out
 
-    with nn.intercept_methods(intercept):
+    with _linen_inference(module), nn.intercept_methods(intercept):
         logits, state = module.apply(variables, x, mutable=[_CAPTURE], **kwargs)
     (activation,) = _lookup(state.get(_CAPTURE, {}), target)
     return logits, activation
@@ -456,7 +478,7 @@ def _linen_zero_input_output(static: _Static, variables: Any, x: Array, *, layer
             context.module.sow(_CAPTURE, _NAME, zero)
         return out
 
-    with nn.intercept_methods(intercept):
+    with _linen_inference(static.model), nn.intercept_methods(intercept):
         _, state = static.model.apply(variables, x, mutable=[_CAPTURE], **static.kwargs)
     (zero,) = _lookup(state.get(_CAPTURE, {}), target)
     return zero
@@ -480,7 +502,7 @@ def _linen_perturbed(
             out = context.module.perturb(_NAME, out, collection=_DELTA)
         return out
 
-    with nn.intercept_methods(intercept):
+    with _linen_inference(static.model), nn.intercept_methods(intercept):
         return static.model.apply(variables, x, **static.kwargs)
 
 
@@ -521,7 +543,7 @@ class _LinenModel(FlaxModel):
             return out
 
         def forward(x):
-            with nn.intercept_methods(record):
+            with _linen_inference(self.module), nn.intercept_methods(record):
                 _, state = self.module.apply(
                     self._weights, x, mutable=[_CAPTURE], **self._static.kwargs
                 )
@@ -617,12 +639,40 @@ def _nnx_copy(static: _Static, state: Any) -> nnx.Module:
     return nnx.merge(static.model, state, copy=True)
 
 
+def _key_path(path: tuple[Any, ...]) -> str:
+    """A pytree key path of an NNX state as a module path, ``'bn/mean'``."""
+    parts = [getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path]
+    return _path(tuple(parts[:-1] if parts and parts[-1] == "value" else parts))
+
+
+# What a forward pass in training mode changes: batch statistics and rng counters.
+_TRAINING_STATE = nnx.Any(nnx.BatchStat, nnx.RngState)
+
+
+def _nnx_call(model: nnx.Module, x: Array, kwargs: Mapping[str, Any]) -> Any:
+    """``model(x, **kwargs)`` on a handle's copy, refused when the call updates batch
+    statistics or draws random numbers: ``.eval()`` does not override a mode flag the
+    call passes (``use_running_average=not train``), and a model in training mode makes
+    each example's attribution depend on the rest of the batch, or on dropout noise."""
+    before = jax.tree_util.tree_flatten_with_path(nnx.state(model, _TRAINING_STATE))[0]
+    out = model(x, **kwargs)
+    after = jax.tree.leaves(nnx.state(model, _TRAINING_STATE))
+    changed = [_key_path(path) for (path, old), new in zip(before, after) if old is not new]
+    if changed:
+        raise ValueError(
+            f"{type(model).__name__} runs in training mode even on an .eval() copy: its "
+            f"forward pass changed {', '.join(changed)} (batch statistics or random "
+            f"draws); {_INFERENCE_HINT.format('module')}"
+        )
+    return out
+
+
 def _nnx_forward(
     static: _Static, state: Any, x: Array, delta: Any, *, layer: str | None, replace: bool
 ) -> tuple[Any, Any]:
     model = _nnx_copy(static, state)
     if layer is None:
-        return model(x, **static.kwargs), None
+        return _nnx_call(model, x, static.kwargs), None
     captured: list[Any] = []
 
     def hook(out, at_zero):
@@ -631,7 +681,7 @@ def _nnx_forward(
 
     target = _submodules(model)[layer]
     with _tap({id(target): (target, hook)}):
-        logits = model(x, **static.kwargs)
+        logits = _nnx_call(model, x, static.kwargs)
     return logits, captured[0]
 
 
@@ -645,7 +695,7 @@ def _nnx_zero_input_output(static: _Static, state: Any, x: Array, *, layer: str)
 
     target = _submodules(model)[layer]
     with _tap({id(target): (target, hook)}):
-        model(x, **static.kwargs)
+        _nnx_call(model, x, static.kwargs)
     return captured[0]
 
 
@@ -658,7 +708,7 @@ def _nnx_perturbed(static: _Static, state: Any, x: Array, deltas: Mapping[str, A
 
     hooks = {id(modules[layer]): (modules[layer], adder(d)) for layer, d in deltas.items()}
     with _tap(hooks):
-        return model(x, **static.kwargs)
+        return _nnx_call(model, x, static.kwargs)
 
 
 _NNX = _Passes(_nnx_forward, _nnx_zero_input_output, _nnx_perturbed)
@@ -696,7 +746,7 @@ class _NnxModel(FlaxModel):
 
             hooks = {id(m): (m, recorder(name)) for name, m in modules.items()}
             with _tap(hooks):
-                return model(x, **self._static.kwargs)
+                return _nnx_call(model, x, self._static.kwargs)
 
         jax.eval_shape(forward, x)
         table = {}
@@ -734,9 +784,13 @@ def flax_model(model: Any, variables: Any = None, /, **apply_kwargs: Any) -> Fla
     of ``module`` is not seen, so make a new handle after it.
 
     Raises:
-      ValueError: ``model`` is neither; Linen without variables or NNX with them; a
-        truthy ``mutable`` or ``capture_intermediates``, which make Linen's ``apply``
-        return (logits, state) and, for ``mutable``, update batch statistics.
+      ValueError: ``model`` is neither; Linen without variables (or with its parameters
+        alone, not ``{'params': ...}``) or NNX with them; a truthy ``mutable`` or
+        ``capture_intermediates``, which make Linen's ``apply`` return (logits, state)
+        and, for ``mutable``, update batch statistics; Linen ``rngs``, which would keep
+        dropout on. A model that runs in training mode anyway (updates batch statistics,
+        needs or draws random numbers) is refused when it is first called, with the same
+        advice: pass its inference flag.
     """
     if isinstance(model, nn.Module):
         if variables is None:
@@ -749,7 +803,21 @@ def flax_model(model: Any, variables: Any = None, /, **apply_kwargs: Any) -> Fla
                 "flax_model takes the Linen variables as a mapping "
                 f"({{'params': ..., 'batch_stats': ...}}), got {type(variables).__name__}"
             )
+        if variables and "params" not in variables:
+            raise ValueError(
+                "flax_model takes all of the Linen module's variables, {'params': params, "
+                "...} with 'batch_stats' where it has batch norm; got a mapping with keys "
+                f"{sorted(map(str, variables))[:4]}: pass {{'params': params}} rather than "
+                "the parameters alone"
+            )
         kwargs = dict(apply_kwargs)
+        if kwargs.get("rngs") is not None:
+            raise ValueError(
+                "flax_model does not take rngs=: a model that draws random numbers (dropout) "
+                "is not one fixed function to explain; attribution needs inference mode: "
+                "pass train=False (or the model's equivalent) instead"
+            )
+        kwargs.pop("rngs", None)
         for option in ("mutable", "capture_intermediates"):
             if kwargs.get(option):
                 effect = " and update batch statistics" if option == "mutable" else ""

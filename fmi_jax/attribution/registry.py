@@ -54,7 +54,7 @@ from fmi_jax.attribution import (
 from fmi_jax.attribution.core import Array, Explain, Method, ModelFn
 from fmi_jax.attribution.deeplift import deeplift
 from fmi_jax.attribution.gradients import input_x_gradient, saliency
-from fmi_jax.attribution.handle import as_flax_model, flax_model
+from fmi_jax.attribution.handle import FlaxModel, as_flax_model, flax_model
 from fmi_jax.attribution.integrated_gradients import integrated_gradients
 from fmi_jax.attribution.noise_tunnel import noise_tunnel, smoothgrad
 from fmi_jax.attribution.shap import gradient_shap
@@ -664,6 +664,12 @@ def explainer(
         if model is not None:
             if variables is None:
                 raise ValueError(f"{name}: give variables= with model= (or pass flax_model(...))")
+            if isinstance(fn, FlaxModel):
+                raise ValueError(
+                    f"{name}: fn is already a model handle; model= and variables= would "
+                    "replace it by flax_model(model, variables) without its call keywords "
+                    "(train=False, ...): pass one or the other"
+                )
             fn = flax_model(model, variables)
         fn = as_flax_model(fn, name)
         if "layer" in spec.options and "layer" not in options:

@@ -778,6 +778,9 @@ def test_registry_needs_the_module_and_a_layer(small_cnn):
         A.explainer("grad_cam", fn, layer="conv2")
     with pytest.raises(ValueError, match="needs layer="):
         A.explainer("grad_cam", fn, model=model, variables=variables)
+    handle = A.flax_model(model, variables)  # would be silently replaced
+    with pytest.raises(ValueError, match="fn is already a model handle"):
+        A.explainer("grad_cam", handle, model=model, variables=variables, layer="conv2")
     explain = A.explainer("score_cam", fn, model=model, variables=variables, layer="conv2")
     maps = explain(x, jnp.array([0, 1, 2, 3]), jax.random.key(0))
     np.testing.assert_array_equal(

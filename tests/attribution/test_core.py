@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from fmi_jax import attribution as A
 from fmi_jax.attribution import core, resolve_target
@@ -182,6 +183,14 @@ def test_example_keys_single_legacy_and_per_example():
     )
     with pytest.raises(ValueError, match=r"one key per example \(4,\), got key shape \(3,\)"):
         core.example_keys(keys[:3], 4)
+    for seed in (0, np.int64(0), 1.5):
+        with pytest.raises(ValueError, match=r"key must be a PRNG key, got .*jax.random.key\("):
+            core.example_keys(seed, 4)
+
+
+def test_a_seed_given_as_key_is_refused_with_the_fix():
+    with pytest.raises(ValueError, match=r"smoothgrad: key must be a PRNG key, got int 0: pass"):
+        A.smoothgrad(fn, X, 0, key=0)
 
 
 # ------------------------------------------------------ the one signature: refusals
@@ -227,6 +236,23 @@ def test_one_example_without_its_batch_axis_is_refused(model):
         A.smoothgrad(fn, one, 0, key=KEY, samples=2)
     # ... and x[None] is accepted.
     np.testing.assert_array_equal(resolve_target(fn, one[None], 1), [1])
+
+
+class NnxTiny(nnx.Module):
+    def __init__(self, rngs):
+        self.dense = nnx.Linear(2, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.dense(x)
+
+
+def test_a_flax_module_given_as_fn_is_refused_with_the_handle_to_pass():
+    nnx_module = nnx.eval_shape(lambda: NnxTiny(nnx.Rngs(0)))
+    for method in (A.saliency, A.integrated_gradients):
+        with pytest.raises(ValueError, match=r"NNX module NnxTiny: pass .*flax_model\(module\)"):
+            method(nnx_module, X, 0)
+        with pytest.raises(ValueError, match=r"Linen module TinyCNN without its variables"):
+            method(TinyCNN(), IMAGES, 0)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.bool_])

@@ -207,6 +207,44 @@ def test_linen_needs_variables_and_nnx_refuses_them(linen, nnx_module):
         flax_model(lambda x: x)
 
 
+def test_linen_rngs_and_parameters_alone_are_refused(linen):
+    model, variables = linen
+    with pytest.raises(ValueError, match="does not take rngs=.*pass train=False"):
+        flax_model(model, variables, rngs={"dropout": jax.random.key(0)})
+    with pytest.raises(ValueError, match=r"got a mapping with keys \['bn', 'conv1'.*'params'"):
+        flax_model(model, variables["params"], train=False)
+
+
+class NnxFlagged(NnxCNN):
+    """NnxCNN with a mode flag its call passes on, ported-from-Linen style: ``.eval()``
+    does not override it."""
+
+    def __call__(self, x, train: bool = True):
+        x = self.bn(self.conv1(x), use_running_average=not train)
+        x = self.drop(nnx.relu(x), deterministic=not train)
+        x = nn.avg_pool(nnx.relu(self.conv2(x)), (2, 2), strides=(2, 2))
+        return self.head(x.reshape(x.shape[0], -1))
+
+
+def test_a_model_in_training_mode_is_refused_with_the_flag_to_pass(linen, nnx_module, x):
+    """In training mode every example's map would depend on the rest of the batch (batch
+    statistics) or on dropout noise: the handle refuses, on its first pass, and says
+    which flag to pass."""
+    trains = flax_model(*linen)  # LinenCNN's train flag defaults to True
+    for call in (lambda: trains(x), lambda: trains.layer_names(x)):
+        with pytest.raises(ValueError, match='"batch_stats" is immutable; .*train=False'):
+            call()
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: NnxFlagged(nnx.Rngs(0))))
+    flagged = nnx.merge(graphdef, nnx.state(nnx_module))
+    trains = flax_model(flagged)
+    changed = "changed bn/mean, bn/var, drop/rngs/count .* flax_model\\(module, train=False\\)"
+    for call in (lambda: trains(x), lambda: trains.capture(x, "conv2")):
+        with pytest.raises(ValueError, match=changed):
+            call()
+    # With the flag, the eval-mode model: NnxCNN's logits, which has no flag.
+    close(flax_model(flagged, train=False)(x), flax_model(nnx_module)(x))
+
+
 # --- NNX against Linen ---------------------------------------------------------
 
 
