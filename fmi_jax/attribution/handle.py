@@ -783,6 +783,11 @@ def flax_model(model: Any, variables: Any = None, /, **apply_kwargs: Any) -> Fla
     eval-mode copy of a snapshot taken now (see the module docstring): later training
     of ``module`` is not seen, so make a new handle after it.
 
+    The keywords are the same for every call: methods evaluate the model on chunks,
+    paths and perturbations of ``x``, so an array with one row per example of ``x``
+    (a conditioning input) would not follow its examples. Make it part of ``x``, or
+    explain one example (with its row bound) at a time.
+
     Raises:
       ValueError: ``model`` is neither; Linen without variables (or with its parameters
         alone, not ``{'params': ...}``) or NNX with them; a truthy ``mutable`` or
