@@ -301,9 +301,16 @@ def _num_classes(fn: ModelFn, x: Array) -> int:
         if first != (x.shape[0],) and _unbatched(fn, x):
             raise ValueError(unbatched)
         shape = getattr(out, "shape", type(out).__name__)
+        several = (
+            ""
+            if hasattr(out, "shape")
+            else "; for a model with several outputs, explain the logits alone: a Linen "
+            "handle takes method=lambda module, x: module(x)[0], an NNX model a wrapper "
+            "module whose __call__ returns them"
+        )
         raise ValueError(
             f"fn must map a batch of shape {x.shape} to logits of shape "
-            f"({x.shape[0]}, classes), got {shape}"
+            f"({x.shape[0]}, classes), got {shape}{several}"
         )
     return out.shape[1]
 

@@ -57,6 +57,8 @@ def test_bad_targets_raise_naming_the_problem(target, message):
 def test_fn_must_return_logits_of_shape_n_by_classes():
     with pytest.raises(ValueError, match=r"logits of shape \(4, classes\), got \(4,\)"):
         resolve_target(lambda x: x.sum(axis=1), X, 0)
+    with pytest.raises(ValueError, match=r"got tuple; for a model with several outputs"):
+        resolve_target(lambda x: (fn(x), x), X, 0)
 
 
 def test_unchecked_target_out_of_range_gives_nan_not_a_wrong_map():
