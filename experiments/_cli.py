@@ -67,6 +67,7 @@ EXPECTED: tuple[type[BaseException], ...] = (
     PermissionError,
     NotADirectoryError,
     IsADirectoryError,
+    ModuleNotFoundError,  # an optional extra (torch for .pth weights), with how to install it
     flags.Error,
     app.UsageError,
 )

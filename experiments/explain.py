@@ -32,8 +32,12 @@ flags.mark_flag_as_required("workdir")
 
 
 def main():
-    result = studies.run_explain(_CONFIG.value, _WORKDIR.value)
-    print(f"explanations of {len(result.indices)} test images: {result.out_dir / 'index.html'}")
+    config = _CONFIG.value
+    result = studies.run_explain(config, _WORKDIR.value)
+    print(
+        f"explanations of {len(result.indices)} {config.split} images: "
+        f"{result.out_dir / 'index.html'}"
+    )
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ __all__ = [
     "plain",
     "read_json",
     "save_npz_atomic",
+    "subfolder",
     "write_json_atomic",
     "write_text_atomic",
 ]
@@ -248,6 +249,21 @@ def claim(
         _append_line(folder / EXTENSIONS_FILE, json.dumps(line, sort_keys=True))
     write_text_atomic(path, _config_text(record))
     return extended
+
+
+def subfolder(workdir: str | Path, name: Any, field: str) -> Path:
+    """``workdir / name`` for an output folder named by the config field ``field``; a
+    ValueError unless ``name`` is a relative path strictly inside ``workdir``. An empty
+    name or ``'.'`` would make the workdir itself the output folder, and the study's
+    config record would replace the training run's; ``'..'`` or an absolute path would
+    write outside the workdir."""
+    text = str(name)
+    parts = Path(text).parts
+    if not text.strip() or Path(text).is_absolute() or not parts or ".." in parts:
+        raise ValueError(
+            f"config.{field} must name a folder inside the workdir, such as 'explain', got {text!r}"
+        )
+    return Path(workdir) / text
 
 
 def _config_text(record: Any) -> str:

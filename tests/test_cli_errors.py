@@ -108,6 +108,11 @@ def test_a_bug_keeps_its_traceback():
             NotADirectoryError(20, "Not a directory", "/w/afile/config.json"),
             "error: not a directory: /w/afile/config.json",
         ),
+        # An optional extra that is not installed (torch for .pth weights).
+        (
+            ModuleNotFoundError("reading 'w.pth' needs torch: pip install torch"),
+            "error: reading 'w.pth' needs torch: pip install torch",
+        ),
     ],
 )
 def test_an_expected_error_is_one_line_and_exit_2(capsys, error, line):
@@ -175,6 +180,15 @@ def test_the_shipped_training_configs_are_valid():
         ("learning_rate", -1e-3, r"config\.learning_rate must be a number > 0"),
         ("model.name", "nosuch", r"config\.model\.name: unknown model 'nosuch'; choose one of .*cnn_fmnist"),
         ("data.name", "nosuch", r"config\.data\.name: unknown dataset 'nosuch'; choose one of .*fashion_mnist"),
+        ("model.dropout", 1.5, r"config\.model\.dropout must be a number in \[0, 1\), got 1\.5"),
+        ("label_smoothing", 1.0, r"config\.label_smoothing must be a number in \[0, 1\)"),
+        ("augment.erasing", 2.0, r"config\.augment\.erasing must be a number in \[0, 1\]"),
+        ("warmup_epochs", -1.0, r"config\.warmup_epochs must be a number >= 0, got -1\.0"),
+        ("weight_decay", -1e-4, r"config\.weight_decay must be a number >= 0"),
+        ("grad_clip_norm", -1.0, r"config\.grad_clip_norm must be a number >= 0"),
+        ("steps_per_dispatch", 0, r"config\.steps_per_dispatch must be an integer >= 1"),
+        ("augment.crop_padding", -3, r"config\.augment\.crop_padding must be an integer >= 0"),
+        ("data.split_seed", -1, r"config\.data\.split_seed must be an integer >= 0, got -1"),
     ],
 )  # fmt: skip
 def test_each_rule_names_the_field_and_what_it_allows(synthetic_config, field, value, message):

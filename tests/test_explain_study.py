@@ -101,6 +101,36 @@ def test_explicit_indices_and_bad_ones(trained_run):
         studies.run_explain(config, trained_run)
 
 
+@pytest.mark.parametrize("output", ["", ".", "./", "../elsewhere", "/tmp/explain_abs"])
+def test_an_output_folder_outside_the_run_or_the_run_itself_is_refused(trained_run, output):
+    """'' or '.' would make the training run's own config.json the study's record."""
+    record = (trained_run / "config.json").read_text()
+    config = configs.load("explain", "smoke")
+    config.output = output
+    with pytest.raises(ValueError, match=r"config\.output must name a folder inside the workdir"):
+        studies.run_explain(config, trained_run)
+    assert (trained_run / "config.json").read_text() == record
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("split", "tset", r"config\.split must be one of \('train', 'validation', 'test'\)"),
+        ("target", "labels", r"config\.target must be 'predicted' or 'label', got 'labels'"),
+        ("selection.pool", 0, r"config\.selection\.pool must be >= 1"),
+        ("selection.threshold", 0.999999, r"none of the first .* above selection\.threshold"),
+    ],
+)
+def test_bad_study_settings_are_one_error_naming_the_field(trained_run, field, value, message):
+    config = configs.load("explain", "smoke")
+    config.methods = ("saliency",)
+    config.output = "explain_bad_setting"
+    section, _, name = field.rpartition(".")
+    (config[section] if section else config)[name] = value
+    with pytest.raises(ValueError, match=message):
+        studies.run_explain(config, trained_run)
+
+
 def test_unknown_method_is_refused_before_any_work(trained_run):
     config = configs.load("explain", "smoke")
     config.methods = ("saliency", "gradcam")

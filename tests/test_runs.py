@@ -233,3 +233,11 @@ def test_explain_with_an_unknown_cam_layer_claims_nothing(synthetic_run):
     config.seed = 1
     with pytest.raises(runs.RunConfigError, match=r"seed: 0 -> 1.*--config.output"):
         studies.run_explain(config, synthetic_run)
+
+
+def test_subfolder_is_strictly_inside_the_workdir(tmp_path):
+    assert runs.subfolder(tmp_path, "explain", "output") == tmp_path / "explain"
+    assert runs.subfolder(tmp_path, "a/b", "output") == tmp_path / "a" / "b"
+    for name in ("", " ", ".", "./", "..", "a/../../b", "/abs"):
+        with pytest.raises(ValueError, match=r"config\.explain\.output must name a folder"):
+            runs.subfolder(tmp_path, name, "explain.output")

@@ -280,7 +280,7 @@ def run_benchmark(
 
         from fmi_jax.benchmark import torch_side
     except ImportError as e:
-        raise ImportError(
+        raise ModuleNotFoundError(
             "the benchmark's PyTorch side needs torch and captum: `pip install torch==2.13.0 "
             "--index-url https://download.pytorch.org/whl/cpu && pip install -e '.[bench]'` "
             f"({e})"

@@ -58,7 +58,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
+        raise ModuleNotFoundError(
             f"reading the PyTorch checkpoint {path!r} needs torch, an optional extra: "
             "pip install torch (the CPU build is enough), or convert the state_dict to "
             ".npz elsewhere"

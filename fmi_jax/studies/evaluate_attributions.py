@@ -636,13 +636,14 @@ def run_evaluate_attributions(
 ) -> EvaluateAttributionsResult:
     """Runs the study on the trained run in `workdir` (see the module docstring)."""
     workdir = Path(workdir)
+    out = runs.subfolder(workdir, config.output, "output")
     model, variables, run_config, epoch = evaluate_lib.restore_model(
         workdir, checkpoint=config.checkpoint
     )
-    split = loop_lib.load_data(run_config.data)[config.split]
+    split = loop_lib.load_split(run_config.data, config.split, "split")
     return evaluate_attributions(
         config,
-        workdir / config.output,
+        out,
         model,
         variables,
         split,

@@ -102,15 +102,25 @@ def select_samples(
             raise ValueError(f"selection indices {bad.tolist()} are outside [0, {len(images)})")
         return idx
     if kind == "high_confidence":
+        if int(selection.pool) < 1:
+            raise ValueError(f"config.selection.pool must be >= 1, got {selection.pool}")
         pool = min(int(selection.pool), len(images))
         probs = _probabilities(fn, images[:pool], batch_size)
-        return evaluation.high_confidence_correct(
+        idx = evaluation.high_confidence_correct(
             probs,
             labels[:pool],
             per_class=int(selection.per_class),
             threshold=float(selection.threshold),
             seed=int(selection.seed),
         )
+        if idx.size == 0:
+            raise ValueError(
+                f"none of the first {pool} images is predicted correctly with confidence "
+                f"above selection.threshold={float(selection.threshold)}: lower "
+                "--config.selection.threshold, or pick images with "
+                "--config.selection.kind=indices --config.selection.indices=(0, 1, ...)"
+            )
+        return idx
     raise ValueError(f"unknown selection kind {kind!r}; choose 'high_confidence' or 'indices'")
 
 
@@ -187,6 +197,8 @@ def _check(config: Any, fn: Any, model: Any, variables: Any, images: np.ndarray)
             f"unknown method(s) {unknown}; available: {attribution.available_methods()}"
         )
     attribution.require_class_methods(config.methods, "the explain study")
+    if config.target not in ("predicted", "label"):
+        raise ValueError(f"config.target must be 'predicted' or 'label', got {config.target!r}")
     x = to_float(jnp.asarray(images[:1]))
     handle = attribution.flax_model(model, variables)
     for name in config.methods:
@@ -200,20 +212,21 @@ def _check(config: Any, fn: Any, model: Any, variables: Any, images: np.ndarray)
             handle.layer_shape(x, layer)
 
 
-def _claim(config: Any, out: Path) -> None:
+def _claim(config: Any, out: Path, output_field: str) -> None:
     """Claims `out` for this config (never another's; see fmi_jax/runs.py)."""
     has_results = (out / "stats.json").exists() or (out / "attributions.npz").exists()
-    runs.claim(out, config, free=unused_options(config), has_results=has_results, hint=OUTPUT_HINT)
+    hint = OUTPUT_HINT.replace("config.output", f"config.{output_field}")
+    runs.claim(out, config, free=unused_options(config), has_results=has_results, hint=hint)
 
 
 def run_explain(config: ml_collections.ConfigDict, workdir: str | Path) -> ExplainResult:
     """Runs the explain study on the trained run in `workdir` (see the module docstring)."""
     workdir = Path(workdir)
-    out = workdir / config.output
+    out = runs.subfolder(workdir, config.output, "output")
     model, variables, run_config, epoch = evaluate_lib.restore_model(
         workdir, checkpoint=config.checkpoint
     )
-    split = loop_lib.load_data(run_config.data)[config.split]
+    split = loop_lib.load_split(run_config.data, config.split, "split")
     result = explain_model(
         config, out, model, variables, split, epoch=epoch, model_name=run_config.model.name
     )
@@ -238,16 +251,18 @@ def explain_model(
     *,
     epoch: int,
     model_name: str,
+    output_field: str = "output",
 ) -> ExplainResult:
     """The study on an already restored model (a Flax module mapping images to logits
     and its variables) and a loaded split; writes under `out` (see the module docstring).
 
     Studies whose model is not one training run (the sparse autoencoder's composed
-    classifier) call this directly.
+    classifier) call this directly; `output_field` is the config field that named
+    `out` (`'explain.output'` there), for the advice when `out` is refused.
     """
     fn = jax.jit(lambda x: model.apply(variables, x))
     _check(config, fn, model, variables, split.images)
-    _claim(config, out)
+    _claim(config, out, output_field)
     logging.info("explaining %s (epoch %d) on %s/%s", model_name, epoch, split.name, config.split)
 
     npz_path = out / "attributions.npz"

@@ -261,6 +261,9 @@ def run_sae_study(config: ml_collections.ConfigDict, workdir: str | Path) -> Sae
         phases = phases[: phases.index(stop_after) + 1]
     for phase in phases:
         phase_config(config, phase, workdir)  # checks each section before anything is written
+    if phases[-1] != "autoencoder":  # the explanation comes after hours of training
+        loop_lib.check_split(config.explain.split, "explain.split")
+        explain_out = runs.subfolder(workdir, config.explain.output, "explain.output")
     _check_study_config(config, workdir)
     for phase in phases:
         logging.info("phase %s", phase)
@@ -317,14 +320,19 @@ def run_sae_study(config: ml_collections.ConfigDict, workdir: str | Path) -> Sae
     result = None
     if final != "autoencoder":
         classification = _classification_report(model, variables, test, batch)
+        if config.explain.split not in splits:
+            raise ValueError(
+                f"config.explain.split={config.explain.split!r}: the data has only {tuple(splits)}"
+            )
         result = explain_lib.explain_model(
             config.explain,
-            workdir / config.explain.output,
+            explain_out,
             model,
             variables,
             splits[config.explain.split],
             epoch=epoch,
             model_name=f"sae_classifier ({final})",
+            output_field="explain.output",
         )
         metrics["classifier"] = {
             "accuracy": classification["accuracy"],

@@ -249,11 +249,11 @@ def _summary(arrays: dict[str, np.ndarray], layers, split, model_name, epoch) ->
 def run_tcav(config: ml_collections.ConfigDict, workdir: str | Path) -> TcavResult:
     """Runs the TCAV study on the trained run in `workdir` (see the module docstring)."""
     workdir = Path(workdir)
-    out = workdir / config.output
+    out = runs.subfolder(workdir, config.output, "output")
     model, variables, run_config, epoch = evaluate_lib.restore_model(
         workdir, checkpoint=config.checkpoint
     )
-    split = loop_lib.load_data(run_config.data)[config.split]
+    split = loop_lib.load_split(run_config.data, config.split, "split")
     handle = attribution.flax_model(model, variables)
     concept_index, test_index, random_index = _check(config, handle, split)
     npz_path, json_path = out / "tcav.npz", out / "tcav.json"

@@ -90,7 +90,9 @@ __all__ = [
     "TrainResult",
     "compute_dtype",
     "evaluate_dataset",
+    "check_split",
     "load_run_config",
+    "load_split",
     "model_from_config",
     "train_and_evaluate",
 ]
@@ -193,6 +195,29 @@ def _init_from(state: TrainState, spec: Mapping[str, Any]) -> TrainState:
     # The optimizer state was built for the old params; its moments are zeros, so
     # rebuilding it from the grafted params changes nothing but keeps it consistent.
     return state.replace(opt_state=state.tx.init(state.params))
+
+
+SPLITS = ("train", "validation", "test")
+
+
+def check_split(split: Any, field: str) -> None:
+    """A ValueError naming ``config.<field>`` unless ``split`` is a split name; the
+    cheap check a study makes before it writes or trains anything."""
+    if split not in SPLITS:
+        raise ValueError(f"config.{field} must be one of {SPLITS}, got {split!r}")
+
+
+def load_split(data_config: Any, split: Any, field: str) -> data_lib.Dataset:
+    """One split of the run's data, ``config.<field>`` named in the error for a split
+    that does not exist (a typo, or 'validation' in a run without one)."""
+    check_split(split, field)
+    splits = load_data(data_config)
+    if split not in splits:
+        raise ValueError(
+            f"config.{field}={split!r}: this run's data has only {tuple(splits)} "
+            "(a validation split needs data.validation_size > 0)"
+        )
+    return splits[split]
 
 
 def load_data(data_config: Any) -> dict[str, data_lib.Dataset]:

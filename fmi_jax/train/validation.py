@@ -72,8 +72,11 @@ def _name(config: Any, section: str, known: tuple[str, ...], what: str) -> None:
 
 def validate_train_config(config: Any) -> None:
     """Raises ConfigValueError (a ValueError) naming the first bad field of a training
-    config: batch_size and eval_batch_size positive integers, num_epochs >= 1,
-    learning_rate a number > 0, model.name and data.name registered names."""
+    config: batch_size, eval_batch_size and steps_per_dispatch positive integers,
+    num_epochs >= 1, learning_rate a number > 0, model.name and data.name registered
+    names; label_smoothing and model.dropout in [0, 1), augment.erasing in [0, 1];
+    warmup_epochs, weight_decay, grad_clip_norm, augment.crop_padding and
+    data.split_seed >= 0. Fields a config does not have are not checked."""
     _positive_int(config, "batch_size")
     _positive_int(config, "eval_batch_size")
     _positive_int(config, "num_epochs")
@@ -85,3 +88,26 @@ def validate_train_config(config: Any) -> None:
             raise ConfigValueError(f"config.learning_rate must be a number > 0, got {lr!r}")
     _name(config, "model", models.available_models(), "model")
     _name(config, "data", tuple(sorted(data_lib.DATASETS)), "dataset")
+    # Values that would train without an error and mean nothing: a dead model
+    # (dropout 1.5), a loss that rewards wrong classes (label smoothing 2), a negative
+    # penalty, or a setting silently treated as off.
+    _fraction(config, "label_smoothing", "config", closed=False)
+    _fraction(config.get("model") or {}, "dropout", "config.model", closed=False)
+    _fraction(config.get("augment") or {}, "erasing", "config.augment", closed=True)
+    for field in ("warmup_epochs", "weight_decay", "grad_clip_norm"):
+        require_at_least(config, field, 0, integer=False, optional=True)
+    _positive_int(config, "steps_per_dispatch")
+    augment = config.get("augment") or {}
+    require_at_least(augment, "crop_padding", 0, where="config.augment", optional=True)
+    data = config.get("data") or {}
+    require_at_least(data, "split_seed", 0, where="config.data", optional=True)
+
+
+def _fraction(section: Any, field: str, where: str, *, closed: bool) -> None:
+    """``section[field]``, when present, a number in [0, 1) (or [0, 1] when ``closed``)."""
+    if not hasattr(section, "get") or section.get(field) is None:
+        return
+    value = section[field]
+    if not _is_real(value) or not (0 <= value <= 1 if closed else 0 <= value < 1):
+        bounds = "[0, 1]" if closed else "[0, 1)"
+        raise ConfigValueError(f"{where}.{field} must be a number in {bounds}, got {value!r}")
