@@ -58,6 +58,8 @@ def training_config() -> ml_collections.ConfigDict:
             "log_every_steps": 50,
             "checkpoint_keep": 2,
             "progress": True,
+            # TensorBoard events under <workdir>/tensorboard/ (False: none).
+            "tensorboard": True,
         }
     )
 

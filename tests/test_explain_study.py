@@ -80,9 +80,11 @@ def test_rerun_reuses_results_and_other_config_is_refused(trained_run):
     other.options.integrated_gradients.steps = 16
     with pytest.raises(ValueError, match="another config.*--config.output"):
         studies.run_explain(other, trained_run)
-    # Options of a method the study does not run cannot alter its results.
+    # Options of a method the study does not run cannot alter its results, nor can the
+    # chunk size (lowered after running out of memory).
     other.options.integrated_gradients.steps = config.options.integrated_gradients.steps
     other.options.grad_cam.layer = "conv1"
+    other.batch_size = config.batch_size // 2
     studies.run_explain(other, trained_run)
     assert npz.stat().st_mtime_ns == before
 

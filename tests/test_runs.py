@@ -181,7 +181,15 @@ def test_training_refuses_a_changed_config_and_extends_num_epochs(
         )
     assert (workdir / "config.json").read_text() == before
     (workdir / "train_summary.json").write_text("")  # as a crash of an in-place writer left it
-    result = train.train_and_evaluate(synthetic_config(num_epochs=3), workdir)
+    # The progress bar and TensorBoard do not touch results: switching them is accepted
+    # on the way (and with tensorboard=False, epoch 3 writes no events).
+    events = sorted((p.name, p.stat().st_size) for p in (workdir / "tensorboard").rglob("*"))
+    result = train.train_and_evaluate(
+        synthetic_config(num_epochs=3, progress=True, tensorboard=False), workdir
+    )
+    assert (
+        sorted((p.name, p.stat().st_size) for p in (workdir / "tensorboard").rglob("*")) == events
+    )
     assert [r["epoch"] for r in result.history] == [1, 2, 3]
     assert train.load_run_config(workdir).num_epochs == 3
     (line,) = (workdir / "extensions.jsonl").read_text().splitlines()

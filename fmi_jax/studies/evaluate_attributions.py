@@ -96,7 +96,7 @@ from absl import logging
 from fmi_jax import attribution, evaluation, plotting, runs
 from fmi_jax.attribution.core import Explain, example_keys
 from fmi_jax.plotting.html import Image, Link, Section, Table
-from fmi_jax.studies.explain import OUTPUT_HINT, map_agreement, method_options, unused_options
+from fmi_jax.studies.explain import OUTPUT_HINT, map_agreement, method_options, free_fields
 from fmi_jax.train import evaluate as evaluate_lib
 from fmi_jax.train import loop as loop_lib
 from fmi_jax.train.input_pipeline import to_float
@@ -216,7 +216,7 @@ def _check(config: Any, model: Any, variables: Any, images: np.ndarray) -> None:
 def _claim(config: Any, out: Path) -> None:
     """Claims `out` for this config (see fmi_jax/runs.py); results: any cached method."""
     has_results = any((out / "methods").glob("*.json")) or (out / "leaderboard.json").exists()
-    runs.claim(out, config, free=unused_options(config), has_results=has_results, hint=OUTPUT_HINT)
+    runs.claim(out, config, free=free_fields(config), has_results=has_results, hint=OUTPUT_HINT)
 
 
 def select_images(num_available: int, num_images: int, selection: str, seed: int) -> np.ndarray:

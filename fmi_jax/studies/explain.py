@@ -55,7 +55,7 @@ __all__ = [
     "method_options",
     "run_explain",
     "select_samples",
-    "unused_options",
+    "free_fields",
 ]
 
 # Methods whose maps should sum to f(x) - f(baseline); their gaps go into stats.json.
@@ -124,16 +124,18 @@ def select_samples(
     raise ValueError(f"unknown selection kind {kind!r}; choose 'high_confidence' or 'indices'")
 
 
-def unused_options(config: Any) -> tuple[str, ...]:
-    """The config paths ``options.<name>`` of the methods the study does not run: they
-    cannot alter its results, so an output folder accepts them changed (new methods'
-    default options in a later version of the config included). The per-layer figure's
-    method counts as run (``config.layer_cam``, where the study has one)."""
+def free_fields(config: Any) -> tuple[str, ...]:
+    """The config paths that cannot alter the study's results, which an output folder
+    therefore accepts changed: ``batch_size`` (it bounds memory: lowering it after
+    running out of memory resumes the run) and ``options.<name>`` of the methods the
+    study does not run (new methods' default options in a later version of the config
+    included). The per-layer figure's method counts as run (``config.layer_cam``,
+    where the study has one)."""
     used = set(config.methods)
     settings = config.get("layer_cam")
     if settings and int(settings.samples):
         used.add(settings.method)
-    return tuple(f"options.{name}" for name in config.options if name not in used)
+    return ("batch_size",) + tuple(f"options.{name}" for name in config.options if name not in used)
 
 
 def method_options(config: Any, name: str) -> dict[str, Any]:
@@ -216,7 +218,7 @@ def _claim(config: Any, out: Path, output_field: str) -> None:
     """Claims `out` for this config (never another's; see fmi_jax/runs.py)."""
     has_results = (out / "stats.json").exists() or (out / "attributions.npz").exists()
     hint = OUTPUT_HINT.replace("config.output", f"config.{output_field}")
-    runs.claim(out, config, free=unused_options(config), has_results=has_results, hint=hint)
+    runs.claim(out, config, free=free_fields(config), has_results=has_results, hint=hint)
 
 
 def run_explain(config: ml_collections.ConfigDict, workdir: str | Path) -> ExplainResult:

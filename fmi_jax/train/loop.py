@@ -101,6 +101,9 @@ __all__ = [
 # Config fields a workdir with checkpoints may change: they may only grow (more epochs
 # continue the run), and each growth is recorded in extensions.jsonl.
 EXTENDABLE = ("num_epochs",)
+# Config fields a workdir with checkpoints accepts changed (or absent from its record):
+# they do not touch results.
+FREE = ("progress", "tensorboard")
 
 
 @dataclasses.dataclass
@@ -452,6 +455,7 @@ def train_and_evaluate(
         workdir,
         config,
         extendable=EXTENDABLE,
+        free=FREE,
         has_results=ckpt.latest_epoch() is not None,
         hint="use a new --workdir for this config (or the config it was run with)",
     )
