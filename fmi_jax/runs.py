@@ -136,7 +136,12 @@ def _same_number(a: Any, b: Any) -> bool:
 
 
 class RunConfigError(ValueError):
-    """A run folder holds results of a config that differs from the one asked for."""
+    """A run folder holds results of a config that differs from the one asked for;
+    ``changed`` lists the changed fields, ``'a.b: old -> new, ...'``."""
+
+    def __init__(self, message: str, changed: str = "") -> None:
+        super().__init__(message)
+        self.changed = changed
 
 
 def _describe(diff: list[tuple[str, Any, Any]]) -> str:
@@ -187,7 +192,8 @@ def check(
         raise RunConfigError(
             f"{folder} holds a run of {what} ({_describe(refused)}); {hint}"
             + (f". Only {', '.join(grow)} may change, and only grow" if grow else "")
-            + ". Nothing was overwritten."
+            + ". Nothing was overwritten.",
+            changed=_describe(refused),
         )
     return extended
 

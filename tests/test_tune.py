@@ -112,3 +112,15 @@ def test_two_trial_study_ranks_retrains_and_resumes(tmp_path, smoke_study):
     changed.trial.learning_rate = 0.5
     with pytest.raises(ValueError, match="holds a run of another config"):
         studies.run_tune(changed, tmp_path)
+
+    # A grid without the best point: the tables follow the grid, and best/ (the old
+    # best's retrain) is refused with what to do, before anything is retrained.
+    worse = json.loads(
+        (tmp_path / "trials" / result.trials[1]["trial"] / "config.json").read_text()
+    )
+    narrowed = smoke_study()
+    narrowed.grid.model.num_blocks = (worse["model"]["num_blocks"],)
+    with pytest.raises(ValueError, match=r"the grid's best is now .*move best/ away") as error:
+        studies.run_tune(narrowed, tmp_path)
+    assert "Nothing was overwritten" not in str(error.value)
+    assert json.loads((best / "grid_point.json").read_text()) == point

@@ -96,7 +96,7 @@ from absl import logging
 from fmi_jax import attribution, evaluation, plotting, runs
 from fmi_jax.attribution.core import Explain, example_keys
 from fmi_jax.plotting.html import Image, Link, Section, Table
-from fmi_jax.studies.explain import OUTPUT_HINT, map_agreement, method_options, free_fields
+from fmi_jax.studies.explain import OUTPUT_HINT, free_fields, map_agreement, method_options
 from fmi_jax.train import evaluate as evaluate_lib
 from fmi_jax.train import loop as loop_lib
 from fmi_jax.train.input_pipeline import to_float

@@ -25,7 +25,10 @@ and writes under `workdir`:
 
 Re-running resumes: finished trials are read, not retrained; an interrupted trial
 resumes from its checkpoint. A trial folder that holds a run of another config is
-an error (nothing is overwritten).
+an error (nothing is overwritten). The grid may change between runs (a wider grid
+trains only its new points): the results tables rank the grid as given (trials of
+other grids stay in trials/), and a best/ retrained for a point that is no longer the
+best is refused, saying so, before anything is retrained.
 """
 
 from __future__ import annotations
@@ -229,7 +232,15 @@ def run_tune(config: ml_collections.ConfigDict, workdir: str | Path) -> TuneResu
         best_point = points[names.index(best["trial"])]
         final = trial_config(config.trial, best_point, config.get("final"))
         best_dir = workdir / "best"
-        _check_trial_dir(best_dir, final)
+        try:
+            _check_trial_dir(best_dir, final)
+        except runs.RunConfigError as error:
+            raise runs.RunConfigError(
+                f"the grid's best is now {best['trial']}, but {best_dir} holds the retrain "
+                f"of another configuration ({error.changed}): the trials and the results "
+                "tables are up to date; move best/ away and rerun to retrain the new best "
+                "(or rerun with --config.retrain=False)"
+            ) from None
         logging.info("retraining the best configuration %s in %s", best["trial"], best_dir)
         loop_lib.train_and_evaluate(final, best_dir, on_epoch_end=figures.training_curves(final))
         evaluation = evaluate_lib.evaluate_workdir(best_dir)
