@@ -161,6 +161,20 @@ def test_unknown_method_is_refused_before_any_work(trained_run):
     with pytest.raises(ValueError, match="pic.thresholds must be increasing"):
         studies.run_evaluate_attributions(config, trained_run)
     assert not (trained_run / "metrics_unknown").exists()
+    config.pic.thresholds = configs.load("evaluate_attributions", "smoke").pic.thresholds
+    for field, value, message in (
+        ("selection", "bogus", "selection must be 'first' or 'random', got 'bogus'"),
+        ("num_images", 0, "num_images must be >= 1, got 0"),
+        ("infidelity.samples", 0, "infidelity.samples must be >= 1, got 0"),
+        ("split", "tset", r"config\.split must be one of"),
+    ):
+        bad = configs.load("evaluate_attributions", "smoke")
+        bad.methods, bad.output = ("saliency",), "metrics_unknown"
+        section, _, name = field.rpartition(".")
+        (bad[section] if section else bad)[name] = value
+        with pytest.raises(ValueError, match=message):
+            studies.run_evaluate_attributions(bad, trained_run)
+        assert not (trained_run / "metrics_unknown").exists()
 
 
 @pytest.mark.slow

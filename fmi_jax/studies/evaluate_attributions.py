@@ -166,6 +166,13 @@ def _check(config: Any, model: Any, variables: Any, images: np.ndarray) -> None:
     attribution.require_class_methods(config.methods, "the leaderboard")
     if config.target not in ("predicted", "label"):
         raise ValueError(f"target must be 'predicted' or 'label', got {config.target!r}")
+    if config.selection not in ("first", "random"):
+        raise ValueError(f"selection must be 'first' or 'random', got {config.selection!r}")
+    for field in ("num_images", "infidelity.samples", "sensitivity.samples"):
+        section, _, name = field.rpartition(".")
+        value = (config[section] if section else config)[name]
+        if int(value) < 1:
+            raise ValueError(f"{field} must be >= 1, got {value}")
     fractions = tuple(np.atleast_1d(np.asarray(config.road.fractions, np.float64)))
     if not fractions or not all(0.0 <= float(f) <= 1.0 for f in fractions):
         raise ValueError(f"road.fractions must be numbers in [0, 1], got {fractions}")
