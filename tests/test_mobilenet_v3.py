@@ -91,6 +91,17 @@ def test_wrong_variant_is_a_clear_error():
         mobilenet_v3_variables(state, large, shape)
 
 
+def test_a_checkpoint_of_another_model_is_one_short_line():
+    model, state, shape = _small_state()
+    other = {f"encoder.layer{i}.weight": np.zeros((2, 2), np.float32) for i in range(30)}
+    with pytest.raises(ValueError) as error:
+        mobilenet_v3_variables(other, model, shape)
+    message = str(error.value)
+    assert "\n" not in message and len(message) < 1500
+    assert "none of its 30 entries is a variable of the model" in message
+    assert f"missing keys ({len(state)}): " in message and "... and " in message
+
+
 def test_num_batches_tracked_is_ignored():
     model, state, shape = _small_state()
     state["features.0.1.num_batches_tracked"] = np.array(7)

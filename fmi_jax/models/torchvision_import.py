@@ -116,9 +116,10 @@ def mobilenet_v3_variables(
     ``state_dict`` (of ``torchvision.models.mobilenet_v3_*``; any model whose Flax names
     mirror the torch ones converts the same way).
 
-    Raises ValueError naming every missing key (a model variable the checkpoint lacks),
-    every unexpected key (a checkpoint entry the model does not use), and every shape
-    mismatch, e.g. when the checkpoint is of another variant, width or class count.
+    Raises a one-line ValueError counting the missing keys (model variables the
+    checkpoint lacks), unexpected keys (checkpoint entries the model does not use) and
+    shape mismatches, e.g. when the checkpoint is of another variant, width or class
+    count, and naming the first eight of each.
     """
     shapes = _variable_shapes(model, image_shape)
     state = {
@@ -146,16 +147,27 @@ def mobilenet_v3_variables(
             flat[(collection, *path)] = np.asarray(value, dtype=spec.dtype)
     unexpected = sorted(set(state) - used)
     if missing or unexpected or mismatched:
-        lines = [f"the state_dict does not fit {type(model).__name__}:"]
+        parts = []
+        if not used:
+            parts.append(
+                f"none of its {len(state)} entries is a variable of the model (is it a "
+                "torchvision MobileNetV3 state_dict?)"
+            )
         if missing:
-            lines.append(f"missing keys ({len(missing)}): {', '.join(sorted(missing))}")
+            parts.append(f"missing keys ({len(missing)}): {_first(sorted(missing), ', ')}")
         if unexpected:
-            lines.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+            parts.append(f"unexpected keys ({len(unexpected)}): {_first(unexpected, ', ')}")
         if mismatched:
-            lines.append(f"shape mismatches ({len(mismatched)}): " + "; ".join(mismatched))
-        raise ValueError("\n".join(lines))
+            parts.append(f"shape mismatches ({len(mismatched)}): {_first(mismatched, '; ')}")
+        raise ValueError(f"the state_dict does not fit {type(model).__name__}: {'; '.join(parts)}")
     variables = traverse_util.unflatten_dict(flat)
     return jax.tree_util.tree_map(jnp.asarray, variables)
+
+
+def _first(items: Sequence[str], separator: str, count: int = 8) -> str:
+    """The first ``count`` items and how many more: a wrong checkpoint lists hundreds."""
+    more = f"{separator}... and {len(items) - count} more" if len(items) > count else ""
+    return separator.join(items[:count]) + more
 
 
 def load_weights(
