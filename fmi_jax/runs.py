@@ -42,6 +42,8 @@ __all__ = [
     "changes",
     "check",
     "claim",
+    "folder_kind",
+    "refuse_other_kind",
     "plain",
     "read_json",
     "save_npz_atomic",
@@ -255,6 +257,37 @@ def claim(
         _append_line(folder / EXTENSIONS_FILE, json.dumps(line, sort_keys=True))
     write_text_atomic(path, _config_text(record))
     return extended
+
+
+# What each kind of run folder holds at its top, and where its training runs are.
+_KINDS = {
+    "training run": ("checkpoints", "{0}"),
+    "tuning study": ("trials", "{0}/best or {0}/trials/<name>"),
+    "sparse-autoencoder study": ("study_config.json", "{0}/classifier (or autoencoder, finetune)"),
+}
+
+
+def folder_kind(folder: str | Path) -> str | None:
+    """Which kind of run folder ``folder`` is, by what it holds: 'training run',
+    'tuning study' or 'sparse-autoencoder study' (None: none of them, or empty)."""
+    folder = Path(folder)
+    for kind, (marker, _) in _KINDS.items():
+        if (folder / marker).exists():
+            return kind
+    return None
+
+
+def refuse_other_kind(folder: str | Path, kind: str) -> None:
+    """A ValueError when ``folder`` is a run folder of another kind than ``kind``: one
+    study's files written next to another's would mix runs (an SAE study inside a
+    training run, a training run inside a tuning study)."""
+    found = folder_kind(folder)
+    if found is not None and found != kind:
+        runs_inside = _KINDS[found][1].format(folder)
+        raise ValueError(
+            f"{folder} holds a {found}, not a {kind}: use another --workdir"
+            + (f" (its training runs are {runs_inside})" if found != "training run" else "")
+        )
 
 
 def subfolder(workdir: str | Path, name: Any, field: str) -> Path:

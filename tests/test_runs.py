@@ -249,3 +249,27 @@ def test_subfolder_is_strictly_inside_the_workdir(tmp_path):
     for name in ("", " ", ".", "./", "..", "a/../../b", "/abs"):
         with pytest.raises(ValueError, match=r"config\.explain\.output must name a folder"):
             runs.subfolder(tmp_path, name, "explain.output")
+
+
+def test_a_folder_of_another_kind_of_run_is_refused_with_where_its_runs_are(
+    tmp_path, synthetic_config, synthetic_run
+):
+    tuning = tmp_path / "tune"
+    (tuning / "trials" / "a-1").mkdir(parents=True)
+    sae = tmp_path / "sae"
+    sae.mkdir()
+    (sae / "study_config.json").write_text("{}")
+    for folder, kind, where in (
+        (tuning, "tuning study", "/best"),
+        (sae, "sparse-autoencoder study", "/classifier"),
+    ):
+        before = sorted(p.name for p in folder.rglob("*"))
+        with pytest.raises(ValueError, match=f"holds a {kind}, not a training run: .*{where}"):
+            train.train_and_evaluate(synthetic_config(), folder)
+        with pytest.raises(ValueError, match=f"holds a {kind}, not a training run: .*{where}"):
+            train.load_run_config(folder)
+        assert sorted(p.name for p in folder.rglob("*")) == before
+    with pytest.raises(ValueError, match="holds a training run, not a sparse-autoencoder study"):
+        studies.run_sae_study(configs.load("sae_fmnist", "smoke"), synthetic_run)
+    with pytest.raises(ValueError, match="holds a training run, not a tuning study"):
+        studies.run_tune(configs.load("tune_cnn", "smoke"), synthetic_run)

@@ -264,6 +264,7 @@ def run_sae_study(config: ml_collections.ConfigDict, workdir: str | Path) -> Sae
     if phases[-1] != "autoencoder":  # the explanation comes after hours of training
         loop_lib.check_split(config.explain.split, "explain.split")
         explain_out = runs.subfolder(workdir, config.explain.output, "explain.output")
+    runs.refuse_other_kind(workdir, "sparse-autoencoder study")
     _check_study_config(config, workdir)
     for phase in phases:
         logging.info("phase %s", phase)

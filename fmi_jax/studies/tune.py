@@ -206,6 +206,7 @@ def run_tune(config: ml_collections.ConfigDict, workdir: str | Path) -> TuneResu
     names = [trial_name(p) for p in points]
     if len(set(names)) != len(names):
         raise ValueError(f"grid points with the same folder name: {names}")
+    runs.refuse_other_kind(workdir, "tuning study")
     for name, trial in zip(names, configs):
         _check_trial_dir(workdir / "trials" / name, trial)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -121,6 +121,7 @@ def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
     """The config.json a training run wrote into its workdir."""
     path = Path(workdir) / "config.json"
     if not path.exists():
+        runs.refuse_other_kind(workdir, "training run")  # a study's folder: say where its runs are
         raise FileNotFoundError(
             f"{path} does not exist: {workdir} is not a training workdir. Train first with "
             f"`python -m experiments.train --config=configs/cnn_fmnist.py --workdir={workdir}`."
@@ -421,6 +422,7 @@ def train_and_evaluate(
     see fmi_jax.studies.figures.training_curves).
     """
     validate_train_config(config)  # before anything is read or written
+    runs.refuse_other_kind(workdir, "training run")
     mesh = _mesh_from_config(config)  # before anything is written
     num_devices = 1 if mesh is None else int(mesh.devices.size)
     main_process = parallel.is_main_process()
