@@ -123,8 +123,8 @@ def report(
             f"{', '.join(stochastic)} draw{'s' if len(stochastic) == 1 else ''} random "
             "samples: pass key=jax.random.key(seed)"
         )
-    if isinstance(key, int):
-        key = jax.random.key(key)
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        key = jax.random.key(int(key))
     out = Path(out)
     _check_out(out)
     x = as_input(x)  # float32; integer images (uint8 in [0, 255]) and NaN are refused

@@ -267,6 +267,10 @@ _KINDS = {
 }
 
 
+# Folders a training run writes into its workdir (besides checkpoints).
+_RUN_FOLDERS = frozenset(("checkpoints", "tensorboard"))
+
+
 def folder_kind(folder: str | Path) -> str | None:
     """Which kind of run folder ``folder`` is, by what it holds: 'training run',
     'tuning study' or 'sparse-autoencoder study' (None: none of them, or empty)."""
@@ -294,14 +298,23 @@ def subfolder(workdir: str | Path, name: Any, field: str) -> Path:
     """``workdir / name`` for an output folder named by the config field ``field``; a
     ValueError unless ``name`` is a relative path strictly inside ``workdir``. An empty
     name or ``'.'`` would make the workdir itself the output folder, and the study's
-    config record would replace the training run's; ``'..'`` or an absolute path would
-    write outside the workdir."""
+    config record would replace the training run's, as would a folder that is itself
+    a run (an SAE study's ``classifier``) or the run's ``checkpoints`` or
+    ``tensorboard``; ``'..'`` or an absolute path would write outside the workdir."""
     text = str(name)
     parts = Path(text).parts
     if not text.strip() or Path(text).is_absolute() or not parts or ".." in parts:
         raise ValueError(
             f"config.{field} must name a folder inside the workdir, such as 'explain', got {text!r}"
         )
+    # Nor a folder of the run's own (its checkpoints, events, a study's training runs).
+    for depth in range(1, len(parts) + 1):
+        inside = Path(workdir, *parts[:depth])
+        if parts[depth - 1] in _RUN_FOLDERS or folder_kind(inside) is not None:
+            raise ValueError(
+                f"config.{field}={text!r} would write into {inside}, which belongs to the "
+                "run: name a new folder, such as 'explain'"
+            )
     return Path(workdir) / text
 
 

@@ -423,6 +423,16 @@ def test_the_benchmark_folder_is_claimed_and_never_loses_a_measurement(tmp_path)
         runner.claim_workdir(config, workdir, changed)
     assert runs.read_json(workdir / "benchmark.json") == first
     assert runs.read_json(workdir / "config.json") == runs.plain(config)
+    # Training settings that cannot change a measurement may change (or be absent from
+    # a record written before they existed).
+    quiet = configs.load("cnn_fmnist", "smoke")
+    quiet.progress, quiet.tensorboard = False, False
+    runner.claim_workdir(config, workdir, quiet)
+    older = runs.plain(train_config)
+    del older["tensorboard"]
+    runs.write_json_atomic(workdir / "train_config.json", older)
+    runs.write_json_atomic(workdir / "benchmark.json", first)
+    runner.claim_workdir(config, workdir, train_config)
     # Settings that change no measured number may differ.
     runner.claim_workdir(_bench_config(profile=True, memory_probe=False), workdir, train_config)
     assert runs.read_json(workdir / "config.json")["profile"] is True

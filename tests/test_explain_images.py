@@ -169,6 +169,12 @@ def test_32_bit_images_are_skipped_with_the_reason_not_clipped(tmp_path):
         ("float.tif", True),
         ("int.tif", True),
     ]
+    # 16-bit data that Pillow opens as 32-bit integers keeps its top 8 bits, as 'I;16'.
+    deep = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).astype(np.uint16)
+    (tmp_path / "deep.pgm").write_bytes(b"P5 8 8 65535\n" + deep.astype(">u2").tobytes())
+    assert Image.open(tmp_path / "deep.pgm").mode == "I"
+    rgb = np.asarray(images_lib.decode(tmp_path / "deep.pgm"))
+    np.testing.assert_array_equal(rgb, np.repeat((deep >> 8).astype(np.uint8)[..., None], 3, -1))
 
 
 _HEIC = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic"

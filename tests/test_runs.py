@@ -249,6 +249,11 @@ def test_subfolder_is_strictly_inside_the_workdir(tmp_path):
     for name in ("", " ", ".", "./", "..", "a/../../b", "/abs"):
         with pytest.raises(ValueError, match=r"config\.explain\.output must name a folder"):
             runs.subfolder(tmp_path, name, "explain.output")
+    # Nor a folder that belongs to the run: a phase of an SAE study, its checkpoints.
+    (tmp_path / "classifier" / "checkpoints").mkdir(parents=True)
+    for name in ("classifier", "classifier/explain", "checkpoints", "tensorboard/x"):
+        with pytest.raises(ValueError, match="which belongs to the run: name a new folder"):
+            runs.subfolder(tmp_path, name, "explain.output")
 
 
 def test_a_folder_of_another_kind_of_run_is_refused_with_where_its_runs_are(

@@ -124,3 +124,8 @@ def test_two_trial_study_ranks_retrains_and_resumes(tmp_path, smoke_study):
         studies.run_tune(narrowed, tmp_path)
     assert "Nothing was overwritten" not in str(error.value)
     assert json.loads((best / "grid_point.json").read_text()) == point
+    # The same best point with another `final`: the plain refusal, naming the field.
+    refinal = smoke_study()
+    refinal.final.data.train_limit = 128
+    with pytest.raises(ValueError, match=r"data.train_limit: .* -> 128.*Nothing was overwritten"):
+        studies.run_tune(refinal, tmp_path)

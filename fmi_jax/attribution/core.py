@@ -270,7 +270,7 @@ def _refuse_module(fn: Any) -> None:
             f"fn is the NNX module {type(fn).__name__}: pass "
             "fmi_jax.attribution.flax_model(module), which runs an eval-mode copy of it"
         )
-    if isinstance(fn, nn.Module):
+    if isinstance(fn, nn.Module) and fn.scope is None:  # a bound module is a model function
         raise ValueError(
             f"fn is the Linen module {type(fn).__name__} without its variables: pass "
             "fmi_jax.attribution.flax_model(module, variables, train=False)"

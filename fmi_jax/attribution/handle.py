@@ -125,6 +125,7 @@ class FlaxModel:
     def __init__(self, name: str, static: _Static, weights: Any, passes: _Passes) -> None:
         self._name = name
         self._tables: dict[tuple[tuple[int, ...], Any], dict[str, _Layer]] = {}
+        self._modes: set[tuple[tuple[int, ...], Any]] = set()
         self._static = static
         self._weights = weights
         self._passes = _COMPILED[passes] if static.compilable(weights) else passes
@@ -258,19 +259,33 @@ class FlaxModel:
     ) -> tuple[Any, Any]:
         """The logits and, when ``layer`` is given, its output; the rest of the pass sees
         the output plus ``delta``, or ``delta`` alone with ``replace``."""
+        self._check_mode(x)
         return self._passes.forward(
             self._static, self._weights, x, delta, layer=layer, replace=replace
         )
 
     def _zero_input_output(self, x: Array, layer: str) -> Array:
         """``layer``'s output with its first input replaced by zeros."""
+        self._check_mode(x)
         return self._passes.zero_input_output(self._static, self._weights, x, layer=layer)
 
     def _perturbed(self, x: Array, deltas: Mapping[str, Array]) -> Array:
         """The logits with ``deltas[l]`` added to every named layer's output."""
+        self._check_mode(x)
         return self._passes.perturbed(self._static, self._weights, x, dict(deltas))
 
-    # Each backend implements this.
+    def _check_mode(self, x: Array) -> None:
+        """Refuses a model in training mode, once per input shape (see the backends)."""
+        key = (tuple(x.shape), jnp.dtype(x.dtype))
+        if key not in self._modes:
+            self._refuse_training_mode(x)
+            self._modes.add(key)
+
+    # Each backend implements these.
+
+    def _refuse_training_mode(self, x: Array) -> None:
+        """A ValueError when a forward pass on inputs like ``x`` runs in training mode."""
+        raise NotImplementedError
 
     def _find_layers(self, x: jax.ShapeDtypeStruct) -> dict[str, _Layer]:
         """Every submodule whose call returns an ``(N, h, w, K)`` array, in call order."""
@@ -517,6 +532,10 @@ class _LinenModel(FlaxModel):
     ) -> None:
         super().__init__(type(module).__name__, _Static(module, kwargs), variables, _LINEN)
 
+    def _refuse_training_mode(self, x: Array) -> None:
+        """Nothing to do: Flax itself refuses to update batch statistics or draw dropout
+        noise without ``mutable=`` or ``rngs=``, which the passes turn into ValueErrors."""
+
     @property
     def module(self) -> nn.Module:
         """The Linen module (for methods that call its other methods, e.g. ``encode``)."""
@@ -649,22 +668,84 @@ def _key_path(path: tuple[Any, ...]) -> str:
 _TRAINING_STATE = nnx.Any(nnx.BatchStat, nnx.RngState)
 
 
-def _nnx_call(model: nnx.Module, x: Array, kwargs: Mapping[str, Any]) -> Any:
-    """``model(x, **kwargs)`` on a handle's copy, refused when the call updates batch
-    statistics or draws random numbers: ``.eval()`` does not override a mode flag the
-    call passes (``use_running_average=not train``), and a model in training mode makes
-    each example's attribution depend on the rest of the batch, or on dropout noise."""
-    before = jax.tree_util.tree_flatten_with_path(nnx.state(model, _TRAINING_STATE))[0]
-    out = model(x, **kwargs)
-    after = jax.tree.leaves(nnx.state(model, _TRAINING_STATE))
-    changed = [_key_path(path) for (path, old), new in zip(before, after) if old is not new]
-    if changed:
+def _training_state(model: nnx.Module) -> list[tuple[str, Any]]:
+    """(path, value) of every batch statistic and rng state of ``model``."""
+    flat = jax.tree_util.tree_flatten_with_path(nnx.state(model, _TRAINING_STATE))[0]
+    return [(_key_path(path), value) for path, value in flat]
+
+
+def _rewritten(static: _Static, state: Any, x: Any) -> list[str]:
+    """The batch statistics and rng states a forward pass writes (new arrays, perhaps
+    of the same values), found while tracing ``x``'s shape: a cheap first look."""
+    written: list[str] = []
+
+    def forward(state: Any, x: Array) -> None:
+        model = _nnx_copy(static, state)
+        before = _training_state(model)
+        model(x, **static.kwargs)
+        after = [value for _, value in _training_state(model)]
+        written.extend(path for (path, old), new in zip(before, after) if old is not new)
+
+    jax.eval_shape(forward, state, x)
+    return written
+
+
+def _training_evidence(static: _Static, state: Any, x: Array) -> tuple[Array, Array]:
+    """Whether a forward pass on ``x`` changes each batch statistic's value, and whether
+    its output depends on the rng state (the same pass with every rng stream moved on).
+    Values, not writes: transforms such as ``nnx.split_rngs`` advance rng counters and
+    write back batch statistics in inference mode too, without changing the output."""
+    model = _nnx_copy(static, state)
+    before = jax.tree.leaves(nnx.state(model, nnx.BatchStat))  # the values, before the pass
+    out = model(x, **static.kwargs)
+    after = jax.tree.leaves(nnx.state(model, nnx.BatchStat))
+    changed = [~jnp.array_equal(a, b, equal_nan=True) for a, b in zip(before, after)]
+    graphdef, rngs, rest = nnx.split(_nnx_copy(static, state), nnx.RngState, ...)
+
+    def move_on(value: Array) -> Array:
+        if jnp.issubdtype(value.dtype, jax.dtypes.prng_key):
+            return jax.random.fold_in(value, 1)
+        return value + 1  # a stream's counter
+
+    other = nnx.merge(graphdef, jax.tree.map(move_on, rngs), rest)(x, **static.kwargs)
+    random = [
+        ~jnp.array_equal(a, b, equal_nan=True)
+        for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(other))
+    ]
+    return jnp.stack(changed + [jnp.bool_(False)]), jnp.any(jnp.stack(random + [jnp.bool_(False)]))
+
+
+_TRAINING_EVIDENCE = jax.jit(_training_evidence, static_argnums=0)
+
+
+def _refuse_training_mode(static: _Static, state: Any, x: Any, name: str) -> None:
+    """A ValueError when a forward pass on inputs like ``x`` updates batch statistics
+    or draws random numbers: ``.eval()`` does not override a mode flag the call passes
+    (``use_running_average=not train``), and in training mode each example's
+    attribution depends on the rest of the batch, or on dropout noise. Tracing finds
+    the state a pass writes; only when it writes any do two passes on a ramp image
+    (compiled once per model and shape) look at the values: changed batch statistics,
+    or an output that changes with the rng state."""
+    struct = jax.ShapeDtypeStruct(tuple(x.shape), x.dtype)
+    if not _rewritten(static, state, struct):
+        return
+    evidence = _TRAINING_EVIDENCE if static.compilable(state) else _training_evidence
+    with jax.ensure_compile_time_eval():  # concrete, even when called inside a trace
+        # A ramp, not zeros: its batch statistics differ from any running ones.
+        size = int(np.prod(struct.shape))
+        ramp = jnp.linspace(0.0, 1.0, size, dtype=jnp.float32).reshape(struct.shape)
+        changed, random = evidence(static, state, ramp.astype(struct.dtype))
+    stats = jax.tree_util.tree_flatten_with_path(
+        nnx.state(_nnx_copy(static, state), nnx.BatchStat)
+    )[0]
+    found = [f"updates {_key_path(p)}" for (p, _), flag in zip(stats, np.asarray(changed)) if flag]
+    if bool(random):
+        found.append("gives another output with other random numbers (dropout)")
+    if found:
         raise ValueError(
-            f"{type(model).__name__} runs in training mode even on an .eval() copy: its "
-            f"forward pass changed {', '.join(changed)} (batch statistics or random "
-            f"draws); {_INFERENCE_HINT.format('module')}"
+            f"{name} runs in training mode even on an .eval() copy: its forward pass "
+            f"{', '.join(found)}; {_INFERENCE_HINT.format('module')}"
         )
-    return out
 
 
 def _nnx_forward(
@@ -672,7 +753,7 @@ def _nnx_forward(
 ) -> tuple[Any, Any]:
     model = _nnx_copy(static, state)
     if layer is None:
-        return _nnx_call(model, x, static.kwargs), None
+        return model(x, **static.kwargs), None
     captured: list[Any] = []
 
     def hook(out, at_zero):
@@ -681,7 +762,7 @@ def _nnx_forward(
 
     target = _submodules(model)[layer]
     with _tap({id(target): (target, hook)}):
-        logits = _nnx_call(model, x, static.kwargs)
+        logits = model(x, **static.kwargs)
     return logits, captured[0]
 
 
@@ -695,7 +776,7 @@ def _nnx_zero_input_output(static: _Static, state: Any, x: Array, *, layer: str)
 
     target = _submodules(model)[layer]
     with _tap({id(target): (target, hook)}):
-        _nnx_call(model, x, static.kwargs)
+        model(x, **static.kwargs)
     return captured[0]
 
 
@@ -708,7 +789,7 @@ def _nnx_perturbed(static: _Static, state: Any, x: Array, deltas: Mapping[str, A
 
     hooks = {id(modules[layer]): (modules[layer], adder(d)) for layer, d in deltas.items()}
     with _tap(hooks):
-        return _nnx_call(model, x, static.kwargs)
+        return model(x, **static.kwargs)
 
 
 _NNX = _Passes(_nnx_forward, _nnx_zero_input_output, _nnx_perturbed)
@@ -722,6 +803,9 @@ class _NnxModel(FlaxModel):
         snapshot.eval()
         graphdef, state = nnx.split(snapshot)
         super().__init__(type(module).__name__, _Static(graphdef, kwargs), state, _NNX)
+
+    def _refuse_training_mode(self, x: Array) -> None:
+        _refuse_training_mode(self._static, self._weights, x, self._name)
 
     def _find_layers(self, x: jax.ShapeDtypeStruct) -> dict[str, _Layer]:
         calls: dict[str, list[Any]] = {}  # every output of every call, in call order
@@ -746,7 +830,7 @@ class _NnxModel(FlaxModel):
 
             hooks = {id(m): (m, recorder(name)) for name, m in modules.items()}
             with _tap(hooks):
-                return _nnx_call(model, x, self._static.kwargs)
+                return model(x, **self._static.kwargs)
 
         jax.eval_shape(forward, x)
         table = {}

@@ -107,6 +107,7 @@ from absl import logging
 from fmi_jax import attribution, data, models, runs
 from fmi_jax.benchmark import flops
 from fmi_jax.train import evaluate as evaluate_lib
+from fmi_jax.train import loop as train_loop
 from fmi_jax.train.input_pipeline import to_float
 from fmi_jax.train.validation import require_at_least, validate_train_config
 
@@ -606,11 +607,16 @@ def claim_workdir(
     runs.check(workdir, config, free=FREE_FIELDS, what="another benchmark config", **common)
     if train_config is not None:
         runs.check(
-            workdir, train_config, name=TRAIN_CONFIG_FILE, what="another training config", **common
+            workdir,
+            train_config,
+            name=TRAIN_CONFIG_FILE,
+            what="another training config",
+            free=train_loop.FREE,
+            **common,
         )
     runs.claim(workdir, config, free=FREE_FIELDS, **common)
     if train_config is not None:
-        runs.claim(workdir, train_config, name=TRAIN_CONFIG_FILE, **common)
+        runs.claim(workdir, train_config, name=TRAIN_CONFIG_FILE, free=train_loop.FREE, **common)
     kept = None
     if has_results:
         earlier = runs.read_json(workdir / RESULTS[0], rewritable=True) or {}

@@ -34,9 +34,10 @@ first frame of animated or multi-page files is used; the EXIF orientation is app
   under them; ``alpha='drop'`` discards the alpha channel instead
   (``Image.convert('RGB')``, torchvision's ``ImageFolder`` loader);
 * CMYK, YCbCr and other modes go through ``Image.convert('RGB')``;
-* 32-bit integer and floating-point images ('I', 'F': scientific TIFFs) are refused
-  with the reason: their value range is the writer's choice, and Pillow's conversion
-  would clip them to black or white;
+* 16-bit data that Pillow opens as 32-bit integers (a 16-bit PGM) keeps its top 8
+  bits too; other 32-bit integer and floating-point images ('I', 'F': scientific
+  TIFFs) are refused with the reason: their value range is the writer's choice, and
+  Pillow's conversion would clip them to black or white;
 * HEIC/HEIF photos (the iPhone's default) need the ``pillow-heif`` plugin: when it is
   installed it is registered on the first such file, otherwise the file is skipped
   with a reason that says to install it.
@@ -170,6 +171,12 @@ def to_rgb(image: Image.Image, *, alpha: str = "white") -> Image.Image:
     mode = image.mode
     if mode == "RGB" and "transparency" not in image.info:
         return image.copy()
+    if mode == "I":
+        values = np.asarray(image)
+        if values.size and 0 <= values.min() and values.max() <= 0xFFFF:
+            # 16-bit data Pillow opens as 32-bit (a 16-bit PGM): as 'I;16' below.
+            high = (values >> 8).astype(np.uint8)
+            return Image.fromarray(high, mode="L").convert("RGB")
     if mode in ("I", "F"):
         raise ValueError(
             f"a 32-bit {'integer' if mode == 'I' else 'floating-point'} image (mode "

@@ -236,6 +236,9 @@ def run_tune(config: ml_collections.ConfigDict, workdir: str | Path) -> TuneResu
         try:
             _check_trial_dir(best_dir, final)
         except runs.RunConfigError as error:
+            retrained = runs.read_json(best_dir / "grid_point.json", rewritable=True)
+            if retrained is None or retrained == runs.plain(best_point):
+                raise  # the same point with another `final`: the error as it is
             raise runs.RunConfigError(
                 f"the grid's best is now {best['trial']}, but {best_dir} holds the retrain "
                 f"of another configuration ({error.changed}): the trials and the results "

@@ -255,6 +255,15 @@ def test_a_flax_module_given_as_fn_is_refused_with_the_handle_to_pass():
             method(nnx_module, X, 0)
         with pytest.raises(ValueError, match=r"Linen module TinyCNN without its variables"):
             method(TinyCNN(), IMAGES, 0)
+    # A bound Linen module is a model function.
+    variables = jax.eval_shape(TinyCNN().init, KEY, IMAGES)
+    variables = jax.tree.map(lambda leaf: jnp.full(leaf.shape, 0.1, leaf.dtype), variables)
+    bound = TinyCNN().bind(variables)
+    np.testing.assert_allclose(
+        A.saliency(bound, IMAGES, 0),
+        A.saliency(lambda x: TinyCNN().apply(variables, x), IMAGES, 0),
+        rtol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.bool_])

@@ -237,12 +237,39 @@ def test_a_model_in_training_mode_is_refused_with_the_flag_to_pass(linen, nnx_mo
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: NnxFlagged(nnx.Rngs(0))))
     flagged = nnx.merge(graphdef, nnx.state(nnx_module))
     trains = flax_model(flagged)
-    changed = "changed bn/mean, bn/var, drop/rngs/count .* flax_model\\(module, train=False\\)"
+    changed = (
+        "updates bn/mean, updates bn/var, gives another output with other random numbers "
+        "\\(dropout\\); .* flax_model\\(module, train=False\\)"
+    )
     for call in (lambda: trains(x), lambda: trains.capture(x, "conv2")):
         with pytest.raises(ValueError, match=changed):
             call()
     # With the flag, the eval-mode model: NnxCNN's logits, which has no flag.
     close(flax_model(flagged, train=False)(x), flax_model(nnx_module)(x))
+
+
+class NnxMembers(nnx.Module):
+    """Dropout members under nnx.split_rngs + nnx.vmap (an MC-dropout ensemble): in
+    eval mode the pass advances the rng counter and writes it back, yet the output does
+    not depend on it, so the model is in inference mode."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+        self.head = nnx.Linear(8 * 8 * CHANNELS, CLASSES, rngs=rngs)
+
+    def __call__(self, x):
+        @nnx.split_rngs(splits=3)
+        @nnx.vmap(in_axes=(0, None), out_axes=0)
+        def members(drop, x):
+            return drop(x)
+
+        return self.head(members(self.drop, x.reshape(len(x), -1)).mean(0))
+
+
+def test_an_inference_pass_that_only_moves_an_rng_counter_is_not_training_mode(x):
+    model = nnx_module_of(NnxMembers, seed=3)
+    model.eval()
+    close(flax_model(model)(x), model(x))
 
 
 # --- NNX against Linen ---------------------------------------------------------
