@@ -294,13 +294,14 @@ def refuse_other_kind(folder: str | Path, kind: str) -> None:
         )
 
 
-def subfolder(workdir: str | Path, name: Any, field: str) -> Path:
+def subfolder(workdir: str | Path, name: Any, field: str, reserved: Iterable[str] = ()) -> Path:
     """``workdir / name`` for an output folder named by the config field ``field``; a
     ValueError unless ``name`` is a relative path strictly inside ``workdir``. An empty
     name or ``'.'`` would make the workdir itself the output folder, and the study's
     config record would replace the training run's, as would a folder that is itself
     a run (an SAE study's ``classifier``) or the run's ``checkpoints`` or
-    ``tensorboard``; ``'..'`` or an absolute path would write outside the workdir."""
+    ``tensorboard`` (or a name in ``reserved``, the folders a study will write);
+    ``'..'`` or an absolute path would write outside the workdir."""
     text = str(name)
     parts = Path(text).parts
     if not text.strip() or Path(text).is_absolute() or not parts or ".." in parts:
@@ -310,7 +311,8 @@ def subfolder(workdir: str | Path, name: Any, field: str) -> Path:
     # Nor a folder of the run's own (its checkpoints, events, a study's training runs).
     for depth in range(1, len(parts) + 1):
         inside = Path(workdir, *parts[:depth])
-        if parts[depth - 1] in _RUN_FOLDERS or folder_kind(inside) is not None:
+        own = parts[depth - 1] in _RUN_FOLDERS or (depth == 1 and parts[0] in reserved)
+        if own or folder_kind(inside) is not None:
             raise ValueError(
                 f"config.{field}={text!r} would write into {inside}, which belongs to the "
                 "run: name a new folder, such as 'explain'"

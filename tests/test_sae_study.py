@@ -114,6 +114,23 @@ def test_a_changed_config_is_refused_and_nothing_is_touched(study):
     assert (workdir / "study_config.json").read_text() == before
 
 
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"explain.split": "tset"}, r"config\.explain\.split must be one of"),
+        (
+            {"explain.split": "validation", "data.validation_size": 0},
+            r"explain\.split='validation' needs data\.validation_size > 0",
+        ),
+        ({"explain.output": "classifier"}, "belongs to the run"),
+    ],
+)
+def test_explain_settings_are_refused_before_hours_of_training(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        studies.run_sae_study(smoke_config(**overrides), tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
 def test_phase_configs_chain_the_phases(tmp_path):
     config = smoke_config()
     ae = sae_lib.phase_config(config, "autoencoder", tmp_path)

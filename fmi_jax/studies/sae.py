@@ -79,10 +79,14 @@ class SaeResult:
     explain: explain_lib.ExplainResult | None  # None when stopped after the autoencoder
 
 
+# The training runs of the study, each in the workdir's folder of that name.
+_PHASES = ("autoencoder", "classifier", "finetune")
+
+
 def phase_config(config: Any, phase: str, workdir: str | Path) -> ml_collections.ConfigDict:
     """The training config of one phase ('autoencoder', 'classifier', 'finetune'): the
     phase's section, the shared data, seed and autoencoder fields, its model and task."""
-    if phase not in ("autoencoder", "classifier", "finetune"):
+    if phase not in _PHASES:
         raise ValueError(f"unknown phase {phase!r}")
     workdir = Path(workdir)
     section = runs.plain(config[phase])
@@ -135,7 +139,7 @@ def _check_study_config(config: Any, workdir: Path) -> None:
     has_results = any(
         (workdir / phase / "checkpoints").is_dir()
         and any((workdir / phase / "checkpoints").iterdir())
-        for phase in ("autoencoder", "classifier", "finetune")
+        for phase in _PHASES
     )
     runs.claim(
         workdir,
@@ -263,7 +267,11 @@ def run_sae_study(config: ml_collections.ConfigDict, workdir: str | Path) -> Sae
         phase_config(config, phase, workdir)  # checks each section before anything is written
     if phases[-1] != "autoencoder":  # the explanation comes after hours of training
         loop_lib.check_split(config.explain.split, "explain.split")
-        explain_out = runs.subfolder(workdir, config.explain.output, "explain.output")
+        if config.explain.split == "validation" and not int(config.data.validation_size or 0):
+            raise ValueError("config.explain.split='validation' needs data.validation_size > 0")
+        explain_out = runs.subfolder(
+            workdir, config.explain.output, "explain.output", reserved=_PHASES
+        )
     runs.refuse_other_kind(workdir, "sparse-autoencoder study")
     _check_study_config(config, workdir)
     for phase in phases:
