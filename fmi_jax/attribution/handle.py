@@ -727,7 +727,12 @@ def _refuse_training_mode(static: _Static, state: Any, x: Any, name: str) -> Non
     (compiled once per model and shape) look at the values: changed batch statistics,
     or an output that changes with the rng state."""
     struct = jax.ShapeDtypeStruct(tuple(x.shape), x.dtype)
-    if not _rewritten(static, state, struct):
+    try:
+        if not _rewritten(static, state, struct):
+            return
+    except flax.errors.TraceContextError:
+        # The call's keywords hold NNX state (an `nnx.Rngs` the model draws from),
+        # which cannot be traced: such a handle runs uncompiled, and is not checked.
         return
     evidence = _TRAINING_EVIDENCE if static.compilable(state) else _training_evidence
     with jax.ensure_compile_time_eval():  # concrete, even when called inside a trace
