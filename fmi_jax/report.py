@@ -139,10 +139,12 @@ def report(
             )
     if not 0 < topk_fraction <= 1:
         raise ValueError(f"topk_fraction must be in (0, 1], got {topk_fraction}")
-    # The target first: it checks that fn maps x to (N, classes) logits, with a clear
-    # error for one image without its batch axis.
-    target = attribution.resolve_target(fn, x, target, batch_size=batch_size)
+    # The target checked first (shapes only): that fn maps x to (N, classes) logits,
+    # with a clear error for one image without its batch axis. The predicted class
+    # comes from the logits, so the model runs over x once.
+    checked = attribution.resolve_target(fn, x, 0 if target is None else target)
     logits = _logits(fn, x, batch_size)
+    target = jnp.asarray(logits.argmax(-1), jnp.int32) if target is None else checked
     if np.all(logits >= 0) and np.allclose(logits.sum(-1), 1, atol=1e-4):
         logging.warning(
             "fn's outputs are non-negative and sum to 1: they look like probabilities, "

@@ -43,9 +43,9 @@ __all__ = [
     "check",
     "claim",
     "folder_kind",
-    "refuse_other_kind",
     "plain",
     "read_json",
+    "refuse_other_kind",
     "save_npz_atomic",
     "subfolder",
     "write_json_atomic",
@@ -267,7 +267,7 @@ _KINDS = {
 }
 
 
-# Folders a training run writes into its workdir (besides checkpoints).
+# Folders a training run writes into its workdir.
 _RUN_FOLDERS = frozenset(("checkpoints", "tensorboard"))
 
 

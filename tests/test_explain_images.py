@@ -173,8 +173,11 @@ def test_32_bit_images_are_skipped_with_the_reason_not_clipped(tmp_path):
     deep = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).astype(np.uint16)
     (tmp_path / "deep.pgm").write_bytes(b"P5 8 8 65535\n" + deep.astype(">u2").tobytes())
     assert Image.open(tmp_path / "deep.pgm").mode == "I"
-    rgb = np.asarray(images_lib.decode(tmp_path / "deep.pgm"))
-    np.testing.assert_array_equal(rgb, np.repeat((deep >> 8).astype(np.uint8)[..., None], 3, -1))
+    top = np.repeat((deep >> 8).astype(np.uint8)[..., None], 3, -1)
+    np.testing.assert_array_equal(np.asarray(images_lib.decode(tmp_path / "deep.pgm")), top)
+    Image.fromarray(deep).save(tmp_path / "deep.png")  # opens as 'I;16'
+    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    np.testing.assert_array_equal(np.asarray(images_lib.decode(tmp_path / "deep.png")), top)
 
 
 _HEIC = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic"

@@ -23,7 +23,7 @@ Nothing here touches jax: batching and device placement belong to
 :mod:`fmi_jax.train`.
 """
 
-from fmi_jax.data.dataset import Dataset
+from fmi_jax.data.dataset import SPLITS, Dataset
 from fmi_jax.data.errors import DataError, DataNotFoundError
 from fmi_jax.data.registry import DATASETS, DatasetSpec
 from fmi_jax.data.sources import load, load_splits
@@ -34,6 +34,7 @@ __all__ = [
     "DataError",
     "DataNotFoundError",
     "Dataset",
+    "SPLITS",
     "DatasetSpec",
     "load",
     "load_splits",

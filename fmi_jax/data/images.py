@@ -171,21 +171,17 @@ def to_rgb(image: Image.Image, *, alpha: str = "white") -> Image.Image:
     mode = image.mode
     if mode == "RGB" and "transparency" not in image.info:
         return image.copy()
+    if mode.startswith("I;16"):
+        return _grey_16(np.asarray(image, dtype=np.uint16))
     if mode == "I":
         values = np.asarray(image)
         if values.size and 0 <= values.min() and values.max() <= 0xFFFF:
-            # 16-bit data Pillow opens as 32-bit (a 16-bit PGM): as 'I;16' below.
-            high = (values >> 8).astype(np.uint8)
-            return Image.fromarray(high, mode="L").convert("RGB")
+            return _grey_16(values)  # 16-bit data Pillow opens as 32-bit (a 16-bit PGM)
     if mode in ("I", "F"):
         raise ValueError(
             f"a 32-bit {'integer' if mode == 'I' else 'floating-point'} image (mode "
             f"{mode!r}) has no fixed value range: save it with 8 or 16 bits per channel"
         )
-    if mode.startswith("I;16"):
-        # 16-bit grayscale: keep the top 8 bits (Pillow's convert would clip at 255).
-        high = (np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8)
-        return Image.fromarray(high, mode="L").convert("RGB")
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         mode in ("P", "L", "RGB") and "transparency" in image.info
     )
@@ -196,6 +192,12 @@ def to_rgb(image: Image.Image, *, alpha: str = "white") -> Image.Image:
         return rgba.convert("RGB")
     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def _grey_16(values: np.ndarray) -> Image.Image:
+    """16-bit grayscale as 'RGB', its top 8 bits in every channel (Pillow's convert
+    would clip at 255)."""
+    return Image.fromarray((values >> 8).astype(np.uint8), mode="L").convert("RGB")
 
 
 def decode(path: str | Path, *, alpha: str = "white") -> Image.Image:

@@ -50,12 +50,12 @@ from fmi_jax.train.tensorboard import TENSORBOARD_DIR, EventLog
 __all__ = [
     "ExplainResult",
     "explain_model",
+    "free_fields",
     "layer_cams",
     "map_agreement",
     "method_options",
     "run_explain",
     "select_samples",
-    "free_fields",
 ]
 
 # Methods whose maps should sum to f(x) - f(baseline); their gaps go into stats.json.

@@ -18,8 +18,8 @@ explains the top-1 class of each with integrated gradients. It writes under `wor
   figures/<name>.png  per image: input, top-k bars, IG positive overlay, IG all-sign
                       map (`<name>` is the path below the folder without its suffix,
                       '/' replaced by '__'; '_<ext>' is appended where two files would
-                      share a name, ignoring case, e.g. cat.jpg and Cat.png; a name over 180 bytes
-                      is cut and ends in a hash of the path)
+                      share a name, ignoring case, e.g. cat.jpg and Cat.png; a name
+                      over 180 bytes is cut and ends in a hash of the path)
   summary.png         all images (image, all-sign IG, top-1 label and probability);
                       summary_001.png, summary_002.png, ... when there are more than
                       `config.summary.per_page`

@@ -329,10 +329,6 @@ def run_sae_study(config: ml_collections.ConfigDict, workdir: str | Path) -> Sae
     result = None
     if final != "autoencoder":
         classification = _classification_report(model, variables, test, batch)
-        if config.explain.split not in splits:
-            raise ValueError(
-                f"config.explain.split={config.explain.split!r}: the data has only {tuple(splits)}"
-            )
         result = explain_lib.explain_model(
             config.explain,
             explain_out,

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
+from fmi_jax import data as data_lib
 from fmi_jax import runs
 from fmi_jax.train import loop as loop_lib
 from fmi_jax.train import metrics as metrics_lib
@@ -32,7 +33,7 @@ from fmi_jax.train.input_pipeline import DeviceDataset
 
 __all__ = ["evaluate_workdir", "restore_model"]
 
-SPLITS = ("train", "validation", "test")
+SPLITS = data_lib.SPLITS
 
 
 def restore_model(workdir: str | Path, *, checkpoint: str = "best", dtype: str | None = "float32"):

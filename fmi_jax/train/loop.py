@@ -89,8 +89,8 @@ __all__ = [
     "run_checkpoints",
     "TrainResult",
     "compute_dtype",
-    "evaluate_dataset",
     "check_split",
+    "evaluate_dataset",
     "load_run_config",
     "load_split",
     "model_from_config",
@@ -201,14 +201,11 @@ def _init_from(state: TrainState, spec: Mapping[str, Any]) -> TrainState:
     return state.replace(opt_state=state.tx.init(state.params))
 
 
-SPLITS = ("train", "validation", "test")
-
-
 def check_split(split: Any, field: str) -> None:
     """A ValueError naming ``config.<field>`` unless ``split`` is a split name; the
     cheap check a study makes before it writes or trains anything."""
-    if split not in SPLITS:
-        raise ValueError(f"config.{field} must be one of {SPLITS}, got {split!r}")
+    if split not in data_lib.SPLITS:
+        raise ValueError(f"config.{field} must be one of {data_lib.SPLITS}, got {split!r}")
 
 
 def load_split(data_config: Any, split: Any, field: str) -> data_lib.Dataset:
