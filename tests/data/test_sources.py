@@ -41,6 +41,7 @@ def test_public_api():
             "DataNotFoundError",
             "Dataset",
             "DatasetSpec",
+            "SPLITS",
             "load",
             "load_splits",
             "train_validation_split",
