@@ -152,7 +152,9 @@ so ``dy/d delta = dy/dA`` exactly, the model itself is not edited, and its outpu
 unchanged (the test suite checks it).
 
 Every function returns float32 maps of shape ``(N, H, W)`` for inputs
-``(N, H, W, C)`` (``(N, h, w)`` with ``upsample=False``). Captum's ``LayerGradCam``
+``(N, H, W, C)`` or ``(N, H, W)`` (``(N, h, w)`` with ``upsample=False``). Inputs are
+channels-last; a batch that looks channels-first is refused when maps are resized to it
+(:func:`~fmi_jax.attribution.core.image_size`). Captum's ``LayerGradCam``
 defaults to ``relu_attributions=False``; here ``relu=True``, as in the papers.
 pytorch-grad-cam min-max scales every map to [0, 1] after its ReLU; here maps keep
 their scale (scaling is the plot's business), so they can be summed and compared.
@@ -180,6 +182,7 @@ from fmi_jax.attribution.core import (
     as_input,
     as_number,
     as_target,
+    image_size,
     minmax_scale,
     refuse_baseline,
     resolve_target,
@@ -265,6 +268,17 @@ def _finish(maps: Array, shape: tuple[int, ...], relu: bool, upsample: bool) -> 
     return maps.astype(jnp.float32)
 
 
+def _cam_call(
+    model: Any, x: Any, layer: str, method: str, batch_size: int | None, upsample: bool
+) -> tuple[Any, Array, tuple[int, ...]]:
+    """:func:`layer_call`, and, for maps resized to the input, the input's image plane
+    checked (a channels-first batch is refused before anything runs)."""
+    handle, x, shape = layer_call(model, x, layer, method, batch_size)
+    if upsample:
+        image_size(x, method)
+    return handle, x, shape
+
+
 #: The per-element contributions of every gradient CAM made by the factory, by name.
 _CONTRIBUTIONS: dict[str, Callable[[Array, Array], Array]] = {}
 
@@ -318,7 +332,7 @@ def _gradient_cam_method(
         eigen_smooth: bool = False,
     ) -> Array:
         refuse_baseline(baseline, name)
-        handle, x, _ = layer_call(model, x, layer, name, batch_size)
+        handle, x, _ = _cam_call(model, x, layer, name, batch_size, upsample)
         target = resolve_target(handle, x, target, batch_size=batch_size)
         maps = _contribution_maps(
             handle, x, layer, batch_size, contribution, lambda e: target[e], eigen_smooth
@@ -444,7 +458,7 @@ def shapley_cam(
         raise ValueError(f"shapley_cam: score must be one of {SHAPLEY_SCORES}; got {score!r}")
     if not isinstance(eigen_smooth, (bool, np.bool_)):
         raise ValueError(f"eigen_smooth must be True or False; got {eigen_smooth!r}")
-    handle, x, _ = layer_call(model, x, layer, "shapley_cam", batch_size)
+    handle, x, _ = _cam_call(model, x, layer, "shapley_cam", batch_size, upsample)
     target = resolve_target(handle, x, target, batch_size=batch_size)
 
     def chunk_maps(example: Array, _: Array) -> Array:
@@ -493,7 +507,7 @@ def score_cam(
       ``(N, H, W)`` float32 maps (``(N, h, w)`` when ``upsample=False``), ReLU applied.
     """
     refuse_baseline(baseline, "score_cam")
-    handle, x, _ = layer_call(model, x, layer, "score_cam", batch_size)
+    handle, x, _ = _cam_call(model, x, layer, "score_cam", batch_size, True)
     target = resolve_target(handle, x, target)
     _, activation = handle.capture(x, layer)
     activation = activation.astype(jnp.float32)
@@ -503,7 +517,8 @@ def score_cam(
         a = activation[example, :, :, channel]  # (B, h, w)
         up = upsample_maps(a, x.shape[1:3])
         mask = minmax_scale(up, (1, 2))
-        probs = jax.nn.softmax(handle(x[example] * mask[..., None]), axis=-1)
+        mask = mask.reshape(mask.shape + (1,) * (x.ndim - 3))  # over every channel
+        probs = jax.nn.softmax(handle(x[example] * mask), axis=-1)
         score = select_target(probs, target[example])
         return score[:, None, None] * a
 
@@ -538,7 +553,7 @@ def ablation_cam(
       ``(N, H, W)`` float32 maps (``(N, h, w)`` when ``upsample=False``).
     """
     refuse_baseline(baseline, "ablation_cam")
-    handle, x, _ = layer_call(model, x, layer, "ablation_cam", batch_size)
+    handle, x, _ = _cam_call(model, x, layer, "ablation_cam", batch_size, upsample)
     logits, activation = handle.capture(x, layer)
     if target is None:
         target = jnp.argmax(logits, axis=1).astype(jnp.int32)
@@ -593,7 +608,7 @@ def eigen_cam(
     """
     del key
     refuse_baseline(baseline, "eigen_cam")
-    handle, x, (n, h, w, k) = layer_call(model, x, layer, "eigen_cam", batch_size)
+    handle, x, (n, h, w, k) = _cam_call(model, x, layer, "eigen_cam", batch_size, upsample)
     if target is not None:
         resolve_target(handle, x, target)  # a bad target is refused, as everywhere
 
@@ -644,7 +659,7 @@ def eigen_grad_cam(
       ``(N, H, W)`` float32 maps (``(N, h, w)`` when ``upsample=False``).
     """
     refuse_baseline(baseline, "eigen_grad_cam")
-    handle, x, _ = layer_call(model, x, layer, "eigen_grad_cam", batch_size)
+    handle, x, _ = _cam_call(model, x, layer, "eigen_grad_cam", batch_size, upsample)
     target = resolve_target(handle, x, target, batch_size=batch_size)
 
     def projection(example: Array, _: Array) -> Array:
@@ -755,7 +770,7 @@ def finer_cam(
     if base not in FINER_BASES:
         raise ValueError(f"finer_cam: base must be one of {FINER_BASES}; got {base!r}")
     as_number(alpha, "finer_cam: alpha")
-    handle, x, _ = layer_call(model, x, layer, "finer_cam", batch_size)
+    handle, x, _ = _cam_call(model, x, layer, "finer_cam", batch_size, upsample)
     logits = sum_over_samples(
         lambda example, _: handle(x[example]).astype(jnp.float32),
         x.shape[0],
@@ -815,7 +830,7 @@ def kpca_cam(
     refuse_baseline(baseline, "kpca_cam")
     if kernel not in KPCA_KERNELS:
         raise ValueError(f"kpca_cam: kernel must be one of {KPCA_KERNELS}; got {kernel!r}")
-    handle, x, (n, h, w, k) = layer_call(model, x, layer, "kpca_cam", batch_size)
+    handle, x, (n, h, w, k) = _cam_call(model, x, layer, "kpca_cam", batch_size, upsample)
     if gamma is None:
         gamma = 1.0 / k
     elif isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not 0 < gamma < np.inf:
@@ -884,7 +899,7 @@ def fem(
     del key
     refuse_baseline(baseline, "fem")
     as_number(k, "fem: k")
-    handle, x, (n, _, _, _) = layer_call(model, x, layer, "fem", batch_size)
+    handle, x, (n, _, _, _) = _cam_call(model, x, layer, "fem", batch_size, upsample)
     if target is not None:
         resolve_target(handle, x, target)  # a bad target is refused, as everywhere
 

@@ -57,6 +57,7 @@ __all__ = [
     "Method",
     "Explain",
     "as_input",
+    "image_size",
     "require_key",
     "refuse_baseline",
     "check_finite",
@@ -187,6 +188,33 @@ def as_input(x: Any, name: str = "x") -> Array:
         raise ValueError(f"{name} must have a non-empty batch axis first, got shape {x.shape}")
     check_finite(x, name)
     return x
+
+
+def image_size(x: Any, method: str) -> tuple[int, int]:
+    """``(H, W)`` of an image batch ``x``, ``(N, H, W, C)`` or ``(N, H, W)``: the plane
+    a method that works over the image (a CAM resized to the input, patches, segments)
+    draws on.
+
+    Channels come last, as in Flax. A 4-D batch whose second axis could be channels
+    (at most 4) and whose last axis could not (more than 4) is refused, because read
+    as ``(N, H, W, C)`` it would give maps of ``(C, H)`` instead of ``(H, W)``: a
+    channels-first model's images are explained by a model that transposes them
+    inside, fed channels-last. The rule refuses no image taller than 4 pixels and no
+    channels-last image of up to 4 channels.
+    """
+    shape = tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
+    if len(shape) not in (3, 4):
+        raise ValueError(
+            f"{method} works over the image plane: x must be (N, H, W, C) or (N, H, W), "
+            f"got shape {shape}"
+        )
+    if len(shape) == 4 and shape[1] <= 4 < shape[3]:
+        raise ValueError(
+            f"{method}: x of shape {shape} looks channels-first; image methods read "
+            "(N, H, W, C): pass x.transpose(0, 2, 3, 1) to a model that transposes it "
+            "back first"
+        )
+    return int(shape[1]), int(shape[2])
 
 
 def as_baseline(baseline: Any, x: Array, name: str = "baseline") -> Array:

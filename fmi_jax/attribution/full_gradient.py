@@ -57,6 +57,7 @@ from fmi_jax.attribution.core import (
     Target,
     as_count,
     as_input,
+    image_size,
     minmax_scale,
     refuse_baseline,
     resolve_target,
@@ -257,9 +258,9 @@ def full_grad(
         raise ValueError(
             f"full_grad: normalize must be one of {FULL_GRAD_NORMALIZATIONS}; got {normalize!r}"
         )
+    size = image_size(x, "full_grad")
     terms = full_gradients(model, x, target, layers=layers, batch_size=batch_size)
     per_channel = normalize == "channel"
-    size = terms.input.shape[1:3]
     maps = _post_process(terms.input, per_channel)
     for term in terms.biases.values():
         maps = maps + upsample_maps(_post_process(term, per_channel), size)

@@ -51,6 +51,7 @@ from fmi_jax.attribution.core import (
     as_baseline,
     as_count,
     as_input,
+    image_size,
     map_over_samples,
     per_example,
     refuse_baseline,
@@ -104,6 +105,7 @@ def square_patches(image_shape: Sequence[int], size: int | Sequence[int]) -> np.
     """
     if len(image_shape) not in (2, 3):
         raise ValueError(f"image_shape must be (H, W) or (H, W, C), got {tuple(image_shape)}")
+    image_size(jax.ShapeDtypeStruct((1, *image_shape), jnp.float32), "square_patches")
     h, w = (size, size) if np.ndim(size) == 0 else tuple(size)
     h, w = as_count(h, "patch height"), as_count(w, "patch width")
     rows, cols = int(image_shape[0]), int(image_shape[1])
@@ -243,6 +245,8 @@ def _window_geometry(
         window = (window,) * (2 if len(features) == 3 else len(features))
     window = tuple(window)
     if len(window) == len(features) - 1:  # images: the window spans all channels
+        if len(features) == 3:
+            image_size(jax.ShapeDtypeStruct((1, *features), jnp.float32), "occlusion")
         window = window + (features[-1],)
         stride = stride if np.ndim(stride) == 0 else tuple(stride) + (features[-1],)
     if len(window) != len(features):

@@ -39,6 +39,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import numpy as np
 
 from fmi_jax.attribution import (
     cam,
@@ -51,7 +52,7 @@ from fmi_jax.attribution import (
     sparse,
     xrai,
 )
-from fmi_jax.attribution.core import Array, Explain, Method, ModelFn
+from fmi_jax.attribution.core import Array, Explain, Method, ModelFn, image_size
 from fmi_jax.attribution.deeplift import deeplift
 from fmi_jax.attribution.gradients import input_x_gradient, saliency
 from fmi_jax.attribution.handle import FlaxModel, as_flax_model, flax_model
@@ -170,7 +171,8 @@ def _over_patches(method: Method) -> Method:
     def grouped(fn, x, target=None, *, patch=None, feature_mask=None, **common):
         _patch_or_mask(method.__name__)({"patch": patch, "feature_mask": feature_mask})
         if patch is not None:
-            feature_mask = perturbation.square_patches(x.shape[1:], patch)
+            image_size(x, method.__name__)
+            feature_mask = perturbation.square_patches(np.shape(x)[1:], patch)
         return method(fn, x, target, feature_mask=feature_mask, **common)
 
     grouped.__name__ = method.__name__
@@ -198,8 +200,9 @@ def _over_layer(method: Method) -> Method:
     `upsample=True`, resized to the input bilinearly."""
 
     def spatial(model, x, target=None, *, upsample=True, **options):
+        size = image_size(x, method.__name__) if upsample else None
         maps = method(model, x, target, **options).sum(axis=-1)
-        return cam.upsample_maps(maps, x.shape[1:3]) if upsample else maps
+        return maps if size is None else cam.upsample_maps(maps, size)
 
     spatial.__name__ = method.__name__
     spatial.__doc__ = (

@@ -72,6 +72,7 @@ from fmi_jax.attribution.core import (
     as_baseline,
     as_count,
     as_input,
+    image_size,
     resolve_target,
 )
 from fmi_jax.attribution.integrated_gradients import integrated_gradients
@@ -438,11 +439,7 @@ def xrai(
       float32 ``(N, H, W)`` maps.
     """
     x = as_input(x)
-    if x.ndim not in (3, 4):
-        raise ValueError(
-            f"xrai explains images: x must be (N, H, W, C) or (N, H, W), got {x.shape}"
-        )
-    height, width = x.shape[1:3]
+    height, width = image_size(x, "xrai")
     defaults = segmentation_defaults(height, width)
     min_pixel_diff = defaults["min_pixel_diff"] if min_pixel_diff is None else min_pixel_diff
     min_pixel_diff = as_count(min_pixel_diff, "min_pixel_diff")

@@ -971,3 +971,82 @@ def test_bad_across_layers_arguments_are_one_line_errors(small_cnn):
         A.across_layers(A.grad_cam, ["conv2"])(handle, x, layer="conv3")
     with pytest.raises(ValueError, match="no layer 'conv9'"):
         A.across_layers(A.grad_cam, ["conv2", "conv9"])(handle, x)
+
+
+class ChannelsFirstHead(nn.Module):
+    """SumHead reading (N, C, H, W) images, as a model ported from PyTorch does."""
+
+    @nn.compact
+    def __call__(self, x):
+        return SumHead(name="head")(jnp.transpose(x, (0, 2, 3, 1)))
+
+
+def test_a_channels_first_batch_is_refused_where_maps_are_resized_to_it():
+    # Read as (N, H, W, C), a (1, 1, 8, 8) batch would give maps of shape (1, 8): the
+    # image plane is refused before anything runs, and upsample=False, which never reads
+    # it, gives the hand-computed map x + 5 at the layer.
+    x = jnp.arange(64.0).reshape(1, 1, 8, 8)
+    handle = A.flax_model(ChannelsFirstHead(), {"params": {"head": HEAD_VARS["params"]}})
+    for method in ALL_CAMS:
+        with pytest.raises(ValueError, match=rf"^{method.__name__}: x of shape \(1, 1, 8, 8\) "):
+            method(handle, x, 0, layer="head/features")
+    maps = A.grad_cam(handle, x, 0, layer="head/features", upsample=False)
+    np.testing.assert_allclose(maps[0], x[0, 0] + 5, rtol=1e-6)
+    with pytest.raises(ValueError, match="^full_grad: x of shape .* looks channels-first"):
+        A.full_grad(handle, x, 0)
+    with pytest.raises(ValueError, match="^xrai: x of shape .* looks channels-first"):
+        A.xrai(handle, x, 0, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="^occlusion: x of shape .* looks channels-first"):
+        A.occlusion(handle, x, 0, window=2)
+    with pytest.raises(ValueError, match="^feature_ablation: x of shape .* channels-first"):
+        A.explainer("feature_ablation", handle, patch=2)(x, 0)
+    with pytest.raises(ValueError, match="^square_patches: .* looks channels-first"):
+        A.square_patches(x.shape[1:], 2)
+    assert A.occlusion(handle, x, 0, window=(1, 2, 2)).shape == x.shape  # explicit: fine
+    with pytest.raises(ValueError, match="^layer_gradient_x_activation: .* channels-first"):
+        A.explainer("layer_gradient_x_activation", handle, layer="head/features")(x, 0)
+
+
+@pytest.mark.parametrize(
+    "shape, size",
+    [
+        ((2, 28, 28, 1), (28, 28)),
+        ((2, 28, 28), (28, 28)),
+        ((1, 3, 4, 4), (3, 4)),
+        ((1, 5, 9, 64), (5, 9)),
+        ((1, 5, 5, 16), (5, 5)),
+    ],
+)
+def test_image_size_reads_channels_last_images(shape, size):
+    assert A.core.image_size(np.zeros(shape), "m") == size
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 28, 28), (2, 3, 32, 32), (2, 4, 5, 5)])
+def test_image_size_refuses_channels_first_batches(shape):
+    with pytest.raises(ValueError, match="looks channels-first"):
+        A.core.image_size(np.zeros(shape), "m")
+
+
+@pytest.mark.parametrize("shape", [(2, 784), (2, 28, 28, 1, 1)])
+def test_image_size_refuses_what_is_not_an_image_batch(shape):
+    with pytest.raises(ValueError, match=r"must be \(N, H, W, C\) or \(N, H, W\)"):
+        A.core.image_size(np.zeros(shape), "m")
+
+
+class GreyHead(nn.Module):
+    """SumHead reading (N, H, W) images without a channel axis."""
+
+    @nn.compact
+    def __call__(self, x):
+        return SumHead(name="head")(x[..., None])
+
+
+def test_score_cam_masks_images_without_a_channel_axis_as_with_one():
+    x = jnp.arange(32.0).reshape(2, 4, 4) / 32
+    grey = A.score_cam(
+        (GreyHead(), {"params": {"head": HEAD_VARS["params"]}}), x, 1, layer="head/features"
+    )
+    assert grey.shape == (2, 4, 4)
+    np.testing.assert_allclose(
+        grey, A.score_cam((HEAD, HEAD_VARS), x[..., None], 1, layer="features"), rtol=1e-6
+    )
