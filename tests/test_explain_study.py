@@ -1,6 +1,7 @@
 """The explain study end to end on a synthetic smoke run."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -87,6 +88,21 @@ def test_rerun_reuses_results_and_other_config_is_refused(trained_run):
     other.batch_size = config.batch_size // 2
     studies.run_explain(other, trained_run)
     assert npz.stat().st_mtime_ns == before
+
+
+def test_a_run_trained_without_tensorboard_gets_no_events_from_explain(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("tensorboard", "explain*"))
+    record = json.loads((run / "config.json").read_text())
+    record["tensorboard"] = False
+    (run / "config.json").write_text(json.dumps(record))
+    config = configs.load("explain", "smoke")
+    config.methods = ("saliency",)
+    config.selection.kind = "indices"
+    config.selection.indices = (0, 1)
+    studies.run_explain(config, run)
+    assert list((run / "explain" / "sheets").glob("*.png"))
+    assert not (run / "tensorboard").exists()
 
 
 def test_explicit_indices_and_bad_ones(trained_run):

@@ -232,13 +232,15 @@ def run_explain(config: ml_collections.ConfigDict, workdir: str | Path) -> Expla
     result = explain_model(
         config, out, model, variables, split, epoch=epoch, model_name=run_config.model.name
     )
-    _sheets_to_tensorboard(workdir, config.output, out, epoch)
+    if run_config.get("tensorboard", True):
+        _sheets_to_tensorboard(workdir, config.output, out, epoch)
     return result
 
 
 def _sheets_to_tensorboard(workdir: Path, output: str, out: Path, epoch: int) -> None:
     """The run's TensorBoard gets the explained sheets as images (tag
-    `explain/<output>/<sheet>`, at the explained checkpoint's epoch)."""
+    `explain/<output>/<sheet>`, at the explained checkpoint's epoch), unless the run was
+    trained with `tensorboard=False`."""
     with EventLog(workdir / TENSORBOARD_DIR) as events:
         for sheet in sorted((out / "sheets").glob("*.png")):
             events.image(f"explain/{output}/{sheet.stem}", sheet, step=int(epoch or 0))
