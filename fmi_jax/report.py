@@ -341,11 +341,7 @@ def _agreement(maps: Mapping[str, np.ndarray], fraction: float) -> tuple[dict, n
         for m, v in maps.items()
     }
     spearman, per_example = evaluation.correlation_matrix(flat, method="spearman")
-    overlap = np.eye(len(names))
-    for i, a in enumerate(names):
-        for j in range(i + 1, len(names)):
-            value = evaluation.topk_overlap(flat[a], flat[names[j]], fraction=fraction)
-            overlap[i, j] = overlap[j, i] = float(np.mean(value))
+    overlap, _ = evaluation.overlap_matrix(flat, fraction=fraction)
     return {
         "methods": names,
         "spearman": spearman.tolist(),

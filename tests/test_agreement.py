@@ -60,6 +60,27 @@ def test_topk_overlap_known_answer():
     np.testing.assert_allclose(evaluation.topk_overlap(a, c, fraction=0.1, absolute=False), [0.0])
 
 
+def test_a_blank_map_has_no_top_features_and_is_left_out_of_the_mean():
+    # Two blank maps would share every top-k feature by index (overlap 1): NaN instead,
+    # and the matrix averages the examples where both maps rank something.
+    a = jnp.array([[9.0, 8.0, 7.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    b = jnp.array([[0.0, 8.0, 9.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(evaluation.topk_overlap(a, b, fraction=0.5), [0.5, np.nan])
+    mean, per = evaluation.overlap_matrix({"a": a, "b": b}, fraction=0.5)
+    np.testing.assert_array_equal(mean, [[1.0, 0.5], [0.5, 1.0]])
+    assert np.isnan(per[1, 0, 1])
+
+
+def test_maps_with_nan_are_refused_not_averaged_away():
+    good, bad = jnp.ones((2, 4)).at[:, 0].set(2.0), jnp.ones((2, 4)).at[1, 0].set(jnp.nan)
+    with pytest.raises(ValueError, match="NaN"):
+        evaluation.topk_overlap(good, bad)
+    with pytest.raises(ValueError, match=r"maps\['b'\] contains NaN"):
+        evaluation.correlation_matrix({"a": good, "b": bad})
+    with pytest.raises(ValueError, match="NaN"):
+        evaluation.overlap_matrix({"a": good, "b": bad})
+
+
 def test_correlation_matrix_is_symmetric_with_unit_diagonal():
     normal = testdata.normal
     key = jax.random.key(0)

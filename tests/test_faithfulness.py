@@ -794,6 +794,10 @@ def test_bad_inputs_raise():
         F.insertion_curve(linear_model(np.ones(3)), np.ones((2, 3)), 0, np.ones((2, 3)))
     with pytest.raises(ValueError, match="NaN"):
         F.deletion_curve(fn, x, 0, np.full_like(x, np.nan))
+    # (N, C, H, W) read as (N, H, W, C) would remove whole rows of one channel per "pixel".
+    first = np.ones((2, 3, 8, 8), np.float32)
+    with pytest.raises(ValueError, match=r"x of shape \(2, 3, 8, 8\) looks channels-first"):
+        F.deletion_curve(linear_model(np.ones(192)), first, 0, first)
     with pytest.raises(ValueError, match="2 points"):
         F.auc(np.ones((3, 1)))
     key = jax.random.key(0)

@@ -75,6 +75,31 @@ def test_jit_and_bad_input():
         L.relevance_mass_accuracy(np.full((1, 6), np.nan), MASKS[:1])
 
 
+def test_a_constant_map_points_nowhere_wherever_the_object_lies():
+    # All-zero maps tie everywhere: by index they would "find" an object in the first
+    # features (hit) and miss one in the last, so the answer is NaN for both.
+    blank = np.zeros((2, 6), np.float32)
+    masks = np.zeros((2, 6), bool)
+    masks[0, :2], masks[1, 4:] = True, True
+    for metric in (L.pointing_game, L.relevance_rank_accuracy, L.relevance_mass_accuracy):
+        assert np.isnan(metric(blank, masks)).all(), metric.__name__
+    assert np.isnan(L.top_k_intersection(blank, masks, k=2)).all()
+    np.testing.assert_array_equal(L.localisation_auc(blank, masks), [0.5, 0.5])
+    one_peak = blank.copy()
+    one_peak[:, 0] = 1.0
+    np.testing.assert_array_equal(L.pointing_game(one_peak, masks), [1.0, 0.0])
+
+
+def test_masks_must_be_boolean_or_zero_one():
+    np.testing.assert_array_equal(
+        L.pointing_game(MAPS, MASKS.astype(np.float32)), L.pointing_game(MAPS, MASKS)
+    )
+    with pytest.raises(ValueError, match=r"masks must be booleans or 0/1.*masks > 0.5"):
+        L.relevance_mass_accuracy(MAPS, MASKS * 0.999 + 1e-7)  # a resized mask's halo
+    with pytest.raises(ValueError, match="swapped"):
+        L.relevance_mass_accuracy(MASKS.astype(np.float32), MAPS)
+
+
 def test_focus_is_the_positive_share_on_the_marked_tiles():
     quadrants = np.array([[True, False, False, True], [False, True, True, False]])
     # Tiles top-left, top-right, bottom-left, bottom-right of a 6 x 4 map, one value

@@ -26,6 +26,7 @@ from fmi_jax.evaluation.adversarial import (
 from fmi_jax.evaluation.agreement import (
     average_ranks,
     correlation_matrix,
+    overlap_matrix,
     pearson,
     reduce_channels,
     spearman,
@@ -150,6 +151,7 @@ __all__ = [
     "consistency",
     "continuity",
     "correlation_matrix",
+    "overlap_matrix",
     "cross_entropy",
     "deletion_curve",
     "discrete_entropy",

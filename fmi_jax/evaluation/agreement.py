@@ -1,8 +1,8 @@
 """Agreement between attribution maps: correlations and top-k overlap.
 
 All functions take maps of shape (N, ...) (one map per example), flatten each
-example's map, and return one value per example; `correlation_matrix` reduces a
-dict of methods to an (M, M) matrix averaged over examples.
+example's map, and return one value per example; `correlation_matrix` and
+`overlap_matrix` reduce a dict of methods to an (M, M) matrix averaged over examples.
 
 * Pearson correlation of the flattened maps.
 * Spearman correlation: Pearson correlation of the ranks, with tied values given
@@ -13,23 +13,28 @@ dict of methods to an (M, M) matrix averaged over examples.
   top_k ranks features by |attribution| (by value with `absolute=False`); ties
   at the boundary are broken by feature index, so the result is deterministic.
 
-Constant maps have no defined correlation: the result is NaN for that example,
-which the averaging in `correlation_matrix` skips (and counts).
+Constant maps have no defined correlation and no top features: the result is NaN for
+that example, which the averaging in `correlation_matrix` skips (and counts). Maps
+holding NaN or Inf are refused: their NaN would be skipped the same way, unnoticed.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fmi_jax.attribution.core import check_finite
+
 __all__ = [
     "average_ranks",
     "correlation_matrix",
+    "overlap_matrix",
     "pearson",
     "reduce_channels",
     "spearman",
@@ -97,8 +102,11 @@ def spearman(a: jax.Array, b: jax.Array) -> jax.Array:
 def topk_overlap(
     a: jax.Array, b: jax.Array, *, fraction: float = 0.01, absolute: bool = True
 ) -> jax.Array:
-    """Per-example fraction of shared top-k features, shape (N,)."""
+    """Per-example fraction of shared top-k features, shape (N,); NaN where either map
+    is constant (it has no top features: by index, two blank maps would agree fully)."""
     _check_pair(a, b)
+    check_finite(a, "maps")
+    check_finite(b, "maps")
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     d = int(np.prod(a.shape[1:]))
@@ -118,7 +126,8 @@ def _topk_overlap(a, b, k, absolute):
         return jnp.zeros((d,), bool).at[idx].set(True)
 
     ma, mb = jax.vmap(top_mask)(fa), jax.vmap(top_mask)(fb)
-    return (ma & mb).sum(-1) / k
+    ranked = (fa.max(-1) > fa.min(-1)) & (fb.max(-1) > fb.min(-1))
+    return jnp.where(ranked, (ma & mb).sum(-1) / k, jnp.nan)
 
 
 def correlation_matrix(
@@ -133,15 +142,31 @@ def correlation_matrix(
     fns = {"pearson": pearson, "spearman": spearman}
     if method not in fns:
         raise ValueError(f"unknown correlation {method!r}; choose 'pearson' or 'spearman'")
+    return _pairwise(maps, fns[method])
+
+
+def overlap_matrix(
+    maps: Mapping[str, jax.Array], *, fraction: float = 0.01, absolute: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """(M, M) mean over examples of the per-example top-k overlaps (:func:`topk_overlap`),
+    and the per-example values ``(N, M, M)``; an example where a map is constant is NaN
+    there and left out of that entry's mean, as in :func:`correlation_matrix`."""
+    return _pairwise(maps, functools.partial(topk_overlap, fraction=fraction, absolute=absolute))
+
+
+def _pairwise(maps: Mapping[str, jax.Array], fn) -> tuple[np.ndarray, np.ndarray]:
     names = list(maps)
     if not names:
         raise ValueError("no maps given")
+    for name, m in maps.items():  # a NaN would read as undefined and be averaged away
+        check_finite(m, f"maps[{name!r}]")
     n = next(iter(maps.values())).shape[0]
     per = np.ones((n, len(names), len(names)), np.float64)
     for i, a in enumerate(names):
         for j in range(i + 1, len(names)):
-            c = np.asarray(fns[method](maps[a], maps[names[j]]), np.float64)
+            c = np.asarray(fn(maps[a], maps[names[j]]), np.float64)
             per[:, i, j] = per[:, j, i] = c
-    with np.errstate(invalid="ignore"):
-        mean = np.nanmean(per, axis=0) if np.isfinite(per).any() else per.mean(0)
+    with warnings.catch_warnings():  # an entry undefined for every example stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(per, axis=0)
     return mean, per

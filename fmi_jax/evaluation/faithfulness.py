@@ -242,6 +242,7 @@ from fmi_jax.attribution.core import (
     as_target,
     check_finite,
     example_keys,
+    image_size,
     map_over_samples,
     minmax_scale,
     require_key,
@@ -304,6 +305,7 @@ def _pixel_relevance(x: Array, attributions: Any) -> tuple[Array, tuple[int, ...
     broadcasts against one example of ``x`` (a trailing 1 for the channels of images)."""
     attributions = jnp.asarray(attributions, jnp.float32)
     if x.ndim == 4:
+        image_size(x, "pixel metrics")
         if attributions.shape == x.shape[:-1] + (1,):  # one channel: a CAM explainer's
             attributions = attributions[..., 0]
         elif attributions.shape == x.shape:

@@ -37,7 +37,12 @@ the faithfulness metrics do; otherwise maps and masks have the same shape.
   spreads its relevance evenly, 1 for one that finds only the class.
 
 Ranks break ties by feature index, lower first (as the faithfulness curves), except
-for the pointing game and the AUC, which treat ties symmetrically as above. All
+for the pointing game and the AUC, which treat ties symmetrically as above. A constant
+map (a dead layer's, an all-zero one) ranks nothing: the pointing game, rank accuracy
+and top-k intersection give it NaN rather than a hit decided by where the object lies
+(the AUC gives 0.5, relevance mass accuracy NaN for a map summing to 0). Masks must be
+booleans or 0/1: a resized soft mask is refused rather than read as every pixel
+non-zero. All
 functions but :func:`mosaics` (which checks its labels on the host) are jit-compatible
 (``k`` static).
 """
@@ -77,12 +82,26 @@ def _rows(attributions: Any, masks: Any) -> tuple[Array, Array]:
             "per map of the same shape, or per pixel (N, H, W) for images (N, H, W, C)"
         )
     check_finite(a, "attributions")
+    if s.dtype != bool and not isinstance(s, jax.core.Tracer):
+        values = np.unique(np.asarray(s))
+        if not np.isin(values, (0, 1)).all():
+            raise ValueError(
+                f"masks must be booleans or 0/1, got {s.dtype} values from {values.min()} "
+                f"to {values.max()}: threshold a resized or soft mask first (masks > 0.5); "
+                "are the maps and masks swapped?"
+            )
     n = a.shape[0]
     return a.reshape(n, -1), s.reshape(n, -1).astype(bool)
 
 
 def _nan_where_empty(values: Array, s: Array) -> Array:
     return jnp.where(s.any(1), values, jnp.nan)
+
+
+def _nan_where_constant(values: Array, a: Array) -> Array:
+    """NaN for a map that is the same everywhere: it ranks no feature above another,
+    so it has no maximum to point with and no top features to count."""
+    return jnp.where(a.max(1) > a.min(1), values, jnp.nan)
 
 
 def _top_ranked(a: Array, count: Array) -> Array:
@@ -96,10 +115,11 @@ def _top_ranked(a: Array, count: Array) -> Array:
 
 def pointing_game(attributions: Array, masks: Array) -> Array:
     """1.0 where the map's maximum lies in the mask, 0.0 where not, NaN for an empty
-    mask; shape ``(N,)`` (module docstring)."""
+    mask or a constant map; shape ``(N,)`` (module docstring)."""
     a, s = _rows(attributions, masks)
     at_max = a == a.max(1, keepdims=True)
-    return _nan_where_empty(jnp.any(at_max & s, axis=1).astype(jnp.float32), s)
+    hit = jnp.any(at_max & s, axis=1).astype(jnp.float32)
+    return _nan_where_constant(_nan_where_empty(hit, s), a)
 
 
 def relevance_mass_accuracy(attributions: Array, masks: Array) -> Array:
@@ -114,20 +134,20 @@ def relevance_mass_accuracy(attributions: Array, masks: Array) -> Array:
 
 def relevance_rank_accuracy(attributions: Array, masks: Array) -> Array:
     """Share of the ``K = |s|`` highest-ranked features that lie in the mask, per example,
-    shape ``(N,)``; NaN for an empty mask (module docstring)."""
+    shape ``(N,)``; NaN for an empty mask or a constant map (module docstring)."""
     a, s = _rows(attributions, masks)
     size = s.sum(1)
     hits = (_top_ranked(a, size) & s).sum(1)
-    return _nan_where_empty(hits / jnp.maximum(size, 1), s)
+    return _nan_where_constant(_nan_where_empty(hits / jnp.maximum(size, 1), s), a)
 
 
 def top_k_intersection(attributions: Array, masks: Array, *, k: int) -> Array:
     """Share of the ``k`` highest-ranked features that lie in the mask, per example,
-    shape ``(N,)``; NaN for an empty mask (module docstring)."""
+    shape ``(N,)``; NaN for an empty mask or a constant map (module docstring)."""
     a, s = _rows(attributions, masks)
     k = as_count(k, "k", maximum=a.shape[1])
     top = _top_ranked(a, jnp.full(a.shape[0], k, jnp.int32))
-    return _nan_where_empty((top & s).sum(1) / k, s)
+    return _nan_where_constant(_nan_where_empty((top & s).sum(1) / k, s), a)
 
 
 def localisation_auc(attributions: Array, masks: Array) -> Array:

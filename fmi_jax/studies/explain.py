@@ -169,13 +169,7 @@ def map_agreement(maps: dict[str, np.ndarray], fraction: float) -> dict[str, Any
     flat = {k: evaluation.reduce_channels(jnp.asarray(v), "sum") for k, v in maps.items()}
     pearson, pearson_per = evaluation.correlation_matrix(flat, method="pearson")
     spearman, spearman_per = evaluation.correlation_matrix(flat, method="spearman")
-    overlap = np.eye(len(names))
-    for i, a in enumerate(names):
-        for j in range(i + 1, len(names)):
-            value = float(
-                np.mean(evaluation.topk_overlap(flat[a], flat[names[j]], fraction=fraction))
-            )
-            overlap[i, j] = overlap[j, i] = value
+    overlap, _ = evaluation.overlap_matrix(flat, fraction=fraction)
     return {
         "methods": names,
         "pearson": pearson.tolist(),
