@@ -153,6 +153,29 @@ def test_layer_order_is_output_first(cnn):
     assert layer_order(variables["params"]) == ("head", "fc1", "conv2", "conv1")
 
 
+def test_nnx_state_needs_the_layers_named_output_first():
+    # NNX sorts a module's state by attribute name: 'classifier' before 'features'
+    # whatever the call order, so a default order read from it could be input first.
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.features = nnx.Linear(4, 3, rngs=rngs)
+            self.classifier = nnx.Linear(3, 2, rngs=rngs)
+
+    state = nnx.state(Net(nnx.Rngs(0)), nnx.Param)
+    assert list(state) == ["classifier", "features"]
+    for variables in (state, {"params": state}):
+        with pytest.raises(ValueError, match="NNX state is sorted by attribute name"):
+            layer_order(variables)
+    with pytest.raises(ValueError, match=r"for an NNX model pass \{'params'"):
+        cascading_randomization(None, {"classifier": 1}, jnp.ones((1, 4)), 0, jax.random.key(0))
+    randomized = randomize_layers({"params": state}, ["classifier"], jax.random.key(1))
+    assert not np.allclose(
+        randomized["params"]["classifier"]["kernel"], state["classifier"]["kernel"]
+    )
+
+
 def test_randomize_layers_touches_only_named_layers():
     model = get_model(
         "simple_cnn", features=(4,), pool=(True,), dense=(), num_classes=3, batch_norm=True

@@ -307,7 +307,11 @@ def _ssim(a, b, data_range, window, k1, k2, sample_covariance):
 
 def _params(variables: Mapping[str, Any]) -> Mapping[str, Any]:
     if "params" not in variables:
-        raise ValueError(f"variables have no 'params' collection (found {list(variables)})")
+        raise ValueError(
+            f"variables have no 'params' collection (found {list(variables)}); for an NNX "
+            "model pass {'params': nnx.state(model, nnx.Param)}, a make_explain that "
+            "merges it back (nnx.merge), and layers= output first"
+        )
     return variables["params"]
 
 
@@ -315,10 +319,18 @@ def layer_order(variables: Mapping[str, Any]) -> tuple[str, ...]:
     """Top-level parameter modules from the output back to the input.
 
     ``variables`` is a Flax variables dict (``{"params": ...}``) or its ``params``.
-    The order is that of the dict, i.e. module creation (call) order for Flax
-    modules, reversed: ``('head', 'fc1', 'conv2', 'conv1')`` for a SimpleCNN.
+    The order is that of the dict, i.e. module creation (call) order for Linen
+    modules, reversed: ``('head', 'fc1', 'conv2', 'conv1')`` for a SimpleCNN. NNX
+    state is sorted by attribute name, which says nothing of the call order: it is
+    refused, and the cascades then need ``layers=`` given output first.
     """
     params = variables["params"] if "params" in variables else variables
+    if type(params).__module__.startswith("flax.nnx"):
+        raise ValueError(
+            "NNX state is sorted by attribute name, not in call order, so the layers' "
+            "output-first order cannot be read from it: pass layers=(...) output first, "
+            "e.g. ('head', 'conv2', 'conv1')"
+        )
     return tuple(reversed(list(params)))
 
 
@@ -408,8 +420,8 @@ def _run(mode, make_explain, variables, x, target, key, layers, channels, window
             "model's predictions): with target=None every randomised model would "
             "explain its own predicted class"
         )
-    all_layers = layer_order(_params(variables))
-    layers = all_layers if layers is None else tuple(layers)
+    params = _params(variables)
+    layers = layer_order(params) if layers is None else tuple(layers)
     if not layers:
         raise ValueError("no layers to randomise")
     if len(set(layers)) != len(layers):
@@ -429,7 +441,7 @@ def _run(mode, make_explain, variables, x, target, key, layers, channels, window
     result["original_maps"], result["last_maps"] = original, maps
     result.update({m: jnp.stack(v) for m, v in per_layer.items()})
     result["mean"] = {m: jnp.nanmean(result[m], axis=1) for m in METRICS}
-    result["fully_randomized"] = mode == "cascading" and set(layers) == set(all_layers)
+    result["fully_randomized"] = mode == "cascading" and set(layers) == set(params)
     return result
 
 
