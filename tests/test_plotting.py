@@ -176,6 +176,13 @@ def test_save_writes_other_formats_by_suffix(tmp_path):
     assert plotting.save(fig, tmp_path / "cm.svg").read_text().lstrip().startswith("<?xml")
 
 
+def test_confusion_matrix_numbers_unnamed_classes_and_checks_the_names():
+    fig = plotting.confusion_matrix(np.eye(3), None)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0", "1", "2"]
+    with pytest.raises(ValueError, match="2 class names for 3 classes"):
+        plotting.confusion_matrix(np.eye(3), ["a", "b"])
+
+
 def test_curves_name_their_axis_and_a_method_without_data():
     fig = plotting.faithfulness_curves(
         {"ig": {"SIC": np.linspace(0, 1, 11)}, "cam": {"SIC": np.full(11, np.nan)}},
@@ -314,6 +321,50 @@ def test_layer_grid_and_class_gallery_share_one_scale():
         )
         _check_blends(*fig.axes[:2], scale)
         assert len(_colorbars(fig)) == (1 if scale == "shared" else 2)
+
+
+def test_layer_grid_keeps_the_sign_of_signed_layer_maps():
+    # A signed layer method (layer IG): left half negative, right half positive. Drawn
+    # as magnitudes both halves would look alike; by default the grid draws the signs.
+    signed = np.ones((1, 8, 8))
+    signed[:, :, :4] = -1.0
+    fig = plotting.layer_grid(np.zeros((1, 8, 8)), {"conv": signed}, outlier_percentile=0)
+    rgb = np.asarray(fig.axes[1].images[0].get_array())
+    left, right = rgb[:, :4].mean((0, 1)), rgb[:, 4:].mean((0, 1))
+    assert left[2] > left[0] and right[0] > right[2]  # blue negative, red positive
+    assert fig._suptitle.get_text() == "each layer's map"
+    cam = plotting.layer_grid(np.zeros((1, 8, 8)), {"conv": np.abs(signed)}, method="Grad-CAM")
+    assert cam._suptitle.get_text() == "Grad-CAM of each layer"
+    rgb = np.asarray(cam.axes[1].images[0].get_array())
+    np.testing.assert_allclose(rgb[:, :4], rgb[:, 4:])  # magnitudes: the halves alike
+
+
+def test_agreement_matrices_share_one_scale_and_mark_undefined_entries():
+    # Without negative entries the scale stays [-1, 1]: 0 is white in every matrix.
+    overlap = np.array([[1.0, 0.0], [0.0, 1.0]])
+    spearman = np.array([[1.0, np.nan], [np.nan, 1.0]])
+    fig = plotting.agreement_matrices({"overlap": overlap, "Spearman": spearman}, ["a", "b"])
+    for ax in fig.axes[:2]:
+        assert ax.images[0].get_clim() == (-1, 1)
+    image = fig.axes[0].images[0]
+    np.testing.assert_allclose(image.cmap(image.norm(0.0))[:3], [0.97, 0.97, 0.97], atol=0.03)
+    assert "n/a" in [t.get_text() for t in fig.axes[1].texts]
+
+
+def test_class_gallery_refuses_labels_without_a_name():
+    with pytest.raises(ValueError, match=r"labels hold classes \[3\] without a name"):
+        plotting.class_gallery(np.zeros((2, 8, 8)), np.ones((2, 8, 8)), [0, 3], ["a", "b", "c"])
+
+
+def test_a_map_that_does_not_fit_its_image_is_refused():
+    image, cam = np.zeros((16, 20)), np.ones((1, 16, 20))  # a batch of one map
+    with pytest.raises(ValueError, match=r"\(1, 16, 20\): one map of a batch"):
+        plotting.heatmap(cam)
+    with pytest.raises(ValueError, match="one map of a batch"):
+        plotting.sign_modes(image, cam)
+    with pytest.raises(ValueError, match=r"map of \(H, W\) \(4, 5\) does not fit"):
+        plotting.blend(image, np.ones((4, 5)))  # a layer's map, not resized
+    assert plotting.blend(np.zeros((16, 20, 3)), np.ones((16, 20, 3))).shape == (16, 20, 3)
 
 
 def test_sign_modes_shared_scale_shows_the_balance_of_signs():

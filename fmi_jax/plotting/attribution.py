@@ -59,6 +59,11 @@ UNITS = {
 
 def _as_hw(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a, np.float64)
+    if a.ndim == 3 and a.shape[0] <= 4 < a.shape[-1]:
+        raise ValueError(
+            f"expected an (H, W) or (H, W, C) map, got shape {a.shape}: one map of a "
+            "batch (pass maps[i]) or a channels-first (C, H, W) map?"
+        )
     if a.ndim == 3:
         return a.sum(-1)
     if a.ndim != 2:
@@ -161,6 +166,11 @@ def blend(
     `scale` is as in :func:`heatmap`.
     """
     h = heatmap(attr, sign=sign, outlier_percentile=outlier_percentile, scale=scale)
+    if h.shape != np.shape(image)[:2]:
+        raise ValueError(
+            f"a map of (H, W) {h.shape} does not fit an image of shape {np.shape(image)}: "
+            "resize the map to the image first (a CAM's upsample=True)"
+        )
     cmap = colormaps[CMAPS[sign]]
     colours = cmap((h + 1) / 2 if sign == "all" else h)[..., :3]
     base = _rgb(image).mean(-1, keepdims=True) * np.ones(3)  # grey: colour belongs to the map
@@ -391,6 +401,12 @@ def class_gallery(
     maps drawn. Saved when `path` is given.
     """
     images, maps, labels = np.asarray(images), np.asarray(maps), np.asarray(labels)
+    unnamed = sorted({int(c) for c in labels if not 0 <= c < len(class_names)})
+    if unnamed:
+        raise ValueError(
+            f"labels hold classes {unnamed} without a name in class_names "
+            f"({len(class_names)} names): their examples would be left out of the gallery"
+        )
     sign = sign or default_sign(maps)
     classes = [c for c in range(len(class_names)) if (labels == c).any()]
     if not classes:
@@ -424,6 +440,9 @@ def class_gallery(
 def _cell_label(ax, image, i: int, j: int, value: float) -> None:
     """A matrix cell's value, in white on dark cells and black on light ones (by the
     luminance of the cell's own colour), so it stays readable at both ends of a map."""
+    if not np.isfinite(value):  # undefined (a constant map): a grey cell
+        ax.text(j, i, "n/a", ha="center", va="center", fontsize=6, color="black")
+        return
     r, g, b, _ = image.cmap(image.norm(value))
     ink = "white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black"
     ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6, color=ink)
@@ -432,14 +451,16 @@ def _cell_label(ax, image, i: int, j: int, value: float) -> None:
 def agreement_matrices(
     matrices: Mapping[str, np.ndarray], names: Sequence[str], path: str | Path | None = None
 ) -> Figure:
-    """Side-by-side method-by-method matrices (correlations in [-1, 1], overlaps in [0, 1]).
-    Saved when `path` is given."""
+    """Side-by-side method-by-method matrices (correlations in [-1, 1], overlaps in [0, 1]),
+    all on one diverging scale from -1 to 1, so that 0 (no agreement) is white in every
+    matrix and run; an undefined entry (NaN) is a grey cell marked n/a. Saved when
+    `path` is given."""
     fig = new_figure(figsize=(1.2 + 3.6 * len(matrices), 1.4 + 0.45 * len(names)))
     axes = fig.subplots(1, len(matrices), squeeze=False)
+    cmap = colormaps["RdBu_r"].with_extremes(bad="#bdbdbd")
     for ax, (title, m) in zip(axes[0], matrices.items()):
         m = np.asarray(m, np.float64)
-        lo = -1 if (m < 0).any() else 0
-        im = ax.imshow(m, cmap="RdBu_r" if lo < 0 else "viridis", vmin=lo, vmax=1)
+        im = ax.imshow(m, cmap=cmap, vmin=-1, vmax=1)
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
         ax.set_yticks(range(len(names)), names, fontsize=7)
         for i in range(len(names)):
@@ -511,8 +532,8 @@ def layer_grid(
     path: str | Path | None = None,
     *,
     row_titles: Sequence[str] | None = None,
-    method: str = "Grad-CAM",
-    sign: str = "absolute",
+    method: str | None = None,
+    sign: str | None = None,
     scale: str | float = "each",
     colorbar: bool = False,
     outlier_percentile: float = 1.0,
@@ -524,6 +545,9 @@ def layer_grid(
       maps: layer name -> ``(N, H, W)`` maps (already resized to the input), in the
         order the columns should appear (first layer first).
       row_titles: a label per sample (e.g. true and predicted class).
+      method: the method's name, for the title ("<method> of each layer").
+      sign: a sign mode (:data:`SIGNS`); None chooses from the maps, 'all' when any
+        is negative (a signed layer method), else 'absolute' (a CAM).
       scale, colorbar: as in :func:`explanation_sheet`; 'shared' is over every
         layer and sample, so that layers' magnitudes can be compared.
       path: saved there when given.
@@ -535,6 +559,8 @@ def layer_grid(
     for layer in layers:
         if len(maps[layer]) != n:
             raise ValueError(f"{layer}: {len(maps[layer])} maps for {n} images")
+    if sign is None:
+        sign = "all" if any(np.min(maps[layer]) < 0 for layer in layers) else "absolute"
     cells = [(layer, i) for i in range(n) for layer in layers]
     values = dict(
         zip(
@@ -561,6 +587,6 @@ def layer_grid(
                 ax.set_title(layer, fontsize=9)
     if one_bar:
         _colorbar(fig, sign, values[cells[0]], cax=cax)
-    fig.suptitle(f"{method} of each layer", fontsize=11)
+    fig.suptitle("each layer's map" if method is None else f"{method} of each layer", fontsize=11)
     fig.tight_layout()
     return finish(fig, path)

@@ -48,14 +48,21 @@ def training_curves(
 
 def confusion_matrix(
     confusion: np.ndarray,
-    class_names: Sequence[str],
+    class_names: Sequence[str] | None = None,
     path: str | Path | None = None,
     *,
     title: str = "confusion matrix",
     normalize: bool = True,
 ) -> Figure:
-    """Heat map of a confusion matrix (rows: true class, columns: predicted)."""
+    """Heat map of a confusion matrix (rows: true class, columns: predicted); classes are
+    numbered when `class_names` is None."""
     cm = np.asarray(confusion, dtype=np.float64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"a confusion matrix is square (classes, classes), got {cm.shape}")
+    if class_names is None:
+        class_names = [str(c) for c in range(len(cm))]
+    if len(class_names) != len(cm):
+        raise ValueError(f"{len(class_names)} class names for {len(cm)} classes")
     shown = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1) if normalize else cm
     n = len(cm)
     fig = new_figure(figsize=(1.0 + 0.65 * n, 0.8 + 0.6 * n))
