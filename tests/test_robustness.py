@@ -337,6 +337,25 @@ def test_target_none_is_the_predicted_class(mlp):
         max_sensitivity(ixg, x, None, key)
 
 
+def test_a_method_not_bound_to_its_model_is_refused_with_the_binding():
+    # saliency(x, target, key) would read the images as the model and the targets as the
+    # images; the error names the explainer to build instead of the targets' dtype.
+    from fmi_jax import attribution
+    from fmi_jax.evaluation import coherency, random_logit
+
+    key, x = jax.random.key(0), jnp.ones((2, 3))
+    bind = r"explain is the method saliency\(fn, x, ...\) itself.*explainer\('saliency', fn"
+    for metric in (max_sensitivity, local_lipschitz, relative_input_stability):
+        with pytest.raises(ValueError, match=rf"^{metric.__name__}: {bind}"):
+            metric(attribution.saliency, x, 0, key)
+    with pytest.raises(ValueError, match=f"^coherency: {bind}"):
+        coherency(attribution.saliency, x, 0, key)
+    with pytest.raises(ValueError, match=f"^random_logit: {bind}"):
+        random_logit(attribution.saliency, x, 0, key, num_classes=3)
+    with pytest.raises(ValueError, match="explain must be a function"):
+        max_sensitivity("saliency", x, 0, key)
+
+
 def test_bad_inputs_are_refused(linear):
     fn, x, target, grad = linear
     key = jax.random.key(0)

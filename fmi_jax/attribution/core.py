@@ -38,6 +38,7 @@ with ``impl='rbg'`` or ``'unsafe_rbg'`` do not promise it.)
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import operator
@@ -59,6 +60,7 @@ __all__ = [
     "as_input",
     "image_size",
     "require_key",
+    "check_explain",
     "refuse_baseline",
     "check_finite",
     "as_rows",
@@ -274,6 +276,26 @@ def as_count(value: Any, name: str, minimum: int = 1, maximum: int | None = None
     if count < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {count}")
     return count
+
+
+def check_explain(explain: Any, where: str) -> None:
+    """ValueError unless ``explain`` can be an :class:`Explain`, ``explain(x, target, key)
+    -> maps``: an attribution method itself (whose first argument is the model) would
+    take the images for the model and the targets for the images, and fail far from
+    the mistake, so it is refused with the binding to make."""
+    if not callable(explain):
+        raise ValueError(f"{where}: explain must be a function explain(x, target, key)")
+    try:
+        first = next(iter(inspect.signature(explain).parameters), None)
+    except (TypeError, ValueError):  # a builtin or a C function: nothing to read
+        return
+    if first in ("fn", "model"):
+        name = getattr(explain, "__name__", "method")
+        raise ValueError(
+            f"{where}: explain is the method {name}(fn, x, ...) itself; pass it bound to "
+            f"the model, explain(x, target, key) -> maps: "
+            f"attribution.explainer({name!r}, fn, **options)"
+        )
 
 
 def _is_logits(out: Any, num_examples: int) -> bool:

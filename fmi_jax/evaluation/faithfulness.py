@@ -202,7 +202,8 @@ shape of ``x``, and ``m`` pixels per step.
   uniform one (the maximum); an all-zero map counts as uniform, as for sparseness. Low
   is concise. Effective complexity (Nguyen & Martínez, "On quantitative aspects of
   model interpretability", 2020, arXiv:2007.07584; Quantus' ``EffectiveComplexity``)
-  counts the features with ``|a_i| > eps``. The discrete entropy (Hedström et al.,
+  counts the features with ``|a_i| > eps``, ``eps`` in the map's units (Quantus
+  normalises the maps first: divide by the peak for its count). The discrete entropy (Hedström et al.,
   "Sanity checks revisited: an exploration to repair the model parameter randomisation
   test", XAI in Action workshop, NeurIPS 2023, arXiv:2401.06465; Quantus'
   ``discrete_entropy``) is the entropy of the histogram of a map's values, the
@@ -240,6 +241,7 @@ from fmi_jax.attribution.core import (
     as_input,
     as_rows,
     as_target,
+    check_explain,
     check_finite,
     example_keys,
     image_size,
@@ -1728,6 +1730,7 @@ def coherency(
     Returns:
       float32 ``(N,)`` in ``[0, 1]``; 0 where a map is constant.
     """
+    check_explain(explain, "coherency")
     return _coherency_parts(
         explain, x, target, key, attributions, fn, scale, batch_size, "coherency"
     )[2]
@@ -1755,6 +1758,7 @@ def adcc(
     Returns:
       :class:`Adcc` of float32 ``(N,)`` arrays: ``adcc`` and its three parts.
     """
+    check_explain(explain, "adcc")
     target, scaled, coherent = _coherency_parts(
         explain, x, target, key, attributions, fn, scale, batch_size, "adcc"
     )
@@ -1820,6 +1824,7 @@ def arcc(
     Returns:
       :class:`Arcc` of float32 ``(N,)`` arrays: ``arcc`` and its three parts.
     """
+    check_explain(explain, "arcc")
     x = as_input(x)
     if x.ndim != 4:
         raise ValueError(f"arcc needs images (N, H, W, C), got input shape {x.shape}")
@@ -1897,7 +1902,14 @@ def _as_eps(eps: Any) -> float:
 
 
 def effective_complexity(attributions: Array, *, eps: float = 1e-5) -> Array:
-    """How many features of each example have ``|a_i| > eps``, shape ``(N,)``, int32."""
+    """How many features of each example have ``|a_i| > eps``, shape ``(N,)``, int32.
+
+    ``eps`` is in the map's own units, so the count depends on its scale (a trained
+    model's small gradients may all fall below 1e-5). Quantus' ``EffectiveComplexity``
+    normalises the maps first (its default ``normalise=True``, by the batch's largest
+    ``|a|``): ``effective_complexity(a / abs(a).max())`` is that count, and dividing
+    each map by its own peak makes the threshold relative per example (docs/captum.md).
+    """
     threshold = _as_eps(eps)
     return jnp.sum(_absolute_rows(attributions) > threshold, axis=1, dtype=jnp.int32)
 

@@ -153,6 +153,7 @@ from fmi_jax.attribution.core import (
     as_number,
     as_rows,
     as_target,
+    check_explain,
     check_finite,
     example_keys,
     map_over_samples,
@@ -384,6 +385,7 @@ def max_sensitivity(
       ValueError: a bad target, ``target=None`` without ``fn``, maps without leading
         axis ``N``, or NaN/Inf in the inputs.
     """
+    check_explain(explain, "max_sensitivity")
     ratios = _uniform_sensitivity(
         "max_sensitivity",
         explain,
@@ -418,6 +420,7 @@ def avg_sensitivity(
     of the maximum (Yeh et al.'s ``SENS_AVG``; Quantus' ``AvgSensitivity``, whose
     defaults are radius 0.2 and 200 samples). Arguments and result as
     :func:`max_sensitivity`; with the same key it never exceeds it."""
+    check_explain(explain, "avg_sensitivity")
     ratios = _uniform_sensitivity(
         "avg_sensitivity",
         explain,
@@ -456,6 +459,7 @@ def local_lipschitz(
     scales it. For ``Phi(x) = c x`` it is exactly ``|c|``. Other arguments and the
     result as :func:`max_sensitivity` (``x'`` explains the same class as ``x``).
     """
+    check_explain(explain, "local_lipschitz")
     stdev = _as_scale(stdev, "stdev")
     if stdev == 0:
         raise ValueError("stdev must be > 0: the estimate divides by the input's change")
@@ -571,7 +575,8 @@ def continuity(
       steps: the number of translations of Quantus' grid (``nr_steps``).
       shifts: explicit shifts (ints) instead of the grid.
       axis: the axis of one example to translate along (``-2``: the width of
-        ``(H, W, C)`` images).
+        ``(H, W, C)`` images; for ``(H, W)`` images without a channel axis the width
+        is ``-1``, and ``-2`` their height).
       fill: ``'min'`` (each example's minimum) or a number.
       fn: the model, for ``target=None`` and ``keep_prediction``.
       keep_prediction: count only translations that keep the predicted class.
@@ -580,6 +585,7 @@ def continuity(
     Returns:
       float32 array ``(N,)``.
     """
+    check_explain(explain, "continuity")
     x = as_input(x)
     if x.ndim < 2:
         raise ValueError(f"continuity translates examples along an axis: x has shape {x.shape}")
@@ -696,6 +702,7 @@ def relative_input_stability(
       ValueError: no ``fn``, ``minval > maxval``, ``eps_min <= 0``, a bad target or
         norm, maps without leading axis ``N``, or NaN/Inf in the inputs.
     """
+    check_explain(explain, "relative_input_stability")
     return _relative_stability(
         "relative_input_stability",
         explain,
@@ -738,6 +745,7 @@ def relative_output_stability(
     ``h(x)``, as in Quantus' ``RelativeOutputStability``. Perturbations, the condition on
     the predicted class and every argument as :func:`relative_input_stability` (``fn`` is
     required)."""
+    check_explain(explain, "relative_output_stability")
     return _relative_stability(
         "relative_output_stability",
         explain,
@@ -787,6 +795,7 @@ def relative_representation_stability(
     :func:`relative_output_stability` (absolute change). Perturbations, the condition on
     the predicted class and every other argument as :func:`relative_input_stability`
     (``fn`` is required)."""
+    check_explain(explain, "relative_representation_stability")
     if representation is None or not callable(representation):
         raise ValueError(
             "relative_representation_stability needs representation=, a function from a "

@@ -201,6 +201,7 @@ from fmi_jax.attribution.core import (
     as_number,
     as_rows,
     as_target,
+    check_explain,
     example_keys,
     map_over_samples,
     minmax_scale,
@@ -427,7 +428,9 @@ def _run(mode, make_explain, variables, x, target, key, layers, channels, window
     if len(set(layers)) != len(layers):
         raise ValueError(f"layers repeat a name: {layers}")
     param_key, explain_key = jax.random.split(key)
-    original = _as_2d(make_explain(variables)(x, target, explain_key), channels)
+    explain = make_explain(variables)
+    check_explain(explain, f"{mode}_randomization: make_explain(variables)")
+    original = _as_2d(explain(x, target, explain_key), channels)
     per_layer = {m: [] for m in METRICS}
     for i, name in enumerate(layers):
         chosen = layers[: i + 1] if mode == "cascading" else (name,)
@@ -552,7 +555,9 @@ def efficient_mprt(
     x = as_input(x)
     param_key, explain_key = jax.random.split(key)
     what = "make_explain(variables) must return maps (N, ...)"
-    original = as_rows(make_explain(variables)(x, target, explain_key), x, what, min_ndim=2)
+    explain = make_explain(variables)
+    check_explain(explain, "efficient_mprt: make_explain(variables)")
+    original = as_rows(explain(x, target, explain_key), x, what, min_ndim=2)
     randomized = make_explain(randomize_layers(variables, layers, param_key))
     randomized = as_rows(randomized(x, target, explain_key), x, what, min_ndim=2)
     if randomized.shape != original.shape:
@@ -565,7 +570,9 @@ def entropy_rise(original: jax.Array, randomized: jax.Array, *, bins: int = 100)
     maps already computed, e.g. a cascade's ``original_maps`` and ``last_maps`` (its
     last model is :func:`efficient_mprt`'s with the same key and layers). ``H`` is
     :func:`~fmi_jax.evaluation.faithfulness.discrete_entropy` with ``bins`` bins; NaN
-    where the original map is constant."""
+    where the original map is constant. A cascade's maps are reduced over channels
+    (its ``channels``), where :func:`efficient_mprt` bins every channel's values: the
+    two agree for one-channel maps, not for RGB maps."""
     before = discrete_entropy(original, bins=bins)
     after = discrete_entropy(randomized, bins=bins)
     return jnp.where(before > 0, (after - before) / jnp.where(before > 0, before, 1.0), jnp.nan)
@@ -694,6 +701,7 @@ def random_logit(
         unknown ``similarity`` or ``channels``, maps without leading axis ``N``, maps
         SSIM cannot compare, or NaN/Inf in ``x``.
     """
+    check_explain(explain, "random_logit")
     if similarity not in METRICS:
         raise ValueError(
             f"unknown similarity {similarity!r}; choose 'ssim', 'spearman' or 'spearman_abs'"
@@ -796,7 +804,9 @@ def input_invariance(
     x = as_input(x)
     target = resolve_target(fn, x, target)
     what = "make_explain(model_fn) must return maps (N, ...)"
-    original = as_rows(make_explain(fn)(x, target, key), x, what)
+    explain = make_explain(fn)
+    check_explain(explain, "input_invariance: make_explain(model_fn)")
+    original = as_rows(explain(x, target, key), x, what)
     moved = x + jnp.float32(shift)
     shifted = as_rows(make_explain(lambda z: fn(z - shift))(moved, target, key), x, what)
     if shifted.shape != original.shape:
