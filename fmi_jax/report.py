@@ -82,6 +82,7 @@ def report(
     batch_size: int | None = None,
     topk_fraction: float = 0.1,
     max_sheets: int | None = None,
+    images: Any = None,
     title: str = "Attribution report",
 ) -> Path:
     """Explains `x` with every method in `methods` and writes the report under `out`.
@@ -104,6 +105,9 @@ def report(
         every method that takes ``batch_size`` (unless its options set one).
       topk_fraction: the fraction of pixels whose overlap the agreement counts.
       max_sheets: draw sheets for the first `max_sheets` examples only (None: all).
+      images: what the sheets draw under the maps, ``(N, H, W)`` or ``(N, H, W, C)``
+        in [0, 1], e.g. the photos before their per-channel normalisation; by default
+        each image of `x` min-max scaled, which cannot undo a per-channel one.
       title: the page title.
 
     Returns:
@@ -131,6 +135,18 @@ def report(
     if x.ndim not in (3, 4) or x.shape[0] == 0:
         raise ValueError(f"x must be images (N, H, W) or (N, H, W, C), got shape {x.shape}")
     n = x.shape[0]
+    if images is not None:
+        images = np.asarray(as_input(images, "images"))
+        if images.shape[:3] != x.shape[:3] or images.ndim not in (3, 4):
+            raise ValueError(
+                f"images of shape {images.shape} do not fit x of shape {x.shape}: give one "
+                "image (N, H, W) or (N, H, W, C) per example"
+            )
+        if images.min() < 0 or images.max() > 1:
+            raise ValueError(
+                f"images must be in [0, 1] for display, got values from {images.min():g} "
+                f"to {images.max():g}"
+            )
     if labels is not None:
         labels = np.asarray(labels)
         if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
@@ -192,7 +208,7 @@ def report(
     for i in range(n if max_sheets is None else min(int(max_sheets), n)):
         sheets.append(f"sheets/{i}.png")
         plotting.explanation_sheet(
-            _for_display(x[i]),
+            _for_display(x[i]) if images is None else images[i],
             {m: maps[m][i] for m in names},
             path=out / sheets[-1],
             title=_caption(i, stats, short=True),
@@ -442,7 +458,9 @@ def _write_page(out: Path, stats: Mapping[str, Any], sheets: Sequence[str], titl
             paragraphs=[
                 f"Mean over the {n} images of the Spearman rank correlation of the "
                 f"channel-summed maps, and of the fraction of the top "
-                f"{100 * a['topk_fraction']:g}% pixels (by |attribution|) two maps share.",
+                f"{100 * a['topk_fraction']:g}% pixels (by |attribution|) two maps share; "
+                "an image where one of the two maps is constant ranks nothing and is "
+                "left out of that pair's mean.",
             ],
             images=[Image("agreement.png", f"Agreement of {', '.join(names)}")],
         ),
@@ -452,7 +470,8 @@ def _write_page(out: Path, stats: Mapping[str, Any], sheets: Sequence[str], titl
             Section(
                 "Examples",
                 paragraphs=[
-                    "Per image: the input (min-max scaled for display), each method's map "
+                    f"Per image{'' if len(sheets) == n else f' (the first {len(sheets)} of {n})'}: "
+                    "the input (min-max scaled for display unless images were given), each method's map "
                     "and its overlay, the map's sum, completeness gap and largest |value|, "
                     "and the Spearman correlations between methods on this image.",
                 ],

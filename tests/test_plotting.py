@@ -356,6 +356,17 @@ def test_class_gallery_refuses_labels_without_a_name():
         plotting.class_gallery(np.zeros((2, 8, 8)), np.ones((2, 8, 8)), [0, 3], ["a", "b", "c"])
 
 
+def test_images_outside_the_unit_range_are_flagged_and_uint8_is_read_as_0_to_255():
+    attr = np.ones((4, 4))
+    with pytest.warns(UserWarning, match=r"values from -1 to 2 are clipped"):
+        plotting.blend(np.linspace(-1, 2, 16).reshape(4, 4), attr)
+    grey = np.full((4, 4), 0.5)
+    np.testing.assert_allclose(
+        plotting.blend(np.full((4, 4), 255, np.uint8), attr), plotting.blend(np.ones((4, 4)), attr)
+    )
+    assert not np.allclose(plotting.blend(grey, attr), plotting.blend(np.ones((4, 4)), attr))
+
+
 def test_a_map_that_does_not_fit_its_image_is_refused():
     image, cam = np.zeros((16, 20)), np.ones((1, 16, 20))  # a batch of one map
     with pytest.raises(ValueError, match=r"\(1, 16, 20\): one map of a batch"):

@@ -19,6 +19,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+from fmi_jax import report as report_module
 from fmi_jax.plotting import html as page
 from fmi_jax.report import report
 from tests import testdata
@@ -135,6 +136,8 @@ def test_bad_input_is_refused_with_one_line(tmp_path):
         (dict(methods=("saliency",), options={"occlusion": {}}), "occlusion.*not among"),
         (dict(methods=("saliency",), x=(x * 255).astype(jnp.uint8)), "dtype uint8.*astype"),
         (dict(methods=("saliency",), x=x[0]), r"without its batch axis: pass x\[None\]"),
+        (dict(methods=("saliency",), images=x[:2]), r"images of shape \(2, 8, 8, 1\) do not fit"),
+        (dict(methods=("saliency",), images=x - 0.5), r"images must be in \[0, 1\] for display"),
     ]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message) as error:
@@ -163,6 +166,27 @@ def test_probabilities_instead_of_logits_are_flagged(tmp_path, caplog):
         with caplog.at_level(logging.WARNING):
             report(fn, x, methods=("saliency",), out=tmp_path / str(flagged), max_sheets=0)
         assert ("they look like probabilities" in caplog.text) is flagged
+
+
+def test_sheets_draw_the_images_given_else_x_min_max_scaled(tmp_path, monkeypatch):
+    # Standardised inputs (mean 0, std 1 per channel): min-max scaling cannot undo a
+    # per-channel normalisation, so the photos as they were can be given for display.
+    drawn = []
+
+    def sheet(image, maps, *, path, **kwargs):
+        drawn.append(image)
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"")
+
+    monkeypatch.setattr(report_module.plotting, "explanation_sheet", sheet)
+    photos = _images()
+    x = (photos - 0.5) / 0.25
+    report(_linear_model(), x, methods=("saliency",), out=tmp_path / "a", images=photos)
+    np.testing.assert_allclose(np.stack(drawn), photos, rtol=1e-6)
+    drawn.clear()
+    report(_linear_model(), x, methods=("saliency",), out=tmp_path / "b")
+    lo, hi = x.min(axis=(1, 2, 3), keepdims=True), x.max(axis=(1, 2, 3), keepdims=True)
+    np.testing.assert_allclose(np.stack(drawn), (x - lo) / (hi - lo), rtol=1e-5)
 
 
 def test_a_previous_report_is_replaced(tmp_path, written):

@@ -19,6 +19,7 @@ Conventions (numpy in, Figure out; a PNG only when given a path):
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -72,7 +73,17 @@ def _as_hw(a: np.ndarray) -> np.ndarray:
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:
-    image = np.clip(np.asarray(image, np.float64), 0.0, 1.0)
+    image = np.asarray(image)
+    if image.dtype == np.uint8:  # 0..255, as matplotlib reads them
+        image = image / 255.0
+    image = np.asarray(image, np.float64)
+    if image.size and (image.min() < -1e-3 or image.max() > 1 + 1e-3):
+        warnings.warn(
+            f"images are drawn in [0, 1]; values from {image.min():.3g} to {image.max():.3g} "
+            "are clipped (pass the images before their normalisation)",
+            stacklevel=3,
+        )
+    image = np.clip(image, 0.0, 1.0)
     if image.ndim == 2:
         image = image[..., None]
     if image.shape[-1] == 1:
