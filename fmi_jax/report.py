@@ -20,7 +20,9 @@ measures, per method:
   logit difference ``f_t(x) - f_t(x')``, which is reported beside it for scale;
 * **agreement** with every other method: the mean over examples of the Spearman rank
   correlation and of the top-k overlap of the channel-summed maps
-  (:mod:`fmi_jax.evaluation.agreement`).
+  (:mod:`fmi_jax.evaluation.agreement`). Spearman ranks signed values, so a signed map
+  (IG) and a non-negative one (a CAM) can correlate near 0 while they agree on where
+  the evidence is; the top-k overlap ranks by ``|value|`` and shows that agreement.
 
 It writes under `out`:
 

@@ -6,9 +6,10 @@ with pyplot, so it is safe in notebooks and headless). Given ``path``, the figur
 written there atomically (creating the parent folders). In a notebook, a returned figure
 is shown once by ending a cell with it or by ``IPython.display.display(fig)``.
 
-Figures with several attribution maps take ``scale='each'`` (every map scaled to its
-own percentile) or ``scale='shared'`` (one scale for all, so magnitudes compare), and
-``colorbar=True`` for the scale in the maps' units.
+Figures that draw several attribution maps over images (``sign_modes``,
+``explanation_sheet``, ``layer_grid``, ``class_gallery``) take ``scale='each'`` (every
+map scaled to its own percentile) or ``scale='shared'`` (one scale for all, so
+magnitudes compare), and ``colorbar=True`` for the scale in the maps' units.
 """
 
 from fmi_jax.plotting._base import save
