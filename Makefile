@@ -19,13 +19,8 @@ TEST_MAX_WORKERS ?= 4
 # `make test` loads most of what the first compiled. `JAX_CACHE=` turns it off. Nothing is
 # evicted (JAX's size cap rescans the folder on every write): `rm -rf .cache` clears it.
 JAX_CACHE ?= .cache/jax
-# XLA's CPU backend at LLVM optimisation level 0: the suite's tiny programs are compiled
-# far more often than they run, and compiling them unoptimised takes a quarter to a half
-# less time (docs/performance.md); `TEST_XLA_FLAGS=` compiles as users do.
-TEST_XLA_FLAGS ?= --xla_backend_optimization_level=0
 TEST_ENV := $(if $(JAX_CACHE),JAX_COMPILATION_CACHE_DIR=$(abspath $(JAX_CACHE)) \
-  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0) \
-  $(if $(TEST_XLA_FLAGS),XLA_FLAGS="$(strip $(XLA_FLAGS) $(TEST_XLA_FLAGS))")
+  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0)
 # Exact versions of everything installed (see constraints.txt); `CONSTRAINTS=` drops them.
 CONSTRAINTS ?= constraints.txt
 PIP_CONSTRAINTS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
