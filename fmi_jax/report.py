@@ -108,7 +108,7 @@ def report(
       topk_fraction: the fraction of pixels whose overlap the agreement counts.
       max_sheets: draw sheets for the first `max_sheets` examples only (None: all).
       images: what the sheets draw under the maps, ``(N, H, W)`` or ``(N, H, W, C)``
-        in [0, 1], e.g. the photos before their per-channel normalisation; by default
+        in [0, 1] (or uint8), e.g. the photos before their per-channel normalisation; by default
         each image of `x` min-max scaled, which cannot undo a per-channel one.
       title: the page title.
 
@@ -138,6 +138,9 @@ def report(
         raise ValueError(f"x must be images (N, H, W) or (N, H, W, C), got shape {x.shape}")
     n = x.shape[0]
     if images is not None:
+        images = np.asarray(images)
+        if images.dtype == np.uint8:  # photos as read, 0..255
+            images = images / 255.0
         images = np.asarray(as_input(images, "images"))
         if images.shape[:3] != x.shape[:3] or images.ndim not in (3, 4):
             raise ValueError(

@@ -61,8 +61,8 @@ def test_topk_overlap_known_answer():
 
 
 def test_a_blank_map_has_no_top_features_and_is_left_out_of_the_mean():
-    # Two blank maps would share every top-k feature by index (overlap 1): NaN instead,
-    # and the matrix averages the examples where both maps rank something.
+    # A blank map ranks nothing (by index it would share every top-k feature with another
+    # blank map): NaN, and the matrix averages the examples where both maps rank something.
     a = jnp.array([[9.0, 8.0, 7.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
     b = jnp.array([[0.0, 8.0, 9.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
     np.testing.assert_array_equal(evaluation.topk_overlap(a, b, fraction=0.5), [0.5, np.nan])

@@ -76,8 +76,8 @@ def test_jit_and_bad_input():
 
 
 def test_a_constant_map_points_nowhere_wherever_the_object_lies():
-    # All-zero maps tie everywhere: by index they would "find" an object in the first
-    # features (hit) and miss one in the last, so the answer is NaN for both.
+    # All-zero maps tie everywhere: their maximum is every feature (a hit for any mask)
+    # and their top features by index are the first ones, so every answer is NaN.
     blank = np.zeros((2, 6), np.float32)
     masks = np.zeros((2, 6), bool)
     masks[0, :2], masks[1, 4:] = True, True

@@ -184,6 +184,10 @@ def test_sheets_draw_the_images_given_else_x_min_max_scaled(tmp_path, monkeypatc
     report(_linear_model(), x, methods=("saliency",), out=tmp_path / "a", images=photos)
     np.testing.assert_allclose(np.stack(drawn), photos, rtol=1e-6)
     drawn.clear()
+    as_read = np.round(np.asarray(photos) * 255).astype(np.uint8)  # photos as read
+    report(_linear_model(), x, methods=("saliency",), out=tmp_path / "u", images=as_read)
+    np.testing.assert_allclose(np.stack(drawn), as_read / 255, rtol=1e-6)
+    drawn.clear()
     report(_linear_model(), x, methods=("saliency",), out=tmp_path / "b")
     lo, hi = x.min(axis=(1, 2, 3), keepdims=True), x.max(axis=(1, 2, 3), keepdims=True)
     np.testing.assert_allclose(np.stack(drawn), (x - lo) / (hi - lo), rtol=1e-5)

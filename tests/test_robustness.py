@@ -1,6 +1,8 @@
 """Infidelity and max-sensitivity (Yeh et al. 2019), the local Lipschitz estimate and
 relative stability (Agarwal et al. 2022) with known answers."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -339,12 +341,12 @@ def test_target_none_is_the_predicted_class(mlp):
 
 def test_a_method_not_bound_to_its_model_is_refused_with_the_binding():
     # saliency(x, target, key) would read the images as the model and the targets as the
-    # images; the error names the explainer to build instead of the targets' dtype.
+    # images: the error names the explainer to build.
     from fmi_jax import attribution
     from fmi_jax.evaluation import coherency, random_logit
 
     key, x = jax.random.key(0), jnp.ones((2, 3))
-    bind = r"explain is the method saliency\(fn, x, ...\) itself.*explainer\('saliency', fn"
+    bind = r"explain takes the model first, saliency\(fn, x, ...\).*explainer\('saliency', fn"
     for metric in (max_sensitivity, local_lipschitz, relative_input_stability):
         with pytest.raises(ValueError, match=rf"^{metric.__name__}: {bind}"):
             metric(attribution.saliency, x, 0, key)
@@ -354,6 +356,11 @@ def test_a_method_not_bound_to_its_model_is_refused_with_the_binding():
         random_logit(attribution.saliency, x, 0, key, num_classes=3)
     with pytest.raises(ValueError, match="explain must be a function"):
         max_sensitivity("saliency", x, 0, key)
+    by_keyword = functools.partial(attribution.saliency, fn=lambda z: z)  # still first
+    with pytest.raises(ValueError, match=rf"^max_sensitivity: {bind}"):
+        max_sensitivity(by_keyword, x, 0, key)
+    bound = attribution.explainer("saliency", lambda z: jnp.stack([z.sum(-1), -z.sum(-1)], 1))
+    assert max_sensitivity(bound, x, 0, key, samples=2).shape == (2,)
 
 
 def test_bad_inputs_are_refused(linear):

@@ -290,10 +290,11 @@ def check_explain(explain: Any, where: str) -> None:
     except (TypeError, ValueError):  # a builtin or a C function: nothing to read
         return
     if first in ("fn", "model"):
-        name = getattr(explain, "__name__", "method")
+        inner = getattr(explain, "func", explain)  # a functools.partial names its function
+        name = getattr(inner, "__name__", type(inner).__name__)
         raise ValueError(
-            f"{where}: explain is the method {name}(fn, x, ...) itself; pass it bound to "
-            f"the model, explain(x, target, key) -> maps: "
+            f"{where}: explain takes the model first, {name}({first}, x, ...); it is called "
+            f"explain(x, target, key): bind the model first, "
             f"attribution.explainer({name!r}, fn, **options)"
         )
 

@@ -11,7 +11,8 @@ the faithfulness metrics do; otherwise maps and masks have the same shape.
 * Pointing game (Zhang, Bargal, Lin, Brandt, Shen & Sclaroff, "Top-down neural
   attention by excitation backprop", IJCV 2018, arXiv:1608.00507): 1 if the map's
   maximum lies in the mask, else 0. When several features share the maximum, one of
-  them in the mask is a hit (Quantus' rule). The paper also counts a hit within 15
+  them in the mask is a hit (Quantus' rule), unless all do: a constant map is NaN
+  here, where Quantus counts it a hit (below). The paper also counts a hit within 15
   pixels of the region; here the mask is the region (dilate it for a tolerance).
 * Relevance mass accuracy (Arras, Osman & Samek, "CLEVR-XAI: A benchmark dataset for
   the ground truth evaluation of neural network explanations", Information Fusion
@@ -38,11 +39,12 @@ the faithfulness metrics do; otherwise maps and masks have the same shape.
 
 Ranks break ties by feature index, lower first (as the faithfulness curves), except
 for the pointing game and the AUC, which treat ties symmetrically as above. A constant
-map (a dead layer's, an all-zero one) ranks nothing: the pointing game, rank accuracy
-and top-k intersection give it NaN rather than a hit decided by where the object lies
-(the AUC gives 0.5, relevance mass accuracy NaN for a map summing to 0). Masks must be
-booleans or 0/1: a resized soft mask is refused rather than read as every pixel
-non-zero. All
+map (a dead layer's, an all-zero one) ranks nothing and points nowhere: the pointing
+game, rank accuracy and top-k intersection give it NaN, where ties would make it a hit
+for any mask (the pointing game's rule above, and Quantus') or one decided by where the
+object lies (ranks by index); the AUC gives it 0.5, relevance mass accuracy NaN for a
+map summing to 0. Masks must be booleans or 0/1: a resized soft mask is refused rather
+than read as every pixel non-zero (checked on concrete masks, outside ``jax.jit``). All
 functions but :func:`mosaics` (which checks its labels on the host) are jit-compatible
 (``k`` static).
 """
@@ -82,9 +84,9 @@ def _rows(attributions: Any, masks: Any) -> tuple[Array, Array]:
             "per map of the same shape, or per pixel (N, H, W) for images (N, H, W, C)"
         )
     check_finite(a, "attributions")
-    if s.dtype != bool and not isinstance(s, jax.core.Tracer):
-        values = np.unique(np.asarray(s))
-        if not np.isin(values, (0, 1)).all():
+    if s.dtype != bool and not isinstance(s, jax.core.Tracer):  # concrete masks only
+        values = np.asarray(s)
+        if not ((values == 0) | (values == 1)).all():
             raise ValueError(
                 f"masks must be booleans or 0/1, got {s.dtype} values from {values.min()} "
                 f"to {values.max()}: threshold a resized or soft mask first (masks > 0.5); "

@@ -323,7 +323,8 @@ def layer_order(variables: Mapping[str, Any]) -> tuple[str, ...]:
     The order is that of the dict, i.e. module creation (call) order for Linen
     modules, reversed: ``('head', 'fc1', 'conv2', 'conv1')`` for a SimpleCNN. NNX
     state is sorted by attribute name, which says nothing of the call order: it is
-    refused, and the cascades then need ``layers=`` given output first.
+    refused, and the cascades then need ``layers=`` given output first (so does a plain
+    dict made from it, ``nnx.to_pure_dict``, which keeps the sorted order unnoticed).
     """
     params = variables["params"] if "params" in variables else variables
     if type(params).__module__.startswith("flax.nnx"):

@@ -233,8 +233,8 @@ def run_explain(config: ml_collections.ConfigDict, workdir: str | Path) -> Expla
 
 def _sheets_to_tensorboard(workdir: Path, output: str, out: Path, epoch: int) -> None:
     """The run's TensorBoard gets the explained sheets as images (tag
-    `explain/<output>/<sheet>`, at the explained checkpoint's epoch), unless the run was
-    trained with `tensorboard=False`."""
+    `explain/<output>/<sheet>`, at the explained checkpoint's epoch); called only for a
+    run trained with TensorBoard on."""
     with EventLog(workdir / TENSORBOARD_DIR) as events:
         for sheet in sorted((out / "sheets").glob("*.png")):
             events.image(f"explain/{output}/{sheet.stem}", sheet, step=int(epoch or 0))
