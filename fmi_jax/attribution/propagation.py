@@ -25,7 +25,9 @@ of ReLU, y = max(z, 0), whose ordinary derivative is g_in = g_out * [z > 0]:
 A ReLU is any ``max(z, c)`` of one input-dependent operand z and an input-independent
 c (``jax.nn.relu``, ``flax.linen.relu``, ``jnp.maximum(z, 0)``); for c != 0 it is a
 shifted ReLU and the mask is [z > c]. Every other node keeps its ordinary derivative:
-other activations (leaky ReLU, GELU, SiLU, sigmoid, ...), ``max`` of two
+other activations (leaky ReLU, GELU, SiLU, sigmoid, ...), including those computed
+with a ``max`` inside (softplus, mish, log-sigmoid and CELU: ``jax.nn``'s functions and
+any function with a custom derivative that does more than clamp run whole), ``max`` of two
 input-dependent values, ``min``/``clamp`` (the cap of ReLU6), and max pooling, whose
 gradient routes g_out to the argmax of each window. Captum's counterparts
 (``captum.attr.GuidedBackprop``, ``captum.attr.Deconvolution``) hook ``torch.nn.ReLU``
@@ -464,12 +466,45 @@ def _relu_rule(backward: Callable[[Array, Array, Array], Array]) -> Rule:
     return rule
 
 
+# jax.nn's functions other than the ReLUs, by the name their jit call carries: some hold
+# a max that is not a ReLU (softplus is max(z, 0) + log1p(exp(-|z|)), CELU adds a
+# ReLU to its negative part), so they run whole, with their ordinary derivative.
+_NOT_RELUS = frozenset(n for n in dir(jax.nn) if not n.startswith("_")) - {"relu", "relu6"}
+
+
+def _only_clamps(jaxpr: jax_core.Jaxpr) -> bool:
+    """Whether ``jaxpr``, nested calls included, only clamps (max and min, casts): the
+    body of ``jax.nn.relu`` and ``relu6``."""
+    return all(
+        _only_clamps(inner_jaxpr(e)[0])
+        if e.primitive.name in CALLS
+        else e.primitive.name in ("max", "min", "convert_element_type", "broadcast_in_dim")
+        for e in jaxpr.eqns
+    )
+
+
+def _activation_call(eqn: jax_core.JaxprEqn, operands: list[Any]) -> list[Any] | None:
+    """A nested call that is an activation but not a ReLU, run whole with its ordinary
+    derivative: a function with a custom derivative whose body does more than clamp
+    (``jnp.logaddexp``, under softplus, mish and log-sigmoid), or one of ``jax.nn``'s
+    functions by name; None (interpret it, ReLU rule included) for anything else."""
+    name = eqn.primitive.name
+    if name in ("custom_jvp_call", "custom_vjp_call"):
+        return None if _only_clamps(inner_jaxpr(eqn)[0]) else on_every_branch(eqn, operands)
+    if name == "jit" and eqn.params.get("name") in _NOT_RELUS:
+        return on_every_branch(eqn, operands)
+    return None
+
+
 _GUIDED_BACKPROP = Interpreter(
     "guided_backprop",
     {"max": _relu_rule(lambda g, z, c: jnp.where(z > c, jnp.maximum(g, 0), 0))},
+    call_rule=_activation_call,
 )
 _DECONVOLUTION = Interpreter(
-    "deconvolution", {"max": _relu_rule(lambda g, z, c: jnp.maximum(g, 0))}
+    "deconvolution",
+    {"max": _relu_rule(lambda g, z, c: jnp.maximum(g, 0))},
+    call_rule=_activation_call,
 )
 
 

@@ -125,6 +125,34 @@ def test_other_nonlinearities_keep_their_gradient():
     np.testing.assert_allclose(compiled(deconvolution, fn, X, TARGET), gradient, rtol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "activation",
+    [jax.nn.softplus, jax.nn.mish, jax.nn.log_sigmoid, jax.nn.celu, lambda z: jnp.logaddexp(z, 0)],
+    ids=["softplus", "mish", "log_sigmoid", "celu", "logaddexp"],
+)
+def test_activations_computed_with_a_max_inside_keep_their_gradient(activation):
+    # softplus is max(z, 0) + log1p(exp(-|z|)) inside: given the ReLU rule, that max
+    # would flip the sign of negative gradients (guided) or exceed softplus' slope of 1
+    # (deconvolution). As in Captum, which hooks ReLU modules only, the model without a
+    # ReLU has its plain gradient under both.
+    fn = lambda x: activation(activation(x @ W1) @ W2) @ W3
+    gradient = jax.jit(lambda x: A.saliency(fn, x, TARGET))(X)
+    np.testing.assert_allclose(compiled(guided_backprop, fn, X, TARGET), gradient, rtol=1e-5)
+    np.testing.assert_allclose(compiled(deconvolution, fn, X, TARGET), gradient, rtol=1e-5)
+
+
+def test_a_relu_next_to_softplus_still_gets_the_rule():
+    # relu(softplus(x W1) W2) W3 by hand: the guided rule at the ReLU, softplus' own
+    # derivative (the logistic sigmoid) below it.
+    fn = lambda x: jax.nn.relu(jax.nn.softplus(x @ W1) @ W2) @ W3
+    z1 = X @ W1
+    z2 = np.logaddexp(z1, 0) @ W2
+    g = np.maximum(W3[:, TARGET].T, 0) * (z2 > 0)
+    expected = ((g @ W2.T) / (1 + np.exp(-z1))) @ W1.T
+    guided = compiled(guided_backprop, fn, X, TARGET)
+    np.testing.assert_allclose(guided, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_a_jitted_model_is_interpreted_as_one_program_that_later_calls_reuse(lowerings):
     """A model function that is one jitted call (a model handle, ``jax.jit(apply)``) is
     interpreted in one compiled program per method and options: called eagerly it gives
