@@ -5,9 +5,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 from fmi_jax import train
 from fmi_jax.train import loop as loop_lib
+from fmi_jax.train.input_pipeline import DeviceDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,3 +62,32 @@ def test_benchmark_imports_no_private_name_of_the_loop():
         and ast.unparse(node.value) in loop_aliases
     ]
     assert private == []
+
+
+@pytest.mark.parametrize(
+    "images, labels, message",
+    [
+        (np.zeros((4, 8, 8, 1), np.float32), [0, 1, 2, 0], r"uint8 images.*np.round"),
+        (np.zeros((4, 1, 8, 8), np.uint8), [0, 1, 2, 0], r"channels last.*transpose"),
+        (np.zeros((4, 8, 8), np.uint8), [0, 1, 2, 0], r"add a channel axis"),
+        (np.zeros((4, 8, 8, 1), np.uint8), np.eye(4, 3, dtype=int), r"one-hot.*argmax"),
+        (np.zeros((4, 8, 8, 1), np.uint8), [0, 1, -1, 0], r"labels must be in \[0, 3\)"),
+        (np.zeros((4, 8, 8, 1), np.uint8), [0, 1, 3, 0], r"from 0 to 3"),
+    ],
+    ids=["float", "channels-first", "no-channel-axis", "one-hot", "negative", "too-large"],
+)
+def test_training_data_a_model_would_misread_is_refused(images, labels, message):
+    # A label of 3 for a 3-class model would be dropped from the confusion matrix (and
+    # -1 would count as class 2), so accuracy would be computed over the others.
+    with pytest.raises(ValueError, match=message):
+        DeviceDataset.from_numpy(images, np.asarray(labels), num_classes=3)
+    assert len(DeviceDataset.from_numpy(np.zeros((2, 8, 8, 3), np.uint8), np.array([0, 2]))) == 2
+
+
+def test_a_model_with_other_classes_than_the_data_is_refused_before_writing(
+    tmp_path, synthetic_config
+):
+    config = synthetic_config(**{"model.num_classes": 5})
+    with pytest.raises(ValueError, match=r"model.num_classes is 5.*num_classes=10"):
+        train.train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "config.json").exists()

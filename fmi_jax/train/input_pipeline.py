@@ -36,11 +36,42 @@ class DeviceDataset:
     labels: jax.Array
 
     @classmethod
-    def from_numpy(cls, images: np.ndarray, labels: np.ndarray, device=None) -> DeviceDataset:
+    def from_numpy(
+        cls,
+        images: np.ndarray,
+        labels: np.ndarray,
+        device=None,
+        *,
+        num_classes: int | None = None,
+    ) -> DeviceDataset:
+        """Checks and places the arrays; labels must be class indices in
+        ``[0, num_classes)`` (a label outside would be dropped from the confusion
+        matrix, or wrap round to another class, without an error)."""
+        images, labels = np.asarray(images), np.asarray(labels)
         if images.dtype != np.uint8:
-            raise ValueError(f"DeviceDataset wants uint8 images, got {images.dtype}")
+            raise ValueError(
+                f"DeviceDataset wants uint8 images in [0, 255], got {images.dtype}: the "
+                "training steps divide by 255 (to_float); convert, e.g. "
+                "np.round(images * 255).astype(np.uint8) for images in [0, 1]"
+            )
+        if images.ndim != 4 or images.shape[1] <= 4 < images.shape[3]:
+            raise ValueError(
+                f"DeviceDataset wants images (N, H, W, C), channels last, got shape "
+                f"{images.shape}: add a channel axis (images[..., None]) or transpose "
+                "channels-first images (images.transpose(0, 2, 3, 1))"
+            )
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(
+                f"labels must be class indices (N,) of an integer dtype, got {labels.dtype} "
+                f"of shape {labels.shape} (one-hot labels: labels.argmax(-1))"
+            )
+        if len(labels) and (labels.min() < 0 or (num_classes and labels.max() >= num_classes)):
+            classes = f"[0, {num_classes})" if num_classes else "[0, classes)"
+            raise ValueError(
+                f"labels must be in {classes}, got values from {labels.min()} to {labels.max()}"
+            )
         return cls(jax.device_put(images, device), jax.device_put(labels.astype(np.int32), device))
 
     def __len__(self) -> int:

@@ -108,6 +108,11 @@ FREE = ("progress", "tensorboard")
 
 @dataclasses.dataclass
 class TrainResult:
+    """What `train_and_evaluate` returns. `state` is the last epoch's; `summary`'s test
+    metrics are the best epoch's (`best_epoch`, chosen on validation), the checkpoint
+    `evaluate.restore_model(workdir)` loads by default: explain that one to explain
+    the reported model."""
+
     state: TrainState
     history: list[dict[str, Any]]
     best_epoch: int | None
@@ -449,6 +454,13 @@ def train_and_evaluate(
     )
     ckpt.check_architecture(identity)  # before anything in workdir is written
     model = model_from_config(config.model)
+    outputs = getattr(model, "num_classes", None)  # the zoo's models say how many
+    if isinstance(outputs, int) and outputs != train_ds.num_classes:
+        raise ValueError(
+            f"model.num_classes is {outputs}, but {config.data.name!r} has "
+            f"{train_ds.num_classes} classes: set --config.model.num_classes="
+            f"{train_ds.num_classes}"
+        )
     # Checked all that is cheap to check: now the workdir is this config's.
     (runs.claim if main_process else runs.check)(
         workdir,

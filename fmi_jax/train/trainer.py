@@ -317,10 +317,13 @@ class Trainer:
         # A mesh: both replicated on it; batches are sharded inside the jitted steps.
         self._place = jax.devices()[0] if mesh is None else parallel.replicated(mesh)
         self._data_place = None if mesh is None else self._place
+        self.model = model if model is not None else model_from_config(config.model)
+        # The classes the model scores, where it says (the zoo's models do): every label
+        # must be one of them.
+        self._num_classes = getattr(self.model, "num_classes", None)
         self.data = self.device_dataset(images, labels)
         self.batch_size = int(config.batch_size)
         self.steps_per_epoch = self.data.steps_per_epoch(self.batch_size)
-        self.model = model if model is not None else model_from_config(config.model)
         self.task = tasks_lib.task_from_config(config)
         tx, self.schedule = optim.make_optimizer(config, self.steps_per_epoch)
         init_key, data_key, train_key = jax.random.split(jax.random.key(config.seed), 3)
@@ -364,7 +367,10 @@ class Trainer:
 
     def device_dataset(self, images: np.ndarray, labels: np.ndarray) -> DeviceDataset:
         """Images and labels on the device(s), placed as the training data is."""
-        return DeviceDataset.from_numpy(images, np.asarray(labels), self._data_place)
+        classes = self._num_classes if isinstance(self._num_classes, int) else None
+        return DeviceDataset.from_numpy(
+            images, np.asarray(labels), self._data_place, num_classes=classes
+        )
 
     # ------------------------------------------------------------------ compiles
     def _runner(self, steps: int) -> CountingJit:
