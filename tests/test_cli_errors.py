@@ -198,6 +198,14 @@ def test_each_rule_names_the_field_and_what_it_allows(synthetic_config, field, v
     assert "\n" not in str(info.value)
 
 
+def test_adam_with_weight_decay_is_refused_as_it_would_ignore_it(synthetic_config):
+    config = synthetic_config(optimizer="adam", weight_decay=5e-4)
+    with pytest.raises(ValueError, match=r"optimizer 'adam' has no weight decay.*'adamw'"):
+        validation.validate_train_config(config)
+    validation.validate_train_config(synthetic_config(optimizer="adam", weight_decay=0.0))
+    validation.validate_train_config(synthetic_config(optimizer="adamw", weight_decay=5e-4))
+
+
 def test_only_fields_that_exist_are_checked():
     validation.validate_train_config({"batch_size": 8, "model": {"features": (8,)}})
     with pytest.raises(ValueError, match="num_epochs"):

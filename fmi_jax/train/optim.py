@@ -4,9 +4,11 @@ Config fields read (all under the run config):
   optimizer:      'adamw' | 'adam' | 'sgd' (sgd uses `momentum`, Nesterov when `nesterov`)
   learning_rate:  peak learning rate
   schedule:       'constant' | 'cosine' | 'onecycle'
-  warmup_epochs:  linear warm-up before 'constant' and 'cosine' (may be fractional)
+  warmup_epochs:  linear warm-up before 'constant' and 'cosine' (may be fractional);
+                  'onecycle' has its own warm-up and ignores it
   weight_decay:   decoupled weight decay on kernels only (no decay of biases or
-                  batch-norm scales, the usual practice since Loshchilov & Hutter 2019)
+                  batch-norm scales, the usual practice since Loshchilov & Hutter 2019),
+                  for 'adamw' and 'sgd'; 'adam' has none (validation refuses it there)
   grad_clip_norm: clip the global gradient norm when > 0
   frozen:         parameter paths ('autoencoder', 'autoencoder/encoder') that are
                   not updated at all: no step, no weight decay

@@ -76,7 +76,8 @@ def validate_train_config(config: Any) -> None:
     num_epochs >= 1, learning_rate a number > 0, model.name and data.name registered
     names; label_smoothing and model.dropout in [0, 1), augment.erasing in [0, 1];
     warmup_epochs, weight_decay, grad_clip_norm, augment.crop_padding and
-    data.split_seed >= 0. Fields a config does not have are not checked."""
+    data.split_seed >= 0; no weight_decay with optimizer 'adam', which would ignore it.
+    Fields a config does not have are not checked."""
     _positive_int(config, "batch_size")
     _positive_int(config, "eval_batch_size")
     _positive_int(config, "num_epochs")
@@ -96,6 +97,11 @@ def validate_train_config(config: Any) -> None:
     _fraction(config.get("augment") or {}, "erasing", "config.augment", closed=True)
     for field in ("warmup_epochs", "weight_decay", "grad_clip_norm"):
         require_at_least(config, field, 0, integer=False, optional=True)
+    if config.get("optimizer") == "adam" and config.get("weight_decay"):
+        raise ConfigValueError(
+            f"config.weight_decay is {config.weight_decay}, but optimizer 'adam' has no "
+            "weight decay: set --config.weight_decay=0, or use 'adamw' (decoupled decay)"
+        )
     _positive_int(config, "steps_per_dispatch")
     augment = config.get("augment") or {}
     require_at_least(augment, "crop_padding", 0, where="config.augment", optional=True)
