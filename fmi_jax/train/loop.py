@@ -102,8 +102,9 @@ __all__ = [
 # continue the run), and each growth is recorded in extensions.jsonl.
 EXTENDABLE = ("num_epochs",)
 # Config fields a workdir with checkpoints accepts changed (or absent from its record):
-# they do not touch results.
-FREE = ("progress", "tensorboard")
+# they do not touch results (the evaluation's batch size only the rounding of its summed
+# loss; lower it after running out of memory and the run resumes).
+FREE = ("progress", "tensorboard", "eval_batch_size")
 
 
 @dataclasses.dataclass
