@@ -1,6 +1,7 @@
 """`fmi_jax.train.Trainer`: the object `train_and_evaluate` and the benchmark both train with."""
 
 import ast
+import re
 from pathlib import Path
 
 import jax
@@ -91,3 +92,27 @@ def test_a_model_with_other_classes_than_the_data_is_refused_before_writing(
     with pytest.raises(ValueError, match=r"model.num_classes is 5.*num_classes=10"):
         train.train_and_evaluate(config, tmp_path / "run")
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_the_guides_own_model_and_data_example_runs_and_its_model_can_be_explained():
+    """The guide's "Your own model and data" block, as written, then its last sentence:
+    the trained state explained through a Linen handle."""
+    text = (ROOT / "docs" / "guide.md").read_text()
+    start = text.index("**Your own model and data.**")
+    (block,) = re.findall(r"```python\n(.*?)```", text[start : text.index("\n## ", start)], re.S)
+    namespace: dict = {"__name__": "guide"}
+    exec(compile(block, "docs/guide.md", "exec"), namespace)  # noqa: S102
+    metrics, stats = namespace["metrics"], namespace["stats"]
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and np.isfinite(stats.mean("loss"))
+    assert stats.epoch == 2 and namespace["trainer"].dispatches > 0
+
+    from fmi_jax import attribution
+
+    trainer, net = namespace["trainer"], namespace["Net"]()
+    fn = attribution.flax_model(net, {"params": trainer.state.params}, train=False)
+    x = namespace["images"][:4].astype(np.float32) / 255
+    np.testing.assert_allclose(
+        fn(x), net.apply({"params": trainer.state.params}, x), rtol=1e-6, atol=1e-6
+    )
+    assert attribution.saliency(fn, x).shape == x.shape
