@@ -116,3 +116,22 @@ def test_the_guides_own_model_and_data_example_runs_and_its_model_can_be_explain
         fn(x), net.apply({"params": trainer.state.params}, x), rtol=1e-6, atol=1e-6
     )
     assert attribution.saliency(fn, x).shape == x.shape
+
+
+def test_a_model_without_the_train_flag_or_not_linen_is_refused_with_the_signature(
+    synthetic_config,
+):
+    import flax.linen as nn
+    from flax import nnx
+
+    class NoFlag(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3)(x.reshape(len(x), -1))
+
+    images, labels = np.zeros((8, 4, 4, 1), np.uint8), np.zeros(8, int)
+    with pytest.raises(ValueError, match=r"NoFlag.__call__ must take a `train` keyword"):
+        train.Trainer(synthetic_config(batch_size=4), images, labels, model=NoFlag())
+    with pytest.raises(ValueError, match="trains Linen modules.*got Linear"):
+        model = nnx.Linear(16, 3, rngs=nnx.Rngs(0))
+        train.Trainer(synthetic_config(batch_size=4), images, labels, model=model)

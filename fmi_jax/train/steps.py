@@ -11,6 +11,7 @@ batches also carry a float `mask` so the last, padded batch has the same shape.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import flax.linen as nn
@@ -37,6 +38,7 @@ class TrainState(train_state.TrainState):
 def create_train_state(
     model: nn.Module, key: jax.Array, image_shape: tuple[int, ...], tx: optax.GradientTransformation
 ) -> TrainState:
+    _check_trainable(model)
     x = jnp.zeros((1, *image_shape), jnp.float32)
     variables = models.init_variables(model, key, x, train=False)
     state = TrainState.create(
@@ -48,6 +50,25 @@ def create_train_state(
     # flax starts `step` as a Python int; after one update it is a weak-typed array,
     # which would make the second call of the jitted step compile again.
     return state.replace(step=jnp.zeros((), jnp.int32))
+
+
+def _check_trainable(model: Any) -> None:
+    """A Linen module whose call takes the `train` flag the steps pass (True in training:
+    dropout on, batch statistics updated; False in evaluation)."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(
+            f"the training loop trains Linen modules (flax.linen.Module), got "
+            f"{type(model).__name__}"
+        )
+    parameters = inspect.signature(type(model).__call__).parameters
+    if "train" not in parameters and not any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    ):
+        raise ValueError(
+            f"{type(model).__name__}.__call__ must take a `train` keyword (True in the "
+            "training steps: dropout on, batch statistics updated), e.g. "
+            "def __call__(self, x, train: bool = False)"
+        )
 
 
 def global_norm(tree: Any) -> jax.Array:
