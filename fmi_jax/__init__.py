@@ -12,6 +12,8 @@ Layers (a lower layer never imports a higher one):
                        function.
   fmi_jax.evaluation   metrics of attributions.
   fmi_jax.plotting     numpy in, matplotlib Figure out (a PNG when given a path).
+  fmi_jax.layout       the one rule that tells channels-first images from
+                       channels-last ones, for every layer that takes images.
   fmi_jax.report       `report(fn, x, methods=..., out=...)`: maps, numbers and an
                        offline HTML page for any model (above attribution,
                        evaluation and plotting, like the studies).

@@ -124,6 +124,7 @@ FORBIDDEN_IMPORTS = {
     "fmi_jax/data": ("fmi_jax.models", "fmi_jax.train", "fmi_jax.attribution"),
     "fmi_jax/studies": ("fmi_jax.benchmark",),
     "fmi_jax/runs.py": ("jax", "fmi_jax"),
+    "fmi_jax/layout.py": ("jax", "numpy", "fmi_jax"),
 }
 
 

@@ -51,6 +51,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from fmi_jax.layout import looks_channels_first
+
 __all__ = [
     "Array",
     "ModelFn",
@@ -197,12 +199,11 @@ def image_size(x: Any, method: str) -> tuple[int, int]:
     a method that works over the image (a CAM resized to the input, patches, segments)
     draws on.
 
-    Channels come last, as in Flax. A 4-D batch whose second axis could be channels
-    (at most 4) and whose last axis could not (more than 4) is refused, because read
-    as ``(N, H, W, C)`` it would give maps of ``(C, H)`` instead of ``(H, W)``: a
-    channels-first model's images are explained by a model that transposes them
-    inside, fed channels-last. The rule refuses no image taller than 4 pixels and no
-    channels-last image of up to 4 channels.
+    Channels come last, as in Flax. A 4-D batch that looks channels-first
+    (:func:`fmi_jax.layout.looks_channels_first`: a second axis of at most 4, a last
+    one of more) is refused, because read as ``(N, H, W, C)`` it would give maps of
+    ``(C, H)`` instead of ``(H, W)``: a channels-first model's images are explained by
+    a model that transposes them inside, fed channels-last.
     """
     shape = tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
     if len(shape) not in (3, 4):
@@ -210,7 +211,7 @@ def image_size(x: Any, method: str) -> tuple[int, int]:
             f"{method} works over the image plane: x must be (N, H, W, C) or (N, H, W), "
             f"got shape {shape}"
         )
-    if len(shape) == 4 and shape[1] <= 4 < shape[3]:
+    if len(shape) == 4 and looks_channels_first(shape[1:]):
         raise ValueError(
             f"{method}: x of shape {shape} looks channels-first; image methods read "
             "(N, H, W, C): pass x.transpose(0, 2, 3, 1) to a model that transposes it "

@@ -29,6 +29,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
+from fmi_jax.layout import looks_channels_first
 from fmi_jax.plotting._base import finish, new_figure
 
 __all__ = [
@@ -60,7 +61,7 @@ UNITS = {
 
 def _as_hw(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a, np.float64)
-    if a.ndim == 3 and a.shape[0] <= 4 < a.shape[-1]:
+    if a.ndim == 3 and looks_channels_first(a.shape):
         raise ValueError(
             f"expected an (H, W) or (H, W, C) map, got shape {a.shape}: one map of a "
             "batch (pass maps[i]) or a channels-first (C, H, W) map?"

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fmi_jax.layout import looks_channels_first
+
 __all__ = ["DeviceDataset", "eval_batches", "to_float"]
 
 
@@ -54,7 +56,7 @@ class DeviceDataset:
                 "training steps divide by 255 (to_float); convert, e.g. "
                 "np.round(images * 255).astype(np.uint8) for images in [0, 1]"
             )
-        if images.ndim != 4 or images.shape[1] <= 4 < images.shape[3]:
+        if images.ndim != 4 or looks_channels_first(images.shape[1:]):
             raise ValueError(
                 f"DeviceDataset wants images (N, H, W, C), channels last, got shape "
                 f"{images.shape}: add a channel axis (images[..., None]) or transpose "
