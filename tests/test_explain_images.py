@@ -163,11 +163,14 @@ def test_32_bit_images_are_skipped_with_the_reason_not_clipped(tmp_path):
     ramp = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
     Image.fromarray(ramp).save(tmp_path / "float.tif")  # convert('RGB') makes it black
     Image.fromarray((ramp * 1e6).astype(np.int32)).save(tmp_path / "int.tif")
+    # 32-bit integers holding 0..255 are not 16-bit data (their top 8 bits are 0).
+    Image.fromarray((ramp * 255).astype(np.int32)).save(tmp_path / "int_small.tif")
     loaded = images_lib.load_images(sorted(tmp_path.iterdir()), resize=8, crop=8)
     assert loaded.files == []
     assert [(f.name, "8 or 16 bits" in reason) for f, reason in loaded.skipped] == [
         ("float.tif", True),
         ("int.tif", True),
+        ("int_small.tif", True),
     ]
     # 16-bit data that Pillow opens as 32-bit integers keeps its top 8 bits, as 'I;16'.
     deep = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).astype(np.uint16)
@@ -178,6 +181,13 @@ def test_32_bit_images_are_skipped_with_the_reason_not_clipped(tmp_path):
     Image.fromarray(deep).save(tmp_path / "deep.png")  # opens as 'I;16'
     assert Image.open(tmp_path / "deep.png").mode == "I;16"
     np.testing.assert_array_equal(np.asarray(images_lib.decode(tmp_path / "deep.png")), top)
+    # A 16-bit grey marked transparent is white, as in an 8-bit image; 'drop' keeps it.
+    Image.fromarray(deep).save(tmp_path / "clear.png", transparency=int(deep[0, 3]))
+    white = top.copy()
+    white[0, 3] = 255
+    np.testing.assert_array_equal(np.asarray(images_lib.decode(tmp_path / "clear.png")), white)
+    dropped = images_lib.decode(tmp_path / "clear.png", alpha="drop")
+    np.testing.assert_array_equal(np.asarray(dropped), top)
 
 
 _HEIC = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic"
@@ -261,6 +271,7 @@ def test_figure_names_differ_ignoring_case_for_macos_and_windows_disks():
     [
         ("alpha", "White", r"config\.alpha must be one of"),
         ("crop", 300, r"config\.crop \(300\) must be <= config\.resize \(72\)"),
+        ("mean", (123.675, 116.28, 103.53), "divide pixel-scale values by 255"),
     ],
 )
 def test_bad_config_is_refused_before_anything_is_written(folder, tmp_path, field, value, message):
@@ -320,6 +331,19 @@ def test_only_what_the_study_writes_is_left_out_of_its_inputs(tmp_path, monkeypa
     assert inputs("photos/run", "elsewhere") == ["keep.png"]  # the folder is a run
     (tmp_path / "photos" / "link.png").symlink_to(tmp_path / "photos" / "a.png")
     assert inputs("photos", "elsewhere") == ["a.png", "run/keep.png"]  # a file once
+
+
+@pytest.mark.parametrize("taken", ["figures/diagram.png", "summary_trip.png", "batches/b.png"])
+def test_a_new_workdir_holding_files_where_outputs_go_is_refused(tmp_path, taken):
+    # Not a run yet: the user's files there would be overwritten or taken for outputs.
+    (tmp_path / taken).parent.mkdir(parents=True, exist_ok=True)
+    for name in ("cat.png", taken):
+        Image.fromarray(_gradient(8, 8, 0)).save(tmp_path / name)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    photos = (tmp_path / taken).parent  # the photo folder itself, or one below the workdir
+    with pytest.raises(ValueError, match=f"already holds '{tmp_path / taken}'.*another"):
+        studies.run_explain_images(_config(TINY_CNN), photos, tmp_path)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
 def test_a_folder_without_a_readable_image_is_one_error_naming_the_reasons(tmp_path):

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from fmi_jax.data import images as images_lib
 from fmi_jax.data.imagenet import IMAGENET_CLASSES, IMAGENET_MEAN, IMAGENET_STD, normalize
 from fmi_jax.models import MobileNetV3, available_models, get_model
 from fmi_jax.models.mobilenet_v3 import block_configs, make_divisible
@@ -197,3 +198,21 @@ def test_imagenet_classes():
     np.testing.assert_allclose(
         white[0, 0, 0], (1 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD), rtol=1e-6
     )
+
+
+def test_normalize_takes_uint8_or_unit_floats_and_refuses_what_it_would_misread():
+    white = (1 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    for pixels in (np.full((2, 2, 3), 255, np.uint8), np.ones((2, 2, 3), np.float32)):
+        np.testing.assert_allclose(normalize(pixels)[1, 1], white, rtol=1e-6)
+    grey = normalize(np.full((1, 1, 3), 0.5, np.float64), mean=(0.5,) * 3, std=(0.25,) * 3)
+    assert grey.dtype == np.float32 and np.all(grey == 0)
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\], got values in \[255, 255\]"):
+        normalize(np.full((2, 2, 3), 255.0))  # floats not yet divided by 255
+    with pytest.raises(ValueError, match="must be uint8 .* got int64"):
+        normalize(np.full((2, 2, 3), 255, np.int64))
+    with pytest.raises(ValueError, match=r"channels last \(\.\.\., 3\), got \(1, 3, 2, 2\)"):
+        normalize(np.zeros((1, 3, 2, 2), np.uint8))
+    with pytest.raises(ValueError, match="divide pixel-scale values by 255"):
+        normalize(np.zeros((2, 2, 3), np.uint8), (123.675, 116.28, 103.53), (58.4, 57.1, 57.4))
+    # The photo pipeline's normalize is the same function.
+    assert images_lib.normalize is normalize

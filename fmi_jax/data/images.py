@@ -34,10 +34,12 @@ first frame of animated or multi-page files is used; the EXIF orientation is app
   under them; ``alpha='drop'`` discards the alpha channel instead
   (``Image.convert('RGB')``, torchvision's ``ImageFolder`` loader);
 * CMYK, YCbCr and other modes go through ``Image.convert('RGB')``;
-* 16-bit data that Pillow opens as 32-bit integers (a 16-bit PGM) keeps its top 8
-  bits too; other 32-bit integer and floating-point images ('I', 'F': scientific
-  TIFFs) are refused with the reason: their value range is the writer's choice, and
-  Pillow's conversion would clip them to black or white;
+* 16-bit data that Pillow opens as 32-bit integers (a 16-bit PGM or PPM, whose
+  header declares its depth) keeps its top 8 bits too; a 16-bit grayscale PNG's
+  transparent grey is composited over white like any transparent colour; other
+  32-bit integer and floating-point images ('I', 'F': scientific TIFFs, whatever
+  their values) are refused with the reason: their value range is the writer's
+  choice, and Pillow's conversion would clip them to black or white;
 * HEIC/HEIF photos (the iPhone's default) need the ``pillow-heif`` plugin: when it is
   installed it is registered on the first such file, otherwise the file is skipped
   with a reason that says to install it.
@@ -62,12 +64,13 @@ import numpy as np
 from absl import logging
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fmi_jax.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from fmi_jax.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, check_mean_std, normalize
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ImageFolder",
+    "check_mean_std",
     "decode",
     "load_image_folder",
     "load_images",
@@ -167,16 +170,23 @@ def _check_options(*, resize: int, crop: int, alpha: str) -> None:
 def to_rgb(image: Image.Image, *, alpha: str = "white") -> Image.Image:
     """An 'RGB' copy of a Pillow image: grayscale repeated, palette expanded, alpha
     composited over white (``alpha='white'``) or dropped (``alpha='drop'``)."""
+    return _to_rgb(image, alpha=alpha, netpbm=image.format == "PPM")
+
+
+def _to_rgb(image: Image.Image, *, alpha: str, netpbm: bool) -> Image.Image:
+    """:func:`to_rgb`; ``netpbm``: the image was read from a PGM/PPM file, whose header
+    declares its bit depth (Pillow opens a 16-bit one as 32-bit integers, scaled to
+    0..65535), so its 'I' mode is 16-bit data; any other 'I' image is refused."""
     _check_alpha(alpha)
     mode = image.mode
     if mode == "RGB" and "transparency" not in image.info:
         return image.copy()
-    if mode.startswith("I;16"):
-        return _grey_16(np.asarray(image, dtype=np.uint16))
-    if mode == "I":
+    if mode.startswith("I;16") or (mode == "I" and netpbm):
         values = np.asarray(image)
-        if values.size and 0 <= values.min() and values.max() <= 0xFFFF:
-            return _grey_16(values)  # 16-bit data Pillow opens as 32-bit (a 16-bit PGM)
+        clear = image.info.get("transparency") if mode.startswith("I;16") else None
+        if clear is not None and alpha == "white":
+            return _grey_16(np.where(values == clear, 0xFFFF, values))
+        return _grey_16(values)
     if mode in ("I", "F"):
         raise ValueError(
             f"a 32-bit {'integer' if mode == 'I' else 'floating-point'} image (mode "
@@ -197,7 +207,8 @@ def to_rgb(image: Image.Image, *, alpha: str = "white") -> Image.Image:
 def _grey_16(values: np.ndarray) -> Image.Image:
     """16-bit grayscale as 'RGB', its top 8 bits in every channel (Pillow's convert
     would clip at 255)."""
-    return Image.fromarray((values >> 8).astype(np.uint8), mode="L").convert("RGB")
+    top = (np.asarray(values, np.uint32) >> 8).astype(np.uint8)
+    return Image.fromarray(top, mode="L").convert("RGB")
 
 
 def decode(path: str | Path, *, alpha: str = "white") -> Image.Image:
@@ -216,8 +227,9 @@ def decode(path: str | Path, *, alpha: str = "white") -> Image.Image:
     with image:
         image.seek(0)
         image.load()
+        netpbm = image.format == "PPM"  # the transposed copy forgets the format
         oriented = ImageOps.exif_transpose(image)
-        return to_rgb(oriented, alpha=alpha)
+        return _to_rgb(oriented, alpha=alpha, netpbm=netpbm)
 
 
 # ISO base media file brands of HEIF stills and sequences (not AVIF, which Pillow reads).
@@ -274,19 +286,6 @@ def resize_and_crop(
     top = int(round((array.shape[0] - crop) / 2.0))
     left = int(round((array.shape[1] - crop) / 2.0))
     return np.ascontiguousarray(array[top : top + crop, left : left + crop])
-
-
-def normalize(
-    pixels: np.ndarray,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> np.ndarray:
-    """uint8 pixels (..., 3) -> float32 ``(pixels / 255 - mean) / std``."""
-    mean = np.asarray(mean, np.float32)
-    std = np.asarray(std, np.float32)
-    if mean.shape != (3,) or std.shape != (3,) or not np.all(std > 0):
-        raise ValueError(f"mean and std need three values (std > 0), got {mean}, {std}")
-    return (np.asarray(pixels, np.float32) / np.float32(255) - mean) / std
 
 
 def preprocess(

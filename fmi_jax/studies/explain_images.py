@@ -295,6 +295,7 @@ def _check(config: Any) -> None:
             f"config.crop ({config.crop}) must be <= config.resize ({config.resize}): the "
             "crop is cut from the image resized to config.resize on its shorter side"
         )
+    images_lib.check_mean_std(config.mean, config.std)
     if config.alpha not in images_lib.ALPHA_MODES:
         raise ValueError(
             f"config.alpha must be one of {images_lib.ALPHA_MODES}, got {config.alpha!r}"
@@ -362,11 +363,31 @@ def _is_run(folder: Path) -> bool:
     return (folder / "inputs.json").is_file() and (folder / "config.json").is_file()
 
 
+def _check_fresh(out: Path) -> None:
+    """Refuses a workdir that is not yet a run of this study but holds files where the
+    study writes its figures, summaries and results (a photo folder with a ``figures/``
+    subfolder given as the workdir): they would be overwritten, or taken for outputs
+    and left out of the inputs. The records ``config.json`` and ``inputs.json`` are
+    :func:`_claim`'s to check."""
+    if not out.is_dir() or _is_run(out):
+        return
+    results = [out / name for name in sorted(_OUTPUT_FILES - {"config.json", "inputs.json"})]
+    taken = [p for p in results if p.exists()] + sorted(out.glob("summary*.png"))
+    for folder in ("figures", _BATCHES):
+        taken += sorted(p for p in (out / folder).rglob("*") if p.is_file())
+    if taken:
+        raise ValueError(
+            f"the workdir {str(out)!r} already holds {str(taken[0])!r}, where this study "
+            "writes its outputs: pass another --workdir"
+        )
+
+
 def _inputs(images: Any, out: Path) -> list[Path]:
     """The files of ``images``, less the outputs of this study: the figures, summaries
     and records it writes into ``out`` and into any earlier run folder of it at or
     below the folder searched (a workdir inside the photo folder holds figures, which
     are not photos to explain). Other files in those folders stay inputs."""
+    _check_fresh(Path(out))
     files = images_lib.list_image_files(images)
     root = Path(os.path.abspath(_root(images, files)))
     out = Path(os.path.abspath(out))
@@ -487,8 +508,7 @@ def _remove(saved_batches: Sequence[Path]) -> None:
 def _compute(config: Any, files: Sequence[Path], root: Path, out: Path):
     crop = int(config.crop)
     image_shape = (crop, crop, 3)
-    mean = np.asarray(config.mean, np.float32)
-    std = np.asarray(config.std, np.float32)
+    mean, std = images_lib.check_mean_std(config.mean, config.std)
     model_kwargs = {k: v for k, v in runs.plain(config.model).items() if k != "name"}
     model_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in model_kwargs.items()}
     model = models.get_model(config.model.name, **model_kwargs)
