@@ -338,12 +338,24 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
+def _numpy_scalar(dtype: Any, data: Any = None) -> Any:
+    """A numeric numpy scalar (``list(np.array(labels))`` pickles its items as these)."""
+    if not isinstance(dtype, np.dtype) or dtype.kind not in "biuf" or not isinstance(data, bytes):
+        raise pickle.UnpicklingError(f"a numpy scalar of dtype {dtype} is not allowed")
+    return np.frombuffer(data, dtype, count=1)[0]
+
+
 # The only globals the original batches (Python 2 pickles) and protocol-2 pickles
-# written by Python 3 (e.g. by write_cifar_batches) reference.
+# written by Python 3 (e.g. by write_cifar_batches) reference, and what a batch written
+# by hand needs for labels stored as numpy integers or an empty bytes value.
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("_codecs", "encode"): _latin1_encode,
     ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(),
     ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("builtins", "bytes"): bytes,
+    ("__builtin__", "bytes"): bytes,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
 }

@@ -38,6 +38,19 @@ def test_channel_major_rows_become_nhwc(tmp_path):
     assert parsed.labels.tolist() == [7]
 
 
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_labels_written_as_numpy_integers_are_read(tmp_path, protocol):
+    # list(np.array(labels)) pickles each label as a numpy scalar (numpy...scalar).
+    rows = np.arange(2 * 3072, dtype=np.int64).reshape(2, 3072).astype(np.uint8)
+    batch = {b"data": rows, b"labels": list(np.array([3, 9])), b"batch_label": b""}
+    folder = tmp_path / cifar.FOLDER_NAME
+    folder.mkdir()
+    (folder / "test_batch").write_bytes(pickle.dumps(batch, protocol=protocol))
+    [parsed], _ = cifar.read_cifar10(folder, ["test_batch"])
+    assert parsed.labels.tolist() == [3, 9]
+    assert parsed.images[1, 0, 0].tolist() == [rows[1, 0], rows[1, 1024], rows[1, 2048]]
+
+
 def test_folder_round_trip_is_exact(tmp_path, write_cifar_dataset):
     arrays = write_cifar_dataset(tmp_path / cifar.FOLDER_NAME, num_train=23)
     assert sorted(p.name for p in (tmp_path / cifar.FOLDER_NAME).iterdir()) == sorted(
