@@ -143,6 +143,33 @@ def numpy_influence(hessian, g_test, g_train, damping, rank=None, min_eigenvalue
     return (g_test @ u) / shifted[keep] @ (g_train @ u).T
 
 
+def test_a_hessian_of_low_rank_is_inverted_on_its_range_by_default():
+    """Fewer examples than parameters: ``H = Phi^T Phi`` of a least-squares fit has rank
+    N < P, and float32 returns its P - N zero eigenvalues as noise. The default cut-off
+    leaves them out, so the scores are those of the float64 pseudo-inverse."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(8, 20)).astype(np.float32)
+    y = rng.normal(size=8).astype(np.float32)
+    variables = {"w": (0.3 * rng.normal(size=20)).astype(np.float32), "b": np.float32(0.1)}
+    test = (rng.normal(size=(3, 20)).astype(np.float32), rng.normal(size=3).astype(np.float32))
+    loss = linear_loss("squared")
+    eigen = hessian_eigen(loss, variables, (x, y))
+    theta = np.append(variables["w"], variables["b"]).astype(np.float64)
+
+    def grads(inputs, targets):  # of 0.5 (phi . theta - y)^2, per example
+        phi = features(inputs.astype(np.float64))
+        return phi * (phi @ theta - targets)[:, None]
+
+    phi = features(x.astype(np.float64))
+    # The test gradients leave the training span: the null space is where it matters.
+    expected = grads(*test) @ np.linalg.pinv(phi.T @ phi, hermitian=True) @ grads(x, y).T
+    got = influence_function(loss, variables, (x, y), test, eigen)
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+    own = influence_function_self(loss, variables, test, eigen)
+    reference = np.einsum("ip,pq,iq->i", grads(*test), np.linalg.pinv(phi.T @ phi), grads(*test))
+    np.testing.assert_allclose(own, reference, rtol=1e-3)
+
+
 def test_an_indefinite_hessian_truncated_by_rank_and_curvature(mlp):
     """A network's Hessian has negative eigenvalues. The exact solver's eigenpairs
     match NumPy's of the independently formed Hessian; scores with a rank, a damping
