@@ -389,6 +389,7 @@ def tracin(
     if batch_size is not None:
         as_count(batch_size, "batch_size")
     chosen = _selection(checkpoints[0], select)
+    _check_scalar_loss(loss, checkpoints[0], test)
     influence = _compiled(_influence, loss, chosen, batch_size)
     total = jnp.zeros((num_test, num_train), jnp.float32)
     for variables, rate in zip(checkpoints, rates):
@@ -413,6 +414,7 @@ def self_influence(
     if batch_size is not None:
         as_count(batch_size, "batch_size")
     chosen = _selection(checkpoints[0], select)
+    _check_scalar_loss(loss, checkpoints[0], data)
     influence = _compiled(_self_influence, loss, chosen, batch_size)
     total = jnp.zeros((count,), jnp.float32)
     for variables, rate in zip(checkpoints, rates):
@@ -600,7 +602,17 @@ def _selected(variables: Any, chosen: tuple[bool, ...]) -> tuple[tuple[str, ...]
 
 
 def _check_scalar_loss(loss: Loss, variables: Any, data: Any) -> None:
-    shape = jax.eval_shape(loss, variables, _take(data, 0)).shape
+    """One line instead of an error from inside ``vmap`` when ``loss`` is not the scalar
+    loss of one example (a loss written for a batch fails on one, or returns a vector)."""
+    try:
+        shape = jax.eval_shape(loss, variables, _take(data, 0)).shape
+    except (TypeError, ValueError, IndexError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(
+            f"loss(variables, example) failed on one example ({type(error).__name__}: "
+            f"{first}); it must be the scalar loss of one example, without the batch axis "
+            "(the batch axis is vmapped over)"
+        ) from error
     if shape != ():
         raise ValueError(
             f"loss returned shape {shape}; it must be the scalar loss of one example "

@@ -220,6 +220,11 @@ def test_nnx_parameters_integer_leaves_and_scalar_rates():
 def test_bad_arguments_are_one_line_value_errors(mlp):
     checkpoints, (x, labels) = mlp
     data = (x, labels)
+
+    def batch_loss(variables, batch):  # written for a batch: fails on one example
+        logits = MLP().apply(variables, batch[0])
+        return -jnp.take_along_axis(jax.nn.log_softmax(logits), batch[1][:, None], 1).mean()
+
     cases = [
         (lambda: tracin(cross_entropy, [], data, data), "checkpoints is empty"),
         (lambda: tracin(cross_entropy, checkpoints[0], data, data), "sequence of parameter"),
@@ -241,6 +246,10 @@ def test_bad_arguments_are_one_line_value_errors(mlp):
         (
             lambda: tracin(lambda v, e: MLP().apply(v, e[0][None]), checkpoints, data, data),
             "scalar loss",
+        ),
+        (
+            lambda: self_influence(batch_loss, checkpoints, data),
+            r"failed on one example \(.*\); it must be the scalar loss of one example",
         ),
         (lambda: self_influence(cross_entropy, checkpoints, {}), "holds no arrays"),
         (
