@@ -68,7 +68,10 @@ def test_a_blank_map_has_no_top_features_and_is_left_out_of_the_mean():
     np.testing.assert_array_equal(evaluation.topk_overlap(a, b, fraction=0.5), [0.5, np.nan])
     mean, per = evaluation.overlap_matrix({"a": a, "b": b}, fraction=0.5)
     np.testing.assert_array_equal(mean, [[1.0, 0.5], [0.5, 1.0]])
-    assert np.isnan(per[1, 0, 1])
+    assert np.isnan(per[1]).all()  # its agreement with itself is undefined too
+    np.testing.assert_array_equal(per[0], [[1.0, 0.5], [0.5, 1.0]])
+    _, per = evaluation.correlation_matrix({"a": a, "b": b})
+    assert np.isnan(per[1]).all() and np.all(np.diagonal(per[0]) == 1.0)
 
 
 def test_maps_with_nan_are_refused_not_averaged_away():

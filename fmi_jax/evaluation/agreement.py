@@ -136,8 +136,8 @@ def correlation_matrix(
     """(M, M) mean over examples of the per-example correlations, and the per-example values.
 
     Returns (mean matrix, per-example array of shape (N, M, M)). Examples where a
-    correlation is undefined (a constant map) are NaN in the per-example array and
-    left out of that entry's mean.
+    correlation is undefined (a constant map) are NaN in the per-example array, the
+    diagonal included, and left out of that entry's mean.
     """
     fns = {"pearson": pearson, "spearman": spearman}
     if method not in fns:
@@ -163,6 +163,9 @@ def _pairwise(maps: Mapping[str, jax.Array], fn) -> tuple[np.ndarray, np.ndarray
     n = next(iter(maps.values())).shape[0]
     per = np.ones((n, len(names), len(names)), np.float64)
     for i, a in enumerate(names):
+        # A map agrees with itself (1) where the measure is defined: NaN for a constant map.
+        itself = np.asarray(fn(maps[a], maps[a]), np.float64)
+        per[:, i, i] = np.where(np.isnan(itself), np.nan, 1.0)
         for j in range(i + 1, len(names)):
             c = np.asarray(fn(maps[a], maps[names[j]]), np.float64)
             per[:, i, j] = per[:, j, i] = c
