@@ -508,6 +508,11 @@ def score_cam(
     """
     refuse_baseline(baseline, "score_cam")
     handle, x, _ = _cam_call(model, x, layer, "score_cam", batch_size, True)
+    if jax.eval_shape(handle, x).shape[-1] == 1:
+        raise ValueError(
+            "score_cam weighs each channel by the softmax probability of the target, which "
+            "is 1 for a model with one output whatever its head: use grad_cam or layer_cam"
+        )
     target = resolve_target(handle, x, target)
     _, activation = handle.capture(x, layer)
     activation = activation.astype(jnp.float32)

@@ -707,6 +707,10 @@ def test_bad_cam_options_are_one_line_errors(small_cnn):
     for gamma in (0.0, -1.0, float("nan"), True, "1"):
         with pytest.raises(ValueError, match="gamma must be a positive number"):
             A.kpca_cam(handle, x, layer="conv2", gamma=gamma)
+    # One output: its softmax is 1 whatever the head, and every channel would weigh 1.
+    one = nn.Sequential([nn.Conv(2, (1, 1), name="features"), lambda a: a.sum((1, 2))[:, :1]])
+    with pytest.raises(ValueError, match="softmax probability of the target, which is 1"):
+        A.score_cam((one, one.init(jax.random.key(0), ARANGE)), ARANGE, layer="layers_0")
 
 
 def test_elementwise_cams_give_nothing_to_positions_the_model_never_reads():
