@@ -322,6 +322,11 @@ def _refuse_module(fn: Any) -> None:
             f"fn is the NNX module {type(fn).__name__}: pass "
             "fmi_jax.attribution.flax_model(module), which runs an eval-mode copy of it"
         )
+    if isinstance(fn, tuple) and fn and isinstance(fn[0], (nn.Module, nnx.Module)):
+        raise ValueError(
+            f"fn is a ({type(fn[0]).__name__}, variables) tuple, not a model function: pass "
+            "fmi_jax.attribution.flax_model(module, variables, train=False)"
+        )
     if isinstance(fn, nn.Module) and fn.scope is None:  # a bound module is a model function
         raise ValueError(
             f"fn is the Linen module {type(fn).__name__} without its variables: pass "
@@ -357,7 +362,7 @@ def _num_classes(fn: ModelFn, x: Array) -> int:
             ""
             if hasattr(out, "shape")
             else "; for a model with several outputs, explain the logits alone: a Linen "
-            "handle takes method=lambda module, x: module(x)[0], an NNX model a wrapper "
+            "handle takes method=lambda module, x, **kw: module(x, **kw)[0], an NNX model a wrapper "
             "module whose __call__ returns them"
         )
         raise ValueError(

@@ -444,6 +444,13 @@ def _linen_inference(module: nn.Module) -> Iterator[None]:
         raise ValueError(
             f"{type(module).__name__}'s forward pass failed: {reason}; {hint}"
         ) from None
+    except flax.errors.ScopeCollectionNotFound as error:
+        reason = str(error).split(" (https://", 1)[0].strip().rstrip(".")
+        raise ValueError(
+            f"{type(module).__name__}'s forward pass failed: {reason}; pass every "
+            "collection the model reads, e.g. {'params': ..., 'batch_stats': ...} "
+            "(a train state's params alone lack the batch statistics)"
+        ) from None
 
 
 def _linen_forward(

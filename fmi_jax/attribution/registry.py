@@ -685,6 +685,16 @@ def explainer(
                 f"{name} needs neuron=<index tuple into the layer's activation without the "
                 "batch axis>, e.g. neuron=(3, 4, 0)"
             )
+    required = [
+        p.name
+        for p in inspect.signature(spec.method).parameters.values()
+        if p.kind is p.KEYWORD_ONLY and p.default is p.empty and p.name not in options
+    ]
+    if required:
+        raise ValueError(
+            f"{name} needs {', '.join(f'{p}=' for p in required)} (see the docstring of "
+            f"fmi_jax.attribution.{getattr(spec.method, '__name__', name)})"
+        )
     method = spec.method
     bound = dict(options)
 

@@ -255,6 +255,8 @@ def test_a_flax_module_given_as_fn_is_refused_with_the_handle_to_pass():
             method(nnx_module, X, 0)
         with pytest.raises(ValueError, match=r"Linen module TinyCNN without its variables"):
             method(TinyCNN(), IMAGES, 0)
+        with pytest.raises(ValueError, match=r"\(TinyCNN, variables\) tuple, not a model"):
+            method((TinyCNN(), {}), IMAGES, 0)  # what the CAMs take
     # A bound Linen module is a model function.
     variables = jax.eval_shape(TinyCNN().init, KEY, IMAGES)
     variables = jax.tree.map(lambda leaf: jnp.full(leaf.shape, 0.1, leaf.dtype), variables)

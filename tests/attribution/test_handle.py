@@ -207,12 +207,17 @@ def test_linen_needs_variables_and_nnx_refuses_them(linen, nnx_module):
         flax_model(lambda x: x)
 
 
-def test_linen_rngs_and_parameters_alone_are_refused(linen):
+def test_linen_rngs_and_parameters_alone_are_refused(linen, x):
     model, variables = linen
     with pytest.raises(ValueError, match="does not take rngs=.*pass train=False"):
         flax_model(model, variables, rngs={"dropout": jax.random.key(0)})
     with pytest.raises(ValueError, match=r"got a mapping with keys \['bn', 'conv1'.*'params'"):
         flax_model(model, variables["params"], train=False)
+    # A train state's params without the batch statistics: one line naming the collection.
+    params_only = flax_model(model, {"params": variables["params"]}, train=False)
+    with pytest.raises(ValueError, match=r'"batch_stats".*pass every collection') as error:
+        params_only(x)
+    assert "\n" not in str(error.value)
 
 
 class NnxFlagged(NnxCNN):

@@ -224,6 +224,12 @@ def test_deeplift_shap_without_references_is_refused_when_the_explainer_is_built
             A.explainer(name, fn)
 
 
+def test_a_required_option_is_refused_when_the_explainer_is_built():
+    with pytest.raises(ValueError, match=r"^occlusion needs window= \(see the docstring"):
+        A.explainer("occlusion", fn)
+    assert A.explainer("occlusion", fn, window=2) is not None
+
+
 def test_neuron_methods_need_a_neuron_and_are_kept_out_of_class_studies():
     spec = A.METHODS["neuron_integrated_gradients"]
     assert spec.explains == "neuron" and A.METHODS["saliency"].explains == "class"
