@@ -34,6 +34,40 @@ def test_keeps_latest_n_and_the_best_and_restores_exactly(tmp_path):
     ckpt.close()
 
 
+def test_a_resumed_run_keeps_the_best_of_the_epochs_before_it(tmp_path):
+    # A resume opens the checkpoints anew: the best must be known from what is on disk.
+    for stop in (1, 2):
+        directory = tmp_path / f"stopped_after_{stop}"
+        ckpt = checkpoint.Checkpoints(directory, keep=2)
+        for epoch, acc in enumerate([0.9, 0.1, 0.2, 0.3], start=1):
+            if epoch == stop + 1:
+                ckpt.close()
+                ckpt = checkpoint.Checkpoints(directory, keep=2)
+            ckpt.save(epoch, tree(epoch), architecture=ARCH, metrics={"val_accuracy": acc})
+        assert ckpt.epochs() == [1, 3, 4] and ckpt.best_epoch() == 1
+        ckpt.close()
+
+
+def test_checkpoints_without_stored_metrics_are_kept_not_deleted(tmp_path):
+    """Checkpoints whose metrics orbax never stored (written without a best_fn) may hold
+    the best epoch: a manager that ranks by metrics keeps them rather than guess."""
+    import orbax.checkpoint as ocp
+
+    manager = ocp.CheckpointManager(tmp_path, options=ocp.CheckpointManagerOptions(create=True))
+    for epoch, acc in ((1, 0.9), (2, 0.1)):
+        meta = {"epoch": epoch, "architecture": ARCH, "metrics": {"val_accuracy": acc}}
+        args = ocp.args.Composite(
+            state=ocp.args.PyTreeSave(tree(epoch)), meta=ocp.args.JsonSave(meta)
+        )
+        manager.save(epoch, args=args)
+    manager.close()
+    ckpt = checkpoint.Checkpoints(tmp_path, keep=1)
+    for epoch in (3, 4):
+        ckpt.save(epoch, tree(epoch), architecture=ARCH, metrics={"val_accuracy": 0.2})
+    assert ckpt.epochs() == [1, 2, 4] and ckpt.best_epoch() == 1
+    ckpt.close()
+
+
 def test_without_validation_only_the_latest_are_kept(tmp_path):
     ckpt = checkpoint.Checkpoints(tmp_path, keep=1, best_metric=None)
     for epoch in range(1, 4):

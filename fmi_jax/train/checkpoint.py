@@ -92,11 +92,17 @@ class Checkpoints:
                 checkpoint_managers.BestN(
                     get_metric_fn=lambda m: self._score(m[best_metric]),
                     n=1,
-                    keep_checkpoints_without_metrics=False,
+                    # Every checkpoint saved here has its metrics; one without them was
+                    # written before they were stored, and may be the best: kept.
+                    keep_checkpoints_without_metrics=True,
                 )
             )
         options = ocp.CheckpointManagerOptions(
             preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+            # Only with a best_fn does orbax write each checkpoint's metrics to disk; without
+            # them a reopened manager (a resumed run) sees the old checkpoints as having
+            # none, and BestN lets LatestN delete the best one.
+            best_fn=(lambda m: self._score(m[best_metric])) if best_metric else None,
             create=not read_only,
             read_only=read_only,
             enable_async_checkpointing=False,
