@@ -8,10 +8,12 @@ protocol every writer follows:
 2. `claim(folder, config, has_results=...)`: record the resolved config as
    `config.json`. The same config resumes. A different config replaces the record
    while the folder holds no results of the old one (an earlier attempt that failed
-   before producing anything); once it does, a different config is refused with a
-   `RunConfigError` naming every changed field, so results never mix configs. Fields
-   the caller declares extendable (`num_epochs`) may grow: the new value is recorded
-   and the extension is appended to `extensions.jsonl`.
+   before producing anything), unless the record has other fields (another kind of
+   run's record, whose results this caller cannot see: refused); once it does, a
+   different config is refused with a `RunConfigError` naming every changed field,
+   so results never mix configs. Fields the caller declares extendable (`num_epochs`)
+   may grow: the new value is recorded and the extension is appended to
+   `extensions.jsonl`.
 3. Write every file atomically (`write_text_atomic`, `write_json_atomic`,
    `save_npz_atomic`: a temporary file in the same folder, fsync, rename), so a crash
    leaves either the old file or the new one, never half of one. `read_json(...,
@@ -172,11 +174,29 @@ def check(
     `{path: (old, new)}`."""
     folder = Path(folder)
     saved = read_json(folder / name, rewritable=True)
-    if saved is None or not has_results:
+    if saved is None:
         return {}
+    record = plain(config)
     extendable, free = tuple(extendable), tuple(free)
+    odd = (
+        sorted(k for k in set(saved) ^ set(record) if not _under(k, free) and k not in extendable)
+        if isinstance(saved, dict) and isinstance(record, dict)
+        else []
+    )
+    if odd and not has_results:  # with results, every change is listed below
+        # Not an earlier attempt of this kind of run: another study's record (an explain
+        # study's output named like the TCAV study's, photos explained into a training
+        # run), whose results this caller cannot see. Never replaced.
+        raise RunConfigError(
+            f"{folder / name} records another kind of run (fields "
+            f"{', '.join(odd[:_MAX_LISTED])}{' ...' if len(odd) > _MAX_LISTED else ''} differ "
+            f"from this config's); {hint}. Nothing was overwritten.",
+            changed=", ".join(odd),
+        )
+    if not has_results:
+        return {}
     refused, extended = [], {}
-    for path, old, new in changes(saved, plain(config)):
+    for path, old, new in changes(saved, record):
         if _under(path, free):
             continue
         if (
@@ -216,7 +236,9 @@ def claim(
 
     No record (or an empty or truncated one): it is written. The same config: nothing
     changes. A different one while `has_results` is False (nothing was produced from
-    the recorded config, e.g. no checkpoint yet): the record is replaced. A different
+    the recorded config, e.g. no checkpoint yet): the record is replaced, unless its
+    top-level fields differ from `config`'s (beyond `free` and `extendable` ones): that
+    is another kind of run's record, refused like a change with results. A different
     one with results: `RunConfigError` naming the changed fields (`a.b: old -> new`)
     and how to proceed (`hint`, `what` names the record in the message), unless every
     changed field is in `free` (changes accepted as they come: settings that do not

@@ -73,6 +73,19 @@ def test_a_changed_config_without_results_replaces_the_record(tmp_path):
     assert not (tmp_path / "extensions.jsonl").exists()
 
 
+def test_a_record_of_another_kind_of_run_is_never_replaced(tmp_path):
+    # Another study's record: its results are not the caller's to see (has_results is
+    # the caller's own), so other fields are refused even without results.
+    runs.claim(tmp_path, _config(), has_results=False)
+    before = (tmp_path / "config.json").read_text()
+    other = ml_collections.ConfigDict({"images": "photos", "ig": {"steps": 50}})
+    with pytest.raises(runs.RunConfigError, match=r"records another kind of run \(fields "):
+        runs.claim(tmp_path, other, has_results=False, hint="pass another --workdir")
+    assert (tmp_path / "config.json").read_text() == before
+    # A field that is free or extendable may be new (an older record without it).
+    runs.claim(tmp_path, _config(progress=False), free=("progress",), has_results=False)
+
+
 def test_extendable_fields_may_grow_and_growth_is_recorded(tmp_path):
     runs.claim(tmp_path, _config(), has_results=False)
     grown = runs.claim(
