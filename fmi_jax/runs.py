@@ -44,6 +44,7 @@ __all__ = [
     "changes",
     "check",
     "claim",
+    "claim_study",
     "folder_kind",
     "plain",
     "read_json",
@@ -279,6 +280,40 @@ def claim(
         _append_line(folder / EXTENSIONS_FILE, json.dumps(line, sort_keys=True))
     write_text_atomic(path, _config_text(record))
     return extended
+
+
+CHECKPOINT_FILE = "checkpoint.json"
+
+
+def claim_study(
+    folder: str | Path,
+    config: Any,
+    *,
+    epoch: int,
+    has_results: bool,
+    hint: str,
+    free: Iterable[str] = (),
+) -> None:
+    """`claim` for a study of one trained checkpoint: `config` as `config.json` and the
+    checkpoint's epoch as `checkpoint.json`, both checked before either is recorded. A
+    run's 'best' or 'latest' checkpoint moves when training goes on, and a study's
+    config does not say which epoch it read: results of another epoch are refused
+    (``checkpoint_epoch: 8 -> 10``) instead of being reused as this one's."""
+    records = (
+        (config, CONFIG_FILE, "another config", free),
+        ({"checkpoint_epoch": int(epoch)}, CHECKPOINT_FILE, "another checkpoint", ()),
+    )
+    for step in (check, claim):
+        for record, name, what, fields in records:
+            step(
+                folder,
+                record,
+                free=fields,
+                has_results=has_results,
+                name=name,
+                what=what,
+                hint=hint,
+            )
 
 
 # What each kind of run folder holds at its top, and where its training runs are.

@@ -9,6 +9,7 @@ import pytest
 import configs
 from fmi_jax import studies, train
 from fmi_jax.data import idx, synthetic
+from fmi_jax.train import evaluate as evaluate_lib
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_explain_writes_maps_stats_and_figures(trained_run):
     assert (out / "layer_grad_cam.png").stat().st_size > 10_000
 
 
-def test_rerun_reuses_results_and_other_config_is_refused(trained_run):
+def test_rerun_reuses_results_and_other_config_is_refused(trained_run, monkeypatch):
     config = configs.load("explain", "smoke")
     config.methods = ("saliency", "integrated_gradients")
     config.layer_cam.samples = 0
@@ -87,6 +88,13 @@ def test_rerun_reuses_results_and_other_config_is_refused(trained_run):
     other.options.grad_cam.layer = "conv1"
     other.batch_size = config.batch_size // 2
     studies.run_explain(other, trained_run)
+    assert npz.stat().st_mtime_ns == before
+    # Training went on and the best checkpoint is another epoch: not reused, refused.
+    restore = evaluate_lib.restore_model
+    moved = lambda *args, **kwargs: (*restore(*args, **kwargs)[:3], 99)  # noqa: E731
+    monkeypatch.setattr(evaluate_lib, "restore_model", moved)
+    with pytest.raises(ValueError, match=r"another checkpoint \(checkpoint_epoch: \d -> 99\)"):
+        studies.run_explain(config, trained_run)
     assert npz.stat().st_mtime_ns == before
 
 

@@ -86,6 +86,23 @@ def test_a_record_of_another_kind_of_run_is_never_replaced(tmp_path):
     runs.claim(tmp_path, _config(progress=False), free=("progress",), has_results=False)
 
 
+def test_a_study_of_a_checkpoint_that_moved_is_refused(tmp_path):
+    runs.claim_study(tmp_path, _config(), epoch=8, has_results=False, hint="pass another")
+    assert json.loads((tmp_path / "checkpoint.json").read_text()) == {"checkpoint_epoch": 8}
+    runs.claim_study(tmp_path, _config(), epoch=8, has_results=True, hint="pass another")
+    before = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    with pytest.raises(
+        runs.RunConfigError, match=r"another checkpoint \(checkpoint_epoch: 8 -> 10"
+    ):
+        runs.claim_study(tmp_path, _config(), epoch=10, has_results=True, hint="pass another")
+    # Both records are checked before either is written.
+    with pytest.raises(runs.RunConfigError, match="seed: 0 -> 1"):
+        runs.claim_study(tmp_path, _config(seed=1), epoch=8, has_results=True, hint="x")
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == before
+    runs.claim_study(tmp_path, _config(), epoch=10, has_results=False, hint="pass another")
+    assert json.loads((tmp_path / "checkpoint.json").read_text()) == {"checkpoint_epoch": 10}
+
+
 def test_extendable_fields_may_grow_and_growth_is_recorded(tmp_path):
     runs.claim(tmp_path, _config(), has_results=False)
     grown = runs.claim(

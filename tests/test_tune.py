@@ -129,3 +129,16 @@ def test_two_trial_study_ranks_retrains_and_resumes(tmp_path, smoke_study):
     refinal.final.data.train_limit = 128
     with pytest.raises(ValueError, match=r"data.train_limit: .* -> 128.*Nothing was overwritten"):
         studies.run_tune(refinal, tmp_path)
+
+    # More epochs per trial: every trial goes on from where it stopped (none is read as
+    # finished with fewer epochs than asked).
+    longer = smoke_study()
+    longer.retrain = False
+    longer.trial.num_epochs += 1
+    grown = studies.run_tune(longer, tmp_path)
+    for n in names:
+        history = (tmp_path / "trials" / n / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line)["epoch"] for line in history][-1] == longer.trial.num_epochs
+        summary = json.loads((tmp_path / "trials" / n / "train_summary.json").read_text())
+        assert summary["epochs"] == longer.trial.num_epochs
+    assert len(grown.trials) == 2

@@ -220,10 +220,18 @@ def _check(config: Any, model: Any, variables: Any, images: np.ndarray) -> None:
             handle.layer_shape(x, options["layer"])
 
 
-def _claim(config: Any, out: Path) -> None:
-    """Claims `out` for this config (see fmi_jax/runs.py); results: any cached method."""
+def _claim(config: Any, out: Path, epoch: int) -> None:
+    """Claims `out` for this config and checkpoint epoch (see fmi_jax/runs.py); results:
+    any cached method."""
     has_results = any((out / "methods").glob("*.json")) or (out / "leaderboard.json").exists()
-    runs.claim(out, config, free=free_fields(config), has_results=has_results, hint=OUTPUT_HINT)
+    runs.claim_study(
+        out,
+        config,
+        epoch=epoch,
+        free=free_fields(config),
+        has_results=has_results,
+        hint=OUTPUT_HINT,
+    )
 
 
 def select_images(num_available: int, num_images: int, selection: str, seed: int) -> np.ndarray:
@@ -673,7 +681,7 @@ def evaluate_attributions(
     loaded split; writes under `out` (see the module docstring)."""
     out = Path(out)
     _check(config, model, variables, split.images)
-    _claim(config, out)
+    _claim(config, out, epoch)
     fn = jax.jit(lambda x: model.apply(variables, x))
     indices = select_images(
         len(split.images), int(config.num_images), config.selection, int(config.selection_seed)

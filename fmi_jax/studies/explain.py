@@ -208,11 +208,14 @@ def _check(config: Any, fn: Any, model: Any, variables: Any, images: np.ndarray)
             handle.layer_shape(x, layer)
 
 
-def _claim(config: Any, out: Path, output_field: str) -> None:
-    """Claims `out` for this config (never another's; see fmi_jax/runs.py)."""
+def _claim(config: Any, out: Path, output_field: str, epoch: int) -> None:
+    """Claims `out` for this config and checkpoint epoch (never another's; see
+    fmi_jax/runs.py)."""
     has_results = (out / "stats.json").exists() or (out / "attributions.npz").exists()
     hint = OUTPUT_HINT.replace("config.output", f"config.{output_field}")
-    runs.claim(out, config, free=free_fields(config), has_results=has_results, hint=hint)
+    runs.claim_study(
+        out, config, epoch=epoch, free=free_fields(config), has_results=has_results, hint=hint
+    )
 
 
 def run_explain(config: ml_collections.ConfigDict, workdir: str | Path) -> ExplainResult:
@@ -260,7 +263,7 @@ def explain_model(
     """
     fn = jax.jit(lambda x: model.apply(variables, x))
     _check(config, fn, model, variables, split.images)
-    _claim(config, out, output_field)
+    _claim(config, out, output_field, epoch)
     logging.info("explaining %s (epoch %d) on %s/%s", model_name, epoch, split.name, config.split)
 
     npz_path = out / "attributions.npz"

@@ -216,7 +216,8 @@ def run_tune(config: ml_collections.ConfigDict, workdir: str | Path) -> TuneResu
     for k, (point, name, trial) in enumerate(zip(points, names, configs), start=1):
         path = workdir / "trials" / name
         summary = runs.read_json(path / "train_summary.json", rewritable=True)
-        if summary is not None:
+        # A summary of fewer epochs than asked (num_epochs grew): trained on from there.
+        if summary is not None and summary.get("epochs") == trial.num_epochs:
             logging.info("trial %d/%d %s: finished earlier, read", k, len(points), name)
         else:
             logging.info("trial %d/%d %s: training", k, len(points), name)
