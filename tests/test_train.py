@@ -212,6 +212,23 @@ def test_evaluate_workdir_table_and_files(tmp_path, synthetic_run, capsys):
     assert json.loads((tmp_path / "metrics.json").read_text())["splits"]["test"]["f1"] > 0
 
 
+def test_evaluating_more_splits_keeps_the_earlier_ones_and_other_epochs(tmp_path, synthetic_run):
+    shutil.copytree(synthetic_run, tmp_path, dirs_exist_ok=True)
+    path = tmp_path / "metrics.json"
+    path.write_text("")  # left empty by a crash: recomputed, not an error
+    test = train.evaluate_workdir(tmp_path, splits=("test",))["splits"]["test"]
+    both = train.evaluate_workdir(tmp_path, splits=("validation",))
+    assert list(both["splits"]) == ["validation", "test"] and both["splits"]["test"] == test
+    assert json.loads(path.read_text()) == both
+    # The evaluation of another checkpoint is kept aside, never over an older one.
+    earlier = {"checkpoint_epoch": 99, "splits": {}}
+    (tmp_path / "metrics.epoch99.json").write_text(json.dumps(earlier))
+    path.write_text(json.dumps({**earlier, "note": "second"}))
+    train.evaluate_workdir(tmp_path, splits=("test",))
+    assert json.loads((tmp_path / "metrics.epoch99.json").read_text()) == earlier
+    assert json.loads((tmp_path / "metrics.epoch99.2.json").read_text())["note"] == "second"
+
+
 def test_evaluate_without_training_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a training workdir.*experiments.train"):
         train.evaluate_workdir(tmp_path)

@@ -14,7 +14,6 @@ one of the same checkpoint is returned as it is unless `overwrite`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -106,13 +105,11 @@ def evaluate_workdir(
         raise ValueError(f"unknown split(s) {unknown}; choose from {SPLITS}")
     model, variables, config, epoch = restore_model(workdir, checkpoint=checkpoint)
     out_path = workdir / "metrics.json"
-    if out_path.exists():
-        previous = json.loads(out_path.read_text())
-        if (
-            previous.get("checkpoint_epoch") == epoch
-            and not overwrite
-            and set(splits) <= set(previous.get("splits", {}))
-        ):
+    previous = runs.read_json(out_path, rewritable=True) or {}
+    kept: dict[str, Any] = {}  # splits of this epoch evaluated earlier, kept beside new ones
+    if previous.get("checkpoint_epoch") == epoch:
+        kept = {} if overwrite else dict(previous.get("splits", {}))
+        if set(splits) <= set(kept):
             logging.info(
                 "%s already holds the evaluation of epoch %d; pass overwrite to recompute",
                 out_path,
@@ -120,8 +117,9 @@ def evaluate_workdir(
             )
             print(metrics_lib.markdown_table({s: previous["splits"][s] for s in splits}))
             return previous
-        if previous.get("checkpoint_epoch") != epoch:
-            out_path.rename(workdir / f"metrics.epoch{previous.get('checkpoint_epoch')}.json")
+    elif previous:
+        _keep_aside(out_path, previous.get("checkpoint_epoch"))
+    splits = [s for s in splits if s not in kept]
 
     data = loop_lib.load_data(config.data)
     state = _EvalState(
@@ -145,13 +143,15 @@ def evaluate_workdir(
             eval_fn=eval_fn,
             task=task,
         )
+    merged = {**kept, **reports}
     result = {
         "checkpoint": checkpoint,
         "checkpoint_epoch": epoch,
         "model": config.model.name,
         "dataset": config.data.name,
-        "splits": reports,
+        "splits": {s: merged[s] for s in SPLITS if s in merged},
     }
+    reports = result["splits"]
     runs.write_json_atomic(out_path, result, sort_keys=False)
     if task.name == "classification":
         table = metrics_lib.markdown_table(reports)
@@ -160,6 +160,17 @@ def evaluate_workdir(
     runs.write_text_atomic(workdir / "metrics.md", table + "\n")
     print(table)
     return result
+
+
+def _keep_aside(path: Path, epoch: Any) -> None:
+    """Moves the evaluation of another checkpoint to ``metrics.epoch<E>.json`` (or
+    ``metrics.epoch<E>.<k>.json`` when that name is taken: never over an older one)."""
+    aside = path.with_name(f"metrics.epoch{epoch}.json")
+    k = 1
+    while aside.exists():
+        k += 1
+        aside = path.with_name(f"metrics.epoch{epoch}.{k}.json")
+    path.rename(aside)
 
 
 class _EvalState:
