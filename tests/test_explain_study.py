@@ -145,16 +145,23 @@ def test_an_output_folder_outside_the_run_or_the_run_itself_is_refused(trained_r
         ("target", "labels", r"config\.target must be 'predicted' or 'label', got 'labels'"),
         ("selection.pool", 0, r"config\.selection\.pool must be >= 1"),
         ("selection.threshold", 0.999999, r"none of the first .* above selection\.threshold"),
+        ("selection.per_class", 0, r"config\.selection\.per_class must be >= 1, got 0"),
+        ("selection.threshold", 1.5, r"config\.selection\.threshold must be in \[0, 1\)"),
+        ("batch_size", 0, r"config\.batch_size must be an integer >= 1, got 0"),
+        ("topk_fraction", 0.0, r"config\.topk_fraction must be in \(0, 1\], got 0\.0"),
+        ("methods", (), r"config\.methods is empty"),
     ],
 )
 def test_bad_study_settings_are_one_error_naming_the_field(trained_run, field, value, message):
     config = configs.load("explain", "smoke")
     config.methods = ("saliency",)
-    config.output = "explain_bad_setting"
+    config.output = "explain_bad_" + "".join(c if c.isalnum() else "_" for c in f"{field}{value}")
     section, _, name = field.rpartition(".")
     (config[section] if section else config)[name] = value
     with pytest.raises(ValueError, match=message):
         studies.run_explain(config, trained_run)
+    if "none of the first" not in message:  # found before the folder is claimed
+        assert not (trained_run / config.output).exists()
 
 
 def test_unknown_method_is_refused_before_any_work(trained_run):

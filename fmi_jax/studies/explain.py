@@ -90,20 +90,10 @@ def select_samples(
     fn, images: np.ndarray, labels: np.ndarray, selection: Any, batch_size: int
 ) -> np.ndarray:
     """Indices to explain: given explicitly, or confident correct ones balanced by class."""
-    kind = selection.kind
-    if kind == "indices":
-        idx = np.asarray(list(selection.indices), dtype=np.int64)
-        if idx.size == 0:
-            raise ValueError(
-                "selection.kind='indices' needs --config.selection.indices=(i, j, ...)"
-            )
-        bad = idx[(idx < 0) | (idx >= len(images))]
-        if bad.size:
-            raise ValueError(f"selection indices {bad.tolist()} are outside [0, {len(images)})")
-        return idx
-    if kind == "high_confidence":
-        if int(selection.pool) < 1:
-            raise ValueError(f"config.selection.pool must be >= 1, got {selection.pool}")
+    _check_selection(selection, len(images))
+    if selection.kind == "indices":
+        return np.asarray(list(selection.indices), dtype=np.int64)
+    if selection.kind == "high_confidence":
         pool = min(int(selection.pool), len(images))
         probs = _probabilities(fn, images[:pool], batch_size)
         idx = evaluation.high_confidence_correct(
@@ -121,7 +111,32 @@ def select_samples(
                 "--config.selection.kind=indices --config.selection.indices=(0, 1, ...)"
             )
         return idx
-    raise ValueError(f"unknown selection kind {kind!r}; choose 'high_confidence' or 'indices'")
+    raise AssertionError(selection.kind)  # _check_selection knows every kind
+
+
+def _check_selection(selection: Any, num_images: int) -> None:
+    """A ValueError naming the first bad field of ``config.selection`` for a split of
+    ``num_images`` images (before anything is computed or written)."""
+    kind = selection.kind
+    if kind == "indices":
+        idx = np.asarray(list(selection.indices), dtype=np.int64)
+        if idx.size == 0:
+            raise ValueError(
+                "selection.kind='indices' needs --config.selection.indices=(i, j, ...)"
+            )
+        bad = idx[(idx < 0) | (idx >= num_images)]
+        if bad.size:
+            raise ValueError(f"selection indices {bad.tolist()} are outside [0, {num_images})")
+    elif kind == "high_confidence":
+        for field in ("pool", "per_class"):
+            if int(selection[field]) < 1:
+                raise ValueError(f"config.selection.{field} must be >= 1, got {selection[field]}")
+        if not 0.0 <= float(selection.threshold) < 1.0:
+            raise ValueError(
+                f"config.selection.threshold must be in [0, 1), got {selection.threshold}"
+            )
+    else:
+        raise ValueError(f"unknown selection kind {kind!r}; choose 'high_confidence' or 'indices'")
 
 
 def free_fields(config: Any) -> tuple[str, ...]:
@@ -185,16 +200,24 @@ OUTPUT_HINT = "pass --config.output=<new name> (or move that folder away)"
 
 def _check(config: Any, fn: Any, model: Any, variables: Any, images: np.ndarray) -> None:
     """Everything about `config` that can fail cheaply, before `out` is claimed: the
-    method names, their options and every CAM layer named (or implied) by `options`
-    and `layer_cam`, against the model's layers for inputs like `images`."""
+    method names, their options, the batch size, the top-k fraction, the selection and
+    every CAM layer named (or implied) by `options` and `layer_cam`, against the model's
+    layers for inputs like `images`."""
     unknown = sorted(set(config.methods) - set(attribution.available_methods()))
     if unknown:
         raise ValueError(
             f"unknown method(s) {unknown}; available: {attribution.available_methods()}"
         )
+    if not config.methods:
+        raise ValueError("config.methods is empty: name at least one method")
     attribution.require_class_methods(config.methods, "the explain study")
     if config.target not in ("predicted", "label"):
         raise ValueError(f"config.target must be 'predicted' or 'label', got {config.target!r}")
+    if not isinstance(config.batch_size, int) or config.batch_size < 1:
+        raise ValueError(f"config.batch_size must be an integer >= 1, got {config.batch_size!r}")
+    if not 0.0 < float(config.topk_fraction) <= 1.0:
+        raise ValueError(f"config.topk_fraction must be in (0, 1], got {config.topk_fraction}")
+    _check_selection(config.selection, len(images))
     x = to_float(jnp.asarray(images[:1]))
     handle = attribution.flax_model(model, variables)
     for name in config.methods:
