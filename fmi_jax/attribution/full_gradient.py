@@ -177,7 +177,7 @@ def full_gradients(
     Args:
       model: a model handle, ``flax_model(module, variables, train=False)`` or
         ``flax_model(nnx_module)``; a ``(module, variables)`` tuple also works.
-      x: images ``(N, H, W, C)``.
+      x: images ``(N, H, W, C)`` or ``(N, H, W)``.
       target: class per example, one class for all, or ``None`` (predicted class).
       layers: the affine layers whose bias-gradients to return; ``None`` is
         :func:`bias_layers`.
@@ -192,8 +192,10 @@ def full_gradients(
     """
     handle = as_flax_model(model, "full_gradients")
     x = as_input(x)
-    if x.ndim != 4:
-        raise ValueError(f"full_gradients takes images (N, H, W, C); got shape {x.shape}")
+    if x.ndim not in (3, 4):
+        raise ValueError(
+            f"full_gradients takes images (N, H, W, C) or (N, H, W); got shape {x.shape}"
+        )
     if batch_size is not None:
         as_count(batch_size, "batch_size")
     layers = _layers(handle, x, layers, "full_gradients")
@@ -261,7 +263,8 @@ def full_grad(
     size = image_size(x, "full_grad")
     terms = full_gradients(model, x, target, layers=layers, batch_size=batch_size)
     per_channel = normalize == "channel"
-    maps = _post_process(terms.input, per_channel)
+    inputs = terms.input if terms.input.ndim == 4 else terms.input[..., None]  # (N, H, W)
+    maps = _post_process(inputs, per_channel)
     for term in terms.biases.values():
         maps = maps + upsample_maps(_post_process(term, per_channel), size)
     return maps.astype(jnp.float32)

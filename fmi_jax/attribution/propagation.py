@@ -742,7 +742,7 @@ def guided_grad_cam(
     Args:
       model: a model handle, ``flax_model(module, variables, train=False)`` or
         ``flax_model(nnx_module)``; a ``(module, variables)`` tuple also works.
-      x: images ``(N, H, W, C)``.
+      x: images ``(N, H, W, C)`` or ``(N, H, W)``.
       target: class per example, one class for all, or ``None`` (predicted class).
       key: unused (deterministic); accepted so every method has one signature.
       baseline: must be None (no reference input).
@@ -756,10 +756,12 @@ def guided_grad_cam(
     refuse_baseline(baseline, "guided_grad_cam")
     handle = as_flax_model(model, "guided_grad_cam")
     x = as_input(x)
-    if x.ndim != 4:
-        raise ValueError(f"guided_grad_cam needs images (N, H, W, C), got shape {x.shape}")
+    if x.ndim not in (3, 4):
+        raise ValueError(
+            f"guided_grad_cam needs images (N, H, W, C) or (N, H, W), got shape {x.shape}"
+        )
     handle.layer_shape(x, layer)  # a clear error for a bad layer, before any tracing
     target = resolve_target(handle, x, target, batch_size=batch_size)
     maps = grad_cam(handle, x, target, batch_size=batch_size, layer=layer)
     guided = guided_backprop(handle, x, target, batch_size=batch_size)
-    return guided * maps[..., None]
+    return guided * (maps[..., None] if x.ndim == 4 else maps)

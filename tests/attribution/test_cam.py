@@ -1054,3 +1054,19 @@ def test_score_cam_masks_images_without_a_channel_axis_as_with_one():
     np.testing.assert_allclose(
         grey, A.score_cam((HEAD, HEAD_VARS), x[..., None], 1, layer="features"), rtol=1e-6
     )
+
+
+def test_full_grad_and_guided_grad_cam_read_images_without_a_channel_axis_as_with_one():
+    x = jnp.arange(32.0).reshape(2, 4, 4) / 32 - 0.4
+    grey = (GreyHead(), {"params": {"head": HEAD_VARS["params"]}})
+    full = A.full_grad(grey, x, 1, layers=("head/features",))
+    np.testing.assert_allclose(
+        full, A.full_grad((HEAD, HEAD_VARS), x[..., None], 1, layers=("features",)), rtol=1e-6
+    )
+    guided = A.guided_grad_cam(grey, x, 1, layer="head/features")
+    assert guided.shape == x.shape
+    np.testing.assert_allclose(
+        guided,
+        A.guided_grad_cam((HEAD, HEAD_VARS), x[..., None], 1, layer="features")[..., 0],
+        rtol=1e-6,
+    )
