@@ -189,9 +189,10 @@ def check(
         # study's output named like the TCAV study's, photos explained into a training
         # run), whose results this caller cannot see. Never replaced.
         raise RunConfigError(
-            f"{folder / name} records another kind of run (fields "
-            f"{', '.join(odd[:_MAX_LISTED])}{' ...' if len(odd) > _MAX_LISTED else ''} differ "
-            f"from this config's); {hint}. Nothing was overwritten.",
+            f"{folder / name} records a run with other fields than this config's ("
+            f"{', '.join(odd[:_MAX_LISTED])}{' ...' if len(odd) > _MAX_LISTED else ''}): "
+            f"another kind of run's record, whose results may lie beside it; {hint}. "
+            "Nothing was overwritten.",
             changed=", ".join(odd),
         )
     if not has_results:

@@ -79,7 +79,10 @@ def test_a_record_of_another_kind_of_run_is_never_replaced(tmp_path):
     runs.claim(tmp_path, _config(), has_results=False)
     before = (tmp_path / "config.json").read_text()
     other = ml_collections.ConfigDict({"images": "photos", "ig": {"steps": 50}})
-    with pytest.raises(runs.RunConfigError, match=r"records another kind of run \(fields "):
+    with pytest.raises(
+        runs.RunConfigError,
+        match=r"records a run with other fields than this config.s \(ig, images, model, num_epochs, seed\): another kind",
+    ):
         runs.claim(tmp_path, other, has_results=False, hint="pass another --workdir")
     assert (tmp_path / "config.json").read_text() == before
     # A field that is free or extendable may be new (an older record without it).
