@@ -189,6 +189,9 @@ def test_the_shipped_training_configs_are_valid():
         ("steps_per_dispatch", 0, r"config\.steps_per_dispatch must be an integer >= 1"),
         ("augment.crop_padding", -3, r"config\.augment\.crop_padding must be an integer >= 0"),
         ("data.split_seed", -1, r"config\.data\.split_seed must be an integer >= 0, got -1"),
+        ("optimizer", "SGD", r"config\.optimizer: unknown optimizer 'SGD'; choose one of adamw, adam, sgd"),
+        ("schedule", "cosin", r"config\.schedule: unknown schedule 'cosin'; choose one of constant, cosine"),
+        ("augment.crop", 2, r"config\.augment has no field 'crop'; its fields are flip, crop_padding, erasing"),
     ],
 )  # fmt: skip
 def test_each_rule_names_the_field_and_what_it_allows(synthetic_config, field, value, message):

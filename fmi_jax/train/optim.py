@@ -6,9 +6,11 @@ Config fields read (all under the run config):
   schedule:       'constant' | 'cosine' | 'onecycle'
   warmup_epochs:  linear warm-up before 'constant' and 'cosine' (may be fractional);
                   'onecycle' has its own warm-up and ignores it
-  weight_decay:   decoupled weight decay on kernels only (no decay of biases or
-                  batch-norm scales, the usual practice since Loshchilov & Hutter 2019),
-                  for 'adamw' and 'sgd'; 'adam' has none (validation refuses it there)
+  weight_decay:   weight decay on kernels only (no decay of biases or batch-norm
+                  scales, the usual practice since Loshchilov & Hutter 2019): for
+                  'adamw' decoupled (torch.optim.AdamW), for 'sgd' an L2 term added
+                  to the gradient before momentum (torch.optim.SGD's weight_decay,
+                  not the decoupled SGDW); 'adam' has none (validation refuses it)
   grad_clip_norm: clip the global gradient norm when > 0
   frozen:         parameter paths ('autoencoder', 'autoencoder/encoder') that are
                   not updated at all: no step, no weight decay

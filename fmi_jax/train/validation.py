@@ -11,11 +11,21 @@ config may have no learning rate).
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from typing import Any
 
 from fmi_jax import data as data_lib
 from fmi_jax import models
+from fmi_jax.train import augment as augment_lib
+from fmi_jax.train import optim
+
+# config.augment is passed to augment_lib.augment as keywords: its fields are those.
+_AUGMENT_FIELDS = tuple(
+    p.name
+    for p in inspect.signature(augment_lib.augment).parameters.values()
+    if p.kind is p.KEYWORD_ONLY
+)
 
 __all__ = ["ConfigValueError", "require_at_least", "validate_train_config"]
 
@@ -76,7 +86,8 @@ def validate_train_config(config: Any) -> None:
     num_epochs >= 1, learning_rate a number > 0, model.name and data.name registered
     names; label_smoothing and model.dropout in [0, 1), augment.erasing in [0, 1];
     warmup_epochs, weight_decay, grad_clip_norm, augment.crop_padding and
-    data.split_seed >= 0; no weight_decay with optimizer 'adam', which would ignore it.
+    data.split_seed >= 0; no weight_decay with optimizer 'adam', which would ignore it;
+    optimizer and schedule registered names; augment's fields those of ``augment``.
     Fields a config does not have are not checked."""
     _positive_int(config, "batch_size")
     _positive_int(config, "eval_batch_size")
@@ -103,7 +114,19 @@ def validate_train_config(config: Any) -> None:
             "weight decay: set --config.weight_decay=0, or use 'adamw' (decoupled decay)"
         )
     _positive_int(config, "steps_per_dispatch")
+    for field, known in (("optimizer", optim.OPTIMIZERS), ("schedule", optim.SCHEDULES)):
+        if field in config and config[field] not in known:
+            raise ConfigValueError(
+                f"config.{field}: unknown {field} {config[field]!r}; choose one of "
+                f"{', '.join(known)}"
+            )
     augment = config.get("augment") or {}
+    unknown = sorted(set(augment) - set(_AUGMENT_FIELDS)) if hasattr(augment, "keys") else []
+    if unknown:
+        raise ConfigValueError(
+            f"config.augment has no field {unknown[0]!r}; its fields are "
+            f"{', '.join(_AUGMENT_FIELDS)}"
+        )
     require_at_least(augment, "crop_padding", 0, where="config.augment", optional=True)
     data = config.get("data") or {}
     require_at_least(data, "split_seed", 0, where="config.data", optional=True)
