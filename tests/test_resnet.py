@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fmi_jax import attribution, models
+from fmi_jax.models import resnet
 from fmi_jax.models.resnet import stage_of_blocks
 from tests import testdata
 
@@ -166,3 +167,37 @@ def test_auto_compute_dtype_is_float32_on_cpu_and_bfloat16_on_accelerators(monke
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert loop.compute_dtype("auto") == "bfloat16"
     assert loop.compute_dtype("float32") == "float32"
+
+
+@pytest.mark.parametrize("padding, first", [("same", 1), ("symmetric", 0)])
+def test_a_stride_2_conv_is_centred_where_its_padding_puts_it(padding, first):
+    """A 3x3 kernel that copies its centre, stride 2, on an 8 x 8 map: 'SAME' pads
+    (0, 1) and centres output (i, j) on input (2i + 1, 2j + 1), half an output pixel
+    from the 1x1 projection's (2i, 2j); 'symmetric' pads (1, 1), as PyTorch."""
+    x = jnp.arange(64.0).reshape(1, 8, 8, 1)
+    conv = resnet._conv(1, 3, 2, False, jnp.float32, name="conv", padding=padding)
+    centre = jnp.zeros((3, 3, 1, 1)).at[1, 1].set(1.0)
+    out = conv.apply({"params": {"kernel": centre}}, x)
+    np.testing.assert_array_equal(out, x[:, first::2, first::2])
+    proj = resnet._conv(1, 1, 2, False, jnp.float32, name="proj", padding=padding)
+    np.testing.assert_array_equal(
+        proj.apply({"params": {"kernel": jnp.ones((1, 1, 1, 1))}}, x), x[:, ::2, ::2]
+    )
+
+
+def test_symmetric_padding_has_the_same_parameters_and_other_values_are_refused():
+    x = jnp.zeros((1, 28, 28, 1))
+    shapes = {
+        padding: jax.tree.map(
+            jnp.shape,
+            jax.eval_shape(
+                models.get_model("resnet", filters=4, padding=padding).init, jax.random.key(0), x
+            ),
+        )
+        for padding in ("same", "symmetric")
+    }
+    assert shapes["same"] == shapes["symmetric"]
+    with pytest.raises(
+        ValueError, match=r"config\.model\.padding must be one of \('same', 'symmetric'\)"
+    ):
+        models.get_model("resnet", padding="valid")

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fmi_jax.models import resnet as resnet_lib
 from fmi_jax.models.cnn import ConvBlock, SimpleCNN
 from fmi_jax.models.mobilenet_v3 import MobileNetV3
 from fmi_jax.models.resnet import ResidualBlock, ResNet
@@ -253,9 +254,15 @@ def _resnet(
     dropout=0.0,
     num_classes=10,
     dtype="float32",
+    padding="same",
 ) -> nn.Module:
     """The tuning study's ResNet: stem, `num_blocks` residual blocks in three stages,
-    global average pooling, dense head (see fmi_jax/models/resnet.py)."""
+    global average pooling, dense head (see fmi_jax/models/resnet.py; `padding`
+    'symmetric' pads as PyTorch does)."""
+    if padding not in resnet_lib.PADDINGS:
+        raise ValueError(
+            f"config.model.padding must be one of {resnet_lib.PADDINGS}, got {padding!r}"
+        )
     return ResNet(
         num_blocks=num_blocks,
         filters=filters,
@@ -263,6 +270,7 @@ def _resnet(
         dropout=dropout,
         num_classes=num_classes,
         dtype=dtype,
+        padding=padding,
     )
 
 

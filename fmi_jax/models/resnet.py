@@ -14,6 +14,15 @@ width or resolution changes (He et al., CVPR 2016, arXiv:1512.03385, option B). 
 activated, followed by one BN + ReLU after the last block (He et al., ECCV 2016,
 arXiv:1603.05027).
 
+Padding: flax's ``'SAME'`` (``padding='same'``, the default, what every run and
+number in docs/ was made with) pads a stride-2 3x3 convolution of an even-sized map
+by 0 before and 1 after, so its output pixel (0, 0) is centred on input pixel 1
+while the 1x1 stride-2 projection beside it reads pixel 0: in a downsampling block
+the two branches are half an output pixel apart. ``padding='symmetric'`` pads
+``kernel // 2`` on every side, as PyTorch's ``padding=1`` and torchvision's ResNets
+do, and both branches are centred on the same pixels. Stride-1 layers pad alike
+either way.
+
 Batch-norm statistics live in the `batch_stats` collection: updated in training
 (`train=True`, the train step marks it mutable), frozen in evaluation. The stem and
 every block are named submodules (`stem`, `block1`, ..., `blockN`), so Grad-CAM can
@@ -44,12 +53,20 @@ def stage_of_blocks(num_blocks: int, stages: int = 3) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _conv(features: int, kernel: int, strides: int, train: bool, dtype, name: str) -> nn.Conv:
+#: How the convolutions pad (see the module docstring).
+PADDINGS = ("same", "symmetric")
+
+
+def _conv(
+    features: int, kernel: int, strides: int, train: bool, dtype, name: str, padding: str
+) -> nn.Conv:
+    if padding not in PADDINGS:
+        raise ValueError(f"ResNet padding must be one of {PADDINGS}, got {padding!r}")
     return nn.Conv(
         features,
         (kernel, kernel),
         strides=(strides, strides),
-        padding="SAME",
+        padding="SAME" if padding == "same" else ((kernel // 2, kernel // 2),) * 2,
         use_bias=False,
         dtype=dtype,
         conv_general_dilated=layers.model_conv(train),
@@ -66,10 +83,11 @@ class ResidualBlock(nn.Module):
     strides: int = 1
     pre_activation: bool = False
     dtype: jnp.dtype = jnp.float32
+    padding: str = "same"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        conv = functools.partial(_conv, train=train, dtype=self.dtype)
+        conv = functools.partial(_conv, train=train, dtype=self.dtype, padding=self.padding)
         norm = functools.partial(
             nn.BatchNorm, use_running_average=not train, momentum=0.9, dtype=self.dtype
         )
@@ -100,10 +118,11 @@ class Stem(nn.Module):
     features: int
     pre_activation: bool = False
     dtype: jnp.dtype = jnp.float32
+    padding: str = "same"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        x = _conv(self.features, 3, 1, train, self.dtype, name="conv")(x)
+        x = _conv(self.features, 3, 1, train, self.dtype, name="conv", padding=self.padding)(x)
         if self.pre_activation:
             return x
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name="bn")(
@@ -122,6 +141,8 @@ class ResNet(nn.Module):
       dropout: dropout rate before the head (train only).
       num_classes: logits.
       dtype: compute dtype (parameters stay float32), e.g. bfloat16 on accelerators.
+      padding: 'same' (flax's ``'SAME'``) or 'symmetric' (PyTorch's
+        ``padding=kernel // 2``); they differ only in the stride-2 convolutions.
     """
 
     num_blocks: int = 3
@@ -130,6 +151,7 @@ class ResNet(nn.Module):
     dropout: float = 0.0
     num_classes: int = 10
     dtype: jnp.dtype = jnp.float32
+    padding: str = "same"
 
     @property
     def conv_layer_names(self) -> tuple[str, ...]:
@@ -140,7 +162,9 @@ class ResNet(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         stages = stage_of_blocks(self.num_blocks)
         x = x.astype(self.dtype)
-        x = Stem(self.filters, self.pre_activation, self.dtype, name="stem")(x, train=train)
+        x = Stem(self.filters, self.pre_activation, self.dtype, self.padding, name="stem")(
+            x, train=train
+        )
         previous = 0
         for i, stage in enumerate(stages):
             strides = 2 if stage != previous else 1
@@ -150,6 +174,7 @@ class ResNet(nn.Module):
                 strides,
                 self.pre_activation,
                 self.dtype,
+                self.padding,
                 name=f"block{i + 1}",
             )(x, train=train)
         if self.pre_activation:
