@@ -117,6 +117,13 @@ def initialize_distributed(
     implementation of CPU processes (XLA:CPU has none across processes by default;
     'gloo' works over TCP); GPUs and TPUs ignore it. None leaves jax's setting.
     """
+    if coordinator_address is not None:
+        _host, _, port = str(coordinator_address).rpartition(":")
+        if not _host or not port.isdigit():
+            raise ValueError(
+                "coordinator_address must be host:port (process 0's address and a free "
+                f"port, e.g. 10.0.0.1:1234), got {coordinator_address!r}"
+            )
     if cpu_collectives:
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
     jax.distributed.initialize(
@@ -137,10 +144,34 @@ def initialize_distributed(
 def _typed_key(key: Any) -> jax.Array:
     key = jnp.asarray(key)
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if not jnp.issubdtype(key.dtype, jnp.unsignedinteger) or key.ndim != 1:
+            raise ValueError(
+                f"key must be a PRNG key, e.g. jax.random.key(0), got {key.dtype} of shape "
+                f"{key.shape}"
+            )
         key = jax.random.wrap_key_data(key)
     if key.shape != ():
         raise ValueError(f"key must be a single PRNG key, got shape {key.shape}")
     return key
+
+
+def _check_chunkable(explain: Any) -> None:
+    """A ValueError for an explainer that cannot run in jitted chunks: one the registry
+    marks as untraceable (XRAI) or as mixing the examples of a batch (feature
+    permutation). A function not made by ``explainer`` is taken as it is."""
+    spec = getattr(explain, "spec", None)
+    if spec is None:
+        return
+    if not spec.traceable:
+        raise ValueError(
+            f"attribute_dataset runs the explainer inside jax.jit, and {spec.name} cannot be "
+            "traced: call it on chunks of the dataset yourself"
+        )
+    if not spec.per_example:
+        raise ValueError(
+            f"{spec.name} mixes the examples of a batch (its permutations are across it), so "
+            "chunks would change its maps: call it on the whole dataset at once"
+        )
 
 
 def _to_host(array: jax.Array) -> np.ndarray:
@@ -165,11 +196,13 @@ def attribute_dataset(
 
     Args:
       explain: `explain(x, target, keys)`, e.g. `fmi_jax.attribution.explainer(name,
-        fn, **options)`; it must be jittable and accept one key per example.
+        fn, **options)`; it must be jittable and accept one key per example (XRAI and
+        feature permutation, which are not, or mix a batch's examples, are refused).
       x: the inputs, shape (N, ...) (numpy or jax).
       target: None (each example's predicted class), an int, or an int array (N,).
       key: one PRNG key; example i (its index in `x`) gets `fold_in(key, i)`, so the
-        result is the same for every device count and every `batch_size`.
+        result is the same for every device count and every `batch_size`. None for a
+        deterministic method (a method that draws noise then asks for one).
       mesh: the devices (default: `make_mesh()`, all of them).
       batch_size: examples per chunk (default min(N, 256)), rounded up to a multiple
         of the device count; the last chunk is padded and the padding dropped.
@@ -189,7 +222,11 @@ def attribute_dataset(
             raise ValueError(f"target must be None, an int or shape ({n},), got {target.shape}")
     elif target is not None:
         target = int(target)
-    key = _typed_key(key)
+    _check_chunkable(explain)
+    # The key travels as its raw data, placed from the host: a jax key array cannot be
+    # placed on the devices of other processes.
+    key = None if key is None else _typed_key(key)
+    impl = None if key is None else jax.random.key_impl(key)
 
     devices = mesh.devices.size
     size = min(n, 256) if batch_size is None else int(batch_size)
@@ -199,10 +236,13 @@ def attribute_dataset(
     sharded, repl = batch_sharded(mesh), replicated(mesh)
     per_example_target = isinstance(target, np.ndarray)
 
-    def chunk_fn(xs, ts, key, start):
-        indices = start + jnp.arange(size, dtype=jnp.int32)
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(indices)
-        keys = jax.lax.with_sharding_constraint(keys, sharded)
+    def chunk_fn(xs, ts, key_data, start):
+        keys = None
+        if key_data is not None:
+            key = jax.random.wrap_key_data(key_data, impl=impl)
+            indices = start + jnp.arange(size, dtype=jnp.int32)
+            keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(indices)
+            keys = jax.lax.with_sharding_constraint(keys, sharded)
         return explain(xs, ts if per_example_target else target, keys)
 
     run = jax.jit(
@@ -210,7 +250,7 @@ def attribute_dataset(
         in_shardings=(sharded, sharded if per_example_target else None, repl, repl),
         out_shardings=sharded,
     )
-    key = jax.device_put(key, repl)
+    key_data = None if key is None else jax.device_put(np.asarray(jax.random.key_data(key)), repl)
 
     def padded(a: np.ndarray, start: int) -> np.ndarray:
         part = a[start : start + size]
@@ -227,6 +267,6 @@ def attribute_dataset(
     for start in starts:
         xs = jax.device_put(padded(x, start), sharded)
         ts = jax.device_put(padded(target, start), sharded) if per_example_target else None
-        out = run(xs, ts, key, jax.device_put(np.int32(start), repl))
+        out = run(xs, ts, key_data, jax.device_put(np.int32(start), repl))
         outputs.append(_to_host(out)[: min(size, n - start)])
     return np.concatenate(outputs)

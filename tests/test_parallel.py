@@ -275,6 +275,22 @@ def test_attribute_dataset_on_one_device_matches_a_direct_call():
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="target must be"):
         parallel.attribute_dataset(explain, x, np.zeros(4, np.int32), key)
+    with pytest.raises(ValueError, match=r"key must be a PRNG key, e\.g\. jax\.random\.key\(0\)"):
+        parallel.attribute_dataset(explain, x, None, 0)
+    # A deterministic method needs no key; one that draws noise says so.
+    plain = explainer("saliency", fn)
+    np.testing.assert_allclose(
+        parallel.attribute_dataset(plain, x, None, None, batch_size=2), plain(x), rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="smoothgrad"):
+        parallel.attribute_dataset(explain, x, None, None)
+    # What cannot run in jitted chunks is refused by name.
+    for name, options, reason in [
+        ("xrai", {"steps": 2}, "cannot be traced"),
+        ("feature_permutation", {}, "mixes the examples of a batch"),
+    ]:
+        with pytest.raises(ValueError, match=f"{name} .*{reason}"):
+            parallel.attribute_dataset(explainer(name, fn, **options), x, None, key)
 
 
 def test_initialize_distributed_passes_its_arguments(monkeypatch):
@@ -283,6 +299,9 @@ def test_initialize_distributed_passes_its_arguments(monkeypatch):
     monkeypatch.setattr(jax.config, "update", lambda *a: updates.append(a))
     parallel.initialize_distributed("10.0.0.1:1234", 2, 1, [0, 1])
     parallel.initialize_distributed(cpu_collectives=None)
+    for address in ("localhost", "10.0.0.1:", ":1234"):
+        with pytest.raises(ValueError, match=f"must be host:port .*got '{address}'"):
+            parallel.initialize_distributed(address, 2, 0)
     assert updates == [("jax_cpu_collectives_implementation", "gloo")]  # before initialize
     assert calls == [
         {
@@ -345,10 +364,23 @@ c.model.pool = (True,)
 c.model.dense = (16,)
 c.num_devices = 0
 r = train.train_and_evaluate(c, sys.argv[3])
+
+# A dataset attributed over the devices of both processes: example i keyed fold_in(key, i).
+from fmi_jax.attribution import explainer
+from fmi_jax.attribution.core import example_keys
+
+w = np.random.RandomState(1).randn(12, 3).astype(np.float32)
+fn = lambda x: x.reshape(x.shape[0], -1) @ w
+x = np.random.RandomState(2).rand(6, 2, 2, 3).astype(np.float32)
+explain = explainer("smoothgrad", fn, samples=3, stdev=0.5)
+maps = parallel.attribute_dataset(explain, x, None, jax.random.key(0), batch_size=4)
+local = jax.jit(explain, device=jax.local_devices()[0])
+reference = np.asarray(local(x, None, example_keys(jax.random.key(0), 6)))
 print(json.dumps({
     "process": [jax.process_index(), jax.process_count(), jax.device_count()],
     "summary": r.summary,
     "params": [float(np.abs(np.asarray(x)).sum()) for x in jax.tree.leaves(r.state.params)],
+    "attribution_error": float(np.abs(maps - reference).max()),
 }))
 """
 
@@ -389,6 +421,7 @@ def test_two_processes_train_together(tmp_path):
                 p.kill()
     assert [o["process"] for o in outs] == [[0, 2, 4], [1, 2, 4]]
     assert outs[0]["params"] == outs[1]["params"]
+    assert [o["attribution_error"] < 1e-6 for o in outs] == [True, True]
     assert outs[0]["summary"]["num_devices"] == 4
     assert outs[0]["summary"]["num_processes"] == 2
     # Only process 0 wrote the files: one line per epoch, one summary.

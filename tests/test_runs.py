@@ -214,14 +214,13 @@ def test_training_refuses_a_changed_config_and_extends_num_epochs(
         )
     assert (workdir / "config.json").read_text() == before
     (workdir / "train_summary.json").write_text("")  # as a crash of an in-place writer left it
-    # The progress bar, TensorBoard and the evaluation's batch size do not touch results:
-    # switching them is accepted on the way (and with tensorboard=False, epoch 3 writes
-    # no events).
+    # The progress bar, TensorBoard, the evaluation's batch size and the device count do
+    # not touch results: switching them is accepted on the way (and with
+    # tensorboard=False, epoch 3 writes no events).
     events = sorted((p.name, p.stat().st_size) for p in (workdir / "tensorboard").rglob("*"))
-    result = train.train_and_evaluate(
-        synthetic_config(num_epochs=3, progress=True, tensorboard=False, eval_batch_size=24),
-        workdir,
-    )
+    other = {"progress": True, "tensorboard": False, "eval_batch_size": 24, "num_devices": 0}
+    assert train.load_run_config(workdir).num_devices == 1  # 0: every device there is
+    result = train.train_and_evaluate(synthetic_config(num_epochs=3, **other), workdir)
     assert (
         sorted((p.name, p.stat().st_size) for p in (workdir / "tensorboard").rglob("*")) == events
     )

@@ -99,6 +99,9 @@ class MethodSpec:
         segments the concrete images on the host); see `jit_method`.
       composition: how the method is built from another by a transform, e.g.
         `'at_layer(deeplift)'`; empty for a method of its own.
+      per_example: whether an example's map depends on that example (and its key)
+        alone; False for feature permutation, which permutes features across the
+        batch, so splitting a batch into chunks changes its maps.
     """
 
     name: str
@@ -114,6 +117,7 @@ class MethodSpec:
     explains: str = "class"
     traceable: bool = True
     composition: str = ""
+    per_example: bool = True
 
     def is_signed(self, options: Mapping[str, Any] | None = None) -> bool:
         """Whether maps carry sign under `options` (`abs=True` makes them magnitudes; a
@@ -614,6 +618,12 @@ METHODS: Mapping[str, MethodSpec] = {
         ),
     )
 }
+METHODS = {
+    name: dataclasses.replace(spec, per_example=False)
+    if name in ("feature_permutation", "layer_feature_permutation")
+    else spec
+    for name, spec in METHODS.items()
+}
 
 
 def jit_method(name: str, explain: Callable[..., Array]) -> Callable[..., Array]:
@@ -650,6 +660,8 @@ def explainer(
       model, variables: a Linen module and its variables, turned into
         `flax_model(model, variables)` for the methods that look inside the model.
       **options: the method's keyword options (`METHODS[name].options`).
+
+    The function returned carries the method's `MethodSpec` as `explain.spec`.
     """
     if name not in METHODS:
         raise ValueError(
@@ -702,4 +714,5 @@ def explainer(
         maps = method(fn, x, target, key=key, **bound)
         return maps[..., None] if spec.spatial else maps
 
+    explain.spec = spec  # type: ignore[attr-defined]  (read by parallel.attribute_dataset)
     return explain

@@ -103,8 +103,9 @@ __all__ = [
 EXTENDABLE = ("num_epochs",)
 # Config fields a workdir with checkpoints accepts changed (or absent from its record):
 # they do not touch results (the evaluation's batch size only the rounding of its summed
-# loss; lower it after running out of memory and the run resumes).
-FREE = ("progress", "tensorboard", "eval_batch_size")
+# loss; lower it after running out of memory and the run resumes; the device count only
+# the order of float sums, so a run preempted on 8 devices goes on on 4).
+FREE = ("progress", "tensorboard", "eval_batch_size", "num_devices")
 
 
 @dataclasses.dataclass
