@@ -65,8 +65,9 @@ so the inverse is taken over its top eigenpairs ``(mu_k, u_k)``
 
 over the pairs with ``mu_k + lambda > min_eigenvalue`` (the directions left out count
 0, not ``1 / lambda``; by default ``min_eigenvalue`` is the float32 rounding floor
-``P eps max |mu_k|``: a Hessian over fewer examples than parameters has many zero
-eigenvalues, which come out of an eigendecomposition as noise down to 1e-36): an "influence embedding"
+``100 eps max |mu_k|``: a Hessian over fewer examples than parameters has many zero
+eigenvalues, which come out of a float32 eigendecomposition as noise within a few
+``eps max |mu_k|`` of 0): an "influence embedding"
 ``e(z)_k = u_k . grad l(z) / sqrt(mu_k + lambda)`` per example, and a score that is
 the dot product of two embeddings. The eigenpairs come from the Hessian itself
 (``solver='exact'``: ``P`` Hessian-vector products and an eigendecomposition, for up to
@@ -82,7 +83,7 @@ Differences from Captum's ``NaiveInfluenceFunction`` and ``ArnoldiInfluenceFunct
 
 * The same score, with Captum's ``hessian_reg`` as ``damping`` and its
   ``hessian_inverse_tol`` as ``min_eigenvalue`` (Captum's defaults: 1e-6 and 1e-5 for
-  the naive solver, 1e-3 and 1e-4 for Arnoldi; here 0 and ``P eps max |mu_k|``, a
+  the naive solver, 1e-3 and 1e-4 for Arnoldi; here 0 and ``100 eps max |mu_k|``, a
   cut-off relative to the spectrum, as a pseudo-inverse takes it), and its
   ``projection_dim`` as ``rank``. The Hessian is computed once
   (:func:`hessian_eigen`) and passed to any number of calls, for any training and
@@ -713,19 +714,25 @@ def hessian_eigen(
     return HessianEigen(values=values, vectors=vectors, paths=paths)
 
 
-def _rounding_floor(values: Array, size: int) -> float:
-    """``P eps max_k |mu_k|`` (float32 ``eps``, ``P`` parameters): the eigenvalues of a
-    float32 Hessian at or below it are rounding error, the default cut-off of
-    :func:`influence_function` (numpy's ``pinv`` and ``matrix_rank`` default)."""
+# The default cut-off, in units of float32 eps times the largest |eigenvalue|: the zero
+# eigenvalues of a Hessian of low rank come out of a float32 eigendecomposition within
+# a few eps of it (noise that a plain inverse turns into scores of 1e6 and more), while
+# a direction of real curvature that float32 resolves lies well above.
+_ROUNDING_EPS = 100
+
+
+def _rounding_floor(values: Array) -> float:
+    """``100 eps max_k |mu_k|`` (float32 ``eps``): the default cut-off of
+    :func:`influence_function` (see ``_ROUNDING_EPS``)."""
     largest = float(jnp.max(jnp.abs(values))) if np.size(values) else 0.0
-    return size * float(np.finfo(np.float32).eps) * largest
+    return _ROUNDING_EPS * float(np.finfo(np.float32).eps) * largest
 
 
 def _embedding_scale(hessian: HessianEigen, damping: float, min_eigenvalue: float | None) -> Array:
     """``1 / sqrt(mu_k + lambda)`` for the kept eigenpairs, 0 for the others."""
     damping = as_number(damping, "damping", minimum=0)
     if min_eigenvalue is None:
-        min_eigenvalue = _rounding_floor(hessian.values, hessian.vectors.shape[0])
+        min_eigenvalue = _rounding_floor(hessian.values)
     min_eigenvalue = as_number(min_eigenvalue, "min_eigenvalue", minimum=0)
     shifted = hessian.values + jnp.float32(damping)
     keep = shifted > min_eigenvalue
@@ -832,7 +839,7 @@ def influence_function(
         ``lambda / 2 |theta|^2`` on the training objective); Captum's ``hessian_reg``.
       min_eigenvalue: eigenpairs with ``mu_k + damping`` at or below it are left out
         (negative curvature, and directions too flat to invert); Captum's
-        ``hessian_inverse_tol``. None: the float32 rounding floor ``P eps max |mu_k|``, so
+        ``hessian_inverse_tol``. None: the float32 rounding floor ``100 eps max |mu_k|``, so
         that the zero eigenvalues of a Hessian of low rank (fewer examples than
         parameters), which float32 returns as tiny positive numbers, are left out
         rather than inverted into scores of 1e6 and more; 0 keeps every positive one.

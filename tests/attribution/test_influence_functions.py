@@ -249,6 +249,25 @@ def test_arnoldi_finds_the_top_of_a_known_spectrum():
             assert abs(float(eigen.vectors[expected[k], k])) > 1 - 1e-4
 
 
+def test_the_default_cut_off_keeps_curvature_float32_resolves():
+    """H = diag(mu) with mu from 1000 down to 1.5e-5 of it (126 float32 eps, far above
+    an eigendecomposition's rounding): every direction is kept, and the self-influence
+    of example i, ``(mu_i theta_i)^2 / mu_i = mu_i theta_i^2``, is exact for all."""
+    size = 200
+    mu = np.geomspace(1000.0, 1000.0 * 1.5e-5, size).astype(np.float32)
+    theta = np.linspace(1.0, 2.0, size).astype(np.float32)
+    data = (jnp.asarray(mu), jnp.arange(size, dtype=jnp.int32))
+
+    def loss(variables, example):
+        weight, index = example
+        return 0.5 * weight * variables["theta"][index] ** 2
+
+    variables = {"theta": jnp.asarray(theta)}
+    eigen = hessian_eigen(loss, variables, data, batch_size=100)
+    own = influence_function_self(loss, variables, data, eigen, batch_size=100)
+    np.testing.assert_allclose(own, mu * theta**2, rtol=2e-2)
+
+
 def low_rank_problem(size=50, examples=10):
     """``l(w, (a, b)) = (w . a - b)^2 / 2`` over ``examples`` < ``size`` rows: H = A^T A
     has rank ``examples``, the rest of the space is its null space."""
