@@ -8,8 +8,8 @@ protocol every writer follows:
 2. `claim(folder, config, has_results=...)`: record the resolved config as
    `config.json`. The same config resumes. A different config replaces the record
    while the folder holds no results of the old one (an earlier attempt that failed
-   before producing anything), unless the record has other fields (another kind of
-   run's record, whose results this caller cannot see: refused); once it does, a
+   before producing anything), unless the record has mostly other fields (another
+   kind of run's record, whose results this caller cannot see: refused); once it does, a
    different config is refused with a `RunConfigError` naming every changed field,
    so results never mix configs. Fields the caller declares extendable (`num_epochs`)
    may grow: the new value is recorded and the extension is appended to
@@ -159,6 +159,17 @@ def _under(path: str, prefixes: Iterable[str]) -> bool:
     return any(path == p or path.startswith(p + ".") for p in prefixes)
 
 
+def _another_kind(saved: Any, record: Any) -> bool:
+    """Whether two records are configs of different kinds of run: fewer than 3 in 4 of
+    their top-level fields in common. Configs of one kind share them all, but for a
+    field or two that one version of fmi_jax adds; those of two studies share a few
+    (seed, split, batch_size)."""
+    if not (isinstance(saved, dict) and isinstance(record, dict)):
+        return False
+    common, either = set(saved) & set(record), set(saved) | set(record)
+    return len(common) < 0.75 * len(either)
+
+
 def check(
     folder: str | Path,
     config: Any,
@@ -179,15 +190,11 @@ def check(
         return {}
     record = plain(config)
     extendable, free = tuple(extendable), tuple(free)
-    odd = (
-        sorted(k for k in set(saved) ^ set(record) if not _under(k, free) and k not in extendable)
-        if isinstance(saved, dict) and isinstance(record, dict)
-        else []
-    )
-    if odd and not has_results:  # with results, every change is listed below
+    if not has_results and _another_kind(saved, record):  # with results, all is listed below
         # Not an earlier attempt of this kind of run: another study's record (an explain
         # study's output named like the TCAV study's, photos explained into a training
         # run), whose results this caller cannot see. Never replaced.
+        odd = sorted(set(saved) ^ set(record))
         raise RunConfigError(
             f"{folder / name} records a run with other fields than this config's ("
             f"{', '.join(odd[:_MAX_LISTED])}{' ...' if len(odd) > _MAX_LISTED else ''}): "
@@ -239,8 +246,8 @@ def claim(
     No record (or an empty or truncated one): it is written. The same config: nothing
     changes. A different one while `has_results` is False (nothing was produced from
     the recorded config, e.g. no checkpoint yet): the record is replaced, unless its
-    top-level fields differ from `config`'s (beyond `free` and `extendable` ones): that
-    is another kind of run's record, refused like a change with results. A different
+    top-level fields are mostly others than `config`'s: that is another kind of run's
+    record, refused like a change with results. A different
     one with results: `RunConfigError` naming the changed fields (`a.b: old -> new`)
     and how to proceed (`hint`, `what` names the record in the message), unless every
     changed field is in `free` (changes accepted as they come: settings that do not
@@ -291,18 +298,32 @@ def claim_study(
     config: Any,
     *,
     epoch: int,
+    model: str,
     has_results: bool,
     hint: str,
     free: Iterable[str] = (),
+    recorded_epoch: int | None = None,
 ) -> None:
-    """`claim` for a study of one trained checkpoint: `config` as `config.json` and the
-    checkpoint's epoch as `checkpoint.json`, both checked before either is recorded. A
-    run's 'best' or 'latest' checkpoint moves when training goes on, and a study's
-    config does not say which epoch it read: results of another epoch are refused
-    (``checkpoint_epoch: 8 -> 10``) instead of being reused as this one's."""
+    """`claim` for a study of one trained checkpoint: `config` as `config.json`, and the
+    model and checkpoint epoch it reads as `checkpoint.json`, both checked before either
+    is recorded. A run's 'best' or 'latest' checkpoint moves when training goes on (and
+    a study of several phases reads another model), while the study's config does not
+    say which it read: results of another epoch or model are refused
+    (``checkpoint_epoch: 8 -> 10``) instead of being reused as this one's.
+
+    `recorded_epoch`: the epoch the folder's results themselves record, for results
+    written before `checkpoint.json` was (None: unknown); it becomes that record."""
+    path = Path(folder) / CHECKPOINT_FILE
+    if has_results and recorded_epoch is not None and read_json(path, rewritable=True) is None:
+        write_json_atomic(path, {"model": str(model), "checkpoint_epoch": int(recorded_epoch)})
     records = (
         (config, CONFIG_FILE, "another config", free),
-        ({"checkpoint_epoch": int(epoch)}, CHECKPOINT_FILE, "another checkpoint", ()),
+        (
+            {"model": str(model), "checkpoint_epoch": int(epoch)},
+            CHECKPOINT_FILE,
+            "another checkpoint",
+            (),
+        ),
     )
     for step in (check, claim):
         for record, name, what, fields in records:

@@ -1,5 +1,6 @@
 """The run-folder protocol (fmi_jax/runs.py) and the training loop and studies using it."""
 
+import functools
 import json
 import os
 import shutil
@@ -85,25 +86,42 @@ def test_a_record_of_another_kind_of_run_is_never_replaced(tmp_path):
     ):
         runs.claim(tmp_path, other, has_results=False, hint="pass another --workdir")
     assert (tmp_path / "config.json").read_text() == before
-    # A field that is free or extendable may be new (an older record without it).
-    runs.claim(tmp_path, _config(progress=False), free=("progress",), has_results=False)
+    # A record of another version of the same config (a field more or less): an earlier
+    # attempt without results, replaced as before.
+    runs.claim(tmp_path, _config(label_smoothing=0.1), has_results=False)
+    assert json.loads((tmp_path / "config.json").read_text())["label_smoothing"] == 0.1
 
 
 def test_a_study_of_a_checkpoint_that_moved_is_refused(tmp_path):
-    runs.claim_study(tmp_path, _config(), epoch=8, has_results=False, hint="pass another")
-    assert json.loads((tmp_path / "checkpoint.json").read_text()) == {"checkpoint_epoch": 8}
-    runs.claim_study(tmp_path, _config(), epoch=8, has_results=True, hint="pass another")
+    study = functools.partial(runs.claim_study, tmp_path, model="cnn", hint="pass another")
+    study(_config(), epoch=8, has_results=False)
+    record = {"model": "cnn", "checkpoint_epoch": 8}
+    assert json.loads((tmp_path / "checkpoint.json").read_text()) == record
+    study(_config(), epoch=8, has_results=True)
     before = {p.name: p.read_text() for p in tmp_path.iterdir()}
     with pytest.raises(
         runs.RunConfigError, match=r"another checkpoint \(checkpoint_epoch: 8 -> 10"
     ):
-        runs.claim_study(tmp_path, _config(), epoch=10, has_results=True, hint="pass another")
+        study(_config(), epoch=10, has_results=True)
+    with pytest.raises(runs.RunConfigError, match=r'another checkpoint \(model: "cnn" -> "other"'):
+        runs.claim_study(tmp_path, _config(), epoch=8, model="other", has_results=True, hint="x")
     # Both records are checked before either is written.
     with pytest.raises(runs.RunConfigError, match="seed: 0 -> 1"):
-        runs.claim_study(tmp_path, _config(seed=1), epoch=8, has_results=True, hint="x")
+        study(_config(seed=1), epoch=10, has_results=True)
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == before
-    runs.claim_study(tmp_path, _config(), epoch=10, has_results=False, hint="pass another")
-    assert json.loads((tmp_path / "checkpoint.json").read_text()) == {"checkpoint_epoch": 10}
+    study(_config(), epoch=10, has_results=False)
+    assert json.loads((tmp_path / "checkpoint.json").read_text())["checkpoint_epoch"] == 10
+
+
+def test_results_from_before_the_checkpoint_record_keep_the_epoch_they_record(tmp_path):
+    runs.claim(tmp_path, _config(), has_results=False)  # as written before checkpoint.json
+    study = functools.partial(
+        runs.claim_study, tmp_path, _config(), model="cnn", hint="x", has_results=True
+    )
+    with pytest.raises(runs.RunConfigError, match=r"checkpoint_epoch: 3 -> 7"):
+        study(epoch=7, recorded_epoch=3)
+    study(epoch=3, recorded_epoch=3)
+    assert json.loads((tmp_path / "checkpoint.json").read_text())["checkpoint_epoch"] == 3
 
 
 def test_extendable_fields_may_grow_and_growth_is_recorded(tmp_path):

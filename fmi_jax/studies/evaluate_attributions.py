@@ -220,17 +220,20 @@ def _check(config: Any, model: Any, variables: Any, images: np.ndarray) -> None:
             handle.layer_shape(x, options["layer"])
 
 
-def _claim(config: Any, out: Path, epoch: int) -> None:
-    """Claims `out` for this config and checkpoint epoch (see fmi_jax/runs.py); results:
-    any cached method."""
+def _claim(config: Any, out: Path, epoch: int, model_name: str) -> None:
+    """Claims `out` for this config, model and checkpoint epoch (see fmi_jax/runs.py);
+    results: any cached method."""
     has_results = any((out / "methods").glob("*.json")) or (out / "leaderboard.json").exists()
+    leaderboard = runs.read_json(out / "leaderboard.json", rewritable=True) or {}
     runs.claim_study(
         out,
         config,
         epoch=epoch,
+        model=model_name,
         free=free_fields(config),
         has_results=has_results,
         hint=OUTPUT_HINT,
+        recorded_epoch=leaderboard.get("checkpoint_epoch"),
     )
 
 
@@ -681,7 +684,7 @@ def evaluate_attributions(
     loaded split; writes under `out` (see the module docstring)."""
     out = Path(out)
     _check(config, model, variables, split.images)
-    _claim(config, out, epoch)
+    _claim(config, out, epoch, model_name)
     fn = jax.jit(lambda x: model.apply(variables, x))
     indices = select_images(
         len(split.images), int(config.num_images), config.selection, int(config.selection_seed)

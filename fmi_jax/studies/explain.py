@@ -231,13 +231,21 @@ def _check(config: Any, fn: Any, model: Any, variables: Any, images: np.ndarray)
             handle.layer_shape(x, layer)
 
 
-def _claim(config: Any, out: Path, output_field: str, epoch: int) -> None:
-    """Claims `out` for this config and checkpoint epoch (never another's; see
+def _claim(config: Any, out: Path, output_field: str, epoch: int, model_name: str) -> None:
+    """Claims `out` for this config, model and checkpoint epoch (never another's; see
     fmi_jax/runs.py)."""
     has_results = (out / "stats.json").exists() or (out / "attributions.npz").exists()
     hint = OUTPUT_HINT.replace("config.output", f"config.{output_field}")
+    stats = runs.read_json(out / "stats.json", rewritable=True) or {}
     runs.claim_study(
-        out, config, epoch=epoch, free=free_fields(config), has_results=has_results, hint=hint
+        out,
+        config,
+        epoch=epoch,
+        model=model_name,
+        free=free_fields(config),
+        has_results=has_results,
+        hint=hint,
+        recorded_epoch=stats.get("checkpoint_epoch"),
     )
 
 
@@ -286,7 +294,7 @@ def explain_model(
     """
     fn = jax.jit(lambda x: model.apply(variables, x))
     _check(config, fn, model, variables, split.images)
-    _claim(config, out, output_field, epoch)
+    _claim(config, out, output_field, epoch, model_name)
     logging.info("explaining %s (epoch %d) on %s/%s", model_name, epoch, split.name, config.split)
 
     npz_path = out / "attributions.npz"

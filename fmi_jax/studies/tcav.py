@@ -257,7 +257,15 @@ def run_tcav(config: ml_collections.ConfigDict, workdir: str | Path) -> TcavResu
     handle = attribution.flax_model(model, variables)
     concept_index, test_index, random_index = _check(config, handle, split)
     npz_path, json_path = out / "tcav.npz", out / "tcav.json"
-    runs.claim_study(out, config, epoch=epoch, has_results=npz_path.exists(), hint=OUTPUT_HINT)
+    runs.claim_study(
+        out,
+        config,
+        epoch=epoch,
+        model=run_config.model.name,
+        has_results=npz_path.exists(),
+        hint=OUTPUT_HINT,
+        recorded_epoch=(runs.read_json(json_path, rewritable=True) or {}).get("checkpoint_epoch"),
+    )
 
     if npz_path.exists():
         logging.info("%s exists: reusing the scores, drawing missing figures only", npz_path)
