@@ -108,8 +108,10 @@ def evaluate_workdir(
     previous = runs.read_json(out_path, rewritable=True) or {}
     kept: dict[str, Any] = {}  # splits of this epoch evaluated earlier, kept beside new ones
     if previous.get("checkpoint_epoch") == epoch:
-        kept = {} if overwrite else dict(previous.get("splits", {}))
-        if set(splits) <= set(kept):
+        kept = dict(previous.get("splits", {}))
+        if overwrite:  # recomputes the splits asked for, keeps the others
+            kept = {s: r for s, r in kept.items() if s not in splits}
+        elif set(splits) <= set(kept):
             logging.info(
                 "%s already holds the evaluation of epoch %d; pass overwrite to recompute",
                 out_path,
