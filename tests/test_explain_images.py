@@ -190,6 +190,18 @@ def test_32_bit_images_are_skipped_with_the_reason_not_clipped(tmp_path):
     np.testing.assert_array_equal(np.asarray(dropped), top)
 
 
+def test_a_16_bit_png_opened_as_32_bit_integers_keeps_its_top_8_bits(tmp_path, monkeypatch):
+    # Pillow before 10.3 opened 16-bit grey PNGs as mode 'I'; a PNG has at most 16 bits.
+    from PIL import PngImagePlugin
+
+    deep = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).astype(np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    monkeypatch.setitem(PngImagePlugin._MODES, (16, 0), ("I", "I;16B"))
+    assert Image.open(tmp_path / "deep.png").mode == "I"
+    top = np.repeat((deep >> 8).astype(np.uint8)[..., None], 3, -1)
+    np.testing.assert_array_equal(np.asarray(images_lib.decode(tmp_path / "deep.png")), top)
+
+
 _HEIC = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic"
 
 

@@ -170,20 +170,25 @@ def _check_options(*, resize: int, crop: int, alpha: str) -> None:
 def to_rgb(image: Image.Image, *, alpha: str = "white") -> Image.Image:
     """An 'RGB' copy of a Pillow image: grayscale repeated, palette expanded, alpha
     composited over white (``alpha='white'``) or dropped (``alpha='drop'``)."""
-    return _to_rgb(image, alpha=alpha, netpbm=image.format == "PPM")
+    return _to_rgb(image, alpha=alpha, at_most_16_bits=image.format in _AT_MOST_16_BITS)
 
 
-def _to_rgb(image: Image.Image, *, alpha: str, netpbm: bool) -> Image.Image:
-    """:func:`to_rgb`; ``netpbm``: the image was read from a PGM/PPM file, whose header
-    declares its bit depth (Pillow opens a 16-bit one as 32-bit integers, scaled to
-    0..65535), so its 'I' mode is 16-bit data; any other 'I' image is refused."""
+# File formats whose integer pixels have at most 16 bits: Pillow opens a 16-bit PGM or
+# PPM (scaled to 0..65535), and before Pillow 10.3 a 16-bit grey PNG, as 32-bit 'I'.
+_AT_MOST_16_BITS = ("PPM", "PNG")
+
+
+def _to_rgb(image: Image.Image, *, alpha: str, at_most_16_bits: bool) -> Image.Image:
+    """:func:`to_rgb`; ``at_most_16_bits``: the image was read from a file format whose
+    integer pixels have at most 16 bits, so its 'I' mode is 16-bit data; any other 'I'
+    image is refused."""
     _check_alpha(alpha)
     mode = image.mode
     if mode == "RGB" and "transparency" not in image.info:
         return image.copy()
-    if mode.startswith("I;16") or (mode == "I" and netpbm):
+    if mode.startswith("I;16") or (mode == "I" and at_most_16_bits):
         values = np.asarray(image)
-        clear = image.info.get("transparency") if mode.startswith("I;16") else None
+        clear = image.info.get("transparency")
         if clear is not None and alpha == "white":
             return _grey_16(np.where(values == clear, 0xFFFF, values))
         return _grey_16(values)
@@ -227,9 +232,10 @@ def decode(path: str | Path, *, alpha: str = "white") -> Image.Image:
     with image:
         image.seek(0)
         image.load()
-        netpbm = image.format == "PPM"  # the transposed copy forgets the format
+        # The transposed copy forgets the format.
+        at_most_16_bits = image.format in _AT_MOST_16_BITS
         oriented = ImageOps.exif_transpose(image)
-        return _to_rgb(oriented, alpha=alpha, netpbm=netpbm)
+        return _to_rgb(oriented, alpha=alpha, at_most_16_bits=at_most_16_bits)
 
 
 # ISO base media file brands of HEIF stills and sequences (not AVIF, which Pillow reads).
