@@ -345,6 +345,14 @@ def _numpy_scalar(dtype: Any, data: Any = None) -> Any:
     return np.frombuffer(data, dtype, count=1)[0]
 
 
+def _empty_bytes(*args: Any) -> bytes:
+    """``bytes()``, how protocol-2 pickles write ``b''`` (others go through
+    ``_codecs.encode``); with arguments it could allocate any amount of memory."""
+    if args:
+        raise pickle.UnpicklingError("bytes(...) with arguments is not allowed")
+    return b""
+
+
 # The only globals the original batches (Python 2 pickles) and protocol-2 pickles
 # written by Python 3 (e.g. by write_cifar_batches) reference, and what a batch written
 # by hand needs for labels stored as numpy integers or an empty bytes value.
@@ -354,8 +362,8 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
-    ("builtins", "bytes"): bytes,
-    ("__builtin__", "bytes"): bytes,
+    ("builtins", "bytes"): _empty_bytes,
+    ("__builtin__", "bytes"): _empty_bytes,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
 }

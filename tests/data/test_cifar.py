@@ -171,6 +171,10 @@ def test_malicious_pickle_is_refused_and_not_run(tmp_path):
     ):
         cifar.read_cifar10(tmp_path, cifar.TEST_BATCHES)
     assert not target.exists()
+    # bytes() makes b''; with a size it would allocate whatever a file asks for.
+    (tmp_path / "test_batch").write_bytes(b"c__builtin__\nbytes\n(I200000000\ntR.")
+    with pytest.raises(DataError, match=r"bytes\(\.\.\.\) with arguments is not allowed"):
+        cifar.read_cifar10(tmp_path, cifar.TEST_BATCHES)
 
 
 def test_meta_with_wrong_structure(tmp_path, write_cifar_dataset):
