@@ -98,6 +98,11 @@ def test_two_trial_study_ranks_retrains_and_resumes(tmp_path, smoke_study):
     point = json.loads((best / "grid_point.json").read_text())
     assert tune.trial_name(point) == result.best["trial"]
     assert (best / "layer_grad_cam.png").stat().st_size > 5_000
+    epoch = result.evaluation["checkpoint_epoch"]
+    assert json.loads((best / "layer_grad_cam.json").read_text()) == {"checkpoint_epoch": epoch}
+    drawn = (best / "layer_grad_cam.png").stat().st_mtime_ns
+    tune._layer_figure(config, best, epoch)  # the same checkpoint: not drawn again
+    assert (best / "layer_grad_cam.png").stat().st_mtime_ns == drawn
     assert (best / "confusion_matrix.png").exists()
 
     # Re-running reads the finished trials instead of training them again.
@@ -129,6 +134,11 @@ def test_two_trial_study_ranks_retrains_and_resumes(tmp_path, smoke_study):
     refinal.final.data.train_limit = 128
     with pytest.raises(ValueError, match=r"data.train_limit: .* -> 128.*Nothing was overwritten"):
         studies.run_tune(refinal, tmp_path)
+
+    # The best checkpoint moved (training went on): the figure is drawn again.
+    tune._layer_figure(config, best, epoch + 1)
+    assert json.loads((best / "layer_grad_cam.json").read_text())["checkpoint_epoch"] == epoch + 1
+    assert (best / "layer_grad_cam.png").stat().st_mtime_ns != drawn
 
     # More epochs per trial: every trial goes on from where it stopped (none is read as
     # finished with fewer epochs than asked).

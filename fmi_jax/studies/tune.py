@@ -251,17 +251,21 @@ def run_tune(config: ml_collections.ConfigDict, workdir: str | Path) -> TuneResu
         evaluation = evaluate_lib.evaluate_workdir(best_dir)
         figures.confusion_matrix(evaluation, best_dir)
         runs.write_json_atomic(best_dir / "grid_point.json", best_point, sort_keys=False)
-        _layer_figure(config, best_dir)
+        _layer_figure(config, best_dir, evaluation["checkpoint_epoch"])
     return TuneResult(trials=ranked, best=best, evaluation=evaluation, workdir=workdir)
 
 
-def _layer_figure(config: ml_collections.ConfigDict, best_dir: Path) -> None:
-    """The per-layer CAM figure of the retrained best model, on the first test images."""
+def _layer_figure(config: ml_collections.ConfigDict, best_dir: Path, epoch: int) -> None:
+    """The per-layer CAM figure of the retrained best model (its checkpoint `epoch`), on
+    the first test images; drawn again when the best checkpoint has moved since (the
+    epoch it shows is recorded beside it)."""
     settings = config.get("layer_cam")
     if not settings or not int(settings.samples):
         return
     path = best_dir / f"layer_{settings.method}.png"
-    if path.exists():
+    record = best_dir / f"layer_{settings.method}.json"
+    drawn = runs.read_json(record, rewritable=True)
+    if path.exists() and (drawn is None or drawn.get("checkpoint_epoch") == epoch):
         return
     model, variables, run_config, _ = evaluate_lib.restore_model(best_dir)
     test = loop_lib.load_data(run_config.data)["test"]
@@ -280,3 +284,4 @@ def _layer_figure(config: ml_collections.ConfigDict, best_dir: Path) -> None:
         row_titles=[f"{names[test.labels[i]]} -> {names[predicted[i]]}" for i in range(n)],
         method=f"{settings.method} ({run_config.model.name})",
     )
+    runs.write_json_atomic(record, {"checkpoint_epoch": int(epoch)})
