@@ -198,8 +198,10 @@ def full_gradients(
         )
     if batch_size is not None:
         as_count(batch_size, "batch_size")
-    layers = _layers(handle, x, layers, "full_gradients")
+    # The target first: it checks that the model maps x to (N, classes), and says so
+    # for one example without its batch axis, (H, W, C) read as (N, H, W).
     target = resolve_target(handle, x, target, batch_size=batch_size)
+    layers = _layers(handle, x, layers, "full_gradients")
     # The constant terms do not depend on the input: the first example's, from a pass
     # over the first chunk (a shape the chunks' own passes use anyway).
     first = x[: min(batch_size or x.shape[0], x.shape[0])]

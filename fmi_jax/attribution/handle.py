@@ -971,10 +971,27 @@ def layer_call(
     take), and ``batch_size``, all before anything is traced."""
     handle = as_flax_model(model, method)
     x = as_input(x)
-    shape = handle.layer_shape(x, layer)
+    try:
+        shape = handle.layer_shape(x, layer)
+    except Exception:
+        if x.ndim == 3 and _takes(handle, x[None], layer):
+            raise ValueError(
+                f"x of shape {x.shape} looks like one example without its batch axis: pass "
+                "x[None] (a batch of one)"
+            ) from None
+        raise
     if batch_size is not None:
         as_count(batch_size, "batch_size")
     return handle, x, shape
+
+
+def _takes(handle: FlaxModel, x: Array, layer: str) -> bool:
+    """Whether ``handle`` runs on ``x`` as far as ``layer``."""
+    try:
+        handle.layer_shape(x, layer)
+    except Exception:  # noqa: BLE001  (any failure: it does not)
+        return False
+    return True
 
 
 def activation_and_gradient(

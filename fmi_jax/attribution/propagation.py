@@ -760,8 +760,10 @@ def guided_grad_cam(
         raise ValueError(
             f"guided_grad_cam needs images (N, H, W, C) or (N, H, W), got shape {x.shape}"
         )
-    handle.layer_shape(x, layer)  # a clear error for a bad layer, before any tracing
+    # The target first: it checks that the model maps x to (N, classes), and says so
+    # for one example without its batch axis, (H, W, C) read as (N, H, W).
     target = resolve_target(handle, x, target, batch_size=batch_size)
+    handle.layer_shape(x, layer)  # a clear error for a bad layer, before any tracing
     maps = grad_cam(handle, x, target, batch_size=batch_size, layer=layer)
     guided = guided_backprop(handle, x, target, batch_size=batch_size)
     return guided * (maps[..., None] if x.ndim == 4 else maps)

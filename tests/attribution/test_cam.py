@@ -1070,3 +1070,16 @@ def test_full_grad_and_guided_grad_cam_read_images_without_a_channel_axis_as_wit
         A.guided_grad_cam((HEAD, HEAD_VARS), x[..., None], 1, layer="features")[..., 0],
         rtol=1e-6,
     )
+
+
+def test_one_image_without_its_batch_axis_is_named_as_such(small_cnn):
+    # (H, W, C) could read as a batch of (H, W) images: the model's refusal says which.
+    model, variables, x = small_cnn
+    handle = A.flax_model(model, variables)
+    for call in (
+        lambda: A.grad_cam(handle, x[0], layer="conv2"),
+        lambda: A.guided_grad_cam(handle, x[0], layer="conv2"),
+        lambda: A.full_grad(handle, x[0]),
+    ):
+        with pytest.raises(ValueError, match=r"looks like one example without its batch axis"):
+            call()

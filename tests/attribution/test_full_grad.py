@@ -245,5 +245,5 @@ def test_an_unused_dense_head_is_no_reason_to_refuse():
     handle = A.flax_model(UnusedHeadNnx(nnx.Rngs(40)))
     assert "spare" in handle.refused_layers(X)
     assert A.bias_layers(handle, X) == ("conv1", "bn1", "conv2")
-    with pytest.raises(ValueError, match=r"takes images \(N, H, W, C\); got shape \(8, 8, 2\)"):
+    with pytest.raises(ValueError, match=r"\(8, 8, 2\) looks like one example without its batch"):
         A.full_gradients(handle, X[0])
