@@ -149,7 +149,13 @@ def _typed_key(key: Any) -> jax.Array:
                 f"key must be a PRNG key, e.g. jax.random.key(0), got {key.dtype} of shape "
                 f"{key.shape}"
             )
-        key = jax.random.wrap_key_data(key)
+        try:
+            key = jax.random.wrap_key_data(key)
+        except TypeError:
+            raise ValueError(
+                f"key data of shape {key.shape} is not a default PRNG key's: pass the key "
+                "itself (jax.random.key(0))"
+            ) from None
     if key.shape != ():
         raise ValueError(f"key must be a single PRNG key, got shape {key.shape}")
     return key
@@ -159,8 +165,8 @@ def _check_chunkable(explain: Any) -> None:
     """A ValueError for an explainer that cannot run in jitted chunks: one the registry
     marks as untraceable (XRAI) or as mixing the examples of a batch (feature
     permutation). A function not made by ``explainer`` is taken as it is."""
-    spec = getattr(explain, "spec", None)
-    if spec is None:
+    spec = getattr(explain, "spec", None) or getattr(getattr(explain, "func", None), "spec", None)
+    if spec is None:  # (a functools.partial of an explainer is checked as the explainer)
         return
     if not spec.traceable:
         raise ValueError(

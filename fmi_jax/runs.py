@@ -161,10 +161,12 @@ def _under(path: str, prefixes: Iterable[str]) -> bool:
 
 def _another_kind(saved: Any, record: Any) -> bool:
     """Whether two records are configs of different kinds of run: fewer than 3 in 4 of
-    their top-level fields in common. Configs of one kind share them all, but for a
-    field or two that one version of fmi_jax adds; those of two studies share a few
-    (seed, split, batch_size)."""
+    their top-level fields in common (records of fewer than 4 fields are too small to
+    tell). Configs of one kind share them all, but for a field or two that one version
+    of fmi_jax adds; those of two studies share a few (seed, split, batch_size)."""
     if not (isinstance(saved, dict) and isinstance(record, dict)):
+        return False
+    if min(len(saved), len(record)) < 4:  # too few fields to tell: a version's field or two
         return False
     common, either = set(saved) & set(record), set(saved) | set(record)
     return len(common) < 0.75 * len(either)
@@ -302,7 +304,7 @@ def claim_study(
     has_results: bool,
     hint: str,
     free: Iterable[str] = (),
-    recorded_epoch: int | None = None,
+    results: Mapping[str, Any] | None = None,
 ) -> None:
     """`claim` for a study of one trained checkpoint: `config` as `config.json`, and the
     model and checkpoint epoch it reads as `checkpoint.json`, both checked before either
@@ -311,11 +313,19 @@ def claim_study(
     say which it read: results of another epoch or model are refused
     (``checkpoint_epoch: 8 -> 10``) instead of being reused as this one's.
 
-    `recorded_epoch`: the epoch the folder's results themselves record, for results
-    written before `checkpoint.json` was (None: unknown); it becomes that record."""
+    `results`: what the folder's results themselves record (``model``,
+    ``checkpoint_epoch``), for results written before `checkpoint.json` named both; it
+    becomes that record."""
     path = Path(folder) / CHECKPOINT_FILE
-    if has_results and recorded_epoch is not None and read_json(path, rewritable=True) is None:
-        write_json_atomic(path, {"model": str(model), "checkpoint_epoch": int(recorded_epoch)})
+    saved = read_json(path, rewritable=True)
+    results = results or {}
+    if has_results and results.get("checkpoint_epoch") is not None:
+        if saved is None or "model" not in saved:
+            recorded = {
+                "model": str(results.get("model", model)),
+                "checkpoint_epoch": int(results["checkpoint_epoch"]),
+            }
+            write_json_atomic(path, recorded)
     records = (
         (config, CONFIG_FILE, "another config", free),
         (

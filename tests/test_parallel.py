@@ -6,6 +6,7 @@ so the multi-device checks run in a subprocess with four simulated host devices
 four in the same process and reports both; the assertions are made here.
 """
 
+import functools
 import json
 import os
 import socket
@@ -277,6 +278,9 @@ def test_attribute_dataset_on_one_device_matches_a_direct_call():
         parallel.attribute_dataset(explain, x, np.zeros(4, np.int32), key)
     with pytest.raises(ValueError, match=r"key must be a PRNG key, e\.g\. jax\.random\.key\(0\)"):
         parallel.attribute_dataset(explain, x, None, 0)
+    rbg_data = jax.random.key_data(jax.random.key(0, impl="rbg"))
+    with pytest.raises(ValueError, match=r"key data of shape \(4,\) is not a default PRNG key"):
+        parallel.attribute_dataset(explain, x, None, rbg_data)
     # A deterministic method needs no key; one that draws noise says so.
     plain = explainer("saliency", fn)
     np.testing.assert_allclose(
@@ -289,8 +293,9 @@ def test_attribute_dataset_on_one_device_matches_a_direct_call():
         ("xrai", {"steps": 2}, "cannot be traced"),
         ("feature_permutation", {}, "mixes the examples of a batch"),
     ]:
-        with pytest.raises(ValueError, match=f"{name} .*{reason}"):
-            parallel.attribute_dataset(explainer(name, fn, **options), x, None, key)
+        for wrap in (lambda f: f, functools.partial):
+            with pytest.raises(ValueError, match=f"{name} .*{reason}"):
+                parallel.attribute_dataset(wrap(explainer(name, fn, **options)), x, None, key)
 
 
 def test_initialize_distributed_passes_its_arguments(monkeypatch):

@@ -77,19 +77,22 @@ def test_a_changed_config_without_results_replaces_the_record(tmp_path):
 def test_a_record_of_another_kind_of_run_is_never_replaced(tmp_path):
     # Another study's record: its results are not the caller's to see (has_results is
     # the caller's own), so other fields are refused even without results.
-    runs.claim(tmp_path, _config(), has_results=False)
+    runs.claim(tmp_path, _config(batch_size=32), has_results=False)
     before = (tmp_path / "config.json").read_text()
-    other = ml_collections.ConfigDict({"images": "photos", "ig": {"steps": 50}})
+    other = ml_collections.ConfigDict({"images": "a/", "ig": {}, "seed": 0, "top_k": 5})
     with pytest.raises(
         runs.RunConfigError,
-        match=r"records a run with other fields than this config.s \(ig, images, model, num_epochs, seed\): another kind",
+        match=r"other fields than this config.s \(batch_size, ig, images, model, num_epochs"
+        r" \.\.\.\): another kind of run.s record",
     ):
         runs.claim(tmp_path, other, has_results=False, hint="pass another --workdir")
     assert (tmp_path / "config.json").read_text() == before
     # A record of another version of the same config (a field more or less): an earlier
-    # attempt without results, replaced as before.
-    runs.claim(tmp_path, _config(label_smoothing=0.1), has_results=False)
+    # attempt without results, replaced as before; so are records too small to tell.
+    runs.claim(tmp_path, _config(batch_size=32, label_smoothing=0.1), has_results=False)
     assert json.loads((tmp_path / "config.json").read_text())["label_smoothing"] == 0.1
+    runs.claim(tmp_path / "small", {"a": 1}, has_results=False)
+    runs.claim(tmp_path / "small", {"b": 1}, has_results=False)
 
 
 def test_a_study_of_a_checkpoint_that_moved_is_refused(tmp_path):
@@ -113,15 +116,23 @@ def test_a_study_of_a_checkpoint_that_moved_is_refused(tmp_path):
     assert json.loads((tmp_path / "checkpoint.json").read_text())["checkpoint_epoch"] == 10
 
 
-def test_results_from_before_the_checkpoint_record_keep_the_epoch_they_record(tmp_path):
+def test_results_from_before_the_checkpoint_record_keep_what_they_record(tmp_path):
     runs.claim(tmp_path, _config(), has_results=False)  # as written before checkpoint.json
-    study = functools.partial(
-        runs.claim_study, tmp_path, _config(), model="cnn", hint="x", has_results=True
-    )
+    study = functools.partial(runs.claim_study, tmp_path, _config(), hint="x", has_results=True)
     with pytest.raises(runs.RunConfigError, match=r"checkpoint_epoch: 3 -> 7"):
-        study(epoch=7, recorded_epoch=3)
-    study(epoch=3, recorded_epoch=3)
-    assert json.loads((tmp_path / "checkpoint.json").read_text())["checkpoint_epoch"] == 3
+        study(model="cnn", epoch=7, results={"checkpoint_epoch": 3})
+    # Another model's results of the same epoch (the SAE study's two classifiers).
+    (tmp_path / "checkpoint.json").unlink()
+    classifier = {"model": "sae (classifier)", "checkpoint_epoch": 5}
+    with pytest.raises(
+        runs.RunConfigError, match=r'model: "sae \(classifier\)" -> "sae \(finetune'
+    ):
+        study(model="sae (finetune)", epoch=5, results=classifier)
+    study(model="sae (classifier)", epoch=5, results=classifier)
+    # A record that named the epoch alone gains the model.
+    (tmp_path / "checkpoint.json").write_text('{"checkpoint_epoch": 5}')
+    study(model="sae (classifier)", epoch=5, results=classifier)
+    assert json.loads((tmp_path / "checkpoint.json").read_text()) == classifier
 
 
 def test_extendable_fields_may_grow_and_growth_is_recorded(tmp_path):

@@ -220,6 +220,8 @@ def test_evaluating_more_splits_keeps_the_earlier_ones_and_other_epochs(tmp_path
     both = train.evaluate_workdir(tmp_path, splits=("validation",))
     assert list(both["splits"]) == ["validation", "test"] and both["splits"]["test"] == test
     assert json.loads(path.read_text()) == both
+    with pytest.raises(ValueError, match="splits is empty"):
+        train.evaluate_workdir(tmp_path, splits=())
     again = train.evaluate_workdir(tmp_path, splits=("test",), overwrite=True)
     assert list(again["splits"]) == ["validation", "test"]  # recomputed test, kept validation
     # The evaluation of another checkpoint is kept aside, never over an older one.

@@ -233,7 +233,7 @@ def _claim(config: Any, out: Path, epoch: int, model_name: str) -> None:
         free=free_fields(config),
         has_results=has_results,
         hint=OUTPUT_HINT,
-        recorded_epoch=leaderboard.get("checkpoint_epoch"),
+        results=leaderboard,
     )
 
 

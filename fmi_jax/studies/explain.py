@@ -245,7 +245,7 @@ def _claim(config: Any, out: Path, output_field: str, epoch: int, model_name: st
         free=free_fields(config),
         has_results=has_results,
         hint=hint,
-        recorded_epoch=stats.get("checkpoint_epoch"),
+        results=stats,
     )
 
 

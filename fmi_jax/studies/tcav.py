@@ -264,7 +264,7 @@ def run_tcav(config: ml_collections.ConfigDict, workdir: str | Path) -> TcavResu
         model=run_config.model.name,
         has_results=npz_path.exists(),
         hint=OUTPUT_HINT,
-        recorded_epoch=(runs.read_json(json_path, rewritable=True) or {}).get("checkpoint_epoch"),
+        results=runs.read_json(json_path, rewritable=True),
     )
 
     if npz_path.exists():

@@ -100,6 +100,8 @@ def evaluate_workdir(
     """The run task's report on each split: loss, accuracy, precision, recall, F1 (macro and
     per class) for classifiers; MSE, dead latents, active units for autoencoders."""
     workdir = Path(workdir)
+    if not splits:
+        raise ValueError(f"splits is empty: name one or more of {SPLITS}")
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown:
         raise ValueError(f"unknown split(s) {unknown}; choose from {SPLITS}")
