@@ -8,8 +8,10 @@ The confusion matrix figure is drawn by the caller (fmi_jax.train does not impor
 plotting): `fmi_jax.studies.figures.confusion_matrix(result, workdir)`, as
 experiments/evaluate.py and the tune study do.
 
-An existing metrics.json of another checkpoint is kept as metrics.epoch<E>.json;
-one of the same checkpoint is returned as it is unless `overwrite`.
+An existing metrics.json of another checkpoint is kept as metrics.epoch<E>.json (or
+metrics.epoch<E>.<k>.json, never over an older one); one of the same checkpoint is
+returned as it is when it holds every split asked for, and otherwise gains the missing
+ones; `overwrite` recomputes the splits asked for and keeps the others.
 """
 
 from __future__ import annotations
