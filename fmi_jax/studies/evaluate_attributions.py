@@ -96,7 +96,11 @@ from absl import logging
 from fmi_jax import attribution, evaluation, plotting, runs
 from fmi_jax.attribution.core import Explain, example_keys
 from fmi_jax.plotting.html import Image, Link, Section, Table
-from fmi_jax.studies.explain import OUTPUT_HINT, free_fields, map_agreement, method_options
+from fmi_jax.studies.explain import (
+    claim_output,
+    map_agreement,
+    method_options,
+)
 from fmi_jax.train import evaluate as evaluate_lib
 from fmi_jax.train import loop as loop_lib
 from fmi_jax.train.input_pipeline import to_float
@@ -221,19 +225,15 @@ def _check(config: Any, model: Any, variables: Any, images: np.ndarray) -> None:
 
 
 def _claim(config: Any, out: Path, epoch: int, model_name: str) -> None:
-    """Claims `out` for this config, model and checkpoint epoch (see fmi_jax/runs.py);
-    results: any cached method."""
+    """Claims `out` (results: any cached method) for this config, model and epoch."""
     has_results = any((out / "methods").glob("*.json")) or (out / "leaderboard.json").exists()
-    leaderboard = runs.read_json(out / "leaderboard.json", rewritable=True) or {}
-    runs.claim_study(
-        out,
+    claim_output(
         config,
+        out,
         epoch=epoch,
-        model=model_name,
-        free=free_fields(config),
+        model_name=model_name,
         has_results=has_results,
-        hint=OUTPUT_HINT,
-        results=leaderboard,
+        results_file="leaderboard.json",
     )
 
 

@@ -49,6 +49,7 @@ from fmi_jax.train.tensorboard import TENSORBOARD_DIR, EventLog
 
 __all__ = [
     "ExplainResult",
+    "claim_output",
     "explain_model",
     "free_fields",
     "layer_cams",
@@ -231,12 +232,21 @@ def _check(config: Any, fn: Any, model: Any, variables: Any, images: np.ndarray)
             handle.layer_shape(x, layer)
 
 
-def _claim(config: Any, out: Path, output_field: str, epoch: int, model_name: str) -> None:
-    """Claims `out` for this config, model and checkpoint epoch (never another's; see
-    fmi_jax/runs.py)."""
-    has_results = (out / "stats.json").exists() or (out / "attributions.npz").exists()
-    hint = OUTPUT_HINT.replace("config.output", f"config.{output_field}")
-    stats = runs.read_json(out / "stats.json", rewritable=True) or {}
+def claim_output(
+    config: Any,
+    out: Path,
+    *,
+    epoch: int,
+    model_name: str,
+    has_results: bool,
+    results_file: str,
+    output_field: str = "output",
+) -> None:
+    """Claims the output folder `out` of a study configured like this one (its
+    `free_fields`, its `output` field) for `config` and the model and checkpoint epoch
+    it reads (never another's; see `fmi_jax.runs.claim_study`). `results_file`: the
+    file of `out` whose ``model`` and ``checkpoint_epoch`` the results themselves
+    record (for folders written before the checkpoint record)."""
     runs.claim_study(
         out,
         config,
@@ -244,8 +254,21 @@ def _claim(config: Any, out: Path, output_field: str, epoch: int, model_name: st
         model=model_name,
         free=free_fields(config),
         has_results=has_results,
-        hint=hint,
-        results=stats,
+        hint=OUTPUT_HINT.replace("config.output", f"config.{output_field}"),
+        results=runs.read_json(out / results_file, rewritable=True),
+    )
+
+
+def _claim(config: Any, out: Path, output_field: str, epoch: int, model_name: str) -> None:
+    has_results = (out / "stats.json").exists() or (out / "attributions.npz").exists()
+    claim_output(
+        config,
+        out,
+        epoch=epoch,
+        model_name=model_name,
+        has_results=has_results,
+        results_file="stats.json",
+        output_field=output_field,
     )
 
 
