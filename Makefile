@@ -114,11 +114,13 @@ GPU_CHECK_ARGS ?=
 gpu-check:
 	$(PYTHON) scripts/gpu_check.py $(if $(GPU_CHECK_SMOKE),--smoke) $(GPU_CHECK_ARGS)
 
-# For a GPU machine without internet: Debian's Fashion-MNIST files in .gpu_data/ (ignored
-# by git) to carry there; then GPU_CHECK_ARGS=--data_dir=.gpu_data.
-gpu-data: data
+# For a GPU machine without internet: Debian's Fashion-MNIST files and the pure-Python
+# wheels the script may need to install, in .gpu_data/ (ignored by git, ~32 MB) to carry
+# there; then GPU_CHECK_ARGS=--data_dir=.gpu_data.
+gpu-data: data $(VENV)/.installed
 	mkdir -p .gpu_data/fashion_mnist
 	cp /usr/share/datasets/fashion-mnist/*-ubyte.gz .gpu_data/fashion_mnist/
+	$(PY) scripts/gpu_check.py --save_wheels=.gpu_data/wheels
 
 clean-venv:
 	rm -rf $(VENV) $(BENCH_VENV)

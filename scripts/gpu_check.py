@@ -9,7 +9,9 @@ step before the cut):
 
   install    imports what the steps need; installs only what is missing, at the
              versions of constraints.txt, never touching what is installed (the
-             machine's CUDA jax stays). Offline, wheels come from --wheels.
+             machine's CUDA jax stays). Offline, wheels come from --wheels (`make
+             gpu-data` saves the pure-Python ones into .gpu_data/wheels, the
+             default with --data_dir=.gpu_data).
   pytest     `pytest -m gpu`: every attribution method (but the at_layer and at_neuron
              compositions of them) on the accelerator against the CPU on the same
              weights (tests/test_gpu.py), and one training run
@@ -53,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import importlib.metadata
 import importlib.util
 import json
@@ -63,6 +66,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -94,6 +98,11 @@ NEEDED = {
 # Installed without its dependencies, as `make bench` does: they name an unpinned
 # torchvision, which would replace the machine's torch.
 NO_DEPS = {"grad-cam"}
+# The pure-Python distributions of NEEDED, whose wheels fit any Python and platform:
+# `--save_wheels` (run by `make gpu-data`) keeps them, at constraints.txt's versions,
+# for a machine without internet. An image with CUDA jax and PyTorch has the binary
+# rest (numpy, matplotlib, pillow, opencv, scikit-learn) but seldom these.
+PURE_PYTHON = ("absl-py", "captum", "grad-cam", "ml_collections", "pytest", "tqdm", "ttach")
 BENCHMARK_METHODS = (
     "saliency",
     "integrated_gradients",
@@ -179,7 +188,8 @@ def steps(smoke: bool, runs: Path, out: Path) -> list[Step]:
         *(("--config.data_name=synthetic", "--config.train.config=") if smoke else ()),
     )
     return [
-        # The rehearsal lists what is missing and installs nothing (captum would pull torch).
+        # The rehearsal lists what is missing and installs nothing (captum would pull
+        # torch), unless it has carried wheels: then it installs offline, as on the GPU.
         Step(
             "install",
             120,
@@ -240,24 +250,52 @@ def _importable(module: str) -> bool:
         return False
 
 
-def install(wheels: Path | None, dry_run: bool = False) -> dict:
+def _pins() -> dict[str, str]:
+    """constraints.txt's `name==version` lines, by name."""
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        name, sep, version = line.split("#", 1)[0].strip().partition("==")
+        if sep:
+            pins[name] = version
+    return pins
+
+
+def save_wheels(dest: Path) -> list[str]:
+    """Saves the wheels of PURE_PYTHON at their pinned versions into `dest`, building
+    one where the release has only a source archive (grad-cam), so that `install`
+    needs no index. Returns the wheel files."""
+    dest.mkdir(parents=True, exist_ok=True)
+    pins = _pins()
+    for dist in PURE_PYTHON:
+        argv = [PY, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(dest)]
+        subprocess.run([*argv, f"{dist}=={pins[dist]}"], check=True)
+    names = sorted(p.name for p in dest.glob("*.whl"))
+    platform_bound = [n for n in names if not n.endswith("-py3-none-any.whl")]
+    if platform_bound:
+        raise SystemExit(f"gpu-check: {platform_bound} are not pure-Python wheels")
+    return names
+
+
+def install(wheels: Path | None, dry_run: bool = False, site: Path | None = None) -> dict:
     """pip-installs the distributions of NEEDED that do not import, one at a time (one
     that cannot be resolved does not stop the others), pinned by constraints.txt
-    except that whatever is installed stays at its version."""
+    except that whatever is installed stays at its version. Where this Python's
+    site-packages is read-only (a system image), they go to `site`, which the steps
+    find on PYTHONPATH."""
     missing = sorted({dist for module, dist in NEEDED.items() if not _importable(module)})
     if not missing or dry_run:
         return {"missing": missing}
-    pins = []
-    for line in (ROOT / "constraints.txt").read_text().splitlines():
-        name, sep, _ = line.split("#", 1)[0].strip().partition("==")
-        if sep:
-            have = _installed(name)
-            pins.append(f"{name}=={have}" if have else line.split("#", 1)[0].strip())
+    pins = [f"{name}=={_installed(name) or version}" for name, version in _pins().items()]
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
         f.write("\n".join(pins) + "\n")
     argv = [PY, "-m", "pip", "install", "--quiet", "-c", f.name]
     if wheels is not None:
         argv += ["--no-index", "--find-links", str(wheels)]
+    if site is not None and not os.access(sysconfig.get_paths()["purelib"], os.W_OK):
+        # pip --target sees nothing installed, so it would fetch torch for captum:
+        # the dependencies are the machine's.
+        argv += ["--target", str(site), "--no-deps"]
+        sys.path.insert(0, str(site))
     failed = {}
     for dist in missing:
         extra = ["--no-deps"] if dist in NO_DEPS else []
@@ -265,6 +303,7 @@ def install(wheels: Path | None, dry_run: bool = False) -> dict:
         if proc.returncode != 0:
             failed[dist] = proc.stderr.strip()[-600:]
     os.unlink(f.name)
+    importlib.invalidate_caches()
     result = {"missing": missing, "installed": {d: _installed(d) for d in missing}}
     if failed:
         print(json.dumps({**result, "failed": failed}))
@@ -331,15 +370,24 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     record_path = out / "gpu_check.json"
     record = {"machine": machine, "smoke": args.smoke, "budget_s": args.budget_s, "commands": []}
+    # Where `install` puts what a read-only site-packages cannot take.
+    site = runs / "site"
     env = dict(
         os.environ,
-        PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
+        PYTHONPATH=os.pathsep.join(
+            filter(None, (str(ROOT), str(site), os.environ.get("PYTHONPATH")))
+        ),
+        GPU_CHECK_SITE=str(site),
     )
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     if args.data_dir:
         env["FMI_DATA_DIR"] = str(Path(args.data_dir).resolve())
-    if args.wheels:
-        env["GPU_CHECK_WHEELS"] = str(Path(args.wheels).resolve())
+    wheels = args.wheels or (args.data_dir and Path(args.data_dir) / "wheels")
+    if wheels and Path(wheels).is_dir():
+        env["GPU_CHECK_WHEELS"] = str(Path(wheels).resolve())
+    elif args.wheels:
+        print(f"gpu-check: --wheels={args.wheels} is not a folder", file=sys.stderr)
+        return 2
     plan = [s for s in steps(args.smoke, runs, out) if not args.steps or s.name in args.steps]
     failures = 0
     for index, step in enumerate(plan, 1):
@@ -400,13 +448,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="results folder (default docs/benchmark/<gpu-name>)")
     parser.add_argument("--runs", help="workdirs of the studies (default runs/gpu_check)")
     parser.add_argument("--data_dir", help="folder holding fashion_mnist/ (sets FMI_DATA_DIR)")
-    parser.add_argument("--wheels", help="folder of wheels for an offline install")
+    parser.add_argument(
+        "--wheels",
+        help="folder of wheels for an offline install (default <data_dir>/wheels, if any)",
+    )
+    parser.add_argument(
+        "--save_wheels", metavar="FOLDER", help="save the pure-Python wheels to carry, and stop"
+    )
     parser.add_argument("--install_only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dry_run", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.save_wheels:
+        print("\n".join(save_wheels(Path(args.save_wheels))))
+        return 0
     if args.install_only:
-        wheels = os.environ.get("GPU_CHECK_WHEELS")
-        print(json.dumps(install(Path(wheels) if wheels else None, args.dry_run)))
+        wheels, site = os.environ.get("GPU_CHECK_WHEELS"), os.environ.get("GPU_CHECK_SITE")
+        dry_run = args.dry_run and not wheels
+        result = install(Path(wheels) if wheels else None, dry_run, Path(site) if site else None)
+        print(json.dumps(result))
         return 0
     known = {s.name for s in steps(False, Path("."), Path("."))}
     unknown = sorted(set(args.steps or ()) - known)

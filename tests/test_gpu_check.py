@@ -127,3 +127,48 @@ def test_the_gpu_tests_give_every_method_what_it_needs():
             variables=variables,
             **test_gpu._options(name),
         )
+
+
+def _pure_wheel(folder, dist, module):
+    """A minimal py3-none-any wheel of `dist` holding an empty `module`."""
+    import zipfile
+
+    info = f"{dist.replace('-', '_')}-0.1.dist-info"
+    files = {
+        f"{module}/__init__.py": "",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+    }
+    files[f"{info}/RECORD"] = "".join(f"{name},,\n" for name in [*files, f"{info}/RECORD"])
+    path = folder / f"{dist.replace('-', '_')}-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+    return path
+
+
+def test_offline_install_into_a_read_only_environment_goes_to_the_site_folder(
+    tmp_path, monkeypatch
+):
+    """A GPU image's site-packages may be read-only: what is missing is installed from
+    the carried wheels, without an index, into the folder the steps put on PYTHONPATH;
+    and what imports is never installed."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _pure_wheel(wheels, "fmi-offline-probe", "fmi_offline_probe")
+    monkeypatch.setattr(
+        gpu_check, "NEEDED", {"fmi_offline_probe": "fmi-offline-probe", "json": "x"}
+    )
+    purelib = gpu_check.sysconfig.get_paths()["purelib"]
+    real_access = gpu_check.os.access
+    monkeypatch.setattr(
+        gpu_check.os, "access", lambda p, mode: p != purelib and real_access(p, mode)
+    )
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("PIP_CONFIG_FILE", "/dev/null")  # no index, no find-links but ours
+    site = tmp_path / "site"
+    result = gpu_check.install(wheels, site=site)
+    assert result == {"missing": ["fmi-offline-probe"], "installed": {"fmi-offline-probe": "0.1"}}
+    assert (site / "fmi_offline_probe" / "__init__.py").is_file()
+    assert not (Path(purelib) / "fmi_offline_probe").exists()
