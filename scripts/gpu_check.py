@@ -79,11 +79,14 @@ PY = sys.executable
 # directly, and fmi_jax imports tfds only to download.
 NEEDED = {
     "jax": "jax",
+    "numpy": "numpy",
     "flax": "flax",
     "optax": "optax",
     "orbax.checkpoint": "orbax-checkpoint",
     "ml_collections": "ml_collections",
     "absl": "absl-py",
+    "tensorboardX": "tensorboardX",  # every training run writes its events
+    "scipy": "scipy",
     "matplotlib": "matplotlib",
     "tqdm": "tqdm",
     "PIL": "pillow",
@@ -102,7 +105,16 @@ NO_DEPS = {"grad-cam"}
 # `--save_wheels` (run by `make gpu-data`) keeps them, at constraints.txt's versions,
 # for a machine without internet. An image with CUDA jax and PyTorch has the binary
 # rest (numpy, matplotlib, pillow, opencv, scikit-learn) but seldom these.
-PURE_PYTHON = ("absl-py", "captum", "grad-cam", "ml_collections", "pytest", "tqdm", "ttach")
+PURE_PYTHON = (
+    "absl-py",
+    "captum",
+    "grad-cam",
+    "ml_collections",
+    "pytest",
+    "tensorboardX",
+    "tqdm",
+    "ttach",
+)
 BENCHMARK_METHODS = (
     "saliency",
     "integrated_gradients",

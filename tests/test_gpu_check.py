@@ -172,3 +172,29 @@ def test_offline_install_into_a_read_only_environment_goes_to_the_site_folder(
     assert result == {"missing": ["fmi-offline-probe"], "installed": {"fmi-offline-probe": "0.1"}}
     assert (site / "fmi_offline_probe" / "__init__.py").is_file()
     assert not (Path(purelib) / "fmi_offline_probe").exists()
+
+
+def test_needed_covers_every_package_the_steps_import():
+    """A package that fmi_jax, the experiments or the configs import but NEEDED omits
+    would be missing on a GPU image only, and fail the steps there."""
+    import ast
+
+    optional = {
+        "tensorflow_datasets": "only to download, and the GPU run reads --data_dir",
+        "pillow_heif": "only for HEIF photos",
+        "torch": "the machine's own",
+        "torchvision": "the machine's own",
+    }
+    imported = set()
+    for folder in ("fmi_jax", "experiments", "configs"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    imported |= {a.name.split(".")[0] for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                    imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"fmi_jax", "experiments", "configs"}
+    needed = {module.split(".")[0] for module in gpu_check.NEEDED}
+    assert third_party - needed - set(optional) == set()
+    assert {"captum", "tensorboardX", "ml_collections"} <= needed
+    assert set(gpu_check.PURE_PYTHON) <= set(gpu_check.NEEDED.values())
