@@ -221,7 +221,7 @@ def report(
                 m: {
                     "sum": float(maps[m][i].sum()),
                     "gap": method_stats[m]["completeness"]["per_example"][i],
-                    "max |A|": float(np.abs(maps[m][i]).max()),
+                    "max |A|": float(np.abs(plotting.drawn_map(maps[m][i])).max()),
                 }
                 for m in names
             },

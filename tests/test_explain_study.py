@@ -227,3 +227,56 @@ def test_mnist_study_on_files_in_the_original_format(tmp_path):
     assert result.stats["layer_cam"]["layers"] == ["conv1", "conv2"]
     assert (result.out_dir / "layer_grad_cam.png").exists()
     assert (result.out_dir / "gallery_score_cam.png").exists()
+
+
+@pytest.mark.parametrize("target", ["predicted", "label"])
+def test_figures_name_the_class_each_map_explains(tmp_path, monkeypatch, target):
+    """A misclassified sample's map explains the predicted class by default: the
+    gallery's rows, the sign-modes title and the sheet's title name that class; the
+    sheet's statistics are of the map drawn (channels summed)."""
+    from fmi_jax.studies import explain as explain_study
+
+    calls = {}
+    for name in ("class_gallery", "sign_modes", "explanation_sheet", "agreement_matrices"):
+        monkeypatch.setattr(
+            explain_study.plotting,
+            name,
+            lambda *a, _name=name, **k: calls.setdefault(_name, []).append((a, k)),
+        )
+    config = configs.load("explain", "smoke")
+    config.methods = ("integrated_gradients",)
+    config.target = target
+    config.figures.max_sheets = 2
+    labels, preds = np.array([0, 1, 2]), np.array([1, 1, 0])
+    maps = {"integrated_gradients": np.ones((3, 4, 4, 3)) * np.array([1.0, -1.0, 0.5])}
+    np.savez(tmp_path / "attributions.npz", spearman_per_sample=np.ones((3, 1, 1)))
+    names = ["zero", "one", "two"]
+    probs = np.full((3, 3), 1 / 3)
+    agreement = {"agreement": dict.fromkeys(("pearson", "spearman", "topk_overlap", "methods"), [])}
+    agreement["agreement"]["topk_fraction"] = 0.1
+    explain_study._figures(
+        tmp_path,
+        config,
+        np.zeros((3, 4, 4, 3)),
+        labels,
+        preds,
+        probs,
+        maps,
+        agreement,
+        names,
+    )
+    explained = preds if target == "predicted" else labels
+    ((gallery_args, gallery_kw),) = calls["class_gallery"]
+    np.testing.assert_array_equal(gallery_args[2], explained)
+    assert gallery_kw["method"] == f"integrated_gradients of the {target} class"
+    ((_, signs_kw),) = calls["sign_modes"]
+    assert (
+        signs_kw["title"]
+        == f"integrated_gradients: sign modes (explaining {names[explained[0]]}, true zero)"
+    )
+    titles = [k["title"] for _, k in calls["explanation_sheet"]]
+    assert titles == [
+        f"true zero, predicted one (0.33); maps explain {names[explained[0]]}",
+        "true one, predicted one (0.33)",
+    ]
+    assert calls["explanation_sheet"][0][1]["stats"]["integrated_gradients"]["max"] == 0.5

@@ -449,3 +449,42 @@ def test_concept_scores_checks_its_shapes():
         )
     with pytest.raises(ValueError, match="at least one layer"):
         plotting.concept_scores({}, {}, "abc", "xy")
+
+
+def test_panels_scaled_to_themselves_say_their_scale_and_a_zero_map_says_so():
+    """Each map saturates at its own scale: without a colour bar, the value drawn at
+    full colour is written under the panel (a 1e-5 map beside a 1e-2 one), and an
+    all-zero map's colour bar has no invented range."""
+    images = np.zeros((2, 8, 8))
+    maps = {"weak": np.full((2, 8, 8), 1e-5), "strong": np.full((2, 8, 8), 2e-2)}
+    maps["weak"][1] = 0.0
+    fig = plotting.layer_grid(images, maps)
+    labels = [ax.get_xlabel() for ax in fig.axes if ax.get_xlabel()]
+    assert labels == [
+        "full colour at 1e-05",
+        "full colour at 0.02",
+        "all zero",
+        "full colour at 0.02",
+    ]
+    assert not [
+        ax for ax in plotting.layer_grid(images, maps, scale="shared").axes if ax.get_xlabel()
+    ]
+    with_bars = plotting.layer_grid(images, maps, colorbar=True)
+    assert not [ax for ax in with_bars.axes if ax.get_xlabel()]
+    bars = [ax for ax in with_bars.axes if ax.get_label() == "<colorbar>"]
+    assert [ax.get_ylabel() for ax in bars].count("all zero") == 1
+    assert [len(ax.get_yticks()) for ax in bars if ax.get_ylabel() == "all zero"] == [0]
+    gallery = plotting.class_gallery(images, maps["weak"], [0, 0], ["a"], per_class=2)
+    assert [ax.get_xlabel() for ax in gallery.axes] == ["full colour at 1e-05", "all zero"]
+
+
+def test_sheet_marks_undefined_correlations_and_draws_uint8_inputs_in_grey_levels():
+    ramp = np.tile(np.arange(0, 256, 16, dtype=np.uint8), (16, 1))
+    maps = {"a": np.ones((16, 16)), "b": np.zeros((16, 16))}
+    correlation = np.array([[1.0, np.nan], [np.nan, np.nan]])
+    fig = plotting.explanation_sheet(ramp, maps, correlation=correlation)
+    panel = next(ax for ax in fig.axes if ax.get_label() == "correlation")
+    assert [t.get_text() for t in panel.texts] == ["1.00", "n/a", "n/a", "n/a"]
+    assert panel.images[0].cmap.get_bad()[3] == 1.0  # an opaque grey, not white (= 0)
+    drawn = next(ax for ax in fig.axes if ax.get_label() == "input").images[0].get_array()
+    np.testing.assert_allclose(np.asarray(drawn)[0, :, 0], np.arange(0, 256, 16) / 255)

@@ -14,7 +14,9 @@ Conventions (numpy in, Figure out; a PNG only when given a path):
     ``scale='shared'`` to divide all of them by one value, the same percentile of all
     their absolute values together, so that magnitudes can be compared across panels
     (a map twice as large is drawn twice as intense), or a number, to share one scale
-    across several figures. ``colorbar=True`` draws the scale in the maps' own units.
+    across several figures. ``colorbar=True`` draws the scale in the maps' own units;
+    without it, a panel scaled to itself says under it which value is drawn at full
+    colour (a map of 1e-5 beside one of 1e-2 is as saturated, not as important).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ __all__ = [
     "class_gallery",
     "concept_scores",
     "default_sign",
+    "drawn_map",
     "explanation_sheet",
     "heatmap",
     "layer_grid",
@@ -57,6 +60,12 @@ UNITS = {
     "absolute": "|attribution|",
     "all": "attribution",
 }
+
+
+def drawn_map(attr: np.ndarray) -> np.ndarray:
+    """The (H, W) map a figure draws of an (H, W) or (H, W, C) attribution: channels
+    summed (signed), float64. Statistics shown beside a figure are of this map."""
+    return _as_hw(attr)
 
 
 def _as_hw(a: np.ndarray) -> np.ndarray:
@@ -220,6 +229,9 @@ def _colorbar(fig: Figure, sign: str, scale: float, *, ax=None, cax=None):
         bar.set_label(UNITS[sign], fontsize=7)
     else:  # beside one panel, whose title names the sign mode
         bar = fig.colorbar(mappable, ax=ax, fraction=0.046, pad=0.04)
+    if scale <= 0:  # its ticks would invent a range
+        bar.set_ticks([])
+        bar.set_label("all zero", fontsize=7)
     bar.ax.set_label("<colorbar>")
     bar.ax.tick_params(labelsize=7)
     bar.ax.yaxis.get_offset_text().set_fontsize(7)
@@ -229,6 +241,14 @@ def _colorbar(fig: Figure, sign: str, scale: float, *, ax=None, cax=None):
 def _no_ticks(ax) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
+
+
+def _scale_label(ax, scale: float) -> None:
+    """Under a panel scaled to itself and drawn without a colour bar: the value drawn
+    at full colour, so that a near-zero map, stretched to saturation like any other,
+    reads as such."""
+    text = "all zero" if scale <= 0 else f"full colour at {scale:.2g}"
+    ax.set_xlabel(text, fontsize=6, labelpad=2)
 
 
 def _show_map(ax, attr, sign, title=None, *, scale=None):
@@ -244,10 +264,7 @@ def _show_map(ax, attr, sign, title=None, *, scale=None):
 
 
 def _show_image(ax, image, title=None):
-    img = np.asarray(image)
-    if img.ndim == 3 and img.shape[-1] == 1:
-        img = img[..., 0]
-    ax.imshow(np.clip(img, 0, 1), cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+    ax.imshow(_rgb(image))  # uint8 or [0, 1], as the overlays read it
     _no_ticks(ax)
     if title:
         ax.set_title(title, fontsize=9)
@@ -289,6 +306,8 @@ def sign_modes(
         _show_map(ax, attr, sign, f"{method} {sign}".strip(), scale=value)
         if colorbar:
             _colorbar(fig, sign, value, ax=ax)
+        elif scale == "each":
+            _scale_label(ax, value)
     axes[5].imshow(blend(image, attr, sign="all", scale=scales[SIGNS.index("all")]))
     axes[5].set_title("blended (all)", fontsize=9)
     _no_ticks(axes[5])
@@ -357,6 +376,8 @@ def explanation_sheet(
         _show_map(ax, maps[name], sign, f"{name}\n({sign})", scale=value)
         if bar_each:
             _colorbar(fig, sign, value, ax=ax)
+        elif scale == "each":
+            _scale_label(ax, value)
         ax = fig.add_subplot(gs[1, j], label=f"overlay:{name}")
         ax.imshow(blend(image, maps[name], sign=sign, scale=value))
         _no_ticks(ax)
@@ -379,13 +400,13 @@ def explanation_sheet(
         ax.set_title("statistics", fontsize=9)
     if correlation is not None:
         ax = fig.add_subplot(gs[2, split:cols], label="correlation")
-        im = ax.imshow(correlation, cmap="RdBu_r", vmin=-1, vmax=1)
+        cmap = colormaps["RdBu_r"].with_extremes(bad="#bdbdbd")  # undefined: grey, n/a
+        im = ax.imshow(np.asarray(correlation, np.float64), cmap=cmap, vmin=-1, vmax=1)
         ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=7)
         ax.set_yticks(range(len(names)), names, fontsize=7)
         for i in range(len(names)):
             for j in range(len(names)):
-                if np.isfinite(correlation[i, j]):
-                    _cell_label(ax, im, i, j, correlation[i, j])
+                _cell_label(ax, im, i, j, correlation[i, j])
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.set_label("<colorbar>")
         ax.set_title("Spearman correlation", fontsize=9)
     if title:
@@ -438,6 +459,8 @@ def class_gallery(
                 ax.imshow(blend(images[i], maps[i], sign=sign, scale=values[i]))
                 if colorbar and not one_bar:
                     _colorbar(fig, sign, values[i], ax=ax)
+                elif scale == "each":
+                    _scale_label(ax, values[i])
             else:
                 ax.axis("off")
         axes[r, 0].set_ylabel(class_names[c], fontsize=8)
@@ -595,6 +618,8 @@ def layer_grid(
             _no_ticks(ax)
             if colorbar and not one_bar:
                 _colorbar(fig, sign, value, ax=ax)
+            elif scale == "each":
+                _scale_label(ax, value)
             if i == 0:
                 ax.set_title(layer, fontsize=9)
     if one_bar:

@@ -521,22 +521,24 @@ def _figures(out: Path, config, images, labels, preds, probs, maps, stats, class
         for m in names
     }
     per_sample = np.load(out / "attributions.npz")["spearman_per_sample"]
+    # The class each map explains (the labels when the config says so).
+    target = preds if config.target == "predicted" else labels
     for i in range(min(int(config.figures.max_sheets), len(images))):
         path = out / "sheets" / f"sample_{i:03d}.png"
         if path.exists():
             continue
+        # Statistics of the map drawn: channels summed.
+        drawn = {m: plotting.drawn_map(maps[m][i]) for m in names}
         sample_stats = {
-            m: {
-                "mean": float(maps[m][i].mean()),
-                "max": float(maps[m][i].max()),
-                "std": float(maps[m][i].std()),
-            }
-            for m in names
+            m: {"mean": float(a.mean()), "max": float(a.max()), "std": float(a.std())}
+            for m, a in drawn.items()
         }
         title = (
             f"true {class_names[labels[i]]}, predicted {class_names[preds[i]]} "
             f"({probs[i].max():.2f})"
         )
+        if labels[i] != preds[i]:
+            title += f"; maps explain {class_names[target[i]]}"
         plotting.explanation_sheet(
             images[i],
             {m: maps[m][i] for m in names},
@@ -549,13 +551,13 @@ def _figures(out: Path, config, images, labels, preds, probs, maps, stats, class
     for m in names:
         path = out / f"gallery_{m}.png"
         if not path.exists():
-            plotting.class_gallery(
+            plotting.class_gallery(  # rows: the class each map explains
                 images,
                 maps[m],
-                labels,
+                target,
                 class_names,
                 path,
-                method=m,
+                method=f"{m} of the {config.target} class",
                 sign=signs[m],
                 per_class=int(config.figures.gallery_per_class),
             )
@@ -569,7 +571,8 @@ def _figures(out: Path, config, images, labels, preds, probs, maps, stats, class
                 maps[m][0],
                 out / f"signs_{m}.png",
                 method=m,
-                title=f"{m}: sign modes ({class_names[labels[0]]})",
+                title=f"{m}: sign modes (explaining {class_names[target[0]]}, "
+                f"true {class_names[labels[0]]})",
             )
     if not (out / "agreement.png").exists():
         a = stats["agreement"]
