@@ -244,6 +244,17 @@ def test_page_writer_escapes_formats_and_refuses_missing_files(tmp_path):
                 sections=[page.Section("s", images=[page.Image(src)])],
             )
     assert not (tmp_path / "other.html").exists()
+    # An odd but real file name, which reads as a URL scheme.
+    odd = ["x:y.png"]
+    for name in odd:
+        (tmp_path / name).write_bytes(b"x")
+    page.write_page(
+        tmp_path / "odd.html",
+        title="t",
+        sections=[page.Section("s", images=[page.Image(name) for name in odd])],
+    )
+    text = (tmp_path / "odd.html").read_text()
+    assert 'src="x%3Ay.png"' in text
     with pytest.raises(ValueError, match="row 0 has 1 cells for 2 columns"):
         page.render_page(
             title="t", sections=[page.Section("s", table=page.Table(["a", "b"], [[1]]))]

@@ -137,16 +137,19 @@ def _relative(target: str, folder: Path | None, what: str) -> str:
     returned percent-encoded for an attribute."""
     target = str(target)
     posix = PurePosixPath(target.replace(os.sep, "/"))
+    # 'x:y.png' reads as a URL scheme; a file of that name next to the page is taken
+    # (':' is percent-encoded below, so the link is relative).
+    exists = bool(target) and folder is not None and (folder / posix).is_file()
     if (
         not target
-        or urllib.parse.urlsplit(target).scheme
+        or (urllib.parse.urlsplit(target).scheme and not exists)
         or posix.is_absolute()
         or ".." in posix.parts
     ):
         raise ValueError(
             f"{what} {target!r} must be a path relative to the page, inside its folder"
         )
-    if folder is not None and not (folder / posix).is_file():
+    if folder is not None and not exists:
         raise ValueError(f"{what} {target!r} does not exist next to the page (in {folder})")
     return urllib.parse.quote(posix.as_posix())
 
