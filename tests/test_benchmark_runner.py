@@ -147,6 +147,15 @@ def test_markdown_names_references_agreement_kinds_and_options():
         in table
     )
     assert "infidelity: attribution_options={abs=False}, stdev=0.003" in table
+    # A row timed although its method disagrees (allow_disagreement) meets no goal,
+    # and the arithmetic both sides ran is named.
+    results["machine"]["precision"] = "float32: JAX matmul precision 'highest', torch TF32 off"
+    results["rows"][0]["goal"] = {"target": 1.0, "met": False, "agreement_failed": True}
+    results["rows"][1]["goal"] = {"target": 1.0, "met": True}
+    table = runner.markdown(results)
+    assert "| 2.00x (>= 1x: **not met: disagrees with its reference**) |" in table
+    assert "| 2.00x (>= 1x: met) |" in table
+    assert "captum 0.9, grad-cam 1.5.7; float32: JAX matmul precision 'highest'" in table
 
 
 def test_metric_noise_replays_what_the_metrics_draw():

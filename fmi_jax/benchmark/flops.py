@@ -113,16 +113,24 @@ def count(fn, *args: Any) -> Count:
     return Count(flops, exact)
 
 
-def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of the fastest of `repeats` float32 `size x size` matmuls (jitted, after
-    a warm-up call): the rate this machine's backend reaches on its best-tuned
-    operation."""
+def matmul_peak(size: int = 2048, repeats: int = 5, min_sample_s: float = 0.02) -> float:
+    """FLOP/s of the fastest of `repeats` samples of float32 `size x size` matmuls
+    (jitted, after a warm-up call; at the caller's matmul precision): the rate this
+    machine's backend reaches on its best-tuned operation. Each sample is a run of
+    back-to-back calls lasting at least `min_sample_s`, so that on an accelerator,
+    where one product takes a fraction of a millisecond, the launch overhead of a
+    single call does not count as matmul time."""
     a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size)), jnp.float32)
     matmul = jax.jit(lambda a: a @ a)
     jax.block_until_ready(matmul(a))
+    start = time.perf_counter()
+    jax.block_until_ready(matmul(a))
+    calls = max(1, math.ceil(min_sample_s / max(time.perf_counter() - start, 1e-9)))
     best = math.inf
     for _ in range(repeats):
         start = time.perf_counter()
-        jax.block_until_ready(matmul(a))
-        best = min(best, time.perf_counter() - start)
+        for _ in range(calls):  # queued in order: the last one done means all are
+            out = matmul(a)
+        jax.block_until_ready(out)
+        best = min(best, (time.perf_counter() - start) / calls)
     return 2.0 * size**3 / best

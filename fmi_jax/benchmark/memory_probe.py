@@ -77,7 +77,13 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
-    with runner.PeakRSS() as rss:
+    # The timed runs' arithmetic (torch_side.full_float32), without importing torch
+    # into the fmi_jax side's process.
+    if spec["side"] == "fmi_jax":
+        precision = jax.default_matmul_precision("highest")
+    else:
+        precision = torch_side.full_float32()
+    with precision, runner.PeakRSS() as rss:
         call()
     out: dict[str, Any] = {
         "rss_before_bytes": rss.start,

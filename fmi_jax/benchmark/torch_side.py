@@ -19,13 +19,15 @@ Only this module imports torch; the rest of fmi_jax never does.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import sys
 import types
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+import jax
 import numpy as np
 import torch
 from torch import nn
@@ -657,6 +659,27 @@ def captum_metric(
 
         return run_sensitivity
     raise ValueError(f"no Captum metric for {name!r}; have {METRIC_REFERENCES}")
+
+
+@contextlib.contextmanager
+def full_float32() -> Iterator[None]:
+    """Float32 matrix products and convolutions on both sides while inside: JAX's
+    'highest' matmul precision (programs traced inside) and torch with TF32 off. On
+    Ampere and newer GPUs both frameworks default to TF32 for float32 convolutions, and
+    JAX for its dot products too while torch keeps those in float32: left alone, the
+    two sides would time different arithmetic and agree only to TF32's rounding (about
+    1e-3 relative per product, flipping ReLU and max-pool choices). No effect on a CPU."""
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with jax.default_matmul_precision("highest"):
+            yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+# What `full_float32` computes in, as the results record it.
+PRECISION = "float32: JAX matmul precision 'highest', torch TF32 off"
 
 
 def synchronizer(device: torch.device):

@@ -272,18 +272,12 @@ def _agreement(config, images, labels, steps: int, device, tolerance: float) -> 
             f"the agreement check needs {steps} x {batch} images, got {len(images)}; "
             "lower agreement_steps"
         )
-    import torch
+    from fmi_jax.benchmark import torch_side
 
     cfg = agreement_config(config, steps)
     n = steps * batch
-    # Full float32 on both sides for the check (no TF32 convolutions on GPUs).
-    tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        with jax.default_matmul_precision("highest"):
-            return _agreement_run(cfg, images[:n], labels[:n], steps, device, tolerance)
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    with torch_side.full_float32():  # no TF32 convolutions on GPUs
+        return _agreement_run(cfg, images[:n], labels[:n], steps, device, tolerance)
 
 
 def _twins(cfg, images, labels, device, **torch_options) -> tuple[JaxTrainer, Any]:
