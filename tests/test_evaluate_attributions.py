@@ -87,6 +87,7 @@ def test_study_writes_leaderboard_reuses_and_refuses(trained_run):
         assert len(list(csv.DictReader(f))) == len(config.methods)
     md = (out / "leaderboard.md").read_text()
     assert sum(line.startswith("| saliency") for line in md.splitlines()) == 1
+    assert "a stochastic method's noise is held fixed" in md  # what max-sensitivity means
 
     # Known answers: the image as its own map ignores the model entirely -> fails the
     # sanity check (Spearman 1 after full randomisation); saliency passes.

@@ -5,7 +5,8 @@ estimate (Alvarez-Melis & Jaakkola 2018), continuity under translation (Montavon
 Both metrics come from Yeh, Hsieh, Suggala, Inouye & Ravikumar (2019), "On the
 (In)fidelity and Sensitivity of Explanations", NeurIPS, arXiv:1901.09392, and follow
 the definitions and defaults of Captum's ``captum.metrics.infidelity`` and
-``captum.metrics.sensitivity_max`` (Captum 0.9), so the numbers are comparable.
+``captum.metrics.sensitivity_max`` (Captum 0.9), so the numbers are comparable (for a
+stochastic method, see below).
 
 Infidelity of attributions ``phi`` of example ``x`` for the target logit ``f``::
 
@@ -47,6 +48,13 @@ unlike the paper, whose definition has no denominator) the norm of the change is
 divided by the norm of the explanation of the clean input, replaced by 1 when that norm
 is 0. Note the sign conventions: Captum's sensitivity perturbs to ``x + delta`` and
 its infidelity to ``x - I``; both are kept.
+
+A stochastic method (SmoothGrad, IG + SmoothGrad) explains every perturbed copy with
+the clean input's key by default, so its noise is the same in ``Phi(x + delta_s)`` and
+``Phi(x)``: the ratio measures how the map moves with the input alone, and a map that
+depends only on the key scores 0. Captum calls the explanation function afresh, which
+draws new noise each time and adds the method's sampling variance to the ratio;
+``independent_explain_keys=True`` does that. The two agree for deterministic methods.
 
 Average sensitivity (:func:`avg_sensitivity`, the paper's ``SENS_AVG``) is the mean of
 the same ratios over the same perturbations. The local Lipschitz estimate

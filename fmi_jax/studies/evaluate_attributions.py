@@ -26,7 +26,10 @@ and scores the maps with :mod:`fmi_jax.evaluation`:
                 Max-sensitivity re-runs the method `sensitivity.samples` times per
                 image, so it is computed on the first `sensitivity.max_images` of the N
                 images, or fewer for a method listed in `sensitivity.images_per_method`
-                (the expensive ones); the leaderboard reports how many
+                (the expensive ones); the leaderboard reports how many. Every perturbed
+                copy is explained with the clean image's key: SmoothGrad's noise is
+                held fixed (common random numbers; Captum draws it afresh), and the
+                `random` control scores 0
   complexity    sparseness (Gini of |map| per pixel) -> mean, higher is better
   sanity        cascading model randomisation (Adebayo et al.) of `sanity.layers`
                 (empty: every layer, output first) on the first `sanity.max_images`
@@ -48,7 +51,8 @@ Besides the methods of `fmi_jax.attribution.METHODS`, `methods` may name two
 controls: `input` (the map is the image itself) and `random` (uniform noise drawn
 from the explanation key). Neither depends on the model, so both fail the sanity
 check by construction (the same key draws the same noise for the randomised model);
-`random` also marks chance level for faithfulness.
+`random` also marks chance level for faithfulness, but not for max-sensitivity, where
+its map, a function of the key alone, does not move.
 
 Outputs under `workdir/<config.output>/`:
 
@@ -616,6 +620,16 @@ def _cell(key: str, value: Any) -> str:
     return str(value)
 
 
+# What the max-sensitivity column measures for the methods that draw noise.
+_SENSITIVITY_NOTE = (
+    "Max-sensitivity explains every perturbed copy with the clean image's key: a "
+    "stochastic method's noise is held fixed, so the column measures how its map moves "
+    "with the image alone (Captum's sensitivity_max draws new noise per call, which adds "
+    "the method's sampling variance), and the random control, whose map ignores the "
+    "image, scores 0."
+)
+
+
 def _write_tables(out: Path, rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> None:
     headers = ["method", *(header for _, header in COLUMNS)]
     table = [{"method": r["method"], **{header: r[key] for key, header in COLUMNS}} for r in rows]
@@ -635,7 +649,7 @@ def _write_tables(out: Path, rows: Sequence[Mapping[str, Any]], meta: Mapping[st
         f"{meta['images']} images ({meta['selection']}), target: {meta['target']}, "
         f"checkpoint epoch {meta['checkpoint_epoch']}. Sanity: cascading randomisation of "
         f"{', '.join(meta['sanity_layers'])} on {meta['sanity_images']} images, "
-        f"threshold {meta['sanity_threshold']}.",
+        f"threshold {meta['sanity_threshold']}. {_SENSITIVITY_NOTE}",
         "",
         "| " + " | ".join(headers) + " |",
         "|" + "---|" * len(headers),
