@@ -91,14 +91,23 @@ def test_fine_tuning_moves_the_encoder_but_not_the_atoms(study):
     assert not np.array_equal(f["w_enc"], a["w_enc"])
 
 
-def test_rerun_resumes_without_retraining_or_rewriting(study):
+def test_rerun_resumes_without_retraining_or_rewriting(study, monkeypatch):
+    """Also when the workdir is spelled another way (relative to another directory),
+    and when a phase recorded where it started from as the path the study was given."""
     workdir, config, result = study
     lines = {
         p: (workdir / p / "metrics.jsonl").read_text()
         for p in ("autoencoder", "classifier", "finetune")
     }
     mtimes = {p: p.stat().st_mtime_ns for p in workdir.glob("*.png")}
-    again = studies.run_sae_study(config, workdir)
+    record = workdir / "classifier" / "config.json"
+    legacy = json.loads(record.read_text())
+    assert legacy["init_from"]["workdir"] == "../autoencoder"
+    legacy["init_from"]["workdir"] = str(workdir / "autoencoder")
+    record.write_text(json.dumps(legacy))
+    monkeypatch.chdir(workdir.parent)
+    again = studies.run_sae_study(config, workdir.name)
+    assert json.loads(record.read_text())["init_from"]["workdir"] == "../autoencoder"
     for phase, text in lines.items():
         assert (workdir / phase / "metrics.jsonl").read_text() == text, phase
     assert {p: p.stat().st_mtime_ns for p in workdir.glob("*.png")} == mtimes
@@ -137,13 +146,16 @@ def test_phase_configs_chain_the_phases(tmp_path):
     assert (ae.task, ae.model.name, ae.model.k) == ("reconstruction", "k_sparse_autoencoder", 8)
     clf = sae_lib.phase_config(config, "classifier", tmp_path)
     assert clf.frozen == ("autoencoder",)
-    assert clf.init_from.workdir == str(tmp_path / "autoencoder")
+    assert clf.init_from.workdir == "../autoencoder"  # from the phase's own folder
     assert tuple(clf.model.hidden) == (32, 16) and clf.model.latents == 64
     fine = sae_lib.phase_config(config, "finetune", tmp_path)
     assert fine.frozen == ("autoencoder/w_dec",)
-    assert fine.init_from.workdir == str(tmp_path / "classifier")
+    assert fine.init_from.workdir == "../classifier"
     with pytest.raises(ValueError, match="unknown phase"):
         sae_lib.phase_config(config, "pretrain", tmp_path)
+    # A tied decoder's atoms are the encoder's weights: fine-tuning would move them.
+    with pytest.raises(ValueError, match="tied=True with finetune.num_epochs > 0"):
+        sae_lib.phase_config(smoke_config(**{"sae.tied": True}), "finetune", tmp_path)
 
 
 def test_stop_after_the_autoencoder_reports_only_the_reconstruction(tmp_path):

@@ -116,18 +116,39 @@ def phase_config(config: Any, phase: str, workdir: str | Path) -> ml_collections
             task="classification",
             model=composed,
             frozen=("autoencoder",),
-            init_from={"workdir": str(workdir / "autoencoder"), "into": "autoencoder"},
+            # Relative to the phase's own folder: the same study however its
+            # --workdir is spelled, and wherever the folder is moved.
+            init_from={"workdir": "../autoencoder", "into": "autoencoder"},
         )
     else:
+        if sae.get("tied"):
+            raise ValueError(
+                "config.sae.tied=True with finetune.num_epochs > 0: a tied decoder's atoms "
+                "are the encoder's weights, which fine-tuning would change; set "
+                "finetune.num_epochs=0 or sae.tied=False"
+            )
         out.update(
             task="classification",
             model=composed,
             # The atoms stay as phase 1 learned them: decoder-weighted attribution and
             # the dictionary figure describe the dictionary the codes were trained on.
-            frozen=() if sae.get("tied") else ("autoencoder/w_dec",),
-            init_from={"workdir": str(workdir / "classifier"), "into": ""},
+            frozen=("autoencoder/w_dec",),
+            init_from={"workdir": "../classifier", "into": ""},
         )
     return ml_collections.ConfigDict(out)
+
+
+def _relative_init_from(phase_dir: Path, phase_run: Any) -> None:
+    """A phase folder written when `init_from.workdir` was recorded as the path the
+    study was given ('runs/sae/autoencoder') records it as the relative path it is now
+    ('../autoencoder') when both name the same folder, so that the phase resumes."""
+    saved = runs.read_json(phase_dir / runs.CONFIG_FILE, rewritable=True)
+    if not saved or not phase_run.get("init_from"):
+        return
+    old, new = (saved.get("init_from") or {}).get("workdir"), phase_run.init_from.workdir
+    if old and old != new and Path(old).resolve() == (phase_dir / new).resolve():
+        saved["init_from"]["workdir"] = new
+        runs.write_json_atomic(phase_dir / runs.CONFIG_FILE, saved)
 
 
 def _check_study_config(config: Any, workdir: Path) -> None:
@@ -216,8 +237,10 @@ def _figures(config, workdir: Path, ae, ae_vars, split, fired: np.ndarray) -> No
     if not (workdir / "reconstructions.png").exists():
         n = min(int(config.figures.reconstructions), len(split))
         images = to_float(jnp.asarray(split.images[:n]))
-        recon = np.clip(np.asarray(ae.apply(ae_vars, images)["reconstruction"]), 0.0, 1.0)
+        recon = np.asarray(ae.apply(ae_vars, images)["reconstruction"])
+        # The MSE the study reports (unclipped); the drawing is clipped to [0, 1].
         errors = np.mean((np.asarray(images) - recon) ** 2, axis=(1, 2, 3))
+        recon = np.clip(recon, 0.0, 1.0)
         plotting.reconstructions(
             np.asarray(images),
             recon,
@@ -277,6 +300,7 @@ def run_sae_study(config: ml_collections.ConfigDict, workdir: str | Path) -> Sae
     for phase in phases:
         logging.info("phase %s", phase)
         phase_run = phase_config(config, phase, workdir)
+        _relative_init_from(workdir / phase, phase_run)
         loop_lib.train_and_evaluate(
             phase_run, workdir / phase, on_epoch_end=figures.training_curves(phase_run)
         )
@@ -302,6 +326,9 @@ def run_sae_study(config: ml_collections.ConfigDict, workdir: str | Path) -> Sae
         "split": "test",
         "final_phase": final,
         "reconstruction": {
+            # of the final phase's encoder (fine-tuning moves it); epochs and
+            # train_time_s are the autoencoder phase's
+            "phase": final,
             "mse": recon["mse"],
             "dead_fraction": recon["dead_fraction"],
             "dead_latents": int(np.sum(fired == 0)),

@@ -176,14 +176,15 @@ def _with_subtree(tree: Any, path: str, value: Any) -> Any:
     return {**tree, parts[0]: _with_subtree(tree[parts[0]], "/".join(parts[1:]), value)}
 
 
-def _init_from(state: TrainState, spec: Mapping[str, Any]) -> TrainState:
+def _init_from(state: TrainState, spec: Mapping[str, Any], workdir: Path) -> TrainState:
     """Copies the params (and batch statistics) of another run's best checkpoint into
-    the submodule `spec['into']` ('' for the whole model) of a freshly built state.
+    the submodule `spec['into']` ('' for the whole model) of a freshly built state. A
+    relative `spec['workdir']` is taken from this run's `workdir`.
 
     This is how a later phase of a multi-phase study starts from an earlier one (the
     sparse autoencoder's classifier starts from the trained autoencoder).
     """
-    source = Path(spec["workdir"])
+    source = Path(workdir) / spec["workdir"]  # an absolute path stays itself
     into = spec.get("into", "") or ""
     ckpt = run_checkpoints(source)
     epoch = ckpt.best_epoch() if spec.get("checkpoint", "best") == "best" else ckpt.latest_epoch()
@@ -491,7 +492,9 @@ def train_and_evaluate(
             "resuming after epoch %d (optimizer step %d)", start_epoch, int(trainer.state.step)
         )
     elif config.get("init_from") and config.init_from.get("workdir"):
-        trainer.state = trainer.put(_init_from(trainer.state, runs.plain(config.init_from)))
+        trainer.state = trainer.put(
+            _init_from(trainer.state, runs.plain(config.init_from), workdir)
+        )
     history, recreated = _reconcile_history(
         workdir / "metrics.jsonl", ckpt, start_epoch, write=main_process
     )
