@@ -135,6 +135,27 @@ def test_finished_run_is_not_retrained_or_overwritten(tmp_path, synthetic_config
     assert result.train_step_compiles == 0  # nothing left to train
 
 
+def test_a_longer_run_stopped_before_its_summary_gets_its_own(tmp_path, synthetic_config):
+    """num_epochs grew, and the longer run stopped after its last checkpoint but before
+    its summary: the rerun writes the longer run's summary instead of keeping the
+    shorter run's (which stays beside it)."""
+    train.train_and_evaluate(synthetic_config(num_epochs=1), tmp_path)
+    real_append = loop_lib._append_jsonl
+
+    def stop_after_epoch_2(path, record):
+        real_append(path, record)
+        if record.get("epoch") == 2:
+            raise KeyboardInterrupt("simulated interruption")
+
+    with mock.patch.object(loop_lib, "_append_jsonl", stop_after_epoch_2):
+        with pytest.raises(KeyboardInterrupt):
+            train.train_and_evaluate(synthetic_config(num_epochs=2), tmp_path)
+    result = train.train_and_evaluate(synthetic_config(num_epochs=2), tmp_path)
+    assert result.train_step_compiles == 0  # nothing left to train
+    assert json.loads((tmp_path / "train_summary.json").read_text())["epochs"] == 2
+    assert json.loads((tmp_path / "train_summary.1.json").read_text())["epochs"] == 1
+
+
 def test_other_architecture_in_workdir_is_a_clear_error(tmp_path, synthetic_config):
     train.train_and_evaluate(synthetic_config(num_epochs=1), tmp_path)
     files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}

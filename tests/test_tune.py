@@ -112,6 +112,19 @@ def test_two_trial_study_ranks_retrains_and_resumes(tmp_path, smoke_study):
     for n in names:
         assert (tmp_path / "trials" / n / "metrics.jsonl").stat().st_mtime_ns == stamps[n]
 
+    # Until the last trial, results.md says it ranks part of the grid.
+    tune._write_tables(
+        tmp_path / "partial", result.trials[:1], {"trials_done": 1, "trials_total": 2}
+    )
+    text = (tmp_path / "partial" / "results.md").read_text()
+    assert text.startswith("Partial: 1 of the grid's 2 trials so far.\n\n| rank |")
+    # Without a validation split every trial ties at nothing: refused before any work.
+    blind = smoke_study()
+    blind.trial.data.validation_size = 0
+    with pytest.raises(ValueError, match="ranked on validation accuracy"):
+        studies.run_tune(blind, tmp_path / "blind")
+    assert not (tmp_path / "blind").exists()
+
     # A changed trial config for existing folders is refused before anything is trained.
     changed = smoke_study()
     changed.trial.learning_rate = 0.5

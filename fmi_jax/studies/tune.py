@@ -15,10 +15,12 @@ and writes under `workdir`:
   trials/<name>/     one training run per grid point (train_and_evaluate's files);
                      the name spells the point, e.g. `filters-32_num_blocks-3`
   results.json/.csv/.md
-                     the trials ranked by best validation accuracy: the grid values,
-                     validation accuracy and loss, best epoch, epochs, training time,
-                     parameters. Test accuracy is not in the table: selection sees
-                     validation only.
+                     the trials ranked by best validation accuracy (ties keep the
+                     grid's order): the grid values, validation accuracy and loss,
+                     best epoch, epochs, training time, parameters. Test accuracy is
+                     not in the table: selection sees validation only. Rewritten
+                     after every trial: until the last one, results.md says how many
+                     of the grid's trials it ranks.
   best/              the best point retrained with `final` (train_and_evaluate), its
                      evaluation table on train, validation and test (metrics.json/.md,
                      confusion_matrix.png) and layer_<method>.png
@@ -171,7 +173,9 @@ def _write_tables(out: Path, rows: Sequence[Mapping[str, Any]], meta: Mapping[st
     for rank, row in enumerate(rows, start=1):
         writer.writerow({"rank": rank, **row})
     runs.write_text_atomic(out / "results.csv", buffer.getvalue())
-    runs.write_text_atomic(out / "results.md", markdown(rows) + "\n")
+    done, total = meta.get("trials_done", len(rows)), meta.get("trials_total", len(rows))
+    partial = f"Partial: {done} of the grid's {total} trials so far.\n\n" if done < total else ""
+    runs.write_text_atomic(out / "results.md", partial + markdown(rows) + "\n")
 
 
 def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -206,6 +210,14 @@ def run_tune(config: ml_collections.ConfigDict, workdir: str | Path) -> TuneResu
     names = [trial_name(p) for p in points]
     if len(set(names)) != len(names):
         raise ValueError(f"grid points with the same folder name: {names}")
+    if configs[0].get("task", "classification") != "classification" or not int(
+        configs[0].data.get("validation_size") or 0
+    ):
+        # Ranked on nothing, the first grid point would be called the best.
+        raise ValueError(
+            "the trials are ranked on validation accuracy: the trial must be a "
+            "classification run with trial.data.validation_size > 0"
+        )
     runs.refuse_other_kind(workdir, "tuning study")
     for name, trial in zip(names, configs):
         _check_trial_dir(workdir / "trials" / name, trial)
@@ -221,11 +233,12 @@ def run_tune(config: ml_collections.ConfigDict, workdir: str | Path) -> TuneResu
             logging.info("trial %d/%d %s: finished earlier, read", k, len(points), name)
         else:
             logging.info("trial %d/%d %s: training", k, len(points), name)
-            loop_lib.train_and_evaluate(trial, path, on_epoch_end=figures.training_curves(trial))
-            summary = runs.read_json(path / "train_summary.json")
+            summary = loop_lib.train_and_evaluate(
+                trial, path, on_epoch_end=figures.training_curves(trial)
+            ).summary
         rows.append({"trial": name, **_row(point, summary, _history(path))})
         ranked = sorted(rows, key=lambda r: -(r["val_accuracy"] or 0.0))
-        _write_tables(workdir, ranked, meta)
+        _write_tables(workdir, ranked, {**meta, "trials_done": k, "trials_total": len(points)})
     print(markdown(ranked))
 
     best = ranked[0]

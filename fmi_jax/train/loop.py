@@ -584,6 +584,10 @@ def train_and_evaluate(
     best_epoch = ckpt.best_epoch()
     summary_path = workdir / "train_summary.json"
     summary = runs.read_json(summary_path, rewritable=True) if start_epoch >= num_epochs else None
+    if summary is not None and summary.get("epochs") != num_epochs:
+        # A shorter run's (num_epochs grew and the run was stopped after its last
+        # checkpoint, before its summary): recomputed; _write_new keeps the old one.
+        summary = None
     if summary is not None:
         logging.info("workdir already holds a finished run; summary left as it is")
     else:
