@@ -23,7 +23,10 @@ and writes under `workdir`:
                      of the grid's trials it ranks.
   best/              the best point retrained with `final` (train_and_evaluate), its
                      evaluation table on train, validation and test (metrics.json/.md,
-                     confusion_matrix.png) and layer_<method>.png
+                     confusion_matrix.png) and layer_<method>.png. metrics.json is
+                     computed in float32; a trial trained with dtype='auto' on an
+                     accelerator chose its epoch and wrote train_summary.json in
+                     bfloat16, so the two can differ in the last digits.
 
 Re-running resumes: finished trials are read, not retrained; an interrupted trial
 resumes from its checkpoint. A trial folder that holds a run of another config is
