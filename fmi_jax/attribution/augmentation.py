@@ -50,6 +50,7 @@ from fmi_jax.attribution.core import (
     Method,
     Target,
     as_input,
+    image_size,
     minmax_scale,
     resolve_target,
 )
@@ -129,6 +130,7 @@ def augmentation_smoothing(
                 f"augmentation_smoothing({name}) mirrors images: x must be (N, H, W, C); "
                 f"got shape {x.shape}"
             )
+        image_size(x, f"augmentation_smoothing({name})")  # mirrors W: refuses (N, C, H, W)
         # A Flax model (a (module, variables) pair or an NNX module) becomes its handle
         # once: the predicted class and every copy's method share it.
         if isinstance(model, (tuple, nnx.Module)):

@@ -94,6 +94,7 @@ from fmi_jax.attribution.core import (
     as_count,
     as_input,
     completeness_delta,
+    image_size,
     per_example,
     refuse_baseline,
     resolve_target,
@@ -123,7 +124,7 @@ def _spatial_shape(x: Array, method: str) -> tuple[int, int]:
         raise ValueError(
             f"{method} blurs images: x must be (N, H, W, C) or (N, H, W), got shape {x.shape}"
         )
-    return x.shape[1], x.shape[2]
+    return image_size(x, method)  # refuses a channels-first batch
 
 
 def _blur_matrix(size: int, sigma: Array, radius: int) -> Array:

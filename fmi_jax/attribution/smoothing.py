@@ -27,7 +27,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmi_jax.attribution.core import Array, ModelFn, Target, as_input, as_number, refuse_baseline
+from fmi_jax.attribution.core import (
+    Array,
+    ModelFn,
+    Target,
+    as_input,
+    as_number,
+    image_size,
+    refuse_baseline,
+)
 from fmi_jax.attribution.gradients import saliency
 
 __all__ = ["gaussian_kernel", "gaussian_smoothed_saliency"]
@@ -107,6 +115,7 @@ def gaussian_smoothed_saliency(
     x = as_input(x)
     if x.ndim != 4:
         raise ValueError(f"x must be a batch of images (N, H, W, C), got shape {x.shape}")
+    image_size(x, "gaussian_smoothed_saliency")  # blurs over (H, W): refuses (N, C, H, W)
     maps = saliency(fn, x, target, abs=abs, batch_size=batch_size)
     kernel = gaussian_kernel(sigma, truncate)
     return _smooth_axis(_smooth_axis(maps, kernel, axis=1), kernel, axis=2)

@@ -1009,6 +1009,17 @@ def test_a_channels_first_batch_is_refused_where_maps_are_resized_to_it():
     assert A.occlusion(handle, x, 0, window=(1, 2, 2)).shape == x.shape  # explicit: fine
     with pytest.raises(ValueError, match="^layer_gradient_x_activation: .* channels-first"):
         A.explainer("layer_gradient_x_activation", handle, layer="head/features")(x, 0)
+    # The methods that blur or mirror the image plane: they would blur over (C, H) and
+    # mirror H.
+    variables = {"params": {"head": HEAD_VARS["params"]}}
+    fn = lambda images: ChannelsFirstHead().apply(variables, images)  # noqa: E731
+    assert A.saliency(fn, x, 0).shape == x.shape  # the model itself takes this batch
+    with pytest.raises(ValueError, match="^gaussian_smoothed_saliency: .* channels-first"):
+        A.gaussian_smoothed_saliency(fn, x, 0)
+    with pytest.raises(ValueError, match="^blur_ig: .* channels-first"):
+        A.blur_ig(fn, x, 0)
+    with pytest.raises(ValueError, match=r"^augmentation_smoothing\(saliency\): .* channels-"):
+        A.augmentation_smoothing(A.saliency)(fn, x, 0)
 
 
 @pytest.mark.parametrize(
