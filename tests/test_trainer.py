@@ -106,10 +106,15 @@ def test_the_guides_own_model_and_data_example_runs_and_its_model_can_be_explain
     metrics, stats = namespace["metrics"], namespace["stats"]
     assert 0.0 <= metrics["accuracy"] <= 1.0 and np.isfinite(stats.mean("loss"))
     assert stats.epoch == 2 and namespace["trainer"].dispatches > 0
+    # Its Net says nothing of its classes: they are the width of its logits, and a
+    # label outside them is refused (its examples would count as no class at all).
+    trainer, images, labels = namespace["trainer"], namespace["images"], namespace["labels"]
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\), got values from 0 to 5"):
+        trainer.device_dataset(images[448:], np.where(labels[448:] == 2, 5, labels[448:]))
 
     from fmi_jax import attribution
 
-    trainer, net = namespace["trainer"], namespace["Net"]()
+    net = namespace["Net"]()
     fn = attribution.flax_model(net, {"params": trainer.state.params}, train=False)
     x = namespace["images"][:4].astype(np.float32) / 255
     np.testing.assert_allclose(

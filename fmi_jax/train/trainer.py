@@ -288,6 +288,22 @@ WindowHook = Callable[[list[dict[str, np.ndarray]], EpochStats], None]
 
 
 # --------------------------------------------------------------------------- the trainer
+def _logit_width(model: Any, image_shape: tuple[int, ...]) -> int | None:
+    """The last axis of `model`'s output for one image (traced, nothing computed); None
+    when the output is not (1, classes)."""
+
+    def logits(x):
+        variables = models.init_variables(model, jax.random.key(0), x, train=False)
+        return model.apply(variables, x, train=False)
+
+    try:
+        out = jax.eval_shape(logits, jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+    except Exception:  # noqa: BLE001  (the steps report a model that cannot run)
+        return None
+    shape = getattr(out, "shape", ())
+    return int(shape[-1]) if len(shape) == 2 else None
+
+
 class Trainer:
     """A training run of `config` on uint8 NHWC `images` and int `labels`, in memory.
 
@@ -318,9 +334,12 @@ class Trainer:
         self._place = jax.devices()[0] if mesh is None else parallel.replicated(mesh)
         self._data_place = None if mesh is None else self._place
         self.model = model if model is not None else model_from_config(config.model)
-        # The classes the model scores, where it says (the zoo's models do): every label
-        # must be one of them.
+        # The classes the model scores (the zoo's models say; another classifier's are
+        # the width of its logits): every label must be one of them, or its examples
+        # would be trained on and evaluated as no class at all.
         self._num_classes = getattr(self.model, "num_classes", None)
+        if self._num_classes is None and config.get("task", "classification") == "classification":
+            self._num_classes = _logit_width(self.model, images.shape[1:])
         self.data = self.device_dataset(images, labels)
         self.batch_size = int(config.batch_size)
         self.steps_per_epoch = self.data.steps_per_epoch(self.batch_size)
