@@ -183,6 +183,7 @@ from fmi_jax.attribution.core import (
     as_number,
     as_target,
     image_size,
+    map_over_samples,
     minmax_scale,
     refuse_baseline,
     resolve_target,
@@ -500,8 +501,9 @@ def score_cam(
 
     Args:
       model, x, target, key, baseline, layer, upsample: as in :func:`grad_cam`.
-      batch_size: masked images per forward pass (of the ``N * K`` in all); bounds
-        memory, never changes the result.
+      batch_size: masked images per forward pass (of the ``N * K`` in all), and
+        images per pass of the unmasked model; bounds the passes' memory (the layer's
+        ``(N, h, w, K)`` activation is held whole), never changes the result.
 
     Returns:
       ``(N, H, W)`` float32 maps (``(N, h, w)`` when ``upsample=False``), ReLU applied.
@@ -513,9 +515,8 @@ def score_cam(
             "score_cam weighs each channel by the softmax probability of the target, which "
             "is 1 for a model with one output whatever its head: use grad_cam or layer_cam"
         )
-    target = resolve_target(handle, x, target)
-    _, activation = handle.capture(x, layer)
-    activation = activation.astype(jnp.float32)
+    target = resolve_target(handle, x, target, batch_size=batch_size)
+    activation = _activation(handle, x, layer, batch_size).astype(jnp.float32)
     channels = activation.shape[-1]
 
     def weighted_channel(example: Array, channel: Array) -> Array:
@@ -529,6 +530,16 @@ def score_cam(
 
     maps = sum_over_samples(weighted_channel, x.shape[0], channels, batch_size=batch_size)
     return _finish(maps, x.shape, True, upsample)
+
+
+def _activation(handle: Any, x: Array, layer: str, batch_size: int | None) -> Array:
+    """`layer`'s output for the batch, `batch_size` examples per forward pass."""
+    return map_over_samples(
+        lambda example, _: handle.capture(x[example], layer)[1],
+        x.shape[0],
+        1,
+        batch_size=batch_size,
+    )[:, 0]
 
 
 def ablation_cam(
@@ -548,8 +559,9 @@ def ablation_cam(
 
     Args:
       model, x, target, key, baseline, layer, relu, upsample: as in :func:`grad_cam`.
-      batch_size: ablated forward passes per chunk (of the ``N * K`` in all); bounds
-        memory, never changes the result.
+      batch_size: ablated forward passes per chunk (of the ``N * K`` in all), and
+        images per pass of the unablated model; bounds the passes' memory (the layer's
+        ``(N, h, w, K)`` activation is held whole), never changes the result.
       normalize: divide each channel's logit drop by ``|y_c|`` (the paper divides by
         ``y_c``: the same for a positive logit); ``False`` keeps the drop
         ``y_c - y_c^(k)`` itself.
@@ -559,15 +571,19 @@ def ablation_cam(
     """
     refuse_baseline(baseline, "ablation_cam")
     handle, x, _ = _cam_call(model, x, layer, "ablation_cam", batch_size, upsample)
-    logits, activation = handle.capture(x, layer)
-    if target is None:
-        target = jnp.argmax(logits, axis=1).astype(jnp.int32)
-    else:
-        target = resolve_target(handle, x, target)
+    target = resolve_target(handle, x, target, batch_size=batch_size)
+    activation = _activation(handle, x, layer, batch_size)
     # The reference logit through the same path as the ablated ones (the layers after
-    # `layer` from its output), so that the drops are differences of like computations.
-    score = select_target(handle.logits_with(x, layer, activation), target)
-    score = score.astype(jnp.float32)
+    # `layer` from its output, in chunks of the same size), so that the drops are
+    # differences of like computations.
+    score = map_over_samples(
+        lambda example, _: select_target(
+            handle.logits_with(x[example], layer, activation[example]), target[example]
+        ),
+        x.shape[0],
+        1,
+        batch_size=batch_size,
+    )[:, 0].astype(jnp.float32)
     channels = activation.shape[-1]
 
     def ablated_channel(example: Array, channel: Array) -> Array:
