@@ -105,16 +105,22 @@ NEEDED = {
 # Installed without its dependencies, as `make bench` does: they name an unpinned
 # torchvision, which would replace the machine's torch.
 NO_DEPS = {"grad-cam"}
+# How the steps import a module where it is not a plain import: the benchmark imports
+# grad-cam without torchvision if need be.
+IMPORTED_AS = {
+    "pytorch_grad_cam": "from fmi_jax.benchmark import torch_side; "
+    "torch_side.import_grad_cam('score_cam')",
+}
 # The pure-Python distributions of NEEDED, whose wheels fit any Python and platform:
 # `--save_wheels` (run by `make gpu-data`) keeps them, at constraints.txt's versions,
 # for a machine without internet. An image with CUDA jax and PyTorch has the binary
-# rest (numpy, matplotlib, pillow, opencv, scikit-learn) but seldom these.
+# rest (numpy, scipy, matplotlib, pillow, opencv, scikit-learn) and what these need
+# (torch, PyYAML, protobuf), but seldom these. (pytest would need four more.)
 PURE_PYTHON = (
     "absl-py",
     "captum",
     "grad-cam",
     "ml_collections",
-    "pytest",
     "tensorboardX",
     "tqdm",
     "ttach",
@@ -210,7 +216,7 @@ def steps(smoke: bool, runs: Path, out: Path) -> list[Step]:
     )
     return [
         # The rehearsal lists what is missing and installs nothing (captum would pull
-        # torch), unless it has carried wheels: then it installs offline, as on the GPU.
+        # torch into the environment that rehearses).
         Step(
             "install",
             120,
@@ -325,6 +331,18 @@ def install(wheels: Path | None, dry_run: bool = False, site: Path | None = None
             failed[dist] = proc.stderr.strip()[-600:]
     os.unlink(f.name)
     importlib.invalidate_caches()
+    # What pip put in place must import as the steps import it, with the dependencies
+    # it was not given.
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, (str(site) if site else None, str(ROOT), env.get("PYTHONPATH")))
+    )
+    for module, dist in NEEDED.items():
+        if dist in missing and dist not in failed:
+            statement = IMPORTED_AS.get(module, f"import {module}")
+            check = subprocess.run([PY, "-c", statement], capture_output=True, text=True, env=env)
+            if check.returncode != 0:
+                failed[dist] = check.stderr.strip()[-600:]
     result = {"missing": missing, "installed": {d: _installed(d) for d in missing}}
     if failed:
         print(json.dumps({**result, "failed": failed}))
@@ -484,8 +502,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.install_only:
         wheels, site = os.environ.get("GPU_CHECK_WHEELS"), os.environ.get("GPU_CHECK_SITE")
-        dry_run = args.dry_run and not wheels
-        result = install(Path(wheels) if wheels else None, dry_run, Path(site) if site else None)
+        result = install(
+            Path(wheels) if wheels else None, args.dry_run, Path(site) if site else None
+        )
         print(json.dumps(result))
         return 0
     known = {s.name for s in steps(False, Path("."), Path("."))}

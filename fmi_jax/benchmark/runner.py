@@ -536,6 +536,9 @@ def _training_rows(config, train_config, results: dict[str, Any], device) -> dic
             row["goal"]["met"] = row["fmi_jax_s"] < 1.0
         if not out["agreement"]["passed"]:  # timed although the steps disagree
             row["goal"] = {**row["goal"], "met": False, "agreement_failed": True}
+            results.setdefault("agreement_failures", {})["train_epoch"] = (
+                "the training steps disagree (agreement.train_epoch)"
+            )
         logging.info(
             "train_epoch @%d: fmi_jax %.2f s, PyTorch %.2f s, x%.2f",
             row["batch"],

@@ -141,12 +141,13 @@ def phase_config(config: Any, phase: str, workdir: str | Path) -> ml_collections
 def _relative_init_from(phase_dir: Path, phase_run: Any) -> None:
     """A phase folder written when `init_from.workdir` was recorded as the path the
     study was given ('runs/sae/autoencoder') records it as the relative path it is now
-    ('../autoencoder') when both name the same folder, so that the phase resumes."""
+    ('../autoencoder'): that record always named the study's folder of that phase,
+    however the study was spelled then or where it lies now, so the phase resumes."""
     saved = runs.read_json(phase_dir / runs.CONFIG_FILE, rewritable=True)
     if not saved or not phase_run.get("init_from"):
         return
     old, new = (saved.get("init_from") or {}).get("workdir"), phase_run.init_from.workdir
-    if old and old != new and Path(old).resolve() == (phase_dir / new).resolve():
+    if old and old != new and Path(old).name == Path(new).name:
         saved["init_from"]["workdir"] = new
         runs.write_json_atomic(phase_dir / runs.CONFIG_FILE, saved)
 

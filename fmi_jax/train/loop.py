@@ -190,7 +190,8 @@ def _init_from(state: TrainState, spec: Mapping[str, Any], workdir: Path) -> Tra
     epoch = ckpt.best_epoch() if spec.get("checkpoint", "best") == "best" else ckpt.latest_epoch()
     if epoch is None:
         raise FileNotFoundError(
-            f"init_from: {source / 'checkpoints'} holds no checkpoint; run that phase first"
+            f"init_from: {source / 'checkpoints'} holds no checkpoint (a relative "
+            "init_from.workdir is taken from this run's folder); run that phase first"
         )
     target = {
         "params": _subtree(state.params, into),
