@@ -295,7 +295,11 @@ def save_wheels(dest: Path) -> list[str]:
     pins = _pins()
     for dist in PURE_PYTHON:
         argv = [PY, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(dest)]
-        subprocess.run([*argv, f"{dist}=={pins[dist]}"], check=True)
+        if subprocess.run([*argv, f"{dist}=={pins[dist]}"]).returncode != 0:
+            raise SystemExit(
+                f"gpu-check: pip could not fetch {dist}=={pins[dist]} (it says why above); "
+                "run `make gpu-data` where pip reaches PyPI"
+            )
     names = sorted(p.name for p in dest.glob("*.whl"))
     platform_bound = [n for n in names if not n.endswith("-py3-none-any.whl")]
     if platform_bound:
@@ -400,6 +404,9 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.wheels and not Path(args.wheels).is_dir():
+        print(f"gpu-check: --wheels={args.wheels} is not a folder", file=sys.stderr)
+        return 2
     machine = name or f"{platform.machine()}-{os.cpu_count()}cores"
     runs = Path(args.runs or ROOT / "runs" / ("gpu_check_smoke" if args.smoke else "gpu_check"))
     out = Path(
@@ -424,9 +431,6 @@ def run(args: argparse.Namespace) -> int:
     wheels = args.wheels or (args.data_dir and Path(args.data_dir) / "wheels")
     if wheels and Path(wheels).is_dir():
         env["GPU_CHECK_WHEELS"] = str(Path(wheels).resolve())
-    elif args.wheels:
-        print(f"gpu-check: --wheels={args.wheels} is not a folder", file=sys.stderr)
-        return 2
     plan = [s for s in steps(args.smoke, runs, out) if not args.steps or s.name in args.steps]
     failures = 0
     for index, step in enumerate(plan, 1):

@@ -70,6 +70,11 @@ def test_unknown_step_no_gpu_and_no_data_are_one_line_errors(capsys, tmp_path):
     assert gpu_check.main(["--smoke", f"--data_dir={tmp_path}", f"--out={out}"]) == 2
     assert "holds no fashion_mnist/*-ubyte.gz; `make gpu-data`" in capsys.readouterr().err
     assert not out.exists()
+    runs = tmp_path / "runs"
+    args = [f"--wheels={tmp_path / 'nowhere'}", f"--out={out}", f"--runs={runs}"]
+    assert gpu_check.main(["--smoke", *args]) == 2
+    assert f"--wheels={tmp_path / 'nowhere'} is not a folder" in capsys.readouterr().err
+    assert not out.exists() and not runs.exists()
     if gpu_check.gpu_name() is None:
         assert gpu_check.main([]) == 2
         assert "GPU_CHECK_SMOKE=1" in capsys.readouterr().err
