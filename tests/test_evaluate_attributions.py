@@ -176,6 +176,12 @@ def test_unknown_method_is_refused_before_any_work(trained_run):
         with pytest.raises(ValueError, match=message):
             studies.run_evaluate_attributions(bad, trained_run)
         assert not (trained_run / "metrics_unknown").exists()
+    bad = configs.load("evaluate_attributions", "smoke")
+    bad.methods, bad.output = ("saliency", "smoothgrad"), "metrics_unknown"
+    bad.options.smoothgrad.samples = 0  # checked by the method only when it runs
+    with pytest.raises(ValueError, match=r"^smoothgrad: samples must be an integer >= 1"):
+        studies.run_evaluate_attributions(bad, trained_run)
+    assert not (trained_run / "metrics_unknown").exists()
 
 
 @pytest.mark.slow

@@ -173,6 +173,18 @@ def test_unknown_method_is_refused_before_any_work(trained_run):
     assert not (trained_run / "explain_unknown").exists()
 
 
+def test_a_bad_option_value_is_refused_before_any_work(trained_run):
+    """`steps=0` is checked by integrated gradients only when it runs: the study traces
+    every method on two images before it claims its folder."""
+    config = configs.load("explain", "smoke")
+    config.methods = ("saliency", "integrated_gradients")
+    config.options.integrated_gradients.steps = 0
+    config.output = "explain_bad_steps"
+    with pytest.raises(ValueError, match=r"^integrated_gradients: steps must be an integer >= 1"):
+        studies.run_explain(config, trained_run)
+    assert not (trained_run / "explain_bad_steps").exists()
+
+
 def test_methods_of_every_family_run_in_the_study_and_neuron_methods_are_refused(trained_run):
     """A modified-backward rule, a layer method (a CAM-like map), XRAI (outside jit) and a
     sampling method over patches, side by side; a neuron method is refused up front."""

@@ -65,6 +65,7 @@ __all__ = [
     "METHODS",
     "MethodSpec",
     "available_methods",
+    "check_explainer",
     "explainer",
     "jit_method",
     "require_class_methods",
@@ -466,6 +467,7 @@ METHODS: Mapping[str, MethodSpec] = {
             "(none; PAIR saliency XRAI)",
             "Kapishnikov et al. 2019",
             spatial=True,
+            check=xrai.check_xrai_options,
             traceable=False,
         ),
         _spec(
@@ -630,6 +632,40 @@ def jit_method(name: str, explain: Callable[..., Array]) -> Callable[..., Array]
     """`jax.jit(explain)` for the method called `name`, or `explain` itself when the
     method cannot be traced (`MethodSpec.traceable`): one call site for both kinds."""
     return jax.jit(explain) if METHODS[name].traceable else explain
+
+
+def check_explainer(
+    explain: Callable[..., Array], x: Array, target: Any = None, *, key: Array | None = None
+) -> None:
+    """Trace `explain` (from :func:`explainer`) on `x` without running it.
+
+    A method checks some of its options (``steps=0``, a negative ``sigma``), its layer
+    and its inputs' shapes only when it runs; a study that explains hundreds of images
+    with several methods calls this on one image per method before it writes anything,
+    so a bad value ends the study with the method's own one-line message rather than
+    after earlier methods' work. ``jax.eval_shape`` compiles and computes nothing. A
+    method that cannot be traced (``MethodSpec.traceable``: XRAI) was checked as far as
+    its options go when it was built (``MethodSpec.check``).
+
+    Args:
+      explain: an explainer.
+      x: a batch like the ones it will explain; two images are enough (feature
+        permutation needs two to permute).
+      target: as for `explain`; ``None`` traces the predicted class.
+      key: for a stochastic method; ``None`` uses a fixed key (the values are not
+        computed).
+    """
+    spec = getattr(explain, "spec", None)
+    if spec is not None and not spec.traceable:
+        return
+    if key is None and (spec is None or spec.stochastic):
+        key = jax.random.key(0)
+    try:
+        jax.eval_shape(lambda x, key: explain(x, target, key), x, key)
+    except ValueError as err:
+        if spec is None or str(err).startswith(spec.name):
+            raise
+        raise ValueError(f"{spec.name}: {err}") from err
 
 
 def require_class_methods(names: Any, where: str) -> None:

@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax.numpy as jnp
@@ -75,9 +75,16 @@ from fmi_jax.attribution.core import (
     image_size,
     resolve_target,
 )
-from fmi_jax.attribution.integrated_gradients import integrated_gradients
+from fmi_jax.attribution.integrated_gradients import integrated_gradients, quadrature
 
-__all__ = ["xrai", "felzenszwalb", "segment_masks", "rank_regions", "segmentation_defaults"]
+__all__ = [
+    "xrai",
+    "check_xrai_options",
+    "felzenszwalb",
+    "segment_masks",
+    "rank_regions",
+    "segmentation_defaults",
+]
 
 # PAIR saliency's settings, for 224 x 224 images.
 _PAIR_SIDE = 224
@@ -386,6 +393,26 @@ def _base_attributions(
         for b in baselines
     ]
     return sum(maps) / len(maps)
+
+
+def check_xrai_options(options: Mapping[str, Any]) -> None:
+    """A one-line ValueError for an option of :func:`xrai` out of range.
+
+    XRAI segments on the host and cannot be traced, so a dry run
+    (:func:`~fmi_jax.attribution.check_explainer`) cannot reach the checks it makes
+    when it runs; the registry calls this when the explainer is built instead. The
+    segmentation options are checked for any image size (their defaults depend on it).
+    """
+    quadrature(options.get("rule", "gausslegendre"), as_count(options.get("steps", 100), "steps"))
+    _segmentation_options(
+        (_PAIR_SIDE, _PAIR_SIDE),
+        options.get("scales"),
+        options.get("sigma"),
+        options.get("min_size"),
+        options.get("dilation"),
+    )
+    if options.get("min_pixel_diff") is not None:
+        as_count(options["min_pixel_diff"], "min_pixel_diff")
 
 
 def xrai(

@@ -161,7 +161,8 @@ class EvaluateAttributionsResult:
 
 def _check(config: Any, model: Any, variables: Any, images: np.ndarray) -> None:
     """Everything about `config` that can fail cheaply, before the output is claimed:
-    method names, their options, and the CAM layers they name."""
+    method names, their options (each method traced on two images), and the CAM layers
+    they name."""
     known = set(attribution.available_methods()) | set(CONTROLS)
     unknown = sorted(set(config.methods) - known)
     if unknown:
@@ -217,15 +218,17 @@ def _check(config: Any, model: Any, variables: Any, images: np.ndarray) -> None:
             f"row), got {correlation.subset_size}"
         )
     x = to_float(jnp.asarray(images[:1]))
+    pair = to_float(jnp.asarray(images[:2]))
     handle = attribution.flax_model(model, variables)
     fn = lambda inputs: model.apply(variables, inputs)  # noqa: E731
     for name in config.methods:
         if name in CONTROLS:
             continue
         options = method_options(config, name)
-        attribution.explainer(name, fn, model=model, variables=variables, **options)
+        explain = attribution.explainer(name, fn, model=model, variables=variables, **options)
         if "layer" in options:
             handle.layer_shape(x, options["layer"])
+        attribution.check_explainer(explain, pair)
 
 
 def _claim(config: Any, out: Path, epoch: int, model_name: str) -> None:

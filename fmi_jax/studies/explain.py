@@ -201,7 +201,7 @@ OUTPUT_HINT = "pass --config.output=<new name> (or move that folder away)"
 
 def _check(config: Any, fn: Any, model: Any, variables: Any, images: np.ndarray) -> None:
     """Everything about `config` that can fail cheaply, before `out` is claimed: the
-    method names, their options, the batch size, the top-k fraction, the selection and
+    method names, their options (each method traced on two images), the batch size, the top-k fraction, the selection and
     every CAM layer named (or implied) by `options` and `layer_cam`, against the model's
     layers for inputs like `images`."""
     unknown = sorted(set(config.methods) - set(attribution.available_methods()))
@@ -220,12 +220,14 @@ def _check(config: Any, fn: Any, model: Any, variables: Any, images: np.ndarray)
         raise ValueError(f"config.topk_fraction must be in (0, 1], got {config.topk_fraction}")
     _check_selection(config.selection, len(images))
     x = to_float(jnp.asarray(images[:1]))
+    pair = to_float(jnp.asarray(images[:2]))
     handle = attribution.flax_model(model, variables)
     for name in config.methods:
         options = method_options(config, name)
-        attribution.explainer(name, fn, model=model, variables=variables, **options)
+        explain = attribution.explainer(name, fn, model=model, variables=variables, **options)
         if "layer" in options:
             handle.layer_shape(x, options["layer"])
+        attribution.check_explainer(explain, pair)
     settings = config.get("layer_cam")
     if settings and int(settings.samples):
         for layer in _cam_layers(settings.method, model, tuple(settings.layers)):

@@ -240,3 +240,41 @@ def test_neuron_methods_need_a_neuron_and_are_kept_out_of_class_studies():
         ValueError, match=r"^the report explains classes; neuron_gradient explain\(s\) one neuron"
     ):
         A.require_class_methods(["saliency", "neuron_gradient"], "the report")
+
+
+def test_check_explainer_finds_bad_option_values_without_computing_anything():
+    """Values a method checks only when it runs fail in the dry run, with the method
+    named; the model is traced, never evaluated."""
+    calls = []
+
+    def counted(x):
+        calls.append(type(x))
+        return fn(x)
+
+    for name, options, message in [
+        ("integrated_gradients", {"steps": 0}, r"^integrated_gradients: steps must be an int"),
+        ("smoothgrad", {"samples": -1}, r"^smoothgrad: samples must be an integer >= 1"),
+        ("integrated_gradients", {"rule": "simpson"}, r"unknown quadrature rule 'simpson'"),
+    ]:
+        explain = A.explainer(name, counted, **options)
+        with pytest.raises(ValueError, match=message):
+            A.check_explainer(explain, X)
+    calls.clear()
+    A.check_explainer(A.explainer("ig_smoothgrad", counted, samples=2, steps=4), X)
+    assert calls and all(issubclass(t, jax.core.Tracer) for t in calls)
+
+
+def test_xrai_options_are_checked_when_the_explainer_is_built():
+    """XRAI cannot be traced, so its option values are checked by `MethodSpec.check`."""
+    for options, message in [
+        ({"steps": 0}, r"steps must be an integer >= 1, got 0"),
+        ({"rule": "simpson"}, r"unknown quadrature rule"),
+        ({"scales": (0.0,)}, r"scales must hold at least one Felzenszwalb scale > 0"),
+        ({"sigma": -1.0}, r"sigma must be a number >= 0"),
+        ({"dilation": -1}, r"dilation must be an integer >= 0"),
+        ({"min_pixel_diff": 0}, r"min_pixel_diff must be an integer >= 1"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            A.explainer("xrai", fn, **options)
+    explain = A.explainer("xrai", fn, steps=4, scales=(50.0,), dilation=0)
+    A.check_explainer(explain, X)  # untraceable: nothing more to check, nothing run
