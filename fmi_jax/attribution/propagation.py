@@ -42,52 +42,56 @@ Relevance Propagation"; rules as in Montavon, Binder, Lapuschkin, Samek & Mülle
 "Layer-Wise Relevance Propagation: An Overview") is written as a modified gradient
 times input. For a value a with modified gradient g, its relevance is R = a * g; the
 target logit starts with g = 1, i.e. relevance f_t(x), and the input's relevances
-(the attributions) are x * g_x. Every linear map z = W a of an input-dependent a with
-an input-independent weight operand W (``dot_general`` and ``conv_general_dilated``:
-dense and convolutional layers) gets the backward pass
+(the attributions) are x * g_x. A layer is a linear map z = W a of an input-dependent a
+with an input-independent weight operand W (``dot_general`` and
+``conv_general_dilated``: dense and convolutional layers) together with the
+elementwise affine maps of constants that follow it, y = s * z + c: its bias, and an
+inference-mode batch norm (a - mean) * scale + shift, are folded into the layer as
+they are traced, whatever module or custom-derivative call holds the linear map (the
+batch norm merged into the convolution, as zennit's canonizers do). Its backward pass
+redistributes the relevance R_k = y_k g_k of each output k to the inputs in proportion
+to their contributions a_j w_jk s_k under the rule, with the constant c_k an input of
+activation 1 (Montavon et al.'s bias). Below, w_jk is the folded weight w_jk s_k
+(W^+ = max(W, 0), W^- = min(W, 0)):
 
-    g_a = W_rule^T (g_z * z / stabilise(z_rule)),    z_rule = W_rule a,
-
-i.e. the relevance R_k = z_k g_k arriving at output k is redistributed to the inputs
-in proportion to their contributions a_j w_jk under the rule's weights:
-R_j = a_j g_j = sum_k a_j w_rule,jk R_k / z_rule,k. The rules:
-
-* epsilon (LRP-0 for epsilon -> 0): W_rule = W, so R_j = sum_k a_j w_jk R_k / (z_k +
-  epsilon sign(z_k)). With epsilon -> 0 the backward pass is the ordinary gradient, and
+* epsilon (LRP-0 for epsilon -> 0): R_j = sum_k a_j w_jk R_k / (y_k + epsilon
+  sign(y_k)). With epsilon -> 0 the backward pass is the ordinary gradient, and
   LRP-epsilon of a ReLU network equals gradient x input (Ancona et al. 2018).
-* gamma: W_rule = W + gamma W^+ (W^+ = max(W, 0)), favouring positive contributions;
-  gamma = 0 is the epsilon rule.
+* gamma: the weights W + gamma W^+ and the constant c + gamma c^+, favouring positive
+  contributions: R_j = sum_k a_j (w_jk + gamma w_jk^+) R_k / (sum_i a_i (w_ik + gamma
+  w_ik^+) + c_k + gamma c_k^+); gamma = 0 is the epsilon rule.
 * alpha-beta: positive and negative contributions are redistributed separately,
   R_j = sum_k [alpha (a_j w_jk)^+ / z_k^+ - beta (a_j w_jk)^- / z_k^-] R_k with
-  z_k^+ = sum_j (a_j w_jk)^+ and z_k^- = sum_j (a_j w_jk)^-. Since (a w)^+ = a^+ w^+
-  + a^- w^- and (a w)^- = a^+ w^- + a^- w^+, the backward pass is
-  g_a = [a > 0] (W^+ s^+ - W^- s^-) + [a < 0] (W^- s^+ - W^+ s^-) with
-  s^+ = alpha R / z^+ and s^- = beta R / z^-. Relevance is conserved for alpha - beta = 1
-  (where z^+ and z^- are nonzero). Montavon et al. state it for a >= 0 (after a ReLU);
-  the signed form above also covers signed inputs such as standardised pixels.
+  z_k^+ = sum_j (a_j w_jk)^+ + c_k^+ and z_k^- = sum_j (a_j w_jk)^- + c_k^-. Since
+  (a w)^+ = a^+ w^+ + a^- w^- and (a w)^- = a^+ w^- + a^- w^+, the backward pass is
+  g_a = [a > 0] (W^+ u - W^- v) + [a < 0] (W^- u - W^+ v) with u = alpha R / z^+ and
+  v = beta R / z^- (a negative scale s_k swaps which of the unfolded W^+, W^- each
+  term uses). With alpha = 1, beta = 0 (the z^+ rule) the relevances stay >= 0 where
+  the inputs and the target logit are >= 0. The input relevances sum to f_t(x) for
+  alpha - beta = 1 only where every neuron has contributions of both signs (z^+ > 0 >
+  z^-; a neuron with only positive ones passes on alpha R) and no constant takes a
+  share. Montavon et al. state the rule for a >= 0 (after a ReLU); the signed form
+  above also covers signed inputs such as standardised pixels.
 
-``stabilise`` adds epsilon away from zero (z + epsilon for z >= 0, z - epsilon
+``stabilise`` adds epsilon away from zero (y + epsilon for y >= 0, y - epsilon
 otherwise; z^+ + epsilon and z^- - epsilon), so a neuron with no contribution passes
 no relevance on instead of dividing by zero. Every other node keeps its ordinary
 gradient, which already redistributes relevance conservatively: ReLU (R_in = relu(z)
 g = R_out), max pooling (all relevance to the window's argmax), sums, average pooling
-and residual additions (R_a + R_b = (a + b) g). Biases and other additions of an
-input-independent value keep their ordinary gradient too, so a bias b_k absorbs the
-relevance share b_k R_k / z_k -- the standard treatment of a bias as an input of
-activation 1, and the reason relevance is conserved exactly only for bias-free
-networks. The stabiliser and the gamma/alpha-beta weights act on the bias-free output
-W a of the linear map (Montavon et al. include the bias in z_k; the two agree for
-epsilon -> 0 and bias-free layers). A batch-norm layer in inference mode is an
-elementwise affine map of constants, (a - mean) * scale + shift: the scale keeps its
-ordinary gradient, which conserves relevance, and the shifts absorb relevance like a
-bias. The layer is not folded into the preceding convolution, so the gamma and
-alpha-beta rules see that convolution's own weights. The same rule is used for every
-layer (Montavon et al. recommend mixing rules by depth; compose them in the model if
+and residual additions (R_a + R_b = (a + b) g). The constants c_k absorb their share
+(c_k R_k / y_k for the epsilon rule), which is why relevance is conserved exactly
+only for networks without biases or batch-norm shifts. A constant added after
+anything other than a layer's linear map (after a ReLU, a pooling or a residual sum)
+keeps its ordinary gradient and likewise absorbs its share. The same rule is used for
+every layer (Montavon et al. recommend mixing rules by depth; compose them in the model if
 needed). A ``dot_general`` or convolution of two input-dependent operands (attention)
 keeps its ordinary gradient. Captum's counterpart ``captum.attr.LRP`` hooks ``Linear``,
 ``Conv2d``, pooling and batch-norm modules (default ``EpsilonRule`` with epsilon
 1e-9) and offers the gamma rule and only the alpha=1, beta=0 case of alpha-beta
-(``Alpha1_Beta0_Rule``, which assumes non-negative activations).
+(``Alpha1_Beta0_Rule``, which assumes non-negative activations). Its rules modify the
+weights only (a batch norm is a layer of its own, and the gamma and alpha=1, beta=0
+rules leave the bias whole in the denominator), so the two agree on those rules for
+bias-free layers; its epsilon rule includes the bias as here.
 
 Guided Grad-CAM (Selvaraju et al. 2017, "Grad-CAM: Visual Explanations from Deep
 Networks via Gradient-based Localization") is guided backprop times the Grad-CAM map
@@ -123,6 +127,7 @@ from fmi_jax.attribution.handle import as_flax_model
 
 __all__ = [
     "Tracked",
+    "Lazy",
     "Rule",
     "Interpreter",
     "LINEAR",
@@ -151,6 +156,16 @@ class Tracked:
     pytree of its branches, so tracked values can be arguments of a jitted function."""
 
     branches: tuple[Array, ...]
+
+
+class Lazy:
+    """An input-dependent value a rule has described but not built yet, so that later
+    equations can still change how it is built (LRP folds a layer's bias and batch norm
+    into the layer). ``settle()`` builds it as a ``Tracked``; the interpreter settles a
+    lazy operand before any equation other than one of its ``lazy_rules``."""
+
+    def settle(self) -> Tracked:
+        raise NotImplementedError
 
 
 # A rule gets an equation and its operands (at least one ``Tracked``) and returns the
@@ -276,6 +291,8 @@ class Interpreter:
     An equation without tracked operands is evaluated once, unchanged. One with tracked
     operands goes, in this order, to
 
+    0. ``lazy_rules[primitive name]`` if an operand is ``Lazy``, unless that rule
+       returns None; otherwise every lazy operand is settled first;
     1. ``call_rule`` if it is a nested call (``CALLS``) and the rule accepts it,
        otherwise the nested jaxpr is interpreted recursively, as one jitted program
        (when not ``strict``, a nested call whose body needs no rule is bound as a
@@ -293,6 +310,8 @@ class Interpreter:
       call_rule: a rule offered every nested call first (DeepLIFT's activation
         functions); None for none.
       hint: the end of the NotImplementedError message.
+      lazy_rules: primitive name -> rule offered the equations with a ``Lazy``
+        operand (LRP's bias and batch-norm folding); empty for most methods.
 
     Interpreters compare and hash by identity: an interpreter is part of the key of the
     programs compiled for its nested calls, so build one per method and options once.
@@ -303,6 +322,7 @@ class Interpreter:
     strict: bool = False
     call_rule: Rule | None = None
     hint: str = ""
+    lazy_rules: Mapping[str, Rule] = dataclasses.field(default_factory=dict)
 
     def evaluate(
         self, jaxpr: jax_core.Jaxpr, consts: Sequence[Any], args: Sequence[Any]
@@ -318,7 +338,7 @@ class Interpreter:
         env.update(zip(jaxpr.invars, args))
         for eqn in jaxpr.eqns:
             operands = [read(atom) for atom in eqn.invars]
-            if any(isinstance(v, Tracked) for v in operands):
+            if any(isinstance(v, (Tracked, Lazy)) for v in operands):
                 outputs = self._tracked(eqn, operands)
             else:
                 outputs = bind(eqn, operands)  # input-independent: evaluated once
@@ -327,6 +347,13 @@ class Interpreter:
 
     def _tracked(self, eqn: jax_core.JaxprEqn, operands: list[Any]) -> list[Any]:
         name = eqn.primitive.name
+        if any(isinstance(v, Lazy) for v in operands):
+            lazy_rule = self.lazy_rules.get(name)
+            if lazy_rule is not None:
+                outputs = lazy_rule(eqn, operands)
+                if outputs is not None:
+                    return outputs
+            operands = [v.settle() if isinstance(v, Lazy) else v for v in operands]
         if name in CALLS:
             if self.call_rule is not None:
                 outputs = self.call_rule(eqn, operands)
@@ -426,6 +453,8 @@ def modified_gradient(interpreter: Interpreter, fn: ModelFn, x: Array, target: A
 
     def target_sum(x: Array) -> Array:
         [logits] = interpreter.evaluate(program.jaxpr, program.consts, [Tracked((x,))])
+        if isinstance(logits, Lazy):
+            logits = logits.settle()
         if isinstance(logits, Tracked):
             logits = logits.branches[0]
         return jnp.sum(select_target(logits, target))
@@ -590,9 +619,71 @@ def _divide(numerator: Array, denominator: Array) -> Array:
     return jnp.where(zero, 0, numerator / jnp.where(zero, 1, denominator))
 
 
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["a", "w", "scale", "shift"],
+    meta_fields=["build"],
+)
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Affine(Lazy):
+    """``scale * W a + shift``: a dense or convolutional layer's output with the
+    elementwise affine maps of constants that follow it (its bias, an inference-mode
+    batch norm) folded in, built by ``build(a, w, scale, shift)`` with the LRP rule
+    applied to the whole affine layer. A pytree, so it can leave a nested jitted call."""
+
+    a: Array
+    w: Array
+    scale: Array
+    shift: Array
+    build: Callable[[Array, Array, Array, Array], Array]
+
+    def settle(self) -> Tracked:
+        return Tracked((self.build(self.a, self.w, self.scale, self.shift),))
+
+
+def _fold_affine(eqn: jax_core.JaxprEqn, operands: list[Any]) -> list[Any] | None:
+    """A lazy rule: ``add``, ``sub``, ``mul``, ``div`` or ``neg`` of a pending layer
+    output and a constant folds into the layer's ``scale`` and ``shift``. Declines (the
+    layer is then built and the equation evaluated as usual) for two input-dependent
+    operands, or a constant that would change the output's shape or dtype."""
+    name = eqn.primitive.name
+    dependent = [isinstance(v, (Tracked, Lazy)) for v in operands]
+    if sum(dependent) != 1:
+        return None
+    position = dependent.index(True)
+    pending = operands[position]
+    if not isinstance(pending, _Affine):
+        return None
+    out = eqn.outvars[0].aval
+    layer = eqn.invars[position].aval
+    if out.shape != layer.shape or out.dtype != layer.dtype:
+        return None
+    scale, shift = pending.scale, pending.shift
+    if name == "neg":
+        return [dataclasses.replace(pending, scale=-scale, shift=-shift)]
+    constant = jnp.asarray(operands[1 - position], out.dtype)
+    if name == "add":
+        scale, shift = scale, shift + constant
+    elif name == "sub" and position == 0:
+        scale, shift = scale, shift - constant
+    elif name == "sub":
+        scale, shift = -scale, constant - shift
+    elif name == "mul":
+        scale, shift = scale * constant, shift * constant
+    elif name == "div" and position == 0:
+        scale, shift = scale / constant, shift / constant
+    else:
+        return None
+    return [dataclasses.replace(pending, scale=scale, shift=shift)]
+
+
+_AFFINE = ("add", "sub", "mul", "div", "neg")
+
+
 def _lrp_rule(rule: str, epsilon: float, gamma: float, alpha: float, beta: float) -> Rule:
     """The LRP rule for dot_general / conv_general_dilated with one input-dependent
-    operand a and an input-independent weight operand W (module docstring)."""
+    operand a and an input-independent weight operand W, applied to the affine layer
+    ``s * W a + c`` that the constants folded in later give (module docstring)."""
 
     def lrp_linear(eqn: jax_core.JaxprEqn, operands: list[Any]) -> list[Any] | None:
         dependent = [isinstance(v, Tracked) for v in operands]
@@ -610,36 +701,50 @@ def _lrp_rule(rule: str, epsilon: float, gamma: float, alpha: float, beta: float
             """W^T s: the vjp of the linear map a -> linear(a, w) (independent of a)."""
             return jax.vjp(lambda v: linear(v, w), a)[1](s)[0]
 
-        def backward(residuals: tuple[Array, Array, Array], g: Array) -> tuple[Array, None]:
-            a, w, z = residuals
-            relevance = g * z
-            if rule == "epsilon":
-                return transpose(w, a, _divide(relevance, _stabilise(z, epsilon))), None
-            if rule == "gamma":
-                w_rule = w + gamma * jnp.maximum(w, 0)
-                z_rule = linear(a, w_rule)
-                return transpose(w_rule, a, _divide(relevance, _stabilise(z_rule, epsilon))), None
+        def backward(residuals: tuple[Array, ...], g: Array) -> tuple[Array, None, None, None]:
+            a, w, scale, shift, z, y = residuals
+            relevance = g * y
+            s_pos, s_neg = jnp.maximum(scale, 0), jnp.minimum(scale, 0)
             w_pos, w_neg = jnp.maximum(w, 0), jnp.minimum(w, 0)
+            if rule == "epsilon":
+                v = _divide(relevance, _stabilise(y, epsilon))
+                return transpose(w, a, scale * v), None, None, None
+            if rule == "gamma":
+                z_pos, z_neg = linear(a, w_pos), linear(a, w_neg)
+                z_rule = y + gamma * (s_pos * z_pos + s_neg * z_neg + jnp.maximum(shift, 0))
+                v = _divide(relevance, _stabilise(z_rule, epsilon))
+                g_a = transpose(w, a, scale * v) + gamma * (
+                    transpose(w_pos, a, s_pos * v) + transpose(w_neg, a, s_neg * v)
+                )
+                return g_a, None, None, None
             a_pos, a_neg = jnp.maximum(a, 0), jnp.minimum(a, 0)
-            z_pos = linear(a_pos, w_pos) + linear(a_neg, w_neg)
-            z_neg = linear(a_pos, w_neg) + linear(a_neg, w_pos)
-            s_pos = alpha * _divide(relevance, z_pos + epsilon)
-            s_neg = beta * _divide(relevance, z_neg - epsilon)
-            positive = transpose(w_pos, a, s_pos) - transpose(w_neg, a, s_neg)
-            negative = transpose(w_neg, a, s_pos) - transpose(w_pos, a, s_neg)
-            return jnp.where(a > 0, positive, jnp.where(a < 0, negative, 0)), None
+            positive_sum = linear(a_pos, w_pos) + linear(a_neg, w_neg)
+            negative_sum = linear(a_pos, w_neg) + linear(a_neg, w_pos)
+            z_pos = s_pos * positive_sum + s_neg * negative_sum + jnp.maximum(shift, 0)
+            z_neg = s_pos * negative_sum + s_neg * positive_sum + jnp.minimum(shift, 0)
+            u = alpha * _divide(relevance, z_pos + epsilon)
+            v = beta * _divide(relevance, z_neg - epsilon)
+            # Coefficients of the contributions (a_j w_jk)^+ and (a_j w_jk)^-.
+            on_pos, on_neg = s_pos * u - s_neg * v, s_neg * u - s_pos * v
+            positive = transpose(w_pos, a, on_pos) + transpose(w_neg, a, on_neg)
+            negative = transpose(w_neg, a, on_pos) + transpose(w_pos, a, on_neg)
+            return jnp.where(a > 0, positive, jnp.where(a < 0, negative, 0)), None, None, None
 
         @jax.custom_vjp
-        def layer(a: Array, w: Array) -> Array:
-            return linear(a, w)
+        def layer(a: Array, w: Array, scale: Array, shift: Array) -> Array:
+            return scale * linear(a, w) + shift
 
-        def forward(a: Array, w: Array) -> tuple[Array, tuple[Array, Array, Array]]:
+        def forward(a: Array, w: Array, scale: Array, shift: Array):
             z = linear(a, w)
-            return z, (a, w, z)
+            scale, shift = jnp.broadcast_to(scale, z.shape), jnp.broadcast_to(shift, z.shape)
+            y = scale * z + shift
+            return y, (a, w, scale, shift, z, y)
 
         layer.defvjp(forward, backward)
         weight = jnp.asarray(operands[weight_position], eqn.invars[weight_position].aval.dtype)
-        return [Tracked((layer(operands[position].branches[0], weight),))]
+        dtype = eqn.outvars[0].aval.dtype
+        one, zero = jnp.ones((), dtype), jnp.zeros((), dtype)
+        return [_Affine(operands[position].branches[0], weight, one, zero, layer)]
 
     return lrp_linear
 
@@ -651,7 +756,11 @@ def _lrp_interpreter(
     """One interpreter per choice of rule and constants: its identity keys the compiled
     programs of :func:`_evaluate_call`, so repeated calls reuse them."""
     linear_rule = _lrp_rule(rule, epsilon, gamma, alpha, beta)
-    return Interpreter("lrp", {"dot_general": linear_rule, "conv_general_dilated": linear_rule})
+    return Interpreter(
+        "lrp",
+        {"dot_general": linear_rule, "conv_general_dilated": linear_rule},
+        lazy_rules=dict.fromkeys(_AFFINE, _fold_affine),
+    )
 
 
 def _as_nonnegative(value: Any, name: str) -> float:
@@ -679,11 +788,12 @@ def lrp(
     beta: float = 0.0,
 ) -> Array:
     """Layer-wise relevance propagation of the target logit, ``x * g_x`` with the LRP
-    backward pass at every dense and convolutional layer (Bach et al. 2015; rules of
-    Montavon et al. 2019, derived in the module docstring). The relevances sum to
-    ``f_t(x)`` minus what biases absorb (exactly, for bias-free ReLU networks, up to
-    epsilon, and for alpha-beta with ``alpha - beta = 1``). Captum counterpart:
-    ``captum.attr.LRP``.
+    backward pass at every dense and convolutional layer, its bias and a batch norm
+    after it folded in (Bach et al. 2015; rules of Montavon et al. 2019, derived in the
+    module docstring). The relevances sum to ``f_t(x)`` minus what biases and
+    batch-norm shifts absorb: exactly, for ReLU networks without them, up to epsilon,
+    and for alpha-beta with ``alpha - beta = 1`` where every neuron has contributions
+    of both signs. Captum counterpart: ``captum.attr.LRP``.
 
     Args:
       fn: model function, batch ``(N, ...)`` -> logits ``(N, classes)``.

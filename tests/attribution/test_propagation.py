@@ -93,6 +93,56 @@ def numpy_lrp(weights, x, target, rule, epsilon=1e-6, gamma=0.25, alpha=1.0, bet
     return relevance
 
 
+# The wide MLP with biases and, after its first layer, an inference-mode batch norm
+# whose scale is negative in some channels.
+WIDE_BIASES = [rng.normal(size=w.shape[1]).astype(np.float32) for w in WIDE]
+BN_MEAN, BN_SHIFT = (rng.normal(size=32).astype(np.float32) for _ in range(2))
+BN_SCALE = (rng.normal(size=32) + 0.5).astype(np.float32)
+
+
+def wide_mlp_with_biases_and_batch_norm(x):
+    h = x @ WIDE[0] + WIDE_BIASES[0]
+    h = jax.nn.relu((h - BN_MEAN) * BN_SCALE + BN_SHIFT)
+    h = jax.nn.relu(h @ WIDE[1] + WIDE_BIASES[1])
+    return h @ WIDE[2] + WIDE_BIASES[2]
+
+
+def numpy_lrp_affine(x, target, rule, epsilon=1e-6, gamma=0.25, alpha=1.0, beta=0.0):
+    """Textbook LRP of ``wide_mlp_with_biases_and_batch_norm`` (Montavon et al. 2019, as
+    zennit computes it): the batch norm merged into the layer before it (weights
+    ``w * scale``, bias ``(b - mean) * scale + shift``), and every bias an input of
+    activation 1 under the rule, in the denominators only."""
+    layers = [
+        (WIDE[0] * BN_SCALE, (WIDE_BIASES[0] - BN_MEAN) * BN_SCALE + BN_SHIFT),
+        (WIDE[1], WIDE_BIASES[1]),
+        (WIDE[2], WIDE_BIASES[2]),
+    ]
+    layers = [(w.astype(np.float64), b.astype(np.float64)) for w, b in layers]
+    activations = [x.astype(np.float64)]
+    for w, b in layers[:-1]:
+        activations.append(np.maximum(activations[-1] @ w + b, 0))
+    w, b = layers[-1]
+    logits = activations[-1] @ w + b
+    rows = np.arange(len(x))
+    relevance = np.zeros_like(logits)
+    relevance[rows, target] = logits[rows, target]
+    for a, (w, b) in zip(reversed(activations), reversed(layers)):
+        if rule in ("epsilon", "gamma"):
+            g = gamma if rule == "gamma" else 0.0
+            c = a[:, :, None] * (w + g * np.maximum(w, 0))
+            z = c.sum(axis=1) + b + g * np.maximum(b, 0)
+            z = z + np.where(z >= 0, epsilon, -epsilon)
+            relevance = (c / z[:, None, :] * relevance[:, None, :]).sum(axis=2)
+        else:
+            c = a[:, :, None] * w
+            positive, negative = np.maximum(c, 0), np.minimum(c, 0)
+            z_pos = positive.sum(axis=1) + np.maximum(b, 0) + epsilon
+            z_neg = negative.sum(axis=1) + np.minimum(b, 0) - epsilon
+            share = alpha * positive / z_pos[:, None, :] - beta * negative / z_neg[:, None, :]
+            relevance = (share * relevance[:, None, :]).sum(axis=2)
+    return relevance
+
+
 def compiled(method, fn, x, target, **options):
     return jax.jit(lambda x, t: method(fn, x, t, **options))(x, target)
 
@@ -261,6 +311,85 @@ def test_lrp_rules_match_numpy_and_conserve(options):
         # epsilon -> 0 is checked on the CNN above
         logits = np.asarray(wide_mlp(X_WIDE))[np.arange(5), TARGET]
         np.testing.assert_allclose(attributions.sum(axis=1), logits, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(rule="epsilon", epsilon=0.1),
+        dict(rule="gamma", gamma=0.25, epsilon=1e-6),
+        dict(rule="alpha_beta", epsilon=1e-6),
+        dict(rule="alpha_beta", alpha=2.0, beta=1.0, epsilon=1e-6),
+    ],
+    ids=["epsilon", "gamma", "alpha1beta0", "alpha2beta1"],
+)
+def test_lrp_rules_fold_biases_and_batch_norm_into_their_layer(options):
+    """A bias, and a batch norm after the layer (negative scales included), are part of
+    the layer the rule sees, as in Montavon et al. and zennit: the same maps as LRP of
+    the network with the batch norm merged into the layer, by hand in NumPy."""
+    fn = wide_mlp_with_biases_and_batch_norm
+    attributions = compiled(lrp, fn, X_WIDE, TARGET, **options)
+    expected = numpy_lrp_affine(X_WIDE, TARGET, **options)
+    np.testing.assert_allclose(attributions, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("rule", ["epsilon", "gamma", "alpha_beta"])
+def test_batch_norm_of_the_projects_cnn_is_merged_into_its_conv(rule):
+    """SimpleCNN with batch norm (each conv inside a custom-derivative call, the batch
+    norm outside it) gives the maps of the same network with every batch norm merged
+    into its conv by hand (kernel * s, bias shift - mean * s); alpha=1, beta=0 maps of
+    non-negative images are non-negative wherever the target logit is positive."""
+    from fmi_jax import models
+
+    shape = dict(features=(4, 8), pool=(True, True), dense=(8,), num_classes=3)
+    images = jnp.asarray(np.random.default_rng(3).uniform(size=(6, 8, 8, 1)), jnp.float32)
+    with_bn = models.SimpleCNN(batch_norm=True, **shape)
+    noise = np.random.default_rng(4)
+    variables = jax.tree.map(
+        lambda leaf: leaf + jnp.asarray(noise.normal(size=leaf.shape), leaf.dtype) * 0.5,
+        with_bn.init(jax.random.key(0), images),
+    )
+    variables["batch_stats"] = jax.tree.map(jnp.abs, variables["batch_stats"])  # var > 0
+    for block in ("conv1", "conv2"):  # scales of both signs, shifts that flip signs
+        bn = dict(variables["params"][block]["bn"])
+        bn["scale"] = bn["scale"] * jnp.where(jnp.arange(bn["scale"].size) % 2 == 0, 1.0, -1.0)
+        bn["bias"] = bn["bias"] * 4.0
+        variables["params"] = {
+            **variables["params"],
+            block: {**variables["params"][block], "bn": bn},
+        }
+    merged = models.SimpleCNN(batch_norm=False, **shape)
+    params = dict(variables["params"])
+    for block in ("conv1", "conv2"):
+        bn, stats = params[block]["bn"], variables["batch_stats"][block]["bn"]
+        s = bn["scale"] / jnp.sqrt(stats["var"] + 1e-5)
+        kernel = params[block]["conv"]["kernel"]
+        params[block] = {"conv": {"kernel": kernel * s, "bias": bn["bias"] - stats["mean"] * s}}
+    handles = [A.flax_model(with_bn, variables), A.flax_model(merged, {"params": params})]
+    np.testing.assert_allclose(handles[0](images), handles[1](images), rtol=1e-5, atol=1e-5)
+    target = jnp.argmax(handles[0](images), axis=1)
+    maps = [compiled(lrp, h, images, target, rule=rule, epsilon=1e-6) for h in handles]
+    np.testing.assert_allclose(maps[0], maps[1], rtol=1e-4, atol=1e-6)
+    if rule == "alpha_beta":
+        positive = np.asarray(handles[0](images))[np.arange(6), target] > 0
+        assert positive.any() and (np.asarray(maps[0])[positive] >= -1e-6).all()
+
+
+def test_alpha1_beta0_keeps_relevance_positive_through_a_bias():
+    """One neuron, f = x1 - 2 x2 + 2 at x = (1, 1): f = 1 and the only positive
+    contributions are x1 w1 = 1 and the bias 2, so the z+ rule gives x1 the share 1/3 and
+    x2 none; the gamma rule divides by x1 (1 + gamma) - 2 x2 + 2 (1 + gamma)."""
+    w = jnp.array([[1.0], [-2.0]])
+    fn = lambda x: x @ w + 2.0
+    x = jnp.ones((1, 2))
+    np.testing.assert_allclose(
+        compiled(lrp, fn, x, 0, rule="alpha_beta", epsilon=0.0), [[1 / 3, 0.0]], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        compiled(lrp, fn, x, 0, rule="gamma", gamma=0.25, epsilon=0.0),
+        [[1.25 / 1.75, -2 / 1.75]],
+        rtol=1e-6,
+    )
 
 
 def test_lrp_gamma_zero_is_epsilon():
@@ -441,3 +570,44 @@ def test_rules_inside_control_flow_are_refused_rather_than_silently_dropped():
     for method in (guided_backprop, deconvolution, lrp):
         with pytest.raises(NotImplementedError, match=r"cannot apply its rules inside 'scan'"):
             method(scanned, x, 0)
+
+
+def test_lrp_epsilon_with_biases_agrees_with_captum_at_any_epsilon():
+    """Biases are inside the stabilised denominator, as in Captum's EpsilonRule, so the
+    two agree with biases at epsilon = 0.1, not only as epsilon -> 0 (conv -> ReLU ->
+    dense -> ReLU -> dense, every layer with a bias). Needs torch and captum."""
+    torch = pytest.importorskip("torch")
+    captum_attr = pytest.importorskip("captum.attr")
+    from captum.attr._utils import lrp_rules
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.relu1 = torch.nn.Conv2d(2, 4, 3), torch.nn.ReLU()
+            self.dense, self.relu2 = torch.nn.Linear(4 * 4 * 4, 8), torch.nn.ReLU()
+            self.head = torch.nn.Linear(8, 3)
+
+        def forward(self, x):
+            x = self.relu1(self.conv(x))
+            return self.head(self.relu2(self.dense(x.flatten(1))))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    p = [jnp.asarray(v.detach().numpy()) for v in net.parameters()]
+
+    def fn(x):
+        x = jax.lax.conv_general_dilated(
+            x, p[0], (1, 1), "VALID", dimension_numbers=("NCHW", "OIHW", "NCHW")
+        )
+        x = jax.nn.relu(
+            jax.nn.relu(x + p[1][:, None, None]).reshape(x.shape[0], -1) @ p[2].T + p[3]
+        )
+        return x @ p[4].T + p[5]
+
+    for layer in (net.conv, net.dense, net.head):
+        layer.rule = lrp_rules.EpsilonRule(epsilon=0.1)
+    images = np.random.default_rng(2).uniform(size=(4, 2, 6, 6)).astype(np.float32)
+    target = [0, 1, 2, 1]
+    theirs = captum_attr.LRP(net).attribute(torch.from_numpy(images), target=target)
+    ours = compiled(lrp, fn, images, jnp.asarray(target), epsilon=0.1)
+    np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-3, atol=1e-6)
