@@ -42,6 +42,8 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from fmi_jax.attribution.core import as_target
+
 __all__ = [
     "DATA_AXIS",
     "attribute_dataset",
@@ -222,12 +224,16 @@ def attribute_dataset(
     n = int(x.shape[0]) if x.ndim else 0
     if n == 0:
         raise ValueError(f"x must have a non-empty batch axis first, got shape {x.shape}")
+    # Targets are checked before they become int32: a class given as int64 would
+    # otherwise wrap around into range inside the jitted chunks, where no range check
+    # can see it, and a valid class would be explained instead without an error.
     if target is not None and not isinstance(target, (int, np.integer)):
-        target = np.asarray(target).astype(np.int32)
+        target = np.asarray(target)
         if target.shape != (n,):
             raise ValueError(f"target must be None, an int or shape ({n},), got {target.shape}")
+        target = np.asarray(as_target(target, n))
     elif target is not None:
-        target = int(target)
+        target = int(as_target(target, 1)[0])
     _check_chunkable(explain)
     # The key travels as its raw data, placed from the host: a jax key array cannot be
     # placed on the devices of other processes.

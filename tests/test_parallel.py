@@ -276,6 +276,10 @@ def test_attribute_dataset_on_one_device_matches_a_direct_call():
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="target must be"):
         parallel.attribute_dataset(explain, x, np.zeros(4, np.int32), key)
+    # An int64 class is checked before the cast to int32, which would wrap it to class 1.
+    for wide in (np.full(5, 2**32 + 1), 2**32 + 1):
+        with pytest.raises(ValueError, match="asks for class 4294967297"):
+            parallel.attribute_dataset(explain, x, wide, key)
     with pytest.raises(ValueError, match=r"key must be a PRNG key, e\.g\. jax\.random\.key\(0\)"):
         parallel.attribute_dataset(explain, x, None, 0)
     rbg_data = jax.random.key_data(jax.random.key(0, impl="rbg"))

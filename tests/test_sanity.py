@@ -517,6 +517,8 @@ def test_random_logit_rejects_bad_input(linear):
         random_logit(lambda xs, t, k: xs, flat, target, key, num_classes=C)
     with pytest.raises(ValueError, match="shape"):
         random_other_classes(1, key, C)
+    with pytest.raises(ValueError, match="asks for class 4294967297"):
+        random_other_classes(np.array([0, 2**32 + 1]), key, C)  # not wrapped to class 1
 
 
 # -------------------------------------------------------------- input invariance

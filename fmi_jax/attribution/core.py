@@ -376,9 +376,28 @@ def as_target(target: Any, num_examples: int, num_classes: int | None = None) ->
     """An int or integer array of targets as an int32 array of shape ``(N,)``.
 
     Checks the range ``[0, num_classes)`` when the target is concrete and
-    ``num_classes`` is known (``>= 0`` otherwise).
+    ``num_classes`` is known (``[0, 2**31)``, what int32 holds, otherwise). The check
+    reads the values as given, before the cast to int32: a wider integer such as
+    ``np.int64(2**32 + 1)`` would wrap around to a valid class (1) and explain it
+    without an error.
     """
-    target = jnp.asarray(target)
+    if _is_concrete(target):
+        host = _host_integers(target)
+        if host.shape not in ((), (num_examples,)):
+            raise ValueError(
+                f"target must be an int or have shape ({num_examples},) (one class per "
+                f"example), got shape {host.shape}"
+            )
+        values = np.broadcast_to(host, (num_examples,))
+        upper = _INT32_LIMIT if num_classes is None else min(num_classes, _INT32_LIMIT)
+        bad = np.flatnonzero((values < 0) | (values >= upper))
+        if bad.size:
+            valid = f"[0, {num_classes})" if num_classes is not None else "[0, 2**31)"
+            raise ValueError(
+                f"target out of range: example {int(bad[0])} asks for class "
+                f"{int(values[bad[0]])}, but classes must be in {valid}"
+            )
+        return jnp.broadcast_to(jnp.asarray(values, jnp.int32), (num_examples,))
     if not jnp.issubdtype(target.dtype, jnp.integer):
         raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
     if target.shape not in ((), (num_examples,)):
@@ -386,17 +405,25 @@ def as_target(target: Any, num_examples: int, num_classes: int | None = None) ->
             f"target must be an int or have shape ({num_examples},) (one class per example), "
             f"got shape {target.shape}"
         )
-    if _is_concrete(target):
-        values = np.broadcast_to(np.asarray(target), (num_examples,))
-        upper = np.inf if num_classes is None else num_classes
-        bad = np.flatnonzero((values < 0) | (values >= upper))
-        if bad.size:
-            valid = "must be >= 0" if num_classes is None else f"must be in [0, {num_classes})"
-            raise ValueError(
-                f"target out of range: example {int(bad[0])} asks for class "
-                f"{int(values[bad[0]])}, but classes {valid}"
-            )
     return jnp.broadcast_to(target, (num_examples,)).astype(jnp.int32)
+
+
+_INT32_LIMIT = 2**31
+
+
+def _host_integers(target: Any) -> np.ndarray:
+    """A concrete ``target`` as a NumPy array of its exact integer values (Python ints
+    too large for int64 kept as objects); a ValueError unless every value is an integer
+    (a bool is not a class index)."""
+    host = np.asarray(target)
+    if host.dtype == object and all(
+        isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+        for value in host.flat
+    ):
+        return host
+    if not np.issubdtype(host.dtype, np.integer):
+        raise ValueError(f"target must hold integer class indices, got dtype {host.dtype}")
+    return host
 
 
 def resolve_target(

@@ -641,12 +641,13 @@ def random_other_classes(target: Any, key: jax.Array, num_classes: int) -> jax.A
     Returns int32 ``(N,)``.
     """
     num_classes = _as_num_classes(num_classes)
-    target = jnp.asarray(target)
-    if target.ndim != 1:
+    # The shape from the target as given: an int64 class cast to int32 first would
+    # wrap around into range before as_target could see it.
+    if np.ndim(target) != 1:
         raise ValueError(
-            f"target must have shape (N,) (one class per example), got shape {target.shape}"
+            f"target must have shape (N,) (one class per example), got shape {np.shape(target)}"
         )
-    target = as_target(target, target.shape[0], num_classes)
+    target = as_target(target, np.shape(target)[0], num_classes)
     return _draw_other_classes(key, target, num_classes)[0]
 
 

@@ -54,6 +54,31 @@ def test_bad_targets_raise_naming_the_problem(target, message):
         resolve_target(fn, X, target)
 
 
+@pytest.mark.parametrize(
+    "target, example, value",
+    [
+        (np.int64(2**32 + 1), 0, 2**32 + 1),  # int32 would wrap it around to class 1
+        (np.array([0, 1, 2, 2**32 + 1]), 3, 2**32 + 1),
+        (np.array([0, 1, 2, 2**32 + 2], np.uint64), 3, 2**32 + 2),
+        (np.array([0, 1, -(2**32) + 1, 0]), 2, -(2**32) + 1),
+        (2**40, 0, 2**40),  # a Python int too large for int32
+        (2**70, 0, 2**70),  # ... and for int64
+    ],
+)
+def test_targets_beyond_int32_are_refused_not_wrapped_around(target, example, value):
+    message = (
+        rf"target out of range: example {example} asks for class {value}, but classes "
+        r"must be in \[0, 3\)$"
+    )
+    with pytest.raises(ValueError, match=message):
+        resolve_target(fn, X, target)
+    with pytest.raises(ValueError, match=message):
+        A.saliency(fn, X, target)
+    # With the number of classes unknown, the range is what int32 holds.
+    with pytest.raises(ValueError, match=r"must be in \[0, 2\*\*31\)$"):
+        core.as_target(target, 4)
+
+
 def test_fn_must_return_logits_of_shape_n_by_classes():
     with pytest.raises(ValueError, match=r"logits of shape \(4, classes\), got \(4,\)"):
         resolve_target(lambda x: x.sum(axis=1), X, 0)
