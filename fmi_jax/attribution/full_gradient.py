@@ -39,11 +39,14 @@ convolution without a bias, whose term here is 0 and adds nothing to the map.
 Both functions take a model handle (:func:`~fmi_jax.attribution.flax_model`), as the
 CAMs do. The input's gradient and every layer's come from one backward pass per chunk
 of ``batch_size`` examples (:meth:`~fmi_jax.attribution.FlaxModel.perturb_layers`).
+:func:`full_grad` finishes each chunk's maps inside the chunk (``psi`` scales every
+example on its own), so its memory is one chunk's terms plus the ``(N, H, W)`` maps;
+:func:`full_gradients` returns every term, at its layer's resolution, for all N.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -190,6 +193,18 @@ def full_gradients(
       ValueError: a plain function for ``model``, an unknown layer, one that is not
         affine, or (``layers=None``) an affine layer the handle cannot capture.
     """
+    x, chunk_terms = _chunk_terms(model, x, target, layers, batch_size)
+    inputs, biases = sum_over_samples(chunk_terms, x.shape[0], batch_size=batch_size)
+    return FullGradients(inputs, biases)
+
+
+def _chunk_terms(
+    model: Any, x: Any, target: Target, layers: Sequence[str] | None, batch_size: int | None
+) -> tuple[Array, Callable[[Array, Array], tuple[Array, dict[str, Array]]]]:
+    """The checked input and ``chunk_terms(example, _)``: the full-gradient terms of those
+    examples, ``(grad_x f_c * x, {layer: g^l * b^l})``, from one backward pass, for
+    :func:`~fmi_jax.attribution.core.sum_over_samples` (arguments as in
+    :func:`full_gradients`)."""
     handle = as_flax_model(model, "full_gradients")
     x = as_input(x)
     if x.ndim not in (3, 4):
@@ -223,8 +238,7 @@ def full_gradients(
         biases = {layer: at_layers[layer] * constants[layer] for layer in layers}
         return (gradient * images).astype(jnp.float32), biases
 
-    inputs, biases = sum_over_samples(chunk_terms, x.shape[0], batch_size=batch_size)
-    return FullGradients(inputs, biases)
+    return x, chunk_terms
 
 
 def _post_process(term: Array, per_channel: bool) -> Array:
@@ -263,10 +277,17 @@ def full_grad(
             f"full_grad: normalize must be one of {FULL_GRAD_NORMALIZATIONS}; got {normalize!r}"
         )
     size = image_size(x, "full_grad")
-    terms = full_gradients(model, x, target, layers=layers, batch_size=batch_size)
+    x, chunk_terms = _chunk_terms(model, x, target, layers, batch_size)
     per_channel = normalize == "channel"
-    inputs = terms.input if terms.input.ndim == 4 else terms.input[..., None]  # (N, H, W)
-    maps = _post_process(inputs, per_channel)
-    for term in terms.biases.values():
-        maps = maps + upsample_maps(_post_process(term, per_channel), size)
-    return maps.astype(jnp.float32)
+
+    # Every term is scaled per example, so each chunk's maps are finished inside the
+    # chunk: the terms at every layer's resolution never exist for all N examples.
+    def chunk_maps(example: Array, sample: Array) -> Array:
+        inputs, biases = chunk_terms(example, sample)
+        inputs = inputs if inputs.ndim == 4 else inputs[..., None]  # (B, H, W) images
+        maps = _post_process(inputs, per_channel)
+        for layer in sorted(biases):
+            maps = maps + upsample_maps(_post_process(biases[layer], per_channel), size)
+        return maps.astype(jnp.float32)
+
+    return sum_over_samples(chunk_maps, x.shape[0], batch_size=batch_size)

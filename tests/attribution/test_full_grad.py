@@ -247,3 +247,19 @@ def test_an_unused_dense_head_is_no_reason_to_refuse():
     assert A.bias_layers(handle, X) == ("conv1", "bn1", "conv2")
     with pytest.raises(ValueError, match=r"\(8, 8, 2\) looks like one example without its batch"):
         A.full_gradients(handle, X[0])
+
+
+def _full_grad_temp_bytes(images: int) -> int:
+    """Scratch memory XLA plans for full_grad on ``images`` 8x8 images, 16 at a time."""
+    handle, _ = _linen_handle()
+    x = jax.ShapeDtypeStruct((images, 8, 8, 2), jnp.float32)
+    compiled = jax.jit(lambda x: A.full_grad(handle, x, 1, batch_size=16)).lower(x).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_full_grad_memory_is_set_by_batch_size_not_by_the_number_of_images():
+    """Each chunk's terms are finished into maps inside the chunk: 1024 images need no
+    more scratch memory than 64 (holding every layer's term for all of them would take
+    1024 * (8*8*4 * 2 + 4*4*5) floats, 2.3 MiB, and 5.9 MB were planned)."""
+    small, large = _full_grad_temp_bytes(64), _full_grad_temp_bytes(1024)
+    assert large <= small * 1.1 + 64 * 1024, (small, large)
