@@ -38,11 +38,12 @@ with ``impl='rbg'`` or ``'unsafe_rbg'`` do not promise it.)
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import numbers
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import flax.linen as nn
@@ -59,8 +60,11 @@ __all__ = [
     "Target",
     "Method",
     "Explain",
+    "InputLayoutError",
     "as_input",
     "image_size",
+    "layout_mistake",
+    "layout_checked",
     "require_key",
     "check_explain",
     "refuse_baseline",
@@ -304,13 +308,79 @@ def _is_logits(out: Any, num_examples: int) -> bool:
     return hasattr(out, "shape") and len(out.shape) == 2 and out.shape[0] == num_examples
 
 
+def _maps_to_logits(fn: ModelFn, shape: tuple[int, ...], dtype: Any) -> bool:
+    """Whether ``fn`` maps a batch of ``shape`` to logits ``(shape[0], classes)``."""
+    try:
+        out = jax.eval_shape(fn, jax.ShapeDtypeStruct(shape, dtype))
+    except Exception:  # noqa: BLE001  (any failure means: it does not)
+        return False
+    return _is_logits(out, shape[0])
+
+
 def _unbatched(fn: ModelFn, x: Array) -> bool:
     """Whether ``fn`` maps ``x[None]`` to logits ``(1, classes)``, i.e. ``x`` is one example
     that lost its batch axis."""
+    return _maps_to_logits(fn, (1,) + tuple(x.shape), x.dtype)
+
+
+class InputLayoutError(ValueError):
+    """``x`` is laid out other than the model takes it: one example without its batch
+    axis, or a channels-first batch ``(N, C, H, W)`` for a channels-last model. The
+    message says which, and the fix."""
+
+
+def _misread_layout(fn: ModelFn, x: Array) -> str | None:
+    """Why ``fn``, which does not map ``x`` to ``(N, classes)`` logits, would with ``x``
+    laid out otherwise: ``x`` is one example without its batch axis (``fn`` takes
+    ``x[None]``), or a channels-first batch (``fn`` takes ``x.transpose(0, 2, 3, 1)``);
+    None when neither fixes it. Only the model's answer decides, so no valid batch is
+    refused on its shape alone."""
+    shape = tuple(x.shape)
+    if _unbatched(fn, x):
+        batch = "(N, H, W, C)" if len(shape) == 3 else "(N, ...)"
+        return (
+            f"x of shape {shape} looks like one example without its batch axis: pass "
+            f"x[None] (a batch of one); x must be a batch {batch}"
+        )
+    if len(shape) == 4 and _maps_to_logits(fn, (shape[0], *shape[2:], shape[1]), x.dtype):
+        return (
+            f"x of shape {shape} looks channels-first (N, C, H, W), but the model takes "
+            "channels-last images (N, H, W, C): pass x.transpose(0, 2, 3, 1)"
+        )
+    return None
+
+
+def layout_mistake(fn: ModelFn, x: Array) -> str | None:
+    """A one-line message when ``fn`` cannot take ``x`` because of how ``x`` is laid out
+    (one example without its batch axis, or channels-first for a channels-last model),
+    else None. ``fn`` taking ``x`` as a batch (an output with ``N`` rows) rules both
+    out. A few :func:`jax.eval_shape` passes: for error paths, not for every call."""
     try:
-        return _is_logits(jax.eval_shape(fn, jax.ShapeDtypeStruct((1,) + x.shape, x.dtype)), 1)
-    except Exception:  # noqa: BLE001  (any failure means: not an unbatched example)
-        return False
+        out = jax.eval_shape(fn, jax.ShapeDtypeStruct(tuple(x.shape), x.dtype))
+    except InputLayoutError as error:
+        return str(error)
+    except Exception:  # noqa: BLE001  (any failure: ask whether the layout is why)
+        return _misread_layout(fn, x)
+    if tuple(getattr(out, "shape", ())[:1]) == (x.shape[0],):
+        return None
+    return _misread_layout(fn, x)
+
+
+@contextlib.contextmanager
+def layout_checked(fn: ModelFn, x: Array) -> Iterator[None]:
+    """Checks of other arguments against the example shape ``x.shape[1:]`` (a window,
+    a feature mask, references, a baseline) run inside this block: when one fails
+    because ``x`` itself is laid out wrong (:func:`layout_mistake`), the error says
+    so, with the fix, instead of blaming the argument that was right. Valid input costs
+    nothing: the model is asked only after a check has failed."""
+    try:
+        yield
+    except ValueError:
+        _refuse_module(fn)
+        problem = layout_mistake(fn, x)
+        if problem is None:
+            raise
+        raise InputLayoutError(problem) from None
 
 
 def _refuse_module(fn: Any) -> None:
@@ -336,27 +406,28 @@ def _refuse_module(fn: Any) -> None:
 
 def _num_classes(fn: ModelFn, x: Array) -> int:
     """The number of classes of ``fn``, checking that ``fn`` maps the batch ``x`` to
-    ``(N, classes)`` logits. A single example without its batch axis is recognised
-    (``fn`` accepts ``x[None]``) and refused with that diagnosis, instead of the shape
-    error from deep inside the model. A Flax module given as ``fn`` is refused with the
-    handle to pass instead."""
+    ``(N, classes)`` logits. A single example without its batch axis (``fn`` accepts
+    ``x[None]``) and a channels-first batch for a channels-last model (``fn`` accepts
+    ``x.transpose(0, 2, 3, 1)``) are recognised and refused with that diagnosis,
+    instead of the shape error from deep inside the model. A Flax module given as
+    ``fn`` is refused with the handle to pass instead."""
     _refuse_module(fn)
-    unbatched = (
-        f"x of shape {x.shape} looks like one example without its batch axis: pass "
-        "x[None] (a batch of one)"
-    )
     try:
         out = jax.eval_shape(fn, x)
+    except InputLayoutError as error:  # a model handle diagnosed it already
+        raise InputLayoutError(str(error)) from None  # without the notes of JAX's trace
     except Exception:
-        if _unbatched(fn, x):
-            raise ValueError(unbatched) from None
+        problem = _misread_layout(fn, x)
+        if problem is not None:
+            raise InputLayoutError(problem) from None
         raise
     if not _is_logits(out, x.shape[0]):
-        # Only an output whose first axis is not the batch suggests a lost batch axis: a
-        # model returning one score per example, (N,), is a wrong model, not a wrong x.
+        # Only an output whose first axis is not the batch suggests a misread x: a model
+        # returning one score per example, (N,), is a wrong model, not a wrong x.
         first = tuple(getattr(out, "shape", ())[:1])
-        if first != (x.shape[0],) and _unbatched(fn, x):
-            raise ValueError(unbatched)
+        problem = None if first == (x.shape[0],) else _misread_layout(fn, x)
+        if problem is not None:
+            raise InputLayoutError(problem)
         shape = getattr(out, "shape", type(out).__name__)
         several = (
             ""
@@ -663,7 +734,8 @@ def completeness_delta(
     in every method (``None``: the predicted class of ``x``).
     """
     x = as_input(x)
-    baseline = as_baseline(baseline, x)
+    with layout_checked(fn, x):  # a baseline that does not fit a misread x: say why
+        baseline = as_baseline(baseline, x)
     target = resolve_target(fn, x, target, batch_size=batch_size)
 
     def logit_difference(example: Array, _: Array) -> Array:

@@ -133,6 +133,7 @@ from fmi_jax.attribution.core import (
     Target,
     as_baseline,
     as_input,
+    layout_checked,
     resolve_target,
     select_target,
     sum_over_samples,
@@ -649,7 +650,8 @@ def deeplift(
         rule to an input-dependent value (the message names it).
     """
     x = as_input(x)
-    baseline = as_baseline(baseline, x)
+    with layout_checked(fn, x):  # a baseline that does not fit a misread x: say why
+        baseline = as_baseline(baseline, x)
     target = resolve_target(fn, x, target, batch_size=batch_size)
     attributions, delta = sum_over_samples(
         lambda example, _: _deeplift_chunk(fn, x[example], baseline[example], target[example]),

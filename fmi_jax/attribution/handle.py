@@ -76,7 +76,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fmi_jax.attribution.core import Array, as_count, as_input, select_target
+from fmi_jax.attribution.core import (
+    Array,
+    InputLayoutError,
+    as_count,
+    as_input,
+    layout_mistake,
+    select_target,
+)
 
 __all__ = [
     "FlaxModel",
@@ -134,9 +141,32 @@ class FlaxModel:
         return f"FlaxModel({self._name})"
 
     def __call__(self, x: Array) -> Array:
-        """Logits ``(N, classes)`` for the batch ``x``."""
-        logits, _ = self._forward(jnp.asarray(x), None, None)
+        """Logits ``(N, classes)`` for the batch ``x``.
+
+        Raises:
+          InputLayoutError: the model fails on ``x`` but takes ``x[None]`` (one example
+            without its batch axis) or ``x.transpose(0, 2, 3, 1)`` (a channels-first
+            batch), instead of the shape error from inside the model.
+        """
+        x = jnp.asarray(x)
+        try:
+            logits, _ = self._forward(x, None, None)
+        except InputLayoutError:
+            raise
+        except Exception:
+            self._refuse_layout(x)
+            raise
         return logits
+
+    def _logits(self, x: Array) -> Array:
+        return self._forward(x, None, None)[0]
+
+    def _refuse_layout(self, x: Array) -> None:
+        """After a pass on ``x`` failed: an :class:`InputLayoutError` when the layout of
+        ``x`` is why (:func:`~fmi_jax.attribution.core.layout_mistake`)."""
+        problem = layout_mistake(self._logits, x)
+        if problem is not None:
+            raise InputLayoutError(problem) from None
 
     def layer_names(self, x: Array) -> tuple[str, ...]:
         """The layers :meth:`capture` can take, for inputs like ``x``: every submodule
@@ -294,7 +324,11 @@ class FlaxModel:
     def _table(self, x: Array) -> dict[str, _Layer]:
         key = (tuple(x.shape), jnp.dtype(x.dtype))
         if key not in self._tables:
-            self._tables[key] = self._find_layers(jax.ShapeDtypeStruct(*key))
+            try:
+                self._tables[key] = self._find_layers(jax.ShapeDtypeStruct(*key))
+            except Exception:
+                self._refuse_layout(x)
+                raise
         return self._tables[key]
 
     def _check(self, x: Array, layer: str) -> _Layer:

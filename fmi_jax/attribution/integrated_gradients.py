@@ -60,6 +60,7 @@ from fmi_jax.attribution.core import (
     as_count,
     as_input,
     completeness_delta,
+    layout_checked,
     per_example,
     resolve_target,
     sum_over_samples,
@@ -198,7 +199,8 @@ def integrated_gradients(
       ``delta`` of shape ``(N,)``: ``sum(attributions_i) - (f_t(x_i) - f_t(x'_i))``.
     """
     x = as_input(x)
-    baseline = as_baseline(baseline, x)
+    with layout_checked(fn, x):  # a baseline that does not fit a misread x: say why
+        baseline = as_baseline(baseline, x)
     alphas, weights = (jnp.asarray(a, dtype=jnp.float32) for a in quadrature(rule, steps))
     target = resolve_target(fn, x, target, batch_size=batch_size)
 

@@ -95,6 +95,7 @@ from fmi_jax.attribution.core import (
     as_input,
     completeness_delta,
     image_size,
+    layout_checked,
     per_example,
     refuse_baseline,
     resolve_target,
@@ -355,7 +356,8 @@ def guided_ig(
       float32 attributions shaped like ``x``; with ``return_delta`` also ``(N,)`` gaps.
     """
     x = as_input(x)
-    baseline = as_baseline(baseline, x)
+    with layout_checked(fn, x):  # a baseline that does not fit a misread x: say why
+        baseline = as_baseline(baseline, x)
     steps = as_count(steps, "steps")
     fraction = _unit_interval(fraction, "fraction")
     max_dist = _unit_interval(max_dist, "max_dist")

@@ -52,6 +52,7 @@ from fmi_jax.attribution.core import (
     as_count,
     as_input,
     image_size,
+    layout_checked,
     map_over_samples,
     per_example,
     refuse_baseline,
@@ -225,7 +226,8 @@ def feature_permutation(
             f"least 2 examples, got a batch of {n}; explain more examples at once"
         )
     key = _single_key(key)
-    groups, count = feature_groups(feature_mask, x)
+    with layout_checked(fn, x):  # a mask that does not fit a misread x: say why
+        groups, count = feature_groups(feature_mask, x)
     target = resolve_target(fn, x, target, batch_size=batch_size)
     perms = _group_permutations(key, count, n)  # (G, N)
 
@@ -304,8 +306,9 @@ def occlusion(
     """
     x = as_input(x)
     features = x.shape[1:]
-    window, stride, positions = _window_geometry(features, window, stride)
-    baseline = as_baseline(baseline, x)
+    with layout_checked(fn, x):  # a window that does not fit a misread x: say why
+        window, stride, positions = _window_geometry(features, window, stride)
+        baseline = as_baseline(baseline, x)
     target = resolve_target(fn, x, target, batch_size=batch_size)
     grids = [
         jnp.arange(f).reshape((1,) + (1,) * d + (f,) + (1,) * (len(features) - d - 1))

@@ -97,6 +97,7 @@ from fmi_jax.attribution.core import (
     as_input,
     check_finite,
     example_keys,
+    layout_checked,
     map_over_samples,
     require_key,
     resolve_target,
@@ -162,8 +163,9 @@ def _prepare(
 ) -> tuple[Array, Array, Array, Array, int]:
     """The checked input, baseline, targets, groups and number of groups."""
     x = as_input(x)
-    baseline = as_baseline(baseline, x)
-    groups, count = feature_groups(feature_mask, x)
+    with layout_checked(fn, x):  # a mask that does not fit a misread x: say why
+        baseline = as_baseline(baseline, x)
+        groups, count = feature_groups(feature_mask, x)
     target = resolve_target(fn, x, target, batch_size=batch_size)
     return x, baseline, target, groups, count
 
@@ -562,7 +564,8 @@ def deeplift_shap(
       float32 attributions shaped like ``x``.
     """
     x = as_input(x)
-    references = _as_references(baseline, x)
+    with layout_checked(fn, x):  # references that do not fit a misread x: say why
+        references = _as_references(baseline, x)
     target = resolve_target(fn, x, target, batch_size=batch_size)
     count = references.shape[0]
 

@@ -27,6 +27,7 @@ from fmi_jax.attribution.core import (
     as_input,
     check_finite,
     example_keys,
+    layout_checked,
     per_example,
     require_key,
     resolve_target,
@@ -109,7 +110,8 @@ def gradient_shap(
     if not stdev >= 0:
         raise ValueError(f"stdev must be >= 0, got {stdev!r}")
     x = as_input(x)
-    baselines = _as_references(baseline, x)
+    with layout_checked(fn, x):  # references that do not fit a misread x: say why
+        baselines = _as_references(baseline, x)
     target = resolve_target(fn, x, target, batch_size=batch_size)
     keys = example_keys(key, x.shape[0])
 

@@ -265,6 +265,75 @@ def test_one_example_without_its_batch_axis_is_refused(model):
     np.testing.assert_array_equal(resolve_target(fn, one[None], 1), [1])
 
 
+UNBATCHED = (
+    r"^x of shape \(8, 8, 1\) looks like one example without its batch axis: pass x\[None\] "
+    r"\(a batch of one\); x must be a batch \(N, H, W, C\)$"
+)
+
+
+@pytest.mark.parametrize("model", sorted(IMAGE_MODELS))
+def test_a_missing_batch_axis_is_blamed_not_the_window_mask_or_references(model):
+    # Checked against the example shape x.shape[1:], a window, a feature mask or
+    # references made for (8, 8, 1) images do not fit (8, 1): the error says why.
+    fn, one = IMAGE_MODELS[model], IMAGES[0]
+    mask = A.square_patches((8, 8, 1), 4)
+    calls = {
+        "occlusion": lambda x: A.occlusion(fn, x, 0, window=4, stride=4),
+        "occlusion (h, w, c)": lambda x: A.occlusion(fn, x, 0, window=(4, 4, 1), stride=4),
+        "feature_ablation": lambda x: A.feature_ablation(fn, x, 0, feature_mask=mask),
+        "feature_permutation": lambda x: A.feature_permutation(
+            fn, x, 0, key=KEY, feature_mask=mask
+        ),
+        "kernel_shap": lambda x: A.kernel_shap(fn, x, 0, key=KEY, feature_mask=mask, samples=2),
+        "deeplift_shap": lambda x: A.deeplift_shap(fn, x, 0, baseline=jnp.zeros((2, 8, 8, 1))),
+        "gradient_shap": lambda x: A.gradient_shap(
+            fn, x, 0, key=KEY, baseline=jnp.zeros((2, 8, 8, 1)), samples=2
+        ),
+        "integrated_gradients": lambda x: A.integrated_gradients(
+            fn, x, 0, baseline=jnp.zeros((1, 8, 8, 1)), steps=2
+        ),
+    }
+    for name, call in calls.items():
+        with pytest.raises(core.InputLayoutError, match=UNBATCHED):
+            call(one)
+        assert call(jnp.stack([one, one])).shape == (2, 8, 8, 1), name
+    # With x a batch, the argument that does not fit is still the one named.
+    with pytest.raises(ValueError, match=r"^feature_mask of shape \(4, 4, 1\) does not"):
+        A.feature_ablation(fn, IMAGES, 0, feature_mask=np.zeros((4, 4, 1), np.int32))
+    with pytest.raises(ValueError, match=r"^deeplift_shap's baseline must be"):
+        A.deeplift_shap(fn, IMAGES, 0, baseline=jnp.zeros((2, 4, 4, 1)))
+
+
+CHANNELS_FIRST = (
+    r"^x of shape \(2, 1, 8, 8\) looks channels-first \(N, C, H, W\), but the model takes "
+    r"channels-last images \(N, H, W, C\): pass x\.transpose\(0, 2, 3, 1\)$"
+)
+
+
+def test_a_channels_first_batch_for_a_channels_last_model_is_refused_with_the_transpose():
+    variables = jax.jit(TinyCNN().init)(jax.random.key(1), jnp.zeros((1, 8, 8, 1)))
+    handle = A.flax_model(TinyCNN(), variables)
+    first = IMAGES.transpose(0, 3, 1, 2)  # (2, 1, 8, 8)
+    for call in (
+        lambda: handle(first),
+        lambda: A.saliency(handle, first, 0),
+        lambda: A.saliency(lambda x: TinyCNN().apply(variables, x), first, 0),
+        lambda: A.grad_cam(handle, first, 0, layer="Conv_0"),
+        lambda: handle.layer_names(first),
+        lambda: A.occlusion(handle, first, 0, window=2),
+    ):
+        with pytest.raises(core.InputLayoutError, match=CHANNELS_FIRST):
+            call()
+    np.testing.assert_allclose(
+        A.saliency(handle, first.transpose(0, 2, 3, 1), 0), A.saliency(handle, IMAGES, 0)
+    )
+    # The model decides, not the shape: channels-last images 3 pixels tall with 32
+    # channels are taken as they are.
+    tall = jax.jit(TinyCNN().init)(jax.random.key(1), jnp.zeros((1, 3, 32, 32)))
+    x = testdata.uniform(jax.random.key(3), (2, 3, 32, 32))
+    assert A.saliency(A.flax_model(TinyCNN(), tall), x, 0).shape == (2, 3, 32, 32)
+
+
 class NnxTiny(nnx.Module):
     def __init__(self, rngs):
         self.dense = nnx.Linear(2, 3, rngs=rngs)
