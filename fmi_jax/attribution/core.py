@@ -43,7 +43,7 @@ import inspect
 import math
 import numbers
 import operator
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 import flax.linen as nn
@@ -429,18 +429,35 @@ def _num_classes(fn: ModelFn, x: Array) -> int:
         if problem is not None:
             raise InputLayoutError(problem)
         shape = getattr(out, "shape", type(out).__name__)
-        several = (
-            ""
-            if hasattr(out, "shape")
-            else "; for a model with several outputs, explain the logits alone: a Linen "
-            "handle takes method=lambda module, x, **kw: module(x, **kw)[0], an NNX model a wrapper "
-            "module whose __call__ returns them"
-        )
         raise ValueError(
             f"fn must map a batch of shape {x.shape} to logits of shape "
-            f"({x.shape[0]}, classes), got {shape}{several}"
+            f"({x.shape[0]}, classes), got {shape}{_several_outputs_hint(out, x.shape[0])}"
         )
     return out.shape[1]
+
+
+def _several_outputs_hint(out: Any, num_examples: int) -> str:
+    """For a model returning a tuple, list or dict: how to explain its logits alone,
+    naming the entry shaped like ``(N, classes)`` logits when exactly one is."""
+    if isinstance(out, Mapping):
+        entries = list(out.items())
+    elif isinstance(out, (tuple, list)):
+        entries = list(enumerate(out))
+    else:
+        return ""
+    logits = [index for index, value in entries if _is_logits(value, num_examples)]
+    if len(logits) == 1:
+        pick = f"[{logits[0]!r}]"
+    elif isinstance(out, Mapping):
+        keys = ", ".join(repr(key) for key, _ in entries[:8])
+        pick = f"[key] (its keys: {keys}{', ...' if len(entries) > 8 else ''})"
+    else:
+        pick = "[i] (the logits' position)"
+    return (
+        "; for a model with several outputs, explain the logits alone: a Linen handle "
+        f"takes method=lambda module, x, **kw: module(x, **kw){pick}, an NNX model a "
+        "wrapper module whose __call__ returns them"
+    )
 
 
 def as_target(target: Any, num_examples: int, num_classes: int | None = None) -> Array:

@@ -334,6 +334,38 @@ def test_a_channels_first_batch_for_a_channels_last_model_is_refused_with_the_tr
     assert A.saliency(A.flax_model(TinyCNN(), tall), x, 0).shape == (2, 3, 32, 32)
 
 
+class TwoOutputs(nn.Module):
+    """TinyCNN that returns its logits with its features, as a dict or a tuple."""
+
+    as_dict: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        features = nn.relu(nn.Conv(2, (3, 3))(x))
+        logits = nn.Dense(3)(features.reshape(x.shape[0], -1))
+        if self.as_dict:
+            return {"features": features, "logits": logits}
+        return features, logits
+
+
+@pytest.mark.parametrize("as_dict, pick", [(True, "['logits']"), (False, "[1]")])
+def test_a_model_with_several_outputs_is_told_which_entry_to_explain(as_dict, pick):
+    module = TwoOutputs(as_dict)
+    variables = jax.jit(module.init)(jax.random.key(1), IMAGES)
+    kind = "dict" if as_dict else "tuple"
+    message = (
+        rf"^fn must map a batch of shape \(2, 8, 8, 1\) to logits of shape \(2, classes\), "
+        rf"got {kind}; for a model with several outputs, explain the logits alone: a Linen "
+        rf"handle takes method=lambda module, x, \*\*kw: module\(x, \*\*kw\){re.escape(pick)}, "
+    )
+    with pytest.raises(ValueError, match=message):
+        A.saliency(A.flax_model(module, variables), IMAGES, 0)
+    # ... and following the hint works.
+    entry = "logits" if as_dict else 1
+    handle = A.flax_model(module, variables, method=lambda module, x, **kw: module(x, **kw)[entry])
+    assert A.saliency(handle, IMAGES, 0).shape == IMAGES.shape
+
+
 class NnxTiny(nnx.Module):
     def __init__(self, rngs):
         self.dense = nnx.Linear(2, 3, rngs=rngs)
