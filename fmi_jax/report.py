@@ -12,12 +12,16 @@ measures, per method:
 
 * **seconds** of one call after compilation (the first call compiles and is timed
   separately), for all N images;
-* the **completeness gap** ``sum_j A_ij - (f_t(x_i) - f_t(x'_i))`` per example
-  (:func:`fmi_jax.attribution.completeness_delta`; ``x'`` is the method's ``baseline``
-  option, zeros by default): about zero for Integrated Gradients (its quadrature error;
-  Sundararajan et al. 2017) and DeepLift (summation-to-delta; Shrikumar et al. 2017),
-  and for other methods a measure of how far the maps are from accounting for the
-  logit difference ``f_t(x) - f_t(x')``, which is reported beside it for scale;
+* the **completeness gap** ``sum_j A_ij - (f_t(x_i) - f_t(x'_i))`` per example, with
+  ``x'`` the method's reference: its ``baseline`` option (zeros by default), the mean
+  of ``f_t`` over the references for GradientSHAP and DeepLiftShap, and for a method at
+  a layer without a reference input the layer's ``layer_baseline`` (the zero
+  activation by default). ``A`` is what the method computes, before a layer map is
+  resized to the image (bilinear resizing does not keep a total). The gap is about
+  zero for Integrated Gradients (its quadrature error; Sundararajan et al. 2017) and
+  DeepLift (summation-to-delta; Shrikumar et al. 2017), at the input or a layer, and
+  for other methods a measure of how far the maps are from accounting for the logit
+  difference ``f_t(x) - f_t(x')``, which is reported beside it for scale;
 * **agreement** with every other method: the mean over examples of the Spearman rank
   correlation and of the top-k overlap of the channel-summed maps
   (:mod:`fmi_jax.evaluation.agreement`). Spearman ranks signed values, so a signed map
@@ -182,14 +186,13 @@ def report(
         spec = METHODS[m]
         if batch_size is not None and "batch_size" in spec.options:
             options[m].setdefault("batch_size", batch_size)
-    explainers = {
-        m: attribution.jit_method(m, attribution.explainer(m, fn, **options[m])) for m in names
-    }
+    explainers = {m: _explainer(m, fn, options[m]) for m in names}
 
-    maps, method_stats = {}, {}
+    chosen = np.asarray(logits)[np.arange(n), np.asarray(target)].astype(np.float64)
+    maps, sums, method_stats = {}, {}, {}
     for m in names:
-        maps[m], method_stats[m] = _run_method(
-            m, explainers[m], fn, x, target, key, options[m], batch_size
+        maps[m], sums[m], method_stats[m] = _run_method(
+            m, explainers[m], fn, x, target, chosen, key, options[m], batch_size
         )
     agreement, per_example = _agreement(maps, topk_fraction)
     probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))
@@ -219,7 +222,7 @@ def report(
             title=_caption(i, stats, short=True),
             stats={
                 m: {
-                    "sum": float(maps[m][i].sum()),
+                    "sum": float(sums[m][i]),
                     "gap": method_stats[m]["completeness"]["per_example"][i],
                     "max |A|": float(np.abs(plotting.drawn_map(maps[m][i])).max()),
                 }
@@ -315,42 +318,94 @@ def _logits(fn, x: jax.Array, batch_size: int | None) -> np.ndarray:
     )
 
 
-def _run_method(name, explain, fn, x, target, key, options, batch_size):
-    """Maps (from the first, compiling call), the seconds of a second call, and the
-    completeness gap per example."""
+def _explainer(name, fn, options):
+    """`explain(x, target, key) -> (attributions, maps)`, compiled where the method can
+    be. A method that resizes its maps to the input (`upsample`, the CAMs and the layer
+    methods) runs unresized and the resize follows: bilinear resizing does not keep a
+    map's total, and the completeness gap is of the attributions the method computes
+    (layer integrated gradients sums to the logit difference at the layer's resolution).
+    The maps shown are the method's own upsampled ones, as the explainer returns them."""
+    resize = "upsample" in METHODS[name].options and options.get("upsample", True)
+    if not resize:
+        explain = attribution.explainer(name, fn, **options)
+        return attribution.jit_method(name, lambda x, t, k: (explain(x, t, k),) * 2)
+    explain = attribution.explainer(name, fn, **{**options, "upsample": False})
+
+    def resized(x, target, key):
+        raw = explain(x, target, key)  # (N, h, w, 1): spatial maps get a channel axis
+        return raw, attribution.upsample_maps(raw[..., 0], x.shape[1:3])[..., None]
+
+    return attribution.jit_method(name, resized)
+
+
+def _run_method(name, explain, fn, x, target, chosen, key, options, batch_size):
+    """Maps (from the first, compiling call), their totals, the seconds of a second
+    call, and the completeness gap per example against the logits `chosen`, f_t(x)."""
     start = time.perf_counter()
-    maps = np.asarray(jax.block_until_ready(explain(x, target, key)))
+    raw, maps = (np.asarray(a) for a in jax.block_until_ready(explain(x, target, key)))
     first = time.perf_counter() - start
     start = time.perf_counter()
     jax.block_until_ready(explain(x, target, key))
     seconds = time.perf_counter() - start
-    if not np.isfinite(maps).all():
+    if not np.isfinite(raw).all():
         raise FloatingPointError(f"{name} produced NaN or Inf attributions with {options}")
-    extra = {} if batch_size is None else {"batch_size": batch_size}
-    gap = np.asarray(
-        attribution.completeness_delta(
-            fn, x, target, jnp.asarray(maps), baseline=options.get("baseline"), **extra
-        ),
-        np.float64,
-    )
-    total = maps.reshape(maps.shape[0], -1).sum(1).astype(np.float64)
+    total = raw.reshape(raw.shape[0], -1).sum(1).astype(np.float64)
+    difference = chosen - _reference_logits(name, fn, x, target, options, batch_size)
+    gap = total - difference
     spec = METHODS[name]
-    return maps, {
-        "seconds": seconds,
-        "first_call_seconds": first,
-        "stochastic": spec.stochastic,
-        "signed": spec.signed,
-        "paper": spec.paper,
-        "options": {k: _option_value(v) for k, v in options.items()},
-        "mean_abs": float(np.abs(maps).mean()),
-        "completeness": {
-            "mean_abs_gap": float(np.abs(gap).mean()),
-            "max_abs_gap": float(np.abs(gap).max()),
-            # sum(A) - gap = f_t(x) - f_t(x'): the scale the gap is measured against
-            "mean_abs_logit_difference": float(np.abs(total - gap).mean()),
-            "per_example": gap.tolist(),
+    return (
+        maps,
+        total,
+        {
+            "seconds": seconds,
+            "first_call_seconds": first,
+            "stochastic": spec.stochastic,
+            "signed": spec.signed,
+            "paper": spec.paper,
+            "options": {k: _option_value(v) for k, v in options.items()},
+            "mean_abs": float(np.abs(maps).mean()),
+            "completeness": {
+                "mean_abs_gap": float(np.abs(gap).mean()),
+                "max_abs_gap": float(np.abs(gap).max()),
+                # sum(A) - gap = f_t(x) - f_t(x'): the scale the gap is measured against
+                "mean_abs_logit_difference": float(np.abs(difference).mean()),
+                "per_example": gap.tolist(),
+            },
         },
-    }
+    )
+
+
+def _reference_logits(name, fn, x, target, options, batch_size) -> np.ndarray:
+    """``f_t(x')`` per example, with ``x'`` the reference the method's maps are measured
+    from: its `baseline` (zeros unless given); the mean over the references for a method
+    whose baseline is a distribution (GradientSHAP, DeepLiftShap); and for `at_layer` of
+    a method without a reference input, the network after the layer at `layer_baseline`
+    (zeros unless given), the all-zero activation being the method's own default there."""
+    spec = METHODS[name]
+    inner = spec.composition
+    inner = inner[len("at_layer(") : -1] if inner.startswith("at_layer(") else name
+    distribution = getattr(METHODS[inner].method, "baseline_is_distribution", False)
+    reference, evaluate, example = options.get("baseline"), fn, x.shape[1:]
+    if inner != name and reference is None:
+        handle, layer = attribution.as_flax_model(fn, name), options["layer"]
+        reference, example = options.get("layer_baseline"), handle.layer_shape(x, layer)[1:]
+
+        def evaluate(values):  # the network after the layer sees nothing but its values
+            inputs = jnp.broadcast_to(x[:1], (values.shape[0], *x.shape[1:]))
+            return handle.logits_with(inputs, layer, values)
+
+    target = np.asarray(target)
+    if not distribution:
+        points = jnp.broadcast_to(
+            jnp.asarray(0.0 if reference is None else reference), (len(target), *example)
+        )
+        logits = _logits(evaluate, points.astype(jnp.float32), batch_size)
+        return logits[np.arange(len(target)), target].astype(np.float64)
+    # A distribution of references: None one zero example, one example one reference.
+    references = jnp.asarray(0.0 if reference is None else reference, jnp.float32)
+    if references.ndim < len(example) + 1:
+        references = jnp.broadcast_to(references, (1, *example))
+    return _logits(evaluate, references, batch_size).astype(np.float64).mean(0)[target]
 
 
 def _agreement(maps: Mapping[str, np.ndarray], fraction: float) -> tuple[dict, np.ndarray]:
@@ -440,10 +495,11 @@ def _write_page(out: Path, stats: Mapping[str, Any], sheets: Sequence[str], titl
             paragraphs=[
                 "Milliseconds of one call on all images after compilation (the first "
                 "call, which compiles, is timed separately). Completeness gap: sum of the "
-                "map minus f_t(x) − f_t(x′), with x′ the method's baseline (zeros unless "
-                "set); it is about 0 for Integrated Gradients and DeepLift, and shows for "
-                "other methods how much of the logit difference (last numeric column) the "
-                "map leaves unexplained.",
+                "attributions (a layer method's at the layer, before the resize to the "
+                "image) minus f_t(x) − f_t(x′), with x′ the method's reference (its "
+                "baseline, zeros unless set); it is about 0 for Integrated Gradients and "
+                "DeepLift, and shows for other methods how much of the logit difference "
+                "(last numeric column) the map leaves unexplained.",
             ],
             table=Table(
                 [
@@ -477,7 +533,7 @@ def _write_page(out: Path, stats: Mapping[str, Any], sheets: Sequence[str], titl
                 paragraphs=[
                     f"Per image{'' if len(sheets) == n else f' (the first {len(sheets)} of {n})'}: "
                     "the input (min-max scaled for display unless images were given), each method's map "
-                    "and its overlay, the map's sum, completeness gap and largest |value|, "
+                    "and its overlay, the attributions' sum, completeness gap and largest |value|, "
                     "and the Spearman correlations between methods on this image.",
                 ],
                 images=[Image(src, _caption(i, stats)) for i, src in enumerate(sheets)],

@@ -13,12 +13,14 @@ import subprocess
 import urllib.parse
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import matplotlib.image
 import numpy as np
 import pytest
 
+from fmi_jax import attribution
 from fmi_jax import report as report_module
 from fmi_jax.plotting import html as page
 from fmi_jax.report import report
@@ -209,6 +211,61 @@ def test_a_previous_report_is_replaced(tmp_path, written):
         "occlusion",
     ]
     _assert_references_exist(out / "index.html")
+
+
+class _TinyCNN(nn.Module):
+    """A strided conv (8x8 -> 4x4, biased, so the activation of the zero input is not
+    zero), tanh, a conv, ReLU and a dense head: not linear after the first layer."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(3, (3, 3), strides=2, bias_init=nn.initializers.constant(0.3), name="conv1")(x)
+        x = nn.relu(nn.Conv(4, (3, 3), name="conv2")(jnp.tanh(x)))
+        return nn.Dense(3, name="head")(x.reshape(x.shape[0], -1))
+
+
+def test_completeness_gap_is_of_the_attributions_against_the_methods_reference(tmp_path):
+    # Layer maps are resized to the image for display, which does not keep their total;
+    # the gap is of the layer's attributions, against the reference each method uses
+    # (a distribution's mean, the zero activation or layer_baseline at a layer).
+    module = _TinyCNN()
+    x = testdata.normal(jax.random.key(3), (2, 8, 8, 1))
+    handle = attribution.flax_model(module, module.init(jax.random.key(4), x))
+    references = testdata.normal(jax.random.key(5), (5, 8, 8, 1))
+    options = {
+        "layer_integrated_gradients": {"layer": "conv1", "steps": 128},
+        "layer_deeplift": {"layer": "conv1"},  # reference: the zero activation
+        "layer_deeplift_shap": {"layer": "conv1", "baseline": references},
+        "deeplift_shap": {"baseline": references},
+        "layer_feature_ablation": {"layer": "conv1", "layer_baseline": 0.5},
+        "grad_cam": {"layer": "conv1"},
+    }
+    report(handle, x, methods=tuple(options), options=options, out=tmp_path / "r", max_sheets=0)
+    stats = json.loads((tmp_path / "r" / "stats.json").read_text())["methods"]
+    # complete methods: IG up to its quadrature error (the rest of the network is not
+    # linear), DeepLIFT and DeepLiftShap exactly
+    for m, within in (
+        ("layer_integrated_gradients", 2e-2),
+        ("layer_deeplift", 1e-4),
+        ("layer_deeplift_shap", 1e-4),
+        ("deeplift_shap", 1e-4),
+    ):
+        gap = stats[m]["completeness"]
+        assert gap["max_abs_gap"] < within * gap["mean_abs_logit_difference"], (m, gap)
+    # the logit difference is measured from the layer's reference, not an input
+    target = jnp.argmax(handle(x), -1)
+    at_layer = handle.logits_with(x, "conv1", jnp.full((2, 4, 4, 3), 0.5))
+    np.testing.assert_allclose(
+        stats["layer_feature_ablation"]["completeness"]["mean_abs_logit_difference"],
+        np.abs(np.take_along_axis(handle(x) - at_layer, target[:, None], 1)).mean(),
+        rtol=1e-5,
+    )
+    # the maps compared and drawn are the explainer's own, resized as it resizes them
+    for m in ("layer_integrated_gradients", "grad_cam"):
+        raw, shown = report_module._explainer(m, handle, options[m])(x, target, None)
+        assert raw.shape == (2, 4, 4, 1)
+        expected = attribution.explainer(m, handle, **options[m])(x, target)
+        np.testing.assert_allclose(shown, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_page_writer_escapes_formats_and_refuses_missing_files(tmp_path):
