@@ -543,7 +543,10 @@ def neuron_conductance(
       batch_size: (example, step) evaluations per chunk; bounds memory.
       steps: quadrature nodes.
       rule: quadrature rule; the default ``riemann_left`` uses the nodes ``k / steps``
-        of :func:`layer_conductance`, so the two agree on the unit's total.
+        of :func:`layer_conductance`. Summed over the inputs, the two agree on the
+        unit's total when the unit is affine in the input; otherwise they are two
+        discretisations of the same integral (a derivative here, finite differences
+        there) and differ by their O(1/steps) errors.
 
     Returns:
       float32 attributions shaped like ``x``.
