@@ -233,10 +233,12 @@ def smoothgrad(
 
     Signed, like every method here: the paper averages the raw gradients, so gradient
     noise that flips sign from sample to sample cancels, and takes the absolute value
-    only to draw the final map; PAIR saliency does the same. ``abs=True`` averages
-    ``|gradient|`` instead, which is what Captum's ``NoiseTunnel(Saliency(model))``
-    computes by default (``Saliency`` has ``abs=True``); the two differ wherever the
-    gradient changes sign under the noise.
+    only to draw the final map. ``abs=True`` averages ``|gradient|`` instead, which is
+    what Captum's ``NoiseTunnel(Saliency(model))`` computes by default (``Saliency`` has
+    ``abs=True``); the two differ wherever the gradient changes sign under the noise.
+    PAIR saliency's ``GetSmoothedMask`` averages raw gradients with
+    ``magnitude=False``; its default, ``magnitude=True``, averages squared gradients,
+    which is the ``smoothgrad_sq`` kind of :func:`noise_tunnel`.
 
     Args:
       fn: model function, batch ``(N, ...)`` -> logits ``(N, classes)``.
