@@ -257,8 +257,10 @@ class _GradientCam(Protocol):
 
 def upsample_maps(maps: Array, size: tuple[int, int]) -> Array:
     """``(N, h, w)`` maps resized to ``(N, H, W)`` by bilinear interpolation with half-pixel
-    centres (PyTorch's ``interpolate(..., mode='bilinear', align_corners=False)``)."""
-    return jax.image.resize(maps, (maps.shape[0], *size), method="bilinear")
+    centres (PyTorch's ``interpolate(..., mode='bilinear', align_corners=False)``). No
+    antialiasing, as in PyTorch's default: a map shrunk to a smaller input (a layer
+    larger than the image) is interpolated, not averaged over each output pixel."""
+    return jax.image.resize(maps, (maps.shape[0], *size), method="bilinear", antialias=False)
 
 
 def _finish(maps: Array, shape: tuple[int, ...], relu: bool, upsample: bool) -> Array:

@@ -396,6 +396,34 @@ def test_upsampling_is_bilinear_with_half_pixel_centres():
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
+def _torch_bilinear(maps, size):
+    """PyTorch's interpolate(mode='bilinear', align_corners=False) in NumPy: output pixel
+    d reads the input at s = (d + 0.5) * in / out - 0.5 (clamped at 0), interpolating
+    between floor(s) and the next pixel (the last one repeated), in each axis."""
+
+    def weights(n_in, n_out):
+        w = np.zeros((n_out, n_in))
+        for d in range(n_out):
+            s = max((d + 0.5) * n_in / n_out - 0.5, 0.0)
+            i0 = int(s)
+            w[d, i0] += 1 - (s - i0)
+            w[d, min(i0 + 1, n_in - 1)] += s - i0
+        return w
+
+    return np.einsum(
+        "Hh,nhw,Ww->nHW", weights(maps.shape[1], size[0]), maps, weights(maps.shape[2], size[1])
+    )
+
+
+@pytest.mark.parametrize("shape, size", [((7, 7), (28, 28)), ((8, 8), (5, 5)), ((3, 6), (9, 4))])
+def test_upsampling_is_torchs_bilinear_growing_or_shrinking(shape, size):
+    """A layer larger than the input shrinks its map: interpolated as PyTorch does, not
+    antialiased (averaged over each output pixel's footprint)."""
+    maps = np.random.default_rng(0).normal(size=(2, *shape)).astype(np.float32)
+    got = A.upsample_maps(jnp.asarray(maps), size)
+    np.testing.assert_allclose(got, _torch_bilinear(maps, size), rtol=1e-5, atol=1e-6)
+
+
 def test_upsample_resizes_the_layer_map_to_the_input(small_cnn):
     model, variables, x = small_cnn  # 16 x 16 images; conv2 comes after one 2 x 2 pool
     small = A.grad_cam((model, variables), x, 2, layer="conv2", upsample=False)
