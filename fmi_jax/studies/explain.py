@@ -319,12 +319,18 @@ def explain_model(
     """
     fn = jax.jit(lambda x: model.apply(variables, x))
     _check(config, fn, model, variables, split.images)
-    _claim(config, out, output_field, epoch, model_name)
-    logging.info("explaining %s (epoch %d) on %s/%s", model_name, epoch, split.name, config.split)
-
     npz_path = out / "attributions.npz"
     # stats.json is written last: with it, the attributions are complete.
     stats = runs.read_json(out / "stats.json", rewritable=True) if npz_path.exists() else None
+    # The images to explain, when they are not reused, are chosen before `out` is claimed:
+    # a threshold no image passes is refused with nothing written.
+    if stats is None:
+        indices = select_samples(
+            fn, split.images, split.labels, config.selection, int(config.batch_size)
+        )
+    _claim(config, out, output_field, epoch, model_name)
+    logging.info("explaining %s (epoch %d) on %s/%s", model_name, epoch, split.name, config.split)
+
     if stats is not None:
         logging.info("%s exists: reusing the attributions, drawing missing figures only", npz_path)
         saved = np.load(npz_path)
@@ -337,9 +343,6 @@ def explain_model(
             for layer in stats.get("layer_cam", {}).get("layers", [])
         }
     else:
-        indices = select_samples(
-            fn, split.images, split.labels, config.selection, int(config.batch_size)
-        )
         images = to_float(jnp.asarray(split.images[indices]))
         labels = split.labels[indices]
         probs = np.asarray(jax.nn.softmax(fn(images), axis=-1))
