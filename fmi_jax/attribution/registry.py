@@ -130,11 +130,15 @@ class MethodSpec:
 
 
 def _keywords(fn: Callable[..., Any], leave_out: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The keyword-only options of a method, without `key` (given per call)."""
+    """The keyword-only options of a method, without `key` (given per call) and without
+    those typed `None`, which it refuses to be given (`baseline: None = None` of a
+    method without a reference input), so an error lists only what it takes."""
     return tuple(
         name
         for name, p in inspect.signature(fn).parameters.items()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("key",) + leave_out
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+        and name not in ("key",) + leave_out
+        and p.annotation not in (None, "None")
     )
 
 
@@ -256,7 +260,8 @@ def _composed_spec(
     at_layer = transform == "at_layer"
     method = (layer.at_layer if at_layer else layer.at_neuron)(inner)
     if at_layer:
-        options = ("layer",) + inner_options + ("layer_baseline", "upsample")
+        reference = ("layer_baseline",) if "baseline" in inner_options else ()
+        options = ("layer",) + inner_options + reference + ("upsample",)
     else:
         options = ("layer", "neuron") + inner_options
     return MethodSpec(
@@ -706,8 +711,9 @@ def explainer(
     spec = METHODS[name]
     unknown = sorted(set(options) - set(spec.options))
     if unknown:
+        why = " (it has no reference input)" if "baseline" in unknown else ""
         raise ValueError(
-            f"{name} does not take {', '.join(unknown)}; it takes: {', '.join(spec.options)}"
+            f"{name} does not take {', '.join(unknown)}{why}; it takes: {', '.join(spec.options)}"
         )
     if spec.check is not None:
         spec.check(options)

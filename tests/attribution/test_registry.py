@@ -148,8 +148,15 @@ def test_explain_defaults_target_none_and_needs_a_key_only_when_stochastic():
     for name in ("smoothgrad", "vargrad", "ig_smoothgrad", "gradient_shap"):
         with pytest.raises(ValueError, match="draws random numbers: pass key="):
             A.explainer(name, fn, samples=2)(X, T)
-    with pytest.raises(ValueError, match="saliency has no reference input"):
-        A.explainer("saliency", fn, baseline=0.5)(X, T)
+    # refused when the explainer is built, and not listed among what it takes
+    with pytest.raises(ValueError, match=r"saliency does not take baseline \(it has no refer"):
+        A.explainer("saliency", fn, baseline=0.5)
+    with pytest.raises(
+        ValueError, match="saliency does not take stpes; it takes: batch_size, abs$"
+    ):
+        A.explainer("saliency", fn, stpes=3)
+    assert "layer_baseline" not in A.METHODS["layer_lrp"].options  # LRP has no reference
+    assert "layer_baseline" in A.METHODS["layer_deeplift"].options
 
 
 def test_method_spec_fields():
