@@ -46,6 +46,8 @@ help:
 	@echo "make sae    - the k-sparse autoencoder study into $(SAE_WORKDIR)"
 	@echo "make bench  - fmi_jax vs PyTorch + Captum / grad-cam on $(WORKDIR), in its own venv $(BENCH_VENV)"
 	@echo "make gpu-check - on a GPU machine: tests, benchmark, tuning goals, studies (GPU_CHECK_SMOKE=1 rehearses)"
+	@echo "make gpu-data - Fashion-MNIST and the wheels gpu-check may install, in .gpu_data/ for a GPU machine without internet"
+	@echo "make clean-venv - remove $(VENV) and $(BENCH_VENV), so the next install resolves afresh"
 
 $(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
