@@ -47,8 +47,10 @@ with an input-independent weight operand W (``dot_general`` and
 ``conv_general_dilated``: dense and convolutional layers) together with the
 elementwise affine maps of constants that follow it, y = s * z + c: its bias, and an
 inference-mode batch norm (a - mean) * scale + shift, are folded into the layer as
-they are traced, whatever module or custom-derivative call holds the linear map (the
-batch norm merged into the convolution, as zennit's canonizers do). Its backward pass
+they are traced, with casts between float dtypes on the way, whatever module or
+custom-derivative call holds the linear map (the batch norm merged into the
+convolution, as zennit's canonizers do). A layer output used twice (a shortcut that
+leaves before the batch norm) is one such layer on each path. Its backward pass
 redistributes the relevance R_k = y_k g_k of each output k to the inputs in proportion
 to their contributions a_j w_jk s_k under the rule, with the constant c_k an input of
 activation 1 (Montavon et al.'s bias). Below, w_jk is the folded weight w_jk s_k
@@ -67,7 +69,9 @@ activation 1 (Montavon et al.'s bias). Below, w_jk is the folded weight w_jk s_k
   g_a = [a > 0] (W^+ u - W^- v) + [a < 0] (W^- u - W^+ v) with u = alpha R / z^+ and
   v = beta R / z^- (a negative scale s_k swaps which of the unfolded W^+, W^- each
   term uses). With alpha = 1, beta = 0 (the z^+ rule) the relevances stay >= 0 where
-  the inputs and the target logit are >= 0. The input relevances sum to f_t(x) for
+  the inputs and the target logit are >= 0 in a chain of such layers, ReLUs and
+  poolings; a residual sum, or an affine map of constants after a ReLU, passes
+  relevance on in proportion to signed values and can make it negative. The input relevances sum to f_t(x) for
   alpha - beta = 1 only where every neuron has contributions of both signs (z^+ > 0 >
   z^-; a neuron with only positive ones passes on alpha R) and no constant takes a
   share. Montavon et al. state the rule for a >= 0 (after a ReLU); the signed form
@@ -621,31 +625,47 @@ def _divide(numerator: Array, denominator: Array) -> Array:
 
 @functools.partial(
     jax.tree_util.register_dataclass,
-    data_fields=["a", "w", "scale", "shift"],
-    meta_fields=["build"],
+    data_fields=["a", "w", "scale", "shift", "constants"],
+    meta_fields=["steps", "build"],
 )
 @dataclasses.dataclass(frozen=True, eq=False)
 class _Affine(Lazy):
-    """``scale * W a + shift``: a dense or convolutional layer's output with the
-    elementwise affine maps of constants that follow it (its bias, an inference-mode
-    batch norm) folded in, built by ``build(a, w, scale, shift)`` with the LRP rule
-    applied to the whole affine layer. A pytree, so it can leave a nested jitted call."""
+    """A dense or convolutional layer's output z = W a followed by elementwise affine
+    maps of constants (its bias, an inference-mode batch norm, casts between float
+    dtypes), pending: ``steps`` (the equations, with the pending operand's position) and
+    their ``constants`` replay them exactly on z, and ``scale * z + shift`` (float32)
+    is the same map for the LRP rule, which ``build(a, w, scale, shift, constants,
+    steps)`` applies to the whole affine layer. A pytree, so it can leave a nested
+    jitted call."""
 
     a: Array
     w: Array
     scale: Array
     shift: Array
-    build: Callable[[Array, Array, Array, Array], Array]
+    constants: tuple[Any, ...]
+    steps: tuple[tuple[jax_core.JaxprEqn, int], ...]
+    build: Callable[..., Array]
 
     def settle(self) -> Tracked:
-        return Tracked((self.build(self.a, self.w, self.scale, self.shift),))
+        y = self.build(self.a, self.w, self.scale, self.shift, self.constants, self.steps)
+        return Tracked((y,))
+
+
+def _replay(z: Array, constants: Sequence[Any], steps: Sequence[Any]) -> Array:
+    """The equations folded into a layer, applied to its linear output ``z``."""
+    for constant, (eqn, position) in zip(constants, steps):
+        operands = [z] if constant is None else [None, None]
+        if constant is not None:
+            operands[position], operands[1 - position] = z, constant
+        z = bind(eqn, operands)[0]
+    return z
 
 
 def _fold_affine(eqn: jax_core.JaxprEqn, operands: list[Any]) -> list[Any] | None:
     """A lazy rule: ``add``, ``sub``, ``mul``, ``div`` or ``neg`` of a pending layer
-    output and a constant folds into the layer's ``scale`` and ``shift``. Declines (the
-    layer is then built and the equation evaluated as usual) for two input-dependent
-    operands, or a constant that would change the output's shape or dtype."""
+    output and a constant, or its cast to another float dtype, folds into the layer.
+    Declines (the layer is then built and the equation evaluated as usual) for two
+    input-dependent operands, or a constant that would change the output's shape."""
     name = eqn.primitive.name
     dependent = [isinstance(v, (Tracked, Lazy)) for v in operands]
     if sum(dependent) != 1:
@@ -655,29 +675,42 @@ def _fold_affine(eqn: jax_core.JaxprEqn, operands: list[Any]) -> list[Any] | Non
     if not isinstance(pending, _Affine):
         return None
     out = eqn.outvars[0].aval
-    layer = eqn.invars[position].aval
-    if out.shape != layer.shape or out.dtype != layer.dtype:
+    if out.shape != eqn.invars[position].aval.shape:
         return None
     scale, shift = pending.scale, pending.shift
-    if name == "neg":
-        return [dataclasses.replace(pending, scale=-scale, shift=-shift)]
-    constant = jnp.asarray(operands[1 - position], out.dtype)
-    if name == "add":
-        scale, shift = scale, shift + constant
-    elif name == "sub" and position == 0:
-        scale, shift = scale, shift - constant
-    elif name == "sub":
-        scale, shift = -scale, constant - shift
-    elif name == "mul":
-        scale, shift = scale * constant, shift * constant
-    elif name == "div" and position == 0:
-        scale, shift = scale / constant, shift / constant
+    constant = None
+    if name in ("neg", "convert_element_type"):
+        if name == "convert_element_type" and not jnp.issubdtype(out.dtype, jnp.floating):
+            return None
+        if name == "neg":
+            scale, shift = -scale, -shift
     else:
-        return None
-    return [dataclasses.replace(pending, scale=scale, shift=shift)]
+        constant = operands[1 - position]
+        c = jnp.asarray(constant, jnp.float32)
+        if name == "add":
+            shift = shift + c
+        elif name == "sub" and position == 0:
+            shift = shift - c
+        elif name == "sub":
+            scale, shift = -scale, c - shift
+        elif name == "mul":
+            scale, shift = scale * c, shift * c
+        elif name == "div" and position == 0:
+            scale, shift = scale / c, shift / c
+        else:
+            return None
+    return [
+        dataclasses.replace(
+            pending,
+            scale=scale,
+            shift=shift,
+            constants=(*pending.constants, constant),
+            steps=(*pending.steps, (eqn, position)),
+        )
+    ]
 
 
-_AFFINE = ("add", "sub", "mul", "div", "neg")
+_AFFINE = ("add", "sub", "mul", "div", "neg", "convert_element_type")
 
 
 def _lrp_rule(rule: str, epsilon: float, gamma: float, alpha: float, beta: float) -> Rule:
@@ -701,50 +734,60 @@ def _lrp_rule(rule: str, epsilon: float, gamma: float, alpha: float, beta: float
             """W^T s: the vjp of the linear map a -> linear(a, w) (independent of a)."""
             return jax.vjp(lambda v: linear(v, w), a)[1](s)[0]
 
-        def backward(residuals: tuple[Array, ...], g: Array) -> tuple[Array, None, None, None]:
+        def backward(residuals: tuple[Array, ...], g: Array) -> tuple[Any, ...]:
             a, w, scale, shift, z, y = residuals
-            relevance = g * y
+            # The rule in float32 whatever the model's dtype; each W^T s in z's dtype.
+            relevance = g.astype(jnp.float32) * y.astype(jnp.float32)
             s_pos, s_neg = jnp.maximum(scale, 0), jnp.minimum(scale, 0)
             w_pos, w_neg = jnp.maximum(w, 0), jnp.minimum(w, 0)
+
+            def back(weight: Array, s: Array) -> Array:
+                return transpose(weight, a, s.astype(z.dtype))
+
             if rule == "epsilon":
-                v = _divide(relevance, _stabilise(y, epsilon))
-                return transpose(w, a, scale * v), None, None, None
-            if rule == "gamma":
-                z_pos, z_neg = linear(a, w_pos), linear(a, w_neg)
-                z_rule = y + gamma * (s_pos * z_pos + s_neg * z_neg + jnp.maximum(shift, 0))
-                v = _divide(relevance, _stabilise(z_rule, epsilon))
-                g_a = transpose(w, a, scale * v) + gamma * (
-                    transpose(w_pos, a, s_pos * v) + transpose(w_neg, a, s_neg * v)
+                v = _divide(relevance, _stabilise(y.astype(jnp.float32), epsilon))
+                g_a = back(w, scale * v)
+            elif rule == "gamma":
+                z_pos = linear(a, w_pos).astype(jnp.float32)
+                z_neg = linear(a, w_neg).astype(jnp.float32)
+                z_rule = y.astype(jnp.float32) + gamma * (
+                    s_pos * z_pos + s_neg * z_neg + jnp.maximum(shift, 0)
                 )
-                return g_a, None, None, None
-            a_pos, a_neg = jnp.maximum(a, 0), jnp.minimum(a, 0)
-            positive_sum = linear(a_pos, w_pos) + linear(a_neg, w_neg)
-            negative_sum = linear(a_pos, w_neg) + linear(a_neg, w_pos)
-            z_pos = s_pos * positive_sum + s_neg * negative_sum + jnp.maximum(shift, 0)
-            z_neg = s_pos * negative_sum + s_neg * positive_sum + jnp.minimum(shift, 0)
-            u = alpha * _divide(relevance, z_pos + epsilon)
-            v = beta * _divide(relevance, z_neg - epsilon)
-            # Coefficients of the contributions (a_j w_jk)^+ and (a_j w_jk)^-.
-            on_pos, on_neg = s_pos * u - s_neg * v, s_neg * u - s_pos * v
-            positive = transpose(w_pos, a, on_pos) + transpose(w_neg, a, on_neg)
-            negative = transpose(w_neg, a, on_pos) + transpose(w_pos, a, on_neg)
-            return jnp.where(a > 0, positive, jnp.where(a < 0, negative, 0)), None, None, None
+                v = _divide(relevance, _stabilise(z_rule, epsilon))
+                g_a = back(w, scale * v) + gamma * (back(w_pos, s_pos * v) + back(w_neg, s_neg * v))
+            else:
+                a_pos, a_neg = jnp.maximum(a, 0), jnp.minimum(a, 0)
+                positive_sum = (linear(a_pos, w_pos) + linear(a_neg, w_neg)).astype(jnp.float32)
+                negative_sum = (linear(a_pos, w_neg) + linear(a_neg, w_pos)).astype(jnp.float32)
+                z_pos = s_pos * positive_sum + s_neg * negative_sum + jnp.maximum(shift, 0)
+                z_neg = s_pos * negative_sum + s_neg * positive_sum + jnp.minimum(shift, 0)
+                u = alpha * _divide(relevance, z_pos + epsilon)
+                v = beta * _divide(relevance, z_neg - epsilon)
+                # Coefficients of the contributions (a_j w_jk)^+ and (a_j w_jk)^-.
+                on_pos, on_neg = s_pos * u - s_neg * v, s_neg * u - s_pos * v
+                positive = back(w_pos, on_pos) + back(w_neg, on_neg)
+                negative = back(w_neg, on_pos) + back(w_pos, on_neg)
+                g_a = jnp.where(a > 0, positive, jnp.where(a < 0, negative, 0))
+            return (g_a, None, None, None, None)
 
-        @jax.custom_vjp
-        def layer(a: Array, w: Array, scale: Array, shift: Array) -> Array:
-            return scale * linear(a, w) + shift
+        @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+        def layer(a, w, scale, shift, constants, steps) -> Array:
+            return _replay(linear(a, w), constants, steps)
 
-        def forward(a: Array, w: Array, scale: Array, shift: Array):
+        def forward(a, w, scale, shift, constants, steps):
             z = linear(a, w)
-            scale, shift = jnp.broadcast_to(scale, z.shape), jnp.broadcast_to(shift, z.shape)
-            y = scale * z + shift
+            y = _replay(z, constants, steps)  # exactly the model's own output
+            scale = jnp.broadcast_to(scale, z.shape)
+            shift = jnp.broadcast_to(shift, z.shape)
             return y, (a, w, scale, shift, z, y)
 
-        layer.defvjp(forward, backward)
+        def backward_pass(steps, residuals, g):
+            return backward(residuals, g)
+
+        layer.defvjp(forward, backward_pass)
         weight = jnp.asarray(operands[weight_position], eqn.invars[weight_position].aval.dtype)
-        dtype = eqn.outvars[0].aval.dtype
-        one, zero = jnp.ones((), dtype), jnp.zeros((), dtype)
-        return [_Affine(operands[position].branches[0], weight, one, zero, layer)]
+        one, zero = jnp.ones((), jnp.float32), jnp.zeros((), jnp.float32)
+        return [_Affine(operands[position].branches[0], weight, one, zero, (), (), layer)]
 
     return lrp_linear
 

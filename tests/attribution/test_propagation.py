@@ -333,7 +333,31 @@ def test_lrp_rules_fold_biases_and_batch_norm_into_their_layer(options):
     np.testing.assert_allclose(attributions, expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("rule", ["epsilon", "gamma", "alpha_beta"])
+CNN_SHAPE = dict(features=(4, 8), pool=(True, True), dense=(8,), num_classes=3)
+CNN_IMAGES = jnp.asarray(np.random.default_rng(3).uniform(size=(6, 8, 8, 1)), jnp.float32)
+
+
+def cnn_with_batch_norm():
+    """SimpleCNN variables with batch norms of both signs and shifts large enough to
+    flip signs, and biases: what a bias-free rule gets wrong."""
+    from fmi_jax import models
+
+    noise = np.random.default_rng(4)
+    variables = jax.tree.map(
+        lambda leaf: leaf + jnp.asarray(noise.normal(size=leaf.shape), leaf.dtype) * 0.5,
+        models.SimpleCNN(batch_norm=True, **CNN_SHAPE).init(jax.random.key(0), CNN_IMAGES),
+    )
+    variables["batch_stats"] = jax.tree.map(jnp.abs, variables["batch_stats"])  # var > 0
+    params = dict(variables["params"])
+    for block in ("conv1", "conv2"):
+        bn = dict(params[block]["bn"])
+        bn["scale"] = bn["scale"] * jnp.where(jnp.arange(bn["scale"].size) % 2 == 0, 1.0, -1.0)
+        bn["bias"] = bn["bias"] * 4.0
+        params[block] = {**params[block], "bn": bn}
+    return {**variables, "params": params}
+
+
+@pytest.mark.parametrize("rule", ["gamma", "alpha_beta"])
 def test_batch_norm_of_the_projects_cnn_is_merged_into_its_conv(rule):
     """SimpleCNN with batch norm (each conv inside a custom-derivative call, the batch
     norm outside it) gives the maps of the same network with every batch norm merged
@@ -341,38 +365,45 @@ def test_batch_norm_of_the_projects_cnn_is_merged_into_its_conv(rule):
     non-negative images are non-negative wherever the target logit is positive."""
     from fmi_jax import models
 
-    shape = dict(features=(4, 8), pool=(True, True), dense=(8,), num_classes=3)
-    images = jnp.asarray(np.random.default_rng(3).uniform(size=(6, 8, 8, 1)), jnp.float32)
-    with_bn = models.SimpleCNN(batch_norm=True, **shape)
-    noise = np.random.default_rng(4)
-    variables = jax.tree.map(
-        lambda leaf: leaf + jnp.asarray(noise.normal(size=leaf.shape), leaf.dtype) * 0.5,
-        with_bn.init(jax.random.key(0), images),
-    )
-    variables["batch_stats"] = jax.tree.map(jnp.abs, variables["batch_stats"])  # var > 0
-    for block in ("conv1", "conv2"):  # scales of both signs, shifts that flip signs
-        bn = dict(variables["params"][block]["bn"])
-        bn["scale"] = bn["scale"] * jnp.where(jnp.arange(bn["scale"].size) % 2 == 0, 1.0, -1.0)
-        bn["bias"] = bn["bias"] * 4.0
-        variables["params"] = {
-            **variables["params"],
-            block: {**variables["params"][block], "bn": bn},
-        }
-    merged = models.SimpleCNN(batch_norm=False, **shape)
+    variables = cnn_with_batch_norm()
     params = dict(variables["params"])
     for block in ("conv1", "conv2"):
         bn, stats = params[block]["bn"], variables["batch_stats"][block]["bn"]
         s = bn["scale"] / jnp.sqrt(stats["var"] + 1e-5)
         kernel = params[block]["conv"]["kernel"]
         params[block] = {"conv": {"kernel": kernel * s, "bias": bn["bias"] - stats["mean"] * s}}
-    handles = [A.flax_model(with_bn, variables), A.flax_model(merged, {"params": params})]
-    np.testing.assert_allclose(handles[0](images), handles[1](images), rtol=1e-5, atol=1e-5)
-    target = jnp.argmax(handles[0](images), axis=1)
-    maps = [compiled(lrp, h, images, target, rule=rule, epsilon=1e-6) for h in handles]
+    handles = [
+        A.flax_model(models.SimpleCNN(batch_norm=True, **CNN_SHAPE), variables),
+        A.flax_model(models.SimpleCNN(batch_norm=False, **CNN_SHAPE), {"params": params}),
+    ]
+    logits = handles[0](CNN_IMAGES)
+    np.testing.assert_allclose(logits, handles[1](CNN_IMAGES), rtol=1e-5, atol=1e-5)
+    target = jnp.argmax(logits, axis=1)
+    maps = [compiled(lrp, h, CNN_IMAGES, target, rule=rule, epsilon=1e-6) for h in handles]
     np.testing.assert_allclose(maps[0], maps[1], rtol=1e-4, atol=1e-6)
     if rule == "alpha_beta":
-        positive = np.asarray(handles[0](images))[np.arange(6), target] > 0
+        positive = np.asarray(logits)[np.arange(6), target] > 0
         assert positive.any() and (np.asarray(maps[0])[positive] >= -1e-6).all()
+
+
+def test_a_bfloat16_model_folds_its_batch_norm_like_a_float32_one():
+    """In bfloat16, Flax's batch norm computes in float32 after a cast of the conv's
+    output: the cast folds too, so the z+ maps are those of the float32 model up to
+    bfloat16's rounding (not uncorrelated, as without the batch norm in the rule)."""
+    from fmi_jax import models
+
+    variables = cnn_with_batch_norm()
+    handles = [
+        A.flax_model(models.SimpleCNN(batch_norm=True, dtype=dtype, **CNN_SHAPE), variables)
+        for dtype in (jnp.float32, jnp.bfloat16)
+    ]
+    target = jnp.argmax(handles[0](CNN_IMAGES), axis=1)
+    maps = [
+        np.asarray(compiled(lrp, h, CNN_IMAGES, target, rule="alpha_beta"), np.float32)
+        for h in handles
+    ]
+    correlation = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(*maps)]
+    assert np.median(correlation) > 0.99 and min(correlation) > 0.8, correlation
 
 
 def test_alpha1_beta0_keeps_relevance_positive_through_a_bias():
