@@ -42,8 +42,6 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fmi_jax.attribution.core import as_target
-
 __all__ = [
     "DATA_AXIS",
     "attribute_dataset",
@@ -224,6 +222,8 @@ def attribute_dataset(
     n = int(x.shape[0]) if x.ndim else 0
     if n == 0:
         raise ValueError(f"x must have a non-empty batch axis first, got shape {x.shape}")
+    from fmi_jax.attribution.core import as_target  # here: training needs none of it
+
     # Targets are checked before they become int32: a class given as int64 would
     # otherwise wrap around into range inside the jitted chunks, where no range check
     # can see it, and a valid class would be explained instead without an error.

@@ -129,7 +129,13 @@ from fmi_jax.attribution.concepts import (
     tcav,
     tcav_score,
 )
-from fmi_jax.attribution.core import Explain, Method, completeness_delta, resolve_target
+from fmi_jax.attribution.core import (
+    Explain,
+    InputLayoutError,
+    Method,
+    completeness_delta,
+    resolve_target,
+)
 from fmi_jax.attribution.deeplift import deeplift
 from fmi_jax.attribution.full_gradient import (
     AFFINE_LAYER_TYPES,
@@ -308,6 +314,7 @@ __all__ = [
     "SimilarExamples",
     "SIMILARITY_METRICS",
     "resolve_target",
+    "InputLayoutError",
     "completeness_delta",
     "METHODS",
     "MethodSpec",

@@ -469,7 +469,7 @@ def as_target(target: Any, num_examples: int, num_classes: int | None = None) ->
     ``np.int64(2**32 + 1)`` would wrap around to a valid class (1) and explain it
     without an error.
     """
-    if _is_concrete(target):
+    if all(_is_concrete(leaf) for leaf in jax.tree.leaves(target)):
         host = _host_integers(target)
         if host.shape not in ((), (num_examples,)):
             raise ValueError(
@@ -486,6 +486,7 @@ def as_target(target: Any, num_examples: int, num_classes: int | None = None) ->
                 f"{int(values[bad[0]])}, but classes must be in {valid}"
             )
         return jnp.broadcast_to(jnp.asarray(values, jnp.int32), (num_examples,))
+    target = jnp.asarray(target)  # traced (a list of tracers too)
     if not jnp.issubdtype(target.dtype, jnp.integer):
         raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
     if target.shape not in ((), (num_examples,)):

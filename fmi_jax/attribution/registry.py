@@ -668,7 +668,8 @@ def check_explainer(
     try:
         jax.eval_shape(lambda x, key: explain(x, target, key), x, key)
     except ValueError as err:
-        if spec is None or str(err).startswith(spec.name):
+        # Subclasses (an InputLayoutError about x) keep their type and message.
+        if spec is None or type(err) is not ValueError or str(err).startswith(spec.name):
             raise
         raise ValueError(f"{spec.name}: {err}") from err
 

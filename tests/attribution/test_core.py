@@ -79,6 +79,13 @@ def test_targets_beyond_int32_are_refused_not_wrapped_around(target, example, va
         core.as_target(target, 4)
 
 
+def test_a_list_of_traced_targets_is_taken_as_traced():
+    """Only concrete targets are range-checked on the host; a list whose entries are
+    tracers is one traced target, as a traced array is."""
+    traced = jax.jit(lambda *t: A.saliency(fn, X, list(t)))(*(jnp.int32(c) for c in (0, 1, 2, 1)))
+    np.testing.assert_allclose(traced, A.saliency(fn, X, [0, 1, 2, 1]), rtol=1e-6)
+
+
 def test_fn_must_return_logits_of_shape_n_by_classes():
     with pytest.raises(ValueError, match=r"logits of shape \(4, classes\), got \(4,\)"):
         resolve_target(lambda x: x.sum(axis=1), X, 0)

@@ -285,3 +285,20 @@ def test_xrai_options_are_checked_when_the_explainer_is_built():
             A.explainer("xrai", fn, **options)
     explain = A.explainer("xrai", fn, steps=4, scales=(50.0,), dilation=0)
     A.check_explainer(explain, X)  # untraceable: nothing more to check, nothing run
+
+
+def test_check_explainer_keeps_the_type_of_an_error_about_x():
+    """A channels-first batch is an InputLayoutError from any method; the dry run keeps
+    its type and message, so code catching it still does."""
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3)(nn.Conv(4, (3, 3))(x).reshape(x.shape[0], -1))
+
+    images = jnp.zeros((2, 8, 8, 1))
+    handle = A.flax_model(Net(), Net().init(jax.random.key(0), images))
+    with pytest.raises(
+        A.InputLayoutError, match=r"^x of shape \(2, 1, 8, 8\) looks channels-first"
+    ):
+        A.check_explainer(A.explainer("saliency", handle), images.transpose(0, 3, 1, 2))
