@@ -184,6 +184,28 @@ def test_a_bad_option_value_is_refused_before_any_work(trained_run):
     assert not (trained_run / "explain_bad_steps").exists()
 
 
+@pytest.mark.parametrize(
+    "method, message",
+    [
+        ("full_grad", r"layer_cam\.method must be a deterministic map of one layer"),
+        ("layer_gradient_shap", r"layer_cam\.method must be a deterministic map of one layer"),
+        ("layer_deeplift_shap", r"layer_deeplift_shap needs baseline="),
+    ],
+)
+def test_a_per_layer_figure_method_that_cannot_draw_it_is_refused_first(
+    trained_run, method, message
+):
+    """The per-layer figure is drawn after every method has run: its method is checked,
+    and traced on every layer, before the folder is claimed."""
+    config = configs.load("explain", "smoke")
+    config.methods = ("saliency",)
+    config.layer_cam.method = method
+    config.output = "explain_bad_layer_cam"
+    with pytest.raises(ValueError, match=message):
+        studies.run_explain(config, trained_run)
+    assert not (trained_run / "explain_bad_layer_cam").exists()
+
+
 def test_methods_of_every_family_run_in_the_study_and_neuron_methods_are_refused(trained_run):
     """A modified-backward rule, a layer method (a CAM-like map), XRAI (outside jit) and a
     sampling method over patches, side by side; a neuron method is refused up front."""

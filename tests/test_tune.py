@@ -124,6 +124,13 @@ def test_two_trial_study_ranks_retrains_and_resumes(tmp_path, smoke_study):
     with pytest.raises(ValueError, match="ranked on validation accuracy"):
         studies.run_tune(blind, tmp_path / "blind")
     assert not (tmp_path / "blind").exists()
+    # The per-layer figure is drawn after the last trial; a method that cannot draw it
+    # is refused before the first.
+    no_layer = smoke_study()
+    no_layer.layer_cam.method, no_layer.layer_cam.samples = "full_grad", 2
+    with pytest.raises(ValueError, match="layer_cam.method must be a deterministic map"):
+        studies.run_tune(no_layer, tmp_path / "no_layer")
+    assert not (tmp_path / "no_layer").exists()
 
     # A changed trial config for existing folders is refused before anything is trained.
     changed = smoke_study()

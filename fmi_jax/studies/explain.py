@@ -49,6 +49,7 @@ from fmi_jax.train.tensorboard import TENSORBOARD_DIR, EventLog
 
 __all__ = [
     "ExplainResult",
+    "check_layer_cam_method",
     "claim_output",
     "explain_model",
     "free_fields",
@@ -232,6 +233,9 @@ def _check(config: Any, fn: Any, model: Any, variables: Any, images: np.ndarray)
     if settings and int(settings.samples):
         for layer in _cam_layers(settings.method, model, tuple(settings.layers)):
             handle.layer_shape(x, layer)
+            attribution.check_explainer(
+                attribution.explainer(settings.method, handle, layer=layer), pair
+            )
 
 
 def claim_output(
@@ -513,10 +517,24 @@ def _cam_layers(method: str, model: Any, layers: Sequence[str]) -> tuple[str, ..
             f"{type(model).__name__} does not list its conv layers; set "
             "--config.layer_cam.layers=(...) to the module paths to compare"
         )
-    if method not in attribution.METHODS or not attribution.METHODS[method].needs_model:
-        cams = [m for m, s in attribution.METHODS.items() if s.needs_model]
-        raise ValueError(f"layer_cam.method must be one of {cams}, got {method!r}")
+    check_layer_cam_method(method)
     return layers
+
+
+def _is_layer_map(spec: Any) -> bool:
+    return spec.spatial and "layer" in spec.options and not spec.stochastic
+
+
+def check_layer_cam_method(method: str) -> None:
+    """A one-line ValueError unless `method` can draw the per-layer figure
+    (`layer_cams`): a deterministic method with one (N, H, W) map of a named layer."""
+    spec = attribution.METHODS.get(method)
+    if spec is None or not _is_layer_map(spec):
+        cams = [m for m, s in attribution.METHODS.items() if _is_layer_map(s)]
+        raise ValueError(
+            f"layer_cam.method must be a deterministic map of one layer, one of {cams}; "
+            f"got {method!r}"
+        )
 
 
 def _figures(out: Path, config, images, labels, preds, probs, maps, stats, class_names) -> None:

@@ -221,6 +221,9 @@ def run_tune(config: ml_collections.ConfigDict, workdir: str | Path) -> TuneResu
             "the trials are ranked on validation accuracy: the trial must be a "
             "classification run with trial.data.validation_size > 0"
         )
+    settings = config.get("layer_cam")
+    if settings and int(settings.samples):  # drawn after the last trial: checked first
+        explain_lib.check_layer_cam_method(settings.method)
     runs.refuse_other_kind(workdir, "tuning study")
     for name, trial in zip(names, configs):
         _check_trial_dir(workdir / "trials" / name, trial)
