@@ -159,6 +159,35 @@ def test_an_rgb_image_with_a_transparent_colour_is_composited(tmp_path):
     np.testing.assert_array_equal(kept, pixels)
 
 
+def test_a_16_bit_rgb_png_with_a_transparent_colour_is_composited(tmp_path):
+    """Pillow opens a 16-bit RGB PNG as 8-bit RGB but keeps its tRNS colour in 16 bits;
+    the colour still marks its pixels transparent."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    pixels = np.zeros((4, 6, 3), np.uint16)
+    pixels[:, :3] = (0x1000, 0x2000, 0x3000)  # the colour marked transparent
+    pixels[:, 3:] = (0xFFFF, 0x0000, 0x8000)
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
+    (tmp_path / "rgb16.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 6, 4, 16, 2, 0, 0, 0))
+        + chunk(b"tRNS", struct.pack(">HHH", 0x1000, 0x2000, 0x3000))
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+    rgb = np.asarray(images_lib.decode(tmp_path / "rgb16.png"))
+    np.testing.assert_array_equal(rgb[:, :3], 255)
+    np.testing.assert_array_equal(rgb[:, 3:], np.broadcast_to([255, 0, 128], (4, 3, 3)))
+    kept = np.asarray(images_lib.decode(tmp_path / "rgb16.png", alpha="drop"))
+    np.testing.assert_array_equal(kept[:, :3], np.broadcast_to([16, 32, 48], (4, 3, 3)))
+
+
 def test_32_bit_images_are_skipped_with_the_reason_not_clipped(tmp_path):
     ramp = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
     Image.fromarray(ramp).save(tmp_path / "float.tif")  # convert('RGB') makes it black

@@ -36,7 +36,9 @@ first frame of animated or multi-page files is used; the EXIF orientation is app
 * CMYK, YCbCr and other modes go through ``Image.convert('RGB')``;
 * 16-bit data that Pillow opens as 32-bit integers (a 16-bit PGM or PPM, whose
   header declares its depth) keeps its top 8 bits too; a 16-bit grayscale PNG's
-  transparent grey is composited over white like any transparent colour; other
+  transparent grey is composited over white like any transparent colour, and a
+  16-bit RGB PNG's transparent colour is matched on the top 8 bits Pillow keeps of
+  its pixels (pixels that differ only below them look the same anyway); other
   32-bit integer and floating-point images ('I', 'F': scientific TIFFs, whatever
   their values) are refused with the reason: their value range is the writer's
   choice, and Pillow's conversion would clip them to black or white;
@@ -186,6 +188,12 @@ def _to_rgb(image: Image.Image, *, alpha: str, at_most_16_bits: bool) -> Image.I
     mode = image.mode
     if mode == "RGB" and "transparency" not in image.info:
         return image.copy()
+    clear = image.info.get("transparency")
+    if mode == "RGB" and isinstance(clear, tuple) and max(clear) > 255:
+        # A 16-bit RGB PNG: Pillow keeps each value's top 8 bits but its transparent
+        # colour in 16, which no pixel would match; it is matched on those 8 bits.
+        image = image.copy()
+        image.info["transparency"] = tuple(int(v) >> 8 for v in clear)
     if mode.startswith("I;16") or (mode == "I" and at_most_16_bits):
         values = np.asarray(image)
         clear = image.info.get("transparency")
