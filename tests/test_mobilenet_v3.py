@@ -132,6 +132,31 @@ def test_reading_a_pth_without_torch_says_how_to_install(monkeypatch, tmp_path):
         load_state_dict(path)
 
 
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda sd: {"model": sd, "optimizer": {}, "lr_scheduler": {}, "epoch": 3, "args": None},
+        lambda sd: {"state_dict": sd, "epoch": 3},
+        lambda sd: {f"module.{key}": value for key, value in sd.items()},
+    ],
+    ids=["torchvision_reference_training", "state_dict_key", "distributed_data_parallel"],
+)
+def test_a_training_checkpoints_state_dict_is_found(monkeypatch, tmp_path, wrap):
+    """What torch.load returns for a checkpoint of torchvision's reference training
+    script, of a trainer that saves 'state_dict', or of a DDP model, reads as the plain
+    state_dict (torch.load is stood in for: torch stays out of the tests)."""
+    import types
+
+    _, _, arrays = _fixture("small")
+    state = {k: v for k, v in arrays.items() if not k.startswith("__")}
+    torch = types.SimpleNamespace(load=lambda path, **kwargs: wrap(state))
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    (tmp_path / "checkpoint.pth").write_bytes(b"")
+    loaded = load_state_dict(tmp_path / "checkpoint.pth")
+    assert sorted(loaded) == sorted(state)
+    np.testing.assert_array_equal(loaded["features.0.0.weight"], state["features.0.0.weight"])
+
+
 def _abstract_init(model, size=224, batch=2):
     x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
 

@@ -49,7 +49,10 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     ``.npz`` files are read with numpy (keys starting ``__``, e.g. a fixture's
     ``__input__``, are skipped); anything else is read with
-    ``torch.load(map_location='cpu', weights_only=True)``, which needs torch.
+    ``torch.load(map_location='cpu', weights_only=True)``, which needs torch; a
+    training checkpoint's state_dict (under ``'state_dict'`` or, as torchvision's
+    reference training script saves it, ``'model'``) is taken from it, and the
+    ``module.`` prefix of a DistributedDataParallel model is removed.
     """
     path = os.fspath(path)
     if path.endswith(".npz"):
@@ -64,10 +67,18 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
             ".npz elsewhere"
         ) from err
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, Mapping) and "state_dict" in state and len(state) <= 4:
-        state = state["state_dict"]
+    # A training checkpoint holds the state_dict under a key: 'state_dict' (Lightning
+    # and others) or 'model' (torchvision's reference training script, beside
+    # 'optimizer', 'lr_scheduler', 'epoch', 'args' and, with EMA, 'model_ema').
+    for key in ("state_dict", "model"):
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping) and len(state) <= 8:
+            state = state[key]
+            break
     if not isinstance(state, Mapping):
         raise ValueError(f"{path!r} holds a {type(state).__name__}, not a state_dict")
+    # Saved from DistributedDataParallel: every key starts with 'module.'.
+    if state and all(str(key).startswith("module.") for key in state):
+        state = {str(key)[len("module.") :]: value for key, value in state.items()}
     out = {}
     for key, value in state.items():
         if hasattr(value, "detach"):
