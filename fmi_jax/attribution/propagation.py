@@ -748,13 +748,14 @@ def _lrp_rule(rule: str, epsilon: float, gamma: float, alpha: float, beta: float
                 v = _divide(relevance, _stabilise(y.astype(jnp.float32), epsilon))
                 g_a = back(w, scale * v)
             elif rule == "gamma":
+                # W^- = W - W^+: one more product with W^+ only, forward and back.
                 z_pos = linear(a, w_pos).astype(jnp.float32)
-                z_neg = linear(a, w_neg).astype(jnp.float32)
+                z_neg = z.astype(jnp.float32) - z_pos
                 z_rule = y.astype(jnp.float32) + gamma * (
                     s_pos * z_pos + s_neg * z_neg + jnp.maximum(shift, 0)
                 )
                 v = _divide(relevance, _stabilise(z_rule, epsilon))
-                g_a = back(w, scale * v) + gamma * (back(w_pos, s_pos * v) + back(w_neg, s_neg * v))
+                g_a = back(w, (scale + gamma * s_neg) * v) + gamma * back(w_pos, jnp.abs(scale) * v)
             else:
                 a_pos, a_neg = jnp.maximum(a, 0), jnp.minimum(a, 0)
                 positive_sum = (linear(a_pos, w_pos) + linear(a_neg, w_neg)).astype(jnp.float32)
