@@ -186,6 +186,21 @@ def test_a_16_bit_rgb_png_with_a_transparent_colour_is_composited(tmp_path):
     np.testing.assert_array_equal(rgb[:, 3:], np.broadcast_to([255, 0, 128], (4, 3, 3)))
     kept = np.asarray(images_lib.decode(tmp_path / "rgb16.png", alpha="drop"))
     np.testing.assert_array_equal(kept[:, :3], np.broadcast_to([16, 32, 48], (4, 3, 3)))
+    # A transparent colour whose 16-bit values are all <= 255 (near-black) marks the
+    # near-black pixels, not the pure blue that Pillow's 8 bits would make (0, 0, 255).
+    pixels[:, :3] = (0, 0, 0x00FF)
+    pixels[:, 3:] = (0, 0, 0xFFFF)
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
+    (tmp_path / "dark.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 6, 4, 16, 2, 0, 0, 0))
+        + chunk(b"tRNS", struct.pack(">HHH", 0, 0, 0x00FF))
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+    rgb = np.asarray(images_lib.decode(tmp_path / "dark.png"))
+    np.testing.assert_array_equal(rgb[:, :3], 255)
+    np.testing.assert_array_equal(rgb[:, 3:], np.broadcast_to([0, 0, 255], (4, 3, 3)))
 
 
 def test_32_bit_images_are_skipped_with_the_reason_not_clipped(tmp_path):

@@ -180,16 +180,19 @@ def to_rgb(image: Image.Image, *, alpha: str = "white") -> Image.Image:
 _AT_MOST_16_BITS = ("PPM", "PNG")
 
 
-def _to_rgb(image: Image.Image, *, alpha: str, at_most_16_bits: bool) -> Image.Image:
+def _to_rgb(
+    image: Image.Image, *, alpha: str, at_most_16_bits: bool, sixteen_bit_rgb: bool = False
+) -> Image.Image:
     """:func:`to_rgb`; ``at_most_16_bits``: the image was read from a file format whose
     integer pixels have at most 16 bits, so its 'I' mode is 16-bit data; any other 'I'
-    image is refused."""
+    image is refused. ``sixteen_bit_rgb``: read from a 16-bit RGB PNG (its transparent
+    colour is in 16 bits; without the flag, a colour above 255 says so)."""
     _check_alpha(alpha)
     mode = image.mode
     if mode == "RGB" and "transparency" not in image.info:
         return image.copy()
     clear = image.info.get("transparency")
-    if mode == "RGB" and isinstance(clear, tuple) and max(clear) > 255:
+    if mode == "RGB" and isinstance(clear, tuple) and (sixteen_bit_rgb or max(clear) > 255):
         # A 16-bit RGB PNG: Pillow keeps each value's top 8 bits but its transparent
         # colour in 16, which no pixel would match; it is matched on those 8 bits.
         image = image.copy()
@@ -238,12 +241,19 @@ def decode(path: str | Path, *, alpha: str = "white") -> Image.Image:
         _register_heif(path)
         image = Image.open(path)
     with image:
+        # Read before loading, which clears it: how the file stores its pixels.
+        rawmode = image.tile[0][3] if image.tile else None
         image.seek(0)
         image.load()
         # The transposed copy forgets the format.
         at_most_16_bits = image.format in _AT_MOST_16_BITS
         oriented = ImageOps.exif_transpose(image)
-        return _to_rgb(oriented, alpha=alpha, at_most_16_bits=at_most_16_bits)
+        return _to_rgb(
+            oriented,
+            alpha=alpha,
+            at_most_16_bits=at_most_16_bits,
+            sixteen_bit_rgb=image.format == "PNG" and rawmode in ("RGB;16B", "RGB;16"),
+        )
 
 
 # ISO base media file brands of HEIF stills and sequences (not AVIF, which Pillow reads).
