@@ -50,7 +50,8 @@ inference-mode batch norm (a - mean) * scale + shift, are folded into the layer 
 they are traced, with casts between float dtypes on the way, whatever module or
 custom-derivative call holds the linear map (the batch norm merged into the
 convolution, as zennit's canonizers do). A layer output used twice (a shortcut that
-leaves before the batch norm) is one such layer on each path. Its backward pass
+leaves before the batch norm) is one such layer on each path; an affine map inside a
+nested call of its own (a batch norm under its own ``jax.jit``) is not folded. Its backward pass
 redistributes the relevance R_k = y_k g_k of each output k to the inputs in proportion
 to their contributions a_j w_jk s_k under the rule, with the constant c_k an input of
 activation 1 (Montavon et al.'s bias). Below, w_jk is the folded weight w_jk s_k
@@ -725,24 +726,31 @@ def _lrp_rule(rule: str, epsilon: float, gamma: float, alpha: float, beta: float
         position = dependent.index(True)
         weight_position = 1 - position
 
-        def linear(a: Array, w: Array) -> Array:
+        def linear(a: Array, w: Array, out_dtype: Any = None) -> Array:
             args = [None, None]
             args[position], args[weight_position] = a, w
-            return bind(eqn, args)[0]
+            if out_dtype is None or "preferred_element_type" not in eqn.params:
+                return bind(eqn, args)[0]
+            params = {**eqn.params, "preferred_element_type": out_dtype}
+            return eqn.primitive.bind(*args, **params)
 
         def transpose(w: Array, a: Array, s: Array) -> Array:
-            """W^T s: the vjp of the linear map a -> linear(a, w) (independent of a)."""
-            return jax.vjp(lambda v: linear(v, w), a)[1](s)[0]
+            """W^T s: the vjp of the linear map a -> linear(a, w) (independent of a), in
+            the dtype of s (a layer that asks for a float16 output is widened)."""
+            return jax.vjp(lambda v: linear(v, w, s.dtype), a)[1](s)[0]
 
         def backward(residuals: tuple[Array, ...], g: Array) -> tuple[Any, ...]:
             a, w, scale, shift, z, y = residuals
-            # The rule in float32 whatever the model's dtype; each W^T s in z's dtype.
+            # The rule in float32 whatever the model's dtype, each W^T s too: R / epsilon
+            # would overflow float16.
             relevance = g.astype(jnp.float32) * y.astype(jnp.float32)
             s_pos, s_neg = jnp.maximum(scale, 0), jnp.minimum(scale, 0)
             w_pos, w_neg = jnp.maximum(w, 0), jnp.minimum(w, 0)
 
+            wide = a.astype(jnp.float32)
+
             def back(weight: Array, s: Array) -> Array:
-                return transpose(weight, a, s.astype(z.dtype))
+                return transpose(weight.astype(jnp.float32), wide, s).astype(a.dtype)
 
             if rule == "epsilon":
                 v = _divide(relevance, _stabilise(y.astype(jnp.float32), epsilon))

@@ -642,3 +642,14 @@ def test_lrp_epsilon_with_biases_agrees_with_captum_at_any_epsilon():
     theirs = captum_attr.LRP(net).attribute(torch.from_numpy(images), target=target)
     ours = compiled(lrp, fn, images, jnp.asarray(target), epsilon=0.1)
     np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-3, atol=1e-6)
+
+
+def test_the_rule_is_computed_in_float32_for_a_float16_model():
+    """A neuron with no positive contribution and a negative logit: the z+ rule passes
+    nothing on, but R / epsilon = -2e6 overflows float16 (inf * 0 = NaN) unless the rule
+    and its transposes run in float32."""
+    w = jnp.array([[-1.0], [-0.5]], jnp.float16)
+    fn = lambda x: x.astype(jnp.float16) @ w - jnp.float16(1.0)
+    x = jnp.ones((2, 2), jnp.float32)
+    maps = compiled(lrp, fn, x, 0, rule="alpha_beta")
+    np.testing.assert_array_equal(np.asarray(maps, np.float32), 0.0)
