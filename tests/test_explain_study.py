@@ -189,7 +189,7 @@ def test_a_bad_option_value_is_refused_before_any_work(trained_run):
     [
         ("full_grad", r"layer_cam\.method must be a deterministic map of one layer"),
         ("layer_gradient_shap", r"layer_cam\.method must be a deterministic map of one layer"),
-        ("layer_deeplift_shap", r"layer_deeplift_shap needs baseline="),
+        ("layer_deeplift_shap", r"layer_cam\.method must be a deterministic map of one layer"),
     ],
 )
 def test_a_per_layer_figure_method_that_cannot_draw_it_is_refused_first(

@@ -127,7 +127,7 @@ def test_two_trial_study_ranks_retrains_and_resumes(tmp_path, smoke_study):
     # The per-layer figure is drawn after the last trial; a method that cannot draw it
     # is refused before the first.
     no_layer = smoke_study()
-    no_layer.layer_cam.method, no_layer.layer_cam.samples = "full_grad", 2
+    no_layer.layer_cam.method, no_layer.layer_cam.samples = "layer_deeplift_shap", 2
     with pytest.raises(ValueError, match="layer_cam.method must be a deterministic map"):
         studies.run_tune(no_layer, tmp_path / "no_layer")
     assert not (tmp_path / "no_layer").exists()

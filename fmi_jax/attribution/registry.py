@@ -52,7 +52,14 @@ from fmi_jax.attribution import (
     sparse,
     xrai,
 )
-from fmi_jax.attribution.core import Array, Explain, Method, ModelFn, image_size
+from fmi_jax.attribution.core import (
+    Array,
+    Explain,
+    InputLayoutError,
+    Method,
+    ModelFn,
+    image_size,
+)
 from fmi_jax.attribution.deeplift import deeplift
 from fmi_jax.attribution.gradients import input_x_gradient, saliency
 from fmi_jax.attribution.handle import FlaxModel, as_flax_model, flax_model
@@ -668,8 +675,8 @@ def check_explainer(
     try:
         jax.eval_shape(lambda x, key: explain(x, target, key), x, key)
     except ValueError as err:
-        # Subclasses (an InputLayoutError about x) keep their type and message.
-        if spec is None or type(err) is not ValueError or str(err).startswith(spec.name):
+        # An InputLayoutError is about x, not the method: its type and message stay.
+        if spec is None or isinstance(err, InputLayoutError) or str(err).startswith(spec.name):
             raise
         raise ValueError(f"{spec.name}: {err}") from err
 

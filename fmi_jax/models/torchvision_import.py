@@ -19,6 +19,8 @@ fit is a :class:`ValueError` naming every such key.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -66,7 +68,11 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
             "pip install torch (the CPU build is enough), or convert the state_dict to "
             ".npz elsewhere"
         ) from err
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    # torchvision's reference training script saves its argparse.Namespace beside the
+    # weights, which weights_only loading refuses unless it is allowed by name.
+    allow = getattr(getattr(torch, "serialization", None), "safe_globals", None)
+    with allow([argparse.Namespace]) if allow else contextlib.nullcontext():
+        state = torch.load(path, map_location="cpu", weights_only=True)
     # A training checkpoint holds the state_dict under a key: 'state_dict' (Lightning
     # and others) or 'model' (torchvision's reference training script, beside
     # 'optimizer', 'lr_scheduler', 'epoch', 'args' and, with EMA, 'model_ema').

@@ -522,18 +522,28 @@ def _cam_layers(method: str, model: Any, layers: Sequence[str]) -> tuple[str, ..
 
 
 def _is_layer_map(spec: Any) -> bool:
-    return spec.spatial and "layer" in spec.options and not spec.stochastic
+    """A deterministic one-layer map that needs no option but `layer` (the figure
+    passes no other)."""
+    if not (spec.spatial and "layer" in spec.options and not spec.stochastic):
+        return False
+    try:
+        if spec.check is not None:
+            spec.check({"layer": "layer"})
+    except ValueError:  # e.g. layer_deeplift_shap needs its references
+        return False
+    return True
 
 
 def check_layer_cam_method(method: str) -> None:
     """A one-line ValueError unless `method` can draw the per-layer figure
-    (`layer_cams`): a deterministic method with one (N, H, W) map of a named layer."""
+    (`layer_cams`): a deterministic method with one (N, H, W) map of a named layer and
+    no option it cannot do without but the layer."""
     spec = attribution.METHODS.get(method)
     if spec is None or not _is_layer_map(spec):
         cams = [m for m, s in attribution.METHODS.items() if _is_layer_map(s)]
         raise ValueError(
-            f"layer_cam.method must be a deterministic map of one layer, one of {cams}; "
-            f"got {method!r}"
+            "layer_cam.method must be a deterministic map of one layer that needs no other "
+            f"option, one of {cams}; got {method!r}"
         )
 
 
