@@ -72,10 +72,10 @@ activation 1 (Montavon et al.'s bias). Below, w_jk is the folded weight w_jk s_k
   term uses). With alpha = 1, beta = 0 (the z^+ rule) the relevances stay >= 0 where
   the inputs and the target logit are >= 0 in a chain of such layers, ReLUs and
   poolings; a residual sum, or an affine map of constants after a ReLU, passes
-  relevance on in proportion to signed values and can make it negative. The input relevances sum to f_t(x) for
-  alpha - beta = 1 only where every neuron has contributions of both signs (z^+ > 0 >
-  z^-; a neuron with only positive ones passes on alpha R) and no constant takes a
-  share. Montavon et al. state the rule for a >= 0 (after a ReLU); the signed form
+  relevance on in proportion to signed values and can make it negative. The input
+  relevances sum to f_t(x) for alpha - beta = 1 only where every neuron has
+  contributions of both signs (z^+ > 0 > z^-; a neuron with only positive ones passes
+  on alpha R) and no constant takes a share. Montavon et al. state the rule for a >= 0 (after a ReLU); the signed form
   above also covers signed inputs such as standardised pixels.
 
 ``stabilise`` adds epsilon away from zero (y + epsilon for y >= 0, y - epsilon

@@ -202,9 +202,9 @@ OUTPUT_HINT = "pass --config.output=<new name> (or move that folder away)"
 
 def _check(config: Any, fn: Any, model: Any, variables: Any, images: np.ndarray) -> None:
     """Everything about `config` that can fail cheaply, before `out` is claimed: the
-    method names, their options (each method traced on two images), the batch size, the top-k fraction, the selection and
-    every CAM layer named (or implied) by `options` and `layer_cam`, against the model's
-    layers for inputs like `images`."""
+    method names, their options (each method traced on two images), the batch size, the
+    top-k fraction, the selection and every CAM layer named (or implied) by `options`
+    and `layer_cam`, against the model's layers for inputs like `images`."""
     unknown = sorted(set(config.methods) - set(attribution.available_methods()))
     if unknown:
         raise ValueError(
