@@ -242,7 +242,8 @@ def decode(path: str | Path, *, alpha: str = "white") -> Image.Image:
         image = Image.open(path)
     with image:
         # Read before loading, which clears it: how the file stores its pixels.
-        rawmode = image.tile[0][3] if image.tile else None
+        tile = getattr(image, "tile", None) or ()  # a plugin's image may have none
+        rawmode = tile[0][3] if len(tile[0] if tile else ()) > 3 else None
         image.seek(0)
         image.load()
         # The transposed copy forgets the format.
