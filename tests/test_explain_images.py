@@ -159,9 +159,9 @@ def test_an_rgb_image_with_a_transparent_colour_is_composited(tmp_path):
     np.testing.assert_array_equal(kept, pixels)
 
 
-def test_a_16_bit_rgb_png_with_a_transparent_colour_is_composited(tmp_path):
-    """Pillow opens a 16-bit RGB PNG as 8-bit RGB but keeps its tRNS colour in 16 bits;
-    the colour still marks its pixels transparent."""
+def _write_rgb16_png(path, left, right, transparent):
+    """A 4 x 6 16-bit RGB PNG, its left half one colour and its right half another, with
+    ``transparent`` as its tRNS colour (Pillow cannot write one)."""
     import struct
     import zlib
 
@@ -171,16 +171,22 @@ def test_a_16_bit_rgb_png_with_a_transparent_colour_is_composited(tmp_path):
         )
 
     pixels = np.zeros((4, 6, 3), np.uint16)
-    pixels[:, :3] = (0x1000, 0x2000, 0x3000)  # the colour marked transparent
-    pixels[:, 3:] = (0xFFFF, 0x0000, 0x8000)
+    pixels[:, :3], pixels[:, 3:] = left, right
     rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
-    (tmp_path / "rgb16.png").write_bytes(
+    path.write_bytes(
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", struct.pack(">IIBBBBB", 6, 4, 16, 2, 0, 0, 0))
-        + chunk(b"tRNS", struct.pack(">HHH", 0x1000, 0x2000, 0x3000))
+        + chunk(b"tRNS", struct.pack(">HHH", *transparent))
         + chunk(b"IDAT", zlib.compress(rows))
         + chunk(b"IEND", b"")
     )
+
+
+def test_a_16_bit_rgb_png_with_a_transparent_colour_is_composited(tmp_path):
+    """Pillow opens a 16-bit RGB PNG as 8-bit RGB but keeps its tRNS colour in 16 bits;
+    the colour still marks its pixels transparent."""
+    clear = (0x1000, 0x2000, 0x3000)
+    _write_rgb16_png(tmp_path / "rgb16.png", clear, (0xFFFF, 0x0000, 0x8000), clear)
     rgb = np.asarray(images_lib.decode(tmp_path / "rgb16.png"))
     np.testing.assert_array_equal(rgb[:, :3], 255)
     np.testing.assert_array_equal(rgb[:, 3:], np.broadcast_to([255, 0, 128], (4, 3, 3)))
@@ -188,16 +194,8 @@ def test_a_16_bit_rgb_png_with_a_transparent_colour_is_composited(tmp_path):
     np.testing.assert_array_equal(kept[:, :3], np.broadcast_to([16, 32, 48], (4, 3, 3)))
     # A transparent colour whose 16-bit values are all <= 255 (near-black) marks the
     # near-black pixels, not the pure blue that Pillow's 8 bits would make (0, 0, 255).
-    pixels[:, :3] = (0, 0, 0x00FF)
-    pixels[:, 3:] = (0, 0, 0xFFFF)
-    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
-    (tmp_path / "dark.png").write_bytes(
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", 6, 4, 16, 2, 0, 0, 0))
-        + chunk(b"tRNS", struct.pack(">HHH", 0, 0, 0x00FF))
-        + chunk(b"IDAT", zlib.compress(rows))
-        + chunk(b"IEND", b"")
-    )
+    dark = (0, 0, 0x00FF)
+    _write_rgb16_png(tmp_path / "dark.png", dark, (0, 0, 0xFFFF), dark)
     rgb = np.asarray(images_lib.decode(tmp_path / "dark.png"))
     np.testing.assert_array_equal(rgb[:, :3], 255)
     np.testing.assert_array_equal(rgb[:, 3:], np.broadcast_to([0, 0, 255], (4, 3, 3)))
