@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
 
 from fmi_jax import evaluation
 from tests import testdata
@@ -82,6 +83,28 @@ def test_maps_with_nan_are_refused_not_averaged_away():
         evaluation.correlation_matrix({"a": good, "b": bad})
     with pytest.raises(ValueError, match="NaN"):
         evaluation.overlap_matrix({"a": good, "b": bad})
+
+
+def test_a_correlation_with_nan_or_inf_is_nan_as_in_scipy():
+    # Ranks alone would place NaN last and give a finite rank correlation (0.3 here).
+    a = jnp.array(
+        [[1.0, np.nan, 2.0, 5.0, 3.0], [1.0, np.inf, 2.0, 5.0, 3.0], [1.0, 4.0, 2.0, 5.0, 3.0]]
+    )
+    b = jnp.array([[1.0, 2.0, 3.0, 4.0, 5.0]] * 3)
+    assert np.isnan(scipy.stats.spearmanr(np.asarray(a[0]), np.asarray(b[0]))[0])
+    for correlation in (evaluation.spearman, evaluation.pearson):
+        for x, y in ((a, b), (b, a)):
+            got = np.asarray(correlation(x, y))
+            assert np.isnan(got[:2]).all(), correlation
+            np.testing.assert_allclose(
+                got[2],
+                (
+                    scipy.stats.spearmanr
+                    if correlation is evaluation.spearman
+                    else scipy.stats.pearsonr
+                )(a[2], b[2])[0],
+                atol=1e-6,
+            )
 
 
 def test_correlation_matrix_is_symmetric_with_unit_diagonal():

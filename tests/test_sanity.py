@@ -278,6 +278,34 @@ def test_weight_independent_method_is_flagged(cnn):
         passes_sanity_check(result)  # the independent one
 
 
+def test_maps_with_nan_are_refused_not_ranked_or_skipped(cnn, linear):
+    # A NaN would rank as an ordinary value (Spearman) or drop out of the means, and a
+    # method that breaks on the randomised model would pass the check.
+    _, variables, x, target = cnn
+
+    def make_explain(v):
+        broken = not same_tree(v, variables)
+        return lambda xs, t, k: xs.at[:, 0, 0].set(jnp.nan) if broken else xs * xs
+
+    for run in (cascading_randomization, independent_randomization):
+        with pytest.raises(ValueError, match="explanation with 'head' randomised contains NaN"):
+            run(make_explain, variables, x, target, jax.random.key(0))
+    with pytest.raises(
+        ValueError, match="efficient_mprt: the explanation of the randomised model contains"
+    ):
+        efficient_mprt(make_explain, variables, x, target, jax.random.key(0))
+    _, _, _, x, target = linear
+    with pytest.raises(ValueError, match="random_logit: explain's output contains NaN"):
+        random_logit(
+            lambda xs, t, k: jnp.where(t[:, None, None] == 0, jnp.nan, xs),
+            x,
+            target,
+            jax.random.key(0),
+            num_classes=C,
+            similarity="spearman",
+        )
+
+
 def test_same_key_same_result(cnn):
     model, variables, x, target = cnn
     layers = ("head", "conv1")

@@ -14,8 +14,11 @@ example's map, and return one value per example; `correlation_matrix` and
   at the boundary are broken by feature index, so the result is deterministic.
 
 Constant maps have no defined correlation and no top features: the result is NaN for
-that example, which the averaging in `correlation_matrix` skips (and counts). Maps
-holding NaN or Inf are refused: their NaN would be skipped the same way, unnoticed.
+that example, which the averaging in `correlation_matrix` skips (and counts). A map
+holding NaN or Inf has no defined correlation either: `pearson` and `spearman` give NaN
+for that example (ranks alone would place a NaN last and hide it, where
+`scipy.stats.spearmanr` gives NaN), and `topk_overlap` and the matrices refuse it,
+since their averages would skip its NaN unnoticed.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ def _check_pair(a, b) -> None:
 
 
 def _pearson_rows(x: jax.Array, y: jax.Array) -> jax.Array:
+    """Per-row correlation; NaN for a constant row (NaN and Inf propagate to NaN)."""
     x = x - x.mean(-1, keepdims=True)
     y = y - y.mean(-1, keepdims=True)
     den = jnp.sqrt((x * x).sum(-1) * (y * y).sum(-1))
@@ -87,16 +91,21 @@ def average_ranks(x: jax.Array) -> jax.Array:
 
 @jax.jit
 def pearson(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Per-example Pearson correlation of two batches of maps, shape (N,)."""
+    """Per-example Pearson correlation of two batches of maps, shape (N,); NaN where a
+    map is constant or holds NaN/Inf."""
     _check_pair(a, b)
     return _pearson_rows(_flat(a), _flat(b))
 
 
 @jax.jit
 def spearman(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Per-example Spearman rank correlation (average ranks for ties), shape (N,)."""
+    """Per-example Spearman rank correlation (average ranks for ties), shape (N,); NaN
+    where a map is constant or holds NaN/Inf."""
     _check_pair(a, b)
-    return _pearson_rows(average_ranks(_flat(a)), average_ranks(_flat(b)))
+    fa, fb = _flat(a), _flat(b)
+    finite = jnp.isfinite(fa).all(-1) & jnp.isfinite(fb).all(-1)
+    r = _pearson_rows(average_ranks(fa), average_ranks(fb))
+    return jnp.where(finite, r, jnp.nan)
 
 
 def topk_overlap(

@@ -202,6 +202,7 @@ from fmi_jax.attribution.core import (
     as_rows,
     as_target,
     check_explain,
+    check_finite,
     example_keys,
     map_over_samples,
     minmax_scale,
@@ -432,6 +433,8 @@ def _run(mode, make_explain, variables, x, target, key, layers, channels, window
     explain = make_explain(variables)
     check_explain(explain, f"{mode}_randomization: make_explain(variables)")
     original = _as_2d(explain(x, target, explain_key), channels)
+    # A NaN would rank as an ordinary value or be skipped by the means: refused instead.
+    check_finite(original, f"{mode}_randomization: the explanation of the original model")
     per_layer = {m: [] for m in METRICS}
     for i, name in enumerate(layers):
         chosen = layers[: i + 1] if mode == "cascading" else (name,)
@@ -439,6 +442,7 @@ def _run(mode, make_explain, variables, x, target, key, layers, channels, window
         maps = _as_2d(make_explain(randomized)(x, target, explain_key), channels)
         if maps.shape != original.shape:
             raise ValueError(f"maps changed shape: {original.shape} -> {maps.shape}")
+        check_finite(maps, f"{mode}_randomization: the explanation with {name!r} randomised")
         for metric, value in _similarity(original, maps, window).items():
             per_layer[metric].append(value)
     result: dict[str, Any] = {"mode": mode, "layers": layers}
@@ -563,6 +567,8 @@ def efficient_mprt(
     randomized = as_rows(randomized(x, target, explain_key), x, what, min_ndim=2)
     if randomized.shape != original.shape:
         raise ValueError(f"maps changed shape: {original.shape} -> {randomized.shape}")
+    check_finite(original, "efficient_mprt: the explanation of the original model")
+    check_finite(randomized, "efficient_mprt: the explanation of the randomised model")
     return entropy_rise(original, randomized, bins=bins)
 
 
@@ -747,6 +753,7 @@ def random_logit(
         return as_rows(maps, inputs, "explain must return maps (B, ...)", min_ndim=2)
 
     maps = map_over_samples(explain_pairs, num_examples, 2, batch_size=batch_size)
+    check_finite(maps, "random_logit: explain's output")
     own, other = maps[:, 0], maps[:, 1]
     if own.ndim == 4:
         own, other = reduce_channels(own, channels), reduce_channels(other, channels)
