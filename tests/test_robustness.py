@@ -188,6 +188,13 @@ def test_infidelity_with_a_custom_perturbation(linear):
         np.asarray(infidelity(fn, x, target, grad, jax.random.key(0), perturbation=to_zero)) > 0
     )
 
+    def random_mask(key, xi):  # the docstring's recipe for maps multiplied by the input
+        m = jax.random.bernoulli(key, 0.5, xi.shape).astype(xi.dtype)
+        return m, xi - m * xi
+
+    value = infidelity(fn, x, target, x * grad, jax.random.key(1), perturbation=random_mask)
+    np.testing.assert_allclose(value, 0.0, atol=1e-9)
+
 
 def test_max_sensitivity_of_saliency_on_a_linear_model_is_zero(linear):
     fn, x, target, _ = linear

@@ -289,9 +289,14 @@ def infidelity(
       attributions: ``phi``, shaped like ``x``.
       key: a PRNG key, or one key per example (shape ``(N,)``).
       perturbation: ``'gaussian'`` (``I ~ N(0, stdev^2)`` per feature) or a callable
-        ``perturb(key, x_i) -> (I, x_i - I)`` on one example ``x_i`` of shape
-        ``x.shape[1:]`` (e.g. a random binary mask ``I = m * (x_i - baseline)``, the
-        paper's perturbation for "global" attributions such as ``input_x_gradient``).
+        ``perturb(key, x_i) -> (I, perturbed x_i)`` on one example ``x_i`` of shape
+        ``x.shape[1:]``: ``I`` multiplies ``phi`` and the model is evaluated on the
+        perturbed input. For maps of the gradient (``saliency``) that is
+        ``(I, x_i - I)``. For maps already multiplied by the input's change
+        (``input_x_gradient``, IG, DeepLIFT: the paper's "global" attributions) ``I`` is
+        the random binary mask ``m`` itself and the input ``x_i - m * (x_i - baseline)``
+        (Captum's ``infidelity_perturb_func_decorator(multiply_by_inputs=True)``);
+        returning ``m * (x_i - baseline)`` as ``I`` would count the input twice.
       stdev: standard deviation of the Gaussian perturbation.
       samples: perturbations per example (Captum's ``n_perturb_samples``).
       normalize: rescale ``phi`` by the least-squares ``beta`` first (Captum's
