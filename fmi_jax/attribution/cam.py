@@ -870,10 +870,11 @@ def kpca_cam(
         # are computed minus their value at a.b = 0 (or |a - b| = 0): small activations
         # put every entry near that constant, and subtracting it after rounding would
         # lose the digits the eigenvector is made of. tanh(1 + z) - tanh(1) is
-        # sinh(z) / (cosh(1) cosh(1 + z)); exp(-z) - 1 is expm1(-z).
+        # tanh(z) (1 - tanh(1) tanh(1 + z)) (the addition formula for tanh), which keeps
+        # them near z = 0 and never overflows; exp(-z) - 1 is expm1(-z).
         if kernel == "sigmoid":
             z = gamma * dots
-            gram = jnp.sinh(z) / (np.cosh(1.0) * jnp.cosh(z + 1.0))
+            gram = jnp.tanh(z) * (1.0 - np.tanh(1.0) * jnp.tanh(z + 1.0))
         elif kernel == "rbf":
             norms = jnp.diagonal(dots, axis1=1, axis2=2)
             distances = norms[:, :, None] + norms[:, None, :] - 2.0 * dots

@@ -725,6 +725,27 @@ def test_kpca_cam_keeps_its_digits_on_small_activations(small_cnn):
     assert A.kpca_cam(small, x, gamma=np.int64(2), **options).shape == (4, 8, 8)
 
 
+def test_kpca_cam_stays_finite_on_large_activations(small_cnn):
+    """conv2 scaled up 1000-fold puts gamma a.b far past where float32 sinh and cosh
+    overflow (|z| > 89); the sigmoid kernel itself stays within (-1, 1)."""
+    model, variables, x = small_cnn
+    params = jax.tree.map(lambda p: p, variables["params"])
+    for name in ("scale", "bias"):
+        params["conv2"]["bn"][name] = params["conv2"]["bn"][name] * 1e3
+    large = A.flax_model(model, {**variables, "params": params})
+    _, activation = large.capture(x, "conv2")
+    matrix = np.asarray(activation, "f8").reshape(len(x), -1, activation.shape[-1])
+    matrix = matrix - matrix.mean(axis=1, keepdims=True)
+    gamma = 1 / activation.shape[-1]
+    assert gamma * np.abs(np.einsum("bpk,bqk->bpq", matrix, matrix)).max() > 1000
+    got = A.kpca_cam(large, x, layer="conv2", relu=False, upsample=False)
+    expected = np.stack(
+        [_numpy_kernel_pca(a, "sigmoid", gamma) for a in matrix.reshape(activation.shape)]
+    )
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * scale)
+
+
 def test_bad_cam_options_are_one_line_errors(small_cnn):
     model, variables, x = small_cnn
     handle = A.flax_model(model, variables)
