@@ -71,6 +71,7 @@ __all__ = [
     "check_finite",
     "as_rows",
     "as_baseline",
+    "baseline_is_distribution",
     "as_count",
     "as_number",
     "as_target",
@@ -240,6 +241,14 @@ def as_baseline(baseline: Any, x: Array, name: str = "baseline") -> Array:
         )
     check_finite(baseline, name)
     return jnp.broadcast_to(baseline, x.shape)
+
+
+def baseline_is_distribution(method: Any) -> bool:
+    """Whether ``method`` reads ``baseline`` as one distribution of references shared by
+    every example, of any length (GradientSHAP, DeepLIFT-SHAP: the function attribute
+    ``baseline_is_distribution``), rather than as a reference input that broadcasts to
+    ``x``; a ``functools.partial`` is read through to its function."""
+    return bool(getattr(getattr(method, "func", method), "baseline_is_distribution", False))
 
 
 def as_number(

@@ -164,6 +164,7 @@ from fmi_jax.attribution.core import (
     as_baseline,
     as_count,
     as_input,
+    baseline_is_distribution,
     per_example,
     refuse_baseline,
     resolve_target,
@@ -726,7 +727,7 @@ def at_layer(method: Method) -> Method:
     """
     inner = _refuse_handle_methods(method, "at_layer")
     name = f"layer_{inner}"
-    distribution = getattr(method, "baseline_is_distribution", False)
+    distribution = baseline_is_distribution(method)
 
     def layer_method(
         model: Any,
@@ -816,5 +817,5 @@ def at_neuron(method: Method) -> Method:
 
     neuron_method.__name__ = name
     neuron_method.__doc__ = f"``at_neuron({inner})``: {inner} of one unit of a layer."
-    neuron_method.baseline_is_distribution = getattr(method, "baseline_is_distribution", False)
+    neuron_method.baseline_is_distribution = baseline_is_distribution(method)
     return neuron_method

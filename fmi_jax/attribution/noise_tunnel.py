@@ -47,8 +47,10 @@ from fmi_jax.attribution.core import (
     Method,
     ModelFn,
     Target,
+    as_baseline,
     as_count,
     as_input,
+    baseline_is_distribution,
     example_keys,
     per_example,
     refuse_baseline,
@@ -88,15 +90,25 @@ def _check_scale(stdev_spread: float | None, stdev: float | None) -> None:
             raise ValueError(f"{name} must be >= 0, got {value!r}")
 
 
-def _per_example_baseline(method: Method, baseline: Any, x: Array, example: Array) -> Any:
-    """The baseline for a chunk of examples: one of the full shape of ``x`` holds a
-    reference per example and is indexed; anything else (a scalar, one example's shape)
-    is the same for every example, and so is the reference distribution of a method
-    marked ``baseline_is_distribution`` (GradientSHAP), whatever its length."""
-    shared = getattr(method, "baseline_is_distribution", False)
-    if not shared and jnp.shape(baseline) == x.shape:
-        return jnp.asarray(baseline, jnp.float32)[example]
-    return baseline
+def _baseline_rows(method: Method, baseline: Any, x: Array) -> Array | None:
+    """A baseline with one reference per example, as an array of the shape of ``x`` to
+    index by the examples of each chunk; None for one the same for every example,
+    passed to ``method`` whole.
+
+    ``method`` sees a chunk of (example, sample) pairs, not ``x``, so a baseline with
+    the batch axis of ``x`` (the full ``x.shape``, or anything else with ``N > 1`` rows
+    that broadcasts to it, e.g. ``(N, 1)`` for ``x`` of shape ``(N, F)``) must be split
+    into the chunk's rows: passed whole, it would broadcast against the wrong rows or
+    not at all. Shared are a scalar, one example's shape (``x.shape[1:]`` or
+    ``(1, ...)``), a tuple of baselines (XRAI averages over them) and the reference
+    distribution of a method marked ``baseline_is_distribution`` (GradientSHAP),
+    whatever its length. A baseline that does not broadcast to ``x`` is a ValueError
+    that names the caller's shapes (:func:`~fmi_jax.attribution.core.as_baseline`)."""
+    if baseline is None or isinstance(baseline, tuple) or baseline_is_distribution(method):
+        return None
+    rows = as_baseline(baseline, x)
+    shape = jnp.shape(baseline)
+    return rows if len(shape) == x.ndim and shape[0] != 1 else None
 
 
 def noise_tunnel(
@@ -134,7 +146,8 @@ def noise_tunnel(
     Returns:
       ``tunneled(fn, x, target=None, *, key, baseline=None, batch_size=None, **options)``:
       ``key`` is required (the noise); ``baseline`` and ``options`` go to ``method``
-      (a baseline of the full shape of ``x`` is indexed per example); ``batch_size``
+      (one with a reference per example, any ``(N, ...)`` that broadcasts to ``x``,
+      is split per example; a scalar or one example's reference is shared); ``batch_size``
       is the number of noisy inputs per call of ``method`` (which evaluates each such
       chunk whole, e.g. ``batch_size * steps`` gradients for integrated gradients).
       ``None`` passes all ``N * samples`` at once. Results are float32, shaped like ``x``.
@@ -163,12 +176,13 @@ def noise_tunnel(
         target = resolve_target(fn, x, target, batch_size=batch_size)
         sigma = _noise_scale(x, stdev_spread, stdev)
         keys = example_keys(key, num_examples)
+        rows = _baseline_rows(method, baseline, x)
 
         def attribute(inputs: Array, example: Array, inner_keys: Array) -> Array:
             # baseline= only when given: None would override one bound into `method`.
             given = {}
             if baseline is not None:
-                given["baseline"] = _per_example_baseline(method, baseline, x, example)
+                given["baseline"] = baseline if rows is None else rows[example]
             return method(fn, inputs, target[example], key=inner_keys, **options, **given)
 
         def noisy_attribution(example: Array, sample: Array) -> Array:

@@ -14,6 +14,8 @@ conv3 (1 x 1) -> spatial mean -> dense, so
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -405,6 +407,13 @@ def test_methods_at_a_layer_followed_by_a_linear_head(net):
         ),
         "deeplift_shap": (
             at_layer(deeplift_shap)(handle, x, TARGET, baseline=references, **common),
+            a - a_refs.mean(axis=0),
+        ),
+        # A method bound with functools.partial keeps its distribution of references.
+        "deeplift_shap through functools.partial": (
+            at_layer(functools.partial(deeplift_shap))(
+                handle, x, TARGET, baseline=references, **common
+            ),
             a - a_refs.mean(axis=0),
         ),
         "lrp": (at_layer(lrp)(handle, x, TARGET, epsilon=1e-9, **common), a),

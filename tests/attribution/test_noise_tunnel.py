@@ -301,3 +301,62 @@ def test_a_baseline_bound_into_the_method_is_not_overridden():
         )
     )(X)
     np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_without_noise_every_baseline_integrated_gradients_takes_gives_its_answer():
+    """IG of f_0 = sum_j A_j x_j^2 from b is exactly A (x^2 - b^2) (the gradient is linear
+    along the path, so Gauss-Legendre is exact). Without noise the tunnel must give that
+    for every baseline IG accepts, in any chunks of (example, sample) pairs: shared ones
+    (a scalar, one example, (1, F)) and per-example ones, of the full shape or only
+    broadcasting to it, (N, 1): those must follow their examples into each chunk."""
+    n, f = X.shape
+    baselines = {
+        "scalar": jnp.float32(0.5),
+        "one example": jnp.linspace(-1.0, 1.0, f),
+        "(1, F)": jnp.linspace(-1.0, 1.0, f)[None],
+        "(N, 1)": jnp.array([[0.0], [1.0], [2.0]]),
+        "(N, F)": jnp.linspace(-1.0, 1.0, n * f).reshape(n, f),
+    }
+    tunneled = noise_tunnel(integrated_gradients, samples=2, stdev=0.0)
+    batch_sizes = (n, None, 2)  # N pairs, all of them, and chunks across examples
+    results = jax.jit(  # one compiled program for all of them
+        lambda x, key: {
+            (name, str(batch_size)): tunneled(
+                quadratic, x, 0, key=key, baseline=b, steps=2, batch_size=batch_size
+            )
+            for name, b in baselines.items()
+            for batch_size in batch_sizes
+        }
+    )(X, KEY)
+    for (name, batch_size), got in results.items():
+        expected = A * (X**2 - jnp.broadcast_to(baselines[name], X.shape) ** 2)
+        message = f"{name}, batch_size={batch_size}"
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5, err_msg=message)
+
+
+def test_a_baseline_that_does_not_fit_x_is_an_error_about_the_callers_shapes():
+    """The error names the baseline and x as given, not the chunk of noisy copies."""
+    tunneled = noise_tunnel(integrated_gradients, samples=2, stdev=0.0)
+    with pytest.raises(ValueError, match=r"shape \(2, 1\) does not broadcast .* \(3, 4\)"):
+        tunneled(quadratic, X, 0, key=KEY, baseline=jnp.zeros((2, 1)), steps=2)
+
+
+def test_a_distribution_bound_with_functools_partial_is_still_shared():
+    """functools.partial(gradient_shap, ...) still reads its baseline as one distribution:
+    with as many references as examples, in any chunks, the same result as the tunnel
+    over gradient_shap itself with the same keys (not a per-example pick)."""
+    references = jnp.stack([X[0] * 0.5, -X[1], X[2] + 1.0])  # as many as examples
+    bound = functools.partial(gradient_shap, samples=4)
+    plain = noise_tunnel(gradient_shap, samples=2, stdev=0.0)
+    partial = noise_tunnel(bound, samples=2, stdev=0.0)
+    expected, *got = jax.jit(  # one compiled program for all of them
+        lambda x, key: [
+            plain(two_logits, x, 1, key=key, baseline=references, samples=4),
+            *(
+                partial(two_logits, x, 1, key=key, baseline=references, batch_size=b)
+                for b in (None, 1, 2)
+            ),
+        ]
+    )(X, KEY)
+    for result in got:
+        np.testing.assert_allclose(result, expected, rtol=1e-6, atol=1e-6)
