@@ -240,15 +240,18 @@ def feature_permutation(
 
 
 def _window_geometry(
-    features: tuple[int, ...], window, stride
+    shape: tuple[int, ...], window, stride
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """Window, stride and number of positions per axis of one example of ``x`` of
+    ``shape``, checked."""
+    features = shape[1:]
     if np.ndim(window) == 0:
         # An int: a square spatial window on images (H, W, C), else every axis.
         window = (window,) * (2 if len(features) == 3 else len(features))
     window = tuple(window)
     if len(window) == len(features) - 1:  # images: the window spans all channels
         if len(features) == 3:
-            image_size(jax.ShapeDtypeStruct((1, *features), jnp.float32), "occlusion")
+            image_size(jax.ShapeDtypeStruct(shape, jnp.float32), "occlusion")
         window = window + (features[-1],)
         stride = stride if np.ndim(stride) == 0 else tuple(stride) + (features[-1],)
     if len(window) != len(features):
@@ -307,7 +310,7 @@ def occlusion(
     x = as_input(x)
     features = x.shape[1:]
     with layout_checked(fn, x):  # a window that does not fit a misread x: say why
-        window, stride, positions = _window_geometry(features, window, stride)
+        window, stride, positions = _window_geometry(x.shape, window, stride)
         baseline = as_baseline(baseline, x)
     target = resolve_target(fn, x, target, batch_size=batch_size)
     grids = [

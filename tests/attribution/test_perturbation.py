@@ -125,6 +125,13 @@ def test_occlusion_bad_geometry_is_named(kwargs, message):
         A.occlusion(linear, X, TARGET, **kwargs)
 
 
+def test_occlusion_names_the_callers_shape_of_a_channels_first_batch():
+    """A spatial window on a (N, C, H, W) batch is refused with x's own shape."""
+    x = np.zeros((2, 1, 8, 8), np.float32)
+    with pytest.raises(ValueError, match=r"^occlusion: x of shape \(2, 1, 8, 8\) looks channels"):
+        A.occlusion(lambda x: x.reshape(len(x), -1)[:, :2], x, 0, window=2)
+
+
 # ----------------------------- feature permutation ---------------------------------
 MASK = A.square_patches(SHAPE, 2)  # 3 x 3 patches, the last row and column narrower
 
