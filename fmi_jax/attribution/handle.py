@@ -933,6 +933,48 @@ _COMPILED = {passes: _jitted(passes) for passes in (_LINEN, _NNX)}
 # Construction.
 
 
+def _called_function(model: Any, method: Any) -> Any:
+    """The function a handle's pass calls as ``function(module, x, **keywords)``: the
+    model's ``__call__``, or Linen's ``method=`` (a name or a function), unbound as
+    ``Module.apply`` unbinds it; None where that is not known before the first call (a
+    name that :meth:`setup` defines)."""
+    if method is None:
+        return type(model).__call__
+    if isinstance(method, str):
+        method = getattr(type(model), method, None)
+        return method if callable(method) and not isinstance(method, nn.Module) else None
+    if inspect.ismethod(method) and isinstance(method.__self__, nn.Module):
+        return method.__func__
+    return method
+
+
+def _check_call_keywords(model: Any, keywords: Mapping[str, Any], method: Any = None) -> None:
+    """A ValueError for a call keyword the model's method has no parameter for (say
+    ``train=False`` for a ``__call__(self, x, training)``), naming the keywords it takes;
+    a method with ``**kwargs``, or one that cannot be inspected, takes any."""
+    function = _called_function(model, method)
+    try:
+        parameters = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    skipped = {p.name for p in positional[:2]}  # the module and x
+    takes = [
+        p.name
+        for p in parameters
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in skipped
+    ]
+    unknown = [name for name in keywords if name not in takes]
+    if unknown:
+        name = f"{type(model).__name__}.{getattr(function, '__name__', 'method')}"
+        raise ValueError(
+            f"flax_model: {name} takes no keyword {', '.join(f'{k}=' for k in unknown)}; "
+            f"the keywords it takes: {', '.join(takes) if takes else 'none'}"
+        )
+
+
 def flax_model(model: Any, variables: Any = None, /, **apply_kwargs: Any) -> FlaxModel:
     """A :class:`FlaxModel` for a Linen module with its variables, or an NNX module.
 
@@ -955,9 +997,11 @@ def flax_model(model: Any, variables: Any = None, /, **apply_kwargs: Any) -> Fla
         alone, not ``{'params': ...}``) or NNX with them; a truthy ``mutable`` or
         ``capture_intermediates``, which make Linen's ``apply`` return (logits, state)
         and, for ``mutable``, update batch statistics; Linen ``rngs``, which would keep
-        dropout on. A model that runs in training mode anyway (updates batch statistics,
-        needs or draws random numbers) is refused when it is first called, with the same
-        advice: pass its inference flag.
+        dropout on; a call keyword the method called (``__call__`` or Linen's
+        ``method=``) has no parameter for, unless it takes ``**kwargs``. A model that
+        runs in training mode anyway (updates batch statistics, needs or draws random
+        numbers) is refused when it is first called, with the same advice: pass its
+        inference flag.
     """
     if isinstance(model, nn.Module):
         if variables is None:
@@ -994,6 +1038,8 @@ def flax_model(model: Any, variables: Any = None, /, **apply_kwargs: Any) -> Fla
                     "pass train=False (or the model's equivalent) and leave it unset"
                 )
             kwargs.pop(option, None)
+        call_keywords = {k: v for k, v in kwargs.items() if k != "method"}
+        _check_call_keywords(model, call_keywords, kwargs.get("method"))
         return _LinenModel(model, variables, kwargs)
     if isinstance(model, nnx.Module):
         if variables is not None:
@@ -1001,6 +1047,7 @@ def flax_model(model: Any, variables: Any = None, /, **apply_kwargs: Any) -> Fla
                 "an NNX module carries its own variables: call flax_model(module, "
                 "**call_kwargs) without a variables argument"
             )
+        _check_call_keywords(model, apply_kwargs)
         return _NnxModel(model, dict(apply_kwargs))
     raise ValueError(
         "flax_model takes a Linen module with its variables or an nnx.Module, got "

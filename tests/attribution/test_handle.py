@@ -220,6 +220,31 @@ def test_linen_rngs_and_parameters_alone_are_refused(linen, x):
     assert "\n" not in str(error.value)
 
 
+def test_a_call_keyword_the_method_has_no_parameter_for_is_refused_with_those_it_has(
+    linen, linen_handle, nnx_module, x
+):
+    """A misnamed inference flag fails when the handle is made, in one line naming the
+    keywords the called method takes; a method taking **kwargs takes any."""
+    cases = [
+        (lambda: flax_model(*linen, training=False), r"LinenCNN.__call__ .*training=; .*: train$"),
+        (lambda: flax_model(nnx_module, train=False), r"NnxCNN.__call__ .*train=; .*: none$"),
+        (
+            lambda: flax_model(*linen, method="__call__", train=False, scale=2.0),
+            r"LinenCNN.__call__ takes no keyword scale=",
+        ),
+        (
+            lambda: flax_model(*linen, method=lambda mdl, x: mdl(x, train=False), train=False),
+            r"<lambda> takes no keyword train=; the keywords it takes: none$",
+        ),
+    ]
+    for make, message in cases:
+        with pytest.raises(ValueError, match=message) as error:
+            make()
+        assert "\n" not in str(error.value)
+    forwards = flax_model(*linen, method=lambda mdl, x, **kw: mdl(x, **kw), train=False)
+    close(forwards(x), linen_handle(x))
+
+
 class NnxFlagged(NnxCNN):
     """NnxCNN with a mode flag its call passes on, ported-from-Linen style: ``.eval()``
     does not override it."""
