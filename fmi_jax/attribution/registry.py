@@ -11,9 +11,12 @@ misspelt option is an error that lists the accepted ones, because a silently ign
 
 Methods that look inside the model (the CAM family, decoder-weighted attribution)
 take a model handle as `fn` (`flax_model(module, variables, train=False)` or
-`flax_model(nnx_module)`); `explainer(name, fn, model=module, variables=variables)`
-builds the Linen handle for them. Their `(N, H, W)` maps get a trailing channel axis,
-`(N, H, W, 1)`, so they line up with the input-shaped maps of the other methods.
+`flax_model(nnx_module)`). `explainer(name, fn, model=module, variables=variables)`
+builds `flax_model(module, variables)`, with no call keywords: it suits a Linen
+module whose call runs in inference mode without them; for one with a flag to set
+(`train=False`, `deterministic=True`, ...) pass the handle made with it as `fn`.
+Their `(N, H, W)` maps get a trailing channel axis, `(N, H, W, 1)`, so they line up
+with the input-shaped maps of the other methods.
 
 The layer methods (`layer_integrated_gradients`, `layer_conductance`,
 `layer_gradient_x_activation`, `internal_influence`) are registered as image maps like
@@ -707,7 +710,9 @@ def explainer(
       fn: the model function; for the methods with `METHODS[name].needs_model`, a model
         handle (`flax_model(...)`), unless `model` and `variables` are given.
       model, variables: a Linen module and its variables, turned into
-        `flax_model(model, variables)` for the methods that look inside the model.
+        `flax_model(model, variables)` for the methods that look inside the model;
+        that passes no call keywords, so for a module with an inference flag to set
+        pass `flax_model(model, variables, train=False)` (its own flag) as `fn`.
       **options: the method's keyword options (`METHODS[name].options`).
 
     The function returned carries the method's `MethodSpec` as `explain.spec`.
