@@ -24,8 +24,11 @@ weighs in with whatever its own scale is).
 Options tied to the input are transformed with it: a ``baseline`` (a number or an
 array of images) becomes ``c * F(baseline)``, and a ``feature_mask`` of pixel groups
 is mirrored with the image, so integrated gradients of a copy runs from the copy of
-its baseline and a group of pixels stays the same pixels. Every other option is passed
-on unchanged.
+its baseline and a group of pixels stays the same pixels; ``patch=s`` (the grouped
+methods' square patches) becomes that feature mask first, since patches laid out on a
+mirrored copy of an image whose width ``s`` does not divide would start from its other
+edge. Every other option is passed on unchanged: an occlusion window's grid is laid
+from the left edge of each copy.
 
 Targets: ``target=None`` is resolved once, on the clean input, so every copy explains
 the class the model predicts for ``x``. Keys: with one key, copy ``a`` gets
@@ -52,9 +55,11 @@ from fmi_jax.attribution.core import (
     as_input,
     image_size,
     minmax_scale,
+    require_key,
     resolve_target,
 )
 from fmi_jax.attribution.handle import as_flax_model
+from fmi_jax.attribution.perturbation import square_patches
 
 __all__ = ["AUGMENTATION_SCALES", "augmentation_smoothing"]
 
@@ -136,7 +141,9 @@ def augmentation_smoothing(
         if isinstance(model, (tuple, nnx.Module)):
             model = as_flax_model(model, name)
         target = resolve_target(model, x, target, batch_size=options.get("batch_size"))
-        keys = None if key is None else jnp.asarray(key)
+        keys = None if key is None else jnp.asarray(require_key(key, augmented.__name__))
+        if flip and options.get("patch") is not None and options.get("feature_mask") is None:
+            options["feature_mask"] = square_patches(x.shape[1:], options.pop("patch"))
         if keys is not None and not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
             keys = jax.random.wrap_key_data(keys)  # a legacy uint32 key, or a batch
         total = None

@@ -124,6 +124,24 @@ def test_baselines_and_feature_masks_follow_the_copies():
     np.testing.assert_allclose(got[..., 0], totals[:, mask[..., 0]], rtol=1e-4, atol=1e-5)
 
 
+def test_square_patches_of_a_mirrored_copy_are_the_same_pixels():
+    """Width 5 in patches of 2: columns {0, 1}, {2, 3}, {4}. Laid out on the mirrored
+    copy they would be {4, 3}, {2, 1}, {0} of the image; ``patch=2`` is the feature mask
+    of the image's own patches for every copy, so it equals that mask given outright."""
+    x = testdata.uniform(jax.random.key(66), (2, 4, 5, 1))
+    w = W[:4, :5, :1]
+    fn = lambda x: jnp.sum(x * w, axis=(1, 2, 3))[:, None] * jnp.array([1.0, -1.0])
+    ablation = A.METHODS["feature_ablation"].method  # takes patch=
+    smoothed = A.augmentation_smoothing(ablation, factors=(1.0,))
+    mask = A.square_patches((4, 5, 1), 2)
+    got = smoothed(fn, x, 0, patch=2)
+    np.testing.assert_allclose(got, smoothed(fn, x, 0, feature_mask=mask), rtol=1e-6)
+    # Each pixel gets its patch's total of x (W + F(W)) / 2, constant on the patch.
+    share = (np.asarray(x, np.float64) * (w + w[:, ::-1]) / 2)[..., 0]
+    totals = np.stack([np.bincount(mask.ravel(), s.ravel()) for s in share])
+    np.testing.assert_allclose(got[..., 0], totals[:, mask[..., 0]], rtol=1e-4, atol=1e-6)
+
+
 def test_bad_augmentations_are_one_line_errors():
     for factors in ((), (0.0,), (-1.0,), (True,), ("1",), 1.0):
         with pytest.raises(ValueError, match="factors must be"):
@@ -134,3 +152,5 @@ def test_bad_augmentations_are_one_line_errors():
         A.augmentation_smoothing(A.saliency, scale="max")
     with pytest.raises(ValueError, match=r"mirrors images: x must be \(N, H, W, C\)"):
         A.augmentation_smoothing(A.saliency)(lambda x: x[:, :2], jnp.ones((2, 3)), 0)
+    with pytest.raises(ValueError, match=r"\(saliency\): key must be a PRNG key, got int 5"):
+        A.augmentation_smoothing(A.saliency)(linear, jnp.ones((1, 5, 6, 2)), 0, key=5)
