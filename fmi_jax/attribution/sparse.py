@@ -124,6 +124,7 @@ def decoder_weighted(
       float32 maps shaped like ``x``.
     """
     refuse_baseline(baseline, "decoder_weighted")
+    x = as_input(x)
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
     contributions = code_contributions(model, x, target)

@@ -90,6 +90,12 @@ def test_decoder_weighted_through_the_registry_and_its_errors():
         )
     )(x)
     np.testing.assert_allclose(by_name, direct, rtol=1e-6)
+    # Like every method, it takes anything array-like.
+    np.testing.assert_allclose(
+        A.decoder_weighted((model, variables), np.asarray(x).tolist(), 0),
+        A.decoder_weighted((model, variables), x, 0),
+        rtol=1e-6,
+    )
     with pytest.raises(ValueError, match="decoder_weighted looks inside the model"):
         A.explainer("decoder_weighted", fn)
     with pytest.raises(ValueError, match="normalize must be one of"):
