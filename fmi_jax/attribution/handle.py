@@ -26,11 +26,9 @@ Layers are named by their module path, ``'/'``-joined (``'conv2'``, ``'block/con
 ``'blocks/0/conv'`` for the first entry of a list of NNX modules). The candidates,
 listed by :meth:`FlaxModel.layer_names` in call order, are the submodules whose
 ``__call__`` returns an ``(N, h, w, K)`` array exactly once per forward pass and whose
-output :meth:`FlaxModel.capture` can hand back. Asking for any other layer is a
-one-line ``ValueError`` that says why (unknown, called several times, hidden inside a
-transform, or a general dense layer that splits its features into two axes, such as
-attention's query, key and value, whose ``(N, tokens, heads, head_dim)`` output has no
-image rows and columns), raised before any array is built from the layer's shape. A pass with
+output :meth:`FlaxModel.capture` can hand back; asking for any other layer is a one-line
+``ValueError`` that says why (unknown, called several times, hidden inside a transform)
+raised before any array is built from the layer's shape. A pass with
 :func:`jax.eval_shape` finds the layers and counts their calls (cached per input shape).
 
 How a layer is captured:
@@ -367,27 +365,6 @@ def _refusal(info: _Layer) -> str | None:
     return None
 
 
-def _not_an_image_plane(module: Any) -> str | None:
-    """Why an ``(N, a, b, K)`` output of ``module`` has no image rows and columns, if it
-    has none: a general dense layer that splits its features into two axes turns a
-    sequence ``(N, tokens, D)`` into ``(N, tokens, heads, head_dim)`` (attention's
-    query, key and value), so resizing its axes 1 and 2 onto the image would paint
-    tokens as rows and heads as columns."""
-    if isinstance(module, nn.DenseGeneral):
-        features = module.features
-    elif isinstance(module, nnx.LinearGeneral):
-        features = module.out_features
-    else:
-        return None
-    if isinstance(features, int) or len(tuple(features)) != 2:
-        return None
-    return (
-        f"is a {type(module).__name__} that splits its features into two axes, as "
-        "attention's query, key and value do ((N, tokens, heads, head_dim)): its axes 1 "
-        "and 2 are not an image's rows and columns; pick a layer with an image-shaped output"
-    )
-
-
 def _zero_first_input(
     call: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], layer: str
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -615,7 +592,6 @@ class _LinenModel(FlaxModel):
         # sown values (threaded out of the transforms by Flax) say what capture gets.
         seen: dict[tuple[str, ...], list[tuple[int, ...]]] = {}
         types: dict[tuple[str, ...], type] = {}
-        planes: dict[tuple[str, ...], str | None] = {}
 
         def record(next_fun, args, kwargs, context):
             out = next_fun(*args, **kwargs)
@@ -623,7 +599,6 @@ class _LinenModel(FlaxModel):
             if context.method_name == "__call__" and path and getattr(out, "ndim", 0) == 4:
                 seen.setdefault(path, []).append(tuple(out.shape))
                 types[path] = type(context.module)
-                planes[path] = _not_an_image_plane(context.module)
                 context.module.sow(_CAPTURE, _NAME, out)
             return out
 
@@ -656,7 +631,6 @@ class _LinenModel(FlaxModel):
                     calls=len(values),
                     shape=tuple(values[0].shape),
                     dtype=values[0].dtype,
-                    problem=planes[path],
                     module_type=types[path],
                 )
         return table
@@ -884,14 +858,12 @@ class _NnxModel(FlaxModel):
         names: list[str] = []
 
         types: dict[str, type] = {}
-        planes: dict[str, str | None] = {}
 
         def forward(x):
             model = _nnx_copy(self._static, self._weights)
             modules = _submodules(model)
             names.extend(modules)
             types.update({name: type(m) for name, m in modules.items()})
-            planes.update({name: _not_an_image_plane(m) for name, m in modules.items()})
 
             def recorder(name):
                 def hook(out, at_zero):
@@ -912,11 +884,7 @@ class _NnxModel(FlaxModel):
             maps = [out for out in outs if out is not None and out.ndim == 4]
             if maps:
                 table[name] = _Layer(
-                    len(outs),
-                    tuple(maps[0].shape),
-                    maps[0].dtype,
-                    problem=planes[name],
-                    module_type=types[name],
+                    len(outs), tuple(maps[0].shape), maps[0].dtype, module_type=types[name]
                 )
         # Modules the forward pass never called: the hooks see only calls made on the
         # copy itself, not on the copies NNX transforms make of it.

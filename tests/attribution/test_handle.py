@@ -486,47 +486,6 @@ def test_a_layer_called_twice_is_refused_before_any_shape_arithmetic(kind, x):
         handle.capture(x, "shared", jnp.zeros((4, 8, 8, CHANNELS)))
 
 
-class LinenPatchAttention(nn.Module):
-    """Patches (a conv: an image plane) then self-attention over the 16 tokens, whose
-    query, key and value are (N, tokens, heads, head_dim): four axes, no image."""
-
-    @nn.compact
-    def __call__(self, x):
-        x = nn.Conv(8, (2, 2), strides=(2, 2), name="patch")(x)
-        tokens = x.reshape(x.shape[0], -1, 8)
-        tokens = nn.MultiHeadDotProductAttention(2, name="attn")(tokens)
-        return nn.Dense(CLASSES, name="head")(tokens.mean(axis=1))
-
-
-class NnxPatchAttention(nnx.Module):
-    def __init__(self, rngs: nnx.Rngs):
-        self.patch = nnx.Conv(CHANNELS, 8, (2, 2), strides=(2, 2), rngs=rngs)
-        self.attn = nnx.MultiHeadAttention(2, 8, decode=False, rngs=rngs)
-        self.head = nnx.Linear(8, CLASSES, rngs=rngs)
-
-    def __call__(self, x):
-        x = self.patch(x)
-        tokens = x.reshape(x.shape[0], -1, 8)
-        return self.head(self.attn(tokens).mean(axis=1))
-
-
-@pytest.mark.parametrize("kind", ["linen", "nnx"])
-def test_attention_projections_are_not_image_planes(kind, x):
-    # Resizing (tokens, heads) onto the image would give CAMs and FullGrad's bias terms
-    # a grid that is no image: the projections are refused, the patches stay.
-    if kind == "linen":
-        model = LinenPatchAttention()
-        handle = flax_model(model, linen_variables(model, x))
-    else:
-        handle = flax_model(nnx_module_of(NnxPatchAttention))
-    assert handle.layer_names(x) == ("patch",)
-    refused = handle.refused_layers(x)
-    assert sorted(refused) == ["attn/key", "attn/query", "attn/value"]
-    message = "layer 'attn/query' of .* splits its features into two axes.* not an image's rows"
-    with pytest.raises(ValueError, match=message):
-        handle.capture(x, "attn/query")
-
-
 class Block(nn.Module):
     @nn.compact
     def __call__(self, x):
