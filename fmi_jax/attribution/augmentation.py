@@ -72,10 +72,11 @@ def _mirrored(value: Any, mirror: bool) -> Any:
     second-to-last axis whenever it has two or more (``(W, C)``, ``(H, W, C)``,
     ``(N, H, W, C)``, a batch of references ``(K, H, W, C)``); numbers and vectors over
     the channels as given."""
-    array = jnp.asarray(value)
+    # A concrete mask stays concrete (NumPy): the grouped methods read it on the host.
+    array = value if isinstance(value, np.ndarray) else jnp.asarray(value)
     if not mirror or array.ndim < 2:
         return array
-    return jnp.flip(array, axis=-2)
+    return np.flip(array, axis=-2) if isinstance(array, np.ndarray) else jnp.flip(array, axis=-2)
 
 
 def augmentation_smoothing(
