@@ -102,13 +102,16 @@ def _baseline_rows(method: Method, baseline: Any, x: Array) -> Array | None:
     not at all. Shared are a scalar, one example's shape (``x.shape[1:]`` or
     ``(1, ...)``), a tuple of baselines (XRAI averages over them) and the reference
     distribution of a method marked ``baseline_is_distribution`` (GradientSHAP),
-    whatever its length. A baseline that does not broadcast to ``x`` is a ValueError
-    that names the caller's shapes (:func:`~fmi_jax.attribution.core.as_baseline`)."""
+    whatever its length; so is an array of another length, which a wrapper of a
+    distribution method passes on whole. A per-example baseline that does not broadcast
+    to ``x`` is a ValueError that names the caller's shapes
+    (:func:`~fmi_jax.attribution.core.as_baseline`)."""
     if baseline is None or isinstance(baseline, tuple) or baseline_is_distribution(method):
         return None
-    rows = as_baseline(baseline, x)
     shape = jnp.shape(baseline)
-    return rows if len(shape) == x.ndim and shape[0] != 1 else None
+    if len(shape) != x.ndim or shape[0] != x.shape[0] or shape[0] == 1:
+        return None  # shared, or a set of references a wrapper passes on whole
+    return as_baseline(baseline, x)
 
 
 def noise_tunnel(
