@@ -85,7 +85,7 @@ def test_maps_with_nan_are_refused_not_averaged_away():
         evaluation.overlap_matrix({"a": good, "b": bad})
 
 
-def test_a_correlation_with_nan_or_inf_is_nan_as_in_scipy():
+def test_a_correlation_with_nan_or_inf_is_nan():
     # Ranks alone would place NaN last and give a finite rank correlation (0.3 here).
     a = jnp.array(
         [[1.0, np.nan, 2.0, 5.0, 3.0], [1.0, np.inf, 2.0, 5.0, 3.0], [1.0, 4.0, 2.0, 5.0, 3.0]]

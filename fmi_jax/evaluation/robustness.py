@@ -19,7 +19,7 @@ default perturbation for infidelity; ``perturbation='gaussian'`` here draws
 ``I ~ N(0, stdev^2)`` independently per feature, with ``stdev=0.003`` by default (the
 perturbation of Captum's ``infidelity`` docstring example,
 ``noise = np.random.normal(0, 0.003, inputs.shape); return noise, inputs - noise``).
-Any other distribution is a callable ``perturb(key, x_i) -> (I, x_i - I)`` on one
+Any other distribution is a callable ``perturb(key, x_i) -> (I, perturbed x_i)`` on one
 example. Since ``f(x) - f(x - I) = grad f(x)^T I + O(|I|^2)``, the gradient (saliency
 without ``abs``) is the attribution with the least infidelity under small real-valued
 noise, and for a linear model ``f(x) = w^T x + b`` it is exact: ``phi = w`` gives 0.
@@ -228,7 +228,7 @@ def _resolve_perturb(perturbation: str | Perturb, stdev: float) -> Perturb:
         return functools.partial(gaussian_perturbation, stdev=_as_scale(stdev, "stdev"))
     raise ValueError(
         f"unknown perturbation {perturbation!r}; use 'gaussian' or a callable "
-        "perturb(key, x_i) -> (I, x_i - I)"
+        "perturb(key, x_i) -> (I, perturbed x_i)"
     )
 
 
@@ -330,7 +330,7 @@ def infidelity(
         noise, perturbed = jax.vmap(perturb)(sample_keys(keys, example, sample), x[example])
         if noise.shape != perturbed.shape or noise.shape[1:] != x.shape[1:]:
             raise ValueError(
-                f"perturb must return (I, x_i - I) shaped like one example {x.shape[1:]}, "
+                f"perturb must return (I, perturbed x_i) shaped like one example {x.shape[1:]}, "
                 f"got shapes {noise.shape[1:]} and {perturbed.shape[1:]}"
             )
         a = jnp.sum((noise * attributions[example]).reshape(noise.shape[0], -1), axis=1)
