@@ -192,6 +192,9 @@ def test_the_shipped_training_configs_are_valid():
         ("optimizer", "SGD", r"config\.optimizer: unknown optimizer 'SGD'; choose one of adamw, adam, sgd"),
         ("schedule", "cosin", r"config\.schedule: unknown schedule 'cosin'; choose one of constant, cosine"),
         ("augment.crop", 2, r"config\.augment has no field 'crop'; its fields are flip, crop_padding, erasing"),
+        ("model.features", (8, 0), r"config\.model\.features must be a list of integers >= 1, got \(8, 0\)"),
+        ("model.dense", (-32,), r"config\.model\.dense must be a list of integers >= 1, got \(-32,\)"),
+        ("model.kernel_size", 0, r"config\.model\.kernel_size must be an integer >= 1, got 0"),
     ],
 )  # fmt: skip
 def test_each_rule_names_the_field_and_what_it_allows(synthetic_config, field, value, message):
@@ -199,6 +202,25 @@ def test_each_rule_names_the_field_and_what_it_allows(synthetic_config, field, v
     with pytest.raises(ValueError, match=message) as info:
         validation.validate_train_config(config)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ({"name": "cnn_tunable", "dense_width": -4}, r"config\.model\.dense_width must be an integer >= 1, got -4"),
+        ({"name": "cnn_tunable", "conv2_filters": 0}, r"config\.model\.conv2_filters must be an integer >= 1, got 0"),
+        ({"name": "resnet", "filters": -8}, r"config\.model\.filters must be an integer >= 1, got -8"),
+        ({"name": "resnet", "num_blocks": 0}, r"config\.model\.num_blocks must be an integer >= 1, got 0"),
+        ({"name": "sae_classifier", "hidden": [512, 0]}, r"config\.model\.hidden must be a list of integers >= 1"),
+        ({"name": "k_sparse_autoencoder", "latents": 0}, r"config\.model\.latents must be an integer >= 1, got 0"),
+    ],
+)  # fmt: skip
+def test_a_layer_size_below_one_is_refused(model, message):
+    # Such a model has no layer to build: flax fails in its init, after the data loaded.
+    with pytest.raises(ValueError, match=message):
+        validation.validate_train_config({"model": model})
+    sizes = {k: (8, 4) if k == "hidden" else 8 for k in model if k != "name"}
+    validation.validate_train_config({"model": {"name": model["name"], **sizes}})
 
 
 def test_adam_with_weight_decay_is_refused_as_it_would_ignore_it(synthetic_config):

@@ -27,6 +27,21 @@ _AUGMENT_FIELDS = tuple(
     if p.kind is p.KEYWORD_ONLY
 )
 
+# The registered models' layer sizes (fmi_jax/models/__init__.py): a width, filter
+# count, kernel size or block count below 1 builds no layer (flax fails inside the
+# model's init with a TypeError, after the data is loaded).
+_MODEL_SIZES = (
+    "conv1_filters",
+    "conv2_filters",
+    "dense_width",
+    "filters",
+    "filter_size",
+    "kernel_size",
+    "num_blocks",
+    "latents",
+)
+_MODEL_WIDTH_LISTS = ("features", "dense", "hidden")
+
 __all__ = ["ConfigValueError", "require_at_least", "validate_train_config"]
 
 
@@ -84,7 +99,8 @@ def validate_train_config(config: Any) -> None:
     """Raises ConfigValueError (a ValueError) naming the first bad field of a training
     config: batch_size, eval_batch_size and steps_per_dispatch positive integers,
     num_epochs >= 1, learning_rate a number > 0, model.name and data.name registered
-    names; label_smoothing and model.dropout in [0, 1), augment.erasing in [0, 1];
+    names; the model's layer widths, filter counts, kernel sizes and block count
+    integers >= 1; label_smoothing and model.dropout in [0, 1), augment.erasing in [0, 1];
     warmup_epochs, weight_decay, grad_clip_norm, augment.crop_padding and
     data.split_seed >= 0; no weight_decay with optimizer 'adam', which would ignore it;
     optimizer and schedule registered names; augment's fields those of ``augment``.
@@ -105,6 +121,7 @@ def validate_train_config(config: Any) -> None:
     # penalty, or a setting silently treated as off.
     _fraction(config, "label_smoothing", "config", closed=False)
     _fraction(config.get("model") or {}, "dropout", "config.model", closed=False)
+    _model_sizes(config.get("model") or {})
     _fraction(config.get("augment") or {}, "erasing", "config.augment", closed=True)
     for field in ("warmup_epochs", "weight_decay", "grad_clip_norm"):
         require_at_least(config, field, 0, integer=False, optional=True)
@@ -140,3 +157,20 @@ def _fraction(section: Any, field: str, where: str, *, closed: bool) -> None:
     if not _is_real(value) or not (0 <= value <= 1 if closed else 0 <= value < 1):
         bounds = "[0, 1]" if closed else "[0, 1)"
         raise ConfigValueError(f"{where}.{field} must be a number in {bounds}, got {value!r}")
+
+
+def _model_sizes(model: Any) -> None:
+    """The model's layer sizes that it has: integers >= 1, and each entry of a width
+    list (``features``, ``dense``, ``hidden``) too."""
+    if not hasattr(model, "get"):
+        return
+    for field in _MODEL_SIZES:
+        require_at_least(model, field, 1, where="config.model", optional=True)
+    for field in _MODEL_WIDTH_LISTS:
+        widths = model.get(field)
+        if widths is None:
+            continue
+        if not isinstance(widths, (list, tuple)) or not all(_is_int(w) and w >= 1 for w in widths):
+            raise ConfigValueError(
+                f"config.model.{field} must be a list of integers >= 1, got {widths!r}"
+            )
