@@ -148,6 +148,13 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
             if message is None:
                 raise
             raise flags.IllegalFlagValueError(message) from error
+        except OSError as error:
+            # A `--config.<field>` override of a config file that did not load: the
+            # override reaches the deferred load error while the flags are parsed.
+            message = _unloaded_config(error, argv)
+            if message is None:
+                raise
+            raise flags.IllegalFlagValueError(message) from error
         _load_configs_now()
         return args
 
@@ -161,8 +168,27 @@ def _load_configs_now() -> None:
             continue
         error = getattr(value, "_error", None)
         if isinstance(error, OSError):
-            reason = str(error).strip().splitlines()[-1].strip()
-            raise flags.IllegalFlagValueError(f"--{name}: cannot load the config file: {reason}")
+            raise flags.IllegalFlagValueError(_cannot_load(name, error))
+
+
+def _cannot_load(name: str, error: BaseException) -> str:
+    """The line for config flag `name` whose file did not load with `error`."""
+    reason = str(error).strip().splitlines()[-1].strip()
+    return f"--{name}: cannot load the config file: {reason}"
+
+
+def _unloaded_config(error: OSError, argv: Sequence[str]) -> str | None:
+    """The message for an override `--config.a=v` of a config file that did not load
+    (ml_collections raises OSError from the loading error), or None when `error` is
+    not that."""
+    cause = error.__cause__
+    if not isinstance(cause, OSError) or "earlier failure to load" not in str(error):
+        return None
+    for arg in argv[1:]:
+        override = re.match(r"^--?(\w+)\.", arg)
+        if override is not None and override.group(1) in flags.FLAGS:
+            return _cannot_load(override.group(1), cause)
+    return None
 
 
 def _verbose(argv: Sequence[str] | None) -> bool:

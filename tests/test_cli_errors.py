@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HINT = "(run with --verbose for the traceback)"
 
 
-def _train(tmp_path, *overrides, as_file=False, verbose_env=False):
+def _train(tmp_path, *overrides, as_file=False, verbose_env=False, config=None):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "FMI_JAX_VERBOSE")}
     if verbose_env:
         env["FMI_JAX_VERBOSE"] = "1"
@@ -31,7 +31,7 @@ def _train(tmp_path, *overrides, as_file=False, verbose_env=False):
         [
             sys.executable,
             *start,
-            f"--config={ROOT / 'configs' / 'cnn_fmnist.py'}:smoke",
+            f"--config={config or ROOT / 'configs' / 'cnn_fmnist.py'}:smoke",
             f"--workdir={tmp_path / 'run'}",
             *overrides,
         ],
@@ -64,6 +64,18 @@ def test_expected_errors_are_one_line_and_exit_2(tmp_path, override, as_file, ex
     line = _one_error_line(_train(tmp_path, override, as_file=as_file))
     assert re.search(expected, line), line
     assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+@pytest.mark.parametrize("overrides", [(), ("--config.num_epochs=2",)], ids=["alone", "override"])
+def test_a_config_file_that_does_not_load_is_one_line_and_exit_2(tmp_path, overrides):
+    # An override makes ml_collections meet the load error while it parses the flags.
+    missing = tmp_path / "nope.py"
+    line = _one_error_line(_train(tmp_path, *overrides, config=missing))
+    assert line == (
+        "error: --config: cannot load the config file: "
+        f"[Errno 2] No such file or directory: '{missing}'"
+    )
+    assert not (tmp_path / "run").exists()
 
 
 def test_verbose_shows_the_traceback(tmp_path):
