@@ -63,8 +63,8 @@ def test_markdown_table_format():
 
 @pytest.fixture
 def smoke_study(synthetic_config):
-    def make():
-        config = configs.load("tune_resnet", "smoke")
+    def make(name="tune_resnet"):
+        config = configs.load(name, "smoke")
         base = synthetic_config()
         config.trial.data = base.data
         config.trial.augment = base.augment
@@ -72,6 +72,39 @@ def smoke_study(synthetic_config):
         return config
 
     return make
+
+
+@pytest.mark.parametrize(
+    "name, grid, final, message",
+    [
+        # The second point's value: refused before the first point trains.
+        ("tune_resnet", {"model": {"dropout": (0.0, 1.5)}}, None,
+         r"^grid point dropout-1\.5: config\.model\.dropout must be a number in \[0, 1\), got 1\.5$"),
+        ("tune_cnn", {"model": {"dense_width": (16, -4)}}, None,
+         r"^grid point dense_width--4: config\.model\.dense_width must be an integer >= 1, got -4$"),
+        # `final` is applied only after every trial trained: its values and paths are
+        # checked for every point (any may be the best) before the first.
+        ("tune_resnet", None, {"num_epochs": 1, "weight_decay": -1.0},
+         r"^the retrain of grid point num_blocks-1_filters-4 with config\.final: "
+         r"config\.weight_decay must be a number >= 0, got -1\.0$"),
+        ("tune_resnet", None, {"num_epoch": 1},
+         r"final path 'num_epoch': the trial config has no 'num_epoch' there"),
+        # One point of no values would write its run into trials/ itself.
+        ("tune_resnet", {}, None, r"^the grid is empty: give it at least one path"),
+    ],
+)  # fmt: skip
+def test_bad_trial_or_final_values_are_refused_before_anything_is_written(
+    tmp_path, smoke_study, name, grid, final, message
+):
+    config = smoke_study(name)
+    if grid is not None:
+        config.grid = grid
+    if final is not None:
+        config.final = final
+    with pytest.raises(ValueError, match=message) as error:
+        studies.run_tune(config, tmp_path / "study")
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "study").exists()
 
 
 @pytest.mark.slow

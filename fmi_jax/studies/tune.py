@@ -28,6 +28,10 @@ and writes under `workdir`:
                      accelerator chose its epoch and wrote train_summary.json in
                      bfloat16, so the two can differ in the last digits.
 
+Before anything is written, every trial's config and every point's retrain config
+(`final` applied) pass the checks training runs first (`validate_train_config`), so
+a bad value in one point of the grid, or in `final`, is refused up front.
+
 Re-running resumes: finished trials are read, not retrained; an interrupted trial
 resumes from its checkpoint. A trial folder that holds a run of another config is
 an error (nothing is overwritten). The grid may change between runs (a wider grid
@@ -59,6 +63,7 @@ from fmi_jax.studies import figures
 from fmi_jax.train import evaluate as evaluate_lib
 from fmi_jax.train import loop as loop_lib
 from fmi_jax.train.input_pipeline import to_float
+from fmi_jax.train.validation import validate_train_config
 
 __all__ = ["TuneResult", "grid_points", "run_tune", "trial_config", "trial_name"]
 
@@ -86,6 +91,12 @@ def grid_points(grid: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Every combination of the grid's values, as {'model.filters': 32, ...} dicts, in
     the order of the grid's paths (the last path varies fastest)."""
     flat = _flatten(runs.plain(grid))
+    if not flat:
+        # One point of no values, named '': its run would land in trials/ itself.
+        raise ValueError(
+            "the grid is empty: give it at least one path with a list of values, "
+            "e.g. grid.model.filters=(32, 64)"
+        )
     for path, values in flat.items():
         if not isinstance(values, (list, tuple)) or not values:
             raise ValueError(f"grid.{path} must be a non-empty list of values, got {values!r}")
@@ -131,6 +142,28 @@ def trial_config(
     for path, value in _flatten(runs.plain(overrides or {})).items():
         _set(config, path, value, "final")
     return config
+
+
+def _validate(
+    config: ml_collections.ConfigDict,
+    points: Sequence[Mapping[str, Any]],
+    names: Sequence[str],
+    trials: Sequence[ml_collections.ConfigDict],
+) -> None:
+    """Refuses, before anything is trained, a trial config or a retrain config (any
+    point may turn out the best) that training would refuse: a bad value in one point
+    of the grid, or a path or value in `final`, would otherwise surface only when its
+    run starts, after the trials before it trained."""
+    retrain = config.get("retrain", True)
+    for point, name, trial in zip(points, names, trials):
+        what = f"grid point {name}"
+        try:
+            validate_train_config(trial)
+            if retrain:
+                what = f"the retrain of grid point {name} with config.final"
+                validate_train_config(trial_config(config.trial, point, config.get("final")))
+        except ValueError as error:
+            raise type(error)(f"{what}: {error}") from None
 
 
 def _check_trial_dir(path: Path, config: ml_collections.ConfigDict) -> None:
@@ -209,10 +242,11 @@ def run_tune(config: ml_collections.ConfigDict, workdir: str | Path) -> TuneResu
     """Runs the study described in the module docstring."""
     workdir = Path(workdir)
     points = grid_points(config.grid)
-    configs = [trial_config(config.trial, p) for p in points]  # validates every path first
+    configs = [trial_config(config.trial, p) for p in points]
     names = [trial_name(p) for p in points]
     if len(set(names)) != len(names):
         raise ValueError(f"grid points with the same folder name: {names}")
+    _validate(config, points, names, configs)
     if configs[0].get("task", "classification") != "classification" or not int(
         configs[0].data.get("validation_size") or 0
     ):
