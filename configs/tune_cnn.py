@@ -11,6 +11,7 @@ train, validation and test. `:smoke` is a two-trial study of seconds.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from configs import cnn_fmnist
 
@@ -42,7 +43,7 @@ def get_config(arg=None):
     # The best configuration is retrained from scratch with these overrides.
     # Trials may screen on a subset (--config.trial.data.train_limit=10000); the best is
     # retrained on the whole training split.
-    config.final = {"num_epochs": 30, "data": {"train_limit": None}}
+    config.final = {"num_epochs": 30, "data": {"train_limit": config_dict.placeholder(int)}}
     config.retrain = True
     config.layer_cam = {"method": "grad_cam", "samples": 8}
     if arg == "smoke":

@@ -9,6 +9,7 @@ random erasing, label smoothing and a one-cycle learning rate; bfloat16 compute
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from configs import cnn_fmnist
 
@@ -38,7 +39,7 @@ def get_config(arg=None):
     config.grid = {"model": {"num_blocks": (3, 4, 5), "filters": (32, 64)}}
     # Trials may screen on a subset (--config.trial.data.train_limit=10000); the best is
     # retrained on the whole training split.
-    config.final = {"num_epochs": 40, "data": {"train_limit": None}}
+    config.final = {"num_epochs": 40, "data": {"train_limit": config_dict.placeholder(int)}}
     config.retrain = True
     config.layer_cam = {"method": "grad_cam", "samples": 8}
     if arg == "smoke":

@@ -3,11 +3,14 @@ trials, and a two-trial smoke study end to end on synthetic data."""
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
 import configs
-from fmi_jax import studies
+from fmi_jax import runs, studies
 from fmi_jax.studies import tune
 
 
@@ -105,6 +108,37 @@ def test_bad_trial_or_final_values_are_refused_before_anything_is_written(
         studies.run_tune(config, tmp_path / "study")
     assert "\n" not in str(error.value)
     assert not (tmp_path / "study").exists()
+
+
+# ml_collections loads config files with importlib's deprecated load_module().
+@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
+@pytest.mark.parametrize("name", ["tune_cnn", "tune_resnet"])
+def test_the_final_train_limit_is_an_int_field_the_command_line_sets(tmp_path, name):
+    """`final.data.train_limit` is None in the full configs (the best is retrained on
+    the whole training split) and an int field, so the command line can screen the
+    retrain on a subset too; a run recorded with either value resumes."""
+    path = str(Path(configs.__file__).parent / f"{name}.py")
+    parsed = {}
+    for limit in (None, 10_000):
+        override = [] if limit is None else [f"--config.final.data.train_limit={limit}"]
+        argv = ["prog", f"--config={path}", *override]
+        values = flags.FlagValues()
+        config_flags.DEFINE_config_file(
+            "config", None, "", flag_values=values, lock_config=True, sys_argv=argv
+        )
+        values(argv)
+        config = values.config
+        assert config.final.data.train_limit == limit
+        point = tune.grid_points(config.grid)[0]
+        parsed[limit] = retrain = tune.trial_config(config.trial, point, config.final)
+        assert retrain.data.train_limit == limit
+        folder = tmp_path / str(limit)
+        folder.mkdir()
+        runs.write_json_atomic(folder / runs.CONFIG_FILE, runs.plain(retrain))
+        assert json.loads((folder / runs.CONFIG_FILE).read_text())["data"]["train_limit"] == limit
+        assert runs.check(folder, retrain, has_results=True) == {}  # the same config resumes
+    with pytest.raises(ValueError, match=r"data\.train_limit: null -> 10000"):
+        runs.check(tmp_path / "None", parsed[10_000], has_results=True)
 
 
 @pytest.mark.slow
