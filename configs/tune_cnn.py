@@ -47,6 +47,7 @@ def get_config(arg=None):
     config.retrain = True
     config.layer_cam = {"method": "grad_cam", "samples": 8}
     if arg == "smoke":
+        trial.num_epochs = 1  # the epochs set above replaced the smoke shrink's
         trial.model.conv1_filters = 8
         trial.model.conv2_filters = 8
         config.grid = {"model": {"dense_width": (16, 32)}}

@@ -43,6 +43,7 @@ def get_config(arg=None):
     config.retrain = True
     config.layer_cam = {"method": "grad_cam", "samples": 8}
     if arg == "smoke":
+        trial.num_epochs = 1  # the epochs set above replaced the smoke shrink's
         config.grid = {"model": {"num_blocks": (1, 2), "filters": (4,)}}
         config.final.num_epochs = 1
         config.final.data.train_limit = 256

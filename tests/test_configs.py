@@ -21,8 +21,11 @@ def test_config_loads_and_builds_its_model(name, arg):
     if "model" in config:
         kwargs = {k: v for k, v in config.model.items() if k != "name"}
         models.get_model(config.model.name, **kwargs)
-    if arg == "smoke" and "num_epochs" in config:
-        assert config.num_epochs <= 2
+    if arg == "smoke":
+        # A run of seconds: a tuning study's trials and its retrain too.
+        for part in (config, config.get("trial"), config.get("final")):
+            if part is not None and "num_epochs" in part:
+                assert part.num_epochs <= 2
 
 
 def test_unknown_variant_is_an_error():
