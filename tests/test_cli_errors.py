@@ -53,7 +53,7 @@ def _one_error_line(proc) -> str:
 @pytest.mark.parametrize(
     "override, as_file, expected",
     [
-        # Refused by validate_train_config before the workdir is made (was: KeyError 'loss').
+        # Refused by validate_train_config before the workdir is made.
         ("--config.batch_size=-32", False, r"config\.batch_size must be an integer >= 1, got -32"),
         # Raised by ml_collections inside absl's flag parsing, before main runs.
         ("--config.nonexistent=1", True, r"--config\.nonexistent=1: config has no field 'nonexistent'"),
