@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fmi_jax.attribution import (
+    deeplift_shap,
     gradient_shap,
     integrated_gradients,
     noise_tunnel,
@@ -353,3 +354,14 @@ def test_a_distribution_bound_with_functools_partial_is_still_shared():
     )(X, KEY)
     for result in got:
         np.testing.assert_allclose(result, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_a_wrapper_passes_a_reference_set_of_another_length_on_whole():
+    """A wrapper of a distribution method (here a plain lambda, which carries no
+    ``baseline_is_distribution``) gets M != N references whole: they are not x's rows."""
+    references = jnp.stack([X[0] * 0.5, -X[1]])  # two references for three examples
+    wrapped = noise_tunnel(lambda *a, **k: deeplift_shap(*a, **k), samples=2, stdev=0.0)
+    expected = deeplift_shap(quadratic, X, 0, baseline=references)
+    for batch_size in (None, 2):
+        got = wrapped(quadratic, X, 0, key=KEY, baseline=references, batch_size=batch_size)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
