@@ -15,10 +15,11 @@ example's map, and return one value per example; `correlation_matrix` and
 
 Constant maps have no defined correlation and no top features: the result is NaN for
 that example, which the averaging in `correlation_matrix` skips (and counts). A map
-holding NaN or Inf has no defined correlation either: `pearson` and `spearman` give NaN
-for that example (ranks alone would place a NaN last and hide it; `scipy.stats.spearmanr`
-also gives NaN for a NaN, though it ranks an Inf), and `topk_overlap` and the matrices refuse it,
-since their averages would skip its NaN unnoticed.
+holding NaN or Inf has no defined correlation either: `pearson` and `spearman` give
+NaN for that example (ranks alone would place a NaN last and hide it;
+`scipy.stats.spearmanr` also gives NaN for a NaN, though it ranks an Inf), and
+`topk_overlap` and the matrices refuse it, since their averages would skip its NaN
+unnoticed.
 """
 
 from __future__ import annotations

@@ -330,8 +330,8 @@ def infidelity(
         noise, perturbed = jax.vmap(perturb)(sample_keys(keys, example, sample), x[example])
         if noise.shape != perturbed.shape or noise.shape[1:] != x.shape[1:]:
             raise ValueError(
-                f"perturb must return (I, perturbed x_i) shaped like one example {x.shape[1:]}, "
-                f"got shapes {noise.shape[1:]} and {perturbed.shape[1:]}"
+                "perturb must return (I, perturbed x_i) shaped like one example "
+                f"{x.shape[1:]}, got shapes {noise.shape[1:]} and {perturbed.shape[1:]}"
             )
         a = jnp.sum((noise * attributions[example]).reshape(noise.shape[0], -1), axis=1)
         b = clean[example] - select_target(fn(perturbed), target[example])
