@@ -142,7 +142,8 @@ each is scaled after it, so that every layer's map spans ``[0, 1]`` on the image
 
 The layer is named by its module path, ``'/'``-joined (``'conv2'``, ``'conv2/conv'``,
 ``'stage1/block0'``); :func:`layer_names` lists the candidates (every submodule whose
-call returns an ``(N, h, w, K)`` array). The CAMs look inside the model, so they take a
+call returns an ``(N, h, w, K)`` array with the image's rows and columns on axes 1 and 2;
+attention's query, key and value, ``(N, tokens, heads, head_dim)``, are refused). The CAMs look inside the model, so they take a
 model handle instead of a plain function: ``flax_model(module, variables, train=False)``
 for Linen, ``flax_model(nnx_module)`` for NNX (:mod:`fmi_jax.attribution.handle`); a
 ``(module, variables)`` tuple and an ``nnx.Module`` are accepted as shorthands. The
@@ -190,7 +191,7 @@ from fmi_jax.attribution.core import (
     select_target,
     sum_over_samples,
 )
-from fmi_jax.attribution.handle import activation_and_gradient, as_flax_model, layer_call
+from fmi_jax.attribution.handle import activation_and_gradient, as_flax_model, image_layer_call
 
 #: The registry names of the CAM methods in this module, gradient CAMs first.
 CAM_METHODS = (
@@ -230,7 +231,7 @@ def layer_names(model: Any, x: Array) -> tuple[str, ...]:
     ``model`` is a model handle (:func:`~fmi_jax.attribution.flax_model`), a
     ``(linen_module, variables)`` tuple or an ``nnx.Module``.
     """
-    return as_flax_model(model, "layer_names").layer_names(as_input(x))
+    return as_flax_model(model, "layer_names").layer_names(as_input(x), images_only=True)
 
 
 class _GradientCam(Protocol):
@@ -274,9 +275,10 @@ def _finish(maps: Array, shape: tuple[int, ...], relu: bool, upsample: bool) -> 
 def _cam_call(
     model: Any, x: Any, layer: str, method: str, batch_size: int | None, upsample: bool
 ) -> tuple[Any, Array, tuple[int, ...]]:
-    """:func:`layer_call`, and, for maps resized to the input, the input's image plane
+    """:func:`~fmi_jax.attribution.handle.image_layer_call` (the layer's axes 1 and 2 are
+    image rows and columns), and, for maps resized to the input, the input's image plane
     checked (a channels-first batch is refused before anything runs)."""
-    handle, x, shape = layer_call(model, x, layer, method, batch_size)
+    handle, x, shape = image_layer_call(model, x, layer, method, batch_size)
     if upsample:
         image_size(x, method)
     return handle, x, shape

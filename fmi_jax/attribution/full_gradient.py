@@ -123,7 +123,9 @@ def _affine(module_type: type | None) -> bool:
 def bias_layers(model: Any, x: Array) -> tuple[str, ...]:
     """The affine layers of ``model`` (:data:`AFFINE_LAYER_TYPES`: convolutions, batch
     norms, dense layers) with an ``(N, h, w, K)`` output, for inputs like ``x``, in call
-    order: :func:`full_gradients`' default ``layers``.
+    order: :func:`full_gradients`' default ``layers``. A layer whose axes 1 and 2 are not
+    image rows and columns (attention's query, key and value) has no map and is left
+    out; :func:`full_gradients` takes it when named in ``layers``.
 
     Raises:
       ValueError: an affine layer the handle cannot capture (called twice, inside a
@@ -141,11 +143,18 @@ def bias_layers(model: Any, x: Array) -> tuple[str, ...]:
                 f"{reason.split(';')[0]}; without its bias term the full gradients would "
                 "not sum to the logit: name the layers to use with layers="
             )
-    return tuple(name for name in handle.layer_names(x) if _affine(handle.layer_type(x, name)))
+    return tuple(
+        name
+        for name in handle.layer_names(x, images_only=True)
+        if _affine(handle.layer_type(x, name))
+    )
 
 
-def _layers(handle: FlaxModel, x: Array, layers: Any, name: str) -> tuple[str, ...]:
-    """``layers`` as a checked tuple of affine layers (:func:`bias_layers` for None)."""
+def _layers(
+    handle: FlaxModel, x: Array, layers: Any, name: str, images_only: bool = False
+) -> tuple[str, ...]:
+    """``layers`` as a checked tuple of affine layers (:func:`bias_layers` for None);
+    with ``images_only``, each with image rows and columns on its axes 1 and 2."""
     if layers is None:
         return bias_layers(handle, x)
     listed = None
@@ -164,6 +173,9 @@ def _layers(handle: FlaxModel, x: Array, layers: Any, name: str) -> tuple[str, .
                 "(a convolution, batch norm or dense layer), so its output on a zero input "
                 "is not a bias: name the affine layers inside it"
             )
+        reason = handle.not_an_image(x, layer) if images_only else None
+        if reason is not None:
+            raise ValueError(f"{name}: layer {layer!r} {reason}")
     return listed
 
 
@@ -199,12 +211,18 @@ def full_gradients(
 
 
 def _chunk_terms(
-    model: Any, x: Any, target: Target, layers: Sequence[str] | None, batch_size: int | None
+    model: Any,
+    x: Any,
+    target: Target,
+    layers: Sequence[str] | None,
+    batch_size: int | None,
+    maps: bool = False,
 ) -> tuple[Array, Callable[[Array, Array], tuple[Array, dict[str, Array]]]]:
     """The checked input and ``chunk_terms(example, _)``: the full-gradient terms of those
     examples, ``(grad_x f_c * x, {layer: g^l * b^l})``, from one backward pass, for
     :func:`~fmi_jax.attribution.core.sum_over_samples` (arguments as in
-    :func:`full_gradients`)."""
+    :func:`full_gradients`; ``maps``: for :func:`full_grad`, whose named layers must
+    have image rows and columns)."""
     handle = as_flax_model(model, "full_gradients")
     x = as_input(x)
     if x.ndim not in (3, 4):
@@ -216,7 +234,7 @@ def _chunk_terms(
     # The target first: it checks that the model maps x to (N, classes), and says so
     # for one example without its batch axis, (H, W, C) read as (N, H, W).
     target = resolve_target(handle, x, target, batch_size=batch_size)
-    layers = _layers(handle, x, layers, "full_gradients")
+    layers = _layers(handle, x, layers, "full_grad" if maps else "full_gradients", maps)
     # The constant terms do not depend on the input: the first example's, from a pass
     # over the first chunk (a shape the chunks' own passes use anyway).
     first = x[: min(batch_size or x.shape[0], x.shape[0])]
@@ -261,7 +279,8 @@ def full_grad(
     """FullGrad saliency map (module docstring).
 
     Args:
-      model, x, target, layers, batch_size: as in :func:`full_gradients`.
+      model, x, target, layers, batch_size: as in :func:`full_gradients`; a named
+        layer needs image rows and columns on its axes 1 and 2 to be drawn.
       key: unused (deterministic); accepted so every method has one signature.
       baseline: must be None (no reference input).
       normalize: ``'layer'`` scales each term over all its channels (the paper's
@@ -277,7 +296,7 @@ def full_grad(
             f"full_grad: normalize must be one of {FULL_GRAD_NORMALIZATIONS}; got {normalize!r}"
         )
     size = image_size(x, "full_grad")
-    x, chunk_terms = _chunk_terms(model, x, target, layers, batch_size)
+    x, chunk_terms = _chunk_terms(model, x, target, layers, batch_size, maps=True)
     per_channel = normalize == "channel"
 
     # Every term is scaled per example, so each chunk's maps are finished inside the

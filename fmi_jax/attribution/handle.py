@@ -31,6 +31,14 @@ output :meth:`FlaxModel.capture` can hand back; asking for any other layer is a 
 raised before any array is built from the layer's shape. A pass with
 :func:`jax.eval_shape` finds the layers and counts their calls (cached per input shape).
 
+Not every four-axis output is an image: a general dense layer that splits its features
+into two axes (attention's query, key and value) turns tokens ``(N, T, D)`` into
+``(N, T, heads, head_dim)``. Such a layer can be captured (layer attributions, concept
+activations and full-gradient terms take any shape), but the methods that draw a
+layer's output as a map over the image (the CAMs, FullGrad's map, the registry's layer
+maps) refuse it through :func:`image_layer_call`, and
+``layer_names(x, images_only=True)`` leaves it out.
+
 How a layer is captured:
 
 * Linen: :func:`flax.linen.intercept_methods` sees the named module return its output.
@@ -91,6 +99,7 @@ __all__ = [
     "as_flax_model",
     "activation_and_gradient",
     "layer_call",
+    "image_layer_call",
 ]
 
 # Private names for the Linen collections the capture goes through.
@@ -108,6 +117,7 @@ class _Layer:
     dtype: Any
     problem: str | None = None  # why capture cannot hand back its output, if it cannot
     module_type: type | None = None  # the class of the module that returns it
+    not_an_image: str | None = None  # why its axes 1 and 2 are no image rows and columns
 
 
 def _path(parts: tuple[Any, ...]) -> str:
@@ -168,13 +178,27 @@ class FlaxModel:
         if problem is not None:
             raise InputLayoutError(problem) from None
 
-    def layer_names(self, x: Array) -> tuple[str, ...]:
+    def layer_names(self, x: Array, *, images_only: bool = False) -> tuple[str, ...]:
         """The layers :meth:`capture` can take, for inputs like ``x``: every submodule
         whose ``__call__`` returns an ``(N, h, w, K)`` array once per forward pass, as
         its ``'/'``-joined module path, in the order the calls return (so a block comes
-        right after the layers inside it)."""
+        right after the layers inside it). ``images_only`` leaves out the layers whose
+        axes 1 and 2 are not image rows and columns (:meth:`not_an_image`)."""
         table = self._table(jnp.asarray(x))
-        return tuple(name for name, info in table.items() if _refusal(info) is None)
+        return tuple(
+            name
+            for name, info in table.items()
+            if _refusal(info) is None and not (images_only and info.not_an_image)
+        )
+
+    def not_an_image(self, x: Array, layer: str) -> str | None:
+        """Why ``layer``'s ``(N, a, b, K)`` output has no image rows and columns on its
+        axes 1 and 2 (attention's query, key and value), or None when it has them.
+
+        Raises:
+          ValueError: as :meth:`capture`, for a layer it cannot take.
+        """
+        return self._check(jnp.asarray(x), layer).not_an_image
 
     def layer_shape(self, x: Array, layer: str) -> tuple[int, ...]:
         """The shape of ``layer``'s output for inputs like ``x``.
@@ -363,6 +387,28 @@ def _refusal(info: _Layer) -> str | None:
             "that is called once (give each use its own module, or pick another layer)"
         )
     return None
+
+
+def _not_an_image(module: Any) -> str | None:
+    """Why a four-axis output of ``module`` has no image rows and columns, if it has none:
+    a general dense layer whose features span several axes leaves fewer than two of its
+    input's axes before them, so on tokens ``(N, T, D)`` it returns
+    ``(N, T, heads, head_dim)`` (attention's query, key and value), and resizing axes 1
+    and 2 onto the image would paint tokens as rows and heads as columns."""
+    if isinstance(module, nn.DenseGeneral):
+        features = module.features
+    elif isinstance(module, nnx.LinearGeneral):
+        features = module.out_features
+    else:
+        return None
+    if isinstance(features, int) or len(tuple(features)) < 2:
+        return None
+    return (
+        f"is a {type(module).__name__} that splits its features into {len(tuple(features))} "
+        "axes, as attention's query, key and value do ((N, tokens, heads, head_dim)): its "
+        "axes 1 and 2 are not an image's rows and columns; pick a layer with an "
+        "image-shaped output"
+    )
 
 
 def _zero_first_input(
@@ -592,6 +638,7 @@ class _LinenModel(FlaxModel):
         # sown values (threaded out of the transforms by Flax) say what capture gets.
         seen: dict[tuple[str, ...], list[tuple[int, ...]]] = {}
         types: dict[tuple[str, ...], type] = {}
+        planes: dict[tuple[str, ...], str | None] = {}
 
         def record(next_fun, args, kwargs, context):
             out = next_fun(*args, **kwargs)
@@ -599,6 +646,7 @@ class _LinenModel(FlaxModel):
             if context.method_name == "__call__" and path and getattr(out, "ndim", 0) == 4:
                 seen.setdefault(path, []).append(tuple(out.shape))
                 types[path] = type(context.module)
+                planes[path] = _not_an_image(context.module)
                 context.module.sow(_CAPTURE, _NAME, out)
             return out
 
@@ -625,6 +673,7 @@ class _LinenModel(FlaxModel):
                         f"{out}; capture a layer outside the transform"
                     ),
                     module_type=types[path],
+                    not_an_image=planes[path],
                 )
             else:
                 table[_path(path)] = _Layer(
@@ -632,6 +681,7 @@ class _LinenModel(FlaxModel):
                     shape=tuple(values[0].shape),
                     dtype=values[0].dtype,
                     module_type=types[path],
+                    not_an_image=planes[path],
                 )
         return table
 
@@ -858,12 +908,14 @@ class _NnxModel(FlaxModel):
         names: list[str] = []
 
         types: dict[str, type] = {}
+        planes: dict[str, str | None] = {}
 
         def forward(x):
             model = _nnx_copy(self._static, self._weights)
             modules = _submodules(model)
             names.extend(modules)
             types.update({name: type(m) for name, m in modules.items()})
+            planes.update({name: _not_an_image(m) for name, m in modules.items()})
 
             def recorder(name):
                 def hook(out, at_zero):
@@ -884,7 +936,11 @@ class _NnxModel(FlaxModel):
             maps = [out for out in outs if out is not None and out.ndim == 4]
             if maps:
                 table[name] = _Layer(
-                    len(outs), tuple(maps[0].shape), maps[0].dtype, module_type=types[name]
+                    len(outs),
+                    tuple(maps[0].shape),
+                    maps[0].dtype,
+                    module_type=types[name],
+                    not_an_image=planes[name],
                 )
         # Modules the forward pass never called: the hooks see only calls made on the
         # copy itself, not on the copies NNX transforms make of it.
@@ -1063,6 +1119,19 @@ def layer_call(
         raise
     if batch_size is not None:
         as_count(batch_size, "batch_size")
+    return handle, x, shape
+
+
+def image_layer_call(
+    model: Any, x: Any, layer: str, method: str, batch_size: int | None = None
+) -> tuple[FlaxModel, Array, tuple[int, ...]]:
+    """:func:`layer_call` for a method that draws ``layer``'s output as a map over the
+    image: also a one-line error for a layer whose axes 1 and 2 are not image rows and
+    columns (:meth:`FlaxModel.not_an_image`)."""
+    handle, x, shape = layer_call(model, x, layer, method, batch_size)
+    reason = handle.not_an_image(x, layer)
+    if reason is not None:
+        raise ValueError(f"{method}: layer {layer!r} {reason}")
     return handle, x, shape
 
 

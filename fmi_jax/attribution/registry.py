@@ -65,7 +65,7 @@ from fmi_jax.attribution.core import (
 )
 from fmi_jax.attribution.deeplift import deeplift
 from fmi_jax.attribution.gradients import input_x_gradient, saliency
-from fmi_jax.attribution.handle import FlaxModel, as_flax_model, flax_model
+from fmi_jax.attribution.handle import FlaxModel, as_flax_model, flax_model, image_layer_call
 from fmi_jax.attribution.integrated_gradients import integrated_gradients
 from fmi_jax.attribution.noise_tunnel import noise_tunnel, smoothgrad
 from fmi_jax.attribution.shap import gradient_shap
@@ -219,6 +219,8 @@ def _over_layer(method: Method) -> Method:
     `upsample=True`, resized to the input bilinearly."""
 
     def spatial(model, x, target=None, *, upsample=True, **options):
+        if "layer" in options:  # drawn over the image: its axes 1 and 2 must be rows, columns
+            image_layer_call(model, x, options["layer"], method.__name__)
         size = image_size(x, method.__name__) if upsample else None
         maps = method(model, x, target, **options).sum(axis=-1)
         return maps if size is None else cam.upsample_maps(maps, size)

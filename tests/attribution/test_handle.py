@@ -486,6 +486,81 @@ def test_a_layer_called_twice_is_refused_before_any_shape_arithmetic(kind, x):
         handle.capture(x, "shared", jnp.zeros((4, 8, 8, CHANNELS)))
 
 
+class LinenPatchAttention(nn.Module):
+    """Patches (a conv: an image plane), then self-attention over the 16 tokens, whose
+    query, key and value are (N, tokens, heads, head_dim): four axes and no image."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(8, (2, 2), strides=(2, 2), name="patch")(x)
+        tokens = x.reshape(x.shape[0], -1, 8)
+        tokens = nn.MultiHeadDotProductAttention(2, name="attn")(tokens)
+        return nn.Dense(CLASSES, name="head")(tokens.mean(axis=1))
+
+
+class NnxPatchAttention(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.patch = nnx.Conv(CHANNELS, 8, (2, 2), strides=(2, 2), rngs=rngs)
+        self.attn = nnx.MultiHeadAttention(2, 8, decode=False, rngs=rngs)
+        self.head = nnx.Linear(8, CLASSES, rngs=rngs)
+
+    def __call__(self, x):
+        x = self.patch(x)
+        tokens = x.reshape(x.shape[0], -1, 8)
+        return self.head(self.attn(tokens).mean(axis=1))
+
+
+@pytest.fixture(scope="module", params=["linen", "nnx"])
+def attention(request, x):
+    if request.param == "linen":
+        model = LinenPatchAttention()
+        return flax_model(model, linen_variables(model, x))
+    return flax_model(nnx_module_of(NnxPatchAttention))
+
+
+PROJECTIONS = ("attn/query", "attn/key", "attn/value")
+
+
+def test_attention_projections_are_layers_but_not_image_planes(attention, x):
+    assert sorted(attention.layer_names(x)) == sorted(("patch", *PROJECTIONS))
+    assert attention.layer_names(x, images_only=True) == ("patch",)
+    assert attention.not_an_image(x, "patch") is None
+    for layer in PROJECTIONS:
+        assert "splits its features into 2 axes" in attention.not_an_image(x, layer)
+    # Layer attributions take any shape: layer IG at the query sums to the logit
+    # change from swapping the query's output for its output on the baseline.
+    from fmi_jax.attribution import layer_integrated_gradients
+
+    attributions = layer_integrated_gradients(attention, x, 1, layer="attn/query", steps=16)
+    assert attributions.shape == (4, 16, 2, 4)
+    at_baseline = attention.capture(jnp.zeros_like(x), "attn/query")[1]
+    change = attention(x)[:, 1] - attention.logits_with(x, "attn/query", at_baseline)[:, 1]
+    close(attributions.sum(axis=(1, 2, 3)), change, tol=1e-4)
+    assert float(jnp.abs(change).min()) > 1e-3
+
+
+def test_maps_over_the_image_refuse_attention_projections(attention, x):
+    # Resizing (tokens, heads) onto the image would paint tokens as rows and heads as
+    # columns: every method that draws a layer over the image refuses the projections.
+    from fmi_jax import attribution
+
+    message = r"{}: layer 'attn/query' .* splits its features into 2 axes.* not an image's rows"
+    assert attribution.layer_names(attention, x) == ("patch",)
+    assert attribution.grad_cam(attention, x, 0, layer="patch").shape == (4, 8, 8)
+    for method in (attribution.grad_cam, attribution.score_cam, attribution.eigen_cam):
+        with pytest.raises(ValueError, match=message.format(method.__name__)):
+            method(attention, x, 0, layer="attn/query", upsample=False)
+    explain = attribution.explainer("layer_integrated_gradients", attention, layer="attn/query")
+    with pytest.raises(ValueError, match=message.format("layer_integrated_gradients")):
+        explain(x, 0)
+    # FullGrad: the projections' bias terms are full-gradient terms, but have no map.
+    assert attribution.bias_layers(attention, x) == ("patch",)
+    terms = attribution.full_gradients(attention, x, 0, layers=("patch", "attn/query"))
+    assert terms.biases["attn/query"].shape == (4, 16, 2, 4)
+    with pytest.raises(ValueError, match=message.format("full_grad")):
+        attribution.full_grad(attention, x, 0, layers=("patch", "attn/query"))
+
+
 class Block(nn.Module):
     @nn.compact
     def __call__(self, x):
