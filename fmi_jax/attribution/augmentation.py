@@ -53,6 +53,7 @@ from fmi_jax.attribution.core import (
     Method,
     Target,
     as_input,
+    baseline_is_distribution,
     image_size,
     minmax_scale,
     require_key,
@@ -167,4 +168,5 @@ def augmentation_smoothing(
         return total / len(copies)
 
     augmented.__name__ = augmented.__qualname__ = f"augmentation_smoothing({name})"
+    augmented.baseline_is_distribution = baseline_is_distribution(method)
     return augmented

@@ -226,6 +226,7 @@ def noise_tunnel(
         return second / samples - (first / samples) ** 2
 
     tunneled.__name__ = f"{kind}_over_{getattr(method, '__name__', 'method')}"
+    tunneled.baseline_is_distribution = baseline_is_distribution(method)
     return tunneled
 
 

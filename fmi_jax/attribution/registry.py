@@ -61,6 +61,7 @@ from fmi_jax.attribution.core import (
     InputLayoutError,
     Method,
     ModelFn,
+    baseline_is_distribution,
     image_size,
 )
 from fmi_jax.attribution.deeplift import deeplift
@@ -161,6 +162,7 @@ def _tunnel(kind: str, inner: Method) -> Method:
         return tunneled(fn, x, target, key=key, baseline=baseline, batch_size=batch_size, **options)
 
     method.__name__ = f"{kind}_over_{inner.__name__}"
+    method.baseline_is_distribution = baseline_is_distribution(inner)
     return method
 
 
@@ -195,6 +197,7 @@ def _over_patches(method: Method) -> Method:
         return method(fn, x, target, feature_mask=feature_mask, **common)
 
     grouped.__name__ = method.__name__
+    grouped.baseline_is_distribution = baseline_is_distribution(method)
     grouped.__doc__ = f"`{method.__name__}`; `patch=s` groups an image into s x s patches."
     return grouped
 
@@ -226,6 +229,7 @@ def _over_layer(method: Method) -> Method:
         return maps if size is None else cam.upsample_maps(maps, size)
 
     spatial.__name__ = method.__name__
+    spatial.baseline_is_distribution = baseline_is_distribution(method)
     spatial.__doc__ = (
         f"`{method.__name__}` summed over the layer's channels, upsampled to the input "
         "unless `upsample=False`."

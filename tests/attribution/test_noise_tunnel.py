@@ -365,3 +365,31 @@ def test_a_wrapper_passes_a_reference_set_of_another_length_on_whole():
     for batch_size in (None, 2):
         got = wrapped(quadratic, X, 0, key=KEY, baseline=references, batch_size=batch_size)
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_tunnel_over_a_tunnel_keeps_the_reference_set_whole():
+    """The inner tunnel carries its method's ``baseline_is_distribution``, so the outer one
+    hands it as many references as examples whole, not one per example."""
+    references = jnp.stack([X[0] * 0.5, -X[1], X[2] + 1.0])  # as many as examples
+    inner = noise_tunnel(deeplift_shap, samples=1, stdev=0.0)
+    outer = noise_tunnel(inner, samples=2, stdev=0.0)
+    expected = deeplift_shap(quadratic, X, 0, baseline=references)
+    for batch_size in (None, 2):
+        got = outer(quadratic, X, 0, key=KEY, baseline=references, batch_size=batch_size)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["layer_gradient_shap", "layer_deeplift_shap", "kernel_shap"])
+def test_the_registry_wrappers_carry_the_inner_methods_reading_of_baseline(name):
+    from fmi_jax.attribution import METHODS, augmentation_smoothing
+    from fmi_jax.attribution.core import baseline_is_distribution
+
+    inner = {
+        "layer_gradient_shap": True,
+        "layer_deeplift_shap": True,
+        "kernel_shap": False,  # its baseline is one reference per example
+    }[name]
+    method = METHODS[name].method
+    assert baseline_is_distribution(method) is inner
+    assert baseline_is_distribution(augmentation_smoothing(method)) is inner
+    assert baseline_is_distribution(noise_tunnel(method)) is inner
