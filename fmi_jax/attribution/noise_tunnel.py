@@ -37,6 +37,7 @@ A stochastic inner method gets ``fold_in(sample key, 1)`` per noisy copy.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -90,28 +91,40 @@ def _check_scale(stdev_spread: float | None, stdev: float | None) -> None:
             raise ValueError(f"{name} must be >= 0, got {value!r}")
 
 
-def _baseline_rows(method: Method, baseline: Any, x: Array) -> Array | None:
-    """A baseline with one reference per example, as an array of the shape of ``x`` to
-    index by the examples of each chunk; None for one the same for every example,
-    passed to ``method`` whole.
+def _rows(baseline: Any, x: Array) -> Array | None:
+    """``baseline`` as an array of the shape of ``x`` when it has one reference per
+    example (``N > 1`` rows that broadcast to ``x``); None when it is shared."""
+    shape = jnp.shape(baseline)
+    if len(shape) != x.ndim or shape[0] != x.shape[0] or shape[0] == 1:
+        return None  # shared, or a set of references a wrapper passes on whole
+    return as_baseline(baseline, x)
+
+
+def _chunk_baseline(method: Method, baseline: Any, x: Array) -> Callable[[Array], Any]:
+    """``for_chunk(example) -> baseline`` to pass ``method`` for the examples of a chunk:
+    a baseline with one reference per example split into the chunk's rows, one the same
+    for every example passed whole.
 
     ``method`` sees a chunk of (example, sample) pairs, not ``x``, so a baseline with
     the batch axis of ``x`` (the full ``x.shape``, or anything else with ``N > 1`` rows
     that broadcasts to it, e.g. ``(N, 1)`` for ``x`` of shape ``(N, F)``) must be split
     into the chunk's rows: passed whole, it would broadcast against the wrong rows or
     not at all. Shared are a scalar, one example's shape (``x.shape[1:]`` or
-    ``(1, ...)``), a tuple of baselines (XRAI averages over them) and the reference
-    distribution of a method marked ``baseline_is_distribution`` (GradientSHAP),
-    whatever its length; so is an array of another length, which a wrapper of a
-    distribution method passes on whole. A per-example baseline that does not broadcast
-    to ``x`` is a ValueError that names the caller's shapes
-    (:func:`~fmi_jax.attribution.core.as_baseline`)."""
-    if baseline is None or isinstance(baseline, tuple) or baseline_is_distribution(method):
-        return None
-    shape = jnp.shape(baseline)
-    if len(shape) != x.ndim or shape[0] != x.shape[0] or shape[0] == 1:
-        return None  # shared, or a set of references a wrapper passes on whole
-    return as_baseline(baseline, x)
+    ``(1, ...)``) and the reference distribution of a method marked
+    ``baseline_is_distribution`` (GradientSHAP), whatever its length; so is an array of
+    another length, which a wrapper of a distribution method passes on whole. A tuple
+    of baselines (XRAI averages over them) is read element by element. A per-example
+    baseline that does not broadcast to ``x`` is a ValueError that names the caller's
+    shapes (:func:`~fmi_jax.attribution.core.as_baseline`)."""
+    if baseline is None or baseline_is_distribution(method):
+        return lambda example: baseline
+    if isinstance(baseline, tuple):
+        parts = [_rows(b, x) for b in baseline]
+        return lambda example: tuple(
+            b if rows is None else rows[example] for b, rows in zip(baseline, parts)
+        )
+    rows = _rows(baseline, x)
+    return (lambda example: baseline) if rows is None else (lambda example: rows[example])
 
 
 def noise_tunnel(
@@ -179,13 +192,13 @@ def noise_tunnel(
         target = resolve_target(fn, x, target, batch_size=batch_size)
         sigma = _noise_scale(x, stdev_spread, stdev)
         keys = example_keys(key, num_examples)
-        rows = _baseline_rows(method, baseline, x)
+        for_chunk = _chunk_baseline(method, baseline, x)
 
         def attribute(inputs: Array, example: Array, inner_keys: Array) -> Array:
             # baseline= only when given: None would override one bound into `method`.
             given = {}
             if baseline is not None:
-                given["baseline"] = baseline if rows is None else rows[example]
+                given["baseline"] = for_chunk(example)
             return method(fn, inputs, target[example], key=inner_keys, **options, **given)
 
         def noisy_attribution(example: Array, sample: Array) -> Array:

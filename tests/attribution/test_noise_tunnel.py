@@ -393,3 +393,20 @@ def test_the_registry_wrappers_carry_the_inner_methods_reading_of_baseline(name)
     assert baseline_is_distribution(method) is inner
     assert baseline_is_distribution(augmentation_smoothing(method)) is inner
     assert baseline_is_distribution(noise_tunnel(method)) is inner
+
+
+def differences(fn, x, target=None, *, key=None, baseline=None, batch_size=None):
+    """A 'method' that, like XRAI, takes a tuple of baselines: x minus their sum."""
+    return x - sum(jnp.broadcast_to(b, x.shape) for b in baseline)
+
+
+def test_a_tuple_of_baselines_is_split_element_by_element():
+    """A per-example element of a tuple is split into each chunk's rows; a shared one
+    (a scalar, one example's shape) is passed whole."""
+    per_example_baseline = X * 0.25 + 1.0
+    baselines = (per_example_baseline, 0.5, X[0] * 0.1)
+    expected = X - per_example_baseline - 0.5 - X[0] * 0.1
+    tunneled = noise_tunnel(differences, samples=2, stdev=0.0)
+    for batch_size in (None, 2, 1):
+        got = tunneled(quadratic, X, 0, key=KEY, baseline=baselines, batch_size=batch_size)
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
