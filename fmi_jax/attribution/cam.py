@@ -124,9 +124,9 @@ and differs in the weights ``W^c`` for the target class c. With ``g = dy_c / dA`
 
 ``eigen_smooth=True`` (every gradient CAM, ShapleyCAM and Finer-CAM): the map is the
 first principal component of the per-position contributions ``W * A`` (their
-``(h w, K)`` matrix, centred over positions) instead of their channel sum, pytorch-grad-cam's option of the same name
-(which keeps LAPACK's sign; here Eigen-CAM's rule fixes it). Eigen-Grad-CAM with
-``center=True`` is HiResCAM with it.
+``(h w, K)`` matrix, centred over positions) instead of their channel sum,
+pytorch-grad-cam's option of the same name (which keeps LAPACK's sign; here Eigen-CAM's
+rule fixes it). Eigen-Grad-CAM with ``center=True`` is HiResCAM with it.
 
 Maps of several layers (:func:`across_layers`, a transform of any CAM): each layer's map,
 after its ReLU and resized to the input, is min-max scaled to ``[0, 1]`` per example,
@@ -143,14 +143,14 @@ each is scaled after it, so that every layer's map spans ``[0, 1]`` on the image
 The layer is named by its module path, ``'/'``-joined (``'conv2'``, ``'conv2/conv'``,
 ``'stage1/block0'``); :func:`layer_names` lists the candidates (every submodule whose
 call returns an ``(N, h, w, K)`` array with the image's rows and columns on axes 1 and 2;
-attention's query, key and value, ``(N, tokens, heads, head_dim)``, are refused). The CAMs look inside the model, so they take a
-model handle instead of a plain function: ``flax_model(module, variables, train=False)``
-for Linen, ``flax_model(nnx_module)`` for NNX (:mod:`fmi_jax.attribution.handle`); a
-``(module, variables)`` tuple and an ``nnx.Module`` are accepted as shorthands. The
-handle catches the layer's output ``A`` as the module returns it and replaces it by
-``A + delta`` with a zero ``delta``; the gradient is taken with respect to ``delta``,
-so ``dy/d delta = dy/dA`` exactly, the model itself is not edited, and its outputs are
-unchanged (the test suite checks it).
+attention's query, key and value, ``(N, tokens, heads, head_dim)``, are refused). The
+CAMs look inside the model, so they take a model handle instead of a plain function:
+``flax_model(module, variables, train=False)`` for Linen, ``flax_model(nnx_module)`` for
+NNX (:mod:`fmi_jax.attribution.handle`); a ``(module, variables)`` tuple and an
+``nnx.Module`` are accepted as shorthands. The handle catches the layer's output ``A``
+as the module returns it and replaces it by ``A + delta`` with a zero ``delta``; the
+gradient is taken with respect to ``delta``, so ``dy/d delta = dy/dA`` exactly, the
+model itself is not edited, and its outputs are unchanged (the test suite checks it).
 
 Every function returns float32 maps of shape ``(N, H, W)`` for inputs
 ``(N, H, W, C)`` or ``(N, H, W)`` (``(N, h, w)`` with ``upsample=False``). Inputs are

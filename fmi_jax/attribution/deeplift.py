@@ -110,8 +110,9 @@ Differences from Captum (``captum.attr.DeepLift``):
   and unsupported ops raise instead of falling back to gradients.
 * The Captum API is ``DeepLift(model).attribute(inputs, baselines, target)``; a
   ``deeplift(model, variables, x, target)`` signature would follow it. Tracing makes a
-  plain function ``fn`` enough (``lambda x: model.apply(variables, x)``), which also covers models that
-  are not a single module (ensembles, preprocessing, a jitted apply), so ``fn`` it is.
+  plain function ``fn`` enough (``lambda x: model.apply(variables, x)``), which also
+  covers models that are not a single module (ensembles, preprocessing, a jitted apply),
+  so ``fn`` it is.
 * Products and max/min of two input-dependent values use the Shapley split, and the
   multiplier where input and baseline nearly agree is chosen by a rounding-error
   bound (above).

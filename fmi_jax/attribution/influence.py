@@ -103,9 +103,10 @@ Differences from Captum's ``NaiveInfluenceFunction`` and ``ArnoldiInfluenceFunct
 Similarity (:func:`similarity_influence`, Captum's ``SimilarityInfluence``) is the
 gradient-free neighbour: the training examples whose activation at a layer is closest
 to the test example's, by cosine similarity (largest first) or Euclidean distance
-(smallest first): which training images the model sees this one as. Captum writes every training activation to disk and reads it
-back; here the training set streams through the model ``batch_size`` examples at a
-time and only the ``(N_test, N_train)`` scores are kept.
+(smallest first): which training images the model sees this one as. Captum writes every
+training activation to disk and reads it back; here the training set streams through the
+model ``batch_size`` examples at a time and only the ``(N_test, N_train)`` scores are
+kept.
 """
 
 from __future__ import annotations

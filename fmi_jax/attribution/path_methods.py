@@ -56,9 +56,9 @@ their bound excluded) and moving them to their bound, until moving them all the 
 would overshoot the step's L1 target, when they move the fraction gamma of the way
 that hits it exactly. ``max_dist`` anchors the path to the straight line: in terms of
 a feature's own position alpha_j = (p_j - x'_j) / (x_j - x'_j) along its segment (p the
-current point), step k keeps every feature in [a_k - max_dist, a_k + max_dist] (features that fell behind
-are first moved up to the lower bound). The gradient is taken once per step, at the
-step's start x_k, so the attribution is the chord sum
+current point), step k keeps every feature in [a_k - max_dist, a_k + max_dist] (features
+that fell behind are first moved up to the lower bound). The gradient is taken once per
+step, at the step's start x_k, so the attribution is the chord sum
 
     GuidedIG(x) = sum_k grad f_t(x_k) * (x_{k+1} - x_k),   x_0 = x', x_n = x.
 

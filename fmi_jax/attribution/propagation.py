@@ -75,8 +75,9 @@ activation 1 (Montavon et al.'s bias). Below, w_jk is the folded weight w_jk s_k
   relevance on in proportion to signed values and can make it negative. The input
   relevances sum to f_t(x) for alpha - beta = 1 only where every neuron has
   contributions of both signs (z^+ > 0 > z^-; a neuron with only positive ones passes
-  on alpha R) and no constant takes a share. Montavon et al. state the rule for a >= 0 (after a ReLU); the signed form
-  above also covers signed inputs such as standardised pixels.
+  on alpha R) and no constant takes a share. Montavon et al. state the rule for a >= 0
+  (after a ReLU); the signed form above also covers signed inputs such as standardised
+  pixels.
 
 ``stabilise`` adds epsilon away from zero (y + epsilon for y >= 0, y - epsilon
 otherwise; z^+ + epsilon and z^- - epsilon), so a neuron with no contribution passes

@@ -565,9 +565,9 @@ def continuity(
     * A shift of 0 is left out (Quantus' grid contains it when ``dx`` divides ``W``, as
       for 28 pixels and 28 steps): the input does not change, and Quantus' ratio
       ``|Phi(x) - Phi(x)|_1 / (0 + 1e-9)`` is 0 for a deterministic map but ``1e9``
-      times any difference between two calls of a stochastic one. Likewise any translation that leaves the input unchanged (an
-      image constant along the axis) is left out, and an example none of whose
-      translations counts is NaN.
+      times any difference between two calls of a stochastic one. Likewise any
+      translation that leaves the input unchanged (an image constant along the axis) is
+      left out, and an example none of whose translations counts is NaN.
     * Quantus' ``abs=True`` and ``normalise=True`` (its defaults) belong in ``explain``
       here; Quantus normalises by the batch's largest value, not each map's (see
       docs/captum.md).
@@ -683,8 +683,9 @@ def relative_input_stability(
     ``RelativeInputStability``; see the module docstring for the conventions (an
     element of ``e(x)`` or ``x`` that is exactly 0 divides as ``eps_min``) and the
     differences. For input x gradient of a linear model it is 1 (inputs and weights
-    without zeros), since then ``(e(x) - e(x')) / e(x) = (x - x') / x``; for an explanation that does not change
-    with the input (the gradient of a linear model) it is 0.
+    without zeros), since then ``(e(x) - e(x')) / e(x) = (x - x') / x``; for an
+    explanation that does not change with the input (the gradient of a linear model) it
+    is 0.
 
     Args:
       explain: ``explain(x, target, key) -> maps``, as for :func:`max_sensitivity`.
