@@ -207,6 +207,24 @@ def test_rise_blur_darkens_the_borders_of_a_constant_image():
     np.testing.assert_allclose(rise, rise_blur_reference(const, 5.0)[0, :, :, 0], atol=1e-6)
 
 
+def test_a_blur_far_wider_than_the_image_is_its_mean_or_refused():
+    """blur_sigma 1e4 on a 6 x 5 image: the symmetric blur makes every pixel its
+    channel's mean, without a 80,001-tap convolution; RISE's kernel becomes the box
+    1/11, so the zero-bordered blur is a mean over the pixels within 5 of each pixel.
+    A radius beyond what is computed is a one-line error naming blur_sigma."""
+    x = np.random.default_rng(6).uniform(size=(2, 6, 5, 3)).astype(np.float32)
+    mean = np.broadcast_to(x.mean(axis=(1, 2), keepdims=True), x.shape)
+    gaussian = F._substrate("gaussian", jnp.asarray(x), 1e4)
+    np.testing.assert_allclose(gaussian, mean, atol=1e-6)
+    np.testing.assert_allclose(F._rise_kernel(1e4), np.full(11, 1 / 11), atol=1e-7)
+    # Every pixel of a 6 x 5 image lies within 5 rows and columns of every other.
+    rise = F._substrate("rise_blur", jnp.asarray(x), 1e4)
+    box = np.broadcast_to(x.sum(axis=(1, 2), keepdims=True) / 121, x.shape)
+    np.testing.assert_allclose(rise, box, atol=1e-6)
+    with pytest.raises(ValueError, match=r"^blur_sigma: sigma=1e\+09 with truncate=4 reaches"):
+        F._substrate("gaussian", jnp.asarray(x), 1e9)
+
+
 def test_insertion_starts_at_the_rise_blur_by_default():
     fn = tiny_mlp(jax.random.key(10), (12, 12, 3))
     x = testdata.uniform(jax.random.key(11), (3, 12, 12, 3))

@@ -19,6 +19,12 @@ its columns: every pixel hands out exactly its own attribution mass. Total attri
 is preserved everywhere, borders included, whereas zero padding loses the mass that
 falls outside the image and whole-sample reflection (``d c b | a b c``) counts border
 pixels unevenly.
+
+The smoothing is computed as that matrix (:func:`reflected_gaussian_matrix`), applied
+as ``S_H @ map @ S_W.T`` per channel. The symmetric extension repeats with period
+``2 L`` for an axis of L pixels, so the taps are summed by offset modulo ``2 L`` first:
+a kernel much wider than the image costs one pass over its taps, not a convolution of a
+padded signal as long as the kernel.
 """
 
 from __future__ import annotations
@@ -38,12 +44,29 @@ from fmi_jax.attribution.core import (
 )
 from fmi_jax.attribution.gradients import saliency
 
-__all__ = ["gaussian_kernel", "gaussian_smoothed_saliency"]
+__all__ = [
+    "MAX_KERNEL_RADIUS",
+    "gaussian_kernel",
+    "gaussian_smoothed_saliency",
+    "reflected_gaussian_matrix",
+    "separable_filter",
+]
+
+#: The widest kernel :func:`reflected_gaussian_matrix` builds, in pixels from its centre
+#: (about a second of float64 work); a wider Gaussian has long since made every row of
+#: the matrix the image mean.
+MAX_KERNEL_RADIUS = 10**7
+
+_TAPS_PER_CHUNK = 1 << 20
+
+
+def _radius(sigma: float, truncate: float) -> int:
+    return int(truncate * sigma + 0.5)
 
 
 def gaussian_kernel(sigma: float, truncate: float) -> np.ndarray:
     """Normalised 1-D Gaussian taps, float64, length ``2 * radius + 1``."""
-    radius = int(truncate * sigma + 0.5)
+    radius = _radius(sigma, truncate)
     if sigma == 0 or radius == 0:
         return np.ones(1)
     offsets = np.arange(-radius, radius + 1, dtype=np.float64)
@@ -51,25 +74,54 @@ def gaussian_kernel(sigma: float, truncate: float) -> np.ndarray:
     return taps / taps.sum()
 
 
-def _smooth_axis(maps: Array, kernel: np.ndarray, axis: int) -> Array:
-    """Convolve every channel of NHWC ``maps`` with ``kernel`` along H (1) or W (2)."""
-    radius = len(kernel) // 2
-    pad = [(0, 0)] * maps.ndim
-    pad[axis] = (radius, radius)
-    padded = jnp.pad(maps, pad, mode="symmetric")
-    channels = maps.shape[-1]
-    window = (len(kernel), 1) if axis == 1 else (1, len(kernel))
-    taps = jnp.asarray(kernel, maps.dtype).reshape(window + (1, 1))
-    taps = jnp.broadcast_to(taps, window + (1, channels))  # HWIO, one filter per channel
-    return jax.lax.conv_general_dilated(
-        padded,
-        taps,
-        window_strides=(1, 1),
-        padding="VALID",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=channels,
-        precision=jax.lax.Precision.HIGHEST,
-    )
+def reflected_gaussian_matrix(size: int, sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """The smoothing matrix S of one axis of ``size`` pixels, float64 ``(size, size)``.
+
+    ``S[i, j]`` is the sum of the taps ``k[d]`` of :func:`gaussian_kernel` over the
+    offsets d whose position ``i + d`` of the half-sample symmetric extension holds a
+    copy of pixel j, so ``S @ v`` is ``v`` padded by ``numpy.pad(mode='symmetric')`` and
+    convolved with k (``scipy.ndimage.gaussian_filter1d(v, sigma, mode='reflect',
+    truncate=truncate)``), for any radius: the extension is periodic with period
+    ``2 size``, so the taps are first summed by offset modulo the period. The cost is
+    one pass over the ``2 radius + 1`` taps and ``O(size^2)``, never a padded signal.
+
+    Raises:
+      ValueError: for a radius ``round(truncate * sigma)`` beyond
+        :data:`MAX_KERNEL_RADIUS`.
+    """
+    radius = _radius(sigma, truncate)
+    if radius > MAX_KERNEL_RADIUS:
+        raise ValueError(
+            f"sigma={sigma:g} with truncate={truncate:g} reaches {radius:,} pixels from the "
+            f"kernel's centre, beyond the {MAX_KERNEL_RADIUS:,} computed; a kernel far "
+            f"wider than the image ({size} pixels) makes every pixel the image mean: pass "
+            f"sigma <= {MAX_KERNEL_RADIUS / truncate:g}"
+        )
+    if sigma == 0 or radius == 0:
+        return np.eye(size)
+    period = 2 * size
+    by_offset = np.zeros(period)  # the taps summed by offset modulo the period
+    for start in range(-radius, radius + 1, _TAPS_PER_CHUNK):
+        offsets = np.arange(start, min(start + _TAPS_PER_CHUNK, radius + 1), dtype=np.int64)
+        taps = np.exp(-0.5 * (offsets / sigma) ** 2)
+        by_offset += np.bincount(offsets % period, weights=taps, minlength=period)
+    by_offset /= by_offset.sum()
+    rows = np.arange(size)[:, None]
+    position = (rows + np.arange(period)[None, :]) % period
+    pixel = np.where(position < size, position, period - 1 - position)
+    matrix = np.zeros((size, size))
+    np.add.at(matrix, (np.broadcast_to(rows, pixel.shape), pixel), by_offset)
+    return matrix
+
+
+def separable_filter(images: Array, rows: np.ndarray, cols: np.ndarray) -> Array:
+    """Images ``(N, H, W, C)`` filtered as ``rows @ image @ cols.T`` per channel, with
+    ``rows`` ``(H, H)`` and ``cols`` ``(W, W)``: a separable filter with any borders as
+    two matrix products, which XLA runs faster than the grouped convolution of a padded
+    image even for a 9-tap kernel (docs/performance.md)."""
+    rows = jnp.asarray(rows, images.dtype)
+    cols = jnp.asarray(cols, images.dtype)
+    return jnp.einsum("hi,nijc,wj->nhwc", rows, images, cols, precision=jax.lax.Precision.HIGHEST)
 
 
 def gaussian_smoothed_saliency(
@@ -116,6 +168,10 @@ def gaussian_smoothed_saliency(
     if x.ndim != 4:
         raise ValueError(f"x must be a batch of images (N, H, W, C), got shape {x.shape}")
     image_size(x, "gaussian_smoothed_saliency")  # blurs over (H, W): refuses (N, C, H, W)
+    try:
+        rows = reflected_gaussian_matrix(x.shape[1], sigma, truncate)
+        cols = reflected_gaussian_matrix(x.shape[2], sigma, truncate)
+    except ValueError as error:
+        raise ValueError(f"gaussian_smoothed_saliency: {error}") from None
     maps = saliency(fn, x, target, abs=abs, batch_size=batch_size)
-    kernel = gaussian_kernel(sigma, truncate)
-    return _smooth_axis(_smooth_axis(maps, kernel, axis=1), kernel, axis=2)
+    return separable_filter(maps, rows, cols)

@@ -252,7 +252,7 @@ from fmi_jax.attribution.core import (
     sample_keys,
     select_target,
 )
-from fmi_jax.attribution.smoothing import gaussian_kernel
+from fmi_jax.attribution.smoothing import reflected_gaussian_matrix, separable_filter
 from fmi_jax.evaluation.agreement import pearson, spearman
 from fmi_jax.evaluation.imputation import DEFAULT_IMPUTATION_NOISE, noisy_linear_imputation
 
@@ -356,36 +356,16 @@ def _pixels_per_step(step: Any, num_pixels: int, row: int, name: str = "step") -
 def _rise_kernel(sigma: float = 5.0) -> np.ndarray:
     """The 1-D factor ``k1`` of RISE's ``gkern(11, sigma)`` (module docstring), float64,
     length 11: a centred delta filtered by the Gaussian with half-sample symmetric
-    borders, as ``scipy.ndimage.gaussian_filter1d``; the 2-D kernel is its outer product."""
-    delta = np.zeros(_RISE_WINDOW)
-    delta[_RISE_WINDOW // 2] = 1.0
-    taps = gaussian_kernel(sigma, _BLUR_TRUNCATE)
-    radius = len(taps) // 2
-    # numpy reflects again and again when the radius exceeds the 11 samples, as scipy.
-    return np.convolve(np.pad(delta, radius, mode="symmetric"), taps, mode="valid")
+    borders, as ``scipy.ndimage.gaussian_filter1d``; the 2-D kernel is its outer product.
+    The smoothing matrix is symmetric, so the filtered delta is its middle row."""
+    return reflected_gaussian_matrix(_RISE_WINDOW, sigma, _BLUR_TRUNCATE)[_RISE_WINDOW // 2]
 
 
-def _blur(x: Array, taps: np.ndarray, pad_mode: str) -> Array:
-    """Every channel of NHWC ``x`` convolved with ``taps`` along H, then along W, the
-    borders padded by ``pad_mode`` (``'symmetric'`` or ``'constant'``, zeros)."""
+def _zero_padded(size: int, taps: np.ndarray) -> np.ndarray:
+    """The ``(size, size)`` matrix of the centred, symmetric ``taps`` with zeros beyond
+    the borders: ``(M v)_i = sum_d taps[r + d] v[i + d]`` over the ``i + d`` inside."""
     radius = len(taps) // 2
-    channels = x.shape[-1]
-    for axis in (1, 2):
-        pad = [(0, 0)] * x.ndim
-        pad[axis] = (radius, radius)
-        window = (len(taps), 1) if axis == 1 else (1, len(taps))
-        kernel = jnp.asarray(taps, x.dtype).reshape(window + (1, 1))
-        kernel = jnp.broadcast_to(kernel, window + (1, channels))  # HWIO, one per channel
-        x = jax.lax.conv_general_dilated(
-            jnp.pad(x, pad, mode=pad_mode),
-            kernel,
-            window_strides=(1, 1),
-            padding="VALID",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=channels,
-            precision=jax.lax.Precision.HIGHEST,
-        )
-    return x
+    return sum(taps[radius + d] * np.eye(size, k=d) for d in range(-radius, radius + 1))
 
 
 def _substrate(substrate: Substrate, x: Array, blur_sigma: float) -> Array:
@@ -399,9 +379,17 @@ def _substrate(substrate: Substrate, x: Array, blur_sigma: float) -> Array:
                 )
             if not (math.isfinite(blur_sigma) and blur_sigma >= 0):
                 raise ValueError(f"blur_sigma must be a finite number >= 0, got {blur_sigma!r}")
-            if substrate == "gaussian":
-                return _blur(x, gaussian_kernel(blur_sigma, _BLUR_TRUNCATE), "symmetric")
-            return _blur(x, _rise_kernel(blur_sigma), "constant")
+            height, width = x.shape[1:3]
+            try:
+                if substrate == "gaussian":
+                    rows = reflected_gaussian_matrix(height, blur_sigma, _BLUR_TRUNCATE)
+                    cols = reflected_gaussian_matrix(width, blur_sigma, _BLUR_TRUNCATE)
+                else:
+                    k1 = _rise_kernel(blur_sigma)
+                    rows, cols = _zero_padded(height, k1), _zero_padded(width, k1)
+            except ValueError as error:
+                raise ValueError(f"blur_sigma: {error}") from None
+            return separable_filter(x, rows, cols)
         raise ValueError(
             f"unknown substrate {substrate!r}; choose 'zero', 'rise_blur' (RISE's 11 x 11 "
             "blur, zero borders), 'gaussian' (Gaussian blur, symmetric borders) or pass an "

@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 
 from fmi_jax.attribution import gaussian_smoothed_saliency, saliency
-from fmi_jax.attribution.smoothing import gaussian_kernel
+from fmi_jax.attribution.smoothing import (
+    MAX_KERNEL_RADIUS,
+    gaussian_kernel,
+    reflected_gaussian_matrix,
+)
 from tests import testdata
 
 
@@ -78,6 +82,38 @@ def test_signed_smoothing_keeps_the_sign():
     )
 
 
+@pytest.mark.parametrize(
+    ("size", "sigma", "truncate"), [(10, 0.7, 4.0), (9, 6.0, 4.0), (7, 2.3, 1.3), (5, 3.0, 10.0)]
+)
+def test_the_matrix_is_the_padded_convolution_for_any_radius(size, sigma, truncate):
+    """Column j of S is the unit vector e_j padded by numpy's half-sample symmetric
+    reflection (which reflects again and again for a radius beyond the signal) and
+    convolved with the taps: radii 3, 24, 3 and 30 on 10, 9, 7 and 5 pixels."""
+    taps = gaussian_kernel(sigma, truncate)
+    radius = len(taps) // 2
+    expected = np.stack(
+        [np.convolve(np.pad(e, radius, mode="symmetric"), taps, "valid") for e in np.eye(size)],
+        axis=1,
+    )
+    np.testing.assert_allclose(
+        reflected_gaussian_matrix(size, sigma, truncate), expected, atol=1e-15
+    )
+
+
+def test_a_kernel_far_wider_than_the_image_is_the_image_mean():
+    """A radius of 40,000 pixels on an 8 x 6 image: each pixel becomes its channel's mean
+    (to 1e-7, the truncated Gaussian's deviation from flat over 16 pixels), computed from
+    the folded taps instead of an 80,001-tap convolution; the total is kept exactly."""
+    weights = testdata.normal(jax.random.key(2), (8, 6, 2))
+    x = testdata.uniform(jax.random.key(3), (2, 8, 6, 2))
+    smoothed = gaussian_smoothed_saliency(linear_model(weights), x, 0, sigma=1e4)
+    mean = np.broadcast_to(np.asarray(weights).mean(axis=(0, 1)), (2, 8, 6, 2))
+    np.testing.assert_allclose(smoothed, mean, atol=1e-7)
+    matrix = reflected_gaussian_matrix(8, 1e4)
+    np.testing.assert_allclose(matrix.sum(axis=0), 1.0, atol=1e-14)
+    np.testing.assert_allclose(matrix, matrix.T, atol=1e-16)
+
+
 def test_bad_arguments():
     fn = linear_model(jnp.ones((10, 9, 2)))
     with pytest.raises(ValueError, match=r"x must be a batch of images \(N, H, W, C\)"):
@@ -86,5 +122,9 @@ def test_bad_arguments():
         gaussian_smoothed_saliency(fn, X, 0, sigma=-1.0)
     with pytest.raises(ValueError, match="truncate must be a finite number > 0"):
         gaussian_smoothed_saliency(fn, X, 0, truncate=0.0)
+    wide = r"^gaussian_smoothed_saliency: sigma=1e\+09 with truncate=4 reaches 4,000,000,000 "
+    with pytest.raises(ValueError, match=wide + r".*pass sigma <= 2\.5e\+06$"):
+        gaussian_smoothed_saliency(fn, X, 0, sigma=1e9)
+    reflected_gaussian_matrix(3, MAX_KERNEL_RADIUS / 4.0)  # the widest kernel it builds
     with pytest.raises(ValueError, match="gaussian_smoothed_saliency has no reference input"):
         gaussian_smoothed_saliency(fn, X, 0, baseline=0.0)
