@@ -23,6 +23,9 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "How many processes take part.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id, 0 .. num_processes-1.")
+_TIMEOUT = flags.DEFINE_integer(
+    "initialization_timeout", 300, "Seconds each process waits for the others to join."
+)
 
 
 def maybe_initialize() -> None:
@@ -36,4 +39,5 @@ def maybe_initialize() -> None:
         coordinator_address=_COORDINATOR.value,
         num_processes=_NUM_PROCESSES.value,
         process_id=_PROCESS_ID.value,
+        initialization_timeout=_TIMEOUT.value,
     )

@@ -32,6 +32,8 @@ On a CPU, simulate several devices with
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -107,6 +109,7 @@ def initialize_distributed(
     process_id: int | None = None,
     local_device_ids: list[int] | None = None,
     cpu_collectives: str | None = "gloo",
+    initialization_timeout: int = 300,
 ) -> None:
     """`jax.distributed.initialize` for a multi-process (multi-host) run.
 
@@ -116,6 +119,11 @@ def initialize_distributed(
     this process's id (0 .. num_processes - 1). `cpu_collectives`: the all-reduce
     implementation of CPU processes (XLA:CPU has none across processes by default;
     'gloo' works over TCP); GPUs and TPUs ignore it. None leaves jax's setting.
+
+    `initialization_timeout`: seconds every process waits for the others. A process
+    other than 0 first waits that long for the coordinator's port to accept a
+    connection and raises a one-line ValueError if it never does: jax's own client
+    aborts the interpreter with a C++ stack trace when its connection times out.
     """
     if coordinator_address is not None:
         _host, _, port = str(coordinator_address).rpartition(":")
@@ -124,6 +132,15 @@ def initialize_distributed(
                 "coordinator_address must be host:port (process 0's address and a free "
                 f"port, e.g. 10.0.0.1:1234), got {coordinator_address!r}"
             )
+    if isinstance(initialization_timeout, bool) or not (
+        isinstance(initialization_timeout, int) and initialization_timeout > 0
+    ):
+        raise ValueError(
+            f"initialization_timeout must be a whole number of seconds > 0, got "
+            f"{initialization_timeout!r}"
+        )
+    if coordinator_address is not None and process_id not in (None, 0):
+        _wait_for_coordinator(str(coordinator_address), initialization_timeout)
     if cpu_collectives:
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
     jax.distributed.initialize(
@@ -131,6 +148,7 @@ def initialize_distributed(
         num_processes=num_processes,
         process_id=process_id,
         local_device_ids=local_device_ids,
+        initialization_timeout=initialization_timeout,
     )
     logging.info(
         "distributed: process %d of %d, %d local / %d global devices",
@@ -139,6 +157,26 @@ def initialize_distributed(
         jax.local_device_count(),
         jax.device_count(),
     )
+
+
+def _wait_for_coordinator(address: str, timeout: float) -> None:
+    """Return once ``host:port`` accepts a TCP connection; a one-line ValueError if it
+    has not after ``timeout`` seconds (process 0 starts the coordinator service inside
+    its own ``jax.distributed.initialize``, so the others may be early)."""
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+                return
+        except OSError as error:
+            if time.monotonic() >= deadline:
+                reason = error.strerror or type(error).__name__
+                raise ValueError(
+                    f"no coordinator answers at {address} after {timeout:g} s ({reason}): "
+                    "start process 0 with the same address, or check the host and port"
+                ) from None
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
 
 def _typed_key(key: Any) -> jax.Array:

@@ -66,6 +66,19 @@ def test_expected_errors_are_one_line_and_exit_2(tmp_path, override, as_file, ex
     assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
+def test_a_coordinator_that_never_answers_is_one_line_and_exit_2(tmp_path):
+    # Without the wait, jax's client aborts the interpreter with a C++ stack trace.
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    flags = ["--distributed", f"--coordinator_address={address}", "--num_processes=2"]
+    line = _one_error_line(_train(tmp_path, *flags, "--process_id=1", "--initialization_timeout=1"))
+    assert line.startswith(f"error: no coordinator answers at {address} after 1 s ("), line
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("overrides", [(), ("--config.num_epochs=2",)], ids=["alone", "override"])
 def test_a_config_file_that_does_not_load_is_one_line_and_exit_2(tmp_path, overrides):
     # An override makes ml_collections meet the load error while it parses the flags.

@@ -306,6 +306,7 @@ def test_initialize_distributed_passes_its_arguments(monkeypatch):
     calls, updates = [], []
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
     monkeypatch.setattr(jax.config, "update", lambda *a: updates.append(a))
+    monkeypatch.setattr(parallel, "_wait_for_coordinator", lambda *a: None)
     parallel.initialize_distributed("10.0.0.1:1234", 2, 1, [0, 1])
     parallel.initialize_distributed(cpu_collectives=None)
     for address in ("localhost", "10.0.0.1:", ":1234"):
@@ -318,12 +319,14 @@ def test_initialize_distributed_passes_its_arguments(monkeypatch):
             "num_processes": 2,
             "process_id": 1,
             "local_device_ids": [0, 1],
+            "initialization_timeout": 300,
         },
         {
             "coordinator_address": None,
             "num_processes": None,
             "process_id": None,
             "local_device_ids": None,
+            "initialization_timeout": 300,
         },
     ]
 
@@ -344,9 +347,43 @@ def test_distributed_flags_call_initialize(monkeypatch):
     finally:
         for name in ("distributed", "coordinator_address", "num_processes", "process_id"):
             flags.FLAGS[name].unparse()
-    assert calls == [{"coordinator_address": "h:1", "num_processes": 2, "process_id": 1}]
+    assert calls == [
+        {
+            "coordinator_address": "h:1",
+            "num_processes": 2,
+            "process_id": 1,
+            "initialization_timeout": 300,
+        }
+    ]
     _distributed.maybe_initialize()  # --distributed unset: nothing
     assert len(calls) == 1
+
+
+def test_a_process_that_cannot_reach_the_coordinator_says_so_in_one_line(monkeypatch):
+    """jax's client aborts the interpreter when the coordinator never answers; process 1
+    first waits for the port (here 1 s) and raises a ValueError naming the address. A
+    listening port lets it through, and process 0 (which starts the coordinator) never
+    waits."""
+    import socket
+
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        port = listening.getsockname()[1]
+        listening.listen()
+        parallel.initialize_distributed(f"127.0.0.1:{port}", 2, 1, initialization_timeout=1)
+    assert calls[-1]["initialization_timeout"] == 1
+    # The port is closed now: nothing answers there.
+    message = rf"^no coordinator answers at 127\.0\.0\.1:{port} after 1 s \(.+\): start process 0"
+    with pytest.raises(ValueError, match=message):
+        parallel.initialize_distributed(f"127.0.0.1:{port}", 2, 1, initialization_timeout=1)
+    assert len(calls) == 1
+    parallel.initialize_distributed(f"127.0.0.1:{port}", 2, 0, initialization_timeout=1)
+    assert len(calls) == 2
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="initialization_timeout must be a whole number"):
+            parallel.initialize_distributed(f"127.0.0.1:{port}", 2, 0, initialization_timeout=bad)
 
 
 # --------------------------------------------------------------------------- two processes
