@@ -101,8 +101,9 @@ def square_patches(image_shape: Sequence[int], size: int | Sequence[int]) -> np.
         smaller when the size does not divide the image.
 
     Returns:
-      int32 group ids of shape ``(H, W, 1)``, numbered row-major over patches; the
-      trailing 1 makes a patch cover all of its channels.
+      int32 group ids numbered row-major over patches, shaped ``(H, W, 1)`` for
+      ``(H, W, C)`` (the trailing 1 makes a patch cover all of its channels) and
+      ``(H, W)`` for grayscale ``(H, W)``: the mask broadcasts to one example.
     """
     if len(image_shape) not in (2, 3):
         raise ValueError(f"image_shape must be (H, W) or (H, W, C), got {tuple(image_shape)}")
@@ -112,7 +113,8 @@ def square_patches(image_shape: Sequence[int], size: int | Sequence[int]) -> np.
     rows, cols = int(image_shape[0]), int(image_shape[1])
     per_row = -(-cols // w)
     ids = (np.arange(rows)[:, None] // h) * per_row + np.arange(cols)[None, :] // w
-    return ids.astype(np.int32)[..., None]
+    ids = ids.astype(np.int32)
+    return ids[..., None] if len(image_shape) == 3 else ids
 
 
 def feature_groups(feature_mask: Any, x: Array) -> tuple[Array, int]:

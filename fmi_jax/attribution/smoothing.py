@@ -147,7 +147,7 @@ def gaussian_smoothed_saliency(
 
     Args:
       fn: model function, batch ``(N, H, W, C)`` -> logits ``(N, classes)``.
-      x: images ``(N, H, W, C)``.
+      x: images ``(N, H, W, C)``, or ``(N, H, W)`` without a channel axis.
       target: class per example ``(N,)``, one int for all, or ``None`` for the
         predicted class.
       key: unused (deterministic); accepted so every method has one signature.
@@ -165,13 +165,13 @@ def gaussian_smoothed_saliency(
     sigma = as_number(sigma, "sigma", minimum=0)
     truncate = as_number(truncate, "truncate", minimum=0, inclusive=False)
     x = as_input(x)
-    if x.ndim != 4:
-        raise ValueError(f"x must be a batch of images (N, H, W, C), got shape {x.shape}")
-    image_size(x, "gaussian_smoothed_saliency")  # blurs over (H, W): refuses (N, C, H, W)
+    image_size(x, "gaussian_smoothed_saliency")  # (N, H, W, C) or (N, H, W), not (N, C, H, W)
     try:
         rows = reflected_gaussian_matrix(x.shape[1], sigma, truncate)
         cols = reflected_gaussian_matrix(x.shape[2], sigma, truncate)
     except ValueError as error:
         raise ValueError(f"gaussian_smoothed_saliency: {error}") from None
     maps = saliency(fn, x, target, abs=abs, batch_size=batch_size)
+    if x.ndim == 3:  # grayscale without a channel axis
+        return separable_filter(maps[..., None], rows, cols)[..., 0]
     return separable_filter(maps, rows, cols)

@@ -5,6 +5,7 @@ answer)."""
 import itertools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -148,7 +149,8 @@ def test_square_patches_numbers_patches_row_major():
     )
     np.testing.assert_array_equal(MASK[..., 0], expected)
     assert MASK.shape == (5, 6, 1) and MASK.dtype == np.int32
-    np.testing.assert_array_equal(A.square_patches((4, 4), (4, 2))[..., 0], [[0, 0, 1, 1]] * 4)
+    # Grayscale (H, W): a mask of the same shape, which broadcasts to one example.
+    np.testing.assert_array_equal(A.square_patches((4, 4), (4, 2)), [[0, 0, 1, 1]] * 4)
 
 
 def test_feature_permutation_of_two_examples_swaps_them():
@@ -250,3 +252,15 @@ def test_registry_patch_option_is_square_patches():
     np.testing.assert_array_equal(by_name, direct)
     with pytest.raises(ValueError, match="not both"):
         A.explainer("feature_permutation", linear, patch=2, feature_mask=MASK)
+
+
+def test_patches_of_grayscale_images_without_a_channel_axis():
+    """(N, H, W) images: ``patch=2`` groups 2 x 2 pixels, and ablating a patch of a
+    linear model removes sum_{j in patch} w_j x_j, which every pixel of it reports."""
+    w = np.asarray(testdata.normal(jax.random.key(8), (4, 6)))
+    x = np.asarray(testdata.uniform(jax.random.key(9), (3, 4, 6)))
+    fn = lambda x: jnp.sum(x * w, axis=(1, 2))[:, None]
+    got = A.explainer("feature_ablation", fn, patch=2)(x, 0)
+    per_patch = (x * w).reshape(3, 2, 2, 3, 2).sum(axis=(2, 4))
+    expected = np.repeat(np.repeat(per_patch, 2, axis=1), 2, axis=2)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

@@ -114,10 +114,30 @@ def test_a_kernel_far_wider_than_the_image_is_the_image_mean():
     np.testing.assert_allclose(matrix, matrix.T, atol=1e-16)
 
 
+def test_grayscale_images_without_a_channel_axis_are_smoothed_the_same():
+    weights = testdata.normal(jax.random.key(4), (10, 9))
+    fn = lambda x: jnp.sum(x * weights, axis=(1, 2))[:, None]
+    gray = gaussian_smoothed_saliency(fn, X[..., 0], 0, sigma=1.5)
+    with_channel = gaussian_smoothed_saliency(
+        linear_model(weights[..., None]), X[..., :1], 0, sigma=1.5
+    )
+    assert gray.shape == (2, 10, 9)
+    np.testing.assert_allclose(gray, with_channel[..., 0], rtol=1e-6, atol=1e-7)
+    expected = (
+        reflected_gaussian_matrix(10, 1.5)
+        @ np.asarray(weights)
+        @ reflected_gaussian_matrix(9, 1.5).T
+    )
+    np.testing.assert_allclose(gray[1], expected, rtol=1e-5, atol=1e-6)
+
+
 def test_bad_arguments():
     fn = linear_model(jnp.ones((10, 9, 2)))
-    with pytest.raises(ValueError, match=r"x must be a batch of images \(N, H, W, C\)"):
+    plane = r"^gaussian_smoothed_saliency works over the image plane: x must be \(N, H, W, C\) or"
+    with pytest.raises(ValueError, match=plane):
         gaussian_smoothed_saliency(lambda x: x[:, :1], X[..., 0, 0], 0)
+    with pytest.raises(ValueError, match="looks channels-first"):
+        gaussian_smoothed_saliency(fn, jnp.zeros((2, 3, 8, 8)), 0)
     with pytest.raises(ValueError, match="sigma must be a finite number >= 0"):
         gaussian_smoothed_saliency(fn, X, 0, sigma=-1.0)
     with pytest.raises(ValueError, match="truncate must be a finite number > 0"):
