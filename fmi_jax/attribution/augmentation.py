@@ -68,16 +68,20 @@ __all__ = ["AUGMENTATION_SCALES", "augmentation_smoothing"]
 AUGMENTATION_SCALES = ("none", "minmax")
 
 
-def _mirrored(value: Any, mirror: bool) -> Any:
-    """An option that broadcasts to the images, mirrored left to right: its width is its
-    second-to-last axis whenever it has two or more (``(W, C)``, ``(H, W, C)``,
-    ``(N, H, W, C)``, a batch of references ``(K, H, W, C)``); numbers and vectors over
-    the channels as given."""
+def _mirrored(value: Any, mirror: bool, grayscale: bool) -> Any:
+    """An option that broadcasts to the images, mirrored left to right. With channels,
+    its width is its second-to-last axis whenever it has two or more (``(W, C)``,
+    ``(H, W, C)``, ``(N, H, W, C)``, a batch of references ``(K, H, W, C)``); numbers
+    and vectors over the channels are kept as given. For grayscale ``(N, H, W)`` images
+    the width is the last axis of anything but a number."""
     # A concrete mask stays concrete (NumPy): the grouped methods read it on the host.
     array = value if isinstance(value, np.ndarray) else jnp.asarray(value)
-    if not mirror or array.ndim < 2:
+    if not mirror or array.ndim < (1 if grayscale else 2):
         return array
-    return np.flip(array, axis=-2) if isinstance(array, np.ndarray) else jnp.flip(array, axis=-2)
+    axis = -1 if grayscale else -2
+    return (
+        np.flip(array, axis=axis) if isinstance(array, np.ndarray) else jnp.flip(array, axis=axis)
+    )
 
 
 def augmentation_smoothing(
@@ -132,12 +136,9 @@ def augmentation_smoothing(
         model: Any, x: Array, target: Target = None, *, key: Array | None = None, **options: Any
     ) -> Array:
         x = as_input(x)
-        if x.ndim != 4:
-            raise ValueError(
-                f"augmentation_smoothing({name}) mirrors images: x must be (N, H, W, C); "
-                f"got shape {x.shape}"
-            )
-        image_size(x, f"augmentation_smoothing({name})")  # mirrors W: refuses (N, C, H, W)
+        # Mirrors W: (N, H, W, C) or grayscale (N, H, W); refuses (N, C, H, W).
+        image_size(x, f"augmentation_smoothing({name})")
+        grayscale = x.ndim == 3
         # A Flax model (a (module, variables) pair or an NNX module) becomes its handle
         # once: the predicted class and every copy's method share it.
         if isinstance(model, (tuple, nnx.Module)):
@@ -153,9 +154,11 @@ def augmentation_smoothing(
             inputs = factor * (x[:, :, ::-1] if mirror else x)
             copy_options = dict(options)
             if "baseline" in options and options["baseline"] is not None:
-                copy_options["baseline"] = factor * _mirrored(options["baseline"], mirror)
+                copy_options["baseline"] = factor * _mirrored(
+                    options["baseline"], mirror, grayscale
+                )
             if "feature_mask" in options and options["feature_mask"] is not None:
-                copy_options["feature_mask"] = _mirrored(options["feature_mask"], mirror)
+                copy_options["feature_mask"] = _mirrored(options["feature_mask"], mirror, grayscale)
             if keys is not None:
                 fold = lambda k, a=index: jax.random.fold_in(k, a)
                 copy_options["key"] = fold(keys) if keys.ndim == 0 else jax.vmap(fold)(keys)

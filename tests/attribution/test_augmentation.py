@@ -142,6 +142,33 @@ def test_square_patches_of_a_mirrored_copy_are_the_same_pixels():
     np.testing.assert_allclose(got[..., 0], totals[:, mask[..., 0]], rtol=1e-4, atol=1e-6)
 
 
+def test_grayscale_images_are_mirrored_with_their_baseline_and_patches():
+    """``(N, H, W)`` images without a channel axis give the maps of the same images with
+    one channel: a per-pixel baseline and the patches of width 5 in 2s (which a mirror
+    would lay out differently) are mirrored along the last axis."""
+    x = testdata.uniform(jax.random.key(67), (2, 4, 5, 1))
+    baseline = testdata.uniform(jax.random.key(68), (4, 5, 1))
+    w = W[:4, :5, :1]
+    sign = jnp.array([1.0, -1.0])
+    with_channel = lambda x: jnp.sum(x * w, axis=(1, 2, 3))[:, None] * sign
+    gray = lambda x: jnp.sum(x * w[..., 0], axis=(1, 2))[:, None] * sign
+    ablation = A.METHODS["feature_ablation"].method  # takes patch=
+    ig = A.augmentation_smoothing(A.integrated_gradients)
+    np.testing.assert_allclose(
+        ig(gray, x[..., 0], 0, baseline=baseline[..., 0], steps=4),
+        ig(with_channel, x, 0, baseline=baseline, steps=4)[..., 0],
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    patches = A.augmentation_smoothing(ablation)
+    np.testing.assert_allclose(
+        patches(gray, x[..., 0], 0, patch=2),
+        patches(with_channel, x, 0, patch=2)[..., 0],
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
 def test_bad_augmentations_are_one_line_errors():
     for factors in ((), (0.0,), (-1.0,), (True,), ("1",), 1.0):
         with pytest.raises(ValueError, match="factors must be"):
@@ -150,7 +177,10 @@ def test_bad_augmentations_are_one_line_errors():
         A.augmentation_smoothing(A.saliency, flip="yes")
     with pytest.raises(ValueError, match=r"scale must be one of \('none', 'minmax'\)"):
         A.augmentation_smoothing(A.saliency, scale="max")
-    with pytest.raises(ValueError, match=r"mirrors images: x must be \(N, H, W, C\)"):
+    plane = (
+        r"^augmentation_smoothing\(saliency\) works over the image plane: x must be \(N, H, W, C\)"
+    )
+    with pytest.raises(ValueError, match=plane):
         A.augmentation_smoothing(A.saliency)(lambda x: x[:, :2], jnp.ones((2, 3)), 0)
     with pytest.raises(ValueError, match=r"\(saliency\): key must be a PRNG key, got int 5"):
         A.augmentation_smoothing(A.saliency)(linear, jnp.ones((1, 5, 6, 2)), 0, key=5)
