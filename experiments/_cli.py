@@ -28,8 +28,10 @@ place it looked) is printed whole after `error: `.
 instead, with its full traceback (exit status 1). Anything else is a bug: it keeps its
 traceback and exit status 1.
 
-Only the error goes to stderr from a failure before training starts: the scripts log
-nothing before they call the library, and the library validates its config first.
+Only the error goes to stderr from a failure found in the config: the scripts log
+nothing before they call the library, and the library validates its config first. One
+found later (by the data, the model or the trainer) follows the log lines of what ran
+before it.
 """
 
 from __future__ import annotations

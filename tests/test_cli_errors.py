@@ -43,9 +43,13 @@ def _train(tmp_path, *overrides, as_file=False, verbose_env=False, config=None):
     )
 
 
-def _one_error_line(proc) -> str:
+def _one_error_line(proc, after_logs: bool = False) -> str:
+    """The error line of a refused command: all of stderr but the hint, or, with
+    ``after_logs`` (an error found after the data loaded), after absl's log lines."""
     assert proc.returncode == 2, proc.stderr[-4000:]
     lines = proc.stderr.splitlines()
+    if after_logs:
+        lines = [line for line in lines if not re.match(r"[IWE]\d{4} ", line)]
     assert len(lines) == 2 and lines[0].startswith("error: ") and lines[1] == HINT, proc.stderr
     return lines[0]
 
@@ -64,6 +68,21 @@ def test_expected_errors_are_one_line_and_exit_2(tmp_path, override, as_file, ex
     line = _one_error_line(_train(tmp_path, override, as_file=as_file))
     assert re.search(expected, line), line
     assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("--config.loop=nosuch", r"config\.loop must be 'auto', 'step' or 'scan', got 'nosuch'"),
+        ("--config.data.train_limit=5", r"batch_size 32 is larger than the 5 training examples"),
+        ("--config.model.name=resnet", r"model 'resnet' does not take batch_norm, dense, features"),
+    ],
+)
+def test_what_the_trainer_refuses_leaves_no_workdir(tmp_path, override, expected):
+    # Found after the data loaded (its log lines come first), before the workdir is made.
+    line = _one_error_line(_train(tmp_path, override), after_logs=True)
+    assert re.search(expected, line), line
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_coordinator_that_never_answers_is_one_line_and_exit_2(tmp_path):

@@ -433,7 +433,6 @@ def train_and_evaluate(
     num_devices = 1 if mesh is None else int(mesh.devices.size)
     main_process = parallel.is_main_process()
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     logging.info(
         "backend %s, devices %s; training on %d device(s)%s",
         jax.default_backend(),
@@ -450,13 +449,26 @@ def train_and_evaluate(
     identity = _run_identity(config, train_ds.image_shape, train_ds.num_classes)
     task = tasks_lib.task_from_config(config)
 
-    ckpt = ckpt_lib.Checkpoints(
-        workdir / "checkpoints",
-        keep=config.get("checkpoint_keep", 2),
-        best_metric=task.best_metric if len(val_ds) else None,
-        best_mode=task.best_mode,
+    def checkpoints() -> ckpt_lib.Checkpoints:
+        return ckpt_lib.Checkpoints(
+            workdir / "checkpoints",
+            keep=config.get("checkpoint_keep", 2),
+            best_metric=task.best_metric if len(val_ds) else None,
+            best_mode=task.best_mode,
+        )
+
+    claim = dict(
+        extendable=EXTENDABLE,
+        free=FREE,
+        hint="use a new --workdir for this config (or the config it was run with)",
     )
-    ckpt.check_architecture(identity)  # before anything in workdir is written
+    # An earlier run's checkpoints and config refuse a change before the model is built
+    # (reading them writes nothing: the folder exists).
+    ckpt = checkpoints() if (workdir / "checkpoints").is_dir() else None
+    if ckpt is not None:
+        ckpt.check_architecture(identity)
+    has_results = ckpt is not None and ckpt.latest_epoch() is not None
+    runs.check(workdir, config, has_results=has_results, **claim)
     model = model_from_config(config.model)
     outputs = getattr(model, "num_classes", None)  # the zoo's models say how many
     if isinstance(outputs, int) and outputs != train_ds.num_classes:
@@ -465,17 +477,15 @@ def train_and_evaluate(
             f"{train_ds.num_classes} classes: set --config.model.num_classes="
             f"{train_ds.num_classes}"
         )
-    # Checked all that is cheap to check: now the workdir is this config's.
-    (runs.claim if main_process else runs.check)(
-        workdir,
-        config,
-        extendable=EXTENDABLE,
-        free=FREE,
-        has_results=ckpt.latest_epoch() is not None,
-        hint="use a new --workdir for this config (or the config it was run with)",
-    )
-
+    # The trainer checks the rest (the loop, the batch size against the data, the model's
+    # own init) before the workdir is made, so a refused command leaves no trace.
     trainer = Trainer(config, train_ds.images, train_ds.labels, mesh=mesh, model=model)
+    # Checked all that is checkable: now the workdir is this config's.
+    workdir.mkdir(parents=True, exist_ok=True)
+    ckpt = ckpt or checkpoints()
+    (runs.claim if main_process else runs.check)(
+        workdir, config, has_results=ckpt.latest_epoch() is not None, **claim
+    )
     device_val = trainer.device_dataset(val_ds.images, val_ds.labels) if len(val_ds) else None
     device_test = trainer.device_dataset(test_ds.images, test_ds.labels)
     batch_size, steps_per_epoch = trainer.batch_size, trainer.steps_per_epoch
