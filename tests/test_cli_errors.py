@@ -290,7 +290,10 @@ def test_train_and_evaluate_refuses_before_writing(synthetic_config, tmp_path):
 
 
 def test_ctrl_c_ends_in_its_one_line_and_status_130(capsys):
-    message = "interrupted after epoch 1, step 7; run the same command to resume from epoch 1"
+    message = (
+        "interrupted in epoch 2 at optimizer step 7; epoch 1 is the last checkpoint: run the "
+        "same command to resume with epoch 2 from its start"
+    )
     with pytest.raises(SystemExit) as exit_info:
         _main_raising(KeyboardInterrupt(message))(["prog"])
     assert exit_info.value.code == _cli.EXIT_INTERRUPTED == 130

@@ -144,6 +144,25 @@ def test_reconcile_history_refuses_a_broken_line_that_is_not_the_last(tmp_path):
         loop_lib._reconcile_history(path, _FakeCheckpoints({}), 1, write=True)
 
 
+def test_ctrl_c_in_the_first_epoch_says_it_starts_again_from_epoch_1():
+    """Epochs count from 1, as in the progress bar: with no checkpoint yet there is no
+    "epoch 0" to resume from."""
+    closed = []
+    closer = mock.Mock(close=lambda: closed.append(1))
+    interrupt = loop_lib._Interrupt()
+    try:
+        interrupt.requested = True
+        with pytest.raises(KeyboardInterrupt) as raised:
+            interrupt.check(0, mock.Mock(step=np.int32(225)), closer, closer)
+    finally:
+        interrupt.restore()
+    assert str(raised.value) == (
+        "interrupted in epoch 1 at optimizer step 225, before the first checkpoint: run the "
+        "same command to start again from epoch 1"
+    )
+    assert closed == [1, 1]  # the event log and the checkpoints
+
+
 def test_ctrl_c_stops_at_a_dispatch_boundary_and_the_rerun_resumes(
     tmp_path, synthetic_config, synthetic_run, caplog
 ):
@@ -176,8 +195,8 @@ def test_ctrl_c_stops_at_a_dispatch_boundary_and_the_rerun_resumes(
     before = signal.getsignal(signal.SIGINT)
     workdir = tmp_path / "run"
     message = (
-        f"interrupted after epoch 1, step {steps_per_epoch + 3 * chunk}; run the same command to "
-        "resume from epoch 1"
+        f"interrupted in epoch 2 at optimizer step {steps_per_epoch + 3 * chunk}; epoch 1 is the "
+        "last checkpoint: run the same command to resume with epoch 2 from its start"
     )
     with mock.patch.object(trainer_lib, "_make_chunk_runner", make_runner):
         with caplog.at_level("WARNING"), pytest.raises(KeyboardInterrupt) as raised:

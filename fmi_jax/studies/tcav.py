@@ -175,15 +175,8 @@ def _check(config: Any, handle: Any, split: Any) -> tuple[np.ndarray, ...]:
     ):
         if not int(config[field]) >= minimum:
             raise ValueError(f"{field} must be at least {minimum}, got {config[field]}")
-    rng = np.random.default_rng(0)
-    attribution.concept_activation_vector(
-        rng.normal(size=(int(config.concept_size), 2)) + 1.0,
-        rng.normal(size=(int(config.random_size), 2)),
-        classifier=config.classifier,
-        l2=float(config.l2),
-        test_fraction=float(config.test_fraction),
-    )
-    return draw_sets(
+    # The sizes against the split first: the trial fit's cost grows with them.
+    sets = draw_sets(
         split.labels,
         num_classes=len(split.class_names),
         concept_size=int(config.concept_size),
@@ -192,6 +185,15 @@ def _check(config: Any, handle: Any, split: Any) -> tuple[np.ndarray, ...]:
         random_size=int(config.random_size),
         seed=int(config.seed),
     )
+    rng = np.random.default_rng(0)
+    attribution.concept_activation_vector(
+        rng.normal(size=(int(config.concept_size), 2)) + 1.0,
+        rng.normal(size=(int(config.random_size), 2)),
+        classifier=config.classifier,
+        l2=float(config.l2),
+        test_fraction=float(config.test_fraction),
+    )
+    return sets
 
 
 def _confusion(handle: Any, images: Any, labels: np.ndarray, classes: int, batch_size: int):

@@ -404,10 +404,19 @@ class _Interrupt:
         if not self.requested:
             return
         step = int(state.step)  # waits for the dispatch under way
-        message = (
-            f"interrupted after epoch {epochs_done}, step {step}; run the same command to "
-            f"resume from epoch {epochs_done}"
-        )
+        # Epochs count from 1, as in the progress bar; the unfinished one starts over.
+        now = epochs_done + 1
+        if epochs_done:
+            message = (
+                f"interrupted in epoch {now} at optimizer step {step}; epoch {epochs_done} is "
+                f"the last checkpoint: run the same command to resume with epoch {now} from "
+                "its start"
+            )
+        else:
+            message = (
+                f"interrupted in epoch 1 at optimizer step {step}, before the first "
+                "checkpoint: run the same command to start again from epoch 1"
+            )
         logging.warning(message)
         events.close()
         ckpt.close()
