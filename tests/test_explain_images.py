@@ -360,6 +360,18 @@ def test_a_workdir_inside_the_folder_and_another_spelling_of_it_reuse_the_run(
     record.write_text(json.dumps({"images": "photos", "files": [f"photos/{n}" for n in names]}))
     assert studies.run_explain_images(config, "photos", "other").reused
     assert json.loads(record.read_text())["files"] == [str(photos / n) for n in names]
+    # That record had no digests: it has them now, and a photo replaced under its own
+    # name is refused, as a changed list of files is.
+    assert len(json.loads(record.read_text())["sha256"]) == 2
+    before = (tmp_path / "other" / "predictions.json").read_bytes()
+    Image.fromarray(_gradient(40, 40, 7)).save(photos / "cat.png")
+    changed = r"^1 input file\(s\) changed since this folder's results were computed .*cat\.png"
+    for workdir in ("other", "photos/explained"):
+        with pytest.raises(ValueError, match=changed):
+            studies.run_explain_images(config, "photos", workdir)
+    assert (tmp_path / "other" / "predictions.json").read_bytes() == before
+    Image.fromarray(_gradient(40, 40, 1)).save(photos / "cat.png")  # the original again
+    assert studies.run_explain_images(config, "photos", "other").reused
     # The photo folder itself as the workdir: its photos stay inputs.
     for _ in range(2):
         itself = studies.run_explain_images(config, "photos", "photos")

@@ -25,7 +25,9 @@ explains the top-1 class of each with integrated gradients. It writes under `wor
                       `config.summary.per_page`
   skipped.json        the files that are not readable images, with the reason
   config.json, inputs.json   the config and the input files this folder belongs to
-                      (absolute paths, so 'photos/' and './photos' are one input)
+                      (absolute paths, so 'photos/' and './photos' are one input,
+                      and each file's SHA-256: a photo replaced under its name is
+                      refused like a changed list of files)
 
 What this study writes is never an input: a workdir inside the photo folder (or an
 earlier run's, found by its inputs.json and config.json) does not explain its
@@ -97,31 +99,54 @@ def _absolute(path: str | Path) -> str:
 
 
 def _absolute_inputs(record: dict[str, Any]) -> dict[str, Any]:
-    """``{"images": spec, "files": files}`` with every path :func:`_absolute`."""
+    """``{"images": spec, "files": files, "sha256": digests}`` with every path
+    :func:`_absolute` (no digests in a record written without them)."""
     spec = record.get("images")
     return {
         "images": [_absolute(s) for s in spec]
         if isinstance(spec, (list, tuple))
         else _absolute(spec),
         "files": [_absolute(f) for f in record.get("files") or []],
+        "sha256": list(record.get("sha256") or []),
     }
 
 
+def _digest(file: Path) -> str:
+    return hashlib.sha256(Path(file).read_bytes()).hexdigest()
+
+
 def _claim(config: Any, spec: Any, files: Sequence[Path], out: Path) -> None:
-    """Claims `out` for this config and these input files (never another run's; see
-    fmi_jax/runs.py): both are checked before either is recorded."""
+    """Claims `out` for this config and these input files, their contents included
+    (never another run's; see fmi_jax/runs.py): both are checked before either is
+    recorded. A file whose contents changed under the same name is refused like a
+    changed list of files, by the SHA-256 digests recorded beside the paths."""
     inputs = _absolute_inputs({"images": spec, "files": files})
+    inputs["sha256"] = [_digest(f) for f in files]
     records = {
         "config.json": (config, "another config"),
         "inputs.json": (inputs, "other input files"),
     }
-    saved = runs.read_json(out / "inputs.json", rewritable=True)
-    if isinstance(saved, dict) and saved != inputs and _absolute_inputs(saved) == inputs:
-        # The same inputs, recorded relative to this folder: recorded again, absolute.
-        runs.write_json_atomic(out / "inputs.json", inputs, sort_keys=False)
     # Finished batches of an interrupted run are results of the recorded config too.
     has_results = (out / "predictions.json").exists() or any((out / _BATCHES).glob("*.npz"))
     hint = "pass another --workdir (or move that folder away)"
+    saved = runs.read_json(out / "inputs.json", rewritable=True)
+    earlier = _absolute_inputs(saved) if isinstance(saved, dict) else None
+    if earlier is not None and all(earlier[k] == inputs[k] for k in ("images", "files")):
+        changed = [
+            f
+            for f, old, new in zip(inputs["files"], earlier["sha256"], inputs["sha256"])
+            if old != new
+        ]
+        if changed and has_results:
+            raise runs.RunConfigError(
+                f"{len(changed)} input file(s) changed since this folder's results were "
+                f"computed from them, e.g. {changed[0]!r}; {hint}. Nothing was overwritten.",
+                changed="sha256",
+            )
+        if saved != inputs:
+            # The same inputs, recorded relative to this folder or without digests (or
+            # changed before any result): recorded again, absolute and with digests.
+            runs.write_json_atomic(out / "inputs.json", inputs, sort_keys=False)
     for claim in (runs.check, runs.claim):
         for name, (record, what) in records.items():
             claim(out, record, has_results=has_results, name=name, what=what, hint=hint)
