@@ -169,3 +169,35 @@ def test_stop_after_the_autoencoder_reports_only_the_reconstruction(tmp_path):
     assert set(metrics["goals"]) == {"mse_at_most_0.01", "dead_at_most_5%"}
     with pytest.raises(ValueError, match="stop_after must be one of"):
         studies.run_sae_study(smoke_config(stop_after="explain"), tmp_path)
+
+
+def test_figures_of_another_checkpoint_or_other_settings_are_kept_and_redrawn(tmp_path):
+    """figures.json says which checkpoint and settings each figure shows: more atoms
+    redraw decoder_atoms.png only; figures of another epoch's autoencoder are all
+    redrawn. A replaced figure is kept as <name>.<n>.png."""
+    names = ("decoder_atoms.png", "reconstructions.png", "latent_usage.png")
+    studies.run_sae_study(smoke_config(stop_after="autoencoder"), tmp_path)
+    record = json.loads((tmp_path / "figures.json").read_text())
+    assert record["latent_usage.png"] == {"phase": "autoencoder", "checkpoint_epoch": 3}
+    first = {n: (tmp_path / n).read_bytes() for n in names}
+    atoms = int(smoke_config().figures.atoms) + 4
+    studies.run_sae_study(
+        smoke_config(stop_after="autoencoder", **{"figures.atoms": atoms}), tmp_path
+    )
+    assert (tmp_path / "decoder_atoms.1.png").read_bytes() == first["decoder_atoms.png"]
+    assert (tmp_path / "decoder_atoms.png").read_bytes() != first["decoder_atoms.png"]
+    for name in names[1:]:
+        assert (tmp_path / name).read_bytes() == first[name]
+        assert not (tmp_path / name.replace(".png", ".1.png")).exists()
+    # As if drawn from epoch 2's checkpoint (a run that trained on since).
+    record = json.loads((tmp_path / "figures.json").read_text())
+    (tmp_path / "figures.json").write_text(
+        json.dumps({n: {**r, "checkpoint_epoch": 2} for n, r in record.items()})
+    )
+    studies.run_sae_study(
+        smoke_config(stop_after="autoencoder", **{"figures.atoms": atoms}), tmp_path
+    )
+    assert json.loads((tmp_path / "figures.json").read_text()) == record
+    assert (tmp_path / "decoder_atoms.2.png").exists()
+    for name in names[1:]:
+        assert (tmp_path / name.replace(".png", ".1.png")).read_bytes() == first[name]

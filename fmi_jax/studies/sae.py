@@ -18,10 +18,12 @@
   decoder_atoms.png   the dictionary, most used atoms first
   reconstructions.png test images and their reconstructions
   latent_usage.png    how often each latent fires on the test set
+  figures.json        the phase, checkpoint epoch and settings each figure shows
 
 Every phase resumes from its checkpoints; finished phases are skipped; figures
 and results that exist are kept (an older sae_metrics.json that differs is moved
-to sae_metrics.<n>.json). A changed config for a workdir whose phases already ran
+to sae_metrics.<n>.json, a figure of another checkpoint or other figure settings
+to <name>.<n>.png, and drawn again). A changed config for a workdir whose phases already ran
 is refused, naming the section that changed. `config.stop_after='autoencoder'`
 trains and reports only the autoencoder (e.g. to compare dead-latent mitigations).
 """
@@ -81,6 +83,7 @@ class SaeResult:
 
 # The training runs of the study, each in the workdir's folder of that name.
 _PHASES = ("autoencoder", "classifier", "finetune")
+_FIGURES_RECORD = "figures.json"  # which checkpoint and settings each figure shows
 
 
 def phase_config(config: Any, phase: str, workdir: str | Path) -> ml_collections.ConfigDict:
@@ -173,14 +176,20 @@ def _check_study_config(config: Any, workdir: Path) -> None:
     )
 
 
+def _set_aside(path: Path) -> None:
+    """Renames ``name.ext`` to the first free ``name.<n>.ext``: a result that a rerun
+    replaces is kept."""
+    n = 1
+    while path.with_suffix(f".{n}{path.suffix}").exists():
+        n += 1
+    path.rename(path.with_suffix(f".{n}{path.suffix}"))
+    logging.info("kept the previous %s as %s", path.name, path.with_suffix(f".{n}{path.suffix}"))
+
+
 def _write_if_changed(path: Path, payload: dict[str, Any]) -> None:
     text = json.dumps(payload, indent=2)
     if path.exists() and path.read_text() != text:
-        n = 1
-        while path.with_suffix(f".{n}.json").exists():
-            n += 1
-        path.rename(path.with_suffix(f".{n}.json"))
-        logging.info("kept the previous %s as %s", path.name, path.with_suffix(f".{n}.json"))
+        _set_aside(path)
     runs.write_text_atomic(path, text)
 
 
@@ -224,18 +233,36 @@ def _summary(workdir: Path) -> dict[str, Any]:
     return runs.read_json(path, rewritable=True) or {}
 
 
-def _figures(config, workdir: Path, ae, ae_vars, split, fired: np.ndarray) -> None:
-    atoms = np.asarray(ae.apply(ae_vars, method=ae.decoder_atoms))
-    order = np.argsort(-fired, kind="stable")
-    if not (workdir / "decoder_atoms.png").exists():
+def _figures(
+    config, workdir: Path, ae, ae_vars, split, fired: np.ndarray, source: dict[str, Any]
+) -> None:
+    """The three figures, each drawn unless it exists and ``figures.json`` says it shows
+    this ``source`` (the phase and checkpoint epoch the autoencoder comes from) with
+    these settings; a figure drawn from another model or other settings is kept as
+    ``<name>.<n>.png`` and drawn again."""
+    wanted = {
+        "decoder_atoms.png": {**source, "atoms": int(config.figures.atoms)},
+        "reconstructions.png": {**source, "reconstructions": int(config.figures.reconstructions)},
+        "latent_usage.png": dict(source),
+    }
+    record_path = workdir / _FIGURES_RECORD
+    drawn = runs.read_json(record_path, rewritable=True) or {}
+    todo = set()
+    for name, settings in wanted.items():
+        if (workdir / name).exists() and drawn.get(name) == settings:
+            continue
+        if (workdir / name).exists():
+            _set_aside(workdir / name)
+        todo.add(name)
+    if "decoder_atoms.png" in todo:
         plotting.atom_grid(
-            atoms,
+            np.asarray(ae.apply(ae_vars, method=ae.decoder_atoms)),
             workdir / "decoder_atoms.png",
-            order=order,
+            order=np.argsort(-fired, kind="stable"),
             max_atoms=int(config.figures.atoms),
             title=f"decoder atoms, most used first (k={ae.k} of {ae.latents})",
         )
-    if not (workdir / "reconstructions.png").exists():
+    if "reconstructions.png" in todo:
         n = min(int(config.figures.reconstructions), len(split))
         images = to_float(jnp.asarray(split.images[:n]))
         recon = np.asarray(ae.apply(ae_vars, images)["reconstruction"])
@@ -249,7 +276,7 @@ def _figures(config, workdir: Path, ae, ae_vars, split, fired: np.ndarray) -> No
             errors=errors,
             title=f"test images and their reconstructions from {ae.k} active latents",
         )
-    if not (workdir / "latent_usage.png").exists():
+    if "latent_usage.png" in todo:
         plotting.latent_usage(
             fired,
             workdir / "latent_usage.png",
@@ -257,6 +284,8 @@ def _figures(config, workdir: Path, ae, ae_vars, split, fired: np.ndarray) -> No
             k=ae.k,
             title=f"latent usage on the {split.name} test split",
         )
+    if todo or drawn != wanted:
+        runs.write_json_atomic(record_path, wanted, sort_keys=False)
 
 
 def _attribution_summary(stats: dict[str, Any]) -> dict[str, Any]:
@@ -319,7 +348,7 @@ def run_sae_study(config: ml_collections.ConfigDict, workdir: str | Path) -> Sae
         ae, ae_vars = _autoencoder_of(model, variables)
     recon = _reconstruction_report(ae, ae_vars, test, batch)
     fired = np.asarray(recon.pop("fired"))
-    _figures(config, workdir, ae, ae_vars, test, fired)
+    _figures(config, workdir, ae, ae_vars, test, fired, {"phase": final, "checkpoint_epoch": epoch})
 
     ae_summary = _summary(workdir / "autoencoder")
     metrics = {
