@@ -50,6 +50,7 @@ __all__ = [
     "read_json",
     "refuse_other_kind",
     "save_npz_atomic",
+    "set_aside",
     "subfolder",
     "write_json_atomic",
     "write_text_atomic",
@@ -414,6 +415,19 @@ def _config_text(record: Any) -> str:
 
 
 # --------------------------------------------------------------------------- files
+def set_aside(path: str | Path) -> Path:
+    """Renames ``name.ext`` to the first free ``name.<n>.ext`` (n = 1, 2, ...) and
+    returns the new path: a result that a rerun replaces is kept, never overwritten."""
+    path = Path(path)
+    n = 1
+    while path.with_suffix(f".{n}{path.suffix}").exists():
+        n += 1
+    aside = path.with_suffix(f".{n}{path.suffix}")
+    path.rename(aside)
+    _log.info("kept the previous %s as %s", path.name, aside.name)
+    return aside
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Writes `text` to `path` all at once: a temporary file in the same folder,
     flushed to disk, then renamed over `path` (parents are created). A failure leaves

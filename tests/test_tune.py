@@ -166,7 +166,9 @@ def test_two_trial_study_ranks_retrains_and_resumes(tmp_path, smoke_study):
     assert tune.trial_name(point) == result.best["trial"]
     assert (best / "layer_grad_cam.png").stat().st_size > 5_000
     epoch = result.evaluation["checkpoint_epoch"]
-    assert json.loads((best / "layer_grad_cam.json").read_text()) == {"checkpoint_epoch": epoch}
+    samples = int(config.layer_cam.samples)
+    wanted = {"checkpoint_epoch": epoch, "samples": samples}
+    assert json.loads((best / "layer_grad_cam.json").read_text()) == wanted
     drawn = (best / "layer_grad_cam.png").stat().st_mtime_ns
     tune._layer_figure(config, best, epoch)  # the same checkpoint: not drawn again
     assert (best / "layer_grad_cam.png").stat().st_mtime_ns == drawn
@@ -222,10 +224,19 @@ def test_two_trial_study_ranks_retrains_and_resumes(tmp_path, smoke_study):
     with pytest.raises(ValueError, match=r"data.train_limit: .* -> 128.*Nothing was overwritten"):
         studies.run_tune(refinal, tmp_path)
 
-    # The best checkpoint moved (training went on): the figure is drawn again.
+    # The best checkpoint moved (training went on): the figure is drawn again, and the
+    # earlier one kept.
+    first = (best / "layer_grad_cam.png").read_bytes()
     tune._layer_figure(config, best, epoch + 1)
     assert json.loads((best / "layer_grad_cam.json").read_text())["checkpoint_epoch"] == epoch + 1
     assert (best / "layer_grad_cam.png").stat().st_mtime_ns != drawn
+    assert (best / "layer_grad_cam.1.png").read_bytes() == first
+    # Another number of samples: drawn again too.
+    more = smoke_study()
+    more.layer_cam.samples = samples + 1
+    tune._layer_figure(more, best, epoch + 1)
+    assert json.loads((best / "layer_grad_cam.json").read_text())["samples"] == samples + 1
+    assert (best / "layer_grad_cam.2.png").exists()
 
     # More epochs per trial: every trial goes on from where it stopped (none is read as
     # finished with fewer epochs than asked).

@@ -176,20 +176,10 @@ def _check_study_config(config: Any, workdir: Path) -> None:
     )
 
 
-def _set_aside(path: Path) -> None:
-    """Renames ``name.ext`` to the first free ``name.<n>.ext``: a result that a rerun
-    replaces is kept."""
-    n = 1
-    while path.with_suffix(f".{n}{path.suffix}").exists():
-        n += 1
-    path.rename(path.with_suffix(f".{n}{path.suffix}"))
-    logging.info("kept the previous %s as %s", path.name, path.with_suffix(f".{n}{path.suffix}"))
-
-
 def _write_if_changed(path: Path, payload: dict[str, Any]) -> None:
     text = json.dumps(payload, indent=2)
     if path.exists() and path.read_text() != text:
-        _set_aside(path)
+        runs.set_aside(path)
     runs.write_text_atomic(path, text)
 
 
@@ -252,7 +242,7 @@ def _figures(
         if (workdir / name).exists() and drawn.get(name) == settings:
             continue
         if (workdir / name).exists():
-            _set_aside(workdir / name)
+            runs.set_aside(workdir / name)
         todo.add(name)
     if "decoder_atoms.png" in todo:
         plotting.atom_grid(

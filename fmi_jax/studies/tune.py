@@ -310,16 +310,20 @@ def run_tune(config: ml_collections.ConfigDict, workdir: str | Path) -> TuneResu
 
 def _layer_figure(config: ml_collections.ConfigDict, best_dir: Path, epoch: int) -> None:
     """The per-layer CAM figure of the retrained best model (its checkpoint `epoch`), on
-    the first test images; drawn again when the best checkpoint has moved since (the
-    epoch it shows is recorded beside it)."""
+    the first test images; drawn again when the best checkpoint has moved since or
+    another number of samples is asked for (both are recorded beside it), the earlier
+    figure kept as ``layer_<method>.<n>.png``."""
     settings = config.get("layer_cam")
     if not settings or not int(settings.samples):
         return
     path = best_dir / f"layer_{settings.method}.png"
     record = best_dir / f"layer_{settings.method}.json"
+    wanted = {"checkpoint_epoch": int(epoch), "samples": int(settings.samples)}
     drawn = runs.read_json(record, rewritable=True)
-    if path.exists() and (drawn is None or drawn.get("checkpoint_epoch") == epoch):
-        return
+    if path.exists():
+        if drawn is None or drawn == wanted:  # no record: a figure this study did not draw
+            return
+        runs.set_aside(path)
     model, variables, run_config, _ = evaluate_lib.restore_model(best_dir)
     test = loop_lib.load_data(run_config.data)["test"]
     n = min(int(settings.samples), len(test))
@@ -337,4 +341,4 @@ def _layer_figure(config: ml_collections.ConfigDict, best_dir: Path, epoch: int)
         row_titles=[f"{names[test.labels[i]]} -> {names[predicted[i]]}" for i in range(n)],
         method=f"{settings.method} ({run_config.model.name})",
     )
-    runs.write_json_atomic(record, {"checkpoint_epoch": int(epoch)})
+    runs.write_json_atomic(record, wanted)

@@ -652,8 +652,5 @@ def _write_new(path: Path, payload: Mapping[str, Any]) -> None:
     """Writes JSON atomically; an existing file is kept as `<name>.<n>.json` rather than
     overwritten."""
     if path.exists():
-        n = 1
-        while path.with_suffix(f".{n}.json").exists():
-            n += 1
-        path.rename(path.with_suffix(f".{n}.json"))
+        runs.set_aside(path)
     runs.write_json_atomic(path, payload, sort_keys=False)
