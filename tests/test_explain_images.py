@@ -514,6 +514,9 @@ def test_rerun_reuses_and_a_different_config_is_refused(run, folder):
     config, workdir, _ = run
     again = studies.run_explain_images(config, folder, workdir)
     assert again.reused and not again.figures and not again.summary
+    # ig.batch_size bounds memory only: another is accepted.
+    smaller = _config(batch_size=int(config.ig.batch_size) // 2)
+    assert studies.run_explain_images(smaller, folder, workdir).reused
     changed = _config(steps=9)
     before = (workdir / "predictions.json").read_text()
     with pytest.raises(ValueError, match="another config"):

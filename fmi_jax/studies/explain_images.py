@@ -147,9 +147,19 @@ def _claim(config: Any, spec: Any, files: Sequence[Path], out: Path) -> None:
             # The same inputs, recorded relative to this folder or without digests (or
             # changed before any result): recorded again, absolute and with digests.
             runs.write_json_atomic(out / "inputs.json", inputs, sort_keys=False)
+    # ig.batch_size only bounds memory: lowering it after running out resumes the run.
+    free = {"config.json": ("ig.batch_size",), "inputs.json": ()}
     for claim in (runs.check, runs.claim):
         for name, (record, what) in records.items():
-            claim(out, record, has_results=has_results, name=name, what=what, hint=hint)
+            claim(
+                out,
+                record,
+                has_results=has_results,
+                name=name,
+                what=what,
+                hint=hint,
+                free=free[name],
+            )
 
 
 def _root(spec: Any, files: Sequence[Path]) -> Path:

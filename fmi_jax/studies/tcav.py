@@ -266,6 +266,7 @@ def run_tcav(config: ml_collections.ConfigDict, workdir: str | Path) -> TcavResu
         model=run_config.model.name,
         has_results=npz_path.exists(),
         hint=OUTPUT_HINT,
+        free=("batch_size",),  # bounds memory only
         results=runs.read_json(json_path, rewritable=True),
     )
 
