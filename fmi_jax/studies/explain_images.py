@@ -118,8 +118,9 @@ def _digest(file: Path) -> str:
 def _claim(config: Any, spec: Any, files: Sequence[Path], out: Path) -> None:
     """Claims `out` for this config and these input files, their contents included
     (never another run's; see fmi_jax/runs.py): both are checked before either is
-    recorded. A file whose contents changed under the same name is refused like a
-    changed list of files, by the SHA-256 digests recorded beside the paths."""
+    recorded. A file whose contents changed under the same name since the run finished
+    is refused like a changed list of files, by the SHA-256 digests recorded beside the
+    paths."""
     inputs = _absolute_inputs({"images": spec, "files": files})
     inputs["sha256"] = [_digest(f) for f in files]
     records = {
@@ -137,7 +138,10 @@ def _claim(config: Any, spec: Any, files: Sequence[Path], out: Path) -> None:
             for f, old, new in zip(inputs["files"], earlier["sha256"], inputs["sha256"])
             if old != new
         ]
-        if changed and has_results:
+        # A finished run's results would be replaced: refused. The finished batches of
+        # an interrupted run record their own files' contents, and a changed one is
+        # computed again.
+        if changed and (out / "predictions.json").exists():
             raise runs.RunConfigError(
                 f"{len(changed)} input file(s) changed since this folder's results were "
                 f"computed from them, e.g. {changed[0]!r}; {hint}. Nothing was overwritten.",
