@@ -152,6 +152,35 @@ class Checkpoints:
                 "or match the config to the checkpoint. Nothing was overwritten."
             )
 
+    def check_model(self, epoch: int, model_config: Mapping[str, Any], dataset: str) -> dict:
+        """The architecture recorded with `epoch`, after checking that `model_config` and
+        `dataset` (a run's config.json, which a restore builds the model from) are the
+        ones it was trained with, the compute dtype aside: a restore takes only the
+        parameters the config's model needs, so another model would load without
+        complaint. One-line
+        CheckpointMismatchError otherwise, or for a checkpoint without the record."""
+        saved = self.meta(epoch).get("architecture")
+        if not isinstance(saved, Mapping) or "image_shape" not in saved:
+            raise CheckpointMismatchError(
+                f"{self.directory / str(epoch)} records no model description, so it was not "
+                "written by fmi_jax's training: restore it with orbax directly"
+            )
+        wanted = architecture_of(
+            model_config, saved["image_shape"], saved.get("num_classes", 0), dataset
+        )
+        recorded = {key: saved.get(key) for key in wanted}
+        # The compute dtype is the restorer's choice: the parameters are float32 either way.
+        for record in (wanted, recorded):
+            if isinstance(record["model"], Mapping):
+                record["model"] = {k: v for k, v in record["model"].items() if k != "dtype"}
+        if recorded != wanted:
+            raise CheckpointMismatchError(
+                f"{self.directory} holds checkpoints of another model or dataset than its "
+                f"run's config.json describes ({_describe_difference(recorded, wanted)}): "
+                "restore it with the config it was trained with"
+            )
+        return dict(saved)
+
     # ---------------------------------------------------------------- save / restore
     def save(
         self,

@@ -74,8 +74,7 @@ def restore_model(workdir: str | Path, *, checkpoint: str = "best", dtype: str |
             )
     if epoch is None:
         raise FileNotFoundError(f"{workdir / 'checkpoints'} holds no checkpoint yet; train first")
-    meta = ckpt.meta(epoch)
-    arch = meta["architecture"]
+    arch = ckpt.check_model(epoch, config.model, config.data.name)
     model = loop_lib.model_from_config(config.model, dtype=dtype)
     # Only the structure, shapes and dtypes: every value comes from the checkpoint, so
     # nothing is initialised or compiled (an eager init compiles each layer's ops).
