@@ -370,6 +370,19 @@ def test_a_method_not_bound_to_its_model_is_refused_with_the_binding():
     assert max_sensitivity(bound, x, 0, key, samples=2).shape == (2,)
 
 
+def test_a_class_out_of_range_is_refused_whatever_the_chunking(linear):
+    """With batch_size, the explainer runs on traced chunks where its own range check
+    cannot see the targets (jnp indexing would clamp the class); given fn=, the metric
+    checks them against the model's classes first."""
+    fn, x, _, _ = linear
+    explain = explainer("saliency", fn)
+    key = jax.random.key(0)
+    for batch_size in (None, 2):
+        for metric in (max_sensitivity, avg_sensitivity, local_lipschitz):
+            with pytest.raises(ValueError, match=r"class 5, but classes must be in \[0, 3\)"):
+                metric(explain, x, 5, key, fn=fn, samples=2, batch_size=batch_size)
+
+
 def test_bad_inputs_are_refused(linear):
     fn, x, target, grad = linear
     key = jax.random.key(0)

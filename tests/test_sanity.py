@@ -68,6 +68,18 @@ def test_ssim_identical_is_exactly_one_and_symmetric(maps):
     assert float(ssim(c, c)[0]) == 1.0
 
 
+def test_ssim_of_a_map_with_nan_or_inf_is_nan_not_one(maps):
+    """A non-finite value makes every window's denominator NaN, which must not be read
+    as the 0 of two identical constant windows (similarity 1)."""
+    a, b = maps
+    for bad in (jnp.nan, jnp.inf):
+        broken = b.at[0, 0, 0].set(bad)
+        for data_range in (None, 1.0):
+            got = np.asarray(ssim(a, broken, data_range=data_range))
+            assert np.isnan(got[0]), (bad, data_range, got)
+            assert np.all(np.isfinite(got[1:]))  # the other pairs are untouched
+
+
 def test_ssim_matches_direct_formula(maps):
     a, b = maps
     got = np.asarray(ssim(a, b))

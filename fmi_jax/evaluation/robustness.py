@@ -1006,6 +1006,10 @@ def _sensitivity(
                 "predicted class"
             )
         target = resolve_target(fn, x, None, batch_size=batch_size)
+    elif fn is not None:
+        # Checked against the model's classes here: inside the chunks the explainer's
+        # own check sees traced targets, and a class out of range would be clamped.
+        target = resolve_target(fn, x, target, batch_size=batch_size)
     else:
         target = as_target(target, num_examples)
     # Two streams per example: the input noise and the explainer's own randomness.

@@ -252,7 +252,8 @@ def ssim(
     that lie fully inside the map. ``data_range``: a scalar or one value per example;
     None means max - min over both maps of each pair. Symmetric in ``a`` and ``b`` (up
     to float32 rounding: XLA may contract ``x * x + y * y`` into a fused multiply-add);
-    identical maps give exactly 1. Reduce (N, H, W, C) maps first with
+    identical maps give exactly 1, and a NaN or Inf in either map gives NaN. Reduce
+    (N, H, W, C) maps first with
     :func:`~fmi_jax.evaluation.agreement.reduce_channels`.
     """
     a = jnp.asarray(a, jnp.float32)
@@ -300,8 +301,10 @@ def _ssim(a, b, data_range, window, k1, k2, sample_covariance):
     c1, c2 = (k1 * r) ** 2, (k2 * r) ** 2
     num = (2 * (ua * ub) + c1) * (2 * vab + c2)
     den = (ua * ua + ub * ub + c1) * (va + vb + c2)
+    # A window of two identical constant maps (den 0) is perfectly similar; a NaN or
+    # Inf in either map (den NaN) stays NaN, as in pearson and spearman.
     s = jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 1.0)
-    return s.mean((1, 2))
+    return jnp.where(jnp.isnan(den), jnp.nan, s).mean((1, 2))
 
 
 # ------------------------------------------------------------------ randomisation
