@@ -1081,3 +1081,7 @@ def test_confidence_metrics_at_their_ends():
         F.average_drop(fn, x, 0, ones, scale="max")
     with pytest.raises(ValueError, match="do not fit images"):
         F.average_gain(fn, x, 0, jnp.ones((2, 3, 3)))
+    # With scale='none' the map is the mask: one outside [0, 1] would score best.
+    for name in ("average_drop", "increase_in_confidence", "average_gain"):
+        with pytest.raises(ValueError, match=rf"^{name}: with scale='none' the maps must lie in"):
+            getattr(F, name)(fn, x, 0, 5.0 * ones, scale="none")

@@ -1,6 +1,7 @@
 """Consistency and sufficiency over a set of maps, against hand counts and scipy."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -73,3 +74,12 @@ def test_jit_and_bad_input():
         G.consistency(MAPS, PREDICTIONS, k=5)
     with pytest.raises(ValueError, match="threshold must be in"):
         G.sufficiency(MAPS, PREDICTIONS, threshold=1.5)
+    # NumPy and JAX scalars are numbers too.
+    expected = G.sufficiency(MAPS, PREDICTIONS, threshold=0.5)
+    for threshold in (np.float32(0.5), jnp.float32(0.5), np.float64(0.5)):
+        np.testing.assert_array_equal(
+            G.sufficiency(MAPS, PREDICTIONS, threshold=threshold), expected
+        )
+    for bad in (True, "0.5", jnp.array([0.5, 0.5])):
+        with pytest.raises(ValueError, match="threshold must be a finite number"):
+            G.sufficiency(MAPS, PREDICTIONS, threshold=bad)

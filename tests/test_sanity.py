@@ -212,6 +212,8 @@ def test_randomize_layers_touches_only_named_layers():
     assert 0.5 < float(kernel.std() / old.std()) < 2.0
     with pytest.raises(ValueError, match="unknown layers"):
         randomize_layers(variables, ["conv9"], jax.random.key(3))
+    with pytest.raises(ValueError, match="not a single string"):
+        randomize_layers(variables, "conv1", jax.random.key(3))
     # As documented: leaf j of layer L is mean + std * N(0, 1) drawn eagerly from
     # fold_in(fold_in(key, crc32(L)), j), bit for bit.
     layer_key = jax.random.fold_in(jax.random.key(3), zlib.crc32(b"conv1") & 0x7FFFFFFF)
@@ -316,6 +318,14 @@ def test_maps_with_nan_are_refused_not_ranked_or_skipped(cnn, linear):
             num_classes=C,
             similarity="spearman",
         )
+
+
+def test_one_layer_name_as_a_string_is_refused_not_split_into_letters(cnn):
+    _, variables, x, target = cnn
+    make = lambda v: lambda xs, t, k: xs * xs
+    for run in (cascading_randomization, independent_randomization, efficient_mprt):
+        with pytest.raises(ValueError, match="layers must be a sequence of layer names, not a"):
+            run(make, variables, x, target, jax.random.key(0), layers="head")
 
 
 def test_same_key_same_result(cnn):

@@ -1538,9 +1538,8 @@ def _masked_confidence(
     if scale not in _MASK_SCALES:
         raise ValueError(f"{name}: scale must be one of {_MASK_SCALES}; got {scale!r}")
     x = as_input(x)
-    relevance, mask_shape = _pixel_relevance(x, attributions)
-    if scale == "minmax":
-        relevance = minmax_scale(relevance, 1)
+    _, mask_shape = _pixel_relevance(x, attributions)
+    _, relevance = _scaled_pixels(x, attributions, scale, name)
     mask = relevance.reshape((x.shape[0],) + mask_shape)
     target = resolve_target(fn, x, target, batch_size=batch_size)
 

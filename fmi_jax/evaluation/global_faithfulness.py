@@ -41,7 +41,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from fmi_jax.attribution.core import Array, as_count, check_finite
+from fmi_jax.attribution.core import Array, as_count, as_number, check_finite
 
 __all__ = ["consistency", "sufficiency"]
 
@@ -116,8 +116,7 @@ def sufficiency(attributions: Array, predictions: Array, *, threshold: float = 0
         threshold outside ``[0, 1]``.
     """
     a, p = _rows(attributions, predictions)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
+    threshold = as_number(threshold, "threshold", minimum=0.0)  # NumPy and 0-d arrays too
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1] (of the largest distance), got {threshold}")
     variance = a.var(axis=0, ddof=1)

@@ -372,7 +372,7 @@ def randomize_layers(variables: Mapping[str, Any], layers: Sequence[str], key: j
     arrays). The input is not modified.
     """
     if isinstance(layers, str):
-        raise TypeError("layers must be a sequence of layer names, not a single string")
+        raise ValueError("layers must be a sequence of layer names, not a single string")
     params = _params(variables)
     unknown = [name for name in layers if name not in params]
     if unknown:
@@ -427,6 +427,8 @@ def _run(mode, make_explain, variables, x, target, key, layers, channels, window
             "explain its own predicted class"
         )
     params = _params(variables)
+    if isinstance(layers, str):
+        raise ValueError("layers must be a sequence of layer names, not a single string")
     layers = layer_order(params) if layers is None else tuple(layers)
     if not layers:
         raise ValueError("no layers to randomise")
@@ -555,6 +557,8 @@ def efficient_mprt(
             "predictions): with target=None the randomised model would explain its own "
             "predicted class"
         )
+    if isinstance(layers, str):
+        raise ValueError("layers must be a sequence of layer names, not a single string")
     layers = layer_order(_params(variables)) if layers is None else tuple(layers)
     if not layers:
         raise ValueError("no layers to randomise")
