@@ -74,31 +74,3 @@ def test_models_without_a_compute_dtype_are_left_alone():
     assert "dtype" not in model.__dataclass_fields__
     resnet = loop_lib.model_from_config({"name": "resnet", "dtype": "auto"}, dtype="float32")
     assert jnp.dtype(resnet.dtype) == jnp.float32
-
-
-@pytest.mark.parametrize(
-    "edit, message",
-    [
-        (
-            lambda c: c["model"].update(features=c["model"]["features"][:-1]),
-            r"holds checkpoints of another model or dataset than its run's config\.json "
-            r"describes \(model\.features: checkpoint has",
-        ),
-        (lambda c: c["data"].update(name="mnist"), r"dataset: checkpoint has 'synthetic'"),
-    ],
-    ids=["fewer_layers", "other_dataset"],
-)
-def test_a_checkpoint_of_another_model_is_refused_not_partly_restored(
-    synthetic_run, tmp_path, edit, message
-):
-    """A restore takes only the parameters the config's model needs: a config edited to
-    one conv block fewer would load the checkpoint's first blocks and drop the rest."""
-    from fmi_jax.train.checkpoint import CheckpointMismatchError
-
-    workdir = tmp_path / "run"
-    shutil.copytree(synthetic_run, workdir)
-    config = json.loads((workdir / "config.json").read_text())
-    edit(config)
-    (workdir / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointMismatchError, match=message):
-        evaluate_lib.restore_model(workdir)

@@ -235,6 +235,18 @@ class Checkpoints:
                 f"config ({type(e).__name__}: {e}). Use a new --workdir or the config the checkpoint "
                 "was trained with."
             ) from e
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001  (tensorstore raises a bare Exception)
+            # A damaged or incomplete checkpoint: TensorStore's message runs to dozens of
+            # lines of array indices; its first line says what failed.
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            others = [k for k in self.epochs() if k != epoch]
+            raise CheckpointMismatchError(
+                f"checkpoint {self.directory / str(epoch)} could not be read, it is damaged or "
+                f"incomplete ({first}); restore another of the kept epochs {others} "
+                "(--checkpoint=<epoch>), or move it away to resume from the one before"
+            ) from e
         logging.info("restored epoch %d from %s", epoch, self.directory)
         return restored["state"]
 
