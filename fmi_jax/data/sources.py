@@ -11,8 +11,10 @@ attempt logged with ``absl.logging.info``:
    loading a different copy.
 2. Well-known local folders: ``$FMI_DATA_DIR/<name>/`` and, for Fashion-MNIST,
    the folder of Debian's ``dataset-fashion-mnist`` package, found with
-   ``dpkg -L`` (never a hard-coded path). A folder without the files is
-   skipped; a folder with corrupt files is an error.
+   ``dpkg -L`` (never a hard-coded path). A missing or empty folder is
+   skipped; a folder with corrupt files is an error, and so is a
+   ``$FMI_DATA_DIR/<name>/`` that holds files but not the split asked for (a
+   copy of one's own, incomplete or misnamed, never mixed with another).
 3. tensorflow-datasets (:mod:`fmi_jax.data.tfds_source`): a prepared copy in
    ``tfds_data_dir``, or a fresh download if ``download`` is true and
    TensorFlow and the network are there.
@@ -32,6 +34,7 @@ import functools
 import os
 import subprocess
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 from absl import logging
@@ -247,6 +250,8 @@ def _resolve(
     attempts = [("data_dir argument", "not given")]
     for label, folder in _well_known_folders(spec):
         found = folder if isinstance(folder, Unavailable) else _find(spec, split, folder)
+        if isinstance(found, Unavailable) and label.startswith("$"):
+            _refuse_partial_copy(spec, split, label, folder, found)
         if isinstance(found, Unavailable):
             logging.info("%s/%s: %s: %s.", spec.name, split, label, found.reason)
             attempts.append((label, found.reason))
@@ -272,6 +277,31 @@ def _resolve(
         )
         attempts.append(("tensorflow-datasets download of the original files", found.reason))
     raise DataNotFoundError(_not_found_message(spec, split, attempts))
+
+
+def _refuse_partial_copy(
+    spec: DatasetSpec, split: str, label: str, folder: Any, found: Unavailable
+) -> None:
+    """A DataError for ``$FMI_DATA_DIR/<name>`` when it exists with files in it but not
+    this split's: the user's own copy, incomplete or misnamed, which must not give way
+    silently to another copy (Debian's, say) for this split alone. A missing or empty
+    folder is skipped; ``$FMI_DATA_DIR`` that is not a folder is refused."""
+    root = Path(os.environ.get(FMI_DATA_DIR_ENV, "")).expanduser()
+    if os.environ.get(FMI_DATA_DIR_ENV) and root.exists() and not root.is_dir():
+        raise DataError(
+            f"${FMI_DATA_DIR_ENV}={str(root)!r} is not a folder: point it at the folder "
+            f"that holds one subfolder per dataset ({spec.name}/ for this one), or unset it"
+        )
+    if not isinstance(folder, Path) or not folder.is_dir():
+        return
+    if not any(not p.name.startswith(".") for p in folder.iterdir()):
+        return
+    raise DataError(
+        f"{label} ({folder}) does not hold the {split!r} files of {spec.name} "
+        f"({found.reason}); it holds: {_listing(folder)}. Put "
+        f"{_files_phrase(spec, split)} there, or move the folder away to use the other "
+        "sources for every split"
+    )
 
 
 def _load_given_dir(spec: DatasetSpec, split: str, data_dir: Path) -> Dataset:

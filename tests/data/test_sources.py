@@ -148,6 +148,32 @@ def test_empty_fmi_data_dir_folder_falls_through_to_debian(three_copies, monkeyp
     assert _same(load("fashion_mnist", "train"), three_copies["debian"]["train"])
 
 
+def test_an_incomplete_fmi_data_dir_copy_is_refused_not_mixed_with_debian(
+    three_copies, monkeypatch
+):
+    """$FMI_DATA_DIR/fashion_mnist with the train files only (or a misnamed labels file)
+    is the user's copy: its test split must not come from Debian's copy silently."""
+    root = three_copies["root"]
+    env = root / "env_root" / "fashion_mnist"
+    (env / "t10k-labels-idx1-ubyte.gz").rename(env / "t10k-labels.idx1-ubyte.gz")
+    assert _same(load("fashion_mnist", "train"), three_copies["env"]["train"])
+    with pytest.raises(DataError) as info:
+        load("fashion_mnist", "test")
+    message = str(info.value)
+    assert message.startswith(f"$FMI_DATA_DIR/fashion_mnist ({env}) does not hold the 'test' files")
+    assert "t10k-labels.idx1-ubyte.gz" in message and "\n" not in message
+    # An empty folder is skipped, as a missing one is.
+    for name in list(env.iterdir()):
+        name.unlink()
+    assert _same(load("fashion_mnist", "test"), three_copies["debian"]["test"])
+    # $FMI_DATA_DIR naming a file is refused.
+    monkeypatch.setenv(
+        sources.FMI_DATA_DIR_ENV, str(root / "debian" / "train-images-idx3-ubyte.gz")
+    )
+    with pytest.raises(DataError, match=r"^\$FMI_DATA_DIR='.*' is not a folder"):
+        load("fashion_mnist", "test")
+
+
 def test_data_dir_subfolder_named_after_the_dataset(three_copies):
     ds = load("fashion_mnist", "train", data_dir=three_copies["root"] / "env_root")
     assert _same(ds, three_copies["env"]["train"])
