@@ -124,6 +124,14 @@ def test_torch_keys():
     )
 
 
+def test_a_truncated_npz_of_weights_is_one_line_naming_it(tmp_path):
+    path = tmp_path / "weights.npz"
+    np.savez(path, a=np.ones(1000, np.float32))
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"weights\.npz is not a readable \.npz of weights"):
+        load_state_dict(path)
+
+
 def test_reading_a_pth_without_torch_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "torch", None)
     path = tmp_path / "weights.pth"

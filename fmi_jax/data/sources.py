@@ -394,8 +394,17 @@ def _read_idx(spec: DatasetSpec, split: str, found: tuple[Path, Path]) -> Datase
 def _find_cifar(spec: DatasetSpec, split: str, folder: Path) -> Path | Unavailable:
     location = cifar.find_cifar10(folder, spec.files[split])
     if location is None:
+        # Name what is missing where some of the batches are there.
+        for candidate in (folder, folder / cifar.FOLDER_NAME):
+            missing = [n for n in spec.files[split] if not (candidate / n).is_file()]
+            if len(missing) < len(spec.files[split]):
+                return Unavailable(
+                    f"{candidate} lacks {', '.join(missing)} of {', '.join(spec.files[split])}, "
+                    f"and there is no {cifar.ARCHIVE_NAME} in {folder}"
+                )
         return Unavailable(
-            f"no {cifar.FOLDER_NAME}/ with {', '.join(spec.files[split])} and no {cifar.ARCHIVE_NAME} in {folder}"
+            f"no {cifar.FOLDER_NAME}/ with {', '.join(spec.files[split])} and no "
+            f"{cifar.ARCHIVE_NAME} in {folder}"
         )
     return location
 

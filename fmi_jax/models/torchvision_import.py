@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import os
 import re
+import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -58,8 +59,14 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """
     path = os.fspath(path)
     if path.endswith(".npz"):
-        with np.load(path) as data:
-            return {k: np.asarray(data[k]) for k in data.files if not k.startswith("__")}
+        try:
+            with np.load(path) as data:
+                return {k: np.asarray(data[k]) for k in data.files if not k.startswith("__")}
+        except (zipfile.BadZipFile, EOFError, ValueError) as error:
+            raise ValueError(
+                f"{path} is not a readable .npz of weights ({type(error).__name__}: {error}): "
+                "it is truncated or another format; write it again with numpy.savez"
+            ) from None
     try:
         import torch
     except ImportError as err:  # pragma: no cover - depends on the environment

@@ -63,6 +63,16 @@ def test_folder_round_trip_is_exact(tmp_path, write_cifar_dataset):
     assert names == CIFAR10_CLASSES
 
 
+def test_a_missing_training_batch_is_named(tmp_path, isolated, write_cifar_dataset):
+    """With data_batch_3 gone, the error names it rather than listing all five."""
+    from fmi_jax.data import load
+
+    write_cifar_dataset(tmp_path / cifar.FOLDER_NAME)
+    (tmp_path / cifar.FOLDER_NAME / "data_batch_3").unlink()
+    with pytest.raises(DataError, match=r"cifar-10-batches-py lacks data_batch_3 of data_batch_1"):
+        load("cifar10", "train", data_dir=tmp_path)
+
+
 def test_archive_round_trip_is_exact(tmp_path, write_cifar_dataset):
     arrays = write_cifar_dataset(tmp_path / "src" / cifar.FOLDER_NAME)
     archive = _archive(tmp_path / "src" / cifar.FOLDER_NAME, tmp_path / cifar.ARCHIVE_NAME)
