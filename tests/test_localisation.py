@@ -121,7 +121,7 @@ def test_focus_is_the_positive_share_on_the_marked_tiles():
     want = (np.maximum(top_left, 0).sum() + np.maximum(bottom_right, 0).sum()) / positive
     np.testing.assert_allclose(L.focus(a, quadrants[:1]), [want], rtol=1e-6)
     assert np.isnan(L.focus(-np.ones((1, 4, 4)), quadrants[:1])[0])
-    for bad in (np.ones((2, 3), bool), np.full((2, 4), 0.5)):
+    for bad in (np.ones((2, 3), bool), np.full((2, 4), 0.5), np.array([[2, 0, 0, 0]] * 2)):
         with pytest.raises(ValueError, match=r"quadrants must be \(N, 4\) booleans"):
             L.focus(np.ones((2, 4, 4)), bad)
 

@@ -169,15 +169,18 @@ def _quadrant_masks(quadrants: Any, height: int, width: int) -> Array:
     """``(N, H, W)`` masks of the marked tiles, in the order top-left, top-right,
     bottom-left, bottom-right; the top and left tiles are ``H // 2`` and ``W // 2``."""
     q = jnp.asarray(quadrants)
+    concrete = not isinstance(q, jax.core.Tracer)
     if (
         q.ndim != 2
         or q.shape[1] != 4
         or not (q.dtype == bool or jnp.issubdtype(q.dtype, jnp.integer))
+        or (concrete and q.dtype != bool and not bool(jnp.all((q == 0) | (q == 1))))
     ):
         raise ValueError(
             f"quadrants must be (N, 4) booleans or 0/1 integers (top-left, top-right, "
             f"bottom-left, bottom-right: the tiles of the explained class), got "
             f"{q.dtype} of shape {q.shape}"
+            + (f" with values {np.unique(q).tolist()}" if concrete and q.dtype != bool else "")
         )
     bottom = jnp.arange(height)[:, None] >= height // 2
     right = jnp.arange(width)[None, :] >= width // 2
