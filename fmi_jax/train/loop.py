@@ -472,8 +472,13 @@ def train_and_evaluate(
         hint="use a new --workdir for this config (or the config it was run with)",
     )
     # An earlier run's checkpoints and config refuse a change before the model is built
-    # (reading them writes nothing: the folder exists).
-    ckpt = checkpoints() if (workdir / "checkpoints").is_dir() else None
+    # (reading them writes nothing: the folder exists). Processes of a multi-process run
+    # open the checkpoints at this same point whatever one of them sees on disk (orbax
+    # may synchronise them when it does), as the first run of one may leave the folder.
+    ckpt = None
+    if (workdir / "checkpoints").is_dir() or jax.process_count() > 1:
+        workdir.mkdir(parents=True, exist_ok=True)
+        ckpt = checkpoints()
     if ckpt is not None:
         ckpt.check_architecture(identity)
     has_results = ckpt is not None and ckpt.latest_epoch() is not None
