@@ -472,9 +472,10 @@ def train_and_evaluate(
         hint="use a new --workdir for this config (or the config it was run with)",
     )
     # An earlier run's checkpoints and config refuse a change before the model is built
-    # (reading them writes nothing: the folder exists). Processes of a multi-process run
-    # open the checkpoints at this same point whatever one of them sees on disk (orbax
-    # may synchronise them when it does), as the first run of one may leave the folder.
+    # (reading them writes nothing: the folder exists). The processes of a multi-process
+    # run all open the checkpoints here, whatever each sees on disk, since orbax may
+    # synchronise them when they do; a refused multi-process command may leave the
+    # empty folders behind.
     ckpt = None
     if (workdir / "checkpoints").is_dir() or jax.process_count() > 1:
         workdir.mkdir(parents=True, exist_ok=True)
