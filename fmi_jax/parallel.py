@@ -167,7 +167,8 @@ def _wait_for_coordinator(address: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+            left = max(0.1, deadline - time.monotonic())
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=min(5, left)):
                 return
         except OSError as error:
             if time.monotonic() >= deadline:

@@ -53,7 +53,7 @@ def test_a_damaged_checkpoint_is_one_line_naming_it(synthetic_run, tmp_path):
     message = str(raised.value)
     assert "\n" not in message and len(message) < 600, message
     assert message.startswith(
-        f"checkpoint {workdir / 'checkpoints' / str(epoch)} could not be read"
+        f"checkpoint {workdir / 'checkpoints' / str(epoch)} could not be read: array params."
     )
 
 

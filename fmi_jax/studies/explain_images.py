@@ -111,8 +111,17 @@ def _absolute_inputs(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _digest(file: Path) -> str:
-    return hashlib.sha256(Path(file).read_bytes()).hexdigest()
+def _digest(file: Path) -> str | None:
+    """The file's SHA-256, read in 1 MiB blocks; None for a file that cannot be read
+    (the image loader skips it, with its reason in skipped.json)."""
+    digest = hashlib.sha256()
+    try:
+        with open(file, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
 
 
 def _claim(config: Any, spec: Any, files: Sequence[Path], out: Path) -> None:
@@ -139,20 +148,31 @@ def _claim(config: Any, spec: Any, files: Sequence[Path], out: Path) -> None:
             if old != new
         ]
         # A finished run's results would be replaced: refused. The finished batches of
-        # an interrupted run record their own files' contents, and a changed one is
-        # computed again.
+        # an interrupted run record their files' sizes and modification times, and a
+        # changed one is computed again. (A record written before digests were kept has
+        # none to compare: its files are taken as they are now.)
         if changed and (out / "predictions.json").exists():
             raise runs.RunConfigError(
                 f"{len(changed)} input file(s) changed since this folder's results were "
                 f"computed from them, e.g. {changed[0]!r}; {hint}. Nothing was overwritten.",
                 changed="sha256",
             )
+    # ig.batch_size only bounds memory: lowering it after running out resumes the run.
+    free = {"config.json": ("ig.batch_size",), "inputs.json": ()}
+    runs.check(
+        out,
+        config,
+        has_results=has_results,
+        name="config.json",
+        what="another config",
+        hint=hint,
+        free=free["config.json"],
+    )
+    if earlier is not None and all(earlier[k] == inputs[k] for k in ("images", "files")):
         if saved != inputs:
             # The same inputs, recorded relative to this folder or without digests (or
             # changed before any result): recorded again, absolute and with digests.
             runs.write_json_atomic(out / "inputs.json", inputs, sort_keys=False)
-    # ig.batch_size only bounds memory: lowering it after running out resumes the run.
-    free = {"config.json": ("ig.batch_size",), "inputs.json": ()}
     for claim in (runs.check, runs.claim):
         for name, (record, what) in records.items():
             claim(

@@ -320,10 +320,10 @@ def _layer_figure(config: ml_collections.ConfigDict, best_dir: Path, epoch: int)
     record = best_dir / f"layer_{settings.method}.json"
     wanted = {"checkpoint_epoch": int(epoch), "samples": int(settings.samples)}
     drawn = runs.read_json(record, rewritable=True)
-    if path.exists():
-        if drawn is None or drawn == wanted:  # no record: a figure this study did not draw
-            return
-        runs.set_aside(path)
+    if isinstance(drawn, dict) and "samples" not in drawn:  # recorded before samples were
+        drawn = {**drawn, "samples": wanted["samples"]}
+    if path.exists() and (drawn is None or drawn == wanted):
+        return  # no record: a figure this study did not draw
     model, variables, run_config, _ = evaluate_lib.restore_model(best_dir)
     test = loop_lib.load_data(run_config.data)["test"]
     n = min(int(settings.samples), len(test))
@@ -334,6 +334,8 @@ def _layer_figure(config: ml_collections.ConfigDict, best_dir: Path, epoch: int)
         settings.method, fn, model, variables, images, jnp.asarray(predicted)
     )
     names = test.class_names
+    if path.exists():  # drawn from another checkpoint or samples: kept, now that maps exist
+        runs.set_aside(path)
     plotting.layer_grid(
         np.asarray(images),
         maps,

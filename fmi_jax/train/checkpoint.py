@@ -15,6 +15,7 @@ dataset raises `CheckpointMismatchError`, and nothing is overwritten.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -235,17 +236,23 @@ class Checkpoints:
                 f"config ({type(e).__name__}: {e}). Use a new --workdir or the config the checkpoint "
                 "was trained with."
             ) from e
-        except MemoryError:
-            raise
-        except Exception as e:  # noqa: BLE001  (tensorstore raises a bare Exception)
-            # A damaged or incomplete checkpoint: TensorStore's message runs to dozens of
-            # lines of array indices; its first line says what failed.
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        except Exception as e:
+            if type(e) is not Exception:  # TensorStore's read failures are bare Exceptions
+                raise
+            # Its message runs to dozens of lines of the array's TensorStore spec; the
+            # array is the spec's relative path.
+            arrays = [p for p in re.findall(r"'path': '([^']+)'", str(e)) if not p.startswith("/")]
+            what = f"array {arrays[-1].rstrip('/')}" if arrays else "an array"
             others = [k for k in self.epochs() if k != epoch]
+            instead = (
+                f"restore another of the kept epochs {others}, or move it away"
+                if others
+                else "move it away"
+            )
             raise CheckpointMismatchError(
-                f"checkpoint {self.directory / str(epoch)} could not be read, it is damaged or "
-                f"incomplete ({first}); restore another of the kept epochs {others} "
-                "(--checkpoint=<epoch>), or move it away to resume from the one before"
+                f"checkpoint {self.directory / str(epoch)} could not be read: {what} is "
+                f"damaged or incomplete; {instead} (a training run then resumes from the "
+                "epoch before, or starts again)"
             ) from e
         logging.info("restored epoch %d from %s", epoch, self.directory)
         return restored["state"]

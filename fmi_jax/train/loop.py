@@ -493,7 +493,8 @@ def train_and_evaluate(
             f"{train_ds.num_classes}"
         )
     # The trainer checks the rest (the loop, the batch size against the data, the model's
-    # own init) before the workdir is made, so a refused command leaves no trace.
+    # own init) before the workdir is made, so a refused single-process command leaves
+    # no trace.
     trainer = Trainer(config, train_ds.images, train_ds.labels, mesh=mesh, model=model)
     # Checked all that is checkable: now the workdir is this config's.
     workdir.mkdir(parents=True, exist_ok=True)
