@@ -64,6 +64,7 @@ __all__ = [
     "as_input",
     "image_size",
     "layout_mistake",
+    "missing_channel_axis",
     "layout_checked",
     "require_key",
     "check_explain",
@@ -338,10 +339,20 @@ class InputLayoutError(ValueError):
     message says which, and the fix."""
 
 
+def missing_channel_axis(shape: tuple[int, ...]) -> str:
+    """The message for a grayscale batch ``(N, H, W)`` given to a model that takes
+    ``(N, H, W, 1)``, as MNIST-style loaders often leave it."""
+    return (
+        f"x of shape {shape} looks like grayscale images without their channel axis: "
+        "pass x[..., None]; the model takes (N, H, W, 1)"
+    )
+
+
 def _misread_layout(fn: ModelFn, x: Array) -> str | None:
     """Why ``fn``, which does not map ``x`` to ``(N, classes)`` logits, would with ``x``
     laid out otherwise: ``x`` is one example without its batch axis (``fn`` takes
-    ``x[None]``), or a channels-first batch (``fn`` takes ``x.transpose(0, 2, 3, 1)``);
+    ``x[None]``), a grayscale batch without its channel axis (``fn`` takes
+    ``x[..., None]``), or a channels-first batch (``fn`` takes ``x.transpose(0, 2, 3, 1)``);
     None when neither fixes it. Only the model's answer decides, so no valid batch is
     refused on its shape alone."""
     shape = tuple(x.shape)
@@ -351,6 +362,8 @@ def _misread_layout(fn: ModelFn, x: Array) -> str | None:
             f"x of shape {shape} looks like one example without its batch axis: pass "
             f"x[None] (a batch of one); x must be a batch {batch}"
         )
+    if len(shape) == 3 and _maps_to_logits(fn, shape + (1,), x.dtype):
+        return missing_channel_axis(shape)
     if len(shape) == 4 and _maps_to_logits(fn, (shape[0], *shape[2:], shape[1]), x.dtype):
         return (
             f"x of shape {shape} looks channels-first (N, C, H, W), but the model takes "

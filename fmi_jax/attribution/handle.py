@@ -90,6 +90,7 @@ from fmi_jax.attribution.core import (
     as_count,
     as_input,
     layout_mistake,
+    missing_channel_axis,
     select_target,
 )
 
@@ -974,8 +975,10 @@ def _called_function(model: Any, method: Any) -> Any:
 
 def _check_call_keywords(model: Any, keywords: Mapping[str, Any], method: Any = None) -> None:
     """A ValueError for a call keyword the model's method has no parameter for (say
-    ``train=False`` for a ``__call__(self, x, training)``), naming the keywords it takes;
-    a method with ``**kwargs``, or one that cannot be inspected, takes any."""
+    ``train=False`` for a ``__call__(self, x, training)``), naming the keywords it takes,
+    and for a parameter after ``x`` without a default that no keyword gives (a
+    ``__call__(self, x, train)`` given no ``train=``); a method with ``**kwargs``, or
+    one that cannot be inspected, takes any keyword."""
     function = _called_function(model, method)
     try:
         parameters = list(inspect.signature(function).parameters.values())
@@ -990,12 +993,24 @@ def _check_call_keywords(model: Any, keywords: Mapping[str, Any], method: Any = 
         for p in parameters
         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in skipped
     ]
-    unknown = [name for name in keywords if name not in takes]
+    name = f"{type(model).__name__}.{getattr(function, '__name__', 'method')}"
+    unknown = [key for key in keywords if key not in takes]
     if unknown:
-        name = f"{type(model).__name__}.{getattr(function, '__name__', 'method')}"
         raise ValueError(
             f"flax_model: {name} takes no keyword {', '.join(f'{k}=' for k in unknown)}; "
             f"the keywords it takes: {', '.join(takes) if takes else 'none'}"
+        )
+    missing = [
+        p.name
+        for p in parameters
+        if p.name in takes and p.default is p.empty and p.name not in keywords
+    ]
+    if missing:
+        given = ", ".join(f"{key}=..." for key in missing)
+        raise ValueError(
+            f"flax_model: {name} needs {', '.join(missing)}, and every pass calls it with "
+            f"x alone: give the handle the value, e.g. flax_model(module, variables, "
+            f"{given}) (train=False or deterministic=True for inference)"
         )
 
 
@@ -1116,6 +1131,8 @@ def layer_call(
                 f"x of shape {x.shape} looks like one example without its batch axis: pass "
                 "x[None] (a batch of one)"
             ) from None
+        if x.ndim == 3 and _takes(handle, x[..., None], layer):
+            raise InputLayoutError(missing_channel_axis(tuple(x.shape))) from None
         raise
     if batch_size is not None:
         as_count(batch_size, "batch_size")

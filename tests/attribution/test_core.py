@@ -317,6 +317,31 @@ CHANNELS_FIRST = (
 )
 
 
+GRAYSCALE = (
+    r"^x of shape \(2, 8, 8\) looks like grayscale images without their channel axis: "
+    r"pass x\[\.\.\., None\]; the model takes \(N, H, W, 1\)$"
+)
+
+
+def test_a_grayscale_batch_without_its_channel_axis_is_refused_with_the_fix():
+    # MNIST-style loaders often drop the channel axis; the model's own shape error
+    # (a kernel of the wrong size deep inside Flax) would not say so.
+    variables = jax.jit(TinyCNN().init)(jax.random.key(1), jnp.zeros((1, 8, 8, 1)))
+    handle = A.flax_model(TinyCNN(), variables)
+    gray = IMAGES[..., 0]  # (2, 8, 8)
+    for call in (
+        lambda: handle(gray),
+        lambda: A.saliency(handle, gray, 0),
+        lambda: A.saliency(lambda x: TinyCNN().apply(variables, x), gray, 0),
+        lambda: A.grad_cam(handle, gray, 0, layer="Conv_0"),
+    ):
+        with pytest.raises(core.InputLayoutError, match=GRAYSCALE):
+            call()
+    np.testing.assert_array_equal(
+        A.saliency(handle, gray[..., None], 0), A.saliency(handle, IMAGES, 0)
+    )
+
+
 def test_a_channels_first_batch_for_a_channels_last_model_is_refused_with_the_transpose():
     variables = jax.jit(TinyCNN().init)(jax.random.key(1), jnp.zeros((1, 8, 8, 1)))
     handle = A.flax_model(TinyCNN(), variables)

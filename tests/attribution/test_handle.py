@@ -245,6 +245,28 @@ def test_a_call_keyword_the_method_has_no_parameter_for_is_refused_with_those_it
     close(forwards(x), linen_handle(x))
 
 
+class _NeedsTrain(nn.Module):
+    """A mode flag without a default, as in many training scripts."""
+
+    @nn.compact
+    def __call__(self, x, train):
+        x = nn.Dropout(0.5, deterministic=not train)(nn.Conv(2, (3, 3), name="conv")(x))
+        return nn.Dense(3)(x.reshape(len(x), -1))
+
+
+def test_a_call_parameter_without_a_default_is_asked_for_when_the_handle_is_made(x):
+    """Every pass calls the model with ``x`` alone, so a required ``train`` missing from
+    the handle fails at once, in one line with the keyword to pass, not as Python's
+    TypeError from inside the first method."""
+    variables = _NeedsTrain().init(jax.random.key(0), x, train=False)
+    with pytest.raises(ValueError, match=r"^flax_model: _NeedsTrain.__call__ needs train, ") as e:
+        flax_model(_NeedsTrain(), variables)
+    assert "flax_model(module, variables, train=...)" in str(e.value)
+    fn = flax_model(_NeedsTrain(), variables, train=False)
+    expected = _NeedsTrain().apply(variables, x, train=False)
+    np.testing.assert_array_equal(fn(x), expected)
+
+
 class NnxFlagged(NnxCNN):
     """NnxCNN with a mode flag its call passes on, ported-from-Linen style: ``.eval()``
     does not override it."""
