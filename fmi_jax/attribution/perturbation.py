@@ -340,5 +340,7 @@ def occlusion(
     axes = "abcdefgh"[: len(features)]
     spec = ",".join(f"{a}{a.upper()}" for a in axes)
     total = jnp.einsum(f"n{axes},{spec}->n{axes.upper()}", drops.reshape((-1, *positions)), *covers)
-    covered = jnp.einsum(f"{axes},{spec}->{axes.upper()}", jnp.ones(positions), *covers)
+    covered = jnp.einsum(
+        f"{axes},{spec}->{axes.upper()}", jnp.ones(positions, jnp.float32), *covers
+    )
     return jnp.where(covered > 0, total / jnp.maximum(covered, 1.0), 0.0)

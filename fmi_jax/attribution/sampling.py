@@ -317,10 +317,11 @@ def _shapley_regression(z: Array, y: Array, w: Array, delta: Array) -> Array:
     the coalitions leave it underdetermined, which treats every group alike.
     """
     count = z.shape[1]
+    a_dtype = jnp.result_type(jnp.float32, y)  # float32 inputs stay float32 under x64
     size = z.sum(axis=1)
     root = jnp.sqrt(w)[:, None]
-    a = jnp.concatenate([(z - size[:, None] / count) * root, jnp.ones((1, count))])
-    b = jnp.concatenate([(y - delta * size / count) * root[:, 0], jnp.zeros(1)])
+    a = jnp.concatenate([(z - size[:, None] / count) * root, jnp.ones((1, count), a_dtype)])
+    b = jnp.concatenate([(y - delta * size / count) * root[:, 0], jnp.zeros(1, a_dtype)])
     return delta / count + jnp.linalg.lstsq(a, b)[0]
 
 
@@ -431,8 +432,10 @@ def _ridge(z: Array, y: Array, w: Array, alpha: float) -> Array:
     yc = y - w @ y
     root = jnp.sqrt(w)[:, None]
     count = z.shape[1]
-    a = jnp.concatenate([zc * root, jnp.sqrt(alpha) * jnp.eye(count)])
-    b = jnp.concatenate([yc * root[:, 0], jnp.zeros(count)])
+    a_dtype = jnp.result_type(jnp.float32, y)  # float32 inputs stay float32 under x64
+    ridge = jnp.sqrt(jnp.asarray(alpha, a_dtype)) * jnp.eye(count, dtype=a_dtype)
+    a = jnp.concatenate([zc * root, ridge])
+    b = jnp.concatenate([yc * root[:, 0], jnp.zeros(count, a_dtype)])
     return jnp.linalg.lstsq(a, b)[0]
 
 
@@ -496,7 +499,8 @@ def lime(
     keys = example_keys(key, n)
     measure = _cosine_distance if distance == "cosine" else _euclidean_distance
 
-    z = _draw(lambda k: jax.random.bernoulli(k, 0.5, (count,)), keys, samples)
+    # A float32 p draws float32 uniforms: the same coalitions with jax_enable_x64 on.
+    z = _draw(lambda k: jax.random.bernoulli(k, jnp.float32(0.5), (count,)), keys, samples)
 
     def coalition(example: Array, index: Array) -> Array:
         return z[example, index]

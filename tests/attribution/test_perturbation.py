@@ -264,3 +264,21 @@ def test_patches_of_grayscale_images_without_a_channel_axis():
     per_patch = (x * w).reshape(3, 2, 2, 3, 2).sum(axis=(2, 4))
     expected = np.repeat(np.repeat(per_patch, 2, axis=1), 2, axis=2)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_float32_inputs_give_float32_maps_when_x64_is_enabled():
+    # jax_enable_x64, switched on elsewhere in a user's program, must not turn the maps
+    # of a float32 model into float64 through constants built without a dtype.
+    mask = A.square_patches(SHAPE, 3)
+    key = jax.random.key(3)
+    calls = {
+        "occlusion": lambda: A.occlusion(linear, X, TARGET, window=(2, 3)),
+        "kernel_shap": lambda: A.kernel_shap(linear, X, TARGET, key=key, feature_mask=mask),
+        "lime": lambda: A.lime(linear, X, TARGET, key=key, feature_mask=mask),
+    }
+    for name, call in calls.items():
+        expected = call()
+        with jax.enable_x64(True):
+            got = call()
+        assert got.dtype == jnp.float32, name
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5, err_msg=name)
