@@ -70,6 +70,7 @@ EXPECTED: tuple[type[BaseException], ...] = (
     NotADirectoryError,
     IsADirectoryError,
     ModuleNotFoundError,  # an optional extra (torch for .pth weights), with how to install it
+    FloatingPointError,  # a training loss that became NaN or infinite, with what to change
     flags.Error,
     app.UsageError,
 )

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from experiments import _cli
-from fmi_jax.train import validation
+from fmi_jax.train import trainer, validation
 
 ROOT = Path(__file__).resolve().parents[1]
 HINT = "(run with --verbose for the traceback)"
@@ -152,6 +152,11 @@ def test_a_bug_keeps_its_traceback():
             NotADirectoryError(20, "Not a directory", "/w/afile/config.json"),
             "error: not a directory: /w/afile/config.json",
         ),
+        # A training loss that became NaN (train.NonFiniteLossError says what to change).
+        (
+            trainer.NonFiniteLossError("training loss is nan at optimizer step 1"),
+            "error: training loss is nan at optimizer step 1",
+        ),
         # An optional extra that is not installed (torch for .pth weights).
         (
             ModuleNotFoundError("reading 'w.pth' needs torch: pip install torch"),
@@ -220,16 +225,20 @@ def test_the_shipped_training_configs_are_valid():
         ("batch_size", 0, r"config\.batch_size must be an integer >= 1, got 0"),
         ("eval_batch_size", 0, r"config\.eval_batch_size must be an integer >= 1, got 0"),
         ("num_epochs", 0, r"config\.num_epochs must be an integer >= 1, got 0"),
-        ("learning_rate", 0.0, r"config\.learning_rate must be a number > 0, got 0\.0"),
-        ("learning_rate", -1e-3, r"config\.learning_rate must be a number > 0"),
+        ("learning_rate", 0.0, r"config\.learning_rate must be a finite number > 0, got 0\.0"),
+        ("learning_rate", -1e-3, r"config\.learning_rate must be a finite number > 0"),
         ("model.name", "nosuch", r"config\.model\.name: unknown model 'nosuch'; choose one of .*cnn_fmnist"),
         ("data.name", "nosuch", r"config\.data\.name: unknown dataset 'nosuch'; choose one of .*fashion_mnist"),
         ("model.dropout", 1.5, r"config\.model\.dropout must be a number in \[0, 1\), got 1\.5"),
         ("label_smoothing", 1.0, r"config\.label_smoothing must be a number in \[0, 1\)"),
         ("augment.erasing", 2.0, r"config\.augment\.erasing must be a number in \[0, 1\]"),
-        ("warmup_epochs", -1.0, r"config\.warmup_epochs must be a number >= 0, got -1\.0"),
-        ("weight_decay", -1e-4, r"config\.weight_decay must be a number >= 0"),
-        ("grad_clip_norm", -1.0, r"config\.grad_clip_norm must be a number >= 0"),
+        ("warmup_epochs", -1.0, r"config\.warmup_epochs must be a finite number >= 0, got -1\.0"),
+        ("weight_decay", -1e-4, r"config\.weight_decay must be a finite number >= 0"),
+        ("grad_clip_norm", -1.0, r"config\.grad_clip_norm must be a finite number >= 0"),
+        ("learning_rate", float("inf"), r"config\.learning_rate must be a finite number > 0, got inf"),
+        ("weight_decay", float("nan"), r"config\.weight_decay must be a finite number >= 0, got nan"),
+        ("warmup_epochs", float("inf"), r"config\.warmup_epochs must be a finite number >= 0, got inf"),
+        ("grad_clip_norm", float("nan"), r"config\.grad_clip_norm must be a finite number >= 0, got nan"),
         ("steps_per_dispatch", 0, r"config\.steps_per_dispatch must be an integer >= 1"),
         ("augment.crop_padding", -3, r"config\.augment\.crop_padding must be an integer >= 0"),
         ("data.split_seed", -1, r"config\.data\.split_seed must be an integer >= 0, got -1"),

@@ -89,7 +89,7 @@ def smoke_study(synthetic_config):
         # checked for every point (any may be the best) before the first.
         ("tune_resnet", None, {"num_epochs": 1, "weight_decay": -1.0},
          r"^the retrain of grid point num_blocks-1_filters-4 with config\.final: "
-         r"config\.weight_decay must be a number >= 0, got -1\.0$"),
+         r"config\.weight_decay must be a finite number >= 0, got -1\.0$"),
         ("tune_resnet", None, {"num_epoch": 1},
          r"final path 'num_epoch': the trial config has no 'num_epoch' there"),
         # One point of no values would write its run into trials/ itself.

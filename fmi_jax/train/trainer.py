@@ -240,8 +240,9 @@ def _check_finite(
                 f"{m['grad_norm']:.4g}, parameter norm {m['param_norm']:.4g}, learning rate "
                 f"{m['learning_rate']:.4g}"
                 + (f", previous loss {prev['loss']:.4g}" if prev else "")
-                + ". Lower --config.learning_rate, set --config.grad_clip_norm, or check the data. "
-                "The last finished epoch's checkpoint is untouched; the run resumes from it."
+                + ". Lower --config.learning_rate or set --config.grad_clip_norm (another "
+                "config is another run: give it a new --workdir), or check the data. The "
+                "checkpoints of finished epochs are untouched."
             )
 
 

@@ -12,6 +12,7 @@ config may have no learning rate).
 from __future__ import annotations
 
 import inspect
+import math
 import numbers
 from typing import Any
 
@@ -67,14 +68,14 @@ def require_at_least(
     optional: bool = False,
 ) -> None:
     """Raises ConfigValueError unless `config[field]` is an integer (or, with
-    `integer=False`, a real number; never a bool) >= `minimum`. A missing field, or
+    `integer=False`, a finite real number; never a bool) >= `minimum`. A missing field, or
     None with `optional=True`, passes when `optional`; otherwise it is an error."""
     value = config[field] if field in config else None
     if value is None and optional:
         return
-    ok = _is_int(value) if integer else _is_real(value)
+    ok = _is_int(value) if integer else _is_real(value) and math.isfinite(value)
     if not ok or value < minimum:
-        kind = "an integer" if integer else "a number"
+        kind = "an integer" if integer else "a finite number"
         raise ConfigValueError(f"{where}.{field} must be {kind} >= {minimum:g}, got {value!r}")
 
 
@@ -112,8 +113,8 @@ def validate_train_config(config: Any) -> None:
         lr = config["learning_rate"]
         # A NaN rate is left to the loop's non-finite loss check (which names the step;
         # tests/test_train.py uses a NaN rate to exercise it).
-        if not _is_real(lr) or float(lr) <= 0:
-            raise ConfigValueError(f"config.learning_rate must be a number > 0, got {lr!r}")
+        if not _is_real(lr) or float(lr) <= 0 or math.isinf(lr):
+            raise ConfigValueError(f"config.learning_rate must be a finite number > 0, got {lr!r}")
     _name(config, "model", models.available_models(), "model")
     _name(config, "data", tuple(sorted(data_lib.DATASETS)), "dataset")
     # Values that would train without an error and mean nothing: a dead model
