@@ -109,6 +109,48 @@ def test_pool_length_must_match_blocks():
         model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
 
 
+@pytest.mark.parametrize(
+    "name, kwargs, message",
+    [
+        ("cifarnet", {"num_classes": 0}, "num_classes must be an integer >= 1, got 0"),
+        ("mobilenet_v3_small", {"num_classes": -3}, "num_classes must be an integer >= 1, got -3"),
+        ("cnn_fmnist", {"kernel_size": (3, 3)}, r"kernel_size must be an integer >= 1, got \(3, 3\)"),
+        ("cnn_mnist", {"features": 8}, "features must be a list of integers >= 1, got 8"),
+        ("cnn_fmnist", {"dense": (0,)}, r"dense must be a list of integers >= 1, got \(0,\)"),
+        ("resnet", {"filters": 0}, "filters must be an integer >= 1, got 0"),
+        ("resnet", {"dropout": 1.0}, r"dropout must be a rate in \[0, 1\), got 1\.0"),
+        ("cnn_mnist", {"dropout": -0.5}, r"dropout must be a rate in \[0, 1\), got -0\.5"),
+        ("resnet", {"dtype": "float33"}, "dtype must be a floating dtype .*, got 'float33'"),
+        ("resnet", {"dtype": "int32"}, "dtype must be a floating dtype .*, got 'int32'"),
+    ],
+)  # fmt: skip
+def test_arguments_no_model_can_mean_are_refused_by_name(name, kwargs, message):
+    # Each would otherwise fail deep inside Flax (a fan-in of 0) or build a dead model.
+    with pytest.raises(ValueError, match=f"^model '{name}': {message}$"):
+        models.get_model(name, **kwargs)
+
+
+def test_a_map_pooled_away_is_refused_before_the_dense_layers_and_pool_follows_features():
+    # Five pooled blocks take 28 -> 14 -> 7 -> 3 -> 1 -> 0; cifarnet's unpadded third
+    # block leaves 1x1, pooled to 0x0. Flax would divide by a fan-in of 0.
+    for name, kwargs, image in [
+        ("cnn_mnist", {"features": (2,) * 5}, jnp.zeros((1, 28, 28, 1))),
+        ("cifarnet", {"features": (2, 2, 2)}, jnp.zeros((1, 32, 32, 3))),
+    ]:
+        model = models.get_model(name, **kwargs)
+        size = f"{image.shape[1]}x{image.shape[2]}"
+        with pytest.raises(ValueError, match=f"^SimpleCNN: a {size} input is 0x0 before the dense"):
+            jax.eval_shape(model.init, jax.random.key(0), image)
+    # A kernel larger than what is left of the map, unpadded: refused before that conv.
+    wide = models.get_model("cifarnet", kernel_size=13)  # 32 -> 20, pooled to 10
+    with pytest.raises(
+        ValueError, match=r"is 10x10 before conv2 \(unpadded\), which needs at least 13x13"
+    ):
+        jax.eval_shape(wide.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    # The Fashion-MNIST CNN pools every block by default, however many there are.
+    assert models.get_model("cnn_fmnist", features=(4, 8)).pool == (True, True)
+
+
 def test_registering_a_name_twice_is_an_error():
     with pytest.raises(ValueError, match="already registered"):
         models.register_model("cnn_fmnist")(lambda: nn.Dense(1))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -78,7 +79,58 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
                 f"model {name!r} does not take {', '.join(unknown)}; "
                 f"it takes: {', '.join(accepted)}"
             )
+    _check_arguments(name, kwargs)
     return factory(**kwargs)
+
+
+# The arguments the registered models share, checked before a model is built: a size of
+# 0 would fail deep inside Flax's initialisers (a division by a fan-in of 0), a dropout
+# rate of 1 or more trains a dead network, and an unknown dtype name fails in numpy.
+_SIZES = (
+    "num_classes",
+    "kernel_size",
+    "filters",
+    "num_blocks",
+    "conv1_filters",
+    "conv2_filters",
+    "filter_size",
+    "dense_width",
+)
+_WIDTH_LISTS = ("features", "dense", "hidden")
+
+
+def _check_arguments(name: str, kwargs: dict[str, Any]) -> None:
+    """A ValueError naming the first argument of ``kwargs`` outside what every model
+    means by it (see ``_SIZES``, ``_WIDTH_LISTS``, ``dropout`` and ``dtype``)."""
+
+    def is_size(value: Any) -> bool:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+    for field, value in kwargs.items():
+        if field in _SIZES and not is_size(value):
+            problem = f"{field} must be an integer >= 1, got {value!r}"
+        elif field in _WIDTH_LISTS and not (
+            isinstance(value, (list, tuple)) and all(is_size(w) for w in value)
+        ):
+            problem = f"{field} must be a list of integers >= 1, got {value!r}"
+        elif field == "dropout" and not (
+            isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < 1
+        ):
+            problem = f"dropout must be a rate in [0, 1), got {value!r}"
+        elif field == "dtype" and not _is_float_dtype(value):
+            problem = (
+                f"dtype must be a floating dtype such as 'float32' or 'bfloat16', got {value!r}"
+            )
+        else:
+            continue
+        raise ValueError(f"model {name!r}: {problem}")
+
+
+def _is_float_dtype(value: Any) -> bool:
+    try:
+        return bool(jnp.issubdtype(jnp.dtype(value), jnp.floating))
+    except TypeError:
+        return False
 
 
 # XLA:CPU's default LLVM optimisation spends most of an initialisation's compile time on
@@ -165,18 +217,19 @@ def _simple_cnn(**kwargs: Any) -> nn.Module:
 def _cnn_fmnist(
     features=(32, 64, 128),
     kernel_size=3,
-    pool=(True, True, True),
+    pool=None,
     dense=(256,),
     dropout=0.3,
     batch_norm=True,
     num_classes=10,
     dtype="float32",
 ) -> nn.Module:
-    """The Fashion-MNIST CNN: three conv blocks, each pooled, then fully connected layers."""
+    """The Fashion-MNIST CNN: three conv blocks, each pooled (``pool``: one True/False
+    per block; every block by default), then fully connected layers."""
     return SimpleCNN(
         features=tuple(features),
         kernel_size=kernel_size,
-        pool=tuple(pool),
+        pool=(True,) * len(features) if pool is None else tuple(pool),
         dense=tuple(dense),
         dropout=dropout,
         batch_norm=batch_norm,

@@ -82,6 +82,18 @@ class SimpleCNN(nn.Module):
                 "give one True/False per block."
             )
 
+    def _check_size(self, x: jax.Array, size: tuple[int, ...], needs: int, layer: str) -> None:
+        """A ValueError when the feature map ``x`` has shrunk below ``needs`` pixels a
+        side before ``layer``: too many pooled blocks (or unpadded convolutions) for
+        inputs of ``size``, which would otherwise fail inside Flax's initialisers."""
+        if min(x.shape[1:3]) < needs:
+            h, w = x.shape[1:3]
+            raise ValueError(
+                f"SimpleCNN: a {size[0]}x{size[1]} input is {h}x{w} before {layer}, which "
+                f"needs at least {needs}x{needs}: use fewer pooled blocks (pool=), a "
+                "smaller kernel_size or larger images"
+            )
+
     @property
     def conv_layer_names(self) -> tuple[str, ...]:
         """Names of the conv blocks, first to last (what Grad-CAM can target)."""
@@ -90,13 +102,17 @@ class SimpleCNN(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         self.setup_check()
+        size = tuple(x.shape[1:3])
         x = x.astype(self.dtype)
         for name, feats, pool in zip(self.conv_layer_names, self.features, self.pool):
+            if self.padding.upper() == "VALID":
+                self._check_size(x, size, self.kernel_size, f"{name} (unpadded)")
             x = ConvBlock(
                 feats, self.kernel_size, self.batch_norm, self.dtype, self.padding, name=name
             )(x, train=train)
             if pool:
                 x = layers.max_pool(x, 2)
+        self._check_size(x, size, 1, "the dense layers")
         x = x.reshape((x.shape[0], -1))
         for i, width in enumerate(self.dense):
             x = nn.relu(nn.Dense(width, dtype=self.dtype, name=f"fc{i + 1}")(x))
