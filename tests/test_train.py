@@ -249,9 +249,18 @@ def test_evaluating_more_splits_keeps_the_earlier_ones_and_other_epochs(tmp_path
     earlier = {"checkpoint_epoch": 99, "splits": {}}
     (tmp_path / "metrics.epoch99.json").write_text(json.dumps(earlier))
     path.write_text(json.dumps({**earlier, "note": "second"}))
+    # Its table and confusion matrix go with it, under a suffix none of the three holds.
+    (tmp_path / "metrics.md").write_text("table of 99")
+    (tmp_path / "confusion_matrix.png").write_bytes(b"figure of 99")
+    (tmp_path / "confusion_matrix.epoch99.2.png").write_bytes(b"older")
     train.evaluate_workdir(tmp_path, splits=("test",))
     assert json.loads((tmp_path / "metrics.epoch99.json").read_text()) == earlier
-    assert json.loads((tmp_path / "metrics.epoch99.2.json").read_text())["note"] == "second"
+    assert json.loads((tmp_path / "metrics.epoch99.3.json").read_text())["note"] == "second"
+    assert (tmp_path / "metrics.epoch99.3.md").read_text() == "table of 99"
+    assert (tmp_path / "confusion_matrix.epoch99.3.png").read_bytes() == b"figure of 99"
+    assert (tmp_path / "confusion_matrix.epoch99.2.png").read_bytes() == b"older"
+    assert (tmp_path / "metrics.md").read_text().startswith("|")  # the new evaluation's
+    assert not (tmp_path / "confusion_matrix.png").exists()  # drawn by the caller
 
 
 def test_evaluate_without_training_says_what_to_do(tmp_path):

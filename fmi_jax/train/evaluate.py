@@ -9,7 +9,8 @@ plotting): `fmi_jax.studies.figures.confusion_matrix(result, workdir)`, as
 experiments/evaluate.py and the tune study do.
 
 An existing metrics.json of another checkpoint is kept as metrics.epoch<E>.json (or
-metrics.epoch<E>.<k>.json, never over an older one); one of the same checkpoint is
+metrics.epoch<E>.<k>.json, never over an older one), with its metrics.md and
+confusion_matrix.png beside it under the same suffix; one of the same checkpoint is
 returned as it is when it holds every split asked for, and otherwise gains the missing
 ones; `overwrite` recomputes the splits asked for and keeps the others.
 """
@@ -167,15 +168,27 @@ def evaluate_workdir(
     return result
 
 
+#: What an evaluation leaves in the workdir besides metrics.json: its table, and the
+#: confusion matrix the caller draws from it (fmi_jax.studies.figures).
+_COMPANIONS = ("metrics.md", "confusion_matrix.png")
+
+
 def _keep_aside(path: Path, epoch: Any) -> None:
     """Moves the evaluation of another checkpoint to ``metrics.epoch<E>.json`` (or
-    ``metrics.epoch<E>.<k>.json`` when that name is taken: never over an older one)."""
-    aside = path.with_name(f"metrics.epoch{epoch}.json")
-    k = 1
-    while aside.exists():
+    ``metrics.epoch<E>.<k>.json`` when that name is taken: never over an older one),
+    and its table and confusion matrix beside it with the same suffix."""
+
+    def aside(name: str, suffix: str) -> Path:
+        return path.with_name(f"{Path(name).stem}.{suffix}{Path(name).suffix}")
+
+    names = (path.name, *_COMPANIONS)
+    k, suffix = 1, f"epoch{epoch}"
+    while any(aside(name, suffix).exists() for name in names):
         k += 1
-        aside = path.with_name(f"metrics.epoch{epoch}.{k}.json")
-    path.rename(aside)
+        suffix = f"epoch{epoch}.{k}"
+    for name in names:
+        if path.with_name(name).exists():
+            path.with_name(name).rename(aside(name, suffix))
 
 
 class _EvalState:
