@@ -513,6 +513,39 @@ _INFERENCE_HINT = (
 )
 
 
+# Mode flags kept as module attributes rather than call arguments, with their
+# inference values.
+_MODE_ATTRIBUTES = {"train": False, "training": False, "is_training": False, "deterministic": True}
+
+
+def _mode_attribute(module: Any) -> tuple[str, bool] | None:
+    """The mode attribute of ``module`` set for training, with its inference value, or
+    None: a ``train: bool = True`` field, say, which no call keyword can change."""
+    for name, value in _MODE_ATTRIBUTES.items():
+        current = getattr(module, name, None)
+        if isinstance(current, bool) and current != value:
+            return name, value
+    return None
+
+
+def _inference_hint(module: Any, handle_args: str) -> str:
+    """How to put ``module`` in inference mode: through its mode attribute when it
+    has one set for training, else through the handle's call keywords."""
+    found = _mode_attribute(module)
+    if found is None:
+        return _INFERENCE_HINT.format(handle_args)
+    name, value = found
+    kind = type(module).__name__
+    how = (
+        f"build it as {kind}(..., {name}={value})"
+        if isinstance(module, nn.Module)
+        else f"set module.{name} = {value} before making the handle"
+    )
+    return (
+        f"attribution needs the model in inference mode: its {name} attribute is {not value}: {how}"
+    )
+
+
 @contextlib.contextmanager
 def _linen_inference(module: nn.Module) -> Iterator[None]:
     """Flax's errors for a Linen model in training mode (batch statistics it may not
@@ -521,7 +554,7 @@ def _linen_inference(module: nn.Module) -> Iterator[None]:
         yield
     except (flax.errors.ModifyScopeVariableError, flax.errors.InvalidRngError) as error:
         reason = str(error).split(" (https://", 1)[0].strip().rstrip(".")
-        hint = _INFERENCE_HINT.format("module, variables")
+        hint = _inference_hint(module, "module, variables")
         raise ValueError(
             f"{type(module).__name__}'s forward pass failed: {reason}; {hint}"
         ) from None
@@ -841,7 +874,7 @@ def _refuse_training_mode(static: _Static, state: Any, x: Any, name: str) -> Non
     if found:
         raise ValueError(
             f"{name} runs in training mode even on an .eval() copy: its forward pass "
-            f"{', '.join(found)}; {_INFERENCE_HINT.format('module')}"
+            f"{', '.join(found)}; {_inference_hint(_nnx_copy(static, state), 'module')}"
         )
 
 
@@ -996,9 +1029,15 @@ def _check_call_keywords(model: Any, keywords: Mapping[str, Any], method: Any = 
     name = f"{type(model).__name__}.{getattr(function, '__name__', 'method')}"
     unknown = [key for key in keywords if key not in takes]
     if unknown:
+        mode = _mode_attribute(model)
+        attribute = (
+            f" ({type(model).__name__} has a {mode[0]} attribute instead: set it to {mode[1]})"
+            if mode is not None and mode[0] in unknown
+            else ""
+        )
         raise ValueError(
             f"flax_model: {name} takes no keyword {', '.join(f'{k}=' for k in unknown)}; "
-            f"the keywords it takes: {', '.join(takes) if takes else 'none'}"
+            f"the keywords it takes: {', '.join(takes) if takes else 'none'}{attribute}"
         )
     missing = [
         p.name

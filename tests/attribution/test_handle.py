@@ -245,6 +245,55 @@ def test_a_call_keyword_the_method_has_no_parameter_for_is_refused_with_those_it
     close(forwards(x), linen_handle(x))
 
 
+class _TrainField(nn.Module):
+    """The mode as a module attribute, not a call argument."""
+
+    train: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.BatchNorm(use_running_average=not self.train)(nn.Conv(2, (3, 3))(x))
+        return nn.Dense(3)(x.mean((1, 2)))
+
+
+class _TrainingAttribute(nnx.Module):
+    def __init__(self, rngs, training=True):
+        self.training = training
+        self.conv = nnx.Conv(CHANNELS, 2, (3, 3), rngs=rngs)
+        self.bn = nnx.BatchNorm(2, rngs=rngs)
+        self.head = nnx.Linear(2, 3, rngs=rngs)
+
+    def __call__(self, x):
+        x = self.bn(self.conv(x), use_running_average=not self.training)
+        return self.head(x.mean((1, 2)))
+
+
+def test_a_mode_kept_as_a_module_attribute_is_named_in_the_fix(x):
+    """A ``train`` field (Linen) or ``training`` attribute (NNX) cannot be changed by a
+    call keyword: both errors say to set the attribute, and doing so works."""
+    variables = _TrainField(train=False).init(jax.random.key(0), x)
+    with pytest.raises(
+        ValueError,
+        match=r"its train attribute is True: build it as _TrainField\(\.\.\., train=False\)",
+    ):
+        A.saliency(flax_model(_TrainField(), variables), x)
+    with pytest.raises(
+        ValueError,
+        match=r"takes no keyword train=; .*\(_TrainField has a train attribute instead: set it to False\)$",
+    ):
+        flax_model(_TrainField(), variables, train=False)
+    fn = flax_model(_TrainField(train=False), variables)
+    np.testing.assert_allclose(fn(x), _TrainField(train=False).apply(variables, x), atol=1e-6)
+    module = _TrainingAttribute(nnx.Rngs(0))
+    with pytest.raises(
+        ValueError,
+        match=r"its training attribute is True: set module\.training = False before making the handle",
+    ):
+        A.saliency(flax_model(module), x)
+    module.training = False
+    assert A.saliency(flax_model(module), x).shape == x.shape
+
+
 class _NeedsTrain(nn.Module):
     """A mode flag without a default, as in many training scripts."""
 
