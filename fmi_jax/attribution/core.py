@@ -39,6 +39,7 @@ with ``impl='rbg'`` or ``'unsafe_rbg'`` do not promise it.)
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import inspect
 import math
 import numbers
@@ -64,6 +65,7 @@ __all__ = [
     "as_input",
     "image_size",
     "layout_mistake",
+    "channels_last_known",
     "missing_channel_axis",
     "layout_checked",
     "require_key",
@@ -200,6 +202,24 @@ def as_input(x: Any, name: str = "x") -> Array:
     return x
 
 
+# Set while a method runs on a layer's activations (at_layer), which a channels-last
+# model lays out (N, h, w, K) by construction: a small map with many channels, such
+# as a CIFAR network's last 4x4 block, is not a channels-first batch.
+_CHANNELS_LAST_KNOWN = contextvars.ContextVar("channels_last_known", default=False)
+
+
+@contextlib.contextmanager
+def channels_last_known() -> Iterator[None]:
+    """Inside this block :func:`image_size` reads every 4-D batch as ``(N, H, W, C)``
+    without asking whether it looks channels-first: for inputs whose layout is known,
+    such as a layer's activations."""
+    token = _CHANNELS_LAST_KNOWN.set(True)
+    try:
+        yield
+    finally:
+        _CHANNELS_LAST_KNOWN.reset(token)
+
+
 def image_size(x: Any, method: str) -> tuple[int, int]:
     """``(H, W)`` of an image batch ``x``, ``(N, H, W, C)`` or ``(N, H, W)``: the plane
     a method that works over the image (a CAM resized to the input, patches, segments)
@@ -209,7 +229,8 @@ def image_size(x: Any, method: str) -> tuple[int, int]:
     (:func:`fmi_jax.layout.looks_channels_first`: a second axis of at most 4, a last
     one of more) is refused, because read as ``(N, H, W, C)`` it would give maps of
     ``(C, H)`` instead of ``(H, W)``: a channels-first model's images are explained by
-    a model that transposes them inside, fed channels-last.
+    a model that transposes them inside, fed channels-last. Inside
+    :func:`channels_last_known` (a layer's activations) that question is not asked.
     """
     shape = tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
     if len(shape) not in (3, 4):
@@ -217,7 +238,7 @@ def image_size(x: Any, method: str) -> tuple[int, int]:
             f"{method} works over the image plane: x must be (N, H, W, C) or (N, H, W), "
             f"got shape {shape}"
         )
-    if len(shape) == 4 and looks_channels_first(shape[1:]):
+    if len(shape) == 4 and not _CHANNELS_LAST_KNOWN.get() and looks_channels_first(shape[1:]):
         raise ValueError(
             f"{method}: x of shape {shape} looks channels-first; image methods read "
             "(N, H, W, C): pass x.transpose(0, 2, 3, 1) to a model that transposes it "

@@ -165,6 +165,7 @@ from fmi_jax.attribution.core import (
     as_count,
     as_input,
     baseline_is_distribution,
+    channels_last_known,
     per_example,
     refuse_baseline,
     resolve_target,
@@ -757,7 +758,10 @@ def at_layer(method: Method) -> Method:
             given["baseline"] = layer_baseline
         activation = _activations(handle, x, layer, batch_size)
         rest = _rest_of_network(handle, x.shape[1:], layer)
-        return method(rest, activation, target, key=key, batch_size=batch_size, **given, **options)
+        with channels_last_known():  # (N, h, w, K) however small h and w are
+            return method(
+                rest, activation, target, key=key, batch_size=batch_size, **given, **options
+            )
 
     layer_method.__name__ = name
     layer_method.__doc__ = f"``at_layer({inner})``: {inner} with a layer's units as features."

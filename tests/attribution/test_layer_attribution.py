@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from fmi_jax import attribution as A
 from fmi_jax.attribution import (
     at_layer,
     at_neuron,
@@ -646,3 +647,35 @@ def test_the_transforms_under_jit_and_their_errors(net):
     one_line_error(
         lambda: at_neuron(deeplift)(handle, x, layer="conv1", neuron=(9, 0, 0)), "out of range"
     )
+
+
+class _SmallLastBlock(nn.Module):
+    """A CIFAR-style network whose last block is a small map with many channels,
+    (N, 3, 3, 16), read by a linear head: mean over the map, then dense."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.max_pool(nn.relu(nn.Conv(4, (3, 3), name="conv1")(x)), (4, 4), (4, 4))
+        x = nn.relu(nn.Conv(16, (3, 3), name="conv2")(x))
+        return nn.Dense(3, name="head")(x.mean((1, 2)))
+
+
+def test_image_methods_at_a_small_many_channel_layer_read_it_channels_last():
+    # A 3x3 map of 16 channels would look channels-first as an input; a layer's
+    # activations are channels-last by construction. Occluding one position (all 16
+    # channels) of conv2's output a removes its share of the logit through the ReLU:
+    # sum_k head[k, t] relu(a[i, j, k]) / 9.
+    x = jax.random.uniform(jax.random.key(0), (2, 12, 12, 3))
+    variables = jax.jit(_SmallLastBlock().init)(jax.random.key(1), x)
+    fn = A.flax_model(_SmallLastBlock(), variables)
+    target = np.array([0, 2])
+    got = A.at_layer(A.occlusion)(fn, x, target, layer="conv2", window=1)
+    activation = A.layer_activations(fn, x, layer="conv2")
+    weights = np.asarray(variables["params"]["head"]["kernel"])[:, target].T  # (N, 16)
+    share = (np.maximum(np.asarray(activation), 0) * weights[:, None, None, :]).sum(
+        -1, keepdims=True
+    ) / 9
+    expected = np.broadcast_to(share, activation.shape)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    smoothed = A.at_layer(A.gaussian_smoothed_saliency)(fn, x, target, layer="conv2")
+    assert smoothed.shape == activation.shape
