@@ -30,6 +30,18 @@ def test_cosine_warms_up_then_decays_to_zero():
     assert float(s(1000)) == pytest.approx(0.0, abs=1e-7)
 
 
+def test_a_warm_up_as_long_as_the_run_is_warned_about(caplog):
+    # One epoch of the default config (warm-up 1.0): the rate peaks at the last step.
+    with caplog.at_level("WARNING"):
+        s = optim.make_schedule(cfg(num_epochs=1), steps_per_epoch=100)
+    assert float(s(99)) < 0.1 and "the whole run is warm-up" in caplog.text
+    assert "never decays" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        optim.make_schedule(cfg(num_epochs=2), steps_per_epoch=100)
+    assert "warm-up" not in caplog.text
+
+
 def test_onecycle_peaks_inside_the_run():
     s = optim.make_schedule(cfg(schedule="onecycle"), steps_per_epoch=100)
     values = np.array([float(s(i)) for i in range(0, 1001, 10)])

@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import optax
+from absl import logging
 
 __all__ = ["freeze", "make_optimizer", "make_schedule"]
 
@@ -30,11 +31,22 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 
 
 def make_schedule(config: Any, steps_per_epoch: int) -> optax.Schedule:
-    """The learning rate as a function of the optimizer step."""
+    """The learning rate as a function of the optimizer step. A warm-up as long as the
+    run is logged as a warning: it is legal, but the peak rate is then never used."""
     total = int(config.num_epochs * steps_per_epoch)
     warmup = int(round(config.get("warmup_epochs", 0.0) * steps_per_epoch))
     lr = float(config.learning_rate)
     name = config.get("schedule", "constant")
+    if name in ("constant", "cosine") and total and warmup >= total:
+        logging.warning(
+            "config.warmup_epochs=%g is not shorter than config.num_epochs=%g: the whole "
+            "run is warm-up, the learning rate reaches %g only at its end%s; set a shorter "
+            "warm-up (--config.warmup_epochs=0 for none)",
+            config.warmup_epochs,
+            config.num_epochs,
+            lr,
+            " and never decays" if name == "cosine" else "",
+        )
     if name == "constant":
         if warmup:
             return optax.join_schedules(
