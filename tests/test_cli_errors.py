@@ -240,6 +240,8 @@ def test_the_shipped_training_configs_are_valid():
         ("warmup_epochs", float("inf"), r"config\.warmup_epochs must be a finite number >= 0, got inf"),
         ("grad_clip_norm", float("nan"), r"config\.grad_clip_norm must be a finite number >= 0, got nan"),
         ("steps_per_dispatch", 0, r"config\.steps_per_dispatch must be an integer >= 1"),
+        ("momentum", -1.0, r"config\.momentum must be a number in \[0, 1\), got -1\.0"),
+        ("checkpoint_keep", 0, r"config\.checkpoint_keep must be an integer >= 1, got 0"),
         ("augment.crop_padding", -3, r"config\.augment\.crop_padding must be an integer >= 0"),
         ("data.split_seed", -1, r"config\.data\.split_seed must be an integer >= 0, got -1"),
         ("optimizer", "SGD", r"config\.optimizer: unknown optimizer 'SGD'; choose one of adamw, adam, sgd"),

@@ -99,13 +99,14 @@ def _name(config: Any, section: str, known: tuple[str, ...], what: str) -> None:
 def validate_train_config(config: Any) -> None:
     """Raises ConfigValueError (a ValueError) naming the first bad field of a training
     config: batch_size, eval_batch_size and steps_per_dispatch positive integers,
-    num_epochs >= 1, learning_rate a number > 0, model.name and data.name registered
-    names; the model's layer widths, filter counts, kernel sizes and block count
-    integers >= 1; label_smoothing and model.dropout in [0, 1), augment.erasing in [0, 1];
-    warmup_epochs, weight_decay, grad_clip_norm, augment.crop_padding and
-    data.split_seed >= 0; no weight_decay with optimizer 'adam', which would ignore it;
-    optimizer and schedule registered names; augment's fields those of ``augment``.
-    Fields a config does not have are not checked."""
+    num_epochs >= 1, learning_rate a finite number > 0, model.name and data.name
+    registered names; the model's layer widths, filter counts, kernel sizes and block
+    count integers >= 1; label_smoothing, momentum and model.dropout in [0, 1),
+    augment.erasing in [0, 1]; checkpoint_keep >= 1; warmup_epochs, weight_decay and
+    grad_clip_norm finite and >= 0; augment.crop_padding and data.split_seed >= 0; no
+    weight_decay with optimizer 'adam', which would ignore it; optimizer and schedule
+    registered names; augment's fields those of ``augment``. Fields a config does not
+    have are not checked."""
     _positive_int(config, "batch_size")
     _positive_int(config, "eval_batch_size")
     _positive_int(config, "num_epochs")
@@ -121,6 +122,8 @@ def validate_train_config(config: Any) -> None:
     # (dropout 1.5), a loss that rewards wrong classes (label smoothing 2), a negative
     # penalty, or a setting silently treated as off.
     _fraction(config, "label_smoothing", "config", closed=False)
+    _fraction(config, "momentum", "config", closed=False)
+    _positive_int(config, "checkpoint_keep")
     _fraction(config.get("model") or {}, "dropout", "config.model", closed=False)
     _model_sizes(config.get("model") or {})
     _fraction(config.get("augment") or {}, "erasing", "config.augment", closed=True)
