@@ -464,7 +464,10 @@ def shapley_cam(
     if not isinstance(eigen_smooth, (bool, np.bool_)):
         raise ValueError(f"eigen_smooth must be True or False; got {eigen_smooth!r}")
     handle, x, _ = _cam_call(model, x, layer, "shapley_cam", batch_size, upsample)
-    target = resolve_target(handle, x, target, batch_size=batch_size)
+    if score == "rest":  # the residual softmax target takes the softmax of the outputs
+        _, target = _outputs_and_target(handle, x, target, batch_size, "shapley_cam")
+    else:
+        target = resolve_target(handle, x, target, batch_size=batch_size)
 
     def chunk_maps(example: Array, _: Array) -> Array:
         images, classes = x[example], target[example]
@@ -519,7 +522,7 @@ def score_cam(
             "score_cam weighs each channel by the softmax probability of the target, which "
             "is 1 for a model with one output whatever its head: use grad_cam or layer_cam"
         )
-    target = resolve_target(handle, x, target, batch_size=batch_size)
+    _, target = _outputs_and_target(handle, x, target, batch_size, "score_cam")
     activation = _activation(handle, x, layer, batch_size).astype(jnp.float32)
     channels = activation.shape[-1]
 
@@ -534,6 +537,32 @@ def score_cam(
 
     maps = sum_over_samples(weighted_channel, x.shape[0], channels, batch_size=batch_size)
     return _finish(maps, x.shape, True, upsample)
+
+
+def _outputs_and_target(
+    handle: Any, x: Array, target: Target, batch_size: int | None, method: str
+) -> tuple[Array, Array]:
+    """The model's outputs on ``x`` (``batch_size`` examples per pass) and the target,
+    the predicted class when None, for a method that applies the softmax itself: a
+    model whose outputs are already probabilities is refused (when they are concrete),
+    since the softmax of a probability is not the probability."""
+    outputs = sum_over_samples(
+        lambda example, _: handle(x[example]).astype(jnp.float32),
+        x.shape[0],
+        batch_size=batch_size,
+    )
+    if not isinstance(outputs, jax.core.Tracer) and outputs.shape[-1] > 1:
+        rows = np.asarray(outputs)
+        if np.all(rows >= 0) and np.allclose(rows.sum(-1), 1.0, atol=1e-4):
+            raise ValueError(
+                f"{method}: the model's outputs look like probabilities (every row is "
+                f"non-negative and sums to 1), but {method} applies the softmax itself: "
+                "give it a model function that returns the logits (the layer before "
+                "the softmax, e.g. flax_model(module, variables, method=...))"
+            )
+    if target is None:
+        return outputs, jnp.argmax(outputs, axis=1).astype(jnp.int32)
+    return outputs, resolve_target(handle, x, target)
 
 
 def _activation(handle: Any, x: Array, layer: str, batch_size: int | None) -> Array:
@@ -796,15 +825,7 @@ def finer_cam(
         raise ValueError(f"finer_cam: base must be one of {FINER_BASES}; got {base!r}")
     as_number(alpha, "finer_cam: alpha")
     handle, x, _ = _cam_call(model, x, layer, "finer_cam", batch_size, upsample)
-    logits = sum_over_samples(
-        lambda example, _: handle(x[example]).astype(jnp.float32),
-        x.shape[0],
-        batch_size=batch_size,
-    )
-    if target is None:
-        target = jnp.argmax(logits, axis=1).astype(jnp.int32)
-    else:
-        target = resolve_target(handle, x, target)
+    logits, target = _outputs_and_target(handle, x, target, batch_size, "finer_cam")
     references = finer_references(logits, target, reference_ranks)
     alpha = float(alpha)
 

@@ -492,6 +492,40 @@ def test_score_cam_with_known_channel_masks():
     np.testing.assert_allclose(chunked, got, rtol=1e-6, atol=1e-7)
 
 
+class SoftmaxMaskModel(nn.Module):
+    """MaskModel ending in a softmax, as many ported models do."""
+
+    @nn.compact
+    def __call__(self, x):
+        return jax.nn.softmax(MaskModel(name="inner")(x))
+
+
+def test_methods_that_take_the_softmax_refuse_a_model_that_returns_probabilities():
+    # The softmax of a probability is not the probability: Score-CAM's weights, the
+    # ReST utility and Finer-CAM's reference weights would all be wrong, silently.
+    x = testdata.uniform(jax.random.key(4), (2, SIDE, SIDE, 1))
+    probs = (SoftmaxMaskModel(), {})
+    for method, options in [
+        (A.score_cam, {}),
+        (A.shapley_cam, {}),
+        (A.finer_cam, {}),
+    ]:
+        name = method.__name__
+        with pytest.raises(
+            ValueError, match=rf"^{name}: the model's outputs look like probabilities"
+        ):
+            method(probs, x, layer="inner/masks", **options)
+    # The logit utility takes no softmax; and the logits themselves are accepted.
+    assert A.shapley_cam(probs, x, layer="inner/masks", score="logit").shape == (2, SIDE, SIDE)
+    target = np.array([0, 2])
+    np.testing.assert_allclose(
+        A.score_cam((MaskModel(), {}), x, target, layer="masks"),
+        _expected_score_cam(x, target),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
 # ---------------------------------------------------------------------------------
 # Layer capture, names and edge cases on the codebase's own models. The tests below run
 # un-jitted on one model and input shape (small_cnn), so the programs XLA compiles for
