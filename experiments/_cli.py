@@ -17,6 +17,8 @@ and exit status 2. Expected are:
   * FileNotFoundError (DataNotFoundError too), FileExistsError, PermissionError,
     NotADirectoryError, IsADirectoryError (a file where a folder goes, e.g. a
     --workdir that is a file, and the reverse; the line names the path);
+  * NonFiniteLossError: a training loss that became NaN or infinite (the message names
+    the step and what to change);
   * bad command lines: an unknown flag or a missing required one, a `--config.<field>`
     override that names no field of the config, a value that does not parse, a config
     file that does not load, a config variant that does not exist, leftover
@@ -47,6 +49,7 @@ from types import ModuleType
 from absl import app, flags
 
 from fmi_jax import logs
+from fmi_jax.train.trainer import NonFiniteLossError
 
 __all__ = [
     "EXIT_EXPECTED",
@@ -70,7 +73,7 @@ EXPECTED: tuple[type[BaseException], ...] = (
     NotADirectoryError,
     IsADirectoryError,
     ModuleNotFoundError,  # an optional extra (torch for .pth weights), with how to install it
-    FloatingPointError,  # a training loss that became NaN or infinite, with what to change
+    NonFiniteLossError,  # a training loss that became NaN or infinite, with what to change
     flags.Error,
     app.UsageError,
 )

@@ -138,6 +138,9 @@ def _main_raising(error):
 def test_a_bug_keeps_its_traceback():
     with pytest.raises(RuntimeError, match="a bug"):
         _main_raising(RuntimeError("a bug"))(["prog"])
+    # numpy's errstate or jax_debug_nans raise FloatingPointError for bugs too.
+    with pytest.raises(FloatingPointError, match="invalid value"):
+        _main_raising(FloatingPointError("invalid value (nan) encountered in log"))(["prog"])
 
 
 @pytest.mark.parametrize(

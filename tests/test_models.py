@@ -130,6 +130,20 @@ def test_arguments_no_model_can_mean_are_refused_by_name(name, kwargs, message):
         models.get_model(name, **kwargs)
 
 
+def test_what_the_argument_checks_leave_alone():
+    # Any sequence of widths, dropout None, a padding that is not a string, and every
+    # argument of a model a user registers (which decides for itself).
+    assert models.get_model("cnn_mnist", features=np.array([8, 16])).features == (8, 16)
+    assert models.get_model("cnn_mnist", features=range(8, 10), dropout=None).dropout is None
+    model = models.get_model("simple_cnn", features=(2,), pool=(True,), padding=1)
+    assert jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+    models.register_model("test_free_arguments")(lambda num_blocks: nn.Dense(num_blocks[0]))
+    try:
+        assert models.get_model("test_free_arguments", num_blocks=(2, 2)).features == 2
+    finally:
+        del models._REGISTRY["test_free_arguments"]
+
+
 def test_a_map_pooled_away_is_refused_before_the_dense_layers_and_pool_follows_features():
     # Five pooled blocks take 28 -> 14 -> 7 -> 3 -> 1 -> 0; cifarnet's unpadded third
     # block leaves 1x1, pooled to 0x0. Flax would divide by a fan-in of 0.

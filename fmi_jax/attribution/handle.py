@@ -529,10 +529,15 @@ def _mode_attribute(module: Any) -> tuple[str, bool] | None:
 
 
 def _inference_hint(module: Any, handle_args: str) -> str:
-    """How to put ``module`` in inference mode: through its mode attribute when it
-    has one set for training, else through the handle's call keywords."""
+    """How to put ``module`` in inference mode: through the handle's call keywords
+    when its ``__call__`` takes a mode flag, else through its mode attribute when it
+    has one set for training."""
     found = _mode_attribute(module)
-    if found is None:
+    try:
+        keywords = set(inspect.signature(type(module).__call__).parameters)
+    except (TypeError, ValueError):
+        keywords = set()
+    if found is None or keywords & set(_MODE_ATTRIBUTES):  # a mode the call takes comes first
         return _INFERENCE_HINT.format(handle_args)
     name, value = found
     kind = type(module).__name__
@@ -1046,10 +1051,15 @@ def _check_call_keywords(model: Any, keywords: Mapping[str, Any], method: Any = 
     ]
     if missing:
         given = ", ".join(f"{key}=..." for key in missing)
+        args = "module" if isinstance(model, nnx.Module) else "module, variables"
+        mode = (
+            " (train=False or deterministic=True for inference)"
+            if set(missing) & set(_MODE_ATTRIBUTES)
+            else ""
+        )
         raise ValueError(
             f"flax_model: {name} needs {', '.join(missing)}, and every pass calls it with "
-            f"x alone: give the handle the value, e.g. flax_model(module, variables, "
-            f"{given}) (train=False or deterministic=True for inference)"
+            f"x alone: give the handle the value, e.g. flax_model({args}, {given}){mode}"
         )
 
 
@@ -1076,10 +1086,11 @@ def flax_model(model: Any, variables: Any = None, /, **apply_kwargs: Any) -> Fla
         ``capture_intermediates``, which make Linen's ``apply`` return (logits, state)
         and, for ``mutable``, update batch statistics; Linen ``rngs``, which would keep
         dropout on; a call keyword the method called (``__call__`` or Linen's
-        ``method=``) has no parameter for, unless it takes ``**kwargs``. A model that
-        runs in training mode anyway (updates batch statistics, needs or draws random
-        numbers) is refused when it is first called, with the same advice: pass its
-        inference flag.
+        ``method=``) has no parameter for, unless it takes ``**kwargs``, or a parameter
+        after ``x`` without a default that no keyword gives. A model that runs in
+        training mode anyway (updates batch statistics, needs or draws random numbers)
+        is refused when it is first called, with the same advice: pass its inference
+        flag, or set its mode attribute (a ``train`` field, an NNX ``training``).
     """
     if isinstance(model, nn.Module):
         if variables is None:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import functools
 import inspect
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fmi_jax.models import resnet as resnet_lib
 from fmi_jax.models.cnn import ConvBlock, SimpleCNN
@@ -79,7 +80,8 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
                 f"model {name!r} does not take {', '.join(unknown)}; "
                 f"it takes: {', '.join(accepted)}"
             )
-    _check_arguments(name, kwargs)
+    if factory.__module__ == __name__:  # the built-in models; a user's own decide for themselves
+        _check_arguments(name, kwargs)
     return factory(**kwargs)
 
 
@@ -100,21 +102,28 @@ _WIDTH_LISTS = ("features", "dense", "hidden")
 
 
 def _check_arguments(name: str, kwargs: dict[str, Any]) -> None:
-    """A ValueError naming the first argument of ``kwargs`` outside what every model
-    means by it (see ``_SIZES``, ``_WIDTH_LISTS``, ``dropout`` and ``dtype``)."""
+    """A ValueError naming the first argument of ``kwargs`` outside what every built-in
+    model means by it (see ``_SIZES``, ``_WIDTH_LISTS``, ``dropout`` and ``dtype``)."""
 
     def is_size(value: Any) -> bool:
         return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
+    def is_widths(value: Any) -> bool:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+            return False
+        return all(is_size(w) for w in value)
+
     for field, value in kwargs.items():
         if field in _SIZES and not is_size(value):
             problem = f"{field} must be an integer >= 1, got {value!r}"
-        elif field in _WIDTH_LISTS and not (
-            isinstance(value, (list, tuple)) and all(is_size(w) for w in value)
-        ):
+        elif field in _WIDTH_LISTS and not is_widths(value):
             problem = f"{field} must be a list of integers >= 1, got {value!r}"
-        elif field == "dropout" and not (
-            isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < 1
+        elif (
+            field == "dropout"
+            and value is not None
+            and not (
+                isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < 1
+            )
         ):
             problem = f"dropout must be a rate in [0, 1), got {value!r}"
         elif field == "dtype" and not _is_float_dtype(value):

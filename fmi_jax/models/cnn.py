@@ -90,8 +90,9 @@ class SimpleCNN(nn.Module):
             h, w = x.shape[1:3]
             raise ValueError(
                 f"SimpleCNN: a {size[0]}x{size[1]} input is {h}x{w} before {layer}, which "
-                f"needs at least {needs}x{needs}: use fewer pooled blocks (pool=), a "
-                "smaller kernel_size or larger images"
+                f"needs at least {needs}x{needs}: use fewer conv blocks (features=)"
+                + (", a smaller kernel_size" if layer.endswith("(unpadded)") else "")
+                + " or larger images"
             )
 
     @property
@@ -105,7 +106,7 @@ class SimpleCNN(nn.Module):
         size = tuple(x.shape[1:3])
         x = x.astype(self.dtype)
         for name, feats, pool in zip(self.conv_layer_names, self.features, self.pool):
-            if self.padding.upper() == "VALID":
+            if isinstance(self.padding, str) and self.padding.upper() == "VALID":
                 self._check_size(x, size, self.kernel_size, f"{name} (unpadded)")
             x = ConvBlock(
                 feats, self.kernel_size, self.batch_norm, self.dtype, self.padding, name=name

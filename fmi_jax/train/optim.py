@@ -40,8 +40,8 @@ def make_schedule(config: Any, steps_per_epoch: int) -> optax.Schedule:
     if name in ("constant", "cosine") and total and warmup >= total:
         logging.warning(
             "config.warmup_epochs=%g is not shorter than config.num_epochs=%g: the whole "
-            "run is warm-up, the learning rate reaches %g only at its end%s; set a shorter "
-            "warm-up (--config.warmup_epochs=0 for none)",
+            "run is warm-up, the learning rate rises towards %g for all of it%s; set a "
+            "shorter warm-up (--config.warmup_epochs=0 for none)",
             config.warmup_epochs,
             config.num_epochs,
             lr,

@@ -99,7 +99,8 @@ def _name(config: Any, section: str, known: tuple[str, ...], what: str) -> None:
 def validate_train_config(config: Any) -> None:
     """Raises ConfigValueError (a ValueError) naming the first bad field of a training
     config: batch_size, eval_batch_size and steps_per_dispatch positive integers,
-    num_epochs >= 1, learning_rate a finite number > 0, model.name and data.name
+    num_epochs >= 1, learning_rate a number > 0 and not infinite (a NaN is left to the
+    training loop, which names the step it breaks), model.name and data.name
     registered names; the model's layer widths, filter counts, kernel sizes and block
     count integers >= 1; label_smoothing, momentum and model.dropout in [0, 1),
     augment.erasing in [0, 1]; checkpoint_keep >= 1; warmup_epochs, weight_decay and

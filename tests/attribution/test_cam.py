@@ -515,6 +515,10 @@ def test_methods_that_take_the_softmax_refuse_a_model_that_returns_probabilities
             ValueError, match=rf"^{name}: the model's outputs look like probabilities"
         ):
             method(probs, x, layer="inner/masks", **options)
+    # A model with one score per example is told what a classifier must return.
+    for method in (A.score_cam, A.shapley_cam, A.finer_cam):
+        with pytest.raises(ValueError, match=r"to logits of shape \(2, classes\), got \(2,\)"):
+            method(A.flax_model(MaskModel(), {}, method=lambda m, x: m(x)[:, 0]), x, layer="masks")
     # The logit utility takes no softmax; and the logits themselves are accepted.
     assert A.shapley_cam(probs, x, layer="inner/masks", score="logit").shape == (2, SIDE, SIDE)
     target = np.array([0, 2])

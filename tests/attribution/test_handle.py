@@ -256,6 +256,17 @@ class _TrainField(nn.Module):
         return nn.Dense(3)(x.mean((1, 2)))
 
 
+class _TrainFlagAndField(nn.Module):
+    """A train call flag beside an unrelated ``deterministic`` field."""
+
+    deterministic: bool = False
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        x = nn.BatchNorm(use_running_average=not train)(nn.Conv(2, (3, 3))(x))
+        return nn.Dense(3)(x.mean((1, 2)))
+
+
 class _TrainingAttribute(nnx.Module):
     def __init__(self, rngs, training=True):
         self.training = training
@@ -279,15 +290,18 @@ def test_a_mode_kept_as_a_module_attribute_is_named_in_the_fix(x):
         A.saliency(flax_model(_TrainField(), variables), x)
     with pytest.raises(
         ValueError,
-        match=r"takes no keyword train=; .*\(_TrainField has a train attribute instead: set it to False\)$",
+        match=r"keyword train=; .*\(_TrainField has a train attribute instead: set it to False\)",
     ):
         flax_model(_TrainField(), variables, train=False)
+    # A mode the call takes is what the handle can set: it is named first.
+    with pytest.raises(ValueError, match=r"pass its mode flag to the handle, e\.g\. flax_model"):
+        A.saliency(flax_model(_TrainFlagAndField(), variables), x)
     fn = flax_model(_TrainField(train=False), variables)
     np.testing.assert_allclose(fn(x), _TrainField(train=False).apply(variables, x), atol=1e-6)
     module = _TrainingAttribute(nnx.Rngs(0))
     with pytest.raises(
         ValueError,
-        match=r"its training attribute is True: set module\.training = False before making the handle",
+        match=r"its training attribute is True: set module\.training = False before making",
     ):
         A.saliency(flax_model(module), x)
     module.training = False
