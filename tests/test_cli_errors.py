@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from experiments import _cli
+from fmi_jax import models
 from fmi_jax.train import trainer, validation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -271,6 +272,7 @@ def test_each_rule_names_the_field_and_what_it_allows(synthetic_config, field, v
         ({"name": "resnet", "num_blocks": 0}, r"config\.model\.num_blocks must be an integer >= 1, got 0"),
         ({"name": "sae_classifier", "hidden": [512, 0]}, r"config\.model\.hidden must be a list of integers >= 1"),
         ({"name": "k_sparse_autoencoder", "latents": 0}, r"config\.model\.latents must be an integer >= 1, got 0"),
+        ({"name": "cnn_fmnist", "num_classes": 0}, r"config\.model\.num_classes must be an integer >= 1, got 0"),
     ],
 )  # fmt: skip
 def test_a_layer_size_below_one_is_refused(model, message):
@@ -279,6 +281,15 @@ def test_a_layer_size_below_one_is_refused(model, message):
         validation.validate_train_config({"model": model})
     sizes = {k: (8, 4) if k == "hidden" else 8 for k in model if k != "name"}
     validation.validate_train_config({"model": {"name": model["name"], **sizes}})
+
+
+def test_the_config_check_refuses_every_size_get_model_refuses():
+    # One list of rules: what get_model would refuse after the data loaded is refused first.
+    for field in (*models.SIZE_ARGUMENTS, *models.WIDTH_ARGUMENTS):
+        bad = (0,) if field in models.WIDTH_ARGUMENTS else 0
+        assert models.argument_problem(field, bad) is not None
+        with pytest.raises(ValueError, match=rf"^config\.model\.{field} must be"):
+            validation.validate_train_config({"model": {"name": "cnn_fmnist", field: bad}})
 
 
 def test_adam_with_weight_decay_is_refused_as_it_would_ignore_it(synthetic_config):

@@ -37,9 +37,12 @@ __all__ = [
     "MobileNetV3",
     "ResNet",
     "ResidualBlock",
+    "SIZE_ARGUMENTS",
     "SimpleCNN",
     "SparseAutoencoderClassifier",
     "SparseCodeClassifier",
+    "WIDTH_ARGUMENTS",
+    "argument_problem",
     "available_models",
     "get_model",
     "init_variables",
@@ -88,7 +91,8 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
 # The arguments the registered models share, checked before a model is built: a size of
 # 0 would fail deep inside Flax's initialisers (a division by a fan-in of 0), a dropout
 # rate of 1 or more trains a dead network, and an unknown dtype name fails in numpy.
-_SIZES = (
+# Training configs are checked against the same rules before their data is loaded.
+SIZE_ARGUMENTS = (
     "num_classes",
     "kernel_size",
     "filters",
@@ -97,42 +101,42 @@ _SIZES = (
     "conv2_filters",
     "filter_size",
     "dense_width",
+    "latents",
 )
-_WIDTH_LISTS = ("features", "dense", "hidden")
+WIDTH_ARGUMENTS = ("features", "dense", "hidden")
+
+
+def argument_problem(field: str, value: Any) -> str | None:
+    """What is wrong with ``value`` as the built-in models' argument ``field`` (one of
+    ``SIZE_ARGUMENTS``, ``WIDTH_ARGUMENTS``, ``dropout`` or ``dtype``), e.g. "dropout
+    must be a rate in [0, 1), got 1.5"; None when nothing is, or for any other field."""
+
+    def is_size(v: Any) -> bool:
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
+
+    if field in SIZE_ARGUMENTS and not is_size(value):
+        return f"{field} must be an integer >= 1, got {value!r}"
+    if field in WIDTH_ARGUMENTS and (
+        isinstance(value, (str, bytes))
+        or not isinstance(value, (Sequence, np.ndarray))
+        or not all(is_size(w) for w in value)
+    ):
+        return f"{field} must be a list of integers >= 1, got {value!r}"
+    if field == "dropout" and value is not None:
+        if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < 1):
+            return f"dropout must be a rate in [0, 1), got {value!r}"
+    if field == "dtype" and not _is_float_dtype(value):
+        return f"dtype must be a floating dtype such as 'float32' or 'bfloat16', got {value!r}"
+    return None
 
 
 def _check_arguments(name: str, kwargs: dict[str, Any]) -> None:
-    """A ValueError naming the first argument of ``kwargs`` outside what every built-in
-    model means by it (see ``_SIZES``, ``_WIDTH_LISTS``, ``dropout`` and ``dtype``)."""
-
-    def is_size(value: Any) -> bool:
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
-
-    def is_widths(value: Any) -> bool:
-        if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
-            return False
-        return all(is_size(w) for w in value)
-
+    """A ValueError naming the first argument of ``kwargs`` that `argument_problem`
+    finds wrong."""
     for field, value in kwargs.items():
-        if field in _SIZES and not is_size(value):
-            problem = f"{field} must be an integer >= 1, got {value!r}"
-        elif field in _WIDTH_LISTS and not is_widths(value):
-            problem = f"{field} must be a list of integers >= 1, got {value!r}"
-        elif (
-            field == "dropout"
-            and value is not None
-            and not (
-                isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < 1
-            )
-        ):
-            problem = f"dropout must be a rate in [0, 1), got {value!r}"
-        elif field == "dtype" and not _is_float_dtype(value):
-            problem = (
-                f"dtype must be a floating dtype such as 'float32' or 'bfloat16', got {value!r}"
-            )
-        else:
-            continue
-        raise ValueError(f"model {name!r}: {problem}")
+        problem = argument_problem(field, value)
+        if problem is not None:
+            raise ValueError(f"model {name!r}: {problem}")
 
 
 def _is_float_dtype(value: Any) -> bool:

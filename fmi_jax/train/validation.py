@@ -28,21 +28,6 @@ _AUGMENT_FIELDS = tuple(
     if p.kind is p.KEYWORD_ONLY
 )
 
-# The registered models' layer sizes (fmi_jax/models/__init__.py): a width, filter
-# count, kernel size or block count below 1 builds no layer (flax fails inside the
-# model's init with a TypeError, after the data is loaded).
-_MODEL_SIZES = (
-    "conv1_filters",
-    "conv2_filters",
-    "dense_width",
-    "filters",
-    "filter_size",
-    "kernel_size",
-    "num_blocks",
-    "latents",
-)
-_MODEL_WIDTH_LISTS = ("features", "dense", "hidden")
-
 __all__ = ["ConfigValueError", "require_at_least", "validate_train_config"]
 
 
@@ -165,17 +150,13 @@ def _fraction(section: Any, field: str, where: str, *, closed: bool) -> None:
 
 
 def _model_sizes(model: Any) -> None:
-    """The model's layer sizes that it has: integers >= 1, and each entry of a width
-    list (``features``, ``dense``, ``hidden``) too."""
+    """The model's sizes and width lists, by the rules the built-in models check when
+    they are built (`fmi_jax.models.argument_problem`), before the data is loaded."""
     if not hasattr(model, "get"):
         return
-    for field in _MODEL_SIZES:
-        require_at_least(model, field, 1, where="config.model", optional=True)
-    for field in _MODEL_WIDTH_LISTS:
-        widths = model.get(field)
-        if widths is None:
+    for field in (*models.SIZE_ARGUMENTS, *models.WIDTH_ARGUMENTS):
+        if model.get(field) is None:
             continue
-        if not isinstance(widths, (list, tuple)) or not all(_is_int(w) and w >= 1 for w in widths):
-            raise ConfigValueError(
-                f"config.model.{field} must be a list of integers >= 1, got {widths!r}"
-            )
+        problem = models.argument_problem(field, model[field])
+        if problem is not None:
+            raise ConfigValueError(f"config.model.{problem}")
