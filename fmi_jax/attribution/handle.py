@@ -360,7 +360,11 @@ class FlaxModel:
         table = self._table(x)
         info = table.get(layer)
         if info is None:
-            available = ", ".join(self.layer_names(x)) or "(none)"
+            images = self.layer_names(x, images_only=True)
+            others = [name for name in self.layer_names(x) if name not in images]
+            available = ", ".join(images) or "(none)"
+            if others:
+                available += f"; not images (layer methods only, no CAMs): {', '.join(others)}"
             raise ValueError(
                 f"{self._name} has no layer {layer!r} with an (N, h, w, channels) "
                 f"output; available layers: {available}"
@@ -379,13 +383,13 @@ def _refusal(info: _Layer) -> str | None:
         return (
             "is not called by the model's own code in a forward pass (a module called "
             "inside an NNX transform such as nnx.remat or nnx.scan runs as a copy that "
-            "cannot be captured); CAM methods need a layer that is called once, outside "
+            "cannot be captured); CAMs and layer methods need a layer that is called once, outside "
             "such transforms"
         )
     if info.calls != 1:
         return (
-            f"is called {info.calls} times in one forward pass; CAM methods need a layer "
-            "that is called once (give each use its own module, or pick another layer)"
+            f"is called {info.calls} times in one forward pass; CAMs and layer methods need "
+            "a layer that is called once (give each use its own module, or pick another layer)"
         )
     return None
 

@@ -563,7 +563,7 @@ def test_a_layer_called_twice_is_refused_before_any_shape_arithmetic(kind, x):
         handle = flax_model(nnx_module_of(NnxTwice))
     assert handle.layer_names(x) == ("first",)
     message = (
-        "layer 'shared' of .* is called 2 times .*CAM methods need a layer that is called once"
+        "layer 'shared' of .* is called 2 times .*layer methods need a layer that is called once"
     )
     with pytest.raises(ValueError, match=message):
         handle.layer_shape(x, "shared")
@@ -610,6 +610,10 @@ def test_attention_projections_are_layers_but_not_image_planes(attention, x):
     assert sorted(attention.layer_names(x)) == sorted(("patch", *PROJECTIONS))
     assert attention.layer_names(x, images_only=True) == ("patch",)
     assert attention.not_an_image(x, "patch") is None
+    # A misspelt layer's error sets the image layers (a CAM's choices) apart.
+    message = r"available layers: patch; not images \(layer methods only, no CAMs\): attn/"
+    with pytest.raises(ValueError, match=message):
+        attention.capture(x, "attn/querry")
     for layer in PROJECTIONS:
         assert "splits its features into 2 axes" in attention.not_an_image(x, layer)
     # Layer attributions take any shape: layer IG at the query sums to the logit
