@@ -107,6 +107,7 @@ Captum counterpart: ``captum.attr.GuidedGradCam``.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import weakref
@@ -117,6 +118,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.extend import core as jax_core
+from jax.extend import source_info_util
 
 from fmi_jax.attribution.cam import grad_cam
 from fmi_jax.attribution.core import (
@@ -368,7 +370,11 @@ class Interpreter:
             jaxpr, consts = inner_jaxpr(eqn)
             if not self.strict and not self._needs_rules(jaxpr):
                 return on_every_branch(eqn, operands)
-            return _evaluate_call(self, jaxpr, consts, operands)
+            sites = _CALL_SITES.set((eqn, *_CALL_SITES.get()))
+            try:
+                return _evaluate_call(self, jaxpr, consts, operands)
+            finally:
+                _CALL_SITES.reset(sites)
         rule = self.rules.get(name)
         if rule is not None:
             outputs = rule(eqn, operands)
@@ -378,9 +384,9 @@ class Interpreter:
             # Bound whole, the body would keep its ordinary derivatives: a silently
             # different method.
             raise NotImplementedError(
-                f"{self.method} cannot apply its rules inside '{name}' (control flow such "
-                "as lax.scan, lax.cond or nn.scan over layers); unroll those layers to "
-                f"explain this model. {self.hint}".rstrip()
+                f"{self.method} cannot apply its rules inside '{name}'{_source_line(eqn)} "
+                "(control flow such as lax.scan, lax.cond or nn.scan over layers); unroll "
+                f"those layers to explain this model. {self.hint}".rstrip()
             )
         dependent = [isinstance(v, Tracked) for v in operands]
         if not self.strict or is_linear(eqn, dependent):
@@ -388,7 +394,7 @@ class Interpreter:
         shapes = ", ".join(str(v.aval) for v, d in zip(eqn.invars, dependent) if d)
         raise NotImplementedError(
             f"{self.method} has no rule for primitive '{name}' applied to an "
-            f"input-dependent value ({shapes}). {self.hint}"
+            f"input-dependent value ({shapes}){_source_line(eqn)}. {self.hint}"
         )
 
     def _needs_rules(self, jaxpr: jax_core.Jaxpr) -> bool:
@@ -930,3 +936,21 @@ def guided_grad_cam(
     maps = grad_cam(handle, x, target, batch_size=batch_size, layer=layer)
     guided = guided_backprop(handle, x, target, batch_size=batch_size)
     return guided * (maps[..., None] if x.ndim == 4 else maps)
+
+
+# The nested calls being interpreted, innermost first: the equations inside a library's
+# jitted function (jnp.sort) carry no line of the user's code, their call does.
+_CALL_SITES: contextvars.ContextVar[tuple[jax_core.JaxprEqn, ...]] = contextvars.ContextVar(
+    "_CALL_SITES", default=()
+)
+
+
+def _source_line(eqn: jax_core.JaxprEqn) -> str:
+    """Where the model's code made ``eqn`` (or the innermost call around it that has a
+    line), as " at file:line:column (function)", so that an error about a primitive
+    points at the line to change; empty when JAX kept no line."""
+    for site in (eqn, *_CALL_SITES.get()):
+        where = source_info_util.summarize(site.source_info)
+        if where and not where.startswith("unknown"):
+            return f" at {where}"
+    return ""

@@ -343,6 +343,16 @@ def test_unknown_nonlinear_primitives_raise_naming_them(f, primitive):
         deeplift(lambda v: f(v) @ jnp.ones((3, 2)), x, 0)
 
 
+def test_the_refusal_names_the_line_of_the_model_that_made_the_primitive():
+    def model(v):
+        return jnp.sort(v, axis=1) @ jnp.ones((3, 2))
+
+    line = model.__code__.co_firstlineno + 1
+    message = rf"'sort' .* at \S*test_deeplift\.py:{line}:\d+ \(.*model\)\. "
+    with pytest.raises(NotImplementedError, match=message):
+        deeplift(model, jnp.ones((2, 3)), 0)
+
+
 def test_an_activation_wrapped_in_jit_is_rescaled_whole():
     """The NotImplementedError's advice: jnp.where(v > 0, v, 0) inside jax.jit is an
     elementwise function of one input-dependent array, i.e. an activation."""
