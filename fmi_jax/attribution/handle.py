@@ -382,7 +382,7 @@ def _refusal(info: _Layer) -> str | None:
     if info.calls == 0:
         return (
             "is not called by the model's own code in a forward pass (a module called "
-            "inside an NNX transform such as nnx.remat or nnx.scan runs as a copy that "
+            "inside an NNX transform such as nnx.jit, nnx.remat or nnx.scan runs as a copy that "
             "cannot be captured); CAMs and layer methods need a layer that is called once, outside "
             "such transforms"
         )
@@ -787,6 +787,16 @@ def _submodules(model: nnx.Module) -> dict[str, nnx.Module]:
     return {_path(p): m for p, m in nnx.iter_modules(model) if p and callable(m)}
 
 
+def _call(model: nnx.Module, x: Any, kwargs: Mapping[str, Any]) -> Any:
+    """``model(x, **kwargs)``, past an ``nnx.jit`` on the model's own ``__call__``: every
+    pass of a handle is jitted already, and the copies of the model that ``nnx.jit``
+    makes would run its layers out of the hooks' sight."""
+    call = type(model).__call__
+    if type(call).__name__ == "JitWrapped" and type(call).__module__.startswith("flax.nnx"):
+        return call.__wrapped__(model, x, **kwargs)
+    return model(x, **kwargs)
+
+
 def _nnx_copy(static: _Static, state: Any) -> nnx.Module:
     # copy=True: anything the forward pass writes goes to fresh Variables.
     return nnx.merge(static.model, state, copy=True)
@@ -816,7 +826,7 @@ def _rewritten(static: _Static, state: Any, x: Any) -> list[str]:
     def forward(state: Any, x: Array) -> None:
         model = _nnx_copy(static, state)
         before = _training_state(model)
-        model(x, **static.kwargs)
+        _call(model, x, static.kwargs)
         after = [value for _, value in _training_state(model)]
         written.extend(path for (path, old), new in zip(before, after) if old is not new)
 
@@ -831,7 +841,7 @@ def _training_evidence(static: _Static, state: Any, x: Array) -> tuple[Array, Ar
     write back batch statistics in inference mode too, without changing the output."""
     model = _nnx_copy(static, state)
     before = jax.tree.leaves(nnx.state(model, nnx.BatchStat))  # the values, before the pass
-    out = model(x, **static.kwargs)
+    out = _call(model, x, static.kwargs)
     after = jax.tree.leaves(nnx.state(model, nnx.BatchStat))
     changed = [~jnp.array_equal(a, b, equal_nan=True) for a, b in zip(before, after)]
     graphdef, rngs, rest = nnx.split(_nnx_copy(static, state), nnx.RngState, ...)
@@ -841,7 +851,7 @@ def _training_evidence(static: _Static, state: Any, x: Array) -> tuple[Array, Ar
             return jax.random.fold_in(value, 1)
         return value + 1  # a stream's counter
 
-    other = nnx.merge(graphdef, jax.tree.map(move_on, rngs), rest)(x, **static.kwargs)
+    other = _call(nnx.merge(graphdef, jax.tree.map(move_on, rngs), rest), x, static.kwargs)
     random = [
         ~jnp.array_equal(a, b, equal_nan=True)
         for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(other))
@@ -892,7 +902,7 @@ def _nnx_forward(
 ) -> tuple[Any, Any]:
     model = _nnx_copy(static, state)
     if layer is None:
-        return model(x, **static.kwargs), None
+        return _call(model, x, static.kwargs), None
     captured: list[Any] = []
 
     def hook(out, at_zero):
@@ -901,7 +911,7 @@ def _nnx_forward(
 
     target = _submodules(model)[layer]
     with _tap({id(target): (target, hook)}):
-        logits = model(x, **static.kwargs)
+        logits = _call(model, x, static.kwargs)
     return logits, captured[0]
 
 
@@ -915,7 +925,7 @@ def _nnx_zero_input_output(static: _Static, state: Any, x: Array, *, layer: str)
 
     target = _submodules(model)[layer]
     with _tap({id(target): (target, hook)}):
-        model(x, **static.kwargs)
+        _call(model, x, static.kwargs)
     return captured[0]
 
 
@@ -928,7 +938,7 @@ def _nnx_perturbed(static: _Static, state: Any, x: Array, deltas: Mapping[str, A
 
     hooks = {id(modules[layer]): (modules[layer], adder(d)) for layer, d in deltas.items()}
     with _tap(hooks):
-        return model(x, **static.kwargs)
+        return _call(model, x, static.kwargs)
 
 
 _NNX = _Passes(_nnx_forward, _nnx_zero_input_output, _nnx_perturbed)
@@ -971,7 +981,7 @@ class _NnxModel(FlaxModel):
 
             hooks = {id(m): (m, recorder(name)) for name, m in modules.items()}
             with _tap(hooks):
-                return model(x, **self._static.kwargs)
+                return _call(model, x, self._static.kwargs)
 
         jax.eval_shape(forward, x)
         table = {}
@@ -1071,9 +1081,10 @@ def flax_model(model: Any, variables: Any = None, /, **apply_kwargs: Any) -> Fla
     """A :class:`FlaxModel` for a Linen module with its variables, or an NNX module.
 
     Linen: ``flax_model(module, variables, train=False)`` evaluates
-    ``module.apply(variables, x, **apply_kwargs)``; ``apply_kwargs`` may hold ``method=``
-    (a method name or function), ``mutable=False`` and the call's keywords, such as
-    ``train=False`` or ``deterministic=True`` (attribution needs inference mode).
+    ``module.apply(variables, x, **apply_kwargs)`` (a bound module,
+    ``module.bind(variables)``, comes without its variables); ``apply_kwargs`` may hold
+    ``method=`` (a method name or function), ``mutable=False`` and the call's keywords,
+    such as ``train=False`` or ``deterministic=True`` (attribution needs inference mode).
 
     NNX: ``flax_model(module, **call_kwargs)`` calls ``module(x, **call_kwargs)`` on an
     eval-mode copy of a snapshot taken now (see the module docstring): later training
@@ -1096,6 +1107,14 @@ def flax_model(model: Any, variables: Any = None, /, **apply_kwargs: Any) -> Fla
         is refused when it is first called, with the same advice: pass its inference
         flag, or set its mode attribute (a ``train`` field, an NNX ``training``).
     """
+    if isinstance(model, nn.Module) and model.scope is not None:  # model.bind(variables)
+        if variables is not None:
+            raise ValueError(
+                f"flax_model got the bound Linen module {type(model).__name__} and variables: "
+                "a bound module carries its own, so pass flax_model(module) or the unbound "
+                "module with its variables"
+            )
+        model, variables = model.unbind()
     if isinstance(model, nn.Module):
         if variables is None:
             raise ValueError(
@@ -1151,14 +1170,17 @@ def flax_model(model: Any, variables: Any = None, /, **apply_kwargs: Any) -> Fla
 def as_flax_model(obj: Any, method_name: str) -> FlaxModel:
     """``obj`` as a :class:`FlaxModel`, for methods that look inside the model.
 
-    A handle is returned as is, a ``(linen_module, variables)`` pair and an
-    ``nnx.Module`` go through :func:`flax_model`; anything else (such as a plain model
+    A handle is returned as is, a ``(linen_module, variables)`` pair, a bound Linen
+    module (``module.bind(variables)``) and an ``nnx.Module`` go through
+    :func:`flax_model`; anything else (such as a plain model
     function, which has no layers to capture) is a ValueError naming ``method_name``.
     """
     if isinstance(obj, FlaxModel):
         return obj
     if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], nn.Module):
         return flax_model(*obj)
+    if isinstance(obj, nn.Module) and obj.scope is not None:  # model.bind(variables)
+        return flax_model(obj)
     if isinstance(obj, nnx.Module):
         return flax_model(obj)
     raise ValueError(

@@ -717,6 +717,35 @@ def test_nnx_layer_inside_an_nnx_transform_is_refused(x):
         handle.capture(x, "conv2")
 
 
+class NnxJitted(NnxCNN):
+    """NnxCNN with its forward pass under nnx.jit, as NNX's examples write it."""
+
+    @nnx.jit
+    def __call__(self, x):
+        return super().__call__(x)
+
+
+def test_an_nnx_jit_on_the_model_s_call_hides_no_layer(nnx_module, nnx_handle, x):
+    # nnx.jit would run copies of the layers that the hooks never see; the handle's
+    # passes are jitted anyway, so they call the function nnx.jit wraps.
+    jitted = nnx_module_of(NnxJitted)
+    nnx.update(jitted, nnx.state(nnx_module))
+    handle = flax_model(jitted)
+    assert handle.layer_names(x) == nnx_handle.layer_names(x)
+    for layer in ("conv1", "conv2"):
+        close(A.grad_cam(handle, x, 1, layer=layer), A.grad_cam(nnx_handle, x, 1, layer=layer))
+    close(handle(x), nnx_handle(x), 1e-5)
+
+
+def test_a_bound_linen_module_carries_its_variables(linen, linen_handle, x):
+    model, variables = linen
+    bound = model.bind(variables)
+    close(flax_model(bound, train=False)(x), linen_handle(x))
+    assert isinstance(as_flax_model(bound, "grad_cam"), FlaxModel)  # a CAM takes it
+    with pytest.raises(ValueError, match="got the bound Linen module LinenCNN and variables"):
+        flax_model(bound, variables)
+
+
 def test_capture_checks_the_shape_of_delta(linen_handle, x):
     with pytest.raises(ValueError, match=r"delta must have the shape .*\(4, 8, 8, 4\)"):
         linen_handle.capture(x, "conv2", jnp.zeros((4, 8, 8, 3)))
