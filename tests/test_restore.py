@@ -68,3 +68,26 @@ def test_a_checkpoint_without_a_model_description_is_refused(synthetic_run, tmp_
     meta.write_text(json.dumps(record))
     with pytest.raises(CheckpointMismatchError, match="records no model description"):
         evaluate_lib.restore_model(workdir)
+
+
+@pytest.mark.parametrize(
+    "damage, cause",
+    [
+        (lambda meta: meta.write_text(meta.read_text()[:40]), r"\(JSONDecodeError: "),
+        (lambda meta: meta.unlink(), r"\(FileNotFoundError: "),
+        (lambda meta: meta.write_text("[1, 2]"), r"its meta is not a JSON object"),
+    ],
+    ids=["truncated", "missing", "not_an_object"],
+)
+def test_a_damaged_meta_is_one_line_naming_the_checkpoint(synthetic_run, tmp_path, damage, cause):
+    """The JSON written beside the state after a crash mid-write: json's own message
+    named neither the file nor what to do."""
+    workdir = _copy(synthetic_run, tmp_path)
+    epoch = evaluate_lib.restore_model(workdir)[3]
+    damage(workdir / "checkpoints" / str(epoch) / "meta" / "metadata")
+    with pytest.raises(CheckpointMismatchError, match=cause) as raised:
+        evaluate_lib.restore_model(workdir)
+    message = str(raised.value)
+    assert "\n" not in message, message
+    assert message.startswith(f"checkpoint {workdir / 'checkpoints' / str(epoch)} could not be")
+    assert "or move it away" in message

@@ -123,10 +123,31 @@ class Checkpoints:
         return self._manager.latest_step()
 
     def meta(self, epoch: int) -> dict[str, Any]:
-        restored = self._manager.restore(
-            epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
-        )
+        try:
+            restored = self._manager.restore(
+                epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+            )
+        except (ValueError, OSError) as e:  # json's JSONDecodeError is a ValueError
+            raise CheckpointMismatchError(
+                f"checkpoint {self.directory / str(epoch)} could not be read: its meta "
+                f"(JSON) is damaged or incomplete ({type(e).__name__}: {e}); "
+                f"{self._instead(epoch)}"
+            ) from e
+        if not isinstance(restored["meta"], Mapping):
+            raise CheckpointMismatchError(
+                f"checkpoint {self.directory / str(epoch)} could not be read: its meta is "
+                f"not a JSON object; {self._instead(epoch)}"
+            )
         return dict(restored["meta"])
+
+    def _instead(self, epoch: int) -> str:
+        """What to do about a damaged checkpoint of ``epoch``."""
+        others = [k for k in self.epochs() if k != epoch]
+        return (
+            f"restore another of the kept epochs {others}, or move it away"
+            if others
+            else "move it away"
+        ) + " (a training run then resumes from the epoch before, or starts again)"
 
     def best_epoch(self) -> int | None:
         """The kept epoch with the best `best_metric` (the latest among ties)."""
@@ -243,16 +264,9 @@ class Checkpoints:
             # array is the spec's relative path.
             arrays = [p for p in re.findall(r"'path': '([^']+)'", str(e)) if not p.startswith("/")]
             what = f"array {arrays[-1].rstrip('/')}" if arrays else "an array"
-            others = [k for k in self.epochs() if k != epoch]
-            instead = (
-                f"restore another of the kept epochs {others}, or move it away"
-                if others
-                else "move it away"
-            )
             raise CheckpointMismatchError(
                 f"checkpoint {self.directory / str(epoch)} could not be read: {what} is "
-                f"damaged or incomplete; {instead} (a training run then resumes from the "
-                "epoch before, or starts again)"
+                f"damaged or incomplete; {self._instead(epoch)}"
             ) from e
         logging.info("restored epoch %d from %s", epoch, self.directory)
         return restored["state"]
