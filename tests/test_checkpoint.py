@@ -94,6 +94,28 @@ def test_architecture_mismatch_names_the_difference(tmp_path):
         ckpt.check_architecture(other)
 
 
+def test_the_training_examples_digest_is_checked_when_recorded(tmp_path):
+    images = np.arange(24, dtype=np.uint8).reshape(6, 2, 2, 1)
+    labels = np.array([0, 1, 2, 0, 1, 2], np.int32)
+    digest = checkpoint.data_digest(images, labels)
+    assert digest == checkpoint.data_digest(images.copy(), labels.copy())
+    for other in (
+        checkpoint.data_digest(images[::-1], labels[::-1]),  # another order
+        checkpoint.data_digest(images, np.roll(labels, 1)),  # other labels
+        checkpoint.data_digest(images.reshape(6, 4, 1, 1), labels),  # the same bytes
+    ):
+        assert other != digest
+    recorded = checkpoint.Checkpoints(tmp_path / "new", keep=1)
+    recorded.save(1, tree(1.0), architecture=dict(ARCH, train_digest=digest), metrics={})
+    recorded.check_architecture(dict(ARCH, train_digest=digest))
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="the training examples"):
+        recorded.check_architecture(dict(ARCH, train_digest=other))
+    # Checkpoints from before runs recorded the digest resume as they did.
+    older = checkpoint.Checkpoints(tmp_path / "old", keep=1)
+    older.save(1, tree(1.0), architecture=ARCH, metrics={})
+    older.check_architecture(dict(ARCH, train_digest=digest))
+
+
 def test_restoring_into_other_shapes_is_a_mismatch_error(tmp_path):
     ckpt = checkpoint.Checkpoints(tmp_path, keep=1)
     ckpt.save(1, tree(1.0), architecture=ARCH, metrics={"val_accuracy": 1.0})

@@ -1,5 +1,6 @@
 """The training loop end to end on synthetic data: learning, compiles, resume, errors."""
 
+import dataclasses
 import functools
 import json
 import shutil
@@ -17,6 +18,7 @@ from fmi_jax.studies import figures
 from fmi_jax.train import loop as loop_lib
 from fmi_jax.train import steps
 from fmi_jax.train import trainer as trainer_lib
+from fmi_jax.train.checkpoint import CheckpointMismatchError
 
 
 def params_of(workdir, which="latest"):
@@ -123,6 +125,33 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, synthetic_config, synthe
     b = params_of(tmp_path / "resumed")
     jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y), a, b)
     assert len((tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_run_resumed_on_other_training_examples_is_refused(
+    tmp_path, synthetic_config, synthetic_run
+):
+    # The same dataset name, shape and split settings, read from another copy whose
+    # examples come in another order: its validation holdout would be other images.
+    workdir = tmp_path / "run"
+    shutil.copytree(synthetic_run, workdir)
+    before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+    real_load = loop_lib.load_data
+
+    def reordered(data_config):
+        splits = real_load(data_config)
+        train_ds = splits["train"]
+        order = np.arange(len(train_ds))[::-1]
+        splits["train"] = dataclasses.replace(
+            train_ds, images=train_ds.images[order], labels=train_ds.labels[order]
+        )
+        return splits
+
+    with mock.patch.object(loop_lib, "load_data", reordered):
+        with pytest.raises(CheckpointMismatchError, match=r"the training examples: .*data_dir"):
+            train.train_and_evaluate(synthetic_config(num_epochs=3), workdir)
+    assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
+    # The same examples resume (here: a finished run, extended by an epoch).
+    assert train.train_and_evaluate(synthetic_config(num_epochs=3), workdir).best_epoch
 
 
 def test_finished_run_is_not_retrained_or_overwritten(tmp_path, synthetic_config):

@@ -14,6 +14,7 @@ dataset raises `CheckpointMismatchError`, and nothing is overwritten.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -21,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
-__all__ = ["CheckpointMismatchError", "Checkpoints", "architecture_of"]
+__all__ = ["CheckpointMismatchError", "Checkpoints", "architecture_of", "data_digest"]
 
 
 class CheckpointMismatchError(ValueError):
@@ -44,11 +46,29 @@ def architecture_of(
     }
 
 
+def data_digest(images: Any, labels: Any) -> str:
+    """A short digest of a split's images and labels, in their order (BLAKE2b, 16 hex
+    digits): equal for the same examples wherever they were read from."""
+    digest = hashlib.blake2b(digest_size=8)
+    for array in (images, labels):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
+
+
 def _describe_difference(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
     diffs = []
     for key in sorted(set(saved) | set(wanted)):
         a, b = saved.get(key), wanted.get(key)
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
+        if key == "train_digest":
+            if a != b:
+                diffs.append(
+                    "the training examples: the checkpoint's were other images or labels, "
+                    "or in another order (another copy of the dataset: check "
+                    "--config.data.data_dir and $FMI_DATA_DIR)"
+                )
+        elif isinstance(a, Mapping) and isinstance(b, Mapping):
             for sub in sorted(set(a) | set(b)):
                 if a.get(sub) != b.get(sub):
                     diffs.append(
@@ -167,7 +187,10 @@ class Checkpoints:
         if latest is None:
             return
         saved = self.meta(latest).get("architecture", {})
-        if saved != dict(wanted):
+        wanted = dict(wanted)
+        if "train_digest" not in saved:  # checkpoints written before runs recorded it
+            wanted.pop("train_digest", None)
+        if saved != wanted:
             raise CheckpointMismatchError(
                 f"{self.directory} holds checkpoints of a different model or dataset "
                 f"({_describe_difference(saved, wanted)}). Use a new --workdir for this config, "
