@@ -1,5 +1,7 @@
 """Checkpoints: exact round trip, latest-N plus best kept, architecture checks."""
 
+import shutil
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -132,3 +134,23 @@ def test_reading_a_missing_directory_says_to_train_first(tmp_path):
 def test_keep_must_allow_resuming(tmp_path):
     with pytest.raises(ValueError, match="keep must be >= 1"):
         checkpoint.Checkpoints(tmp_path, keep=0)
+
+
+def test_missing_and_damaged_records_are_named_and_best_leaves_them_out(tmp_path):
+    ckpt = checkpoint.Checkpoints(tmp_path, keep=3, best_metric="val_accuracy")
+    for epoch, acc in ((1, 0.9), (2, 0.5), (3, 0.7)):
+        ckpt.save(epoch, tree(epoch), architecture=ARCH, metrics={"val_accuracy": acc})
+    with pytest.raises(checkpoint.CheckpointMismatchError, match=r"no checkpoint of epoch 9; "):
+        ckpt.meta(9)
+    # The best epoch's record damaged: the best of the others, with a warning.
+    (tmp_path / "1" / "meta" / "metadata").write_text("{")
+    assert ckpt.best_epoch() == 3
+    with pytest.raises(checkpoint.CheckpointMismatchError, match=r"/1 could not be read: its meta"):
+        ckpt.meta(1)
+    # A checkpoint without its meta item (plain orbax, or the folder lost).
+    shutil.rmtree(tmp_path / "2" / "meta")
+    reopened = checkpoint.Checkpoints(tmp_path, read_only=True, best_metric="val_accuracy")
+    with pytest.raises(checkpoint.CheckpointMismatchError, match=r"/2 has no meta record") as e:
+        reopened.meta(2)
+    assert "\n" not in str(e.value)
+    assert reopened.best_epoch() == 3

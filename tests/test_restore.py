@@ -83,11 +83,13 @@ def test_a_damaged_meta_is_one_line_naming_the_checkpoint(synthetic_run, tmp_pat
     """The JSON written beside the state after a crash mid-write: json's own message
     named neither the file nor what to do."""
     workdir = _copy(synthetic_run, tmp_path)
-    epoch = evaluate_lib.restore_model(workdir)[3]
+    epoch = evaluate_lib.restore_model(workdir, checkpoint="latest")[3]
     damage(workdir / "checkpoints" / str(epoch) / "meta" / "metadata")
     with pytest.raises(CheckpointMismatchError, match=cause) as raised:
-        evaluate_lib.restore_model(workdir)
+        evaluate_lib.restore_model(workdir, checkpoint=str(epoch))
     message = str(raised.value)
     assert "\n" not in message, message
     assert message.startswith(f"checkpoint {workdir / 'checkpoints' / str(epoch)} could not be")
     assert "or move it away" in message
+    # 'best' is chosen among the records that can be read (with a warning for the other).
+    assert evaluate_lib.restore_model(workdir)[3] != epoch

@@ -1111,8 +1111,8 @@ def flax_model(model: Any, variables: Any = None, /, **apply_kwargs: Any) -> Fla
         if variables is not None:
             raise ValueError(
                 f"flax_model got the bound Linen module {type(model).__name__} and variables: "
-                "a bound module carries its own, so pass flax_model(module) or the unbound "
-                "module with its variables"
+                "a bound module carries its own, so pass it with the call's keywords alone, "
+                "e.g. flax_model(module, train=False)"
             )
         model, variables = model.unbind()
     if isinstance(model, nn.Module):

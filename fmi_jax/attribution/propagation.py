@@ -112,6 +112,7 @@ import dataclasses
 import functools
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -948,9 +949,29 @@ _CALL_SITES: contextvars.ContextVar[tuple[jax_core.JaxprEqn, ...]] = contextvars
 def _source_line(eqn: jax_core.JaxprEqn) -> str:
     """Where the model's code made ``eqn`` (or the innermost call around it that has a
     line), as " at file:line:column (function)", so that an error about a primitive
-    points at the line to change; empty when JAX kept no line."""
+    points at the line to change: the innermost line outside installed packages and
+    fmi_jax, followed by the library's line when the primitive came from a library
+    layer (flax's ``PReLU``); empty when JAX kept no line."""
     for site in (eqn, *_CALL_SITES.get()):
-        where = source_info_util.summarize(site.source_info)
-        if where and not where.startswith("unknown"):
-            return f" at {where}"
+        frames = source_info_util.summarize(site.source_info, num_frames=_FRAMES).splitlines()
+        frames = [f for f in reversed(frames) if f and not f.startswith("unknown")]
+        if not frames:
+            continue
+        own = next((f for f in frames if not _in_a_library(f)), None)
+        if own is None or own == frames[0]:
+            return f" at {own or frames[0]}"
+        return f" at {own}, in {frames[0]}"
     return ""
+
+
+_FRAMES = 64  # user frames to look through, innermost first
+_FMI_JAX = str(Path(__file__).resolve().parents[1])
+
+
+def _in_a_library(frame: str) -> bool:
+    """Whether a ``file:line:column (function)`` summary is a line of an installed
+    package or of fmi_jax itself, not of the user's own code."""
+    path = frame.rsplit(" (", 1)[0]
+    return any(part in path for part in ("site-packages", "dist-packages")) or path.startswith(
+        _FMI_JAX
+    )

@@ -143,10 +143,27 @@ class Checkpoints:
         return self._manager.latest_step()
 
     def meta(self, epoch: int) -> dict[str, Any]:
+        """The JSON record saved with ``epoch``: its architecture and metrics.
+
+        Raises:
+          CheckpointMismatchError: no checkpoint of ``epoch`` is kept, or its record is
+            missing (not written by fmi_jax's training) or damaged.
+        """
+        if epoch not in self.epochs():
+            raise CheckpointMismatchError(
+                f"{self.directory} holds no checkpoint of epoch {epoch}; "
+                f"it keeps epochs {self.epochs()}"
+            )
         try:
             restored = self._manager.restore(
                 epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
             )
+        except KeyError as e:  # no meta item: orbax names the items it found
+            raise CheckpointMismatchError(
+                f"checkpoint {self.directory / str(epoch)} has no meta record of what it is "
+                f"({e}), so it was not written by fmi_jax's training, or its meta folder was "
+                f"lost: restore it with orbax directly, or {self._instead(epoch)}"
+            ) from e
         except (ValueError, OSError) as e:  # json's JSONDecodeError is a ValueError
             raise CheckpointMismatchError(
                 f"checkpoint {self.directory / str(epoch)} could not be read: its meta "
@@ -175,7 +192,12 @@ class Checkpoints:
             return self.latest_epoch()
         scored = []
         for epoch in self.epochs():
-            value = self.meta(epoch).get("metrics", {}).get(self.best_metric)
+            try:
+                record = self.meta(epoch)
+            except CheckpointMismatchError as e:  # one damaged record leaves the others
+                logging.warning("left out of the choice of the best epoch: %s", e)
+                continue
+            value = record.get("metrics", {}).get(self.best_metric)
             if value is not None:
                 scored.append((self._score(value), epoch))
         return max(scored)[1] if scored else self.latest_epoch()

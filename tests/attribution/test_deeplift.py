@@ -2,6 +2,7 @@
 real flax models, reused modules, every activation rule, and refusals."""
 
 import functools
+import inspect
 
 import flax.linen as nn
 import jax
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from fmi_jax import models
-from fmi_jax.attribution import deeplift, integrated_gradients
+from fmi_jax.attribution import deeplift, flax_model, integrated_gradients
 from tests import testdata
 
 relu = jax.nn.relu
@@ -351,6 +352,19 @@ def test_the_refusal_names_the_line_of_the_model_that_made_the_primitive():
     message = rf"'sort' .* at \S*test_deeplift\.py:{line}:\d+ \(.*model\)\. "
     with pytest.raises(NotImplementedError, match=message):
         deeplift(model, jnp.ones((2, 3)), 0)
+
+    # A library layer's primitive: the user's line first, then the library's.
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, v):
+            return nn.Dense(2)(nn.PReLU()(v))
+
+    x = jnp.ones((2, 3))
+    handle = flax_model(Net(), Net().init(jax.random.key(0), x))
+    line = inspect.unwrap(Net.__call__).__code__.co_firstlineno + 2
+    message = rf"'ge' .* at \S*test_deeplift\.py:{line}:\d+ \(.*Net.__call__\), in \S*flax\S*"
+    with pytest.raises(NotImplementedError, match=message):
+        deeplift(handle, x, 0)
 
 
 def test_an_activation_wrapped_in_jit_is_rescaled_whole():
