@@ -112,6 +112,9 @@ def test_the_training_examples_digest_is_checked_when_recorded(tmp_path):
     recorded.check_architecture(dict(ARCH, train_digest=digest))
     with pytest.raises(checkpoint.CheckpointMismatchError, match="the training examples"):
         recorded.check_architecture(dict(ARCH, train_digest=other))
+    # Another difference is named alone: it changes the examples too.
+    with pytest.raises(checkpoint.CheckpointMismatchError, match=r"\(num_classes: .* 10\)\."):
+        recorded.check_architecture(dict(ARCH, num_classes=10, train_digest=other))
     # Checkpoints from before runs recorded the digest resume as they did.
     older = checkpoint.Checkpoints(tmp_path / "old", keep=1)
     older.save(1, tree(1.0), architecture=ARCH, metrics={})

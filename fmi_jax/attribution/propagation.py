@@ -110,6 +110,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import functools
+import os
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -965,7 +966,11 @@ def _source_line(eqn: jax_core.JaxprEqn) -> str:
 
 
 _FRAMES = 64  # user frames to look through, innermost first
-_FMI_JAX = str(Path(__file__).resolve().parents[1])
+# fmi_jax's folder as imported and as resolved (a symlinked checkout), with the
+# separator, so that a user's fmi_jax_models/ next to it is not taken for it.
+_FMI_JAX = tuple(
+    {str(Path(__file__).parents[1]) + os.sep, str(Path(__file__).resolve().parents[1]) + os.sep}
+)
 
 
 def _in_a_library(frame: str) -> bool:

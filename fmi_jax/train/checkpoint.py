@@ -61,12 +61,15 @@ def _describe_difference(saved: Mapping[str, Any], wanted: Mapping[str, Any]) ->
     diffs = []
     for key in sorted(set(saved) | set(wanted)):
         a, b = saved.get(key), wanted.get(key)
-        if key == "train_digest":
-            if a != b:
+        if key == "train_digest":  # what differs about the data, when nothing else does
+            if a != b and all(
+                saved.get(k) == wanted.get(k) for k in set(saved) | set(wanted) if k != key
+            ):
                 diffs.append(
                     "the training examples: the checkpoint's were other images or labels, "
-                    "or in another order (another copy of the dataset: check "
-                    "--config.data.data_dir and $FMI_DATA_DIR)"
+                    "or in another order (a changed data setting such as data.options, or "
+                    "another copy of the dataset: check --config.data.data_dir and "
+                    "$FMI_DATA_DIR)"
                 )
         elif isinstance(a, Mapping) and isinstance(b, Mapping):
             for sub in sorted(set(a) | set(b)):

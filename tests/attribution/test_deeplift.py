@@ -3,6 +3,7 @@ real flax models, reused modules, every activation rule, and refusals."""
 
 import functools
 import inspect
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -365,6 +366,15 @@ def test_the_refusal_names_the_line_of_the_model_that_made_the_primitive():
     message = rf"'ge' .* at \S*test_deeplift\.py:{line}:\d+ \(.*Net.__call__\), in \S*flax\S*"
     with pytest.raises(NotImplementedError, match=message):
         deeplift(handle, x, 0)
+
+
+def test_a_user_folder_named_like_the_package_is_the_user_s_code():
+    from fmi_jax.attribution import propagation
+
+    package = Path(propagation.__file__).parents[1]
+    assert propagation._in_a_library(f"{package}/attribution/core.py:1:1 (f)")
+    assert not propagation._in_a_library(f"{package}_models/net.py:5:27 (Net.__call__)")
+    assert propagation._in_a_library("/x/lib/python3/site-packages/flax/a.py:9:8 (PReLU.f)")
 
 
 def test_an_activation_wrapped_in_jit_is_rescaled_whole():
