@@ -2,14 +2,15 @@
 
 Layout: `workdir/checkpoints/<epoch>/{state,meta}`. `state` holds params,
 batch_stats, opt_state and the optimizer step; `meta` (JSON) holds what the
-checkpoint is of (the model config, the dataset, the input shape) and the
-epoch's metrics. One `CheckpointManager` with the preservation policy
-`LatestN(keep) or BestN(1, by val_accuracy)` keeps both the checkpoints a
-resumed run needs and the best one evaluation wants.
+checkpoint is of (the model config, the dataset, the input shape, a digest of
+the training examples) and the epoch's metrics. One `CheckpointManager` with the
+preservation policy `LatestN(keep) or BestN(1, by val_accuracy)` keeps both the
+checkpoints a resumed run needs and the best one evaluation wants.
 
 Before anything is restored or written, the `meta` of the latest checkpoint is
 compared with the run's own: a workdir that holds a different architecture or
-dataset raises `CheckpointMismatchError`, and nothing is overwritten.
+dataset, or was trained on other examples, raises `CheckpointMismatchError`, and
+nothing is overwritten.
 """
 
 from __future__ import annotations
