@@ -2,8 +2,11 @@
 trials, and a two-trial smoke study end to end on synthetic data."""
 
 import csv
+import dataclasses
 import json
+import re
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from absl import flags
@@ -12,6 +15,8 @@ from ml_collections import config_flags
 import configs
 from fmi_jax import runs, studies
 from fmi_jax.studies import tune
+from fmi_jax.train import CheckpointMismatchError
+from fmi_jax.train import loop as loop_lib
 
 
 def test_the_original_grids():
@@ -180,6 +185,33 @@ def test_two_trial_study_ranks_retrains_and_resumes(tmp_path, smoke_study):
     assert again.trials == result.trials
     for n in names:
         assert (tmp_path / "trials" / n / "metrics.jsonl").stat().st_mtime_ns == stamps[n]
+
+    # Another copy of the data (its examples in another order): every folder trained
+    # on the old examples, finished trials and best/ too, is refused before any work.
+    real_load = loop_lib.load_data
+
+    def reordered(data_config):
+        splits = real_load(data_config)
+        train_ds = splits["train"]
+        splits["train"] = dataclasses.replace(
+            train_ds, images=train_ds.images[::-1], labels=train_ds.labels[::-1]
+        )
+        return splits
+
+    def files():  # with their times: results.json is rewritten with the same bytes
+        return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.rglob("*")
+                if p.is_file()}  # fmt: skip
+
+    before = files()
+    with mock.patch.object(loop_lib, "load_data", reordered):
+        with pytest.raises(CheckpointMismatchError, match=r"the training examples: .*data_dir"):
+            studies.run_tune(smoke_study(), tmp_path)
+        for folder in [tmp_path / "trials" / n for n in names] + [best]:
+            with pytest.raises(
+                CheckpointMismatchError, match=f"^{re.escape(str(folder))}.*training examples"
+            ):
+                tune._check_trial_data([(folder, loop_lib.load_run_config(folder))])
+    assert files() == before
 
     # Until the last trial, results.md says it ranks part of the grid.
     tune._write_tables(

@@ -180,6 +180,24 @@ def _check_trial_dir(path: Path, config: ml_collections.ConfigDict) -> None:
     )
 
 
+def _check_trial_data(folders: Sequence[tuple[Path, ml_collections.ConfigDict]]) -> None:
+    """Refuses, before anything is trained, a folder whose checkpoints were trained on
+    other examples than its config reads now (another copy of the dataset: see
+    `fmi_jax.train.loop.run_identity`). Training would refuse it only when its turn came,
+    after the trials before it trained, and a finished trial would be read as it is,
+    ranked beside trials of the other examples."""
+    train_splits: dict[str, Any] = {}  # one read per data config
+    for path, run_config in folders:
+        checkpoints = path / "checkpoints"
+        if not (checkpoints.is_dir() and any(checkpoints.iterdir())):
+            continue
+        key = json.dumps(runs.plain(run_config.data), sort_keys=True)
+        if key not in train_splits:
+            train_splits[key] = loop_lib.load_data(run_config.data)["train"]
+        with loop_lib.run_checkpoints(path, run_config) as ckpt:
+            ckpt.check_architecture(loop_lib.run_identity(run_config, train_splits[key]))
+
+
 def _row(point: Mapping[str, Any], summary: Mapping[str, Any], history) -> dict[str, Any]:
     best = next((r for r in history if r["epoch"] == summary.get("best_epoch")), {})
     return {
@@ -259,8 +277,12 @@ def run_tune(config: ml_collections.ConfigDict, workdir: str | Path) -> TuneResu
     if settings and int(settings.samples):  # drawn after the last trial: checked first
         explain_lib.check_layer_cam_method(settings.method)
     runs.refuse_other_kind(workdir, "tuning study")
-    for name, trial in zip(names, configs):
-        _check_trial_dir(workdir / "trials" / name, trial)
+    folders = [(workdir / "trials" / name, trial) for name, trial in zip(names, configs)]
+    for path, trial in folders:
+        _check_trial_dir(path, trial)
+    if (workdir / "best" / runs.CONFIG_FILE).is_file():  # best/'s data as it was retrained
+        folders.append((workdir / "best", loop_lib.load_run_config(workdir / "best")))
+    _check_trial_data(folders)
     workdir.mkdir(parents=True, exist_ok=True)
     meta = {"grid": runs.plain(config.grid), "trial": runs.plain(config.trial)}
 

@@ -94,6 +94,7 @@ __all__ = [
     "load_run_config",
     "load_split",
     "model_from_config",
+    "run_identity",
     "train_and_evaluate",
 ]
 
@@ -136,7 +137,7 @@ def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(runs.read_json(path))
 
 
-def _run_identity(config: Any, train_ds: Any) -> dict[str, Any]:
+def run_identity(config: Any, train_ds: Any) -> dict[str, Any]:
     """What a checkpoint must share with the run restoring it: the model, the dataset's
     name, shape and split, and a digest of the training examples themselves, so that a
     run resumed on another copy of the data (another folder, tfds instead of IDX files:
@@ -461,7 +462,7 @@ def train_and_evaluate(
     for name, ds in splits.items():
         logging.info("%s: %d examples from %s", name, len(ds), ds.source)
     class_names = train_ds.class_names
-    identity = _run_identity(config, train_ds)
+    identity = run_identity(config, train_ds)
     task = tasks_lib.task_from_config(config)
 
     def checkpoints() -> ckpt_lib.Checkpoints:
