@@ -90,6 +90,6 @@ def test_a_damaged_meta_is_one_line_naming_the_checkpoint(synthetic_run, tmp_pat
     message = str(raised.value)
     assert "\n" not in message, message
     assert message.startswith(f"checkpoint {workdir / 'checkpoints' / str(epoch)} could not be")
-    assert "or move it away" in message
+    assert "(evaluate's --checkpoint, the studies' --config.checkpoint), or move it away" in message
     # 'best' is chosen among the records that can be read (with a warning for the other).
     assert evaluate_lib.restore_model(workdir)[3] != epoch

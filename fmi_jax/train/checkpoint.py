@@ -185,7 +185,8 @@ class Checkpoints:
         """What to do about a damaged checkpoint of ``epoch``."""
         others = [k for k in self.epochs() if k != epoch]
         return (
-            f"restore another of the kept epochs {others}, or move it away"
+            f"restore another of the kept epochs {others} (evaluate's --checkpoint, the "
+            "studies' --config.checkpoint), or move it away"
             if others
             else "move it away"
         ) + " (a training run then resumes from the epoch before, or starts again)"
