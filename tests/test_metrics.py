@@ -53,5 +53,8 @@ def test_bad_confusion_matrices(cm, msg):
 def test_markdown_table_rows():
     r = metrics.classification_report(np.array([[1, 1], [0, 2]]), loss=0.25)
     table = metrics.markdown_table({"test": r})
-    assert table.splitlines()[0] == "| Split | Loss | Accuracy | Precision | Recall | F1 |"
+    assert (
+        table.splitlines()[0]
+        == "| Split | Loss | Accuracy | Macro precision | Macro recall | Macro F1 |"
+    )
     assert table.splitlines()[2] == "| test | 0.2500 | 75.00% | 83.33% | 75.00% | 73.33% |"

@@ -253,7 +253,7 @@ def test_evaluate_workdir_table_and_files(tmp_path, synthetic_run, capsys):
     assert not (tmp_path / "confusion_matrix.png").exists()  # train/ draws no figures
     assert figures.confusion_matrix(out, tmp_path) == tmp_path / "confusion_matrix.png"
     printed = capsys.readouterr().out
-    assert "| Split | Loss | Accuracy | Precision | Recall | F1 |" in printed
+    assert "| Split | Loss | Accuracy | Macro precision | Macro recall | Macro F1 |" in printed
     assert set(out["splits"]) == {"train", "validation", "test"}
     assert out["checkpoint_epoch"] == summary["best_epoch"]
     assert out["splits"]["test"]["accuracy"] == pytest.approx(summary["test_accuracy"])

@@ -66,7 +66,10 @@ def classification_report(
 
 def markdown_table(reports: Mapping[str, Mapping[str, Any]]) -> str:
     """The evaluation table: one row per split, macro precision/recall/F1."""
-    lines = ["| Split | Loss | Accuracy | Precision | Recall | F1 |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| Split | Loss | Accuracy | Macro precision | Macro recall | Macro F1 |",
+        "|---|---|---|---|---|---|",
+    ]
     for split, r in reports.items():
         loss = "-" if r.get("loss") is None else f"{r['loss']:.4f}"
         lines.append(
