@@ -42,7 +42,8 @@ class Dataset:
         class_names: One human-readable name per class; its length is the
             number of classes.
         source: Human-readable provenance, e.g.
-            ``"IDX files in /usr/share/datasets/fashion-mnist"``.
+            ``"IDX files t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz in
+            /usr/share/datasets/fashion-mnist"``.
 
     Raises:
         DataError: On construction, if the arrays break the contract above.

@@ -387,7 +387,8 @@ def _read_idx(spec: DatasetSpec, split: str, found: tuple[Path, Path]) -> Datase
         spec.name,
         split,
         spec.class_names,
-        source=f"IDX files in {images_path.parent}",
+        # Named: a folder may hold both the .gz and the unpacked files (the .gz is read).
+        source=f"IDX files {images_path.name}, {labels_path.name} in {images_path.parent}",
     )
 
 

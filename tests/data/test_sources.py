@@ -125,9 +125,8 @@ def three_copies(tmp_path, monkeypatch, isolated, write_idx_dataset):
 def test_data_dir_beats_fmi_data_dir_beats_debian(three_copies, monkeypatch):
     root = three_copies["root"]
     given = load("fashion_mnist", "train", data_dir=root / "given")
-    assert (
-        _same(given, three_copies["given"]["train"])
-        and given.source == f"IDX files in {root / 'given'}"
+    assert _same(given, three_copies["given"]["train"]) and given.source.endswith(
+        f"-idx1-ubyte.gz in {root / 'given'}"
     )
     from_env = load("fashion_mnist", "test")
     assert (
@@ -218,7 +217,15 @@ def test_data_dir_that_is_not_a_folder(tmp_path):
 
 def test_uncompressed_files_are_accepted(tmp_path, isolated, write_idx_split):
     arrays = write_idx_split(tmp_path, "test", num=7, gz=False)
-    assert _same(load("mnist", "test", data_dir=tmp_path), arrays)
+    unpacked = load("mnist", "test", data_dir=tmp_path)
+    assert _same(unpacked, arrays)
+    names = "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
+    assert unpacked.source == f"IDX files {names} in {tmp_path}"
+    # Beside other .gz files, the .gz files are read, and the source says which.
+    packed = write_idx_split(tmp_path, "test", num=9, seed=1)
+    both = load("mnist", "test", data_dir=tmp_path)
+    assert _same(both, packed)
+    assert both.source == f"IDX files {names.replace(',', '.gz,')}.gz in {tmp_path}"
 
 
 def test_only_the_requested_split_is_needed(tmp_path, isolated, write_idx_split):
