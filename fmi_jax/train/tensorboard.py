@@ -37,27 +37,37 @@ class EventLog:
 
     def __init__(self, logdir: str | Path, *, enabled: bool = True) -> None:
         self.logdir = Path(logdir)
-        self._writer = None
-        if enabled:
-            from tensorboardX import SummaryWriter  # imported only where events are written
-
-            self.logdir.mkdir(parents=True, exist_ok=True)
-            self._writer = SummaryWriter(str(self.logdir), flush_secs=30)
+        self._enabled = enabled
+        self._open = None
 
     @property
     def enabled(self) -> bool:
-        return self._writer is not None
+        return self._enabled
+
+    @property
+    def _writer(self) -> Any:
+        """The writer, made at the first entry: a run that writes nothing (a finished
+        run started again) leaves no empty event file behind."""
+        if self._enabled and self._open is None:
+            from tensorboardX import SummaryWriter  # imported only where events are written
+
+            self.logdir.mkdir(parents=True, exist_ok=True)
+            self._open = SummaryWriter(str(self.logdir), flush_secs=30)
+        return self._open
 
     def scalars(self, step: int, values: Mapping[str, Any], *, prefix: str = "") -> None:
         """One scalar per finite number in ``values``, tagged ``prefix + name``
         (``'train/loss'``); strings, lists and non-finite values are skipped."""
-        if self._writer is None:
-            return
-        for name, value in values.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-                continue
-            if np.isfinite(value):
-                self._writer.add_scalar(f"{prefix}{name}", float(value), int(step))
+        numbers = {
+            name: float(value)
+            for name, value in values.items()
+            if isinstance(value, (int, float, np.number))
+            and not isinstance(value, bool)
+            and np.isfinite(value)
+        }
+        if numbers and self._writer is not None:
+            for name, value in numbers.items():
+                self._writer.add_scalar(f"{prefix}{name}", value, int(step))
 
     def record(self, step: int, record: Mapping[str, Any]) -> None:
         """A ``metrics.jsonl``-style record, grouped the way TensorBoard shows it:
@@ -92,13 +102,14 @@ class EventLog:
         self._writer.add_image(tag, pixels[..., :3], int(step), dataformats="HWC")
 
     def flush(self) -> None:
-        if self._writer is not None:
-            self._writer.flush()
+        if self._open is not None:
+            self._open.flush()
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        """Closes the event file; entries after it go to a new one."""
+        if self._open is not None:
+            self._open.close()
+            self._open = None
 
     def __enter__(self) -> EventLog:
         return self
