@@ -797,6 +797,11 @@ def _call(model: nnx.Module, x: Any, kwargs: Mapping[str, Any]) -> Any:
     return model(x, **kwargs)
 
 
+def _is_bound(obj: Any) -> bool:
+    """A Linen module with its variables, ``model.bind(variables)``."""
+    return isinstance(obj, nn.Module) and obj.scope is not None
+
+
 def _nnx_copy(static: _Static, state: Any) -> nnx.Module:
     # copy=True: anything the forward pass writes goes to fresh Variables.
     return nnx.merge(static.model, state, copy=True)
@@ -1107,7 +1112,7 @@ def flax_model(model: Any, variables: Any = None, /, **apply_kwargs: Any) -> Fla
         is refused when it is first called, with the same advice: pass its inference
         flag, or set its mode attribute (a ``train`` field, an NNX ``training``).
     """
-    if isinstance(model, nn.Module) and model.scope is not None:  # model.bind(variables)
+    if _is_bound(model):
         if variables is not None:
             raise ValueError(
                 f"flax_model got the bound Linen module {type(model).__name__} and variables: "
@@ -1179,7 +1184,7 @@ def as_flax_model(obj: Any, method_name: str) -> FlaxModel:
         return obj
     if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], nn.Module):
         return flax_model(*obj)
-    if isinstance(obj, nn.Module) and obj.scope is not None:  # model.bind(variables)
+    if _is_bound(obj):
         return flax_model(obj)
     if isinstance(obj, nnx.Module):
         return flax_model(obj)
