@@ -55,6 +55,7 @@ from fmi_jax.attribution.core import (
     as_input,
     baseline_is_distribution,
     image_size,
+    method_name,
     minmax_scale,
     require_key,
     resolve_target,
@@ -108,6 +109,7 @@ def augmentation_smoothing(
       and every other option go to ``method`` for each copy. Maps are float32, shaped
       as ``method``'s.
     """
+    name = method_name(method, "augmentation_smoothing")
     if not isinstance(flip, (bool, np.bool_)):
         raise ValueError(f"augmentation_smoothing: flip must be True or False; got {flip!r}")
     try:
@@ -127,7 +129,6 @@ def augmentation_smoothing(
         raise ValueError(
             f"augmentation_smoothing: scale must be one of {AUGMENTATION_SCALES}; got {scale!r}"
         )
-    name = getattr(method, "__name__", "method")
     copies = [
         (mirror, float(f)) for mirror in ((False, True) if flip else (False,)) for f in factors
     ]

@@ -185,6 +185,7 @@ from fmi_jax.attribution.core import (
     as_target,
     image_size,
     map_over_samples,
+    method_name,
     minmax_scale,
     refuse_baseline,
     resolve_target,
@@ -993,9 +994,7 @@ def across_layers(method: Method, layers: Sequence[str], *, combine: str = "mean
     Returns:
       The method; its maps are ``(N, H, W)`` float32 in ``[0, 1]``.
     """
-    name = getattr(method, "__name__", repr(method))
-    if not callable(method):
-        raise ValueError(f"across_layers: method must be a CAM method; got {method!r}")
+    name = method_name(method, "across_layers")
     parameters = inspect.signature(method).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     if "layer" not in parameters and not takes_any:

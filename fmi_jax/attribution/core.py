@@ -70,10 +70,12 @@ __all__ = [
     "layout_checked",
     "require_key",
     "check_explain",
+    "method_name",
     "refuse_baseline",
     "check_finite",
     "as_rows",
     "as_baseline",
+    "as_reference",
     "baseline_is_distribution",
     "as_count",
     "as_number",
@@ -179,6 +181,15 @@ def as_rows(values: Any, inputs: Array, what: str, *, min_ndim: int = 1) -> Arra
     return values
 
 
+def _refuse_integers(dtype: Any, name: str) -> None:
+    if jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.bool_):
+        raise ValueError(
+            f"{name} has dtype {dtype}; attribution needs float inputs on the model's "
+            f"scale: convert first, e.g. {name}.astype('float32') / 255 for uint8 images "
+            "of a model trained on [0, 1]"
+        )
+
+
 def as_input(x: Any, name: str = "x") -> Array:
     """``x`` as a float32 array with a batch axis, checked for NaN/Inf when concrete.
 
@@ -187,14 +198,7 @@ def as_input(x: Any, name: str = "x") -> Array:
     without an error. The caller converts them the way the model was trained.
     """
     dtype = getattr(x, "dtype", None)
-    if dtype is None:
-        dtype = np.asarray(x).dtype
-    if jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.bool_):
-        raise ValueError(
-            f"{name} has dtype {dtype}; attribution needs float inputs on the model's "
-            f"scale: convert first, e.g. {name}.astype('float32') / 255 for uint8 images "
-            "of a model trained on [0, 1]"
-        )
+    _refuse_integers(np.asarray(x).dtype if dtype is None else dtype, name)
     x = jnp.asarray(x, dtype=jnp.float32)
     if x.ndim < 1 or x.shape[0] == 0:
         raise ValueError(f"{name} must have a non-empty batch axis first, got shape {x.shape}")
@@ -247,12 +251,29 @@ def image_size(x: Any, method: str) -> tuple[int, int]:
     return int(shape[1]), int(shape[2])
 
 
-def as_baseline(baseline: Any, x: Array, name: str = "baseline") -> Array:
+def as_reference(value: Any, name: str = "baseline", *, scaled: bool = True) -> Array:
+    """A reference input (a baseline, the references of a SHAP method) as a float32
+    array. An integer or boolean array is refused like an integer ``x`` when it stands
+    on the input's scale (``scaled``: a uint8 grey of 128 would be 128 times the
+    brightest pixel of a model trained on [0, 1]); a Python number is read as a float."""
+    dtype = getattr(value, "dtype", None)
+    if scaled and dtype is not None:
+        _refuse_integers(dtype, name)
+    try:
+        return jnp.asarray(value, dtype=jnp.float32)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{name} must be a number or an array of the input's shape, got {value!r}"
+        ) from None
+
+
+def as_baseline(baseline: Any, x: Array, name: str = "baseline", *, scaled: bool = True) -> Array:
     """``baseline`` broadcast to the shape of ``x``: None means zeros; a scalar, one
-    example's shape ``x.shape[1:]`` or the full ``x.shape`` are all accepted."""
+    example's shape ``x.shape[1:]`` or the full ``x.shape`` are all accepted; an
+    integer array only when not ``scaled`` (see :func:`as_reference`)."""
     if baseline is None:
         return jnp.zeros_like(x)
-    baseline = jnp.asarray(baseline, dtype=jnp.float32)
+    baseline = as_reference(baseline, name, scaled=scaled)
     try:
         broadcast_shape = np.broadcast_shapes(baseline.shape, x.shape)
     except ValueError:
@@ -312,6 +333,21 @@ def as_count(value: Any, name: str, minimum: int = 1, maximum: int | None = None
     if count < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {count}")
     return count
+
+
+def method_name(method: Any, where: str) -> str:
+    """The name of ``method``, an attribution function handed to a transform (``where``,
+    e.g. ``'noise_tunnel'``); a ValueError for a method's name given as a string, or
+    anything else that cannot be called, when the transform is built."""
+    if isinstance(method, str):
+        raise ValueError(
+            f"{where} takes the method's function, e.g. fmi_jax.attribution.{method}, not "
+            f"its name {method!r} (by name: attribution.explainer({method!r}, fn, ...))"
+        )
+    if not callable(method):
+        raise ValueError(f"{where}: method must be an attribution function, got {method!r}")
+    inner = getattr(method, "func", method)  # a functools.partial names its function
+    return getattr(inner, "__name__", type(inner).__name__)
 
 
 def check_explain(explain: Any, where: str) -> None:
@@ -792,9 +828,16 @@ def completeness_delta(
     Zero for methods that satisfy completeness (IG up to quadrature error; DeepLift's
     summation-to-delta), so it measures their numerical error; for other methods it
     says how far their maps are from explaining the logit difference. ``target`` as
-    in every method (``None``: the predicted class of ``x``).
+    in every method (``None``: the predicted class of ``x``). ``attributions`` have one
+    row per example, of any shape: the input's, or a layer's for layer attributions.
     """
     x = as_input(x)
+    if isinstance(attributions, tuple):
+        raise ValueError(
+            "attributions is a tuple: a method called with return_delta=True returns "
+            "(attributions, delta); pass the attributions alone"
+        )
+    attributions = as_rows(attributions, x, "attributions must have one row per example")
     with layout_checked(fn, x):  # a baseline that does not fit a misread x: say why
         baseline = as_baseline(baseline, x)
     target = resolve_target(fn, x, target, batch_size=batch_size)

@@ -164,8 +164,10 @@ from fmi_jax.attribution.core import (
     as_baseline,
     as_count,
     as_input,
+    as_reference,
     baseline_is_distribution,
     channels_last_known,
+    method_name,
     per_example,
     refuse_baseline,
     resolve_target,
@@ -657,11 +659,9 @@ def _layer_baseline(
     (``distribution``), any number of them; one input, or anything that broadcasts to
     one (a scalar), gives one activation."""
     try:
-        references = jnp.asarray(baseline, jnp.float32)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"{method}: baseline must be a reference input (an array), got {baseline!r}"
-        ) from None
+        references = as_reference(baseline)
+    except ValueError as error:
+        raise ValueError(f"{method}: {error}") from None
     example = x.shape[1:]
     how = (
         f"one input {example}, a batch of {x.shape[0]} (one per example)"
@@ -687,7 +687,7 @@ def _layer_baseline(
 def _refuse_handle_methods(method: Method, transform: str) -> str:
     """The method's name; a ValueError for a method that takes a model handle (the CAMs,
     the layer methods): what the transform hands it is a plain model function."""
-    name = getattr(method, "__name__", "method")
+    name = method_name(method, transform)
     parameters = list(inspect.signature(method).parameters)
     if parameters[:1] == ["model"]:
         raise ValueError(

@@ -51,8 +51,10 @@ from fmi_jax.attribution.core import (
     as_baseline,
     as_count,
     as_input,
+    as_number,
     baseline_is_distribution,
     example_keys,
+    method_name,
     per_example,
     refuse_baseline,
     require_key,
@@ -87,8 +89,8 @@ def _check_scale(stdev_spread: float | None, stdev: float | None) -> None:
             f"both; got stdev_spread={stdev_spread!r}, stdev={stdev!r}"
         )
     for name, value in (("stdev", stdev), ("stdev_spread", stdev_spread)):
-        if value is not None and not value >= 0:
-            raise ValueError(f"{name} must be >= 0, got {value!r}")
+        if value is not None:
+            as_number(value, name, minimum=0)
 
 
 def _rows(baseline: Any, x: Array) -> Array | None:
@@ -168,13 +170,20 @@ def noise_tunnel(
       chunk whole, e.g. ``batch_size * steps`` gradients for integrated gradients).
       ``None`` passes all ``N * samples`` at once. Results are float32, shaped like ``x``.
     """
+    inner = method_name(method, "noise_tunnel")
+    if getattr(getattr(method, "func", method), "mixes_examples", False):
+        raise ValueError(
+            f"noise_tunnel({inner}): {inner} compares the examples of a batch with each "
+            "other, and noise_tunnel hands it the noisy copies of one example at a time; "
+            "use a method of one example, such as feature_ablation or occlusion"
+        )
     if kind not in NOISE_KINDS:
         raise ValueError(
             f"unknown noise tunnel kind {kind!r}; choose one of {', '.join(NOISE_KINDS)}"
         )
     samples = as_count(samples, "samples")
     _check_scale(stdev_spread, stdev)
-    name = f"noise_tunnel({getattr(method, '__name__', 'method')})"
+    name = f"noise_tunnel({inner})"
 
     def tunneled(
         fn: ModelFn,

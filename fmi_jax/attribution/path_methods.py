@@ -93,6 +93,7 @@ from fmi_jax.attribution.core import (
     as_baseline,
     as_count,
     as_input,
+    as_number,
     completeness_delta,
     image_size,
     layout_checked,
@@ -176,9 +177,7 @@ def gaussian_blur(x: Array, sigma: float | Array) -> Array:
 
 
 def _check_positive(value: float, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-        raise ValueError(f"{name} must be a number > 0, got {value!r}")
-    return float(value)
+    return as_number(value, name, minimum=0, inclusive=False)
 
 
 def blur_ig(

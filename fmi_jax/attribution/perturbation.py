@@ -241,6 +241,11 @@ def feature_permutation(
     return jnp.take(drops, groups, axis=1)  # every feature gets its group's drop
 
 
+# Its maps depend on the other examples of the batch: transforms that hand a method one
+# example's copies at a time (noise_tunnel) refuse it.
+feature_permutation.mixes_examples = True
+
+
 def _window_geometry(
     shape: tuple[int, ...], window, stride
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:

@@ -95,6 +95,8 @@ from fmi_jax.attribution.core import (
     as_baseline,
     as_count,
     as_input,
+    as_number,
+    as_reference,
     check_finite,
     example_keys,
     layout_checked,
@@ -488,10 +490,8 @@ def lime(
     """
     require_key(key, "lime")
     samples = as_count(samples, "samples")
-    if not kernel_width > 0:
-        raise ValueError(f"kernel_width must be > 0, got {kernel_width!r}")
-    if not alpha >= 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha!r}")
+    kernel_width = as_number(kernel_width, "kernel_width", minimum=0, inclusive=False)
+    alpha = as_number(alpha, "alpha", minimum=0)
     if distance not in LIME_DISTANCES:
         raise ValueError(f"distance must be one of {LIME_DISTANCES}, got {distance!r}")
     x, baseline, target, groups, count = _prepare(fn, x, target, baseline, feature_mask, batch_size)
@@ -525,7 +525,7 @@ def _as_references(baseline: Any, x: Array) -> Array:
             "deeplift_shap needs baseline=: a batch of references (M, "
             f"{', '.join(map(str, x.shape[1:]))}), e.g. a sample of training inputs"
         )
-    references = jnp.asarray(baseline, dtype=jnp.float32)
+    references = as_reference(baseline)
     if references.ndim != x.ndim or references.shape[1:] != x.shape[1:] or not len(references):
         raise ValueError(
             f"deeplift_shap's baseline must be a non-empty batch of references (M, "

@@ -25,6 +25,8 @@ from fmi_jax.attribution.core import (
     Target,
     as_count,
     as_input,
+    as_number,
+    as_reference,
     check_finite,
     example_keys,
     layout_checked,
@@ -45,7 +47,7 @@ def _as_references(baseline: Any, x: Array) -> Array:
     ``B`` examples is ``B`` references drawn from uniformly."""
     if baseline is None:
         return jnp.zeros((1,) + x.shape[1:], jnp.float32)
-    references = jnp.asarray(baseline, dtype=jnp.float32)
+    references = as_reference(baseline)
     if references.ndim == 0:
         references = jnp.full((1,) + x.shape[1:], references)
     elif references.shape == x.shape[1:]:
@@ -107,8 +109,7 @@ def gradient_shap(
     """
     require_key(key, "gradient_shap")
     samples = as_count(samples, "samples")
-    if not stdev >= 0:
-        raise ValueError(f"stdev must be >= 0, got {stdev!r}")
+    stdev = as_number(stdev, "stdev", minimum=0)
     x = as_input(x)
     with layout_checked(fn, x):  # references that do not fit a misread x: say why
         baselines = _as_references(baseline, x)

@@ -169,7 +169,7 @@ def _as_norm(norm: Any) -> str:
 def _as_mask(mask: Any, x: Array) -> Array:
     """``mask`` broadcast to ``x.shape`` (one example's shape or the batch's); ones when
     None."""
-    return jnp.ones_like(x) if mask is None else as_baseline(mask, x, "mask")
+    return jnp.ones_like(x) if mask is None else as_baseline(mask, x, "mask", scaled=False)
 
 
 def _check_loss(loss: Loss, fn: ModelFn, x: Array, target: Array) -> None:

@@ -436,6 +436,16 @@ def test_integer_and_boolean_images_are_refused_with_the_conversion(dtype):
     for method in (A.saliency, A.integrated_gradients):
         with pytest.raises(ValueError, match="astype"):
             method(IMAGE_MODELS["mlp"], pixels, 0)
+    # A baseline is an input too: a uint8 grey of 128 is not 128 / 255. A Python number
+    # is read as a float, and a mask (not on the input's scale) may be integers.
+    grey = np.full(IMAGES.shape[1:], 128).astype(dtype)
+    for method in (A.integrated_gradients, functools.partial(A.occlusion, window=2), A.deeplift):
+        with pytest.raises(ValueError, match=r"baseline has dtype .*baseline\.astype"):
+            method(IMAGE_MODELS["mlp"], IMAGES, 0, baseline=grey)
+    assert core.as_baseline(0, IMAGES).dtype == jnp.float32
+    assert core.as_baseline(grey, IMAGES, "mask", scaled=False).dtype == jnp.float32
+    with pytest.raises(ValueError, match="^baseline must be a number or an array of the input's"):
+        A.integrated_gradients(IMAGE_MODELS["mlp"], IMAGES, 0, baseline="black")
 
 
 # The functions of the methods that draw random numbers, by the name they give.
@@ -500,6 +510,11 @@ def test_completeness_delta_target_none_is_the_predicted_class():
     np.testing.assert_array_equal(
         core.completeness_delta(fn, X, None, attributions, baseline=0.5, batch_size=3), expected
     )
+    # Maps of another batch, or IG's (attributions, delta) pair, are refused.
+    with pytest.raises(ValueError, match=r"one row per example with leading axis 4 .*\(5, 2\)"):
+        core.completeness_delta(fn, X, None, jnp.ones((5, 2)))
+    with pytest.raises(ValueError, match=r"returns \(attributions, delta\); pass the attr"):
+        core.completeness_delta(fn, X, 0, A.integrated_gradients(fn, X, 0, return_delta=True))
 
 
 # -------------------------------------------- target=None in every registered method

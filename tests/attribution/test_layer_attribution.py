@@ -642,7 +642,7 @@ def test_the_transforms_under_jit_and_their_errors(net):
     )
     one_line_error(
         lambda: at_layer(deeplift)(handle, x, layer="conv1", baseline="blur"),
-        "layer_deeplift: baseline must be a reference input",
+        "layer_deeplift: baseline must be a number or an array",
     )
     one_line_error(
         lambda: at_neuron(deeplift)(handle, x, layer="conv1", neuron=(9, 0, 0)), "out of range"

@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 
 from fmi_jax.attribution import (
+    at_layer,
+    augmentation_smoothing,
     deeplift_shap,
+    feature_permutation,
     gradient_shap,
     integrated_gradients,
     noise_tunnel,
@@ -221,9 +224,16 @@ def test_target_none_is_the_class_predicted_for_the_clean_input(kind):
     [
         (dict(kind="magnitude"), "unknown noise tunnel kind 'magnitude'; choose one of smoothgrad"),
         (dict(stdev_spread=0.1, stdev=0.1), "give stdev_spread .* or stdev .*, not both"),
-        (dict(stdev_spread=-0.1), "stdev_spread must be >= 0"),
-        (dict(stdev=-1.0), "stdev must be >= 0"),
-        (dict(stdev_spread=None, stdev=-1.0), "stdev must be >= 0"),
+        (dict(stdev_spread=-0.1), "stdev_spread must be a finite number >= 0"),
+        (dict(stdev=-1.0), "stdev must be a finite number >= 0"),
+        (dict(stdev_spread=None, stdev=-1.0), "stdev must be a finite number >= 0"),
+        # Captum's per-input `stdevs` tuple, one per example, infinity: one number.
+        (
+            dict(stdev_spread=None, stdev=(0.1,)),
+            r"stdev must be a finite number >= 0, got \(0\.1,\)",
+        ),
+        (dict(stdev_spread=None, stdev=jnp.array([0.1, 0.2, 0.3])), "stdev must be a finite"),
+        (dict(stdev_spread=float("inf")), "stdev_spread must be a finite number >= 0, got inf"),
         (dict(samples=0), "samples must be an integer >= 1"),
         (dict(key=jax.random.split(KEY, 2)), r"one key per example \(3,\), got key shape \(2,\)"),
         (dict(key=None), r"noise_tunnel\(saliency\) draws random numbers: pass key="),
@@ -410,3 +420,14 @@ def test_a_tuple_of_baselines_is_split_element_by_element():
     for batch_size in (None, 2, 1):
         got = tunneled(quadratic, X, 0, key=KEY, baseline=baselines, batch_size=batch_size)
         np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_transforms_refuse_a_method_name_or_a_batch_method_when_built():
+    for transform in (noise_tunnel, at_layer, augmentation_smoothing):
+        with pytest.raises(ValueError, match=r"fmi_jax\.attribution\.saliency, not its name"):
+            transform("saliency")
+    with pytest.raises(ValueError, match="method must be an attribution function, got 3"):
+        noise_tunnel(3)
+    # It permutes across the batch; noise_tunnel hands it one example's noisy copies.
+    with pytest.raises(ValueError, match=r"noise_tunnel\(feature_permutation\): .* one example"):
+        noise_tunnel(feature_permutation)

@@ -126,9 +126,10 @@ def test_blur_ig_batch_size_never_changes_the_result():
     "kwargs, message",
     [
         ({"baseline": 0.0}, "no reference input"),
-        ({"max_sigma": 0.0}, "max_sigma must be a number > 0"),
-        ({"max_sigma": "big"}, "max_sigma must be a number > 0"),
-        ({"grad_step": -0.1}, "grad_step must be a number > 0"),
+        ({"max_sigma": 0.0}, "max_sigma must be a finite number > 0"),
+        ({"max_sigma": "big"}, "max_sigma must be a finite number > 0"),
+        ({"grad_step": -0.1}, "grad_step must be a finite number > 0"),
+        ({"max_sigma": float("inf")}, "max_sigma must be a finite number > 0, got inf"),
         ({"rule": "simpson"}, "unknown quadrature rule"),
         ({"steps": 0}, "steps must be an integer >= 1"),
     ],

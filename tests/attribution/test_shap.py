@@ -117,8 +117,13 @@ def test_bad_arguments():
         gradient_shap(linear, X, 0, key=KEY, baseline=jnp.zeros((0, 5)))
     with pytest.raises(ValueError, match="baseline contains NaN"):
         gradient_shap(linear, X, 0, key=KEY, baseline=jnp.full((2, 5), jnp.nan))
-    with pytest.raises(ValueError, match="stdev must be >= 0"):
+    with pytest.raises(ValueError, match="stdev must be a finite number >= 0"):
         gradient_shap(linear, X, 0, key=KEY, baseline=jnp.zeros((1, 5)), stdev=-0.1)
+    for stdev in (float("inf"), None, [0.1, 0.2]):  # all-NaN maps or a TypeError before
+        with pytest.raises(ValueError, match="stdev must be a finite number >= 0"):
+            gradient_shap(linear, X, 0, key=KEY, stdev=stdev)
+    with pytest.raises(ValueError, match=r"baseline has dtype uint8; .*\.astype\('float32'\)"):
+        gradient_shap(linear, X, 0, key=KEY, baseline=np.full((1, 5), 128, np.uint8))
     with pytest.raises(ValueError, match="samples must be an integer >= 1"):
         gradient_shap(linear, X, 0, key=KEY, baseline=jnp.zeros((1, 5)), samples=0)
     with pytest.raises(ValueError, match="gradient_shap draws random numbers: pass key="):
