@@ -358,7 +358,7 @@ class FlaxModel:
 
     def _check(self, x: Array, layer: str) -> _Layer:
         table = self._table(x)
-        info = table.get(layer)
+        info = table.get(layer) if isinstance(layer, str) else None  # a list is unhashable
         if info is None:
             images = self.layer_names(x, images_only=True)
             others = [name for name in self.layer_names(x) if name not in images]

@@ -532,6 +532,8 @@ def test_unknown_layer_lists_the_available_ones(handle, x):
         handle.capture(x, "conv3")
     with pytest.raises(ValueError, match="has no layer 'head'"):  # not (N, h, w, K)
         handle.layer_shape(x, "head")
+    with pytest.raises(ValueError, match=r"has no layer \['conv1'\].*: conv1, bn"):  # a list
+        handle.capture(x, ["conv1"])
 
 
 class LinenTwice(nn.Module):
