@@ -111,6 +111,11 @@ def square_patches(image_shape: Sequence[int], size: int | Sequence[int]) -> np.
     h, w = (size, size) if np.ndim(size) == 0 else tuple(size)
     h, w = as_count(h, "patch height"), as_count(w, "patch width")
     rows, cols = int(image_shape[0]), int(image_shape[1])
+    if h > rows or w > cols:  # like occlusion's window: one feature would explain nothing
+        raise ValueError(
+            f"patch ({h}, {w}) is larger than the image ({rows}, {cols}): use a patch of at "
+            f"most ({rows}, {cols})"
+        )
     per_row = -(-cols // w)
     ids = (np.arange(rows)[:, None] // h) * per_row + np.arange(cols)[None, :] // w
     ids = ids.astype(np.int32)

@@ -252,6 +252,10 @@ def test_registry_patch_option_is_square_patches():
     np.testing.assert_array_equal(by_name, direct)
     with pytest.raises(ValueError, match="not both"):
         A.explainer("feature_permutation", linear, patch=2, feature_mask=MASK)
+    # A patch larger than the image is one feature: refused like occlusion's window.
+    for name in ("lime", "kernel_shap", "feature_ablation"):
+        with pytest.raises(ValueError, match=r"patch \(9, 9\) is larger than the image \(5, 6\)"):
+            A.explainer(name, linear, patch=9)(X, TARGET, key)
 
 
 def test_patches_of_grayscale_images_without_a_channel_axis():
