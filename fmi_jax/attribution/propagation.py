@@ -24,7 +24,9 @@ of ReLU, y = max(z, 0), whose ordinary derivative is g_in = g_out * [z > 0]:
 
 A ReLU is any ``max(z, c)`` of one input-dependent operand z and an input-independent
 c (``jax.nn.relu``, ``flax.linen.relu``, ``jnp.maximum(z, 0)``); for c != 0 it is a
-shifted ReLU and the mask is [z > c]. Every other node keeps its ordinary derivative:
+shifted ReLU and the mask is [z > c]. A ReLU written ``jnp.where(z > 0, z, 0)`` or
+``z * (z > 0)`` is a select or a product, not a max: a model with no ReLU gets its plain
+gradient, with a warning. Every other node keeps its ordinary derivative:
 other activations (leaky ReLU, GELU, SiLU, sigmoid, ...), including those computed
 with a ``max`` inside (softplus, mish, log-sigmoid and CELU: ``jax.nn``'s functions and
 any function with a custom derivative that does more than clamp run whole), ``max`` of two
@@ -111,6 +113,7 @@ import contextvars
 import dataclasses
 import functools
 import os
+import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -460,10 +463,19 @@ def _control_flow_bodies(eqn: jax_core.JaxprEqn) -> list[jax_core.Jaxpr]:
     return bodies
 
 
-def modified_gradient(interpreter: Interpreter, fn: ModelFn, x: Array, target: Array) -> Array:
+def modified_gradient(
+    interpreter: Interpreter,
+    fn: ModelFn,
+    x: Array,
+    target: Array,
+    check: Callable[[jax_core.Jaxpr], None] | None = None,
+) -> Array:
     """The gradient of ``sum_i f_t(x_i)`` with respect to ``x``, with every node that has
-    a rule in ``interpreter`` (one branch) differentiated by that rule."""
+    a rule in ``interpreter`` (one branch) differentiated by that rule; ``check``, if
+    given, sees the model's program first (and may refuse it)."""
     program = jax.make_jaxpr(fn)(x)
+    if check is not None:
+        check(program.jaxpr)
 
     def target_sum(x: Array) -> Array:
         [logits] = interpreter.evaluate(program.jaxpr, program.consts, [Tracked((x,))])
@@ -551,14 +563,65 @@ _DECONVOLUTION = Interpreter(
 )
 
 
+def _has_relu(jaxpr: jax_core.Jaxpr) -> bool:
+    """Whether ``jaxpr`` holds a ``max`` that the ReLU rule would see: nested calls
+    included, the activations run whole (:func:`_activation_call`) left out."""
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "max":
+            return True
+        if name in CALLS:
+            if name == "jit" and eqn.params.get("name") in _NOT_RELUS:
+                continue
+            inner = inner_jaxpr(eqn)[0]
+            if name in ("custom_jvp_call", "custom_vjp_call") and not _only_clamps(inner):
+                continue
+            if _has_relu(inner):
+                return True
+        elif any(_has_relu(inner) for inner in _control_flow_jaxprs(eqn)):
+            return True  # a ReLU in a scan or cond body: refused later, not called absent
+    return False
+
+
+def _control_flow_jaxprs(eqn: jax_core.JaxprEqn) -> list[jax_core.Jaxpr]:
+    """The bodies of a control-flow equation (scan, cond, while), from its params."""
+    found = []
+    for value in eqn.params.values():
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(item, jax_core.ClosedJaxpr):
+                found.append(item.jaxpr)
+            elif isinstance(item, jax_core.Jaxpr):
+                found.append(item)
+    return found
+
+
+def _warn_without_relu(method: str) -> Callable[[jax_core.Jaxpr], None]:
+    """A check for :func:`modified_gradient`: a model without a ReLU gets its plain
+    gradient, as in Captum, with a warning, since the usual cause is a ReLU the rule
+    does not recognise."""
+
+    def check(jaxpr: jax_core.Jaxpr) -> None:
+        if not _has_relu(jaxpr):
+            warnings.warn(
+                f"{method}: the model has no ReLU (max(z, c)) for the rule to change, so "
+                "the result is its plain gradient (saliency). A ReLU written as "
+                "jnp.where(z > 0, z, 0) or z * (z > 0) is not recognised: write "
+                "jax.nn.relu(z) or jnp.maximum(z, 0)",
+                stacklevel=2,
+            )
+
+    return check
+
+
 def _relu_backprop(
     interpreter: Interpreter, fn: ModelFn, x: Any, target: Target, baseline: Any, batch_size: Any
 ) -> Array:
     refuse_baseline(baseline, interpreter.method)
     x = as_input(x)
     target = resolve_target(fn, x, target, batch_size=batch_size)
+    check = _warn_without_relu(interpreter.method)
     return sum_over_samples(
-        lambda example, _: modified_gradient(interpreter, fn, x[example], target[example]),
+        lambda example, _: modified_gradient(interpreter, fn, x[example], target[example], check),
         x.shape[0],
         batch_size=batch_size,
     )

@@ -3,6 +3,7 @@ models and NumPy implementations of each rule, gradient x input and relevance
 conservation for LRP, batch-size invariance, and refusals."""
 
 import gc
+import warnings
 import weakref
 
 import flax.linen as nn
@@ -152,9 +153,25 @@ def compiled(method, fn, x, target, **options):
 
 @pytest.mark.parametrize("method", [guided_backprop, deconvolution])
 def test_linear_model_gives_its_weights(method):
-    """No ReLU: both are the plain gradient, the target's weight column."""
+    """No ReLU: both are the plain gradient, the target's weight column, with a warning
+    that says so."""
     fn = lambda x: x @ W1 + B1
-    np.testing.assert_allclose(compiled(method, fn, X, TARGET), W1[:, TARGET].T, rtol=1e-6)
+    with pytest.warns(UserWarning, match=r"no ReLU .* plain gradient \(saliency\)"):
+        np.testing.assert_allclose(compiled(method, fn, X, TARGET), W1[:, TARGET].T, rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", [guided_backprop, deconvolution])
+def test_a_relu_written_with_where_is_not_one_and_says_so(method):
+    """jnp.where(z > 0, z, 0) is a select: the model's gradient, and the warning names
+    the spellings the rule recognises. A ReLU among them: no warning."""
+    relu_by_hand = lambda z: jnp.where(z > 0, z, 0.0)
+    fn = lambda x: relu_by_hand(relu_by_hand(x @ W1) @ W2) @ W3
+    gradient = jax.jit(lambda x: A.saliency(fn, x, TARGET))(X)
+    with pytest.warns(UserWarning, match=r"jnp\.where\(z > 0, z, 0\) .* jax\.nn\.relu"):
+        np.testing.assert_allclose(compiled(method, fn, X, TARGET), gradient, rtol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compiled(method, mlp, X, TARGET)
 
 
 @pytest.mark.parametrize("method, guided", [(guided_backprop, True), (deconvolution, False)])
@@ -171,8 +188,9 @@ def test_other_nonlinearities_keep_their_gradient():
     """Sigmoid, leaky ReLU and min (a ReLU6 cap) keep their ordinary derivative."""
     fn = lambda x: jnp.minimum(jax.nn.leaky_relu(jax.nn.sigmoid(x @ W1) @ W2), 0.5) @ W3
     gradient = jax.jit(lambda x: A.saliency(fn, x, TARGET))(X)
-    np.testing.assert_allclose(compiled(guided_backprop, fn, X, TARGET), gradient, rtol=1e-5)
-    np.testing.assert_allclose(compiled(deconvolution, fn, X, TARGET), gradient, rtol=1e-5)
+    with pytest.warns(UserWarning, match="no ReLU"):
+        np.testing.assert_allclose(compiled(guided_backprop, fn, X, TARGET), gradient, rtol=1e-5)
+        np.testing.assert_allclose(compiled(deconvolution, fn, X, TARGET), gradient, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -187,8 +205,9 @@ def test_activations_computed_with_a_max_inside_keep_their_gradient(activation):
     # ReLU has its plain gradient under both.
     fn = lambda x: activation(activation(x @ W1) @ W2) @ W3
     gradient = jax.jit(lambda x: A.saliency(fn, x, TARGET))(X)
-    np.testing.assert_allclose(compiled(guided_backprop, fn, X, TARGET), gradient, rtol=1e-5)
-    np.testing.assert_allclose(compiled(deconvolution, fn, X, TARGET), gradient, rtol=1e-5)
+    with pytest.warns(UserWarning, match="no ReLU"):  # the max inside is not one
+        np.testing.assert_allclose(compiled(guided_backprop, fn, X, TARGET), gradient, rtol=1e-5)
+        np.testing.assert_allclose(compiled(deconvolution, fn, X, TARGET), gradient, rtol=1e-5)
 
 
 def test_a_relu_next_to_softplus_still_gets_the_rule():
@@ -598,9 +617,11 @@ def test_rules_inside_control_flow_are_refused_rather_than_silently_dropped():
         return h @ w2
 
     x = jnp.array([[1.0, 2.0]])
-    for method in (guided_backprop, deconvolution, lrp):
-        with pytest.raises(NotImplementedError, match=r"cannot apply its rules inside 'scan'"):
-            method(scanned, x, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the ReLU in the scan is one: no "no ReLU" warning
+        for method in (guided_backprop, deconvolution, lrp):
+            with pytest.raises(NotImplementedError, match=r"cannot apply its rules inside 'scan'"):
+                method(scanned, x, 0)
 
 
 def test_lrp_epsilon_with_biases_agrees_with_captum_at_any_epsilon():
