@@ -18,7 +18,9 @@ protocol every writer follows:
    `save_npz_atomic`: a temporary file in the same folder, fsync, rename), so a crash
    leaves either the old file or the new one, never half of one. `read_json(...,
    rewritable=True)` treats an empty or truncated file (left by a crash of code that
-   wrote in place) as absent, so the next run recomputes it instead of failing.
+   wrote in place) as absent, so the next run recomputes it instead of failing; a
+   damaged config record of a folder with results is refused instead, since nothing
+   could then be compared with it.
 
 `plain(config)` is the one conversion of configs to JSON-able Python that all of them
 use to record and compare configs. Standard library and numpy only, so the training
@@ -188,7 +190,17 @@ def check(
     would refuse; otherwise returns the extendable fields that would grow,
     `{path: (old, new)}`."""
     folder = Path(folder)
-    saved = read_json(folder / name, rewritable=True)
+    try:
+        # A damaged record of a folder with results cannot be compared with: refused,
+        # or a changed config would go on from the old one's results unnoticed.
+        saved = read_json(folder / name, rewritable=not has_results)
+    except ValueError as error:
+        raise RunConfigError(
+            f"{folder / name} is damaged ({str(error.__cause__ or error)}), and {folder} holds "
+            f"results of the config it recorded: write that config back into it, or {hint}. "
+            "Nothing was overwritten.",
+            changed=name,
+        ) from None
     if saved is None:
         return {}
     record = plain(config)

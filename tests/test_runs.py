@@ -161,10 +161,19 @@ def test_free_fields_change_without_refusal(tmp_path):
     assert json.loads((tmp_path / "study.json").read_text())["seed"] == 3
 
 
-def test_a_truncated_record_is_rewritten(tmp_path):
+def test_a_truncated_record_is_rewritten_only_without_results(tmp_path):
     (tmp_path / "config.json").write_text('{"seed": ')
-    runs.claim(tmp_path, _config(), has_results=True)
+    runs.claim(tmp_path, _config(), has_results=False)
     assert json.loads((tmp_path / "config.json").read_text()) == runs.plain(_config())
+    # With results it cannot be compared with: a changed config would go on from them.
+    (tmp_path / "config.json").write_text('{"seed": ')
+    with pytest.raises(
+        runs.RunConfigError,
+        match=r"config\.json is damaged \(.*\), and .* "
+        r"holds results of the config it recorded: write that config back",
+    ):
+        runs.claim(tmp_path, _config(), has_results=True)
+    assert (tmp_path / "config.json").read_text() == '{"seed": '
 
 
 # --------------------------------------------------------------------------- files
