@@ -144,7 +144,7 @@ def test_reconcile_history_refuses_a_broken_line_that_is_not_the_last(tmp_path):
         loop_lib._reconcile_history(path, _FakeCheckpoints({}), 1, write=True)
 
 
-def test_ctrl_c_in_the_first_epoch_says_it_starts_again_from_epoch_1():
+def test_ctrl_c_before_the_first_and_after_the_last_checkpoint_says_what_a_rerun_does():
     """Epochs count from 1, as in the progress bar: with no checkpoint yet there is no
     "epoch 0" to resume from."""
     closed = []
@@ -153,14 +153,21 @@ def test_ctrl_c_in_the_first_epoch_says_it_starts_again_from_epoch_1():
     try:
         interrupt.requested = True
         with pytest.raises(KeyboardInterrupt) as raised:
-            interrupt.check(0, mock.Mock(step=np.int32(225)), closer, closer)
+            interrupt.check(0, mock.Mock(step=np.int32(225)), closer, closer, 3)
+        # After the last epoch's checkpoint, before the summary: no epoch 4 to resume.
+        with pytest.raises(KeyboardInterrupt) as after_the_last:
+            interrupt.check(3, mock.Mock(step=np.int32(675)), closer, closer, 3)
     finally:
         interrupt.restore()
     assert str(raised.value) == (
         "interrupted in epoch 1 at optimizer step 225, before the first checkpoint: run the "
         "same command to start again from epoch 1"
     )
-    assert closed == [1, 1]  # the event log and the checkpoints
+    assert str(after_the_last.value) == (
+        "interrupted after the last epoch (3), before the test evaluation and the run's "
+        "summary: run the same command to finish them (nothing is trained again)"
+    )
+    assert closed == [1, 1, 1, 1]  # the event log and the checkpoints, each time
 
 
 def test_ctrl_c_stops_at_a_dispatch_boundary_and_the_rerun_resumes(

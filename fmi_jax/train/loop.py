@@ -405,15 +405,23 @@ class _Interrupt:
             signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
             self._installed = False
 
-    def check(self, epochs_done: int, state: TrainState, ckpt: Any, events: Any) -> None:
+    def check(
+        self, epochs_done: int, state: TrainState, ckpt: Any, events: Any, num_epochs: int
+    ) -> None:
         """Raises KeyboardInterrupt if Ctrl-C was pressed; `epochs_done` is the last
-        finished (checkpointed) epoch."""
+        finished (checkpointed) epoch of the run's `num_epochs`."""
         if not self.requested:
             return
         step = int(state.step)  # waits for the dispatch under way
         # Epochs count from 1, as in the progress bar; the unfinished one starts over.
         now = epochs_done + 1
-        if epochs_done:
+        if epochs_done >= num_epochs:  # after the last checkpoint: nothing left to train
+            message = (
+                f"interrupted after the last epoch ({epochs_done}), before the test "
+                "evaluation and the run's summary: run the same command to finish them "
+                "(nothing is trained again)"
+            )
+        elif epochs_done:
             message = (
                 f"interrupted in epoch {now} at optimizer step {step}; epoch {epochs_done} is "
                 f"the last checkpoint: run the same command to resume with epoch {now} from "
@@ -571,7 +579,7 @@ def train_and_evaluate(
                 epoch,
                 on_window=show,
                 before_dispatch=lambda epoch=epoch: interrupt.check(
-                    epoch - 1, trainer.state, ckpt, events
+                    epoch - 1, trainer.state, ckpt, events, num_epochs
                 ),
             )
             bar.close()
@@ -613,7 +621,7 @@ def train_and_evaluate(
             )
     finally:
         interrupt.restore()
-    interrupt.check(num_epochs, trainer.state, ckpt, events)
+    interrupt.check(num_epochs, trainer.state, ckpt, events, num_epochs)
 
     best_epoch = ckpt.best_epoch()
     summary_path = workdir / "train_summary.json"
