@@ -367,6 +367,9 @@ _KINDS = {
     "tuning study": ("trials", "{0}/best or {0}/trials/<name>"),
     "sparse-autoencoder study": ("study_config.json", "{0}/classifier (or autoencoder, finetune)"),
 }
+# The output folder of a study of one checkpoint (explain, evaluate_attributions,
+# TCAV), inside the training run it read.
+_STUDY_OUTPUT = "study output (explain, evaluate_attributions or TCAV)"
 
 
 # Folders a training run writes into its workdir.
@@ -380,20 +383,29 @@ def folder_kind(folder: str | Path) -> str | None:
     for kind, (marker, _) in _KINDS.items():
         if (folder / marker).exists():
             return kind
+    if (folder / CHECKPOINT_FILE).is_file():
+        return _STUDY_OUTPUT
     return None
 
 
 def refuse_other_kind(folder: str | Path, kind: str) -> None:
     """A ValueError when ``folder`` is a run folder of another kind than ``kind``: one
     study's files written next to another's would mix runs (an SAE study inside a
-    training run, a training run inside a tuning study)."""
+    training run, a training run inside a tuning study, a study's output given as a
+    training run); also when ``folder`` is a file."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} is a file, not a folder: --workdir names a folder")
     found = folder_kind(folder)
-    if found is not None and found != kind:
-        runs_inside = _KINDS[found][1].format(folder)
-        raise ValueError(
-            f"{folder} holds a {found}, not a {kind}: use another --workdir"
-            + (f" (its training runs are {runs_inside})" if found != "training run" else "")
-        )
+    if found is None or found == kind:
+        return
+    if found == _STUDY_OUTPUT:
+        where = f" (the training run it read is {folder.parent})"
+    elif found != "training run":
+        where = f" (its training runs are {_KINDS[found][1].format(folder)})"
+    else:
+        where = ""
+    raise ValueError(f"{folder} holds a {found}, not a {kind}: use another --workdir{where}")
 
 
 def subfolder(workdir: str | Path, name: Any, field: str, reserved: Iterable[str] = ()) -> Path:
@@ -414,10 +426,11 @@ def subfolder(workdir: str | Path, name: Any, field: str, reserved: Iterable[str
     for depth in range(1, len(parts) + 1):
         inside = Path(workdir, *parts[:depth])
         own = parts[depth - 1] in _RUN_FOLDERS or (depth == 1 and parts[0] in reserved)
-        if own or folder_kind(inside) is not None:
+        if own or folder_kind(inside) not in (None, _STUDY_OUTPUT):
             raise ValueError(
-                f"config.{field}={text!r} would write into {inside}, which belongs to the "
-                "run: name a new folder, such as 'explain'"
+                f"config.{field}={text!r} would write into {inside}, which belongs to "
+                f"{'the run' if own else 'a ' + str(folder_kind(inside))}: name another "
+                "folder"
             )
     return Path(workdir) / text
 

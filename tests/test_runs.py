@@ -324,8 +324,12 @@ def test_subfolder_is_strictly_inside_the_workdir(tmp_path):
     # Nor a folder that belongs to the run: a phase of an SAE study, its checkpoints.
     (tmp_path / "classifier" / "checkpoints").mkdir(parents=True)
     for name in ("classifier", "classifier/explain", "checkpoints", "tensorboard/x"):
-        with pytest.raises(ValueError, match="which belongs to the run: name a new folder"):
+        with pytest.raises(ValueError, match="belongs to (the|a training) run: name another fol"):
             runs.subfolder(tmp_path, name, "explain.output")
+    # A study's own output folder (it holds checkpoint.json) is its to write again.
+    (tmp_path / "explain").mkdir()
+    (tmp_path / "explain" / runs.CHECKPOINT_FILE).write_text("{}")
+    assert runs.subfolder(tmp_path, "explain", "output") == tmp_path / "explain"
 
 
 def test_a_folder_of_another_kind_of_run_is_refused_with_where_its_runs_are(
@@ -350,3 +354,23 @@ def test_a_folder_of_another_kind_of_run_is_refused_with_where_its_runs_are(
         studies.run_sae_study(configs.load("sae_fmnist", "smoke"), synthetic_run)
     with pytest.raises(ValueError, match="holds a training run, not a tuning study"):
         studies.run_tune(configs.load("tune_cnn", "smoke"), synthetic_run)
+    # A study's output inside a training run: its config.json is not a run's, and no
+    # study writes into it; the advice names the run it read.
+    output = tmp_path / "run" / "explain"
+    output.mkdir(parents=True)
+    (output / runs.CONFIG_FILE).write_text('{"methods": ["saliency"]}')
+    (output / runs.CHECKPOINT_FILE).write_text('{"checkpoint_epoch": 2, "model": "cnn"}')
+    study = "holds a study output \\(explain, evaluate_attributions or TCAV\\), not a"
+    for call, kind in (
+        (lambda: train.load_run_config(output), "training run"),
+        (lambda: studies.run_tune(configs.load("tune_cnn", "smoke"), output), "tuning study"),
+        (lambda: studies.run_sae_study(configs.load("sae_fmnist", "smoke"), output), "sparse"),
+    ):
+        with pytest.raises(ValueError, match=f"{study} {kind}.*read is {tmp_path / 'run'}\\)$"):
+            call()
+    assert sorted(p.name for p in output.iterdir()) == ["checkpoint.json", "config.json"]
+    # A file given as the workdir.
+    with pytest.raises(ValueError, match=r"config\.json is a file, not a folder: --workdir"):
+        train.load_run_config(output / runs.CONFIG_FILE)
+    with pytest.raises(ValueError, match=r"config\.json is a file, not a folder: --workdir"):
+        train.train_and_evaluate(synthetic_config(), output / runs.CONFIG_FILE)

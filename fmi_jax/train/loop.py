@@ -128,8 +128,8 @@ class TrainResult:
 def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
     """The config.json a training run wrote into its workdir."""
     path = Path(workdir) / "config.json"
+    runs.refuse_other_kind(workdir, "training run")  # a study's folder: say where its runs are
     if not path.exists():
-        runs.refuse_other_kind(workdir, "training run")  # a study's folder: say where its runs are
         raise FileNotFoundError(
             f"{path} does not exist: {workdir} is not a training workdir. Train first with "
             f"`python -m experiments.train --config=configs/cnn_fmnist.py --workdir={workdir}`."
