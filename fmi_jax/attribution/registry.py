@@ -675,6 +675,11 @@ def check_explainer(
       target: as for `explain`; ``None`` traces the predicted class.
       key: for a stochastic method; ``None`` uses a fixed key (the values are not
         computed).
+
+    Raises:
+      ValueError: what the method would raise for these inputs or options, and, for a
+        model the method has no rule for (DeepLIFT or LRP meeting an unsupported
+        primitive, a NotImplementedError when called), a ValueError that says so.
     """
     spec = getattr(explain, "spec", None)
     if spec is not None and not spec.traceable:
@@ -683,6 +688,9 @@ def check_explainer(
         key = jax.random.key(0)
     try:
         jax.eval_shape(lambda x, key: explain(x, target, key), x, key)
+    except NotImplementedError as err:  # a rule-based method meeting a primitive it lacks
+        name = spec.name if spec is not None else getattr(explain, "__name__", "the method")
+        raise ValueError(f"{name} cannot explain this model, so leave it out: {err}") from err
     except ValueError as err:
         # An InputLayoutError is about x, not the method: its type and message stay.
         if spec is None or isinstance(err, InputLayoutError) or str(err).startswith(spec.name):

@@ -269,6 +269,12 @@ def test_check_explainer_finds_bad_option_values_without_computing_anything():
     calls.clear()
     A.check_explainer(A.explainer("ig_smoothgrad", counted, samples=2, steps=4), X)
     assert calls and all(issubclass(t, jax.core.Tracer) for t in calls)
+    # A model DeepLIFT has no rule for (a top-k mask, as the sparse autoencoder's): a
+    # ValueError, which a study's script reports in one line, not a NotImplementedError.
+    top_k = lambda x: fn(x * (x >= jax.lax.top_k(x, 2)[0][:, -1:]))
+    with pytest.raises(ValueError, match=r"^deeplift cannot explain this model, so leave it "
+                       r"out: deeplift has no rule for primitive 'top_k'"):  # fmt: skip
+        A.check_explainer(A.explainer("deeplift", top_k), X)
 
 
 def test_xrai_options_are_checked_when_the_explainer_is_built():
