@@ -150,6 +150,9 @@ def test_an_output_folder_outside_the_run_or_the_run_itself_is_refused(trained_r
         ("batch_size", 0, r"config\.batch_size must be an integer >= 1, got 0"),
         ("topk_fraction", 0.0, r"config\.topk_fraction must be in \(0, 1\], got 0\.0"),
         ("methods", (), r"config\.methods is empty"),
+        # Drawn after every map is computed: checked first, or the folder holds its value.
+        ("figures.gallery_per_class", -2, r"config\.figures\.gallery_per_class must be an int"),
+        ("figures.max_sheets", -1, r"config\.figures\.max_sheets must be an integer >= 0"),
     ],
 )
 def test_bad_study_settings_are_one_error_naming_the_field(trained_run, field, value, message):

@@ -220,6 +220,13 @@ def _check(config: Any, fn: Any, model: Any, variables: Any, images: np.ndarray)
     if not 0.0 < float(config.topk_fraction) <= 1.0:
         raise ValueError(f"config.topk_fraction must be in (0, 1], got {config.topk_fraction}")
     _check_selection(config.selection, len(images))
+    figures = config.get("figures") or {}
+    for field, minimum in (("max_sheets", 0), ("gallery_per_class", 1)):
+        value = figures.get(field, minimum)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(
+                f"config.figures.{field} must be an integer >= {minimum}, got {value!r}"
+            )
     x = to_float(jnp.asarray(images[:1]))
     pair = to_float(jnp.asarray(images[:2]))
     handle = attribution.flax_model(model, variables)
