@@ -250,11 +250,17 @@ def test_two_trial_study_ranks_retrains_and_resumes(tmp_path, smoke_study):
         studies.run_tune(narrowed, tmp_path)
     assert "Nothing was overwritten" not in str(error.value)
     assert json.loads((best / "grid_point.json").read_text()) == point
-    # The same best point with another `final`: the plain refusal, naming the field.
+    # The same best point with another `final`: refused, naming the field and `final`.
     refinal = smoke_study()
     refinal.final.data.train_limit = 128
-    with pytest.raises(ValueError, match=r"data.train_limit: .* -> 128.*Nothing was overwritten"):
+    with pytest.raises(
+        ValueError, match=r"data.train_limit: .* -> 128; .*config\.final over"
+    ) as error:
         studies.run_tune(refinal, tmp_path)
+    # The tables were rewritten (the same ranking) before best/ was reached: not claimed
+    # untouched.
+    assert "results tables are up to date" in str(error.value)
+    assert "Nothing was overwritten" not in str(error.value)
 
     # The best checkpoint moved (training went on): the figure is drawn again, and the
     # earlier one kept.

@@ -314,7 +314,16 @@ def run_tune(config: ml_collections.ConfigDict, workdir: str | Path) -> TuneResu
         except runs.RunConfigError as error:
             retrained = runs.read_json(best_dir / "grid_point.json", rewritable=True)
             if retrained is None or retrained == runs.plain(best_point):
-                raise  # the same point with another `final`: the error as it is
+                # The same point with another `final` (or trial setting): the tables
+                # were rewritten by now, so not "nothing was overwritten".
+                raise runs.RunConfigError(
+                    f"{best_dir} holds a retrain with other settings than this one's "
+                    f"({error.changed}; a retrain's config is the trial config with "
+                    "config.final over it): the trials and the results tables are up to "
+                    "date; move best/ away and rerun to retrain with these settings (or "
+                    "rerun with the earlier config.final, or --config.retrain=False)",
+                    changed=error.changed,
+                ) from None
             raise runs.RunConfigError(
                 f"the grid's best is now {best['trial']}, but {best_dir} holds the retrain "
                 f"of another configuration ({error.changed}): the trials and the results "
