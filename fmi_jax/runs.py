@@ -105,11 +105,11 @@ def plain(config: Any) -> Any:
     return json.loads(json.dumps(config, default=_default))
 
 
-def _short(value: Any) -> str:
+def _short(value: Any, limit: int = 60) -> str:
     if value is _ABSENT:
         return _ABSENT
     text = json.dumps(value, sort_keys=True)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def changes(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
@@ -152,8 +152,27 @@ class RunConfigError(ValueError):
         self.changed = changed
 
 
+def _list_change(old: list, new: list) -> str:
+    """What changed between two lists, by item: long lists (a study's input files) cut
+    to their first characters would look alike."""
+    added = [item for item in new if item not in old]
+    removed = [item for item in old if item not in new]
+    if not (added or removed):
+        return "the same items, in another order or number"
+    return "; ".join(
+        f"{what} {len(items)}: {_short(items, 120)}"
+        for what, items in (("added", added), ("removed", removed))
+        if items
+    )
+
+
 def _describe(diff: list[tuple[str, Any, Any]]) -> str:
-    listed = [f"{p}: {_short(a)} -> {_short(b)}" for p, a, b in diff[:_MAX_LISTED]]
+    listed = [
+        f"{p}: {_list_change(a, b)}"
+        if isinstance(a, list) and isinstance(b, list) and "..." in _short(a) + _short(b)
+        else f"{p}: {_short(a)} -> {_short(b)}"
+        for p, a, b in diff[:_MAX_LISTED]
+    ]
     more = len(diff) - _MAX_LISTED
     return ", ".join(listed) + (f" and {more} more" if more > 0 else "")
 

@@ -65,6 +65,15 @@ def test_a_changed_config_with_results_is_refused_naming_every_field(tmp_path):
     with pytest.raises(runs.RunConfigError, match=r"f4: \(absent\) -> 4 and 3 more\);"):
         runs.claim(tmp_path, many, has_results=True)
     assert isinstance(runs.RunConfigError("x"), ValueError)
+    # Lists too long to show whole (a study's input files) are told apart by their items.
+    files = [f"/home/someone/photos/holiday/{i:04d}.jpg" for i in range(3)]
+    runs.claim(tmp_path / "inputs", {"files": files}, has_results=False)
+    with pytest.raises(runs.RunConfigError, match=r"files: added 1: \[\"/home/someone/photos"
+                       r"/holiday/0003\.jpg\"\]\)"):  # fmt: skip
+        runs.claim(tmp_path / "inputs", {"files": files + [files[0][:-8] + "0003.jpg"]},
+                   has_results=True)  # fmt: skip
+    with pytest.raises(runs.RunConfigError, match=r"files: removed 1: .*0001\.jpg\"\]\)"):
+        runs.claim(tmp_path / "inputs", {"files": files[::2]}, has_results=True)
 
 
 def test_a_changed_config_without_results_replaces_the_record(tmp_path):
