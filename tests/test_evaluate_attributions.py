@@ -168,6 +168,11 @@ def test_unknown_method_is_refused_before_any_work(trained_run):
         ("num_images", 0, "num_images must be >= 1, got 0"),
         ("infidelity.samples", 0, "infidelity.samples must be >= 1, got 0"),
         ("split", "tset", r"config\.split must be one of"),
+        # Used minutes in, after every method's other metrics: checked first too.
+        ("sensitivity.radius", -1.0, r"config\.sensitivity\.radius must be a finite number"),
+        ("sanity.window", 0, r"config\.sanity\.window must be an odd integer >= 3, got 0"),
+        ("sanity.window", 99, r"config\.sanity\.window 99 exceeds the images' size"),
+        ("sanity.layers", ("conv9",), r"config\.sanity\.layers names unknown layers \['conv9'\]"),
     ):
         bad = configs.load("evaluate_attributions", "smoke")
         bad.methods, bad.output = ("saliency",), "metrics_unknown"

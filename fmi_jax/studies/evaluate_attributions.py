@@ -217,6 +217,23 @@ def _check(config: Any, model: Any, variables: Any, images: np.ndarray) -> None:
             f"faithfulness_correlation.subset_size must be in [0, {pixels}) (0: one image "
             f"row), got {correlation.subset_size}"
         )
+    # Used only after every method's other metrics (minutes in): checked here.
+    radius = config.sensitivity.radius
+    if isinstance(radius, bool) or not 0 <= float(radius) < float("inf"):
+        raise ValueError(f"config.sensitivity.radius must be a finite number >= 0, got {radius}")
+    window = config.sanity.window
+    if isinstance(window, bool) or not isinstance(window, int) or window < 3 or window % 2 == 0:
+        raise ValueError(f"config.sanity.window must be an odd integer >= 3, got {window!r}")
+    if window > min(images.shape[1:3]):
+        raise ValueError(
+            f"config.sanity.window {window} exceeds the images' size {images.shape[1:3]}"
+        )
+    params = variables["params"] if "params" in variables else variables
+    unknown = [name for name in config.sanity.layers if name not in params]
+    if unknown:
+        raise ValueError(
+            f"config.sanity.layers names unknown layers {unknown}; the model's are {list(params)}"
+        )
     x = to_float(jnp.asarray(images[:1]))
     pair = to_float(jnp.asarray(images[:2]))
     handle = attribution.flax_model(model, variables)
