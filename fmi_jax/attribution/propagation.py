@@ -578,21 +578,9 @@ def _has_relu(jaxpr: jax_core.Jaxpr) -> bool:
                 continue
             if _has_relu(inner):
                 return True
-        elif any(_has_relu(inner) for inner in _control_flow_jaxprs(eqn)):
+        elif any(_has_relu(inner) for inner in _control_flow_bodies(eqn)):
             return True  # a ReLU in a scan or cond body: refused later, not called absent
     return False
-
-
-def _control_flow_jaxprs(eqn: jax_core.JaxprEqn) -> list[jax_core.Jaxpr]:
-    """The bodies of a control-flow equation (scan, cond, while), from its params."""
-    found = []
-    for value in eqn.params.values():
-        for item in value if isinstance(value, (tuple, list)) else (value,):
-            if isinstance(item, jax_core.ClosedJaxpr):
-                found.append(item.jaxpr)
-            elif isinstance(item, jax_core.Jaxpr):
-                found.append(item)
-    return found
 
 
 def _warn_without_relu(method: str) -> Callable[[jax_core.Jaxpr], None]:
