@@ -1046,7 +1046,8 @@ def test_bad_across_layers_arguments_are_one_line_errors(small_cnn):
     handle = A.flax_model(model, variables)
     with pytest.raises(ValueError, match="saliency takes no layer="):
         A.across_layers(A.saliency, ["conv2"])
-    with pytest.raises(ValueError, match="method must be a CAM method"):
+    with pytest.raises(ValueError, match=r"takes the method's function, e\.g\. fmi_jax\."
+                       r"attribution\.grad_cam, not its name 'grad_cam'"):  # fmt: skip
         A.across_layers("grad_cam", ["conv2"])
     with pytest.raises(ValueError, match="leave out upsample=False"):
         A.across_layers(A.grad_cam, ["conv2"])(handle, x, upsample=0)
