@@ -198,6 +198,7 @@ def _over_patches(method: Method) -> Method:
 
     grouped.__name__ = method.__name__
     grouped.baseline_is_distribution = baseline_is_distribution(method)
+    grouped.mixes_examples = getattr(method, "mixes_examples", False)  # noise_tunnel reads it
     grouped.__doc__ = f"`{method.__name__}`; `patch=s` groups an image into s x s patches."
     return grouped
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fmi_jax.attribution import (
+    METHODS,
     at_layer,
     augmentation_smoothing,
     deeplift_shap,
@@ -429,5 +430,6 @@ def test_transforms_refuse_a_method_name_or_a_batch_method_when_built():
     with pytest.raises(ValueError, match="method must be an attribution function, got 3"):
         noise_tunnel(3)
     # It permutes across the batch; noise_tunnel hands it one example's noisy copies.
-    with pytest.raises(ValueError, match=r"noise_tunnel\(feature_permutation\): .* one example"):
-        noise_tunnel(feature_permutation)
+    for method in (feature_permutation, METHODS["feature_permutation"].method):  # registry's too
+        with pytest.raises(ValueError, match=r"noise_tunnel\(feature_permutation\): .* one exa"):
+            noise_tunnel(method)
