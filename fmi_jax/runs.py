@@ -20,7 +20,8 @@ protocol every writer follows:
    rewritable=True)` treats an empty or truncated file (left by a crash of code that
    wrote in place) as absent, so the next run recomputes it instead of failing; a
    damaged config record of a folder with results is refused instead, since nothing
-   could then be compared with it.
+   could then be compared with it, and so is a missing one where the caller says the
+   record is `required` (a training run's checkpoints).
 
 `plain(config)` is the one conversion of configs to JSON-able Python that all of them
 use to record and compare configs. Standard library and numpy only, so the training
@@ -204,6 +205,7 @@ def check(
     name: str = CONFIG_FILE,
     what: str = "another config",
     hint: str = "use another workdir (or the config it was run with)",
+    required: bool = False,
 ) -> dict[str, tuple[Any, Any]]:
     """What `claim` would do, without writing: raises `RunConfigError` where `claim`
     would refuse; otherwise returns the extendable fields that would grow,
@@ -221,6 +223,13 @@ def check(
             changed=name,
         ) from None
     if saved is None:
+        if required and has_results:
+            raise RunConfigError(
+                f"{folder} holds results but no {name}, so nothing shows which config they "
+                f"came from: put the run's {name} back (a copy of the run has one), or {hint}. "
+                "Nothing was overwritten.",
+                changed=name,
+            )
         return {}
     record = plain(config)
     extendable, free = tuple(extendable), tuple(free)
@@ -273,11 +282,14 @@ def claim(
     name: str = CONFIG_FILE,
     what: str = "another config",
     hint: str = "use another workdir (or the config it was run with)",
+    required: bool = False,
 ) -> dict[str, tuple[Any, Any]]:
     """Records `config` (made `plain`) as `folder/<name>` for this run; call it after
     everything checkable is checked, before the first result is written.
 
-    No record (or an empty or truncated one): it is written. The same config: nothing
+    No record (or an empty or truncated one): it is written, unless `required` and the
+    folder has results (a training run's checkpoints: its record is what a changed
+    config is compared with, so a lost one is refused, not rewritten from this config). The same config: nothing
     changes. A different one while `has_results` is False (nothing was produced from
     the recorded config, e.g. no checkpoint yet): the record is replaced, unless its
     top-level fields are mostly others than `config`'s: that is another kind of run's
@@ -302,6 +314,7 @@ def claim(
         name=name,
         what=what,
         hint=hint,
+        required=required,
     )
     record = plain(config)
     path = folder / name

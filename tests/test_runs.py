@@ -185,6 +185,21 @@ def test_a_truncated_record_is_rewritten_only_without_results(tmp_path):
     assert (tmp_path / "config.json").read_text() == '{"seed": '
 
 
+def test_a_missing_record_is_refused_only_where_required_and_with_results(tmp_path):
+    runs.claim(tmp_path / "a", _config(), has_results=True)  # a legacy folder: recorded
+    assert json.loads((tmp_path / "a" / "config.json").read_text()) == runs.plain(_config())
+    runs.claim(tmp_path / "b", _config(), has_results=False, required=True)
+    assert (tmp_path / "b" / "config.json").exists()
+    (tmp_path / "c").mkdir()
+    with pytest.raises(
+        runs.RunConfigError,
+        match=r"c holds results but no config\.json, so nothing shows which config they came "
+        r"from: put the run's config\.json back .*, or use another workdir",
+    ):
+        runs.claim(tmp_path / "c", _config(), has_results=True, required=True)
+    assert list((tmp_path / "c").iterdir()) == []
+
+
 # --------------------------------------------------------------------------- files
 
 
@@ -260,6 +275,12 @@ def test_training_refuses_a_changed_config_and_extends_num_epochs(
             synthetic_config(num_epochs=2, seed=1, label_smoothing=0.2), workdir
         )
     assert (workdir / "config.json").read_text() == before
+    # Without its record, the checkpoints would go on under any config: refused.
+    (workdir / "config.json").rename(tmp_path / "kept.json")
+    with pytest.raises(runs.RunConfigError, match=r"results but no config\.json"):
+        train.train_and_evaluate(synthetic_config(num_epochs=2, learning_rate=0.01), workdir)
+    assert not (workdir / "config.json").exists()
+    (tmp_path / "kept.json").rename(workdir / "config.json")
     (workdir / "train_summary.json").write_text("")  # as a crash of an in-place writer left it
     # The progress bar, TensorBoard, the evaluation's batch size and the device count do
     # not touch results: switching them is accepted on the way (and with

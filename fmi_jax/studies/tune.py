@@ -177,6 +177,7 @@ def _check_trial_dir(path: Path, config: ml_collections.ConfigDict) -> None:
         free=loop_lib.FREE,
         has_results=checkpoints.is_dir() and any(checkpoints.iterdir()),
         hint="use another --workdir or move that folder away",
+        required=True,
     )
 
 

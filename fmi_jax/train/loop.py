@@ -485,6 +485,7 @@ def train_and_evaluate(
         extendable=EXTENDABLE,
         free=FREE,
         hint="use a new --workdir for this config (or the config it was run with)",
+        required=True,  # checkpoints without a record would go on under any config
     )
     # An earlier run's checkpoints and config refuse a change before the model is built
     # (reading them writes nothing: the folder exists). The processes of a multi-process
