@@ -5,6 +5,7 @@ import shutil
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import logging as absl_logging
 
 from fmi_jax.train import checkpoint
 
@@ -127,6 +128,17 @@ def test_restoring_into_other_shapes_is_a_mismatch_error(tmp_path):
     wrong = {"params": {"w": jnp.zeros((5, 5))}, "step": jnp.zeros((), jnp.int32)}
     with pytest.raises(checkpoint.CheckpointMismatchError, match="does not fit"):
         ckpt.restore(1, wrong)
+
+
+def test_reading_logs_no_warning_of_its_own_read_only_mode(tmp_path, caplog):
+    ckpt = checkpoint.Checkpoints(tmp_path, keep=2)
+    ckpt.save(1, tree(1), architecture=ARCH, metrics={"val_accuracy": 0.5})
+    ckpt.close()
+    with caplog.at_level("WARNING"):
+        assert checkpoint.Checkpoints(tmp_path, read_only=True).latest_epoch() == 1
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
+    # The filter is gone afterwards: the absl logger's other warnings still show.
+    assert not absl_logging.get_absl_logger().filters
 
 
 def test_reading_a_missing_directory_says_to_train_first(tmp_path):

@@ -83,6 +83,10 @@ def _describe_difference(saved: Mapping[str, Any], wanted: Mapping[str, Any]) ->
     return "; ".join(diffs)
 
 
+def _quiet_read_only(record: Any) -> bool:
+    return record.msg != "Given directory is read only=%s"
+
+
 class Checkpoints:
     """The checkpoints of one run directory.
 
@@ -130,6 +134,8 @@ class Checkpoints:
             best_fn=(lambda m: self._score(m[best_metric])) if best_metric else None,
             create=not read_only,
             read_only=read_only,
+            # orbax would reset it for a read-only manager, with a warning.
+            save_interval_steps=0 if read_only else 1,
             enable_async_checkpointing=False,
         )
         if read_only and not self.directory.exists():
@@ -137,7 +143,14 @@ class Checkpoints:
                 f"no checkpoints in {self.directory}: train first with "
                 f"`python -m experiments.train --workdir={self.directory.parent} --config=...`"
             )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        # orbax warns that a read-only manager is read-only: every study's restore would
+        # print it before its own output.
+        absl_logger = logging.get_absl_logger()
+        absl_logger.addFilter(_quiet_read_only)
+        try:
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
+        finally:
+            absl_logger.removeFilter(_quiet_read_only)
 
     # ---------------------------------------------------------------- queries
     def epochs(self) -> list[int]:
