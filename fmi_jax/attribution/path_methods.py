@@ -31,7 +31,9 @@ each by d sigma = sigma_max / n and negates the sum: in our orientation that is 
 * The Gaussian kernel is not truncated. scipy's ``gaussian_filter`` (which PAIR
   calls) cuts it at 4 sigma and renormalises, which makes B(x, s) jump by ~e^-8
   wherever the cut radius int(4 s + 1/2) changes; an untruncated kernel keeps the
-  path smooth, so the derivative above is the derivative of the path.
+  path smooth, so the derivative above is the derivative of the path. Its mass is
+  summed in closed form (Poisson summation for sigma >= 1), so any sigma costs the
+  same: a kernel as wide as 6 sigma would grow with ``max_sigma``.
 * ``max_sigma``'s default is relative to the image: 50 * max(H, W) / 224. PAIR's 50
   was chosen for 224 x 224 ImageNet inputs, where it leaves a featureless blob; on a
   28 x 28 image the same absolute 50 would push ~95 % of the image's mass off its
@@ -129,27 +131,35 @@ def _spatial_shape(x: Array, method: str) -> tuple[int, int]:
     return image_size(x, method)  # refuses a channels-first batch
 
 
-def _blur_matrix(size: int, sigma: Array, radius: int) -> Array:
+def _kernel_mass(sigma: Array) -> Array:
+    """The untruncated kernel's mass, sum over all integers k of exp(-k^2 / (2 s^2)):
+    summed directly for s < 1 (the terms beyond |k| = 10 are below e^-50), and for
+    s >= 1 by Poisson summation, s sqrt(2 pi) (1 + 2 sum_m exp(-2 pi^2 s^2 m^2)), whose
+    terms beyond m = 3 are below e^-300. Both are exact in float32 on either side of 1,
+    for any sigma, so no array grows with it."""
+    s = sigma[..., None]
+    k = jnp.arange(-10, 11, dtype=jnp.float32)
+    direct = jnp.sum(jnp.exp(-(k**2) / (2 * s**2)), axis=-1)
+    m = jnp.arange(1, 4, dtype=jnp.float32)
+    dual = 1 + 2 * jnp.sum(jnp.exp(-2 * math.pi**2 * s**2 * m**2), axis=-1)
+    return jnp.where(sigma < 1, direct, sigma * math.sqrt(2 * math.pi) * dual)
+
+
+def _blur_matrix(size: int, sigma: Array) -> Array:
     """G(sigma) of shape ``sigma.shape + (size, size)``: row i holds the Gaussian taps
     exp(-(i - j)^2 / (2 sigma^2)) for the pixels j of the image, divided by the mass of
-    the full kernel (taps |k| <= radius, radius >= 6 sigma: the rest is < 1e-8)."""
-    s = jnp.maximum(sigma, _MIN_SIGMA)[..., None]
-    offsets = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
-    mass = jnp.sum(jnp.exp(-(offsets**2) / (2 * s**2)), axis=-1)
+    the whole kernel (the taps that fall outside the image are lost: zero boundary)."""
+    s = jnp.maximum(sigma, _MIN_SIGMA)
     index = jnp.arange(size, dtype=jnp.float32)
     distance = (index[:, None] - index[None, :]) ** 2
-    taps = jnp.exp(-distance / (2 * s[..., None] ** 2))
-    return taps / mass[..., None, None]
+    taps = jnp.exp(-distance / (2 * s[..., None, None] ** 2))
+    return taps / _kernel_mass(s)[..., None, None]
 
 
-def _kernel_radius(height: int, width: int, max_sigma: float) -> int:
-    return max(height, width, math.ceil(6 * max_sigma) + 1)
-
-
-def _blur(images: Array, sigma: Array, radius: int) -> Array:
+def _blur(images: Array, sigma: Array) -> Array:
     """``images`` (B, H, W[, C]) each blurred with its own ``sigma`` (B,)."""
-    rows = _blur_matrix(images.shape[1], sigma, radius)
-    cols = _blur_matrix(images.shape[2], sigma, radius)
+    rows = _blur_matrix(images.shape[1], sigma)
+    cols = _blur_matrix(images.shape[2], sigma)
     if images.ndim == 3:
         return jnp.einsum("bhi,bij,bwj->bhw", rows, images, cols)
     return jnp.einsum("bhi,bijc,bwj->bhwc", rows, images, cols)
@@ -162,18 +172,14 @@ def gaussian_blur(x: Array, sigma: float | Array) -> Array:
     one and zero outside the image (the module docstring has the formula); the same as
     ``scipy.ndimage.gaussian_filter(x, (0, sigma, sigma, 0), mode='constant')`` with a
     large ``truncate``. ``sigma`` is one value for all images or one per image ``(N,)``;
-    0 leaves an image unchanged. Differentiable in ``x`` and ``sigma`` (a traced sigma
-    must stay <= max(H, W)).
+    0 leaves an image unchanged. Differentiable in ``x`` and ``sigma``.
     """
     x = as_input(x)
     _spatial_shape(x, "gaussian_blur")
     sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), (x.shape[0],))
     if not isinstance(sigma, jax.core.Tracer) and not np.all(np.asarray(sigma) >= 0):
         raise ValueError(f"sigma must be >= 0, got {np.asarray(sigma)}")
-    # A traced sigma has no known maximum: taps up to 6 max(H, W) serve sigma <= max(H, W).
-    traced = isinstance(sigma, jax.core.Tracer)
-    largest = max(x.shape[1], x.shape[2]) if traced else float(np.max(sigma))
-    return _blur(x, sigma, _kernel_radius(x.shape[1], x.shape[2], largest))
+    return _blur(x, sigma)
 
 
 def _check_positive(value: float, name: str) -> float:
@@ -233,7 +239,6 @@ def blur_ig(
     if grad_step is not None:
         grad_step = _check_positive(grad_step, "grad_step")
     alphas, weights = (jnp.asarray(a, jnp.float32) for a in quadrature(rule, steps))
-    radius = _kernel_radius(height, width, max_sigma + (grad_step or 0.0))
     target = resolve_target(fn, x, target, batch_size=batch_size)
 
     def weighted_gradient(example: Array, step: Array) -> Array:
@@ -241,11 +246,11 @@ def blur_ig(
         sigma = max_sigma * (1 - alphas[step])
         if grad_step is None:
             point, direction = jax.jvp(
-                lambda s: _blur(images, s, radius), (sigma,), (jnp.ones_like(sigma),)
+                lambda s: _blur(images, s), (sigma,), (jnp.ones_like(sigma),)
             )
         else:
-            point = _blur(images, sigma, radius)
-            direction = (_blur(images, sigma + grad_step, radius) - point) / grad_step
+            point = _blur(images, sigma)
+            direction = (_blur(images, sigma + grad_step) - point) / grad_step
         scale = -max_sigma * weights[step]
         return per_example(scale, point) * direction * target_logit_grad(fn, point, target[example])
 
@@ -254,7 +259,7 @@ def blur_ig(
     )
     if not return_delta:
         return attributions
-    blurred = _blur(x, jnp.full(x.shape[0], max_sigma, jnp.float32), radius)
+    blurred = _blur(x, jnp.full(x.shape[0], max_sigma, jnp.float32))
     delta = completeness_delta(fn, x, target, attributions, baseline=blurred, batch_size=batch_size)
     return attributions, delta
 

@@ -56,6 +56,28 @@ def test_gaussian_blur_of_zero_sigma_is_the_identity_and_per_image_sigmas_work()
     np.testing.assert_allclose(blurred[2], gaussian_blur(X[2:], 2.0)[0], atol=1e-7)
 
 
+def test_gaussian_blur_of_any_sigma_traced_or_not_is_the_untruncated_kernel():
+    """Known answer: each pixel of a blurred all-ones image is the product over both
+    axes of sum_j exp(-(i - j)^2 / (2 s^2)) / sum_{k in Z} exp(-k^2 / (2 s^2)), the
+    kernel's whole mass (float64). Sigmas on both sides of 1
+    and far beyond the image, also traced under jit."""
+    ones = np.ones((1, 6, 5, 1), np.float32)
+    for sigma in (0.4, 0.999, 1.0, 1.001, 3.0, 40.0, 1e4, 1e6):
+        if sigma < 1e3:
+            k = np.arange(-int(40 * sigma + 50), int(40 * sigma + 50) + 1, dtype=np.float64)
+            mass = np.exp(-(k**2) / (2 * sigma**2)).sum()
+        else:  # the sum's value to 1e-300 relative (Poisson summation)
+            mass = sigma * np.sqrt(2 * np.pi)
+        axes = [
+            np.exp(-((np.arange(n)[:, None] - np.arange(n)[None]) ** 2) / (2 * sigma**2)).sum(1)
+            / mass
+            for n in (6, 5)
+        ]
+        expected = (axes[0][:, None] * axes[1][None])[None, ..., None]
+        for blur in (gaussian_blur, jax.jit(gaussian_blur)):
+            np.testing.assert_allclose(blur(ones, sigma), expected, rtol=2e-6, err_msg=sigma)
+
+
 def test_default_max_sigma_scales_pairs_value_to_the_image():
     assert default_max_sigma(224, 224) == 50.0
     assert default_max_sigma(28, 28) == 6.25
