@@ -426,3 +426,15 @@ def test_bad_input_is_one_clear_error(linear, call, message):
     fn, *_, x, _ = linear
     with pytest.raises(ValueError, match=message):
         call(fn, jnp.asarray(x, jnp.float32))
+
+
+def test_the_default_loss_and_success_test_refuse_a_model_with_one_output():
+    def fn(x):
+        return x.sum((1, 2, 3))[:, None]
+
+    x = jnp.ones((2, 3, 3, 1))
+    with pytest.raises(ValueError, match=r"so the cross-entropy of its target.*pass a loss="):
+        fgsm(fn, x, 0, epsilon=0.1)
+    # A loss of the logit itself attacks it: the sum falls by epsilon per pixel.
+    moved = fgsm(fn, x, 0, epsilon=0.1, loss=lambda logits, t: logits[:, 0])
+    np.testing.assert_allclose(fn(moved), 9 * 1.1, rtol=1e-6)

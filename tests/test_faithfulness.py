@@ -1085,3 +1085,28 @@ def test_confidence_metrics_at_their_ends():
     for name in ("average_drop", "increase_in_confidence", "average_gain"):
         with pytest.raises(ValueError, match=rf"^{name}: with scale='none' the maps must lie in"):
             getattr(F, name)(fn, x, 0, 5.0 * ones, scale="none")
+
+
+def test_a_model_with_one_output_is_refused_where_its_probability_or_top_class_is_read():
+    """softmax of one logit is 1 and its argmax 0 for every input: the probability
+    metrics would be constants (deletion AUC 1, Average Drop 0). Refused, naming the way
+    out; the logit itself is still scored where the metric offers it."""
+    w = jnp.arange(1.0, 17.0).reshape(4, 4, 1)
+    x = jnp.ones((2, 4, 4, 1))
+
+    def fn(x):
+        return (x.reshape(x.shape[0], -1) @ w.reshape(-1))[:, None]
+
+    maps = x * w
+    message = r"fn returns one output per example \(a single column\), so the softmax"
+    with pytest.raises(ValueError, match=message + r".*\[0, z\].*probabilities=False"):
+        F.deletion_curve(fn, x, 0, maps)
+    with pytest.raises(ValueError, match=r"one output.*score='logit'"):
+        F.road(fn, x, 0, maps, jax.random.key(0), score="correct")
+    with pytest.raises(ValueError, match=r"one output per example(?!.*probabilities=False)"):
+        F.average_drop(fn, x, 0, maps)
+    # The logit: removing the 16 pixels in order of weight takes 136, 120, ..., 16, 0.
+    curve = F.deletion_curve(fn, x, 0, maps, probabilities=False, step=1)
+    np.testing.assert_allclose(
+        curve[0], 136 - np.concatenate([[0], np.cumsum(np.arange(16, 0, -1))])
+    )

@@ -271,6 +271,14 @@ def test_a_model_that_returns_nan_is_refused():
         )
 
 
+@pytest.mark.parametrize("score", ["probability", "correct"])
+def test_a_model_with_one_output_is_refused(score):
+    with pytest.raises(ValueError, match="one output per example"):
+        evaluation.performance_information_curve(
+            lambda z: _model(z)[:, :1], _images(), 0, _region_map(3), jax.random.key(0), score=score
+        )
+
+
 def test_blurred_image_refuses_what_is_not_a_uint8_image():
     with pytest.raises(ValueError, match="uint8"):
         evaluation.blurred_image(np.zeros((4, 4), np.float32), np.ones((4, 4), bool))

@@ -82,6 +82,8 @@ __all__ = [
     "as_target",
     "resolve_target",
     "select_target",
+    "refuse_one_output",
+    "target_probability",
     "target_logit_grad",
     "sum_over_samples",
     "map_over_samples",
@@ -627,6 +629,27 @@ def resolve_target(
 @jax.jit
 def _predicted_class(logits: Array) -> Array:
     return jnp.argmax(logits, axis=1).astype(jnp.int32)
+
+
+def refuse_one_output(logits: Array, score: str, instead: str | None = None) -> None:
+    """A ValueError when ``logits`` has one column: a model with one output (a sigmoid
+    classifier's single logit) has softmax 1 and argmax 0 for every input, so ``score``
+    (what a metric reads off the output) could not tell inputs apart. ``instead``: what
+    else the caller can do, where the metric has an option for it."""
+    if logits.ndim == 2 and logits.shape[1] == 1:
+        raise ValueError(
+            f"fn returns one output per example (a single column), so {score} is "
+            "the same for every input: return one logit per class (for a sigmoid model z, "
+            "the two logits [0, z] have softmax [1 - sigmoid(z), sigmoid(z)])"
+            + (f", or {instead}" if instead else "")
+        )
+
+
+def target_probability(logits: Array, target: Array, *, instead: str | None = None) -> Array:
+    """``softmax(logits)[i, target[i]]`` for every row i (see :func:`select_target`);
+    a model with one output is refused (:func:`refuse_one_output`)."""
+    refuse_one_output(logits, "the softmax probability of its target", instead)
+    return select_target(jax.nn.softmax(logits, axis=-1), target)
 
 
 # Jitted, like the other small helpers every method calls: eagerly, each primitive

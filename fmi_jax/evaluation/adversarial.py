@@ -86,6 +86,7 @@ from fmi_jax.attribution.core import (
     example_keys,
     map_over_samples,
     per_example,
+    refuse_one_output,
     resolve_target,
     select_target,
 )
@@ -115,7 +116,9 @@ Perturbation = Callable[[Array, Array, Any, Any], Array]
 
 
 def cross_entropy(logits: Array, target: Array) -> Array:
-    """``-log softmax(logits)[i, target[i]]`` per row: the default loss of the attacks."""
+    """``-log softmax(logits)[i, target[i]]`` per row: the default loss of the attacks
+    (zero, with a zero gradient, for a model with one output: refused)."""
+    refuse_one_output(logits, "the cross-entropy of its target", "pass a loss= of the logit")
     return -select_target(jax.nn.log_softmax(logits, axis=-1), target)
 
 
@@ -427,6 +430,7 @@ class MinPerturbation(NamedTuple):
 
 
 def _default_correct(logits: Array, target: Array) -> Array:
+    refuse_one_output(logits, "its top class", "pass correct= a test of the logit")
     return jnp.argmax(logits, axis=-1) == target
 
 

@@ -247,10 +247,12 @@ from fmi_jax.attribution.core import (
     image_size,
     map_over_samples,
     minmax_scale,
+    refuse_one_output,
     require_key,
     resolve_target,
     sample_keys,
     select_target,
+    target_probability,
 )
 from fmi_jax.attribution.smoothing import reflected_gaussian_matrix, separable_filter
 from fmi_jax.evaluation.agreement import pearson, spearman
@@ -300,6 +302,9 @@ SENSITIVITY_N_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 0.8)
 # correlation): all at once would hold every perturbed input in memory.
 DEFAULT_METRIC_BATCH = 1024
 _SCORES = ("probability", "logit", "correct")
+# What a model with one output can score instead (fmi_jax.attribution.core.refuse_one_output).
+_LOGIT_OPTION = "pass probabilities=False to score the logit"
+_LOGIT_SCORE = "pass score='logit'"
 
 
 def _pixel_relevance(x: Array, attributions: Any) -> tuple[Array, tuple[int, ...]]:
@@ -430,7 +435,9 @@ def _curve(
         return jnp.where(changed, end[example], start[example])
 
     score = "probability" if probabilities else "logit"
-    return _scores_after_change(fn, x, target, rank, counts, mask_shape, perturb, score, batch_size)
+    return _scores_after_change(
+        fn, x, target, rank, counts, mask_shape, perturb, score, batch_size, _LOGIT_OPTION
+    )
 
 
 def _removal_ranks(
@@ -464,6 +471,7 @@ def _scores_after_change(
     perturb: Any,
     score: str,
     batch_size: int | None,
+    instead: str = _LOGIT_SCORE,
 ) -> Array:
     """``out[i, k]``: the target score of ``perturb(i, k, R)``, where ``R`` marks the pixels
     of rank below ``counts[k]``, for every example and every count; ``(N, len(counts))``."""
@@ -473,8 +481,9 @@ def _scores_after_change(
         changed = changed.reshape((example.shape[0],) + mask_shape)
         out = fn(perturb(example, k, changed))
         if score == "correct":
+            refuse_one_output(out, "whether its top class is the target", instead)
             return (jnp.argmax(out, axis=-1) == target[example]).astype(jnp.float32)
-        return _target_score(out, target[example], score == "probability")
+        return _target_score(out, target[example], score == "probability", instead)
 
     return map_over_samples(evaluate, rank.shape[0], counts.shape[0], batch_size=batch_size)
 
@@ -1465,7 +1474,7 @@ def _region_curves(
 
     score = "probability" if probabilities else "logit"
     curve = _scores_after_change(
-        fn, x, target, rank, counts, mask_shape, perturb, score, batch_size
+        fn, x, target, rank, counts, mask_shape, perturb, score, batch_size, _LOGIT_OPTION
     )
     return curve, region
 
@@ -1480,9 +1489,11 @@ def _as_range(value: Any) -> tuple[float, float]:
     return low, high
 
 
-def _target_score(logits: Array, target: Array, probabilities: bool) -> Array:
+def _target_score(
+    logits: Array, target: Array, probabilities: bool, instead: str | None = _LOGIT_OPTION
+) -> Array:
     if probabilities:
-        logits = jax.nn.softmax(logits, axis=-1)
+        return target_probability(logits, target, instead=instead)
     return select_target(logits, target)
 
 
@@ -1546,7 +1557,7 @@ def _masked_confidence(
     def evaluate(example: Array, k: Array) -> Array:
         masked = (k == 1).reshape((-1,) + (1,) * len(mask_shape))
         inputs = jnp.where(masked, x[example] * mask[example], x[example])
-        return _target_score(fn(inputs), target[example], True)
+        return _target_score(fn(inputs), target[example], True, None)
 
     scores = map_over_samples(evaluate, x.shape[0], 2, batch_size=batch_size)
     return scores[:, 0], scores[:, 1]

@@ -100,9 +100,10 @@ from fmi_jax.attribution.core import (
     check_finite,
     example_keys,
     map_over_samples,
+    refuse_one_output,
     require_key,
     resolve_target,
-    select_target,
+    target_probability,
 )
 
 __all__ = [
@@ -492,8 +493,9 @@ def _scores(
         scaled = lo + images[example, sample].astype(jnp.float32) * ((hi - lo) / 255.0)
         logits = fn(scaled)
         if score == "correct":
+            refuse_one_output(logits, "whether its top class is the target")
             return (jnp.argmax(logits, axis=-1) == target[example]).astype(jnp.float32)
-        return select_target(jax.nn.softmax(logits, axis=-1), target[example])
+        return target_probability(logits, target[example])
 
     values = map_over_samples(evaluate, images.shape[0], images.shape[1], batch_size=batch_size)
     values = np.asarray(values, np.float64)
