@@ -332,6 +332,9 @@ def test_top_k_removal_removes_the_largest_first_with_ties_by_position():
     out = perturb(image, jnp.float32(1.9), None, jnp.array([[[0.0], [5.0]], [[1.0], [2.0]]]))
     np.testing.assert_array_equal(out[0, 1], [-1, -1, -1])
     assert float(out.sum()) == 9 - 3
+    # So does a channel-less (H, W) map, as the CAMs return.
+    flat = perturb(image, jnp.float32(1.9), None, jnp.array([[0.0, 5.0], [1.0, 2.0]]))
+    np.testing.assert_array_equal(flat, out)
 
 
 def test_top_k_removal_on_a_linear_model_matches_numpy(linear):
@@ -414,7 +417,17 @@ def test_top_k_removal_on_a_linear_model_matches_numpy(linear):
             lambda fn, x: min_perturbation(
                 fn, x, perturb=top_k_removal(), params=[1], aux=x[:, 0, :, 0]
             ),
-            "maps\\[..., None\\]",
+            "does not broadcast to an example of shape",
+        ),
+        (
+            lambda fn, x: min_perturbation(
+                fn, x, perturb=top_k_removal(), params=[1], aux=x.at[1, 0, 0, 0].set(jnp.nan)
+            ),
+            "the attributions \\(aux\\) contains NaN",
+        ),
+        (
+            lambda fn, x: min_perturbation(fn, x, perturb=top_k_removal(), params=[1]),
+            "ranks features by aux=",
         ),
         (
             lambda fn, x: jax.jit(lambda b: fgsm(fn, x, epsilon=0.1, bounds=(0.0, b)))(1.0),

@@ -83,6 +83,7 @@ from fmi_jax.attribution.core import (
     as_baseline,
     as_count,
     as_input,
+    check_finite,
     example_keys,
     map_over_samples,
     per_example,
@@ -535,6 +536,9 @@ def min_perturbation(
     correct = _default_correct if correct is None else correct
     target = resolve_target(fn, x, target, batch_size=batch_size)
     aux = _as_aux(aux, num_examples)
+    check_aux = getattr(perturb, "check_aux", None)  # a perturbation's own input checks
+    if check_aux is not None:
+        check_aux(x, aux)
     keys = None if key is None else example_keys(key, num_examples)
     num_params = values.shape[0]
 
@@ -622,7 +626,8 @@ def top_k_removal(fill: float = 0.0) -> Perturbation:
     largest attribution to ``fill``; ``aux`` holds the attributions.
 
     The attribution of one example must broadcast to the example's shape (a map
-    ``(H, W, 1)`` removes whole pixels of an ``(H, W, C)`` image). Ties are broken by
+    ``(H, W, 1)`` or ``(H, W)`` removes whole pixels of an ``(H, W, C)`` image), and be
+    finite (checked by :func:`min_perturbation` before it runs). Ties are broken by
     position, the earlier feature first, so the order is a total one; a fractional
     ``param`` is rounded down. With ``params = np.arange(0, d + 1)`` the answer is the
     number of most-attributed features whose removal changes the prediction, a
@@ -631,20 +636,36 @@ def top_k_removal(fill: float = 0.0) -> Perturbation:
     """
     fill = float(fill)
 
-    def perturb(x: Array, param: Array, key: Any, attribution: Array) -> Array:
-        del key
+    def fit(attribution: Any, shape: tuple[int, ...]) -> Array:
+        """One example's attribution, a channel axis added to an ``(H, W)`` map."""
         attribution = jnp.asarray(attribution, jnp.float32)
+        if attribution.ndim == len(shape) - 1 and attribution.shape == shape[:-1]:
+            attribution = attribution[..., None]
         try:
-            np.broadcast_shapes(attribution.shape, x.shape)
+            fits = np.broadcast_shapes(attribution.shape, shape) == shape
         except ValueError:
+            fits = False
+        if not fits:
             raise ValueError(
                 f"top_k_removal: an attribution of shape {attribution.shape} does not "
-                f"broadcast to an example of shape {x.shape} (for (H, W) maps of (H, W, C) "
-                "images pass maps[..., None])"
-            ) from None
+                f"broadcast to an example of shape {shape}: pass aux= one map per example, "
+                "shaped like the example or without its channel axis"
+            )
+        return attribution
+
+    def check_aux(x: Array, aux: Any) -> None:
+        if aux is None or isinstance(aux, (dict, list, tuple)):
+            raise ValueError("top_k_removal ranks features by aux=: pass one map per example")
+        check_finite(aux, "top_k_removal: the attributions (aux)")
+        fit(jnp.asarray(aux)[0], x.shape[1:])
+
+    def perturb(x: Array, param: Array, key: Any, attribution: Array) -> Array:
+        del key
+        attribution = fit(attribution, x.shape)
         order = jnp.argsort(-attribution.reshape(-1), stable=True)
         rank = jnp.zeros(order.shape, jnp.int32).at[order].set(jnp.arange(order.size))
         keep = rank.reshape(attribution.shape) >= jnp.floor(param).astype(jnp.int32)
         return jnp.where(jnp.broadcast_to(keep, x.shape), x, fill)
 
+    perturb.check_aux = check_aux  # type: ignore[attr-defined]
     return perturb
