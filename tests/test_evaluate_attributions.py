@@ -173,6 +173,7 @@ def test_unknown_method_is_refused_before_any_work(trained_run):
         ("sanity.window", 0, r"config\.sanity\.window must be an odd integer >= 3, got 0"),
         ("sanity.window", 99, r"config\.sanity\.window 99 exceeds the images' size"),
         ("sanity.layers", ("conv9",), r"config\.sanity\.layers names unknown layers \['conv9'\]"),
+        ("sanity.threshold", 1.5, r"config\.sanity\.threshold is a rank correlation in"),
     ):
         bad = configs.load("evaluate_attributions", "smoke")
         bad.methods, bad.output = ("saliency",), "metrics_unknown"

@@ -292,6 +292,31 @@ def test_weight_independent_method_is_flagged(cnn):
         passes_sanity_check(result)  # the independent one
 
 
+def test_pass_or_fail_of_constant_maps_and_the_threshold(cnn):
+    _, variables, x, target = cnn
+
+    def cascade(explain):
+        return cascading_randomization(lambda v: explain, variables, x, target, jax.random.key(0))
+
+    # Zeros for every model: nothing depends on the weights.
+    zeros = cascade(lambda xs, t, k: jnp.zeros(xs.shape[:3]))
+    assert np.isnan(np.asarray(zeros["spearman"])).all()
+    assert not passes_sanity_check(zeros)
+
+    # The same undefined correlations where only the randomised maps are constant: the
+    # maps changed completely.
+    def dies_when_randomized(v):
+        trained = same_tree(v, variables)
+        return lambda xs, t, k: xs[..., 0] * (1.0 if trained else 0.0)
+
+    dead = cascading_randomization(dies_when_randomized, variables, x, target, jax.random.key(0))
+    assert np.isnan(np.asarray(dead["spearman"])).all()
+    assert passes_sanity_check(dead)
+    for threshold in (-0.1, 1.5, float("nan"), "0.5"):
+        with pytest.raises(ValueError, match="threshold"):
+            passes_sanity_check(dead, threshold=threshold)
+
+
 def test_maps_with_nan_are_refused_not_ranked_or_skipped(cnn, linear):
     # A NaN would rank as an ordinary value (Spearman) or drop out of the means, and a
     # method that breaks on the randomised model would pass the check.

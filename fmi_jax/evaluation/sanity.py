@@ -83,7 +83,8 @@ examples of ``|spearman|`` or of ``|spearman_abs|`` (whichever is larger) exceed
 0.5 with the trained model's maps share most of their ordering, which is what the
 paper's failing methods (Guided BackProp, Guided Grad-CAM) show, whereas gradients
 of a random network fall well below it (near 0 in the paper's Inception v3
-experiments).
+experiments). Maps that are constant for the trained model (zeros, say) fail: they
+cannot show that they depend on the weights.
 
 Efficient and smooth MPRT (Hedström, Weber, Lapuschkin & Höhne, "Sanity checks
 revisited: an exploration to repair the model parameter randomisation test", 2023):
@@ -596,10 +597,13 @@ def passes_sanity_check(result: Mapping[str, Any], threshold: float = 0.5) -> bo
     """Whether a method's maps stop resembling the original after the full cascade.
 
     Fails when the mean over examples of ``|spearman|`` or of ``|spearman_abs|``
-    at the last cascading step is above ``threshold`` (see the module docstring for
-    the choice of 0.5). Examples with an undefined correlation (a constant map) are
-    skipped; if every example is undefined the maps carry no ranking of the
-    original and the check passes. Needs a cascading result; it is meaningful when
+    at the last cascading step is above ``threshold``, a number in [0, 1] (see the
+    module docstring for the choice of 0.5). Examples with an undefined correlation
+    (a constant map) are skipped; if every example is undefined because the randomised
+    model's maps are constant, they carry no ranking of the original and the check
+    passes. If instead every original map is constant (an explainer that returns
+    zeros, a dead network's gradients), nothing shows that the maps depend on the
+    weights: it fails. Needs a cascading result; it is meaningful when
     ``result["fully_randomized"]`` is true.
     """
     if result.get("mode") != "cascading":
@@ -607,6 +611,14 @@ def passes_sanity_check(result: Mapping[str, Any], threshold: float = 0.5) -> bo
             "passes_sanity_check needs a cascading_randomization result: only the "
             "full cascade leaves a fully random model"
         )
+    threshold = as_number(threshold, "threshold", minimum=0)
+    if threshold > 1:
+        raise ValueError(f"threshold is a rank correlation in [0, 1], got {threshold!r}")
+    original = result.get("original_maps")
+    if original is not None:
+        flat = np.asarray(original, np.float64).reshape(len(original), -1)
+        if flat.size and np.all(flat.max(1) == flat.min(1)):
+            return False
     scores = []
     for metric in ("spearman", "spearman_abs"):
         last = np.abs(np.asarray(result[metric][-1], np.float64))

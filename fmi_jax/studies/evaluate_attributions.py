@@ -193,6 +193,10 @@ def _check(config: Any, model: Any, variables: Any, images: np.ndarray) -> None:
             "faithfulness_correlation.samples must be >= 2 (a correlation needs two subsets), "
             f"got {correlation.samples}"
         )
+    if not 0.0 <= float(config.sanity.threshold) <= 1.0:
+        raise ValueError(
+            f"config.sanity.threshold is a rank correlation in [0, 1], got {config.sanity.threshold}"
+        )
     pic = config.pic
     thresholds = [float(t) for t in np.atleast_1d(np.asarray(pic.thresholds, np.float64))]
     increasing = all(b > a for a, b in zip(thresholds, thresholds[1:]))
