@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fmi_jax import evaluation
 from fmi_jax.evaluation import faithfulness as F
 from fmi_jax.evaluation.imputation import noisy_linear_imputation
 from tests import testdata
@@ -1110,3 +1111,22 @@ def test_a_model_with_one_output_is_refused_where_its_probability_or_top_class_i
     np.testing.assert_allclose(
         curve[0], 136 - np.concatenate([[0], np.cumsum(np.arange(16, 0, -1))])
     )
+
+
+@pytest.mark.parametrize(
+    "metric",
+    [
+        lambda m: F.sparseness(m),
+        lambda m: F.complexity(m),
+        lambda m: F.effective_complexity(m),
+        lambda m: F.discrete_entropy(m),
+        lambda m: evaluation.pointing_game(m, np.zeros(m.shape[:3], bool)),
+        lambda m: evaluation.localisation_auc(m, np.zeros(m.shape[:3], bool)),
+        lambda m: evaluation.topk_overlap(m, m),
+        lambda m: evaluation.correlation_matrix({"a": m, "b": m}),
+        lambda m: evaluation.entropy_rise(m, m),
+    ],
+)
+def test_an_empty_batch_of_maps_is_one_value_error(metric):
+    with pytest.raises(ValueError, match=r"holds no examples \(shape \(0, 4, 4"):
+        metric(jnp.zeros((0, 4, 4, 1)))

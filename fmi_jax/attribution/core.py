@@ -74,6 +74,7 @@ __all__ = [
     "refuse_baseline",
     "check_finite",
     "as_rows",
+    "flat_rows",
     "as_baseline",
     "as_reference",
     "baseline_is_distribution",
@@ -168,6 +169,17 @@ def check_finite(value: Array, name: str) -> None:
     also works for concrete arrays met while tracing)."""
     if _is_concrete(value) and not np.all(np.isfinite(np.asarray(value))):
         raise ValueError(f"{name} contains NaN or Inf values")
+
+
+def flat_rows(values: Array, name: str) -> Array:
+    """``values`` ``(N, ...)`` as ``(N, D)``, one row per example; a ValueError naming
+    ``name`` for fewer than two axes or an empty batch (whose -1 reshape JAX cannot
+    resolve)."""
+    if values.ndim < 2:
+        raise ValueError(f"{name} must be (N, ...) with one map per example, got {values.shape}")
+    if values.shape[0] == 0:
+        raise ValueError(f"{name} holds no examples (shape {values.shape}): pass at least one")
+    return values.reshape(values.shape[0], -1)
 
 
 def as_rows(values: Any, inputs: Array, what: str, *, min_ndim: int = 1) -> Array:

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmi_jax.attribution.core import check_finite
+from fmi_jax.attribution.core import check_finite, flat_rows
 
 __all__ = [
     "average_ranks",
@@ -60,7 +60,7 @@ def reduce_channels(maps: jax.Array, how: str = "sum") -> jax.Array:
 
 
 def _flat(a: jax.Array) -> jax.Array:
-    return jnp.reshape(a, (a.shape[0], -1)).astype(jnp.float32)
+    return flat_rows(jnp.asarray(a), "maps").astype(jnp.float32)
 
 
 def _check_pair(a, b) -> None:

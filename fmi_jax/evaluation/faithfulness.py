@@ -244,6 +244,7 @@ from fmi_jax.attribution.core import (
     check_explain,
     check_finite,
     example_keys,
+    flat_rows,
     image_size,
     map_over_samples,
     minmax_scale,
@@ -1872,11 +1873,9 @@ def sparseness(attributions: Array) -> Array:
 
 
 def _absolute_rows(attributions: Any) -> Array:
-    a = jnp.asarray(attributions, jnp.float32)
-    if a.ndim < 2:
-        raise ValueError(f"attributions must be (N, ...) with one map per example, got {a.shape}")
+    a = flat_rows(jnp.asarray(attributions, jnp.float32), "attributions")
     check_finite(a, "attributions")
-    return jnp.abs(a.reshape(a.shape[0], -1))
+    return jnp.abs(a)
 
 
 def complexity(attributions: Array) -> Array:
@@ -1930,11 +1929,8 @@ def discrete_entropy(attributions: Array, *, bins: int = 100) -> Array:
     float64 edges put it in the other.
     """
     bins = as_count(bins, "bins")
-    a = jnp.asarray(attributions, jnp.float32)
-    if a.ndim < 2:
-        raise ValueError(f"attributions must be (N, ...) with one map per example, got {a.shape}")
+    a = flat_rows(jnp.asarray(attributions, jnp.float32), "attributions")
     check_finite(a, "attributions")
-    a = a.reshape(a.shape[0], -1)
     low = a.min(1, keepdims=True)
     span = a.max(1, keepdims=True) - low
     scaled = (a - low) / jnp.where(span > 0, span, 1.0) * bins

@@ -58,7 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmi_jax.attribution.core import Array, as_count, check_finite, require_key
+from fmi_jax.attribution.core import Array, as_count, check_finite, flat_rows, require_key
 from fmi_jax.evaluation.agreement import average_ranks
 
 __all__ = [
@@ -92,8 +92,7 @@ def _rows(attributions: Any, masks: Any) -> tuple[Array, Array]:
                 f"to {values.max()}: threshold a resized or soft mask first (masks > 0.5); "
                 "are the maps and masks swapped?"
             )
-    n = a.shape[0]
-    return a.reshape(n, -1), s.reshape(n, -1).astype(bool)
+    return flat_rows(a, "attributions"), flat_rows(s, "masks").astype(bool)
 
 
 def _nan_where_empty(values: Array, s: Array) -> Array:
