@@ -438,13 +438,13 @@ def main():
         # a map of ones keeps it all and has no drop).
         explain = jax.jit(lambda x, t, k, m=method, o=options: m(handle, x, t, batch_size=100, **o))
         parts = evaluation.adcc(
-            fn, explain, xm, tm, jax.random.key(0), attributions=cams, batch_size=500
+            explain, xm, tm, jax.random.key(0), fn=fn, attributions=cams, batch_size=500
         )
         for part in ("coherency", "complexity", "adcc"):
             scores[part] = 100 * float(getattr(parts, part).mean())
         # ARCC: the same coherency and complexity, with ROAD's gap for the drop.
         refined = evaluation.arcc(
-            fn, explain, xm, tm, jax.random.key(0), attributions=cams, batch_size=500
+            explain, xm, tm, jax.random.key(0), fn=fn, attributions=cams, batch_size=500
         )
         scores["road_gap"] = 100 * float(refined.road.mean())
         scores["arcc"] = 100 * float(refined.arcc.mean())

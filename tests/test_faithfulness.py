@@ -934,7 +934,7 @@ def test_adcc_of_input_times_gradient_on_a_linear_model():
     parts = np.stack([(r + 1) / 2, 1 - e.mean(1), 1 - drop])
     expected = 3 / (1 / parts).sum(0)
     key = jax.random.key(0)
-    got = F.adcc(fn, explain, x, 0, key, batch_size=2)
+    got = F.adcc(explain, x, 0, key, fn=fn, batch_size=2)
     np.testing.assert_allclose(got.coherency, (r + 1) / 2, rtol=1e-5)
     np.testing.assert_allclose(got.complexity, e.mean(1), rtol=1e-5)
     np.testing.assert_allclose(got.average_drop, drop, rtol=1e-5, atol=1e-7)
@@ -976,14 +976,14 @@ def test_adcc_at_its_ends():
         return jnp.where(jnp.allclose(inputs, x), 1.0, -1.0) * pattern
 
     np.testing.assert_allclose(F.coherency(fixed, x, 0, key), 1.0, rtol=1e-6)
-    result = F.adcc(fn, flipped, x, 0, key)
+    result = F.adcc(flipped, x, 0, key, fn=fn)
     np.testing.assert_allclose(result.coherency, 0.0, atol=1e-6)
     np.testing.assert_allclose(result.adcc, 0.0, atol=1e-5)
-    constant = F.adcc(fn, lambda inputs, t, k: jnp.ones_like(inputs), x, 0, key)
+    constant = F.adcc(lambda inputs, t, k: jnp.ones_like(inputs), x, 0, key, fn=fn)
     np.testing.assert_array_equal(constant.coherency, 0.0)
     np.testing.assert_array_equal(constant.adcc, 0.0)
     with pytest.raises(ValueError, match="adcc: scale must be one of"):
-        F.adcc(fn, fixed, x, 0, key, scale="max")
+        F.adcc(fixed, x, 0, key, fn=fn, scale="max")
 
     # A class the model lacks is refused before anything is explained; a map that is
     # not a mask under scale='none' once it is known.
@@ -991,11 +991,13 @@ def test_adcc_at_its_ends():
         raise AssertionError("explained")
 
     with pytest.raises(ValueError, match="target out of range"):
-        F.adcc(fn, never, x, 5, key)
+        F.adcc(never, x, 5, key, fn=fn)
     with pytest.raises(ValueError, match=r"scale='none' the maps must lie in \[0, 1\]"):
-        F.adcc(fn, fixed, x, 0, key, scale="none")
+        F.adcc(fixed, x, 0, key, fn=fn, scale="none")
     np.testing.assert_array_equal(
-        F.adcc(fn, fixed, x, 0, key, scale="none", attributions=jnp.full(x.shape, 0.5)).complexity,
+        F.adcc(
+            fixed, x, 0, key, fn=fn, scale="none", attributions=jnp.full(x.shape, 0.5)
+        ).complexity,
         0.5,
     )
     # A CAM explainer's one-channel maps fit colour images, here and in the drop.
@@ -1028,7 +1030,7 @@ def test_arcc_is_the_harmonic_mean_of_coherency_complexity_and_the_road_gap():
             F.road(fn, x, 0, scaled, road_keys, order=o, fractions=fractions)
             for o in ("lerf", "morf")
         ]
-        got = F.arcc(fn, explain, x, 0, key, fractions=fractions, batch_size=3)
+        got = F.arcc(explain, x, 0, key, fn=fn, fractions=fractions, batch_size=3)
         return got, F.coherency(explain, x, 0, key), scaled, curves
 
     run = jax.jit(parts)  # one program for both signs
@@ -1049,7 +1051,7 @@ def test_arcc_is_the_harmonic_mean_of_coherency_complexity_and_the_road_gap():
             assert (np.asarray(lerf - morf).mean(1) < 0).all()
             np.testing.assert_array_equal(got.arcc, 0.0)
     with pytest.raises(ValueError, match=r"arcc needs images \(N, H, W, C\)"):
-        F.arcc(fn, lambda i, t, k: i, jnp.ones((2, 36)), 0, key)
+        F.arcc(lambda i, t, k: i, jnp.ones((2, 36)), 0, key, fn=fn)
 
 
 def minmax_per_example(maps):

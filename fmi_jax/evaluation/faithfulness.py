@@ -1736,12 +1736,12 @@ def coherency(
 
 
 def adcc(
-    fn: ModelFn,
     explain: Callable[[Array, Array, Array], Array],
     x: Array,
     target: Target,
     key: Array,
     *,
+    fn: ModelFn,
     attributions: Array | None = None,
     scale: str = "minmax",
     batch_size: int | None = None,
@@ -1749,9 +1749,12 @@ def adcc(
     """ADCC of every example's map, the harmonic mean of its coherency, ``1 -`` its
     complexity and ``1 -`` its Average Drop (module docstring); high is good.
 
+    The arguments are ordered as every metric of an explainer's (:func:`coherency`,
+    the robustness metrics); ``fn``, which those take for optional checks, is required.
+
     Args:
-      fn: model function, batch -> logits ``(N, classes)``.
       explain, x, target, key, attributions, scale: as in :func:`coherency`.
+      fn: model function, batch -> logits ``(N, classes)``.
       batch_size: examples per call of ``explain``, and inputs per forward pass.
 
     Returns:
@@ -1793,12 +1796,12 @@ def _harmonic_mean(parts: Sequence[Array]) -> Array:
 
 
 def arcc(
-    fn: ModelFn,
     explain: Callable[[Array, Array, Array], Array],
     x: Array,
     target: Target,
     key: Array,
     *,
+    fn: ModelFn,
     attributions: Array | None = None,
     fractions: Sequence[float] = ARCC_FRACTIONS,
     noise: float = DEFAULT_IMPUTATION_NOISE,
@@ -1810,12 +1813,12 @@ def arcc(
     docstring); high is good.
 
     Args:
-      fn: model function, batch -> logits ``(N, classes)``.
       explain, x, target, attributions, scale: as in :func:`coherency`; ``x`` images.
       key: a PRNG key, or one per example: the explainer gets it as in
         :func:`coherency`, ROAD ``fold_in(key_i, 1)`` (its tied pixels' order and its
         imputation noise).
       fractions: the fractions of the pixels removed in each order.
+      fn: model function, batch -> logits ``(N, classes)``, as in :func:`adcc`.
       noise: the imputation noise, as in :func:`road`.
       batch_size: examples per call of ``explain``, and (example, fraction) pairs per
         forward pass.
