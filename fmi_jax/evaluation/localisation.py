@@ -249,7 +249,9 @@ def mosaics(
     if x.ndim != 4:
         raise ValueError(f"images must be (N, H, W, C), got shape {x.shape}")
     if y.shape != x.shape[:1] or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"labels must be integers of shape ({x.shape[0]},), got {y.shape}")
+        raise ValueError(
+            f"labels must be integers of shape ({x.shape[0]},), got {y.dtype} of shape {y.shape}"
+        )
     if downsample and (x.shape[1] % 2 or x.shape[2] % 2):
         raise ValueError(
             f"downsample halves the tiles, which needs an even height and width, got "

@@ -61,9 +61,10 @@ constant keep their value (a bias still at 0, a batch-norm scale at 1); the
 layer's other leaves (the kernel) are still random. ``batch_stats`` and any other
 collections are left untouched.
 
-Layer order (:func:`layer_order`): the top-level names of ``variables["params"]``
-in the order Flax created them, which for ``nn.compact`` modules is call order,
-input to output; the cascade runs it reversed, output first. A params tree that
+Layer order (:func:`layer_order`, output first): the top-level names of
+``variables["params"]`` in the reverse of the order Flax created them, which for
+``nn.compact`` modules is call order, input to output; the cascade starts at the
+output. A params tree that
 has been re-sorted (e.g. alphabetically by a checkpoint library) loses that order;
 pass ``layers=`` explicitly then.
 
