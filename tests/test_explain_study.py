@@ -89,6 +89,15 @@ def test_rerun_reuses_results_and_other_config_is_refused(trained_run, monkeypat
     other.batch_size = config.batch_size // 2
     studies.run_explain(other, trained_run)
     assert npz.stat().st_mtime_ns == before
+    # Another name for the same checkpoint reads the same weights; checkpoint.json
+    # compares the epoch it names.
+    epoch = json.loads((trained_run / "explain_rerun" / "checkpoint.json").read_text())
+    other.checkpoint = "latest" if epoch["checkpoint_epoch"] == 2 else "1"
+    studies.run_explain(other, trained_run)
+    assert npz.stat().st_mtime_ns == before
+    other.checkpoint = str(3 - epoch["checkpoint_epoch"])
+    with pytest.raises(ValueError, match=r"another checkpoint \(checkpoint_epoch: \d -> \d\)"):
+        studies.run_explain(other, trained_run)
     # Training went on and the best checkpoint is another epoch: not reused, refused.
     restore = evaluate_lib.restore_model
     moved = lambda *args, **kwargs: (*restore(*args, **kwargs)[:3], 99)  # noqa: E731

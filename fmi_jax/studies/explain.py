@@ -144,7 +144,9 @@ def _check_selection(selection: Any, num_images: int) -> None:
 def free_fields(config: Any) -> tuple[str, ...]:
     """The config paths that cannot alter the study's results, which an output folder
     therefore accepts changed: ``batch_size`` (it bounds memory: lowering it after
-    running out of memory resumes the run) and ``options.<name>`` of the methods the
+    running out of memory resumes the run), ``checkpoint`` (``'best'``, ``'latest'`` or
+    an epoch: only the epoch it names matters, and ``checkpoint.json`` compares that)
+    and ``options.<name>`` of the methods the
     study does not run (new methods' default options in a later version of the config
     included). The per-layer figure's method counts as run (``config.layer_cam``,
     where the study has one)."""
@@ -152,7 +154,8 @@ def free_fields(config: Any) -> tuple[str, ...]:
     settings = config.get("layer_cam")
     if settings and int(settings.samples):
         used.add(settings.method)
-    return ("batch_size",) + tuple(f"options.{name}" for name in config.options if name not in used)
+    free = ("batch_size", "checkpoint")
+    return free + tuple(f"options.{name}" for name in config.options if name not in used)
 
 
 def method_options(config: Any, name: str) -> dict[str, Any]:

@@ -266,7 +266,8 @@ def run_tcav(config: ml_collections.ConfigDict, workdir: str | Path) -> TcavResu
         model=run_config.model.name,
         has_results=npz_path.exists(),
         hint=OUTPUT_HINT,
-        free=("batch_size",),  # bounds memory only
+        # Memory only; the epoch a checkpoint name resolves to is checkpoint.json's.
+        free=("batch_size", "checkpoint"),
         results=runs.read_json(json_path, rewritable=True),
     )
 
