@@ -784,6 +784,7 @@ def test_complexity_known_values():
     one_hot[0, 2, 1] = -5.0
     uniform = np.full((1, 3, 4), 0.25)
     np.testing.assert_allclose(F.complexity(one_hot), [0.0], atol=1e-6)
+    assert not np.signbit(np.asarray(F.complexity(one_hot))).any()  # 0.0, not -0.0
     np.testing.assert_allclose(F.complexity(uniform), [np.log(n)], rtol=1e-6)
     np.testing.assert_allclose(F.complexity(np.zeros((1, 3, 4))), [np.log(n)], rtol=1e-6)
     # By hand: |a| = 1, 1, 2 -> p = 1/4, 1/4, 1/2 -> entropy 1.5 ln 2; scale-free.

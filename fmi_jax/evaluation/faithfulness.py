@@ -1888,7 +1888,8 @@ def complexity(attributions: Array) -> Array:
     a = _absolute_rows(attributions)
     total = a.sum(1, keepdims=True)
     p = jnp.where(total > 0, a / jnp.where(total > 0, total, 1.0), 1.0 / a.shape[1])
-    return -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=1)
+    plogp = jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=1)
+    return 0.0 - plogp  # 0.0, not -0.0, for a one-hot map
 
 
 def _as_eps(eps: Any) -> float:
