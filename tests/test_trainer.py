@@ -4,7 +4,9 @@ import ast
 import re
 from pathlib import Path
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -86,12 +88,24 @@ def test_training_data_a_model_would_misread_is_refused(images, labels, message)
 
 
 def test_a_model_with_other_classes_than_the_data_is_refused_before_writing(
-    tmp_path, synthetic_config
+    tmp_path, synthetic_config, monkeypatch
 ):
     config = synthetic_config(**{"model.num_classes": 5})
     with pytest.raises(ValueError, match=r"model.num_classes is 5.*num_classes=10"):
         train.train_and_evaluate(config, tmp_path / "run")
     assert not (tmp_path / "run" / "config.json").exists()
+    # A model that says nothing of its classes but returns more logits than the data has
+    # would fail only at the first evaluation, an epoch in.
+
+    class Wide(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            return nn.Dense(12)(x.reshape(x.shape[0], -1).astype(jnp.float32))
+
+    monkeypatch.setattr(loop_lib, "model_from_config", lambda _: Wide())
+    with pytest.raises(ValueError, match=r"returns 12 logits, but 'synthetic' has 10 classes"):
+        train.train_and_evaluate(synthetic_config(), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow

@@ -380,6 +380,12 @@ class Trainer:
         self.log_every = max(1, int(config.get("log_every_steps", 50)) // self.chunk) * self.chunk
         self.dispatches = 0  # dispatches run by this trainer
 
+    @property
+    def num_classes(self) -> int | None:
+        """The classes the model scores: its ``num_classes``, or else the width of a
+        classifier's logits; None for other tasks."""
+        return self._num_classes if isinstance(self._num_classes, int) else None
+
     # ------------------------------------------------------------------ placement
     def put(self, tree: Any) -> Any:
         """`tree` placed as the state is: on the device, or replicated on the mesh."""
@@ -387,9 +393,8 @@ class Trainer:
 
     def device_dataset(self, images: np.ndarray, labels: np.ndarray) -> DeviceDataset:
         """Images and labels on the device(s), placed as the training data is."""
-        classes = self._num_classes if isinstance(self._num_classes, int) else None
         return DeviceDataset.from_numpy(
-            images, np.asarray(labels), self._data_place, num_classes=classes
+            images, np.asarray(labels), self._data_place, num_classes=self.num_classes
         )
 
     # ------------------------------------------------------------------ compiles
