@@ -125,6 +125,8 @@ def test_the_guides_own_model_and_data_example_runs_and_its_model_can_be_explain
     trainer, images, labels = namespace["trainer"], namespace["images"], namespace["labels"]
     with pytest.raises(ValueError, match=r"labels must be in \[0, 3\), got values from 0 to 5"):
         trainer.device_dataset(images[448:], np.where(labels[448:] == 2, 5, labels[448:]))
+    with pytest.raises(ValueError, match=r"images of shape \(\d+, \d+, 1\) for a model trained on"):
+        trainer.device_dataset(images[448:, :-1, :-1], labels[448:])
 
     from fmi_jax import attribution
 

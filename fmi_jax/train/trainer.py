@@ -392,7 +392,14 @@ class Trainer:
         return _put(tree, self._place)
 
     def device_dataset(self, images: np.ndarray, labels: np.ndarray) -> DeviceDataset:
-        """Images and labels on the device(s), placed as the training data is."""
+        """Images and labels on the device(s), placed as the training data is, of the
+        training images' shape (the model's parameters are shaped by it)."""
+        trained = getattr(getattr(self, "data", None), "images", None)
+        if trained is not None and np.shape(images)[1:] != trained.shape[1:]:
+            raise ValueError(
+                f"images of shape {tuple(np.shape(images)[1:])} for a model trained on "
+                f"{tuple(trained.shape[1:])}: resize or crop them to the training images' shape"
+            )
         return DeviceDataset.from_numpy(
             images, np.asarray(labels), self._data_place, num_classes=self.num_classes
         )
