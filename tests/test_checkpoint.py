@@ -116,10 +116,19 @@ def test_the_training_examples_digest_is_checked_when_recorded(tmp_path):
     # Another difference is named alone: it changes the examples too.
     with pytest.raises(checkpoint.CheckpointMismatchError, match=r"\(num_classes: .* 10\)\."):
         recorded.check_architecture(dict(ARCH, num_classes=10, train_digest=other))
-    # Checkpoints from before runs recorded the digest resume as they did.
+    # Checkpoints from before runs recorded the digests resume as they did.
     older = checkpoint.Checkpoints(tmp_path / "old", keep=1)
     older.save(1, tree(1.0), architecture=ARCH, metrics={})
-    older.check_architecture(dict(ARCH, train_digest=digest))
+    older.check_architecture(dict(ARCH, train_digest=digest, holdout_digest=digest))
+    both = checkpoint.Checkpoints(tmp_path / "both", keep=1)
+    both.save(
+        1,
+        tree(1.0),
+        architecture=dict(ARCH, train_digest=digest, holdout_digest=digest),
+        metrics={},
+    )
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="the validation holdout"):
+        both.check_architecture(dict(ARCH, train_digest=digest, holdout_digest=other))
 
 
 def test_restoring_into_other_shapes_is_a_mismatch_error(tmp_path):

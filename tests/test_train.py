@@ -150,6 +150,19 @@ def test_a_run_resumed_on_other_training_examples_is_refused(
         with pytest.raises(CheckpointMismatchError, match=r"the training examples: .*data_dir"):
             train.train_and_evaluate(synthetic_config(num_epochs=3), workdir)
     assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
+
+    def other_holdout(data_config):  # one validation image changed on disk
+        splits = real_load(data_config)
+        val_ds = splits["validation"]
+        images = val_ds.images.copy()
+        images[0] = 255 - images[0]
+        splits["validation"] = dataclasses.replace(val_ds, images=images)
+        return splits
+
+    with mock.patch.object(loop_lib, "load_data", other_holdout):
+        with pytest.raises(CheckpointMismatchError, match=r"the validation holdout: .*data_dir"):
+            train.train_and_evaluate(synthetic_config(num_epochs=3), workdir)
+    assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
     # The same examples resume (here: a finished run, extended by an epoch).
     assert train.train_and_evaluate(synthetic_config(num_epochs=3), workdir).best_epoch
 

@@ -187,16 +187,17 @@ def _check_trial_data(folders: Sequence[tuple[Path, ml_collections.ConfigDict]])
     `fmi_jax.train.loop.run_identity`). Training would refuse it only when its turn came,
     after the trials before it trained, and a finished trial would be read as it is,
     ranked beside trials of the other examples."""
-    train_splits: dict[str, Any] = {}  # one read per data config
+    splits: dict[str, Any] = {}  # one read per data config
     for path, run_config in folders:
         checkpoints = path / "checkpoints"
         if not (checkpoints.is_dir() and any(checkpoints.iterdir())):
             continue
         key = json.dumps(runs.plain(run_config.data), sort_keys=True)
-        if key not in train_splits:
-            train_splits[key] = loop_lib.load_data(run_config.data)["train"]
+        if key not in splits:
+            splits[key] = loop_lib.load_data(run_config.data)
+        train_ds, val_ds = splits[key]["train"], splits[key]["validation"]
         with loop_lib.run_checkpoints(path, run_config) as ckpt:
-            ckpt.check_architecture(loop_lib.run_identity(run_config, train_splits[key]))
+            ckpt.check_architecture(loop_lib.run_identity(run_config, train_ds, val_ds))
 
 
 def _row(point: Mapping[str, Any], summary: Mapping[str, Any], history) -> dict[str, Any]:

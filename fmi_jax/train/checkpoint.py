@@ -58,16 +58,24 @@ def data_digest(images: Any, labels: Any) -> str:
     return digest.hexdigest()
 
 
+# The digests of a run's examples a checkpoint records (fmi_jax.train.loop.run_identity),
+# and what each covers. Checkpoints written before one was recorded resume without it.
+_DIGESTS = {
+    "train_digest": "the training examples",
+    "holdout_digest": "the validation holdout",
+}
+
+
 def _describe_difference(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
     diffs = []
     for key in sorted(set(saved) | set(wanted)):
         a, b = saved.get(key), wanted.get(key)
-        if key == "train_digest":  # what differs about the data, when nothing else does
+        if key in _DIGESTS:  # what differs about the data, when nothing else does
             if a != b and all(
-                saved.get(k) == wanted.get(k) for k in set(saved) | set(wanted) if k != key
+                saved.get(k) == wanted.get(k) for k in set(saved) | set(wanted) if k not in _DIGESTS
             ):
                 diffs.append(
-                    "the training examples: the checkpoint's were other images or labels, "
+                    f"{_DIGESTS[key]}: the checkpoint's were other images or labels, "
                     "or in another order (a changed data setting such as data.options, or "
                     "another copy of the dataset: check --config.data.data_dir and "
                     "$FMI_DATA_DIR)"
@@ -228,8 +236,9 @@ class Checkpoints:
             return
         saved = self.meta(latest).get("architecture", {})
         wanted = dict(wanted)
-        if "train_digest" not in saved:  # checkpoints written before runs recorded it
-            wanted.pop("train_digest", None)
+        for key in _DIGESTS:
+            if key not in saved:  # checkpoints written before runs recorded it
+                wanted.pop(key, None)
         if saved != wanted:
             raise CheckpointMismatchError(
                 f"{self.directory} holds checkpoints of a different model or dataset "

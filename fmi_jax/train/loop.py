@@ -137,17 +137,21 @@ def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(runs.read_json(path))
 
 
-def run_identity(config: Any, train_ds: Any) -> dict[str, Any]:
+def run_identity(config: Any, train_ds: Any, val_ds: Any = None) -> dict[str, Any]:
     """What a checkpoint must share with the run restoring it: the model, the dataset's
-    name, shape and split, and a digest of the training examples themselves, so that a
-    run resumed on another copy of the data (another folder, tfds instead of IDX files:
-    another order, so another validation holdout) is refused instead of training on."""
+    name, shape and split, and digests of the training examples and of the validation
+    holdout (`val_ds`, where there is one) themselves, so that a run resumed on another
+    copy of the data (another folder, tfds instead of IDX files: another order, so
+    another holdout; a holdout image changed on disk, which would pick the best
+    checkpoint on other images) is refused instead of training on."""
     identity = ckpt_lib.architecture_of(
         config.model, train_ds.image_shape, train_ds.num_classes, config.data.name
     )
     d = runs.plain(config.data)
     identity["data_split"] = {k: d.get(k) for k in ("validation_size", "split_seed", "train_limit")}
     identity["train_digest"] = ckpt_lib.data_digest(train_ds.images, train_ds.labels)
+    if val_ds is not None and len(val_ds):
+        identity["holdout_digest"] = ckpt_lib.data_digest(val_ds.images, val_ds.labels)
     task = config.get("task", "classification")
     if task != "classification":  # classification runs predate tasks; their identity stays
         identity["task"] = task
@@ -470,7 +474,7 @@ def train_and_evaluate(
     for name, ds in splits.items():
         logging.info("%s: %d examples from %s", name, len(ds), ds.source)
     class_names = train_ds.class_names
-    identity = run_identity(config, train_ds)
+    identity = run_identity(config, train_ds, val_ds)
     task = tasks_lib.task_from_config(config)
 
     def checkpoints() -> ckpt_lib.Checkpoints:
