@@ -125,11 +125,12 @@ def load_splits(
 ) -> dict[str, Dataset]:
     """Loads train, validation and test sets.
 
-    The validation set is a class-balanced holdout of ``validation_size``
-    training examples, deterministic in ``seed``
+    The validation set is a stratified holdout (class proportions kept) of
+    ``validation_size`` training examples, deterministic in ``seed``
     (:func:`~fmi_jax.data.splits.train_validation_split`). Afterwards
-    ``train_limit`` and ``test_limit`` shrink the train and test sets to
-    class-balanced subsets (for smoke runs), also deterministic in ``seed``.
+    ``train_limit`` and ``test_limit`` shrink the train and test sets to stratified
+    subsets (for smoke runs; a class too rare for its share may get none), also
+    deterministic in ``seed``.
 
     Args:
         name: Dataset name, as for :func:`load`.

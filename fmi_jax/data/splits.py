@@ -1,4 +1,5 @@
-"""Deterministic, class-balanced subsets: validation holdout and size limits.
+"""Deterministic, stratified subsets (each class keeps its share of the examples):
+validation holdout and size limits.
 
 Both use :func:`stratified_indices`: a seeded numpy ``Generator`` permutes the
 examples, and each class contributes its share of the requested size (largest
@@ -41,7 +42,8 @@ def stratified_indices(labels: np.ndarray, size: int, rng: np.random.Generator) 
 
 
 def train_validation_split(ds: Dataset, validation_size: int, seed: int) -> tuple[Dataset, Dataset]:
-    """Holds out a class-balanced validation set from a training set.
+    """Holds out a stratified validation set (class proportions as in ``ds``) from a
+    training set.
 
     Args:
         ds: The training set.
@@ -76,7 +78,8 @@ def train_validation_split(ds: Dataset, validation_size: int, seed: int) -> tupl
 
 
 def limit(ds: Dataset, max_size: int | None, seed: int) -> Dataset:
-    """Returns a class-balanced subset of at most ``max_size`` examples.
+    """Returns a stratified subset (class proportions kept) of at most ``max_size``
+    examples: a class too rare for a share of one example at this size gets none.
 
     Args:
         ds: The dataset.
@@ -97,7 +100,7 @@ def limit(ds: Dataset, max_size: int | None, seed: int) -> Dataset:
         return ds
     subset = ds.subset(stratified_indices(ds.labels, size, np.random.default_rng(seed)))
     return dataclasses.replace(
-        subset, source=f"{ds.source}; class-balanced subset of {size} (seed {seed})"
+        subset, source=f"{ds.source}; stratified subset of {size} (seed {seed})"
     )
 
 
