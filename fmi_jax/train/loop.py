@@ -105,8 +105,17 @@ EXTENDABLE = ("num_epochs",)
 # Config fields a workdir with checkpoints accepts changed (or absent from its record):
 # they do not touch results (the evaluation's batch size only the rounding of its summed
 # loss; lower it after running out of memory and the run resumes; the device count only
-# the order of float sums, so a run preempted on 8 devices goes on on 4).
-FREE = ("progress", "tensorboard", "eval_batch_size", "num_devices")
+# the order of float sums, so a run preempted on 8 devices goes on on 4). Where the data
+# lies is free as $FMI_DATA_DIR is: the checkpoints' digests refuse other examples
+# (run_identity), so the same files moved elsewhere resume.
+FREE = (
+    "progress",
+    "tensorboard",
+    "eval_batch_size",
+    "num_devices",
+    "data.data_dir",
+    "data.tfds_data_dir",
+)
 
 
 @dataclasses.dataclass
