@@ -289,8 +289,8 @@ def claim(
 
     No record (or an empty or truncated one): it is written, unless `required` and the
     folder has results (a training run's checkpoints: its record is what a changed
-    config is compared with, so a lost one is refused, not rewritten from this config). The same config: nothing
-    changes. A different one while `has_results` is False (nothing was produced from
+    config is compared with, so a lost one is refused, not rewritten from this
+    config). The same config: nothing changes. A different one while `has_results` is False (nothing was produced from
     the recorded config, e.g. no checkpoint yet): the record is replaced, unless its
     top-level fields are mostly others than `config`'s: that is another kind of run's
     record, refused like a change with results. A different

@@ -195,7 +195,8 @@ def _check(config: Any, model: Any, variables: Any, images: np.ndarray) -> None:
         )
     if not 0.0 <= float(config.sanity.threshold) <= 1.0:
         raise ValueError(
-            f"config.sanity.threshold is a rank correlation in [0, 1], got {config.sanity.threshold}"
+            "config.sanity.threshold is a rank correlation in [0, 1], got "
+            f"{config.sanity.threshold}"
         )
     pic = config.pic
     thresholds = [float(t) for t in np.atleast_1d(np.asarray(pic.thresholds, np.float64))]
