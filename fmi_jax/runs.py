@@ -289,18 +289,17 @@ def claim(
 
     No record (or an empty or truncated one): it is written, unless `required` and the
     folder has results (a training run's checkpoints: its record is what a changed
-    config is compared with, so a lost one is refused, not rewritten from this
-    config). The same config: nothing changes. A different one while `has_results` is False (nothing was produced from
-    the recorded config, e.g. no checkpoint yet): the record is replaced, unless its
-    top-level fields are mostly others than `config`'s: that is another kind of run's
-    record, refused like a change with results. A different
-    one with results: `RunConfigError` naming the changed fields (`a.b: old -> new`)
-    and how to proceed (`hint`, `what` names the record in the message), unless every
-    changed field is in `free` (changes accepted as they come: settings that do not
-    alter the folder's results) or in `extendable` and grows (an int that got
-    larger); then the record is rewritten and growth is appended to
-    `folder/extensions.jsonl` (`{"time", "file", "fields": {path: {"before",
-    "after"}}}`).
+    config is compared with, so a lost one is refused, not rewritten from this config).
+    The same config: nothing changes. A different one while `has_results` is False
+    (nothing was produced from the recorded config, e.g. no checkpoint yet): the record
+    is replaced, unless its top-level fields are mostly others than `config`'s: that is
+    another kind of run's record, refused like a change with results. A different one
+    with results: `RunConfigError` naming the changed fields (`a.b: old -> new`) and how
+    to proceed (`hint`, `what` names the record in the message), unless every changed
+    field is in `free` (changes accepted as they come: settings that do not alter the
+    folder's results) or in `extendable` and grows (an int that got larger); then the
+    record is rewritten and growth is appended to `folder/extensions.jsonl` (`{"time",
+    "file", "fields": {path: {"before", "after"}}}`).
 
     Returns the extended fields, `{path: (old, new)}` (empty when none grew).
     """

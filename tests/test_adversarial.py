@@ -335,6 +335,9 @@ def test_top_k_removal_removes_the_largest_first_with_ties_by_position():
     # So does a channel-less (H, W) map, as the CAMs return.
     flat = perturb(image, jnp.float32(1.9), None, jnp.array([[0.0, 5.0], [1.0, 2.0]]))
     np.testing.assert_array_equal(flat, out)
+    # A channel-less image's row is no pixel map: refused, not spread over the columns.
+    with pytest.raises(ValueError, match="does not broadcast to an example of shape"):
+        perturb(jnp.ones((3, 2)), jnp.float32(1), None, jnp.ones(3))
 
 
 def test_top_k_removal_on_a_linear_model_matches_numpy(linear):

@@ -1,6 +1,7 @@
 """`fmi_jax.train.Trainer`: the object `train_and_evaluate` and the benchmark both train with."""
 
 import ast
+import dataclasses
 import re
 from pathlib import Path
 
@@ -104,6 +105,29 @@ def test_a_model_with_other_classes_than_the_data_is_refused_before_writing(
 
     monkeypatch.setattr(loop_lib, "model_from_config", lambda _: Wide())
     with pytest.raises(ValueError, match=r"returns 12 logits, but 'synthetic' has 10 classes"):
+        train.train_and_evaluate(synthetic_config(), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    # Fewer logits than the data's classes, where the training labels never reach the
+    # missing one (the labels' own check cannot see it): refused the same way.
+
+    class Narrow(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            return nn.Dense(9)(x.reshape(x.shape[0], -1).astype(jnp.float32))
+
+    real_load = loop_lib.load_data
+
+    def without_class_9(data_config):
+        splits = real_load(data_config)
+        for name in ("train", "validation"):
+            ds = splits[name]
+            keep = ds.labels != 9
+            splits[name] = dataclasses.replace(ds, images=ds.images[keep], labels=ds.labels[keep])
+        return splits
+
+    monkeypatch.setattr(loop_lib, "model_from_config", lambda _: Narrow())
+    monkeypatch.setattr(loop_lib, "load_data", without_class_9)
+    with pytest.raises(ValueError, match=r"returns 9 logits, but 'synthetic' has 10 classes"):
         train.train_and_evaluate(synthetic_config(), tmp_path / "run")
     assert not (tmp_path / "run").exists()
 

@@ -637,9 +637,10 @@ def top_k_removal(fill: float = 0.0) -> Perturbation:
     fill = float(fill)
 
     def fit(attribution: Any, shape: tuple[int, ...]) -> Array:
-        """One example's attribution, a channel axis added to an ``(H, W)`` map."""
+        """One example's attribution, a channel axis added to an ``(H, W)`` map of an
+        ``(H, W, C)`` image (only there: a row of a channel-less image is no pixel map)."""
         attribution = jnp.asarray(attribution, jnp.float32)
-        if attribution.ndim == len(shape) - 1 and attribution.shape == shape[:-1]:
+        if len(shape) == 3 and attribution.shape == shape[:-1]:
             attribution = attribution[..., None]
         try:
             fits = np.broadcast_shapes(attribution.shape, shape) == shape

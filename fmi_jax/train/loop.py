@@ -525,9 +525,10 @@ def train_and_evaluate(
     # own init) before the workdir is made, so a refused single-process command leaves
     # no trace.
     trainer = Trainer(config, train_ds.images, train_ds.labels, mesh=mesh, model=model)
-    if trainer.num_classes is not None and trainer.num_classes > train_ds.num_classes:
-        # Fewer logits than classes is refused by the labels; more would fail only at the
-        # first evaluation's confusion matrix, an epoch in.
+    if trainer.num_classes is not None and trainer.num_classes != train_ds.num_classes:
+        # Logits for other classes than the data's would fail only at the first
+        # evaluation's confusion matrix, an epoch in (fewer logits than the labels use
+        # are refused by the trainer's own check of the labels, before this).
         raise ValueError(
             f"the model returns {trainer.num_classes} logits, but {config.data.name!r} has "
             f"{train_ds.num_classes} classes: give the model {train_ds.num_classes} outputs"
