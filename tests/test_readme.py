@@ -71,3 +71,25 @@ def test_every_relative_link_of_the_readme_and_docs_resolves():
             elif anchor and target.suffix == ".md" and anchor not in _anchors(target):
                 dead.append(f"{md.name}: {link} (no such section)")
     assert not dead, dead
+
+
+@pytest.mark.parametrize(
+    "page", [README, *sorted((README.parent / "docs").glob("*.md"))], ids=lambda p: p.name
+)
+def test_every_code_fence_closes_where_it_should(page):
+    """A stray fence swallows the headings after it into a code block: inside a block a
+    fence with a language (```python) is text, and the page must end outside one."""
+    opened = None
+    for number, line in enumerate(page.read_text().splitlines(), 1):
+        fence = re.match(r"\s*(```+|~~~+)(.*)", line)
+        if not fence:
+            continue
+        if opened is None:
+            opened = number
+        elif fence.group(2).strip():
+            pytest.fail(
+                f"{page.name}:{number}: {line.strip()!r} inside the block opened at {opened}"
+            )
+        else:
+            opened = None
+    assert opened is None, f"{page.name}: the block opened at line {opened} never closes"
