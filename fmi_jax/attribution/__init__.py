@@ -22,7 +22,8 @@ Every method has one signature::
   ablation and sampling family, the layer and neuron path methods; a distribution of
   references for GradientSHAP and DeepLiftShap); the others refuse a baseline rather
   than ignore it.
-* ``batch_size`` bounds memory (model evaluations per pass) and never changes a result.
+* ``batch_size`` bounds memory (model evaluations per pass); it changes a result by
+  float32 rounding at most (sums of chunks taken in another order).
 * Maps are float32, shaped like ``x`` (CAMs: one ``(N, H, W)`` map per image), and
   **signed**: ``abs=True`` (saliency, Gaussian-smoothed saliency, SmoothGrad) gives
   magnitudes, which is what Simonyan et al. draw and Captum's ``Saliency`` returns by

@@ -140,10 +140,11 @@ with respect to ``delta`` is ``dy/dA`` at the patched activation
 Memory: every (example, node) evaluation goes through
 :func:`fmi_jax.attribution.core.sum_over_samples` in chunks of ``batch_size``, so peak
 memory is one chunk plus accumulators the size of the result, whatever ``steps`` is;
-``batch_size`` never changes a result. ``layer_conductance`` instead walks the path of a
-chunk of ``batch_size`` examples with a ``lax.scan`` that carries the previous node's
-activation and gradient (each segment's end is the next one's start), so each node costs
-one forward and one backward pass and memory stays one node's, whatever ``steps`` is.
+``batch_size`` changes a result by float32 rounding at most. ``layer_conductance``
+instead walks the path of a chunk of ``batch_size`` examples with a ``lax.scan`` that
+carries the previous node's activation and gradient (each segment's end is the next
+one's start), so each node costs one forward and one backward pass and memory stays one
+node's, whatever ``steps`` is.
 """
 
 from __future__ import annotations
