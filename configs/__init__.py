@@ -32,9 +32,16 @@ def path(spec: str) -> str:
 
 
 def load(spec: str, arg: str | None = None) -> ml_collections.ConfigDict:
-    """`configs/<name>.py:get_config(arg)`; `spec` may carry the variant ('name:smoke')."""
+    """`configs/<name>.py:get_config(arg)`, locked; `spec` may carry the variant ('name:smoke').
+
+    Locked as `--config` locks it: existing fields take new values, and a misspelt one
+    (`config.num_epoch = 2`) raises an AttributeError that suggests the right name
+    instead of adding a field nothing reads. `with config.unlocked():` adds fields.
+    """
     name, _, variant = spec.partition(":")
     if variant and arg is not None:
         raise ValueError(f"config {spec!r} names a variant and arg={arg!r} names another")
     path(name)  # a clear error for an unknown name
-    return importlib.import_module(f"configs.{name}").get_config(variant or arg)
+    config = importlib.import_module(f"configs.{name}").get_config(variant or arg)
+    config.lock()
+    return config

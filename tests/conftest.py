@@ -27,12 +27,13 @@ def synthetic_config():
 
     def make(**overrides):
         config = _synthetic_config()
-        for key, value in overrides.items():
-            target = config
-            *path, last = key.split(".")
-            for part in path:
-                target = target[part]
-            target[last] = value
+        with config.unlocked():  # fields the config lacks, e.g. model.kernel_size
+            for key, value in overrides.items():
+                target = config
+                *path, last = key.split(".")
+                for part in path:
+                    target = target[part]
+                target[last] = value
         return config
 
     return make

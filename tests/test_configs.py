@@ -31,3 +31,18 @@ def test_config_loads_and_builds_its_model(name, arg):
 def test_unknown_variant_is_an_error():
     with pytest.raises(ValueError, match="unknown config variant 'tiny'"):
         configs.load("cnn_fmnist", "tiny")
+
+
+def test_a_loaded_config_is_locked_like_the_flag():
+    """A misspelt field is an error that names the right one, not a new field nothing
+    reads; existing fields take values, and unlocked() still adds a model argument."""
+    config = configs.load("cnn_fmnist:smoke")
+    config.num_epochs = 2
+    with pytest.raises(AttributeError, match='Did you mean "num_epochs"'):
+        config.num_epoch = 2
+    with pytest.raises(AttributeError, match="locked"):
+        config.model.kernel_sise = 5
+    with config.unlocked():
+        config.model.kernel_size = 5
+    assert config.num_epochs == 2 and config.model.kernel_size == 5
+    assert "num_epoch" not in config

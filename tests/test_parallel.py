@@ -76,7 +76,8 @@ def config(num_devices, num_epochs, **overrides):
     c.progress = False
     c.augment = {"flip": True, "crop_padding": 2, "erasing": 0.0}  # random, per example
     c.model.features = (4, 8)
-    c.model.pool = (True, True)
+    with c.unlocked():  # the config's model leaves pool to the model's default
+        c.model.pool = (True, True)
     c.model.dense = (16,)
     c.num_devices = num_devices
     c.num_epochs = num_epochs
@@ -406,7 +407,8 @@ c.data.options = {"num_train": 192, "num_test": 64}
 c.data.train_limit = None
 c.progress = False
 c.model.features = (4,)
-c.model.pool = (True,)
+with c.unlocked():
+    c.model.pool = (True,)
 c.model.dense = (16,)
 c.num_devices = 0
 r = train.train_and_evaluate(c, sys.argv[3])

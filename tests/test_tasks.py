@@ -370,8 +370,9 @@ def small_config(**overrides):
     config.num_epochs = 2
     config.eval_batch_size = 48
     config.learning_rate = 5e-3
-    for key, value in overrides.items():
-        config[key] = value
+    with config.unlocked():  # task, task_options, frozen, init_from: not in cnn_fmnist
+        for key, value in overrides.items():
+            config[key] = value
     return config
 
 
