@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
 
 from absl import app, flags
+from ml_collections import config_flags
 
 from fmi_jax import logs
 from fmi_jax.train.trainer import NonFiniteLossError
@@ -56,6 +57,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXPECTED",
     "expected_errors",
+    "define_config",
     "guard",
     "reference_packages",
     "run",
@@ -142,13 +144,33 @@ def expected_errors(argv: Sequence[str] | None = None) -> Iterator[None]:
         raise SystemExit(EXIT_INTERRUPTED) from None
 
 
+def define_config(default: str | None, help: str) -> flags.FlagHolder:
+    """The script's `--config` flag: ``config_flags.DEFINE_config_file`` locked.
+
+    With a default file, ml_collections loads it and applies the command line's
+    `--config.<field>` overrides while the flag is defined, as the script's module is
+    imported: an override naming no field ends there, in the same one line and exit
+    status 2 as when `--config` is given."""
+    with _command_line_errors(sys.argv):
+        return config_flags.DEFINE_config_file("config", default, help, lock_config=True)
+
+
 def _parse_flags(argv: Sequence[str]) -> list[str]:
-    """FLAGS(argv) with the expected errors of a bad command line made one line. A
-    `--config.<field>` naming no field is an AttributeError or KeyError from inside
-    ml_collections' flag parser, so those count here (and only here)."""
+    """FLAGS(argv) with the expected errors of a bad command line made one line."""
+    with _command_line_errors(argv):
+        args = flags.FLAGS(list(argv))
+        _load_configs_now()
+    return args
+
+
+@contextlib.contextmanager
+def _command_line_errors(argv: Sequence[str]) -> Iterator[None]:
+    """`expected_errors(argv)`, and a `--config.<field>` naming no field (an
+    AttributeError or KeyError from inside ml_collections' flag parser, so those count
+    here and only here) or overriding a config file that did not load made one line."""
     with expected_errors(argv):
         try:
-            args = flags.FLAGS(list(argv))
+            yield
         except (AttributeError, KeyError, IndexError) as error:
             message = _unknown_field(error, argv)
             if message is None:
@@ -161,8 +183,6 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
             if message is None:
                 raise
             raise flags.IllegalFlagValueError(message) from error
-        _load_configs_now()
-        return args
 
 
 def _load_configs_now() -> None:

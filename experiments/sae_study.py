@@ -16,14 +16,11 @@ if not __package__:  # started as `python path/to/experiments/<script>.py`, from
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 from experiments import _cli  # noqa: E402
 from fmi_jax import studies  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Sparse autoencoder study config.", lock_config=True
-)
+_CONFIG = _cli.define_config(None, "Sparse autoencoder study config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the phases and results go.")
 flags.mark_flags_as_required(["config", "workdir"])
 

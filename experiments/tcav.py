@@ -15,15 +15,12 @@ if not __package__:  # started as `python path/to/experiments/<script>.py`, from
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 import configs  # noqa: E402
 from experiments import _cli  # noqa: E402
 from fmi_jax import studies  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", configs.path("tcav"), "TCAV study config.", lock_config=True
-)
+_CONFIG = _cli.define_config(configs.path("tcav"), "TCAV study config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
 flags.mark_flag_as_required("workdir")
 

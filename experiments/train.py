@@ -14,13 +14,12 @@ if not __package__:  # started as `python path/to/experiments/<script>.py`, from
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 from experiments import _cli, _distributed  # noqa: E402
 from fmi_jax import train  # noqa: E402
 from fmi_jax.studies import figures  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+_CONFIG = _cli.define_config(None, "Training config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and figures go.")
 flags.mark_flags_as_required(["config", "workdir"])
 

@@ -74,6 +74,31 @@ def test_expected_errors_are_one_line_and_exit_2(tmp_path, override, as_file, ex
 @pytest.mark.parametrize(
     "override, expected",
     [
+        ("--config.nosuch=1", "error: --config.nosuch=1: config has no field 'nosuch'"),
+        (
+            "--config.classifer.C=1",
+            "error: --config.classifer.C=1: config has no field 'classifer' "
+            "(did you mean 'classifier'?)",
+        ),
+    ],
+)
+def test_an_override_of_a_default_config_is_one_line_and_exit_2(tmp_path, override, expected):
+    # Without --config, ml_collections loads the default file and applies the overrides
+    # while the flag is defined, when the script's module is imported.
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.tcav", f"--workdir={tmp_path / 'run'}", override],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert _one_error_line(proc) == expected
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
         ("--config.loop=nosuch", r"config\.loop must be 'auto', 'step' or 'scan', got 'nosuch'"),
         ("--config.data.train_limit=5", r"batch_size 32 is larger than the 5 training examples"),
         ("--config.model.name=resnet", r"model 'resnet' does not take batch_norm, dense, features"),
