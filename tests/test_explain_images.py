@@ -326,11 +326,17 @@ def test_figure_names_differ_ignoring_case_for_macos_and_windows_disks():
         ("alpha", "White", r"config\.alpha must be one of"),
         ("crop", 300, r"config\.crop \(300\) must be <= config\.resize \(72\)"),
         ("mean", (123.675, 116.28, 103.53), "divide pixel-scale values by 255"),
+        ("ig.rule", "simpson", r"config\.ig\.rule: unknown quadrature rule 'simpson'"),
+        ("top_k", 11, r"config\.top_k=11 exceeds the model's 10 classes"),
     ],
 )
 def test_bad_config_is_refused_before_anything_is_written(folder, tmp_path, field, value, message):
     config = _config()
-    config[field] = value
+    *parents, name = field.split(".")
+    holder = config
+    for parent in parents:
+        holder = holder[parent]
+    holder[name] = value
     with pytest.raises(ValueError, match=message):
         studies.run_explain_images(config, folder, tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -473,6 +479,45 @@ def test_an_interrupted_run_goes_on_from_the_batch_it_was_in(folder, tmp_path, m
     assert len(calls) == 4
     assert "notes.jpg" in [p["file"] for p in changed.predictions]
     assert "notes.jpg" not in [s["file"].rsplit("/", 1)[-1] for s in changed.skipped]
+
+
+def test_other_weights_under_any_name_are_refused_once_a_result_exists(
+    folder, tmp_path, monkeypatch
+):
+    """The weights are an input known by their SHA-256: another file under the same
+    name is refused even halfway through a run (every saved batch depends on them);
+    the same file by another path or a copy of it is accepted."""
+    from fmi_jax.studies import explain_images
+
+    monkeypatch.chdir(tmp_path)
+    weights = tmp_path / "w.npz"
+    np.savez(weights, a=np.zeros(3, np.float32))
+    out = tmp_path / "out"
+    files = explain_images._inputs(folder, out)
+
+    def claim(path):
+        config = _config()
+        config.weights = str(path)
+        explain_images._claim(config, folder, files, out)
+
+    claim("w.npz")
+    (out / "batches").mkdir()
+    (out / "batches" / "00000.npz").write_bytes(b"")  # a finished batch: a result
+    claim(weights)  # the absolute path of the same file
+    shutil.copy(weights, tmp_path / "copy.npz")
+    claim(tmp_path / "copy.npz")
+    recorded = json.loads((out / "inputs.json").read_text())["weights"]
+    assert recorded["file"] == str(tmp_path / "copy.npz")
+    np.savez(weights, a=np.ones(3, np.float32))
+    with pytest.raises(ValueError, match=r"config\.weights: .*copy\.npz', and .*w\.npz' holds"):
+        claim(weights)
+    np.savez(tmp_path / "copy.npz", a=np.ones(3, np.float32))
+    with pytest.raises(ValueError, match=r"copy\.npz' changed since this folder") as error:
+        claim(tmp_path / "copy.npz")
+    assert str(error.value).endswith("Nothing was overwritten.")
+    with pytest.raises(ValueError, match="random weights"):
+        claim("")
+    assert json.loads((out / "inputs.json").read_text())["weights"] == recorded
 
 
 @pytest.mark.slow

@@ -27,7 +27,10 @@ explains the top-1 class of each with integrated gradients. It writes under `wor
   config.json, inputs.json   the config and the input files this folder belongs to
                       (absolute paths, so 'photos/' and './photos' are one input,
                       and each file's SHA-256: a photo replaced under its name is
-                      refused like a changed list of files)
+                      refused like a changed list of files); the weights file is an
+                      input too, known by its SHA-256 wherever it lies, so other
+                      weights under the same name are refused, even halfway through
+                      a run, and the same file by another path is accepted
 
 What this study writes is never an input: a workdir inside the photo folder (or an
 earlier run's, found by its inputs.json and config.json) does not explain its
@@ -99,16 +102,31 @@ def _absolute(path: str | Path) -> str:
 
 
 def _absolute_inputs(record: dict[str, Any]) -> dict[str, Any]:
-    """``{"images": spec, "files": files, "sha256": digests}`` with every path
-    :func:`_absolute` (no digests in a record written without them)."""
+    """``{"images": spec, "files": files, "sha256": digests, "weights": ...}`` with every
+    path :func:`_absolute` (no digests in a record written without them, no weights in
+    one written before the weights were recorded)."""
     spec = record.get("images")
-    return {
+    inputs = {
         "images": [_absolute(s) for s in spec]
         if isinstance(spec, (list, tuple))
         else _absolute(spec),
         "files": [_absolute(f) for f in record.get("files") or []],
         "sha256": list(record.get("sha256") or []),
     }
+    if "weights" in record:
+        inputs["weights"] = record["weights"]
+    return inputs
+
+
+def _weights(config: Any) -> dict[str, str | None] | None:
+    """``{"file": absolute path, "sha256": digest}`` of `config.weights`, None for
+    random weights: the weights are compared by their contents, not their name."""
+    weights = str(config.weights or "")
+    return {"file": _absolute(weights), "sha256": _digest(Path(weights))} if weights else None
+
+
+def _weights_digest(record: dict[str, str | None] | None) -> str | None:
+    return None if record is None else record["sha256"]
 
 
 def _digest(file: Path) -> str | None:
@@ -129,8 +147,9 @@ def _claim(config: Any, spec: Any, files: Sequence[Path], out: Path) -> None:
     (never another run's; see fmi_jax/runs.py): both are checked before either is
     recorded. A file whose contents changed under the same name since the run finished
     is refused like a changed list of files, by the SHA-256 digests recorded beside the
-    paths."""
-    inputs = _absolute_inputs({"images": spec, "files": files})
+    paths. So are other weights, under any name, once any result exists: every batch
+    depends on them."""
+    inputs = _absolute_inputs({"images": spec, "files": files, "weights": _weights(config)})
     inputs["sha256"] = [_digest(f) for f in files]
     records = {
         "config.json": (config, "another config"),
@@ -142,6 +161,25 @@ def _claim(config: Any, spec: Any, files: Sequence[Path], out: Path) -> None:
     saved = runs.read_json(out / "inputs.json", rewritable=True)
     earlier = _absolute_inputs(saved) if isinstance(saved, dict) else None
     if earlier is not None and all(earlier[k] == inputs[k] for k in ("images", "files")):
+        if (
+            has_results
+            and "weights" in earlier
+            and _weights_digest(earlier["weights"]) != _weights_digest(inputs["weights"])
+        ):
+            before, now = (
+                "random weights" if w is None else repr(w["file"])
+                for w in (earlier["weights"], inputs["weights"])
+            )
+            what = (
+                f"{now} changed since this folder's results were computed with it"
+                if now == before
+                else f"this folder's results were computed with {before}, and {now} "
+                "holds other weights"
+            )
+            raise runs.RunConfigError(
+                f"config.weights: {what} (SHA-256 differs); {hint}. Nothing was overwritten.",
+                changed="weights.sha256",
+            )
         changed = [
             f
             for f, old, new in zip(inputs["files"], earlier["sha256"], inputs["sha256"])
@@ -158,7 +196,9 @@ def _claim(config: Any, spec: Any, files: Sequence[Path], out: Path) -> None:
                 changed="sha256",
             )
     # ig.batch_size only bounds memory: lowering it after running out resumes the run.
-    free = {"config.json": ("ig.batch_size",), "inputs.json": ()}
+    # The weights are compared by their SHA-256 in inputs.json, not by how their path
+    # is spelt.
+    free = {"config.json": ("ig.batch_size", "weights"), "inputs.json": ()}
     runs.check(
         out,
         config,
@@ -349,6 +389,16 @@ def _check(config: Any) -> None:
             raise ValueError(f"config.{key} must be >= 1, got {config[key]}")
     if int(config.ig.steps) < 1 or int(config.ig.batch_size) < 1:
         raise ValueError("config.ig.steps and config.ig.batch_size must be >= 1")
+    try:
+        attribution.quadrature(str(config.ig.rule), int(config.ig.steps))
+    except ValueError as error:
+        raise ValueError(f"config.ig.rule: {error}") from None
+    num_classes = config.model.get("num_classes")
+    if num_classes is not None and int(config.top_k) > int(num_classes):
+        raise ValueError(
+            f"config.top_k={config.top_k} exceeds the model's {num_classes} classes "
+            "(config.model.num_classes)"
+        )
     if int(config.crop) > int(config.resize):
         raise ValueError(
             f"config.crop ({config.crop}) must be <= config.resize ({config.resize}): the "
@@ -682,7 +732,7 @@ def _compute(config: Any, files: Sequence[Path], root: Path, out: Path):
     )
     summary = {
         "model": runs.plain(config.model),
-        "weights": str(config.weights) or None,
+        "weights": _weights(config),
         "ig": runs.plain(config.ig),
         "backend": jax.default_backend(),
         "compile_seconds": explainer.compile_seconds,
