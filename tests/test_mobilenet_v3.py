@@ -85,11 +85,18 @@ def test_shape_mismatch_is_named():
         mobilenet_v3_variables(state, model, shape)
 
 
-def test_wrong_variant_is_a_clear_error():
+def test_wrong_variant_is_a_clear_error_that_names_the_right_one():
     _, large, arrays = _fixture("large")
-    _, state, shape = _small_state()
-    with pytest.raises(ValueError, match="does not fit MobileNetV3"):
+    small, state, shape = _small_state()
+    with pytest.raises(ValueError, match="does not fit MobileNetV3") as error:
         mobilenet_v3_variables(state, large, shape)
+    assert str(error.value).endswith(
+        "(the checkpoint has 13 feature blocks, as mobilenet_v3_small has, and the model "
+        "17: set config.model.name to mobilenet_v3_small)"
+    )
+    large_state = {k: v for k, v in arrays.items() if not k.startswith("__")}
+    with pytest.raises(ValueError, match="set config.model.name to mobilenet_v3_large"):
+        mobilenet_v3_variables(large_state, small, shape)
 
 
 def test_a_checkpoint_of_another_model_is_one_short_line():
@@ -122,6 +129,14 @@ def test_torch_keys():
     assert torch_key("params", ("features_2", "block_0", "bn", "scale")) == (
         "features.2.block.0.1.weight"
     )
+
+
+def test_an_upper_case_npz_suffix_is_read_with_numpy(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # not the PyTorch reader
+    path = tmp_path / "WEIGHTS.NPZ"
+    np.savez(tmp_path / "weights.npz", a=np.arange(3, dtype=np.float32))
+    (tmp_path / "weights.npz").rename(path)
+    np.testing.assert_array_equal(load_state_dict(path)["a"], [0, 1, 2])
 
 
 def test_a_truncated_npz_of_weights_is_one_line_naming_it(tmp_path):

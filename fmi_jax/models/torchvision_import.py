@@ -24,7 +24,7 @@ import contextlib
 import os
 import re
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -58,7 +58,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     ``module.`` prefix of a DistributedDataParallel model is removed.
     """
     path = os.fspath(path)
-    if path.endswith(".npz"):
+    if path.lower().endswith(".npz"):
         try:
             with np.load(path) as data:
                 return {k: np.asarray(data[k]) for k in data.files if not k.startswith("__")}
@@ -183,9 +183,37 @@ def mobilenet_v3_variables(
             parts.append(f"unexpected keys ({len(unexpected)}): {_first(unexpected, ', ')}")
         if mismatched:
             parts.append(f"shape mismatches ({len(mismatched)}): {_first(mismatched, '; ')}")
-        raise ValueError(f"the state_dict does not fit {type(model).__name__}: {'; '.join(parts)}")
+        expected = {torch_key(c, p) for c in shapes for p in traverse_util.flatten_dict(shapes[c])}
+        hint = _variant_hint(_feature_blocks(state), _feature_blocks(expected))
+        raise ValueError(
+            f"the state_dict does not fit {type(model).__name__}: {'; '.join(parts)}{hint}"
+        )
     variables = traverse_util.unflatten_dict(flat)
     return jax.tree_util.tree_map(jnp.asarray, variables)
+
+
+# The feature blocks (``features.<i>``) of torchvision's MobileNetV3 variants.
+_VARIANT_BLOCKS = {17: "mobilenet_v3_large", 13: "mobilenet_v3_small"}
+
+
+def _feature_blocks(keys: Iterable[str]) -> int:
+    """How many ``features.<i>`` blocks the keys name (0: none)."""
+    indices = [int(m.group(1)) for k in keys if (m := re.match(r"features\.(\d+)\.", k))]
+    return max(indices) + 1 if indices else 0
+
+
+def _variant_hint(checkpoint: int, model: int) -> str:
+    """The likeliest fix when the checkpoint has another number of feature blocks than
+    the model: the other MobileNetV3 variant (config.model.name)."""
+    if not checkpoint or not model or checkpoint == model:
+        return ""
+    variant = _VARIANT_BLOCKS.get(checkpoint)
+    if variant is None:
+        return f" (the checkpoint has {checkpoint} feature blocks and the model {model})"
+    return (
+        f" (the checkpoint has {checkpoint} feature blocks, as {variant} has, and the "
+        f"model {model}: set config.model.name to {variant})"
+    )
 
 
 def _first(items: Sequence[str], separator: str, count: int = 8) -> str:
