@@ -349,6 +349,7 @@ def claim_study(
     hint: str,
     free: Iterable[str] = (),
     results: Mapping[str, Any] | None = None,
+    write: bool = True,
 ) -> None:
     """`claim` for a study of one trained checkpoint: `config` as `config.json`, and the
     model and checkpoint epoch it reads as `checkpoint.json`, both checked before either
@@ -359,11 +360,14 @@ def claim_study(
 
     `results`: what the folder's results themselves record (``model``,
     ``checkpoint_epoch``), for results written before `checkpoint.json` named both; it
-    becomes that record."""
+    becomes that record.
+
+    `write=False` only checks: it raises where the claim would refuse, and writes
+    nothing (for a study that has more to check before it may record anything)."""
     path = Path(folder) / CHECKPOINT_FILE
     saved = read_json(path, rewritable=True)
     results = results or {}
-    if has_results and results.get("checkpoint_epoch") is not None:
+    if write and has_results and results.get("checkpoint_epoch") is not None:
         if saved is None or "model" not in saved:
             recorded = {
                 "model": str(results.get("model", model)),
@@ -379,7 +383,7 @@ def claim_study(
             (),
         ),
     )
-    for step in (check, claim):
+    for step in (check, claim) if write else (check,):
         for record, name, what, fields in records:
             step(
                 folder,

@@ -126,6 +126,25 @@ def test_a_changed_config_is_refused_and_nothing_is_touched(study):
 @pytest.mark.parametrize(
     "overrides, message",
     [
+        # The final phase is the classifier now: another model than the explained one.
+        ({"finetune.num_epochs": 0}, r"another checkpoint \(.*model: .*finetune.*classifier"),
+        ({"explain.options.integrated_gradients.steps": 3}, r"another config \(options\."),
+    ],
+)
+def test_a_rerun_the_explain_folder_refuses_changes_no_figure_or_record(study, overrides, message):
+    workdir, _, _ = study
+    names = ("study_config.json", "figures.json", "sae_metrics.json")
+    before = {n: (workdir / n).read_text() for n in names}
+    figures = {p.name: p.read_bytes() for p in workdir.glob("*.png")}
+    with pytest.raises(ValueError, match=message):
+        studies.run_sae_study(smoke_config(**overrides), workdir)
+    assert {n: (workdir / n).read_text() for n in names} == before
+    assert {p.name: p.read_bytes() for p in workdir.glob("*.png")} == figures
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
         ({"explain.split": "tset"}, r"config\.explain\.split must be one of"),
         (
             {"explain.split": "validation", "data.validation_size": 0},

@@ -50,6 +50,7 @@ from fmi_jax.train.tensorboard import TENSORBOARD_DIR, EventLog
 __all__ = [
     "ExplainResult",
     "check_layer_cam_method",
+    "check_model_output",
     "claim_output",
     "explain_model",
     "free_fields",
@@ -257,12 +258,14 @@ def claim_output(
     has_results: bool,
     results_file: str,
     output_field: str = "output",
+    write: bool = True,
 ) -> None:
     """Claims the output folder `out` of a study configured like this one (its
     `free_fields`, its `output` field) for `config` and the model and checkpoint epoch
     it reads (never another's; see `fmi_jax.runs.claim_study`). `results_file`: the
     file of `out` whose ``model`` and ``checkpoint_epoch`` the results themselves
-    record (for folders written before the checkpoint record)."""
+    record (for folders written before the checkpoint record). `write=False` only
+    checks, writing nothing."""
     runs.claim_study(
         out,
         config,
@@ -272,10 +275,22 @@ def claim_output(
         has_results=has_results,
         hint=OUTPUT_HINT.replace("config.output", f"config.{output_field}"),
         results=runs.read_json(out / results_file, rewritable=True),
+        write=write,
     )
 
 
-def _claim(config: Any, out: Path, output_field: str, epoch: int, model_name: str) -> None:
+def check_model_output(
+    config: Any, out: Path, *, epoch: int, model_name: str, output_field: str = "output"
+) -> None:
+    """Raises where :func:`explain_model` would refuse `out` for `config` and this model
+    and checkpoint epoch, writing nothing: a study that writes other files before it
+    explains (the sparse autoencoder's figures) checks first."""
+    _claim(config, out, output_field, epoch, model_name, write=False)
+
+
+def _claim(
+    config: Any, out: Path, output_field: str, epoch: int, model_name: str, write: bool = True
+) -> None:
     has_results = (out / "stats.json").exists() or (out / "attributions.npz").exists()
     claim_output(
         config,
@@ -285,6 +300,7 @@ def _claim(config: Any, out: Path, output_field: str, epoch: int, model_name: st
         has_results=has_results,
         results_file="stats.json",
         output_field=output_field,
+        write=write,
     )
 
 

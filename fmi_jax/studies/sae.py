@@ -24,7 +24,9 @@ Every phase resumes from its checkpoints; finished phases are skipped; figures
 and results that exist are kept (an older sae_metrics.json that differs is moved
 to sae_metrics.<n>.json, a figure of another checkpoint or other figure settings
 to <name>.<n>.png, and drawn again). A changed config for a workdir whose phases already ran
-is refused, naming the section that changed. `config.stop_after='autoencoder'`
+is refused, naming the section that changed; so is one the explain folder's results do
+not belong to (other explain settings, or another final phase), before any figure or
+record changes. `config.stop_after='autoencoder'`
 trains and reports only the autoencoder (e.g. to compare dead-latent mitigations).
 """
 
@@ -155,9 +157,11 @@ def _relative_init_from(phase_dir: Path, phase_run: Any) -> None:
         runs.write_json_atomic(phase_dir / runs.CONFIG_FILE, saved)
 
 
-def _check_study_config(config: Any, workdir: Path) -> None:
+def _check_study_config(config: Any, workdir: Path, *, write: bool) -> None:
     """Claims `workdir` (fmi_jax/runs.py, as study_config.json): once a phase has a
-    checkpoint, only the sections outside `_FIXED_SECTIONS` may change."""
+    checkpoint, only the sections outside `_FIXED_SECTIONS` may change. `write=False`
+    only checks: a folder that has a record keeps it until the explain folder has been
+    checked too, so a refused run leaves the record of the run that wrote the results."""
     name = "study_config.json"
     saved = runs.read_json(workdir / name, rewritable=True) or {}
     free = sorted((set(runs.plain(config)) | set(saved)) - set(_FIXED_SECTIONS))
@@ -166,7 +170,7 @@ def _check_study_config(config: Any, workdir: Path) -> None:
         and any((workdir / phase / "checkpoints").iterdir())
         for phase in _PHASES
     )
-    runs.claim(
+    (runs.claim if write else runs.check)(
         workdir,
         config,
         free=free,
@@ -316,7 +320,8 @@ def run_sae_study(config: ml_collections.ConfigDict, workdir: str | Path) -> Sae
             workdir, config.explain.output, "explain.output", reserved=_PHASES
         )
     runs.refuse_other_kind(workdir, "sparse-autoencoder study")
-    _check_study_config(config, workdir)
+    # A new folder is marked as this study's at once (its kind is known by the record).
+    _check_study_config(config, workdir, write=not (workdir / "study_config.json").exists())
     for phase in phases:
         logging.info("phase %s", phase)
         phase_run = phase_config(config, phase, workdir)
@@ -336,6 +341,16 @@ def run_sae_study(config: ml_collections.ConfigDict, workdir: str | Path) -> Sae
         ae, ae_vars = model, variables
     else:
         ae, ae_vars = _autoencoder_of(model, variables)
+    model_name = f"sae_classifier ({final})"
+    if final != "autoencoder":  # refused here, before a figure or a record changes
+        explain_lib.check_model_output(
+            config.explain,
+            explain_out,
+            epoch=epoch,
+            model_name=model_name,
+            output_field="explain.output",
+        )
+    _check_study_config(config, workdir, write=True)
     recon = _reconstruction_report(ae, ae_vars, test, batch)
     fired = np.asarray(recon.pop("fired"))
     _figures(config, workdir, ae, ae_vars, test, fired, {"phase": final, "checkpoint_epoch": epoch})
@@ -383,7 +398,7 @@ def run_sae_study(config: ml_collections.ConfigDict, workdir: str | Path) -> Sae
             variables,
             splits[config.explain.split],
             epoch=epoch,
-            model_name=f"sae_classifier ({final})",
+            model_name=model_name,
             output_field="explain.output",
         )
         metrics["classifier"] = {
