@@ -518,6 +518,13 @@ def test_other_weights_under_any_name_are_refused_once_a_result_exists(
     with pytest.raises(ValueError, match="random weights"):
         claim("")
     assert json.loads((out / "inputs.json").read_text())["weights"] == recorded
+    # A record written before the digest was kept: the path is what can be compared.
+    legacy = json.loads((out / "inputs.json").read_text())
+    del legacy["weights"]
+    (out / "inputs.json").write_text(json.dumps(legacy))
+    with pytest.raises(ValueError, match=r"another config \(weights: "):
+        claim(weights)
+    claim(tmp_path / "copy.npz")
 
 
 @pytest.mark.slow

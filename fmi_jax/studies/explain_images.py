@@ -197,8 +197,9 @@ def _claim(config: Any, spec: Any, files: Sequence[Path], out: Path) -> None:
             )
     # ig.batch_size only bounds memory: lowering it after running out resumes the run.
     # The weights are compared by their SHA-256 in inputs.json, not by how their path
-    # is spelt.
-    free = {"config.json": ("ig.batch_size", "weights"), "inputs.json": ()}
+    # is spelt (a record written before the digest was kept compares the path).
+    by_digest = ("weights",) if earlier is None or "weights" in earlier else ()
+    free = {"config.json": ("ig.batch_size", *by_digest), "inputs.json": ()}
     runs.check(
         out,
         config,
