@@ -527,6 +527,22 @@ def test_other_weights_under_any_name_are_refused_once_a_result_exists(
     claim(tmp_path / "copy.npz")
 
 
+def test_an_edited_file_that_is_still_no_image_does_not_block_reuse(folder, tmp_path):
+    photos = tmp_path / "photos"
+    shutil.copytree(folder, photos)
+    config = _config(TINY_CNN)
+    studies.run_explain_images(config, photos, tmp_path / "out")
+    with open(photos / "notes.jpg", "a") as notes:
+        notes.write("another line\n")
+    assert studies.run_explain_images(config, photos, tmp_path / "out").reused
+    before = (tmp_path / "out" / "predictions.json").read_text()
+    # Now an image: the results lack it, so the folder's results are refused.
+    Image.fromarray(_gradient(30, 30, 7)).save(photos / "notes.jpg", format="JPEG")
+    with pytest.raises(ValueError, match=r"1 input file\(s\) changed .*notes\.jpg"):
+        studies.run_explain_images(config, photos, tmp_path / "out")
+    assert (tmp_path / "out" / "predictions.json").read_text() == before
+
+
 @pytest.mark.slow
 def test_pipeline_writes_every_output(run, folder):
     config, workdir, result = run

@@ -147,7 +147,7 @@ def _claim(config: Any, spec: Any, files: Sequence[Path], out: Path) -> None:
     (never another run's; see fmi_jax/runs.py): both are checked before either is
     recorded. A file whose contents changed under the same name since the run finished
     is refused like a changed list of files, by the SHA-256 digests recorded beside the
-    paths. So are other weights, under any name, once any result exists: every batch
+    paths, unless the run skipped it as no readable image and it still is none. So are other weights, under any name, once any result exists: every batch
     depends on them."""
     inputs = _absolute_inputs({"images": spec, "files": files, "weights": _weights(config)})
     inputs["sha256"] = [_digest(f) for f in files]
@@ -190,6 +190,11 @@ def _claim(config: Any, spec: Any, files: Sequence[Path], out: Path) -> None:
         # changed one is computed again. (A record written before digests were kept has
         # none to compare: its files are taken as they are now.)
         if changed and (out / "predictions.json").exists():
+            # A file the run skipped as no readable image that is still none (notes
+            # beside the photos): the results hold nothing of it.
+            skipped = {_absolute(s["file"]) for s in runs.read_json(out / "skipped.json") or []}
+            changed = [f for f in changed if f not in skipped or _readable(f, config)]
+        if changed and (out / "predictions.json").exists():
             raise runs.RunConfigError(
                 f"{len(changed)} input file(s) changed since this folder's results were "
                 f"computed from them, e.g. {changed[0]!r}; {hint}. Nothing was overwritten.",
@@ -225,6 +230,14 @@ def _claim(config: Any, spec: Any, files: Sequence[Path], out: Path) -> None:
                 hint=hint,
                 free=free[name],
             )
+
+
+def _readable(file: str, config: Any) -> bool:
+    """Whether the study would read `file` as an image now."""
+    loaded = images_lib.load_images(
+        [file], resize=int(config.resize), crop=int(config.crop), alpha=config.alpha
+    )
+    return bool(loaded.files)
 
 
 def _root(spec: Any, files: Sequence[Path]) -> Path:
