@@ -147,8 +147,8 @@ def _claim(config: Any, spec: Any, files: Sequence[Path], out: Path) -> None:
     (never another run's; see fmi_jax/runs.py): both are checked before either is
     recorded. A file whose contents changed under the same name since the run finished
     is refused like a changed list of files, by the SHA-256 digests recorded beside the
-    paths, unless the run skipped it as no readable image and it still is none. So are other weights, under any name, once any result exists: every batch
-    depends on them."""
+    paths, unless the run skipped it as no readable image and it still is none. So are
+    other weights, under any name, once any result exists: every batch depends on them."""
     inputs = _absolute_inputs({"images": spec, "files": files, "weights": _weights(config)})
     inputs["sha256"] = [_digest(f) for f in files]
     records = {
