@@ -36,8 +36,10 @@ It writes under `out`:
   sheets/<i>.png per image: the input, each method's map and overlay, the example's
                statistics and cross-method correlations
 
-`out` must be new, empty, or a previous report (which is then replaced); a folder
-holding anything else is refused, so nothing of the researcher's is overwritten.
+`out` must be new, empty, or a previous report (which is then replaced), known by its
+stats.json (written first, with ``kind``); a folder holding anything else, or a
+report's file names without that record, is refused, so nothing of the researcher's
+is overwritten.
 Every file is written atomically (a temporary file, then a rename).
 
 This module sits above attribution, evaluation and plotting (beside the studies) and
@@ -162,6 +164,14 @@ def report(
             raise ValueError(
                 f"labels must be {n} integer classes, got {labels.dtype} {labels.shape}"
             )
+    if isinstance(class_names, str):
+        raise ValueError(f"class_names must be a list of names, got the string {class_names!r}")
+    if max_sheets is not None and (
+        isinstance(max_sheets, bool)
+        or not isinstance(max_sheets, (int, np.integer))
+        or max_sheets < 0
+    ):
+        raise ValueError(f"max_sheets must be None or an integer >= 0, got {max_sheets!r}")
     if not 0 < topk_fraction <= 1:
         raise ValueError(f"topk_fraction must be in (0, 1], got {topk_fraction}")
     # The target checked first (shapes only): that fn maps x to (N, classes) logits,
@@ -169,6 +179,17 @@ def report(
     # comes from the logits, so the model runs over x once.
     checked = attribution.resolve_target(fn, x, 0 if target is None else target)
     logits = _logits(fn, x, batch_size)
+    bad = ~np.all(np.isfinite(logits), axis=-1)
+    if bad.any():
+        raise ValueError(
+            f"fn returned NaN or infinite logits for {int(bad.sum())} of the {n} examples "
+            f"(the first: #{int(np.argmax(bad))}): no class or probability to explain"
+        )
+    if labels is not None and (labels.min() < 0 or labels.max() >= logits.shape[-1]):
+        raise ValueError(
+            f"labels must be classes in [0, {logits.shape[-1]}) of the model's "
+            f"{logits.shape[-1]} logits, got {int(labels.min())}..{int(labels.max())}"
+        )
     target = jnp.asarray(logits.argmax(-1), jnp.int32) if target is None else checked
     if np.all(logits >= 0) and np.allclose(logits.sum(-1), 1, atol=1e-4):
         logging.warning(
@@ -211,6 +232,8 @@ def report(
     }
 
     out.mkdir(parents=True, exist_ok=True)
+    if not (out / "stats.json").exists():  # marks the folder as a report's from the start
+        runs.write_text_atomic(out / "stats.json", json.dumps({"kind": REPORT_KIND}))
     x = np.asarray(x)
     sheets = []
     for i in range(n if max_sheets is None else min(int(max_sheets), n)):
@@ -276,7 +299,10 @@ def _check_methods(methods: Any, options: Mapping[str, Any] | None) -> list[str]
 
 
 def _check_out(out: Path) -> None:
-    """`out` may be missing, empty, or hold a previous report and nothing else."""
+    """`out` may be missing, empty, or hold a previous report and nothing else: a
+    report's files beside the ``stats.json`` of a report (written first, marked with
+    ``kind``), so a researcher's own ``index.html`` or ``sheets/0.png`` is never taken
+    for one."""
     if not out.exists():
         return
     if not out.is_dir():
@@ -293,13 +319,15 @@ def _check_out(out: Path) -> None:
             ]
             continue
         foreign.append(entry.name)
-    if not foreign and (out / "stats.json").exists():
+    holds = any(not _TEMPORARY.fullmatch(entry.name) for entry in out.iterdir())
+    if not foreign and holds:
         try:
             kind = json.loads((out / "stats.json").read_text()).get("kind")
-        except (ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError):
             kind = None
         if kind != REPORT_KIND:
-            foreign.append("stats.json (not a report's)")
+            own = sorted(e.name for e in out.iterdir() if not _TEMPORARY.fullmatch(e.name))
+            foreign += [f"{name} without a report's stats.json" for name in own]
     if foreign:
         shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
         raise ValueError(

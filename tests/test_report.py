@@ -140,10 +140,18 @@ def test_bad_input_is_refused_with_one_line(tmp_path):
         (dict(methods=("saliency",), x=x[0]), r"without its batch axis: pass x\[None\]"),
         (dict(methods=("saliency",), images=x[:2]), r"images of shape \(2, 8, 8, 1\) do not fit"),
         (dict(methods=("saliency",), images=x - 0.5), r"images must be in \[0, 1\] for display"),
+        (dict(methods=("saliency",), labels=[0, 1, 2, 7]), r"labels must be classes in \[0, 3\)"),
+        (dict(methods=("saliency",), class_names="abc"), "a list of names, got the string 'abc'"),
+        (dict(methods=("saliency",), max_sheets=-1), "max_sheets must be None or an integer >= 0"),
+        (dict(methods=("saliency",), max_sheets=1.7), "max_sheets must be None or an integer"),
+        (
+            dict(methods=("saliency",), fn=lambda z: jnp.log(fn(z) - 9.0)),
+            r"fn returned NaN or infinite logits for 4 of the 4 examples \(the first: #0\)",
+        ),
     ]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message) as error:
-            report(fn, kwargs.pop("x", x), out=tmp_path / "new", **kwargs)
+            report(kwargs.pop("fn", fn), kwargs.pop("x", x), out=tmp_path / "new", **kwargs)
         assert "\n" not in str(error.value)
     assert not (tmp_path / "new").exists()  # nothing written
     foreign = tmp_path / "notes"
@@ -159,6 +167,16 @@ def test_bad_input_is_refused_with_one_line(tmp_path):
     with pytest.raises(ValueError, match="stats.json"):
         report(fn, x, methods=("saliency",), out=foreign)
     assert (foreign / "stats.json").read_text() == "{}"
+    # A researcher's own page and figure under a report's names, without a report's
+    # stats.json: neither is replaced or deleted.
+    (foreign / "stats.json").unlink()
+    (foreign / "sheets").mkdir()
+    (foreign / "sheets" / "7.png").write_bytes(b"mine")
+    (foreign / "index.html").write_text("my own page")
+    with pytest.raises(ValueError, match="index.html without a report's stats.json"):
+        report(fn, x, methods=("saliency",), out=foreign)
+    assert (foreign / "index.html").read_text() == "my own page"
+    assert (foreign / "sheets" / "7.png").read_bytes() == b"mine"
 
 
 def test_probabilities_instead_of_logits_are_flagged(tmp_path, caplog):
