@@ -44,8 +44,12 @@ flattened to a vector, and ``y_k`` the logit of class k.
   them (R scores per concept, R null scores) and compares each concept's sign counts
   with the null's by a two-sided Student t-test (equal variances, as Kim et al.'s code
   calls ``scipy.stats.ttest_ind``). A concept is significant when ``p < alpha / C``
-  for C concepts tested together (Bonferroni, as in the paper). The CAVs do not
-  depend on the class, so one :class:`ConceptBank` serves every class::
+  for C concepts tested together (Bonferroni, as in the paper). The test is the
+  paper's, not an exact one: the R concept CAVs share one concept set and each random
+  set serves in two null CAVs, so neither sample holds independent values, as the
+  t-test assumes. Their scores vary together, and a concept drawn like the random sets
+  comes out significant more often than ``alpha``; read the p-value as a screen.
+  The CAVs do not depend on the class, so one :class:`ConceptBank` serves every class::
 
       cavs = fit_cavs(handle, layer="conv3", concepts={"stripes": s}, random_sets=r)
       results = tcav(handle, x_zebra, zebra, cavs=cavs)   # {"stripes": ConceptTest}
