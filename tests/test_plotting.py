@@ -488,3 +488,44 @@ def test_sheet_marks_undefined_correlations_and_draws_uint8_inputs_in_grey_level
     assert panel.images[0].cmap.get_bad()[3] == 1.0  # an opaque grey, not white (= 0)
     drawn = next(ax for ax in fig.axes if ax.get_label() == "input").images[0].get_array()
     np.testing.assert_allclose(np.asarray(drawn)[0, :, 0], np.arange(0, 256, 16) / 255)
+
+
+def test_arguments_that_do_not_fit_the_maps_are_one_line_errors():
+    """Each of these used to draw a wrong figure (examples left out, a matrix cropped,
+    a method that is not drawn in the table) or fail deep inside."""
+    image, maps = np.zeros((8, 8)), {"a": np.ones((8, 8)), "b": -np.ones((8, 8))}
+    cases = [
+        (
+            lambda: plotting.class_gallery(np.zeros((6, 8, 8)), np.ones((6, 8, 8)), [0, 1], "ab"),
+            r"one map and one label per image, got 6 images, 6 maps and 2 labels",
+        ),
+        (
+            lambda: plotting.layer_grid(
+                np.zeros((2, 8, 8)), {"l": np.ones((2, 8, 8))}, row_titles=["x"]
+            ),
+            r"row_titles has 1 labels for 2 images",
+        ),
+        (
+            lambda: plotting.concept_scores({"l": np.zeros((3, 2))}, {}, "abc", "xy"),
+            r"significant has no entry for the layer\(s\) \['l'\]",
+        ),
+        (
+            lambda: plotting.explanation_sheet(image, maps, correlation=np.eye(3)),
+            r"the correlation matrix has shape \(3, 3\), expected \(2, 2\)",
+        ),
+        (
+            lambda: plotting.explanation_sheet(image, maps, stats={"c": {"sum": 1.0}}),
+            r"stats name \['c'\], which are not among the maps \['a', 'b'\]",
+        ),
+        (
+            lambda: plotting.agreement_matrices({"Spearman": np.eye(3)}, ["a", "b"]),
+            r"the 'Spearman' matrix has shape \(3, 3\), expected \(2, 2\)",
+        ),
+        (
+            lambda: plotting.heatmap(np.ones((8, 8)), outlier_percentile=200),
+            r"outlier_percentile must be in \[0, 100\)",
+        ),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()

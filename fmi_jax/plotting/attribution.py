@@ -24,6 +24,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
@@ -127,6 +128,11 @@ def _signed(attr: np.ndarray, sign: str) -> np.ndarray:
 def _percentile_scale(values: np.ndarray, outlier_percentile: float) -> float:
     """The (100 - outlier_percentile)-th percentile of |values|; their maximum when
     that is 0 (a sparse map); 0 only for an all-zero map."""
+    if not 0 <= outlier_percentile < 100:
+        raise ValueError(
+            f"outlier_percentile must be in [0, 100) (the share of the largest |values| "
+            f"left out of the scale), got {outlier_percentile!r}"
+        )
     v = np.abs(np.asarray(values, np.float64)).ravel()
     if not v.size:
         return 0.0
@@ -317,6 +323,16 @@ def sign_modes(
     return finish(fig, path)
 
 
+def _check_square(matrix: Any, names: Sequence[str], what: str) -> None:
+    """A method-by-method matrix must have one row and column per name."""
+    shape = np.shape(matrix)
+    if shape != (len(names), len(names)):
+        raise ValueError(
+            f"the {what} matrix has shape {shape}, expected {(len(names), len(names))}: "
+            f"one row and column per method {list(names)}"
+        )
+
+
 def explanation_sheet(
     image: np.ndarray,
     maps: Mapping[str, np.ndarray],
@@ -348,6 +364,11 @@ def explanation_sheet(
     names = list(maps)
     if not names:
         raise ValueError("explanation_sheet needs at least one map")
+    extra = [n for n in stats or {} if n not in maps]
+    if extra:
+        raise ValueError(f"stats name {extra}, which are not among the maps {names}")
+    if correlation is not None:
+        _check_square(correlation, names, "correlation")
     signs = dict(signs or {})
     sign_of = {name: signs.get(name) or default_sign(maps[name]) for name in names}
     scales = dict(
@@ -434,6 +455,11 @@ def class_gallery(
     maps drawn. Saved when `path` is given.
     """
     images, maps, labels = np.asarray(images), np.asarray(maps), np.asarray(labels)
+    if not len(images) == len(maps) == len(labels):
+        raise ValueError(
+            f"class_gallery needs one map and one label per image, got {len(images)} "
+            f"images, {len(maps)} maps and {len(labels)} labels"
+        )
     unnamed = sorted({int(c) for c in labels if not 0 <= c < len(class_names)})
     if unnamed:
         raise ValueError(
@@ -490,6 +516,8 @@ def agreement_matrices(
     all on one diverging scale from -1 to 1, so that 0 (no agreement) is white in every
     matrix and run; an undefined entry (NaN) is a grey cell marked n/a. Saved when
     `path` is given."""
+    for title, m in matrices.items():
+        _check_square(m, names, repr(title))
     fig = new_figure(figsize=(1.2 + 3.6 * len(matrices), 1.4 + 0.45 * len(names)))
     axes = fig.subplots(1, len(matrices), squeeze=False)
     cmap = colormaps["RdBu_r"].with_extremes(bad="#bdbdbd")
@@ -523,6 +551,9 @@ def concept_scores(
     if not layers:
         raise ValueError("concept_scores needs the scores of at least one layer")
     shape = (len(classes), len(concepts))
+    missing = [layer for layer in layers if layer not in significant]
+    if missing:
+        raise ValueError(f"significant has no entry for the layer(s) {missing} of scores")
     for layer in layers:
         for name, values in (("scores", scores[layer]), ("significant", significant[layer])):
             if np.shape(values) != shape:
@@ -591,6 +622,8 @@ def layer_grid(
     if not layers:
         raise ValueError("layer_grid needs the maps of at least one layer")
     n = len(images)
+    if row_titles is not None and len(row_titles) != n:
+        raise ValueError(f"row_titles has {len(row_titles)} labels for {n} images: give one each")
     for layer in layers:
         if len(maps[layer]) != n:
             raise ValueError(f"{layer}: {len(maps[layer])} maps for {n} images")
