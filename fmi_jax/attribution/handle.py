@@ -1234,12 +1234,14 @@ def image_layer_call(
 
 
 def _takes(handle: FlaxModel, x: Array, layer: str) -> bool:
-    """Whether ``handle`` runs on ``x`` as far as ``layer``."""
+    """Whether ``handle`` runs on ``x`` as far as ``layer`` and maps it to one row of
+    logits per example (a 1-D conv also runs on an extra leading axis, to no logits)."""
     try:
         handle.layer_shape(x, layer)
+        logits = jax.eval_shape(handle, x)
     except Exception:  # noqa: BLE001  (any failure: it does not)
         return False
-    return True
+    return logits.ndim == 2 and logits.shape[0] == x.shape[0]
 
 
 def activation_and_gradient(

@@ -1171,6 +1171,24 @@ def test_full_grad_and_guided_grad_cam_read_images_without_a_channel_axis_as_wit
     )
 
 
+class _Conv1D(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(3)(nn.relu(nn.Conv(4, (3,), name="conv")(x)).mean(-2))
+
+
+def test_a_batch_of_sequences_is_not_taken_for_one_image():
+    # A 1-D conv also runs on x[None] (to logits of shape (1, 2, 3)): that is no
+    # reason to advise a batch axis the input already has.
+    x = testdata.normal(jax.random.key(2), (2, 16, 2))
+    model = _Conv1D()
+    handle = A.flax_model(model, jax.jit(model.init)(jax.random.key(3), x))
+    for method in (A.grad_cam, A.layer_integrated_gradients):
+        with pytest.raises(ValueError, match="has no layer 'conv' with an") as error:
+            method(handle, x, layer="conv")
+        assert "x[None]" not in str(error.value)
+
+
 def test_one_image_without_its_batch_axis_is_named_as_such(small_cnn):
     # (H, W, C) could read as a batch of (H, W) images: the model's refusal says which.
     model, variables, x = small_cnn
