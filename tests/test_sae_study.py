@@ -220,3 +220,19 @@ def test_figures_of_another_checkpoint_or_other_settings_are_kept_and_redrawn(tm
     assert (tmp_path / "decoder_atoms.2.png").exists()
     for name in names[1:]:
         assert (tmp_path / name.replace(".png", ".1.png")).read_bytes() == first[name]
+
+
+@pytest.mark.parametrize(
+    "raised, message",
+    [
+        (KeyboardInterrupt(), r"^interrupted in phase autoencoder before its training began: run "),
+        (KeyboardInterrupt("training's own"), r"^training's own$"),  # kept as it is
+    ],
+)
+def test_an_interrupt_says_how_to_resume(tmp_path, monkeypatch, raised, message):
+    def interrupted(config, workdir, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(sae_lib.loop_lib, "train_and_evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt, match=message):
+        studies.run_sae_study(smoke_config(), tmp_path)

@@ -326,9 +326,17 @@ def run_sae_study(config: ml_collections.ConfigDict, workdir: str | Path) -> Sae
         logging.info("phase %s", phase)
         phase_run = phase_config(config, phase, workdir)
         _relative_init_from(workdir / phase, phase_run)
-        loop_lib.train_and_evaluate(
-            phase_run, workdir / phase, on_epoch_end=figures.training_curves(phase_run)
-        )
+        try:
+            loop_lib.train_and_evaluate(
+                phase_run, workdir / phase, on_epoch_end=figures.training_curves(phase_run)
+            )
+        except KeyboardInterrupt as interrupt:
+            if str(interrupt):  # training's own message: where it stopped, how to resume
+                raise
+            raise KeyboardInterrupt(
+                f"interrupted in phase {phase} before its training began: run the same "
+                "command to resume (finished phases are kept)"
+            ) from None
     final = phases[-1]
 
     model, variables, run_config, epoch = evaluate_lib.restore_model(
