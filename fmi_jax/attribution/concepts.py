@@ -146,7 +146,7 @@ class ConceptTest(NamedTuple):
 
 
 def layer_activations(model: Any, x: Array, *, layer: str, batch_size: int | None = None) -> Array:
-    """The activation ``A(x)`` of ``layer``, float32 ``(N, h, w, K)``, ``batch_size``
+    """The activation ``A(x)`` of ``layer``, float32 ``(N, ...)``, ``batch_size``
     examples per forward pass (Captum: ``LayerActivation``)."""
     handle, x, _ = layer_call(model, x, layer, "layer_activations", batch_size)
 

@@ -19,9 +19,9 @@ a convolution's bias at every position, a batch norm's
 ``beta - gamma mean / sqrt(var + eps)``, so no layer type needs code of its own; it does
 not depend on the input, so it is computed once, from the first example. Only layers with an
 ``(N, h, w, K)`` output have a map: the bias of a dense layer on flattened features (a
-classifier's head) is a term without one, and the terms of the layers left out make up
-the rest of ``f_c(x)``. The test suite checks the sum, with the head's bias, on Linen
-and NNX networks.
+classifier's head, ``(N, classes)``) is a term without one, left out of the default
+``layers``; name it in ``layers`` and the terms add up to ``f_c(x)`` exactly, as the test
+suite checks on Linen and NNX networks.
 
 The saliency map (:func:`full_grad`) adds every term's post-processed map,
 
@@ -134,7 +134,7 @@ def bias_layers(model: Any, x: Array) -> tuple[str, ...]:
     """
     handle = as_flax_model(model, "bias_layers")
     x = as_input(x)
-    for name, (module_type, calls, reason) in handle.refused_layers(x).items():
+    for name, (module_type, calls, reason) in handle.refused_layers(x, images_only=True).items():
         # A dense layer never seen (NNX: unused, or run inside a transform) may well be
         # a head on flattened features, whose bias has no map anyway.
         if _affine(module_type) and (calls > 0 or not issubclass(module_type, _DENSE)):

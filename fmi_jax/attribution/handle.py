@@ -25,19 +25,22 @@ every call is a pure function of its array arguments, so a handle can be used in
 Layers are named by their module path, ``'/'``-joined (``'conv2'``, ``'block/conv'``,
 ``'blocks/0/conv'`` for the first entry of a list of NNX modules). The candidates,
 listed by :meth:`FlaxModel.layer_names` in call order, are the submodules whose
-``__call__`` returns an ``(N, h, w, K)`` array exactly once per forward pass and whose
-output :meth:`FlaxModel.capture` can hand back; asking for any other layer is a one-line
+``__call__`` returns one array with the batch axis first (``(N, h, w, K)`` from a
+convolution, ``(N, K)`` from a dense layer, ``(N, T, D)`` from a token layer) exactly once
+per forward pass and whose output :meth:`FlaxModel.capture` can hand back (a module that
+returns a tuple or a dict is not one); asking for any other layer is a one-line
 ``ValueError`` that says why (unknown, called several times, hidden inside a transform)
 raised before any array is built from the layer's shape. A pass with
 :func:`jax.eval_shape` finds the layers and counts their calls (cached per input shape).
 
-Not every four-axis output is an image: a general dense layer that splits its features
-into two axes (attention's query, key and value) turns tokens ``(N, T, D)`` into
-``(N, T, heads, head_dim)``. Such a layer can be captured (layer attributions, concept
-activations and full-gradient terms take any shape), but the methods that draw a
-layer's output as a map over the image (the CAMs, FullGrad's map, the registry's layer
-maps) refuse it through :func:`image_layer_call`, and
-``layer_names(x, images_only=True)`` leaves it out.
+Only a four-axis output can be an image, and not every one is: a general dense layer
+that splits its features into two axes (attention's query, key and value) turns tokens
+``(N, T, D)`` into ``(N, T, heads, head_dim)``. Every layer can be captured (layer and
+neuron attributions, concept activations and :func:`~fmi_jax.attribution.at_layer` take
+any shape), but the methods that draw a layer's output as a map over the image (the
+CAMs, FullGrad's map, the registry's layer maps) refuse the layers without image rows
+and columns through :func:`image_layer_call`, and ``layer_names(x, images_only=True)``
+leaves them out.
 
 How a layer is captured:
 
@@ -49,7 +52,7 @@ How a layer is captured:
   ``module.perturb`` adds ``delta``, passed in as another private collection. So a layer
   wrapped in ``nn.remat``, or inside a remat'd parent, is captured exactly as without
   remat. A layer inside ``nn.scan`` or ``nn.vmap`` is refused: those transforms drop the
-  collection or return the layer's output stacked, not as one ``(N, h, w, K)`` array.
+  collection or return the layer's output stacked, not as one ``(N, ...)`` array.
 * NNX: ``nnx.capture`` needs the model's own code to call ``self.perturb`` to inject a
   ``delta`` (that would mean editing the model), and its ``method_outputs`` option
   records outputs by patching every submodule's *class* for the whole process while it
@@ -181,10 +184,11 @@ class FlaxModel:
 
     def layer_names(self, x: Array, *, images_only: bool = False) -> tuple[str, ...]:
         """The layers :meth:`capture` can take, for inputs like ``x``: every submodule
-        whose ``__call__`` returns an ``(N, h, w, K)`` array once per forward pass, as
-        its ``'/'``-joined module path, in the order the calls return (so a block comes
-        right after the layers inside it). ``images_only`` leaves out the layers whose
-        axes 1 and 2 are not image rows and columns (:meth:`not_an_image`)."""
+        whose ``__call__`` returns one ``(N, ...)`` array (the batch axis first) once per
+        forward pass, as its ``'/'``-joined module path, in the order the calls return (so
+        a block comes right after the layers inside it). ``images_only`` keeps only the
+        ``(N, h, w, K)`` layers with image rows and columns on axes 1 and 2 (the CAMs'
+        choices; :meth:`not_an_image`)."""
         table = self._table(jnp.asarray(x))
         return tuple(
             name
@@ -193,8 +197,9 @@ class FlaxModel:
         )
 
     def not_an_image(self, x: Array, layer: str) -> str | None:
-        """Why ``layer``'s ``(N, a, b, K)`` output has no image rows and columns on its
-        axes 1 and 2 (attention's query, key and value), or None when it has them.
+        """Why ``layer``'s output has no image rows and columns on its axes 1 and 2 (it
+        is not ``(N, h, w, K)``, or it is attention's query, key or value), or None when
+        it has them.
 
         Raises:
           ValueError: as :meth:`capture`, for a layer it cannot take.
@@ -218,7 +223,7 @@ class FlaxModel:
         cast to ``A``'s dtype. The user's model is never edited.
 
         Raises:
-          ValueError: the model has no such layer with an ``(N, h, w, K)`` output (the
+          ValueError: the model has no such layer returning an ``(N, ...)`` array (the
             message lists the ones it has), the layer is called more than once (or,
             NNX, only inside a transform) per forward pass, it runs inside a transform
             that does not hand its output back, or ``delta`` has the wrong shape.
@@ -239,15 +244,18 @@ class FlaxModel:
         """
         return self._check(jnp.asarray(x), layer).module_type
 
-    def refused_layers(self, x: Array) -> dict[str, tuple[type | None, int, str]]:
-        """The submodules with an ``(N, h, w, K)`` output (or, NNX, never called by the
+    def refused_layers(
+        self, x: Array, *, images_only: bool = False
+    ) -> dict[str, tuple[type | None, int, str]]:
+        """The submodules with an ``(N, ...)`` output (or, NNX, never called by the
         model's own code) that :meth:`capture` cannot take, for inputs like ``x``: name ->
-        (module class, calls seen in one forward pass, why)."""
+        (module class, calls seen in one forward pass, why). ``images_only`` leaves out
+        those whose output, as far as it was seen, has no image rows and columns."""
         table = self._table(jnp.asarray(x))
         return {
             name: (info.module_type, info.calls, reason)
             for name, info in table.items()
-            if (reason := _refusal(info)) is not None
+            if (reason := _refusal(info)) is not None and not (images_only and info.not_an_image)
         }
 
     def perturb_layers(self, x: Array, deltas: Mapping[str, Array]) -> Array:
@@ -343,7 +351,7 @@ class FlaxModel:
         raise NotImplementedError
 
     def _find_layers(self, x: jax.ShapeDtypeStruct) -> dict[str, _Layer]:
-        """Every submodule whose call returns an ``(N, h, w, K)`` array, in call order."""
+        """Every submodule whose call returns an ``(N, ...)`` array, in call order."""
         raise NotImplementedError
 
     def _table(self, x: Array) -> dict[str, _Layer]:
@@ -366,8 +374,8 @@ class FlaxModel:
             if others:
                 available += f"; not images (layer methods only, no CAMs): {', '.join(others)}"
             raise ValueError(
-                f"{self._name} has no layer {layer!r} with an (N, h, w, channels) "
-                f"output; available layers: {available}"
+                f"{self._name} has no layer {layer!r} returning one (N, ...) array; "
+                f"available layers: {available}"
             )
         refusal = _refusal(info)
         if refusal is not None:
@@ -394,12 +402,23 @@ def _refusal(info: _Layer) -> str | None:
     return None
 
 
-def _not_an_image(module: Any) -> str | None:
-    """Why a four-axis output of ``module`` has no image rows and columns, if it has none:
-    a general dense layer whose features span several axes leaves fewer than two of its
-    input's axes before them, so on tokens ``(N, T, D)`` it returns
-    ``(N, T, heads, head_dim)`` (attention's query, key and value), and resizing axes 1
-    and 2 onto the image would paint tokens as rows and heads as columns."""
+def _not_an_image(module: Any, shape: tuple[int, ...]) -> str | None:
+    """Why ``module``'s output of ``shape`` has no image rows and columns on its axes 1
+    and 2, if it has none.
+
+    Only a four-axis output ``(N, h, w, K)`` can have them: features ``(N, K)``, tokens
+    ``(N, T, D)`` and volumes have not. Nor has a general dense layer whose features span
+    several axes: it leaves fewer than two of its input's axes before them, so on tokens
+    ``(N, T, D)`` it returns ``(N, T, heads, head_dim)`` (attention's query, key and
+    value), and resizing axes 1 and 2 onto the image would paint tokens as rows and heads
+    as columns."""
+    if len(shape) != 4:
+        what = {2: "features", 3: "a sequence of tokens"}.get(len(shape), "no image")
+        return (
+            f"returns {what} (shape {shape}), not an (N, h, w, channels) map: layer and "
+            "neuron methods take it, CAMs and image maps need a layer with image rows "
+            "and columns"
+        )
     if isinstance(module, nn.DenseGeneral):
         features = module.features
     elif isinstance(module, nnx.LinearGeneral):
@@ -414,6 +433,13 @@ def _not_an_image(module: Any) -> str | None:
         "axes 1 and 2 are not an image's rows and columns; pick a layer with an "
         "image-shaped output"
     )
+
+
+def _per_example(out: Any, x: jax.ShapeDtypeStruct) -> bool:
+    """Whether a module's output is an array with the batch axis of the model's input
+    ``x`` first and features after it: what :meth:`FlaxModel.capture` can take."""
+    shape = getattr(out, "shape", None)
+    return shape is not None and len(shape) >= 2 and shape[0] == x.shape[0]
 
 
 def _zero_first_input(
@@ -680,16 +706,14 @@ class _LinenModel(FlaxModel):
         # The interceptor sees every call, even inside lifted transforms, but only the
         # sown values (threaded out of the transforms by Flax) say what capture gets.
         seen: dict[tuple[str, ...], list[tuple[int, ...]]] = {}
-        types: dict[tuple[str, ...], type] = {}
-        planes: dict[tuple[str, ...], str | None] = {}
+        modules: dict[tuple[str, ...], nn.Module] = {}
 
         def record(next_fun, args, kwargs, context):
             out = next_fun(*args, **kwargs)
             path = tuple(context.module.path)
-            if context.method_name == "__call__" and path and getattr(out, "ndim", 0) == 4:
+            if context.method_name == "__call__" and path and _per_example(out, x):
                 seen.setdefault(path, []).append(tuple(out.shape))
-                types[path] = type(context.module)
-                planes[path] = _not_an_image(context.module)
+                modules[path] = context.module
                 context.module.sow(_CAPTURE, _NAME, out)
             return out
 
@@ -712,19 +736,19 @@ class _LinenModel(FlaxModel):
                     dtype=None,
                     problem=(
                         "runs inside a Flax transform (such as nn.scan or nn.vmap) that "
-                        "does not hand its output back as one (N, h, w, channels) array"
+                        f"does not hand its output back as one {shapes[0]} array"
                         f"{out}; capture a layer outside the transform"
                     ),
-                    module_type=types[path],
-                    not_an_image=planes[path],
+                    module_type=type(modules[path]),
+                    not_an_image=_not_an_image(modules[path], shapes[0]),
                 )
             else:
                 table[_path(path)] = _Layer(
                     calls=len(values),
                     shape=tuple(values[0].shape),
                     dtype=values[0].dtype,
-                    module_type=types[path],
-                    not_an_image=planes[path],
+                    module_type=type(modules[path]),
+                    not_an_image=_not_an_image(modules[path], tuple(values[0].shape)),
                 )
         return table
 
@@ -965,20 +989,18 @@ class _NnxModel(FlaxModel):
         calls: dict[str, list[Any]] = {}  # every output of every call, in call order
         names: list[str] = []
 
-        types: dict[str, type] = {}
-        planes: dict[str, str | None] = {}
+        found: dict[str, nnx.Module] = {}
 
         def forward(x):
             model = _nnx_copy(self._static, self._weights)
             modules = _submodules(model)
             names.extend(modules)
-            types.update({name: type(m) for name, m in modules.items()})
-            planes.update({name: _not_an_image(m) for name, m in modules.items()})
+            found.update(modules)
 
             def recorder(name):
                 def hook(out, at_zero):
                     calls.setdefault(name, []).append(
-                        jax.ShapeDtypeStruct(out.shape, out.dtype) if hasattr(out, "ndim") else None
+                        jax.ShapeDtypeStruct(out.shape, out.dtype) if _per_example(out, x) else None
                     )
                     return out
 
@@ -991,20 +1013,21 @@ class _NnxModel(FlaxModel):
         jax.eval_shape(forward, x)
         table = {}
         for name, outs in calls.items():
-            maps = [out for out in outs if out is not None and out.ndim == 4]
-            if maps:
+            arrays = [out for out in outs if out is not None]
+            if arrays:
+                shape = tuple(arrays[0].shape)
                 table[name] = _Layer(
                     len(outs),
-                    tuple(maps[0].shape),
-                    maps[0].dtype,
-                    module_type=types[name],
-                    not_an_image=planes[name],
+                    shape,
+                    arrays[0].dtype,
+                    module_type=type(found[name]),
+                    not_an_image=_not_an_image(found[name], shape),
                 )
         # Modules the forward pass never called: the hooks see only calls made on the
         # copy itself, not on the copies NNX transforms make of it.
         for name in names:
             if name not in calls:
-                table[name] = _Layer(calls=0, shape=(), dtype=None, module_type=types[name])
+                table[name] = _Layer(calls=0, shape=(), dtype=None, module_type=type(found[name]))
         return table
 
 

@@ -1,7 +1,8 @@
 r"""Layer and neuron attribution: what a hidden layer, or one of its units, contributes.
 
 Layer methods explain the target logit ``y_t`` by the units of a named layer and return
-maps shaped like the layer's activation ``A`` (``(N, h, w, K)``); neuron methods explain
+maps shaped like the layer's activation ``A`` (``(N, h, w, K)`` for a convolution,
+``(N, K)`` for a dense layer, ``(N, T, D)`` for tokens); neuron methods explain
 one unit ``A_n`` of that layer (``neuron=``, an index tuple into ``A`` without the batch
 axis, Captum's ``neuron_selector`` tuple) by the input features and return maps shaped
 like ``x``. Below, ``x'`` is the baseline, ``x(a) = x' + a (x - x')`` the straight input
@@ -135,7 +136,7 @@ train=False)`` or ``flax_model(nnx_module)``; a ``(module, variables)`` tuple or
 delta)`` replaces ``A`` by ``A + delta`` for the rest of the forward pass, so the gradient
 with respect to ``delta`` is ``dy/dA`` at the patched activation
 (:mod:`fmi_jax.attribution.handle`). The layer must be one the handle can capture
-(``handle.layer_names(x)``: modules returning ``(N, h, w, K)`` arrays, called once).
+(``handle.layer_names(x)``: modules returning one ``(N, ...)`` array, called once).
 
 Memory: every (example, node) evaluation goes through
 :func:`fmi_jax.attribution.core.sum_over_samples` in chunks of ``batch_size``, so peak
@@ -284,7 +285,7 @@ def layer_gradient_x_activation(
       layer: module path of the layer (``handle.layer_names(x)``).
 
     Returns:
-      float32 attributions shaped like the layer's activation ``(N, h, w, K)``.
+      float32 attributions shaped like the layer's activation ``A``.
     """
     name = "layer_gradient_x_activation"
     refuse_baseline(baseline, name)
@@ -463,7 +464,8 @@ def neuron_gradient(
       baseline: must be None (no reference input).
       batch_size: examples per backward pass.
       neuron: index tuple into the layer's activation without the batch axis, e.g.
-        ``(i, j, k)`` for row i, column j, channel k of an ``(N, h, w, K)`` layer.
+        ``(i, j, k)`` for row i, column j, channel k of an ``(N, h, w, K)`` layer,
+        ``(k,)`` for unit k of an ``(N, K)`` dense layer.
 
     Returns:
       float32 gradients shaped like ``x``.
@@ -719,7 +721,7 @@ def at_layer(method: Method) -> Method:
       at the layer itself, passed as is (Captum's ``layer_baselines``); with neither,
       ``method`` keeps its own default at the layer (zero activations). ``key``,
       ``batch_size`` and ``options`` go to ``method`` unchanged. It returns what
-      ``method`` returns, shaped like the layer's activation ``(N, h, w, K)``.
+      ``method`` returns, shaped like the layer's activation.
 
     Raises:
       ValueError: for a method that takes a model handle (its first parameter is

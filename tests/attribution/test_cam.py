@@ -826,7 +826,8 @@ def test_unknown_layer_lists_the_available_ones(small_cnn):
     for method in ALL_CAMS:
         with pytest.raises(ValueError, match=r"no layer 'conv9'.*available layers: conv1/conv"):
             method((model, variables), x, layer="conv9")
-    with pytest.raises(ValueError, match="no layer 'fc1'"):  # exists, but is not a feature map
+    message = "grad_cam: layer 'fc1' returns features .* not an \\(N, h, w, channels\\) map"
+    with pytest.raises(ValueError, match=message):  # exists, but is not a feature map
         A.grad_cam((model, variables), x, layer="fc1")
 
 
@@ -1183,10 +1184,14 @@ def test_a_batch_of_sequences_is_not_taken_for_one_image():
     x = testdata.normal(jax.random.key(2), (2, 16, 2))
     model = _Conv1D()
     handle = A.flax_model(model, jax.jit(model.init)(jax.random.key(3), x))
-    for method in (A.grad_cam, A.layer_integrated_gradients):
-        with pytest.raises(ValueError, match="has no layer 'conv' with an") as error:
-            method(handle, x, layer="conv")
-        assert "x[None]" not in str(error.value)
+    with pytest.raises(ValueError, match="layer 'conv' returns a sequence of tokens") as error:
+        A.grad_cam(handle, x, layer="conv")
+    assert "x[None]" not in str(error.value)
+    # Layer methods take the sequence: complete at the layer, as on images.
+    attributions = A.layer_integrated_gradients(handle, x, 1, layer="conv", steps=64)
+    assert attributions.shape == (2, 16, 4)
+    change = handle(x)[:, 1] - handle(jnp.zeros_like(x))[:, 1]
+    np.testing.assert_allclose(attributions.sum(axis=(1, 2)), change, rtol=1e-3, atol=1e-4)
 
 
 def test_one_image_without_its_batch_axis_is_named_as_such(small_cnn):

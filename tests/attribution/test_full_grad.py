@@ -97,6 +97,15 @@ def test_the_full_gradient_terms_sum_to_the_logit(backend):
     np.testing.assert_allclose(total, logits, rtol=1e-4, atol=1e-5)
     # Input x gradient alone misses the biases' share.
     assert float(jnp.abs(terms.input.sum(axis=(1, 2, 3)) - logits).max()) > 1e-2
+    # Named, the head's term is its bias times a one-hot gradient: with it the terms
+    # alone add up to the logit, and it has no map.
+    named = A.full_gradients(handle, X, target, layers=("conv1", "bn1", "conv2", "head"))
+    np.testing.assert_allclose(named.biases["head"], jax.nn.one_hot(target, 3) * head_bias)
+    total = named.input.sum(axis=(1, 2, 3))
+    total += sum(term.reshape(3, -1).sum(axis=1) for term in named.biases.values())
+    np.testing.assert_allclose(total, logits, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="full_grad: layer 'head' returns features"):
+        A.full_grad(handle, X, target, layers=("conv1", "head"))
 
 
 def test_full_grad_is_the_post_processed_sum_of_the_terms():

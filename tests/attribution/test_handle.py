@@ -15,7 +15,8 @@ from flax import nnx
 from fmi_jax.attribution.handle import FlaxModel, as_flax_model, flax_model
 
 CHANNELS, FEATURES, CLASSES = 2, 4, 3
-LAYERS = ("conv1", "bn", "drop", "conv2")  # every (N, h, w, K) output, in call order
+IMAGE_LAYERS = ("conv1", "bn", "drop", "conv2")  # every (N, h, w, K) output, in call order
+LAYERS = (*IMAGE_LAYERS, "head")  # and the dense head's (N, classes)
 
 
 class LinenCNN(nn.Module):
@@ -164,6 +165,7 @@ def test_linen_logits_and_activations_match_flax(linen, linen_handle, x):
     )
     close(linen_handle(x), expected)
     assert linen_handle.layer_names(x) == LAYERS
+    assert linen_handle.layer_names(x, images_only=True) == IMAGE_LAYERS
     for layer in LAYERS:
         logits, activation = linen_handle.capture(x, layer)
         close(logits, expected)
@@ -527,11 +529,12 @@ def test_an_nnx_handle_whose_keywords_carry_rngs_runs(x):
 
 def test_unknown_layer_lists_the_available_ones(handle, x):
     model = "LinenCNN" if "Linen" in repr(handle) else "NnxCNN"
-    message = f"{model} has no layer 'conv3'.*available layers: conv1, bn, drop, conv2$"
+    message = (
+        f"{model} has no layer 'conv3'.*available layers: conv1, bn, drop, conv2; "
+        r"not images \(layer methods only, no CAMs\): head$"
+    )
     with pytest.raises(ValueError, match=message):
         handle.capture(x, "conv3")
-    with pytest.raises(ValueError, match="has no layer 'head'"):  # not (N, h, w, K)
-        handle.layer_shape(x, "head")
     with pytest.raises(ValueError, match=r"has no layer \['conv1'\].*: conv1, bn"):  # a list
         handle.capture(x, ["conv1"])
 
@@ -609,9 +612,12 @@ PROJECTIONS = ("attn/query", "attn/key", "attn/value")
 
 
 def test_attention_projections_are_layers_but_not_image_planes(attention, x):
-    assert sorted(attention.layer_names(x)) == sorted(("patch", *PROJECTIONS))
+    tokens = ("attn/out", "attn", "head")  # (N, T, D) twice, then (N, classes)
+    assert attention.layer_names(x) == ("patch", *PROJECTIONS, *tokens)
     assert attention.layer_names(x, images_only=True) == ("patch",)
     assert attention.not_an_image(x, "patch") is None
+    assert "returns a sequence of tokens (shape (4, 16, 8))" in attention.not_an_image(x, "attn")
+    assert "returns features (shape (4, 3))" in attention.not_an_image(x, "head")
     # A misspelt layer's error sets the image layers (a CAM's choices) apart.
     message = r"available layers: patch; not images \(layer methods only, no CAMs\): attn/"
     with pytest.raises(ValueError, match=message):
@@ -675,7 +681,8 @@ def test_remat_layers_are_captured_as_without_remat(x):
     variables = linen_variables(LinenRemat(remat=False), x)
     plain = flax_model(LinenRemat(remat=False), variables)
     remat = flax_model(LinenRemat(remat=True), variables)
-    assert remat.layer_names(x) == plain.layer_names(x) == ("conv1", "block/conv", "block")
+    layers = ("conv1", "block/conv", "block", "head")
+    assert remat.layer_names(x) == plain.layer_names(x) == layers
     close(remat(x), plain(x))
     for layer in plain.layer_names(x):
         a_plain, g_plain = target_grad(plain, x, layer)

@@ -309,6 +309,70 @@ def test_neuron_conductance_over_every_unit_is_integrated_gradients():
     np.testing.assert_allclose(total, expected, rtol=1e-5, atol=1e-7)
 
 
+class Mlp(nn.Module):
+    """flatten -> fc1 (affine in x) -> softplus -> fc2 -> head: linear after fc2."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        a = nn.Dense(5, name="fc1")(x.reshape(x.shape[0], -1))
+        a = nn.Dense(4, name="fc2")(nn.softplus(a))
+        return nn.Dense(CLASSES, name="head")(a)
+
+
+class NnxMlp(nnx.Module):
+    def __init__(self, params):
+        rngs = nnx.Rngs(0)
+        self.fc1 = nnx.Linear(SIDE * SIDE * CHANNELS, 5, rngs=rngs)
+        self.fc2 = nnx.Linear(5, 4, rngs=rngs)
+        self.head = nnx.Linear(4, CLASSES, rngs=rngs)
+        for name in ("fc1", "fc2", "head"):
+            getattr(self, name).kernel[...] = params[name]["kernel"]
+            getattr(self, name).bias[...] = params[name]["bias"]
+
+    def __call__(self, x):
+        a = self.fc2(nnx.softplus(self.fc1(x.reshape(x.shape[0], -1))))
+        return self.head(a)
+
+
+@pytest.mark.parametrize("backend", ["linen", "nnx"])
+def test_layer_and_neuron_methods_at_dense_layers(net, backend):
+    """Dense layers return (N, units): the layer and neuron methods take them and meet
+    the closed forms of an affine unit and of a layer followed by a linear head."""
+    _, _, x, baseline = net
+    variables = numpy_variables(Mlp(), (1, SIDE, SIDE, CHANNELS), 4)
+    params = variables["params"]
+    if backend == "linen":
+        handle = flax_model(Mlp(), variables, train=False)
+    else:
+        handle = flax_model(NnxMlp(params))
+    assert handle.layer_names(x) == ("fc1", "fc2", "head")
+    assert handle.layer_names(x, images_only=True) == ()
+    w_head = np.asarray(params["head"]["kernel"])[:, TARGET].T  # (N, 4): dy_t/dA at fc2
+    fc2 = activation(handle, x, "fc2")
+    got = layer_gradient_x_activation(handle, x, TARGET, layer="fc2")
+    np.testing.assert_allclose(got, fc2 * w_head, rtol=1e-5, atol=1e-6)
+    full = jnp.broadcast_to(baseline, x.shape)
+    lig = layer_integrated_gradients(handle, x, TARGET, layer="fc2", baseline=baseline)
+    change = fc2 - activation(handle, full, "fc2")
+    np.testing.assert_allclose(lig, change * w_head, rtol=1e-4, atol=1e-6)
+    # Complete at fc1, behind a softplus: up to the quadrature error.
+    lig = layer_integrated_gradients(handle, x, TARGET, layer="fc1", baseline=baseline, steps=64)
+    rows = np.arange(4)
+    expected = np.asarray(handle(x))[rows, TARGET] - np.asarray(handle(full))[rows, TARGET]
+    np.testing.assert_allclose(lig.sum(axis=1), expected, rtol=1e-3, atol=1e-4)
+    # Unit 3 of fc1 is affine in x: its gradient is its kernel column, laid out like x.
+    column = np.asarray(params["fc1"]["kernel"])[:, 3].reshape(SIDE, SIDE, CHANNELS)
+    got = neuron_gradient(handle, x, layer="fc1", neuron=(3,))
+    np.testing.assert_allclose(got, np.broadcast_to(column, x.shape), rtol=1e-5, atol=1e-7)
+    got = neuron_integrated_gradients(handle, x, layer="fc1", neuron=(-2,), baseline=baseline)
+    np.testing.assert_allclose(got, column * (x - baseline), rtol=1e-4, atol=1e-6)
+    # Any method at the layer: integrated gradients over fc2's units is layer IG.
+    lig = at_layer(integrated_gradients)(handle, x, TARGET, layer="fc2", baseline=baseline)
+    np.testing.assert_allclose(lig, change * w_head, rtol=1e-4, atol=1e-6)
+    one_line_error(lambda: neuron_gradient(handle, x, layer="fc1", neuron=(0, 0, 0)), "neuron")
+    one_line_error(lambda: grad_cam(handle, x, TARGET, layer="fc2"), "returns features")
+
+
 def one_line_error(call, match):
     with pytest.raises(ValueError, match=match) as error:
         call()
