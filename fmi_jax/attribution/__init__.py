@@ -147,7 +147,7 @@ from fmi_jax.attribution.full_gradient import (
     full_gradients,
 )
 from fmi_jax.attribution.gradients import input_x_gradient, saliency
-from fmi_jax.attribution.handle import FlaxModel, as_flax_model, flax_model
+from fmi_jax.attribution.handle import FlaxModel, as_flax_model, flax_model, tokens_as_image
 from fmi_jax.attribution.influence import (
     DEFAULT_ARNOLDI_ITERATIONS,
     DEFAULT_ARNOLDI_RANK,
@@ -216,6 +216,7 @@ __all__ = [
     "FlaxModel",
     "flax_model",
     "as_flax_model",
+    "tokens_as_image",
     "saliency",
     "input_x_gradient",
     "integrated_gradients",

@@ -143,7 +143,10 @@ each is scaled after it, so that every layer's map spans ``[0, 1]`` on the image
 The layer is named by its module path, ``'/'``-joined (``'conv2'``, ``'conv2/conv'``,
 ``'stage1/block0'``); :func:`layer_names` lists the candidates (every submodule whose
 call returns an ``(N, h, w, K)`` array with the image's rows and columns on axes 1 and 2;
-attention's query, key and value, ``(N, tokens, heads, head_dim)``, are refused). The
+attention's query, key and value, ``(N, tokens, heads, head_dim)``, are refused). A
+vision transformer's tokens ``(N, T, D)`` become such a layer through
+:func:`~fmi_jax.attribution.tokens_as_image` (pytorch-grad-cam's ``reshape_transform``,
+made two-way, so Ablation-CAM needs no ViT layer of its own). The
 CAMs look inside the model, so they take a model handle instead of a plain function:
 ``flax_model(module, variables, train=False)`` for Linen, ``flax_model(nnx_module)`` for
 NNX (:mod:`fmi_jax.attribution.handle`); a ``(module, variables)`` tuple and an

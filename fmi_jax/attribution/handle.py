@@ -40,7 +40,9 @@ neuron attributions, concept activations and :func:`~fmi_jax.attribution.at_laye
 any shape), but the methods that draw a layer's output as a map over the image (the
 CAMs, FullGrad's map, the registry's layer maps) refuse the layers without image rows
 and columns through :func:`image_layer_call`, and ``layer_names(x, images_only=True)``
-leaves them out.
+leaves them out. :func:`tokens_as_image` makes a vision transformer's token layer
+``(N, 1 + h w, D)`` one of them: a handle on which it returns its patch tokens as
+``(N, h, w, D)``, and on which a ``delta`` or ``value`` at the layer goes back to them.
 
 How a layer is captured:
 
@@ -75,6 +77,7 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import math
 import threading
 import types
 from collections.abc import Callable, Iterator, Mapping
@@ -101,6 +104,7 @@ __all__ = [
     "FlaxModel",
     "flax_model",
     "as_flax_model",
+    "tokens_as_image",
     "activation_and_gradient",
     "layer_call",
     "image_layer_call",
@@ -1193,6 +1197,159 @@ def flax_model(model: Any, variables: Any = None, /, **apply_kwargs: Any) -> Fla
         "flax_model takes a Linen module with its variables or an nnx.Module, got "
         f"{type(model).__name__}"
     )
+
+
+class _TokenGrid(FlaxModel):
+    """``inner`` with one token layer read as an image (see :func:`tokens_as_image`)."""
+
+    def __init__(self, inner: FlaxModel, layer: str, grid: tuple[int, int] | None, prefix: int):
+        self._name = inner._name
+        self._tables = {}
+        self._inner = inner
+        self._layer = layer
+        self._grid = grid
+        self._prefix = prefix
+
+    def __repr__(self) -> str:
+        return f"tokens_as_image({self._inner!r}, {self._layer!r})"
+
+    def _check_mode(self, x: Array) -> None:
+        """Nothing to do: every pass goes through ``inner``, which checks."""
+
+    def _grid_of(self, shape: tuple[int, ...]) -> tuple[tuple[int, int] | None, str | None]:
+        """``((h, w), None)`` for a token layer of ``shape``, or ``(None, why not)``."""
+        if len(shape) != 3:
+            return None, (
+                f"returns shape {shape}, not tokens (N, T, D): tokens_as_image reads a token "
+                "layer as an image"
+            )
+        count = shape[1] - self._prefix
+        after = f" after the {self._prefix} prefix tokens" if self._prefix else ""
+        if self._grid is not None:
+            if count != self._grid[0] * self._grid[1]:
+                return None, (
+                    f"returns {shape[1]} tokens: {count}{after} do not fill the "
+                    f"{self._grid[0]} x {self._grid[1]} grid; check grid= and prefix_tokens="
+                )
+            return self._grid, None
+        side = math.isqrt(max(count, 0))
+        if count <= 0 or side * side != count:
+            return None, (
+                f"returns {shape[1]} tokens: {count}{after} make no square grid; give "
+                "grid=(h, w), and prefix_tokens= for a class token before the patches"
+            )
+        return (side, side), None
+
+    def _table(self, x: Array) -> dict[str, _Layer]:
+        key = (tuple(x.shape), jnp.dtype(x.dtype))
+        if key not in self._tables:
+            table = dict(self._inner._table(x))
+            info = table.get(self._layer)
+            if info is None or _refusal(info) is not None:
+                self._inner._check(x, self._layer)  # its own error names the layer
+            grid, problem = self._grid_of(info.shape)
+            if grid is None:
+                table[self._layer] = dataclasses.replace(info, problem=problem)
+            else:
+                shape = (info.shape[0], *grid, info.shape[2])
+                table[self._layer] = dataclasses.replace(info, shape=shape, not_an_image=None)
+            self._tables[key] = table
+        return self._tables[key]
+
+    def _to_grid(self, tokens: Array) -> Array:
+        n, _, d = tokens.shape
+        h, w = self._grid_of(tokens.shape)[0]
+        return tokens[:, self._prefix :].reshape(n, h, w, d)
+
+    def _to_tokens(self, grid: Array, prefix: Array | None = None) -> Array:
+        """``grid`` as tokens, after ``prefix`` (zeros when None)."""
+        n, h, w, d = grid.shape
+        if prefix is None:
+            prefix = jnp.zeros((n, self._prefix, d), grid.dtype)
+        return jnp.concatenate([prefix, grid.reshape(n, h * w, d)], axis=1)
+
+    def _forward(
+        self, x: Array, layer: str | None, delta: Array | None, replace: bool = False
+    ) -> tuple[Any, Any]:
+        if layer != self._layer:
+            return self._inner._forward(x, layer, delta, replace)
+        if delta is None or not replace:
+            delta = None if delta is None else self._to_tokens(delta)
+            logits, tokens = self._inner._forward(x, layer, delta)
+            return logits, self._to_grid(tokens)
+        if self._prefix:  # the prefix tokens keep their own values
+            tokens = self._inner._forward(x, layer, None)[1]
+            value = self._to_tokens(delta, tokens[:, : self._prefix])
+        else:
+            value = self._to_tokens(delta)
+        logits, _ = self._inner._forward(x, layer, value, replace=True)
+        return logits, delta
+
+    def _zero_input_output(self, x: Array, layer: str) -> Array:
+        out = self._inner._zero_input_output(x, layer)
+        return self._to_grid(out) if layer == self._layer else out
+
+    def _perturbed(self, x: Array, deltas: Mapping[str, Array]) -> Array:
+        deltas = {
+            layer: self._to_tokens(delta) if layer == self._layer else delta
+            for layer, delta in deltas.items()
+        }
+        return self._inner._perturbed(x, deltas)
+
+
+def _is_int(n: Any) -> bool:
+    return isinstance(n, (int, np.integer)) and not isinstance(n, bool)
+
+
+def tokens_as_image(
+    model: Any, layer: str, *, grid: tuple[int, int] | None = None, prefix_tokens: int = 0
+) -> FlaxModel:
+    """A handle on which the token layer ``layer`` reads as an image, so that the CAMs
+    and every other map over the image can be pointed at a vision transformer.
+
+    ``layer`` returns tokens ``(N, T, D)``: ``prefix_tokens`` of them first (a class
+    token, registers), then one per patch, row by row, as
+    ``patches.reshape(N, h * w, D)`` lays out a patch embedding's ``(N, h, w, D)``
+    output. On the new handle ``layer`` returns the patch tokens as ``(N, h, w, D)``;
+    a ``delta`` or ``value`` given to :meth:`~FlaxModel.capture` or
+    :meth:`~FlaxModel.logits_with` goes back to the patch tokens, and the prefix tokens
+    keep their own values. It is pytorch-grad-cam's ``reshape_transform`` for ViTs,
+    made two-way, so that the CAMs that change the layer's output (Ablation-CAM) work
+    as the gradient ones do. Every other layer, and the model's output, are ``model``'s.
+    With prefix tokens, :meth:`~FlaxModel.logits_with` runs the model once more to read
+    their values.
+
+    Args:
+      model: a model handle (:func:`flax_model`), a ``(module, variables)`` tuple or an
+        ``nnx.Module``.
+      layer: the token layer's module path (``handle.layer_names(x)`` lists it).
+      grid: ``(h, w)`` patches; None reads ``T - prefix_tokens`` as a square.
+      prefix_tokens: tokens before the patches (1 for a ViT's class token).
+
+    Raises:
+      ValueError: ``grid`` is not two positive ints, ``prefix_tokens`` is negative, or
+        ``model`` is a plain function; when first used on inputs, a layer that is not
+        ``(N, T, D)`` or whose patch tokens do not fill the grid.
+    """
+    handle = as_flax_model(model, "tokens_as_image")
+    if not isinstance(layer, str):
+        raise ValueError(f"tokens_as_image: layer must be a module path string, got {layer!r}")
+    if grid is not None:
+        if (
+            not isinstance(grid, (tuple, list))
+            or len(grid) != 2
+            or not all(_is_int(n) and n > 0 for n in grid)
+        ):
+            raise ValueError(
+                f"tokens_as_image: grid must be (h, w), two positive ints, got {grid!r}"
+            )
+        grid = (int(grid[0]), int(grid[1]))
+    if not (_is_int(prefix_tokens) and prefix_tokens >= 0):
+        raise ValueError(
+            "tokens_as_image: prefix_tokens must be an int >= 0 (1 for a class token), got "
+            f"{prefix_tokens!r}"
+        )
+    return _TokenGrid(handle, layer, grid, int(prefix_tokens))
 
 
 def as_flax_model(obj: Any, method_name: str) -> FlaxModel:

@@ -969,3 +969,105 @@ def test_the_cam_transforms_take_an_nnx_module(nnx_module, linen_handle, x):
             atol=1e-6,
             err_msg=name,
         )
+
+
+# --- token layers read as images -------------------------------------------------
+
+
+class PatchNet(nn.Module):
+    """Patches, a per-patch dense layer "mix", mean and head, on the patch grid
+    (N, 4, 4, 8) or on the same patches as tokens (N, 16, 8): the same function."""
+
+    tokens: bool
+
+    @nn.compact
+    def __call__(self, x):
+        a = nn.Conv(8, (2, 2), strides=(2, 2), name="patch")(x)
+        a = a.reshape(a.shape[0], -1, 8) if self.tokens else a
+        a = nn.Dense(6, name="mix")(a)
+        a = nn.Dense(5, name="mlp")(nn.softplus(a))
+        mean = a.mean(axis=1) if self.tokens else a.mean(axis=(1, 2))
+        return nn.Dense(CLASSES, name="head")(nn.softplus(mean))
+
+
+class ClassTokenNet(nn.Module):
+    """A one-block ViT: patches, a class token first, layer norm, self-attention, and
+    the head on the class token."""
+
+    @nn.compact
+    def __call__(self, x):
+        a = nn.Conv(8, (2, 2), strides=(2, 2), name="patch")(x)
+        tokens = a.reshape(a.shape[0], -1, 8)
+        cls = jnp.broadcast_to(self.param("cls", nn.initializers.zeros, (1, 1, 8)), (len(x), 1, 8))
+        tokens = jnp.concatenate([cls, tokens], axis=1)
+        tokens = tokens + nn.MultiHeadDotProductAttention(2, name="attn")(
+            nn.LayerNorm(name="norm")(tokens)
+        )
+        return nn.Dense(CLASSES, name="head")(tokens[:, 0])
+
+
+def test_every_cam_on_tokens_read_as_an_image_is_the_cam_on_the_grid(x):
+    """The token model and the grid model are one function with one set of weights:
+    every CAM, gradient or perturbation, is the same at "mix" on both."""
+    from fmi_jax import attribution as A
+
+    variables = linen_variables(PatchNet(tokens=False), x)
+    grid = flax_model(PatchNet(tokens=False), variables)
+    plain = flax_model(PatchNet(tokens=True), variables)
+    tokens = A.tokens_as_image(plain, "mix")
+    assert "returns a sequence of tokens" in plain.not_an_image(x, "mix")
+    assert tokens.layer_names(x, images_only=True) == ("patch", "mix")
+    assert tokens.layer_shape(x, "mix") == (4, 4, 4, 6)
+    close(tokens(x), grid(x), 1e-5)
+    for method in A.CAM_METHODS:
+        method = getattr(A, method)
+        close(method(tokens, x, 1, layer="mix"), method(grid, x, 1, layer="mix"), 1e-5)
+
+
+def test_a_class_token_keeps_its_value_and_the_patches_make_the_map(x):
+    from fmi_jax import attribution as A
+
+    model = ClassTokenNet()
+    plain = flax_model(model, linen_variables(model, x))
+    view = A.tokens_as_image(plain, "norm", prefix_tokens=1)
+    target = 2
+    # Grad-CAM by hand on the 16 patch tokens: their gradient reaches the class token
+    # through attention, and the class token's own is left out.
+    activation, gradient = target_grad(plain, x, "norm", target=target)
+    maps = activation[:, 1:].reshape(4, 4, 4, 8)
+    weights = gradient[:, 1:].reshape(4, 4, 4, 8).mean(axis=(1, 2), keepdims=True)
+    expected = jax.nn.relu((maps * weights).sum(axis=-1))
+    got = A.grad_cam(view, x, target, layer="norm", upsample=False)
+    close(got, expected, 1e-5)
+    assert float(expected.max()) > 1e-3
+    # A value given at the layer replaces the patch tokens only.
+    close(view.logits_with(x, "norm", maps), plain(x), 1e-5)
+    zeroed = activation.at[:, 1:].set(0.0)
+    close(view.logits_with(x, "norm", 0 * maps), plain.logits_with(x, "norm", zeroed), 1e-5)
+    assert A.score_cam(view, x, target, layer="norm").shape == (4, 8, 8)
+
+
+def test_tokens_that_make_no_grid_are_named(x):
+    from fmi_jax import attribution as A
+
+    model = ClassTokenNet()
+    plain = flax_model(model, linen_variables(model, x))
+    cases = {
+        "norm": (dict(), "returns 17 tokens: 17 make no square grid; give grid="),
+        "attn": (dict(grid=(3, 5), prefix_tokens=1), "returns 17 tokens: 16 after the 1 prefix"),
+        "head": (dict(), r"returns shape \(4, 3\), not tokens \(N, T, D\)"),
+    }
+    for layer, (options, message) in cases.items():
+        view = A.tokens_as_image(plain, layer, **options)
+        with pytest.raises(ValueError, match=f"layer '{layer}' of ClassTokenNet {message}"):
+            A.grad_cam(view, x, 0, layer=layer)
+    for options, message in (
+        (dict(grid=(4,)), r"grid must be \(h, w\), two positive ints"),
+        (dict(grid=(4, 0)), r"grid must be \(h, w\)"),
+        (dict(prefix_tokens=-1), "prefix_tokens must be an int >= 0"),
+        (dict(prefix_tokens=True), "prefix_tokens must be an int >= 0"),
+    ):
+        with pytest.raises(ValueError, match=f"tokens_as_image: {message}"):
+            A.tokens_as_image(plain, "norm", **options)
+    with pytest.raises(ValueError, match="tokens_as_image looks inside the model"):
+        A.tokens_as_image(lambda x: x, "norm")
