@@ -175,7 +175,9 @@ def _layers(
             )
         reason = handle.not_an_image(x, layer) if images_only else None
         if reason is not None:
-            raise ValueError(f"{name}: layer {layer!r} {reason}")
+            raise ValueError(
+                f"{name}: layer {layer!r} {reason}; full_gradients returns its term without a map"
+            )
     return listed
 
 

@@ -362,11 +362,26 @@ class FlaxModel:
         key = (tuple(x.shape), jnp.dtype(x.dtype))
         if key not in self._tables:
             try:
-                self._tables[key] = self._find_layers(jax.ShapeDtypeStruct(*key))
+                table = self._find_layers(jax.ShapeDtypeStruct(*key))
             except Exception:
                 self._refuse_layout(x)
                 raise
+            if key[0][0] == 1:
+                table = self._per_example_at_one(table, key)
+            self._tables[key] = table
         return self._tables[key]
+
+    def _per_example_at_one(
+        self, table: dict[str, _Layer], key: tuple[tuple[int, ...], Any]
+    ) -> dict[str, _Layer]:
+        """``table``, found on one example, without the outputs whose first axis of 1 is
+        not the batch (a positional embedding's ``(1, T, D)``): the layers of a batch of
+        two are the layers, so that a method sees the same ones at every batch size."""
+        try:
+            two = self._find_layers(jax.ShapeDtypeStruct((2, *key[0][1:]), key[1]))
+        except Exception:  # noqa: BLE001  (a model that only runs on one example)
+            return table
+        return {name: info for name, info in table.items() if name in two}
 
     def _check(self, x: Array, layer: str) -> _Layer:
         table = self._table(x)
@@ -418,11 +433,7 @@ def _not_an_image(module: Any, shape: tuple[int, ...]) -> str | None:
     as columns."""
     if len(shape) != 4:
         what = {2: "features", 3: "a sequence of tokens"}.get(len(shape), "no image")
-        return (
-            f"returns {what} (shape {shape}), not an (N, h, w, channels) map: layer and "
-            "neuron methods take it, CAMs and image maps need a layer with image rows "
-            "and columns"
-        )
+        return f"returns {what} (shape {shape}), not an (N, h, w, channels) map over the image"
     if isinstance(module, nn.DenseGeneral):
         features = module.features
     elif isinstance(module, nnx.LinearGeneral):
@@ -1224,6 +1235,11 @@ class _TokenGrid(FlaxModel):
                 "layer as an image"
             )
         count = shape[1] - self._prefix
+        if count <= 0:
+            return None, (
+                f"returns {shape[1]} tokens, no more than the {self._prefix} prefix tokens: "
+                "check prefix_tokens="
+            )
         after = f" after the {self._prefix} prefix tokens" if self._prefix else ""
         if self._grid is not None:
             if count != self._grid[0] * self._grid[1]:
@@ -1232,8 +1248,8 @@ class _TokenGrid(FlaxModel):
                     f"{self._grid[0]} x {self._grid[1]} grid; check grid= and prefix_tokens="
                 )
             return self._grid, None
-        side = math.isqrt(max(count, 0))
-        if count <= 0 or side * side != count:
+        side = math.isqrt(count)
+        if side * side != count:
             return None, (
                 f"returns {shape[1]} tokens: {count}{after} make no square grid; give "
                 "grid=(h, w), and prefix_tokens= for a class token before the patches"
@@ -1409,6 +1425,16 @@ def image_layer_call(
     handle, x, shape = layer_call(model, x, layer, method, batch_size)
     reason = handle.not_an_image(x, layer)
     if reason is not None:
+        if len(shape) == 3:
+            reason += (
+                "; a vision transformer's patch tokens read as one through "
+                "A.tokens_as_image(handle, layer, prefix_tokens=1 for a class token)"
+            )
+        elif len(shape) != 4:
+            reason += (
+                "; the layer methods (A.layer_integrated_gradients and the others, called "
+                "directly) attribute to its units"
+            )
         raise ValueError(f"{method}: layer {layer!r} {reason}")
     return handle, x, shape
 

@@ -826,7 +826,11 @@ def test_unknown_layer_lists_the_available_ones(small_cnn):
     for method in ALL_CAMS:
         with pytest.raises(ValueError, match=r"no layer 'conv9'.*available layers: conv1/conv"):
             method((model, variables), x, layer="conv9")
-    message = "grad_cam: layer 'fc1' returns features .* not an \\(N, h, w, channels\\) map"
+    message = (
+        r"grad_cam: layer 'fc1' returns features .* not an \(N, h, w, channels\) map over the "
+        r"image; the layer methods \(A.layer_integrated_gradients and the others, called "
+        "directly\\) attribute to its units"
+    )
     with pytest.raises(ValueError, match=message):  # exists, but is not a feature map
         A.grad_cam((model, variables), x, layer="fc1")
 
@@ -1187,6 +1191,7 @@ def test_a_batch_of_sequences_is_not_taken_for_one_image():
     with pytest.raises(ValueError, match="layer 'conv' returns a sequence of tokens") as error:
         A.grad_cam(handle, x, layer="conv")
     assert "x[None]" not in str(error.value)
+    assert "A.tokens_as_image(handle, layer" in str(error.value)
     # Layer methods take the sequence: complete at the layer, as on images.
     attributions = A.layer_integrated_gradients(handle, x, 1, layer="conv", steps=64)
     assert attributions.shape == (2, 16, 4)

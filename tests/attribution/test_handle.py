@@ -990,9 +990,17 @@ class PatchNet(nn.Module):
         return nn.Dense(CLASSES, name="head")(nn.softplus(mean))
 
 
+class PositionEmbedding(nn.Module):
+    """One learnt vector per token, (1, T, D): no batch axis, and no layer."""
+
+    @nn.compact
+    def __call__(self, tokens):
+        return self.param("table", nn.initializers.zeros, (1, *tokens.shape[1:]))
+
+
 class ClassTokenNet(nn.Module):
-    """A one-block ViT: patches, a class token first, layer norm, self-attention, and
-    the head on the class token."""
+    """A one-block ViT: patches, a class token first, position embeddings, layer norm,
+    self-attention, and the head on the class token."""
 
     @nn.compact
     def __call__(self, x):
@@ -1000,6 +1008,7 @@ class ClassTokenNet(nn.Module):
         tokens = a.reshape(a.shape[0], -1, 8)
         cls = jnp.broadcast_to(self.param("cls", nn.initializers.zeros, (1, 1, 8)), (len(x), 1, 8))
         tokens = jnp.concatenate([cls, tokens], axis=1)
+        tokens = tokens + PositionEmbedding(name="pos")(tokens)
         tokens = tokens + nn.MultiHeadDotProductAttention(2, name="attn")(
             nn.LayerNorm(name="norm")(tokens)
         )
@@ -1056,6 +1065,8 @@ def test_tokens_that_make_no_grid_are_named(x):
         "norm": (dict(), "returns 17 tokens: 17 make no square grid; give grid="),
         "attn": (dict(grid=(3, 5), prefix_tokens=1), "returns 17 tokens: 16 after the 1 prefix"),
         "head": (dict(), r"returns shape \(4, 3\), not tokens \(N, T, D\)"),
+        "patch": (dict(), r"returns shape \(4, 4, 4, 8\), not tokens"),
+        "attn/out": (dict(prefix_tokens=17), "returns 17 tokens, no more than the 17 prefix"),
     }
     for layer, (options, message) in cases.items():
         view = A.tokens_as_image(plain, layer, **options)
@@ -1071,3 +1082,18 @@ def test_tokens_that_make_no_grid_are_named(x):
             A.tokens_as_image(plain, "norm", **options)
     with pytest.raises(ValueError, match="tokens_as_image looks inside the model"):
         A.tokens_as_image(lambda x: x, "norm")
+
+
+def test_a_module_without_the_batch_axis_is_no_layer_even_for_one_example(x):
+    # On one example the position table's (1, T, D) looks per example; it is not a
+    # layer at any batch size, so a method that evaluates paths in batches sees the
+    # same layers as its first check.
+    from fmi_jax import attribution as A
+
+    model = ClassTokenNet()
+    plain = flax_model(model, linen_variables(model, x))
+    assert "pos" not in plain.layer_names(x)
+    assert plain.layer_names(x[:1]) == plain.layer_names(x)
+    with pytest.raises(ValueError, match="has no layer 'pos' returning one"):
+        A.layer_integrated_gradients(plain, x[:1], 0, layer="pos")
+    assert A.layer_integrated_gradients(plain, x[:1], 0, layer="norm").shape == (1, 17, 8)
