@@ -93,8 +93,10 @@ def test_fine_tuning_moves_the_encoder_but_not_the_atoms(study):
 
 def test_rerun_resumes_without_retraining_or_rewriting(study, monkeypatch):
     """Also when the workdir is spelled another way (relative to another directory),
-    and when a phase recorded where it started from as the path the study was given."""
+    when a phase recorded where it started from as the path the study was given, and
+    when the data lies elsewhere (a mistyped data_dir must not bind the folder)."""
     workdir, config, result = study
+    config = smoke_config(**{"data.data_dir": str(workdir.parent / "moved")})
     lines = {
         p: (workdir / p / "metrics.jsonl").read_text()
         for p in ("autoencoder", "classifier", "finetune")

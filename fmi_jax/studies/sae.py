@@ -24,7 +24,9 @@ Every phase resumes from its checkpoints; finished phases are skipped; figures
 and results that exist are kept (an older sae_metrics.json that differs is moved
 to sae_metrics.<n>.json, a figure of another checkpoint or other figure settings
 to <name>.<n>.png, and drawn again). A changed config for a workdir whose phases already ran
-is refused, naming the section that changed; so is one the explain folder's results do
+is refused, naming the section that changed (where the data lies, `data.data_dir` and
+`data.tfds_data_dir`, may change: the checkpoints know their examples by digest); so is
+one the explain folder's results do
 not belong to (other explain settings, or another final phase), before any figure or
 record changes. `config.stop_after='autoencoder'`
 trains and reports only the autoencoder (e.g. to compare dead-latent mitigations).
@@ -165,6 +167,9 @@ def _check_study_config(config: Any, workdir: Path, *, write: bool) -> None:
     name = "study_config.json"
     saved = runs.read_json(workdir / name, rewritable=True) or {}
     free = sorted((set(runs.plain(config)) | set(saved)) - set(_FIXED_SECTIONS))
+    # Where the data lies is free, as for one training run (loop_lib.FREE): the phases'
+    # checkpoints know their examples by digest and refuse others.
+    free += [field for field in loop_lib.FREE if field.startswith("data.")]
     has_results = any(
         (workdir / phase / "checkpoints").is_dir()
         and any((workdir / phase / "checkpoints").iterdir())
