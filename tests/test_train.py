@@ -312,3 +312,14 @@ def test_evaluating_more_splits_keeps_the_earlier_ones_and_other_epochs(tmp_path
 def test_evaluate_without_training_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a training workdir.*experiments.train"):
         train.evaluate_workdir(tmp_path)
+
+
+def test_a_split_the_run_does_not_hold_is_named_with_its_fix(synthetic_config):
+    # Without validation data the validation split is empty: asking for it must say
+    # so, not fail later on an empty batch.
+    held = synthetic_config(**{"data.validation_size": 0}).data
+    message = r"config\.split='validation': this run's data has only \('train', 'test'\) "
+    with pytest.raises(ValueError, match=message + r"\(a validation split needs data\."):
+        loop_lib.load_split(held, "validation", "split")
+    assert len(loop_lib.load_split(held, "test", "split").labels) == 128
+    assert len(loop_lib.load_split(synthetic_config().data, "validation", "split").labels) == 64

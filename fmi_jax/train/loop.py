@@ -242,9 +242,11 @@ def load_split(data_config: Any, split: Any, field: str) -> data_lib.Dataset:
     that does not exist (a typo, or 'validation' in a run without one)."""
     check_split(split, field)
     splits = load_data(data_config)
-    if split not in splits:
+    # A run without validation data has an empty validation split, not none.
+    held = tuple(name for name, part in splits.items() if len(part.labels))
+    if split not in held:
         raise ValueError(
-            f"config.{field}={split!r}: this run's data has only {tuple(splits)} "
+            f"config.{field}={split!r}: this run's data has only {held} "
             "(a validation split needs data.validation_size > 0)"
         )
     return splits[split]
