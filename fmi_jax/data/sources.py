@@ -5,7 +5,9 @@ Synthetic datasets are generated. For the file-based datasets (``mnist``,
 attempt logged with ``absl.logging.info``:
 
 1. ``data_dir``, the folder given by the caller (``--config.data.data_dir``),
-   or its subfolder ``<name>/``, holding the original files. If it is given,
+   or its subfolder ``<name>/``, holding the original files (where both hold
+   some, the one that holds every split is read, so the splits come from one
+   copy; each holding a split the other lacks is an error). If it is given,
    it is the only folder tried: missing or corrupt files there raise
    :class:`~fmi_jax.data.errors.DataError` at once rather than silently
    loading a different copy.
@@ -312,17 +314,32 @@ def _load_given_dir(spec: DatasetSpec, split: str, data_dir: Path) -> Dataset:
             f"data_dir={str(data_dir)!r} is not a folder. Pass the folder holding "
             f"{_files_phrase(spec, split)} (or leave data_dir unset to search the usual places)."
         )
-    reasons = []
-    for folder in (data_dir, data_dir / spec.name):
-        found = _find(spec, split, folder)
-        if not isinstance(found, Unavailable):
-            return _read(spec, split, found)
-        reasons.append(f"{folder}: {found.reason}")
+    folders = (data_dir, data_dir / spec.name)
+    found = {folder: _find(spec, split, folder) for folder in folders}
+    holding = [f for f in folders if not isinstance(found[f], Unavailable)]
+    if holding:
+        # One copy: every split from the folder that holds them all, where one does.
+        splits = {f: [s for s in spec.files if _has(spec, s, f)] for f in folders}
+        complete = [f for f in holding if len(splits[f]) == len(spec.files)]
+        if not complete:
+            other = next((f for f in folders if f not in holding and splits[f]), None)
+            if other is not None:
+                raise DataError(
+                    f"data_dir={str(data_dir)!r}: {holding[0]} holds the {split!r} files of "
+                    f"{spec.name} and {other} the {', '.join(map(repr, splits[other]))} "
+                    "files; put every split's files in one of them, so that one copy is read"
+                )
+        return _read(spec, split, found[(complete or holding)[0]])
+    reasons = [f"{folder}: {found[folder].reason}" for folder in folders]
     raise DataError(
         f"data_dir={str(data_dir)!r} does not hold the {split!r} files of {spec.name}. "
         f"{'; '.join(reasons)}. It holds: {_listing(data_dir)}. "
         f"Put {_files_phrase(spec, split)} there, or leave data_dir unset to search the usual places."
     )
+
+
+def _has(spec: DatasetSpec, split: str, folder: Path) -> bool:
+    return not isinstance(_find(spec, split, folder), Unavailable)
 
 
 def _well_known_folders(spec: DatasetSpec) -> list[tuple[str, Path | Unavailable]]:

@@ -178,6 +178,23 @@ def test_data_dir_subfolder_named_after_the_dataset(three_copies):
     assert _same(ds, three_copies["env"]["train"])
 
 
+def test_data_dir_and_its_subfolder_are_never_mixed(tmp_path, write_idx_dataset, write_idx_split):
+    # The folder holds the test files only, its subfolder the whole dataset: both
+    # splits come from the subfolder, one copy.
+    whole = write_idx_dataset(tmp_path / "fashion_mnist", seed=5)
+    write_idx_split(tmp_path, "test", 7, seed=9)
+    for split in ("train", "test"):
+        assert _same(load("fashion_mnist", split, data_dir=tmp_path), whole[split])
+    # Each holds a split the other lacks: which copy is meant is not known.
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        (tmp_path / "fashion_mnist" / name).rename(tmp_path / name)
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (tmp_path / name).unlink()
+    message = r"holds the 'train' files of fashion_mnist and .*fashion_mnist the 'test' files"
+    with pytest.raises(DataError, match=message):
+        load("fashion_mnist", "train", data_dir=tmp_path)
+
+
 def test_given_data_dir_without_files_errors_instead_of_falling_through(three_copies):
     empty = three_copies["root"] / "empty"
     empty.mkdir()
