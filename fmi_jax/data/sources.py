@@ -421,9 +421,15 @@ def _find_cifar(spec: DatasetSpec, split: str, folder: Path) -> Path | Unavailab
                     f"{candidate} lacks {', '.join(missing)} of {', '.join(spec.files[split])}, "
                     f"and there is no {cifar.ARCHIVE_NAME} in {folder}"
                 )
+        binary = (
+            " (cifar-10-batches-bin/ is the binary version: fmi_jax reads the python one, "
+            f"{cifar.ARCHIVE_NAME})"
+            if (folder / "cifar-10-batches-bin").is_dir()
+            else ""
+        )
         return Unavailable(
             f"no {cifar.FOLDER_NAME}/ with {', '.join(spec.files[split])} and no "
-            f"{cifar.ARCHIVE_NAME} in {folder}"
+            f"{cifar.ARCHIVE_NAME} in {folder}{binary}"
         )
     return location
 

@@ -58,11 +58,15 @@ def validate_arrays(
     _check_images(images, tuple(image_shape), images_from)
     _check_labels(labels, num_classes, labels_from)
     if images.shape[0] != labels.shape[0]:
+        cause = (
+            "The file is damaged; replace it with the original."
+            if labels_from == images_from
+            else "The files are truncated or belong to different splits; replace them "
+            "with a matching pair."
+        )
         raise DataError(
             f"{images.shape[0]} images in {images_from} but {labels.shape[0]} labels "
-            f"in {labels_from}: every image needs exactly one label. The files are "
-            "truncated or belong to different splits; replace them with a "
-            "matching pair."
+            f"in {labels_from}: every image needs exactly one label. {cause}"
         )
     if images.shape[0] == 0 and not allow_empty:
         raise DataError(

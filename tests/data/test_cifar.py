@@ -246,3 +246,22 @@ def test_python2_pickle_with_legacy_numpy_module_names(tmp_path):
     [batch], _ = cifar.read_cifar10(tmp_path, cifar.TEST_BATCHES)
     assert batch.labels.tolist() == [3, 9]
     np.testing.assert_array_equal(batch.images[1].transpose(2, 0, 1).reshape(-1), data[1])
+
+
+def test_a_batch_with_more_images_than_labels_is_a_damaged_file(tmp_path):
+    from fmi_jax.data import load
+
+    folder = tmp_path / cifar.FOLDER_NAME
+    folder.mkdir()
+    batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}
+    (folder / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(DataError, match=r"2 images in .*test_batch but 1 labels.*file is damaged"):
+        load("cifar10", "test", data_dir=tmp_path)
+
+
+def test_the_binary_version_is_named_as_not_read(tmp_path):
+    from fmi_jax.data import load
+
+    (tmp_path / "cifar-10-batches-bin").mkdir()
+    with pytest.raises(DataError, match=r"binary version: fmi_jax reads the python one"):
+        load("cifar10", "test", data_dir=tmp_path)
