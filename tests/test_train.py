@@ -323,3 +323,10 @@ def test_a_split_the_run_does_not_hold_is_named_with_its_fix(synthetic_config):
         loop_lib.load_split(held, "validation", "split")
     assert len(loop_lib.load_split(held, "test", "split").labels) == 128
     assert len(loop_lib.load_split(synthetic_config().data, "validation", "split").labels) == 64
+
+
+def test_data_that_moved_since_training_says_how_to_record_the_new_place(tmp_path):
+    moved = ml_collections.ConfigDict({"name": "fashion_mnist", "data_dir": str(tmp_path / "gone")})
+    message = r"data\.data_dir='.*gone' \(its config\.json\), which is no folder now.*training "
+    with pytest.raises(data.DataError, match=message + "script on this workdir"):
+        loop_lib.load_split(moved, "test", "split")

@@ -241,6 +241,14 @@ def load_split(data_config: Any, split: Any, field: str) -> data_lib.Dataset:
     """One split of the run's data, ``config.<field>`` named in the error for a split
     that does not exist (a typo, or 'validation' in a run without one)."""
     check_split(split, field)
+    recorded = runs.plain(data_config).get("data_dir")
+    if recorded and not Path(recorded).expanduser().is_dir():
+        raise data_lib.DataError(
+            f"this run's data lay in data.data_dir={recorded!r} (its config.json), which is no "
+            "folder now: if the data moved, record the new folder by running the training "
+            "script on this workdir with its config and --config.data.data_dir=<new folder> "
+            "(a finished run trains no further)"
+        )
     splits = load_data(data_config)
     # A run without validation data has an empty validation split, not none.
     held = tuple(name for name, part in splits.items() if len(part.labels))
