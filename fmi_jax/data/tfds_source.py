@@ -337,7 +337,7 @@ def download_originals(spec: DatasetSpec, *, tfds_data_dir: str | None) -> Path 
     probe = probe_url(first_url)
     logging.info("Network probe for the original %s files: %s.", spec.name, probe.detail)
     if not probe.online:
-        return Unavailable(f"download of the original files: offline: {probe.detail}")
+        return Unavailable(f"offline: {probe.detail}")
     import tensorflow_datasets as tfds
 
     url_infos = {}
@@ -355,9 +355,7 @@ def download_originals(spec: DatasetSpec, *, tfds_data_dir: str | None) -> Path 
     try:
         paths = manager.download(dict(spec.original_urls))
     except Exception as error:  # noqa: BLE001 -- tfds/requests raise many types; report whichever it was
-        return Unavailable(
-            f"download of the original files failed ({type(error).__name__}: {error})"
-        )
+        return Unavailable(f"failed ({type(error).__name__}: {error})")
     folder.mkdir(parents=True, exist_ok=True)
     for name, downloaded in paths.items():
         _place(Path(os.fspath(downloaded)), folder / name)
