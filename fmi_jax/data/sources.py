@@ -152,9 +152,12 @@ def load_splits(
 
     Raises:
         DataError: As :func:`load`, or if ``validation_size`` is negative or
-            not smaller than the training set, or a limit is not positive.
+            not smaller than the training set, a limit is not positive, or ``seed``
+            is not an int >= 0.
         DataNotFoundError: As :func:`load`.
     """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DataError(f"seed must be an int >= 0 (of the holdout and the limits), got {seed!r}")
     if get_spec(name).file_format == "synthetic":
         synthetic_kwargs = {**synthetic_kwargs, "seed": seed}
     options = dict(
@@ -288,12 +291,18 @@ def _refuse_partial_copy(
     """A DataError for ``$FMI_DATA_DIR/<name>`` when it exists with files in it but not
     this split's: the user's own copy, incomplete or misnamed, which must not give way
     silently to another copy (Debian's, say) for this split alone. A missing or empty
-    folder is skipped; ``$FMI_DATA_DIR`` that is not a folder is refused."""
+    folder is skipped; ``$FMI_DATA_DIR`` or ``$FMI_DATA_DIR/<name>`` that is a file is
+    refused."""
     root = Path(os.environ.get(FMI_DATA_DIR_ENV, "")).expanduser()
     if os.environ.get(FMI_DATA_DIR_ENV) and root.exists() and not root.is_dir():
         raise DataError(
             f"${FMI_DATA_DIR_ENV}={str(root)!r} is not a folder: point it at the folder "
             f"that holds one subfolder per dataset ({spec.name}/ for this one), or unset it"
+        )
+    if isinstance(folder, Path) and folder.exists() and not folder.is_dir():
+        raise DataError(
+            f"{label} ({folder}) is a file, not a folder: put the {spec.name} files in a "
+            f"folder of that name, or move the file away to use the other sources"
         )
     if not isinstance(folder, Path) or not folder.is_dir():
         return

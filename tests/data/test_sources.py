@@ -171,6 +171,12 @@ def test_an_incomplete_fmi_data_dir_copy_is_refused_not_mixed_with_debian(
     )
     with pytest.raises(DataError, match=r"^\$FMI_DATA_DIR='.*' is not a folder"):
         load("fashion_mnist", "test")
+    # So is $FMI_DATA_DIR/<name> naming a file, rather than passed over for Debian's copy.
+    monkeypatch.setenv(sources.FMI_DATA_DIR_ENV, str(env.parent))
+    env.rmdir()
+    env.write_text("not a folder")
+    with pytest.raises(DataError, match=r"^\$FMI_DATA_DIR/fashion_mnist \(.*\) is a file, not"):
+        load("fashion_mnist", "test")
 
 
 def test_data_dir_subfolder_named_after_the_dataset(three_copies):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fmi_jax.data import splits
+from fmi_jax.data import load_splits, splits
 from fmi_jax.data.dataset import Dataset
 from fmi_jax.data.errors import DataError
 from fmi_jax.data.registry import DATASETS
@@ -150,3 +150,9 @@ def test_synthetic_is_learnable_by_position_not_by_brightness():
 def test_synthetic_rejects_bad_sizes(kwargs):
     with pytest.raises(DataError, match=r"num_train must be a positive integer"):
         load_synthetic(DATASETS["synthetic"], "train", **kwargs)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, True, "0"])
+def test_a_seed_that_is_no_count_is_a_data_error(seed):
+    with pytest.raises(DataError, match=r"seed must be an int >= 0 .*got"):
+        load_splits("synthetic", validation_size=2, seed=seed, num_train=20, num_test=5)
