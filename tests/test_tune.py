@@ -115,6 +115,16 @@ def test_bad_trial_or_final_values_are_refused_before_anything_is_written(
     assert not (tmp_path / "study").exists()
 
 
+def test_data_that_does_not_load_leaves_no_study_folder(tmp_path, smoke_study):
+    config = smoke_study("tune_cnn")
+    config.trial.data.name = "fashion_mnist"
+    config.trial.data.options = {}
+    config.trial.data.data_dir = str(tmp_path / "nope")
+    with pytest.raises(ValueError, match=r"data_dir='.*nope' is not a folder"):
+        studies.run_tune(config, tmp_path / "study")
+    assert not (tmp_path / "study").exists()
+
+
 # ml_collections loads config files with importlib's deprecated load_module().
 @pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
 @pytest.mark.parametrize("name", ["tune_cnn", "tune_resnet"])

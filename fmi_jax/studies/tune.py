@@ -285,6 +285,8 @@ def run_tune(config: ml_collections.ConfigDict, workdir: str | Path) -> TuneResu
     if (workdir / "best" / runs.CONFIG_FILE).is_file():  # best/'s data as it was retrained
         folders.append((workdir / "best", loop_lib.load_run_config(workdir / "best")))
     _check_trial_data(folders)
+    if not workdir.exists():  # data that does not load leaves no folder behind
+        loop_lib.load_data(configs[0].data)
     workdir.mkdir(parents=True, exist_ok=True)
     meta = {"grid": runs.plain(config.grid), "trial": runs.plain(config.trial)}
 
