@@ -345,6 +345,21 @@ def _numpy_scalar(dtype: Any, data: Any = None) -> Any:
     return np.frombuffer(data, dtype, count=1)[0]
 
 
+def _numpy_frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    """How protocol 5 pickles an array (numpy's ``_frombuffer``): its bytes, read as
+    ``dtype`` and reshaped; nothing larger than the bytes the file holds."""
+    if (
+        not isinstance(buffer, (bytes, bytearray, pickle.PickleBuffer))
+        or not isinstance(dtype, np.dtype)
+        or dtype.kind not in "biuf"
+        or not isinstance(shape, tuple)
+        or not all(isinstance(n, int) for n in shape)
+        or order not in ("C", "F")
+    ):
+        raise pickle.UnpicklingError("a numpy array from a buffer of this kind is not allowed")
+    return np.frombuffer(buffer, dtype).reshape(shape, order=order)
+
+
 def _empty_bytes(*args: Any) -> bytes:
     """``bytes()``, how protocol-2 pickles write ``b''`` (others go through
     ``_codecs.encode``); with arguments it could allocate any amount of memory."""
@@ -354,14 +369,17 @@ def _empty_bytes(*args: Any) -> bytes:
 
 
 # The only globals the original batches (Python 2 pickles) and protocol-2 pickles
-# written by Python 3 (e.g. by write_cifar_batches) reference, and what a batch written
-# by hand needs for labels stored as numpy integers or an empty bytes value.
+# written by Python 3 (e.g. by write_cifar_batches) reference, what protocol 5 uses for
+# arrays, and what a batch written by hand needs for labels stored as numpy integers or
+# an empty bytes value.
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("_codecs", "encode"): _latin1_encode,
     ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(),
     ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy.core.numeric", "_frombuffer"): _numpy_frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _numpy_frombuffer,
     ("builtins", "bytes"): _empty_bytes,
     ("__builtin__", "bytes"): _empty_bytes,
     ("numpy", "ndarray"): np.ndarray,

@@ -265,3 +265,14 @@ def test_the_binary_version_is_named_as_not_read(tmp_path):
     (tmp_path / "cifar-10-batches-bin").mkdir()
     with pytest.raises(DataError, match=r"binary version: fmi_jax reads the python one"):
         load("cifar10", "test", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_a_batch_pickled_again_with_any_protocol_loads(tmp_path, write_cifar_dataset, protocol):
+    # Protocol 5 rebuilds arrays through numpy's _frombuffer, which the unpickler allows.
+    arrays = write_cifar_dataset(tmp_path)
+    batch = pickle.loads((tmp_path / "test_batch").read_bytes(), encoding="bytes")  # our own
+    (tmp_path / "test_batch").write_bytes(pickle.dumps(batch, protocol=protocol))
+    (got,), _ = cifar.read_cifar10(tmp_path, cifar.TEST_BATCHES)
+    np.testing.assert_array_equal(got.images, arrays["test"][0])
+    np.testing.assert_array_equal(got.labels, arrays["test"][1])
