@@ -32,27 +32,23 @@ Results: <out>/gpu_check.json (one record per command: status, seconds, log), th
 benchmark's benchmark.{json,md}, and each study's tables (results.md, metrics.json,
 train_summary.json, ...) copied from its workdir under runs/gpu_check/.
 
-Time on an H200, estimated (the whole is sized to 8 minutes; the machine's start-up
-counts against the same ~15 minutes):
-  * training FLOPs: the default CNN is ~16 MFLOP per 28 x 28 image forward, ~50 with
-    the backward pass, 2.7 TFLOP per 55,000-image epoch; the 3 x 64 ResNet ~350 MFLOP
-    forward, ~57 TFLOP per epoch. At 10% of the H200's ~60 TFLOP/s float32 (small
-    convolutions, batch 128) the CNN epoch is ~0.5 s and bound by its 430 step
-    dispatches (~1 ms each, fewer with the 'scan' loop); the ResNet in bfloat16 at
-    ~10% of ~900 TFLOP/s is ~0.6 s of math, ~2 s an epoch with its step overhead.
-  * compilation: measured on the 2-core CPU, 5-25 s per trainer or attribution
-    program; GPU compiles are of the same order. Every study compiles a trainer and an
-    evaluator; the benchmark one program per method.
-  So: install 10 s; pytest 90 s (45 methods on each of two devices, compiled in a
-  thread per core: the CPU side of 43 of them took 43 s on the 2-core CI machine; two
-  trainings); benchmark 200 s (8 methods x (3 compiles + 3 timed samples of >= 0.2 s
-  per side), ~60 s; the training epoch, 3 trainer compiles and 2 + 2 epochs per
-  side, ~40 s; then 16 memory probes, each a fresh process, ~5-8 s: last, so that a
-  run stopped at the budget loses memory rows, not speed rows); goals: ResNet 55
-  epochs x ~2 s + compiles ~130 s, CNN 40 x ~0.6 s + compiles ~45 s; studies ~60 s.
-  Each budget is a cap: the first four steps fit the 480 s when they take what is
-  estimated; the studies and then the grids (6 ResNet trials of 15 epochs and 24 CNN
-  trials of 10, ~270 + ~200 s) get what remains.
+Time on an H200, measured (2026-12-04; docs/gpu.md has the run). The machine
+started in about 35 s; then install 50 s (five wheels), pytest 104 s (64 s of it the
+CPU side of every method, compiled once), benchmark 194 s for the speed rows (99 s
+of it before the first row, not broken down in the log) plus 16 memory probes of a fresh process each (not reached; estimated
+5-8 s each), goals 140 s (the ResNet at 0.48 s a bfloat16 epoch, 24 s for its 40-epoch
+retrain; the CNN 9 s for its 30), studies 113 s (the sparse autoencoder 84 s, the
+CNN 29 s). The grids, from those epoch times: 24 CNN trials of ~13 s and 6 ResNet
+trials of 20-40 s with their retrains, ~9 minutes. Each step's budget below is its
+measurement with a margin, a cap rather than a plan: the default --budget_s, 560 s,
+fits one 10-minute command with the start-up and reaches the goals only if the
+benchmark ends early. The whole takes about 20 minutes, more than one command, so
+split it with --steps where the lease allows several commands (each repeats
+`install`, which returns at once when nothing is missing):
+
+    python3 scripts/gpu_check.py --data_dir=.gpu_data --steps install pytest benchmark
+    python3 scripts/gpu_check.py --data_dir=.gpu_data --steps install goals studies
+    python3 scripts/gpu_check.py --data_dir=.gpu_data --steps install grids
 """
 
 from __future__ import annotations
@@ -223,14 +219,14 @@ def steps(smoke: bool, runs: Path, out: Path) -> list[Step]:
         # torch into the environment that rehearses).
         Step(
             "install",
-            120,
+            90,
             (("install", (PY, __file__, "--install_only", *(("--dry_run",) if smoke else ()))),),
         ),
-        Step("pytest", 90, (("pytest -m gpu", pytest_argv),)),
-        Step("benchmark", 200, (("benchmark", benchmark),)),
+        Step("pytest", 150, (("pytest -m gpu", pytest_argv),)),
+        Step("benchmark", 330, (("benchmark", benchmark),)),
         Step(
             "goals",
-            200,
+            180,
             (
                 tune("tune_resnet", "resnet_3x64", *resnet_point),
                 tune("tune_cnn", "cnn_best_screened", *cnn_point),
@@ -239,7 +235,7 @@ def steps(smoke: bool, runs: Path, out: Path) -> list[Step]:
         ),
         Step(
             "studies",
-            90,
+            150,
             (
                 (
                     "sae",
@@ -260,7 +256,7 @@ def steps(smoke: bool, runs: Path, out: Path) -> list[Step]:
         ),
         Step(
             "grids",
-            480,
+            600,
             (tune("tune_resnet", "tune_resnet"), tune("tune_cnn", "tune_cnn")),
             results=("tune_resnet", "tune_cnn"),
         ),
@@ -420,6 +416,11 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     record_path = out / "gpu_check.json"
     record = {"machine": machine, "smoke": args.smoke, "budget_s": args.budget_s, "commands": []}
+    # A check split over several commands (--steps) adds to the record of the earlier
+    # ones in the same folder; the last entry of a command is its latest run.
+    if record_path.is_file():
+        record["commands"] = json.loads(record_path.read_text()).get("commands", [])
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     # Where `install` puts what a read-only site-packages cannot take.
     site = runs / "site"
     env = dict(
@@ -437,6 +438,7 @@ def run(args: argparse.Namespace) -> int:
         env["GPU_CHECK_WHEELS"] = str(Path(wheels).resolve())
     plan = [s for s in steps(args.smoke, runs, out) if not args.steps or s.name in args.steps]
     failures = 0
+    plan_commands = [command for step in plan for command in step.commands]
     for index, step in enumerate(plan, 1):
         # The budgets are sized for the GPU; the rehearsal checks the plumbing on a CPU
         # that compiles everything cold, often beside other work, so it gets more time.
@@ -444,7 +446,8 @@ def run(args: argparse.Namespace) -> int:
         step_deadline = min(deadline, time.monotonic() + budget)
         for label, argv in step.commands:
             left = step_deadline - time.monotonic()
-            entry = {"step": step.name, "command": label, "argv": list(argv)}
+            entry = {"step": step.name, "command": label, "run_started": started_at}
+            entry["argv"] = list(argv)
             if left < 5:
                 entry.update(status="skipped", reason="out of time")
             elif step.name == "benchmark" and not _importable("torch"):
@@ -484,7 +487,7 @@ def run(args: argparse.Namespace) -> int:
             record_path.write_text(json.dumps(record, indent=2) + "\n")
         for workdir in step.results:
             _copy_tables(runs / workdir, out / workdir)
-    print(f"gpu-check: {len(record['commands'])} commands, {failures} not ok; results in {out}")
+    print(f"gpu-check: {len(plan_commands)} commands, {failures} not ok; results in {out}")
     return 1 if failures else 0
 
 
@@ -493,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--smoke", action="store_true", help="rehearse every step with :smoke configs"
     )
-    parser.add_argument("--budget_s", type=float, default=480, help="the whole run's time")
+    parser.add_argument("--budget_s", type=float, default=560, help="the whole run's time")
     parser.add_argument("--steps", nargs="*", help="run only these steps")
     parser.add_argument("--out", help="results folder (default docs/benchmark/<gpu-name>)")
     parser.add_argument("--runs", help="workdirs of the studies (default runs/gpu_check)")

@@ -80,6 +80,18 @@ def test_unknown_step_no_gpu_and_no_data_are_one_line_errors(capsys, tmp_path):
         assert "GPU_CHECK_SMOKE=1" in capsys.readouterr().err
 
 
+def test_a_check_split_over_commands_keeps_every_record(tmp_path, capsys):
+    """--steps in a later command adds to gpu_check.json rather than replacing what an
+    earlier command on the same machine measured."""
+    args = ["--smoke", f"--runs={tmp_path / 'runs'}", f"--out={tmp_path / 'out'}", "--steps"]
+    assert gpu_check.main([*args, "install"]) == 0
+    assert gpu_check.main([*args, "install"]) == 0
+    record = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert [e["command"] for e in record["commands"]] == ["install", "install"]
+    assert all(e["status"] == "ok" for e in record["commands"])
+    assert "gpu-check: 1 commands, 0 not ok" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_rehearsal_records_every_command_and_copies_the_tables(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "out"
