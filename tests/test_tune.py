@@ -248,6 +248,18 @@ def test_two_trial_study_ranks_retrains_and_resumes(tmp_path, smoke_study):
     changed.trial.learning_rate = 0.5
     with pytest.raises(ValueError, match="holds a run of another config"):
         studies.run_tune(changed, tmp_path)
+    # ... and so is a changed trial config whose grid meets none of them (another
+    # study run into the same folder): the tables would rank the other study's trials.
+    elsewhere = smoke_study()
+    elsewhere.grid.model.num_blocks = (3,)
+    elsewhere.trial.learning_rate = 0.5
+    before = files()
+    with pytest.raises(
+        ValueError, match=r"a tuning study of another config\.trial \(trial\.learning_rate: "
+    ) as error:
+        studies.run_tune(elsewhere, tmp_path)
+    assert "\n" not in str(error.value) and "Nothing was overwritten" in str(error.value)
+    assert files() == before and not (tmp_path / "trials" / "num_blocks-3_filters-4").exists()
 
     # A grid without the best point: the tables follow the grid, and best/ (the old
     # best's retrain) is refused with what to do, before anything is retrained.

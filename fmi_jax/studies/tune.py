@@ -34,7 +34,9 @@ a bad value in one point of the grid, or in `final`, is refused up front.
 
 Re-running resumes: finished trials are read, not retrained; an interrupted trial
 resumes from its checkpoint. A trial folder that holds a run of another config is
-an error (nothing is overwritten). The grid may change between runs (a wider grid
+an error (nothing is overwritten), and so is a study folder whose results.json
+records another `trial` config (but for the fields a trial folder accepts changed,
+and more epochs). The grid may change between runs (a wider grid
 trains only its new points): the results tables rank the grid as given (trials of
 other grids stay in trials/), and a best/ retrained for a point that is no longer the
 best is refused, saying so, before anything is retrained.
@@ -181,6 +183,28 @@ def _check_trial_dir(path: Path, config: ml_collections.ConfigDict) -> None:
     )
 
 
+def _check_study_record(workdir: Path, config: ml_collections.ConfigDict) -> None:
+    """Refuses a study folder whose results tables rank trials of another `trial`
+    config. A grid whose folder names all differ from the earlier ones meets no trial
+    folder that would refuse it, and the tables would be rewritten for another study
+    (another study's config, or a changed setting, run into the same --workdir)."""
+    record = workdir / "results.json"
+    if not record.is_file():
+        return
+    runs.check(
+        workdir,
+        {"trial": runs.plain(config.trial)},
+        name=record.name,
+        extendable=[f"trial.{path}" for path in loop_lib.EXTENDABLE],
+        # What a trial folder accepts changed, and what the tables record beside it.
+        free=["grid", "trials", "trials_done", "trials_total"]
+        + [f"trial.{path}" for path in loop_lib.FREE],
+        has_results=True,
+        what="a tuning study of another config.trial",
+        hint="use another --workdir, or rerun with that study's config",
+    )
+
+
 def _check_trial_data(folders: Sequence[tuple[Path, ml_collections.ConfigDict]]) -> None:
     """Refuses, before anything is trained, a folder whose checkpoints were trained on
     other examples than its config reads now (another copy of the dataset: see
@@ -282,6 +306,7 @@ def run_tune(config: ml_collections.ConfigDict, workdir: str | Path) -> TuneResu
     folders = [(workdir / "trials" / name, trial) for name, trial in zip(names, configs)]
     for path, trial in folders:
         _check_trial_dir(path, trial)
+    _check_study_record(workdir, config)
     if (workdir / "best" / runs.CONFIG_FILE).is_file():  # best/'s data as it was retrained
         folders.append((workdir / "best", loop_lib.load_run_config(workdir / "best")))
     _check_trial_data(folders)
