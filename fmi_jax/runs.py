@@ -407,19 +407,27 @@ _KINDS = {
 _STUDY_OUTPUT = "study output (explain, evaluate_attributions or TCAV)"
 
 
+# A tuning study's trials/ folder: its training runs, one per grid point.
+_TRIALS = "tuning study's trials folder"
+
+
 # Folders a training run writes into its workdir.
 _RUN_FOLDERS = frozenset(("checkpoints", "tensorboard"))
 
 
 def folder_kind(folder: str | Path) -> str | None:
     """Which kind of run folder ``folder`` is, by what it holds: 'training run',
-    'tuning study' or 'sparse-autoencoder study' (None: none of them, or empty)."""
+    'tuning study' or 'sparse-autoencoder study', a study's output, or a tuning study's
+    trials/ (None: none of them, or empty)."""
     folder = Path(folder)
     for kind, (marker, _) in _KINDS.items():
         if (folder / marker).exists():
             return kind
     if (folder / CHECKPOINT_FILE).is_file():
         return _STUDY_OUTPUT
+    if folder.name == "trials" and folder.is_dir() and folder_kind(folder.parent) == "tuning study":
+        if any(folder_kind(child) == "training run" for child in folder.iterdir()):
+            return _TRIALS
     return None
 
 
@@ -434,6 +442,11 @@ def refuse_other_kind(folder: str | Path, kind: str) -> None:
     found = folder_kind(folder)
     if found is None or found == kind:
         return
+    if found == _TRIALS:
+        raise ValueError(
+            f"{folder} holds the trials of the tuning study {folder.parent}, not a {kind}: "
+            f"use another --workdir (--workdir={folder.parent} resumes that study)"
+        )
     if found == _STUDY_OUTPUT:
         where = f" (the training run it read is {folder.parent})"
     elif found != "training run":
