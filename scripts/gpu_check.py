@@ -35,7 +35,8 @@ train_summary.json, ...) copied from its workdir under runs/gpu_check/.
 Time on an H200, measured (2026-12-04; docs/gpu.md has the run). The machine
 started in about 35 s; then install 50 s (five wheels), pytest 104 s (64 s of it the
 CPU side of every method, compiled once), benchmark 194 s for the speed rows (99 s
-of it before the first row, not broken down in the log) plus 16 memory probes of a fresh process each (not reached; estimated
+of it before the first row: the agreement check of every method on both sides, and
+the matmul peak) plus 16 memory probes of a fresh process each (not reached; estimated
 5-8 s each), goals 140 s (the ResNet at 0.48 s a bfloat16 epoch, 24 s for its 40-epoch
 retrain; the CNN 9 s for its 30), studies 113 s (the sparse autoencoder 84 s, the
 CNN 29 s). The grids, from those epoch times: 24 CNN trials of ~13 s and 6 ResNet

@@ -335,6 +335,7 @@ def run_benchmark(
         results["agreement"]["logits_max_abs_diff"] = logit_err
         logging.info("logits agree to %.2e", logit_err)
 
+        checking = time.perf_counter()
         # 2. agreement, on the first batch size's images, dithered so that no max-pool
         # window holds an exact tie (see `dither`)
         n0 = min(config.batch_sizes)
@@ -446,7 +447,15 @@ def run_benchmark(
 
         # 3. timing, and how far each row is from the machine's matmul rate
         sync = torch_side.synchronizer(device)
+        agreed = time.perf_counter()
         peak = flops.matmul_peak()
+        logging.info(
+            "agreement of %d method(s) checked in %.0f s; matmul peak %.0f GFLOP/s in %.0f s",
+            len(methods),
+            agreed - checking,
+            peak / 1e9,
+            time.perf_counter() - agreed,
+        )
         results["machine"]["matmul_peak_flops"] = peak
         for name in methods:
             opts = dict(config.options.get(name, {}))
