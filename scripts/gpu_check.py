@@ -24,7 +24,7 @@ step before the cut):
              CNN grid's best point of the CPU screening (conv 32/64, 5 x 5, dense 64;
              10-epoch trial, 30-epoch retrain; the original project's winning point
              is not recorded).
-  studies    the sparse-autoencoder study and `make demo`'s CNN, for GPU wall times.
+  studies    the sparse-autoencoder study and `make train`'s CNN, for GPU wall times.
   grids      the full ResNet and CNN grids, with whatever time is left (a tuning
              study resumes: a later run on the same machine finishes them).
 
@@ -32,20 +32,21 @@ Results: <out>/gpu_check.json (one record per command: status, seconds, log), th
 benchmark's benchmark.{json,md}, and each study's tables (results.md, metrics.json,
 train_summary.json, ...) copied from its workdir under runs/gpu_check/.
 
-Time on an H200, measured (2026-12-04; docs/gpu.md has the run). The machine
-started in about 35 s; then install 50 s (five wheels), pytest 104 s (64 s of it the
-CPU side of every method, compiled once), benchmark 194 s for the speed rows (99 s
-of it before the first row: the agreement check of every method on both sides, and
-the matmul peak) plus 16 memory probes of a fresh process each (not reached; estimated
-5-8 s each), goals 140 s (the ResNet at 0.48 s a bfloat16 epoch, 24 s for its 40-epoch
-retrain; the CNN 9 s for its 30), studies 113 s (the sparse autoencoder 84 s, the
-CNN 29 s). The grids, from those epoch times: 24 CNN trials of ~13 s and 6 ResNet
-trials of 20-40 s with their retrains, ~9 minutes. Each step's budget below is its
-measurement with a margin, a cap rather than a plan: the default --budget_s, 560 s,
-fits one 10-minute command with the start-up and reaches the goals only if the
-benchmark ends early. The whole takes about 20 minutes, more than one command, so
-split it with --steps where the lease allows several commands (each repeats
-`install`, which returns at once when nothing is missing):
+Time on an H200, measured (2026-12-04; docs/gpu.md has the run). The machine's start
+and the transfers took about 35 s; then install 50 s (five wheels), pytest 104 s (64 s
+of it the CPU side of every method, compiled once), benchmark 194 s for the speed rows
+(99 s of it between the logits check and the first row: the agreement check of every
+method on both sides, and the matmul peak) plus 16 memory probes of a fresh process
+each (not reached; estimated 5-8 s each), goals 140 s (the ResNet at 0.48 s a bfloat16
+epoch, 24 s for its 40-epoch retrain; the CNN 9 s for its 30), studies 113 s (the
+sparse autoencoder 84 s, the CNN 29 s). The grids, from those trials: 24 CNN trials of
+~18 s and 6 ResNet trials of ~25-60 s with their retrains, ~12 minutes (a tuning study
+resumes: a second command finishes them). Each step's budget below is its measurement
+with a margin, a cap rather than a plan: the default --budget_s, 560 s, fits one
+10-minute command with the start-up and reaches the goals only if the benchmark ends
+early. The whole takes about 25 minutes, more than one command, so split it with
+--steps where the lease allows several commands (each repeats `install`, which returns
+at once when nothing is missing):
 
     python3 scripts/gpu_check.py --data_dir=.gpu_data --steps install pytest benchmark
     python3 scripts/gpu_check.py --data_dir=.gpu_data --steps install goals studies
