@@ -41,12 +41,15 @@ each (not reached; estimated 5-8 s each), goals 140 s (the ResNet at 0.48 s a bf
 epoch, 24 s for its 40-epoch retrain; the CNN 9 s for its 30), studies 113 s (the
 sparse autoencoder 84 s, the CNN 29 s). The grids, from those trials: 24 CNN trials of
 ~18 s and 6 ResNet trials of ~25-60 s with their retrains, ~12 minutes (a tuning study
-resumes: a second command finishes them). Each step's budget below is its measurement
-with a margin, a cap rather than a plan: the default --budget_s, 560 s, fits one
-10-minute command with the start-up and reaches the goals only if the benchmark ends
-early. The whole takes about 25 minutes, more than one command, so split it with
---steps where the lease allows several commands (each repeats `install`, which returns
-at once when nothing is missing):
+resumes: a second command finishes them). Before the run they were estimated from FLOP
+counts at 10% of the H200's peak (the default CNN ~50 MFLOP per image with its
+backward pass, 2.7 TFLOP an epoch; the 3 x 64 ResNet ~57 TFLOP): ~0.5 s a CNN epoch
+and ~2 s a ResNet one, where the measured epochs took 0.25 s and 0.48 s. Each step's
+budget below is its measurement with a margin, a cap rather than a plan: the default
+--budget_s, 560 s, fits one 10-minute command with the start-up and reaches the goals
+only if the benchmark ends early. The whole takes about 25 minutes, more than one
+command, so split it with --steps where the lease allows several commands (each
+repeats `install`, which returns at once when nothing is missing):
 
     python3 scripts/gpu_check.py --data_dir=.gpu_data --steps install pytest benchmark
     python3 scripts/gpu_check.py --data_dir=.gpu_data --steps install goals studies
