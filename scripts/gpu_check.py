@@ -424,7 +424,14 @@ def run(args: argparse.Namespace) -> int:
     # A check split over several commands (--steps) adds to the record of the earlier
     # ones in the same folder; the last entry of a command is its latest run.
     if record_path.is_file():
-        record["commands"] = json.loads(record_path.read_text()).get("commands", [])
+        try:
+            record["commands"] = list(json.loads(record_path.read_text())["commands"])
+        except (ValueError, KeyError, TypeError):  # kept, and a new record begun
+            n = 1
+            while (aside := record_path.with_suffix(f".{n}.json")).exists():
+                n += 1
+            record_path.rename(aside)
+            print(f"gpu-check: {record_path} was not a record of commands; kept as {aside}")
     started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     # Where `install` puts what a read-only site-packages cannot take.
     site = runs / "site"

@@ -90,6 +90,12 @@ def test_a_check_split_over_commands_keeps_every_record(tmp_path, capsys):
     assert [e["command"] for e in record["commands"]] == ["install", "install"]
     assert all(e["status"] == "ok" for e in record["commands"])
     assert "gpu-check: 1 commands, 0 not ok" in capsys.readouterr().out
+    # A record that is not one (a truncated write) is kept aside, not lost or fatal.
+    (tmp_path / "out" / "gpu_check.json").write_text('{"commands": [')
+    assert gpu_check.main([*args, "install"]) == 0
+    assert (tmp_path / "out" / "gpu_check.1.json").read_text() == '{"commands": ['
+    record = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert [e["command"] for e in record["commands"]] == ["install"]
 
 
 @pytest.mark.slow

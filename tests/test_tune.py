@@ -260,6 +260,11 @@ def test_two_trial_study_ranks_retrains_and_resumes(tmp_path, smoke_study):
         studies.run_tune(elsewhere, tmp_path)
     assert "\n" not in str(error.value) and "Nothing was overwritten" in str(error.value)
     assert files() == before and not (tmp_path / "trials" / "num_blocks-3_filters-4").exists()
+    # A truncated results.json is a table to write again, not a record to refuse on.
+    tables = (tmp_path / "results.json").read_text()
+    (tmp_path / "results.json").write_text(tables[: len(tables) // 2])
+    tune._check_study_record(tmp_path, elsewhere)
+    (tmp_path / "results.json").write_text(tables)
 
     # A grid without the best point: the tables follow the grid, and best/ (the old
     # best's retrain) is refused with what to do, before anything is retrained.

@@ -189,7 +189,10 @@ def _check_study_record(workdir: Path, config: ml_collections.ConfigDict) -> Non
     folder that would refuse it, and the tables would be rewritten for another study
     (another study's config, or a changed setting, run into the same --workdir)."""
     record = workdir / "results.json"
-    if not record.is_file():
+    # A table fmi_jax writes again: a truncated one, or one without the trial config it
+    # ranks, leaves nothing to compare with (the trial folders are checked apart).
+    saved = runs.read_json(record, rewritable=True)
+    if not isinstance(saved, dict) or "trial" not in saved:
         return
     runs.check(
         workdir,
