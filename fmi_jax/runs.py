@@ -425,7 +425,14 @@ def folder_kind(folder: str | Path) -> str | None:
             return kind
     if (folder / CHECKPOINT_FILE).is_file():
         return _STUDY_OUTPUT
-    if folder.name == "trials" and folder.is_dir() and folder_kind(folder.parent) == "tuning study":
+    # A folder named trials is the study marker itself, so the parent must show what
+    # only a study writes besides it (its tables or its retrain) to be one.
+    study = folder.parent
+    if (
+        folder.name == "trials"
+        and folder.is_dir()
+        and ((study / "results.json").is_file() or (study / "best").is_dir())
+    ):
         if any(folder_kind(child) == "training run" for child in folder.iterdir()):
             return _TRIALS
     return None
@@ -445,7 +452,8 @@ def refuse_other_kind(folder: str | Path, kind: str) -> None:
     if found == _TRIALS:
         raise ValueError(
             f"{folder} holds the trials of the tuning study {folder.parent}, not a {kind}: "
-            f"use another --workdir (--workdir={folder.parent} resumes that study)"
+            f"use another --workdir (`python -m experiments.tune --workdir={folder.parent}` "
+            "resumes that study)"
         )
     if found == _STUDY_OUTPUT:
         where = f" (the training run it read is {folder.parent})"

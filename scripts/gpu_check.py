@@ -425,7 +425,10 @@ def run(args: argparse.Namespace) -> int:
     # ones in the same folder; the last entry of a command is its latest run.
     if record_path.is_file():
         try:
-            record["commands"] = list(json.loads(record_path.read_text())["commands"])
+            earlier = json.loads(record_path.read_text())["commands"]
+            if not isinstance(earlier, list):
+                raise TypeError(earlier)
+            record["commands"] = earlier
         except (ValueError, KeyError, TypeError):  # kept, and a new record begun
             n = 1
             while (aside := record_path.with_suffix(f".{n}.json")).exists():
@@ -465,7 +468,12 @@ def run(args: argparse.Namespace) -> int:
             elif step.name == "benchmark" and not _importable("torch"):
                 entry.update(status="skipped", reason="torch is not installed")
             else:
+                # One log per run of a command: a later --steps run keeps the earlier's.
                 log = out / "logs" / f"{_slug(label)}.log"
+                n = 1
+                while log.exists():
+                    log = out / "logs" / f"{_slug(label)}.{n}.log"
+                    n += 1
                 log.parent.mkdir(parents=True, exist_ok=True)
                 t0 = time.monotonic()
                 with log.open("w") as f:

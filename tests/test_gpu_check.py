@@ -85,9 +85,12 @@ def test_a_check_split_over_commands_keeps_every_record(tmp_path, capsys):
     earlier command on the same machine measured."""
     args = ["--smoke", f"--runs={tmp_path / 'runs'}", f"--out={tmp_path / 'out'}", "--steps"]
     assert gpu_check.main([*args, "install"]) == 0
+    capsys.readouterr()
     assert gpu_check.main([*args, "install"]) == 0
     record = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert [e["command"] for e in record["commands"]] == ["install", "install"]
+    logs = [e["log"] for e in record["commands"]]
+    assert logs[0] != logs[1] and all(Path(log).is_file() for log in logs)
     assert all(e["status"] == "ok" for e in record["commands"])
     assert "gpu-check: 1 commands, 0 not ok" in capsys.readouterr().out
     # A record that is not one (a truncated write) is kept aside, not lost or fatal.

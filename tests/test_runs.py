@@ -389,15 +389,18 @@ def test_a_folder_of_another_kind_of_run_is_refused_with_where_its_runs_are(
     # run goes into it.
     trial = tuning / "trials" / "a-1"
     (trial / "checkpoints").mkdir()
-    trials = "holds the trials of the tuning study .*tune, not a {}: .*--workdir=.*tune resumes"
+    # Until the study writes its tables, its trials/ is merely a folder named so.
+    assert runs.folder_kind(tuning / "trials") is None
+    (tuning / "results.json").write_text("{}")
+    trials = "holds the trials of the tuning study .*tune, not a {}: .*--workdir=.*tune` resumes"
     before = sorted(p.name for p in tuning.rglob("*"))
     with pytest.raises(ValueError, match=trials.format("tuning study")):
         studies.run_tune(configs.load("tune_cnn", "smoke"), tuning / "trials")
     with pytest.raises(ValueError, match=trials.format("training run")):
         train.train_and_evaluate(synthetic_config(), tuning / "trials")
     assert sorted(p.name for p in tuning.rglob("*")) == before
-    plain_trials = tmp_path / "elsewhere" / "trials"  # a folder merely named so
-    plain_trials.mkdir(parents=True)
+    plain_trials = tmp_path / "elsewhere" / "trials"  # a folder of runs merely named so
+    (plain_trials / "cnn1" / "checkpoints").mkdir(parents=True)
     assert runs.folder_kind(plain_trials) is None
     # A study's output inside a training run: its config.json is not a run's, and no
     # study writes into it; the advice names the run it read.
